@@ -1,0 +1,17 @@
+// Subcommands of the `kvstash` CLI. Each module's commands live in their own file and register
+// themselves here; a subcommand returns the process exit code (0 ok, 1 failure, 2 usage error)
+// and prints errors as "kvstash <cmd>: <message>" on stderr.
+#ifndef KVSTASH_CLI_COMMANDS_H_
+#define KVSTASH_CLI_COMMANDS_H_
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace kvstash::cli {
+
+// Set by a subcommand's callback; main() returns it.
+int& ExitCode();
+
+}  // namespace kvstash::cli
+
+#endif  // KVSTASH_CLI_COMMANDS_H_

@@ -1,0 +1,20 @@
+// kvstash: command-line client for cachesvc, plus the reference engine and codec tools.
+#include <cstdio>
+
+#include "commands.h"
+
+namespace kvstash::cli {
+int& ExitCode() {
+  static int code = 0;
+  return code;
+}
+}  // namespace kvstash::cli
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvstash: KV-cache store client, reference engine and codec tools"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "kvstash 0.1.0");
+  // Subcommand registration, one line per module (see commands.h).
+  CLI11_PARSE(app, argc, argv);
+  return kvstash::cli::ExitCode();
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# KVStash entry point. Every command installs what is missing first (idempotent), then builds.
+#
+#   ./run.sh demo     build, start cachesvc on the embedded single-node default, run the demo
+#   ./run.sh test     build, run every test through ctest; then again under ASan+UBSan
+#   ./run.sh bench    build, run the benchmarks, write bench/results/*.json
+#   ./run.sh build [preset]   configure + build only (presets: release, asan, debug)
+#   ./run.sh fuzz [seconds]   build libFuzzer targets with clang and run each for N seconds
+#   ./run.sh format | lint    clang-format in place | clang-tidy over the sources
+#
+# Environment: KVSTASH_CACHE (models, venv; default ~/.cache/kvstash), KVSTASH_JOBS (build jobs),
+# KVSTASH_SKIP_ASAN=1 (test: skip the sanitizer pass), CTEST_ARGS (extra ctest arguments).
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+export KVSTASH_CACHE="${KVSTASH_CACHE:-$HOME/.cache/kvstash}"
+JOBS="${KVSTASH_JOBS:-$(nproc)}"
+export CCACHE_DIR="${CCACHE_DIR:-$KVSTASH_CACHE/ccache}"
+export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
+
+log() { printf '\033[1m[run.sh]\033[0m %s\n' "$*"; }
+
+setup() {
+  ./scripts/install_deps.sh
+  ./scripts/fetch_models.sh
+  ./scripts/setup_python.sh
+}
+
+build() {
+  local preset="${1:-release}"
+  log "configure + build ($preset, $JOBS jobs)"
+  cmake --preset "$preset" -DKVSTASH_MODEL_CACHE="$KVSTASH_CACHE" >/dev/null
+  cmake --build --preset "$preset" -j "$JOBS"
+}
+
+run_ctest() {
+  local preset="$1"; shift
+  log "ctest ($preset)"
+  # shellcheck disable=SC2086
+  ctest --preset "$preset" -j "$JOBS" "$@" ${CTEST_ARGS:-}
+}
+
+cmd="${1:-help}"
+shift || true
+case "$cmd" in
+  demo)
+    setup
+    build release
+    exec ./scripts/demo.sh "$@"
+    ;;
+  test)
+    setup
+    build release
+    run_ctest release
+    if [ "${KVSTASH_SKIP_ASAN:-0}" != 1 ]; then
+      build asan
+      # Model-sized tests are exercised in the release pass; the sanitizer pass covers the rest.
+      run_ctest asan -LE heavy
+    fi
+    log "all tests passed"
+    ;;
+  bench)
+    setup
+    build release
+    exec ./scripts/bench.sh "$@"
+    ;;
+  build)
+    ./scripts/install_deps.sh
+    build "${1:-release}"
+    ;;
+  fuzz)
+    ./scripts/install_deps.sh
+    exec ./scripts/fuzz.sh "$@"
+    ;;
+  format)
+    git ls-files '*.cc' '*.h' '*.cu' '*.cuh' | xargs clang-format -i
+    ;;
+  lint)
+    build release
+    git ls-files '*.cc' | grep -v '^bench/\|^tests/fuzz/' | xargs clang-tidy -p build/release --quiet
+    ;;
+  help | -h | --help)
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    ;;
+  *)
+    echo "unknown command: $cmd (try ./run.sh help)" >&2
+    exit 2
+    ;;
+esac

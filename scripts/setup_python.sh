@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# A private virtualenv for the Python reference checks (numpy + the PyPI gguf reader) and plots.
+# Lives in $KVSTASH_CACHE/venv; pinned versions; re-runs are no-ops.
+set -euo pipefail
+CACHE="${KVSTASH_CACHE:-$HOME/.cache/kvstash}"
+VENV="$CACHE/venv"
+STAMP="$VENV/.kvstash-reqs-v1"
+if [ -f "$STAMP" ]; then
+  echo "[python] venv present: $VENV"
+  exit 0
+fi
+mkdir -p "$CACHE"
+python3 -m venv "$VENV"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check numpy==2.4.6 gguf==0.19.0
+touch "$STAMP"
+echo "[python] venv ready: $VENV"

@@ -1,0 +1,174 @@
+// ObjectStore: the tiered store behind cachesvc (CPU shared-memory arena -> SSD).
+//
+// Objects are immutable byte strings (a KV chunk, raw or encoded) named by a 128-bit storage key
+// and described by an ObjectInfo. Writers use two phases: Reserve space in the arena, write the
+// payload there (through the shared mapping or by copying), then Commit (checksum verified; the
+// object becomes visible atomically) or Abort. Readers Acquire a lease that pins the bytes in the
+// arena until Release or expiry, so eviction never frees bytes under a reader. An object found only
+// on SSD is promoted into the arena by Acquire.
+//
+// Durability: committed objects are written through to SSD asynchronously by a pool of writers
+// (never a single writer thread). Commit(durable=true) returns only once the SSD copy and its index
+// entry are synced. After a crash, exactly the objects whose SSD write completed are visible, each
+// verified by crc32c before it is served; a checksum failure is a miss plus a counter, never bytes.
+//
+// Threading: every method is thread-safe. Background threads reclaim expired reservations and
+// leases, evict by watermark and write to SSD; Close() (or the destructor) stops them after
+// finishing queued SSD writes.
+//
+// Errors (kvstash::Status codes, see common/status.h):
+//   Reserve:  InvalidArgument (bad info), AlreadyExists (committed and !overwrite),
+//             ResourceExhausted (object larger than the arena, or nothing evictable)
+//   Commit:   NotFound (unknown reservation), FailedPrecondition (expired, already committed or
+//             aborted), InvalidArgument (checksum mismatch; the reservation is aborted)
+//   Acquire:  NotFound (absent or unreadable), ResourceExhausted (no room to promote)
+//   Release:  NotFound (unknown or expired lease)
+//   Pin/Unpin/Delete: NotFound for an unknown key
+//   any:      Unavailable after Close()
+#ifndef KVSTASH_STORAGE_OBJECT_STORE_H_
+#define KVSTASH_STORAGE_OBJECT_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvstash/common/key.h"
+#include "kvstash/common/layout.h"
+#include "kvstash/common/metrics.h"
+#include "kvstash/common/status.h"
+
+namespace kvstash::storage {
+
+enum class Tier : uint8_t { kGpu = 1, kCpu = 2, kSsd = 3, kRemote = 4 };
+std::string_view TierName(Tier tier);
+
+// The parts of an object's name the store keeps for listing and tenant filtering.
+struct StoredName {
+  Hash128 storage_key;  // ObjectKey(name_space, model_fingerprint, token_hash)
+  std::string name_space;
+  Hash128 model_fingerprint;
+  Hash128 token_hash;
+};
+
+struct StoreOptions {
+  std::string data_dir = "./data";         // SSD tier lives in data_dir/ssd
+  uint64_t cpu_capacity_bytes = 1ull << 30;
+  uint64_t ssd_capacity_bytes = 8ull << 30;  // 0 disables the SSD tier
+  double high_watermark = 0.90;            // evict from a tier above this fill ...
+  double low_watermark = 0.80;             // ... down to this fill
+  uint32_t default_reservation_ms = 30'000;
+  uint32_t default_lease_ms = 30'000;
+  uint32_t max_lease_ms = 600'000;
+  uint32_t ssd_admission_hits = 0;         // 0: write every committed object through to SSD;
+                                           // N: only once it has been read N times
+  int ssd_io_threads = 4;                  // parallel SSD writers/readers
+  std::string cpu_eviction_policy = "lru"; // see eviction_policy.h
+  std::string ssd_eviction_policy = "lru";
+  MetricsRegistry* metrics = nullptr;      // optional; not owned; must outlive the store
+};
+
+struct Reservation {
+  uint64_t id = 0;
+  uint64_t arena_offset = 0;
+  uint64_t expires_in_ms = 0;
+};
+
+struct Lease {
+  uint64_t id = 0;
+  uint64_t arena_offset = 0;
+  ObjectInfo info;
+  Tier served_from = Tier::kCpu;
+  uint64_t expires_in_ms = 0;
+};
+
+struct LookupEntry {
+  bool present = false;
+  Tier tier = Tier::kCpu;  // fastest tier holding it
+  ObjectInfo info;
+};
+
+struct ListedObject {
+  StoredName name;
+  ObjectInfo info;
+  Tier tier = Tier::kCpu;
+  bool pinned = false;
+  uint64_t hits = 0;
+};
+
+struct ListPage {
+  std::vector<ListedObject> objects;
+  std::string next_page_token;  // empty at the end
+};
+
+struct TierStats {
+  Tier tier = Tier::kCpu;
+  uint64_t capacity_bytes = 0;
+  uint64_t used_bytes = 0;
+  uint64_t objects = 0;
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+  uint64_t evictions = 0;
+  uint64_t bytes_read = 0;
+  uint64_t bytes_written = 0;
+};
+
+struct StoreStats {
+  std::vector<TierStats> tiers;
+  uint64_t checksum_failures = 0;
+  uint64_t reservations_active = 0;
+  uint64_t reservations_expired = 0;
+  uint64_t leases_active = 0;
+  uint64_t pinned_objects = 0;
+};
+
+class ObjectStore {
+ public:
+  // Creates data_dir if needed, opens (and recovers) the SSD tier, creates the arena.
+  static Result<std::unique_ptr<ObjectStore>> Open(const StoreOptions& options);
+
+  virtual ~ObjectStore() = default;
+  ObjectStore(const ObjectStore&) = delete;
+  ObjectStore& operator=(const ObjectStore&) = delete;
+
+  // The shared-memory arena (a memfd). The fd stays owned by the store; clients receive a dup.
+  virtual int arena_fd() const = 0;
+  virtual uint8_t* arena_base() const = 0;
+  virtual uint64_t arena_bytes() const = 0;
+  // Changes whenever the arena is recreated (each Open); clients must re-attach on mismatch.
+  virtual uint64_t arena_generation() const = 0;
+
+  virtual LookupEntry Lookup(const Hash128& storage_key) = 0;
+
+  virtual Result<Reservation> Reserve(const StoredName& name, const ObjectInfo& info,
+                                      uint32_t lease_ms, bool overwrite) = 0;
+  virtual Status Commit(uint64_t reservation_id, uint32_t payload_crc32c, bool durable) = 0;
+  virtual Status Abort(uint64_t reservation_id) = 0;
+
+  virtual Result<Lease> Acquire(const Hash128& storage_key, uint32_t lease_ms) = 0;
+  virtual Status Release(uint64_t lease_id) = 0;
+
+  // Removes from every tier; bytes under a lease are freed when the last lease ends.
+  virtual Status Delete(const Hash128& storage_key) = 0;
+  // A pinned object is never evicted from the tier it is in (pins count; Unpin undoes one Pin).
+  virtual Status Pin(const Hash128& storage_key) = 0;
+  virtual Status Unpin(const Hash128& storage_key) = 0;
+
+  // Objects of `name_space` (all namespaces when `all_namespaces`), in storage-key order.
+  virtual Result<ListPage> List(const std::string& name_space, bool all_namespaces, uint32_t limit,
+                                const std::string& page_token) = 0;
+
+  virtual StoreStats Stats() = 0;
+
+  // Waits until every committed object queued for SSD is written and synced.
+  virtual Status Flush() = 0;
+  // Stops accepting work, flushes, stops background threads. Idempotent.
+  virtual Status Close() = 0;
+
+ protected:
+  ObjectStore() = default;
+};
+
+}  // namespace kvstash::storage
+
+#endif  // KVSTASH_STORAGE_OBJECT_STORE_H_

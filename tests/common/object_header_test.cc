@@ -1,0 +1,76 @@
+#include "kvstash/common/object_header.h"
+
+#include <gtest/gtest.h>
+
+#include "kvstash/common/crc32c.h"
+
+namespace kvstash {
+namespace {
+
+ObjectInfo SampleInfo() {
+  ObjectInfo info;
+  info.layout.num_layers = 5;
+  info.layout.layer_begin = 0;
+  info.layout.total_kv_heads = 4;
+  info.layout.head_begin = 1;
+  info.layout.head_end = 3;
+  info.layout.head_dim = 8;
+  info.layout.dtype = DType::kF32;
+  info.layout.num_tokens = 37;
+  info.layout.rope = RopeConvention::kGptj;
+  info.layout.rope_theta = 10000.0f;
+  info.layout.position_start = 12;
+  info.payload_bytes = info.layout.RawBytes();
+  info.payload_crc32c = 0xDEADBEEF;
+  return info;
+}
+
+TEST(ObjectHeaderTest, RoundTrip) {
+  auto bytes = EncodeObjectHeader(SampleInfo());
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  auto back = DecodeObjectHeader(*bytes);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, SampleInfo());
+}
+
+TEST(ObjectHeaderTest, LittleEndianFixedFields) {
+  auto bytes = EncodeObjectHeader(SampleInfo());
+  ASSERT_TRUE(bytes.ok());
+  const auto& b = *bytes;
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(b.data()), 4), "KVSO");
+  EXPECT_EQ(b[4], 1);   // version
+  EXPECT_EQ(b[6], 64);  // header bytes
+  EXPECT_EQ(b[8], 5);   // num_layers
+  EXPECT_EQ(b[28], 37);  // num_tokens
+  EXPECT_EQ(b[32], 12);  // position_start
+  EXPECT_EQ(b[56], 0xEF);
+  EXPECT_EQ(b[59], 0xDE);
+}
+
+TEST(ObjectHeaderTest, RejectsTruncatedCorruptAndInvalid) {
+  auto bytes = EncodeObjectHeader(SampleInfo());
+  ASSERT_TRUE(bytes.ok());
+  auto b = *bytes;
+  EXPECT_EQ(DecodeObjectHeader(std::span(b).first(63)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  for (size_t i = 0; i < b.size(); ++i) {
+    auto copy = b;
+    copy[i] ^= 0x40;
+    EXPECT_FALSE(DecodeObjectHeader(copy).ok()) << "flip at byte " << i;
+  }
+  // A header whose checksum is right but whose fields are invalid is still refused.
+  auto invalid = b;
+  invalid[8] = 0;  // num_layers = 0
+  uint32_t crc = Crc32c(invalid.data(), 60);
+  for (int i = 0; i < 4; ++i) invalid[60 + i] = static_cast<uint8_t>(crc >> (8 * i));
+  EXPECT_EQ(DecodeObjectHeader(invalid).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ObjectHeaderTest, EncodeRejectsInvalidInfo) {
+  ObjectInfo info = SampleInfo();
+  info.payload_bytes += 1;
+  EXPECT_EQ(EncodeObjectHeader(info).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace kvstash
