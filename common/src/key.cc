@@ -61,7 +61,8 @@ std::array<uint8_t, 16> Hash128::Bytes() const {
 
 Result<Hash128> Hash128::FromBytes(std::string_view bytes) {
   if (bytes.size() != 16) {
-    return absl::InvalidArgumentError(absl::StrCat("a 128-bit hash is 16 bytes, got ", bytes.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("a 128-bit hash is 16 bytes, got ", bytes.size()));
   }
   Hash128 h;
   for (int i = 7; i >= 0; --i) {

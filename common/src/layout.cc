@@ -59,7 +59,8 @@ Status KvLayout::Validate() const {
   if (layer_begin >= kMaxLayers || layer_begin + num_layers > kMaxLayers) {
     return bad("layer range out of range");
   }
-  if (total_kv_heads == 0 || total_kv_heads > kMaxKvHeads) return bad("total_kv_heads out of range");
+  if (total_kv_heads == 0 || total_kv_heads > kMaxKvHeads)
+    return bad("total_kv_heads out of range");
   if (head_begin >= head_end) return bad("empty head range");
   if (head_end > total_kv_heads) return bad("head range exceeds total_kv_heads");
   if (head_dim == 0 || head_dim > kMaxHeadDim) return bad("head_dim out of range");
@@ -73,9 +74,11 @@ Status KvLayout::Validate() const {
     default:
       return bad("unknown rope convention");
   }
-  if (rotary_dim > head_dim || rotary_dim % 2 != 0) return bad("rotary_dim must be even and <= head_dim");
+  if (rotary_dim > head_dim || rotary_dim % 2 != 0)
+    return bad("rotary_dim must be even and <= head_dim");
   if (!(rope_theta > 0.0f) || rope_theta > 1e9f) return bad("rope_theta out of range");
-  if (position_start < 0 || position_start > (int64_t{1} << 40)) return bad("position_start out of range");
+  if (position_start < 0 || position_start > (int64_t{1} << 40))
+    return bad("position_start out of range");
   if (RawBytes() > kMaxObjectBytes) return bad("object larger than the 16 GiB limit");
   return OkStatus();
 }

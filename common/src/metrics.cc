@@ -70,12 +70,12 @@ void Histogram::Observe(double v) {
 }
 
 std::vector<double> Histogram::LatencyBounds() {
-  return {1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
-          1e-2, 2.5e-2, 5e-2, 0.1,  0.25,   0.5,  1.0,  2.5,    5.0,  10.0};
+  return {1e-5,   2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+          2.5e-2, 5e-2,   0.1,  0.25, 0.5,    1.0,  2.5,  5.0,    10.0};
 }
 
-MetricsRegistry::Family& MetricsRegistry::FamilyFor(const std::string& name, const std::string& help,
-                                                    Kind kind) {
+MetricsRegistry::Family& MetricsRegistry::FamilyFor(const std::string& name,
+                                                    const std::string& help, Kind kind) {
   auto [it, inserted] = families_.try_emplace(name);
   if (inserted) {
     it->second.kind = kind;
@@ -132,7 +132,8 @@ std::string MetricsRegistry::Render() const {
       for (size_t i = 0; i <= h->bounds().size(); ++i) {
         cumulative += h->BucketCount(i);
         std::string le = i < h->bounds().size() ? FormatDouble(h->bounds()[i]) : "+Inf";
-        out += name + "_bucket" + LabelText(labels, "le", le) + " " + std::to_string(cumulative) + "\n";
+        out += name + "_bucket" + LabelText(labels, "le", le) + " " + std::to_string(cumulative) +
+               "\n";
       }
       out += name + "_sum" + LabelText(labels) + " " + FormatDouble(h->Sum()) + "\n";
       out += name + "_count" + LabelText(labels) + " " + std::to_string(h->Count()) + "\n";

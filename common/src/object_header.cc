@@ -66,12 +66,14 @@ Result<ObjectInfo> DecodeObjectHeader(std::span<const uint8_t> bytes) {
         absl::StrCat("object header needs ", kObjectHeaderBytes, " bytes, got ", bytes.size()));
   }
   const uint8_t* p = bytes.data();
-  if (std::memcmp(p, kMagic, 4) != 0) return absl::InvalidArgumentError("not a KVStash object (bad magic)");
+  if (std::memcmp(p, kMagic, 4) != 0)
+    return absl::InvalidArgumentError("not a KVStash object (bad magic)");
   uint16_t version = Get<uint16_t>(p, 4);
   if (version != kObjectFormatVersion) {
     return absl::InvalidArgumentError(absl::StrCat("unsupported object format version ", version));
   }
-  if (Get<uint16_t>(p, 6) != kObjectHeaderBytes) return absl::InvalidArgumentError("bad header length");
+  if (Get<uint16_t>(p, 6) != kObjectHeaderBytes)
+    return absl::InvalidArgumentError("bad header length");
   if (Get<uint32_t>(p, kHeaderCrcOffset) != Crc32c(p, kHeaderCrcOffset)) {
     return absl::DataLossError("object header checksum mismatch");
   }

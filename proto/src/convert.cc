@@ -52,7 +52,8 @@ void ToProto(const ObjectName& name, v1::ObjectKey* out) {
 
 Result<ObjectName> FromProto(const v1::ObjectKey& key) {
   if (key.namespace_().size() > kMaxNamespaceBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("namespace longer than ", kMaxNamespaceBytes, " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("namespace longer than ", kMaxNamespaceBytes, " bytes"));
   }
   auto fp = Hash128::FromBytes(key.model_fingerprint());
   if (!fp.ok()) return absl::InvalidArgumentError("model_fingerprint must be 16 bytes");
@@ -87,7 +88,8 @@ KvLayout FromProto(const v1::KvLayout& p) {
   l.dtype = DTypeFromProto(p.dtype());
   l.num_tokens = p.num_tokens();
   int rope = p.rope();
-  l.rope = (rope >= 0 && rope <= 2) ? static_cast<RopeConvention>(rope) : static_cast<RopeConvention>(255);
+  l.rope = (rope >= 0 && rope <= 2) ? static_cast<RopeConvention>(rope)
+                                    : static_cast<RopeConvention>(255);
   l.rope_theta = p.rope_theta();
   l.rotary_dim = p.rotary_dim();
   l.position_start = p.position_start();

@@ -38,9 +38,9 @@ TEST(ObjectHeaderTest, LittleEndianFixedFields) {
   ASSERT_TRUE(bytes.ok());
   const auto& b = *bytes;
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(b.data()), 4), "KVSO");
-  EXPECT_EQ(b[4], 1);   // version
-  EXPECT_EQ(b[6], 64);  // header bytes
-  EXPECT_EQ(b[8], 5);   // num_layers
+  EXPECT_EQ(b[4], 1);    // version
+  EXPECT_EQ(b[6], 64);   // header bytes
+  EXPECT_EQ(b[8], 5);    // num_layers
   EXPECT_EQ(b[28], 37);  // num_tokens
   EXPECT_EQ(b[32], 12);  // position_start
   EXPECT_EQ(b[56], 0xEF);

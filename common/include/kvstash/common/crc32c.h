@@ -1,6 +1,6 @@
 // CRC-32C (Castagnoli), the checksum of every stored payload and header.
-// Backed by ISA-L's crc32_iscsi; matches the standard definition (CRC32C("123456789") == 0xE3069283).
-// Thread-safe, no allocation.
+// Backed by ISA-L's crc32_iscsi; matches the standard definition (CRC32C("123456789") ==
+// 0xE3069283). Thread-safe, no allocation.
 #ifndef KVSTASH_COMMON_CRC32C_H_
 #define KVSTASH_COMMON_CRC32C_H_
 

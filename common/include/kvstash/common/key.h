@@ -6,7 +6,8 @@
 //   token chunk, prefix-chained:      h_i = H("KVS1PFX\0" || h_{i-1} || tokens_i)   h_{-1} = 0^16
 //   token chunk, position-independent: h = H("KVS1IND\0" || tokens)
 //   model fingerprint:                 H("KVS1MDL\0" || fields of ModelSpec, see key.cc)
-//   object key:                        H("KVS1KEY\0" || u32 len(ns) || ns || fingerprint || token hash)
+//   object key:                        H("KVS1KEY\0" || u32 len(ns) || ns || fingerprint || token
+//   hash)
 //
 // tokens are u32 little-endian; a Hash128 is serialised as lo (u64 LE) then hi (u64 LE).
 // All functions are pure and thread-safe.
@@ -43,7 +44,9 @@ struct Hash128 {
 };
 
 struct Hash128Hasher {
-  size_t operator()(const Hash128& h) const { return static_cast<size_t>(h.lo ^ (h.hi * 0x9E3779B97F4A7C15ull)); }
+  size_t operator()(const Hash128& h) const {
+    return static_cast<size_t>(h.lo ^ (h.hi * 0x9E3779B97F4A7C15ull));
+  }
 };
 
 enum class TokenHashMode {
@@ -67,8 +70,8 @@ struct ModelSpec {
   std::string model_id;          // e.g. "HuggingFaceTB/SmolLM2-135M-Instruct"
   std::string weights_revision;  // e.g. a file sha256 or a commit id
   DType dtype = DType::kF16;
-  uint32_t num_layers = 0;       // layers of the model
-  uint32_t layer_begin = 0;      // slice held by objects of this fingerprint
+  uint32_t num_layers = 0;   // layers of the model
+  uint32_t layer_begin = 0;  // slice held by objects of this fingerprint
   uint32_t layer_end = 0;
   uint32_t total_kv_heads = 0;
   uint32_t head_begin = 0;

@@ -43,7 +43,8 @@ struct KvLayout {
   uint32_t head_dim = 0;
   DType dtype = DType::kF16;
   uint32_t num_tokens = 0;
-  // RoPE state of the stored K: tokens sit at positions [position_start, position_start+num_tokens).
+  // RoPE state of the stored K: tokens sit at positions [position_start,
+  // position_start+num_tokens).
   RopeConvention rope = RopeConvention::kNone;
   float rope_theta = 10000.0f;
   uint32_t rotary_dim = 0;  // 0 means head_dim
@@ -51,11 +52,11 @@ struct KvLayout {
 
   uint32_t heads() const { return head_end - head_begin; }
   // Elements of one K (or V) row of one layer: tokens x heads x head_dim.
-  size_t ElementsPerLayerHalf() const {
-    return size_t{num_tokens} * heads() * head_dim;
-  }
+  size_t ElementsPerLayerHalf() const { return size_t{num_tokens} * heads() * head_dim; }
   // Bytes of the raw (unencoded) payload.
-  size_t RawBytes() const { return size_t{num_layers} * 2 * ElementsPerLayerHalf() * DTypeSize(dtype); }
+  size_t RawBytes() const {
+    return size_t{num_layers} * 2 * ElementsPerLayerHalf() * DTypeSize(dtype);
+  }
 
   // InvalidArgument naming the first bad field; limits keep RawBytes() far from overflow.
   Status Validate() const;

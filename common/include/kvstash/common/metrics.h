@@ -63,8 +63,10 @@ class MetricsRegistry {
  public:
   // Returns the metric with this name and labels, creating it on first use. `help` of the first
   // registration of a name wins. Names must match [a-zA-Z_:][a-zA-Z0-9_:]*.
-  Counter* GetCounter(const std::string& name, const std::string& help, const MetricLabels& labels = {});
-  Gauge* GetGauge(const std::string& name, const std::string& help, const MetricLabels& labels = {});
+  Counter* GetCounter(const std::string& name, const std::string& help,
+                      const MetricLabels& labels = {});
+  Gauge* GetGauge(const std::string& name, const std::string& help,
+                  const MetricLabels& labels = {});
   Histogram* GetHistogram(const std::string& name, const std::string& help,
                           const MetricLabels& labels = {},
                           std::vector<double> bounds = Histogram::LatencyBounds());

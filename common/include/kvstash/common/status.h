@@ -36,10 +36,10 @@ inline Status OkStatus() { return absl::OkStatus(); }
 #define KVSTASH_CONCAT_(a, b) KVSTASH_CONCAT_INNER_(a, b)
 
 // Returns early from the enclosing function if `expr` yields a non-OK Status.
-#define KVSTASH_RETURN_IF_ERROR(expr)                    \
-  do {                                                   \
-    ::absl::Status kvstash_status_ = (expr);             \
-    if (!kvstash_status_.ok()) return kvstash_status_;   \
+#define KVSTASH_RETURN_IF_ERROR(expr)                  \
+  do {                                                 \
+    ::absl::Status kvstash_status_ = (expr);           \
+    if (!kvstash_status_.ok()) return kvstash_status_; \
   } while (0)
 
 // `KVSTASH_ASSIGN_OR_RETURN(auto x, MakeX());` assigns the value of a Result or returns its error.

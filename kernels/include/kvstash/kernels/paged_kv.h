@@ -1,9 +1,10 @@
 // Paged KV memory as the reference engine (and vLLM) lays it out, and the conversions between
 // paged blocks and chunk objects.
 //
-// Paged layout, per layer: a K pool and a V pool, each [num_blocks][block_size][num_kv_heads][head_dim]
-// in `dtype`, contiguous. A sequence owns blocks listed in its block table: token t of the sequence
-// lives in block block_table[t / block_size], slot t % block_size.
+// Paged layout, per layer: a K pool and a V pool, each
+// [num_blocks][block_size][num_kv_heads][head_dim] in `dtype`, contiguous. A sequence owns blocks
+// listed in its block table: token t of the sequence lives in block block_table[t / block_size],
+// slot t % block_size.
 //
 // Chunk objects are layer-major [layer][K|V][token][head][head_dim] (common/layout.h) and may hold
 // a sub-range of layers and of KV heads, in their own dtype (f32, f16 or bf16; converted with

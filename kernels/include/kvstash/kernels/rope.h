@@ -2,10 +2,10 @@
 // Cache-Craft). RoPE attention depends only on relative position, so K rotated at position p can
 // be moved to position p' by one more rotation by (p' - p) with the same frequencies.
 //
-// Frequencies: inv_freq[i] = theta^(-2i / rotary_dim), i in [0, rotary_dim/2); angle = pos * inv_freq[i].
-// kNeox rotates pairs (i, i + rotary_dim/2); kGptj rotates pairs (2i, 2i+1). Dimensions at and
-// above rotary_dim are left untouched. Angles are computed in double precision from the integer
-// position delta, then applied in f32, so a shift is exact up to f32 rounding.
+// Frequencies: inv_freq[i] = theta^(-2i / rotary_dim), i in [0, rotary_dim/2); angle = pos *
+// inv_freq[i]. kNeox rotates pairs (i, i + rotary_dim/2); kGptj rotates pairs (2i, 2i+1).
+// Dimensions at and above rotary_dim are left untouched. Angles are computed in double precision
+// from the integer position delta, then applied in f32, so a shift is exact up to f32 rounding.
 #ifndef KVSTASH_KERNELS_ROPE_H_
 #define KVSTASH_KERNELS_ROPE_H_
 

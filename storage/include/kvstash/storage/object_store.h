@@ -52,20 +52,20 @@ struct StoredName {
 };
 
 struct StoreOptions {
-  std::string data_dir = "./data";         // SSD tier lives in data_dir/ssd
+  std::string data_dir = "./data";  // SSD tier lives in data_dir/ssd
   uint64_t cpu_capacity_bytes = 1ull << 30;
   uint64_t ssd_capacity_bytes = 8ull << 30;  // 0 disables the SSD tier
-  double high_watermark = 0.90;            // evict from a tier above this fill ...
-  double low_watermark = 0.80;             // ... down to this fill
+  double high_watermark = 0.90;              // evict from a tier above this fill ...
+  double low_watermark = 0.80;               // ... down to this fill
   uint32_t default_reservation_ms = 30'000;
   uint32_t default_lease_ms = 30'000;
   uint32_t max_lease_ms = 600'000;
-  uint32_t ssd_admission_hits = 0;         // 0: write every committed object through to SSD;
-                                           // N: only once it has been read N times
-  int ssd_io_threads = 4;                  // parallel SSD writers/readers
-  std::string cpu_eviction_policy = "lru"; // see eviction_policy.h
+  uint32_t ssd_admission_hits = 0;          // 0: write every committed object through to SSD;
+                                            // N: only once it has been read N times
+  int ssd_io_threads = 4;                   // parallel SSD writers/readers
+  std::string cpu_eviction_policy = "lru";  // see eviction_policy.h
   std::string ssd_eviction_policy = "lru";
-  MetricsRegistry* metrics = nullptr;      // optional; not owned; must outlive the store
+  MetricsRegistry* metrics = nullptr;  // optional; not owned; must outlive the store
 };
 
 struct Reservation {
