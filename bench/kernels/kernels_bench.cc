@@ -7,13 +7,17 @@
 // CUDA benchmarks are registered only when a device is present (main() below).
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <random>
 #include <vector>
 
+#include "kvstash/common/half.h"
 #include "kvstash/common/layout.h"
 #include "kvstash/kernels/cuda_device.h"
 #include "kvstash/kernels/cuda_paged_kv.h"

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "convert.h"
 #include "rope_check.h"
+#include "rope_simd.h"
 
 namespace kvstash::kernels {
 namespace internal {
@@ -75,10 +76,13 @@ class Rotator {
         head_dim_(head_dim),
         half_(rotary_dim / 2),
         convention_(params.convention),
+        simd_(internal::RopeAvx2Available()),
+        // The SIMD kGptj path wants each angle's cos/sin twice in a row (one per pair member).
+        table_step_(simd_ && convention_ == RopeConvention::kGptj ? 2 : 1),
         inv_freq_(half_),
-        cos_(half_),
-        sin_(half_),
-        row_(dtype == DType::kF32 ? 0 : rotary_dim) {
+        cos_(half_ * table_step_),
+        sin_(half_ * table_step_),
+        row_(dtype == DType::kF32 || simd_ ? 0 : rotary_dim) {
     for (uint32_t i = 0; i < half_; ++i) {
       inv_freq_[i] =
           std::pow(static_cast<double>(params.theta), -(2.0 * i) / static_cast<double>(rotary_dim));
@@ -91,15 +95,19 @@ class Rotator {
       const double d = static_cast<double>(delta);
       for (uint32_t i = 0; i < half_; ++i) {
         const double angle = d * inv_freq_[i];
-        cos_[i] = static_cast<float>(std::cos(angle));
-        sin_[i] = static_cast<float>(std::sin(angle));
+        for (uint32_t j = 0; j < table_step_; ++j) {
+          cos_[i * table_step_ + j] = static_cast<float>(std::cos(angle));
+          sin_[i * table_step_ + j] = static_cast<float>(std::sin(angle));
+        }
       }
       angles_for_ = delta;
     }
     const size_t elem = DTypeSize(dtype_);
     for (uint32_t h = 0; h < num_heads_; ++h) {
       std::byte* head = token + size_t{h} * head_dim_ * elem;
-      if (dtype_ == DType::kF32) {
+      if (simd_) {
+        internal::RotateHeadAvx2(head, dtype_, convention_, half_, cos_.data(), sin_.data());
+      } else if (dtype_ == DType::kF32) {
         RotateHead(reinterpret_cast<float*>(head), convention_, half_, cos_.data(), sin_.data());
       } else {
         internal::ToF32(head, dtype_, row_.data(), row_.size());
@@ -115,6 +123,8 @@ class Rotator {
   uint32_t head_dim_;
   uint32_t half_;
   RopeConvention convention_;
+  bool simd_;
+  uint32_t table_step_;
   std::vector<double> inv_freq_;
   std::vector<float> cos_;
   std::vector<float> sin_;

@@ -12,6 +12,7 @@
 
 #include "kv_test_util.h"
 #include "rope_reference.h"
+#include "rope_simd.h"  // kernels/src: to run the portable path too
 
 namespace kvstash::kernels {
 namespace {
@@ -159,6 +160,63 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::Values(0u, 32u, 18u),  // full, half, partial odd pair count
                        ::testing::Values(10000.0f, 500000.0f)),
     ParamName);
+
+// rope.h's arithmetic stated in the test: cos/sin of (delta * theta^(-2i/rotary_dim)) computed in
+// double and rounded to f32, then x0*c - x1*s and x0*s + x1*c with every operation rounded in f32
+// (this file is built with -ffp-contract=off), stored with the scalar common/half.h conversions.
+// The kernel must give these bits exactly, on its SIMD path and on its portable path.
+TEST_P(RopeTest, BitExactAgainstF32Statement) {
+  std::mt19937_64 rng(9);
+  std::vector<std::byte> input(k_pre_.size() * DTypeSize(dtype_));
+  testing::FillRandom(input.data(), dtype_, k_pre_.size(), rng);
+  std::vector<int64_t> deltas(kTokens);
+  std::uniform_int_distribution<int64_t> delta_dist(-300000, 300000);
+  for (int64_t& d : deltas) d = delta_dist(rng);
+  const uint32_t half = rotary_dim_ / 2;
+  std::vector<std::byte> want = input;
+  for (uint32_t t = 0; t < kTokens; ++t) {
+    if (deltas[t] == 0) continue;
+    for (uint32_t h = 0; h < kHeads; ++h) {
+      const size_t base = (size_t{t} * kHeads + h) * kHeadDim;
+      for (uint32_t i = 0; i < half; ++i) {
+        const double angle = static_cast<double>(deltas[t]) *
+                             std::pow(static_cast<double>(params_.theta),
+                                      -(2.0 * i) / static_cast<double>(rotary_dim_));
+        const float c = static_cast<float>(std::cos(angle));
+        const float s = static_cast<float>(std::sin(angle));
+        const bool neox = params_.convention == RopeConvention::kNeox;
+        const size_t a = base + (neox ? i : 2 * i);
+        const size_t b = base + (neox ? i + half : 2 * i + 1);
+        const float x0 = static_cast<float>(Load(input, dtype_, a));
+        const float x1 = static_cast<float>(Load(input, dtype_, b));
+        const float y0 = x0 * c - x1 * s;
+        const float y1 = x0 * s + x1 * c;
+        const size_t e = DTypeSize(dtype_);
+        testing::ConvertOne(reinterpret_cast<const std::byte*>(&y0), DType::kF32,
+                            want.data() + a * e, dtype_);
+        testing::ConvertOne(reinterpret_cast<const std::byte*>(&y1), DType::kF32,
+                            want.data() + b * e, dtype_);
+      }
+    }
+  }
+  for (bool force_scalar : {false, true}) {
+    SCOPED_TRACE(force_scalar ? "portable path" : "default (SIMD when the CPU has it)");
+    internal::ForceRopeScalarForTesting(force_scalar);
+    std::vector<std::byte> got = input;
+    ASSERT_TRUE(RotateKeys(got.data(), dtype_, kTokens, kHeads, kHeadDim, params_, deltas).ok());
+    internal::ForceRopeScalarForTesting(false);
+    size_t mismatches = 0;
+    const size_t e = DTypeSize(dtype_);
+    for (size_t i = 0; i < k_pre_.size(); ++i) {
+      if (std::memcmp(got.data() + i * e, want.data() + i * e, e) != 0) {
+        // Inputs include infinities and extreme magnitudes: NaN results are equal as NaNs.
+        if (std::isnan(Load(got, dtype_, i)) && std::isnan(Load(want, dtype_, i))) continue;
+        if (++mismatches <= 5) ADD_FAILURE() << "element " << i;
+      }
+    }
+    EXPECT_EQ(mismatches, 0u);
+  }
+}
 
 // The pair layout of each convention, on a unit vector whose first pair has frequency 1.
 TEST(RopeConventionTest, PairsRotateTogether) {
