@@ -17,6 +17,9 @@ struct CopyGeometry {
   uint32_t head_offset_units;  // from a slot's start to head_begin
 };
 
+// Kernel arguments stay within the classic 4 KiB limit (cuda_launch.h sizes the arrays for it).
+static_assert(sizeof(PagedCopyLaunch) + sizeof(CopyGeometry) <= 4096);
+
 // blockIdx.y = launch layer * 2 + (K=0 | V=1); threadIdx.y picks a token of the block's group;
 // threadIdx.x strides over the token's row.
 template <typename PagedT, typename ChunkT, bool kGather>

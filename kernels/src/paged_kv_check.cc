@@ -54,12 +54,20 @@ Status ValidatePagedCopy(const PagedKvView& paged, const TokenSpan& span, const 
     return Bad(absl::StrCat("layer ", last - 1, " is outside the paged memory's ", shape.num_layers,
                             " layers"));
   }
+  auto misaligned = [](const void* p, DType dtype) {
+    return reinterpret_cast<uintptr_t>(p) % DTypeSize(dtype) != 0;
+  };
   for (uint32_t layer = first_layer; layer < last; ++layer) {
     if (paged.k_pools[layer] == nullptr || paged.v_pools[layer] == nullptr) {
       return Bad(absl::StrCat("pool pointer of layer ", layer, " is null"));
     }
+    if (misaligned(paged.k_pools[layer], shape.dtype) ||
+        misaligned(paged.v_pools[layer], shape.dtype)) {
+      return Bad(absl::StrCat("pool pointer of layer ", layer, " is not aligned to its dtype"));
+    }
   }
   if (chunk_ptr == nullptr) return Bad("chunk pointer is null");
+  if (misaligned(chunk_ptr, chunk.dtype)) return Bad("chunk pointer is not aligned to its dtype");
 
   const uint64_t end = uint64_t{span.token_begin} + chunk.num_tokens;
   const size_t first_block = BlockIndex(shape, span.token_begin);

@@ -261,10 +261,10 @@ class PagedKvErrorTest : public ::testing::Test {
   void ExpectRejected(const std::string& why) {
     SCOPED_TRACE(why);
     TokenSpan span{table_, token_begin_};
-    std::vector<std::byte> chunk_bytes(std::max<size_t>(chunk_.RawBytes(), 1), std::byte{0x11});
+    std::vector<std::byte> chunk_bytes(chunk_.RawBytes() + 1, std::byte{0x11});
     const auto before = chunk_bytes;
     const PagedMemory paged_before = Clone(paged_);
-    void* chunk_ptr = null_chunk_ ? nullptr : chunk_bytes.data();
+    void* chunk_ptr = null_chunk_ ? nullptr : chunk_bytes.data() + chunk_offset_;
     EXPECT_EQ(GatherChunk(paged_.view, span, chunk_, chunk_ptr).code(),
               absl::StatusCode::kInvalidArgument);
     EXPECT_EQ(GatherLayer(paged_.view, span, chunk_, layer_, chunk_ptr).code(),
@@ -284,6 +284,7 @@ class PagedKvErrorTest : public ::testing::Test {
   uint32_t token_begin_ = 2;
   uint32_t layer_ = 1;
   bool null_chunk_ = false;
+  size_t chunk_offset_ = 0;
 };
 
 TEST_F(PagedKvErrorTest, ValidSetupIsAccepted) {
@@ -358,9 +359,14 @@ TEST_F(PagedKvErrorTest, NullPointers) {
   null_chunk_ = true;
   ExpectRejected("null chunk");
   null_chunk_ = false;
+  chunk_offset_ = 1;
+  ExpectRejected("misaligned chunk");
+  chunk_offset_ = 0;
   paged_.view.v_pools[2] = nullptr;
   layer_ = 2;
   ExpectRejected("null pool of a copied layer");
+  paged_.view.v_pools[2] = paged_.v[2].data() + 1;
+  ExpectRejected("misaligned pool of a copied layer");
 }
 
 TEST_F(PagedKvErrorTest, CudaVariantsRejectTheSameInputs) {

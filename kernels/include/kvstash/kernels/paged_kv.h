@@ -59,7 +59,7 @@ struct TokenSpan {
 // differ from the paged shape, k_pools/v_pools do not have num_layers entries), the layer is
 // outside both the chunk's and the paged layer range, the block table is too short for the span,
 // a block id is out of [0, num_blocks), the span's blocks are not distinct, or a pointer the copy
-// needs is null. Nothing is written when an error is returned.
+// needs is null or not aligned to its dtype's size. Nothing is written when an error is returned.
 Status GatherLayer(const PagedKvView& paged, const TokenSpan& span, const KvLayout& chunk,
                    uint32_t layer, void* chunk_layer);
 
