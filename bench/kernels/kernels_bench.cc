@@ -132,6 +132,20 @@ void Scatter(benchmark::State& state, Model model, DType paged_dtype, DType chun
   state.SetBytesProcessed(int64_t(state.iterations()) * s.chunk.RawBytes());
 }
 
+// Reference point for the copies: one contiguous memcpy of the same number of bytes (what a
+// gather could reach if the blocks were contiguous and no conversion were needed).
+void ContiguousMemcpy(benchmark::State& state, Model model) {
+  const size_t bytes = size_t{model.layers} * 2 * kTokens * model.heads * model.head_dim * 2;
+  Buffers buffers(/*device=*/false);
+  void* from = buffers.Allocate(bytes);
+  void* to = buffers.Allocate(bytes);
+  for (auto _ : state) {
+    std::memcpy(to, from, bytes);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(int64_t(state.iterations()) * bytes);
+}
+
 // The K half of one Llama-8B layer of a chunk, moved by a constant delta (ShiftKeys) or by one
 // delta per token (RotateKeys, every delta distinct: the cos/sin table is rebuilt per token).
 void Rope(benchmark::State& state, DType dtype, bool per_token) {
@@ -206,6 +220,8 @@ constexpr DType kF16 = DType::kF16;
 constexpr DType kBF16 = DType::kBF16;
 constexpr DType kF32 = DType::kF32;
 
+BENCHMARK_CAPTURE(ContiguousMemcpy, SmolLM2_chunk_f16, kSmolLM2);
+BENCHMARK_CAPTURE(ContiguousMemcpy, Llama8B_layer_f16, kLlama8BLayer);
 BENCHMARK_CAPTURE(Gather, SmolLM2_chunk_f16, kSmolLM2, kF16, kF16, 0, 3);
 BENCHMARK_CAPTURE(Scatter, SmolLM2_chunk_f16, kSmolLM2, kF16, kF16, 0, 3);
 BENCHMARK_CAPTURE(Gather, SmolLM2_chunk_f16_heads_1_3, kSmolLM2, kF16, kF16, 1, 3);
