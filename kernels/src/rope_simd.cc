@@ -7,6 +7,7 @@
 #include "kvstash/common/half.h"
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -130,7 +131,13 @@ __attribute__((target("avx2,f16c"))) void Rotate(void* head, RopeConvention conv
 }  // namespace
 
 bool RopeAvx2Available() {
-  static const bool available = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  // F16C through cpuid: clang 14 has no "f16c" name for __builtin_cpu_supports. The avx2 check
+  // also confirms that the OS saves the YMM registers.
+  static const bool available = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+    return f16c && __builtin_cpu_supports("avx2");
+  }();
   return available && !force_scalar.load(std::memory_order_relaxed);
 }
 

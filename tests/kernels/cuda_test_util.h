@@ -20,7 +20,7 @@ namespace kvstash::kernels::testing {
 
 class DeviceBuffer {
  public:
-  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
+  explicit DeviceBuffer(size_t bytes) {
     auto ptr = CudaMalloc(bytes);
     EXPECT_TRUE(ptr.ok()) << ptr.status();
     if (ptr.ok()) {
@@ -47,7 +47,6 @@ class DeviceBuffer {
 
  private:
   std::byte* ptr_ = nullptr;
-  size_t bytes_;
 };
 
 }  // namespace kvstash::kernels::testing
