@@ -50,12 +50,16 @@ struct TokenSpan {
   // num_tokens comes from the chunk layout
 };
 
-// Copies one layer (model layer `layer` = chunk.layer_begin + i) of tokens
-// [token_begin, token_begin + chunk.num_tokens) and heads [chunk.head_begin, chunk.head_end)
-// from paged memory into `chunk_layer`, which points at that layer's [K|V][token][head][dim]
-// slab of a chunk object laid out as `chunk`.
-// InvalidArgument when shapes disagree, the layer or head range is outside the paged shape, or a
-// block id is out of range.
+// Copies one layer of tokens [token_begin, token_begin + chunk.num_tokens) and heads
+// [chunk.head_begin, chunk.head_end) from paged memory into `chunk_layer`, which points at that
+// layer's [K|V][token][head][dim] slab of a chunk object laid out as `chunk`
+// (ChunkLayerBytes(chunk) bytes). `layer` is the model layer: chunk.layer_begin + i for the
+// chunk's i-th layer.
+// InvalidArgument when chunk.Validate() fails, shapes disagree (chunk.total_kv_heads or head_dim
+// differ from the paged shape, k_pools/v_pools do not have num_layers entries), the layer is
+// outside both the chunk's and the paged layer range, the block table is too short for the span,
+// a block id is out of [0, num_blocks), the span's blocks are not distinct, or a pointer the copy
+// needs is null or not aligned to its dtype's size. Nothing is written when an error is returned.
 Status GatherLayer(const PagedKvView& paged, const TokenSpan& span, const KvLayout& chunk,
                    uint32_t layer, void* chunk_layer);
 
@@ -63,7 +67,8 @@ Status GatherLayer(const PagedKvView& paged, const TokenSpan& span, const KvLayo
 Status ScatterLayer(const KvLayout& chunk, uint32_t layer, const void* chunk_layer,
                     const TokenSpan& span, PagedKvView& paged);
 
-// Whole-object convenience: every layer of the chunk, layer after layer.
+// Whole-object convenience: every layer of the chunk, layer after layer (validated once, before
+// anything is copied).
 Status GatherChunk(const PagedKvView& paged, const TokenSpan& span, const KvLayout& chunk,
                    void* chunk_bytes);
 Status ScatterChunk(const KvLayout& chunk, const void* chunk_bytes, const TokenSpan& span,

@@ -1,0 +1,69 @@
+{{/* Chart name, truncated to the 63 characters Kubernetes allows in a name. */}}
+{{- define "kvstash.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: release name, plus the chart name unless already in it. */}}
+{{- define "kvstash.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kvstash.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kvstash.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kvstash.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "kvstash.labels" -}}
+helm.sh/chart: {{ include "kvstash.chart" . }}
+{{ include "kvstash.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "kvstash.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kvstash.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Paths inside the container. */}}
+{{- define "kvstash.socketDir" -}}/run/kvstash{{- end }}
+{{- define "kvstash.dataDir" -}}/var/lib/kvstash{{- end }}
+{{- define "kvstash.configDir" -}}/etc/kvstash{{- end }}
+
+{{/* The metrics/health port; 0 would disable /healthz, which the probes need. */}}
+{{- define "kvstash.metricsPort" -}}
+{{- $port := int (dig "metrics" "port" 9464 .Values.config) }}
+{{- if or (le $port 0) (gt $port 65535) }}
+{{- fail "config.metrics.port must be in 1..65535: the probes use /healthz on it" }}
+{{- end }}
+{{- $port }}
+{{- end }}
+
+{{/* cachesvc's configuration: the user's `config` with listen and data_dir set by the chart. */}}
+{{- define "kvstash.config" -}}
+{{- $config := deepCopy (default dict .Values.config) }}
+{{- $_ := set $config "listen" (printf "unix://%s/%s" (include "kvstash.socketDir" .) .Values.socket.name) }}
+{{- $storage := default dict (get $config "storage") }}
+{{- $_ := set $storage "data_dir" (include "kvstash.dataDir" .) }}
+{{- if eq .Values.ssd.mode "none" }}
+{{- $_ := set $storage "ssd_capacity" "0" }}
+{{- end }}
+{{- $_ := set $config "storage" $storage }}
+{{- toYaml $config }}
+{{- end }}

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Checks charts/kvstash offline: `helm lint --strict`, then renders with several value sets and
+checks the manifests' structure (what a cluster would reject, and what the chart promises:
+probes on /healthz of the metrics port, the socket directory on a hostPath shared with engine
+pods, no hostIPC/hostNetwork, the config cachesvc gets). Run through scripts/lint_chart.sh.
+
+What this cannot check: admission by a real API server (OpenAPI schemas of every field), the
+cachesvc image itself, and the pods running. docs/deploy.md says so.
+"""
+import copy
+import json
+import sys
+
+import helm_python as helm
+import yaml
+
+# YAML keys cachesvc accepts (cachesvc/src/config.cc on the service branch); the chart must not
+# render anything else into the config, since cachesvc refuses unknown keys.
+CACHESVC_KEYS = {
+    "listen", "arena_socket", "ready_file", "log_level", "metrics.address", "metrics.port",
+    "limits.max_message_bytes", "limits.max_keys_per_request", "limits.max_chunk_bytes",
+    "limits.stream_chunk_bytes", "limits.max_list_limit", "limits.stream_timeout_ms",
+    "limits.rpc_threads", "limits.shutdown_grace_ms", "storage.data_dir", "storage.cpu_capacity",
+    "storage.ssd_capacity", "storage.high_watermark", "storage.low_watermark",
+    "storage.reservation_ms", "storage.lease_ms", "storage.max_lease_ms",
+    "storage.ssd_admission_hits", "storage.ssd_io_threads", "storage.cpu_eviction_policy",
+    "storage.ssd_eviction_policy",
+}
+
+SOCKET_DIR = "/run/kvstash"
+DATA_DIR = "/var/lib/kvstash"
+
+failures = []
+
+
+def check(condition, message):
+    if not condition:
+        failures.append(message)
+    return condition
+
+
+def flatten(node, prefix=""):
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from flatten(value, path + ".")
+        else:
+            yield path, value
+
+
+def merge(base, override):
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def render(chart, values):
+    rendered = chart.render(values, name="kv", namespace="infra", is_install=True)
+    docs = []
+    for path, text in rendered.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc is not None:
+                docs.append((path, doc))
+    return docs
+
+
+def check_render(label, chart, values):
+    docs = render(chart, values)
+    by_kind = {}
+    for path, doc in docs:
+        check(isinstance(doc, dict), f"{label}: {path} is not a mapping")
+        for field in ("apiVersion", "kind", "metadata"):
+            check(field in doc, f"{label}: {path} lacks {field}")
+        check(bool(doc.get("metadata", {}).get("name")), f"{label}: {path} has no name")
+        by_kind.setdefault(doc["kind"], []).append(doc)
+
+    check(len(by_kind.get("DaemonSet", [])) == 1, f"{label}: expected one DaemonSet")
+    check(len(by_kind.get("ConfigMap", [])) == 1, f"{label}: expected one ConfigMap")
+    ds = by_kind["DaemonSet"][0]
+    config = yaml.safe_load(by_kind["ConfigMap"][0]["data"]["cachesvc.yaml"])
+    pod = ds["spec"]["template"]
+    spec = pod["spec"]
+
+    # Selector and labels.
+    selector = ds["spec"]["selector"]["matchLabels"]
+    pod_labels = pod["metadata"]["labels"]
+    check(all(pod_labels.get(k) == v for k, v in selector.items()),
+          f"{label}: DaemonSet selector does not match its pod labels")
+
+    # Node-local sharing without host namespaces.
+    for host_flag in ("hostIPC", "hostNetwork", "hostPID"):
+        check(not spec.get(host_flag, False), f"{label}: {host_flag} must stay off")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    sock = volumes.get("socket-dir", {})
+    check(sock.get("hostPath", {}).get("path") == values["socket"]["hostPath"],
+          f"{label}: socket-dir must be the hostPath {values['socket']['hostPath']}")
+
+    # The container: config, probes, mounts.
+    containers = spec["containers"]
+    check(len(containers) == 1, f"{label}: expected one container")
+    c = containers[0]
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    port = values["config"]["metrics"]["port"]
+    check(ports.get("metrics") == port, f"{label}: metrics containerPort != config port {port}")
+    check(config["metrics"]["port"] == port, f"{label}: rendered config port differs")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        get = c.get(probe, {}).get("httpGet", {})
+        check(get.get("path") == "/healthz" and get.get("port") == "metrics",
+              f"{label}: {probe} must GET /healthz on the metrics port")
+    args = c["args"]
+    check(args[:2] == ["--config", "/etc/kvstash/cachesvc.yaml"], f"{label}: --config missing")
+    for extra in values.get("extraArgs", []):
+        check(extra in args, f"{label}: extra arg {extra} missing")
+    all_mounts = [m for k in spec.get("initContainers", []) + containers
+                  for m in k.get("volumeMounts", [])]
+    for m in all_mounts:
+        check(m["name"] in volumes, f"{label}: mount {m['name']} has no volume")
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    check(mounts.get("socket-dir") == SOCKET_DIR, f"{label}: socket dir mount")
+    check(mounts.get("config") == "/etc/kvstash", f"{label}: config mount")
+
+    # The configuration cachesvc gets.
+    check(config["listen"] == f"unix://{SOCKET_DIR}/{values['socket']['name']}",
+          f"{label}: listen does not point into the shared socket directory")
+    check(config["storage"]["data_dir"] == DATA_DIR, f"{label}: data_dir")
+    for key, _ in flatten(config):
+        check(key in CACHESVC_KEYS, f"{label}: cachesvc does not know config key {key}")
+
+    mode = values["ssd"]["mode"]
+    data = volumes.get("data")
+    if mode == "none":
+        check(data is None, f"{label}: no data volume expected")
+        check(str(config["storage"]["ssd_capacity"]) == "0", f"{label}: ssd_capacity must be 0")
+    else:
+        check(data is not None and mounts.get("data") == DATA_DIR, f"{label}: data volume")
+        kind = {"hostPath": "hostPath", "ephemeral": "ephemeral", "emptyDir": "emptyDir"}[mode]
+        check(data is not None and kind in data, f"{label}: data volume is not {kind}")
+
+    # Metrics Service and ServiceMonitor.
+    services = by_kind.get("Service", [])
+    if values["metrics"]["service"]["enabled"]:
+        check(len(services) == 1, f"{label}: expected the metrics Service")
+        svc = services[0]
+        check(all(pod_labels.get(k) == v for k, v in svc["spec"]["selector"].items()),
+              f"{label}: Service selector does not select the pods")
+        check(svc["spec"]["ports"][0]["targetPort"] == "metrics", f"{label}: Service port")
+    else:
+        check(not services, f"{label}: no Service expected")
+    monitors = by_kind.get("ServiceMonitor", [])
+    if values["metrics"]["serviceMonitor"]["enabled"]:
+        check(len(monitors) == 1, f"{label}: expected a ServiceMonitor")
+        sm = monitors[0]
+        svc_labels = services[0]["metadata"]["labels"]
+        check(all(svc_labels.get(k) == v
+                  for k, v in sm["spec"]["selector"]["matchLabels"].items()),
+              f"{label}: ServiceMonitor does not select the Service")
+        check(sm["spec"]["endpoints"][0]["port"] == "metrics", f"{label}: ServiceMonitor port")
+        for k, v in values["metrics"]["serviceMonitor"].get("labels", {}).items():
+            check(sm["metadata"]["labels"].get(k) == v, f"{label}: ServiceMonitor label {k}")
+    else:
+        check(not monitors, f"{label}: no ServiceMonitor expected")
+    return pod["metadata"]["annotations"]["checksum/config"]
+
+
+def expect_failure(label, chart, values):
+    try:
+        chart.validate_schema(values)
+        render(chart, values)
+    except helm.HelmError as error:
+        print(f"rejected as expected: {label}: {str(error).splitlines()[0][:160]}")
+        return
+    failures.append(f"{label}: should have been rejected")
+
+
+def main():
+    chart_dir = sys.argv[1]
+    report = helm.lint(chart_dir, strict=True)
+    for message in report.get("messages", []):
+        print(f"lint: severity {message['severity']}: {message['path']}: {message['error']}")
+        check(message["severity"] < 2, f"lint: {message['error']}")
+    check(not report.get("errors"), f"lint errors: {report.get('errors')}")
+
+    chart = helm.Chart.load(chart_dir)
+    defaults = chart.values
+    variants = {
+        "defaults": {},
+        "ssd none": {"ssd": {"mode": "none"}},
+        "ssd ephemeral": {"ssd": {"mode": "ephemeral", "storageClassName": "topolvm"}},
+        "ssd emptyDir": {"ssd": {"mode": "emptyDir", "size": "10Gi"}},
+        "monitoring": {"metrics": {"serviceMonitor": {"enabled": True,
+                                                      "labels": {"release": "prom"}}}},
+        "no metrics service": {"metrics": {"service": {"enabled": False}}},
+        "custom": {"config": {"metrics": {"port": 9500}, "log_level": "debug",
+                              "limits": {"rpc_threads": 16}},
+                   "socket": {"hostPath": "/var/run/kv", "name": "kv.sock"},
+                   "extraArgs": ["--ssd-io-threads=8"],
+                   "nodeSelector": {"nvidia.com/gpu.present": "true"},
+                   "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                   "initContainer": {"enabled": False}},
+    }
+    checksums = {}
+    for label, override in variants.items():
+        values = merge(defaults, override)
+        try:
+            checksums[label] = check_render(label, chart, values)
+        except helm.HelmError as error:
+            failures.append(f"{label}: render failed: {error}")
+        print(f"rendered: {label}")
+    check(checksums.get("defaults") != checksums.get("custom"),
+          "checksum/config must change with the config")
+
+    expect_failure("metrics port 0", chart, merge(defaults, {"config": {"metrics": {"port": 0}}}))
+    expect_failure("unknown ssd mode", chart, merge(defaults, {"ssd": {"mode": "nfs"}}))
+    expect_failure("listen set by hand", chart, merge(defaults, {"config": {"listen": "x:1"}}))
+    expect_failure("monitor without service", chart,
+                   merge(defaults, {"metrics": {"service": {"enabled": False},
+                                                "serviceMonitor": {"enabled": True}}}))
+
+    if failures:
+        print("\n".join(f"FAIL {f}" for f in failures))
+        print(f"0 passed, {len(failures)} failed")
+        return 1
+    print(f"chart checks: {len(variants)} renders and 4 rejections as expected")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
