@@ -69,6 +69,7 @@ class Llama2cTokenizer : public Tokenizer {
 
   std::string Piece(int32_t prev, int32_t token) const override {
     if (token < 0 || static_cast<size_t>(token) >= pieces_.size()) return "";
+    if (token == bos_id_ || token == eos_id_) return "";  // markers, not text
     std::string_view p = pieces_[token];
     if (prev == bos_id_ && !p.empty() && p[0] == ' ') p.remove_prefix(1);
     unsigned byte;
