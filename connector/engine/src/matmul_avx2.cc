@@ -142,15 +142,16 @@ inline void TileTail(size_t left, const uint8_t* row, uint32_t cols, const float
 template <class U>
 void Run(const WeightMatrix& w, const float* x, size_t xs, size_t n, float* y, size_t ys,
          uint32_t o_begin, uint32_t o_end) {
-  for (size_t t0 = 0; t0 < n; t0 += kMatmulTokenChunk) {
-    size_t t1 = std::min(n, t0 + kMatmulTokenChunk);
+  // A tile of activation rows stays in L1 while this thread's weight rows stream past it.
+  size_t t = 0;
+  for (; t + kRows <= n; t += kRows) {
     for (uint32_t o = o_begin; o < o_end; ++o) {
-      const uint8_t* row = w.Row(o);
-      size_t t = t0;
-      for (; t + kRows <= t1; t += kRows) {
-        Tile<U, kRows>(row, w.cols, x + t * xs, xs, y + t * ys + o, ys);
-      }
-      TileTail<U, kRows - 1>(t1 - t, row, w.cols, x + t * xs, xs, y + t * ys + o, ys);
+      Tile<U, kRows>(w.Row(o), w.cols, x + t * xs, xs, y + t * ys + o, ys);
+    }
+  }
+  if (t < n) {
+    for (uint32_t o = o_begin; o < o_end; ++o) {
+      TileTail<U, kRows - 1>(n - t, w.Row(o), w.cols, x + t * xs, xs, y + t * ys + o, ys);
     }
   }
 }

@@ -8,8 +8,10 @@
 
 namespace kvstash::engine {
 
-Result<std::shared_ptr<const Model>> LoadGgufModel(const std::string& path);
-Result<std::shared_ptr<const Model>> LoadLlama2cModel(const std::string& path);
+Result<std::shared_ptr<const Model>> LoadGgufModel(const std::string& path,
+                                                   const LoadOptions& options);
+Result<std::shared_ptr<const Model>> LoadLlama2cModel(const std::string& path,
+                                                      const LoadOptions& options);
 
 std::string GgmlTypeName(uint32_t raw_type) {
   static const char* const kNames[] = {
@@ -146,12 +148,13 @@ Status ModelConfig::Validate() const {
   return OkStatus();
 }
 
-Result<std::shared_ptr<const Model>> Model::Load(const std::string& path) {
+Result<std::shared_ptr<const Model>> Model::Load(const std::string& path,
+                                                 const LoadOptions& options) {
   KVSTASH_ASSIGN_OR_RETURN(auto probe, MappedFile::Open(path));
   auto bytes = probe->bytes();
   bool gguf = bytes.size() >= 4 && std::memcmp(bytes.data(), "GGUF", 4) == 0;
   probe.reset();
-  return gguf ? LoadGgufModel(path) : LoadLlama2cModel(path);
+  return gguf ? LoadGgufModel(path, options) : LoadLlama2cModel(path, options);
 }
 
 Model::Model() = default;

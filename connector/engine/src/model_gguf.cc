@@ -54,7 +54,8 @@ Result<std::vector<float>> Vector(const GgufFile& f, const std::string& name, ui
 
 }  // namespace
 
-Result<std::shared_ptr<const Model>> LoadGgufModel(const std::string& path) {
+Result<std::shared_ptr<const Model>> LoadGgufModel(const std::string& path,
+                                                   const LoadOptions& options) {
   KVSTASH_ASSIGN_OR_RETURN(auto gguf, GgufFile::Open(path));
   const GgufFile& f = *gguf;
   std::shared_ptr<Model> model(new Model());
@@ -92,6 +93,7 @@ Result<std::shared_ptr<const Model>> LoadGgufModel(const std::string& path) {
   }
   // The GGUF converter permutes llama's Q/K rows so that RoPE rotates adjacent pairs.
   c.rope = RopeConvention::kGptj;
+  if (options.rope != RopeConvention::kNone) c.rope = options.rope;
   const GgufTensor* emb = f.FindTensor("token_embd.weight");
   if (emb == nullptr || emb->dims.size() != 2) {
     return absl::InvalidArgumentError(path + ": missing or malformed token_embd.weight");

@@ -8,7 +8,8 @@
 
 namespace kvstash::engine {
 
-Result<std::shared_ptr<const Model>> LoadLlama2cModel(const std::string& path) {
+Result<std::shared_ptr<const Model>> LoadLlama2cModel(const std::string& path,
+                                                      const LoadOptions& options) {
   KVSTASH_ASSIGN_OR_RETURN(auto file, MappedFile::Open(path));
   auto bytes = file->bytes();
   int32_t h[7];
@@ -42,6 +43,7 @@ Result<std::shared_ptr<const Model>> LoadLlama2cModel(const std::string& path) {
   c.rotary_dim = c.head_dim;
   c.rms_eps = 1e-5f;
   c.rope = RopeConvention::kGptj;
+  if (options.rope != RopeConvention::kNone) c.rope = options.rope;
   c.rope_theta = 10000.0f;
   KVSTASH_RETURN_IF_ERROR(c.Validate());
 

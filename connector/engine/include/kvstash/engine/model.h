@@ -50,12 +50,19 @@ struct ModelConfig {
   Status Validate() const;
 };
 
+struct LoadOptions {
+  // kNone: the format's convention (kGptj for both formats). kNeox or kGptj override it, for a
+  // checkpoint whose Q/K rows are laid out for the other pairing (e.g. unpermuted HF weights).
+  RopeConvention rope = RopeConvention::kNone;
+};
+
 class Model {
  public:
   // Loads a GGUF file or a llama2.c checkpoint (detected by the GGUF magic). NotFound for a
   // missing file; InvalidArgument for a malformed file, an unsupported architecture or tensor
   // type, or shapes that disagree with the configuration.
-  static Result<std::shared_ptr<const Model>> Load(const std::string& path);
+  static Result<std::shared_ptr<const Model>> Load(const std::string& path,
+                                                   const LoadOptions& options = {});
 
   ~Model();
   Model(const Model&) = delete;
@@ -79,8 +86,10 @@ class Model {
 
  private:
   Model();
-  friend Result<std::shared_ptr<const Model>> LoadGgufModel(const std::string& path);
-  friend Result<std::shared_ptr<const Model>> LoadLlama2cModel(const std::string& path);
+  friend Result<std::shared_ptr<const Model>> LoadGgufModel(const std::string& path,
+                                                            const LoadOptions& options);
+  friend Result<std::shared_ptr<const Model>> LoadLlama2cModel(const std::string& path,
+                                                               const LoadOptions& options);
 
   ModelFormat format_ = ModelFormat::kGguf;
   std::string path_;
