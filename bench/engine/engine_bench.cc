@@ -5,6 +5,8 @@
 //
 //   engine_bench --model ~/.cache/kvstash/models/SmolLM2-135M-Instruct.Q4_1.gguf
 //     --text ../shared/data/text/botchan.txt --out bench/results/engine.json
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -32,6 +34,14 @@ double Median(std::vector<double> v) {
 
 double Since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// CPU seconds of the whole process (every engine thread): tokens per CPU-second is far less
+// sensitive than wall time to other jobs sharing the machine.
+double CpuNow() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 int Run(int argc, char** argv) {

@@ -40,7 +40,9 @@ struct EngineOptions {
 struct LayerHooks {
   // Before layer `layer` reads or writes paged KV (its Q/K/V projection may already have run):
   // return once that layer's KV for positions [0, start_pos) is in paged memory (layer-wise
-  // loading). A non-OK status aborts the prefill and is returned unchanged.
+  // loading). The engine touches no paged KV of layers > l before their own call, so a loader
+  // may fill later layers concurrently. A non-OK status aborts the prefill and is returned
+  // unchanged.
   std::function<Status(uint32_t layer)> before_layer_kv;
   // After layer `layer`'s K/V for the new positions [start_pos, start_pos + n) are in paged
   // memory (layer-wise storing). The callee may read those entries from any thread until
