@@ -70,16 +70,16 @@ struct Q80W {
   static float At(const uint8_t*, uint32_t) { return 0.0f; }  // rows are whole blocks
 };
 
-// The 32 nibbles of a Q4 block as floats 0..15, in weight order.
+// The 32 nibbles of a Q4 block as floats 0..15 in weight order: bytes widened to dwords once,
+// low nibbles are weights 0..15 and high nibbles weights 16..31.
 inline void Nibbles(const uint8_t* qs, __m256 q[4]) {
-  __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  __m128i mask = _mm_set1_epi8(0x0F);
-  __m128i lo = _mm_and_si128(raw, mask);
-  __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-  q[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-  q[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-  q[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-  q[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+  __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs)));
+  __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs + 8)));
+  __m256i mask = _mm256_set1_epi32(0x0F);
+  q[0] = _mm256_cvtepi32_ps(_mm256_and_si256(b0, mask));
+  q[1] = _mm256_cvtepi32_ps(_mm256_and_si256(b1, mask));
+  q[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4));
+  q[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4));
 }
 
 struct Q40W {
@@ -104,39 +104,57 @@ struct Q41W {
   static float At(const uint8_t*, uint32_t) { return 0.0f; }
 };
 
-template <class U, int R>
-inline void Tile(const uint8_t* wrow, uint32_t cols, const float* x, size_t xs, float* y,
+// O output rows x R activation rows. Each (row, output) accumulator sees the same instruction
+// sequence whatever R and O are; O > 1 only interleaves independent accumulators so that short
+// tiles (decode) are not bound by one accumulator's FMA latency.
+template <class U, int R, int O>
+inline void Tile(const WeightMatrix& w, uint32_t o, const float* x, size_t xs, float* y,
                  size_t ys) {
-  const uint32_t nb = cols / 32;
-  __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const uint32_t nb = w.cols / 32;
+  __m256 acc[O][R];
+  for (int j = 0; j < O; ++j) {
+    for (int r = 0; r < R; ++r) acc[j][r] = _mm256_setzero_ps();
+  }
   for (uint32_t blk = 0; blk < nb; ++blk) {
-    __m256 w[4];
-    U::Load(wrow, blk, w);
+    __m256 wv[O][4];
+    for (int j = 0; j < O; ++j) U::Load(w.Row(o + j), blk, wv[j]);
     const float* xb = x + 32 * size_t{blk};
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const float* xr = xb + r * xs;
-      acc[r] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xr), acc[r]);
-      acc[r] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xr + 8), acc[r]);
-      acc[r] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xr + 16), acc[r]);
-      acc[r] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xr + 24), acc[r]);
+      for (int i = 0; i < 4; ++i) {
+        __m256 xv = _mm256_loadu_ps(xr + 8 * i);
+        for (int j = 0; j < O; ++j) acc[j][r] = _mm256_fmadd_ps(wv[j][i], xv, acc[j][r]);
+      }
     }
   }
-  for (int r = 0; r < R; ++r) {
-    float s = Hsum(acc[r]);
-    const float* xr = x + r * xs;
-    for (uint32_t k = nb * 32; k < cols; ++k) s += U::At(wrow, k) * xr[k];
-    y[r * ys] = s;
+  for (int j = 0; j < O; ++j) {
+    const uint8_t* wrow = w.Row(o + j);
+    for (int r = 0; r < R; ++r) {
+      float s = Hsum(acc[j][r]);
+      const float* xr = x + r * xs;
+      for (uint32_t k = nb * 32; k < w.cols; ++k) s += U::At(wrow, k) * xr[k];
+      y[r * ys + j] = s;
+    }
   }
 }
 
+// Outputs [o_begin, o_end) for R activation rows, O at a time.
 template <class U, int R>
-inline void TileTail(size_t left, const uint8_t* row, uint32_t cols, const float* x, size_t xs,
-                     float* y, size_t ys) {
+inline void Rows(const WeightMatrix& w, uint32_t o_begin, uint32_t o_end, const float* x, size_t xs,
+                 float* y, size_t ys) {
+  constexpr int O = R >= 4 ? 1 : 2;
+  uint32_t o = o_begin;
+  for (; o + O <= o_end; o += O) Tile<U, R, O>(w, o, x, xs, y + o, ys);
+  for (; o < o_end; ++o) Tile<U, R, 1>(w, o, x, xs, y + o, ys);
+}
+
+template <class U, int R>
+inline void RowsTail(size_t left, const WeightMatrix& w, uint32_t o_begin, uint32_t o_end,
+                     const float* x, size_t xs, float* y, size_t ys) {
   if constexpr (R > 0) {
-    if (left == R) return Tile<U, R>(row, cols, x, xs, y, ys);
-    return TileTail<U, R - 1>(left, row, cols, x, xs, y, ys);
+    if (left == R) return Rows<U, R>(w, o_begin, o_end, x, xs, y, ys);
+    return RowsTail<U, R - 1>(left, w, o_begin, o_end, x, xs, y, ys);
   }
 }
 
@@ -146,15 +164,9 @@ void Run(const WeightMatrix& w, const float* x, size_t xs, size_t n, float* y, s
   // A tile of activation rows stays in L1 while this thread's weight rows stream past it.
   size_t t = 0;
   for (; t + kRows <= n; t += kRows) {
-    for (uint32_t o = o_begin; o < o_end; ++o) {
-      Tile<U, kRows>(w.Row(o), w.cols, x + t * xs, xs, y + t * ys + o, ys);
-    }
+    Rows<U, kRows>(w, o_begin, o_end, x + t * xs, xs, y + t * ys, ys);
   }
-  if (t < n) {
-    for (uint32_t o = o_begin; o < o_end; ++o) {
-      TileTail<U, kRows - 1>(n - t, w.Row(o), w.cols, x + t * xs, xs, y + t * ys + o, ys);
-    }
-  }
+  if (t < n) RowsTail<U, kRows - 1>(n - t, w, o_begin, o_end, x + t * xs, xs, y + t * ys, ys);
 }
 
 }  // namespace
