@@ -66,7 +66,7 @@ KVSTASH_AVX2 inline void Dots(const float* q, const float* k, uint32_t hd, float
   for (; d + 16 <= hd; d += 16) {
     __m256 q0 = _mm256_loadu_ps(q + d), q1 = _mm256_loadu_ps(q + d + 8);
     for (int i = 0; i < NK; ++i) {
-      const float* ki = k + size_t{i} * hd + d;
+      const float* ki = k + static_cast<size_t>(i) * hd + d;
       a[i] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(ki), a[i]);
       b[i] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(ki + 8), b[i]);
     }
@@ -74,7 +74,7 @@ KVSTASH_AVX2 inline void Dots(const float* q, const float* k, uint32_t hd, float
   if (d < hd) {  // hd % 16 == 8
     __m256 q0 = _mm256_loadu_ps(q + d);
     for (int i = 0; i < NK; ++i) {
-      a[i] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k + size_t{i} * hd + d), a[i]);
+      a[i] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k + static_cast<size_t>(i) * hd + d), a[i]);
     }
   }
   for (int i = 0; i < NK; ++i) out[i] = Hsum8(_mm256_add_ps(a[i], b[i])) * scale;
