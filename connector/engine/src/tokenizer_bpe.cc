@@ -178,21 +178,26 @@ class BpeTokenizer : public Tokenizer {
     std::vector<std::string> sym;
     sym.reserve(word.size());
     for (char ch : word) sym.push_back(to_unicode[static_cast<uint8_t>(ch)]);
+    // rank[i]: merge rank of the pair (sym[i], sym[i + 1]); only the two pairs touching a
+    // merge change, so each step is an integer scan instead of re-hashing every pair.
+    constexpr int kNone = std::numeric_limits<int>::max();
     std::string key;
-    while (sym.size() > 1) {
-      int best = std::numeric_limits<int>::max();
-      size_t best_at = 0;
-      for (size_t i = 0; i + 1 < sym.size(); ++i) {
-        key.assign(sym[i]).append(" ").append(sym[i + 1]);
-        auto it = ranks_.find(key);
-        if (it != ranks_.end() && it->second < best) {
-          best = it->second;
-          best_at = i;
-        }
-      }
-      if (best == std::numeric_limits<int>::max()) break;
+    auto pair_rank = [&](size_t i) {
+      key.assign(sym[i]).append(" ").append(sym[i + 1]);
+      auto it = ranks_.find(key);
+      return it == ranks_.end() ? kNone : it->second;
+    };
+    std::vector<int> rank(sym.size() > 1 ? sym.size() - 1 : 0);
+    for (size_t i = 0; i < rank.size(); ++i) rank[i] = pair_rank(i);
+    while (!rank.empty()) {
+      size_t best_at = static_cast<size_t>(std::min_element(rank.begin(), rank.end()) -
+                                           rank.begin());  // leftmost lowest rank
+      if (rank[best_at] == kNone) break;
       sym[best_at] += sym[best_at + 1];
       sym.erase(sym.begin() + static_cast<ptrdiff_t>(best_at) + 1);
+      rank.erase(rank.begin() + static_cast<ptrdiff_t>(best_at));
+      if (best_at < rank.size()) rank[best_at] = pair_rank(best_at);
+      if (best_at > 0) rank[best_at - 1] = pair_rank(best_at - 1);
     }
     for (const auto& s : sym) {
       auto it = index_.find(s);
