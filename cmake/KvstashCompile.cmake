@@ -12,8 +12,10 @@ endif()
 
 if(KVSTASH_SANITIZE)
   set(_san -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
-  # Quoted: the list must stay inside the generator expression.
-  add_compile_options("$<$<COMPILE_LANGUAGE:CXX,C>:${_san}>")
+  # One generator expression per flag: a list inside one expression splits it apart.
+  foreach(_flag IN LISTS _san)
+    add_compile_options("$<$<COMPILE_LANGUAGE:CXX,C>:${_flag}>")
+  endforeach()
   add_link_options(${_san})
 endif()
 

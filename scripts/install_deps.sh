@@ -12,6 +12,8 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   # transports and storage
   libucx-dev librocksdb-dev liburing-dev libisal-dev
+  # sha256 of model files (reference engine)
+  libssl-dev
   # compression and hashing
   libzstd-dev liblz4-dev libxxhash-dev
   # config, CLI, logging, HTTP

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# A private virtualenv for the Python reference checks (numpy + the PyPI gguf reader) and plots.
+# A private virtualenv for the Python reference checks (numpy, the PyPI gguf reader, Hugging Face
+# tokenizers for independent token ids) and plots.
 # Lives in $KVSTASH_CACHE/venv; pinned versions; re-runs are no-ops.
 set -euo pipefail
 CACHE="${KVSTASH_CACHE:-$HOME/.cache/kvstash}"
 VENV="$CACHE/venv"
-STAMP="$VENV/.kvstash-reqs-v1"
+STAMP="$VENV/.kvstash-reqs-v2"
 if [ -f "$STAMP" ]; then
   echo "[python] venv present: $VENV"
   exit 0
 fi
 mkdir -p "$CACHE"
 python3 -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check numpy==2.4.6 gguf==0.19.0
+"$VENV/bin/pip" install --quiet --disable-pip-version-check numpy==2.4.6 gguf==0.19.0 tokenizers==0.23.3
 touch "$STAMP"
 echo "[python] venv ready: $VENV"

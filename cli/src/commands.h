@@ -12,6 +12,8 @@ namespace kvstash::cli {
 // Set by a subcommand's callback; main() returns it.
 int& ExitCode();
 
+void RegisterGenerateCommand(CLI::App& app);  // generate_command.cc (reference engine)
+
 }  // namespace kvstash::cli
 
 #endif  // KVSTASH_CLI_COMMANDS_H_

@@ -58,7 +58,9 @@ void ThreadPool::ParallelFor(size_t n, size_t min_block,
   }
   size_t base = n / parts;
   size_t extra = n % parts;
-  std::atomic<size_t> remaining{parts - 1};
+  // `remaining` is only touched under done_mu: a worker that decremented it outside the lock
+  // could still be about to lock done_mu when the caller, seeing zero, returns and destroys it.
+  size_t remaining = parts - 1;
   std::mutex done_mu;
   std::condition_variable done_cv;
   size_t begin = 0;
@@ -70,17 +72,15 @@ void ThreadPool::ParallelFor(size_t n, size_t min_block,
     } else {
       Submit([&, begin, end] {
         fn(begin, end);
-        if (remaining.fetch_sub(1) == 1) {
-          std::lock_guard lock(done_mu);
-          done_cv.notify_one();
-        }
+        std::lock_guard lock(done_mu);
+        if (--remaining == 0) done_cv.notify_one();
       });
     }
     begin = end;
   }
   fn(0, first_end);
   std::unique_lock lock(done_mu);
-  done_cv.wait(lock, [&] { return remaining.load() == 0; });
+  done_cv.wait(lock, [&] { return remaining == 0; });
 }
 
 }  // namespace kvstash

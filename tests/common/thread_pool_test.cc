@@ -19,6 +19,17 @@ TEST(ThreadPoolTest, ParallelForCoversEveryIndexOnce) {
   }
 }
 
+// Many short back-to-back loops: the caller returns (and its completion state goes away) while
+// workers are still finishing their hand-back; this once crashed on a destroyed mutex.
+TEST(ThreadPoolTest, ManyShortLoopsBackToBack) {
+  ThreadPool pool(3);
+  std::atomic<size_t> total{0};
+  for (int round = 0; round < 20000; ++round) {
+    pool.ParallelFor(4, 1, [&](size_t b, size_t e) { total.fetch_add(e - b); });
+  }
+  EXPECT_EQ(total.load(), 80000u);
+}
+
 TEST(ThreadPoolTest, SubmittedTasksRunBeforeDestruction) {
   std::atomic<int> count{0};
   {
