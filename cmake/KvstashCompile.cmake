@@ -16,6 +16,15 @@ if(KVSTASH_SANITIZE)
   add_link_options(${_san})
 endif()
 
+# Fuzz builds (preset `fuzz`, clang): every target gets coverage instrumentation and ASan+UBSan;
+# fuzz targets link libFuzzer's main (tests/fuzz/CMakeLists.txt).
+if(KVSTASH_FUZZ)
+  set(_fuzz_san -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+                -fno-sanitize-recover=undefined)
+  add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:${_fuzz_san}>)
+  add_link_options(-fsanitize=address,undefined)
+endif()
+
 # kvstash_add_library(name SOURCES ... PUBLIC_DEPS ... PRIVATE_DEPS ...)
 # Public headers live in <module>/include, implementation in <module>/src (private).
 function(kvstash_add_library name)

@@ -12,6 +12,9 @@ namespace kvstash::cli {
 // Set by a subcommand's callback; main() returns it.
 int& ExitCode();
 
+// `kvstash codec ...` (codec_commands.cc).
+void RegisterCodecCommands(CLI::App& app);
+
 }  // namespace kvstash::cli
 
 #endif  // KVSTASH_CLI_COMMANDS_H_

@@ -1,0 +1,200 @@
+// Range coding of all streams of a chunk, and decoding with dequantisation.
+//
+// Work items are (sub-chunk, row) pairs. Inside an item the C streams of the row are coded in
+// lockstep, token by token: independent dependency chains per channel keep the core busy, and
+// symbols and outputs are read and written contiguously in the [token][channel] layout.
+#include <atomic>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "chunk.h"
+#include "kvstash/common/half.h"
+#include "kvstash/kernels/cachegen_core.h"
+
+namespace kvstash::codec::internal {
+namespace cg = kernels::cachegen;
+
+namespace {
+
+void BuildTables(std::span<const uint16_t> cdf, size_t row, size_t C, int lp,
+                 std::vector<uint32_t>& tables) {
+  tables.resize(C * cg::kTableSize);
+  for (size_t c = 0; c < C; ++c) {
+    cg::BuildTable(cg::CdfView{cdf.data() + (row * C + c) * lp}, lp,
+                   cg::TableRef{tables.data() + c * cg::kTableSize});
+  }
+}
+
+void StoreRow(const float* x, size_t n, DType dtype, std::vector<uint16_t>& tmp, uint8_t* dst) {
+  if (dtype == DType::kF32) {
+    std::memcpy(dst, x, n * 4);
+    return;
+  }
+  tmp.resize(n);
+  if (dtype == DType::kF16) {
+    F32ToF16(x, tmp.data(), n);
+  } else {
+    F32ToBF16(x, tmp.data(), n);
+  }
+  std::memcpy(dst, tmp.data(), n * 2);
+}
+
+}  // namespace
+
+Status EncodeStreams(const ChunkShape& shape, const ChunkParams& p, const QuantizedChunk& q,
+                     std::span<const uint16_t> cdf, ThreadPool* pool, EncodedStreams* out) {
+  const uint32_t rows = shape.rows();
+  const uint32_t T = shape.tokens;
+  const size_t C = shape.channels();
+  const uint32_t S = p.subchunk_tokens;
+  const size_t items = size_t{p.Subchunks(T)} * rows;
+  out->lengths.assign(items * C, 0);
+  std::vector<std::vector<uint8_t>> item_bytes(items);
+  std::atomic<bool> overflow{false};
+
+  ParallelFor(pool, items, 1, [&](size_t begin, size_t end) {
+    std::vector<uint32_t> tables;
+    std::vector<uint8_t> scratch;
+    std::vector<cg::BitWriter> writers;
+    std::vector<cg::EncoderState> states;
+    for (size_t item = begin; item < end; ++item) {
+      const uint32_t sub = static_cast<uint32_t>(item / rows);
+      const uint32_t row = static_cast<uint32_t>(item % rows);
+      const uint32_t t0 = sub * S;
+      const uint32_t t1 = std::min(T, t0 + S);
+      const uint64_t cap = cg::MaxStreamBytes(t1 - t0);
+      BuildTables(cdf, row, C, p.lp, tables);
+      scratch.resize(C * cap);
+      writers.clear();
+      for (size_t c = 0; c < C; ++c) writers.emplace_back(scratch.data() + c * cap, cap);
+      states.assign(C, cg::EncoderState{});
+      const uint8_t* row_sym = q.sym.data() + size_t{row} * T * C;
+      for (uint32_t t = t0; t < t1; ++t) {
+        if (p.IsAnchor(t)) continue;
+        const uint8_t* s = row_sym + size_t{t} * C;
+        for (size_t c = 0; c < C; ++c) {
+          cg::EncodeSymbol(states[c], cg::TableView{tables.data() + c * cg::kTableSize}, s[c],
+                           writers[c]);
+        }
+      }
+      size_t total = 0;
+      uint32_t* lengths = out->lengths.data() + item * C;
+      for (size_t c = 0; c < C; ++c) {
+        cg::FinishEncode(states[c], writers[c]);
+        if (writers[c].overflowed()) overflow.store(true);
+        lengths[c] = static_cast<uint32_t>(std::min<uint64_t>(writers[c].size(), cap));
+        total += lengths[c];
+      }
+      std::vector<uint8_t>& bytes = item_bytes[item];
+      bytes.resize(total);
+      size_t pos = 0;
+      for (size_t c = 0; c < C; ++c) {
+        std::memcpy(bytes.data() + pos, scratch.data() + c * cap, lengths[c]);
+        pos += lengths[c];
+      }
+    }
+  });
+  if (overflow.load()) return absl::InternalError("CacheGen stream exceeded its bound");
+
+  std::vector<size_t> offsets(items + 1, 0);
+  for (size_t i = 0; i < items; ++i) offsets[i + 1] = offsets[i] + item_bytes[i].size();
+  out->payload.resize(offsets[items]);
+  ParallelFor(pool, items, 8, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) {
+      if (!item_bytes[i].empty()) {
+        std::memcpy(out->payload.data() + offsets[i], item_bytes[i].data(), item_bytes[i].size());
+      }
+    }
+  });
+  return OkStatus();
+}
+
+Status DecodeStreams(const ChunkShape& shape, const ChunkParams& p, const DecodeInputs& in,
+                     ThreadPool* pool, std::span<uint8_t> out) {
+  const uint32_t rows = shape.rows();
+  const uint32_t T = shape.tokens;
+  const size_t C = shape.channels();
+  const uint32_t S = p.subchunk_tokens;
+  const size_t esize = DTypeSize(shape.dtype);
+  const size_t items = size_t{p.Subchunks(T)} * rows;
+  const uint32_t A = p.AnchorsPerRow(T);
+  const uint32_t G = p.group_tokens;
+  if (out.size() != shape.raw_bytes()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("output is ", out.size(), " bytes, chunk needs ", shape.raw_bytes()));
+  }
+  // Start of each item's streams in the payload.
+  std::vector<uint64_t> item_offset(items + 1, 0);
+  for (size_t i = 0; i < items; ++i) {
+    uint64_t sum = 0;
+    for (size_t c = 0; c < C; ++c) sum += in.lengths[i * C + c];
+    item_offset[i + 1] = item_offset[i] + sum;
+  }
+  if (item_offset[items] != in.payload.size()) {
+    return absl::InvalidArgumentError("stream lengths do not add up to the payload");
+  }
+  std::atomic<bool> bad_symbol{false};
+  constexpr int kAnchorCq = kAnchorBins / 2 - 1;
+
+  ParallelFor(pool, items, 1, [&](size_t begin, size_t end) {
+    std::vector<uint32_t> tables;
+    std::vector<cg::BitReader> readers;
+    std::vector<cg::DecoderState> states;
+    std::vector<float> x(C), anchor(C);
+    std::vector<uint16_t> tmp;
+    for (size_t item = begin; item < end; ++item) {
+      const uint32_t sub = static_cast<uint32_t>(item / rows);
+      const uint32_t row = static_cast<uint32_t>(item % rows);
+      const uint32_t t0 = sub * S;
+      const uint32_t t1 = std::min(T, t0 + S);
+      const int cq = cg::QuantCq(p.row_bins[row]);
+      BuildTables(in.cdf, row, C, p.lp, tables);
+      readers.clear();
+      uint64_t pos = item_offset[item];
+      for (size_t c = 0; c < C; ++c) {
+        const uint32_t len = in.lengths[item * C + c];
+        readers.emplace_back(in.payload.data() + pos, len);
+        pos += len;
+      }
+      states.resize(C);
+      for (size_t c = 0; c < C; ++c) cg::StartDecode(states[c], readers[c]);
+      const float* row_scales = in.scales.data() + size_t{row} * T;
+      uint8_t* row_out = out.data() + shape.RowOffset(row) * esize;
+      bool bad = false;
+      for (uint32_t t = t0; t < t1; ++t) {
+        if (p.mode == CacheGenMode::kDelta && (t == t0 || p.IsAnchor(t))) {
+          const uint32_t a = t / G;
+          const uint8_t* as = in.anchors.data() + (size_t{row} * A + a) * C;
+          const float am = row_scales[size_t{a} * G];
+          for (size_t c = 0; c < C; ++c) anchor[c] = cg::DequantizeValue(as[c], kAnchorCq, am);
+        }
+        if (p.IsAnchor(t)) {
+          StoreRow(anchor.data(), C, shape.dtype, tmp, row_out + size_t{t} * C * esize);
+          continue;
+        }
+        const float scale = row_scales[t];
+        for (size_t c = 0; c < C; ++c) {
+          int s = cg::DecodeSymbol(states[c], cg::TableView{tables.data() + c * cg::kTableSize},
+                                   readers[c]);
+          if (s > 2 * cq) {
+            bad = true;
+            s = cq;
+          }
+          x[c] = cg::DequantizeValue(s, cq, scale);
+        }
+        if (p.mode == CacheGenMode::kDelta) {
+          for (size_t c = 0; c < C; ++c) x[c] = cg::AddRn(anchor[c], x[c]);
+        }
+        StoreRow(x.data(), C, shape.dtype, tmp, row_out + size_t{t} * C * esize);
+      }
+      if (bad) bad_symbol.store(true);
+    }
+  });
+  if (bad_symbol.load()) {
+    return absl::InvalidArgumentError(
+        "a CacheGen stream decodes to a symbol outside its row's bins");
+  }
+  return OkStatus();
+}
+
+}  // namespace kvstash::codec::internal
