@@ -12,7 +12,10 @@ endif()
 
 if(KVSTASH_SANITIZE)
   set(_san -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
-  add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:${_san}>)
+  # One generator expression per flag: a list inside $<...> would be split at its semicolons.
+  foreach(_flag ${_san})
+    add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:${_flag}>)
+  endforeach()
   add_link_options(${_san})
 endif()
 
@@ -21,7 +24,9 @@ endif()
 if(KVSTASH_FUZZ)
   set(_fuzz_san -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
                 -fno-sanitize-recover=undefined)
-  add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:${_fuzz_san}>)
+  foreach(_flag ${_fuzz_san})
+    add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:${_flag}>)
+  endforeach()
   add_link_options(-fsanitize=address,undefined)
 endif()
 

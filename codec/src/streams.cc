@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "chunk.h"
+#include "fast_bits.h"
 #include "kvstash/common/half.h"
 #include "kvstash/kernels/cachegen_core.h"
 
@@ -55,7 +56,7 @@ Status EncodeStreams(const ChunkShape& shape, const ChunkParams& p, const Quanti
   ParallelFor(pool, items, 1, [&](size_t begin, size_t end) {
     std::vector<uint32_t> tables;
     std::vector<uint8_t> scratch;
-    std::vector<cg::BitWriter> writers;
+    std::vector<FastWriter> writers;
     std::vector<cg::EncoderState> states;
     for (size_t item = begin; item < end; ++item) {
       const uint32_t sub = static_cast<uint32_t>(item / rows);
@@ -63,10 +64,11 @@ Status EncodeStreams(const ChunkShape& shape, const ChunkParams& p, const Quanti
       const uint32_t t0 = sub * S;
       const uint32_t t1 = std::min(T, t0 + S);
       const uint64_t cap = cg::MaxStreamBytes(t1 - t0);
+      const uint64_t slot = cap + FastWriter::kSlack;
       BuildTables(cdf, row, C, p.lp, tables);
-      scratch.resize(C * cap);
+      scratch.resize(C * slot);
       writers.clear();
-      for (size_t c = 0; c < C; ++c) writers.emplace_back(scratch.data() + c * cap, cap);
+      for (size_t c = 0; c < C; ++c) writers.emplace_back(scratch.data() + c * slot, cap);
       states.assign(C, cg::EncoderState{});
       const uint8_t* row_sym = q.sym.data() + size_t{row} * T * C;
       for (uint32_t t = t0; t < t1; ++t) {
@@ -89,7 +91,7 @@ Status EncodeStreams(const ChunkShape& shape, const ChunkParams& p, const Quanti
       bytes.resize(total);
       size_t pos = 0;
       for (size_t c = 0; c < C; ++c) {
-        std::memcpy(bytes.data() + pos, scratch.data() + c * cap, lengths[c]);
+        std::memcpy(bytes.data() + pos, scratch.data() + c * slot, lengths[c]);
         pos += lengths[c];
       }
     }
@@ -138,7 +140,8 @@ Status DecodeStreams(const ChunkShape& shape, const ChunkParams& p, const Decode
 
   ParallelFor(pool, items, 1, [&](size_t begin, size_t end) {
     std::vector<uint32_t> tables;
-    std::vector<cg::BitReader> readers;
+    std::vector<uint8_t> slots;
+    std::vector<SlotReader> readers;
     std::vector<cg::DecoderState> states;
     std::vector<float> x(C), anchor(C);
     std::vector<uint16_t> tmp;
@@ -149,12 +152,18 @@ Status DecodeStreams(const ChunkShape& shape, const ChunkParams& p, const Decode
       const uint32_t t1 = std::min(T, t0 + S);
       const int cq = cg::QuantCq(p.row_bins[row]);
       BuildTables(in.cdf, row, C, p.lp, tables);
+      // Each stream goes into a zero-padded slot, so reads need no bounds checks (fast_bits.h).
+      const uint64_t slot = cg::MaxStreamBytes(t1 - t0) + 16;
+      slots.resize(C * slot);
       readers.clear();
       uint64_t pos = item_offset[item];
       for (size_t c = 0; c < C; ++c) {
-        const uint32_t len = in.lengths[item * C + c];
-        readers.emplace_back(in.payload.data() + pos, len);
-        pos += len;
+        const uint64_t len = std::min<uint64_t>(in.lengths[item * C + c], slot - 16);
+        uint8_t* dst = slots.data() + c * slot;
+        std::memcpy(dst, in.payload.data() + pos, len);
+        std::memset(dst + len, 0, slot - len);
+        readers.emplace_back(dst, slot);
+        pos += in.lengths[item * C + c];
       }
       states.resize(C);
       for (size_t c = 0; c < C; ++c) cg::StartDecode(states[c], readers[c]);

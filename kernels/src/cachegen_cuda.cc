@@ -39,6 +39,7 @@ Status CheckShape(const CacheGenCudaShape& s, std::span<const uint8_t> row_bins)
   return OkStatus();
 }
 
+#if defined(KVSTASH_HAVE_CUDA)
 Status ToStatus(const detail::CgResult& r) {
   switch (r.code) {
     case detail::CgCode::kOk:
@@ -63,6 +64,7 @@ detail::CgShape ToDetail(const CacheGenCudaShape& s) {
   d.dtype = static_cast<int>(s.dtype);
   return d;
 }
+#endif
 
 }  // namespace
 

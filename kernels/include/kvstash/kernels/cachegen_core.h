@@ -117,6 +117,15 @@ KVSTASH_HD uint16_t CdfValue(uint64_t cum, uint64_t total, int mb, int i) {
 }
 
 // ---- bit I/O: MSB-first within bytes, bytes in stream order ------------------------------------
+//
+// The coder is generic over its bit sink and source:
+//   Writer: void Settle(uint32_t low, int k, uint64_t* pending)  -- if k > 0: emit the top k bits
+//             of `low` with *pending copies of the complement of the first bit inserted after it,
+//             then zero *pending (the E1/E2 output rule); k in [0, 31]
+//           void Flush()                                         -- pad the last byte with zeros
+//   Reader: uint32_t Read(int k)                                 -- next k bits, k in [0, 32]
+// BitWriter/BitReader below are the portable versions (used on the device and by the single-
+// stream API); the CPU codec has faster ones with the same output (codec/src/fast_bits.h).
 
 class BitWriter {
  public:
@@ -139,6 +148,14 @@ class BitWriter {
       Put(bit ? 0xFFFFFFFFu : 0u, k);
       count -= static_cast<uint64_t>(k);
     }
+  }
+  KVSTASH_HD void Settle(uint32_t low, int k, uint64_t* pending) {
+    if (k <= 0) return;
+    const uint32_t first = low >> 31;
+    Put(first, 1);
+    PutRun(first ^ 1u, *pending);
+    *pending = 0;
+    Put(low >> (32 - k), k - 1);
   }
   // Pads the last byte with zeros.
   KVSTASH_HD void Flush() {
@@ -169,6 +186,7 @@ class BitReader {
   // Returns the next k bits, k in [0, 32].
   KVSTASH_HD uint32_t Read(int k) {
     if (k <= 0) return 0;
+    if (k > 32) k = 32;  // unreachable for a coder in a valid state (k <= 18)
     if (nbits_ < k) Refill();
     uint32_t r = static_cast<uint32_t>(acc_ >> (64 - k));
     acc_ <<= k;
@@ -229,6 +247,14 @@ KVSTASH_HD void BuildTable(CdfAt cdf, int lp, TableAt table) {
 }
 
 // ---- encoder -----------------------------------------------------------------------------------
+//
+// Renormalisation in bulk, shift for shift equal to the reference loop:
+//   E1/E2 (high < 2^31, or low >= 2^31) repeat while low and high share their top bit: that is the
+//   k = clz(low ^ high) leading bits, emitted as settled bits (the first one followed by the
+//   pending bits). Afterwards low = 0..., high = 1..., and E1/E2 can no longer apply.
+//   E3 (low >= 2^30 and high < 3*2^30, i.e. low = 01..., high = 10...) repeats over the run of
+//   positions from bit 30 down where low has a 1 and high a 0; each step drops bit 30 and shifts.
+// A symbol's interval is at least 2^14 wide, so k + e3 <= 18.
 
 struct EncoderState {
   uint32_t low = 0;
@@ -236,46 +262,36 @@ struct EncoderState {
   uint64_t pending = 0;
 };
 
+// Number of E3 steps for low = 0..., high = 1...
+KVSTASH_HD int E3Steps(uint32_t low, uint32_t high) { return Clz32(~((low & ~high) << 1)); }
+
 // Narrows [low, high] to the symbol's interval [c_lo, c_hi) / 65536 and renormalises.
-KVSTASH_HD void EncodeInterval(EncoderState& st, uint32_t c_lo, uint32_t c_hi, BitWriter& w) {
+template <typename Writer>
+KVSTASH_HD void EncodeInterval(EncoderState& st, uint32_t c_lo, uint32_t c_hi, Writer& w) {
   const uint64_t span = static_cast<uint64_t>(st.high) - st.low + 1;
   uint32_t high = (st.low - 1u) + static_cast<uint32_t>((span * c_hi) >> kProbBits);
   uint32_t low = st.low + static_cast<uint32_t>((span * c_lo) >> kProbBits);
-  // E1/E2: the leading bits where low and high agree are settled.
-  int k = Clz32(low ^ high);
-  if (k > 31) k = 31;  // low == high cannot happen with a valid CDF
-  if (k > 0) {
-    uint32_t top = low >> (32 - k);
-    uint32_t first = (top >> (k - 1)) & 1u;
-    w.Put(first, 1);
-    w.PutRun(first ^ 1u, st.pending);
-    st.pending = 0;
-    w.Put(top, k - 1);
-    low <<= k;
-    high = (high << k) | LowMask(k);
-  }
-  // E3: low = 01..., high = 10...: drop the second bit and remember it as pending.
-  k = Clz32(~((low & ~high) << 1));
-  if (k > 0) {
-    st.pending += static_cast<uint64_t>(k);
-    low = (low << k) & 0x7FFFFFFFu;
-    high = (high << k) | 0x80000000u | LowMask(k);
-  }
-  st.low = low;
-  st.high = high;
+  const int k = Clz32((low ^ high) | 1u);  // low != high for a valid CDF; |1 keeps k <= 31
+  w.Settle(low, k, &st.pending);
+  low <<= k;
+  high = (high << k) | LowMask(k);
+  const int e3 = E3Steps(low, high);
+  st.pending += static_cast<uint64_t>(e3);
+  st.low = (low << e3) & 0x7FFFFFFFu;
+  st.high = (high << e3) | 0x80000000u | LowMask(e3);
 }
 
-template <typename TableAt>
-KVSTASH_HD void EncodeSymbol(EncoderState& st, const TableAt& table, int sym, BitWriter& w) {
+template <typename TableAt, typename Writer>
+KVSTASH_HD void EncodeSymbol(EncoderState& st, const TableAt& table, int sym, Writer& w) {
   EncodeInterval(st, table(sym), table(sym + 1), w);
 }
 
-KVSTASH_HD void FinishEncode(EncoderState& st, BitWriter& w) {
+// Emits (low < 2^30 ? 0 : 1) and pending + 1 complements, then pads to a byte.
+template <typename Writer>
+KVSTASH_HD void FinishEncode(EncoderState& st, Writer& w) {
   st.pending += 1;
-  uint32_t bit = st.low < 0x40000000u ? 0u : 1u;
-  w.Put(bit, 1);
-  w.PutRun(bit ^ 1u, st.pending);
-  st.pending = 0;
+  const uint32_t bit = st.low < 0x40000000u ? 0u : 1u;
+  w.Settle(bit << 31, 1, &st.pending);
   w.Flush();
 }
 
@@ -287,18 +303,19 @@ struct DecoderState {
   uint32_t value = 0;
 };
 
-KVSTASH_HD void StartDecode(DecoderState& st, BitReader& r) {
+template <typename Reader>
+KVSTASH_HD void StartDecode(DecoderState& st, Reader& r) {
   st = DecoderState{};
   st.value = r.Read(32);
 }
 
 // Decodes one symbol; the result is always in [0, lp-2] whatever the input bytes are (low <=
 // value <= high is an invariant of the coder, and `count` is clamped besides).
-template <typename TableAt>
-KVSTASH_HD int DecodeSymbol(DecoderState& st, const TableAt& table, BitReader& r) {
+template <typename TableAt, typename Reader>
+KVSTASH_HD int DecodeSymbol(DecoderState& st, const TableAt& table, Reader& r) {
   const uint64_t span = static_cast<uint64_t>(st.high) - st.low + 1;
   const uint64_t scaled = ((static_cast<uint64_t>(st.value) - st.low + 1) << kProbBits) - 1;
-  uint64_t count64 = scaled / span;
+  const uint64_t count64 = scaled / span;
   const uint32_t count = count64 > 0xFFFFu ? 0xFFFFu : static_cast<uint32_t>(count64);
   // Largest s with t[s] <= count; t is padded with kProbOne (> count) above lp-2.
   int s = 0;
@@ -312,24 +329,17 @@ KVSTASH_HD int DecodeSymbol(DecoderState& st, const TableAt& table, BitReader& r
   const uint32_t c_hi = table(s + 1);
   uint32_t high = (st.low - 1u) + static_cast<uint32_t>((span * c_hi) >> kProbBits);
   uint32_t low = st.low + static_cast<uint32_t>((span * c_lo) >> kProbBits);
-  uint32_t value = st.value;
-  int k = Clz32(low ^ high);
-  if (k > 31) k = 31;
-  if (k > 0) {
-    value = (value << k) | r.Read(k);
-    low <<= k;
-    high = (high << k) | LowMask(k);
-  }
-  k = Clz32(~((low & ~high) << 1));
-  if (k > 0) {
-    // Each E3 step is value = (value - 2^30) << 1 | bit, i.e. toggle bit 30, then shift.
-    value = ((value ^ (LowMask(k) << (31 - k))) << k) | r.Read(k);
-    low = (low << k) & 0x7FFFFFFFu;
-    high = (high << k) | 0x80000000u | LowMask(k);
-  }
-  st.low = low;
-  st.high = high;
-  st.value = value;
+  const int k = Clz32((low ^ high) | 1u);
+  low <<= k;
+  high = (high << k) | LowMask(k);
+  const int e3 = E3Steps(low, high);
+  const uint32_t bits = r.Read(k + e3);
+  // E1/E2 shift value like low and high; each E3 step is value = (value - 2^30) << 1 | bit, which
+  // for value in [2^30, 3*2^30) is: toggle bit 30, then shift.
+  const uint32_t v = (st.value << k) | (bits >> e3);
+  st.value = ((v ^ (LowMask(e3) << (31 - e3))) << e3) | (bits & LowMask(e3));
+  st.low = (low << e3) & 0x7FFFFFFFu;
+  st.high = (high << e3) | 0x80000000u | LowMask(e3);
   return s;
 }
 
