@@ -36,8 +36,9 @@ std::unique_ptr<ThreadPool> MakePool(int64_t threads, size_t* used) {
 void SetRates(benchmark::State& state, size_t raw_bytes, size_t threads) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * raw_bytes));
   state.counters["threads"] = static_cast<double>(threads);
-  state.counters["GBps_per_core"] = benchmark::Counter(
-      static_cast<double>(raw_bytes) / 1e9 / threads, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GBps_per_core"] =
+      benchmark::Counter(static_cast<double>(raw_bytes) / 1e9 / threads,
+                         benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void BM_CacheGenEncode(benchmark::State& state) {

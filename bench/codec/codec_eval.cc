@@ -145,8 +145,8 @@ int Main(int argc, char** argv) {
     source = "dumps";
   }
   for (int i = 0; i < synthetic; ++i) {
-    contexts.push_back(SyntheticContext(ContextLayout(layers, heads, head_dim, context_tokens),
-                                        1000 + i));
+    contexts.push_back(
+        SyntheticContext(ContextLayout(layers, heads, head_dim, context_tokens), 1000 + i));
     source = "synthetic";
   }
   if (contexts.size() < 2) {
@@ -191,9 +191,8 @@ int Main(int argc, char** argv) {
   json result;
   result["source"] = source;
   result["contexts"] = {{"train", train}, {"test", contexts.size() - train}};
-  result["shape"] = {{"layers", shape.num_layers},
-                     {"kv_heads", shape.heads()},
-                     {"head_dim", shape.head_dim}};
+  result["shape"] = {
+      {"layers", shape.num_layers}, {"kv_heads", shape.heads()}, {"head_dim", shape.head_dim}};
   result["profile_bytes"] = profile->bytes().size();
 
   for (uint32_t chunk_tokens : chunk_sizes) {
@@ -216,9 +215,9 @@ int Main(int argc, char** argv) {
       std::vector<uint8_t> z(ZSTD_compressBound(c.kv.size()));
       add("zstd3_fp16", ZSTD_compress(z.data(), z.size(), c.kv.data(), c.kv.size(), 3));
       std::vector<char> l(LZ4_compressBound(static_cast<int>(c.kv.size())));
-      add("lz4_fp16", LZ4_compress_default(reinterpret_cast<const char*>(c.kv.data()), l.data(),
-                                           static_cast<int>(c.kv.size()),
-                                           static_cast<int>(l.size())));
+      add("lz4_fp16",
+          LZ4_compress_default(reinterpret_cast<const char*>(c.kv.data()), l.data(),
+                               static_cast<int>(c.kv.size()), static_cast<int>(l.size())));
       for (const Config& cfg : configs) {
         codec::EncodeOptions o;
         o.level = cfg.level;
@@ -257,10 +256,10 @@ int Main(int argc, char** argv) {
     std::printf("\nchunk size %u tokens (%zu chunks)\n\n", chunk_tokens, chunks.size());
     std::printf("| config | bytes/token | vs fp16 | vs 8-bit | rel. MSE K | rel. MSE V |\n");
     std::printf("|---|---:|---:|---:|---:|---:|\n");
-    for (const std::string name : {"fp16", "int8", "zstd3_fp16", "lz4_fp16", "cachegen_l1",
-                                   "cachegen_l2", "cachegen_l3", "cachegen_profile_l1",
-                                   "cachegen_profile_l2", "cachegen_profile_l3",
-                                   "cachegen_delta_l2", "cachegen_delta_profile_l2"}) {
+    for (const std::string name :
+         {"fp16", "int8", "zstd3_fp16", "lz4_fp16", "cachegen_l1", "cachegen_l2", "cachegen_l3",
+          "cachegen_profile_l1", "cachegen_profile_l2", "cachegen_profile_l3", "cachegen_delta_l2",
+          "cachegen_delta_profile_l2"}) {
       const Totals& t = totals[name];
       const bool lossy = name != "fp16" && name.find("_fp16") == std::string::npos;
       section["configs"][name] = Row(t, fp16, int8, lossy);
@@ -287,8 +286,8 @@ int Main(int argc, char** argv) {
     }
     const size_t cores = std::max(1u, std::thread::hardware_concurrency());
     for (size_t threads : {size_t{1}, cores}) {
-      std::unique_ptr<ThreadPool> tp = threads > 1 ? std::make_unique<ThreadPool>(threads - 1)
-                                                   : nullptr;
+      std::unique_ptr<ThreadPool> tp =
+          threads > 1 ? std::make_unique<ThreadPool>(threads - 1) : nullptr;
       codec::EncodeOptions o;
       o.pool = tp.get();
       const double enc = MedianSeconds(5, [&] {
@@ -308,8 +307,10 @@ int Main(int argc, char** argv) {
       s["decode_GBps"] = raw / dec / 1e9;
       s["encode_GBps_per_core"] = raw / enc / 1e9 / threads;
       s["decode_GBps_per_core"] = raw / dec / 1e9 / threads;
-      std::printf("\nlevel 2, 256-token chunks, %zu thread(s): encode %.3f GB/s, decode %.3f GB/s "
-                  "of fp16 KV\n", threads, raw / enc / 1e9, raw / dec / 1e9);
+      std::printf(
+          "\nlevel 2, 256-token chunks, %zu thread(s): encode %.3f GB/s, decode %.3f GB/s "
+          "of fp16 KV\n",
+          threads, raw / enc / 1e9, raw / dec / 1e9);
     }
   }
   if (!out_path.empty()) {

@@ -16,6 +16,11 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "kvstash 0.1.0");
   // Subcommand registration, one line per module (see commands.h).
   kvstash::cli::RegisterCodecCommands(app);
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help/--version exit 0; every other parse error is a usage error (commands.h).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   return kvstash::cli::ExitCode();
 }

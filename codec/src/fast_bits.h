@@ -1,5 +1,6 @@
-// CPU bit I/O for the CacheGen coder with the same output as the portable BitWriter/BitReader of
-// kernels/cachegen_core.h, but without data-dependent branches in the common case.
+// CPU bit output for the CacheGen encoder: the same bytes as the portable BitWriter of
+// kernels/cachegen_core.h, without data-dependent branches in the common case. (The CPU decoder's
+// reader is in decode_simd.cc.)
 #ifndef KVSTASH_CODEC_SRC_FAST_BITS_H_
 #define KVSTASH_CODEC_SRC_FAST_BITS_H_
 
@@ -79,28 +80,6 @@ class FastWriter {
   uint64_t pos_ = 0;
   uint64_t acc_ = 0;
   int nbits_ = 0;
-};
-
-// Reads a stream copied into a zero-filled slot of `slot_bytes` (>= the stream + 16): bits past
-// the stream read as 0, and a decoder (at most 32 + 18n bits for n symbols, with slots of
-// MaxStreamBytes(n) + 16 bytes) never reaches the slot's end.
-class SlotReader {
- public:
-  SlotReader(const uint8_t* slot, uint64_t slot_bytes)
-      : base_(slot), max_pos_((slot_bytes - 8) * 8) {}
-
-  uint32_t Read(int k) {  // k in [0, 32]
-    uint64_t w;
-    std::memcpy(&w, base_ + (pos_ >> 3), 8);
-    w = __builtin_bswap64(w) << (pos_ & 7);
-    pos_ = std::min<uint64_t>(pos_ + k, max_pos_);
-    return static_cast<uint32_t>((w >> 1) >> (63 - k));
-  }
-
- private:
-  const uint8_t* base_;
-  uint64_t max_pos_;
-  uint64_t pos_ = 0;
 };
 
 }  // namespace kvstash::codec::internal

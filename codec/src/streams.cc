@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "chunk.h"
+#include "decode_simd.h"
 #include "fast_bits.h"
 #include "kvstash/common/half.h"
 #include "kvstash/kernels/cachegen_core.h"
@@ -139,10 +140,8 @@ Status DecodeStreams(const ChunkShape& shape, const ChunkParams& p, const Decode
   constexpr int kAnchorCq = kAnchorBins / 2 - 1;
 
   ParallelFor(pool, items, 1, [&](size_t begin, size_t end) {
-    std::vector<uint32_t> tables;
+    ItemDecoder decoder;
     std::vector<uint8_t> slots;
-    std::vector<SlotReader> readers;
-    std::vector<cg::DecoderState> states;
     std::vector<float> x(C), anchor(C);
     std::vector<uint16_t> tmp;
     for (size_t item = begin; item < end; ++item) {
@@ -151,22 +150,18 @@ Status DecodeStreams(const ChunkShape& shape, const ChunkParams& p, const Decode
       const uint32_t t0 = sub * S;
       const uint32_t t1 = std::min(T, t0 + S);
       const int cq = cg::QuantCq(p.row_bins[row]);
-      BuildTables(in.cdf, row, C, p.lp, tables);
       // Each stream goes into a zero-padded slot, so reads need no bounds checks (fast_bits.h).
       const uint64_t slot = cg::MaxStreamBytes(t1 - t0) + 16;
       slots.resize(C * slot);
-      readers.clear();
       uint64_t pos = item_offset[item];
       for (size_t c = 0; c < C; ++c) {
         const uint64_t len = std::min<uint64_t>(in.lengths[item * C + c], slot - 16);
         uint8_t* dst = slots.data() + c * slot;
         std::memcpy(dst, in.payload.data() + pos, len);
         std::memset(dst + len, 0, slot - len);
-        readers.emplace_back(dst, slot);
         pos += in.lengths[item * C + c];
       }
-      states.resize(C);
-      for (size_t c = 0; c < C; ++c) cg::StartDecode(states[c], readers[c]);
+      decoder.Reset(in.cdf.subspan(size_t{row} * C * p.lp, C * p.lp), p.lp, C, slots.data(), slot);
       const float* row_scales = in.scales.data() + size_t{row} * T;
       uint8_t* row_out = out.data() + shape.RowOffset(row) * esize;
       bool bad = false;
@@ -181,16 +176,7 @@ Status DecodeStreams(const ChunkShape& shape, const ChunkParams& p, const Decode
           StoreRow(anchor.data(), C, shape.dtype, tmp, row_out + size_t{t} * C * esize);
           continue;
         }
-        const float scale = row_scales[t];
-        for (size_t c = 0; c < C; ++c) {
-          int s = cg::DecodeSymbol(states[c], cg::TableView{tables.data() + c * cg::kTableSize},
-                                   readers[c]);
-          if (s > 2 * cq) {
-            bad = true;
-            s = cq;
-          }
-          x[c] = cg::DequantizeValue(s, cq, scale);
-        }
+        decoder.Step(cq, row_scales[t], x.data(), &bad);
         if (p.mode == CacheGenMode::kDelta) {
           for (size_t c = 0; c < C; ++c) x[c] = cg::AddRn(anchor[c], x[c]);
         }

@@ -1,7 +1,6 @@
 #include "kvstash/common/thread_pool.h"
 
 #include <algorithm>
-#include <atomic>
 
 namespace kvstash {
 namespace {
@@ -58,7 +57,9 @@ void ThreadPool::ParallelFor(size_t n, size_t min_block,
   }
   size_t base = n / parts;
   size_t extra = n % parts;
-  std::atomic<size_t> remaining{parts - 1};
+  // Decremented under done_mu: a worker that decremented without the lock could still be about
+  // to lock done_mu after the caller saw zero and returned (destroying done_mu).
+  size_t remaining = parts - 1;
   std::mutex done_mu;
   std::condition_variable done_cv;
   size_t begin = 0;
@@ -70,17 +71,15 @@ void ThreadPool::ParallelFor(size_t n, size_t min_block,
     } else {
       Submit([&, begin, end] {
         fn(begin, end);
-        if (remaining.fetch_sub(1) == 1) {
-          std::lock_guard lock(done_mu);
-          done_cv.notify_one();
-        }
+        std::lock_guard lock(done_mu);
+        if (--remaining == 0) done_cv.notify_one();
       });
     }
     begin = end;
   }
   fn(0, first_end);
   std::unique_lock lock(done_mu);
-  done_cv.wait(lock, [&] { return remaining.load() == 0; });
+  done_cv.wait(lock, [&] { return remaining == 0; });
 }
 
 }  // namespace kvstash
