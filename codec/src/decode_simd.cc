@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstring>
 
+#include "cpu_features.h"
 #include "kvstash/kernels/cachegen_core.h"
 
 #if defined(__x86_64__)
@@ -14,6 +15,7 @@
 // (GCC bug 105593).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace kvstash::codec::internal {
@@ -22,16 +24,6 @@ namespace cg = kernels::cachegen;
 namespace {
 
 std::atomic<bool> force_portable{false};
-
-bool CpuHasAvx512() {
-#if defined(__x86_64__)
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
-                          __builtin_cpu_supports("avx512bw");
-  return has;
-#else
-  return false;
-#endif
-}
 
 uint32_t LoadBe32(const uint8_t* p) {
   uint32_t v;
@@ -54,7 +46,6 @@ struct PosReader {
 };
 
 #if defined(__x86_64__)
-#define KVSTASH_AVX512 __attribute__((target("avx512f,avx512cd,avx512bw")))
 
 // Lanes [8h, 8h + 8) of v, zero-extended to 64 bits.
 KVSTASH_AVX512 inline __m512i Widen(__m512i v, int h) {
@@ -193,7 +184,9 @@ void ItemDecoder::Reset(std::span<const uint16_t> cdf, int lp, size_t channels,
   lp_ = lp;
   slots_ = slots;
   slot_bytes_ = slot_bytes;
-  simd_channels_ = UsingSimd() ? channels / 16 * 16 : 0;
+  // The vector path addresses slots with 32-bit byte offsets.
+  simd_channels_ =
+      UsingSimd() && channels * slot_bytes < (uint64_t{1} << 31) ? channels / 16 * 16 : 0;
   if (simd_channels_ > 0) {
     // Rows m = 1..lp-2 of the tables, transposed: ttables_[(m - 1) * n + c].
     const size_t n = simd_channels_;

@@ -22,7 +22,17 @@ class FastWriter {
  public:
   static constexpr uint64_t kSlack = 8;
 
+  // Bits written so far but not yet in whole 32-bit words, and the byte position of the next word.
+  struct State {
+    uint64_t pos = 0;
+    uint64_t acc = 0;
+    int nbits = 0;
+  };
+
   FastWriter(uint8_t* out, uint64_t capacity) : out_(out), cap_(capacity) {}
+  FastWriter(uint8_t* out, uint64_t capacity, const State& s)
+      : out_(out), cap_(capacity), pos_(s.pos), acc_(s.acc), nbits_(s.nbits) {}
+  State state() const { return State{pos_, acc_, nbits_}; }
 
   void Settle(uint32_t low, int k, uint64_t* pending) {
     const uint64_t p = *pending;

@@ -4,8 +4,13 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "absl/strings/str_cat.h"
 #include "chunk.h"
+#include "cpu_features.h"
 #include "kvstash/common/half.h"
 #include "kvstash/kernels/cachegen_core.h"
 
@@ -58,8 +63,55 @@ void LoadRow(const uint8_t* src, DType dtype, size_t n, std::vector<uint16_t>& t
   }
 }
 
+#if defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC bug 105593 in avx512 headers
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+KVSTASH_AVX512 float MaxAbsAvx512(const float* x, size_t n, bool* finite) {
+  __m512 m = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  const __m512 fmax = _mm512_set1_ps(FLT_MAX);
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + i));
+    bad |= _mm512_cmp_ps_mask(a, fmax, _CMP_NLE_UQ);  // NaN or inf
+    m = _mm512_max_ps(m, a);
+  }
+  float r = _mm512_reduce_max_ps(m);
+  bool ok = bad == 0;
+  for (; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    ok &= a <= FLT_MAX;
+    r = a > r ? a : r;
+  }
+  *finite = ok;
+  return r;
+}
+
+// Same symbols as cg::QuantizeValue: mul, add (never fused), round half to even, clamp.
+KVSTASH_AVX512 void QuantizeAvx512(const float* x, size_t n, float factor, int cq, uint8_t* sym) {
+  const __m512 f = _mm512_set1_ps(factor);
+  const __m512 fcq = _mm512_set1_ps(static_cast<float>(cq));
+  const __m512i hi = _mm512_set1_epi32(2 * cq);
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), f), fcq);
+    const __m512 r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512i s = _mm512_cvtps_epi32(r);
+    s = _mm512_min_epi32(_mm512_max_epi32(s, _mm512_setzero_si512()), hi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(sym + i), _mm512_cvtepi32_epi8(s));
+  }
+  for (; i < n; ++i) sym[i] = static_cast<uint8_t>(cg::QuantizeValue(x[i], factor, cq));
+}
+#endif
+
 // Max |x| of a vector and whether every value is finite.
 float MaxAbs(const float* x, size_t n, bool* finite) {
+#if defined(__x86_64__)
+  if (CpuHasAvx512()) return MaxAbsAvx512(x, n, finite);
+#endif
   float m = 0.0f;
   bool bad = false;
   for (size_t i = 0; i < n; ++i) {
@@ -74,6 +126,12 @@ float MaxAbs(const float* x, size_t n, bool* finite) {
 // Quantises x[0, n) with Cq; returns the stored scale.
 float QuantizeInto(const float* x, size_t n, int cq, float m, uint8_t* sym) {
   const float factor = cg::QuantFactor(m, cq);
+#if defined(__x86_64__)
+  if (CpuHasAvx512()) {
+    QuantizeAvx512(x, n, factor, cq, sym);
+    return cg::StoredScale(m);
+  }
+#endif
   for (size_t i = 0; i < n; ++i) sym[i] = static_cast<uint8_t>(cg::QuantizeValue(x[i], factor, cq));
   return cg::StoredScale(m);
 }

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "chunk.h"
 #include "decode_simd.h"
+#include "encode_simd.h"
 #include "fast_bits.h"
 #include "kvstash/common/half.h"
 #include "kvstash/kernels/cachegen_core.h"
@@ -17,15 +18,6 @@ namespace kvstash::codec::internal {
 namespace cg = kernels::cachegen;
 
 namespace {
-
-void BuildTables(std::span<const uint16_t> cdf, size_t row, size_t C, int lp,
-                 std::vector<uint32_t>& tables) {
-  tables.resize(C * cg::kTableSize);
-  for (size_t c = 0; c < C; ++c) {
-    cg::BuildTable(cg::CdfView{cdf.data() + (row * C + c) * lp}, lp,
-                   cg::TableRef{tables.data() + c * cg::kTableSize});
-  }
-}
 
 void StoreRow(const float* x, size_t n, DType dtype, std::vector<uint16_t>& tmp, uint8_t* dst) {
   if (dtype == DType::kF32) {
@@ -55,10 +47,8 @@ Status EncodeStreams(const ChunkShape& shape, const ChunkParams& p, const Quanti
   std::atomic<bool> overflow{false};
 
   ParallelFor(pool, items, 1, [&](size_t begin, size_t end) {
-    std::vector<uint32_t> tables;
+    ItemEncoder encoder;
     std::vector<uint8_t> scratch;
-    std::vector<FastWriter> writers;
-    std::vector<cg::EncoderState> states;
     for (size_t item = begin; item < end; ++item) {
       const uint32_t sub = static_cast<uint32_t>(item / rows);
       const uint32_t row = static_cast<uint32_t>(item % rows);
@@ -66,28 +56,17 @@ Status EncodeStreams(const ChunkShape& shape, const ChunkParams& p, const Quanti
       const uint32_t t1 = std::min(T, t0 + S);
       const uint64_t cap = cg::MaxStreamBytes(t1 - t0);
       const uint64_t slot = cap + FastWriter::kSlack;
-      BuildTables(cdf, row, C, p.lp, tables);
       scratch.resize(C * slot);
-      writers.clear();
-      for (size_t c = 0; c < C; ++c) writers.emplace_back(scratch.data() + c * slot, cap);
-      states.assign(C, cg::EncoderState{});
+      encoder.Reset(cdf.subspan(size_t{row} * C * p.lp, C * p.lp), p.lp, C, scratch.data(), slot,
+                    cap);
       const uint8_t* row_sym = q.sym.data() + size_t{row} * T * C;
       for (uint32_t t = t0; t < t1; ++t) {
-        if (p.IsAnchor(t)) continue;
-        const uint8_t* s = row_sym + size_t{t} * C;
-        for (size_t c = 0; c < C; ++c) {
-          cg::EncodeSymbol(states[c], cg::TableView{tables.data() + c * cg::kTableSize}, s[c],
-                           writers[c]);
-        }
+        if (!p.IsAnchor(t)) encoder.Step(row_sym + size_t{t} * C);
       }
-      size_t total = 0;
       uint32_t* lengths = out->lengths.data() + item * C;
-      for (size_t c = 0; c < C; ++c) {
-        cg::FinishEncode(states[c], writers[c]);
-        if (writers[c].overflowed()) overflow.store(true);
-        lengths[c] = static_cast<uint32_t>(std::min<uint64_t>(writers[c].size(), cap));
-        total += lengths[c];
-      }
+      if (!encoder.Finish(lengths)) overflow.store(true);
+      size_t total = 0;
+      for (size_t c = 0; c < C; ++c) total += lengths[c];
       std::vector<uint8_t>& bytes = item_bytes[item];
       bytes.resize(total);
       size_t pos = 0;
