@@ -12,6 +12,6 @@ if [ -x "$BUILD/bench/codec/codec_bench" ]; then
   "$BUILD/bench/codec/codec_bench" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
     --benchmark_out=bench/results/codec_bench.json --benchmark_out_format=json
   echo "[bench] codec: sizes and KV error (codec_eval, synthetic SmolLM2-shaped KV)"
-  "$BUILD/bench/codec/codec_eval" --synthetic 6 --context-tokens 2048 --speed \
+  "$BUILD/bench/codec/codec_eval" --synthetic 6 --context-tokens 2048 --speed --controller \
     --out bench/results/codec.json
 fi

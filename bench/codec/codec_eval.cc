@@ -18,17 +18,24 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <thread>
 
 #include "kv_corpus.h"
 #include "kvstash/codec/cachegen.h"
 #include "kvstash/codec/coder.h"
 #include "kvstash/codec/profile.h"
+#include "kvstash/codec/stream_controller.h"
 
 namespace kvstash::bench {
 namespace {
 
 using codec::CacheGenMode;
+using codec::ChunkCost;
+using codec::ControllerConfig;
+using codec::ControllerPolicy;
+using codec::SimulateTrace;
+using codec::TraceResult;
 using nlohmann::json;
 
 struct Config {
@@ -121,6 +128,7 @@ int Main(int argc, char** argv) {
   double train_fraction = 0.5;
   std::string out_path;
   bool speed = false;
+  bool controller = false;
   app.add_option("--dump", dumps, "raw KV dump files, one context each");
   app.add_option("--synthetic", synthetic, "number of synthetic contexts");
   app.add_option("--layers", layers, "synthetic: layers");
@@ -131,6 +139,8 @@ int Main(int argc, char** argv) {
   app.add_option("--train-fraction", train_fraction, "share of contexts that train profiles");
   app.add_option("--out", out_path, "JSON output");
   app.add_flag("--speed", speed, "also time level-2 encode/decode on 1 thread and all cores");
+  app.add_flag("--controller", controller,
+               "also run the streaming controller on synthetic bandwidth traces");
   CLI11_PARSE(app, argc, argv);
 
   std::vector<KvChunk> contexts;
@@ -311,6 +321,88 @@ int Main(int argc, char** argv) {
           "\nlevel 2, 256-token chunks, %zu thread(s): encode %.3f GB/s, decode %.3f GB/s "
           "of fp16 KV\n",
           threads, raw / enc / 1e9, raw / dec / 1e9);
+    }
+  }
+  if (controller) {
+    // Contexts of 256-token chunks with their measured profile-mode sizes at levels 1-3; traces
+    // as in the reference's bw.jsonl (each chunk's bandwidth uniform in [0.1, 10] Gbps) and a
+    // correlated variant (log-bandwidth random walk); recompute at 4000 tokens/s.
+    std::vector<std::vector<ChunkCost>> ctx_costs;
+    for (size_t i = train; i < contexts.size(); ++i) {
+      std::vector<ChunkCost> costs;
+      for (const KvChunk& c : Chunks(contexts[i], 256)) {
+        ChunkCost cost;
+        cost.tokens = c.layout.num_tokens;
+        for (int level = 1; level <= 3; ++level) {
+          codec::EncodeOptions o;
+          o.level = level;
+          o.profile = &*profile;
+          o.pool = &pool;
+          cost.level_bytes[level - 1] = codec::EncodeCacheGen(c.layout, c.kv, o)->size();
+        }
+        costs.push_back(cost);
+      }
+      ctx_costs.push_back(std::move(costs));
+    }
+    std::printf("\n| trace | budget s | policy | violations | mean level | recomputed |\n");
+    std::printf("|---|---:|---|---:|---:|---:|\n");
+    for (const char* trace : {"uniform", "correlated"}) {
+      for (double budget : {0.02, 0.05, 0.1, 0.2}) {
+        struct Variant {
+          const char* name;
+          ControllerPolicy policy;
+          codec::Fallback fallback;
+        };
+        for (const Variant& v :
+             {Variant{"estimated", ControllerPolicy::kEstimated, codec::Fallback::kFastest},
+              Variant{"estimated, recompute fallback", ControllerPolicy::kEstimated,
+                      codec::Fallback::kRecompute},
+              Variant{"oracle-share (reference)", ControllerPolicy::kOracleShare,
+                      codec::Fallback::kRecompute}}) {
+          std::mt19937_64 trace_rng(7);  // same traces for both policies
+          int runs = 0, violations = 0, chunks = 0, recomputed = 0;
+          double level_sum = 0;
+          for (int r = 0; r < 300; ++r) {
+            const auto& costs = ctx_costs[r % ctx_costs.size()];
+            std::vector<double> bw(costs.size());
+            double log_gbps =
+                std::log(std::uniform_real_distribution<double>(0.1, 10.0)(trace_rng));
+            for (double& b : bw) {
+              double gbps;
+              if (std::string(trace) == "uniform") {
+                gbps = std::uniform_real_distribution<double>(0.1, 10.0)(trace_rng);
+              } else {
+                log_gbps =
+                    std::clamp(log_gbps + std::normal_distribution<double>(0, 0.3)(trace_rng),
+                               std::log(0.1), std::log(10.0));
+                gbps = std::exp(log_gbps);
+              }
+              b = gbps * 1e9 / 8;
+            }
+            ControllerConfig config;
+            config.policy = v.policy;
+            config.fallback = v.fallback;
+            config.ttft_budget_s = budget;
+            config.prefill_tokens_per_s = 4000;
+            config.initial_bandwidth_bps = 1e9 / 8;
+            TraceResult t = SimulateTrace(config, costs, bw);
+            ++runs;
+            violations += t.violated ? 1 : 0;
+            for (int l : t.levels) {
+              ++chunks;
+              level_sum += l;
+              recomputed += l == 0 ? 1 : 0;
+            }
+          }
+          const char* name = v.name;
+          json& j = result["controller"][trace][std::to_string(budget)][name];
+          j["violation_rate"] = static_cast<double>(violations) / runs;
+          j["mean_level"] = level_sum / chunks;
+          j["recompute_share"] = static_cast<double>(recomputed) / chunks;
+          std::printf("| %s | %.2f | %s | %.1f%% | %.2f | %.1f%% |\n", trace, budget, name,
+                      100.0 * violations / runs, level_sum / chunks, 100.0 * recomputed / chunks);
+        }
+      }
     }
   }
   if (!out_path.empty()) {

@@ -1,6 +1,9 @@
 // Chunk encoder and decoder: options -> quantise -> CDF (own or profile) -> streams -> container.
 #include "kvstash/codec/cachegen.h"
 
+#include <bit>
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "chunk.h"
 #include "kvstash/codec/levels.h"
@@ -150,7 +153,11 @@ Status DecodeParsed(const ContainerView& v, std::span<uint8_t> out, const Decode
     cdf = table->cdf;
   } else {
     inline_cdf.resize(v.cdf.size() / 2);
-    for (size_t i = 0; i < inline_cdf.size(); ++i) inline_cdf[i] = v.Cdf(i);
+    if constexpr (std::endian::native == std::endian::little) {
+      std::memcpy(inline_cdf.data(), v.cdf.data(), v.cdf.size());
+    } else {
+      for (size_t i = 0; i < inline_cdf.size(); ++i) inline_cdf[i] = v.Cdf(i);
+    }
     cdf = inline_cdf;
   }
   std::vector<float> scales(uint64_t{info.rows()} * info.num_tokens);

@@ -211,10 +211,17 @@ Result<ContainerView> ParseContainer(std::span<const uint8_t> bytes) {
 
   const uint64_t C = info.channels();
   const uint64_t cdfs = info.cdf_source == CdfSource::kInline ? uint64_t{info.rows()} * C : 0;
-  std::vector<uint16_t> one(info.lp);
   for (uint64_t i = 0; i < cdfs; ++i) {
-    for (int j = 0; j < info.lp; ++j) one[j] = v.Cdf(i * info.lp + j);
-    if (!ValidateCdf(one).ok()) return Bad(absl::StrCat("invalid CDF for stream column ", i));
+    // Same rule as ValidateCdf: starts at 0, strictly increasing, ends at 65535.
+    const uint8_t* p = v.cdf.data() + i * info.lp * 2;
+    uint16_t prev = Get<uint16_t>(p);
+    bool ok = prev == 0;
+    for (int j = 1; j < info.lp; ++j) {
+      const uint16_t cur = Get<uint16_t>(p + 2 * j);
+      ok &= cur > prev;
+      prev = cur;
+    }
+    if (!ok || prev != 65535) return Bad(absl::StrCat("invalid CDF for stream column ", i));
   }
   const size_t scale_size = DTypeSize(info.scale_dtype);
   for (size_t i = 0; i < v.scales.size(); i += scale_size) {

@@ -37,7 +37,12 @@ ChunkDecision StreamController::Decide(double bandwidth_bps, double elapsed_s) c
     }
     if (fits) return ChunkDecision{level, own};
   }
-  return ChunkDecision{0, RecomputeSeconds(chunk)};
+  const double recompute = RecomputeSeconds(chunk);
+  if (config_.fallback == Fallback::kFastest) {
+    const double level1 = TransferSeconds(chunk.level_bytes[0], bandwidth_bps);
+    if (level1 < recompute) return ChunkDecision{1, level1};
+  }
+  return ChunkDecision{0, recompute};
 }
 
 ChunkDecision StreamController::Next(double true_bandwidth_bps) const {

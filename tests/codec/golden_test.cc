@@ -30,7 +30,7 @@ struct CdfCase {
   std::vector<uint16_t> cdf;
 };
 struct ChunkCase {
-  uint32_t layers, heads, head_dim, tokens;
+  uint32_t layers, heads, head_dim, tokens, subchunk_tokens;
   int mode;
   std::vector<uint16_t> kv_f16;
   std::vector<uint8_t> container;
@@ -100,6 +100,7 @@ TEST(GoldenTest, ChunkContainersMatchReferenceBytes) {
     std::memcpy(kv.data(), c.kv_f16.data(), kv.size());
     EncodeOptions options;
     options.level = 2;
+    options.subchunk_tokens = c.subchunk_tokens;
     options.mode = c.mode == 0 ? CacheGenMode::kReference : CacheGenMode::kDelta;
     auto container = EncodeCacheGen(layout, kv, options);
     ASSERT_TRUE(container.ok()) << container.status();

@@ -66,7 +66,8 @@ TEST(StreamControllerTest, DecisionIsNonDecreasingInBandwidth) {
         previous = level;
       }
       const bool fits = policy == ControllerPolicy::kOracleShare || elapsed <= 1.0;
-      EXPECT_EQ(controller.Decide(kInf, elapsed).level, fits ? 3 : 0);
+      // Past the budget nothing fits; a free transfer at level 1 beats recomputing.
+      EXPECT_EQ(controller.Decide(kInf, elapsed).level, fits ? 3 : 1);
     }
   }
 }
@@ -89,9 +90,25 @@ TEST(StreamControllerTest, OracleLevelsPerChunkNonDecreasingInBandwidth) {
   }
 }
 
+TEST(StreamControllerTest, FallbackPicksTheFasterOfRecomputeAndLevelOne) {
+  auto chunks = Chunks(4);
+  ControllerConfig config = Config(ControllerPolicy::kEstimated, 1e7);
+  config.ttft_budget_s = 0.1;         // nothing fits at 10 MB/s (4 MB at level 1 takes 0.4 s)
+  config.prefill_tokens_per_s = 500;  // recompute 0.512 s per chunk, slower than level 1 (0.1 s)
+  std::vector<double> bw(4, 1e7);
+  TraceResult fastest = SimulateTrace(config, chunks, bw);
+  EXPECT_EQ(fastest.levels, std::vector<int>(4, 1));
+  config.fallback = Fallback::kRecompute;
+  TraceResult reference = SimulateTrace(config, chunks, bw);
+  EXPECT_EQ(reference.levels, std::vector<int>(4, 0));
+  EXPECT_LT(fastest.total_s, reference.total_s);
+}
+
 TEST(StreamControllerTest, EstimatorFollowsPreviousChunk) {
   auto chunks = Chunks(3);
-  StreamController c(Config(ControllerPolicy::kEstimated, 1e6), chunks);
+  ControllerConfig config = Config(ControllerPolicy::kEstimated, 1e6);
+  config.fallback = Fallback::kRecompute;
+  StreamController c(config, chunks);
   // 1 MB/s initially: nothing fits in 1 s for 3 chunks (3 MB at level 1) -> recompute.
   EXPECT_EQ(c.Next().level, 0);
   c.Report(0, 0.128);  // recompute does not change the estimate
@@ -107,6 +124,7 @@ TEST(StreamControllerTest, EstimatorFollowsPreviousChunk) {
 TEST(StreamControllerTest, ViolationCountMatchesHandComputation) {
   auto chunks = Chunks(4);
   ControllerConfig config = Config(ControllerPolicy::kOracleShare);
+  config.fallback = Fallback::kRecompute;  // the reference's rule
   // Trace A: 10 MB/s everywhere: level 3 needs 0.24 s <= 0.25 -> all level 3, total 0.9606 s.
   // Trace B: 5 MB/s: level 1 needs 0.2 s (+0.2 ms per index) -> all level 1, total 0.8012 s.
   // Trace C: 3 MB/s: nothing fits (level 1 is 0.333 s) -> recompute 256/2000 = 0.128 s each.

@@ -348,7 +348,8 @@ def cdf_cases(rng):
 
 
 def chunk_case(rng, mode):
-    L, H, D, T = 2, 2, 4, 260
+    # 24 channels: one 16-wide vector block and a tail of 8 in the C++ coders; 3 sub-chunks.
+    L, H, D, T, S = 2, 3, 8, 40, 16
     C = H * D
     kv = np.zeros((L, 2, T, C), dtype=np.float16)
     for layer in range(L):
@@ -361,8 +362,8 @@ def chunk_case(rng, mode):
                 kv[layer, half, t] = (offset + scale * state).astype(np.float16)
     kv[1, 0, 5] = 0  # an all-zero vector (scale 0)
     bins = row_bins(2, L, 0, L)
-    container, decoded = encode_chunk(kv, H, bins, 256, mode, 10 if mode == 1 else 0)
-    return (L, H, D, T, mode, [int(v) for v in kv.reshape(-1).view(np.uint16)], container,
+    container, decoded = encode_chunk(kv, H, bins, S, mode, 10 if mode == 1 else 0)
+    return (L, H, D, T, S, mode, [int(v) for v in kv.reshape(-1).view(np.uint16)], container,
             [int(v) for v in decoded.reshape(-1).view(np.uint16)])
 
 
@@ -393,9 +394,9 @@ def write_golden(path):
     out.append("};\n")
     out.append("inline const std::vector<ChunkCase> kChunkCases = {")
     for mode in (0, 1):
-        L, H, D, T, m, kv, container, decoded = chunk_case(rng, mode)
-        out.append("    {%d, %d, %d, %d, %d,\n     %s,\n     %s,\n     %s}," %
-                   (L, H, D, T, m, fmt_list(kv), fmt_list(list(container)), fmt_list(decoded)))
+        L, H, D, T, S, m, kv, container, decoded = chunk_case(rng, mode)
+        out.append("    {%d, %d, %d, %d, %d, %d,\n     %s,\n     %s,\n     %s}," %
+                   (L, H, D, T, S, m, fmt_list(kv), fmt_list(list(container)), fmt_list(decoded)))
     out.append("};\n")
     out.append("}  // namespace golden")
     with open(path, "w") as f:

@@ -9,9 +9,12 @@
 //   kOracleShare   the reference (run_adaptation.py): the true bandwidth of each chunk is known,
 //                  every chunk gets budget / num_chunks, and level l fits if this chunk at l takes
 //                  at most that share.
-// Both try levels 3, 2, 1 and take the first that fits; if none fits the chunk is recomputed
-// (cost = tokens / prefill_tokens_per_s, a measured rate). For a fixed state the decision is
-// non-decreasing in the bandwidth. Decode time is assumed hidden behind the transfer.
+// Both try levels 3, 2, 1 and take the first that fits. If none fits:
+//   Fallback::kFastest    the quicker of recomputing the chunk (tokens / prefill_tokens_per_s, a
+//                         measured rate) and fetching it at level 1 (default);
+//   Fallback::kRecompute  always recompute, as the reference does.
+// For a fixed state the decision is non-decreasing in the bandwidth (recompute counts as level 0).
+// Decode time is assumed hidden behind the transfer.
 //
 // Not thread-safe: one controller per context being fetched.
 #ifndef KVSTASH_CODEC_STREAM_CONTROLLER_H_
@@ -30,9 +33,11 @@ struct ChunkCost {
 };
 
 enum class ControllerPolicy { kEstimated, kOracleShare };
+enum class Fallback { kFastest, kRecompute };
 
 struct ControllerConfig {
   ControllerPolicy policy = ControllerPolicy::kEstimated;
+  Fallback fallback = Fallback::kFastest;
   double ttft_budget_s = 0.5;
   double prefill_tokens_per_s = 5000;  // measured prefill throughput of the engine
   double initial_bandwidth_bps = 0;    // bytes/s before the first measurement (kEstimated)
