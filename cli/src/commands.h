@@ -13,6 +13,8 @@ namespace kvstash::cli {
 int& ExitCode();
 
 void RegisterGenerateCommand(CLI::App& app);  // generate_command.cc (reference engine)
+// `kvstash codec ...` (codec_commands.cc).
+void RegisterCodecCommands(CLI::App& app);
 
 }  // namespace kvstash::cli
 
