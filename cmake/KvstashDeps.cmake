@@ -24,6 +24,11 @@ pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)
 find_path(HTTPLIB_INCLUDE_DIR httplib.h REQUIRED)
 add_library(kvstash_httplib INTERFACE)
 target_include_directories(kvstash_httplib SYSTEM INTERFACE ${HTTPLIB_INCLUDE_DIR})
+# Debian builds cpp-httplib as a compiled library (the header only declares most functions).
+find_library(HTTPLIB_LIBRARY NAMES cpp-httplib)
+if(HTTPLIB_LIBRARY)
+  target_link_libraries(kvstash_httplib INTERFACE ${HTTPLIB_LIBRARY})
+endif()
 target_link_libraries(kvstash_httplib INTERFACE Threads::Threads)
 
 find_program(KVSTASH_PROTOC protoc REQUIRED)
