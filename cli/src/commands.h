@@ -12,6 +12,9 @@ namespace kvstash::cli {
 // Set by a subcommand's callback; main() returns it.
 int& ExitCode();
 
+// put, get, stat, ls, rm, bench (store_commands.cc).
+void RegisterStoreCommands(CLI::App& app);
+
 }  // namespace kvstash::cli
 
 #endif  // KVSTASH_CLI_COMMANDS_H_

@@ -30,25 +30,6 @@ std::string WriteTemp(const std::string& text) {
   return path.string();
 }
 
-TEST(ParseByteSize, AcceptsUnits) {
-  EXPECT_EQ(*ParseByteSize("4096"), 4096u);
-  EXPECT_EQ(*ParseByteSize("512MiB"), 512ull << 20);
-  EXPECT_EQ(*ParseByteSize("4GiB"), 4ull << 30);
-  EXPECT_EQ(*ParseByteSize("4gib"), 4ull << 30);
-  EXPECT_EQ(*ParseByteSize("1.5G"), 3ull << 29);
-  EXPECT_EQ(*ParseByteSize("100MB"), 100'000'000u);
-  EXPECT_EQ(*ParseByteSize("2 KiB"), 2048u);
-  EXPECT_EQ(*ParseByteSize("18446744073709551615"), UINT64_MAX);
-}
-
-TEST(ParseByteSize, RejectsGarbage) {
-  for (const char* bad : {"", "MiB", "12XB", "1..5G", "-1", "1e3", "99999999999TiB"}) {
-    auto r = ParseByteSize(bad);
-    EXPECT_FALSE(r.ok()) << bad;
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
-  }
-}
-
 TEST(Config, EmbeddedDefaultIsSingleNodeWithCpuAndSsdInData) {
   ParsedCommandLine p = Parse({});
   ASSERT_TRUE(p.config) << p.output;

@@ -57,10 +57,6 @@ Result<ServiceConfig> ApplyYaml(std::string_view yaml_text, ServiceConfig base);
 // Checks cross-field rules (watermarks ordered, capacities, sizes within limits, paths).
 Status ValidateConfig(const ServiceConfig& config);
 
-// "4096", "512MiB", "4GiB", "1.5G", "100MB": binary units for K/M/G/T, KiB..TiB; decimal for
-// KB..TB. Case-insensitive. InvalidArgument for anything else or an overflow.
-Result<uint64_t> ParseByteSize(std::string_view text);
-
 // Result of parsing a command line: either a config to run with, or a message to print and an
 // exit code (help, version, usage errors).
 struct ParsedCommandLine {
