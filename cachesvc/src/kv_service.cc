@@ -272,8 +272,11 @@ Status KvStashService::DoPut(grpc::ServerContext* ctx, grpc::ServerReader<v1::Pu
     return abort_with(Invalid(
         absl::StrCat("Put stream ended after ", written, " of ", info.payload_bytes, " bytes")));
   }
-  // Commit verifies the crc32c the client declared against the bytes now in the arena.
-  return store_->Commit(r.id, info.payload_crc32c, durable);
+  // Commit verifies the crc32c the client declared against the bytes now in the arena. Some
+  // failures (durable without an SSD tier) leave the reservation open; nobody else can commit it.
+  Status committed = store_->Commit(r.id, info.payload_crc32c, durable);
+  if (!committed.ok()) (void)store_->Abort(r.id);
+  return committed;
 }
 
 // ---- Leased get -------------------------------------------------------------

@@ -14,8 +14,9 @@
 
 namespace kvstash::cachesvc {
 
-// Allocation alignment the client may assume for arena offsets (ArenaInfo / handshake).
-inline constexpr uint32_t kArenaAlignment = 64;
+// Allocation alignment the client may assume for arena offsets (ArenaInfo / handshake): the
+// store allocates the arena in 4 KiB pages.
+inline constexpr uint32_t kArenaAlignment = 4096;
 
 class KvStashService final : public v1::KvStash::Service {
  public:

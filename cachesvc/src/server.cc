@@ -204,8 +204,10 @@ Status CacheService::Shutdown() {
   s.server->Shutdown(std::chrono::system_clock::now() +
                      std::chrono::milliseconds(s.config.shutdown_grace_ms));
   s.server->Wait();
+  spdlog::info("event=shutdown_grpc_stopped");
   s.arena_socket->Stop();
   s.close_status = s.store->Close();
+  spdlog::info("event=shutdown_store_closed");
   if (!s.close_status.ok()) {
     spdlog::error("event=store_close_failed error=\"{}\"", std::string(s.close_status.message()));
   }

@@ -43,11 +43,10 @@ Status WriteReservation::Commit(bool durable) {
 Status WriteReservation::CommitWithCrc(uint32_t payload_crc32c, bool durable) {
   if (done_) return absl::FailedPreconditionError("reservation already committed or aborted");
   Status s = core_->CommitReservation(id_, payload_crc32c, durable);
-  // Whatever the outcome the service has settled this reservation (a failed Commit aborts it),
-  // except for transport errors, where an Abort may still free the space early.
-  if (absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s)) {
-    (void)core_->AbortReservation(id_);
-  }
+  // This handle is spent either way. A failed Commit usually settles the reservation already;
+  // where it does not (transport errors, durable without an SSD tier) the Abort frees the space
+  // now instead of at expiry, and is harmless otherwise.
+  if (!s.ok()) (void)core_->AbortReservation(id_);
   Reset();
   return s;
 }

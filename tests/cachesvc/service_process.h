@@ -15,8 +15,8 @@
 namespace kvstash::testing {
 
 struct ServiceOptions {
-  bool tcp = false;            // listen on 127.0.0.1:<free port> instead of a unix socket
-  bool metrics = false;        // enable /metrics and /healthz on a free port
+  bool tcp = false;      // listen on 127.0.0.1:<free port> instead of a unix socket
+  bool metrics = false;  // enable /metrics and /healthz on a free port
   std::string cpu_capacity = "64MiB";
   std::string ssd_capacity = "256MiB";
   std::vector<std::string> extra_args;
@@ -52,9 +52,9 @@ class ServiceProcess {
 
   // SIGTERM and wait; returns the exit code (or 128 + signal).
   int Terminate(int timeout_ms = 30'000);
-  void Kill();  // SIGKILL and reap
-  void Stop();  // SIGSTOP
-  void Continue();  // SIGCONT
+  void Kill();              // SIGKILL and reap
+  void Stop();              // SIGSTOP
+  void Continue();          // SIGCONT
   std::string Log() const;  // what the daemon wrote to stderr so far
 
  private:

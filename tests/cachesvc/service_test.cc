@@ -9,6 +9,8 @@
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
+#include <functional>
 #include <thread>
 
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -91,7 +93,9 @@ class ServiceTest : public ::testing::Test {
     svc_ = svc->release();
   }
   static void TearDownTestSuite() {
-    if (svc_ != nullptr) EXPECT_EQ(svc_->Terminate(), 0) << svc_->Log();
+    if (svc_ != nullptr) {
+      EXPECT_EQ(svc_->Terminate(), 0) << svc_->Log();
+    }
     delete svc_;
     delete dir_;
     svc_ = nullptr;
@@ -157,9 +161,9 @@ TEST_F(ServiceTest, StreamPutGetLookupDeletePinListStats) {
     ASSERT_TRUE(stub_->List(&ctx, req, &resp).ok());
     bool found = false;
     for (const auto& o : resp.objects()) {
-      if (o.storage_key() == std::string(reinterpret_cast<const char*>(
-                                             TestName(100).storage_key.Bytes().data()),
-                                         16)) {
+      if (o.storage_key() ==
+          std::string(reinterpret_cast<const char*>(TestName(100).storage_key.Bytes().data()),
+                      16)) {
         found = true;
         EXPECT_TRUE(o.pinned());
         EXPECT_EQ(o.key().namespace_(), "test");
@@ -183,7 +187,9 @@ TEST_F(ServiceTest, StreamPutGetLookupDeletePinListStats) {
     EXPECT_GE(resp.pinned_objects(), 1u);
     EXPECT_GE(resp.tiers_size(), 1);
   }
-  for (auto* rpc : {&v1::KvStash::Stub::Unpin, &v1::KvStash::Stub::Delete}) {
+  using KeysRpc = grpc::Status (v1::KvStash::Stub::*)(grpc::ClientContext*, const v1::KeysRequest&,
+                                                      v1::KeysResponse*);
+  for (KeysRpc rpc : std::vector<KeysRpc>{&v1::KvStash::Stub::Unpin, &v1::KvStash::Stub::Delete}) {
     grpc::ClientContext ctx;
     Deadline(&ctx);
     v1::KeysRequest req;
@@ -204,8 +210,8 @@ TEST_F(ServiceTest, SharedMemoryReserveCommitAcquireRelease) {
   ASSERT_TRUE(received.ok()) << received.status();
   EXPECT_EQ(received->hello.arena_bytes, arena.arena_bytes());
   EXPECT_EQ(received->hello.arena_generation, arena.arena_generation());
-  auto* base = static_cast<uint8_t*>(::mmap(nullptr, arena.arena_bytes(),
-                                            PROT_READ | PROT_WRITE, MAP_SHARED, received->fd, 0));
+  auto* base = static_cast<uint8_t*>(
+      ::mmap(nullptr, arena.arena_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, received->fd, 0));
   ::close(received->fd);
   ASSERT_NE(base, MAP_FAILED);
 
@@ -279,7 +285,7 @@ TEST_F(ServiceTest, SharedMemoryReserveCommitAcquireRelease) {
   ASSERT_TRUE(stub_->Abort(&ab, abreq, &abresp).ok());
   grpc::ClientContext ab2;
   Deadline(&ab2);
-  EXPECT_EQ(stub_->Abort(&ab2, abreq, &abresp).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(stub_->Abort(&ab2, abreq, &abresp).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(StreamGet(*stub_, 202).status().code(), absl::StatusCode::kNotFound);
   ::munmap(base, arena.arena_bytes());
 }
@@ -633,10 +639,10 @@ TEST(ServiceProcessTest, RefusesASocketInUseAndBadConfig) {
   ASSERT_TRUE(first.ok()) << first.status();
   TempDir other;
   std::string out;
-  int code = RunProgram({BinaryPath("cachesvc/cachesvc"), "--listen", (*first)->target(),
-                         "--data-dir", other.path() + "/data", "--arena-socket",
-                         other.path() + "/a.sock", "--metrics-port", "0"},
-                        &out);
+  int code = RunProgram(
+      {BinaryPath("cachesvc/cachesvc"), "--listen", (*first)->target(), "--data-dir",
+       other.path() + "/data", "--arena-socket", other.path() + "/a.sock", "--metrics-port", "0"},
+      &out);
   EXPECT_EQ(code, 1);
   EXPECT_THAT(out, HasSubstr("in use by a running process"));
   // The first daemon is unharmed.

@@ -52,7 +52,9 @@ class KvClientTest : public ::testing::Test {
     svc_ = svc->release();
   }
   static void TearDownTestSuite() {
-    if (svc_ != nullptr) EXPECT_EQ(svc_->Terminate(), 0) << svc_->Log();
+    if (svc_ != nullptr) {
+      EXPECT_EQ(svc_->Terminate(), 0) << svc_->Log();
+    }
     delete svc_;
     delete dir_;
     svc_ = nullptr;
@@ -90,8 +92,7 @@ TEST_F(KvClientTest, SharedMemoryPathMovesNoPayloadOverGrpc) {
     ASSERT_TRUE(lease.ok()) << lease.status();
     ASSERT_EQ(lease->data().size(), info.payload_bytes);
     EXPECT_TRUE(std::equal(lease->data().begin(), lease->data().end(), payloads[i].begin()));
-    EXPECT_EQ(lease->info().payload_crc32c,
-              Crc32c(payloads[i].data(), payloads[i].size()));
+    EXPECT_EQ(lease->info().payload_crc32c, Crc32c(payloads[i].data(), payloads[i].size()));
     EXPECT_EQ(lease->served_from(), client::Tier::kCpu);
   }
   uint64_t in_delta = MetricSum(port, "kvstash_grpc_received_bytes_total") - in_before;

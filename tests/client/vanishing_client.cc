@@ -1,6 +1,7 @@
 // A client that dies mid-put: started by kv_client_test, it begins a put, prints "MIDWAY" and
 // then waits to be killed with SIGKILL.
 //   vanishing_client TARGET stream|shm KEY_INDEX
+#include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
 #include <cstdio>
