@@ -135,10 +135,16 @@ int RunPut(const PutArgs& a) {
   options.overwrite = a.overwrite;
   Status s = (*kv)->Put(*name, object->info, object->payload, options);
   if (!s.ok()) return Fail("put", s);
-  std::printf("stored %s (%s, %s %s, %s) via %s\n", FormatUserKey(*name).c_str(), a.key.c_str(),
-              FormatByteSize(file_bytes).c_str(), object->wrapped ? "file wrapped as" : "object",
-              LayoutText(object->info).c_str(),
-              (*kv)->shared_memory_attached() ? "shared memory" : "gRPC stream");
+  const char* path = (*kv)->shared_memory_attached() ? "shared memory" : "gRPC stream";
+  if (object->wrapped) {
+    std::printf("stored %s (%s): %s file, wrapped in the file layout (%s), via %s\n",
+                FormatUserKey(*name).c_str(), a.key.c_str(), FormatByteSize(file_bytes).c_str(),
+                LayoutText(object->info).c_str(), path);
+  } else {
+    std::printf("stored %s (%s): object %s, %s payload, via %s\n", FormatUserKey(*name).c_str(),
+                a.key.c_str(), LayoutText(object->info).c_str(),
+                FormatByteSize(object->info.payload_bytes).c_str(), path);
+  }
   return 0;
 }
 
