@@ -12,7 +12,8 @@ endif()
 
 if(KVSTASH_SANITIZE)
   set(_san -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
-  add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:${_san}>)
+  # Quoted so the list stays inside one generator expression (unquoted, it is split apart).
+  add_compile_options("$<$<COMPILE_LANGUAGE:CXX,C>:${_san}>")
   add_link_options(${_san})
 endif()
 

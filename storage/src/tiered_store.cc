@@ -741,13 +741,7 @@ Status TieredStore::Close() {
 }
 
 void TieredStore::StopThreads() {
-  {
-    std::lock_guard<std::mutex> lock(write_mu_);
-    writers_stop_ = true;
-  }
-  write_cv_.notify_all();
-  for (auto& t : writers_) t.join();
-  writers_.clear();
+  // The evictor can queue demotions, so it stops first; writers then drain whatever is queued.
   {
     std::lock_guard<std::mutex> lock(bg_mu_);
     bg_stop_ = true;
@@ -755,6 +749,13 @@ void TieredStore::StopThreads() {
   bg_cv_.notify_all();
   if (reaper_.joinable()) reaper_.join();
   if (evictor_.joinable()) evictor_.join();
+  {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    writers_stop_ = true;
+  }
+  write_cv_.notify_all();
+  for (auto& t : writers_) t.join();
+  writers_.clear();
 }
 
 // ---------------------------------------------------------------------------------------------
