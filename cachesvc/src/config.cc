@@ -37,6 +37,7 @@ limits:
 storage:
   data_dir: ./data
   cpu_capacity: 1GiB
+  prefault_arena: true    # commit the CPU arena's memory at start
   ssd_capacity: 8GiB      # 0 disables the SSD tier
   high_watermark: 0.90
   low_watermark: 0.80
@@ -132,6 +133,19 @@ Setter StoreStringField(std::string storage::StoreOptions::*field) {
   };
 }
 
+Setter BoolField(bool ServiceConfig::*field) {
+  return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
+    if (text == "true" || text == "1" || text == "yes" || text == "on") {
+      c.*field = true;
+    } else if (text == "false" || text == "0" || text == "no" || text == "off") {
+      c.*field = false;
+    } else {
+      return Bad(where, absl::StrCat("'", text, "' is not a boolean (true/false)"));
+    }
+    return OkStatus();
+  };
+}
+
 Setter StoreFraction(double storage::StoreOptions::*field) {
   return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
     KVSTASH_ASSIGN_OR_RETURN(double v, ReadNumber<double>(text, where));
@@ -184,6 +198,8 @@ const std::vector<Field>& Fields() {
        StoreSizeField(&storage::StoreOptions::cpu_capacity_bytes)},
       {"storage.ssd_capacity", "--ssd-capacity", "SSD tier capacity; 0 disables the tier",
        StoreSizeField(&storage::StoreOptions::ssd_capacity_bytes)},
+      {"storage.prefault_arena", "--prefault-arena", "commit the CPU arena's memory at start",
+       BoolField(&ServiceConfig::prefault_arena)},
       {"storage.high_watermark", "--high-watermark", "evict above this fill fraction",
        StoreFraction(&storage::StoreOptions::high_watermark)},
       {"storage.low_watermark", "--low-watermark", "evict down to this fill fraction",

@@ -367,8 +367,11 @@ Status KvStashService::DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req
     uint64_t n = std::min<uint64_t>(config_.stream_chunk_bytes, total - sent);
     chunk.set_data(src + sent, n);
     scope.AddSent(chunk.ByteSizeLong());
-    if (!writer->Write(chunk)) return absl::CancelledError("client went away during Get");
     sent += n;
+    // The last chunk goes out together with the call's status.
+    bool written = sent == total ? writer->Write(chunk, grpc::WriteOptions().set_last_message())
+                                 : writer->Write(chunk);
+    if (!written) return absl::CancelledError("client went away during Get");
     chunk.Clear();
   } while (sent < total);
   return OkStatus();

@@ -12,7 +12,7 @@ namespace kvstash::cli {
 // Set by a subcommand's callback; main() returns it.
 int& ExitCode();
 
-// put, get, stat, ls, rm, bench (store_commands.cc).
+// put, get, stat, ls, rm, bench, synth (store_commands.cc).
 void RegisterStoreCommands(CLI::App& app);
 
 }  // namespace kvstash::cli

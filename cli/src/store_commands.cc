@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -21,6 +22,9 @@
 #include "file_object.h"
 #include "kvstash/client/kv_client.h"
 #include "kvstash/common/byte_size.h"
+#include "kvstash/common/crc32c.h"
+#include "kvstash/common/half.h"
+#include "kvstash/common/object_header.h"
 
 namespace kvstash::cli {
 namespace {
@@ -295,6 +299,62 @@ int RunRm(const RmArgs& a) {
   return failed == 0 ? 0 : 1;
 }
 
+// ---- synth ---------------------------------------------------------------------
+
+struct SynthArgs {
+  std::string file;
+  uint32_t layers = 30, tokens = 256, kv_heads = 3, head_dim = 64;
+  uint64_t seed = 0;
+};
+
+// A KV-shaped object file with deterministic, smooth f16 content: value(layer, K|V, token, head,
+// dim) is a sum of sinusoids, so chunks look like activations, differ per seed and compress like
+// real KV rather than like noise.
+int RunSynth(const SynthArgs& a) {
+  ObjectInfo info;
+  KvLayout& l = info.layout;
+  l.num_layers = a.layers;
+  l.total_kv_heads = a.kv_heads;
+  l.head_begin = 0;
+  l.head_end = a.kv_heads;
+  l.head_dim = a.head_dim;
+  l.dtype = DType::kF16;
+  l.num_tokens = a.tokens;
+  l.rope = RopeConvention::kNeox;
+  l.rope_theta = 100000.0f;
+  l.position_start = static_cast<int64_t>(a.seed) * a.tokens;
+  info.payload_bytes = l.RawBytes();
+  if (Status s = info.Validate(); !s.ok()) return Fail("synth", s);
+  std::vector<uint8_t> file(kObjectHeaderBytes + info.payload_bytes);
+  auto* out = reinterpret_cast<uint16_t*>(file.data() + kObjectHeaderBytes);
+  size_t i = 0;
+  for (uint32_t layer = 0; layer < a.layers; ++layer) {
+    for (uint32_t kv = 0; kv < 2; ++kv) {
+      for (uint32_t t = 0; t < a.tokens; ++t) {
+        double pos = static_cast<double>(l.position_start + t);
+        for (uint32_t h = 0; h < a.kv_heads; ++h) {
+          for (uint32_t d = 0; d < a.head_dim; ++d) {
+            double v = std::sin(0.013 * pos * (d + 1) + 0.7 * layer + 1.3 * h + 2.1 * kv) +
+                       0.25 * std::cos(0.17 * d + 0.31 * static_cast<double>(a.seed));
+            out[i++] = F32ToF16(static_cast<float>(v));
+          }
+        }
+      }
+    }
+  }
+  info.payload_crc32c = Crc32c(file.data() + kObjectHeaderBytes, info.payload_bytes);
+  auto header = EncodeObjectHeader(info);
+  if (!header.ok()) return Fail("synth", header.status());
+  std::memcpy(file.data(), header->data(), header->size());
+  if (Status s = WriteOutput(a.file, file); !s.ok()) return Fail("synth", s);
+  if (a.file != "-") {
+    std::printf("wrote %s: object %s, %s payload, crc32c %08x\n", a.file.c_str(),
+                LayoutText(info).c_str(), FormatByteSize(info.payload_bytes).c_str(),
+                info.payload_crc32c);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int RunStoreBench(const std::string& target, const std::string& name_space, uint64_t size,
@@ -338,6 +398,17 @@ void RegisterStoreCommands(CLI::App& app) {
   cmd->add_option("KEY", rm->keys, "keys to delete")->required();
   AddCommon(cmd, rm->common);
   cmd->callback([rm] { ExitCode() = RunRm(*rm); });
+
+  auto synth = std::make_shared<SynthArgs>();
+  cmd = app.add_subcommand("synth", "write a KV-shaped test object file (deterministic content)");
+  cmd->add_option("FILE", synth->file, "output object file; - for stdout")->required();
+  cmd->add_option("--layers", synth->layers, "layers")->capture_default_str();
+  cmd->add_option("--tokens", synth->tokens, "tokens")->capture_default_str();
+  cmd->add_option("--kv-heads", synth->kv_heads, "KV heads")->capture_default_str();
+  cmd->add_option("--head-dim", synth->head_dim, "head dimension")->capture_default_str();
+  cmd->add_option("--seed", synth->seed, "content seed; also the chunk index (positions)")
+      ->capture_default_str();
+  cmd->callback([synth] { ExitCode() = RunSynth(*synth); });
 
   struct BenchArgs {
     CommonOptions common;

@@ -62,6 +62,12 @@ Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
     return absl::UnavailableError(absl::StrCat("mmap of the arena (", received.hello.arena_bytes,
                                                " bytes): ", std::strerror(mmap_errno)));
   }
+  if (options.prefault_arena) {
+    // Best effort: kernels before 5.14 do not know MADV_POPULATE_WRITE; pages then fault lazily.
+#ifdef MADV_POPULATE_WRITE
+    (void)::madvise(base, received.hello.arena_bytes, MADV_POPULATE_WRITE);
+#endif
+  }
   auto m = std::make_shared<ArenaMapping>();
   m->base = static_cast<uint8_t*>(base);
   m->bytes = received.hello.arena_bytes;
@@ -122,6 +128,33 @@ Status ClientCore::ReleaseLease(uint64_t id) {
     return absl::InternalError("Release answered with a wrong number of results");
   }
   return FromItemStatus(resp.results(0));
+}
+
+void ClientCore::ReleaseLeaseAsync(uint64_t id) {
+  struct Call {
+    grpc::ClientContext ctx;
+    v1::ReleaseRequest req;
+    v1::ReleaseResponse resp;
+  };
+  auto* call = new Call();
+  SetRpcDeadline(&call->ctx);
+  call->req.add_lease_ids(id);
+  {
+    std::lock_guard<std::mutex> lock(async_mu);
+    ++async_pending;
+  }
+  stub->async()->Release(&call->ctx, &call->req, &call->resp, [this, call](grpc::Status) {
+    delete call;
+    std::lock_guard<std::mutex> lock(async_mu);
+    --async_pending;
+    async_cv.notify_all();
+  });
+}
+
+ClientCore::~ClientCore() {
+  // Every async call has a deadline, so this wait is bounded by rpc_timeout.
+  std::unique_lock<std::mutex> lock(async_mu);
+  async_cv.wait(lock, [this] { return async_pending == 0; });
 }
 
 bool IsUnixTarget(const std::string& target) { return target.rfind("unix:", 0) == 0; }

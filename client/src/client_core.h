@@ -4,6 +4,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -30,6 +31,11 @@ struct ArenaMapping {
 };
 
 struct ClientCore {
+  ClientCore() = default;
+  ~ClientCore();  // waits for fire-and-forget releases still in flight
+  ClientCore(const ClientCore&) = delete;
+  ClientCore& operator=(const ClientCore&) = delete;
+
   std::string target;
   ClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
@@ -52,6 +58,13 @@ struct ClientCore {
   Status CommitReservation(uint64_t id, uint32_t crc, bool durable);
   Status AbortReservation(uint64_t id);
   Status ReleaseLease(uint64_t id);
+  // Sends the Release without waiting for the answer (a lease that fails to release simply
+  // expires). Used by ReadLease's destructor so dropping a lease costs no round trip.
+  void ReleaseLeaseAsync(uint64_t id);
+
+  std::mutex async_mu;
+  std::condition_variable async_cv;
+  int async_pending = 0;  // guarded by async_mu
 };
 
 bool IsUnixTarget(const std::string& target);

@@ -64,7 +64,10 @@ ReadLease::ReadLease(ReadLease&& other) noexcept { *this = std::move(other); }
 
 ReadLease& ReadLease::operator=(ReadLease&& other) noexcept {
   if (this != &other) {
-    if (!done_) (void)Release();
+    if (!done_) {
+      core_->ReleaseLeaseAsync(id_);
+      Reset();
+    }
     core_ = std::move(other.core_);
     mapping_ = std::move(other.mapping_);
     info_ = other.info_;
@@ -79,7 +82,10 @@ ReadLease& ReadLease::operator=(ReadLease&& other) noexcept {
 }
 
 ReadLease::~ReadLease() {
-  if (!done_) (void)Release();
+  if (!done_) {
+    core_->ReleaseLeaseAsync(id_);
+    Reset();
+  }
 }
 
 void ReadLease::Reset() {

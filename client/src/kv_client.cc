@@ -166,8 +166,12 @@ Status KvClient::Put(const ObjectName& name, const ObjectInfo& info,
 Status KvClient::PutShared(const ObjectName& name, const ObjectInfo& info,
                            std::span<const uint8_t> payload, const PutOptions& options) {
   KVSTASH_ASSIGN_OR_RETURN(WriteReservation reservation, Reserve(name, info, options.overwrite));
-  uint32_t crc = CopyWithCrc(reservation.data().data(), payload.data(), payload.size());
-  if (info.payload_crc32c != 0) crc = info.payload_crc32c;
+  uint32_t crc = info.payload_crc32c;
+  if (crc == 0) {
+    crc = CopyWithCrc(reservation.data().data(), payload.data(), payload.size());
+  } else {  // the caller vouches for the crc32c; the service checks it against what we copy
+    std::memcpy(reservation.data().data(), payload.data(), payload.size());
+  }
   return reservation.CommitWithCrc(crc, options.durable);
 }
 
@@ -175,6 +179,7 @@ Status KvClient::PutStream(const ObjectName& name, const ObjectInfo& info,
                            std::span<const uint8_t> payload, const PutOptions& options) {
   grpc::ClientContext ctx;
   core_->SetDeadline(&ctx, core_->options.stream_timeout);
+  ctx.set_initial_metadata_corked(true);  // headers go out with the first chunk
   v1::PutResponse resp;
   std::unique_ptr<grpc::ClientWriter<v1::PutChunk>> writer = core_->stub->Put(&ctx, &resp);
   v1::PutChunk chunk;
@@ -187,15 +192,23 @@ Status KvClient::PutStream(const ObjectName& name, const ObjectInfo& info,
   header->set_overwrite(options.overwrite);
   const size_t step = core_->options.stream_chunk_bytes;
   size_t off = 0;
+  bool half_closed = false;
   do {
     size_t n = std::min(step, payload.size() - off);
     chunk.set_data(payload.data() + off, n);
-    // A failed write means the service already ended the call; Finish() says why.
-    if (!writer->Write(chunk)) break;
     off += n;
+    // The last chunk carries the half-close with it (one write instead of two). A failed write
+    // means the service already ended the call; Finish() says why.
+    if (off == payload.size()) {
+      // Includes the half-close even when the write fails: WritesDone must not follow it.
+      (void)writer->Write(chunk, grpc::WriteOptions().set_last_message());
+      half_closed = true;
+      break;
+    }
+    if (!writer->Write(chunk)) break;
     chunk.Clear();
   } while (off < payload.size());
-  writer->WritesDone();
+  if (!half_closed) writer->WritesDone();
   return FromGrpcStatus(writer->Finish());
 }
 
@@ -299,47 +312,73 @@ Result<std::vector<Result<ReadLease>>> KvClient::AcquireMany(std::span<const Obj
   return out;
 }
 
-Result<GetReply> KvClient::Get(const ObjectName& name) {
+Result<GetIntoReply> KvClient::StreamGet(
+    const ObjectName& name, const std::function<Result<uint8_t*>(const ObjectInfo&)>& dest) {
   grpc::ClientContext ctx;
   core_->SetDeadline(&ctx, core_->options.stream_timeout);
   v1::GetRequest req;
   ToProto(name, req.mutable_key());
   std::unique_ptr<grpc::ClientReader<v1::GetChunk>> reader = core_->stub->Get(&ctx, req);
-  GetReply reply;
+  GetIntoReply reply;
   v1::GetChunk chunk;
-  bool first = true;
+  uint8_t* out = nullptr;
+  uint64_t received = 0;
   Status protocol;
   while (reader->Read(&chunk)) {
-    if (first) {
+    if (out == nullptr) {
       auto info = InfoFromService(chunk.info());
-      if (!info.ok()) {
-        protocol = info.status();
+      Result<uint8_t*> where = info.ok() ? dest(*info) : Result<uint8_t*>(info.status());
+      if (!where.ok()) {
+        protocol = where.status();
         ctx.TryCancel();
         break;
       }
       reply.info = *info;
       reply.served_from = FromProtoTier(chunk.served_from());
-      reply.payload.reserve(info->payload_bytes);
-      first = false;
+      out = *where;
     }
-    if (chunk.data().size() > reply.info.payload_bytes - reply.payload.size()) {
+    if (chunk.data().size() > reply.info.payload_bytes - received) {
       protocol = absl::InternalError("Get stream carried more bytes than payload_bytes");
       ctx.TryCancel();
       break;
     }
-    reply.payload.insert(reply.payload.end(), chunk.data().begin(), chunk.data().end());
+    std::memcpy(out + received, chunk.data().data(), chunk.data().size());
+    received += chunk.data().size();
   }
   Status finished = FromGrpcStatus(reader->Finish());
   KVSTASH_RETURN_IF_ERROR(protocol);
   KVSTASH_RETURN_IF_ERROR(finished);
-  if (first || reply.payload.size() != reply.info.payload_bytes) {
-    return absl::InternalError(absl::StrCat("Get stream ended after ", reply.payload.size(), " of ",
+  if (out == nullptr || received != reply.info.payload_bytes) {
+    return absl::InternalError(absl::StrCat("Get stream ended after ", received, " of ",
                                             reply.info.payload_bytes, " bytes"));
   }
-  if (Crc32c(reply.payload.data(), reply.payload.size()) != reply.info.payload_crc32c) {
+  if (Crc32c(out, received) != reply.info.payload_crc32c) {
     return absl::DataLossError("received bytes fail their crc32c");
   }
   return reply;
+}
+
+Result<GetReply> KvClient::Get(const ObjectName& name) {
+  GetReply reply;
+  KVSTASH_ASSIGN_OR_RETURN(GetIntoReply got,
+                           StreamGet(name, [&](const ObjectInfo& info) -> Result<uint8_t*> {
+                             reply.payload.resize(info.payload_bytes);
+                             return reply.payload.data();
+                           }));
+  reply.info = got.info;
+  reply.served_from = got.served_from;
+  return reply;
+}
+
+Result<GetIntoReply> KvClient::GetInto(const ObjectName& name, std::span<uint8_t> out) {
+  return StreamGet(name, [&](const ObjectInfo& info) -> Result<uint8_t*> {
+    if (info.payload_bytes > out.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("buffer of ", out.size(),
+                                                     " bytes is smaller than the object (",
+                                                     info.payload_bytes, " bytes)"));
+    }
+    return out.data();
+  });
 }
 
 // ---- Delete / Pin / Unpin / List / Stats ---------------------------------------

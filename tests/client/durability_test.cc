@@ -207,7 +207,9 @@ TEST(Durability, FullSsdTierFailsDurablePutsPrecisely) {
   ASSERT_TRUE(got.ok());
   EXPECT_EQ(got->payload, small_payload);
   auto big = (*kv)->Get(TestName(3));
-  if (big.ok()) EXPECT_EQ(big->payload, payload);  // committed in memory only, intact
+  if (big.ok()) {
+    EXPECT_EQ(big->payload, payload);  // committed in memory only, intact
+  }
   EXPECT_EQ((*kv)->Stats()->reservations_active, 0u);
 }
 

@@ -155,8 +155,13 @@ TEST_F(KvClientTest, ZeroCopyHandles) {
     ASSERT_TRUE(moved.Release().ok());
     EXPECT_EQ(moved.Release().code(), absl::StatusCode::kFailedPrecondition);
   }
-  { auto scoped = kv_->Acquire(TestName(20)); }  // released by the destructor
-  EXPECT_EQ(kv_->Stats()->leases_active, 0u);
+  { auto scoped = kv_->Acquire(TestName(20)); }  // the destructor sends the Release, unawaited
+  uint64_t active = 1;
+  for (int i = 0; i < 500 && active != 0; ++i) {
+    active = kv_->Stats()->leases_active;
+    if (active != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(active, 0u);
   EXPECT_EQ(kv_->Acquire(TestName(21)).status().code(), absl::StatusCode::kNotFound);
 }
 

@@ -23,6 +23,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -46,6 +47,9 @@ struct ClientOptions {
   bool verify_reads = false;
   uint32_t stream_chunk_bytes = 1u << 20;  // data per PutChunk
   uint32_t lease_ms = 0;                   // reservations and leases; 0 = service default
+  // Fault the whole arena mapping in at attach (MADV_POPULATE_WRITE), so the first writes and
+  // reads of each page do not pay a page fault on the data path. Commits the arena's memory.
+  bool prefault_arena = true;
   uint64_t max_message_bytes = 16ull << 20;
 };
 
@@ -80,6 +84,11 @@ struct GetReply {
   ObjectInfo info;
   Tier served_from = Tier::kUnknown;
   std::vector<uint8_t> payload;  // crc32c verified
+};
+
+struct GetIntoReply {
+  ObjectInfo info;  // the payload is out[0, info.payload_bytes)
+  Tier served_from = Tier::kUnknown;
 };
 
 struct ListedObject {
@@ -150,8 +159,9 @@ class WriteReservation {
 };
 
 // A read lease: data() points into the arena and stays valid and unchanged until Release() (or
-// the destructor, which releases). Holding a lease past its expiry lets the service reclaim the
-// bytes; keep leases short or ask for a longer lease_ms.
+// the destructor, which sends the Release without waiting for its answer, so dropping a lease
+// costs no round trip; a release that gets lost ends at lease expiry). Holding a lease past its
+// expiry lets the service reclaim the bytes; keep leases short or ask for a longer lease_ms.
 class ReadLease {
  public:
   ReadLease(ReadLease&&) noexcept;
@@ -220,6 +230,9 @@ class KvClient {
   // Streaming copy over gRPC (any target). NotFound when absent; DataLoss when the received
   // bytes fail their crc32c.
   Result<GetReply> Get(const ObjectName& name);
+  // The same into a caller's buffer (reusable, no allocation per call). InvalidArgument when
+  // `out` is smaller than the object; `out` may be partly written on any error.
+  Result<GetIntoReply> GetInto(const ObjectName& name, std::span<uint8_t> out);
 
   // Per-key statuses (NotFound for an unknown key); the call fails only as a whole RPC.
   Result<std::vector<Status>> Delete(std::span<const ObjectName> names);
@@ -236,6 +249,9 @@ class KvClient {
                    const PutOptions& options);
   Status PutStream(const ObjectName& name, const ObjectInfo& info, std::span<const uint8_t> payload,
                    const PutOptions& options);
+  // Streams `name`; `dest(info)` returns where the payload goes (payload_bytes writable bytes).
+  Result<GetIntoReply> StreamGet(const ObjectName& name,
+                                 const std::function<Result<uint8_t*>(const ObjectInfo&)>& dest);
 
   std::shared_ptr<internal::ClientCore> core_;
 };
