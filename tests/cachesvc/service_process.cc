@@ -5,7 +5,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -36,30 +36,28 @@ const bool kFastBackupPoll = [] {
   return true;
 }();
 
+// fork + exec rather than posix_spawn, for PR_SET_PDEATHSIG: a test process that crashes must
+// not leave daemons behind. Between fork and exec only async-signal-safe calls.
 pid_t Spawn(const std::vector<std::string>& argv, int out_fd, bool stdout_only = false) {
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  if (out_fd >= 0) {
-    posix_spawn_file_actions_adddup2(&actions, out_fd, STDOUT_FILENO);
-    if (!stdout_only) posix_spawn_file_actions_adddup2(&actions, out_fd, STDERR_FILENO);
-  }
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  // The child starts with default signal handling and an empty mask, whatever the test runner set.
-  sigset_t none, all;
+  const pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid != 0) return pid;  // parent (or -1)
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) ::_exit(127);  // the parent is already gone
+  // The child starts with default signal handling and an empty mask, whatever the runner set.
+  sigset_t none;
   sigemptyset(&none);
-  sigfillset(&all);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, args[0], &actions, &attr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
-  return rc == 0 ? pid : -1;
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  for (int sig = 1; sig < NSIG; ++sig) ::signal(sig, SIG_DFL);
+  if (out_fd >= 0) {
+    ::dup2(out_fd, STDOUT_FILENO);
+    if (!stdout_only) ::dup2(out_fd, STDERR_FILENO);
+  }
+  ::execve(args[0], args.data(), environ);
+  ::_exit(127);
 }
 
 int ExitCodeOf(int status) {
