@@ -3,11 +3,13 @@
 // For each object size, in the same run:
 //   ours write: N objects Put (Reserve + copy + Commit) by --threads producers into a store with
 //               write-through, timed until Flush() returns (every file and index record synced).
-//   ours read:  the store is closed and reopened (a cold arena); --threads readers Acquire every
+//   ours read:  the store is closed and reopened (a cold arena); --readers threads Acquire every
 //               object (promotion from SSD via io_uring, crc32c verified) and Release it.
 //   fio write:  sequential O_DIRECT writes of N files of the object size, --threads jobs, one IO
 //               per file (bs = object size), fsync on close (as our per-object fdatasync).
-//   fio read:   sequential O_DIRECT reads of those files, io_uring, 1 MiB blocks, iodepth 16.
+//   fio read:   sequential O_DIRECT reads of those files, --threads jobs, io_uring, blocks of
+//               min(object, 1 MiB), --fio-iodepth (16) per job: 64 I/Os in flight by default,
+//               against our 16 concurrent Acquires (each with up to 64 1 MiB reads in flight).
 // Each measurement runs --reps times; medians and the ratios ours/fio go to --out as JSON.
 #include <sys/wait.h>
 
@@ -41,6 +43,8 @@ struct Config {
   std::string dir = "./build/bench-ssd";
   uint64_t total_mib = 1024;
   int threads = 4;
+  int readers = 16;
+  int fio_iodepth = 16;
   int reps = 3;
   std::vector<std::string> sizes = {"256K", "2M", "32M"};
   std::string out = "bench/results/ssd_tier.json";
@@ -151,7 +155,7 @@ std::pair<double, double> RunOurs(const Config& c, const std::string& dir, uint6
   };
   threads.clear();
   t0 = Now();
-  for (int i = 0; i < c.threads; ++i) threads.emplace_back(reader);
+  for (int i = 0; i < c.readers; ++i) threads.emplace_back(reader);
   for (auto& t : threads) t.join();
   double read_s = Now() - t0;
   if (bad > 0) std::cerr << "warning: " << bad << " reads were not served from SSD\n";
@@ -202,7 +206,8 @@ std::pair<double, double> RunFioPair(const Config& c, const std::string& dir, ui
   w.push_back("--bs=" + std::to_string(size));
   nlohmann::json wj = RunFio(c, w);
   auto r = common;
-  for (const char* a : {"--rw=read", "--ioengine=io_uring", "--iodepth=16"}) r.push_back(a);
+  for (const char* a : {"--rw=read", "--ioengine=io_uring"}) r.push_back(a);
+  r.push_back("--iodepth=" + std::to_string(c.fio_iodepth));
   r.push_back("--bs=" + std::to_string(std::min<uint64_t>(size, 1 << 20)));
   nlohmann::json rj = RunFio(c, r);
   fs::remove_all(dir);
@@ -218,7 +223,9 @@ int main(int argc, char** argv) {
   CLI::App app{"SSD tier throughput vs fio"};
   app.add_option("--dir", c.dir, "directory on the disk under test (created, then removed)");
   app.add_option("--total-mib", c.total_mib, "bytes written per object size, MiB");
-  app.add_option("--threads", c.threads, "ssd_io_threads of the store; fio numjobs");
+  app.add_option("--threads", c.threads, "ssd_io_threads and writer threads; fio numjobs");
+  app.add_option("--readers", c.readers, "concurrent Acquire threads of our read phase");
+  app.add_option("--fio-iodepth", c.fio_iodepth, "fio read iodepth per job");
   app.add_option("--reps", c.reps, "repetitions (medians are reported)");
   app.add_option("--sizes", c.sizes, "object sizes, e.g. 256K 2M 32M");
   app.add_option("--out", c.out, "JSON results file");
@@ -231,6 +238,8 @@ int main(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
   results["command"] = command;
   results["threads"] = c.threads;
+  results["readers"] = c.readers;
+  results["fio_read_iodepth"] = c.fio_iodepth;
   results["total_mib_per_size"] = c.total_mib;
   results["reps"] = c.reps;
   printf("%-8s %8s | %10s %10s %6s | %10s %10s %6s\n", "size", "objects", "ours w MB/s",

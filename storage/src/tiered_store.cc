@@ -709,8 +709,12 @@ StoreStats TieredStore::Stats() {
 Status TieredStore::Flush() {
   std::shared_lock<std::shared_mutex> guard(close_mu_);
   KVSTASH_RETURN_IF_ERROR(CheckOpen());
-  std::unique_lock<std::mutex> lock(write_mu_);
-  idle_cv_.wait(lock, [&] { return pending_writes_ == 0; });
+  {
+    std::unique_lock<std::mutex> lock(write_mu_);
+    idle_cv_.wait(lock, [&] { return pending_writes_ == 0; });
+  }
+  // Write-through records are put without a WAL sync; make them all durable now.
+  if (ssd_) return ssd_->SyncIndex();
   return OkStatus();
 }
 
@@ -735,6 +739,8 @@ Status TieredStore::Close() {
       }
     }
     status = ssd_->PutRecords(records);
+    Status synced = ssd_->SyncIndex();
+    if (status.ok()) status = synced;
     ssd_.reset();
   }
   return status;

@@ -170,7 +170,7 @@ class TieredStore final : public ObjectStore {
   bool EvictOneSsd();
   void WriterLoop();
   void RunWrite(WriteJob& job);
-  Status WriteToSsd(const std::shared_ptr<ObjectRec>& rec);
+  Status WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durable);
   Result<Lease> Promote(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms);
   SsdRecord RecordOf(const ObjectRec& rec) const;
   void RecoverSsd(std::vector<SsdRecord> records);
