@@ -97,6 +97,7 @@ StoreOptions Options(const Config& c, const std::string& dir) {
   StoreOptions o;
   o.data_dir = dir;
   o.cpu_capacity_bytes = 512ull << 20;
+  o.prefault_arena = true;  // steady state: a serving arena has been touched long ago
   o.ssd_capacity_bytes = 64ull << 30;
   o.ssd_io_threads = c.threads;
   return o;

@@ -73,7 +73,8 @@ TieredStore::TieredStore(const StoreOptions& options)
 Status TieredStore::Init() {
   KVSTASH_ASSIGN_OR_RETURN(cpu_policy_, MakeEvictionPolicy(options_.cpu_eviction_policy));
   KVSTASH_ASSIGN_OR_RETURN(ssd_policy_, MakeEvictionPolicy(options_.ssd_eviction_policy));
-  KVSTASH_ASSIGN_OR_RETURN(arena_, Arena::Create(options_.cpu_capacity_bytes));
+  KVSTASH_ASSIGN_OR_RETURN(arena_,
+                           Arena::Create(options_.cpu_capacity_bytes, options_.prefault_arena));
   metrics_.cpu.capacity_bytes->Set(static_cast<double>(arena_->bytes()));
   metrics_.cpu.used_bytes->Set(0);
   if (options_.ssd_capacity_bytes > 0) {
@@ -249,6 +250,11 @@ Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
     // Nothing is evictable now (or enough is being demoted). Objects being demoted to SSD become
     // evictable when their write finishes, so wait for that; leases and pins are not waited for.
     std::unique_lock<std::mutex> lock(arena_mu_);
+    // Bytes may have been freed (a lease released, another evictor) since the first attempt.
+    if (auto extent = allocator_.Allocate(rounded)) {
+      metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
+      return *extent;
+    }
     bool writes_pending;
     {
       std::lock_guard<std::mutex> wlock(write_mu_);
