@@ -32,8 +32,8 @@ constexpr char kNameMagic[4] = {'K', 'V', 'S', 'N'};
 constexpr uint32_t kNameVersion = 1;
 constexpr uint64_t kReadChunk = 1 << 20;  // io_uring request size for payload reads
 constexpr unsigned kRingDepth = 64;
-constexpr int kMaxReadRings = 64;           // concurrent promotions, each with its own ring
-constexpr size_t kReadyFilesPerWriter = 8;  // files created ahead per writer thread
+constexpr int kMaxReadRings = 64;            // concurrent promotions, each with its own ring
+constexpr size_t kReadyFilesPerWriter = 16;  // files created ahead per writer thread
 // Longest an unsynced (write-through) index record waits for a WAL sync.
 constexpr std::chrono::steady_clock::duration kWalSyncInterval = std::chrono::milliseconds(50);
 constexpr uint64_t kMaxWriteChunk = uint64_t{64} << 20;

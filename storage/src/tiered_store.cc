@@ -211,6 +211,15 @@ void TieredStore::FreeExtent(uint64_t offset) {
     Status s = allocator_.Free(offset);
     if (!s.ok()) spdlog::error("kvstash storage: arena free: {}", s.ToString());
     metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
+    ++arena_epoch_;
+  }
+  arena_cv_.notify_all();
+}
+
+void TieredStore::SignalArena() {
+  {
+    std::lock_guard<std::mutex> lock(arena_mu_);
+    ++arena_epoch_;
   }
   arena_cv_.notify_all();
 }
@@ -231,8 +240,10 @@ Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
   auto deadline = std::chrono::steady_clock::now() + kMaxDemotionWait;
   uint64_t demoting = 0;  // bytes this call is already waiting on
   for (;;) {
+    uint64_t epoch;
     {
       std::lock_guard<std::mutex> lock(arena_mu_);
+      epoch = arena_epoch_;
       if (auto extent = allocator_.Allocate(rounded)) {
         metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
         if (allocator_.used_bytes() >
@@ -265,7 +276,8 @@ Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
           "no room in the arena for ", rounded, " bytes: ", allocator_.free_bytes(),
           " bytes free (largest extent ", allocator_.largest_free_bytes(), "), nothing evictable"));
     }
-    arena_cv_.wait_for(lock, std::chrono::milliseconds(20));
+    // Anything freed or made evictable since this attempt began bumped the epoch: no lost wakeup.
+    arena_cv_.wait_for(lock, std::chrono::milliseconds(100), [&] { return arena_epoch_ != epoch; });
     demoting = 0;  // finished demotions put their objects back in the policy as old victims
   }
 }

@@ -154,6 +154,7 @@ class TieredStore final : public ObjectStore {
 
   // --- arena ---
   void FreeExtent(uint64_t offset);
+  void SignalArena();  // wakes allocations waiting for evictable bytes
   // Allocates, evicting (and waiting for in-flight SSD demotions) as needed.
   Result<PageAllocator::Extent> AllocateArena(uint64_t bytes);
   // One step of CPU eviction: frees the policy's next victim, or starts demoting it to SSD first
@@ -193,6 +194,7 @@ class TieredStore final : public ObjectStore {
 
   std::mutex arena_mu_;
   std::condition_variable arena_cv_;  // arena bytes freed or a demotion finished
+  uint64_t arena_epoch_ = 0;          // guarded by arena_mu_; bumped with every arena_cv_ signal
   PageAllocator allocator_;           // guarded by arena_mu_
 
   std::mutex cpu_policy_mu_;

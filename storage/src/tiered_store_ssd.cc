@@ -95,7 +95,7 @@ void TieredStore::WriterLoop() {
       std::lock_guard<std::mutex> lock(write_mu_);
       if (--pending_writes_ == 0) idle_cv_.notify_all();
     }
-    arena_cv_.notify_all();  // a demoted object may now be evictable
+    SignalArena();  // the object just written may now be evictable
   }
 }
 
