@@ -38,6 +38,9 @@
 
 namespace kvstash::storage {
 
+// Nanoseconds since the Unix epoch (last-access times, persisted across restarts).
+uint64_t WallNs();
+
 enum class SsdState : uint8_t {
   kNone,     // no SSD copy
   kPending,  // queued or being written; the writer owns the outcome

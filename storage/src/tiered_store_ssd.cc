@@ -7,9 +7,6 @@
 #include "tiered_store.h"
 
 namespace kvstash::storage {
-
-uint64_t WallNs();
-
 namespace {
 uint64_t SteadyNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
