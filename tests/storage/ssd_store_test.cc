@@ -176,7 +176,14 @@ TEST(SsdStoreTest, PromotionOfEvictedObjects) {
   }
   ASSERT_TRUE(store->Flush().ok());
   EXPECT_GE(store->Stats().tiers[0].evictions, 6u);
-  EXPECT_EQ(store->Lookup(objs[0].name.storage_key).tier, Tier::kSsd);
+  // Which six were evicted depends on which writes finished first; all ten are present.
+  int on_ssd_only = 0;
+  for (auto& o : objs) {
+    LookupEntry e = store->Lookup(o.name.storage_key);
+    EXPECT_TRUE(e.present);
+    on_ssd_only += e.tier == Tier::kSsd ? 1 : 0;
+  }
+  EXPECT_EQ(on_ssd_only, 6);
   // Every object reads back, the arena's residents being evicted to make room for promotions.
   for (int round = 0; round < 2; ++round) {
     for (auto& o : objs) EXPECT_TRUE(ReadsBack(*store, o));
