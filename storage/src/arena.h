@@ -14,8 +14,9 @@ namespace kvstash::storage {
 class Arena {
  public:
   // `bytes` is rounded down to whole 4 KiB pages; InvalidArgument if that leaves nothing,
-  // ResourceExhausted/Internal if memfd_create, ftruncate or mmap fail.
-  static Result<std::unique_ptr<Arena>> Create(uint64_t bytes);
+  // ResourceExhausted/Internal if memfd_create, ftruncate or mmap fail. `prefault` allocates
+  // every page now.
+  static Result<std::unique_ptr<Arena>> Create(uint64_t bytes, bool prefault);
   ~Arena();
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;

@@ -3,9 +3,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -30,6 +32,10 @@ constexpr char kNameMagic[4] = {'K', 'V', 'S', 'N'};
 constexpr uint32_t kNameVersion = 1;
 constexpr uint64_t kReadChunk = 1 << 20;  // io_uring request size for payload reads
 constexpr unsigned kRingDepth = 64;
+constexpr int kMaxReadRings = 64;            // concurrent promotions, each with its own ring
+constexpr size_t kReadyFilesPerWriter = 16;  // files created ahead per writer thread
+// Longest an unsynced (write-through) index record waits for a WAL sync.
+constexpr std::chrono::steady_clock::duration kWalSyncInterval = std::chrono::milliseconds(50);
 constexpr uint64_t kMaxWriteChunk = uint64_t{64} << 20;
 
 uint64_t RoundUpBlock(uint64_t n) { return (n + kBlock - 1) / kBlock * kBlock; }
@@ -211,6 +217,25 @@ Status PwriteAll(int fd, const uint8_t* data, uint64_t n, uint64_t offset) {
   return OkStatus();
 }
 
+// Writes `head` (one block) then `body`, as one vectored write while it fits in a chunk, so the
+// header does not cost an extra I/O.
+Status WriteHeadAndBody(int fd, const uint8_t* head, const uint8_t* body, uint64_t body_bytes) {
+  uint64_t first = std::min(body_bytes, kMaxWriteChunk);
+  iovec iov[2] = {{const_cast<uint8_t*>(head), kBlock}, {const_cast<uint8_t*>(body), first}};
+  ssize_t w;
+  do {
+    w = pwritev(fd, iov, 2, 0);
+  } while (w < 0 && errno == EINTR);
+  if (w < 0) return ErrnoStatus("pwritev", errno);
+  uint64_t done = static_cast<uint64_t>(w);
+  if (done < kBlock) {
+    KVSTASH_RETURN_IF_ERROR(PwriteAll(fd, head + done, kBlock - done, done));
+    done = kBlock;
+  }
+  uint64_t body_done = done - kBlock;
+  return PwriteAll(fd, body + body_done, body_bytes - body_done, kBlock + body_done);
+}
+
 // O_DIRECT is refused by some filesystems (tmpfs: EINVAL at open); probe once per directory.
 bool ProbeDirectIo(const std::string& dir) {
   std::string path = dir + "/.direct_probe";
@@ -235,6 +260,13 @@ SsdTier::SsdTier(Options options, StoreMetrics* metrics)
     : options_(std::move(options)), metrics_(metrics) {}
 
 SsdTier::~SsdTier() {
+  {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    pool_stop_ = true;
+  }
+  pool_cv_.notify_all();
+  if (pool_thread_.joinable()) pool_thread_.join();
+  for (uint64_t seq : ready_files_) unlink(FilePath(seq, false).c_str());
   if (db_) {
     rocksdb::Status s = db_->Close();
     if (!s.ok()) spdlog::warn("kvstash storage: closing the SSD index: {}", s.ToString());
@@ -271,7 +303,8 @@ Result<std::unique_ptr<SsdTier>> SsdTier::Open(const Options& options, StoreMetr
     return absl::UnavailableError(absl::StrCat("opening the SSD index: ", s.ToString()));
   }
   tier->db_.reset(db);
-  tier->readers_ = std::make_unique<UringReaderPool>(std::max(1, options.io_threads), kRingDepth);
+  tier->readers_ =
+      std::make_unique<UringReaderPool>(std::max(1, options.io_threads), kMaxReadRings, kRingDepth);
   return tier;
 }
 
@@ -283,7 +316,14 @@ std::string SsdTier::FilePath(uint64_t seq, bool temp) const {
 }
 
 Status SsdTier::SyncObjectsDir() {
+  // Group commit: one fsync covers every directory change made before it started, so a writer
+  // whose rename happened before a sync that started later just waits for that sync.
+  uint64_t my_change = dir_changes_.fetch_add(1) + 1;
+  std::lock_guard<std::mutex> lock(dir_sync_mu_);
+  if (dir_synced_upto_ >= my_change) return OkStatus();
+  uint64_t covered = dir_changes_.load();
   if (fsync(objects_dir_fd_) != 0) return ErrnoStatus("fsync " + objects_dir_, errno);
+  dir_synced_upto_ = covered;
   return OkStatus();
 }
 
@@ -371,7 +411,70 @@ Result<std::vector<SsdRecord>> SsdTier::Recover() {
   metrics_->ssd_recovery_dropped->Increment(dropped);
   used_.store(used);
   next_seq_.store(max_seq + 1);
+  pool_thread_ = std::thread([this] { PoolLoop(); });
   return survivors;
+}
+
+Status SsdTier::CreateEmptyFile(uint64_t seq) {
+  std::string path = FilePath(seq, false);
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus("create " + path, errno);
+  close(fd);
+  return OkStatus();
+}
+
+void SsdTier::PoolLoop() {
+  const size_t target =
+      kReadyFilesPerWriter * static_cast<size_t>(std::max(1, options_.io_threads));
+  std::unique_lock<std::mutex> lock(pool_mu_);
+  while (!pool_stop_) {
+    // Refill in batches once half the pool is used, so one directory sync covers many files.
+    if (ready_files_.size() > target / 2) {
+      pool_cv_.wait(lock);
+      continue;
+    }
+    size_t missing = target - ready_files_.size();
+    lock.unlock();
+    std::vector<uint64_t> made;
+    for (size_t i = 0; i < missing; ++i) {
+      uint64_t seq = next_seq_.fetch_add(1);
+      if (!CreateEmptyFile(seq).ok()) break;
+      made.push_back(seq);
+    }
+    // One directory sync makes the whole batch durable.
+    bool synced = !made.empty() && SyncObjectsDir().ok();
+    if (!synced) {
+      for (uint64_t seq : made) unlink(FilePath(seq, false).c_str());
+    }
+    lock.lock();
+    if (synced) {
+      ready_files_.insert(ready_files_.end(), made.begin(), made.end());
+    } else {
+      // Could not create files (e.g. out of inodes); writers create their own meanwhile.
+      pool_cv_.wait_for(lock, std::chrono::milliseconds(100));
+    }
+  }
+}
+
+Result<uint64_t> SsdTier::TakeReadyFile() {
+  {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    if (!ready_files_.empty()) {
+      uint64_t seq = ready_files_.front();
+      ready_files_.pop_front();
+      pool_cv_.notify_one();
+      return seq;
+    }
+  }
+  pool_cv_.notify_one();
+  uint64_t seq = next_seq_.fetch_add(1);
+  KVSTASH_RETURN_IF_ERROR(CreateEmptyFile(seq));
+  Status synced = SyncObjectsDir();
+  if (!synced.ok()) {
+    unlink(FilePath(seq, false).c_str());
+    return synced;
+  }
+  return seq;
 }
 
 bool SsdTier::TryReserve(uint64_t bytes, uint64_t limit_bytes) {
@@ -386,55 +489,51 @@ void SsdTier::Unreserve(uint64_t bytes) {
   reserved_ -= bytes;
 }
 
-Status SsdTier::WriteFile(const SsdRecord& record, const uint8_t* payload) {
-  const uint64_t payload_bytes = record.info.payload_bytes;
+Status SsdTier::WriteFile(SsdRecord* record, const uint8_t* payload) {
+  const uint64_t payload_bytes = record->info.payload_bytes;
   const uint64_t file_bytes = FileBytes(payload_bytes);
-  const std::string temp = FilePath(record.seq, true);
-  const std::string final_path = FilePath(record.seq, false);
-  int flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | (direct_io_ ? O_DIRECT : 0);
-  int fd = open(temp.c_str(), flags, 0644);
-  Status status = fd >= 0 ? OkStatus() : ErrnoStatus("open " + temp, errno);
-  if (status.ok()) {
-    // Allocating up front turns a full disk into one clean ENOSPC before any byte is written.
-    if (fallocate(fd, 0, 0, static_cast<off_t>(file_bytes)) != 0 && errno != EOPNOTSUPP) {
-      status = ErrnoStatus("fallocate " + temp, errno);
-    }
+  // With O_DIRECT the length must be whole blocks: write the payload's last block in full (the
+  // arena extent is page-rounded, so those bytes are readable) and cut the file back after.
+  const uint64_t body = direct_io_ ? RoundUpBlock(payload_bytes) : payload_bytes;
+  Result<uint64_t> seq = TakeReadyFile();
+  if (!seq.ok()) {
+    Unreserve(file_bytes);
+    return seq.status();
+  }
+  record->seq = *seq;
+  const std::string path = FilePath(*seq, false);
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC | (direct_io_ ? O_DIRECT : 0));
+  Status status = fd >= 0 ? OkStatus() : ErrnoStatus("open " + path, errno);
+  // Allocating up front turns a full disk into one clean ENOSPC before any byte is written.
+  if (status.ok() && fallocate(fd, 0, 0, static_cast<off_t>(file_bytes)) != 0 &&
+      errno != EOPNOTSUPP) {
+    status = ErrnoStatus("fallocate " + path, errno);
   }
   if (status.ok()) {
     AlignedBuffer block = NewBlock();
     std::memset(block.get(), 0, kBlock);
-    Result<std::array<uint8_t, kObjectHeaderBytes>> header = EncodeObjectHeader(record.info);
+    Result<std::array<uint8_t, kObjectHeaderBytes>> header = EncodeObjectHeader(record->info);
     status = header.status();
     if (status.ok()) {
       std::memcpy(block.get(), header->data(), kObjectHeaderBytes);
-      std::string name = EncodeNameBlock(record.name);
+      std::string name = EncodeNameBlock(record->name);
       std::memcpy(block.get() + kObjectHeaderBytes, name.data(), name.size());
-      status = PwriteAll(fd, block.get(), kBlock, 0);
+      status = WriteHeadAndBody(fd, block.get(), payload, body);
     }
   }
-  if (status.ok()) {
-    // With O_DIRECT the length must be whole blocks: write the payload's last block in full (the
-    // arena extent is page-rounded, so those bytes are readable) and cut the file back after.
-    uint64_t n = direct_io_ ? RoundUpBlock(payload_bytes) : payload_bytes;
-    status = PwriteAll(fd, payload, n, kBlock);
-    if (status.ok() && n != payload_bytes &&
-        ftruncate(fd, static_cast<off_t>(kBlock + payload_bytes)) != 0) {
-      status = ErrnoStatus("ftruncate " + temp, errno);
-    }
+  if (status.ok() && body != payload_bytes &&
+      ftruncate(fd, static_cast<off_t>(kBlock + payload_bytes)) != 0) {
+    status = ErrnoStatus("ftruncate " + path, errno);
   }
-  if (status.ok() && fdatasync(fd) != 0) status = ErrnoStatus("fdatasync " + temp, errno);
+  // fdatasync also persists the new length; the directory entry was made durable with the file.
+  if (status.ok() && fdatasync(fd) != 0) status = ErrnoStatus("fdatasync " + path, errno);
   if (fd >= 0) close(fd);
-  if (status.ok() && rename(temp.c_str(), final_path.c_str()) != 0) {
-    status = ErrnoStatus("rename " + temp, errno);
-  }
-  if (status.ok()) status = SyncObjectsDir();
   std::lock_guard<std::mutex> lock(space_mu_);
   reserved_ -= file_bytes;
   if (status.ok()) {
     used_.fetch_add(file_bytes);
   } else {
-    unlink(temp.c_str());
-    unlink(final_path.c_str());
+    unlink(path.c_str());
   }
   return status;
 }
@@ -445,6 +544,27 @@ Status SsdTier::PutRecord(const SsdRecord& record, bool sync) {
   wo.sync = sync;
   rocksdb::Status s = db_->Put(wo, RecordKey(record.name.storage_key, record.seq), value);
   if (!s.ok()) return absl::InternalError(absl::StrCat("SSD index put: ", s.ToString()));
+  if (!sync) {
+    // Unsynced records reach the disk with the next synced write (a durable commit), Flush(),
+    // or here, at most kWalSyncInterval after they were put.
+    auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+    if (now - last_wal_sync_.load() >= kWalSyncInterval.count()) {
+      std::unique_lock<std::mutex> lock(wal_sync_mu_, std::try_to_lock);
+      if (lock.owns_lock() && now - last_wal_sync_.load() >= kWalSyncInterval.count()) {
+        last_wal_sync_.store(now);
+        s = db_->SyncWAL();
+        if (!s.ok()) return absl::InternalError(absl::StrCat("SSD index sync: ", s.ToString()));
+      }
+    }
+  }
+  return OkStatus();
+}
+
+Status SsdTier::SyncIndex() {
+  std::lock_guard<std::mutex> lock(wal_sync_mu_);
+  last_wal_sync_.store(std::chrono::steady_clock::now().time_since_epoch().count());
+  rocksdb::Status s = db_->SyncWAL();
+  if (!s.ok()) return absl::InternalError(absl::StrCat("SSD index sync: ", s.ToString()));
   return OkStatus();
 }
 

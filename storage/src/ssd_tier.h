@@ -7,11 +7,13 @@
 //        [64, 4096)   name block: "KVSN", storage key, namespace, fingerprint, token hash, crc32c
 //        [4096, ...)  the payload, so it sits on a block boundary and moves between file and
 //                     arena with O_DIRECT, no bounce copy, in both directions
-//   ssd/objects/<seq>.tmp   a write in progress; deleted at Open
 //
-// Write order (WriteFile, then PutRecord): file written to .tmp, fdatasync, rename to .kvo, fsync
-// of the directory, and only then the index record with a synced WAL. So after a crash every index
-// record names a whole, synced file; files without a record are orphans that Recover() deletes.
+// Files are created empty ahead of time by a background thread, in batches sealed by one fsync
+// of the directory, so a write's critical path has no directory operation at all: it fills a
+// ready file (fallocate, one vectored write, fdatasync) and only then puts the index record.
+// After a crash every index record names a whole, synced file; a file without a record (a ready
+// file, or a write that never got its record) is an orphan that Recover() deletes, as it deletes
+// any *.tmp left by older versions.
 //
 // This class is mechanism only; placement, eviction and admission decisions live in the store.
 // Threading: all methods are thread-safe; WriteFile and ReadObject run in parallel.
@@ -21,9 +23,11 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kvstash/common/status.h"
@@ -67,9 +71,6 @@ class SsdTier {
   // Disk bytes an object's file takes (header block + payload rounded up to blocks).
   static uint64_t FileBytes(uint64_t payload_bytes);
 
-  // A unique sequence number for the next version written.
-  uint64_t NextSeq() { return next_seq_.fetch_add(1); }
-
   // Space accounting against capacity_bytes: TryReserve succeeds when used + reserved + bytes
   // stays within `limit_bytes`. A successful WriteFile turns its reservation into used bytes.
   bool TryReserve(uint64_t bytes, uint64_t limit_bytes);
@@ -78,14 +79,19 @@ class SsdTier {
   uint64_t capacity_bytes() const { return options_.capacity_bytes; }
   bool direct_io() const { return direct_io_; }
 
-  // Writes record.seq's file from `payload` (record.info.payload_bytes bytes, readable up to the
-  // next 4 KiB boundary) and syncs it and its directory entry. On failure nothing is left behind;
-  // ResourceExhausted for ENOSPC/EDQUOT, Internal for other I/O errors. Consumes a reservation
-  // of FileBytes() made with TryReserve either way.
-  Status WriteFile(const SsdRecord& record, const uint8_t* payload);
+  // Writes one object version into a fresh file, sets record->seq to the file's number, and
+  // syncs it (the file's directory entry is already durable). `payload` holds
+  // record->info.payload_bytes bytes and is readable up to the next 4 KiB boundary. On failure
+  // nothing is left behind; ResourceExhausted for ENOSPC/EDQUOT, Internal for other I/O errors.
+  // Consumes a reservation of FileBytes() made with TryReserve either way.
+  Status WriteFile(SsdRecord* record, const uint8_t* payload);
 
-  // The index record; `sync` waits for the WAL to reach the disk.
+  // The index record. `sync` waits for the WAL to reach the disk (and so makes every earlier
+  // record durable too); otherwise the record is synced by the next synced write, SyncIndex(), or
+  // a WAL sync this call starts when the last one is older than 50 ms.
   Status PutRecord(const SsdRecord& record, bool sync);
+  // Syncs the index WAL: every record put so far survives a crash.
+  Status SyncIndex();
   // Deletes the index record and the file of one version and releases its bytes.
   void Remove(const Hash128& storage_key, uint64_t seq, uint64_t payload_bytes);
 
@@ -102,7 +108,12 @@ class SsdTier {
  private:
   SsdTier(Options options, StoreMetrics* metrics);
   std::string FilePath(uint64_t seq, bool temp) const;
+  // Makes every directory change made so far durable (call after the change).
   Status SyncObjectsDir();
+  // An empty file whose directory entry is durable; from the pool, or made here if it is empty.
+  Result<uint64_t> TakeReadyFile();
+  Status CreateEmptyFile(uint64_t seq);
+  void PoolLoop();
 
   Options options_;
   StoreMetrics* metrics_;
@@ -113,6 +124,16 @@ class SsdTier {
   std::unique_ptr<UringReaderPool> readers_;
   std::atomic<uint64_t> next_seq_{1};
   std::atomic<uint64_t> used_{0};
+  std::atomic<uint64_t> dir_changes_{0};
+  std::mutex dir_sync_mu_;
+  uint64_t dir_synced_upto_ = 0;  // guarded by dir_sync_mu_
+  std::mutex wal_sync_mu_;
+  std::atomic<int64_t> last_wal_sync_{0};  // steady_clock ticks
+  std::mutex pool_mu_;
+  std::condition_variable pool_cv_;
+  std::deque<uint64_t> ready_files_;  // guarded by pool_mu_; oldest first
+  bool pool_stop_ = false;            // guarded by pool_mu_
+  std::thread pool_thread_;
   std::mutex space_mu_;
   uint64_t reserved_ = 0;  // guarded by space_mu_
 };

@@ -73,7 +73,8 @@ TieredStore::TieredStore(const StoreOptions& options)
 Status TieredStore::Init() {
   KVSTASH_ASSIGN_OR_RETURN(cpu_policy_, MakeEvictionPolicy(options_.cpu_eviction_policy));
   KVSTASH_ASSIGN_OR_RETURN(ssd_policy_, MakeEvictionPolicy(options_.ssd_eviction_policy));
-  KVSTASH_ASSIGN_OR_RETURN(arena_, Arena::Create(options_.cpu_capacity_bytes));
+  KVSTASH_ASSIGN_OR_RETURN(arena_,
+                           Arena::Create(options_.cpu_capacity_bytes, options_.prefault_arena));
   metrics_.cpu.capacity_bytes->Set(static_cast<double>(arena_->bytes()));
   metrics_.cpu.used_bytes->Set(0);
   if (options_.ssd_capacity_bytes > 0) {
@@ -210,6 +211,15 @@ void TieredStore::FreeExtent(uint64_t offset) {
     Status s = allocator_.Free(offset);
     if (!s.ok()) spdlog::error("kvstash storage: arena free: {}", s.ToString());
     metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
+    ++arena_epoch_;
+  }
+  arena_cv_.notify_all();
+}
+
+void TieredStore::SignalArena() {
+  {
+    std::lock_guard<std::mutex> lock(arena_mu_);
+    ++arena_epoch_;
   }
   arena_cv_.notify_all();
 }
@@ -230,8 +240,10 @@ Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
   auto deadline = std::chrono::steady_clock::now() + kMaxDemotionWait;
   uint64_t demoting = 0;  // bytes this call is already waiting on
   for (;;) {
+    uint64_t epoch;
     {
       std::lock_guard<std::mutex> lock(arena_mu_);
+      epoch = arena_epoch_;
       if (auto extent = allocator_.Allocate(rounded)) {
         metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
         if (allocator_.used_bytes() >
@@ -249,6 +261,11 @@ Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
     // Nothing is evictable now (or enough is being demoted). Objects being demoted to SSD become
     // evictable when their write finishes, so wait for that; leases and pins are not waited for.
     std::unique_lock<std::mutex> lock(arena_mu_);
+    // Bytes may have been freed (a lease released, another evictor) since the first attempt.
+    if (auto extent = allocator_.Allocate(rounded)) {
+      metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
+      return *extent;
+    }
     bool writes_pending;
     {
       std::lock_guard<std::mutex> wlock(write_mu_);
@@ -259,7 +276,8 @@ Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
           "no room in the arena for ", rounded, " bytes: ", allocator_.free_bytes(),
           " bytes free (largest extent ", allocator_.largest_free_bytes(), "), nothing evictable"));
     }
-    arena_cv_.wait_for(lock, std::chrono::milliseconds(20));
+    // Anything freed or made evictable since this attempt began bumped the epoch: no lost wakeup.
+    arena_cv_.wait_for(lock, std::chrono::milliseconds(100), [&] { return arena_epoch_ != epoch; });
     demoting = 0;  // finished demotions put their objects back in the policy as old victims
   }
 }
@@ -709,8 +727,12 @@ StoreStats TieredStore::Stats() {
 Status TieredStore::Flush() {
   std::shared_lock<std::shared_mutex> guard(close_mu_);
   KVSTASH_RETURN_IF_ERROR(CheckOpen());
-  std::unique_lock<std::mutex> lock(write_mu_);
-  idle_cv_.wait(lock, [&] { return pending_writes_ == 0; });
+  {
+    std::unique_lock<std::mutex> lock(write_mu_);
+    idle_cv_.wait(lock, [&] { return pending_writes_ == 0; });
+  }
+  // Write-through records are put without a WAL sync; make them all durable now.
+  if (ssd_) return ssd_->SyncIndex();
   return OkStatus();
 }
 
@@ -735,6 +757,8 @@ Status TieredStore::Close() {
       }
     }
     status = ssd_->PutRecords(records);
+    Status synced = ssd_->SyncIndex();
+    if (status.ok()) status = synced;
     ssd_.reset();
   }
   return status;

@@ -38,6 +38,9 @@
 
 namespace kvstash::storage {
 
+// Nanoseconds since the Unix epoch (last-access times, persisted across restarts).
+uint64_t WallNs();
+
 enum class SsdState : uint8_t {
   kNone,     // no SSD copy
   kPending,  // queued or being written; the writer owns the outcome
@@ -154,6 +157,7 @@ class TieredStore final : public ObjectStore {
 
   // --- arena ---
   void FreeExtent(uint64_t offset);
+  void SignalArena();  // wakes allocations waiting for evictable bytes
   // Allocates, evicting (and waiting for in-flight SSD demotions) as needed.
   Result<PageAllocator::Extent> AllocateArena(uint64_t bytes);
   // One step of CPU eviction: frees the policy's next victim, or starts demoting it to SSD first
@@ -170,7 +174,7 @@ class TieredStore final : public ObjectStore {
   bool EvictOneSsd();
   void WriterLoop();
   void RunWrite(WriteJob& job);
-  Status WriteToSsd(const std::shared_ptr<ObjectRec>& rec);
+  Status WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durable);
   Result<Lease> Promote(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms);
   SsdRecord RecordOf(const ObjectRec& rec) const;
   void RecoverSsd(std::vector<SsdRecord> records);
@@ -193,6 +197,7 @@ class TieredStore final : public ObjectStore {
 
   std::mutex arena_mu_;
   std::condition_variable arena_cv_;  // arena bytes freed or a demotion finished
+  uint64_t arena_epoch_ = 0;          // guarded by arena_mu_; bumped with every arena_cv_ signal
   PageAllocator allocator_;           // guarded by arena_mu_
 
   std::mutex cpu_policy_mu_;

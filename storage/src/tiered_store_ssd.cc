@@ -7,9 +7,6 @@
 #include "tiered_store.h"
 
 namespace kvstash::storage {
-
-uint64_t WallNs();
-
 namespace {
 uint64_t SteadyNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -88,18 +85,18 @@ void TieredStore::WriterLoop() {
       job = std::move(write_queue_.front());
       write_queue_.pop_front();
     }
-    Status status = WriteToSsd(job.rec);
+    Status status = WriteToSsd(job.rec, job.done != nullptr);
     if (job.done) job.done->set_value(status);
     job.rec.reset();
     {
       std::lock_guard<std::mutex> lock(write_mu_);
       if (--pending_writes_ == 0) idle_cv_.notify_all();
     }
-    arena_cv_.notify_all();  // a demoted object may now be evictable
+    SignalArena();  // the object just written may now be evictable
   }
 }
 
-Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec) {
+Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durable) {
   uint64_t start = SteadyNs();
   Shard& shard = ShardFor(rec->name.storage_key);
   const Hash128& key = rec->name.storage_key;
@@ -109,10 +106,7 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec) {
   {
     std::lock_guard<std::mutex> lock(shard.mu);
     visible = rec->visible;
-    if (visible) {
-      rec->ssd_seq = ssd_->NextSeq();
-      record = RecordOf(*rec);
-    }
+    if (visible) record = RecordOf(*rec);
   }
   Status status = OkStatus();
   bool written = false;  // the file exists (and its bytes are accounted)
@@ -137,7 +131,7 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec) {
           " bytes used and nothing evictable for an object of ", file_bytes, " bytes"));
     } else {
       // The arena bytes cannot move or be freed while io_refs > 0.
-      status = ssd_->WriteFile(record, arena_->base() + rec->arena_offset);
+      status = ssd_->WriteFile(&record, arena_->base() + rec->arena_offset);
       if (status.ok()) {
         written = true;
       } else if (absl::IsResourceExhausted(status)) {
@@ -150,11 +144,14 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec) {
       {
         std::lock_guard<std::mutex> lock(shard.mu);
         visible = rec->visible;
+        rec->ssd_seq = record.seq;
         record.pins = rec->pins;
         record.hits = rec->hits;
       }
       if (visible) {
-        status = ssd_->PutRecord(record, /*sync=*/true);
+        // A durable commit waits for a synced WAL; write-through records are synced in groups
+        // (at most 50 ms later, or by Flush): either way the file was synced first.
+        status = ssd_->PutRecord(record, /*sync=*/durable);
         indexed = status.ok();
         if (!indexed) metrics_.ssd_write_errors_io->Increment();
       }

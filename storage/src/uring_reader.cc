@@ -3,6 +3,7 @@
 #include <liburing.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -16,7 +17,8 @@ struct UringReaderPool::Ring {
   io_uring ring;
 };
 
-UringReaderPool::UringReaderPool(int rings, unsigned depth) : depth_(depth) {
+UringReaderPool::UringReaderPool(int rings, int max_rings, unsigned depth)
+    : depth_(depth), max_rings_(static_cast<size_t>(std::max(rings, max_rings))) {
   for (int i = 0; i < rings; ++i) {
     auto r = std::make_unique<Ring>();
     int err = io_uring_queue_init(depth, &r->ring, 0);
@@ -26,6 +28,7 @@ UringReaderPool::UringReaderPool(int rings, unsigned depth) : depth_(depth) {
       for (auto& made : rings_) io_uring_queue_exit(&made->ring);
       rings_.clear();
       idle_.clear();
+      available_ = false;
       return;
     }
     idle_.push_back(r.get());
@@ -39,10 +42,18 @@ UringReaderPool::~UringReaderPool() {
 
 Status UringReaderPool::ReadRanges(int fd, std::span<ReadRange> ranges) {
   for (ReadRange& r : ranges) r.done = 0;
-  if (rings_.empty()) return ReadWithPread(fd, ranges);
+  if (!available_) return ReadWithPread(fd, ranges);
   Ring* ring;
   {
     std::unique_lock<std::mutex> lock(mu_);
+    if (idle_.empty() && rings_.size() < max_rings_) {
+      // Another concurrent reader: give it its own ring rather than queueing behind the others.
+      auto r = std::make_unique<Ring>();
+      if (io_uring_queue_init(depth_, &r->ring, 0) == 0) {
+        idle_.push_back(r.get());
+        rings_.push_back(std::move(r));
+      }
+    }
     cv_.wait(lock, [&] { return !idle_.empty(); });
     ring = idle_.back();
     idle_.pop_back();

@@ -81,6 +81,15 @@ TEST(CpuStoreTest, ArenaIsASharedMemfdWithAFreshGeneration) {
   close(fd);
 }
 
+TEST(CpuStoreTest, PrefaultedArenaWorksTheSame) {
+  StoreOptions options = CpuOnlyOptions(4 * kMiB);
+  options.prefault_arena = true;
+  auto store = OpenOrDie(options);
+  TestObject o = MakeObject("ns", 1, 3 * kMiB);
+  ASSERT_TRUE(Put(*store, o).ok());
+  EXPECT_TRUE(ReadsBack(*store, o));
+}
+
 TEST(CpuStoreTest, CommitErrorCodes) {
   auto store = OpenOrDie(CpuOnlyOptions(4 * kMiB));
   TestObject o = MakeObject("ns", 1, 10'000);

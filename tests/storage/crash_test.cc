@@ -105,6 +105,40 @@ void CrashAndVerify(size_t kill_after) {
   EXPECT_EQ((*store)->Stats().checksum_failures, 0u);
 }
 
+// Write-through (non-durable) commits are durable once Flush() returns.
+TEST(StorageCrashTest, FlushMakesWriteThroughDurable) {
+  TempDir dir;
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(fds[0]);
+    auto store = ObjectStore::Open(CrashOptions(dir.path()));
+    if (!store.ok()) _exit(3);
+    for (uint64_t id = 0; id < 40; ++id) {
+      if (!Put(**store, MakeObject("crash", id, SizeOf(id)), false).ok()) _exit(4);
+    }
+    if (!(*store)->Flush().ok()) _exit(5);
+    uint64_t done = 40;
+    if (write(fds[1], &done, sizeof(done)) != sizeof(done)) _exit(6);
+    std::this_thread::sleep_for(std::chrono::seconds(60));  // killed before this ends
+    _exit(7);
+  }
+  close(fds[1]);
+  uint64_t flushed = 0;
+  ASSERT_EQ(read(fds[0], &flushed, sizeof(flushed)), static_cast<ssize_t>(sizeof(flushed)));
+  close(fds[0]);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  auto store = ObjectStore::Open(CrashOptions(dir.path()));
+  ASSERT_TRUE(store.ok()) << store.status();
+  for (uint64_t id = 0; id < flushed; ++id) {
+    EXPECT_TRUE(ReadsBack(**store, MakeObject("crash", id, SizeOf(id)))) << "lost object " << id;
+  }
+}
+
 TEST(StorageCrashTest, KillEarlyInTheStorm) { CrashAndVerify(10); }
 TEST(StorageCrashTest, KillMidStorm) { CrashAndVerify(150); }
 
