@@ -133,12 +133,12 @@ Setter StoreStringField(std::string storage::StoreOptions::*field) {
   };
 }
 
-Setter BoolField(bool ServiceConfig::*field) {
+Setter StoreBoolField(bool storage::StoreOptions::*field) {
   return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
     if (text == "true" || text == "1" || text == "yes" || text == "on") {
-      c.*field = true;
+      c.store.*field = true;
     } else if (text == "false" || text == "0" || text == "no" || text == "off") {
-      c.*field = false;
+      c.store.*field = false;
     } else {
       return Bad(where, absl::StrCat("'", text, "' is not a boolean (true/false)"));
     }
@@ -199,7 +199,7 @@ const std::vector<Field>& Fields() {
       {"storage.ssd_capacity", "--ssd-capacity", "SSD tier capacity; 0 disables the tier",
        StoreSizeField(&storage::StoreOptions::ssd_capacity_bytes)},
       {"storage.prefault_arena", "--prefault-arena", "commit the CPU arena's memory at start",
-       BoolField(&ServiceConfig::prefault_arena)},
+       StoreBoolField(&storage::StoreOptions::prefault_arena)},
       {"storage.high_watermark", "--high-watermark", "evict above this fill fraction",
        StoreFraction(&storage::StoreOptions::high_watermark)},
       {"storage.low_watermark", "--low-watermark", "evict down to this fill fraction",

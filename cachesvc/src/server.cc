@@ -112,12 +112,6 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
                                std::string(store.status().message())));
   }
   impl->store = std::move(*store);
-#ifdef MADV_POPULATE_WRITE
-  if (config.prefault_arena &&
-      ::madvise(impl->store->arena_base(), impl->store->arena_bytes(), MADV_POPULATE_WRITE) != 0) {
-    spdlog::warn("event=arena_prefault_failed error=\"{}\"", strerror(errno));
-  }
-#endif
   impl->service = std::make_unique<KvStashService>(
       impl->store.get(), impl->config, impl->arena_socket_path, impl->rpc_metrics.get());
 

@@ -44,6 +44,12 @@ TEST(Config, EmbeddedDefaultIsSingleNodeWithCpuAndSsdInData) {
   EXPECT_EQ(from_text->store.cpu_capacity_bytes, ServiceConfig{}.store.cpu_capacity_bytes);
   EXPECT_EQ(from_text->store.ssd_capacity_bytes, ServiceConfig{}.store.ssd_capacity_bytes);
   EXPECT_EQ(from_text->metrics_port, ServiceConfig{}.metrics_port);
+  EXPECT_TRUE(from_text->store.prefault_arena);
+  EXPECT_TRUE(ServiceConfig{}.store.prefault_arena);
+  auto off = ApplyYaml("storage:\n  prefault_arena: false\n", ServiceConfig{});
+  ASSERT_TRUE(off.ok());
+  EXPECT_FALSE(off->store.prefault_arena);
+  EXPECT_FALSE(ApplyYaml("storage:\n  prefault_arena: maybe\n", ServiceConfig{}).ok());
 }
 
 TEST(Config, FlagsOverrideTheFile) {

@@ -45,11 +45,13 @@ struct ServiceConfig {
   int rpc_threads = 64;                 // gRPC sync server thread cap
   uint32_t shutdown_grace_ms = 10'000;  // in-flight RPCs get this long on SIGTERM
 
-  // Fault the whole arena in at start (MADV_POPULATE_WRITE): commits cpu_capacity of memory up
-  // front, so no put or get ever pays a page fault in the daemon.
-  bool prefault_arena = true;
-
-  storage::StoreOptions store;  // metrics pointer is set by the service
+  // metrics is set by the service; prefault_arena defaults to true here (the embedded default):
+  // no put or get pays a page fault in the daemon, at the price of committing cpu_capacity.
+  storage::StoreOptions store = [] {
+    storage::StoreOptions o;
+    o.prefault_arena = true;
+    return o;
+  }();
 };
 
 // The embedded default (single node, CPU + SSD tiers in ./data) as YAML text.
