@@ -60,6 +60,7 @@ struct Config {
   std::string out = "bench/results/service_paths.json";
   std::string markdown;
   std::vector<std::string> only = {"shm", "grpc", "memcpy", "redis"};
+  std::string command_line;  // recorded in the JSON
 };
 
 // ---- child processes ------------------------------------------------------------------
@@ -336,7 +337,7 @@ int Run(const Config& cfg) {
   // ---- report ----
   nlohmann::json json;
   json["bench"] = "service_paths";
-  json["command"] = "./build/release/bench/service/service_paths_bench";
+  json["command"] = cfg.command_line;
   json["machine"] = {{"cpus", std::thread::hardware_concurrency()}};
   json["unary_rpc_round_trip"] = {{"p50_ms", rtt.Pct(0.5)}, {"p99_ms", rtt.Pct(0.99)}};
   json["notes"] =
@@ -405,6 +406,7 @@ int main(int argc, char** argv) {
   app.add_option("--markdown", cfg.markdown, "also write the tables to this file");
   app.add_option("--only", cfg.only, "paths to run (shm grpc memcpy redis)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  for (int i = 0; i < argc; ++i) cfg.command_line += (i ? " " : "") + std::string(argv[i]);
   auto bytes = kvstash::ParseByteSize(per_rep);
   if (!bytes.ok()) {
     std::fprintf(stderr, "%s\n", bytes.status().ToString().c_str());
