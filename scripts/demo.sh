@@ -1,2 +1,171 @@
 #!/usr/bin/env bash
-echo "demo: not built yet"
+# KVStash demo. `./run.sh demo` builds build/release and runs this script from the repo root.
+#
+# Sections (each a function; later issues add their own and list them in main):
+#   service_start        cachesvc on the embedded default config (CPU + SSD tiers in ./data),
+#                        on a private socket so it never collides with another daemon
+#   store_kv_chunks      SmolLM2-sized KV chunks (256 tokens x 30 layers x K,V x 3 heads x 64 x
+#                        f16 = 5.9 MB each, deterministic content) stored durably over shared memory
+#   read_back            read through shared memory and through the gRPC stream path, compare
+#   crash_and_recover    kill -9 the daemon, restart it on the same ./data, read everything again
+#   summary
+# Every process the demo starts is stopped on exit, whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BUILD="${KVSTASH_BUILD:-$ROOT/build/release}"
+CACHESVC="$BUILD/cachesvc/cachesvc"
+KVSTASH="$BUILD/cli/kvstash"
+CHUNKS="${KVSTASH_DEMO_CHUNKS:-8}"
+DATA_DIR="$ROOT/data"
+
+WORK=$(mktemp -d /tmp/kvstash-demo.XXXXXX)
+SOCK="$WORK/kvstash.sock"
+TARGET="unix://$SOCK"
+SVC_PID=""
+SVC_LOG="$WORK/cachesvc.log"
+declare -A SHA
+SUMMARY=()
+
+say() { printf '\n\033[1m== %s ==\033[0m\n' "$*"; }
+note() { printf '   %s\n' "$*"; }
+now_ms() { date +%s%3N; }
+
+cleanup() {
+  local rc=$?
+  if [ -n "$SVC_PID" ] && kill -0 "$SVC_PID" 2>/dev/null; then
+    kill -TERM "$SVC_PID" 2>/dev/null || true
+    wait "$SVC_PID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+  if [ $rc -ne 0 ]; then
+    echo "demo FAILED (exit $rc)" >&2
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Starts cachesvc in the background and waits for its ready file.
+start_cachesvc() {
+  local ready="$WORK/ready.json"
+  rm -f "$ready"
+  METRICS_PORT=$(free_port)
+  # Embedded default for everything else: data in ./data, 1 GiB CPU arena, 8 GiB SSD tier.
+  "$CACHESVC" --listen "$TARGET" --data-dir "$DATA_DIR" --metrics-address 127.0.0.1 \
+    --metrics-port "$METRICS_PORT" --ready-file "$ready" >>"$SVC_LOG" 2>&1 &
+  SVC_PID=$!
+  for _ in $(seq 1 300); do
+    [ -s "$ready" ] && return 0
+    if ! kill -0 "$SVC_PID" 2>/dev/null; then
+      echo "cachesvc exited during start-up:" >&2
+      cat "$SVC_LOG" >&2
+      return 1
+    fi
+    sleep 0.05
+  done
+  echo "cachesvc did not become ready" >&2
+  return 1
+}
+
+chunk_key() { echo "demo/smollm2-135m/chunk-$1"; }
+
+service_start() {
+  say "1. start cachesvc (embedded default: CPU + SSD tiers in ./data)"
+  local t0
+  t0=$(now_ms)
+  start_cachesvc
+  note "pid $SVC_PID, gRPC $TARGET, metrics http://127.0.0.1:$METRICS_PORT/metrics"
+  note "ready in $(($(now_ms) - t0)) ms; /healthz says: $(curl -fsS "http://127.0.0.1:$METRICS_PORT/healthz" 2>/dev/null || echo '?')"
+  "$KVSTASH" stat --target "$TARGET" | sed 's/^/   /'
+}
+
+store_kv_chunks() {
+  say "2. store $CHUNKS SmolLM2-sized KV chunks (durable, over shared memory)"
+  local t0 i f
+  for i in $(seq 0 $((CHUNKS - 1))); do
+    f="$WORK/chunk-$i.kvo"
+    "$KVSTASH" synth "$f" --layers 30 --tokens 256 --kv-heads 3 --head-dim 64 --seed "$i" >/dev/null
+    SHA[$i]=$(sha256sum "$f" | cut -c1-64)
+  done
+  note "each: $("$KVSTASH" synth - --seed 0 | wc -c) bytes as an object file (64-byte header + payload)"
+  t0=$(now_ms)
+  for i in $(seq 0 $((CHUNKS - 1))); do
+    "$KVSTASH" put "$(chunk_key "$i")" "$WORK/chunk-$i.kvo" --durable --overwrite --target "$TARGET" |
+      sed 's/^/   /'
+  done
+  local ms=$(($(now_ms) - t0))
+  note "stored $CHUNKS chunks in $ms ms (one kvstash process per chunk, fsync'd to SSD)"
+  SUMMARY+=("stored $CHUNKS x 5.9 MB KV chunks durably in $ms ms")
+}
+
+verify_all() {  # $1: label, $2...: extra kvstash args
+  local label=$1
+  shift
+  local ok=0 i out
+  for i in $(seq 0 $((CHUNKS - 1))); do
+    out="$WORK/back-$i.kvo"
+    rm -f "$out"
+    "$KVSTASH" get "$(chunk_key "$i")" "$out" --target "$TARGET" "$@" >/dev/null
+    if [ "$(sha256sum "$out" | cut -c1-64)" = "${SHA[$i]}" ]; then
+      ok=$((ok + 1))
+    else
+      echo "   chunk $i differs after $label!" >&2
+    fi
+  done
+  note "$label: $ok/$CHUNKS chunks byte-identical (sha256)"
+  SUMMARY+=("$label: $ok/$CHUNKS intact")
+  [ "$ok" -eq "$CHUNKS" ]
+}
+
+read_back() {
+  say "3. read back through shared memory and through gRPC streams"
+  verify_all "read via shared memory"
+  verify_all "read via gRPC stream" --no-shm
+  "$KVSTASH" stat "$(chunk_key 0)" "$(chunk_key 1)" --target "$TARGET" | sed 's/^/   /'
+}
+
+crash_and_recover() {
+  say "4. kill -9 cachesvc, restart on the same ./data"
+  kill -KILL "$SVC_PID"
+  wait "$SVC_PID" 2>/dev/null || true
+  note "killed pid $SVC_PID with SIGKILL (no shutdown, no flush)"
+  SVC_PID=""
+  local t0
+  t0=$(now_ms)
+  start_cachesvc
+  note "restarted as pid $SVC_PID in $(($(now_ms) - t0)) ms (stale socket replaced, SSD index recovered)"
+  "$KVSTASH" stat "$(chunk_key 0)" --target "$TARGET" | sed 's/^/   /'
+  verify_all "after kill -9 + restart"
+  note "checksum failures so far: $(curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" |
+    awk '/^kvstash_storage_checksum_failures_total/ {print $2}')"
+  "$KVSTASH" ls --target "$TARGET" | tail -n 1 | sed 's/^/   /'
+}
+
+summary() {
+  say "summary"
+  local line
+  for line in "${SUMMARY[@]}"; do note "$line"; done
+  kill -TERM "$SVC_PID"
+  wait "$SVC_PID"
+  note "cachesvc stopped with SIGTERM (exit 0); objects stay in ./data for the next run"
+  SVC_PID=""
+}
+
+main() {
+  [ -x "$CACHESVC" ] && [ -x "$KVSTASH" ] || {
+    echo "build first: cmake --preset release && cmake --build --preset release" >&2
+    exit 1
+  }
+  service_start
+  store_kv_chunks
+  read_back
+  crash_and_recover
+  summary
+}
+
+main "$@"

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   // Subcommand registration, one line per module (see commands.h).
   kvstash::cli::RegisterGenerateCommand(app);
   kvstash::cli::RegisterCodecCommands(app);
+  kvstash::cli::RegisterStoreCommands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

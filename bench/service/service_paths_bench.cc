@@ -1,0 +1,422 @@
+// Data paths of the service, against plain memcpy and Redis, in one run.
+//
+// For each object size (default 256 KiB, 2 MiB, 32 MiB), one client thread:
+//   shm:    KvClient over the unix socket with the arena attached. put = Reserve RPC + copy into
+//           the arena with crc32c + Commit RPC (the service verifies the crc32c); get = Acquire RPC
+//           + memcpy out of the arena into the reader's buffer + dropping the lease (its Release
+//           RPC is sent without waiting for the answer).
+//   grpc:   KvClient on the same unix socket, byte streams: put = streaming Put in 1 MiB
+//           messages, get = streaming GetInto the reader's buffer (crc32c verified).
+//   memcpy: the same bytes copied source -> one of N distinct destination slots (put) and slot ->
+//           one reader buffer (get), i.e. what the shm path does minus the service.
+//   redis:  hiredis SET/GET on a redis-server the bench starts itself (unix socket, no
+//           persistence); get copies the reply into the reader's buffer, like shm does.
+// cachesvc runs as its own process (the real binary), CPU tier only (--ssd-capacity 0), so the
+// comparison is about the data path, not the SSD. Each (size, path) is measured --reps times,
+// paths interleaved within a rep; throughput is the median of the reps, latencies are p50/p99
+// over all operations. Results: JSON (--out) and a markdown table (--markdown).
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <malloc.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kvstash/client/kv_client.h"
+#include "kvstash/common/byte_size.h"
+#include "kvstash/common/crc32c.h"
+#include "kvstash/common/key.h"
+
+extern char** environ;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using kvstash::ObjectInfo;
+using kvstash::ObjectName;
+using kvstash::Status;
+namespace client = kvstash::client;
+
+struct Config {
+  std::vector<std::string> sizes = {"256KiB", "2MiB", "32MiB"};
+  uint64_t bytes_per_rep = 256ull << 20;  // per size and path; count = max(8, this / size)
+  int reps = 3;
+  std::string cachesvc = KVSTASH_CACHESVC_PATH;
+  std::string redis_server = "redis-server";
+  std::string out = "bench/results/service_paths.json";
+  std::string markdown;
+  std::vector<std::string> only = {"shm", "grpc", "memcpy", "redis"};
+  std::string command_line;  // recorded in the JSON
+};
+
+// ---- child processes ------------------------------------------------------------------
+
+pid_t Spawn(const std::vector<std::string>& argv, const std::string& log) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  pid_t pid = -1;
+  int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  return rc == 0 ? pid : -1;
+}
+
+void Reap(pid_t pid, int sig) {
+  if (pid <= 0) return;
+  ::kill(pid, sig);
+  int status;
+  ::waitpid(pid, &status, 0);
+}
+
+bool WaitFor(const std::function<bool()>& ready, int timeout_ms) {
+  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (Clock::now() < deadline) {
+    if (ready()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+// ---- measurement ----------------------------------------------------------------------
+
+struct OpStats {
+  std::vector<double> rep_gbps;  // one per rep
+  std::vector<double> lat_ms;    // every op of every rep
+  double Median() const {
+    std::vector<double> v = rep_gbps;
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v[v.size() / 2];
+  }
+  double Pct(double p) const {
+    std::vector<double> v = lat_ms;
+    std::sort(v.begin(), v.end());
+    if (v.empty()) return 0;
+    return v[std::min(v.size() - 1,
+                      static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5))];
+  }
+};
+
+// Runs op(i) for i in [0, count), recording per-op latency and the rep's throughput.
+Status Measure(int count, uint64_t bytes, OpStats* stats, const std::function<Status(int)>& op) {
+  auto start = Clock::now();
+  for (int i = 0; i < count; ++i) {
+    auto t0 = Clock::now();
+    KVSTASH_RETURN_IF_ERROR(op(i));
+    stats->lat_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  double s = std::chrono::duration<double>(Clock::now() - start).count();
+  stats->rep_gbps.push_back(static_cast<double>(bytes) * count / s / 1e9);
+  return kvstash::OkStatus();
+}
+
+ObjectInfo InfoFor(uint64_t bytes) {
+  // Raw f16, one head of dim 64, one layer: 256 bytes per token.
+  ObjectInfo info;
+  info.layout.num_layers = 1;
+  info.layout.total_kv_heads = 1;
+  info.layout.head_end = 1;
+  info.layout.head_dim = 64;
+  info.layout.dtype = kvstash::DType::kF16;
+  info.layout.num_tokens = static_cast<uint32_t>(bytes / 256);
+  info.payload_bytes = info.layout.RawBytes();
+  return info;
+}
+
+ObjectName NameFor(const std::string& path, uint64_t size, int rep, int i) {
+  kvstash::ModelSpec spec;
+  spec.model_id = "service-paths-bench";
+  std::vector<uint32_t> tokens = {static_cast<uint32_t>(size >> 10), static_cast<uint32_t>(rep),
+                                  static_cast<uint32_t>(i), static_cast<uint32_t>(path.size())};
+  return kvstash::MakeObjectName(path, kvstash::ModelFingerprint(spec),
+                                 kvstash::IndependentTokenHash(tokens));
+}
+
+struct SizeResult {
+  uint64_t bytes = 0;
+  int count = 0;
+  OpStats put[4], get[4];  // shm, grpc, memcpy, redis
+};
+const char* kPaths[] = {"shm", "grpc", "memcpy", "redis"};
+
+int Run(const Config& cfg) {
+  std::string dir = "/tmp/kvs-bench-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  auto cleanup_dir = [&] { std::filesystem::remove_all(dir); };
+
+  std::string ready = dir + "/ready.json";
+  pid_t svc = Spawn({cfg.cachesvc, "--listen", "unix://" + dir + "/svc.sock", "--data-dir",
+                     dir + "/data", "--cpu-capacity", "1GiB", "--ssd-capacity", "0",
+                     "--metrics-port", "0", "--ready-file", ready, "--log-level", "warn"},
+                    dir + "/cachesvc.log");
+  std::string redis_sock = dir + "/redis.sock";
+  pid_t redis =
+      Spawn({cfg.redis_server, "--port", "0", "--unixsocket", redis_sock, "--unixsocketperm", "700",
+             "--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no"},
+            dir + "/redis.log");
+  auto stop_all = [&] {
+    Reap(svc, SIGTERM);
+    Reap(redis, SIGTERM);
+    cleanup_dir();
+  };
+  if (svc < 0 || redis < 0 || !WaitFor([&] { return std::filesystem::exists(ready); }, 30'000)) {
+    std::fprintf(stderr, "service_paths_bench: cachesvc (%s) or redis-server did not start\n",
+                 cfg.cachesvc.c_str());
+    stop_all();
+    return 1;
+  }
+  redisContext* rc = nullptr;
+  WaitFor(
+      [&] {
+        if (rc != nullptr) redisFree(rc);
+        rc = redisConnectUnix(redis_sock.c_str());
+        return rc != nullptr && rc->err == 0;
+      },
+      30'000);
+  if (rc == nullptr || rc->err != 0) {
+    std::fprintf(stderr, "service_paths_bench: cannot reach redis-server\n");
+    stop_all();
+    return 1;
+  }
+  auto kv_or = client::KvClient::Connect("unix://" + dir + "/svc.sock");
+  if (!kv_or.ok() || !(*kv_or)->shared_memory_attached()) {
+    std::fprintf(stderr, "service_paths_bench: cannot attach to cachesvc: %s\n",
+                 kv_or.ok() ? (*kv_or)->shared_memory_status().ToString().c_str()
+                            : kv_or.status().ToString().c_str());
+    stop_all();
+    return 1;
+  }
+  client::KvClient& kv = **kv_or;
+
+  // Round trip of a minimal unary RPC (Lookup of one key): the floor under every shm operation.
+  OpStats rtt;
+  {
+    std::vector<ObjectName> one = {NameFor("rtt", 0, 0, 0)};
+    Status s = Measure(500, 0, &rtt, [&](int) { return kv.Lookup(one).status(); });
+    if (!s.ok()) {
+      std::fprintf(stderr, "service_paths_bench: %s\n", s.ToString().c_str());
+      stop_all();
+      return 1;
+    }
+    std::fprintf(stderr, "unary RPC round trip: p50 %.3f ms, p99 %.3f ms\n", rtt.Pct(0.5),
+                 rtt.Pct(0.99));
+  }
+
+  auto want = [&](const char* path) {
+    return std::find(cfg.only.begin(), cfg.only.end(), path) != cfg.only.end();
+  };
+  std::vector<SizeResult> results;
+  for (const std::string& size_text : cfg.sizes) {
+    auto parsed = kvstash::ParseByteSize(size_text);
+    if (!parsed.ok() || *parsed < 256) {
+      std::fprintf(stderr, "service_paths_bench: bad size %s\n", size_text.c_str());
+      stop_all();
+      return 2;
+    }
+    SizeResult r;
+    ObjectInfo info = InfoFor(*parsed);
+    r.bytes = info.payload_bytes;
+    r.count = static_cast<int>(std::max<uint64_t>(8, cfg.bytes_per_rep / r.bytes));
+    std::vector<uint8_t> source(r.bytes);
+    uint64_t x = 88172645463325252ull;
+    for (auto& b : source) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      b = static_cast<uint8_t>(x);
+    }
+    std::vector<uint8_t> reader(r.bytes, 1);
+    std::vector<uint8_t> slots(r.bytes * r.count, 1);  // memcpy baseline's "store"
+    std::fprintf(stderr, "size %s: %d objects x %d reps per path\n",
+                 kvstash::FormatByteSize(r.bytes).c_str(), r.count, cfg.reps);
+
+    for (int rep = 0; rep < cfg.reps; ++rep) {
+      Status s;
+      // shm
+      if (want("shm")) {
+        client::PutOptions shm_put;
+        shm_put.path = client::DataPath::kSharedMemory;
+        s.Update(Measure(r.count, r.bytes, &r.put[0], [&](int i) {
+          return kv.Put(NameFor("shm", r.bytes, rep, i), info, source, shm_put);
+        }));
+        s.Update(Measure(r.count, r.bytes, &r.get[0], [&](int i) -> Status {
+          KVSTASH_ASSIGN_OR_RETURN(client::ReadLease lease,
+                                   kv.Acquire(NameFor("shm", r.bytes, rep, i)));
+          std::memcpy(reader.data(), lease.data().data(), lease.data().size());
+          return kvstash::OkStatus();  // dropping the lease sends its Release, unawaited
+        }));
+      }
+      // grpc streams
+      if (want("grpc")) {
+        client::PutOptions stream_put;
+        stream_put.path = client::DataPath::kStream;
+        s.Update(Measure(r.count, r.bytes, &r.put[1], [&](int i) {
+          return kv.Put(NameFor("grpc", r.bytes, rep, i), info, source, stream_put);
+        }));
+        s.Update(Measure(r.count, r.bytes, &r.get[1], [&](int i) -> Status {
+          return kv.GetInto(NameFor("grpc", r.bytes, rep, i), reader).status();
+        }));
+      }
+      // memcpy
+      if (want("memcpy")) {
+        s.Update(Measure(r.count, r.bytes, &r.put[2], [&](int i) {
+          std::memcpy(slots.data() + r.bytes * i, source.data(), r.bytes);
+          return kvstash::OkStatus();
+        }));
+        s.Update(Measure(r.count, r.bytes, &r.get[2], [&](int i) {
+          std::memcpy(reader.data(), slots.data() + r.bytes * i, r.bytes);
+          return kvstash::OkStatus();
+        }));
+      }
+      // redis
+      if (want("redis")) {
+        s.Update(Measure(r.count, r.bytes, &r.put[3], [&](int i) -> Status {
+          std::string key = "bench:" + std::to_string(r.bytes) + ":" + std::to_string(i);
+          auto* reply = static_cast<redisReply*>(
+              redisCommand(rc, "SET %b %b", key.data(), key.size(), source.data(), source.size()));
+          bool ok = reply != nullptr && reply->type == REDIS_REPLY_STATUS;
+          if (reply != nullptr) freeReplyObject(reply);
+          return ok ? kvstash::OkStatus() : absl::UnavailableError("redis SET failed");
+        }));
+        s.Update(Measure(r.count, r.bytes, &r.get[3], [&](int i) -> Status {
+          std::string key = "bench:" + std::to_string(r.bytes) + ":" + std::to_string(i);
+          auto* reply =
+              static_cast<redisReply*>(redisCommand(rc, "GET %b", key.data(), key.size()));
+          bool ok = reply != nullptr && reply->type == REDIS_REPLY_STRING &&
+                    static_cast<uint64_t>(reply->len) == r.bytes;
+          if (ok) std::memcpy(reader.data(), reply->str, r.bytes);
+          if (reply != nullptr) freeReplyObject(reply);
+          return ok ? kvstash::OkStatus() : absl::UnavailableError("redis GET failed");
+        }));
+      }
+      if (!s.ok()) {
+        std::fprintf(stderr, "service_paths_bench: %s\n", s.ToString().c_str());
+        stop_all();
+        return 1;
+      }
+      // Every path must deliver the right bytes (the last reader fill came from redis GET).
+      if (std::memcmp(reader.data(), source.data(), r.bytes) != 0) {
+        std::fprintf(stderr, "service_paths_bench: read back wrong bytes\n");
+        stop_all();
+        return 1;
+      }
+      // Free the rep's objects so the next rep starts from the same fill.
+      std::vector<ObjectName> names;
+      for (int i = 0; i < r.count; ++i) {
+        names.push_back(NameFor("shm", r.bytes, rep, i));
+        names.push_back(NameFor("grpc", r.bytes, rep, i));
+      }
+      (void)kv.Delete(names);
+      auto* flush = static_cast<redisReply*>(redisCommand(rc, "FLUSHALL"));
+      if (flush != nullptr) freeReplyObject(flush);
+    }
+    results.push_back(std::move(r));
+  }
+  redisFree(rc);
+  kv_or->reset();
+  stop_all();
+
+  // ---- report ----
+  nlohmann::json json;
+  json["bench"] = "service_paths";
+  json["command"] = cfg.command_line;
+  json["machine"] = {{"cpus", std::thread::hardware_concurrency()}};
+  json["unary_rpc_round_trip"] = {{"p50_ms", rtt.Pct(0.5)}, {"p99_ms", rtt.Pct(0.99)}};
+  json["notes"] =
+      "single client thread; cachesvc CPU tier only (--ssd-capacity 0), unix socket; redis "
+      "over a unix socket, no persistence; throughput = median of reps, latency over all ops";
+  std::string md =
+      "| size | path | put GB/s | put p50 ms | put p99 ms | get GB/s | get p50 ms | get p99 ms "
+      "|\n|---|---|---:|---:|---:|---:|---:|---:|\n";
+  std::string ratios_md =
+      "| size | shm put / memcpy | shm get / memcpy | gRPC put / Redis | gRPC get / Redis |\n"
+      "|---|---:|---:|---:|---:|\n";
+  for (const SizeResult& r : results) {
+    nlohmann::json entry = {{"bytes", r.bytes}, {"count", r.count}, {"reps", cfg.reps}};
+    char line[512];
+    for (int p = 0; p < 4; ++p) {
+      entry["paths"][kPaths[p]] = {{"put",
+                                    {{"gbps", r.put[p].Median()},
+                                     {"p50_ms", r.put[p].Pct(0.5)},
+                                     {"p99_ms", r.put[p].Pct(0.99)}}},
+                                   {"get",
+                                    {{"gbps", r.get[p].Median()},
+                                     {"p50_ms", r.get[p].Pct(0.5)},
+                                     {"p99_ms", r.get[p].Pct(0.99)}}}};
+      std::snprintf(line, sizeof(line), "| %s | %s | %.2f | %.3f | %.3f | %.2f | %.3f | %.3f |\n",
+                    kvstash::FormatByteSize(r.bytes).c_str(), kPaths[p], r.put[p].Median(),
+                    r.put[p].Pct(0.5), r.put[p].Pct(0.99), r.get[p].Median(), r.get[p].Pct(0.5),
+                    r.get[p].Pct(0.99));
+      md += line;
+    }
+    double shm_put = r.put[0].Median() / r.put[2].Median();
+    double shm_get = r.get[0].Median() / r.get[2].Median();
+    double grpc_put = r.put[1].Median() / r.put[3].Median();
+    double grpc_get = r.get[1].Median() / r.get[3].Median();
+    entry["ratios"] = {{"shm_put_vs_memcpy", shm_put},
+                       {"shm_get_vs_memcpy", shm_get},
+                       {"grpc_put_vs_redis", grpc_put},
+                       {"grpc_get_vs_redis", grpc_get}};
+    std::snprintf(line, sizeof(line), "| %s | %.2f | %.2f | %.2f | %.2f |\n",
+                  kvstash::FormatByteSize(r.bytes).c_str(), shm_put, shm_get, grpc_put, grpc_get);
+    ratios_md += line;
+    json["sizes"].push_back(entry);
+  }
+  std::string report = md + "\n" + ratios_md;
+  std::printf("%s", report.c_str());
+  if (!cfg.out.empty()) {
+    std::filesystem::create_directories(std::filesystem::path(cfg.out).parent_path());
+    std::ofstream(cfg.out) << json.dump(2) << "\n";
+  }
+  if (!cfg.markdown.empty()) std::ofstream(cfg.markdown) << report;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg;
+  CLI::App app{"Service data paths (shared memory, gRPC streams) vs memcpy and Redis"};
+  app.add_option("--sizes", cfg.sizes, "object sizes")->capture_default_str();
+  std::string per_rep = "256MiB";
+  app.add_option("--bytes-per-rep", per_rep, "bytes moved per size, path and rep")
+      ->capture_default_str();
+  app.add_option("--reps", cfg.reps, "repetitions (median reported)")->capture_default_str();
+  app.add_option("--cachesvc", cfg.cachesvc, "cachesvc binary")->capture_default_str();
+  app.add_option("--redis-server", cfg.redis_server, "redis-server binary")->capture_default_str();
+  app.add_option("--out", cfg.out, "JSON results file")->capture_default_str();
+  app.add_option("--markdown", cfg.markdown, "also write the tables to this file");
+  app.add_option("--only", cfg.only, "paths to run (shm grpc memcpy redis)")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  for (int i = 0; i < argc; ++i) cfg.command_line += (i ? " " : "") + std::string(argv[i]);
+  auto bytes = kvstash::ParseByteSize(per_rep);
+  if (!bytes.ok()) {
+    std::fprintf(stderr, "%s\n", bytes.status().ToString().c_str());
+    return 2;
+  }
+  cfg.bytes_per_rep = *bytes;
+  ::signal(SIGPIPE, SIG_IGN);
+  // As in cachesvc: MiB-sized buffers (gRPC messages, hiredis replies) stay on the heap instead
+  // of being mmapped and zero-filled per call. Applies to every path measured in this process.
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  return Run(cfg);
+}
