@@ -24,6 +24,13 @@ pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)
 find_path(HTTPLIB_INCLUDE_DIR httplib.h REQUIRED)
 add_library(kvstash_httplib INTERFACE)
 target_include_directories(kvstash_httplib SYSTEM INTERFACE ${HTTPLIB_INCLUDE_DIR})
+# Debian ships cpp-httplib as a compiled library built with OpenSSL, zlib and brotli support. Its
+# classes change layout with those macros, so every user must see the same definitions as the
+# library (pkg-config Cflags), or objects get corrupted across the boundary.
+pkg_check_modules(HTTPLIB IMPORTED_TARGET cpp-httplib)
+if(HTTPLIB_FOUND)
+  target_link_libraries(kvstash_httplib INTERFACE PkgConfig::HTTPLIB)
+endif()
 target_link_libraries(kvstash_httplib INTERFACE Threads::Threads)
 
 find_program(KVSTASH_PROTOC protoc REQUIRED)

@@ -13,6 +13,8 @@ namespace kvstash::cli {
 int& ExitCode();
 
 void RegisterGenerateCommand(CLI::App& app);  // generate_command.cc (reference engine)
+// put, get, stat, ls, rm, bench (store_commands.cc).
+void RegisterStoreCommands(CLI::App& app);
 
 }  // namespace kvstash::cli
 

@@ -21,10 +21,19 @@
 //             ResourceExhausted (object larger than the arena, or nothing evictable)
 //   Commit:   NotFound (unknown reservation), FailedPrecondition (expired, already committed or
 //             aborted), InvalidArgument (checksum mismatch; the reservation is aborted)
+//             durable=true: FailedPrecondition when the SSD tier is disabled (the reservation is
+//             left open); ResourceExhausted when the SSD copy could not be written (tier full,
+//             ENOSPC) -- the object is still committed in the CPU tier, just not durable.
 //   Acquire:  NotFound (absent or unreadable), ResourceExhausted (no room to promote)
 //   Release:  NotFound (unknown or expired lease)
-//   Pin/Unpin/Delete: NotFound for an unknown key
+//   Pin/Unpin/Delete: NotFound for an unknown key; Unpin: FailedPrecondition if not pinned
 //   any:      Unavailable after Close()
+//
+// Details fixed by the implementation (docs/storage.md): lease_ms / reservation lease 0 means the
+// default and is capped at max_lease_ms; a commit of a key that another writer committed
+// meanwhile replaces it (last commit wins); List orders by Hash128::operator< and its page token
+// is the hex storage key of the last object returned; Reserve blocks (bounded) while arena bytes
+// are being demoted to SSD.
 #ifndef KVSTASH_STORAGE_OBJECT_STORE_H_
 #define KVSTASH_STORAGE_OBJECT_STORE_H_
 

@@ -1,0 +1,73 @@
+// Configuration of the cachesvc daemon: an embedded default, an optional YAML file (--config) and
+// command-line flags, applied in that order (flags override the file, the file overrides the
+// embedded default). docs/architecture-service.md lists every key.
+//
+// Errors are InvalidArgument with a message naming the flag or YAML key at fault. Nothing here
+// throws; CLI11 and yaml-cpp exceptions are caught at this boundary. Pure functions, thread-safe.
+#ifndef KVSTASH_CACHESVC_CONFIG_H_
+#define KVSTASH_CACHESVC_CONFIG_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "kvstash/common/status.h"
+#include "kvstash/storage/object_store.h"
+
+namespace kvstash::cachesvc {
+
+struct ServiceConfig {
+  // gRPC listen address: "unix:///abs/path", "unix:rel/path" or "host:port" (TCP; port 0 picks
+  // a free port, reported in the ready file and the log).
+  std::string listen = "unix:///tmp/kvstash.sock";
+  // Unix socket on which the arena memfd is handed out. Empty: "<listen path>.arena" for a unix
+  // listener, "<data_dir>/arena.sock" for TCP.
+  std::string arena_socket;
+  // Prometheus /metrics and /healthz; port 0 disables the HTTP listener.
+  std::string metrics_address = "0.0.0.0";
+  int metrics_port = 9464;
+  std::string log_level = "info";  // trace, debug, info, warn, error, off
+  // When set, written (atomically) once the service accepts requests: a JSON object with the
+  // bound addresses. Removed on shutdown.
+  std::string ready_file;
+
+  // Limits on untrusted requests. gRPC itself refuses messages above max_message_bytes with
+  // RESOURCE_EXHAUSTED; the service answers INVALID_ARGUMENT for the finer limits below.
+  uint64_t max_message_bytes = 16ull << 20;
+  uint32_t max_keys_per_request = 4096;
+  uint64_t max_chunk_bytes = 4ull << 20;     // data in one PutChunk
+  uint64_t stream_chunk_bytes = 1ull << 20;  // data in one GetChunk
+  uint32_t max_list_limit = 10000;
+  // Upper bound on the time a streaming Put or Get may take; the reservation or lease it holds
+  // lasts this long, so a stalled stream can never write into or read from reclaimed bytes.
+  uint32_t stream_timeout_ms = 120'000;
+  int rpc_threads = 64;                 // gRPC sync server thread cap
+  uint32_t shutdown_grace_ms = 10'000;  // in-flight RPCs get this long on SIGTERM
+
+  storage::StoreOptions store;  // metrics pointer is set by the service
+};
+
+// The embedded default (single node, CPU + SSD tiers in ./data) as YAML text.
+std::string_view EmbeddedDefaultConfigYaml();
+
+// Overlays YAML text on `base`. Unknown keys, wrong types and bad values are InvalidArgument.
+Result<ServiceConfig> ApplyYaml(std::string_view yaml_text, ServiceConfig base);
+
+// Checks cross-field rules (watermarks ordered, capacities, sizes within limits, paths).
+Status ValidateConfig(const ServiceConfig& config);
+
+// Result of parsing a command line: either a config to run with, or a message to print and an
+// exit code (help, version, usage errors).
+struct ParsedCommandLine {
+  std::optional<ServiceConfig> config;
+  int exit_code = 0;
+  std::string output;  // help / version text (stdout) or error text (stderr) when !config
+};
+
+// Embedded default <- --config FILE <- flags. A usage error gives exit_code 2.
+ParsedCommandLine ParseCommandLine(int argc, const char* const* argv);
+
+}  // namespace kvstash::cachesvc
+
+#endif  // KVSTASH_CACHESVC_CONFIG_H_

@@ -1,0 +1,124 @@
+#include "arena_socket.h"
+
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvstash::cachesvc {
+
+Status ClaimUnixSocketPath(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat("cannot stat ", path, ": ", strerror(errno)));
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " exists and is not a socket; refusing to replace it"));
+  }
+  sockaddr_un addr;
+  KVSTASH_ASSIGN_OR_RETURN(unsigned len, MakeUnixAddress(path, &addr));
+  int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (probe < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+  int rc = ::connect(probe, reinterpret_cast<sockaddr*>(&addr), len);
+  ::close(probe);
+  if (rc == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " is in use by a running process (another cachesvc?)"));
+  }
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot remove stale socket ", path, ": ", strerror(errno)));
+  }
+  spdlog::info("event=stale_socket_removed path={}", path);
+  return OkStatus();
+}
+
+Result<std::unique_ptr<ArenaSocketServer>> ArenaSocketServer::Start(const std::string& path,
+                                                                    int arena_fd,
+                                                                    const ArenaHandshake& hello,
+                                                                    MetricsRegistry* metrics) {
+  KVSTASH_RETURN_IF_ERROR(ClaimUnixSocketPath(path));
+  std::unique_ptr<ArenaSocketServer> server(new ArenaSocketServer());
+  server->path_ = path;
+  server->arena_fd_ = arena_fd;
+  server->hello_ = hello;
+  if (metrics != nullptr) {
+    server->attaches_ = metrics->GetCounter("kvstash_arena_attach_total",
+                                            "Arena memfds handed to clients over the unix socket");
+    server->failures_ = metrics->GetCounter("kvstash_arena_attach_failures_total",
+                                            "Arena handshakes that failed to send");
+  }
+  sockaddr_un addr;
+  KVSTASH_ASSIGN_OR_RETURN(unsigned len, MakeUnixAddress(path, &addr));
+  server->listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (server->listen_fd_ < 0) {
+    return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+  }
+  if (::bind(server->listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+    return absl::UnavailableError(absl::StrCat("bind ", path, ": ", strerror(errno)));
+  }
+  if (::listen(server->listen_fd_, 128) != 0) {
+    return absl::UnavailableError(absl::StrCat("listen ", path, ": ", strerror(errno)));
+  }
+  server->wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (server->wake_fd_ < 0) return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
+  server->thread_ = std::thread([s = server.get()] { s->AcceptLoop(); });
+  return server;
+}
+
+ArenaSocketServer::~ArenaSocketServer() {
+  Stop();
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void ArenaSocketServer::Stop() {
+  if (stopped_.exchange(true)) return;
+  if (wake_fd_ >= 0) {
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof(one));
+  }
+  if (thread_.joinable()) thread_.join();
+  if (listen_fd_ >= 0) {
+    ::close(listen_fd_);
+    listen_fd_ = -1;
+    ::unlink(path_.c_str());
+  }
+}
+
+void ArenaSocketServer::AcceptLoop() {
+  pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  while (true) {
+    int rc = ::poll(fds, 2, -1);
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      spdlog::error("event=arena_socket_poll_failed error=\"{}\"", strerror(errno));
+      return;
+    }
+    if (fds[1].revents != 0) return;
+    if ((fds[0].revents & POLLIN) == 0) continue;
+    int conn = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (conn < 0) continue;  // EAGAIN, or the peer left before accept
+    // A peer that never reads cannot stall the loop: the 32-byte message fits the socket buffer.
+    Status s = SendArenaFd(conn, arena_fd_, hello_);
+    ::close(conn);
+    if (s.ok()) {
+      if (attaches_ != nullptr) attaches_->Increment();
+    } else {
+      if (failures_ != nullptr) failures_->Increment();
+      spdlog::warn("event=arena_attach_failed error=\"{}\"", std::string(s.message()));
+    }
+  }
+}
+
+}  // namespace kvstash::cachesvc

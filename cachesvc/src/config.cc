@@ -1,0 +1,367 @@
+#include "kvstash/cachesvc/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <CLI/CLI.hpp>
+#include <cctype>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "kvstash/common/byte_size.h"
+
+namespace kvstash::cachesvc {
+namespace {
+
+constexpr std::string_view kEmbeddedDefault =
+    R"(# cachesvc embedded default: one node, CPU + SSD tiers in ./data
+listen: unix:///tmp/kvstash.sock
+arena_socket: ""          # empty: <listen path>.arena (unix) or <data_dir>/arena.sock (TCP)
+ready_file: ""
+log_level: info
+metrics:
+  address: 0.0.0.0
+  port: 9464              # 0 disables /metrics and /healthz
+limits:
+  max_message_bytes: 16MiB
+  max_keys_per_request: 4096
+  max_chunk_bytes: 4MiB
+  stream_chunk_bytes: 1MiB
+  max_list_limit: 10000
+  stream_timeout_ms: 120000
+  rpc_threads: 64
+  shutdown_grace_ms: 10000
+storage:
+  data_dir: ./data
+  cpu_capacity: 1GiB
+  ssd_capacity: 8GiB      # 0 disables the SSD tier
+  high_watermark: 0.90
+  low_watermark: 0.80
+  reservation_ms: 30000
+  lease_ms: 30000
+  max_lease_ms: 600000
+  ssd_admission_hits: 0
+  ssd_io_threads: 4
+  cpu_eviction_policy: lru
+  ssd_eviction_policy: lru
+)";
+
+Status Bad(const std::string& where, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(where, ": ", what));
+}
+
+// Scalar readers: yaml-cpp throws on conversion failure; these turn that into a Status.
+Result<std::string> ReadString(const YAML::Node& node, const std::string& where) {
+  if (!node.IsScalar()) return Bad(where, "expected a scalar");
+  return node.Scalar();
+}
+
+template <typename T>
+Result<T> ReadNumber(const std::string& text, const std::string& where) {
+  std::istringstream in(text);
+  T value{};
+  in >> value;
+  if (in.fail() || !in.eof()) return Bad(where, absl::StrCat("'", text, "' is not a valid number"));
+  return value;
+}
+
+template <typename T>
+Result<T> ReadIntInRange(const std::string& text, const std::string& where, int64_t lo,
+                         int64_t hi) {
+  KVSTASH_ASSIGN_OR_RETURN(int64_t v, ReadNumber<int64_t>(text, where));
+  if (v < lo || v > hi) {
+    return Bad(where, absl::StrCat(v, " is out of range [", lo, ", ", hi, "]"));
+  }
+  return static_cast<T>(v);
+}
+
+Result<uint64_t> ReadSize(const std::string& text, const std::string& where) {
+  auto size = ParseByteSize(text);
+  if (!size.ok()) return Bad(where, std::string(size.status().message()));
+  return *size;
+}
+
+// One settable field: the same setter serves the YAML key and the command-line flag.
+using Setter =
+    std::function<Status(const std::string& text, const std::string& where, ServiceConfig& config)>;
+
+template <typename T>
+Setter IntField(T ServiceConfig::*field, int64_t lo, int64_t hi) {
+  return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
+    KVSTASH_ASSIGN_OR_RETURN(c.*field, ReadIntInRange<T>(text, where, lo, hi));
+    return OkStatus();
+  };
+}
+
+template <typename T>
+Setter StoreIntField(T storage::StoreOptions::*field, int64_t lo, int64_t hi) {
+  return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
+    KVSTASH_ASSIGN_OR_RETURN(c.store.*field, ReadIntInRange<T>(text, where, lo, hi));
+    return OkStatus();
+  };
+}
+
+Setter SizeField(uint64_t ServiceConfig::*field) {
+  return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
+    KVSTASH_ASSIGN_OR_RETURN(c.*field, ReadSize(text, where));
+    return OkStatus();
+  };
+}
+
+Setter StoreSizeField(uint64_t storage::StoreOptions::*field) {
+  return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
+    KVSTASH_ASSIGN_OR_RETURN(c.store.*field, ReadSize(text, where));
+    return OkStatus();
+  };
+}
+
+Setter StringField(std::string ServiceConfig::*field) {
+  return [=](const std::string& text, const std::string&, ServiceConfig& c) -> Status {
+    c.*field = text;
+    return OkStatus();
+  };
+}
+
+Setter StoreStringField(std::string storage::StoreOptions::*field) {
+  return [=](const std::string& text, const std::string&, ServiceConfig& c) -> Status {
+    c.store.*field = text;
+    return OkStatus();
+  };
+}
+
+Setter StoreFraction(double storage::StoreOptions::*field) {
+  return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
+    KVSTASH_ASSIGN_OR_RETURN(double v, ReadNumber<double>(text, where));
+    if (!(v > 0.0 && v <= 1.0)) return Bad(where, absl::StrCat(text, " is not in (0, 1]"));
+    c.store.*field = v;
+    return OkStatus();
+  };
+}
+
+struct Field {
+  const char* yaml_path;  // "section.key" or "key"
+  const char* flag;       // "--flag" or nullptr when only settable from YAML
+  const char* help;
+  Setter set;
+};
+
+const std::vector<Field>& Fields() {
+  static const std::vector<Field> fields = {
+      {"listen", "--listen", "gRPC address: unix:///path or host:port",
+       StringField(&ServiceConfig::listen)},
+      {"arena_socket", "--arena-socket", "unix socket handing out the arena memfd",
+       StringField(&ServiceConfig::arena_socket)},
+      {"ready_file", "--ready-file", "write bound addresses as JSON here once serving",
+       StringField(&ServiceConfig::ready_file)},
+      {"log_level", "--log-level", "trace|debug|info|warn|error|off",
+       StringField(&ServiceConfig::log_level)},
+      {"metrics.address", "--metrics-address", "HTTP address for /metrics and /healthz",
+       StringField(&ServiceConfig::metrics_address)},
+      {"metrics.port", "--metrics-port", "HTTP port for /metrics and /healthz; 0 disables",
+       IntField(&ServiceConfig::metrics_port, 0, 65535)},
+      {"limits.max_message_bytes", "--max-message-bytes", "largest gRPC message accepted",
+       SizeField(&ServiceConfig::max_message_bytes)},
+      {"limits.max_keys_per_request", "--max-keys-per-request", "keys in one batched request",
+       IntField(&ServiceConfig::max_keys_per_request, 1, 1 << 20)},
+      {"limits.max_chunk_bytes", "--max-chunk-bytes", "data bytes in one PutChunk",
+       SizeField(&ServiceConfig::max_chunk_bytes)},
+      {"limits.stream_chunk_bytes", "--stream-chunk-bytes", "data bytes in one GetChunk",
+       SizeField(&ServiceConfig::stream_chunk_bytes)},
+      {"limits.max_list_limit", "--max-list-limit", "objects in one List page",
+       IntField(&ServiceConfig::max_list_limit, 1, 1 << 20)},
+      {"limits.stream_timeout_ms", "--stream-timeout-ms", "longest streaming Put/Get",
+       IntField(&ServiceConfig::stream_timeout_ms, 1000, 3'600'000)},
+      {"limits.rpc_threads", "--rpc-threads", "gRPC server thread cap",
+       IntField(&ServiceConfig::rpc_threads, 2, 4096)},
+      {"limits.shutdown_grace_ms", "--shutdown-grace-ms", "time in-flight RPCs get on SIGTERM",
+       IntField(&ServiceConfig::shutdown_grace_ms, 0, 600'000)},
+      {"storage.data_dir", "--data-dir", "directory of the SSD tier",
+       StoreStringField(&storage::StoreOptions::data_dir)},
+      {"storage.cpu_capacity", "--cpu-capacity", "CPU arena size (e.g. 512MiB, 4GiB)",
+       StoreSizeField(&storage::StoreOptions::cpu_capacity_bytes)},
+      {"storage.ssd_capacity", "--ssd-capacity", "SSD tier capacity; 0 disables the tier",
+       StoreSizeField(&storage::StoreOptions::ssd_capacity_bytes)},
+      {"storage.high_watermark", "--high-watermark", "evict above this fill fraction",
+       StoreFraction(&storage::StoreOptions::high_watermark)},
+      {"storage.low_watermark", "--low-watermark", "evict down to this fill fraction",
+       StoreFraction(&storage::StoreOptions::low_watermark)},
+      {"storage.reservation_ms", "--reservation-ms", "default reservation lifetime",
+       StoreIntField(&storage::StoreOptions::default_reservation_ms, 1, 3'600'000)},
+      {"storage.lease_ms", "--lease-ms", "default read lease lifetime",
+       StoreIntField(&storage::StoreOptions::default_lease_ms, 1, 3'600'000)},
+      {"storage.max_lease_ms", "--max-lease-ms", "longest lease a client may ask for",
+       StoreIntField(&storage::StoreOptions::max_lease_ms, 1, 86'400'000)},
+      {"storage.ssd_admission_hits", "--ssd-admission-hits",
+       "write to SSD only after N reads (0: write through)",
+       StoreIntField(&storage::StoreOptions::ssd_admission_hits, 0, 1'000'000)},
+      {"storage.ssd_io_threads", "--ssd-io-threads", "parallel SSD writers/readers",
+       StoreIntField(&storage::StoreOptions::ssd_io_threads, 1, 256)},
+      {"storage.cpu_eviction_policy", "--cpu-eviction-policy", "CPU tier eviction policy",
+       StoreStringField(&storage::StoreOptions::cpu_eviction_policy)},
+      {"storage.ssd_eviction_policy", "--ssd-eviction-policy", "SSD tier eviction policy",
+       StoreStringField(&storage::StoreOptions::ssd_eviction_policy)},
+  };
+  return fields;
+}
+
+const Field* FindField(const std::string& yaml_path) {
+  for (const Field& f : Fields()) {
+    if (yaml_path == f.yaml_path) return &f;
+  }
+  return nullptr;
+}
+
+Status ApplyNode(const YAML::Node& node, const std::string& prefix, ServiceConfig& config) {
+  if (!node.IsMap()) {
+    return Bad(prefix.empty() ? "config" : prefix, "expected a mapping of keys");
+  }
+  for (const auto& item : node) {
+    std::string key = item.first.as<std::string>();
+    std::string path = prefix.empty() ? key : absl::StrCat(prefix, ".", key);
+    if (item.second.IsMap()) {
+      KVSTASH_RETURN_IF_ERROR(ApplyNode(item.second, path, config));
+      continue;
+    }
+    const Field* field = FindField(path);
+    if (field == nullptr) return Bad(path, "unknown configuration key");
+    if (item.second.IsNull()) continue;  // "key:" with no value keeps the current setting
+    KVSTASH_ASSIGN_OR_RETURN(std::string text, ReadString(item.second, path));
+    KVSTASH_RETURN_IF_ERROR(field->set(text, path, config));
+  }
+  return OkStatus();
+}
+
+bool IsUnixTarget(const std::string& listen) { return listen.rfind("unix:", 0) == 0; }
+
+std::string UnixPath(const std::string& listen) {
+  std::string rest = listen.substr(5);
+  if (rest.rfind("//", 0) == 0) rest = rest.substr(2);
+  return rest;
+}
+
+}  // namespace
+
+std::string_view EmbeddedDefaultConfigYaml() { return kEmbeddedDefault; }
+
+Result<ServiceConfig> ApplyYaml(std::string_view yaml_text, ServiceConfig base) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml_text));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config is not valid YAML: ", e.what()));
+  }
+  if (root.IsNull()) return base;  // an empty file changes nothing
+  try {
+    KVSTASH_RETURN_IF_ERROR(ApplyNode(root, "", base));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config: ", e.what()));
+  }
+  return base;
+}
+
+Status ValidateConfig(const ServiceConfig& c) {
+  if (c.listen.empty()) return Bad("listen", "must not be empty");
+  if (IsUnixTarget(c.listen)) {
+    std::string path = UnixPath(c.listen);
+    if (path.empty()) return Bad("listen", "unix socket path is empty");
+    if (path.size() > 107) return Bad("listen", "unix socket path is longer than 107 bytes");
+  } else if (c.listen.find(':') == std::string::npos) {
+    return Bad("listen", absl::StrCat("'", c.listen, "' is neither unix:PATH nor HOST:PORT"));
+  }
+  if (c.arena_socket.size() > 107) {
+    return Bad("arena_socket", "unix socket path is longer than 107 bytes");
+  }
+  static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+  if (std::find(std::begin(kLevels), std::end(kLevels), c.log_level) == std::end(kLevels)) {
+    return Bad("log_level", absl::StrCat("unknown level '", c.log_level, "'"));
+  }
+  if (c.store.data_dir.empty()) return Bad("storage.data_dir", "must not be empty");
+  if (c.store.cpu_capacity_bytes < (1ull << 20)) {
+    return Bad("storage.cpu_capacity", "must be at least 1MiB");
+  }
+  if (c.store.low_watermark >= c.store.high_watermark) {
+    return Bad("storage.low_watermark", "must be below storage.high_watermark");
+  }
+  if (c.store.default_lease_ms > c.store.max_lease_ms) {
+    return Bad("storage.lease_ms", "must not exceed storage.max_lease_ms");
+  }
+  if (c.max_message_bytes < (64u << 10) || c.max_message_bytes > (1ull << 30)) {
+    return Bad("limits.max_message_bytes", "must be within [64KiB, 1GiB]");
+  }
+  if (c.max_chunk_bytes == 0 || c.max_chunk_bytes + 4096 > c.max_message_bytes) {
+    return Bad("limits.max_chunk_bytes", "must be positive and leave 4KiB of max_message_bytes");
+  }
+  if (c.stream_chunk_bytes < 4096 || c.stream_chunk_bytes + 4096 > c.max_message_bytes) {
+    return Bad("limits.stream_chunk_bytes", "must be >= 4KiB and leave 4KiB of max_message_bytes");
+  }
+  if (c.stream_timeout_ms > c.store.max_lease_ms) {
+    return Bad("limits.stream_timeout_ms", "must not exceed storage.max_lease_ms");
+  }
+  return OkStatus();
+}
+
+ParsedCommandLine ParseCommandLine(int argc, const char* const* argv) {
+  ParsedCommandLine out;
+  CLI::App app{
+      "cachesvc: the KVStash cache service (gRPC API, shared-memory arena, SSD tier).\n"
+      "Settings come from the embedded default, then --config FILE, then flags."};
+  app.set_version_flag("--version", "cachesvc 0.1.0");
+  std::string config_path;
+  bool print_config = false;
+  app.add_option("-c,--config", config_path, "YAML configuration file")->check(CLI::ExistingFile);
+  app.add_flag("--print-default-config", print_config,
+               "print the embedded default configuration and exit");
+  std::vector<std::pair<const Field*, std::optional<std::string>>> values;
+  values.reserve(Fields().size());
+  for (const Field& f : Fields()) values.emplace_back(&f, std::nullopt);
+  for (auto& [field, value] : values) {
+    app.add_option(field->flag, value, field->help);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::ostringstream sout, serr;
+    out.exit_code = app.exit(e, sout, serr);
+    out.output = sout.str() + serr.str();
+    return out;
+  }
+  if (print_config) {
+    out.output = std::string(kEmbeddedDefault);
+    return out;
+  }
+  auto fail = [&](const Status& s) {
+    out.exit_code = 2;
+    out.output = absl::StrCat("cachesvc: ", std::string(s.message()), "\n");
+    return out;
+  };
+  auto config = ApplyYaml(kEmbeddedDefault, ServiceConfig{});
+  if (!config.ok()) return fail(config.status());  // a bug in the embedded text
+  if (!config_path.empty()) {
+    std::ifstream in(config_path);
+    std::stringstream text;
+    text << in.rdbuf();
+    if (!in.good() && !in.eof()) {
+      return fail(absl::InvalidArgumentError(absl::StrCat("cannot read ", config_path)));
+    }
+    auto from_file = ApplyYaml(text.str(), *config);
+    if (!from_file.ok()) {
+      return fail(absl::InvalidArgumentError(
+          absl::StrCat(config_path, ": ", std::string(from_file.status().message()))));
+    }
+    config = std::move(from_file);
+  }
+  for (auto& [field, value] : values) {
+    if (!value) continue;
+    Status s = field->set(*value, field->flag, *config);
+    if (!s.ok()) return fail(s);
+  }
+  Status valid = ValidateConfig(*config);
+  if (!valid.ok()) return fail(valid);
+  out.config = std::move(*config);
+  return out;
+}
+
+}  // namespace kvstash::cachesvc

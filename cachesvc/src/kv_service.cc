@@ -1,0 +1,497 @@
+#include "kv_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kvstash/common/crc32c.h"
+#include "kvstash/proto/convert.h"
+#include "kvstash/proto/status_mapping.h"
+
+#ifndef KVSTASH_VERSION
+#define KVSTASH_VERSION "0.0.0"
+#endif
+
+namespace kvstash::cachesvc {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
+
+// Prefixes a conversion error with the field it came from ("keys[3]: token_hash must be ...").
+Status Annotate(const Status& s, const std::string& where) {
+  if (s.ok()) return s;
+  return Status(s.code(), absl::StrCat(where, ": ", std::string(s.message())));
+}
+
+Result<ObjectName> ParseKey(const v1::ObjectKey& key, const std::string& where) {
+  auto name = FromProto(key);
+  if (!name.ok()) return Annotate(name.status(), where);
+  return name;
+}
+
+Result<std::vector<ObjectName>> ParseKeys(
+    const google::protobuf::RepeatedPtrField<v1::ObjectKey>& keys) {
+  std::vector<ObjectName> names;
+  names.reserve(keys.size());
+  for (int i = 0; i < keys.size(); ++i) {
+    KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(keys[i], absl::StrCat("keys[", i, "]")));
+    names.push_back(std::move(name));
+  }
+  return names;
+}
+
+Result<ObjectInfo> ParseInfo(const v1::ObjectInfo& info, bool present, const std::string& where) {
+  if (!present) return Invalid(absl::StrCat(where, ": missing"));
+  auto parsed = FromProto(info);
+  if (!parsed.ok()) return Annotate(parsed.status(), where);
+  return parsed;
+}
+
+storage::StoredName ToStoredName(const ObjectName& name) {
+  storage::StoredName stored;
+  stored.storage_key = name.storage_key;
+  stored.name_space = name.name_space;
+  stored.model_fingerprint = name.model_fingerprint;
+  stored.token_hash = name.token_hash;
+  return stored;
+}
+
+v1::Tier ToProtoTier(storage::Tier tier) {
+  switch (tier) {
+    case storage::Tier::kGpu:
+      return v1::TIER_GPU;
+    case storage::Tier::kCpu:
+      return v1::TIER_CPU;
+    case storage::Tier::kSsd:
+      return v1::TIER_SSD;
+    case storage::Tier::kRemote:
+      return v1::TIER_REMOTE;
+  }
+  return v1::TIER_UNSPECIFIED;
+}
+
+// Rejects offsets the store hands out that would leave the arena: a bug, never a client's fault.
+Status CheckArenaRange(const storage::ObjectStore& store, uint64_t offset, uint64_t bytes) {
+  if (offset > store.arena_bytes() || bytes > store.arena_bytes() - offset) {
+    return absl::InternalError(absl::StrCat("store returned arena range [", offset, ", +", bytes,
+                                            ") outside the ", store.arena_bytes(), "-byte arena"));
+  }
+  return OkStatus();
+}
+
+// Leaves this much of a stream's reservation or lease unused, so the last copy into or out of the
+// arena always finishes before the store could reclaim the bytes.
+Clock::time_point StreamDeadline(Clock::time_point start, uint32_t timeout_ms) {
+  uint32_t margin = std::min<uint32_t>(1000, timeout_ms / 10);
+  return start + std::chrono::milliseconds(timeout_ms - margin);
+}
+
+class LeaseGuard {
+ public:
+  LeaseGuard(storage::ObjectStore* store, uint64_t id) : store_(store), id_(id) {}
+  ~LeaseGuard() {
+    Status s = store_->Release(id_);
+    if (!s.ok())
+      spdlog::warn("event=get_release_failed lease={} error=\"{}\"", id_, std::string(s.message()));
+  }
+  LeaseGuard(const LeaseGuard&) = delete;
+  LeaseGuard& operator=(const LeaseGuard&) = delete;
+
+ private:
+  storage::ObjectStore* store_;
+  uint64_t id_;
+};
+
+}  // namespace
+
+KvStashService::KvStashService(storage::ObjectStore* store, const ServiceConfig& config,
+                               std::string arena_socket_path, RpcMetrics* metrics)
+    : store_(store),
+      config_(config),
+      arena_socket_path_(std::move(arena_socket_path)),
+      metrics_(metrics),
+      started_(Clock::now()) {}
+
+Status KvStashService::CheckKeyCount(int count, const char* method) const {
+  if (static_cast<uint64_t>(count) > config_.max_keys_per_request) {
+    return Invalid(absl::StrCat(method, " carries ", count, " keys; the limit is ",
+                                config_.max_keys_per_request, " per request"));
+  }
+  return OkStatus();
+}
+
+// ---- Lookup ----------------------------------------------------------------
+
+grpc::Status KvStashService::Lookup(grpc::ServerContext*, const v1::LookupRequest* req,
+                                    v1::LookupResponse* resp) {
+  RpcScope scope(metrics_, Method::kLookup, req->ByteSizeLong());
+  Status s = scope.Finish(DoLookup(*req, resp));
+  scope.AddSent(resp->ByteSizeLong());
+  return ToGrpcStatus(s);
+}
+
+Status KvStashService::DoLookup(const v1::LookupRequest& req, v1::LookupResponse* resp) {
+  KVSTASH_RETURN_IF_ERROR(CheckKeyCount(req.keys_size(), "Lookup"));
+  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, ParseKeys(req.keys()));
+  bool prefix_open = true;
+  uint32_t prefix = 0;
+  for (const ObjectName& name : names) {
+    storage::LookupEntry entry = store_->Lookup(name.storage_key);
+    v1::LookupResult* result = resp->add_results();
+    result->set_present(entry.present);
+    if (entry.present) {
+      result->set_tier(ToProtoTier(entry.tier));
+      result->set_payload_bytes(entry.info.payload_bytes);
+      ToProto(entry.info, result->mutable_info());
+    }
+    prefix_open = prefix_open && entry.present;
+    if (prefix_open) ++prefix;
+  }
+  resp->set_longest_prefix(prefix);
+  return OkStatus();
+}
+
+// ---- Two-phase put ----------------------------------------------------------
+
+grpc::Status KvStashService::Reserve(grpc::ServerContext*, const v1::ReserveRequest* req,
+                                     v1::ReserveResponse* resp) {
+  RpcScope scope(metrics_, Method::kReserve, req->ByteSizeLong());
+  Status s = scope.Finish(DoReserve(*req, resp));
+  scope.AddSent(resp->ByteSizeLong());
+  return ToGrpcStatus(s);
+}
+
+Status KvStashService::DoReserve(const v1::ReserveRequest& req, v1::ReserveResponse* resp) {
+  if (!req.has_key()) return Invalid("key: missing");
+  KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(req.key(), "key"));
+  KVSTASH_ASSIGN_OR_RETURN(ObjectInfo info, ParseInfo(req.info(), req.has_info(), "info"));
+  KVSTASH_ASSIGN_OR_RETURN(
+      storage::Reservation r,
+      store_->Reserve(ToStoredName(name), info, req.lease_ms(), req.overwrite()));
+  Status range = CheckArenaRange(*store_, r.arena_offset, info.payload_bytes);
+  if (!range.ok()) {
+    (void)store_->Abort(r.id);
+    return range;
+  }
+  resp->set_reservation_id(r.id);
+  resp->set_arena_offset(r.arena_offset);
+  resp->set_arena_generation(store_->arena_generation());
+  resp->set_expires_in_ms(r.expires_in_ms);
+  return OkStatus();
+}
+
+grpc::Status KvStashService::Commit(grpc::ServerContext*, const v1::CommitRequest* req,
+                                    v1::CommitResponse* resp) {
+  RpcScope scope(metrics_, Method::kCommit, req->ByteSizeLong());
+  return ToGrpcStatus(
+      scope.Finish(store_->Commit(req->reservation_id(), req->payload_crc32c(), req->durable())));
+}
+
+grpc::Status KvStashService::Abort(grpc::ServerContext*, const v1::AbortRequest* req,
+                                   v1::AbortResponse*) {
+  RpcScope scope(metrics_, Method::kAbort, req->ByteSizeLong());
+  return ToGrpcStatus(scope.Finish(store_->Abort(req->reservation_id())));
+}
+
+// ---- Streaming put ----------------------------------------------------------
+
+grpc::Status KvStashService::Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutChunk>* reader,
+                                 v1::PutResponse*) {
+  RpcScope scope(metrics_, Method::kPut, 0);
+  return ToGrpcStatus(scope.Finish(DoPut(ctx, reader, scope)));
+}
+
+Status KvStashService::DoPut(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutChunk>* reader,
+                             RpcScope& scope) {
+  const Clock::time_point start = Clock::now();
+  v1::PutChunk chunk;
+  if (!reader->Read(&chunk)) {
+    if (ctx->IsCancelled()) return absl::CancelledError("client cancelled the Put stream");
+    return Invalid("Put stream ended before its header");
+  }
+  scope.AddReceived(chunk.ByteSizeLong());
+  if (!chunk.has_header()) return Invalid("the first PutChunk must carry the header");
+  const v1::PutHeader& header = chunk.header();
+  if (!header.has_key()) return Invalid("header.key: missing");
+  KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(header.key(), "header.key"));
+  KVSTASH_ASSIGN_OR_RETURN(ObjectInfo info,
+                           ParseInfo(header.info(), header.has_info(), "header.info"));
+  const bool durable = header.durable();
+  // The reservation outlives the stream's own deadline, so bytes copied in are always still ours.
+  KVSTASH_ASSIGN_OR_RETURN(
+      storage::Reservation r,
+      store_->Reserve(ToStoredName(name), info, config_.stream_timeout_ms, header.overwrite()));
+  auto abort_with = [&](const Status& s) {
+    Status a = store_->Abort(r.id);
+    if (!a.ok() && !absl::IsNotFound(a) && !absl::IsFailedPrecondition(a)) {
+      spdlog::warn("event=put_abort_failed reservation={} error=\"{}\"", r.id,
+                   std::string(a.message()));
+    }
+    return s;
+  };
+  Status range = CheckArenaRange(*store_, r.arena_offset, info.payload_bytes);
+  if (!range.ok()) return abort_with(range);
+  const Clock::time_point deadline = StreamDeadline(start, config_.stream_timeout_ms);
+  uint8_t* dest = store_->arena_base() + r.arena_offset;
+  uint64_t written = 0;
+  uint64_t index = 0;
+  while (true) {
+    if (index > 0 && chunk.has_header()) {
+      return abort_with(Invalid(absl::StrCat("PutChunk #", index, " repeats the header")));
+    }
+    const std::string& data = chunk.data();
+    if (data.size() > config_.max_chunk_bytes) {
+      return abort_with(Invalid(absl::StrCat("PutChunk #", index, " carries ", data.size(),
+                                             " bytes; the limit is ", config_.max_chunk_bytes)));
+    }
+    if (data.size() > info.payload_bytes - written) {
+      return abort_with(Invalid(
+          absl::StrCat("Put stream carries more than payload_bytes (", info.payload_bytes, ")")));
+    }
+    if (Clock::now() > deadline) {
+      return abort_with(absl::DeadlineExceededError(
+          absl::StrCat("Put stream took longer than ", config_.stream_timeout_ms, " ms; aborted")));
+    }
+    std::memcpy(dest + written, data.data(), data.size());
+    written += data.size();
+    ++index;
+    chunk.Clear();
+    if (!reader->Read(&chunk)) break;
+    scope.AddReceived(chunk.ByteSizeLong());
+  }
+  if (ctx->IsCancelled()) {
+    return abort_with(
+        absl::CancelledError(absl::StrCat("client went away after ", written, " of ",
+                                          info.payload_bytes, " bytes; reservation aborted")));
+  }
+  if (written != info.payload_bytes) {
+    return abort_with(Invalid(
+        absl::StrCat("Put stream ended after ", written, " of ", info.payload_bytes, " bytes")));
+  }
+  // Commit verifies the crc32c the client declared against the bytes now in the arena. Some
+  // failures (durable without an SSD tier) leave the reservation open; nobody else can commit it.
+  Status committed = store_->Commit(r.id, info.payload_crc32c, durable);
+  if (!committed.ok()) (void)store_->Abort(r.id);
+  return committed;
+}
+
+// ---- Leased get -------------------------------------------------------------
+
+grpc::Status KvStashService::Acquire(grpc::ServerContext*, const v1::AcquireRequest* req,
+                                     v1::AcquireResponse* resp) {
+  RpcScope scope(metrics_, Method::kAcquire, req->ByteSizeLong());
+  Status s = scope.Finish(DoAcquire(*req, resp));
+  scope.AddSent(resp->ByteSizeLong());
+  return ToGrpcStatus(s);
+}
+
+Status KvStashService::DoAcquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp) {
+  KVSTASH_RETURN_IF_ERROR(CheckKeyCount(req.keys_size(), "Acquire"));
+  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, ParseKeys(req.keys()));
+  uint64_t expires = 0;
+  bool any = false;
+  const uint64_t generation = store_->arena_generation();
+  for (const ObjectName& name : names) {
+    v1::AcquireResult* result = resp->add_results();
+    Result<storage::Lease> lease = store_->Acquire(name.storage_key, req.lease_ms());
+    if (lease.ok()) {
+      Status range = CheckArenaRange(*store_, lease->arena_offset, lease->info.payload_bytes);
+      if (!range.ok()) {
+        (void)store_->Release(lease->id);
+        lease = range;
+      }
+    }
+    if (!lease.ok()) {
+      ToItemStatus(lease.status(), result->mutable_status());
+      continue;
+    }
+    ToItemStatus(OkStatus(), result->mutable_status());
+    ToProto(lease->info, result->mutable_info());
+    result->set_lease_id(lease->id);
+    result->set_arena_offset(lease->arena_offset);
+    result->set_arena_generation(generation);
+    result->set_served_from(ToProtoTier(lease->served_from));
+    expires = any ? std::min(expires, lease->expires_in_ms) : lease->expires_in_ms;
+    any = true;
+  }
+  resp->set_expires_in_ms(expires);
+  return OkStatus();
+}
+
+grpc::Status KvStashService::Release(grpc::ServerContext*, const v1::ReleaseRequest* req,
+                                     v1::ReleaseResponse* resp) {
+  RpcScope scope(metrics_, Method::kRelease, req->ByteSizeLong());
+  Status s = CheckKeyCount(req->lease_ids_size(), "Release");
+  if (s.ok()) {
+    for (uint64_t id : req->lease_ids()) ToItemStatus(store_->Release(id), resp->add_results());
+  }
+  scope.Finish(s);
+  scope.AddSent(resp->ByteSizeLong());
+  return ToGrpcStatus(s);
+}
+
+// ---- Streaming get ----------------------------------------------------------
+
+grpc::Status KvStashService::Get(grpc::ServerContext* ctx, const v1::GetRequest* req,
+                                 grpc::ServerWriter<v1::GetChunk>* writer) {
+  RpcScope scope(metrics_, Method::kGet, req->ByteSizeLong());
+  return ToGrpcStatus(scope.Finish(DoGet(ctx, *req, writer, scope)));
+}
+
+Status KvStashService::DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req,
+                             grpc::ServerWriter<v1::GetChunk>* writer, RpcScope& scope) {
+  const Clock::time_point start = Clock::now();
+  if (!req.has_key()) return Invalid("key: missing");
+  KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(req.key(), "key"));
+  KVSTASH_ASSIGN_OR_RETURN(storage::Lease lease,
+                           store_->Acquire(name.storage_key, config_.stream_timeout_ms));
+  LeaseGuard guard(store_, lease.id);
+  const uint64_t total = lease.info.payload_bytes;
+  KVSTASH_RETURN_IF_ERROR(CheckArenaRange(*store_, lease.arena_offset, total));
+  const Clock::time_point deadline = StreamDeadline(start, config_.stream_timeout_ms);
+  const uint8_t* src = store_->arena_base() + lease.arena_offset;
+  uint64_t sent = 0;
+  v1::GetChunk chunk;
+  ToProto(lease.info, chunk.mutable_info());
+  chunk.set_served_from(ToProtoTier(lease.served_from));
+  do {
+    if (ctx->IsCancelled()) return absl::CancelledError("client cancelled the Get stream");
+    if (Clock::now() > deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("Get stream took longer than ", config_.stream_timeout_ms, " ms"));
+    }
+    uint64_t n = std::min<uint64_t>(config_.stream_chunk_bytes, total - sent);
+    chunk.set_data(src + sent, n);
+    scope.AddSent(chunk.ByteSizeLong());
+    if (!writer->Write(chunk)) return absl::CancelledError("client went away during Get");
+    sent += n;
+    chunk.Clear();
+  } while (sent < total);
+  return OkStatus();
+}
+
+// ---- Delete, pin, list, stats, arena ----------------------------------------
+
+Status KvStashService::DoKeys(KeysOp op, const v1::KeysRequest& req, v1::KeysResponse* resp) {
+  static const char* kNames[] = {"Delete", "Pin", "Unpin"};
+  KVSTASH_RETURN_IF_ERROR(CheckKeyCount(req.keys_size(), kNames[static_cast<int>(op)]));
+  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, ParseKeys(req.keys()));
+  for (const ObjectName& name : names) {
+    Status s;
+    switch (op) {
+      case KeysOp::kDelete:
+        s = store_->Delete(name.storage_key);
+        break;
+      case KeysOp::kPin:
+        s = store_->Pin(name.storage_key);
+        break;
+      case KeysOp::kUnpin:
+        s = store_->Unpin(name.storage_key);
+        break;
+    }
+    ToItemStatus(s, resp->add_results());
+  }
+  return OkStatus();
+}
+
+grpc::Status KvStashService::Delete(grpc::ServerContext*, const v1::KeysRequest* req,
+                                    v1::KeysResponse* resp) {
+  RpcScope scope(metrics_, Method::kDelete, req->ByteSizeLong());
+  Status s = scope.Finish(DoKeys(KeysOp::kDelete, *req, resp));
+  scope.AddSent(resp->ByteSizeLong());
+  return ToGrpcStatus(s);
+}
+
+grpc::Status KvStashService::Pin(grpc::ServerContext*, const v1::KeysRequest* req,
+                                 v1::KeysResponse* resp) {
+  RpcScope scope(metrics_, Method::kPin, req->ByteSizeLong());
+  Status s = scope.Finish(DoKeys(KeysOp::kPin, *req, resp));
+  scope.AddSent(resp->ByteSizeLong());
+  return ToGrpcStatus(s);
+}
+
+grpc::Status KvStashService::Unpin(grpc::ServerContext*, const v1::KeysRequest* req,
+                                   v1::KeysResponse* resp) {
+  RpcScope scope(metrics_, Method::kUnpin, req->ByteSizeLong());
+  Status s = scope.Finish(DoKeys(KeysOp::kUnpin, *req, resp));
+  scope.AddSent(resp->ByteSizeLong());
+  return ToGrpcStatus(s);
+}
+
+grpc::Status KvStashService::List(grpc::ServerContext*, const v1::ListRequest* req,
+                                  v1::ListResponse* resp) {
+  RpcScope scope(metrics_, Method::kList, req->ByteSizeLong());
+  Status s = scope.Finish(DoList(*req, resp));
+  scope.AddSent(resp->ByteSizeLong());
+  return ToGrpcStatus(s);
+}
+
+Status KvStashService::DoList(const v1::ListRequest& req, v1::ListResponse* resp) {
+  if (req.namespace_().size() > kMaxNamespaceBytes) {
+    return Invalid(absl::StrCat("namespace longer than ", kMaxNamespaceBytes, " bytes"));
+  }
+  uint32_t limit = req.limit() == 0 ? 1000 : std::min(req.limit(), config_.max_list_limit);
+  KVSTASH_ASSIGN_OR_RETURN(
+      storage::ListPage page,
+      store_->List(req.namespace_(), req.all_namespaces(), limit, req.page_token()));
+  for (const storage::ListedObject& o : page.objects) {
+    v1::ListedObject* out = resp->add_objects();
+    auto key_bytes = o.name.storage_key.Bytes();
+    out->set_storage_key(key_bytes.data(), key_bytes.size());
+    ToProto(MakeObjectName(o.name.name_space, o.name.model_fingerprint, o.name.token_hash),
+            out->mutable_key());
+    ToProto(o.info, out->mutable_info());
+    out->set_tier(ToProtoTier(o.tier));
+    out->set_pinned(o.pinned);
+    out->set_hits(o.hits);
+  }
+  resp->set_next_page_token(page.next_page_token);
+  return OkStatus();
+}
+
+grpc::Status KvStashService::Stats(grpc::ServerContext*, const v1::StatsRequest* req,
+                                   v1::StatsResponse* resp) {
+  RpcScope scope(metrics_, Method::kStats, req->ByteSizeLong());
+  storage::StoreStats stats = store_->Stats();
+  for (const storage::TierStats& t : stats.tiers) {
+    v1::TierStats* out = resp->add_tiers();
+    out->set_tier(ToProtoTier(t.tier));
+    out->set_capacity_bytes(t.capacity_bytes);
+    out->set_used_bytes(t.used_bytes);
+    out->set_objects(t.objects);
+    out->set_hits(t.hits);
+    out->set_misses(t.misses);
+    out->set_evictions(t.evictions);
+    out->set_bytes_read(t.bytes_read);
+    out->set_bytes_written(t.bytes_written);
+  }
+  resp->set_checksum_failures(stats.checksum_failures);
+  resp->set_reservations_active(stats.reservations_active);
+  resp->set_reservations_expired(stats.reservations_expired);
+  resp->set_leases_active(stats.leases_active);
+  resp->set_pinned_objects(stats.pinned_objects);
+  resp->set_version(KVSTASH_VERSION);
+  resp->set_uptime_ms(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_).count()));
+  scope.Finish(OkStatus());
+  scope.AddSent(resp->ByteSizeLong());
+  return grpc::Status::OK;
+}
+
+grpc::Status KvStashService::ArenaInfo(grpc::ServerContext*, const v1::ArenaInfoRequest* req,
+                                       v1::ArenaInfoResponse* resp) {
+  RpcScope scope(metrics_, Method::kArenaInfo, req->ByteSizeLong());
+  resp->set_fd_socket_path(arena_socket_path_);
+  resp->set_arena_bytes(store_->arena_bytes());
+  resp->set_arena_generation(store_->arena_generation());
+  resp->set_alignment(kArenaAlignment);
+  scope.Finish(OkStatus());
+  scope.AddSent(resp->ByteSizeLong());
+  return grpc::Status::OK;
+}
+
+}  // namespace kvstash::cachesvc

@@ -1,0 +1,69 @@
+// The kvstash.v1.KvStash gRPC service over an ObjectStore (synchronous gRPC API: each RPC runs on
+// a thread of the server's pool). Every request is validated before it reaches the store;
+// statuses reach the wire only through proto/status_mapping.h. docs/api.md lists the codes.
+#ifndef KVSTASH_CACHESVC_KV_SERVICE_H_
+#define KVSTASH_CACHESVC_KV_SERVICE_H_
+
+#include <chrono>
+#include <string>
+
+#include "kvstash/cachesvc/config.h"
+#include "kvstash/storage/object_store.h"
+#include "kvstash/v1/kvstash.grpc.pb.h"
+#include "rpc_metrics.h"
+
+namespace kvstash::cachesvc {
+
+// Allocation alignment the client may assume for arena offsets (ArenaInfo / handshake): the
+// store allocates the arena in 4 KiB pages.
+inline constexpr uint32_t kArenaAlignment = 4096;
+
+class KvStashService final : public v1::KvStash::Service {
+ public:
+  // `store` and `metrics` must outlive the service.
+  KvStashService(storage::ObjectStore* store, const ServiceConfig& config,
+                 std::string arena_socket_path, RpcMetrics* metrics);
+
+  grpc::Status Lookup(grpc::ServerContext*, const v1::LookupRequest*, v1::LookupResponse*) override;
+  grpc::Status Reserve(grpc::ServerContext*, const v1::ReserveRequest*,
+                       v1::ReserveResponse*) override;
+  grpc::Status Commit(grpc::ServerContext*, const v1::CommitRequest*, v1::CommitResponse*) override;
+  grpc::Status Abort(grpc::ServerContext*, const v1::AbortRequest*, v1::AbortResponse*) override;
+  grpc::Status Put(grpc::ServerContext*, grpc::ServerReader<v1::PutChunk>*,
+                   v1::PutResponse*) override;
+  grpc::Status Acquire(grpc::ServerContext*, const v1::AcquireRequest*,
+                       v1::AcquireResponse*) override;
+  grpc::Status Release(grpc::ServerContext*, const v1::ReleaseRequest*,
+                       v1::ReleaseResponse*) override;
+  grpc::Status Get(grpc::ServerContext*, const v1::GetRequest*,
+                   grpc::ServerWriter<v1::GetChunk>*) override;
+  grpc::Status Delete(grpc::ServerContext*, const v1::KeysRequest*, v1::KeysResponse*) override;
+  grpc::Status Pin(grpc::ServerContext*, const v1::KeysRequest*, v1::KeysResponse*) override;
+  grpc::Status Unpin(grpc::ServerContext*, const v1::KeysRequest*, v1::KeysResponse*) override;
+  grpc::Status List(grpc::ServerContext*, const v1::ListRequest*, v1::ListResponse*) override;
+  grpc::Status Stats(grpc::ServerContext*, const v1::StatsRequest*, v1::StatsResponse*) override;
+  grpc::Status ArenaInfo(grpc::ServerContext*, const v1::ArenaInfoRequest*,
+                         v1::ArenaInfoResponse*) override;
+
+ private:
+  enum class KeysOp { kDelete, kPin, kUnpin };
+  Status DoLookup(const v1::LookupRequest& req, v1::LookupResponse* resp);
+  Status DoReserve(const v1::ReserveRequest& req, v1::ReserveResponse* resp);
+  Status DoPut(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutChunk>* reader, RpcScope& scope);
+  Status DoAcquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp);
+  Status DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req,
+               grpc::ServerWriter<v1::GetChunk>* writer, RpcScope& scope);
+  Status DoKeys(KeysOp op, const v1::KeysRequest& req, v1::KeysResponse* resp);
+  Status DoList(const v1::ListRequest& req, v1::ListResponse* resp);
+  Status CheckKeyCount(int count, const char* method) const;
+
+  storage::ObjectStore* store_;
+  ServiceConfig config_;
+  std::string arena_socket_path_;
+  RpcMetrics* metrics_;
+  std::chrono::steady_clock::time_point started_;
+};
+
+}  // namespace kvstash::cachesvc
+
+#endif  // KVSTASH_CACHESVC_KV_SERVICE_H_

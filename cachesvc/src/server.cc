@@ -1,0 +1,225 @@
+#include "kvstash/cachesvc/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "arena_socket.h"
+#include "kv_service.h"
+#include "kvstash/storage/object_store.h"
+#include "metrics_http.h"
+#include "rpc_metrics.h"
+
+namespace kvstash::cachesvc {
+namespace {
+
+constexpr char kServiceName[] = "kvstash.v1.KvStash";
+
+bool IsUnix(const std::string& listen) { return listen.rfind("unix:", 0) == 0; }
+
+std::string UnixPath(const std::string& listen) {
+  std::string rest = listen.substr(5);
+  if (rest.rfind("//", 0) == 0) rest = rest.substr(2);
+  return rest;
+}
+
+std::string DefaultArenaSocket(const ServiceConfig& config) {
+  if (IsUnix(config.listen)) return UnixPath(config.listen) + ".arena";
+  return (std::filesystem::path(config.store.data_dir) / "arena.sock").string();
+}
+
+// "host:0" becomes "host:<bound port>"; a wildcard host becomes loopback for local dialers.
+std::string ResolvedTcpTarget(const std::string& listen, int port) {
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host == "0.0.0.0" || host.empty()) host = "127.0.0.1";
+  if (host == "[::]") host = "[::1]";
+  return absl::StrCat(host, ":", port);
+}
+
+Status WriteReadyFile(const std::string& path, const nlohmann::json& content) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << content.dump() << "\n";
+    if (!out.good()) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot write ready file ", tmp));
+    }
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot rename ready file to ", path));
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+struct CacheService::Impl {
+  ServiceConfig config;
+  MetricsRegistry registry;
+  std::unique_ptr<RpcMetrics> rpc_metrics;
+  std::unique_ptr<storage::ObjectStore> store;
+  std::unique_ptr<KvStashService> service;
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<ArenaSocketServer> arena_socket;
+  std::unique_ptr<MetricsHttpServer> http;
+  std::string target;
+  std::string arena_socket_path;
+  std::atomic<bool> serving{false};
+  std::mutex shutdown_mu;
+  bool shut_down = false;
+  Status close_status;
+};
+
+CacheService::CacheService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+CacheService::~CacheService() {
+  if (impl_ != nullptr) (void)Shutdown();
+}
+
+Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& config) {
+  KVSTASH_RETURN_IF_ERROR(ValidateConfig(config));
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  impl->config.store.metrics = &impl->registry;
+  impl->rpc_metrics = std::make_unique<RpcMetrics>(&impl->registry);
+  impl->arena_socket_path =
+      config.arena_socket.empty() ? DefaultArenaSocket(config) : config.arena_socket;
+  if (impl->arena_socket_path.size() > kMaxUnixSocketPathBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("arena socket path ", impl->arena_socket_path,
+                                                   " is longer than ", kMaxUnixSocketPathBytes,
+                                                   " bytes; set --arena-socket"));
+  }
+  // gRPC silently replaces an existing unix socket file; refuse to steal a live one.
+  if (IsUnix(config.listen)) KVSTASH_RETURN_IF_ERROR(ClaimUnixSocketPath(UnixPath(config.listen)));
+
+  auto store = storage::ObjectStore::Open(impl->config.store);
+  if (!store.ok()) {
+    return Status(store.status().code(),
+                  absl::StrCat("cannot open the store in ", config.store.data_dir, ": ",
+                               std::string(store.status().message())));
+  }
+  impl->store = std::move(*store);
+  impl->service = std::make_unique<KvStashService>(
+      impl->store.get(), impl->config, impl->arena_socket_path, impl->rpc_metrics.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &bound_port);
+  builder.RegisterService(impl->service.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  grpc::ResourceQuota quota("cachesvc");
+  quota.SetMaxThreads(config.rpc_threads);
+  builder.SetResourceQuota(quota);
+  // Detect peers that vanished without closing the connection (a killed VM, a cut cable).
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10'000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5'000);
+  impl->server = builder.BuildAndStart();
+  if (impl->server == nullptr || bound_port == 0) {
+    (void)impl->store->Close();
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
+  }
+  impl->target =
+      IsUnix(config.listen) ? config.listen : ResolvedTcpTarget(config.listen, bound_port);
+  if (auto* health = impl->server->GetHealthCheckService(); health != nullptr) {
+    health->SetServingStatus(true);
+    health->SetServingStatus(kServiceName, true);
+  }
+
+  ArenaHandshake hello;
+  hello.arena_bytes = impl->store->arena_bytes();
+  hello.arena_generation = impl->store->arena_generation();
+  hello.alignment = kArenaAlignment;
+  auto arena = ArenaSocketServer::Start(impl->arena_socket_path, impl->store->arena_fd(), hello,
+                                        &impl->registry);
+  auto fail = [&](const Status& s) {
+    impl->server->Shutdown();
+    impl->server->Wait();
+    (void)impl->store->Close();
+    return s;
+  };
+  if (!arena.ok()) return fail(arena.status());
+  impl->arena_socket = std::move(*arena);
+
+  Impl* raw = impl.get();
+  if (config.metrics_port != 0) {
+    auto http = MetricsHttpServer::Start(config.metrics_address, config.metrics_port,
+                                         &impl->registry, [raw] { return raw->serving.load(); });
+    if (!http.ok()) {
+      impl->arena_socket->Stop();
+      return fail(http.status());
+    }
+    impl->http = std::move(*http);
+  }
+  impl->serving = true;
+  spdlog::info(
+      "event=serving target={} arena_socket={} arena_bytes={} generation={} metrics_port={} "
+      "data_dir={} cpu_capacity={} ssd_capacity={}",
+      impl->target, impl->arena_socket_path, hello.arena_bytes, hello.arena_generation,
+      impl->http ? impl->http->port() : 0, config.store.data_dir, config.store.cpu_capacity_bytes,
+      config.store.ssd_capacity_bytes);
+  if (!config.ready_file.empty()) {
+    nlohmann::json ready = {{"target", impl->target},
+                            {"arena_socket", impl->arena_socket_path},
+                            {"metrics_port", impl->http ? impl->http->port() : 0},
+                            {"pid", static_cast<int64_t>(::getpid())},
+                            {"arena_generation", hello.arena_generation}};
+    Status s = WriteReadyFile(config.ready_file, ready);
+    if (!s.ok()) {
+      impl->serving = false;
+      if (impl->http) impl->http->Stop();
+      impl->arena_socket->Stop();
+      return fail(s);
+    }
+  }
+  return std::unique_ptr<CacheService>(new CacheService(std::move(impl)));
+}
+
+std::string CacheService::target() const { return impl_->target; }
+std::string CacheService::arena_socket_path() const { return impl_->arena_socket_path; }
+int CacheService::metrics_port() const { return impl_->http ? impl_->http->port() : 0; }
+MetricsRegistry& CacheService::metrics() { return impl_->registry; }
+
+Status CacheService::Shutdown() {
+  std::lock_guard<std::mutex> lock(impl_->shutdown_mu);
+  if (impl_->shut_down) return impl_->close_status;
+  impl_->shut_down = true;
+  Impl& s = *impl_;
+  spdlog::info("event=shutdown_begin grace_ms={}", s.config.shutdown_grace_ms);
+  s.serving = false;
+  if (auto* health = s.server->GetHealthCheckService(); health != nullptr) health->Shutdown();
+  s.server->Shutdown(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(s.config.shutdown_grace_ms));
+  s.server->Wait();
+  spdlog::info("event=shutdown_grpc_stopped");
+  s.arena_socket->Stop();
+  s.close_status = s.store->Close();
+  spdlog::info("event=shutdown_store_closed");
+  if (!s.close_status.ok()) {
+    spdlog::error("event=store_close_failed error=\"{}\"", std::string(s.close_status.message()));
+  }
+  if (IsUnix(s.config.listen)) {
+    struct stat st;
+    std::string path = UnixPath(s.config.listen);
+    if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+  }
+  if (!s.config.ready_file.empty()) ::unlink(s.config.ready_file.c_str());
+  if (s.http) s.http->Stop();
+  spdlog::info("event=shutdown_done store_close={}", s.close_status.ok() ? "ok" : "failed");
+  return s.close_status;
+}
+
+}  // namespace kvstash::cachesvc

@@ -1,0 +1,370 @@
+// `kvstash put | get | stat | ls | rm | bench`: the store subcommands, over KvClient.
+// Key and file mapping rules: file_object.h and docs/cli.md.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "commands.h"
+#include "file_object.h"
+#include "kvstash/client/kv_client.h"
+#include "kvstash/common/byte_size.h"
+
+namespace kvstash::cli {
+namespace {
+
+using client::KvClient;
+
+struct CommonOptions {
+  std::string target = "unix:///tmp/kvstash.sock";
+  std::string name_space;
+  std::string model = kDefaultCliModel;
+  bool no_shm = false;
+  int timeout_ms = 10'000;
+};
+
+void AddCommon(CLI::App* cmd, CommonOptions& o) {
+  cmd->add_option("--target", o.target, "cachesvc address: unix:///path or host:port")
+      ->capture_default_str();
+  cmd->add_option("--namespace", o.name_space, "tenant namespace of the keys");
+  cmd->add_option("--model", o.model, "model name whose fingerprint names KEYs (not for FP/TH)")
+      ->capture_default_str();
+  cmd->add_flag("--no-shm", o.no_shm, "use gRPC byte streams even on a local unix socket");
+  cmd->add_option("--timeout-ms", o.timeout_ms, "deadline of each RPC")->capture_default_str();
+}
+
+int Fail(const char* cmd, const Status& s) {
+  std::fprintf(stderr, "kvstash %s: %s\n", cmd, std::string(s.ToString()).c_str());
+  return 1;
+}
+
+Result<std::unique_ptr<KvClient>> ConnectWith(const CommonOptions& o) {
+  client::ClientOptions options;
+  options.rpc_timeout = std::chrono::milliseconds(o.timeout_ms);
+  options.stream_timeout = std::chrono::milliseconds(std::max(o.timeout_ms, 60'000));
+  options.connect_timeout = std::chrono::milliseconds(std::min(o.timeout_ms, 5'000));
+  options.use_shared_memory = !o.no_shm;
+  return KvClient::Connect(o.target, options);
+}
+
+std::string LayoutText(const ObjectInfo& info) {
+  const KvLayout& l = info.layout;
+  return absl::StrCat(
+      l.num_layers, "L x ", l.num_tokens, "tok x heads[", l.head_begin, ",", l.head_end, ")/",
+      l.total_kv_heads, " x ", l.head_dim, " ", std::string(DTypeName(l.dtype)), " ",
+      std::string(EncodingName(info.encoding)),
+      info.encoding == Encoding::kCacheGen ? absl::StrCat("-L", info.encoding_level) : "");
+}
+
+Result<std::vector<uint8_t>> ReadInput(const std::string& path) {
+  std::vector<uint8_t> bytes;
+  if (path == "-") {
+    bytes.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+    return bytes;
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::error_code ec;
+  auto size = std::filesystem::file_size(path, ec);
+  if (!ec) bytes.reserve(size);
+  bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
+  return bytes;
+}
+
+// Writes through a temporary file and renames, so FILE is never left half-written.
+Status WriteOutput(const std::string& path, std::span<const uint8_t> bytes) {
+  if (path == "-") {
+    if (std::fwrite(bytes.data(), 1, bytes.size(), stdout) != bytes.size()) {
+      return absl::DataLossError("error writing to stdout");
+    }
+    std::fflush(stdout);
+    return OkStatus();
+  }
+  std::string tmp = absl::StrCat(path, ".kvstash-tmp-", ::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
+    if (!out.good()) {
+      std::filesystem::remove(tmp);
+      return absl::DataLossError(absl::StrCat("error writing ", tmp));
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp);
+    return absl::DataLossError(absl::StrCat("cannot rename to ", path, ": ", ec.message()));
+  }
+  return OkStatus();
+}
+
+// ---- put / get -----------------------------------------------------------------
+
+struct PutArgs {
+  CommonOptions common;
+  std::string key, file;
+  bool wrap = false, durable = false, overwrite = false;
+};
+
+int RunPut(const PutArgs& a) {
+  auto name = ParseUserKey(a.key, a.common.name_space, a.common.model);
+  if (!name.ok()) return Fail("put", name.status());
+  auto bytes = ReadInput(a.file);
+  if (!bytes.ok()) return Fail("put", bytes.status());
+  size_t file_bytes = bytes->size();
+  auto object = FileToObject(std::move(*bytes), a.wrap);
+  if (!object.ok()) return Fail("put", object.status());
+  auto kv = ConnectWith(a.common);
+  if (!kv.ok()) return Fail("put", kv.status());
+  client::PutOptions options;
+  options.durable = a.durable;
+  options.overwrite = a.overwrite;
+  Status s = (*kv)->Put(*name, object->info, object->payload, options);
+  if (!s.ok()) return Fail("put", s);
+  const char* path = (*kv)->shared_memory_attached() ? "shared memory" : "gRPC stream";
+  if (object->wrapped) {
+    std::printf("stored %s (%s): %s file, wrapped in the file layout (%s), via %s\n",
+                FormatUserKey(*name).c_str(), a.key.c_str(), FormatByteSize(file_bytes).c_str(),
+                LayoutText(object->info).c_str(), path);
+  } else {
+    std::printf("stored %s (%s): object %s, %s payload, via %s\n", FormatUserKey(*name).c_str(),
+                a.key.c_str(), LayoutText(object->info).c_str(),
+                FormatByteSize(object->info.payload_bytes).c_str(), path);
+  }
+  return 0;
+}
+
+struct GetArgs {
+  CommonOptions common;
+  std::string key, file;
+  bool raw = false;
+};
+
+int RunGet(const GetArgs& a) {
+  auto name = ParseUserKey(a.key, a.common.name_space, a.common.model);
+  if (!name.ok()) return Fail("get", name.status());
+  auto kv = ConnectWith(a.common);
+  if (!kv.ok()) return Fail("get", kv.status());
+  Result<std::vector<uint8_t>> out = absl::UnknownError("unset");
+  if ((*kv)->shared_memory_attached()) {
+    auto lease = (*kv)->Acquire(*name);
+    if (!lease.ok()) return Fail("get", lease.status());
+    out = ObjectToFile(lease->info(), lease->data(), a.raw);
+    (void)lease->Release();
+  } else {
+    auto reply = (*kv)->Get(*name);
+    if (!reply.ok()) return Fail("get", reply.status());
+    out = ObjectToFile(reply->info, reply->payload, a.raw);
+  }
+  if (!out.ok()) return Fail("get", out.status());
+  Status s = WriteOutput(a.file, *out);
+  if (!s.ok()) return Fail("get", s);
+  if (a.file != "-") {
+    std::printf("wrote %s to %s\n", FormatByteSize(out->size()).c_str(), a.file.c_str());
+  }
+  return 0;
+}
+
+// ---- stat / ls / rm ------------------------------------------------------------
+
+struct StatArgs {
+  CommonOptions common;
+  std::vector<std::string> keys;
+};
+
+int RunStat(const StatArgs& a) {
+  auto kv = ConnectWith(a.common);
+  if (!kv.ok()) return Fail("stat", kv.status());
+  if (!a.keys.empty()) {
+    std::vector<ObjectName> names;
+    for (const std::string& k : a.keys) {
+      auto name = ParseUserKey(k, a.common.name_space, a.common.model);
+      if (!name.ok()) return Fail("stat", name.status());
+      names.push_back(*name);
+    }
+    auto reply = (*kv)->Lookup(names);
+    if (!reply.ok()) return Fail("stat", reply.status());
+    int missing = 0;
+    for (size_t i = 0; i < names.size(); ++i) {
+      const auto& r = reply->results[i];
+      if (!r.present) {
+        ++missing;
+        std::printf("%s  absent\n", a.keys[i].c_str());
+        continue;
+      }
+      std::printf("%s  %s  tier=%s  %s  crc32c=%08x\n", a.keys[i].c_str(),
+                  FormatUserKey(names[i]).c_str(), std::string(TierName(r.tier)).c_str(),
+                  FormatByteSize(r.payload_bytes).c_str(), r.info.payload_crc32c);
+      std::printf("    layout %s\n", LayoutText(r.info).c_str());
+    }
+    std::printf("longest present prefix: %zu of %zu\n", reply->longest_prefix, names.size());
+    return missing == 0 ? 0 : 1;
+  }
+  auto stats = (*kv)->Stats();
+  if (!stats.ok()) return Fail("stat", stats.status());
+  std::printf("cachesvc %s at %s, up %.1f s, shared memory %s\n", stats->version.c_str(),
+              a.common.target.c_str(), stats->uptime_ms / 1000.0,
+              (*kv)->shared_memory_attached() ? "attached" : "not attached");
+  std::printf("%-5s %12s %12s %9s %9s %9s %9s %12s %12s\n", "tier", "capacity", "used", "objects",
+              "hits", "misses", "evicted", "read", "written");
+  for (const auto& t : stats->tiers) {
+    std::printf("%-5s %12s %12s %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %12s %12s\n",
+                std::string(TierName(t.tier)).c_str(), FormatByteSize(t.capacity_bytes).c_str(),
+                FormatByteSize(t.used_bytes).c_str(), t.objects, t.hits, t.misses, t.evictions,
+                FormatByteSize(t.bytes_read).c_str(), FormatByteSize(t.bytes_written).c_str());
+  }
+  std::printf("checksum failures %" PRIu64 ", reservations active %" PRIu64 " expired %" PRIu64
+              ", leases active %" PRIu64 ", pinned objects %" PRIu64 "\n",
+              stats->checksum_failures, stats->reservations_active, stats->reservations_expired,
+              stats->leases_active, stats->pinned_objects);
+  return 0;
+}
+
+struct LsArgs {
+  CommonOptions common;
+  bool all_namespaces = false;
+  uint32_t limit = 0;  // 0: everything
+};
+
+int RunLs(const LsArgs& a) {
+  auto kv = ConnectWith(a.common);
+  if (!kv.ok()) return Fail("ls", kv.status());
+  std::string token;
+  uint64_t shown = 0, bytes = 0;
+  std::printf("%-65s %-4s %10s %3s %6s  %s%s\n", "FP/TH", "tier", "size", "pin", "hits",
+              a.all_namespaces ? "namespace  " : "", "layout");
+  do {
+    uint32_t page = a.limit == 0 ? 1000 : std::min<uint64_t>(1000, a.limit - shown);
+    auto reply = (*kv)->List(a.common.name_space, page, token, a.all_namespaces);
+    if (!reply.ok()) return Fail("ls", reply.status());
+    for (const auto& o : reply->objects) {
+      std::printf("%-65s %-4s %10s %3s %6" PRIu64 "  %s%s\n", FormatUserKey(o.name).c_str(),
+                  std::string(TierName(o.tier)).c_str(),
+                  FormatByteSize(o.info.payload_bytes).c_str(), o.pinned ? "yes" : "-", o.hits,
+                  a.all_namespaces ? absl::StrCat("'", o.name.name_space, "'  ").c_str() : "",
+                  LayoutText(o.info).c_str());
+      ++shown;
+      bytes += o.info.payload_bytes;
+    }
+    token = reply->next_page_token;
+  } while (!token.empty() && (a.limit == 0 || shown < a.limit));
+  std::printf("%" PRIu64 " objects, %s\n", shown, FormatByteSize(bytes).c_str());
+  return 0;
+}
+
+struct RmArgs {
+  CommonOptions common;
+  std::vector<std::string> keys;
+};
+
+int RunRm(const RmArgs& a) {
+  std::vector<ObjectName> names;
+  for (const std::string& k : a.keys) {
+    auto name = ParseUserKey(k, a.common.name_space, a.common.model);
+    if (!name.ok()) return Fail("rm", name.status());
+    names.push_back(*name);
+  }
+  auto kv = ConnectWith(a.common);
+  if (!kv.ok()) return Fail("rm", kv.status());
+  auto results = (*kv)->Delete(names);
+  if (!results.ok()) return Fail("rm", results.status());
+  int failed = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const Status& s = (*results)[i];
+    if (s.ok()) {
+      std::printf("removed %s\n", a.keys[i].c_str());
+    } else {
+      ++failed;
+      std::fprintf(stderr, "kvstash rm: %s: %s\n", a.keys[i].c_str(), s.ToString().c_str());
+    }
+  }
+  return failed == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+int RunStoreBench(const std::string& target, const std::string& name_space, uint64_t size,
+                  int count, const std::string& path, bool no_shm, int timeout_ms);
+
+void RegisterStoreCommands(CLI::App& app) {
+  auto put = std::make_shared<PutArgs>();
+  CLI::App* cmd =
+      app.add_subcommand("put", "store FILE under KEY (docs/cli.md: key and file rules)");
+  cmd->add_option("KEY", put->key, "name, or FP/TH as printed by ls")->required();
+  cmd->add_option("FILE", put->file, "file to store; - for stdin")->required();
+  cmd->add_flag("--wrap", put->wrap, "wrap the file even if it already is an object");
+  cmd->add_flag("--durable", put->durable, "return only once the object is synced to SSD");
+  cmd->add_flag("--overwrite", put->overwrite, "replace an existing object with this key");
+  AddCommon(cmd, put->common);
+  cmd->callback([put] { ExitCode() = RunPut(*put); });
+
+  auto get = std::make_shared<GetArgs>();
+  cmd = app.add_subcommand("get", "write the object under KEY to FILE");
+  cmd->add_option("KEY", get->key, "name, or FP/TH as printed by ls")->required();
+  cmd->add_option("FILE", get->file, "output file; - for stdout")->required();
+  cmd->add_flag("--raw", get->raw, "write header + payload even for a wrapped file");
+  AddCommon(cmd, get->common);
+  cmd->callback([get] { ExitCode() = RunGet(*get); });
+
+  auto stat = std::make_shared<StatArgs>();
+  cmd = app.add_subcommand("stat", "service statistics, or presence of KEYs");
+  cmd->add_option("KEY", stat->keys, "keys to look up (in prefix order)");
+  AddCommon(cmd, stat->common);
+  cmd->callback([stat] { ExitCode() = RunStat(*stat); });
+
+  auto ls = std::make_shared<LsArgs>();
+  cmd = app.add_subcommand("ls", "list stored objects of the namespace");
+  cmd->add_flag("--all-namespaces", ls->all_namespaces, "list every tenant's objects");
+  cmd->add_option("--limit", ls->limit, "stop after N objects (0: all)");
+  AddCommon(cmd, ls->common);
+  cmd->callback([ls] { ExitCode() = RunLs(*ls); });
+
+  auto rm = std::make_shared<RmArgs>();
+  cmd = app.add_subcommand("rm", "delete objects");
+  cmd->add_option("KEY", rm->keys, "keys to delete")->required();
+  AddCommon(cmd, rm->common);
+  cmd->callback([rm] { ExitCode() = RunRm(*rm); });
+
+  struct BenchArgs {
+    CommonOptions common;
+    std::string size = "2MiB";
+    int count = 32;
+    std::string path = "both";
+  };
+  auto bench = std::make_shared<BenchArgs>();
+  cmd = app.add_subcommand("bench", "measure put/get throughput and latency against --target");
+  cmd->add_option("--size", bench->size, "object size (e.g. 256KiB, 2MiB, 32MiB)")
+      ->capture_default_str();
+  cmd->add_option("--count", bench->count, "objects per path")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--path", bench->path, "shm, stream or both")
+      ->check(CLI::IsMember({"shm", "stream", "both"}))
+      ->capture_default_str();
+  AddCommon(cmd, bench->common);
+  cmd->callback([bench] {
+    auto size = ParseByteSize(bench->size);
+    if (!size.ok()) {
+      ExitCode() = Fail("bench", size.status());
+      return;
+    }
+    ExitCode() = RunStoreBench(bench->common.target, bench->common.name_space, *size, bench->count,
+                               bench->path, bench->common.no_shm, bench->common.timeout_ms);
+  });
+}
+
+}  // namespace kvstash::cli

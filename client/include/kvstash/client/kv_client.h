@@ -1,0 +1,245 @@
+// KvClient: the C++ client of cachesvc (kvstash.v1 over gRPC, docs/api.md).
+//
+// Control goes over gRPC. Data takes one of two paths:
+//  - shared memory (same node): when the target is a local unix socket and shared memory is
+//    enabled, Connect() receives the service's arena memfd (SCM_RIGHTS) and maps it MAP_SHARED.
+//    Writes go straight into a reservation in the arena, reads are served in place under a lease;
+//    no payload byte crosses gRPC.
+//  - byte streams: Put and Get stream the payload in ~1 MiB gRPC messages. Works over TCP.
+//
+// Every RPC carries a deadline (ClientOptions), so no call can wedge on a stuck service. Errors
+// are the service's status codes (docs/api.md) mapped back by proto/status_mapping.h; a missing
+// deadline-bound answer is DeadlineExceeded, an unreachable service Unavailable.
+//
+// Threading: KvClient is thread-safe; share one per process. WriteReservation and ReadLease are
+// move-only handles, each used by one thread at a time. Handles keep what they need alive (the
+// channel and the arena mapping), so they may outlive the KvClient that made them.
+//
+// If cachesvc restarts, its arena is new (another generation). The client notices on the next
+// Reserve/Acquire and re-attaches; spans of handles made before the restart keep pointing at the
+// old, now orphaned mapping (their Commit/Release then fail with NotFound or Unavailable).
+#ifndef KVSTASH_CLIENT_KV_CLIENT_H_
+#define KVSTASH_CLIENT_KV_CLIENT_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kvstash/common/key.h"
+#include "kvstash/common/layout.h"
+#include "kvstash/common/status.h"
+#include "kvstash/proto/convert.h"  // ObjectName, MakeObjectName
+
+namespace kvstash::client {
+
+struct ClientOptions {
+  std::chrono::milliseconds rpc_timeout{10'000};     // every unary RPC
+  std::chrono::milliseconds stream_timeout{60'000};  // a whole streaming Put or Get
+  std::chrono::milliseconds connect_timeout{5'000};  // Connect(), arena attach included
+  // Attach the arena when the target is a unix socket. A failed attach is not an error: the
+  // client falls back to byte streams and shared_memory_status() says why.
+  bool use_shared_memory = true;
+  // Acquire() verifies the crc32c of leased bytes before returning them (costs one pass).
+  bool verify_reads = false;
+  uint32_t stream_chunk_bytes = 1u << 20;  // data per PutChunk
+  uint32_t lease_ms = 0;                   // reservations and leases; 0 = service default
+  uint64_t max_message_bytes = 16ull << 20;
+};
+
+enum class Tier : uint8_t { kUnknown = 0, kGpu = 1, kCpu = 2, kSsd = 3, kRemote = 4 };
+std::string_view TierName(Tier tier);
+
+enum class DataPath {
+  kAuto,          // shared memory when attached, else stream
+  kSharedMemory,  // FailedPrecondition when not attached
+  kStream,
+};
+
+struct PutOptions {
+  bool durable = false;    // return only once the object is synced to SSD
+  bool overwrite = false;  // replace a committed object with the same key
+  DataPath path = DataPath::kAuto;
+};
+
+struct KeyPresence {
+  bool present = false;
+  Tier tier = Tier::kUnknown;
+  uint64_t payload_bytes = 0;
+  ObjectInfo info;  // set when present
+};
+
+struct LookupReply {
+  std::vector<KeyPresence> results;  // one per key, same order
+  size_t longest_prefix = 0;         // leading keys present
+};
+
+struct GetReply {
+  ObjectInfo info;
+  Tier served_from = Tier::kUnknown;
+  std::vector<uint8_t> payload;  // crc32c verified
+};
+
+struct ListedObject {
+  Hash128 storage_key;
+  ObjectName name;
+  ObjectInfo info;
+  Tier tier = Tier::kUnknown;
+  bool pinned = false;
+  uint64_t hits = 0;
+};
+
+struct ListReply {
+  std::vector<ListedObject> objects;
+  std::string next_page_token;  // empty at the end
+};
+
+struct TierStats {
+  Tier tier = Tier::kUnknown;
+  uint64_t capacity_bytes = 0, used_bytes = 0, objects = 0, hits = 0, misses = 0, evictions = 0,
+           bytes_read = 0, bytes_written = 0;
+};
+
+struct ServiceStats {
+  std::vector<TierStats> tiers;
+  uint64_t checksum_failures = 0, reservations_active = 0, reservations_expired = 0,
+           leases_active = 0, pinned_objects = 0, uptime_ms = 0;
+  std::string version;
+};
+
+namespace internal {
+struct ClientCore;
+struct ArenaMapping;
+}  // namespace internal
+
+// Space reserved in the arena for one object. Write payload_bytes into data(), then Commit() or
+// Abort(); destroying an uncommitted reservation aborts it. The object becomes visible only at a
+// successful Commit (crc32c verified by the service).
+class WriteReservation {
+ public:
+  WriteReservation(WriteReservation&&) noexcept;
+  WriteReservation& operator=(WriteReservation&&) noexcept;
+  ~WriteReservation();
+
+  std::span<uint8_t> data() const { return data_; }
+  const ObjectName& name() const { return name_; }
+  const ObjectInfo& info() const { return info_; }
+  uint64_t reservation_id() const { return id_; }
+
+  // Computes the crc32c of data() and commits. FailedPrecondition once committed or aborted or
+  // expired; InvalidArgument when the bytes changed under a concurrent writer.
+  Status Commit(bool durable = false);
+  // Commits with a crc32c the caller computed while writing (saves a pass over the bytes).
+  Status CommitWithCrc(uint32_t payload_crc32c, bool durable = false);
+  Status Abort();
+
+ private:
+  friend class KvClient;
+  WriteReservation() = default;
+  void Reset();
+
+  std::shared_ptr<internal::ClientCore> core_;
+  std::shared_ptr<internal::ArenaMapping> mapping_;
+  ObjectName name_;
+  ObjectInfo info_;
+  uint64_t id_ = 0;
+  std::span<uint8_t> data_;
+  bool done_ = true;
+};
+
+// A read lease: data() points into the arena and stays valid and unchanged until Release() (or
+// the destructor, which releases). Holding a lease past its expiry lets the service reclaim the
+// bytes; keep leases short or ask for a longer lease_ms.
+class ReadLease {
+ public:
+  ReadLease(ReadLease&&) noexcept;
+  ReadLease& operator=(ReadLease&&) noexcept;
+  ~ReadLease();
+
+  std::span<const uint8_t> data() const { return data_; }
+  const ObjectInfo& info() const { return info_; }
+  Tier served_from() const { return served_from_; }
+  uint64_t lease_id() const { return id_; }
+  std::chrono::steady_clock::time_point expires_at() const { return expires_at_; }
+
+  Status Release();
+
+ private:
+  friend class KvClient;
+  ReadLease() = default;
+  void Reset();
+
+  std::shared_ptr<internal::ClientCore> core_;
+  std::shared_ptr<internal::ArenaMapping> mapping_;
+  ObjectInfo info_;
+  Tier served_from_ = Tier::kUnknown;
+  uint64_t id_ = 0;
+  std::span<const uint8_t> data_;
+  std::chrono::steady_clock::time_point expires_at_;
+  bool done_ = true;
+};
+
+class KvClient {
+ public:
+  // target: "unix:///path", "unix:path" or "host:port". Waits for the channel (connect_timeout)
+  // and, for unix targets with use_shared_memory, attaches the arena. Unavailable when the
+  // service cannot be reached in time.
+  static Result<std::unique_ptr<KvClient>> Connect(const std::string& target,
+                                                   const ClientOptions& options = {});
+  ~KvClient();
+  KvClient(const KvClient&) = delete;
+  KvClient& operator=(const KvClient&) = delete;
+
+  const std::string& target() const;
+  bool shared_memory_attached() const;
+  // Why shared memory is not attached (OK when it is, or when it was not asked for).
+  Status shared_memory_status() const;
+
+  // Presence of each key plus the longest present prefix, in one RPC.
+  Result<LookupReply> Lookup(std::span<const ObjectName> keys);
+
+  // Stores `payload` under `name`. info.payload_crc32c == 0 means "compute it"; a non-zero value
+  // is sent as is and verified by the service (InvalidArgument on mismatch).
+  Status Put(const ObjectName& name, const ObjectInfo& info, std::span<const uint8_t> payload,
+             const PutOptions& options = {});
+
+  // Zero-copy write: reserves info.payload_bytes in the arena. FailedPrecondition when shared
+  // memory is not attached; the service's Reserve errors otherwise (docs/api.md).
+  Result<WriteReservation> Reserve(const ObjectName& name, const ObjectInfo& info,
+                                   bool overwrite = false);
+
+  // Zero-copy read: leases the object and returns its bytes in the arena. NotFound when absent;
+  // FailedPrecondition when shared memory is not attached; DataLoss when verify_reads is on and
+  // the bytes fail their crc32c.
+  Result<ReadLease> Acquire(const ObjectName& name);
+  // Leases many objects in one RPC; per-key results in order.
+  Result<std::vector<Result<ReadLease>>> AcquireMany(std::span<const ObjectName> names);
+
+  // Streaming copy over gRPC (any target). NotFound when absent; DataLoss when the received
+  // bytes fail their crc32c.
+  Result<GetReply> Get(const ObjectName& name);
+
+  // Per-key statuses (NotFound for an unknown key); the call fails only as a whole RPC.
+  Result<std::vector<Status>> Delete(std::span<const ObjectName> names);
+  Result<std::vector<Status>> Pin(std::span<const ObjectName> names);
+  Result<std::vector<Status>> Unpin(std::span<const ObjectName> names);
+
+  Result<ListReply> List(const std::string& name_space, uint32_t limit = 0,
+                         const std::string& page_token = "", bool all_namespaces = false);
+  Result<ServiceStats> Stats();
+
+ private:
+  explicit KvClient(std::shared_ptr<internal::ClientCore> core);
+  Status PutShared(const ObjectName& name, const ObjectInfo& info, std::span<const uint8_t> payload,
+                   const PutOptions& options);
+  Status PutStream(const ObjectName& name, const ObjectInfo& info, std::span<const uint8_t> payload,
+                   const PutOptions& options);
+
+  std::shared_ptr<internal::ClientCore> core_;
+};
+
+}  // namespace kvstash::client
+
+#endif  // KVSTASH_CLIENT_KV_CLIENT_H_

@@ -1,0 +1,150 @@
+#include "client_core.h"
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kvstash/proto/arena_handshake.h"
+#include "kvstash/proto/status_mapping.h"
+
+namespace kvstash::client::internal {
+
+ArenaMapping::~ArenaMapping() {
+  if (base != nullptr) ::munmap(base, bytes);
+}
+
+Result<uint8_t*> ArenaMapping::At(uint64_t offset, uint64_t n) const {
+  if (offset > bytes || n > bytes - offset) {
+    return absl::InternalError(absl::StrCat("service returned arena range [", offset, ", +", n,
+                                            ") outside the ", bytes, "-byte arena"));
+  }
+  return base + offset;
+}
+
+void ClientCore::SetDeadline(grpc::ClientContext* ctx, std::chrono::milliseconds timeout) const {
+  ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+}
+
+std::shared_ptr<ArenaMapping> ClientCore::CurrentMapping() const {
+  std::lock_guard<std::mutex> lock(mu);
+  return mapping;
+}
+
+Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, options.connect_timeout);
+  v1::ArenaInfoRequest req;
+  v1::ArenaInfoResponse resp;
+  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(stub->ArenaInfo(&ctx, req, &resp)));
+  if (resp.fd_socket_path().empty()) {
+    return absl::UnavailableError("service offers no arena socket");
+  }
+  KVSTASH_ASSIGN_OR_RETURN(
+      ReceivedArena received,
+      ReceiveArenaFd(resp.fd_socket_path(), static_cast<int>(options.connect_timeout.count())));
+  struct stat st;
+  if (::fstat(received.fd, &st) != 0 ||
+      static_cast<uint64_t>(st.st_size) < received.hello.arena_bytes ||
+      received.hello.arena_bytes == 0) {
+    ::close(received.fd);
+    return absl::InternalError(absl::StrCat("arena fd is smaller than the announced ",
+                                            received.hello.arena_bytes, " bytes"));
+  }
+  void* base = ::mmap(nullptr, received.hello.arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+                      received.fd, 0);
+  int mmap_errno = errno;
+  ::close(received.fd);  // the mapping keeps the memory alive
+  if (base == MAP_FAILED) {
+    return absl::UnavailableError(absl::StrCat("mmap of the arena (", received.hello.arena_bytes,
+                                               " bytes): ", std::strerror(mmap_errno)));
+  }
+  auto m = std::make_shared<ArenaMapping>();
+  m->base = static_cast<uint8_t*>(base);
+  m->bytes = received.hello.arena_bytes;
+  m->generation = received.hello.arena_generation;
+  m->alignment = received.hello.alignment;
+  mapping = m;
+  shared_memory_status = OkStatus();
+  return m;
+}
+
+Result<std::shared_ptr<ArenaMapping>> ClientCore::MappingFor(uint64_t generation) {
+  std::lock_guard<std::mutex> lock(mu);
+  if (mapping != nullptr && mapping->generation == generation) return mapping;
+  if (mapping == nullptr && !shared_memory_wanted) {
+    return absl::FailedPreconditionError("shared memory is not attached");
+  }
+  auto fresh = AttachLocked();
+  if (!fresh.ok()) {
+    shared_memory_status = fresh.status();
+    return absl::UnavailableError(absl::StrCat("cannot attach arena generation ", generation, ": ",
+                                               std::string(fresh.status().message())));
+  }
+  if ((*fresh)->generation != generation) {
+    return absl::UnavailableError(absl::StrCat(
+        "arena generation ", generation, " is gone; the service now has ", (*fresh)->generation));
+  }
+  return fresh;
+}
+
+Status ClientCore::CommitReservation(uint64_t id, uint32_t crc, bool durable) {
+  grpc::ClientContext ctx;
+  SetRpcDeadline(&ctx);
+  v1::CommitRequest req;
+  req.set_reservation_id(id);
+  req.set_payload_crc32c(crc);
+  req.set_durable(durable);
+  v1::CommitResponse resp;
+  return FromGrpcStatus(stub->Commit(&ctx, req, &resp));
+}
+
+Status ClientCore::AbortReservation(uint64_t id) {
+  grpc::ClientContext ctx;
+  SetRpcDeadline(&ctx);
+  v1::AbortRequest req;
+  req.set_reservation_id(id);
+  v1::AbortResponse resp;
+  return FromGrpcStatus(stub->Abort(&ctx, req, &resp));
+}
+
+Status ClientCore::ReleaseLease(uint64_t id) {
+  grpc::ClientContext ctx;
+  SetRpcDeadline(&ctx);
+  v1::ReleaseRequest req;
+  req.add_lease_ids(id);
+  v1::ReleaseResponse resp;
+  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(stub->Release(&ctx, req, &resp)));
+  if (resp.results_size() != 1) {
+    return absl::InternalError("Release answered with a wrong number of results");
+  }
+  return FromItemStatus(resp.results(0));
+}
+
+bool IsUnixTarget(const std::string& target) { return target.rfind("unix:", 0) == 0; }
+
+std::string UnixTargetPath(const std::string& target) {
+  std::string rest = target.substr(5);
+  if (rest.rfind("//", 0) == 0) rest = rest.substr(2);
+  return rest;
+}
+
+Tier FromProtoTier(int tier) {
+  switch (tier) {
+    case v1::TIER_GPU:
+      return Tier::kGpu;
+    case v1::TIER_CPU:
+      return Tier::kCpu;
+    case v1::TIER_SSD:
+      return Tier::kSsd;
+    case v1::TIER_REMOTE:
+      return Tier::kRemote;
+    default:
+      return Tier::kUnknown;
+  }
+}
+
+}  // namespace kvstash::client::internal

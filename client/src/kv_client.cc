@@ -1,0 +1,436 @@
+#include "kvstash/client/kv_client.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "client_core.h"
+#include "kvstash/common/crc32c.h"
+#include "kvstash/proto/status_mapping.h"
+
+namespace kvstash::client {
+
+using internal::ArenaMapping;
+using internal::ClientCore;
+using internal::FromProtoTier;
+
+std::string_view TierName(Tier tier) {
+  switch (tier) {
+    case Tier::kGpu:
+      return "gpu";
+    case Tier::kCpu:
+      return "cpu";
+    case Tier::kSsd:
+      return "ssd";
+    case Tier::kRemote:
+      return "remote";
+    default:
+      return "unknown";
+  }
+}
+
+namespace {
+
+// Copies in blocks small enough to stay in L2, checksumming each block as it passes, so the
+// source is read from memory once.
+uint32_t CopyWithCrc(uint8_t* dst, const uint8_t* src, size_t n) {
+  constexpr size_t kBlock = 256 << 10;
+  uint32_t crc = 0;  // Crc32c of nothing
+  for (size_t off = 0; off < n; off += kBlock) {
+    size_t len = std::min(kBlock, n - off);
+    crc = Crc32cExtend(crc, src + off, len);
+    std::memcpy(dst + off, src + off, len);
+  }
+  return crc;
+}
+
+Result<ObjectInfo> InfoFromService(const v1::ObjectInfo& info) {
+  auto parsed = FromProto(info);
+  if (!parsed.ok()) {
+    return absl::InternalError(absl::StrCat("service sent an invalid object info: ",
+                                            std::string(parsed.status().message())));
+  }
+  return parsed;
+}
+
+template <typename Req>
+void AddKeys(Req* req, std::span<const ObjectName> names) {
+  for (const ObjectName& name : names) ToProto(name, req->add_keys());
+}
+
+Result<std::vector<Status>> ItemStatuses(const v1::KeysResponse& resp, size_t expected) {
+  if (static_cast<size_t>(resp.results_size()) != expected) {
+    return absl::InternalError(
+        absl::StrCat("service answered ", resp.results_size(), " results for ", expected, " keys"));
+  }
+  std::vector<Status> out;
+  out.reserve(expected);
+  for (const auto& item : resp.results()) out.push_back(FromItemStatus(item));
+  return out;
+}
+
+}  // namespace
+
+KvClient::KvClient(std::shared_ptr<ClientCore> core) : core_(std::move(core)) {}
+KvClient::~KvClient() = default;
+
+Result<std::unique_ptr<KvClient>> KvClient::Connect(const std::string& target,
+                                                    const ClientOptions& options) {
+  if (target.empty()) return absl::InvalidArgumentError("empty target");
+  if (options.stream_chunk_bytes == 0 ||
+      options.stream_chunk_bytes + 4096 > options.max_message_bytes) {
+    return absl::InvalidArgumentError(
+        "stream_chunk_bytes must be in (0, max_message_bytes - 4KiB]");
+  }
+  auto core = std::make_shared<ClientCore>();
+  core->target = target;
+  core->options = options;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  // Reconnect quickly after a service restart instead of backing off for seconds.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  core->channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  core->stub = v1::KvStash::NewStub(core->channel);
+  if (!core->channel->WaitForConnected(std::chrono::system_clock::now() +
+                                       options.connect_timeout)) {
+    return absl::UnavailableError(absl::StrCat("cannot reach cachesvc at ", target, " within ",
+                                               options.connect_timeout.count(), " ms"));
+  }
+  core->shared_memory_wanted = options.use_shared_memory && internal::IsUnixTarget(target);
+  if (core->shared_memory_wanted) {
+    std::lock_guard<std::mutex> lock(core->mu);
+    auto attached = core->AttachLocked();
+    if (!attached.ok()) core->shared_memory_status = attached.status();
+  }
+  return std::unique_ptr<KvClient>(new KvClient(std::move(core)));
+}
+
+const std::string& KvClient::target() const { return core_->target; }
+
+bool KvClient::shared_memory_attached() const { return core_->CurrentMapping() != nullptr; }
+
+Status KvClient::shared_memory_status() const {
+  std::lock_guard<std::mutex> lock(core_->mu);
+  return core_->shared_memory_status;
+}
+
+// ---- Lookup -------------------------------------------------------------------
+
+Result<LookupReply> KvClient::Lookup(std::span<const ObjectName> keys) {
+  grpc::ClientContext ctx;
+  core_->SetRpcDeadline(&ctx);
+  v1::LookupRequest req;
+  AddKeys(&req, keys);
+  v1::LookupResponse resp;
+  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Lookup(&ctx, req, &resp)));
+  if (static_cast<size_t>(resp.results_size()) != keys.size()) {
+    return absl::InternalError("Lookup answered with a wrong number of results");
+  }
+  LookupReply reply;
+  reply.longest_prefix = std::min<size_t>(resp.longest_prefix(), keys.size());
+  for (const v1::LookupResult& r : resp.results()) {
+    KeyPresence p;
+    p.present = r.present();
+    if (p.present) {
+      p.tier = FromProtoTier(r.tier());
+      p.payload_bytes = r.payload_bytes();
+      KVSTASH_ASSIGN_OR_RETURN(p.info, InfoFromService(r.info()));
+    }
+    reply.results.push_back(std::move(p));
+  }
+  return reply;
+}
+
+// ---- Put ------------------------------------------------------------------------
+
+Status KvClient::Put(const ObjectName& name, const ObjectInfo& info,
+                     std::span<const uint8_t> payload, const PutOptions& options) {
+  if (payload.size() != info.payload_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("payload is ", payload.size(), " bytes, info says ", info.payload_bytes));
+  }
+  switch (options.path) {
+    case DataPath::kStream:
+      return PutStream(name, info, payload, options);
+    case DataPath::kSharedMemory:
+      return PutShared(name, info, payload, options);
+    case DataPath::kAuto:
+      if (shared_memory_attached()) return PutShared(name, info, payload, options);
+      return PutStream(name, info, payload, options);
+  }
+  return absl::InvalidArgumentError("unknown data path");
+}
+
+Status KvClient::PutShared(const ObjectName& name, const ObjectInfo& info,
+                           std::span<const uint8_t> payload, const PutOptions& options) {
+  KVSTASH_ASSIGN_OR_RETURN(WriteReservation reservation, Reserve(name, info, options.overwrite));
+  uint32_t crc = CopyWithCrc(reservation.data().data(), payload.data(), payload.size());
+  if (info.payload_crc32c != 0) crc = info.payload_crc32c;
+  return reservation.CommitWithCrc(crc, options.durable);
+}
+
+Status KvClient::PutStream(const ObjectName& name, const ObjectInfo& info,
+                           std::span<const uint8_t> payload, const PutOptions& options) {
+  grpc::ClientContext ctx;
+  core_->SetDeadline(&ctx, core_->options.stream_timeout);
+  v1::PutResponse resp;
+  std::unique_ptr<grpc::ClientWriter<v1::PutChunk>> writer = core_->stub->Put(&ctx, &resp);
+  v1::PutChunk chunk;
+  v1::PutHeader* header = chunk.mutable_header();
+  ToProto(name, header->mutable_key());
+  ObjectInfo sent = info;
+  if (sent.payload_crc32c == 0) sent.payload_crc32c = Crc32c(payload.data(), payload.size());
+  ToProto(sent, header->mutable_info());
+  header->set_durable(options.durable);
+  header->set_overwrite(options.overwrite);
+  const size_t step = core_->options.stream_chunk_bytes;
+  size_t off = 0;
+  do {
+    size_t n = std::min(step, payload.size() - off);
+    chunk.set_data(payload.data() + off, n);
+    // A failed write means the service already ended the call; Finish() says why.
+    if (!writer->Write(chunk)) break;
+    off += n;
+    chunk.Clear();
+  } while (off < payload.size());
+  writer->WritesDone();
+  return FromGrpcStatus(writer->Finish());
+}
+
+Result<WriteReservation> KvClient::Reserve(const ObjectName& name, const ObjectInfo& info,
+                                           bool overwrite) {
+  if (!shared_memory_attached()) {
+    Status why = shared_memory_status();
+    return absl::FailedPreconditionError(
+        absl::StrCat("shared memory is not attached",
+                     why.ok() ? "" : absl::StrCat(": ", std::string(why.message()))));
+  }
+  grpc::ClientContext ctx;
+  core_->SetRpcDeadline(&ctx);
+  v1::ReserveRequest req;
+  ToProto(name, req.mutable_key());
+  ToProto(info, req.mutable_info());
+  req.set_lease_ms(core_->options.lease_ms);
+  req.set_overwrite(overwrite);
+  v1::ReserveResponse resp;
+  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Reserve(&ctx, req, &resp)));
+  auto mapping = core_->MappingFor(resp.arena_generation());
+  Result<uint8_t*> at = mapping.ok() ? (*mapping)->At(resp.arena_offset(), info.payload_bytes)
+                                     : Result<uint8_t*>(mapping.status());
+  if (!at.ok()) {
+    (void)core_->AbortReservation(resp.reservation_id());
+    return at.status();
+  }
+  WriteReservation r;
+  r.core_ = core_;
+  r.mapping_ = std::move(*mapping);
+  r.name_ = name;
+  r.info_ = info;
+  r.id_ = resp.reservation_id();
+  r.data_ = std::span<uint8_t>(*at, info.payload_bytes);
+  r.done_ = false;
+  return r;
+}
+
+// ---- Acquire / Get -------------------------------------------------------------
+
+Result<ReadLease> KvClient::Acquire(const ObjectName& name) {
+  KVSTASH_ASSIGN_OR_RETURN(std::vector<Result<ReadLease>> leases,
+                           AcquireMany(std::span<const ObjectName>(&name, 1)));
+  return std::move(leases[0]);
+}
+
+Result<std::vector<Result<ReadLease>>> KvClient::AcquireMany(std::span<const ObjectName> names) {
+  if (!shared_memory_attached()) {
+    return absl::FailedPreconditionError("shared memory is not attached");
+  }
+  grpc::ClientContext ctx;
+  core_->SetRpcDeadline(&ctx);
+  v1::AcquireRequest req;
+  AddKeys(&req, names);
+  req.set_lease_ms(core_->options.lease_ms);
+  v1::AcquireResponse resp;
+  auto sent_at = std::chrono::steady_clock::now();
+  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Acquire(&ctx, req, &resp)));
+  if (static_cast<size_t>(resp.results_size()) != names.size()) {
+    return absl::InternalError("Acquire answered with a wrong number of results");
+  }
+  std::vector<Result<ReadLease>> out;
+  out.reserve(names.size());
+  for (const v1::AcquireResult& r : resp.results()) {
+    Status item = FromItemStatus(r.status());
+    if (!item.ok()) {
+      out.push_back(item);
+      continue;
+    }
+    ReadLease lease;
+    lease.core_ = core_;  // from here on, the lease's destructor releases on every error path
+    lease.id_ = r.lease_id();
+    lease.done_ = false;
+    lease.served_from_ = FromProtoTier(r.served_from());
+    lease.expires_at_ = sent_at + std::chrono::milliseconds(resp.expires_in_ms());
+    auto info = InfoFromService(r.info());
+    if (!info.ok()) {
+      out.push_back(info.status());
+      continue;
+    }
+    lease.info_ = *info;
+    auto mapping = core_->MappingFor(r.arena_generation());
+    if (!mapping.ok()) {
+      out.push_back(mapping.status());
+      continue;
+    }
+    auto at = (*mapping)->At(r.arena_offset(), info->payload_bytes);
+    if (!at.ok()) {
+      out.push_back(at.status());
+      continue;
+    }
+    lease.mapping_ = std::move(*mapping);
+    lease.data_ = std::span<const uint8_t>(*at, info->payload_bytes);
+    if (core_->options.verify_reads &&
+        Crc32c(lease.data_.data(), lease.data_.size()) != info->payload_crc32c) {
+      out.push_back(absl::DataLossError("leased bytes fail their crc32c"));
+      continue;
+    }
+    out.push_back(std::move(lease));
+  }
+  return out;
+}
+
+Result<GetReply> KvClient::Get(const ObjectName& name) {
+  grpc::ClientContext ctx;
+  core_->SetDeadline(&ctx, core_->options.stream_timeout);
+  v1::GetRequest req;
+  ToProto(name, req.mutable_key());
+  std::unique_ptr<grpc::ClientReader<v1::GetChunk>> reader = core_->stub->Get(&ctx, req);
+  GetReply reply;
+  v1::GetChunk chunk;
+  bool first = true;
+  Status protocol;
+  while (reader->Read(&chunk)) {
+    if (first) {
+      auto info = InfoFromService(chunk.info());
+      if (!info.ok()) {
+        protocol = info.status();
+        ctx.TryCancel();
+        break;
+      }
+      reply.info = *info;
+      reply.served_from = FromProtoTier(chunk.served_from());
+      reply.payload.reserve(info->payload_bytes);
+      first = false;
+    }
+    if (chunk.data().size() > reply.info.payload_bytes - reply.payload.size()) {
+      protocol = absl::InternalError("Get stream carried more bytes than payload_bytes");
+      ctx.TryCancel();
+      break;
+    }
+    reply.payload.insert(reply.payload.end(), chunk.data().begin(), chunk.data().end());
+  }
+  Status finished = FromGrpcStatus(reader->Finish());
+  KVSTASH_RETURN_IF_ERROR(protocol);
+  KVSTASH_RETURN_IF_ERROR(finished);
+  if (first || reply.payload.size() != reply.info.payload_bytes) {
+    return absl::InternalError(absl::StrCat("Get stream ended after ", reply.payload.size(), " of ",
+                                            reply.info.payload_bytes, " bytes"));
+  }
+  if (Crc32c(reply.payload.data(), reply.payload.size()) != reply.info.payload_crc32c) {
+    return absl::DataLossError("received bytes fail their crc32c");
+  }
+  return reply;
+}
+
+// ---- Delete / Pin / Unpin / List / Stats ---------------------------------------
+
+Result<std::vector<Status>> KvClient::Delete(std::span<const ObjectName> names) {
+  grpc::ClientContext ctx;
+  core_->SetRpcDeadline(&ctx);
+  v1::KeysRequest req;
+  AddKeys(&req, names);
+  v1::KeysResponse resp;
+  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Delete(&ctx, req, &resp)));
+  return ItemStatuses(resp, names.size());
+}
+
+Result<std::vector<Status>> KvClient::Pin(std::span<const ObjectName> names) {
+  grpc::ClientContext ctx;
+  core_->SetRpcDeadline(&ctx);
+  v1::KeysRequest req;
+  AddKeys(&req, names);
+  v1::KeysResponse resp;
+  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Pin(&ctx, req, &resp)));
+  return ItemStatuses(resp, names.size());
+}
+
+Result<std::vector<Status>> KvClient::Unpin(std::span<const ObjectName> names) {
+  grpc::ClientContext ctx;
+  core_->SetRpcDeadline(&ctx);
+  v1::KeysRequest req;
+  AddKeys(&req, names);
+  v1::KeysResponse resp;
+  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Unpin(&ctx, req, &resp)));
+  return ItemStatuses(resp, names.size());
+}
+
+Result<ListReply> KvClient::List(const std::string& name_space, uint32_t limit,
+                                 const std::string& page_token, bool all_namespaces) {
+  grpc::ClientContext ctx;
+  core_->SetRpcDeadline(&ctx);
+  v1::ListRequest req;
+  req.set_namespace_(name_space);
+  req.set_limit(limit);
+  req.set_page_token(page_token);
+  req.set_all_namespaces(all_namespaces);
+  v1::ListResponse resp;
+  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->List(&ctx, req, &resp)));
+  ListReply reply;
+  reply.next_page_token = resp.next_page_token();
+  for (const v1::ListedObject& o : resp.objects()) {
+    ListedObject out;
+    auto key = Hash128::FromBytes(o.storage_key());
+    auto name = FromProto(o.key());
+    if (!key.ok() || !name.ok()) return absl::InternalError("List returned a malformed key");
+    out.storage_key = *key;
+    out.name = std::move(*name);
+    KVSTASH_ASSIGN_OR_RETURN(out.info, InfoFromService(o.info()));
+    out.tier = FromProtoTier(o.tier());
+    out.pinned = o.pinned();
+    out.hits = o.hits();
+    reply.objects.push_back(std::move(out));
+  }
+  return reply;
+}
+
+Result<ServiceStats> KvClient::Stats() {
+  grpc::ClientContext ctx;
+  core_->SetRpcDeadline(&ctx);
+  v1::StatsRequest req;
+  v1::StatsResponse resp;
+  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Stats(&ctx, req, &resp)));
+  ServiceStats stats;
+  for (const v1::TierStats& t : resp.tiers()) {
+    TierStats out;
+    out.tier = FromProtoTier(t.tier());
+    out.capacity_bytes = t.capacity_bytes();
+    out.used_bytes = t.used_bytes();
+    out.objects = t.objects();
+    out.hits = t.hits();
+    out.misses = t.misses();
+    out.evictions = t.evictions();
+    out.bytes_read = t.bytes_read();
+    out.bytes_written = t.bytes_written();
+    stats.tiers.push_back(out);
+  }
+  stats.checksum_failures = resp.checksum_failures();
+  stats.reservations_active = resp.reservations_active();
+  stats.reservations_expired = resp.reservations_expired();
+  stats.leases_active = resp.leases_active();
+  stats.pinned_objects = resp.pinned_objects();
+  stats.uptime_ms = resp.uptime_ms();
+  stats.version = resp.version();
+  return stats;
+}
+
+}  // namespace kvstash::client

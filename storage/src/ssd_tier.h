@@ -1,0 +1,122 @@
+// SsdTier: durable object files plus their RocksDB index, under StoreOptions::data_dir/ssd.
+//
+//   ssd/index/          RocksDB: one record per object version, key 'o' || storage key (16 bytes,
+//                       Hash128::Bytes) || seq (u64 big-endian); value = SsdRecord (ssd_tier.cc)
+//   ssd/objects/<seq>.kvo   one file per object version:
+//        [0, 64)      the object header of common/object_header.h (payload length, crc32c, ...)
+//        [64, 4096)   name block: "KVSN", storage key, namespace, fingerprint, token hash, crc32c
+//        [4096, ...)  the payload, so it sits on a block boundary and moves between file and
+//                     arena with O_DIRECT, no bounce copy, in both directions
+//   ssd/objects/<seq>.tmp   a write in progress; deleted at Open
+//
+// Write order (WriteFile, then PutRecord): file written to .tmp, fdatasync, rename to .kvo, fsync
+// of the directory, and only then the index record with a synced WAL. So after a crash every index
+// record names a whole, synced file; files without a record are orphans that Recover() deletes.
+//
+// This class is mechanism only; placement, eviction and admission decisions live in the store.
+// Threading: all methods are thread-safe; WriteFile and ReadObject run in parallel.
+#ifndef KVSTASH_STORAGE_SSD_TIER_H_
+#define KVSTASH_STORAGE_SSD_TIER_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "kvstash/common/status.h"
+#include "kvstash/storage/object_store.h"
+#include "store_metrics.h"
+
+namespace rocksdb {
+class DB;
+}
+
+namespace kvstash::storage {
+
+// What the index keeps about one object version on SSD.
+struct SsdRecord {
+  StoredName name;
+  ObjectInfo info;
+  uint64_t seq = 0;
+  uint64_t hits = 0;
+  uint64_t last_access_ns = 0;  // since the Unix epoch
+  uint32_t pins = 0;
+};
+
+class UringReaderPool;
+
+class SsdTier {
+ public:
+  struct Options {
+    std::string dir;  // data_dir/ssd
+    uint64_t capacity_bytes = 0;
+    int io_threads = 4;
+  };
+
+  static Result<std::unique_ptr<SsdTier>> Open(const Options& options, StoreMetrics* metrics);
+  ~SsdTier();
+
+  // Reads the index, drops every record that is not the newest version of its key or whose file
+  // is missing or has the wrong length, deletes orphan and temp files, and returns the survivors.
+  // Accounts their bytes as used. Call once, before anything else.
+  Result<std::vector<SsdRecord>> Recover();
+
+  // Disk bytes an object's file takes (header block + payload rounded up to blocks).
+  static uint64_t FileBytes(uint64_t payload_bytes);
+
+  // A unique sequence number for the next version written.
+  uint64_t NextSeq() { return next_seq_.fetch_add(1); }
+
+  // Space accounting against capacity_bytes: TryReserve succeeds when used + reserved + bytes
+  // stays within `limit_bytes`. A successful WriteFile turns its reservation into used bytes.
+  bool TryReserve(uint64_t bytes, uint64_t limit_bytes);
+  void Unreserve(uint64_t bytes);
+  uint64_t used_bytes() const { return used_.load(); }
+  uint64_t capacity_bytes() const { return options_.capacity_bytes; }
+  bool direct_io() const { return direct_io_; }
+
+  // Writes record.seq's file from `payload` (record.info.payload_bytes bytes, readable up to the
+  // next 4 KiB boundary) and syncs it and its directory entry. On failure nothing is left behind;
+  // ResourceExhausted for ENOSPC/EDQUOT, Internal for other I/O errors. Consumes a reservation
+  // of FileBytes() made with TryReserve either way.
+  Status WriteFile(const SsdRecord& record, const uint8_t* payload);
+
+  // The index record; `sync` waits for the WAL to reach the disk.
+  Status PutRecord(const SsdRecord& record, bool sync);
+  // Deletes the index record and the file of one version and releases its bytes.
+  void Remove(const Hash128& storage_key, uint64_t seq, uint64_t payload_bytes);
+
+  // Reads and verifies one version into `dst` (room for the payload rounded up to 4 KiB):
+  // header bytes must equal the encoding of `info`, the name block must name `storage_key`, the
+  // payload crc32c must match. DataLoss on any mismatch or short file, NotFound if the file is
+  // gone, Internal for I/O errors. Never leaves partially verified bytes reported as good.
+  Status ReadObject(const Hash128& storage_key, uint64_t seq, const ObjectInfo& info, uint8_t* dst);
+
+  // Writes the given records without syncing each, then syncs the WAL once (used at Close to
+  // persist hit counts and pins).
+  Status PutRecords(const std::vector<SsdRecord>& records);
+
+ private:
+  SsdTier(Options options, StoreMetrics* metrics);
+  std::string FilePath(uint64_t seq, bool temp) const;
+  Status SyncObjectsDir();
+
+  Options options_;
+  StoreMetrics* metrics_;
+  std::string objects_dir_;
+  int objects_dir_fd_ = -1;
+  bool direct_io_ = false;
+  std::unique_ptr<rocksdb::DB> db_;
+  std::unique_ptr<UringReaderPool> readers_;
+  std::atomic<uint64_t> next_seq_{1};
+  std::atomic<uint64_t> used_{0};
+  std::mutex space_mu_;
+  uint64_t reserved_ = 0;  // guarded by space_mu_
+};
+
+}  // namespace kvstash::storage
+
+#endif  // KVSTASH_STORAGE_SSD_TIER_H_

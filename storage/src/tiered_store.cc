@@ -1,0 +1,833 @@
+#include "tiered_store.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "kvstash/common/crc32c.h"
+#include "spdlog/spdlog.h"
+
+namespace kvstash::storage {
+namespace {
+
+constexpr size_t kEndedMemory = 1 << 16;  // reservation outcomes remembered for error codes
+constexpr uint32_t kDefaultListLimit = 1000;
+constexpr uint32_t kMaxListLimit = 10000;
+constexpr size_t kMaxNamespaceBytes = 1024;
+// How long Reserve/Acquire wait for in-flight SSD demotions to make arena bytes evictable.
+constexpr auto kMaxDemotionWait = std::chrono::seconds(10);
+
+uint64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+double SecondsSince(uint64_t start_ns) { return (SteadyNs() - start_ns) * 1e-9; }
+
+}  // namespace
+
+uint64_t WallNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+ObjectRec::ObjectRec(StoredName n, ObjectInfo i)
+    : name(std::move(n)), info(i), extent_bytes(PageAllocator::RoundUp(i.payload_bytes)) {}
+
+std::string_view TierName(Tier tier) {
+  switch (tier) {
+    case Tier::kGpu:
+      return "gpu";
+    case Tier::kCpu:
+      return "cpu";
+    case Tier::kSsd:
+      return "ssd";
+    case Tier::kRemote:
+      return "remote";
+  }
+  return "unknown";
+}
+
+Result<std::unique_ptr<ObjectStore>> ObjectStore::Open(const StoreOptions& options) {
+  return TieredStore::Create(options);
+}
+
+Result<std::unique_ptr<ObjectStore>> TieredStore::Create(const StoreOptions& options) {
+  if (!(options.low_watermark > 0 && options.low_watermark <= options.high_watermark &&
+        options.high_watermark <= 1.0)) {
+    return absl::InvalidArgumentError("watermarks must satisfy 0 < low <= high <= 1");
+  }
+  if (options.ssd_io_threads < 1) return absl::InvalidArgumentError("ssd_io_threads must be >= 1");
+  std::unique_ptr<TieredStore> store(new TieredStore(options));
+  KVSTASH_RETURN_IF_ERROR(store->Init());
+  return std::unique_ptr<ObjectStore>(std::move(store));
+}
+
+TieredStore::TieredStore(const StoreOptions& options)
+    : options_(options),
+      metrics_(options.metrics),
+      allocator_(options.cpu_capacity_bytes - options.cpu_capacity_bytes % 4096) {}
+
+Status TieredStore::Init() {
+  KVSTASH_ASSIGN_OR_RETURN(cpu_policy_, MakeEvictionPolicy(options_.cpu_eviction_policy));
+  KVSTASH_ASSIGN_OR_RETURN(ssd_policy_, MakeEvictionPolicy(options_.ssd_eviction_policy));
+  KVSTASH_ASSIGN_OR_RETURN(arena_, Arena::Create(options_.cpu_capacity_bytes));
+  metrics_.cpu.capacity_bytes->Set(static_cast<double>(arena_->bytes()));
+  metrics_.cpu.used_bytes->Set(0);
+  if (options_.ssd_capacity_bytes > 0) {
+    SsdTier::Options so;
+    so.dir = options_.data_dir + "/ssd";
+    so.capacity_bytes = options_.ssd_capacity_bytes;
+    so.io_threads = options_.ssd_io_threads;
+    KVSTASH_ASSIGN_OR_RETURN(ssd_, SsdTier::Open(so, &metrics_));
+    KVSTASH_ASSIGN_OR_RETURN(std::vector<SsdRecord> records, ssd_->Recover());
+    RecoverSsd(std::move(records));
+    metrics_.ssd.capacity_bytes->Set(static_cast<double>(options_.ssd_capacity_bytes));
+    for (int i = 0; i < options_.ssd_io_threads; ++i)
+      writers_.emplace_back([this] { WriterLoop(); });
+  }
+  reaper_ = std::thread([this] { ReaperLoop(); });
+  evictor_ = std::thread([this] { EvictorLoop(); });
+  return OkStatus();
+}
+
+TieredStore::~TieredStore() {
+  Status s = Close();
+  if (!s.ok()) spdlog::warn("kvstash storage: close failed: {}", s.ToString());
+}
+
+Status TieredStore::CheckOpen() const {
+  if (closed_.load(std::memory_order_acquire)) return absl::UnavailableError("store is closed");
+  return OkStatus();
+}
+
+uint32_t TieredStore::ClampMs(uint32_t ms, uint32_t fallback) const {
+  if (ms == 0) ms = fallback;
+  return std::min(ms, options_.max_lease_ms);
+}
+
+bool TieredStore::Admitted(const ObjectRec& rec) const {
+  return options_.ssd_admission_hits == 0 || rec.hits >= options_.ssd_admission_hits;
+}
+
+// ---------------------------------------------------------------------------------------------
+// State helpers (caller holds the rec's shard lock)
+
+EvictionMeta TieredStore::MetaFor(const ObjectRec& rec, uint64_t bytes) const {
+  return EvictionMeta{rec.name.storage_key,       bytes,    rec.hits, rec.last_access_ns,
+                      rec.info.layout.num_tokens, rec.value};
+}
+
+void TieredStore::UpdatePoliciesLocked(ObjectRec& rec) {
+  bool cpu_evictable = rec.visible && rec.in_cpu && rec.pins == 0 && rec.leases == 0 &&
+                       rec.io_refs == 0 && rec.promotion == nullptr;
+  if (cpu_evictable != rec.in_cpu_policy) {
+    std::lock_guard<std::mutex> lock(cpu_policy_mu_);
+    if (cpu_evictable) {
+      cpu_policy_->OnInsert(MetaFor(rec, rec.extent_bytes));
+    } else {
+      cpu_policy_->OnRemove(rec.name.storage_key);
+    }
+    rec.in_cpu_policy = cpu_evictable;
+  }
+  bool ssd_evictable =
+      rec.visible && rec.ssd == SsdState::kOnSsd && rec.pins == 0 && rec.promotion == nullptr;
+  if (ssd_evictable != rec.in_ssd_policy) {
+    std::lock_guard<std::mutex> lock(ssd_policy_mu_);
+    if (ssd_evictable) {
+      ssd_policy_->OnInsert(MetaFor(rec, SsdTier::FileBytes(rec.info.payload_bytes)));
+    } else {
+      ssd_policy_->OnRemove(rec.name.storage_key);
+    }
+    rec.in_ssd_policy = ssd_evictable;
+  }
+}
+
+void TieredStore::MaybeFreeArenaLocked(ObjectRec& rec) {
+  if (rec.in_cpu && !rec.visible && rec.leases == 0 && rec.io_refs == 0 &&
+      rec.promotion == nullptr) {
+    rec.in_cpu = false;
+    FreeExtent(rec.arena_offset);
+  }
+}
+
+void TieredStore::HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Deferred& later) {
+  auto it = shard.objects.find(rec->name.storage_key);
+  if (it != shard.objects.end() && it->second == rec) shard.objects.erase(it);
+  rec->visible = false;
+  UpdatePoliciesLocked(*rec);
+  MaybeFreeArenaLocked(*rec);
+  // A pending write notices !visible and removes what it wrote; a finished one is removed here.
+  if (rec->ssd == SsdState::kOnSsd) {
+    rec->ssd = SsdState::kNone;
+    later.ssd_removals.emplace_back(rec, rec->ssd_seq);
+  }
+}
+
+void TieredStore::QueueWriteLocked(const std::shared_ptr<ObjectRec>& rec, Deferred& later,
+                                   std::shared_ptr<std::promise<Status>> done) {
+  rec->ssd = SsdState::kPending;
+  ++rec->io_refs;
+  UpdatePoliciesLocked(*rec);
+  later.writes.push_back(WriteJob{rec, std::move(done)});
+}
+
+void TieredStore::RunDeferred(Deferred& later) {
+  for (auto& [rec, seq] : later.ssd_removals) {
+    ssd_->Remove(rec->name.storage_key, seq, rec->info.payload_bytes);
+    metrics_.ssd.used_bytes->Set(static_cast<double>(ssd_->used_bytes()));
+  }
+  later.ssd_removals.clear();
+  if (!later.writes.empty()) {
+    {
+      std::lock_guard<std::mutex> lock(write_mu_);
+      for (auto& job : later.writes) {
+        write_queue_.push_back(std::move(job));
+        ++pending_writes_;
+      }
+    }
+    write_cv_.notify_all();
+    later.writes.clear();
+  }
+}
+
+void TieredStore::ReleaseLeaseRef(const std::shared_ptr<ObjectRec>& rec) {
+  Shard& shard = ShardFor(rec->name.storage_key);
+  std::lock_guard<std::mutex> lock(shard.mu);
+  --rec->leases;
+  UpdatePoliciesLocked(*rec);
+  MaybeFreeArenaLocked(*rec);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arena
+
+void TieredStore::FreeExtent(uint64_t offset) {
+  {
+    std::lock_guard<std::mutex> lock(arena_mu_);
+    Status s = allocator_.Free(offset);
+    if (!s.ok()) spdlog::error("kvstash storage: arena free: {}", s.ToString());
+    metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
+  }
+  arena_cv_.notify_all();
+}
+
+bool TieredStore::CpuAboveHigh() {
+  std::lock_guard<std::mutex> lock(arena_mu_);
+  return allocator_.used_bytes() >
+         options_.high_watermark * static_cast<double>(allocator_.capacity_bytes());
+}
+
+Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
+  uint64_t rounded = PageAllocator::RoundUp(bytes);
+  if (rounded > allocator_.capacity_bytes()) {
+    return absl::ResourceExhaustedError(absl::StrCat("object of ", bytes,
+                                                     " bytes is larger than the arena (",
+                                                     allocator_.capacity_bytes(), " bytes)"));
+  }
+  auto deadline = std::chrono::steady_clock::now() + kMaxDemotionWait;
+  uint64_t demoting = 0;  // bytes this call is already waiting on
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(arena_mu_);
+      if (auto extent = allocator_.Allocate(rounded)) {
+        metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
+        if (allocator_.used_bytes() >
+            options_.high_watermark * static_cast<double>(allocator_.capacity_bytes())) {
+          bg_cv_.notify_all();
+        }
+        return *extent;
+      }
+    }
+    if (demoting < rounded) {
+      EvictStep step = EvictOneCpu();
+      demoting += step.demoting_bytes;
+      if (step.found) continue;
+    }
+    // Nothing is evictable now (or enough is being demoted). Objects being demoted to SSD become
+    // evictable when their write finishes, so wait for that; leases and pins are not waited for.
+    std::unique_lock<std::mutex> lock(arena_mu_);
+    bool writes_pending;
+    {
+      std::lock_guard<std::mutex> wlock(write_mu_);
+      writes_pending = pending_writes_ > 0;
+    }
+    if (!writes_pending || std::chrono::steady_clock::now() >= deadline) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "no room in the arena for ", rounded, " bytes: ", allocator_.free_bytes(),
+          " bytes free (largest extent ", allocator_.largest_free_bytes(), "), nothing evictable"));
+    }
+    arena_cv_.wait_for(lock, std::chrono::milliseconds(20));
+    demoting = 0;  // finished demotions put their objects back in the policy as old victims
+  }
+}
+
+TieredStore::EvictStep TieredStore::EvictOneCpu() {
+  EvictStep step;
+  std::optional<Hash128> victim;
+  {
+    std::lock_guard<std::mutex> lock(cpu_policy_mu_);
+    victim = cpu_policy_->Victim();
+  }
+  if (!victim) return step;
+  step.found = true;
+  Deferred later;
+  {
+    Shard& shard = ShardFor(*victim);
+    std::lock_guard<std::mutex> lock(shard.mu);
+    auto it = shard.objects.find(*victim);
+    // Its state changed since the policy named it; the policy no longer holds it, try the next.
+    if (it == shard.objects.end() || !it->second->in_cpu_policy) return step;
+    std::shared_ptr<ObjectRec> rec = it->second;
+    if (ssd_ && rec->ssd == SsdState::kNone && !rec->ssd_failed && Admitted(*rec)) {
+      // Demote first; the write's completion makes it evictable again (it keeps its old last
+      // access, so it is the next victim), then it is just freed.
+      QueueWriteLocked(rec, later);
+      step.demoting_bytes = rec->extent_bytes;
+    } else {
+      step.freed_bytes = rec->extent_bytes;
+      rec->in_cpu = false;
+      FreeExtent(rec->arena_offset);
+      metrics_.cpu.evictions->Increment();
+      if (rec->ssd == SsdState::kNone) {
+        if (ssd_ && !Admitted(*rec)) metrics_.ssd_admission_dropped->Increment();
+        shard.objects.erase(it);
+        rec->visible = false;
+      }
+      UpdatePoliciesLocked(*rec);
+    }
+  }
+  RunDeferred(later);
+  return step;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public API
+
+LookupEntry TieredStore::Lookup(const Hash128& storage_key) {
+  std::shared_lock<std::shared_mutex> guard(close_mu_);
+  LookupEntry entry;
+  if (!CheckOpen().ok()) return entry;
+  Shard& shard = ShardFor(storage_key);
+  std::lock_guard<std::mutex> lock(shard.mu);
+  auto it = shard.objects.find(storage_key);
+  if (it == shard.objects.end()) return entry;
+  const ObjectRec& rec = *it->second;
+  entry.present = true;
+  entry.tier = rec.in_cpu ? Tier::kCpu : Tier::kSsd;
+  entry.info = rec.info;
+  return entry;
+}
+
+Result<Reservation> TieredStore::Reserve(const StoredName& name, const ObjectInfo& info,
+                                         uint32_t lease_ms, bool overwrite) {
+  std::shared_lock<std::shared_mutex> guard(close_mu_);
+  KVSTASH_RETURN_IF_ERROR(CheckOpen());
+  uint64_t start = SteadyNs();
+  KVSTASH_RETURN_IF_ERROR(info.Validate());
+  if (name.name_space.size() > kMaxNamespaceBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("namespace longer than ", kMaxNamespaceBytes, " bytes"));
+  }
+  if (!overwrite) {
+    Shard& shard = ShardFor(name.storage_key);
+    std::lock_guard<std::mutex> lock(shard.mu);
+    if (shard.objects.count(name.storage_key) > 0) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("object ", name.storage_key.ToHex(), " is already committed"));
+    }
+  }
+  KVSTASH_ASSIGN_OR_RETURN(PageAllocator::Extent extent, AllocateArena(info.payload_bytes));
+  uint32_t ms = ClampMs(lease_ms, options_.default_reservation_ms);
+  uint64_t id = next_reservation_id_.fetch_add(1);
+  {
+    std::lock_guard<std::mutex> lock(res_mu_);
+    ReservationRec r{name, info, extent, SteadyNs() + uint64_t{ms} * 1'000'000, false};
+    reservation_deadlines_.emplace(r.deadline_ns, id);
+    reservations_.emplace(id, std::move(r));
+  }
+  metrics_.reserve_seconds->Observe(SecondsSince(start));
+  return Reservation{id, extent.offset, ms};
+}
+
+void TieredStore::RememberEnded(uint64_t reservation_id, Ended how) {
+  if (ended_.emplace(reservation_id, how).second) ended_order_.push_back(reservation_id);
+  while (ended_order_.size() > kEndedMemory) {
+    ended_.erase(ended_order_.front());
+    ended_order_.pop_front();
+  }
+}
+
+namespace {
+Status EndedStatus(uint64_t id, bool known, int how) {
+  if (!known) return absl::NotFoundError(absl::StrCat("unknown reservation ", id));
+  switch (how) {
+    case 0:
+      return absl::FailedPreconditionError(absl::StrCat("reservation ", id, " already committed"));
+    case 1:
+      return absl::FailedPreconditionError(absl::StrCat("reservation ", id, " was aborted"));
+    default:
+      return absl::FailedPreconditionError(absl::StrCat("reservation ", id, " expired"));
+  }
+}
+}  // namespace
+
+Status TieredStore::Commit(uint64_t reservation_id, uint32_t payload_crc32c, bool durable) {
+  std::shared_lock<std::shared_mutex> guard(close_mu_);
+  KVSTASH_RETURN_IF_ERROR(CheckOpen());
+  uint64_t start = SteadyNs();
+  ReservationRec res;
+  {
+    std::lock_guard<std::mutex> lock(res_mu_);
+    auto it = reservations_.find(reservation_id);
+    if (it == reservations_.end()) {
+      auto ended = ended_.find(reservation_id);
+      return EndedStatus(reservation_id, ended != ended_.end(),
+                         ended != ended_.end() ? static_cast<int>(ended->second) : 0);
+    }
+    if (it->second.committing) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("reservation ", reservation_id, " is being committed"));
+    }
+    if (durable && !ssd_) {
+      return absl::FailedPreconditionError(
+          "durable commit needs the SSD tier (ssd_capacity_bytes is 0)");
+    }
+    it->second.committing = true;
+    reservation_deadlines_.erase({it->second.deadline_ns, reservation_id});
+    res = it->second;
+  }
+  // The checksum runs with no lock held: it reads up to the whole object.
+  uint32_t actual = Crc32c(arena_->base() + res.extent.offset, res.info.payload_bytes);
+  {
+    std::lock_guard<std::mutex> lock(res_mu_);
+    reservations_.erase(reservation_id);
+    RememberEnded(reservation_id, actual == payload_crc32c ? Ended::kCommitted : Ended::kAborted);
+  }
+  if (actual != payload_crc32c) {
+    FreeExtent(res.extent.offset);
+    return absl::InvalidArgumentError(absl::StrCat("payload crc32c mismatch: client says ",
+                                                   payload_crc32c, ", arena holds ", actual,
+                                                   "; reservation aborted"));
+  }
+  ObjectInfo info = res.info;
+  info.payload_crc32c = actual;
+  auto rec = std::make_shared<ObjectRec>(res.name, info);
+  rec->in_cpu = true;
+  rec->arena_offset = res.extent.offset;
+  rec->last_access_ns = WallNs();
+  std::shared_ptr<std::promise<Status>> done;
+  std::future<Status> durable_result;
+  Deferred later;
+  {
+    Shard& shard = ShardFor(res.name.storage_key);
+    std::lock_guard<std::mutex> lock(shard.mu);
+    auto it = shard.objects.find(res.name.storage_key);
+    // A newer commit of the same key replaces the old version; readers holding leases on the old
+    // one keep its bytes until they release.
+    if (it != shard.objects.end()) HideLocked(shard, it->second, later);
+    shard.objects[res.name.storage_key] = rec;
+    if (ssd_ && (durable || options_.ssd_admission_hits == 0)) {
+      if (durable) {
+        done = std::make_shared<std::promise<Status>>();
+        durable_result = done->get_future();
+      }
+      QueueWriteLocked(rec, later, done);
+    } else {
+      UpdatePoliciesLocked(*rec);
+    }
+  }
+  RunDeferred(later);
+  metrics_.cpu.bytes_written->Increment(info.payload_bytes);
+  Status status = OkStatus();
+  if (done) status = durable_result.get();
+  metrics_.commit_seconds->Observe(SecondsSince(start));
+  return status;
+}
+
+Status TieredStore::Abort(uint64_t reservation_id) {
+  std::shared_lock<std::shared_mutex> guard(close_mu_);
+  KVSTASH_RETURN_IF_ERROR(CheckOpen());
+  PageAllocator::Extent extent;
+  {
+    std::lock_guard<std::mutex> lock(res_mu_);
+    auto it = reservations_.find(reservation_id);
+    if (it == reservations_.end()) {
+      auto ended = ended_.find(reservation_id);
+      return EndedStatus(reservation_id, ended != ended_.end(),
+                         ended != ended_.end() ? static_cast<int>(ended->second) : 0);
+    }
+    if (it->second.committing) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("reservation ", reservation_id, " is being committed"));
+    }
+    extent = it->second.extent;
+    reservation_deadlines_.erase({it->second.deadline_ns, reservation_id});
+    reservations_.erase(it);
+    RememberEnded(reservation_id, Ended::kAborted);
+  }
+  FreeExtent(extent.offset);
+  return OkStatus();
+}
+
+Lease TieredStore::RegisterLease(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms,
+                                 Tier from) {
+  uint64_t id = next_lease_id_.fetch_add(1);
+  uint64_t deadline = SteadyNs() + uint64_t{lease_ms} * 1'000'000;
+  {
+    std::lock_guard<std::mutex> lock(lease_mu_);
+    leases_.emplace(id, LeaseRec{rec, deadline});
+    lease_deadlines_.emplace(deadline, id);
+  }
+  return Lease{id, rec->arena_offset, rec->info, from, lease_ms};
+}
+
+Result<Lease> TieredStore::Acquire(const Hash128& storage_key, uint32_t lease_ms) {
+  std::shared_lock<std::shared_mutex> guard(close_mu_);
+  KVSTASH_RETURN_IF_ERROR(CheckOpen());
+  uint64_t start = SteadyNs();
+  uint32_t ms = ClampMs(lease_ms, options_.default_lease_ms);
+  Shard& shard = ShardFor(storage_key);
+  for (;;) {
+    std::shared_ptr<ObjectRec> rec;
+    std::shared_ptr<Promotion> wait_for;
+    bool promote = false;
+    Deferred later;
+    {
+      std::lock_guard<std::mutex> lock(shard.mu);
+      auto it = shard.objects.find(storage_key);
+      if (it == shard.objects.end()) {
+        metrics_.cpu.misses->Increment();
+        if (ssd_) metrics_.ssd.misses->Increment();
+        return absl::NotFoundError(absl::StrCat("object ", storage_key.ToHex(), " not found"));
+      }
+      rec = it->second;
+      if (rec->promotion) {
+        wait_for = rec->promotion;
+      } else if (rec->in_cpu) {
+        ++rec->leases;
+        ++rec->hits;
+        rec->last_access_ns = WallNs();
+        UpdatePoliciesLocked(*rec);
+        if (ssd_ && options_.ssd_admission_hits > 0 && rec->ssd == SsdState::kNone &&
+            !rec->ssd_failed && Admitted(*rec)) {
+          QueueWriteLocked(rec, later);
+        }
+      } else {
+        rec->promotion = std::make_shared<Promotion>();
+        promote = true;
+        UpdatePoliciesLocked(*rec);
+      }
+    }
+    if (wait_for) {
+      std::unique_lock<std::mutex> lock(wait_for->mu);
+      wait_for->cv.wait(lock, [&] { return wait_for->done; });
+      continue;
+    }
+    if (promote) {
+      metrics_.cpu.misses->Increment();
+      Result<Lease> lease = Promote(rec, ms);
+      metrics_.acquire_seconds->Observe(SecondsSince(start));
+      return lease;
+    }
+    RunDeferred(later);
+    metrics_.cpu.hits->Increment();
+    metrics_.cpu.bytes_read->Increment(rec->info.payload_bytes);
+    Lease lease = RegisterLease(rec, ms, Tier::kCpu);
+    metrics_.acquire_seconds->Observe(SecondsSince(start));
+    return lease;
+  }
+}
+
+Status TieredStore::Release(uint64_t lease_id) {
+  std::shared_lock<std::shared_mutex> guard(close_mu_);
+  KVSTASH_RETURN_IF_ERROR(CheckOpen());
+  std::shared_ptr<ObjectRec> rec;
+  {
+    std::lock_guard<std::mutex> lock(lease_mu_);
+    auto it = leases_.find(lease_id);
+    if (it == leases_.end()) {
+      return absl::NotFoundError(absl::StrCat("unknown or expired lease ", lease_id));
+    }
+    rec = std::move(it->second.rec);
+    lease_deadlines_.erase({it->second.deadline_ns, lease_id});
+    leases_.erase(it);
+  }
+  ReleaseLeaseRef(rec);
+  return OkStatus();
+}
+
+Status TieredStore::Delete(const Hash128& storage_key) {
+  std::shared_lock<std::shared_mutex> guard(close_mu_);
+  KVSTASH_RETURN_IF_ERROR(CheckOpen());
+  Deferred later;
+  {
+    Shard& shard = ShardFor(storage_key);
+    std::lock_guard<std::mutex> lock(shard.mu);
+    auto it = shard.objects.find(storage_key);
+    if (it == shard.objects.end()) {
+      return absl::NotFoundError(absl::StrCat("object ", storage_key.ToHex(), " not found"));
+    }
+    HideLocked(shard, it->second, later);
+  }
+  RunDeferred(later);
+  return OkStatus();
+}
+
+Status TieredStore::Pin(const Hash128& storage_key) {
+  std::shared_lock<std::shared_mutex> guard(close_mu_);
+  KVSTASH_RETURN_IF_ERROR(CheckOpen());
+  Shard& shard = ShardFor(storage_key);
+  std::lock_guard<std::mutex> lock(shard.mu);
+  auto it = shard.objects.find(storage_key);
+  if (it == shard.objects.end()) {
+    return absl::NotFoundError(absl::StrCat("object ", storage_key.ToHex(), " not found"));
+  }
+  ObjectRec& rec = *it->second;
+  ++rec.pins;
+  UpdatePoliciesLocked(rec);
+  PersistPinsLocked(rec);
+  return OkStatus();
+}
+
+Status TieredStore::Unpin(const Hash128& storage_key) {
+  std::shared_lock<std::shared_mutex> guard(close_mu_);
+  KVSTASH_RETURN_IF_ERROR(CheckOpen());
+  Shard& shard = ShardFor(storage_key);
+  std::lock_guard<std::mutex> lock(shard.mu);
+  auto it = shard.objects.find(storage_key);
+  if (it == shard.objects.end()) {
+    return absl::NotFoundError(absl::StrCat("object ", storage_key.ToHex(), " not found"));
+  }
+  ObjectRec& rec = *it->second;
+  if (rec.pins == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("object ", storage_key.ToHex(), " is not pinned"));
+  }
+  --rec.pins;
+  UpdatePoliciesLocked(rec);
+  PersistPinsLocked(rec);
+  return OkStatus();
+}
+
+void TieredStore::PersistPinsLocked(const ObjectRec& rec) {
+  // Only a finished SSD copy has a record to update; a pending writer re-checks pins after its
+  // synced put. The write is not synced: pins are a hint that survives a clean restart.
+  if (!ssd_ || rec.ssd != SsdState::kOnSsd) return;
+  Status s = ssd_->PutRecord(RecordOf(rec), /*sync=*/false);
+  if (!s.ok()) spdlog::warn("kvstash storage: persisting pins failed: {}", s.ToString());
+}
+
+Result<ListPage> TieredStore::List(const std::string& name_space, bool all_namespaces,
+                                   uint32_t limit, const std::string& page_token) {
+  std::shared_lock<std::shared_mutex> guard(close_mu_);
+  KVSTASH_RETURN_IF_ERROR(CheckOpen());
+  if (limit == 0) limit = kDefaultListLimit;
+  limit = std::min(limit, kMaxListLimit);
+  std::optional<Hash128> after;
+  if (!page_token.empty()) {
+    Result<Hash128> token = Hash128::FromHex(page_token);
+    if (!token.ok()) return absl::InvalidArgumentError("malformed page token");
+    after = *token;
+  }
+  // Each shard's map is ordered by key: take up to limit + 1 matches from each and merge.
+  std::vector<ListedObject> found;
+  for (Shard& shard : shards_) {
+    std::lock_guard<std::mutex> lock(shard.mu);
+    auto it = after ? shard.objects.upper_bound(*after) : shard.objects.begin();
+    size_t taken = 0;
+    for (; it != shard.objects.end() && taken <= limit; ++it) {
+      const ObjectRec& rec = *it->second;
+      if (!all_namespaces && rec.name.name_space != name_space) continue;
+      found.push_back(ListedObject{rec.name, rec.info, rec.in_cpu ? Tier::kCpu : Tier::kSsd,
+                                   rec.pins > 0, rec.hits});
+      ++taken;
+    }
+  }
+  std::sort(found.begin(), found.end(), [](const ListedObject& a, const ListedObject& b) {
+    return a.name.storage_key < b.name.storage_key;
+  });
+  ListPage page;
+  if (found.size() > limit) {
+    found.resize(limit);
+    page.next_page_token = found.back().name.storage_key.ToHex();
+  }
+  page.objects = std::move(found);
+  return page;
+}
+
+StoreStats TieredStore::Stats() {
+  std::shared_lock<std::shared_mutex> guard(close_mu_);
+  StoreStats stats;
+  uint64_t cpu_objects = 0, ssd_objects = 0, pinned = 0;
+  for (Shard& shard : shards_) {
+    std::lock_guard<std::mutex> lock(shard.mu);
+    for (const auto& [key, rec] : shard.objects) {
+      cpu_objects += rec->in_cpu ? 1 : 0;
+      ssd_objects += rec->ssd == SsdState::kOnSsd ? 1 : 0;
+      pinned += rec->pins > 0 ? 1 : 0;
+    }
+  }
+  auto tier = [](Tier t, const TierMetrics& m, uint64_t objects) {
+    TierStats s;
+    s.tier = t;
+    s.capacity_bytes = static_cast<uint64_t>(m.capacity_bytes->Value());
+    s.used_bytes = static_cast<uint64_t>(m.used_bytes->Value());
+    s.objects = objects;
+    s.hits = m.hits->Value();
+    s.misses = m.misses->Value();
+    s.evictions = m.evictions->Value();
+    s.bytes_read = m.bytes_read->Value();
+    s.bytes_written = m.bytes_written->Value();
+    return s;
+  };
+  {
+    std::lock_guard<std::mutex> lock(arena_mu_);
+    metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
+  }
+  stats.tiers.push_back(tier(Tier::kCpu, metrics_.cpu, cpu_objects));
+  if (ssd_) {
+    metrics_.ssd.used_bytes->Set(static_cast<double>(ssd_->used_bytes()));
+    stats.tiers.push_back(tier(Tier::kSsd, metrics_.ssd, ssd_objects));
+  }
+  stats.checksum_failures = metrics_.checksum_failures->Value();
+  stats.reservations_expired = metrics_.reservations_expired->Value();
+  stats.pinned_objects = pinned;
+  {
+    std::lock_guard<std::mutex> lock(res_mu_);
+    stats.reservations_active = reservations_.size();
+  }
+  {
+    std::lock_guard<std::mutex> lock(lease_mu_);
+    stats.leases_active = leases_.size();
+  }
+  return stats;
+}
+
+Status TieredStore::Flush() {
+  std::shared_lock<std::shared_mutex> guard(close_mu_);
+  KVSTASH_RETURN_IF_ERROR(CheckOpen());
+  std::unique_lock<std::mutex> lock(write_mu_);
+  idle_cv_.wait(lock, [&] { return pending_writes_ == 0; });
+  return OkStatus();
+}
+
+Status TieredStore::Close() {
+  if (closed_.exchange(true)) return OkStatus();
+  // Wait for every public call in flight (a durable commit waits for its write) to finish.
+  std::unique_lock<std::shared_mutex> guard(close_mu_);
+  {
+    std::unique_lock<std::mutex> lock(write_mu_);
+    idle_cv_.wait(lock, [&] { return pending_writes_ == 0; });
+  }
+  StopThreads();
+  Status status = OkStatus();
+  if (ssd_) {
+    // Persist hit counts and pins of everything on SSD so a restart keeps admission and LRU
+    // history; one WAL sync for the lot.
+    std::vector<SsdRecord> records;
+    for (Shard& shard : shards_) {
+      std::lock_guard<std::mutex> lock(shard.mu);
+      for (const auto& [key, rec] : shard.objects) {
+        if (rec->ssd == SsdState::kOnSsd) records.push_back(RecordOf(*rec));
+      }
+    }
+    status = ssd_->PutRecords(records);
+    ssd_.reset();
+  }
+  return status;
+}
+
+void TieredStore::StopThreads() {
+  // The evictor can queue demotions, so it stops first; writers then drain whatever is queued.
+  {
+    std::lock_guard<std::mutex> lock(bg_mu_);
+    bg_stop_ = true;
+  }
+  bg_cv_.notify_all();
+  if (reaper_.joinable()) reaper_.join();
+  if (evictor_.joinable()) evictor_.join();
+  {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    writers_stop_ = true;
+  }
+  write_cv_.notify_all();
+  for (auto& t : writers_) t.join();
+  writers_.clear();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Background threads
+
+void TieredStore::ReaperLoop() {
+  std::unique_lock<std::mutex> bg(bg_mu_);
+  while (!bg_stop_) {
+    bg_cv_.wait_for(bg, std::chrono::milliseconds(10));
+    if (bg_stop_) break;
+    bg.unlock();
+    uint64_t now = SteadyNs();
+    std::vector<uint64_t> expired_extents;
+    {
+      std::lock_guard<std::mutex> lock(res_mu_);
+      while (!reservation_deadlines_.empty() && reservation_deadlines_.begin()->first <= now) {
+        uint64_t id = reservation_deadlines_.begin()->second;
+        reservation_deadlines_.erase(reservation_deadlines_.begin());
+        auto it = reservations_.find(id);
+        if (it == reservations_.end() || it->second.committing) continue;
+        expired_extents.push_back(it->second.extent.offset);
+        reservations_.erase(it);
+        RememberEnded(id, Ended::kExpired);
+      }
+    }
+    for (uint64_t offset : expired_extents) {
+      FreeExtent(offset);
+      metrics_.reservations_expired->Increment();
+    }
+    std::vector<std::shared_ptr<ObjectRec>> expired_leases;
+    {
+      std::lock_guard<std::mutex> lock(lease_mu_);
+      while (!lease_deadlines_.empty() && lease_deadlines_.begin()->first <= now) {
+        uint64_t id = lease_deadlines_.begin()->second;
+        lease_deadlines_.erase(lease_deadlines_.begin());
+        auto it = leases_.find(id);
+        if (it == leases_.end()) continue;
+        expired_leases.push_back(std::move(it->second.rec));
+        leases_.erase(it);
+      }
+    }
+    for (const auto& rec : expired_leases) {
+      ReleaseLeaseRef(rec);
+      metrics_.leases_expired->Increment();
+    }
+    bg.lock();
+  }
+}
+
+void TieredStore::EvictorLoop() {
+  std::unique_lock<std::mutex> bg(bg_mu_);
+  while (!bg_stop_) {
+    bg_cv_.wait_for(bg, std::chrono::milliseconds(50));
+    if (bg_stop_) break;
+    bg.unlock();
+    if (CpuAboveHigh()) {
+      // Demotions free their bytes later; count them so one pass does not demote everything.
+      uint64_t demoting = 0;
+      for (;;) {
+        {
+          std::lock_guard<std::mutex> lock(arena_mu_);
+          double low = options_.low_watermark * static_cast<double>(allocator_.capacity_bytes());
+          if (static_cast<double>(allocator_.used_bytes()) - static_cast<double>(demoting) <= low)
+            break;
+        }
+        EvictStep step = EvictOneCpu();
+        if (!step.found) break;
+        demoting += step.demoting_bytes;
+      }
+    }
+    bg.lock();
+  }
+}
+
+}  // namespace kvstash::storage

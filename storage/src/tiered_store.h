@@ -1,0 +1,233 @@
+// TieredStore: the ObjectStore implementation (CPU arena + optional SSD tier).
+//
+// State lives in ObjectRec, one per committed object version, shared by the index (while the
+// version is visible), by leases and by queued SSD writes. Every mutable field of a rec is
+// guarded by the mutex of the index shard its storage key hashes to.
+//
+// Lock order (never acquire leftwards while holding rightwards):
+//   close_mu_ (shared) -> shard.mu -> {arena_mu_, cpu_policy_mu_, ssd_policy_mu_, lease_mu_,
+//   res_mu_, write_mu_}
+// The policy, arena, lease, reservation and write-queue mutexes are leaves. Slow work (crc32c,
+// SSD I/O, synced index writes) runs with no lock held.
+//
+// Eviction policies hold exactly the evictable objects of their tier; UpdatePoliciesLocked()
+// keeps that true after every state change, so a victim is evictable unless its state changed
+// between the policy lookup and taking its shard lock, which is re-checked.
+#ifndef KVSTASH_STORAGE_TIERED_STORE_H_
+#define KVSTASH_STORAGE_TIERED_STORE_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <shared_mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "arena.h"
+#include "kvstash/storage/eviction_policy.h"
+#include "kvstash/storage/object_store.h"
+#include "page_allocator.h"
+#include "ssd_tier.h"
+#include "store_metrics.h"
+
+namespace kvstash::storage {
+
+enum class SsdState : uint8_t {
+  kNone,     // no SSD copy
+  kPending,  // queued or being written; the writer owns the outcome
+  kOnSsd,    // file and index record are synced
+};
+
+struct Promotion;
+
+struct ObjectRec {
+  ObjectRec(StoredName n, ObjectInfo i);
+
+  const StoredName name;
+  const ObjectInfo info;
+  const uint64_t extent_bytes;  // arena bytes while resident (payload rounded up to pages)
+
+  // Guarded by the shard mutex.
+  bool visible = true;  // reachable through the index
+  bool in_cpu = false;
+  uint64_t arena_offset = 0;
+  bool in_cpu_policy = false;
+  bool in_ssd_policy = false;
+  SsdState ssd = SsdState::kNone;
+  bool ssd_failed = false;  // a write was tried and failed; not retried on eviction
+  uint64_t ssd_seq = 0;
+  uint32_t pins = 0;
+  uint32_t leases = 0;
+  uint32_t io_refs = 0;  // SSD writes reading the arena bytes
+  uint64_t hits = 0;
+  uint64_t last_access_ns = 0;
+  double value = 0.0;
+  std::shared_ptr<Promotion> promotion;  // SSD -> arena read in flight
+};
+
+// Single flight of one promotion: later readers of the same object wait for the first.
+struct Promotion {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+};
+
+class TieredStore final : public ObjectStore {
+ public:
+  static Result<std::unique_ptr<ObjectStore>> Create(const StoreOptions& options);
+  ~TieredStore() override;
+
+  int arena_fd() const override { return arena_->fd(); }
+  uint8_t* arena_base() const override { return arena_->base(); }
+  uint64_t arena_bytes() const override { return arena_->bytes(); }
+  uint64_t arena_generation() const override { return arena_->generation(); }
+
+  LookupEntry Lookup(const Hash128& storage_key) override;
+  Result<Reservation> Reserve(const StoredName& name, const ObjectInfo& info, uint32_t lease_ms,
+                              bool overwrite) override;
+  Status Commit(uint64_t reservation_id, uint32_t payload_crc32c, bool durable) override;
+  Status Abort(uint64_t reservation_id) override;
+  Result<Lease> Acquire(const Hash128& storage_key, uint32_t lease_ms) override;
+  Status Release(uint64_t lease_id) override;
+  Status Delete(const Hash128& storage_key) override;
+  Status Pin(const Hash128& storage_key) override;
+  Status Unpin(const Hash128& storage_key) override;
+  Result<ListPage> List(const std::string& name_space, bool all_namespaces, uint32_t limit,
+                        const std::string& page_token) override;
+  StoreStats Stats() override;
+  Status Flush() override;
+  Status Close() override;
+
+ private:
+  static constexpr size_t kShards = 64;
+  struct Shard {
+    std::mutex mu;
+    std::map<Hash128, std::shared_ptr<ObjectRec>> objects;
+  };
+  struct ReservationRec {
+    StoredName name;
+    ObjectInfo info;
+    PageAllocator::Extent extent;
+    uint64_t deadline_ns = 0;
+    bool committing = false;
+  };
+  enum class Ended : uint8_t { kCommitted, kAborted, kExpired };
+  struct LeaseRec {
+    std::shared_ptr<ObjectRec> rec;
+    uint64_t deadline_ns = 0;
+  };
+  struct WriteJob {
+    std::shared_ptr<ObjectRec> rec;
+    std::shared_ptr<std::promise<Status>> done;  // set for durable commits
+  };
+  // Work found under a shard lock that must run after it is released.
+  struct Deferred {
+    std::vector<WriteJob> writes;
+    std::vector<std::pair<std::shared_ptr<ObjectRec>, uint64_t>> ssd_removals;  // rec, seq
+  };
+
+  explicit TieredStore(const StoreOptions& options);
+  Status Init();
+
+  Shard& ShardFor(const Hash128& key) { return shards_[Hash128Hasher{}(key) % kShards]; }
+  Status CheckOpen() const;
+  uint32_t ClampMs(uint32_t ms, uint32_t fallback) const;
+  bool Admitted(const ObjectRec& rec) const;
+
+  // --- under the rec's shard lock ---
+  void UpdatePoliciesLocked(ObjectRec& rec);
+  EvictionMeta MetaFor(const ObjectRec& rec, uint64_t bytes) const;
+  // Takes `rec` by value: callers often pass the index's own shared_ptr, which this erases.
+  void HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Deferred& later);
+  void MaybeFreeArenaLocked(ObjectRec& rec);
+  void QueueWriteLocked(const std::shared_ptr<ObjectRec>& rec, Deferred& later,
+                        std::shared_ptr<std::promise<Status>> done = nullptr);
+  void PersistPinsLocked(const ObjectRec& rec);
+  void ReleaseLeaseRef(const std::shared_ptr<ObjectRec>& rec);
+  void RunDeferred(Deferred& later);
+
+  // --- arena ---
+  void FreeExtent(uint64_t offset);
+  // Allocates, evicting (and waiting for in-flight SSD demotions) as needed.
+  Result<PageAllocator::Extent> AllocateArena(uint64_t bytes);
+  // One step of CPU eviction: frees the policy's next victim, or starts demoting it to SSD first
+  // (its bytes are freed once the write lands and it is picked again).
+  struct EvictStep {
+    bool found = false;           // the policy had a victim
+    uint64_t freed_bytes = 0;     // arena bytes freed now
+    uint64_t demoting_bytes = 0;  // arena bytes that a queued demotion will make evictable
+  };
+  EvictStep EvictOneCpu();
+  bool CpuAboveHigh();
+
+  // --- SSD ---
+  bool EvictOneSsd();
+  void WriterLoop();
+  void RunWrite(WriteJob& job);
+  Status WriteToSsd(const std::shared_ptr<ObjectRec>& rec);
+  Result<Lease> Promote(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms);
+  SsdRecord RecordOf(const ObjectRec& rec) const;
+  void RecoverSsd(std::vector<SsdRecord> records);
+
+  // --- leases and reservations ---
+  Lease RegisterLease(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms, Tier from);
+  void RememberEnded(uint64_t reservation_id, Ended how);
+  void ReaperLoop();
+  void EvictorLoop();
+  void StopThreads();
+
+  const StoreOptions options_;
+  StoreMetrics metrics_;
+  std::unique_ptr<Arena> arena_;
+  std::unique_ptr<SsdTier> ssd_;  // null when the SSD tier is disabled
+  std::atomic<bool> closed_{false};
+  mutable std::shared_mutex close_mu_;  // shared by every public call; Close takes it exclusively
+
+  Shard shards_[kShards];
+
+  std::mutex arena_mu_;
+  std::condition_variable arena_cv_;  // arena bytes freed or a demotion finished
+  PageAllocator allocator_;           // guarded by arena_mu_
+
+  std::mutex cpu_policy_mu_;
+  std::unique_ptr<EvictionPolicy> cpu_policy_;
+  std::mutex ssd_policy_mu_;
+  std::unique_ptr<EvictionPolicy> ssd_policy_;
+
+  std::mutex lease_mu_;
+  std::atomic<uint64_t> next_lease_id_{1};
+  std::unordered_map<uint64_t, LeaseRec> leases_;
+  std::set<std::pair<uint64_t, uint64_t>> lease_deadlines_;  // (deadline, id)
+
+  std::mutex res_mu_;
+  std::atomic<uint64_t> next_reservation_id_{1};
+  std::unordered_map<uint64_t, ReservationRec> reservations_;
+  std::set<std::pair<uint64_t, uint64_t>> reservation_deadlines_;  // (deadline, id)
+  std::unordered_map<uint64_t, Ended> ended_;  // bounded: the most recent kEndedMemory ids
+  std::deque<uint64_t> ended_order_;
+  uint64_t reservations_expired_ = 0;
+
+  std::mutex write_mu_;
+  std::condition_variable write_cv_;  // work queued or stopping
+  std::condition_variable idle_cv_;   // pending_writes_ reached 0
+  std::deque<WriteJob> write_queue_;
+  uint64_t pending_writes_ = 0;  // queued + running
+  bool writers_stop_ = false;
+  std::vector<std::thread> writers_;
+
+  std::mutex bg_mu_;
+  std::condition_variable bg_cv_;
+  bool bg_stop_ = false;
+  std::thread reaper_;
+  std::thread evictor_;
+};
+
+}  // namespace kvstash::storage
+
+#endif  // KVSTASH_STORAGE_TIERED_STORE_H_

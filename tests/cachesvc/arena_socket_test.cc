@@ -1,0 +1,145 @@
+// The SCM_RIGHTS handshake between ArenaSocketServer and ReceiveArenaFd, over a real memfd.
+#include "arena_socket.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+#include "kvstash/proto/arena_handshake.h"
+
+namespace kvstash::cachesvc {
+namespace {
+
+std::string TempSocketPath(const std::string& tag) {
+  return (std::filesystem::temp_directory_path() /
+          ("kvs_arena_" + tag + "_" + std::to_string(::getpid()) + ".sock"))
+      .string();
+}
+
+TEST(ArenaHandshake, EncodeDecodeRoundTrip) {
+  ArenaHandshake hello{
+      .arena_bytes = 1ull << 33, .arena_generation = 0xABCDEF12345ull, .alignment = 64};
+  auto bytes = EncodeArenaHandshake(hello);
+  auto back = DecodeArenaHandshake(bytes);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->arena_bytes, hello.arena_bytes);
+  EXPECT_EQ(back->arena_generation, hello.arena_generation);
+  EXPECT_EQ(back->alignment, 64u);
+  bytes[0] = 'X';
+  EXPECT_EQ(DecodeArenaHandshake(bytes).status().code(), absl::StatusCode::kInvalidArgument);
+  bytes = EncodeArenaHandshake(hello);
+  bytes[4] = 9;  // version
+  EXPECT_THAT(std::string(DecodeArenaHandshake(bytes).status().message()),
+              ::testing::HasSubstr("version 9"));
+  EXPECT_FALSE(DecodeArenaHandshake(std::span<const uint8_t>(bytes.data(), 10)).ok());
+}
+
+TEST(ArenaSocket, HandsOutTheSameMemory) {
+  constexpr size_t kBytes = 1 << 20;
+  int memfd = ::memfd_create("kvs-test-arena", MFD_CLOEXEC);
+  ASSERT_GE(memfd, 0);
+  ASSERT_EQ(::ftruncate(memfd, kBytes), 0);
+  auto* server_view =
+      static_cast<uint8_t*>(::mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0));
+  ASSERT_NE(server_view, MAP_FAILED);
+
+  MetricsRegistry metrics;
+  std::string path = TempSocketPath("same");
+  auto server = ArenaSocketServer::Start(path, memfd, {kBytes, 7, 64}, &metrics);
+  ASSERT_TRUE(server.ok()) << server.status();
+
+  for (int round = 0; round < 3; ++round) {
+    auto got = ReceiveArenaFd(path, 2000);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->hello.arena_bytes, kBytes);
+    EXPECT_EQ(got->hello.arena_generation, 7u);
+    auto* client_view = static_cast<uint8_t*>(
+        ::mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_SHARED, got->fd, 0));
+    ASSERT_NE(client_view, MAP_FAILED);
+    ::close(got->fd);
+    client_view[4096 + round] = static_cast<uint8_t>(0x5A + round);  // client writes ...
+    EXPECT_EQ(server_view[4096 + round], 0x5A + round);              // ... server sees it
+    server_view[100] = static_cast<uint8_t>(round);
+    EXPECT_EQ(client_view[100], round);
+    ::munmap(client_view, kBytes);
+  }
+  EXPECT_THAT(metrics.Render(), ::testing::HasSubstr("kvstash_arena_attach_total 3"));
+
+  (*server)->Stop();
+  EXPECT_FALSE(std::filesystem::exists(path));
+  auto after = ReceiveArenaFd(path, 500);
+  EXPECT_EQ(after.status().code(), absl::StatusCode::kUnavailable);
+  ::munmap(server_view, kBytes);
+  ::close(memfd);
+}
+
+TEST(ArenaSocket, RefusesALiveSocketAndReplacesAStaleOne) {
+  std::string path = TempSocketPath("claim");
+  int memfd = ::memfd_create("kvs-test-arena", MFD_CLOEXEC);
+  ASSERT_EQ(::ftruncate(memfd, 4096), 0);
+  auto first = ArenaSocketServer::Start(path, memfd, {4096, 1, 64}, nullptr);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = ArenaSocketServer::Start(path, memfd, {4096, 2, 64}, nullptr);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  (*first)->Stop();
+
+  // A socket file nobody listens on (what kill -9 leaves behind) is replaced.
+  int stale = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr;
+  unsigned len = *MakeUnixAddress(path, &addr);
+  ASSERT_EQ(::bind(stale, reinterpret_cast<sockaddr*>(&addr), len), 0);
+  ::close(stale);
+  ASSERT_TRUE(std::filesystem::exists(path));
+  auto third = ArenaSocketServer::Start(path, memfd, {4096, 3, 64}, nullptr);
+  ASSERT_TRUE(third.ok()) << third.status();
+  auto got = ReceiveArenaFd(path, 2000);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->hello.arena_generation, 3u);
+  ::close(got->fd);
+  (*third)->Stop();
+
+  // A regular file is never removed.
+  {
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    std::fclose(f);
+  }
+  auto fourth = ArenaSocketServer::Start(path, memfd, {4096, 4, 64}, nullptr);
+  ASSERT_FALSE(fourth.ok());
+  EXPECT_THAT(std::string(fourth.status().message()), ::testing::HasSubstr("not a socket"));
+  EXPECT_TRUE(std::filesystem::exists(path));
+  std::filesystem::remove(path);
+  ::close(memfd);
+}
+
+TEST(ArenaSocket, ClientErrors) {
+  EXPECT_EQ(ReceiveArenaFd("", 100).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReceiveArenaFd(std::string(200, 'a'), 100).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReceiveArenaFd("/nonexistent/kvs.sock", 100).status().code(),
+            absl::StatusCode::kUnavailable);
+
+  // A server that accepts but never answers runs into the client's timeout.
+  std::string path = TempSocketPath("mute");
+  std::filesystem::remove(path);
+  int mute = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr;
+  unsigned len = *MakeUnixAddress(path, &addr);
+  ASSERT_EQ(::bind(mute, reinterpret_cast<sockaddr*>(&addr), len), 0);
+  ASSERT_EQ(::listen(mute, 4), 0);
+  auto got = ReceiveArenaFd(path, 200);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded);
+  ::close(mute);
+  std::filesystem::remove(path);
+}
+
+}  // namespace
+}  // namespace kvstash::cachesvc

@@ -1,0 +1,131 @@
+#include "kvstash/cachesvc/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace kvstash::cachesvc {
+namespace {
+
+using ::testing::HasSubstr;
+
+ParsedCommandLine Parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "cachesvc");
+  std::vector<const char*> argv;
+  for (const auto& a : args) argv.push_back(a.c_str());
+  return ParseCommandLine(static_cast<int>(argv.size()), argv.data());
+}
+
+std::string WriteTemp(const std::string& text) {
+  static int n = 0;
+  auto path =
+      std::filesystem::temp_directory_path() /
+      ("cachesvc_config_test_" + std::to_string(::getpid()) + "_" + std::to_string(n++) + ".yaml");
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+TEST(Config, EmbeddedDefaultIsSingleNodeWithCpuAndSsdInData) {
+  ParsedCommandLine p = Parse({});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_EQ(p.config->listen, "unix:///tmp/kvstash.sock");
+  EXPECT_EQ(p.config->store.data_dir, "./data");
+  EXPECT_GT(p.config->store.cpu_capacity_bytes, 0u);
+  EXPECT_GT(p.config->store.ssd_capacity_bytes, 0u);
+  EXPECT_TRUE(ValidateConfig(*p.config).ok());
+  // The embedded text and the struct defaults agree.
+  auto from_text = ApplyYaml(EmbeddedDefaultConfigYaml(), ServiceConfig{});
+  ASSERT_TRUE(from_text.ok());
+  EXPECT_EQ(from_text->store.cpu_capacity_bytes, ServiceConfig{}.store.cpu_capacity_bytes);
+  EXPECT_EQ(from_text->store.ssd_capacity_bytes, ServiceConfig{}.store.ssd_capacity_bytes);
+  EXPECT_EQ(from_text->metrics_port, ServiceConfig{}.metrics_port);
+}
+
+TEST(Config, FlagsOverrideTheFile) {
+  std::string file = WriteTemp(
+      "listen: 127.0.0.1:7000\n"
+      "metrics:\n  port: 9100\n"
+      "storage:\n  data_dir: /var/lib/kvstash\n  cpu_capacity: 2GiB\n  ssd_capacity: 64GiB\n");
+  ParsedCommandLine p =
+      Parse({"--config", file, "--cpu-capacity", "512MiB", "--metrics-port", "0"});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_EQ(p.config->listen, "127.0.0.1:7000");                // from the file
+  EXPECT_EQ(p.config->store.data_dir, "/var/lib/kvstash");      // from the file
+  EXPECT_EQ(p.config->store.ssd_capacity_bytes, 64ull << 30);   // from the file
+  EXPECT_EQ(p.config->store.cpu_capacity_bytes, 512ull << 20);  // flag wins
+  EXPECT_EQ(p.config->metrics_port, 0);                         // flag wins
+  std::filesystem::remove(file);
+}
+
+TEST(Config, UnknownKeyNamesThePath) {
+  std::string file = WriteTemp("storage:\n  cpu_capacty: 1GiB\n");
+  ParsedCommandLine p = Parse({"--config", file});
+  EXPECT_FALSE(p.config);
+  EXPECT_EQ(p.exit_code, 2);
+  EXPECT_THAT(p.output, HasSubstr("storage.cpu_capacty"));
+  EXPECT_THAT(p.output, HasSubstr("unknown configuration key"));
+  std::filesystem::remove(file);
+}
+
+TEST(Config, BadValuesGiveClearErrors) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string expect;
+  };
+  std::vector<Case> cases = {
+      {{"--cpu-capacity", "lots"}, "--cpu-capacity: 'lots' is not a byte size"},
+      {{"--metrics-port", "70000"}, "--metrics-port: 70000 is out of range"},
+      {{"--metrics-port", "x"}, "--metrics-port: 'x' is not a valid number"},
+      {{"--high-watermark", "1.5"}, "--high-watermark: 1.5 is not in (0, 1]"},
+      {{"--low-watermark", "0.95"}, "low_watermark: must be below storage.high_watermark"},
+      {{"--listen", "nonsense"}, "neither unix:PATH nor HOST:PORT"},
+      {{"--log-level", "loud"}, "unknown level 'loud'"},
+      {{"--cpu-capacity", "1KiB"}, "must be at least 1MiB"},
+      {{"--listen", "unix://" + std::string(200, 'x')}, "longer than 107 bytes"},
+  };
+  for (const Case& c : cases) {
+    ParsedCommandLine p = Parse(c.args);
+    EXPECT_FALSE(p.config) << c.expect;
+    EXPECT_EQ(p.exit_code, 2) << c.expect;
+    EXPECT_THAT(p.output, HasSubstr(c.expect));
+  }
+}
+
+TEST(Config, MalformedYamlAndWrongShapes) {
+  auto bad_yaml = ApplyYaml("storage: [1, 2", ServiceConfig{});
+  ASSERT_FALSE(bad_yaml.ok());
+  EXPECT_THAT(std::string(bad_yaml.status().message()), HasSubstr("not valid YAML"));
+  auto list_value = ApplyYaml("listen: [a, b]\n", ServiceConfig{});
+  ASSERT_FALSE(list_value.ok());
+  EXPECT_THAT(std::string(list_value.status().message()), HasSubstr("listen: expected a scalar"));
+  auto scalar_root = ApplyYaml("just text", ServiceConfig{});
+  EXPECT_FALSE(scalar_root.ok());
+  auto empty = ApplyYaml("", ServiceConfig{});
+  EXPECT_TRUE(empty.ok());
+}
+
+TEST(Config, MissingConfigFileIsAUsageError) {
+  ParsedCommandLine p = Parse({"--config", "/nonexistent/kvstash.yaml"});
+  EXPECT_FALSE(p.config);
+  EXPECT_NE(p.exit_code, 0);
+  EXPECT_THAT(p.output, HasSubstr("/nonexistent/kvstash.yaml"));
+}
+
+TEST(Config, HelpAndPrintDefaultExitZero) {
+  ParsedCommandLine help = Parse({"--help"});
+  EXPECT_FALSE(help.config);
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.output, HasSubstr("--ssd-capacity"));
+  ParsedCommandLine dump = Parse({"--print-default-config"});
+  EXPECT_FALSE(dump.config);
+  EXPECT_EQ(dump.exit_code, 0);
+  EXPECT_EQ(dump.output, std::string(EmbeddedDefaultConfigYaml()));
+}
+
+}  // namespace
+}  // namespace kvstash::cachesvc

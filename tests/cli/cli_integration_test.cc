@@ -1,0 +1,131 @@
+// The `kvstash` store subcommands against the real cachesvc binary.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+#include "kvstash/common/crc32c.h"
+#include "kvstash/common/object_header.h"
+#include "service_process.h"
+#include "test_objects.h"
+
+namespace kvstash::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::vector<uint8_t> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
+}
+
+void WriteFile(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(bytes.data()),
+             static_cast<std::streamsize>(bytes.size()));
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto svc = ServiceProcess::Start(dir_.path());
+    ASSERT_TRUE(svc.ok()) << svc.status();
+    svc_ = std::move(*svc);
+  }
+  int Kvstash(std::vector<std::string> args, std::string* out) {
+    args.insert(args.begin(), BinaryPath("cli/kvstash"));
+    args.push_back("--target");
+    args.push_back(svc_->target());
+    return RunProgram(args, out);
+  }
+  TempDir dir_;
+  std::unique_ptr<ServiceProcess> svc_;
+};
+
+TEST_F(CliTest, PutGetStatLsRmRoundTrip) {
+  std::string in = dir_.path() + "/notes.txt";
+  std::string out_path = dir_.path() + "/back.txt";
+  std::vector<uint8_t> text = TestPayload(1, 123'457);  // an arbitrary file, odd size
+  WriteFile(in, text);
+  std::string out;
+  ASSERT_EQ(Kvstash({"put", "my-notes", in}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("wrapped in the file layout"));
+  EXPECT_THAT(out, HasSubstr("via shared memory"));
+  ASSERT_EQ(Kvstash({"get", "my-notes", out_path}, &out), 0) << out;
+  EXPECT_EQ(ReadFile(out_path), text);
+  // The stream path gives the same bytes.
+  ASSERT_EQ(Kvstash({"get", "my-notes", out_path + ".2", "--no-shm"}, &out), 0) << out;
+  EXPECT_EQ(ReadFile(out_path + ".2"), text);
+
+  ASSERT_EQ(Kvstash({"put", "my-notes", in}, &out), 1);
+  EXPECT_THAT(out, HasSubstr("ALREADY_EXISTS"));
+
+  ASSERT_EQ(Kvstash({"stat"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("shared memory attached"));
+  EXPECT_THAT(out, HasSubstr("cpu"));
+  ASSERT_EQ(Kvstash({"stat", "my-notes", "other"}, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("tier=cpu"));
+  EXPECT_THAT(out, HasSubstr("other  absent"));
+  EXPECT_THAT(out, HasSubstr("longest present prefix: 1 of 2"));
+
+  ASSERT_EQ(Kvstash({"ls"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("1 objects"));
+  // ls prints FP/TH keys that name the object exactly.
+  std::string line = out.substr(out.find('\n') + 1);
+  std::string fpth = line.substr(0, 65);
+  ASSERT_EQ(Kvstash({"get", fpth, out_path + ".3"}, &out), 0) << out;
+  EXPECT_EQ(ReadFile(out_path + ".3"), text);
+  ASSERT_EQ(Kvstash({"ls", "--namespace", "other"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("0 objects"));
+
+  ASSERT_EQ(Kvstash({"rm", "my-notes", "never-stored"}, &out), 1);
+  EXPECT_THAT(out, HasSubstr("removed my-notes"));
+  EXPECT_THAT(out, HasSubstr("never-stored: NOT_FOUND"));
+  ASSERT_EQ(Kvstash({"get", "my-notes", out_path}, &out), 1);
+  EXPECT_THAT(out, HasSubstr("NOT_FOUND"));
+}
+
+TEST_F(CliTest, ObjectFilesKeepTheirLayoutAndRoundTripExactly) {
+  ObjectInfo info = SmolChunkInfo();
+  auto payload = TestPayload(2, info.payload_bytes);
+  info = WithCrc(info, payload);
+  auto header = EncodeObjectHeader(info);
+  ASSERT_TRUE(header.ok());
+  std::vector<uint8_t> file(header->begin(), header->end());
+  file.insert(file.end(), payload.begin(), payload.end());
+  std::string in = dir_.path() + "/chunk.kvo";
+  WriteFile(in, file);
+  std::string out;
+  ASSERT_EQ(Kvstash({"put", "chunk-0", in, "--namespace", "t1", "--durable"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("object 30L x 256tok x heads[0,3)/3 x 64 f16 raw"));
+  ASSERT_EQ(Kvstash({"get", "chunk-0", dir_.path() + "/back.kvo", "--namespace", "t1"}, &out), 0)
+      << out;
+  EXPECT_EQ(ReadFile(dir_.path() + "/back.kvo"), file);
+  // Another namespace cannot see it.
+  ASSERT_EQ(Kvstash({"get", "chunk-0", dir_.path() + "/x", "--namespace", "t2"}, &out), 1);
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/x"));
+  // A file with an object header but a damaged payload is refused, not stored.
+  file[5000] ^= 1;
+  WriteFile(in, file);
+  ASSERT_EQ(Kvstash({"put", "chunk-1", in}, &out), 1);
+  EXPECT_THAT(out, HasSubstr("fails the crc32c"));
+}
+
+TEST_F(CliTest, BenchAndUsageErrors) {
+  std::string out;
+  ASSERT_EQ(Kvstash({"bench", "--size", "256KiB", "--count", "4"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("shm"));
+  EXPECT_THAT(out, HasSubstr("stream"));
+  EXPECT_NE(Kvstash({"bench", "--path", "carrier-pigeon"}, &out), 0);
+  ASSERT_EQ(RunProgram({BinaryPath("cli/kvstash"), "stat", "--target",
+                        "unix://" + dir_.path() + "/nobody.sock", "--timeout-ms", "300"},
+                       &out),
+            1);
+  EXPECT_THAT(out, HasSubstr("UNAVAILABLE"));
+}
+
+}  // namespace
+}  // namespace kvstash::testing

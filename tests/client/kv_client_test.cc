@@ -1,0 +1,349 @@
+// KvClient against the real cachesvc binary: both data paths, the zero-copy handles, deadlines,
+// thread safety, clients vanishing mid-put, and a restarting service.
+#include "kvstash/client/kv_client.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "service_process.h"
+#include "test_objects.h"
+
+namespace kvstash::testing {
+namespace {
+
+using client::DataPath;
+using client::KvClient;
+using ::testing::HasSubstr;
+
+// Sum of a counter family over all label sets, read from /metrics.
+uint64_t MetricSum(int port, const std::string& family) {
+  std::string body;
+  if (HttpGet(port, "/metrics", &body) != 200) return UINT64_MAX;
+  uint64_t sum = 0;
+  std::istringstream lines(body);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind(family, 0) != 0) continue;
+    char next = line.size() > family.size() ? line[family.size()] : ' ';
+    if (next != '{' && next != ' ') continue;
+    sum += std::stoull(line.substr(line.rfind(' ') + 1));
+  }
+  return sum;
+}
+
+Result<std::unique_ptr<KvClient>> ConnectTo(const ServiceProcess& svc,
+                                            client::ClientOptions options = {}) {
+  return KvClient::Connect(svc.target(), options);
+}
+
+class KvClientTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    ServiceOptions options;
+    options.metrics = true;
+    auto svc = ServiceProcess::Start(dir_->path(), options);
+    ASSERT_TRUE(svc.ok()) << svc.status();
+    svc_ = svc->release();
+  }
+  static void TearDownTestSuite() {
+    if (svc_ != nullptr) {
+      EXPECT_EQ(svc_->Terminate(), 0) << svc_->Log();
+    }
+    delete svc_;
+    delete dir_;
+    svc_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_NE(svc_, nullptr);
+    auto kv = ConnectTo(*svc_);
+    ASSERT_TRUE(kv.ok()) << kv.status();
+    kv_ = std::move(*kv);
+    ASSERT_TRUE(kv_->shared_memory_attached()) << kv_->shared_memory_status();
+  }
+
+  static TempDir* dir_;
+  static ServiceProcess* svc_;
+  std::unique_ptr<KvClient> kv_;
+};
+TempDir* KvClientTest::dir_ = nullptr;
+ServiceProcess* KvClientTest::svc_ = nullptr;
+
+TEST_F(KvClientTest, SharedMemoryPathMovesNoPayloadOverGrpc) {
+  const int port = svc_->metrics_port();
+  ObjectInfo info = SmolChunkInfo();  // 5.9 MB
+  std::vector<std::vector<uint8_t>> payloads;
+  for (int i = 0; i < 4; ++i) payloads.push_back(TestPayload(1000 + i, info.payload_bytes));
+
+  uint64_t in_before = MetricSum(port, "kvstash_grpc_received_bytes_total");
+  uint64_t out_before = MetricSum(port, "kvstash_grpc_sent_bytes_total");
+  for (int i = 0; i < 4; ++i) {
+    client::PutOptions options;
+    options.path = DataPath::kSharedMemory;
+    ASSERT_TRUE(kv_->Put(TestName(1000 + i), info, payloads[i], options).ok());
+  }
+  for (int i = 0; i < 4; ++i) {
+    auto lease = kv_->Acquire(TestName(1000 + i));
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    ASSERT_EQ(lease->data().size(), info.payload_bytes);
+    EXPECT_TRUE(std::equal(lease->data().begin(), lease->data().end(), payloads[i].begin()));
+    EXPECT_EQ(lease->info().payload_crc32c, Crc32c(payloads[i].data(), payloads[i].size()));
+    EXPECT_EQ(lease->served_from(), client::Tier::kCpu);
+  }
+  uint64_t in_delta = MetricSum(port, "kvstash_grpc_received_bytes_total") - in_before;
+  uint64_t out_delta = MetricSum(port, "kvstash_grpc_sent_bytes_total") - out_before;
+  const uint64_t moved = 4 * info.payload_bytes;  // 23.6 MB each way
+  EXPECT_LT(in_delta, 16u << 10) << "request bytes for " << moved << " payload bytes";
+  EXPECT_LT(out_delta, 16u << 10) << "response bytes for " << moved << " payload bytes";
+
+  // Control: the same counters do see payload on the stream path.
+  client::PutOptions stream;
+  stream.path = DataPath::kStream;
+  ASSERT_TRUE(kv_->Put(TestName(1010), info, payloads[0], stream).ok());
+  auto got = kv_->Get(TestName(1010));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->payload, payloads[0]);
+  EXPECT_GE(MetricSum(port, "kvstash_grpc_received_bytes_total") - in_before - in_delta,
+            info.payload_bytes);
+  EXPECT_GE(MetricSum(port, "kvstash_grpc_sent_bytes_total") - out_before - out_delta,
+            info.payload_bytes);
+}
+
+TEST_F(KvClientTest, ZeroCopyHandles) {
+  ObjectInfo info = TestInfo(2048);
+  auto payload = TestPayload(20, info.payload_bytes);
+  {
+    auto w = kv_->Reserve(TestName(20), info);
+    ASSERT_TRUE(w.ok()) << w.status();
+    ASSERT_EQ(w->data().size(), payload.size());
+    std::memcpy(w->data().data(), payload.data(), payload.size());
+    ASSERT_TRUE(w->Commit().ok());
+    EXPECT_EQ(w->Commit().code(), absl::StatusCode::kFailedPrecondition);  // handle is spent
+  }
+  {
+    auto abandoned = kv_->Reserve(TestName(21), info);  // destroyed without commit: aborted
+    ASSERT_TRUE(abandoned.ok());
+    std::memset(abandoned->data().data(), 0xAB, 100);
+  }
+  auto w = kv_->Reserve(TestName(22), info);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(w->Abort().ok());
+
+  auto stats = kv_->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->reservations_active, 0u);
+  std::vector<ObjectName> names = {TestName(20), TestName(21), TestName(22)};
+  auto lookup = kv_->Lookup(names);
+  ASSERT_TRUE(lookup.ok());
+  EXPECT_TRUE(lookup->results[0].present);
+  EXPECT_FALSE(lookup->results[1].present);
+  EXPECT_FALSE(lookup->results[2].present);
+
+  {
+    auto lease = kv_->Acquire(TestName(20));
+    ASSERT_TRUE(lease.ok());
+    EXPECT_TRUE(std::equal(lease->data().begin(), lease->data().end(), payload.begin()));
+    ASSERT_TRUE(kv_->Stats().ok());
+    EXPECT_GE(kv_->Stats()->leases_active, 1u);
+    client::ReadLease moved = std::move(*lease);  // ownership moves, one release
+    EXPECT_EQ(lease->data().size(), 0u);
+    ASSERT_TRUE(moved.Release().ok());
+    EXPECT_EQ(moved.Release().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  { auto scoped = kv_->Acquire(TestName(20)); }  // released by the destructor
+  EXPECT_EQ(kv_->Stats()->leases_active, 0u);
+  EXPECT_EQ(kv_->Acquire(TestName(21)).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(KvClientTest, LookupPrefixPinDeleteListStats) {
+  ObjectInfo info = TestInfo(256);
+  for (uint64_t i : {30, 31, 33}) {
+    auto p = TestPayload(i, info.payload_bytes);
+    ASSERT_TRUE(kv_->Put(TestName(i), info, p).ok());
+  }
+  std::vector<ObjectName> chain;
+  for (uint64_t i = 30; i < 35; ++i) chain.push_back(TestName(i));
+  auto lookup = kv_->Lookup(chain);
+  ASSERT_TRUE(lookup.ok());
+  EXPECT_EQ(lookup->longest_prefix, 2u);
+  EXPECT_TRUE(lookup->results[3].present);
+  EXPECT_FALSE(lookup->results[4].present);
+  EXPECT_EQ(lookup->results[0].payload_bytes, info.payload_bytes);
+  EXPECT_EQ(lookup->results[0].tier, client::Tier::kCpu);
+
+  auto pinned = kv_->Pin(chain);
+  ASSERT_TRUE(pinned.ok());
+  EXPECT_TRUE((*pinned)[0].ok());
+  EXPECT_EQ((*pinned)[2].code(), absl::StatusCode::kNotFound);
+  auto list = kv_->List("test", 0);
+  ASSERT_TRUE(list.ok());
+  int seen_pinned = 0;
+  for (const auto& o : list->objects) {
+    if (o.storage_key == TestName(30).storage_key) {
+      EXPECT_TRUE(o.pinned);
+      EXPECT_EQ(o.name.token_hash, TestName(30).token_hash);
+      ++seen_pinned;
+    }
+  }
+  EXPECT_EQ(seen_pinned, 1);
+  EXPECT_GE(kv_->Stats()->pinned_objects, 3u);
+  ASSERT_TRUE(kv_->Unpin(chain).ok());
+  auto deleted = kv_->Delete(chain);
+  ASSERT_TRUE(deleted.ok());
+  EXPECT_TRUE((*deleted)[0].ok());
+  EXPECT_EQ((*deleted)[4].code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(kv_->Lookup(chain)->longest_prefix, 0u);
+
+  // Paging walks every object exactly once.
+  for (uint64_t i = 40; i < 47; ++i) {
+    auto p = TestPayload(i, info.payload_bytes);
+    ASSERT_TRUE(kv_->Put(TestName(i, "paging"), info, p).ok());
+  }
+  std::string token;
+  size_t total = 0;
+  do {
+    auto page = kv_->List("paging", 3, token);
+    ASSERT_TRUE(page.ok());
+    EXPECT_LE(page->objects.size(), 3u);
+    total += page->objects.size();
+    token = page->next_page_token;
+  } while (!token.empty());
+  EXPECT_EQ(total, 7u);
+}
+
+TEST_F(KvClientTest, ChecksumsAreVerifiedOnBothPaths) {
+  ObjectInfo info = TestInfo(128);
+  auto payload = TestPayload(50, info.payload_bytes);
+  ObjectInfo wrong = WithCrc(info, payload);
+  wrong.payload_crc32c ^= 0xFF;
+  for (DataPath path : {DataPath::kSharedMemory, DataPath::kStream}) {
+    client::PutOptions options;
+    options.path = path;
+    Status s = kv_->Put(TestName(50), wrong, payload, options);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_FALSE(kv_->Lookup(std::vector<ObjectName>{TestName(50)})->results[0].present);
+  }
+  EXPECT_EQ(kv_->Stats()->reservations_active, 0u);
+}
+
+TEST_F(KvClientTest, ManyThreadsShareOneClient) {
+  ObjectInfo info = TestInfo(1024);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 12; ++i) {
+        uint64_t k = 5000 + t * 100 + i;
+        auto p = TestPayload(k, info.payload_bytes);
+        client::PutOptions options;
+        options.path = (i % 3 == 0) ? DataPath::kStream : DataPath::kAuto;
+        if (!kv_->Put(TestName(k), info, p, options).ok()) ++failures;
+        auto lease = kv_->Acquire(TestName(k));
+        if (!lease.ok() || !std::equal(lease->data().begin(), lease->data().end(), p.begin())) {
+          ++failures;
+        }
+        auto got = kv_->Get(TestName(k));
+        if (!got.ok() || got->payload != p) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+TEST_F(KvClientTest, VanishingStreamClientAbortsItsReservation) {
+  auto helper = ChildProcess::Start(
+      {BinaryPath("tests/client/vanishing_client"), svc_->target(), "stream", "60"});
+  ASSERT_TRUE(helper.ok());
+  ASSERT_TRUE((*helper)->WaitForLine("MIDWAY").ok());
+  EXPECT_GE(kv_->Stats()->reservations_active, 1u);
+  (*helper)->Kill();
+  // The service sees the stream break, aborts the reservation and keeps serving.
+  uint64_t active = 1;
+  for (int i = 0; i < 500 && active != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    active = kv_->Stats()->reservations_active;
+  }
+  EXPECT_EQ(active, 0u);
+  EXPECT_FALSE(kv_->Lookup(std::vector<ObjectName>{TestName(60)})->results[0].present);
+  ObjectInfo info = WithCrc(TestInfo(32768), TestPayload(60, 32768 * 256));
+  ASSERT_TRUE(kv_->Put(TestName(60), info, TestPayload(60, info.payload_bytes)).ok());
+}
+
+TEST_F(KvClientTest, VanishingSharedMemoryClientsReservationExpires) {
+  uint64_t expired_before = kv_->Stats()->reservations_expired;
+  auto helper = ChildProcess::Start(
+      {BinaryPath("tests/client/vanishing_client"), svc_->target(), "shm", "61"});
+  ASSERT_TRUE(helper.ok());
+  ASSERT_TRUE((*helper)->WaitForLine("MIDWAY").ok());
+  (*helper)->Kill();
+  uint64_t active = 1;
+  for (int i = 0; i < 500 && active != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    active = kv_->Stats()->reservations_active;
+  }
+  EXPECT_EQ(active, 0u);
+  EXPECT_GT(kv_->Stats()->reservations_expired, expired_before);
+  EXPECT_FALSE(kv_->Lookup(std::vector<ObjectName>{TestName(61)})->results[0].present);
+}
+
+TEST_F(KvClientTest, DeadlinesKeepAStuckServiceFromWedgingCalls) {
+  client::ClientOptions options;
+  options.rpc_timeout = std::chrono::milliseconds(300);
+  options.stream_timeout = std::chrono::milliseconds(500);
+  auto kv = ConnectTo(*svc_, options);
+  ASSERT_TRUE(kv.ok());
+  ObjectInfo info = TestInfo(64);
+  auto payload = TestPayload(70, info.payload_bytes);
+  svc_->Stop();
+  auto lookup = (*kv)->Lookup(std::vector<ObjectName>{TestName(70)});
+  Status put = (*kv)->Put(TestName(70), info, payload);
+  auto get = (*kv)->Get(TestName(70));
+  svc_->Continue();
+  EXPECT_EQ(lookup.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(put.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(get.status().code(), absl::StatusCode::kDeadlineExceeded);
+  // After the stall everything works again (a Reserve that timed out expires on its own).
+  EXPECT_TRUE((*kv)->Put(TestName(71), info, payload).ok());
+}
+
+TEST(KvClientConnect, TcpTargetUsesStreamsAndUnreachableTargetsFailFast) {
+  TempDir dir;
+  ServiceOptions options;
+  options.tcp = true;
+  auto svc = ServiceProcess::Start(dir.path(), options);
+  ASSERT_TRUE(svc.ok()) << svc.status();
+  auto kv = ConnectTo(**svc);
+  ASSERT_TRUE(kv.ok());
+  EXPECT_FALSE((*kv)->shared_memory_attached());
+  ObjectInfo info = TestInfo(8192);
+  auto payload = TestPayload(80, info.payload_bytes);
+  ASSERT_TRUE((*kv)->Put(TestName(80), info, payload).ok());
+  EXPECT_EQ((*kv)->Get(TestName(80))->payload, payload);
+  EXPECT_EQ((*kv)->Reserve(TestName(81), info).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*kv)->Acquire(TestName(80)).status().code(), absl::StatusCode::kFailedPrecondition);
+
+  client::ClientOptions quick;
+  quick.connect_timeout = std::chrono::milliseconds(300);
+  auto nowhere = KvClient::Connect("unix://" + dir.path() + "/nothing.sock", quick);
+  EXPECT_EQ(nowhere.status().code(), absl::StatusCode::kUnavailable);
+
+  client::ClientOptions no_shm;
+  no_shm.use_shared_memory = false;
+  TempDir unix_dir;
+  auto unix_svc = ServiceProcess::Start(unix_dir.path());
+  ASSERT_TRUE(unix_svc.ok());
+  auto plain = ConnectTo(**unix_svc, no_shm);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE((*plain)->shared_memory_attached());
+  ASSERT_TRUE((*plain)->Put(TestName(82), info, payload).ok());
+}
+
+}  // namespace
+}  // namespace kvstash::testing

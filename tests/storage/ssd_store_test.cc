@@ -1,0 +1,494 @@
+// ObjectStore with the SSD tier: write-through, durability across reopen, recovery, corruption,
+// capacity and ENOSPC, admission, promotion, concurrency.
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "store_test_util.h"
+
+namespace kvstash::storage {
+namespace {
+
+using testing::MakeObject;
+using testing::Put;
+using testing::ReadsBack;
+using testing::TempDir;
+using testing::TestObject;
+
+constexpr uint64_t kKiB = 1024;
+constexpr uint64_t kMiB = 1024 * kKiB;
+
+StoreOptions SsdOptions(const std::string& dir, uint64_t cpu_bytes, uint64_t ssd_bytes) {
+  StoreOptions o;
+  o.data_dir = dir;
+  o.cpu_capacity_bytes = cpu_bytes;
+  o.ssd_capacity_bytes = ssd_bytes;
+  o.ssd_io_threads = 3;
+  return o;
+}
+
+std::unique_ptr<ObjectStore> OpenOrDie(const StoreOptions& options) {
+  auto store = ObjectStore::Open(options);
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? std::move(*store) : nullptr;
+}
+
+TierStats SsdStats(ObjectStore& store) { return store.Stats().tiers.at(1); }
+
+std::vector<std::filesystem::path> ObjectFiles(const std::string& dir) {
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir + "/ssd/objects")) {
+    files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+void FlipByte(const std::filesystem::path& file, uint64_t offset) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  char c;
+  f.read(&c, 1);
+  c ^= 0x5a;
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(&c, 1);
+}
+
+TEST(SsdStoreTest, ObjectsSurviveReopen) {
+  TempDir dir;
+  std::vector<TestObject> objs;
+  for (int i = 0; i < 12; ++i) {
+    // Sizes around block boundaries: exercises the O_DIRECT tail handling.
+    objs.push_back(MakeObject("ns", i, i % 3 == 0 ? 4096 * (i + 1) : 1000 + i * 37 * kKiB));
+  }
+  {
+    auto store = OpenOrDie(SsdOptions(dir.path(), 64 * kMiB, 256 * kMiB));
+    ASSERT_NE(store, nullptr);
+    for (auto& o : objs) ASSERT_TRUE(Put(*store, o).ok());
+    ASSERT_TRUE(store->Pin(objs[5].name.storage_key).ok());
+    EXPECT_TRUE(ReadsBack(*store, objs[1]));
+    ASSERT_TRUE(store->Flush().ok());
+    EXPECT_EQ(SsdStats(*store).objects, objs.size());
+    ASSERT_TRUE(store->Close().ok());
+  }
+  auto store = OpenOrDie(SsdOptions(dir.path(), 64 * kMiB, 256 * kMiB));
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(SsdStats(*store).objects, objs.size());
+  EXPECT_EQ(store->Stats().tiers[0].objects, 0u);  // a fresh arena
+  for (auto& o : objs) {
+    LookupEntry e = store->Lookup(o.name.storage_key);
+    ASSERT_TRUE(e.present);
+    EXPECT_EQ(e.tier, Tier::kSsd);
+    EXPECT_EQ(e.info, o.info);
+    Tier from;
+    EXPECT_TRUE(ReadsBack(*store, o, &from));
+    EXPECT_EQ(from, Tier::kSsd);
+    EXPECT_EQ(store->Lookup(o.name.storage_key).tier, Tier::kCpu);  // promoted
+    EXPECT_TRUE(ReadsBack(*store, o, &from));
+    EXPECT_EQ(from, Tier::kCpu);
+  }
+  EXPECT_EQ(store->Stats().pinned_objects, 1u);  // pins survive a clean restart
+  auto listed = store->List("ns", false, 100, "");
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->objects.size(), objs.size());
+  for (const auto& l : listed->objects) {
+    if (l.name.storage_key == objs[1].name.storage_key) {
+      EXPECT_EQ(l.hits, 3u);
+    }
+  }
+  EXPECT_EQ(store->Stats().checksum_failures, 0u);
+}
+
+TEST(SsdStoreTest, DurableCommitIsOnDiskWhenItReturns) {
+  TempDir dir;
+  auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
+  TestObject o = MakeObject("ns", 1, 300 * kKiB);
+  ASSERT_TRUE(Put(*store, o, /*durable=*/true).ok());
+  // No Flush: the file is already complete and renamed into place.
+  auto files = ObjectFiles(dir.path());
+  ASSERT_EQ(files.size(), 1u);
+  EXPECT_EQ(files[0].extension(), ".kvo");
+  EXPECT_EQ(std::filesystem::file_size(files[0]), 4096 + o.payload.size());
+  EXPECT_EQ(SsdStats(*store).objects, 1u);
+}
+
+TEST(SsdStoreTest, DeleteRemovesFromEveryTier) {
+  TempDir dir;
+  TestObject a = MakeObject("ns", 1, 100 * kKiB), b = MakeObject("ns", 2, 100 * kKiB);
+  {
+    auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
+    ASSERT_TRUE(Put(*store, a, true).ok());
+    ASSERT_TRUE(Put(*store, b, true).ok());
+    ASSERT_TRUE(store->Delete(a.name.storage_key).ok());
+    EXPECT_EQ(ObjectFiles(dir.path()).size(), 1u);
+  }
+  auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
+  EXPECT_FALSE(store->Lookup(a.name.storage_key).present);
+  EXPECT_TRUE(ReadsBack(*store, b));
+}
+
+TEST(SsdStoreTest, OverwriteKeepsOnlyTheNewVersionAcrossReopen) {
+  TempDir dir;
+  TestObject v1 = MakeObject("ns", 1, 50 * kKiB);
+  TestObject v2 = MakeObject("ns", 77, 70 * kKiB);
+  v2.name = v1.name;
+  {
+    auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
+    ASSERT_TRUE(Put(*store, v1, true).ok());
+    ASSERT_TRUE(Put(*store, v2, true, /*overwrite=*/true).ok());
+  }
+  auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
+  EXPECT_TRUE(ReadsBack(*store, v2));
+  EXPECT_EQ(ObjectFiles(dir.path()).size(), 1u);
+}
+
+TEST(SsdStoreTest, PromotionOfEvictedObjects) {
+  TempDir dir;
+  StoreOptions options = SsdOptions(dir.path(), 4 * 256 * kKiB, 64 * kMiB);
+  options.high_watermark = 1.0;
+  options.low_watermark = 1.0;
+  auto store = OpenOrDie(options);
+  std::vector<TestObject> objs;
+  for (int i = 0; i < 10; ++i) {
+    objs.push_back(MakeObject("ns", i, 256 * kKiB));
+    ASSERT_TRUE(Put(*store, objs.back()).ok());
+  }
+  ASSERT_TRUE(store->Flush().ok());
+  EXPECT_GE(store->Stats().tiers[0].evictions, 6u);
+  EXPECT_EQ(store->Lookup(objs[0].name.storage_key).tier, Tier::kSsd);
+  // Every object reads back, the arena's residents being evicted to make room for promotions.
+  for (int round = 0; round < 2; ++round) {
+    for (auto& o : objs) EXPECT_TRUE(ReadsBack(*store, o));
+  }
+  EXPECT_GE(SsdStats(*store).hits, 10u);
+  // The arena now holds the four most recently read objects; with all of them leased, a
+  // promotion has no room.
+  std::vector<uint64_t> leases;
+  for (int i = 6; i < 10; ++i) {
+    EXPECT_EQ(store->Lookup(objs[i].name.storage_key).tier, Tier::kCpu);
+    auto lease = store->Acquire(objs[i].name.storage_key, 0);
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    EXPECT_EQ(lease->served_from, Tier::kCpu);
+    leases.push_back(lease->id);
+  }
+  EXPECT_EQ(store->Acquire(objs[0].name.storage_key, 0).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(store->Lookup(objs[0].name.storage_key).present);  // still on SSD
+  for (uint64_t id : leases) EXPECT_TRUE(store->Release(id).ok());
+}
+
+TEST(SsdStoreTest, ConcurrentReadersShareOnePromotion) {
+  TempDir dir;
+  TestObject o = MakeObject("ns", 1, 2 * kMiB);
+  {
+    auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
+    ASSERT_TRUE(Put(*store, o, true).ok());
+  }
+  auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
+  std::atomic<int> good{0};
+  std::vector<std::thread> readers;
+  for (int i = 0; i < 6; ++i) {
+    readers.emplace_back([&] { good += ReadsBack(*store, o) ? 1 : 0; });
+  }
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(good.load(), 6);
+  EXPECT_EQ(SsdStats(*store).hits, 1u);  // read from SSD once
+  EXPECT_EQ(store->Stats().tiers[0].used_bytes, 2 * kMiB);
+}
+
+TEST(SsdStoreTest, CorruptPayloadIsAMissNeverBytes) {
+  TempDir dir;
+  TestObject a = MakeObject("ns", 1, 200 * kKiB), b = MakeObject("ns", 2, 200 * kKiB);
+  {
+    auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
+    ASSERT_TRUE(Put(*store, a, true).ok());
+    ASSERT_TRUE(Put(*store, b, true).ok());
+  }
+  auto files = ObjectFiles(dir.path());
+  ASSERT_EQ(files.size(), 2u);
+  FlipByte(files[0], 4096 + 12345);  // a's payload (seq order = commit order)
+  MetricsRegistry registry;
+  StoreOptions options = SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB);
+  options.metrics = &registry;
+  auto store = OpenOrDie(options);
+  EXPECT_EQ(store->Acquire(a.name.storage_key, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->Stats().checksum_failures, 1u);
+  EXPECT_NE(registry.Render().find("kvstash_storage_checksum_failures_total 1"), std::string::npos);
+  EXPECT_FALSE(store->Lookup(a.name.storage_key).present);  // dropped
+  EXPECT_EQ(ObjectFiles(dir.path()).size(), 1u);
+  EXPECT_EQ(store->Stats().tiers[0].used_bytes, 0u);  // the promotion's extent was returned
+  // The store keeps serving.
+  EXPECT_TRUE(ReadsBack(*store, b));
+  TestObject c = MakeObject("ns", 3, 10 * kKiB);
+  EXPECT_TRUE(Put(*store, c, true).ok());
+  EXPECT_TRUE(ReadsBack(*store, c));
+}
+
+TEST(SsdStoreTest, CorruptHeaderOrNameBlockIsAMiss) {
+  TempDir dir;
+  std::vector<TestObject> objs;
+  for (int i = 0; i < 3; ++i) objs.push_back(MakeObject("ns", i, 64 * kKiB));
+  {
+    auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
+    for (auto& o : objs) ASSERT_TRUE(Put(*store, o, true).ok());
+  }
+  auto files = ObjectFiles(dir.path());
+  ASSERT_EQ(files.size(), 3u);
+  FlipByte(files[0], 10);      // object header
+  FlipByte(files[1], 64 + 9);  // name block (the storage key)
+  auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
+  EXPECT_FALSE(store->Acquire(objs[0].name.storage_key, 0).ok());
+  EXPECT_FALSE(store->Acquire(objs[1].name.storage_key, 0).ok());
+  EXPECT_TRUE(ReadsBack(*store, objs[2]));
+  EXPECT_EQ(store->Stats().checksum_failures, 2u);
+}
+
+TEST(SsdStoreTest, RecoveryDropsMissingAndShortFilesAndDeletesOrphans) {
+  TempDir dir;
+  std::vector<TestObject> objs;
+  for (int i = 0; i < 4; ++i) objs.push_back(MakeObject("ns", i, 64 * kKiB));
+  {
+    auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
+    for (auto& o : objs) ASSERT_TRUE(Put(*store, o, true).ok());
+  }
+  auto files = ObjectFiles(dir.path());
+  ASSERT_EQ(files.size(), 4u);
+  std::filesystem::remove(files[0]);
+  std::filesystem::resize_file(files[1], 4096 + 1000);
+  std::string objects = dir.path() + "/ssd/objects/";
+  std::ofstream(objects + "00000000000000ff.tmp") << "half-written";
+  std::ofstream(objects + "0000000000000fff.kvo") << "never indexed";
+  MetricsRegistry registry;
+  StoreOptions options = SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB);
+  options.metrics = &registry;
+  auto store = OpenOrDie(options);
+  EXPECT_FALSE(store->Lookup(objs[0].name.storage_key).present);
+  EXPECT_FALSE(store->Lookup(objs[1].name.storage_key).present);
+  EXPECT_TRUE(ReadsBack(*store, objs[2]));
+  EXPECT_TRUE(ReadsBack(*store, objs[3]));
+  EXPECT_NE(registry.Render().find("kvstash_storage_ssd_recovery_dropped_total 2"),
+            std::string::npos);
+  EXPECT_EQ(ObjectFiles(dir.path()).size(), 2u);  // orphan, temp and short file are gone
+  EXPECT_EQ(SsdStats(*store).used_bytes, 2 * (4096 + 64 * kKiB));
+}
+
+TEST(SsdStoreTest, SsdCapacityEvictsLeastRecentlyUsed) {
+  TempDir dir;
+  const uint64_t obj = 256 * kKiB;
+  const uint64_t file = 4096 + obj;
+  auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 10 * file));
+  std::vector<TestObject> objs;
+  for (int i = 0; i < 20; ++i) {
+    objs.push_back(MakeObject("ns", i, obj));
+    ASSERT_TRUE(Put(*store, objs.back(), true).ok());
+  }
+  TierStats ssd = SsdStats(*store);
+  EXPECT_LE(ssd.used_bytes, 10 * file);
+  EXPECT_GE(ssd.evictions, 10u);
+  EXPECT_EQ(ObjectFiles(dir.path()).size(), ssd.objects);
+  // The newest object is on SSD, the oldest is not (it lives on in the arena only).
+  EXPECT_EQ(ssd.objects + ssd.evictions, 20u);
+  ASSERT_TRUE(store->Close().ok());
+  auto reopened = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 10 * file));
+  EXPECT_FALSE(reopened->Lookup(objs[0].name.storage_key).present);
+  EXPECT_TRUE(ReadsBack(*reopened, objs[19]));
+}
+
+TEST(SsdStoreTest, FullSsdFailsDurableCommitButKeepsServing) {
+  TempDir dir;
+  const uint64_t obj = 256 * kKiB;
+  MetricsRegistry registry;
+  StoreOptions options = SsdOptions(dir.path(), 16 * kMiB, 2 * (4096 + obj) + 8192);
+  options.metrics = &registry;
+  options.high_watermark = 1.0;  // let the SSD fill up to its capacity
+  options.low_watermark = 1.0;
+  auto store = OpenOrDie(options);
+  TestObject a = MakeObject("ns", 1, obj), b = MakeObject("ns", 2, obj),
+             c = MakeObject("ns", 3, obj);
+  ASSERT_TRUE(Put(*store, a, true).ok());
+  ASSERT_TRUE(Put(*store, b, true).ok());
+  ASSERT_TRUE(store->Pin(a.name.storage_key).ok());  // pinned objects are never evicted
+  ASSERT_TRUE(store->Pin(b.name.storage_key).ok());
+  EXPECT_EQ(Put(*store, c, true).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(registry.Render().find("kvstash_storage_ssd_write_errors_total{reason=\"capacity\"} 1"),
+            std::string::npos);
+  // c is committed in the arena all the same, and everything is readable.
+  EXPECT_TRUE(ReadsBack(*store, c));
+  EXPECT_TRUE(ReadsBack(*store, a));
+  TestObject too_big = MakeObject("ns", 4, 2 * kMiB);
+  EXPECT_EQ(Put(*store, too_big, true).code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(store->Unpin(a.name.storage_key).ok());
+  TestObject d = MakeObject("ns", 5, obj);
+  EXPECT_TRUE(Put(*store, d, true).ok());  // a is evictable from SSD now
+}
+
+// A real ENOSPC from the filesystem: the SSD tier on a 4 MiB tmpfs (which also exercises the
+// buffered fallback, tmpfs refusing O_DIRECT).
+TEST(SsdStoreTest, RealEnospcFailsDurableCommitButKeepsServing) {
+  TempDir dir;
+  std::string mnt = dir.path() + "/small";
+  std::filesystem::create_directories(mnt);
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=4m") != 0) {
+    GTEST_SKIP() << "cannot mount a 4 MiB tmpfs here (" << std::strerror(errno)
+                 << "); the capacity-limit test covers the same code path";
+  }
+  {
+    MetricsRegistry registry;
+    StoreOptions options = SsdOptions(mnt, 32 * kMiB, 1ull << 30);  // the cap is not the limit
+    options.metrics = &registry;
+    auto store = OpenOrDie(options);
+    ASSERT_NE(store, nullptr);
+    std::vector<TestObject> stored;
+    Status last;
+    for (int i = 0; i < 20 && last.ok(); ++i) {
+      TestObject o = MakeObject("ns", i, 512 * kKiB);
+      last = Put(*store, o, true);
+      if (last.ok()) stored.push_back(o);
+    }
+    EXPECT_EQ(last.code(), absl::StatusCode::kResourceExhausted) << last;
+    EXPECT_GE(stored.size(), 3u);
+    EXPECT_NE(registry.Render().find("kvstash_storage_ssd_write_errors_total{reason=\"enospc\"} 1"),
+              std::string::npos);
+    for (auto& o : stored) EXPECT_TRUE(ReadsBack(*store, o));
+    // Space comes back after a delete, and writes work again.
+    ASSERT_TRUE(store->Delete(stored[0].name.storage_key).ok());
+    ASSERT_TRUE(store->Delete(stored[1].name.storage_key).ok());
+    EXPECT_TRUE(Put(*store, MakeObject("ns", 100, 512 * kKiB), true).ok());
+    ASSERT_TRUE(store->Close().ok());
+  }
+  EXPECT_EQ(umount(mnt.c_str()), 0) << std::strerror(errno);
+}
+
+TEST(SsdStoreTest, AdmissionAfterNHits) {
+  TempDir dir;
+  const uint64_t obj = 256 * kKiB;
+  MetricsRegistry registry;
+  StoreOptions options = SsdOptions(dir.path(), 4 * obj, 64 * kMiB);
+  options.ssd_admission_hits = 2;
+  options.high_watermark = 1.0;
+  options.low_watermark = 1.0;
+  options.metrics = &registry;
+  auto store = OpenOrDie(options);
+  TestObject hot = MakeObject("ns", 1, obj), cold = MakeObject("ns", 2, obj);
+  ASSERT_TRUE(Put(*store, hot).ok());
+  ASSERT_TRUE(Put(*store, cold).ok());
+  ASSERT_TRUE(store->Flush().ok());
+  EXPECT_EQ(SsdStats(*store).objects, 0u);  // nothing written through
+  EXPECT_TRUE(ReadsBack(*store, hot));
+  EXPECT_TRUE(ReadsBack(*store, cold));
+  ASSERT_TRUE(store->Flush().ok());
+  EXPECT_EQ(SsdStats(*store).objects, 0u);  // one hit is not enough
+  EXPECT_TRUE(ReadsBack(*store, hot));      // second hit: admitted
+  ASSERT_TRUE(store->Flush().ok());
+  EXPECT_EQ(SsdStats(*store).objects, 1u);
+  // Arena pressure evicts both: the admitted one survives on SSD, the other is dropped.
+  for (int i = 10; i < 18; ++i) ASSERT_TRUE(Put(*store, MakeObject("ns", i, obj)).ok());
+  EXPECT_EQ(store->Lookup(hot.name.storage_key).tier, Tier::kSsd);
+  EXPECT_FALSE(store->Lookup(cold.name.storage_key).present);
+  Tier from;
+  EXPECT_TRUE(ReadsBack(*store, hot, &from));
+  EXPECT_EQ(from, Tier::kSsd);
+  EXPECT_NE(registry.Render().find("kvstash_storage_ssd_admission_dropped_total"),
+            std::string::npos);
+  // A durable commit bypasses admission.
+  TestObject durable = MakeObject("ns", 50, obj);
+  ASSERT_TRUE(Put(*store, durable, true).ok());
+  EXPECT_EQ(SsdStats(*store).objects, 2u);
+}
+
+TEST(SsdStoreTest, AdmittedObjectIsDemotedBeforeItsBytesAreFreed) {
+  TempDir dir;
+  const uint64_t obj = 256 * kKiB;
+  StoreOptions options = SsdOptions(dir.path(), 4 * obj, 64 * kMiB);
+  options.ssd_admission_hits = 1;
+  options.high_watermark = 1.0;
+  options.low_watermark = 1.0;
+  options.ssd_io_threads = 1;
+  auto store = OpenOrDie(options);
+  std::vector<TestObject> objs;
+  for (int i = 0; i < 4; ++i) {
+    objs.push_back(MakeObject("ns", i, obj));
+    ASSERT_TRUE(Put(*store, objs.back()).ok());
+    EXPECT_TRUE(ReadsBack(*store, objs.back()));  // admitted, write queued
+  }
+  // Reserving now must wait for demotions rather than drop admitted objects.
+  for (int i = 4; i < 8; ++i) ASSERT_TRUE(Put(*store, MakeObject("ns", i, obj)).ok());
+  for (auto& o : objs) EXPECT_TRUE(ReadsBack(*store, o));
+  EXPECT_EQ(store->Stats().checksum_failures, 0u);
+}
+
+// Threads put (durable or not), read and verify, delete and pin concurrently in a small arena with
+// write-through; afterwards a reopened store must return every surviving object intact.
+TEST(SsdStoreTest, ConcurrentStressThenReopen) {
+  TempDir dir;
+  constexpr int kThreads = 4;
+  constexpr int kIds = 48;
+  auto size_of = [](int id) { return 4096 + static_cast<uint64_t>(id * 7919) % (200 * kKiB); };
+  {
+    auto store = OpenOrDie(SsdOptions(dir.path(), 2 * kMiB, 6 * kMiB));
+    std::atomic<int> corrupt{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        std::mt19937_64 rng(t + 100);
+        for (int step = 0; step < 400; ++step) {
+          int id = static_cast<int>(rng() % kIds);
+          TestObject o = MakeObject("stress", id, size_of(id));
+          switch (rng() % 7) {
+            case 0:
+            case 1:
+            case 2: {
+              Status s = Put(*store, o, rng() % 4 == 0, rng() % 2 == 0);
+              EXPECT_TRUE(s.ok() || absl::IsAlreadyExists(s) || absl::IsResourceExhausted(s)) << s;
+              break;
+            }
+            case 3:
+            case 4: {
+              auto lease = store->Acquire(o.name.storage_key, 0);
+              if (lease.ok()) {
+                if (std::memcmp(store->arena_base() + lease->arena_offset, o.payload.data(),
+                                o.payload.size()) != 0) {
+                  ++corrupt;
+                }
+                EXPECT_TRUE(store->Release(lease->id).ok());
+              } else {
+                EXPECT_TRUE(absl::IsNotFound(lease.status()) ||
+                            absl::IsResourceExhausted(lease.status()))
+                    << lease.status();
+              }
+              break;
+            }
+            case 5:
+              (void)store->Delete(o.name.storage_key);
+              break;
+            default:
+              if (store->Pin(o.name.storage_key).ok()) (void)store->Unpin(o.name.storage_key);
+          }
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(corrupt.load(), 0);
+    EXPECT_EQ(store->Stats().checksum_failures, 0u);
+    ASSERT_TRUE(store->Close().ok());
+  }
+  auto store = OpenOrDie(SsdOptions(dir.path(), 8 * kMiB, 6 * kMiB));
+  auto all = store->List("", true, 1000, "");
+  ASSERT_TRUE(all.ok());
+  EXPECT_GT(all->objects.size(), 0u);
+  for (const auto& l : all->objects) {
+    int id = static_cast<int>(l.name.token_hash.hi);
+    EXPECT_TRUE(ReadsBack(*store, MakeObject("stress", id, size_of(id)))) << id;
+  }
+  EXPECT_EQ(store->Stats().checksum_failures, 0u);
+}
+
+}  // namespace
+}  // namespace kvstash::storage
