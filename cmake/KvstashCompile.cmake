@@ -12,11 +12,22 @@ endif()
 
 if(KVSTASH_SANITIZE)
   set(_san -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
-  # One generator expression per flag: a list inside one expression splits it apart.
-  foreach(_flag IN LISTS _san)
-    add_compile_options("$<$<COMPILE_LANGUAGE:CXX,C>:${_flag}>")
+  # One generator expression per flag: a list inside $<...> would be split at its semicolons.
+  foreach(_flag ${_san})
+    add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:${_flag}>)
   endforeach()
   add_link_options(${_san})
+endif()
+
+# Fuzz builds (preset `fuzz`, clang): every target gets coverage instrumentation and ASan+UBSan;
+# fuzz targets link libFuzzer's main (tests/fuzz/CMakeLists.txt).
+if(KVSTASH_FUZZ)
+  set(_fuzz_san -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+                -fno-sanitize-recover=undefined)
+  foreach(_flag ${_fuzz_san})
+    add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:${_flag}>)
+  endforeach()
+  add_link_options(-fsanitize=address,undefined)
 endif()
 
 # kvstash_add_library(name SOURCES ... PUBLIC_DEPS ... PRIVATE_DEPS ...)

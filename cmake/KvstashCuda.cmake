@@ -9,6 +9,11 @@ if(KVSTASH_CUDA)
   if(CMAKE_CUDA_COMPILER)
     set(CMAKE_CUDA_ARCHITECTURES ${KVSTASH_CUDA_ARCHS})
     enable_language(CUDA)
+    # CMake 3.25 predates nvcc's C++20 flag; nvcc >= 12 accepts -std=c++20.
+    if(NOT CMAKE_CUDA20_STANDARD_COMPILE_OPTION AND CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 12.0)
+      set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+      set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+    endif()
     find_package(CUDAToolkit REQUIRED)
     # CMake 3.25 (Debian 12) knows nvcc's dialect flags only up to C++17; nvcc >= 12 takes -std=c++20.
     if(NOT CMAKE_CUDA20_STANDARD_COMPILE_OPTION)

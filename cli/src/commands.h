@@ -15,6 +15,8 @@ int& ExitCode();
 void RegisterGenerateCommand(CLI::App& app);  // generate_command.cc (reference engine)
 // put, get, stat, ls, rm, bench (store_commands.cc).
 void RegisterStoreCommands(CLI::App& app);
+// `kvstash codec ...` (codec_commands.cc).
+void RegisterCodecCommands(CLI::App& app);
 
 }  // namespace kvstash::cli
 

@@ -17,6 +17,12 @@ int main(int argc, char** argv) {
   // Subcommand registration, one line per module (see commands.h).
   kvstash::cli::RegisterGenerateCommand(app);
   kvstash::cli::RegisterStoreCommands(app);
-  CLI11_PARSE(app, argc, argv);
+  kvstash::cli::RegisterCodecCommands(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help/--version exit 0; every other parse error is a usage error (commands.h).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   return kvstash::cli::ExitCode();
 }

@@ -2,6 +2,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "cuda_status.h"
+
+#if KVSTASH_HAVE_CUDA
+#define KVSTASH_HAVE_CUDA_BUILT true
+#else
+#define KVSTASH_HAVE_CUDA_BUILT false
+#endif
 #if KVSTASH_HAVE_CUDA
 #include "cuda_launch.h"
 #endif
@@ -31,6 +37,8 @@ Status CudaStatus(int code, const char* what) { return code == 0 ? OkStatus() : 
 #endif
 
 }  // namespace internal
+
+bool CudaKernelsBuilt() { return KVSTASH_HAVE_CUDA_BUILT; }
 
 #if KVSTASH_HAVE_CUDA
 

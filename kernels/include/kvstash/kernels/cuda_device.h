@@ -18,6 +18,9 @@ namespace kvstash::kernels {
 // True when this build has CUDA kernels and at least one device can run them.
 bool CudaDeviceAvailable();
 
+// True when the build compiled the CUDA kernels, whether or not a device is present.
+bool CudaKernelsBuilt();
+
 // Device memory, owned by the caller (free it with CudaFree).
 Result<void*> CudaMalloc(size_t bytes);
 Status CudaFree(void* device_ptr);

@@ -1,0 +1,148 @@
+// Writes the seed corpus of the fuzz targets into <dir>/<target>/ (tests/fuzz/corpus in the repo):
+//   build/release/tests/fuzz/make_fuzz_corpus tests/fuzz/corpus
+// Seeds are valid inputs of every kind plus a few mutated ones; each begins with the target's flag
+// byte (see the targets' comments). Inputs found by fuzzing are added next to them by hand.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "fuzz_profile.h"
+#include "kvstash/codec/cachegen.h"
+#include "kvstash/common/crc32c.h"
+#include "kvstash/common/object_header.h"
+
+namespace {
+
+using namespace kvstash;
+
+void Write(const std::filesystem::path& dir, const std::string& name, uint8_t flags,
+           const std::vector<uint8_t>& bytes) {
+  std::filesystem::create_directories(dir);
+  std::ofstream out(dir / name, std::ios::binary);
+  out.put(static_cast<char>(flags));
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+}
+
+std::vector<uint8_t> Encode(KvLayout layout, const codec::EncodeOptions& options, uint64_t seed) {
+  codec::SyntheticKvOptions so;
+  so.seed = seed;
+  auto c = codec::EncodeCacheGen(layout, codec::SyntheticKv(layout, so), options);
+  if (!c.ok()) {
+    std::fprintf(stderr, "encode failed: %s\n", std::string(c.status().message()).c_str());
+    std::exit(1);
+  }
+  return *c;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s CORPUS_ROOT\n", argv[0]);
+    return 2;
+  }
+  const std::filesystem::path root = argv[1];
+  const auto containers = root / "fuzz_cachegen_container";
+  using codec::CacheGenMode;
+
+  for (int level = 1; level <= 3; ++level) {
+    codec::EncodeOptions o;
+    o.level = level;
+    o.subchunk_tokens = 8;
+    Write(containers, "ref_level" + std::to_string(level), 0, Encode(fuzz::FuzzLayout(23), o, 1));
+  }
+  for (DType dtype : {DType::kBF16, DType::kF32}) {
+    KvLayout layout = fuzz::FuzzLayout(9);
+    layout.dtype = dtype;
+    Write(containers, std::string("ref_") + std::string(DTypeName(dtype)), 0,
+          Encode(layout, codec::EncodeOptions{}, 2));
+  }
+  {
+    codec::EncodeOptions o;
+    o.mode = CacheGenMode::kDelta;
+    o.subchunk_tokens = 16;
+    Write(containers, "delta_level2", 0, Encode(fuzz::FuzzLayout(31), o, 3));
+    o.subchunk_tokens = 1;
+    Write(containers, "delta_subchunk1", 0, Encode(fuzz::FuzzLayout(12), o, 4));
+  }
+  {
+    codec::EncodeOptions o;
+    o.row_bins = {4, 64, 12, 32};
+    o.subchunk_tokens = 5;
+    Write(containers, "explicit_bins_lp65", 0, Encode(fuzz::FuzzLayout(17), o, 5));
+    Write(containers, "one_token", 0, Encode(fuzz::FuzzLayout(1), codec::EncodeOptions{}, 6));
+  }
+  const codec::CdfProfile& profile = fuzz::FuzzProfile();
+  for (CacheGenMode mode : {CacheGenMode::kReference, CacheGenMode::kDelta}) {
+    codec::EncodeOptions o;
+    o.mode = mode;
+    o.profile = &profile;
+    o.subchunk_tokens = 10;
+    Write(containers, std::string("profile_") + codec::CacheGenModeName(mode), 2,
+          Encode(fuzz::FuzzLayout(27), o, 7));
+  }
+  {
+    // Mutations whose checksums the target refreshes (flag bit 0).
+    auto base = Encode(fuzz::FuzzLayout(23), codec::EncodeOptions{}, 8);
+    auto m = base;
+    m[base.size() - 3] ^= 0x5A;  // payload byte
+    Write(containers, "mutated_payload", 1, m);
+    m = base;
+    m[72] = 30;  // bins
+    Write(containers, "mutated_bins", 1, m);
+    m = base;
+    m[28] = 24;  // token count
+    Write(containers, "mutated_tokens", 1, m);
+    m = std::vector<uint8_t>(base.begin(), base.begin() + 100);
+    Write(containers, "truncated", 1, m);
+    Write(containers, "header_only", 1, std::vector<uint8_t>(base.begin(), base.begin() + 72));
+  }
+
+  const auto profiles = root / "fuzz_cachegen_profile";
+  Write(profiles, "four_tables", 0, profile.bytes());
+  {
+    KvLayout layout = fuzz::FuzzLayout(16);
+    layout.num_layers = 1;
+    auto b = codec::CdfProfileBuilder::Create(codec::ProfileShape::Of(layout), {{}});
+    if (!b.ok() || !b->Add(layout, codec::SyntheticKv(layout)).ok()) return 1;
+    auto p = b->Build();
+    if (!p.ok()) return 1;
+    Write(profiles, "one_table", 0, p->bytes());
+    auto m = p->bytes();
+    m[44] = 0;  // first table's mode/level area
+    m[46] = 3;  // lp
+    Write(profiles, "mutated_lp", 1, m);
+    m = p->bytes();
+    m[p->bytes().size() / 2] ^= 0xFF;  // inside a CDF
+    Write(profiles, "mutated_cdf", 1, m);
+  }
+
+  const auto headers = root / "fuzz_object_header";
+  {
+    ObjectInfo info;
+    info.layout = fuzz::FuzzLayout(256);
+    info.layout.rope = RopeConvention::kGptj;
+    info.layout.position_start = 512;
+    info.payload_bytes = info.layout.RawBytes();
+    auto h = EncodeObjectHeader(info);
+    if (!h.ok()) return 1;
+    Write(headers, "raw_f16", 0, std::vector<uint8_t>(h->begin(), h->end()));
+    info.encoding = Encoding::kCacheGen;
+    info.encoding_level = 2;
+    info.payload_bytes = 1234;
+    h = EncodeObjectHeader(info);
+    if (!h.ok()) return 1;
+    Write(headers, "cachegen_level2", 0, std::vector<uint8_t>(h->begin(), h->end()));
+    auto m = std::vector<uint8_t>(h->begin(), h->end());
+    m[27] = 7;  // level out of range
+    Write(headers, "mutated_level", 1, m);
+    m = std::vector<uint8_t>(h->begin(), h->end());
+    m[16] = 9;  // head_begin past head_end
+    Write(headers, "mutated_heads", 1, m);
+  }
+  std::printf("corpus written to %s\n", root.c_str());
+  return 0;
+}
