@@ -13,6 +13,8 @@ namespace kvstash::cli {
 int& ExitCode();
 
 void RegisterGenerateCommand(CLI::App& app);  // generate_command.cc (reference engine)
+// `kvstash workload`: chat workload through the KV connector (workload_command.cc).
+void RegisterWorkloadCommand(CLI::App& app);
 // put, get, stat, ls, rm, bench (store_commands.cc).
 void RegisterStoreCommands(CLI::App& app);
 // `kvstash codec ...` (codec_commands.cc).
