@@ -15,3 +15,11 @@ if [ -x "$BUILD/bench/codec/codec_bench" ]; then
   "$BUILD/bench/codec/codec_eval" --synthetic 6 --context-tokens 2048 --speed --controller \
     --out bench/results/codec.json
 fi
+
+# ---- connector (docs/benchmarks-connector.md) --------------------------------------------------
+MODEL="${KVSTASH_CACHE:-$HOME/.cache/kvstash}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ -x "$BUILD/bench/connector/connector_bench" ] && [ -f "$MODEL" ]; then
+  echo "[bench] connector: TTFT no cache vs CPU-tier hit vs SSD hit (SmolLM2, own cachesvc)"
+  "$BUILD/bench/connector/connector_bench" --model "$MODEL" --text ../shared/data/text/botchan.txt \
+    --lengths 512,1024,2048 --runs 3 --out bench/results/connector.json
+fi
