@@ -158,7 +158,7 @@ Result<std::unique_ptr<KvConnector>> KvConnector::Create(std::shared_ptr<client:
 
 Status KvConnector::client_status() const {
   std::lock_guard<std::mutex> lock(client_mu_);
-  if (client_ != nullptr) return OkStatus();
+  if (client_ != nullptr && Clock::now() >= paused_until_) return OkStatus();
   return client_status_.ok() ? absl::UnavailableError("not connected") : client_status_;
 }
 
@@ -169,11 +169,13 @@ bool KvConnector::shared_memory() const {
 
 std::shared_ptr<client::KvClient> KvConnector::Client() {
   std::lock_guard<std::mutex> lock(client_mu_);
+  const auto now = Clock::now();
+  if (now < paused_until_) return nullptr;
   if (client_ != nullptr || target_.empty() || reconnecting_) return client_;
-  if (Clock::now() - last_connect_attempt_ < options_.reconnect_interval) return nullptr;
+  if (now - last_connect_attempt_ < options_.reconnect_interval) return nullptr;
   // Connecting waits up to connect_timeout: never on the caller's (the engine's) thread.
   reconnecting_ = true;
-  last_connect_attempt_ = Clock::now();
+  last_connect_attempt_ = now;
   background_->Post([this](bool cancelled) {
     Result<std::unique_ptr<client::KvClient>> client =
         cancelled ? Result<std::unique_ptr<client::KvClient>>(absl::CancelledError("stopping"))
@@ -192,14 +194,20 @@ std::shared_ptr<client::KvClient> KvConnector::Client() {
 }
 
 void KvConnector::NoteClientError(const Status& status) {
-  // An unreachable service drops the client: a fresh channel (reconnected in the background)
-  // recovers faster than waiting out gRPC's reconnect backoff on the old one. Only a client we
-  // created is dropped.
-  if (!absl::IsUnavailable(status) || target_.empty()) return;
+  const bool unavailable = absl::IsUnavailable(status);
+  if (!unavailable && !absl::IsDeadlineExceeded(status)) return;
   std::lock_guard<std::mutex> lock(client_mu_);
-  client_.reset();
   client_status_ = status;
-  last_connect_attempt_ = Clock::now() - options_.reconnect_interval;  // retry at the next use
+  if (unavailable && !target_.empty()) {
+    // A fresh channel, connected in the background, recovers faster than gRPC's reconnect
+    // backoff on the old one. Only a client this connector created is dropped.
+    client_.reset();
+    last_connect_attempt_ = Clock::now() - options_.reconnect_interval;  // at the next use
+  } else {
+    // A service that lets RPCs run into their deadline (stalled, overloaded) would cost every
+    // prefill a full deadline: leave it alone for a while.
+    paused_until_ = Clock::now() + options_.reconnect_interval;
+  }
 }
 
 Status KvConnector::CheckPaged(const kernels::PagedKvView& paged) const {

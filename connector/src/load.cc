@@ -37,8 +37,12 @@ uint32_t KvLoad::hit_chunks() const { return static_cast<uint32_t>(state_->chunk
 uint32_t KvLoad::hit_tokens() const { return hit_chunks() * state_->chunk_tokens; }
 
 void KvLoad::Cancel() {
-  std::lock_guard<std::mutex> lock(state_->scatter_mu);
-  state_->cancelled.store(true);
+  {
+    std::lock_guard<std::mutex> lock(state_->scatter_mu);
+    state_->cancelled.store(true);
+  }
+  { std::lock_guard<std::mutex> lock(state_->mu); }  // no waiter between its check and its wait
+  state_->cv.notify_all();
 }
 
 Status KvLoad::WaitLayer(uint32_t layer) {

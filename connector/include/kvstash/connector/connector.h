@@ -59,7 +59,8 @@ struct ConnectorOptions {
   std::chrono::milliseconds lease_margin{250};
   // Chunks waiting to be stored; chunks beyond it are dropped (counted), never waited for.
   uint32_t max_queued_store_chunks = 256;
-  // While the service is unreachable, a background reconnect is tried at most this often.
+  // While the service is unreachable, a background reconnect is tried at most this often; after
+  // an RPC ran into its deadline the cache is skipped (a miss) for this long.
   std::chrono::milliseconds reconnect_interval{2000};
   // Deadlines of the connector's own client: every RPC on the load path is bounded by these.
   client::ClientOptions client = {.rpc_timeout = std::chrono::milliseconds(2000),
@@ -194,7 +195,7 @@ class KvConnector {
 
   const Chunker& chunker() const { return chunker_; }
   const ConnectorOptions& options() const { return options_; }
-  // OK while a client is attached; the last connect error otherwise.
+  // OK while a client is attached and in use; otherwise the last connect or RPC error.
   Status client_status() const;
   // Whether chunk data moves through the shared arena (false: gRPC streams).
   bool shared_memory() const;
@@ -249,6 +250,7 @@ class KvConnector {
   Status client_status_;
   bool reconnecting_ = false;
   std::chrono::steady_clock::time_point last_connect_attempt_;
+  std::chrono::steady_clock::time_point paused_until_;
 
   std::atomic<uint32_t> queued_store_chunks_{0};
   // Declared last: destroyed first, so their threads stop before the members they use go away.
