@@ -8,6 +8,7 @@
 #   kernels   paged KV gather/scatter and RoPE shift (Google Benchmark)
 #   codec     CacheGen throughput and sizes (Google Benchmark + codec_eval on synthetic KV)
 #   engine    reference engine prefill/decode tokens/s on SmolLM2
+#   connector TTFT without cache vs CPU-tier and SSD hits through cachesvc (SmolLM2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${KVSTASH_BUILD:-build/release}"
@@ -43,13 +44,19 @@ bench_codec() {
     --out bench/results/codec.json
 }
 
+bench_connector() {
+  log "connector TTFT: no cache vs CPU-tier hit vs SSD hit -> bench/results/connector.json"
+  "$BUILD/bench/connector/connector_bench" --model "$SMOLLM2" --text ../shared/data/text/botchan.txt \
+    --lengths 512,1024,2048 --runs 3 --out bench/results/connector.json
+}
+
 bench_engine() {
   log "engine prefill/decode -> bench/results/engine.json"
   "$BUILD/bench/engine/engine_bench" --model "$SMOLLM2" --text ../shared/data/text/botchan.txt \
     --runs 3 --out bench/results/engine.json
 }
 
-ALL=(service ssd kernels codec engine)
+ALL=(service ssd kernels codec engine connector)
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${ALL[@]}")
 for name in "${selected[@]}"; do
@@ -59,6 +66,7 @@ for name in "${selected[@]}"; do
     kernels) bench_kernels ;;
     codec) bench_codec ;;
     engine) bench_engine ;;
+    connector) bench_connector ;;
     *)
       echo "unknown benchmark: $name (known: ${ALL[*]})" >&2
       exit 2

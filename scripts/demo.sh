@@ -8,6 +8,9 @@
 #                        f16 = 5.9 MB each, deterministic content) stored durably over shared memory
 #   read_back            read through shared memory and through the gRPC stream path, compare
 #   crash_and_recover    kill -9 the daemon, restart it on the same ./data, read everything again
+#   connector_demo       SmolLM2 multi-turn long-document chat through cachesvc: cold, warm (CPU),
+#                        warm (SSD) passes, tokens checked against a no-cache run
+#                        (scripts/demo_connector.sh)
 #   summary
 # Every process the demo starts is stopped on exit, whatever happens.
 set -euo pipefail
@@ -156,6 +159,12 @@ summary() {
   SVC_PID=""
 }
 
+connector_demo() {
+  say "5. SmolLM2 through the connector: prefix reuse from the CPU and SSD tiers"
+  ./scripts/demo_connector.sh
+  SUMMARY+=("connector: cold/warm/SSD passes generated identical tokens (table above)")
+}
+
 main() {
   [ -x "$CACHESVC" ] && [ -x "$KVSTASH" ] || {
     echo "build first: cmake --preset release && cmake --build --preset release" >&2
@@ -165,6 +174,7 @@ main() {
   store_kv_chunks
   read_back
   crash_and_recover
+  connector_demo
   summary
 }
 

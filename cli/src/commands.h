@@ -13,10 +13,12 @@ namespace kvstash::cli {
 int& ExitCode();
 
 void RegisterGenerateCommand(CLI::App& app);  // generate_command.cc (reference engine)
-// `kvstash codec ...` (codec_commands.cc).
-void RegisterCodecCommands(CLI::App& app);
+// `kvstash workload`: chat workload through the KV connector (workload_command.cc).
+void RegisterWorkloadCommand(CLI::App& app);
 // put, get, stat, ls, rm, bench, synth (store_commands.cc).
 void RegisterStoreCommands(CLI::App& app);
+// `kvstash codec ...` (codec_commands.cc).
+void RegisterCodecCommands(CLI::App& app);
 
 }  // namespace kvstash::cli
 

@@ -1,11 +1,15 @@
 // `kvstash generate`: runs the reference engine on a prompt and prints the continuation, then
-// time to first token and decode speed (on stderr, so stdout is only the text).
+// time to first token and decode speed (on stderr, so stdout is only the text). With
+// --cache-target the prefill goes through the KV connector: the longest cached prefix is loaded
+// from cachesvc instead of computed, and new full chunks are stored after the prefill.
 #include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
 
 #include "commands.h"
+#include "kvstash/connector/connector.h"
+#include "kvstash/connector/engine_adapter.h"
 #include "kvstash/engine/engine.h"
 #include "kvstash/engine/sampler.h"
 #include "kvstash/engine/tokenizer.h"
@@ -24,6 +28,10 @@ struct GenerateArgs {
   size_t threads = 0;
   bool chat = false;
   std::string kv_dtype = "f16";
+  std::string cache_target;  // empty: no cache
+  std::string cache_namespace;
+  uint32_t chunk_tokens = connector::kDefaultChunkTokens;
+  bool no_store = false;
 };
 
 int Fail(const std::string& msg) {
@@ -73,8 +81,46 @@ int RunGenerate(const GenerateArgs& a) {
   auto seq = (*eng)->NewSequence();
   engine::Sampler sampler(a.temperature, a.top_p, a.seed);
 
+  std::unique_ptr<connector::KvConnector> cache;
+  if (!a.cache_target.empty()) {
+    connector::ConnectorOptions copts;
+    copts.name_space = a.cache_namespace;
+    copts.chunk_tokens = a.chunk_tokens;
+    copts.store = !a.no_store;
+    auto c =
+        connector::KvConnector::Create(a.cache_target, connector::EngineCacheSpec(**eng), copts);
+    if (!c.ok()) return Fail(c.status().ToString());
+    cache = std::move(*c);
+    if (!cache->client_status().ok()) {
+      std::fprintf(stderr, "[kvstash generate] cache unreachable (%s): computing everything\n",
+                   cache->client_status().ToString().c_str());
+    }
+  }
+
   auto t0 = std::chrono::steady_clock::now();
-  auto logits = (*eng)->Prefill(*seq, ids, 0);
+  Result<std::vector<float>> logits = std::vector<float>();
+  std::shared_ptr<connector::StoreHandle> store;
+  std::string cache_line;
+  if (cache != nullptr) {
+    connector::EngineConnector adapter(**eng, *cache);
+    auto r = adapter.Prefill(*seq, ids);
+    if (!r.ok()) return Fail(r.status().ToString());
+    logits = std::move(r->logits);
+    store = r->store;
+    char buf[512];
+    std::snprintf(buf, sizeof(buf),
+                  "[kvstash generate] cache: hit %u of %u prompt tokens (cpu %u, ssd %u), "
+                  "computed %u; lookup %.2f ms, transfer %.2f ms, verify %.2f ms, scatter %.2f "
+                  "ms, waited %.2f ms%s%s\n",
+                  r->hit_tokens, r->prompt_tokens, r->cpu_hit_tokens, r->ssd_hit_tokens,
+                  r->computed_tokens, r->lookup_seconds * 1e3, r->load.transfer_seconds * 1e3,
+                  r->load.verify_seconds * 1e3, r->load.scatter_seconds * 1e3,
+                  r->load.wait_seconds * 1e3, r->load_failure.ok() ? "" : "; load failed: ",
+                  r->load_failure.ok() ? "" : r->load_failure.ToString().c_str());
+    cache_line = buf;
+  } else {
+    logits = (*eng)->Prefill(*seq, ids, 0);
+  }
   if (!logits.ok()) return Fail(logits.status().ToString());
   int32_t next = sampler.Sample(*logits);
   auto t_first = std::chrono::steady_clock::now();
@@ -96,6 +142,14 @@ int RunGenerate(const GenerateArgs& a) {
   auto t_end = std::chrono::steady_clock::now();
   std::printf("\n");
   std::fflush(stdout);
+  if (store != nullptr) {
+    store->Wait();  // the sequence's blocks must outlive the store
+    std::fprintf(stderr,
+                 "%s[kvstash generate] cache: stored %u new chunks (%u already present)%s%s\n",
+                 cache_line.c_str(), store->chunks_stored(), store->chunks_already_present(),
+                 store->status().ok() ? "" : "; store: ",
+                 store->status().ok() ? "" : store->status().ToString().c_str());
+  }
   double ttft = Seconds(t_first - t0);
   double decode = Seconds(t_end - t_first);
   std::fprintf(
@@ -128,6 +182,12 @@ void RegisterGenerateCommand(CLI::App& app) {
   sub->add_option("--threads", args->threads, "compute threads (0 = all cores)");
   sub->add_option("--kv-dtype", args->kv_dtype, "paged KV dtype: f16 or f32");
   sub->add_flag("--chat", args->chat, "wrap the prompt in the SmolLM2 chat template");
+  sub->add_option("--cache-target", args->cache_target,
+                  "cachesvc address (unix:///path or host:port): reuse cached prefixes");
+  sub->add_option("--cache-namespace", args->cache_namespace, "namespace of the cached KV");
+  sub->add_option("--chunk-tokens", args->chunk_tokens, "tokens per cached chunk")
+      ->check(CLI::PositiveNumber);
+  sub->add_flag("--no-store", args->no_store, "only load from the cache, never store");
   sub->callback([args] { ExitCode() = RunGenerate(*args); });
 }
 

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "kvstash 0.1.0");
   // Subcommand registration, one line per module (see commands.h).
   kvstash::cli::RegisterGenerateCommand(app);
+  kvstash::cli::RegisterWorkloadCommand(app);
   kvstash::cli::RegisterCodecCommands(app);
   kvstash::cli::RegisterStoreCommands(app);
   try {
