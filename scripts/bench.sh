@@ -9,6 +9,7 @@
 #   codec     CacheGen throughput and sizes (Google Benchmark + codec_eval on synthetic KV)
 #   engine    reference engine prefill/decode tokens/s on SmolLM2
 #   connector TTFT without cache vs CPU-tier and SSD hits through cachesvc (SmolLM2)
+#   blend     CacheBlend / Cache-Craft evaluation on 100 RAG prompts, eviction simulator
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${KVSTASH_BUILD:-build/release}"
@@ -50,13 +51,18 @@ bench_connector() {
     --lengths 512,1024,2048 --runs 3 --out bench/results/connector.json
 }
 
+bench_blend() {
+  log "blending evaluation (100 RAG prompts, all methods) + eviction simulator -> bench/results/blend*.json"
+  ./scripts/bench_blend.sh "${KVSTASH_BLEND_PROMPTS:-100}"
+}
+
 bench_engine() {
   log "engine prefill/decode -> bench/results/engine.json"
   "$BUILD/bench/engine/engine_bench" --model "$SMOLLM2" --text ../shared/data/text/botchan.txt \
     --runs 3 --out bench/results/engine.json
 }
 
-ALL=(service ssd kernels codec engine connector)
+ALL=(service ssd kernels codec engine connector blend)
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${ALL[@]}")
 for name in "${selected[@]}"; do
@@ -67,6 +73,7 @@ for name in "${selected[@]}"; do
     codec) bench_codec ;;
     engine) bench_engine ;;
     connector) bench_connector ;;
+    blend) bench_blend ;;
     *)
       echo "unknown benchmark: $name (known: ${ALL[*]})" >&2
       exit 2

@@ -11,6 +11,9 @@
 #   connector_demo       SmolLM2 multi-turn long-document chat through cachesvc: cold, warm (CPU),
 #                        warm (SSD) passes, tokens checked against a no-cache run
 #                        (scripts/demo_connector.sh)
+#   blend_demo           RAG prompts on SmolLM2: chunks reused at any position (CacheBlend,
+#                        Cache-Craft) vs full prefill, prefix caching, naive reuse; TTFT + quality
+#                        (scripts/demo_blend.sh)
 #   summary
 # Every process the demo starts is stopped on exit, whatever happens.
 set -euo pipefail
@@ -165,6 +168,12 @@ connector_demo() {
   SUMMARY+=("connector: cold/warm/SSD passes generated identical tokens (table above)")
 }
 
+blend_demo() {
+  say "6. RAG chunks reused at any position: CacheBlend and Cache-Craft"
+  ./scripts/demo_blend.sh
+  SUMMARY+=("blend: TTFT and quality per method printed above (docs/blend.md has the full evaluation)")
+}
+
 main() {
   [ -x "$CACHESVC" ] && [ -x "$KVSTASH" ] || {
     echo "build first: cmake --preset release && cmake --build --preset release" >&2
@@ -175,6 +184,7 @@ main() {
   read_back
   crash_and_recover
   connector_demo
+  blend_demo
   summary
 }
 

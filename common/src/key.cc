@@ -108,6 +108,14 @@ Hash128 IndependentTokenHash(std::span<const uint32_t> tokens) {
   return in.Digest();
 }
 
+Hash128 ChunkVariantHash(const Hash128& chunk_hash, uint32_t slot, uint32_t part) {
+  HashInput in("KVS1VAR\0");
+  in.Hash(chunk_hash);
+  in.U32(slot);
+  in.U32(part);
+  return in.Digest();
+}
+
 std::vector<Hash128> ChunkTokenHashes(std::span<const uint32_t> tokens, size_t chunk_tokens,
                                       TokenHashMode mode, bool include_partial) {
   std::vector<Hash128> out;

@@ -55,8 +55,9 @@ std::unique_ptr<EvictionPolicy> NewLruPolicy() { return std::make_unique<LruPoli
 
 Result<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(std::string_view name) {
   if (name == "lru") return NewLruPolicy();
+  if (name == "cost") return NewCostAwarePolicy();
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown eviction policy '", std::string(name), "' (known: lru)"));
+      absl::StrCat("unknown eviction policy '", std::string(name), "' (known: lru, cost)"));
 }
 
 }  // namespace kvstash::storage

@@ -52,6 +52,14 @@ TEST(KeyTest, PositionIndependentGoldenVectors) {
   EXPECT_EQ(IndependentTokenHash(max).ToHex(), "5464fda953c6f866088be221cee7d9e0");
 }
 
+TEST(KeyTest, ChunkVariantGoldenVectors) {
+  std::vector<uint32_t> t = {1, 2, 3};
+  Hash128 chunk = IndependentTokenHash(t);
+  EXPECT_EQ(ChunkVariantHash(chunk, 0, kVariantKv).ToHex(), "afbb606c68c86ad42aeccdb250eee7fc");
+  EXPECT_EQ(ChunkVariantHash(chunk, 4, kVariantStats).ToHex(), "2a011f627b6bf3d45367a8245fa585c4");
+  EXPECT_NE(ChunkVariantHash(chunk, 0, kVariantKv), ChunkVariantHash(chunk, 0, kVariantStats));
+}
+
 TEST(KeyTest, FingerprintAndObjectKeyGoldenVectors) {
   Hash128 fp = ModelFingerprint(SmolSpec());
   EXPECT_EQ(fp.ToHex(), "b6518bfc6fef993de0ec47499f35014b");

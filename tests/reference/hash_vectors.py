@@ -26,6 +26,10 @@ def independent(tokens) -> bytes:
     return h128(b"KVS1IND\0" + tokens_le(tokens))
 
 
+def variant(chunk: bytes, slot: int, part: int) -> bytes:
+    return h128(b"KVS1VAR\0" + chunk + struct.pack("<II", slot, part))
+
+
 def lp_str(s: bytes) -> bytes:
     return struct.pack("<I", len(s)) + s
 
@@ -53,6 +57,8 @@ if __name__ == "__main__":
     print("chain 256..511 after c0 ", c1.hex())
     print("independent([1,2,3])    ", independent([1, 2, 3]).hex())
     print("independent([0xFFFFFFFF])", independent([0xFFFFFFFF]).hex())
+    print("variant(ind([1,2,3]),0,0)", variant(independent([1, 2, 3]), 0, 0).hex())
+    print("variant(ind([1,2,3]),4,1)", variant(independent([1, 2, 3]), 4, 1).hex())
     fp = model_fp(b"HuggingFaceTB/SmolLM2-135M-Instruct", b"b179c952", 1, 30, 0, 30, 3, 0, 3, 64, 1,
                   100000.0)
     print("fingerprint smollm2     ", fp.hex())

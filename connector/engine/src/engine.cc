@@ -244,7 +244,7 @@ Status Engine::GatherContext(const Sequence& seq, uint32_t layer, uint32_t conte
 }
 
 Status Engine::FinishLayer(Sequence& seq, uint32_t layer, TokenBatch& b,
-                           const AttentionProbsFn& probs) {
+                           const AttentionProbsFn& probs, std::span<const uint32_t> last_key) {
   const ModelConfig& c = config();
   if (&seq.cache() != kv_.get()) return absl::InvalidArgumentError("FinishLayer: foreign sequence");
   if (b.qkv_layer_ != static_cast<int>(layer)) {
@@ -255,7 +255,12 @@ Status Engine::FinishLayer(Sequence& seq, uint32_t layer, TokenBatch& b,
     b.qkv_layer_ = -1;
     return OkStatus();
   }
-  uint32_t context = *std::max_element(b.positions_.begin(), b.positions_.end()) + 1;
+  if (!last_key.empty() && last_key.size() != n) {
+    return absl::InvalidArgumentError("FinishLayer: one last_key entry per row expected");
+  }
+  std::span<const uint32_t> limits =
+      last_key.empty() ? std::span<const uint32_t>(b.positions_) : last_key;
+  uint32_t context = *std::max_element(limits.begin(), limits.end()) + 1;
   if (context > seq.length()) {
     return absl::InvalidArgumentError("FinishLayer: a row's position is beyond the sequence");
   }
@@ -263,8 +268,8 @@ Status Engine::FinishLayer(Sequence& seq, uint32_t layer, TokenBatch& b,
   KVSTASH_RETURN_IF_ERROR(GatherContext(seq, layer, context));
   EnsureSize(att_, n * c.q_dim());
   AttentionShape shape{c.num_heads, c.num_kv_heads, c.head_dim, context};
-  Attention(pool_.get(), shape, b.q_.data(), b.positions_, k_ctx_.data(), v_ctx_.data(),
-            att_.data(), probs ? &probs : nullptr);
+  Attention(pool_.get(), shape, b.q_.data(), limits, k_ctx_.data(), v_ctx_.data(), att_.data(),
+            probs ? &probs : nullptr);
 
   EnsureSize(tmp_, n * c.dim);
   const MatmulJob out_job[] = {{&w.wo, tmp_.data(), c.dim}};

@@ -5,6 +5,7 @@
 //
 //   token chunk, prefix-chained:      h_i = H("KVS1PFX\0" || h_{i-1} || tokens_i)   h_{-1} = 0^16
 //   token chunk, position-independent: h = H("KVS1IND\0" || tokens)
+//   chunk variant (Cache-Craft):       H("KVS1VAR\0" || chunk hash || u32 slot || u32 part)
 //   model fingerprint:                 H("KVS1MDL\0" || fields of ModelSpec, see key.cc)
 //   object key:                        H("KVS1KEY\0" || u32 len(ns) || ns || fingerprint || token
 //   hash)
@@ -58,6 +59,13 @@ enum class TokenHashMode {
 Hash128 ChainTokenHash(const Hash128& parent, std::span<const uint32_t> tokens);
 // Hash of a chunk independent of its position and prefix.
 Hash128 IndependentTokenHash(std::span<const uint32_t> tokens);
+
+// Token hash of one stored variant of a chunk (Cache-Craft keeps several KV caches of the same
+// chunk, computed after different prefixes): `chunk_hash` is the chunk's IndependentTokenHash,
+// `slot` the variant's slot, `part` what the object holds (kVariantKv, kVariantStats).
+inline constexpr uint32_t kVariantKv = 0;
+inline constexpr uint32_t kVariantStats = 1;
+Hash128 ChunkVariantHash(const Hash128& chunk_hash, uint32_t slot, uint32_t part);
 
 // Splits `tokens` into chunks of `chunk_tokens` and hashes each. The last chunk may be shorter
 // when `include_partial` is true; otherwise a trailing partial chunk is dropped.

@@ -57,7 +57,15 @@ class EvictionPolicy {
 // Least recently used: Victim() is the object with the oldest last_access_ns (ties by key).
 std::unique_ptr<EvictionPolicy> NewLruPolicy();
 
-// Policy by name: "lru". InvalidArgument for an unknown name.
+// Cost-aware (Greedy-Dual-Size-Frequency): priority = L + saved * (hits + 1) / bytes, where
+// `saved` is meta.value (the compute a hit saves, e.g. prefill FLOPs x (1 - CFO) of a chunk
+// variant) or, when value is 0, num_tokens (compute grows with the tokens a hit skips), and L is
+// the priority of the last object evicted (aging: objects nobody reads fall behind new ones).
+// Victim() is the lowest priority; ties go to the older last access, then the smaller key.
+// Removing the key Victim() last returned counts as its eviction and advances L.
+std::unique_ptr<EvictionPolicy> NewCostAwarePolicy();
+
+// Policy by name: "lru" or "cost". InvalidArgument for an unknown name.
 Result<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(std::string_view name);
 
 }  // namespace kvstash::storage

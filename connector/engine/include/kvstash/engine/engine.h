@@ -142,9 +142,14 @@ class Engine {
   // (exact causal mask by position), output projection, residual, RMSNorm, SwiGLU FFN,
   // residual: hidden then enters layer + 1. Every position up to the largest row position must
   // be < seq.length() and hold valid KV. `probs`, when set, observes the softmax.
+  // `last_key`, when not empty (one entry per row), replaces the causal mask: row r attends to
+  // positions [0, last_key[r]] instead (its RoPE position is unchanged). CacheBlend uses it to
+  // reproduce the reference code's bottom-right-aligned mask for comparison; InvalidArgument for
+  // a size mismatch or a limit beyond the sequence.
   // FailedPrecondition when the batch holds another layer's Q/K/V.
   Status FinishLayer(Sequence& seq, uint32_t layer, TokenBatch& batch,
-                     const AttentionProbsFn& probs = nullptr);
+                     const AttentionProbsFn& probs = nullptr,
+                     std::span<const uint32_t> last_key = {});
   // Final RMSNorm and output head for `rows` of a batch that went through every layer:
   // [rows.size()][vocab].
   Result<std::vector<float>> Logits(const TokenBatch& batch, std::span<const size_t> rows);
