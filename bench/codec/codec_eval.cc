@@ -21,6 +21,7 @@
 #include <random>
 #include <thread>
 
+#include "eval_common.h"
 #include "kv_corpus.h"
 #include "kvstash/codec/cachegen.h"
 #include "kvstash/codec/coder.h"
@@ -44,78 +45,6 @@ struct Config {
   int level = 2;
   bool profile = false;
 };
-
-struct Totals {
-  double bytes = 0, tokens = 0;
-  codec::SizeBreakdown parts;
-  double err_k = 0, ref_k = 0, err_v = 0, ref_v = 0;  // sums of squares
-  void AddError(const KvChunk& c, const std::vector<uint8_t>& decoded_f16) {
-    const size_t per_half = size_t{c.layout.num_tokens} * c.layout.heads() * c.layout.head_dim;
-    for (size_t lh = 0; lh < size_t{c.layout.num_layers} * 2; ++lh) {
-      const bool is_v = lh % 2 == 1;
-      for (size_t i = lh * per_half; i < (lh + 1) * per_half; ++i) {
-        uint16_t a, b;
-        std::memcpy(&a, c.kv.data() + 2 * i, 2);
-        std::memcpy(&b, decoded_f16.data() + 2 * i, 2);
-        const double x = F16ToF32(a), y = F16ToF32(b);
-        (is_v ? err_v : err_k) += (x - y) * (x - y);
-        (is_v ? ref_v : ref_k) += x * x;
-      }
-    }
-  }
-};
-
-// 8-bit baseline: symmetric per-(row, token) max scaling with 255 levels (bins 256), one byte per
-// element plus an f16 scale per (row, token) vector.
-std::vector<uint8_t> EightBitRoundTrip(const KvChunk& c) {
-  const size_t C = size_t{c.layout.heads()} * c.layout.head_dim;
-  const size_t vectors = size_t{c.layout.num_layers} * 2 * c.layout.num_tokens;
-  std::vector<uint8_t> out(c.kv.size());
-  std::vector<uint16_t> h(C);
-  std::vector<float> x(C), y(C);
-  std::vector<uint8_t> sym(C);
-  for (size_t v = 0; v < vectors; ++v) {
-    std::memcpy(h.data(), c.kv.data() + v * C * 2, C * 2);
-    F16ToF32(h.data(), x.data(), C);
-    auto scale = codec::QuantizeVector(x, 256, sym);
-    codec::DequantizeVector(sym, 256, F16ToF32(F32ToF16(*scale)), y);
-    F32ToF16(y.data(), h.data(), C);
-    std::memcpy(out.data() + v * C * 2, h.data(), C * 2);
-  }
-  return out;
-}
-
-json Row(const Totals& t, double fp16_per_token, double int8_per_token, bool with_error) {
-  json j;
-  const double per_token = t.bytes / t.tokens;
-  j["bytes_per_token"] = per_token;
-  j["ratio_vs_fp16"] = fp16_per_token / per_token;
-  j["ratio_vs_int8"] = int8_per_token / per_token;
-  if (t.parts.total() > 0) {
-    j["breakdown_bytes_per_token"] = {{"payload", t.parts.payload / t.tokens},
-                                      {"cdf", t.parts.cdf / t.tokens},
-                                      {"lengths", t.parts.lengths / t.tokens},
-                                      {"scales", t.parts.scales / t.tokens},
-                                      {"anchors", t.parts.anchors / t.tokens},
-                                      {"header_bins", (t.parts.header + t.parts.bins) / t.tokens}};
-  }
-  if (with_error) {
-    j["rel_mse_k"] = t.ref_k > 0 ? t.err_k / t.ref_k : 0.0;
-    j["rel_mse_v"] = t.ref_v > 0 ? t.err_v / t.ref_v : 0.0;
-  }
-  return j;
-}
-
-double MedianSeconds(int reps, const std::function<void()>& fn) {
-  std::vector<double> s;
-  for (int i = 0; i < reps; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
-    fn();
-    s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(s.begin(), s.end());
-  return s[s.size() / 2];
-}
 
 }  // namespace
 
@@ -214,13 +143,12 @@ int Main(int argc, char** argv) {
     std::map<std::string, Totals> totals;
     for (const KvChunk& c : chunks) {
       const double tokens = c.layout.num_tokens;
-      const uint64_t vectors = uint64_t{c.layout.num_layers} * 2 * c.layout.num_tokens;
       auto add = [&](const std::string& name, double bytes) {
         totals[name].bytes += bytes;
         totals[name].tokens += tokens;
       };
       add("fp16", static_cast<double>(c.kv.size()));
-      add("int8", c.kv.size() / 2.0 + vectors * 2.0);
+      add("int8", EightBitBytes(c.layout));
       totals["int8"].AddError(c, EightBitRoundTrip(c));
       std::vector<uint8_t> z(ZSTD_compressBound(c.kv.size()));
       add("zstd3_fp16", ZSTD_compress(z.data(), z.size(), c.kv.data(), c.kv.size(), 3));
@@ -248,14 +176,7 @@ int Main(int argc, char** argv) {
         Totals& t = totals[cfg.name];
         t.bytes += container->size();
         t.tokens += tokens;
-        const codec::SizeBreakdown& s = view->info.sizes;
-        t.parts.header += s.header;
-        t.parts.bins += s.bins;
-        t.parts.cdf += s.cdf;
-        t.parts.scales += s.scales;
-        t.parts.anchors += s.anchors;
-        t.parts.lengths += s.lengths;
-        t.parts.payload += s.payload;
+        t.AddParts(view->info.sizes);
         t.AddError(c, *decoded);
       }
     }
@@ -272,7 +193,7 @@ int Main(int argc, char** argv) {
           "cachegen_delta_profile_l2"}) {
       const Totals& t = totals[name];
       const bool lossy = name != "fp16" && name.find("_fp16") == std::string::npos;
-      section["configs"][name] = Row(t, fp16, int8, lossy);
+      section["configs"][name] = SizeRow(t, fp16, int8, lossy);
       const json& r = section["configs"][name];
       std::printf("| %s | %.1f | %.2fx | %.2fx | %s | %s |\n", name.c_str(),
                   r["bytes_per_token"].get<double>(), r["ratio_vs_fp16"].get<double>(),

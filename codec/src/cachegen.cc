@@ -86,8 +86,17 @@ Result<std::vector<uint8_t>> EncodeCacheGen(const KvLayout& layout, std::span<co
     KVSTASH_ASSIGN_OR_RETURN(table, ProfileTableFor(*options.profile, shape.layers, shape.heads,
                                                     shape.head_dim, p.mode, bins));
   }
+  if (!options.reconstruction.empty() && options.reconstruction.size() != layout.RawBytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("reconstruction buffer is ",
+                                                   options.reconstruction.size(),
+                                                   " bytes, layout needs ", layout.RawBytes()));
+  }
   internal::QuantizedChunk q;
   KVSTASH_RETURN_IF_ERROR(internal::QuantizeChunk(shape, kv, p, options.pool, &q));
+  if (!options.reconstruction.empty()) {
+    KVSTASH_RETURN_IF_ERROR(
+        internal::Reconstruct(shape, p, q, options.pool, options.reconstruction));
+  }
   std::vector<uint16_t> own_cdf;
   std::span<const uint16_t> cdf;
   if (table != nullptr) {

@@ -92,6 +92,11 @@ struct DecodeInputs {
 Status DecodeStreams(const ChunkShape& shape, const ChunkParams& p, const DecodeInputs& in,
                      ThreadPool* pool, std::span<uint8_t> out);
 
+// What DecodeStreams will produce for `q`, computed from the symbols and scales directly (no
+// stream decoding): the dequantised KV in shape.dtype, bit for bit.
+Status Reconstruct(const ChunkShape& shape, const ChunkParams& p, const QuantizedChunk& q,
+                   ThreadPool* pool, std::span<uint8_t> out);
+
 // Container assembly (the inverse of ParseContainer).
 struct ContainerParts {
   ContainerInfo info;  // sizes are filled in by BuildContainer

@@ -171,4 +171,47 @@ Status DecodeStreams(const ChunkShape& shape, const ChunkParams& p, const Decode
   return OkStatus();
 }
 
+Status Reconstruct(const ChunkShape& shape, const ChunkParams& p, const QuantizedChunk& q,
+                   ThreadPool* pool, std::span<uint8_t> out) {
+  if (out.size() != shape.raw_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("reconstruction buffer is ", out.size(),
+                                                   " bytes, chunk needs ", shape.raw_bytes()));
+  }
+  const uint32_t rows = shape.rows();
+  const uint32_t T = shape.tokens;
+  const size_t C = shape.channels();
+  const size_t esize = DTypeSize(shape.dtype);
+  const uint32_t A = p.AnchorsPerRow(T);
+  const uint32_t G = p.group_tokens;
+  constexpr int kAnchorCq = kAnchorBins / 2 - 1;
+  // The decoder's arithmetic (DecodeStreams) applied to the encoder's own symbols and scales.
+  ParallelFor(pool, rows, 1, [&](size_t begin, size_t end) {
+    std::vector<float> x(C), anchor(C);
+    std::vector<uint16_t> tmp;
+    for (size_t r = begin; r < end; ++r) {
+      const uint32_t row = static_cast<uint32_t>(r);
+      const int cq = cg::QuantCq(p.row_bins[row]);
+      const float* row_scales = q.scales.data() + size_t{row} * T;
+      const uint8_t* row_sym = q.sym.data() + size_t{row} * T * C;
+      uint8_t* row_out = out.data() + shape.RowOffset(row) * esize;
+      for (uint32_t t = 0; t < T; ++t) {
+        if (p.IsAnchor(t)) {
+          const uint8_t* as = q.anchors.data() + (size_t{row} * A + t / G) * C;
+          for (size_t c = 0; c < C; ++c) {
+            anchor[c] = cg::DequantizeValue(as[c], kAnchorCq, row_scales[t]);
+          }
+          StoreRow(anchor.data(), C, shape.dtype, tmp, row_out + size_t{t} * C * esize);
+          continue;
+        }
+        for (size_t c = 0; c < C; ++c) {
+          x[c] = cg::DequantizeValue(row_sym[size_t{t} * C + c], cq, row_scales[t]);
+          if (p.mode == CacheGenMode::kDelta) x[c] = cg::AddRn(anchor[c], x[c]);
+        }
+        StoreRow(x.data(), C, shape.dtype, tmp, row_out + size_t{t} * C * esize);
+      }
+    }
+  });
+  return OkStatus();
+}
+
 }  // namespace kvstash::codec::internal

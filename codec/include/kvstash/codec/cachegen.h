@@ -47,6 +47,11 @@ struct EncodeOptions {
   // and match the layout); the container references the profile by id. Not owned.
   const CdfProfile* profile = nullptr;
   ThreadPool* pool = nullptr;  // not owned; null = calling thread only
+  // Non-empty (exactly layout.RawBytes() bytes, not overlapping the input): receives the KV the
+  // container will decode to, bit for bit, computed from the encoder's own symbols without
+  // decoding streams (so a caller can checksum or compare the lossy result for the cost of one
+  // dequantisation pass). Not owned.
+  std::span<uint8_t> reconstruction;
 };
 
 // Resolves a row_bins vector from options and layout (explicit bins or the level rule).
