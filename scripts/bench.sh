@@ -80,4 +80,6 @@ for name in "${selected[@]}"; do
       ;;
   esac
 done
+log "plots -> docs/img/bench_*.png"
+"${PYTHON:-/usr/bin/python3}" scripts/plot_benchmarks.py bench/results docs/img
 log "done"
