@@ -76,24 +76,42 @@ Result<Args> ParseArgs(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
     auto value = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    if (k == "--model") a.model = value();
-    else if (k == "--target") a.target = value();
-    else if (k == "--out") a.out = value();
-    else if (k == "--progress") a.progress = value();
-    else if (k == "--text-dir") a.rag.text_dir = value();
-    else if (k == "--methods") a.methods = value();
-    else if (k == "--prompts") a.prompts = std::stoul(value());
-    else if (k == "--warmup") a.warmup = std::stoul(value());
-    else if (k == "--gen") a.gen = std::stoul(value());
-    else if (k == "--threads") a.threads = std::stoul(value());
-    else if (k == "--pool") a.rag.pool_size = static_cast<uint32_t>(std::stoul(value()));
-    else if (k == "--seed") a.rag.seed = std::stoull(value());
-    else if (k == "--namespace") a.name_space = value();
-    else if (k == "--chunk-lead") a.chunk_lead = value();
-    else if (k == "--in-process") a.in_process = true;
-    else if (k == "--resume") a.resume = true;
-    else if (k == "--demo") a.demo = true;
-    else return absl::InvalidArgumentError("unknown argument " + k);
+    if (k == "--model")
+      a.model = value();
+    else if (k == "--target")
+      a.target = value();
+    else if (k == "--out")
+      a.out = value();
+    else if (k == "--progress")
+      a.progress = value();
+    else if (k == "--text-dir")
+      a.rag.text_dir = value();
+    else if (k == "--methods")
+      a.methods = value();
+    else if (k == "--prompts")
+      a.prompts = std::stoul(value());
+    else if (k == "--warmup")
+      a.warmup = std::stoul(value());
+    else if (k == "--gen")
+      a.gen = std::stoul(value());
+    else if (k == "--threads")
+      a.threads = std::stoul(value());
+    else if (k == "--pool")
+      a.rag.pool_size = static_cast<uint32_t>(std::stoul(value()));
+    else if (k == "--seed")
+      a.rag.seed = std::stoull(value());
+    else if (k == "--namespace")
+      a.name_space = value();
+    else if (k == "--chunk-lead")
+      a.chunk_lead = value();
+    else if (k == "--in-process")
+      a.in_process = true;
+    else if (k == "--resume")
+      a.resume = true;
+    else if (k == "--demo")
+      a.demo = true;
+    else
+      return absl::InvalidArgumentError("unknown argument " + k);
   }
   if (a.model.empty()) return absl::InvalidArgumentError("--model is required");
   if (a.target.empty() && !a.in_process) {
@@ -131,8 +149,14 @@ Result<json> EvaluatePrompt(engine::Engine& e, blend::Blender& b, const blend::B
   for (const bench::MethodSpec& m : methods) {
     json r;
     if (m.options.method == blend::Method::kFullPrefill) {
-      r = {{"ttft_s", ref_wall},   {"cpu_s", ref_cpu},    {"kl", 0.0},      {"top1", 1.0},
-           {"agree", 1.0},         {"matched", 1.0},      {"kl_cont", 0.0}, {"recompute", 1.0},
+      r = {{"ttft_s", ref_wall},
+           {"cpu_s", ref_cpu},
+           {"kl", 0.0},
+           {"top1", 1.0},
+           {"agree", 1.0},
+           {"matched", 1.0},
+           {"kl_cont", 0.0},
+           {"recompute", 1.0},
            {"kv_dev", std::vector<double>(e.config().num_layers, 0.0)}};
       rec["methods"][m.name] = r;
       continue;
@@ -208,8 +232,8 @@ json Summarize(const std::vector<json>& records, const std::vector<bench::Method
 }
 
 void PrintTable(const json& summary, const std::vector<bench::MethodSpec>& methods) {
-  std::fprintf(stdout, "%-14s %9s %8s %9s %9s %9s %7s %7s %7s %9s\n", "method", "TTFT(s)",
-               "xFull", "recompute", "KL", "KL(cont)", "top1", "greedy", "forced", "KV dev");
+  std::fprintf(stdout, "%-14s %9s %8s %9s %9s %9s %7s %7s %7s %9s\n", "method", "TTFT(s)", "xFull",
+               "recompute", "KL", "KL(cont)", "top1", "greedy", "forced", "KV dev");
   for (const bench::MethodSpec& m : methods) {
     const json& s = summary[m.name];
     std::fprintf(stdout, "%-14s %9.3f %8.3f %8.1f%% %9.5f %9.5f %7.2f %7.2f %7.2f %9.5f\n",
@@ -271,7 +295,8 @@ int Run(int argc, char** argv) {
   };
   auto model = engine::Model::Load(a.model);
   if (!model.ok()) return fail(model.status());
-  if ((*model)->gguf() == nullptr) return fail(absl::InvalidArgumentError("a GGUF model is needed"));
+  if ((*model)->gguf() == nullptr)
+    return fail(absl::InvalidArgumentError("a GGUF model is needed"));
   auto tok = engine::LoadGgufTokenizer(*(*model)->gguf());
   if (!tok.ok()) return fail(tok.status());
   engine::EngineOptions eo;

@@ -40,7 +40,8 @@ int main(int argc, char** argv) {
       cfg.seed = seed;
       const kvstash::bench::Trace trace = kvstash::bench::MakeTrace(cfg);
       for (double cap : {0.02, 0.05, 0.10, 0.20, 0.40}) {
-        const uint64_t bytes = static_cast<uint64_t>(cap * static_cast<double>(trace.catalog_bytes));
+        const uint64_t bytes =
+            static_cast<uint64_t>(cap * static_cast<double>(trace.catalog_bytes));
         auto lru = kvstash::storage::NewLruPolicy();
         auto cost = kvstash::storage::NewCostAwarePolicy();
         const auto a = kvstash::bench::Simulate(trace, bytes, *lru);
@@ -60,10 +61,8 @@ int main(int argc, char** argv) {
     }
   }
   if (!out_path.empty()) {
-    nlohmann::json out = {{"chunks", chunks},
-                          {"requests", requests},
-                          {"chunks_per_request", 5},
-                          {"rows", rows}};
+    nlohmann::json out = {
+        {"chunks", chunks}, {"requests", requests}, {"chunks_per_request", 5}, {"rows", rows}};
     std::ofstream(out_path) << out.dump(2) << "\n";
   }
   return 0;

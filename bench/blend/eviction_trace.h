@@ -55,7 +55,8 @@ inline Trace MakeTrace(const TraceConfig& c) {
   Rng rng(c.seed);
   for (uint32_t i = 0; i < c.num_chunks; ++i) {
     ChunkInfo ch;
-    ch.tokens = c.min_tokens + static_cast<uint32_t>(rng.Next() % (c.max_tokens - c.min_tokens + 1));
+    ch.tokens =
+        c.min_tokens + static_cast<uint32_t>(rng.Next() % (c.max_tokens - c.min_tokens + 1));
     ch.bytes = uint64_t{ch.tokens} * c.kv_bytes_per_token;
     const double n = ch.tokens;
     ch.prefill_flops = 2.0 * c.params * n + 2.0 * c.layers * c.dim * n * n;
@@ -75,7 +76,8 @@ inline Trace MakeTrace(const TraceConfig& c) {
     std::vector<uint32_t> picked;
     while (picked.size() < c.chunks_per_request) {
       const double u = rng.Uniform();
-      const uint32_t r = static_cast<uint32_t>(std::lower_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
+      const uint32_t r =
+          static_cast<uint32_t>(std::lower_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
       const uint32_t id = by_rank[std::min(r, c.num_chunks - 1)];
       if (std::find(picked.begin(), picked.end(), id) == picked.end()) picked.push_back(id);
     }
@@ -85,7 +87,8 @@ inline Trace MakeTrace(const TraceConfig& c) {
 }
 
 // Runs `trace` through a cache of `capacity` bytes managed by `policy`; value = saved FLOPs.
-inline TraceResult Simulate(const Trace& trace, uint64_t capacity, storage::EvictionPolicy& policy) {
+inline TraceResult Simulate(const Trace& trace, uint64_t capacity,
+                            storage::EvictionPolicy& policy) {
   TraceResult res;
   struct Held {
     uint64_t hits = 0;

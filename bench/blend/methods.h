@@ -117,9 +117,9 @@ inline Result<Continuation> Greedy(engine::Engine& e, engine::Sequence& seq,
 // reference's. Until the first mismatch this is exactly the free-running greedy continuation, so
 // `leading` is how many tokens a free-running greedy decode would share with the reference.
 struct Agreement {
-  size_t leading = 0;       // tokens before the first mismatch
-  double matched = 0;       // share of the steps with the same argmax
-  double kl_mean = 0;       // mean KL(reference || seq) over the steps
+  size_t leading = 0;  // tokens before the first mismatch
+  double matched = 0;  // share of the steps with the same argmax
+  double kl_mean = 0;  // mean KL(reference || seq) over the steps
 };
 inline Result<Agreement> AgreeAlong(engine::Engine& e, engine::Sequence& seq,
                                     std::vector<float> logits, const Continuation& ref) {

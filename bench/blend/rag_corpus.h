@@ -105,7 +105,8 @@ inline ChunkPool BuildChunkPool(const engine::Tokenizer& tok, const RagOptions& 
     while (next[f] < ps.size() && body.size() < body_max) {
       std::vector<int32_t> ids = tok.Encode((body.empty() ? "" : " ") + ps[next[f]++], false);
       const size_t room = body_max - body.size();
-      body.insert(body.end(), ids.begin(), ids.begin() + static_cast<ptrdiff_t>(std::min(room, ids.size())));
+      body.insert(body.end(), ids.begin(),
+                  ids.begin() + static_cast<ptrdiff_t>(std::min(room, ids.size())));
     }
     if (body.size() + head.size() + tail.size() >= o.min_tokens) {
       std::vector<int32_t> seg = head;
@@ -128,7 +129,8 @@ struct PromptSpec {
   uint32_t question = 0;
 };
 
-inline std::vector<PromptSpec> MakePromptSpecs(size_t count, size_t pool_size, const RagOptions& o) {
+inline std::vector<PromptSpec> MakePromptSpecs(size_t count, size_t pool_size,
+                                               const RagOptions& o) {
   Rng rng(o.seed * 7919 + 13);
   std::vector<double> cdf(pool_size);
   double sum = 0;
@@ -158,9 +160,9 @@ inline blend::BlendPrompt BuildPrompt(const engine::Tokenizer& tok, const ChunkP
   std::vector<blend::Segment> segs;
   segs.push_back({blend::SegmentKind::kPrefix, tok.Encode(kSystemPrefix, false)});
   for (uint32_t c : spec.chunks) segs.push_back({blend::SegmentKind::kChunk, pool.chunks[c]});
-  segs.push_back({blend::SegmentKind::kQuestion,
-                  tok.Encode(QuestionCues()[spec.question] + "<|im_end|>\n<|im_start|>assistant\n",
-                             false)});
+  segs.push_back(
+      {blend::SegmentKind::kQuestion,
+       tok.Encode(QuestionCues()[spec.question] + "<|im_end|>\n<|im_start|>assistant\n", false)});
   return *blend::BlendPrompt::Make(std::move(segs));
 }
 

@@ -52,7 +52,8 @@ class CostAwarePolicy final : public EvictionPolicy {
 
   // Expected compute a hit saves, times expected frequency, per byte held.
   static double Benefit(const EvictionMeta& m) {
-    const double saved = m.value > 0.0 ? m.value : static_cast<double>(m.num_tokens > 0 ? m.num_tokens : 1);
+    const double saved =
+        m.value > 0.0 ? m.value : static_cast<double>(m.num_tokens > 0 ? m.num_tokens : 1);
     const double bytes = static_cast<double>(m.bytes > 0 ? m.bytes : 1);
     return saved * static_cast<double>(m.hits + 1) / bytes;
   }
