@@ -32,5 +32,5 @@ mkdir -p bench/results docs/img
 "$BUILD/bench/blend/blend_eval" --model "$MODEL" --target "unix://$TMP/svc.sock" \
   --prompts "$N" --out bench/results/blend.json --progress bench/results/blend_progress.jsonl "$@"
 "$BUILD/bench/blend/eviction_sim" --out bench/results/blend_eviction.json
-python3 bench/blend/plot_blend.py bench/results/blend.json bench/results/blend_progress.jsonl \
+"${PYTHON:-/usr/bin/python3}" bench/blend/plot_blend.py bench/results/blend.json bench/results/blend_progress.jsonl \
   bench/results/blend_eviction.json docs/img

@@ -68,6 +68,11 @@ inline Result<MethodSpec> ParseMethod(const std::string& text) {
     o.method = blend::Method::kCacheCraft;
     if (!number(1, &o.craft.alpha)) return absl::InvalidArgumentError("method " + text + ": alpha");
     if (parts.size() > 2 && parts[2] == "et") o.craft.early_termination = true;
+    // Variants come only from full prefills outside the timed methods (warm-up prompts and each
+    // prompt after its evaluation). Storing a variant inside a method's own Prefill would let the
+    // next Cache-Craft method of the same prompt reuse it in this exact context (CFO 0) and would
+    // time the store as part of TTFT; a chunk without a variant is recomputed instead.
+    o.craft.store_new_variants = false;
   } else {
     return absl::InvalidArgumentError("unknown method " + text);
   }
