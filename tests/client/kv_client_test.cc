@@ -236,6 +236,56 @@ TEST_F(KvClientTest, ChecksumsAreVerifiedOnBothPaths) {
   EXPECT_EQ(kv_->Stats()->reservations_active, 0u);
 }
 
+// PutMany pipelines the two-phase puts; each item keeps Put's contract and its own status.
+TEST_F(KvClientTest, PutManyPipelinesPutsWithPerItemStatuses) {
+  ASSERT_TRUE(kv_->Put(TestName(90), TestInfo(64), TestPayload(90, TestInfo(64).payload_bytes))
+                  .ok());  // already present: AlreadyExists inside the batch
+  const std::vector<uint32_t> tokens = {64, 2048, 8, 1024, 64, 512, 4096, 128, 64, 256};
+  std::vector<ObjectInfo> infos;
+  std::vector<std::vector<uint8_t>> payloads;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    infos.push_back(TestInfo(tokens[i]));
+    payloads.push_back(TestPayload(100 + i, infos.back().payload_bytes));
+  }
+  infos[3] = WithCrc(infos[3], payloads[3]);  // a caller-supplied crc32c, correct
+  infos[5] = WithCrc(infos[5], payloads[5]);
+  infos[5].payload_crc32c ^= 0x1;  // ... and a wrong one
+  for (DataPath path : {DataPath::kSharedMemory, DataPath::kStream}) {
+    for (uint32_t depth : {1u, 3u}) {
+      const uint64_t base = 1000 * (path == DataPath::kStream ? 2 : 1) + 100 * depth;
+      std::vector<client::PutItem> items;
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        items.push_back({TestName(base + i), infos[i], payloads[i]});
+      }
+      items[7].payload = std::span<const uint8_t>(payloads[7]).first(10);  // size mismatch
+      items[8].name = TestName(90);
+      client::PutOptions options;
+      options.path = path;
+      options.max_in_flight = depth;
+      std::vector<Status> statuses = kv_->PutMany(items, options);
+      ASSERT_EQ(statuses.size(), items.size());
+      for (size_t i = 0; i < items.size(); ++i) {
+        SCOPED_TRACE(::testing::Message() << "item " << i << " depth " << depth);
+        absl::StatusCode want = absl::StatusCode::kOk;
+        if (i == 5 || i == 7) want = absl::StatusCode::kInvalidArgument;
+        if (i == 8) want = absl::StatusCode::kAlreadyExists;
+        EXPECT_EQ(statuses[i].code(), want) << statuses[i];
+        if (want != absl::StatusCode::kOk) {
+          if (i != 8) {
+            EXPECT_EQ(kv_->Acquire(items[i].name).status().code(), absl::StatusCode::kNotFound);
+          }
+          continue;
+        }
+        auto got = kv_->Get(items[i].name);
+        ASSERT_TRUE(got.ok()) << got.status();
+        EXPECT_EQ(got->payload, payloads[i]);
+      }
+    }
+  }
+  EXPECT_EQ(kv_->Stats()->reservations_active, 0u);
+  EXPECT_TRUE(kv_->PutMany({}).empty());
+}
+
 TEST_F(KvClientTest, ManyThreadsShareOneClient) {
   ObjectInfo info = TestInfo(1024);
   std::atomic<int> failures{0};

@@ -66,6 +66,16 @@ struct PutOptions {
   bool durable = false;    // return only once the object is synced to SSD
   bool overwrite = false;  // replace a committed object with the same key
   DataPath path = DataPath::kAuto;
+  // PutMany over shared memory: objects whose put has started but whose Commit has not been
+  // answered yet (>= 1). Bounds the arena bytes one PutMany holds in open reservations.
+  uint32_t max_in_flight = 4;
+};
+
+// One object of a PutMany. The payload must stay valid and unchanged until PutMany returns.
+struct PutItem {
+  ObjectName name;
+  ObjectInfo info;  // payload_crc32c as in Put
+  std::span<const uint8_t> payload;
 };
 
 struct KeyPresence {
@@ -215,6 +225,15 @@ class KvClient {
   Status Put(const ObjectName& name, const ObjectInfo& info, std::span<const uint8_t> payload,
              const PutOptions& options = {});
 
+  // Stores many objects; one status per item, in order, each with Put's contract (an item's
+  // failure does not stop the others). Over shared memory the puts are pipelined: Reserve RPCs go
+  // out ahead and Commit RPCs are answered behind while this thread copies the next payload, so
+  // round trips and the service's crc32c verification overlap the copying (up to
+  // options.max_in_flight objects at a time). The calling thread does all copying; gRPC threads
+  // only complete the calls. Items naming the same key race like concurrent Puts (last commit
+  // wins, or AlreadyExists without overwrite). On the stream path the items are Put one by one.
+  std::vector<Status> PutMany(std::span<const PutItem> items, const PutOptions& options = {});
+
   // Zero-copy write: reserves info.payload_bytes in the arena. FailedPrecondition when shared
   // memory is not attached; the service's Reserve errors otherwise (docs/api.md).
   Result<WriteReservation> Reserve(const ObjectName& name, const ObjectInfo& info,
@@ -247,6 +266,7 @@ class KvClient {
   explicit KvClient(std::shared_ptr<internal::ClientCore> core);
   Status PutShared(const ObjectName& name, const ObjectInfo& info, std::span<const uint8_t> payload,
                    const PutOptions& options);
+  std::vector<Status> PutManyShared(std::span<const PutItem> items, const PutOptions& options);
   Status PutStream(const ObjectName& name, const ObjectInfo& info, std::span<const uint8_t> payload,
                    const PutOptions& options);
   // Streams `name`; `dest(info)` returns where the payload goes (payload_bytes writable bytes).
