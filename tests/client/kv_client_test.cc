@@ -236,7 +236,8 @@ TEST_F(KvClientTest, ChecksumsAreVerifiedOnBothPaths) {
   EXPECT_EQ(kv_->Stats()->reservations_active, 0u);
 }
 
-// PutMany pipelines the two-phase puts; each item keeps Put's contract and its own status.
+// PutMany batches and pipelines the two-phase puts; each item keeps Put's contract and its own
+// status, whatever the batching.
 TEST_F(KvClientTest, PutManyPipelinesPutsWithPerItemStatuses) {
   ASSERT_TRUE(kv_->Put(TestName(90), TestInfo(64), TestPayload(90, TestInfo(64).payload_bytes))
                   .ok());  // already present: AlreadyExists inside the batch
@@ -251,8 +252,10 @@ TEST_F(KvClientTest, PutManyPipelinesPutsWithPerItemStatuses) {
   infos[5] = WithCrc(infos[5], payloads[5]);
   infos[5].payload_crc32c ^= 0x1;  // ... and a wrong one
   for (DataPath path : {DataPath::kSharedMemory, DataPath::kStream}) {
-    for (uint32_t depth : {1u, 3u}) {
-      const uint64_t base = 1000 * (path == DataPath::kStream ? 2 : 1) + 100 * depth;
+    // (objects, bytes) per batch: one object each, three each, and split by bytes.
+    for (auto [max_batch, max_batch_bytes] :
+         {std::pair<uint32_t, uint64_t>{1, 64 << 20}, {3, 64 << 20}, {8, 1 << 20}}) {
+      const uint64_t base = 1000 * (path == DataPath::kStream ? 2 : 1) + 100 * max_batch;
       std::vector<client::PutItem> items;
       for (size_t i = 0; i < tokens.size(); ++i) {
         items.push_back({TestName(base + i), infos[i], payloads[i]});
@@ -261,11 +264,12 @@ TEST_F(KvClientTest, PutManyPipelinesPutsWithPerItemStatuses) {
       items[8].name = TestName(90);
       client::PutOptions options;
       options.path = path;
-      options.max_in_flight = depth;
+      options.max_batch = max_batch;
+      options.max_batch_bytes = max_batch_bytes;
       std::vector<Status> statuses = kv_->PutMany(items, options);
       ASSERT_EQ(statuses.size(), items.size());
       for (size_t i = 0; i < items.size(); ++i) {
-        SCOPED_TRACE(::testing::Message() << "item " << i << " depth " << depth);
+        SCOPED_TRACE(::testing::Message() << "item " << i << " batch " << max_batch);
         absl::StatusCode want = absl::StatusCode::kOk;
         if (i == 5 || i == 7) want = absl::StatusCode::kInvalidArgument;
         if (i == 8) want = absl::StatusCode::kAlreadyExists;

@@ -66,9 +66,12 @@ struct PutOptions {
   bool durable = false;    // return only once the object is synced to SSD
   bool overwrite = false;  // replace a committed object with the same key
   DataPath path = DataPath::kAuto;
-  // PutMany over shared memory: objects whose put has started but whose Commit has not been
-  // answered yet (>= 1). Bounds the arena bytes one PutMany holds in open reservations.
-  uint32_t max_in_flight = 4;
+  // PutMany over shared memory: objects per ReserveMany/CommitMany round trip, and the payload
+  // bytes one such batch may reserve (a batch always takes at least one object). At most two
+  // batches are open at a time, so one PutMany holds at most 2 * max_batch_bytes of the arena
+  // in reservations (or two objects, when an object is larger).
+  uint32_t max_batch = 8;
+  uint64_t max_batch_bytes = 64ull << 20;
 };
 
 // One object of a PutMany. The payload must stay valid and unchanged until PutMany returns.
@@ -226,12 +229,13 @@ class KvClient {
              const PutOptions& options = {});
 
   // Stores many objects; one status per item, in order, each with Put's contract (an item's
-  // failure does not stop the others). Over shared memory the puts are pipelined: Reserve RPCs go
-  // out ahead and Commit RPCs are answered behind while this thread copies the next payload, so
-  // round trips and the service's crc32c verification overlap the copying (up to
-  // options.max_in_flight objects at a time). The calling thread does all copying; gRPC threads
-  // only complete the calls. Items naming the same key race like concurrent Puts (last commit
-  // wins, or AlreadyExists without overwrite). On the stream path the items are Put one by one.
+  // failure does not stop the others; the service verifies every crc32c at commit as for Put).
+  // Over shared memory the objects go in batches (options.max_batch, max_batch_bytes), one
+  // ReserveMany and one CommitMany round trip per batch, pipelined: the next batch's Reserve and
+  // the previous batch's Commit (with its verification) run in the service while this thread
+  // copies. The calling thread does all copying; gRPC threads only complete the calls. Items
+  // naming the same key race like concurrent Puts (last commit wins, or AlreadyExists without
+  // overwrite). On the stream path the items are Put one by one.
   std::vector<Status> PutMany(std::span<const PutItem> items, const PutOptions& options = {});
 
   // Zero-copy write: reserves info.payload_bytes in the arena. FailedPrecondition when shared
