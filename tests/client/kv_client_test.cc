@@ -290,6 +290,29 @@ TEST_F(KvClientTest, PutManyPipelinesPutsWithPerItemStatuses) {
   EXPECT_TRUE(kv_->PutMany({}).empty());
 }
 
+// Leases dropped while a fire-and-forget Release is out queue up and go in the next call; all of
+// them end.
+TEST_F(KvClientTest, DroppingManyLeasesReleasesThemAll) {
+  ObjectInfo info = TestInfo(16);
+  std::vector<ObjectName> names;
+  for (uint64_t k = 3000; k < 3040; ++k) {
+    names.push_back(TestName(k));
+    ASSERT_TRUE(kv_->Put(names.back(), info, TestPayload(k, info.payload_bytes)).ok());
+  }
+  for (int round = 0; round < 3; ++round) {
+    auto leases = kv_->AcquireMany(names);
+    ASSERT_TRUE(leases.ok()) << leases.status();
+    for (auto& lease : *leases) ASSERT_TRUE(lease.ok()) << lease.status();
+    EXPECT_GE(kv_->Stats()->leases_active, names.size());
+  }  // each round's 40 leases are dropped together
+  uint64_t active = 1;
+  for (int i = 0; i < 500 && active != 0; ++i) {
+    active = kv_->Stats()->leases_active;
+    if (active != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(active, 0u);
+}
+
 TEST_F(KvClientTest, ManyThreadsShareOneClient) {
   ObjectInfo info = TestInfo(1024);
   std::atomic<int> failures{0};
