@@ -5,14 +5,21 @@
 //           the arena with crc32c + Commit RPC (the service verifies the crc32c); get = Acquire RPC
 //           + memcpy out of the arena into the reader's buffer + dropping the lease (its Release
 //           RPC is sent without waiting for the answer).
+//   shm_pipe: the same arena, many objects per call (--per-call): put = KvClient::PutMany, i.e.
+//           one ReserveMany + one CommitMany RPC per --batch objects, batches pipelined (the next
+//           batch's Reserve and the previous batch's Commit run while this thread copies); get =
+//           one AcquireMany RPC per --batch objects, then the same memcpy per object and dropping
+//           the leases. Latencies of this path are per call of --per-call objects.
 //   grpc:   KvClient on the same unix socket, byte streams: put = streaming Put in 1 MiB
 //           messages, get = streaming GetInto the reader's buffer (crc32c verified).
 //   memcpy: the same bytes copied source -> one of N distinct destination slots (put) and slot ->
 //           one reader buffer (get), i.e. what the shm path does minus the service.
 //   redis:  hiredis SET/GET on a redis-server the bench starts itself (unix socket, no
 //           persistence); get copies the reply into the reader's buffer, like shm does.
-// cachesvc runs as its own process (the real binary), CPU tier only (--ssd-capacity 0), so the
-// comparison is about the data path, not the SSD. Each (size, path) is measured --reps times,
+// cachesvc runs as its own process (the real binary), CPU tier only (--ssd-capacity 0), arena
+// prefaulted on both sides (--prefault-arena true in the service, ClientOptions::prefault_arena
+// in the client), so no path pays first-touch page faults; the comparison is about the data path,
+// not the SSD. Each (size, path) is measured --reps times,
 // paths interleaved within a rep; throughput is the median of the reps, latencies are p50/p99
 // over all operations. Results: JSON (--out) and a markdown table (--markdown).
 #include <fcntl.h>
@@ -59,7 +66,9 @@ struct Config {
   std::string redis_server = "redis-server";
   std::string out = "bench/results/service_paths.json";
   std::string markdown;
-  std::vector<std::string> only = {"shm", "grpc", "memcpy", "redis"};
+  int batch = 8;      // shm_pipe objects per ReserveMany / CommitMany / AcquireMany RPC
+  int per_call = 32;  // shm_pipe objects per measured call (PutMany, AcquireMany loop)
+  std::vector<std::string> only = {"shm", "shm_pipe", "grpc", "memcpy", "redis"};
   std::string command_line;  // recorded in the JSON
 };
 
@@ -153,9 +162,10 @@ ObjectName NameFor(const std::string& path, uint64_t size, int rep, int i) {
 struct SizeResult {
   uint64_t bytes = 0;
   int count = 0;
-  OpStats put[4], get[4];  // shm, grpc, memcpy, redis
+  OpStats put[5], get[5];  // indexed like kPaths
 };
-const char* kPaths[] = {"shm", "grpc", "memcpy", "redis"};
+const char* kPaths[] = {"shm", "grpc", "memcpy", "redis", "shm_pipe"};
+constexpr int kShm = 0, kGrpc = 1, kMemcpy = 2, kRedis = 3, kShmPipe = 4, kNumPaths = 5;
 
 int Run(const Config& cfg) {
   std::string dir = "/tmp/kvs-bench-" + std::to_string(::getpid());
@@ -163,10 +173,11 @@ int Run(const Config& cfg) {
   auto cleanup_dir = [&] { std::filesystem::remove_all(dir); };
 
   std::string ready = dir + "/ready.json";
-  pid_t svc = Spawn({cfg.cachesvc, "--listen", "unix://" + dir + "/svc.sock", "--data-dir",
-                     dir + "/data", "--cpu-capacity", "1GiB", "--ssd-capacity", "0",
-                     "--metrics-port", "0", "--ready-file", ready, "--log-level", "warn"},
-                    dir + "/cachesvc.log");
+  pid_t svc =
+      Spawn({cfg.cachesvc, "--listen", "unix://" + dir + "/svc.sock", "--data-dir", dir + "/data",
+             "--cpu-capacity", "1GiB", "--ssd-capacity", "0", "--prefault-arena", "true",
+             "--metrics-port", "0", "--ready-file", ready, "--log-level", "warn"},
+            dir + "/cachesvc.log");
   std::string redis_sock = dir + "/redis.sock";
   pid_t redis =
       Spawn({cfg.redis_server, "--port", "0", "--unixsocket", redis_sock, "--unixsocketperm", "700",
@@ -235,6 +246,8 @@ int Run(const Config& cfg) {
     ObjectInfo info = InfoFor(*parsed);
     r.bytes = info.payload_bytes;
     r.count = static_cast<int>(std::max<uint64_t>(8, cfg.bytes_per_rep / r.bytes));
+    const int per_call = std::min(cfg.per_call, r.count);
+    r.count = (r.count + per_call - 1) / per_call * per_call;  // whole calls for shm_pipe
     std::vector<uint8_t> source(r.bytes);
     uint64_t x = 88172645463325252ull;
     for (auto& b : source) {
@@ -254,41 +267,73 @@ int Run(const Config& cfg) {
       if (want("shm")) {
         client::PutOptions shm_put;
         shm_put.path = client::DataPath::kSharedMemory;
-        s.Update(Measure(r.count, r.bytes, &r.put[0], [&](int i) {
+        s.Update(Measure(r.count, r.bytes, &r.put[kShm], [&](int i) {
           return kv.Put(NameFor("shm", r.bytes, rep, i), info, source, shm_put);
         }));
-        s.Update(Measure(r.count, r.bytes, &r.get[0], [&](int i) -> Status {
+        s.Update(Measure(r.count, r.bytes, &r.get[kShm], [&](int i) -> Status {
           KVSTASH_ASSIGN_OR_RETURN(client::ReadLease lease,
                                    kv.Acquire(NameFor("shm", r.bytes, rep, i)));
           std::memcpy(reader.data(), lease.data().data(), lease.data().size());
           return kvstash::OkStatus();  // dropping the lease sends its Release, unawaited
         }));
       }
+      // shm, pipelined puts and batched leases
+      if (want("shm_pipe")) {
+        client::PutOptions pipe_put;
+        pipe_put.path = client::DataPath::kSharedMemory;
+        pipe_put.max_batch = static_cast<uint32_t>(cfg.batch);
+        std::vector<client::PutItem> items(per_call);
+        std::vector<ObjectName> names;
+        s.Update(
+            Measure(r.count / per_call, r.bytes * per_call, &r.put[kShmPipe], [&](int c) -> Status {
+              for (int j = 0; j < per_call; ++j) {
+                items[j] = {NameFor("shm_pipe", r.bytes, rep, c * per_call + j), info, source};
+              }
+              for (const Status& item : kv.PutMany(items, pipe_put)) KVSTASH_RETURN_IF_ERROR(item);
+              return kvstash::OkStatus();
+            }));
+        s.Update(
+            Measure(r.count / per_call, r.bytes * per_call, &r.get[kShmPipe], [&](int c) -> Status {
+              for (int first = 0; first < per_call; first += cfg.batch) {
+                names.clear();
+                for (int j = first; j < std::min(per_call, first + cfg.batch); ++j) {
+                  names.push_back(NameFor("shm_pipe", r.bytes, rep, c * per_call + j));
+                }
+                KVSTASH_ASSIGN_OR_RETURN(std::vector<kvstash::Result<client::ReadLease>> leases,
+                                         kv.AcquireMany(names));
+                for (auto& lease : leases) {
+                  KVSTASH_RETURN_IF_ERROR(lease.status());
+                  std::memcpy(reader.data(), lease->data().data(), lease->data().size());
+                }
+              }  // dropping the leases sends their Releases, unawaited
+              return kvstash::OkStatus();
+            }));
+      }
       // grpc streams
       if (want("grpc")) {
         client::PutOptions stream_put;
         stream_put.path = client::DataPath::kStream;
-        s.Update(Measure(r.count, r.bytes, &r.put[1], [&](int i) {
+        s.Update(Measure(r.count, r.bytes, &r.put[kGrpc], [&](int i) {
           return kv.Put(NameFor("grpc", r.bytes, rep, i), info, source, stream_put);
         }));
-        s.Update(Measure(r.count, r.bytes, &r.get[1], [&](int i) -> Status {
+        s.Update(Measure(r.count, r.bytes, &r.get[kGrpc], [&](int i) -> Status {
           return kv.GetInto(NameFor("grpc", r.bytes, rep, i), reader).status();
         }));
       }
       // memcpy
       if (want("memcpy")) {
-        s.Update(Measure(r.count, r.bytes, &r.put[2], [&](int i) {
+        s.Update(Measure(r.count, r.bytes, &r.put[kMemcpy], [&](int i) {
           std::memcpy(slots.data() + r.bytes * i, source.data(), r.bytes);
           return kvstash::OkStatus();
         }));
-        s.Update(Measure(r.count, r.bytes, &r.get[2], [&](int i) {
+        s.Update(Measure(r.count, r.bytes, &r.get[kMemcpy], [&](int i) {
           std::memcpy(reader.data(), slots.data() + r.bytes * i, r.bytes);
           return kvstash::OkStatus();
         }));
       }
       // redis
       if (want("redis")) {
-        s.Update(Measure(r.count, r.bytes, &r.put[3], [&](int i) -> Status {
+        s.Update(Measure(r.count, r.bytes, &r.put[kRedis], [&](int i) -> Status {
           std::string key = "bench:" + std::to_string(r.bytes) + ":" + std::to_string(i);
           auto* reply = static_cast<redisReply*>(
               redisCommand(rc, "SET %b %b", key.data(), key.size(), source.data(), source.size()));
@@ -296,7 +341,7 @@ int Run(const Config& cfg) {
           if (reply != nullptr) freeReplyObject(reply);
           return ok ? kvstash::OkStatus() : absl::UnavailableError("redis SET failed");
         }));
-        s.Update(Measure(r.count, r.bytes, &r.get[3], [&](int i) -> Status {
+        s.Update(Measure(r.count, r.bytes, &r.get[kRedis], [&](int i) -> Status {
           std::string key = "bench:" + std::to_string(r.bytes) + ":" + std::to_string(i);
           auto* reply =
               static_cast<redisReply*>(redisCommand(rc, "GET %b", key.data(), key.size()));
@@ -323,6 +368,7 @@ int Run(const Config& cfg) {
       for (int i = 0; i < r.count; ++i) {
         names.push_back(NameFor("shm", r.bytes, rep, i));
         names.push_back(NameFor("grpc", r.bytes, rep, i));
+        names.push_back(NameFor("shm_pipe", r.bytes, rep, i));
       }
       (void)kv.Delete(names);
       auto* flush = static_cast<redisReply*>(redisCommand(rc, "FLUSHALL"));
@@ -341,18 +387,27 @@ int Run(const Config& cfg) {
   json["machine"] = {{"cpus", std::thread::hardware_concurrency()}};
   json["unary_rpc_round_trip"] = {{"p50_ms", rtt.Pct(0.5)}, {"p99_ms", rtt.Pct(0.99)}};
   json["notes"] =
-      "single client thread; cachesvc CPU tier only (--ssd-capacity 0), unix socket; redis "
-      "over a unix socket, no persistence; throughput = median of reps, latency over all ops";
+      "single client thread; cachesvc CPU tier only (--ssd-capacity 0), arena prefaulted, unix "
+      "socket; redis over a unix socket, no persistence; throughput = median of reps, latency "
+      "over all ops; shm_pipe: `batch` objects per ReserveMany/CommitMany/AcquireMany RPC, "
+      "latencies per call of `per_call` objects";
+  json["batch"] = cfg.batch;
+  json["per_call"] = cfg.per_call;
   std::string md =
       "| size | path | put GB/s | put p50 ms | put p99 ms | get GB/s | get p50 ms | get p99 ms "
       "|\n|---|---|---:|---:|---:|---:|---:|---:|\n";
   std::string ratios_md =
-      "| size | shm put / memcpy | shm get / memcpy | gRPC put / Redis | gRPC get / Redis |\n"
-      "|---|---:|---:|---:|---:|\n";
+      "| size | shm put / memcpy | shm get / memcpy | shm_pipe put / memcpy | shm_pipe get / "
+      "memcpy "
+      "| gRPC put / Redis | gRPC get / Redis |\n|---|---:|---:|---:|---:|---:|---:|\n";
+  auto ratio = [](const OpStats& a, const OpStats& b) {
+    return a.rep_gbps.empty() || b.rep_gbps.empty() ? 0.0 : a.Median() / b.Median();
+  };
   for (const SizeResult& r : results) {
     nlohmann::json entry = {{"bytes", r.bytes}, {"count", r.count}, {"reps", cfg.reps}};
     char line[512];
-    for (int p = 0; p < 4; ++p) {
+    for (int p : {kShm, kShmPipe, kGrpc, kMemcpy, kRedis}) {
+      if (r.put[p].rep_gbps.empty()) continue;  // not run (--only)
       entry["paths"][kPaths[p]] = {{"put",
                                     {{"gbps", r.put[p].Median()},
                                      {"p50_ms", r.put[p].Pct(0.5)},
@@ -367,16 +422,18 @@ int Run(const Config& cfg) {
                     r.get[p].Pct(0.99));
       md += line;
     }
-    double shm_put = r.put[0].Median() / r.put[2].Median();
-    double shm_get = r.get[0].Median() / r.get[2].Median();
-    double grpc_put = r.put[1].Median() / r.put[3].Median();
-    double grpc_get = r.get[1].Median() / r.get[3].Median();
-    entry["ratios"] = {{"shm_put_vs_memcpy", shm_put},
-                       {"shm_get_vs_memcpy", shm_get},
-                       {"grpc_put_vs_redis", grpc_put},
-                       {"grpc_get_vs_redis", grpc_get}};
-    std::snprintf(line, sizeof(line), "| %s | %.2f | %.2f | %.2f | %.2f |\n",
-                  kvstash::FormatByteSize(r.bytes).c_str(), shm_put, shm_get, grpc_put, grpc_get);
+    double shm_put = ratio(r.put[kShm], r.put[kMemcpy]);
+    double shm_get = ratio(r.get[kShm], r.get[kMemcpy]);
+    double pipe_put = ratio(r.put[kShmPipe], r.put[kMemcpy]);
+    double pipe_get = ratio(r.get[kShmPipe], r.get[kMemcpy]);
+    double grpc_put = ratio(r.put[kGrpc], r.put[kRedis]);
+    double grpc_get = ratio(r.get[kGrpc], r.get[kRedis]);
+    entry["ratios"] = {{"shm_put_vs_memcpy", shm_put},       {"shm_get_vs_memcpy", shm_get},
+                       {"shm_pipe_put_vs_memcpy", pipe_put}, {"shm_pipe_get_vs_memcpy", pipe_get},
+                       {"grpc_put_vs_redis", grpc_put},      {"grpc_get_vs_redis", grpc_get}};
+    std::snprintf(line, sizeof(line), "| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
+                  kvstash::FormatByteSize(r.bytes).c_str(), shm_put, shm_get, pipe_put, pipe_get,
+                  grpc_put, grpc_get);
     ratios_md += line;
     json["sizes"].push_back(entry);
   }
@@ -404,7 +461,14 @@ int main(int argc, char** argv) {
   app.add_option("--redis-server", cfg.redis_server, "redis-server binary")->capture_default_str();
   app.add_option("--out", cfg.out, "JSON results file")->capture_default_str();
   app.add_option("--markdown", cfg.markdown, "also write the tables to this file");
-  app.add_option("--only", cfg.only, "paths to run (shm grpc memcpy redis)")->capture_default_str();
+  app.add_option("--only", cfg.only, "paths to run (shm shm_pipe grpc memcpy redis)")
+      ->capture_default_str();
+  app.add_option("--batch", cfg.batch, "shm_pipe: objects per batched RPC")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--per-call", cfg.per_call, "shm_pipe: objects per measured call")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   for (int i = 0; i < argc; ++i) cfg.command_line += (i ? " " : "") + std::string(argv[i]);
   auto bytes = kvstash::ParseByteSize(per_rep);

@@ -197,6 +197,37 @@ grpc::Status KvStashService::Abort(grpc::ServerContext*, const v1::AbortRequest*
   return ToGrpcStatus(scope.Finish(store_->Abort(req->reservation_id())));
 }
 
+grpc::Status KvStashService::ReserveMany(grpc::ServerContext*, const v1::ReserveManyRequest* req,
+                                         v1::ReserveManyResponse* resp) {
+  RpcScope scope(metrics_, Method::kReserveMany, req->ByteSizeLong());
+  Status s = CheckKeyCount(req->items_size(), "ReserveMany");
+  if (s.ok()) {
+    for (const v1::ReserveRequest& item : req->items()) {
+      v1::ReserveResult* result = resp->add_results();
+      ToItemStatus(DoReserve(item, result->mutable_reservation()), result->mutable_status());
+      if (result->status().code() != 0) result->clear_reservation();
+    }
+  }
+  scope.Finish(s);
+  scope.AddSent(resp->ByteSizeLong());
+  return ToGrpcStatus(s);
+}
+
+grpc::Status KvStashService::CommitMany(grpc::ServerContext*, const v1::CommitManyRequest* req,
+                                        v1::CommitManyResponse* resp) {
+  RpcScope scope(metrics_, Method::kCommitMany, req->ByteSizeLong());
+  Status s = CheckKeyCount(req->items_size(), "CommitMany");
+  if (s.ok()) {
+    for (const v1::CommitRequest& item : req->items()) {
+      ToItemStatus(store_->Commit(item.reservation_id(), item.payload_crc32c(), item.durable()),
+                   resp->add_results());
+    }
+  }
+  scope.Finish(s);
+  scope.AddSent(resp->ByteSizeLong());
+  return ToGrpcStatus(s);
+}
+
 // ---- Streaming put ----------------------------------------------------------
 
 grpc::Status KvStashService::Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutChunk>* reader,

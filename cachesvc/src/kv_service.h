@@ -29,6 +29,10 @@ class KvStashService final : public v1::KvStash::Service {
                        v1::ReserveResponse*) override;
   grpc::Status Commit(grpc::ServerContext*, const v1::CommitRequest*, v1::CommitResponse*) override;
   grpc::Status Abort(grpc::ServerContext*, const v1::AbortRequest*, v1::AbortResponse*) override;
+  grpc::Status ReserveMany(grpc::ServerContext*, const v1::ReserveManyRequest*,
+                           v1::ReserveManyResponse*) override;
+  grpc::Status CommitMany(grpc::ServerContext*, const v1::CommitManyRequest*,
+                          v1::CommitManyResponse*) override;
   grpc::Status Put(grpc::ServerContext*, grpc::ServerReader<v1::PutChunk>*,
                    v1::PutResponse*) override;
   grpc::Status Acquire(grpc::ServerContext*, const v1::AcquireRequest*,

@@ -18,9 +18,9 @@ std::mutex& CreateMutex() {
 }  // namespace
 
 const char* MethodName(Method method) {
-  static const char* kNames[] = {"Lookup",  "Reserve", "Commit", "Abort",    "Put",
-                                 "Acquire", "Release", "Get",    "Delete",   "Pin",
-                                 "Unpin",   "List",    "Stats",  "ArenaInfo"};
+  static const char* kNames[] = {
+      "Lookup", "Reserve", "Commit", "Abort", "Put",   "Acquire",   "Release",     "Get",
+      "Delete", "Pin",     "Unpin",  "List",  "Stats", "ArenaInfo", "ReserveMany", "CommitMany"};
   int i = static_cast<int>(method);
   return (i >= 0 && i < static_cast<int>(Method::kCount)) ? kNames[i] : "unknown";
 }

@@ -29,6 +29,8 @@ enum class Method : int {
   kList,
   kStats,
   kArenaInfo,
+  kReserveMany,
+  kCommitMany,
   kCount
 };
 const char* MethodName(Method method);

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -131,24 +132,50 @@ Status ClientCore::ReleaseLease(uint64_t id) {
 }
 
 void ClientCore::ReleaseLeaseAsync(uint64_t id) {
+  std::vector<uint64_t> ids;
+  {
+    std::lock_guard<std::mutex> lock(async_mu);
+    release_queue.push_back(id);
+    if (release_in_flight) return;  // goes out with the next call
+    release_in_flight = true;
+    ++async_pending;
+    ids.swap(release_queue);
+  }
+  SendReleases(std::move(ids));
+}
+
+void ClientCore::SendReleases(std::vector<uint64_t> ids) {
   struct Call {
     grpc::ClientContext ctx;
     v1::ReleaseRequest req;
     v1::ReleaseResponse resp;
   };
+  // The service caps ids per request (limits.max_keys_per_request, default 4096).
+  constexpr size_t kMaxIdsPerCall = 1024;
   auto* call = new Call();
   SetRpcDeadline(&call->ctx);
-  call->req.add_lease_ids(id);
-  {
-    std::lock_guard<std::mutex> lock(async_mu);
-    ++async_pending;
-  }
-  stub->async()->Release(&call->ctx, &call->req, &call->resp, [this, call](grpc::Status) {
-    delete call;
-    std::lock_guard<std::mutex> lock(async_mu);
-    --async_pending;
-    async_cv.notify_all();
-  });
+  size_t sent = std::min(ids.size(), kMaxIdsPerCall);
+  for (size_t i = 0; i < sent; ++i) call->req.add_lease_ids(ids[i]);
+  std::vector<uint64_t> rest(ids.begin() + static_cast<std::ptrdiff_t>(sent), ids.end());
+  // Not under async_mu: the completion may run on this thread.
+  stub->async()->Release(&call->ctx, &call->req, &call->resp,
+                         [this, call, rest = std::move(rest)](grpc::Status) mutable {
+                           delete call;
+                           std::vector<uint64_t> next;
+                           {
+                             std::lock_guard<std::mutex> lock(async_mu);
+                             next = std::move(rest);
+                             next.insert(next.end(), release_queue.begin(), release_queue.end());
+                             release_queue.clear();
+                             if (next.empty()) {
+                               release_in_flight = false;
+                               --async_pending;
+                               async_cv.notify_all();
+                               return;
+                             }  // else this call's slot in async_pending passes to the next call
+                           }
+                           SendReleases(std::move(next));
+                         });
 }
 
 ClientCore::~ClientCore() {

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client_core.h"
+#include "copy_crc.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/proto/status_mapping.h"
 
@@ -12,6 +13,7 @@ namespace kvstash::client {
 
 using internal::ArenaMapping;
 using internal::ClientCore;
+using internal::CopyWithCrc;
 using internal::FromProtoTier;
 
 std::string_view TierName(Tier tier) {
@@ -30,19 +32,6 @@ std::string_view TierName(Tier tier) {
 }
 
 namespace {
-
-// Copies in blocks small enough to stay in L2, checksumming each block as it passes, so the
-// source is read from memory once.
-uint32_t CopyWithCrc(uint8_t* dst, const uint8_t* src, size_t n) {
-  constexpr size_t kBlock = 256 << 10;
-  uint32_t crc = 0;  // Crc32c of nothing
-  for (size_t off = 0; off < n; off += kBlock) {
-    size_t len = std::min(kBlock, n - off);
-    crc = Crc32cExtend(crc, src + off, len);
-    std::memcpy(dst + off, src + off, len);
-  }
-  return crc;
-}
 
 Result<ObjectInfo> InfoFromService(const v1::ObjectInfo& info) {
   auto parsed = FromProto(info);

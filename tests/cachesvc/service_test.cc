@@ -290,6 +290,71 @@ TEST_F(ServiceTest, SharedMemoryReserveCommitAcquireRelease) {
   ::munmap(base, arena.arena_bytes());
 }
 
+// ReserveMany / CommitMany: per-item results in order, each with Reserve's and Commit's contract
+// (the crc32c of every item is verified; a bad item does not stop the others).
+TEST_F(ServiceTest, BatchedReserveAndCommitAnswerPerItem) {
+  grpc::ClientContext ictx;
+  Deadline(&ictx);
+  v1::ArenaInfoResponse arena;
+  ASSERT_TRUE(stub_->ArenaInfo(&ictx, v1::ArenaInfoRequest(), &arena).ok());
+  auto received = ReceiveArenaFd(arena.fd_socket_path(), 5000);
+  ASSERT_TRUE(received.ok()) << received.status();
+  auto* base = static_cast<uint8_t*>(
+      ::mmap(nullptr, arena.arena_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, received->fd, 0));
+  ::close(received->fd);
+  ASSERT_NE(base, MAP_FAILED);
+
+  ObjectInfo info = TestInfo(256);
+  ASSERT_TRUE(StreamPut(*stub_, 250, WithCrc(info, TestPayload(250, info.payload_bytes)),
+                        TestPayload(250, info.payload_bytes))
+                  .ok());
+  // Items: 251 ok, 250 exists (no overwrite), a malformed key, 252 ok (committed with a wrong
+  // crc32c below), 253 ok.
+  grpc::ClientContext rctx;
+  Deadline(&rctx);
+  v1::ReserveManyRequest rreq;
+  for (uint64_t key : {251, 250, 0, 252, 253}) {
+    v1::ReserveRequest* item = rreq.add_items();
+    *item->mutable_key() = KeyProto(key);
+    if (key == 0) item->mutable_key()->set_token_hash("short");
+    ToProto(info, item->mutable_info());
+  }
+  v1::ReserveManyResponse rresp;
+  ASSERT_TRUE(stub_->ReserveMany(&rctx, rreq, &rresp).ok());
+  ASSERT_EQ(rresp.results_size(), 5);
+  EXPECT_EQ(rresp.results(1).status().code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_EQ(rresp.results(2).status().code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_FALSE(rresp.results(1).has_reservation());
+  grpc::ClientContext cctx;
+  Deadline(&cctx);
+  v1::CommitManyRequest creq;
+  std::vector<std::vector<uint8_t>> payloads;
+  for (int k : {0, 3, 4}) {
+    ASSERT_EQ(rresp.results(k).status().code(), 0) << rresp.results(k).status().message();
+    const v1::ReserveResponse& r = rresp.results(k).reservation();
+    EXPECT_EQ(r.arena_generation(), arena.arena_generation());
+    ASSERT_LE(r.arena_offset() + info.payload_bytes, arena.arena_bytes());
+    payloads.push_back(TestPayload(260 + k, info.payload_bytes));
+    std::memcpy(base + r.arena_offset(), payloads.back().data(), info.payload_bytes);
+    v1::CommitRequest* commit = creq.add_items();
+    commit->set_reservation_id(r.reservation_id());
+    commit->set_payload_crc32c(Crc32c(payloads.back().data(), info.payload_bytes) ^ (k == 3));
+  }
+  creq.add_items()->set_reservation_id(987654321);  // unknown
+  v1::CommitManyResponse cresp;
+  ASSERT_TRUE(stub_->CommitMany(&cctx, creq, &cresp).ok());
+  ASSERT_EQ(cresp.results_size(), 4);
+  EXPECT_EQ(cresp.results(0).code(), 0);
+  EXPECT_EQ(cresp.results(1).code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(cresp.results(1).message(), HasSubstr("crc32c mismatch"));
+  EXPECT_EQ(cresp.results(2).code(), 0);
+  EXPECT_EQ(cresp.results(3).code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(*StreamGet(*stub_, 251), payloads[0]);
+  EXPECT_EQ(StreamGet(*stub_, 252).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(*StreamGet(*stub_, 253), payloads[2]);
+  ::munmap(base, arena.arena_bytes());
+}
+
 TEST_F(ServiceTest, WrongChecksumIsRejectedAndNothingBecomesVisible) {
   ObjectInfo info = TestInfo(512);
   auto payload = TestPayload(3, info.payload_bytes);

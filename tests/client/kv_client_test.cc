@@ -236,6 +236,83 @@ TEST_F(KvClientTest, ChecksumsAreVerifiedOnBothPaths) {
   EXPECT_EQ(kv_->Stats()->reservations_active, 0u);
 }
 
+// PutMany batches and pipelines the two-phase puts; each item keeps Put's contract and its own
+// status, whatever the batching.
+TEST_F(KvClientTest, PutManyPipelinesPutsWithPerItemStatuses) {
+  ASSERT_TRUE(kv_->Put(TestName(90), TestInfo(64), TestPayload(90, TestInfo(64).payload_bytes))
+                  .ok());  // already present: AlreadyExists inside the batch
+  const std::vector<uint32_t> tokens = {64, 2048, 8, 1024, 64, 512, 4096, 128, 64, 256};
+  std::vector<ObjectInfo> infos;
+  std::vector<std::vector<uint8_t>> payloads;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    infos.push_back(TestInfo(tokens[i]));
+    payloads.push_back(TestPayload(100 + i, infos.back().payload_bytes));
+  }
+  infos[3] = WithCrc(infos[3], payloads[3]);  // a caller-supplied crc32c, correct
+  infos[5] = WithCrc(infos[5], payloads[5]);
+  infos[5].payload_crc32c ^= 0x1;  // ... and a wrong one
+  for (DataPath path : {DataPath::kSharedMemory, DataPath::kStream}) {
+    // (objects, bytes) per batch: one object each, three each, and split by bytes.
+    for (auto [max_batch, max_batch_bytes] :
+         {std::pair<uint32_t, uint64_t>{1, 64 << 20}, {3, 64 << 20}, {8, 1 << 20}}) {
+      const uint64_t base = 1000 * (path == DataPath::kStream ? 2 : 1) + 100 * max_batch;
+      std::vector<client::PutItem> items;
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        items.push_back({TestName(base + i), infos[i], payloads[i]});
+      }
+      items[7].payload = std::span<const uint8_t>(payloads[7]).first(10);  // size mismatch
+      items[8].name = TestName(90);
+      client::PutOptions options;
+      options.path = path;
+      options.max_batch = max_batch;
+      options.max_batch_bytes = max_batch_bytes;
+      std::vector<Status> statuses = kv_->PutMany(items, options);
+      ASSERT_EQ(statuses.size(), items.size());
+      for (size_t i = 0; i < items.size(); ++i) {
+        SCOPED_TRACE(::testing::Message() << "item " << i << " batch " << max_batch);
+        absl::StatusCode want = absl::StatusCode::kOk;
+        if (i == 5 || i == 7) want = absl::StatusCode::kInvalidArgument;
+        if (i == 8) want = absl::StatusCode::kAlreadyExists;
+        EXPECT_EQ(statuses[i].code(), want) << statuses[i];
+        if (want != absl::StatusCode::kOk) {
+          if (i != 8) {
+            EXPECT_EQ(kv_->Acquire(items[i].name).status().code(), absl::StatusCode::kNotFound);
+          }
+          continue;
+        }
+        auto got = kv_->Get(items[i].name);
+        ASSERT_TRUE(got.ok()) << got.status();
+        EXPECT_EQ(got->payload, payloads[i]);
+      }
+    }
+  }
+  EXPECT_EQ(kv_->Stats()->reservations_active, 0u);
+  EXPECT_TRUE(kv_->PutMany({}).empty());
+}
+
+// Leases dropped while a fire-and-forget Release is out queue up and go in the next call; all of
+// them end.
+TEST_F(KvClientTest, DroppingManyLeasesReleasesThemAll) {
+  ObjectInfo info = TestInfo(16);
+  std::vector<ObjectName> names;
+  for (uint64_t k = 3000; k < 3040; ++k) {
+    names.push_back(TestName(k));
+    ASSERT_TRUE(kv_->Put(names.back(), info, TestPayload(k, info.payload_bytes)).ok());
+  }
+  for (int round = 0; round < 3; ++round) {
+    auto leases = kv_->AcquireMany(names);
+    ASSERT_TRUE(leases.ok()) << leases.status();
+    for (auto& lease : *leases) ASSERT_TRUE(lease.ok()) << lease.status();
+    EXPECT_GE(kv_->Stats()->leases_active, names.size());
+  }  // each round's 40 leases are dropped together
+  uint64_t active = 1;
+  for (int i = 0; i < 500 && active != 0; ++i) {
+    active = kv_->Stats()->leases_active;
+    if (active != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(active, 0u);
+}
+
 TEST_F(KvClientTest, ManyThreadsShareOneClient) {
   ObjectInfo info = TestInfo(1024);
   std::atomic<int> failures{0};

@@ -66,6 +66,19 @@ struct PutOptions {
   bool durable = false;    // return only once the object is synced to SSD
   bool overwrite = false;  // replace a committed object with the same key
   DataPath path = DataPath::kAuto;
+  // PutMany over shared memory: objects per ReserveMany/CommitMany round trip, and the payload
+  // bytes one such batch may reserve (a batch always takes at least one object). At most two
+  // batches are open at a time, so one PutMany holds at most 2 * max_batch_bytes of the arena
+  // in reservations (or two objects, when an object is larger).
+  uint32_t max_batch = 8;
+  uint64_t max_batch_bytes = 64ull << 20;
+};
+
+// One object of a PutMany. The payload must stay valid and unchanged until PutMany returns.
+struct PutItem {
+  ObjectName name;
+  ObjectInfo info;  // payload_crc32c as in Put
+  std::span<const uint8_t> payload;
 };
 
 struct KeyPresence {
@@ -215,6 +228,16 @@ class KvClient {
   Status Put(const ObjectName& name, const ObjectInfo& info, std::span<const uint8_t> payload,
              const PutOptions& options = {});
 
+  // Stores many objects; one status per item, in order, each with Put's contract (an item's
+  // failure does not stop the others; the service verifies every crc32c at commit as for Put).
+  // Over shared memory the objects go in batches (options.max_batch, max_batch_bytes), one
+  // ReserveMany and one CommitMany round trip per batch, pipelined: the next batch's Reserve and
+  // the previous batch's Commit (with its verification) run in the service while this thread
+  // copies. The calling thread does all copying; gRPC threads only complete the calls. Items
+  // naming the same key race like concurrent Puts (last commit wins, or AlreadyExists without
+  // overwrite). On the stream path the items are Put one by one.
+  std::vector<Status> PutMany(std::span<const PutItem> items, const PutOptions& options = {});
+
   // Zero-copy write: reserves info.payload_bytes in the arena. FailedPrecondition when shared
   // memory is not attached; the service's Reserve errors otherwise (docs/api.md).
   Result<WriteReservation> Reserve(const ObjectName& name, const ObjectInfo& info,
@@ -247,6 +270,7 @@ class KvClient {
   explicit KvClient(std::shared_ptr<internal::ClientCore> core);
   Status PutShared(const ObjectName& name, const ObjectInfo& info, std::span<const uint8_t> payload,
                    const PutOptions& options);
+  std::vector<Status> PutManyShared(std::span<const PutItem> items, const PutOptions& options);
   Status PutStream(const ObjectName& name, const ObjectInfo& info, std::span<const uint8_t> payload,
                    const PutOptions& options);
   // Streams `name`; `dest(info)` returns where the payload goes (payload_bytes writable bytes).

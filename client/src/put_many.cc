@@ -1,0 +1,198 @@
+// KvClient::PutMany: batched, pipelined two-phase puts into the shared arena.
+//
+// A single Put is serial: Reserve round trip, copy, Commit round trip (during which the service
+// reads the whole object again to verify its crc32c). PutMany groups the objects into batches
+// of one ReserveMany and one CommitMany call each, and keeps two batches open: while this thread
+// copies batch b, the ReserveMany of batch b + 1 and the CommitMany (verification included) of
+// batch b - 1 run in the service. Completions arrive on gRPC's callback threads and only set a
+// flag; copying, arena mapping and every decision stay on the calling thread.
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <memory>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "client_core.h"
+#include "copy_crc.h"
+#include "kvstash/proto/status_mapping.h"
+
+namespace kvstash::client {
+namespace {
+
+// One batch's ReserveMany and CommitMany calls. Contexts and messages must outlive the calls.
+struct Batch {
+  std::vector<size_t> items;       // indices into PutMany's items, in request order
+  std::vector<size_t> committing;  // indices whose CommitRequest is in commit_req, same order
+  grpc::ClientContext reserve_ctx;
+  v1::ReserveManyRequest reserve_req;
+  v1::ReserveManyResponse reserve_resp;
+  grpc::ClientContext commit_ctx;
+  v1::CommitManyRequest commit_req;
+  v1::CommitManyResponse commit_resp;
+  bool reserve_sent = false;  // calling thread only
+  bool commit_sent = false;   // calling thread only
+  // Set by the completion callbacks, under Pipeline::mu_.
+  bool reserve_answered = false;
+  bool commit_answered = false;
+  grpc::Status reserve_status;
+  grpc::Status commit_status;
+};
+
+class Pipeline {
+ public:
+  void Complete(bool* answered, grpc::Status* where, grpc::Status status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    *where = std::move(status);
+    *answered = true;
+    cv_.notify_all();
+  }
+  void Wait(const bool& answered) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return answered; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+}  // namespace
+
+std::vector<Status> KvClient::PutMany(std::span<const PutItem> items, const PutOptions& options) {
+  if (options.path != DataPath::kStream && shared_memory_attached()) {
+    return PutManyShared(items, options);
+  }
+  // Stream path (or kSharedMemory without an arena: each Put says FailedPrecondition).
+  std::vector<Status> out;
+  out.reserve(items.size());
+  for (const PutItem& item : items) out.push_back(Put(item.name, item.info, item.payload, options));
+  return out;
+}
+
+std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
+                                            const PutOptions& options) {
+  std::vector<Status> out(items.size());
+  // Group the well-formed items into batches.
+  std::vector<std::unique_ptr<Batch>> batches;
+  const size_t max_batch = std::max<uint32_t>(1, options.max_batch);
+  uint64_t batch_bytes = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const PutItem& item = items[i];
+    if (item.payload.size() != item.info.payload_bytes) {
+      out[i] = absl::InvalidArgumentError(absl::StrCat(
+          "payload is ", item.payload.size(), " bytes, info says ", item.info.payload_bytes));
+      continue;
+    }
+    if (batches.empty() || batches.back()->items.size() >= max_batch ||
+        batch_bytes + item.payload.size() > options.max_batch_bytes) {
+      if (batches.empty() || !batches.back()->items.empty()) {
+        batches.push_back(std::make_unique<Batch>());
+      }
+      batch_bytes = 0;
+    }
+    batches.back()->items.push_back(i);
+    batch_bytes += item.payload.size();
+  }
+
+  Pipeline pipe;
+  auto send_reserve = [&](Batch* batch) {
+    core_->SetRpcDeadline(&batch->reserve_ctx);
+    for (size_t i : batch->items) {
+      v1::ReserveRequest* req = batch->reserve_req.add_items();
+      ToProto(items[i].name, req->mutable_key());
+      ToProto(items[i].info, req->mutable_info());
+      req->set_lease_ms(core_->options.lease_ms);
+      req->set_overwrite(options.overwrite);
+    }
+    batch->reserve_sent = true;
+    core_->stub->async()->ReserveMany(&batch->reserve_ctx, &batch->reserve_req,
+                                      &batch->reserve_resp, [&pipe, batch](grpc::Status s) {
+                                        pipe.Complete(&batch->reserve_answered,
+                                                      &batch->reserve_status, std::move(s));
+                                      });
+  };
+  // Copies one reserved item into the arena and queues its commit; returns the item's error.
+  auto copy_in = [&](Batch* batch, size_t i, const v1::ReserveResponse& reservation) -> Status {
+    const PutItem& item = items[i];
+    auto mapping = core_->MappingFor(reservation.arena_generation());
+    Result<uint8_t*> at = mapping.ok()
+                              ? (*mapping)->At(reservation.arena_offset(), item.payload.size())
+                              : Result<uint8_t*>(mapping.status());
+    if (!at.ok()) {
+      (void)core_->AbortReservation(reservation.reservation_id());
+      return at.status();
+    }
+    uint32_t crc = item.info.payload_crc32c;
+    if (crc == 0) {
+      crc = internal::CopyWithCrc(*at, item.payload.data(), item.payload.size());
+    } else {  // the caller vouches for the crc32c; the service checks it against what we copy
+      std::memcpy(*at, item.payload.data(), item.payload.size());
+    }
+    v1::CommitRequest* commit = batch->commit_req.add_items();
+    commit->set_reservation_id(reservation.reservation_id());
+    commit->set_payload_crc32c(crc);
+    commit->set_durable(options.durable);
+    batch->committing.push_back(i);
+    return OkStatus();
+  };
+
+  for (size_t b = 0; b < batches.size(); ++b) {
+    Batch* batch = batches[b].get();
+    if (!batch->reserve_sent) send_reserve(batch);
+    // Open the next batch now, so its reservations arrive while this one is copied; first let
+    // the batch before this one finish, so at most two batches hold arena space.
+    if (b + 1 < batches.size()) {
+      if (b > 0 && batches[b - 1]->commit_sent) pipe.Wait(batches[b - 1]->commit_answered);
+      send_reserve(batches[b + 1].get());
+    }
+    pipe.Wait(batch->reserve_answered);
+    Status rpc = FromGrpcStatus(batch->reserve_status);
+    if (rpc.ok() &&
+        static_cast<size_t>(batch->reserve_resp.results_size()) != batch->items.size()) {
+      rpc = absl::InternalError("ReserveMany answered with a wrong number of results");
+      // Reservations it did make expire at their lease; we cannot tell which item they belong to.
+    }
+    for (size_t k = 0; k < batch->items.size(); ++k) {
+      const size_t i = batch->items[k];
+      if (!rpc.ok()) {
+        out[i] = rpc;
+        continue;
+      }
+      const v1::ReserveResult& result = batch->reserve_resp.results(static_cast<int>(k));
+      out[i] = FromItemStatus(result.status());
+      if (out[i].ok()) out[i] = copy_in(batch, i, result.reservation());
+    }
+    if (batch->committing.empty()) continue;
+    core_->SetRpcDeadline(&batch->commit_ctx);
+    batch->commit_sent = true;
+    core_->stub->async()->CommitMany(&batch->commit_ctx, &batch->commit_req, &batch->commit_resp,
+                                     [&pipe, batch](grpc::Status s) {
+                                       pipe.Complete(&batch->commit_answered, &batch->commit_status,
+                                                     std::move(s));
+                                     });
+  }
+
+  for (const std::unique_ptr<Batch>& batch : batches) {
+    if (!batch->commit_sent) continue;
+    pipe.Wait(batch->commit_answered);
+    Status rpc = FromGrpcStatus(batch->commit_status);
+    if (rpc.ok() &&
+        static_cast<size_t>(batch->commit_resp.results_size()) != batch->committing.size()) {
+      rpc = absl::InternalError("CommitMany answered with a wrong number of results");
+    }
+    for (size_t k = 0; k < batch->committing.size(); ++k) {
+      const size_t i = batch->committing[k];
+      out[i] = rpc.ok() ? FromItemStatus(batch->commit_resp.results(static_cast<int>(k))) : rpc;
+      // As WriteReservation::CommitWithCrc: free what a failed Commit may have left open now
+      // instead of at expiry (harmless when the Commit already settled it).
+      if (!out[i].ok()) {
+        (void)core_->AbortReservation(
+            batch->commit_req.items(static_cast<int>(k)).reservation_id());
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace kvstash::client
