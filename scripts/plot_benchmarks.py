@@ -50,7 +50,7 @@ def grouped_bars(ax, groups, series, values, ylabel, title):
 def plot_service(data, out_dir):
     sizes = data["sizes"]
     groups = [size_label(s["bytes"]) for s in sizes]
-    paths = ["shm", "grpc", "memcpy", "redis"]
+    paths = [p for p in ["shm", "shm_pipe", "grpc", "memcpy", "redis"] if p in sizes[0]["paths"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, op in zip(axes, ["put", "get"]):
         values = {p: [s["paths"][p][op]["gbps"] for s in sizes] for p in paths}
