@@ -105,7 +105,7 @@ uint64_t SsdStat(ObjectStore& store, uint64_t storage::TierStats::*field) {
   return 0;
 }
 
-TEST(TierCodecStore, RawKvIsEncodedOnSsdAndDecodedOnPromotionAfterReopen) {
+TEST(CacheGenSsdTier, RawKvIsEncodedOnSsdAndDecodedOnPromotionAfterReopen) {
   testing::TempDir dir;
   CacheGenTierCodec codec(CacheGenLevel(2));
   std::vector<Object> objects = {KvObject(1), KvObject(2, 256)};
@@ -160,7 +160,7 @@ TEST(TierCodecStore, RawKvIsEncodedOnSsdAndDecodedOnPromotionAfterReopen) {
   EXPECT_EQ((*store)->Stats().checksum_failures, 0u);
 }
 
-TEST(TierCodecStore, DemotionReplacesTheExactCopyWithTheDecodedOne) {
+TEST(CacheGenSsdTier, DemotionReplacesTheExactCopyWithTheDecodedOne) {
   testing::TempDir dir;
   CacheGenTierCodec codec(CacheGenLevel(1));
   // An 8 MiB arena holds two 2.9 MB chunks at most: writing six demotes the oldest.
@@ -181,7 +181,7 @@ TEST(TierCodecStore, DemotionReplacesTheExactCopyWithTheDecodedOne) {
                                          1);
 }
 
-TEST(TierCodecStore, NonKvContentIsStoredVerbatim) {
+TEST(CacheGenSsdTier, NonKvContentIsStoredVerbatim) {
   testing::TempDir dir;
   CacheGenTierCodec codec(CacheGenLevel(2));
   // Random bytes read as f16 hold NaN and Inf: the codec does not take them.
@@ -214,7 +214,7 @@ TEST(TierCodecStore, NonKvContentIsStoredVerbatim) {
             noise.payload.size() + wrapped.payload.size());
 }
 
-TEST(TierCodecStore, CorruptEncodedFileIsAMissAndCounted) {
+TEST(CacheGenSsdTier, CorruptEncodedFileIsAMissAndCounted) {
   testing::TempDir dir;
   CacheGenTierCodec codec(CacheGenLevel(2));
   Object o = KvObject(9);
@@ -246,7 +246,7 @@ TEST(TierCodecStore, CorruptEncodedFileIsAMissAndCounted) {
   EXPECT_FALSE((*store)->Lookup(o.name.storage_key).present);
 }
 
-TEST(TierCodecStore, RawConfiguredStoreStillReadsEncodedCopies) {
+TEST(CacheGenSsdTier, RawConfiguredStoreStillReadsEncodedCopies) {
   testing::TempDir dir;
   CacheGenTierCodec cachegen(CacheGenLevel(3));
   Object o = KvObject(10);
