@@ -48,6 +48,10 @@ storage:
   ssd_io_threads: 4
   cpu_eviction_policy: lru
   ssd_eviction_policy: lru
+tiers:
+  ssd:
+    encoding: raw         # raw | cachegen (lossy; decoded on promotion to the CPU tier)
+    level: 2              # CacheGen level 1..3 when encoding is cachegen
 )";
 
 Status Bad(const std::string& where, const std::string& what) {
@@ -155,6 +159,30 @@ Setter StoreFraction(double storage::StoreOptions::*field) {
   };
 }
 
+Setter TierEncodingField(TierEncoding ServiceConfig::*field) {
+  return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
+    if (text == "raw") {
+      (c.*field).encoding = Encoding::kRaw;
+    } else if (text == "cachegen") {
+      (c.*field).encoding = Encoding::kCacheGen;
+    } else {
+      return Bad(where, absl::StrCat("unknown encoding '", text, "' (raw or cachegen)"));
+    }
+    return OkStatus();
+  };
+}
+
+Setter TierLevelField(TierEncoding ServiceConfig::*field) {
+  return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
+    Result<int> level = ReadIntInRange<int>(text, where, 1, 3);
+    if (!level.ok()) {
+      return Bad(where, absl::StrCat("'", text, "' is not a CacheGen level (1, 2 or 3)"));
+    }
+    (c.*field).level = *level;
+    return OkStatus();
+  };
+}
+
 struct Field {
   const char* yaml_path;  // "section.key" or "key"
   const char* flag;       // "--flag" or nullptr when only settable from YAML
@@ -219,6 +247,11 @@ const std::vector<Field>& Fields() {
        StoreStringField(&storage::StoreOptions::cpu_eviction_policy)},
       {"storage.ssd_eviction_policy", "--ssd-eviction-policy", "SSD tier eviction policy",
        StoreStringField(&storage::StoreOptions::ssd_eviction_policy)},
+      {"tiers.ssd.encoding", "--ssd-encoding",
+       "SSD tier encoding: raw | cachegen (lossy, decoded on promotion)",
+       TierEncodingField(&ServiceConfig::ssd_encoding)},
+      {"tiers.ssd.level", "--ssd-encoding-level", "CacheGen level 1..3 of the SSD tier",
+       TierLevelField(&ServiceConfig::ssd_encoding)},
   };
   return fields;
 }
@@ -297,6 +330,10 @@ Status ValidateConfig(const ServiceConfig& c) {
   if (c.store.data_dir.empty()) return Bad("storage.data_dir", "must not be empty");
   if (c.store.cpu_capacity_bytes < (1ull << 20)) {
     return Bad("storage.cpu_capacity", "must be at least 1MiB");
+  }
+  if (c.ssd_encoding.encoding != Encoding::kRaw && c.store.ssd_capacity_bytes == 0) {
+    return Bad("tiers.ssd.encoding",
+               "is set but the SSD tier is disabled (storage.ssd_capacity 0)");
   }
   if (c.store.low_watermark >= c.store.high_watermark) {
     return Bad("storage.low_watermark", "must be below storage.high_watermark");

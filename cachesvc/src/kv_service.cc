@@ -502,6 +502,7 @@ grpc::Status KvStashService::Stats(grpc::ServerContext*, const v1::StatsRequest*
     out->set_evictions(t.evictions);
     out->set_bytes_read(t.bytes_read);
     out->set_bytes_written(t.bytes_written);
+    out->set_logical_bytes(t.logical_bytes);
   }
   resp->set_checksum_failures(stats.checksum_failures);
   resp->set_reservations_active(stats.reservations_active);

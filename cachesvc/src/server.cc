@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "arena_socket.h"
+#include "cachegen_tier_codec.h"
 #include "kv_service.h"
 #include "kvstash/storage/object_store.h"
 #include "metrics_http.h"
@@ -70,6 +71,7 @@ struct CacheService::Impl {
   ServiceConfig config;
   MetricsRegistry registry;
   std::unique_ptr<RpcMetrics> rpc_metrics;
+  std::unique_ptr<storage::TierCodec> ssd_codec;  // outlives the store (declared before it)
   std::unique_ptr<storage::ObjectStore> store;
   std::unique_ptr<KvStashService> service;
   std::unique_ptr<grpc::Server> server;
@@ -105,6 +107,8 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   // gRPC silently replaces an existing unix socket file; refuse to steal a live one.
   if (IsUnix(config.listen)) KVSTASH_RETURN_IF_ERROR(ClaimUnixSocketPath(UnixPath(config.listen)));
 
+  impl->ssd_codec = std::make_unique<CacheGenTierCodec>(config.ssd_encoding);
+  impl->config.store.ssd_codec = impl->ssd_codec.get();
   auto store = storage::ObjectStore::Open(impl->config.store);
   if (!store.ok()) {
     return Status(store.status().code(),
@@ -170,10 +174,10 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   impl->serving = true;
   spdlog::info(
       "event=serving target={} arena_socket={} arena_bytes={} generation={} metrics_port={} "
-      "data_dir={} cpu_capacity={} ssd_capacity={}",
+      "data_dir={} cpu_capacity={} ssd_capacity={} ssd_encoding={}",
       impl->target, impl->arena_socket_path, hello.arena_bytes, hello.arena_generation,
       impl->http ? impl->http->port() : 0, config.store.data_dir, config.store.cpu_capacity_bytes,
-      config.store.ssd_capacity_bytes);
+      config.store.ssd_capacity_bytes, impl->ssd_codec->name());
   if (!config.ready_file.empty()) {
     nlohmann::json ready = {{"target", impl->target},
                             {"arena_socket", impl->arena_socket_path},

@@ -210,9 +210,10 @@ int RunStat(const StatArgs& a) {
         std::printf("%s  absent\n", a.keys[i].c_str());
         continue;
       }
-      std::printf("%s  %s  tier=%s  %s  crc32c=%08x\n", a.keys[i].c_str(),
+      std::printf("%s  %s  tier=%s  %s  crc32c=%08x%s\n", a.keys[i].c_str(),
                   FormatUserKey(names[i]).c_str(), std::string(TierName(r.tier)).c_str(),
-                  FormatByteSize(r.payload_bytes).c_str(), r.info.payload_crc32c);
+                  FormatByteSize(r.payload_bytes).c_str(), r.info.payload_crc32c,
+                  r.info.lossy ? "  lossy" : "");
       std::printf("    layout %s\n", LayoutText(r.info).c_str());
     }
     std::printf("longest present prefix: %zu of %zu\n", reply->longest_prefix, names.size());
@@ -230,6 +231,11 @@ int RunStat(const StatArgs& a) {
                 std::string(TierName(t.tier)).c_str(), FormatByteSize(t.capacity_bytes).c_str(),
                 FormatByteSize(t.used_bytes).c_str(), t.objects, t.hits, t.misses, t.evictions,
                 FormatByteSize(t.bytes_read).c_str(), FormatByteSize(t.bytes_written).c_str());
+    if (t.logical_bytes > t.used_bytes && t.used_bytes > 0) {
+      std::printf("      %s of objects stored in %s: %.2fx (tier encoding)\n",
+                  FormatByteSize(t.logical_bytes).c_str(), FormatByteSize(t.used_bytes).c_str(),
+                  static_cast<double>(t.logical_bytes) / static_cast<double>(t.used_bytes));
+    }
   }
   std::printf("checksum failures %" PRIu64 ", reservations active %" PRIu64 " expired %" PRIu64
               ", leases active %" PRIu64 ", pinned objects %" PRIu64 "\n",

@@ -449,6 +449,7 @@ Result<ServiceStats> KvClient::Stats() {
     out.evictions = t.evictions();
     out.bytes_read = t.bytes_read();
     out.bytes_written = t.bytes_written();
+    out.logical_bytes = t.logical_bytes();
     stats.tiers.push_back(out);
   }
   stats.checksum_failures = resp.checksum_failures();

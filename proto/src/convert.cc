@@ -102,6 +102,7 @@ void ToProto(const ObjectInfo& info, v1::ObjectInfo* out) {
   out->set_encoding_level(info.encoding_level);
   out->set_payload_bytes(info.payload_bytes);
   out->set_payload_crc32c(info.payload_crc32c);
+  out->set_lossy(info.lossy);
 }
 
 Result<ObjectInfo> FromProto(const v1::ObjectInfo& p) {
@@ -115,6 +116,7 @@ Result<ObjectInfo> FromProto(const v1::ObjectInfo& p) {
   info.encoding_level = static_cast<uint8_t>(p.encoding_level());
   info.payload_bytes = p.payload_bytes();
   info.payload_crc32c = p.payload_crc32c();
+  info.lossy = p.lossy();
   KVSTASH_RETURN_IF_ERROR(info.Validate());
   return info;
 }

@@ -25,8 +25,11 @@
 namespace kvstash::storage {
 namespace {
 
-constexpr uint64_t kBlock = 4096;  // payload offset in a file; O_DIRECT alignment
-constexpr uint8_t kRecordVersion = 1;
+constexpr uint64_t kBlock = 4096;        // payload offset in a file; O_DIRECT alignment
+constexpr uint8_t kRecordVersionV1 = 1;  // read only
+constexpr uint8_t kRecordVersion = 2;    // adds the served-object fields
+constexpr uint8_t kRecordEncoded = 1;    // flag bits of a v2 record
+constexpr uint8_t kRecordLossy = 2;
 constexpr char kRecordPrefix = 'o';
 constexpr char kNameMagic[4] = {'K', 'V', 'S', 'N'};
 constexpr uint32_t kNameVersion = 1;
@@ -121,13 +124,19 @@ bool ParseRecordKey(std::string_view key, Hash128& storage_key, uint64_t& seq) {
   return true;
 }
 
-// value: version u8 | object header (64) | hits u64 | last_access u64 | pins u32 |
-//        fingerprint 16 | token hash 16 | ns_len u32 | ns | crc32c u32 of everything before
+// value: version u8 | object header (64) | [v2: flags u8 | served crc32c u32] | hits u64 |
+//        last_access u64 | pins u32 | fingerprint 16 | token hash 16 | ns_len u32 | ns |
+//        crc32c u32 of everything before
+// flags: kRecordEncoded (the file is a TierCodec encoding; the served object is the raw layout
+// with the served crc32c), kRecordLossy (the served object is lossy). v1 records serve the file.
 Result<std::string> EncodeRecord(const SsdRecord& r) {
   KVSTASH_ASSIGN_OR_RETURN(auto header, EncodeObjectHeader(r.info));
   std::string out;
   out.push_back(static_cast<char>(kRecordVersion));
   out.append(reinterpret_cast<const char*>(header.data()), header.size());
+  out.push_back(
+      static_cast<char>((r.encoded ? kRecordEncoded : 0) | (r.served.lossy ? kRecordLossy : 0)));
+  PutU32(out, r.encoded ? r.served.payload_crc32c : r.info.payload_crc32c);
   PutU64(out, r.hits);
   PutU64(out, r.last_access_ns);
   PutU32(out, r.pins);
@@ -151,11 +160,25 @@ Status DecodeRecord(std::string_view value, SsdRecord& r) {
   uint8_t version;
   uint8_t header[kObjectHeaderBytes];
   uint32_t ns_len;
-  if (!in.U8(version) || version != kRecordVersion) {
+  if (!in.U8(version) || (version != kRecordVersion && version != kRecordVersionV1)) {
     return absl::DataLossError("unknown index record version");
   }
   if (!in.Raw(header, sizeof(header))) return absl::DataLossError("short index record");
   KVSTASH_ASSIGN_OR_RETURN(r.info, DecodeObjectHeader(std::span<const uint8_t>(header)));
+  uint8_t flags = 0;
+  uint32_t served_crc = r.info.payload_crc32c;
+  if (version == kRecordVersion && (!in.U8(flags) || !in.U32(served_crc))) {
+    return absl::DataLossError("short index record");
+  }
+  r.encoded = (flags & kRecordEncoded) != 0;
+  r.served = r.info;
+  if (r.encoded) {
+    r.served.encoding = Encoding::kRaw;
+    r.served.encoding_level = 0;
+    r.served.payload_bytes = r.info.layout.RawBytes();
+    r.served.payload_crc32c = served_crc;
+  }
+  r.served.lossy = (flags & kRecordLossy) != 0;
   if (!in.U64(r.hits) || !in.U64(r.last_access_ns) || !in.U32(r.pins) ||
       !in.Hash(r.name.model_fingerprint) || !in.Hash(r.name.token_hash) || !in.U32(ns_len) ||
       !in.Str(r.name.name_space, ns_len)) {
@@ -620,7 +643,9 @@ Status SsdTier::ReadObject(const Hash128& storage_key, uint64_t seq, const Objec
   if (!decoded.ok()) {
     return absl::DataLossError(absl::StrCat(path, ": ", decoded.status().message()));
   }
-  if (!(*decoded == info)) {
+  ObjectInfo want = info;
+  want.lossy = false;
+  if (!(*decoded == want)) {
     return absl::DataLossError(absl::StrCat(path, ": header disagrees with the index"));
   }
   KVSTASH_RETURN_IF_ERROR(CheckNameBlock(block.get() + kObjectHeaderBytes, storage_key));

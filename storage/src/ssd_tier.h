@@ -43,7 +43,11 @@ namespace kvstash::storage {
 // What the index keeps about one object version on SSD.
 struct SsdRecord {
   StoredName name;
-  ObjectInfo info;
+  ObjectInfo info;  // the file's payload, as its header says (lossy is not kept there: false)
+  // What a reader of this copy gets: `info` itself (lossy aside) unless `encoded`, when the file
+  // holds a TierCodec encoding and `served` is what decoding it yields (raw, its crc32c).
+  ObjectInfo served;
+  bool encoded = false;
   uint64_t seq = 0;
   uint64_t hits = 0;
   uint64_t last_access_ns = 0;  // since the Unix epoch
@@ -96,9 +100,10 @@ class SsdTier {
   void Remove(const Hash128& storage_key, uint64_t seq, uint64_t payload_bytes);
 
   // Reads and verifies one version into `dst` (room for the payload rounded up to 4 KiB):
-  // header bytes must equal the encoding of `info`, the name block must name `storage_key`, the
-  // payload crc32c must match. DataLoss on any mismatch or short file, NotFound if the file is
-  // gone, Internal for I/O errors. Never leaves partially verified bytes reported as good.
+  // header bytes must equal the encoding of `info` (whose lossy flag is ignored), the name block
+  // must name `storage_key`, the payload crc32c must match. DataLoss on any mismatch or short file,
+  // NotFound if the file is gone, Internal for I/O errors. Never leaves partially verified bytes
+  // reported as good.
   Status ReadObject(const Hash128& storage_key, uint64_t seq, const ObjectInfo& info, uint8_t* dst);
 
   // Writes the given records without syncing each, then syncs the WAL once (used at Close to

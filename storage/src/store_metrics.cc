@@ -56,6 +56,27 @@ StoreMetrics::StoreMetrics(MetricsRegistry* registry) {
   acquire_seconds = Latency(r, "acquire");
   ssd_write_seconds = Latency(r, "ssd_write");
   ssd_read_seconds = Latency(r, "ssd_read");
+  ssd_encode_refused =
+      r->GetCounter("kvstash_storage_ssd_encode_skipped_total",
+                    "Objects written to SSD as they are because the tier codec does not take them");
+  const std::string encoded = "kvstash_storage_ssd_encoded_bytes_total";
+  const std::string encoded_help = "Bytes of objects written encoded to SSD, before and after";
+  ssd_encoded_bytes_before = r->GetCounter(encoded, encoded_help, {{"stage", "before"}});
+  ssd_encoded_bytes_after = r->GetCounter(encoded, encoded_help, {{"stage", "after"}});
+  ssd_encoding_ratio =
+      r->GetGauge("kvstash_storage_ssd_encoding_ratio",
+                  "Raw / encoded bytes of the objects this process wrote encoded to SSD");
+  ssd_encode_seconds = Latency(r, "ssd_encode");
+  ssd_decode_seconds = Latency(r, "ssd_decode");
+}
+
+void StoreMetrics::AddSsdEncoded(uint64_t raw_bytes, uint64_t encoded_bytes) {
+  ssd_encoded_bytes_before->Increment(raw_bytes);
+  ssd_encoded_bytes_after->Increment(encoded_bytes);
+  double after = static_cast<double>(ssd_encoded_bytes_after->Value());
+  if (after > 0) {
+    ssd_encoding_ratio->Set(static_cast<double>(ssd_encoded_bytes_before->Value()) / after);
+  }
 }
 
 }  // namespace kvstash::storage

@@ -39,6 +39,15 @@ struct StoreMetrics {
   Histogram* acquire_seconds;
   Histogram* ssd_write_seconds;
   Histogram* ssd_read_seconds;
+  // Per-tier encoding (StoreOptions::ssd_codec).
+  Counter* ssd_encode_refused;        // objects the codec left as they are
+  Counter* ssd_encoded_bytes_before;  // raw bytes of the objects written encoded
+  Counter* ssd_encoded_bytes_after;   // their encoded bytes
+  Gauge* ssd_encoding_ratio;          // before / after, over the life of the process
+  Histogram* ssd_encode_seconds;
+  Histogram* ssd_decode_seconds;
+
+  void AddSsdEncoded(uint64_t raw_bytes, uint64_t encoded_bytes);
 };
 
 }  // namespace kvstash::storage

@@ -138,7 +138,7 @@ void TieredStore::UpdatePoliciesLocked(ObjectRec& rec) {
   if (ssd_evictable != rec.in_ssd_policy) {
     std::lock_guard<std::mutex> lock(ssd_policy_mu_);
     if (ssd_evictable) {
-      ssd_policy_->OnInsert(MetaFor(rec, SsdTier::FileBytes(rec.info.payload_bytes)));
+      ssd_policy_->OnInsert(MetaFor(rec, SsdTier::FileBytes(rec.ssd_info.payload_bytes)));
     } else {
       ssd_policy_->OnRemove(rec.name.storage_key);
     }
@@ -163,7 +163,7 @@ void TieredStore::HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Defer
   // A pending write notices !visible and removes what it wrote; a finished one is removed here.
   if (rec->ssd == SsdState::kOnSsd) {
     rec->ssd = SsdState::kNone;
-    later.ssd_removals.emplace_back(rec, rec->ssd_seq);
+    later.ssd_removals.push_back({rec, rec->ssd_seq, rec->ssd_info.payload_bytes});
   }
 }
 
@@ -176,8 +176,8 @@ void TieredStore::QueueWriteLocked(const std::shared_ptr<ObjectRec>& rec, Deferr
 }
 
 void TieredStore::RunDeferred(Deferred& later) {
-  for (auto& [rec, seq] : later.ssd_removals) {
-    ssd_->Remove(rec->name.storage_key, seq, rec->info.payload_bytes);
+  for (auto& removal : later.ssd_removals) {
+    ssd_->Remove(removal.rec->name.storage_key, removal.seq, removal.stored_bytes);
     metrics_.ssd.used_bytes->Set(static_cast<double>(ssd_->used_bytes()));
   }
   later.ssd_removals.clear();
@@ -308,6 +308,11 @@ TieredStore::EvictStep TieredStore::EvictOneCpu() {
       step.freed_bytes = rec->extent_bytes;
       rec->in_cpu = false;
       FreeExtent(rec->arena_offset);
+      if (rec->ssd == SsdState::kOnSsd) {
+        // From now on readers get what the SSD copy decodes to (the same bytes when it is raw).
+        rec->info.payload_crc32c = rec->ssd_served_info.payload_crc32c;
+        rec->info.lossy = rec->ssd_served_info.lossy;
+      }
       metrics_.cpu.evictions->Increment();
       if (rec->ssd == SsdState::kNone) {
         if (ssd_ && !Admitted(*rec)) metrics_.ssd_admission_dropped->Increment();
@@ -679,18 +684,25 @@ Result<ListPage> TieredStore::List(const std::string& name_space, bool all_names
 StoreStats TieredStore::Stats() {
   std::shared_lock<std::shared_mutex> guard(close_mu_);
   StoreStats stats;
-  uint64_t cpu_objects = 0, ssd_objects = 0, pinned = 0;
+  uint64_t cpu_objects = 0, ssd_objects = 0, pinned = 0, cpu_logical = 0, ssd_logical = 0;
   for (Shard& shard : shards_) {
     std::lock_guard<std::mutex> lock(shard.mu);
     for (const auto& [key, rec] : shard.objects) {
-      cpu_objects += rec->in_cpu ? 1 : 0;
-      ssd_objects += rec->ssd == SsdState::kOnSsd ? 1 : 0;
+      if (rec->in_cpu) {
+        ++cpu_objects;
+        cpu_logical += rec->info.payload_bytes;
+      }
+      if (rec->ssd == SsdState::kOnSsd) {
+        ++ssd_objects;
+        ssd_logical += rec->ssd_served_info.payload_bytes;
+      }
       pinned += rec->pins > 0 ? 1 : 0;
     }
   }
-  auto tier = [](Tier t, const TierMetrics& m, uint64_t objects) {
+  auto tier = [](Tier t, const TierMetrics& m, uint64_t objects, uint64_t logical) {
     TierStats s;
     s.tier = t;
+    s.logical_bytes = logical;
     s.capacity_bytes = static_cast<uint64_t>(m.capacity_bytes->Value());
     s.used_bytes = static_cast<uint64_t>(m.used_bytes->Value());
     s.objects = objects;
@@ -705,10 +717,10 @@ StoreStats TieredStore::Stats() {
     std::lock_guard<std::mutex> lock(arena_mu_);
     metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
   }
-  stats.tiers.push_back(tier(Tier::kCpu, metrics_.cpu, cpu_objects));
+  stats.tiers.push_back(tier(Tier::kCpu, metrics_.cpu, cpu_objects, cpu_logical));
   if (ssd_) {
     metrics_.ssd.used_bytes->Set(static_cast<double>(ssd_->used_bytes()));
-    stats.tiers.push_back(tier(Tier::kSsd, metrics_.ssd, ssd_objects));
+    stats.tiers.push_back(tier(Tier::kSsd, metrics_.ssd, ssd_objects, ssd_logical));
   }
   stats.checksum_failures = metrics_.checksum_failures->Value();
   stats.reservations_expired = metrics_.reservations_expired->Value();

@@ -53,10 +53,18 @@ struct ObjectRec {
   ObjectRec(StoredName n, ObjectInfo i);
 
   const StoredName name;
-  const ObjectInfo info;
+  // What readers get. Guarded by the shard mutex; only payload_crc32c and lossy ever change (when
+  // the exact arena copy is dropped and the only copy left is an encoded SSD one), and never
+  // while the rec holds a lease, so a lease holder may read it without the lock.
+  ObjectInfo info;
   const uint64_t extent_bytes;  // arena bytes while resident (payload rounded up to pages)
 
   // Guarded by the shard mutex.
+  // The SSD copy (valid when ssd == kOnSsd): its file's info, what decoding it yields, and
+  // whether it is a TierCodec encoding (else the payload verbatim).
+  ObjectInfo ssd_info;
+  ObjectInfo ssd_served_info;
+  bool ssd_encoded = false;
   bool visible = true;  // reachable through the index
   bool in_cpu = false;
   uint64_t arena_offset = 0;
@@ -132,7 +140,12 @@ class TieredStore final : public ObjectStore {
   // Work found under a shard lock that must run after it is released.
   struct Deferred {
     std::vector<WriteJob> writes;
-    std::vector<std::pair<std::shared_ptr<ObjectRec>, uint64_t>> ssd_removals;  // rec, seq
+    struct SsdRemoval {
+      std::shared_ptr<ObjectRec> rec;
+      uint64_t seq;
+      uint64_t stored_bytes;  // payload bytes of the file
+    };
+    std::vector<SsdRemoval> ssd_removals;
   };
 
   explicit TieredStore(const StoreOptions& options);
@@ -176,6 +189,10 @@ class TieredStore final : public ObjectStore {
   void RunWrite(WriteJob& job);
   Status WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durable);
   Result<Lease> Promote(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms);
+  // Reads the SSD copy into `dst` (room for served.payload_bytes rounded up to a page),
+  // decoding it when it is encoded; DataLoss unless the result matches served's crc32c.
+  Status ReadSsdCopy(const Hash128& key, uint64_t seq, const ObjectInfo& stored,
+                     const ObjectInfo& served, bool encoded, uint8_t* dst);
   SsdRecord RecordOf(const ObjectRec& rec) const;
   void RecoverSsd(std::vector<SsdRecord> records);
 

@@ -1,8 +1,11 @@
 // TieredStore: the SSD side (write-through and demotion, promotion, SSD eviction, recovery).
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "kvstash/common/crc32c.h"
 #include "spdlog/spdlog.h"
 #include "tiered_store.h"
 
@@ -13,12 +16,28 @@ uint64_t SteadyNs() {
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
+
+// A page-aligned buffer for an encoded payload: O_DIRECT I/O reads and writes whole blocks, so the
+// length is rounded up to one and the tail is zeroed.
+struct FreeDeleter {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+using PageBuffer = std::unique_ptr<uint8_t, FreeDeleter>;
+PageBuffer NewPageBuffer(uint64_t bytes) {
+  uint64_t rounded = (bytes + 4095) / 4096 * 4096;
+  if (rounded == 0) rounded = 4096;
+  auto* p = static_cast<uint8_t*>(std::aligned_alloc(4096, rounded));
+  if (p != nullptr) std::memset(p + bytes, 0, rounded - bytes);
+  return PageBuffer(p);
+}
 }  // namespace
 
 SsdRecord TieredStore::RecordOf(const ObjectRec& rec) const {
   SsdRecord r;
   r.name = rec.name;
-  r.info = rec.info;
+  r.info = rec.ssd_info;
+  r.served = rec.ssd_served_info;
+  r.encoded = rec.ssd_encoded;
   r.seq = rec.ssd_seq;
   r.hits = rec.hits;
   r.last_access_ns = rec.last_access_ns;
@@ -32,7 +51,10 @@ void TieredStore::RecoverSsd(std::vector<SsdRecord> records) {
     return a.last_access_ns < b.last_access_ns;
   });
   for (SsdRecord& r : records) {
-    auto rec = std::make_shared<ObjectRec>(r.name, r.info);
+    auto rec = std::make_shared<ObjectRec>(r.name, r.served);
+    rec->ssd_info = r.info;
+    rec->ssd_served_info = r.served;
+    rec->ssd_encoded = r.encoded;
     rec->ssd = SsdState::kOnSsd;
     rec->ssd_seq = r.seq;
     rec->hits = r.hits;
@@ -55,6 +77,7 @@ bool TieredStore::EvictOneSsd() {
   if (!victim) return false;
   std::shared_ptr<ObjectRec> rec;
   uint64_t seq = 0;
+  uint64_t stored_bytes = 0;
   {
     Shard& shard = ShardFor(*victim);
     std::lock_guard<std::mutex> lock(shard.mu);
@@ -62,6 +85,7 @@ bool TieredStore::EvictOneSsd() {
     if (it == shard.objects.end() || !it->second->in_ssd_policy) return true;  // changed; retry
     rec = it->second;
     seq = rec->ssd_seq;
+    stored_bytes = rec->ssd_info.payload_bytes;
     rec->ssd = SsdState::kNone;
     if (!rec->in_cpu) {
       shard.objects.erase(it);
@@ -69,7 +93,7 @@ bool TieredStore::EvictOneSsd() {
     }
     UpdatePoliciesLocked(*rec);
   }
-  ssd_->Remove(rec->name.storage_key, seq, rec->info.payload_bytes);
+  ssd_->Remove(rec->name.storage_key, seq, stored_bytes);
   metrics_.ssd.evictions->Increment();
   metrics_.ssd.used_bytes->Set(static_cast<double>(ssd_->used_bytes()));
   return true;
@@ -100,14 +124,55 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
   uint64_t start = SteadyNs();
   Shard& shard = ShardFor(rec->name.storage_key);
   const Hash128& key = rec->name.storage_key;
-  const uint64_t payload_bytes = rec->info.payload_bytes;
   SsdRecord record;
   bool visible;
   {
     std::lock_guard<std::mutex> lock(shard.mu);
     visible = rec->visible;
-    if (visible) record = RecordOf(*rec);
+    if (visible) {
+      record = RecordOf(*rec);
+      // A fresh copy of what the arena holds (the rec's ssd_* fields describe an older one).
+      record.info = rec->info;
+      record.info.lossy = false;
+      record.served = rec->info;
+      record.encoded = false;
+    }
   }
+  // The arena bytes cannot move or be freed while io_refs > 0.
+  const uint8_t* payload = arena_->base() + rec->arena_offset;
+  PageBuffer encoded_payload;
+  if (visible && options_.ssd_codec != nullptr) {
+    // Encoding runs here, in the writer pool, never on the caller's path.
+    uint64_t encode_start = SteadyNs();
+    Result<std::optional<TierCodec::Encoded>> encoded = options_.ssd_codec->EncodeForTier(
+        record.served, std::span<const uint8_t>(payload, record.served.payload_bytes));
+    if (!encoded.ok()) {
+      metrics_.ssd_encode_refused->Increment();
+      spdlog::warn("kvstash storage: {} could not encode {}; stored as is: {}",
+                   options_.ssd_codec->name(), key.ToHex(), encoded.status().ToString());
+    } else if (!encoded->has_value()) {
+      metrics_.ssd_encode_refused->Increment();
+    } else {
+      TierCodec::Encoded& e = **encoded;
+      encoded_payload = NewPageBuffer(e.bytes.size());
+      if (encoded_payload != nullptr && e.stored_info.payload_bytes == e.bytes.size() &&
+          e.decoded_info.payload_bytes == record.served.payload_bytes) {
+        std::memcpy(encoded_payload.get(), e.bytes.data(), e.bytes.size());
+        payload = encoded_payload.get();
+        record.info = e.stored_info;
+        record.info.lossy = false;
+        record.served = e.decoded_info;
+        record.encoded = true;
+        metrics_.ssd_encode_seconds->Observe((SteadyNs() - encode_start) * 1e-9);
+      } else {
+        encoded_payload.reset();
+        metrics_.ssd_encode_refused->Increment();
+        spdlog::error("kvstash storage: {} returned an inconsistent encoding of {}; stored as is",
+                      options_.ssd_codec->name(), key.ToHex());
+      }
+    }
+  }
+  const uint64_t payload_bytes = record.info.payload_bytes;  // of the file
   Status status = OkStatus();
   bool written = false;  // the file exists (and its bytes are accounted)
   bool indexed = false;  // the index record was put
@@ -130,8 +195,7 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
           "SSD tier full: ", ssd_->used_bytes(), " of ", ssd_->capacity_bytes(),
           " bytes used and nothing evictable for an object of ", file_bytes, " bytes"));
     } else {
-      // The arena bytes cannot move or be freed while io_refs > 0.
-      status = ssd_->WriteFile(&record, arena_->base() + rec->arena_offset);
+      status = ssd_->WriteFile(&record, payload);
       if (status.ok()) {
         written = true;
       } else if (absl::IsResourceExhausted(status)) {
@@ -145,6 +209,9 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
         std::lock_guard<std::mutex> lock(shard.mu);
         visible = rec->visible;
         rec->ssd_seq = record.seq;
+        rec->ssd_info = record.info;
+        rec->ssd_served_info = record.served;
+        rec->ssd_encoded = record.encoded;
         record.pins = rec->pins;
         record.hits = rec->hits;
       }
@@ -180,6 +247,7 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
   if (indexed && !remove) {
     metrics_.ssd.bytes_written->Increment(payload_bytes);
     metrics_.ssd_write_seconds->Observe((SteadyNs() - start) * 1e-9);
+    if (record.encoded) metrics_.AddSsdEncoded(record.served.payload_bytes, payload_bytes);
   }
   metrics_.ssd.used_bytes->Set(static_cast<double>(ssd_->used_bytes()));
   return status;
@@ -189,16 +257,19 @@ Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32
   Shard& shard = ShardFor(rec->name.storage_key);
   const Hash128& key = rec->name.storage_key;
   uint64_t seq;
+  ObjectInfo stored, served_info;
+  bool encoded;
   {
     std::lock_guard<std::mutex> lock(shard.mu);
     seq = rec->ssd_seq;
+    stored = rec->ssd_info;
+    served_info = rec->ssd_served_info;
+    encoded = rec->ssd_encoded;
   }
-  Result<PageAllocator::Extent> extent = AllocateArena(rec->info.payload_bytes);
+  Result<PageAllocator::Extent> extent = AllocateArena(served_info.payload_bytes);
   Status status = extent.status();
   if (extent.ok()) {
-    uint64_t start = SteadyNs();
-    status = ssd_->ReadObject(key, seq, rec->info, arena_->base() + extent->offset);
-    metrics_.ssd_read_seconds->Observe((SteadyNs() - start) * 1e-9);
+    status = ReadSsdCopy(key, seq, stored, served_info, encoded, arena_->base() + extent->offset);
   }
   bool unreadable = absl::IsDataLoss(status) || absl::IsNotFound(status);
   if (absl::IsDataLoss(status)) {
@@ -215,6 +286,8 @@ Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32
     if (status.ok() && rec->visible) {
       rec->in_cpu = true;
       rec->arena_offset = extent->offset;
+      rec->info.payload_crc32c = served_info.payload_crc32c;  // already so unless never in CPU
+      rec->info.lossy = served_info.lossy;
       ++rec->leases;
       ++rec->hits;
       rec->last_access_ns = WallNs();
@@ -244,9 +317,41 @@ Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32
     return status;
   }
   metrics_.ssd.hits->Increment();
-  metrics_.ssd.bytes_read->Increment(rec->info.payload_bytes);
+  metrics_.ssd.bytes_read->Increment(stored.payload_bytes);
   metrics_.cpu.bytes_written->Increment(rec->info.payload_bytes);
   return RegisterLease(rec, lease_ms, Tier::kSsd);
+}
+
+Status TieredStore::ReadSsdCopy(const Hash128& key, uint64_t seq, const ObjectInfo& stored,
+                                const ObjectInfo& served, bool encoded, uint8_t* dst) {
+  uint64_t start = SteadyNs();
+  if (!encoded) {
+    Status status = ssd_->ReadObject(key, seq, stored, dst);
+    metrics_.ssd_read_seconds->Observe((SteadyNs() - start) * 1e-9);
+    return status;
+  }
+  if (options_.ssd_codec == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("object ", key.ToHex(), " is encoded on SSD and the store has no ssd_codec"));
+  }
+  PageBuffer buffer = NewPageBuffer(stored.payload_bytes);
+  if (buffer == nullptr) return absl::ResourceExhaustedError("no memory for an SSD read buffer");
+  // The tier verifies the stored bytes (header, name, crc32c of the encoding) ...
+  KVSTASH_RETURN_IF_ERROR(ssd_->ReadObject(key, seq, stored, buffer.get()));
+  uint64_t decode_start = SteadyNs();
+  metrics_.ssd_read_seconds->Observe((decode_start - start) * 1e-9);
+  Status status = options_.ssd_codec->Decode(
+      stored, std::span<const uint8_t>(buffer.get(), stored.payload_bytes),
+      std::span<uint8_t>(dst, served.payload_bytes));
+  if (!status.ok()) {
+    return absl::DataLossError(absl::StrCat("decoding the SSD copy failed: ", status.message()));
+  }
+  // ... and what decoding made must be exactly what the index promised readers.
+  if (Crc32c(dst, served.payload_bytes) != served.payload_crc32c) {
+    return absl::DataLossError("decoded SSD copy does not match its recorded crc32c");
+  }
+  metrics_.ssd_decode_seconds->Observe((SteadyNs() - decode_start) * 1e-9);
+  return OkStatus();
 }
 
 }  // namespace kvstash::storage

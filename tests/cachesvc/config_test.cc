@@ -102,6 +102,55 @@ TEST(Config, BadValuesGiveClearErrors) {
   }
 }
 
+TEST(Config, SsdTierEncodingDefaultsToRawAndParsesFromYamlAndFlags) {
+  ParsedCommandLine defaults = Parse({});
+  ASSERT_TRUE(defaults.config) << defaults.output;
+  EXPECT_EQ(defaults.config->ssd_encoding.encoding, Encoding::kRaw);
+  EXPECT_EQ(defaults.config->ssd_encoding.level, 2);
+
+  auto yaml = ApplyYaml("tiers:\n  ssd:\n    encoding: cachegen\n    level: 3\n", ServiceConfig{});
+  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  EXPECT_EQ(yaml->ssd_encoding.encoding, Encoding::kCacheGen);
+  EXPECT_EQ(yaml->ssd_encoding.level, 3);
+
+  // Flags override the file.
+  std::string path = WriteTemp("tiers:\n  ssd:\n    encoding: cachegen\n    level: 3\n");
+  ParsedCommandLine p = Parse({"--config", path, "--ssd-encoding-level", "1"});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_EQ(p.config->ssd_encoding.encoding, Encoding::kCacheGen);
+  EXPECT_EQ(p.config->ssd_encoding.level, 1);
+  p = Parse({"--config", path, "--ssd-encoding", "raw"});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_EQ(p.config->ssd_encoding.encoding, Encoding::kRaw);
+  std::filesystem::remove(path);
+}
+
+TEST(Config, SsdTierEncodingBadValuesGiveClearErrors) {
+  auto level7 = ApplyYaml("tiers:\n  ssd:\n    level: 7\n", ServiceConfig{});
+  ASSERT_FALSE(level7.ok());
+  EXPECT_THAT(std::string(level7.status().message()), HasSubstr("tiers.ssd.level"));
+  EXPECT_THAT(std::string(level7.status().message()), HasSubstr("'7' is not a CacheGen level"));
+
+  auto zstd = ApplyYaml("tiers:\n  ssd:\n    encoding: zstd\n", ServiceConfig{});
+  ASSERT_FALSE(zstd.ok());
+  EXPECT_THAT(std::string(zstd.status().message()),
+              HasSubstr("tiers.ssd.encoding: unknown encoding 'zstd' (raw or cachegen)"));
+
+  auto remote = ApplyYaml("tiers:\n  remote:\n    encoding: cachegen\n", ServiceConfig{});
+  ASSERT_FALSE(remote.ok());
+  EXPECT_THAT(std::string(remote.status().message()), HasSubstr("tiers.remote.encoding"));
+
+  ParsedCommandLine p = Parse({"--ssd-encoding-level", "0"});
+  EXPECT_FALSE(p.config);
+  EXPECT_EQ(p.exit_code, 2);
+  EXPECT_THAT(p.output, HasSubstr("--ssd-encoding-level: '0' is not a CacheGen level"));
+
+  p = Parse({"--ssd-encoding", "cachegen", "--ssd-capacity", "0"});
+  EXPECT_FALSE(p.config);
+  EXPECT_THAT(p.output, HasSubstr("tiers.ssd.encoding"));
+  EXPECT_THAT(p.output, HasSubstr("SSD tier is disabled"));
+}
+
 TEST(Config, MalformedYamlAndWrongShapes) {
   auto bad_yaml = ApplyYaml("storage: [1, 2", ServiceConfig{});
   ASSERT_FALSE(bad_yaml.ok());

@@ -17,6 +17,12 @@
 
 namespace kvstash::cachesvc {
 
+// How a storage tier encodes the objects it keeps (docs/storage.md "Per-tier encoding").
+struct TierEncoding {
+  Encoding encoding = Encoding::kRaw;  // raw: stored as written; cachegen: CacheGen, lossy
+  int level = 2;                       // CacheGen level 1..3 (codec/levels.h)
+};
+
 struct ServiceConfig {
   // gRPC listen address: "unix:///abs/path", "unix:rel/path" or "host:port" (TCP; port 0 picks
   // a free port, reported in the ready file and the log).
@@ -52,6 +58,9 @@ struct ServiceConfig {
     o.prefault_arena = true;
     return o;
   }();
+  // tiers.ssd: encoding of the SSD tier. The service installs a CacheGen TierCodec either way,
+  // so SSD copies that an earlier run wrote encoded stay readable under `raw`.
+  TierEncoding ssd_encoding;
 };
 
 // The embedded default (single node, CPU + SSD tiers in ./data) as YAML text.

@@ -122,6 +122,8 @@ struct TierStats {
   Tier tier = Tier::kUnknown;
   uint64_t capacity_bytes = 0, used_bytes = 0, objects = 0, hits = 0, misses = 0, evictions = 0,
            bytes_read = 0, bytes_written = 0;
+  // Payload bytes readers get back from the tier's objects (> used_bytes when it compresses).
+  uint64_t logical_bytes = 0;
 };
 
 struct ServiceStats {

@@ -71,6 +71,10 @@ struct ObjectInfo {
   uint8_t encoding_level = 0;  // CacheGen level 1..3; 0 for raw
   uint64_t payload_bytes = 0;
   uint32_t payload_crc32c = 0;
+  // The payload is a lossy reconstruction of what the writer stored (a raw object served from a
+  // CacheGen-encoded storage tier, docs/storage.md "Per-tier encoding"); payload_crc32c is that
+  // of these bytes. Not part of the 64-byte object header: the SSD tier keeps it in its index.
+  bool lossy = false;
 
   // Validate() of the layout plus encoding rules (raw: payload_bytes == RawBytes()).
   Status Validate() const;

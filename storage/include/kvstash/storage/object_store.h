@@ -29,6 +29,12 @@
 //   Pin/Unpin/Delete: NotFound for an unknown key; Unpin: FailedPrecondition if not pinned
 //   any:      Unavailable after Close()
 //
+// Per-tier encoding (docs/storage.md): with StoreOptions::ssd_codec set, the SSD writers encode
+// each object the codec accepts before writing it. While the exact copy is in the arena readers
+// get it; once only the encoded copy is left, Lookup/List/Acquire report the decoded object's
+// ObjectInfo (its crc32c, lossy = true for a lossy codec) and Acquire decodes into the arena, after
+// which the arena copy is the decoded one.
+//
 // Details fixed by the implementation (docs/storage.md): lease_ms / reservation lease 0 means the
 // default and is capped at max_lease_ms; a commit of a key that another writer committed
 // meanwhile replaces it (last commit wins); List orders by Hash128::operator< and its page token
@@ -46,6 +52,7 @@
 #include "kvstash/common/layout.h"
 #include "kvstash/common/metrics.h"
 #include "kvstash/common/status.h"
+#include "kvstash/storage/tier_codec.h"
 
 namespace kvstash::storage {
 
@@ -78,6 +85,10 @@ struct StoreOptions {
   int ssd_io_threads = 4;                   // parallel SSD writers/readers
   std::string cpu_eviction_policy = "lru";  // see eviction_policy.h
   std::string ssd_eviction_policy = "lru";
+  // Encoding of the SSD tier (tier_codec.h). Null: objects are written as they are, and SSD
+  // copies written encoded by an earlier run cannot be read (they are dropped as unreadable).
+  // Not owned; must outlive the store. (A remote tier would take its own codec the same way.)
+  TierCodec* ssd_codec = nullptr;
   MetricsRegistry* metrics = nullptr;  // optional; not owned; must outlive the store
 };
 
@@ -124,6 +135,9 @@ struct TierStats {
   uint64_t evictions = 0;
   uint64_t bytes_read = 0;
   uint64_t bytes_written = 0;
+  // Payload bytes readers get back from the tier's objects. used_bytes is what the tier occupies
+  // (for SSD: files, so headers and encoding included); logical / used is the compression ratio.
+  uint64_t logical_bytes = 0;
 };
 
 struct StoreStats {
