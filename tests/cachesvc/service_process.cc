@@ -271,7 +271,21 @@ void ServiceProcess::Kill() {
 }
 
 void ServiceProcess::Stop() {
-  if (pid_ > 0) ::kill(pid_, SIGSTOP);
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGSTOP);
+  // SIGSTOP is delivered asynchronously: wait until the kernel reports the process stopped, or a
+  // call made right after Stop() can still be answered (and a test expecting a stall flakes).
+  const std::string stat_path = "/proc/" + std::to_string(pid_) + "/stat";
+  for (int i = 0; i < 1000; ++i) {
+    std::ifstream in(stat_path);
+    std::string line;
+    std::getline(in, line);
+    const size_t paren = line.rfind(')');
+    if (paren == std::string::npos || paren + 2 >= line.size()) return;  // gone
+    const char state = line[paren + 2];
+    if (state == 'T' || state == 't') return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
 }
 
 void ServiceProcess::Continue() {
