@@ -2,6 +2,7 @@
 // the prompt's prefix from the cache and prints the same text as a run without the cache.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <regex>
 #include <sstream>
@@ -33,6 +34,9 @@ int HitTokens(const std::string& out) {
 TEST(GenerateCacheCliTest, SecondRunHitsAndPrintsTheSameText) {
   const std::string bin = kvstash::testing::BinaryPath("cli/kvstash");
   if (!std::filesystem::exists(bin)) GTEST_SKIP() << "build the kvstash target first";
+  // RunProgram captures stdout and stderr together; gRPC's own log lines (e.g. the backup
+  // poller's at channel shutdown) would land in the middle of the generated text.
+  ::setenv("GRPC_VERBOSITY", "NONE", 1);
   kvstash::testing::TempDir dir;
   auto svc = kvstash::testing::ServiceProcess::Start(dir.path());
   ASSERT_TRUE(svc.ok()) << svc.status();
