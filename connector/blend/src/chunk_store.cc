@@ -124,14 +124,7 @@ class InProcessChunkStore : public ChunkKvStore {
   }
 
   Status Put(const ChunkRecord& record, std::span<const uint8_t> kv) override {
-    KVSTASH_RETURN_IF_ERROR(record.layout.Validate());
-    if (kv.size() != record.layout.RawBytes()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunk KV has ", kv.size(), " bytes, layout says ", record.layout.RawBytes()));
-    }
-    if (record.kind == CacheKind::kVariant) {
-      KVSTASH_RETURN_IF_ERROR(record.stats.Validate(record.layout.num_tokens));
-    }
+    KVSTASH_RETURN_IF_ERROR(CheckPutArguments(record, kv));
     Stored s{record, std::make_shared<const std::vector<uint8_t>>(kv.begin(), kv.end())};
     s.record.tier = StoreTier::kProcess;
     if (record.kind == CacheKind::kAlone) s.record.stats = ChunkStats{};
@@ -229,6 +222,18 @@ Result<ChunkStats> DecodeStats(std::span<const uint8_t> bytes) {
   s.token_scores.resize(n_tokens);
   for (float& v : s.token_scores) r.F32(&v);
   return s;
+}
+
+Status CheckPutArguments(const ChunkRecord& record, std::span<const uint8_t> kv) {
+  KVSTASH_RETURN_IF_ERROR(record.layout.Validate());
+  if (kv.size() != record.layout.RawBytes()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk KV has ", kv.size(), " bytes, layout says ", record.layout.RawBytes()));
+  }
+  if (record.kind == CacheKind::kVariant) {
+    KVSTASH_RETURN_IF_ERROR(record.stats.Validate(record.layout.num_tokens));
+  }
+  return OkStatus();
 }
 
 std::unique_ptr<ChunkKvStore> NewInProcessChunkStore() {

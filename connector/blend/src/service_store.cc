@@ -169,16 +169,9 @@ class ServiceChunkStore : public ChunkKvStore {
   }
 
   Status Put(const ChunkRecord& record, std::span<const uint8_t> kv) override {
-    KVSTASH_RETURN_IF_ERROR(record.layout.Validate());
-    if (kv.size() != record.layout.RawBytes()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunk KV has ", kv.size(), " bytes, layout says ", record.layout.RawBytes()));
-    }
-    if (record.kind == CacheKind::kVariant) {
-      if (record.slot >= options_.max_variants) {
-        return absl::InvalidArgumentError("variant slot beyond max_variants");
-      }
-      KVSTASH_RETURN_IF_ERROR(record.stats.Validate(record.layout.num_tokens));
+    KVSTASH_RETURN_IF_ERROR(CheckPutArguments(record, kv));
+    if (record.kind == CacheKind::kVariant && record.slot >= options_.max_variants) {
+      return absl::InvalidArgumentError("variant slot beyond max_variants");
     }
     client::PutOptions po;
     po.overwrite = true;

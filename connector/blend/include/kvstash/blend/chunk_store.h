@@ -92,6 +92,10 @@ class ChunkKvStore {
   virtual Status Put(const ChunkRecord& record, std::span<const uint8_t> kv) = 0;
 };
 
+// The argument checks every ChunkKvStore::Put makes (InvalidArgument cases above), shared by the
+// implementations so they reject the same inputs with the same messages.
+Status CheckPutArguments(const ChunkRecord& record, std::span<const uint8_t> kv);
+
 // Keeps everything in process memory (tests, and the no-service fallback).
 std::unique_ptr<ChunkKvStore> NewInProcessChunkStore();
 
