@@ -71,7 +71,18 @@ struct Args {
   std::string chunk_lead;  // text prefilled before each chunk alone (BlenderOptions::chunk_lead)
 };
 
+Result<Args> ParseArgsOrThrow(int argc, char** argv);
+
+// A malformed number (std::stoul throws) is a usage error, not a crash.
 Result<Args> ParseArgs(int argc, char** argv) {
+  try {
+    return ParseArgsOrThrow(argc, argv);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(std::string("bad flag value: ") + e.what());
+  }
+}
+
+Result<Args> ParseArgsOrThrow(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
