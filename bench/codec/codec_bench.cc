@@ -1,6 +1,7 @@
 // Google Benchmark: CacheGen encode/decode throughput in GB/s of fp16 KV, on one thread and on
 // all cores, plus zstd/lz4 on the same fp16 bytes. Shape: SmolLM2-135M KV (30 layers, 3 KV heads
-// x 64), synthetic values (kv_corpus.h).
+// x 64), synthetic values (kv_corpus.h). With a CUDA device, the GPU codec too (registered in
+// main() only then), also on a Llama-8B-shaped chunk (32 layers, 8 KV heads x 128).
 //
 //   build/release/bench/codec/codec_bench --benchmark_out=bench/results/codec_bench.json
 #include <benchmark/benchmark.h>
@@ -12,16 +13,24 @@
 
 #include "kv_corpus.h"
 #include "kvstash/codec/cachegen.h"
+#include "kvstash/codec/cachegen_gpu.h"
 #include "kvstash/common/thread_pool.h"
+#include "kvstash/kernels/cuda_device.h"
 
 namespace kvstash::bench {
 namespace {
 
-const KvChunk& Chunk(uint32_t tokens) {
-  static std::map<uint32_t, KvChunk> cache;
-  auto it = cache.find(tokens);
+// Model shapes: SmolLM2-135M and a Llama-3-8B-like model (GPU benchmarks only).
+enum Shape : int64_t { kSmolLM2 = 0, kLlama8B = 1 };
+
+const KvChunk& Chunk(uint32_t tokens, int64_t shape = kSmolLM2) {
+  static std::map<std::pair<int64_t, uint32_t>, KvChunk> cache;
+  auto key = std::make_pair(shape, tokens);
+  auto it = cache.find(key);
   if (it == cache.end()) {
-    it = cache.emplace(tokens, SyntheticContext(ContextLayout(30, 3, 64, tokens), 1)).first;
+    KvLayout layout =
+        shape == kLlama8B ? ContextLayout(32, 8, 128, tokens) : ContextLayout(30, 3, 64, tokens);
+    it = cache.emplace(key, SyntheticContext(layout, 1)).first;
   }
   return it->second;
 }
@@ -143,7 +152,94 @@ BENCHMARK(BM_ZstdDecompress)->Arg(3)->Unit(benchmark::kMillisecond)->UseRealTime
 BENCHMARK(BM_Lz4Compress)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Lz4Decompress)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// ---- GPU codec. Args: level, chunk tokens, shape, data on device (1) or in host memory (0).
+// Host-memory runs include the PCIe copies; device runs are what a GPU tier or a GPU-direct
+// transfer sees. Encode returns the container in host memory either way.
+
+// Device copy of a chunk's KV, freed at scope exit.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) : ptr_(kernels::CudaMalloc(bytes).value_or(nullptr)) {}
+  ~DeviceBuffer() {
+    if (ptr_ != nullptr) (void)kernels::CudaFree(ptr_);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void* get() const { return ptr_; }
+
+ private:
+  void* ptr_;
+};
+
+void BM_CacheGenGpuEncode(benchmark::State& state) {
+  const KvChunk& c = Chunk(static_cast<uint32_t>(state.range(1)), state.range(2));
+  const bool on_device = state.range(3) != 0;
+  DeviceBuffer device(c.kv.size());
+  if (device.get() == nullptr ||
+      !kernels::CudaMemcpy(device.get(), c.kv.data(), c.kv.size()).ok()) {
+    state.SkipWithError("device allocation");
+    return;
+  }
+  const void* input = on_device ? device.get() : static_cast<const void*>(c.kv.data());
+  codec::EncodeOptions options;
+  options.level = static_cast<int>(state.range(0));
+  size_t bytes = 1;
+  for (auto _ : state) {
+    auto out = codec::EncodeCacheGenGpu(c.layout, input, on_device, options);
+    if (!out.ok()) {
+      state.SkipWithError(std::string(out.status().message()).c_str());
+      break;
+    }
+    bytes = out->size();
+    benchmark::DoNotOptimize(out->data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * c.kv.size()));
+  state.counters["ratio_vs_fp16"] = static_cast<double>(c.kv.size()) / bytes;
+}
+
+void BM_CacheGenGpuDecode(benchmark::State& state) {
+  const KvChunk& c = Chunk(static_cast<uint32_t>(state.range(1)), state.range(2));
+  const bool on_device = state.range(3) != 0;
+  codec::EncodeOptions options;
+  options.level = static_cast<int>(state.range(0));
+  auto container = codec::EncodeCacheGen(c.layout, c.kv, options);
+  DeviceBuffer device(c.kv.size());
+  std::vector<uint8_t> host(c.kv.size());
+  if (!container.ok() || device.get() == nullptr) {
+    state.SkipWithError("encode or device allocation");
+    return;
+  }
+  void* out = on_device ? device.get() : static_cast<void*>(host.data());
+  for (auto _ : state) {
+    Status s = codec::DecodeCacheGenGpu(*container, out, on_device);
+    if (!s.ok()) {
+      state.SkipWithError(std::string(s.message()).c_str());
+      break;
+    }
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * c.kv.size()));
+}
+
+void RegisterGpuBenchmarks() {
+  for (auto* b : {benchmark::RegisterBenchmark("BM_CacheGenGpuEncode", BM_CacheGenGpuEncode),
+                  benchmark::RegisterBenchmark("BM_CacheGenGpuDecode", BM_CacheGenGpuDecode)}) {
+    b->ArgsProduct({{1, 2, 3}, {256, 1024}, {kSmolLM2, kLlama8B}, {1, 0}})
+        ->ArgNames({"level", "tokens", "llama8b", "on_device"})
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  }
+}
+
 }  // namespace
 }  // namespace kvstash::bench
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  const bool gpu = kvstash::codec::GpuCodecAvailable();
+  benchmark::AddCustomContext("cuda_device", gpu ? "yes" : "no");
+  if (gpu) kvstash::bench::RegisterGpuBenchmarks();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Packs the GPU tests and benchmarks of a release build, with the shared libraries they load
+# (glibc excepted), into one folder, so they run on a GPU host that has a CUDA driver but none
+# of the build's packages. The host needs glibc >= this machine's (Debian 12: 2.36).
+#
+#   scripts/gpu_bundle.sh [DIR]          (default .gpu; build/release must be built)
+#   # on the GPU host, from the repository root:
+#   DIR/run.sh OUT_DIR                   (tests, then benchmarks; results and a log in OUT_DIR)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build/release}
+DIR=${1:-.gpu}
+BINS=(tests/codec/codec_gpu_test tests/kernels/kernels_gpu_test bench/kernels/kernels_bench
+      bench/codec/codec_bench bench/codec/tier_load)
+rm -rf "$DIR"
+mkdir -p "$DIR/bin" "$DIR/lib"
+for b in "${BINS[@]}"; do
+  [ -x "$BUILD/$b" ] || { echo "missing $BUILD/$b: build the release preset first" >&2; exit 1; }
+  cp "$BUILD/$b" "$DIR/bin/"
+  # Every resolved library but the C library itself, which must come from the host.
+  ldd "$BUILD/$b" | awk '/=> \//{print $3}' |
+    grep -vE '/(libc|libm|libdl|libpthread|librt)\.so|ld-linux' |
+    xargs -r -I{} cp -Ln {} "$DIR/lib/"
+done
+strip "$DIR"/bin/*
+cat >"$DIR/run.sh" <<'EOF'
+#!/usr/bin/env bash
+# GPU tests, then the GPU benchmarks (docs/benchmarks-kernels.md, docs/benchmarks-codec.md).
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+OUT=${1:?usage: run.sh OUT_DIR}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$HERE/lib
+B=$HERE/bin
+rc=0
+"$B/codec_gpu_test" --gtest_output=json:"$OUT/codec_gpu_test.json" || rc=1
+"$B/kernels_gpu_test" --gtest_output=json:"$OUT/kernels_gpu_test.json" || rc=1
+"$B/kernels_bench" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+  --benchmark_out="$OUT/kernels_bench_gpu.json" || rc=1
+"$B/codec_bench" --benchmark_out="$OUT/codec_bench_gpu.json" || rc=1
+exit $rc
+EOF
+chmod +x "$DIR/run.sh"
+du -sh "$DIR"
