@@ -270,6 +270,7 @@ Status KvStashService::DoPut(grpc::ServerContext* ctx, grpc::ServerReader<v1::Pu
   uint8_t* dest = store_->arena_base() + r.arena_offset;
   uint64_t written = 0;
   uint64_t index = 0;
+  uint32_t crc = 0;  // Crc32c of nothing
   while (true) {
     if (index > 0 && chunk.has_header()) {
       return abort_with(Invalid(absl::StrCat("PutChunk #", index, " repeats the header")));
@@ -287,6 +288,8 @@ Status KvStashService::DoPut(grpc::ServerContext* ctx, grpc::ServerReader<v1::Pu
       return abort_with(absl::DeadlineExceededError(
           absl::StrCat("Put stream took longer than ", config_.stream_timeout_ms, " ms; aborted")));
     }
+    // Checksummed as it is copied (the chunk is then in cache), so Commit need not read it again.
+    crc = Crc32cExtend(crc, data.data(), data.size());
     std::memcpy(dest + written, data.data(), data.size());
     written += data.size();
     ++index;
@@ -303,9 +306,14 @@ Status KvStashService::DoPut(grpc::ServerContext* ctx, grpc::ServerReader<v1::Pu
     return abort_with(Invalid(
         absl::StrCat("Put stream ended after ", written, " of ", info.payload_bytes, " bytes")));
   }
-  // Commit verifies the crc32c the client declared against the bytes now in the arena. Some
-  // failures (durable without an SSD tier) leave the reservation open; nobody else can commit it.
-  Status committed = store_->Commit(r.id, info.payload_crc32c, durable);
+  if (crc != info.payload_crc32c) {
+    return abort_with(
+        Invalid(absl::StrCat("payload crc32c mismatch: client says ", info.payload_crc32c,
+                             ", the stream carried ", crc, "; reservation aborted")));
+  }
+  // Some failures (durable without an SSD tier) leave the reservation open; nobody else can
+  // commit it.
+  Status committed = store_->CommitChecked(r.id, info.payload_crc32c, durable);
   if (!committed.ok()) (void)store_->Abort(r.id);
   return committed;
 }

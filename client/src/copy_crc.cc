@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "kvstash/common/crc32c.h"
 
 namespace kvstash::client::internal {
@@ -16,6 +17,15 @@ uint32_t CopyWithCrc(uint8_t* dst, const uint8_t* src, size_t n) {
     size_t len = std::min(kBlock, n - off);
     crc = Crc32cExtend(crc, src + off, len);
     std::memcpy(dst + off, src + off, len);
+  }
+  return crc;
+}
+
+Result<uint32_t> CopyForPut(uint8_t* dst, const uint8_t* src, size_t n, uint32_t declared) {
+  const uint32_t crc = CopyWithCrc(dst, src, n);
+  if (declared != 0 && declared != crc) {
+    return absl::InvalidArgumentError(absl::StrCat("payload crc32c mismatch: ObjectInfo says ",
+                                                   declared, ", the payload has ", crc));
   }
   return crc;
 }

@@ -5,10 +5,18 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kvstash/common/status.h"
+
 namespace kvstash::client::internal {
 
 // Copies src[0, n) to dst and returns Crc32c(src, n), reading src from memory once.
 uint32_t CopyWithCrc(uint8_t* dst, const uint8_t* src, size_t n);
+
+// CopyWithCrc for a put: returns the crc32c to commit. `declared` is the caller's
+// ObjectInfo::payload_crc32c (0: none); InvalidArgument when it does not match the payload. The
+// service checks committed bytes only after Commit returns, so a caller's wrong crc32c is
+// reported here, where the put can still fail.
+Result<uint32_t> CopyForPut(uint8_t* dst, const uint8_t* src, size_t n, uint32_t declared);
 
 }  // namespace kvstash::client::internal
 

@@ -123,15 +123,15 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
       (void)core_->AbortReservation(reservation.reservation_id());
       return at.status();
     }
-    uint32_t crc = item.info.payload_crc32c;
-    if (crc == 0) {
-      crc = internal::CopyWithCrc(*at, item.payload.data(), item.payload.size());
-    } else {  // the caller vouches for the crc32c; the service checks it against what we copy
-      std::memcpy(*at, item.payload.data(), item.payload.size());
+    Result<uint32_t> crc = internal::CopyForPut(*at, item.payload.data(), item.payload.size(),
+                                                item.info.payload_crc32c);
+    if (!crc.ok()) {
+      (void)core_->AbortReservation(reservation.reservation_id());
+      return crc.status();
     }
     v1::CommitRequest* commit = batch->commit_req.add_items();
     commit->set_reservation_id(reservation.reservation_id());
-    commit->set_payload_crc32c(crc);
+    commit->set_payload_crc32c(*crc);
     commit->set_durable(options.durable);
     batch->committing.push_back(i);
     return OkStatus();

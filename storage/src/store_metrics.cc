@@ -35,8 +35,10 @@ StoreMetrics::StoreMetrics(MetricsRegistry* registry) {
   MetricsRegistry* r = Pick(registry, owned);
   cpu = MakeTier(r, "cpu");
   ssd = MakeTier(r, "ssd");
-  checksum_failures = r->GetCounter("kvstash_storage_checksum_failures_total",
-                                    "Stored objects that failed crc32c verification on read");
+  checksum_failures =
+      r->GetCounter("kvstash_storage_checksum_failures_total",
+                    "Objects removed because their bytes failed crc32c verification (after a "
+                    "shared-memory put, or on an SSD read)");
   reservations_expired = r->GetCounter("kvstash_storage_reservations_expired_total",
                                        "Reservations reclaimed because they were not committed");
   leases_expired =

@@ -91,6 +91,7 @@ Status TieredStore::Init() {
   }
   reaper_ = std::thread([this] { ReaperLoop(); });
   evictor_ = std::thread([this] { EvictorLoop(); });
+  if (options_.background_commit_checks) checker_ = std::thread([this] { CheckerLoop(); });
   return OkStatus();
 }
 
@@ -398,6 +399,15 @@ Status EndedStatus(uint64_t id, bool known, int how) {
 }  // namespace
 
 Status TieredStore::Commit(uint64_t reservation_id, uint32_t payload_crc32c, bool durable) {
+  return CommitImpl(reservation_id, payload_crc32c, durable, /*checked=*/false);
+}
+
+Status TieredStore::CommitChecked(uint64_t reservation_id, uint32_t payload_crc32c, bool durable) {
+  return CommitImpl(reservation_id, payload_crc32c, durable, /*checked=*/true);
+}
+
+Status TieredStore::CommitImpl(uint64_t reservation_id, uint32_t payload_crc32c, bool durable,
+                               bool checked) {
   std::shared_lock<std::shared_mutex> guard(close_mu_);
   KVSTASH_RETURN_IF_ERROR(CheckOpen());
   uint64_t start = SteadyNs();
@@ -422,22 +432,29 @@ Status TieredStore::Commit(uint64_t reservation_id, uint32_t payload_crc32c, boo
     reservation_deadlines_.erase({it->second.deadline_ns, reservation_id});
     res = it->second;
   }
+  // A durable commit checks the payload before it returns (the caller waits for the SSD write
+  // anyway); any other shared-memory commit leaves it to the checker, off the writer's path.
   // The checksum runs with no lock held: it reads up to the whole object.
-  uint32_t actual = Crc32c(arena_->base() + res.extent.offset, res.info.payload_bytes);
+  const bool check_now = durable && !checked;
+  const bool matches = !check_now || Crc32c(arena_->base() + res.extent.offset,
+                                            res.info.payload_bytes) == payload_crc32c;
   {
     std::lock_guard<std::mutex> lock(res_mu_);
     reservations_.erase(reservation_id);
-    RememberEnded(reservation_id, actual == payload_crc32c ? Ended::kCommitted : Ended::kAborted);
+    RememberEnded(reservation_id, matches ? Ended::kCommitted : Ended::kAborted);
   }
-  if (actual != payload_crc32c) {
+  if (!matches) {
     FreeExtent(res.extent.offset);
     return absl::InvalidArgumentError(absl::StrCat("payload crc32c mismatch: client says ",
-                                                   payload_crc32c, ", arena holds ", actual,
-                                                   "; reservation aborted"));
+                                                   payload_crc32c,
+                                                   ", the arena holds other bytes; reservation "
+                                                   "aborted"));
   }
   ObjectInfo info = res.info;
-  info.payload_crc32c = actual;
+  info.payload_crc32c = payload_crc32c;
   auto rec = std::make_shared<ObjectRec>(res.name, info);
+  const bool check_later = !checked && !check_now;
+  if (check_later) rec->arena_check.store(ArenaCheck::kPending, std::memory_order_relaxed);
   rec->in_cpu = true;
   rec->arena_offset = res.extent.offset;
   rec->last_access_ns = WallNs();
@@ -463,6 +480,7 @@ Status TieredStore::Commit(uint64_t reservation_id, uint32_t payload_crc32c, boo
     }
   }
   RunDeferred(later);
+  if (check_later && options_.background_commit_checks) QueueCheck(rec);
   metrics_.cpu.bytes_written->Increment(info.payload_bytes);
   Status status = OkStatus();
   if (done) status = durable_result.get();
@@ -556,6 +574,12 @@ Result<Lease> TieredStore::Acquire(const Hash128& storage_key, uint32_t lease_ms
       return lease;
     }
     RunDeferred(later);
+    if (!CheckArenaBytes(*rec).ok()) {
+      DropFailedLease(rec);
+      metrics_.cpu.misses->Increment();
+      return absl::NotFoundError(
+          absl::StrCat("object ", storage_key.ToHex(), " failed its crc32c check and was removed"));
+    }
     metrics_.cpu.hits->Increment();
     metrics_.cpu.bytes_read->Increment(rec->info.payload_bytes);
     Lease lease = RegisterLease(rec, ms, Tier::kCpu);
@@ -785,6 +809,13 @@ void TieredStore::StopThreads() {
   bg_cv_.notify_all();
   if (reaper_.joinable()) reaper_.join();
   if (evictor_.joinable()) evictor_.join();
+  // The checker finishes its queue (so queued SSD writes find the bytes checked or failed).
+  {
+    std::lock_guard<std::mutex> lock(check_mu_);
+    checker_stop_ = true;
+  }
+  check_cv_.notify_all();
+  if (checker_.joinable()) checker_.join();
   {
     std::lock_guard<std::mutex> lock(write_mu_);
     writers_stop_ = true;

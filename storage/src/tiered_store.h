@@ -6,7 +6,7 @@
 //
 // Lock order (never acquire leftwards while holding rightwards):
 //   close_mu_ (shared) -> shard.mu -> {arena_mu_, cpu_policy_mu_, ssd_policy_mu_, lease_mu_,
-//   res_mu_, write_mu_}
+//   res_mu_, write_mu_, check_mu_}
 // The policy, arena, lease, reservation and write-queue mutexes are leaves. Slow work (crc32c,
 // SSD I/O, synced index writes) runs with no lock held.
 //
@@ -49,6 +49,13 @@ enum class SsdState : uint8_t {
 
 struct Promotion;
 
+// Whether an object's arena bytes match its crc32c (ObjectRec::arena_check).
+enum class ArenaCheck : uint8_t {
+  kPassed,   // checked, or written by the store itself (promotion, a checked commit)
+  kPending,  // committed over shared memory; the checker or the first reader checks it
+  kFailed,   // the bytes do not match: the rec is hidden and never served
+};
+
 struct ObjectRec {
   ObjectRec(StoredName n, ObjectInfo i);
 
@@ -75,11 +82,16 @@ struct ObjectRec {
   uint64_t ssd_seq = 0;
   uint32_t pins = 0;
   uint32_t leases = 0;
-  uint32_t io_refs = 0;  // SSD writes reading the arena bytes
+  uint32_t io_refs = 0;  // SSD writes and the checker reading the arena bytes
   uint64_t hits = 0;
   uint64_t last_access_ns = 0;
   double value = 0.0;
   std::shared_ptr<Promotion> promotion;  // SSD -> arena read in flight
+
+  // Set at Commit, then changed only once, inside arena_check_once (CheckArenaBytes); readable
+  // without the shard lock.
+  std::atomic<ArenaCheck> arena_check{ArenaCheck::kPassed};
+  std::once_flag arena_check_once;
 };
 
 // Single flight of one promotion: later readers of the same object wait for the first.
@@ -103,6 +115,7 @@ class TieredStore final : public ObjectStore {
   Result<Reservation> Reserve(const StoredName& name, const ObjectInfo& info, uint32_t lease_ms,
                               bool overwrite) override;
   Status Commit(uint64_t reservation_id, uint32_t payload_crc32c, bool durable) override;
+  Status CommitChecked(uint64_t reservation_id, uint32_t payload_crc32c, bool durable) override;
   Status Abort(uint64_t reservation_id) override;
   Result<Lease> Acquire(const Hash128& storage_key, uint32_t lease_ms) override;
   Status Release(uint64_t lease_id) override;
@@ -196,6 +209,19 @@ class TieredStore final : public ObjectStore {
   SsdRecord RecordOf(const ObjectRec& rec) const;
   void RecoverSsd(std::vector<SsdRecord> records);
 
+  // --- checks of committed bytes (tiered_store_check.cc) ---
+  // `checked`: the caller verified the payload itself (CommitChecked).
+  Status CommitImpl(uint64_t reservation_id, uint32_t payload_crc32c, bool durable, bool checked);
+  // OK once rec's arena bytes match info.payload_crc32c, checking them on the first call (other
+  // callers wait for it); DataLoss when they do not. The caller holds a lease or an io_ref, so
+  // the bytes stay where they are.
+  Status CheckArenaBytes(ObjectRec& rec);
+  // Hands a rec with a pending check to the background checker.
+  void QueueCheck(std::shared_ptr<ObjectRec> rec);
+  // Undoes Acquire's lease reference on a rec whose bytes failed the check, hiding the rec.
+  void DropFailedLease(const std::shared_ptr<ObjectRec>& rec);
+  void CheckerLoop();
+
   // --- leases and reservations ---
   Lease RegisterLease(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms, Tier from);
   void RememberEnded(uint64_t reservation_id, Ended how);
@@ -247,6 +273,11 @@ class TieredStore final : public ObjectStore {
   std::condition_variable bg_cv_;
   bool bg_stop_ = false;
   std::thread reaper_;
+  std::mutex check_mu_;  // leaf
+  std::condition_variable check_cv_;
+  std::deque<std::shared_ptr<ObjectRec>> check_queue_;
+  bool checker_stop_ = false;
+  std::thread checker_;
   std::thread evictor_;
 };
 

@@ -138,6 +138,10 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
       record.encoded = false;
     }
   }
+  // Never write bytes that fail their crc32c (a shared-memory commit not yet checked is checked
+  // now); such a rec is hidden below instead.
+  Status check = visible ? CheckArenaBytes(*rec) : OkStatus();
+  if (!check.ok()) visible = false;
   // The arena bytes cannot move or be freed while io_refs > 0.
   const uint8_t* payload = arena_->base() + rec->arena_offset;
   PageBuffer encoded_payload;
@@ -227,10 +231,13 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
       spdlog::warn("kvstash storage: SSD write of {} failed: {}", key.ToHex(), status.ToString());
     }
   }
+  if (!check.ok()) status = check;
   bool remove = written && !indexed;
+  Deferred later;
   {
     std::lock_guard<std::mutex> lock(shard.mu);
     --rec->io_refs;
+    if (!check.ok() && rec->visible) HideLocked(shard, rec, later);
     if (indexed && rec->visible) {
       rec->ssd = SsdState::kOnSsd;
       if (rec->pins != record.pins || rec->hits != record.hits) PersistPinsLocked(*rec);
@@ -243,6 +250,7 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
     UpdatePoliciesLocked(*rec);
     MaybeFreeArenaLocked(*rec);
   }
+  RunDeferred(later);
   if (remove) ssd_->Remove(key, record.seq, payload_bytes);
   if (indexed && !remove) {
     metrics_.ssd.bytes_written->Increment(payload_bytes);

@@ -31,6 +31,7 @@ StoreOptions SsdOptions(const std::string& dir, uint64_t cpu_bytes, uint64_t ssd
   o.cpu_capacity_bytes = cpu_bytes;
   o.ssd_capacity_bytes = ssd_bytes;
   o.ssd_io_threads = 3;
+  o.background_commit_checks = false;  // as CpuOnlyOptions (store_test_util.h)
   return o;
 }
 

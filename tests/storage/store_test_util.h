@@ -93,10 +93,13 @@ class TempDir {
   std::string path_;
 };
 
+// Commits are checked on first use only (no background checker), so arena accounting and
+// eviction order follow the test's own calls exactly; commit_check_test.cc covers the checker.
 inline StoreOptions CpuOnlyOptions(uint64_t cpu_bytes) {
   StoreOptions o;
   o.cpu_capacity_bytes = cpu_bytes;
   o.ssd_capacity_bytes = 0;
+  o.background_commit_checks = false;
   return o;
 }
 

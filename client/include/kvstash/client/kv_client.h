@@ -139,8 +139,10 @@ struct ArenaMapping;
 }  // namespace internal
 
 // Space reserved in the arena for one object. Write payload_bytes into data(), then Commit() or
-// Abort(); destroying an uncommitted reservation aborts it. The object becomes visible only at a
-// successful Commit (crc32c verified by the service).
+// Abort(); destroying an uncommitted reservation aborts it. The object becomes visible at a
+// successful Commit. The service checks the arena bytes against the committed crc32c after a
+// non-durable Commit returns and before anyone reads them: bytes that fail are never served (the
+// object is removed as if evicted). So never write to data() after Commit.
 class WriteReservation {
  public:
   WriteReservation(WriteReservation&&) noexcept;
@@ -153,7 +155,7 @@ class WriteReservation {
   uint64_t reservation_id() const { return id_; }
 
   // Computes the crc32c of data() and commits. FailedPrecondition once committed or aborted or
-  // expired; InvalidArgument when the bytes changed under a concurrent writer.
+  // expired; with durable, InvalidArgument when the bytes changed under a concurrent writer.
   Status Commit(bool durable = false);
   // Commits with a crc32c the caller computed while writing (saves a pass over the bytes).
   Status CommitWithCrc(uint32_t payload_crc32c, bool durable = false);
@@ -226,16 +228,17 @@ class KvClient {
   Result<LookupReply> Lookup(std::span<const ObjectName> keys);
 
   // Stores `payload` under `name`. info.payload_crc32c == 0 means "compute it"; a non-zero value
-  // is sent as is and verified by the service (InvalidArgument on mismatch).
+  // must match the payload (InvalidArgument otherwise; checked while copying, by this client on
+  // the shared-memory path and by the service on the stream path).
   Status Put(const ObjectName& name, const ObjectInfo& info, std::span<const uint8_t> payload,
              const PutOptions& options = {});
 
   // Stores many objects; one status per item, in order, each with Put's contract (an item's
-  // failure does not stop the others; the service verifies every crc32c at commit as for Put).
+  // failure does not stop the others; every crc32c is checked as for Put).
   // Over shared memory the objects go in batches (options.max_batch, max_batch_bytes), one
   // ReserveMany and one CommitMany round trip per batch, pipelined: the next batch's Reserve and
-  // the previous batch's Commit (with its verification) run in the service while this thread
-  // copies. The calling thread does all copying; gRPC threads only complete the calls. Items
+  // the previous batch's Commit run in the service while this thread copies. The calling
+  // thread does all copying; gRPC threads only complete the calls. Items
   // naming the same key race like concurrent Puts (last commit wins, or AlreadyExists without
   // overwrite). On the stream path the items are Put one by one.
   std::vector<Status> PutMany(std::span<const PutItem> items, const PutOptions& options = {});

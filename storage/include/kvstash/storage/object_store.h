@@ -2,10 +2,19 @@
 //
 // Objects are immutable byte strings (a KV chunk, raw or encoded) named by a 128-bit storage key
 // and described by an ObjectInfo. Writers use two phases: Reserve space in the arena, write the
-// payload there (through the shared mapping or by copying), then Commit (checksum verified; the
-// object becomes visible atomically) or Abort. Readers Acquire a lease that pins the bytes in the
-// arena until Release or expiry, so eviction never frees bytes under a reader. An object found only
-// on SSD is promoted into the arena by Acquire.
+// payload there (through the shared mapping or by copying), then Commit (the object becomes
+// visible atomically) or Abort. Readers Acquire a lease that pins the bytes in the arena until
+// Release or expiry, so eviction never frees bytes under a reader. An object found only on SSD is
+// promoted into the arena by Acquire.
+//
+// Checksums of new objects: a non-durable Commit returns without reading the payload. The store
+// checks the arena bytes against the committed crc32c afterwards: a background checker does it
+// right away (StoreOptions::background_commit_checks), and the first Acquire or SSD write checks
+// (or waits for the checker) if it has not happened yet. So no reader and no SSD copy ever sees
+// bytes that fail their crc32c. Such an object is removed as if evicted (Lookup stops reporting
+// it, Acquire answers NotFound) and counted in checksum_failures. Until checked, an object may be
+// evicted like any other. A durable Commit checks before it returns, and so does CommitChecked's
+// caller, who checked while writing.
 //
 // Durability: committed objects are written through to SSD asynchronously by a pool of writers
 // (never a single writer thread). Commit(durable=true) returns only once the SSD copy and its index
@@ -20,8 +29,9 @@
 //   Reserve:  InvalidArgument (bad info), AlreadyExists (committed and !overwrite),
 //             ResourceExhausted (object larger than the arena, or nothing evictable)
 //   Commit:   NotFound (unknown reservation), FailedPrecondition (expired, already committed or
-//             aborted), InvalidArgument (checksum mismatch; the reservation is aborted)
-//             durable=true: FailedPrecondition when the SSD tier is disabled (the reservation is
+//             aborted). durable=true only: InvalidArgument on a checksum mismatch (the reservation
+//             is aborted; a non-durable mismatch is found after Commit, see above);
+//             FailedPrecondition when the SSD tier is disabled (the reservation is
 //             left open); ResourceExhausted when the SSD copy could not be written (tier full,
 //             ENOSPC) -- the object is still committed in the CPU tier, just not durable.
 //   Acquire:  NotFound (absent or unreadable), ResourceExhausted (no room to promote)
@@ -80,9 +90,13 @@ struct StoreOptions {
   uint32_t default_reservation_ms = 30'000;
   uint32_t default_lease_ms = 30'000;
   uint32_t max_lease_ms = 600'000;
-  uint32_t ssd_admission_hits = 0;          // 0: write every committed object through to SSD;
-                                            // N: only once it has been read N times
-  int ssd_io_threads = 4;                   // parallel SSD writers/readers
+  uint32_t ssd_admission_hits = 0;  // 0: write every committed object through to SSD;
+                                    // N: only once it has been read N times
+  int ssd_io_threads = 4;           // parallel SSD writers/readers
+  // Check committed shared-memory payloads in a background thread right after Commit (see
+  // "Checksums of new objects"). Off: only the first Acquire or SSD write checks, which keeps
+  // arena accounting synchronous (tests) but puts the check on the first reader's path.
+  bool background_commit_checks = true;
   std::string cpu_eviction_policy = "lru";  // see eviction_policy.h
   std::string ssd_eviction_policy = "lru";
   // Encoding of the SSD tier (tier_codec.h). Null: objects are written as they are, and SSD
@@ -170,6 +184,10 @@ class ObjectStore {
   virtual Result<Reservation> Reserve(const StoredName& name, const ObjectInfo& info,
                                       uint32_t lease_ms, bool overwrite) = 0;
   virtual Status Commit(uint64_t reservation_id, uint32_t payload_crc32c, bool durable) = 0;
+  // Commit for a payload the caller copied into the arena itself and checked against
+  // payload_crc32c while copying (the service's gRPC stream path): the store does not read it
+  // again. Errors as Commit.
+  virtual Status CommitChecked(uint64_t reservation_id, uint32_t payload_crc32c, bool durable) = 0;
   virtual Status Abort(uint64_t reservation_id) = 0;
 
   virtual Result<Lease> Acquire(const Hash128& storage_key, uint32_t lease_ms) = 0;
