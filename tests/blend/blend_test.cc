@@ -4,11 +4,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
+#include <functional>
 
 #include "blend_test_util.h"
 #include "kvstash/common/half.h"
 #include "kvstash/kernels/paged_kv.h"
 #include "kvstash/kernels/rope.h"
+#include "stories_gguf.h"  // tests/engine
 
 namespace kvstash::blend {
 namespace {
@@ -123,6 +126,60 @@ TEST(RopeShiftTest, IdentityForBothConventions) {
     for (size_t i = 0; i < k.size(); ++i) {
       EXPECT_NEAR(k[i], batch->k(3)[i], 1e-5 * (1 + std::fabs(batch->k(3)[i])));
     }
+  }
+}
+
+// Blender::Create refuses, with a message naming the cause, a model whose RoPE it cannot
+// re-rotate exactly: scaled RoPE (linear, YaRN, ...) changes every position's angle. The same
+// model without scaling keys, or with neutral ones, is accepted.
+TEST(RopeSupportTest, RefusesScaledRopeWithAClearMessage) {
+  auto stories = testing::LoadStories();
+  ASSERT_NE(stories, nullptr);
+  struct Case {
+    const char* name;
+    std::function<void(engine::testing::GgufBuilder&)> keys;
+    const char* refusal;  // nullptr: accepted
+  };
+  const std::vector<Case> cases = {
+      {"plain", nullptr, nullptr},
+      {"neutral",
+       [](auto& b) {
+         b.Str("llama.rope.scaling.type", "none");
+         b.F32("llama.rope.scaling.factor", 1.0f);
+       },
+       nullptr},
+      {"linear",
+       [](auto& b) {
+         b.Str("llama.rope.scaling.type", "linear");
+         b.F32("llama.rope.scaling.factor", 4.0f);
+       },
+       "rope scaling type 'linear'"},
+      {"yarn", [](auto& b) { b.Str("llama.rope.scaling.type", "yarn"); },
+       "rope scaling type 'yarn'"},
+      {"legacy_linear", [](auto& b) { b.F32("llama.rope.scale_linear", 2.0f); },
+       "llama.rope.scale_linear = 2"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string path = engine::testing::WriteTemp(
+        std::string("rope_") + c.name, engine::testing::StoriesAsGguf(*stories, 0, false, c.keys));
+    auto model = engine::Model::Load(path);
+    std::filesystem::remove(path);
+    ASSERT_TRUE(model.ok()) << model.status();
+    auto engine = testing::MakeEngine(*model, 1, DType::kF32, 8);
+    auto store = NewInProcessChunkStore();
+    auto blender = Blender::Create(engine.get(), store.get());
+    if (c.refusal == nullptr) {
+      EXPECT_TRUE(blender.ok()) << blender.status();
+      continue;
+    }
+    ASSERT_FALSE(blender.ok());
+    EXPECT_EQ(blender.status().code(), absl::StatusCode::kFailedPrecondition);
+    const std::string message(blender.status().message());
+    EXPECT_NE(message.find("blending disabled: cached keys cannot be re-rotated exactly"),
+              std::string::npos)
+        << message;
+    EXPECT_NE(message.find(c.refusal), std::string::npos) << message;
   }
 }
 
@@ -428,6 +485,119 @@ TEST_F(BlendTest, VariantSlotsAreBoundedAndRefreshed) {
   for (const ChunkRecord& v : (*entries)[0].variants) created.push_back(v.stats.created);
   std::sort(created.begin(), created.end());
   EXPECT_EQ(created, (std::vector<uint64_t>{2, 3, 4}));
+}
+
+// Forwards to a real store and fails one step on demand: the fault injection for the fallback
+// below (the data path itself is the real in-process store).
+class FailingStore final : public ChunkKvStore {
+ public:
+  enum class Fail { kNothing, kPut, kLookup, kFetch, kLayer };
+  explicit FailingStore(ChunkKvStore* inner) : inner_(inner) {}
+  Fail fail = Fail::kNothing;
+
+  Result<std::vector<ChunkEntries>> Lookup(std::span<const Hash128> chunks) override {
+    if (fail == Fail::kLookup) return absl::UnavailableError("injected: store unreachable");
+    return inner_->Lookup(chunks);
+  }
+  Result<std::vector<std::unique_ptr<ChunkKv>>> Fetch(
+      std::span<const ChunkRecord> records) override {
+    if (fail == Fail::kFetch) return absl::NotFoundError("injected: evicted since the lookup");
+    KVSTASH_ASSIGN_OR_RETURN(auto kv, inner_->Fetch(records));
+    if (fail == Fail::kLayer) {
+      for (auto& k : kv) k = std::make_unique<BadLayers>(std::move(k));
+    }
+    return kv;
+  }
+  Status Put(const ChunkRecord& record, std::span<const uint8_t> kv) override {
+    if (fail == Fail::kPut) return absl::UnavailableError("injected: store unreachable");
+    return inner_->Put(record, kv);
+  }
+
+ private:
+  // Layer 3 of every chunk fails to load (after the pipeline has started).
+  class BadLayers final : public ChunkKv {
+   public:
+    explicit BadLayers(std::unique_ptr<ChunkKv> kv) : kv_(std::move(kv)) {}
+    const KvLayout& layout() const override { return kv_->layout(); }
+    Result<std::span<const uint8_t>> Layer(uint32_t layer) override {
+      if (layer == 3) return absl::DataLossError("injected: layer 3 unreadable");
+      return kv_->Layer(layer);
+    }
+    StoreTier tier() const override { return kv_->tier(); }
+
+   private:
+    std::unique_ptr<ChunkKv> kv_;
+  };
+  ChunkKvStore* inner_;
+};
+
+// A store failure at any step means a full prefill (bitwise Engine::Prefill) with the reason in
+// BlendReport::fallback, or the store's error when the fallback is off.
+TEST_F(BlendTest, StoreFailuresFallBackToFullPrefill) {
+  auto full = engine_->NewSequence();
+  const std::vector<float> want = Full(*full, prompt_);
+  ASSERT_TRUE(blender_->PrepareChunks(prompt_).ok());  // the fetch cases have chunks to fetch
+  FailingStore failing(store_.get());
+  auto b = Blender::Create(engine_.get(), &failing);
+  ASSERT_TRUE(b.ok()) << b.status();
+  struct Case {
+    FailingStore::Fail fail;
+    Method method;
+    bool prefill_missing;
+    const char* step;
+    absl::StatusCode code;
+  };
+  const std::vector<Case> cases = {
+      {FailingStore::Fail::kLookup, Method::kCacheBlend, true, "preparing chunks",
+       absl::StatusCode::kUnavailable},
+      {FailingStore::Fail::kLookup, Method::kCacheBlend, false, "lookup",
+       absl::StatusCode::kUnavailable},
+      {FailingStore::Fail::kFetch, Method::kCacheBlend, true, "fetch", absl::StatusCode::kNotFound},
+      {FailingStore::Fail::kLayer, Method::kCacheBlend, true, "loading cached layers",
+       absl::StatusCode::kDataLoss},
+      {FailingStore::Fail::kLayer, Method::kFullReuse, true, "loading cached layers",
+       absl::StatusCode::kDataLoss},
+      {FailingStore::Fail::kFetch, Method::kPrefixCaching, true, "fetch",
+       absl::StatusCode::kNotFound},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.step);
+    failing.fail = c.fail;
+    BlendOptions o = Blend(0.15, c.method);
+    o.blend.check_layer = 1;
+    o.prefill_missing = c.prefill_missing;
+    auto seq = engine_->NewSequence();
+    auto r = (*b)->Prefill(*seq, prompt_, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->fallback.rfind(c.step, 0), 0u) << r->fallback;
+    EXPECT_EQ(r->logits, want);
+    EXPECT_EQ(r->cached_tokens, 0u);
+    EXPECT_EQ(r->recompute_fraction, 1.0);
+    EXPECT_EQ(seq->length(), prompt_.num_tokens());
+    for (uint32_t l = 0; l < layers_; ++l) {
+      EXPECT_TRUE(SameKvBytes(*seq, *full, l, 0, prompt_.num_tokens())) << "layer " << l;
+    }
+    o.fallback_on_store_error = false;
+    auto strict = (*b)->Prefill(*seq, prompt_, o);
+    EXPECT_EQ(strict.status().code(), c.code) << strict.status();
+    EXPECT_EQ(seq->length(), 0u);
+  }
+  // Storing a chunk prefilled alone fails: the same, for a prompt whose chunks are not cached.
+  failing.fail = FailingStore::Fail::kPut;
+  const BlendPrompt fresh = StoriesPrompt({4, 5});
+  auto fresh_full = engine_->NewSequence();
+  const std::vector<float> fresh_want = Full(*fresh_full, fresh);
+  auto seq = engine_->NewSequence();
+  auto r = (*b)->Prefill(*seq, fresh, Blend(0.15));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->fallback.rfind("preparing chunks", 0), 0u) << r->fallback;
+  EXPECT_EQ(r->logits, fresh_want);
+  // No failure: no fallback.
+  failing.fail = FailingStore::Fail::kNothing;
+  r = (*b)->Prefill(*seq, prompt_, Blend(0.15));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->fallback.empty()) << r->fallback;
+  EXPECT_GT(r->cached_tokens, 0u);
 }
 
 TEST_F(BlendTest, BadOptionsAndMissingChunksWithoutPrefill) {

@@ -48,6 +48,22 @@ bool Compatible(const engine::Engine& engine, const KvLayout& l, uint32_t num_to
          l.num_tokens == num_tokens && l.position_start >= 0;
 }
 
+// A plain prefill of the whole prompt into `report` (what kFullPrefill does, and the fallback
+// when the store fails).
+Status PrefillInFull(engine::Engine& engine, LoadController& controller, engine::Sequence& seq,
+                     const BlendPrompt& prompt, Clock::time_point start, BlendReport& report) {
+  KVSTASH_RETURN_IF_ERROR(seq.Resize(0));
+  const std::vector<int32_t> tokens = prompt.Tokens();
+  KVSTASH_ASSIGN_OR_RETURN(report.logits, engine.Prefill(seq, tokens, 0));
+  report.total_seconds = Seconds(start, Clock::now());
+  report.recomputed_per_layer.assign(engine.config().num_layers, prompt.num_tokens());
+  report.recompute_fraction = 1.0;
+  report.cached_tokens = 0;
+  report.missing_chunks = static_cast<uint32_t>(prompt.size() - 1);
+  controller.ObservePrefill(prompt.num_tokens(), report.total_seconds);
+  return OkStatus();
+}
+
 Status ValidateOptions(const engine::Engine& engine, const BlendOptions& o) {
   const uint32_t layers = engine.config().num_layers;
   if (o.blend.check_layer >= layers) {
@@ -222,24 +238,32 @@ Result<BlendReport> Blender::Prefill(engine::Sequence& seq, const BlendPrompt& p
   KVSTASH_RETURN_IF_ERROR(seq.Resize(0));
 
   if (o.method == Method::kFullPrefill) {
-    const std::vector<int32_t> tokens = prompt.Tokens();
-    KVSTASH_ASSIGN_OR_RETURN(report.logits, engine_->Prefill(seq, tokens, 0));
-    report.total_seconds = Seconds(t_start, Clock::now());
-    report.recomputed_per_layer.assign(layers, n);
-    report.recompute_fraction = 1.0;
-    report.missing_chunks = static_cast<uint32_t>(q);
-    controller_.ObservePrefill(n, report.total_seconds);
+    KVSTASH_RETURN_IF_ERROR(PrefillInFull(*engine_, controller_, seq, prompt, t_start, report));
     return report;
   }
+  // A store error: the whole prompt is computed instead (or the error returned).
+  auto store_failed = [&](const char* step, const Status& error) -> Result<BlendReport> {
+    (void)seq.Resize(0);
+    if (!o.fallback_on_store_error) return error;
+    report = BlendReport{};
+    report.method = o.method;
+    report.num_tokens = n;
+    report.fallback = absl::StrCat(step, ": ", error.ToString());
+    KVSTASH_RETURN_IF_ERROR(PrefillInFull(*engine_, controller_, seq, prompt, t_start, report));
+    return report;
+  };
 
   const bool alone_caches = o.method == Method::kFullReuse || o.method == Method::kCacheBlend ||
                             o.method == Method::kRandom;
   if (alone_caches && o.prefill_missing) {
-    KVSTASH_RETURN_IF_ERROR(PrepareChunks(prompt).status());
+    if (Status s = PrepareChunks(prompt).status(); !s.ok())
+      return store_failed("preparing chunks", s);
   }
   std::vector<Hash128> keys;
   for (size_t i = 0; i < q; ++i) keys.push_back(prompt.Key(i));
-  KVSTASH_ASSIGN_OR_RETURN(std::vector<ChunkEntries> entries, store_->Lookup(keys));
+  Result<std::vector<ChunkEntries>> looked_up = store_->Lookup(keys);
+  if (!looked_up.ok()) return store_failed("lookup", looked_up.status());
+  std::vector<ChunkEntries> entries = std::move(*looked_up);
 
   // Which record (if any) serves each segment, and which tokens are computed from layer 0.
   std::vector<std::optional<ChunkRecord>> use(q);
@@ -307,7 +331,9 @@ Result<BlendReport> Blender::Prefill(engine::Sequence& seq, const BlendPrompt& p
   }
   std::vector<std::unique_ptr<ChunkKv>> handles;
   if (!records.empty()) {
-    KVSTASH_ASSIGN_OR_RETURN(handles, store_->Fetch(records));
+    Result<std::vector<std::unique_ptr<ChunkKv>>> fetched = store_->Fetch(records);
+    if (!fetched.ok()) return store_failed("fetch", fetched.status());
+    handles = std::move(*fetched);
   }
 
   internal::ExecPlan plan;
@@ -368,14 +394,15 @@ Result<BlendReport> Blender::Prefill(engine::Sequence& seq, const BlendPrompt& p
   auto exec = internal::RunLayers(*engine_, seq, plan, &loader);
   if (!exec.ok()) {
     loader.Cancel();
+    // A layer that failed to load stops the layers waiting for it: a store error too.
+    if (Status loading = loader.Finish(); !loading.ok()) {
+      return store_failed("loading cached layers", loading);
+    }
     (void)seq.Resize(0);
     return exec.status();
   }
   st = loader.Finish();
-  if (!st.ok()) {
-    (void)seq.Resize(0);
-    return st;
-  }
+  if (!st.ok()) return store_failed("loading cached layers", st);
   report.total_seconds = Seconds(t_start, Clock::now());
   report.logits = std::move(exec->logits);
   report.recomputed_per_layer = std::move(exec->recomputed_per_layer);

@@ -39,6 +39,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "kvstash/blend/chunk_store.h"
@@ -99,6 +100,10 @@ struct BlendOptions {
   bool prefill_missing = true;
   // Load layer l+1 while layer l computes; false loads every layer before computing.
   bool pipeline = true;
+  // When the chunk store fails (preparing missing chunks, Lookup, Fetch, or a layer that does
+  // not load), prefill the whole prompt instead and say why in BlendReport::fallback ("<step>:
+  // <error>"), as the connector's prefix path does. False: return the store's error.
+  bool fallback_on_store_error = true;
 };
 
 struct BlendReport {
@@ -120,6 +125,8 @@ struct BlendReport {
   std::vector<double> layer_compute_seconds;
   double prepare_seconds = 0.0;  // lookup, fetch, chunks prefilled alone
   double total_seconds = 0.0;    // the whole call: time to first token
+  // Non-empty when the store failed and the prompt was prefilled in full instead: the error.
+  std::string fallback;
 };
 
 struct BlenderOptions {
@@ -147,8 +154,11 @@ class Blender {
                                                  const BlenderOptions& options = {});
 
   // Fills `seq` (resized to prompt.num_tokens(); earlier contents dropped) for `prompt`.
-  // Errors: InvalidArgument for bad options (check_layer >= layers, ratio > 1), the engine's and
-  // the store's errors. On error `seq` is left empty.
+  // Errors: InvalidArgument for bad options (check_layer >= layers, ratio > 1), the engine's
+  // errors, and the store's errors when options.fallback_on_store_error is false (otherwise a
+  // store error means a full prefill, reported in BlendReport::fallback). Cache-Craft's storing
+  // of new variants after the first token is not covered by the fallback: its error is returned.
+  // On error `seq` is left empty.
   Result<BlendReport> Prefill(engine::Sequence& seq, const BlendPrompt& prompt,
                               const BlendOptions& options);
 
