@@ -38,6 +38,7 @@ storage:
   data_dir: ./data
   cpu_capacity: 1GiB
   prefault_arena: true    # commit the CPU arena's memory at start
+  background_commit_checks: true  # check put bytes right after Commit (false: on first read)
   ssd_capacity: 8GiB      # 0 disables the SSD tier
   high_watermark: 0.90
   low_watermark: 0.80
@@ -228,6 +229,9 @@ const std::vector<Field>& Fields() {
        StoreSizeField(&storage::StoreOptions::ssd_capacity_bytes)},
       {"storage.prefault_arena", "--prefault-arena", "commit the CPU arena's memory at start",
        StoreBoolField(&storage::StoreOptions::prefault_arena)},
+      {"storage.background_commit_checks", "--background-commit-checks",
+       "check put bytes against their crc32c right after Commit (false: on first read)",
+       StoreBoolField(&storage::StoreOptions::background_commit_checks)},
       {"storage.high_watermark", "--high-watermark", "evict above this fill fraction",
        StoreFraction(&storage::StoreOptions::high_watermark)},
       {"storage.low_watermark", "--low-watermark", "evict down to this fill fraction",

@@ -50,6 +50,11 @@ TEST(Config, EmbeddedDefaultIsSingleNodeWithCpuAndSsdInData) {
   ASSERT_TRUE(off.ok());
   EXPECT_FALSE(off->store.prefault_arena);
   EXPECT_FALSE(ApplyYaml("storage:\n  prefault_arena: maybe\n", ServiceConfig{}).ok());
+  EXPECT_TRUE(from_text->store.background_commit_checks);
+  EXPECT_TRUE(ServiceConfig{}.store.background_commit_checks);
+  ParsedCommandLine first_read = Parse({"--background-commit-checks", "false"});
+  ASSERT_TRUE(first_read.config) << first_read.output;
+  EXPECT_FALSE(first_read.config->store.background_commit_checks);
 }
 
 TEST(Config, FlagsOverrideTheFile) {

@@ -13,7 +13,9 @@ namespace kvstash::storage {
 namespace {
 
 using testing::CpuOnlyOptions;
+using testing::Eventually;
 using testing::MakeObject;
+using testing::OpenOrDie;
 using testing::Put;
 using testing::ReadsBack;
 using testing::TempDir;
@@ -21,12 +23,6 @@ using testing::TestObject;
 
 constexpr uint64_t kKiB = 1024;
 constexpr uint64_t kMiB = 1024 * kKiB;
-
-std::unique_ptr<ObjectStore> OpenOrDie(const StoreOptions& options) {
-  auto store = ObjectStore::Open(options);
-  EXPECT_TRUE(store.ok()) << store.status();
-  return store.ok() ? std::move(*store) : nullptr;
-}
 
 // With the background checker (the default; the shared test helpers turn it off).
 StoreOptions CheckedCpuOptions(uint64_t cpu_bytes) {
@@ -43,16 +39,6 @@ StoreOptions WriteThroughOptions(const std::string& dir) {
   o.ssd_io_threads = 2;
   o.ssd_admission_hits = 0;  // every commit is written through to SSD
   return o;
-}
-
-template <typename Pred>
-bool Eventually(Pred pred) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return pred();
 }
 
 // Reserves, copies o's payload with one byte flipped, and commits o's (now wrong) crc32c.

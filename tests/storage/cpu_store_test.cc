@@ -13,31 +13,16 @@ namespace kvstash::storage {
 namespace {
 
 using testing::CpuOnlyOptions;
+using testing::Eventually;
 using testing::MakeObject;
+using testing::OpenOrDie;
 using testing::Put;
 using testing::ReadsBack;
 using testing::TestObject;
 
 constexpr uint64_t kMiB = 1 << 20;
 
-std::unique_ptr<ObjectStore> OpenOrDie(const StoreOptions& options) {
-  auto store = ObjectStore::Open(options);
-  EXPECT_TRUE(store.ok()) << store.status();
-  return store.ok() ? std::move(*store) : nullptr;
-}
-
 TierStats CpuStats(ObjectStore& store) { return store.Stats().tiers.at(0); }
-
-// Waits (bounded) for a background thread to reach a state; returns whether it did.
-template <typename Pred>
-bool Eventually(Pred pred) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return pred();
-}
 
 TEST(CpuStoreTest, PutThenGetRoundTrips) {
   auto store = OpenOrDie(CpuOnlyOptions(8 * kMiB));

@@ -17,6 +17,7 @@ namespace kvstash::storage {
 namespace {
 
 using testing::MakeObject;
+using testing::OpenOrDie;
 using testing::Put;
 using testing::ReadsBack;
 using testing::TempDir;
@@ -33,12 +34,6 @@ StoreOptions SsdOptions(const std::string& dir, uint64_t cpu_bytes, uint64_t ssd
   o.ssd_io_threads = 3;
   o.background_commit_checks = false;  // as CpuOnlyOptions (store_test_util.h)
   return o;
-}
-
-std::unique_ptr<ObjectStore> OpenOrDie(const StoreOptions& options) {
-  auto store = ObjectStore::Open(options);
-  EXPECT_TRUE(store.ok()) << store.status();
-  return store.ok() ? std::move(*store) : nullptr;
 }
 
 TierStats SsdStats(ObjectStore& store) { return store.Stats().tiers.at(1); }

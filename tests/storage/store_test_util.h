@@ -6,9 +6,12 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kvstash/common/crc32c.h"
@@ -51,6 +54,23 @@ inline TestObject MakeObject(const std::string& name_space, uint64_t id, uint64_
   }
   o.info.payload_crc32c = Crc32c(o.payload.data(), o.payload.size());
   return o;
+}
+
+inline std::unique_ptr<ObjectStore> OpenOrDie(const StoreOptions& options) {
+  auto store = ObjectStore::Open(options);
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? std::move(*store) : nullptr;
+}
+
+// Waits (bounded) for a background thread to reach a state; returns whether it did.
+template <typename Pred>
+bool Eventually(Pred pred) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return pred();
 }
 
 // Reserve, copy into the arena, Commit.
