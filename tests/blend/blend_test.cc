@@ -552,13 +552,14 @@ TEST_F(BlendTest, StoreFailuresFallBackToFullPrefill) {
        absl::StatusCode::kUnavailable},
       {FailingStore::Fail::kLookup, Method::kCacheBlend, false, "lookup",
        absl::StatusCode::kUnavailable},
-      {FailingStore::Fail::kFetch, Method::kCacheBlend, true, "fetch", absl::StatusCode::kNotFound},
+      {FailingStore::Fail::kFetch, Method::kCacheBlend, true,
+       "loading cached layers: NOT_FOUND: fetch:", absl::StatusCode::kNotFound},
       {FailingStore::Fail::kLayer, Method::kCacheBlend, true, "loading cached layers",
        absl::StatusCode::kDataLoss},
       {FailingStore::Fail::kLayer, Method::kFullReuse, true, "loading cached layers",
        absl::StatusCode::kDataLoss},
-      {FailingStore::Fail::kFetch, Method::kPrefixCaching, true, "fetch",
-       absl::StatusCode::kNotFound},
+      {FailingStore::Fail::kFetch, Method::kPrefixCaching, true,
+       "loading cached layers: NOT_FOUND: fetch:", absl::StatusCode::kNotFound},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.step);

@@ -322,31 +322,18 @@ Result<BlendReport> Blender::Prefill(engine::Sequence& seq, const BlendPrompt& p
     }
   }
 
-  std::vector<ChunkRecord> records;
-  std::vector<size_t> record_segment;
-  for (size_t i = 0; i < q; ++i) {
-    if (!use[i]) continue;
-    records.push_back(*use[i]);
-    record_segment.push_back(i);
-  }
-  std::vector<std::unique_ptr<ChunkKv>> handles;
-  if (!records.empty()) {
-    Result<std::vector<std::unique_ptr<ChunkKv>>> fetched = store_->Fetch(records);
-    if (!fetched.ok()) return store_failed("fetch", fetched.status());
-    handles = std::move(*fetched);
-  }
-
+  // The loader fetches the records itself (on its thread when pipelined).
   internal::ExecPlan plan;
   plan.prompt = &prompt;
   plan.mask = o.mask;
   plan.cached.assign(n, false);
   std::vector<internal::CachedSpan> spans;
   uint64_t kv_bytes = 0;
-  for (size_t r = 0; r < records.size(); ++r) {
-    const size_t i = record_segment[r];
-    const KvLayout& layout = handles[r]->layout();
+  for (size_t i = 0; i < q; ++i) {
+    if (!use[i]) continue;
+    const KvLayout& layout = use[i]->layout;
     internal::CachedSpan s;
-    s.kv = handles[r].get();
+    s.record = *use[i];
     s.dest_begin = prompt.begin(i);
     s.count = layout.num_tokens;
     s.delta = static_cast<int64_t>(s.dest_begin) - layout.position_start;
@@ -388,7 +375,7 @@ Result<BlendReport> Blender::Prefill(engine::Sequence& seq, const BlendPrompt& p
 
   Status st = seq.Resize(n);
   if (!st.ok()) return st;
-  internal::LayerLoader loader(*engine_, seq, std::move(spans), load_layers);
+  internal::LayerLoader loader(*engine_, seq, *store_, std::move(spans), load_layers);
   report.prepare_seconds = Seconds(t_start, Clock::now());
   loader.Start(o.pipeline);
   auto exec = internal::RunLayers(*engine_, seq, plan, &loader);

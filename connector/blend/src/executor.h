@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -18,19 +19,21 @@ namespace kvstash::blend::internal {
 
 // One cached segment placed in the prompt.
 struct CachedSpan {
-  ChunkKv* kv = nullptr;
+  ChunkRecord record;       // what to fetch (as Lookup returned it)
   uint32_t dest_begin = 0;  // first prompt position
-  uint32_t count = 0;       // == kv->layout().num_tokens
-  int64_t delta = 0;        // dest_begin - layout.position_start
+  uint32_t count = 0;       // == record.layout.num_tokens
+  int64_t delta = 0;        // dest_begin - record.layout.position_start
 };
 
-// Writes the RoPE-corrected cached KV of `spans` into `seq`'s paged memory, layer by layer, on
-// its own thread (pipelined) or all at once on the caller's (not pipelined). The sequence must
-// already have its final length and keep it until Finish().
+// Fetches the cached KV of `spans` from `store` and writes it, RoPE-corrected, into `seq`'s
+// paged memory layer by layer, on its own thread (pipelined) or all at once on the caller's (not
+// pipelined). Pipelined, the fetch itself (cachesvc's AcquireMany, an SSD promotion) runs while
+// the layers that need no cached KV compute. The sequence must already have its final length
+// and keep it until Finish(). A fetch error is the loader's error (message prefixed "fetch: ").
 class LayerLoader {
  public:
-  LayerLoader(engine::Engine& engine, engine::Sequence& seq, std::vector<CachedSpan> spans,
-              std::vector<bool> layers);
+  LayerLoader(engine::Engine& engine, engine::Sequence& seq, ChunkKvStore& store,
+              std::vector<CachedSpan> spans, std::vector<bool> layers);
   ~LayerLoader();  // cancels and joins
   LayerLoader(const LayerLoader&) = delete;
   LayerLoader& operator=(const LayerLoader&) = delete;
@@ -45,6 +48,7 @@ class LayerLoader {
   Status Finish();
 
   const std::vector<double>& layer_seconds() const { return layer_seconds_; }
+  double fetch_seconds() const { return fetch_seconds_; }  // valid after Finish()
   // Bytes and seconds per tier, for the loading controller.
   struct TierLoad {
     StoreTier tier;
@@ -55,11 +59,15 @@ class LayerLoader {
 
  private:
   void Run();
+  Status Fetch();
   Status LoadLayer(uint32_t layer);
 
   engine::Engine& engine_;
   engine::Sequence& seq_;
+  ChunkKvStore& store_;
   std::vector<CachedSpan> spans_;
+  std::vector<std::unique_ptr<ChunkKv>> kv_;  // per span, once fetched
+  double fetch_seconds_ = 0.0;
   std::vector<bool> layers_;
   std::vector<double> layer_seconds_;
   std::vector<uint64_t> span_bytes_;

@@ -15,10 +15,11 @@ using Clock = std::chrono::steady_clock;
 
 }  // namespace
 
-LayerLoader::LayerLoader(engine::Engine& engine, engine::Sequence& seq,
+LayerLoader::LayerLoader(engine::Engine& engine, engine::Sequence& seq, ChunkKvStore& store,
                          std::vector<CachedSpan> spans, std::vector<bool> layers)
     : engine_(engine),
       seq_(seq),
+      store_(store),
       spans_(std::move(spans)),
       layers_(std::move(layers)),
       layer_seconds_(layers_.size(), 0.0),
@@ -38,7 +39,40 @@ void LayerLoader::Start(bool pipelined) {
   }
 }
 
+Status LayerLoader::Fetch() {
+  const auto t0 = Clock::now();
+  std::vector<ChunkRecord> records;
+  for (const CachedSpan& s : spans_) records.push_back(s.record);
+  Result<std::vector<std::unique_ptr<ChunkKv>>> kv = store_.Fetch(records);
+  fetch_seconds_ = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!kv.ok()) {
+    return Status(kv.status().code(), absl::StrCat("fetch: ", kv.status().message()));
+  }
+  if (kv->size() != spans_.size()) {
+    return absl::InternalError("fetch: the store answered with a wrong number of chunks");
+  }
+  for (size_t i = 0; i < spans_.size(); ++i) {
+    // The plan placed the chunk by the looked-up layout; a slot rewritten since (a Cache-Craft
+    // variant replaced) would land at the wrong positions.
+    if (!((*kv)[i]->layout() == spans_[i].record.layout)) {
+      return absl::NotFoundError("fetch: a chunk changed between lookup and fetch");
+    }
+  }
+  kv_ = std::move(*kv);
+  return OkStatus();
+}
+
 void LayerLoader::Run() {
+  if (!spans_.empty()) {
+    Status fetched = Fetch();
+    if (!fetched.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      error_ = fetched;
+      finished_ = true;
+      cv_.notify_all();
+      return;
+    }
+  }
   for (uint32_t l = 0; l < layers_.size(); ++l) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -64,8 +98,8 @@ Status LayerLoader::LoadLayer(uint32_t layer) {
   for (size_t i = 0; i < spans_.size(); ++i) {
     const auto t0 = Clock::now();
     const CachedSpan& s = spans_[i];
-    const KvLayout& layout = s.kv->layout();
-    KVSTASH_ASSIGN_OR_RETURN(std::span<const uint8_t> slab, s.kv->Layer(layer));
+    const KvLayout& layout = kv_[i]->layout();
+    KVSTASH_ASSIGN_OR_RETURN(std::span<const uint8_t> slab, kv_[i]->Layer(layer));
     const void* src = slab.data();
     if (s.delta != 0) {
       // K is the first half of the slab; V needs no correction.
@@ -109,9 +143,9 @@ Status LayerLoader::Finish() {
 
 std::vector<LayerLoader::TierLoad> LayerLoader::tier_loads() const {
   std::map<StoreTier, TierLoad> by;
-  for (size_t i = 0; i < spans_.size(); ++i) {
-    TierLoad& t = by[spans_[i].kv->tier()];
-    t.tier = spans_[i].kv->tier();
+  for (size_t i = 0; i < kv_.size(); ++i) {
+    TierLoad& t = by[kv_[i]->tier()];
+    t.tier = kv_[i]->tier();
     t.bytes += span_bytes_[i];
     t.seconds += span_seconds_[i];
   }

@@ -100,9 +100,10 @@ struct BlendOptions {
   bool prefill_missing = true;
   // Load layer l+1 while layer l computes; false loads every layer before computing.
   bool pipeline = true;
-  // When the chunk store fails (preparing missing chunks, Lookup, Fetch, or a layer that does
-  // not load), prefill the whole prompt instead and say why in BlendReport::fallback ("<step>:
-  // <error>"), as the connector's prefix path does. False: return the store's error.
+  // When the chunk store fails (preparing missing chunks, Lookup, or loading cached layers,
+  // which includes the fetch), prefill the whole prompt instead and say why in
+  // BlendReport::fallback ("<step>: <error>"), as the connector's prefix path does. False:
+  // return the store's error.
   bool fallback_on_store_error = true;
 };
 
@@ -123,8 +124,10 @@ struct BlendReport {
   ControllerDecision decision;             // when the controller chose the ratio
   std::vector<double> layer_load_seconds;  // loader time per layer (0 where nothing loaded)
   std::vector<double> layer_compute_seconds;
-  double prepare_seconds = 0.0;  // lookup, fetch, chunks prefilled alone
-  double total_seconds = 0.0;    // the whole call: time to first token
+  // Lookup and chunks prefilled alone; the fetch of cached KV runs in the layer loader (beside
+  // the first layers' compute when pipelined), so it is not part of this.
+  double prepare_seconds = 0.0;
+  double total_seconds = 0.0;  // the whole call: time to first token
   // Non-empty when the store failed and the prompt was prefilled in full instead: the error.
   std::string fallback;
 };
