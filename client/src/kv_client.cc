@@ -13,7 +13,7 @@ namespace kvstash::client {
 
 using internal::ArenaMapping;
 using internal::ClientCore;
-using internal::CopyWithCrc;
+using internal::CopyForPut;
 using internal::FromProtoTier;
 
 std::string_view TierName(Tier tier) {
@@ -155,13 +155,12 @@ Status KvClient::Put(const ObjectName& name, const ObjectInfo& info,
 Status KvClient::PutShared(const ObjectName& name, const ObjectInfo& info,
                            std::span<const uint8_t> payload, const PutOptions& options) {
   KVSTASH_ASSIGN_OR_RETURN(WriteReservation reservation, Reserve(name, info, options.overwrite));
-  uint32_t crc = info.payload_crc32c;
-  if (crc == 0) {
-    crc = CopyWithCrc(reservation.data().data(), payload.data(), payload.size());
-  } else {  // the caller vouches for the crc32c; the service checks it against what we copy
-    std::memcpy(reservation.data().data(), payload.data(), payload.size());
-  }
-  return reservation.CommitWithCrc(crc, options.durable);
+  // The crc32c is taken while copying (the source is read once); a caller-declared one is checked
+  // here because the service may check committed bytes only later, in the background.
+  Result<uint32_t> crc =
+      CopyForPut(reservation.data().data(), payload.data(), payload.size(), info.payload_crc32c);
+  if (!crc.ok()) return crc.status();  // the reservation aborts as it goes out of scope
+  return reservation.CommitWithCrc(*crc, options.durable);
 }
 
 Status KvClient::PutStream(const ObjectName& name, const ObjectInfo& info,
