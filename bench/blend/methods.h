@@ -20,9 +20,10 @@ struct MethodSpec {
   blend::BlendOptions options;
 };
 
-// full | prefix | naive | random:R | cb:R[:k][:br][:grad] | cbauto | craft:ALPHA[:et]
+// full | prefix | naive | random:R | cb:R[:k][:br][:grad] | cbauto | craft:ALPHA[:et][:nc]
 // R is a ratio in [0, 1]; k = deviation on K (default V); br = the reference bottom-right mask;
-// grad = gradual filtering from 2R; et = Cache-Craft early termination.
+// grad = gradual filtering from 2R; et = Cache-Craft early termination; nc = Cache-Craft counts
+// the new context's chunks the variant never saw (CacheCraftOptions::count_new_context).
 inline Result<MethodSpec> ParseMethod(const std::string& text) {
   std::vector<std::string> parts;
   std::stringstream ss(text);
@@ -67,7 +68,15 @@ inline Result<MethodSpec> ParseMethod(const std::string& text) {
   } else if (kind == "craft") {
     o.method = blend::Method::kCacheCraft;
     if (!number(1, &o.craft.alpha)) return absl::InvalidArgumentError("method " + text + ": alpha");
-    if (parts.size() > 2 && parts[2] == "et") o.craft.early_termination = true;
+    for (size_t i = 2; i < parts.size(); ++i) {
+      if (parts[i] == "et") {
+        o.craft.early_termination = true;
+      } else if (parts[i] == "nc") {
+        o.craft.count_new_context = true;
+      } else {
+        return absl::InvalidArgumentError("method " + text + ": unknown flag " + parts[i]);
+      }
+    }
     // Variants come only from full prefills outside the timed methods (warm-up prompts and each
     // prompt after its evaluation). Storing a variant inside a method's own Prefill would let the
     // next Cache-Craft method of the same prompt reuse it in this exact context (CFO 0) and would

@@ -449,6 +449,40 @@ TEST_F(BlendTest, CraftFullCfoAndEarlyTermination) {
   EXPECT_EQ(r_et1.recomputed_per_layer[0], r_plain.recomputed_per_layer[0]);
 }
 
+// CacheCraftOptions::count_new_context: a variant made right behind the prefix scores CFO 0 in the
+// paper's formula behind any new chunks; counting the new context recomputes part of it.
+TEST_F(BlendTest, CraftCountingNewContext) {
+  const BlendPrompt other = StoriesPrompt({1, 5});  // chunk 1 right behind the prefix
+  auto cap = engine_->NewSequence();
+  auto captured = blender_->PrefillWithStats(*cap, other);
+  ASSERT_TRUE(captured.ok());
+  ASSERT_TRUE(blender_->StoreVariants(*cap, other, captured->stats).ok());
+  // In prompt_ ({2, 0, 3, 1}) chunk 1 is segment 4, behind the prefix and three chunks it never
+  // saw; those three have no variant and are computed in full.
+  BlendOptions o = Blend(0.0, Method::kCacheCraft);
+  o.craft.store_new_variants = false;
+  auto paper = engine_->NewSequence();
+  BlendReport r = Run(*paper, prompt_, o);
+  EXPECT_EQ(r.missing_chunks, 3u);
+  EXPECT_EQ(r.craft[4].cfo, 0.0);
+  o.craft.count_new_context = true;
+  auto counted = engine_->NewSequence();
+  BlendReport rc = Run(*counted, prompt_, o);
+  const double prefix_share =
+      static_cast<double>(prompt_.end(0) - prompt_.begin(0)) / prompt_.begin(4);
+  EXPECT_DOUBLE_EQ(rc.craft[4].coverage, prefix_share);
+  EXPECT_GT(rc.craft[4].cfo, 0.0);
+  EXPECT_EQ(rc.craft[0].cfo, 0.0);  // the prefix itself is still reused exactly
+  EXPECT_GT(rc.recompute_fraction, r.recompute_fraction);
+  // The recomputed tokens of chunk 1 move the KV towards a full prefill of prompt_.
+  auto full = engine_->NewSequence();
+  Full(*full, prompt_);
+  const KvDump want = DumpKv(*engine_, *full, prompt_.num_tokens());
+  const double err_paper = MeanAbsDiffAll(DumpKv(*engine_, *paper, prompt_.num_tokens()), want);
+  const double err_counted = MeanAbsDiffAll(DumpKv(*engine_, *counted, prompt_.num_tokens()), want);
+  EXPECT_LT(err_counted, err_paper);
+}
+
 // Cache-Craft misses recompute the chunk in full and store it as a new variant.
 TEST_F(BlendTest, CraftMissStoresVariants) {
   auto seq = engine_->NewSequence();

@@ -103,6 +103,47 @@ TEST(CraftTest, CfoAndTokenCountByHand) {
   EXPECT_EQ(CraftRecomputeCount(0.2500001, 4), 2u);
 }
 
+// The extension (CacheCraftOptions::count_new_context): beta' also scaled by the token share of
+// the new context that the variant saw.
+TEST(CraftTest, NewContextCoverageByHand) {
+  const ChunkStats s = ThreeChunkStats();  // S_old = [A, B, C]
+  const std::vector<Hash128> dab = {D, A, B};
+  // D (6 tokens) is new; A (4) and B (2) were seen: coverage = 6 / 12.
+  EXPECT_DOUBLE_EQ(NewContextCoverage(s, dab, std::vector<uint32_t>{6, 4, 2}), 0.5);
+  EXPECT_DOUBLE_EQ(NewContextCoverage(s, dab, std::vector<uint32_t>{0, 4, 2}), 1.0);
+  EXPECT_DOUBLE_EQ(NewContextCoverage(s, std::vector<Hash128>{D}, std::vector<uint32_t>{3}), 0.0);
+  EXPECT_EQ(NewContextCoverage(s, std::vector<Hash128>{}, std::vector<uint32_t>{}), 1.0);
+  // [D, A, B], alpha 1: beta = 4/8, gamma = 0, coverage = 0.5, beta' = 0.25,
+  // CFO = cci * 0.75; without the token counts, the paper's beta' = 0.5.
+  const double cci = 1.0 / (1.0 + std::exp(-1.0));
+  CraftScore sc = ScoreVariant(s, 4, dab, 1.0, std::vector<uint32_t>{6, 4, 2});
+  EXPECT_DOUBLE_EQ(sc.coverage, 0.5);
+  EXPECT_DOUBLE_EQ(sc.beta_prime, 0.25);
+  EXPECT_NEAR(sc.cfo, 0.75 * cci, 1e-15);
+  EXPECT_EQ(sc.recompute_tokens, 3u);  // ceil(0.548 * 4)
+  sc = ScoreVariant(s, 4, dab, 1.0);
+  EXPECT_EQ(sc.coverage, 1.0);
+  EXPECT_DOUBLE_EQ(sc.beta_prime, 0.5);
+  // The case it exists for: a variant made behind the prefix A alone, now behind A and two new
+  // chunks. The paper's CFO is 0; counted, coverage = 4 / 16 and CFO = cci_1 * 0.75.
+  ChunkStats behind_prefix;
+  behind_prefix.context = {A};
+  behind_prefix.context_tokens = {4};
+  behind_prefix.num_layers = 1;
+  behind_prefix.inter = {2.0};
+  behind_prefix.intra = {1.0};
+  behind_prefix.token_scores = {0, 0};
+  const std::vector<Hash128> abd = {A, B, D};
+  EXPECT_EQ(ScoreVariant(behind_prefix, 2, abd, 1.0).cfo, 0.0);
+  sc = ScoreVariant(behind_prefix, 2, abd, 1.0, std::vector<uint32_t>{4, 6, 6});
+  EXPECT_DOUBLE_EQ(sc.coverage, 0.25);
+  EXPECT_NEAR(sc.cfo, 0.75 * cci, 1e-15);  // CCI of these stats is sigmoid(1) too
+  // S_new == S_old still gives CFO 0, so the prefix-caching invariant is kept.
+  EXPECT_EQ(
+      ScoreVariant(s, 4, std::vector<Hash128>{A, B, C}, 100.0, std::vector<uint32_t>{4, 2, 8}).cfo,
+      0.0);
+}
+
 TEST(CraftTest, VariantChoiceAndTokens) {
   std::vector<ChunkRecord> v(3);
   v[0].slot = 0, v[0].stats.created = 5;

@@ -309,9 +309,13 @@ Result<BlendReport> Blender::Prefill(engine::Sequence& seq, const BlendPrompt& p
         continue;
       }
       const std::span<const Hash128> context(keys.data(), i);
+      std::vector<uint32_t> context_tokens;
+      if (o.craft.count_new_context) {
+        for (size_t j = 0; j < i; ++j) context_tokens.push_back(prompt.end(j) - prompt.begin(j));
+      }
       std::vector<CraftScore> scores;
       for (const ChunkRecord& v : variants) {
-        scores.push_back(ScoreVariant(v.stats, len, context, o.craft.alpha));
+        scores.push_back(ScoreVariant(v.stats, len, context, o.craft.alpha, context_tokens));
       }
       const size_t best = ChooseVariant(scores, variants);
       use[i] = variants[best];

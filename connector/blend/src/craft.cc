@@ -68,12 +68,26 @@ double ContextImpact(const ChunkStats& stats, uint32_t chunk_tokens) {
   return 1.0 / (1.0 + std::exp(-a / b));
 }
 
+double NewContextCoverage(const ChunkStats& stats, std::span<const Hash128> new_context,
+                          std::span<const uint32_t> new_context_tokens) {
+  double covered = 0.0, total = 0.0;
+  for (size_t j = 0; j < new_context.size() && j < new_context_tokens.size(); ++j) {
+    total += new_context_tokens[j];
+    if (Contains(stats.context, new_context[j])) covered += new_context_tokens[j];
+  }
+  return total > 0.0 ? covered / total : 1.0;
+}
+
 CraftScore ScoreVariant(const ChunkStats& stats, uint32_t chunk_tokens,
-                        std::span<const Hash128> new_context, double alpha) {
+                        std::span<const Hash128> new_context, double alpha,
+                        std::span<const uint32_t> new_context_tokens) {
   CraftScore s;
   s.beta = PrefixOverlap(stats, new_context);
   s.gamma = OrderPenalty(stats.context, new_context);
-  s.beta_prime = s.beta * (1.0 - s.gamma);
+  if (!new_context_tokens.empty()) {
+    s.coverage = NewContextCoverage(stats, new_context, new_context_tokens);
+  }
+  s.beta_prime = s.beta * (1.0 - s.gamma) * s.coverage;
   s.cci = ContextImpact(stats, chunk_tokens);
   s.cfo = std::clamp(alpha * s.cci * (1.0 - s.beta_prime), 0.0, 1.0);
   s.recompute_tokens = static_cast<uint32_t>(CraftRecomputeCount(s.cfo, chunk_tokens));

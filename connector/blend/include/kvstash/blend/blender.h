@@ -82,6 +82,9 @@ struct CacheCraftOptions {
   double alpha = 1.0;         // CFO = alpha * CCI * (1 - beta'), chosen offline
   uint32_t max_variants = 5;  // variants kept per chunk
   bool store_new_variants = true;
+  // Also scale beta' by the share of the new context's tokens that the variant saw
+  // (NewContextCoverage; not in the paper). Off: the paper's CFO.
+  bool count_new_context = false;
   // Early termination: after termination_layer (0 = num_layers / 2), stop recomputing the
   // chunks the question attends to least: those whose share of the question's attention mass
   // over layers [0, termination_layer] is below focus_threshold / (number of chunks).
