@@ -53,6 +53,9 @@ tiers:
   ssd:
     encoding: raw         # raw | cachegen (lossy; decoded on promotion to the CPU tier)
     level: 2              # CacheGen level 1..3 when encoding is cachegen
+  transfer:
+    encoding: cachegen    # raw | cachegen: offered to streaming Gets that accept it (lossy)
+    level: 2              # used when the client asks for no level
 )";
 
 Status Bad(const std::string& where, const std::string& what) {
@@ -256,6 +259,12 @@ const std::vector<Field>& Fields() {
        TierEncodingField(&ServiceConfig::ssd_encoding)},
       {"tiers.ssd.level", "--ssd-encoding-level", "CacheGen level 1..3 of the SSD tier",
        TierLevelField(&ServiceConfig::ssd_encoding)},
+      {"tiers.transfer.encoding", "--transfer-encoding",
+       "streaming Get encoding for clients that accept it: raw | cachegen (lossy)",
+       TierEncodingField(&ServiceConfig::transfer_encoding)},
+      {"tiers.transfer.level", "--transfer-encoding-level",
+       "CacheGen level 1..3 of encoded transfers when the client asks for none",
+       TierLevelField(&ServiceConfig::transfer_encoding)},
   };
   return fields;
 }

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "cachegen_tier_codec.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/proto/convert.h"
 #include "kvstash/proto/status_mapping.h"
@@ -114,7 +115,15 @@ KvStashService::KvStashService(storage::ObjectStore* store, const ServiceConfig&
       config_(config),
       arena_socket_path_(std::move(arena_socket_path)),
       metrics_(metrics),
-      started_(Clock::now()) {}
+      started_(Clock::now()) {
+  if (config_.transfer_encoding.encoding == Encoding::kCacheGen) {
+    for (int level = 1; level <= 3; ++level) {
+      // Encode only: these never decode, so one idle pool thread each.
+      transfer_codecs_[level - 1] = std::make_unique<CacheGenTierCodec>(
+          TierEncoding{Encoding::kCacheGen, level}, /*decode_threads=*/1);
+    }
+  }
+}
 
 Status KvStashService::CheckKeyCount(int count, const char* method) const {
   if (static_cast<uint64_t>(count) > config_.max_keys_per_request) {
@@ -381,6 +390,35 @@ grpc::Status KvStashService::Get(grpc::ServerContext* ctx, const v1::GetRequest*
   return ToGrpcStatus(scope.Finish(DoGet(ctx, *req, writer, scope)));
 }
 
+Result<std::optional<storage::TierCodec::Encoded>> KvStashService::EncodeForTransfer(
+    const v1::GetRequest& req, const ObjectInfo& info, std::span<const uint8_t> payload) {
+  using Encoded = storage::TierCodec::Encoded;
+  if (req.accept_level() > 3) {
+    return Invalid(absl::StrCat("accept_level: ", req.accept_level(), " is not 0 (the service's",
+                                " level) or a CacheGen level 1..3"));
+  }
+  switch (req.accept_encoding()) {
+    case v1::ENCODING_RAW:
+      return std::optional<Encoded>();
+    case v1::ENCODING_CACHEGEN:
+      break;
+    default:
+      return Invalid(absl::StrCat("accept_encoding: unknown value ", req.accept_encoding()));
+  }
+  if (transfer_codecs_[0] == nullptr) return std::optional<Encoded>();  // policy: raw
+  const int level = req.accept_level() != 0 ? static_cast<int>(req.accept_level())
+                                            : config_.transfer_encoding.level;
+  Result<std::optional<Encoded>> encoded =
+      transfer_codecs_[level - 1]->EncodeForTier(info, payload);
+  if (!encoded.ok()) {
+    // The stored bytes are still good: send them as they are.
+    spdlog::warn("event=transfer_encode_failed error=\"{}\"",
+                 std::string(encoded.status().message()));
+    return std::optional<Encoded>();
+  }
+  return encoded;
+}
+
 Status KvStashService::DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req,
                              grpc::ServerWriter<v1::GetChunk>* writer, RpcScope& scope) {
   const Clock::time_point start = Clock::now();
@@ -389,13 +427,22 @@ Status KvStashService::DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req
   KVSTASH_ASSIGN_OR_RETURN(storage::Lease lease,
                            store_->Acquire(name.storage_key, config_.stream_timeout_ms));
   LeaseGuard guard(store_, lease.id);
-  const uint64_t total = lease.info.payload_bytes;
+  uint64_t total = lease.info.payload_bytes;
   KVSTASH_RETURN_IF_ERROR(CheckArenaRange(*store_, lease.arena_offset, total));
   const Clock::time_point deadline = StreamDeadline(start, config_.stream_timeout_ms);
   const uint8_t* src = store_->arena_base() + lease.arena_offset;
+  KVSTASH_ASSIGN_OR_RETURN(std::optional<storage::TierCodec::Encoded> encoded,
+                           EncodeForTransfer(req, lease.info, {src, total}));
   uint64_t sent = 0;
   v1::GetChunk chunk;
-  ToProto(lease.info, chunk.mutable_info());
+  if (encoded) {
+    ToProto(encoded->decoded_info, chunk.mutable_info());
+    ToProto(encoded->stored_info, chunk.mutable_wire_info());
+    src = encoded->bytes.data();
+    total = encoded->bytes.size();
+  } else {
+    ToProto(lease.info, chunk.mutable_info());
+  }
   chunk.set_served_from(ToProtoTier(lease.served_from));
   do {
     if (ctx->IsCancelled()) return absl::CancelledError("client cancelled the Get stream");

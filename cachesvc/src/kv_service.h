@@ -4,11 +4,16 @@
 #ifndef KVSTASH_CACHESVC_KV_SERVICE_H_
 #define KVSTASH_CACHESVC_KV_SERVICE_H_
 
+#include <array>
 #include <chrono>
+#include <memory>
+#include <optional>
+#include <span>
 #include <string>
 
 #include "kvstash/cachesvc/config.h"
 #include "kvstash/storage/object_store.h"
+#include "kvstash/storage/tier_codec.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "rpc_metrics.h"
 
@@ -57,6 +62,10 @@ class KvStashService final : public v1::KvStash::Service {
   Status DoAcquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp);
   Status DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req,
                grpc::ServerWriter<v1::GetChunk>* writer, RpcScope& scope);
+  // The CacheGen container a streaming Get sends instead of `payload`, or nullopt to send the
+  // payload as it is (the client did not ask, the policy is raw, or the codec does not take it).
+  Result<std::optional<storage::TierCodec::Encoded>> EncodeForTransfer(
+      const v1::GetRequest& req, const ObjectInfo& info, std::span<const uint8_t> payload);
   Status DoKeys(KeysOp op, const v1::KeysRequest& req, v1::KeysResponse* resp);
   Status DoList(const v1::ListRequest& req, v1::ListResponse* resp);
   Status CheckKeyCount(int count, const char* method) const;
@@ -66,6 +75,8 @@ class KvStashService final : public v1::KvStash::Service {
   std::string arena_socket_path_;
   RpcMetrics* metrics_;
   std::chrono::steady_clock::time_point started_;
+  // Per CacheGen level 1..3; empty when config_.transfer_encoding is raw.
+  std::array<std::unique_ptr<storage::TierCodec>, 3> transfer_codecs_;
 };
 
 }  // namespace kvstash::cachesvc

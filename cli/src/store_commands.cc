@@ -156,6 +156,7 @@ struct GetArgs {
   CommonOptions common;
   std::string key, file;
   bool raw = false;
+  int cachegen_level = -1;  // >= 0: stream, accepting a CacheGen transfer (0: service's level)
 };
 
 int RunGet(const GetArgs& a) {
@@ -164,7 +165,20 @@ int RunGet(const GetArgs& a) {
   auto kv = ConnectWith(a.common);
   if (!kv.ok()) return Fail("get", kv.status());
   Result<std::vector<uint8_t>> out = absl::UnknownError("unset");
-  if ((*kv)->shared_memory_attached()) {
+  if (a.cachegen_level >= 0) {  // as a remote client would: a byte stream, encoded if possible
+    client::GetOptions options;
+    options.accept_encoding = Encoding::kCacheGen;
+    options.level = a.cachegen_level;
+    auto reply = (*kv)->Get(*name, options);
+    if (!reply.ok()) return Fail("get", reply.status());
+    const double ratio = static_cast<double>(reply->info.payload_bytes) /
+                         static_cast<double>(std::max<uint64_t>(reply->wire_bytes, 1));
+    std::fprintf(stderr, "received %s on the wire for %s (%s, %.2fx)\n",
+                 FormatByteSize(reply->wire_bytes).c_str(),
+                 FormatByteSize(reply->info.payload_bytes).c_str(),
+                 reply->info.lossy ? "CacheGen, lossy" : "raw", ratio);
+    out = ObjectToFile(reply->info, reply->payload, a.raw);
+  } else if ((*kv)->shared_memory_attached()) {
     auto lease = (*kv)->Acquire(*name);
     if (!lease.ok()) return Fail("get", lease.status());
     out = ObjectToFile(lease->info(), lease->data(), a.raw);
@@ -383,6 +397,10 @@ void RegisterStoreCommands(CLI::App& app) {
   cmd->add_option("KEY", get->key, "name, or FP/TH as printed by ls")->required();
   cmd->add_option("FILE", get->file, "output file; - for stdout")->required();
   cmd->add_flag("--raw", get->raw, "write header + payload even for a wrapped file");
+  cmd->add_option("--cachegen", get->cachegen_level,
+                  "stream it and accept a CacheGen-encoded (lossy) transfer at this level; "
+                  "0: the service's level")
+      ->check(CLI::Range(0, 3));
   AddCommon(cmd, get->common);
   cmd->callback([get] { ExitCode() = RunGet(*get); });
 

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "client_core.h"
 #include "copy_crc.h"
+#include "kvstash/codec/cachegen.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/proto/status_mapping.h"
 
@@ -301,21 +303,46 @@ Result<std::vector<Result<ReadLease>>> KvClient::AcquireMany(std::span<const Obj
 }
 
 Result<GetIntoReply> KvClient::StreamGet(
-    const ObjectName& name, const std::function<Result<uint8_t*>(const ObjectInfo&)>& dest) {
+    const ObjectName& name, const GetOptions& options,
+    const std::function<Result<uint8_t*>(const ObjectInfo&)>& dest) {
+  if (options.level < 0 || options.level > 3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GetOptions::level ", options.level, " is not 0 or a CacheGen level 1..3"));
+  }
   grpc::ClientContext ctx;
   core_->SetDeadline(&ctx, core_->options.stream_timeout);
   v1::GetRequest req;
   ToProto(name, req.mutable_key());
+  if (options.accept_encoding == Encoding::kCacheGen) {
+    req.set_accept_encoding(v1::ENCODING_CACHEGEN);
+    req.set_accept_level(static_cast<uint32_t>(options.level));
+  }
   std::unique_ptr<grpc::ClientReader<v1::GetChunk>> reader = core_->stub->Get(&ctx, req);
   GetIntoReply reply;
   v1::GetChunk chunk;
   uint8_t* out = nullptr;
-  uint64_t received = 0;
+  std::optional<ObjectInfo> wire;  // set for an encoded transfer
+  std::vector<uint8_t> container;  // ... which is received here, then decoded into `out`
+  uint8_t* landing = nullptr;      // where the wire bytes go: `out` or `container`
+  uint64_t wire_total = 0, received = 0;
   Status protocol;
   while (reader->Read(&chunk)) {
     if (out == nullptr) {
-      auto info = InfoFromService(chunk.info());
+      Result<ObjectInfo> info = InfoFromService(chunk.info());
       Result<uint8_t*> where = info.ok() ? dest(*info) : Result<uint8_t*>(info.status());
+      if (where.ok() && chunk.has_wire_info()) {
+        Result<ObjectInfo> w = InfoFromService(chunk.wire_info());
+        if (!w.ok()) {
+          where = w.status();
+        } else if (w->encoding != Encoding::kCacheGen ||
+                   options.accept_encoding != Encoding::kCacheGen) {
+          where = absl::InternalError(absl::StrCat("service sent encoding ",
+                                                   std::string(EncodingName(w->encoding)),
+                                                   ", which this Get did not accept"));
+        } else {
+          wire = *w;
+        }
+      }
       if (!where.ok()) {
         protocol = where.status();
         ctx.TryCancel();
@@ -324,42 +351,64 @@ Result<GetIntoReply> KvClient::StreamGet(
       reply.info = *info;
       reply.served_from = FromProtoTier(chunk.served_from());
       out = *where;
+      if (wire) {
+        container.resize(wire->payload_bytes);
+        landing = container.data();
+        wire_total = wire->payload_bytes;
+      } else {
+        landing = out;
+        wire_total = reply.info.payload_bytes;
+      }
     }
-    if (chunk.data().size() > reply.info.payload_bytes - received) {
+    if (chunk.data().size() > wire_total - received) {
       protocol = absl::InternalError("Get stream carried more bytes than payload_bytes");
       ctx.TryCancel();
       break;
     }
-    std::memcpy(out + received, chunk.data().data(), chunk.data().size());
+    std::memcpy(landing + received, chunk.data().data(), chunk.data().size());
     received += chunk.data().size();
   }
   Status finished = FromGrpcStatus(reader->Finish());
   KVSTASH_RETURN_IF_ERROR(protocol);
   KVSTASH_RETURN_IF_ERROR(finished);
-  if (out == nullptr || received != reply.info.payload_bytes) {
-    return absl::InternalError(absl::StrCat("Get stream ended after ", received, " of ",
-                                            reply.info.payload_bytes, " bytes"));
+  if (out == nullptr || received != wire_total) {
+    return absl::InternalError(
+        absl::StrCat("Get stream ended after ", received, " of ", wire_total, " bytes"));
   }
-  if (Crc32c(out, received) != reply.info.payload_crc32c) {
+  reply.wire_bytes = received;
+  if (Crc32c(landing, received) != (wire ? wire->payload_crc32c : reply.info.payload_crc32c)) {
     return absl::DataLossError("received bytes fail their crc32c");
   }
+  if (wire) {
+    Status decoded =
+        codec::DecodeCacheGen(container, std::span<uint8_t>(out, reply.info.payload_bytes));
+    if (!decoded.ok()) {
+      return Status(decoded.code(), absl::StrCat("decoding the CacheGen transfer: ",
+                                                 std::string(decoded.message())));
+    }
+    if (Crc32c(out, reply.info.payload_bytes) != reply.info.payload_crc32c) {
+      return absl::DataLossError("decoded bytes fail the crc32c of the service's reconstruction");
+    }
+  }
   return reply;
 }
 
-Result<GetReply> KvClient::Get(const ObjectName& name) {
+Result<GetReply> KvClient::Get(const ObjectName& name, const GetOptions& options) {
   GetReply reply;
-  KVSTASH_ASSIGN_OR_RETURN(GetIntoReply got,
-                           StreamGet(name, [&](const ObjectInfo& info) -> Result<uint8_t*> {
-                             reply.payload.resize(info.payload_bytes);
-                             return reply.payload.data();
-                           }));
+  KVSTASH_ASSIGN_OR_RETURN(
+      GetIntoReply got, StreamGet(name, options, [&](const ObjectInfo& info) -> Result<uint8_t*> {
+        reply.payload.resize(info.payload_bytes);
+        return reply.payload.data();
+      }));
   reply.info = got.info;
   reply.served_from = got.served_from;
+  reply.wire_bytes = got.wire_bytes;
   return reply;
 }
 
-Result<GetIntoReply> KvClient::GetInto(const ObjectName& name, std::span<uint8_t> out) {
-  return StreamGet(name, [&](const ObjectInfo& info) -> Result<uint8_t*> {
+Result<GetIntoReply> KvClient::GetInto(const ObjectName& name, std::span<uint8_t> out,
+                                       const GetOptions& options) {
+  return StreamGet(name, options, [&](const ObjectInfo& info) -> Result<uint8_t*> {
     if (info.payload_bytes > out.size()) {
       return absl::InvalidArgumentError(absl::StrCat("buffer of ", out.size(),
                                                      " bytes is smaller than the object (",

@@ -130,6 +130,23 @@ TEST(Config, SsdTierEncodingDefaultsToRawAndParsesFromYamlAndFlags) {
   std::filesystem::remove(path);
 }
 
+TEST(Config, TransferEncodingDefaultsToCacheGenLevel2) {
+  ParsedCommandLine defaults = Parse({});
+  ASSERT_TRUE(defaults.config) << defaults.output;
+  EXPECT_EQ(defaults.config->transfer_encoding.encoding, Encoding::kCacheGen);
+  EXPECT_EQ(defaults.config->transfer_encoding.level, 2);
+  auto yaml = ApplyYaml("tiers:\n  transfer:\n    encoding: raw\n    level: 1\n", ServiceConfig{});
+  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  EXPECT_EQ(yaml->transfer_encoding.encoding, Encoding::kRaw);
+  EXPECT_EQ(yaml->transfer_encoding.level, 1);
+  ParsedCommandLine p = Parse({"--transfer-encoding-level", "3"});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_EQ(p.config->transfer_encoding.level, 3);
+  p = Parse({"--transfer-encoding", "lz4"});
+  EXPECT_FALSE(p.config);
+  EXPECT_THAT(p.output, HasSubstr("--transfer-encoding: unknown encoding 'lz4' (raw or cachegen)"));
+}
+
 TEST(Config, SsdTierEncodingBadValuesGiveClearErrors) {
   auto level7 = ApplyYaml("tiers:\n  ssd:\n    level: 7\n", ServiceConfig{});
   ASSERT_FALSE(level7.ok());

@@ -61,6 +61,10 @@ struct ServiceConfig {
   // tiers.ssd: encoding of the SSD tier. The service installs a CacheGen TierCodec either way,
   // so SSD copies that an earlier run wrote encoded stay readable under `raw`.
   TierEncoding ssd_encoding;
+  // tiers.transfer: what a streaming Get may send to a client that accepts CacheGen
+  // (GetRequest.accept_encoding; the client's accept_level, when set, overrides `level`). raw:
+  // never encode. Clients that do not ask always get the stored bytes.
+  TierEncoding transfer_encoding{Encoding::kCacheGen, 2};
 };
 
 // The embedded default (single node, CPU + SSD tiers in ./data) as YAML text.

@@ -93,15 +93,28 @@ struct LookupReply {
   size_t longest_prefix = 0;         // leading keys present
 };
 
+// Streaming Get over the network: what the client accepts on the wire.
+struct GetOptions {
+  // kCacheGen: the service may send a CacheGen container (about 3-6x fewer bytes for KV), which
+  // the client decodes; the result is then lossy (info.lossy) and equals, bit for bit, what an
+  // SSD tier encoded at the same level would serve. The service sends raw bytes when its
+  // transfer policy is raw or the object is not KV the codec takes. kRaw: always the stored
+  // bytes.
+  Encoding accept_encoding = Encoding::kRaw;
+  int level = 0;  // CacheGen level 1..3; 0: the service's configured level
+};
+
 struct GetReply {
   ObjectInfo info;
   Tier served_from = Tier::kUnknown;
   std::vector<uint8_t> payload;  // crc32c verified
+  uint64_t wire_bytes = 0;       // payload bytes that crossed the wire (encoded or not)
 };
 
 struct GetIntoReply {
   ObjectInfo info;  // the payload is out[0, info.payload_bytes)
   Tier served_from = Tier::kUnknown;
+  uint64_t wire_bytes = 0;
 };
 
 struct ListedObject {
@@ -256,11 +269,13 @@ class KvClient {
   Result<std::vector<Result<ReadLease>>> AcquireMany(std::span<const ObjectName> names);
 
   // Streaming copy over gRPC (any target). NotFound when absent; DataLoss when the received
-  // bytes fail their crc32c.
-  Result<GetReply> Get(const ObjectName& name);
+  // bytes (or, for an encoded transfer, the container or its decoded bytes) fail their crc32c;
+  // InvalidArgument for a bad GetOptions::level.
+  Result<GetReply> Get(const ObjectName& name, const GetOptions& options = {});
   // The same into a caller's buffer (reusable, no allocation per call). InvalidArgument when
   // `out` is smaller than the object; `out` may be partly written on any error.
-  Result<GetIntoReply> GetInto(const ObjectName& name, std::span<uint8_t> out);
+  Result<GetIntoReply> GetInto(const ObjectName& name, std::span<uint8_t> out,
+                               const GetOptions& options = {});
 
   // Per-key statuses (NotFound for an unknown key); the call fails only as a whole RPC.
   Result<std::vector<Status>> Delete(std::span<const ObjectName> names);
@@ -279,7 +294,7 @@ class KvClient {
   Status PutStream(const ObjectName& name, const ObjectInfo& info, std::span<const uint8_t> payload,
                    const PutOptions& options);
   // Streams `name`; `dest(info)` returns where the payload goes (payload_bytes writable bytes).
-  Result<GetIntoReply> StreamGet(const ObjectName& name,
+  Result<GetIntoReply> StreamGet(const ObjectName& name, const GetOptions& options,
                                  const std::function<Result<uint8_t*>(const ObjectInfo&)>& dest);
 
   std::shared_ptr<internal::ClientCore> core_;

@@ -1,0 +1,203 @@
+// Encoded transfers (GetOptions::accept_encoding): streaming Gets of SmolLM2-135M-shaped KV
+// chunks (256 tokens x 30 layers x 3 KV heads x 64 dims, f16, 5.9 MB), raw against CacheGen
+// levels 1-3, from a real cachesvc on TCP 127.0.0.1 to one client thread.
+//
+// An encoded Get costs the service an encode and the client a decode, and saves wire bytes; which
+// wins depends on the link. scripts/bench_transfer.sh runs this binary inside a network namespace
+// whose loopback is rate-limited with `tc qdisc ... tbf`, once per rate; --label names the rate in
+// the JSON. The KV is synthetic (codec/synthetic_kv.h): its CacheGen sizes are close to, not equal
+// to, those of real SmolLM2 KV (docs/benchmarks-codec.md has both).
+//
+// Every received chunk is checked: raw Gets equal what was put, encoded Gets are lossy and carry
+// the crc32c of their reconstruction (the client verifies it). Per mode: the median over --reps
+// of the effective KV throughput (decoded bytes delivered per second), the p50 per-chunk
+// latency, and the wire bytes per chunk.
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kvstash/client/kv_client.h"
+#include "kvstash/codec/synthetic_kv.h"
+#include "kvstash/common/key.h"
+
+extern char** environ;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using kvstash::Encoding;
+using kvstash::ObjectInfo;
+using kvstash::ObjectName;
+
+struct Config {
+  int chunks = 8;
+  int reps = 5;
+  std::string cachesvc = KVSTASH_CACHESVC_PATH;
+  std::string label = "loopback";
+  std::string out = "bench/results/transfer_loopback.json";
+};
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+ObjectInfo SmolChunkInfo() {
+  ObjectInfo info;
+  info.layout.num_layers = 30;
+  info.layout.total_kv_heads = 3;
+  info.layout.head_end = 3;
+  info.layout.head_dim = 64;
+  info.layout.dtype = kvstash::DType::kF16;
+  info.layout.num_tokens = 256;
+  info.layout.rope = kvstash::RopeConvention::kNeox;
+  info.layout.rope_theta = 100000.0f;
+  info.payload_bytes = info.layout.RawBytes();
+  return info;
+}
+
+ObjectName ChunkName(int i) {
+  kvstash::ModelSpec spec;
+  spec.model_id = "transfer-bench";
+  std::vector<uint32_t> tokens = {static_cast<uint32_t>(i)};
+  return kvstash::MakeObjectName("transfer", kvstash::ModelFingerprint(spec),
+                                 kvstash::IndependentTokenHash(tokens));
+}
+
+struct Mode {
+  std::string name;
+  int level;  // 0: raw
+  std::vector<double> rep_gbps, chunk_ms;
+  uint64_t wire_bytes_per_chunk = 0;
+};
+
+int Run(const Config& cfg) {
+  const std::string dir = "/tmp/kvs-transfer-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string ready = dir + "/ready.json";
+  std::vector<std::string> argv = {cfg.cachesvc,  "--listen",       "127.0.0.1:0", "--data-dir",
+                                   dir + "/data", "--cpu-capacity", "1GiB",        "--ssd-capacity",
+                                   "0",           "--ready-file",   ready,         "--metrics-port",
+                                   "0",           "--log-level",    "warn"};
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  pid_t svc = -1;
+  if (posix_spawn(&svc, args[0], nullptr, nullptr, args.data(), environ) != 0) {
+    std::fprintf(stderr, "transfer_bench: cannot start %s\n", cfg.cachesvc.c_str());
+    return 1;
+  }
+  auto stop = [&] {
+    ::kill(svc, SIGTERM);
+    int status = 0;
+    ::waitpid(svc, &status, 0);
+    std::filesystem::remove_all(dir);
+  };
+  std::string target;
+  for (int i = 0; i < 3000 && target.empty(); ++i) {
+    std::ifstream in(ready);
+    auto json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (in && !json.is_discarded()) target = json.value("target", "");
+    if (target.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  auto kv = kvstash::client::KvClient::Connect(target);
+  if (target.empty() || !kv.ok()) {
+    std::fprintf(stderr, "transfer_bench: cachesvc did not come up\n");
+    stop();
+    return 1;
+  }
+
+  const ObjectInfo info = SmolChunkInfo();
+  std::vector<std::vector<uint8_t>> payloads;
+  for (int i = 0; i < cfg.chunks; ++i) {
+    kvstash::codec::SyntheticKvOptions o;
+    o.seed = 100 + i;
+    payloads.push_back(kvstash::codec::SyntheticKv(info.layout, o));
+    kvstash::Status s = (*kv)->Put(ChunkName(i), info, payloads.back());
+    if (!s.ok()) {
+      std::fprintf(stderr, "transfer_bench: put: %s\n", std::string(s.message()).c_str());
+      stop();
+      return 1;
+    }
+  }
+
+  std::vector<Mode> modes = {
+      {"raw", 0}, {"cachegen_l1", 1}, {"cachegen_l2", 2}, {"cachegen_l3", 3}};
+  std::vector<uint8_t> out(info.payload_bytes);
+  for (int rep = 0; rep < cfg.reps; ++rep) {
+    for (Mode& m : modes) {  // modes interleaved within a rep
+      kvstash::client::GetOptions options;
+      if (m.level > 0) {
+        options.accept_encoding = Encoding::kCacheGen;
+        options.level = m.level;
+      }
+      const auto start = Clock::now();
+      for (int i = 0; i < cfg.chunks; ++i) {
+        const auto t0 = Clock::now();
+        auto got = (*kv)->GetInto(ChunkName(i), out, options);
+        m.chunk_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+        const bool right = got.ok() && (m.level == 0 ? out == payloads[i] : got->info.lossy);
+        if (!right) {
+          std::fprintf(stderr, "transfer_bench: %s chunk %d: %s\n", m.name.c_str(), i,
+                       got.ok() ? "unexpected bytes" : std::string(got.status().message()).c_str());
+          stop();
+          return 1;
+        }
+        m.wire_bytes_per_chunk = got->wire_bytes;
+      }
+      const double s = std::chrono::duration<double>(Clock::now() - start).count();
+      m.rep_gbps.push_back(static_cast<double>(info.payload_bytes) * cfg.chunks / s / 1e9);
+    }
+    std::fprintf(stderr, "rep %d/%d done\n", rep + 1, cfg.reps);
+  }
+  stop();
+
+  nlohmann::json j;
+  j["label"] = cfg.label;
+  j["chunk_bytes"] = info.payload_bytes;
+  j["chunks"] = cfg.chunks;
+  j["reps"] = cfg.reps;
+  std::printf("%-12s %10s %12s %12s %10s\n", "mode", "GB/s KV", "p50 ms/chunk", "wire MB/chunk",
+              "vs raw");
+  const double raw_gbps = Median(modes[0].rep_gbps);
+  for (const Mode& m : modes) {
+    const double gbps = Median(m.rep_gbps);
+    j["modes"][m.name] = {{"kv_gbps_median", gbps},
+                          {"rep_kv_gbps", m.rep_gbps},
+                          {"chunk_ms_p50", Median(m.chunk_ms)},
+                          {"wire_bytes_per_chunk", m.wire_bytes_per_chunk},
+                          {"speedup_vs_raw", gbps / raw_gbps}};
+    std::printf("%-12s %10.3f %12.2f %12.3f %9.2fx\n", m.name.c_str(), gbps, Median(m.chunk_ms),
+                static_cast<double>(m.wire_bytes_per_chunk) / 1e6, gbps / raw_gbps);
+  }
+  std::filesystem::path out_path(cfg.out);
+  if (out_path.has_parent_path()) std::filesystem::create_directories(out_path.parent_path());
+  std::ofstream(cfg.out) << j.dump(2) << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg;
+  CLI::App app{"Streaming Get of KV chunks: raw vs CacheGen-encoded transfers"};
+  app.add_option("--chunks", cfg.chunks, "KV chunks (5.9 MB each)")->capture_default_str();
+  app.add_option("--reps", cfg.reps, "repetitions (median reported)")->capture_default_str();
+  app.add_option("--cachesvc", cfg.cachesvc, "cachesvc binary")->capture_default_str();
+  app.add_option("--label", cfg.label, "name of the link (e.g. 1gbit)")->capture_default_str();
+  app.add_option("--out", cfg.out, "JSON results file")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  return Run(cfg);
+}

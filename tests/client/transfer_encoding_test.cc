@@ -1,0 +1,139 @@
+// Encoded transfers (GetOptions::accept_encoding, docs/api.md "Encoded transfers"): a streaming
+// Get that accepts CacheGen receives a container over TCP and decodes it to exactly what an SSD
+// tier at the same level would serve; everything else still gets the stored bytes.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "kvstash/client/kv_client.h"
+#include "kvstash/codec/cachegen.h"
+#include "kvstash/codec/synthetic_kv.h"
+#include "kvstash/common/crc32c.h"
+#include "kvstash/v1/kvstash.grpc.pb.h"
+#include "service_process.h"
+#include "test_objects.h"
+
+namespace kvstash::testing {
+namespace {
+
+using client::GetOptions;
+using client::KvClient;
+
+GetOptions AcceptCacheGen(int level) {
+  GetOptions o;
+  o.accept_encoding = Encoding::kCacheGen;
+  o.level = level;
+  return o;
+}
+
+// The bytes a reader gets from CacheGen at `level`: the encoder's own reconstruction.
+std::vector<uint8_t> Reconstruction(const ObjectInfo& info, const std::vector<uint8_t>& payload,
+                                    int level) {
+  std::vector<uint8_t> out(payload.size());
+  codec::EncodeOptions options;
+  options.level = level;
+  options.reconstruction = std::span<uint8_t>(out);
+  EXPECT_TRUE(codec::EncodeCacheGen(info.layout, payload, options).ok());
+  return out;
+}
+
+class TransferEncodingTest : public ::testing::Test {
+ protected:
+  void StartService(std::vector<std::string> extra_args) {
+    ServiceOptions options;
+    options.tcp = true;  // as a client on another node: byte streams only
+    options.extra_args = std::move(extra_args);
+    auto svc = ServiceProcess::Start(dir_.path(), options);
+    ASSERT_TRUE(svc.ok()) << svc.status();
+    svc_ = std::move(*svc);
+    auto kv = KvClient::Connect(svc_->target());
+    ASSERT_TRUE(kv.ok()) << kv.status();
+    kv_ = std::move(*kv);
+  }
+  void TearDown() override {
+    if (svc_) EXPECT_EQ(svc_->Terminate(), 0) << svc_->Log();
+  }
+
+  TempDir dir_;
+  std::unique_ptr<ServiceProcess> svc_;
+  std::unique_ptr<KvClient> kv_;
+};
+
+TEST_F(TransferEncodingTest, AcceptedCacheGenArrivesSmallerAndDecodesToTheReconstruction) {
+  ASSERT_NO_FATAL_FAILURE(StartService({}));  // default policy: cachegen, level 2
+  const ObjectInfo info = SmolChunkInfo();
+  const std::vector<uint8_t> payload = codec::SyntheticKv(info.layout);
+  ASSERT_TRUE(kv_->Put(TestName(1), info, payload).ok());
+
+  // Not asked: the stored bytes, exactly.
+  auto raw = kv_->Get(TestName(1));
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  EXPECT_EQ(raw->payload, payload);
+  EXPECT_FALSE(raw->info.lossy);
+  EXPECT_EQ(raw->wire_bytes, info.payload_bytes);
+
+  uint64_t wire_by_level[4] = {};
+  for (int level : {0, 1, 2, 3}) {
+    SCOPED_TRACE(level);
+    auto got = kv_->Get(TestName(1), AcceptCacheGen(level));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(got->info.lossy);
+    EXPECT_EQ(got->info.encoding, Encoding::kRaw);  // what the reader holds is decoded KV
+    EXPECT_EQ(got->info.payload_bytes, info.payload_bytes);
+    EXPECT_EQ(got->info.payload_crc32c, Crc32c(got->payload.data(), got->payload.size()));
+    EXPECT_LT(got->wire_bytes * 2, info.payload_bytes);
+    EXPECT_EQ(got->payload, Reconstruction(info, payload, level == 0 ? 2 : level));
+    wire_by_level[level] = got->wire_bytes;
+    std::vector<uint8_t> into(info.payload_bytes + 7);
+    auto got_into = kv_->GetInto(TestName(1), into, AcceptCacheGen(level));
+    ASSERT_TRUE(got_into.ok()) << got_into.status();
+    EXPECT_TRUE(std::equal(got->payload.begin(), got->payload.end(), into.begin()));
+  }
+  EXPECT_EQ(wire_by_level[0], wire_by_level[2]);  // level 0: the service's level
+  EXPECT_LT(wire_by_level[1], wire_by_level[2]);  // coarser bins, fewer bytes
+  EXPECT_LT(wire_by_level[2], wire_by_level[3]);
+
+  // Bytes the codec does not take (random f16 bits hold NaN/Inf) go raw and exact.
+  const std::vector<uint8_t> noise = TestPayload(2, info.payload_bytes);
+  ASSERT_TRUE(kv_->Put(TestName(2), info, noise).ok());
+  auto got = kv_->Get(TestName(2), AcceptCacheGen(0));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->payload, noise);
+  EXPECT_FALSE(got->info.lossy);
+  EXPECT_EQ(got->wire_bytes, info.payload_bytes);
+
+  EXPECT_EQ(kv_->Get(TestName(1), AcceptCacheGen(4)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(kv_->Get(TestName(3), AcceptCacheGen(2)).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(TransferEncodingTest, ServiceChecksTheRequestAndHonoursARawPolicy) {
+  ASSERT_NO_FATAL_FAILURE(StartService({"--transfer-encoding", "raw"}));
+  const ObjectInfo info = SmolChunkInfo();
+  const std::vector<uint8_t> payload = codec::SyntheticKv(info.layout);
+  ASSERT_TRUE(kv_->Put(TestName(1), info, payload).ok());
+  auto got = kv_->Get(TestName(1), AcceptCacheGen(2));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->payload, payload);
+  EXPECT_FALSE(got->info.lossy);
+  EXPECT_EQ(got->wire_bytes, info.payload_bytes);
+
+  // What other clients could send: a level or an encoding the service does not know.
+  auto channel = grpc::CreateChannel(svc_->target(), grpc::InsecureChannelCredentials());
+  auto stub = v1::KvStash::NewStub(channel);
+  for (auto [encoding, level] : {std::pair<int, uint32_t>{v1::ENCODING_CACHEGEN, 4}, {7, 0}}) {
+    grpc::ClientContext ctx;
+    v1::GetRequest req;
+    ToProto(TestName(1), req.mutable_key());
+    req.set_accept_encoding(static_cast<v1::Encoding>(encoding));
+    req.set_accept_level(level);
+    auto reader = stub->Get(&ctx, req);
+    v1::GetChunk chunk;
+    while (reader->Read(&chunk)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << encoding << " " << level;
+  }
+}
+
+}  // namespace
+}  // namespace kvstash::testing
