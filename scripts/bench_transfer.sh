@@ -20,7 +20,7 @@ for rate in "${RATES[@]}"; do
   # burst: about 1 ms of traffic at the rate, at least 64 KiB.
   unshare -n bash -euo pipefail -c '
     rate="$1"; bench="$2"; svc="$3"
-    ip link set lo up
+    ip link set lo mtu 1500 up  # an Ethernet-sized MTU, as between nodes
     if [ "$rate" != none ]; then
       bits=$(echo "$rate" | sed -e "s/gbit$/000000000/" -e "s/mbit$/000000/")
       burst=$(( bits / 8 / 1000 )); [ "$burst" -ge 65536 ] || burst=65536

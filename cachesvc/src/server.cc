@@ -150,14 +150,24 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   hello.arena_bytes = impl->store->arena_bytes();
   hello.arena_generation = impl->store->arena_generation();
   hello.alignment = kArenaAlignment;
-  auto arena = ArenaSocketServer::Start(impl->arena_socket_path, impl->store->arena_fd(), hello,
-                                        &impl->registry);
   auto fail = [&](const Status& s) {
     impl->server->Shutdown();
     impl->server->Wait();
     (void)impl->store->Close();
     return s;
   };
+  // The default socket of a TCP listener lives in data_dir, which nothing has created yet when
+  // the SSD tier is off.
+  std::error_code mkdir_error;
+  const std::filesystem::path socket_dir =
+      std::filesystem::path(impl->arena_socket_path).parent_path();
+  if (!socket_dir.empty()) std::filesystem::create_directories(socket_dir, mkdir_error);
+  if (mkdir_error) {
+    return fail(absl::FailedPreconditionError(absl::StrCat(
+        "cannot create ", socket_dir.string(), " for the arena socket: ", mkdir_error.message())));
+  }
+  auto arena = ArenaSocketServer::Start(impl->arena_socket_path, impl->store->arena_fd(), hello,
+                                        &impl->registry);
   if (!arena.ok()) return fail(arena.status());
   impl->arena_socket = std::move(*arena);
 

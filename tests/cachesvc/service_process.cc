@@ -193,8 +193,6 @@ Result<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(const std::string&
   std::vector<std::string> argv = {BinaryPath("cachesvc/cachesvc"),
                                    "--listen",
                                    options.tcp ? "127.0.0.1:0" : "unix://" + svc->unix_socket_,
-                                   "--arena-socket",
-                                   dir + "/arena.sock",
                                    "--data-dir",
                                    svc->data_dir_,
                                    "--ready-file",
@@ -209,6 +207,9 @@ Result<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(const std::string&
                                    options.metrics ? std::to_string(FreeTcpPort()) : "0",
                                    "--log-level",
                                    "info"};
+  if (!options.default_arena_socket) {
+    argv.insert(argv.end(), {"--arena-socket", dir + "/arena.sock"});
+  }
   argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
   int log_fd = ::open(svc->log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   svc->pid_ = Spawn(argv, log_fd);

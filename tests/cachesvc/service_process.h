@@ -20,6 +20,9 @@ struct ServiceOptions {
   std::string cpu_capacity = "64MiB";
   std::string ssd_capacity = "256MiB";
   std::vector<std::string> extra_args;
+  // Leave --arena-socket out, so the daemon picks its default (next to a unix listener, in the
+  // data dir for TCP).
+  bool default_arena_socket = false;
 };
 
 // Creates a short temporary directory (unix socket paths are limited to 107 bytes), removed with

@@ -657,6 +657,26 @@ TEST(ServiceProcessTest, TcpLoopbackServesEveryDataRpc) {
   EXPECT_EQ((*svc)->Terminate(), 0);
 }
 
+// With TCP and no SSD tier nothing else creates the data dir, where the default arena socket
+// goes; the daemon must create it rather than fail to bind.
+TEST(ServiceProcessTest, TcpWithoutSsdCreatesTheDataDirForTheArenaSocket) {
+  TempDir dir;
+  ServiceOptions options;
+  options.tcp = true;
+  options.ssd_capacity = "0";
+  options.default_arena_socket = true;
+  auto svc = ServiceProcess::Start(dir.path(), options);
+  ASSERT_TRUE(svc.ok()) << svc.status();
+  auto stub = StubFor((*svc)->target());
+  grpc::ClientContext ctx;
+  Deadline(&ctx);
+  v1::ArenaInfoResponse arena;
+  ASSERT_TRUE(stub->ArenaInfo(&ctx, v1::ArenaInfoRequest(), &arena).ok());
+  EXPECT_EQ(arena.fd_socket_path(), (*svc)->data_dir() + "/arena.sock");
+  EXPECT_TRUE(std::filesystem::exists((*svc)->data_dir() + "/arena.sock"));
+  EXPECT_EQ((*svc)->Terminate(), 0);
+}
+
 TEST(ServiceProcessTest, SigtermLetsInFlightPutFinishAndFlushes) {
   TempDir dir;
   auto svc = ServiceProcess::Start(dir.path());
