@@ -29,3 +29,5 @@ for rate in "${RATES[@]}"; do
     "$bench" --cachesvc "$svc" --label "$rate" --out "bench/results/transfer_$rate.json"
   ' _ "$rate" "$BUILD/bench/service/transfer_bench" "$BUILD/cachesvc/cachesvc"
 done
+"${PYTHON:-/usr/bin/python3}" bench/service/plot_transfer.py docs/img/bench_transfer.png \
+  bench/results/transfer_*.json

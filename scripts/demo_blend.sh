@@ -29,7 +29,7 @@ echo "Preparing: 12 chunks prefilled alone (CacheBlend's caches), 3 warm-up prom
 echo "full with attention statistics (Cache-Craft's variants). Then 2 new prompts, every method:"
 "$BUILD/bench/blend/blend_eval" --model "$MODEL" --target "unix://$TMP/svc.sock" --demo \
   --prompts "${KVSTASH_DEMO_PROMPTS:-2}" --warmup 3 --pool 12 --gen 16 --seed 7 \
-  --methods full,prefix,naive,random:0.15,cb:0.15,cbauto,craft:1 2>/dev/null | sed 's/^method/\nmedian over the prompts:\nmethod/'
+  --methods full,prefix,naive,random:0.15,cb:0.15,cbauto,craft:0.25:paper,craft:0.25 2>/dev/null | sed 's/^method/\nmedian over the prompts:\nmethod/'
 echo
 echo "TTFT: time to the first token, through cachesvc. xFull: TTFT / full prefill's."
 echo "recompute: share of token-layers computed. KL: next-token KL(full || method), nats."

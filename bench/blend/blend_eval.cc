@@ -62,8 +62,8 @@ double Mean(const std::vector<double>& v) {
 struct Args {
   std::string model, target, out, progress, text_dir = "../shared/data/text";
   std::string methods =
-      "full,prefix,naive,random:0.15,cb:0.05,cb:0.15,cb:0.30,cb:0.15:br,craft:0.25,craft:0.5,"
-      "craft:1";
+      "full,prefix,naive,random:0.15,cb:0.05,cb:0.15,cb:0.30,cb:0.15:br,craft:0.25:paper,"
+      "craft:0.5:paper,craft:1:paper,craft:0.1,craft:0.15,craft:0.25,craft:0.5,craft:1";
   size_t prompts = 100, warmup = 20, gen = 32, threads = 2;
   bench::RagOptions rag;
   bool in_process = false, resume = false, demo = false;

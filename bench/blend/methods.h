@@ -20,10 +20,10 @@ struct MethodSpec {
   blend::BlendOptions options;
 };
 
-// full | prefix | naive | random:R | cb:R[:k][:br][:grad] | cbauto | craft:ALPHA[:et][:nc]
+// full | prefix | naive | random:R | cb:R[:k][:br][:grad] | cbauto | craft:ALPHA[:et][:paper]
 // R is a ratio in [0, 1]; k = deviation on K (default V); br = the reference bottom-right mask;
-// grad = gradual filtering from 2R; et = Cache-Craft early termination; nc = Cache-Craft counts
-// the new context's chunks the variant never saw (CacheCraftOptions::count_new_context).
+// grad = gradual filtering from 2R; et = Cache-Craft early termination; paper = Cache-Craft's CFO
+// as in the paper, without CacheCraftOptions::count_new_context (nc, the default, is accepted).
 inline Result<MethodSpec> ParseMethod(const std::string& text) {
   std::vector<std::string> parts;
   std::stringstream ss(text);
@@ -72,7 +72,9 @@ inline Result<MethodSpec> ParseMethod(const std::string& text) {
       if (parts[i] == "et") {
         o.craft.early_termination = true;
       } else if (parts[i] == "nc") {
-        o.craft.count_new_context = true;
+        o.craft.count_new_context = true;  // the default; kept so older method lists still parse
+      } else if (parts[i] == "paper") {
+        o.craft.count_new_context = false;
       } else {
         return absl::InvalidArgumentError("method " + text + ": unknown flag " + parts[i]);
       }

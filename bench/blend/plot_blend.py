@@ -2,6 +2,11 @@
 """Plots of the blending evaluation (docs/blend.md) from blend_eval's and eviction_sim's JSON.
 
 usage: plot_blend.py blend.json blend_progress.jsonl blend_eviction.json out_dir
+                     [more.json more_progress.jsonl ...]
+
+Further (summary, progress) pairs from runs over the same prompts (same --seed and pool, e.g.
+`BLEND_NAME=blend_craft_nc scripts/bench_blend.sh 100 --methods ...`) add their methods to the
+quality and deviation plots; a method already present is kept from the first file.
 
 Writes out_dir/blend_quality_vs_ttft.png, blend_kv_deviation.png, blend_eviction.png.
 Needs matplotlib (python3-matplotlib on Debian).
@@ -22,6 +27,8 @@ COLORS = {
 
 
 def color(name):
+    if name.startswith("craft") and ":nc" in name:
+        return "darkgreen"  # Cache-Craft counting the new context
     return COLORS.get(name.split(":")[0], "tab:purple")
 
 
@@ -31,11 +38,26 @@ def main():
         blend = json.load(f)
     methods = blend["methods"]
 
-    records = []
-    with open(progress_path) as f:
-        for line in f:
-            if line.strip():
-                records.append(json.loads(line))
+    def read_records(path):
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    records = read_records(progress_path)
+    by_index = {rec["index"]: rec for rec in records}
+    extra = sys.argv[5:]
+    for summary_path, more_progress in zip(extra[0::2], extra[1::2]):
+        with open(summary_path) as f:
+            for name, s in json.load(f)["methods"].items():
+                methods.setdefault(name, s)
+        for rec in read_records(more_progress):
+            base = by_index.get(rec["index"])
+            if base is None:
+                continue
+            scale = base["full_ttft_s"] / rec["full_ttft_s"]  # per-prompt ratios stay ratios
+            for name, r in rec["methods"].items():
+                if name not in base["methods"]:
+                    r = dict(r, ttft_s=r["ttft_s"] * scale)
+                    base["methods"][name] = r
 
     # Quality against TTFT: per-method medians of the TTFT ratio; mean KL and agreement. Faint
     # dots: single prompts.

@@ -432,6 +432,7 @@ TEST_F(BlendTest, CraftFullCfoAndEarlyTermination) {
     EXPECT_TRUE(SameKvBytes(*all, *full, l, 0, prompt_.num_tokens()));
 
   o.craft.alpha = 2.0;
+  o.craft.count_new_context = false;  // the paper's CFO, which leaves part of each chunk cached
   auto plain = engine_->NewSequence();
   BlendReport r_plain = Run(*plain, prompt_, o);
   EXPECT_GT(r_plain.selected.size(), 0u);
@@ -449,8 +450,9 @@ TEST_F(BlendTest, CraftFullCfoAndEarlyTermination) {
   EXPECT_EQ(r_et1.recomputed_per_layer[0], r_plain.recomputed_per_layer[0]);
 }
 
-// CacheCraftOptions::count_new_context: a variant made right behind the prefix scores CFO 0 in the
-// paper's formula behind any new chunks; counting the new context recomputes part of it.
+// CacheCraftOptions::count_new_context (the default): a variant made right behind the prefix
+// scores CFO 0 in the paper's formula behind any new chunks; counting the new context recomputes
+// part of it.
 TEST_F(BlendTest, CraftCountingNewContext) {
   const BlendPrompt other = StoriesPrompt({1, 5});  // chunk 1 right behind the prefix
   auto cap = engine_->NewSequence();
@@ -461,6 +463,7 @@ TEST_F(BlendTest, CraftCountingNewContext) {
   // saw; those three have no variant and are computed in full.
   BlendOptions o = Blend(0.0, Method::kCacheCraft);
   o.craft.store_new_variants = false;
+  o.craft.count_new_context = false;  // the paper's CFO
   auto paper = engine_->NewSequence();
   BlendReport r = Run(*paper, prompt_, o);
   EXPECT_EQ(r.missing_chunks, 3u);
