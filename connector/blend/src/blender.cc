@@ -311,6 +311,7 @@ Result<BlendReport> Blender::Prefill(engine::Sequence& seq, const BlendPrompt& p
       const std::span<const Hash128> context(keys.data(), i);
       std::vector<uint32_t> context_tokens;
       if (o.craft.count_new_context) {
+        context_tokens.reserve(i);
         for (size_t j = 0; j < i; ++j) context_tokens.push_back(prompt.end(j) - prompt.begin(j));
       }
       std::vector<CraftScore> scores;
