@@ -244,6 +244,12 @@ PY
 )
   note "read back from SSD, decoded into the CPU tier; crc32c verified; max |error| vs original: $err"
   SUMMARY+=("compressed SSD tier (CacheGen L2): $ratio; max |error| after restart $err")
+  # A client on another node streams over gRPC; accepting CacheGen, it gets the container and
+  # decodes it (docs/api.md "Encoded transfers"). kvstash get reports the wire bytes on stderr.
+  local wire
+  wire=$("$KVSTASH" get "codec/chunk-1" "$dir/wire-1.kvo" --cachegen 2 --target "$target" 2>&1 >/dev/null)
+  note "streamed as a remote client that accepts CacheGen (kvstash get --cachegen 2): $wire"
+  SUMMARY+=("encoded transfer of one chunk: $wire")
   kill -TERM "$CODEC_PID"
   wait "$CODEC_PID"
   CODEC_PID=""

@@ -243,11 +243,11 @@ json Summarize(const std::vector<json>& records, const std::vector<bench::Method
 }
 
 void PrintTable(const json& summary, const std::vector<bench::MethodSpec>& methods) {
-  std::fprintf(stdout, "%-14s %9s %8s %9s %9s %9s %7s %7s %7s %9s\n", "method", "TTFT(s)", "xFull",
+  std::fprintf(stdout, "%-18s %9s %8s %9s %9s %9s %7s %7s %7s %9s\n", "method", "TTFT(s)", "xFull",
                "recompute", "KL", "KL(cont)", "top1", "greedy", "forced", "KV dev");
   for (const bench::MethodSpec& m : methods) {
     const json& s = summary[m.name];
-    std::fprintf(stdout, "%-14s %9.3f %8.3f %8.1f%% %9.5f %9.5f %7.2f %7.2f %7.2f %9.5f\n",
+    std::fprintf(stdout, "%-18s %9.3f %8.3f %8.1f%% %9.5f %9.5f %7.2f %7.2f %7.2f %9.5f\n",
                  m.name.c_str(), s["ttft_s_median"].get<double>(),
                  s["ttft_ratio_median"].get<double>(),
                  100 * s["recompute_fraction_mean"].get<double>(), s["kl_mean"].get<double>(),
@@ -267,12 +267,12 @@ void PrintPrompt(const bench::ChunkPool& pool, const bench::PromptSpec& spec, co
   }
   std::printf(") + \"%s\"  [%d tokens]\n", bench::QuestionCues()[spec.question].c_str(),
               rec["tokens"].get<int>());
-  std::printf("  %-14s %9s %8s %10s %10s %8s %8s\n", "method", "TTFT(s)", "xFull", "recompute",
+  std::printf("  %-18s %9s %8s %10s %10s %8s %8s\n", "method", "TTFT(s)", "xFull", "recompute",
               "KL", "greedy", "forced");
   const double full = rec["full_ttft_s"].get<double>();
   for (const bench::MethodSpec& m : methods) {
     const json& r = rec["methods"][m.name];
-    std::printf("  %-14s %9.3f %8.3f %9.1f%% %10.5f %5.0f/%zu %5.0f/%zu\n", m.name.c_str(),
+    std::printf("  %-18s %9.3f %8.3f %9.1f%% %10.5f %5.0f/%zu %5.0f/%zu\n", m.name.c_str(),
                 r["ttft_s"].get<double>(), r["ttft_s"].get<double>() / full,
                 100 * r["recompute"].get<double>(), r["kl"].get<double>(),
                 r["agree"].get<double>() * static_cast<double>(gen), gen,
