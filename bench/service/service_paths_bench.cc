@@ -22,12 +22,9 @@
 // not the SSD. Each (size, path) is measured --reps times,
 // paths interleaved within a rep; throughput is the median of the reps, latencies are p50/p99
 // over all operations. Results: JSON (--out) and a markdown table (--markdown).
-#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <malloc.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -43,12 +40,11 @@
 #include <thread>
 #include <vector>
 
+#include "child_process.h"
 #include "kvstash/client/kv_client.h"
 #include "kvstash/common/byte_size.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/key.h"
-
-extern char** environ;
 
 namespace {
 
@@ -57,6 +53,9 @@ using kvstash::ObjectInfo;
 using kvstash::ObjectName;
 using kvstash::Status;
 namespace client = kvstash::client;
+using kvstash::bench::Reap;
+using kvstash::bench::Spawn;
+using kvstash::bench::WaitFor;
 
 struct Config {
   std::vector<std::string> sizes = {"256KiB", "2MiB", "32MiB"};
@@ -71,39 +70,6 @@ struct Config {
   std::vector<std::string> only = {"shm", "shm_pipe", "grpc", "memcpy", "redis"};
   std::string command_line;  // recorded in the JSON
 };
-
-// ---- child processes ------------------------------------------------------------------
-
-pid_t Spawn(const std::vector<std::string>& argv, const std::string& log) {
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  pid_t pid = -1;
-  int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  return rc == 0 ? pid : -1;
-}
-
-void Reap(pid_t pid, int sig) {
-  if (pid <= 0) return;
-  ::kill(pid, sig);
-  int status;
-  ::waitpid(pid, &status, 0);
-}
-
-bool WaitFor(const std::function<bool()>& ready, int timeout_ms) {
-  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (Clock::now() < deadline) {
-    if (ready()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
-}
 
 // ---- measurement ----------------------------------------------------------------------
 

@@ -13,8 +13,6 @@
 // of the effective KV throughput (decoded bytes delivered per second), the p50 per-chunk
 // latency, and the wire bytes per chunk.
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -23,16 +21,17 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "child_process.h"
 #include "kvstash/client/kv_client.h"
 #include "kvstash/codec/synthetic_kv.h"
 #include "kvstash/common/key.h"
-
-extern char** environ;
 
 namespace {
 
@@ -77,6 +76,7 @@ ObjectName ChunkName(int i) {
 }
 
 struct Mode {
+  Mode(std::string n, int l) : name(std::move(n)), level(l) {}
   std::string name;
   int level;  // 0: raw
   std::vector<double> rep_gbps, chunk_ms;
@@ -87,34 +87,38 @@ int Run(const Config& cfg) {
   const std::string dir = "/tmp/kvs-transfer-" + std::to_string(::getpid());
   std::filesystem::create_directories(dir);
   const std::string ready = dir + "/ready.json";
-  std::vector<std::string> argv = {cfg.cachesvc,  "--listen",       "127.0.0.1:0", "--data-dir",
-                                   dir + "/data", "--cpu-capacity", "1GiB",        "--ssd-capacity",
-                                   "0",           "--ready-file",   ready,         "--metrics-port",
-                                   "0",           "--log-level",    "warn"};
-  std::vector<char*> args;
-  for (auto& a : argv) args.push_back(a.data());
-  args.push_back(nullptr);
-  pid_t svc = -1;
-  if (posix_spawn(&svc, args[0], nullptr, nullptr, args.data(), environ) != 0) {
-    std::fprintf(stderr, "transfer_bench: cannot start %s\n", cfg.cachesvc.c_str());
-    return 1;
-  }
+  const pid_t svc =
+      kvstash::bench::Spawn({cfg.cachesvc, "--listen", "127.0.0.1:0", "--data-dir", dir + "/data",
+                             "--cpu-capacity", "1GiB", "--ssd-capacity", "0", "--ready-file", ready,
+                             "--metrics-port", "0", "--log-level", "warn"},
+                            dir + "/cachesvc.log");
   auto stop = [&] {
-    ::kill(svc, SIGTERM);
-    int status = 0;
-    ::waitpid(svc, &status, 0);
+    kvstash::bench::Reap(svc, SIGTERM);
     std::filesystem::remove_all(dir);
   };
+  // The ready file names the TCP port cachesvc bound.
   std::string target;
-  for (int i = 0; i < 3000 && target.empty(); ++i) {
-    std::ifstream in(ready);
-    auto json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-    if (in && !json.is_discarded()) target = json.value("target", "");
-    if (target.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (svc > 0) {
+    kvstash::bench::WaitFor(
+        [&] {
+          std::ifstream in(ready);
+          auto json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+          if (in && !json.is_discarded()) target = json.value("target", "");
+          return !target.empty();
+        },
+        30'000);
   }
   auto kv = kvstash::client::KvClient::Connect(target);
+  if (svc < 0) {
+    std::fprintf(stderr, "transfer_bench: cannot start %s\n", cfg.cachesvc.c_str());
+    std::filesystem::remove_all(dir);
+    return 1;
+  }
   if (target.empty() || !kv.ok()) {
-    std::fprintf(stderr, "transfer_bench: cachesvc did not come up\n");
+    std::fprintf(stderr, "transfer_bench: cachesvc (%s) did not come up. Its log:\n",
+                 cfg.cachesvc.c_str());
+    std::ifstream log(dir + "/cachesvc.log");
+    std::fprintf(stderr, "%s\n", std::string(std::istreambuf_iterator<char>(log), {}).c_str());
     stop();
     return 1;
   }

@@ -48,7 +48,6 @@ class LayerLoader {
   Status Finish();
 
   const std::vector<double>& layer_seconds() const { return layer_seconds_; }
-  double fetch_seconds() const { return fetch_seconds_; }  // valid after Finish()
   // Bytes and seconds per tier, for the loading controller.
   struct TierLoad {
     StoreTier tier;
@@ -67,7 +66,6 @@ class LayerLoader {
   ChunkKvStore& store_;
   std::vector<CachedSpan> spans_;
   std::vector<std::unique_ptr<ChunkKv>> kv_;  // per span, once fetched
-  double fetch_seconds_ = 0.0;
   std::vector<bool> layers_;
   std::vector<double> layer_seconds_;
   std::vector<uint64_t> span_bytes_;

@@ -40,11 +40,9 @@ void LayerLoader::Start(bool pipelined) {
 }
 
 Status LayerLoader::Fetch() {
-  const auto t0 = Clock::now();
   std::vector<ChunkRecord> records;
   for (const CachedSpan& s : spans_) records.push_back(s.record);
   Result<std::vector<std::unique_ptr<ChunkKv>>> kv = store_.Fetch(records);
-  fetch_seconds_ = std::chrono::duration<double>(Clock::now() - t0).count();
   if (!kv.ok()) {
     return Status(kv.status().code(), absl::StrCat("fetch: ", kv.status().message()));
   }
