@@ -14,6 +14,10 @@ for bin in "$BUILD/bench/service/transfer_bench" "$BUILD/cachesvc/cachesvc"; do
   [ -x "$bin" ] || { echo "missing $bin: cmake --build --preset release --target transfer_bench" >&2; exit 1; }
 done
 command -v tc >/dev/null || { echo "tc (iproute2) is needed" >&2; exit 1; }
+for rate in "${RATES[@]}"; do
+  [[ "$rate" =~ ^([1-9][0-9]*(mbit|gbit)|none)$ ]] ||
+    { echo "bad rate '$rate': give N mbit or N gbit (e.g. 100mbit, 10gbit) or none" >&2; exit 2; }
+done
 mkdir -p bench/results
 for rate in "${RATES[@]}"; do
   echo "== link: $rate"

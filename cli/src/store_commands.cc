@@ -171,12 +171,15 @@ int RunGet(const GetArgs& a) {
     options.level = a.cachegen_level;
     auto reply = (*kv)->Get(*name, options);
     if (!reply.ok()) return Fail("get", reply.status());
+    // An encoded transfer is always smaller than the object (the service sends raw otherwise);
+    // info.lossy alone would also flag an object read back from a CacheGen SSD tier.
+    const bool encoded = reply->wire_bytes < reply->info.payload_bytes;
     const double ratio = static_cast<double>(reply->info.payload_bytes) /
                          static_cast<double>(std::max<uint64_t>(reply->wire_bytes, 1));
     std::fprintf(stderr, "received %s on the wire for %s (%s, %.2fx)\n",
                  FormatByteSize(reply->wire_bytes).c_str(),
                  FormatByteSize(reply->info.payload_bytes).c_str(),
-                 reply->info.lossy ? "CacheGen, lossy" : "raw", ratio);
+                 encoded ? "CacheGen, lossy" : "raw", ratio);
     out = ObjectToFile(reply->info, reply->payload, a.raw);
   } else if ((*kv)->shared_memory_attached()) {
     auto lease = (*kv)->Acquire(*name);

@@ -339,6 +339,11 @@ Result<GetIntoReply> KvClient::StreamGet(
           where = absl::InternalError(absl::StrCat("service sent encoding ",
                                                    std::string(EncodingName(w->encoding)),
                                                    ", which this Get did not accept"));
+        } else if (w->payload_bytes >= info->payload_bytes) {
+          // The service encodes only what shrinks; a larger container is not to be allocated.
+          where = absl::InternalError(absl::StrCat("service announced a ", w->payload_bytes,
+                                                   "-byte container for a ", info->payload_bytes,
+                                                   "-byte object"));
         } else {
           wire = *w;
         }

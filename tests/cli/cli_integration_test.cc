@@ -114,6 +114,35 @@ TEST_F(CliTest, ObjectFilesKeepTheirLayoutAndRoundTripExactly) {
   EXPECT_THAT(out, HasSubstr("fails the crc32c"));
 }
 
+// get --cachegen: streamed as a remote client would, accepting a CacheGen transfer.
+TEST_F(CliTest, GetAcceptingCacheGenReportsTheWireBytes) {
+  const std::string kv = dir_.path() + "/kv.kvo", back = dir_.path() + "/back.kvo";
+  std::string out;
+  ASSERT_EQ(RunProgram({BinaryPath("cli/kvstash"), "synth", kv, "--layers", "30", "--tokens", "256",
+                        "--kv-heads", "3", "--head-dim", "64"},
+                       &out),
+            0)
+      << out;
+  ASSERT_EQ(Kvstash({"put", "kv", kv}, &out), 0) << out;
+  ASSERT_EQ(Kvstash({"get", "kv", back, "--cachegen", "2"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("on the wire for 5.6 MiB (CacheGen, lossy,"));
+  EXPECT_EQ(ReadFile(back).size(), ReadFile(kv).size());
+  // Bytes the codec does not take come back raw and exact.
+  ObjectInfo info = SmolChunkInfo();
+  auto noise = TestPayload(3, info.payload_bytes);
+  auto header = EncodeObjectHeader(WithCrc(info, noise));
+  ASSERT_TRUE(header.ok());
+  std::vector<uint8_t> file(header->begin(), header->end());
+  file.insert(file.end(), noise.begin(), noise.end());
+  WriteFile(dir_.path() + "/noise.kvo", file);
+  ASSERT_EQ(Kvstash({"put", "noise", dir_.path() + "/noise.kvo"}, &out), 0) << out;
+  ASSERT_EQ(Kvstash({"get", "noise", back, "--cachegen", "0"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("(raw, 1.00x)"));
+  EXPECT_EQ(ReadFile(back), file);
+  EXPECT_NE(Kvstash({"get", "kv", back, "--cachegen", "4"}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("--cachegen"));
+}
+
 TEST_F(CliTest, BenchAndUsageErrors) {
   std::string out;
   ASSERT_EQ(Kvstash({"bench", "--size", "256KiB", "--count", "4"}, &out), 0) << out;
