@@ -67,7 +67,8 @@ struct Config {
   std::string markdown;
   int batch = 8;      // shm_pipe objects per ReserveMany / CommitMany / AcquireMany RPC
   int per_call = 32;  // shm_pipe objects per measured call (PutMany, AcquireMany loop)
-  std::vector<std::string> only = {"shm", "shm_pipe", "grpc", "memcpy", "redis"};
+  std::vector<std::string> only = {"shm",  "shm_grpcctl", "shm_pipe", "shm_pipe_grpcctl",
+                                   "grpc", "memcpy",      "redis"};
   std::string command_line;  // recorded in the JSON
 };
 
@@ -128,10 +129,12 @@ ObjectName NameFor(const std::string& path, uint64_t size, int rep, int i) {
 struct SizeResult {
   uint64_t bytes = 0;
   int count = 0;
-  OpStats put[5], get[5];  // indexed like kPaths
+  OpStats put[7], get[7];  // indexed like kPaths
 };
-const char* kPaths[] = {"shm", "grpc", "memcpy", "redis", "shm_pipe"};
-constexpr int kShm = 0, kGrpc = 1, kMemcpy = 2, kRedis = 3, kShmPipe = 4, kNumPaths = 5;
+const char* kPaths[] = {"shm",      "grpc",        "memcpy",          "redis",
+                        "shm_pipe", "shm_grpcctl", "shm_pipe_grpcctl"};
+constexpr int kShm = 0, kGrpc = 1, kMemcpy = 2, kRedis = 3, kShmPipe = 4, kShmGrpcCtl = 5,
+              kShmPipeGrpcCtl = 6;
 
 int Run(const Config& cfg) {
   std::string dir = "/tmp/kvs-bench-" + std::to_string(::getpid());
@@ -182,19 +185,33 @@ int Run(const Config& cfg) {
     return 1;
   }
   client::KvClient& kv = **kv_or;
+  // The same shared-memory data path with every control call over gRPC (*_grpcctl paths).
+  client::ClientOptions grpc_control;
+  grpc_control.local_control = false;
+  auto kv_grpc_or = client::KvClient::Connect("unix://" + dir + "/svc.sock", grpc_control);
+  if (!kv.local_control_active() || !kv_grpc_or.ok() || !(*kv_grpc_or)->shared_memory_attached()) {
+    std::fprintf(stderr, "service_paths_bench: no local control channel or no second client\n");
+    stop_all();
+    return 1;
+  }
+  client::KvClient& kv_grpc = **kv_grpc_or;
 
-  // Round trip of a minimal unary RPC (Lookup of one key): the floor under every shm operation.
-  OpStats rtt;
+  // Round trip of a minimal control call (Lookup of one key) over the local control channel and
+  // over gRPC: the floor under every shm operation.
+  OpStats rtt, rtt_grpc;
   {
     std::vector<ObjectName> one = {NameFor("rtt", 0, 0, 0)};
     Status s = Measure(500, 0, &rtt, [&](int) { return kv.Lookup(one).status(); });
+    s.Update(Measure(500, 0, &rtt_grpc, [&](int) { return kv_grpc.Lookup(one).status(); }));
     if (!s.ok()) {
       std::fprintf(stderr, "service_paths_bench: %s\n", s.ToString().c_str());
       stop_all();
       return 1;
     }
-    std::fprintf(stderr, "unary RPC round trip: p50 %.3f ms, p99 %.3f ms\n", rtt.Pct(0.5),
-                 rtt.Pct(0.99));
+    std::fprintf(stderr,
+                 "control round trip: local channel p50 %.3f ms, p99 %.3f ms; gRPC p50 %.3f ms, "
+                 "p99 %.3f ms\n",
+                 rtt.Pct(0.5), rtt.Pct(0.99), rtt_grpc.Pct(0.5), rtt_grpc.Pct(0.99));
   }
 
   auto want = [&](const char* path) {
@@ -229,44 +246,46 @@ int Run(const Config& cfg) {
 
     for (int rep = 0; rep < cfg.reps; ++rep) {
       Status s;
-      // shm
-      if (want("shm")) {
+      // shm, one object per call; shm_pipe, pipelined puts and batched leases. The plain paths
+      // send their control calls over the local control channel, the *_grpcctl paths over gRPC.
+      auto run_shm = [&](client::KvClient& c, int path) {
+        const char* tag = kPaths[path];
         client::PutOptions shm_put;
         shm_put.path = client::DataPath::kSharedMemory;
-        s.Update(Measure(r.count, r.bytes, &r.put[kShm], [&](int i) {
-          return kv.Put(NameFor("shm", r.bytes, rep, i), info, source, shm_put);
+        s.Update(Measure(r.count, r.bytes, &r.put[path], [&](int i) {
+          return c.Put(NameFor(tag, r.bytes, rep, i), info, source, shm_put);
         }));
-        s.Update(Measure(r.count, r.bytes, &r.get[kShm], [&](int i) -> Status {
+        s.Update(Measure(r.count, r.bytes, &r.get[path], [&](int i) -> Status {
           KVSTASH_ASSIGN_OR_RETURN(client::ReadLease lease,
-                                   kv.Acquire(NameFor("shm", r.bytes, rep, i)));
+                                   c.Acquire(NameFor(tag, r.bytes, rep, i)));
           std::memcpy(reader.data(), lease.data().data(), lease.data().size());
           return kvstash::OkStatus();  // dropping the lease sends its Release, unawaited
         }));
-      }
-      // shm, pipelined puts and batched leases
-      if (want("shm_pipe")) {
+      };
+      auto run_shm_pipe = [&](client::KvClient& c, int path) {
+        const char* tag = kPaths[path];
         client::PutOptions pipe_put;
         pipe_put.path = client::DataPath::kSharedMemory;
         pipe_put.max_batch = static_cast<uint32_t>(cfg.batch);
         std::vector<client::PutItem> items(per_call);
         std::vector<ObjectName> names;
         s.Update(
-            Measure(r.count / per_call, r.bytes * per_call, &r.put[kShmPipe], [&](int c) -> Status {
+            Measure(r.count / per_call, r.bytes * per_call, &r.put[path], [&](int k) -> Status {
               for (int j = 0; j < per_call; ++j) {
-                items[j] = {NameFor("shm_pipe", r.bytes, rep, c * per_call + j), info, source};
+                items[j] = {NameFor(tag, r.bytes, rep, k * per_call + j), info, source};
               }
-              for (const Status& item : kv.PutMany(items, pipe_put)) KVSTASH_RETURN_IF_ERROR(item);
+              for (const Status& item : c.PutMany(items, pipe_put)) KVSTASH_RETURN_IF_ERROR(item);
               return kvstash::OkStatus();
             }));
         s.Update(
-            Measure(r.count / per_call, r.bytes * per_call, &r.get[kShmPipe], [&](int c) -> Status {
+            Measure(r.count / per_call, r.bytes * per_call, &r.get[path], [&](int k) -> Status {
               for (int first = 0; first < per_call; first += cfg.batch) {
                 names.clear();
                 for (int j = first; j < std::min(per_call, first + cfg.batch); ++j) {
-                  names.push_back(NameFor("shm_pipe", r.bytes, rep, c * per_call + j));
+                  names.push_back(NameFor(tag, r.bytes, rep, k * per_call + j));
                 }
                 KVSTASH_ASSIGN_OR_RETURN(std::vector<kvstash::Result<client::ReadLease>> leases,
-                                         kv.AcquireMany(names));
+                                         c.AcquireMany(names));
                 for (auto& lease : leases) {
                   KVSTASH_RETURN_IF_ERROR(lease.status());
                   std::memcpy(reader.data(), lease->data().data(), lease->data().size());
@@ -274,7 +293,11 @@ int Run(const Config& cfg) {
               }  // dropping the leases sends their Releases, unawaited
               return kvstash::OkStatus();
             }));
-      }
+      };
+      if (want("shm")) run_shm(kv, kShm);
+      if (want("shm_grpcctl")) run_shm(kv_grpc, kShmGrpcCtl);
+      if (want("shm_pipe")) run_shm_pipe(kv, kShmPipe);
+      if (want("shm_pipe_grpcctl")) run_shm_pipe(kv_grpc, kShmPipeGrpcCtl);
       // grpc streams
       if (want("grpc")) {
         client::PutOptions stream_put;
@@ -344,6 +367,7 @@ int Run(const Config& cfg) {
   }
   redisFree(rc);
   kv_or->reset();
+  kv_grpc_or->reset();
   stop_all();
 
   // ---- report ----
@@ -351,12 +375,14 @@ int Run(const Config& cfg) {
   json["bench"] = "service_paths";
   json["command"] = cfg.command_line;
   json["machine"] = {{"cpus", std::thread::hardware_concurrency()}};
-  json["unary_rpc_round_trip"] = {{"p50_ms", rtt.Pct(0.5)}, {"p99_ms", rtt.Pct(0.99)}};
+  json["local_control_round_trip"] = {{"p50_ms", rtt.Pct(0.5)}, {"p99_ms", rtt.Pct(0.99)}};
+  json["unary_rpc_round_trip"] = {{"p50_ms", rtt_grpc.Pct(0.5)}, {"p99_ms", rtt_grpc.Pct(0.99)}};
   json["notes"] =
       "single client thread; cachesvc CPU tier only (--ssd-capacity 0), arena prefaulted, unix "
       "socket; redis over a unix socket, no persistence; throughput = median of reps, latency "
       "over all ops; shm_pipe: `batch` objects per ReserveMany/CommitMany/AcquireMany RPC, "
-      "latencies per call of `per_call` objects";
+      "latencies per call of `per_call` objects; shm*: control calls over the local control "
+      "channel, shm*_grpcctl: the same over gRPC";
   json["batch"] = cfg.batch;
   json["per_call"] = cfg.per_call;
   std::string md =
@@ -366,13 +392,16 @@ int Run(const Config& cfg) {
       "| size | shm put / memcpy | shm get / memcpy | shm_pipe put / memcpy | shm_pipe get / "
       "memcpy "
       "| gRPC put / Redis | gRPC get / Redis |\n|---|---:|---:|---:|---:|---:|---:|\n";
+  std::string control_md =
+      "| size | shm put local / gRPC control | shm get local / gRPC control | shm_pipe put local "
+      "/ gRPC control | shm_pipe get local / gRPC control |\n|---|---:|---:|---:|---:|\n";
   auto ratio = [](const OpStats& a, const OpStats& b) {
     return a.rep_gbps.empty() || b.rep_gbps.empty() ? 0.0 : a.Median() / b.Median();
   };
   for (const SizeResult& r : results) {
     nlohmann::json entry = {{"bytes", r.bytes}, {"count", r.count}, {"reps", cfg.reps}};
     char line[512];
-    for (int p : {kShm, kShmPipe, kGrpc, kMemcpy, kRedis}) {
+    for (int p : {kShm, kShmGrpcCtl, kShmPipe, kShmPipeGrpcCtl, kGrpc, kMemcpy, kRedis}) {
       if (r.put[p].rep_gbps.empty()) continue;  // not run (--only)
       entry["paths"][kPaths[p]] = {{"put",
                                     {{"gbps", r.put[p].Median()},
@@ -397,13 +426,26 @@ int Run(const Config& cfg) {
     entry["ratios"] = {{"shm_put_vs_memcpy", shm_put},       {"shm_get_vs_memcpy", shm_get},
                        {"shm_pipe_put_vs_memcpy", pipe_put}, {"shm_pipe_get_vs_memcpy", pipe_get},
                        {"grpc_put_vs_redis", grpc_put},      {"grpc_get_vs_redis", grpc_get}};
+    // What the local control channel buys: the same path with gRPC control calls.
+    const double local_ratios[4] = {ratio(r.put[kShm], r.put[kShmGrpcCtl]),
+                                    ratio(r.get[kShm], r.get[kShmGrpcCtl]),
+                                    ratio(r.put[kShmPipe], r.put[kShmPipeGrpcCtl]),
+                                    ratio(r.get[kShmPipe], r.get[kShmPipeGrpcCtl])};
+    entry["ratios"]["shm_put_local_vs_grpcctl"] = local_ratios[0];
+    entry["ratios"]["shm_get_local_vs_grpcctl"] = local_ratios[1];
+    entry["ratios"]["shm_pipe_put_local_vs_grpcctl"] = local_ratios[2];
+    entry["ratios"]["shm_pipe_get_local_vs_grpcctl"] = local_ratios[3];
+    std::snprintf(line, sizeof(line), "| %s | %.2f | %.2f | %.2f | %.2f |\n",
+                  kvstash::FormatByteSize(r.bytes).c_str(), local_ratios[0], local_ratios[1],
+                  local_ratios[2], local_ratios[3]);
+    control_md += line;
     std::snprintf(line, sizeof(line), "| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
                   kvstash::FormatByteSize(r.bytes).c_str(), shm_put, shm_get, pipe_put, pipe_get,
                   grpc_put, grpc_get);
     ratios_md += line;
     json["sizes"].push_back(entry);
   }
-  std::string report = md + "\n" + ratios_md;
+  std::string report = md + "\n" + ratios_md + "\n" + control_md;
   std::printf("%s", report.c_str());
   if (!cfg.out.empty()) {
     std::filesystem::create_directories(std::filesystem::path(cfg.out).parent_path());
@@ -427,7 +469,8 @@ int main(int argc, char** argv) {
   app.add_option("--redis-server", cfg.redis_server, "redis-server binary")->capture_default_str();
   app.add_option("--out", cfg.out, "JSON results file")->capture_default_str();
   app.add_option("--markdown", cfg.markdown, "also write the tables to this file");
-  app.add_option("--only", cfg.only, "paths to run (shm shm_pipe grpc memcpy redis)")
+  app.add_option("--only", cfg.only,
+                 "paths to run (shm shm_grpcctl shm_pipe shm_pipe_grpcctl grpc memcpy redis)")
       ->capture_default_str();
   app.add_option("--batch", cfg.batch, "shm_pipe: objects per batched RPC")
       ->capture_default_str()

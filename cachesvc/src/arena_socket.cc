@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "kvstash/proto/local_control.h"
 
 namespace kvstash::cachesvc {
 
@@ -43,20 +45,33 @@ Status ClaimUnixSocketPath(const std::string& path) {
   return OkStatus();
 }
 
-Result<std::unique_ptr<ArenaSocketServer>> ArenaSocketServer::Start(const std::string& path,
-                                                                    int arena_fd,
-                                                                    const ArenaHandshake& hello,
-                                                                    MetricsRegistry* metrics) {
+Result<std::unique_ptr<ArenaSocketServer>> ArenaSocketServer::Start(
+    const std::string& path, int arena_fd, const ArenaHandshake& hello, MetricsRegistry* metrics,
+    LocalControlFactory sessions, int max_connections) {
   KVSTASH_RETURN_IF_ERROR(ClaimUnixSocketPath(path));
   std::unique_ptr<ArenaSocketServer> server(new ArenaSocketServer());
   server->path_ = path;
   server->arena_fd_ = arena_fd;
   server->hello_ = hello;
+  server->sessions_ = std::move(sessions);
+  server->max_connections_ = max_connections;
+  if (server->sessions_ != nullptr && max_connections > 0) {
+    server->hello_.features |= kArenaFeatureLocalControl;
+  } else {
+    server->sessions_ = nullptr;
+    server->hello_.features &= ~kArenaFeatureLocalControl;
+  }
   if (metrics != nullptr) {
     server->attaches_ = metrics->GetCounter("kvstash_arena_attach_total",
                                             "Arena memfds handed to clients over the unix socket");
     server->failures_ = metrics->GetCounter("kvstash_arena_attach_failures_total",
                                             "Arena handshakes that failed to send");
+    server->open_connections_ =
+        metrics->GetGauge("kvstash_local_control_connections",
+                          "Arena-socket connections open for local control calls");
+    server->bad_frames_ = metrics->GetCounter(
+        "kvstash_local_control_bad_frames_total",
+        "Local control connections closed for a malformed frame or a failed reply");
   }
   sockaddr_un addr;
   KVSTASH_ASSIGN_OR_RETURN(unsigned len, MakeUnixAddress(path, &addr));
@@ -94,6 +109,65 @@ void ArenaSocketServer::Stop() {
     listen_fd_ = -1;
     ::unlink(path_.c_str());
   }
+  std::list<std::unique_ptr<Connection>> conns;
+  {
+    std::lock_guard<std::mutex> lock(conns_mu_);
+    // Wakes each connection's blocking read; a call being handled finishes, its reply fails.
+    for (auto& conn : conns_) ::shutdown(conn->fd, SHUT_RDWR);
+    conns.swap(conns_);
+  }
+  for (auto& conn : conns) {
+    conn->thread.join();
+    ::close(conn->fd);
+  }
+}
+
+void ArenaSocketServer::ReapLocked() {
+  for (auto it = conns_.begin(); it != conns_.end();) {
+    if ((*it)->done.load()) {
+      (*it)->thread.join();
+      ::close((*it)->fd);
+      it = conns_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void ArenaSocketServer::Serve(Connection* conn) {
+  std::unique_ptr<LocalControlSession> session = sessions_();
+  LocalFrameHeader request;
+  std::string body;
+  std::string reply;
+  while (true) {
+    Status s = ReadLocalFrame(conn->fd, &request, &body);
+    if (!s.ok()) {
+      // Unavailable is the client closing (or Stop()); anything else is a protocol error.
+      if (s.code() != absl::StatusCode::kUnavailable) {
+        if (bad_frames_ != nullptr) bad_frames_->Increment();
+        spdlog::warn("event=local_control_bad_frame error=\"{}\"", std::string(s.message()));
+      }
+      break;
+    }
+    uint16_t code = 0;
+    reply.clear();
+    session->Handle(request.code, body, &code, &reply);
+    if ((request.flags & kLocalFlagNoReply) != 0) continue;
+    LocalFrameHeader answer;
+    answer.code = code;
+    answer.sequence = request.sequence;
+    s = WriteLocalFrame(conn->fd, answer,
+                        {reinterpret_cast<const uint8_t*>(reply.data()), reply.size()});
+    if (!s.ok()) {
+      if (bad_frames_ != nullptr && !stopped_.load()) bad_frames_->Increment();
+      break;
+    }
+  }
+  // The client sees EOF now; the fd itself is closed by whoever joins this thread.
+  ::shutdown(conn->fd, SHUT_RDWR);
+  session.reset();  // settles what the client left open, before the connection counts as gone
+  if (open_connections_ != nullptr) open_connections_->Add(-1);
+  conn->done = true;
 }
 
 void ArenaSocketServer::AcceptLoop() {
@@ -109,9 +183,31 @@ void ArenaSocketServer::AcceptLoop() {
     if ((fds[0].revents & POLLIN) == 0) continue;
     int conn = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (conn < 0) continue;  // EAGAIN, or the peer left before accept
+    bool keep = false;
+    ArenaHandshake hello = hello_;
+    if (sessions_ != nullptr) {
+      std::lock_guard<std::mutex> lock(conns_mu_);
+      ReapLocked();
+      keep = conns_.size() < static_cast<size_t>(max_connections_);
+      if (!keep) hello.features &= ~kArenaFeatureLocalControl;
+    }
     // A peer that never reads cannot stall the loop: the 32-byte message fits the socket buffer.
-    Status s = SendArenaFd(conn, arena_fd_, hello_);
-    ::close(conn);
+    Status s = SendArenaFd(conn, arena_fd_, hello);
+    if (s.ok() && keep) {
+      // A client that stops reading its replies must not hold a thread forever.
+      timeval tv{};
+      tv.tv_sec = 30;
+      ::setsockopt(conn, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+      auto owned = std::make_unique<Connection>();
+      Connection* c = owned.get();
+      c->fd = conn;
+      if (open_connections_ != nullptr) open_connections_->Add(1);
+      std::lock_guard<std::mutex> lock(conns_mu_);
+      conns_.push_back(std::move(owned));
+      c->thread = std::thread([this, c] { Serve(c); });
+    } else {
+      ::close(conn);
+    }
     if (s.ok()) {
       if (attaches_ != nullptr) attaches_->Increment();
     } else {

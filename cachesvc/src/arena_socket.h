@@ -1,12 +1,19 @@
 // Hands the store's arena memfd to local clients over a unix socket (kvstash/proto/
 // arena_handshake.h has the protocol). One accept thread; each connection gets the handshake and
-// a dup of the fd via SCM_RIGHTS, then is closed. Stop() is idempotent and joins the thread.
+// a dup of the fd via SCM_RIGHTS. Without a session factory the connection is then closed; with
+// one, it stays open for local control calls (kvstash/proto/local_control.h), served in order by
+// a thread of its own with a LocalControlSession made for it. Stop() is idempotent: it stops
+// accepting, closes every connection (a call being handled finishes first) and joins all threads.
 #ifndef KVSTASH_CACHESVC_ARENA_SOCKET_H_
 #define KVSTASH_CACHESVC_ARENA_SOCKET_H_
 
 #include <atomic>
+#include <functional>
+#include <list>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 
 #include "kvstash/common/metrics.h"
@@ -19,23 +26,51 @@ namespace kvstash::cachesvc {
 // file left by a crash, refuses to touch anything that is not a socket.
 Status ClaimUnixSocketPath(const std::string& path);
 
+// The local control calls of one client connection. Made when the connection opens, used by that
+// connection's thread only, destroyed when the connection closes: the destructor settles what the
+// client left open (a client that died mid-put frees its reservations at once, not at expiry).
+class LocalControlSession {
+ public:
+  virtual ~LocalControlSession() = default;
+  // Handles one request frame: `method` is the frame's code, `body` its message. Sets the reply's
+  // gRPC status code and body (the response message, or the error text).
+  virtual void Handle(uint16_t method, std::string_view body, uint16_t* reply_code,
+                      std::string* reply_body) = 0;
+};
+using LocalControlFactory = std::function<std::unique_ptr<LocalControlSession>()>;
+
 class ArenaSocketServer {
  public:
   // Binds and starts serving. `arena_fd` stays owned by the caller and must outlive Stop().
+  // With `sessions` set, connections stay open for local control calls (at most
+  // `max_connections` at a time; later ones get the handshake without the feature and are closed,
+  // so those clients use gRPC). `sessions` must stay callable until Stop() returns.
   static Result<std::unique_ptr<ArenaSocketServer>> Start(const std::string& path, int arena_fd,
                                                           const ArenaHandshake& hello,
-                                                          MetricsRegistry* metrics);
+                                                          MetricsRegistry* metrics,
+                                                          LocalControlFactory sessions = nullptr,
+                                                          int max_connections = 0);
   ~ArenaSocketServer();
   ArenaSocketServer(const ArenaSocketServer&) = delete;
   ArenaSocketServer& operator=(const ArenaSocketServer&) = delete;
 
   const std::string& path() const { return path_; }
-  // Stops accepting, joins the thread, removes the socket file.
+  // Stops accepting, closes the connections, joins the threads, removes the socket file.
   void Stop();
 
  private:
+  struct Connection {
+    int fd = -1;  // closed by whoever joins the thread
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+
   ArenaSocketServer() = default;
   void AcceptLoop();
+  // Serves local control frames on `conn` until the client closes it or Stop().
+  void Serve(Connection* conn);
+  // Joins and forgets connections whose thread has ended. Caller holds conns_mu_.
+  void ReapLocked();
 
   std::string path_;
   int listen_fd_ = -1;
@@ -44,6 +79,12 @@ class ArenaSocketServer {
   ArenaHandshake hello_;
   Counter* attaches_ = nullptr;
   Counter* failures_ = nullptr;
+  Gauge* open_connections_ = nullptr;
+  Counter* bad_frames_ = nullptr;
+  LocalControlFactory sessions_;
+  int max_connections_ = 0;
+  std::mutex conns_mu_;
+  std::list<std::unique_ptr<Connection>> conns_;  // guarded by conns_mu_
   std::thread thread_;
   std::atomic<bool> stopped_{false};
 };

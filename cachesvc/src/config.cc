@@ -33,6 +33,7 @@ limits:
   max_list_limit: 10000
   stream_timeout_ms: 120000
   rpc_threads: 64
+  local_control_connections: 256  # same-node control calls on the arena socket; 0: gRPC only
   shutdown_grace_ms: 10000
 storage:
   data_dir: ./data
@@ -222,6 +223,9 @@ const std::vector<Field>& Fields() {
        IntField(&ServiceConfig::stream_timeout_ms, 1000, 3'600'000)},
       {"limits.rpc_threads", "--rpc-threads", "gRPC server thread cap",
        IntField(&ServiceConfig::rpc_threads, 2, 4096)},
+      {"limits.local_control_connections", "--local-control-connections",
+       "arena-socket connections served for local control calls (0: off)",
+       IntField(&ServiceConfig::local_control_connections, 0, 65536)},
       {"limits.shutdown_grace_ms", "--shutdown-grace-ms", "time in-flight RPCs get on SIGTERM",
        IntField(&ServiceConfig::shutdown_grace_ms, 0, 600'000)},
       {"storage.data_dir", "--data-dir", "directory of the SSD tier",

@@ -21,6 +21,7 @@
 #include "cachegen_tier_codec.h"
 #include "kv_service.h"
 #include "kvstash/storage/object_store.h"
+#include "local_control_session.h"
 #include "metrics_http.h"
 #include "rpc_metrics.h"
 
@@ -166,8 +167,10 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
     return fail(absl::FailedPreconditionError(absl::StrCat(
         "cannot create ", socket_dir.string(), " for the arena socket: ", mkdir_error.message())));
   }
-  auto arena = ArenaSocketServer::Start(impl->arena_socket_path, impl->store->arena_fd(), hello,
-                                        &impl->registry);
+  auto arena = ArenaSocketServer::Start(
+      impl->arena_socket_path, impl->store->arena_fd(), hello, &impl->registry,
+      ServiceLocalSessions(impl->service.get(), impl->store.get(), &impl->registry),
+      config.local_control_connections);
   if (!arena.ok()) return fail(arena.status());
   impl->arena_socket = std::move(*arena);
 

@@ -35,6 +35,11 @@ std::shared_ptr<ArenaMapping> ClientCore::CurrentMapping() const {
   return mapping;
 }
 
+std::shared_ptr<LocalControl> ClientCore::CurrentLocal() const {
+  std::lock_guard<std::mutex> lock(mu);
+  return local;
+}
+
 Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options.connect_timeout);
@@ -46,12 +51,20 @@ Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
   }
   KVSTASH_ASSIGN_OR_RETURN(
       ReceivedArena received,
-      ReceiveArenaFd(resp.fd_socket_path(), static_cast<int>(options.connect_timeout.count())));
+      ReceiveArenaFd(resp.fd_socket_path(), static_cast<int>(options.connect_timeout.count()),
+                     /*keep_connection=*/options.local_control));
+  // The handshake's connection becomes the local control channel's anchor, or is closed.
+  int connection = received.connection;
+  if (connection >= 0 && (received.hello.features & kArenaFeatureLocalControl) == 0) {
+    ::close(connection);
+    connection = -1;
+  }
   struct stat st;
   if (::fstat(received.fd, &st) != 0 ||
       static_cast<uint64_t>(st.st_size) < received.hello.arena_bytes ||
       received.hello.arena_bytes == 0) {
     ::close(received.fd);
+    if (connection >= 0) ::close(connection);
     return absl::InternalError(absl::StrCat("arena fd is smaller than the announced ",
                                             received.hello.arena_bytes, " bytes"));
   }
@@ -60,6 +73,7 @@ Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
   int mmap_errno = errno;
   ::close(received.fd);  // the mapping keeps the memory alive
   if (base == MAP_FAILED) {
+    if (connection >= 0) ::close(connection);
     return absl::UnavailableError(absl::StrCat("mmap of the arena (", received.hello.arena_bytes,
                                                " bytes): ", std::strerror(mmap_errno)));
   }
@@ -76,6 +90,16 @@ Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
   m->alignment = received.hello.alignment;
   mapping = m;
   shared_memory_status = OkStatus();
+  if (connection >= 0 && local == nullptr) {
+    // Without it every call still works over gRPC, only slower; not worth failing the attach.
+    auto created = LocalControl::Create(resp.fd_socket_path(), connection,
+                                        received.hello.arena_generation, options.rpc_timeout);
+    if (created.ok()) local = std::move(*created);
+  } else if (connection >= 0) {
+    // A re-attach: the channel lives on (its handles must stay anchored) and re-anchors itself
+    // at the new instance on its next new connection.
+    ::close(connection);
+  }
   return m;
 }
 
@@ -99,32 +123,26 @@ Result<std::shared_ptr<ArenaMapping>> ClientCore::MappingFor(uint64_t generation
 }
 
 Status ClientCore::CommitReservation(uint64_t id, uint32_t crc, bool durable) {
-  grpc::ClientContext ctx;
-  SetRpcDeadline(&ctx);
   v1::CommitRequest req;
   req.set_reservation_id(id);
   req.set_payload_crc32c(crc);
   req.set_durable(durable);
   v1::CommitResponse resp;
-  return FromGrpcStatus(stub->Commit(&ctx, req, &resp));
+  return Unary(LocalMethod::kCommit, &v1::KvStash::Stub::Commit, req, &resp);
 }
 
 Status ClientCore::AbortReservation(uint64_t id) {
-  grpc::ClientContext ctx;
-  SetRpcDeadline(&ctx);
   v1::AbortRequest req;
   req.set_reservation_id(id);
   v1::AbortResponse resp;
-  return FromGrpcStatus(stub->Abort(&ctx, req, &resp));
+  return Unary(LocalMethod::kAbort, &v1::KvStash::Stub::Abort, req, &resp);
 }
 
 Status ClientCore::ReleaseLease(uint64_t id) {
-  grpc::ClientContext ctx;
-  SetRpcDeadline(&ctx);
   v1::ReleaseRequest req;
   req.add_lease_ids(id);
   v1::ReleaseResponse resp;
-  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(stub->Release(&ctx, req, &resp)));
+  KVSTASH_RETURN_IF_ERROR(Unary(LocalMethod::kRelease, &v1::KvStash::Stub::Release, req, &resp));
   if (resp.results_size() != 1) {
     return absl::InternalError("Release answered with a wrong number of results");
   }
@@ -132,6 +150,13 @@ Status ClientCore::ReleaseLease(uint64_t id) {
 }
 
 void ClientCore::ReleaseLeaseAsync(uint64_t id) {
+  if (std::shared_ptr<LocalControl> l = CurrentLocal()) {
+    // One write, no answer awaited: cheaper than coalescing into gRPC calls.
+    v1::ReleaseRequest req;
+    req.add_lease_ids(id);
+    l->Notify(LocalMethod::kRelease, req);
+    return;
+  }
   std::vector<uint64_t> ids;
   {
     std::lock_guard<std::mutex> lock(async_mu);

@@ -11,7 +11,9 @@
 #include <vector>
 
 #include "kvstash/client/kv_client.h"
+#include "kvstash/proto/status_mapping.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
+#include "local_control.h"
 
 namespace kvstash::client::internal {
 
@@ -46,11 +48,31 @@ struct ClientCore {
   mutable std::mutex mu;
   std::shared_ptr<ArenaMapping> mapping;  // guarded by mu
   Status shared_memory_status;            // guarded by mu
+  // The local control channel; null when not offered, not wanted, or never attached. Made at
+  // the first attach that offers it and kept for the client's life (it follows a restarted
+  // service by itself). Guarded by mu.
+  std::shared_ptr<LocalControl> local;
 
   void SetDeadline(grpc::ClientContext* ctx, std::chrono::milliseconds timeout) const;
   void SetRpcDeadline(grpc::ClientContext* ctx) const { SetDeadline(ctx, options.rpc_timeout); }
 
   std::shared_ptr<ArenaMapping> CurrentMapping() const;
+  std::shared_ptr<LocalControl> CurrentLocal() const;
+
+  // One unary control call: over the local control channel when there is one, else gRPC
+  // (`rpc`, with the rpc_timeout deadline). Either way the status is the service's.
+  template <typename Request, typename Response>
+  Status Unary(LocalMethod method,
+               grpc::Status (v1::KvStash::Stub::*rpc)(grpc::ClientContext*, const Request&,
+                                                      Response*),
+               const Request& request, Response* response) {
+    if (std::shared_ptr<LocalControl> l = CurrentLocal()) {
+      return l->Call(method, request, response);
+    }
+    grpc::ClientContext ctx;
+    SetRpcDeadline(&ctx);
+    return FromGrpcStatus((stub.get()->*rpc)(&ctx, request, response));
+  }
   // The mapping of `generation`, re-attaching once when the service has a newer arena.
   Result<std::shared_ptr<ArenaMapping>> MappingFor(uint64_t generation);
   // ArenaInfo RPC + SCM_RIGHTS handshake + mmap. Caller holds mu.

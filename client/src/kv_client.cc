@@ -102,6 +102,8 @@ const std::string& KvClient::target() const { return core_->target; }
 
 bool KvClient::shared_memory_attached() const { return core_->CurrentMapping() != nullptr; }
 
+bool KvClient::local_control_active() const { return core_->CurrentLocal() != nullptr; }
+
 Status KvClient::shared_memory_status() const {
   std::lock_guard<std::mutex> lock(core_->mu);
   return core_->shared_memory_status;
@@ -110,12 +112,11 @@ Status KvClient::shared_memory_status() const {
 // ---- Lookup -------------------------------------------------------------------
 
 Result<LookupReply> KvClient::Lookup(std::span<const ObjectName> keys) {
-  grpc::ClientContext ctx;
-  core_->SetRpcDeadline(&ctx);
   v1::LookupRequest req;
   AddKeys(&req, keys);
   v1::LookupResponse resp;
-  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Lookup(&ctx, req, &resp)));
+  KVSTASH_RETURN_IF_ERROR(
+      core_->Unary(LocalMethod::kLookup, &v1::KvStash::Stub::Lookup, req, &resp));
   if (static_cast<size_t>(resp.results_size()) != keys.size()) {
     return absl::InternalError("Lookup answered with a wrong number of results");
   }
@@ -210,15 +211,14 @@ Result<WriteReservation> KvClient::Reserve(const ObjectName& name, const ObjectI
         absl::StrCat("shared memory is not attached",
                      why.ok() ? "" : absl::StrCat(": ", std::string(why.message()))));
   }
-  grpc::ClientContext ctx;
-  core_->SetRpcDeadline(&ctx);
   v1::ReserveRequest req;
   ToProto(name, req.mutable_key());
   ToProto(info, req.mutable_info());
   req.set_lease_ms(core_->options.lease_ms);
   req.set_overwrite(overwrite);
   v1::ReserveResponse resp;
-  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Reserve(&ctx, req, &resp)));
+  KVSTASH_RETURN_IF_ERROR(
+      core_->Unary(LocalMethod::kReserve, &v1::KvStash::Stub::Reserve, req, &resp));
   auto mapping = core_->MappingFor(resp.arena_generation());
   Result<uint8_t*> at = mapping.ok() ? (*mapping)->At(resp.arena_offset(), info.payload_bytes)
                                      : Result<uint8_t*>(mapping.status());
@@ -249,14 +249,13 @@ Result<std::vector<Result<ReadLease>>> KvClient::AcquireMany(std::span<const Obj
   if (!shared_memory_attached()) {
     return absl::FailedPreconditionError("shared memory is not attached");
   }
-  grpc::ClientContext ctx;
-  core_->SetRpcDeadline(&ctx);
   v1::AcquireRequest req;
   AddKeys(&req, names);
   req.set_lease_ms(core_->options.lease_ms);
   v1::AcquireResponse resp;
   auto sent_at = std::chrono::steady_clock::now();
-  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Acquire(&ctx, req, &resp)));
+  KVSTASH_RETURN_IF_ERROR(
+      core_->Unary(LocalMethod::kAcquire, &v1::KvStash::Stub::Acquire, req, &resp));
   if (static_cast<size_t>(resp.results_size()) != names.size()) {
     return absl::InternalError("Acquire answered with a wrong number of results");
   }

@@ -3,14 +3,16 @@
 // A single Put is serial: Reserve round trip, copy, Commit round trip (during which the service
 // reads the whole object again to verify its crc32c). PutMany groups the objects into batches
 // of one ReserveMany and one CommitMany call each, and keeps two batches open: while this thread
-// copies batch b, the ReserveMany of batch b + 1 and the CommitMany (verification included) of
-// batch b - 1 run in the service. Completions arrive on gRPC's callback threads and only set a
-// flag; copying, arena mapping and every decision stay on the calling thread.
+// copies batch b, the ReserveMany of batch b + 1 and the CommitMany of batch b - 1 run in the
+// service. Over the local control channel the calls are pipelined on one connection (answers come
+// in order); over gRPC they are async calls whose completions, on gRPC's callback threads, only
+// set a flag. Copying, arena mapping and every decision stay on the calling thread.
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "client_core.h"
@@ -32,7 +34,12 @@ struct Batch {
   v1::CommitManyResponse commit_resp;
   bool reserve_sent = false;  // calling thread only
   bool commit_sent = false;   // calling thread only
-  // Set by the completion callbacks, under Pipeline::mu_.
+  // Local control channel: the tickets to await, and what the awaits gave (calling thread only).
+  uint32_t reserve_ticket = 0;
+  uint32_t commit_ticket = 0;
+  std::optional<Status> reserve_result;
+  std::optional<Status> commit_result;
+  // gRPC: set by the completion callbacks, under Pipeline::mu_.
   bool reserve_answered = false;
   bool commit_answered = false;
   grpc::Status reserve_status;
@@ -96,6 +103,11 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
   }
 
   Pipeline pipe;
+  std::unique_ptr<internal::LocalControl::Pipeline> local;
+  if (std::shared_ptr<internal::LocalControl> channel = core_->CurrentLocal()) {
+    auto opened = channel->OpenPipeline();
+    if (opened.ok()) local = std::move(*opened);  // else the gRPC calls below do the same work
+  }
   auto send_reserve = [&](Batch* batch) {
     core_->SetRpcDeadline(&batch->reserve_ctx);
     for (size_t i : batch->items) {
@@ -106,11 +118,61 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
       req->set_overwrite(options.overwrite);
     }
     batch->reserve_sent = true;
+    if (local != nullptr) {
+      Result<uint32_t> ticket = local->Send(LocalMethod::kReserveMany, batch->reserve_req);
+      if (ticket.ok()) {
+        batch->reserve_ticket = *ticket;
+      } else {
+        batch->reserve_result = ticket.status();
+      }
+      return;
+    }
     core_->stub->async()->ReserveMany(&batch->reserve_ctx, &batch->reserve_req,
                                       &batch->reserve_resp, [&pipe, batch](grpc::Status s) {
                                         pipe.Complete(&batch->reserve_answered,
                                                       &batch->reserve_status, std::move(s));
                                       });
+  };
+  auto send_commit = [&](Batch* batch) {
+    batch->commit_sent = true;
+    if (local != nullptr) {
+      Result<uint32_t> ticket = local->Send(LocalMethod::kCommitMany, batch->commit_req);
+      if (ticket.ok()) {
+        batch->commit_ticket = *ticket;
+      } else {
+        batch->commit_result = ticket.status();
+      }
+      return;
+    }
+    core_->SetRpcDeadline(&batch->commit_ctx);
+    core_->stub->async()->CommitMany(&batch->commit_ctx, &batch->commit_req, &batch->commit_resp,
+                                     [&pipe, batch](grpc::Status s) {
+                                       pipe.Complete(&batch->commit_answered, &batch->commit_status,
+                                                     std::move(s));
+                                     });
+  };
+  // The outcome of a sent call (waits for it once; later calls return the same).
+  auto await_reserve = [&](Batch* batch) -> Status {
+    if (!batch->reserve_result.has_value()) {
+      if (local != nullptr) {
+        batch->reserve_result = local->Await(batch->reserve_ticket, &batch->reserve_resp);
+      } else {
+        pipe.Wait(batch->reserve_answered);
+        batch->reserve_result = FromGrpcStatus(batch->reserve_status);
+      }
+    }
+    return *batch->reserve_result;
+  };
+  auto await_commit = [&](Batch* batch) -> Status {
+    if (!batch->commit_result.has_value()) {
+      if (local != nullptr) {
+        batch->commit_result = local->Await(batch->commit_ticket, &batch->commit_resp);
+      } else {
+        pipe.Wait(batch->commit_answered);
+        batch->commit_result = FromGrpcStatus(batch->commit_status);
+      }
+    }
+    return *batch->commit_result;
   };
   // Copies one reserved item into the arena and queues its commit; returns the item's error.
   auto copy_in = [&](Batch* batch, size_t i, const v1::ReserveResponse& reservation) -> Status {
@@ -143,11 +205,10 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
     // Open the next batch now, so its reservations arrive while this one is copied; first let
     // the batch before this one finish, so at most two batches hold arena space.
     if (b + 1 < batches.size()) {
-      if (b > 0 && batches[b - 1]->commit_sent) pipe.Wait(batches[b - 1]->commit_answered);
+      if (b > 0 && batches[b - 1]->commit_sent) (void)await_commit(batches[b - 1].get());
       send_reserve(batches[b + 1].get());
     }
-    pipe.Wait(batch->reserve_answered);
-    Status rpc = FromGrpcStatus(batch->reserve_status);
+    Status rpc = await_reserve(batch);
     if (rpc.ok() &&
         static_cast<size_t>(batch->reserve_resp.results_size()) != batch->items.size()) {
       rpc = absl::InternalError("ReserveMany answered with a wrong number of results");
@@ -164,19 +225,12 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
       if (out[i].ok()) out[i] = copy_in(batch, i, result.reservation());
     }
     if (batch->committing.empty()) continue;
-    core_->SetRpcDeadline(&batch->commit_ctx);
-    batch->commit_sent = true;
-    core_->stub->async()->CommitMany(&batch->commit_ctx, &batch->commit_req, &batch->commit_resp,
-                                     [&pipe, batch](grpc::Status s) {
-                                       pipe.Complete(&batch->commit_answered, &batch->commit_status,
-                                                     std::move(s));
-                                     });
+    send_commit(batch);
   }
 
   for (const std::unique_ptr<Batch>& batch : batches) {
     if (!batch->commit_sent) continue;
-    pipe.Wait(batch->commit_answered);
-    Status rpc = FromGrpcStatus(batch->commit_status);
+    Status rpc = await_commit(batch.get());
     if (rpc.ok() &&
         static_cast<size_t>(batch->commit_resp.results_size()) != batch->committing.size()) {
       rpc = absl::InternalError("CommitMany answered with a wrong number of results");

@@ -58,6 +58,7 @@ std::array<uint8_t, kArenaHandshakeBytes> EncodeArenaHandshake(const ArenaHandsh
   PutLe(out.data() + 8, hello.arena_bytes, 8);
   PutLe(out.data() + 16, hello.arena_generation, 8);
   PutLe(out.data() + 24, hello.alignment, 4);
+  PutLe(out.data() + 28, hello.features, 4);
   return out;
 }
 
@@ -79,6 +80,7 @@ Result<ArenaHandshake> DecodeArenaHandshake(std::span<const uint8_t> bytes) {
   hello.arena_bytes = GetLe(bytes.data() + 8, 8);
   hello.arena_generation = GetLe(bytes.data() + 16, 8);
   hello.alignment = static_cast<uint32_t>(GetLe(bytes.data() + 24, 4));
+  hello.features = static_cast<uint32_t>(GetLe(bytes.data() + 28, 4));
   return hello;
 }
 
@@ -121,7 +123,8 @@ Status SendArenaFd(int conn_fd, int arena_fd, const ArenaHandshake& hello) {
   return OkStatus();
 }
 
-Result<ReceivedArena> ReceiveArenaFd(const std::string& socket_path, int timeout_ms) {
+Result<ReceivedArena> ReceiveArenaFd(const std::string& socket_path, int timeout_ms,
+                                     bool keep_connection) {
   sockaddr_un addr;
   KVSTASH_ASSIGN_OR_RETURN(unsigned addr_len, MakeUnixAddress(socket_path, &addr));
   FdCloser sock(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -182,6 +185,7 @@ Result<ReceivedArena> ReceiveArenaFd(const std::string& socket_path, int timeout
   ReceivedArena out;
   out.hello = hello;
   out.fd = received.release();
+  if (keep_connection) out.connection = sock.release();
   return out;
 }
 

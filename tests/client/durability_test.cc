@@ -129,7 +129,8 @@ TEST(Durability, KillDuringWriteStormThenRestart) {
   EXPECT_TRUE((*kv)->shared_memory_attached());
   ObjectInfo info = TestInfo(1024);
   auto payload = TestPayload(999'999, info.payload_bytes);
-  ASSERT_TRUE((*kv)->Put(StormName(999'999), info, payload).ok());
+  Status put = (*kv)->Put(StormName(999'999), info, payload);
+  ASSERT_TRUE(put.ok()) << put;
   auto lease = (*kv)->Acquire(StormName(999'999));
   ASSERT_TRUE(lease.ok()) << lease.status();
   EXPECT_TRUE(std::equal(lease->data().begin(), lease->data().end(), payload.begin()));

@@ -221,6 +221,69 @@ TEST_F(KvClientTest, LookupPrefixPinDeleteListStats) {
   EXPECT_EQ(total, 7u);
 }
 
+// The same shared-memory calls with the local control channel and with gRPC control: same
+// outcomes, same statuses; and the channel's connections go away with the client.
+TEST_F(KvClientTest, LocalControlChannelAndGrpcControlAgree) {
+  const int port = svc_->metrics_port();
+  EXPECT_TRUE(kv_->local_control_active());
+  client::ClientOptions grpc_only;
+  grpc_only.local_control = false;
+  auto other = ConnectTo(*svc_, grpc_only);
+  ASSERT_TRUE(other.ok()) << other.status();
+  ASSERT_TRUE((*other)->shared_memory_attached());
+  EXPECT_FALSE((*other)->local_control_active());
+
+  ObjectInfo info = TestInfo(4096);  // 1 MiB
+  int index = 7000;                  // keys 7000-7199: unused by the other tests of this suite
+  for (KvClient* c : {kv_.get(), other->get()}) {
+    SCOPED_TRACE(c->local_control_active() ? "local control" : "gRPC control");
+    const int base = index;
+    index += 100;
+    // Single and batched puts, then leases on what they wrote.
+    auto payload = TestPayload(base, info.payload_bytes);
+    ASSERT_TRUE(c->Put(TestName(base), WithCrc(info, payload), payload).ok());
+    std::vector<std::vector<uint8_t>> payloads;
+    std::vector<client::PutItem> items;
+    for (int i = 1; i <= 5; ++i) payloads.push_back(TestPayload(base + i, info.payload_bytes));
+    for (int i = 1; i <= 5; ++i) items.push_back({TestName(base + i), info, payloads[i - 1]});
+    client::PutOptions batched;
+    batched.max_batch = 2;  // three batches: the pipelined path
+    for (const Status& s : c->PutMany(items, batched)) EXPECT_TRUE(s.ok()) << s;
+    std::vector<ObjectName> names;
+    for (int i = 0; i <= 5; ++i) names.push_back(TestName(base + i));
+    names.push_back(TestName(base + 99));  // absent
+    auto leases = c->AcquireMany(names);
+    ASSERT_TRUE(leases.ok()) << leases.status();
+    for (int i = 0; i <= 5; ++i) {
+      ASSERT_TRUE((*leases)[i].ok()) << (*leases)[i].status();
+      const auto& want = i == 0 ? payload : payloads[i - 1];
+      EXPECT_TRUE(std::equal(want.begin(), want.end(), (*leases)[i]->data().begin()));
+    }
+    EXPECT_EQ((*leases)[6].status().code(), absl::StatusCode::kNotFound);
+    auto lookup = c->Lookup(names);
+    ASSERT_TRUE(lookup.ok());
+    EXPECT_EQ(lookup->longest_prefix, 6u);
+    // The same errors: a wrong declared checksum, an existing key; an aborted reservation.
+    ObjectInfo wrong = WithCrc(info, payload);
+    wrong.payload_crc32c ^= 1;
+    EXPECT_EQ(c->Put(TestName(base + 50), wrong, payload).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(c->Put(TestName(base), info, payload).code(), absl::StatusCode::kAlreadyExists);
+    auto reservation = c->Reserve(TestName(base + 51), info);
+    ASSERT_TRUE(reservation.ok()) << reservation.status();
+    EXPECT_TRUE(reservation->Abort().ok());
+    EXPECT_FALSE(c->Lookup(std::vector<ObjectName>{TestName(base + 51)})->results[0].present);
+  }
+  EXPECT_GE(MetricSum(port, "kvstash_local_control_connections"), 1u);
+  // Every lease and reservation above was settled by its client, not left for the channel.
+  uint64_t active = 1;
+  for (int i = 0; i < 500 && active != 0; ++i) {
+    active = kv_->Stats()->reservations_active;
+    if (active != 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(active, 0u);
+}
+
 TEST_F(KvClientTest, ChecksumsAreVerifiedOnBothPaths) {
   ObjectInfo info = TestInfo(128);
   auto payload = TestPayload(50, info.payload_bytes);
@@ -357,10 +420,31 @@ TEST_F(KvClientTest, VanishingStreamClientAbortsItsReservation) {
   ASSERT_TRUE(kv_->Put(TestName(60), info, TestPayload(60, info.payload_bytes)).ok());
 }
 
+TEST_F(KvClientTest, VanishingSharedMemoryClientsReservationIsAbortedWhenItsConnectionsClose) {
+  uint64_t expired_before = kv_->Stats()->reservations_expired;
+  auto helper = ChildProcess::Start(
+      {BinaryPath("tests/client/vanishing_client"), svc_->target(), "shm", "62"});
+  ASSERT_TRUE(helper.ok());
+  ASSERT_TRUE((*helper)->WaitForLine("MIDWAY").ok());
+  EXPECT_GE(kv_->Stats()->reservations_active, 1u);
+  (*helper)->Kill();
+  // Its lease is 120 s: only the closed local control connections can free it this soon.
+  uint64_t active = 1;
+  for (int i = 0; i < 500 && active != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    active = kv_->Stats()->reservations_active;
+  }
+  EXPECT_EQ(active, 0u);
+  EXPECT_EQ(kv_->Stats()->reservations_expired, expired_before);
+  EXPECT_FALSE(kv_->Lookup(std::vector<ObjectName>{TestName(62)})->results[0].present);
+  ObjectInfo info = WithCrc(TestInfo(32768), TestPayload(62, 32768 * 256));
+  ASSERT_TRUE(kv_->Put(TestName(62), info, TestPayload(62, info.payload_bytes)).ok());
+}
+
 TEST_F(KvClientTest, VanishingSharedMemoryClientsReservationExpires) {
   uint64_t expired_before = kv_->Stats()->reservations_expired;
   auto helper = ChildProcess::Start(
-      {BinaryPath("tests/client/vanishing_client"), svc_->target(), "shm", "61"});
+      {BinaryPath("tests/client/vanishing_client"), svc_->target(), "shm-grpc", "61"});
   ASSERT_TRUE(helper.ok());
   ASSERT_TRUE((*helper)->WaitForLine("MIDWAY").ok());
   (*helper)->Kill();

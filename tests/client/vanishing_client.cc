@@ -1,6 +1,9 @@
 // A client that dies mid-put: started by kv_client_test, it begins a put, prints "MIDWAY" and
 // then waits to be killed with SIGKILL.
-//   vanishing_client TARGET stream|shm KEY_INDEX
+//   vanishing_client TARGET stream|shm|shm-grpc KEY_INDEX
+// shm: a shared-memory put whose control calls use the local control channel (the service aborts
+// the reservation when the client's connections close); shm-grpc: the same over gRPC only (the
+// reservation expires after its 300 ms lease).
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
@@ -18,7 +21,7 @@ using namespace kvstash;
 
 int main(int argc, char** argv) {
   if (argc != 4) {
-    std::fprintf(stderr, "usage: vanishing_client TARGET stream|shm KEY_INDEX\n");
+    std::fprintf(stderr, "usage: vanishing_client TARGET stream|shm|shm-grpc KEY_INDEX\n");
     return 2;
   }
   std::string target = argv[1];
@@ -49,9 +52,13 @@ int main(int argc, char** argv) {
     return 0;
   }
   client::ClientOptions options;
-  options.lease_ms = 300;  // the reservation must expire soon after we die
+  options.local_control = (mode == "shm");
+  // Over gRPC the reservation must expire soon after we die; over the local channel it must be
+  // aborted long before any expiry could explain it.
+  options.lease_ms = options.local_control ? 120'000 : 300;
   auto kv = client::KvClient::Connect(target, options);
   if (!kv.ok() || !(*kv)->shared_memory_attached()) return 1;
+  if ((*kv)->local_control_active() != options.local_control) return 1;
   auto reservation = (*kv)->Reserve(name, info);
   if (!reservation.ok()) return 1;
   std::memcpy(reservation->data().data(), payload.data(), payload.size() / 2);

@@ -12,6 +12,8 @@
 #include "kvstash/codec/cachegen.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/object_header.h"
+#include "kvstash/proto/local_control.h"
+#include "kvstash/v1/kvstash.pb.h"
 
 namespace {
 
@@ -22,6 +24,27 @@ void Write(const std::filesystem::path& dir, const std::string& name, uint8_t fl
   std::filesystem::create_directories(dir);
   std::ofstream out(dir / name, std::ios::binary);
   out.put(static_cast<char>(flags));
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+}
+
+// Appends one local control frame carrying `body`.
+void AppendFrame(std::vector<uint8_t>* out, LocalMethod method, const std::string& body,
+                 uint32_t sequence, uint16_t flags = 0) {
+  LocalFrameHeader h;
+  h.body_bytes = static_cast<uint32_t>(body.size());
+  h.code = static_cast<uint16_t>(method);
+  h.flags = flags;
+  h.sequence = sequence;
+  auto head = EncodeLocalFrameHeader(h);
+  out->insert(out->end(), head.begin(), head.end());
+  out->insert(out->end(), body.begin(), body.end());
+}
+
+void WriteRaw(const std::filesystem::path& dir, const std::string& name,
+              const std::vector<uint8_t>& bytes) {
+  std::filesystem::create_directories(dir);
+  std::ofstream out(dir / name, std::ios::binary);
   out.write(reinterpret_cast<const char*>(bytes.data()),
             static_cast<std::streamsize>(bytes.size()));
 }
@@ -142,6 +165,43 @@ int main(int argc, char** argv) {
     m = std::vector<uint8_t>(h->begin(), h->end());
     m[16] = 9;  // head_begin past head_end
     Write(headers, "mutated_heads", 1, m);
+  }
+  const auto frames = root / "fuzz_local_frame";  // no flag byte: the input is the stream
+  {
+    std::vector<uint8_t> stream;
+    AppendFrame(&stream, LocalMethod::kHello, std::string(kLocalClientIdBytes, 'c'), 1);
+    v1::ReserveManyRequest reserve;
+    for (int i = 0; i < 3; ++i) {
+      v1::ReserveRequest* item = reserve.add_items();
+      item->mutable_key()->set_namespace_("ns");
+      item->mutable_key()->set_token_hash(std::string(16, static_cast<char>(i)));
+      item->mutable_info()->set_payload_bytes(4096);
+      item->set_lease_ms(1000);
+    }
+    AppendFrame(&stream, LocalMethod::kReserveMany, reserve.SerializeAsString(), 2);
+    v1::CommitRequest commit;
+    commit.set_reservation_id(7);
+    commit.set_payload_crc32c(0xDEADBEEF);
+    AppendFrame(&stream, LocalMethod::kCommit, commit.SerializeAsString(), 3);
+    v1::AcquireRequest acquire;
+    *acquire.add_keys() = reserve.items(0).key();
+    AppendFrame(&stream, LocalMethod::kAcquire, acquire.SerializeAsString(), 4);
+    v1::ReleaseRequest release;
+    release.add_lease_ids(1);
+    release.add_lease_ids(2);
+    AppendFrame(&stream, LocalMethod::kRelease, release.SerializeAsString(), 5, kLocalFlagNoReply);
+    WriteRaw(frames, "session", stream);
+    std::vector<uint8_t> odd;
+    AppendFrame(&odd, static_cast<LocalMethod>(77), "", 1);
+    AppendFrame(&odd, LocalMethod::kReserve, "\xff\xff\xff", 2);
+    WriteRaw(frames, "unknown_method_and_garbage_body", odd);
+    std::vector<uint8_t> big;
+    AppendFrame(&big, LocalMethod::kLookup, "", 1);
+    big[4] = 0xFF;  // announces 4 GiB - 1
+    big[5] = 0xFF;
+    big[6] = 0xFF;
+    big[7] = 0xFF;
+    WriteRaw(frames, "oversized_body", big);
   }
   std::printf("corpus written to %s\n", root.c_str());
   return 0;

@@ -48,7 +48,10 @@ struct ServiceConfig {
   // Upper bound on the time a streaming Put or Get may take; the reservation or lease it holds
   // lasts this long, so a stalled stream can never write into or read from reclaimed bytes.
   uint32_t stream_timeout_ms = 120'000;
-  int rpc_threads = 64;                 // gRPC sync server thread cap
+  int rpc_threads = 64;  // gRPC sync server thread cap
+  // Arena-socket connections kept open for local control calls (a thread each); 0 turns the
+  // local control channel off and same-node clients send every call over gRPC.
+  int local_control_connections = 256;
   uint32_t shutdown_grace_ms = 10'000;  // in-flight RPCs get this long on SIGTERM
 
   // metrics is set by the service; prefault_arena defaults to true here (the embedded default):

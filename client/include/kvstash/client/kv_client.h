@@ -50,6 +50,11 @@ struct ClientOptions {
   // Fault the whole arena mapping in at attach (MADV_POPULATE_WRITE), so the first writes and
   // reads of each page do not pay a page fault on the data path. Commits the arena's memory.
   bool prefault_arena = true;
+  // With the arena attached, send the shared-memory path's control calls (Lookup, Reserve,
+  // Commit, Abort, Acquire, Release and their batched forms) over the arena socket's local
+  // control channel instead of gRPC, when the service offers it: a plain unix-socket round trip
+  // instead of an HTTP/2 one (docs/api.md "Local control channel"). Same calls, same statuses.
+  bool local_control = true;
   uint64_t max_message_bytes = 16ull << 20;
 };
 
@@ -236,6 +241,8 @@ class KvClient {
   bool shared_memory_attached() const;
   // Why shared memory is not attached (OK when it is, or when it was not asked for).
   Status shared_memory_status() const;
+  // Whether control calls currently go over the local control channel (ClientOptions).
+  bool local_control_active() const;
 
   // Presence of each key plus the longest present prefix, in one RPC.
   Result<LookupReply> Lookup(std::span<const ObjectName> keys);
