@@ -50,7 +50,8 @@ def grouped_bars(ax, groups, series, values, ylabel, title):
 def plot_service(data, out_dir):
     sizes = data["sizes"]
     groups = [size_label(s["bytes"]) for s in sizes]
-    paths = [p for p in ["shm", "shm_pipe", "grpc", "memcpy", "redis"] if p in sizes[0]["paths"]]
+    order = ["shm", "shm_grpcctl", "shm_pipe", "shm_pipe_grpcctl", "grpc", "memcpy", "redis"]
+    paths = [p for p in order if p in sizes[0]["paths"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, op in zip(axes, ["put", "get"]):
         values = {p: [s["paths"][p][op]["gbps"] for s in sizes] for p in paths}

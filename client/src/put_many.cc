@@ -2,9 +2,9 @@
 //
 // A single Put is serial: Reserve round trip, copy, Commit round trip (during which the service
 // reads the whole object again to verify its crc32c). PutMany groups the objects into batches
-// of one ReserveMany and one CommitMany call each, and keeps two batches open: while this thread
-// copies batch b, the ReserveMany of batch b + 1 and the CommitMany of batch b - 1 run in the
-// service. Over the local control channel the calls are pipelined on one connection (answers come
+// of one ReserveMany and one CommitMany call each, and keeps up to three batches open: while this
+// thread copies batch b, the ReserveMany of batch b + 1 and the CommitMany of batch b - 1 run in
+// the service. Over the local control channel the calls are pipelined on one connection (answers come
 // in order); over gRPC they are async calls whose completions, on gRPC's callback threads, only
 // set a flag. Copying, arena mapping and every decision stay on the calling thread.
 #include <algorithm>
@@ -202,10 +202,11 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
   for (size_t b = 0; b < batches.size(); ++b) {
     Batch* batch = batches[b].get();
     if (!batch->reserve_sent) send_reserve(batch);
-    // Open the next batch now, so its reservations arrive while this one is copied; first let
-    // the batch before this one finish, so at most two batches hold arena space.
+    // Open the next batch now, so its reservations arrive while this one is copied. First let
+    // batch b - 2 finish, so at most three batches hold arena space; the commit of batch b - 1,
+    // sent just before, is not waited for: it runs in the service while this batch is copied.
     if (b + 1 < batches.size()) {
-      if (b > 0 && batches[b - 1]->commit_sent) (void)await_commit(batches[b - 1].get());
+      if (b > 1 && batches[b - 2]->commit_sent) (void)await_commit(batches[b - 2].get());
       send_reserve(batches[b + 1].get());
     }
     Status rpc = await_reserve(batch);

@@ -5,12 +5,18 @@
 // computed its crc32c while copying; a second pass in Commit doubled the bytes a put reads and
 // kept the writer waiting for it. The check still has to happen, because the arena is writable by
 // every client, but nobody needs its answer before the first reader or the first SSD write.
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 #include "kvstash/common/crc32c.h"
 #include "spdlog/spdlog.h"
 #include "tiered_store.h"
 
 namespace kvstash::storage {
+namespace {
+constexpr int kCheckerNice = 10;
+}  // namespace
 
 Status TieredStore::CheckArenaBytes(ObjectRec& rec) {
   ArenaCheck state = rec.arena_check.load(std::memory_order_acquire);
@@ -61,6 +67,10 @@ void TieredStore::DropFailedLease(const std::shared_ptr<ObjectRec>& rec) {
 }
 
 void TieredStore::CheckerLoop() {
+  // The check is never urgent (a reader that comes first checks by itself), so the checker yields
+  // the CPU to the threads that answer clients: on a machine without an idle core it otherwise
+  // delays their replies by whole scheduler slices. Best effort; Linux applies nice per thread.
+  (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), kCheckerNice);
   for (;;) {
     std::shared_ptr<ObjectRec> rec;
     {

@@ -9,10 +9,19 @@
 #include <cstring>
 #include <span>
 
+#include <google/protobuf/stubs/logging.h>
+
 #include "kvstash/proto/local_control.h"
 #include "kvstash/v1/kvstash.pb.h"
 
 namespace {
+
+// protobuf logs every string field that is not UTF-8; that is expected here and only slows the
+// fuzzer down.
+const bool kQuietProtobuf = [] {
+  google::protobuf::SetLogHandler(nullptr);
+  return true;
+}();
 
 void ParseAs(uint16_t method, const uint8_t* body, size_t n) {
   using kvstash::LocalMethod;

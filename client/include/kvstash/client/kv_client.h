@@ -72,9 +72,10 @@ struct PutOptions {
   bool overwrite = false;  // replace a committed object with the same key
   DataPath path = DataPath::kAuto;
   // PutMany over shared memory: objects per ReserveMany/CommitMany round trip, and the payload
-  // bytes one such batch may reserve (a batch always takes at least one object). At most two
-  // batches are open at a time, so one PutMany holds at most 2 * max_batch_bytes of the arena
-  // in reservations (or two objects, when an object is larger).
+  // bytes one such batch may reserve (a batch always takes at least one object). At most three
+  // batches are open at a time (one being copied, the next one's reservations and the previous
+  // one's commit in flight), so one PutMany holds at most 3 * max_batch_bytes of the arena in
+  // reservations (or three objects, when an object is larger).
   uint32_t max_batch = 8;
   uint64_t max_batch_bytes = 64ull << 20;
 };
