@@ -1,12 +1,11 @@
 // KvClient::PutMany: batched, pipelined two-phase puts into the shared arena.
 //
-// A single Put is serial: Reserve round trip, copy, Commit round trip (during which the service
-// reads the whole object again to verify its crc32c). PutMany groups the objects into batches
-// of one ReserveMany and one CommitMany call each, and keeps up to three batches open: while this
-// thread copies batch b, the ReserveMany of batch b + 1 and the CommitMany of batch b - 1 run in
-// the service. Over the local control channel the calls are pipelined on one connection (answers
-// come in order); over gRPC they are async calls whose completions, on gRPC's callback threads,
-// only set a flag. Copying, arena mapping and every decision stay on the calling thread.
+// A single Put is serial: Reserve round trip, copy, Commit round trip. PutMany groups the objects
+// into batches of one ReserveMany and one CommitMany call each, and keeps up to three batches open:
+// while this thread copies batch b, the ReserveMany of batch b + 1 and the CommitMany of batch b -
+// 1 run in the service. Over the local control channel the calls are pipelined on one connection
+// (answers come in order); over gRPC they are async calls whose completions, on gRPC's callback
+// threads, only set a flag. Copying, arena mapping and every decision stay on the calling thread.
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
