@@ -153,6 +153,13 @@ void ArenaSocketServer::Serve(Connection* conn) {
     reply.clear();
     session->Handle(request.code, body, &code, &reply);
     if ((request.flags & kLocalFlagNoReply) != 0) continue;
+    if (reply.size() > kMaxLocalFrameBody) {
+      // Only a request near the frame limit can get here (limits.max_keys_per_request raised far
+      // above its default); the client can repeat it over gRPC, whose limit is its own.
+      code = static_cast<uint16_t>(absl::StatusCode::kResourceExhausted);
+      reply = absl::StrCat("the reply of ", reply.size(), " bytes exceeds the local control ",
+                           "channel's frame limit of ", kMaxLocalFrameBody, " bytes; use gRPC");
+    }
     LocalFrameHeader answer;
     answer.code = code;
     answer.sequence = request.sequence;

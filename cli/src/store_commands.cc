@@ -238,9 +238,12 @@ int RunStat(const StatArgs& a) {
   }
   auto stats = (*kv)->Stats();
   if (!stats.ok()) return Fail("stat", stats.status());
+  const char* shared_memory = !(*kv)->shared_memory_attached() ? "not attached"
+                              : (*kv)->local_control_active()
+                                  ? "attached (control calls on the local channel)"
+                                  : "attached (control calls over gRPC)";
   std::printf("cachesvc %s at %s, up %.1f s, shared memory %s\n", stats->version.c_str(),
-              a.common.target.c_str(), stats->uptime_ms / 1000.0,
-              (*kv)->shared_memory_attached() ? "attached" : "not attached");
+              a.common.target.c_str(), stats->uptime_ms / 1000.0, shared_memory);
   std::printf("%-5s %12s %12s %9s %9s %9s %9s %12s %12s\n", "tier", "capacity", "used", "objects",
               "hits", "misses", "evicted", "read", "written");
   for (const auto& t : stats->tiers) {

@@ -154,8 +154,7 @@ void ClientCore::ReleaseLeaseAsync(uint64_t id) {
     // One write, no answer awaited: cheaper than coalescing into gRPC calls.
     v1::ReleaseRequest req;
     req.add_lease_ids(id);
-    l->Notify(LocalMethod::kRelease, req);
-    return;
+    if (l->Notify(LocalMethod::kRelease, req)) return;
   }
   std::vector<uint64_t> ids;
   {

@@ -59,15 +59,18 @@ struct ClientCore {
   std::shared_ptr<ArenaMapping> CurrentMapping() const;
   std::shared_ptr<LocalControl> CurrentLocal() const;
 
-  // One unary control call: over the local control channel when there is one, else gRPC
-  // (`rpc`, with the rpc_timeout deadline). Either way the status is the service's.
+  // One unary control call: over the local control channel when there is one and it can take
+  // the call, else gRPC (`rpc`, with the rpc_timeout deadline). Either way the status is the
+  // service's.
   template <typename Request, typename Response>
   Status Unary(LocalMethod method,
                grpc::Status (v1::KvStash::Stub::*rpc)(grpc::ClientContext*, const Request&,
                                                       Response*),
                const Request& request, Response* response) {
     if (std::shared_ptr<LocalControl> l = CurrentLocal()) {
-      return l->Call(method, request, response);
+      bool sent = false;
+      Status s = l->Call(method, request, response, &sent);
+      if (sent || !s.ok()) return s;
     }
     grpc::ClientContext ctx;
     SetRpcDeadline(&ctx);

@@ -13,8 +13,9 @@
 namespace kvstash::client::internal {
 namespace {
 
-// Idle connections kept beyond this many are closed when given back.
-constexpr size_t kMaxIdleConnections = 16;
+// Idle connections kept beyond this many are closed when given back (each is a thread in the
+// service, which serves limits.local_control_connections of them in all).
+constexpr size_t kMaxIdleConnections = 8;
 
 std::span<const uint8_t> Bytes(const std::string& s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
@@ -153,26 +154,48 @@ void LocalControl::GiveBack(int fd) {
   ::close(fd);
 }
 
+void LocalControl::DropIdle() {
+  std::vector<int> idle;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    idle.swap(idle_);
+  }
+  for (int fd : idle) ::close(fd);
+}
+
 Status LocalControl::Call(LocalMethod method, const google::protobuf::MessageLite& request,
-                          google::protobuf::MessageLite* response) {
+                          google::protobuf::MessageLite* response, bool* sent) {
+  *sent = false;
   std::string buffer;
+  if (!request.SerializeToString(&buffer)) {
+    return absl::InternalError("cannot serialize a local control request");
+  }
+  if (buffer.size() > kMaxLocalFrameBody) return OkStatus();  // not sent: too big for a frame
+  LocalFrameHeader header;
+  header.code = static_cast<uint16_t>(method);
   for (int attempt = 0;; ++attempt) {
     bool fresh = false;
-    KVSTASH_ASSIGN_OR_RETURN(int fd, Take(&fresh));
-    const uint32_t sequence = NextSequence();
-    Status s = WriteRequest(fd, method, 0, sequence, request, &buffer);
+    Result<int> taken = Take(&fresh);
+    if (!taken.ok()) return OkStatus();  // not sent
+    const int fd = *taken;
+    header.sequence = NextSequence();
+    Status s = WriteLocalFrame(fd, header, Bytes(buffer));
     if (!s.ok()) {
       ::close(fd);
       // An idle connection whose service went away (a restart) fails here, before the request
-      // reached anyone: one more try on a new connection is safe.
-      if (!fresh && attempt == 0 && s.code() == absl::StatusCode::kUnavailable) continue;
+      // reached anyone: the other idle ones are as stale, and a new connection is safe to try.
+      if (!fresh && attempt == 0 && s.code() == absl::StatusCode::kUnavailable) {
+        DropIdle();
+        continue;
+      }
       return s;
     }
+    *sent = true;
     LocalFrameHeader reply;
     s = ReadLocalFrame(fd, &reply, &buffer);
-    if (s.ok() && reply.sequence != sequence) {
+    if (s.ok() && reply.sequence != header.sequence) {
       s = absl::InternalError(absl::StrCat("local control reply ", reply.sequence,
-                                           " does not answer request ", sequence));
+                                           " does not answer request ", header.sequence));
     }
     if (!s.ok()) {
       ::close(fd);
@@ -184,16 +207,17 @@ Status LocalControl::Call(LocalMethod method, const google::protobuf::MessageLit
   }
 }
 
-void LocalControl::Notify(LocalMethod method, const google::protobuf::MessageLite& request) {
+bool LocalControl::Notify(LocalMethod method, const google::protobuf::MessageLite& request) {
   bool fresh = false;
   Result<int> fd = Take(&fresh);
-  if (!fd.ok()) return;
+  if (!fd.ok()) return false;
   std::string buffer;
   if (WriteRequest(*fd, method, kLocalFlagNoReply, NextSequence(), request, &buffer).ok()) {
     GiveBack(*fd);
-  } else {
-    ::close(*fd);
+    return true;
   }
+  ::close(*fd);
+  return false;
 }
 
 Result<std::unique_ptr<LocalControl::Pipeline>> LocalControl::OpenPipeline() {

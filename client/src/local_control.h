@@ -40,12 +40,16 @@ class LocalControl {
   LocalControl(const LocalControl&) = delete;
   LocalControl& operator=(const LocalControl&) = delete;
 
-  // One call: the status is the service's (as gRPC would have returned it), or Unavailable /
-  // DeadlineExceeded when the connection failed.
+  // One call. `*sent` says whether the request went out: when it is false (no connection could be
+  // opened, e.g. the service serves its connection limit already, or the request is larger than
+  // a frame) the call did not happen and the caller should make it over gRPC. Otherwise the
+  // status is the service's (as gRPC would have returned it), or Unavailable / DeadlineExceeded
+  // when the connection failed after the request was written.
   Status Call(LocalMethod method, const google::protobuf::MessageLite& request,
-              google::protobuf::MessageLite* response);
-  // A call whose answer nobody waits for (Release). Best effort: failures are dropped.
-  void Notify(LocalMethod method, const google::protobuf::MessageLite& request);
+              google::protobuf::MessageLite* response, bool* sent);
+  // A call whose answer nobody waits for (Release). Returns false when it could not be written
+  // (the caller may send it another way); failures after that are dropped.
+  bool Notify(LocalMethod method, const google::protobuf::MessageLite& request);
 
   // Several calls in flight on one connection, answered in the order sent (PutMany pipelines
   // its batches this way). Used by one thread; gives the connection back when destroyed.
@@ -82,6 +86,8 @@ class LocalControl {
   // An idle connection, or a new one (handshake + Hello). `fresh` says which.
   Result<int> Take(bool* fresh);
   void GiveBack(int fd);
+  // Closes every idle connection (after one turned out dead: the others likely are too).
+  void DropIdle();
   Result<int> Open();
   Status Hello(int fd);
   uint32_t NextSequence() { return sequence_.fetch_add(1) + 1; }

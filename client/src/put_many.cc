@@ -1,9 +1,9 @@
 // KvClient::PutMany: batched, pipelined two-phase puts into the shared arena.
 //
 // A single Put is serial: Reserve round trip, copy, Commit round trip. PutMany groups the objects
-// into batches of one ReserveMany and one CommitMany call each, and keeps up to three batches open:
-// while this thread copies batch b, the ReserveMany of batch b + 1 and the CommitMany of batch b -
-// 1 run in the service. Over the local control channel the calls are pipelined on one connection
+// into batches of one ReserveMany and one CommitMany call each, and keeps up to three batches
+// open: while this thread copies a batch, the next batch's ReserveMany and the previous batch's
+// CommitMany run in the service. Over the local control channel the calls are pipelined on one connection
 // (answers come in order); over gRPC they are async calls whose completions, on gRPC's callback
 // threads, only set a flag. Copying, arena mapping and every decision stay on the calling thread.
 #include <algorithm>
@@ -102,8 +102,10 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
   }
 
   Pipeline pipe;
+  // `channel` outlives `local`, whose connection it owns.
+  std::shared_ptr<internal::LocalControl> channel = core_->CurrentLocal();
   std::unique_ptr<internal::LocalControl::Pipeline> local;
-  if (std::shared_ptr<internal::LocalControl> channel = core_->CurrentLocal()) {
+  if (channel != nullptr) {
     auto opened = channel->OpenPipeline();
     if (opened.ok()) local = std::move(*opened);  // else the gRPC calls below do the same work
   }

@@ -11,21 +11,15 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "little_endian.h"
 
 namespace kvstash {
 namespace {
 
+using internal::GetLe;
+using internal::PutLe;
+
 constexpr uint8_t kMagic[4] = {'K', 'V', 'S', 'A'};
-
-void PutLe(uint8_t* out, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-
-uint64_t GetLe(const uint8_t* in, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v |= uint64_t{in[i]} << (8 * i);
-  return v;
-}
 
 std::string ErrnoText(int err) { return std::strerror(err); }
 

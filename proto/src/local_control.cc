@@ -7,21 +7,15 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "little_endian.h"
 
 namespace kvstash {
 namespace {
 
+using internal::GetLe;
+using internal::PutLe;
+
 constexpr uint8_t kMagic[4] = {'K', 'V', 'S', 'C'};
-
-void PutLe(uint8_t* out, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-
-uint64_t GetLe(const uint8_t* in, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v |= uint64_t{in[i]} << (8 * i);
-  return v;
-}
 
 Status IoError(const char* what, int err) {
   if (err == EAGAIN || err == EWOULDBLOCK) {

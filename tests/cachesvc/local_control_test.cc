@@ -27,22 +27,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Sum of a metric family over its label sets, read from /metrics.
-double Metric(int port, const std::string& family) {
-  std::string body;
-  if (HttpGet(port, "/metrics", &body) != 200) return -1;
-  double sum = 0;
-  std::istringstream lines(body);
-  std::string line;
-  while (std::getline(lines, line)) {
-    if (line.rfind(family, 0) != 0) continue;
-    char next = line.size() > family.size() ? line[family.size()] : ' ';
-    if (next != '{' && next != ' ') continue;
-    sum += std::stod(line.substr(line.rfind(' ') + 1));
-  }
-  return sum;
-}
-
 std::span<const uint8_t> Bytes(const std::string& s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
@@ -143,7 +127,7 @@ TEST_F(LocalControlTest, CallsAnswerAsTheirGrpcMethods) {
   auto conn = RawConnection::Open(socket_path_);
   ASSERT_TRUE(conn.ok()) << conn.status();
   EXPECT_NE(conn->hello().features & kArenaFeatureLocalControl, 0u);
-  EXPECT_GE(Metric(svc_->metrics_port(), "kvstash_local_control_connections"), 1);
+  EXPECT_GE(MetricSum(svc_->metrics_port(), "kvstash_local_control_connections"), 1);
 
   uint16_t code = 0;
   std::string body;
@@ -226,7 +210,7 @@ TEST_F(LocalControlTest, BadRequestsGetAnErrorAndTheConnectionGoesOn) {
 }
 
 TEST_F(LocalControlTest, MalformedFramesCloseOnlyTheirConnection) {
-  const double bad_before = Metric(svc_->metrics_port(), "kvstash_local_control_bad_frames_total");
+  const double bad_before = MetricSum(svc_->metrics_port(), "kvstash_local_control_bad_frames_total");
   {
     auto conn = RawConnection::Open(socket_path_);
     ASSERT_TRUE(conn.ok()) << conn.status();
@@ -246,7 +230,7 @@ TEST_F(LocalControlTest, MalformedFramesCloseOnlyTheirConnection) {
               static_cast<ssize_t>(head.size()));
     EXPECT_TRUE(conn->ClosedByPeer());
   }
-  EXPECT_GE(Metric(svc_->metrics_port(), "kvstash_local_control_bad_frames_total"), bad_before + 2);
+  EXPECT_GE(MetricSum(svc_->metrics_port(), "kvstash_local_control_bad_frames_total"), bad_before + 2);
   // The service goes on serving, on new connections and over gRPC.
   auto conn = RawConnection::Open(socket_path_);
   ASSERT_TRUE(conn.ok()) << conn.status();
@@ -299,12 +283,12 @@ TEST_F(LocalControlTest, ClosingTheLastConnectionOfAClientSettlesItsReservations
     active = ActiveReservations();
   }
   EXPECT_EQ(active, 0u);
-  EXPECT_GE(Metric(svc_->metrics_port(), "kvstash_local_control_abandoned_total"), 2);
-  for (int i = 0; i < 500 && Metric(svc_->metrics_port(), "kvstash_local_control_connections") != 0;
+  EXPECT_GE(MetricSum(svc_->metrics_port(), "kvstash_local_control_abandoned_total"), 2);
+  for (int i = 0; i < 500 && MetricSum(svc_->metrics_port(), "kvstash_local_control_connections") != 0;
        ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  EXPECT_EQ(Metric(svc_->metrics_port(), "kvstash_local_control_connections"), 0);
+  EXPECT_EQ(MetricSum(svc_->metrics_port(), "kvstash_local_control_connections"), 0);
 }
 
 class LocalControlOffTest : public LocalControlTest {

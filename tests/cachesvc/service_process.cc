@@ -96,6 +96,21 @@ int FreeTcpPort() {
   return ntohs(addr.sin_port);
 }
 
+double MetricSum(int port, const std::string& family) {
+  std::string body;
+  if (HttpGet(port, "/metrics", &body) != 200) return -1;
+  double sum = 0;
+  std::istringstream lines(body);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind(family, 0) != 0) continue;
+    char next = line.size() > family.size() ? line[family.size()] : ' ';
+    if (next != '{' && next != ' ') continue;
+    sum += std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return sum;
+}
+
 int HttpGet(int port, const std::string& path, std::string* body) {
   httplib::Client http("127.0.0.1", port);
   http.set_connection_timeout(5);

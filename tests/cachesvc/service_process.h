@@ -97,6 +97,9 @@ int FreeTcpPort();
 
 // GET http://127.0.0.1:port/path; returns the HTTP status (0 on connection failure).
 int HttpGet(int port, const std::string& path, std::string* body);
+// Sum of a metric family over all its label sets, read from the daemon's /metrics on `port`;
+// -1 when /metrics cannot be read.
+double MetricSum(int port, const std::string& family);
 
 }  // namespace kvstash::testing
 

@@ -64,7 +64,7 @@ TEST_F(CliTest, PutGetStatLsRmRoundTrip) {
   EXPECT_THAT(out, HasSubstr("ALREADY_EXISTS"));
 
   ASSERT_EQ(Kvstash({"stat"}, &out), 0) << out;
-  EXPECT_THAT(out, HasSubstr("shared memory attached"));
+  EXPECT_THAT(out, HasSubstr("shared memory attached (control calls on the local channel)"));
   EXPECT_THAT(out, HasSubstr("cpu"));
   ASSERT_EQ(Kvstash({"stat", "my-notes", "other"}, &out), 1) << out;
   EXPECT_THAT(out, HasSubstr("tier=cpu"));

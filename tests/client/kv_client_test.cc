@@ -20,20 +20,10 @@ using client::DataPath;
 using client::KvClient;
 using ::testing::HasSubstr;
 
-// Sum of a counter family over all label sets, read from /metrics.
-uint64_t MetricSum(int port, const std::string& family) {
-  std::string body;
-  if (HttpGet(port, "/metrics", &body) != 200) return UINT64_MAX;
-  uint64_t sum = 0;
-  std::istringstream lines(body);
-  std::string line;
-  while (std::getline(lines, line)) {
-    if (line.rfind(family, 0) != 0) continue;
-    char next = line.size() > family.size() ? line[family.size()] : ' ';
-    if (next != '{' && next != ' ') continue;
-    sum += std::stoull(line.substr(line.rfind(' ') + 1));
-  }
-  return sum;
+// A counter family's sum (tests/cachesvc/service_process.h); UINT64_MAX when unreadable.
+uint64_t CounterSum(int port, const std::string& family) {
+  const double sum = MetricSum(port, family);
+  return sum < 0 ? UINT64_MAX : static_cast<uint64_t>(sum);
 }
 
 Result<std::unique_ptr<KvClient>> ConnectTo(const ServiceProcess& svc,
@@ -80,8 +70,8 @@ TEST_F(KvClientTest, SharedMemoryPathMovesNoPayloadOverGrpc) {
   std::vector<std::vector<uint8_t>> payloads;
   for (int i = 0; i < 4; ++i) payloads.push_back(TestPayload(1000 + i, info.payload_bytes));
 
-  uint64_t in_before = MetricSum(port, "kvstash_grpc_received_bytes_total");
-  uint64_t out_before = MetricSum(port, "kvstash_grpc_sent_bytes_total");
+  uint64_t in_before = CounterSum(port, "kvstash_grpc_received_bytes_total");
+  uint64_t out_before = CounterSum(port, "kvstash_grpc_sent_bytes_total");
   for (int i = 0; i < 4; ++i) {
     client::PutOptions options;
     options.path = DataPath::kSharedMemory;
@@ -95,8 +85,8 @@ TEST_F(KvClientTest, SharedMemoryPathMovesNoPayloadOverGrpc) {
     EXPECT_EQ(lease->info().payload_crc32c, Crc32c(payloads[i].data(), payloads[i].size()));
     EXPECT_EQ(lease->served_from(), client::Tier::kCpu);
   }
-  uint64_t in_delta = MetricSum(port, "kvstash_grpc_received_bytes_total") - in_before;
-  uint64_t out_delta = MetricSum(port, "kvstash_grpc_sent_bytes_total") - out_before;
+  uint64_t in_delta = CounterSum(port, "kvstash_grpc_received_bytes_total") - in_before;
+  uint64_t out_delta = CounterSum(port, "kvstash_grpc_sent_bytes_total") - out_before;
   const uint64_t moved = 4 * info.payload_bytes;  // 23.6 MB each way
   EXPECT_LT(in_delta, 16u << 10) << "request bytes for " << moved << " payload bytes";
   EXPECT_LT(out_delta, 16u << 10) << "response bytes for " << moved << " payload bytes";
@@ -108,9 +98,9 @@ TEST_F(KvClientTest, SharedMemoryPathMovesNoPayloadOverGrpc) {
   auto got = kv_->Get(TestName(1010));
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->payload, payloads[0]);
-  EXPECT_GE(MetricSum(port, "kvstash_grpc_received_bytes_total") - in_before - in_delta,
+  EXPECT_GE(CounterSum(port, "kvstash_grpc_received_bytes_total") - in_before - in_delta,
             info.payload_bytes);
-  EXPECT_GE(MetricSum(port, "kvstash_grpc_sent_bytes_total") - out_before - out_delta,
+  EXPECT_GE(CounterSum(port, "kvstash_grpc_sent_bytes_total") - out_before - out_delta,
             info.payload_bytes);
 }
 
@@ -274,7 +264,7 @@ TEST_F(KvClientTest, LocalControlChannelAndGrpcControlAgree) {
     EXPECT_TRUE(reservation->Abort().ok());
     EXPECT_FALSE(c->Lookup(std::vector<ObjectName>{TestName(base + 51)})->results[0].present);
   }
-  EXPECT_GE(MetricSum(port, "kvstash_local_control_connections"), 1u);
+  EXPECT_GE(CounterSum(port, "kvstash_local_control_connections"), 1u);
   // Every lease and reservation above was settled by its client, not left for the channel.
   uint64_t active = 1;
   for (int i = 0; i < 500 && active != 0; ++i) {
@@ -509,6 +499,36 @@ TEST(KvClientConnect, TcpTargetUsesStreamsAndUnreachableTargetsFailFast) {
   ASSERT_TRUE(plain.ok());
   EXPECT_FALSE((*plain)->shared_memory_attached());
   ASSERT_TRUE((*plain)->Put(TestName(82), info, payload).ok());
+}
+
+// A service out of local control connections: clients carry on over gRPC, call by call.
+TEST(KvClientConnect, ClientsFallBackToGrpcWhenTheServiceHasNoConnectionToSpare) {
+  TempDir dir;
+  ServiceOptions options;
+  options.extra_args = {"--local-control-connections", "1"};
+  auto svc = ServiceProcess::Start(dir.path(), options);
+  ASSERT_TRUE(svc.ok()) << svc.status();
+  auto first = ConnectTo(**svc);  // its anchor takes the only connection
+  auto second = ConnectTo(**svc);
+  ASSERT_TRUE(first.ok() && second.ok());
+  EXPECT_TRUE((*first)->local_control_active());
+  EXPECT_FALSE((*second)->local_control_active());  // its attach came without the feature
+  ObjectInfo info = TestInfo(4096);
+  int key = 90;
+  for (KvClient* c : {first->get(), second->get()}) {
+    auto payload = TestPayload(key, info.payload_bytes);
+    ASSERT_TRUE(c->shared_memory_attached());
+    ASSERT_TRUE(c->Put(TestName(key), info, payload).ok());
+    std::vector<client::PutItem> items = {{TestName(key + 1), info, payload},
+                                          {TestName(key + 2), info, payload}};
+    for (const Status& s : c->PutMany(items)) EXPECT_TRUE(s.ok()) << s;
+    for (int k = key; k < key + 3; ++k) {
+      auto lease = c->Acquire(TestName(k));
+      ASSERT_TRUE(lease.ok()) << lease.status();
+      EXPECT_TRUE(std::equal(payload.begin(), payload.end(), lease->data().begin()));
+    }
+    key += 10;
+  }
 }
 
 }  // namespace
