@@ -3,9 +3,10 @@
 // A single Put is serial: Reserve round trip, copy, Commit round trip. PutMany groups the objects
 // into batches of one ReserveMany and one CommitMany call each, and keeps up to three batches
 // open: while this thread copies a batch, the next batch's ReserveMany and the previous batch's
-// CommitMany run in the service. Over the local control channel the calls are pipelined on one connection
-// (answers come in order); over gRPC they are async calls whose completions, on gRPC's callback
-// threads, only set a flag. Copying, arena mapping and every decision stay on the calling thread.
+// CommitMany run in the service. Over the local control channel the calls are pipelined on one
+// connection (answers come in order); over gRPC they are async calls whose completions, on gRPC's
+// callback threads, only set a flag. Copying, arena mapping and every decision stay on the calling
+// thread.
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>

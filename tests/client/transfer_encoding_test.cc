@@ -50,7 +50,9 @@ class TransferEncodingTest : public ::testing::Test {
     kv_ = std::move(*kv);
   }
   void TearDown() override {
-    if (svc_) EXPECT_EQ(svc_->Terminate(), 0) << svc_->Log();
+    if (svc_) {
+      EXPECT_EQ(svc_->Terminate(), 0) << svc_->Log();
+    }
   }
 
   TempDir dir_;
