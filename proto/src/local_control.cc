@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "little_endian.h"
@@ -21,7 +22,8 @@ Status IoError(const char* what, int err) {
   if (err == EAGAIN || err == EWOULDBLOCK) {
     return absl::DeadlineExceededError(absl::StrCat("local control ", what, " timed out"));
   }
-  return absl::UnavailableError(absl::StrCat("local control ", what, ": ", std::strerror(err)));
+  return absl::UnavailableError(
+      absl::StrCat("local control ", what, ": ", std::generic_category().message(err)));
 }
 
 // Reads exactly n bytes; Unavailable on EOF.
