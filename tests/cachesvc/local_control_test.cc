@@ -210,7 +210,8 @@ TEST_F(LocalControlTest, BadRequestsGetAnErrorAndTheConnectionGoesOn) {
 }
 
 TEST_F(LocalControlTest, MalformedFramesCloseOnlyTheirConnection) {
-  const double bad_before = MetricSum(svc_->metrics_port(), "kvstash_local_control_bad_frames_total");
+  const double bad_before =
+      MetricSum(svc_->metrics_port(), "kvstash_local_control_bad_frames_total");
   {
     auto conn = RawConnection::Open(socket_path_);
     ASSERT_TRUE(conn.ok()) << conn.status();
@@ -230,7 +231,8 @@ TEST_F(LocalControlTest, MalformedFramesCloseOnlyTheirConnection) {
               static_cast<ssize_t>(head.size()));
     EXPECT_TRUE(conn->ClosedByPeer());
   }
-  EXPECT_GE(MetricSum(svc_->metrics_port(), "kvstash_local_control_bad_frames_total"), bad_before + 2);
+  EXPECT_GE(MetricSum(svc_->metrics_port(), "kvstash_local_control_bad_frames_total"),
+            bad_before + 2);
   // The service goes on serving, on new connections and over gRPC.
   auto conn = RawConnection::Open(socket_path_);
   ASSERT_TRUE(conn.ok()) << conn.status();
@@ -284,8 +286,8 @@ TEST_F(LocalControlTest, ClosingTheLastConnectionOfAClientSettlesItsReservations
   }
   EXPECT_EQ(active, 0u);
   EXPECT_GE(MetricSum(svc_->metrics_port(), "kvstash_local_control_abandoned_total"), 2);
-  for (int i = 0; i < 500 && MetricSum(svc_->metrics_port(), "kvstash_local_control_connections") != 0;
-       ++i) {
+  for (int i = 0;
+       i < 500 && MetricSum(svc_->metrics_port(), "kvstash_local_control_connections") != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(MetricSum(svc_->metrics_port(), "kvstash_local_control_connections"), 0);

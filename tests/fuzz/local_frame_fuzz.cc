@@ -5,11 +5,11 @@
 // Invariants: no out-of-bounds reads; a header that decodes re-encodes to the same 16 bytes and
 // never announces more than kMaxLocalFrameBody; decoding stops at the first bad header, as the
 // server closes the connection there.
+#include <google/protobuf/stubs/logging.h>
+
 #include <cstdint>
 #include <cstring>
 #include <span>
-
-#include <google/protobuf/stubs/logging.h>
 
 #include "kvstash/proto/local_control.h"
 #include "kvstash/v1/kvstash.pb.h"
