@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kvstash/proto/arena_handshake.h"
+#include "kvstash/proto/status_mapping.h"
 
 namespace kvstash::client::internal {
 namespace {
@@ -34,16 +35,21 @@ Status WriteRequest(int fd, LocalMethod method, uint16_t flags, uint32_t sequenc
   return WriteLocalFrame(fd, header, Bytes(*scratch));
 }
 
+// Reads the reply to request `sequence` (a connection answers in order, so it is the next frame).
+Status ReadReply(int fd, uint32_t sequence, LocalFrameHeader* reply, std::string* body) {
+  KVSTASH_RETURN_IF_ERROR(ReadLocalFrame(fd, reply, body));
+  if (reply->sequence != sequence) {
+    return absl::InternalError(absl::StrCat("local control reply ", reply->sequence,
+                                            " does not answer request ", sequence));
+  }
+  return OkStatus();
+}
+
 }  // namespace
 
 Status LocalReplyStatus(uint16_t code, const std::string& body,
                         google::protobuf::MessageLite* response) {
-  if (code != 0) {
-    if (code > static_cast<uint16_t>(absl::StatusCode::kUnauthenticated)) {
-      return absl::InternalError(absl::StrCat("local control reply carries status code ", code));
-    }
-    return Status(static_cast<absl::StatusCode>(code), body);
-  }
+  if (code != 0) return FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(code), body));
   if (!response->ParseFromString(body)) {
     return absl::InternalError("cannot parse a local control reply");
   }
@@ -59,7 +65,6 @@ Result<std::unique_ptr<LocalControl>> LocalControl::Create(std::string socket_pa
   std::unique_ptr<LocalControl> local(new LocalControl(std::move(socket_path), timeout));
   local->anchor_fd_ = anchor_fd;
   local->anchor_generation_ = generation;
-  local->opened_ = 1;
   // The id only has to be unique among this node's clients; 128 random bits are.
   size_t got = 0;
   while (got < local->client_id_.size()) {
@@ -84,10 +89,7 @@ Status LocalControl::Hello(int fd) {
   KVSTASH_RETURN_IF_ERROR(WriteLocalFrame(fd, header, client_id_));
   LocalFrameHeader reply;
   std::string body;
-  KVSTASH_RETURN_IF_ERROR(ReadLocalFrame(fd, &reply, &body));
-  if (reply.sequence != header.sequence) {
-    return absl::InternalError("local control Hello answered out of order");
-  }
+  KVSTASH_RETURN_IF_ERROR(ReadReply(fd, header.sequence, &reply, &body));
   if (reply.code != 0) {
     return Status(absl::StatusCode::kUnavailable,
                   absl::StrCat("local control Hello refused: ", body));
@@ -109,7 +111,6 @@ Result<int> LocalControl::Open() {
     ::close(received.connection);
     return s;
   }
-  opened_.fetch_add(1);
   int stale_anchor = -1;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -192,11 +193,7 @@ Status LocalControl::Call(LocalMethod method, const google::protobuf::MessageLit
     }
     *sent = true;
     LocalFrameHeader reply;
-    s = ReadLocalFrame(fd, &reply, &buffer);
-    if (s.ok() && reply.sequence != header.sequence) {
-      s = absl::InternalError(absl::StrCat("local control reply ", reply.sequence,
-                                           " does not answer request ", header.sequence));
-    }
+    s = ReadReply(fd, header.sequence, &reply, &buffer);
     if (!s.ok()) {
       ::close(fd);
       return Status(s.code(), absl::StrCat(LocalMethodName(static_cast<uint16_t>(method)), ": ",
@@ -263,11 +260,7 @@ Status LocalControl::Pipeline::Await(uint32_t ticket, google::protobuf::MessageL
     }
     LocalFrameHeader header;
     Reply reply;
-    Status s = ReadLocalFrame(fd_, &header, &reply.body);
-    if (s.ok() && header.sequence != outstanding_.front()) {
-      s = absl::InternalError(absl::StrCat("local control reply ", header.sequence,
-                                           " does not answer request ", outstanding_.front()));
-    }
+    Status s = ReadReply(fd_, outstanding_.front(), &header, &reply.body);
     if (!s.ok()) {
       broken_ = s;
       return s;

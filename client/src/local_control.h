@@ -78,9 +78,6 @@ class LocalControl {
   };
   Result<std::unique_ptr<Pipeline>> OpenPipeline();
 
-  // Connections opened so far, the anchor included (tests and diagnostics).
-  uint64_t connections_opened() const { return opened_.load(); }
-
  private:
   LocalControl(std::string socket_path, std::chrono::milliseconds timeout);
   // An idle connection, or a new one (handshake + Hello). `fresh` says which.
@@ -96,14 +93,14 @@ class LocalControl {
   std::chrono::milliseconds timeout_;
   std::array<uint8_t, kLocalClientIdBytes> client_id_{};
   std::atomic<uint32_t> sequence_{0};
-  std::atomic<uint64_t> opened_{0};
   std::mutex mu_;
   int anchor_fd_ = -1;              // guarded by mu_
   uint64_t anchor_generation_ = 0;  // guarded by mu_
   std::vector<int> idle_;           // guarded by mu_
 };
 
-// Turns a reply frame into the call's status (and parses `response` when it is OK).
+// Turns a reply frame into the call's status through the one gRPC status mapping (and parses
+// `response` when it is OK).
 Status LocalReplyStatus(uint16_t code, const std::string& body,
                         google::protobuf::MessageLite* response);
 
