@@ -2,6 +2,7 @@
 #ifndef KVSTASH_CLIENT_CLIENT_CORE_H_
 #define KVSTASH_CLIENT_CLIENT_CORE_H_
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <condition_variable>
@@ -43,6 +44,8 @@ struct ClientCore {
   ClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::KvStash::Stub> stub;
+  // The same channel for calls whose replies are read as raw slices (RawGetCall).
+  std::unique_ptr<grpc::GenericStub> generic_stub;
   bool shared_memory_wanted = false;
 
   mutable std::mutex mu;

@@ -10,9 +10,9 @@ namespace kvstash::client::internal {
 
 // Copies in blocks small enough to stay in L2, checksumming each block as it passes, so the
 // source is read from memory once.
-uint32_t CopyWithCrc(uint8_t* dst, const uint8_t* src, size_t n) {
+uint32_t CopyWithCrc(uint8_t* dst, const uint8_t* src, size_t n, uint32_t crc_so_far) {
   constexpr size_t kBlock = 256 << 10;
-  uint32_t crc = 0;  // Crc32c of nothing
+  uint32_t crc = crc_so_far;
   for (size_t off = 0; off < n; off += kBlock) {
     size_t len = std::min(kBlock, n - off);
     crc = Crc32cExtend(crc, src + off, len);

@@ -1,4 +1,4 @@
-// Copying a payload into the arena while computing its crc32c (the shared-memory put paths).
+// Copying a payload while computing its crc32c (the shared-memory put paths, stream gets).
 #ifndef KVSTASH_CLIENT_COPY_CRC_H_
 #define KVSTASH_CLIENT_COPY_CRC_H_
 
@@ -9,8 +9,9 @@
 
 namespace kvstash::client::internal {
 
-// Copies src[0, n) to dst and returns Crc32c(src, n), reading src from memory once.
-uint32_t CopyWithCrc(uint8_t* dst, const uint8_t* src, size_t n);
+// Copies src[0, n) to dst and returns Crc32cExtend(crc_so_far, src, n) (so Crc32c(src, n) for the
+// default), reading src from memory once.
+uint32_t CopyWithCrc(uint8_t* dst, const uint8_t* src, size_t n, uint32_t crc_so_far = 0);
 
 // CopyWithCrc for a put: returns the crc32c to commit. `declared` is the caller's
 // ObjectInfo::payload_crc32c (0: none); InvalidArgument when it does not match the payload. The

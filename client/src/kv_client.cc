@@ -9,14 +9,18 @@
 #include "copy_crc.h"
 #include "kvstash/codec/cachegen.h"
 #include "kvstash/common/crc32c.h"
+#include "kvstash/proto/get_chunk_view.h"
 #include "kvstash/proto/status_mapping.h"
+#include "raw_get_call.h"
 
 namespace kvstash::client {
 
 using internal::ArenaMapping;
 using internal::ClientCore;
 using internal::CopyForPut;
+using internal::CopyWithCrc;
 using internal::FromProtoTier;
+using internal::RawGetCall;
 
 std::string_view TierName(Tier tier) {
   switch (tier) {
@@ -84,6 +88,7 @@ Result<std::unique_ptr<KvClient>> KvClient::Connect(const std::string& target,
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   core->channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
   core->stub = v1::KvStash::NewStub(core->channel);
+  core->generic_stub = std::make_unique<grpc::GenericStub>(core->channel);
   if (!core->channel->WaitForConnected(std::chrono::system_clock::now() +
                                        options.connect_timeout)) {
     return absl::UnavailableError(absl::StrCat("cannot reach cachesvc at ", target, " within ",
@@ -316,21 +321,29 @@ Result<GetIntoReply> KvClient::StreamGet(
     req.set_accept_encoding(v1::ENCODING_CACHEGEN);
     req.set_accept_level(static_cast<uint32_t>(options.level));
   }
-  std::unique_ptr<grpc::ClientReader<v1::GetChunk>> reader = core_->stub->Get(&ctx, req);
+  RawGetCall call(core_->generic_stub.get(), &ctx, req);
   GetIntoReply reply;
-  v1::GetChunk chunk;
+  GetChunkView chunk;
   uint8_t* out = nullptr;
   std::optional<ObjectInfo> wire;  // set for an encoded transfer
   std::vector<uint8_t> container;  // ... which is received here, then decoded into `out`
   uint8_t* landing = nullptr;      // where the wire bytes go: `out` or `container`
   uint64_t wire_total = 0, received = 0;
+  uint32_t crc = 0;  // of the bytes received so far, taken while they are copied
   Status protocol;
-  while (reader->Read(&chunk)) {
+  while (true) {
+    Result<bool> more = call.Next(&chunk);
+    if (!more.ok()) {
+      protocol = absl::InternalError(absl::StrCat("Get stream carried a malformed message: ",
+                                                  std::string(more.status().message())));
+      break;
+    }
+    if (!*more) break;
     if (out == nullptr) {
-      Result<ObjectInfo> info = InfoFromService(chunk.info());
+      Result<ObjectInfo> info = InfoFromService(chunk.meta.info());
       Result<uint8_t*> where = info.ok() ? dest(*info) : Result<uint8_t*>(info.status());
-      if (where.ok() && chunk.has_wire_info()) {
-        Result<ObjectInfo> w = InfoFromService(chunk.wire_info());
+      if (where.ok() && chunk.meta.has_wire_info()) {
+        Result<ObjectInfo> w = InfoFromService(chunk.meta.wire_info());
         if (!w.ok()) {
           where = w.status();
         } else if (w->encoding != Encoding::kCacheGen ||
@@ -349,11 +362,10 @@ Result<GetIntoReply> KvClient::StreamGet(
       }
       if (!where.ok()) {
         protocol = where.status();
-        ctx.TryCancel();
         break;
       }
       reply.info = *info;
-      reply.served_from = FromProtoTier(chunk.served_from());
+      reply.served_from = FromProtoTier(chunk.meta.served_from());
       out = *where;
       if (wire) {
         container.resize(wire->payload_bytes);
@@ -364,15 +376,17 @@ Result<GetIntoReply> KvClient::StreamGet(
         wire_total = reply.info.payload_bytes;
       }
     }
-    if (chunk.data().size() > wire_total - received) {
+    if (chunk.data_bytes > wire_total - received) {
       protocol = absl::InternalError("Get stream carried more bytes than payload_bytes");
-      ctx.TryCancel();
       break;
     }
-    std::memcpy(landing + received, chunk.data().data(), chunk.data().size());
-    received += chunk.data().size();
+    for (std::span<const uint8_t> piece : chunk.data) {
+      crc = CopyWithCrc(landing + received, piece.data(), piece.size(), crc);
+      received += piece.size();
+    }
   }
-  Status finished = FromGrpcStatus(reader->Finish());
+  // After a protocol error this cancels the call; its status then says only that.
+  Status finished = call.Finish();
   KVSTASH_RETURN_IF_ERROR(protocol);
   KVSTASH_RETURN_IF_ERROR(finished);
   if (out == nullptr || received != wire_total) {
@@ -380,7 +394,7 @@ Result<GetIntoReply> KvClient::StreamGet(
         absl::StrCat("Get stream ended after ", received, " of ", wire_total, " bytes"));
   }
   reply.wire_bytes = received;
-  if (Crc32c(landing, received) != (wire ? wire->payload_crc32c : reply.info.payload_crc32c)) {
+  if (crc != (wire ? wire->payload_crc32c : reply.info.payload_crc32c)) {
     return absl::DataLossError("received bytes fail their crc32c");
   }
   if (wire) {

@@ -203,6 +203,30 @@ int main(int argc, char** argv) {
     big[7] = 0xFF;
     WriteRaw(frames, "oversized_body", big);
   }
+  const auto chunks = root / "fuzz_get_chunk_view";  // a cut byte, then one GetChunk
+  {
+    auto with_cut = [](uint8_t cut, const std::string& message) {
+      std::vector<uint8_t> out = {cut};
+      out.insert(out.end(), message.begin(), message.end());
+      return out;
+    };
+    v1::GetChunk first;
+    first.mutable_info()->set_payload_bytes(300);
+    first.mutable_info()->set_payload_crc32c(0xDEADBEEF);
+    first.set_served_from(v1::TIER_CPU);
+    first.set_data(std::string(300, 'k'));
+    WriteRaw(chunks, "first_chunk", with_cut(5, first.SerializeAsString()));
+    v1::GetChunk encoded = first;
+    encoded.mutable_wire_info()->set_encoding(v1::ENCODING_CACHEGEN);
+    encoded.mutable_wire_info()->set_payload_bytes(120);
+    encoded.set_data(std::string(120, 'c'));
+    WriteRaw(chunks, "encoded_first_chunk", with_cut(40, encoded.SerializeAsString()));
+    v1::GetChunk middle;
+    middle.set_data(std::string(64, 'm'));
+    WriteRaw(chunks, "data_only_twice",
+             with_cut(3, middle.SerializeAsString() + middle.SerializeAsString()));
+    WriteRaw(chunks, "truncated", with_cut(1, first.SerializeAsString().substr(0, 40)));
+  }
   std::printf("corpus written to %s\n", root.c_str());
   return 0;
 }
