@@ -1,14 +1,19 @@
 #include "kv_service.h"
 
+#include <google/protobuf/descriptor.h>
+#include <grpcpp/support/method_handler.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "cachegen_tier_codec.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/proto/convert.h"
+#include "kvstash/proto/split_bytes_field.h"
 #include "kvstash/proto/status_mapping.h"
 
 #ifndef KVSTASH_VERSION
@@ -19,6 +24,9 @@ namespace kvstash::cachesvc {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// How much longer than a stream's deadline a Get holds its lease (see DoGet).
+constexpr uint32_t kLeaseMarginMs = 10'000;
 
 Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
 
@@ -91,20 +99,83 @@ Clock::time_point StreamDeadline(Clock::time_point start, uint32_t timeout_ms) {
   return start + std::chrono::milliseconds(timeout_ms - margin);
 }
 
-class LeaseGuard {
+// Keeps a leased object's bytes (and an encoded copy, if one is sent instead) alive while anyone
+// still points at them: the Get handler, and gRPC for every slice it has not sent yet. The lease
+// is released when the last of them lets go, on whichever thread that is.
+class HeldObject {
  public:
-  LeaseGuard(storage::ObjectStore* store, uint64_t id) : store_(store), id_(id) {}
-  ~LeaseGuard() {
-    Status s = store_->Release(id_);
-    if (!s.ok())
-      spdlog::warn("event=get_release_failed lease={} error=\"{}\"", id_, std::string(s.message()));
+  HeldObject(storage::ObjectStore* store, uint64_t lease_id) : store_(store), lease_id_(lease_id) {}
+  HeldObject(const HeldObject&) = delete;
+  HeldObject& operator=(const HeldObject&) = delete;
+
+  // A slice over [data, data + n), which must lie in the leased object or in `encoded`.
+  grpc::Slice Borrow(const uint8_t* data, size_t n) {
+    refs_.fetch_add(1, std::memory_order_relaxed);
+    // grpc::Slice takes a non-const pointer but only reads through it.
+    return grpc::Slice(const_cast<uint8_t*>(data), n, &HeldObject::Unref, this);
   }
-  LeaseGuard(const LeaseGuard&) = delete;
-  LeaseGuard& operator=(const LeaseGuard&) = delete;
+  static void Unref(void* self) {
+    auto* held = static_cast<HeldObject*>(self);
+    if (held->refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete held;
+  }
+
+  std::vector<uint8_t> encoded;
 
  private:
+  ~HeldObject() {
+    Status s = store_->Release(lease_id_);
+    if (!s.ok()) {
+      spdlog::warn("event=get_release_failed lease={} error=\"{}\"", lease_id_,
+                   std::string(s.message()));
+    }
+  }
+
   storage::ObjectStore* store_;
-  uint64_t id_;
+  uint64_t lease_id_;
+  std::atomic<int> refs_{1};  // the handler's
+};
+
+// The position of `method` among the service's methods: the generated code registers them in the
+// order of the .proto file, which the descriptor keeps.
+int MethodIndex(const std::string& method) {
+  const google::protobuf::ServiceDescriptor* service =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+          v1::KvStash::service_full_name());
+  const google::protobuf::MethodDescriptor* found =
+      service == nullptr ? nullptr : service->FindMethodByName(method);
+  if (found == nullptr) {
+    spdlog::critical("event=method_missing method={}", method);
+    std::abort();
+  }
+  return found->index();
+}
+
+// Reads a client's stream of PutChunk messages as raw slices, split at their data field.
+class PutChunkReader {
+ public:
+  explicit PutChunkReader(grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream)
+      : stream_(stream) {}
+
+  // The next message: data in `data` (valid until the next call), the rest in `rest`. False at
+  // the end of the client's stream; InvalidArgument for bytes that are not a PutChunk.
+  Result<bool> Next(v1::PutChunk* rest, BytesFieldView* data) {
+    spans_.clear();
+    slices_.clear();
+    if (!stream_->Read(&buffer_)) return false;
+    last_bytes_ = buffer_.Length();
+    if (!buffer_.Dump(&slices_).ok()) return absl::InternalError("cannot read a PutChunk");
+    for (const grpc::Slice& s : slices_) spans_.emplace_back(s.begin(), s.size());
+    KVSTASH_RETURN_IF_ERROR(SplitBytesField(spans_, v1::PutChunk::kDataFieldNumber, rest, data));
+    return true;
+  }
+  size_t last_bytes() const { return last_bytes_; }
+
+ private:
+  grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream_;
+  grpc::ByteBuffer buffer_;
+  std::vector<grpc::Slice> slices_;
+  std::vector<std::span<const uint8_t>> spans_;
+  size_t last_bytes_ = 0;
 };
 
 }  // namespace
@@ -123,6 +194,19 @@ KvStashService::KvStashService(storage::ObjectStore* store, const ServiceConfig&
           TierEncoding{Encoding::kCacheGen, level}, /*decode_threads=*/1);
     }
   }
+  // gRPC's own machinery for generated sync handlers (grpc::internal, stable within the pinned
+  // gRPC 1.51): Put and Get become handlers that read and write ByteBuffers. On the wire they are
+  // the same client- and server-streaming calls.
+  using RawHandler =
+      grpc::internal::BidiStreamingHandler<KvStashService, grpc::ByteBuffer, grpc::ByteBuffer>;
+  MarkMethodStreamed(MethodIndex("Put"),
+                     new RawHandler([](KvStashService* service, grpc::ServerContext* ctx,
+                                       RawStream* stream) { return service->RawPut(ctx, stream); },
+                                    this));
+  MarkMethodStreamed(MethodIndex("Get"),
+                     new RawHandler([](KvStashService* service, grpc::ServerContext* ctx,
+                                       RawStream* stream) { return service->RawGet(ctx, stream); },
+                                    this));
 }
 
 Status KvStashService::CheckKeyCount(int count, const char* method) const {
@@ -239,21 +323,30 @@ grpc::Status KvStashService::CommitMany(grpc::ServerContext*, const v1::CommitMa
 
 // ---- Streaming put ----------------------------------------------------------
 
-grpc::Status KvStashService::Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutChunk>* reader,
-                                 v1::PutResponse*) {
+grpc::Status KvStashService::RawPut(grpc::ServerContext* ctx, RawStream* stream) {
   RpcScope scope(metrics_, Method::kPut, 0);
-  return ToGrpcStatus(scope.Finish(DoPut(ctx, reader, scope)));
+  Status s = scope.Finish(DoPut(ctx, stream, scope));
+  if (!s.ok()) return ToGrpcStatus(s);
+  // The reply, an empty PutResponse, goes out with the status once this returns.
+  grpc::ByteBuffer response;
+  bool own_buffer = false;
+  (void)grpc::SerializationTraits<v1::PutResponse>::Serialize(v1::PutResponse(), &response,
+                                                              &own_buffer);
+  (void)stream->Write(response, grpc::WriteOptions().set_last_message());
+  return grpc::Status::OK;
 }
 
-Status KvStashService::DoPut(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutChunk>* reader,
-                             RpcScope& scope) {
+Status KvStashService::DoPut(grpc::ServerContext* ctx, RawStream* stream, RpcScope& scope) {
   const Clock::time_point start = Clock::now();
-  v1::PutChunk chunk;
-  if (!reader->Read(&chunk)) {
+  PutChunkReader reader(stream);
+  v1::PutChunk chunk;  // fields other than data
+  BytesFieldView data;
+  KVSTASH_ASSIGN_OR_RETURN(bool got, reader.Next(&chunk, &data));
+  if (!got) {
     if (ctx->IsCancelled()) return absl::CancelledError("client cancelled the Put stream");
     return Invalid("Put stream ended before its header");
   }
-  scope.AddReceived(chunk.ByteSizeLong());
+  scope.AddReceived(reader.last_bytes());
   if (!chunk.has_header()) return Invalid("the first PutChunk must carry the header");
   const v1::PutHeader& header = chunk.header();
   if (!header.has_key()) return Invalid("header.key: missing");
@@ -284,12 +377,11 @@ Status KvStashService::DoPut(grpc::ServerContext* ctx, grpc::ServerReader<v1::Pu
     if (index > 0 && chunk.has_header()) {
       return abort_with(Invalid(absl::StrCat("PutChunk #", index, " repeats the header")));
     }
-    const std::string& data = chunk.data();
-    if (data.size() > config_.max_chunk_bytes) {
-      return abort_with(Invalid(absl::StrCat("PutChunk #", index, " carries ", data.size(),
+    if (data.bytes > config_.max_chunk_bytes) {
+      return abort_with(Invalid(absl::StrCat("PutChunk #", index, " carries ", data.bytes,
                                              " bytes; the limit is ", config_.max_chunk_bytes)));
     }
-    if (data.size() > info.payload_bytes - written) {
+    if (data.bytes > info.payload_bytes - written) {
       return abort_with(Invalid(
           absl::StrCat("Put stream carries more than payload_bytes (", info.payload_bytes, ")")));
     }
@@ -297,14 +389,19 @@ Status KvStashService::DoPut(grpc::ServerContext* ctx, grpc::ServerReader<v1::Pu
       return abort_with(absl::DeadlineExceededError(
           absl::StrCat("Put stream took longer than ", config_.stream_timeout_ms, " ms; aborted")));
     }
-    // Checksummed as it is copied (the chunk is then in cache), so Commit need not read it again.
-    crc = Crc32cExtend(crc, data.data(), data.size());
-    std::memcpy(dest + written, data.data(), data.size());
-    written += data.size();
+    // Checksummed as it is copied (the piece is then in cache), so Commit need not read it again.
+    for (std::span<const uint8_t> piece : data.pieces) {
+      crc = Crc32cExtend(crc, piece.data(), piece.size());
+      std::memcpy(dest + written, piece.data(), piece.size());
+      written += piece.size();
+    }
     ++index;
-    chunk.Clear();
-    if (!reader->Read(&chunk)) break;
-    scope.AddReceived(chunk.ByteSizeLong());
+    Result<bool> more = reader.Next(&chunk, &data);
+    if (!more.ok()) {
+      return abort_with(Annotate(more.status(), absl::StrCat("PutChunk #", index)));
+    }
+    if (!*more) break;
+    scope.AddReceived(reader.last_bytes());
   }
   if (ctx->IsCancelled()) {
     return abort_with(
@@ -384,10 +481,17 @@ grpc::Status KvStashService::Release(grpc::ServerContext*, const v1::ReleaseRequ
 
 // ---- Streaming get ----------------------------------------------------------
 
-grpc::Status KvStashService::Get(grpc::ServerContext* ctx, const v1::GetRequest* req,
-                                 grpc::ServerWriter<v1::GetChunk>* writer) {
-  RpcScope scope(metrics_, Method::kGet, req->ByteSizeLong());
-  return ToGrpcStatus(scope.Finish(DoGet(ctx, *req, writer, scope)));
+grpc::Status KvStashService::RawGet(grpc::ServerContext* ctx, RawStream* stream) {
+  grpc::ByteBuffer request_bytes;
+  const bool got = stream->Read(&request_bytes);
+  RpcScope scope(metrics_, Method::kGet, got ? request_bytes.Length() : 0);
+  if (!got) return ToGrpcStatus(scope.Finish(Invalid("Get call carried no GetRequest")));
+  v1::GetRequest req;
+  if (!grpc::SerializationTraits<v1::GetRequest>::Deserialize(&request_bytes, &req).ok()) {
+    return ToGrpcStatus(scope.Finish(Invalid("Get call carried bytes that are not a GetRequest")));
+  }
+  grpc::ByteBuffer message;
+  return ToGrpcStatus(scope.Finish(DoGet(ctx, req, stream, &message, scope)));
 }
 
 Result<std::optional<storage::TierCodec::Encoded>> KvStashService::EncodeForTransfer(
@@ -419,46 +523,65 @@ Result<std::optional<storage::TierCodec::Encoded>> KvStashService::EncodeForTran
   return encoded;
 }
 
-Status KvStashService::DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req,
-                             grpc::ServerWriter<v1::GetChunk>* writer, RpcScope& scope) {
+Status KvStashService::DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req, RawStream* stream,
+                             grpc::ByteBuffer* message, RpcScope& scope) {
   const Clock::time_point start = Clock::now();
   if (!req.has_key()) return Invalid("key: missing");
   KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(req.key(), "key"));
-  KVSTASH_ASSIGN_OR_RETURN(storage::Lease lease,
-                           store_->Acquire(name.storage_key, config_.stream_timeout_ms));
-  LeaseGuard guard(store_, lease.id);
+  // The lease outlasts the call's deadline by a margin: gRPC may still hold slices of a call the
+  // watchdog just cancelled, until its transport drops them.
+  const uint32_t lease_ms = config_.stream_timeout_ms + kLeaseMarginMs;
+  KVSTASH_ASSIGN_OR_RETURN(storage::Lease lease, store_->Acquire(name.storage_key, lease_ms));
+  auto* held = new HeldObject(store_, lease.id);
+  struct HandlerRef {
+    HeldObject* held;
+    ~HandlerRef() { HeldObject::Unref(held); }
+  } handler_ref{held};
   uint64_t total = lease.info.payload_bytes;
   KVSTASH_RETURN_IF_ERROR(CheckArenaRange(*store_, lease.arena_offset, total));
   const Clock::time_point deadline = StreamDeadline(start, config_.stream_timeout_ms);
+  StreamWatchdog::Registration watched = watchdog_.Watch(ctx, deadline);
   const uint8_t* src = store_->arena_base() + lease.arena_offset;
   KVSTASH_ASSIGN_OR_RETURN(std::optional<storage::TierCodec::Encoded> encoded,
                            EncodeForTransfer(req, lease.info, {src, total}));
-  uint64_t sent = 0;
-  v1::GetChunk chunk;
+  // Fields of the first reply; the others carry data only.
+  v1::GetChunk first;
   if (encoded) {
-    ToProto(encoded->decoded_info, chunk.mutable_info());
-    ToProto(encoded->stored_info, chunk.mutable_wire_info());
-    src = encoded->bytes.data();
-    total = encoded->bytes.size();
+    ToProto(encoded->decoded_info, first.mutable_info());
+    ToProto(encoded->stored_info, first.mutable_wire_info());
+    held->encoded = std::move(encoded->bytes);
+    src = held->encoded.data();
+    total = held->encoded.size();
   } else {
-    ToProto(lease.info, chunk.mutable_info());
+    ToProto(lease.info, first.mutable_info());
   }
-  chunk.set_served_from(ToProtoTier(lease.served_from));
+  first.set_served_from(ToProtoTier(lease.served_from));
+  std::string head;
+  uint64_t sent = 0;
+  auto too_slow = [&] {
+    return absl::DeadlineExceededError(
+        absl::StrCat("Get stream took longer than ", config_.stream_timeout_ms, " ms"));
+  };
   do {
+    if (Clock::now() > deadline) return too_slow();
     if (ctx->IsCancelled()) return absl::CancelledError("client cancelled the Get stream");
-    if (Clock::now() > deadline) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("Get stream took longer than ", config_.stream_timeout_ms, " ms"));
-    }
-    uint64_t n = std::min<uint64_t>(config_.stream_chunk_bytes, total - sent);
-    chunk.set_data(src + sent, n);
-    scope.AddSent(chunk.ByteSizeLong());
+    const uint64_t n = std::min<uint64_t>(config_.stream_chunk_bytes, total - sent);
+    head.clear();
+    if (sent == 0) first.AppendToString(&head);
+    AppendLengthDelimitedTag(&head, v1::GetChunk::kDataFieldNumber, n);
+    std::array<grpc::Slice, 2> slices = {grpc::Slice(head), held->Borrow(src + sent, n)};
+    *message = grpc::ByteBuffer(slices.data(), n == 0 ? 1 : 2);
+    scope.AddSent(head.size() + n);
     sent += n;
-    // The last chunk goes out together with the call's status.
-    bool written = sent == total ? writer->Write(chunk, grpc::WriteOptions().set_last_message())
-                                 : writer->Write(chunk);
-    if (!written) return absl::CancelledError("client went away during Get");
-    chunk.Clear();
+    // The last reply goes out together with the call's status, after this returns.
+    const bool written = sent == total
+                             ? stream->Write(*message, grpc::WriteOptions().set_last_message())
+                             : stream->Write(*message);
+    if (!written) {
+      // The watchdog cancels a call stuck past its deadline; otherwise the client left.
+      if (Clock::now() > deadline) return too_slow();
+      return absl::CancelledError("client went away during Get");
+    }
   } while (sent < total);
   return OkStatus();
 }

@@ -16,6 +16,7 @@
 #include "kvstash/storage/tier_codec.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "rpc_metrics.h"
+#include "stream_watchdog.h"
 
 namespace kvstash::cachesvc {
 
@@ -38,14 +39,10 @@ class KvStashService final : public v1::KvStash::Service {
                            v1::ReserveManyResponse*) override;
   grpc::Status CommitMany(grpc::ServerContext*, const v1::CommitManyRequest*,
                           v1::CommitManyResponse*) override;
-  grpc::Status Put(grpc::ServerContext*, grpc::ServerReader<v1::PutChunk>*,
-                   v1::PutResponse*) override;
   grpc::Status Acquire(grpc::ServerContext*, const v1::AcquireRequest*,
                        v1::AcquireResponse*) override;
   grpc::Status Release(grpc::ServerContext*, const v1::ReleaseRequest*,
                        v1::ReleaseResponse*) override;
-  grpc::Status Get(grpc::ServerContext*, const v1::GetRequest*,
-                   grpc::ServerWriter<v1::GetChunk>*) override;
   grpc::Status Delete(grpc::ServerContext*, const v1::KeysRequest*, v1::KeysResponse*) override;
   grpc::Status Pin(grpc::ServerContext*, const v1::KeysRequest*, v1::KeysResponse*) override;
   grpc::Status Unpin(grpc::ServerContext*, const v1::KeysRequest*, v1::KeysResponse*) override;
@@ -58,10 +55,18 @@ class KvStashService final : public v1::KvStash::Service {
   enum class KeysOp { kDelete, kPin, kUnpin };
   Status DoLookup(const v1::LookupRequest& req, v1::LookupResponse* resp);
   Status DoReserve(const v1::ReserveRequest& req, v1::ReserveResponse* resp);
-  Status DoPut(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutChunk>* reader, RpcScope& scope);
+  // Put and Get are registered in place of their generated handlers (the constructor): they read
+  // and write ByteBuffers, so the service copies no payload bytes beyond the one copy into the
+  // arena (Put) and none at all (Get: each reply is a small serialized GetChunk head, then a
+  // slice over the bytes where they lie). Clients see ordinary kvstash.v1 calls.
+  using RawStream = grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
+  grpc::Status RawPut(grpc::ServerContext* ctx, RawStream* stream);
+  Status DoPut(grpc::ServerContext* ctx, RawStream* stream, RpcScope& scope);
   Status DoAcquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp);
-  Status DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req,
-               grpc::ServerWriter<v1::GetChunk>* writer, RpcScope& scope);
+  grpc::Status RawGet(grpc::ServerContext* ctx, RawStream* stream);
+  // `message` holds the last reply until the handler returns (gRPC sends it with the status).
+  Status DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req, RawStream* stream,
+               grpc::ByteBuffer* message, RpcScope& scope);
   // The CacheGen container a streaming Get sends instead of `payload`, or nullopt to send the
   // payload as it is (the client did not ask, the policy is raw, or the codec does not take it).
   Result<std::optional<storage::TierCodec::Encoded>> EncodeForTransfer(
@@ -77,6 +82,7 @@ class KvStashService final : public v1::KvStash::Service {
   std::chrono::steady_clock::time_point started_;
   // Per CacheGen level 1..3; empty when config_.transfer_encoding is raw.
   std::array<std::unique_ptr<storage::TierCodec>, 3> transfer_codecs_;
+  StreamWatchdog watchdog_;
 };
 
 }  // namespace kvstash::cachesvc

@@ -9,18 +9,19 @@
 #include "copy_crc.h"
 #include "kvstash/codec/cachegen.h"
 #include "kvstash/common/crc32c.h"
-#include "kvstash/proto/get_chunk_view.h"
+#include "kvstash/proto/split_bytes_field.h"
 #include "kvstash/proto/status_mapping.h"
-#include "raw_get_call.h"
+#include "raw_call.h"
 
 namespace kvstash::client {
 
 using internal::ArenaMapping;
+using internal::BorrowedSlices;
 using internal::ClientCore;
 using internal::CopyForPut;
 using internal::CopyWithCrc;
 using internal::FromProtoTier;
-using internal::RawGetCall;
+using internal::RawCall;
 
 std::string_view TierName(Tier tier) {
   switch (tier) {
@@ -175,11 +176,11 @@ Status KvClient::PutStream(const ObjectName& name, const ObjectInfo& info,
                            std::span<const uint8_t> payload, const PutOptions& options) {
   grpc::ClientContext ctx;
   core_->SetDeadline(&ctx, core_->options.stream_timeout);
-  ctx.set_initial_metadata_corked(true);  // headers go out with the first chunk
-  v1::PutResponse resp;
-  std::unique_ptr<grpc::ClientWriter<v1::PutChunk>> writer = core_->stub->Put(&ctx, &resp);
-  v1::PutChunk chunk;
-  v1::PutHeader* header = chunk.mutable_header();
+  // The messages point at `payload`; this waits (after the call is over) until gRPC has let go.
+  BorrowedSlices lent;
+  RawCall call(core_->generic_stub.get(), &ctx, "Put");
+  v1::PutChunk head;  // the fields before the data: the header, in the first message only
+  v1::PutHeader* header = head.mutable_header();
   ToProto(name, header->mutable_key());
   ObjectInfo sent = info;
   if (sent.payload_crc32c == 0) sent.payload_crc32c = Crc32c(payload.data(), payload.size());
@@ -188,24 +189,24 @@ Status KvClient::PutStream(const ObjectName& name, const ObjectInfo& info,
   header->set_overwrite(options.overwrite);
   const size_t step = core_->options.stream_chunk_bytes;
   size_t off = 0;
-  bool half_closed = false;
   do {
-    size_t n = std::min(step, payload.size() - off);
-    chunk.set_data(payload.data() + off, n);
+    const size_t n = std::min(step, payload.size() - off);
+    grpc::ByteBuffer message = internal::MessageWithBorrowedField(
+        head, v1::PutChunk::kDataFieldNumber, payload.data() + off, n, &lent);
     off += n;
-    // The last chunk carries the half-close with it (one write instead of two). A failed write
-    // means the service already ended the call; Finish() says why.
-    if (off == payload.size()) {
-      // Includes the half-close even when the write fails: WritesDone must not follow it.
-      (void)writer->Write(chunk, grpc::WriteOptions().set_last_message());
-      half_closed = true;
-      break;
-    }
-    if (!writer->Write(chunk)) break;
-    chunk.Clear();
+    head.Clear();
+    // The last chunk carries the half-close with it. A failed write means the service already
+    // ended the call; Finish() says why.
+    if (!call.Write(message, /*last=*/off == payload.size())) break;
   } while (off < payload.size());
-  if (!half_closed) writer->WritesDone();
-  return FromGrpcStatus(writer->Finish());
+  // The reply (an empty PutResponse) and the end of the stream.
+  v1::PutResponse response;
+  BytesFieldView none;
+  Result<bool> more = true;
+  while (more.ok() && *more) more = call.Read(/*field_number=*/0, &response, &none);
+  Status finished = call.Finish();
+  KVSTASH_RETURN_IF_ERROR(finished);
+  return more.status();
 }
 
 Result<WriteReservation> KvClient::Reserve(const ObjectName& name, const ObjectInfo& info,
@@ -321,9 +322,16 @@ Result<GetIntoReply> KvClient::StreamGet(
     req.set_accept_encoding(v1::ENCODING_CACHEGEN);
     req.set_accept_level(static_cast<uint32_t>(options.level));
   }
-  RawGetCall call(core_->generic_stub.get(), &ctx, req);
+  RawCall call(core_->generic_stub.get(), &ctx, "Get");
+  grpc::ByteBuffer request;
+  bool own_buffer = false;
+  if (!grpc::SerializationTraits<v1::GetRequest>::Serialize(req, &request, &own_buffer).ok()) {
+    return absl::InternalError("cannot serialize a GetRequest");
+  }
+  (void)call.Write(request, /*last=*/true);  // a failure shows in Read and Finish
   GetIntoReply reply;
-  GetChunkView chunk;
+  v1::GetChunk chunk;  // fields other than data
+  BytesFieldView data;
   uint8_t* out = nullptr;
   std::optional<ObjectInfo> wire;  // set for an encoded transfer
   std::vector<uint8_t> container;  // ... which is received here, then decoded into `out`
@@ -332,7 +340,7 @@ Result<GetIntoReply> KvClient::StreamGet(
   uint32_t crc = 0;  // of the bytes received so far, taken while they are copied
   Status protocol;
   while (true) {
-    Result<bool> more = call.Next(&chunk);
+    Result<bool> more = call.Read(v1::GetChunk::kDataFieldNumber, &chunk, &data);
     if (!more.ok()) {
       protocol = absl::InternalError(absl::StrCat("Get stream carried a malformed message: ",
                                                   std::string(more.status().message())));
@@ -340,10 +348,10 @@ Result<GetIntoReply> KvClient::StreamGet(
     }
     if (!*more) break;
     if (out == nullptr) {
-      Result<ObjectInfo> info = InfoFromService(chunk.meta.info());
+      Result<ObjectInfo> info = InfoFromService(chunk.info());
       Result<uint8_t*> where = info.ok() ? dest(*info) : Result<uint8_t*>(info.status());
-      if (where.ok() && chunk.meta.has_wire_info()) {
-        Result<ObjectInfo> w = InfoFromService(chunk.meta.wire_info());
+      if (where.ok() && chunk.has_wire_info()) {
+        Result<ObjectInfo> w = InfoFromService(chunk.wire_info());
         if (!w.ok()) {
           where = w.status();
         } else if (w->encoding != Encoding::kCacheGen ||
@@ -365,7 +373,7 @@ Result<GetIntoReply> KvClient::StreamGet(
         break;
       }
       reply.info = *info;
-      reply.served_from = FromProtoTier(chunk.meta.served_from());
+      reply.served_from = FromProtoTier(chunk.served_from());
       out = *where;
       if (wire) {
         container.resize(wire->payload_bytes);
@@ -376,11 +384,11 @@ Result<GetIntoReply> KvClient::StreamGet(
         wire_total = reply.info.payload_bytes;
       }
     }
-    if (chunk.data_bytes > wire_total - received) {
+    if (data.bytes > wire_total - received) {
       protocol = absl::InternalError("Get stream carried more bytes than payload_bytes");
       break;
     }
-    for (std::span<const uint8_t> piece : chunk.data) {
+    for (std::span<const uint8_t> piece : data.pieces) {
       crc = CopyWithCrc(landing + received, piece.data(), piece.size(), crc);
       received += piece.size();
     }

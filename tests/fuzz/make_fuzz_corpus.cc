@@ -203,7 +203,8 @@ int main(int argc, char** argv) {
     big[7] = 0xFF;
     WriteRaw(frames, "oversized_body", big);
   }
-  const auto chunks = root / "fuzz_get_chunk_view";  // a cut byte, then one GetChunk
+  // A byte (top bit: 0 GetChunk, 1 PutChunk; the rest: where to cut), then the message.
+  const auto chunks = root / "fuzz_split_bytes_field";
   {
     auto with_cut = [](uint8_t cut, const std::string& message) {
       std::vector<uint8_t> out = {cut};
@@ -226,6 +227,13 @@ int main(int argc, char** argv) {
     WriteRaw(chunks, "data_only_twice",
              with_cut(3, middle.SerializeAsString() + middle.SerializeAsString()));
     WriteRaw(chunks, "truncated", with_cut(1, first.SerializeAsString().substr(0, 40)));
+    v1::PutChunk put;
+    put.mutable_header()->mutable_key()->set_namespace_("ns");
+    put.mutable_header()->mutable_key()->set_token_hash(std::string(16, 'h'));
+    put.mutable_header()->mutable_info()->set_payload_bytes(200);
+    put.mutable_header()->set_overwrite(true);
+    put.set_data(std::string(100, 'p'));
+    WriteRaw(chunks, "put_first_chunk", with_cut(0x80 | 9, put.SerializeAsString()));
   }
   std::printf("corpus written to %s\n", root.c_str());
   return 0;

@@ -1,4 +1,4 @@
-#include "kvstash/proto/get_chunk_view.h"
+#include "kvstash/proto/split_bytes_field.h"
 
 #include <algorithm>
 #include <string>
@@ -8,7 +8,6 @@
 namespace kvstash {
 namespace {
 
-constexpr uint32_t kDataField = 2;  // GetChunk.data
 constexpr int kWireVarint = 0, kWireFixed64 = 1, kWireLengthDelimited = 2, kWireFixed32 = 5;
 constexpr int kMaxVarintBytes = 10;
 
@@ -73,34 +72,37 @@ class SliceCursor {
   uint64_t remaining_ = 0;
 };
 
-Status Malformed(const std::string& what, uint64_t at) {
-  return absl::InvalidArgumentError(absl::StrCat("GetChunk: ", what, " at byte ", at));
+Status Malformed(const google::protobuf::MessageLite& rest, const std::string& what, uint64_t at) {
+  return absl::InvalidArgumentError(absl::StrCat(rest.GetTypeName(), ": ", what, " at byte ", at));
 }
 
 }  // namespace
 
-Status SplitGetChunk(std::span<const std::span<const uint8_t>> slices, GetChunkView* out) {
-  out->meta.Clear();
-  out->data.clear();
-  out->data_bytes = 0;
+Status SplitBytesField(std::span<const std::span<const uint8_t>> slices, uint32_t field_number,
+                       google::protobuf::MessageLite* rest, BytesFieldView* field) {
+  rest->Clear();
+  field->pieces.clear();
+  field->bytes = 0;
   SliceCursor cursor(slices);
   const uint64_t total = cursor.remaining();
-  std::string other;  // every field but data, re-assembled for protobuf's parser
+  std::string other;  // every other field, re-assembled for protobuf's parser
   while (!cursor.AtEnd()) {
     const uint64_t at = total - cursor.remaining();
     const size_t field_start = other.size();
     uint64_t tag = 0;
-    if (!cursor.ReadVarint(&tag, &other)) return Malformed("truncated tag", at);
-    if (tag > UINT32_MAX || (tag >> 3) == 0) return Malformed("invalid tag", at);
-    const uint32_t field = static_cast<uint32_t>(tag >> 3);
+    if (!cursor.ReadVarint(&tag, &other)) return Malformed(*rest, "truncated tag", at);
+    if (tag > UINT32_MAX || (tag >> 3) == 0) return Malformed(*rest, "invalid tag", at);
+    const auto number = static_cast<uint32_t>(tag >> 3);
     const int wire = static_cast<int>(tag & 7);
-    if (field == kDataField && wire == kWireLengthDelimited) {
-      other.resize(field_start);  // the tag was copied; data does not go to protobuf
+    if (number == field_number && wire == kWireLengthDelimited) {
+      other.resize(field_start);  // the tag was copied; this field does not go to protobuf
       uint64_t n = 0;
-      if (!cursor.ReadVarint(&n, nullptr)) return Malformed("truncated data length", at);
-      out->data.clear();  // the last occurrence wins, as in protobuf
-      if (!cursor.Take(n, &out->data, nullptr)) return Malformed("truncated data", at);
-      out->data_bytes = n;
+      if (!cursor.ReadVarint(&n, nullptr)) return Malformed(*rest, "truncated length", at);
+      field->pieces.clear();  // the last occurrence wins, as in protobuf
+      if (!cursor.Take(n, &field->pieces, nullptr)) {
+        return Malformed(*rest, absl::StrCat("truncated field ", field_number), at);
+      }
+      field->bytes = n;
       continue;
     }
     bool ok = false;
@@ -122,14 +124,27 @@ Status SplitGetChunk(std::span<const std::span<const uint8_t>> slices, GetChunkV
         break;
       }
       default:
-        return Malformed(absl::StrCat("unsupported wire type ", wire), at);
+        return Malformed(*rest, absl::StrCat("unsupported wire type ", wire), at);
     }
-    if (!ok) return Malformed(absl::StrCat("truncated field ", field), at);
+    if (!ok) return Malformed(*rest, absl::StrCat("truncated field ", number), at);
   }
-  if (!out->meta.ParseFromString(other)) {
-    return absl::InvalidArgumentError("GetChunk: its fields other than data do not parse");
+  if (!rest->ParseFromString(other)) {  // clears `rest` first
+    return absl::InvalidArgumentError(
+        absl::StrCat(rest->GetTypeName(), ": fields other than ", field_number, " do not parse"));
   }
   return OkStatus();
+}
+
+void AppendLengthDelimitedTag(std::string* out, uint32_t field_number, uint64_t n) {
+  auto append_varint = [out](uint64_t v) {
+    while (v >= 0x80) {
+      out->push_back(static_cast<char>((v & 0x7f) | 0x80));
+      v >>= 7;
+    }
+    out->push_back(static_cast<char>(v));
+  };
+  append_varint((static_cast<uint64_t>(field_number) << 3) | kWireLengthDelimited);
+  append_varint(n);
 }
 
 }  // namespace kvstash

@@ -1,4 +1,4 @@
-#include "kvstash/proto/get_chunk_view.h"
+#include "kvstash/proto/split_bytes_field.h"
 
 #include <gtest/gtest.h>
 
@@ -6,10 +6,22 @@
 #include <string>
 #include <vector>
 
+#include "kvstash/v1/kvstash.pb.h"
+
 namespace kvstash {
 namespace {
 
 using Spans = std::vector<std::span<const uint8_t>>;
+
+// What KvClient reads: a GetChunk split at its data field.
+struct GetChunkView {
+  v1::GetChunk meta;
+  BytesFieldView data;
+};
+
+Status SplitGetChunk(std::span<const std::span<const uint8_t>> slices, GetChunkView* view) {
+  return SplitBytesField(slices, v1::GetChunk::kDataFieldNumber, &view->meta, &view->data);
+}
 
 v1::GetChunk SampleChunk(size_t data_bytes) {
   v1::GetChunk chunk;
@@ -29,7 +41,7 @@ std::span<const uint8_t> Bytes(const std::string& s, size_t begin, size_t end) {
 
 std::string Joined(const GetChunkView& view) {
   std::string out;
-  for (std::span<const uint8_t> s : view.data) out.append(s.begin(), s.end());
+  for (std::span<const uint8_t> s : view.data.pieces) out.append(s.begin(), s.end());
   return out;
 }
 
@@ -38,12 +50,12 @@ void ExpectSameAsProtobuf(const std::string& wire, const GetChunkView& view) {
   v1::GetChunk parsed;
   ASSERT_TRUE(parsed.ParseFromString(wire));
   EXPECT_EQ(Joined(view), parsed.data());
-  EXPECT_EQ(view.data_bytes, parsed.data().size());
+  EXPECT_EQ(view.data.bytes, parsed.data().size());
   parsed.clear_data();
   EXPECT_EQ(view.meta.SerializeAsString(), parsed.SerializeAsString());
 }
 
-TEST(SplitGetChunk, EveryCutOfAMessageGivesProtobufsFieldsAndTheDataInPlace) {
+TEST(SplitBytesField, EveryCutOfAMessageGivesProtobufsFieldsAndTheDataInPlace) {
   const std::string wire = SampleChunk(300).SerializeAsString();
   for (size_t cut = 0; cut <= wire.size(); ++cut) {
     SCOPED_TRACE(cut);
@@ -52,14 +64,14 @@ TEST(SplitGetChunk, EveryCutOfAMessageGivesProtobufsFieldsAndTheDataInPlace) {
     ASSERT_TRUE(SplitGetChunk(slices, &view).ok());
     ExpectSameAsProtobuf(wire, view);
     // The data is borrowed from the input, not copied.
-    for (std::span<const uint8_t> s : view.data) {
+    for (std::span<const uint8_t> s : view.data.pieces) {
       EXPECT_GE(s.data(), reinterpret_cast<const uint8_t*>(wire.data()));
       EXPECT_LE(s.data() + s.size(), reinterpret_cast<const uint8_t*>(wire.data()) + wire.size());
     }
   }
 }
 
-TEST(SplitGetChunk, ManySmallAndEmptySlices) {
+TEST(SplitBytesField, ManySmallAndEmptySlices) {
   const std::string wire = SampleChunk(5000).SerializeAsString();
   std::mt19937 rng(7);
   Spans slices;
@@ -71,10 +83,10 @@ TEST(SplitGetChunk, ManySmallAndEmptySlices) {
   GetChunkView view;
   ASSERT_TRUE(SplitGetChunk(slices, &view).ok());
   ExpectSameAsProtobuf(wire, view);
-  EXPECT_GT(view.data.size(), 1u);
+  EXPECT_GT(view.data.pieces.size(), 1u);
 }
 
-TEST(SplitGetChunk, FollowsProtobufForRepeatedUnknownAndOutOfOrderFields) {
+TEST(SplitBytesField, FollowsProtobufForRepeatedUnknownAndOutOfOrderFields) {
   v1::GetChunk first = SampleChunk(10);
   v1::GetChunk second;
   second.set_data("the last data field wins");
@@ -90,16 +102,18 @@ TEST(SplitGetChunk, FollowsProtobufForRepeatedUnknownAndOutOfOrderFields) {
   EXPECT_EQ(view.meta.info().payload_bytes(), 10u);
 }
 
-TEST(SplitGetChunk, EmptyInputIsAnEmptyChunk) {
+TEST(SplitBytesField, EmptyInputIsAnEmptyChunk) {
   GetChunkView view;
-  view.data_bytes = 9;
+  view.data.bytes = 9;
+  view.meta.set_served_from(v1::TIER_CPU);
   ASSERT_TRUE(SplitGetChunk(Spans{}, &view).ok());
-  EXPECT_EQ(view.data_bytes, 0u);
-  EXPECT_TRUE(view.data.empty());
+  EXPECT_EQ(view.data.bytes, 0u);
+  EXPECT_TRUE(view.data.pieces.empty());
+  EXPECT_EQ(view.meta.served_from(), v1::TIER_UNSPECIFIED);
   EXPECT_FALSE(view.meta.has_info());
 }
 
-TEST(SplitGetChunk, RejectsTruncatedAndMalformedInput) {
+TEST(SplitBytesField, RejectsTruncatedAndMalformedInput) {
   const std::string wire = SampleChunk(64).SerializeAsString();
   // A prefix that SplitGetChunk accepts is one protobuf accepts too.
   for (size_t n = 1; n < wire.size(); ++n) {
@@ -128,7 +142,30 @@ TEST(SplitGetChunk, RejectsTruncatedAndMalformedInput) {
   }
 }
 
-TEST(SplitGetChunk, RandomMessagesAgreeWithProtobuf) {
+TEST(SplitBytesField, SplitsAPutChunkAtItsData) {
+  v1::PutChunk chunk;
+  chunk.mutable_header()->mutable_key()->set_namespace_("ns");
+  chunk.mutable_header()->mutable_info()->set_payload_bytes(4);
+  chunk.mutable_header()->set_durable(true);
+  chunk.set_data("kvkv");
+  const std::string wire = chunk.SerializeAsString();
+  v1::PutChunk rest;
+  BytesFieldView data;
+  ASSERT_TRUE(SplitBytesField(Spans{Bytes(wire, 0, 3), Bytes(wire, 3, wire.size())},
+                              v1::PutChunk::kDataFieldNumber, &rest, &data)
+                  .ok());
+  EXPECT_EQ(data.bytes, 4u);
+  chunk.clear_data();
+  EXPECT_EQ(rest.SerializeAsString(), chunk.SerializeAsString());
+  // A field of another wire type with the same number is not the payload: protobuf keeps it as an
+  // unknown field, and so does the split.
+  const std::string varint_two = std::string("\x10\x07", 2);
+  ASSERT_TRUE(SplitBytesField(Spans{Bytes(varint_two, 0, 2)}, 2, &rest, &data).ok());
+  EXPECT_EQ(data.bytes, 0u);
+  EXPECT_EQ(rest.SerializeAsString(), varint_two);
+}
+
+TEST(SplitBytesField, RandomMessagesAgreeWithProtobuf) {
   std::mt19937 rng(11);
   for (int i = 0; i < 200; ++i) {
     v1::GetChunk chunk = SampleChunk(rng() % 3000);

@@ -1,0 +1,50 @@
+#include "stream_watchdog.h"
+
+namespace kvstash::cachesvc {
+
+StreamWatchdog::StreamWatchdog() : thread_([this] { Run(); }) {}
+
+StreamWatchdog::~StreamWatchdog() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+StreamWatchdog::Registration StreamWatchdog::Watch(grpc::ServerContext* ctx,
+                                                   Clock::time_point deadline) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const bool earliest = calls_.empty() || deadline < calls_.begin()->first;
+  auto it = calls_.emplace(deadline, ctx);
+  if (earliest) wake_.notify_all();
+  return Registration(this, it);
+}
+
+StreamWatchdog::Registration::~Registration() {
+  std::lock_guard<std::mutex> lock(owner_->mu_);
+  owner_->calls_.erase(it_);
+}
+
+void StreamWatchdog::Run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    // The earliest deadline still to enforce (cancelled entries wait for their handler to end).
+    auto next = calls_.begin();
+    while (next != calls_.end() && next->second == nullptr) ++next;
+    if (next == calls_.end()) {
+      wake_.wait(lock);
+      continue;
+    }
+    if (Clock::now() < next->first) {
+      wake_.wait_until(lock, next->first);
+      continue;
+    }
+    // Under mu_: the handler cannot end and destroy the context meanwhile.
+    next->second->TryCancel();
+    next->second = nullptr;
+  }
+}
+
+}  // namespace kvstash::cachesvc

@@ -1,0 +1,64 @@
+// Cancels server calls that outlive their deadline.
+//
+// The synchronous gRPC API gives a server no deadline of its own: a handler blocked in Write on a
+// client that stopped reading waits until the client goes away. A streaming Get sends slices that
+// point into the arena and keeps the object leased until gRPC lets go of them, so such a call
+// must end on the service's terms; the watchdog cancels it (ServerContext::TryCancel), which
+// fails the blocked Write and makes gRPC drop the queued slices.
+//
+// Thread-safe. Every Registration must be destroyed before the watchdog.
+#ifndef KVSTASH_CACHESVC_STREAM_WATCHDOG_H_
+#define KVSTASH_CACHESVC_STREAM_WATCHDOG_H_
+
+#include <grpcpp/server_context.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+
+namespace kvstash::cachesvc {
+
+class StreamWatchdog {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  StreamWatchdog();
+  ~StreamWatchdog();  // stops and joins its thread
+  StreamWatchdog(const StreamWatchdog&) = delete;
+  StreamWatchdog& operator=(const StreamWatchdog&) = delete;
+
+  // Keeps `ctx` watched while alive; its destructor waits for a cancellation in progress, so
+  // the context is never touched after that.
+  class Registration {
+   public:
+    Registration(StreamWatchdog* owner,
+                 std::multimap<Clock::time_point, grpc::ServerContext*>::iterator it)
+        : owner_(owner), it_(it) {}
+    ~Registration();
+    Registration(const Registration&) = delete;
+    Registration& operator=(const Registration&) = delete;
+
+   private:
+    StreamWatchdog* owner_;
+    std::multimap<Clock::time_point, grpc::ServerContext*>::iterator it_;
+  };
+
+  // Cancels `ctx` once `deadline` passes, unless the Registration is gone by then.
+  [[nodiscard]] Registration Watch(grpc::ServerContext* ctx, Clock::time_point deadline);
+
+ private:
+  void Run();
+
+  std::mutex mu_;
+  std::condition_variable wake_;
+  // Entries stay until their Registration ends; a cancelled one has a null context.
+  std::multimap<Clock::time_point, grpc::ServerContext*> calls_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace kvstash::cachesvc
+
+#endif  // KVSTASH_CACHESVC_STREAM_WATCHDOG_H_

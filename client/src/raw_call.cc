@@ -1,0 +1,108 @@
+#include "raw_call.h"
+
+#include "absl/strings/str_cat.h"
+#include "kvstash/proto/status_mapping.h"
+#include "kvstash/v1/kvstash.grpc.pb.h"
+
+namespace kvstash::client::internal {
+
+RawCall::RawCall(grpc::GenericStub* stub, grpc::ClientContext* ctx, const std::string& method)
+    : ctx_(ctx) {
+  // Headers leave with the first message (and the half-close, when it is the last).
+  ctx->set_initial_metadata_corked(true);
+  call_ = stub->PrepareCall(ctx, absl::StrCat("/", v1::KvStash::service_full_name(), "/", method),
+                            &cq_);
+  if (call_ == nullptr) return;
+  call_->StartCall(nullptr);  // corked: completes nothing until the first write
+  open_ = true;
+}
+
+RawCall::~RawCall() {
+  if (call_ != nullptr && !finished_) (void)Finish();
+  call_.reset();
+  cq_.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq_.Next(&tag, &ok)) {
+  }
+}
+
+bool RawCall::Wait() {
+  void* tag = nullptr;
+  bool ok = false;
+  return cq_.Next(&tag, &ok) && ok;
+}
+
+bool RawCall::Write(const grpc::ByteBuffer& message, bool last) {
+  if (!open_) return false;
+  grpc::WriteOptions options;
+  if (last) options.set_last_message();
+  call_->Write(message, options, this);
+  open_ = Wait();
+  return open_;
+}
+
+Result<bool> RawCall::Read(uint32_t field_number, google::protobuf::MessageLite* rest,
+                           BytesFieldView* field) {
+  spans_.clear();
+  slices_.clear();
+  if (call_ == nullptr || ended_) return false;
+  call_->Read(&received_, this);
+  if (!Wait()) {
+    ended_ = true;
+    return false;
+  }
+  if (!received_.Dump(&slices_).ok()) return absl::InternalError("cannot read a received message");
+  for (const grpc::Slice& s : slices_) spans_.emplace_back(s.begin(), s.size());
+  KVSTASH_RETURN_IF_ERROR(SplitBytesField(spans_, field_number, rest, field));
+  return true;
+}
+
+Status RawCall::Finish() {
+  if (finished_) return absl::InternalError("RawCall::Finish called twice");
+  finished_ = true;
+  spans_.clear();
+  slices_.clear();
+  if (call_ == nullptr) return absl::InternalError("gRPC could not set up the call");
+  // Replies still coming are not wanted: cancelling lets Finish complete at once.
+  if (!ended_) ctx_->TryCancel();
+  grpc::Status status;
+  call_->Finish(&status, this);
+  (void)Wait();
+  return FromGrpcStatus(status);
+}
+
+grpc::Slice BorrowedSlices::Lend(const uint8_t* data, size_t n) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++lent_;
+  }
+  // grpc::Slice takes a non-const pointer but only reads through it.
+  return grpc::Slice(const_cast<uint8_t*>(data), n, &BorrowedSlices::Return, this);
+}
+
+void BorrowedSlices::Return(void* self) {
+  auto* lender = static_cast<BorrowedSlices*>(self);
+  std::lock_guard<std::mutex> lock(lender->mu_);
+  if (--lender->lent_ == 0) lender->returned_.notify_all();
+}
+
+void BorrowedSlices::WaitUntilReturned() {
+  std::unique_lock<std::mutex> lock(mu_);
+  returned_.wait(lock, [this] { return lent_ == 0; });
+}
+
+grpc::ByteBuffer MessageWithBorrowedField(const google::protobuf::MessageLite& head_fields,
+                                          uint32_t field_number, const uint8_t* data, size_t n,
+                                          BorrowedSlices* lender) {
+  std::string head = head_fields.SerializeAsString();
+  AppendLengthDelimitedTag(&head, field_number, n);
+  if (n == 0) {
+    grpc::Slice only(head);
+    return grpc::ByteBuffer(&only, 1);
+  }
+  grpc::Slice slices[2] = {grpc::Slice(head), lender->Lend(data, n)};
+  return grpc::ByteBuffer(slices, 2);
+}
+
+}  // namespace kvstash::client::internal

@@ -1,0 +1,164 @@
+// The byte-stream Put and Get as raw ByteBuffers on both sides (client/src/raw_call.h, cachesvc's
+// RawPut/RawGet): bytes that are not messages, a reader that stops reading, and typed and raw
+// peers agreeing on the wire.
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "kvstash/client/kv_client.h"
+#include "kvstash/proto/convert.h"
+#include "kvstash/proto/status_mapping.h"
+#include "kvstash/v1/kvstash.grpc.pb.h"
+#include "raw_call.h"
+#include "service_process.h"
+#include "test_objects.h"
+
+namespace kvstash::testing {
+namespace {
+
+using client::KvClient;
+using ::testing::HasSubstr;
+
+std::shared_ptr<grpc::Channel> ChannelTo(const ServiceProcess& svc) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  return grpc::CreateCustomChannel(svc.target(), grpc::InsecureChannelCredentials(), args);
+}
+
+grpc::ByteBuffer Bytes(const std::string& s) {
+  grpc::Slice slice(s);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+// Sends `message` as the only message of `method` and returns the call's status.
+Status SendRaw(grpc::GenericStub* stub, const std::string& method, const std::string& message) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  client::internal::RawCall call(stub, &ctx, method);
+  (void)call.Write(Bytes(message), /*last=*/true);
+  v1::GetChunk rest;
+  BytesFieldView data;
+  Result<bool> more = true;
+  while (more.ok() && *more) more = call.Read(0, &rest, &data);
+  return call.Finish();
+}
+
+TEST(RawStreamTest, BytesThatAreNotMessagesGetInvalidArgumentAndTheServiceKeepsServing) {
+  TempDir dir;
+  auto svc = ServiceProcess::Start(dir.path(), ServiceOptions());
+  ASSERT_TRUE(svc.ok()) << svc.status();
+  grpc::GenericStub stub(ChannelTo(**svc));
+
+  // A PutChunk whose header claims 255 bytes that never come.
+  Status put = SendRaw(&stub, "Put", std::string("\x0a\xff\x01", 3));
+  EXPECT_TRUE(absl::IsInvalidArgument(put)) << put;
+  EXPECT_THAT(std::string(put.message()), HasSubstr("kvstash.v1.PutChunk"));
+  // A GetRequest that does not parse.
+  Status get = SendRaw(&stub, "Get", std::string("\xff\xff", 2));
+  EXPECT_TRUE(absl::IsInvalidArgument(get)) << get;
+  EXPECT_THAT(std::string(get.message()), HasSubstr("not a GetRequest"));
+
+  auto kv = KvClient::Connect((*svc)->target());
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  ObjectInfo info = TestInfo(64);
+  auto payload = TestPayload(3, info.payload_bytes);
+  client::PutOptions stream;
+  stream.path = client::DataPath::kStream;
+  ASSERT_TRUE((*kv)->Put(TestName(1), info, payload, stream).ok());
+  auto back = (*kv)->Get(TestName(1));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->payload, payload);
+  EXPECT_EQ((*svc)->Terminate(), 0);
+}
+
+TEST(RawStreamTest, TypedPeersAndRawPeersAgreeOnTheWire) {
+  TempDir dir;
+  auto svc = ServiceProcess::Start(dir.path(), ServiceOptions());
+  ASSERT_TRUE(svc.ok()) << svc.status();
+  auto stub = v1::KvStash::NewStub(ChannelTo(**svc));
+  // Written by the raw client in 3 chunks, read back by a typed gRPC stub.
+  client::ClientOptions options;
+  options.stream_chunk_bytes = 100'000;
+  auto kv = KvClient::Connect((*svc)->target(), options);
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  ObjectInfo info = TestInfo(1024);  // 256 KiB
+  auto payload = TestPayload(4, info.payload_bytes);
+  client::PutOptions stream;
+  stream.path = client::DataPath::kStream;
+  ASSERT_TRUE((*kv)->Put(TestName(2), info, payload, stream).ok());
+
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::GetRequest req;
+  ToProto(TestName(2), req.mutable_key());
+  auto reader = stub->Get(&ctx, req);
+  v1::GetChunk chunk;
+  std::vector<uint8_t> back;
+  int messages = 0;
+  while (reader->Read(&chunk)) {
+    if (messages++ == 0) {
+      EXPECT_EQ(chunk.info().payload_bytes(), info.payload_bytes);
+      EXPECT_EQ(chunk.served_from(), v1::TIER_CPU);
+    } else {
+      EXPECT_FALSE(chunk.has_info());
+    }
+    back.insert(back.end(), chunk.data().begin(), chunk.data().end());
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(back, payload);
+  EXPECT_EQ(messages, 1);  // the service's chunk (1 MiB) holds the whole object
+  EXPECT_EQ((*svc)->Terminate(), 0);
+}
+
+// The service sends a Get's payload as slices of the arena and holds the object's lease until
+// gRPC drops them. A client that stops reading must not keep it: the call is cancelled at the
+// service's stream deadline, and the lease is released, not left to expire.
+TEST(RawStreamTest, GetWhoseReaderStopsIsCancelledAtTheDeadlineAndReleasesItsLease) {
+  TempDir dir;
+  ServiceOptions options;
+  options.metrics = true;
+  options.cpu_capacity = "192MiB";
+  options.ssd_capacity = "0";
+  options.extra_args = {"--stream-timeout-ms", "2000"};
+  auto svc = ServiceProcess::Start(dir.path(), options);
+  ASSERT_TRUE(svc.ok()) << svc.status();
+  auto kv = KvClient::Connect((*svc)->target());
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  ObjectInfo info = TestInfo(196608);  // 48 MiB: more than gRPC buffers for a reader
+  auto payload = TestPayload(5, info.payload_bytes);
+  ASSERT_TRUE((*kv)->Put(TestName(3), info, payload).ok());
+
+  auto stub = v1::KvStash::NewStub(ChannelTo(**svc));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  v1::GetRequest req;
+  ToProto(TestName(3), req.mutable_key());
+  auto reader = stub->Get(&ctx, req);
+  v1::GetChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));  // then stop reading
+
+  // The lease goes once the service gives up on the call (about 2 s in).
+  uint64_t leases = 1;
+  for (int i = 0; i < 600 && leases != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto stats = (*kv)->Stats();
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    leases = stats->leases_active;
+  }
+  EXPECT_EQ(leases, 0u);
+  EXPECT_EQ(MetricSum((*svc)->metrics_port(), "kvstash_storage_leases_expired_total"), 0.0);
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_FALSE(reader->Finish().ok());
+
+  auto back = (*kv)->Get(TestName(3));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->payload, payload);
+  EXPECT_EQ((*svc)->Terminate(), 0);
+}
+
+}  // namespace
+}  // namespace kvstash::testing
