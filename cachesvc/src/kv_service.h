@@ -60,6 +60,7 @@ class KvStashService final : public v1::KvStash::Service {
   // arena (Put) and none at all (Get: each reply is a small serialized GetChunk head, then a
   // slice over the bytes where they lie). Clients see ordinary kvstash.v1 calls.
   using RawStream = grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
+  void UseRawStreamHandlers();  // kv_service_streams.cc, as are the four below
   grpc::Status RawPut(grpc::ServerContext* ctx, RawStream* stream);
   Status DoPut(grpc::ServerContext* ctx, RawStream* stream, RpcScope& scope);
   Status DoAcquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp);

@@ -1,0 +1,334 @@
+// KvStashService's byte streams, Put and Get, served from raw ByteBuffers (kv_service.h).
+#include <google/protobuf/descriptor.h>
+#include <grpcpp/support/method_handler.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kv_service.h"
+#include "kvstash/common/crc32c.h"
+#include "kvstash/proto/convert.h"
+#include "kvstash/proto/split_bytes_field.h"
+#include "kvstash/proto/status_mapping.h"
+#include "request_checks.h"
+
+namespace kvstash::cachesvc {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// How much longer than a stream's deadline a Get holds its lease (see DoGet).
+constexpr uint32_t kLeaseMarginMs = 10'000;
+
+// Keeps a leased object's bytes (and an encoded copy, if one is sent instead) alive while anyone
+// still points at them: the Get handler, and gRPC for every slice it has not sent yet. The lease
+// is released when the last of them lets go, on whichever thread that is.
+class HeldObject {
+ public:
+  HeldObject(storage::ObjectStore* store, uint64_t lease_id) : store_(store), lease_id_(lease_id) {}
+  HeldObject(const HeldObject&) = delete;
+  HeldObject& operator=(const HeldObject&) = delete;
+
+  // A slice over [data, data + n), which must lie in the leased object or in `encoded`.
+  grpc::Slice Borrow(const uint8_t* data, size_t n) {
+    refs_.fetch_add(1, std::memory_order_relaxed);
+    // grpc::Slice takes a non-const pointer but only reads through it.
+    return grpc::Slice(const_cast<uint8_t*>(data), n, &HeldObject::Unref, this);
+  }
+  static void Unref(void* self) {
+    auto* held = static_cast<HeldObject*>(self);
+    if (held->refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete held;
+  }
+
+  std::vector<uint8_t> encoded;
+
+ private:
+  ~HeldObject() {
+    Status s = store_->Release(lease_id_);
+    if (!s.ok()) {
+      spdlog::warn("event=get_release_failed lease={} error=\"{}\"", lease_id_,
+                   std::string(s.message()));
+    }
+  }
+
+  storage::ObjectStore* store_;
+  uint64_t lease_id_;
+  std::atomic<int> refs_{1};  // the handler's
+};
+
+// The position of `method` among the service's methods: the generated code registers them in the
+// order of the .proto file, which the descriptor keeps.
+int MethodIndex(const std::string& method) {
+  const google::protobuf::ServiceDescriptor* service =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+          v1::KvStash::service_full_name());
+  const google::protobuf::MethodDescriptor* found =
+      service == nullptr ? nullptr : service->FindMethodByName(method);
+  if (found == nullptr) {
+    spdlog::critical("event=method_missing method={}", method);
+    std::abort();
+  }
+  return found->index();
+}
+
+// Reads a client's stream of PutChunk messages as raw slices, split at their data field.
+class PutChunkReader {
+ public:
+  explicit PutChunkReader(grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream)
+      : stream_(stream) {}
+
+  // The next message: data in `data` (valid until the next call), the rest in `rest`. False at
+  // the end of the client's stream; InvalidArgument for bytes that are not a PutChunk.
+  Result<bool> Next(v1::PutChunk* rest, BytesFieldView* data) {
+    spans_.clear();
+    slices_.clear();
+    if (!stream_->Read(&buffer_)) return false;
+    last_bytes_ = buffer_.Length();
+    if (!buffer_.Dump(&slices_).ok()) return absl::InternalError("cannot read a PutChunk");
+    for (const grpc::Slice& s : slices_) spans_.emplace_back(s.begin(), s.size());
+    KVSTASH_RETURN_IF_ERROR(SplitBytesField(spans_, v1::PutChunk::kDataFieldNumber, rest, data));
+    return true;
+  }
+  size_t last_bytes() const { return last_bytes_; }
+
+ private:
+  grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream_;
+  grpc::ByteBuffer buffer_;
+  std::vector<grpc::Slice> slices_;
+  std::vector<std::span<const uint8_t>> spans_;
+  size_t last_bytes_ = 0;
+};
+
+}  // namespace
+
+void KvStashService::UseRawStreamHandlers() {
+  // gRPC's own machinery for generated sync handlers (grpc::internal, stable within the pinned
+  // gRPC 1.51): Put and Get become handlers that read and write ByteBuffers. On the wire they are
+  // the same client- and server-streaming calls.
+  using RawHandler =
+      grpc::internal::BidiStreamingHandler<KvStashService, grpc::ByteBuffer, grpc::ByteBuffer>;
+  MarkMethodStreamed(MethodIndex("Put"),
+                     new RawHandler([](KvStashService* service, grpc::ServerContext* ctx,
+                                       RawStream* stream) { return service->RawPut(ctx, stream); },
+                                    this));
+  MarkMethodStreamed(MethodIndex("Get"),
+                     new RawHandler([](KvStashService* service, grpc::ServerContext* ctx,
+                                       RawStream* stream) { return service->RawGet(ctx, stream); },
+                                    this));
+}
+
+// ---- Streaming put ----------------------------------------------------------
+
+grpc::Status KvStashService::RawPut(grpc::ServerContext* ctx, RawStream* stream) {
+  RpcScope scope(metrics_, Method::kPut, 0);
+  Status s = scope.Finish(DoPut(ctx, stream, scope));
+  if (!s.ok()) return ToGrpcStatus(s);
+  // The reply, an empty PutResponse, goes out with the status once this returns.
+  grpc::ByteBuffer response;
+  bool own_buffer = false;
+  (void)grpc::SerializationTraits<v1::PutResponse>::Serialize(v1::PutResponse(), &response,
+                                                              &own_buffer);
+  (void)stream->Write(response, grpc::WriteOptions().set_last_message());
+  return grpc::Status::OK;
+}
+
+Status KvStashService::DoPut(grpc::ServerContext* ctx, RawStream* stream, RpcScope& scope) {
+  const Clock::time_point start = Clock::now();
+  PutChunkReader reader(stream);
+  v1::PutChunk chunk;  // fields other than data
+  BytesFieldView data;
+  KVSTASH_ASSIGN_OR_RETURN(bool got, reader.Next(&chunk, &data));
+  if (!got) {
+    if (ctx->IsCancelled()) return absl::CancelledError("client cancelled the Put stream");
+    return Invalid("Put stream ended before its header");
+  }
+  scope.AddReceived(reader.last_bytes());
+  if (!chunk.has_header()) return Invalid("the first PutChunk must carry the header");
+  const v1::PutHeader& header = chunk.header();
+  if (!header.has_key()) return Invalid("header.key: missing");
+  KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(header.key(), "header.key"));
+  KVSTASH_ASSIGN_OR_RETURN(ObjectInfo info,
+                           ParseInfo(header.info(), header.has_info(), "header.info"));
+  const bool durable = header.durable();
+  // The reservation outlives the stream's own deadline, so bytes copied in are always still ours.
+  KVSTASH_ASSIGN_OR_RETURN(
+      storage::Reservation r,
+      store_->Reserve(ToStoredName(name), info, config_.stream_timeout_ms, header.overwrite()));
+  auto abort_with = [&](const Status& s) {
+    Status a = store_->Abort(r.id);
+    if (!a.ok() && !absl::IsNotFound(a) && !absl::IsFailedPrecondition(a)) {
+      spdlog::warn("event=put_abort_failed reservation={} error=\"{}\"", r.id,
+                   std::string(a.message()));
+    }
+    return s;
+  };
+  Status range = CheckArenaRange(*store_, r.arena_offset, info.payload_bytes);
+  if (!range.ok()) return abort_with(range);
+  const Clock::time_point deadline = StreamDeadline(start, config_.stream_timeout_ms);
+  uint8_t* dest = store_->arena_base() + r.arena_offset;
+  uint64_t written = 0;
+  uint64_t index = 0;
+  uint32_t crc = 0;  // Crc32c of nothing
+  while (true) {
+    if (index > 0 && chunk.has_header()) {
+      return abort_with(Invalid(absl::StrCat("PutChunk #", index, " repeats the header")));
+    }
+    if (data.bytes > config_.max_chunk_bytes) {
+      return abort_with(Invalid(absl::StrCat("PutChunk #", index, " carries ", data.bytes,
+                                             " bytes; the limit is ", config_.max_chunk_bytes)));
+    }
+    if (data.bytes > info.payload_bytes - written) {
+      return abort_with(Invalid(
+          absl::StrCat("Put stream carries more than payload_bytes (", info.payload_bytes, ")")));
+    }
+    if (Clock::now() > deadline) {
+      return abort_with(absl::DeadlineExceededError(
+          absl::StrCat("Put stream took longer than ", config_.stream_timeout_ms, " ms; aborted")));
+    }
+    // Checksummed as it is copied (the piece is then in cache), so Commit need not read it again.
+    for (std::span<const uint8_t> piece : data.pieces) {
+      crc = Crc32cExtend(crc, piece.data(), piece.size());
+      std::memcpy(dest + written, piece.data(), piece.size());
+      written += piece.size();
+    }
+    ++index;
+    Result<bool> more = reader.Next(&chunk, &data);
+    if (!more.ok()) {
+      return abort_with(Annotate(more.status(), absl::StrCat("PutChunk #", index)));
+    }
+    if (!*more) break;
+    scope.AddReceived(reader.last_bytes());
+  }
+  if (ctx->IsCancelled()) {
+    return abort_with(
+        absl::CancelledError(absl::StrCat("client went away after ", written, " of ",
+                                          info.payload_bytes, " bytes; reservation aborted")));
+  }
+  if (written != info.payload_bytes) {
+    return abort_with(Invalid(
+        absl::StrCat("Put stream ended after ", written, " of ", info.payload_bytes, " bytes")));
+  }
+  if (crc != info.payload_crc32c) {
+    return abort_with(
+        Invalid(absl::StrCat("payload crc32c mismatch: client says ", info.payload_crc32c,
+                             ", the stream carried ", crc, "; reservation aborted")));
+  }
+  // Some failures (durable without an SSD tier) leave the reservation open; nobody else can
+  // commit it.
+  Status committed = store_->CommitChecked(r.id, info.payload_crc32c, durable);
+  if (!committed.ok()) (void)store_->Abort(r.id);
+  return committed;
+}
+
+// ---- Streaming get ----------------------------------------------------------
+
+grpc::Status KvStashService::RawGet(grpc::ServerContext* ctx, RawStream* stream) {
+  grpc::ByteBuffer request_bytes;
+  const bool got = stream->Read(&request_bytes);
+  RpcScope scope(metrics_, Method::kGet, got ? request_bytes.Length() : 0);
+  if (!got) return ToGrpcStatus(scope.Finish(Invalid("Get call carried no GetRequest")));
+  v1::GetRequest req;
+  if (!grpc::SerializationTraits<v1::GetRequest>::Deserialize(&request_bytes, &req).ok()) {
+    return ToGrpcStatus(scope.Finish(Invalid("Get call carried bytes that are not a GetRequest")));
+  }
+  grpc::ByteBuffer message;
+  return ToGrpcStatus(scope.Finish(DoGet(ctx, req, stream, &message, scope)));
+}
+
+Result<std::optional<storage::TierCodec::Encoded>> KvStashService::EncodeForTransfer(
+    const v1::GetRequest& req, const ObjectInfo& info, std::span<const uint8_t> payload) {
+  using Encoded = storage::TierCodec::Encoded;
+  if (req.accept_level() > 3) {
+    return Invalid(absl::StrCat("accept_level: ", req.accept_level(), " is not 0 (the service's",
+                                " level) or a CacheGen level 1..3"));
+  }
+  switch (req.accept_encoding()) {
+    case v1::ENCODING_RAW:
+      return std::optional<Encoded>();
+    case v1::ENCODING_CACHEGEN:
+      break;
+    default:
+      return Invalid(absl::StrCat("accept_encoding: unknown value ", req.accept_encoding()));
+  }
+  if (transfer_codecs_[0] == nullptr) return std::optional<Encoded>();  // policy: raw
+  const int level = req.accept_level() != 0 ? static_cast<int>(req.accept_level())
+                                            : config_.transfer_encoding.level;
+  Result<std::optional<Encoded>> encoded =
+      transfer_codecs_[level - 1]->EncodeForTier(info, payload);
+  if (!encoded.ok()) {
+    // The stored bytes are still good: send them as they are.
+    spdlog::warn("event=transfer_encode_failed error=\"{}\"",
+                 std::string(encoded.status().message()));
+    return std::optional<Encoded>();
+  }
+  return encoded;
+}
+
+Status KvStashService::DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req, RawStream* stream,
+                             grpc::ByteBuffer* message, RpcScope& scope) {
+  const Clock::time_point start = Clock::now();
+  if (!req.has_key()) return Invalid("key: missing");
+  KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(req.key(), "key"));
+  // The lease outlasts the call's deadline by a margin: gRPC may still hold slices of a call the
+  // watchdog just cancelled, until its transport drops them.
+  const uint32_t lease_ms = config_.stream_timeout_ms + kLeaseMarginMs;
+  KVSTASH_ASSIGN_OR_RETURN(storage::Lease lease, store_->Acquire(name.storage_key, lease_ms));
+  auto* held = new HeldObject(store_, lease.id);
+  struct HandlerRef {
+    HeldObject* held;
+    ~HandlerRef() { HeldObject::Unref(held); }
+  } handler_ref{held};
+  uint64_t total = lease.info.payload_bytes;
+  KVSTASH_RETURN_IF_ERROR(CheckArenaRange(*store_, lease.arena_offset, total));
+  const Clock::time_point deadline = StreamDeadline(start, config_.stream_timeout_ms);
+  StreamWatchdog::Registration watched = watchdog_.Watch(ctx, deadline);
+  const uint8_t* src = store_->arena_base() + lease.arena_offset;
+  KVSTASH_ASSIGN_OR_RETURN(std::optional<storage::TierCodec::Encoded> encoded,
+                           EncodeForTransfer(req, lease.info, {src, total}));
+  // Fields of the first reply; the others carry data only.
+  v1::GetChunk first;
+  if (encoded) {
+    ToProto(encoded->decoded_info, first.mutable_info());
+    ToProto(encoded->stored_info, first.mutable_wire_info());
+    held->encoded = std::move(encoded->bytes);
+    src = held->encoded.data();
+    total = held->encoded.size();
+  } else {
+    ToProto(lease.info, first.mutable_info());
+  }
+  first.set_served_from(ToProtoTier(lease.served_from));
+  std::string head;
+  uint64_t sent = 0;
+  auto too_slow = [&] {
+    return absl::DeadlineExceededError(
+        absl::StrCat("Get stream took longer than ", config_.stream_timeout_ms, " ms"));
+  };
+  do {
+    if (Clock::now() > deadline) return too_slow();
+    if (ctx->IsCancelled()) return absl::CancelledError("client cancelled the Get stream");
+    const uint64_t n = std::min<uint64_t>(config_.stream_chunk_bytes, total - sent);
+    head.clear();
+    if (sent == 0) first.AppendToString(&head);
+    AppendLengthDelimitedTag(&head, v1::GetChunk::kDataFieldNumber, n);
+    std::array<grpc::Slice, 2> slices = {grpc::Slice(head), held->Borrow(src + sent, n)};
+    *message = grpc::ByteBuffer(slices.data(), n == 0 ? 1 : 2);
+    scope.AddSent(head.size() + n);
+    sent += n;
+    // The last reply goes out together with the call's status, after this returns.
+    const bool written = sent == total
+                             ? stream->Write(*message, grpc::WriteOptions().set_last_message())
+                             : stream->Write(*message);
+    if (!written) {
+      // The watchdog cancels a call stuck past its deadline; otherwise the client left.
+      if (Clock::now() > deadline) return too_slow();
+      return absl::CancelledError("client went away during Get");
+    }
+  } while (sent < total);
+  return OkStatus();
+}
+
+}  // namespace kvstash::cachesvc
