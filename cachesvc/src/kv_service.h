@@ -65,9 +65,8 @@ class KvStashService final : public v1::KvStash::Service {
   Status DoPut(grpc::ServerContext* ctx, RawStream* stream, RpcScope& scope);
   Status DoAcquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp);
   grpc::Status RawGet(grpc::ServerContext* ctx, RawStream* stream);
-  // `message` holds the last reply until the handler returns (gRPC sends it with the status).
   Status DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req, RawStream* stream,
-               grpc::ByteBuffer* message, RpcScope& scope);
+               RpcScope& scope);
   // The CacheGen container a streaming Get sends instead of `payload`, or nullopt to send the
   // payload as it is (the client did not ask, the policy is raw, or the codec does not take it).
   Result<std::optional<storage::TierCodec::Encoded>> EncodeForTransfer(

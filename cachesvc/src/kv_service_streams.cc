@@ -235,8 +235,7 @@ grpc::Status KvStashService::RawGet(grpc::ServerContext* ctx, RawStream* stream)
   if (!grpc::SerializationTraits<v1::GetRequest>::Deserialize(&request_bytes, &req).ok()) {
     return ToGrpcStatus(scope.Finish(Invalid("Get call carried bytes that are not a GetRequest")));
   }
-  grpc::ByteBuffer message;
-  return ToGrpcStatus(scope.Finish(DoGet(ctx, req, stream, &message, scope)));
+  return ToGrpcStatus(scope.Finish(DoGet(ctx, req, stream, scope)));
 }
 
 Result<std::optional<storage::TierCodec::Encoded>> KvStashService::EncodeForTransfer(
@@ -269,7 +268,7 @@ Result<std::optional<storage::TierCodec::Encoded>> KvStashService::EncodeForTran
 }
 
 Status KvStashService::DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req, RawStream* stream,
-                             grpc::ByteBuffer* message, RpcScope& scope) {
+                             RpcScope& scope) {
   const Clock::time_point start = Clock::now();
   if (!req.has_key()) return Invalid("key: missing");
   KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(req.key(), "key"));
@@ -315,14 +314,13 @@ Status KvStashService::DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req
     if (sent == 0) first.AppendToString(&head);
     AppendLengthDelimitedTag(&head, v1::GetChunk::kDataFieldNumber, n);
     std::array<grpc::Slice, 2> slices = {grpc::Slice(head), held->Borrow(src + sent, n)};
-    *message = grpc::ByteBuffer(slices.data(), n == 0 ? 1 : 2);
+    const grpc::ByteBuffer message(slices.data(), n == 0 ? 1 : 2);
     scope.AddSent(head.size() + n);
     sent += n;
-    // The last reply goes out together with the call's status, after this returns.
-    const bool written = sent == total
-                             ? stream->Write(*message, grpc::WriteOptions().set_last_message())
-                             : stream->Write(*message);
-    if (!written) {
+    // Not coalesced with the status (WriteOptions::set_last_message): gRPC would send that pair
+    // after the handler returned, where a reader that stopped reading could block it, and the
+    // lease with it, past the watchdog's reach. The status costs one small frame more.
+    if (!stream->Write(message)) {
       // The watchdog cancels a call stuck past its deadline; otherwise the client left.
       if (Clock::now() > deadline) return too_slow();
       return absl::CancelledError("client went away during Get");
