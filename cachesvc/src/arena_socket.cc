@@ -198,6 +198,8 @@ void ArenaSocketServer::AcceptLoop() {
       keep = conns_.size() < static_cast<size_t>(max_connections_);
       if (!keep) hello.features &= ~kArenaFeatureLocalControl;
     }
+    // Counted before the handshake goes out: a client that has read it finds itself counted.
+    if (keep && open_connections_ != nullptr) open_connections_->Add(1);
     // A peer that never reads cannot stall the loop: the 32-byte message fits the socket buffer.
     Status s = SendArenaFd(conn, arena_fd_, hello);
     if (s.ok() && keep) {
@@ -208,11 +210,11 @@ void ArenaSocketServer::AcceptLoop() {
       auto owned = std::make_unique<Connection>();
       Connection* c = owned.get();
       c->fd = conn;
-      if (open_connections_ != nullptr) open_connections_->Add(1);
       std::lock_guard<std::mutex> lock(conns_mu_);
       conns_.push_back(std::move(owned));
       c->thread = std::thread([this, c] { Serve(c); });
     } else {
+      if (keep && open_connections_ != nullptr) open_connections_->Add(-1);
       ::close(conn);
     }
     if (s.ok()) {
