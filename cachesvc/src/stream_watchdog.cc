@@ -38,7 +38,9 @@ void StreamWatchdog::Run() {
       continue;
     }
     if (Clock::now() < next->first) {
-      wake_.wait_until(lock, next->first);
+      // A copy: wait_until keeps reading its argument, and the entry may go while we wait.
+      const Clock::time_point when = next->first;
+      wake_.wait_until(lock, when);
       continue;
     }
     // Under mu_: the handler cannot end and destroy the context meanwhile.
