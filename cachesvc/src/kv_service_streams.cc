@@ -12,7 +12,7 @@
 #include "kv_service.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/proto/convert.h"
-#include "kvstash/proto/split_bytes_field.h"
+#include "kvstash/proto/raw_message.h"
 #include "kvstash/proto/status_mapping.h"
 #include "request_checks.h"
 
@@ -84,23 +84,16 @@ class PutChunkReader {
   // The next message: data in `data` (valid until the next call), the rest in `rest`. False at
   // the end of the client's stream; InvalidArgument for bytes that are not a PutChunk.
   Result<bool> Next(v1::PutChunk* rest, BytesFieldView* data) {
-    spans_.clear();
-    slices_.clear();
-    if (!stream_->Read(&buffer_)) return false;
-    last_bytes_ = buffer_.Length();
-    if (!buffer_.Dump(&slices_).ok()) return absl::InternalError("cannot read a PutChunk");
-    for (const grpc::Slice& s : slices_) spans_.emplace_back(s.begin(), s.size());
-    KVSTASH_RETURN_IF_ERROR(SplitBytesField(spans_, v1::PutChunk::kDataFieldNumber, rest, data));
+    received_.Clear();
+    if (!stream_->Read(received_.buffer())) return false;
+    KVSTASH_RETURN_IF_ERROR(received_.Split(v1::PutChunk::kDataFieldNumber, rest, data));
     return true;
   }
-  size_t last_bytes() const { return last_bytes_; }
+  size_t last_bytes() const { return received_.bytes(); }
 
  private:
   grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream_;
-  grpc::ByteBuffer buffer_;
-  std::vector<grpc::Slice> slices_;
-  std::vector<std::span<const uint8_t>> spans_;
-  size_t last_bytes_ = 0;
+  ReceivedMessage received_;
 };
 
 }  // namespace
@@ -300,7 +293,6 @@ Status KvStashService::DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req
     ToProto(lease.info, first.mutable_info());
   }
   first.set_served_from(ToProtoTier(lease.served_from));
-  std::string head;
   uint64_t sent = 0;
   auto too_slow = [&] {
     return absl::DeadlineExceededError(
@@ -310,12 +302,10 @@ Status KvStashService::DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req
     if (Clock::now() > deadline) return too_slow();
     if (ctx->IsCancelled()) return absl::CancelledError("client cancelled the Get stream");
     const uint64_t n = std::min<uint64_t>(config_.stream_chunk_bytes, total - sent);
-    head.clear();
-    if (sent == 0) first.AppendToString(&head);
-    AppendLengthDelimitedTag(&head, v1::GetChunk::kDataFieldNumber, n);
-    std::array<grpc::Slice, 2> slices = {grpc::Slice(head), held->Borrow(src + sent, n)};
-    const grpc::ByteBuffer message(slices.data(), n == 0 ? 1 : 2);
-    scope.AddSent(head.size() + n);
+    const grpc::ByteBuffer message =
+        MessageWithField(sent == 0 ? first : v1::GetChunk::default_instance(),
+                         v1::GetChunk::kDataFieldNumber, held->Borrow(src + sent, n));
+    scope.AddSent(message.Length());
     sent += n;
     // Not coalesced with the status (WriteOptions::set_last_message): gRPC would send that pair
     // after the handler returned, where a reader that stopped reading could block it, and the

@@ -9,7 +9,7 @@
 #include "copy_crc.h"
 #include "kvstash/codec/cachegen.h"
 #include "kvstash/common/crc32c.h"
-#include "kvstash/proto/split_bytes_field.h"
+#include "kvstash/proto/raw_message.h"
 #include "kvstash/proto/status_mapping.h"
 #include "raw_call.h"
 
@@ -191,8 +191,8 @@ Status KvClient::PutStream(const ObjectName& name, const ObjectInfo& info,
   size_t off = 0;
   do {
     const size_t n = std::min(step, payload.size() - off);
-    grpc::ByteBuffer message = internal::MessageWithBorrowedField(
-        head, v1::PutChunk::kDataFieldNumber, payload.data() + off, n, &lent);
+    grpc::ByteBuffer message =
+        MessageWithField(head, v1::PutChunk::kDataFieldNumber, lent.Lend(payload.data() + off, n));
     off += n;
     head.Clear();
     // The last chunk carries the half-close with it. A failed write means the service already

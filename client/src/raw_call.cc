@@ -44,25 +44,21 @@ bool RawCall::Write(const grpc::ByteBuffer& message, bool last) {
 
 Result<bool> RawCall::Read(uint32_t field_number, google::protobuf::MessageLite* rest,
                            BytesFieldView* field) {
-  spans_.clear();
-  slices_.clear();
+  received_.Clear();
   if (call_ == nullptr || ended_) return false;
-  call_->Read(&received_, this);
+  call_->Read(received_.buffer(), this);
   if (!Wait()) {
     ended_ = true;
     return false;
   }
-  if (!received_.Dump(&slices_).ok()) return absl::InternalError("cannot read a received message");
-  for (const grpc::Slice& s : slices_) spans_.emplace_back(s.begin(), s.size());
-  KVSTASH_RETURN_IF_ERROR(SplitBytesField(spans_, field_number, rest, field));
+  KVSTASH_RETURN_IF_ERROR(received_.Split(field_number, rest, field));
   return true;
 }
 
 Status RawCall::Finish() {
   if (finished_) return absl::InternalError("RawCall::Finish called twice");
   finished_ = true;
-  spans_.clear();
-  slices_.clear();
+  received_.Clear();
   if (call_ == nullptr) return absl::InternalError("gRPC could not set up the call");
   // Replies still coming are not wanted: cancelling lets Finish complete at once.
   if (!ended_) ctx_->TryCancel();
@@ -90,19 +86,6 @@ void BorrowedSlices::Return(void* self) {
 void BorrowedSlices::WaitUntilReturned() {
   std::unique_lock<std::mutex> lock(mu_);
   returned_.wait(lock, [this] { return lent_ == 0; });
-}
-
-grpc::ByteBuffer MessageWithBorrowedField(const google::protobuf::MessageLite& head_fields,
-                                          uint32_t field_number, const uint8_t* data, size_t n,
-                                          BorrowedSlices* lender) {
-  std::string head = head_fields.SerializeAsString();
-  AppendLengthDelimitedTag(&head, field_number, n);
-  if (n == 0) {
-    grpc::Slice only(head);
-    return grpc::ByteBuffer(&only, 1);
-  }
-  grpc::Slice slices[2] = {grpc::Slice(head), lender->Lend(data, n)};
-  return grpc::ByteBuffer(slices, 2);
 }
 
 }  // namespace kvstash::client::internal

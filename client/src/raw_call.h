@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "kvstash/common/status.h"
-#include "kvstash/proto/split_bytes_field.h"
+#include "kvstash/proto/raw_message.h"
 
 namespace kvstash::client::internal {
 
@@ -54,9 +54,7 @@ class RawCall {
   bool open_ = false;   // no op has failed yet
   bool ended_ = false;  // Read() saw the end of the stream
   bool finished_ = false;
-  grpc::ByteBuffer received_;
-  std::vector<grpc::Slice> slices_;
-  std::vector<std::span<const uint8_t>> spans_;
+  ReceivedMessage received_;
 };
 
 // Slices that point at memory the caller owns, and a wait for gRPC to drop them all: gRPC may
@@ -79,12 +77,6 @@ class BorrowedSlices {
   std::condition_variable returned_;
   int lent_ = 0;
 };
-
-// A message whose field `field_number` (length-delimited) is `n` bytes at `data`, lent from
-// `lender`, and whose other fields are `head_fields` serialized.
-grpc::ByteBuffer MessageWithBorrowedField(const google::protobuf::MessageLite& head_fields,
-                                          uint32_t field_number, const uint8_t* data, size_t n,
-                                          BorrowedSlices* lender);
 
 }  // namespace kvstash::client::internal
 
