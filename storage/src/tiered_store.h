@@ -214,8 +214,9 @@ class TieredStore final : public ObjectStore {
   Status CommitImpl(uint64_t reservation_id, uint32_t payload_crc32c, bool durable, bool checked);
   // OK once rec's arena bytes match info.payload_crc32c, checking them on the first call (other
   // callers wait for it); DataLoss when they do not. The caller holds a lease or an io_ref, so
-  // the bytes stay where they are.
-  Status CheckArenaBytes(ObjectRec& rec);
+  // the bytes stay where they are. `yielding`: give up the CPU between pieces of the pass (the
+  // background checker; readers check in one go).
+  Status CheckArenaBytes(ObjectRec& rec, bool yielding = false);
   // Hands a rec with a pending check to the background checker.
   void QueueCheck(std::shared_ptr<ObjectRec> rec);
   // Undoes Acquire's lease reference on a rec whose bytes failed the check, hiding the rec.
