@@ -47,7 +47,7 @@ Status ClaimUnixSocketPath(const std::string& path) {
 
 Result<std::unique_ptr<ArenaSocketServer>> ArenaSocketServer::Start(
     const std::string& path, int arena_fd, const ArenaHandshake& hello, MetricsRegistry* metrics,
-    LocalControlFactory sessions, int max_connections) {
+    LocalControlFactory sessions, int max_connections, std::chrono::microseconds poll_window) {
   KVSTASH_RETURN_IF_ERROR(ClaimUnixSocketPath(path));
   std::unique_ptr<ArenaSocketServer> server(new ArenaSocketServer());
   server->path_ = path;
@@ -55,6 +55,7 @@ Result<std::unique_ptr<ArenaSocketServer>> ArenaSocketServer::Start(
   server->hello_ = hello;
   server->sessions_ = std::move(sessions);
   server->max_connections_ = max_connections;
+  server->poll_window_ = poll_window;
   if (server->sessions_ != nullptr && max_connections > 0) {
     server->hello_.features |= kArenaFeatureLocalControl;
   } else {
@@ -140,6 +141,9 @@ void ArenaSocketServer::Serve(Connection* conn) {
   std::string body;
   std::string reply;
   while (true) {
+    // The next request of a client in the middle of a put or get (Reserve, copy, Commit) comes
+    // within a copy's time; polling for it saves the wake-up of a blocked read.
+    PollReadable(conn->fd, poll_window_);
     Status s = ReadLocalFrame(conn->fd, &request, &body);
     if (!s.ok()) {
       // Unavailable is the client closing (or Stop()); anything else is a protocol error.

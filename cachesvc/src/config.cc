@@ -34,6 +34,7 @@ limits:
   stream_timeout_ms: 120000
   rpc_threads: 64
   local_control_connections: 256  # same-node control calls on the arena socket; 0: gRPC only
+  local_control_poll_us: 1000     # poll for a local client's next call this long before blocking
   shutdown_grace_ms: 10000
 storage:
   data_dir: ./data
@@ -226,6 +227,9 @@ const std::vector<Field>& Fields() {
       {"limits.local_control_connections", "--local-control-connections",
        "arena-socket connections served for local control calls (0: off)",
        IntField(&ServiceConfig::local_control_connections, 0, 65536)},
+      {"limits.local_control_poll_us", "--local-control-poll-us",
+       "after a local control call, poll for the next one this long before blocking (0: never)",
+       IntField(&ServiceConfig::local_control_poll_us, 0, 100'000)},
       {"limits.shutdown_grace_ms", "--shutdown-grace-ms", "time in-flight RPCs get on SIGTERM",
        IntField(&ServiceConfig::shutdown_grace_ms, 0, 600'000)},
       {"storage.data_dir", "--data-dir", "directory of the SSD tier",

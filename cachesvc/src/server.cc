@@ -170,7 +170,7 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   auto arena = ArenaSocketServer::Start(
       impl->arena_socket_path, impl->store->arena_fd(), hello, &impl->registry,
       ServiceLocalSessions(impl->service.get(), impl->store.get(), &impl->registry),
-      config.local_control_connections);
+      config.local_control_connections, std::chrono::microseconds{config.local_control_poll_us});
   if (!arena.ok()) return fail(arena.status());
   impl->arena_socket = std::move(*arena);
 

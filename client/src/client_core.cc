@@ -92,8 +92,9 @@ Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
   shared_memory_status = OkStatus();
   if (connection >= 0 && local == nullptr) {
     // Without it every call still works over gRPC, only slower; not worth failing the attach.
-    auto created = LocalControl::Create(resp.fd_socket_path(), connection,
-                                        received.hello.arena_generation, options.rpc_timeout);
+    auto created =
+        LocalControl::Create(resp.fd_socket_path(), connection, received.hello.arena_generation,
+                             options.rpc_timeout, options.local_control_poll);
     if (created.ok()) local = std::move(*created);
   } else if (connection >= 0) {
     // A re-attach: the channel lives on (its handles must stay anchored) and re-anchors itself

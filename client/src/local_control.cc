@@ -35,8 +35,11 @@ Status WriteRequest(int fd, LocalMethod method, uint16_t flags, uint32_t sequenc
   return WriteLocalFrame(fd, header, Bytes(*scratch));
 }
 
-// Reads the reply to request `sequence` (a connection answers in order, so it is the next frame).
-Status ReadReply(int fd, uint32_t sequence, LocalFrameHeader* reply, std::string* body) {
+// Reads the reply to request `sequence` (a connection answers in order, so it is the next frame),
+// polling for it for up to `poll` first.
+Status ReadReply(int fd, uint32_t sequence, std::chrono::microseconds poll, LocalFrameHeader* reply,
+                 std::string* body) {
+  PollReadable(fd, poll);
   KVSTASH_RETURN_IF_ERROR(ReadLocalFrame(fd, reply, body));
   if (reply->sequence != sequence) {
     return absl::InternalError(absl::StrCat("local control reply ", reply->sequence,
@@ -56,13 +59,15 @@ Status LocalReplyStatus(uint16_t code, const std::string& body,
   return OkStatus();
 }
 
-LocalControl::LocalControl(std::string socket_path, std::chrono::milliseconds timeout)
-    : socket_path_(std::move(socket_path)), timeout_(timeout) {}
+LocalControl::LocalControl(std::string socket_path, std::chrono::milliseconds timeout,
+                           std::chrono::microseconds poll)
+    : socket_path_(std::move(socket_path)), timeout_(timeout), poll_(poll) {}
 
 Result<std::unique_ptr<LocalControl>> LocalControl::Create(std::string socket_path, int anchor_fd,
                                                            uint64_t generation,
-                                                           std::chrono::milliseconds timeout) {
-  std::unique_ptr<LocalControl> local(new LocalControl(std::move(socket_path), timeout));
+                                                           std::chrono::milliseconds timeout,
+                                                           std::chrono::microseconds poll) {
+  std::unique_ptr<LocalControl> local(new LocalControl(std::move(socket_path), timeout, poll));
   local->anchor_fd_ = anchor_fd;
   local->anchor_generation_ = generation;
   // The id only has to be unique among this node's clients; 128 random bits are.
@@ -89,7 +94,7 @@ Status LocalControl::Hello(int fd) {
   KVSTASH_RETURN_IF_ERROR(WriteLocalFrame(fd, header, client_id_));
   LocalFrameHeader reply;
   std::string body;
-  KVSTASH_RETURN_IF_ERROR(ReadReply(fd, header.sequence, &reply, &body));
+  KVSTASH_RETURN_IF_ERROR(ReadReply(fd, header.sequence, poll_, &reply, &body));
   if (reply.code != 0) {
     return Status(absl::StatusCode::kUnavailable,
                   absl::StrCat("local control Hello refused: ", body));
@@ -193,7 +198,7 @@ Status LocalControl::Call(LocalMethod method, const google::protobuf::MessageLit
     }
     *sent = true;
     LocalFrameHeader reply;
-    s = ReadReply(fd, header.sequence, &reply, &buffer);
+    s = ReadReply(fd, header.sequence, poll_, &reply, &buffer);
     if (!s.ok()) {
       ::close(fd);
       return Status(s.code(), absl::StrCat(LocalMethodName(static_cast<uint16_t>(method)), ": ",
@@ -260,7 +265,7 @@ Status LocalControl::Pipeline::Await(uint32_t ticket, google::protobuf::MessageL
     }
     LocalFrameHeader header;
     Reply reply;
-    Status s = ReadReply(fd_, outstanding_.front(), &header, &reply.body);
+    Status s = ReadReply(fd_, outstanding_.front(), owner_->poll_, &header, &reply.body);
     if (!s.ok()) {
       broken_ = s;
       return s;

@@ -9,7 +9,8 @@
 // (handles keep the ClientCore, and with it the pool, alive). When a new connection meets a new
 // arena generation (the service restarted), it becomes the anchor and the old one is closed.
 //
-// Thread-safe. Timeouts: every read and write on a connection is bounded by `timeout`.
+// Thread-safe. Timeouts: every read and write on a connection is bounded by `timeout`. A caller
+// waiting for a reply polls for it for up to `poll` before it blocks (PollReadable).
 #ifndef KVSTASH_CLIENT_LOCAL_CONTROL_H_
 #define KVSTASH_CLIENT_LOCAL_CONTROL_H_
 
@@ -35,7 +36,8 @@ class LocalControl {
   // `generation`): says Hello on it and keeps it open. Unavailable when that fails.
   static Result<std::unique_ptr<LocalControl>> Create(std::string socket_path, int anchor_fd,
                                                       uint64_t generation,
-                                                      std::chrono::milliseconds timeout);
+                                                      std::chrono::milliseconds timeout,
+                                                      std::chrono::microseconds poll);
   ~LocalControl();
   LocalControl(const LocalControl&) = delete;
   LocalControl& operator=(const LocalControl&) = delete;
@@ -79,7 +81,8 @@ class LocalControl {
   Result<std::unique_ptr<Pipeline>> OpenPipeline();
 
  private:
-  LocalControl(std::string socket_path, std::chrono::milliseconds timeout);
+  LocalControl(std::string socket_path, std::chrono::milliseconds timeout,
+               std::chrono::microseconds poll);
   // An idle connection, or a new one (handshake + Hello). `fresh` says which.
   Result<int> Take(bool* fresh);
   void GiveBack(int fd);
@@ -91,6 +94,7 @@ class LocalControl {
 
   std::string socket_path_;
   std::chrono::milliseconds timeout_;
+  std::chrono::microseconds poll_;
   std::array<uint8_t, kLocalClientIdBytes> client_id_{};
   std::atomic<uint32_t> sequence_{0};
   std::mutex mu_;

@@ -1,5 +1,6 @@
 #include "kvstash/proto/local_control.h"
 
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -134,6 +135,19 @@ Status WriteLocalFrame(int fd, const LocalFrameHeader& header, std::span<const u
     sent += static_cast<size_t>(w);
   }
   return OkStatus();
+}
+
+bool PollReadable(int fd, std::chrono::microseconds window) {
+  if (window.count() <= 0) return false;
+  const auto until = std::chrono::steady_clock::now() + window;
+  do {
+    uint8_t probe = 0;
+    ssize_t r = ::recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+    // Bytes, end of stream (0) or an error other than "nothing yet": the read will not block.
+    if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return true;
+    ::sched_yield();
+  } while (std::chrono::steady_clock::now() < until);
+  return false;
 }
 
 Status ReadLocalFrame(int fd, LocalFrameHeader* header, std::string* body) {

@@ -55,6 +55,12 @@ TEST(Config, EmbeddedDefaultIsSingleNodeWithCpuAndSsdInData) {
   ParsedCommandLine first_read = Parse({"--background-commit-checks", "false"});
   ASSERT_TRUE(first_read.config) << first_read.output;
   EXPECT_FALSE(first_read.config->store.background_commit_checks);
+  EXPECT_EQ(from_text->local_control_poll_us, ServiceConfig{}.local_control_poll_us);
+  EXPECT_EQ(ServiceConfig{}.local_control_poll_us, 1000u);
+  ParsedCommandLine no_poll = Parse({"--local-control-poll-us", "0"});
+  ASSERT_TRUE(no_poll.config) << no_poll.output;
+  EXPECT_EQ(no_poll.config->local_control_poll_us, 0u);
+  EXPECT_FALSE(Parse({"--local-control-poll-us", "-5"}).config);
 }
 
 TEST(Config, FlagsOverrideTheFile) {

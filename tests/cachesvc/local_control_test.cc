@@ -306,6 +306,77 @@ TEST_F(LocalControlOffTest, TheHandshakeSaysSoAndTheConnectionCloses) {
   EXPECT_TRUE(conn->ClosedByPeer());
 }
 
+// The service polls for a connection's next call for --local-control-poll-us, then blocks in its
+// read: calls answer the same whether they come within the window, after it, or with polling off.
+TEST_F(LocalControlTest, CallsAnswerWithinAndAfterThePollWindow) {
+  auto conn = RawConnection::Open(socket_path_);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  v1::LookupRequest lookup;
+  ToProto(TestName(5), lookup.add_keys());
+  for (int pause_ms : {0, 0, 30, 0, 30}) {  // the default window is 1 ms
+    std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
+    uint16_t code = 1;
+    std::string body;
+    ASSERT_TRUE(conn->Call(LocalMethod::kLookup, lookup, &code, &body).ok());
+    ASSERT_EQ(code, 0) << body;
+    v1::LookupResponse found;
+    ASSERT_TRUE(found.ParseFromString(body));
+    ASSERT_EQ(found.results_size(), 1);
+    EXPECT_FALSE(found.results(0).present());
+  }
+}
+
+class LocalControlPollOffTest : public LocalControlTest {
+ protected:
+  LocalControlPollOffTest() { extra_args_ = {"--local-control-poll-us", "0"}; }
+};
+
+TEST_F(LocalControlPollOffTest, CallsAnswerFromBlockingReads) {
+  auto conn = RawConnection::Open(socket_path_);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  EXPECT_NE(conn->hello().features & kArenaFeatureLocalControl, 0u);
+  uint16_t code = 1;
+  std::string body;
+  ASSERT_TRUE(conn->Call(LocalMethod::kReserve, ReserveOf(1), &code, &body).ok());
+  ASSERT_EQ(code, 0) << body;
+  v1::ReserveResponse reserved;
+  ASSERT_TRUE(reserved.ParseFromString(body));
+  v1::AbortRequest abort;
+  abort.set_reservation_id(reserved.reservation_id());
+  ASSERT_TRUE(conn->Call(LocalMethod::kAbort, abort, &code, &body).ok());
+  EXPECT_EQ(code, 0) << body;
+  EXPECT_EQ(ActiveReservations(), 0u);
+}
+
+TEST(PollReadable, SaysWhenAReadWouldNotBlockAndConsumesNothing) {
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  using std::chrono::microseconds;
+  EXPECT_FALSE(PollReadable(fds[0], microseconds{0}));     // no window: no poll at all
+  EXPECT_FALSE(PollReadable(fds[0], microseconds{2000}));  // nothing came within the window
+  ASSERT_EQ(::write(fds[1], "ab", 2), 2);
+  EXPECT_TRUE(PollReadable(fds[0], microseconds{2000}));
+  EXPECT_TRUE(PollReadable(fds[0], microseconds{2000}));  // it peeks: the bytes are still there
+  char got[2] = {};
+  ASSERT_EQ(::read(fds[0], got, 2), 2);
+  EXPECT_EQ(std::string(got, 2), "ab");
+  EXPECT_FALSE(PollReadable(fds[0], microseconds{1000}));
+  // A byte written while the caller polls ends the poll.
+  std::thread writer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    EXPECT_EQ(::write(fds[1], "c", 1), 1);
+  });
+  bool seen = false;
+  for (int i = 0; i < 1000 && !seen; ++i) seen = PollReadable(fds[0], microseconds{100'000});
+  writer.join();
+  EXPECT_TRUE(seen);
+  ASSERT_EQ(::read(fds[0], got, 1), 1);
+  // The end of the stream is something to read too (the read returns 0 at once).
+  ::close(fds[1]);
+  EXPECT_TRUE(PollReadable(fds[0], microseconds{2000}));
+  ::close(fds[0]);
+}
+
 TEST(LocalFrameHeader, EncodeDecodeRoundTripAndLimits) {
   LocalFrameHeader h{.body_bytes = 1234, .code = 7, .flags = kLocalFlagNoReply, .sequence = 99};
   auto bytes = EncodeLocalFrameHeader(h);

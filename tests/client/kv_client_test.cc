@@ -211,8 +211,9 @@ TEST_F(KvClientTest, LookupPrefixPinDeleteListStats) {
   EXPECT_EQ(total, 7u);
 }
 
-// The same shared-memory calls with the local control channel and with gRPC control: same
-// outcomes, same statuses; and the channel's connections go away with the client.
+// The same shared-memory calls with the local control channel (replies polled for, and read by
+// blocking at once) and with gRPC control: same outcomes, same statuses; and the channel's
+// connections go away with the client.
 TEST_F(KvClientTest, LocalControlChannelAndGrpcControlAgree) {
   const int port = svc_->metrics_port();
   EXPECT_TRUE(kv_->local_control_active());
@@ -222,11 +223,20 @@ TEST_F(KvClientTest, LocalControlChannelAndGrpcControlAgree) {
   ASSERT_TRUE(other.ok()) << other.status();
   ASSERT_TRUE((*other)->shared_memory_attached());
   EXPECT_FALSE((*other)->local_control_active());
+  client::ClientOptions no_poll;
+  no_poll.local_control_poll = std::chrono::microseconds{0};
+  auto blocking = ConnectTo(*svc_, no_poll);
+  ASSERT_TRUE(blocking.ok()) << blocking.status();
+  EXPECT_TRUE((*blocking)->local_control_active());
 
   ObjectInfo info = TestInfo(4096);  // 1 MiB
-  int index = 7000;                  // keys 7000-7199: unused by the other tests of this suite
-  for (KvClient* c : {kv_.get(), other->get()}) {
-    SCOPED_TRACE(c->local_control_active() ? "local control" : "gRPC control");
+  int index = 7000;                  // keys 7000-7299: unused by the other tests of this suite
+  const std::vector<std::pair<KvClient*, const char*>> clients = {
+      {kv_.get(), "local control"},
+      {other->get(), "gRPC control"},
+      {blocking->get(), "local control, blocking reads"}};
+  for (const auto& [c, label] : clients) {
+    SCOPED_TRACE(label);
     const int base = index;
     index += 100;
     // Single and batched puts, then leases on what they wrote.

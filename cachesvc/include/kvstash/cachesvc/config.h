@@ -52,6 +52,11 @@ struct ServiceConfig {
   // Arena-socket connections kept open for local control calls (a thread each); 0 turns the
   // local control channel off and same-node clients send every call over gRPC.
   int local_control_connections = 256;
+  // After answering a local control call, the connection's thread polls for the next one this
+  // long before it blocks. A same-node put is Reserve, a copy, Commit: polling through the copy
+  // answers the Commit without a thread wake-up (on a 2-vCPU VM: 15 us instead of 50-110 us per
+  // call). The price is up to this much CPU per call on the service side; 0: never poll.
+  uint32_t local_control_poll_us = 1000;
   uint32_t shutdown_grace_ms = 10'000;  // in-flight RPCs get this long on SIGTERM
 
   // metrics is set by the service; prefault_arena defaults to true here (the embedded default):

@@ -55,6 +55,11 @@ struct ClientOptions {
   // control channel instead of gRPC, when the service offers it: a plain unix-socket round trip
   // instead of an HTTP/2 one (docs/api.md "Local control channel"). Same calls, same statuses.
   bool local_control = true;
+  // Waiting for a local control reply, poll for it this long before blocking: a reply usually
+  // comes within tens of microseconds, sooner than a blocked thread wakes up on a busy or virtual
+  // machine. Costs this thread's CPU while it waits (it yields to other runnable threads); 0:
+  // block at once.
+  std::chrono::microseconds local_control_poll{200};
   uint64_t max_message_bytes = 16ull << 20;
 };
 
