@@ -21,10 +21,15 @@
 // in the client), so no path pays first-touch page faults; the comparison is about the data path,
 // not the SSD. Each (size, path) is measured --reps times,
 // paths interleaved within a rep; throughput is the median of the reps, latencies are p50/p99
-// over all operations. Results: JSON (--out) and a markdown table (--markdown).
+// over all operations. Each path also reports the server's CPU time while it ran (cachesvc's, or
+// redis-server's for redis; all threads, clock_getcpuclockid) per GB moved: the cost
+// beside the client thread, e.g. of the local control channel's polling. --service-arg and
+// --client-poll-us change the service's flags and the client's polling window for A/B runs.
+// Results: JSON (--out) and a markdown table (--markdown).
 #include <hiredis/hiredis.h>
 #include <malloc.h>
 #include <signal.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -67,6 +72,8 @@ struct Config {
   std::string markdown;
   int batch = 8;      // shm_pipe objects per ReserveMany / CommitMany / AcquireMany RPC
   int per_call = 32;  // shm_pipe objects per measured call (PutMany, AcquireMany loop)
+  std::vector<std::string> service_args;  // appended to cachesvc's command line
+  int client_poll_us = -1;                // ClientOptions::local_control_poll; -1: the default
   std::vector<std::string> only = {"shm",  "shm_grpcctl", "shm_pipe", "shm_pipe_grpcctl",
                                    "grpc", "memcpy",      "redis"};
   std::string command_line;  // recorded in the JSON
@@ -77,6 +84,12 @@ struct Config {
 struct OpStats {
   std::vector<double> rep_gbps;  // one per rep
   std::vector<double> lat_ms;    // every op of every rep
+  double server_cpu_s = 0;       // the server process's CPU time over every rep
+  double bytes_moved = 0;        // over every rep
+  // The server's CPU milliseconds per GB moved: what the path costs beside the client thread.
+  double ServerCpuMsPerGb() const {
+    return bytes_moved == 0 ? 0 : server_cpu_s * 1e3 / (bytes_moved / 1e9);
+  }
   double Median() const {
     std::vector<double> v = rep_gbps;
     std::sort(v.begin(), v.end());
@@ -91,8 +104,22 @@ struct OpStats {
   }
 };
 
-// Runs op(i) for i in [0, count), recording per-op latency and the rep's throughput.
-Status Measure(int count, uint64_t bytes, OpStats* stats, const std::function<Status(int)>& op) {
+// CPU time of process `pid` so far, every thread's (ended ones too), in seconds; 0 for no process
+// or when the clock cannot be read.
+double ProcessCpuSeconds(pid_t pid) {
+  clockid_t clock;
+  timespec ts{};
+  if (pid <= 0 || ::clock_getcpuclockid(pid, &clock) != 0 || ::clock_gettime(clock, &ts) != 0) {
+    return 0;
+  }
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+// Runs op(i) for i in [0, count), recording per-op latency, the rep's throughput and the CPU
+// time the server process `server` (none: -1) spent meanwhile.
+Status Measure(int count, uint64_t bytes, OpStats* stats, const std::function<Status(int)>& op,
+               pid_t server = -1) {
+  const double server_cpu_before = ProcessCpuSeconds(server);
   auto start = Clock::now();
   for (int i = 0; i < count; ++i) {
     auto t0 = Clock::now();
@@ -101,6 +128,8 @@ Status Measure(int count, uint64_t bytes, OpStats* stats, const std::function<St
   }
   double s = std::chrono::duration<double>(Clock::now() - start).count();
   stats->rep_gbps.push_back(static_cast<double>(bytes) * count / s / 1e9);
+  stats->server_cpu_s += ProcessCpuSeconds(server) - server_cpu_before;
+  stats->bytes_moved += static_cast<double>(bytes) * count;
   return kvstash::OkStatus();
 }
 
@@ -142,11 +171,12 @@ int Run(const Config& cfg) {
   auto cleanup_dir = [&] { std::filesystem::remove_all(dir); };
 
   std::string ready = dir + "/ready.json";
-  pid_t svc =
-      Spawn({cfg.cachesvc, "--listen", "unix://" + dir + "/svc.sock", "--data-dir", dir + "/data",
-             "--cpu-capacity", "1GiB", "--ssd-capacity", "0", "--prefault-arena", "true",
-             "--metrics-port", "0", "--ready-file", ready, "--log-level", "warn"},
-            dir + "/cachesvc.log");
+  std::vector<std::string> svc_command(
+      {cfg.cachesvc, "--listen", "unix://" + dir + "/svc.sock", "--data-dir", dir + "/data",
+       "--cpu-capacity", "1GiB", "--ssd-capacity", "0", "--prefault-arena", "true",
+       "--metrics-port", "0", "--ready-file", ready, "--log-level", "warn"});
+  svc_command.insert(svc_command.end(), cfg.service_args.begin(), cfg.service_args.end());
+  pid_t svc = Spawn(svc_command, dir + "/cachesvc.log");
   std::string redis_sock = dir + "/redis.sock";
   pid_t redis =
       Spawn({cfg.redis_server, "--port", "0", "--unixsocket", redis_sock, "--unixsocketperm", "700",
@@ -176,7 +206,11 @@ int Run(const Config& cfg) {
     stop_all();
     return 1;
   }
-  auto kv_or = client::KvClient::Connect("unix://" + dir + "/svc.sock");
+  client::ClientOptions local_control;
+  if (cfg.client_poll_us >= 0) {
+    local_control.local_control_poll = std::chrono::microseconds{cfg.client_poll_us};
+  }
+  auto kv_or = client::KvClient::Connect("unix://" + dir + "/svc.sock", local_control);
   if (!kv_or.ok() || !(*kv_or)->shared_memory_attached()) {
     std::fprintf(stderr, "service_paths_bench: cannot attach to cachesvc: %s\n",
                  kv_or.ok() ? (*kv_or)->shared_memory_status().ToString().c_str()
@@ -186,7 +220,7 @@ int Run(const Config& cfg) {
   }
   client::KvClient& kv = **kv_or;
   // The same shared-memory data path with every control call over gRPC (*_grpcctl paths).
-  client::ClientOptions grpc_control;
+  client::ClientOptions grpc_control = local_control;
   grpc_control.local_control = false;
   auto kv_grpc_or = client::KvClient::Connect("unix://" + dir + "/svc.sock", grpc_control);
   if (!kv.local_control_active() || !kv_grpc_or.ok() || !(*kv_grpc_or)->shared_memory_attached()) {
@@ -252,15 +286,19 @@ int Run(const Config& cfg) {
         const char* tag = kPaths[path];
         client::PutOptions shm_put;
         shm_put.path = client::DataPath::kSharedMemory;
-        s.Update(Measure(r.count, r.bytes, &r.put[path], [&](int i) {
-          return c.Put(NameFor(tag, r.bytes, rep, i), info, source, shm_put);
-        }));
-        s.Update(Measure(r.count, r.bytes, &r.get[path], [&](int i) -> Status {
-          KVSTASH_ASSIGN_OR_RETURN(client::ReadLease lease,
-                                   c.Acquire(NameFor(tag, r.bytes, rep, i)));
-          std::memcpy(reader.data(), lease.data().data(), lease.data().size());
-          return kvstash::OkStatus();  // dropping the lease sends its Release, unawaited
-        }));
+        s.Update(Measure(
+            r.count, r.bytes, &r.put[path],
+            [&](int i) { return c.Put(NameFor(tag, r.bytes, rep, i), info, source, shm_put); },
+            svc));
+        s.Update(Measure(
+            r.count, r.bytes, &r.get[path],
+            [&](int i) -> Status {
+              KVSTASH_ASSIGN_OR_RETURN(client::ReadLease lease,
+                                       c.Acquire(NameFor(tag, r.bytes, rep, i)));
+              std::memcpy(reader.data(), lease.data().data(), lease.data().size());
+              return kvstash::OkStatus();  // dropping the lease sends its Release, unawaited
+            },
+            svc));
       };
       auto run_shm_pipe = [&](client::KvClient& c, int path) {
         const char* tag = kPaths[path];
@@ -269,16 +307,19 @@ int Run(const Config& cfg) {
         pipe_put.max_batch = static_cast<uint32_t>(cfg.batch);
         std::vector<client::PutItem> items(per_call);
         std::vector<ObjectName> names;
-        s.Update(
-            Measure(r.count / per_call, r.bytes * per_call, &r.put[path], [&](int k) -> Status {
+        s.Update(Measure(
+            r.count / per_call, r.bytes * per_call, &r.put[path],
+            [&](int k) -> Status {
               for (int j = 0; j < per_call; ++j) {
                 items[j] = {NameFor(tag, r.bytes, rep, k * per_call + j), info, source};
               }
               for (const Status& item : c.PutMany(items, pipe_put)) KVSTASH_RETURN_IF_ERROR(item);
               return kvstash::OkStatus();
-            }));
-        s.Update(
-            Measure(r.count / per_call, r.bytes * per_call, &r.get[path], [&](int k) -> Status {
+            },
+            svc));
+        s.Update(Measure(
+            r.count / per_call, r.bytes * per_call, &r.get[path],
+            [&](int k) -> Status {
               for (int first = 0; first < per_call; first += cfg.batch) {
                 names.clear();
                 for (int j = first; j < std::min(per_call, first + cfg.batch); ++j) {
@@ -292,7 +333,8 @@ int Run(const Config& cfg) {
                 }
               }  // dropping the leases sends their Releases, unawaited
               return kvstash::OkStatus();
-            }));
+            },
+            svc));
       };
       if (want("shm")) run_shm(kv, kShm);
       if (want("shm_grpcctl")) run_shm(kv_grpc, kShmGrpcCtl);
@@ -302,12 +344,18 @@ int Run(const Config& cfg) {
       if (want("grpc")) {
         client::PutOptions stream_put;
         stream_put.path = client::DataPath::kStream;
-        s.Update(Measure(r.count, r.bytes, &r.put[kGrpc], [&](int i) {
-          return kv.Put(NameFor("grpc", r.bytes, rep, i), info, source, stream_put);
-        }));
-        s.Update(Measure(r.count, r.bytes, &r.get[kGrpc], [&](int i) -> Status {
-          return kv.GetInto(NameFor("grpc", r.bytes, rep, i), reader).status();
-        }));
+        s.Update(Measure(
+            r.count, r.bytes, &r.put[kGrpc],
+            [&](int i) {
+              return kv.Put(NameFor("grpc", r.bytes, rep, i), info, source, stream_put);
+            },
+            svc));
+        s.Update(Measure(
+            r.count, r.bytes, &r.get[kGrpc],
+            [&](int i) -> Status {
+              return kv.GetInto(NameFor("grpc", r.bytes, rep, i), reader).status();
+            },
+            svc));
       }
       // memcpy
       if (want("memcpy")) {
@@ -322,24 +370,30 @@ int Run(const Config& cfg) {
       }
       // redis
       if (want("redis")) {
-        s.Update(Measure(r.count, r.bytes, &r.put[kRedis], [&](int i) -> Status {
-          std::string key = "bench:" + std::to_string(r.bytes) + ":" + std::to_string(i);
-          auto* reply = static_cast<redisReply*>(
-              redisCommand(rc, "SET %b %b", key.data(), key.size(), source.data(), source.size()));
-          bool ok = reply != nullptr && reply->type == REDIS_REPLY_STATUS;
-          if (reply != nullptr) freeReplyObject(reply);
-          return ok ? kvstash::OkStatus() : absl::UnavailableError("redis SET failed");
-        }));
-        s.Update(Measure(r.count, r.bytes, &r.get[kRedis], [&](int i) -> Status {
-          std::string key = "bench:" + std::to_string(r.bytes) + ":" + std::to_string(i);
-          auto* reply =
-              static_cast<redisReply*>(redisCommand(rc, "GET %b", key.data(), key.size()));
-          bool ok = reply != nullptr && reply->type == REDIS_REPLY_STRING &&
-                    static_cast<uint64_t>(reply->len) == r.bytes;
-          if (ok) std::memcpy(reader.data(), reply->str, r.bytes);
-          if (reply != nullptr) freeReplyObject(reply);
-          return ok ? kvstash::OkStatus() : absl::UnavailableError("redis GET failed");
-        }));
+        s.Update(Measure(
+            r.count, r.bytes, &r.put[kRedis],
+            [&](int i) -> Status {
+              std::string key = "bench:" + std::to_string(r.bytes) + ":" + std::to_string(i);
+              auto* reply = static_cast<redisReply*>(redisCommand(
+                  rc, "SET %b %b", key.data(), key.size(), source.data(), source.size()));
+              bool ok = reply != nullptr && reply->type == REDIS_REPLY_STATUS;
+              if (reply != nullptr) freeReplyObject(reply);
+              return ok ? kvstash::OkStatus() : absl::UnavailableError("redis SET failed");
+            },
+            redis));
+        s.Update(Measure(
+            r.count, r.bytes, &r.get[kRedis],
+            [&](int i) -> Status {
+              std::string key = "bench:" + std::to_string(r.bytes) + ":" + std::to_string(i);
+              auto* reply =
+                  static_cast<redisReply*>(redisCommand(rc, "GET %b", key.data(), key.size()));
+              bool ok = reply != nullptr && reply->type == REDIS_REPLY_STRING &&
+                        static_cast<uint64_t>(reply->len) == r.bytes;
+              if (ok) std::memcpy(reader.data(), reply->str, r.bytes);
+              if (reply != nullptr) freeReplyObject(reply);
+              return ok ? kvstash::OkStatus() : absl::UnavailableError("redis GET failed");
+            },
+            redis));
       }
       if (!s.ok()) {
         std::fprintf(stderr, "service_paths_bench: %s\n", s.ToString().c_str());
@@ -382,12 +436,17 @@ int Run(const Config& cfg) {
       "socket; redis over a unix socket, no persistence; throughput = median of reps, latency "
       "over all ops; shm_pipe: `batch` objects per ReserveMany/CommitMany/AcquireMany RPC, "
       "latencies per call of `per_call` objects; shm*: control calls over the local control "
-      "channel, shm*_grpcctl: the same over gRPC";
+      "channel, shm*_grpcctl: the same over gRPC; server_cpu_ms_per_gb: CPU time of cachesvc "
+      "(redis-server for redis) while the path ran, per GB moved";
+  json["service_args"] = cfg.service_args;
+  json["client_poll_us"] = cfg.client_poll_us;
   json["batch"] = cfg.batch;
   json["per_call"] = cfg.per_call;
   std::string md =
       "| size | path | put GB/s | put p50 ms | put p99 ms | get GB/s | get p50 ms | get p99 ms "
-      "|\n|---|---|---:|---:|---:|---:|---:|---:|\n";
+      "| server CPU ms/GB put | server CPU ms/GB get "
+      "|\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+      "---:|\n";
   std::string ratios_md =
       "| size | shm put / memcpy | shm get / memcpy | shm_pipe put / memcpy | shm_pipe get / "
       "memcpy "
@@ -411,10 +470,13 @@ int Run(const Config& cfg) {
                                     {{"gbps", r.get[p].Median()},
                                      {"p50_ms", r.get[p].Pct(0.5)},
                                      {"p99_ms", r.get[p].Pct(0.99)}}}};
-      std::snprintf(line, sizeof(line), "| %s | %s | %.2f | %.3f | %.3f | %.2f | %.3f | %.3f |\n",
+      entry["paths"][kPaths[p]]["put"]["server_cpu_ms_per_gb"] = r.put[p].ServerCpuMsPerGb();
+      entry["paths"][kPaths[p]]["get"]["server_cpu_ms_per_gb"] = r.get[p].ServerCpuMsPerGb();
+      std::snprintf(line, sizeof(line),
+                    "| %s | %s | %.2f | %.3f | %.3f | %.2f | %.3f | %.3f | %.0f | %.0f |\n",
                     kvstash::FormatByteSize(r.bytes).c_str(), kPaths[p], r.put[p].Median(),
                     r.put[p].Pct(0.5), r.put[p].Pct(0.99), r.get[p].Median(), r.get[p].Pct(0.5),
-                    r.get[p].Pct(0.99));
+                    r.get[p].Pct(0.99), r.put[p].ServerCpuMsPerGb(), r.get[p].ServerCpuMsPerGb());
       md += line;
     }
     double shm_put = ratio(r.put[kShm], r.put[kMemcpy]);
@@ -478,6 +540,11 @@ int main(int argc, char** argv) {
   app.add_option("--per-call", cfg.per_call, "shm_pipe: objects per measured call")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--service-arg", cfg.service_args,
+                 "extra cachesvc flag, repeatable (--service-arg=--local-control-poll-us=0)");
+  app.add_option("--client-poll-us", cfg.client_poll_us,
+                 "ClientOptions::local_control_poll in microseconds (default: the client's)")
+      ->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
   for (int i = 0; i < argc; ++i) cfg.command_line += (i ? " " : "") + std::string(argv[i]);
   auto bytes = kvstash::ParseByteSize(per_rep);
