@@ -22,6 +22,10 @@ log() { printf '\033[1m[bench]\033[0m %s\n' "$*"; }
 bench_service() {
   log "service data paths -> bench/results/service_paths.json"
   "$BUILD/bench/service/service_paths_bench" --out bench/results/service_paths.json
+  log "the put's copy into the arena vs memcpy -> bench/results/put_copy.json"
+  "$BUILD/bench/service/put_copy_bench" --benchmark_repetitions=5 \
+    --benchmark_report_aggregates_only=true --benchmark_out=bench/results/put_copy.json \
+    --benchmark_out_format=json
 }
 
 bench_ssd() {

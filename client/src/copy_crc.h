@@ -13,7 +13,9 @@ namespace kvstash::client::internal {
 // default), reading src from memory once.
 uint32_t CopyWithCrc(uint8_t* dst, const uint8_t* src, size_t n, uint32_t crc_so_far = 0);
 
-// CopyWithCrc for a put: returns the crc32c to commit. `declared` is the caller's
+// Copies a put's payload into the arena and returns the crc32c to commit. Payloads of 64 KiB and
+// more are written with streaming (non-temporal) stores, fenced before returning: the writer does
+// not read them back, and they do not evict the caller's working set. `declared` is the caller's
 // ObjectInfo::payload_crc32c (0: none); InvalidArgument when it does not match the payload. The
 // service checks committed bytes only after Commit returns, so a caller's wrong crc32c is
 // reported here, where the put can still fail.
