@@ -24,7 +24,8 @@
 // over all operations. Each path also reports the server's CPU time while it ran (cachesvc's, or
 // redis-server's for redis; all threads, clock_getcpuclockid) per GB moved: the cost
 // beside the client thread, e.g. of the local control channel's polling. --service-arg and
-// --client-poll-us change the service's flags and the client's polling window for A/B runs.
+// --client-poll-us / --stream-poll-us change the service's flags and the client's polling windows
+// for A/B runs.
 // Results: JSON (--out) and a markdown table (--markdown).
 #include <hiredis/hiredis.h>
 #include <malloc.h>
@@ -74,6 +75,7 @@ struct Config {
   int per_call = 32;  // shm_pipe objects per measured call (PutMany, AcquireMany loop)
   std::vector<std::string> service_args;  // appended to cachesvc's command line
   int client_poll_us = -1;                // ClientOptions::local_control_poll; -1: the default
+  int stream_poll_us = -1;                // ClientOptions::stream_poll; -1: the default
   std::vector<std::string> only = {"shm",  "shm_grpcctl", "shm_pipe", "shm_pipe_grpcctl",
                                    "grpc", "memcpy",      "redis"};
   std::string command_line;  // recorded in the JSON
@@ -209,6 +211,9 @@ int Run(const Config& cfg) {
   client::ClientOptions local_control;
   if (cfg.client_poll_us >= 0) {
     local_control.local_control_poll = std::chrono::microseconds{cfg.client_poll_us};
+  }
+  if (cfg.stream_poll_us >= 0) {
+    local_control.stream_poll = std::chrono::microseconds{cfg.stream_poll_us};
   }
   auto kv_or = client::KvClient::Connect("unix://" + dir + "/svc.sock", local_control);
   if (!kv_or.ok() || !(*kv_or)->shared_memory_attached()) {
@@ -440,6 +445,7 @@ int Run(const Config& cfg) {
       "(redis-server for redis) while the path ran, per GB moved";
   json["service_args"] = cfg.service_args;
   json["client_poll_us"] = cfg.client_poll_us;
+  json["stream_poll_us"] = cfg.stream_poll_us;
   json["batch"] = cfg.batch;
   json["per_call"] = cfg.per_call;
   std::string md =
@@ -544,6 +550,9 @@ int main(int argc, char** argv) {
                  "extra cachesvc flag, repeatable (--service-arg=--local-control-poll-us=0)");
   app.add_option("--client-poll-us", cfg.client_poll_us,
                  "ClientOptions::local_control_poll in microseconds (default: the client's)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--stream-poll-us", cfg.stream_poll_us,
+                 "ClientOptions::stream_poll in microseconds (default: the client's)")
       ->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
   for (int i = 0; i < argc; ++i) cfg.command_line += (i ? " " : "") + std::string(argv[i]);

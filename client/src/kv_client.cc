@@ -178,7 +178,7 @@ Status KvClient::PutStream(const ObjectName& name, const ObjectInfo& info,
   core_->SetDeadline(&ctx, core_->options.stream_timeout);
   // The messages point at `payload`; this waits (after the call is over) until gRPC has let go.
   BorrowedSlices lent;
-  RawCall call(core_->generic_stub.get(), &ctx, "Put");
+  RawCall call(core_->generic_stub.get(), &ctx, "Put", core_->options.stream_poll);
   v1::PutChunk head;  // the fields before the data: the header, in the first message only
   v1::PutHeader* header = head.mutable_header();
   ToProto(name, header->mutable_key());
@@ -322,7 +322,7 @@ Result<GetIntoReply> KvClient::StreamGet(
     req.set_accept_encoding(v1::ENCODING_CACHEGEN);
     req.set_accept_level(static_cast<uint32_t>(options.level));
   }
-  RawCall call(core_->generic_stub.get(), &ctx, "Get");
+  RawCall call(core_->generic_stub.get(), &ctx, "Get", core_->options.stream_poll);
   grpc::ByteBuffer request;
   bool own_buffer = false;
   if (!grpc::SerializationTraits<v1::GetRequest>::Serialize(req, &request, &own_buffer).ok()) {

@@ -12,6 +12,7 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -26,8 +27,10 @@ namespace kvstash::client::internal {
 class RawCall {
  public:
   // Starts the call `method` ("Get", "Put": a method of kvstash.v1.KvStash) on `stub` with `ctx`
-  // (its deadline applies); both must outlive the call. Headers wait for the first Write.
-  RawCall(grpc::GenericStub* stub, grpc::ClientContext* ctx, const std::string& method);
+  // (its deadline applies); both must outlive the call. Headers wait for the first Write. Each
+  // wait for gRPC polls for up to `poll` before it blocks (ClientOptions::stream_poll).
+  RawCall(grpc::GenericStub* stub, grpc::ClientContext* ctx, const std::string& method,
+          std::chrono::microseconds poll);
   ~RawCall();  // cancels a call that was not finished and waits for gRPC to let go of it
   RawCall(const RawCall&) = delete;
   RawCall& operator=(const RawCall&) = delete;
@@ -49,6 +52,7 @@ class RawCall {
   bool Wait();  // the ok bit of the next completion (one op is outstanding at a time)
 
   grpc::ClientContext* ctx_;
+  const std::chrono::microseconds poll_;
   grpc::CompletionQueue cq_;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call_;
   bool open_ = false;   // no op has failed yet

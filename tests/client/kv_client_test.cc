@@ -284,6 +284,45 @@ TEST_F(KvClientTest, LocalControlChannelAndGrpcControlAgree) {
   EXPECT_EQ(active, 0u);
 }
 
+// The byte-stream path with ClientOptions::stream_poll off, at its default, and long enough
+// that every wait ends inside the poll window: the same bytes and the same errors.
+TEST_F(KvClientTest, StreamPathAnswersWithAndWithoutPolling) {
+  ObjectInfo info = TestInfo(4096);  // 1 MiB
+  int index = 7400;                  // keys 7400-7699: unused by the other tests of this suite
+  for (const auto poll : {std::chrono::microseconds{0}, client::ClientOptions{}.stream_poll,
+                          std::chrono::microseconds{200'000}}) {
+    SCOPED_TRACE(::testing::Message() << "stream_poll " << poll.count() << " us");
+    client::ClientOptions options;
+    options.stream_poll = poll;
+    options.stream_chunk_bytes = 64 << 10;  // 16 messages per object: many waits
+    auto c = ConnectTo(*svc_, options);
+    ASSERT_TRUE(c.ok()) << c.status();
+    const int base = index;
+    index += 100;
+    client::PutOptions stream;
+    stream.path = DataPath::kStream;
+    for (int i = 0; i < 3; ++i) {
+      auto payload = TestPayload(base + i, info.payload_bytes);
+      ASSERT_TRUE((*c)->Put(TestName(base + i), WithCrc(info, payload), payload, stream).ok());
+    }
+    std::vector<uint8_t> out(info.payload_bytes);
+    for (int i = 0; i < 3; ++i) {
+      auto got = (*c)->GetInto(TestName(base + i), out);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(got->info.payload_bytes, info.payload_bytes);
+      EXPECT_EQ(out, TestPayload(base + i, info.payload_bytes));
+    }
+    EXPECT_EQ((*c)->GetInto(TestName(base + 99), out).status().code(), absl::StatusCode::kNotFound);
+    auto payload = TestPayload(base + 50, info.payload_bytes);
+    ObjectInfo wrong = WithCrc(info, payload);
+    wrong.payload_crc32c ^= 1;
+    EXPECT_EQ((*c)->Put(TestName(base + 50), wrong, payload, stream).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ((*c)->Put(TestName(base), info, payload, stream).code(),
+              absl::StatusCode::kAlreadyExists);
+  }
+}
+
 TEST_F(KvClientTest, ChecksumsAreVerifiedOnBothPaths) {
   ObjectInfo info = TestInfo(128);
   auto payload = TestPayload(50, info.payload_bytes);

@@ -37,7 +37,7 @@ grpc::ByteBuffer Bytes(const std::string& s) {
 Status SendRaw(grpc::GenericStub* stub, const std::string& method, const std::string& message) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  client::internal::RawCall call(stub, &ctx, method);
+  client::internal::RawCall call(stub, &ctx, method, client::ClientOptions{}.stream_poll);
   (void)call.Write(Bytes(message), /*last=*/true);
   v1::GetChunk rest;
   BytesFieldView data;
