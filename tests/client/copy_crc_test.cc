@@ -9,21 +9,12 @@
 #include <vector>
 
 #include "kvstash/common/crc32c.h"
+#include "test_objects.h"
 
 namespace kvstash::client::internal {
 namespace {
 
-std::vector<uint8_t> Pattern(size_t n) {
-  std::vector<uint8_t> bytes(n);
-  uint32_t x = 2463534242u;
-  for (auto& b : bytes) {
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    b = static_cast<uint8_t>(x);
-  }
-  return bytes;
-}
+std::vector<uint8_t> Pattern(size_t n) { return kvstash::testing::TestPayload(n, n); }
 
 TEST(CopyForPutTest, CopiesEverySizeAndAlignmentWithItsCrc) {
   const size_t sizes[] = {0,
