@@ -5,7 +5,6 @@
 // round trip (service_paths_bench).
 //   ./build/release/bench/service/grpc_floor_bench --rounds 2 --out /tmp/grpc_floor.json
 // The server runs as a child process (this binary with --serve).
-#include <grpc/support/time.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -25,30 +24,15 @@
 
 #include "child_process.h"
 #include "kvstash/common/byte_size.h"
+#include "kvstash/proto/completion_poll.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr size_t kMaxReply = size_t{64} << 20;
 
-// The next event of `cq`: zero-deadline polls for `poll_us`, yielding between them, then a
-// blocking wait. False once the queue is shut down.
 bool NextEvent(grpc::CompletionQueue* cq, void** tag, bool* ok, int poll_us) {
-  if (poll_us > 0) {
-    const auto until = Clock::now() + std::chrono::microseconds(poll_us);
-    do {
-      switch (cq->AsyncNext(tag, ok, gpr_time_0(GPR_CLOCK_MONOTONIC))) {
-        case grpc::CompletionQueue::GOT_EVENT:
-          return true;
-        case grpc::CompletionQueue::SHUTDOWN:
-          return false;
-        case grpc::CompletionQueue::TIMEOUT:
-          std::this_thread::yield();
-          break;
-      }
-    } while (Clock::now() < until);
-  }
-  return cq->Next(tag, ok);
+  return kvstash::NextEvent(cq, tag, ok, std::chrono::microseconds(poll_us));
 }
 
 std::string Text(const grpc::ByteBuffer& buffer) {

@@ -1,8 +1,11 @@
-// The kvstash.v1.KvStash gRPC service over an ObjectStore (synchronous gRPC API: each RPC runs on
-// a thread of the server's pool). Every request is validated before it reaches the store;
-// statuses reach the wire only through proto/status_mapping.h. docs/api.md lists the codes.
+// The kvstash.v1.KvStash gRPC service over an ObjectStore. Every RPC but Get runs on a thread of
+// gRPC's sync server pool; Get is served asynchronously by AsyncGetServer (async_get.h). Every
+// request is validated before it reaches the store; statuses reach the wire only through
+// proto/status_mapping.h. docs/api.md lists the codes.
 #ifndef KVSTASH_CACHESVC_KV_SERVICE_H_
 #define KVSTASH_CACHESVC_KV_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
 
 #include <array>
 #include <chrono>
@@ -24,8 +27,54 @@ namespace kvstash::cachesvc {
 // store allocates the arena in 4 KiB pages.
 inline constexpr uint32_t kArenaAlignment = 4096;
 
+class HeldObject;  // kv_service_streams.cc
+
 class KvStashService final : public v1::KvStash::Service {
  public:
+  using Clock = std::chrono::steady_clock;
+  using RawAsyncWriter = grpc::ServerAsyncWriter<grpc::ByteBuffer>;
+
+  // One streaming Get being answered: the leased object (or its encoded copy) and what is left
+  // to send. Holds the lease until it is destroyed and gRPC has dropped every slice it sent, and
+  // keeps the call under the stream watchdog meanwhile. Used by one thread at a time.
+  class OutgoingGet {
+   public:
+    ~OutgoingGet();
+    OutgoingGet(const OutgoingGet&) = delete;
+    OutgoingGet& operator=(const OutgoingGet&) = delete;
+
+    bool done() const { return sent_ == total_; }
+    // OK while the stream may go on; DeadlineExceeded once it has run past the service's limit.
+    Status CheckDeadline() const;
+    // Why a Write failed: past the deadline (the watchdog cancelled it) or the client left.
+    Status WriteFailed() const;
+    // The next reply: the first carries the object's info, each at most `stream_chunk_bytes` of
+    // data as a slice over the held bytes. Call only while !done().
+    grpc::ByteBuffer NextMessage(RpcScope& scope);
+
+   private:
+    friend class KvStashService;
+    OutgoingGet() = default;
+
+    const KvStashService* service_ = nullptr;
+    HeldObject* held_ = nullptr;  // the reference of this object
+    const uint8_t* src_ = nullptr;
+    uint64_t total_ = 0;
+    uint64_t sent_ = 0;
+    v1::GetChunk first_;
+    Clock::time_point deadline_;
+    std::unique_ptr<StreamWatchdog::Registration> watched_;
+  };
+
+  // Parses a Get call's request and leases its object. The errors the call ends with:
+  // InvalidArgument for a malformed request, NotFound, and the store's others.
+  Result<std::unique_ptr<OutgoingGet>> StartGet(grpc::ServerContext* ctx,
+                                                grpc::ByteBuffer* request_bytes);
+  // Asks gRPC for the next Get call on `cq`, its request's bytes into `request`
+  // (grpc::Service::RequestAsyncServerStreaming).
+  void RequestGetCall(grpc::ServerContext* ctx, grpc::ByteBuffer* request, RawAsyncWriter* writer,
+                      grpc::ServerCompletionQueue* cq, void* tag);
+
   // `store` and `metrics` must outlive the service.
   KvStashService(storage::ObjectStore* store, const ServiceConfig& config,
                  std::string arena_socket_path, RpcMetrics* metrics);
@@ -55,18 +104,16 @@ class KvStashService final : public v1::KvStash::Service {
   enum class KeysOp { kDelete, kPin, kUnpin };
   Status DoLookup(const v1::LookupRequest& req, v1::LookupResponse* resp);
   Status DoReserve(const v1::ReserveRequest& req, v1::ReserveResponse* resp);
-  // Put and Get are registered in place of their generated handlers (the constructor): they read
-  // and write ByteBuffers, so the service copies no payload bytes beyond the one copy into the
-  // arena (Put) and none at all (Get: each reply is a small serialized GetChunk head, then a
-  // slice over the bytes where they lie). Clients see ordinary kvstash.v1 calls.
+  // Put and Get are registered in place of their generated handlers (the constructor; Get as an
+  // asynchronous method, served by AsyncGetServer): they read and write ByteBuffers, so the service
+  // copies no payload bytes beyond the one copy into the arena (Put) and none at all (Get: each
+  // reply is a small serialized GetChunk head, then a slice over the bytes where they lie). Clients
+  // see ordinary kvstash.v1 calls.
   using RawStream = grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
-  void UseRawStreamHandlers();  // kv_service_streams.cc, as are the four below
+  void UseRawStreamHandlers();  // kv_service_streams.cc, as are the three below
   grpc::Status RawPut(grpc::ServerContext* ctx, RawStream* stream);
   Status DoPut(grpc::ServerContext* ctx, RawStream* stream, RpcScope& scope);
   Status DoAcquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp);
-  grpc::Status RawGet(grpc::ServerContext* ctx, RawStream* stream);
-  Status DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req, RawStream* stream,
-               RpcScope& scope);
   // The CacheGen container a streaming Get sends instead of `payload`, or nullopt to send the
   // payload as it is (the client did not ask, the policy is raw, or the codec does not take it).
   Result<std::optional<storage::TierCodec::Encoded>> EncodeForTransfer(
@@ -79,7 +126,7 @@ class KvStashService final : public v1::KvStash::Service {
   ServiceConfig config_;
   std::string arena_socket_path_;
   RpcMetrics* metrics_;
-  std::chrono::steady_clock::time_point started_;
+  Clock::time_point started_;
   // Per CacheGen level 1..3; empty when config_.transfer_encoding is raw.
   std::array<std::unique_ptr<storage::TierCodec>, 3> transfer_codecs_;
   StreamWatchdog watchdog_;

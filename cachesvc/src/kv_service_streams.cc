@@ -24,42 +24,6 @@ using Clock = std::chrono::steady_clock;
 // How much longer than a stream's deadline a Get holds its lease (see DoGet).
 constexpr uint32_t kLeaseMarginMs = 10'000;
 
-// Keeps a leased object's bytes (and an encoded copy, if one is sent instead) alive while anyone
-// still points at them: the Get handler, and gRPC for every slice it has not sent yet. The lease
-// is released when the last of them lets go, on whichever thread that is.
-class HeldObject {
- public:
-  HeldObject(storage::ObjectStore* store, uint64_t lease_id) : store_(store), lease_id_(lease_id) {}
-  HeldObject(const HeldObject&) = delete;
-  HeldObject& operator=(const HeldObject&) = delete;
-
-  // A slice over [data, data + n), which must lie in the leased object or in `encoded`.
-  grpc::Slice Borrow(const uint8_t* data, size_t n) {
-    refs_.fetch_add(1, std::memory_order_relaxed);
-    // grpc::Slice takes a non-const pointer but only reads through it.
-    return grpc::Slice(const_cast<uint8_t*>(data), n, &HeldObject::Unref, this);
-  }
-  static void Unref(void* self) {
-    auto* held = static_cast<HeldObject*>(self);
-    if (held->refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete held;
-  }
-
-  std::vector<uint8_t> encoded;
-
- private:
-  ~HeldObject() {
-    Status s = store_->Release(lease_id_);
-    if (!s.ok()) {
-      spdlog::warn("event=get_release_failed lease={} error=\"{}\"", lease_id_,
-                   std::string(s.message()));
-    }
-  }
-
-  storage::ObjectStore* store_;
-  uint64_t lease_id_;
-  std::atomic<int> refs_{1};  // the handler's
-};
-
 // The position of `method` among the service's methods: the generated code registers them in the
 // order of the .proto file, which the descriptor keeps.
 int MethodIndex(const std::string& method) {
@@ -98,20 +62,61 @@ class PutChunkReader {
 
 }  // namespace
 
+// Keeps a leased object's bytes (and an encoded copy, if one is sent instead) alive while anyone
+// still points at them: the Get handler, and gRPC for every slice it has not sent yet. The lease
+// is released when the last of them lets go, on whichever thread that is.
+class HeldObject {
+ public:
+  HeldObject(storage::ObjectStore* store, uint64_t lease_id) : store_(store), lease_id_(lease_id) {}
+  HeldObject(const HeldObject&) = delete;
+  HeldObject& operator=(const HeldObject&) = delete;
+
+  // A slice over [data, data + n), which must lie in the leased object or in `encoded`.
+  grpc::Slice Borrow(const uint8_t* data, size_t n) {
+    refs_.fetch_add(1, std::memory_order_relaxed);
+    // grpc::Slice takes a non-const pointer but only reads through it.
+    return grpc::Slice(const_cast<uint8_t*>(data), n, &HeldObject::Unref, this);
+  }
+  static void Unref(void* self) {
+    auto* held = static_cast<HeldObject*>(self);
+    if (held->refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete held;
+  }
+
+  std::vector<uint8_t> encoded;
+
+ private:
+  ~HeldObject() {
+    Status s = store_->Release(lease_id_);
+    if (!s.ok()) {
+      spdlog::warn("event=get_release_failed lease={} error=\"{}\"", lease_id_,
+                   std::string(s.message()));
+    }
+  }
+
+  storage::ObjectStore* store_;
+  uint64_t lease_id_;
+  std::atomic<int> refs_{1};  // the handler's
+};
+
 void KvStashService::UseRawStreamHandlers() {
   // gRPC's own machinery for generated sync handlers (grpc::internal, stable within the pinned
-  // gRPC 1.51): Put and Get become handlers that read and write ByteBuffers. On the wire they are
-  // the same client- and server-streaming calls.
+  // gRPC 1.51): Put becomes a handler that reads and writes ByteBuffers. On the wire it is the
+  // same client-streaming call.
   using RawHandler =
       grpc::internal::BidiStreamingHandler<KvStashService, grpc::ByteBuffer, grpc::ByteBuffer>;
   MarkMethodStreamed(MethodIndex("Put"),
                      new RawHandler([](KvStashService* service, grpc::ServerContext* ctx,
                                        RawStream* stream) { return service->RawPut(ctx, stream); },
                                     this));
-  MarkMethodStreamed(MethodIndex("Get"),
-                     new RawHandler([](KvStashService* service, grpc::ServerContext* ctx,
-                                       RawStream* stream) { return service->RawGet(ctx, stream); },
-                                    this));
+  // Get is served from completion queues by the service's own threads (async_get.h).
+  MarkMethodRaw(MethodIndex("Get"));
+}
+
+void KvStashService::RequestGetCall(grpc::ServerContext* ctx, grpc::ByteBuffer* request,
+                                    RawAsyncWriter* writer, grpc::ServerCompletionQueue* cq,
+                                    void* tag) {
+  static const int get_index = MethodIndex("Get");
+  RequestAsyncServerStreaming(get_index, ctx, request, writer, cq, cq, tag);
 }
 
 // ---- Streaming put ----------------------------------------------------------
@@ -219,18 +224,6 @@ Status KvStashService::DoPut(grpc::ServerContext* ctx, RawStream* stream, RpcSco
 
 // ---- Streaming get ----------------------------------------------------------
 
-grpc::Status KvStashService::RawGet(grpc::ServerContext* ctx, RawStream* stream) {
-  grpc::ByteBuffer request_bytes;
-  const bool got = stream->Read(&request_bytes);
-  RpcScope scope(metrics_, Method::kGet, got ? request_bytes.Length() : 0);
-  if (!got) return ToGrpcStatus(scope.Finish(Invalid("Get call carried no GetRequest")));
-  v1::GetRequest req;
-  if (!grpc::SerializationTraits<v1::GetRequest>::Deserialize(&request_bytes, &req).ok()) {
-    return ToGrpcStatus(scope.Finish(Invalid("Get call carried bytes that are not a GetRequest")));
-  }
-  return ToGrpcStatus(scope.Finish(DoGet(ctx, req, stream, scope)));
-}
-
 Result<std::optional<storage::TierCodec::Encoded>> KvStashService::EncodeForTransfer(
     const v1::GetRequest& req, const ObjectInfo& info, std::span<const uint8_t> payload) {
   using Encoded = storage::TierCodec::Encoded;
@@ -260,63 +253,69 @@ Result<std::optional<storage::TierCodec::Encoded>> KvStashService::EncodeForTran
   return encoded;
 }
 
-Status KvStashService::DoGet(grpc::ServerContext* ctx, const v1::GetRequest& req, RawStream* stream,
-                             RpcScope& scope) {
+Result<std::unique_ptr<KvStashService::OutgoingGet>> KvStashService::StartGet(
+    grpc::ServerContext* ctx, grpc::ByteBuffer* request_bytes) {
   const Clock::time_point start = Clock::now();
+  v1::GetRequest req;
+  if (!grpc::SerializationTraits<v1::GetRequest>::Deserialize(request_bytes, &req).ok()) {
+    return Invalid("Get call carried bytes that are not a GetRequest");
+  }
   if (!req.has_key()) return Invalid("key: missing");
   KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(req.key(), "key"));
   // The lease outlasts the call's deadline by a margin: gRPC may still hold slices of a call the
   // watchdog just cancelled, until its transport drops them.
   const uint32_t lease_ms = config_.stream_timeout_ms + kLeaseMarginMs;
   KVSTASH_ASSIGN_OR_RETURN(storage::Lease lease, store_->Acquire(name.storage_key, lease_ms));
-  auto* held = new HeldObject(store_, lease.id);
-  struct HandlerRef {
-    HeldObject* held;
-    ~HandlerRef() { HeldObject::Unref(held); }
-  } handler_ref{held};
-  uint64_t total = lease.info.payload_bytes;
-  KVSTASH_RETURN_IF_ERROR(CheckArenaRange(*store_, lease.arena_offset, total));
-  const Clock::time_point deadline = StreamDeadline(start, config_.stream_timeout_ms);
-  StreamWatchdog::Registration watched = watchdog_.Watch(ctx, deadline);
-  const uint8_t* src = store_->arena_base() + lease.arena_offset;
+  std::unique_ptr<OutgoingGet> get(new OutgoingGet);
+  get->service_ = this;
+  get->held_ = new HeldObject(store_, lease.id);
+  get->total_ = lease.info.payload_bytes;
+  KVSTASH_RETURN_IF_ERROR(CheckArenaRange(*store_, lease.arena_offset, get->total_));
+  get->deadline_ = StreamDeadline(start, config_.stream_timeout_ms);
+  get->watched_ = watchdog_.Watch(ctx, get->deadline_);
+  get->src_ = store_->arena_base() + lease.arena_offset;
   KVSTASH_ASSIGN_OR_RETURN(std::optional<storage::TierCodec::Encoded> encoded,
-                           EncodeForTransfer(req, lease.info, {src, total}));
+                           EncodeForTransfer(req, lease.info, {get->src_, get->total_}));
   // Fields of the first reply; the others carry data only.
-  v1::GetChunk first;
   if (encoded) {
-    ToProto(encoded->decoded_info, first.mutable_info());
-    ToProto(encoded->stored_info, first.mutable_wire_info());
-    held->encoded = std::move(encoded->bytes);
-    src = held->encoded.data();
-    total = held->encoded.size();
+    ToProto(encoded->decoded_info, get->first_.mutable_info());
+    ToProto(encoded->stored_info, get->first_.mutable_wire_info());
+    get->held_->encoded = std::move(encoded->bytes);
+    get->src_ = get->held_->encoded.data();
+    get->total_ = get->held_->encoded.size();
   } else {
-    ToProto(lease.info, first.mutable_info());
+    ToProto(lease.info, get->first_.mutable_info());
   }
-  first.set_served_from(ToProtoTier(lease.served_from));
-  uint64_t sent = 0;
-  auto too_slow = [&] {
-    return absl::DeadlineExceededError(
-        absl::StrCat("Get stream took longer than ", config_.stream_timeout_ms, " ms"));
-  };
-  do {
-    if (Clock::now() > deadline) return too_slow();
-    if (ctx->IsCancelled()) return absl::CancelledError("client cancelled the Get stream");
-    const uint64_t n = std::min<uint64_t>(config_.stream_chunk_bytes, total - sent);
-    const grpc::ByteBuffer message =
-        MessageWithField(sent == 0 ? first : v1::GetChunk::default_instance(),
-                         v1::GetChunk::kDataFieldNumber, held->Borrow(src + sent, n));
-    scope.AddSent(message.Length());
-    sent += n;
-    // Not coalesced with the status (WriteOptions::set_last_message): gRPC would send that pair
-    // after the handler returned, where a reader that stopped reading could block it, and the
-    // lease with it, past the watchdog's reach. The status costs one small frame more.
-    if (!stream->Write(message)) {
-      // The watchdog cancels a call stuck past its deadline; otherwise the client left.
-      if (Clock::now() > deadline) return too_slow();
-      return absl::CancelledError("client went away during Get");
-    }
-  } while (sent < total);
-  return OkStatus();
+  get->first_.set_served_from(ToProtoTier(lease.served_from));
+  return get;
+}
+
+KvStashService::OutgoingGet::~OutgoingGet() {
+  watched_.reset();  // before the call's context can go away
+  if (held_ != nullptr) HeldObject::Unref(held_);
+}
+
+Status KvStashService::OutgoingGet::CheckDeadline() const {
+  if (Clock::now() <= deadline_) return OkStatus();
+  return absl::DeadlineExceededError(
+      absl::StrCat("Get stream took longer than ", service_->config_.stream_timeout_ms, " ms"));
+}
+
+Status KvStashService::OutgoingGet::WriteFailed() const {
+  // The watchdog cancels a call stuck past its deadline; otherwise the client left.
+  Status late = CheckDeadline();
+  if (!late.ok()) return late;
+  return absl::CancelledError("client went away during Get");
+}
+
+grpc::ByteBuffer KvStashService::OutgoingGet::NextMessage(RpcScope& scope) {
+  const uint64_t n = std::min<uint64_t>(service_->config_.stream_chunk_bytes, total_ - sent_);
+  grpc::ByteBuffer message =
+      MessageWithField(sent_ == 0 ? first_ : v1::GetChunk::default_instance(),
+                       v1::GetChunk::kDataFieldNumber, held_->Borrow(src_ + sent_, n));
+  scope.AddSent(message.Length());
+  sent_ += n;
+  return message;
 }
 
 }  // namespace kvstash::cachesvc

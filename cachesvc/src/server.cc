@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "arena_socket.h"
+#include "async_get.h"
 #include "cachegen_tier_codec.h"
 #include "kv_service.h"
 #include "kvstash/storage/object_store.h"
@@ -75,6 +76,8 @@ struct CacheService::Impl {
   std::unique_ptr<storage::TierCodec> ssd_codec;  // outlives the store (declared before it)
   std::unique_ptr<storage::ObjectStore> store;
   std::unique_ptr<KvStashService> service;
+  // Declared before the server: its completion queues must outlive it.
+  std::unique_ptr<AsyncGetServer> async_get;
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<ArenaSocketServer> arena_socket;
   std::unique_ptr<MetricsHttpServer> http;
@@ -135,11 +138,17 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10'000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5'000);
+  impl->async_get = std::make_unique<AsyncGetServer>(
+      impl->service.get(), impl->rpc_metrics.get(), &builder, config.stream_threads,
+      std::chrono::microseconds{config.stream_poll_us});
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || bound_port == 0) {
+    if (impl->server != nullptr) impl->server->Shutdown();
+    impl->async_get->Stop();
     (void)impl->store->Close();
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
   }
+  impl->async_get->Start();
   impl->target =
       IsUnix(config.listen) ? config.listen : ResolvedTcpTarget(config.listen, bound_port);
   if (auto* health = impl->server->GetHealthCheckService(); health != nullptr) {
@@ -154,6 +163,7 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   auto fail = [&](const Status& s) {
     impl->server->Shutdown();
     impl->server->Wait();
+    impl->async_get->Stop();
     (void)impl->store->Close();
     return s;
   };
@@ -224,6 +234,7 @@ Status CacheService::Shutdown() {
   s.server->Shutdown(std::chrono::system_clock::now() +
                      std::chrono::milliseconds(s.config.shutdown_grace_ms));
   s.server->Wait();
+  s.async_get->Stop();  // every Get call is over: their leases are back before the store closes
   spdlog::info("event=shutdown_grpc_stopped");
   s.arena_socket->Stop();
   s.close_status = s.store->Close();

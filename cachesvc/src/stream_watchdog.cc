@@ -13,13 +13,13 @@ StreamWatchdog::~StreamWatchdog() {
   thread_.join();
 }
 
-StreamWatchdog::Registration StreamWatchdog::Watch(grpc::ServerContext* ctx,
-                                                   Clock::time_point deadline) {
+std::unique_ptr<StreamWatchdog::Registration> StreamWatchdog::Watch(grpc::ServerContext* ctx,
+                                                                    Clock::time_point deadline) {
   std::lock_guard<std::mutex> lock(mu_);
   const bool earliest = calls_.empty() || deadline < calls_.begin()->first;
   auto it = calls_.emplace(deadline, ctx);
   if (earliest) wake_.notify_all();
-  return Registration(this, it);
+  return std::make_unique<Registration>(this, it);
 }
 
 StreamWatchdog::Registration::~Registration() {

@@ -1,10 +1,11 @@
 // Cancels server calls that outlive their deadline.
 //
-// The synchronous gRPC API gives a server no deadline of its own: a handler blocked in Write on a
-// client that stopped reading waits until the client goes away. A streaming Get sends slices that
-// point into the arena and keeps the object leased until gRPC lets go of them, so such a call
-// must end on the service's terms; the watchdog cancels it (ServerContext::TryCancel), which
-// fails the blocked Write and makes gRPC drop the queued slices.
+// gRPC gives a server no deadline of its own: a Write to a client that stopped reading stays
+// pending until the client goes away (or its own deadline, if it set one, passes). A streaming Get
+// sends slices that point into the arena and keeps the object leased until gRPC lets go of them,
+// so such a call must end on the service's terms; the watchdog cancels it
+// (ServerContext::TryCancel), which fails the pending Write and makes gRPC drop the queued
+// slices.
 //
 // Thread-safe. Every Registration must be destroyed before the watchdog.
 #ifndef KVSTASH_CACHESVC_STREAM_WATCHDOG_H_
@@ -15,6 +16,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -46,7 +48,8 @@ class StreamWatchdog {
   };
 
   // Cancels `ctx` once `deadline` passes, unless the Registration is gone by then.
-  [[nodiscard]] Registration Watch(grpc::ServerContext* ctx, Clock::time_point deadline);
+  [[nodiscard]] std::unique_ptr<Registration> Watch(grpc::ServerContext* ctx,
+                                                    Clock::time_point deadline);
 
  private:
   void Run();

@@ -1,11 +1,7 @@
 #include "raw_call.h"
 
-#include <grpc/support/time.h>
-
-#include <chrono>
-#include <thread>
-
 #include "absl/strings/str_cat.h"
+#include "kvstash/proto/completion_poll.h"
 #include "kvstash/proto/status_mapping.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 
@@ -36,23 +32,7 @@ RawCall::~RawCall() {
 bool RawCall::Wait() {
   void* tag = nullptr;
   bool ok = false;
-  // A thread blocked in Next() sleeps in epoll_wait until the event arrives; a zero-deadline
-  // AsyncNext polls the same sockets and returns at once. Poll first, then block.
-  if (poll_.count() > 0) {
-    const auto until = std::chrono::steady_clock::now() + poll_;
-    do {
-      switch (cq_.AsyncNext(&tag, &ok, gpr_time_0(GPR_CLOCK_MONOTONIC))) {
-        case grpc::CompletionQueue::GOT_EVENT:
-          return ok;
-        case grpc::CompletionQueue::SHUTDOWN:
-          return false;
-        case grpc::CompletionQueue::TIMEOUT:
-          std::this_thread::yield();
-          break;
-      }
-    } while (std::chrono::steady_clock::now() < until);
-  }
-  return cq_.Next(&tag, &ok) && ok;
+  return NextEvent(&cq_, &tag, &ok, poll_) && ok;
 }
 
 bool RawCall::Write(const grpc::ByteBuffer& message, bool last) {

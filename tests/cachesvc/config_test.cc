@@ -61,6 +61,16 @@ TEST(Config, EmbeddedDefaultIsSingleNodeWithCpuAndSsdInData) {
   ASSERT_TRUE(no_poll.config) << no_poll.output;
   EXPECT_EQ(no_poll.config->local_control_poll_us, 0u);
   EXPECT_FALSE(Parse({"--local-control-poll-us", "-5"}).config);
+  EXPECT_EQ(from_text->stream_threads, ServiceConfig{}.stream_threads);
+  EXPECT_EQ(from_text->stream_poll_us, ServiceConfig{}.stream_poll_us);
+  EXPECT_EQ(ServiceConfig{}.stream_threads, 2);
+  EXPECT_EQ(ServiceConfig{}.stream_poll_us, 1000u);
+  ParsedCommandLine streams = Parse({"--stream-threads", "4", "--stream-poll-us", "0"});
+  ASSERT_TRUE(streams.config) << streams.output;
+  EXPECT_EQ(streams.config->stream_threads, 4);
+  EXPECT_EQ(streams.config->stream_poll_us, 0u);
+  EXPECT_FALSE(Parse({"--stream-threads", "0"}).config);
+  EXPECT_FALSE(Parse({"--stream-poll-us", "-1"}).config);
 }
 
 TEST(Config, FlagsOverrideTheFile) {

@@ -550,6 +550,42 @@ TEST(KvClientConnect, TcpTargetUsesStreamsAndUnreachableTargetsFailFast) {
   ASSERT_TRUE((*plain)->Put(TestName(82), info, payload).ok());
 }
 
+// Streaming Gets from a service whose Get threads never poll, one thread for every call: the
+// same bytes and statuses as the default, with calls from several client threads at once.
+TEST(KvClientConnect, StreamGetsFromOneGetThreadThatNeverPolls) {
+  TempDir dir;
+  ServiceOptions options;
+  options.extra_args = {"--stream-poll-us", "0", "--stream-threads", "1"};
+  auto svc = ServiceProcess::Start(dir.path(), options);
+  ASSERT_TRUE(svc.ok()) << svc.status();
+  client::ClientOptions small_chunks;
+  small_chunks.stream_chunk_bytes = 64 << 10;
+  auto kv = ConnectTo(**svc, small_chunks);
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  ObjectInfo info = TestInfo(2048);  // 512 KiB
+  client::PutOptions stream;
+  stream.path = DataPath::kStream;
+  for (int i = 0; i < 4; ++i) {
+    auto payload = TestPayload(90 + i, info.payload_bytes);
+    ASSERT_TRUE((*kv)->Put(TestName(90 + i), info, payload, stream).ok());
+  }
+  std::atomic<int> good{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 4; ++t) {
+    readers.emplace_back([&, t] {
+      std::vector<uint8_t> out(info.payload_bytes);
+      for (int round = 0; round < 5; ++round) {
+        auto got = (*kv)->GetInto(TestName(90 + t), out);
+        if (got.ok() && out == TestPayload(90 + t, info.payload_bytes)) ++good;
+      }
+    });
+  }
+  for (auto& r : readers) r.join();
+  EXPECT_EQ(good.load(), 20);
+  EXPECT_EQ((*kv)->Get(TestName(99)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*svc)->Terminate(), 0) << (*svc)->Log();
+}
+
 // A service out of local control connections: clients carry on over gRPC, call by call.
 TEST(KvClientConnect, ClientsFallBackToGrpcWhenTheServiceHasNoConnectionToSpare) {
   TempDir dir;
