@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -150,9 +151,7 @@ Latency TimeCalls(grpc::GenericStub* stub, size_t bytes, int calls, int poll_us,
   return {ms[ms.size() / 2], ms[ms.size() * 9 / 10]};
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Run(int argc, char** argv) {
   CLI::App app{"gRPC's per-call floor: async generic server and client, polling or blocking"};
   std::string serve;
   int server_poll_us = 0;
@@ -240,4 +239,15 @@ int main(int argc, char** argv) {
     std::ofstream(out) << doc.dump(2) << "\n";
   }
   return failed ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {  // CLI11 and nlohmann::json report misuse by throwing
+    std::fprintf(stderr, "grpc_floor_bench: %s\n", e.what());
+    return 1;
+  }
 }
