@@ -160,5 +160,39 @@ TEST(RawStreamTest, GetWhoseReaderStopsIsCancelledAtTheDeadlineAndReleasesItsLea
   EXPECT_EQ((*svc)->Terminate(), 0);
 }
 
+// SIGTERM while a Get's reader has stopped reading: the service gives the call its shutdown grace,
+// cancels it, releases the lease and exits cleanly (the Get threads drain before the store
+// closes).
+TEST(RawStreamTest, SigtermWithAStalledGetReaderEndsAfterTheGrace) {
+  TempDir dir;
+  ServiceOptions options;
+  options.cpu_capacity = "192MiB";
+  options.ssd_capacity = "0";
+  options.extra_args = {"--shutdown-grace-ms", "1000"};
+  auto svc = ServiceProcess::Start(dir.path(), options);
+  ASSERT_TRUE(svc.ok()) << svc.status();
+  auto kv = KvClient::Connect((*svc)->target());
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  ObjectInfo info = TestInfo(196608);  // 48 MiB: more than gRPC buffers for a reader
+  auto payload = TestPayload(6, info.payload_bytes);
+  ASSERT_TRUE((*kv)->Put(TestName(4), info, payload).ok());
+
+  auto stub = v1::KvStash::NewStub(ChannelTo(**svc));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  v1::GetRequest req;
+  ToProto(TestName(4), req.mutable_key());
+  auto reader = stub->Get(&ctx, req);
+  v1::GetChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));  // then stop reading
+  ASSERT_EQ((*kv)->Stats()->leases_active, 1u);
+
+  EXPECT_EQ((*svc)->Terminate(), 0) << (*svc)->Log();
+  EXPECT_THAT((*svc)->Log(), ::testing::HasSubstr("event=shutdown_done store_close=ok"));
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_FALSE(reader->Finish().ok());
+}
+
 }  // namespace
 }  // namespace kvstash::testing
