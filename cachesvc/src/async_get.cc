@@ -40,7 +40,13 @@ void AsyncGetServer::Start() {
 void AsyncGetServer::Stop() {
   if (stopped_) return;
   stopped_ = true;
-  for (auto& cq : queues_) cq->Shutdown();
+  {
+    // After grpc::Server::Shutdown() the calls it cancelled may still have events coming; their
+    // handlers must not start operations on a queue that is shut down.
+    std::unique_lock<std::shared_mutex> lock(queues_mu_);
+    stopping_ = true;
+    for (auto& cq : queues_) cq->Shutdown();
+  }
   for (auto& t : threads_) t.join();
   threads_.clear();
   // Queues whose thread never ran (a server that failed to start) still hold their calls.
@@ -59,7 +65,15 @@ void AsyncGetServer::AwaitCall(grpc::ServerCompletionQueue* cq) {
 void AsyncGetServer::Run(grpc::ServerCompletionQueue* cq) {
   void* tag = nullptr;
   bool ok = false;
-  while (NextEvent(cq, &tag, &ok, poll_)) Handle(static_cast<Call*>(tag), ok, cq);
+  while (NextEvent(cq, &tag, &ok, poll_)) {
+    auto* call = static_cast<Call*>(tag);
+    std::shared_lock<std::shared_mutex> lock(queues_mu_);
+    if (stopping_) {
+      delete call;  // its one pending operation just completed: nothing refers to it any more
+      continue;
+    }
+    Handle(call, ok, cq);
+  }
 }
 
 void AsyncGetServer::Handle(Call* call, bool ok, grpc::ServerCompletionQueue* cq) {

@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <memory>
+#include <shared_mutex>
 #include <thread>
 #include <vector>
 
@@ -52,6 +53,11 @@ class AsyncGetServer {
   const std::chrono::microseconds poll_;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
   std::vector<std::thread> threads_;
+  // Held shared while a thread handles an event (which may start operations on its queue) and
+  // exclusively by Stop() to shut the queues down: gRPC forbids starting an operation on a queue
+  // that is shut down, and once stopping_ is set, events only delete their calls.
+  std::shared_mutex queues_mu_;
+  bool stopping_ = false;
   bool stopped_ = false;
 };
 
