@@ -35,7 +35,7 @@ limits:
   rpc_threads: 64
   local_control_connections: 256  # same-node control calls on the arena socket; 0: gRPC only
   local_control_poll_us: 1000     # poll for a local client's next call this long before blocking
-  stream_threads: 2               # threads answering streaming Gets
+  stream_threads: 2               # threads answering streaming Puts and Gets
   stream_poll_us: 1000            # each polls for the next event this long before blocking
   shutdown_grace_ms: 10000
 storage:
@@ -232,10 +232,10 @@ const std::vector<Field>& Fields() {
       {"limits.local_control_poll_us", "--local-control-poll-us",
        "after a local control call, poll for the next one this long before blocking (0: never)",
        IntField(&ServiceConfig::local_control_poll_us, 0, 100'000)},
-      {"limits.stream_threads", "--stream-threads", "threads answering streaming Gets",
+      {"limits.stream_threads", "--stream-threads", "threads answering streaming Puts and Gets",
        IntField(&ServiceConfig::stream_threads, 1, 256)},
       {"limits.stream_poll_us", "--stream-poll-us",
-       "a streaming-Get thread polls for its next event this long before blocking (0: never)",
+       "a streaming Put/Get thread polls for its next event this long before blocking (0: never)",
        IntField(&ServiceConfig::stream_poll_us, 0, 100'000)},
       {"limits.shutdown_grace_ms", "--shutdown-grace-ms", "time in-flight RPCs get on SIGTERM",
        IntField(&ServiceConfig::shutdown_grace_ms, 0, 600'000)},

@@ -1,5 +1,6 @@
-// The kvstash.v1.KvStash gRPC service over an ObjectStore. Every RPC but Get runs on a thread of
-// gRPC's sync server pool; Get is served asynchronously by AsyncGetServer (async_get.h). Every
+// The kvstash.v1.KvStash gRPC service over an ObjectStore. The unary RPCs run on threads of gRPC's
+// sync server pool; the streaming Put and Get are served asynchronously by AsyncStreamServer
+// (async_streams.h), through StartPut/StartGet. Every
 // request is validated before it reaches the store; statuses reach the wire only through
 // proto/status_mapping.h. docs/api.md lists the codes.
 #ifndef KVSTASH_CACHESVC_KV_SERVICE_H_
@@ -15,6 +16,7 @@
 #include <string>
 
 #include "kvstash/cachesvc/config.h"
+#include "kvstash/proto/raw_message.h"
 #include "kvstash/storage/object_store.h"
 #include "kvstash/storage/tier_codec.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
@@ -33,6 +35,46 @@ class KvStashService final : public v1::KvStash::Service {
  public:
   using Clock = std::chrono::steady_clock;
   using RawAsyncWriter = grpc::ServerAsyncWriter<grpc::ByteBuffer>;
+  using RawAsyncReader = grpc::ServerAsyncReader<grpc::ByteBuffer, grpc::ByteBuffer>;
+
+  // One streaming Put being received: its reservation and the bytes copied in so far (with
+  // their crc32c, taken while copying). Aborts the reservation when destroyed uncommitted, and
+  // keeps the call under the stream watchdog. Used by one thread at a time.
+  class IncomingPut {
+   public:
+    ~IncomingPut();
+    IncomingPut(const IncomingPut&) = delete;
+    IncomingPut& operator=(const IncomingPut&) = delete;
+
+    // The next PutChunk (`message` is consumed): checked, and its data copied into the
+    // reservation. InvalidArgument for a malformed or oversized chunk or a repeated header;
+    // DeadlineExceeded past the service's stream limit.
+    Status Accept(grpc::ByteBuffer* message, RpcScope& scope);
+    // The client's stream ended: commits when every byte arrived with the declared crc32c;
+    // InvalidArgument for a short stream or a checksum mismatch, the store's errors otherwise.
+    Status Complete();
+
+   private:
+    friend class KvStashService;
+    IncomingPut() = default;
+    Status Receive(grpc::ByteBuffer* message, RpcScope& scope);
+    Status CopyChunk();
+
+    KvStashService* service_ = nullptr;
+    ReceivedMessage received_;
+    v1::PutChunk chunk_;  // the fields of the last message other than data
+    BytesFieldView data_;
+    ObjectInfo info_;
+    bool durable_ = false;
+    uint64_t reservation_ = 0;  // 0: none yet
+    bool committed_ = false;
+    uint8_t* dest_ = nullptr;
+    uint64_t written_ = 0;
+    uint64_t index_ = 0;  // of the next PutChunk
+    uint32_t crc_ = 0;    // Crc32c of nothing
+    Clock::time_point deadline_;
+    std::unique_ptr<StreamWatchdog::Registration> watched_;
+  };
 
   // One streaming Get being answered: the leased object (or its encoded copy) and what is left
   // to send. Holds the lease until it is destroyed and gRPC has dropped every slice it sent, and
@@ -65,6 +107,14 @@ class KvStashService final : public v1::KvStash::Service {
     Clock::time_point deadline_;
     std::unique_ptr<StreamWatchdog::Registration> watched_;
   };
+
+  // Begins a streaming Put with its first message, which must carry the header: reserves the
+  // object's arena space and copies the message's data in.
+  Result<std::unique_ptr<IncomingPut>> StartPut(grpc::ServerContext* ctx, grpc::ByteBuffer* first,
+                                                RpcScope& scope);
+  // Asks gRPC for the next Put call on `cq` (grpc::Service::RequestAsyncClientStreaming).
+  void RequestPutCall(grpc::ServerContext* ctx, RawAsyncReader* reader,
+                      grpc::ServerCompletionQueue* cq, void* tag);
 
   // Parses a Get call's request and leases its object. The errors the call ends with:
   // InvalidArgument for a malformed request, NotFound, and the store's others.
@@ -104,15 +154,12 @@ class KvStashService final : public v1::KvStash::Service {
   enum class KeysOp { kDelete, kPin, kUnpin };
   Status DoLookup(const v1::LookupRequest& req, v1::LookupResponse* resp);
   Status DoReserve(const v1::ReserveRequest& req, v1::ReserveResponse* resp);
-  // Put and Get are registered in place of their generated handlers (the constructor; Get as an
-  // asynchronous method, served by AsyncGetServer): they read and write ByteBuffers, so the service
-  // copies no payload bytes beyond the one copy into the arena (Put) and none at all (Get: each
-  // reply is a small serialized GetChunk head, then a slice over the bytes where they lie). Clients
-  // see ordinary kvstash.v1 calls.
-  using RawStream = grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
-  void UseRawStreamHandlers();  // kv_service_streams.cc, as are the three below
-  grpc::Status RawPut(grpc::ServerContext* ctx, RawStream* stream);
-  Status DoPut(grpc::ServerContext* ctx, RawStream* stream, RpcScope& scope);
+  // Put and Get are registered in place of their generated handlers (the constructor) as raw
+  // asynchronous methods, served by AsyncStreamServer: they read and write ByteBuffers, so the
+  // service copies no payload bytes beyond the one copy into the arena (Put) and none at all (Get:
+  // each reply is a small serialized GetChunk head, then a slice over the bytes where they lie).
+  // Clients see ordinary kvstash.v1 calls.
+  void UseRawStreamHandlers();  // kv_service_streams.cc, as is EncodeForTransfer
   Status DoAcquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp);
   // The CacheGen container a streaming Get sends instead of `payload`, or nullopt to send the
   // payload as it is (the client did not ask, the policy is raw, or the codec does not take it).

@@ -39,27 +39,6 @@ int MethodIndex(const std::string& method) {
   return found->index();
 }
 
-// Reads a client's stream of PutChunk messages as raw slices, split at their data field.
-class PutChunkReader {
- public:
-  explicit PutChunkReader(grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream)
-      : stream_(stream) {}
-
-  // The next message: data in `data` (valid until the next call), the rest in `rest`. False at
-  // the end of the client's stream; InvalidArgument for bytes that are not a PutChunk.
-  Result<bool> Next(v1::PutChunk* rest, BytesFieldView* data) {
-    received_.Clear();
-    if (!stream_->Read(received_.buffer())) return false;
-    KVSTASH_RETURN_IF_ERROR(received_.Split(v1::PutChunk::kDataFieldNumber, rest, data));
-    return true;
-  }
-  size_t last_bytes() const { return received_.bytes(); }
-
- private:
-  grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream_;
-  ReceivedMessage received_;
-};
-
 }  // namespace
 
 // Keeps a leased object's bytes (and an encoded copy, if one is sent instead) alive while anyone
@@ -99,17 +78,17 @@ class HeldObject {
 };
 
 void KvStashService::UseRawStreamHandlers() {
-  // gRPC's own machinery for generated sync handlers (grpc::internal, stable within the pinned
-  // gRPC 1.51): Put becomes a handler that reads and writes ByteBuffers. On the wire it is the
-  // same client-streaming call.
-  using RawHandler =
-      grpc::internal::BidiStreamingHandler<KvStashService, grpc::ByteBuffer, grpc::ByteBuffer>;
-  MarkMethodStreamed(MethodIndex("Put"),
-                     new RawHandler([](KvStashService* service, grpc::ServerContext* ctx,
-                                       RawStream* stream) { return service->RawPut(ctx, stream); },
-                                    this));
-  // Get is served from completion queues by the service's own threads (async_get.h).
+  // Put and Get are served from completion queues by the service's own threads
+  // (async_streams.h), as raw ByteBuffers. On the wire they are the same client- and
+  // server-streaming calls.
+  MarkMethodRaw(MethodIndex("Put"));
   MarkMethodRaw(MethodIndex("Get"));
+}
+
+void KvStashService::RequestPutCall(grpc::ServerContext* ctx, RawAsyncReader* reader,
+                                    grpc::ServerCompletionQueue* cq, void* tag) {
+  static const int put_index = MethodIndex("Put");
+  RequestAsyncClientStreaming(put_index, ctx, reader, cq, cq, tag);
 }
 
 void KvStashService::RequestGetCall(grpc::ServerContext* ctx, grpc::ByteBuffer* request,
@@ -121,104 +100,102 @@ void KvStashService::RequestGetCall(grpc::ServerContext* ctx, grpc::ByteBuffer* 
 
 // ---- Streaming put ----------------------------------------------------------
 
-grpc::Status KvStashService::RawPut(grpc::ServerContext* ctx, RawStream* stream) {
-  RpcScope scope(metrics_, Method::kPut, 0);
-  Status s = scope.Finish(DoPut(ctx, stream, scope));
-  if (!s.ok()) return ToGrpcStatus(s);
-  // The reply, an empty PutResponse, goes out with the status once this returns.
-  grpc::ByteBuffer response;
-  bool own_buffer = false;
-  (void)grpc::SerializationTraits<v1::PutResponse>::Serialize(v1::PutResponse(), &response,
-                                                              &own_buffer);
-  (void)stream->Write(response, grpc::WriteOptions().set_last_message());
-  return grpc::Status::OK;
-}
-
-Status KvStashService::DoPut(grpc::ServerContext* ctx, RawStream* stream, RpcScope& scope) {
+Result<std::unique_ptr<KvStashService::IncomingPut>> KvStashService::StartPut(
+    grpc::ServerContext* ctx, grpc::ByteBuffer* first, RpcScope& scope) {
   const Clock::time_point start = Clock::now();
-  PutChunkReader reader(stream);
-  v1::PutChunk chunk;  // fields other than data
-  BytesFieldView data;
-  KVSTASH_ASSIGN_OR_RETURN(bool got, reader.Next(&chunk, &data));
-  if (!got) {
-    if (ctx->IsCancelled()) return absl::CancelledError("client cancelled the Put stream");
-    return Invalid("Put stream ended before its header");
-  }
-  scope.AddReceived(reader.last_bytes());
-  if (!chunk.has_header()) return Invalid("the first PutChunk must carry the header");
-  const v1::PutHeader& header = chunk.header();
+  std::unique_ptr<IncomingPut> put(new IncomingPut);
+  put->service_ = this;
+  KVSTASH_RETURN_IF_ERROR(put->Receive(first, scope));
+  if (!put->chunk_.has_header()) return Invalid("the first PutChunk must carry the header");
+  const v1::PutHeader& header = put->chunk_.header();
   if (!header.has_key()) return Invalid("header.key: missing");
   KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(header.key(), "header.key"));
-  KVSTASH_ASSIGN_OR_RETURN(ObjectInfo info,
-                           ParseInfo(header.info(), header.has_info(), "header.info"));
-  const bool durable = header.durable();
+  KVSTASH_ASSIGN_OR_RETURN(put->info_, ParseInfo(header.info(), header.has_info(), "header.info"));
+  put->durable_ = header.durable();
   // The reservation outlives the stream's own deadline, so bytes copied in are always still ours.
-  KVSTASH_ASSIGN_OR_RETURN(
-      storage::Reservation r,
-      store_->Reserve(ToStoredName(name), info, config_.stream_timeout_ms, header.overwrite()));
-  auto abort_with = [&](const Status& s) {
-    Status a = store_->Abort(r.id);
-    if (!a.ok() && !absl::IsNotFound(a) && !absl::IsFailedPrecondition(a)) {
-      spdlog::warn("event=put_abort_failed reservation={} error=\"{}\"", r.id,
-                   std::string(a.message()));
-    }
-    return s;
-  };
-  Status range = CheckArenaRange(*store_, r.arena_offset, info.payload_bytes);
-  if (!range.ok()) return abort_with(range);
-  const Clock::time_point deadline = StreamDeadline(start, config_.stream_timeout_ms);
-  uint8_t* dest = store_->arena_base() + r.arena_offset;
-  uint64_t written = 0;
-  uint64_t index = 0;
-  uint32_t crc = 0;  // Crc32c of nothing
-  while (true) {
-    if (index > 0 && chunk.has_header()) {
-      return abort_with(Invalid(absl::StrCat("PutChunk #", index, " repeats the header")));
-    }
-    if (data.bytes > config_.max_chunk_bytes) {
-      return abort_with(Invalid(absl::StrCat("PutChunk #", index, " carries ", data.bytes,
-                                             " bytes; the limit is ", config_.max_chunk_bytes)));
-    }
-    if (data.bytes > info.payload_bytes - written) {
-      return abort_with(Invalid(
-          absl::StrCat("Put stream carries more than payload_bytes (", info.payload_bytes, ")")));
-    }
-    if (Clock::now() > deadline) {
-      return abort_with(absl::DeadlineExceededError(
-          absl::StrCat("Put stream took longer than ", config_.stream_timeout_ms, " ms; aborted")));
-    }
-    // Checksummed as it is copied (the piece is then in cache), so Commit need not read it again.
-    for (std::span<const uint8_t> piece : data.pieces) {
-      crc = Crc32cExtend(crc, piece.data(), piece.size());
-      std::memcpy(dest + written, piece.data(), piece.size());
-      written += piece.size();
-    }
-    ++index;
-    Result<bool> more = reader.Next(&chunk, &data);
-    if (!more.ok()) {
-      return abort_with(Annotate(more.status(), absl::StrCat("PutChunk #", index)));
-    }
-    if (!*more) break;
-    scope.AddReceived(reader.last_bytes());
+  KVSTASH_ASSIGN_OR_RETURN(storage::Reservation r,
+                           store_->Reserve(ToStoredName(name), put->info_,
+                                           config_.stream_timeout_ms, header.overwrite()));
+  put->reservation_ = r.id;
+  KVSTASH_RETURN_IF_ERROR(CheckArenaRange(*store_, r.arena_offset, put->info_.payload_bytes));
+  put->dest_ = store_->arena_base() + r.arena_offset;
+  put->deadline_ = StreamDeadline(start, config_.stream_timeout_ms);
+  // A client that stalls mid-stream is cancelled at the deadline: its pending Read fails and the
+  // reservation is aborted then, not left to expire.
+  put->watched_ = watchdog_.Watch(ctx, put->deadline_);
+  KVSTASH_RETURN_IF_ERROR(put->CopyChunk());
+  return put;
+}
+
+KvStashService::IncomingPut::~IncomingPut() {
+  watched_.reset();  // before the call's context can go away
+  if (reservation_ == 0 || committed_) return;
+  Status a = service_->store_->Abort(reservation_);
+  if (!a.ok() && !absl::IsNotFound(a) && !absl::IsFailedPrecondition(a)) {
+    spdlog::warn("event=put_abort_failed reservation={} error=\"{}\"", reservation_,
+                 std::string(a.message()));
   }
-  if (ctx->IsCancelled()) {
-    return abort_with(
-        absl::CancelledError(absl::StrCat("client went away after ", written, " of ",
-                                          info.payload_bytes, " bytes; reservation aborted")));
+}
+
+Status KvStashService::IncomingPut::Receive(grpc::ByteBuffer* message, RpcScope& scope) {
+  received_.Clear();
+  received_.buffer()->Swap(message);
+  scope.AddReceived(received_.bytes());
+  return Annotate(received_.Split(v1::PutChunk::kDataFieldNumber, &chunk_, &data_),
+                  absl::StrCat("PutChunk #", index_));
+}
+
+Status KvStashService::IncomingPut::Accept(grpc::ByteBuffer* message, RpcScope& scope) {
+  KVSTASH_RETURN_IF_ERROR(Receive(message, scope));
+  if (chunk_.has_header()) {
+    return Invalid(absl::StrCat("PutChunk #", index_, " repeats the header"));
   }
-  if (written != info.payload_bytes) {
-    return abort_with(Invalid(
-        absl::StrCat("Put stream ended after ", written, " of ", info.payload_bytes, " bytes")));
+  return CopyChunk();
+}
+
+Status KvStashService::IncomingPut::CopyChunk() {
+  const ServiceConfig& config = service_->config_;
+  if (data_.bytes > config.max_chunk_bytes) {
+    return Invalid(absl::StrCat("PutChunk #", index_, " carries ", data_.bytes,
+                                " bytes; the limit is ", config.max_chunk_bytes));
   }
-  if (crc != info.payload_crc32c) {
-    return abort_with(
-        Invalid(absl::StrCat("payload crc32c mismatch: client says ", info.payload_crc32c,
-                             ", the stream carried ", crc, "; reservation aborted")));
+  if (data_.bytes > info_.payload_bytes - written_) {
+    return Invalid(
+        absl::StrCat("Put stream carries more than payload_bytes (", info_.payload_bytes, ")"));
   }
-  // Some failures (durable without an SSD tier) leave the reservation open; nobody else can
-  // commit it.
-  Status committed = store_->CommitChecked(r.id, info.payload_crc32c, durable);
-  if (!committed.ok()) (void)store_->Abort(r.id);
+  if (Clock::now() > deadline_) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("Put stream took longer than ", config.stream_timeout_ms, " ms; aborted"));
+  }
+  // Checksummed as it is copied (the piece is then in cache), so Commit need not read it again.
+  for (std::span<const uint8_t> piece : data_.pieces) {
+    crc_ = Crc32cExtend(crc_, piece.data(), piece.size());
+    std::memcpy(dest_ + written_, piece.data(), piece.size());
+    written_ += piece.size();
+  }
+  ++index_;
+  received_.Clear();  // the pieces point into it
+  return OkStatus();
+}
+
+Status KvStashService::IncomingPut::Complete() {
+  // A stream that ends short may be a client that went away: either way nothing is stored.
+  if (written_ != info_.payload_bytes) {
+    if (Clock::now() > deadline_) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "Put stream took longer than ", service_->config_.stream_timeout_ms, " ms; aborted"));
+    }
+    return Invalid(absl::StrCat("Put stream ended after ", written_, " of ", info_.payload_bytes,
+                                " bytes; reservation aborted"));
+  }
+  if (crc_ != info_.payload_crc32c) {
+    return Invalid(absl::StrCat("payload crc32c mismatch: client says ", info_.payload_crc32c,
+                                ", the stream carried ", crc_, "; reservation aborted"));
+  }
+  // Some failures (durable without an SSD tier) leave the reservation open; the destructor
+  // aborts it, as nobody else can commit it.
+  Status committed = service_->store_->CommitChecked(reservation_, info_.payload_crc32c, durable_);
+  committed_ = committed.ok();
   return committed;
 }
 

@@ -18,7 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "arena_socket.h"
-#include "async_get.h"
+#include "async_streams.h"
 #include "cachegen_tier_codec.h"
 #include "kv_service.h"
 #include "kvstash/storage/object_store.h"
@@ -77,7 +77,7 @@ struct CacheService::Impl {
   std::unique_ptr<storage::ObjectStore> store;
   std::unique_ptr<KvStashService> service;
   // Declared before the server: its completion queues must outlive it.
-  std::unique_ptr<AsyncGetServer> async_get;
+  std::unique_ptr<AsyncStreamServer> async_streams;
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<ArenaSocketServer> arena_socket;
   std::unique_ptr<MetricsHttpServer> http;
@@ -138,17 +138,17 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10'000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5'000);
-  impl->async_get = std::make_unique<AsyncGetServer>(
+  impl->async_streams = std::make_unique<AsyncStreamServer>(
       impl->service.get(), impl->rpc_metrics.get(), &builder, config.stream_threads,
       std::chrono::microseconds{config.stream_poll_us});
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || bound_port == 0) {
     if (impl->server != nullptr) impl->server->Shutdown();
-    impl->async_get->Stop();
+    impl->async_streams->Stop();
     (void)impl->store->Close();
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
   }
-  impl->async_get->Start();
+  impl->async_streams->Start();
   impl->target =
       IsUnix(config.listen) ? config.listen : ResolvedTcpTarget(config.listen, bound_port);
   if (auto* health = impl->server->GetHealthCheckService(); health != nullptr) {
@@ -163,7 +163,7 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   auto fail = [&](const Status& s) {
     impl->server->Shutdown();
     impl->server->Wait();
-    impl->async_get->Stop();
+    impl->async_streams->Stop();
     (void)impl->store->Close();
     return s;
   };
@@ -234,7 +234,7 @@ Status CacheService::Shutdown() {
   s.server->Shutdown(std::chrono::system_clock::now() +
                      std::chrono::milliseconds(s.config.shutdown_grace_ms));
   s.server->Wait();
-  s.async_get->Stop();  // every Get call is over: their leases are back before the store closes
+  s.async_streams->Stop();  // every Put and Get is over: leases and reservations are settled
   spdlog::info("event=shutdown_grpc_stopped");
   s.arena_socket->Stop();
   s.close_status = s.store->Close();

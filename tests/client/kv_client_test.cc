@@ -550,9 +550,10 @@ TEST(KvClientConnect, TcpTargetUsesStreamsAndUnreachableTargetsFailFast) {
   ASSERT_TRUE((*plain)->Put(TestName(82), info, payload).ok());
 }
 
-// Streaming Gets from a service whose Get threads never poll, one thread for every call: the
-// same bytes and statuses as the default, with calls from several client threads at once.
-TEST(KvClientConnect, StreamGetsFromOneGetThreadThatNeverPolls) {
+// Streaming Puts and Gets from a service whose stream threads never poll, one thread for every
+// call: the same bytes and statuses as the default, with calls from several client threads at
+// once.
+TEST(KvClientConnect, StreamPutsAndGetsFromOneThreadThatNeverPolls) {
   TempDir dir;
   ServiceOptions options;
   options.extra_args = {"--stream-poll-us", "0", "--stream-threads", "1"};
@@ -565,24 +566,28 @@ TEST(KvClientConnect, StreamGetsFromOneGetThreadThatNeverPolls) {
   ObjectInfo info = TestInfo(2048);  // 512 KiB
   client::PutOptions stream;
   stream.path = DataPath::kStream;
-  for (int i = 0; i < 4; ++i) {
-    auto payload = TestPayload(90 + i, info.payload_bytes);
-    ASSERT_TRUE((*kv)->Put(TestName(90 + i), info, payload, stream).ok());
-  }
   std::atomic<int> good{0};
-  std::vector<std::thread> readers;
+  std::vector<std::thread> clients;
   for (int t = 0; t < 4; ++t) {
-    readers.emplace_back([&, t] {
+    clients.emplace_back([&, t] {
+      auto payload = TestPayload(90 + t, info.payload_bytes);
+      if (!(*kv)->Put(TestName(90 + t), WithCrc(info, payload), payload, stream).ok()) return;
       std::vector<uint8_t> out(info.payload_bytes);
       for (int round = 0; round < 5; ++round) {
         auto got = (*kv)->GetInto(TestName(90 + t), out);
-        if (got.ok() && out == TestPayload(90 + t, info.payload_bytes)) ++good;
+        if (got.ok() && out == payload) ++good;
       }
     });
   }
-  for (auto& r : readers) r.join();
+  for (auto& c : clients) c.join();
   EXPECT_EQ(good.load(), 20);
   EXPECT_EQ((*kv)->Get(TestName(99)).status().code(), absl::StatusCode::kNotFound);
+  auto payload = TestPayload(98, info.payload_bytes);
+  ObjectInfo wrong = WithCrc(info, payload);
+  wrong.payload_crc32c ^= 1;
+  EXPECT_EQ((*kv)->Put(TestName(98), wrong, payload, stream).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*kv)->Stats()->reservations_active, 0u);
   EXPECT_EQ((*svc)->Terminate(), 0) << (*svc)->Log();
 }
 

@@ -57,9 +57,9 @@ struct ServiceConfig {
   // answers the Commit without a thread wake-up (on a 2-vCPU VM: 15 us instead of 50-110 us per
   // call). The price is up to this much CPU per call on the service side; 0: never poll.
   uint32_t local_control_poll_us = 1000;
-  // Threads (each with its gRPC completion queue) that answer streaming Gets, and how long each
-  // polls its queue after an event before it blocks: the next message of a call comes within
-  // microseconds, sooner than a blocked thread wakes up. 0: never poll.
+  // Threads (each with its gRPC completion queue) that answer streaming Puts and Gets, and how
+  // long each polls its queue after an event before it blocks: the next message of a call comes
+  // within microseconds, sooner than a blocked thread wakes up. 0: never poll.
   int stream_threads = 2;
   uint32_t stream_poll_us = 1000;
   uint32_t shutdown_grace_ms = 10'000;  // in-flight RPCs get this long on SIGTERM

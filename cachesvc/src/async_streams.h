@@ -1,17 +1,18 @@
-// Serves KvStashService's streaming Get from gRPC completion queues driven by the service's own
-// threads, which poll their queue for `poll` after each event before they block.
+// Serves KvStashService's streaming Put and Get from gRPC completion queues driven by the
+// service's own threads, which poll their queue for `poll` after each event before they block.
 //
 // gRPC's sync server hands each call between its threads, and each hand-off costs a thread
-// wake-up (tens of microseconds on a virtual machine); here one thread takes a call from the
-// request to the status, and a polling thread is not asleep when the next event comes. On the
-// development VM a minimal async server that polls answered a 256 KiB call in 0.11 ms, the sync
-// service in 0.33 (bench/service/grpc_floor_bench, docs/benchmarks-service.md).
+// wake-up (tens of microseconds on a virtual machine); here one thread takes a call from gRPC's
+// request to its status, and a polling thread is not asleep when the next event comes. On the
+// development VM a Get of 256 KiB went from 0.30-0.38 ms p50 to 0.16-0.19
+// (docs/benchmarks-service.md). A durable Put's commit waits for the SSD on the thread that
+// completes it; the other threads go on serving.
 //
 // Threading: the constructor and Start() on the thread that builds the server; Stop() once, after
 // grpc::Server::Shutdown() has returned (it shuts the queues down, drains them and joins the
 // threads). The destructor stops what was started.
-#ifndef KVSTASH_CACHESVC_ASYNC_GET_H_
-#define KVSTASH_CACHESVC_ASYNC_GET_H_
+#ifndef KVSTASH_CACHESVC_ASYNC_STREAMS_H_
+#define KVSTASH_CACHESVC_ASYNC_STREAMS_H_
 
 #include <grpcpp/grpcpp.h>
 
@@ -26,27 +27,25 @@
 
 namespace kvstash::cachesvc {
 
-class AsyncGetServer {
+class AsyncStreamServer {
  public:
   // Adds `threads` completion queues to `builder`, whose server must not be built yet. `service`
   // and `metrics` must outlive this object.
-  AsyncGetServer(KvStashService* service, RpcMetrics* metrics, grpc::ServerBuilder* builder,
-                 int threads, std::chrono::microseconds poll);
-  ~AsyncGetServer();
-  AsyncGetServer(const AsyncGetServer&) = delete;
-  AsyncGetServer& operator=(const AsyncGetServer&) = delete;
+  AsyncStreamServer(KvStashService* service, RpcMetrics* metrics, grpc::ServerBuilder* builder,
+                    int threads, std::chrono::microseconds poll);
+  ~AsyncStreamServer();
+  AsyncStreamServer(const AsyncStreamServer&) = delete;
+  AsyncStreamServer& operator=(const AsyncStreamServer&) = delete;
 
-  // Starts answering Get calls; after the server was built.
+  // Starts answering calls; after the server was built.
   void Start();
   void Stop();
 
  private:
-  struct Call;
-  void AwaitCall(grpc::ServerCompletionQueue* cq);
+  class Call;
+  class GetCall;
+  class PutCall;
   void Run(grpc::ServerCompletionQueue* cq);
-  void Handle(Call* call, bool ok, grpc::ServerCompletionQueue* cq);
-  void WriteNext(Call* call);
-  void Finish(Call* call, const Status& status);
 
   KvStashService* service_;
   RpcMetrics* metrics_;
@@ -63,4 +62,4 @@ class AsyncGetServer {
 
 }  // namespace kvstash::cachesvc
 
-#endif  // KVSTASH_CACHESVC_ASYNC_GET_H_
+#endif  // KVSTASH_CACHESVC_ASYNC_STREAMS_H_
