@@ -6,7 +6,10 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <memory>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "kvstash/client/kv_client.h"
 #include "kvstash/proto/convert.h"
@@ -113,85 +116,90 @@ TEST(RawStreamTest, TypedPeersAndRawPeersAgreeOnTheWire) {
   EXPECT_EQ((*svc)->Terminate(), 0);
 }
 
+// Start() runs a service (192 MiB arena, no SSD tier, `extra_args`) holding one 48 MiB object,
+// more than gRPC buffers for a reader, and a Get of it whose reader takes one reply and stops.
+class StalledGet {
+ public:
+  // Call inside ASSERT_NO_FATAL_FAILURE.
+  void Start(std::vector<std::string> extra_args) {
+    ServiceOptions options;
+    options.metrics = true;
+    options.cpu_capacity = "192MiB";
+    options.ssd_capacity = "0";
+    options.extra_args = std::move(extra_args);
+    auto svc = ServiceProcess::Start(dir_.path(), options);
+    ASSERT_TRUE(svc.ok()) << svc.status();
+    svc_ = std::move(*svc);
+    auto kv = KvClient::Connect(svc_->target());
+    ASSERT_TRUE(kv.ok()) << kv.status();
+    kv_ = std::move(*kv);
+    const ObjectInfo info = TestInfo(196608);
+    payload_ = TestPayload(5, info.payload_bytes);
+    ASSERT_TRUE(kv_->Put(TestName(3), info, payload_).ok());
+    stub_ = v1::KvStash::NewStub(ChannelTo(*svc_));
+    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    v1::GetRequest req;
+    ToProto(TestName(3), req.mutable_key());
+    reader_ = stub_->Get(&ctx_, req);
+    v1::GetChunk chunk;
+    ASSERT_TRUE(reader_->Read(&chunk));
+  }
+  // Reads what is left of the stalled Get; false when it did not end in an error.
+  bool EndsInError() {
+    v1::GetChunk chunk;
+    while (reader_->Read(&chunk)) {
+    }
+    return !reader_->Finish().ok();
+  }
+
+  ServiceProcess& svc() { return *svc_; }
+  KvClient& kv() { return *kv_; }
+  const std::vector<uint8_t>& payload() const { return payload_; }
+
+ private:
+  TempDir dir_;
+  std::unique_ptr<ServiceProcess> svc_;
+  std::unique_ptr<KvClient> kv_;
+  std::vector<uint8_t> payload_;
+  std::unique_ptr<v1::KvStash::Stub> stub_;
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReader<v1::GetChunk>> reader_;
+};
+
 // The service sends a Get's payload as slices of the arena and holds the object's lease until
 // gRPC drops them. A client that stops reading must not keep it: the call is cancelled at the
 // service's stream deadline, and the lease is released, not left to expire.
 TEST(RawStreamTest, GetWhoseReaderStopsIsCancelledAtTheDeadlineAndReleasesItsLease) {
-  TempDir dir;
-  ServiceOptions options;
-  options.metrics = true;
-  options.cpu_capacity = "192MiB";
-  options.ssd_capacity = "0";
-  options.extra_args = {"--stream-timeout-ms", "2000"};
-  auto svc = ServiceProcess::Start(dir.path(), options);
-  ASSERT_TRUE(svc.ok()) << svc.status();
-  auto kv = KvClient::Connect((*svc)->target());
-  ASSERT_TRUE(kv.ok()) << kv.status();
-  ObjectInfo info = TestInfo(196608);  // 48 MiB: more than gRPC buffers for a reader
-  auto payload = TestPayload(5, info.payload_bytes);
-  ASSERT_TRUE((*kv)->Put(TestName(3), info, payload).ok());
-
-  auto stub = v1::KvStash::NewStub(ChannelTo(**svc));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-  v1::GetRequest req;
-  ToProto(TestName(3), req.mutable_key());
-  auto reader = stub->Get(&ctx, req);
-  v1::GetChunk chunk;
-  ASSERT_TRUE(reader->Read(&chunk));  // then stop reading
-
+  StalledGet stalled;
+  ASSERT_NO_FATAL_FAILURE(stalled.Start({"--stream-timeout-ms", "2000"}));
   // The lease goes once the service gives up on the call (about 2 s in).
   uint64_t leases = 1;
   for (int i = 0; i < 600 && leases != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    auto stats = (*kv)->Stats();
+    auto stats = stalled.kv().Stats();
     ASSERT_TRUE(stats.ok()) << stats.status();
     leases = stats->leases_active;
   }
   EXPECT_EQ(leases, 0u);
-  EXPECT_EQ(MetricSum((*svc)->metrics_port(), "kvstash_storage_leases_expired_total"), 0.0);
-  while (reader->Read(&chunk)) {
-  }
-  EXPECT_FALSE(reader->Finish().ok());
+  EXPECT_EQ(MetricSum(stalled.svc().metrics_port(), "kvstash_storage_leases_expired_total"), 0.0);
+  EXPECT_TRUE(stalled.EndsInError());
 
-  auto back = (*kv)->Get(TestName(3));
+  auto back = stalled.kv().Get(TestName(3));
   ASSERT_TRUE(back.ok()) << back.status();
-  EXPECT_EQ(back->payload, payload);
-  EXPECT_EQ((*svc)->Terminate(), 0);
+  EXPECT_EQ(back->payload, stalled.payload());
+  EXPECT_EQ(stalled.svc().Terminate(), 0);
 }
 
 // SIGTERM while a Get's reader has stopped reading: the service gives the call its shutdown grace,
-// cancels it, releases the lease and exits cleanly (the Get threads drain before the store
+// cancels it, releases the lease and exits cleanly (the stream threads drain before the store
 // closes).
 TEST(RawStreamTest, SigtermWithAStalledGetReaderEndsAfterTheGrace) {
-  TempDir dir;
-  ServiceOptions options;
-  options.cpu_capacity = "192MiB";
-  options.ssd_capacity = "0";
-  options.extra_args = {"--shutdown-grace-ms", "1000"};
-  auto svc = ServiceProcess::Start(dir.path(), options);
-  ASSERT_TRUE(svc.ok()) << svc.status();
-  auto kv = KvClient::Connect((*svc)->target());
-  ASSERT_TRUE(kv.ok()) << kv.status();
-  ObjectInfo info = TestInfo(196608);  // 48 MiB: more than gRPC buffers for a reader
-  auto payload = TestPayload(6, info.payload_bytes);
-  ASSERT_TRUE((*kv)->Put(TestName(4), info, payload).ok());
-
-  auto stub = v1::KvStash::NewStub(ChannelTo(**svc));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-  v1::GetRequest req;
-  ToProto(TestName(4), req.mutable_key());
-  auto reader = stub->Get(&ctx, req);
-  v1::GetChunk chunk;
-  ASSERT_TRUE(reader->Read(&chunk));  // then stop reading
-  ASSERT_EQ((*kv)->Stats()->leases_active, 1u);
-
-  EXPECT_EQ((*svc)->Terminate(), 0) << (*svc)->Log();
-  EXPECT_THAT((*svc)->Log(), ::testing::HasSubstr("event=shutdown_done store_close=ok"));
-  while (reader->Read(&chunk)) {
-  }
-  EXPECT_FALSE(reader->Finish().ok());
+  StalledGet stalled;
+  ASSERT_NO_FATAL_FAILURE(stalled.Start({"--shutdown-grace-ms", "1000"}));
+  ASSERT_EQ(stalled.kv().Stats()->leases_active, 1u);
+  EXPECT_EQ(stalled.svc().Terminate(), 0) << stalled.svc().Log();
+  EXPECT_THAT(stalled.svc().Log(), ::testing::HasSubstr("event=shutdown_done store_close=ok"));
+  EXPECT_TRUE(stalled.EndsInError());
 }
 
 }  // namespace
