@@ -59,6 +59,7 @@ class KvStashService final : public v1::KvStash::Service {
     IncomingPut() = default;
     Status Receive(grpc::ByteBuffer* message, RpcScope& scope);
     Status CopyChunk();
+    Status CheckDeadline() const;  // DeadlineExceeded past the service's stream limit
 
     KvStashService* service_ = nullptr;
     ReceivedMessage received_;

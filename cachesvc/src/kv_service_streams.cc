@@ -1,6 +1,5 @@
 // KvStashService's byte streams, Put and Get, served from raw ByteBuffers (kv_service.h).
 #include <google/protobuf/descriptor.h>
-#include <grpcpp/support/method_handler.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -21,7 +20,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// How much longer than a stream's deadline a Get holds its lease (see DoGet).
+// How much longer than a stream's deadline a Get holds its lease (see StartGet).
 constexpr uint32_t kLeaseMarginMs = 10'000;
 
 // The position of `method` among the service's methods: the generated code registers them in the
@@ -163,10 +162,7 @@ Status KvStashService::IncomingPut::CopyChunk() {
     return Invalid(
         absl::StrCat("Put stream carries more than payload_bytes (", info_.payload_bytes, ")"));
   }
-  if (Clock::now() > deadline_) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("Put stream took longer than ", config.stream_timeout_ms, " ms; aborted"));
-  }
+  KVSTASH_RETURN_IF_ERROR(CheckDeadline());
   // Checksummed as it is copied (the piece is then in cache), so Commit need not read it again.
   for (std::span<const uint8_t> piece : data_.pieces) {
     crc_ = Crc32cExtend(crc_, piece.data(), piece.size());
@@ -178,13 +174,16 @@ Status KvStashService::IncomingPut::CopyChunk() {
   return OkStatus();
 }
 
+Status KvStashService::IncomingPut::CheckDeadline() const {
+  if (Clock::now() <= deadline_) return OkStatus();
+  return absl::DeadlineExceededError(absl::StrCat(
+      "Put stream took longer than ", service_->config_.stream_timeout_ms, " ms; aborted"));
+}
+
 Status KvStashService::IncomingPut::Complete() {
   // A stream that ends short may be a client that went away: either way nothing is stored.
   if (written_ != info_.payload_bytes) {
-    if (Clock::now() > deadline_) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "Put stream took longer than ", service_->config_.stream_timeout_ms, " ms; aborted"));
-    }
+    KVSTASH_RETURN_IF_ERROR(CheckDeadline());
     return Invalid(absl::StrCat("Put stream ended after ", written_, " of ", info_.payload_bytes,
                                 " bytes; reservation aborted"));
   }

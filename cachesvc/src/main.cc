@@ -30,9 +30,10 @@ int main(int argc, char** argv) {
 
   // gRPC's "poll" engine rather than its default epoll1, unless the environment chooses: under
   // epoll1 one thread at a time polls the sockets, and while a sync server thread sleeps in
-  // epoll_wait, the threads answering Gets (limits.stream_poll_us) cannot poll them and wait for
-  // its wake-up. With "poll" they read the sockets themselves (docs/benchmarks-service.md). It
-  // suits a sidecar's tens of connections; set GRPC_POLL_STRATEGY=epoll1 for thousands.
+  // epoll_wait, the threads answering Puts and Gets (limits.stream_poll_us) cannot poll them and
+  // wait for its wake-up. With "poll" they read the sockets themselves
+  // (docs/benchmarks-service.md). It suits a sidecar's tens of connections; set
+  // GRPC_POLL_STRATEGY=epoll1 for thousands.
   setenv("GRPC_POLL_STRATEGY", "poll", /*overwrite=*/0);
 
   auto logger = spdlog::stderr_logger_mt("cachesvc");
