@@ -157,56 +157,77 @@ void ClientCore::ReleaseLeaseAsync(uint64_t id) {
     req.add_lease_ids(id);
     if (l->Notify(LocalMethod::kRelease, req)) return;
   }
+  std::lock_guard<std::mutex> lock(release_mu_);
+  release_queue_.push_back(id);
+  if (release_in_flight_) return;  // goes out with the next call
+  if (!release_thread_.joinable()) release_thread_ = std::thread([this] { DriveReleases(); });
+  release_in_flight_ = true;
   std::vector<uint64_t> ids;
-  {
-    std::lock_guard<std::mutex> lock(async_mu);
-    release_queue.push_back(id);
-    if (release_in_flight) return;  // goes out with the next call
-    release_in_flight = true;
-    ++async_pending;
-    ids.swap(release_queue);
-  }
-  SendReleases(std::move(ids));
+  ids.swap(release_queue_);
+  SendReleasesLocked(std::move(ids));
+  release_cv_.notify_all();
 }
 
-void ClientCore::SendReleases(std::vector<uint64_t> ids) {
-  struct Call {
-    grpc::ClientContext ctx;
-    v1::ReleaseRequest req;
-    v1::ReleaseResponse resp;
-  };
+struct ClientCore::ReleaseCall {
+  grpc::ClientContext ctx;
+  v1::ReleaseRequest req;
+  v1::ReleaseResponse resp;
+  grpc::Status status;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<v1::ReleaseResponse>> reader;
+  std::vector<uint64_t> rest;  // ids beyond this call's cap, sent next
+};
+
+void ClientCore::SendReleasesLocked(std::vector<uint64_t> ids) {
   // The service caps ids per request (limits.max_keys_per_request, default 4096).
   constexpr size_t kMaxIdsPerCall = 1024;
-  auto* call = new Call();
+  auto* call = new ReleaseCall();
   SetRpcDeadline(&call->ctx);
-  size_t sent = std::min(ids.size(), kMaxIdsPerCall);
+  const size_t sent = std::min(ids.size(), kMaxIdsPerCall);
   for (size_t i = 0; i < sent; ++i) call->req.add_lease_ids(ids[i]);
-  std::vector<uint64_t> rest(ids.begin() + static_cast<std::ptrdiff_t>(sent), ids.end());
-  // Not under async_mu: the completion may run on this thread.
-  stub->async()->Release(&call->ctx, &call->req, &call->resp,
-                         [this, call, rest = std::move(rest)](grpc::Status) mutable {
-                           delete call;
-                           std::vector<uint64_t> next;
-                           {
-                             std::lock_guard<std::mutex> lock(async_mu);
-                             next = std::move(rest);
-                             next.insert(next.end(), release_queue.begin(), release_queue.end());
-                             release_queue.clear();
-                             if (next.empty()) {
-                               release_in_flight = false;
-                               --async_pending;
-                               async_cv.notify_all();
-                               return;
-                             }  // else this call's slot in async_pending passes to the next call
-                           }
-                           SendReleases(std::move(next));
-                         });
+  call->rest.assign(ids.begin() + static_cast<std::ptrdiff_t>(sent), ids.end());
+  call->reader = stub->AsyncRelease(&call->ctx, call->req, &release_cq_);
+  call->reader->Finish(&call->resp, &call->status, call);
+}
+
+void ClientCore::DriveReleases() {
+  std::unique_lock<std::mutex> lock(release_mu_);
+  while (true) {
+    release_cv_.wait(lock, [this] { return release_in_flight_ || stopping_; });
+    if (!release_in_flight_) return;  // stopping, nothing out
+    lock.unlock();
+    void* tag = nullptr;
+    bool ok = false;
+    const bool got = release_cq_.Next(&tag, &ok);  // never shut down while a call is out
+    lock.lock();
+    if (!got) return;
+    auto* done = static_cast<ReleaseCall*>(tag);
+    std::vector<uint64_t> next = std::move(done->rest);
+    delete done;
+    next.insert(next.end(), release_queue_.begin(), release_queue_.end());
+    release_queue_.clear();
+    if (next.empty()) {
+      release_in_flight_ = false;
+      release_cv_.notify_all();
+    } else {
+      SendReleasesLocked(std::move(next));
+    }
+  }
 }
 
 ClientCore::~ClientCore() {
-  // Every async call has a deadline, so this wait is bounded by rpc_timeout.
-  std::unique_lock<std::mutex> lock(async_mu);
-  async_cv.wait(lock, [this] { return async_pending == 0; });
+  {
+    // Every call has a deadline, so this wait is bounded by rpc_timeout (per queued batch).
+    std::unique_lock<std::mutex> lock(release_mu_);
+    release_cv_.wait(lock, [this] { return !release_in_flight_; });
+    stopping_ = true;
+  }
+  release_cv_.notify_all();
+  if (release_thread_.joinable()) release_thread_.join();
+  release_cq_.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (release_cq_.Next(&tag, &ok)) {
+  }
 }
 
 bool IsUnixTarget(const std::string& target) { return target.rfind("unix:", 0) == 0; }

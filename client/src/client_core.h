@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kvstash/client/kv_client.h"
@@ -36,7 +37,7 @@ struct ArenaMapping {
 
 struct ClientCore {
   ClientCore() = default;
-  ~ClientCore();  // waits for fire-and-forget releases still in flight
+  ~ClientCore();  // waits for fire-and-forget releases still in flight (each has a deadline)
   ClientCore(const ClientCore&) = delete;
   ClientCore& operator=(const ClientCore&) = delete;
 
@@ -93,16 +94,24 @@ struct ClientCore {
   // next call, so dropping many leases costs about two calls, not one each.
   void ReleaseLeaseAsync(uint64_t id);
 
-  std::mutex async_mu;
-  std::condition_variable async_cv;
-  int async_pending = 0;                // calls out; guarded by async_mu
-  std::vector<uint64_t> release_queue;  // dropped leases not sent yet; guarded by async_mu
-  bool release_in_flight = false;       // guarded by async_mu
-
  private:
-  // Sends `ids` in one Release call; the caller counted it in async_pending. When it completes,
-  // the leases queued meanwhile go out in the next one.
-  void SendReleases(std::vector<uint64_t> ids);
+  struct ReleaseCall;
+  // Sends `ids` in one Release call on release_cq_. Caller holds release_mu_ and has set
+  // release_in_flight_.
+  void SendReleasesLocked(std::vector<uint64_t> ids);
+  // The release thread: reaps each Release call's completion and sends the leases queued
+  // meanwhile. It waits in gRPC only while a call is out, so between releases it polls nothing
+  // that other threads' calls need (gRPC's callback API would keep two threads polling the
+  // channel for its whole life).
+  void DriveReleases();
+
+  std::mutex release_mu_;
+  std::condition_variable release_cv_;
+  std::vector<uint64_t> release_queue_;  // dropped leases not sent yet; guarded by release_mu_
+  bool release_in_flight_ = false;       // guarded by release_mu_
+  bool stopping_ = false;                // guarded by release_mu_
+  grpc::CompletionQueue release_cq_;
+  std::thread release_thread_;  // started with the first gRPC Release; guarded by release_mu_
 };
 
 bool IsUnixTarget(const std::string& target);

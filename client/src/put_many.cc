@@ -4,23 +4,30 @@
 // into batches of one ReserveMany and one CommitMany call each, and keeps up to three batches
 // open: while this thread copies a batch, the next batch's ReserveMany and the previous batch's
 // CommitMany run in the service. Over the local control channel the calls are pipelined on one
-// connection (answers come in order); over gRPC they are async calls whose completions, on gRPC's
-// callback threads, only set a flag. Copying, arena mapping and every decision stay on the calling
-// thread.
+// connection (answers come in order); over gRPC they are async calls on a completion queue of this
+// PutMany's own, which the calling thread drives while it awaits an answer. Copying, arena mapping
+// and every decision stay on the calling thread, and no other thread polls gRPC for it (gRPC's
+// callback API would start polling threads that live as long as the channel, and that slow down
+// every later call on it: docs/benchmarks-service.md).
 #include <algorithm>
-#include <condition_variable>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "client_core.h"
 #include "copy_crc.h"
+#include "kvstash/proto/completion_poll.h"
 #include "kvstash/proto/status_mapping.h"
 
 namespace kvstash::client {
 namespace {
+
+// One async unary call on a Pipeline; its address is the call's completion-queue tag.
+struct PendingCall {
+  grpc::Status status;
+  bool answered = false;
+};
 
 // One batch's ReserveMany and CommitMany calls. Contexts and messages must outlive the calls.
 struct Batch {
@@ -32,36 +39,57 @@ struct Batch {
   grpc::ClientContext commit_ctx;
   v1::CommitManyRequest commit_req;
   v1::CommitManyResponse commit_resp;
-  bool reserve_sent = false;  // calling thread only
-  bool commit_sent = false;   // calling thread only
-  // Local control channel: the tickets to await, and what the awaits gave (calling thread only).
+  bool reserve_sent = false;
+  bool commit_sent = false;
+  // Local control channel: the tickets to await.
   uint32_t reserve_ticket = 0;
   uint32_t commit_ticket = 0;
+  // gRPC: the calls in flight.
+  std::unique_ptr<grpc::ClientAsyncResponseReader<v1::ReserveManyResponse>> reserve_reader;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<v1::CommitManyResponse>> commit_reader;
+  PendingCall reserve_call;
+  PendingCall commit_call;
+  // What the awaits gave, either way.
   std::optional<Status> reserve_result;
   std::optional<Status> commit_result;
-  // gRPC: set by the completion callbacks, under Pipeline::mu_.
-  bool reserve_answered = false;
-  bool commit_answered = false;
-  grpc::Status reserve_status;
-  grpc::Status commit_status;
 };
 
+// The completion queue of one PutMany's gRPC calls, driven by the calling thread only. Declared
+// after the batches it serves: on the way out it cancels and reaps every call still out before
+// their contexts go.
 class Pipeline {
  public:
-  void Complete(bool* answered, grpc::Status* where, grpc::Status status) {
-    std::lock_guard<std::mutex> lock(mu_);
-    *where = std::move(status);
-    *answered = true;
-    cv_.notify_all();
+  explicit Pipeline(std::chrono::microseconds poll) : poll_(poll) {}
+  ~Pipeline() {
+    for (auto& [ctx, call] : out_) {
+      if (!call->answered) ctx->TryCancel();
+    }
+    for (auto& [ctx, call] : out_) Await(call);
+    cq_.Shutdown();
+    void* tag = nullptr;
+    bool ok = false;
+    while (cq_.Next(&tag, &ok)) {
+    }
   }
-  void Wait(const bool& answered) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return answered; });
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  grpc::CompletionQueue* cq() { return &cq_; }
+  // Records a started call whose Finish() was given `call` as its tag.
+  void Started(grpc::ClientContext* ctx, PendingCall* call) { out_.emplace_back(ctx, call); }
+  // Reaps completions until `call` has its answer.
+  void Await(PendingCall* call) {
+    void* tag = nullptr;
+    bool ok = false;
+    while (!call->answered && NextEvent(&cq_, &tag, &ok, poll_)) {
+      static_cast<PendingCall*>(tag)->answered = true;
+    }
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
+  const std::chrono::microseconds poll_;
+  grpc::CompletionQueue cq_;
+  std::vector<std::pair<grpc::ClientContext*, PendingCall*>> out_;
 };
 
 }  // namespace
@@ -102,7 +130,7 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
     batch_bytes += item.payload.size();
   }
 
-  Pipeline pipe;
+  Pipeline pipe(core_->options.stream_poll);
   // `channel` outlives `local`, whose connection it owns.
   std::shared_ptr<internal::LocalControl> channel = core_->CurrentLocal();
   std::unique_ptr<internal::LocalControl::Pipeline> local;
@@ -129,11 +157,11 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
       }
       return;
     }
-    core_->stub->async()->ReserveMany(&batch->reserve_ctx, &batch->reserve_req,
-                                      &batch->reserve_resp, [&pipe, batch](grpc::Status s) {
-                                        pipe.Complete(&batch->reserve_answered,
-                                                      &batch->reserve_status, std::move(s));
-                                      });
+    batch->reserve_reader =
+        core_->stub->AsyncReserveMany(&batch->reserve_ctx, batch->reserve_req, pipe.cq());
+    batch->reserve_reader->Finish(&batch->reserve_resp, &batch->reserve_call.status,
+                                  &batch->reserve_call);
+    pipe.Started(&batch->reserve_ctx, &batch->reserve_call);
   };
   auto send_commit = [&](Batch* batch) {
     batch->commit_sent = true;
@@ -147,11 +175,11 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
       return;
     }
     core_->SetRpcDeadline(&batch->commit_ctx);
-    core_->stub->async()->CommitMany(&batch->commit_ctx, &batch->commit_req, &batch->commit_resp,
-                                     [&pipe, batch](grpc::Status s) {
-                                       pipe.Complete(&batch->commit_answered, &batch->commit_status,
-                                                     std::move(s));
-                                     });
+    batch->commit_reader =
+        core_->stub->AsyncCommitMany(&batch->commit_ctx, batch->commit_req, pipe.cq());
+    batch->commit_reader->Finish(&batch->commit_resp, &batch->commit_call.status,
+                                 &batch->commit_call);
+    pipe.Started(&batch->commit_ctx, &batch->commit_call);
   };
   // The outcome of a sent call (waits for it once; later calls return the same).
   auto await_reserve = [&](Batch* batch) -> Status {
@@ -159,8 +187,8 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
       if (local != nullptr) {
         batch->reserve_result = local->Await(batch->reserve_ticket, &batch->reserve_resp);
       } else {
-        pipe.Wait(batch->reserve_answered);
-        batch->reserve_result = FromGrpcStatus(batch->reserve_status);
+        pipe.Await(&batch->reserve_call);
+        batch->reserve_result = FromGrpcStatus(batch->reserve_call.status);
       }
     }
     return *batch->reserve_result;
@@ -170,8 +198,8 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
       if (local != nullptr) {
         batch->commit_result = local->Await(batch->commit_ticket, &batch->commit_resp);
       } else {
-        pipe.Wait(batch->commit_answered);
-        batch->commit_result = FromGrpcStatus(batch->commit_status);
+        pipe.Await(&batch->commit_call);
+        batch->commit_result = FromGrpcStatus(batch->commit_call.status);
       }
     }
     return *batch->commit_result;

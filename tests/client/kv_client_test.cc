@@ -339,7 +339,7 @@ TEST_F(KvClientTest, ChecksumsAreVerifiedOnBothPaths) {
 }
 
 // PutMany batches and pipelines the two-phase puts; each item keeps Put's contract and its own
-// status, whatever the batching.
+// status, whatever the batching, and whichever channel carries the control calls.
 TEST_F(KvClientTest, PutManyPipelinesPutsWithPerItemStatuses) {
   ASSERT_TRUE(kv_->Put(TestName(90), TestInfo(64), TestPayload(90, TestInfo(64).payload_bytes))
                   .ok());  // already present: AlreadyExists inside the batch
@@ -353,47 +353,58 @@ TEST_F(KvClientTest, PutManyPipelinesPutsWithPerItemStatuses) {
   infos[3] = WithCrc(infos[3], payloads[3]);  // a caller-supplied crc32c, correct
   infos[5] = WithCrc(infos[5], payloads[5]);
   infos[5].payload_crc32c ^= 0x1;  // ... and a wrong one
-  for (DataPath path : {DataPath::kSharedMemory, DataPath::kStream}) {
-    // (objects, bytes) per batch: one object each, three each, and split by bytes.
-    for (auto [max_batch, max_batch_bytes] :
-         {std::pair<uint32_t, uint64_t>{1, 64 << 20}, {3, 64 << 20}, {8, 1 << 20}}) {
-      const uint64_t base = 1000 * (path == DataPath::kStream ? 2 : 1) + 100 * max_batch;
-      std::vector<client::PutItem> items;
-      for (size_t i = 0; i < tokens.size(); ++i) {
-        items.push_back({TestName(base + i), infos[i], payloads[i]});
-      }
-      items[7].payload = std::span<const uint8_t>(payloads[7]).first(10);  // size mismatch
-      items[8].name = TestName(90);
-      client::PutOptions options;
-      options.path = path;
-      options.max_batch = max_batch;
-      options.max_batch_bytes = max_batch_bytes;
-      std::vector<Status> statuses = kv_->PutMany(items, options);
-      ASSERT_EQ(statuses.size(), items.size());
-      for (size_t i = 0; i < items.size(); ++i) {
-        SCOPED_TRACE(::testing::Message() << "item " << i << " batch " << max_batch);
-        absl::StatusCode want = absl::StatusCode::kOk;
-        if (i == 5 || i == 7) want = absl::StatusCode::kInvalidArgument;
-        if (i == 8) want = absl::StatusCode::kAlreadyExists;
-        EXPECT_EQ(statuses[i].code(), want) << statuses[i];
-        if (want != absl::StatusCode::kOk) {
-          if (i != 8) {
-            EXPECT_EQ(kv_->Acquire(items[i].name).status().code(), absl::StatusCode::kNotFound);
-          }
-          continue;
+  client::ClientOptions grpc_only;
+  grpc_only.local_control = false;
+  auto grpc_kv = ConnectTo(*svc_, grpc_only);
+  ASSERT_TRUE(grpc_kv.ok()) << grpc_kv.status();
+  ASSERT_TRUE((*grpc_kv)->shared_memory_attached());
+  ASSERT_FALSE((*grpc_kv)->local_control_active());
+  for (KvClient* kv : {kv_.get(), grpc_kv->get()}) {
+    SCOPED_TRACE(kv == kv_.get() ? "local control channel" : "gRPC control calls");
+    for (DataPath path : {DataPath::kSharedMemory, DataPath::kStream}) {
+      // (objects, bytes) per batch: one object each, three each, and split by bytes.
+      for (auto [max_batch, max_batch_bytes] :
+           {std::pair<uint32_t, uint64_t>{1, 64 << 20}, {3, 64 << 20}, {8, 1 << 20}}) {
+        const uint64_t base = 1000 * (path == DataPath::kStream ? 2 : 1) + 100 * max_batch +
+                              (kv == kv_.get() ? 0 : 20000);
+        std::vector<client::PutItem> items;
+        for (size_t i = 0; i < tokens.size(); ++i) {
+          items.push_back({TestName(base + i), infos[i], payloads[i]});
         }
-        auto got = kv_->Get(items[i].name);
-        ASSERT_TRUE(got.ok()) << got.status();
-        EXPECT_EQ(got->payload, payloads[i]);
+        items[7].payload = std::span<const uint8_t>(payloads[7]).first(10);  // size mismatch
+        items[8].name = TestName(90);
+        client::PutOptions options;
+        options.path = path;
+        options.max_batch = max_batch;
+        options.max_batch_bytes = max_batch_bytes;
+        std::vector<Status> statuses = kv->PutMany(items, options);
+        ASSERT_EQ(statuses.size(), items.size());
+        for (size_t i = 0; i < items.size(); ++i) {
+          SCOPED_TRACE(::testing::Message() << "item " << i << " batch " << max_batch);
+          absl::StatusCode want = absl::StatusCode::kOk;
+          if (i == 5 || i == 7) want = absl::StatusCode::kInvalidArgument;
+          if (i == 8) want = absl::StatusCode::kAlreadyExists;
+          EXPECT_EQ(statuses[i].code(), want) << statuses[i];
+          if (want != absl::StatusCode::kOk) {
+            if (i != 8) {
+              EXPECT_EQ(kv->Acquire(items[i].name).status().code(), absl::StatusCode::kNotFound);
+            }
+            continue;
+          }
+          auto got = kv->Get(items[i].name);
+          ASSERT_TRUE(got.ok()) << got.status();
+          EXPECT_EQ(got->payload, payloads[i]);
+        }
       }
     }
+    EXPECT_EQ(kv->Stats()->reservations_active, 0u);
+    EXPECT_TRUE(kv->PutMany({}).empty());
   }
-  EXPECT_EQ(kv_->Stats()->reservations_active, 0u);
-  EXPECT_TRUE(kv_->PutMany({}).empty());
 }
 
 // Leases dropped while a fire-and-forget Release is out queue up and go in the next call; all of
-// them end.
+// them end, over the local control channel and over gRPC. A client destroyed right after
+// dropping leases still sends their releases first.
 TEST_F(KvClientTest, DroppingManyLeasesReleasesThemAll) {
   ObjectInfo info = TestInfo(16);
   std::vector<ObjectName> names;
@@ -401,18 +412,38 @@ TEST_F(KvClientTest, DroppingManyLeasesReleasesThemAll) {
     names.push_back(TestName(k));
     ASSERT_TRUE(kv_->Put(names.back(), info, TestPayload(k, info.payload_bytes)).ok());
   }
-  for (int round = 0; round < 3; ++round) {
-    auto leases = kv_->AcquireMany(names);
-    ASSERT_TRUE(leases.ok()) << leases.status();
-    for (auto& lease : *leases) ASSERT_TRUE(lease.ok()) << lease.status();
-    EXPECT_GE(kv_->Stats()->leases_active, names.size());
-  }  // each round's 40 leases are dropped together
-  uint64_t active = 1;
-  for (int i = 0; i < 500 && active != 0; ++i) {
-    active = kv_->Stats()->leases_active;
-    if (active != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  auto all_released = [&] {
+    uint64_t active = 1;
+    for (int i = 0; i < 500 && active != 0; ++i) {
+      active = kv_->Stats()->leases_active;
+      if (active != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return active == 0;
+  };
+  for (bool local_control : {true, false}) {
+    SCOPED_TRACE(local_control ? "local control channel" : "gRPC control calls");
+    client::ClientOptions options;
+    options.local_control = local_control;
+    auto kv = ConnectTo(*svc_, options);
+    ASSERT_TRUE(kv.ok()) << kv.status();
+    ASSERT_EQ((*kv)->local_control_active(), local_control);
+    for (int round = 0; round < 3; ++round) {
+      auto leases = (*kv)->AcquireMany(names);
+      ASSERT_TRUE(leases.ok()) << leases.status();
+      for (auto& lease : *leases) ASSERT_TRUE(lease.ok()) << lease.status();
+      EXPECT_GE(kv_->Stats()->leases_active, names.size());
+    }  // each round's 40 leases are dropped together
+    EXPECT_TRUE(all_released());
+    {
+      auto dropped = (*kv)->AcquireMany(names);
+      ASSERT_TRUE(dropped.ok()) << dropped.status();
+      auto held = (*kv)->AcquireMany(names);
+      ASSERT_TRUE(held.ok()) << held.status();
+      dropped->clear();  // one Release call out, the rest queued behind it
+      kv->reset();       // the client goes; the last lease of `held` takes its core down
+    }
+    EXPECT_TRUE(all_released());
   }
-  EXPECT_EQ(active, 0u);
 }
 
 TEST_F(KvClientTest, ManyThreadsShareOneClient) {

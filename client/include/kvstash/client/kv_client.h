@@ -60,9 +60,10 @@ struct ClientOptions {
   // machine. Costs this thread's CPU while it waits (it yields to other runnable threads); 0:
   // block at once.
   std::chrono::microseconds local_control_poll{200};
-  // Waiting on a streaming Put or Get (the byte-stream path), poll gRPC for the next event this
-  // long before blocking: saves the thread's wake-up on every message, which on a virtual machine
-  // costs tens of microseconds. Costs this thread's CPU while it waits; 0: block at once.
+  // Waiting on a streaming Put or Get (the byte-stream path), or on PutMany's gRPC calls, poll
+  // gRPC for the next event this long before blocking: saves the thread's wake-up on every message,
+  // which on a virtual machine costs tens of microseconds. Costs this thread's CPU while it waits;
+  // 0: block at once.
   std::chrono::microseconds stream_poll{200};
   uint64_t max_message_bytes = 16ull << 20;
 };
