@@ -446,29 +446,67 @@ TEST_F(KvClientTest, DroppingManyLeasesReleasesThemAll) {
   }
 }
 
+// Threads sharing one client, with its control calls over the local channel and over gRPC:
+// every put, lease and batched put on its own, and every dropped lease released in the end.
 TEST_F(KvClientTest, ManyThreadsShareOneClient) {
   ObjectInfo info = TestInfo(1024);
-  std::atomic<int> failures{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 4; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < 12; ++i) {
-        uint64_t k = 5000 + t * 100 + i;
-        auto p = TestPayload(k, info.payload_bytes);
-        client::PutOptions options;
-        options.path = (i % 3 == 0) ? DataPath::kStream : DataPath::kAuto;
-        if (!kv_->Put(TestName(k), info, p, options).ok()) ++failures;
-        auto lease = kv_->Acquire(TestName(k));
-        if (!lease.ok() || !std::equal(lease->data().begin(), lease->data().end(), p.begin())) {
-          ++failures;
+  for (bool local_control : {true, false}) {
+    SCOPED_TRACE(local_control ? "local control channel" : "gRPC control calls");
+    client::ClientOptions client_options;
+    client_options.local_control = local_control;
+    auto kv = ConnectTo(*svc_, client_options);
+    ASSERT_TRUE(kv.ok()) << kv.status();
+    ASSERT_EQ((*kv)->local_control_active(), local_control);
+    const uint64_t base = local_control ? 5000 : 25000;
+    std::atomic<int> failures{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < 12; ++i) {
+          uint64_t k = base + t * 100 + i;
+          auto p = TestPayload(k, info.payload_bytes);
+          client::PutOptions options;
+          options.path = (i % 3 == 0) ? DataPath::kStream : DataPath::kAuto;
+          if (!(*kv)->Put(TestName(k), info, p, options).ok()) ++failures;
+          auto lease = (*kv)->Acquire(TestName(k));
+          if (!lease.ok() || !std::equal(lease->data().begin(), lease->data().end(), p.begin())) {
+            ++failures;
+          }
+          auto got = (*kv)->Get(TestName(k));
+          if (!got.ok() || got->payload != p) ++failures;
         }
-        auto got = kv_->Get(TestName(k));
-        if (!got.ok() || got->payload != p) ++failures;
-      }
-    });
+        // Three objects per PutMany, pipelined while the other threads' calls run.
+        const ObjectInfo small = TestInfo(16);
+        std::vector<std::vector<uint8_t>> payloads;
+        payloads.reserve(6);  // items point into it
+        std::vector<client::PutItem> items;
+        for (int i = 0; i < 6; ++i) {
+          const uint64_t k = base + t * 100 + 50 + i;
+          payloads.push_back(TestPayload(k, small.payload_bytes));
+          items.push_back({TestName(k), small, payloads.back()});
+        }
+        client::PutOptions options;
+        options.max_batch = 3;
+        for (const Status& s : (*kv)->PutMany(items, options)) {
+          if (!s.ok()) ++failures;
+        }
+        for (int i = 0; i < 6; ++i) {
+          auto got = (*kv)->Get(items[i].name);
+          if (!got.ok() || got->payload != payloads[i]) ++failures;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(failures.load(), 0);
+    kv->reset();  // waits for its last Releases
+    uint64_t active = 1;
+    for (int i = 0; i < 500 && active != 0; ++i) {
+      active = kv_->Stats()->leases_active;
+      if (active != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    EXPECT_EQ(active, 0u);
+    EXPECT_EQ(kv_->Stats()->reservations_active, 0u);
   }
-  for (auto& th : threads) th.join();
-  EXPECT_EQ(failures.load(), 0);
 }
 
 TEST_F(KvClientTest, VanishingStreamClientAbortsItsReservation) {
