@@ -9,18 +9,36 @@
 #   ./run.sh format | lint    clang-format in place | clang-tidy over the sources
 #
 # Environment: KVSTASH_CACHE (models, venv; default ~/.cache/kvstash), KVSTASH_JOBS (build jobs),
-# KVSTASH_SKIP_ASAN=1 (test: skip the sanitizer pass), CTEST_ARGS (extra ctest arguments).
+# KVSTASH_SKIP_ASAN=1 (test: skip the sanitizer pass), CTEST_ARGS (extra ctest arguments),
+# KVSTASH_SHARED_DATA (the shared fixtures: tiny models, text corpora; default ../shared/data).
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 export KVSTASH_CACHE="${KVSTASH_CACHE:-$HOME/.cache/kvstash}"
+KVSTASH_SHARED_DATA="${KVSTASH_SHARED_DATA:-$ROOT/../shared/data}"
+export KVSTASH_SHARED_DATA
 JOBS="${KVSTASH_JOBS:-$(nproc)}"
 export CCACHE_DIR="${CCACHE_DIR:-$KVSTASH_CACHE/ccache}"
 export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
 
 log() { printf '\033[1m[run.sh]\033[0m %s\n' "$*"; }
 
+# The tests, demos and benchmarks read the shared fixtures; without them dozens of tests would
+# fail one by one, so say what is missing up front.
+check_fixtures() {
+  local f
+  for f in models/stories260K.bin models/tok512.bin text/botchan.txt text/tinystories_sample.txt; do
+    if [ ! -f "$KVSTASH_SHARED_DATA/$f" ]; then
+      log "missing fixture $KVSTASH_SHARED_DATA/$f"
+      log "the shared data directory (tiny models, text corpora) sits beside the checkout as"
+      log "../shared/data; point KVSTASH_SHARED_DATA at it if it is elsewhere"
+      exit 1
+    fi
+  done
+}
+
 setup() {
+  check_fixtures
   ./scripts/install_deps.sh
   ./scripts/fetch_models.sh
   ./scripts/setup_python.sh
@@ -29,7 +47,8 @@ setup() {
 build() {
   local preset="${1:-release}"
   log "configure + build ($preset, $JOBS jobs)"
-  cmake --preset "$preset" -DKVSTASH_MODEL_CACHE="$KVSTASH_CACHE" >/dev/null
+  cmake --preset "$preset" -DKVSTASH_MODEL_CACHE="$KVSTASH_CACHE" \
+    -DKVSTASH_SHARED_DATA="$KVSTASH_SHARED_DATA" >/dev/null
   cmake --build --preset "$preset" -j "$JOBS"
 }
 
@@ -80,7 +99,7 @@ case "$cmd" in
     git ls-files '*.cc' | grep -v '^bench/\|^tests/fuzz/' | xargs clang-tidy -p build/release --quiet
     ;;
   help | -h | --help)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     echo "unknown command: $cmd (try ./run.sh help)" >&2

@@ -51,7 +51,7 @@ bench_codec() {
 
 bench_connector() {
   log "connector TTFT: no cache vs CPU-tier hit vs SSD hit -> bench/results/connector.json"
-  "$BUILD/bench/connector/connector_bench" --model "$SMOLLM2" --text ../shared/data/text/botchan.txt \
+  "$BUILD/bench/connector/connector_bench" --model "$SMOLLM2" --text "${KVSTASH_SHARED_DATA:-../shared/data}/text/botchan.txt" \
     --lengths 512,1024,2048 --runs 3 --out bench/results/connector.json
 }
 
@@ -62,7 +62,7 @@ bench_blend() {
 
 bench_engine() {
   log "engine prefill/decode -> bench/results/engine.json"
-  "$BUILD/bench/engine/engine_bench" --model "$SMOLLM2" --text ../shared/data/text/botchan.txt \
+  "$BUILD/bench/engine/engine_bench" --model "$SMOLLM2" --text "${KVSTASH_SHARED_DATA:-../shared/data}/text/botchan.txt" \
     --runs 3 --out bench/results/engine.json
 }
 

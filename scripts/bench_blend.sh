@@ -36,7 +36,7 @@ for _ in $(seq 1 300); do [ -f "$TMP/ready" ] && break; sleep 0.1; done
 
 mkdir -p bench/results docs/img
 "$BUILD/bench/blend/blend_eval" --model "$MODEL" --target "unix://$TMP/svc.sock" \
-  --prompts "$N" --out "bench/results/$NAME.json" --progress "bench/results/${NAME}_progress.jsonl" "$@"
+  --text-dir "${KVSTASH_SHARED_DATA:-../shared/data}/text" --prompts "$N" --out "bench/results/$NAME.json" --progress "bench/results/${NAME}_progress.jsonl" "$@"
 [ "$NAME" = blend ] || exit 0  # a further run over the same prompts: see the plot step below
 "$BUILD/bench/blend/eviction_sim" --out bench/results/blend_eviction.json
 # Runs of more methods over the same prompts (BLEND_NAME=...) join the quality plots.

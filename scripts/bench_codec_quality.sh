@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=build/release
 OUT=bench/results/codec_quality.json
-TEXT=../shared/data/text
-MODELS=../shared/data/models
+TEXT=${KVSTASH_SHARED_DATA:-../shared/data}/text
+MODELS=${KVSTASH_SHARED_DATA:-../shared/data}/models
 SMOL=${KVSTASH_MODEL_CACHE:-$HOME/.cache/kvstash}/models/SmolLM2-135M-Instruct.Q4_1.gguf
 PROMPTS=${KVSTASH_CODEC_PROMPTS:-50}
 # Optional (KVSTASH_CODEC_EXTRA_BINS=1): explicit bins (K groups 1/2/3, V groups 1/2 of levels.h)

@@ -28,6 +28,7 @@ echo "cachesvc on unix://$TMP/svc.sock; chunk caches and Cache-Craft variants ar
 echo "Preparing: 12 chunks prefilled alone (CacheBlend's caches), 3 warm-up prompts prefilled in"
 echo "full with attention statistics (Cache-Craft's variants). Then 2 new prompts, every method:"
 "$BUILD/bench/blend/blend_eval" --model "$MODEL" --target "unix://$TMP/svc.sock" --demo \
+  --text-dir "${KVSTASH_SHARED_DATA:-../shared/data}/text" \
   --prompts "${KVSTASH_DEMO_PROMPTS:-2}" --warmup 3 --pool 12 --gen 16 --seed 7 \
   --methods full,prefix,naive,random:0.15,cb:0.15,cbauto,craft:0.25:paper,craft:0.25 2>/dev/null | sed 's/^method/\nmedian over the prompts:\nmethod/'
 echo
