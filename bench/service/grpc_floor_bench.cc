@@ -135,9 +135,7 @@ Latency TimeCalls(grpc::GenericStub* stub, size_t bytes, int calls, int poll_us,
     grpc::Status status;
     call->Finish(&status, nullptr);
     (void)NextEvent(&cq, &tag, &ok, poll_us);
-    cq.Shutdown();
-    while (cq.Next(&tag, &ok)) {
-    }
+    kvstash::ShutdownAndDrain(&cq);
     if (!status.ok() || got != bytes) {
       std::fprintf(stderr, "grpc_floor_bench: call failed (%s, %zu of %zu bytes)\n",
                    status.error_message().c_str(), got, bytes);

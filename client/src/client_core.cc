@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kvstash/proto/arena_handshake.h"
+#include "kvstash/proto/completion_poll.h"
 #include "kvstash/proto/status_mapping.h"
 
 namespace kvstash::client::internal {
@@ -223,11 +224,7 @@ ClientCore::~ClientCore() {
   }
   release_cv_.notify_all();
   if (release_thread_.joinable()) release_thread_.join();
-  release_cq_.Shutdown();
-  void* tag = nullptr;
-  bool ok = false;
-  while (release_cq_.Next(&tag, &ok)) {
-  }
+  ShutdownAndDrain(&release_cq_);
 }
 
 bool IsUnixTarget(const std::string& target) { return target.rfind("unix:", 0) == 0; }

@@ -65,11 +65,7 @@ class Pipeline {
       if (!call->answered) ctx->TryCancel();
     }
     for (auto& [ctx, call] : out_) Await(call);
-    cq_.Shutdown();
-    void* tag = nullptr;
-    bool ok = false;
-    while (cq_.Next(&tag, &ok)) {
-    }
+    ShutdownAndDrain(&cq_);
   }
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;

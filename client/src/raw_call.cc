@@ -22,11 +22,7 @@ RawCall::RawCall(grpc::GenericStub* stub, grpc::ClientContext* ctx, const std::s
 RawCall::~RawCall() {
   if (call_ != nullptr && !finished_) (void)Finish();
   call_.reset();
-  cq_.Shutdown();
-  void* tag = nullptr;
-  bool ok = false;
-  while (cq_.Next(&tag, &ok)) {
-  }
+  ShutdownAndDrain(&cq_);
 }
 
 bool RawCall::Wait() {

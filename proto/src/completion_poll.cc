@@ -24,4 +24,12 @@ bool NextEvent(grpc::CompletionQueue* cq, void** tag, bool* ok, std::chrono::mic
   return cq->Next(tag, ok);
 }
 
+void ShutdownAndDrain(grpc::CompletionQueue* cq) {
+  cq->Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq->Next(&tag, &ok)) {
+  }
+}
+
 }  // namespace kvstash

@@ -31,6 +31,26 @@ Result<std::unique_ptr<KvClient>> ConnectTo(const ServiceProcess& svc,
   return KvClient::Connect(svc.target(), options);
 }
 
+// A client whose control calls go over the local control channel, or over gRPC when
+// `local_control` is false.
+Result<std::unique_ptr<KvClient>> ConnectWithControl(const ServiceProcess& svc,
+                                                     bool local_control) {
+  client::ClientOptions options;
+  options.local_control = local_control;
+  return ConnectTo(svc, options);
+}
+
+// Whether the service's active leases drop to zero within 2.5 s: a dropped lease's Release is
+// sent without waiting for its answer.
+bool NoLeaseActiveSoon(KvClient& kv) {
+  uint64_t active = 1;
+  for (int i = 0; i < 500 && active != 0; ++i) {
+    active = kv.Stats()->leases_active;
+    if (active != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return active == 0;
+}
+
 class KvClientTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -146,12 +166,7 @@ TEST_F(KvClientTest, ZeroCopyHandles) {
     EXPECT_EQ(moved.Release().code(), absl::StatusCode::kFailedPrecondition);
   }
   { auto scoped = kv_->Acquire(TestName(20)); }  // the destructor sends the Release, unawaited
-  uint64_t active = 1;
-  for (int i = 0; i < 500 && active != 0; ++i) {
-    active = kv_->Stats()->leases_active;
-    if (active != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  EXPECT_EQ(active, 0u);
+  EXPECT_TRUE(NoLeaseActiveSoon(*kv_));
   EXPECT_EQ(kv_->Acquire(TestName(21)).status().code(), absl::StatusCode::kNotFound);
 }
 
@@ -217,9 +232,7 @@ TEST_F(KvClientTest, LookupPrefixPinDeleteListStats) {
 TEST_F(KvClientTest, LocalControlChannelAndGrpcControlAgree) {
   const int port = svc_->metrics_port();
   EXPECT_TRUE(kv_->local_control_active());
-  client::ClientOptions grpc_only;
-  grpc_only.local_control = false;
-  auto other = ConnectTo(*svc_, grpc_only);
+  auto other = ConnectWithControl(*svc_, /*local_control=*/false);
   ASSERT_TRUE(other.ok()) << other.status();
   ASSERT_TRUE((*other)->shared_memory_attached());
   EXPECT_FALSE((*other)->local_control_active());
@@ -353,9 +366,7 @@ TEST_F(KvClientTest, PutManyPipelinesPutsWithPerItemStatuses) {
   infos[3] = WithCrc(infos[3], payloads[3]);  // a caller-supplied crc32c, correct
   infos[5] = WithCrc(infos[5], payloads[5]);
   infos[5].payload_crc32c ^= 0x1;  // ... and a wrong one
-  client::ClientOptions grpc_only;
-  grpc_only.local_control = false;
-  auto grpc_kv = ConnectTo(*svc_, grpc_only);
+  auto grpc_kv = ConnectWithControl(*svc_, /*local_control=*/false);
   ASSERT_TRUE(grpc_kv.ok()) << grpc_kv.status();
   ASSERT_TRUE((*grpc_kv)->shared_memory_attached());
   ASSERT_FALSE((*grpc_kv)->local_control_active());
@@ -412,19 +423,9 @@ TEST_F(KvClientTest, DroppingManyLeasesReleasesThemAll) {
     names.push_back(TestName(k));
     ASSERT_TRUE(kv_->Put(names.back(), info, TestPayload(k, info.payload_bytes)).ok());
   }
-  auto all_released = [&] {
-    uint64_t active = 1;
-    for (int i = 0; i < 500 && active != 0; ++i) {
-      active = kv_->Stats()->leases_active;
-      if (active != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return active == 0;
-  };
   for (bool local_control : {true, false}) {
     SCOPED_TRACE(local_control ? "local control channel" : "gRPC control calls");
-    client::ClientOptions options;
-    options.local_control = local_control;
-    auto kv = ConnectTo(*svc_, options);
+    auto kv = ConnectWithControl(*svc_, local_control);
     ASSERT_TRUE(kv.ok()) << kv.status();
     ASSERT_EQ((*kv)->local_control_active(), local_control);
     for (int round = 0; round < 3; ++round) {
@@ -433,7 +434,7 @@ TEST_F(KvClientTest, DroppingManyLeasesReleasesThemAll) {
       for (auto& lease : *leases) ASSERT_TRUE(lease.ok()) << lease.status();
       EXPECT_GE(kv_->Stats()->leases_active, names.size());
     }  // each round's 40 leases are dropped together
-    EXPECT_TRUE(all_released());
+    EXPECT_TRUE(NoLeaseActiveSoon(*kv_));
     {
       auto dropped = (*kv)->AcquireMany(names);
       ASSERT_TRUE(dropped.ok()) << dropped.status();
@@ -442,7 +443,7 @@ TEST_F(KvClientTest, DroppingManyLeasesReleasesThemAll) {
       dropped->clear();  // one Release call out, the rest queued behind it
       kv->reset();       // the client goes; the last lease of `held` takes its core down
     }
-    EXPECT_TRUE(all_released());
+    EXPECT_TRUE(NoLeaseActiveSoon(*kv_));
   }
 }
 
@@ -452,9 +453,7 @@ TEST_F(KvClientTest, ManyThreadsShareOneClient) {
   ObjectInfo info = TestInfo(1024);
   for (bool local_control : {true, false}) {
     SCOPED_TRACE(local_control ? "local control channel" : "gRPC control calls");
-    client::ClientOptions client_options;
-    client_options.local_control = local_control;
-    auto kv = ConnectTo(*svc_, client_options);
+    auto kv = ConnectWithControl(*svc_, local_control);
     ASSERT_TRUE(kv.ok()) << kv.status();
     ASSERT_EQ((*kv)->local_control_active(), local_control);
     const uint64_t base = local_control ? 5000 : 25000;
@@ -499,12 +498,7 @@ TEST_F(KvClientTest, ManyThreadsShareOneClient) {
     for (auto& th : threads) th.join();
     EXPECT_EQ(failures.load(), 0);
     kv->reset();  // waits for its last Releases
-    uint64_t active = 1;
-    for (int i = 0; i < 500 && active != 0; ++i) {
-      active = kv_->Stats()->leases_active;
-      if (active != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    EXPECT_EQ(active, 0u);
+    EXPECT_TRUE(NoLeaseActiveSoon(*kv_));
     EXPECT_EQ(kv_->Stats()->reservations_active, 0u);
   }
 }
