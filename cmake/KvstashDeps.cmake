@@ -12,7 +12,16 @@ find_package(spdlog CONFIG REQUIRED)
 find_package(yaml-cpp CONFIG REQUIRED)
 find_package(CLI11 CONFIG REQUIRED)
 find_package(nlohmann_json CONFIG REQUIRED)
-find_package(ucx CONFIG REQUIRED)
+# UCX: Debian's libucx-dev (no CUDA) by default; -DKVSTASH_UCX_DIR=<dir with ucx-config.cmake>
+# selects another build, e.g. the CUDA-enabled one in the PyPI wheel libucx-cu13
+# (<site-packages>/libucx/lib/cmake/ucx). KVSTASH_UCX=OFF builds without a UCX data plane.
+if(KVSTASH_UCX)
+  if(KVSTASH_UCX_DIR)
+    find_package(ucx CONFIG REQUIRED PATHS ${KVSTASH_UCX_DIR} NO_DEFAULT_PATH)
+  else()
+    find_package(ucx CONFIG REQUIRED)
+  endif()
+endif()
 
 pkg_check_modules(ZSTD REQUIRED IMPORTED_TARGET libzstd)
 pkg_check_modules(LZ4 REQUIRED IMPORTED_TARGET liblz4)

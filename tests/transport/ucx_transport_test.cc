@@ -1,0 +1,168 @@
+#include "kvstash/transport/ucx_transport.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "testing/status_matchers.h"
+
+namespace kvstash::transport {
+namespace {
+
+using ::kvstash::testing::IsOk;
+using ::kvstash::testing::StatusIs;
+using namespace std::chrono_literals;
+
+// Each test runs over UCX's own choice of transports (shared memory, CMA on one host) and over
+// TCP alone, the path between nodes.
+class UcxTransportTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam().empty()) {
+      ::unsetenv("UCX_TLS");
+    } else {
+      ::setenv("UCX_TLS", GetParam().c_str(), 1);
+    }
+    ASSERT_OK_AND_ASSIGN(server_, UcxTransport::Create({.name = "server"}));
+    ASSERT_OK_AND_ASSIGN(client_, UcxTransport::Create({.name = "client"}));
+    served_.resize(kServedBytes);
+    for (size_t i = 0; i < served_.size(); ++i) served_[i] = static_cast<uint8_t>(i * 131 + 7);
+    ASSERT_OK_AND_ASSIGN(region_, server_->RegisterRegion(served_.data(), served_.size()));
+    landing_.assign(kServedBytes, 0);
+    ASSERT_THAT(client_->RegisterRegion(landing_.data(), landing_.size()), IsOk());
+  }
+  void TearDown() override { ::unsetenv("UCX_TLS"); }
+
+  static constexpr size_t kServedBytes = 8 << 20;
+  std::unique_ptr<UcxTransport> server_;
+  std::unique_ptr<UcxTransport> client_;
+  std::vector<uint8_t> served_;
+  std::vector<uint8_t> landing_;
+  RemoteRegion region_;
+};
+
+TEST_P(UcxTransportTest, ReadsBatchesOfRangesByteForByte) {
+  ASSERT_OK_AND_ASSIGN(PeerId peer, client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  EXPECT_TRUE(client_->Healthy(peer));
+  // Ranges of several sizes, unaligned, some landing in an unregistered buffer.
+  std::vector<uint8_t> unregistered(100'000, 0);
+  std::vector<ReadOp> ops = {
+      {.remote_offset = 0, .local = landing_.data(), .length = 64 << 10},
+      {.remote_offset = 12345, .local = landing_.data() + (1 << 20), .length = 3 << 20},
+      {.remote_offset = kServedBytes - 777, .local = landing_.data() + (5 << 20), .length = 777},
+      {.remote_offset = 99, .local = unregistered.data(), .length = unregistered.size()},
+  };
+  ASSERT_THAT(client_->Read(peer, ops, Clock::now() + 20s), IsOk());
+  for (const ReadOp& op : ops) {
+    EXPECT_EQ(0, std::memcmp(op.local, served_.data() + op.remote_offset, op.length))
+        << "range at " << op.remote_offset;
+  }
+  TransportStats stats = client_->Stats();
+  EXPECT_EQ(stats.reads, ops.size());
+  EXPECT_EQ(stats.bytes_read, (64u << 10) + (3u << 20) + 777 + unregistered.size());
+}
+
+TEST_P(UcxTransportTest, RefusesRangesOutsideTheRegionBeforeSendingAnything) {
+  ASSERT_OK_AND_ASSIGN(PeerId peer, client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  const std::vector<std::vector<ReadOp>> bad = {
+      {{.remote_offset = kServedBytes, .local = landing_.data(), .length = 1}},
+      {{.remote_offset = kServedBytes - 10, .local = landing_.data(), .length = 11}},
+      {{.remote_offset = ~0ull - 5, .local = landing_.data(), .length = 10}},  // wraps around
+      {{.remote_offset = 0, .local = landing_.data(), .length = 0}},
+      {{.remote_offset = 0, .local = nullptr, .length = 10}},
+      // One bad op fails the whole batch.
+      {{.remote_offset = 0, .local = landing_.data(), .length = 10},
+       {.remote_offset = 1ull << 40, .local = landing_.data(), .length = 10}},
+  };
+  for (const auto& ops : bad) {
+    EXPECT_THAT(client_->Read(peer, ops, Clock::now() + 5s),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+  }
+  EXPECT_EQ(client_->Stats().reads, 0u);
+  EXPECT_TRUE(client_->Healthy(peer));  // refusing is not a peer failure
+}
+
+TEST_P(UcxTransportTest, DeliversNotificationsAfterReads) {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::string> received;
+  ASSERT_THAT(server_->SetNotificationHandler(3,
+                                              [&](std::string_view payload) {
+                                                std::lock_guard<std::mutex> lock(mu);
+                                                received.emplace_back(payload);
+                                                cv.notify_all();
+                                              }),
+              IsOk());
+  ASSERT_OK_AND_ASSIGN(PeerId peer, client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  std::vector<ReadOp> ops = {{.remote_offset = 4096, .local = landing_.data(), .length = 4096}};
+  ASSERT_THAT(client_->Read(peer, ops, Clock::now() + 20s), IsOk());
+  std::string big(20'000, 'x');
+  ASSERT_THAT(client_->Notify(peer, 3, "release 1 2 3", Clock::now() + 20s), IsOk());
+  ASSERT_THAT(client_->Notify(peer, 3, big, Clock::now() + 20s), IsOk());
+  std::unique_lock<std::mutex> lock(mu);
+  ASSERT_TRUE(cv.wait_for(lock, 20s, [&] { return received.size() == 2; }))
+      << "notifications received: " << received.size();
+  EXPECT_EQ(received[0], "release 1 2 3");
+  EXPECT_EQ(received[1], big);
+  EXPECT_EQ(server_->Stats().notifications_received, 2u);
+  EXPECT_EQ(client_->Stats().notifications_sent, 2u);
+}
+
+TEST_P(UcxTransportTest, UnknownOrDisconnectedPeersAreUnavailable) {
+  std::vector<ReadOp> ops = {{.remote_offset = 0, .local = landing_.data(), .length = 10}};
+  EXPECT_THAT(client_->Read(12345, ops, Clock::now() + 5s),
+              StatusIs(absl::StatusCode::kUnavailable));
+  ASSERT_OK_AND_ASSIGN(PeerId peer, client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  client_->Disconnect(peer);
+  EXPECT_FALSE(client_->Healthy(peer));
+  EXPECT_THAT(client_->Read(peer, ops, Clock::now() + 5s),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(client_->Notify(peer, 1, "x", Clock::now() + 5s),
+              StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST_P(UcxTransportTest, RejectsMalformedPeerDescriptions) {
+  EXPECT_THAT(client_->Connect("", region_, Clock::now() + 5s), StatusIs(absl::StatusCode::kInvalidArgument));
+  RemoteRegion no_rkey = region_;
+  no_rkey.packed_rkey.clear();
+  EXPECT_THAT(client_->Connect(server_->worker_address(), no_rkey, Clock::now() + 5s),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(client_->RegisterRegion(nullptr, 10), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST_P(UcxTransportTest, CudaRegionsNeedACudaEnabledUcx) {
+  if (client_->SupportsCuda()) GTEST_SKIP() << "this UCX has CUDA; covered by the gpu tests";
+  EXPECT_THAT(client_->RegisterRegion(landing_.data(), 4096, MemoryKind::kCuda),
+              StatusIs(absl::StatusCode::kUnimplemented));
+}
+
+TEST_P(UcxTransportTest, AServerThatGoesAwayFailsReadsInsteadOfHanging) {
+  ASSERT_OK_AND_ASSIGN(PeerId peer, client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  std::vector<ReadOp> ops = {{.remote_offset = 0, .local = landing_.data(), .length = 1 << 20}};
+  ASSERT_THAT(client_->Read(peer, ops, Clock::now() + 20s), IsOk());
+  server_.reset();  // closes the server's worker, as a node that exits would
+  // Whatever UCX notices first (the peer's error or our deadline), the read ends with an error
+  // (and within its deadline plus the cancel grace; no timing is asserted).
+  Status s = client_->Read(peer, ops, Clock::now() + 3s);
+  if (GetParam() == "tcp") {
+    EXPECT_THAT(s, ::testing::AnyOf(StatusIs(absl::StatusCode::kUnavailable),
+                                    StatusIs(absl::StatusCode::kDeadlineExceeded)));
+    EXPECT_FALSE(client_->Healthy(peer));
+  }
+  // Over shared memory in one process the bytes may still be mapped, so a read may succeed;
+  // either way the call returned.
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, UcxTransportTest, ::testing::Values("", "tcp"),
+                         [](const auto& info) {
+                           return info.param.empty() ? std::string("default") : info.param;
+                         });
+
+}  // namespace
+}  // namespace kvstash::transport

@@ -1,0 +1,128 @@
+// UcxTransport: one-sided reads and short notifications between cachesvc nodes over UCX (ucp).
+//
+// Model. One ucp context and one worker per transport. A node registers the memory peers may read
+// (its shared-memory arena) once, with RegisterRegion, and hands the returned RemoteRegion (address,
+// length, packed rkey) plus worker_address() to authenticated peers over its control channel; it
+// never gives them to engines. A reader Connects to that description and Reads byte ranges of it
+// straight into its own memory (ucp_get_nbx): the bytes cross the link once, with no copy on the
+// serving side and no serving-side CPU. Notify sends a short active message (e.g. "release these
+// leases") once the reads it follows have completed.
+//
+// Threading. Every ucp call runs on the transport's one progress thread (the worker is
+// single-threaded); public methods hand it work and wait for the outcome. The progress thread
+// sleeps in epoll on the worker's event fd (ucp_worker_get_efd + ucp_worker_arm) and on an eventfd
+// that callers signal: it never busy-polls, so an idle node spends no CPU here. Every public method
+// is thread-safe. Notification handlers run on the progress thread: they must be quick and must not
+// call back into this transport.
+//
+// Errors (kvstash::Status):
+//   InvalidArgument    a read outside the peer's region, a bad address or rkey blob
+//   Unavailable        UCX reported the peer failed (closed, reset, unreachable); the peer stays
+//                      failed (Healthy() == false) until Disconnect and a new Connect
+//   DeadlineExceeded   a read or notification outlived its deadline: its requests were cancelled
+//                      and the endpoint closed (UCX cannot take back an RMA in flight otherwise), so
+//                      the peer is failed too. When the call returns, no request of it is still
+//                      writing into the caller's memory.
+//   Unimplemented      CUDA memory asked for but this UCX build has no CUDA support
+//   Internal           UCX refused something it should not have (context, worker, mem_map)
+#ifndef KVSTASH_TRANSPORT_UCX_TRANSPORT_H_
+#define KVSTASH_TRANSPORT_UCX_TRANSPORT_H_
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "kvstash/common/status.h"
+
+namespace kvstash::transport {
+
+using Clock = std::chrono::steady_clock;
+
+enum class MemoryKind : uint8_t { kHost, kCuda };
+
+struct TransportOptions {
+  // Shown in UCX's logs; also the worker's name.
+  std::string name = "kvstash";
+};
+
+// What a peer needs to read a registered region: plain bytes, safe to send over the control
+// channel (but only to authenticated peers: the rkey grants read access to the region).
+struct RemoteRegion {
+  uint64_t address = 0;  // the owner's virtual address of the region's first byte
+  uint64_t bytes = 0;
+  std::string packed_rkey;
+};
+
+// One byte range to read: `length` bytes at `remote_offset` of the peer's region into `local`.
+struct ReadOp {
+  uint64_t remote_offset = 0;
+  void* local = nullptr;
+  uint64_t length = 0;
+};
+
+struct TransportStats {
+  uint64_t reads = 0;       // ReadOps completed
+  uint64_t bytes_read = 0;  // their bytes
+  uint64_t failed_calls = 0;
+  uint64_t notifications_sent = 0;
+  uint64_t notifications_received = 0;
+};
+
+using PeerId = uint64_t;
+using NotificationHandler = std::function<void(std::string_view payload)>;
+
+class UcxTransport {
+ public:
+  // Creates the context (RMA, active messages, wakeup) and the worker, and starts the progress
+  // thread. UCX reads its usual UCX_* environment (UCX_TLS=tcp forces the network path).
+  static Result<std::unique_ptr<UcxTransport>> Create(const TransportOptions& options);
+  // Closes every endpoint, unmaps every region and stops the progress thread. Callers must have
+  // returned from every other method first.
+  ~UcxTransport();
+  UcxTransport(const UcxTransport&) = delete;
+  UcxTransport& operator=(const UcxTransport&) = delete;
+
+  // This worker's address (opaque bytes), for peers' Connect.
+  const std::string& worker_address() const;
+  // Whether this UCX can register CUDA memory (UCX built with CUDA support).
+  bool SupportsCuda() const;
+
+  // Registers [base, base + bytes) with UCX (ucp_mem_map; the memory stays owned by the caller and
+  // must outlive the transport) and returns what peers need to read it. Reads into a registered
+  // region avoid per-call registration. kCuda needs SupportsCuda().
+  Result<RemoteRegion> RegisterRegion(void* base, uint64_t bytes, MemoryKind kind = MemoryKind::kHost);
+
+  // Creates an endpoint to the peer worker at `worker_address` (with peer error handling),
+  // unpacks the rkey of its `region`, and completes the wire-up with a flush before `deadline`.
+  Result<PeerId> Connect(const std::string& worker_address, const RemoteRegion& region,
+                         Clock::time_point deadline);
+  // Closes the endpoint; unknown ids are ignored.
+  void Disconnect(PeerId peer);
+  // False once UCX reported an error on the peer's endpoint or a call to it timed out.
+  bool Healthy(PeerId peer) const;
+
+  // Reads every op (all issued at once, then flushed) and returns once all have landed, or with
+  // the first error. Each op must lie inside the peer's region (checked before anything is sent).
+  // No ops: just the flush.
+  Status Read(PeerId peer, std::span<const ReadOp> ops, Clock::time_point deadline);
+
+  // Sends `payload` as active message `id` to the peer and returns once it has left this node.
+  Status Notify(PeerId peer, uint16_t id, std::string payload, Clock::time_point deadline);
+  // Installs the handler for incoming active messages `id` (replacing any earlier one).
+  Status SetNotificationHandler(uint16_t id, NotificationHandler handler);
+
+  TransportStats Stats() const;
+
+ private:
+  struct Impl;
+  explicit UcxTransport(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvstash::transport
+
+#endif  // KVSTASH_TRANSPORT_UCX_TRANSPORT_H_
