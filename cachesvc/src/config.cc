@@ -60,6 +60,15 @@ tiers:
   transfer:
     encoding: cachegen    # raw | cachegen: offered to streaming Gets that accept it (lossy)
     level: 2              # used when the client asks for no level
+peers:
+  addresses: []           # other nodes' gRPC host:port; also --peer (repeatable)
+  node_id: ""             # empty: <hostname>/<listen>
+  secret_file: ""         # cluster secret, required for peers (serving and fetching)
+  timeout_ms: 2000        # one peer call, transfer included
+  retry_ms: 2000          # a failed peer is left alone this long
+  promote: true           # keep fetched objects in the local CPU tier
+  lookup: true            # Lookup reports objects peers hold (TIER_REMOTE)
+  data_plane: ucx         # ucx | grpc
 )";
 
 Status Bad(const std::string& where, const std::string& what) {
@@ -191,6 +200,48 @@ Setter TierLevelField(TierEncoding ServiceConfig::*field) {
   };
 }
 
+Result<bool> ReadBool(const std::string& text, const std::string& where) {
+  if (text == "true" || text == "1" || text == "yes" || text == "on") return true;
+  if (text == "false" || text == "0" || text == "no" || text == "off") return false;
+  return Bad(where, absl::StrCat("'", text, "' is not a boolean (true/false)"));
+}
+
+Setter PeerIntField(uint32_t PeerConfig::*field, int64_t lo, int64_t hi) {
+  return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
+    KVSTASH_ASSIGN_OR_RETURN(c.peers.*field, ReadIntInRange<uint32_t>(text, where, lo, hi));
+    return OkStatus();
+  };
+}
+
+Setter PeerBoolField(bool PeerConfig::*field) {
+  return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
+    KVSTASH_ASSIGN_OR_RETURN(c.peers.*field, ReadBool(text, where));
+    return OkStatus();
+  };
+}
+
+Setter PeerStringField(std::string PeerConfig::*field) {
+  return [=](const std::string& text, const std::string&, ServiceConfig& c) -> Status {
+    c.peers.*field = text;
+    return OkStatus();
+  };
+}
+
+// A comma-separated list (YAML sequences are joined with commas first); replaces the list.
+Status SetPeerAddresses(const std::string& text, const std::string& where, ServiceConfig& c) {
+  c.peers.addresses.clear();
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    if (item.empty()) continue;
+    if (item.rfind("unix:", 0) == 0 || item.find(':') == std::string::npos) {
+      return Bad(where, absl::StrCat("peer '", item, "' is not HOST:PORT"));
+    }
+    c.peers.addresses.push_back(item);
+  }
+  return OkStatus();
+}
+
 struct Field {
   const char* yaml_path;  // "section.key" or "key"
   const char* flag;       // "--flag" or nullptr when only settable from YAML
@@ -280,6 +331,25 @@ const std::vector<Field>& Fields() {
       {"tiers.transfer.level", "--transfer-encoding-level",
        "CacheGen level 1..3 of encoded transfers when the client asks for none",
        TierLevelField(&ServiceConfig::transfer_encoding)},
+      // --peer is repeatable and handled by ParseCommandLine; this key takes a list.
+      {"peers.addresses", nullptr, "peers' gRPC HOST:PORT addresses", &SetPeerAddresses},
+      {"peers.node_id", "--node-id", "this node's name for peers (default <hostname>/<listen>)",
+       PeerStringField(&PeerConfig::node_id)},
+      {"peers.secret_file", "--peer-secret-file",
+       "file holding the cluster secret peers present to each other",
+       PeerStringField(&PeerConfig::secret_file)},
+      {"peers.timeout_ms", "--peer-timeout-ms", "deadline of one peer call, transfer included",
+       PeerIntField(&PeerConfig::timeout_ms, 10, 600'000)},
+      {"peers.retry_ms", "--peer-retry-ms", "a failed peer is left alone this long",
+       PeerIntField(&PeerConfig::retry_ms, 0, 3'600'000)},
+      {"peers.promote", "--remote-promote",
+       "keep objects fetched from peers in the local CPU tier (false: serve once)",
+       PeerBoolField(&PeerConfig::promote)},
+      {"peers.lookup", "--remote-lookup", "Lookup asks peers about local misses",
+       PeerBoolField(&PeerConfig::lookup)},
+      {"peers.data_plane", "--peer-data-plane",
+       "how objects move between nodes: ucx (one-sided reads) | grpc (Get streams)",
+       PeerStringField(&PeerConfig::data_plane)},
   };
   return fields;
 }
@@ -298,6 +368,18 @@ Status ApplyNode(const YAML::Node& node, const std::string& prefix, ServiceConfi
   for (const auto& item : node) {
     std::string key = item.first.as<std::string>();
     std::string path = prefix.empty() ? key : absl::StrCat(prefix, ".", key);
+    if (item.second.IsSequence()) {
+      const Field* field = FindField(path);
+      if (field == nullptr) return Bad(path, "unknown configuration key");
+      std::string joined;
+      for (const auto& element : item.second) {
+        KVSTASH_ASSIGN_OR_RETURN(std::string text, ReadString(element, path));
+        if (text.find(',') != std::string::npos) return Bad(path, "an item contains a comma");
+        joined += (joined.empty() ? "" : ",") + text;
+      }
+      KVSTASH_RETURN_IF_ERROR(field->set(joined, path, config));
+      continue;
+    }
     if (item.second.IsMap()) {
       KVSTASH_RETURN_IF_ERROR(ApplyNode(item.second, path, config));
       continue;
@@ -381,6 +463,18 @@ Status ValidateConfig(const ServiceConfig& c) {
   if (c.stream_timeout_ms > c.store.max_lease_ms) {
     return Bad("limits.stream_timeout_ms", "must not exceed storage.max_lease_ms");
   }
+  if (c.peers.data_plane != "ucx" && c.peers.data_plane != "grpc") {
+    return Bad("peers.data_plane", absl::StrCat("unknown data plane '", c.peers.data_plane,
+                                                "' (ucx or grpc)"));
+  }
+#ifndef KVSTASH_HAVE_UCX
+  if (c.peers.data_plane == "ucx" && !c.peers.addresses.empty()) {
+    return Bad("peers.data_plane", "ucx, but this cachesvc was built without UCX (KVSTASH_UCX=OFF)");
+  }
+#endif
+  if (!c.peers.addresses.empty() && c.peers.secret_file.empty()) {
+    return Bad("peers.secret_file", "is required when peers are configured (--peer-secret-file)");
+  }
   return OkStatus();
 }
 
@@ -399,8 +493,11 @@ ParsedCommandLine ParseCommandLine(int argc, const char* const* argv) {
   values.reserve(Fields().size());
   for (const Field& f : Fields()) values.emplace_back(&f, std::nullopt);
   for (auto& [field, value] : values) {
-    app.add_option(field->flag, value, field->help);
+    if (field->flag != nullptr) app.add_option(field->flag, value, field->help);
   }
+  std::vector<std::string> peer_flags;
+  app.add_option("--peer", peer_flags,
+                 "a peer's gRPC HOST:PORT (repeatable; replaces peers.addresses of the file)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -437,6 +534,12 @@ ParsedCommandLine ParseCommandLine(int argc, const char* const* argv) {
   for (auto& [field, value] : values) {
     if (!value) continue;
     Status s = field->set(*value, field->flag, *config);
+    if (!s.ok()) return fail(s);
+  }
+  if (!peer_flags.empty()) {
+    std::string joined;
+    for (const std::string& p : peer_flags) joined += (joined.empty() ? "" : ",") + p;
+    Status s = SetPeerAddresses(joined, "--peer", *config);
     if (!s.ok()) return fail(s);
   }
   Status valid = ValidateConfig(*config);

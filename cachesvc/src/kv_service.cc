@@ -20,11 +20,13 @@ using Clock = std::chrono::steady_clock;
 }  // namespace
 
 KvStashService::KvStashService(storage::ObjectStore* store, const ServiceConfig& config,
-                               std::string arena_socket_path, RpcMetrics* metrics)
+                               std::string arena_socket_path, RpcMetrics* metrics,
+                               RemoteTier* remote)
     : store_(store),
       config_(config),
       arena_socket_path_(std::move(arena_socket_path)),
       metrics_(metrics),
+      remote_(remote),
       started_(Clock::now()) {
   if (config_.transfer_encoding.encoding == Encoding::kCacheGen) {
     for (int level = 1; level <= 3; ++level) {
@@ -46,19 +48,36 @@ Status KvStashService::CheckKeyCount(int count, const char* method) const {
 
 // ---- Lookup ----------------------------------------------------------------
 
-grpc::Status KvStashService::Lookup(grpc::ServerContext*, const v1::LookupRequest* req,
+bool KvStashService::UsesPeers(const grpc::ServerContext* ctx) const {
+  return remote_ != nullptr && remote_->has_peers() && !LocalScopeOnly(ctx);
+}
+
+Result<storage::Lease> KvStashService::AcquireFromPeers(const ObjectName& name, uint32_t lease_ms,
+                                                        const Status& fetched) {
+  if (!fetched.ok()) return fetched;
+  KVSTASH_ASSIGN_OR_RETURN(storage::Lease lease, store_->Acquire(name.storage_key, lease_ms));
+  lease.served_from = storage::Tier::kRemote;
+  if (!config_.peers.promote) {
+    // The lease keeps the bytes until it ends; nothing else finds the object here.
+    (void)store_->Delete(name.storage_key);
+  }
+  return lease;
+}
+
+grpc::Status KvStashService::Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* req,
                                     v1::LookupResponse* resp) {
   RpcScope scope(metrics_, Method::kLookup, req->ByteSizeLong());
-  Status s = scope.Finish(DoLookup(*req, resp));
+  Status s = scope.Finish(DoLookup(ctx, *req, resp));
   scope.AddSent(resp->ByteSizeLong());
   return ToGrpcStatus(s);
 }
 
-Status KvStashService::DoLookup(const v1::LookupRequest& req, v1::LookupResponse* resp) {
+Status KvStashService::DoLookup(const grpc::ServerContext* ctx, const v1::LookupRequest& req,
+                                v1::LookupResponse* resp) {
   KVSTASH_RETURN_IF_ERROR(CheckKeyCount(req.keys_size(), "Lookup"));
   KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, ParseKeys(req.keys()));
-  bool prefix_open = true;
-  uint32_t prefix = 0;
+  std::vector<ObjectName> missing;
+  std::vector<int> missing_at;
   for (const ObjectName& name : names) {
     storage::LookupEntry entry = store_->Lookup(name.storage_key);
     v1::LookupResult* result = resp->add_results();
@@ -67,9 +86,25 @@ Status KvStashService::DoLookup(const v1::LookupRequest& req, v1::LookupResponse
       result->set_tier(ToProtoTier(entry.tier));
       result->set_payload_bytes(entry.info.payload_bytes);
       ToProto(entry.info, result->mutable_info());
+    } else {
+      missing.push_back(name);
+      missing_at.push_back(resp->results_size() - 1);
     }
-    prefix_open = prefix_open && entry.present;
-    if (prefix_open) ++prefix;
+  }
+  if (!missing.empty() && config_.peers.lookup && UsesPeers(ctx)) {
+    std::vector<std::optional<ObjectInfo>> remote = remote_->Lookup(missing);
+    for (size_t i = 0; i < remote.size(); ++i) {
+      if (!remote[i]) continue;
+      v1::LookupResult* result = resp->mutable_results(missing_at[i]);
+      result->set_present(true);
+      result->set_tier(v1::TIER_REMOTE);
+      result->set_payload_bytes(remote[i]->payload_bytes);
+      ToProto(*remote[i], result->mutable_info());
+    }
+  }
+  uint32_t prefix = 0;
+  while (static_cast<int>(prefix) < resp->results_size() && resp->results(prefix).present()) {
+    ++prefix;
   }
   resp->set_longest_prefix(prefix);
   return OkStatus();
@@ -150,23 +185,42 @@ grpc::Status KvStashService::CommitMany(grpc::ServerContext*, const v1::CommitMa
 
 // ---- Leased get -------------------------------------------------------------
 
-grpc::Status KvStashService::Acquire(grpc::ServerContext*, const v1::AcquireRequest* req,
+grpc::Status KvStashService::Acquire(grpc::ServerContext* ctx, const v1::AcquireRequest* req,
                                      v1::AcquireResponse* resp) {
   RpcScope scope(metrics_, Method::kAcquire, req->ByteSizeLong());
-  Status s = scope.Finish(DoAcquire(*req, resp));
+  Status s = scope.Finish(DoAcquire(ctx, *req, resp));
   scope.AddSent(resp->ByteSizeLong());
   return ToGrpcStatus(s);
 }
 
-Status KvStashService::DoAcquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp) {
+Status KvStashService::DoAcquire(const grpc::ServerContext* ctx, const v1::AcquireRequest& req,
+                                 v1::AcquireResponse* resp) {
   KVSTASH_RETURN_IF_ERROR(CheckKeyCount(req.keys_size(), "Acquire"));
   KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, ParseKeys(req.keys()));
   uint64_t expires = 0;
   bool any = false;
   const uint64_t generation = store_->arena_generation();
+  // Local leases first; the misses are fetched from peers in one batch.
+  std::vector<Result<storage::Lease>> leases;
+  leases.reserve(names.size());
+  std::vector<ObjectName> missing;
+  std::vector<size_t> missing_at;
   for (const ObjectName& name : names) {
+    leases.push_back(store_->Acquire(name.storage_key, req.lease_ms()));
+    if (leases.back().status().code() == absl::StatusCode::kNotFound) {
+      missing.push_back(name);
+      missing_at.push_back(leases.size() - 1);
+    }
+  }
+  if (!missing.empty() && UsesPeers(ctx)) {
+    std::vector<Status> fetched = remote_->Fetch(missing);
+    for (size_t i = 0; i < missing.size(); ++i) {
+      leases[missing_at[i]] = AcquireFromPeers(missing[i], req.lease_ms(), fetched[i]);
+    }
+  }
+  for (size_t n = 0; n < names.size(); ++n) {
     v1::AcquireResult* result = resp->add_results();
-    Result<storage::Lease> lease = store_->Acquire(name.storage_key, req.lease_ms());
+    Result<storage::Lease>& lease = leases[n];
     if (lease.ok()) {
       Status range = CheckArenaRange(*store_, lease->arena_offset, lease->info.payload_bytes);
       if (!range.ok()) {
@@ -286,6 +340,7 @@ grpc::Status KvStashService::Stats(grpc::ServerContext*, const v1::StatsRequest*
                                    v1::StatsResponse* resp) {
   RpcScope scope(metrics_, Method::kStats, req->ByteSizeLong());
   storage::StoreStats stats = store_->Stats();
+  if (remote_ != nullptr && remote_->has_peers()) stats.tiers.push_back(remote_->Stats());
   for (const storage::TierStats& t : stats.tiers) {
     v1::TierStats* out = resp->add_tiers();
     out->set_tier(ToProtoTier(t.tier));

@@ -20,6 +20,7 @@
 #include "kvstash/storage/object_store.h"
 #include "kvstash/storage/tier_codec.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
+#include "remote_tier.h"
 #include "rpc_metrics.h"
 #include "stream_watchdog.h"
 
@@ -126,9 +127,12 @@ class KvStashService final : public v1::KvStash::Service {
   void RequestGetCall(grpc::ServerContext* ctx, grpc::ByteBuffer* request, RawAsyncWriter* writer,
                       grpc::ServerCompletionQueue* cq, void* tag);
 
-  // `store` and `metrics` must outlive the service.
+  // `store`, `metrics` and `remote` (optional: null on a node without peers) must outlive the
+  // service. With peers, a local miss in Lookup, Acquire or Get is looked up on and fetched from
+  // them (remote_tier.h), unless the call carries `kvstash-scope: local` (a peer's own call).
   KvStashService(storage::ObjectStore* store, const ServiceConfig& config,
-                 std::string arena_socket_path, RpcMetrics* metrics);
+                 std::string arena_socket_path, RpcMetrics* metrics,
+                 RemoteTier* remote = nullptr);
 
   grpc::Status Lookup(grpc::ServerContext*, const v1::LookupRequest*, v1::LookupResponse*) override;
   grpc::Status Reserve(grpc::ServerContext*, const v1::ReserveRequest*,
@@ -153,7 +157,14 @@ class KvStashService final : public v1::KvStash::Service {
 
  private:
   enum class KeysOp { kDelete, kPin, kUnpin };
-  Status DoLookup(const v1::LookupRequest& req, v1::LookupResponse* resp);
+  Status DoLookup(const grpc::ServerContext* ctx, const v1::LookupRequest& req,
+                  v1::LookupResponse* resp);
+  // Whether a local miss of this call may be served from peers.
+  bool UsesPeers(const grpc::ServerContext* ctx) const;
+  // Fetches a missed object from the peers and leases it here (served_from kRemote); drops the
+  // local copy again under the lease when peers.promote is off.
+  Result<storage::Lease> AcquireFromPeers(const ObjectName& name, uint32_t lease_ms,
+                                          const Status& fetched);
   Status DoReserve(const v1::ReserveRequest& req, v1::ReserveResponse* resp);
   // Put and Get are registered in place of their generated handlers (the constructor) as raw
   // asynchronous methods, served by AsyncStreamServer: they read and write ByteBuffers, so the
@@ -161,7 +172,8 @@ class KvStashService final : public v1::KvStash::Service {
   // each reply is a small serialized GetChunk head, then a slice over the bytes where they lie).
   // Clients see ordinary kvstash.v1 calls.
   void UseRawStreamHandlers();  // kv_service_streams.cc, as is EncodeForTransfer
-  Status DoAcquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp);
+  Status DoAcquire(const grpc::ServerContext* ctx, const v1::AcquireRequest& req,
+                   v1::AcquireResponse* resp);
   // The CacheGen container a streaming Get sends instead of `payload`, or nullopt to send the
   // payload as it is (the client did not ask, the policy is raw, or the codec does not take it).
   Result<std::optional<storage::TierCodec::Encoded>> EncodeForTransfer(
@@ -174,6 +186,7 @@ class KvStashService final : public v1::KvStash::Service {
   ServiceConfig config_;
   std::string arena_socket_path_;
   RpcMetrics* metrics_;
+  RemoteTier* remote_;
   Clock::time_point started_;
   // Per CacheGen level 1..3; empty when config_.transfer_encoding is raw.
   std::array<std::unique_ptr<storage::TierCodec>, 3> transfer_codecs_;

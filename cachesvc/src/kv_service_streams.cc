@@ -241,7 +241,11 @@ Result<std::unique_ptr<KvStashService::OutgoingGet>> KvStashService::StartGet(
   // The lease outlasts the call's deadline by a margin: gRPC may still hold slices of a call the
   // watchdog just cancelled, until its transport drops them.
   const uint32_t lease_ms = config_.stream_timeout_ms + kLeaseMarginMs;
-  KVSTASH_ASSIGN_OR_RETURN(storage::Lease lease, store_->Acquire(name.storage_key, lease_ms));
+  Result<storage::Lease> acquired = store_->Acquire(name.storage_key, lease_ms);
+  if (acquired.status().code() == absl::StatusCode::kNotFound && UsesPeers(ctx)) {
+    acquired = AcquireFromPeers(name, lease_ms, remote_->Fetch({name})[0]);
+  }
+  KVSTASH_ASSIGN_OR_RETURN(storage::Lease lease, std::move(acquired));
   std::unique_ptr<OutgoingGet> get(new OutgoingGet);
   get->service_ = this;
   get->held_ = new HeldObject(store_, lease.id);

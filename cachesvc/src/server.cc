@@ -24,6 +24,7 @@
 #include "kvstash/storage/object_store.h"
 #include "local_control_session.h"
 #include "metrics_http.h"
+#include "remote_tier.h"
 #include "rpc_metrics.h"
 
 namespace kvstash::cachesvc {
@@ -75,6 +76,7 @@ struct CacheService::Impl {
   std::unique_ptr<RpcMetrics> rpc_metrics;
   std::unique_ptr<storage::TierCodec> ssd_codec;  // outlives the store (declared before it)
   std::unique_ptr<storage::ObjectStore> store;
+  std::unique_ptr<RemoteTier> remote;  // peers; after the store, before the service
   std::unique_ptr<KvStashService> service;
   // Declared before the server: its completion queues must outlive it.
   std::unique_ptr<AsyncStreamServer> async_streams;
@@ -120,8 +122,18 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
                                std::string(store.status().message())));
   }
   impl->store = std::move(*store);
-  impl->service = std::make_unique<KvStashService>(
-      impl->store.get(), impl->config, impl->arena_socket_path, impl->rpc_metrics.get());
+  if (!config.peers.addresses.empty() || !config.peers.secret_file.empty()) {
+    auto remote =
+        RemoteTier::Create(impl->config, impl->store.get(), &impl->registry, config.listen);
+    if (!remote.ok()) {
+      (void)impl->store->Close();
+      return remote.status();
+    }
+    impl->remote = std::move(*remote);
+  }
+  impl->service =
+      std::make_unique<KvStashService>(impl->store.get(), impl->config, impl->arena_socket_path,
+                                       impl->rpc_metrics.get(), impl->remote.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -129,6 +141,9 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   int bound_port = 0;
   builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &bound_port);
   builder.RegisterService(impl->service.get());
+  if (impl->remote != nullptr && impl->remote->peer_service() != nullptr) {
+    builder.RegisterService(impl->remote->peer_service());
+  }
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
   grpc::ResourceQuota quota("cachesvc");

@@ -207,7 +207,9 @@ Result<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(const std::string&
   std::filesystem::remove(ready);
   std::vector<std::string> argv = {BinaryPath("cachesvc/cachesvc"),
                                    "--listen",
-                                   options.tcp ? "127.0.0.1:0" : "unix://" + svc->unix_socket_,
+                                   !options.listen.empty() ? options.listen
+                                   : options.tcp           ? "127.0.0.1:0"
+                                                           : "unix://" + svc->unix_socket_,
                                    "--data-dir",
                                    svc->data_dir_,
                                    "--ready-file",
@@ -226,6 +228,7 @@ Result<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(const std::string&
     argv.insert(argv.end(), {"--arena-socket", dir + "/arena.sock"});
   }
   argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
+  argv.insert(argv.begin(), options.command_prefix.begin(), options.command_prefix.end());
   int log_fd = ::open(svc->log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   svc->pid_ = Spawn(argv, log_fd);
   ::close(log_fd);

@@ -23,6 +23,11 @@ struct ServiceOptions {
   // Leave --arena-socket out, so the daemon picks its default (next to a unix listener, in the
   // data dir for TCP).
   bool default_arena_socket = false;
+  // Listen here instead (e.g. an address inside a network namespace); overrides `tcp`.
+  std::string listen;
+  // Run cachesvc under this command, e.g. {"/usr/sbin/ip", "netns", "exec", "ns"} (which execs
+  // it, so pid() is still the daemon's).
+  std::vector<std::string> command_prefix;
 };
 
 // Creates a short temporary directory (unix socket paths are limited to 107 bytes), removed with

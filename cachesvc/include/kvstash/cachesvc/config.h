@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "kvstash/common/status.h"
 #include "kvstash/storage/object_store.h"
@@ -21,6 +22,25 @@ namespace kvstash::cachesvc {
 struct TierEncoding {
   Encoding encoding = Encoding::kRaw;  // raw: stored as written; cachegen: CacheGen, lossy
   int level = 2;                       // CacheGen level 1..3 (codec/levels.h)
+};
+
+// Other cachesvc nodes this one reads from on a local miss (docs/deploy.md "Peers").
+struct PeerConfig {
+  // Peers' gRPC addresses (host:port). Empty: a single node.
+  std::vector<std::string> addresses;
+  // This node's name in peers' logs and metrics; empty: <hostname>/<listen address>.
+  std::string node_id;
+  // File with the cluster secret, which peers present to each other (metadata
+  // kvstash-peer-token) before this node hands out its UCX worker address and arena rkey.
+  // Required for peers; empty and no addresses: this node serves no peers either.
+  std::string secret_file;
+  uint32_t timeout_ms = 2000;  // one peer call (Lookup, Acquire, the transfer, Release)
+  uint32_t retry_ms = 2000;    // a peer that failed is left alone this long
+  // Keep fetched objects in the local CPU tier (and write them through to SSD like any other);
+  // false: serve them once, under the reader's lease, and drop them.
+  bool promote = true;
+  bool lookup = true;              // Lookup asks peers about local misses (reported TIER_REMOTE)
+  std::string data_plane = "ucx";  // ucx: one-sided UCX reads; grpc: KvStash.Get streams
 };
 
 struct ServiceConfig {
@@ -78,6 +98,7 @@ struct ServiceConfig {
   // (GetRequest.accept_encoding; the client's accept_level, when set, overrides `level`). raw:
   // never encode. Clients that do not ask always get the stored bytes.
   TierEncoding transfer_encoding{Encoding::kCacheGen, 2};
+  PeerConfig peers;
 };
 
 // The embedded default (single node, CPU + SSD tiers in ./data) as YAML text.

@@ -1,0 +1,628 @@
+#include "remote_tier.h"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "kvstash/common/crc32c.h"
+#include "kvstash/proto/status_mapping.h"
+#include "kvstash/v1/kvstash.grpc.pb.h"
+#include "request_checks.h"
+#ifdef KVSTASH_HAVE_UCX
+#include "kvstash/transport/ucx_transport.h"
+#endif
+
+namespace kvstash::cachesvc {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Active-message id of "release these leases" notifications (PeerHelloResponse).
+constexpr uint16_t kReleaseMessageId = 1;
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+
+bool SameSecret(const std::string& a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+std::string EncodeLeaseIds(const std::vector<uint64_t>& ids) {
+  std::string out(ids.size() * 8, '\0');
+  for (size_t i = 0; i < ids.size(); ++i) {
+    for (int b = 0; b < 8; ++b) out[i * 8 + b] = static_cast<char>((ids[i] >> (8 * b)) & 0xff);
+  }
+  return out;
+}
+
+std::vector<uint64_t> DecodeLeaseIds(std::string_view bytes) {
+  std::vector<uint64_t> ids(bytes.size() / 8);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    uint64_t v = 0;
+    for (int b = 0; b < 8; ++b) v |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[i * 8 + b])) << (8 * b);
+    ids[i] = v;
+  }
+  return ids;
+}
+
+Result<std::string> ReadSecret(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read peers.secret_file ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string secret = text.str();
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
+  if (secret.size() < 16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "peers.secret_file ", path, " holds ", secret.size(),
+        " bytes; a cluster secret needs at least 16 (e.g. head -c 32 /dev/urandom | base64)"));
+  }
+  return secret;
+}
+
+// To the engine, a peer that cannot be used is unavailable, whatever the reason (timeout, reset,
+// refused secret); the message keeps the cause.
+Status PeerUnavailable(const std::string& address, const Status& cause) {
+  return absl::UnavailableError(absl::StrCat("peer ", address, " unavailable: ", cause.message()));
+}
+
+bool IsDefinitive(const Status& s) {
+  // The object is settled for this fetch: fetched, or the local store cannot take it.
+  return s.ok() || s.code() == absl::StatusCode::kResourceExhausted ||
+         s.code() == absl::StatusCode::kInvalidArgument;
+}
+
+}  // namespace
+
+bool LocalScopeOnly(const grpc::ServerContext* ctx) {
+  if (ctx == nullptr) return false;
+  auto it = ctx->client_metadata().find(kScopeHeader);
+  return it != ctx->client_metadata().end() &&
+         std::string_view(it->second.data(), it->second.size()) == kScopeLocal;
+}
+
+struct RemoteTier::Impl {
+  struct Peer {
+    std::string address;
+    std::unique_ptr<v1::KvStash::Stub> kv;
+    std::unique_ptr<v1::KvStashPeer::Stub> hello;
+    std::atomic<int64_t> down_until_ns{0};
+
+    std::mutex mu;  // connection state; held across Hello and UCX connect
+    bool connected ABSL_GUARDED_BY(mu) = false;
+    bool is_self ABSL_GUARDED_BY(mu) = false;
+    bool ucx ABSL_GUARDED_BY(mu) = false;  // reads over UCX (else gRPC streams)
+    uint64_t ucx_peer ABSL_GUARDED_BY(mu) = 0;
+    uint64_t generation ABSL_GUARDED_BY(mu) = 0;
+    uint64_t arena_bytes ABSL_GUARDED_BY(mu) = 0;
+    uint32_t release_id ABSL_GUARDED_BY(mu) = 0;
+
+    Counter* fetched_objects = nullptr;
+    Counter* fetched_bytes = nullptr;
+    Counter* failures_unreachable = nullptr;
+    Counter* failures_timeout = nullptr;
+    Counter* failures_corrupt = nullptr;
+    Counter* failures_bounds = nullptr;
+    Histogram* fetch_seconds = nullptr;
+    Gauge* up = nullptr;
+  };
+
+  // What one fetch from one peer works with, taken under Peer::mu.
+  struct Link {
+    bool ucx = false;
+    uint64_t ucx_peer = 0;
+    uint64_t generation = 0;
+    uint64_t arena_bytes = 0;
+    uint32_t release_id = 0;
+  };
+
+  class HelloService final : public v1::KvStashPeer::Service {
+   public:
+    explicit HelloService(Impl* impl) : impl_(impl) {}
+    grpc::Status Hello(grpc::ServerContext* ctx, const v1::PeerHelloRequest* req,
+                       v1::PeerHelloResponse* resp) override {
+      auto it = ctx->client_metadata().find(kPeerTokenHeader);
+      if (it == ctx->client_metadata().end()) {
+        impl_->hello_refused->Increment();
+        return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                            "peer Hello without the kvstash-peer-token metadata");
+      }
+      if (it->second.size() > 4096 ||
+          !SameSecret(impl_->secret, std::string_view(it->second.data(), it->second.size()))) {
+        impl_->hello_refused->Increment();
+        return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "wrong cluster secret");
+      }
+      spdlog::info("event=peer_hello from={} peer={}", req->node_id().substr(0, 256),
+                   ctx->peer());
+      resp->set_node_id(impl_->node_id);
+      resp->set_arena_generation(impl_->store->arena_generation());
+      resp->set_arena_bytes(impl_->store->arena_bytes());
+#ifdef KVSTASH_HAVE_UCX
+      if (impl_->transport != nullptr) {
+        resp->set_ucx_worker_address(impl_->transport->worker_address());
+        resp->set_arena_address(impl_->region.address);
+        resp->set_arena_rkey(impl_->region.packed_rkey);
+        resp->set_release_message_id(kReleaseMessageId);
+      }
+#endif
+      return grpc::Status::OK;
+    }
+
+   private:
+    Impl* impl_;
+  };
+
+  PeerConfig config;
+  storage::ObjectStore* store = nullptr;
+  MetricsRegistry* metrics = nullptr;
+  std::string node_id;
+  std::string secret;
+  std::vector<std::unique_ptr<Peer>> peers;
+  std::unique_ptr<HelloService> hello_service;
+  Counter* hello_refused = nullptr;
+#ifdef KVSTASH_HAVE_UCX
+  std::unique_ptr<transport::UcxTransport> transport;
+  transport::RemoteRegion region;
+#endif
+  std::atomic<uint64_t> hits{0}, misses{0}, bytes_read{0};
+
+  Clock::time_point Deadline() const {
+    return Clock::now() + std::chrono::milliseconds(config.timeout_ms);
+  }
+
+  void PrepareContext(grpc::ClientContext* ctx) const {
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(config.timeout_ms));
+    ctx->AddMetadata(kScopeHeader, kScopeLocal);
+  }
+
+  bool Down(const Peer& peer) const { return peer.down_until_ns.load() > NowNs(); }
+
+  void MarkDown(Peer& peer, const Status& why) {
+    const bool was_up = !Down(peer);
+    peer.down_until_ns = NowNs() + static_cast<int64_t>(config.retry_ms) * 1'000'000;
+    peer.up->Set(0);
+    if (why.code() == absl::StatusCode::kDeadlineExceeded) {
+      peer.failures_timeout->Increment();
+    } else {
+      peer.failures_unreachable->Increment();
+    }
+    Disconnect(peer);
+    if (was_up) {
+      spdlog::warn("event=peer_down peer={} retry_ms={} error=\"{}\"", peer.address,
+                   config.retry_ms, std::string(why.message()));
+    }
+  }
+
+  void Disconnect(Peer& peer) {
+    std::lock_guard<std::mutex> lock(peer.mu);
+#ifdef KVSTASH_HAVE_UCX
+    if (peer.connected && peer.ucx && transport != nullptr) transport->Disconnect(peer.ucx_peer);
+#endif
+    peer.connected = false;
+  }
+
+  // Hello (and the UCX endpoint) once per connection; reconnects after a failure.
+  Result<Link> Connect(Peer& peer) {
+    std::lock_guard<std::mutex> lock(peer.mu);
+#ifdef KVSTASH_HAVE_UCX
+    if (peer.connected && peer.ucx && transport != nullptr && !transport->Healthy(peer.ucx_peer)) {
+      transport->Disconnect(peer.ucx_peer);
+      peer.connected = false;
+    }
+#endif
+    if (!peer.connected) {
+      grpc::ClientContext ctx;
+      PrepareContext(&ctx);
+      ctx.AddMetadata(kPeerTokenHeader, secret);
+      v1::PeerHelloRequest req;
+      req.set_node_id(node_id);
+      v1::PeerHelloResponse resp;
+      Status s = FromGrpcStatus(peer.hello->Hello(&ctx, req, &resp));
+      if (!s.ok()) {
+        return Status(s.code(), absl::StrCat("Hello to peer ", peer.address, ": ", s.message()));
+      }
+      // Arena generations are random per arena: the same one means this very process.
+      peer.is_self = resp.arena_generation() == store->arena_generation();
+      peer.generation = resp.arena_generation();
+      peer.arena_bytes = resp.arena_bytes();
+      peer.release_id = resp.release_message_id();
+      peer.ucx = false;
+#ifdef KVSTASH_HAVE_UCX
+      if (transport != nullptr && !resp.ucx_worker_address().empty()) {
+        transport::RemoteRegion remote;
+        remote.address = resp.arena_address();
+        remote.bytes = resp.arena_bytes();
+        remote.packed_rkey = resp.arena_rkey();
+        KVSTASH_ASSIGN_OR_RETURN(peer.ucx_peer,
+                                 transport->Connect(resp.ucx_worker_address(), remote, Deadline()));
+        peer.ucx = true;
+      }
+#endif
+      peer.connected = true;
+      peer.up->Set(1);
+      spdlog::info("event=peer_connected peer={} node={} data_plane={} arena_bytes={}",
+                   peer.address, resp.node_id().substr(0, 256), peer.ucx ? "ucx" : "grpc",
+                   peer.arena_bytes);
+    }
+    if (peer.is_self) return absl::NotFoundError("the peer is this node");
+    return Link{peer.ucx, peer.ucx_peer, peer.generation, peer.arena_bytes, peer.release_id};
+  }
+
+  // --- fetching --------------------------------------------------------------
+
+  struct Pending {
+    size_t index;           // into the caller's names
+    uint64_t peer_lease = 0;
+    uint64_t remote_offset = 0;
+    ObjectInfo info;
+    storage::Reservation local;
+  };
+
+  void ReleaseRemote(Peer& peer, const Link& link, const std::vector<uint64_t>& leases) {
+    if (leases.empty()) return;
+#ifdef KVSTASH_HAVE_UCX
+    if (link.ucx && transport != nullptr &&
+        transport->Notify(link.ucx_peer, static_cast<uint16_t>(link.release_id),
+                          EncodeLeaseIds(leases), Deadline())
+            .ok()) {
+      return;
+    }
+#endif
+    grpc::ClientContext ctx;
+    PrepareContext(&ctx);
+    v1::ReleaseRequest req;
+    for (uint64_t id : leases) req.add_lease_ids(id);
+    v1::ReleaseResponse resp;
+    Status s = FromGrpcStatus(peer.kv->Release(&ctx, req, &resp));
+    if (!s.ok()) {
+      spdlog::warn("event=peer_release_failed peer={} leases={} error=\"{}\"", peer.address,
+                   leases.size(), std::string(s.message()));
+    }
+  }
+
+  // One batch over UCX: lease on the peer, reserve here, read, check, commit, release.
+  void FetchOverUcx(Peer& peer, const Link& link, const std::vector<ObjectName>& names,
+                    std::vector<size_t>& remaining, std::vector<Status>& out) {
+#ifdef KVSTASH_HAVE_UCX
+    const Clock::time_point start = Clock::now();
+    grpc::ClientContext ctx;
+    PrepareContext(&ctx);
+    v1::AcquireRequest req;
+    req.set_lease_ms(config.timeout_ms * 2 + 1000);
+    for (size_t i : remaining) ToProto(names[i], req.add_keys());
+    v1::AcquireResponse resp;
+    Status s = FromGrpcStatus(peer.kv->Acquire(&ctx, req, &resp));
+    if (s.ok() && resp.results_size() != static_cast<int>(remaining.size())) {
+      s = absl::InternalError("peer answered Acquire with the wrong number of results");
+    }
+    if (!s.ok()) {
+      MarkDown(peer, s);
+      for (size_t i : remaining) out[i] = PeerUnavailable(peer.address, s);
+      return;
+    }
+    std::vector<Pending> pending;
+    std::vector<uint64_t> to_release;
+    bool stale = false;
+    for (int r = 0; r < resp.results_size(); ++r) {
+      const v1::AcquireResult& result = resp.results(r);
+      const size_t i = remaining[r];
+      if (result.status().code() != 0) {
+        Status item(static_cast<absl::StatusCode>(result.status().code()),
+                    result.status().message());
+        if (out[i].code() != absl::StatusCode::kDataLoss) out[i] = item;
+        continue;
+      }
+      to_release.push_back(result.lease_id());
+      if (result.arena_generation() != link.generation) {
+        stale = true;  // the peer restarted since Hello: its offsets mean something else
+        out[i] = absl::UnavailableError("peer restarted; reconnecting");
+        continue;
+      }
+      Result<ObjectInfo> info = FromProto(result.info());
+      if (!info.ok() || result.arena_offset() > link.arena_bytes ||
+          info->payload_bytes > link.arena_bytes - result.arena_offset()) {
+        peer.failures_bounds->Increment();
+        out[i] = absl::InvalidArgumentError(absl::StrCat(
+            "peer ", peer.address, " offered an object outside its arena or with a bad info",
+            info.ok() ? "" : absl::StrCat(": ", info.status().message())));
+        continue;
+      }
+      Result<storage::Reservation> local = store->Reserve(
+          ToStoredName(names[i]), *info, config.timeout_ms * 2 + 1000, /*overwrite=*/false);
+      if (!local.ok()) {
+        out[i] = local.status().code() == absl::StatusCode::kAlreadyExists ? OkStatus()
+                                                                            : local.status();
+        continue;
+      }
+      pending.push_back({i, result.lease_id(), result.arena_offset(), *info, *local});
+    }
+    if (stale) Disconnect(peer);
+    if (!pending.empty()) {
+      std::vector<transport::ReadOp> ops;
+      ops.reserve(pending.size());
+      for (const Pending& p : pending) {
+        ops.push_back({p.remote_offset, store->arena_base() + p.local.arena_offset,
+                       p.info.payload_bytes});
+      }
+      Status read = transport->Read(link.ucx_peer, ops, Deadline());
+      if (!read.ok()) {
+        for (const Pending& p : pending) {
+          (void)store->Abort(p.local.id);
+          out[p.index] = PeerUnavailable(peer.address, read);
+        }
+        MarkDown(peer, read);
+        return;  // the peer's leases expire on their own
+      }
+      uint64_t bytes = 0;
+      for (const Pending& p : pending) out[p.index] = Settle(peer, p, &bytes);
+      peer.fetch_seconds->Observe(std::chrono::duration<double>(Clock::now() - start).count());
+    }
+    ReleaseRemote(peer, link, to_release);
+#else
+    (void)peer, (void)link, (void)names, (void)remaining, (void)out;
+#endif
+  }
+
+  // Checks a landed payload and commits it, or aborts it as corrupt.
+  Status Settle(Peer& peer, const Pending& p, uint64_t* bytes) {
+    const uint8_t* data = store->arena_base() + p.local.arena_offset;
+    const uint32_t crc = Crc32c(data, p.info.payload_bytes);
+    if (crc != p.info.payload_crc32c) {
+      (void)store->Abort(p.local.id);
+      peer.failures_corrupt->Increment();
+      spdlog::warn("event=peer_payload_corrupt peer={} bytes={} crc32c={:08x} expected={:08x}",
+                   peer.address, p.info.payload_bytes, crc, p.info.payload_crc32c);
+      return absl::DataLossError(absl::StrCat("object from peer ", peer.address,
+                                              " failed its crc32c on arrival; not served"));
+    }
+    Status s = store->CommitChecked(p.local.id, crc, /*durable=*/false);
+    if (s.ok()) {
+      peer.fetched_objects->Increment();
+      peer.fetched_bytes->Increment(p.info.payload_bytes);
+      *bytes += p.info.payload_bytes;
+    }
+    return s;
+  }
+
+  // One object over a KvStash.Get stream (no UCX at either end, or data_plane grpc).
+  Status FetchOverGrpc(Peer& peer, const ObjectName& name) {
+    const Clock::time_point start = Clock::now();
+    grpc::ClientContext ctx;
+    PrepareContext(&ctx);
+    v1::GetRequest req;
+    ToProto(name, req.mutable_key());
+    std::unique_ptr<grpc::ClientReader<v1::GetChunk>> reader = peer.kv->Get(&ctx, req);
+    v1::GetChunk chunk;
+    std::optional<storage::Reservation> local;
+    ObjectInfo info;
+    uint64_t received = 0;
+    Status failed;
+    while (failed.ok() && reader->Read(&chunk)) {
+      if (!local) {
+        Result<ObjectInfo> parsed = FromProto(chunk.info());
+        if (!parsed.ok()) {
+          failed = parsed.status();
+          break;
+        }
+        info = *parsed;
+        Result<storage::Reservation> r = store->Reserve(
+            ToStoredName(name), info, config.timeout_ms * 2 + 1000, /*overwrite=*/false);
+        if (!r.ok()) {
+          failed = r.status().code() == absl::StatusCode::kAlreadyExists ? OkStatus() : r.status();
+          ctx.TryCancel();
+          return failed;
+        }
+        local = *r;
+      }
+      if (chunk.data().size() > info.payload_bytes - received) {
+        failed = absl::InvalidArgumentError("peer sent more bytes than the object holds");
+        break;
+      }
+      std::memcpy(store->arena_base() + local->arena_offset + received, chunk.data().data(),
+                  chunk.data().size());
+      received += chunk.data().size();
+    }
+    if (!failed.ok()) ctx.TryCancel();
+    Status finished = FromGrpcStatus(reader->Finish());
+    if (failed.ok()) failed = finished;
+    if (failed.ok() && received != info.payload_bytes) {
+      failed = absl::DataLossError("peer's Get stream ended early");
+    }
+    if (!failed.ok()) {
+      if (local) (void)store->Abort(local->id);
+      return failed;
+    }
+    uint64_t bytes = 0;
+    Status s = Settle(peer, Pending{0, 0, 0, info, *local}, &bytes);
+    peer.fetch_seconds->Observe(std::chrono::duration<double>(Clock::now() - start).count());
+    return s;
+  }
+};
+
+RemoteTier::RemoteTier(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+RemoteTier::~RemoteTier() = default;
+
+Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& config,
+                                                       storage::ObjectStore* store,
+                                                       MetricsRegistry* metrics,
+                                                       const std::string& listen_target) {
+  auto impl = std::make_unique<Impl>();
+  impl->config = config.peers;
+  impl->store = store;
+  impl->metrics = metrics;
+  if (!config.peers.secret_file.empty()) {
+    KVSTASH_ASSIGN_OR_RETURN(impl->secret, ReadSecret(config.peers.secret_file));
+  }
+  impl->node_id = config.peers.node_id;
+  if (impl->node_id.empty()) {
+    char host[256] = {0};
+    ::gethostname(host, sizeof host - 1);
+    impl->node_id = absl::StrCat(host, "/", listen_target);
+  }
+  impl->hello_refused = metrics->GetCounter(
+      "kvstash_peer_hello_refused_total", "peer Hello calls refused for a missing or wrong secret");
+#ifdef KVSTASH_HAVE_UCX
+  if (config.peers.data_plane == "ucx" && !impl->secret.empty()) {
+    KVSTASH_ASSIGN_OR_RETURN(impl->transport,
+                             transport::UcxTransport::Create({.name = "cachesvc"}));
+    KVSTASH_ASSIGN_OR_RETURN(impl->region, impl->transport->RegisterRegion(
+                                               store->arena_base(), store->arena_bytes()));
+    Impl* raw = impl.get();
+    KVSTASH_RETURN_IF_ERROR(impl->transport->SetNotificationHandler(
+        kReleaseMessageId, [raw](std::string_view payload) {
+          for (uint64_t id : DecodeLeaseIds(payload)) (void)raw->store->Release(id);
+        }));
+  }
+#endif
+  if (!impl->secret.empty()) impl->hello_service = std::make_unique<Impl::HelloService>(impl.get());
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  // A fresh connection attempt soon after a peer comes back, not gRPC's backoff of up to 2 min.
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  for (const std::string& address : config.peers.addresses) {
+    auto peer = std::make_unique<Impl::Peer>();
+    peer->address = address;
+    auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    peer->kv = v1::KvStash::NewStub(channel);
+    peer->hello = v1::KvStashPeer::NewStub(channel);
+    const MetricLabels labels = {{"peer", address}};
+    auto with = [&](const char* reason) {
+      return MetricLabels{{"peer", address}, {"reason", reason}};
+    };
+    const char* failures_help = "failed peer calls and rejected objects, by reason";
+    peer->fetched_objects = metrics->GetCounter("kvstash_peer_fetched_objects_total",
+                                                "objects fetched from the peer", labels);
+    peer->fetched_bytes = metrics->GetCounter("kvstash_peer_fetched_bytes_total",
+                                              "payload bytes fetched from the peer", labels);
+    peer->failures_unreachable =
+        metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("unreachable"));
+    peer->failures_timeout =
+        metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("timeout"));
+    peer->failures_corrupt =
+        metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("corrupt"));
+    peer->failures_bounds =
+        metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("bounds"));
+    peer->fetch_seconds = metrics->GetHistogram(
+        "kvstash_peer_fetch_seconds", "time of one batch fetched from the peer", labels);
+    peer->up = metrics->GetGauge("kvstash_peer_up", "1 while the peer answers", labels);
+    impl->peers.push_back(std::move(peer));
+  }
+  spdlog::info("event=peers node_id={} peers={} data_plane={} serving_peers={}", impl->node_id,
+               impl->peers.size(), config.peers.data_plane, impl->hello_service != nullptr);
+  return std::unique_ptr<RemoteTier>(new RemoteTier(std::move(impl)));
+}
+
+bool RemoteTier::has_peers() const { return !impl_->peers.empty(); }
+
+grpc::Service* RemoteTier::peer_service() { return impl_->hello_service.get(); }
+
+std::vector<std::optional<ObjectInfo>> RemoteTier::Lookup(const std::vector<ObjectName>& names) {
+  std::vector<std::optional<ObjectInfo>> out(names.size());
+  std::vector<size_t> remaining(names.size());
+  for (size_t i = 0; i < names.size(); ++i) remaining[i] = i;
+  for (auto& peer : impl_->peers) {
+    if (remaining.empty()) break;
+    if (impl_->Down(*peer)) continue;
+    grpc::ClientContext ctx;
+    impl_->PrepareContext(&ctx);
+    v1::LookupRequest req;
+    for (size_t i : remaining) ToProto(names[i], req.add_keys());
+    v1::LookupResponse resp;
+    Status s = FromGrpcStatus(peer->kv->Lookup(&ctx, req, &resp));
+    if (s.ok() && resp.results_size() != static_cast<int>(remaining.size())) {
+      s = absl::InternalError("peer answered Lookup with the wrong number of results");
+    }
+    if (!s.ok()) {
+      impl_->MarkDown(*peer, s);
+      continue;
+    }
+    std::vector<size_t> still;
+    for (int r = 0; r < resp.results_size(); ++r) {
+      const v1::LookupResult& result = resp.results(r);
+      Result<ObjectInfo> info = FromProto(result.info());
+      if (result.present() && info.ok()) {
+        out[remaining[r]] = *info;
+      } else {
+        still.push_back(remaining[r]);
+      }
+    }
+    remaining.swap(still);
+  }
+  return out;
+}
+
+std::vector<Status> RemoteTier::Fetch(const std::vector<ObjectName>& names) {
+  std::vector<Status> out(names.size(), absl::NotFoundError("no peer holds the object"));
+  std::vector<size_t> remaining(names.size());
+  for (size_t i = 0; i < names.size(); ++i) remaining[i] = i;
+  for (auto& peer : impl_->peers) {
+    if (remaining.empty()) break;
+    if (impl_->Down(*peer)) continue;
+    Result<Impl::Link> link = impl_->Connect(*peer);
+    if (!link.ok()) {
+      if (link.status().code() != absl::StatusCode::kNotFound) {
+        impl_->MarkDown(*peer, link.status());
+        Status unavailable = PeerUnavailable(peer->address, link.status());
+        for (size_t i : remaining) {
+          if (out[i].code() == absl::StatusCode::kNotFound) out[i] = unavailable;
+        }
+      }
+      continue;
+    }
+    if (link->ucx) {
+      impl_->FetchOverUcx(*peer, *link, names, remaining, out);
+    } else {
+      for (size_t i : remaining) {
+        if (impl_->Down(*peer)) break;
+        Status s = impl_->FetchOverGrpc(*peer, names[i]);
+        if (s.code() == absl::StatusCode::kUnavailable ||
+            s.code() == absl::StatusCode::kDeadlineExceeded) {
+          impl_->MarkDown(*peer, s);
+          s = PeerUnavailable(peer->address, s);
+        }
+        if (s.code() != absl::StatusCode::kNotFound ||
+            out[i].code() == absl::StatusCode::kNotFound) {
+          out[i] = s;
+        }
+      }
+    }
+    std::vector<size_t> still;
+    for (size_t i : remaining) {
+      if (!IsDefinitive(out[i])) still.push_back(i);
+    }
+    remaining.swap(still);
+  }
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (out[i].ok()) {
+      impl_->hits.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      impl_->misses.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  return out;
+}
+
+storage::TierStats RemoteTier::Stats() const {
+  storage::TierStats t;
+  t.tier = storage::Tier::kRemote;
+  t.hits = impl_->hits.load(std::memory_order_relaxed);
+  t.misses = impl_->misses.load(std::memory_order_relaxed);
+  for (const auto& peer : impl_->peers) t.bytes_read += peer->fetched_bytes->Value();
+  return t;
+}
+
+}  // namespace kvstash::cachesvc

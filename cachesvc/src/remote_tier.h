@@ -1,0 +1,84 @@
+// RemoteTier: the objects of other cachesvc nodes (peers), found and fetched on a local miss.
+//
+// Fetch pulls objects into this node's own arena: it asks a peer to lease them (KvStash.Acquire
+// with `kvstash-scope: local`, so the peer does not ask its peers in turn), reserves the space
+// locally, reads the bytes with one batch of one-sided UCX reads straight from the peer's arena
+// into the reservations (or, with data_plane grpc or a peer without UCX, over KvStash.Get
+// streams), checks each payload's crc32c on arrival, commits what matches, and tells the peer to
+// release its leases (a UCX active message; KvStash.Release over gRPC when that fails). A payload
+// that arrives corrupt is aborted, counted and never served. Peers are asked in the configured
+// order; a peer whose call failed is skipped for peers.retry_ms, so a dead or stopped node costs
+// one timeout, not one per request.
+//
+// The serving half: a node with a cluster secret answers kvstash.v1.KvStashPeer.Hello (worker
+// address, arena rkey) only to callers presenting that secret, and releases the leases its
+// peers' notifications name.
+//
+// Threading: every method is thread-safe; Fetch and Lookup block for at most about
+// peers.timeout_ms per peer asked. Errors per object are Status codes: NotFound (no peer has
+// it), DataLoss (arrived corrupt), ResourceExhausted (no local room), Unavailable or
+// DeadlineExceeded (the peers that might have it failed).
+#ifndef KVSTASH_CACHESVC_REMOTE_TIER_H_
+#define KVSTASH_CACHESVC_REMOTE_TIER_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kvstash/cachesvc/config.h"
+#include "kvstash/common/metrics.h"
+#include "kvstash/proto/convert.h"
+#include "kvstash/storage/object_store.h"
+#include "kvstash/v1/peer.grpc.pb.h"
+
+namespace kvstash::cachesvc {
+
+// Metadata keys of peer calls.
+inline constexpr char kPeerTokenHeader[] = "kvstash-peer-token";
+inline constexpr char kScopeHeader[] = "kvstash-scope";
+inline constexpr char kScopeLocal[] = "local";
+
+// True when the call asked for this node's own objects only (a peer's call).
+bool LocalScopeOnly(const grpc::ServerContext* ctx);
+
+class RemoteTier {
+ public:
+  // Reads the secret file; with data_plane ucx, starts the UCX transport and registers the
+  // arena. `store` and `metrics` must outlive the tier. `listen_target` names this node by
+  // default. InvalidArgument for an unreadable or empty secret file; transport errors as is.
+  static Result<std::unique_ptr<RemoteTier>> Create(const ServiceConfig& config,
+                                                    storage::ObjectStore* store,
+                                                    MetricsRegistry* metrics,
+                                                    const std::string& listen_target);
+  ~RemoteTier();
+  RemoteTier(const RemoteTier&) = delete;
+  RemoteTier& operator=(const RemoteTier&) = delete;
+
+  bool has_peers() const;
+
+  // What each missing object is on the peers: its info when one holds it.
+  std::vector<std::optional<ObjectInfo>> Lookup(const std::vector<ObjectName>& names);
+
+  // Fetches the objects into the local store (committed, visible like any other). One status per
+  // name, in order; OK also when the object turned up locally meanwhile.
+  std::vector<Status> Fetch(const std::vector<ObjectName>& names);
+
+  // The remote tier's counters (Stats, TIER_REMOTE): hits = objects fetched, misses = objects
+  // no peer had, bytes_read = their payload bytes.
+  storage::TierStats Stats() const;
+
+  // The Hello service peers call (nullptr when this node has no secret and serves no peers).
+  grpc::Service* peer_service();
+
+ private:
+  struct Impl;
+  explicit RemoteTier(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvstash::cachesvc
+
+#endif  // KVSTASH_CACHESVC_REMOTE_TIER_H_
