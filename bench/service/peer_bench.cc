@@ -1,0 +1,459 @@
+// Node-to-node data plane, in one run:
+//
+//   transport:  KVStash's UcxTransport between two processes (a forked child registers a buffer
+//               and hands over its worker address and rkey through a pipe; the parent reads
+//               batches of 1 or --batches objects with one-sided gets, flushed). Over UCX_TLS=tcp
+//               (the network path; on loopback here) and over UCX's default transports on one
+//               host (shared memory, CMA). memcpy of the same bytes is the upper bound.
+//   remote_get: end to end, a client on node B (shared memory, AcquireMany) asking for objects
+//               that live only on node A: B fetches them from A into its arena (--remote-promote
+//               false, so every request crosses), over UCX tcp, UCX default and gRPC streams.
+//               Against: a local SSD hit on B (objects on B's SSD only, after a restart) and a
+//               local CPU hit. Both nodes are real cachesvc processes.
+//
+// Every figure is the median of --reps repetitions; throughput in GB/s (1e9 bytes/s).
+// Results: JSON (--out); docs/benchmarks-transfer.md has the tables and commands.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "child_process.h"
+#include "kvstash/client/kv_client.h"
+#include "kvstash/common/byte_size.h"
+#include "kvstash/common/crc32c.h"
+#include "kvstash/common/key.h"
+#include "kvstash/transport/ucx_transport.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using kvstash::ObjectInfo;
+using kvstash::ObjectName;
+namespace client = kvstash::client;
+namespace transport = kvstash::transport;
+using kvstash::bench::Reap;
+using kvstash::bench::Spawn;
+using kvstash::bench::WaitFor;
+using nlohmann::json;
+
+struct Config {
+  std::vector<std::string> sizes = {"64KiB", "1MiB", "4MiB", "32MiB"};
+  std::vector<int> batches = {1, 16};
+  int reps = 5;
+  double seconds_per_point = 0.3;  // per rep, at least 3 transfers
+  std::vector<std::string> modes = {"transport", "remote_get"};
+  std::string cachesvc = KVSTASH_CACHESVC_PATH;
+  std::string out = "bench/results/peer_transfer.json";
+};
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// ---- transport ---------------------------------------------------------------------------------
+
+constexpr uint64_t kRegionBytes = 256ull << 20;
+
+void WriteBlob(int fd, const std::string& s) {
+  uint64_t n = s.size();
+  (void)!::write(fd, &n, sizeof n);
+  (void)!::write(fd, s.data(), s.size());
+}
+
+bool ReadAll(int fd, void* p, size_t n) {
+  auto* c = static_cast<char*>(p);
+  while (n > 0) {
+    ssize_t r = ::read(fd, c, n);
+    if (r <= 0) return false;
+    c += r;
+    n -= r;
+  }
+  return true;
+}
+
+bool ReadBlob(int fd, std::string* s) {
+  uint64_t n;
+  if (!ReadAll(fd, &n, sizeof n) || n > (1 << 20)) return false;
+  s->resize(n);
+  return ReadAll(fd, s->data(), n);
+}
+
+// The serving side: registers a buffer, says where it is, and lives until the pipe closes.
+[[noreturn]] void ServeRegion(int to_parent, int from_parent) {
+  std::vector<uint8_t> buffer(kRegionBytes, 0x5a);
+  auto t = transport::UcxTransport::Create({.name = "bench-server"});
+  if (!t.ok()) _exit(2);
+  auto region = (*t)->RegisterRegion(buffer.data(), buffer.size());
+  if (!region.ok()) _exit(3);
+  WriteBlob(to_parent, (*t)->worker_address());
+  WriteBlob(to_parent, region->packed_rkey);
+  WriteBlob(to_parent, std::to_string(region->address));
+  char c;
+  while (::read(from_parent, &c, 1) > 0) {
+  }
+  _exit(0);
+}
+
+json TransportPoint(transport::UcxTransport& t, transport::PeerId peer, uint8_t* dst,
+                    uint64_t size, int batch, const Config& cfg) {
+  std::vector<transport::ReadOp> ops;
+  for (int i = 0; i < batch; ++i) {
+    uint64_t off = (static_cast<uint64_t>(i) * size) % (kRegionBytes - size + 1);
+    ops.push_back({off, dst + off, size});
+  }
+  std::vector<double> gbps;
+  for (int rep = 0; rep < cfg.reps; ++rep) {
+    int n = 0;
+    auto start = Clock::now();
+    double elapsed = 0;
+    while (n < 3 || elapsed < cfg.seconds_per_point) {
+      auto s = t.Read(peer, ops, Clock::now() + std::chrono::seconds(60));
+      if (!s.ok()) {
+        std::fprintf(stderr, "read failed: %s\n", std::string(s.message()).c_str());
+        std::exit(1);
+      }
+      ++n;
+      elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    }
+    gbps.push_back(static_cast<double>(size) * batch * n / elapsed / 1e9);
+  }
+  return {{"gbytes_per_s", Median(gbps)}, {"reps", gbps}};
+}
+
+json MemcpyPoint(uint8_t* src, uint8_t* dst, uint64_t size, int batch, const Config& cfg) {
+  std::vector<double> gbps;
+  for (int rep = 0; rep < cfg.reps; ++rep) {
+    int n = 0;
+    auto start = Clock::now();
+    double elapsed = 0;
+    while (n < 3 || elapsed < cfg.seconds_per_point) {
+      for (int i = 0; i < batch; ++i) {
+        uint64_t off = (static_cast<uint64_t>(i) * size) % (kRegionBytes - size + 1);
+        std::memcpy(dst + off, src + off, size);
+      }
+      ++n;
+      elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    }
+    gbps.push_back(static_cast<double>(size) * batch * n / elapsed / 1e9);
+  }
+  return {{"gbytes_per_s", Median(gbps)}, {"reps", gbps}};
+}
+
+json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
+  json out = json::array();
+  std::vector<uint8_t> dst(kRegionBytes, 0), src(kRegionBytes, 1);
+  for (const std::string tls : {"tcp", ""}) {
+    if (tls.empty()) {
+      ::unsetenv("UCX_TLS");
+    } else {
+      ::setenv("UCX_TLS", tls.c_str(), 1);
+    }
+    int up[2], down[2];
+    if (::pipe(up) != 0 || ::pipe(down) != 0) std::exit(1);
+    pid_t child = ::fork();
+    if (child == 0) {
+      ::close(up[0]);
+      ::close(down[1]);
+      ServeRegion(up[1], down[0]);
+    }
+    ::close(up[1]);
+    ::close(down[0]);
+    std::string address, rkey, base;
+    if (!ReadBlob(up[0], &address) || !ReadBlob(up[0], &rkey) || !ReadBlob(up[0], &base)) {
+      std::fprintf(stderr, "transport server failed to start\n");
+      std::exit(1);
+    }
+    auto t = transport::UcxTransport::Create({.name = "bench-client"});
+    if (!t.ok()) std::exit(1);
+    (void)(*t)->RegisterRegion(dst.data(), dst.size());
+    transport::RemoteRegion region{std::stoull(base), kRegionBytes, rkey};
+    auto peer = (*t)->Connect(address, region, Clock::now() + std::chrono::seconds(30));
+    if (!peer.ok()) {
+      std::fprintf(stderr, "connect: %s\n", std::string(peer.status().message()).c_str());
+      std::exit(1);
+    }
+    const std::string label = tls.empty() ? "ucx_default" : "ucx_tcp";
+    for (uint64_t size : sizes) {
+      for (int batch : cfg.batches) {
+        json point = TransportPoint(**t, *peer, dst.data(), size, batch, cfg);
+        json bound = MemcpyPoint(src.data(), dst.data(), size, batch, cfg);
+        double ratio = point["gbytes_per_s"].get<double>() / bound["gbytes_per_s"].get<double>();
+        std::printf("transport %-12s %9s x%-2d  %7.2f GB/s   memcpy %7.2f GB/s  (%.2f)\n",
+                    label.c_str(), kvstash::FormatByteSize(size).c_str(), batch,
+                    point["gbytes_per_s"].get<double>(), bound["gbytes_per_s"].get<double>(),
+                    ratio);
+        std::fflush(stdout);
+        out.push_back({{"path", label},
+                       {"size_bytes", size},
+                       {"batch", batch},
+                       {"gbytes_per_s", point["gbytes_per_s"]},
+                       {"reps", point["reps"]},
+                       {"memcpy_gbytes_per_s", bound["gbytes_per_s"]}});
+      }
+    }
+    (*t)->Disconnect(*peer);
+    t->reset();
+    ::close(down[1]);
+    ::close(up[0]);
+    int status;
+    ::waitpid(child, &status, 0);
+  }
+  ::unsetenv("UCX_TLS");
+  return out;
+}
+
+// ---- remote get --------------------------------------------------------------------------------
+
+struct Node {
+  pid_t pid = -1;
+  std::string target;
+  std::string dir;
+};
+
+Node StartNode(const Config& cfg, const std::string& dir, const std::string& listen,
+               const std::vector<std::string>& extra) {
+  std::filesystem::create_directories(dir);
+  const std::string ready = dir + "/ready.json";
+  std::filesystem::remove(ready);
+  std::vector<std::string> argv = {cfg.cachesvc,   "--listen",        listen,
+                                   "--data-dir",   dir + "/data",     "--ready-file",
+                                   ready,          "--cpu-capacity",  "1GiB",
+                                   "--ssd-capacity", "2GiB",          "--metrics-port",
+                                   "0",            "--log-level",     "warn",
+                                   "--arena-socket", dir + "/arena.sock"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  Node node;
+  node.dir = dir;
+  node.pid = Spawn(argv, dir + "/cachesvc.log");
+  if (node.pid < 0 || !WaitFor([&] { return std::filesystem::exists(ready); }, 60'000)) {
+    std::fprintf(stderr, "cachesvc did not start; see %s/cachesvc.log\n", dir.c_str());
+    std::exit(1);
+  }
+  std::ifstream in(ready);
+  node.target = json::parse(in).value("target", "");
+  return node;
+}
+
+ObjectInfo InfoFor(uint64_t size) {
+  ObjectInfo info;
+  info.layout.num_layers = 1;
+  info.layout.total_kv_heads = 1;
+  info.layout.head_begin = 0;
+  info.layout.head_end = 1;
+  info.layout.head_dim = 64;
+  info.layout.dtype = kvstash::DType::kF16;
+  info.layout.num_tokens = static_cast<uint32_t>(size / 256);  // 256 bytes per token
+  info.encoding = kvstash::Encoding::kRaw;
+  info.payload_bytes = info.layout.RawBytes();
+  return info;
+}
+
+ObjectName NameFor(uint64_t size, int i) {
+  kvstash::ModelSpec spec;
+  spec.model_id = "peer-bench";
+  std::vector<uint32_t> tokens = {static_cast<uint32_t>(size >> 10), static_cast<uint32_t>(i)};
+  return kvstash::MakeObjectName("bench", kvstash::ModelFingerprint(spec),
+                                 kvstash::IndependentTokenHash(tokens));
+}
+
+// Puts `count` objects of each size through `writer` (gRPC streams).
+void PutObjects(client::KvClient& writer, const std::vector<uint64_t>& sizes, int count,
+                bool durable) {
+  for (uint64_t size : sizes) {
+    std::vector<uint8_t> payload(size);
+    for (int i = 0; i < count; ++i) {
+      for (size_t j = 0; j < payload.size(); j += 64) payload[j] = static_cast<uint8_t>(i + j);
+      ObjectInfo info = InfoFor(size);
+      info.payload_crc32c = kvstash::Crc32c(payload.data(), payload.size());
+      auto s = writer.Put(NameFor(size, i), info, payload, {.durable = durable});
+      if (!s.ok()) {
+        std::fprintf(stderr, "put: %s\n", std::string(s.message()).c_str());
+        std::exit(1);
+      }
+    }
+  }
+}
+
+// Median latency (ms) of AcquireMany over `batch` objects, each batch a fresh set of names.
+json AcquirePoint(client::KvClient& reader, uint64_t size, int batch, int count, int reps) {
+  std::vector<double> ms;
+  for (int rep = 0; rep < reps; ++rep) {
+    for (int first = 0; first + batch <= count; first += batch) {
+      std::vector<ObjectName> names;
+      for (int i = first; i < first + batch; ++i) names.push_back(NameFor(size, i));
+      auto start = Clock::now();
+      auto leases = reader.AcquireMany(names);
+      double t = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+      if (!leases.ok()) {
+        std::fprintf(stderr, "acquire: %s\n", std::string(leases.status().message()).c_str());
+        std::exit(1);
+      }
+      for (auto& l : *leases) {
+        if (!l.ok()) {
+          std::fprintf(stderr, "acquire item: %s\n", std::string(l.status().message()).c_str());
+          std::exit(1);
+        }
+      }
+      ms.push_back(t);
+    }
+  }
+  double p50 = Median(ms);
+  return {{"p50_ms", p50},
+          {"gbytes_per_s", static_cast<double>(size) * batch / (p50 / 1e3) / 1e9},
+          {"samples", ms.size()}};
+}
+
+json RunRemoteGet(const Config& cfg, const std::vector<uint64_t>& sizes) {
+  json out = json::array();
+  const std::string root = std::filesystem::temp_directory_path() / ("peer-bench-" +
+                                                                     std::to_string(::getpid()));
+  const std::string secret = root + "/secret";
+  std::filesystem::create_directories(root);
+  std::ofstream(secret) << "peer-bench-cluster-secret-0123456789\n";
+  const int count = 16;
+  client::ClientOptions stream;
+  stream.use_shared_memory = false;
+  stream.rpc_timeout = std::chrono::seconds(60);
+  client::ClientOptions shm;
+  shm.rpc_timeout = std::chrono::seconds(60);
+
+  auto record = [&](const std::string& path, uint64_t size, int batch, const json& p) {
+    std::printf("remote_get %-12s %9s x%-2d  p50 %8.3f ms  %7.2f GB/s\n", path.c_str(),
+                kvstash::FormatByteSize(size).c_str(), batch, p["p50_ms"].get<double>(),
+                p["gbytes_per_s"].get<double>());
+    std::fflush(stdout);
+    out.push_back({{"path", path}, {"size_bytes", size}, {"batch", batch}, {"p50_ms", p["p50_ms"]},
+                   {"gbytes_per_s", p["gbytes_per_s"]}, {"samples", p["samples"]}});
+  };
+
+  // Local baselines on one node: SSD hits (restart between reps, objects on SSD only) and CPU
+  // hits.
+  {
+    const std::string dir = root + "/local";
+    Node node = StartNode(cfg, dir, "unix://" + dir + "/svc.sock", {});
+    {
+      auto writer = client::KvClient::Connect(node.target, stream);
+      if (!writer.ok()) std::exit(1);
+      PutObjects(**writer, sizes, count, /*durable=*/true);
+    }
+    for (uint64_t size : sizes) {
+      for (int batch : cfg.batches) {
+        std::vector<double> ssd_ms, cpu_ms;
+        for (int rep = 0; rep < cfg.reps; ++rep) {
+          Reap(node.pid, SIGTERM);
+          node = StartNode(cfg, dir, "unix://" + dir + "/svc.sock", {});
+          auto reader = client::KvClient::Connect(node.target, shm);
+          if (!reader.ok()) std::exit(1);
+          json ssd = AcquirePoint(**reader, size, batch, count, 1);
+          json cpu = AcquirePoint(**reader, size, batch, count, 1);
+          ssd_ms.push_back(ssd["p50_ms"]);
+          cpu_ms.push_back(cpu["p50_ms"]);
+        }
+        for (auto [path, v] : {std::pair{"local_ssd", ssd_ms}, std::pair{"local_cpu", cpu_ms}}) {
+          double p50 = Median(v);
+          record(path, size, batch,
+                 {{"p50_ms", p50},
+                  {"gbytes_per_s", static_cast<double>(size) * batch / (p50 / 1e3) / 1e9},
+                  {"samples", v.size()}});
+        }
+      }
+    }
+    Reap(node.pid, SIGTERM);
+  }
+
+  struct Plane {
+    const char* name;
+    const char* tls;  // UCX_TLS for both nodes; nullptr: UCX's default
+    const char* data_plane;
+  };
+  for (const Plane& plane : {Plane{"peer_ucx_tcp", "tcp", "ucx"},
+                             Plane{"peer_ucx_default", nullptr, "ucx"},
+                             Plane{"peer_grpc", nullptr, "grpc"}}) {
+    if (plane.tls != nullptr) {
+      ::setenv("UCX_TLS", plane.tls, 1);
+    } else {
+      ::unsetenv("UCX_TLS");
+    }
+    const std::string dir = root + "/" + plane.name;
+    std::vector<std::string> common = {"--peer-secret-file", secret, "--peer-data-plane",
+                                       plane.data_plane};
+    Node a = StartNode(cfg, dir + "/a", "127.0.0.1:0", common);
+    std::vector<std::string> b_args = common;
+    b_args.insert(b_args.end(), {"--peer", a.target, "--remote-promote", "false",
+                                 "--remote-lookup", "false", "--peer-timeout-ms", "60000"});
+    Node b = StartNode(cfg, dir + "/b", "unix://" + dir + "/b.sock", b_args);
+    {
+      auto writer = client::KvClient::Connect(a.target, stream);
+      if (!writer.ok()) std::exit(1);
+      PutObjects(**writer, sizes, count, /*durable=*/false);
+    }
+    auto reader = client::KvClient::Connect(b.target, shm);
+    if (!reader.ok()) std::exit(1);
+    (void)AcquirePoint(**reader, sizes.front(), 1, 1, 1);  // connect to the peer
+    for (uint64_t size : sizes) {
+      for (int batch : cfg.batches) {
+        record(plane.name, size, batch, AcquirePoint(**reader, size, batch, count, cfg.reps));
+      }
+    }
+    reader->reset();
+    Reap(b.pid, SIGTERM);
+    Reap(a.pid, SIGTERM);
+  }
+  ::unsetenv("UCX_TLS");
+  std::filesystem::remove_all(root);
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg;
+  CLI::App app{"peer_bench: node-to-node transfers (UCX, gRPC) and remote Gets end to end"};
+  app.add_option("--sizes", cfg.sizes, "object sizes")->delimiter(',');
+  app.add_option("--batches", cfg.batches, "objects per transfer")->delimiter(',');
+  app.add_option("--reps", cfg.reps, "repetitions (median reported)");
+  app.add_option("--seconds", cfg.seconds_per_point, "transport: seconds per point and rep");
+  app.add_option("--modes", cfg.modes, "transport, remote_get")->delimiter(',');
+  app.add_option("--cachesvc", cfg.cachesvc, "cachesvc binary");
+  app.add_option("--out", cfg.out, "JSON results");
+  CLI11_PARSE(app, argc, argv);
+  std::vector<uint64_t> sizes;
+  for (const std::string& s : cfg.sizes) {
+    auto size = kvstash::ParseByteSize(s);
+    if (!size.ok() || *size < 4096 || *size > (64ull << 20)) {
+      std::fprintf(stderr, "bad size %s (4KiB..64MiB)\n", s.c_str());
+      return 2;
+    }
+    sizes.push_back(*size);
+  }
+  json result = {{"bench", "peer_transfer"},
+                 {"reps", cfg.reps},
+                 {"host_cpus", std::thread::hardware_concurrency()}};
+  for (const std::string& mode : cfg.modes) {
+    if (mode == "transport") {
+      result["transport"] = RunTransport(cfg, sizes);
+    } else if (mode == "remote_get") {
+      result["remote_get"] = RunRemoteGet(cfg, sizes);
+    } else {
+      std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
+      return 2;
+    }
+  }
+  std::filesystem::create_directories(std::filesystem::path(cfg.out).parent_path());
+  std::ofstream(cfg.out) << result.dump(2) << "\n";
+  std::printf("wrote %s\n", cfg.out.c_str());
+  return 0;
+}
