@@ -133,6 +133,12 @@ sample() {
       loadavg_1m:$load} + $extra' >> "$SAMPLES"
 }
 failures=0
+# The tools busy-poll on both ends: on a 2-core machine anything else running skews them a lot.
+LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$LOAD_START" 'BEGIN { exit !(l > 0.5) }'; then
+  echo "[peers] warning: 1-minute load is $LOAD_START before starting; other work on the CPUs" \
+       "skews these figures (they are recorded with the results)" >&2
+fi
 
 # --- ucx_perftest ---------------------------------------------------------------------
 run_ucx() {  # transport(tcp|default) op(ucp_get|tag_bw) size batch rep
@@ -161,7 +167,9 @@ run_ucx() {  # transport(tcp|default) op(ucp_get|tag_bw) size batch rep
   # -f prints one line: iterations, latency 50%/avg/overall (usec), bandwidth avg/overall
   # ("MB/s", which ucx_perftest computes as bytes/2^20), message rate avg/overall.
   local line
-  line=$(grep -E '^ *[0-9]+( +[0-9.]+){7} *$' "$log" | tail -1 || true)
+  # (a column can read "inf" when a report interval held no completed iteration)
+  line=$(grep -E '^ *[0-9]+( +([0-9.]+|inf|-?nan)){7} *$' "$log" | tail -1 || true)
+  [[ "$(awk '{print $6}' <<< "$line")" =~ ^[0-9]+(\.[0-9]+)?$ ]] || line=""
   if [ "$rc" -ne 0 ] || [ -z "$line" ]; then
     echo "[peers] ucx_perftest $tls $op size=$size batch=$batch failed (rc=$rc, see $log)" >&2
     failures=$((failures + 1)); return 0
@@ -283,9 +291,9 @@ fi
 
 # --- medians -> JSON ------------------------------------------------------------------
 mkdir -p "$(dirname "$OUT")"
-"$PY" - "$SAMPLES" "$OUT" "$REPS" "$lo_mtu_now" "$([ -n "${KVSTASH_PEERS_IN_NETNS:-}" ] && echo 1 || echo 0)" <<'EOF'
+"$PY" - "$SAMPLES" "$OUT" "$REPS" "$lo_mtu_now" "$([ -n "${KVSTASH_PEERS_IN_NETNS:-}" ] && echo 1 || echo 0)" "$LOAD_START" <<'EOF'
 import json, os, platform, statistics, sys, time
-samples_path, out, reps, mtu, netns = sys.argv[1:6]
+samples_path, out, reps, mtu, netns, load_start = sys.argv[1:7]
 samples = [json.loads(l) for l in open(samples_path) if l.strip()]
 groups = {}
 for s in samples:
@@ -305,16 +313,17 @@ for key, ss in groups.items():
     rec["raw_lines"] = [s["raw_line"] for s in ss]
     rec["loadavg_1m"] = [s["loadavg_1m"] for s in ss]  # 1-minute load when each run ended
     rec["host"] = {"nproc": os.cpu_count(), "kernel": platform.release(),
-                   "netns": netns == "1", "lo_mtu": mtu, "loadavg_1m_at_end": round(load1, 2),
+                   "netns": netns == "1", "lo_mtu": mtu, "loadavg_1m_at_start": float(load_start),
+                   "loadavg_1m_at_end": round(load1, 2),
                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     records.append(rec)
 with open(out, "w") as f:
     json.dump(records, f, indent=1)
     f.write("\n")
 print(f"[peers] wrote {len(records)} records ({len(samples)} runs) to {out}")
-print(f"{'tool':32} {'transport':9} {'size':>9} {'batch':>5} {'GB/s':>9}")
+print(f"{'tool':32} {'transport':9} {'op':10} {'size':>9} {'batch':>5} {'GB/s':>9}")
 for r in records:
-    print(f"{r['tool']:32} {r['transport']:9} {r['size_bytes']:>9} {r['batch']:>5} {r['gbytes_per_s']:>9.3f}")
+    print(f"{r['tool']:32} {r['transport']:9} {r['op']:10} {r['size_bytes']:>9} {r['batch']:>5} {r['gbytes_per_s']:>9.3f}")
 EOF
 ok=1
 if [ "$failures" -gt 0 ]; then

@@ -69,6 +69,9 @@ peers:
   promote: true           # keep fetched objects in the local CPU tier
   lookup: true            # Lookup reports objects peers hold (TIER_REMOTE)
   data_plane: ucx         # ucx | grpc
+  advertise: ""           # this node's address in handoff descriptors; empty: the bound address
+  handoff_ms: 30000       # how long offered objects stay pinned without a heartbeat
+  max_handoff_ms: 600000
 )";
 
 Status Bad(const std::string& where, const std::string& what) {
@@ -347,6 +350,13 @@ const std::vector<Field>& Fields() {
        PeerBoolField(&PeerConfig::promote)},
       {"peers.lookup", "--remote-lookup", "Lookup asks peers about local misses",
        PeerBoolField(&PeerConfig::lookup)},
+      {"peers.advertise", "--advertise",
+       "this node's address in handoff descriptors (default: the bound address)",
+       PeerStringField(&PeerConfig::advertise)},
+      {"peers.handoff_ms", "--handoff-ms", "default lifetime of a handoff's pins",
+       PeerIntField(&PeerConfig::handoff_ms, 100, 86'400'000)},
+      {"peers.max_handoff_ms", "--max-handoff-ms", "longest handoff lifetime a caller may ask",
+       PeerIntField(&PeerConfig::max_handoff_ms, 100, 86'400'000)},
       {"peers.data_plane", "--peer-data-plane",
        "how objects move between nodes: ucx (one-sided reads) | grpc (Get streams)",
        PeerStringField(&PeerConfig::data_plane)},
@@ -472,6 +482,9 @@ Status ValidateConfig(const ServiceConfig& c) {
     return Bad("peers.data_plane", "ucx, but this cachesvc was built without UCX (KVSTASH_UCX=OFF)");
   }
 #endif
+  if (c.peers.handoff_ms > c.peers.max_handoff_ms) {
+    return Bad("peers.handoff_ms", "must not exceed peers.max_handoff_ms");
+  }
   if (!c.peers.addresses.empty() && c.peers.secret_file.empty()) {
     return Bad("peers.secret_file", "is required when peers are configured (--peer-secret-file)");
   }

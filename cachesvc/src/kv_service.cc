@@ -21,12 +21,13 @@ using Clock = std::chrono::steady_clock;
 
 KvStashService::KvStashService(storage::ObjectStore* store, const ServiceConfig& config,
                                std::string arena_socket_path, RpcMetrics* metrics,
-                               RemoteTier* remote)
+                               RemoteTier* remote, HandoffRegistry* handoffs)
     : store_(store),
       config_(config),
       arena_socket_path_(std::move(arena_socket_path)),
       metrics_(metrics),
       remote_(remote),
+      handoffs_(handoffs),
       started_(Clock::now()) {
   if (config_.transfer_encoding.encoding == Encoding::kCacheGen) {
     for (int level = 1; level <= 3; ++level) {

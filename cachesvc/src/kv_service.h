@@ -11,6 +11,7 @@
 #include <array>
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -20,6 +21,7 @@
 #include "kvstash/storage/object_store.h"
 #include "kvstash/storage/tier_codec.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
+#include "handoffs.h"
 #include "remote_tier.h"
 #include "rpc_metrics.h"
 #include "stream_watchdog.h"
@@ -130,9 +132,14 @@ class KvStashService final : public v1::KvStash::Service {
   // `store`, `metrics` and `remote` (optional: null on a node without peers) must outlive the
   // service. With peers, a local miss in Lookup, Acquire or Get is looked up on and fetched from
   // them (remote_tier.h), unless the call carries `kvstash-scope: local` (a peer's own call).
+  // `handoffs` (optional) serves Offer and the handoff heartbeats and releases aimed at this node.
   KvStashService(storage::ObjectStore* store, const ServiceConfig& config,
                  std::string arena_socket_path, RpcMetrics* metrics,
-                 RemoteTier* remote = nullptr);
+                 RemoteTier* remote = nullptr, HandoffRegistry* handoffs = nullptr);
+
+  // The address this node names itself by in handoff descriptors (peers.advertise, else the
+  // bound address); set once the server is bound, before requests need it.
+  void SetAdvertisedAddress(std::string address);
 
   grpc::Status Lookup(grpc::ServerContext*, const v1::LookupRequest*, v1::LookupResponse*) override;
   grpc::Status Reserve(grpc::ServerContext*, const v1::ReserveRequest*,
@@ -154,6 +161,13 @@ class KvStashService final : public v1::KvStash::Service {
   grpc::Status Stats(grpc::ServerContext*, const v1::StatsRequest*, v1::StatsResponse*) override;
   grpc::Status ArenaInfo(grpc::ServerContext*, const v1::ArenaInfoRequest*,
                          v1::ArenaInfoResponse*) override;
+  grpc::Status Offer(grpc::ServerContext*, const v1::OfferRequest*, v1::OfferResponse*) override;
+  grpc::Status FetchHandoff(grpc::ServerContext*, const v1::FetchHandoffRequest*,
+                            v1::FetchHandoffResponse*) override;
+  grpc::Status HeartbeatHandoff(grpc::ServerContext*, const v1::HandoffRequest*,
+                                v1::HandoffResponse*) override;
+  grpc::Status ReleaseHandoff(grpc::ServerContext*, const v1::HandoffRequest*,
+                              v1::HandoffResponse*) override;
 
  private:
   enum class KeysOp { kDelete, kPin, kUnpin };
@@ -181,12 +195,21 @@ class KvStashService final : public v1::KvStash::Service {
   Status DoKeys(KeysOp op, const v1::KeysRequest& req, v1::KeysResponse* resp);
   Status DoList(const v1::ListRequest& req, v1::ListResponse* resp);
   Status CheckKeyCount(int count, const char* method) const;
+  // kv_service_handoff.cc
+  Status DoOffer(const v1::OfferRequest& req, v1::OfferResponse* resp);
+  Status DoFetchHandoff(const v1::FetchHandoffRequest& req, v1::FetchHandoffResponse* resp);
+  Status DoHandoff(const grpc::ServerContext* ctx, const v1::HandoffRequest& req, bool release,
+                   v1::HandoffResponse* resp);
+  std::string AdvertisedAddress() const;
 
   storage::ObjectStore* store_;
   ServiceConfig config_;
   std::string arena_socket_path_;
   RpcMetrics* metrics_;
   RemoteTier* remote_;
+  HandoffRegistry* handoffs_;
+  mutable std::mutex advertised_mu_;
+  std::string advertised_;  // guarded by advertised_mu_
   Clock::time_point started_;
   // Per CacheGen level 1..3; empty when config_.transfer_encoding is raw.
   std::array<std::unique_ptr<storage::TierCodec>, 3> transfer_codecs_;

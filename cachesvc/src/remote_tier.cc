@@ -262,6 +262,62 @@ struct RemoteTier::Impl {
     return Link{peer.ucx, peer.ucx_peer, peer.generation, peer.arena_bytes, peer.release_id};
   }
 
+  Peer* Find(const std::string& address) const {
+    for (auto& peer : peers) {
+      if (peer->address == address) return peer.get();
+    }
+    return nullptr;
+  }
+
+  void Count(const std::vector<Status>& out) {
+    for (const Status& s : out) {
+      if (s.ok()) {
+        hits.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        misses.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+  }
+
+  // Fetches names[remaining] from one peer; settles entries of `out` and drops the settled ones
+  // from `remaining`.
+  void FetchFromPeer(Peer& peer, const std::vector<ObjectName>& names,
+                     std::vector<size_t>& remaining, std::vector<Status>& out) {
+    Result<Link> link = Connect(peer);
+    if (!link.ok()) {
+      if (link.status().code() != absl::StatusCode::kNotFound) {
+        MarkDown(peer, link.status());
+        Status unavailable = PeerUnavailable(peer.address, link.status());
+        for (size_t i : remaining) {
+          if (out[i].code() == absl::StatusCode::kNotFound) out[i] = unavailable;
+        }
+      }
+      return;
+    }
+    if (link->ucx) {
+      FetchOverUcx(peer, *link, names, remaining, out);
+    } else {
+      for (size_t i : remaining) {
+        if (Down(peer)) break;
+        Status s = FetchOverGrpc(peer, names[i]);
+        if (s.code() == absl::StatusCode::kUnavailable ||
+            s.code() == absl::StatusCode::kDeadlineExceeded) {
+          MarkDown(peer, s);
+          s = PeerUnavailable(peer.address, s);
+        }
+        if (s.code() != absl::StatusCode::kNotFound ||
+            out[i].code() == absl::StatusCode::kNotFound) {
+          out[i] = s;
+        }
+      }
+    }
+    std::vector<size_t> still;
+    for (size_t i : remaining) {
+      if (!IsDefinitive(out[i])) still.push_back(i);
+    }
+    remaining.swap(still);
+  }
+
   // --- fetching --------------------------------------------------------------
 
   struct Pending {
@@ -528,6 +584,10 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
 
 bool RemoteTier::has_peers() const { return !impl_->peers.empty(); }
 
+bool RemoteTier::IsPeer(const std::string& address) const {
+  return impl_->Find(address) != nullptr;
+}
+
 grpc::Service* RemoteTier::peer_service() { return impl_->hello_service.get(); }
 
 std::vector<std::optional<ObjectInfo>> RemoteTier::Lookup(const std::vector<ObjectName>& names) {
@@ -572,48 +632,47 @@ std::vector<Status> RemoteTier::Fetch(const std::vector<ObjectName>& names) {
   for (auto& peer : impl_->peers) {
     if (remaining.empty()) break;
     if (impl_->Down(*peer)) continue;
-    Result<Impl::Link> link = impl_->Connect(*peer);
-    if (!link.ok()) {
-      if (link.status().code() != absl::StatusCode::kNotFound) {
-        impl_->MarkDown(*peer, link.status());
-        Status unavailable = PeerUnavailable(peer->address, link.status());
-        for (size_t i : remaining) {
-          if (out[i].code() == absl::StatusCode::kNotFound) out[i] = unavailable;
-        }
-      }
-      continue;
-    }
-    if (link->ucx) {
-      impl_->FetchOverUcx(*peer, *link, names, remaining, out);
-    } else {
-      for (size_t i : remaining) {
-        if (impl_->Down(*peer)) break;
-        Status s = impl_->FetchOverGrpc(*peer, names[i]);
-        if (s.code() == absl::StatusCode::kUnavailable ||
-            s.code() == absl::StatusCode::kDeadlineExceeded) {
-          impl_->MarkDown(*peer, s);
-          s = PeerUnavailable(peer->address, s);
-        }
-        if (s.code() != absl::StatusCode::kNotFound ||
-            out[i].code() == absl::StatusCode::kNotFound) {
-          out[i] = s;
-        }
-      }
-    }
-    std::vector<size_t> still;
-    for (size_t i : remaining) {
-      if (!IsDefinitive(out[i])) still.push_back(i);
-    }
-    remaining.swap(still);
+    impl_->FetchFromPeer(*peer, names, remaining, out);
   }
-  for (size_t i = 0; i < names.size(); ++i) {
-    if (out[i].ok()) {
-      impl_->hits.fetch_add(1, std::memory_order_relaxed);
-    } else {
-      impl_->misses.fetch_add(1, std::memory_order_relaxed);
-    }
-  }
+  impl_->Count(out);
   return out;
+}
+
+std::vector<Status> RemoteTier::FetchFrom(const std::string& address,
+                                          const std::vector<ObjectName>& names) {
+  Impl::Peer* peer = impl_->Find(address);
+  if (peer == nullptr) {
+    return std::vector<Status>(
+        names.size(), absl::FailedPreconditionError(absl::StrCat(
+                          "node ", address, " is not a peer of this node (--peer)")));
+  }
+  std::vector<Status> out(names.size(), absl::NotFoundError("the peer does not hold the object"));
+  std::vector<size_t> remaining(names.size());
+  for (size_t i = 0; i < names.size(); ++i) remaining[i] = i;
+  peer->down_until_ns = 0;  // asked for explicitly: try it now
+  impl_->FetchFromPeer(*peer, names, remaining, out);
+  impl_->Count(out);
+  return out;
+}
+
+Result<uint64_t> RemoteTier::ForwardHandoff(const std::string& address, uint64_t handoff_id,
+                                            uint32_t extend_ms, bool release) {
+  Impl::Peer* peer = impl_->Find(address);
+  if (peer == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("node ", address, " is not a peer of this node (--peer)"));
+  }
+  grpc::ClientContext ctx;
+  impl_->PrepareContext(&ctx);
+  v1::HandoffRequest req;
+  req.set_node(address);
+  req.set_handoff_id(handoff_id);
+  req.set_extend_ms(extend_ms);
+  v1::HandoffResponse resp;
+  grpc::Status s = release ? peer->kv->ReleaseHandoff(&ctx, req, &resp)
+                           : peer->kv->HeartbeatHandoff(&ctx, req, &resp);
+  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(s));
+  return resp.expires_in_ms();
 }
 
 storage::TierStats RemoteTier::Stats() const {

@@ -58,6 +58,8 @@ class RemoteTier {
   RemoteTier& operator=(const RemoteTier&) = delete;
 
   bool has_peers() const;
+  // Whether `address` is one of the configured peers (as given to --peer).
+  bool IsPeer(const std::string& address) const;
 
   // What each missing object is on the peers: its info when one holds it.
   std::vector<std::optional<ObjectInfo>> Lookup(const std::vector<ObjectName>& names);
@@ -65,6 +67,15 @@ class RemoteTier {
   // Fetches the objects into the local store (committed, visible like any other). One status per
   // name, in order; OK also when the object turned up locally meanwhile.
   std::vector<Status> Fetch(const std::vector<ObjectName>& names);
+
+  // Fetches the objects from the one peer at `address` (a handoff's prefill node), even if it
+  // failed recently. FailedPrecondition for every object when `address` is not a configured peer.
+  std::vector<Status> FetchFrom(const std::string& address, const std::vector<ObjectName>& names);
+
+  // Sends a handoff heartbeat (extend_ms, release false) or release to the peer at `address`;
+  // the handoff's new lifetime in ms. FailedPrecondition when `address` is not a peer.
+  Result<uint64_t> ForwardHandoff(const std::string& address, uint64_t handoff_id,
+                                  uint32_t extend_ms, bool release);
 
   // The remote tier's counters (Stats, TIER_REMOTE): hits = objects fetched, misses = objects
   // no peer had, bytes_read = their payload bytes.

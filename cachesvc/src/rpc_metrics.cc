@@ -20,7 +20,8 @@ std::mutex& CreateMutex() {
 const char* MethodName(Method method) {
   static const char* kNames[] = {
       "Lookup", "Reserve", "Commit", "Abort", "Put",   "Acquire",   "Release",     "Get",
-      "Delete", "Pin",     "Unpin",  "List",  "Stats", "ArenaInfo", "ReserveMany", "CommitMany"};
+      "Delete", "Pin",     "Unpin",  "List",  "Stats", "ArenaInfo", "ReserveMany", "CommitMany",
+      "Offer",  "FetchHandoff", "HeartbeatHandoff", "ReleaseHandoff"};
   int i = static_cast<int>(method);
   return (i >= 0 && i < static_cast<int>(Method::kCount)) ? kNames[i] : "unknown";
 }

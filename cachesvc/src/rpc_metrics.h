@@ -31,6 +31,10 @@ enum class Method : int {
   kArenaInfo,
   kReserveMany,
   kCommitMany,
+  kOffer,
+  kFetchHandoff,
+  kHeartbeatHandoff,
+  kReleaseHandoff,
   kCount
 };
 const char* MethodName(Method method);

@@ -77,6 +77,7 @@ struct CacheService::Impl {
   std::unique_ptr<storage::TierCodec> ssd_codec;  // outlives the store (declared before it)
   std::unique_ptr<storage::ObjectStore> store;
   std::unique_ptr<RemoteTier> remote;  // peers; after the store, before the service
+  std::unique_ptr<HandoffRegistry> handoffs;
   std::unique_ptr<KvStashService> service;
   // Declared before the server: its completion queues must outlive it.
   std::unique_ptr<AsyncStreamServer> async_streams;
@@ -131,9 +132,12 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
     }
     impl->remote = std::move(*remote);
   }
-  impl->service =
-      std::make_unique<KvStashService>(impl->store.get(), impl->config, impl->arena_socket_path,
-                                       impl->rpc_metrics.get(), impl->remote.get());
+  impl->handoffs = std::make_unique<HandoffRegistry>(impl->store.get(), &impl->registry,
+                                                     config.peers.handoff_ms,
+                                                     config.peers.max_handoff_ms);
+  impl->service = std::make_unique<KvStashService>(
+      impl->store.get(), impl->config, impl->arena_socket_path, impl->rpc_metrics.get(),
+      impl->remote.get(), impl->handoffs.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -166,6 +170,8 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   impl->async_streams->Start();
   impl->target =
       IsUnix(config.listen) ? config.listen : ResolvedTcpTarget(config.listen, bound_port);
+  impl->service->SetAdvertisedAddress(config.peers.advertise.empty() ? impl->target
+                                                                     : config.peers.advertise);
   if (auto* health = impl->server->GetHealthCheckService(); health != nullptr) {
     health->SetServingStatus(true);
     health->SetServingStatus(kServiceName, true);
@@ -252,6 +258,7 @@ Status CacheService::Shutdown() {
   s.async_streams->Stop();  // every Put and Get is over: leases and reservations are settled
   spdlog::info("event=shutdown_grpc_stopped");
   s.arena_socket->Stop();
+  s.handoffs.reset();  // unpins what is still offered
   s.close_status = s.store->Close();
   spdlog::info("event=shutdown_store_closed");
   if (!s.close_status.ok()) {

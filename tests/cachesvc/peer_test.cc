@@ -301,6 +301,136 @@ TEST_P(PeerTest, AWrongClusterSecretGetsNothing) {
   EXPECT_GE(MetricSum(a_->metrics_port(), "kvstash_peer_hello_refused_total"), 1);
 }
 
+// ---- prefill/decode handoff -------------------------------------------------------------------
+
+uint64_t PinnedOn(KvClient& client) {
+  auto stats = client.Stats();
+  return stats.ok() ? stats->pinned_objects : ~0ull;
+}
+
+TEST_P(PeerTest, HandoffPinsOnPrefillPullsToDecodeAndReleases) {
+  StartNodes();
+  std::vector<Object> objects;
+  for (uint64_t i = 0; i < 4; ++i) objects.push_back(MakeObject(600 + i, 4096));
+  for (const Object& o : objects) PutOnA(o);
+  std::vector<ObjectName> names;
+  for (const Object& o : objects) names.push_back(o.name);
+  names.push_back(TestName(699));  // not stored on A: left out of the handoff
+  ASSERT_OK_AND_ASSIGN(Handoff offered, client_a_->Offer(names));
+  EXPECT_EQ(offered.node, a_->target());
+  ASSERT_EQ(offered.names.size(), objects.size());
+  EXPECT_EQ(PinnedOn(*client_a_), objects.size());
+  // The descriptor travels between engines as bytes.
+  ASSERT_OK_AND_ASSIGN(Handoff received, Handoff::Parse(offered.Serialize()));
+  EXPECT_EQ(received.id, offered.id);
+
+  // The decode node already holds one of them.
+  ASSERT_THAT(client_b_->Put(objects[1].name, objects[1].info, objects[1].payload), IsOk());
+  ASSERT_OK_AND_ASSIGN(HandoffFetch fetched, client_b_->FetchHandoff(received));
+  EXPECT_EQ(fetched.fetched, 3u);
+  EXPECT_EQ(fetched.already_local, 1u);
+  EXPECT_EQ(fetched.longest_prefix, 4u);
+  EXPECT_EQ(fetched.fetched_bytes, 3u * objects[0].payload.size());
+  for (const Status& r : fetched.results) EXPECT_THAT(r, IsOk());
+  for (const Object& o : objects) {
+    ASSERT_OK_AND_ASSIGN(GetReply got, client_b_->Get(o.name));
+    EXPECT_EQ(got.served_from, Tier::kCpu);  // local now
+    EXPECT_TRUE(got.payload == o.payload);
+  }
+  // The prefill node let go of its pins.
+  EXPECT_EQ(PinnedOn(*client_a_), 0u);
+  EXPECT_THAT(client_b_->HeartbeatHandoff(received), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_P(PeerTest, AnExpiredHandoffUnpinsAndAHeartbeatKeepsOneAlive) {
+  StartNodes();
+  Object o1 = MakeObject(610, 1024), o2 = MakeObject(611, 1024);
+  PutOnA(o1);
+  PutOnA(o2);
+  ASSERT_OK_AND_ASSIGN(Handoff short_lived,
+                       client_a_->Offer(std::vector<ObjectName>{o1.name}, 200));
+  ASSERT_OK_AND_ASSIGN(Handoff kept, client_a_->Offer(std::vector<ObjectName>{o2.name}, 600));
+  EXPECT_EQ(PinnedOn(*client_a_), 2u);
+  // Heartbeats go to the decode node, which forwards them to the prefill node. Each leaves
+  // 500 ms of slack; together they outlast the first lifetime 2.5 times.
+  for (int i = 0; i < 15; ++i) {
+    ASSERT_OK_AND_ASSIGN(uint64_t ms, client_b_->HeartbeatHandoff(kept, 600));
+    EXPECT_EQ(ms, 600u);
+    std::this_thread::sleep_for(100ms);
+  }
+  // The short one expired (bounded wait), the one kept alive did not.
+  for (int i = 0; i < 100 && PinnedOn(*client_a_) != 1; ++i) std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(PinnedOn(*client_a_), 1u);
+  EXPECT_THAT(client_b_->HeartbeatHandoff(short_lived), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(client_b_->ReleaseHandoff(kept), IsOk());
+  EXPECT_EQ(PinnedOn(*client_a_), 0u);
+  EXPECT_GE(MetricSum(a_->metrics_port(), "kvstash_handoffs_expired_total"), 1);
+}
+
+TEST_P(PeerTest, HandoffFailurePolicies) {
+  StartNodes();
+  Object o = MakeObject(620, 1024);
+  PutOnA(o);
+  std::vector<ObjectName> names = {o.name};
+  ASSERT_OK_AND_ASSIGN(Handoff h, client_a_->Offer(names));
+  // A descriptor that also names an object the prefill node never had (a lying or stale one).
+  Handoff bad = h;
+  bad.names.push_back(TestName(629));
+  bad.payload_bytes.push_back(4096);
+  EXPECT_THAT(client_b_->FetchHandoff(bad, /*all_or_nothing=*/true),
+              StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK_AND_ASSIGN(Handoff again, client_a_->Offer(names));
+  bad.id = again.id;
+  ASSERT_OK_AND_ASSIGN(HandoffFetch partial, client_b_->FetchHandoff(bad, false));
+  EXPECT_THAT(partial.results[0], IsOk());
+  EXPECT_THAT(partial.results[1], StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(partial.longest_prefix, 1u);  // the engine recomputes from there
+
+  // A node that is not a peer of the decode node is refused, not dialled.
+  Handoff elsewhere = h;
+  elsewhere.node = "127.0.0.1:1";
+  elsewhere.names = {TestName(630)};
+  elsewhere.payload_bytes = {4096};
+  EXPECT_THAT(client_b_->FetchHandoff(elsewhere), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(Handoff::Parse("not a handoff at all"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(client_a_->Offer(std::vector<ObjectName>{TestName(631)}),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+}
+
+TEST_P(PeerTest, ADecodeNodeRestartedMidFetchFetchesAgain) {
+  StartNodes();
+  std::vector<Object> objects;
+  for (uint64_t i = 0; i < 4; ++i) objects.push_back(MakeObject(640 + i, 32768));  // 8 MiB
+  std::vector<ObjectName> names;
+  for (const Object& o : objects) {
+    PutOnA(o);
+    names.push_back(o.name);
+  }
+  ASSERT_OK_AND_ASSIGN(Handoff h, client_a_->Offer(names, 60'000));
+  std::thread fetch([&] { (void)client_b_->FetchHandoff(h); });
+  std::this_thread::sleep_for(20ms);
+  const std::string b_target = b_->target();
+  b_->Kill();
+  fetch.join();
+  client_b_.reset();
+  ServiceOptions opts;
+  opts.listen = b_target;
+  opts.extra_args = PeerArgs(dir_b_.path());
+  opts.extra_args.insert(opts.extra_args.end(), {"--peer", a_->target()});
+  ASSERT_OK_AND_ASSIGN(b_, ServiceProcess::Start(dir_b_.path(), opts));
+  ASSERT_OK_AND_ASSIGN(client_b_, KvClient::Connect(b_->target(), StreamOnly()));
+  // Whatever the killed fetch left (nothing uncommitted is ever visible), fetching again
+  // completes the handoff: the prefill node kept its pins.
+  ASSERT_OK_AND_ASSIGN(HandoffFetch fetched, client_b_->FetchHandoff(h, /*all_or_nothing=*/true));
+  EXPECT_EQ(fetched.longest_prefix, objects.size());
+  for (const Object& o : objects) {
+    ASSERT_OK_AND_ASSIGN(GetReply got, client_b_->Get(o.name));
+    EXPECT_TRUE(got.payload == o.payload);
+  }
+  EXPECT_EQ(PinnedOn(*client_a_), 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Planes, PeerTest,
                          ::testing::Values(Plane::kUcxDefault, Plane::kUcxTcp, Plane::kGrpc),
                          [](const auto& info) {

@@ -41,6 +41,11 @@ struct PeerConfig {
   bool promote = true;
   bool lookup = true;              // Lookup asks peers about local misses (reported TIER_REMOTE)
   std::string data_plane = "ucx";  // ucx: one-sided UCX reads; grpc: KvStash.Get streams
+  // This node's address in handoff descriptors, as its peers list it (their --peer); empty: the
+  // bound gRPC address (host:port of --listen, loopback for a wildcard host).
+  std::string advertise;
+  uint32_t handoff_ms = 30'000;  // default lifetime of a handoff's pins (Offer, heartbeats)
+  uint32_t max_handoff_ms = 600'000;
 };
 
 struct ServiceConfig {

@@ -162,6 +162,30 @@ struct ServiceStats {
   std::string version;
 };
 
+// A prefill/decode handoff (docs/api.md "Handoff"): objects a prefill node pinned for a decode
+// node to pull. The prefill engine gets it from Offer and passes Serialize()'s bytes to the
+// decode engine (through its router), which gives Parse()'s result to FetchHandoff on its own
+// node. Opaque otherwise.
+struct Handoff {
+  std::string node;  // the prefill node's gRPC address, as its peers know it
+  uint64_t id = 0;
+  std::vector<ObjectName> names;       // offered objects, in prefix order
+  std::vector<uint64_t> payload_bytes;  // one per name
+  uint64_t expires_in_ms = 0;           // from Offer; not carried by Serialize
+
+  std::string Serialize() const;
+  // InvalidArgument for bytes that are not a handoff (untrusted input).
+  static Result<Handoff> Parse(std::string_view bytes);
+};
+
+struct HandoffFetch {
+  std::vector<Status> results;  // one per handoff name
+  uint32_t fetched = 0;         // pulled from the prefill node
+  uint32_t already_local = 0;   // held by this node already
+  uint32_t longest_prefix = 0;  // leading names now held here
+  uint64_t fetched_bytes = 0;
+};
+
 namespace internal {
 struct ClientCore;
 struct ArenaMapping;
@@ -303,6 +327,19 @@ class KvClient {
   Result<ListReply> List(const std::string& name_space, uint32_t limit = 0,
                          const std::string& page_token = "", bool all_namespaces = false);
   Result<ServiceStats> Stats();
+
+  // ---- prefill/decode handoff ----
+  // Prefill side: pins `names` (those stored on this node; the rest are left out) for
+  // `handoff_ms` (0: the service default). ResourceExhausted when none is stored.
+  Result<Handoff> Offer(std::span<const ObjectName> names, uint32_t handoff_ms = 0);
+  // Decode side, on the decode node: pulls the handoff's objects into it (skipping what it
+  // holds) and ends the handoff. all_or_nothing: any object not fetched fails the call; else
+  // the per-object results say what to recompute.
+  Result<HandoffFetch> FetchHandoff(const Handoff& handoff, bool all_or_nothing = false);
+  // Keeps the prefill node's pins alive while a request waits (forwarded by this node); the
+  // new lifetime in ms. NotFound once the handoff expired or ended.
+  Result<uint64_t> HeartbeatHandoff(const Handoff& handoff, uint32_t extend_ms = 0);
+  Status ReleaseHandoff(const Handoff& handoff);
 
  private:
   explicit KvClient(std::shared_ptr<internal::ClientCore> core);

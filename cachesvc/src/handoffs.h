@@ -1,0 +1,81 @@
+// Handoffs of a prefill node: objects pinned for a decode node until it has pulled them.
+//
+// Offer pins each present object (ObjectStore::Pin, so neither eviction nor the capacity policy
+// drops it) under one handoff id with a deadline. Extend (the decode side's heartbeat while its
+// request waits) moves the deadline; Release, or the deadline passing, unpins them. Ids are
+// random 64-bit values, so a stale or guessed id finds nothing (NotFound).
+//
+// Threading: thread-safe; a background thread unpins expired handoffs.
+#ifndef KVSTASH_CACHESVC_HANDOFFS_H_
+#define KVSTASH_CACHESVC_HANDOFFS_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "kvstash/common/key.h"
+#include "kvstash/common/metrics.h"
+#include "kvstash/proto/convert.h"
+#include "kvstash/storage/object_store.h"
+
+namespace kvstash::cachesvc {
+
+class HandoffRegistry {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  struct Offered {
+    uint64_t id = 0;
+    std::vector<Status> results;           // per name: OK (pinned), NotFound, ...
+    std::vector<size_t> pinned;            // indices of the names pinned, in order
+    std::vector<uint64_t> payload_bytes;   // per pinned name
+    uint64_t expires_in_ms = 0;
+  };
+
+  // `store` and `metrics` must outlive the registry. `default_ms` / `max_ms` bound lifetimes.
+  HandoffRegistry(storage::ObjectStore* store, MetricsRegistry* metrics, uint32_t default_ms,
+                  uint32_t max_ms);
+  ~HandoffRegistry();  // unpins whatever is still offered
+  HandoffRegistry(const HandoffRegistry&) = delete;
+  HandoffRegistry& operator=(const HandoffRegistry&) = delete;
+
+  // ResourceExhausted when nothing of `names` is present (no handoff is created then).
+  Result<Offered> Offer(const std::vector<ObjectName>& names, uint32_t handoff_ms);
+  // The new lifetime in ms. NotFound for an unknown or expired id.
+  Result<uint64_t> Extend(uint64_t id, uint32_t handoff_ms);
+  // NotFound for an unknown or expired id.
+  Status Release(uint64_t id);
+
+  size_t active() const;
+
+ private:
+  struct Handoff {
+    std::vector<Hash128> keys;  // pinned
+    Clock::time_point deadline;
+  };
+  uint32_t Clamp(uint32_t ms) const;
+  void Unpin(const Handoff& h);
+  void ReaperLoop();
+
+  storage::ObjectStore* store_;
+  const uint32_t default_ms_, max_ms_;
+  Gauge* active_gauge_;
+  Counter* expired_;
+  Counter* offered_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, Handoff> handoffs_ ABSL_GUARDED_BY(mu_);
+  std::mt19937_64 ids_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread reaper_;
+};
+
+}  // namespace kvstash::cachesvc
+
+#endif  // KVSTASH_CACHESVC_HANDOFFS_H_

@@ -1,0 +1,167 @@
+// Prefill/decode handoff RPCs of KvStashService (docs/api.md "Handoff"): Offer on the prefill
+// node, FetchHandoff on the decode node (which pulls from the prefill node through the remote
+// tier and then ends the handoff there), heartbeats and releases forwarded to the node that
+// holds the handoff.
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+#include "kv_service.h"
+#include "kvstash/proto/convert.h"
+#include "kvstash/proto/status_mapping.h"
+#include "request_checks.h"
+
+namespace kvstash::cachesvc {
+
+void KvStashService::SetAdvertisedAddress(std::string address) {
+  std::lock_guard<std::mutex> lock(advertised_mu_);
+  advertised_ = std::move(address);
+}
+
+std::string KvStashService::AdvertisedAddress() const {
+  std::lock_guard<std::mutex> lock(advertised_mu_);
+  return advertised_;
+}
+
+grpc::Status KvStashService::Offer(grpc::ServerContext*, const v1::OfferRequest* req,
+                                   v1::OfferResponse* resp) {
+  RpcScope scope(metrics_, Method::kOffer, req->ByteSizeLong());
+  Status s = scope.Finish(DoOffer(*req, resp));
+  scope.AddSent(resp->ByteSizeLong());
+  return ToGrpcStatus(s);
+}
+
+Status KvStashService::DoOffer(const v1::OfferRequest& req, v1::OfferResponse* resp) {
+  if (handoffs_ == nullptr) return absl::UnimplementedError("this node does not offer handoffs");
+  KVSTASH_RETURN_IF_ERROR(CheckKeyCount(req.keys_size(), "Offer"));
+  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, ParseKeys(req.keys()));
+  KVSTASH_ASSIGN_OR_RETURN(HandoffRegistry::Offered offered,
+                           handoffs_->Offer(names, req.handoff_ms()));
+  v1::HandoffDescriptor* d = resp->mutable_handoff();
+  d->set_node(AdvertisedAddress());
+  d->set_handoff_id(offered.id);
+  for (size_t k = 0; k < offered.pinned.size(); ++k) {
+    *d->add_keys() = req.keys(static_cast<int>(offered.pinned[k]));
+    d->add_payload_bytes(offered.payload_bytes[k]);
+  }
+  for (const Status& r : offered.results) ToItemStatus(r, resp->add_results());
+  resp->set_expires_in_ms(offered.expires_in_ms);
+  return OkStatus();
+}
+
+grpc::Status KvStashService::FetchHandoff(grpc::ServerContext*, const v1::FetchHandoffRequest* req,
+                                          v1::FetchHandoffResponse* resp) {
+  RpcScope scope(metrics_, Method::kFetchHandoff, req->ByteSizeLong());
+  Status s = scope.Finish(DoFetchHandoff(*req, resp));
+  scope.AddSent(resp->ByteSizeLong());
+  return ToGrpcStatus(s);
+}
+
+Status KvStashService::DoFetchHandoff(const v1::FetchHandoffRequest& req,
+                                      v1::FetchHandoffResponse* resp) {
+  const v1::HandoffDescriptor& d = req.handoff();
+  KVSTASH_RETURN_IF_ERROR(CheckKeyCount(d.keys_size(), "FetchHandoff"));
+  if (d.payload_bytes_size() != d.keys_size()) {
+    return Invalid("descriptor: payload_bytes must have one entry per key");
+  }
+  if (d.node().empty()) return Invalid("descriptor: node is empty");
+  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, ParseKeys(d.keys()));
+  const bool self = d.node() == AdvertisedAddress();
+  if (!self && (remote_ == nullptr || !remote_->IsPeer(d.node()))) {
+    // Never dial (and present the cluster secret to) an address an engine made up.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot fetch a handoff from ", d.node(), ": not a peer of this node (--peer)"));
+  }
+  // What this node holds already is not fetched again.
+  std::vector<Status> results(names.size());
+  std::vector<ObjectName> missing;
+  std::vector<size_t> missing_at;
+  for (size_t i = 0; i < names.size(); ++i) {
+    storage::LookupEntry entry = store_->Lookup(names[i].storage_key);
+    if (entry.present) {
+      resp->set_already_local(resp->already_local() + 1);
+      continue;
+    }
+    if (self) {
+      results[i] = absl::NotFoundError("offered by this node but no longer stored");
+      continue;
+    }
+    missing.push_back(names[i]);
+    missing_at.push_back(i);
+  }
+  if (!missing.empty()) {
+    std::vector<Status> fetched = remote_->FetchFrom(d.node(), missing);
+    for (size_t k = 0; k < missing.size(); ++k) {
+      const size_t i = missing_at[k];
+      results[i] = fetched[k];
+      if (fetched[k].ok()) {
+        resp->set_fetched(resp->fetched() + 1);
+        resp->set_fetched_bytes(resp->fetched_bytes() + d.payload_bytes(static_cast<int>(i)));
+      }
+    }
+  }
+  // The pins on the prefill node have done their job (or the data is lost either way).
+  if (!self) {
+    Result<uint64_t> released = remote_->ForwardHandoff(d.node(), d.handoff_id(), 0, true);
+    if (!released.ok()) {
+      spdlog::warn("event=handoff_release_failed node={} id={:016x} error=\"{}\"", d.node(),
+                   d.handoff_id(), std::string(released.status().message()));
+    }
+  } else if (handoffs_ != nullptr) {
+    (void)handoffs_->Release(d.handoff_id());
+  }
+  Status first_failure;
+  uint32_t prefix = 0;
+  bool open = true;
+  for (const Status& r : results) {
+    ToItemStatus(r, resp->add_results());
+    open = open && r.ok();
+    if (open) ++prefix;
+    if (!r.ok() && first_failure.ok()) first_failure = r;
+  }
+  resp->set_longest_prefix(prefix);
+  spdlog::info("event=handoff_fetched node={} id={:016x} objects={} fetched={} already_local={} "
+               "failed={}",
+               d.node(), d.handoff_id(), names.size(), resp->fetched(), resp->already_local(),
+               names.size() - resp->fetched() - resp->already_local());
+  if (req.all_or_nothing() && !first_failure.ok()) {
+    return Status(first_failure.code(),
+                  absl::StrCat("handoff incomplete: ", first_failure.message()));
+  }
+  return OkStatus();
+}
+
+grpc::Status KvStashService::HeartbeatHandoff(grpc::ServerContext* ctx,
+                                              const v1::HandoffRequest* req,
+                                              v1::HandoffResponse* resp) {
+  RpcScope scope(metrics_, Method::kHeartbeatHandoff, req->ByteSizeLong());
+  return ToGrpcStatus(scope.Finish(DoHandoff(ctx, *req, /*release=*/false, resp)));
+}
+
+grpc::Status KvStashService::ReleaseHandoff(grpc::ServerContext* ctx,
+                                            const v1::HandoffRequest* req,
+                                            v1::HandoffResponse* resp) {
+  RpcScope scope(metrics_, Method::kReleaseHandoff, req->ByteSizeLong());
+  return ToGrpcStatus(scope.Finish(DoHandoff(ctx, *req, /*release=*/true, resp)));
+}
+
+Status KvStashService::DoHandoff(const grpc::ServerContext* ctx, const v1::HandoffRequest& req,
+                                 bool release, v1::HandoffResponse* resp) {
+  const bool here = req.node().empty() || req.node() == AdvertisedAddress() || LocalScopeOnly(ctx);
+  if (here) {
+    if (handoffs_ == nullptr) return absl::NotFoundError("unknown handoff");
+    if (release) return handoffs_->Release(req.handoff_id());
+    KVSTASH_ASSIGN_OR_RETURN(uint64_t ms, handoffs_->Extend(req.handoff_id(), req.extend_ms()));
+    resp->set_expires_in_ms(ms);
+    return OkStatus();
+  }
+  if (remote_ == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("handoff of node ", req.node(), ": this node has no peers (--peer)"));
+  }
+  KVSTASH_ASSIGN_OR_RETURN(uint64_t ms, remote_->ForwardHandoff(req.node(), req.handoff_id(),
+                                                                req.extend_ms(), release));
+  resp->set_expires_in_ms(ms);
+  return OkStatus();
+}
+
+}  // namespace kvstash::cachesvc
