@@ -4,10 +4,13 @@
 // from cachesvc instead of computed, and new full chunks are stored after the prefill.
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 
 #include "commands.h"
+#include "kvstash/connector/chunker.h"
 #include "kvstash/connector/connector.h"
 #include "kvstash/connector/engine_adapter.h"
 #include "kvstash/engine/engine.h"
@@ -32,6 +35,12 @@ struct GenerateArgs {
   std::string cache_namespace;
   uint32_t chunk_tokens = connector::kDefaultChunkTokens;
   bool no_store = false;
+  // Prefill/decode handoff (docs/connector.md "P/D"): the prefill side offers the prompt's
+  // stored chunks and writes the descriptor here; the decode side has its own cachesvc fetch the
+  // descriptor before the prefill (then loads the prompt's KV from it).
+  std::string handoff_out;
+  std::string handoff_in;
+  bool handoff_required = false;  // decode: fail instead of recomputing when the fetch fails
 };
 
 int Fail(const std::string& msg) {
@@ -67,6 +76,9 @@ int RunGenerate(const GenerateArgs& a) {
   if (ids.empty() && (*tok)->bos_id() >= 0) ids.push_back((*tok)->bos_id());
   if (ids.empty()) return Fail("the prompt encodes to no tokens");
 
+  if ((!a.handoff_in.empty() || !a.handoff_out.empty()) && a.cache_target.empty()) {
+    return Fail("--handoff-in and --handoff-out need --cache-target (this node's cachesvc)");
+  }
   engine::EngineOptions opts;
   opts.num_threads = a.threads;
   if (a.kv_dtype == "f32") {
@@ -97,7 +109,35 @@ int RunGenerate(const GenerateArgs& a) {
     }
   }
 
+  std::string handoff_line;
   auto t0 = std::chrono::steady_clock::now();
+  if (!a.handoff_in.empty()) {
+    // Decode side: pull what the prefill node offered into this node's cachesvc, then prefill
+    // through the connector, which finds the prompt's chunks here. A failed fetch costs the
+    // prefix it did not bring: the engine recomputes (or stops, with --handoff-required).
+    std::ifstream in(a.handoff_in, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!in.good() && !in.eof()) return Fail("cannot read " + a.handoff_in);
+    auto handoff = client::Handoff::Parse(bytes);
+    if (!handoff.ok()) return Fail(a.handoff_in + ": " + handoff.status().ToString());
+    auto kv = client::KvClient::Connect(a.cache_target);
+    Result<client::HandoffFetch> fetched =
+        kv.ok() ? (*kv)->FetchHandoff(*handoff, a.handoff_required) : kv.status();
+    if (!fetched.ok()) {
+      if (a.handoff_required) return Fail("handoff: " + fetched.status().ToString());
+      handoff_line = "[kvstash generate] handoff: fetch failed (" + fetched.status().ToString() +
+                     "); recomputing\n";
+    } else {
+      char buf[256];
+      std::snprintf(buf, sizeof(buf),
+                    "[kvstash generate] handoff: %zu chunks from %s: fetched %u (%.1f MiB), "
+                    "already here %u, usable prefix %u chunks, %.1f ms\n",
+                    handoff->names.size(), handoff->node.c_str(), fetched->fetched,
+                    fetched->fetched_bytes / 1048576.0, fetched->already_local,
+                    fetched->longest_prefix, Seconds(std::chrono::steady_clock::now() - t0) * 1e3);
+      handoff_line = buf;
+    }
+  }
   Result<std::vector<float>> logits = std::vector<float>();
   std::shared_ptr<connector::StoreHandle> store;
   std::string cache_line;
@@ -142,6 +182,7 @@ int RunGenerate(const GenerateArgs& a) {
   auto t_end = std::chrono::steady_clock::now();
   std::printf("\n");
   std::fflush(stdout);
+  std::fputs(handoff_line.c_str(), stderr);
   if (store != nullptr) {
     store->Wait();  // the sequence's blocks must outlive the store
     std::fprintf(stderr,
@@ -149,6 +190,28 @@ int RunGenerate(const GenerateArgs& a) {
                  cache_line.c_str(), store->chunks_stored(), store->chunks_already_present(),
                  store->status().ok() ? "" : "; store: ",
                  store->status().ok() ? "" : store->status().ToString().c_str());
+  }
+  if (!a.handoff_out.empty()) {
+    // Prefill side: pin the prompt's chunks on this node for the decode node and hand over
+    // the descriptor.
+    auto chunker = connector::Chunker::Create(connector::EngineCacheSpec(**eng),
+                                              a.cache_namespace, a.chunk_tokens);
+    if (!chunker.ok()) return Fail(chunker.status().ToString());
+    connector::ChunkPlan plan = chunker->Plan(ids);
+    auto kv = client::KvClient::Connect(a.cache_target);
+    if (!kv.ok()) return Fail("handoff: " + kv.status().ToString());
+    auto offered = (*kv)->Offer(plan.names);
+    if (!offered.ok()) return Fail("handoff: " + offered.status().ToString());
+    std::ofstream out(a.handoff_out, std::ios::binary | std::ios::trunc);
+    const std::string bytes = offered->Serialize();
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out.good()) return Fail("cannot write " + a.handoff_out);
+    std::fprintf(stderr,
+                 "[kvstash generate] handoff: offered %zu of %u chunks from %s (id %016llx, "
+                 "pinned for %llu ms) -> %s\n",
+                 offered->names.size(), plan.full_chunks(), offered->node.c_str(),
+                 static_cast<unsigned long long>(offered->id),
+                 static_cast<unsigned long long>(offered->expires_in_ms), a.handoff_out.c_str());
   }
   double ttft = Seconds(t_first - t0);
   double decode = Seconds(t_end - t_first);
@@ -188,6 +251,12 @@ void RegisterGenerateCommand(CLI::App& app) {
   sub->add_option("--chunk-tokens", args->chunk_tokens, "tokens per cached chunk")
       ->check(CLI::PositiveNumber);
   sub->add_flag("--no-store", args->no_store, "only load from the cache, never store");
+  sub->add_option("--handoff-out", args->handoff_out,
+                  "prefill side: offer the prompt's chunks to a decode node, descriptor to FILE");
+  sub->add_option("--handoff-in", args->handoff_in,
+                  "decode side: fetch the handoff in FILE into --cache-target before prefill");
+  sub->add_flag("--handoff-required", args->handoff_required,
+                "decode side: fail when the handoff cannot be fetched (default: recompute)");
   sub->callback([args] { ExitCode() = RunGenerate(*args); });
 }
 
