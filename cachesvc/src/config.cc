@@ -245,6 +245,9 @@ Status SetPeerAddresses(const std::string& text, const std::string& where, Servi
   return OkStatus();
 }
 
+// The one key whose value is a list (a YAML sequence, or a comma-separated scalar).
+constexpr char kListKey[] = "peers.addresses";
+
 struct Field {
   const char* yaml_path;  // "section.key" or "key"
   const char* flag;       // "--flag" or nullptr when only settable from YAML
@@ -378,9 +381,8 @@ Status ApplyNode(const YAML::Node& node, const std::string& prefix, ServiceConfi
   for (const auto& item : node) {
     std::string key = item.first.as<std::string>();
     std::string path = prefix.empty() ? key : absl::StrCat(prefix, ".", key);
-    if (item.second.IsSequence()) {
+    if (item.second.IsSequence() && path == kListKey) {
       const Field* field = FindField(path);
-      if (field == nullptr) return Bad(path, "unknown configuration key");
       std::string joined;
       for (const auto& element : item.second) {
         KVSTASH_ASSIGN_OR_RETURN(std::string text, ReadString(element, path));

@@ -47,20 +47,6 @@ storage::StoredName ToStoredName(const ObjectName& name) {
   return stored;
 }
 
-v1::Tier ToProtoTier(storage::Tier tier) {
-  switch (tier) {
-    case storage::Tier::kGpu:
-      return v1::TIER_GPU;
-    case storage::Tier::kCpu:
-      return v1::TIER_CPU;
-    case storage::Tier::kSsd:
-      return v1::TIER_SSD;
-    case storage::Tier::kRemote:
-      return v1::TIER_REMOTE;
-  }
-  return v1::TIER_UNSPECIFIED;
-}
-
 Status CheckArenaRange(const storage::ObjectStore& store, uint64_t offset, uint64_t bytes) {
   if (offset > store.arena_bytes() || bytes > store.arena_bytes() - offset) {
     return absl::InternalError(absl::StrCat("store returned arena range [", offset, ", +", bytes,

@@ -28,7 +28,6 @@ Result<std::vector<ObjectName>> ParseKeys(
 Result<ObjectInfo> ParseInfo(const v1::ObjectInfo& info, bool present, const std::string& where);
 
 storage::StoredName ToStoredName(const ObjectName& name);
-v1::Tier ToProtoTier(storage::Tier tier);
 
 // Rejects offsets the store hands out that would leave the arena: a bug, never a client's fault.
 Status CheckArenaRange(const storage::ObjectStore& store, uint64_t offset, uint64_t bytes);

@@ -235,19 +235,4 @@ std::string UnixTargetPath(const std::string& target) {
   return rest;
 }
 
-Tier FromProtoTier(int tier) {
-  switch (tier) {
-    case v1::TIER_GPU:
-      return Tier::kGpu;
-    case v1::TIER_CPU:
-      return Tier::kCpu;
-    case v1::TIER_SSD:
-      return Tier::kSsd;
-    case v1::TIER_REMOTE:
-      return Tier::kRemote;
-    default:
-      return Tier::kUnknown;
-  }
-}
-
 }  // namespace kvstash::client::internal

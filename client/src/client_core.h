@@ -116,7 +116,6 @@ struct ClientCore {
 
 bool IsUnixTarget(const std::string& target);
 std::string UnixTargetPath(const std::string& target);
-Tier FromProtoTier(int tier);
 
 }  // namespace kvstash::client::internal
 

@@ -20,23 +20,7 @@ using internal::BorrowedSlices;
 using internal::ClientCore;
 using internal::CopyForPut;
 using internal::CopyWithCrc;
-using internal::FromProtoTier;
 using internal::RawCall;
-
-std::string_view TierName(Tier tier) {
-  switch (tier) {
-    case Tier::kGpu:
-      return "gpu";
-    case Tier::kCpu:
-      return "cpu";
-    case Tier::kSsd:
-      return "ssd";
-    case Tier::kRemote:
-      return "remote";
-    default:
-      return "unknown";
-  }
-}
 
 namespace {
 

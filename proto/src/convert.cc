@@ -121,4 +121,35 @@ Result<ObjectInfo> FromProto(const v1::ObjectInfo& p) {
   return info;
 }
 
+v1::Tier ToProtoTier(Tier tier) {
+  switch (tier) {
+    case Tier::kGpu:
+      return v1::TIER_GPU;
+    case Tier::kCpu:
+      return v1::TIER_CPU;
+    case Tier::kSsd:
+      return v1::TIER_SSD;
+    case Tier::kRemote:
+      return v1::TIER_REMOTE;
+    case Tier::kUnknown:
+      break;
+  }
+  return v1::TIER_UNSPECIFIED;
+}
+
+Tier FromProtoTier(int tier) {
+  switch (tier) {
+    case v1::TIER_GPU:
+      return Tier::kGpu;
+    case v1::TIER_CPU:
+      return Tier::kCpu;
+    case v1::TIER_SSD:
+      return Tier::kSsd;
+    case v1::TIER_REMOTE:
+      return Tier::kRemote;
+    default:
+      return Tier::kUnknown;
+  }
+}
+
 }  // namespace kvstash

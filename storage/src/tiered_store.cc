@@ -36,20 +36,6 @@ uint64_t WallNs() {
 ObjectRec::ObjectRec(StoredName n, ObjectInfo i)
     : name(std::move(n)), info(i), extent_bytes(PageAllocator::RoundUp(i.payload_bytes)) {}
 
-std::string_view TierName(Tier tier) {
-  switch (tier) {
-    case Tier::kGpu:
-      return "gpu";
-    case Tier::kCpu:
-      return "cpu";
-    case Tier::kSsd:
-      return "ssd";
-    case Tier::kRemote:
-      return "remote";
-  }
-  return "unknown";
-}
-
 Result<std::unique_ptr<ObjectStore>> ObjectStore::Open(const StoreOptions& options) {
   return TieredStore::Create(options);
 }

@@ -222,3 +222,55 @@ TEST(Config, HelpAndPrintDefaultExitZero) {
 
 }  // namespace
 }  // namespace kvstash::cachesvc
+
+namespace kvstash::cachesvc {
+namespace {
+
+TEST(Config, PeersFromFlagsAndYaml) {
+  const char* argv[] = {"cachesvc",       "--listen",  "127.0.0.1:0",          "--peer",
+                        "10.0.0.1:7100",  "--peer",    "node-b.example:7100", "--peer-secret-file",
+                        "/etc/secret",    "--peer-timeout-ms", "500",          "--remote-promote",
+                        "false",          "--peer-data-plane", "grpc"};
+  ParsedCommandLine p = ParseCommandLine(sizeof argv / sizeof argv[0], argv);
+  ASSERT_TRUE(p.config.has_value()) << p.output;
+  EXPECT_THAT(p.config->peers.addresses,
+              ::testing::ElementsAre("10.0.0.1:7100", "node-b.example:7100"));
+  EXPECT_EQ(p.config->peers.secret_file, "/etc/secret");
+  EXPECT_EQ(p.config->peers.timeout_ms, 500u);
+  EXPECT_FALSE(p.config->peers.promote);
+  EXPECT_EQ(p.config->peers.data_plane, "grpc");
+
+  auto yaml = ApplyYaml("peers:\n  addresses: [a:1, b:2]\n  secret_file: /s\n", ServiceConfig{});
+  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  EXPECT_THAT(yaml->peers.addresses, ::testing::ElementsAre("a:1", "b:2"));
+  auto joined = ApplyYaml("peers:\n  addresses: a:1,b:2\n", ServiceConfig{});
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  EXPECT_EQ(joined->peers.addresses.size(), 2u);
+}
+
+TEST(Config, BadPeerSettingsAreRefusedWithTheirName) {
+  auto unix_peer = ApplyYaml("peers:\n  addresses: [unix:///x]\n", ServiceConfig{});
+  EXPECT_FALSE(unix_peer.ok());
+  EXPECT_THAT(std::string(unix_peer.status().message()), ::testing::HasSubstr("HOST:PORT"));
+  ServiceConfig no_secret;
+  no_secret.peers.addresses = {"a:1"};
+  Status s = ValidateConfig(no_secret);
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("peers.secret_file"));
+  ServiceConfig bad_plane;
+  bad_plane.peers.data_plane = "carrier-pigeon";
+  EXPECT_THAT(std::string(ValidateConfig(bad_plane).message()),
+              ::testing::HasSubstr("peers.data_plane"));
+  ServiceConfig handoff;
+  handoff.peers.handoff_ms = 10'000;
+  handoff.peers.max_handoff_ms = 1'000;
+  EXPECT_THAT(std::string(ValidateConfig(handoff).message()),
+              ::testing::HasSubstr("peers.handoff_ms"));
+  const char* argv[] = {"cachesvc", "--peer-timeout-ms", "5"};
+  ParsedCommandLine p = ParseCommandLine(3, argv);
+  EXPECT_FALSE(p.config.has_value());
+  EXPECT_THAT(p.output, ::testing::HasSubstr("--peer-timeout-ms"));
+}
+
+}  // namespace
+}  // namespace kvstash::cachesvc

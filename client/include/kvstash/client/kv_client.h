@@ -32,6 +32,7 @@
 #include "kvstash/common/key.h"
 #include "kvstash/common/layout.h"
 #include "kvstash/common/status.h"
+#include "kvstash/common/tier.h"
 #include "kvstash/proto/convert.h"  // ObjectName, MakeObjectName
 
 namespace kvstash::client {
@@ -68,8 +69,8 @@ struct ClientOptions {
   uint64_t max_message_bytes = 16ull << 20;
 };
 
-enum class Tier : uint8_t { kUnknown = 0, kGpu = 1, kCpu = 2, kSsd = 3, kRemote = 4 };
-std::string_view TierName(Tier tier);
+// Tier and TierName: kvstash/common/tier.h.
+using ::kvstash::Tier;
 
 enum class DataPath {
   kAuto,          // shared memory when attached, else stream

@@ -6,6 +6,7 @@
 #include "kvstash/common/key.h"
 #include "kvstash/common/layout.h"
 #include "kvstash/common/status.h"
+#include "kvstash/common/tier.h"
 #include "kvstash/v1/kvstash.pb.h"
 
 namespace kvstash {
@@ -31,6 +32,10 @@ void ToProto(const KvLayout& layout, v1::KvLayout* out);
 KvLayout FromProto(const v1::KvLayout& layout);
 
 void ToProto(const ObjectInfo& info, v1::ObjectInfo* out);
+
+v1::Tier ToProtoTier(Tier tier);
+// Values this build does not know (a newer peer's) become Tier::kUnknown.
+Tier FromProtoTier(int tier);
 Result<ObjectInfo> FromProto(const v1::ObjectInfo& info);
 
 }  // namespace kvstash

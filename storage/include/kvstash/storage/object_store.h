@@ -62,12 +62,13 @@
 #include "kvstash/common/layout.h"
 #include "kvstash/common/metrics.h"
 #include "kvstash/common/status.h"
+#include "kvstash/common/tier.h"
 #include "kvstash/storage/tier_codec.h"
 
 namespace kvstash::storage {
 
-enum class Tier : uint8_t { kGpu = 1, kCpu = 2, kSsd = 3, kRemote = 4 };
-std::string_view TierName(Tier tier);
+// Tier and TierName: kvstash/common/tier.h.
+using ::kvstash::Tier;
 
 // The parts of an object's name the store keeps for listing and tenant filtering.
 struct StoredName {
