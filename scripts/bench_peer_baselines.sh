@@ -28,7 +28,6 @@
 #                                   [--lo-mtu N] [--no-netns] [--keep-logs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$(pwd)
 
 REPS=3
 SIZES="65536,1048576,4194304,33554432"
@@ -49,7 +48,7 @@ UCX_TCP_OPS="ucp_get,tag_bw"
 CACHE="${KVSTASH_CACHE:-$HOME/.cache/kvstash}"
 VENV="$CACHE/peers-venv"
 
-usage() { sed -n '2,30p' "$0"; }
+usage() { sed -n '2,28p' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) REPS="$2"; shift 2 ;;
@@ -81,15 +80,19 @@ want_tool() { [[ ",$TOOLS," == *",$1,"* ]]; }
 if [ "$NETNS" -eq 1 ] && [ -z "${KVSTASH_PEERS_IN_NETNS:-}" ]; then
   command -v unshare >/dev/null || { echo "unshare is needed (or pass --no-netns)" >&2; exit 1; }
   echo "[peers] running inside a new network namespace (unshare -n); pass --no-netns to skip"
-  KVSTASH_PEERS_IN_NETNS=1 exec unshare -n bash "$0" --reps "$REPS" --sizes "$SIZES" \
-    --batches "$BATCHES" --tools "$TOOLS" --ucx-tcp-ops "$UCX_TCP_OPS" --duration "$DURATION" --out "$OUT" \
-    ${LO_MTU:+--lo-mtu "$LO_MTU"} $([ "$KEEP_LOGS" -eq 1 ] && echo --keep-logs)
+  args=(--reps "$REPS" --sizes "$SIZES" --batches "$BATCHES" --tools "$TOOLS"
+    --ucx-tcp-ops "$UCX_TCP_OPS" --duration "$DURATION" --out "$OUT")
+  [ -z "$LO_MTU" ] || args+=(--lo-mtu "$LO_MTU")
+  [ "$KEEP_LOGS" -eq 0 ] || args+=(--keep-logs)
+  KVSTASH_PEERS_IN_NETNS=1 exec unshare -n bash "$0" "${args[@]}"
 fi
 if [ -n "${KVSTASH_PEERS_IN_NETNS:-}" ]; then
   ip link set lo up
 fi
 [ -z "$LO_MTU" ] || ip link set lo mtu "$LO_MTU"
-lo_mtu_now=$(cat /sys/class/net/lo/mtu 2>/dev/null || echo unknown)
+# (from ip, not /sys/class/net: sysfs still shows the parent namespace's lo after unshare -n)
+lo_mtu_now=$(ip -o link show lo 2>/dev/null | sed -n 's/.* mtu \([0-9]*\).*/\1/p')
+lo_mtu_now=${lo_mtu_now:-unknown}
 
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
