@@ -54,6 +54,8 @@ struct Config {
   int reps = 5;
   double seconds_per_point = 0.3;  // per rep, at least 3 transfers
   std::vector<std::string> modes = {"transport", "remote_get"};
+  // transport: UCX_TLS of each measured path; "default" leaves UCX_TLS unset (UCX's choice).
+  std::vector<std::string> tls = {"tcp", "default"};
   std::string cachesvc = KVSTASH_CACHESVC_PATH;
   std::string out = "bench/results/peer_transfer.json";
 };
@@ -155,7 +157,8 @@ json MemcpyPoint(uint8_t* src, uint8_t* dst, uint64_t size, int batch, const Con
 json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
   json out = json::array();
   std::vector<uint8_t> dst(kRegionBytes, 0), src(kRegionBytes, 1);
-  for (const std::string tls : {"tcp", ""}) {
+  for (std::string tls : cfg.tls) {
+    if (tls == "default") tls.clear();
     if (tls.empty()) {
       ::unsetenv("UCX_TLS");
     } else {
@@ -185,7 +188,8 @@ json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
       std::fprintf(stderr, "connect: %s\n", std::string(peer.status().message()).c_str());
       std::exit(1);
     }
-    const std::string label = tls.empty() ? "ucx_default" : "ucx_tcp";
+    std::string label = "ucx_" + (tls.empty() ? std::string("default") : tls);
+    std::replace(label.begin(), label.end(), ',', '+');
     for (uint64_t size : sizes) {
       for (int batch : cfg.batches) {
         json point = TransportPoint(**t, *peer, dst.data(), size, batch, cfg);
@@ -427,6 +431,8 @@ int main(int argc, char** argv) {
   app.add_option("--reps", cfg.reps, "repetitions (median reported)");
   app.add_option("--seconds", cfg.seconds_per_point, "transport: seconds per point and rep");
   app.add_option("--modes", cfg.modes, "transport, remote_get")->delimiter(',');
+  app.add_option("--tls", cfg.tls, "transport: UCX_TLS per path ('default': unset)")
+      ->delimiter(';');
   app.add_option("--cachesvc", cfg.cachesvc, "cachesvc binary");
   app.add_option("--out", cfg.out, "JSON results");
   CLI11_PARSE(app, argc, argv);

@@ -78,7 +78,9 @@ using NotificationHandler = std::function<void(std::string_view payload)>;
 class UcxTransport {
  public:
   // Creates the context (RMA, active messages, wakeup) and the worker, and starts the progress
-  // thread. UCX reads its usual UCX_* environment (UCX_TLS=tcp forces the network path).
+  // thread. UCX reads its usual UCX_* environment (UCX_TLS=tcp forces the network path). Sets
+  // UCX_TCP_TX_SEG_SIZE / UCX_TCP_RX_SEG_SIZE to 512k where unset (setenv: create the first
+  // transport before other threads read the environment).
   static Result<std::unique_ptr<UcxTransport>> Create(const TransportOptions& options);
   // Closes every endpoint, unmaps every region and stops the progress thread. Callers must have
   // returned from every other method first.
