@@ -59,6 +59,7 @@ struct UcxTransport::Impl {
     int pending ABSL_GUARDED_BY(mu) = 0;  // requests issued and not completed
     bool issued ABSL_GUARDED_BY(mu) = false;
     Status status ABSL_GUARDED_BY(mu);
+    std::atomic<bool> finished{false};  // issued && pending == 0; read while polling
     std::vector<void*> requests;  // progress thread only
     std::string payload;          // a notification's bytes, alive until sent
     std::shared_ptr<Peer> peer;
@@ -83,6 +84,7 @@ struct UcxTransport::Impl {
     NotificationHandler handler;
   };
 
+  TransportOptions options;
   ucp_context_h context = nullptr;
   ucp_worker_h worker = nullptr;
   std::string address;
@@ -145,8 +147,8 @@ struct UcxTransport::Impl {
     return done->status;
   }
 
-  // Returns false once asked to stop.
-  bool RunTasks() {
+  // Returns false once asked to stop; stamps *activity when it ran something.
+  bool RunTasks(Clock::time_point* activity) {
     std::deque<std::function<void()>> batch;
     bool stop;
     {
@@ -155,6 +157,7 @@ struct UcxTransport::Impl {
       stop = stopping;
     }
     for (auto& task : batch) task();
+    if (!batch.empty()) *activity = Clock::now();
     return !stop || !batch.empty();
   }
 
@@ -165,10 +168,17 @@ struct UcxTransport::Impl {
 
   void Loop() {
     epoll_event events[2];
-    while (RunTasks()) {
-      while (ucp_worker_progress(worker) != 0) {
-      }
+    Clock::time_point last_activity = Clock::now();
+    while (RunTasks(&last_activity)) {
+      while (ucp_worker_progress(worker) != 0) last_activity = Clock::now();
       if (TasksQueued()) continue;
+      // Right after activity the next request or completion usually follows within
+      // microseconds: poll for progress_poll before paying an epoll sleep and wake-up. Idle,
+      // the thread sleeps.
+      if (Clock::now() - last_activity < options.progress_poll) {
+        std::this_thread::yield();
+        continue;
+      }
       ucs_status_t armed = ucp_worker_arm(worker);
       if (armed == UCS_ERR_BUSY) continue;  // events arrived meanwhile: progress again
       int n = ::epoll_wait(epoll_fd, events, 2, outstanding > 0 ? kBusyWakeMs : kIdleWakeMs);
@@ -254,7 +264,10 @@ struct UcxTransport::Impl {
                          ? absl::DeadlineExceededError("UCX request cancelled after its deadline")
                          : PeerError("UCX request failed", status);
     }
-    if (--call->pending == 0 && call->issued) call->cv.notify_all();
+    if (--call->pending == 0 && call->issued) {
+      call->finished.store(true, std::memory_order_release);
+      call->cv.notify_all();
+    }
   }
 
   // Takes the outcome of an nbx call: done now, failed now, or a request completing later.
@@ -333,7 +346,10 @@ struct UcxTransport::Impl {
   static void MarkIssued(const std::shared_ptr<Call>& call) {
     std::lock_guard<std::mutex> lock(call->mu);
     call->issued = true;
-    if (call->pending == 0) call->cv.notify_all();
+    if (call->pending == 0) {
+      call->finished.store(true, std::memory_order_release);
+      call->cv.notify_all();
+    }
   }
 
   // After a deadline: cancel what is still out and close the endpoint, which completes every
@@ -360,6 +376,12 @@ struct UcxTransport::Impl {
 
   // Waits for `call` until the deadline; cancels it after.
   Status Await(const std::shared_ptr<Call>& call, Clock::time_point deadline) {
+    // A transfer usually completes within tens of microseconds of the last byte; polling that
+    // long saves the caller's wake-up (tens of microseconds on a VM) before it blocks.
+    const Clock::time_point poll_until = std::min(deadline, Clock::now() + options.wait_poll);
+    while (!call->finished.load(std::memory_order_acquire) && Clock::now() < poll_until) {
+      std::this_thread::yield();
+    }
     {
       std::unique_lock<std::mutex> lock(call->mu);
       if (call->cv.wait_until(lock, deadline,
@@ -394,6 +416,7 @@ UcxTransport::~UcxTransport() {
 
 Result<std::unique_ptr<UcxTransport>> UcxTransport::Create(const TransportOptions& options) {
   auto impl = std::make_unique<Impl>();
+  impl->options = options;
   // UCX's TCP transport moves RMA reads in segments of UCX_TCP_{TX,RX}_SEG_SIZE (8 KiB by
   // default in 1.13): a syscall and a wake-up per 8 KiB cap loopback at about 2.5 GB/s, where
   // 512 KiB segments reach 6-7 GB/s (docs/benchmarks-transfer.md). UCX reads transport settings

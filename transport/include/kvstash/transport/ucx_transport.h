@@ -11,7 +11,8 @@
 // Threading. Every ucp call runs on the transport's one progress thread (the worker is
 // single-threaded); public methods hand it work and wait for the outcome. The progress thread
 // sleeps in epoll on the worker's event fd (ucp_worker_get_efd + ucp_worker_arm) and on an eventfd
-// that callers signal: it never busy-polls, so an idle node spends no CPU here. Every public method
+// that callers signal; it polls only for a short window after activity (progress_poll), so an
+// idle node spends no CPU here. Every public method
 // is thread-safe. Notification handlers run on the progress thread: they must be quick and must not
 // call back into this transport.
 //
@@ -47,6 +48,12 @@ enum class MemoryKind : uint8_t { kHost, kCuda };
 struct TransportOptions {
   // Shown in UCX's logs; also the worker's name.
   std::string name = "kvstash";
+  // After the worker made progress or ran work, the progress thread keeps polling this long
+  // before it arms the worker and sleeps: a request's next step usually comes within
+  // microseconds, sooner than an epoll wake-up. Idle, it sleeps. 0: never poll.
+  std::chrono::microseconds progress_poll{100};
+  // A caller of Read or Notify polls for completion this long before it blocks.
+  std::chrono::microseconds wait_poll{100};
 };
 
 // What a peer needs to read a registered region: plain bytes, safe to send over the control

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Joins peer_bench's results with the peers' baselines into one table with ratios.
+
+    peer_table.py PEER_TRANSFER_JSON PEER_BASELINES_JSON OUT_JSON
+
+Prints markdown tables (transport throughput; remote Get end to end) and writes OUT_JSON.
+Goals (the data-plane issue): KVStash UCX over TCP >= 1.2x Mooncake TE at >= 1 MiB and >= 80% of
+ucx_perftest on the same link; a remote Get of 2 MiB (here: the nearest measured sizes) within
+1.5x of a local SSD hit.
+"""
+import json
+import sys
+
+
+def size_name(n):
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
+def main():
+    ours = json.load(open(sys.argv[1]))
+    base = json.load(open(sys.argv[2]))
+
+    def baseline(tool, transport, op, size, batch):
+        for r in base:
+            if (r["tool"], r["transport"], r["op"], r["size_bytes"], r["batch"]) == (
+                    tool, transport, op, size, batch):
+                return r["gbytes_per_s"]
+        return None
+
+    rows = []
+    for r in ours.get("transport", []):
+        if r["path"] not in ("ucx_tcp", "ucx_default"):
+            continue
+        tcp = r["path"] == "ucx_tcp"
+        transport = "tcp" if tcp else "default"
+        row = {
+            "path": r["path"], "size_bytes": r["size_bytes"], "batch": r["batch"],
+            "kvstash_gbytes_per_s": r["gbytes_per_s"],
+            "memcpy_gbytes_per_s": r["memcpy_gbytes_per_s"],
+            "ucx_perftest_get_gbytes_per_s": baseline("ucx_perftest", transport, "ucp_get",
+                                                      r["size_bytes"], r["batch"]),
+            "ucx_perftest_tag_bw_gbytes_per_s": baseline("ucx_perftest", transport, "tag_bw",
+                                                         r["size_bytes"], r["batch"]),
+            "mooncake_te_gbytes_per_s": baseline("mooncake_transfer_engine_bench", "tcp", "read", r["size_bytes"],
+                                                 r["batch"]),
+        }
+        for key in ("ucx_perftest_get", "ucx_perftest_tag_bw", "mooncake_te", "memcpy"):
+            b = row[f"{key}_gbytes_per_s"]
+            row[f"vs_{key}"] = (row["kvstash_gbytes_per_s"] / b) if b else None
+        rows.append(row)
+
+    def f(x, digits=2):
+        return "-" if x is None else f"{x:.{digits}f}"
+
+    print("| path | size | batch | KVStash GB/s | Mooncake TE GB/s | x Mooncake | "
+          "ucx_perftest get | x get | ucx_perftest tag_bw | x tag_bw | memcpy | x memcpy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['path']} | {size_name(r['size_bytes'])} | {r['batch']} | "
+              f"{f(r['kvstash_gbytes_per_s'])} | {f(r['mooncake_te_gbytes_per_s'])} | "
+              f"{f(r['vs_mooncake_te'])} | {f(r['ucx_perftest_get_gbytes_per_s'])} | "
+              f"{f(r['vs_ucx_perftest_get'])} | {f(r['ucx_perftest_tag_bw_gbytes_per_s'])} | "
+              f"{f(r['vs_ucx_perftest_tag_bw'])} | {f(r['memcpy_gbytes_per_s'])} | "
+              f"{f(r['vs_memcpy'])} |")
+
+    gets = ours.get("remote_get", [])
+    get_rows = []
+    print()
+    print("| size | batch | local CPU ms | local SSD ms | peer UCX tcp ms | peer UCX default ms | "
+          "peer gRPC ms | UCX tcp / SSD |")
+    print("|---|---|---|---|---|---|---|---|")
+    keys = sorted({(g["size_bytes"], g["batch"]) for g in gets})
+    for size, batch in keys:
+        by = {g["path"]: g["p50_ms"] for g in gets if (g["size_bytes"], g["batch"]) == (size, batch)}
+        ratio = (by.get("peer_ucx_tcp") / by["local_ssd"]) if by.get("local_ssd") else None
+        get_rows.append({"size_bytes": size, "batch": batch, "p50_ms": by,
+                         "peer_ucx_tcp_vs_local_ssd": ratio})
+        print(f"| {size_name(size)} | {batch} | {f(by.get('local_cpu'), 3)} | "
+              f"{f(by.get('local_ssd'), 3)} | {f(by.get('peer_ucx_tcp'), 3)} | "
+              f"{f(by.get('peer_ucx_default'), 3)} | {f(by.get('peer_grpc'), 3)} | {f(ratio)} |")
+    json.dump({"transport": rows, "remote_get": get_rows}, open(sys.argv[3], "w"), indent=2)
+    print(f"\nwrote {sys.argv[3]}")
+
+
+if __name__ == "__main__":
+    main()
