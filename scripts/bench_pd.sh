@@ -68,10 +68,10 @@ for n in $SIZES; do
   prompt="$(head -c "$chars" "$TEXT")"
   for rep in $(seq 1 "$REPS"); do
     ns="pd-$n-$rep-$$"
-    gen=("$KVSTASH" generate --model "$MODEL" --prompt "$prompt" --max-tokens 8 --cache-namespace "$ns")
-    "${gen[@]}" >"$WORK/single.txt" 2>"$WORK/single.err"
+    gen=("$KVSTASH" generate --model "$MODEL" --prompt "$prompt" --cache-namespace "$ns")
+    "${gen[@]}" --max-tokens 8 >"$WORK/single.txt" 2>"$WORK/single.err"
     "${gen[@]}" --max-tokens 1 --cache-target "$A" --handoff-out "$WORK/h.bin" >/dev/null 2>"$WORK/pre.err"
-    "${gen[@]}" --cache-target "$B" --handoff-in "$WORK/h.bin" >"$WORK/dec.txt" 2>"$WORK/dec.err"
+    "${gen[@]}" --max-tokens 8 --cache-target "$B" --handoff-in "$WORK/h.bin" >"$WORK/dec.txt" 2>"$WORK/dec.err"
     same=0
     cmp -s "$WORK/single.txt" "$WORK/dec.txt" && same=1
     printf '%s\t%s\t%s\t%s\t%s\n' "$n" "$(tokens "$WORK/single.err")" "$(ttft "$WORK/single.err")" \

@@ -39,12 +39,13 @@ class PdGenerateTest : public ::testing::Test {
 
   // Runs `kvstash generate` on stories260K with `extra` flags; stdout (the text) in *text,
   // stderr in *log.
-  int Generate(std::vector<std::string> extra, std::string* text, std::string* log) {
+  int Generate(std::vector<std::string> extra, std::string* text, std::string* log,
+               const std::string& max_tokens = "24") {
     std::vector<std::string> argv = {
         BinaryPath("cli/kvstash"), "generate",
         "--model",  std::string(KVSTASH_SHARED_DATA) + "/models/stories260K.bin",
         "--tokenizer", std::string(KVSTASH_SHARED_DATA) + "/models/tok512.bin",
-        "--prompt", kPrompt, "--max-tokens", "24", "--chunk-tokens", "32", "--threads", "1"};
+        "--prompt", kPrompt, "--max-tokens", max_tokens, "--chunk-tokens", "32", "--threads", "1"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     const std::string out_path = files_.path() + "/stdout";
     argv.insert(argv.begin(), {"/bin/sh", "-c", "\"$0\" \"$@\" >\"$OUT\"" });
@@ -65,9 +66,8 @@ TEST_F(PdGenerateTest, DecodeAfterAHandoffGeneratesTheTokensOfOneNode) {
   ASSERT_FALSE(single.empty());
   const std::string handoff = files_.path() + "/handoff.bin";
   std::string prefill_text;
-  ASSERT_EQ(Generate({"--max-tokens", "1", "--cache-target", a_->target(), "--handoff-out",
-                      handoff},
-                     &prefill_text, &log),
+  ASSERT_EQ(Generate({"--cache-target", a_->target(), "--handoff-out", handoff}, &prefill_text, &log,
+                     "1"),
             0)
       << log;
   EXPECT_THAT(log, HasSubstr("handoff: offered"));
@@ -88,25 +88,24 @@ TEST_F(PdGenerateTest, AHandoffThatCannotBeFetchedIsRecomputedWithTheSameTokens)
   ASSERT_EQ(Generate({}, &single, &log), 0) << log;
   const std::string handoff = files_.path() + "/handoff.bin";
   std::string ignored;
-  ASSERT_EQ(Generate({"--max-tokens", "1", "--cache-target", a_->target(), "--handoff-out",
-                      handoff},
-                     &ignored, &log),
+  ASSERT_EQ(Generate({"--cache-target", a_->target(), "--handoff-out", handoff}, &ignored, &log, "1"),
             0)
       << log;
   a_->Kill();  // the prefill node is gone before the decode side asks
+  // Policy "fail": the request refuses to go on.
   std::string decoded;
+  EXPECT_NE(Generate({"--cache-target", b_->target(), "--handoff-in", handoff,
+                      "--handoff-required"},
+                     &decoded, &log),
+            0);
+  EXPECT_THAT(log, HasSubstr("handoff"));
+  // Policy "recompute" (the default): the same tokens as one node without any cache.
   ASSERT_EQ(Generate({"--cache-target", b_->target(), "--handoff-in", handoff}, &decoded, &log),
             0)
       << log;
   EXPECT_THAT(log, HasSubstr("fetched 0"));
   EXPECT_THAT(log, HasSubstr("hit 0 of"));
   EXPECT_EQ(decoded, single);
-  // Policy "fail": the same request refuses to go on.
-  EXPECT_NE(Generate({"--cache-target", b_->target(), "--handoff-in", handoff,
-                      "--handoff-required"},
-                     &decoded, &log),
-            0);
-  EXPECT_THAT(log, HasSubstr("handoff"));
 }
 
 TEST_F(PdGenerateTest, AGarbageHandoffFileIsRefused) {
