@@ -49,7 +49,8 @@ using kvstash::bench::WaitFor;
 using nlohmann::json;
 
 struct Config {
-  std::vector<std::string> sizes = {"64KiB", "1MiB", "4MiB", "32MiB"};
+  std::vector<std::string> sizes = {"64KiB", "1MiB", "4MiB", "32MiB"};  // transport
+  std::vector<std::string> get_sizes = {"1MiB", "2MiB", "32MiB"};       // remote_get
   std::vector<int> batches = {1, 16};
   int reps = 5;
   double seconds_per_point = 0.3;  // per rep, at least 3 transfers
@@ -109,8 +110,8 @@ bool ReadBlob(int fd, std::string* s) {
   _exit(0);
 }
 
-json TransportPoint(transport::UcxTransport& t, transport::PeerId peer, uint8_t* dst,
-                    uint64_t size, int batch, const Config& cfg) {
+json TransportPoint(transport::UcxTransport& t, transport::PeerId peer, uint8_t* dst, uint64_t size,
+                    int batch, const Config& cfg) {
   std::vector<transport::ReadOp> ops;
   for (int i = 0; i < batch; ++i) {
     uint64_t off = (static_cast<uint64_t>(i) * size) % (kRegionBytes - size + 1);
@@ -232,12 +233,23 @@ Node StartNode(const Config& cfg, const std::string& dir, const std::string& lis
   std::filesystem::create_directories(dir);
   const std::string ready = dir + "/ready.json";
   std::filesystem::remove(ready);
-  std::vector<std::string> argv = {cfg.cachesvc,   "--listen",        listen,
-                                   "--data-dir",   dir + "/data",     "--ready-file",
-                                   ready,          "--cpu-capacity",  "1GiB",
-                                   "--ssd-capacity", "2GiB",          "--metrics-port",
-                                   "0",            "--log-level",     "warn",
-                                   "--arena-socket", dir + "/arena.sock"};
+  std::vector<std::string> argv = {cfg.cachesvc,
+                                   "--listen",
+                                   listen,
+                                   "--data-dir",
+                                   dir + "/data",
+                                   "--ready-file",
+                                   ready,
+                                   "--cpu-capacity",
+                                   "1GiB",
+                                   "--ssd-capacity",
+                                   "2GiB",
+                                   "--metrics-port",
+                                   "0",
+                                   "--log-level",
+                                   "warn",
+                                   "--arena-socket",
+                                   dir + "/arena.sock"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   Node node;
   node.dir = dir;
@@ -322,8 +334,8 @@ json AcquirePoint(client::KvClient& reader, uint64_t size, int batch, int count,
 
 json RunRemoteGet(const Config& cfg, const std::vector<uint64_t>& sizes) {
   json out = json::array();
-  const std::string root = std::filesystem::temp_directory_path() / ("peer-bench-" +
-                                                                     std::to_string(::getpid()));
+  const std::string root =
+      std::filesystem::temp_directory_path() / ("peer-bench-" + std::to_string(::getpid()));
   const std::string secret = root + "/secret";
   std::filesystem::create_directories(root);
   std::ofstream(secret) << "peer-bench-cluster-secret-0123456789\n";
@@ -339,8 +351,12 @@ json RunRemoteGet(const Config& cfg, const std::vector<uint64_t>& sizes) {
                 kvstash::FormatByteSize(size).c_str(), batch, p["p50_ms"].get<double>(),
                 p["gbytes_per_s"].get<double>());
     std::fflush(stdout);
-    out.push_back({{"path", path}, {"size_bytes", size}, {"batch", batch}, {"p50_ms", p["p50_ms"]},
-                   {"gbytes_per_s", p["gbytes_per_s"]}, {"samples", p["samples"]}});
+    out.push_back({{"path", path},
+                   {"size_bytes", size},
+                   {"batch", batch},
+                   {"p50_ms", p["p50_ms"]},
+                   {"gbytes_per_s", p["gbytes_per_s"]},
+                   {"samples", p["samples"]}});
   };
 
   // Local baselines on one node: SSD hits (restart between reps, objects on SSD only) and CPU
@@ -383,9 +399,9 @@ json RunRemoteGet(const Config& cfg, const std::vector<uint64_t>& sizes) {
     const char* tls;  // UCX_TLS for both nodes; nullptr: UCX's default
     const char* data_plane;
   };
-  for (const Plane& plane : {Plane{"peer_ucx_tcp", "tcp", "ucx"},
-                             Plane{"peer_ucx_default", nullptr, "ucx"},
-                             Plane{"peer_grpc", nullptr, "grpc"}}) {
+  for (const Plane& plane :
+       {Plane{"peer_ucx_tcp", "tcp", "ucx"}, Plane{"peer_ucx_default", nullptr, "ucx"},
+        Plane{"peer_grpc", nullptr, "grpc"}}) {
     if (plane.tls != nullptr) {
       ::setenv("UCX_TLS", plane.tls, 1);
     } else {
@@ -396,8 +412,8 @@ json RunRemoteGet(const Config& cfg, const std::vector<uint64_t>& sizes) {
                                        plane.data_plane};
     Node a = StartNode(cfg, dir + "/a", "127.0.0.1:0", common);
     std::vector<std::string> b_args = common;
-    b_args.insert(b_args.end(), {"--peer", a.target, "--remote-promote", "false",
-                                 "--remote-lookup", "false", "--peer-timeout-ms", "60000"});
+    b_args.insert(b_args.end(), {"--peer", a.target, "--remote-promote", "false", "--remote-lookup",
+                                 "false", "--peer-timeout-ms", "60000"});
     Node b = StartNode(cfg, dir + "/b", "unix://" + dir + "/b.sock", b_args);
     {
       auto writer = client::KvClient::Connect(a.target, stream);
@@ -426,7 +442,8 @@ json RunRemoteGet(const Config& cfg, const std::vector<uint64_t>& sizes) {
 int main(int argc, char** argv) {
   Config cfg;
   CLI::App app{"peer_bench: node-to-node transfers (UCX, gRPC) and remote Gets end to end"};
-  app.add_option("--sizes", cfg.sizes, "object sizes")->delimiter(',');
+  app.add_option("--sizes", cfg.sizes, "transport: object sizes")->delimiter(',');
+  app.add_option("--get-sizes", cfg.get_sizes, "remote_get: object sizes")->delimiter(',');
   app.add_option("--batches", cfg.batches, "objects per transfer")->delimiter(',');
   app.add_option("--reps", cfg.reps, "repetitions (median reported)");
   app.add_option("--seconds", cfg.seconds_per_point, "transport: seconds per point and rep");
@@ -436,14 +453,16 @@ int main(int argc, char** argv) {
   app.add_option("--cachesvc", cfg.cachesvc, "cachesvc binary");
   app.add_option("--out", cfg.out, "JSON results");
   CLI11_PARSE(app, argc, argv);
-  std::vector<uint64_t> sizes;
-  for (const std::string& s : cfg.sizes) {
-    auto size = kvstash::ParseByteSize(s);
-    if (!size.ok() || *size < 4096 || *size > (64ull << 20)) {
-      std::fprintf(stderr, "bad size %s (4KiB..64MiB)\n", s.c_str());
-      return 2;
+  std::vector<uint64_t> sizes, get_sizes;
+  for (auto [in, out] : {std::pair{&cfg.sizes, &sizes}, std::pair{&cfg.get_sizes, &get_sizes}}) {
+    for (const std::string& s : *in) {
+      auto size = kvstash::ParseByteSize(s);
+      if (!size.ok() || *size < 4096 || *size > (64ull << 20)) {
+        std::fprintf(stderr, "bad size %s (4KiB..64MiB)\n", s.c_str());
+        return 2;
+      }
+      out->push_back(*size);
     }
-    sizes.push_back(*size);
   }
   json result = {{"bench", "peer_transfer"},
                  {"reps", cfg.reps},
@@ -452,7 +471,7 @@ int main(int argc, char** argv) {
     if (mode == "transport") {
       result["transport"] = RunTransport(cfg, sizes);
     } else if (mode == "remote_get") {
-      result["remote_get"] = RunRemoteGet(cfg, sizes);
+      result["remote_get"] = RunRemoteGet(cfg, get_sizes);
     } else {
       std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
       return 2;

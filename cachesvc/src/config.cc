@@ -476,12 +476,13 @@ Status ValidateConfig(const ServiceConfig& c) {
     return Bad("limits.stream_timeout_ms", "must not exceed storage.max_lease_ms");
   }
   if (c.peers.data_plane != "ucx" && c.peers.data_plane != "grpc") {
-    return Bad("peers.data_plane", absl::StrCat("unknown data plane '", c.peers.data_plane,
-                                                "' (ucx or grpc)"));
+    return Bad("peers.data_plane",
+               absl::StrCat("unknown data plane '", c.peers.data_plane, "' (ucx or grpc)"));
   }
 #ifndef KVSTASH_HAVE_UCX
   if (c.peers.data_plane == "ucx" && !c.peers.addresses.empty()) {
-    return Bad("peers.data_plane", "ucx, but this cachesvc was built without UCX (KVSTASH_UCX=OFF)");
+    return Bad("peers.data_plane",
+               "ucx, but this cachesvc was built without UCX (KVSTASH_UCX=OFF)");
   }
 #endif
   if (c.peers.handoff_ms > c.peers.max_handoff_ms) {

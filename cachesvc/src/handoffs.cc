@@ -13,8 +13,8 @@ HandoffRegistry::HandoffRegistry(storage::ObjectStore* store, MetricsRegistry* m
     : store_(store),
       default_ms_(default_ms),
       max_ms_(max_ms),
-      active_gauge_(metrics->GetGauge("kvstash_handoffs_active",
-                                      "prefill/decode handoffs pinning objects")),
+      active_gauge_(
+          metrics->GetGauge("kvstash_handoffs_active", "prefill/decode handoffs pinning objects")),
       expired_(metrics->GetCounter("kvstash_handoffs_expired_total",
                                    "handoffs whose lease ran out before the decode side ended "
                                    "them")),

@@ -32,9 +32,9 @@ class HandoffRegistry {
 
   struct Offered {
     uint64_t id = 0;
-    std::vector<Status> results;           // per name: OK (pinned), NotFound, ...
-    std::vector<size_t> pinned;            // indices of the names pinned, in order
-    std::vector<uint64_t> payload_bytes;   // per pinned name
+    std::vector<Status> results;          // per name: OK (pinned), NotFound, ...
+    std::vector<size_t> pinned;           // indices of the names pinned, in order
+    std::vector<uint64_t> payload_bytes;  // per pinned name
     uint64_t expires_in_ms = 0;
   };
 

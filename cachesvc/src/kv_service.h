@@ -16,12 +16,12 @@
 #include <span>
 #include <string>
 
+#include "handoffs.h"
 #include "kvstash/cachesvc/config.h"
 #include "kvstash/proto/raw_message.h"
 #include "kvstash/storage/object_store.h"
 #include "kvstash/storage/tier_codec.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
-#include "handoffs.h"
 #include "remote_tier.h"
 #include "rpc_metrics.h"
 #include "stream_watchdog.h"
@@ -134,8 +134,8 @@ class KvStashService final : public v1::KvStash::Service {
   // them (remote_tier.h), unless the call carries `kvstash-scope: local` (a peer's own call).
   // `handoffs` (optional) serves Offer and the handoff heartbeats and releases aimed at this node.
   KvStashService(storage::ObjectStore* store, const ServiceConfig& config,
-                 std::string arena_socket_path, RpcMetrics* metrics,
-                 RemoteTier* remote = nullptr, HandoffRegistry* handoffs = nullptr);
+                 std::string arena_socket_path, RpcMetrics* metrics, RemoteTier* remote = nullptr,
+                 HandoffRegistry* handoffs = nullptr);
 
   // The address this node names itself by in handoff descriptors (peers.advertise, else the
   // bound address); set once the server is bound, before requests need it.

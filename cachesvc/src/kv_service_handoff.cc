@@ -68,8 +68,8 @@ Status KvStashService::DoFetchHandoff(const v1::FetchHandoffRequest& req,
   const bool self = d.node() == AdvertisedAddress();
   if (!self && (remote_ == nullptr || !remote_->IsPeer(d.node()))) {
     // Never dial (and present the cluster secret to) an address an engine made up.
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot fetch a handoff from ", d.node(), ": not a peer of this node (--peer)"));
+    return absl::FailedPreconditionError(absl::StrCat("cannot fetch a handoff from ", d.node(),
+                                                      ": not a peer of this node (--peer)"));
   }
   // What this node holds already is not fetched again.
   std::vector<Status> results(names.size());
@@ -119,10 +119,11 @@ Status KvStashService::DoFetchHandoff(const v1::FetchHandoffRequest& req,
     if (!r.ok() && first_failure.ok()) first_failure = r;
   }
   resp->set_longest_prefix(prefix);
-  spdlog::info("event=handoff_fetched node={} id={:016x} objects={} fetched={} already_local={} "
-               "failed={}",
-               d.node(), d.handoff_id(), names.size(), resp->fetched(), resp->already_local(),
-               names.size() - resp->fetched() - resp->already_local());
+  spdlog::info(
+      "event=handoff_fetched node={} id={:016x} objects={} fetched={} already_local={} "
+      "failed={}",
+      d.node(), d.handoff_id(), names.size(), resp->fetched(), resp->already_local(),
+      names.size() - resp->fetched() - resp->already_local());
   if (req.all_or_nothing() && !first_failure.ok()) {
     return Status(first_failure.code(),
                   absl::StrCat("handoff incomplete: ", first_failure.message()));
@@ -137,8 +138,7 @@ grpc::Status KvStashService::HeartbeatHandoff(grpc::ServerContext* ctx,
   return ToGrpcStatus(scope.Finish(DoHandoff(ctx, *req, /*release=*/false, resp)));
 }
 
-grpc::Status KvStashService::ReleaseHandoff(grpc::ServerContext* ctx,
-                                            const v1::HandoffRequest* req,
+grpc::Status KvStashService::ReleaseHandoff(grpc::ServerContext* ctx, const v1::HandoffRequest* req,
                                             v1::HandoffResponse* resp) {
   RpcScope scope(metrics_, Method::kReleaseHandoff, req->ByteSizeLong());
   return ToGrpcStatus(scope.Finish(DoHandoff(ctx, *req, /*release=*/true, resp)));
@@ -158,8 +158,8 @@ Status KvStashService::DoHandoff(const grpc::ServerContext* ctx, const v1::Hando
     return absl::FailedPreconditionError(
         absl::StrCat("handoff of node ", req.node(), ": this node has no peers (--peer)"));
   }
-  KVSTASH_ASSIGN_OR_RETURN(uint64_t ms, remote_->ForwardHandoff(req.node(), req.handoff_id(),
-                                                                req.extend_ms(), release));
+  KVSTASH_ASSIGN_OR_RETURN(
+      uint64_t ms, remote_->ForwardHandoff(req.node(), req.handoff_id(), req.extend_ms(), release));
   resp->set_expires_in_ms(ms);
   return OkStatus();
 }

@@ -52,7 +52,8 @@ std::vector<uint64_t> DecodeLeaseIds(std::string_view bytes) {
   std::vector<uint64_t> ids(bytes.size() / 8);
   for (size_t i = 0; i < ids.size(); ++i) {
     uint64_t v = 0;
-    for (int b = 0; b < 8; ++b) v |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[i * 8 + b])) << (8 * b);
+    for (int b = 0; b < 8; ++b)
+      v |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[i * 8 + b])) << (8 * b);
     ids[i] = v;
   }
   return ids;
@@ -145,8 +146,7 @@ struct RemoteTier::Impl {
         impl_->hello_refused->Increment();
         return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "wrong cluster secret");
       }
-      spdlog::info("event=peer_hello from={} peer={}", req->node_id().substr(0, 256),
-                   ctx->peer());
+      spdlog::info("event=peer_hello from={} peer={}", req->node_id().substr(0, 256), ctx->peer());
       resp->set_node_id(impl_->node_id);
       resp->set_arena_generation(impl_->store->arena_generation());
       resp->set_arena_bytes(impl_->store->arena_bytes());
@@ -321,7 +321,7 @@ struct RemoteTier::Impl {
   // --- fetching --------------------------------------------------------------
 
   struct Pending {
-    size_t index;           // into the caller's names
+    size_t index;  // into the caller's names
     uint64_t peer_lease = 0;
     uint64_t remote_offset = 0;
     ObjectInfo info;
@@ -332,8 +332,9 @@ struct RemoteTier::Impl {
     if (leases.empty()) return;
 #ifdef KVSTASH_HAVE_UCX
     if (link.ucx && transport != nullptr &&
-        transport->Notify(link.ucx_peer, static_cast<uint16_t>(link.release_id),
-                          EncodeLeaseIds(leases), Deadline())
+        transport
+            ->Notify(link.ucx_peer, static_cast<uint16_t>(link.release_id), EncodeLeaseIds(leases),
+                     Deadline())
             .ok()) {
       return;
     }
@@ -400,8 +401,8 @@ struct RemoteTier::Impl {
       Result<storage::Reservation> local = store->Reserve(
           ToStoredName(names[i]), *info, config.timeout_ms * 2 + 1000, /*overwrite=*/false);
       if (!local.ok()) {
-        out[i] = local.status().code() == absl::StatusCode::kAlreadyExists ? OkStatus()
-                                                                            : local.status();
+        out[i] =
+            local.status().code() == absl::StatusCode::kAlreadyExists ? OkStatus() : local.status();
         continue;
       }
       pending.push_back({i, result.lease_id(), result.arena_offset(), *info, *local});
@@ -411,8 +412,8 @@ struct RemoteTier::Impl {
       std::vector<transport::ReadOp> ops;
       ops.reserve(pending.size());
       for (const Pending& p : pending) {
-        ops.push_back({p.remote_offset, store->arena_base() + p.local.arena_offset,
-                       p.info.payload_bytes});
+        ops.push_back(
+            {p.remote_offset, store->arena_base() + p.local.arena_offset, p.info.payload_bytes});
       }
       Status read = transport->Read(link.ucx_peer, ops, Deadline());
       if (!read.ok()) {
@@ -535,11 +536,11 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
   if (config.peers.data_plane == "ucx" && !impl->secret.empty()) {
     KVSTASH_ASSIGN_OR_RETURN(impl->transport,
                              transport::UcxTransport::Create({.name = "cachesvc"}));
-    KVSTASH_ASSIGN_OR_RETURN(impl->region, impl->transport->RegisterRegion(
-                                               store->arena_base(), store->arena_bytes()));
+    KVSTASH_ASSIGN_OR_RETURN(
+        impl->region, impl->transport->RegisterRegion(store->arena_base(), store->arena_bytes()));
     Impl* raw = impl.get();
-    KVSTASH_RETURN_IF_ERROR(impl->transport->SetNotificationHandler(
-        kReleaseMessageId, [raw](std::string_view payload) {
+    KVSTASH_RETURN_IF_ERROR(
+        impl->transport->SetNotificationHandler(kReleaseMessageId, [raw](std::string_view payload) {
           for (uint64_t id : DecodeLeaseIds(payload)) (void)raw->store->Release(id);
         }));
   }
@@ -572,8 +573,8 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
         metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("corrupt"));
     peer->failures_bounds =
         metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("bounds"));
-    peer->fetch_seconds = metrics->GetHistogram(
-        "kvstash_peer_fetch_seconds", "time of one batch fetched from the peer", labels);
+    peer->fetch_seconds = metrics->GetHistogram("kvstash_peer_fetch_seconds",
+                                                "time of one batch fetched from the peer", labels);
     peer->up = metrics->GetGauge("kvstash_peer_up", "1 while the peer answers", labels);
     impl->peers.push_back(std::move(peer));
   }
@@ -643,8 +644,8 @@ std::vector<Status> RemoteTier::FetchFrom(const std::string& address,
   Impl::Peer* peer = impl_->Find(address);
   if (peer == nullptr) {
     return std::vector<Status>(
-        names.size(), absl::FailedPreconditionError(absl::StrCat(
-                          "node ", address, " is not a peer of this node (--peer)")));
+        names.size(), absl::FailedPreconditionError(
+                          absl::StrCat("node ", address, " is not a peer of this node (--peer)")));
   }
   std::vector<Status> out(names.size(), absl::NotFoundError("the peer does not hold the object"));
   std::vector<size_t> remaining(names.size());

@@ -18,10 +18,26 @@ std::mutex& CreateMutex() {
 }  // namespace
 
 const char* MethodName(Method method) {
-  static const char* kNames[] = {
-      "Lookup", "Reserve", "Commit", "Abort", "Put",   "Acquire",   "Release",     "Get",
-      "Delete", "Pin",     "Unpin",  "List",  "Stats", "ArenaInfo", "ReserveMany", "CommitMany",
-      "Offer",  "FetchHandoff", "HeartbeatHandoff", "ReleaseHandoff"};
+  static const char* kNames[] = {"Lookup",
+                                 "Reserve",
+                                 "Commit",
+                                 "Abort",
+                                 "Put",
+                                 "Acquire",
+                                 "Release",
+                                 "Get",
+                                 "Delete",
+                                 "Pin",
+                                 "Unpin",
+                                 "List",
+                                 "Stats",
+                                 "ArenaInfo",
+                                 "ReserveMany",
+                                 "CommitMany",
+                                 "Offer",
+                                 "FetchHandoff",
+                                 "HeartbeatHandoff",
+                                 "ReleaseHandoff"};
   int i = static_cast<int>(method);
   return (i >= 0 && i < static_cast<int>(Method::kCount)) ? kNames[i] : "unknown";
 }

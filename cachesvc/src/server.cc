@@ -132,12 +132,11 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
     }
     impl->remote = std::move(*remote);
   }
-  impl->handoffs = std::make_unique<HandoffRegistry>(impl->store.get(), &impl->registry,
-                                                     config.peers.handoff_ms,
-                                                     config.peers.max_handoff_ms);
-  impl->service = std::make_unique<KvStashService>(
-      impl->store.get(), impl->config, impl->arena_socket_path, impl->rpc_metrics.get(),
-      impl->remote.get(), impl->handoffs.get());
+  impl->handoffs = std::make_unique<HandoffRegistry>(
+      impl->store.get(), &impl->registry, config.peers.handoff_ms, config.peers.max_handoff_ms);
+  impl->service = std::make_unique<KvStashService>(impl->store.get(), impl->config,
+                                                   impl->arena_socket_path, impl->rpc_metrics.get(),
+                                                   impl->remote.get(), impl->handoffs.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

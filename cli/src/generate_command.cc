@@ -194,8 +194,8 @@ int RunGenerate(const GenerateArgs& a) {
   if (!a.handoff_out.empty()) {
     // Prefill side: pin the prompt's chunks on this node for the decode node and hand over
     // the descriptor.
-    auto chunker = connector::Chunker::Create(connector::EngineCacheSpec(**eng),
-                                              a.cache_namespace, a.chunk_tokens);
+    auto chunker = connector::Chunker::Create(connector::EngineCacheSpec(**eng), a.cache_namespace,
+                                              a.chunk_tokens);
     if (!chunker.ok()) return Fail(chunker.status().ToString());
     connector::ChunkPlan plan = chunker->Plan(ids);
     auto kv = client::KvClient::Connect(a.cache_target);

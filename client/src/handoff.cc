@@ -43,7 +43,8 @@ std::string Handoff::Serialize() const {
 
 Result<Handoff> Handoff::Parse(std::string_view bytes) {
   v1::HandoffDescriptor d;
-  if (bytes.size() > (64u << 20) || !d.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+  if (bytes.size() > (64u << 20) ||
+      !d.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
     return absl::InvalidArgumentError("not a serialized handoff");
   }
   return FromDescriptor(d);

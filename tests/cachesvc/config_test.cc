@@ -227,10 +227,21 @@ namespace kvstash::cachesvc {
 namespace {
 
 TEST(Config, PeersFromFlagsAndYaml) {
-  const char* argv[] = {"cachesvc",       "--listen",  "127.0.0.1:0",          "--peer",
-                        "10.0.0.1:7100",  "--peer",    "node-b.example:7100", "--peer-secret-file",
-                        "/etc/secret",    "--peer-timeout-ms", "500",          "--remote-promote",
-                        "false",          "--peer-data-plane", "grpc"};
+  const char* argv[] = {"cachesvc",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--peer",
+                        "10.0.0.1:7100",
+                        "--peer",
+                        "node-b.example:7100",
+                        "--peer-secret-file",
+                        "/etc/secret",
+                        "--peer-timeout-ms",
+                        "500",
+                        "--remote-promote",
+                        "false",
+                        "--peer-data-plane",
+                        "grpc"};
   ParsedCommandLine p = ParseCommandLine(sizeof argv / sizeof argv[0], argv);
   ASSERT_TRUE(p.config.has_value()) << p.output;
   EXPECT_THAT(p.config->peers.addresses,

@@ -104,9 +104,7 @@ class PeerTest : public ::testing::TestWithParam<Plane> {
     ASSERT_OK_AND_ASSIGN(client_b_, KvClient::Connect(b_->target(), StreamOnly()));
   }
 
-  void PutOnA(const Object& o) {
-    ASSERT_THAT(client_a_->Put(o.name, o.info, o.payload), IsOk());
-  }
+  void PutOnA(const Object& o) { ASSERT_THAT(client_a_->Put(o.name, o.info, o.payload), IsOk()); }
 
   TempDir dir_a_, dir_b_;
   std::unique_ptr<ServiceProcess> a_, b_;
@@ -261,8 +259,7 @@ TEST_P(PeerTest, APeerRestartedOnItsSsdIsReconnected) {
   Object first = MakeObject(21, 1024), second = MakeObject(22, 1024);
   PutOnA(first);
   ASSERT_OK_AND_ASSIGN(GetReply got, client_b_->Get(first.name));
-  ASSERT_THAT(client_a_->Put(second.name, second.info, second.payload, {.durable = true}),
-              IsOk());
+  ASSERT_THAT(client_a_->Put(second.name, second.info, second.payload, {.durable = true}), IsOk());
   client_a_.reset();
   // Same port, same data dir: a new arena (new generation, new rkey), the SSD tier recovered.
   const std::string target = a_->target();
@@ -289,8 +286,8 @@ TEST_P(PeerTest, AWrongClusterSecretGetsNothing) {
   ServiceOptions b_opts;
   b_opts.tcp = true;
   b_opts.extra_args = {"--peer-secret-file",
-                       WriteSecret(dir_b_.path(), "a-different-secret-of-enough-bytes"),
-                       "--peer", a_->target()};
+                       WriteSecret(dir_b_.path(), "a-different-secret-of-enough-bytes"), "--peer",
+                       a_->target()};
   ASSERT_OK_AND_ASSIGN(b_, ServiceProcess::Start(dir_b_.path(), b_opts));
   ASSERT_OK_AND_ASSIGN(client_a_, KvClient::Connect(a_->target(), StreamOnly()));
   ASSERT_OK_AND_ASSIGN(client_b_, KvClient::Connect(b_->target(), StreamOnly()));
@@ -392,8 +389,7 @@ TEST_P(PeerTest, HandoffFailurePolicies) {
   elsewhere.names = {TestName(630)};
   elsewhere.payload_bytes = {4096};
   EXPECT_THAT(client_b_->FetchHandoff(elsewhere), StatusIs(absl::StatusCode::kFailedPrecondition));
-  EXPECT_THAT(Handoff::Parse("not a handoff at all"),
-              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Handoff::Parse("not a handoff at all"), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(client_a_->Offer(std::vector<ObjectName>{TestName(631)}),
               StatusIs(absl::StatusCode::kResourceExhausted));
 }

@@ -32,8 +32,8 @@ class PdGenerateTest : public ::testing::Test {
     ASSERT_OK_AND_ASSIGN(a_, ServiceProcess::Start(dir_a_.path(), a_opts));
     ServiceOptions b_opts;
     b_opts.tcp = true;
-    b_opts.extra_args = {"--peer-secret-file", secret,        "--peer",
-                         a_->target(),         "--peer-timeout-ms", "1000"};
+    b_opts.extra_args = {"--peer-secret-file", secret, "--peer", a_->target(),
+                         "--peer-timeout-ms",  "1000"};
     ASSERT_OK_AND_ASSIGN(b_, ServiceProcess::Start(dir_b_.path(), b_opts));
   }
 
@@ -41,14 +41,23 @@ class PdGenerateTest : public ::testing::Test {
   // stderr in *log.
   int Generate(std::vector<std::string> extra, std::string* text, std::string* log,
                const std::string& max_tokens = "24") {
-    std::vector<std::string> argv = {
-        BinaryPath("cli/kvstash"), "generate",
-        "--model",  std::string(KVSTASH_SHARED_DATA) + "/models/stories260K.bin",
-        "--tokenizer", std::string(KVSTASH_SHARED_DATA) + "/models/tok512.bin",
-        "--prompt", kPrompt, "--max-tokens", max_tokens, "--chunk-tokens", "32", "--threads", "1"};
+    std::vector<std::string> argv = {BinaryPath("cli/kvstash"),
+                                     "generate",
+                                     "--model",
+                                     std::string(KVSTASH_SHARED_DATA) + "/models/stories260K.bin",
+                                     "--tokenizer",
+                                     std::string(KVSTASH_SHARED_DATA) + "/models/tok512.bin",
+                                     "--prompt",
+                                     kPrompt,
+                                     "--max-tokens",
+                                     max_tokens,
+                                     "--chunk-tokens",
+                                     "32",
+                                     "--threads",
+                                     "1"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     const std::string out_path = files_.path() + "/stdout";
-    argv.insert(argv.begin(), {"/bin/sh", "-c", "\"$0\" \"$@\" >\"$OUT\"" });
+    argv.insert(argv.begin(), {"/bin/sh", "-c", "\"$0\" \"$@\" >\"$OUT\""});
     ::setenv("OUT", out_path.c_str(), 1);
     int rc = RunProgram(argv, log, 120'000);
     std::ifstream in(out_path);
@@ -66,16 +75,16 @@ TEST_F(PdGenerateTest, DecodeAfterAHandoffGeneratesTheTokensOfOneNode) {
   ASSERT_FALSE(single.empty());
   const std::string handoff = files_.path() + "/handoff.bin";
   std::string prefill_text;
-  ASSERT_EQ(Generate({"--cache-target", a_->target(), "--handoff-out", handoff}, &prefill_text, &log,
-                     "1"),
+  ASSERT_EQ(Generate({"--cache-target", a_->target(), "--handoff-out", handoff}, &prefill_text,
+                     &log, "1"),
             0)
       << log;
   EXPECT_THAT(log, HasSubstr("handoff: offered"));
   std::string decoded;
-  ASSERT_EQ(Generate({"--cache-target", b_->target(), "--handoff-in", handoff,
-                      "--handoff-required"},
-                     &decoded, &log),
-            0)
+  ASSERT_EQ(
+      Generate({"--cache-target", b_->target(), "--handoff-in", handoff, "--handoff-required"},
+               &decoded, &log),
+      0)
       << log;
   EXPECT_THAT(log, HasSubstr("already here 0"));
   EXPECT_THAT(log, ::testing::Not(HasSubstr("fetched 0 ")));
@@ -88,20 +97,19 @@ TEST_F(PdGenerateTest, AHandoffThatCannotBeFetchedIsRecomputedWithTheSameTokens)
   ASSERT_EQ(Generate({}, &single, &log), 0) << log;
   const std::string handoff = files_.path() + "/handoff.bin";
   std::string ignored;
-  ASSERT_EQ(Generate({"--cache-target", a_->target(), "--handoff-out", handoff}, &ignored, &log, "1"),
-            0)
+  ASSERT_EQ(
+      Generate({"--cache-target", a_->target(), "--handoff-out", handoff}, &ignored, &log, "1"), 0)
       << log;
   a_->Kill();  // the prefill node is gone before the decode side asks
   // Policy "fail": the request refuses to go on.
   std::string decoded;
-  EXPECT_NE(Generate({"--cache-target", b_->target(), "--handoff-in", handoff,
-                      "--handoff-required"},
-                     &decoded, &log),
-            0);
+  EXPECT_NE(
+      Generate({"--cache-target", b_->target(), "--handoff-in", handoff, "--handoff-required"},
+               &decoded, &log),
+      0);
   EXPECT_THAT(log, HasSubstr("handoff"));
   // Policy "recompute" (the default): the same tokens as one node without any cache.
-  ASSERT_EQ(Generate({"--cache-target", b_->target(), "--handoff-in", handoff}, &decoded, &log),
-            0)
+  ASSERT_EQ(Generate({"--cache-target", b_->target(), "--handoff-in", handoff}, &decoded, &log), 0)
       << log;
   EXPECT_THAT(log, HasSubstr("fetched 0"));
   EXPECT_THAT(log, HasSubstr("hit 0 of"));

@@ -8,8 +8,8 @@
 #include "kvstash/client/kv_client.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  auto parsed = kvstash::client::Handoff::Parse(
-      std::string_view(reinterpret_cast<const char*>(data), size));
+  auto parsed =
+      kvstash::client::Handoff::Parse(std::string_view(reinterpret_cast<const char*>(data), size));
   if (!parsed.ok()) return 0;
   if (parsed->names.size() != parsed->payload_bytes.size()) std::abort();
   auto again = kvstash::client::Handoff::Parse(parsed->Serialize());

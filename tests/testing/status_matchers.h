@@ -42,12 +42,12 @@ MATCHER_P(StatusIs, code,
 #define KVSTASH_MATCHERS_CONCAT_(a, b) KVSTASH_MATCHERS_CONCAT_INNER_(a, b)
 
 // Asserts that `expr` (a Result<T>) is OK and assigns its value to `lhs`.
-#define ASSERT_OK_AND_ASSIGN(lhs, expr)                                                      \
-  ASSERT_OK_AND_ASSIGN_IMPL_(KVSTASH_MATCHERS_CONCAT_(kvstash_matchers_result_, __LINE__), \
-                             lhs, expr)
-#define ASSERT_OK_AND_ASSIGN_IMPL_(tmp, lhs, expr)            \
-  auto tmp = (expr);                                          \
-  ASSERT_THAT(tmp, ::kvstash::testing::IsOk()) << #expr;      \
+#define ASSERT_OK_AND_ASSIGN(lhs, expr)                                                         \
+  ASSERT_OK_AND_ASSIGN_IMPL_(KVSTASH_MATCHERS_CONCAT_(kvstash_matchers_result_, __LINE__), lhs, \
+                             expr)
+#define ASSERT_OK_AND_ASSIGN_IMPL_(tmp, lhs, expr)       \
+  auto tmp = (expr);                                     \
+  ASSERT_THAT(tmp, ::kvstash::testing::IsOk()) << #expr; \
   lhs = std::move(tmp).value()
 
 #endif  // KVSTASH_TESTS_TESTING_STATUS_MATCHERS_H_

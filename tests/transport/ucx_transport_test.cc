@@ -48,7 +48,8 @@ class UcxTransportTest : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(UcxTransportTest, ReadsBatchesOfRangesByteForByte) {
-  ASSERT_OK_AND_ASSIGN(PeerId peer, client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
   EXPECT_TRUE(client_->Healthy(peer));
   // Ranges of several sizes, unaligned, some landing in an unregistered buffer.
   std::vector<uint8_t> unregistered(100'000, 0);
@@ -69,7 +70,8 @@ TEST_P(UcxTransportTest, ReadsBatchesOfRangesByteForByte) {
 }
 
 TEST_P(UcxTransportTest, RefusesRangesOutsideTheRegionBeforeSendingAnything) {
-  ASSERT_OK_AND_ASSIGN(PeerId peer, client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
   const std::vector<std::vector<ReadOp>> bad = {
       {{.remote_offset = kServedBytes, .local = landing_.data(), .length = 1}},
       {{.remote_offset = kServedBytes - 10, .local = landing_.data(), .length = 11}},
@@ -99,7 +101,8 @@ TEST_P(UcxTransportTest, DeliversNotificationsAfterReads) {
                                                 cv.notify_all();
                                               }),
               IsOk());
-  ASSERT_OK_AND_ASSIGN(PeerId peer, client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
   std::vector<ReadOp> ops = {{.remote_offset = 4096, .local = landing_.data(), .length = 4096}};
   ASSERT_THAT(client_->Read(peer, ops, Clock::now() + 20s), IsOk());
   std::string big(20'000, 'x');
@@ -118,7 +121,8 @@ TEST_P(UcxTransportTest, UnknownOrDisconnectedPeersAreUnavailable) {
   std::vector<ReadOp> ops = {{.remote_offset = 0, .local = landing_.data(), .length = 10}};
   EXPECT_THAT(client_->Read(12345, ops, Clock::now() + 5s),
               StatusIs(absl::StatusCode::kUnavailable));
-  ASSERT_OK_AND_ASSIGN(PeerId peer, client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
   client_->Disconnect(peer);
   EXPECT_FALSE(client_->Healthy(peer));
   EXPECT_THAT(client_->Read(peer, ops, Clock::now() + 5s),
@@ -128,7 +132,8 @@ TEST_P(UcxTransportTest, UnknownOrDisconnectedPeersAreUnavailable) {
 }
 
 TEST_P(UcxTransportTest, RejectsMalformedPeerDescriptions) {
-  EXPECT_THAT(client_->Connect("", region_, Clock::now() + 5s), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(client_->Connect("", region_, Clock::now() + 5s),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   RemoteRegion no_rkey = region_;
   no_rkey.packed_rkey.clear();
   EXPECT_THAT(client_->Connect(server_->worker_address(), no_rkey, Clock::now() + 5s),
@@ -143,7 +148,8 @@ TEST_P(UcxTransportTest, CudaRegionsNeedACudaEnabledUcx) {
 }
 
 TEST_P(UcxTransportTest, AServerThatGoesAwayFailsReadsInsteadOfHanging) {
-  ASSERT_OK_AND_ASSIGN(PeerId peer, client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
   std::vector<ReadOp> ops = {{.remote_offset = 0, .local = landing_.data(), .length = 1 << 20}};
   ASSERT_THAT(client_->Read(peer, ops, Clock::now() + 20s), IsOk());
   server_.reset();  // closes the server's worker, as a node that exits would

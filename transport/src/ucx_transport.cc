@@ -60,8 +60,8 @@ struct UcxTransport::Impl {
     bool issued ABSL_GUARDED_BY(mu) = false;
     Status status ABSL_GUARDED_BY(mu);
     std::atomic<bool> finished{false};  // issued && pending == 0; read while polling
-    std::vector<void*> requests;  // progress thread only
-    std::string payload;          // a notification's bytes, alive until sent
+    std::vector<void*> requests;        // progress thread only
+    std::string payload;                // a notification's bytes, alive until sent
     std::shared_ptr<Peer> peer;
     Impl* impl = nullptr;
     uint64_t bytes = 0;
@@ -311,8 +311,9 @@ struct UcxTransport::Impl {
           param.memh = memh;
         }
         BeginPending(call);
-        Track(call, ucp_get_nbx(peer.ep, op.local, op.length, peer.address + op.remote_offset,
-                                peer.rkey, &param),
+        Track(call,
+              ucp_get_nbx(peer.ep, op.local, op.length, peer.address + op.remote_offset, peer.rkey,
+                          &param),
               holder);
       }
       // Completion of a get already means its bytes landed; the flush makes "every operation on
@@ -384,8 +385,7 @@ struct UcxTransport::Impl {
     }
     {
       std::unique_lock<std::mutex> lock(call->mu);
-      if (call->cv.wait_until(lock, deadline,
-                              [&] { return call->issued && call->pending == 0; })) {
+      if (call->cv.wait_until(lock, deadline, [&] { return call->issued && call->pending == 0; })) {
         return call->status;
       }
     }
@@ -429,8 +429,8 @@ Result<std::unique_ptr<UcxTransport>> UcxTransport::Create(const TransportOption
   if (st != UCS_OK) return UcxError("ucp_config_read", st);
   ucp_params_t params;
   std::memset(&params, 0, sizeof params);
-  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED |
-                      UCP_PARAM_FIELD_NAME;
+  params.field_mask =
+      UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_NAME;
   params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
   params.mt_workers_shared = 0;
   params.name = options.name.c_str();
@@ -525,8 +525,8 @@ Result<RemoteRegion> UcxTransport::RegisterRegion(void* base, uint64_t bytes, Me
   return out;
 }
 
-Result<PeerId> UcxTransport::Connect(const std::string& worker_address,
-                                     const RemoteRegion& region, Clock::time_point deadline) {
+Result<PeerId> UcxTransport::Connect(const std::string& worker_address, const RemoteRegion& region,
+                                     Clock::time_point deadline) {
   if (worker_address.empty() || region.packed_rkey.empty() || region.bytes == 0) {
     return absl::InvalidArgumentError("Connect: empty worker address, rkey or region");
   }
@@ -609,9 +609,9 @@ Status UcxTransport::Read(PeerId id, std::span<const ReadOp> ops, Clock::time_po
   for (const ReadOp& op : ops) {
     if (op.local == nullptr || op.length == 0 || op.remote_offset > peer->bytes ||
         op.length > peer->bytes - op.remote_offset) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "read of ", op.length, " bytes at offset ", op.remote_offset,
-          " lies outside the peer's region of ", peer->bytes, " bytes"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("read of ", op.length, " bytes at offset ", op.remote_offset,
+                       " lies outside the peer's region of ", peer->bytes, " bytes"));
     }
     call->bytes += op.length;
   }

@@ -170,7 +170,7 @@ struct ServiceStats {
 struct Handoff {
   std::string node;  // the prefill node's gRPC address, as its peers know it
   uint64_t id = 0;
-  std::vector<ObjectName> names;       // offered objects, in prefix order
+  std::vector<ObjectName> names;        // offered objects, in prefix order
   std::vector<uint64_t> payload_bytes;  // one per name
   uint64_t expires_in_ms = 0;           // from Offer; not carried by Serialize
 

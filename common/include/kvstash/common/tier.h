@@ -12,7 +12,7 @@ namespace kvstash {
 enum class Tier : uint8_t {
   kUnknown = 0,  // not said (absent object, an older peer)
   kGpu = 1,
-  kCpu = 2,     // the shared-memory arena
+  kCpu = 2,  // the shared-memory arena
   kSsd = 3,
   kRemote = 4,  // another cachesvc node (a peer)
 };

@@ -1,12 +1,12 @@
 // UcxTransport: one-sided reads and short notifications between cachesvc nodes over UCX (ucp).
 //
 // Model. One ucp context and one worker per transport. A node registers the memory peers may read
-// (its shared-memory arena) once, with RegisterRegion, and hands the returned RemoteRegion (address,
-// length, packed rkey) plus worker_address() to authenticated peers over its control channel; it
-// never gives them to engines. A reader Connects to that description and Reads byte ranges of it
-// straight into its own memory (ucp_get_nbx): the bytes cross the link once, with no copy on the
-// serving side and no serving-side CPU. Notify sends a short active message (e.g. "release these
-// leases") once the reads it follows have completed.
+// (its shared-memory arena) once, with RegisterRegion, and hands the returned RemoteRegion
+// (address, length, packed rkey) plus worker_address() to authenticated peers over its control
+// channel; it never gives them to engines. A reader Connects to that description and Reads byte
+// ranges of it straight into its own memory (ucp_get_nbx): the bytes cross the link once, with no
+// copy on the serving side and no serving-side CPU. Notify sends a short active message (e.g.
+// "release these leases") once the reads it follows have completed.
 //
 // Threading. Every ucp call runs on the transport's one progress thread (the worker is
 // single-threaded); public methods hand it work and wait for the outcome. The progress thread
@@ -21,8 +21,8 @@
 //   Unavailable        UCX reported the peer failed (closed, reset, unreachable); the peer stays
 //                      failed (Healthy() == false) until Disconnect and a new Connect
 //   DeadlineExceeded   a read or notification outlived its deadline: its requests were cancelled
-//                      and the endpoint closed (UCX cannot take back an RMA in flight otherwise), so
-//                      the peer is failed too. When the call returns, no request of it is still
+//                      and the endpoint closed (UCX cannot take back an RMA in flight otherwise),
+//                      so the peer is failed too. When the call returns, no request of it is still
 //                      writing into the caller's memory.
 //   Unimplemented      CUDA memory asked for but this UCX build has no CUDA support
 //   Internal           UCX refused something it should not have (context, worker, mem_map)
@@ -103,7 +103,8 @@ class UcxTransport {
   // Registers [base, base + bytes) with UCX (ucp_mem_map; the memory stays owned by the caller and
   // must outlive the transport) and returns what peers need to read it. Reads into a registered
   // region avoid per-call registration. kCuda needs SupportsCuda().
-  Result<RemoteRegion> RegisterRegion(void* base, uint64_t bytes, MemoryKind kind = MemoryKind::kHost);
+  Result<RemoteRegion> RegisterRegion(void* base, uint64_t bytes,
+                                      MemoryKind kind = MemoryKind::kHost);
 
   // Creates an endpoint to the peer worker at `worker_address` (with peer error handling),
   // unpacks the rkey of its `region`, and completes the wire-up with a flush before `deadline`.
