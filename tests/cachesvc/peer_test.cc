@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -98,6 +99,10 @@ class PeerTest : public ::testing::TestWithParam<Plane> {
     b_opts.metrics = true;
     b_opts.extra_args = PeerArgs(dir_b_.path());
     b_opts.extra_args.insert(b_opts.extra_args.end(), {"--peer", a_->target()});
+    // Generous unless a test is about timeouts: sanitizer builds on two busy cores are slow.
+    if (std::find(b_extra.begin(), b_extra.end(), "--peer-timeout-ms") == b_extra.end()) {
+      b_extra.insert(b_extra.end(), {"--peer-timeout-ms", "20000"});
+    }
     b_opts.extra_args.insert(b_opts.extra_args.end(), b_extra.begin(), b_extra.end());
     ASSERT_OK_AND_ASSIGN(b_, ServiceProcess::Start(dir_b_.path(), b_opts));
     ASSERT_OK_AND_ASSIGN(client_a_, KvClient::Connect(a_->target(), StreamOnly()));
@@ -413,7 +418,8 @@ TEST_P(PeerTest, ADecodeNodeRestartedMidFetchFetchesAgain) {
   ServiceOptions opts;
   opts.listen = b_target;
   opts.extra_args = PeerArgs(dir_b_.path());
-  opts.extra_args.insert(opts.extra_args.end(), {"--peer", a_->target()});
+  opts.extra_args.insert(opts.extra_args.end(),
+                         {"--peer", a_->target(), "--peer-timeout-ms", "20000"});
   ASSERT_OK_AND_ASSIGN(b_, ServiceProcess::Start(dir_b_.path(), opts));
   ASSERT_OK_AND_ASSIGN(client_b_, KvClient::Connect(b_->target(), StreamOnly()));
   // Whatever the killed fetch left (nothing uncommitted is ever visible), fetching again

@@ -33,7 +33,7 @@ class PdGenerateTest : public ::testing::Test {
     ServiceOptions b_opts;
     b_opts.tcp = true;
     b_opts.extra_args = {"--peer-secret-file", secret, "--peer", a_->target(),
-                         "--peer-timeout-ms",  "1000"};
+                         "--peer-timeout-ms",  "20000"};
     ASSERT_OK_AND_ASSIGN(b_, ServiceProcess::Start(dir_b_.path(), b_opts));
   }
 
