@@ -67,6 +67,17 @@ uint64_t RemoteHits(KvClient& client) {
   return 0;
 }
 
+// Get until it succeeds: at most 100 tries, 100 ms apart (a peer coming back is retried after
+// peers.retry_ms).
+Result<GetReply> GetWithRetries(KvClient& client, const ObjectName& name) {
+  Result<GetReply> got = absl::UnknownError("not tried");
+  for (int i = 0; i < 100 && !got.ok(); ++i) {
+    got = client.Get(name);
+    if (!got.ok()) std::this_thread::sleep_for(100ms);
+  }
+  return got;
+}
+
 // The data plane under test: UCX with its own choice of transports, UCX over TCP only (the
 // network path), or gRPC streams.
 enum class Plane { kUcxDefault, kUcxTcp, kGrpc };
@@ -250,11 +261,7 @@ TEST_P(PeerTest, AStoppedPeerTimesOutThenIsUsedAgainWhenItResumes) {
   EXPECT_GE(MetricSum(b_->metrics_port(), "kvstash_peer_failures_total"), 1);
   a_->Continue();
   // Bounded: the peer is tried again after retry_ms.
-  Result<GetReply> got = absl::UnknownError("not tried");
-  for (int i = 0; i < 100 && !got.ok(); ++i) {
-    got = client_b_->Get(o.name);
-    if (!got.ok()) std::this_thread::sleep_for(100ms);
-  }
+  Result<GetReply> got = GetWithRetries(*client_b_, o.name);
   ASSERT_THAT(got, IsOk());
   EXPECT_TRUE(got->payload == o.payload);
 }
@@ -273,11 +280,7 @@ TEST_P(PeerTest, APeerRestartedOnItsSsdIsReconnected) {
   opts.listen = target;
   opts.extra_args = PeerArgs(dir_a_.path());
   ASSERT_OK_AND_ASSIGN(a_, ServiceProcess::Start(dir_a_.path(), opts));
-  Result<GetReply> again = absl::UnknownError("not tried");
-  for (int i = 0; i < 100 && !again.ok(); ++i) {
-    again = client_b_->Get(second.name);
-    if (!again.ok()) std::this_thread::sleep_for(100ms);
-  }
+  Result<GetReply> again = GetWithRetries(*client_b_, second.name);
   ASSERT_THAT(again, IsOk());
   EXPECT_TRUE(again->payload == second.payload);
 }
