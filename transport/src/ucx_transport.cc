@@ -298,7 +298,7 @@ struct UcxTransport::Impl {
     ++call->pending;
   }
 
-  void IssueReads(const std::shared_ptr<Call>& call, std::vector<ReadOp> ops) {
+  void IssueReads(const std::shared_ptr<Call>& call, const std::vector<ReadOp>& ops) {
     Peer& peer = *call->peer;
     if (peer.failed || peer.ep == nullptr) {
       call->Fail(PeerError("peer endpoint failed", peer.failure.load()));
@@ -617,8 +617,8 @@ Status UcxTransport::Read(PeerId id, std::span<const ReadOp> ops, Clock::time_po
   }
   call->ops = ops.size();
   Impl* impl = impl_.get();
-  impl->Post([impl, call, list = std::vector<ReadOp>(ops.begin(), ops.end())]() mutable {
-    impl->IssueReads(call, std::move(list));
+  impl->Post([impl, call, list = std::vector<ReadOp>(ops.begin(), ops.end())] {
+    impl->IssueReads(call, list);
   });
   Status s = impl->Await(call, deadline);
   if (s.ok()) {
