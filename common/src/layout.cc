@@ -76,7 +76,13 @@ Status KvLayout::Validate() const {
   }
   if (rotary_dim > head_dim || rotary_dim % 2 != 0)
     return bad("rotary_dim must be even and <= head_dim");
-  if (!(rope_theta > 0.0f) || rope_theta > 1e9f) return bad("rope_theta out of range");
+  // rope_theta applies only to rotated keys: with RoPE none it may be left at the wire's 0 (a
+  // proto3 client that never sets it), but never NaN or infinite.
+  if (rope == RopeConvention::kNone) {
+    if (!(rope_theta >= 0.0f && rope_theta <= 1e9f)) return bad("rope_theta out of range");
+  } else if (!(rope_theta > 0.0f) || rope_theta > 1e9f) {
+    return bad("rope_theta out of range (RoPE keys need a positive theta)");
+  }
   if (position_start < 0 || position_start > (int64_t{1} << 40))
     return bad("position_start out of range");
   if (RawBytes() > kMaxObjectBytes) return bad("object larger than the 16 GiB limit");

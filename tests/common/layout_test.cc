@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 namespace kvstash {
 namespace {
 
@@ -46,6 +48,22 @@ TEST(LayoutTest, RejectsEachBadField) {
     l.num_layers = kMaxLayers;
     l.num_tokens = kMaxTokensPerObject;
   });
+}
+
+// A proto3 client that leaves rope_theta at its default (0) for keys stored before RoPE is
+// valid: the field does not apply. Rotated keys still need a positive theta.
+TEST(LayoutTest, RopeThetaIsCheckedOnlyWhereItApplies) {
+  KvLayout none = SmolLayout();
+  none.rope = RopeConvention::kNone;
+  none.rope_theta = 0.0f;
+  EXPECT_TRUE(none.Validate().ok()) << none.Validate();
+  none.rope_theta = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(none.Validate().code(), absl::StatusCode::kInvalidArgument);
+  none.rope_theta = -1.0f;
+  EXPECT_EQ(none.Validate().code(), absl::StatusCode::kInvalidArgument);
+  KvLayout neox = SmolLayout();
+  neox.rope_theta = 0.0f;
+  EXPECT_EQ(neox.Validate().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(LayoutTest, ObjectInfoChecksRawPayloadSize) {
