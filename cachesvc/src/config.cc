@@ -157,15 +157,15 @@ Setter StoreStringField(std::string storage::StoreOptions::*field) {
   };
 }
 
+Result<bool> ReadBool(const std::string& text, const std::string& where) {
+  if (text == "true" || text == "1" || text == "yes" || text == "on") return true;
+  if (text == "false" || text == "0" || text == "no" || text == "off") return false;
+  return Bad(where, absl::StrCat("'", text, "' is not a boolean (true/false)"));
+}
+
 Setter StoreBoolField(bool storage::StoreOptions::*field) {
   return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
-    if (text == "true" || text == "1" || text == "yes" || text == "on") {
-      c.store.*field = true;
-    } else if (text == "false" || text == "0" || text == "no" || text == "off") {
-      c.store.*field = false;
-    } else {
-      return Bad(where, absl::StrCat("'", text, "' is not a boolean (true/false)"));
-    }
+    KVSTASH_ASSIGN_OR_RETURN(c.store.*field, ReadBool(text, where));
     return OkStatus();
   };
 }
@@ -201,12 +201,6 @@ Setter TierLevelField(TierEncoding ServiceConfig::*field) {
     (c.*field).level = *level;
     return OkStatus();
   };
-}
-
-Result<bool> ReadBool(const std::string& text, const std::string& where) {
-  if (text == "true" || text == "1" || text == "yes" || text == "on") return true;
-  if (text == "false" || text == "0" || text == "no" || text == "off") return false;
-  return Bad(where, absl::StrCat("'", text, "' is not a boolean (true/false)"));
 }
 
 Setter PeerIntField(uint32_t PeerConfig::*field, int64_t lo, int64_t hi) {

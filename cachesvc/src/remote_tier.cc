@@ -40,23 +40,11 @@ bool SameSecret(const std::string& a, std::string_view b) {
   return diff == 0;
 }
 
-std::string EncodeLeaseIds(const std::vector<uint64_t>& ids) {
-  std::string out(ids.size() * 8, '\0');
-  for (size_t i = 0; i < ids.size(); ++i) {
-    for (int b = 0; b < 8; ++b) out[i * 8 + b] = static_cast<char>((ids[i] >> (8 * b)) & 0xff);
-  }
-  return out;
-}
-
-std::vector<uint64_t> DecodeLeaseIds(std::string_view bytes) {
-  std::vector<uint64_t> ids(bytes.size() / 8);
-  for (size_t i = 0; i < ids.size(); ++i) {
-    uint64_t v = 0;
-    for (int b = 0; b < 8; ++b)
-      v |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[i * 8 + b])) << (8 * b);
-    ids[i] = v;
-  }
-  return ids;
+// "Release these leases": the payload of a UCX notification, and the gRPC fallback's request.
+v1::ReleaseRequest ReleaseMessage(const std::vector<uint64_t>& leases) {
+  v1::ReleaseRequest req;
+  for (uint64_t id : leases) req.add_lease_ids(id);
+  return req;
 }
 
 Result<std::string> ReadSecret(const std::string& path) {
@@ -333,18 +321,16 @@ struct RemoteTier::Impl {
 #ifdef KVSTASH_HAVE_UCX
     if (link.ucx && transport != nullptr &&
         transport
-            ->Notify(link.ucx_peer, static_cast<uint16_t>(link.release_id), EncodeLeaseIds(leases),
-                     Deadline())
+            ->Notify(link.ucx_peer, static_cast<uint16_t>(link.release_id),
+                     ReleaseMessage(leases).SerializeAsString(), Deadline())
             .ok()) {
       return;
     }
 #endif
     grpc::ClientContext ctx;
     PrepareContext(&ctx);
-    v1::ReleaseRequest req;
-    for (uint64_t id : leases) req.add_lease_ids(id);
     v1::ReleaseResponse resp;
-    Status s = FromGrpcStatus(peer.kv->Release(&ctx, req, &resp));
+    Status s = FromGrpcStatus(peer.kv->Release(&ctx, ReleaseMessage(leases), &resp));
     if (!s.ok()) {
       spdlog::warn("event=peer_release_failed peer={} leases={} error=\"{}\"", peer.address,
                    leases.size(), std::string(s.message()));
@@ -424,8 +410,7 @@ struct RemoteTier::Impl {
         MarkDown(peer, read);
         return;  // the peer's leases expire on their own
       }
-      uint64_t bytes = 0;
-      for (const Pending& p : pending) out[p.index] = Settle(peer, p, &bytes);
+      for (const Pending& p : pending) out[p.index] = Settle(peer, p);
       peer.fetch_seconds->Observe(std::chrono::duration<double>(Clock::now() - start).count());
     }
     ReleaseRemote(peer, link, to_release);
@@ -435,7 +420,7 @@ struct RemoteTier::Impl {
   }
 
   // Checks a landed payload and commits it, or aborts it as corrupt.
-  Status Settle(Peer& peer, const Pending& p, uint64_t* bytes) {
+  Status Settle(Peer& peer, const Pending& p) {
     const uint8_t* data = store->arena_base() + p.local.arena_offset;
     const uint32_t crc = Crc32c(data, p.info.payload_bytes);
     if (crc != p.info.payload_crc32c) {
@@ -450,7 +435,6 @@ struct RemoteTier::Impl {
     if (s.ok()) {
       peer.fetched_objects->Increment();
       peer.fetched_bytes->Increment(p.info.payload_bytes);
-      *bytes += p.info.payload_bytes;
     }
     return s;
   }
@@ -503,8 +487,7 @@ struct RemoteTier::Impl {
       if (local) (void)store->Abort(local->id);
       return failed;
     }
-    uint64_t bytes = 0;
-    Status s = Settle(peer, Pending{0, 0, 0, info, *local}, &bytes);
+    Status s = Settle(peer, Pending{0, 0, 0, info, *local});
     peer.fetch_seconds->Observe(std::chrono::duration<double>(Clock::now() - start).count());
     return s;
   }
@@ -541,7 +524,9 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
     Impl* raw = impl.get();
     KVSTASH_RETURN_IF_ERROR(
         impl->transport->SetNotificationHandler(kReleaseMessageId, [raw](std::string_view payload) {
-          for (uint64_t id : DecodeLeaseIds(payload)) (void)raw->store->Release(id);
+          v1::ReleaseRequest req;  // from an authenticated peer, but parsed as untrusted bytes
+          if (!req.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) return;
+          for (uint64_t id : req.lease_ids()) (void)raw->store->Release(id);
         }));
   }
 #endif
