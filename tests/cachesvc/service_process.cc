@@ -199,6 +199,21 @@ void ChildProcess::Kill() {
 
 Result<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(const std::string& dir,
                                                               const ServiceOptions& options) {
+  // The metrics port is one FreeTcpPort() found free a moment ago; another process (a parallel
+  // test, or UCX's ephemeral listeners) can take it before cachesvc binds it. That failure is
+  // retried with a fresh port; every other start-up failure is returned as it is.
+  for (int attempt = 1;; ++attempt) {
+    Result<std::unique_ptr<ServiceProcess>> svc = StartOnce(dir, options);
+    if (svc.ok() || !options.metrics || attempt == 5 ||
+        std::string(svc.status().message()).find("cannot listen for HTTP metrics") ==
+            std::string::npos) {
+      return svc;
+    }
+  }
+}
+
+Result<std::unique_ptr<ServiceProcess>> ServiceProcess::StartOnce(const std::string& dir,
+                                                                  const ServiceOptions& options) {
   std::unique_ptr<ServiceProcess> svc(new ServiceProcess());
   svc->data_dir_ = dir + "/data";
   svc->unix_socket_ = dir + "/svc.sock";

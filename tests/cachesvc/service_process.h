@@ -67,6 +67,8 @@ class ServiceProcess {
 
  private:
   ServiceProcess() = default;
+  static Result<std::unique_ptr<ServiceProcess>> StartOnce(const std::string& dir,
+                                                           const ServiceOptions& options);
   int Wait(int timeout_ms);
 
   pid_t pid_ = -1;
