@@ -417,11 +417,12 @@ UcxTransport::~UcxTransport() {
 Result<std::unique_ptr<UcxTransport>> UcxTransport::Create(const TransportOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  // UCX's TCP transport moves RMA reads in segments of UCX_TCP_{TX,RX}_SEG_SIZE (8 KiB by
-  // default in 1.13): a syscall and a wake-up per 8 KiB cap loopback at about 2.5 GB/s, where
-  // 512 KiB segments reach 6-7 GB/s (docs/benchmarks-transfer.md). UCX reads transport settings
-  // from the environment when it opens its interfaces (ucp_config_modify does not reach them in
-  // 1.13), so they are set there, unless the environment already has them.
+  // UCX's TCP transport moves RMA reads in segments of UCX_TCP_TX_SEG_SIZE / RX_SEG_SIZE
+  // (8 KiB / 64 KiB by default in 1.13, `ucx_info -c`): a send and a wake-up per 8 KiB cap
+  // loopback at about 2.5 GB/s, where 512 KiB segments reach 6-7 GB/s
+  // (docs/benchmarks-transfer.md). UCX reads transport settings from the environment when it
+  // opens its interfaces (ucp_config_modify does not reach them in 1.13), so they are set there,
+  // unless the environment already has them.
   ::setenv("UCX_TCP_TX_SEG_SIZE", "512k", /*overwrite=*/0);
   ::setenv("UCX_TCP_RX_SEG_SIZE", "512k", /*overwrite=*/0);
   ucp_config_t* config = nullptr;
