@@ -61,6 +61,25 @@ struct Config {
   std::string out = "bench/results/peer_transfer.json";
 };
 
+// Children to stop if the bench gives up half way (cachesvc nodes, the transport server).
+std::vector<pid_t>& Children() {
+  static std::vector<pid_t> pids;
+  return pids;
+}
+
+// Stops one child (sends `sig`, waits) and forgets it.
+void Stop(pid_t pid, int sig) {
+  Reap(pid, sig);
+  auto& pids = Children();
+  pids.erase(std::remove(pids.begin(), pids.end(), pid), pids.end());
+}
+
+// Stops every child still running and exits with status 1: nothing outlives a failed run.
+[[noreturn]] void Die() {
+  for (pid_t pid : Children()) Reap(pid, SIGKILL);
+  std::exit(1);
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[v.size() / 2];
@@ -126,7 +145,7 @@ json TransportPoint(transport::UcxTransport& t, transport::PeerId peer, uint8_t*
       auto s = t.Read(peer, ops, Clock::now() + std::chrono::seconds(60));
       if (!s.ok()) {
         std::fprintf(stderr, "read failed: %s\n", std::string(s.message()).c_str());
-        std::exit(1);
+        Die();
       }
       ++n;
       elapsed = std::chrono::duration<double>(Clock::now() - start).count();
@@ -166,8 +185,9 @@ json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
       ::setenv("UCX_TLS", tls.c_str(), 1);
     }
     int up[2], down[2];
-    if (::pipe(up) != 0 || ::pipe(down) != 0) std::exit(1);
+    if (::pipe(up) != 0 || ::pipe(down) != 0) Die();
     pid_t child = ::fork();
+    if (child > 0) Children().push_back(child);
     if (child == 0) {
       ::close(up[0]);
       ::close(down[1]);
@@ -178,16 +198,16 @@ json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
     std::string address, rkey, base;
     if (!ReadBlob(up[0], &address) || !ReadBlob(up[0], &rkey) || !ReadBlob(up[0], &base)) {
       std::fprintf(stderr, "transport server failed to start\n");
-      std::exit(1);
+      Die();
     }
     auto t = transport::UcxTransport::Create({.name = "bench-client"});
-    if (!t.ok()) std::exit(1);
+    if (!t.ok()) Die();
     (void)(*t)->RegisterRegion(dst.data(), dst.size());
     transport::RemoteRegion region{std::stoull(base), kRegionBytes, rkey};
     auto peer = (*t)->Connect(address, region, Clock::now() + std::chrono::seconds(30));
     if (!peer.ok()) {
       std::fprintf(stderr, "connect: %s\n", std::string(peer.status().message()).c_str());
-      std::exit(1);
+      Die();
     }
     std::string label = "ucx_" + (tls.empty() ? std::string("default") : tls);
     std::replace(label.begin(), label.end(), ',', '+');
@@ -215,6 +235,7 @@ json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
     ::close(up[0]);
     int status;
     ::waitpid(child, &status, 0);
+    Children().erase(std::remove(Children().begin(), Children().end(), child), Children().end());
   }
   ::unsetenv("UCX_TLS");
   return out;
@@ -254,9 +275,10 @@ Node StartNode(const Config& cfg, const std::string& dir, const std::string& lis
   Node node;
   node.dir = dir;
   node.pid = Spawn(argv, dir + "/cachesvc.log");
+  if (node.pid > 0) Children().push_back(node.pid);
   if (node.pid < 0 || !WaitFor([&] { return std::filesystem::exists(ready); }, 60'000)) {
     std::fprintf(stderr, "cachesvc did not start; see %s/cachesvc.log\n", dir.c_str());
-    std::exit(1);
+    Die();
   }
   std::ifstream in(ready);
   node.target = json::parse(in).value("target", "");
@@ -297,7 +319,7 @@ void PutObjects(client::KvClient& writer, const std::vector<uint64_t>& sizes, in
       auto s = writer.Put(NameFor(size, i), info, payload, {.durable = durable});
       if (!s.ok()) {
         std::fprintf(stderr, "put: %s\n", std::string(s.message()).c_str());
-        std::exit(1);
+        Die();
       }
     }
   }
@@ -315,12 +337,12 @@ json AcquirePoint(client::KvClient& reader, uint64_t size, int batch, int count,
       double t = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
       if (!leases.ok()) {
         std::fprintf(stderr, "acquire: %s\n", std::string(leases.status().message()).c_str());
-        std::exit(1);
+        Die();
       }
       for (auto& l : *leases) {
         if (!l.ok()) {
           std::fprintf(stderr, "acquire item: %s\n", std::string(l.status().message()).c_str());
-          std::exit(1);
+          Die();
         }
       }
       ms.push_back(t);
@@ -366,17 +388,17 @@ json RunRemoteGet(const Config& cfg, const std::vector<uint64_t>& sizes) {
     Node node = StartNode(cfg, dir, "unix://" + dir + "/svc.sock", {});
     {
       auto writer = client::KvClient::Connect(node.target, stream);
-      if (!writer.ok()) std::exit(1);
+      if (!writer.ok()) Die();
       PutObjects(**writer, sizes, count, /*durable=*/true);
     }
     for (uint64_t size : sizes) {
       for (int batch : cfg.batches) {
         std::vector<double> ssd_ms, cpu_ms;
         for (int rep = 0; rep < cfg.reps; ++rep) {
-          Reap(node.pid, SIGTERM);
+          Stop(node.pid, SIGTERM);
           node = StartNode(cfg, dir, "unix://" + dir + "/svc.sock", {});
           auto reader = client::KvClient::Connect(node.target, shm);
-          if (!reader.ok()) std::exit(1);
+          if (!reader.ok()) Die();
           json ssd = AcquirePoint(**reader, size, batch, count, 1);
           json cpu = AcquirePoint(**reader, size, batch, count, 1);
           ssd_ms.push_back(ssd["p50_ms"]);
@@ -391,7 +413,7 @@ json RunRemoteGet(const Config& cfg, const std::vector<uint64_t>& sizes) {
         }
       }
     }
-    Reap(node.pid, SIGTERM);
+    Stop(node.pid, SIGTERM);
   }
 
   struct Plane {
@@ -417,11 +439,11 @@ json RunRemoteGet(const Config& cfg, const std::vector<uint64_t>& sizes) {
     Node b = StartNode(cfg, dir + "/b", "unix://" + dir + "/b.sock", b_args);
     {
       auto writer = client::KvClient::Connect(a.target, stream);
-      if (!writer.ok()) std::exit(1);
+      if (!writer.ok()) Die();
       PutObjects(**writer, sizes, count, /*durable=*/false);
     }
     auto reader = client::KvClient::Connect(b.target, shm);
-    if (!reader.ok()) std::exit(1);
+    if (!reader.ok()) Die();
     (void)AcquirePoint(**reader, sizes.front(), 1, 1, 1);  // connect to the peer
     for (uint64_t size : sizes) {
       for (int batch : cfg.batches) {
@@ -429,8 +451,8 @@ json RunRemoteGet(const Config& cfg, const std::vector<uint64_t>& sizes) {
       }
     }
     reader->reset();
-    Reap(b.pid, SIGTERM);
-    Reap(a.pid, SIGTERM);
+    Stop(b.pid, SIGTERM);
+    Stop(a.pid, SIGTERM);
   }
   ::unsetenv("UCX_TLS");
   std::filesystem::remove_all(root);
