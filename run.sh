@@ -20,6 +20,8 @@ export KVSTASH_SHARED_DATA
 JOBS="${KVSTASH_JOBS:-$(nproc)}"
 export CCACHE_DIR="${CCACHE_DIR:-$KVSTASH_CACHE/ccache}"
 export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
+# Paths relative to the checkout, so that clones and worktrees elsewhere share cached objects.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"
 
 log() { printf '\033[1m[run.sh]\033[0m %s\n' "$*"; }
 
