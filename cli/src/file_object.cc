@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "kvstash/common/coding.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/key.h"
 #include "kvstash/common/object_header.h"
@@ -75,8 +76,7 @@ bool IsWrappedFile(const ObjectInfo& info, std::span<const uint8_t> payload, uin
   }
   const uint8_t* trailer = payload.data() + payload.size() - kFileTrailerBytes;
   if (std::memcmp(trailer, kTrailerMagic, sizeof(kTrailerMagic)) != 0) return false;
-  uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= uint64_t{trailer[8 + i]} << (8 * i);
+  const uint64_t n = DecodeFixed64(trailer + 8);
   if (n > payload.size() - kFileTrailerBytes) return false;
   auto expected = WrappedInfo(n);
   if (!expected.ok() || expected->layout != info.layout) return false;
@@ -113,7 +113,7 @@ Result<FileObject> FileToObject(std::vector<uint8_t> bytes, bool force_wrap) {
   out.payload.resize(out.info.payload_bytes, 0);
   uint8_t* trailer = out.payload.data() + out.payload.size() - kFileTrailerBytes;
   std::memcpy(trailer, kTrailerMagic, sizeof(kTrailerMagic));
-  for (int i = 0; i < 8; ++i) trailer[8 + i] = static_cast<uint8_t>(n >> (8 * i));
+  EncodeFixed64(trailer + 8, n);
   out.info.payload_crc32c = Crc32c(out.payload.data(), out.payload.size());
   out.wrapped = true;
   return out;

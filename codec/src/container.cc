@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "chunk.h"
 #include "kvstash/codec/coder.h"
+#include "kvstash/common/coding.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/half.h"
 #include "kvstash/kernels/cachegen_core.h"
@@ -20,20 +21,6 @@ constexpr uint8_t kMagic[4] = {'K', 'V', 'C', 'G'};
 constexpr size_t kBodyCrcOffset = 64;
 constexpr size_t kHeaderCrcOffset = 68;
 
-template <typename T>
-void Put(uint8_t* out, T value) {
-  for (size_t i = 0; i < sizeof(T); ++i) {
-    out[i] = static_cast<uint8_t>((static_cast<uint64_t>(value) >> (8 * i)) & 0xFF);
-  }
-}
-
-template <typename T>
-T Get(const uint8_t* in) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < sizeof(T); ++i) v |= static_cast<uint64_t>(in[i]) << (8 * i);
-  return static_cast<T>(v);
-}
-
 Status Bad(const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat("malformed CacheGen container: ", what));
 }
@@ -44,15 +31,15 @@ bool ValidDType(uint8_t d) { return d >= 1 && d <= 3; }
 bool ValidScale(const uint8_t* p, DType dtype) {
   switch (dtype) {
     case DType::kF16: {
-      const uint16_t v = Get<uint16_t>(p);
+      const uint16_t v = DecodeFixed16(p);
       return (v & 0x8000u) == 0 && (v & 0x7C00u) != 0x7C00u;
     }
     case DType::kBF16: {
-      const uint16_t v = Get<uint16_t>(p);
+      const uint16_t v = DecodeFixed16(p);
       return (v & 0x8000u) == 0 && (v & 0x7F80u) != 0x7F80u;
     }
     case DType::kF32: {
-      const uint32_t v = Get<uint32_t>(p);
+      const uint32_t v = DecodeFixed32(p);
       return (v & 0x80000000u) == 0 && (v & 0x7F800000u) != 0x7F800000u;
     }
   }
@@ -93,27 +80,24 @@ uint32_t ContainerInfo::StreamSymbols(uint32_t sub) const {
 
 uint32_t ContainerView::StreamLength(uint64_t stream) const {
   const uint8_t* p = lengths.data() + stream * info.length_width;
-  return info.length_width == 2 ? Get<uint16_t>(p) : Get<uint32_t>(p);
+  return info.length_width == 2 ? DecodeFixed16(p) : DecodeFixed32(p);
 }
 
 float ContainerView::Scale(uint64_t row_token) const {
   const uint8_t* p = scales.data() + row_token * DTypeSize(info.scale_dtype);
   switch (info.scale_dtype) {
     case DType::kF16:
-      return F16ToF32(Get<uint16_t>(p));
+      return F16ToF32(DecodeFixed16(p));
     case DType::kBF16:
-      return BF16ToF32(Get<uint16_t>(p));
+      return BF16ToF32(DecodeFixed16(p));
     case DType::kF32: {
-      const uint32_t bits = Get<uint32_t>(p);
-      float f;
-      std::memcpy(&f, &bits, 4);
-      return f;
+      return FloatFromBits(DecodeFixed32(p));
     }
   }
   return 0.0f;
 }
 
-uint16_t ContainerView::Cdf(uint64_t entry) const { return Get<uint16_t>(cdf.data() + 2 * entry); }
+uint16_t ContainerView::Cdf(uint64_t entry) const { return DecodeFixed16(cdf.data() + 2 * entry); }
 
 Result<ContainerView> ParseContainer(std::span<const uint8_t> bytes) {
   if (bytes.size() < kContainerHeaderBytes) {
@@ -122,10 +106,10 @@ Result<ContainerView> ParseContainer(std::span<const uint8_t> bytes) {
   }
   const uint8_t* h = bytes.data();
   if (std::memcmp(h, kMagic, 4) != 0) return Bad("bad magic (not KVCG)");
-  const uint16_t version = Get<uint16_t>(h + 4);
+  const uint16_t version = DecodeFixed16(h + 4);
   if (version != kContainerVersion) return Bad(absl::StrCat("unsupported version ", version));
-  if (Get<uint16_t>(h + 6) != kContainerHeaderBytes) return Bad("bad header length");
-  if (Get<uint32_t>(h + kHeaderCrcOffset) != Crc32c(h, kHeaderCrcOffset)) {
+  if (DecodeFixed16(h + 6) != kContainerHeaderBytes) return Bad("bad header length");
+  if (DecodeFixed32(h + kHeaderCrcOffset) != Crc32c(h, kHeaderCrcOffset)) {
     return absl::DataLossError("CacheGen container header checksum mismatch");
   }
 
@@ -145,15 +129,15 @@ Result<ContainerView> ParseContainer(std::span<const uint8_t> bytes) {
   info.lp = h[14];
   if (info.lp < cg::kMinBins + 1 || info.lp > cg::kMaxLp) return Bad("lp out of range");
   if (h[15] != 0) return Bad("reserved byte not zero");
-  info.num_layers = Get<uint32_t>(h + 16);
-  info.num_heads = Get<uint32_t>(h + 20);
-  info.head_dim = Get<uint32_t>(h + 24);
-  info.num_tokens = Get<uint32_t>(h + 28);
-  info.subchunk_tokens = Get<uint32_t>(h + 32);
-  info.delta_group_tokens = Get<uint32_t>(h + 36);
-  info.profile_id.lo = Get<uint64_t>(h + 40);
-  info.profile_id.hi = Get<uint64_t>(h + 48);
-  const uint64_t payload_bytes = Get<uint64_t>(h + 56);
+  info.num_layers = DecodeFixed32(h + 16);
+  info.num_heads = DecodeFixed32(h + 20);
+  info.head_dim = DecodeFixed32(h + 24);
+  info.num_tokens = DecodeFixed32(h + 28);
+  info.subchunk_tokens = DecodeFixed32(h + 32);
+  info.delta_group_tokens = DecodeFixed32(h + 36);
+  info.profile_id.lo = DecodeFixed64(h + 40);
+  info.profile_id.hi = DecodeFixed64(h + 48);
+  const uint64_t payload_bytes = DecodeFixed64(h + 56);
 
   if (info.num_layers == 0 || info.num_layers > kMaxLayers) return Bad("num_layers out of range");
   if (info.num_heads == 0 || info.num_heads > kMaxKvHeads) return Bad("num_heads out of range");
@@ -184,7 +168,7 @@ Result<ContainerView> ParseContainer(std::span<const uint8_t> bytes) {
     return Bad(absl::StrCat("sections add up to ", info.sizes.total(), " bytes, container has ",
                             bytes.size()));
   }
-  if (Get<uint32_t>(h + kBodyCrcOffset) !=
+  if (DecodeFixed32(h + kBodyCrcOffset) !=
       Crc32c(h + kContainerHeaderBytes, bytes.size() - kContainerHeaderBytes)) {
     return absl::DataLossError("CacheGen container checksum mismatch");
   }
@@ -214,10 +198,10 @@ Result<ContainerView> ParseContainer(std::span<const uint8_t> bytes) {
   for (uint64_t i = 0; i < cdfs; ++i) {
     // Same rule as ValidateCdf: starts at 0, strictly increasing, ends at 65535.
     const uint8_t* p = v.cdf.data() + i * info.lp * 2;
-    uint16_t prev = Get<uint16_t>(p);
+    uint16_t prev = DecodeFixed16(p);
     bool ok = prev == 0;
     for (int j = 1; j < info.lp; ++j) {
-      const uint16_t cur = Get<uint16_t>(p + 2 * j);
+      const uint16_t cur = DecodeFixed16(p + 2 * j);
       ok &= cur > prev;
       prev = cur;
     }
@@ -249,9 +233,9 @@ Result<ContainerView> ParseContainer(std::span<const uint8_t> bytes) {
 void RefreshContainerChecksums(std::span<uint8_t> bytes) {
   if (bytes.size() < kContainerHeaderBytes) return;
   uint8_t* h = bytes.data();
-  Put<uint32_t>(h + kBodyCrcOffset,
+  EncodeFixed32(h + kBodyCrcOffset,
                 Crc32c(h + kContainerHeaderBytes, bytes.size() - kContainerHeaderBytes));
-  Put<uint32_t>(h + kHeaderCrcOffset, Crc32c(h, kHeaderCrcOffset));
+  EncodeFixed32(h + kHeaderCrcOffset, Crc32c(h, kHeaderCrcOffset));
 }
 
 namespace internal {
@@ -271,8 +255,8 @@ Result<std::vector<uint8_t>> BuildContainer(ContainerParts parts) {
   std::vector<uint8_t> out(s.total(), 0);
   uint8_t* h = out.data();
   std::memcpy(h, kMagic, 4);
-  Put<uint16_t>(h + 4, kContainerVersion);
-  Put<uint16_t>(h + 6, kContainerHeaderBytes);
+  EncodeFixed16(h + 4, kContainerVersion);
+  EncodeFixed16(h + 6, kContainerHeaderBytes);
   h[8] = static_cast<uint8_t>(info.mode);
   h[9] = info.level;
   h[10] = static_cast<uint8_t>(info.dtype);
@@ -280,37 +264,35 @@ Result<std::vector<uint8_t>> BuildContainer(ContainerParts parts) {
   h[12] = static_cast<uint8_t>(info.cdf_source);
   h[13] = info.length_width;
   h[14] = info.lp;
-  Put<uint32_t>(h + 16, info.num_layers);
-  Put<uint32_t>(h + 20, info.num_heads);
-  Put<uint32_t>(h + 24, info.head_dim);
-  Put<uint32_t>(h + 28, info.num_tokens);
-  Put<uint32_t>(h + 32, info.subchunk_tokens);
-  Put<uint32_t>(h + 36, info.delta_group_tokens);
-  Put<uint64_t>(h + 40, info.profile_id.lo);
-  Put<uint64_t>(h + 48, info.profile_id.hi);
-  Put<uint64_t>(h + 56, parts.payload.size());
+  EncodeFixed32(h + 16, info.num_layers);
+  EncodeFixed32(h + 20, info.num_heads);
+  EncodeFixed32(h + 24, info.head_dim);
+  EncodeFixed32(h + 28, info.num_tokens);
+  EncodeFixed32(h + 32, info.subchunk_tokens);
+  EncodeFixed32(h + 36, info.delta_group_tokens);
+  EncodeFixed64(h + 40, info.profile_id.lo);
+  EncodeFixed64(h + 48, info.profile_id.hi);
+  EncodeFixed64(h + 56, parts.payload.size());
 
   uint8_t* p = h + kContainerHeaderBytes;
   std::memcpy(p, parts.bins.data(), parts.bins.size());
   p += parts.bins.size();
   for (uint16_t c : parts.cdf) {
-    Put<uint16_t>(p, c);
+    EncodeFixed16(p, c);
     p += 2;
   }
   for (float f : parts.scales) {
     switch (info.scale_dtype) {
       case DType::kF16:
-        Put<uint16_t>(p, F32ToF16(f));
+        EncodeFixed16(p, F32ToF16(f));
         p += 2;
         break;
       case DType::kBF16:
-        Put<uint16_t>(p, F32ToBF16(f));
+        EncodeFixed16(p, F32ToBF16(f));
         p += 2;
         break;
       case DType::kF32: {
-        uint32_t bits;
-        std::memcpy(&bits, &f, 4);
-        Put<uint32_t>(p, bits);
+        EncodeFixed32(p, FloatToBits(f));
         p += 4;
         break;
       }
@@ -320,16 +302,16 @@ Result<std::vector<uint8_t>> BuildContainer(ContainerParts parts) {
   p += parts.anchors.size();
   for (uint32_t len : parts.lengths) {
     if (info.length_width == 2) {
-      Put<uint16_t>(p, static_cast<uint16_t>(len));
+      EncodeFixed16(p, static_cast<uint16_t>(len));
     } else {
-      Put<uint32_t>(p, len);
+      EncodeFixed32(p, len);
     }
     p += info.length_width;
   }
   if (!parts.payload.empty()) std::memcpy(p, parts.payload.data(), parts.payload.size());
-  Put<uint32_t>(h + kBodyCrcOffset,
+  EncodeFixed32(h + kBodyCrcOffset,
                 Crc32c(h + kContainerHeaderBytes, out.size() - kContainerHeaderBytes));
-  Put<uint32_t>(h + kHeaderCrcOffset, Crc32c(h, kHeaderCrcOffset));
+  EncodeFixed32(h + kHeaderCrcOffset, Crc32c(h, kHeaderCrcOffset));
   return out;
 }
 

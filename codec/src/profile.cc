@@ -17,6 +17,7 @@
 #include "chunk.h"
 #include "kvstash/codec/coder.h"
 #include "kvstash/codec/levels.h"
+#include "kvstash/common/coding.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/kernels/cachegen_core.h"
 
@@ -27,20 +28,6 @@ namespace {
 
 constexpr uint8_t kMagic[4] = {'K', 'V', 'C', 'P'};
 constexpr size_t kHeaderBytes = 40;
-
-template <typename T>
-void Append(std::vector<uint8_t>& out, T value) {
-  for (size_t i = 0; i < sizeof(T); ++i) {
-    out.push_back(static_cast<uint8_t>((static_cast<uint64_t>(value) >> (8 * i)) & 0xFF));
-  }
-}
-
-template <typename T>
-T Get(const uint8_t* in) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < sizeof(T); ++i) v |= static_cast<uint64_t>(in[i]) << (8 * i);
-  return static_cast<T>(v);
-}
 
 Status Bad(const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat("malformed CacheGen profile: ", what));
@@ -118,25 +105,25 @@ Result<CdfProfile> CdfProfile::Create(const ProfileShape& shape, std::vector<Pro
   p.shape_ = shape;
   p.tables_ = std::move(tables);
   std::vector<uint8_t>& b = p.bytes_;
-  b.insert(b.end(), kMagic, kMagic + 4);
-  Append<uint16_t>(b, kProfileVersion);
-  Append<uint16_t>(b, kHeaderBytes);
-  Append<uint32_t>(b, shape.num_layers);
-  Append<uint32_t>(b, shape.layer_begin);
-  Append<uint32_t>(b, shape.num_heads);
-  Append<uint32_t>(b, shape.head_begin);
-  Append<uint32_t>(b, shape.head_dim);
-  Append<uint32_t>(b, static_cast<uint32_t>(p.tables_.size()));
-  Append<uint64_t>(b, 0);
+  b.assign(kMagic, kMagic + 4);
+  PutFixed16(&b, kProfileVersion);
+  PutFixed16(&b, kHeaderBytes);
+  PutFixed32(&b, shape.num_layers);
+  PutFixed32(&b, shape.layer_begin);
+  PutFixed32(&b, shape.num_heads);
+  PutFixed32(&b, shape.head_begin);
+  PutFixed32(&b, shape.head_dim);
+  PutFixed32(&b, static_cast<uint32_t>(p.tables_.size()));
+  PutFixed64(&b, 0);
   for (const ProfileTable& t : p.tables_) {
     b.push_back(static_cast<uint8_t>(t.mode));
     b.push_back(t.level);
     b.push_back(t.lp);
     b.push_back(0);
     b.insert(b.end(), t.row_bins.begin(), t.row_bins.end());
-    for (uint16_t c : t.cdf) Append<uint16_t>(b, c);
+    for (uint16_t c : t.cdf) PutFixed16(&b, c);
   }
-  Append<uint32_t>(b, Crc32c(b.data(), b.size()));
+  PutFixed32(&b, Crc32c(b.data(), b.size()));
   p.id_ = HashBytes(b);
   return p;
 }
@@ -145,20 +132,20 @@ Result<CdfProfile> CdfProfile::Parse(std::span<const uint8_t> bytes) {
   if (bytes.size() < kHeaderBytes + 4) return Bad("too short");
   const uint8_t* h = bytes.data();
   if (std::memcmp(h, kMagic, 4) != 0) return Bad("bad magic (not KVCP)");
-  if (Get<uint16_t>(h + 4) != kProfileVersion) return Bad("unsupported version");
-  if (Get<uint16_t>(h + 6) != kHeaderBytes) return Bad("bad header length");
+  if (DecodeFixed16(h + 4) != kProfileVersion) return Bad("unsupported version");
+  if (DecodeFixed16(h + 6) != kHeaderBytes) return Bad("bad header length");
   const size_t body = bytes.size() - 4;
-  if (Get<uint32_t>(h + body) != Crc32c(h, body)) {
+  if (DecodeFixed32(h + body) != Crc32c(h, body)) {
     return absl::DataLossError("CacheGen profile checksum mismatch");
   }
   ProfileShape shape;
-  shape.num_layers = Get<uint32_t>(h + 8);
-  shape.layer_begin = Get<uint32_t>(h + 12);
-  shape.num_heads = Get<uint32_t>(h + 16);
-  shape.head_begin = Get<uint32_t>(h + 20);
-  shape.head_dim = Get<uint32_t>(h + 24);
-  const uint32_t num_tables = Get<uint32_t>(h + 28);
-  if (Get<uint64_t>(h + 32) != 0) return Bad("reserved bytes not zero");
+  shape.num_layers = DecodeFixed32(h + 8);
+  shape.layer_begin = DecodeFixed32(h + 12);
+  shape.num_heads = DecodeFixed32(h + 16);
+  shape.head_begin = DecodeFixed32(h + 20);
+  shape.head_dim = DecodeFixed32(h + 24);
+  const uint32_t num_tables = DecodeFixed32(h + 28);
+  if (DecodeFixed64(h + 32) != 0) return Bad("reserved bytes not zero");
   KVSTASH_RETURN_IF_ERROR(CheckShape(shape));
   if (num_tables == 0 || num_tables > kMaxProfileTables) return Bad("needs 1..16 tables");
   const uint64_t rows = shape.rows();
@@ -179,7 +166,7 @@ Result<CdfProfile> CdfProfile::Parse(std::span<const uint8_t> bytes) {
     const uint64_t cdf_bytes = columns * t.lp * 2;
     if (body - off < cdf_bytes) return Bad("truncated CDF");
     t.cdf.resize(columns * t.lp);
-    for (size_t i = 0; i < t.cdf.size(); ++i) t.cdf[i] = Get<uint16_t>(h + off + 2 * i);
+    for (size_t i = 0; i < t.cdf.size(); ++i) t.cdf[i] = DecodeFixed16(h + off + 2 * i);
     off += cdf_bytes;
   }
   if (off != body) return Bad("trailing bytes");

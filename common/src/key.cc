@@ -1,8 +1,7 @@
 #include "kvstash/common/key.h"
 
-#include <cstring>
-
 #include "absl/strings/str_cat.h"
+#include "kvstash/common/coding.h"
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -14,12 +13,8 @@ namespace {
 class HashInput {
  public:
   explicit HashInput(const char (&tag)[9]) { bytes_.append(tag, 8); }
-  void U32(uint32_t v) {
-    for (int i = 0; i < 4; ++i) bytes_.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
-  }
-  void U64(uint64_t v) {
-    for (int i = 0; i < 8; ++i) bytes_.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
-  }
+  void U32(uint32_t v) { PutFixed32(&bytes_, v); }
+  void U64(uint64_t v) { PutFixed64(&bytes_, v); }
   void Hash(const Hash128& h) {
     U64(h.lo);
     U64(h.hi);
@@ -52,10 +47,8 @@ int HexValue(char c) {
 
 std::array<uint8_t, 16> Hash128::Bytes() const {
   std::array<uint8_t, 16> out{};
-  for (int i = 0; i < 8; ++i) {
-    out[i] = static_cast<uint8_t>((lo >> (8 * i)) & 0xFF);
-    out[8 + i] = static_cast<uint8_t>((hi >> (8 * i)) & 0xFF);
-  }
+  EncodeFixed64(out.data(), lo);
+  EncodeFixed64(out.data() + 8, hi);
   return out;
 }
 
@@ -64,12 +57,7 @@ Result<Hash128> Hash128::FromBytes(std::string_view bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("a 128-bit hash is 16 bytes, got ", bytes.size()));
   }
-  Hash128 h;
-  for (int i = 7; i >= 0; --i) {
-    h.lo = (h.lo << 8) | static_cast<uint8_t>(bytes[i]);
-    h.hi = (h.hi << 8) | static_cast<uint8_t>(bytes[8 + i]);
-  }
-  return h;
+  return Hash128{DecodeFixed64(bytes.data()), DecodeFixed64(bytes.data() + 8)};
 }
 
 std::string Hash128::ToHex() const {
@@ -146,9 +134,7 @@ Hash128 ModelFingerprint(const ModelSpec& spec) {
   in.U32(spec.head_end);
   in.U32(spec.head_dim);
   in.U32(static_cast<uint32_t>(spec.rope));
-  uint32_t theta_bits;
-  std::memcpy(&theta_bits, &spec.rope_theta, 4);
-  in.U32(theta_bits);
+  in.U32(FloatToBits(spec.rope_theta));
   return in.Digest();
 }
 

@@ -11,13 +11,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "little_endian.h"
+#include "kvstash/common/coding.h"
 
 namespace kvstash {
 namespace {
-
-using internal::GetLe;
-using internal::PutLe;
 
 constexpr uint8_t kMagic[4] = {'K', 'V', 'S', 'A'};
 
@@ -48,11 +45,11 @@ class FdCloser {
 std::array<uint8_t, kArenaHandshakeBytes> EncodeArenaHandshake(const ArenaHandshake& hello) {
   std::array<uint8_t, kArenaHandshakeBytes> out{};
   std::memcpy(out.data(), kMagic, 4);
-  PutLe(out.data() + 4, kArenaHandshakeVersion, 4);
-  PutLe(out.data() + 8, hello.arena_bytes, 8);
-  PutLe(out.data() + 16, hello.arena_generation, 8);
-  PutLe(out.data() + 24, hello.alignment, 4);
-  PutLe(out.data() + 28, hello.features, 4);
+  EncodeFixed32(out.data() + 4, kArenaHandshakeVersion);
+  EncodeFixed64(out.data() + 8, hello.arena_bytes);
+  EncodeFixed64(out.data() + 16, hello.arena_generation);
+  EncodeFixed32(out.data() + 24, hello.alignment);
+  EncodeFixed32(out.data() + 28, hello.features);
   return out;
 }
 
@@ -64,17 +61,17 @@ Result<ArenaHandshake> DecodeArenaHandshake(std::span<const uint8_t> bytes) {
   if (std::memcmp(bytes.data(), kMagic, 4) != 0) {
     return absl::InvalidArgumentError("arena handshake has a wrong magic");
   }
-  uint64_t version = GetLe(bytes.data() + 4, 4);
+  uint32_t version = DecodeFixed32(bytes.data() + 4);
   if (version != kArenaHandshakeVersion) {
     return absl::InvalidArgumentError(absl::StrCat("arena handshake version ", version,
                                                    " is not supported (want ",
                                                    kArenaHandshakeVersion, ")"));
   }
   ArenaHandshake hello;
-  hello.arena_bytes = GetLe(bytes.data() + 8, 8);
-  hello.arena_generation = GetLe(bytes.data() + 16, 8);
-  hello.alignment = static_cast<uint32_t>(GetLe(bytes.data() + 24, 4));
-  hello.features = static_cast<uint32_t>(GetLe(bytes.data() + 28, 4));
+  hello.arena_bytes = DecodeFixed64(bytes.data() + 8);
+  hello.arena_generation = DecodeFixed64(bytes.data() + 16);
+  hello.alignment = DecodeFixed32(bytes.data() + 24);
+  hello.features = DecodeFixed32(bytes.data() + 28);
   return hello;
 }
 

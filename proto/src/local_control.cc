@@ -9,13 +9,10 @@
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
-#include "little_endian.h"
+#include "kvstash/common/coding.h"
 
 namespace kvstash {
 namespace {
-
-using internal::GetLe;
-using internal::PutLe;
 
 constexpr uint8_t kMagic[4] = {'K', 'V', 'S', 'C'};
 
@@ -74,10 +71,10 @@ const char* LocalMethodName(uint16_t method) {
 std::array<uint8_t, kLocalFrameHeaderBytes> EncodeLocalFrameHeader(const LocalFrameHeader& header) {
   std::array<uint8_t, kLocalFrameHeaderBytes> out{};
   std::memcpy(out.data(), kMagic, 4);
-  PutLe(out.data() + 4, header.body_bytes, 4);
-  PutLe(out.data() + 8, header.code, 2);
-  PutLe(out.data() + 10, header.flags, 2);
-  PutLe(out.data() + 12, header.sequence, 4);
+  EncodeFixed32(out.data() + 4, header.body_bytes);
+  EncodeFixed16(out.data() + 8, header.code);
+  EncodeFixed16(out.data() + 10, header.flags);
+  EncodeFixed32(out.data() + 12, header.sequence);
   return out;
 }
 
@@ -90,10 +87,10 @@ Result<LocalFrameHeader> DecodeLocalFrameHeader(std::span<const uint8_t> bytes) 
     return absl::InvalidArgumentError("local control frame has a wrong magic");
   }
   LocalFrameHeader header;
-  header.body_bytes = static_cast<uint32_t>(GetLe(bytes.data() + 4, 4));
-  header.code = static_cast<uint16_t>(GetLe(bytes.data() + 8, 2));
-  header.flags = static_cast<uint16_t>(GetLe(bytes.data() + 10, 2));
-  header.sequence = static_cast<uint32_t>(GetLe(bytes.data() + 12, 4));
+  header.body_bytes = DecodeFixed32(bytes.data() + 4);
+  header.code = DecodeFixed16(bytes.data() + 8);
+  header.flags = DecodeFixed16(bytes.data() + 10);
+  header.sequence = DecodeFixed32(bytes.data() + 12);
   if (header.body_bytes > kMaxLocalFrameBody) {
     return absl::InvalidArgumentError(absl::StrCat("local control frame announces ",
                                                    header.body_bytes, " body bytes; the limit is ",

@@ -15,6 +15,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "kvstash/common/coding.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/object_header.h"
 #include "rocksdb/db.h"
@@ -50,67 +51,48 @@ Status ErrnoStatus(const std::string& what, int err) {
   return absl::InternalError(msg);
 }
 
-// --- little-endian byte strings -----------------------------------------------------------------
-void PutU32(std::string& out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
-}
-void PutU64(std::string& out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
-}
+// --- byte strings (kvstash/common/coding.h) ---------------------------------------------------
 void PutHash(std::string& out, const Hash128& h) {
   auto b = h.Bytes();
   out.append(reinterpret_cast<const char*>(b.data()), b.size());
 }
 
+// A bounds-checked cursor: each read consumes its field or fails and leaves the input alone.
 class Reader {
  public:
-  explicit Reader(std::string_view in) : in_(in) {}
-  bool U8(uint8_t& v) { return Raw(&v, 1); }
-  bool U32(uint32_t& v) {
-    uint8_t b[4];
-    if (!Raw(b, 4)) return false;
-    v = 0;
-    for (int i = 0; i < 4; ++i) v |= uint32_t{b[i]} << (8 * i);
-    return true;
-  }
-  bool U64(uint64_t& v) {
-    uint8_t b[8];
-    if (!Raw(b, 8)) return false;
-    v = 0;
-    for (int i = 0; i < 8; ++i) v |= uint64_t{b[i]} << (8 * i);
-    return true;
-  }
+  explicit Reader(std::string_view in) : in_(in), size_(in.size()) {}
+  bool U8(uint8_t& v) { return GetFixed8(&in_, &v); }
+  bool U32(uint32_t& v) { return GetFixed32(&in_, &v); }
+  bool U64(uint64_t& v) { return GetFixed64(&in_, &v); }
   bool Hash(Hash128& h) {
-    if (in_.size() - pos_ < 16) return false;
-    auto r = Hash128::FromBytes(in_.substr(pos_, 16));
-    if (!r.ok()) return false;
-    h = *r;
-    pos_ += 16;
+    std::string_view bytes;
+    if (!GetBytes(&in_, 16, &bytes)) return false;
+    h = Hash128{DecodeFixed64(bytes.data()), DecodeFixed64(bytes.data() + 8)};
     return true;
   }
   bool Str(std::string& s, size_t n) {
-    if (in_.size() - pos_ < n) return false;
-    s.assign(in_.substr(pos_, n));
-    pos_ += n;
+    std::string_view bytes;
+    if (!GetBytes(&in_, n, &bytes)) return false;
+    s.assign(bytes);
     return true;
   }
   bool Raw(void* dst, size_t n) {
-    if (in_.size() - pos_ < n) return false;
-    std::memcpy(dst, in_.data() + pos_, n);
-    pos_ += n;
+    std::string_view bytes;
+    if (!GetBytes(&in_, n, &bytes)) return false;
+    std::memcpy(dst, bytes.data(), n);
     return true;
   }
-  size_t pos() const { return pos_; }
+  size_t pos() const { return size_ - in_.size(); }
 
  private:
   std::string_view in_;
-  size_t pos_ = 0;
+  size_t size_;
 };
 
 std::string RecordKey(const Hash128& storage_key, uint64_t seq) {
   std::string key(1, kRecordPrefix);
   PutHash(key, storage_key);
-  for (int i = 7; i >= 0; --i) key.push_back(static_cast<char>(seq >> (8 * i)));  // big-endian
+  PutBigEndian64(&key, seq);  // big-endian: a storage key's records sort by sequence
   return key;
 }
 
@@ -119,8 +101,7 @@ bool ParseRecordKey(std::string_view key, Hash128& storage_key, uint64_t& seq) {
   auto h = Hash128::FromBytes(key.substr(1, 16));
   if (!h.ok()) return false;
   storage_key = *h;
-  seq = 0;
-  for (int i = 0; i < 8; ++i) seq = (seq << 8) | static_cast<uint8_t>(key[17 + i]);
+  seq = DecodeBigEndian64(reinterpret_cast<const uint8_t*>(key.data()) + 17);
   return true;
 }
 
@@ -136,15 +117,15 @@ Result<std::string> EncodeRecord(const SsdRecord& r) {
   out.append(reinterpret_cast<const char*>(header.data()), header.size());
   out.push_back(
       static_cast<char>((r.encoded ? kRecordEncoded : 0) | (r.served.lossy ? kRecordLossy : 0)));
-  PutU32(out, r.encoded ? r.served.payload_crc32c : r.info.payload_crc32c);
-  PutU64(out, r.hits);
-  PutU64(out, r.last_access_ns);
-  PutU32(out, r.pins);
+  PutFixed32(&out, r.encoded ? r.served.payload_crc32c : r.info.payload_crc32c);
+  PutFixed64(&out, r.hits);
+  PutFixed64(&out, r.last_access_ns);
+  PutFixed32(&out, r.pins);
   PutHash(out, r.name.model_fingerprint);
   PutHash(out, r.name.token_hash);
-  PutU32(out, static_cast<uint32_t>(r.name.name_space.size()));
+  PutFixed32(&out, static_cast<uint32_t>(r.name.name_space.size()));
   out += r.name.name_space;
-  PutU32(out, Crc32c(out.data(), out.size()));
+  PutFixed32(&out, Crc32c(out.data(), out.size()));
   return out;
 }
 
@@ -190,13 +171,13 @@ Status DecodeRecord(std::string_view value, SsdRecord& r) {
 // Bytes [64, 4096) of a file: the object's name, so a read can prove it got the right file.
 std::string EncodeNameBlock(const StoredName& name) {
   std::string out(kNameMagic, 4);
-  PutU32(out, kNameVersion);
+  PutFixed32(&out, kNameVersion);
   PutHash(out, name.storage_key);
   PutHash(out, name.model_fingerprint);
   PutHash(out, name.token_hash);
-  PutU32(out, static_cast<uint32_t>(name.name_space.size()));
+  PutFixed32(&out, static_cast<uint32_t>(name.name_space.size()));
   out += name.name_space;
-  PutU32(out, Crc32c(out.data(), out.size()));
+  PutFixed32(&out, Crc32c(out.data(), out.size()));
   return out;
 }
 

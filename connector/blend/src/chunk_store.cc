@@ -1,12 +1,12 @@
 #include "kvstash/blend/chunk_store.h"
 
-#include <bit>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kvstash/common/coding.h"
 #include "kvstash/kernels/paged_kv.h"
 
 namespace kvstash::blend {
@@ -17,64 +17,53 @@ constexpr uint32_t kMaxContext = 1u << 16;
 
 class Writer {
  public:
+  explicit Writer(size_t expected_bytes) { out_.reserve(expected_bytes); }
+  // resize + memcpy rather than insert: GCC 12 reports a false -Wstringop-overflow for a
+  // vector::insert followed by out-of-line appends.
   void Bytes(const void* p, size_t n) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    out_.insert(out_.end(), b, b + n);
+    const size_t at = out_.size();
+    out_.resize(at + n);
+    std::memcpy(out_.data() + at, p, n);
   }
-  void U32(uint32_t v) {
-    for (int i = 0; i < 4; ++i) out_.push_back(static_cast<uint8_t>(v >> (8 * i)));
-  }
-  void U64(uint64_t v) {
-    for (int i = 0; i < 8; ++i) out_.push_back(static_cast<uint8_t>(v >> (8 * i)));
-  }
-  void F64(double v) { U64(std::bit_cast<uint64_t>(v)); }
-  void F32(float v) { U32(std::bit_cast<uint32_t>(v)); }
+  void U32(uint32_t v) { PutFixed32(&out_, v); }
+  void U64(uint64_t v) { PutFixed64(&out_, v); }
+  void F64(double v) { U64(DoubleToBits(v)); }
+  void F32(float v) { U32(FloatToBits(v)); }
   std::vector<uint8_t> Take() { return std::move(out_); }
 
  private:
   std::vector<uint8_t> out_;
 };
 
+// Bounds-checked: a failed read consumes nothing.
 class Reader {
  public:
-  explicit Reader(std::span<const uint8_t> in) : in_(in) {}
+  explicit Reader(std::span<const uint8_t> in)
+      : in_(reinterpret_cast<const char*>(in.data()), in.size()) {}
   bool Bytes(void* p, size_t n) {
-    if (in_.size() - pos_ < n) return false;
-    std::memcpy(p, in_.data() + pos_, n);
-    pos_ += n;
+    std::string_view bytes;
+    if (!GetBytes(&in_, n, &bytes)) return false;
+    std::memcpy(p, bytes.data(), n);
     return true;
   }
-  bool U32(uint32_t* v) {
-    uint8_t b[4];
-    if (!Bytes(b, 4)) return false;
-    *v = 0;
-    for (int i = 3; i >= 0; --i) *v = (*v << 8) | b[i];
-    return true;
-  }
-  bool U64(uint64_t* v) {
-    uint8_t b[8];
-    if (!Bytes(b, 8)) return false;
-    *v = 0;
-    for (int i = 7; i >= 0; --i) *v = (*v << 8) | b[i];
-    return true;
-  }
+  bool U32(uint32_t* v) { return GetFixed32(&in_, v); }
+  bool U64(uint64_t* v) { return GetFixed64(&in_, v); }
   bool F64(double* v) {
     uint64_t u;
     if (!U64(&u)) return false;
-    *v = std::bit_cast<double>(u);
+    *v = DoubleFromBits(u);
     return true;
   }
   bool F32(float* v) {
     uint32_t u;
     if (!U32(&u)) return false;
-    *v = std::bit_cast<float>(u);
+    *v = FloatFromBits(u);
     return true;
   }
-  size_t remaining() const { return in_.size() - pos_; }
+  size_t remaining() const { return in_.size(); }
 
  private:
-  std::span<const uint8_t> in_;
-  size_t pos_ = 0;
+  std::string_view in_;
 };
 
 class MemoryChunkKv : public ChunkKv {
@@ -176,7 +165,8 @@ Status ChunkStats::Validate(uint32_t num_tokens) const {
 }
 
 std::vector<uint8_t> EncodeStats(const ChunkStats& s) {
-  Writer w;
+  Writer w(8 + 4 * 3 + 8 + 16 * s.context.size() + 4 * s.context_tokens.size() +
+           8 * (s.inter.size() + s.intra.size()) + 4 * s.token_scores.size());
   w.Bytes(kStatsMagic, 8);
   w.U32(static_cast<uint32_t>(s.context.size()));
   w.U32(s.num_layers);

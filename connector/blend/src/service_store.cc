@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kvstash/common/coding.h"
 #include "kvstash/kernels/paged_kv.h"
 
 namespace kvstash::blend {
@@ -40,7 +41,7 @@ std::vector<uint8_t> FrameStats(const ChunkStats& stats) {
   std::vector<uint8_t> body = EncodeStats(stats);
   std::vector<uint8_t> out(4 + body.size());
   const uint32_t n = static_cast<uint32_t>(body.size());
-  for (int i = 0; i < 4; ++i) out[i] = static_cast<uint8_t>(n >> (8 * i));
+  EncodeFixed32(out.data(), n);
   std::memcpy(out.data() + 4, body.data(), body.size());
   out.resize((out.size() + 7) / 8 * 8, 0);
   return out;
@@ -48,8 +49,7 @@ std::vector<uint8_t> FrameStats(const ChunkStats& stats) {
 
 Result<ChunkStats> UnframeStats(std::span<const uint8_t> bytes) {
   if (bytes.size() < 4) return absl::DataLossError("chunk stats object too short");
-  uint32_t n = 0;
-  for (int i = 3; i >= 0; --i) n = (n << 8) | bytes[i];
+  const uint32_t n = DecodeFixed32(bytes.data());
   if (n > bytes.size() - 4) return absl::DataLossError("chunk stats object truncated");
   return DecodeStats(bytes.subspan(4, n));
 }
