@@ -1,0 +1,112 @@
+// KVQ: quantised KV with an interleaved-rANS entropy coder (docs/codec.md §9). The second codec
+// beside CacheGen (cachegen.h), which stays available bit for bit; a KVQ container starts with
+// the magic "KVQR", a CacheGen one with "KVCG".
+//
+// Input/output is an object payload: layer-major [layer][K|V][token][head][head_dim] in f16, bf16
+// or f32. Rows as in CacheGen: r < L is K of layer r, r >= L is V of layer r - L; channel
+// c = head * head_dim + d. Each row is quantised to `bits` (1..8) per element with asymmetric
+// min/step scaling, q = clamp(round((x - min) / step), 0, 2^bits - 1), x^ = min + q * step:
+//   per token    one (min, step) per (row, token) over the row's channels;
+//   per channel  one (min, step) per (row, channel, group of G tokens) (KIVI: key outliers sit
+//                in fixed channels, so channel-wise ranges fit keys);
+//   outliers     optionally, the n channels of each K row with the largest |x| in the chunk are
+//                stored exactly (in the KV dtype) and left out of the ranges.
+// Symbols are coded per (sub-chunk, row) stream with rANS (32 interleaved states), one frequency
+// table per (row, channel group) carried in the container.
+//
+// Threading: thread-safe; with a ThreadPool work fans out over (sub-chunk, row) items.
+// Results do not depend on the pool or on the CPU's vector extensions.
+#ifndef KVSTASH_CODEC_KVQ_H_
+#define KVSTASH_CODEC_KVQ_H_
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kvstash/common/layout.h"
+#include "kvstash/common/status.h"
+#include "kvstash/common/thread_pool.h"
+
+namespace kvstash::codec {
+
+enum class KvqScale : uint8_t { kPerToken = 0, kPerChannel = 1 };
+
+inline constexpr uint16_t kKvqVersion = 1;
+inline constexpr size_t kKvqHeaderBytes = 64;
+inline constexpr int kKvqMinLevel = 1;
+inline constexpr int kKvqMaxLevel = 4;
+
+struct KvqOptions {
+  // 1..4: bits per row from the model's layer groups (levels.h LayerGroupsFor):
+  //   level | K groups 1/2/3 | V groups 1/2
+  //     1   |   3 / 3 / 2    |   3 / 2
+  //     2   |   4 / 3 / 3    |   3 / 3
+  //     3   |   4 / 4 / 4    |   4 / 4
+  //     4   |   6 / 5 / 5    |   5 / 5
+  int level = 2;
+  std::vector<uint8_t> row_bits;  // non-empty: explicit bits (1..8) per row; level 0 recorded
+  uint32_t model_layers = 0;      // 0 = layout.layer_begin + num_layers
+  KvqScale key_scale = KvqScale::kPerChannel;
+  KvqScale value_scale = KvqScale::kPerToken;
+  uint32_t group_tokens = 64;      // per-channel scaling: tokens per (min, step) group, 1..65535
+  uint32_t key_outliers = 0;       // K channels per row stored exactly, < channels
+  uint32_t context_channels = 0;   // channels per entropy context; 0 = head_dim. Divides C.
+  uint32_t subchunk_tokens = 256;  // tokens per stream, 1..65535
+  ThreadPool* pool = nullptr;      // not owned
+  // Non-empty (exactly layout.RawBytes()): receives what the container decodes to, bit for bit.
+  std::span<uint8_t> reconstruction;
+};
+
+// Bits of the 2n rows of an object holding layers [layer_begin, layer_begin + n) at `level`.
+Result<std::vector<uint8_t>> KvqRowBitsForLevel(int level, uint32_t model_layers,
+                                                uint32_t layer_begin, uint32_t num_layers);
+
+struct KvqInfo {
+  DType dtype = DType::kF16;
+  DType param_dtype = DType::kF16;  // f16 when every min/step fits, else f32
+  uint8_t level = 0;
+  KvqScale key_scale = KvqScale::kPerChannel;
+  KvqScale value_scale = KvqScale::kPerToken;
+  uint32_t num_layers = 0, num_heads = 0, head_dim = 0, num_tokens = 0;
+  uint32_t subchunk_tokens = 0, group_tokens = 0, key_outliers = 0, context_channels = 0;
+  // Bytes per section; they add up to the container size.
+  uint64_t header = 0, bits = 0, outliers = 0, params = 0, freqs = 0, lengths = 0, payload = 0;
+
+  uint32_t rows() const { return 2 * num_layers; }
+  uint32_t channels() const { return num_heads * head_dim; }
+  uint64_t RawBytes() const {
+    return uint64_t{rows()} * num_tokens * channels() * DTypeSize(dtype);
+  }
+  uint64_t total() const { return header + bits + outliers + params + freqs + lengths + payload; }
+};
+
+// True if `bytes` starts with the KVQ magic (cheap dispatch between the two codecs).
+bool IsKvqContainer(std::span<const uint8_t> bytes);
+
+// Parses and validates the header and sections (untrusted input; never reads outside `bytes`):
+// InvalidArgument for anything malformed, DataLoss for a checksum mismatch.
+Result<KvqInfo> ParseKvq(std::span<const uint8_t> bytes);
+
+// Encodes a chunk. InvalidArgument for a bad layout or options, a size mismatch or NaN/Inf.
+Result<std::vector<uint8_t>> EncodeKvq(const KvLayout& layout, std::span<const uint8_t> kv,
+                                       const KvqOptions& options);
+
+// Decodes into `out` (exactly RawBytes()). Untrusted input: malformed streams are
+// InvalidArgument, checksum mismatches DataLoss; only `container` and `out` are touched.
+Status DecodeKvq(std::span<const uint8_t> container, std::span<uint8_t> out,
+                 ThreadPool* pool = nullptr);
+Result<std::vector<uint8_t>> DecodeKvq(std::span<const uint8_t> container,
+                                       ThreadPool* pool = nullptr);
+
+// Forces the portable rANS decoder (tests compare it with the vector path); process-wide.
+void SetKvqSimdForTesting(bool enabled);
+
+// Recomputes both checksums in place (fuzzers and tests that edit containers).
+void RefreshKvqChecksums(std::span<uint8_t> bytes);
+
+std::string KvqScaleName(KvqScale scale);
+
+}  // namespace kvstash::codec
+
+#endif  // KVSTASH_CODEC_KVQ_H_

@@ -1,0 +1,335 @@
+// KVQ codec (codec/kvq.h) and its interleaved rANS coder (codec/src/rans.h).
+#include "kvstash/codec/kvq.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "kvstash/codec/cachegen.h"
+#include "kvstash/codec/synthetic_kv.h"
+#include "kvstash/common/thread_pool.h"
+#include "rans.h"
+#include "test_util.h"
+#include "testing/status_matchers.h"
+
+namespace kvstash::codec {
+namespace {
+
+namespace rans = internal::rans;
+using ::kvstash::testing::IsOk;
+using ::kvstash::testing::StatusIs;
+using testing::MakeLayout;
+using testing::ValueAt;
+
+// Symbols with a skewed (geometric-like) distribution per context.
+std::vector<uint8_t> SkewedSymbols(size_t n, int alphabet, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::geometric_distribution<int> geo(0.35);
+  std::vector<uint8_t> s(n);
+  for (auto& v : s) v = static_cast<uint8_t>(std::min(geo(rng), alphabet - 1));
+  return s;
+}
+
+struct Coded {
+  std::vector<rans::EncTable> enc;
+  std::vector<rans::DecTable> dec;
+  std::vector<uint8_t> stream;
+};
+
+Coded Encode(const std::vector<uint8_t>& syms, const std::vector<uint8_t>& ctx, int contexts,
+             int alphabet) {
+  Coded c;
+  std::vector<uint64_t> counts(size_t(contexts) * alphabet, 0);
+  for (size_t k = 0; k < syms.size(); ++k) ++counts[ctx[k % ctx.size()] * alphabet + syms[k]];
+  c.enc.resize(contexts);
+  c.dec.resize(contexts);
+  for (int i = 0; i < contexts; ++i) {
+    std::vector<uint16_t> f(alphabet);
+    rans::NormalizeFreqs(counts.data() + size_t(i) * alphabet, alphabet, f.data());
+    rans::BuildEncTable(f.data(), alphabet, &c.enc[i]);
+    rans::BuildDecTable(f.data(), alphabet, &c.dec[i]);
+  }
+  c.stream.resize(rans::MaxStreamBytes(syms.size()));
+  c.stream.resize(rans::EncodeStream(syms.data(), syms.size(), ctx.data(),
+                                     static_cast<uint32_t>(ctx.size()), c.enc.data(),
+                                     c.stream.data()));
+  return c;
+}
+
+TEST(RansTest, NormalizedFrequenciesSumToScaleAndAreAllPositive) {
+  const std::vector<uint64_t> counts = {0, 1000000, 3, 0, 7, 0, 0, 1};
+  std::vector<uint16_t> f(counts.size());
+  rans::NormalizeFreqs(counts.data(), 8, f.data());
+  EXPECT_TRUE(rans::ValidFreqs(f.data(), 8));
+  const std::vector<uint64_t> zeros(256, 0);
+  std::vector<uint16_t> u(256);
+  rans::NormalizeFreqs(zeros.data(), 256, u.data());
+  EXPECT_TRUE(rans::ValidFreqs(u.data(), 256));
+  EXPECT_EQ(u[0], 16);
+  EXPECT_EQ(u[255], 16);
+}
+
+TEST(RansTest, StreamsDecodeToTheirSymbolsOnBothDecoders) {
+  for (const uint32_t period : {192u, 24u, 7u, 16u}) {
+    for (const size_t n : {size_t{0}, size_t{1}, size_t{31}, size_t{32}, size_t{33}, size_t{1000},
+                           size_t{256} * 192}) {
+      for (const int alphabet : {2, 16, 256}) {
+        std::vector<uint8_t> ctx(period);
+        for (uint32_t c = 0; c < period; ++c) ctx[c] = static_cast<uint8_t>(c * 3 / period);
+        const std::vector<uint8_t> syms = SkewedSymbols(n, alphabet, period + n);
+        const Coded c = Encode(syms, ctx, 3, alphabet);
+        EXPECT_LE(c.stream.size(), rans::MaxStreamBytes(n));
+        for (const bool simd : {false, true}) {
+          std::vector<uint8_t> out(n, 0xEE);
+          ASSERT_TRUE(rans::DecodeStream(c.stream.data(), c.stream.size(), n, ctx.data(), period,
+                                         c.dec.data(), out.data(), simd))
+              << "period " << period << " n " << n << " alphabet " << alphabet << " simd " << simd;
+          EXPECT_EQ(out, syms);
+        }
+      }
+    }
+  }
+}
+
+TEST(RansTest, SkewedSymbolsCodeBelowTheirFixedWidth) {
+  const std::vector<uint8_t> ctx(64, 0);
+  const std::vector<uint8_t> syms = SkewedSymbols(64 * 1024, 16, 3);
+  const Coded c = Encode(syms, ctx, 1, 16);
+  // Geometric(0.35) has about 2.7 bits of entropy; 4 bits is the fixed width.
+  EXPECT_LT(c.stream.size() * 8, syms.size() * 3);
+}
+
+TEST(RansTest, TruncatedOrExtendedStreamsAreRejected) {
+  const std::vector<uint8_t> ctx(32, 0);
+  const std::vector<uint8_t> syms = SkewedSymbols(5000, 16, 9);
+  Coded c = Encode(syms, ctx, 1, 16);
+  std::vector<uint8_t> out(syms.size());
+  for (const bool simd : {false, true}) {
+    EXPECT_FALSE(rans::DecodeStream(c.stream.data(), c.stream.size() - 2, syms.size(), ctx.data(),
+                                    32, c.dec.data(), out.data(), simd));
+    std::vector<uint8_t> longer = c.stream;
+    longer.push_back(0);
+    longer.push_back(0);
+    EXPECT_FALSE(rans::DecodeStream(longer.data(), longer.size(), syms.size(), ctx.data(), 32,
+                                    c.dec.data(), out.data(), simd));
+    EXPECT_FALSE(rans::DecodeStream(c.stream.data(), 100, syms.size(), ctx.data(), 32, c.dec.data(),
+                                    out.data(), simd));
+  }
+}
+
+std::vector<uint8_t> Synthetic(const KvLayout& l, uint64_t seed = 1) {
+  SyntheticKvOptions o;
+  o.seed = seed;
+  return SyntheticKv(l, o);
+}
+
+// Max |x - x^| over the row's elements in per-token rows must stay within half a step of the
+// token's range (plus f32 rounding); checked with f32 KV, whose parameters are f32.
+TEST(KvqTest, PerTokenRowsStayWithinHalfAStep) {
+  const KvLayout l = MakeLayout(2, 2, 16, 40, DType::kF32);
+  const std::vector<uint8_t> kv = Synthetic(l);
+  KvqOptions o;
+  o.row_bits = {3, 4, 5, 2};
+  o.key_scale = KvqScale::kPerToken;
+  o.value_scale = KvqScale::kPerToken;
+  o.subchunk_tokens = 16;
+  ASSERT_OK_AND_ASSIGN(auto container, EncodeKvq(l, kv, o));
+  ASSERT_OK_AND_ASSIGN(auto out, DecodeKvq(container));
+  const uint32_t C = 32, T = 40;
+  for (uint32_t row = 0; row < 4; ++row) {
+    const uint32_t layer = row % 2, half = row / 2;
+    const float top = static_cast<float>((1 << o.row_bits[row]) - 1);
+    for (uint32_t t = 0; t < T; ++t) {
+      const size_t base = ((size_t{layer} * 2 + half) * T + t) * C;
+      float mn = INFINITY, mx = -INFINITY;
+      for (uint32_t c = 0; c < C; ++c) {
+        mn = std::min(mn, ValueAt(kv, l.dtype, base + c));
+        mx = std::max(mx, ValueAt(kv, l.dtype, base + c));
+      }
+      const float bound = 0.5f * (mx - mn) / top * 1.0001f + 1e-6f * (std::fabs(mn) + mx - mn);
+      for (uint32_t c = 0; c < C; ++c) {
+        ASSERT_LE(std::fabs(ValueAt(kv, l.dtype, base + c) - ValueAt(out, l.dtype, base + c)),
+                  bound)
+            << "row " << row << " token " << t << " channel " << c;
+      }
+    }
+  }
+}
+
+TEST(KvqTest, PerChannelKeysStayWithinHalfAStepOfTheirGroup) {
+  const KvLayout l = MakeLayout(1, 3, 8, 50, DType::kF32);
+  const std::vector<uint8_t> kv = Synthetic(l, 5);
+  KvqOptions o;
+  o.row_bits = {3, 3};
+  o.group_tokens = 16;
+  ASSERT_OK_AND_ASSIGN(auto container, EncodeKvq(l, kv, o));
+  ASSERT_OK_AND_ASSIGN(auto out, DecodeKvq(container));
+  const uint32_t C = 24, T = 50;
+  for (uint32_t c = 0; c < C; ++c) {
+    for (uint32_t t0 = 0; t0 < T; t0 += 16) {
+      float mn = INFINITY, mx = -INFINITY;
+      for (uint32_t t = t0; t < std::min(T, t0 + 16); ++t) {
+        mn = std::min(mn, ValueAt(kv, l.dtype, t * C + c));
+        mx = std::max(mx, ValueAt(kv, l.dtype, t * C + c));
+      }
+      const float bound = 0.5f * (mx - mn) / 7 * 1.0001f + 1e-6f * (std::fabs(mn) + mx - mn);
+      for (uint32_t t = t0; t < std::min(T, t0 + 16); ++t) {
+        ASSERT_LE(std::fabs(ValueAt(kv, l.dtype, t * C + c) - ValueAt(out, l.dtype, t * C + c)),
+                  bound);
+      }
+    }
+  }
+}
+
+TEST(KvqTest, OutlierChannelsAreExactAndAreTheLargestKeyChannels) {
+  const KvLayout l = MakeLayout(2, 2, 16, 33, DType::kF16);
+  std::vector<uint8_t> kv = Synthetic(l, 2);
+  // Channel 5 of layer 0's K and channel 30 of layer 1's K get huge values.
+  for (uint32_t t = 0; t < 33; ++t) {
+    testing::SetValue(kv, l.dtype, (size_t{0} * 33 + t) * 32 + 5, 900.f + t);
+    testing::SetValue(kv, l.dtype, (size_t{2} * 33 + t) * 32 + 30, -800.f - t);
+  }
+  KvqOptions o;
+  o.level = 2;
+  o.key_scale = KvqScale::kPerToken;
+  o.key_outliers = 1;
+  std::vector<uint8_t> recon(kv.size());
+  o.reconstruction = recon;
+  ASSERT_OK_AND_ASSIGN(auto container, EncodeKvq(l, kv, o));
+  ASSERT_OK_AND_ASSIGN(auto out, DecodeKvq(container));
+  EXPECT_EQ(out, recon);
+  for (uint32_t t = 0; t < 33; ++t) {
+    EXPECT_EQ(ValueAt(out, l.dtype, t * 32 + 5), ValueAt(kv, l.dtype, t * 32 + 5));
+    EXPECT_EQ(ValueAt(out, l.dtype, (2 * 33 + t) * 32 + 30),
+              ValueAt(kv, l.dtype, (2 * 33 + t) * 32 + 30));
+  }
+}
+
+TEST(KvqTest, ReconstructionPoolAndVectorDecoderGiveIdenticalBytes) {
+  const KvLayout l = MakeLayout(4, 3, 64, 300, DType::kF16);
+  const std::vector<uint8_t> kv = Synthetic(l, 3);
+  ThreadPool pool(2);
+  for (const KvqScale key : {KvqScale::kPerToken, KvqScale::kPerChannel}) {
+    KvqOptions o;
+    o.level = 3;
+    o.key_scale = key;
+    o.key_outliers = 2;
+    std::vector<uint8_t> recon(kv.size());
+    o.reconstruction = recon;
+    ASSERT_OK_AND_ASSIGN(auto a, EncodeKvq(l, kv, o));
+    o.pool = &pool;
+    o.reconstruction = {};
+    ASSERT_OK_AND_ASSIGN(auto b, EncodeKvq(l, kv, o));
+    EXPECT_EQ(a, b);
+    SetKvqSimdForTesting(false);
+    ASSERT_OK_AND_ASSIGN(auto scalar, DecodeKvq(a));
+    SetKvqSimdForTesting(true);
+    ASSERT_OK_AND_ASSIGN(auto vec, DecodeKvq(a, &pool));
+    EXPECT_EQ(scalar, recon);
+    EXPECT_EQ(vec, recon);
+  }
+}
+
+TEST(KvqTest, SectionsAddUpToTheContainerSize) {
+  const KvLayout l = MakeLayout(3, 2, 32, 257, DType::kBF16);
+  const std::vector<uint8_t> kv = Synthetic(l);
+  KvqOptions o;
+  o.level = 1;
+  o.key_outliers = 3;
+  o.context_channels = 16;
+  ASSERT_OK_AND_ASSIGN(auto container, EncodeKvq(l, kv, o));
+  ASSERT_OK_AND_ASSIGN(KvqInfo info, ParseKvq(container));
+  EXPECT_EQ(info.total(), container.size());
+  EXPECT_EQ(info.RawBytes(), kv.size());
+  EXPECT_EQ(info.param_dtype, DType::kF32);  // bf16 KV: f32 parameters
+  EXPECT_EQ(info.lengths, 2u * 6 * 4);       // 2 sub-chunks x 6 rows
+  EXPECT_EQ(info.outliers, 3u * 3 * (2 + 257 * 2));
+  EXPECT_EQ(info.level, 1);
+}
+
+TEST(KvqTest, Level2ContainerIsSmallerThanEightBitQuantisation) {
+  const KvLayout l = MakeLayout(30, 3, 64, 256, DType::kF16);
+  const std::vector<uint8_t> kv = Synthetic(l);
+  KvqOptions o;
+  o.level = 2;
+  ASSERT_OK_AND_ASSIGN(auto container, EncodeKvq(l, kv, o));
+  EXPECT_LT(container.size(), kv.size() / 2 / 2);  // under half of 8-bit
+}
+
+TEST(KvqTest, ContainersAreToldApartByMagic) {
+  const KvLayout l = MakeLayout(1, 1, 16, 8, DType::kF16);
+  const std::vector<uint8_t> kv = Synthetic(l);
+  ASSERT_OK_AND_ASSIGN(auto kvq, EncodeKvq(l, kv, KvqOptions{}));
+  ASSERT_OK_AND_ASSIGN(auto cg, EncodeCacheGen(l, kv, EncodeOptions{}));
+  EXPECT_TRUE(IsKvqContainer(kvq));
+  EXPECT_FALSE(IsKvqContainer(cg));
+  EXPECT_THAT(ParseKvq(cg), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(KvqTest, DamagedContainersAreRejected) {
+  const KvLayout l = MakeLayout(2, 2, 16, 64, DType::kF16);
+  const std::vector<uint8_t> kv = Synthetic(l);
+  ASSERT_OK_AND_ASSIGN(auto good, EncodeKvq(l, kv, KvqOptions{}));
+  ASSERT_THAT(ParseKvq(good), IsOk());
+  std::vector<uint8_t> out(kv.size());
+  // Truncated.
+  EXPECT_THAT(ParseKvq(std::span(good).first(good.size() - 1)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseKvq(std::span(good).first(10)), StatusIs(absl::StatusCode::kInvalidArgument));
+  // Header and body bits flipped: checksums.
+  auto bad = good;
+  bad[20] ^= 1;
+  EXPECT_THAT(ParseKvq(bad), StatusIs(absl::StatusCode::kDataLoss));
+  bad = good;
+  bad.back() ^= 1;
+  EXPECT_THAT(ParseKvq(bad), StatusIs(absl::StatusCode::kDataLoss));
+  // The same damage with fresh checksums: payload damage fails the stream check, a zero
+  // frequency fails validation.
+  RefreshKvqChecksums(bad);
+  EXPECT_THAT(DecodeKvq(bad, out), StatusIs(absl::StatusCode::kInvalidArgument));
+  ASSERT_OK_AND_ASSIGN(KvqInfo info, ParseKvq(good));
+  bad = good;
+  const size_t freqs = info.header + info.bits + info.outliers + info.params;
+  bad[freqs] = 0;
+  bad[freqs + 1] = 0;
+  RefreshKvqChecksums(bad);
+  EXPECT_THAT(ParseKvq(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+  // Output buffer of the wrong size.
+  std::vector<uint8_t> small(kv.size() - 2);
+  EXPECT_THAT(DecodeKvq(good, small), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(KvqTest, NonFiniteValuesAndBadOptionsAreRejected) {
+  const KvLayout l = MakeLayout(1, 2, 8, 4, DType::kF32);
+  std::vector<uint8_t> kv = Synthetic(l);
+  KvqOptions o;
+  o.key_outliers = 16;  // == channels
+  EXPECT_THAT(EncodeKvq(l, kv, o), StatusIs(absl::StatusCode::kInvalidArgument));
+  o = {};
+  o.context_channels = 5;  // does not divide 16
+  EXPECT_THAT(EncodeKvq(l, kv, o), StatusIs(absl::StatusCode::kInvalidArgument));
+  o = {};
+  o.row_bits = {9, 2};
+  EXPECT_THAT(EncodeKvq(l, kv, o), StatusIs(absl::StatusCode::kInvalidArgument));
+  testing::SetValue(kv, l.dtype, 3, NAN);
+  EXPECT_THAT(EncodeKvq(l, kv, KvqOptions{}), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(KvqTest, LevelBitsFollowTheModelsLayerGroups) {
+  // SmolLM2-135M: 30 layers, K groups [0,10) [10,19) [19,30), V groups [0,2) [2,30).
+  ASSERT_OK_AND_ASSIGN(auto bits, KvqRowBitsForLevel(2, 30, 0, 30));
+  EXPECT_EQ(bits[0], 4);
+  EXPECT_EQ(bits[10], 3);
+  EXPECT_EQ(bits[29], 3);
+  EXPECT_EQ(bits[30], 3);
+  EXPECT_EQ(bits[59], 3);
+  ASSERT_OK_AND_ASSIGN(auto l4, KvqRowBitsForLevel(4, 30, 28, 2));
+  EXPECT_EQ(l4, (std::vector<uint8_t>{5, 5, 5, 5}));
+  EXPECT_THAT(KvqRowBitsForLevel(5, 30, 0, 30), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+}  // namespace
+}  // namespace kvstash::codec
