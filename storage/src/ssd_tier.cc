@@ -110,7 +110,7 @@ bool ParseRecordKey(std::string_view key, Hash128& storage_key, uint64_t& seq) {
 //        crc32c u32 of everything before
 // flags: kRecordEncoded (the file is a TierCodec encoding; the served object is the raw layout
 // with the served crc32c), kRecordLossy (the served object is lossy). v1 records serve the file.
-Result<std::string> EncodeRecord(const SsdRecord& r) {
+Result<std::string> EncodeRecord(const TierRecord& r) {
   KVSTASH_ASSIGN_OR_RETURN(auto header, EncodeObjectHeader(r.info));
   std::string out;
   out.push_back(static_cast<char>(kRecordVersion));
@@ -129,7 +129,7 @@ Result<std::string> EncodeRecord(const SsdRecord& r) {
   return out;
 }
 
-Status DecodeRecord(std::string_view value, SsdRecord& r) {
+Status DecodeRecord(std::string_view value, TierRecord& r) {
   if (value.size() < 4) return absl::DataLossError("short index record");
   Reader crc_reader(value.substr(value.size() - 4));
   uint32_t crc;
@@ -331,8 +331,8 @@ Status SsdTier::SyncObjectsDir() {
   return OkStatus();
 }
 
-Result<std::vector<SsdRecord>> SsdTier::Recover() {
-  std::map<Hash128, SsdRecord> newest;
+Result<std::vector<TierRecord>> SsdTier::Recover() {
+  std::map<Hash128, TierRecord> newest;
   rocksdb::WriteBatch drop;
   uint64_t max_seq = 0;
   uint64_t dropped = 0;
@@ -342,7 +342,7 @@ Result<std::vector<SsdRecord>> SsdTier::Recover() {
     if (key.empty() || key[0] != kRecordPrefix) break;
     Hash128 storage_key;
     uint64_t seq;
-    SsdRecord r;
+    TierRecord r;
     if (!ParseRecordKey(key, storage_key, seq) ||
         !DecodeRecord(std::string_view(it->value().data(), it->value().size()), r).ok()) {
       spdlog::warn("kvstash storage: dropping an undecodable SSD index record");
@@ -365,7 +365,7 @@ Result<std::vector<SsdRecord>> SsdTier::Recover() {
   }
   it.reset();
 
-  std::vector<SsdRecord> survivors;
+  std::vector<TierRecord> survivors;
   std::set<uint64_t> live_seqs;
   uint64_t used = 0;
   for (auto& [key, r] : newest) {
@@ -493,7 +493,7 @@ void SsdTier::Unreserve(uint64_t bytes) {
   reserved_ -= bytes;
 }
 
-Status SsdTier::WriteFile(SsdRecord* record, const uint8_t* payload) {
+Status SsdTier::Write(TierRecord* record, const uint8_t* payload) {
   const uint64_t payload_bytes = record->info.payload_bytes;
   const uint64_t file_bytes = FileBytes(payload_bytes);
   // With O_DIRECT the length must be whole blocks: write the payload's last block in full (the
@@ -542,7 +542,7 @@ Status SsdTier::WriteFile(SsdRecord* record, const uint8_t* payload) {
   return status;
 }
 
-Status SsdTier::PutRecord(const SsdRecord& record, bool sync) {
+Status SsdTier::PutRecord(const TierRecord& record, bool sync) {
   KVSTASH_ASSIGN_OR_RETURN(std::string value, EncodeRecord(record));
   rocksdb::WriteOptions wo;
   wo.sync = sync;
@@ -564,7 +564,7 @@ Status SsdTier::PutRecord(const SsdRecord& record, bool sync) {
   return OkStatus();
 }
 
-Status SsdTier::SyncIndex() {
+Status SsdTier::Sync() {
   std::lock_guard<std::mutex> lock(wal_sync_mu_);
   last_wal_sync_.store(std::chrono::steady_clock::now().time_since_epoch().count());
   rocksdb::Status s = db_->SyncWAL();
@@ -572,9 +572,9 @@ Status SsdTier::SyncIndex() {
   return OkStatus();
 }
 
-Status SsdTier::PutRecords(const std::vector<SsdRecord>& records) {
+Status SsdTier::PutRecords(const std::vector<TierRecord>& records) {
   rocksdb::WriteBatch batch;
-  for (const SsdRecord& r : records) {
+  for (const TierRecord& r : records) {
     KVSTASH_ASSIGN_OR_RETURN(std::string value, EncodeRecord(r));
     batch.Put(RecordKey(r.name.storage_key, r.seq), value);
   }
@@ -592,8 +592,8 @@ void SsdTier::Remove(const Hash128& storage_key, uint64_t seq, uint64_t payload_
   if (unlink(FilePath(seq, false).c_str()) == 0) used_.fetch_sub(FileBytes(payload_bytes));
 }
 
-Status SsdTier::ReadObject(const Hash128& storage_key, uint64_t seq, const ObjectInfo& info,
-                           uint8_t* dst) {
+Status SsdTier::Read(const Hash128& storage_key, uint64_t seq, const ObjectInfo& info,
+                     uint8_t* dst) {
   const std::string path = FilePath(seq, false);
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | (direct_io_ ? O_DIRECT : 0));
   if (fd < 0) return ErrnoStatus("open " + path, errno);

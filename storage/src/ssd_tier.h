@@ -1,7 +1,7 @@
 // SsdTier: durable object files plus their RocksDB index, under StoreOptions::data_dir/ssd.
 //
 //   ssd/index/          RocksDB: one record per object version, key 'o' || storage key (16 bytes,
-//                       Hash128::Bytes) || seq (u64 big-endian); value = SsdRecord (ssd_tier.cc)
+//                       Hash128::Bytes) || seq (u64 big-endian); value = a TierRecord (ssd_tier.cc)
 //   ssd/objects/<seq>.kvo   one file per object version:
 //        [0, 64)      the object header of common/object_header.h (payload length, crc32c, ...)
 //        [64, 4096)   name block: "KVSN", storage key, namespace, fingerprint, token hash, crc32c
@@ -15,8 +15,9 @@
 // file, or a write that never got its record) is an orphan that Recover() deletes, as it deletes
 // any *.tmp left by older versions.
 //
-// This class is mechanism only; placement, eviction and admission decisions live in the store.
-// Threading: all methods are thread-safe; WriteFile and ReadObject run in parallel.
+// The StorageTier of kvstash/storage/storage_tier.h (its contract holds); placement, eviction
+// and admission decisions live in the store.
+// Threading: all methods are thread-safe; Write and Read run in parallel.
 #ifndef KVSTASH_STORAGE_SSD_TIER_H_
 #define KVSTASH_STORAGE_SSD_TIER_H_
 
@@ -32,6 +33,7 @@
 
 #include "kvstash/common/status.h"
 #include "kvstash/storage/object_store.h"
+#include "kvstash/storage/storage_tier.h"
 #include "store_metrics.h"
 
 namespace rocksdb {
@@ -40,23 +42,9 @@ class DB;
 
 namespace kvstash::storage {
 
-// What the index keeps about one object version on SSD.
-struct SsdRecord {
-  StoredName name;
-  ObjectInfo info;  // the file's payload, as its header says (lossy is not kept there: false)
-  // What a reader of this copy gets: `info` itself (lossy aside) unless `encoded`, when the file
-  // holds a TierCodec encoding and `served` is what decoding it yields (raw, its crc32c).
-  ObjectInfo served;
-  bool encoded = false;
-  uint64_t seq = 0;
-  uint64_t hits = 0;
-  uint64_t last_access_ns = 0;  // since the Unix epoch
-  uint32_t pins = 0;
-};
-
 class UringReaderPool;
 
-class SsdTier {
+class SsdTier final : public StorageTier {
  public:
   struct Options {
     std::string dir;  // data_dir/ssd
@@ -65,22 +53,25 @@ class SsdTier {
   };
 
   static Result<std::unique_ptr<SsdTier>> Open(const Options& options, StoreMetrics* metrics);
-  ~SsdTier();
+  ~SsdTier() override;
+
+  Tier tier() const override { return Tier::kSsd; }
 
   // Reads the index, drops every record that is not the newest version of its key or whose file
   // is missing or has the wrong length, deletes orphan and temp files, and returns the survivors.
   // Accounts their bytes as used. Call once, before anything else.
-  Result<std::vector<SsdRecord>> Recover();
+  Result<std::vector<TierRecord>> Recover() override;
 
   // Disk bytes an object's file takes (header block + payload rounded up to blocks).
   static uint64_t FileBytes(uint64_t payload_bytes);
+  uint64_t StoredBytes(uint64_t payload_bytes) const override { return FileBytes(payload_bytes); }
 
   // Space accounting against capacity_bytes: TryReserve succeeds when used + reserved + bytes
-  // stays within `limit_bytes`. A successful WriteFile turns its reservation into used bytes.
-  bool TryReserve(uint64_t bytes, uint64_t limit_bytes);
-  void Unreserve(uint64_t bytes);
-  uint64_t used_bytes() const { return used_.load(); }
-  uint64_t capacity_bytes() const { return options_.capacity_bytes; }
+  // stays within `limit_bytes`. A successful Write turns its reservation into used bytes.
+  bool TryReserve(uint64_t bytes, uint64_t limit_bytes) override;
+  void Unreserve(uint64_t bytes) override;
+  uint64_t used_bytes() const override { return used_.load(); }
+  uint64_t capacity_bytes() const override { return options_.capacity_bytes; }
   bool direct_io() const { return direct_io_; }
 
   // Writes one object version into a fresh file, sets record->seq to the file's number, and
@@ -88,27 +79,28 @@ class SsdTier {
   // record->info.payload_bytes bytes and is readable up to the next 4 KiB boundary. On failure
   // nothing is left behind; ResourceExhausted for ENOSPC/EDQUOT, Internal for other I/O errors.
   // Consumes a reservation of FileBytes() made with TryReserve either way.
-  Status WriteFile(SsdRecord* record, const uint8_t* payload);
+  Status Write(TierRecord* record, const uint8_t* payload) override;
 
   // The index record. `sync` waits for the WAL to reach the disk (and so makes every earlier
-  // record durable too); otherwise the record is synced by the next synced write, SyncIndex(), or
+  // record durable too); otherwise the record is synced by the next synced write, Sync(), or
   // a WAL sync this call starts when the last one is older than 50 ms.
-  Status PutRecord(const SsdRecord& record, bool sync);
+  Status PutRecord(const TierRecord& record, bool sync) override;
   // Syncs the index WAL: every record put so far survives a crash.
-  Status SyncIndex();
+  Status Sync() override;
   // Deletes the index record and the file of one version and releases its bytes.
-  void Remove(const Hash128& storage_key, uint64_t seq, uint64_t payload_bytes);
+  void Remove(const Hash128& storage_key, uint64_t seq, uint64_t payload_bytes) override;
 
   // Reads and verifies one version into `dst` (room for the payload rounded up to 4 KiB):
   // header bytes must equal the encoding of `info` (whose lossy flag is ignored), the name block
   // must name `storage_key`, the payload crc32c must match. DataLoss on any mismatch or short file,
   // NotFound if the file is gone, Internal for I/O errors. Never leaves partially verified bytes
   // reported as good.
-  Status ReadObject(const Hash128& storage_key, uint64_t seq, const ObjectInfo& info, uint8_t* dst);
+  Status Read(const Hash128& storage_key, uint64_t seq, const ObjectInfo& info,
+              uint8_t* dst) override;
 
   // Writes the given records without syncing each, then syncs the WAL once (used at Close to
   // persist hit counts and pins).
-  Status PutRecords(const std::vector<SsdRecord>& records);
+  Status PutRecords(const std::vector<TierRecord>& records) override;
 
  private:
   SsdTier(Options options, StoreMetrics* metrics);

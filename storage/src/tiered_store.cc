@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "kvstash/common/crc32c.h"
 #include "spdlog/spdlog.h"
+#include "ssd_tier.h"
 
 namespace kvstash::storage {
 namespace {
@@ -69,7 +70,7 @@ Status TieredStore::Init() {
     so.capacity_bytes = options_.ssd_capacity_bytes;
     so.io_threads = options_.ssd_io_threads;
     KVSTASH_ASSIGN_OR_RETURN(ssd_, SsdTier::Open(so, &metrics_));
-    KVSTASH_ASSIGN_OR_RETURN(std::vector<SsdRecord> records, ssd_->Recover());
+    KVSTASH_ASSIGN_OR_RETURN(std::vector<TierRecord> records, ssd_->Recover());
     RecoverSsd(std::move(records));
     metrics_.ssd.capacity_bytes->Set(static_cast<double>(options_.ssd_capacity_bytes));
     for (int i = 0; i < options_.ssd_io_threads; ++i)
@@ -120,16 +121,16 @@ void TieredStore::UpdatePoliciesLocked(ObjectRec& rec) {
     }
     rec.in_cpu_policy = cpu_evictable;
   }
-  bool ssd_evictable =
-      rec.visible && rec.ssd == SsdState::kOnSsd && rec.pins == 0 && rec.promotion == nullptr;
-  if (ssd_evictable != rec.in_ssd_policy) {
+  bool ssd_evictable = rec.visible && rec.ssd.state == CopyState::kStored && rec.pins == 0 &&
+                       rec.promotion == nullptr;
+  if (ssd_evictable != rec.ssd.in_policy) {
     std::lock_guard<std::mutex> lock(ssd_policy_mu_);
     if (ssd_evictable) {
-      ssd_policy_->OnInsert(MetaFor(rec, SsdTier::FileBytes(rec.ssd_info.payload_bytes)));
+      ssd_policy_->OnInsert(MetaFor(rec, ssd_->StoredBytes(rec.ssd.info.payload_bytes)));
     } else {
       ssd_policy_->OnRemove(rec.name.storage_key);
     }
-    rec.in_ssd_policy = ssd_evictable;
+    rec.ssd.in_policy = ssd_evictable;
   }
 }
 
@@ -148,15 +149,15 @@ void TieredStore::HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Defer
   UpdatePoliciesLocked(*rec);
   MaybeFreeArenaLocked(*rec);
   // A pending write notices !visible and removes what it wrote; a finished one is removed here.
-  if (rec->ssd == SsdState::kOnSsd) {
-    rec->ssd = SsdState::kNone;
-    later.ssd_removals.push_back({rec, rec->ssd_seq, rec->ssd_info.payload_bytes});
+  if (rec->ssd.state == CopyState::kStored) {
+    rec->ssd.state = CopyState::kNone;
+    later.ssd_removals.push_back({rec, rec->ssd.seq, rec->ssd.info.payload_bytes});
   }
 }
 
 void TieredStore::QueueWriteLocked(const std::shared_ptr<ObjectRec>& rec, Deferred& later,
                                    std::shared_ptr<std::promise<Status>> done) {
-  rec->ssd = SsdState::kPending;
+  rec->ssd.state = CopyState::kPending;
   ++rec->io_refs;
   UpdatePoliciesLocked(*rec);
   later.writes.push_back(WriteJob{rec, std::move(done)});
@@ -286,7 +287,7 @@ TieredStore::EvictStep TieredStore::EvictOneCpu() {
     // Its state changed since the policy named it; the policy no longer holds it, try the next.
     if (it == shard.objects.end() || !it->second->in_cpu_policy) return step;
     std::shared_ptr<ObjectRec> rec = it->second;
-    if (ssd_ && rec->ssd == SsdState::kNone && !rec->ssd_failed && Admitted(*rec)) {
+    if (ssd_ && rec->ssd.state == CopyState::kNone && !rec->ssd.failed && Admitted(*rec)) {
       // Demote first; the write's completion makes it evictable again (it keeps its old last
       // access, so it is the next victim), then it is just freed.
       QueueWriteLocked(rec, later);
@@ -295,13 +296,13 @@ TieredStore::EvictStep TieredStore::EvictOneCpu() {
       step.freed_bytes = rec->extent_bytes;
       rec->in_cpu = false;
       FreeExtent(rec->arena_offset);
-      if (rec->ssd == SsdState::kOnSsd) {
+      if (rec->ssd.state == CopyState::kStored) {
         // From now on readers get what the SSD copy decodes to (the same bytes when it is raw).
-        rec->info.payload_crc32c = rec->ssd_served_info.payload_crc32c;
-        rec->info.lossy = rec->ssd_served_info.lossy;
+        rec->info.payload_crc32c = rec->ssd.served.payload_crc32c;
+        rec->info.lossy = rec->ssd.served.lossy;
       }
       metrics_.cpu.evictions->Increment();
-      if (rec->ssd == SsdState::kNone) {
+      if (rec->ssd.state == CopyState::kNone) {
         if (ssd_ && !Admitted(*rec)) metrics_.ssd_admission_dropped->Increment();
         shard.objects.erase(it);
         rec->visible = false;
@@ -538,8 +539,8 @@ Result<Lease> TieredStore::Acquire(const Hash128& storage_key, uint32_t lease_ms
         ++rec->hits;
         rec->last_access_ns = WallNs();
         UpdatePoliciesLocked(*rec);
-        if (ssd_ && options_.ssd_admission_hits > 0 && rec->ssd == SsdState::kNone &&
-            !rec->ssd_failed && Admitted(*rec)) {
+        if (ssd_ && options_.ssd_admission_hits > 0 && rec->ssd.state == CopyState::kNone &&
+            !rec->ssd.failed && Admitted(*rec)) {
           QueueWriteLocked(rec, later);
         }
       } else {
@@ -648,7 +649,7 @@ Status TieredStore::Unpin(const Hash128& storage_key) {
 void TieredStore::PersistPinsLocked(const ObjectRec& rec) {
   // Only a finished SSD copy has a record to update; a pending writer re-checks pins after its
   // synced put. The write is not synced: pins are a hint that survives a clean restart.
-  if (!ssd_ || rec.ssd != SsdState::kOnSsd) return;
+  if (!ssd_ || rec.ssd.state != CopyState::kStored) return;
   Status s = ssd_->PutRecord(RecordOf(rec), /*sync=*/false);
   if (!s.ok()) spdlog::warn("kvstash storage: persisting pins failed: {}", s.ToString());
 }
@@ -702,9 +703,9 @@ StoreStats TieredStore::Stats() {
         ++cpu_objects;
         cpu_logical += rec->info.payload_bytes;
       }
-      if (rec->ssd == SsdState::kOnSsd) {
+      if (rec->ssd.state == CopyState::kStored) {
         ++ssd_objects;
-        ssd_logical += rec->ssd_served_info.payload_bytes;
+        ssd_logical += rec->ssd.served.payload_bytes;
       }
       pinned += rec->pins > 0 ? 1 : 0;
     }
@@ -730,7 +731,7 @@ StoreStats TieredStore::Stats() {
   stats.tiers.push_back(tier(Tier::kCpu, metrics_.cpu, cpu_objects, cpu_logical));
   if (ssd_) {
     metrics_.ssd.used_bytes->Set(static_cast<double>(ssd_->used_bytes()));
-    stats.tiers.push_back(tier(Tier::kSsd, metrics_.ssd, ssd_objects, ssd_logical));
+    stats.tiers.push_back(tier(ssd_->tier(), metrics_.ssd, ssd_objects, ssd_logical));
   }
   stats.checksum_failures = metrics_.checksum_failures->Value();
   stats.reservations_expired = metrics_.reservations_expired->Value();
@@ -754,7 +755,7 @@ Status TieredStore::Flush() {
     idle_cv_.wait(lock, [&] { return pending_writes_ == 0; });
   }
   // Write-through records are put without a WAL sync; make them all durable now.
-  if (ssd_) return ssd_->SyncIndex();
+  if (ssd_) return ssd_->Sync();
   return OkStatus();
 }
 
@@ -771,15 +772,15 @@ Status TieredStore::Close() {
   if (ssd_) {
     // Persist hit counts and pins of everything on SSD so a restart keeps admission and LRU
     // history; one WAL sync for the lot.
-    std::vector<SsdRecord> records;
+    std::vector<TierRecord> records;
     for (Shard& shard : shards_) {
       std::lock_guard<std::mutex> lock(shard.mu);
       for (const auto& [key, rec] : shard.objects) {
-        if (rec->ssd == SsdState::kOnSsd) records.push_back(RecordOf(*rec));
+        if (rec->ssd.state == CopyState::kStored) records.push_back(RecordOf(*rec));
       }
     }
     status = ssd_->PutRecords(records);
-    Status synced = ssd_->SyncIndex();
+    Status synced = ssd_->Sync();
     if (status.ok()) status = synced;
     ssd_.reset();
   }

@@ -32,8 +32,8 @@
 #include "arena.h"
 #include "kvstash/storage/eviction_policy.h"
 #include "kvstash/storage/object_store.h"
+#include "kvstash/storage/storage_tier.h"
 #include "page_allocator.h"
-#include "ssd_tier.h"
 #include "store_metrics.h"
 
 namespace kvstash::storage {
@@ -41,10 +41,23 @@ namespace kvstash::storage {
 // Nanoseconds since the Unix epoch (last-access times, persisted across restarts).
 uint64_t WallNs();
 
-enum class SsdState : uint8_t {
-  kNone,     // no SSD copy
+// One object's copy in a lower tier (today the one slot: the SSD tier, TieredStore::ssd_).
+enum class CopyState : uint8_t {
+  kNone,     // no copy
   kPending,  // queued or being written; the writer owns the outcome
-  kOnSsd,    // file and index record are synced
+  kStored,   // written and its record put (StorageTier::PutRecord)
+};
+
+struct LowerCopy {
+  CopyState state = CopyState::kNone;
+  bool failed = false;     // a write was tried and failed; not retried on eviction
+  bool in_policy = false;  // in the tier's eviction policy (exactly when evictable)
+  uint64_t seq = 0;        // the version on the tier (valid when kStored)
+  // The stored payload's info, what decoding it yields, and whether it is a TierCodec encoding
+  // (else the payload verbatim); valid when kStored.
+  ObjectInfo info;
+  ObjectInfo served;
+  bool encoded = false;
 };
 
 struct Promotion;
@@ -67,19 +80,11 @@ struct ObjectRec {
   const uint64_t extent_bytes;  // arena bytes while resident (payload rounded up to pages)
 
   // Guarded by the shard mutex.
-  // The SSD copy (valid when ssd == kOnSsd): its file's info, what decoding it yields, and
-  // whether it is a TierCodec encoding (else the payload verbatim).
-  ObjectInfo ssd_info;
-  ObjectInfo ssd_served_info;
-  bool ssd_encoded = false;
+  LowerCopy ssd;        // the copy in the SSD tier
   bool visible = true;  // reachable through the index
   bool in_cpu = false;
   uint64_t arena_offset = 0;
   bool in_cpu_policy = false;
-  bool in_ssd_policy = false;
-  SsdState ssd = SsdState::kNone;
-  bool ssd_failed = false;  // a write was tried and failed; not retried on eviction
-  uint64_t ssd_seq = 0;
   uint32_t pins = 0;
   uint32_t leases = 0;
   uint32_t io_refs = 0;  // SSD writes and the checker reading the arena bytes
@@ -206,8 +211,8 @@ class TieredStore final : public ObjectStore {
   // decoding it when it is encoded; DataLoss unless the result matches served's crc32c.
   Status ReadSsdCopy(const Hash128& key, uint64_t seq, const ObjectInfo& stored,
                      const ObjectInfo& served, bool encoded, uint8_t* dst);
-  SsdRecord RecordOf(const ObjectRec& rec) const;
-  void RecoverSsd(std::vector<SsdRecord> records);
+  TierRecord RecordOf(const ObjectRec& rec) const;
+  void RecoverSsd(std::vector<TierRecord> records);
 
   // --- checks of committed bytes (tiered_store_check.cc) ---
   // `checked`: the caller verified the payload itself (CommitChecked).
@@ -233,7 +238,7 @@ class TieredStore final : public ObjectStore {
   const StoreOptions options_;
   StoreMetrics metrics_;
   std::unique_ptr<Arena> arena_;
-  std::unique_ptr<SsdTier> ssd_;  // null when the SSD tier is disabled
+  std::unique_ptr<StorageTier> ssd_;  // the lower tier (SsdTier); null when disabled
   std::atomic<bool> closed_{false};
   mutable std::shared_mutex close_mu_;  // shared by every public call; Close takes it exclusively
 

@@ -32,31 +32,31 @@ PageBuffer NewPageBuffer(uint64_t bytes) {
 }
 }  // namespace
 
-SsdRecord TieredStore::RecordOf(const ObjectRec& rec) const {
-  SsdRecord r;
+TierRecord TieredStore::RecordOf(const ObjectRec& rec) const {
+  TierRecord r;
   r.name = rec.name;
-  r.info = rec.ssd_info;
-  r.served = rec.ssd_served_info;
-  r.encoded = rec.ssd_encoded;
-  r.seq = rec.ssd_seq;
+  r.info = rec.ssd.info;
+  r.served = rec.ssd.served;
+  r.encoded = rec.ssd.encoded;
+  r.seq = rec.ssd.seq;
   r.hits = rec.hits;
   r.last_access_ns = rec.last_access_ns;
   r.pins = rec.pins;
   return r;
 }
 
-void TieredStore::RecoverSsd(std::vector<SsdRecord> records) {
+void TieredStore::RecoverSsd(std::vector<TierRecord> records) {
   // Oldest first, so the SSD policy sees the recorded recency.
-  std::sort(records.begin(), records.end(), [](const SsdRecord& a, const SsdRecord& b) {
+  std::sort(records.begin(), records.end(), [](const TierRecord& a, const TierRecord& b) {
     return a.last_access_ns < b.last_access_ns;
   });
-  for (SsdRecord& r : records) {
+  for (TierRecord& r : records) {
     auto rec = std::make_shared<ObjectRec>(r.name, r.served);
-    rec->ssd_info = r.info;
-    rec->ssd_served_info = r.served;
-    rec->ssd_encoded = r.encoded;
-    rec->ssd = SsdState::kOnSsd;
-    rec->ssd_seq = r.seq;
+    rec->ssd.info = r.info;
+    rec->ssd.served = r.served;
+    rec->ssd.encoded = r.encoded;
+    rec->ssd.state = CopyState::kStored;
+    rec->ssd.seq = r.seq;
     rec->hits = r.hits;
     rec->pins = r.pins;
     rec->last_access_ns = r.last_access_ns;
@@ -82,11 +82,11 @@ bool TieredStore::EvictOneSsd() {
     Shard& shard = ShardFor(*victim);
     std::lock_guard<std::mutex> lock(shard.mu);
     auto it = shard.objects.find(*victim);
-    if (it == shard.objects.end() || !it->second->in_ssd_policy) return true;  // changed; retry
+    if (it == shard.objects.end() || !it->second->ssd.in_policy) return true;  // changed; retry
     rec = it->second;
-    seq = rec->ssd_seq;
-    stored_bytes = rec->ssd_info.payload_bytes;
-    rec->ssd = SsdState::kNone;
+    seq = rec->ssd.seq;
+    stored_bytes = rec->ssd.info.payload_bytes;
+    rec->ssd.state = CopyState::kNone;
     if (!rec->in_cpu) {
       shard.objects.erase(it);
       rec->visible = false;
@@ -124,7 +124,7 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
   uint64_t start = SteadyNs();
   Shard& shard = ShardFor(rec->name.storage_key);
   const Hash128& key = rec->name.storage_key;
-  SsdRecord record;
+  TierRecord record;
   bool visible;
   {
     std::lock_guard<std::mutex> lock(shard.mu);
@@ -181,7 +181,7 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
   bool written = false;  // the file exists (and its bytes are accounted)
   bool indexed = false;  // the index record was put
   if (visible) {
-    const uint64_t file_bytes = SsdTier::FileBytes(payload_bytes);
+    const uint64_t file_bytes = ssd_->StoredBytes(payload_bytes);
     const double capacity = static_cast<double>(ssd_->capacity_bytes());
     const auto high = static_cast<uint64_t>(options_.high_watermark * capacity);
     const auto low = static_cast<uint64_t>(options_.low_watermark * capacity);
@@ -199,7 +199,7 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
           "SSD tier full: ", ssd_->used_bytes(), " of ", ssd_->capacity_bytes(),
           " bytes used and nothing evictable for an object of ", file_bytes, " bytes"));
     } else {
-      status = ssd_->WriteFile(&record, payload);
+      status = ssd_->Write(&record, payload);
       if (status.ok()) {
         written = true;
       } else if (absl::IsResourceExhausted(status)) {
@@ -212,10 +212,10 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
       {
         std::lock_guard<std::mutex> lock(shard.mu);
         visible = rec->visible;
-        rec->ssd_seq = record.seq;
-        rec->ssd_info = record.info;
-        rec->ssd_served_info = record.served;
-        rec->ssd_encoded = record.encoded;
+        rec->ssd.seq = record.seq;
+        rec->ssd.info = record.info;
+        rec->ssd.served = record.served;
+        rec->ssd.encoded = record.encoded;
         record.pins = rec->pins;
         record.hits = rec->hits;
       }
@@ -239,13 +239,13 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
     --rec->io_refs;
     if (!check.ok() && rec->visible) HideLocked(shard, rec, later);
     if (indexed && rec->visible) {
-      rec->ssd = SsdState::kOnSsd;
+      rec->ssd.state = CopyState::kStored;
       if (rec->pins != record.pins || rec->hits != record.hits) PersistPinsLocked(*rec);
     } else {
       // Deleted or replaced while being written, or the write failed.
       remove = remove || indexed;
-      rec->ssd = SsdState::kNone;
-      if (!status.ok()) rec->ssd_failed = true;
+      rec->ssd.state = CopyState::kNone;
+      if (!status.ok()) rec->ssd.failed = true;
     }
     UpdatePoliciesLocked(*rec);
     MaybeFreeArenaLocked(*rec);
@@ -269,10 +269,10 @@ Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32
   bool encoded;
   {
     std::lock_guard<std::mutex> lock(shard.mu);
-    seq = rec->ssd_seq;
-    stored = rec->ssd_info;
-    served_info = rec->ssd_served_info;
-    encoded = rec->ssd_encoded;
+    seq = rec->ssd.seq;
+    stored = rec->ssd.info;
+    served_info = rec->ssd.served;
+    encoded = rec->ssd.encoded;
   }
   Result<PageAllocator::Extent> extent = AllocateArena(served_info.payload_bytes);
   Status status = extent.status();
@@ -327,14 +327,14 @@ Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32
   metrics_.ssd.hits->Increment();
   metrics_.ssd.bytes_read->Increment(stored.payload_bytes);
   metrics_.cpu.bytes_written->Increment(rec->info.payload_bytes);
-  return RegisterLease(rec, lease_ms, Tier::kSsd);
+  return RegisterLease(rec, lease_ms, ssd_->tier());
 }
 
 Status TieredStore::ReadSsdCopy(const Hash128& key, uint64_t seq, const ObjectInfo& stored,
                                 const ObjectInfo& served, bool encoded, uint8_t* dst) {
   uint64_t start = SteadyNs();
   if (!encoded) {
-    Status status = ssd_->ReadObject(key, seq, stored, dst);
+    Status status = ssd_->Read(key, seq, stored, dst);
     metrics_.ssd_read_seconds->Observe((SteadyNs() - start) * 1e-9);
     return status;
   }
@@ -345,7 +345,7 @@ Status TieredStore::ReadSsdCopy(const Hash128& key, uint64_t seq, const ObjectIn
   PageBuffer buffer = NewPageBuffer(stored.payload_bytes);
   if (buffer == nullptr) return absl::ResourceExhaustedError("no memory for an SSD read buffer");
   // The tier verifies the stored bytes (header, name, crc32c of the encoding) ...
-  KVSTASH_RETURN_IF_ERROR(ssd_->ReadObject(key, seq, stored, buffer.get()));
+  KVSTASH_RETURN_IF_ERROR(ssd_->Read(key, seq, stored, buffer.get()));
   uint64_t decode_start = SteadyNs();
   metrics_.ssd_read_seconds->Observe((decode_start - start) * 1e-9);
   Status status = options_.ssd_codec->Decode(
