@@ -42,6 +42,7 @@ check_fixtures() {
 setup() {
   check_fixtures
   ./scripts/install_deps.sh
+  ./scripts/install_etcd_protos.sh
   ./scripts/fetch_models.sh
   ./scripts/setup_python.sh
 }
