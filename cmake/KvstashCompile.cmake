@@ -64,3 +64,34 @@ function(kvstash_add_test name)
     DISCOVERY_TIMEOUT 60
     PROPERTIES LABELS "${_labels}" TIMEOUT ${A_TIMEOUT})
 endfunction()
+
+# kvstash_add_pytest(name FILES ... [LABELS ...] [TIMEOUT s] [PYTHON exe] [SKIP_RETURN_CODE n])
+# One ctest entry per pytest file (named <name>.<file stem>), run by tests/python/run_pytest.sh
+# with the venv's interpreter (scripts/setup_python.sh; PYTHON overrides it), the package on
+# PYTHONPATH (source python/ and this build's python/) and the build tree in KVSTASH_BINARY_DIR.
+# Label `python` is always added. SKIP_RETURN_CODE: the runner's exit code for a deliberately
+# absent optional piece (run_pytest.sh returns 77 when the interpreter is missing on purpose).
+set(KVSTASH_TEST_PYTHON "${KVSTASH_MODEL_CACHE}/venv/bin/python" CACHE FILEPATH
+    "Interpreter of the venv the Python tests run in (scripts/setup_python.sh)")
+function(kvstash_add_pytest name)
+  cmake_parse_arguments(A "" "TIMEOUT;PYTHON" "FILES;LABELS" ${ARGN})
+  if(NOT A_TIMEOUT)
+    set(A_TIMEOUT 300)
+  endif()
+  if(NOT A_PYTHON)
+    set(A_PYTHON ${KVSTASH_TEST_PYTHON})
+  endif()
+  foreach(file ${A_FILES})
+    get_filename_component(stem ${file} NAME_WE)
+    add_test(NAME ${name}.${stem}
+      COMMAND ${PROJECT_SOURCE_DIR}/tests/python/run_pytest.sh ${A_PYTHON}
+              ${CMAKE_CURRENT_SOURCE_DIR}/${file}
+      WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+    set_tests_properties(${name}.${stem} PROPERTIES
+      LABELS "python;${A_LABELS}"
+      TIMEOUT ${A_TIMEOUT}
+      SKIP_RETURN_CODE 77
+      ENVIRONMENT
+        "PYTHONPATH=${PROJECT_SOURCE_DIR}/python:${PROJECT_BINARY_DIR}/python;KVSTASH_BINARY_DIR=${PROJECT_BINARY_DIR};KVSTASH_SOURCE_DIR=${PROJECT_SOURCE_DIR};KVSTASH_SHARED_DATA=${KVSTASH_SHARED_DATA};KVSTASH_MODEL_CACHE=${KVSTASH_MODEL_CACHE}")
+  endforeach()
+endfunction()

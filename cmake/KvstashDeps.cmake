@@ -44,3 +44,26 @@ target_link_libraries(kvstash_httplib INTERFACE Threads::Threads)
 
 find_program(KVSTASH_PROTOC protoc REQUIRED)
 find_program(KVSTASH_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
+
+# The Python package (python/): pybind11 and the interpreter's headers, optional (KVSTASH_PYTHON).
+set(KVSTASH_HAVE_PYTHON OFF)
+if(NOT KVSTASH_PYTHON STREQUAL "OFF" AND NOT KVSTASH_SANITIZE AND NOT KVSTASH_FUZZ)
+  # Debian's interpreter, whose headers python3-dev installs (a pyenv shim earlier on PATH would
+  # otherwise be picked, without headers).
+  if(EXISTS /usr/bin/python3 AND NOT Python_EXECUTABLE)
+    set(Python_EXECUTABLE /usr/bin/python3)
+  endif()
+  find_package(Python 3.9 COMPONENTS Interpreter Development.Module QUIET)
+  if(Python_FOUND)
+    set(PYBIND11_FINDPYTHON ON)
+    find_package(pybind11 CONFIG QUIET)
+  endif()
+  if(Python_FOUND AND pybind11_FOUND)
+    set(KVSTASH_HAVE_PYTHON ON)
+    message(STATUS "kvstash Python package: Python ${Python_VERSION}, pybind11 ${pybind11_VERSION}")
+  elseif(KVSTASH_PYTHON STREQUAL "ON")
+    message(FATAL_ERROR "KVSTASH_PYTHON=ON needs pybind11-dev and python3-dev")
+  else()
+    message(STATUS "kvstash Python package: not built (pybind11-dev or python3-dev missing)")
+  endif()
+endif()

@@ -23,6 +23,8 @@ PACKAGES=(
   libhiredis-dev redis-server fio etcd-server etcd-client
   # python for reference checks and plots
   python3 python3-venv python3-pip python3-numpy python3-matplotlib gnuplot-nox
+  # the kvstash Python package's native extension (python/)
+  python3-dev pybind11-dev
 )
 
 missing=()
