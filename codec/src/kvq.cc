@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -10,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "chunk.h"
 #include "kvstash/codec/levels.h"
+#include "kvstash/common/coding.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/half.h"
 #include "rans.h"
@@ -28,20 +30,6 @@ constexpr uint32_t kMaxTokens = 1u << 20;
 constexpr uint64_t kMaxDecodedBytes = uint64_t{16} << 30;
 
 std::atomic<bool> g_simd{true};
-
-template <typename T>
-void Put(uint8_t* out, T value) {
-  for (size_t i = 0; i < sizeof(T); ++i) {
-    out[i] = static_cast<uint8_t>((static_cast<uint64_t>(value) >> (8 * i)) & 0xFF);
-  }
-}
-
-template <typename T>
-T Get(const uint8_t* in) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < sizeof(T); ++i) v |= static_cast<uint64_t>(in[i]) << (8 * i);
-  return static_cast<T>(v);
-}
 
 Status Bad(const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat("malformed KVQ container: ", what));
@@ -177,8 +165,8 @@ void DequantRows(const Geometry& g, uint32_t r, uint32_t t0, uint32_t n, const u
 void WriteHeader(const Geometry& g, uint8_t* h) {
   const KvqInfo& i = g.info;
   std::memcpy(h, kMagic, 4);
-  Put<uint16_t>(h + 4, kKvqVersion);
-  Put<uint16_t>(h + 6, static_cast<uint16_t>(kKvqHeaderBytes));
+  EncodeFixed16(h + 4, kKvqVersion);
+  EncodeFixed16(h + 6, static_cast<uint16_t>(kKvqHeaderBytes));
   h[8] = static_cast<uint8_t>(i.dtype);
   h[9] = static_cast<uint8_t>(i.param_dtype);
   h[10] = i.level;
@@ -187,15 +175,15 @@ void WriteHeader(const Geometry& g, uint8_t* h) {
   h[13] = rans::kProbBits;
   h[14] = rans::kLanes;
   h[15] = 0;
-  Put<uint32_t>(h + 16, i.num_layers);
-  Put<uint32_t>(h + 20, i.num_heads);
-  Put<uint32_t>(h + 24, i.head_dim);
-  Put<uint32_t>(h + 28, i.num_tokens);
-  Put<uint32_t>(h + 32, i.subchunk_tokens);
-  Put<uint32_t>(h + 36, i.group_tokens);
-  Put<uint32_t>(h + 40, i.key_outliers);
-  Put<uint32_t>(h + 44, i.context_channels);
-  Put<uint64_t>(h + 48, i.payload);
+  EncodeFixed32(h + 16, i.num_layers);
+  EncodeFixed32(h + 20, i.num_heads);
+  EncodeFixed32(h + 24, i.head_dim);
+  EncodeFixed32(h + 28, i.num_tokens);
+  EncodeFixed32(h + 32, i.subchunk_tokens);
+  EncodeFixed32(h + 36, i.group_tokens);
+  EncodeFixed32(h + 40, i.key_outliers);
+  EncodeFixed32(h + 44, i.context_channels);
+  EncodeFixed64(h + 48, i.payload);
 }
 
 // Parsed, validated container: geometry plus section pointers.
@@ -203,20 +191,17 @@ struct Parsed {
   Geometry g;
   const uint8_t* base = nullptr;
   uint32_t StreamLength(uint32_t sub, uint32_t r) const {
-    return Get<uint32_t>(base + g.LengthsOffset() + (size_t{sub} * g.rows() + r) * 4);
+    return DecodeFixed32(base + g.LengthsOffset() + (size_t{sub} * g.rows() + r) * 4);
   }
   float Param(uint64_t index) const {
     const uint8_t* p = base + g.ParamsOffset() + index * g.psize();
-    if (g.info.param_dtype == DType::kF16) return F16ToF32(Get<uint16_t>(p));
-    uint32_t v = Get<uint32_t>(p);
-    float f;
-    std::memcpy(&f, &v, 4);
-    return f;
+    if (g.info.param_dtype == DType::kF16) return F16ToF32(DecodeFixed16(p));
+    return FloatFromBits(DecodeFixed32(p));
   }
   std::vector<uint16_t> OutlierIndex(uint32_t r) const {
     std::vector<uint16_t> idx(g.outliers(r));
     const uint8_t* p = base + g.OutlierIndexOffset() + size_t{r} * g.info.key_outliers * 2;
-    for (size_t j = 0; j < idx.size(); ++j) idx[j] = Get<uint16_t>(p + 2 * j);
+    for (size_t j = 0; j < idx.size(); ++j) idx[j] = DecodeFixed16(p + 2 * j);
     return idx;
   }
   const uint8_t* OutlierValues(uint32_t r) const {
@@ -230,9 +215,9 @@ Result<Parsed> Parse(std::span<const uint8_t> bytes) {
   if (bytes.size() < kKvqHeaderBytes) return Bad("shorter than the header");
   const uint8_t* h = bytes.data();
   if (std::memcmp(h, kMagic, 4) != 0) return Bad("bad magic");
-  if (Get<uint16_t>(h + 4) != kKvqVersion) return Bad("unsupported version");
-  if (Get<uint16_t>(h + 6) != kKvqHeaderBytes) return Bad("bad header size");
-  if (Crc32c(h, kHeaderCrcOffset) != Get<uint32_t>(h + kHeaderCrcOffset)) {
+  if (DecodeFixed16(h + 4) != kKvqVersion) return Bad("unsupported version");
+  if (DecodeFixed16(h + 6) != kKvqHeaderBytes) return Bad("bad header size");
+  if (Crc32c(h, kHeaderCrcOffset) != DecodeFixed32(h + kHeaderCrcOffset)) {
     return absl::DataLossError("KVQ container header checksum mismatch");
   }
   Parsed p;
@@ -252,15 +237,15 @@ Result<Parsed> Parse(std::span<const uint8_t> bytes) {
   if (h[13] != rans::kProbBits || h[14] != rans::kLanes || h[15] != 0) {
     return Bad("unsupported coder parameters");
   }
-  i.num_layers = Get<uint32_t>(h + 16);
-  i.num_heads = Get<uint32_t>(h + 20);
-  i.head_dim = Get<uint32_t>(h + 24);
-  i.num_tokens = Get<uint32_t>(h + 28);
-  i.subchunk_tokens = Get<uint32_t>(h + 32);
-  i.group_tokens = Get<uint32_t>(h + 36);
-  i.key_outliers = Get<uint32_t>(h + 40);
-  i.context_channels = Get<uint32_t>(h + 44);
-  i.payload = Get<uint64_t>(h + 48);
+  i.num_layers = DecodeFixed32(h + 16);
+  i.num_heads = DecodeFixed32(h + 20);
+  i.head_dim = DecodeFixed32(h + 24);
+  i.num_tokens = DecodeFixed32(h + 28);
+  i.subchunk_tokens = DecodeFixed32(h + 32);
+  i.group_tokens = DecodeFixed32(h + 36);
+  i.key_outliers = DecodeFixed32(h + 40);
+  i.context_channels = DecodeFixed32(h + 44);
+  i.payload = DecodeFixed64(h + 48);
   auto in = [](uint32_t v, uint32_t lo, uint32_t hi) { return v >= lo && v <= hi; };
   if (!in(i.num_layers, 1, kMaxDim) || !in(i.num_heads, 1, kMaxDim) ||
       !in(i.head_dim, 1, kMaxDim) || !in(i.num_tokens, 1, kMaxTokens) ||
@@ -288,7 +273,7 @@ Result<Parsed> Parse(std::span<const uint8_t> bytes) {
   p.g.Derive();
   if (i.total() != bytes.size()) return Bad("section sizes do not add up to the input size");
   if (Crc32c(h + kKvqHeaderBytes, bytes.size() - kKvqHeaderBytes) !=
-      Get<uint32_t>(h + kBodyCrcOffset)) {
+      DecodeFixed32(h + kBodyCrcOffset)) {
     return absl::DataLossError("KVQ container body checksum mismatch");
   }
   for (uint32_t r = 0; r < i.num_layers; ++r) {
@@ -306,7 +291,7 @@ Result<Parsed> Parse(std::span<const uint8_t> bytes) {
     std::vector<uint16_t> f(alphabet);
     for (uint32_t c = 0; c < p.g.contexts[r]; ++c) {
       const uint8_t* src = p.Freqs(r) + size_t{c} * alphabet * 2;
-      for (int s = 0; s < alphabet; ++s) f[s] = Get<uint16_t>(src + 2 * s);
+      for (int s = 0; s < alphabet; ++s) f[s] = DecodeFixed16(src + 2 * s);
       if (!rans::ValidFreqs(f.data(), alphabet)) return Bad("bad frequency table");
     }
   }
@@ -339,9 +324,9 @@ bool IsKvqContainer(std::span<const uint8_t> bytes) {
 
 void RefreshKvqChecksums(std::span<uint8_t> bytes) {
   if (bytes.size() < kKvqHeaderBytes) return;
-  Put<uint32_t>(bytes.data() + kBodyCrcOffset,
+  EncodeFixed32(bytes.data() + kBodyCrcOffset,
                 Crc32c(bytes.data() + kKvqHeaderBytes, bytes.size() - kKvqHeaderBytes));
-  Put<uint32_t>(bytes.data() + kHeaderCrcOffset, Crc32c(bytes.data(), kHeaderCrcOffset));
+  EncodeFixed32(bytes.data() + kHeaderCrcOffset, Crc32c(bytes.data(), kHeaderCrcOffset));
 }
 
 Result<std::vector<uint8_t>> KvqRowBitsForLevel(int level, uint32_t model_layers,
@@ -580,7 +565,7 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
   uint8_t* w = out.data() + g.OutlierIndexOffset();
   for (uint32_t r = 0; r < i.num_layers; ++r) {
     for (uint16_t c : out_idx[r]) {
-      Put<uint16_t>(w, c);
+      EncodeFixed16(w, c);
       w += 2;
     }
   }
@@ -588,23 +573,21 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
   w = out.data() + g.ParamsOffset();
   for (float v : params) {
     if (i.param_dtype == DType::kF16) {
-      Put<uint16_t>(w, F32ToF16(v));
+      EncodeFixed16(w, F32ToF16(v));
       w += 2;
     } else {
-      uint32_t bitsv;
-      std::memcpy(&bitsv, &v, 4);
-      Put<uint32_t>(w, bitsv);
+      EncodeFixed32(w, std::bit_cast<uint32_t>(v));
       w += 4;
     }
   }
   w = out.data() + g.FreqsOffset();
   for (uint16_t f : freqs) {
-    Put<uint16_t>(w, f);
+    EncodeFixed16(w, f);
     w += 2;
   }
   w = out.data() + g.LengthsOffset();
   for (uint32_t len : lengths) {
-    Put<uint32_t>(w, len);
+    EncodeFixed32(w, len);
     w += 4;
   }
   w = out.data() + g.PayloadOffset();
@@ -669,7 +652,7 @@ Status DecodeKvq(std::span<const uint8_t> container, std::span<uint8_t> out, Thr
       f.resize(alphabet);
       for (uint32_t k = 0; k < g.contexts[r]; ++k) {
         const uint8_t* src = p.Freqs(r) + size_t{k} * alphabet * 2;
-        for (int s = 0; s < alphabet; ++s) f[s] = Get<uint16_t>(src + 2 * s);
+        for (int s = 0; s < alphabet; ++s) f[s] = DecodeFixed16(src + 2 * s);
         rans::BuildDecTable(f.data(), alphabet, &tables[k]);
       }
       params.resize(2 * size_t{g.param_count[r]});
