@@ -14,6 +14,7 @@
 #include "kv_corpus.h"
 #include "kvstash/codec/cachegen.h"
 #include "kvstash/codec/cachegen_gpu.h"
+#include "kvstash/codec/kvq.h"
 #include "kvstash/common/thread_pool.h"
 #include "kvstash/kernels/cuda_device.h"
 
@@ -86,6 +87,41 @@ void BM_CacheGenDecode(benchmark::State& state) {
   SetRates(state, c.kv.size(), threads);
 }
 
+// KVQ (kvq.h) at its defaults (keys per channel in groups of 64 tokens, values per token).
+void BM_KvqEncode(benchmark::State& state) {
+  const KvChunk& c = Chunk(static_cast<uint32_t>(state.range(2)));
+  size_t threads;
+  auto pool = MakePool(state.range(1), &threads);
+  codec::KvqOptions options;
+  options.level = static_cast<int>(state.range(0));
+  options.pool = pool.get();
+  size_t bytes = 0;
+  for (auto _ : state) {
+    auto out = codec::EncodeKvq(c.layout, c.kv, options);
+    if (!out.ok()) state.SkipWithError(std::string(out.status().message()).c_str());
+    bytes = out->size();
+    benchmark::DoNotOptimize(out->data());
+  }
+  SetRates(state, c.kv.size(), threads);
+  state.counters["ratio_vs_fp16"] = static_cast<double>(c.kv.size()) / bytes;
+}
+
+void BM_KvqDecode(benchmark::State& state) {
+  const KvChunk& c = Chunk(static_cast<uint32_t>(state.range(2)));
+  size_t threads;
+  auto pool = MakePool(state.range(1), &threads);
+  codec::KvqOptions options;
+  options.level = static_cast<int>(state.range(0));
+  auto container = codec::EncodeKvq(c.layout, c.kv, options);
+  std::vector<uint8_t> out(c.kv.size());
+  for (auto _ : state) {
+    Status s = codec::DecodeKvq(*container, out, pool.get());
+    if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
+    benchmark::DoNotOptimize(out.data());
+  }
+  SetRates(state, c.kv.size(), threads);
+}
+
 void BM_ZstdCompress(benchmark::State& state) {
   const KvChunk& c = Chunk(256);
   std::vector<uint8_t> dst(ZSTD_compressBound(c.kv.size()));
@@ -145,6 +181,14 @@ BENCHMARK(BM_CacheGenEncode)
     ->UseRealTime();
 BENCHMARK(BM_CacheGenDecode)
     ->ArgsProduct({{1, 2, 3}, {1, 0}, {256, 1024}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_KvqEncode)
+    ->ArgsProduct({{1, 2, 3, 4}, {1, 0}, {256, 1024}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_KvqDecode)
+    ->ArgsProduct({{1, 2, 3, 4}, {1, 0}, {256, 1024}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_ZstdCompress)->Arg(1)->Arg(3)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -39,6 +39,7 @@
 #include "eval_common.h"
 #include "kv_corpus.h"
 #include "kvstash/codec/cachegen.h"
+#include "kvstash/codec/kvq.h"
 #include "kvstash/codec/levels.h"
 #include "kvstash/codec/object_file.h"
 #include "kvstash/codec/profile.h"
@@ -56,7 +57,8 @@ using nlohmann::json;
 
 struct Args {
   std::string model, tokenizer, label, out, ssd_dir, dump_dir;
-  std::vector<std::string> texts, bins;
+  std::vector<std::string> texts, bins, kvq;
+  bool no_cachegen = false;
   int prompts = 60, train_prompts = 16, speed_prompts = 4, reps = 5;
   uint32_t context = 1024, gen = 64;
   std::vector<uint32_t> chunk_sizes = {256, 1024};
@@ -70,6 +72,8 @@ struct CodecConfig {
   int level;
   bool profile;
   std::vector<uint8_t> row_bins;  // explicit bins (level 0) when non-empty
+  bool kvq = false;               // the KVQ codec (kvq.h) with kvq_options instead of CacheGen
+  codec::KvqOptions kvq_options = {};
 };
 
 std::vector<CodecConfig> LevelConfigs() {
@@ -111,6 +115,73 @@ Result<std::vector<CodecConfig>> ParseBinsConfig(const std::string& spec, uint32
   return std::vector<CodecConfig>{
       {"cachegen_" + name, CacheGenMode::kReference, 0, false, bins},
       {"cachegen_profile_" + name, CacheGenMode::kReference, 0, true, bins}};
+}
+
+// "name=BITS[:key=token|channel][:value=token|channel][:group=G][:outliers=N][:context=N]
+// [:subchunk=S]" with BITS "L<level>" or "k1/k2/k3,v1/v2" (bits of the K and V layer groups).
+Result<CodecConfig> ParseKvqConfig(const std::string& spec, uint32_t model_layers) {
+  auto bad = [&] { return absl::InvalidArgumentError("bad --kvq " + spec); };
+  const size_t eq = spec.find('=');
+  if (eq == std::string::npos) return bad();
+  std::vector<std::string> parts;
+  std::stringstream ss(spec.substr(eq + 1));
+  for (std::string item; std::getline(ss, item, ':');) parts.push_back(item);
+  if (parts.empty()) return bad();
+  CodecConfig cfg{"kvq_" + spec.substr(0, eq), CacheGenMode::kReference, 0, false, {}, true, {}};
+  codec::KvqOptions& o = cfg.kvq_options;
+  o.model_layers = model_layers;
+  if (parts[0].size() > 1 && parts[0][0] == 'L') {
+    o.level = std::atoi(parts[0].c_str() + 1);
+    cfg.level = o.level;
+  } else {
+    const size_t comma = parts[0].find(',');
+    if (parts[0].empty() || parts[0][0] != 'k' || comma == std::string::npos ||
+        parts[0].compare(comma + 1, 1, "v") != 0) {
+      return bad();
+    }
+    auto numbers = [](const std::string& list) {
+      std::vector<int> out;
+      std::stringstream ls(list);
+      for (std::string item; std::getline(ls, item, '/');) out.push_back(std::atoi(item.c_str()));
+      return out;
+    };
+    const std::vector<int> k = numbers(parts[0].substr(1, comma - 1));
+    const std::vector<int> v = numbers(parts[0].substr(comma + 2));
+    if (k.size() != 3 || v.size() != 2) return bad();
+    const codec::LayerGroups g = codec::LayerGroupsFor(model_layers);
+    o.row_bits.resize(2 * model_layers);
+    for (uint32_t l = 0; l < model_layers; ++l) {
+      o.row_bits[l] = static_cast<uint8_t>(k[l < g.k_group1_end ? 0 : l < g.k_group2_end ? 1 : 2]);
+      o.row_bits[model_layers + l] = static_cast<uint8_t>(v[l < g.v_group1_end ? 0 : 1]);
+    }
+  }
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const size_t e = parts[i].find('=');
+    if (e == std::string::npos) return bad();
+    const std::string key = parts[i].substr(0, e), value = parts[i].substr(e + 1);
+    const uint32_t n = static_cast<uint32_t>(std::atoi(value.c_str()));
+    auto scale = [&](codec::KvqScale* out) {
+      if (value != "token" && value != "channel") return false;
+      *out = value == "token" ? codec::KvqScale::kPerToken : codec::KvqScale::kPerChannel;
+      return true;
+    };
+    if (key == "key") {
+      if (!scale(&o.key_scale)) return bad();
+    } else if (key == "value") {
+      if (!scale(&o.value_scale)) return bad();
+    } else if (key == "group") {
+      o.group_tokens = n;
+    } else if (key == "outliers") {
+      o.key_outliers = n;
+    } else if (key == "context") {
+      o.context_channels = n;
+    } else if (key == "subchunk") {
+      o.subchunk_tokens = n;
+    } else {
+      return bad();
+    }
+  }
+  return cfg;
 }
 
 struct Prompt {
@@ -290,6 +361,7 @@ Status QualityRun::TrainProfile(const std::vector<Prompt>& train) {
   for (const CodecConfig& cfg : configs_) {
     if (cfg.profile) specs.push_back({cfg.mode, cfg.level, cfg.row_bins});
   }
+  if (specs.empty()) return absl::OkStatus();
   KVSTASH_ASSIGN_OR_RETURN(
       auto builder, codec::CdfProfileBuilder::Create(codec::ProfileShape::Of(layout_), specs));
   const auto t0 = std::chrono::steady_clock::now();
@@ -344,6 +416,34 @@ Result<std::vector<std::pair<std::string, KvChunk>>> QualityRun::Variants(const 
       }
       for (size_t k = 0; k < configs_.size(); ++k) {
         const CodecConfig& cfg = configs_[k];
+        if (cfg.kvq) {
+          codec::KvqOptions o = cfg.kvq_options;
+          o.pool = pool_.get();
+          KVSTASH_ASSIGN_OR_RETURN(std::vector<uint8_t> container,
+                                   codec::EncodeKvq(chunk.layout, chunk.kv, o));
+          KVSTASH_ASSIGN_OR_RETURN(std::vector<uint8_t> decoded,
+                                   codec::DecodeKvq(container, pool_.get()));
+          KvChunk part{chunk.layout, std::move(decoded)};
+          if (full) {
+            KVSTASH_ASSIGN_OR_RETURN(codec::KvqInfo info, codec::ParseKvq(container));
+            Totals& tt = totals[cfg.name];
+            tt.bytes += static_cast<double>(container.size());
+            tt.tokens += count;
+            // KVQ sections in CacheGen's breakdown: bits as bins, frequency tables as CDFs,
+            // min/step parameters and exact outliers as scales.
+            codec::SizeBreakdown b;
+            b.header = info.header;
+            b.bins = info.bits;
+            b.cdf = info.freqs;
+            b.scales = info.params + info.outliers;
+            b.lengths = info.lengths;
+            b.payload = info.payload;
+            tt.AddParts(b);
+            tt.AddError(chunk, part.kv);
+          }
+          PutSlice(out[first + k].second, part, t);
+          continue;
+        }
         codec::EncodeOptions o;
         o.level = cfg.level;
         o.row_bins = cfg.row_bins;
@@ -468,13 +568,19 @@ Status QualityRun::RunPrompt(const Prompt& p, size_t index, size_t total) {
     kept_.push_back(std::move(ctx));
   }
 
-  const std::string l2 = "cachegen_l2@" + std::to_string(chunk_sizes_.front());
-  const auto& s = record["configs"][l2];
   std::fprintf(stderr,
                "[codec_quality] prompt %zu/%zu %s@%zu: prefill %.1f s, generate %.1f s, codec "
-               "%.1f s, %zu evaluations %.1f s | L2 agreement %.3f KL %.2e\n",
+               "%.1f s, %zu evaluations %.1f s\n",
                index + 1, total, p.text.c_str(), p.offset, prefill_s, generate_s, codec_s,
-               evaluated, eval_s, s["agreement"].get<double>(), s["kl_mean"].get<double>());
+               evaluated, eval_s);
+  for (const auto& [name, c] : record["configs"].items()) {
+    if (name.find('@') != std::string::npos &&
+        name.find("@" + std::to_string(chunk_sizes_.front())) == std::string::npos) {
+      continue;
+    }
+    std::fprintf(stderr, "[codec_quality]   %-40s agreement %.3f KL %.2e\n", name.c_str(),
+                 c["agreement"].get<double>(), c["kl_mean"].get<double>());
+  }
   section_["summary"] = Summary();
   section_["per_prompt"] = per_prompt_;
   return absl::OkStatus();
@@ -527,6 +633,34 @@ Status QualityRun::MeasureSpeed() {
           threads > 1 ? std::make_unique<ThreadPool>(threads - 1) : nullptr;
       const std::string tkey = std::to_string(threads) + "_threads";
       for (const CodecConfig& cfg : configs_) {
+        if (cfg.kvq) {
+          codec::KvqOptions o = cfg.kvq_options;
+          o.pool = tp.get();
+          std::vector<std::vector<uint8_t>> containers;
+          for (const KvChunk& c : chunks) {
+            KVSTASH_ASSIGN_OR_RETURN(auto e, codec::EncodeKvq(c.layout, c.kv, o));
+            containers.push_back(std::move(e));
+          }
+          const double enc = MedianSeconds(a_.reps, [&] {
+            for (const KvChunk& c : chunks) (void)codec::EncodeKvq(c.layout, c.kv, o);
+          });
+          std::vector<uint8_t> buf;
+          const double dec = MedianSeconds(a_.reps, [&] {
+            for (size_t i = 0; i < chunks.size(); ++i) {
+              buf.resize(chunks[i].kv.size());
+              (void)codec::DecodeKvq(containers[i], buf, tp.get());
+            }
+          });
+          out[tkey][cfg.name] = {{"encode_GBps", raw / enc / 1e9},
+                                 {"decode_GBps", raw / dec / 1e9},
+                                 {"encode_GBps_per_core", raw / enc / 1e9 / threads},
+                                 {"decode_GBps_per_core", raw / dec / 1e9 / threads}};
+          std::fprintf(stderr,
+                       "[codec_quality] speed %u-token chunks, %s, %zu thread(s): encode %.3f "
+                       "GB/s, decode %.3f GB/s\n",
+                       cs, cfg.name.c_str(), threads, raw / enc / 1e9, raw / dec / 1e9);
+          continue;
+        }
         if (cfg.mode != CacheGenMode::kReference || !cfg.row_bins.empty()) continue;
         codec::EncodeOptions o;
         o.level = cfg.level;
@@ -609,6 +743,17 @@ Status QualityRun::MeasureSsd() {
     }
     std::vector<EncodedSet> sets;
     for (const CodecConfig& cfg : configs_) {
+      if (cfg.kvq) {
+        EncodedSet set{cfg.name, {}};
+        codec::KvqOptions o = cfg.kvq_options;
+        o.pool = pool_.get();
+        for (const KvChunk& c : chunks) {
+          KVSTASH_ASSIGN_OR_RETURN(auto e, codec::EncodeKvq(c.layout, c.kv, o));
+          set.containers.push_back(std::move(e));
+        }
+        sets.push_back(std::move(set));
+        continue;
+      }
       if (cfg.mode != CacheGenMode::kReference || !cfg.row_bins.empty() ||
           (!cfg.profile && cfg.level != 2)) {
         continue;
@@ -631,13 +776,14 @@ Status QualityRun::MeasureSsd() {
     o.threads = threads_;
     o.profiles = &profiles_;
     KVSTASH_ASSIGN_OR_RETURN(json r, MeasureSsdLoad(chunks, sets, o));
-    std::fprintf(stderr,
-                 "[codec_quality] disk, %u-token chunks: raw read %.2f ms; profile L2 read + "
-                 "decode %.2f ms (1 thread), %.2f ms (%zu threads)\n",
-                 cs, 1e3 * r["raw"]["read_s_median"].get<double>(),
-                 1e3 * r["sets"]["cachegen_profile_l2"]["load_s_median_1_thread"].get<double>(),
-                 1e3 * r["sets"]["cachegen_profile_l2"]["load_s_median_all_threads"].get<double>(),
-                 threads_);
+    std::fprintf(stderr, "[codec_quality] disk, %u-token chunks: raw read %.2f ms\n", cs,
+                 1e3 * r["raw"]["read_s_median"].get<double>());
+    for (const auto& [name, set] : r["sets"].items()) {
+      std::fprintf(stderr,
+                   "[codec_quality]   %s read + decode %.2f ms (1 thread), %.2f ms (%zu threads)\n",
+                   name.c_str(), 1e3 * set["load_s_median_1_thread"].get<double>(),
+                   1e3 * set["load_s_median_all_threads"].get<double>(), threads_);
+    }
     section_["ssd_load"][std::to_string(cs)] = r;
   }
   return absl::OkStatus();
@@ -667,6 +813,11 @@ int Main(int argc, char** argv) {
   app.add_option("--reps", a.reps, "repetitions of the speed and disk measurements");
   app.add_option("--bins", a.bins,
                  "extra configurations name=k1/k2/k3,v1/v2 (bins of the K and V layer groups)");
+  app.add_option("--kvq", a.kvq,
+                 "KVQ configurations name=L<level>|k1/k2/k3,v1/v2[:key=token|channel]"
+                 "[:value=token|channel][:group=G][:outliers=N][:context=N][:subchunk=S]");
+  app.add_flag("--no-cachegen", a.no_cachegen,
+               "leave out the CacheGen levels (only --bins and --kvq configurations)");
   app.add_flag("--speed", a.speed, "measure encode/decode throughput on the real KV");
   app.add_option("--ssd-dir", a.ssd_dir, "directory on the disk to test (empty: skip)");
   app.add_option("--dump-dir", a.dump_dir,
@@ -707,11 +858,17 @@ int Main(int argc, char** argv) {
   if (!prompts.ok()) return Fail(prompts.status());
   const auto& [train, test] = *prompts;
 
-  std::vector<CodecConfig> configs = LevelConfigs();
+  std::vector<CodecConfig> configs;
+  if (!a.no_cachegen) configs = LevelConfigs();
   for (const std::string& spec : a.bins) {
     auto extra = ParseBinsConfig(spec, config.num_layers);
     if (!extra.ok()) return Fail(extra.status());
     configs.insert(configs.end(), extra->begin(), extra->end());
+  }
+  for (const std::string& spec : a.kvq) {
+    auto extra = ParseKvqConfig(spec, config.num_layers);
+    if (!extra.ok()) return Fail(extra.status());
+    configs.push_back(*extra);
   }
   QualityRun run(a, **eng, std::move(configs));
   json& section = run.section();

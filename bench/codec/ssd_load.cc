@@ -15,6 +15,7 @@
 
 #include "eval_common.h"
 #include "kvstash/codec/cachegen.h"
+#include "kvstash/codec/kvq.h"
 #include "kvstash/common/thread_pool.h"
 
 namespace kvstash::bench {
@@ -143,7 +144,11 @@ Result<nlohmann::json> MeasureSsdLoad(const std::vector<KvChunk>& chunks,
     d.profiles = options.profiles;
     d.pool = p;
     const auto t0 = std::chrono::steady_clock::now();
-    KVSTASH_RETURN_IF_ERROR(codec::DecodeCacheGen({bytes, c.size()}, {out.get(), raw_size}, d));
+    if (codec::IsKvqContainer({bytes, c.size()})) {
+      KVSTASH_RETURN_IF_ERROR(codec::DecodeKvq({bytes, c.size()}, {out.get(), raw_size}, p));
+    } else {
+      KVSTASH_RETURN_IF_ERROR(codec::DecodeCacheGen({bytes, c.size()}, {out.get(), raw_size}, d));
+    }
     return Since(t0);
   };
 
