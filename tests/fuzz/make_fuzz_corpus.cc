@@ -10,6 +10,7 @@
 
 #include "fuzz_profile.h"
 #include "kvstash/codec/cachegen.h"
+#include "kvstash/codec/kvq.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/object_header.h"
 #include "kvstash/proto/local_control.h"
@@ -234,6 +235,50 @@ int main(int argc, char** argv) {
     put.mutable_header()->set_overwrite(true);
     put.set_data(std::string(100, 'p'));
     WriteRaw(chunks, "put_first_chunk", with_cut(0x80 | 9, put.SerializeAsString()));
+  }
+  {
+    // KVQ containers: 16 channels take the vector decoder, 4 the portable one.
+    const auto kvq = root / "fuzz_kvq_container";
+    auto encode = [](KvLayout layout, const codec::KvqOptions& o, uint64_t seed) {
+      codec::SyntheticKvOptions so;
+      so.seed = seed;
+      auto c = codec::EncodeKvq(layout, codec::SyntheticKv(layout, so), o);
+      if (!c.ok()) {
+        std::fprintf(stderr, "KVQ encode failed: %s\n", std::string(c.status().message()).c_str());
+        std::exit(1);
+      }
+      return *c;
+    };
+    KvLayout wide = fuzz::FuzzLayout(23);
+    wide.head_dim = 16;
+    for (int level = 1; level <= 4; ++level) {
+      codec::KvqOptions o;
+      o.level = level;
+      o.subchunk_tokens = 8;
+      o.group_tokens = 5;
+      Write(kvq, "level" + std::to_string(level), 0, encode(wide, o, 11));
+    }
+    codec::KvqOptions o;
+    o.key_scale = codec::KvqScale::kPerToken;
+    o.key_outliers = 2;
+    o.context_channels = 8;
+    o.row_bits = {1, 8, 2, 3};
+    Write(kvq, "per_token_outliers", 0, encode(wide, o, 12));
+    KvLayout f32 = fuzz::FuzzLayout(9);
+    f32.dtype = DType::kF32;
+    Write(kvq, "narrow_f32", 0, encode(f32, codec::KvqOptions{}, 13));
+    const std::vector<uint8_t> base = encode(wide, codec::KvqOptions{}, 14);
+    std::vector<uint8_t> m = base;
+    m[m.size() - 3] ^= 0x40;
+    Write(kvq, "mutated_payload", 1, m);
+    m = base;
+    m[28] ^= 1;  // tokens
+    Write(kvq, "mutated_tokens", 1, m);
+    m = base;
+    m[codec::kKvqHeaderBytes] = 9;  // bits of row 0
+    Write(kvq, "mutated_bits", 1, m);
+    m.assign(base.begin(), base.end() - 5);
+    Write(kvq, "truncated", 1, m);
   }
   std::printf("corpus written to %s\n", root.c_str());
   return 0;
