@@ -122,7 +122,8 @@ void StoreF32(const float* src, DType dtype, size_t n, uint8_t* dst) {
     std::memcpy(dst, src, n * 4);
     return;
   }
-  std::vector<uint16_t> tmp(n);
+  thread_local std::vector<uint16_t> tmp;
+  tmp.resize(n);
   if (dtype == DType::kF16) {
     F32ToF16(src, tmp.data(), n);
   } else {
@@ -140,24 +141,31 @@ void DequantRows(const Geometry& g, uint32_t r, uint32_t t0, uint32_t n, const u
                  const uint8_t* out_values, uint8_t* out) {
   const uint32_t C = g.C();
   const size_t es = DTypeSize(g.info.dtype);
-  std::vector<float> row(C);
+  const size_t count = size_t{n} * C;
+  // Tokens [t0, t0 + n) of a row are contiguous in the payload: dequantise them as one block.
+  thread_local std::vector<float> block;
+  block.resize(count);
   for (uint32_t i = 0; i < n; ++i) {
     const uint32_t t = t0 + i;
     const uint8_t* q = syms + size_t{i} * C;
+    float* dst = block.data() + size_t{i} * C;
     if (g.scale(r) == KvqScale::kPerToken) {
       const float mn = mins[t], st = steps[t];
-      for (uint32_t c = 0; c < C; ++c) row[c] = mn + static_cast<float>(q[c]) * st;
+      for (uint32_t c = 0; c < C; ++c) dst[c] = mn + static_cast<float>(q[c]) * st;
     } else {
       const size_t base = size_t{t / g.info.group_tokens} * C;
       const float* mn = mins + base;
       const float* st = steps + base;
-      for (uint32_t c = 0; c < C; ++c) row[c] = mn[c] + static_cast<float>(q[c]) * st[c];
+      for (uint32_t c = 0; c < C; ++c) dst[c] = mn[c] + static_cast<float>(q[c]) * st[c];
     }
-    uint8_t* dst = out + (g.RowOffset(r) + size_t{t} * C) * es;
-    StoreF32(row.data(), g.info.dtype, C, dst);
-    for (size_t j = 0; j < out_idx.size(); ++j) {
-      std::memcpy(dst + size_t{out_idx[j]} * es, out_values + (size_t{t} * out_idx.size() + j) * es,
-                  es);
+  }
+  uint8_t* dst = out + (g.RowOffset(r) + size_t{t0} * C) * es;
+  StoreF32(block.data(), g.info.dtype, count, dst);
+  const size_t n_out = out_idx.size();
+  for (uint32_t i = 0; i < n && n_out > 0; ++i) {
+    const size_t t = t0 + i;
+    for (size_t j = 0; j < n_out; ++j) {
+      std::memcpy(dst + (size_t{i} * C + out_idx[j]) * es, out_values + (t * n_out + j) * es, es);
     }
   }
 }
@@ -465,43 +473,63 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
       if (!std::isfinite(mins[k]) || !std::isfinite(steps[k])) param_overflow = true;
     };
     uint8_t* q = syms.data() + size_t{r} * T * C;
-    auto quant = [&](float v, float mn, float st) -> uint8_t {
-      if (!(st > 0)) return 0;
-      const float s = std::nearbyint((v - mn) / st);
-      return static_cast<uint8_t>(std::clamp(s, 0.f, top));
+    // Outlier columns are neutralised so they do not widen any range: per token they repeat a
+    // regular channel, per channel they become 0 (an empty range); their symbols are 0.
+    if (n_out > 0) {
+      uint32_t regular = 0;
+      while (is_out[regular]) ++regular;
+      for (uint32_t t = 0; t < T; ++t) {
+        float* v = x.data() + size_t{t} * C;
+        for (uint16_t c : out_idx[r]) v[c] = g.scale(r) == KvqScale::kPerToken ? v[regular] : 0.f;
+      }
+    }
+    // y = (v - min) / step, rounded half up and clamped; a zero step gives symbol 0.
+    auto quant_row = [top](const float* v, const float* mn, const float* inv, size_t stride,
+                           uint32_t n, uint8_t* out) {
+      for (uint32_t c = 0; c < n; ++c) {
+        const float y = std::clamp((v[c] - mn[c * stride]) * inv[c * stride], 0.f, top);
+        out[c] = static_cast<uint8_t>(static_cast<int>(y + 0.5f));
+      }
     };
+    std::vector<float> inv(g.scale(r) == KvqScale::kPerToken ? 1 : C);
     if (g.scale(r) == KvqScale::kPerToken) {
       for (uint32_t t = 0; t < T; ++t) {
         const float* v = x.data() + size_t{t} * C;
         float mn = INFINITY, mx = -INFINITY;
         for (uint32_t c = 0; c < C; ++c) {
-          if (is_out[c]) continue;
           mn = std::min(mn, v[c]);
           mx = std::max(mx, v[c]);
         }
         set_param(t, mn, mx);
-        for (uint32_t c = 0; c < C; ++c) {
-          q[size_t{t} * C + c] = is_out[c] ? 0 : quant(v[c], mins[t], steps[t]);
-        }
+        inv[0] = steps[t] > 0 ? 1.f / steps[t] : 0.f;
+        quant_row(v, &mins[t], inv.data(), 0, C, q + size_t{t} * C);
       }
     } else {
       const uint32_t G = i.group_tokens;
+      std::vector<float> mn(C), mx(C);
       for (uint32_t gi = 0; gi < g.groups(); ++gi) {
         const uint32_t t0 = gi * G, t1 = std::min(T, t0 + G);
-        for (uint32_t c = 0; c < C; ++c) {
-          float mn = INFINITY, mx = -INFINITY;
-          for (uint32_t t = t0; t < t1; ++t) {
-            mn = std::min(mn, x[size_t{t} * C + c]);
-            mx = std::max(mx, x[size_t{t} * C + c]);
-          }
-          if (is_out[c]) mn = mx = 0;
-          set_param(gi * C + c, mn, mx);
-          for (uint32_t t = t0; t < t1; ++t) {
-            q[size_t{t} * C + c] =
-                is_out[c] ? 0 : quant(x[size_t{t} * C + c], mins[gi * C + c], steps[gi * C + c]);
+        std::fill(mn.begin(), mn.end(), INFINITY);
+        std::fill(mx.begin(), mx.end(), -INFINITY);
+        for (uint32_t t = t0; t < t1; ++t) {
+          const float* v = x.data() + size_t{t} * C;
+          for (uint32_t c = 0; c < C; ++c) {
+            mn[c] = std::min(mn[c], v[c]);
+            mx[c] = std::max(mx[c], v[c]);
           }
         }
+        for (uint32_t c = 0; c < C; ++c) {
+          set_param(gi * C + c, mn[c], mx[c]);
+          inv[c] = steps[gi * C + c] > 0 ? 1.f / steps[gi * C + c] : 0.f;
+        }
+        for (uint32_t t = t0; t < t1; ++t) {
+          quant_row(x.data() + size_t{t} * C, mins + size_t{gi} * C, inv.data(), 1, C,
+                    q + size_t{t} * C);
+        }
       }
+    }
+    for (uint32_t t = 0; t < T && n_out > 0; ++t) {
+      for (uint16_t c : out_idx[r]) q[size_t{t} * C + c] = 0;
     }
     // Frequencies per context over the whole chunk.
     const int alphabet = 1 << g.bits[r];
