@@ -12,8 +12,9 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   # transports and storage
   libucx-dev librocksdb-dev liburing-dev libisal-dev
-  # sha256 of model files (reference engine)
-  libssl-dev
+  # sha256 of model files (reference engine), certificate checks (cachesvc TLS); the openssl
+  # command makes the security tests' throw-away certificates (scripts/make_test_certs.sh)
+  libssl-dev openssl
   # compression and hashing
   libzstd-dev liblz4-dev libxxhash-dev
   # config, CLI, logging, HTTP

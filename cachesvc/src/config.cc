@@ -72,6 +72,14 @@ peers:
   advertise: ""           # this node's address in handoff descriptors; empty: the bound address
   handoff_ms: 30000       # how long offered objects stay pinned without a heartbeat
   max_handoff_ms: 600000
+tls:                      # mutual TLS on a TCP listener and to peers: all three files or none
+  cert: ""                # PEM certificate (chain) of this node
+  key: ""                 # its private key
+  ca: ""                  # CA bundle client and peer certificates must chain to
+  server_name: ""         # name peers' certificates must carry; empty: the --peer host
+  insecure_tcp: false     # allow a non-loopback TCP listener without TLS
+auth:
+  tokens_file: ""         # tenants: tokens, certificate identities, roles, quotas; empty: one tenant
 )";
 
 Status Bad(const std::string& where, const std::string& what) {
@@ -201,6 +209,18 @@ Setter TierLevelField(TierEncoding ServiceConfig::*field) {
     (c.*field).level = *level;
     return OkStatus();
   };
+}
+
+Setter TlsStringField(std::string TlsConfig::*field) {
+  return [=](const std::string& text, const std::string&, ServiceConfig& c) -> Status {
+    c.tls.*field = text;
+    return OkStatus();
+  };
+}
+
+Status SetInsecureTcp(const std::string& text, const std::string& where, ServiceConfig& c) {
+  KVSTASH_ASSIGN_OR_RETURN(c.insecure_tcp, ReadBool(text, where));
+  return OkStatus();
 }
 
 Setter PeerIntField(uint32_t PeerConfig::*field, int64_t lo, int64_t hi) {
@@ -357,6 +377,21 @@ const std::vector<Field>& Fields() {
       {"peers.data_plane", "--peer-data-plane",
        "how objects move between nodes: ucx (one-sided reads) | grpc (Get streams)",
        PeerStringField(&PeerConfig::data_plane)},
+      {"tls.cert", "--tls-cert", "PEM certificate of this node (mutual TLS on TCP and to peers)",
+       TlsStringField(&TlsConfig::cert_file)},
+      {"tls.key", "--tls-key", "PEM private key of --tls-cert",
+       TlsStringField(&TlsConfig::key_file)},
+      {"tls.ca", "--tls-ca", "PEM CA bundle that client and peer certificates must chain to",
+       TlsStringField(&TlsConfig::ca_file)},
+      {"tls.server_name", "--tls-server-name",
+       "name peers' certificates must carry (default: the host of each --peer)",
+       TlsStringField(&TlsConfig::server_name)},
+      // --insecure-tcp is a flag without a value, handled by ParseCommandLine.
+      {"tls.insecure_tcp", nullptr, "allow a non-loopback TCP listener without TLS",
+       &SetInsecureTcp},
+      {"auth.tokens_file", "--tokens-file",
+       "tenants: tokens, certificate identities, roles and quotas (empty: single tenant)",
+       StringField(&ServiceConfig::tokens_file)},
   };
   return fields;
 }
@@ -401,6 +436,15 @@ Status ApplyNode(const YAML::Node& node, const std::string& prefix, ServiceConfi
 
 bool IsUnixTarget(const std::string& listen) { return listen.rfind("unix:", 0) == 0; }
 
+// Whether a TCP listen address only accepts connections from this host.
+bool IsLoopbackListen(const std::string& listen) {
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
 std::string UnixPath(const std::string& listen) {
   std::string rest = listen.substr(5);
   if (rest.rfind("//", 0) == 0) rest = rest.substr(2);
@@ -435,6 +479,18 @@ Status ValidateConfig(const ServiceConfig& c) {
     if (path.size() > 107) return Bad("listen", "unix socket path is longer than 107 bytes");
   } else if (c.listen.find(':') == std::string::npos) {
     return Bad("listen", absl::StrCat("'", c.listen, "' is neither unix:PATH nor HOST:PORT"));
+  }
+  const bool tls_any =
+      !c.tls.cert_file.empty() || !c.tls.key_file.empty() || !c.tls.ca_file.empty();
+  if (tls_any && (c.tls.cert_file.empty() || c.tls.key_file.empty() || c.tls.ca_file.empty())) {
+    return Bad("tls", "tls.cert, tls.key and tls.ca go together (mutual TLS needs all three)");
+  }
+  if (!IsUnixTarget(c.listen) && !c.tls.enabled() && !c.insecure_tcp &&
+      !IsLoopbackListen(c.listen)) {
+    return Bad("listen", absl::StrCat("'", c.listen,
+                                      "' is not a loopback address: serve it with mutual TLS "
+                                      "(--tls-cert, --tls-key, --tls-ca), or pass --insecure-tcp "
+                                      "to accept plain TCP"));
   }
   if (c.arena_socket.size() > 107) {
     return Bad("arena_socket", "unix socket path is longer than 107 bytes");
@@ -505,6 +561,9 @@ ParsedCommandLine ParseCommandLine(int argc, const char* const* argv) {
   for (auto& [field, value] : values) {
     if (field->flag != nullptr) app.add_option(field->flag, value, field->help);
   }
+  bool insecure_tcp = false;
+  app.add_flag("--insecure-tcp", insecure_tcp,
+               "allow a non-loopback TCP listener without TLS (tls.insecure_tcp)");
   std::vector<std::string> peer_flags;
   app.add_option("--peer", peer_flags,
                  "a peer's gRPC HOST:PORT (repeatable; replaces peers.addresses of the file)");
@@ -546,6 +605,7 @@ ParsedCommandLine ParseCommandLine(int argc, const char* const* argv) {
     Status s = field->set(*value, field->flag, *config);
     if (!s.ok()) return fail(s);
   }
+  if (insecure_tcp) config->insecure_tcp = true;
   if (!peer_flags.empty()) {
     std::string joined;
     for (const std::string& p : peer_flags) joined += (joined.empty() ? "" : ",") + p;

@@ -1,5 +1,6 @@
 // cachesvc: the KVStash cache service daemon. See kvstash/cachesvc/server.h for what it runs and
-// kvstash/cachesvc/config.h for its settings; SIGTERM or SIGINT shut it down gracefully (exit 0).
+// kvstash/cachesvc/config.h for its settings; SIGTERM or SIGINT shut it down gracefully (exit 0),
+// SIGHUP reloads the TLS files and the tokens file (CacheService::Reload).
 #include <malloc.h>
 #include <signal.h>
 #include <spdlog/sinks/stdout_sinks.h>
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
@@ -57,7 +59,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   int sig = 0;
-  sigwait(&signals, &sig);
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    spdlog::info("event=signal signal=SIGHUP");
+    (void)(*service)->Reload();  // logged; the old material stays on error
+  }
   spdlog::info("event=signal signal={}", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   kvstash::Status closed = (*service)->Shutdown();
   // Everything is stopped and the store is flushed and closed. Destroying the gRPC server now

@@ -16,6 +16,7 @@
 #include "kvstash/proto/status_mapping.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "request_checks.h"
+#include "tls.h"
 #ifdef KVSTASH_HAVE_UCX
 #include "kvstash/transport/ucx_transport.h"
 #endif
@@ -134,6 +135,14 @@ struct RemoteTier::Impl {
         impl_->hello_refused->Increment();
         return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "wrong cluster secret");
       }
+      // With TLS, the rkey goes only over a connection whose peer proved a certificate of the
+      // cluster's CA (the listener requires one; this keeps Hello honest if that ever changes).
+      if (impl_->tls_required &&
+          (ctx->auth_context() == nullptr || !ctx->auth_context()->IsPeerAuthenticated())) {
+        impl_->hello_refused->Increment();
+        return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                            "peer Hello needs a mutually authenticated TLS connection");
+      }
       spdlog::info("event=peer_hello from={} peer={}", req->node_id().substr(0, 256), ctx->peer());
       resp->set_node_id(impl_->node_id);
       resp->set_arena_generation(impl_->store->arena_generation());
@@ -158,6 +167,7 @@ struct RemoteTier::Impl {
   MetricsRegistry* metrics = nullptr;
   std::string node_id;
   std::string secret;
+  bool tls_required = false;  // Hello only over mutually authenticated TLS
   std::vector<std::unique_ptr<Peer>> peers;
   std::unique_ptr<HelloService> hello_service;
   Counter* hello_refused = nullptr;
@@ -175,6 +185,9 @@ struct RemoteTier::Impl {
     ctx->set_deadline(std::chrono::system_clock::now() +
                       std::chrono::milliseconds(config.timeout_ms));
     ctx->AddMetadata(kScopeHeader, kScopeLocal);
+    // Identifies this node as a peer to a multi-tenant node (auth.h), whose tenants' objects a
+    // peer may fetch.
+    if (!secret.empty()) ctx->AddMetadata(kPeerTokenHeader, secret);
   }
 
   bool Down(const Peer& peer) const { return peer.down_until_ns.load() > NowNs(); }
@@ -215,7 +228,6 @@ struct RemoteTier::Impl {
     if (!peer.connected) {
       grpc::ClientContext ctx;
       PrepareContext(&ctx);
-      ctx.AddMetadata(kPeerTokenHeader, secret);
       v1::PeerHelloRequest req;
       req.set_node_id(node_id);
       v1::PeerHelloResponse resp;
@@ -499,9 +511,11 @@ RemoteTier::~RemoteTier() = default;
 Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& config,
                                                        storage::ObjectStore* store,
                                                        MetricsRegistry* metrics,
-                                                       const std::string& listen_target) {
+                                                       const std::string& listen_target,
+                                                       const TlsMaterial* tls) {
   auto impl = std::make_unique<Impl>();
   impl->config = config.peers;
+  impl->tls_required = tls != nullptr;
   impl->store = store;
   impl->metrics = metrics;
   if (!config.peers.secret_file.empty()) {
@@ -535,10 +549,13 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
   args.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   // A fresh connection attempt soon after a peer comes back, not gRPC's backoff of up to 2 min.
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  if (tls != nullptr) tls->AddChannelArguments(&args);
+  const std::shared_ptr<grpc::ChannelCredentials> credentials =
+      tls != nullptr ? tls->ChannelCredentials() : grpc::InsecureChannelCredentials();
   for (const std::string& address : config.peers.addresses) {
     auto peer = std::make_unique<Impl::Peer>();
     peer->address = address;
-    auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    auto channel = grpc::CreateCustomChannel(address, credentials, args);
     peer->kv = v1::KvStash::NewStub(channel);
     peer->hello = v1::KvStashPeer::NewStub(channel);
     const MetricLabels labels = {{"peer", address}};

@@ -36,6 +36,8 @@
 
 namespace kvstash::cachesvc {
 
+class TlsMaterial;  // tls.h
+
 // Metadata keys of peer calls.
 inline constexpr char kPeerTokenHeader[] = "kvstash-peer-token";
 inline constexpr char kScopeHeader[] = "kvstash-scope";
@@ -48,11 +50,14 @@ class RemoteTier {
  public:
   // Reads the secret file; with data_plane ucx, starts the UCX transport and registers the
   // arena. `store` and `metrics` must outlive the tier. `listen_target` names this node by
-  // default. InvalidArgument for an unreadable or empty secret file; transport errors as is.
+  // default. `tls` (optional, outlives the tier): peers are dialled with mutual TLS, and Hello
+  // answers only callers whose connection is TLS-authenticated. InvalidArgument for an
+  // unreadable or empty secret file; transport errors as is.
   static Result<std::unique_ptr<RemoteTier>> Create(const ServiceConfig& config,
                                                     storage::ObjectStore* store,
                                                     MetricsRegistry* metrics,
-                                                    const std::string& listen_target);
+                                                    const std::string& listen_target,
+                                                    const TlsMaterial* tls = nullptr);
   ~RemoteTier();
   RemoteTier(const RemoteTier&) = delete;
   RemoteTier& operator=(const RemoteTier&) = delete;

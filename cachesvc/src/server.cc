@@ -26,6 +26,7 @@
 #include "metrics_http.h"
 #include "remote_tier.h"
 #include "rpc_metrics.h"
+#include "tls.h"
 
 namespace kvstash::cachesvc {
 namespace {
@@ -74,6 +75,7 @@ struct CacheService::Impl {
   ServiceConfig config;
   MetricsRegistry registry;
   std::unique_ptr<RpcMetrics> rpc_metrics;
+  std::unique_ptr<TlsMaterial> tls;  // when tls.enabled(); outlives the server and the peers
   std::unique_ptr<storage::TierCodec> ssd_codec;  // outlives the store (declared before it)
   std::unique_ptr<storage::ObjectStore> store;
   std::unique_ptr<RemoteTier> remote;  // peers; after the store, before the service
@@ -114,6 +116,9 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   // gRPC silently replaces an existing unix socket file; refuse to steal a live one.
   if (IsUnix(config.listen)) KVSTASH_RETURN_IF_ERROR(ClaimUnixSocketPath(UnixPath(config.listen)));
 
+  if (config.tls.enabled()) {
+    KVSTASH_ASSIGN_OR_RETURN(impl->tls, TlsMaterial::Create(config.tls));
+  }
   impl->ssd_codec = std::make_unique<CacheGenTierCodec>(config.ssd_encoding);
   impl->config.store.ssd_codec = impl->ssd_codec.get();
   auto store = storage::ObjectStore::Open(impl->config.store);
@@ -124,8 +129,8 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   }
   impl->store = std::move(*store);
   if (!config.peers.addresses.empty() || !config.peers.secret_file.empty()) {
-    auto remote =
-        RemoteTier::Create(impl->config, impl->store.get(), &impl->registry, config.listen);
+    auto remote = RemoteTier::Create(impl->config, impl->store.get(), &impl->registry,
+                                     config.listen, impl->tls.get());
     if (!remote.ok()) {
       (void)impl->store->Close();
       return remote.status();
@@ -142,7 +147,12 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int bound_port = 0;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &bound_port);
+  // A unix socket is guarded by its file permissions; TCP by mutual TLS when configured (plain
+  // TCP beyond loopback only with insecure_tcp, ValidateConfig).
+  const bool listen_tls = impl->tls != nullptr && !IsUnix(config.listen);
+  builder.AddListeningPort(
+      config.listen,
+      listen_tls ? impl->tls->ServerCredentials() : grpc::InsecureServerCredentials(), &bound_port);
   builder.RegisterService(impl->service.get());
   if (impl->remote != nullptr && impl->remote->peer_service() != nullptr) {
     builder.RegisterService(impl->remote->peer_service());
@@ -216,11 +226,11 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   }
   impl->serving = true;
   spdlog::info(
-      "event=serving target={} arena_socket={} arena_bytes={} generation={} metrics_port={} "
+      "event=serving tls={} target={} arena_socket={} arena_bytes={} generation={} metrics_port={} "
       "data_dir={} cpu_capacity={} ssd_capacity={} ssd_encoding={}",
-      impl->target, impl->arena_socket_path, hello.arena_bytes, hello.arena_generation,
-      impl->http ? impl->http->port() : 0, config.store.data_dir, config.store.cpu_capacity_bytes,
-      config.store.ssd_capacity_bytes, impl->ssd_codec->name());
+      listen_tls ? "mutual" : "off", impl->target, impl->arena_socket_path, hello.arena_bytes,
+      hello.arena_generation, impl->http ? impl->http->port() : 0, config.store.data_dir,
+      config.store.cpu_capacity_bytes, config.store.ssd_capacity_bytes, impl->ssd_codec->name());
   if (!config.ready_file.empty()) {
     nlohmann::json ready = {{"target", impl->target},
                             {"arena_socket", impl->arena_socket_path},
@@ -242,6 +252,12 @@ std::string CacheService::target() const { return impl_->target; }
 std::string CacheService::arena_socket_path() const { return impl_->arena_socket_path; }
 int CacheService::metrics_port() const { return impl_->http ? impl_->http->port() : 0; }
 MetricsRegistry& CacheService::metrics() { return impl_->registry; }
+
+Status CacheService::Reload() {
+  Status result = OkStatus();
+  if (impl_->tls != nullptr) result.Update(impl_->tls->Reload());
+  return result;
+}
 
 Status CacheService::Shutdown() {
   std::lock_guard<std::mutex> lock(impl_->shutdown_mu);

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "client_core.h"
 #include "copy_crc.h"
+#include "credentials.h"
 #include "kvstash/codec/cachegen.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/proto/raw_message.h"
@@ -71,7 +72,7 @@ Result<std::unique_ptr<KvClient>> KvClient::Connect(const std::string& target,
   // Reconnect quickly after a service restart instead of backing off for seconds.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  core->channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  KVSTASH_ASSIGN_OR_RETURN(core->channel, internal::MakeChannel(target, options, args));
   core->stub = v1::KvStash::NewStub(core->channel);
   core->generic_stub = std::make_unique<grpc::GenericStub>(core->channel);
   if (!core->channel->WaitForConnected(std::chrono::system_clock::now() +

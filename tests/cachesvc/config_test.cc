@@ -283,5 +283,34 @@ TEST(Config, BadPeerSettingsAreRefusedWithTheirName) {
   EXPECT_THAT(p.output, ::testing::HasSubstr("--peer-timeout-ms"));
 }
 
+TEST(Config, TlsFilesGoTogetherAndPlainTcpBeyondLoopbackIsOptIn) {
+  ParsedCommandLine tls = Parse({"--listen", "0.0.0.0:7000", "--tls-cert", "c.pem", "--tls-key",
+                                 "k.pem", "--tls-ca", "ca.pem", "--tokens-file", "t.txt"});
+  ASSERT_TRUE(tls.config) << tls.output;
+  EXPECT_TRUE(tls.config->tls.enabled());
+  EXPECT_EQ(tls.config->tls.ca_file, "ca.pem");
+  EXPECT_EQ(tls.config->tokens_file, "t.txt");
+  EXPECT_FALSE(tls.config->insecure_tcp);
+
+  ParsedCommandLine partial = Parse({"--listen", "127.0.0.1:7000", "--tls-cert", "c.pem"});
+  EXPECT_EQ(partial.exit_code, 2);
+  EXPECT_THAT(partial.output, HasSubstr("go together"));
+
+  for (const char* address : {"0.0.0.0:7000", "10.1.2.3:7000", "[::]:7000", "node-a:7000"}) {
+    ParsedCommandLine plain = Parse({"--listen", address});
+    EXPECT_EQ(plain.exit_code, 2) << address;
+    EXPECT_THAT(plain.output, HasSubstr("--insecure-tcp")) << address;
+    ParsedCommandLine opted = Parse({"--listen", address, "--insecure-tcp"});
+    EXPECT_TRUE(opted.config) << address << ": " << opted.output;
+  }
+  for (const char* address : {"127.0.0.1:0", "localhost:7000", "[::1]:7000"}) {
+    EXPECT_TRUE(Parse({"--listen", address}).config) << address;
+  }
+  auto yaml = ApplyYaml("listen: 0.0.0.0:1\ntls:\n  insecure_tcp: true\n", ServiceConfig{});
+  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  EXPECT_TRUE(yaml->insecure_tcp);
+  EXPECT_TRUE(ValidateConfig(*yaml).ok());
+}
+
 }  // namespace
 }  // namespace kvstash::cachesvc

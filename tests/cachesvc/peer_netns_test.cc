@@ -89,12 +89,15 @@ TEST(PeerNetnsTest, GetOnNodeBReturnsAnObjectPutOnNodeAAcrossAVethLink) {
   ServiceOptions a_opts;
   a_opts.listen = net.addr_a() + ":7300";
   a_opts.command_prefix = net.Exec(net.a());
-  a_opts.extra_args = {"--peer-secret-file", secret};
+  // Plain TCP between the namespaces (this test is about the data plane; mutual TLS between
+  // nodes is cachesvc_security_test's).
+  a_opts.extra_args = {"--peer-secret-file", secret, "--insecure-tcp"};
   ASSERT_OK_AND_ASSIGN(auto a, ServiceProcess::Start(dir_a.path(), a_opts));
   ServiceOptions b_opts;
   b_opts.listen = net.addr_b() + ":7300";
   b_opts.command_prefix = net.Exec(net.b());
-  b_opts.extra_args = {"--peer-secret-file", secret, "--peer", net.addr_a() + ":7300"};
+  b_opts.extra_args = {"--peer-secret-file", secret, "--insecure-tcp", "--peer",
+                       net.addr_a() + ":7300"};
   ASSERT_OK_AND_ASSIGN(auto b, ServiceProcess::Start(dir_b.path(), b_opts));
 
   const std::string in = files.path() + "/in.bin", out = files.path() + "/out.bin";

@@ -48,6 +48,18 @@ struct PeerConfig {
   uint32_t max_handoff_ms = 600'000;
 };
 
+// Mutual TLS on the gRPC listener and the channels to peers (docs/deploy.md "TLS"). All three
+// files or none. A unix-socket listener never uses TLS: file permissions guard it.
+struct TlsConfig {
+  std::string cert_file;  // PEM certificate chain of this node (server and peer-client)
+  std::string key_file;   // PEM private key of cert_file
+  std::string ca_file;    // PEM CA bundle that clients' and peers' certificates must chain to
+  // The name a peer's certificate must carry when this node dials it; empty: the peer address's
+  // host (as given to --peer).
+  std::string server_name;
+  bool enabled() const { return !cert_file.empty(); }
+};
+
 struct ServiceConfig {
   // gRPC listen address: "unix:///abs/path", "unix:rel/path" or "host:port" (TCP; port 0 picks
   // a free port, reported in the ready file and the log).
@@ -104,6 +116,12 @@ struct ServiceConfig {
   // never encode. Clients that do not ask always get the stored bytes.
   TierEncoding transfer_encoding{Encoding::kCacheGen, 2};
   PeerConfig peers;
+  TlsConfig tls;
+  // Listening on a TCP address other than loopback without TLS needs this explicit opt-in.
+  bool insecure_tcp = false;
+  // Tenants (docs/deploy.md "Tenants"): credentials -> tenant, role, and per-tenant quotas. Empty:
+  // single-tenant mode (every caller may name any namespace, as before).
+  std::string tokens_file;
 };
 
 // The embedded default (single node, CPU + SSD tiers in ./data) as YAML text.

@@ -37,6 +37,11 @@ class CacheService {
   int metrics_port() const;  // 0 when disabled
   MetricsRegistry& metrics();
 
+  // SIGHUP: re-reads the TLS files (tls.h) and the tokens file. What fails to load is refused
+  // and the previous material stays in force; the first error is returned. Connections and
+  // calls in flight are not dropped.
+  Status Reload();
+
   // Returns the status of closing the store (flushing the SSD tier).
   Status Shutdown();
 
