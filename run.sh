@@ -10,6 +10,7 @@
 #
 # Environment: KVSTASH_CACHE (models, venv; default ~/.cache/kvstash), KVSTASH_JOBS (build jobs),
 # KVSTASH_SKIP_ASAN=1 (test: skip the sanitizer pass), CTEST_ARGS (extra ctest arguments),
+# KVSTASH_SKIP_VLLM=1 (test, bench: no vLLM venv; the vLLM tests then skip themselves),
 # KVSTASH_SHARED_DATA (the shared fixtures: tiny models, text corpora; default ../shared/data).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -47,6 +48,16 @@ setup() {
   ./scripts/setup_python.sh
 }
 
+# vLLM for CPU in its own venv plus the test model converted for it (tests/vllm, bench_vllm.sh).
+setup_vllm() {
+  if [ "${KVSTASH_SKIP_VLLM:-0}" = 1 ]; then
+    log "vLLM setup skipped (KVSTASH_SKIP_VLLM=1)"
+    return
+  fi
+  ./scripts/setup_vllm.sh
+  "$KVSTASH_CACHE/venv-vllm/bin/python" ./scripts/convert_smollm2_hf.py
+}
+
 build() {
   local preset="${1:-release}"
   log "configure + build ($preset, $JOBS jobs)"
@@ -72,6 +83,7 @@ case "$cmd" in
     ;;
   test)
     setup
+    setup_vllm
     build release
     run_ctest release
     if [ "${KVSTASH_SKIP_ASAN:-0}" != 1 ]; then
@@ -83,6 +95,7 @@ case "$cmd" in
     ;;
   bench)
     setup
+    setup_vllm
     build release
     exec ./scripts/bench.sh "$@"
     ;;
