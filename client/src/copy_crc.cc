@@ -59,11 +59,11 @@ void FenceStreamingStores() {}
 // (a plain copy into cold memory reads every destination line before writing it), and they leave
 // the caller's cache to the caller. On a 2-core VM a 2 MiB copy into cold memory ran at
 // 15-17 GB/s this way against 8-9 GB/s for memcpy; with crc32c, 11-13 GB/s.
-uint32_t StreamingCopyWithCrc(uint8_t* dst, const uint8_t* src, size_t n) {
+uint32_t StreamingCopyWithCrc(uint8_t* dst, const uint8_t* src, size_t n, uint32_t crc_so_far) {
   const size_t misalignment = reinterpret_cast<uintptr_t>(dst) % kCacheLine;
   const size_t head = std::min(n, misalignment == 0 ? 0 : kCacheLine - misalignment);
   const size_t lines_end = head + (n - head) / kCacheLine * kCacheLine;
-  uint32_t crc = Crc32c(src, head);
+  uint32_t crc = Crc32cExtend(crc_so_far, src, head);
   std::memcpy(dst, src, head);
   for (size_t off = head; off < lines_end; off += kStreamingBlock) {
     const size_t len = std::min(kStreamingBlock, lines_end - off);
@@ -93,7 +93,22 @@ uint32_t CopyWithCrc(uint8_t* dst, const uint8_t* src, size_t n, uint32_t crc_so
 
 Result<uint32_t> CopyForPut(uint8_t* dst, const uint8_t* src, size_t n, uint32_t declared) {
   const uint32_t crc =
-      n >= kStreamingMinBytes ? StreamingCopyWithCrc(dst, src, n) : CopyWithCrc(dst, src, n);
+      n >= kStreamingMinBytes ? StreamingCopyWithCrc(dst, src, n, 0) : CopyWithCrc(dst, src, n);
+  if (declared != 0 && declared != crc) {
+    return absl::InvalidArgumentError(absl::StrCat("payload crc32c mismatch: ObjectInfo says ",
+                                                   declared, ", the payload has ", crc));
+  }
+  return crc;
+}
+
+Result<uint32_t> CopyForPutGather(uint8_t* dst, std::span<const std::span<const uint8_t>> segments,
+                                  uint32_t declared) {
+  uint32_t crc = 0;
+  for (std::span<const uint8_t> seg : segments) {
+    crc = seg.size() >= kStreamingMinBytes ? StreamingCopyWithCrc(dst, seg.data(), seg.size(), crc)
+                                           : CopyWithCrc(dst, seg.data(), seg.size(), crc);
+    dst += seg.size();
+  }
   if (declared != 0 && declared != crc) {
     return absl::InvalidArgumentError(absl::StrCat("payload crc32c mismatch: ObjectInfo says ",
                                                    declared, ", the payload has ", crc));

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "kvstash/common/status.h"
 
@@ -20,6 +21,9 @@ uint32_t CopyWithCrc(uint8_t* dst, const uint8_t* src, size_t n, uint32_t crc_so
 // service checks committed bytes only after Commit returns, so a caller's wrong crc32c is
 // reported here, where the put can still fail.
 Result<uint32_t> CopyForPut(uint8_t* dst, const uint8_t* src, size_t n, uint32_t declared);
+// The same for a payload given as consecutive segments (their concatenation) written to dst.
+Result<uint32_t> CopyForPutGather(uint8_t* dst, std::span<const std::span<const uint8_t>> segments,
+                                  uint32_t declared);
 
 }  // namespace kvstash::client::internal
 

@@ -97,8 +97,30 @@ std::vector<Status> KvClient::PutMany(std::span<const PutItem> items, const PutO
   // Stream path (or kSharedMemory without an arena: each Put says FailedPrecondition).
   std::vector<Status> out;
   out.reserve(items.size());
-  for (const PutItem& item : items) out.push_back(Put(item.name, item.info, item.payload, options));
+  std::vector<uint8_t> gathered;
+  for (const PutItem& item : items) {
+    if (item.segments.empty()) {
+      out.push_back(Put(item.name, item.info, item.payload, options));
+      continue;
+    }
+    if (!item.payload.empty()) {
+      out.push_back(absl::InvalidArgumentError("a PutItem has both a payload and segments"));
+      continue;
+    }
+    gathered.clear();
+    for (std::span<const uint8_t> seg : item.segments) {
+      gathered.insert(gathered.end(), seg.begin(), seg.end());
+    }
+    out.push_back(Put(item.name, item.info, gathered, options));
+  }
   return out;
+}
+
+size_t PutItem::PayloadSize() const {
+  if (segments.empty()) return payload.size();
+  size_t n = 0;
+  for (std::span<const uint8_t> seg : segments) n += seg.size();
+  return n;
 }
 
 std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
@@ -110,20 +132,25 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
   uint64_t batch_bytes = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     const PutItem& item = items[i];
-    if (item.payload.size() != item.info.payload_bytes) {
-      out[i] = absl::InvalidArgumentError(absl::StrCat(
-          "payload is ", item.payload.size(), " bytes, info says ", item.info.payload_bytes));
+    if (!item.segments.empty() && !item.payload.empty()) {
+      out[i] = absl::InvalidArgumentError("a PutItem has both a payload and segments");
+      continue;
+    }
+    const size_t size = item.PayloadSize();
+    if (size != item.info.payload_bytes) {
+      out[i] = absl::InvalidArgumentError(
+          absl::StrCat("payload is ", size, " bytes, info says ", item.info.payload_bytes));
       continue;
     }
     if (batches.empty() || batches.back()->items.size() >= max_batch ||
-        batch_bytes + item.payload.size() > options.max_batch_bytes) {
+        batch_bytes + size > options.max_batch_bytes) {
       if (batches.empty() || !batches.back()->items.empty()) {
         batches.push_back(std::make_unique<Batch>());
       }
       batch_bytes = 0;
     }
     batches.back()->items.push_back(i);
-    batch_bytes += item.payload.size();
+    batch_bytes += size;
   }
 
   Pipeline pipe(core_->options.stream_poll);
@@ -205,14 +232,17 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
     const PutItem& item = items[i];
     auto mapping = core_->MappingFor(reservation.arena_generation());
     Result<uint8_t*> at = mapping.ok()
-                              ? (*mapping)->At(reservation.arena_offset(), item.payload.size())
+                              ? (*mapping)->At(reservation.arena_offset(), item.PayloadSize())
                               : Result<uint8_t*>(mapping.status());
     if (!at.ok()) {
       (void)core_->AbortReservation(reservation.reservation_id());
       return at.status();
     }
-    Result<uint32_t> crc = internal::CopyForPut(*at, item.payload.data(), item.payload.size(),
-                                                item.info.payload_crc32c);
+    Result<uint32_t> crc =
+        item.segments.empty()
+            ? internal::CopyForPut(*at, item.payload.data(), item.payload.size(),
+                                   item.info.payload_crc32c)
+            : internal::CopyForPutGather(*at, item.segments, item.info.payload_crc32c);
     if (!crc.ok()) {
       (void)core_->AbortReservation(reservation.reservation_id());
       return crc.status();

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -64,10 +65,41 @@ std::vector<ObjectInfo> InfosFromPy(py::handle obj, size_t n) {
   return out;
 }
 
-std::vector<ByteRange> BuffersFromPy(py::handle seq, size_t n, bool writable) {
-  std::vector<ByteRange> out;
+// One object's memory: one buffer, or (a Python list) several whose concatenation is the
+// object, e.g. an engine page's K region and V region.
+struct ItemBuffers {
+  std::vector<ByteRange> parts;
+  size_t size = 0;
+
+  std::vector<std::span<const uint8_t>> Segments() const {
+    std::vector<std::span<const uint8_t>> out;
+    for (const ByteRange& p : parts) out.emplace_back(p.data(), p.size());
+    return out;
+  }
+  // Copies src over the parts in order (src.size() <= size).
+  void Scatter(std::span<const uint8_t> src) const {
+    size_t off = 0;
+    for (const ByteRange& p : parts) {
+      if (off >= src.size()) break;
+      const size_t n = std::min(p.size(), src.size() - off);
+      std::memcpy(p.data(), src.data() + off, n);
+      off += n;
+    }
+  }
+};
+
+std::vector<ItemBuffers> BuffersFromPy(py::handle seq, size_t n, bool writable) {
+  std::vector<ItemBuffers> out;
   out.reserve(n);
-  for (py::handle item : seq) out.emplace_back(item, writable);
+  for (py::handle item : seq) {
+    ItemBuffers& b = out.emplace_back();
+    if (py::isinstance<py::list>(item)) {
+      for (py::handle part : item) b.parts.emplace_back(part, writable);
+    } else {
+      b.parts.emplace_back(item, writable);
+    }
+    for (const ByteRange& p : b.parts) b.size += p.size();
+  }
   if (out.size() != n) throw py::value_error("kvstash: one buffer per name");
   return out;
 }
@@ -181,12 +213,16 @@ class PyClient {
                    bool overwrite, bool durable, uint32_t max_batch, uint64_t max_batch_bytes) {
     KvClient& cl = c();
     std::vector<ObjectInfo> is = InfosFromPy(infos, names.size());
-    std::vector<ByteRange> bufs = BuffersFromPy(buffers, names.size(), /*writable=*/false);
+    std::vector<ItemBuffers> bufs = BuffersFromPy(buffers, names.size(), /*writable=*/false);
     std::vector<PutItem> items(names.size());
     for (size_t i = 0; i < names.size(); ++i) {
       items[i].name = names[i];
       items[i].info = is[i];
-      items[i].payload = bufs[i].span();
+      if (bufs[i].parts.size() == 1) {
+        items[i].payload = bufs[i].parts[0].span();
+      } else {
+        items[i].segments = bufs[i].Segments();  // gathered straight into the arena
+      }
     }
     PutOptions o;
     o.overwrite = overwrite;
@@ -205,7 +241,7 @@ class PyClient {
   // memory is attached, else one streaming GetInto per object.
   std::vector<GetResult> GetMany(const std::vector<ObjectName>& names, py::handle buffers) {
     KvClient& cl = c();
-    std::vector<ByteRange> bufs = BuffersFromPy(buffers, names.size(), /*writable=*/true);
+    std::vector<ItemBuffers> bufs = BuffersFromPy(buffers, names.size(), /*writable=*/true);
     std::vector<NativeGet> got(names.size());
     Status whole;
     {
@@ -389,14 +425,19 @@ class PyClient {
 
  private:
   static Status GetManyNative(KvClient& cl, const std::vector<ObjectName>& names,
-                              const std::vector<ByteRange>& bufs, std::vector<NativeGet>* got) {
+                              const std::vector<ItemBuffers>& bufs, std::vector<NativeGet>* got) {
     if (!cl.shared_memory_attached()) {
+      std::vector<uint8_t> staging;  // scattered reads over the stream path land here first
       for (size_t i = 0; i < names.size(); ++i) {
-        Result<client::GetIntoReply> r = cl.GetInto(names[i], bufs[i].span());
+        const bool direct = bufs[i].parts.size() == 1;
+        if (!direct) staging.resize(bufs[i].size);
+        Result<client::GetIntoReply> r =
+            cl.GetInto(names[i], direct ? bufs[i].parts[0].span() : std::span<uint8_t>(staging));
         if (!r.ok()) {
           (*got)[i].status = r.status();
           continue;
         }
+        if (!direct) bufs[i].Scatter({staging.data(), r->info.payload_bytes});
         (*got)[i].info = r->info;
         (*got)[i].served_from = r->served_from;
       }
@@ -412,12 +453,12 @@ class PyClient {
         continue;
       }
       std::span<const uint8_t> src = l->data();
-      if (src.size() > bufs[i].size()) {
+      if (src.size() > bufs[i].size) {
         g.status = absl::InvalidArgumentError(
-            absl::StrCat("buffer of ", bufs[i].size(), " bytes for an object of ", src.size()));
+            absl::StrCat("buffer of ", bufs[i].size, " bytes for an object of ", src.size()));
         continue;
       }
-      std::memcpy(bufs[i].data(), src.data(), src.size());
+      bufs[i].Scatter(src);
       g.info = l->info();
       g.served_from = l->served_from();
       // The lease goes with `leases`: its destructor sends the Release without waiting.
@@ -534,11 +575,13 @@ void BindClient(py::module_& m) {
            py::kw_only(), py::arg("overwrite") = false, py::arg("durable") = false,
            py::arg("max_batch") = 8, py::arg("max_batch_bytes") = uint64_t{64} << 20,
            "Stores many objects (batched, pipelined over shared memory). infos: one "
-           "ObjectInfo/KvLayout for all, or one per name. Returns one entry per name: None when "
-           "stored, else the kvstash.errors exception (not raised).")
+           "ObjectInfo/KvLayout for all, or one per name. A buffer may be a list of buffers, "
+           "whose concatenation is the object (gathered straight into the arena). Returns one "
+           "entry per name: None when stored, else the kvstash.errors exception (not raised).")
       .def("get_many", &PyClient::GetMany, py::arg("names"), py::arg("buffers"),
-           "Reads each object into its writable buffer (at least payload_bytes long). Returns one "
-           "GetResult per name; raises only when the whole call fails.")
+           "Reads each object into its writable buffer (at least payload_bytes long; a list of "
+           "buffers is filled in order). Returns one GetResult per name; raises only when the "
+           "whole call fails.")
       .def("get_into", &PyClient::GetInto, py::arg("name"), py::arg("buffer"),
            "Reads one object into `buffer`; returns its ObjectInfo, raises on error.")
       .def("get", &PyClient::Get, py::arg("name"), "Reads one object into a new bytearray.")

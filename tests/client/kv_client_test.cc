@@ -413,6 +413,50 @@ TEST_F(KvClientTest, PutManyPipelinesPutsWithPerItemStatuses) {
   }
 }
 
+// A PutItem given as a gather list stores the concatenation of its segments, on both paths, with
+// a caller's crc32c checked over the whole; a wrong total size or a payload beside segments is
+// InvalidArgument for that item only.
+TEST_F(KvClientTest, PutManyGathersSegments) {
+  const ObjectInfo info = TestInfo(1024);  // large enough for the streaming-store copy
+  const std::vector<uint8_t> whole = TestPayload(3000, info.payload_bytes);
+  const std::span<const uint8_t> all(whole);
+  const size_t half = whole.size() / 2;
+  for (DataPath path : {DataPath::kSharedMemory, DataPath::kStream}) {
+    SCOPED_TRACE(path == DataPath::kStream ? "stream" : "shared memory");
+    const uint64_t base = path == DataPath::kStream ? 3100 : 3000;
+    std::vector<client::PutItem> items(5);
+    for (size_t i = 0; i < items.size(); ++i) {
+      items[i].name = TestName(base + i);
+      items[i].info = info;
+    }
+    items[0].segments = {all.first(half), all.subspan(half)};
+    items[1].segments = {all.first(7), all.subspan(7, 100), all.subspan(107)};  // unaligned
+    items[1].info = WithCrc(info, whole);
+    items[2].segments = {all.first(half), all.subspan(half + 1)};  // one byte short
+    items[3].segments = {all};
+    items[3].payload = all;  // both
+    items[4].segments = {all.first(half), all.subspan(half)};
+    items[4].info = WithCrc(info, whole);
+    items[4].info.payload_crc32c ^= 1;  // wrong crc32c
+    client::PutOptions options;
+    options.path = path;
+    std::vector<Status> st = kv_->PutMany(items, options);
+    ASSERT_EQ(st.size(), items.size());
+    EXPECT_TRUE(st[0].ok()) << st[0];
+    EXPECT_TRUE(st[1].ok()) << st[1];
+    EXPECT_EQ(st[2].code(), absl::StatusCode::kInvalidArgument) << st[2];
+    EXPECT_EQ(st[3].code(), absl::StatusCode::kInvalidArgument) << st[3];
+    EXPECT_EQ(st[4].code(), absl::StatusCode::kInvalidArgument) << st[4];
+    for (size_t i : {0, 1}) {
+      auto got = kv_->Get(items[i].name);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(got->payload, whole);
+      EXPECT_EQ(got->info.payload_crc32c, Crc32c(whole.data(), whole.size()));
+    }
+    EXPECT_EQ(kv_->Acquire(items[4].name).status().code(), absl::StatusCode::kNotFound);
+  }
+}
+
 // Leases dropped while a fire-and-forget Release is out queue up and go in the next call; all of
 // them end, over the local control channel and over gRPC. A client destroyed right after
 // dropping leases still sends their releases first.

@@ -264,3 +264,32 @@ def test_tcp_target_streams_the_same_bytes():
             assert bytes(c.get(names[0])) == data[0].tobytes()
             with pytest.raises(errors.FailedPrecondition):
                 c.acquire(names[0])
+
+
+def test_segments_gather_on_put_and_scatter_on_get(client, service):
+    """A list of buffers is one object: K and V regions of an engine page, say."""
+    from kvstash_testing import Service
+
+    names = fresh_names(3)
+    data = payloads(3, seed=21)
+    half = LAYOUT.raw_bytes() // 2
+    parts = [[d[:half], d[half:]] for d in data]
+    parts[2] = [data[2][:7], data[2][7:300], data[2][300:]]
+    assert client.put_many(names, LAYOUT, parts) == [None] * 3
+    for n, d in zip(names, data):
+        assert bytes(client.get(n)) == d.tobytes()
+    outs = [[np.zeros(half, np.uint8), np.zeros(half, np.uint8)] for _ in names]
+    assert all(r.ok for r in client.get_many(names, outs))
+    for d, (k, v) in zip(data, outs):
+        assert np.array_equal(np.concatenate([k, v]), d)
+    # too short in total: per-item InvalidArgument
+    (short,) = fresh_names(1)
+    got = client.put_many([short], LAYOUT, [[data[0][:half], data[0][half + 1 :]]])
+    assert isinstance(got[0], errors.InvalidArgument)
+    # the stream path gathers and scatters too
+    with Service(tcp=True) as svc, kvstash.Client(svc.target) as tcp:
+        assert tcp.put_many(names, LAYOUT, parts) == [None] * 3
+        outs = [[np.zeros(half, np.uint8), np.zeros(half, np.uint8)] for _ in names]
+        assert all(r.ok for r in tcp.get_many(names, outs))
+        for d, (k, v) in zip(data, outs):
+            assert np.array_equal(np.concatenate([k, v]), d)

@@ -106,6 +106,14 @@ struct PutItem {
   ObjectName name;
   ObjectInfo info;  // payload_crc32c as in Put
   std::span<const uint8_t> payload;
+  // Gather list: when not empty, the payload is the concatenation of these byte ranges (and
+  // `payload` must be empty), copied from each straight into the arena. For callers whose object
+  // is several separate regions, e.g. an engine page held as a K region and a V region, so they
+  // need not stage it first. The stream path gathers them into one buffer before sending.
+  std::vector<std::span<const uint8_t>> segments = {};
+
+  // Payload bytes: payload.size(), or the segments' total.
+  size_t PayloadSize() const;
 };
 
 struct KeyPresence {
