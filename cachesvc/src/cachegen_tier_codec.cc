@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kvstash/codec/cachegen.h"
+#include "kvstash/codec/kvq.h"
 #include "kvstash/common/crc32c.h"
 
 namespace kvstash::cachesvc {
@@ -36,7 +37,7 @@ CacheGenTierCodec::CacheGenTierCodec(TierEncoding config, size_t decode_threads)
 
 std::string CacheGenTierCodec::name() const {
   if (config_.encoding == Encoding::kRaw) return "raw";
-  return absl::StrCat("cachegen-l", config_.level);
+  return absl::StrCat(config_.kvq ? "kvq-l" : "cachegen-l", config_.level);
 }
 
 Result<std::optional<storage::TierCodec::Encoded>> CacheGenTierCodec::EncodeForTier(
@@ -47,10 +48,18 @@ Result<std::optional<storage::TierCodec::Encoded>> CacheGenTierCodec::EncodeForT
   }
   Encoded out;
   std::vector<uint8_t> reconstruction(payload.size());
-  codec::EncodeOptions options;
-  options.level = config_.level;
-  options.reconstruction = std::span<uint8_t>(reconstruction);
-  Result<std::vector<uint8_t>> container = codec::EncodeCacheGen(info.layout, payload, options);
+  Result<std::vector<uint8_t>> container = absl::InternalError("unset");
+  if (config_.kvq) {
+    codec::KvqOptions options;
+    options.level = config_.level;
+    options.reconstruction = std::span<uint8_t>(reconstruction);
+    container = codec::EncodeKvq(info.layout, payload, options);
+  } else {
+    codec::EncodeOptions options;
+    options.level = config_.level;
+    options.reconstruction = std::span<uint8_t>(reconstruction);
+    container = codec::EncodeCacheGen(info.layout, payload, options);
+  }
   if (!container.ok()) {
     // InvalidArgument: content the codec does not take (NaN/Inf, say); keep it as it is.
     if (absl::IsInvalidArgument(container.status())) return std::optional<Encoded>();
@@ -77,6 +86,8 @@ Status CacheGenTierCodec::Decode(const ObjectInfo& stored_info, std::span<const 
                                                    std::string(EncodingName(stored_info.encoding)),
                                                    ", not cachegen"));
   }
+  // Encoding cachegen means a codec container; the magic says which codec wrote it.
+  if (codec::IsKvqContainer(stored)) return codec::DecodeKvq(stored, out, pool_.get());
   codec::DecodeOptions options;
   options.pool = pool_.get();
   return codec::DecodeCacheGen(stored, out, options);

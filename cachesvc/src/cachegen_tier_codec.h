@@ -8,6 +8,9 @@
 // reconstruction, computed at encode time from the encoder's own symbols
 // (EncodeOptions::reconstruction), and lossy = true.
 //
+// With TierEncoding::kvq it writes KVQ containers (codec/kvq.h) instead, at the same level
+// number; Decode reads either kind, told apart by the container's magic.
+//
 // With kRaw it encodes nothing but still decodes, so SSD copies an earlier run wrote encoded stay
 // readable after a configuration change.
 //

@@ -187,14 +187,20 @@ Setter StoreFraction(double storage::StoreOptions::*field) {
   };
 }
 
-Setter TierEncodingField(TierEncoding ServiceConfig::*field) {
+// allow_kvq: the SSD tier may hold KVQ containers; transfers stay CacheGen (clients decode it).
+Setter TierEncodingField(TierEncoding ServiceConfig::*field, bool allow_kvq) {
   return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
+    (c.*field).kvq = false;
     if (text == "raw") {
       (c.*field).encoding = Encoding::kRaw;
     } else if (text == "cachegen") {
       (c.*field).encoding = Encoding::kCacheGen;
+    } else if (text == "kvq" && allow_kvq) {
+      (c.*field).encoding = Encoding::kCacheGen;
+      (c.*field).kvq = true;
     } else {
-      return Bad(where, absl::StrCat("unknown encoding '", text, "' (raw or cachegen)"));
+      return Bad(where, absl::StrCat("unknown encoding '", text, "' ",
+                                     allow_kvq ? "(raw, cachegen or kvq)" : "(raw or cachegen)"));
     }
     return OkStatus();
   };
@@ -341,13 +347,13 @@ const std::vector<Field>& Fields() {
       {"storage.ssd_eviction_policy", "--ssd-eviction-policy", "SSD tier eviction policy",
        StoreStringField(&storage::StoreOptions::ssd_eviction_policy)},
       {"tiers.ssd.encoding", "--ssd-encoding",
-       "SSD tier encoding: raw | cachegen (lossy, decoded on promotion)",
-       TierEncodingField(&ServiceConfig::ssd_encoding)},
-      {"tiers.ssd.level", "--ssd-encoding-level", "CacheGen level 1..3 of the SSD tier",
+       "SSD tier encoding: raw | cachegen | kvq (both lossy, decoded on promotion)",
+       TierEncodingField(&ServiceConfig::ssd_encoding, /*allow_kvq=*/true)},
+      {"tiers.ssd.level", "--ssd-encoding-level", "CacheGen or KVQ level 1..3 of the SSD tier",
        TierLevelField(&ServiceConfig::ssd_encoding)},
       {"tiers.transfer.encoding", "--transfer-encoding",
        "streaming Get encoding for clients that accept it: raw | cachegen (lossy)",
-       TierEncodingField(&ServiceConfig::transfer_encoding)},
+       TierEncodingField(&ServiceConfig::transfer_encoding, /*allow_kvq=*/false)},
       {"tiers.transfer.level", "--transfer-encoding-level",
        "CacheGen level 1..3 of encoded transfers when the client asks for none",
        TierLevelField(&ServiceConfig::transfer_encoding)},

@@ -163,6 +163,17 @@ TEST(Config, TransferEncodingDefaultsToCacheGenLevel2) {
   EXPECT_THAT(p.output, HasSubstr("--transfer-encoding: unknown encoding 'lz4' (raw or cachegen)"));
 }
 
+TEST(Config, KvqIsAnSsdTierEncodingButNotATransferEncoding) {
+  ParsedCommandLine p = Parse({"--ssd-encoding", "kvq", "--ssd-encoding-level", "3"});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_EQ(p.config->ssd_encoding.encoding, Encoding::kCacheGen);
+  EXPECT_TRUE(p.config->ssd_encoding.kvq);
+  EXPECT_EQ(p.config->ssd_encoding.level, 3);
+  p = Parse({"--transfer-encoding", "kvq"});
+  EXPECT_FALSE(p.config);
+  EXPECT_THAT(p.output, HasSubstr("--transfer-encoding: unknown encoding 'kvq' (raw or cachegen)"));
+}
+
 TEST(Config, SsdTierEncodingBadValuesGiveClearErrors) {
   auto level7 = ApplyYaml("tiers:\n  ssd:\n    level: 7\n", ServiceConfig{});
   ASSERT_FALSE(level7.ok());
@@ -172,7 +183,7 @@ TEST(Config, SsdTierEncodingBadValuesGiveClearErrors) {
   auto zstd = ApplyYaml("tiers:\n  ssd:\n    encoding: zstd\n", ServiceConfig{});
   ASSERT_FALSE(zstd.ok());
   EXPECT_THAT(std::string(zstd.status().message()),
-              HasSubstr("tiers.ssd.encoding: unknown encoding 'zstd' (raw or cachegen)"));
+              HasSubstr("tiers.ssd.encoding: unknown encoding 'zstd' (raw, cachegen or kvq)"));
 
   auto remote = ApplyYaml("tiers:\n  remote:\n    encoding: cachegen\n", ServiceConfig{});
   ASSERT_FALSE(remote.ok());

@@ -15,6 +15,7 @@
 #include "cachegen_tier_codec.h"
 #include "kv_bound.h"
 #include "kvstash/codec/cachegen.h"
+#include "kvstash/codec/kvq.h"
 #include "kvstash/codec/synthetic_kv.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/storage/object_store.h"
@@ -157,6 +158,36 @@ TEST(CacheGenSsdTier, RawKvIsEncodedOnSsdAndDecodedOnPromotionAfterReopen) {
     EXPECT_EQ(again->lease.info, read->lease.info);
     EXPECT_EQ(again->bytes, read->bytes);
   }
+  EXPECT_EQ((*store)->Stats().checksum_failures, 0u);
+}
+
+TEST(KvqSsdTier, RawKvIsStoredAsKvqAndPromotedToExactlyWhatKvqDecodes) {
+  testing::TempDir dir;
+  TierEncoding kvq = CacheGenLevel(3);
+  kvq.kvq = true;
+  CacheGenTierCodec codec(kvq);
+  EXPECT_EQ(codec.name(), "kvq-l3");
+  const Object o = KvObject(7, 256);
+  {
+    auto store = ObjectStore::Open(Options(dir.path(), &codec));
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE(Put(**store, o).ok());
+    EXPECT_LT(SsdStat(**store, &storage::TierStats::used_bytes), o.payload.size() / 2);
+  }
+  auto store = ObjectStore::Open(Options(dir.path(), &codec));
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto read = Get(**store, o);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->lease.served_from, Tier::kSsd);
+  EXPECT_TRUE(read->lease.info.lossy);
+  EXPECT_EQ(Crc32c(read->bytes.data(), read->bytes.size()), read->lease.info.payload_crc32c);
+  codec::KvqOptions ko;
+  ko.level = 3;
+  auto container = codec::EncodeKvq(o.info.layout, o.payload, ko);
+  ASSERT_TRUE(container.ok());
+  auto decoded = codec::DecodeKvq(*container);
+  ASSERT_TRUE(decoded.ok());
+  EXPECT_EQ(read->bytes, *decoded);
   EXPECT_EQ((*store)->Stats().checksum_failures, 0u);
 }
 

@@ -20,8 +20,12 @@ namespace kvstash::cachesvc {
 
 // How a storage tier encodes the objects it keeps (docs/storage.md "Per-tier encoding").
 struct TierEncoding {
-  Encoding encoding = Encoding::kRaw;  // raw: stored as written; cachegen: CacheGen, lossy
-  int level = 2;                       // CacheGen level 1..3 (codec/levels.h)
+  Encoding encoding = Encoding::kRaw;  // raw: stored as written; cachegen: a codec container, lossy
+  int level = 2;                       // level 1..3 (codec/levels.h, codec/kvq.h)
+  // With encoding cachegen: write KVQ containers (codec/kvq.h) instead of CacheGen ones. Objects
+  // keep encoding cachegen ("a codec container"); decoders tell the two apart by the container's
+  // magic. SSD tier only: clients of encoded transfers decode CacheGen.
+  bool kvq = false;
 };
 
 // Other cachesvc nodes this one reads from on a local miss (docs/deploy.md "Peers").
