@@ -137,10 +137,13 @@ int Run(int argc, char** argv) {
   size_t threads = 0;
   std::string dir = "tier_load.tmp", dump, out;
   std::vector<int> levels = {1, 2, 3};
+  std::vector<int> kvq_levels;
   app.add_option("--chunks", chunks, "chunks of SmolLM2-135M shape (synthetic unless --dump)");
   app.add_option("--tokens", tokens, "tokens per chunk");
   app.add_option("--reps", reps, "reopen + read passes");
   app.add_option("--levels", levels, "CacheGen levels to compare with raw")->delimiter(',');
+  app.add_option("--kvq-levels", kvq_levels, "KVQ levels to compare too (--ssd-encoding kvq)")
+      ->delimiter(',');
   app.add_option("--threads", threads, "decode threads (0: min(cores, 8))");
   app.add_option("--dir", dir, "data directory (put it on the disk to test)");
   app.add_option("--dump", dump, "raw KV dump (object file) to cut chunks from, e.g. real KV");
@@ -171,6 +174,7 @@ int Run(int argc, char** argv) {
   json results = json::array();
   std::vector<cachesvc::TierEncoding> configs = {cachesvc::TierEncoding{}};
   for (int l : levels) configs.push_back(cachesvc::TierEncoding{Encoding::kCacheGen, l});
+  for (int l : kvq_levels) configs.push_back(cachesvc::TierEncoding{Encoding::kCacheGen, l, true});
   std::printf("%zu chunks of %.2f MB (%s), %d reps, median per-chunk promotion\n", set.size(),
               set[0].kv.size() / 1e6, source.c_str(), reps);
   std::printf("%-14s %10s %8s %12s %10s %12s %10s\n", "ssd encoding", "SSD MB", "ratio",
