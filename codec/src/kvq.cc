@@ -19,6 +19,7 @@
 #include "kvstash/common/coding.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/half.h"
+#include "kvstash/kernels/kvq_cuda.h"
 #include "rans.h"
 
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own temporaries (GCC bug 105593).
@@ -765,6 +766,58 @@ Result<std::vector<uint8_t>> DecodeKvq(std::span<const uint8_t> container, Threa
   std::vector<uint8_t> out(p.g.info.RawBytes());
   KVSTASH_RETURN_IF_ERROR(DecodeKvq(container, out, pool));
   return out;
+}
+
+Status DecodeKvqGpu(std::span<const uint8_t> container, void* out, bool out_on_device) {
+  KVSTASH_ASSIGN_OR_RETURN(Parsed p, Parse(container));
+  const Geometry& g = p.g;
+  const uint32_t rows = g.rows(), C = g.C(), subs = g.subs();
+  kernels::KvqCudaInputs in;
+  in.num_layers = g.info.num_layers;
+  in.channels = C;
+  in.num_tokens = g.T();
+  in.subchunk_tokens = g.info.subchunk_tokens;
+  in.group_tokens = g.info.group_tokens;
+  in.dtype = g.info.dtype;
+  in.outliers = g.info.key_outliers;
+  in.outlier_values = p.base + g.OutlierValueOffset();
+  in.payload = p.base + g.PayloadOffset();
+  in.payload_bytes = g.info.payload;
+  in.outlier_slot.assign(size_t{rows} * C, -1);
+  std::vector<uint16_t> f;
+  std::vector<rans::DecTable> table(1);
+  for (uint32_t r = 0; r < rows; ++r) {
+    in.per_channel.push_back(g.scale(r) == KvqScale::kPerChannel ? 1 : 0);
+    in.lut_base.push_back(static_cast<uint32_t>(in.luts.size() / rans::kProbScale));
+    const int alphabet = 1 << g.bits[r];
+    f.resize(alphabet);
+    for (uint32_t k = 0; k < g.contexts[r]; ++k) {
+      const uint8_t* src = p.Freqs(r) + size_t{k} * alphabet * 2;
+      for (int s = 0; s < alphabet; ++s) f[s] = DecodeFixed16(src + 2 * s);
+      rans::BuildDecTable(f.data(), alphabet, table.data());
+      in.luts.insert(in.luts.end(), table[0].lut, table[0].lut + rans::kProbScale);
+    }
+    const std::vector<uint16_t> idx = p.OutlierIndex(r);
+    const std::vector<uint8_t> ctx = g.ContextMap(r, idx);
+    in.ctx.insert(in.ctx.end(), ctx.begin(), ctx.end());
+    for (size_t j = 0; j < idx.size(); ++j) {
+      in.outlier_slot[size_t{r} * C + idx[j]] = static_cast<int32_t>(j);
+    }
+    in.param_base.push_back(in.params.size());
+    in.param_rows.push_back(g.param_count[r]);
+    for (uint64_t k = 0; k < 2 * uint64_t{g.param_count[r]}; ++k) {
+      in.params.push_back(p.Param(g.param_off[r] + k));
+    }
+  }
+  uint64_t offset = 0;
+  for (uint32_t s = 0; s < subs; ++s) {
+    for (uint32_t r = 0; r < rows; ++r) {
+      in.stream_offset.push_back(offset);
+      in.stream_length.push_back(p.StreamLength(s, r));
+      offset += p.StreamLength(s, r);
+    }
+  }
+  return kernels::KvqDecodeCuda(in, out, out_on_device);
 }
 
 }  // namespace kvstash::codec

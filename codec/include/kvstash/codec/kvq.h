@@ -99,6 +99,11 @@ Status DecodeKvq(std::span<const uint8_t> container, std::span<uint8_t> out,
 Result<std::vector<uint8_t>> DecodeKvq(std::span<const uint8_t> container,
                                        ThreadPool* pool = nullptr);
 
+// Decodes on a CUDA device (kernels/kvq_cuda.h) into `out` (RawBytes(); a device pointer when
+// out_on_device): the same bytes as DecodeKvq. The container is parsed and validated on the host.
+// Unimplemented without a CUDA build or device.
+Status DecodeKvqGpu(std::span<const uint8_t> container, void* out, bool out_on_device);
+
 // Forces the portable rANS decoder (tests compare it with the vector path); process-wide.
 void SetKvqSimdForTesting(bool enabled);
 
