@@ -21,13 +21,14 @@ using Clock = std::chrono::steady_clock;
 
 KvStashService::KvStashService(storage::ObjectStore* store, const ServiceConfig& config,
                                std::string arena_socket_path, RpcMetrics* metrics,
-                               RemoteTier* remote, HandoffRegistry* handoffs)
+                               RemoteTier* remote, HandoffRegistry* handoffs, Authorizer* auth)
     : store_(store),
       config_(config),
       arena_socket_path_(std::move(arena_socket_path)),
       metrics_(metrics),
       remote_(remote),
       handoffs_(handoffs),
+      auth_(auth),
       started_(Clock::now()) {
   if (config_.transfer_encoding.encoding == Encoding::kCacheGen) {
     for (int level = 1; level <= 3; ++level) {
@@ -45,6 +46,32 @@ Status KvStashService::CheckKeyCount(int count, const char* method) const {
                                 config_.max_keys_per_request, " per request"));
   }
   return OkStatus();
+}
+
+// ---- Callers -----------------------------------------------------------------
+
+Result<Caller> KvStashService::Who(const grpc::ServerContext* ctx) const {
+  if (auth_ == nullptr) return Caller{};
+  return auth_->Authenticate(ctx);
+}
+
+Result<std::vector<ObjectName>> KvStashService::CallerKeys(
+    const Caller& caller, const google::protobuf::RepeatedPtrField<v1::ObjectKey>& keys) const {
+  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, ParseKeys(keys));
+  if (auth_ != nullptr) KVSTASH_RETURN_IF_ERROR(auth_->ScopeAll(caller, &names));
+  return names;
+}
+
+Result<ObjectName> KvStashService::CallerKey(const Caller& caller, const v1::ObjectKey& key,
+                                             const std::string& where) const {
+  KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(key, where));
+  if (auth_ != nullptr) KVSTASH_RETURN_IF_ERROR(auth_->Scope(caller, &name));
+  return name;
+}
+
+Status KvStashService::CheckQuota(const Caller& caller, uint64_t bytes) {
+  if (auth_ == nullptr || !caller.restricted) return OkStatus();
+  return auth_->CheckQuota(caller, bytes, store_->Usage(caller.identity.tenant));
 }
 
 // ---- Lookup ----------------------------------------------------------------
@@ -75,8 +102,9 @@ grpc::Status KvStashService::Lookup(grpc::ServerContext* ctx, const v1::LookupRe
 
 Status KvStashService::DoLookup(const grpc::ServerContext* ctx, const v1::LookupRequest& req,
                                 v1::LookupResponse* resp) {
+  KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
   KVSTASH_RETURN_IF_ERROR(CheckKeyCount(req.keys_size(), "Lookup"));
-  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, ParseKeys(req.keys()));
+  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, CallerKeys(caller, req.keys()));
   std::vector<ObjectName> missing;
   std::vector<int> missing_at;
   for (const ObjectName& name : names) {
@@ -113,18 +141,21 @@ Status KvStashService::DoLookup(const grpc::ServerContext* ctx, const v1::Lookup
 
 // ---- Two-phase put ----------------------------------------------------------
 
-grpc::Status KvStashService::Reserve(grpc::ServerContext*, const v1::ReserveRequest* req,
+grpc::Status KvStashService::Reserve(grpc::ServerContext* ctx, const v1::ReserveRequest* req,
                                      v1::ReserveResponse* resp) {
   RpcScope scope(metrics_, Method::kReserve, req->ByteSizeLong());
-  Status s = scope.Finish(DoReserve(*req, resp));
+  Result<Caller> caller = Who(ctx);
+  Status s = scope.Finish(caller.ok() ? DoReserve(*caller, *req, resp) : caller.status());
   scope.AddSent(resp->ByteSizeLong());
   return ToGrpcStatus(s);
 }
 
-Status KvStashService::DoReserve(const v1::ReserveRequest& req, v1::ReserveResponse* resp) {
+Status KvStashService::DoReserve(const Caller& caller, const v1::ReserveRequest& req,
+                                 v1::ReserveResponse* resp) {
   if (!req.has_key()) return Invalid("key: missing");
-  KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(req.key(), "key"));
+  KVSTASH_ASSIGN_OR_RETURN(ObjectName name, CallerKey(caller, req.key(), "key"));
   KVSTASH_ASSIGN_OR_RETURN(ObjectInfo info, ParseInfo(req.info(), req.has_info(), "info"));
+  KVSTASH_RETURN_IF_ERROR(CheckQuota(caller, info.payload_bytes));
   KVSTASH_ASSIGN_OR_RETURN(
       storage::Reservation r,
       store_->Reserve(ToStoredName(name), info, req.lease_ms(), req.overwrite()));
@@ -133,6 +164,7 @@ Status KvStashService::DoReserve(const v1::ReserveRequest& req, v1::ReserveRespo
     (void)store_->Abort(r.id);
     return range;
   }
+  if (auth_ != nullptr) auth_->Own(caller, Authorizer::IdKind::kReservation, r.id);
   resp->set_reservation_id(r.id);
   resp->set_arena_offset(r.arena_offset);
   resp->set_arena_generation(store_->arena_generation());
@@ -140,27 +172,47 @@ Status KvStashService::DoReserve(const v1::ReserveRequest& req, v1::ReserveRespo
   return OkStatus();
 }
 
-grpc::Status KvStashService::Commit(grpc::ServerContext*, const v1::CommitRequest* req,
+Status KvStashService::CheckOwner(const grpc::ServerContext* ctx, const Caller* known, bool lease,
+                                  uint64_t id) {
+  if (auth_ == nullptr) return OkStatus();
+  Caller caller;
+  if (known == nullptr) {
+    KVSTASH_ASSIGN_OR_RETURN(caller, Who(ctx));
+    known = &caller;
+  }
+  return auth_->CheckOwner(
+      *known, lease ? Authorizer::IdKind::kLease : Authorizer::IdKind::kReservation, id,
+      /*forget=*/true);
+}
+
+grpc::Status KvStashService::Commit(grpc::ServerContext* ctx, const v1::CommitRequest* req,
                                     v1::CommitResponse* resp) {
   RpcScope scope(metrics_, Method::kCommit, req->ByteSizeLong());
+  Status owner = CheckOwner(ctx, nullptr, /*lease=*/false, req->reservation_id());
+  if (!owner.ok()) return ToGrpcStatus(scope.Finish(owner));
   return ToGrpcStatus(
       scope.Finish(store_->Commit(req->reservation_id(), req->payload_crc32c(), req->durable())));
 }
 
-grpc::Status KvStashService::Abort(grpc::ServerContext*, const v1::AbortRequest* req,
+grpc::Status KvStashService::Abort(grpc::ServerContext* ctx, const v1::AbortRequest* req,
                                    v1::AbortResponse*) {
   RpcScope scope(metrics_, Method::kAbort, req->ByteSizeLong());
+  Status owner = CheckOwner(ctx, nullptr, /*lease=*/false, req->reservation_id());
+  if (!owner.ok()) return ToGrpcStatus(scope.Finish(owner));
   return ToGrpcStatus(scope.Finish(store_->Abort(req->reservation_id())));
 }
 
-grpc::Status KvStashService::ReserveMany(grpc::ServerContext*, const v1::ReserveManyRequest* req,
+grpc::Status KvStashService::ReserveMany(grpc::ServerContext* ctx,
+                                         const v1::ReserveManyRequest* req,
                                          v1::ReserveManyResponse* resp) {
   RpcScope scope(metrics_, Method::kReserveMany, req->ByteSizeLong());
-  Status s = CheckKeyCount(req->items_size(), "ReserveMany");
+  Result<Caller> caller = Who(ctx);
+  Status s = caller.ok() ? CheckKeyCount(req->items_size(), "ReserveMany") : caller.status();
   if (s.ok()) {
     for (const v1::ReserveRequest& item : req->items()) {
       v1::ReserveResult* result = resp->add_results();
-      ToItemStatus(DoReserve(item, result->mutable_reservation()), result->mutable_status());
+      ToItemStatus(DoReserve(*caller, item, result->mutable_reservation()),
+                   result->mutable_status());
       if (result->status().code() != 0) result->clear_reservation();
     }
   }
@@ -169,14 +221,18 @@ grpc::Status KvStashService::ReserveMany(grpc::ServerContext*, const v1::Reserve
   return ToGrpcStatus(s);
 }
 
-grpc::Status KvStashService::CommitMany(grpc::ServerContext*, const v1::CommitManyRequest* req,
+grpc::Status KvStashService::CommitMany(grpc::ServerContext* ctx, const v1::CommitManyRequest* req,
                                         v1::CommitManyResponse* resp) {
   RpcScope scope(metrics_, Method::kCommitMany, req->ByteSizeLong());
-  Status s = CheckKeyCount(req->items_size(), "CommitMany");
+  Result<Caller> caller = Who(ctx);
+  Status s = caller.ok() ? CheckKeyCount(req->items_size(), "CommitMany") : caller.status();
   if (s.ok()) {
     for (const v1::CommitRequest& item : req->items()) {
-      ToItemStatus(store_->Commit(item.reservation_id(), item.payload_crc32c(), item.durable()),
-                   resp->add_results());
+      Status owner = CheckOwner(ctx, &*caller, /*lease=*/false, item.reservation_id());
+      ToItemStatus(
+          owner.ok() ? store_->Commit(item.reservation_id(), item.payload_crc32c(), item.durable())
+                     : owner,
+          resp->add_results());
     }
   }
   scope.Finish(s);
@@ -196,8 +252,9 @@ grpc::Status KvStashService::Acquire(grpc::ServerContext* ctx, const v1::Acquire
 
 Status KvStashService::DoAcquire(const grpc::ServerContext* ctx, const v1::AcquireRequest& req,
                                  v1::AcquireResponse* resp) {
+  KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
   KVSTASH_RETURN_IF_ERROR(CheckKeyCount(req.keys_size(), "Acquire"));
-  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, ParseKeys(req.keys()));
+  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, CallerKeys(caller, req.keys()));
   uint64_t expires = 0;
   bool any = false;
   const uint64_t generation = store_->arena_generation();
@@ -235,6 +292,7 @@ Status KvStashService::DoAcquire(const grpc::ServerContext* ctx, const v1::Acqui
     }
     ToItemStatus(OkStatus(), result->mutable_status());
     ToProto(lease->info, result->mutable_info());
+    if (auth_ != nullptr) auth_->Own(caller, Authorizer::IdKind::kLease, lease->id);
     result->set_lease_id(lease->id);
     result->set_arena_offset(lease->arena_offset);
     result->set_arena_generation(generation);
@@ -246,12 +304,16 @@ Status KvStashService::DoAcquire(const grpc::ServerContext* ctx, const v1::Acqui
   return OkStatus();
 }
 
-grpc::Status KvStashService::Release(grpc::ServerContext*, const v1::ReleaseRequest* req,
+grpc::Status KvStashService::Release(grpc::ServerContext* ctx, const v1::ReleaseRequest* req,
                                      v1::ReleaseResponse* resp) {
   RpcScope scope(metrics_, Method::kRelease, req->ByteSizeLong());
-  Status s = CheckKeyCount(req->lease_ids_size(), "Release");
+  Result<Caller> caller = Who(ctx);
+  Status s = caller.ok() ? CheckKeyCount(req->lease_ids_size(), "Release") : caller.status();
   if (s.ok()) {
-    for (uint64_t id : req->lease_ids()) ToItemStatus(store_->Release(id), resp->add_results());
+    for (uint64_t id : req->lease_ids()) {
+      Status owner = CheckOwner(ctx, &*caller, /*lease=*/true, id);
+      ToItemStatus(owner.ok() ? store_->Release(id) : owner, resp->add_results());
+    }
   }
   scope.Finish(s);
   scope.AddSent(resp->ByteSizeLong());
@@ -260,10 +322,12 @@ grpc::Status KvStashService::Release(grpc::ServerContext*, const v1::ReleaseRequ
 
 // ---- Delete, pin, list, stats, arena ----------------------------------------
 
-Status KvStashService::DoKeys(KeysOp op, const v1::KeysRequest& req, v1::KeysResponse* resp) {
+Status KvStashService::DoKeys(const grpc::ServerContext* ctx, KeysOp op, const v1::KeysRequest& req,
+                              v1::KeysResponse* resp) {
   static const char* kNames[] = {"Delete", "Pin", "Unpin"};
+  KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
   KVSTASH_RETURN_IF_ERROR(CheckKeyCount(req.keys_size(), kNames[static_cast<int>(op)]));
-  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, ParseKeys(req.keys()));
+  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, CallerKeys(caller, req.keys()));
   for (const ObjectName& name : names) {
     Status s;
     switch (op) {
@@ -282,46 +346,52 @@ Status KvStashService::DoKeys(KeysOp op, const v1::KeysRequest& req, v1::KeysRes
   return OkStatus();
 }
 
-grpc::Status KvStashService::Delete(grpc::ServerContext*, const v1::KeysRequest* req,
+grpc::Status KvStashService::Delete(grpc::ServerContext* ctx, const v1::KeysRequest* req,
                                     v1::KeysResponse* resp) {
   RpcScope scope(metrics_, Method::kDelete, req->ByteSizeLong());
-  Status s = scope.Finish(DoKeys(KeysOp::kDelete, *req, resp));
+  Status s = scope.Finish(DoKeys(ctx, KeysOp::kDelete, *req, resp));
   scope.AddSent(resp->ByteSizeLong());
   return ToGrpcStatus(s);
 }
 
-grpc::Status KvStashService::Pin(grpc::ServerContext*, const v1::KeysRequest* req,
+grpc::Status KvStashService::Pin(grpc::ServerContext* ctx, const v1::KeysRequest* req,
                                  v1::KeysResponse* resp) {
   RpcScope scope(metrics_, Method::kPin, req->ByteSizeLong());
-  Status s = scope.Finish(DoKeys(KeysOp::kPin, *req, resp));
+  Status s = scope.Finish(DoKeys(ctx, KeysOp::kPin, *req, resp));
   scope.AddSent(resp->ByteSizeLong());
   return ToGrpcStatus(s);
 }
 
-grpc::Status KvStashService::Unpin(grpc::ServerContext*, const v1::KeysRequest* req,
+grpc::Status KvStashService::Unpin(grpc::ServerContext* ctx, const v1::KeysRequest* req,
                                    v1::KeysResponse* resp) {
   RpcScope scope(metrics_, Method::kUnpin, req->ByteSizeLong());
-  Status s = scope.Finish(DoKeys(KeysOp::kUnpin, *req, resp));
+  Status s = scope.Finish(DoKeys(ctx, KeysOp::kUnpin, *req, resp));
   scope.AddSent(resp->ByteSizeLong());
   return ToGrpcStatus(s);
 }
 
-grpc::Status KvStashService::List(grpc::ServerContext*, const v1::ListRequest* req,
+grpc::Status KvStashService::List(grpc::ServerContext* ctx, const v1::ListRequest* req,
                                   v1::ListResponse* resp) {
   RpcScope scope(metrics_, Method::kList, req->ByteSizeLong());
-  Status s = scope.Finish(DoList(*req, resp));
+  Status s = scope.Finish(DoList(ctx, *req, resp));
   scope.AddSent(resp->ByteSizeLong());
   return ToGrpcStatus(s);
 }
 
-Status KvStashService::DoList(const v1::ListRequest& req, v1::ListResponse* resp) {
+Status KvStashService::DoList(const grpc::ServerContext* ctx, const v1::ListRequest& req,
+                              v1::ListResponse* resp) {
+  KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
   if (req.namespace_().size() > kMaxNamespaceBytes) {
     return Invalid(absl::StrCat("namespace longer than ", kMaxNamespaceBytes, " bytes"));
   }
+  std::string name_space = req.namespace_();
+  if (auth_ != nullptr) {
+    KVSTASH_RETURN_IF_ERROR(auth_->CheckList(caller, name_space, req.all_namespaces()));
+    if (caller.restricted && name_space.empty()) name_space = caller.identity.tenant;
+  }
   uint32_t limit = req.limit() == 0 ? 1000 : std::min(req.limit(), config_.max_list_limit);
-  KVSTASH_ASSIGN_OR_RETURN(
-      storage::ListPage page,
-      store_->List(req.namespace_(), req.all_namespaces(), limit, req.page_token()));
+  KVSTASH_ASSIGN_OR_RETURN(storage::ListPage page,
+                           store_->List(name_space, req.all_namespaces(), limit, req.page_token()));
   for (const storage::ListedObject& o : page.objects) {
     v1::ListedObject* out = resp->add_objects();
     auto key_bytes = o.name.storage_key.Bytes();
@@ -337,9 +407,33 @@ Status KvStashService::DoList(const v1::ListRequest& req, v1::ListResponse* resp
   return OkStatus();
 }
 
-grpc::Status KvStashService::Stats(grpc::ServerContext*, const v1::StatsRequest* req,
+grpc::Status KvStashService::Stats(grpc::ServerContext* ctx, const v1::StatsRequest* req,
                                    v1::StatsResponse* resp) {
   RpcScope scope(metrics_, Method::kStats, req->ByteSizeLong());
+  Status s = scope.Finish(DoStats(ctx, resp));
+  scope.AddSent(resp->ByteSizeLong());
+  return ToGrpcStatus(s);
+}
+
+Status KvStashService::DoStats(const grpc::ServerContext* ctx, v1::StatsResponse* resp) {
+  KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
+  if (!caller.admin()) {
+    // A tenant sees its own bytes per tier against its quota, nothing of the others.
+    const storage::NamespaceUsage usage = store_->Usage(caller.identity.tenant);
+    const TenantQuota quota = auth_->Quota(caller.identity.tenant);
+    v1::TierStats* cpu = resp->add_tiers();
+    cpu->set_tier(ToProtoTier(storage::Tier::kCpu));
+    cpu->set_capacity_bytes(quota.cpu_bytes);
+    cpu->set_used_bytes(usage.cpu_bytes);
+    cpu->set_logical_bytes(usage.cpu_bytes);
+    v1::TierStats* ssd = resp->add_tiers();
+    ssd->set_tier(ToProtoTier(storage::Tier::kSsd));
+    ssd->set_capacity_bytes(quota.ssd_bytes);
+    ssd->set_used_bytes(usage.ssd_bytes);
+    ssd->set_logical_bytes(usage.ssd_bytes);
+    resp->set_version(KVSTASH_VERSION);
+    return OkStatus();
+  }
   storage::StoreStats stats = store_->Stats();
   if (remote_ != nullptr && remote_->has_peers()) stats.tiers.push_back(remote_->Stats());
   for (const storage::TierStats& t : stats.tiers) {
@@ -363,14 +457,21 @@ grpc::Status KvStashService::Stats(grpc::ServerContext*, const v1::StatsRequest*
   resp->set_version(KVSTASH_VERSION);
   resp->set_uptime_ms(static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_).count()));
-  scope.Finish(OkStatus());
-  scope.AddSent(resp->ByteSizeLong());
-  return grpc::Status::OK;
+  return OkStatus();
 }
 
-grpc::Status KvStashService::ArenaInfo(grpc::ServerContext*, const v1::ArenaInfoRequest* req,
+grpc::Status KvStashService::ArenaInfo(grpc::ServerContext* ctx, const v1::ArenaInfoRequest* req,
                                        v1::ArenaInfoResponse* resp) {
   RpcScope scope(metrics_, Method::kArenaInfo, req->ByteSizeLong());
+  if (auth_ != nullptr && auth_->multi_tenant()) {
+    // Every same-node client would map the one arena read-write (docs/deploy.md "Tenants").
+    Result<Caller> caller = Who(ctx);
+    return ToGrpcStatus(scope.Finish(
+        caller.ok() ? absl::FailedPreconditionError(
+                          "shared memory is off on a multi-tenant cachesvc: tenants would map "
+                          "each other's objects; use the gRPC byte streams")
+                    : caller.status()));
+  }
   resp->set_fd_socket_path(arena_socket_path_);
   resp->set_arena_bytes(store_->arena_bytes());
   resp->set_arena_generation(store_->arena_generation());

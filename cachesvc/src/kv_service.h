@@ -16,6 +16,7 @@
 #include <span>
 #include <string>
 
+#include "authz.h"
 #include "handoffs.h"
 #include "kvstash/cachesvc/config.h"
 #include "kvstash/proto/raw_message.h"
@@ -133,9 +134,11 @@ class KvStashService final : public v1::KvStash::Service {
   // service. With peers, a local miss in Lookup, Acquire or Get is looked up on and fetched from
   // them (remote_tier.h), unless the call carries `kvstash-scope: local` (a peer's own call).
   // `handoffs` (optional) serves Offer and the handoff heartbeats and releases aimed at this node.
+  // `auth` (optional; null: single tenant) authenticates every call and scopes its keys
+  // (authz.h).
   KvStashService(storage::ObjectStore* store, const ServiceConfig& config,
                  std::string arena_socket_path, RpcMetrics* metrics, RemoteTier* remote = nullptr,
-                 HandoffRegistry* handoffs = nullptr);
+                 HandoffRegistry* handoffs = nullptr, Authorizer* auth = nullptr);
 
   // The address this node names itself by in handoff descriptors (peers.advertise, else the
   // bound address); set once the server is bound, before requests need it.
@@ -171,6 +174,18 @@ class KvStashService final : public v1::KvStash::Service {
 
  private:
   enum class KeysOp { kDelete, kPin, kUnpin };
+  // The caller of a call (authz.h); unrestricted without an Authorizer.
+  Result<Caller> Who(const grpc::ServerContext* ctx) const;
+  // Parses and scopes keys to the caller's namespace.
+  Result<std::vector<ObjectName>> CallerKeys(
+      const Caller& caller, const google::protobuf::RepeatedPtrField<v1::ObjectKey>& keys) const;
+  Result<ObjectName> CallerKey(const Caller& caller, const v1::ObjectKey& key,
+                               const std::string& where) const;
+  // Whether the caller (authenticated from ctx unless `known`) may use reservation or lease `id`;
+  // forgets the id (the call ends it).
+  Status CheckOwner(const grpc::ServerContext* ctx, const Caller* known, bool lease, uint64_t id);
+  // ResourceExhausted past the caller's quota (authz.h).
+  Status CheckQuota(const Caller& caller, uint64_t bytes);
   Status DoLookup(const grpc::ServerContext* ctx, const v1::LookupRequest& req,
                   v1::LookupResponse* resp);
   // Whether a local miss of this call may be served from peers.
@@ -179,7 +194,7 @@ class KvStashService final : public v1::KvStash::Service {
   // local copy again under the lease when peers.promote is off.
   Result<storage::Lease> AcquireFromPeers(const ObjectName& name, uint32_t lease_ms,
                                           const Status& fetched);
-  Status DoReserve(const v1::ReserveRequest& req, v1::ReserveResponse* resp);
+  Status DoReserve(const Caller& caller, const v1::ReserveRequest& req, v1::ReserveResponse* resp);
   // Put and Get are registered in place of their generated handlers (the constructor) as raw
   // asynchronous methods, served by AsyncStreamServer: they read and write ByteBuffers, so the
   // service copies no payload bytes beyond the one copy into the arena (Put) and none at all (Get:
@@ -192,12 +207,16 @@ class KvStashService final : public v1::KvStash::Service {
   // payload as it is (the client did not ask, the policy is raw, or the codec does not take it).
   Result<std::optional<storage::TierCodec::Encoded>> EncodeForTransfer(
       const v1::GetRequest& req, const ObjectInfo& info, std::span<const uint8_t> payload);
-  Status DoKeys(KeysOp op, const v1::KeysRequest& req, v1::KeysResponse* resp);
-  Status DoList(const v1::ListRequest& req, v1::ListResponse* resp);
+  Status DoKeys(const grpc::ServerContext* ctx, KeysOp op, const v1::KeysRequest& req,
+                v1::KeysResponse* resp);
+  Status DoList(const grpc::ServerContext* ctx, const v1::ListRequest& req, v1::ListResponse* resp);
+  Status DoStats(const grpc::ServerContext* ctx, v1::StatsResponse* resp);
   Status CheckKeyCount(int count, const char* method) const;
   // kv_service_handoff.cc
-  Status DoOffer(const v1::OfferRequest& req, v1::OfferResponse* resp);
-  Status DoFetchHandoff(const v1::FetchHandoffRequest& req, v1::FetchHandoffResponse* resp);
+  Status DoOffer(const grpc::ServerContext* ctx, const v1::OfferRequest& req,
+                 v1::OfferResponse* resp);
+  Status DoFetchHandoff(const grpc::ServerContext* ctx, const v1::FetchHandoffRequest& req,
+                        v1::FetchHandoffResponse* resp);
   Status DoHandoff(const grpc::ServerContext* ctx, const v1::HandoffRequest& req, bool release,
                    v1::HandoffResponse* resp);
   std::string AdvertisedAddress() const;
@@ -208,6 +227,7 @@ class KvStashService final : public v1::KvStash::Service {
   RpcMetrics* metrics_;
   RemoteTier* remote_;
   HandoffRegistry* handoffs_;
+  Authorizer* auth_;
   mutable std::mutex advertised_mu_;
   std::string advertised_;  // guarded by advertised_mu_
   Clock::time_point started_;

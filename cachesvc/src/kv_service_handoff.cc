@@ -22,18 +22,20 @@ std::string KvStashService::AdvertisedAddress() const {
   return advertised_;
 }
 
-grpc::Status KvStashService::Offer(grpc::ServerContext*, const v1::OfferRequest* req,
+grpc::Status KvStashService::Offer(grpc::ServerContext* ctx, const v1::OfferRequest* req,
                                    v1::OfferResponse* resp) {
   RpcScope scope(metrics_, Method::kOffer, req->ByteSizeLong());
-  Status s = scope.Finish(DoOffer(*req, resp));
+  Status s = scope.Finish(DoOffer(ctx, *req, resp));
   scope.AddSent(resp->ByteSizeLong());
   return ToGrpcStatus(s);
 }
 
-Status KvStashService::DoOffer(const v1::OfferRequest& req, v1::OfferResponse* resp) {
+Status KvStashService::DoOffer(const grpc::ServerContext* ctx, const v1::OfferRequest& req,
+                               v1::OfferResponse* resp) {
+  KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
   if (handoffs_ == nullptr) return absl::UnimplementedError("this node does not offer handoffs");
   KVSTASH_RETURN_IF_ERROR(CheckKeyCount(req.keys_size(), "Offer"));
-  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, ParseKeys(req.keys()));
+  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, CallerKeys(caller, req.keys()));
   KVSTASH_ASSIGN_OR_RETURN(HandoffRegistry::Offered offered,
                            handoffs_->Offer(names, req.handoff_ms()));
   v1::HandoffDescriptor* d = resp->mutable_handoff();
@@ -48,23 +50,26 @@ Status KvStashService::DoOffer(const v1::OfferRequest& req, v1::OfferResponse* r
   return OkStatus();
 }
 
-grpc::Status KvStashService::FetchHandoff(grpc::ServerContext*, const v1::FetchHandoffRequest* req,
+grpc::Status KvStashService::FetchHandoff(grpc::ServerContext* ctx,
+                                          const v1::FetchHandoffRequest* req,
                                           v1::FetchHandoffResponse* resp) {
   RpcScope scope(metrics_, Method::kFetchHandoff, req->ByteSizeLong());
-  Status s = scope.Finish(DoFetchHandoff(*req, resp));
+  Status s = scope.Finish(DoFetchHandoff(ctx, *req, resp));
   scope.AddSent(resp->ByteSizeLong());
   return ToGrpcStatus(s);
 }
 
-Status KvStashService::DoFetchHandoff(const v1::FetchHandoffRequest& req,
+Status KvStashService::DoFetchHandoff(const grpc::ServerContext* ctx,
+                                      const v1::FetchHandoffRequest& req,
                                       v1::FetchHandoffResponse* resp) {
+  KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
   const v1::HandoffDescriptor& d = req.handoff();
   KVSTASH_RETURN_IF_ERROR(CheckKeyCount(d.keys_size(), "FetchHandoff"));
   if (d.payload_bytes_size() != d.keys_size()) {
     return Invalid("descriptor: payload_bytes must have one entry per key");
   }
   if (d.node().empty()) return Invalid("descriptor: node is empty");
-  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, ParseKeys(d.keys()));
+  KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, CallerKeys(caller, d.keys()));
   const bool self = d.node() == AdvertisedAddress();
   if (!self && (remote_ == nullptr || !remote_->IsPeer(d.node()))) {
     // Never dial (and present the cluster secret to) an address an engine made up.
@@ -146,6 +151,9 @@ grpc::Status KvStashService::ReleaseHandoff(grpc::ServerContext* ctx, const v1::
 
 Status KvStashService::DoHandoff(const grpc::ServerContext* ctx, const v1::HandoffRequest& req,
                                  bool release, v1::HandoffResponse* resp) {
+  // Handoff ids are random 64-bit values: whoever holds the descriptor may extend or end it.
+  KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
+  (void)caller;
   const bool here = req.node().empty() || req.node() == AdvertisedAddress() || LocalScopeOnly(ctx);
   if (here) {
     if (handoffs_ == nullptr) return absl::NotFoundError("unknown handoff");

@@ -108,8 +108,10 @@ Result<std::unique_ptr<KvStashService::IncomingPut>> KvStashService::StartPut(
   if (!put->chunk_.has_header()) return Invalid("the first PutChunk must carry the header");
   const v1::PutHeader& header = put->chunk_.header();
   if (!header.has_key()) return Invalid("header.key: missing");
-  KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(header.key(), "header.key"));
+  KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
+  KVSTASH_ASSIGN_OR_RETURN(ObjectName name, CallerKey(caller, header.key(), "header.key"));
   KVSTASH_ASSIGN_OR_RETURN(put->info_, ParseInfo(header.info(), header.has_info(), "header.info"));
+  KVSTASH_RETURN_IF_ERROR(CheckQuota(caller, put->info_.payload_bytes));
   put->durable_ = header.durable();
   // The reservation outlives the stream's own deadline, so bytes copied in are always still ours.
   KVSTASH_ASSIGN_OR_RETURN(storage::Reservation r,
@@ -237,7 +239,8 @@ Result<std::unique_ptr<KvStashService::OutgoingGet>> KvStashService::StartGet(
     return Invalid("Get call carried bytes that are not a GetRequest");
   }
   if (!req.has_key()) return Invalid("key: missing");
-  KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(req.key(), "key"));
+  KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
+  KVSTASH_ASSIGN_OR_RETURN(ObjectName name, CallerKey(caller, req.key(), "key"));
   // The lease outlasts the call's deadline by a margin: gRPC may still hold slices of a call the
   // watchdog just cancelled, until its transport drops them.
   const uint32_t lease_ms = config_.stream_timeout_ms + kLeaseMarginMs;

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "arena_socket.h"
 #include "async_streams.h"
+#include "authz.h"
 #include "cachegen_tier_codec.h"
 #include "kv_service.h"
 #include "kvstash/storage/object_store.h"
@@ -80,6 +81,7 @@ struct CacheService::Impl {
   std::unique_ptr<storage::ObjectStore> store;
   std::unique_ptr<RemoteTier> remote;  // peers; after the store, before the service
   std::unique_ptr<HandoffRegistry> handoffs;
+  std::unique_ptr<Authorizer> auth;  // tenants (authz.h); before the service
   std::unique_ptr<KvStashService> service;
   // Declared before the server: its completion queues must outlive it.
   std::unique_ptr<AsyncStreamServer> async_streams;
@@ -139,9 +141,15 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   }
   impl->handoffs = std::make_unique<HandoffRegistry>(
       impl->store.get(), &impl->registry, config.peers.handoff_ms, config.peers.max_handoff_ms);
-  impl->service = std::make_unique<KvStashService>(impl->store.get(), impl->config,
-                                                   impl->arena_socket_path, impl->rpc_metrics.get(),
-                                                   impl->remote.get(), impl->handoffs.get());
+  auto auth = Authorizer::Create(impl->config, &impl->registry);
+  if (!auth.ok()) {
+    (void)impl->store->Close();
+    return auth.status();
+  }
+  impl->auth = std::move(*auth);
+  impl->service = std::make_unique<KvStashService>(
+      impl->store.get(), impl->config, impl->arena_socket_path, impl->rpc_metrics.get(),
+      impl->remote.get(), impl->handoffs.get(), impl->auth.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -207,30 +215,39 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
     return fail(absl::FailedPreconditionError(absl::StrCat(
         "cannot create ", socket_dir.string(), " for the arena socket: ", mkdir_error.message())));
   }
-  auto arena = ArenaSocketServer::Start(
-      impl->arena_socket_path, impl->store->arena_fd(), hello, &impl->registry,
-      ServiceLocalSessions(impl->service.get(), impl->store.get(), &impl->registry),
-      config.local_control_connections, std::chrono::microseconds{config.local_control_poll_us});
-  if (!arena.ok()) return fail(arena.status());
-  impl->arena_socket = std::move(*arena);
+  // Multi-tenant: no arena socket at all. Every client of it would map the whole arena read-write
+  // and its local control calls carry no credentials; tenants use the gRPC byte streams
+  // (docs/deploy.md "Tenants", the shared-memory stopgap).
+  if (!impl->auth->multi_tenant()) {
+    auto arena = ArenaSocketServer::Start(
+        impl->arena_socket_path, impl->store->arena_fd(), hello, &impl->registry,
+        ServiceLocalSessions(impl->service.get(), impl->store.get(), &impl->registry),
+        config.local_control_connections, std::chrono::microseconds{config.local_control_poll_us});
+    if (!arena.ok()) return fail(arena.status());
+    impl->arena_socket = std::move(*arena);
+  } else {
+    impl->arena_socket_path.clear();
+  }
 
   Impl* raw = impl.get();
   if (config.metrics_port != 0) {
     auto http = MetricsHttpServer::Start(config.metrics_address, config.metrics_port,
                                          &impl->registry, [raw] { return raw->serving.load(); });
     if (!http.ok()) {
-      impl->arena_socket->Stop();
+      if (impl->arena_socket) impl->arena_socket->Stop();
       return fail(http.status());
     }
     impl->http = std::move(*http);
   }
   impl->serving = true;
   spdlog::info(
-      "event=serving tls={} target={} arena_socket={} arena_bytes={} generation={} metrics_port={} "
+      "event=serving tls={} tenants={} target={} arena_socket={} arena_bytes={} generation={} "
+      "metrics_port={} "
       "data_dir={} cpu_capacity={} ssd_capacity={} ssd_encoding={}",
-      listen_tls ? "mutual" : "off", impl->target, impl->arena_socket_path, hello.arena_bytes,
-      hello.arena_generation, impl->http ? impl->http->port() : 0, config.store.data_dir,
-      config.store.cpu_capacity_bytes, config.store.ssd_capacity_bytes, impl->ssd_codec->name());
+      listen_tls ? "mutual" : "off", impl->auth->multi_tenant() ? "multi" : "single", impl->target,
+      impl->arena_socket_path, hello.arena_bytes, hello.arena_generation,
+      impl->http ? impl->http->port() : 0, config.store.data_dir, config.store.cpu_capacity_bytes,
+      config.store.ssd_capacity_bytes, impl->ssd_codec->name());
   if (!config.ready_file.empty()) {
     nlohmann::json ready = {{"target", impl->target},
                             {"arena_socket", impl->arena_socket_path},
@@ -241,7 +258,7 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
     if (!s.ok()) {
       impl->serving = false;
       if (impl->http) impl->http->Stop();
-      impl->arena_socket->Stop();
+      if (impl->arena_socket) impl->arena_socket->Stop();
       return fail(s);
     }
   }
@@ -256,6 +273,7 @@ MetricsRegistry& CacheService::metrics() { return impl_->registry; }
 Status CacheService::Reload() {
   Status result = OkStatus();
   if (impl_->tls != nullptr) result.Update(impl_->tls->Reload());
+  result.Update(impl_->auth->Reload());
   return result;
 }
 
@@ -272,7 +290,7 @@ Status CacheService::Shutdown() {
   s.server->Wait();
   s.async_streams->Stop();  // every Put and Get is over: leases and reservations are settled
   spdlog::info("event=shutdown_grpc_stopped");
-  s.arena_socket->Stop();
+  if (s.arena_socket) s.arena_socket->Stop();
   s.handoffs.reset();  // unpins what is still offered
   s.close_status = s.store->Close();
   spdlog::info("event=shutdown_store_closed");

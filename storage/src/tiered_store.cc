@@ -138,8 +138,29 @@ void TieredStore::MaybeFreeArenaLocked(ObjectRec& rec) {
   if (rec.in_cpu && !rec.visible && rec.leases == 0 && rec.io_refs == 0 &&
       rec.promotion == nullptr) {
     rec.in_cpu = false;
+    AddCpuUsage(rec, false);
     FreeExtent(rec.arena_offset);
   }
+}
+
+void TieredStore::AddCpuUsage(const ObjectRec& rec, bool add) {
+  std::lock_guard<std::mutex> lock(usage_mu_);
+  uint64_t& bytes = usage_[rec.name.name_space].cpu_bytes;
+  const uint64_t n = rec.info.payload_bytes;
+  bytes = add ? bytes + n : (bytes > n ? bytes - n : 0);
+}
+
+void TieredStore::AddSsdUsage(const ObjectRec& rec, bool add) {
+  std::lock_guard<std::mutex> lock(usage_mu_);
+  uint64_t& bytes = usage_[rec.name.name_space].ssd_bytes;
+  const uint64_t n = rec.ssd.info.payload_bytes;
+  bytes = add ? bytes + n : (bytes > n ? bytes - n : 0);
+}
+
+NamespaceUsage TieredStore::Usage(const std::string& name_space) {
+  std::lock_guard<std::mutex> lock(usage_mu_);
+  auto it = usage_.find(name_space);
+  return it == usage_.end() ? NamespaceUsage{} : it->second;
 }
 
 void TieredStore::HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Deferred& later) {
@@ -151,6 +172,7 @@ void TieredStore::HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Defer
   // A pending write notices !visible and removes what it wrote; a finished one is removed here.
   if (rec->ssd.state == CopyState::kStored) {
     rec->ssd.state = CopyState::kNone;
+    AddSsdUsage(*rec, false);
     later.ssd_removals.push_back({rec, rec->ssd.seq, rec->ssd.info.payload_bytes});
   }
 }
@@ -295,6 +317,7 @@ TieredStore::EvictStep TieredStore::EvictOneCpu() {
     } else {
       step.freed_bytes = rec->extent_bytes;
       rec->in_cpu = false;
+      AddCpuUsage(*rec, false);
       FreeExtent(rec->arena_offset);
       if (rec->ssd.state == CopyState::kStored) {
         // From now on readers get what the SSD copy decodes to (the same bytes when it is raw).
@@ -443,6 +466,7 @@ Status TieredStore::CommitImpl(uint64_t reservation_id, uint32_t payload_crc32c,
   const bool check_later = !checked && !check_now;
   if (check_later) rec->arena_check.store(ArenaCheck::kPending, std::memory_order_relaxed);
   rec->in_cpu = true;
+  AddCpuUsage(*rec, true);
   rec->arena_offset = res.extent.offset;
   rec->last_access_ns = WallNs();
   std::shared_ptr<std::promise<Status>> done;

@@ -130,6 +130,7 @@ class TieredStore final : public ObjectStore {
   Result<ListPage> List(const std::string& name_space, bool all_namespaces, uint32_t limit,
                         const std::string& page_token) override;
   StoreStats Stats() override;
+  NamespaceUsage Usage(const std::string& name_space) override;
   Status Flush() override;
   Status Close() override;
 
@@ -237,6 +238,12 @@ class TieredStore final : public ObjectStore {
 
   const StoreOptions options_;
   StoreMetrics metrics_;
+  // Per-namespace bytes per tier (Usage). Changed under the rec's shard lock wherever in_cpu or
+  // ssd.state == kStored changes; usage_mu_ is a leaf.
+  std::mutex usage_mu_;
+  std::unordered_map<std::string, NamespaceUsage> usage_;
+  void AddCpuUsage(const ObjectRec& rec, bool add);
+  void AddSsdUsage(const ObjectRec& rec, bool add);
   std::unique_ptr<Arena> arena_;
   std::unique_ptr<StorageTier> ssd_;  // the lower tier (SsdTier); null when disabled
   std::atomic<bool> closed_{false};

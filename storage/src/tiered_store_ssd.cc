@@ -56,6 +56,7 @@ void TieredStore::RecoverSsd(std::vector<TierRecord> records) {
     rec->ssd.served = r.served;
     rec->ssd.encoded = r.encoded;
     rec->ssd.state = CopyState::kStored;
+    AddSsdUsage(*rec, true);
     rec->ssd.seq = r.seq;
     rec->hits = r.hits;
     rec->pins = r.pins;
@@ -87,6 +88,7 @@ bool TieredStore::EvictOneSsd() {
     seq = rec->ssd.seq;
     stored_bytes = rec->ssd.info.payload_bytes;
     rec->ssd.state = CopyState::kNone;
+    AddSsdUsage(*rec, false);
     if (!rec->in_cpu) {
       shard.objects.erase(it);
       rec->visible = false;
@@ -240,6 +242,7 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
     if (!check.ok() && rec->visible) HideLocked(shard, rec, later);
     if (indexed && rec->visible) {
       rec->ssd.state = CopyState::kStored;
+      AddSsdUsage(*rec, true);
       if (rec->pins != record.pins || rec->hits != record.hits) PersistPinsLocked(*rec);
     } else {
       // Deleted or replaced while being written, or the write failed.
@@ -293,6 +296,7 @@ Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32
     rec->promotion = nullptr;
     if (status.ok() && rec->visible) {
       rec->in_cpu = true;
+      AddCpuUsage(*rec, true);
       rec->arena_offset = extent->offset;
       rec->info.payload_crc32c = served_info.payload_crc32c;  // already so unless never in CPU
       rec->info.lossy = served_info.lossy;

@@ -1,10 +1,15 @@
-// Mutual TLS on real cachesvc processes: clients without a certificate, with one of another CA,
-// or an expired one are refused; plain TCP beyond loopback needs --insecure-tcp; SIGHUP swaps the
-// certificates without dropping established connections (and refuses a broken pair); two nodes
-// fetch from each other over mutual TLS. The certificates are made at test time
-// (scripts/make_test_certs.sh); no private key is committed.
+// Mutual TLS and tenants on real cachesvc processes. TLS: clients without a certificate, with one
+// of another CA, or an expired one are refused; plain TCP beyond loopback needs --insecure-tcp;
+// SIGHUP swaps the certificates without dropping established connections (and refuses a broken
+// pair); two nodes fetch from each other over mutual TLS. The certificates are made at test time
+// (scripts/make_test_certs.sh); no private key is committed. Tenants: calls without, with
+// malformed, huge, unknown or revoked credentials are refused; tenant B naming tenant A's
+// namespace in every RPC is refused and A's objects stay as they were; ids of A's reservations
+// and leases are refused to B; shared memory is off; quotas refuse puts past them.
 #include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <openssl/sha.h>
 #include <signal.h>
 
 #include <chrono>
@@ -13,6 +18,7 @@
 #include <thread>
 
 #include "kvstash/client/kv_client.h"
+#include "kvstash/v1/kvstash.grpc.pb.h"
 #include "service_process.h"
 #include "test_objects.h"
 #include "testing/status_matchers.h"
@@ -217,6 +223,331 @@ TEST_F(TlsTest, PeersFetchOverMutualTls) {
   ASSERT_OK_AND_ASSIGN(GetReply got, on_b->Get(TestName(7)));
   EXPECT_EQ(got.payload, payload);
   EXPECT_THAT(svc_->Log(), HasSubstr("event=peer_hello"));
+}
+
+// ---- Tenants -------------------------------------------------------------------------------
+
+constexpr char kAlphaToken[] = "alpha-token-0123456789";
+constexpr char kBetaToken[] = "beta-token-0123456789";
+constexpr char kAdminToken[] = "admin-token-0123456789";
+
+std::string Sha256Hex(const std::string& text) {
+  unsigned char d[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), d);
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : d) {
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  }
+  return out;
+}
+
+class TenantTest : public TlsTest {
+ protected:
+  void WriteTokens(bool with_beta = true) {
+    std::ofstream out(tokens_);
+    out << "# test tenants\n"
+        << "token  " << kAlphaToken << "  alpha\n";
+    if (with_beta) out << "sha256 " << Sha256Hex(kBetaToken) << " beta user\n";
+    out << "token  " << kAdminToken << "  ops admin\n"
+        << "cert   tenant-a alpha\n"
+        << "quota  alpha cpu=64KiB ssd=1MiB\n";
+  }
+
+  void StartNode(bool tls = false) {
+    WriteTokens();
+    ServiceOptions opts;
+    opts.metrics = true;
+    opts.tcp = tls;
+    opts.extra_args = {"--tokens-file", tokens_};
+    if (tls) {
+      std::vector<std::string> t = NodeTlsArgs(dir_.path());
+      opts.extra_args.insert(opts.extra_args.end(), t.begin(), t.end());
+    }
+    ASSERT_OK_AND_ASSIGN(svc_, ServiceProcess::Start(dir_.path(), opts));
+  }
+
+  std::unique_ptr<KvClient> As(const std::string& token) {
+    ClientOptions o;
+    o.connect_timeout = 3s;
+    o.bearer_token = token;
+    auto kv = KvClient::Connect(svc_->target(), o);
+    EXPECT_TRUE(kv.ok()) << kv.status();
+    return kv.ok() ? std::move(*kv) : nullptr;
+  }
+
+  // A raw stub, for metadata and ids KvClient does not expose.
+  std::unique_ptr<v1::KvStash::Stub> RawStub() {
+    return v1::KvStash::NewStub(
+        grpc::CreateChannel(svc_->target(), grpc::InsecureChannelCredentials()));
+  }
+  static void Authorize(grpc::ClientContext* ctx, const std::string& header) {
+    ctx->set_deadline(std::chrono::system_clock::now() + 10s);
+    if (!header.empty()) ctx->AddMetadata("authorization", header);
+  }
+
+  std::string tokens_ = dir_.path() + "/tokens.txt";
+};
+
+// Every call of a client without credentials, or with a bad one, is UNAUTHENTICATED.
+TEST_F(TenantTest, CallsWithoutOrWithBadCredentialsAreRefused) {
+  StartNode();
+  ObjectName name = TestName(1, "alpha");
+  auto stub = RawStub();
+  v1::LookupRequest req;
+  ToProto(name, req.add_keys());
+  for (const std::string& header :
+       {std::string(), std::string("Basic YWxwaGE6cHc="), std::string("Bearer"),
+        std::string("Bearer ") + std::string(5000, 'x'), std::string("Bearer bad token"),
+        std::string("Bearer unknown-token-0123456789")}) {
+    grpc::ClientContext ctx;
+    Authorize(&ctx, header);
+    v1::LookupResponse resp;
+    grpc::Status s = stub->Lookup(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+        << header.substr(0, 40) << ": " << s.error_message();
+    EXPECT_EQ(resp.results_size(), 0);
+  }
+  {
+    // A header far beyond what gRPC takes is refused before it reaches the service.
+    grpc::ClientContext ctx;
+    Authorize(&ctx, std::string("Bearer ") + std::string(64 << 10, 'y'));
+    v1::LookupResponse resp;
+    grpc::Status s = stub->Lookup(&ctx, req, &resp);
+    EXPECT_NE(s.error_code(), grpc::StatusCode::OK);
+    EXPECT_EQ(resp.results_size(), 0);
+  }
+  {
+    grpc::ClientContext ctx;
+    Authorize(&ctx, std::string("Bearer ") + kAlphaToken);
+    ctx.AddMetadata("authorization", std::string("Bearer ") + kBetaToken);
+    v1::LookupResponse resp;
+    EXPECT_EQ(stub->Lookup(&ctx, req, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext ctx;
+    Authorize(&ctx, "");
+    ctx.AddMetadata("kvstash-peer-token", "not-the-cluster-secret-000000");
+    v1::LookupResponse resp;
+    EXPECT_EQ(stub->Lookup(&ctx, req, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  std::unique_ptr<KvClient> none = As("");
+  ASSERT_NE(none, nullptr);
+  std::vector<uint8_t> payload = TestPayload(1, 4096);
+  EXPECT_THAT(none->Put(name, WithCrc(TestInfo(16), payload), payload),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(none->Stats().status(), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_GE(MetricSum(svc_->metrics_port(), "kvstash_auth_refused_total"), 8);
+}
+
+TEST_F(TenantTest, RevokedTokenStopsWorkingAfterSighup) {
+  StartNode();
+  std::unique_ptr<KvClient> beta = As(kBetaToken);
+  ASSERT_NE(beta, nullptr);
+  ASSERT_THAT(beta->Stats().status(), IsOk());
+  WriteTokens(/*with_beta=*/false);
+  ::kill(svc_->pid(), SIGHUP);
+  const auto deadline = Clock::now() + 10s;
+  while (svc_->Log().find("event=tenants_reloaded") == std::string::npos &&
+         Clock::now() < deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_THAT(svc_->Log(), HasSubstr("event=tenants_reloaded"));
+  EXPECT_THAT(beta->Stats().status(), StatusIs(absl::StatusCode::kUnauthenticated));
+  // A broken file is refused; the table in force stays.
+  std::ofstream(tokens_) << "token short alpha\n";
+  ::kill(svc_->pid(), SIGHUP);
+  const auto refused_deadline = Clock::now() + 10s;
+  while (svc_->Log().find("event=tenants_reload_refused") == std::string::npos &&
+         Clock::now() < refused_deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_THAT(svc_->Log(), HasSubstr("event=tenants_reload_refused"));
+  std::unique_ptr<KvClient> alpha = As(kAlphaToken);
+  ASSERT_NE(alpha, nullptr);
+  EXPECT_THAT(alpha->Stats().status(), IsOk());
+}
+
+// Tenant beta names alpha's namespace in every RPC: each is refused with PERMISSION_DENIED, and
+// alpha's object is still there, unchanged, unpinned, readable only by alpha.
+TEST_F(TenantTest, TenantCannotNameAnotherTenantsNamespace) {
+  StartNode();
+  std::unique_ptr<KvClient> alpha = As(kAlphaToken), beta = As(kBetaToken), admin = As(kAdminToken);
+  ASSERT_NE(alpha, nullptr);
+  ASSERT_NE(beta, nullptr);
+  // No shared memory for anyone on a multi-tenant node, and no arena socket to map.
+  EXPECT_FALSE(alpha->shared_memory_attached());
+  EXPECT_THAT(alpha->shared_memory_status(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/arena.sock"));
+
+  std::vector<uint8_t> payload = TestPayload(9, 4096);
+  ObjectInfo info = WithCrc(TestInfo(16), payload);
+  const ObjectName mine = TestName(9, "alpha");
+  ASSERT_THAT(alpha->Put(mine, info, payload), IsOk());
+  // An empty namespace is the caller's own: the same object for alpha, nothing for beta.
+  const ObjectName unnamed = TestName(9, "");
+  ASSERT_OK_AND_ASSIGN(LookupReply own, alpha->Lookup(std::span(&unnamed, 1)));
+  EXPECT_TRUE(own.results[0].present);
+  ASSERT_OK_AND_ASSIGN(LookupReply other, beta->Lookup(std::span(&unnamed, 1)));
+  EXPECT_FALSE(other.results[0].present);
+
+  const auto denied = StatusIs(absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(beta->Lookup(std::span(&mine, 1)).status(), denied);
+  EXPECT_THAT(beta->Get(mine).status(), denied);
+  EXPECT_THAT(beta->Delete(std::span(&mine, 1)).status(), denied);
+  EXPECT_THAT(beta->Pin(std::span(&mine, 1)).status(), denied);
+  EXPECT_THAT(beta->Unpin(std::span(&mine, 1)).status(), denied);
+  EXPECT_THAT(beta->Put(mine, info, TestPayload(10, 4096), {.overwrite = true}), denied);
+  EXPECT_THAT(beta->Offer(std::span(&mine, 1)).status(), denied);
+  EXPECT_THAT(beta->List("alpha").status(), denied);
+  EXPECT_THAT(beta->List("", 0, "", /*all_namespaces=*/true).status(), denied);
+  ASSERT_OK_AND_ASSIGN(Handoff offered, alpha->Offer(std::span(&mine, 1)));
+  EXPECT_THAT(beta->FetchHandoff(offered).status(), denied);
+  ASSERT_THAT(alpha->ReleaseHandoff(offered), IsOk());
+
+  // Ids alpha was given are refused to beta.
+  auto stub = RawStub();
+  v1::AcquireRequest acquire;
+  ToProto(mine, acquire.add_keys());
+  v1::AcquireResponse leased;
+  {
+    grpc::ClientContext ctx;
+    Authorize(&ctx, std::string("Bearer ") + kAlphaToken);
+    ASSERT_TRUE(stub->Acquire(&ctx, acquire, &leased).ok());
+    ASSERT_EQ(leased.results(0).status().code(), 0);
+  }
+  v1::ReserveRequest reserve;
+  ToProto(TestName(11, "alpha"), reserve.mutable_key());
+  ToProto(info, reserve.mutable_info());
+  v1::ReserveResponse reserved;
+  {
+    grpc::ClientContext ctx;
+    Authorize(&ctx, std::string("Bearer ") + kAlphaToken);
+    ASSERT_TRUE(stub->Reserve(&ctx, reserve, &reserved).ok());
+  }
+  const std::string as_beta = std::string("Bearer ") + kBetaToken;
+  {
+    // The shared-memory calls, straight over gRPC (KvClient needs the arena for them).
+    grpc::ClientContext ctx;
+    Authorize(&ctx, as_beta);
+    v1::AcquireResponse resp;
+    EXPECT_EQ(stub->Acquire(&ctx, acquire, &resp).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_EQ(resp.results_size(), 0);
+    grpc::ClientContext rctx;
+    Authorize(&rctx, as_beta);
+    v1::ReserveResponse rresp;
+    EXPECT_EQ(stub->Reserve(&rctx, reserve, &rresp).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+    grpc::ClientContext actx;
+    Authorize(&actx, as_beta);
+    v1::ArenaInfoResponse aresp;
+    EXPECT_EQ(stub->ArenaInfo(&actx, v1::ArenaInfoRequest(), &aresp).error_code(),
+              grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_TRUE(aresp.fd_socket_path().empty());
+  }
+  {
+    grpc::ClientContext ctx;
+    Authorize(&ctx, as_beta);
+    v1::ReleaseRequest release;
+    release.add_lease_ids(leased.results(0).lease_id());
+    v1::ReleaseResponse resp;
+    ASSERT_TRUE(stub->Release(&ctx, release, &resp).ok());
+    EXPECT_EQ(resp.results(0).code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  {
+    grpc::ClientContext ctx;
+    Authorize(&ctx, as_beta);
+    v1::CommitRequest commit;
+    commit.set_reservation_id(reserved.reservation_id());
+    v1::CommitResponse resp;
+    EXPECT_EQ(stub->Commit(&ctx, commit, &resp).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  {
+    grpc::ClientContext ctx;
+    Authorize(&ctx, as_beta);
+    v1::AbortRequest abort;
+    abort.set_reservation_id(reserved.reservation_id());
+    v1::AbortResponse resp;
+    EXPECT_EQ(stub->Abort(&ctx, abort, &resp).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  {
+    // alpha still owns both: its release and abort succeed.
+    grpc::ClientContext ctx;
+    Authorize(&ctx, std::string("Bearer ") + kAlphaToken);
+    v1::ReleaseRequest release;
+    release.add_lease_ids(leased.results(0).lease_id());
+    v1::ReleaseResponse resp;
+    ASSERT_TRUE(stub->Release(&ctx, release, &resp).ok());
+    EXPECT_EQ(resp.results(0).code(), 0);
+    grpc::ClientContext actx;
+    Authorize(&actx, std::string("Bearer ") + kAlphaToken);
+    v1::AbortRequest abort;
+    abort.set_reservation_id(reserved.reservation_id());
+    v1::AbortResponse aresp;
+    EXPECT_TRUE(stub->Abort(&actx, abort, &aresp).ok());
+  }
+
+  // Nothing of alpha's changed or leaked.
+  ASSERT_OK_AND_ASSIGN(GetReply got, alpha->Get(mine));
+  EXPECT_EQ(got.payload, payload);
+  ASSERT_OK_AND_ASSIGN(ListReply alpha_list, alpha->List(""));
+  ASSERT_EQ(alpha_list.objects.size(), 1u);
+  EXPECT_FALSE(alpha_list.objects[0].pinned);
+  ASSERT_OK_AND_ASSIGN(ListReply beta_list, beta->List(""));
+  EXPECT_TRUE(beta_list.objects.empty());
+  // Stats: a tenant sees its own bytes against its quota; the admin sees the node.
+  ASSERT_OK_AND_ASSIGN(ServiceStats beta_stats, beta->Stats());
+  for (const auto& t : beta_stats.tiers) EXPECT_EQ(t.used_bytes, 0u);
+  ASSERT_OK_AND_ASSIGN(ServiceStats alpha_stats, alpha->Stats());
+  ASSERT_FALSE(alpha_stats.tiers.empty());
+  EXPECT_EQ(alpha_stats.tiers[0].used_bytes, payload.size());
+  EXPECT_EQ(alpha_stats.tiers[0].capacity_bytes, 64u << 10);
+  ASSERT_NE(admin, nullptr);
+  ASSERT_OK_AND_ASSIGN(ListReply everything, admin->List("", 0, "", /*all_namespaces=*/true));
+  EXPECT_EQ(everything.objects.size(), 1u);
+  ASSERT_OK_AND_ASSIGN(ServiceStats node, admin->Stats());
+  EXPECT_GT(node.uptime_ms, 0u);
+}
+
+TEST_F(TenantTest, QuotaRefusesPutsPastIt) {
+  StartNode();
+  std::unique_ptr<KvClient> alpha = As(kAlphaToken), beta = As(kBetaToken);
+  ASSERT_NE(alpha, nullptr);
+  ASSERT_NE(beta, nullptr);
+  // 16 KiB objects against alpha's 64 KiB CPU quota: four fit, the fifth does not.
+  for (uint64_t i = 0; i < 4; ++i) {
+    std::vector<uint8_t> p = TestPayload(100 + i, 16 << 10);
+    ASSERT_THAT(alpha->Put(TestName(100 + i, ""), WithCrc(TestInfo(64), p), p), IsOk()) << i;
+  }
+  std::vector<uint8_t> p = TestPayload(200, 16 << 10);
+  EXPECT_THAT(alpha->Put(TestName(200, ""), WithCrc(TestInfo(64), p), p),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_GE(MetricSum(svc_->metrics_port(), "kvstash_quota_exceeded_total"), 1);
+  // Another tenant's room is its own; deleting frees alpha's.
+  EXPECT_THAT(beta->Put(TestName(200, ""), WithCrc(TestInfo(64), p), p), IsOk());
+  const ObjectName first = TestName(100, "");
+  ASSERT_THAT(alpha->Delete(std::span(&first, 1)).status(), IsOk());
+  EXPECT_THAT(alpha->Put(TestName(200, ""), WithCrc(TestInfo(64), p), p), IsOk());
+}
+
+TEST_F(TenantTest, ClientCertificateNamesTheTenant) {
+  StartNode(/*tls=*/true);
+  ASSERT_OK_AND_ASSIGN(auto a, KvClient::Connect(svc_->target(), ClientTls("client-tenant-a")));
+  std::vector<uint8_t> payload = TestPayload(5, 4096);
+  ASSERT_THAT(a->Put(TestName(5, ""), WithCrc(TestInfo(16), payload), payload), IsOk());
+  ASSERT_OK_AND_ASSIGN(LookupReply found, a->Lookup(std::vector{TestName(5, "alpha")}));
+  EXPECT_TRUE(found.results[0].present);
+  // tenant-b's certificate is valid but names no tenant.
+  ASSERT_OK_AND_ASSIGN(auto b, KvClient::Connect(svc_->target(), ClientTls("client-tenant-b")));
+  EXPECT_THAT(b->Stats().status(), StatusIs(absl::StatusCode::kUnauthenticated));
+  // A token wins over the certificate it came with.
+  ClientOptions with_token = ClientTls("client-tenant-b");
+  with_token.bearer_token = kBetaToken;
+  ASSERT_OK_AND_ASSIGN(auto b2, KvClient::Connect(svc_->target(), with_token));
+  EXPECT_THAT(b2->Lookup(std::vector{TestName(5, "alpha")}).status(),
+              StatusIs(absl::StatusCode::kPermissionDenied));
 }
 
 }  // namespace

@@ -155,6 +155,14 @@ struct TierStats {
   uint64_t logical_bytes = 0;
 };
 
+// Payload bytes one namespace has in each tier (tenant quotas): an object counts in the CPU tier
+// while its bytes occupy the arena, and in the SSD tier (its stored, possibly encoded, size)
+// while its copy there is written.
+struct NamespaceUsage {
+  uint64_t cpu_bytes = 0;
+  uint64_t ssd_bytes = 0;
+};
+
 struct StoreStats {
   std::vector<TierStats> tiers;
   uint64_t checksum_failures = 0;
@@ -205,6 +213,9 @@ class ObjectStore {
                                 const std::string& page_token) = 0;
 
   virtual StoreStats Stats() = 0;
+  // What `name_space` occupies now. Thread-safe; a snapshot that concurrent puts, evictions and
+  // deletes change right after.
+  virtual NamespaceUsage Usage(const std::string& name_space) = 0;
 
   // Waits until every committed object queued for SSD is written and synced.
   virtual Status Flush() = 0;
