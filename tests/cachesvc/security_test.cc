@@ -277,10 +277,12 @@ class TenantTest : public TlsTest {
     return kv.ok() ? std::move(*kv) : nullptr;
   }
 
-  // A raw stub, for metadata and ids KvClient does not expose.
+  // A raw stub on a connection of its own, for metadata and ids KvClient does not expose.
   std::unique_ptr<v1::KvStash::Stub> RawStub() {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     return v1::KvStash::NewStub(
-        grpc::CreateChannel(svc_->target(), grpc::InsecureChannelCredentials()));
+        grpc::CreateCustomChannel(svc_->target(), grpc::InsecureChannelCredentials(), args));
   }
   static void Authorize(grpc::ClientContext* ctx, const std::string& header) {
     ctx->set_deadline(std::chrono::system_clock::now() + 10s);
@@ -310,11 +312,13 @@ TEST_F(TenantTest, CallsWithoutOrWithBadCredentialsAreRefused) {
     EXPECT_EQ(resp.results_size(), 0);
   }
   {
-    // A header far beyond what gRPC takes is refused before it reaches the service.
+    // A header far beyond what gRPC takes is refused before it reaches the service. gRPC may
+    // close the connection over it, so it gets a channel of its own.
+    auto own = RawStub();
     grpc::ClientContext ctx;
     Authorize(&ctx, std::string("Bearer ") + std::string(64 << 10, 'y'));
     v1::LookupResponse resp;
-    grpc::Status s = stub->Lookup(&ctx, req, &resp);
+    grpc::Status s = own->Lookup(&ctx, req, &resp);
     EXPECT_NE(s.error_code(), grpc::StatusCode::OK);
     EXPECT_EQ(resp.results_size(), 0);
   }
