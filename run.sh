@@ -11,6 +11,7 @@
 # Environment: KVSTASH_CACHE (models, venv; default ~/.cache/kvstash), KVSTASH_JOBS (build jobs),
 # KVSTASH_SKIP_ASAN=1 (test: skip the sanitizer pass), CTEST_ARGS (extra ctest arguments),
 # KVSTASH_SKIP_VLLM=1 (test, bench: no vLLM venv; the vLLM tests then skip themselves),
+# KVSTASH_SKIP_SGLANG=1 (test: no SGLang venv; the SGLang backend tests then report skipped),
 # KVSTASH_SHARED_DATA (the shared fixtures: tiny models, text corpora; default ../shared/data).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -58,6 +59,15 @@ setup_vllm() {
   "$KVSTASH_CACHE/venv-vllm/bin/python" ./scripts/convert_smollm2_hf.py
 }
 
+# SGLang's storage and host-pool classes in their own venv (tests/python/test_sglang_backend.py).
+setup_sglang() {
+  if [ "${KVSTASH_SKIP_SGLANG:-0}" = 1 ]; then
+    log "SGLang setup skipped (KVSTASH_SKIP_SGLANG=1)"
+    return
+  fi
+  ./scripts/setup_sglang.sh
+}
+
 build() {
   local preset="${1:-release}"
   log "configure + build ($preset, $JOBS jobs)"
@@ -84,6 +94,7 @@ case "$cmd" in
   test)
     setup
     setup_vllm
+    setup_sglang
     build release
     run_ctest release
     if [ "${KVSTASH_SKIP_ASAN:-0}" != 1 ]; then
@@ -115,7 +126,7 @@ case "$cmd" in
     git ls-files '*.cc' | grep -v '^bench/\|^tests/fuzz/' | xargs clang-tidy -p build/release --quiet
     ;;
   help | -h | --help)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     echo "unknown command: $cmd (try ./run.sh help)" >&2

@@ -5,7 +5,7 @@ Connect to a cachesvc, build object names with the same key scheme as the C++ co
 bytearrays, raw ``(address, nbytes)`` ranges) and the service's shared-memory arena::
 
     import kvstash, numpy as np
-    client = kvstash.Client("unix:///run/kvstash/cachesvc.sock")
+    client = kvstash.Client("unix:///tmp/kvstash.sock")
     spec = kvstash.ModelSpec(model_id="m", num_layers=2, total_kv_heads=4, head_dim=64)
     names = kvstash.names_for_tokens("tenant", spec, tokens, chunk_tokens=256)
     layout = kvstash.KvLayout(num_layers=2, total_kv_heads=4, head_dim=64, num_tokens=256)

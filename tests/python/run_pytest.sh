@@ -8,7 +8,7 @@ PY="$1"
 FILE="$2"
 if [ ! -x "$PY" ]; then
   case "$PY" in
-    */sglang-venv/*)
+    */venv-sglang/*)
       if [ "${KVSTASH_SKIP_SGLANG:-0}" = 1 ]; then
         echo "SKIPPED: KVSTASH_SKIP_SGLANG=1, the sglang venv ($PY) was not set up"
         exit 77
