@@ -2,7 +2,8 @@
 # CacheGen on real KV caches (docs/benchmarks-codec.md, "Real KV"): sizes, next-token agreement
 # and KL against exact KV, codec speed and disk loading, for SmolLM2-135M and stories260K; then the
 # plots under docs/img/. About 45 minutes with 60 prompts on the shared 2-core VM (SmolLM2 prefill dominates).
-#   ./scripts/bench_codec_quality.sh [smollm2|stories|plot]...   (default: all three)
+#   ./scripts/bench_codec_quality.sh [smollm2|stories|plot|kvq|kvq-stories|kvq-heldout]...
+#   (default: smollm2 stories plot)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=build/release
@@ -34,6 +35,34 @@ for step in "${steps[@]}"; do
         --tokenizer $MODELS/tok512.bin --label stories260K --text $TEXT/tinystories_sample.txt \
         --prompts 60 --train-prompts 16 --context-tokens 384 --gen-tokens 64 --chunk-sizes 256 \
         ${BINS[@]+"${BINS[@]}"} --out "$OUT" ;;
+    kvq|kvq-stories|kvq-heldout)
+      # KVQ (docs/codec.md §9) on the same prompts as the CacheGen runs above (same texts, 16
+      # training windows so the test windows are the same; KVQ itself trains nothing), and on a
+      # held-out text that no tuning saw (Debian's license texts). Results: codec_kvq_quality.json.
+      KVQ=(--no-cachegen --kvq L2=L2 --kvq L3=L3 --kvq k4v5=k4/4/4,v5/5 --kvq k5v5=k5/5/5,v5/5
+           --kvq L4=L4)
+      KOUT=bench/results/codec_kvq_quality.json
+      LIC=/usr/share/common-licenses
+      case "$step" in
+        kvq)
+          [ -f "$SMOL" ] || ./scripts/fetch_models.sh
+          "$BUILD/bench/codec/codec_quality" --model "$SMOL" --label SmolLM2-135M \
+            --text $TEXT/botchan.txt --text $TEXT/wizard_of_oz.txt --text $TEXT/tinyshakespeare.txt \
+            --text $TEXT/tinystories_sample.txt --prompts "$PROMPTS" --train-prompts 16 \
+            --context-tokens 1024 --gen-tokens 64 --chunk-sizes 256 "${KVQ[@]}" --speed \
+            --speed-prompts 4 --reps 3 --out "$KOUT" ;;
+        kvq-stories)
+          "$BUILD/bench/codec/codec_quality" --model $MODELS/stories260K.bin \
+            --tokenizer $MODELS/tok512.bin --label stories260K --text $TEXT/tinystories_sample.txt \
+            --prompts 60 --train-prompts 16 --context-tokens 384 --gen-tokens 64 --chunk-sizes 256 \
+            "${KVQ[@]}" --out "$KOUT" ;;
+        kvq-heldout)
+          [ -f "$SMOL" ] || ./scripts/fetch_models.sh
+          "$BUILD/bench/codec/codec_quality" --model "$SMOL" --label SmolLM2-135M-heldout-licenses \
+            --text $LIC/GPL-3 --text $LIC/GPL-2 --text $LIC/GFDL-1.3 --text $LIC/Apache-2.0 \
+            --prompts 12 --train-prompts 1 --context-tokens 1024 --gen-tokens 64 --chunk-sizes 256 \
+            --bins cgl2=32/16/16,32/16 --bins cgl3=32/32/32,32/32 "${KVQ[@]}" --out "$KOUT" ;;
+      esac ;;
     plot)
       "${PYTHON:-/usr/bin/python3}" scripts/plot_codec_quality.py "$OUT" docs/img ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
