@@ -87,10 +87,7 @@ Status BenchPath(client::KvClient& kv, bool shm, const std::string& name_space,
 }  // namespace
 
 int RunStoreBench(const std::string& target, const std::string& name_space, uint64_t size,
-                  int count, const std::string& path, bool no_shm, int timeout_ms) {
-  client::ClientOptions options;
-  options.rpc_timeout = std::chrono::milliseconds(timeout_ms);
-  options.use_shared_memory = !no_shm;
+                  int count, const std::string& path, const client::ClientOptions& options) {
   auto kv = client::KvClient::Connect(target, options);
   if (!kv.ok()) {
     std::fprintf(stderr, "kvstash bench: %s\n", kv.status().ToString().c_str());

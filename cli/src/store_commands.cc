@@ -63,7 +63,8 @@ int Fail(const char* cmd, const Status& s) {
   return 1;
 }
 
-Result<std::unique_ptr<KvClient>> ConnectWith(const CommonOptions& o) {
+// The client options of the common flags (deadlines, shared memory, TLS, token).
+Result<client::ClientOptions> OptionsFor(const CommonOptions& o) {
   client::ClientOptions options;
   options.rpc_timeout = std::chrono::milliseconds(o.timeout_ms);
   options.stream_timeout = std::chrono::milliseconds(std::max(o.timeout_ms, 60'000));
@@ -83,6 +84,11 @@ Result<std::unique_ptr<KvClient>> ConnectWith(const CommonOptions& o) {
       options.bearer_token.pop_back();
     }
   }
+  return options;
+}
+
+Result<std::unique_ptr<KvClient>> ConnectWith(const CommonOptions& o) {
+  KVSTASH_ASSIGN_OR_RETURN(client::ClientOptions options, OptionsFor(o));
   return KvClient::Connect(o.target, options);
 }
 
@@ -407,7 +413,7 @@ int RunSynth(const SynthArgs& a) {
 }  // namespace
 
 int RunStoreBench(const std::string& target, const std::string& name_space, uint64_t size,
-                  int count, const std::string& path, bool no_shm, int timeout_ms);
+                  int count, const std::string& path, const client::ClientOptions& options);
 
 void RegisterStoreCommands(CLI::App& app) {
   auto put = std::make_shared<PutArgs>();
@@ -486,8 +492,13 @@ void RegisterStoreCommands(CLI::App& app) {
       ExitCode() = Fail("bench", size.status());
       return;
     }
+    auto options = OptionsFor(bench->common);
+    if (!options.ok()) {
+      ExitCode() = Fail("bench", options.status());
+      return;
+    }
     ExitCode() = RunStoreBench(bench->common.target, bench->common.name_space, *size, bench->count,
-                               bench->path, bench->common.no_shm, bench->common.timeout_ms);
+                               bench->path, *options);
   });
 }
 
