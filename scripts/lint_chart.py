@@ -9,13 +9,17 @@ cachesvc image itself, and the pods running. docs/deploy.md says so.
 """
 import copy
 import json
+import os
+import subprocess
 import sys
 
 import helm_python as helm
 import yaml
 
-# YAML keys cachesvc accepts (cachesvc/src/config.cc on the service branch); the chart must not
-# render anything else into the config, since cachesvc refuses unknown keys.
+# YAML keys cachesvc accepts: every key of its embedded default (`cachesvc
+# --print-default-config`, the binary given with --cachesvc), else the list below. The chart must
+# not render anything else (cachesvc refuses unknown keys), and values.yaml's `config` must cover
+# every key but the ones the chart sets itself (CHART_MANAGED).
 CACHESVC_KEYS = {
     "listen", "arena_socket", "ready_file", "log_level", "metrics.address", "metrics.port",
     "limits.max_message_bytes", "limits.max_keys_per_request", "limits.max_chunk_bytes",
@@ -26,7 +30,11 @@ CACHESVC_KEYS = {
     "storage.ssd_admission_hits", "storage.ssd_io_threads", "storage.cpu_eviction_policy",
     "storage.ssd_eviction_policy",
 }
+CHART_MANAGED = {"listen", "arena_socket", "ready_file", "storage.data_dir", "tls.cert", "tls.key",
+                 "tls.ca", "auth.tokens_file", "peers.secret_file"}
+FROM_BINARY = False
 
+K8S_VERSION = "1.30"
 SOCKET_DIR = "/run/kvstash"
 DATA_DIR = "/var/lib/kvstash"
 
@@ -132,6 +140,47 @@ def check_render(label, chart, values):
     for key, _ in flatten(config):
         check(key in CACHESVC_KEYS, f"{label}: cachesvc does not know config key {key}")
 
+    # Node identity from the downward API; hostPath volumes created on demand.
+    env = {e["name"]: e for e in c.get("env", [])}
+    check(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+          == "spec.nodeName", f"{label}: NODE_NAME must come from spec.nodeName")
+    for v in spec["volumes"]:
+        if "hostPath" in v:
+            check(v["hostPath"].get("type") == "DirectoryOrCreate",
+                  f"{label}: hostPath {v['name']} must be DirectoryOrCreate")
+    # Secrets: mounted read-only where the rendered config points.
+    for name, section, keys, path in (("tls", "tls", ("cert", "key", "ca"), "/etc/kvstash/tls"),
+                                      ("tenants", "auth", ("tokens_file",), "/etc/kvstash/tenants"),
+                                      ("peers", "peers", ("secret_file",), "/etc/kvstash/peers")):
+        enabled = (values[name].get("enabled") if name != "peers"
+                   else bool(values["peers"].get("secretName")))
+        if enabled:
+            check(volumes.get(name, {}).get("secret", {}).get("secretName")
+                  == values[name]["secretName"], f"{label}: {name} Secret volume")
+            check(mounts.get(name) == path, f"{label}: {name} mount")
+            for k in keys:
+                check(str(config.get(section, {}).get(k, "")).startswith(path + "/"),
+                      f"{label}: config {section}.{k} must point into {path}")
+        else:
+            check(name not in volumes, f"{label}: no {name} volume expected")
+    for endpoint in values["peers"].get("etcdEndpoints", []):
+        check(any(a.startswith("--etcd=") and endpoint in a for a in args),
+              f"{label}: etcd endpoint {endpoint} not passed")
+
+    # Disruption budget and network policy select the pods.
+    for kind, key in (("PodDisruptionBudget", "podDisruptionBudget"),
+                      ("NetworkPolicy", "networkPolicy")):
+        objs = by_kind.get(kind, [])
+        if values[key]["enabled"]:
+            check(len(objs) == 1, f"{label}: expected one {kind}")
+            sel = (objs[0]["spec"]["selector"] if kind == "PodDisruptionBudget"
+                   else objs[0]["spec"]["podSelector"])["matchLabels"]
+            check(all(pod_labels.get(k) == v for k, v in sel.items()),
+                  f"{label}: {kind} does not select the pods")
+        else:
+            check(not objs, f"{label}: no {kind} expected")
+    validate_schemas(label, docs)
+
     mode = values["ssd"]["mode"]
     data = volumes.get("data")
     if mode == "none":
@@ -168,6 +217,25 @@ def check_render(label, chart, values):
     return pod["metadata"]["annotations"]["checksum/config"]
 
 
+def validate_schemas(label, docs):
+    """Every manifest against Kubernetes' own OpenAPI schemas (kubernetes-validate, bundled
+    schemas, strict: unknown fields are errors). CRDs (ServiceMonitor) have no bundled schema."""
+    try:
+        import kubernetes_validate
+    except ImportError:
+        failures.append("kubernetes-validate is not installed (scripts/lint_chart.sh installs it)")
+        return
+    for path, doc in docs:
+        if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            failures.append(f"{label}: {path}: schema: {error.message} at {list(error.path)}")
+        except Exception as error:  # a version or kind without a schema
+            failures.append(f"{label}: {path}: cannot validate: {error}")
+
+
 def expect_failure(label, chart, values):
     try:
         chart.validate_schema(values)
@@ -178,8 +246,24 @@ def expect_failure(label, chart, values):
     failures.append(f"{label}: should have been rejected")
 
 
+def load_cachesvc_keys(binary):
+    text = subprocess.run([binary, "--print-default-config"], check=True, capture_output=True,
+                          text=True).stdout
+    return {k for k, _ in flatten(yaml.safe_load(text))}
+
+
 def main():
+    global CACHESVC_KEYS
     chart_dir = sys.argv[1]
+    if len(sys.argv) > 3 and sys.argv[2] == "--cachesvc":
+        CACHESVC_KEYS = load_cachesvc_keys(sys.argv[3])
+        print(f"cachesvc keys: {len(CACHESVC_KEYS)} from {sys.argv[3]} --print-default-config")
+        with open(os.path.join(chart_dir, "values.yaml")) as f:
+            value_keys = {k for k, _ in flatten(yaml.safe_load(f)["config"])}
+        missing = CACHESVC_KEYS - CHART_MANAGED - value_keys
+        unknown = value_keys - CACHESVC_KEYS
+        check(not missing, f"values.yaml config lacks cachesvc keys: {sorted(missing)}")
+        check(not unknown, f"values.yaml config has keys cachesvc does not know: {sorted(unknown)}")
     report = helm.lint(chart_dir, strict=True)
     for message in report.get("messages", []):
         print(f"lint: severity {message['severity']}: {message['path']}: {message['error']}")
@@ -203,7 +287,16 @@ def main():
                    "nodeSelector": {"nvidia.com/gpu.present": "true"},
                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
                    "initContainer": {"enabled": False}},
+        "security": {"tls": {"enabled": True, "secretName": "node-tls"},
+                     "tenants": {"enabled": True, "secretName": "tenants"},
+                     "peers": {"secretName": "cluster-secret",
+                               "etcdEndpoints": ["http://etcd-0.etcd:2379",
+                                                 "http://etcd-1.etcd:2379"]},
+                     "networkPolicy": {"enabled": True},
+                     "podDisruptionBudget": {"enabled": False}},
     }
+    with open(os.path.join(chart_dir, "examples", "pd-values.yaml")) as f:
+        variants["pd example"] = yaml.safe_load(f)
     checksums = {}
     for label, override in variants.items():
         values = merge(defaults, override)
@@ -218,6 +311,11 @@ def main():
     expect_failure("metrics port 0", chart, merge(defaults, {"config": {"metrics": {"port": 0}}}))
     expect_failure("unknown ssd mode", chart, merge(defaults, {"ssd": {"mode": "nfs"}}))
     expect_failure("listen set by hand", chart, merge(defaults, {"config": {"listen": "x:1"}}))
+    expect_failure("tls without a Secret", chart, merge(defaults, {"tls": {"enabled": True}}))
+    expect_failure("tenants without a Secret", chart,
+                   merge(defaults, {"tenants": {"enabled": True}}))
+    expect_failure("tls files set by hand", chart,
+                   merge(defaults, {"config": {"tls": {"cert": "/x.pem"}}}))
     expect_failure("monitor without service", chart,
                    merge(defaults, {"metrics": {"service": {"enabled": False},
                                                 "serviceMonitor": {"enabled": True}}}))
@@ -226,7 +324,7 @@ def main():
         print("\n".join(f"FAIL {f}" for f in failures))
         print(f"0 passed, {len(failures)} failed")
         return 1
-    print(f"chart checks: {len(variants)} renders and 4 rejections as expected")
+    print(f"chart checks: {len(variants)} renders and 7 rejections as expected")
     return 0
 
 

@@ -65,5 +65,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $storage "ssd_capacity" "0" }}
 {{- end }}
 {{- $_ := set $config "storage" $storage }}
+{{- $tls := default dict (get $config "tls") }}
+{{- if .Values.tls.enabled }}
+{{- $_ := set $tls "cert" "/etc/kvstash/tls/tls.crt" }}
+{{- $_ := set $tls "key" "/etc/kvstash/tls/tls.key" }}
+{{- $_ := set $tls "ca" "/etc/kvstash/tls/ca.crt" }}
+{{- end }}
+{{- $_ := set $config "tls" $tls }}
+{{- if .Values.tenants.enabled }}
+{{- $_ := set $config "auth" (dict "tokens_file" (printf "/etc/kvstash/tenants/%s" .Values.tenants.key)) }}
+{{- end }}
+{{- if .Values.peers.secretName }}
+{{- $peers := default dict (get $config "peers") }}
+{{- $_ := set $peers "secret_file" "/etc/kvstash/peers/secret" }}
+{{- $_ := set $config "peers" $peers }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
