@@ -317,6 +317,8 @@ Result<Parsed> Parse(std::span<const uint8_t> bytes) {
     return Bad("shape out of range");
   }
   if (i.RawBytes() > kMaxDecodedBytes) return Bad("decoded size too large");
+  // Per-row counts (parameters, symbols) are 32-bit.
+  if (uint64_t{i.num_tokens} * i.channels() > UINT32_MAX) return Bad("row too large");
   const bool channelwise =
       i.key_scale == KvqScale::kPerChannel || i.value_scale == KvqScale::kPerChannel;
   if (channelwise ? !in(i.group_tokens, 1, 65535) : i.group_tokens != 0) {
@@ -448,6 +450,9 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
   if (i.num_heads > kMaxDim || i.head_dim > kMaxDim || i.num_layers > kMaxDim ||
       i.num_tokens > kMaxTokens || i.num_tokens == 0) {
     return absl::InvalidArgumentError("KVQ encode: shape out of range");
+  }
+  if (uint64_t{i.num_tokens} * C > UINT32_MAX) {
+    return absl::InvalidArgumentError("KVQ encode: more than 2^32 - 1 elements in a row");
   }
   if (o.subchunk_tokens < 1 || o.subchunk_tokens > 65535 ||
       (channelwise && (o.group_tokens < 1 || o.group_tokens > 65535))) {
