@@ -34,7 +34,8 @@ done
 echo /usr/local/lib/kvstash >"$ROOT/etc/ld.so.conf.d/kvstash.conf"
 chroot "$ROOT" ldconfig
 chroot "$ROOT" /usr/local/bin/cachesvc --version  # every library resolves inside the root
-chown 65532:65532 "$ROOT/run/kvstash" "$ROOT/var/lib/kvstash"
+# /run/kvstash and /var/lib/kvstash are mount points: the chart's init container gives the
+# mounted directories to uid 65532.
 CTR=$(buildah from scratch)
 buildah copy --quiet "$CTR" "$ROOT/" /
 buildah config --entrypoint '["cachesvc"]' --user 65532:65532 \
