@@ -554,5 +554,44 @@ TEST_F(TenantTest, ClientCertificateNamesTheTenant) {
               StatusIs(absl::StatusCode::kPermissionDenied));
 }
 
+// Two multi-tenant nodes over mutual TLS: a tenant's object put on A is fetched by B for the
+// same tenant (the nodes know each other by the cluster secret), and another tenant naming it on
+// B is refused before any peer is asked.
+TEST_F(TenantTest, PeersFetchForTheSameTenantOnly) {
+  WriteTokens();
+  TempDir dir_b;
+  const std::string secret = dir_.path() + "/secret";
+  std::ofstream(secret) << "kvstash-test-cluster-secret-0123456789\n";
+  ServiceOptions a_opts;
+  a_opts.tcp = true;
+  a_opts.extra_args = NodeTlsArgs(dir_.path());
+  a_opts.extra_args.insert(a_opts.extra_args.end(),
+                           {"--peer-secret-file", secret, "--tokens-file", tokens_});
+  ASSERT_OK_AND_ASSIGN(svc_, ServiceProcess::Start(dir_.path(), a_opts));
+  ServiceOptions b_opts;
+  b_opts.tcp = true;
+  b_opts.extra_args = NodeTlsArgs(dir_b.path());
+  b_opts.extra_args.insert(b_opts.extra_args.end(),
+                           {"--peer-secret-file", secret, "--tokens-file", tokens_, "--peer",
+                            svc_->target(), "--peer-timeout-ms", "20000"});
+  ASSERT_OK_AND_ASSIGN(auto b, ServiceProcess::Start(dir_b.path(), b_opts));
+
+  auto connect = [&](const std::string& target, const char* token) {
+    ClientOptions o = ClientTls("client-node");  // a valid certificate that names no tenant
+    o.bearer_token = token;
+    return KvClient::Connect(target, o);
+  };
+  ASSERT_OK_AND_ASSIGN(auto alpha_a, connect(svc_->target(), kAlphaToken));
+  std::vector<uint8_t> payload = TestPayload(21, 8192);
+  ASSERT_THAT(alpha_a->Put(TestName(21, ""), WithCrc(TestInfo(32), payload), payload), IsOk());
+  ASSERT_OK_AND_ASSIGN(auto alpha_b, connect(b->target(), kAlphaToken));
+  ASSERT_OK_AND_ASSIGN(GetReply got, alpha_b->Get(TestName(21, "")));
+  EXPECT_EQ(got.payload, payload);
+  ASSERT_OK_AND_ASSIGN(auto beta_b, connect(b->target(), kBetaToken));
+  EXPECT_THAT(beta_b->Get(TestName(21, "alpha")).status(),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(beta_b->Get(TestName(21, "")).status(), StatusIs(absl::StatusCode::kNotFound));
+}
+
 }  // namespace
 }  // namespace kvstash::testing
