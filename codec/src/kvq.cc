@@ -1,4 +1,5 @@
-// KVQ codec (kvq.h, docs/codec.md §9): quantiser, container writer/parser, rANS streams.
+// KVQ codec (kvq.h, docs/codec.md §9): quantiser, encoder, CPU and GPU decoders. The container
+// format and its parser are kvq_format.{h,cc}.
 #include "kvstash/codec/kvq.h"
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "chunk.h"
 #include "cpu_features.h"
+#include "kvq_format.h"
 #include "kvstash/codec/levels.h"
 #include "kvstash/common/coding.h"
 #include "kvstash/common/crc32c.h"
@@ -31,89 +33,11 @@
 namespace kvstash::codec {
 namespace {
 
+using namespace kvq_internal;
 using internal::ParallelFor;
 namespace rans = internal::rans;
 
-constexpr uint8_t kMagic[4] = {'K', 'V', 'Q', 'R'};
-constexpr size_t kBodyCrcOffset = 56;
-constexpr size_t kHeaderCrcOffset = 60;
-constexpr uint32_t kMaxDim = 1024;
-constexpr uint32_t kMaxTokens = 1u << 20;
-constexpr uint64_t kMaxDecodedBytes = uint64_t{16} << 30;
-
 std::atomic<bool> g_simd{true};
-
-Status Bad(const std::string& what) {
-  return absl::InvalidArgumentError(absl::StrCat("malformed KVQ container: ", what));
-}
-
-// Everything derived from the header: shapes, per-row parameters and section offsets.
-struct Geometry {
-  KvqInfo info;
-  std::vector<uint8_t> bits;          // per row
-  std::vector<uint64_t> param_off;    // per row: first parameter (element index)
-  std::vector<uint32_t> param_count;  // per row: number of (min) entries; steps follow
-  std::vector<uint64_t> freq_off;     // per row: first u16 of its tables
-  std::vector<uint32_t> contexts;     // per row
-
-  uint32_t rows() const { return info.rows(); }
-  uint32_t C() const { return info.channels(); }
-  uint32_t T() const { return info.num_tokens; }
-  uint32_t subs() const { return (T() + info.subchunk_tokens - 1) / info.subchunk_tokens; }
-  uint32_t groups() const { return (T() + info.group_tokens - 1) / info.group_tokens; }
-  bool is_key(uint32_t r) const { return r < info.num_layers; }
-  KvqScale scale(uint32_t r) const { return is_key(r) ? info.key_scale : info.value_scale; }
-  uint32_t outliers(uint32_t r) const { return is_key(r) ? info.key_outliers : 0; }
-  size_t psize() const { return DTypeSize(info.param_dtype); }
-  size_t RowOffset(uint32_t r) const {
-    const uint32_t layer = r < info.num_layers ? r : r - info.num_layers;
-    return (size_t{layer} * 2 + (r < info.num_layers ? 0 : 1)) * T() * C();
-  }
-  uint32_t SubTokens(uint32_t s) const {
-    return std::min(info.subchunk_tokens, T() - s * info.subchunk_tokens);
-  }
-
-  // Fills everything but info's section sizes for bits/freqs from `bits`.
-  void Derive() {
-    const uint32_t n = rows();
-    param_off.resize(n);
-    param_count.resize(n);
-    freq_off.resize(n);
-    contexts.resize(n);
-    uint64_t p = 0, f = 0;
-    for (uint32_t r = 0; r < n; ++r) {
-      param_off[r] = p;
-      param_count[r] = scale(r) == KvqScale::kPerToken ? T() : groups() * C();
-      p += 2 * uint64_t{param_count[r]};
-      contexts[r] = C() / info.context_channels + (outliers(r) > 0 ? 1 : 0);
-      freq_off[r] = f;
-      f += uint64_t{contexts[r]} << bits[r];
-    }
-    info.header = kKvqHeaderBytes;
-    info.bits = n;
-    info.outliers =
-        uint64_t{info.num_layers} * info.key_outliers * (2 + uint64_t{T()} * DTypeSize(info.dtype));
-    info.params = p * psize();
-    info.freqs = f * 2;
-    info.lengths = uint64_t{subs()} * n * 4;
-  }
-  uint64_t BitsOffset() const { return info.header; }
-  uint64_t OutlierIndexOffset() const { return BitsOffset() + info.bits; }
-  uint64_t OutlierValueOffset() const {
-    return OutlierIndexOffset() + uint64_t{info.num_layers} * info.key_outliers * 2;
-  }
-  uint64_t ParamsOffset() const { return OutlierIndexOffset() + info.outliers; }
-  uint64_t FreqsOffset() const { return ParamsOffset() + info.params; }
-  uint64_t LengthsOffset() const { return FreqsOffset() + info.freqs; }
-  uint64_t PayloadOffset() const { return LengthsOffset() + info.lengths; }
-  // Context of each channel of row r: channel group, or the last context for outliers.
-  std::vector<uint8_t> ContextMap(uint32_t r, const std::vector<uint16_t>& out_idx) const {
-    std::vector<uint8_t> ctx(C());
-    for (uint32_t c = 0; c < C(); ++c) ctx[c] = static_cast<uint8_t>(c / info.context_channels);
-    for (uint16_t c : out_idx) ctx[c] = static_cast<uint8_t>(contexts[r] - 1);
-    return ctx;
-  }
-};
 
 void LoadF32(const uint8_t* src, DType dtype, size_t n, float* dst) {
   if (dtype == DType::kF32) {
@@ -226,199 +150,9 @@ void DequantRows(const Geometry& g, uint32_t r, uint32_t t0, uint32_t n, const u
   }
 }
 
-void WriteHeader(const Geometry& g, uint8_t* h) {
-  const KvqInfo& i = g.info;
-  std::memcpy(h, kMagic, 4);
-  EncodeFixed16(h + 4, kKvqVersion);
-  EncodeFixed16(h + 6, static_cast<uint16_t>(kKvqHeaderBytes));
-  h[8] = static_cast<uint8_t>(i.dtype);
-  h[9] = static_cast<uint8_t>(i.param_dtype);
-  h[10] = i.level;
-  h[11] = static_cast<uint8_t>(i.key_scale);
-  h[12] = static_cast<uint8_t>(i.value_scale);
-  h[13] = rans::kProbBits;
-  h[14] = rans::kLanes;
-  h[15] = 0;
-  EncodeFixed32(h + 16, i.num_layers);
-  EncodeFixed32(h + 20, i.num_heads);
-  EncodeFixed32(h + 24, i.head_dim);
-  EncodeFixed32(h + 28, i.num_tokens);
-  EncodeFixed32(h + 32, i.subchunk_tokens);
-  EncodeFixed32(h + 36, i.group_tokens);
-  EncodeFixed32(h + 40, i.key_outliers);
-  EncodeFixed32(h + 44, i.context_channels);
-  EncodeFixed64(h + 48, i.payload);
-}
-
-// Parsed, validated container: geometry plus section pointers.
-struct Parsed {
-  Geometry g;
-  const uint8_t* base = nullptr;
-  uint32_t StreamLength(uint32_t sub, uint32_t r) const {
-    return DecodeFixed32(base + g.LengthsOffset() + (size_t{sub} * g.rows() + r) * 4);
-  }
-  float Param(uint64_t index) const {
-    const uint8_t* p = base + g.ParamsOffset() + index * g.psize();
-    if (g.info.param_dtype == DType::kF16) return F16ToF32(DecodeFixed16(p));
-    return FloatFromBits(DecodeFixed32(p));
-  }
-  std::vector<uint16_t> OutlierIndex(uint32_t r) const {
-    std::vector<uint16_t> idx(g.outliers(r));
-    const uint8_t* p = base + g.OutlierIndexOffset() + size_t{r} * g.info.key_outliers * 2;
-    for (size_t j = 0; j < idx.size(); ++j) idx[j] = DecodeFixed16(p + 2 * j);
-    return idx;
-  }
-  const uint8_t* OutlierValues(uint32_t r) const {
-    return base + g.OutlierValueOffset() +
-           size_t{r} * g.T() * g.info.key_outliers * DTypeSize(g.info.dtype);
-  }
-  const uint8_t* Freqs(uint32_t r) const { return base + g.FreqsOffset() + g.freq_off[r] * 2; }
-};
-
-Result<Parsed> Parse(std::span<const uint8_t> bytes) {
-  if (bytes.size() < kKvqHeaderBytes) return Bad("shorter than the header");
-  const uint8_t* h = bytes.data();
-  if (std::memcmp(h, kMagic, 4) != 0) return Bad("bad magic");
-  if (DecodeFixed16(h + 4) != kKvqVersion) return Bad("unsupported version");
-  if (DecodeFixed16(h + 6) != kKvqHeaderBytes) return Bad("bad header size");
-  if (Crc32c(h, kHeaderCrcOffset) != DecodeFixed32(h + kHeaderCrcOffset)) {
-    return absl::DataLossError("KVQ container header checksum mismatch");
-  }
-  Parsed p;
-  p.base = h;
-  KvqInfo& i = p.g.info;
-  if (h[8] < 1 || h[8] > 3) return Bad("bad dtype");
-  i.dtype = static_cast<DType>(h[8]);
-  if (h[9] != static_cast<uint8_t>(DType::kF16) && h[9] != static_cast<uint8_t>(DType::kF32)) {
-    return Bad("bad parameter dtype");
-  }
-  i.param_dtype = static_cast<DType>(h[9]);
-  i.level = h[10];
-  if (i.level > kKvqMaxLevel) return Bad("bad level");
-  if (h[11] > 1 || h[12] > 1) return Bad("bad scaling");
-  i.key_scale = static_cast<KvqScale>(h[11]);
-  i.value_scale = static_cast<KvqScale>(h[12]);
-  if (h[13] != rans::kProbBits || h[14] != rans::kLanes || h[15] != 0) {
-    return Bad("unsupported coder parameters");
-  }
-  i.num_layers = DecodeFixed32(h + 16);
-  i.num_heads = DecodeFixed32(h + 20);
-  i.head_dim = DecodeFixed32(h + 24);
-  i.num_tokens = DecodeFixed32(h + 28);
-  i.subchunk_tokens = DecodeFixed32(h + 32);
-  i.group_tokens = DecodeFixed32(h + 36);
-  i.key_outliers = DecodeFixed32(h + 40);
-  i.context_channels = DecodeFixed32(h + 44);
-  i.payload = DecodeFixed64(h + 48);
-  auto in = [](uint32_t v, uint32_t lo, uint32_t hi) { return v >= lo && v <= hi; };
-  if (!in(i.num_layers, 1, kMaxDim) || !in(i.num_heads, 1, kMaxDim) ||
-      !in(i.head_dim, 1, kMaxDim) || !in(i.num_tokens, 1, kMaxTokens) ||
-      !in(i.subchunk_tokens, 1, 65535)) {
-    return Bad("shape out of range");
-  }
-  if (i.RawBytes() > kMaxDecodedBytes) return Bad("decoded size too large");
-  // Per-row counts (parameters, symbols) are 32-bit.
-  if (uint64_t{i.num_tokens} * i.channels() > UINT32_MAX) return Bad("row too large");
-  const bool channelwise =
-      i.key_scale == KvqScale::kPerChannel || i.value_scale == KvqScale::kPerChannel;
-  if (channelwise ? !in(i.group_tokens, 1, 65535) : i.group_tokens != 0) {
-    return Bad("bad group tokens");
-  }
-  const uint32_t C = i.channels();
-  if (i.key_outliers >= C || (i.key_outliers > 0 && C > 65536)) return Bad("bad outlier count");
-  if (i.context_channels == 0 || C % i.context_channels != 0 ||
-      C / i.context_channels + (i.key_outliers > 0 ? 1 : 0) > 255) {
-    return Bad("bad context channels");
-  }
-  const uint64_t rows = i.rows();
-  if (bytes.size() < kKvqHeaderBytes + rows) return Bad("truncated bits");
-  p.g.bits.assign(h + kKvqHeaderBytes, h + kKvqHeaderBytes + rows);
-  for (uint8_t b : p.g.bits) {
-    if (b < 1 || b > 8) return Bad("bits out of range");
-  }
-  p.g.Derive();
-  if (i.total() != bytes.size()) return Bad("section sizes do not add up to the input size");
-  if (Crc32c(h + kKvqHeaderBytes, bytes.size() - kKvqHeaderBytes) !=
-      DecodeFixed32(h + kBodyCrcOffset)) {
-    return absl::DataLossError("KVQ container body checksum mismatch");
-  }
-  for (uint32_t r = 0; r < i.num_layers; ++r) {
-    const std::vector<uint16_t> idx = p.OutlierIndex(r);
-    for (size_t j = 0; j < idx.size(); ++j) {
-      if (idx[j] >= C || (j > 0 && idx[j] <= idx[j - 1])) return Bad("bad outlier channels");
-    }
-  }
-  for (uint32_t r = 0; r < rows; ++r) {
-    for (uint32_t k = 0; k < 2 * p.g.param_count[r]; ++k) {
-      const float v = p.Param(p.g.param_off[r] + k);
-      if (!std::isfinite(v) || (k >= p.g.param_count[r] && v < 0)) return Bad("bad parameter");
-    }
-    const int alphabet = 1 << p.g.bits[r];
-    std::vector<uint16_t> f(alphabet);
-    for (uint32_t c = 0; c < p.g.contexts[r]; ++c) {
-      const uint8_t* src = p.Freqs(r) + size_t{c} * alphabet * 2;
-      for (int s = 0; s < alphabet; ++s) f[s] = DecodeFixed16(src + 2 * s);
-      if (!rans::ValidFreqs(f.data(), alphabet)) return Bad("bad frequency table");
-    }
-  }
-  uint64_t sum = 0;
-  for (uint32_t s = 0; s < p.g.subs(); ++s) {
-    const uint64_t symbols = uint64_t{p.g.SubTokens(s)} * C;
-    for (uint32_t r = 0; r < rows; ++r) {
-      const uint32_t len = p.StreamLength(s, r);
-      if (len < rans::kStateBytes || len > rans::MaxStreamBytes(symbols)) {
-        return Bad("bad stream length");
-      }
-      sum += len;
-    }
-  }
-  if (sum != i.payload) return Bad("stream lengths do not add up to the payload");
-  return p;
-}
-
 }  // namespace
 
-std::string KvqScaleName(KvqScale scale) {
-  return scale == KvqScale::kPerToken ? "per-token" : "per-channel";
-}
-
 void SetKvqSimdForTesting(bool enabled) { g_simd.store(enabled); }
-
-bool IsKvqContainer(std::span<const uint8_t> bytes) {
-  return bytes.size() >= 4 && std::memcmp(bytes.data(), kMagic, 4) == 0;
-}
-
-void RefreshKvqChecksums(std::span<uint8_t> bytes) {
-  if (bytes.size() < kKvqHeaderBytes) return;
-  EncodeFixed32(bytes.data() + kBodyCrcOffset,
-                Crc32c(bytes.data() + kKvqHeaderBytes, bytes.size() - kKvqHeaderBytes));
-  EncodeFixed32(bytes.data() + kHeaderCrcOffset, Crc32c(bytes.data(), kHeaderCrcOffset));
-}
-
-Result<std::vector<uint8_t>> KvqRowBitsForLevel(int level, uint32_t model_layers,
-                                                uint32_t layer_begin, uint32_t num_layers) {
-  static constexpr uint8_t kKey[4][3] = {{3, 3, 2}, {4, 3, 3}, {4, 4, 4}, {6, 5, 5}};
-  static constexpr uint8_t kValue[4][2] = {{3, 2}, {3, 3}, {4, 4}, {5, 5}};
-  if (level < kKvqMinLevel || level > kKvqMaxLevel) {
-    return absl::InvalidArgumentError(absl::StrCat("KVQ level must be 1..4, got ", level));
-  }
-  if (model_layers == 0 || num_layers == 0 || layer_begin + num_layers > model_layers) {
-    return absl::InvalidArgumentError("KVQ layers outside the model");
-  }
-  const LayerGroups g = LayerGroupsFor(model_layers);
-  std::vector<uint8_t> bits(2 * num_layers);
-  for (uint32_t i = 0; i < num_layers; ++i) {
-    const uint32_t l = layer_begin + i;
-    bits[i] = kKey[level - 1][l < g.k_group1_end ? 0 : l < g.k_group2_end ? 1 : 2];
-    bits[num_layers + i] = kValue[level - 1][l < g.v_group1_end ? 0 : 1];
-  }
-  return bits;
-}
-
-Result<KvqInfo> ParseKvq(std::span<const uint8_t> bytes) {
-  KVSTASH_ASSIGN_OR_RETURN(Parsed p, Parse(bytes));
-  return p.g.info;
-}
 
 namespace {
 
