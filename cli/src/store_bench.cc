@@ -14,6 +14,7 @@
 #include "file_object.h"
 #include "kvstash/client/kv_client.h"
 #include "kvstash/common/byte_size.h"
+#include "progress.h"
 
 namespace kvstash::cli {
 namespace {
@@ -60,20 +61,27 @@ Status BenchPath(client::KvClient& kv, bool shm, const std::string& name_space,
   KVSTASH_RETURN_IF_ERROR(kv.Put(names[0], info, payload, put_options));
   KVSTASH_RETURN_IF_ERROR(get_one(names[0]));
 
+  const uint64_t total_bytes = uint64_t{payload.size()} * static_cast<uint64_t>(count);
+  Progress put_bar(shm ? "put shm" : "put stream", total_bytes);
   auto start = Clock::now();
   for (int i = 1; i <= count; ++i) {
     auto t0 = Clock::now();
     KVSTASH_RETURN_IF_ERROR(kv.Put(names[i], info, payload, put_options));
     out->put_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    put_bar.Add(payload.size());
   }
   double put_s = std::chrono::duration<double>(Clock::now() - start).count();
+  put_bar.Finish();
+  Progress get_bar(shm ? "get shm" : "get stream", total_bytes);
   start = Clock::now();
   for (int i = 1; i <= count; ++i) {
     auto t0 = Clock::now();
     KVSTASH_RETURN_IF_ERROR(get_one(names[i]));
     out->get_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    get_bar.Add(payload.size());
   }
   double get_s = std::chrono::duration<double>(Clock::now() - start).count();
+  get_bar.Finish();
   if (sink.size() != payload.size() || std::memcmp(sink.data(), payload.data(), sink.size()) != 0) {
     return absl::DataLossError("read back different bytes than were written");
   }

@@ -25,6 +25,7 @@
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/half.h"
 #include "kvstash/common/object_header.h"
+#include "progress.h"
 
 namespace kvstash::cli {
 namespace {
@@ -110,9 +111,24 @@ Result<std::vector<uint8_t>> ReadInput(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
   std::error_code ec;
-  auto size = std::filesystem::file_size(path, ec);
-  if (!ec) bytes.reserve(size);
-  bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec) {  // not a regular file (a FIFO, a device): as a stream
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } else {
+    // In blocks, so that a large file shows its progress on a terminal.
+    bytes.resize(size);
+    Progress bar(absl::StrCat("read ", path), size);
+    constexpr size_t kBlock = size_t{8} << 20;
+    size_t done = 0;
+    while (done < size && in.read(reinterpret_cast<char*>(bytes.data() + done),
+                                  static_cast<std::streamsize>(std::min(kBlock, size - done)))) {
+      done += static_cast<size_t>(in.gcount());
+      bar.Update(done);
+    }
+    done += in.eof() ? static_cast<size_t>(in.gcount()) : 0;
+    bytes.resize(done);  // the file may have shrunk since file_size()
+    bar.Finish();
+  }
   if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
   return bytes;
 }
@@ -129,8 +145,17 @@ Status WriteOutput(const std::string& path, std::span<const uint8_t> bytes) {
   std::string tmp = absl::StrCat(path, ".kvstash-tmp-", ::getpid());
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(bytes.data()),
-              static_cast<std::streamsize>(bytes.size()));
+    // In blocks, so that a large file shows its progress on a terminal.
+    Progress bar(absl::StrCat("write ", path), bytes.size());
+    constexpr size_t kBlock = size_t{8} << 20;
+    for (size_t done = 0; done < bytes.size() && out.good();) {
+      const size_t n = std::min(kBlock, bytes.size() - done);
+      out.write(reinterpret_cast<const char*>(bytes.data() + done),
+                static_cast<std::streamsize>(n));
+      done += n;
+      bar.Update(done);
+    }
+    bar.Finish();
     if (!out.good()) {
       std::filesystem::remove(tmp);
       return absl::DataLossError(absl::StrCat("error writing ", tmp));
@@ -416,6 +441,16 @@ int RunStoreBench(const std::string& target, const std::string& name_space, uint
                   int count, const std::string& path, const client::ClientOptions& options);
 
 void RegisterStoreCommands(CLI::App& app) {
+  // The store options go before or after the subcommand, as with kubectl: `kvstash --target X
+  // put KEY FILE` and `kvstash put KEY FILE --target X` are the same. Both spellings write this
+  // one CommonOptions (the app's group and every store subcommand bind the same variables); the
+  // subcommand that runs copies it into its arguments.
+  auto common = std::make_shared<CommonOptions>();
+  CLI::Option_group* global = app.add_option_group(
+      "Store options", "for put, get, stat, ls, rm and bench; before or after the subcommand");
+  AddCommon(global, *common);
+  std::vector<CLI::App*> store_cmds;
+
   auto put = std::make_shared<PutArgs>();
   CLI::App* cmd =
       app.add_subcommand("put", "store FILE under KEY (docs/cli.md: key and file rules)");
@@ -424,8 +459,12 @@ void RegisterStoreCommands(CLI::App& app) {
   cmd->add_flag("--wrap", put->wrap, "wrap the file even if it already is an object");
   cmd->add_flag("--durable", put->durable, "return only once the object is synced to SSD");
   cmd->add_flag("--overwrite", put->overwrite, "replace an existing object with this key");
-  AddCommon(cmd, put->common);
-  cmd->callback([put] { ExitCode() = RunPut(*put); });
+  AddCommon(cmd, *common);
+  store_cmds.push_back(cmd);
+  cmd->callback([put, common] {
+    put->common = *common;
+    ExitCode() = RunPut(*put);
+  });
 
   auto get = std::make_shared<GetArgs>();
   cmd = app.add_subcommand("get", "write the object under KEY to FILE");
@@ -436,27 +475,43 @@ void RegisterStoreCommands(CLI::App& app) {
                   "stream it and accept a CacheGen-encoded (lossy) transfer at this level; "
                   "0: the service's level")
       ->check(CLI::Range(0, 3));
-  AddCommon(cmd, get->common);
-  cmd->callback([get] { ExitCode() = RunGet(*get); });
+  AddCommon(cmd, *common);
+  store_cmds.push_back(cmd);
+  cmd->callback([get, common] {
+    get->common = *common;
+    ExitCode() = RunGet(*get);
+  });
 
   auto stat = std::make_shared<StatArgs>();
   cmd = app.add_subcommand("stat", "service statistics, or presence of KEYs");
   cmd->add_option("KEY", stat->keys, "keys to look up (in prefix order)");
-  AddCommon(cmd, stat->common);
-  cmd->callback([stat] { ExitCode() = RunStat(*stat); });
+  AddCommon(cmd, *common);
+  store_cmds.push_back(cmd);
+  cmd->callback([stat, common] {
+    stat->common = *common;
+    ExitCode() = RunStat(*stat);
+  });
 
   auto ls = std::make_shared<LsArgs>();
   cmd = app.add_subcommand("ls", "list stored objects of the namespace");
   cmd->add_flag("--all-namespaces", ls->all_namespaces, "list every tenant's objects");
   cmd->add_option("--limit", ls->limit, "stop after N objects (0: all)");
-  AddCommon(cmd, ls->common);
-  cmd->callback([ls] { ExitCode() = RunLs(*ls); });
+  AddCommon(cmd, *common);
+  store_cmds.push_back(cmd);
+  cmd->callback([ls, common] {
+    ls->common = *common;
+    ExitCode() = RunLs(*ls);
+  });
 
   auto rm = std::make_shared<RmArgs>();
   cmd = app.add_subcommand("rm", "delete objects");
   cmd->add_option("KEY", rm->keys, "keys to delete")->required();
-  AddCommon(cmd, rm->common);
-  cmd->callback([rm] { ExitCode() = RunRm(*rm); });
+  AddCommon(cmd, *common);
+  store_cmds.push_back(cmd);
+  cmd->callback([rm, common] {
+    rm->common = *common;
+    ExitCode() = RunRm(*rm);
+  });
 
   auto synth = std::make_shared<SynthArgs>();
   cmd = app.add_subcommand("synth", "write a KV-shaped test object file (deterministic content)");
@@ -485,8 +540,10 @@ void RegisterStoreCommands(CLI::App& app) {
   cmd->add_option("--path", bench->path, "shm, stream or both")
       ->check(CLI::IsMember({"shm", "stream", "both"}))
       ->capture_default_str();
-  AddCommon(cmd, bench->common);
-  cmd->callback([bench] {
+  AddCommon(cmd, *common);
+  store_cmds.push_back(cmd);
+  cmd->callback([bench, common] {
+    bench->common = *common;
     auto size = ParseByteSize(bench->size);
     if (!size.ok()) {
       ExitCode() = Fail("bench", size.status());
@@ -499,6 +556,18 @@ void RegisterStoreCommands(CLI::App& app) {
     }
     ExitCode() = RunStoreBench(bench->common.target, bench->common.name_space, *size, bench->count,
                                bench->path, *options);
+  });
+
+  // Store options before another subcommand (`kvstash --model M generate`) would be ignored
+  // silently; refuse them instead. Runs after parsing, before any subcommand's callback.
+  app.parse_complete_callback([global, store_cmds] {
+    if (global->count_all() == 0) return;
+    for (const CLI::App* c : store_cmds) {
+      if (c->parsed()) return;
+    }
+    throw CLI::ValidationError(
+        "store options (--target, --namespace, --model, ...) before the subcommand apply to put, "
+        "get, stat, ls, rm and bench; give the other subcommands their own options after them");
   });
 }
 

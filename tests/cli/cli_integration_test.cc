@@ -156,5 +156,42 @@ TEST_F(CliTest, BenchAndUsageErrors) {
   EXPECT_THAT(out, HasSubstr("UNAVAILABLE"));
 }
 
+// Store options go before or after the subcommand (as kubectl's): `kvstash --target X put KEY
+// FILE` used to fail with "arguments were not expected".
+TEST_F(CliTest, StoreOptionsBeforeOrAfterTheSubcommand) {
+  const std::string kvstash = BinaryPath("cli/kvstash");
+  const std::string in = dir_.path() + "/before.txt", back = dir_.path() + "/back.txt";
+  const std::vector<uint8_t> text = TestPayload(4, 4'321);
+  WriteFile(in, text);
+  std::string out;
+  ASSERT_EQ(
+      RunProgram({kvstash, "--target", svc_->target(), "--namespace", "t9", "put", "k", in}, &out),
+      0)
+      << out;
+  // Mixed: the target before, the namespace after.
+  ASSERT_EQ(RunProgram({kvstash, "--target", svc_->target(), "get", "k", back, "--namespace", "t9"},
+                       &out),
+            0)
+      << out;
+  EXPECT_EQ(ReadFile(back), text);
+  // The namespace really applied: without it the key is another object.
+  EXPECT_EQ(RunProgram({kvstash, "get", "k", back + ".2", "--target", svc_->target()}, &out), 1);
+  EXPECT_THAT(out, HasSubstr("NOT_FOUND"));
+  ASSERT_EQ(RunProgram({kvstash, "--target", svc_->target(), "--namespace", "t9", "ls"}, &out), 0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("1 objects"));
+  // After the subcommand wins over before it.
+  ASSERT_EQ(RunProgram({kvstash, "--namespace", "nobody", "ls", "--namespace", "t9", "--target",
+                        svc_->target()},
+                       &out),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("1 objects"));
+  // Before a subcommand that does not take them they would be ignored: a usage error instead.
+  EXPECT_EQ(
+      RunProgram({kvstash, "--target", svc_->target(), "synth", dir_.path() + "/s.kvo"}, &out), 2);
+  EXPECT_THAT(out, HasSubstr("store options"));
+}
+
 }  // namespace
 }  // namespace kvstash::testing

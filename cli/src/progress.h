@@ -1,0 +1,60 @@
+// A one-line progress bar for long CLI work (reading and writing large files in put/get, bench):
+// "label  [#####-----]  50%  48.0 MiB of 96.0 MiB  12.0 MiB/s  ETA 0:04". It draws only on a
+// terminal, and only once the work has taken longer than `delay`: when the stream is not a TTY
+// (a pipe, a file, CI logs) it writes nothing, so scripted output stays what it was.
+//
+// Threading: one Progress is used by one thread. Errors: none; drawing failures are ignored.
+#ifndef KVSTASH_CLI_PROGRESS_H_
+#define KVSTASH_CLI_PROGRESS_H_
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+namespace kvstash::cli {
+
+enum class ProgressUnit { kBytes, kItems };
+
+class Progress {
+ public:
+  // `total` 0: unknown (no percentage, no ETA). Enabled only when `out` is a terminal; draws
+  // nothing before `delay` has passed, so quick work shows no bar at all.
+  Progress(std::string label, uint64_t total, ProgressUnit unit = ProgressUnit::kBytes,
+           std::FILE* out = stderr,
+           std::chrono::milliseconds delay = std::chrono::milliseconds(500));
+  ~Progress();  // Finish()
+  Progress(const Progress&) = delete;
+  Progress& operator=(const Progress&) = delete;
+
+  bool enabled() const { return enabled_; }
+  // Sets the amount done (not an increment); redraws at most every 100 ms.
+  void Update(uint64_t done);
+  void Add(uint64_t n) { Update(done_ + n); }
+  // Draws the final state and ends the line if a bar was drawn. Idempotent.
+  void Finish();
+
+  // The line for `done` of `total` after `seconds` (pure; what Update draws, without the \r).
+  // `width` is the bar's width in characters.
+  static std::string Format(const std::string& label, uint64_t done, uint64_t total,
+                            ProgressUnit unit, double seconds, int width = 24);
+
+ private:
+  void Draw(bool final);
+
+  std::string label_;
+  uint64_t total_;
+  ProgressUnit unit_;
+  std::FILE* out_;
+  bool enabled_;
+  std::chrono::milliseconds delay_;
+  bool drawn_ = false;
+  bool finished_ = false;
+  uint64_t done_ = 0;
+  std::chrono::steady_clock::time_point start_;
+  std::chrono::steady_clock::time_point last_draw_;
+};
+
+}  // namespace kvstash::cli
+
+#endif  // KVSTASH_CLI_PROGRESS_H_
