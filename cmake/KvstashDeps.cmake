@@ -12,23 +12,14 @@ find_package(spdlog CONFIG REQUIRED)
 find_package(yaml-cpp CONFIG REQUIRED)
 find_package(CLI11 CONFIG REQUIRED)
 find_package(nlohmann_json CONFIG REQUIRED)
-# UCX: Debian's libucx-dev (no CUDA) by default; -DKVSTASH_UCX_DIR=<dir with ucx-config.cmake>
-# selects another build, e.g. the CUDA-enabled one in the PyPI wheel libucx-cu13
-# (<site-packages>/libucx/lib/cmake/ucx). KVSTASH_UCX=OFF builds without a UCX data plane.
-if(KVSTASH_UCX)
-  if(KVSTASH_UCX_DIR)
-    find_package(ucx CONFIG REQUIRED PATHS ${KVSTASH_UCX_DIR} NO_DEFAULT_PATH)
-  else()
-    find_package(ucx CONFIG REQUIRED)
-  endif()
-endif()
+# Dependencies of one module are found where that module is built: UCX in transport/, hiredis
+# (optional) in bench/service/.
 
 pkg_check_modules(ZSTD REQUIRED IMPORTED_TARGET libzstd)
 pkg_check_modules(LZ4 REQUIRED IMPORTED_TARGET liblz4)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
 pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
 pkg_check_modules(ISAL REQUIRED IMPORTED_TARGET libisal)
-pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)
 
 find_path(HTTPLIB_INCLUDE_DIR httplib.h REQUIRED)
 add_library(kvstash_httplib INTERFACE)

@@ -21,7 +21,11 @@ log() { printf '\033[1m[bench]\033[0m %s\n' "$*"; }
 
 bench_service() {
   log "service data paths -> bench/results/service_paths.json"
-  "$BUILD/bench/service/service_paths_bench" --out bench/results/service_paths.json
+  if [ -x "$BUILD/bench/service/service_paths_bench" ]; then
+    "$BUILD/bench/service/service_paths_bench" --out bench/results/service_paths.json
+  else
+    log "skipped: service_paths_bench was not built (hiredis, libhiredis-dev, not found)"
+  fi
   log "the put's copy into the arena vs memcpy -> bench/results/put_copy.json"
   "$BUILD/bench/service/put_copy_bench" --benchmark_repetitions=5 \
     --benchmark_report_aggregates_only=true --benchmark_out=bench/results/put_copy.json \
