@@ -205,17 +205,18 @@ Status KvStashService::IncomingPut::Complete() {
 Result<std::optional<storage::TierCodec::Encoded>> KvStashService::EncodeForTransfer(
     const v1::GetRequest& req, const ObjectInfo& info, std::span<const uint8_t> payload) {
   using Encoded = storage::TierCodec::Encoded;
-  if (req.accept_level() > 3) {
-    return Invalid(absl::StrCat("accept_level: ", req.accept_level(), " is not 0 (the service's",
-                                " level) or a CacheGen level 1..3"));
-  }
   switch (req.accept_encoding()) {
     case v1::ENCODING_RAW:
+      // accept_level applies only to encoded transfers: a raw reader's is not looked at.
       return std::optional<Encoded>();
     case v1::ENCODING_CACHEGEN:
       break;
     default:
       return Invalid(absl::StrCat("accept_encoding: unknown value ", req.accept_encoding()));
+  }
+  if (req.accept_level() > 3) {
+    return Invalid(absl::StrCat("accept_level: ", req.accept_level(), " is not 0 (the service's",
+                                " level) or a CacheGen level 1..3"));
   }
   if (transfer_codecs_[0] == nullptr) return std::optional<Encoded>();  // policy: raw
   const int level = req.accept_level() != 0 ? static_cast<int>(req.accept_level())

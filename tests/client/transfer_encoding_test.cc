@@ -135,6 +135,17 @@ TEST_F(TransferEncodingTest, ServiceChecksTheRequestAndHonoursARawPolicy) {
     EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT)
         << encoding << " " << level;
   }
+  // accept_level applies only to encoded transfers: a raw reader's is not looked at.
+  grpc::ClientContext ctx;
+  v1::GetRequest req;
+  ToProto(TestName(1), req.mutable_key());
+  req.set_accept_level(9);
+  auto reader = stub->Get(&ctx, req);
+  v1::GetChunk chunk;
+  uint64_t bytes = 0;
+  while (reader->Read(&chunk)) bytes += chunk.data().size();
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(bytes, info.payload_bytes);
 }
 
 }  // namespace
