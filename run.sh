@@ -5,7 +5,7 @@
 #   ./run.sh test     format check (scripts/check_format.sh), build, run every test through
 #                     ctest; then again under ASan+UBSan
 #   ./run.sh bench    build, run the benchmarks, write bench/results/*.json
-#   ./run.sh build [preset]   configure + build only (presets: release, asan, debug)
+#   ./run.sh build [preset]   configure + build only (presets: release, asan, debug, tsa)
 #   ./run.sh fuzz [seconds]   build libFuzzer targets with clang and run each for N seconds
 #   ./run.sh format | lint    clang-format in place | clang-tidy over the sources
 #
@@ -99,6 +99,8 @@ case "$cmd" in
     setup
     setup_vllm
     setup_sglang
+    # Lock rules: clang -Wthread-safety over storage and cachesvc (compile only, errors fail).
+    build tsa
     build release
     run_ctest release
     if [ "${KVSTASH_SKIP_ASAN:-0}" != 1 ]; then

@@ -112,7 +112,7 @@ void ArenaSocketServer::Stop() {
   }
   std::list<std::unique_ptr<Connection>> conns;
   {
-    std::lock_guard<std::mutex> lock(conns_mu_);
+    MutexLock lock(&conns_mu_);
     // Wakes each connection's blocking read; a call being handled finishes, its reply fails.
     for (auto& conn : conns_) ::shutdown(conn->fd, SHUT_RDWR);
     conns.swap(conns_);
@@ -197,7 +197,7 @@ void ArenaSocketServer::AcceptLoop() {
     bool keep = false;
     ArenaHandshake hello = hello_;
     if (sessions_ != nullptr) {
-      std::lock_guard<std::mutex> lock(conns_mu_);
+      MutexLock lock(&conns_mu_);
       ReapLocked();
       keep = conns_.size() < static_cast<size_t>(max_connections_);
       if (!keep) hello.features &= ~kArenaFeatureLocalControl;
@@ -214,7 +214,7 @@ void ArenaSocketServer::AcceptLoop() {
       auto owned = std::make_unique<Connection>();
       Connection* c = owned.get();
       c->fd = conn;
-      std::lock_guard<std::mutex> lock(conns_mu_);
+      MutexLock lock(&conns_mu_);
       conns_.push_back(std::move(owned));
       c->thread = std::thread([this, c] { Serve(c); });
     } else {

@@ -12,12 +12,12 @@
 #include <functional>
 #include <list>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
 
 #include "kvstash/common/metrics.h"
+#include "kvstash/common/mutex.h"
 #include "kvstash/common/status.h"
 #include "kvstash/proto/arena_handshake.h"
 
@@ -71,8 +71,8 @@ class ArenaSocketServer {
   void AcceptLoop();
   // Serves local control frames on `conn` until the client closes it or Stop().
   void Serve(Connection* conn);
-  // Joins and forgets connections whose thread has ended. Caller holds conns_mu_.
-  void ReapLocked();
+  // Joins and forgets connections whose thread has ended.
+  void ReapLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(conns_mu_);
 
   std::string path_;
   int listen_fd_ = -1;
@@ -86,8 +86,8 @@ class ArenaSocketServer {
   LocalControlFactory sessions_;
   int max_connections_ = 0;
   std::chrono::microseconds poll_window_{0};
-  std::mutex conns_mu_;
-  std::list<std::unique_ptr<Connection>> conns_;  // guarded by conns_mu_
+  Mutex conns_mu_;
+  std::list<std::unique_ptr<Connection>> conns_ ABSL_GUARDED_BY(conns_mu_);
   std::thread thread_;
   std::atomic<bool> stopped_{false};
 };

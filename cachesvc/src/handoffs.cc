@@ -26,11 +26,11 @@ HandoffRegistry::HandoffRegistry(storage::ObjectStore* store, MetricsRegistry* m
 HandoffRegistry::~HandoffRegistry() {
   std::map<uint64_t, Handoff> left;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stop_ = true;
     left.swap(handoffs_);
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   reaper_.join();
   for (const auto& [id, h] : left) Unpin(h);
 }
@@ -65,7 +65,7 @@ Result<HandoffRegistry::Offered> HandoffRegistry::Offer(const std::vector<Object
   h.deadline = Clock::now() + std::chrono::milliseconds(ms);
   out.expires_in_ms = ms;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     do {
       out.id = ids_();
     } while (out.id == 0 || handoffs_.count(out.id) != 0);
@@ -73,13 +73,13 @@ Result<HandoffRegistry::Offered> HandoffRegistry::Offer(const std::vector<Object
     active_gauge_->Set(static_cast<double>(handoffs_.size()));
   }
   offered_->Increment();
-  cv_.notify_all();
+  cv_.SignalAll();
   return out;
 }
 
 Result<uint64_t> HandoffRegistry::Extend(uint64_t id, uint32_t handoff_ms) {
   const uint32_t ms = Clamp(handoff_ms);
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = handoffs_.find(id);
   if (it == handoffs_.end()) return absl::NotFoundError("unknown or expired handoff");
   it->second.deadline = Clock::now() + std::chrono::milliseconds(ms);
@@ -89,7 +89,7 @@ Result<uint64_t> HandoffRegistry::Extend(uint64_t id, uint32_t handoff_ms) {
 Status HandoffRegistry::Release(uint64_t id) {
   Handoff h;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto it = handoffs_.find(id);
     if (it == handoffs_.end()) return absl::NotFoundError("unknown or expired handoff");
     h = std::move(it->second);
@@ -101,12 +101,12 @@ Status HandoffRegistry::Release(uint64_t id) {
 }
 
 size_t HandoffRegistry::active() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return handoffs_.size();
 }
 
 void HandoffRegistry::ReaperLoop() {
-  std::unique_lock<std::mutex> lock(mu_);
+  mu_.Lock();
   while (!stop_) {
     Clock::time_point next = Clock::now() + std::chrono::seconds(10);
     std::vector<Handoff> expired;
@@ -125,13 +125,14 @@ void HandoffRegistry::ReaperLoop() {
     if (!expired.empty()) {
       active_gauge_->Set(static_cast<double>(handoffs_.size()));
       expired_->Increment(expired.size());
-      lock.unlock();
+      mu_.Unlock();
       for (const Handoff& h : expired) Unpin(h);
-      lock.lock();
+      mu_.Lock();
       continue;
     }
-    cv_.wait_until(lock, next);
+    cv_.WaitUntil(&mu_, next);
   }
+  mu_.Unlock();
 }
 
 }  // namespace kvstash::cachesvc

@@ -10,10 +10,8 @@
 #define KVSTASH_CACHESVC_HANDOFFS_H_
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <map>
-#include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
@@ -21,6 +19,7 @@
 #include "absl/base/thread_annotations.h"
 #include "kvstash/common/key.h"
 #include "kvstash/common/metrics.h"
+#include "kvstash/common/mutex.h"
 #include "kvstash/proto/convert.h"
 #include "kvstash/storage/object_store.h"
 
@@ -68,8 +67,8 @@ class HandoffRegistry {
   Gauge* active_gauge_;
   Counter* expired_;
   Counter* offered_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
+  mutable Mutex mu_;
+  CondVar cv_;
   std::map<uint64_t, Handoff> handoffs_ ABSL_GUARDED_BY(mu_);
   std::mt19937_64 ids_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

@@ -11,7 +11,6 @@
 #include <array>
 #include <chrono>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -19,6 +18,7 @@
 #include "authz.h"
 #include "handoffs.h"
 #include "kvstash/cachesvc/config.h"
+#include "kvstash/common/mutex.h"
 #include "kvstash/proto/raw_message.h"
 #include "kvstash/storage/object_store.h"
 #include "kvstash/storage/tier_codec.h"
@@ -228,8 +228,8 @@ class KvStashService final : public v1::KvStash::Service {
   RemoteTier* remote_;
   HandoffRegistry* handoffs_;
   Authorizer* auth_;
-  mutable std::mutex advertised_mu_;
-  std::string advertised_;  // guarded by advertised_mu_
+  mutable Mutex advertised_mu_;
+  std::string advertised_ ABSL_GUARDED_BY(advertised_mu_);
   Clock::time_point started_;
   // Per CacheGen level 1..3; empty when config_.transfer_encoding is raw.
   std::array<std::unique_ptr<storage::TierCodec>, 3> transfer_codecs_;

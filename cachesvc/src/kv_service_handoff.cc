@@ -13,12 +13,12 @@
 namespace kvstash::cachesvc {
 
 void KvStashService::SetAdvertisedAddress(std::string address) {
-  std::lock_guard<std::mutex> lock(advertised_mu_);
+  MutexLock lock(&advertised_mu_);
   advertised_ = std::move(address);
 }
 
 std::string KvStashService::AdvertisedAddress() const {
-  std::lock_guard<std::mutex> lock(advertised_mu_);
+  MutexLock lock(&advertised_mu_);
   return advertised_;
 }
 

@@ -3,12 +3,12 @@
 #include <spdlog/spdlog.h>
 
 #include <memory>
-#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "absl/strings/str_cat.h"
+#include "kvstash/common/mutex.h"
 #include "kvstash/proto/local_control.h"
 
 namespace kvstash::cachesvc {
@@ -24,15 +24,15 @@ class ClientHandles {
   void AddReservation(uint64_t id) { Add(&reservations_, id); }
   void AddLease(uint64_t id) { Add(&leases_, id); }
   void SettleReservation(uint64_t id) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     reservations_.erase(id);
   }
   void SettleLease(uint64_t id) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     leases_.erase(id);
   }
   void MoveTo(ClientHandles* other) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     for (uint64_t id : reservations_) other->AddReservation(id);
     for (uint64_t id : leases_) other->AddLease(id);
     reservations_.clear();
@@ -41,7 +41,7 @@ class ClientHandles {
   // Aborts and releases everything still open (ids settled elsewhere fail quietly: the store
   // never reuses ids). Returns how many were still open.
   uint64_t SettleAll(storage::ObjectStore* store) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     uint64_t settled = 0;
     for (uint64_t id : reservations_) settled += store->Abort(id).ok() ? 1 : 0;
     for (uint64_t id : leases_) settled += store->Release(id).ok() ? 1 : 0;
@@ -52,13 +52,13 @@ class ClientHandles {
 
  private:
   void Add(std::unordered_set<uint64_t>* set, uint64_t id) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (set->size() < kMaxTrackedHandles) set->insert(id);
   }
 
-  std::mutex mu_;
-  std::unordered_set<uint64_t> reservations_;
-  std::unordered_set<uint64_t> leases_;
+  Mutex mu_;
+  std::unordered_set<uint64_t> reservations_ ABSL_GUARDED_BY(mu_);
+  std::unordered_set<uint64_t> leases_ ABSL_GUARDED_BY(mu_);
 };
 
 // Client id -> its handles and how many connections it has open.
@@ -68,7 +68,7 @@ class ClientRegistry {
       : store_(store), abandoned_(abandoned) {}
 
   std::shared_ptr<ClientHandles> Join(const std::string& client_id) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     Entry& e = clients_[client_id];
     if (e.handles == nullptr) e.handles = std::make_shared<ClientHandles>();
     ++e.connections;
@@ -79,7 +79,7 @@ class ClientRegistry {
   // connection that never said Hello are its own (`client_id` empty) and are settled at once.
   void Leave(const std::string& client_id, const std::shared_ptr<ClientHandles>& handles) {
     if (!client_id.empty()) {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       auto it = clients_.find(client_id);
       if (it == clients_.end() || --it->second.connections > 0) return;
       clients_.erase(it);
@@ -98,8 +98,8 @@ class ClientRegistry {
   };
   storage::ObjectStore* store_;
   Counter* abandoned_;
-  std::mutex mu_;
-  std::unordered_map<std::string, Entry> clients_;
+  Mutex mu_;
+  std::unordered_map<std::string, Entry> clients_ ABSL_GUARDED_BY(mu_);
 };
 
 // Parses the request, runs `handler` (a unary KvStashService method; those never touch the

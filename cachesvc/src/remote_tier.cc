@@ -7,12 +7,12 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
-#include <mutex>
 #include <sstream>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "kvstash/common/crc32c.h"
+#include "kvstash/common/mutex.h"
 #include "kvstash/proto/status_mapping.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "request_checks.h"
@@ -91,7 +91,7 @@ struct RemoteTier::Impl {
     std::unique_ptr<v1::KvStashPeer::Stub> hello;
     std::atomic<int64_t> down_until_ns{0};
 
-    std::mutex mu;  // connection state; held across Hello and UCX connect
+    Mutex mu;  // connection state; held across Hello and UCX connect
     bool connected ABSL_GUARDED_BY(mu) = false;
     bool is_self ABSL_GUARDED_BY(mu) = false;
     bool ucx ABSL_GUARDED_BY(mu) = false;  // reads over UCX (else gRPC streams)
@@ -209,7 +209,7 @@ struct RemoteTier::Impl {
   }
 
   void Disconnect(Peer& peer) {
-    std::lock_guard<std::mutex> lock(peer.mu);
+    MutexLock lock(&peer.mu);
 #ifdef KVSTASH_HAVE_UCX
     if (peer.connected && peer.ucx && transport != nullptr) transport->Disconnect(peer.ucx_peer);
 #endif
@@ -218,7 +218,7 @@ struct RemoteTier::Impl {
 
   // Hello (and the UCX endpoint) once per connection; reconnects after a failure.
   Result<Link> Connect(Peer& peer) {
-    std::lock_guard<std::mutex> lock(peer.mu);
+    MutexLock lock(&peer.mu);
 #ifdef KVSTASH_HAVE_UCX
     if (peer.connected && peer.ucx && transport != nullptr && !transport->Healthy(peer.ucx_peer)) {
       transport->Disconnect(peer.ucx_peer);

@@ -6,41 +6,41 @@ StreamWatchdog::StreamWatchdog() : thread_([this] { Run(); }) {}
 
 StreamWatchdog::~StreamWatchdog() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
-  wake_.notify_all();
+  wake_.SignalAll();
   thread_.join();
 }
 
 std::unique_ptr<StreamWatchdog::Registration> StreamWatchdog::Watch(grpc::ServerContext* ctx,
                                                                     Clock::time_point deadline) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   const bool earliest = calls_.empty() || deadline < calls_.begin()->first;
   auto it = calls_.emplace(deadline, ctx);
-  if (earliest) wake_.notify_all();
+  if (earliest) wake_.SignalAll();
   return std::make_unique<Registration>(this, it);
 }
 
 StreamWatchdog::Registration::~Registration() {
-  std::lock_guard<std::mutex> lock(owner_->mu_);
+  MutexLock lock(&owner_->mu_);
   owner_->calls_.erase(it_);
 }
 
 void StreamWatchdog::Run() {
-  std::unique_lock<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   while (!stopping_) {
     // The earliest deadline still to enforce (cancelled entries wait for their handler to end).
     auto next = calls_.begin();
     while (next != calls_.end() && next->second == nullptr) ++next;
     if (next == calls_.end()) {
-      wake_.wait(lock);
+      wake_.Wait(&mu_);
       continue;
     }
     if (Clock::now() < next->first) {
       // A copy: wait_until keeps reading its argument, and the entry may go while we wait.
       const Clock::time_point when = next->first;
-      wake_.wait_until(lock, when);
+      wake_.WaitUntil(&mu_, when);
       continue;
     }
     // Under mu_: the handler cannot end and destroy the context meanwhile.

@@ -14,11 +14,11 @@
 #include <grpcpp/server_context.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <thread>
+
+#include "kvstash/common/mutex.h"
 
 namespace kvstash::cachesvc {
 
@@ -54,11 +54,11 @@ class StreamWatchdog {
  private:
   void Run();
 
-  std::mutex mu_;
-  std::condition_variable wake_;
+  Mutex mu_;
+  CondVar wake_;
   // Entries stay until their Registration ends; a cancelled one has a null context.
-  std::multimap<Clock::time_point, grpc::ServerContext*> calls_;
-  bool stopping_ = false;
+  std::multimap<Clock::time_point, grpc::ServerContext*> calls_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

@@ -21,19 +21,13 @@
 #include "rocksdb/db.h"
 #include "rocksdb/write_batch.h"
 #include "spdlog/spdlog.h"
+#include "ssd_record.h"
 #include "uring_reader.h"
 
 namespace kvstash::storage {
 namespace {
 
-constexpr uint64_t kBlock = 4096;        // payload offset in a file; O_DIRECT alignment
-constexpr uint8_t kRecordVersionV1 = 1;  // read only
-constexpr uint8_t kRecordVersion = 2;    // adds the served-object fields
-constexpr uint8_t kRecordEncoded = 1;    // flag bits of a v2 record
-constexpr uint8_t kRecordLossy = 2;
-constexpr char kRecordPrefix = 'o';
-constexpr char kNameMagic[4] = {'K', 'V', 'S', 'N'};
-constexpr uint32_t kNameVersion = 1;
+constexpr uint64_t kBlock = kSsdBlockBytes;
 constexpr uint64_t kReadChunk = 1 << 20;  // io_uring request size for payload reads
 constexpr unsigned kRingDepth = 64;
 constexpr int kMaxReadRings = 64;            // concurrent promotions, each with its own ring
@@ -49,155 +43,6 @@ Status ErrnoStatus(const std::string& what, int err) {
   if (err == ENOSPC || err == EDQUOT) return absl::ResourceExhaustedError(msg);
   if (err == ENOENT) return absl::NotFoundError(msg);
   return absl::InternalError(msg);
-}
-
-// --- byte strings (kvstash/common/coding.h) ---------------------------------------------------
-void PutHash(std::string& out, const Hash128& h) {
-  auto b = h.Bytes();
-  out.append(reinterpret_cast<const char*>(b.data()), b.size());
-}
-
-// A bounds-checked cursor: each read consumes its field or fails and leaves the input alone.
-class Reader {
- public:
-  explicit Reader(std::string_view in) : in_(in), size_(in.size()) {}
-  bool U8(uint8_t& v) { return GetFixed8(&in_, &v); }
-  bool U32(uint32_t& v) { return GetFixed32(&in_, &v); }
-  bool U64(uint64_t& v) { return GetFixed64(&in_, &v); }
-  bool Hash(Hash128& h) {
-    std::string_view bytes;
-    if (!GetBytes(&in_, 16, &bytes)) return false;
-    h = Hash128{DecodeFixed64(bytes.data()), DecodeFixed64(bytes.data() + 8)};
-    return true;
-  }
-  bool Str(std::string& s, size_t n) {
-    std::string_view bytes;
-    if (!GetBytes(&in_, n, &bytes)) return false;
-    s.assign(bytes);
-    return true;
-  }
-  bool Raw(void* dst, size_t n) {
-    std::string_view bytes;
-    if (!GetBytes(&in_, n, &bytes)) return false;
-    std::memcpy(dst, bytes.data(), n);
-    return true;
-  }
-  size_t pos() const { return size_ - in_.size(); }
-
- private:
-  std::string_view in_;
-  size_t size_;
-};
-
-std::string RecordKey(const Hash128& storage_key, uint64_t seq) {
-  std::string key(1, kRecordPrefix);
-  PutHash(key, storage_key);
-  PutBigEndian64(&key, seq);  // big-endian: a storage key's records sort by sequence
-  return key;
-}
-
-bool ParseRecordKey(std::string_view key, Hash128& storage_key, uint64_t& seq) {
-  if (key.size() != 25 || key[0] != kRecordPrefix) return false;
-  auto h = Hash128::FromBytes(key.substr(1, 16));
-  if (!h.ok()) return false;
-  storage_key = *h;
-  seq = DecodeBigEndian64(reinterpret_cast<const uint8_t*>(key.data()) + 17);
-  return true;
-}
-
-// value: version u8 | object header (64) | [v2: flags u8 | served crc32c u32] | hits u64 |
-//        last_access u64 | pins u32 | fingerprint 16 | token hash 16 | ns_len u32 | ns |
-//        crc32c u32 of everything before
-// flags: kRecordEncoded (the file is a TierCodec encoding; the served object is the raw layout
-// with the served crc32c), kRecordLossy (the served object is lossy). v1 records serve the file.
-Result<std::string> EncodeRecord(const TierRecord& r) {
-  KVSTASH_ASSIGN_OR_RETURN(auto header, EncodeObjectHeader(r.info));
-  std::string out;
-  out.push_back(static_cast<char>(kRecordVersion));
-  out.append(reinterpret_cast<const char*>(header.data()), header.size());
-  out.push_back(
-      static_cast<char>((r.encoded ? kRecordEncoded : 0) | (r.served.lossy ? kRecordLossy : 0)));
-  PutFixed32(&out, r.encoded ? r.served.payload_crc32c : r.info.payload_crc32c);
-  PutFixed64(&out, r.hits);
-  PutFixed64(&out, r.last_access_ns);
-  PutFixed32(&out, r.pins);
-  PutHash(out, r.name.model_fingerprint);
-  PutHash(out, r.name.token_hash);
-  PutFixed32(&out, static_cast<uint32_t>(r.name.name_space.size()));
-  out += r.name.name_space;
-  PutFixed32(&out, Crc32c(out.data(), out.size()));
-  return out;
-}
-
-Status DecodeRecord(std::string_view value, TierRecord& r) {
-  if (value.size() < 4) return absl::DataLossError("short index record");
-  Reader crc_reader(value.substr(value.size() - 4));
-  uint32_t crc;
-  crc_reader.U32(crc);
-  if (crc != Crc32c(value.data(), value.size() - 4)) {
-    return absl::DataLossError("index record checksum mismatch");
-  }
-  Reader in(value.substr(0, value.size() - 4));
-  uint8_t version;
-  uint8_t header[kObjectHeaderBytes];
-  uint32_t ns_len;
-  if (!in.U8(version) || (version != kRecordVersion && version != kRecordVersionV1)) {
-    return absl::DataLossError("unknown index record version");
-  }
-  if (!in.Raw(header, sizeof(header))) return absl::DataLossError("short index record");
-  KVSTASH_ASSIGN_OR_RETURN(r.info, DecodeObjectHeader(std::span<const uint8_t>(header)));
-  uint8_t flags = 0;
-  uint32_t served_crc = r.info.payload_crc32c;
-  if (version == kRecordVersion && (!in.U8(flags) || !in.U32(served_crc))) {
-    return absl::DataLossError("short index record");
-  }
-  r.encoded = (flags & kRecordEncoded) != 0;
-  r.served = r.info;
-  if (r.encoded) {
-    r.served.encoding = Encoding::kRaw;
-    r.served.encoding_level = 0;
-    r.served.payload_bytes = r.info.layout.RawBytes();
-    r.served.payload_crc32c = served_crc;
-  }
-  r.served.lossy = (flags & kRecordLossy) != 0;
-  if (!in.U64(r.hits) || !in.U64(r.last_access_ns) || !in.U32(r.pins) ||
-      !in.Hash(r.name.model_fingerprint) || !in.Hash(r.name.token_hash) || !in.U32(ns_len) ||
-      !in.Str(r.name.name_space, ns_len)) {
-    return absl::DataLossError("short index record");
-  }
-  return OkStatus();
-}
-
-// Bytes [64, 4096) of a file: the object's name, so a read can prove it got the right file.
-std::string EncodeNameBlock(const StoredName& name) {
-  std::string out(kNameMagic, 4);
-  PutFixed32(&out, kNameVersion);
-  PutHash(out, name.storage_key);
-  PutHash(out, name.model_fingerprint);
-  PutHash(out, name.token_hash);
-  PutFixed32(&out, static_cast<uint32_t>(name.name_space.size()));
-  out += name.name_space;
-  PutFixed32(&out, Crc32c(out.data(), out.size()));
-  return out;
-}
-
-Status CheckNameBlock(const uint8_t* block, const Hash128& storage_key) {
-  std::string_view in(reinterpret_cast<const char*>(block), kBlock - kObjectHeaderBytes);
-  if (std::memcmp(in.data(), kNameMagic, 4) != 0) return absl::DataLossError("bad name block");
-  Reader r(in.substr(4));
-  uint32_t version, ns_len;
-  Hash128 key, fingerprint, token;
-  if (!r.U32(version) || version != kNameVersion || !r.Hash(key) || !r.Hash(fingerprint) ||
-      !r.Hash(token) || !r.U32(ns_len) || ns_len > in.size() - 4 - r.pos() - 4) {
-    return absl::DataLossError("bad name block");
-  }
-  size_t body = 4 + r.pos() + ns_len;
-  Reader crc_reader(in.substr(body));
-  uint32_t crc;
-  crc_reader.U32(crc);
-  if (crc != Crc32c(in.data(), body)) return absl::DataLossError("name block checksum mismatch");
-  if (key != storage_key) return absl::DataLossError("file holds another object");
-  return OkStatus();
 }
 
 struct AlignedFree {
@@ -265,10 +110,10 @@ SsdTier::SsdTier(Options options, StoreMetrics* metrics)
 
 SsdTier::~SsdTier() {
   {
-    std::lock_guard<std::mutex> lock(pool_mu_);
+    MutexLock lock(&pool_mu_);
     pool_stop_ = true;
   }
-  pool_cv_.notify_all();
+  pool_cv_.SignalAll();
   if (pool_thread_.joinable()) pool_thread_.join();
   for (uint64_t seq : ready_files_) unlink(FilePath(seq, false).c_str());
   if (db_) {
@@ -323,7 +168,7 @@ Status SsdTier::SyncObjectsDir() {
   // Group commit: one fsync covers every directory change made before it started, so a writer
   // whose rename happened before a sync that started later just waits for that sync.
   uint64_t my_change = dir_changes_.fetch_add(1) + 1;
-  std::lock_guard<std::mutex> lock(dir_sync_mu_);
+  MutexLock lock(&dir_sync_mu_);
   if (dir_synced_upto_ >= my_change) return OkStatus();
   uint64_t covered = dir_changes_.load();
   if (fsync(objects_dir_fd_) != 0) return ErrnoStatus("fsync " + objects_dir_, errno);
@@ -430,15 +275,15 @@ Status SsdTier::CreateEmptyFile(uint64_t seq) {
 void SsdTier::PoolLoop() {
   const size_t target =
       kReadyFilesPerWriter * static_cast<size_t>(std::max(1, options_.io_threads));
-  std::unique_lock<std::mutex> lock(pool_mu_);
+  pool_mu_.Lock();
   while (!pool_stop_) {
     // Refill in batches once half the pool is used, so one directory sync covers many files.
     if (ready_files_.size() > target / 2) {
-      pool_cv_.wait(lock);
+      pool_cv_.Wait(&pool_mu_);
       continue;
     }
     size_t missing = target - ready_files_.size();
-    lock.unlock();
+    pool_mu_.Unlock();
     std::vector<uint64_t> made;
     for (size_t i = 0; i < missing; ++i) {
       uint64_t seq = next_seq_.fetch_add(1);
@@ -450,27 +295,28 @@ void SsdTier::PoolLoop() {
     if (!synced) {
       for (uint64_t seq : made) unlink(FilePath(seq, false).c_str());
     }
-    lock.lock();
+    pool_mu_.Lock();
     if (synced) {
       ready_files_.insert(ready_files_.end(), made.begin(), made.end());
     } else {
       // Could not create files (e.g. out of inodes); writers create their own meanwhile.
-      pool_cv_.wait_for(lock, std::chrono::milliseconds(100));
+      pool_cv_.WaitFor(&pool_mu_, std::chrono::milliseconds(100));
     }
   }
+  pool_mu_.Unlock();
 }
 
 Result<uint64_t> SsdTier::TakeReadyFile() {
   {
-    std::lock_guard<std::mutex> lock(pool_mu_);
+    MutexLock lock(&pool_mu_);
     if (!ready_files_.empty()) {
       uint64_t seq = ready_files_.front();
       ready_files_.pop_front();
-      pool_cv_.notify_one();
+      pool_cv_.Signal();
       return seq;
     }
   }
-  pool_cv_.notify_one();
+  pool_cv_.Signal();
   uint64_t seq = next_seq_.fetch_add(1);
   KVSTASH_RETURN_IF_ERROR(CreateEmptyFile(seq));
   Status synced = SyncObjectsDir();
@@ -482,14 +328,14 @@ Result<uint64_t> SsdTier::TakeReadyFile() {
 }
 
 bool SsdTier::TryReserve(uint64_t bytes, uint64_t limit_bytes) {
-  std::lock_guard<std::mutex> lock(space_mu_);
+  MutexLock lock(&space_mu_);
   if (used_.load() + reserved_ + bytes > limit_bytes) return false;
   reserved_ += bytes;
   return true;
 }
 
 void SsdTier::Unreserve(uint64_t bytes) {
-  std::lock_guard<std::mutex> lock(space_mu_);
+  MutexLock lock(&space_mu_);
   reserved_ -= bytes;
 }
 
@@ -532,7 +378,7 @@ Status SsdTier::Write(TierRecord* record, const uint8_t* payload) {
   // fdatasync also persists the new length; the directory entry was made durable with the file.
   if (status.ok() && fdatasync(fd) != 0) status = ErrnoStatus("fdatasync " + path, errno);
   if (fd >= 0) close(fd);
-  std::lock_guard<std::mutex> lock(space_mu_);
+  MutexLock lock(&space_mu_);
   reserved_ -= file_bytes;
   if (status.ok()) {
     used_.fetch_add(file_bytes);
@@ -553,10 +399,12 @@ Status SsdTier::PutRecord(const TierRecord& record, bool sync) {
     // or here, at most kWalSyncInterval after they were put.
     auto now = std::chrono::steady_clock::now().time_since_epoch().count();
     if (now - last_wal_sync_.load() >= kWalSyncInterval.count()) {
-      std::unique_lock<std::mutex> lock(wal_sync_mu_, std::try_to_lock);
-      if (lock.owns_lock() && now - last_wal_sync_.load() >= kWalSyncInterval.count()) {
-        last_wal_sync_.store(now);
-        s = db_->SyncWAL();
+      if (wal_sync_mu_.TryLock()) {
+        if (now - last_wal_sync_.load() >= kWalSyncInterval.count()) {
+          last_wal_sync_.store(now);
+          s = db_->SyncWAL();
+        }
+        wal_sync_mu_.Unlock();
         if (!s.ok()) return absl::InternalError(absl::StrCat("SSD index sync: ", s.ToString()));
       }
     }
@@ -565,7 +413,7 @@ Status SsdTier::PutRecord(const TierRecord& record, bool sync) {
 }
 
 Status SsdTier::Sync() {
-  std::lock_guard<std::mutex> lock(wal_sync_mu_);
+  MutexLock lock(&wal_sync_mu_);
   last_wal_sync_.store(std::chrono::steady_clock::now().time_since_epoch().count());
   rocksdb::Status s = db_->SyncWAL();
   if (!s.ok()) return absl::InternalError(absl::StrCat("SSD index sync: ", s.ToString()));

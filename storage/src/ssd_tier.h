@@ -22,15 +22,14 @@
 #define KVSTASH_STORAGE_SSD_TIER_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "kvstash/common/mutex.h"
 #include "kvstash/common/status.h"
 #include "kvstash/storage/object_store.h"
 #include "kvstash/storage/storage_tier.h"
@@ -122,17 +121,17 @@ class SsdTier final : public StorageTier {
   std::atomic<uint64_t> next_seq_{1};
   std::atomic<uint64_t> used_{0};
   std::atomic<uint64_t> dir_changes_{0};
-  std::mutex dir_sync_mu_;
-  uint64_t dir_synced_upto_ = 0;  // guarded by dir_sync_mu_
-  std::mutex wal_sync_mu_;
+  Mutex dir_sync_mu_;
+  uint64_t dir_synced_upto_ ABSL_GUARDED_BY(dir_sync_mu_) = 0;
+  Mutex wal_sync_mu_;                      // one WAL sync at a time
   std::atomic<int64_t> last_wal_sync_{0};  // steady_clock ticks
-  std::mutex pool_mu_;
-  std::condition_variable pool_cv_;
-  std::deque<uint64_t> ready_files_;  // guarded by pool_mu_; oldest first
-  bool pool_stop_ = false;            // guarded by pool_mu_
+  Mutex pool_mu_;
+  CondVar pool_cv_;
+  std::deque<uint64_t> ready_files_ ABSL_GUARDED_BY(pool_mu_);  // oldest first
+  bool pool_stop_ ABSL_GUARDED_BY(pool_mu_) = false;
   std::thread pool_thread_;
-  std::mutex space_mu_;
-  uint64_t reserved_ = 0;  // guarded by space_mu_
+  Mutex space_mu_;
+  uint64_t reserved_ ABSL_GUARDED_BY(space_mu_) = 0;
 };
 
 }  // namespace kvstash::storage

@@ -1,6 +1,7 @@
 #include "tiered_store.h"
 
 #include <algorithm>
+#include <cassert>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -55,7 +56,8 @@ Result<std::unique_ptr<ObjectStore>> TieredStore::Create(const StoreOptions& opt
 TieredStore::TieredStore(const StoreOptions& options)
     : options_(options),
       metrics_(options.metrics),
-      allocator_(options.cpu_capacity_bytes - options.cpu_capacity_bytes % 4096) {}
+      arena_capacity_bytes_(options.cpu_capacity_bytes - options.cpu_capacity_bytes % 4096),
+      allocator_(arena_capacity_bytes_) {}
 
 Status TieredStore::Init() {
   KVSTASH_ASSIGN_OR_RETURN(cpu_policy_, MakeEvictionPolicy(options_.cpu_eviction_policy));
@@ -109,11 +111,12 @@ EvictionMeta TieredStore::MetaFor(const ObjectRec& rec, uint64_t bytes) const {
                       rec.info.layout.num_tokens, rec.value};
 }
 
-void TieredStore::UpdatePoliciesLocked(ObjectRec& rec) {
+void TieredStore::UpdatePoliciesLocked(Shard& shard, ObjectRec& rec) {
+  assert(&shard == &ShardFor(rec.name.storage_key));
   bool cpu_evictable = rec.visible && rec.in_cpu && rec.pins == 0 && rec.leases == 0 &&
                        rec.io_refs == 0 && rec.promotion == nullptr;
   if (cpu_evictable != rec.in_cpu_policy) {
-    std::lock_guard<std::mutex> lock(cpu_policy_mu_);
+    MutexLock lock(&cpu_policy_mu_);
     if (cpu_evictable) {
       cpu_policy_->OnInsert(MetaFor(rec, rec.extent_bytes));
     } else {
@@ -124,7 +127,7 @@ void TieredStore::UpdatePoliciesLocked(ObjectRec& rec) {
   bool ssd_evictable = rec.visible && rec.ssd.state == CopyState::kStored && rec.pins == 0 &&
                        rec.promotion == nullptr;
   if (ssd_evictable != rec.ssd.in_policy) {
-    std::lock_guard<std::mutex> lock(ssd_policy_mu_);
+    MutexLock lock(&ssd_policy_mu_);
     if (ssd_evictable) {
       ssd_policy_->OnInsert(MetaFor(rec, ssd_->StoredBytes(rec.ssd.info.payload_bytes)));
     } else {
@@ -134,7 +137,8 @@ void TieredStore::UpdatePoliciesLocked(ObjectRec& rec) {
   }
 }
 
-void TieredStore::MaybeFreeArenaLocked(ObjectRec& rec) {
+void TieredStore::MaybeFreeArenaLocked(Shard& shard, ObjectRec& rec) {
+  assert(&shard == &ShardFor(rec.name.storage_key));
   if (rec.in_cpu && !rec.visible && rec.leases == 0 && rec.io_refs == 0 &&
       rec.promotion == nullptr) {
     rec.in_cpu = false;
@@ -144,21 +148,21 @@ void TieredStore::MaybeFreeArenaLocked(ObjectRec& rec) {
 }
 
 void TieredStore::AddCpuUsage(const ObjectRec& rec, bool add) {
-  std::lock_guard<std::mutex> lock(usage_mu_);
+  MutexLock lock(&usage_mu_);
   uint64_t& bytes = usage_[rec.name.name_space].cpu_bytes;
   const uint64_t n = rec.info.payload_bytes;
   bytes = add ? bytes + n : (bytes > n ? bytes - n : 0);
 }
 
 void TieredStore::AddSsdUsage(const ObjectRec& rec, bool add) {
-  std::lock_guard<std::mutex> lock(usage_mu_);
+  MutexLock lock(&usage_mu_);
   uint64_t& bytes = usage_[rec.name.name_space].ssd_bytes;
   const uint64_t n = rec.ssd.info.payload_bytes;
   bytes = add ? bytes + n : (bytes > n ? bytes - n : 0);
 }
 
 NamespaceUsage TieredStore::Usage(const std::string& name_space) {
-  std::lock_guard<std::mutex> lock(usage_mu_);
+  MutexLock lock(&usage_mu_);
   auto it = usage_.find(name_space);
   return it == usage_.end() ? NamespaceUsage{} : it->second;
 }
@@ -167,8 +171,8 @@ void TieredStore::HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Defer
   auto it = shard.objects.find(rec->name.storage_key);
   if (it != shard.objects.end() && it->second == rec) shard.objects.erase(it);
   rec->visible = false;
-  UpdatePoliciesLocked(*rec);
-  MaybeFreeArenaLocked(*rec);
+  UpdatePoliciesLocked(shard, *rec);
+  MaybeFreeArenaLocked(shard, *rec);
   // A pending write notices !visible and removes what it wrote; a finished one is removed here.
   if (rec->ssd.state == CopyState::kStored) {
     rec->ssd.state = CopyState::kNone;
@@ -177,11 +181,11 @@ void TieredStore::HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Defer
   }
 }
 
-void TieredStore::QueueWriteLocked(const std::shared_ptr<ObjectRec>& rec, Deferred& later,
-                                   std::shared_ptr<std::promise<Status>> done) {
+void TieredStore::QueueWriteLocked(Shard& shard, const std::shared_ptr<ObjectRec>& rec,
+                                   Deferred& later, std::shared_ptr<std::promise<Status>> done) {
   rec->ssd.state = CopyState::kPending;
   ++rec->io_refs;
-  UpdatePoliciesLocked(*rec);
+  UpdatePoliciesLocked(shard, *rec);
   later.writes.push_back(WriteJob{rec, std::move(done)});
 }
 
@@ -193,23 +197,23 @@ void TieredStore::RunDeferred(Deferred& later) {
   later.ssd_removals.clear();
   if (!later.writes.empty()) {
     {
-      std::lock_guard<std::mutex> lock(write_mu_);
+      MutexLock lock(&write_mu_);
       for (auto& job : later.writes) {
         write_queue_.push_back(std::move(job));
         ++pending_writes_;
       }
     }
-    write_cv_.notify_all();
+    write_cv_.SignalAll();
     later.writes.clear();
   }
 }
 
 void TieredStore::ReleaseLeaseRef(const std::shared_ptr<ObjectRec>& rec) {
   Shard& shard = ShardFor(rec->name.storage_key);
-  std::lock_guard<std::mutex> lock(shard.mu);
+  MutexLock lock(&shard.mu);
   --rec->leases;
-  UpdatePoliciesLocked(*rec);
-  MaybeFreeArenaLocked(*rec);
+  UpdatePoliciesLocked(shard, *rec);
+  MaybeFreeArenaLocked(shard, *rec);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -217,48 +221,48 @@ void TieredStore::ReleaseLeaseRef(const std::shared_ptr<ObjectRec>& rec) {
 
 void TieredStore::FreeExtent(uint64_t offset) {
   {
-    std::lock_guard<std::mutex> lock(arena_mu_);
+    MutexLock lock(&arena_mu_);
     Status s = allocator_.Free(offset);
     if (!s.ok()) spdlog::error("kvstash storage: arena free: {}", s.ToString());
     metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
     ++arena_epoch_;
   }
-  arena_cv_.notify_all();
+  arena_cv_.SignalAll();
 }
 
 void TieredStore::SignalArena() {
   {
-    std::lock_guard<std::mutex> lock(arena_mu_);
+    MutexLock lock(&arena_mu_);
     ++arena_epoch_;
   }
-  arena_cv_.notify_all();
+  arena_cv_.SignalAll();
 }
 
 bool TieredStore::CpuAboveHigh() {
-  std::lock_guard<std::mutex> lock(arena_mu_);
+  MutexLock lock(&arena_mu_);
   return allocator_.used_bytes() >
          options_.high_watermark * static_cast<double>(allocator_.capacity_bytes());
 }
 
 Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
   uint64_t rounded = PageAllocator::RoundUp(bytes);
-  if (rounded > allocator_.capacity_bytes()) {
+  if (rounded > arena_capacity_bytes_) {
     return absl::ResourceExhaustedError(absl::StrCat("object of ", bytes,
                                                      " bytes is larger than the arena (",
-                                                     allocator_.capacity_bytes(), " bytes)"));
+                                                     arena_capacity_bytes_, " bytes)"));
   }
   auto deadline = std::chrono::steady_clock::now() + kMaxDemotionWait;
   uint64_t demoting = 0;  // bytes this call is already waiting on
   for (;;) {
     uint64_t epoch;
     {
-      std::lock_guard<std::mutex> lock(arena_mu_);
+      MutexLock lock(&arena_mu_);
       epoch = arena_epoch_;
       if (auto extent = allocator_.Allocate(rounded)) {
         metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
         if (allocator_.used_bytes() >
             options_.high_watermark * static_cast<double>(allocator_.capacity_bytes())) {
-          bg_cv_.notify_all();
+          bg_cv_.SignalAll();
         }
         return *extent;
       }
@@ -270,7 +274,7 @@ Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
     }
     // Nothing is evictable now (or enough is being demoted). Objects being demoted to SSD become
     // evictable when their write finishes, so wait for that; leases and pins are not waited for.
-    std::unique_lock<std::mutex> lock(arena_mu_);
+    MutexLock lock(&arena_mu_);
     // Bytes may have been freed (a lease released, another evictor) since the first attempt.
     if (auto extent = allocator_.Allocate(rounded)) {
       metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
@@ -278,7 +282,7 @@ Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
     }
     bool writes_pending;
     {
-      std::lock_guard<std::mutex> wlock(write_mu_);
+      MutexLock wlock(&write_mu_);
       writes_pending = pending_writes_ > 0;
     }
     if (!writes_pending || std::chrono::steady_clock::now() >= deadline) {
@@ -287,7 +291,10 @@ Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
           " bytes free (largest extent ", allocator_.largest_free_bytes(), "), nothing evictable"));
     }
     // Anything freed or made evictable since this attempt began bumped the epoch: no lost wakeup.
-    arena_cv_.wait_for(lock, std::chrono::milliseconds(100), [&] { return arena_epoch_ != epoch; });
+    const auto wait_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+    while (arena_epoch_ == epoch && std::chrono::steady_clock::now() < wait_until) {
+      arena_cv_.WaitFor(&arena_mu_, wait_until - std::chrono::steady_clock::now());
+    }
     demoting = 0;  // finished demotions put their objects back in the policy as old victims
   }
 }
@@ -296,7 +303,7 @@ TieredStore::EvictStep TieredStore::EvictOneCpu() {
   EvictStep step;
   std::optional<Hash128> victim;
   {
-    std::lock_guard<std::mutex> lock(cpu_policy_mu_);
+    MutexLock lock(&cpu_policy_mu_);
     victim = cpu_policy_->Victim();
   }
   if (!victim) return step;
@@ -304,7 +311,7 @@ TieredStore::EvictStep TieredStore::EvictOneCpu() {
   Deferred later;
   {
     Shard& shard = ShardFor(*victim);
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(&shard.mu);
     auto it = shard.objects.find(*victim);
     // Its state changed since the policy named it; the policy no longer holds it, try the next.
     if (it == shard.objects.end() || !it->second->in_cpu_policy) return step;
@@ -312,7 +319,7 @@ TieredStore::EvictStep TieredStore::EvictOneCpu() {
     if (ssd_ && rec->ssd.state == CopyState::kNone && !rec->ssd.failed && Admitted(*rec)) {
       // Demote first; the write's completion makes it evictable again (it keeps its old last
       // access, so it is the next victim), then it is just freed.
-      QueueWriteLocked(rec, later);
+      QueueWriteLocked(shard, rec, later);
       step.demoting_bytes = rec->extent_bytes;
     } else {
       step.freed_bytes = rec->extent_bytes;
@@ -330,7 +337,7 @@ TieredStore::EvictStep TieredStore::EvictOneCpu() {
         shard.objects.erase(it);
         rec->visible = false;
       }
-      UpdatePoliciesLocked(*rec);
+      UpdatePoliciesLocked(shard, *rec);
     }
   }
   RunDeferred(later);
@@ -345,7 +352,7 @@ LookupEntry TieredStore::Lookup(const Hash128& storage_key) {
   LookupEntry entry;
   if (!CheckOpen().ok()) return entry;
   Shard& shard = ShardFor(storage_key);
-  std::lock_guard<std::mutex> lock(shard.mu);
+  MutexLock lock(&shard.mu);
   auto it = shard.objects.find(storage_key);
   if (it == shard.objects.end()) return entry;
   const ObjectRec& rec = *it->second;
@@ -367,7 +374,7 @@ Result<Reservation> TieredStore::Reserve(const StoredName& name, const ObjectInf
   }
   if (!overwrite) {
     Shard& shard = ShardFor(name.storage_key);
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(&shard.mu);
     if (shard.objects.count(name.storage_key) > 0) {
       return absl::AlreadyExistsError(
           absl::StrCat("object ", name.storage_key.ToHex(), " is already committed"));
@@ -377,7 +384,7 @@ Result<Reservation> TieredStore::Reserve(const StoredName& name, const ObjectInf
   uint32_t ms = ClampMs(lease_ms, options_.default_reservation_ms);
   uint64_t id = next_reservation_id_.fetch_add(1);
   {
-    std::lock_guard<std::mutex> lock(res_mu_);
+    MutexLock lock(&res_mu_);
     ReservationRec r{name, info, extent, SteadyNs() + uint64_t{ms} * 1'000'000, false};
     reservation_deadlines_.emplace(r.deadline_ns, id);
     reservations_.emplace(id, std::move(r));
@@ -423,7 +430,7 @@ Status TieredStore::CommitImpl(uint64_t reservation_id, uint32_t payload_crc32c,
   uint64_t start = SteadyNs();
   ReservationRec res;
   {
-    std::lock_guard<std::mutex> lock(res_mu_);
+    MutexLock lock(&res_mu_);
     auto it = reservations_.find(reservation_id);
     if (it == reservations_.end()) {
       auto ended = ended_.find(reservation_id);
@@ -449,7 +456,7 @@ Status TieredStore::CommitImpl(uint64_t reservation_id, uint32_t payload_crc32c,
   const bool matches = !check_now || Crc32c(arena_->base() + res.extent.offset,
                                             res.info.payload_bytes) == payload_crc32c;
   {
-    std::lock_guard<std::mutex> lock(res_mu_);
+    MutexLock lock(&res_mu_);
     reservations_.erase(reservation_id);
     RememberEnded(reservation_id, matches ? Ended::kCommitted : Ended::kAborted);
   }
@@ -474,7 +481,7 @@ Status TieredStore::CommitImpl(uint64_t reservation_id, uint32_t payload_crc32c,
   Deferred later;
   {
     Shard& shard = ShardFor(res.name.storage_key);
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(&shard.mu);
     auto it = shard.objects.find(res.name.storage_key);
     // A newer commit of the same key replaces the old version; readers holding leases on the old
     // one keep its bytes until they release.
@@ -485,9 +492,9 @@ Status TieredStore::CommitImpl(uint64_t reservation_id, uint32_t payload_crc32c,
         done = std::make_shared<std::promise<Status>>();
         durable_result = done->get_future();
       }
-      QueueWriteLocked(rec, later, done);
+      QueueWriteLocked(shard, rec, later, done);
     } else {
-      UpdatePoliciesLocked(*rec);
+      UpdatePoliciesLocked(shard, *rec);
     }
   }
   RunDeferred(later);
@@ -504,7 +511,7 @@ Status TieredStore::Abort(uint64_t reservation_id) {
   KVSTASH_RETURN_IF_ERROR(CheckOpen());
   PageAllocator::Extent extent;
   {
-    std::lock_guard<std::mutex> lock(res_mu_);
+    MutexLock lock(&res_mu_);
     auto it = reservations_.find(reservation_id);
     if (it == reservations_.end()) {
       auto ended = ended_.find(reservation_id);
@@ -529,7 +536,7 @@ Lease TieredStore::RegisterLease(const std::shared_ptr<ObjectRec>& rec, uint32_t
   uint64_t id = next_lease_id_.fetch_add(1);
   uint64_t deadline = SteadyNs() + uint64_t{lease_ms} * 1'000'000;
   {
-    std::lock_guard<std::mutex> lock(lease_mu_);
+    MutexLock lock(&lease_mu_);
     leases_.emplace(id, LeaseRec{rec, deadline});
     lease_deadlines_.emplace(deadline, id);
   }
@@ -548,7 +555,7 @@ Result<Lease> TieredStore::Acquire(const Hash128& storage_key, uint32_t lease_ms
     bool promote = false;
     Deferred later;
     {
-      std::lock_guard<std::mutex> lock(shard.mu);
+      MutexLock lock(&shard.mu);
       auto it = shard.objects.find(storage_key);
       if (it == shard.objects.end()) {
         metrics_.cpu.misses->Increment();
@@ -562,20 +569,20 @@ Result<Lease> TieredStore::Acquire(const Hash128& storage_key, uint32_t lease_ms
         ++rec->leases;
         ++rec->hits;
         rec->last_access_ns = WallNs();
-        UpdatePoliciesLocked(*rec);
+        UpdatePoliciesLocked(shard, *rec);
         if (ssd_ && options_.ssd_admission_hits > 0 && rec->ssd.state == CopyState::kNone &&
             !rec->ssd.failed && Admitted(*rec)) {
-          QueueWriteLocked(rec, later);
+          QueueWriteLocked(shard, rec, later);
         }
       } else {
         rec->promotion = std::make_shared<Promotion>();
         promote = true;
-        UpdatePoliciesLocked(*rec);
+        UpdatePoliciesLocked(shard, *rec);
       }
     }
     if (wait_for) {
-      std::unique_lock<std::mutex> lock(wait_for->mu);
-      wait_for->cv.wait(lock, [&] { return wait_for->done; });
+      MutexLock lock(&wait_for->mu);
+      while (!wait_for->done) wait_for->cv.Wait(&wait_for->mu);
       continue;
     }
     if (promote) {
@@ -604,7 +611,7 @@ Status TieredStore::Release(uint64_t lease_id) {
   KVSTASH_RETURN_IF_ERROR(CheckOpen());
   std::shared_ptr<ObjectRec> rec;
   {
-    std::lock_guard<std::mutex> lock(lease_mu_);
+    MutexLock lock(&lease_mu_);
     auto it = leases_.find(lease_id);
     if (it == leases_.end()) {
       return absl::NotFoundError(absl::StrCat("unknown or expired lease ", lease_id));
@@ -623,7 +630,7 @@ Status TieredStore::Delete(const Hash128& storage_key) {
   Deferred later;
   {
     Shard& shard = ShardFor(storage_key);
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(&shard.mu);
     auto it = shard.objects.find(storage_key);
     if (it == shard.objects.end()) {
       return absl::NotFoundError(absl::StrCat("object ", storage_key.ToHex(), " not found"));
@@ -638,15 +645,15 @@ Status TieredStore::Pin(const Hash128& storage_key) {
   std::shared_lock<std::shared_mutex> guard(close_mu_);
   KVSTASH_RETURN_IF_ERROR(CheckOpen());
   Shard& shard = ShardFor(storage_key);
-  std::lock_guard<std::mutex> lock(shard.mu);
+  MutexLock lock(&shard.mu);
   auto it = shard.objects.find(storage_key);
   if (it == shard.objects.end()) {
     return absl::NotFoundError(absl::StrCat("object ", storage_key.ToHex(), " not found"));
   }
   ObjectRec& rec = *it->second;
   ++rec.pins;
-  UpdatePoliciesLocked(rec);
-  PersistPinsLocked(rec);
+  UpdatePoliciesLocked(shard, rec);
+  PersistPinsLocked(shard, rec);
   return OkStatus();
 }
 
@@ -654,7 +661,7 @@ Status TieredStore::Unpin(const Hash128& storage_key) {
   std::shared_lock<std::shared_mutex> guard(close_mu_);
   KVSTASH_RETURN_IF_ERROR(CheckOpen());
   Shard& shard = ShardFor(storage_key);
-  std::lock_guard<std::mutex> lock(shard.mu);
+  MutexLock lock(&shard.mu);
   auto it = shard.objects.find(storage_key);
   if (it == shard.objects.end()) {
     return absl::NotFoundError(absl::StrCat("object ", storage_key.ToHex(), " not found"));
@@ -665,12 +672,13 @@ Status TieredStore::Unpin(const Hash128& storage_key) {
         absl::StrCat("object ", storage_key.ToHex(), " is not pinned"));
   }
   --rec.pins;
-  UpdatePoliciesLocked(rec);
-  PersistPinsLocked(rec);
+  UpdatePoliciesLocked(shard, rec);
+  PersistPinsLocked(shard, rec);
   return OkStatus();
 }
 
-void TieredStore::PersistPinsLocked(const ObjectRec& rec) {
+void TieredStore::PersistPinsLocked(Shard& shard, const ObjectRec& rec) {
+  assert(&shard == &ShardFor(rec.name.storage_key));
   // Only a finished SSD copy has a record to update; a pending writer re-checks pins after its
   // synced put. The write is not synced: pins are a hint that survives a clean restart.
   if (!ssd_ || rec.ssd.state != CopyState::kStored) return;
@@ -693,7 +701,7 @@ Result<ListPage> TieredStore::List(const std::string& name_space, bool all_names
   // Each shard's map is ordered by key: take up to limit + 1 matches from each and merge.
   std::vector<ListedObject> found;
   for (Shard& shard : shards_) {
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(&shard.mu);
     auto it = after ? shard.objects.upper_bound(*after) : shard.objects.begin();
     size_t taken = 0;
     for (; it != shard.objects.end() && taken <= limit; ++it) {
@@ -721,7 +729,7 @@ StoreStats TieredStore::Stats() {
   StoreStats stats;
   uint64_t cpu_objects = 0, ssd_objects = 0, pinned = 0, cpu_logical = 0, ssd_logical = 0;
   for (Shard& shard : shards_) {
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(&shard.mu);
     for (const auto& [key, rec] : shard.objects) {
       if (rec->in_cpu) {
         ++cpu_objects;
@@ -749,7 +757,7 @@ StoreStats TieredStore::Stats() {
     return s;
   };
   {
-    std::lock_guard<std::mutex> lock(arena_mu_);
+    MutexLock lock(&arena_mu_);
     metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
   }
   stats.tiers.push_back(tier(Tier::kCpu, metrics_.cpu, cpu_objects, cpu_logical));
@@ -761,11 +769,11 @@ StoreStats TieredStore::Stats() {
   stats.reservations_expired = metrics_.reservations_expired->Value();
   stats.pinned_objects = pinned;
   {
-    std::lock_guard<std::mutex> lock(res_mu_);
+    MutexLock lock(&res_mu_);
     stats.reservations_active = reservations_.size();
   }
   {
-    std::lock_guard<std::mutex> lock(lease_mu_);
+    MutexLock lock(&lease_mu_);
     stats.leases_active = leases_.size();
   }
   return stats;
@@ -775,8 +783,8 @@ Status TieredStore::Flush() {
   std::shared_lock<std::shared_mutex> guard(close_mu_);
   KVSTASH_RETURN_IF_ERROR(CheckOpen());
   {
-    std::unique_lock<std::mutex> lock(write_mu_);
-    idle_cv_.wait(lock, [&] { return pending_writes_ == 0; });
+    MutexLock lock(&write_mu_);
+    while (pending_writes_ != 0) idle_cv_.Wait(&write_mu_);
   }
   // Write-through records are put without a WAL sync; make them all durable now.
   if (ssd_) return ssd_->Sync();
@@ -788,8 +796,8 @@ Status TieredStore::Close() {
   // Wait for every public call in flight (a durable commit waits for its write) to finish.
   std::unique_lock<std::shared_mutex> guard(close_mu_);
   {
-    std::unique_lock<std::mutex> lock(write_mu_);
-    idle_cv_.wait(lock, [&] { return pending_writes_ == 0; });
+    MutexLock lock(&write_mu_);
+    while (pending_writes_ != 0) idle_cv_.Wait(&write_mu_);
   }
   StopThreads();
   Status status = OkStatus();
@@ -798,7 +806,7 @@ Status TieredStore::Close() {
     // history; one WAL sync for the lot.
     std::vector<TierRecord> records;
     for (Shard& shard : shards_) {
-      std::lock_guard<std::mutex> lock(shard.mu);
+      MutexLock lock(&shard.mu);
       for (const auto& [key, rec] : shard.objects) {
         if (rec->ssd.state == CopyState::kStored) records.push_back(RecordOf(*rec));
       }
@@ -814,24 +822,24 @@ Status TieredStore::Close() {
 void TieredStore::StopThreads() {
   // The evictor can queue demotions, so it stops first; writers then drain whatever is queued.
   {
-    std::lock_guard<std::mutex> lock(bg_mu_);
+    MutexLock lock(&bg_mu_);
     bg_stop_ = true;
   }
-  bg_cv_.notify_all();
+  bg_cv_.SignalAll();
   if (reaper_.joinable()) reaper_.join();
   if (evictor_.joinable()) evictor_.join();
   // The checker finishes its queue (so queued SSD writes find the bytes checked or failed).
   {
-    std::lock_guard<std::mutex> lock(check_mu_);
+    MutexLock lock(&check_mu_);
     checker_stop_ = true;
   }
-  check_cv_.notify_all();
+  check_cv_.SignalAll();
   if (checker_.joinable()) checker_.join();
   {
-    std::lock_guard<std::mutex> lock(write_mu_);
+    MutexLock lock(&write_mu_);
     writers_stop_ = true;
   }
-  write_cv_.notify_all();
+  write_cv_.SignalAll();
   for (auto& t : writers_) t.join();
   writers_.clear();
 }
@@ -840,15 +848,15 @@ void TieredStore::StopThreads() {
 // Background threads
 
 void TieredStore::ReaperLoop() {
-  std::unique_lock<std::mutex> bg(bg_mu_);
+  bg_mu_.Lock();
   while (!bg_stop_) {
-    bg_cv_.wait_for(bg, std::chrono::milliseconds(10));
+    bg_cv_.WaitFor(&bg_mu_, std::chrono::milliseconds(10));
     if (bg_stop_) break;
-    bg.unlock();
+    bg_mu_.Unlock();
     uint64_t now = SteadyNs();
     std::vector<uint64_t> expired_extents;
     {
-      std::lock_guard<std::mutex> lock(res_mu_);
+      MutexLock lock(&res_mu_);
       while (!reservation_deadlines_.empty() && reservation_deadlines_.begin()->first <= now) {
         uint64_t id = reservation_deadlines_.begin()->second;
         reservation_deadlines_.erase(reservation_deadlines_.begin());
@@ -865,7 +873,7 @@ void TieredStore::ReaperLoop() {
     }
     std::vector<std::shared_ptr<ObjectRec>> expired_leases;
     {
-      std::lock_guard<std::mutex> lock(lease_mu_);
+      MutexLock lock(&lease_mu_);
       while (!lease_deadlines_.empty() && lease_deadlines_.begin()->first <= now) {
         uint64_t id = lease_deadlines_.begin()->second;
         lease_deadlines_.erase(lease_deadlines_.begin());
@@ -879,22 +887,23 @@ void TieredStore::ReaperLoop() {
       ReleaseLeaseRef(rec);
       metrics_.leases_expired->Increment();
     }
-    bg.lock();
+    bg_mu_.Lock();
   }
+  bg_mu_.Unlock();
 }
 
 void TieredStore::EvictorLoop() {
-  std::unique_lock<std::mutex> bg(bg_mu_);
+  bg_mu_.Lock();
   while (!bg_stop_) {
-    bg_cv_.wait_for(bg, std::chrono::milliseconds(50));
+    bg_cv_.WaitFor(&bg_mu_, std::chrono::milliseconds(50));
     if (bg_stop_) break;
-    bg.unlock();
+    bg_mu_.Unlock();
     if (CpuAboveHigh()) {
       // Demotions free their bytes later; count them so one pass does not demote everything.
       uint64_t demoting = 0;
       for (;;) {
         {
-          std::lock_guard<std::mutex> lock(arena_mu_);
+          MutexLock lock(&arena_mu_);
           double low = options_.low_watermark * static_cast<double>(allocator_.capacity_bytes());
           if (static_cast<double>(allocator_.used_bytes()) - static_cast<double>(demoting) <= low)
             break;
@@ -904,8 +913,9 @@ void TieredStore::EvictorLoop() {
         demoting += step.demoting_bytes;
       }
     }
-    bg.lock();
+    bg_mu_.Lock();
   }
+  bg_mu_.Unlock();
 }
 
 }  // namespace kvstash::storage

@@ -17,7 +17,6 @@
 #define KVSTASH_STORAGE_TIERED_STORE_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <future>
 #include <map>
@@ -30,6 +29,7 @@
 #include <vector>
 
 #include "arena.h"
+#include "kvstash/common/mutex.h"
 #include "kvstash/storage/eviction_policy.h"
 #include "kvstash/storage/object_store.h"
 #include "kvstash/storage/storage_tier.h"
@@ -101,9 +101,9 @@ struct ObjectRec {
 
 // Single flight of one promotion: later readers of the same object wait for the first.
 struct Promotion {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
+  Mutex mu;
+  CondVar cv;
+  bool done ABSL_GUARDED_BY(mu) = false;
 };
 
 class TieredStore final : public ObjectStore {
@@ -137,8 +137,8 @@ class TieredStore final : public ObjectStore {
  private:
   static constexpr size_t kShards = 64;
   struct Shard {
-    std::mutex mu;
-    std::map<Hash128, std::shared_ptr<ObjectRec>> objects;
+    Mutex mu;
+    std::map<Hash128, std::shared_ptr<ObjectRec>> objects ABSL_GUARDED_BY(mu);
   };
   struct ReservationRec {
     StoredName name;
@@ -176,14 +176,19 @@ class TieredStore final : public ObjectStore {
   bool Admitted(const ObjectRec& rec) const;
 
   // --- under the rec's shard lock ---
-  void UpdatePoliciesLocked(ObjectRec& rec);
+  // `shard` is the rec's (ShardFor(rec.name.storage_key)): the analysis checks that a shard lock
+  // is held; debug builds assert that it is the rec's.
+  void UpdatePoliciesLocked(Shard& shard, ObjectRec& rec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
   EvictionMeta MetaFor(const ObjectRec& rec, uint64_t bytes) const;
   // Takes `rec` by value: callers often pass the index's own shared_ptr, which this erases.
-  void HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Deferred& later);
-  void MaybeFreeArenaLocked(ObjectRec& rec);
-  void QueueWriteLocked(const std::shared_ptr<ObjectRec>& rec, Deferred& later,
-                        std::shared_ptr<std::promise<Status>> done = nullptr);
-  void PersistPinsLocked(const ObjectRec& rec);
+  void HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Deferred& later)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
+  void MaybeFreeArenaLocked(Shard& shard, ObjectRec& rec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
+  void QueueWriteLocked(Shard& shard, const std::shared_ptr<ObjectRec>& rec, Deferred& later,
+                        std::shared_ptr<std::promise<Status>> done = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
+  void PersistPinsLocked(Shard& shard, const ObjectRec& rec)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
   void ReleaseLeaseRef(const std::shared_ptr<ObjectRec>& rec);
   void RunDeferred(Deferred& later);
 
@@ -231,7 +236,7 @@ class TieredStore final : public ObjectStore {
 
   // --- leases and reservations ---
   Lease RegisterLease(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms, Tier from);
-  void RememberEnded(uint64_t reservation_id, Ended how);
+  void RememberEnded(uint64_t reservation_id, Ended how) ABSL_EXCLUSIVE_LOCKS_REQUIRED(res_mu_);
   void ReaperLoop();
   void EvictorLoop();
   void StopThreads();
@@ -240,8 +245,8 @@ class TieredStore final : public ObjectStore {
   StoreMetrics metrics_;
   // Per-namespace bytes per tier (Usage). Changed under the rec's shard lock wherever in_cpu or
   // ssd.state == kStored changes; usage_mu_ is a leaf.
-  std::mutex usage_mu_;
-  std::unordered_map<std::string, NamespaceUsage> usage_;
+  Mutex usage_mu_;
+  std::unordered_map<std::string, NamespaceUsage> usage_ ABSL_GUARDED_BY(usage_mu_);
   void AddCpuUsage(const ObjectRec& rec, bool add);
   void AddSsdUsage(const ObjectRec& rec, bool add);
   std::unique_ptr<Arena> arena_;
@@ -251,45 +256,50 @@ class TieredStore final : public ObjectStore {
 
   Shard shards_[kShards];
 
-  std::mutex arena_mu_;
-  std::condition_variable arena_cv_;  // arena bytes freed or a demotion finished
-  uint64_t arena_epoch_ = 0;          // guarded by arena_mu_; bumped with every arena_cv_ signal
-  PageAllocator allocator_;           // guarded by arena_mu_
+  Mutex arena_mu_;
+  CondVar arena_cv_;  // arena bytes freed or a demotion finished
+  // Bumped with every arena_cv_ signal.
+  uint64_t arena_epoch_ ABSL_GUARDED_BY(arena_mu_) = 0;
+  const uint64_t arena_capacity_bytes_;  // allocator_.capacity_bytes(), readable without the lock
+  PageAllocator allocator_ ABSL_GUARDED_BY(arena_mu_);
 
-  std::mutex cpu_policy_mu_;
-  std::unique_ptr<EvictionPolicy> cpu_policy_;
-  std::mutex ssd_policy_mu_;
-  std::unique_ptr<EvictionPolicy> ssd_policy_;
+  Mutex cpu_policy_mu_;
+  std::unique_ptr<EvictionPolicy> cpu_policy_ ABSL_PT_GUARDED_BY(cpu_policy_mu_);
+  Mutex ssd_policy_mu_;
+  std::unique_ptr<EvictionPolicy> ssd_policy_ ABSL_PT_GUARDED_BY(ssd_policy_mu_);
 
-  std::mutex lease_mu_;
+  Mutex lease_mu_;
   std::atomic<uint64_t> next_lease_id_{1};
-  std::unordered_map<uint64_t, LeaseRec> leases_;
-  std::set<std::pair<uint64_t, uint64_t>> lease_deadlines_;  // (deadline, id)
+  std::unordered_map<uint64_t, LeaseRec> leases_ ABSL_GUARDED_BY(lease_mu_);
+  // (deadline, id)
+  std::set<std::pair<uint64_t, uint64_t>> lease_deadlines_ ABSL_GUARDED_BY(lease_mu_);
 
-  std::mutex res_mu_;
+  Mutex res_mu_;
   std::atomic<uint64_t> next_reservation_id_{1};
-  std::unordered_map<uint64_t, ReservationRec> reservations_;
-  std::set<std::pair<uint64_t, uint64_t>> reservation_deadlines_;  // (deadline, id)
-  std::unordered_map<uint64_t, Ended> ended_;  // bounded: the most recent kEndedMemory ids
-  std::deque<uint64_t> ended_order_;
-  uint64_t reservations_expired_ = 0;
+  std::unordered_map<uint64_t, ReservationRec> reservations_ ABSL_GUARDED_BY(res_mu_);
+  // (deadline, id)
+  std::set<std::pair<uint64_t, uint64_t>> reservation_deadlines_ ABSL_GUARDED_BY(res_mu_);
+  // Bounded: the most recent kEndedMemory ids.
+  std::unordered_map<uint64_t, Ended> ended_ ABSL_GUARDED_BY(res_mu_);
+  std::deque<uint64_t> ended_order_ ABSL_GUARDED_BY(res_mu_);
+  uint64_t reservations_expired_ ABSL_GUARDED_BY(res_mu_) = 0;
 
-  std::mutex write_mu_;
-  std::condition_variable write_cv_;  // work queued or stopping
-  std::condition_variable idle_cv_;   // pending_writes_ reached 0
-  std::deque<WriteJob> write_queue_;
-  uint64_t pending_writes_ = 0;  // queued + running
-  bool writers_stop_ = false;
+  Mutex write_mu_;
+  CondVar write_cv_;  // work queued or stopping
+  CondVar idle_cv_;   // pending_writes_ reached 0
+  std::deque<WriteJob> write_queue_ ABSL_GUARDED_BY(write_mu_);
+  uint64_t pending_writes_ ABSL_GUARDED_BY(write_mu_) = 0;  // queued + running
+  bool writers_stop_ ABSL_GUARDED_BY(write_mu_) = false;
   std::vector<std::thread> writers_;
 
-  std::mutex bg_mu_;
-  std::condition_variable bg_cv_;
-  bool bg_stop_ = false;
+  Mutex bg_mu_;
+  CondVar bg_cv_;
+  bool bg_stop_ ABSL_GUARDED_BY(bg_mu_) = false;
   std::thread reaper_;
-  std::mutex check_mu_;  // leaf
-  std::condition_variable check_cv_;
-  std::deque<std::shared_ptr<ObjectRec>> check_queue_;
-  bool checker_stop_ = false;
+  Mutex check_mu_;  // leaf
+  CondVar check_cv_;
+  std::deque<std::shared_ptr<ObjectRec>> check_queue_ ABSL_GUARDED_BY(check_mu_);
+  bool checker_stop_ ABSL_GUARDED_BY(check_mu_) = false;
   std::thread checker_;
   std::thread evictor_;
 };

@@ -63,21 +63,21 @@ Status TieredStore::CheckArenaBytes(ObjectRec& rec, bool yielding) {
 
 void TieredStore::QueueCheck(std::shared_ptr<ObjectRec> rec) {
   {
-    std::lock_guard<std::mutex> lock(check_mu_);
+    MutexLock lock(&check_mu_);
     check_queue_.push_back(std::move(rec));
   }
-  check_cv_.notify_one();
+  check_cv_.Signal();
 }
 
 void TieredStore::DropFailedLease(const std::shared_ptr<ObjectRec>& rec) {
   Deferred later;
   {
     Shard& shard = ShardFor(rec->name.storage_key);
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(&shard.mu);
     --rec->leases;
     if (rec->visible) HideLocked(shard, rec, later);
-    UpdatePoliciesLocked(*rec);
-    MaybeFreeArenaLocked(*rec);
+    UpdatePoliciesLocked(shard, *rec);
+    MaybeFreeArenaLocked(shard, *rec);
   }
   RunDeferred(later);
 }
@@ -90,8 +90,8 @@ void TieredStore::CheckerLoop() {
   for (;;) {
     std::shared_ptr<ObjectRec> rec;
     {
-      std::unique_lock<std::mutex> lock(check_mu_);
-      check_cv_.wait(lock, [&] { return checker_stop_ || !check_queue_.empty(); });
+      MutexLock lock(&check_mu_);
+      while (!checker_stop_ && check_queue_.empty()) check_cv_.Wait(&check_mu_);
       if (check_queue_.empty()) return;  // stopping, and every queued check is done
       rec = std::move(check_queue_.front());
       check_queue_.pop_front();
@@ -100,22 +100,22 @@ void TieredStore::CheckerLoop() {
     {
       // An io_ref keeps the bytes in the arena while they are read. A rec evicted, deleted or
       // checked by a reader meanwhile needs nothing more.
-      std::lock_guard<std::mutex> lock(shard.mu);
+      MutexLock lock(&shard.mu);
       if (!rec->visible || !rec->in_cpu ||
           rec->arena_check.load(std::memory_order_acquire) != ArenaCheck::kPending) {
         continue;
       }
       ++rec->io_refs;
-      UpdatePoliciesLocked(*rec);
+      UpdatePoliciesLocked(shard, *rec);
     }
     const bool passed = CheckArenaBytes(*rec, /*yielding=*/true).ok();
     Deferred later;
     {
-      std::lock_guard<std::mutex> lock(shard.mu);
+      MutexLock lock(&shard.mu);
       --rec->io_refs;
       if (!passed && rec->visible) HideLocked(shard, rec, later);
-      UpdatePoliciesLocked(*rec);
-      MaybeFreeArenaLocked(*rec);
+      UpdatePoliciesLocked(shard, *rec);
+      MaybeFreeArenaLocked(shard, *rec);
     }
     RunDeferred(later);
     SignalArena();  // the rec may have become evictable, or its bytes were freed

@@ -62,9 +62,9 @@ void TieredStore::RecoverSsd(std::vector<TierRecord> records) {
     rec->pins = r.pins;
     rec->last_access_ns = r.last_access_ns;
     Shard& shard = ShardFor(r.name.storage_key);
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(&shard.mu);
     shard.objects[r.name.storage_key] = rec;
-    UpdatePoliciesLocked(*rec);
+    UpdatePoliciesLocked(shard, *rec);
   }
   metrics_.ssd.used_bytes->Set(static_cast<double>(ssd_->used_bytes()));
 }
@@ -72,7 +72,7 @@ void TieredStore::RecoverSsd(std::vector<TierRecord> records) {
 bool TieredStore::EvictOneSsd() {
   std::optional<Hash128> victim;
   {
-    std::lock_guard<std::mutex> lock(ssd_policy_mu_);
+    MutexLock lock(&ssd_policy_mu_);
     victim = ssd_policy_->Victim();
   }
   if (!victim) return false;
@@ -81,7 +81,7 @@ bool TieredStore::EvictOneSsd() {
   uint64_t stored_bytes = 0;
   {
     Shard& shard = ShardFor(*victim);
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(&shard.mu);
     auto it = shard.objects.find(*victim);
     if (it == shard.objects.end() || !it->second->ssd.in_policy) return true;  // changed; retry
     rec = it->second;
@@ -93,7 +93,7 @@ bool TieredStore::EvictOneSsd() {
       shard.objects.erase(it);
       rec->visible = false;
     }
-    UpdatePoliciesLocked(*rec);
+    UpdatePoliciesLocked(shard, *rec);
   }
   ssd_->Remove(rec->name.storage_key, seq, stored_bytes);
   metrics_.ssd.evictions->Increment();
@@ -105,8 +105,8 @@ void TieredStore::WriterLoop() {
   for (;;) {
     WriteJob job;
     {
-      std::unique_lock<std::mutex> lock(write_mu_);
-      write_cv_.wait(lock, [&] { return writers_stop_ || !write_queue_.empty(); });
+      MutexLock lock(&write_mu_);
+      while (!writers_stop_ && write_queue_.empty()) write_cv_.Wait(&write_mu_);
       if (write_queue_.empty()) return;  // stopping, and every queued write is done
       job = std::move(write_queue_.front());
       write_queue_.pop_front();
@@ -115,8 +115,8 @@ void TieredStore::WriterLoop() {
     if (job.done) job.done->set_value(status);
     job.rec.reset();
     {
-      std::lock_guard<std::mutex> lock(write_mu_);
-      if (--pending_writes_ == 0) idle_cv_.notify_all();
+      MutexLock lock(&write_mu_);
+      if (--pending_writes_ == 0) idle_cv_.SignalAll();
     }
     SignalArena();  // the object just written may now be evictable
   }
@@ -129,7 +129,7 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
   TierRecord record;
   bool visible;
   {
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(&shard.mu);
     visible = rec->visible;
     if (visible) {
       record = RecordOf(*rec);
@@ -212,7 +212,7 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
     }
     if (written) {
       {
-        std::lock_guard<std::mutex> lock(shard.mu);
+        MutexLock lock(&shard.mu);
         visible = rec->visible;
         rec->ssd.seq = record.seq;
         rec->ssd.info = record.info;
@@ -237,21 +237,21 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
   bool remove = written && !indexed;
   Deferred later;
   {
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(&shard.mu);
     --rec->io_refs;
     if (!check.ok() && rec->visible) HideLocked(shard, rec, later);
     if (indexed && rec->visible) {
       rec->ssd.state = CopyState::kStored;
       AddSsdUsage(*rec, true);
-      if (rec->pins != record.pins || rec->hits != record.hits) PersistPinsLocked(*rec);
+      if (rec->pins != record.pins || rec->hits != record.hits) PersistPinsLocked(shard, *rec);
     } else {
       // Deleted or replaced while being written, or the write failed.
       remove = remove || indexed;
       rec->ssd.state = CopyState::kNone;
       if (!status.ok()) rec->ssd.failed = true;
     }
-    UpdatePoliciesLocked(*rec);
-    MaybeFreeArenaLocked(*rec);
+    UpdatePoliciesLocked(shard, *rec);
+    MaybeFreeArenaLocked(shard, *rec);
   }
   RunDeferred(later);
   if (remove) ssd_->Remove(key, record.seq, payload_bytes);
@@ -271,7 +271,7 @@ Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32
   ObjectInfo stored, served_info;
   bool encoded;
   {
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(&shard.mu);
     seq = rec->ssd.seq;
     stored = rec->ssd.info;
     served_info = rec->ssd.served;
@@ -291,7 +291,7 @@ Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32
   Deferred later;
   bool served = false;
   {
-    std::lock_guard<std::mutex> lock(shard.mu);
+    MutexLock lock(&shard.mu);
     std::shared_ptr<Promotion> promotion = std::move(rec->promotion);
     rec->promotion = nullptr;
     if (status.ok() && rec->visible) {
@@ -304,20 +304,20 @@ Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32
       ++rec->hits;
       rec->last_access_ns = WallNs();
       served = true;
-      UpdatePoliciesLocked(*rec);
+      UpdatePoliciesLocked(shard, *rec);
     } else {
       if (extent.ok()) FreeExtent(extent->offset);
       if (unreadable && rec->visible) {
         HideLocked(shard, rec, later);
       } else {
-        UpdatePoliciesLocked(*rec);
+        UpdatePoliciesLocked(shard, *rec);
       }
     }
     {
-      std::lock_guard<std::mutex> plock(promotion->mu);
+      MutexLock plock(&promotion->mu);
       promotion->done = true;
     }
-    promotion->cv.notify_all();
+    promotion->cv.SignalAll();
   }
   RunDeferred(later);
   if (!served) {
