@@ -1,8 +1,8 @@
 // kvstash::Mutex (common/mutex.h: std::mutex with thread-safety annotations) against absl::Mutex,
 // for the short critical sections of the store (a counter bump under the lock), uncontended and
 // with 2 and 4 threads on one lock:
-//   ./build/release/bench/common/mutex_bench --benchmark_repetitions=5 \
-//       --benchmark_report_aggregates_only=true
+//   ./build/release/bench/common/mutex_bench --benchmark_repetitions=5
+//       --benchmark_report_aggregates_only=true   (one command line)
 #include <benchmark/benchmark.h>
 
 #include <cstdint>

@@ -157,7 +157,7 @@ TlsMaterial::~TlsMaterial() {
 }
 
 Status TlsMaterial::Stage() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   KVSTASH_ASSIGN_OR_RETURN(std::string cert, ReadFile(config_.cert_file, "tls.cert"));
   KVSTASH_ASSIGN_OR_RETURN(std::string key, ReadFile(config_.key_file, "tls.key"));
   KVSTASH_ASSIGN_OR_RETURN(std::string ca, ReadFile(config_.ca_file, "tls.ca"));

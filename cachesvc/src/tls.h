@@ -20,10 +20,10 @@
 #include <grpcpp/grpcpp.h>
 
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "kvstash/cachesvc/config.h"
+#include "kvstash/common/mutex.h"
 #include "kvstash/common/status.h"
 
 namespace grpc::experimental {
@@ -57,8 +57,8 @@ class TlsMaterial {
 
   TlsConfig config_;
   std::string dir_;  // private copies: dir_/current -> dir_/g<N>
-  std::mutex mu_;
-  int generation_ = 0;
+  Mutex mu_;         // one Stage at a time
+  int generation_ ABSL_GUARDED_BY(mu_) = 0;
   std::shared_ptr<grpc::experimental::CertificateProviderInterface> provider_;
 };
 

@@ -45,7 +45,7 @@ Status UringReaderPool::ReadRanges(int fd, std::span<ReadRange> ranges) {
   if (!available_) return ReadWithPread(fd, ranges);
   Ring* ring;
   {
-    std::unique_lock<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (idle_.empty() && rings_.size() < max_rings_) {
       // Another concurrent reader: give it its own ring rather than queueing behind the others.
       auto r = std::make_unique<Ring>();
@@ -54,16 +54,16 @@ Status UringReaderPool::ReadRanges(int fd, std::span<ReadRange> ranges) {
         rings_.push_back(std::move(r));
       }
     }
-    cv_.wait(lock, [&] { return !idle_.empty(); });
+    while (idle_.empty()) cv_.Wait(&mu_);
     ring = idle_.back();
     idle_.pop_back();
   }
   Status status = ReadWithRing(*ring, fd, ranges);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     idle_.push_back(ring);
   }
-  cv_.notify_one();
+  cv_.Signal();
   return status;
 }
 

@@ -8,13 +8,12 @@
 #ifndef KVSTASH_STORAGE_URING_READER_H_
 #define KVSTASH_STORAGE_URING_READER_H_
 
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <vector>
 
+#include "kvstash/common/mutex.h"
 #include "kvstash/common/status.h"
 
 namespace kvstash::storage {
@@ -47,10 +46,10 @@ class UringReaderPool {
   unsigned depth_;
   size_t max_rings_;
   bool available_ = true;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::unique_ptr<Ring>> rings_;  // guarded by mu_
-  std::vector<Ring*> idle_;                   // guarded by mu_
+  Mutex mu_;
+  CondVar cv_;
+  std::vector<std::unique_ptr<Ring>> rings_ ABSL_GUARDED_BY(mu_);
+  std::vector<Ring*> idle_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace kvstash::storage
