@@ -73,9 +73,10 @@ class GgufBuilder {
   };
   template <typename V>
   static void Append(std::vector<uint8_t>* out, V v) {
-    uint8_t b[sizeof(V)];
-    std::memcpy(b, &v, sizeof(V));
-    out->insert(out->end(), b, b + sizeof(V));
+    // resize + memcpy: GCC 12 reports a false -Wstringop-overflow for the equivalent insert.
+    const size_t at = out->size();
+    out->resize(at + sizeof(V));
+    std::memcpy(out->data() + at, &v, sizeof(V));
   }
   template <typename V>
   void Put(V v) {

@@ -9,12 +9,14 @@
 #include <vector>
 
 #include "fuzz_profile.h"
+#include "gguf_builder.h"
 #include "kvstash/codec/cachegen.h"
 #include "kvstash/codec/kvq.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/object_header.h"
 #include "kvstash/proto/local_control.h"
 #include "kvstash/v1/kvstash.pb.h"
+#include "ssd_record.h"
 
 namespace {
 
@@ -279,6 +281,69 @@ int main(int argc, char** argv) {
     Write(kvq, "mutated_bits", 1, m);
     m.assign(base.begin(), base.end() - 5);
     Write(kvq, "truncated", 1, m);
+  }
+  {
+    // SSD index records, record keys and name blocks (flags: bits 0-1 pick the decoder, bit 2
+    // reseals the crc32c).
+    const std::filesystem::path ssd = root / "fuzz_ssd_record";
+    auto bytes = [](const std::string& v) { return std::vector<uint8_t>(v.begin(), v.end()); };
+    storage::TierRecord r;
+    r.name.storage_key = Hash128{0x0123456789abcdefull, 0xfedcba9876543210ull};
+    r.name.model_fingerprint = Hash128{1, 2};
+    r.name.token_hash = Hash128{3, 4};
+    r.name.name_space = "tenant-a";
+    r.info.layout = fuzz::FuzzLayout(16);
+    r.info.payload_bytes = r.info.layout.RawBytes();
+    r.info.payload_crc32c = 0xdeadbeef;
+    r.served = r.info;
+    r.hits = 7;
+    r.last_access_ns = 1234567890123ull;
+    r.pins = 2;
+    r.seq = 42;
+    auto value = storage::EncodeRecord(r);
+    if (!value.ok()) {
+      std::fprintf(stderr, "SSD record encode failed\n");
+      return 1;
+    }
+    Write(ssd, "record", 0, bytes(*value));
+    storage::TierRecord enc = r;
+    enc.info.encoding = Encoding::kCacheGen;
+    enc.info.encoding_level = 2;
+    enc.info.payload_bytes = r.info.payload_bytes / 4;
+    enc.encoded = true;
+    enc.served.lossy = true;
+    enc.served.payload_crc32c = 0x12345678;
+    if (auto v = storage::EncodeRecord(enc); v.ok()) Write(ssd, "record_encoded", 0, bytes(*v));
+    std::string v1 = *value;  // version 1: no flags and served crc32c
+    v1[0] = 1;
+    v1.erase(1 + kObjectHeaderBytes, 5);
+    Write(ssd, "record_v1", 4, bytes(v1));
+    Write(ssd, "name_block", 1, bytes(storage::EncodeNameBlock(r.name)));
+    Write(ssd, "record_key", 2, bytes(storage::RecordKey(r.name.storage_key, r.seq)));
+    std::string m = *value;
+    m[1 + kObjectHeaderBytes + 5] ^= 0x10;  // hits
+    Write(ssd, "mutated_hits", 4, bytes(m));
+    Write(ssd, "truncated", 4, bytes(value->substr(0, value->size() - 7)));
+    Write(ssd, "all_three", 3, bytes(*value));
+  }
+  {
+    // GGUF files: metadata of every kind the engine reads and a few tensors.
+    const std::filesystem::path gguf = root / "fuzz_gguf";
+    engine::testing::GgufBuilder b;
+    b.Str("general.architecture", "llama");
+    b.U32("llama.block_count", 1);
+    b.U32("llama.embedding_length", 8);
+    b.F32("llama.rope.freq_base", 10000.0f);
+    b.Bool("tokenizer.ggml.add_bos_token", true);
+    b.StrArray("tokenizer.ggml.tokens", {"<s>", "a", "b"});
+    b.I32Array("tokenizer.ggml.token_type", {3, 1, 1});
+    b.Tensor("token_embd.weight", {8, 3}, 0, std::vector<uint8_t>(8 * 3 * 4, 0x3c));
+    b.Tensor("output_norm.weight", {8}, 1, std::vector<uint8_t>(8 * 2, 0x01));
+    const std::vector<uint8_t> file = b.Build();
+    WriteRaw(gguf, "small_llama", file);
+    WriteRaw(gguf, "truncated", std::vector<uint8_t>(file.begin(), file.begin() + file.size() / 2));
+    engine::testing::GgufBuilder empty;
+    WriteRaw(gguf, "empty", empty.Build());
   }
   std::printf("corpus written to %s\n", root.c_str());
   return 0;
