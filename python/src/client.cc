@@ -177,14 +177,18 @@ class PyClient {
     client_ = std::shared_ptr<KvClient>(ValueOrThrow(std::move(c)));
   }
 
-  KvClient& c() const {
+  KvClient& c() const { return *Hold(); }
+  // A call keeps the client alive while it runs without the GIL, so close() from another
+  // thread cannot pull it from under the call.
+  std::shared_ptr<KvClient> Hold() const {
     if (!client_) throw py::value_error("kvstash: the client is closed");
-    return *client_;
+    return client_;
   }
   void Close() { client_.reset(); }
 
   client::LookupReply Lookup(const std::vector<ObjectName>& names) {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     Result<client::LookupReply> r;
     {
       py::gil_scoped_release nogil;
@@ -195,7 +199,8 @@ class PyClient {
 
   void Put(const ObjectName& name, py::handle info, py::handle buffer, bool overwrite,
            bool durable) {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     ObjectInfo i = InfoFromPy(info);
     ByteRange bytes(buffer, /*writable=*/false);
     PutOptions o;
@@ -211,7 +216,8 @@ class PyClient {
 
   py::list PutMany(const std::vector<ObjectName>& names, py::handle infos, py::handle buffers,
                    bool overwrite, bool durable, uint32_t max_batch, uint64_t max_batch_bytes) {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     std::vector<ObjectInfo> is = InfosFromPy(infos, names.size());
     std::vector<ItemBuffers> bufs = BuffersFromPy(buffers, names.size(), /*writable=*/false);
     std::vector<PutItem> items(names.size());
@@ -240,7 +246,8 @@ class PyClient {
   // Reads every object into its buffer: one AcquireMany plus copies out of the arena when shared
   // memory is attached, else one streaming GetInto per object.
   std::vector<GetResult> GetMany(const std::vector<ObjectName>& names, py::handle buffers) {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     std::vector<ItemBuffers> bufs = BuffersFromPy(buffers, names.size(), /*writable=*/true);
     std::vector<NativeGet> got(names.size());
     Status whole;
@@ -268,7 +275,8 @@ class PyClient {
   }
 
   py::bytearray Get(const ObjectName& name) {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     if (cl.shared_memory_attached()) {
       Result<ReadLease> lease;
       {
@@ -284,8 +292,7 @@ class PyClient {
       {
         py::gil_scoped_release nogil;
         std::memcpy(dst, l.data().data(), l.data().size());
-        l = ReadLease(std::move(l));  // released (without waiting) when `l` goes
-      }
+      }  // `l` goes at return: its destructor releases without waiting
       return out;
     }
     Result<client::GetReply> reply;
@@ -298,7 +305,8 @@ class PyClient {
   }
 
   PyLease Acquire(const ObjectName& name) {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     Result<ReadLease> r;
     {
       py::gil_scoped_release nogil;
@@ -308,7 +316,8 @@ class PyClient {
   }
 
   py::list AcquireMany(const std::vector<ObjectName>& names) {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     Result<std::vector<Result<ReadLease>>> r;
     {
       py::gil_scoped_release nogil;
@@ -327,7 +336,8 @@ class PyClient {
   }
 
   PyReservation Reserve(const ObjectName& name, py::handle info, bool overwrite) {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     ObjectInfo i = InfoFromPy(info);
     Result<WriteReservation> r;
     {
@@ -339,7 +349,8 @@ class PyClient {
 
   using BatchCall = Result<std::vector<Status>> (KvClient::*)(std::span<const ObjectName>);
   py::list Batch(BatchCall call, const std::vector<ObjectName>& names) {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     Result<std::vector<Status>> r;
     {
       py::gil_scoped_release nogil;
@@ -349,7 +360,8 @@ class PyClient {
   }
 
   py::dict Stats() {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     Result<client::ServiceStats> r;
     {
       py::gil_scoped_release nogil;
@@ -384,7 +396,8 @@ class PyClient {
   }
 
   client::Handoff Offer(const std::vector<ObjectName>& names, uint32_t handoff_ms) {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     Result<client::Handoff> r;
     {
       py::gil_scoped_release nogil;
@@ -394,7 +407,8 @@ class PyClient {
   }
 
   client::HandoffFetch FetchHandoff(const client::Handoff& h, bool all_or_nothing) {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     Result<client::HandoffFetch> r;
     {
       py::gil_scoped_release nogil;
@@ -404,7 +418,8 @@ class PyClient {
   }
 
   uint64_t HeartbeatHandoff(const client::Handoff& h, uint32_t extend_ms) {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     Result<uint64_t> r;
     {
       py::gil_scoped_release nogil;
@@ -414,7 +429,8 @@ class PyClient {
   }
 
   void ReleaseHandoff(const client::Handoff& h) {
-    KvClient& cl = c();
+    std::shared_ptr<KvClient> held = Hold();
+    KvClient& cl = *held;
     Status s;
     {
       py::gil_scoped_release nogil;

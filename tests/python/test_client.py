@@ -293,3 +293,10 @@ def test_segments_gather_on_put_and_scatter_on_get(client, service):
         assert all(r.ok for r in tcp.get_many(names, outs))
         for d, (k, v) in zip(data, outs):
             assert np.array_equal(np.concatenate([k, v]), d)
+
+
+def test_closed_client_refuses_calls(service):
+    c = kvstash.Client(service.target)
+    c.close()
+    with pytest.raises(ValueError, match="closed"):
+        c.lookup(fresh_names(1))
