@@ -76,6 +76,14 @@ struct ClientCore {
       Status s = l->Call(method, request, response, &sent);
       if (sent || !s.ok()) return s;
     }
+    return Unary(rpc, request, response);
+  }
+  // A unary call the local control channel does not carry (Delete, Pin, List, ...): gRPC with
+  // the rpc_timeout deadline.
+  template <typename Request, typename Response>
+  Status Unary(grpc::Status (v1::KvStash::Stub::*rpc)(grpc::ClientContext*, const Request&,
+                                                      Response*),
+               const Request& request, Response* response) {
     grpc::ClientContext ctx;
     SetRpcDeadline(&ctx);
     return FromGrpcStatus((stub.get()->*rpc)(&ctx, request, response));

@@ -431,47 +431,44 @@ Result<GetIntoReply> KvClient::GetInto(const ObjectName& name, std::span<uint8_t
 
 // ---- Delete / Pin / Unpin / List / Stats ---------------------------------------
 
-Result<std::vector<Status>> KvClient::Delete(std::span<const ObjectName> names) {
-  grpc::ClientContext ctx;
-  core_->SetRpcDeadline(&ctx);
+namespace {
+
+// Delete, Pin and Unpin: one KeysRequest, per-key statuses back, through the client core.
+Result<std::vector<Status>> KeysCall(ClientCore& core,
+                                     grpc::Status (v1::KvStash::Stub::*rpc)(grpc::ClientContext*,
+                                                                            const v1::KeysRequest&,
+                                                                            v1::KeysResponse*),
+                                     std::span<const ObjectName> names) {
   v1::KeysRequest req;
   AddKeys(&req, names);
   v1::KeysResponse resp;
-  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Delete(&ctx, req, &resp)));
+  KVSTASH_RETURN_IF_ERROR(core.Unary(rpc, req, &resp));
   return ItemStatuses(resp, names.size());
+}
+
+}  // namespace
+
+Result<std::vector<Status>> KvClient::Delete(std::span<const ObjectName> names) {
+  return KeysCall(*core_, &v1::KvStash::Stub::Delete, names);
 }
 
 Result<std::vector<Status>> KvClient::Pin(std::span<const ObjectName> names) {
-  grpc::ClientContext ctx;
-  core_->SetRpcDeadline(&ctx);
-  v1::KeysRequest req;
-  AddKeys(&req, names);
-  v1::KeysResponse resp;
-  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Pin(&ctx, req, &resp)));
-  return ItemStatuses(resp, names.size());
+  return KeysCall(*core_, &v1::KvStash::Stub::Pin, names);
 }
 
 Result<std::vector<Status>> KvClient::Unpin(std::span<const ObjectName> names) {
-  grpc::ClientContext ctx;
-  core_->SetRpcDeadline(&ctx);
-  v1::KeysRequest req;
-  AddKeys(&req, names);
-  v1::KeysResponse resp;
-  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Unpin(&ctx, req, &resp)));
-  return ItemStatuses(resp, names.size());
+  return KeysCall(*core_, &v1::KvStash::Stub::Unpin, names);
 }
 
 Result<ListReply> KvClient::List(const std::string& name_space, uint32_t limit,
                                  const std::string& page_token, bool all_namespaces) {
-  grpc::ClientContext ctx;
-  core_->SetRpcDeadline(&ctx);
   v1::ListRequest req;
   req.set_namespace_(name_space);
   req.set_limit(limit);
   req.set_page_token(page_token);
   req.set_all_namespaces(all_namespaces);
   v1::ListResponse resp;
-  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->List(&ctx, req, &resp)));
+  KVSTASH_RETURN_IF_ERROR(core_->Unary(&v1::KvStash::Stub::List, req, &resp));
   ListReply reply;
   reply.next_page_token = resp.next_page_token();
   for (const v1::ListedObject& o : resp.objects()) {
@@ -491,11 +488,9 @@ Result<ListReply> KvClient::List(const std::string& name_space, uint32_t limit,
 }
 
 Result<ServiceStats> KvClient::Stats() {
-  grpc::ClientContext ctx;
-  core_->SetRpcDeadline(&ctx);
   v1::StatsRequest req;
   v1::StatsResponse resp;
-  KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->Stats(&ctx, req, &resp)));
+  KVSTASH_RETURN_IF_ERROR(core_->Unary(&v1::KvStash::Stub::Stats, req, &resp));
   ServiceStats stats;
   for (const v1::TierStats& t : resp.tiers()) {
     TierStats out;
