@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "eviction_trace.h"
+#include "testing/eviction_trace.h"
 
 int main(int argc, char** argv) {
   std::string out_path;
@@ -33,19 +33,19 @@ int main(int argc, char** argv) {
               "saved cost", "hits lru", "hits cost");
   for (double s : {0.8, 1.0, 1.2}) {
     for (uint64_t seed : {1, 2, 3}) {
-      kvstash::bench::TraceConfig cfg;
+      kvstash::testing::TraceConfig cfg;
       cfg.num_chunks = chunks;
       cfg.num_requests = requests;
       cfg.zipf_s = s;
       cfg.seed = seed;
-      const kvstash::bench::Trace trace = kvstash::bench::MakeTrace(cfg);
+      const kvstash::testing::Trace trace = kvstash::testing::MakeTrace(cfg);
       for (double cap : {0.02, 0.05, 0.10, 0.20, 0.40}) {
         const uint64_t bytes =
             static_cast<uint64_t>(cap * static_cast<double>(trace.catalog_bytes));
         auto lru = kvstash::storage::NewLruPolicy();
         auto cost = kvstash::storage::NewCostAwarePolicy();
-        const auto a = kvstash::bench::Simulate(trace, bytes, *lru);
-        const auto b = kvstash::bench::Simulate(trace, bytes, *cost);
+        const auto a = kvstash::testing::Simulate(trace, bytes, *lru);
+        const auto b = kvstash::testing::Simulate(trace, bytes, *cost);
         std::printf("%6.1f %8.0f%% %5lu %11.1f%% %11.1f%% %8.1f%% %8.1f%%\n", s, 100 * cap,
                     static_cast<unsigned long>(seed), 100 * a.saved_fraction(),
                     100 * b.saved_fraction(), 100 * a.hit_ratio(), 100 * b.hit_ratio());

@@ -16,7 +16,7 @@
 
 #include "kvstash/blend/prompt.h"
 #include "kvstash/engine/tokenizer.h"
-#include "rng.h"
+#include "testing/rng.h"
 
 namespace kvstash::bench {
 
@@ -88,7 +88,7 @@ inline ChunkPool BuildChunkPool(const engine::Tokenizer& tok, const RagOptions& 
     if (e.path().extension() == ".txt") files.push_back(e.path().string());
   }
   std::sort(files.begin(), files.end());
-  Rng rng(o.seed);
+  testing::Rng rng(o.seed);
   std::vector<std::vector<std::string>> paras;
   for (const std::string& f : files) paras.push_back(Paragraphs(f, 4000));
   std::vector<size_t> next(files.size(), 0);
@@ -131,7 +131,7 @@ struct PromptSpec {
 
 inline std::vector<PromptSpec> MakePromptSpecs(size_t count, size_t pool_size,
                                                const RagOptions& o) {
-  Rng rng(o.seed * 7919 + 13);
+  testing::Rng rng(o.seed * 7919 + 13);
   std::vector<double> cdf(pool_size);
   double sum = 0;
   for (size_t r = 0; r < pool_size; ++r) cdf[r] = (sum += 1.0 / std::pow(r + 1.0, o.zipf_s));

@@ -4,6 +4,10 @@
 
 #include <cstdint>
 
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
+
 namespace kvstash {
 namespace {
 
@@ -21,8 +25,7 @@ TEST(ParseByteSize, AcceptsUnits) {
 TEST(ParseByteSize, RejectsGarbage) {
   for (const char* bad : {"", "MiB", "12XB", "1..5G", "-1", "1e3", "99999999999TiB"}) {
     auto r = ParseByteSize(bad);
-    EXPECT_FALSE(r.ok()) << bad;
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(r, StatusIs(absl::StatusCode::kInvalidArgument)) << bad;
   }
 }
 

@@ -5,6 +5,10 @@
 #include <numeric>
 #include <vector>
 
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
+
 namespace kvstash {
 namespace {
 
@@ -97,15 +101,15 @@ TEST(KeyTest, DomainsAndFieldsSeparate) {
 TEST(KeyTest, HexAndBytesRoundTrip) {
   Hash128 h{0x0123456789abcdefull, 0xfedcba9876543210ull};
   auto back = Hash128::FromHex(h.ToHex());
-  ASSERT_TRUE(back.ok());
+  ASSERT_OK(back);
   EXPECT_EQ(*back, h);
   auto bytes = h.Bytes();
   auto from = Hash128::FromBytes(std::string_view(reinterpret_cast<const char*>(bytes.data()), 16));
-  ASSERT_TRUE(from.ok());
+  ASSERT_OK(from);
   EXPECT_EQ(*from, h);
-  EXPECT_FALSE(Hash128::FromHex("xyz").ok());
-  EXPECT_FALSE(Hash128::FromHex(std::string(32, 'g')).ok());
-  EXPECT_FALSE(Hash128::FromBytes("short").ok());
+  EXPECT_THAT(Hash128::FromHex("xyz"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Hash128::FromHex(std::string(32, 'g')), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Hash128::FromBytes("short"), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

@@ -4,6 +4,10 @@
 
 #include <limits>
 
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
+
 namespace kvstash {
 namespace {
 
@@ -24,7 +28,7 @@ KvLayout SmolLayout() {
 TEST(LayoutTest, RawBytesOfSmolLm2Chunk) {
   // 30 layers x (K,V) x 256 tokens x 3 heads x 64 dims x 2 bytes.
   EXPECT_EQ(SmolLayout().RawBytes(), size_t{30} * 2 * 256 * 3 * 64 * 2);
-  EXPECT_TRUE(SmolLayout().Validate().ok());
+  EXPECT_OK(SmolLayout().Validate());
 }
 
 TEST(LayoutTest, RejectsEachBadField) {
@@ -32,7 +36,7 @@ TEST(LayoutTest, RejectsEachBadField) {
     KvLayout l = SmolLayout();
     mutate(l);
     Status s = l.Validate();
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   };
   expect_bad([](KvLayout& l) { l.num_layers = 0; });
   expect_bad([](KvLayout& l) { l.head_end = 4; });
@@ -56,31 +60,31 @@ TEST(LayoutTest, RopeThetaIsCheckedOnlyWhereItApplies) {
   KvLayout none = SmolLayout();
   none.rope = RopeConvention::kNone;
   none.rope_theta = 0.0f;
-  EXPECT_TRUE(none.Validate().ok()) << none.Validate();
+  EXPECT_OK(none.Validate());
   none.rope_theta = std::numeric_limits<float>::quiet_NaN();
-  EXPECT_EQ(none.Validate().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(none.Validate(), StatusIs(absl::StatusCode::kInvalidArgument));
   none.rope_theta = -1.0f;
-  EXPECT_EQ(none.Validate().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(none.Validate(), StatusIs(absl::StatusCode::kInvalidArgument));
   KvLayout neox = SmolLayout();
   neox.rope_theta = 0.0f;
-  EXPECT_EQ(neox.Validate().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(neox.Validate(), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(LayoutTest, ObjectInfoChecksRawPayloadSize) {
   ObjectInfo info;
   info.layout = SmolLayout();
   info.payload_bytes = info.layout.RawBytes();
-  EXPECT_TRUE(info.Validate().ok());
+  EXPECT_OK(info.Validate());
   info.payload_bytes -= 1;
-  EXPECT_EQ(info.Validate().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(info.Validate(), StatusIs(absl::StatusCode::kInvalidArgument));
   info.payload_bytes += 1;
   info.encoding_level = 2;
-  EXPECT_EQ(info.Validate().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(info.Validate(), StatusIs(absl::StatusCode::kInvalidArgument));
   info.encoding = Encoding::kCacheGen;
   info.payload_bytes = 1000;
-  EXPECT_TRUE(info.Validate().ok());
+  EXPECT_OK(info.Validate());
   info.encoding_level = 4;
-  EXPECT_EQ(info.Validate().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(info.Validate(), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

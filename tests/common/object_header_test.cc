@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include "kvstash/common/crc32c.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash {
 namespace {
@@ -27,15 +30,15 @@ ObjectInfo SampleInfo() {
 
 TEST(ObjectHeaderTest, RoundTrip) {
   auto bytes = EncodeObjectHeader(SampleInfo());
-  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  ASSERT_OK(bytes);
   auto back = DecodeObjectHeader(*bytes);
-  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_OK(back);
   EXPECT_EQ(*back, SampleInfo());
 }
 
 TEST(ObjectHeaderTest, LittleEndianFixedFields) {
   auto bytes = EncodeObjectHeader(SampleInfo());
-  ASSERT_TRUE(bytes.ok());
+  ASSERT_OK(bytes);
   const auto& b = *bytes;
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(b.data()), 4), "KVSO");
   EXPECT_EQ(b[4], 1);    // version
@@ -49,27 +52,27 @@ TEST(ObjectHeaderTest, LittleEndianFixedFields) {
 
 TEST(ObjectHeaderTest, RejectsTruncatedCorruptAndInvalid) {
   auto bytes = EncodeObjectHeader(SampleInfo());
-  ASSERT_TRUE(bytes.ok());
+  ASSERT_OK(bytes);
   auto b = *bytes;
-  EXPECT_EQ(DecodeObjectHeader(std::span(b).first(63)).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(DecodeObjectHeader(std::span(b).first(63)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   for (size_t i = 0; i < b.size(); ++i) {
     auto copy = b;
     copy[i] ^= 0x40;
-    EXPECT_FALSE(DecodeObjectHeader(copy).ok()) << "flip at byte " << i;
+    EXPECT_NOT_OK(DecodeObjectHeader(copy)) << "flip at byte " << i;
   }
   // A header whose checksum is right but whose fields are invalid is still refused.
   auto invalid = b;
   invalid[8] = 0;  // num_layers = 0
   uint32_t crc = Crc32c(invalid.data(), 60);
   for (int i = 0; i < 4; ++i) invalid[60 + i] = static_cast<uint8_t>(crc >> (8 * i));
-  EXPECT_EQ(DecodeObjectHeader(invalid).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(DecodeObjectHeader(invalid), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(ObjectHeaderTest, EncodeRejectsInvalidInfo) {
   ObjectInfo info = SampleInfo();
   info.payload_bytes += 1;
-  EXPECT_EQ(EncodeObjectHeader(info).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(EncodeObjectHeader(info), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

@@ -8,6 +8,9 @@
 #include <vector>
 
 #include "store_test_util.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::storage {
 namespace {
@@ -55,8 +58,8 @@ TEST(CommitCheckTest, TheCheckerRemovesAMismatchWithoutAnyReader) {
   auto store = OpenOrDie(CheckedCpuOptions(8 * kMiB));
   TestObject good = MakeObject("ns", 1, 300 * kKiB);
   TestObject bad = MakeObject("ns", 2, 300 * kKiB);
-  ASSERT_TRUE(Put(*store, good).ok());
-  ASSERT_TRUE(PutCorrupted(*store, bad, false).ok());
+  ASSERT_OK(Put(*store, good));
+  ASSERT_OK(PutCorrupted(*store, bad, false));
   EXPECT_TRUE(Eventually([&] { return !store->Lookup(bad.name.storage_key).present; }));
   EXPECT_EQ(store->Stats().checksum_failures, 1u);
   EXPECT_EQ(store->Stats().tiers.at(0).objects, 1u);
@@ -65,7 +68,7 @@ TEST(CommitCheckTest, TheCheckerRemovesAMismatchWithoutAnyReader) {
   }));
   EXPECT_TRUE(ReadsBack(*store, good));
   // The key is free again: a correct put of it succeeds and is served.
-  ASSERT_TRUE(Put(*store, bad).ok());
+  ASSERT_OK(Put(*store, bad));
   EXPECT_TRUE(ReadsBack(*store, bad));
   EXPECT_EQ(store->Stats().checksum_failures, 1u);
 }
@@ -75,7 +78,7 @@ TEST(CommitCheckTest, DurableCommitChecksBeforeItReturns) {
   auto store = OpenOrDie(WriteThroughOptions(dir.path()));
   TestObject bad = MakeObject("ns", 3, 200 * kKiB);
   Status s = PutCorrupted(*store, bad, /*durable=*/true);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(std::string(s.message()).find("crc32c mismatch"), std::string::npos) << s;
   EXPECT_FALSE(store->Lookup(bad.name.storage_key).present);
   EXPECT_EQ(store->Stats().tiers.at(0).used_bytes, 0u);
@@ -91,9 +94,9 @@ TEST(CommitCheckTest, MismatchesNeverReachTheSsdTierOrSurviveARestart) {
     for (size_t i = 0; i < objects.size(); ++i) {
       // Every third object is committed with bytes that do not match its crc32c.
       Status s = i % 3 == 0 ? PutCorrupted(*store, objects[i], false) : Put(*store, objects[i]);
-      ASSERT_TRUE(s.ok()) << s;
+      ASSERT_OK(s);
     }
-    ASSERT_TRUE(store->Flush().ok());
+    ASSERT_OK(store->Flush());
     EXPECT_EQ(store->Stats().checksum_failures, 7u);
     EXPECT_EQ(store->Stats().tiers.at(1).objects, 13u);
   }
@@ -143,7 +146,7 @@ TEST_P(CommitCheckModeTest, ConcurrentReadersNeverSeeMismatchedBytes) {
   }
   for (int i = 0; i < kObjects; ++i) {
     Status s = i % 2 == 1 ? PutCorrupted(*store, objects[i], false) : Put(*store, objects[i]);
-    ASSERT_TRUE(s.ok()) << s;
+    ASSERT_OK(s);
     committed.store(i + 1);
   }
   for (auto& t : readers) t.join();
@@ -163,7 +166,7 @@ TEST_P(CommitCheckModeTest, UncheckedObjectsCanBeEvicted) {
   auto corrupted = [](size_t i) { return i % 2 == 0; };
   for (size_t i = 0; i < objects.size(); ++i) {
     Status s = corrupted(i) ? PutCorrupted(*store, objects[i], false) : Put(*store, objects[i]);
-    ASSERT_TRUE(s.ok()) << s;  // room is made by evicting older objects, checked or not
+    ASSERT_OK(s);  // room is made by evicting older objects, checked or not
   }
   // Room came from evictions, or (with the checker) from corrupted objects it removed.
   StoreStats stats = store->Stats();
@@ -176,7 +179,7 @@ TEST_P(CommitCheckModeTest, UncheckedObjectsCanBeEvicted) {
     EXPECT_EQ(std::memcmp(store->arena_base() + lease->arena_offset, objects[i].payload.data(),
                           objects[i].payload.size()),
               0);
-    ASSERT_TRUE(store->Release(lease->id).ok());
+    ASSERT_OK(store->Release(lease->id));
   }
 }
 
@@ -191,9 +194,9 @@ TEST(CommitCheckTest, CommitCheckedServesAtOnce) {
   auto store = OpenOrDie(CheckedCpuOptions(8 * kMiB));
   TestObject o = MakeObject("ns", 7, 100 * kKiB);
   Result<Reservation> r = store->Reserve(o.name, o.info, 0, false);
-  ASSERT_TRUE(r.ok());
+  ASSERT_OK(r);
   std::memcpy(store->arena_base() + r->arena_offset, o.payload.data(), o.payload.size());
-  ASSERT_TRUE(store->CommitChecked(r->id, o.info.payload_crc32c, false).ok());
+  ASSERT_OK(store->CommitChecked(r->id, o.info.payload_crc32c, false));
   EXPECT_TRUE(ReadsBack(*store, o));
   EXPECT_EQ(store->Stats().checksum_failures, 0u);
 }

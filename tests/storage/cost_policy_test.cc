@@ -2,10 +2,11 @@
 // Zipf-trace ranking against LRU (algorithms.md 3.4.5).
 #include <gtest/gtest.h>
 
-#include "eviction_trace.h"  // bench/blend
 #include "kvstash/storage/eviction_policy.h"
 #include "kvstash/storage/object_store.h"
 #include "store_test_util.h"
+#include "testing/eviction_trace.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::storage {
 namespace {
@@ -23,9 +24,9 @@ EvictionMeta Meta(uint64_t id, uint64_t bytes, double value, uint64_t hits, uint
 
 TEST(CostPolicyTest, ByName) {
   auto p = MakeEvictionPolicy("cost");
-  ASSERT_TRUE(p.ok());
+  ASSERT_OK(p);
   EXPECT_EQ((*p)->name(), "cost");
-  EXPECT_FALSE(MakeEvictionPolicy("lfu").ok());
+  EXPECT_NOT_OK(MakeEvictionPolicy("lfu"));
 }
 
 TEST(CostPolicyTest, KeepsWhatSavesMostPerByte) {
@@ -78,13 +79,13 @@ TEST(CostPolicyTest, StoreEvictsByCostWhenAsked) {
     o.low_watermark = 1.0;
     o.cpu_eviction_policy = policy;
     auto store = ObjectStore::Open(o);
-    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_OK(store);
     std::vector<testing::TestObject> objs;
     for (int i = 0; i < 5; ++i) objs.push_back(testing::MakeObject("ns", i, obj));
-    for (int i = 0; i < 4; ++i) ASSERT_TRUE(testing::Put(**store, objs[i]).ok());
+    for (int i = 0; i < 4; ++i) ASSERT_OK(testing::Put(**store, objs[i]));
     for (int r = 0; r < 3; ++r) EXPECT_TRUE(testing::ReadsBack(**store, objs[0]));
     for (int i : {1, 2, 3}) EXPECT_TRUE(testing::ReadsBack(**store, objs[i]));
-    ASSERT_TRUE(testing::Put(**store, objs[4]).ok());
+    ASSERT_OK(testing::Put(**store, objs[4]));
     const bool cost = std::string(policy) == "cost";
     EXPECT_EQ((*store)->Lookup(objs[0].name.storage_key).present, cost) << policy;
     EXPECT_EQ((*store)->Lookup(objs[1].name.storage_key).present, !cost) << policy;
@@ -95,17 +96,18 @@ TEST(CostPolicyTest, StoreEvictsByCostWhenAsked) {
 // for every seed and capacity tried (the ranking is stable).
 TEST(CostPolicyTest, SavesMoreComputeThanLruOnZipfTraces) {
   for (uint64_t seed : {1, 2, 3}) {
-    bench::TraceConfig cfg;
+    ::kvstash::testing::TraceConfig cfg;
     cfg.num_chunks = 1000;
     cfg.num_requests = 6000;
     cfg.seed = seed;
-    const bench::Trace trace = bench::MakeTrace(cfg);
+    const ::kvstash::testing::Trace trace = ::kvstash::testing::MakeTrace(cfg);
     for (double fraction : {0.05, 0.10, 0.20}) {
       const uint64_t capacity = static_cast<uint64_t>(fraction * trace.catalog_bytes);
       auto lru = NewLruPolicy();
       auto cost = NewCostAwarePolicy();
-      const bench::TraceResult a = bench::Simulate(trace, capacity, *lru);
-      const bench::TraceResult b = bench::Simulate(trace, capacity, *cost);
+      const ::kvstash::testing::TraceResult a = ::kvstash::testing::Simulate(trace, capacity, *lru);
+      const ::kvstash::testing::TraceResult b =
+          ::kvstash::testing::Simulate(trace, capacity, *cost);
       EXPECT_GT(b.saved_flops, a.saved_flops) << "seed " << seed << " capacity " << fraction;
       EXPECT_GT(a.hits, 0u);
       std::printf("seed %lu capacity %.2f saved: lru %.3f cost %.3f\n",

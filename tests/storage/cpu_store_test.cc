@@ -8,6 +8,9 @@
 #include <thread>
 
 #include "store_test_util.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::storage {
 namespace {
@@ -31,7 +34,7 @@ TEST(CpuStoreTest, PutThenGetRoundTrips) {
   EXPECT_EQ(store->arena_bytes(), 8 * kMiB);
   EXPECT_NE(store->arena_generation(), 0u);
   TestObject o = MakeObject("ns", 1, 100'000);
-  ASSERT_TRUE(Put(*store, o).ok());
+  ASSERT_OK(Put(*store, o));
   LookupEntry e = store->Lookup(o.name.storage_key);
   EXPECT_TRUE(e.present);
   EXPECT_EQ(e.tier, Tier::kCpu);
@@ -58,9 +61,9 @@ TEST(CpuStoreTest, ArenaIsASharedMemfdWithAFreshGeneration) {
   ASSERT_NE(m, MAP_FAILED);
   TestObject o = MakeObject("ns", 3, 5000);
   auto r = a->Reserve(o.name, o.info, 0, false);
-  ASSERT_TRUE(r.ok());
+  ASSERT_OK(r);
   std::memcpy(static_cast<uint8_t*>(m) + r->arena_offset, o.payload.data(), o.payload.size());
-  EXPECT_TRUE(a->Commit(r->id, o.info.payload_crc32c, false).ok());
+  EXPECT_OK(a->Commit(r->id, o.info.payload_crc32c, false));
   EXPECT_TRUE(ReadsBack(*a, o));
   munmap(m, kMiB);
   close(fd);
@@ -71,40 +74,40 @@ TEST(CpuStoreTest, PrefaultedArenaWorksTheSame) {
   options.prefault_arena = true;
   auto store = OpenOrDie(options);
   TestObject o = MakeObject("ns", 1, 3 * kMiB);
-  ASSERT_TRUE(Put(*store, o).ok());
+  ASSERT_OK(Put(*store, o));
   EXPECT_TRUE(ReadsBack(*store, o));
 }
 
 TEST(CpuStoreTest, CommitErrorCodes) {
   auto store = OpenOrDie(CpuOnlyOptions(4 * kMiB));
   TestObject o = MakeObject("ns", 1, 10'000);
-  EXPECT_EQ(store->Commit(12345, 0, false).code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(store->Abort(12345).code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(store->Commit(12345, 0, false), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store->Abort(12345), StatusIs(absl::StatusCode::kNotFound));
 
   auto r = store->Reserve(o.name, o.info, 0, false);
-  ASSERT_TRUE(r.ok());
+  ASSERT_OK(r);
   EXPECT_EQ(r->arena_offset % 4096, 0u);
   std::memcpy(store->arena_base() + r->arena_offset, o.payload.data(), o.payload.size());
   // Durable needs the SSD tier; the reservation stays usable.
-  EXPECT_EQ(store->Commit(r->id, o.info.payload_crc32c, true).code(),
-            absl::StatusCode::kFailedPrecondition);
-  ASSERT_TRUE(store->Commit(r->id, o.info.payload_crc32c, false).ok());
-  EXPECT_EQ(store->Commit(r->id, o.info.payload_crc32c, false).code(),
-            absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(store->Abort(r->id).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(store->Commit(r->id, o.info.payload_crc32c, true),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  ASSERT_OK(store->Commit(r->id, o.info.payload_crc32c, false));
+  EXPECT_THAT(store->Commit(r->id, o.info.payload_crc32c, false),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(store->Abort(r->id), StatusIs(absl::StatusCode::kFailedPrecondition));
 
   // Checksum mismatch: the commit is accepted (bytes are checked after it), but the object is
   // never served; it is removed and its bytes freed (commit_check_test.cc has the details).
   TestObject p = MakeObject("ns", 2, 10'000);
   uint64_t used_before = CpuStats(*store).used_bytes;
   auto r2 = store->Reserve(p.name, p.info, 0, false);
-  ASSERT_TRUE(r2.ok());
+  ASSERT_OK(r2);
   std::memcpy(store->arena_base() + r2->arena_offset, p.payload.data(), p.payload.size());
   store->arena_base()[r2->arena_offset + 77] ^= 1;
-  EXPECT_TRUE(store->Commit(r2->id, p.info.payload_crc32c, false).ok());
-  EXPECT_EQ(store->Commit(r2->id, p.info.payload_crc32c, false).code(),
-            absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(store->Acquire(p.name.storage_key, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_OK(store->Commit(r2->id, p.info.payload_crc32c, false));
+  EXPECT_THAT(store->Commit(r2->id, p.info.payload_crc32c, false),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(store->Acquire(p.name.storage_key, 0), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_TRUE(Eventually([&] {
     return !store->Lookup(p.name.storage_key).present && CpuStats(*store).used_bytes == used_before;
   }));
@@ -112,10 +115,10 @@ TEST(CpuStoreTest, CommitErrorCodes) {
 
   // Abort frees; a later commit is refused.
   auto r3 = store->Reserve(p.name, p.info, 0, false);
-  ASSERT_TRUE(r3.ok());
-  EXPECT_TRUE(store->Abort(r3->id).ok());
-  EXPECT_EQ(store->Commit(r3->id, p.info.payload_crc32c, false).code(),
-            absl::StatusCode::kFailedPrecondition);
+  ASSERT_OK(r3);
+  EXPECT_OK(store->Abort(r3->id));
+  EXPECT_THAT(store->Commit(r3->id, p.info.payload_crc32c, false),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_EQ(CpuStats(*store).used_bytes, used_before);
 }
 
@@ -124,25 +127,23 @@ TEST(CpuStoreTest, ReserveValidates) {
   TestObject o = MakeObject("ns", 1, 1000);
   ObjectInfo bad = o.info;
   bad.layout.head_end = 99;
-  EXPECT_EQ(store->Reserve(o.name, bad, 0, false).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(store->Reserve(o.name, bad, 0, false), StatusIs(absl::StatusCode::kInvalidArgument));
   TestObject big = MakeObject("ns", 2, 2 * kMiB);
-  EXPECT_EQ(store->Reserve(big.name, big.info, 0, false).status().code(),
-            absl::StatusCode::kResourceExhausted);
-  ASSERT_TRUE(Put(*store, o).ok());
-  EXPECT_EQ(store->Reserve(o.name, o.info, 0, false).status().code(),
-            absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(store->Reserve(big.name, big.info, 0, false),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  ASSERT_OK(Put(*store, o));
+  EXPECT_THAT(store->Reserve(o.name, o.info, 0, false), StatusIs(absl::StatusCode::kAlreadyExists));
 }
 
 TEST(CpuStoreTest, ReservationExpires) {
   auto store = OpenOrDie(CpuOnlyOptions(kMiB));
   TestObject o = MakeObject("ns", 1, 8192);
   auto r = store->Reserve(o.name, o.info, /*lease_ms=*/20, false);
-  ASSERT_TRUE(r.ok());
+  ASSERT_OK(r);
   EXPECT_EQ(r->expires_in_ms, 20u);
   ASSERT_TRUE(Eventually([&] { return store->Stats().reservations_expired == 1; }));
   Status s = store->Commit(r->id, o.info.payload_crc32c, false);
-  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_NE(std::string(s.message()).find("expired"), std::string::npos) << s;
   EXPECT_EQ(CpuStats(*store).used_bytes, 0u);
   EXPECT_EQ(store->Stats().reservations_active, 0u);
@@ -153,46 +154,46 @@ TEST(CpuStoreTest, OverwriteReplacesWhileOldLeaseKeepsOldBytes) {
   TestObject v1 = MakeObject("ns", 1, 50'000);
   TestObject v2 = MakeObject("ns", 99, 60'000);
   v2.name = v1.name;  // same key, different content
-  ASSERT_TRUE(Put(*store, v1).ok());
+  ASSERT_OK(Put(*store, v1));
   auto old_lease = store->Acquire(v1.name.storage_key, 0);
-  ASSERT_TRUE(old_lease.ok());
-  EXPECT_EQ(Put(*store, v2).code(), absl::StatusCode::kAlreadyExists);
-  ASSERT_TRUE(Put(*store, v2, false, /*overwrite=*/true).ok());
+  ASSERT_OK(old_lease);
+  EXPECT_THAT(Put(*store, v2), StatusIs(absl::StatusCode::kAlreadyExists));
+  ASSERT_OK(Put(*store, v2, false, /*overwrite=*/true));
   EXPECT_TRUE(ReadsBack(*store, v2));
   EXPECT_EQ(std::memcmp(store->arena_base() + old_lease->arena_offset, v1.payload.data(),
                         v1.payload.size()),
             0);
-  EXPECT_TRUE(store->Release(old_lease->id).ok());
+  EXPECT_OK(store->Release(old_lease->id));
   EXPECT_EQ(CpuStats(*store).used_bytes, 15 * 4096u);  // only v2 (60000 bytes) remains
 }
 
 TEST(CpuStoreTest, DeleteWhileLeasedHidesAtOnceFreesAfterRelease) {
   auto store = OpenOrDie(CpuOnlyOptions(4 * kMiB));
   TestObject o = MakeObject("ns", 1, 40'000);
-  ASSERT_TRUE(Put(*store, o).ok());
+  ASSERT_OK(Put(*store, o));
   auto lease = store->Acquire(o.name.storage_key, 0);
-  ASSERT_TRUE(lease.ok());
-  EXPECT_TRUE(store->Delete(o.name.storage_key).ok());
+  ASSERT_OK(lease);
+  EXPECT_OK(store->Delete(o.name.storage_key));
   EXPECT_FALSE(store->Lookup(o.name.storage_key).present);
-  EXPECT_EQ(store->Acquire(o.name.storage_key, 0).status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(store->Delete(o.name.storage_key).code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(store->Acquire(o.name.storage_key, 0), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store->Delete(o.name.storage_key), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_GT(CpuStats(*store).used_bytes, 0u);  // the reader still holds the bytes
   EXPECT_EQ(
       std::memcmp(store->arena_base() + lease->arena_offset, o.payload.data(), o.payload.size()),
       0);
-  EXPECT_TRUE(store->Release(lease->id).ok());
+  EXPECT_OK(store->Release(lease->id));
   EXPECT_EQ(CpuStats(*store).used_bytes, 0u);
-  EXPECT_EQ(store->Release(lease->id).code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(store->Release(lease->id), StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST(CpuStoreTest, LeaseExpiresAndThenReleaseIsNotFound) {
   auto store = OpenOrDie(CpuOnlyOptions(kMiB));
   TestObject o = MakeObject("ns", 1, 4096);
-  ASSERT_TRUE(Put(*store, o).ok());
+  ASSERT_OK(Put(*store, o));
   auto lease = store->Acquire(o.name.storage_key, /*lease_ms=*/10);
-  ASSERT_TRUE(lease.ok());
+  ASSERT_OK(lease);
   ASSERT_TRUE(Eventually([&] { return store->Stats().leases_active == 0; }));
-  EXPECT_EQ(store->Release(lease->id).code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(store->Release(lease->id), StatusIs(absl::StatusCode::kNotFound));
 }
 
 StoreOptions NoBackgroundEviction(uint64_t bytes) {
@@ -207,9 +208,9 @@ TEST(CpuStoreTest, LruEvictsLeastRecentlyUsed) {
   auto store = OpenOrDie(NoBackgroundEviction(4 * obj));
   std::vector<TestObject> objs;
   for (int i = 0; i < 5; ++i) objs.push_back(MakeObject("ns", i, obj));
-  for (int i = 0; i < 4; ++i) ASSERT_TRUE(Put(*store, objs[i]).ok());
+  for (int i = 0; i < 4; ++i) ASSERT_OK(Put(*store, objs[i]));
   EXPECT_TRUE(ReadsBack(*store, objs[0]));  // 0 is now more recent than 1
-  ASSERT_TRUE(Put(*store, objs[4]).ok());
+  ASSERT_OK(Put(*store, objs[4]));
   EXPECT_TRUE(store->Lookup(objs[0].name.storage_key).present);
   EXPECT_FALSE(store->Lookup(objs[1].name.storage_key).present);
   for (int i : {2, 3, 4}) EXPECT_TRUE(ReadsBack(*store, objs[i]));
@@ -220,14 +221,14 @@ TEST(CpuStoreTest, LeasedObjectSurvivesEvictionPressure) {
   const uint64_t obj = 64 * 1024;
   auto store = OpenOrDie(NoBackgroundEviction(8 * obj));
   TestObject held = MakeObject("ns", 1000, obj);
-  ASSERT_TRUE(Put(*store, held).ok());
+  ASSERT_OK(Put(*store, held));
   auto lease = store->Acquire(held.name.storage_key, 60'000);
-  ASSERT_TRUE(lease.ok());
-  for (int i = 0; i < 50; ++i) ASSERT_TRUE(Put(*store, MakeObject("ns", i, obj)).ok());
+  ASSERT_OK(lease);
+  for (int i = 0; i < 50; ++i) ASSERT_OK(Put(*store, MakeObject("ns", i, obj)));
   EXPECT_TRUE(store->Lookup(held.name.storage_key).present);
   EXPECT_EQ(std::memcmp(store->arena_base() + lease->arena_offset, held.payload.data(), obj), 0);
-  ASSERT_TRUE(store->Release(lease->id).ok());
-  for (int i = 50; i < 100; ++i) ASSERT_TRUE(Put(*store, MakeObject("ns", i, obj)).ok());
+  ASSERT_OK(store->Release(lease->id));
+  for (int i = 50; i < 100; ++i) ASSERT_OK(Put(*store, MakeObject("ns", i, obj)));
   EXPECT_FALSE(store->Lookup(held.name.storage_key).present);  // evictable once released
 }
 
@@ -235,29 +236,29 @@ TEST(CpuStoreTest, PinnedObjectsAreNeverEvicted) {
   const uint64_t obj = 64 * 1024;
   auto store = OpenOrDie(NoBackgroundEviction(4 * obj));
   TestObject a = MakeObject("ns", 1, obj), b = MakeObject("ns", 2, obj);
-  ASSERT_TRUE(Put(*store, a).ok());
-  ASSERT_TRUE(Put(*store, b).ok());
-  ASSERT_TRUE(store->Pin(a.name.storage_key).ok());
-  ASSERT_TRUE(store->Pin(a.name.storage_key).ok());  // pins count
-  ASSERT_TRUE(store->Pin(b.name.storage_key).ok());
+  ASSERT_OK(Put(*store, a));
+  ASSERT_OK(Put(*store, b));
+  ASSERT_OK(store->Pin(a.name.storage_key));
+  ASSERT_OK(store->Pin(a.name.storage_key));  // pins count
+  ASSERT_OK(store->Pin(b.name.storage_key));
   EXPECT_EQ(store->Stats().pinned_objects, 2u);
-  for (int i = 10; i < 30; ++i) ASSERT_TRUE(Put(*store, MakeObject("ns", i, obj)).ok());
+  for (int i = 10; i < 30; ++i) ASSERT_OK(Put(*store, MakeObject("ns", i, obj)));
   EXPECT_TRUE(ReadsBack(*store, a));
   EXPECT_TRUE(ReadsBack(*store, b));
   // Everything pinned: no room for a third object.
   TestObject c = MakeObject("ns", 3, 2 * obj + 1);
-  EXPECT_EQ(Put(*store, c).code(), absl::StatusCode::kResourceExhausted);
-  ASSERT_TRUE(store->Unpin(a.name.storage_key).ok());
+  EXPECT_THAT(Put(*store, c), StatusIs(absl::StatusCode::kResourceExhausted));
+  ASSERT_OK(store->Unpin(a.name.storage_key));
   Status put40 = Put(*store, MakeObject("ns", 40, obj));
-  ASSERT_TRUE(put40.ok()) << put40;
+  ASSERT_OK(put40);
   EXPECT_TRUE(store->Lookup(a.name.storage_key).present);  // still pinned once
-  ASSERT_TRUE(store->Unpin(a.name.storage_key).ok());
-  EXPECT_EQ(store->Unpin(a.name.storage_key).code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(store->Pin(c.name.storage_key).code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(store->Unpin(c.name.storage_key).code(), absl::StatusCode::kNotFound);
+  ASSERT_OK(store->Unpin(a.name.storage_key));
+  EXPECT_THAT(store->Unpin(a.name.storage_key), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(store->Pin(c.name.storage_key), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store->Unpin(c.name.storage_key), StatusIs(absl::StatusCode::kNotFound));
   // a is evictable again and the least recently used object.
-  ASSERT_TRUE(Put(*store, MakeObject("ns", 41, obj)).ok());
-  ASSERT_TRUE(Put(*store, MakeObject("ns", 42, obj)).ok());
+  ASSERT_OK(Put(*store, MakeObject("ns", 41, obj)));
+  ASSERT_OK(Put(*store, MakeObject("ns", 42, obj)));
   EXPECT_FALSE(store->Lookup(a.name.storage_key).present);
   EXPECT_TRUE(store->Lookup(b.name.storage_key).present);
 }
@@ -271,7 +272,7 @@ TEST(CpuStoreTest, WatermarkEvictionRunsInTheBackground) {
   std::vector<TestObject> objs;
   for (int i = 0; i < 10; ++i) {
     objs.push_back(MakeObject("ns", i, obj));
-    ASSERT_TRUE(Put(*store, objs.back()).ok());
+    ASSERT_OK(Put(*store, objs.back()));
   }
   // 10/16 is above the high watermark; the evictor (not Reserve: the arena never filled) brings
   // it down to 4/16 whenever it crosses 8/16. Depending on when it ran, 4 or 5 objects remain,
@@ -296,18 +297,18 @@ TEST(CpuStoreTest, ListPagesInKeyOrderPerNamespace) {
   std::vector<Hash128> keys_a;
   for (int i = 0; i < 25; ++i) {
     TestObject o = MakeObject("a", i, 100);
-    ASSERT_TRUE(Put(*store, o).ok());
+    ASSERT_OK(Put(*store, o));
     keys_a.push_back(o.name.storage_key);
   }
-  for (int i = 0; i < 7; ++i) ASSERT_TRUE(Put(*store, MakeObject("b", i, 100)).ok());
-  ASSERT_TRUE(store->Pin(keys_a[3]).ok());
+  for (int i = 0; i < 7; ++i) ASSERT_OK(Put(*store, MakeObject("b", i, 100)));
+  ASSERT_OK(store->Pin(keys_a[3]));
   std::sort(keys_a.begin(), keys_a.end());
   std::vector<Hash128> listed;
   std::string token;
   int pages = 0;
   do {
     auto page = store->List("a", false, 10, token);
-    ASSERT_TRUE(page.ok());
+    ASSERT_OK(page);
     for (const auto& o : page->objects) {
       EXPECT_EQ(o.name.name_space, "a");
       EXPECT_EQ(o.tier, Tier::kCpu);
@@ -319,14 +320,13 @@ TEST(CpuStoreTest, ListPagesInKeyOrderPerNamespace) {
   EXPECT_EQ(pages, 3);
   EXPECT_EQ(listed, keys_a);
   auto all = store->List("", true, 100, "");
-  ASSERT_TRUE(all.ok());
+  ASSERT_OK(all);
   EXPECT_EQ(all->objects.size(), 32u);
   EXPECT_TRUE(all->next_page_token.empty());
   int pinned = 0;
   for (const auto& o : all->objects) pinned += o.pinned ? 1 : 0;
   EXPECT_EQ(pinned, 1);
-  EXPECT_EQ(store->List("a", false, 10, "not-hex").status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(store->List("a", false, 10, "not-hex"), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(CpuStoreTest, MetricsAreExported) {
@@ -335,9 +335,10 @@ TEST(CpuStoreTest, MetricsAreExported) {
   options.metrics = &registry;
   auto store = OpenOrDie(options);
   TestObject o = MakeObject("ns", 1, 5000);
-  ASSERT_TRUE(Put(*store, o).ok());
+  ASSERT_OK(Put(*store, o));
   EXPECT_TRUE(ReadsBack(*store, o));
-  EXPECT_FALSE(store->Acquire(MakeObject("ns", 2, 1).name.storage_key, 0).ok());
+  EXPECT_THAT(store->Acquire(MakeObject("ns", 2, 1).name.storage_key, 0),
+              StatusIs(absl::StatusCode::kNotFound));
   std::string text = registry.Render();
   EXPECT_NE(text.find("kvstash_storage_hits_total{tier=\"cpu\"} 1"), std::string::npos) << text;
   EXPECT_NE(text.find("kvstash_storage_misses_total{tier=\"cpu\"} 1"), std::string::npos);
@@ -348,15 +349,14 @@ TEST(CpuStoreTest, MetricsAreExported) {
 TEST(CpuStoreTest, CloseIsIdempotentAndLaterCallsAreUnavailable) {
   auto store = OpenOrDie(CpuOnlyOptions(kMiB));
   TestObject o = MakeObject("ns", 1, 5000);
-  ASSERT_TRUE(Put(*store, o).ok());
-  EXPECT_TRUE(store->Close().ok());
-  EXPECT_TRUE(store->Close().ok());
-  EXPECT_EQ(store->Reserve(o.name, o.info, 0, true).status().code(),
-            absl::StatusCode::kUnavailable);
-  EXPECT_EQ(store->Acquire(o.name.storage_key, 0).status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(store->Delete(o.name.storage_key).code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(store->Flush().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(store->List("ns", false, 1, "").status().code(), absl::StatusCode::kUnavailable);
+  ASSERT_OK(Put(*store, o));
+  EXPECT_OK(store->Close());
+  EXPECT_OK(store->Close());
+  EXPECT_THAT(store->Reserve(o.name, o.info, 0, true), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(store->Acquire(o.name.storage_key, 0), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(store->Delete(o.name.storage_key), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(store->Flush(), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(store->List("ns", false, 1, ""), StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_FALSE(store->Lookup(o.name.storage_key).present);
 }
 
@@ -390,7 +390,7 @@ TEST(CpuStoreTest, ConcurrentStress) {
                               o.payload.size()) != 0) {
                 ++corrupt;
               }
-              EXPECT_TRUE(store->Release(lease->id).ok());
+              EXPECT_OK(store->Release(lease->id));
             }
             break;
           }
@@ -406,8 +406,8 @@ TEST(CpuStoreTest, ConcurrentStress) {
   for (auto& th : threads) th.join();
   EXPECT_EQ(corrupt.load(), 0);
   auto all = store->List("", true, 10000, "");
-  ASSERT_TRUE(all.ok());
-  for (const auto& o : all->objects) EXPECT_TRUE(store->Delete(o.name.storage_key).ok());
+  ASSERT_OK(all);
+  for (const auto& o : all->objects) EXPECT_OK(store->Delete(o.name.storage_key));
   StoreStats s = store->Stats();
   EXPECT_EQ(s.tiers[0].used_bytes, 0u);
   EXPECT_EQ(s.tiers[0].objects, 0u);

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "store_test_util.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::storage {
 namespace {
@@ -91,12 +92,12 @@ void CrashAndVerify(size_t kill_after) {
   ASSERT_GE(acknowledged.size(), kill_after);
 
   auto store = ObjectStore::Open(CrashOptions(dir.path()));
-  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_OK(store);
   for (uint64_t id : acknowledged) {
     EXPECT_TRUE(ReadsBack(**store, MakeObject("crash", id, SizeOf(id)))) << "lost object " << id;
   }
   auto all = (*store)->List("crash", false, 10000, "");
-  ASSERT_TRUE(all.ok());
+  ASSERT_OK(all);
   EXPECT_GE(all->objects.size(), acknowledged.size());
   for (const auto& l : all->objects) {
     uint64_t id = l.name.token_hash.hi;
@@ -133,7 +134,7 @@ TEST(StorageCrashTest, FlushMakesWriteThroughDurable) {
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   auto store = ObjectStore::Open(CrashOptions(dir.path()));
-  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_OK(store);
   for (uint64_t id = 0; id < flushed; ++id) {
     EXPECT_TRUE(ReadsBack(**store, MakeObject("crash", id, SizeOf(id)))) << "lost object " << id;
   }

@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
+
 namespace kvstash::storage {
 namespace {
 
@@ -50,9 +54,9 @@ TEST(LruPolicyTest, UnknownKeysAreIgnored) {
 
 TEST(EvictionPolicyFactoryTest, KnowsLruOnly) {
   auto lru = MakeEvictionPolicy("lru");
-  ASSERT_TRUE(lru.ok());
+  ASSERT_OK(lru);
   EXPECT_EQ((*lru)->name(), "lru");
-  EXPECT_EQ(MakeEvictionPolicy("nope").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(MakeEvictionPolicy("nope"), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

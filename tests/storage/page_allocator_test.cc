@@ -6,6 +6,10 @@
 #include <random>
 #include <vector>
 
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
+
 namespace kvstash::storage {
 namespace {
 
@@ -23,7 +27,7 @@ TEST(PageAllocatorTest, RoundsToPagesAndAligns) {
   EXPECT_EQ(e3->bytes, kPage);
   for (auto e : {*e1, *e2, *e3}) EXPECT_EQ(e.offset % kPage, 0u);
   EXPECT_EQ(a.used_bytes(), 4 * kPage);
-  EXPECT_TRUE(a.CheckInvariants().ok());
+  EXPECT_OK(a.CheckInvariants());
 }
 
 TEST(PageAllocatorTest, CapacityLimit) {
@@ -33,7 +37,7 @@ TEST(PageAllocatorTest, CapacityLimit) {
   ASSERT_TRUE(all);
   EXPECT_FALSE(a.Allocate(1));
   EXPECT_EQ(a.free_bytes(), 0u);
-  ASSERT_TRUE(a.Free(all->offset).ok());
+  ASSERT_OK(a.Free(all->offset));
   EXPECT_EQ(a.free_bytes(), 10 * kPage);
 }
 
@@ -41,24 +45,24 @@ TEST(PageAllocatorTest, RejectsDoubleAndBogusFree) {
   PageAllocator a(10 * kPage);
   auto e = a.Allocate(kPage);
   ASSERT_TRUE(e);
-  EXPECT_TRUE(a.Free(e->offset).ok());
-  EXPECT_FALSE(a.Free(e->offset).ok());
-  EXPECT_FALSE(a.Free(3 * kPage).ok());
-  EXPECT_FALSE(a.Free(5).ok());
-  EXPECT_TRUE(a.CheckInvariants().ok());
+  EXPECT_OK(a.Free(e->offset));
+  EXPECT_THAT(a.Free(e->offset), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(a.Free(3 * kPage), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(a.Free(5), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_OK(a.CheckInvariants());
 }
 
 TEST(PageAllocatorTest, CoalescesBothNeighbours) {
   PageAllocator a(3 * kPage);
   auto x = a.Allocate(kPage), y = a.Allocate(kPage), z = a.Allocate(kPage);
   ASSERT_TRUE(x && y && z);
-  ASSERT_TRUE(a.Free(x->offset).ok());
-  ASSERT_TRUE(a.Free(z->offset).ok());
+  ASSERT_OK(a.Free(x->offset));
+  ASSERT_OK(a.Free(z->offset));
   EXPECT_EQ(a.free_extents(), 2u);
-  ASSERT_TRUE(a.Free(y->offset).ok());  // bridges both free neighbours
+  ASSERT_OK(a.Free(y->offset));  // bridges both free neighbours
   EXPECT_EQ(a.free_extents(), 1u);
   EXPECT_EQ(a.largest_free_bytes(), 3 * kPage);
-  EXPECT_TRUE(a.CheckInvariants().ok());
+  EXPECT_OK(a.CheckInvariants());
 }
 
 TEST(PageAllocatorTest, BestFitPrefersTheSmallestHole) {
@@ -66,8 +70,8 @@ TEST(PageAllocatorTest, BestFitPrefersTheSmallestHole) {
   auto a1 = a.Allocate(4 * kPage), s1 = a.Allocate(kPage), a2 = a.Allocate(2 * kPage),
        s2 = a.Allocate(kPage);
   ASSERT_TRUE(a1 && s1 && a2 && s2);
-  ASSERT_TRUE(a.Free(a1->offset).ok());  // 4-page hole at 0
-  ASSERT_TRUE(a.Free(a2->offset).ok());  // 2-page hole at 5
+  ASSERT_OK(a.Free(a1->offset));  // 4-page hole at 0
+  ASSERT_OK(a.Free(a2->offset));  // 2-page hole at 5
   auto got = a.Allocate(2 * kPage);
   ASSERT_TRUE(got);
   EXPECT_EQ(got->offset, a2->offset);  // the exact-size hole, not the first one
@@ -92,12 +96,12 @@ TEST(PageAllocatorTest, MixedChurnKeepsInvariants) {
       }
     } else {
       size_t i = rng() % live.size();
-      ASSERT_TRUE(a.Free(live[i].offset).ok());
+      ASSERT_OK(a.Free(live[i].offset));
       live[i] = live.back();
       live.pop_back();
     }
     if (step % 997 == 0) {
-      ASSERT_TRUE(a.CheckInvariants().ok()) << a.CheckInvariants().message();
+      ASSERT_OK(a.CheckInvariants());
       // No overlap among live extents, checked independently of the allocator's bookkeeping.
       auto sorted = live;
       std::sort(sorted.begin(), sorted.end(), [](auto& x, auto& y) { return x.offset < y.offset; });
@@ -106,8 +110,8 @@ TEST(PageAllocatorTest, MixedChurnKeepsInvariants) {
       }
     }
   }
-  for (auto& e : live) ASSERT_TRUE(a.Free(e.offset).ok());
-  ASSERT_TRUE(a.CheckInvariants().ok());
+  for (auto& e : live) ASSERT_OK(a.Free(e.offset));
+  ASSERT_OK(a.CheckInvariants());
   EXPECT_EQ(a.free_extents(), 1u);
   EXPECT_EQ(a.largest_free_bytes(), pages * kPage);
   EXPECT_EQ(a.used_bytes(), 0u);
@@ -133,7 +137,7 @@ TEST(PageAllocatorTest, SameSizeChurnNeverFragments) {
         if (e) live.push_back(e->offset);
       } else {
         size_t i = rng() % live.size();
-        ASSERT_TRUE(a.Free(live[i]).ok());
+        ASSERT_OK(a.Free(live[i]));
         live[i] = live.back();
         live.pop_back();
       }
@@ -141,9 +145,9 @@ TEST(PageAllocatorTest, SameSizeChurnNeverFragments) {
     // Fill completely: exactly `objects` objects fit.
     while (auto e = a.Allocate(size)) live.push_back(e->offset);
     EXPECT_EQ(live.size(), objects);
-    for (uint64_t off : live) ASSERT_TRUE(a.Free(off).ok());
+    for (uint64_t off : live) ASSERT_OK(a.Free(off));
     EXPECT_EQ(a.free_extents(), 1u);
-    ASSERT_TRUE(a.CheckInvariants().ok());
+    ASSERT_OK(a.CheckInvariants());
   }
 }
 

@@ -12,6 +12,9 @@
 #include <thread>
 
 #include "store_test_util.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::storage {
 namespace {
@@ -80,18 +83,18 @@ TEST(SsdStoreTest, NamespaceUsageFollowsTiers) {
   {
     auto store = OpenOrDie(SsdOptions(dir.path(), 64 * kMiB, 256 * kMiB));
     ASSERT_NE(store, nullptr);
-    for (const TestObject* o : {&a1, &a2, &b1}) ASSERT_TRUE(Put(*store, *o).ok());
-    ASSERT_TRUE(store->Flush().ok());
+    for (const TestObject* o : {&a1, &a2, &b1}) ASSERT_OK(Put(*store, *o));
+    ASSERT_OK(store->Flush());
     NamespaceUsage alpha = store->Usage("alpha");
     EXPECT_EQ(alpha.cpu_bytes, 150 * kKiB);
     EXPECT_EQ(alpha.ssd_bytes, 150 * kKiB);
     EXPECT_EQ(store->Usage("beta").cpu_bytes, 30 * kKiB);
     EXPECT_EQ(store->Usage("gamma").cpu_bytes, 0u);
-    ASSERT_TRUE(store->Delete(a2.name.storage_key).ok());
+    ASSERT_OK(store->Delete(a2.name.storage_key));
     alpha = store->Usage("alpha");
     EXPECT_EQ(alpha.cpu_bytes, 100 * kKiB);
     EXPECT_EQ(alpha.ssd_bytes, 100 * kKiB);
-    ASSERT_TRUE(store->Close().ok());
+    ASSERT_OK(store->Close());
   }
   auto store = OpenOrDie(SsdOptions(dir.path(), 64 * kMiB, 256 * kMiB));
   ASSERT_NE(store, nullptr);
@@ -112,12 +115,12 @@ TEST(SsdStoreTest, ObjectsSurviveReopen) {
   {
     auto store = OpenOrDie(SsdOptions(dir.path(), 64 * kMiB, 256 * kMiB));
     ASSERT_NE(store, nullptr);
-    for (auto& o : objs) ASSERT_TRUE(Put(*store, o).ok());
-    ASSERT_TRUE(store->Pin(objs[5].name.storage_key).ok());
+    for (auto& o : objs) ASSERT_OK(Put(*store, o));
+    ASSERT_OK(store->Pin(objs[5].name.storage_key));
     EXPECT_TRUE(ReadsBack(*store, objs[1]));
-    ASSERT_TRUE(store->Flush().ok());
+    ASSERT_OK(store->Flush());
     EXPECT_EQ(SsdStats(*store).objects, objs.size());
-    ASSERT_TRUE(store->Close().ok());
+    ASSERT_OK(store->Close());
   }
   auto store = OpenOrDie(SsdOptions(dir.path(), 64 * kMiB, 256 * kMiB));
   ASSERT_NE(store, nullptr);
@@ -137,7 +140,7 @@ TEST(SsdStoreTest, ObjectsSurviveReopen) {
   }
   EXPECT_EQ(store->Stats().pinned_objects, 1u);  // pins survive a clean restart
   auto listed = store->List("ns", false, 100, "");
-  ASSERT_TRUE(listed.ok());
+  ASSERT_OK(listed);
   EXPECT_EQ(listed->objects.size(), objs.size());
   for (const auto& l : listed->objects) {
     if (l.name.storage_key == objs[1].name.storage_key) {
@@ -151,7 +154,7 @@ TEST(SsdStoreTest, DurableCommitIsOnDiskWhenItReturns) {
   TempDir dir;
   auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
   TestObject o = MakeObject("ns", 1, 300 * kKiB);
-  ASSERT_TRUE(Put(*store, o, /*durable=*/true).ok());
+  ASSERT_OK(Put(*store, o, /*durable=*/true));
   // No Flush: the file is already complete and renamed into place.
   auto files = ObjectFiles(dir.path());
   ASSERT_EQ(files.size(), 1u);
@@ -165,9 +168,9 @@ TEST(SsdStoreTest, DeleteRemovesFromEveryTier) {
   TestObject a = MakeObject("ns", 1, 100 * kKiB), b = MakeObject("ns", 2, 100 * kKiB);
   {
     auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
-    ASSERT_TRUE(Put(*store, a, true).ok());
-    ASSERT_TRUE(Put(*store, b, true).ok());
-    ASSERT_TRUE(store->Delete(a.name.storage_key).ok());
+    ASSERT_OK(Put(*store, a, true));
+    ASSERT_OK(Put(*store, b, true));
+    ASSERT_OK(store->Delete(a.name.storage_key));
     EXPECT_EQ(ObjectFiles(dir.path()).size(), 1u);
   }
   auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
@@ -182,8 +185,8 @@ TEST(SsdStoreTest, OverwriteKeepsOnlyTheNewVersionAcrossReopen) {
   v2.name = v1.name;
   {
     auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
-    ASSERT_TRUE(Put(*store, v1, true).ok());
-    ASSERT_TRUE(Put(*store, v2, true, /*overwrite=*/true).ok());
+    ASSERT_OK(Put(*store, v1, true));
+    ASSERT_OK(Put(*store, v2, true, /*overwrite=*/true));
   }
   auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
   EXPECT_TRUE(ReadsBack(*store, v2));
@@ -199,9 +202,9 @@ TEST(SsdStoreTest, PromotionOfEvictedObjects) {
   std::vector<TestObject> objs;
   for (int i = 0; i < 10; ++i) {
     objs.push_back(MakeObject("ns", i, 256 * kKiB));
-    ASSERT_TRUE(Put(*store, objs.back()).ok());
+    ASSERT_OK(Put(*store, objs.back()));
   }
-  ASSERT_TRUE(store->Flush().ok());
+  ASSERT_OK(store->Flush());
   EXPECT_GE(store->Stats().tiers[0].evictions, 6u);
   // Which six were evicted depends on which writes finished first; all ten are present.
   int on_ssd_only = 0;
@@ -222,14 +225,14 @@ TEST(SsdStoreTest, PromotionOfEvictedObjects) {
   for (int i = 6; i < 10; ++i) {
     EXPECT_EQ(store->Lookup(objs[i].name.storage_key).tier, Tier::kCpu);
     auto lease = store->Acquire(objs[i].name.storage_key, 0);
-    ASSERT_TRUE(lease.ok()) << lease.status();
+    ASSERT_OK(lease);
     EXPECT_EQ(lease->served_from, Tier::kCpu);
     leases.push_back(lease->id);
   }
-  EXPECT_EQ(store->Acquire(objs[0].name.storage_key, 0).status().code(),
-            absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(store->Acquire(objs[0].name.storage_key, 0),
+              StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_TRUE(store->Lookup(objs[0].name.storage_key).present);  // still on SSD
-  for (uint64_t id : leases) EXPECT_TRUE(store->Release(id).ok());
+  for (uint64_t id : leases) EXPECT_OK(store->Release(id));
 }
 
 TEST(SsdStoreTest, ConcurrentReadersShareOnePromotion) {
@@ -237,7 +240,7 @@ TEST(SsdStoreTest, ConcurrentReadersShareOnePromotion) {
   TestObject o = MakeObject("ns", 1, 2 * kMiB);
   {
     auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
-    ASSERT_TRUE(Put(*store, o, true).ok());
+    ASSERT_OK(Put(*store, o, true));
   }
   auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
   std::atomic<int> good{0};
@@ -256,8 +259,8 @@ TEST(SsdStoreTest, CorruptPayloadIsAMissNeverBytes) {
   TestObject a = MakeObject("ns", 1, 200 * kKiB), b = MakeObject("ns", 2, 200 * kKiB);
   {
     auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
-    ASSERT_TRUE(Put(*store, a, true).ok());
-    ASSERT_TRUE(Put(*store, b, true).ok());
+    ASSERT_OK(Put(*store, a, true));
+    ASSERT_OK(Put(*store, b, true));
   }
   ASSERT_EQ(ObjectFiles(dir.path()).size(), 2u);
   FlipByte(FileOf(dir.path(), a), 4096 + 12345);  // a's payload
@@ -265,7 +268,7 @@ TEST(SsdStoreTest, CorruptPayloadIsAMissNeverBytes) {
   StoreOptions options = SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB);
   options.metrics = &registry;
   auto store = OpenOrDie(options);
-  EXPECT_EQ(store->Acquire(a.name.storage_key, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(store->Acquire(a.name.storage_key, 0), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_EQ(store->Stats().checksum_failures, 1u);
   EXPECT_NE(registry.Render().find("kvstash_storage_checksum_failures_total 1"), std::string::npos);
   EXPECT_FALSE(store->Lookup(a.name.storage_key).present);  // dropped
@@ -274,7 +277,7 @@ TEST(SsdStoreTest, CorruptPayloadIsAMissNeverBytes) {
   // The store keeps serving.
   EXPECT_TRUE(ReadsBack(*store, b));
   TestObject c = MakeObject("ns", 3, 10 * kKiB);
-  EXPECT_TRUE(Put(*store, c, true).ok());
+  EXPECT_OK(Put(*store, c, true));
   EXPECT_TRUE(ReadsBack(*store, c));
 }
 
@@ -284,14 +287,14 @@ TEST(SsdStoreTest, CorruptHeaderOrNameBlockIsAMiss) {
   for (int i = 0; i < 3; ++i) objs.push_back(MakeObject("ns", i, 64 * kKiB));
   {
     auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
-    for (auto& o : objs) ASSERT_TRUE(Put(*store, o, true).ok());
+    for (auto& o : objs) ASSERT_OK(Put(*store, o, true));
   }
   ASSERT_EQ(ObjectFiles(dir.path()).size(), 3u);
   FlipByte(FileOf(dir.path(), objs[0]), 10);      // object header
   FlipByte(FileOf(dir.path(), objs[1]), 64 + 9);  // name block (the storage key)
   auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
-  EXPECT_FALSE(store->Acquire(objs[0].name.storage_key, 0).ok());
-  EXPECT_FALSE(store->Acquire(objs[1].name.storage_key, 0).ok());
+  EXPECT_THAT(store->Acquire(objs[0].name.storage_key, 0), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store->Acquire(objs[1].name.storage_key, 0), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_TRUE(ReadsBack(*store, objs[2]));
   EXPECT_EQ(store->Stats().checksum_failures, 2u);
 }
@@ -302,7 +305,7 @@ TEST(SsdStoreTest, RecoveryDropsMissingAndShortFilesAndDeletesOrphans) {
   for (int i = 0; i < 4; ++i) objs.push_back(MakeObject("ns", i, 64 * kKiB));
   {
     auto store = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 64 * kMiB));
-    for (auto& o : objs) ASSERT_TRUE(Put(*store, o, true).ok());
+    for (auto& o : objs) ASSERT_OK(Put(*store, o, true));
   }
   ASSERT_EQ(ObjectFiles(dir.path()).size(), 4u);
   std::filesystem::remove(FileOf(dir.path(), objs[0]));
@@ -332,7 +335,7 @@ TEST(SsdStoreTest, SsdCapacityEvictsLeastRecentlyUsed) {
   std::vector<TestObject> objs;
   for (int i = 0; i < 20; ++i) {
     objs.push_back(MakeObject("ns", i, obj));
-    ASSERT_TRUE(Put(*store, objs.back(), true).ok());
+    ASSERT_OK(Put(*store, objs.back(), true));
   }
   TierStats ssd = SsdStats(*store);
   EXPECT_LE(ssd.used_bytes, 10 * file);
@@ -340,7 +343,7 @@ TEST(SsdStoreTest, SsdCapacityEvictsLeastRecentlyUsed) {
   EXPECT_EQ(ObjectFiles(dir.path()).size(), ssd.objects);
   // The newest object is on SSD, the oldest is not (it lives on in the arena only).
   EXPECT_EQ(ssd.objects + ssd.evictions, 20u);
-  ASSERT_TRUE(store->Close().ok());
+  ASSERT_OK(store->Close());
   auto reopened = OpenOrDie(SsdOptions(dir.path(), 16 * kMiB, 10 * file));
   EXPECT_FALSE(reopened->Lookup(objs[0].name.storage_key).present);
   EXPECT_TRUE(ReadsBack(*reopened, objs[19]));
@@ -357,21 +360,21 @@ TEST(SsdStoreTest, FullSsdFailsDurableCommitButKeepsServing) {
   auto store = OpenOrDie(options);
   TestObject a = MakeObject("ns", 1, obj), b = MakeObject("ns", 2, obj),
              c = MakeObject("ns", 3, obj);
-  ASSERT_TRUE(Put(*store, a, true).ok());
-  ASSERT_TRUE(Put(*store, b, true).ok());
-  ASSERT_TRUE(store->Pin(a.name.storage_key).ok());  // pinned objects are never evicted
-  ASSERT_TRUE(store->Pin(b.name.storage_key).ok());
-  EXPECT_EQ(Put(*store, c, true).code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_OK(Put(*store, a, true));
+  ASSERT_OK(Put(*store, b, true));
+  ASSERT_OK(store->Pin(a.name.storage_key));  // pinned objects are never evicted
+  ASSERT_OK(store->Pin(b.name.storage_key));
+  EXPECT_THAT(Put(*store, c, true), StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_NE(registry.Render().find("kvstash_storage_ssd_write_errors_total{reason=\"capacity\"} 1"),
             std::string::npos);
   // c is committed in the arena all the same, and everything is readable.
   EXPECT_TRUE(ReadsBack(*store, c));
   EXPECT_TRUE(ReadsBack(*store, a));
   TestObject too_big = MakeObject("ns", 4, 2 * kMiB);
-  EXPECT_EQ(Put(*store, too_big, true).code(), absl::StatusCode::kResourceExhausted);
-  ASSERT_TRUE(store->Unpin(a.name.storage_key).ok());
+  EXPECT_THAT(Put(*store, too_big, true), StatusIs(absl::StatusCode::kResourceExhausted));
+  ASSERT_OK(store->Unpin(a.name.storage_key));
   TestObject d = MakeObject("ns", 5, obj);
-  EXPECT_TRUE(Put(*store, d, true).ok());  // a is evictable from SSD now
+  EXPECT_OK(Put(*store, d, true));  // a is evictable from SSD now
 }
 
 // A real ENOSPC from the filesystem: the SSD tier on a 4 MiB tmpfs (which also exercises the
@@ -397,16 +400,16 @@ TEST(SsdStoreTest, RealEnospcFailsDurableCommitButKeepsServing) {
       last = Put(*store, o, true);
       if (last.ok()) stored.push_back(o);
     }
-    EXPECT_EQ(last.code(), absl::StatusCode::kResourceExhausted) << last;
+    EXPECT_THAT(last, StatusIs(absl::StatusCode::kResourceExhausted));
     EXPECT_GE(stored.size(), 3u);
     EXPECT_NE(registry.Render().find("kvstash_storage_ssd_write_errors_total{reason=\"enospc\"} 1"),
               std::string::npos);
     for (auto& o : stored) EXPECT_TRUE(ReadsBack(*store, o));
     // Space comes back after a delete, and writes work again.
-    ASSERT_TRUE(store->Delete(stored[0].name.storage_key).ok());
-    ASSERT_TRUE(store->Delete(stored[1].name.storage_key).ok());
-    EXPECT_TRUE(Put(*store, MakeObject("ns", 100, 512 * kKiB), true).ok());
-    ASSERT_TRUE(store->Close().ok());
+    ASSERT_OK(store->Delete(stored[0].name.storage_key));
+    ASSERT_OK(store->Delete(stored[1].name.storage_key));
+    EXPECT_OK(Put(*store, MakeObject("ns", 100, 512 * kKiB), true));
+    ASSERT_OK(store->Close());
   }
   EXPECT_EQ(umount(mnt.c_str()), 0) << std::strerror(errno);
 }
@@ -422,19 +425,19 @@ TEST(SsdStoreTest, AdmissionAfterNHits) {
   options.metrics = &registry;
   auto store = OpenOrDie(options);
   TestObject hot = MakeObject("ns", 1, obj), cold = MakeObject("ns", 2, obj);
-  ASSERT_TRUE(Put(*store, hot).ok());
-  ASSERT_TRUE(Put(*store, cold).ok());
-  ASSERT_TRUE(store->Flush().ok());
+  ASSERT_OK(Put(*store, hot));
+  ASSERT_OK(Put(*store, cold));
+  ASSERT_OK(store->Flush());
   EXPECT_EQ(SsdStats(*store).objects, 0u);  // nothing written through
   EXPECT_TRUE(ReadsBack(*store, hot));
   EXPECT_TRUE(ReadsBack(*store, cold));
-  ASSERT_TRUE(store->Flush().ok());
+  ASSERT_OK(store->Flush());
   EXPECT_EQ(SsdStats(*store).objects, 0u);  // one hit is not enough
   EXPECT_TRUE(ReadsBack(*store, hot));      // second hit: admitted
-  ASSERT_TRUE(store->Flush().ok());
+  ASSERT_OK(store->Flush());
   EXPECT_EQ(SsdStats(*store).objects, 1u);
   // Arena pressure evicts both: the admitted one survives on SSD, the other is dropped.
-  for (int i = 10; i < 18; ++i) ASSERT_TRUE(Put(*store, MakeObject("ns", i, obj)).ok());
+  for (int i = 10; i < 18; ++i) ASSERT_OK(Put(*store, MakeObject("ns", i, obj)));
   EXPECT_EQ(store->Lookup(hot.name.storage_key).tier, Tier::kSsd);
   EXPECT_FALSE(store->Lookup(cold.name.storage_key).present);
   Tier from;
@@ -444,7 +447,7 @@ TEST(SsdStoreTest, AdmissionAfterNHits) {
             std::string::npos);
   // A durable commit bypasses admission.
   TestObject durable = MakeObject("ns", 50, obj);
-  ASSERT_TRUE(Put(*store, durable, true).ok());
+  ASSERT_OK(Put(*store, durable, true));
   EXPECT_EQ(SsdStats(*store).objects, 2u);
 }
 
@@ -460,11 +463,11 @@ TEST(SsdStoreTest, AdmittedObjectIsDemotedBeforeItsBytesAreFreed) {
   std::vector<TestObject> objs;
   for (int i = 0; i < 4; ++i) {
     objs.push_back(MakeObject("ns", i, obj));
-    ASSERT_TRUE(Put(*store, objs.back()).ok());
+    ASSERT_OK(Put(*store, objs.back()));
     EXPECT_TRUE(ReadsBack(*store, objs.back()));  // admitted, write queued
   }
   // Reserving now must wait for demotions rather than drop admitted objects.
-  for (int i = 4; i < 8; ++i) ASSERT_TRUE(Put(*store, MakeObject("ns", i, obj)).ok());
+  for (int i = 4; i < 8; ++i) ASSERT_OK(Put(*store, MakeObject("ns", i, obj)));
   for (auto& o : objs) EXPECT_TRUE(ReadsBack(*store, o));
   EXPECT_EQ(store->Stats().checksum_failures, 0u);
 }
@@ -502,7 +505,7 @@ TEST(SsdStoreTest, ConcurrentStressThenReopen) {
                                 o.payload.size()) != 0) {
                   ++corrupt;
                 }
-                EXPECT_TRUE(store->Release(lease->id).ok());
+                EXPECT_OK(store->Release(lease->id));
               } else {
                 EXPECT_TRUE(absl::IsNotFound(lease.status()) ||
                             absl::IsResourceExhausted(lease.status()))
@@ -522,11 +525,11 @@ TEST(SsdStoreTest, ConcurrentStressThenReopen) {
     for (auto& th : threads) th.join();
     EXPECT_EQ(corrupt.load(), 0);
     EXPECT_EQ(store->Stats().checksum_failures, 0u);
-    ASSERT_TRUE(store->Close().ok());
+    ASSERT_OK(store->Close());
   }
   auto store = OpenOrDie(SsdOptions(dir.path(), 8 * kMiB, 6 * kMiB));
   auto all = store->List("", true, 1000, "");
-  ASSERT_TRUE(all.ok());
+  ASSERT_OK(all);
   EXPECT_GT(all->objects.size(), 0u);
   for (const auto& l : all->objects) {
     int id = static_cast<int>(l.name.token_hash.hi);

@@ -16,6 +16,7 @@
 
 #include "kvstash/common/crc32c.h"
 #include "kvstash/storage/object_store.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::storage::testing {
 
@@ -58,7 +59,7 @@ inline TestObject MakeObject(const std::string& name_space, uint64_t id, uint64_
 
 inline std::unique_ptr<ObjectStore> OpenOrDie(const StoreOptions& options) {
   auto store = ObjectStore::Open(options);
-  EXPECT_TRUE(store.ok()) << store.status();
+  EXPECT_OK(store);
   return store.ok() ? std::move(*store) : nullptr;
 }
 

@@ -11,6 +11,9 @@
 #include "kvstash/storage/object_store.h"
 #include "kvstash/storage/tier_codec.h"
 #include "store_test_util.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::storage {
 namespace {
@@ -100,8 +103,8 @@ TEST(StoreTierCodec, EncodedCopyIsServedDecodedWithItsOwnInfoAfterReopen) {
   TestObject o = RawObject(1);
   {
     auto store = ObjectStore::Open(WithCodec(dir.path(), &codec));
-    ASSERT_TRUE(store.ok()) << store.status();
-    ASSERT_TRUE(testing::Put(**store, o, /*durable=*/true).ok());
+    ASSERT_OK(store);
+    ASSERT_OK(testing::Put(**store, o, /*durable=*/true));
     EXPECT_TRUE(testing::ReadsBack(**store, o));  // the exact copy while it is in the arena
     EXPECT_FALSE((*store)->Lookup(o.name.storage_key).info.lossy);
     TierStats ssd = SsdStats(**store);
@@ -110,14 +113,14 @@ TEST(StoreTierCodec, EncodedCopyIsServedDecodedWithItsOwnInfoAfterReopen) {
     EXPECT_EQ(ssd.bytes_written, o.payload.size() / 2);
   }
   auto store = ObjectStore::Open(WithCodec(dir.path(), &codec));
-  ASSERT_TRUE(store.ok());
+  ASSERT_OK(store);
   LookupEntry entry = (*store)->Lookup(o.name.storage_key);
   ASSERT_TRUE(entry.present);
   EXPECT_TRUE(entry.info.lossy);
   EXPECT_EQ(entry.info.encoding, Encoding::kRaw);
   EXPECT_EQ(entry.info.payload_bytes, o.payload.size());
   auto lease = (*store)->Acquire(o.name.storage_key, 0);
-  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_OK(lease);
   EXPECT_EQ(lease->served_from, Tier::kSsd);
   EXPECT_EQ(lease->info, entry.info);
   const uint8_t* got = (*store)->arena_base() + lease->arena_offset;
@@ -126,14 +129,14 @@ TEST(StoreTierCodec, EncodedCopyIsServedDecodedWithItsOwnInfoAfterReopen) {
     ASSERT_EQ(got[i], 0) << i;
     ASSERT_EQ(got[i + 1], o.payload[i + 1]) << i;
   }
-  ASSERT_TRUE((*store)->Release(lease->id).ok());
+  ASSERT_OK((*store)->Release(lease->id));
   EXPECT_EQ(codec.decodes.load(), 1);
   // The arena now holds the decoded copy: no second decode.
   auto again = (*store)->Acquire(o.name.storage_key, 0);
-  ASSERT_TRUE(again.ok());
+  ASSERT_OK(again);
   EXPECT_EQ(again->served_from, Tier::kCpu);
   EXPECT_TRUE(again->info.lossy);
-  ASSERT_TRUE((*store)->Release(again->id).ok());
+  ASSERT_OK((*store)->Release(again->id));
   EXPECT_EQ(codec.decodes.load(), 1);
 }
 
@@ -145,12 +148,12 @@ TEST(StoreTierCodec, RefusedOrFailedEncodingsAreStoredVerbatim) {
     TestObject encoded = testing::MakeObject("tier", 3, 5000);  // a client's CacheGen object
     {
       auto store = ObjectStore::Open(WithCodec(dir.path(), &codec));
-      ASSERT_TRUE(store.ok());
-      ASSERT_TRUE(testing::Put(**store, raw, true).ok());
-      ASSERT_TRUE(testing::Put(**store, encoded, true).ok());
+      ASSERT_OK(store);
+      ASSERT_OK(testing::Put(**store, raw, true));
+      ASSERT_OK(testing::Put(**store, encoded, true));
     }
     auto store = ObjectStore::Open(WithCodec(dir.path(), &codec));
-    ASSERT_TRUE(store.ok());
+    ASSERT_OK(store);
     for (const TestObject* o : {&raw, &encoded}) {
       Tier from;
       EXPECT_TRUE(testing::ReadsBack(**store, *o, &from));
@@ -167,14 +170,14 @@ TEST(StoreTierCodec, DecodeThatMissesTheRecordedCrcIsAMissNeverBytes) {
   TestObject o = RawObject(4);
   {
     auto store = ObjectStore::Open(WithCodec(dir.path(), &writer));
-    ASSERT_TRUE(store.ok());
-    ASSERT_TRUE(testing::Put(**store, o, true).ok());
+    ASSERT_OK(store);
+    ASSERT_OK(testing::Put(**store, o, true));
   }
   HighByteCodec broken(HighByteCodec::Mode::kBreakDecode);
   auto store = ObjectStore::Open(WithCodec(dir.path(), &broken));
-  ASSERT_TRUE(store.ok());
+  ASSERT_OK(store);
   auto lease = (*store)->Acquire(o.name.storage_key, 0);
-  EXPECT_TRUE(absl::IsNotFound(lease.status())) << lease.status();
+  EXPECT_THAT(lease.status(), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_EQ((*store)->Stats().checksum_failures, 1u);
   EXPECT_FALSE((*store)->Lookup(o.name.storage_key).present);
 }
@@ -185,14 +188,14 @@ TEST(StoreTierCodec, StoreWithoutCodecTreatsEncodedCopiesAsUnreadable) {
   TestObject o = RawObject(5);
   {
     auto store = ObjectStore::Open(WithCodec(dir.path(), &codec));
-    ASSERT_TRUE(store.ok());
-    ASSERT_TRUE(testing::Put(**store, o, true).ok());
+    ASSERT_OK(store);
+    ASSERT_OK(testing::Put(**store, o, true));
   }
   auto store = ObjectStore::Open(WithCodec(dir.path(), nullptr));
-  ASSERT_TRUE(store.ok());
+  ASSERT_OK(store);
   EXPECT_TRUE((*store)->Lookup(o.name.storage_key).info.lossy);
   auto lease = (*store)->Acquire(o.name.storage_key, 0);
-  EXPECT_TRUE(absl::IsNotFound(lease.status())) << lease.status();
+  EXPECT_THAT(lease.status(), StatusIs(absl::StatusCode::kNotFound));
 }
 
 }  // namespace

@@ -1,9 +1,10 @@
 // Zipf trace simulator for chunk-cache eviction (algorithms.md 3.4.5): a catalog of RAG chunk
 // caches of different sizes and different reuse value, requests of k distinct chunks drawn from
 // a Zipf popularity law, one cache of fixed capacity run under an EvictionPolicy. Used by
-// bench/blend/eviction_sim.cc and tests/storage/cost_policy_test.cc. Deterministic per seed.
-#ifndef KVSTASH_BENCH_BLEND_EVICTION_TRACE_H_
-#define KVSTASH_BENCH_BLEND_EVICTION_TRACE_H_
+// tests/storage/cost_policy_test.cc and bench/blend/eviction_sim.cc (benchmarks may use test
+// helpers; tests never link benchmark code). Deterministic per seed.
+#ifndef KVSTASH_TESTS_TESTING_EVICTION_TRACE_H_
+#define KVSTASH_TESTS_TESTING_EVICTION_TRACE_H_
 
 #include <algorithm>
 #include <cmath>
@@ -13,9 +14,9 @@
 #include <vector>
 
 #include "kvstash/storage/eviction_policy.h"
-#include "rng.h"
+#include "testing/rng.h"
 
-namespace kvstash::bench {
+namespace kvstash::testing {
 
 struct TraceConfig {
   uint32_t num_chunks = 2000;
@@ -134,6 +135,6 @@ inline TraceResult Simulate(const Trace& trace, uint64_t capacity,
   return res;
 }
 
-}  // namespace kvstash::bench
+}  // namespace kvstash::testing
 
-#endif  // KVSTASH_BENCH_BLEND_EVICTION_TRACE_H_
+#endif  // KVSTASH_TESTS_TESTING_EVICTION_TRACE_H_
