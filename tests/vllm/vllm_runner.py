@@ -104,9 +104,8 @@ def main() -> int:
             if i == 0:
                 q = chat["document"] + "\n\n" + q
             messages.append({"role": "user", "content": q})
-            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict):
-                ids = ids["input_ids"]
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = tok.encode(text, add_special_tokens=False)
         prompt_lens.append(len(ids))
         for rep in range(int(spec.get("repeat", 1))):
             # TTFT: a one-token generation of the same prompt is what vLLM's first step costs;
