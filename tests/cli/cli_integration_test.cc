@@ -10,6 +10,7 @@
 #include "kvstash/common/object_header.h"
 #include "service_process.h"
 #include "test_objects.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::testing {
 namespace {
@@ -32,7 +33,7 @@ class CliTest : public ::testing::Test {
  protected:
   void SetUp() override {
     auto svc = ServiceProcess::Start(dir_.path());
-    ASSERT_TRUE(svc.ok()) << svc.status();
+    ASSERT_OK(svc);
     svc_ = std::move(*svc);
   }
   int Kvstash(std::vector<std::string> args, std::string* out) {
@@ -93,7 +94,7 @@ TEST_F(CliTest, ObjectFilesKeepTheirLayoutAndRoundTripExactly) {
   auto payload = TestPayload(2, info.payload_bytes);
   info = WithCrc(info, payload);
   auto header = EncodeObjectHeader(info);
-  ASSERT_TRUE(header.ok());
+  ASSERT_OK(header);
   std::vector<uint8_t> file(header->begin(), header->end());
   file.insert(file.end(), payload.begin(), payload.end());
   std::string in = dir_.path() + "/chunk.kvo";
@@ -131,7 +132,7 @@ TEST_F(CliTest, GetAcceptingCacheGenReportsTheWireBytes) {
   ObjectInfo info = SmolChunkInfo();
   auto noise = TestPayload(3, info.payload_bytes);
   auto header = EncodeObjectHeader(WithCrc(info, noise));
-  ASSERT_TRUE(header.ok());
+  ASSERT_OK(header);
   std::vector<uint8_t> file(header->begin(), header->end());
   file.insert(file.end(), noise.begin(), noise.end());
   WriteFile(dir_.path() + "/noise.kvo", file);

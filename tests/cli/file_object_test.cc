@@ -6,6 +6,9 @@
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/key.h"
 #include "kvstash/common/object_header.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::cli {
 namespace {
@@ -22,7 +25,11 @@ TEST(UserKey, NamesHashUnderTheCliModel) {
   auto c = ParseUserKey("doc-2", "", kDefaultCliModel);
   auto d = ParseUserKey("doc-1", "tenant-b", kDefaultCliModel);
   auto e = ParseUserKey("doc-1", "", "other-model");
-  ASSERT_TRUE(a.ok() && b.ok() && c.ok() && d.ok() && e.ok());
+  ASSERT_OK(a);
+  ASSERT_OK(b);
+  ASSERT_OK(c);
+  ASSERT_OK(d);
+  ASSERT_OK(e);
   EXPECT_EQ(a->storage_key, b->storage_key);
   EXPECT_NE(a->storage_key, c->storage_key);
   EXPECT_NE(a->storage_key, d->storage_key);  // namespaces never collide
@@ -36,18 +43,19 @@ TEST(UserKey, NamesHashUnderTheCliModel) {
 
 TEST(UserKey, FpThFormRoundTrips) {
   auto a = ParseUserKey("some name", "ns", kDefaultCliModel);
-  ASSERT_TRUE(a.ok());
+  ASSERT_OK(a);
   std::string text = FormatUserKey(*a);
   EXPECT_EQ(text.size(), 65u);
   auto back = ParseUserKey(text, "ns", "ignored-model");
-  ASSERT_TRUE(back.ok());
+  ASSERT_OK(back);
   EXPECT_EQ(back->storage_key, a->storage_key);
   std::string bad = text;
   bad[3] = 'z';
-  EXPECT_EQ(ParseUserKey(bad, "", kDefaultCliModel).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_FALSE(ParseUserKey("", "", kDefaultCliModel).ok());
-  EXPECT_FALSE(ParseUserKey("k", std::string(300, 'n'), kDefaultCliModel).ok());
+  EXPECT_THAT(ParseUserKey(bad, "", kDefaultCliModel),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseUserKey("", "", kDefaultCliModel), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseUserKey("k", std::string(300, 'n'), kDefaultCliModel),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(FileObject, ArbitraryFilesWrapAndUnwrapExactly) {
@@ -55,9 +63,9 @@ TEST(FileObject, ArbitraryFilesWrapAndUnwrapExactly) {
                    size_t{1000003}}) {
     std::vector<uint8_t> file = Bytes(n, 7);
     auto object = FileToObject(file, false);
-    ASSERT_TRUE(object.ok()) << n << ": " << object.status();
+    ASSERT_OK(object) << n << ": " << object.status();
     EXPECT_TRUE(object->wrapped);
-    EXPECT_TRUE(object->info.Validate().ok());
+    EXPECT_OK(object->info.Validate());
     EXPECT_EQ(object->payload.size(), object->info.payload_bytes);
     EXPECT_EQ(object->payload.size() % 256, 0u);
     EXPECT_GE(object->payload.size(), n + kFileTrailerBytes);
@@ -66,18 +74,18 @@ TEST(FileObject, ArbitraryFilesWrapAndUnwrapExactly) {
     EXPECT_TRUE(IsWrappedFile(object->info, object->payload, &original));
     EXPECT_EQ(original, n);
     auto back = ObjectToFile(object->info, object->payload, false);
-    ASSERT_TRUE(back.ok());
+    ASSERT_OK(back);
     EXPECT_EQ(*back, file) << n;
   }
 }
 
 TEST(FileObject, LargeFilesSpreadOverLayers) {
   auto info = WrappedInfo(uint64_t{300} << 20);  // > 2^20 tokens of 256 bytes
-  ASSERT_TRUE(info.ok());
+  ASSERT_OK(info);
   EXPECT_EQ(info->layout.num_layers, 2u);
   EXPECT_LE(info->layout.num_tokens, kMaxTokensPerObject);
   EXPECT_GE(info->payload_bytes, (uint64_t{300} << 20) + kFileTrailerBytes);
-  EXPECT_FALSE(WrappedInfo(kMaxObjectBytes).ok());
+  EXPECT_THAT(WrappedInfo(kMaxObjectBytes), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(FileObject, ObjectFilesKeepTheirLayout) {
@@ -94,22 +102,22 @@ TEST(FileObject, ObjectFilesKeepTheirLayout) {
   std::vector<uint8_t> payload = Bytes(info.payload_bytes, 3);
   info.payload_crc32c = Crc32c(payload.data(), payload.size());
   auto header = EncodeObjectHeader(info);
-  ASSERT_TRUE(header.ok());
+  ASSERT_OK(header);
   std::vector<uint8_t> file(header->begin(), header->end());
   file.insert(file.end(), payload.begin(), payload.end());
 
   auto object = FileToObject(file, false);
-  ASSERT_TRUE(object.ok()) << object.status();
+  ASSERT_OK(object);
   EXPECT_FALSE(object->wrapped);
   EXPECT_EQ(object->info, info);
   EXPECT_EQ(object->payload, payload);
   auto back = ObjectToFile(object->info, object->payload, false);
-  ASSERT_TRUE(back.ok());
+  ASSERT_OK(back);
   EXPECT_EQ(*back, file);
 
   // --wrap stores the object file as opaque bytes.
   auto forced = FileToObject(file, true);
-  ASSERT_TRUE(forced.ok());
+  ASSERT_OK(forced);
   EXPECT_TRUE(forced->wrapped);
 
   // A header whose payload is cut short or corrupted is refused, not silently wrapped.
@@ -124,16 +132,16 @@ TEST(FileObject, ObjectFilesKeepTheirLayout) {
 
 TEST(FileObject, RawWritesTheObjectFormat) {
   auto object = FileToObject(Bytes(1000, 1), false);
-  ASSERT_TRUE(object.ok());
+  ASSERT_OK(object);
   auto raw = ObjectToFile(object->info, object->payload, true);
-  ASSERT_TRUE(raw.ok());
+  ASSERT_OK(raw);
   ASSERT_EQ(raw->size(), kObjectHeaderBytes + object->payload.size());
   auto decoded = DecodeObjectHeader(std::span<const uint8_t>(raw->data(), kObjectHeaderBytes));
-  ASSERT_TRUE(decoded.ok());
+  ASSERT_OK(decoded);
   EXPECT_EQ(*decoded, object->info);
   // ... which `put` takes back as the same object.
   auto again = FileToObject(*raw, false);
-  ASSERT_TRUE(again.ok());
+  ASSERT_OK(again);
   EXPECT_FALSE(again->wrapped);
   EXPECT_EQ(again->payload, object->payload);
 }

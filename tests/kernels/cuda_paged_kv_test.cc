@@ -12,6 +12,9 @@
 #include "cuda_test_util.h"
 #include "kv_test_util.h"
 #include "kvstash/kernels/paged_kv.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::kernels {
 namespace {
@@ -97,18 +100,18 @@ TEST_P(CudaPagedKvTest, MatchesCpuBitForBit) {
 
   // Gather: whole chunk, and one layer.
   std::vector<std::byte> want(bytes);
-  ASSERT_TRUE(GatherChunk(host.view, span, chunk, want.data()).ok());
+  ASSERT_OK(GatherChunk(host.view, span, chunk, want.data()));
   DevicePaged device(host);
   DeviceBuffer device_chunk(bytes + c.chunk_offset);
   std::byte* chunk_ptr = device_chunk.get() + c.chunk_offset;
-  ASSERT_TRUE(CudaGatherChunk(device.view, span, chunk, chunk_ptr, nullptr).ok());
-  ASSERT_TRUE(CudaStreamSynchronize(nullptr).ok());
+  ASSERT_OK(CudaGatherChunk(device.view, span, chunk, chunk_ptr, nullptr));
+  ASSERT_OK(CudaStreamSynchronize(nullptr));
   EXPECT_TRUE(device_chunk.Download(bytes, c.chunk_offset) == want) << "gather chunk";
 
   const size_t layer_bytes = ChunkLayerBytes(chunk);
   const uint32_t last = chunk.layer_begin + chunk.num_layers - 1;
-  ASSERT_TRUE(CudaGatherLayer(device.view, span, chunk, last, chunk_ptr, nullptr).ok());
-  ASSERT_TRUE(CudaStreamSynchronize(nullptr).ok());
+  ASSERT_OK(CudaGatherLayer(device.view, span, chunk, last, chunk_ptr, nullptr));
+  ASSERT_OK(CudaStreamSynchronize(nullptr));
   std::vector<std::byte> want_layer(want.end() - layer_bytes, want.end());
   EXPECT_TRUE(device_chunk.Download(layer_bytes, c.chunk_offset) == want_layer) << "gather layer";
 
@@ -116,9 +119,9 @@ TEST_P(CudaPagedKvTest, MatchesCpuBitForBit) {
   std::vector<std::byte> source(bytes);
   testing::FillRandom(source.data(), chunk_dtype, bytes / DTypeSize(chunk_dtype), rng);
   device_chunk.Upload(source.data(), bytes, c.chunk_offset);
-  ASSERT_TRUE(CudaScatterChunk(chunk, chunk_ptr, span, device.view, nullptr).ok());
-  ASSERT_TRUE(CudaStreamSynchronize(nullptr).ok());
-  ASSERT_TRUE(ScatterChunk(chunk, source.data(), span, host.view).ok());
+  ASSERT_OK(CudaScatterChunk(chunk, chunk_ptr, span, device.view, nullptr));
+  ASSERT_OK(CudaStreamSynchronize(nullptr));
+  ASSERT_OK(ScatterChunk(chunk, source.data(), span, host.view));
   PagedMemory from_device(shape);
   device.DownloadInto(from_device);
   EXPECT_TRUE(from_device == host) << "scatter chunk";
@@ -126,9 +129,8 @@ TEST_P(CudaPagedKvTest, MatchesCpuBitForBit) {
   ASSERT_TRUE(CudaScatterLayer(chunk, chunk.layer_begin, chunk_ptr + layer_bytes, span, device.view,
                                nullptr)
                   .ok());
-  ASSERT_TRUE(
-      ScatterLayer(chunk, chunk.layer_begin, source.data() + layer_bytes, span, host.view).ok());
-  ASSERT_TRUE(CudaStreamSynchronize(nullptr).ok());
+  ASSERT_OK(ScatterLayer(chunk, chunk.layer_begin, source.data() + layer_bytes, span, host.view));
+  ASSERT_OK(CudaStreamSynchronize(nullptr));
   device.DownloadInto(from_device);
   EXPECT_TRUE(from_device == host) << "scatter layer";
 }
@@ -164,11 +166,11 @@ TEST(CudaPagedKvErrorTest, ValidationMatchesCpu) {
   chunk.num_tokens = 6;
   DeviceBuffer buffer(chunk.RawBytes());
   std::vector<int32_t> table = {1, 4};  // 4 is out of range
-  EXPECT_EQ(CudaGatherChunk(device.view, TokenSpan{table, 0}, chunk, buffer.get(), nullptr).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(CudaGatherChunk(device.view, TokenSpan{table, 0}, chunk, buffer.get(), nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   table = {1, 1};
-  EXPECT_EQ(CudaScatterChunk(chunk, buffer.get(), TokenSpan{table, 0}, device.view, nullptr).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(CudaScatterChunk(chunk, buffer.get(), TokenSpan{table, 0}, device.view, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

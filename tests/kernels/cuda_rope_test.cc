@@ -21,6 +21,9 @@
 #include "cuda_test_util.h"
 #include "kvstash/kernels/rope.h"
 #include "rope_reference.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::kernels {
 namespace {
@@ -65,16 +68,15 @@ TEST_P(CudaRopeTest, MatchesCpu) {
     DeviceBuffer device_deltas(deltas.size() * sizeof(int64_t));
     device_deltas.Upload(deltas.data(), deltas.size() * sizeof(int64_t));
     if (per_token) {
-      ASSERT_TRUE(RotateKeys(cpu.data(), dtype, kTokens, kHeads, kHeadDim, params, deltas).ok());
+      ASSERT_OK(RotateKeys(cpu.data(), dtype, kTokens, kHeads, kHeadDim, params, deltas));
       ASSERT_TRUE(CudaRotateKeys(k.get(), dtype, kTokens, kHeads, kHeadDim, params,
                                  reinterpret_cast<const int64_t*>(device_deltas.get()), nullptr)
                       .ok());
     } else {
-      ASSERT_TRUE(ShiftKeys(cpu.data(), dtype, kTokens, kHeads, kHeadDim, params, 4099).ok());
-      ASSERT_TRUE(
-          CudaShiftKeys(k.get(), dtype, kTokens, kHeads, kHeadDim, params, 4099, nullptr).ok());
+      ASSERT_OK(ShiftKeys(cpu.data(), dtype, kTokens, kHeads, kHeadDim, params, 4099));
+      ASSERT_OK(CudaShiftKeys(k.get(), dtype, kTokens, kHeads, kHeadDim, params, 4099, nullptr));
     }
-    ASSERT_TRUE(CudaStreamSynchronize(nullptr).ok());
+    ASSERT_OK(CudaStreamSynchronize(nullptr));
     const std::vector<std::byte> gpu = k.Download(input.size());
     size_t identical = 0;
     const size_t elem = DTypeSize(dtype);
@@ -115,15 +117,15 @@ TEST(CudaRopeErrorTest, ValidationMatchesCpu) {
   KVSTASH_SKIP_WITHOUT_CUDA_DEVICE();
   DeviceBuffer k(2 * 16 * 4);
   RopeParams params{RopeConvention::kNone, 10000.0f, 0};
-  EXPECT_EQ(CudaShiftKeys(k.get(), DType::kF32, 2, 1, 16, params, 1, nullptr).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(CudaShiftKeys(k.get(), DType::kF32, 2, 1, 16, params, 1, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   params.convention = RopeConvention::kNeox;
   params.rotary_dim = 17;
-  EXPECT_EQ(CudaShiftKeys(k.get(), DType::kF32, 2, 1, 16, params, 1, nullptr).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(CudaShiftKeys(k.get(), DType::kF32, 2, 1, 16, params, 1, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   params.rotary_dim = 0;
-  EXPECT_EQ(CudaRotateKeys(k.get(), DType::kF32, 2, 1, 16, params, nullptr, nullptr).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(CudaRotateKeys(k.get(), DType::kF32, 2, 1, 16, params, nullptr, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kvstash/kernels/cuda_device.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::kernels::testing {
 
@@ -22,14 +23,14 @@ class DeviceBuffer {
  public:
   explicit DeviceBuffer(size_t bytes) {
     auto ptr = CudaMalloc(bytes);
-    EXPECT_TRUE(ptr.ok()) << ptr.status();
+    EXPECT_OK(ptr);
     if (ptr.ok()) {
       ptr_ = static_cast<std::byte*>(*ptr);
     }
   }
   ~DeviceBuffer() {
     if (ptr_ != nullptr) {
-      EXPECT_TRUE(CudaFree(ptr_).ok());
+      EXPECT_OK(CudaFree(ptr_));
     }
   }
   DeviceBuffer(const DeviceBuffer&) = delete;
@@ -37,11 +38,11 @@ class DeviceBuffer {
 
   std::byte* get() const { return ptr_; }
   void Upload(const void* host, size_t bytes, size_t offset = 0) {
-    ASSERT_TRUE(CudaMemcpy(ptr_ + offset, host, bytes).ok());
+    ASSERT_OK(CudaMemcpy(ptr_ + offset, host, bytes));
   }
   std::vector<std::byte> Download(size_t bytes, size_t offset = 0) const {
     std::vector<std::byte> host(bytes);
-    EXPECT_TRUE(CudaMemcpy(host.data(), ptr_ + offset, bytes).ok());
+    EXPECT_OK(CudaMemcpy(host.data(), ptr_ + offset, bytes));
     return host;
   }
 

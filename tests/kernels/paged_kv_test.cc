@@ -12,6 +12,9 @@
 #include "kv_test_util.h"
 #include "kvstash/kernels/cuda_device.h"
 #include "kvstash/kernels/cuda_paged_kv.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::kernels {
 namespace {
@@ -122,7 +125,7 @@ class PagedKvTest : public ::testing::TestWithParam<Param> {
 TEST_P(PagedKvTest, GatherMatchesNaiveLoop) {
   std::vector<std::byte> got(chunk_.RawBytes(), std::byte{0xAB});
   std::vector<std::byte> want(chunk_.RawBytes(), std::byte{0xAB});
-  ASSERT_TRUE(GatherChunk(paged_.view, Span(table_), chunk_, got.data()).ok());
+  ASSERT_OK(GatherChunk(paged_.view, Span(table_), chunk_, got.data()));
   NaiveCopy(paged_, table_, geometry_.token_begin, chunk_, want.data(), /*gather=*/true);
   EXPECT_EQ(got, want);
 
@@ -143,7 +146,7 @@ TEST_P(PagedKvTest, ScatterMatchesNaiveLoop) {
                       chunk_bytes.size() / DTypeSize(chunk_.dtype), rng_);
   PagedMemory got = Clone(paged_);
   PagedMemory want = Clone(paged_);
-  ASSERT_TRUE(ScatterChunk(chunk_, chunk_bytes.data(), Span(table_), got.view).ok());
+  ASSERT_OK(ScatterChunk(chunk_, chunk_bytes.data(), Span(table_), got.view));
   NaiveCopy(want, table_, geometry_.token_begin, chunk_, chunk_bytes.data(), /*gather=*/false);
   EXPECT_TRUE(got == want);  // the span's slots changed, everything else kept its bytes
 
@@ -159,14 +162,14 @@ TEST_P(PagedKvTest, ScatterMatchesNaiveLoop) {
 
 TEST_P(PagedKvTest, RoundTripThroughOtherBlocks) {
   std::vector<std::byte> first(chunk_.RawBytes());
-  ASSERT_TRUE(GatherChunk(paged_.view, Span(table_), chunk_, first.data()).ok());
+  ASSERT_OK(GatherChunk(paged_.view, Span(table_), chunk_, first.data()));
 
   // Into zeroed memory at other, non-contiguous blocks, then back.
   PagedMemory other(paged_.view.shape);
   std::vector<int32_t> other_table = TableFor(geometry_, rng_);
-  ASSERT_TRUE(ScatterChunk(chunk_, first.data(), Span(other_table), other.view).ok());
+  ASSERT_OK(ScatterChunk(chunk_, first.data(), Span(other_table), other.view));
   std::vector<std::byte> second(chunk_.RawBytes());
-  ASSERT_TRUE(GatherChunk(other.view, Span(other_table), chunk_, second.data()).ok());
+  ASSERT_OK(GatherChunk(other.view, Span(other_table), chunk_, second.data()));
 
   const DType paged_dtype = paged_.view.shape.dtype;
   const bool exact_both_ways = paged_dtype == chunk_.dtype || chunk_.dtype == DType::kF32;
@@ -176,8 +179,8 @@ TEST_P(PagedKvTest, RoundTripThroughOtherBlocks) {
     KvLayout native = chunk_;
     native.dtype = paged_dtype;
     std::vector<std::byte> original(native.RawBytes()), restored(native.RawBytes());
-    ASSERT_TRUE(GatherChunk(paged_.view, Span(table_), native, original.data()).ok());
-    ASSERT_TRUE(GatherChunk(other.view, Span(other_table), native, restored.data()).ok());
+    ASSERT_OK(GatherChunk(paged_.view, Span(table_), native, original.data()));
+    ASSERT_OK(GatherChunk(other.view, Span(other_table), native, restored.data()));
     EXPECT_EQ(original, restored);
   } else {
     // Narrowing pairs (f32 -> f16/bf16, f16 <-> bf16) round once: element by element, the second
@@ -222,7 +225,7 @@ TEST(PagedKvConvertTest, SpecialValuesRoundToNearestEven) {
   chunk.dtype = DType::kF16;
   std::vector<int32_t> table = {0};
   std::vector<uint16_t> out(16);
-  ASSERT_TRUE(GatherChunk(paged.view, TokenSpan{table, 0}, chunk, out.data()).ok());
+  ASSERT_OK(GatherChunk(paged.view, TokenSpan{table, 0}, chunk, out.data()));
   const uint16_t want[8] = {0x7BFF, 0x7C00, 0xFC00, 0x0001, 0x0000, 0x3C00, 0x3C02, 0x8000};
   for (int i = 0; i < 8; ++i) EXPECT_EQ(out[i], want[i]) << i;
 }
@@ -265,14 +268,14 @@ class PagedKvErrorTest : public ::testing::Test {
     const auto before = chunk_bytes;
     const PagedMemory paged_before = Clone(paged_);
     void* chunk_ptr = null_chunk_ ? nullptr : chunk_bytes.data() + chunk_offset_;
-    EXPECT_EQ(GatherChunk(paged_.view, span, chunk_, chunk_ptr).code(),
-              absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(GatherLayer(paged_.view, span, chunk_, layer_, chunk_ptr).code(),
-              absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(ScatterChunk(chunk_, chunk_ptr, span, paged_.view).code(),
-              absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(ScatterLayer(chunk_, layer_, chunk_ptr, span, paged_.view).code(),
-              absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(GatherChunk(paged_.view, span, chunk_, chunk_ptr),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(GatherLayer(paged_.view, span, chunk_, layer_, chunk_ptr),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(ScatterChunk(chunk_, chunk_ptr, span, paged_.view),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(ScatterLayer(chunk_, layer_, chunk_ptr, span, paged_.view),
+                StatusIs(absl::StatusCode::kInvalidArgument));
     EXPECT_EQ(chunk_bytes, before);
     EXPECT_TRUE(paged_ == paged_before);
   }
@@ -290,8 +293,8 @@ class PagedKvErrorTest : public ::testing::Test {
 TEST_F(PagedKvErrorTest, ValidSetupIsAccepted) {
   TokenSpan span{table_, token_begin_};
   std::vector<std::byte> chunk_bytes(chunk_.RawBytes());
-  EXPECT_TRUE(GatherChunk(paged_.view, span, chunk_, chunk_bytes.data()).ok());
-  EXPECT_TRUE(ScatterLayer(chunk_, 2, chunk_bytes.data(), span, paged_.view).ok());
+  EXPECT_OK(GatherChunk(paged_.view, span, chunk_, chunk_bytes.data()));
+  EXPECT_OK(ScatterLayer(chunk_, 2, chunk_bytes.data(), span, paged_.view));
 }
 
 TEST_F(PagedKvErrorTest, BlockIdOutOfRange) {
@@ -329,12 +332,12 @@ TEST_F(PagedKvErrorTest, LayerOutside) {
     SCOPED_TRACE("layer outside the chunk");
     TokenSpan span{table_, token_begin_};
     std::vector<std::byte> bytes(chunk_.RawBytes());
-    EXPECT_EQ(GatherLayer(paged_.view, span, chunk_, 3, bytes.data()).code(),
-              absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(GatherLayer(paged_.view, span, chunk_, 0, bytes.data()).code(),
-              absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(ScatterLayer(chunk_, 3, bytes.data(), span, paged_.view).code(),
-              absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(GatherLayer(paged_.view, span, chunk_, 3, bytes.data()),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(GatherLayer(paged_.view, span, chunk_, 0, bytes.data()),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(ScatterLayer(chunk_, 3, bytes.data(), span, paged_.view),
+                StatusIs(absl::StatusCode::kInvalidArgument));
   }
   chunk_.layer_begin = 3;  // layers 3..4, paged memory has 0..3
   layer_ = 4;
@@ -376,16 +379,16 @@ TEST_F(PagedKvErrorTest, CudaVariantsRejectTheSameInputs) {
   Status status =
       CudaGatherChunk(paged_.view, TokenSpan{table_, token_begin_}, chunk_, bytes.data(), nullptr);
 #if KVSTASH_HAVE_CUDA
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kInvalidArgument));
 #else
-  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << status;
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kUnimplemented));
 #endif
 }
 
 TEST(CudaDeviceTest, EntryPointsAreUnimplementedWithoutDevice) {
   if (CudaDeviceAvailable()) GTEST_SKIP() << "a CUDA device is present (see the gpu tests)";
-  EXPECT_EQ(CudaMalloc(16).status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_EQ(CudaStreamSynchronize(nullptr).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(CudaMalloc(16), StatusIs(absl::StatusCode::kUnimplemented));
+  EXPECT_THAT(CudaStreamSynchronize(nullptr), StatusIs(absl::StatusCode::kUnimplemented));
 }
 
 }  // namespace

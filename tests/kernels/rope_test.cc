@@ -13,6 +13,9 @@
 #include "kv_test_util.h"
 #include "rope_reference.h"
 #include "rope_simd.h"  // kernels/src: to run the portable path too
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::kernels {
 namespace {
@@ -111,8 +114,8 @@ TEST_P(RopeTest, InverseShiftIsIdentity) {
   std::vector<std::byte> k = Store(k_pre_, dtype_);
   const std::vector<std::byte> original = k;
   for (int64_t p : {1, 37, 4096, 100000}) {
-    ASSERT_TRUE(ShiftKeys(k.data(), dtype_, kTokens, kHeads, kHeadDim, params_, p).ok());
-    ASSERT_TRUE(ShiftKeys(k.data(), dtype_, kTokens, kHeads, kHeadDim, params_, -p).ok());
+    ASSERT_OK(ShiftKeys(k.data(), dtype_, kTokens, kHeads, kHeadDim, params_, p));
+    ASSERT_OK(ShiftKeys(k.data(), dtype_, kTokens, kHeads, kHeadDim, params_, -p));
     std::vector<double> want(k_pre_.size());
     for (size_t i = 0; i < want.size(); ++i) want[i] = Load(original, dtype_, i);
     EXPECT_LE(MaxError(k, want, original), Tolerance(dtype_)) << "p " << p;
@@ -131,7 +134,7 @@ TEST_P(RopeTest, PerTokenDeltas) {
   }
   std::vector<std::byte> k = Store(At(old_pos), dtype_);
   const std::vector<std::byte> before = k;
-  ASSERT_TRUE(RotateKeys(k.data(), dtype_, kTokens, kHeads, kHeadDim, params_, delta).ok());
+  ASSERT_OK(RotateKeys(k.data(), dtype_, kTokens, kHeads, kHeadDim, params_, delta));
   EXPECT_LE(MaxError(k, At(new_pos), before), Tolerance(dtype_));
 
   // Token by token with ShiftKeys gives the same bits.
@@ -203,7 +206,7 @@ TEST_P(RopeTest, BitExactAgainstF32Statement) {
     SCOPED_TRACE(force_scalar ? "portable path" : "default (SIMD when the CPU has it)");
     internal::ForceRopeScalarForTesting(force_scalar);
     std::vector<std::byte> got = input;
-    ASSERT_TRUE(RotateKeys(got.data(), dtype_, kTokens, kHeads, kHeadDim, params_, deltas).ok());
+    ASSERT_OK(RotateKeys(got.data(), dtype_, kTokens, kHeads, kHeadDim, params_, deltas));
     internal::ForceRopeScalarForTesting(false);
     size_t mismatches = 0;
     const size_t e = DTypeSize(dtype_);
@@ -225,7 +228,7 @@ TEST(RopeConventionTest, PairsRotateTogether) {
     std::vector<float> k(head_dim, 0.0f);
     k[0] = 1.0f;
     RopeParams params{convention, 10000.0f, 0};
-    ASSERT_TRUE(ShiftKeys(k.data(), DType::kF32, 1, 1, head_dim, params, 2).ok());
+    ASSERT_OK(ShiftKeys(k.data(), DType::kF32, 1, 1, head_dim, params, 2));
     const size_t partner = convention == RopeConvention::kNeox ? head_dim / 2 : 1;
     EXPECT_EQ(k[0], static_cast<float>(std::cos(2.0)));
     EXPECT_EQ(k[partner], static_cast<float>(std::sin(2.0)));
@@ -244,17 +247,17 @@ TEST(RopeEdgeTest, ZeroDeltaLeavesEveryBitAlone) {
     for (auto& b : k) b = static_cast<std::byte>(rng());  // NaNs and infinities included
     const auto before = k;
     RopeParams params;
-    ASSERT_TRUE(ShiftKeys(k.data(), dtype, 4, 2, 16, params, 0).ok());
+    ASSERT_OK(ShiftKeys(k.data(), dtype, 4, 2, 16, params, 0));
     std::vector<int64_t> zeros(4, 0);
-    ASSERT_TRUE(RotateKeys(k.data(), dtype, 4, 2, 16, params, zeros).ok());
+    ASSERT_OK(RotateKeys(k.data(), dtype, 4, 2, 16, params, zeros));
     EXPECT_EQ(k, before);
   }
 }
 
 TEST(RopeEdgeTest, NoTokensIsFine) {
   RopeParams params;
-  EXPECT_TRUE(ShiftKeys(nullptr, DType::kF16, 0, 2, 16, params, 5).ok());
-  EXPECT_TRUE(RotateKeys(nullptr, DType::kF16, 0, 2, 16, params, {}).ok());
+  EXPECT_OK(ShiftKeys(nullptr, DType::kF16, 0, 2, 16, params, 5));
+  EXPECT_OK(RotateKeys(nullptr, DType::kF16, 0, 2, 16, params, {}));
 }
 
 TEST(RopeEdgeTest, InvalidArguments) {
@@ -276,8 +279,8 @@ TEST(RopeEdgeTest, InvalidArguments) {
   EXPECT_TRUE(rejected({RopeConvention::kNeox, 10000.0f, 0}, 16, 3, k.data()));   // deltas size
   EXPECT_TRUE(rejected({RopeConvention::kNeox, 10000.0f, 0}, 16, 2, nullptr));    // null
   EXPECT_TRUE(rejected({RopeConvention::kNeox, 10000.0f, 0}, 0, 2, k.data()));    // head_dim 0
-  EXPECT_EQ(ShiftKeys(k.data(), static_cast<DType>(9), 2, 1, 16, RopeParams{}, 1).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ShiftKeys(k.data(), static_cast<DType>(9), 2, 1, 16, RopeParams{}, 1),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace
