@@ -392,7 +392,9 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
       w += 2;
     }
   }
-  std::memcpy(out.data() + g.OutlierValueOffset(), out_values.data(), out_values.size());
+  if (!out_values.empty()) {  // memcpy from an empty vector's null data() is undefined
+    std::memcpy(out.data() + g.OutlierValueOffset(), out_values.data(), out_values.size());
+  }
   w = out.data() + g.ParamsOffset();
   for (float v : params) {
     if (i.param_dtype == DType::kF16) {
