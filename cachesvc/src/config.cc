@@ -80,6 +80,14 @@ tls:                      # mutual TLS on a TCP listener and to peers: all three
   insecure_tcp: false     # allow a non-loopback TCP listener without TLS
 auth:
   tokens_file: ""         # tenants: tokens, certificate identities, roles, quotas; empty: one tenant
+cluster:
+  etcd: []                # etcd endpoints (http://host:port); also --etcd URL[,URL]; empty: none
+  name: default           # nodes register under /kvstash/<name>/nodes/<node id>
+  replicas: 1             # owners per object
+  zone: ""                # reads prefer owners in the same zone
+  ttl_s: 10               # membership lease; a node silent this long is dropped and fences itself
+  etcd_timeout_ms: 0      # one etcd call; 0: min(2000, ttl_s * 1000 / 3)
+  replication_queue: 65536
 )";
 
 Status Bad(const std::string& where, const std::string& what) {
@@ -265,8 +273,38 @@ Status SetPeerAddresses(const std::string& text, const std::string& where, Servi
   return OkStatus();
 }
 
-// The one key whose value is a list (a YAML sequence, or a comma-separated scalar).
-constexpr char kListKey[] = "peers.addresses";
+Status SetEtcdEndpoints(const std::string& text, const std::string& where, ServiceConfig& c) {
+  c.cluster.etcd.clear();
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    if (item.empty()) continue;
+    if (item.find(':') == std::string::npos) {
+      return Bad(where, absl::StrCat("etcd endpoint '", item, "' is not [http://]HOST:PORT"));
+    }
+    c.cluster.etcd.push_back(item);
+  }
+  return OkStatus();
+}
+
+Setter ClusterIntField(uint32_t ClusterConfig::*field, int64_t lo, int64_t hi) {
+  return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
+    KVSTASH_ASSIGN_OR_RETURN(c.cluster.*field, ReadIntInRange<uint32_t>(text, where, lo, hi));
+    return OkStatus();
+  };
+}
+
+Setter ClusterStringField(std::string ClusterConfig::*field) {
+  return [=](const std::string& text, const std::string&, ServiceConfig& c) -> Status {
+    c.cluster.*field = text;
+    return OkStatus();
+  };
+}
+
+// The keys whose value is a list (a YAML sequence, or a comma-separated scalar).
+bool IsListKey(const std::string& path) {
+  return path == "peers.addresses" || path == "cluster.etcd";
+}
 
 struct Field {
   const char* yaml_path;  // "section.key" or "key"
@@ -359,6 +397,22 @@ const std::vector<Field>& Fields() {
        TierLevelField(&ServiceConfig::transfer_encoding)},
       // --peer is repeatable and handled by ParseCommandLine; this key takes a list.
       {"peers.addresses", nullptr, "peers' gRPC HOST:PORT addresses", &SetPeerAddresses},
+      {"cluster.etcd", "--etcd", "etcd endpoints URL[,URL] (a cluster through etcd membership)",
+       &SetEtcdEndpoints},
+      {"cluster.name", "--cluster-name", "cluster name (etcd prefix /kvstash/<name>/)",
+       ClusterStringField(&ClusterConfig::name)},
+      {"cluster.replicas", "--replicas", "owners per object (R)",
+       ClusterIntField(&ClusterConfig::replicas, 1, 16)},
+      {"cluster.zone", "--zone", "this node's zone (reads prefer owners in it)",
+       ClusterStringField(&ClusterConfig::zone)},
+      {"cluster.ttl_s", "--cluster-ttl-s", "membership lease TTL in seconds",
+       ClusterIntField(&ClusterConfig::ttl_s, 1, 3600)},
+      {"cluster.etcd_timeout_ms", "--etcd-timeout-ms",
+       "deadline of one etcd call (0: min(2000, ttl_s * 1000 / 3))",
+       ClusterIntField(&ClusterConfig::etcd_timeout_ms, 0, 60'000)},
+      {"cluster.replication_queue", "--replication-queue",
+       "objects waiting to be forwarded to other owners, at most",
+       ClusterIntField(&ClusterConfig::replication_queue, 1, 10'000'000)},
       {"peers.node_id", "--node-id", "this node's name for peers (default <hostname>/<listen>)",
        PeerStringField(&PeerConfig::node_id)},
       {"peers.secret_file", "--peer-secret-file",
@@ -416,7 +470,7 @@ Status ApplyNode(const YAML::Node& node, const std::string& prefix, ServiceConfi
   for (const auto& item : node) {
     std::string key = item.first.as<std::string>();
     std::string path = prefix.empty() ? key : absl::StrCat(prefix, ".", key);
-    if (item.second.IsSequence() && path == kListKey) {
+    if (item.second.IsSequence() && IsListKey(path)) {
       const Field* field = FindField(path);
       std::string joined;
       for (const auto& element : item.second) {
@@ -546,6 +600,16 @@ Status ValidateConfig(const ServiceConfig& c) {
   }
   if (!c.peers.addresses.empty() && c.peers.secret_file.empty()) {
     return Bad("peers.secret_file", "is required when peers are configured (--peer-secret-file)");
+  }
+  if (!c.cluster.etcd.empty()) {
+    if (c.peers.secret_file.empty()) {
+      return Bad("peers.secret_file",
+                 "is required in a cluster (--etcd): members read each "
+                 "other's arenas (--peer-secret-file)");
+    }
+    if (IsUnixTarget(c.listen) && c.peers.advertise.empty()) {
+      return Bad("listen", "a cluster member needs a TCP listener (or --advertise HOST:PORT)");
+    }
   }
   return OkStatus();
 }

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -77,6 +78,12 @@ bool IsDefinitive(const Status& s) {
 
 }  // namespace
 
+namespace {
+thread_local bool tls_committing_fetched = false;
+}  // namespace
+
+bool CommittingFetchedObject() { return tls_committing_fetched; }
+
 bool LocalScopeOnly(const grpc::ServerContext* ctx) {
   if (ctx == nullptr) return false;
   auto it = ctx->client_metadata().find(kScopeHeader);
@@ -100,6 +107,8 @@ struct RemoteTier::Impl {
     uint64_t arena_bytes ABSL_GUARDED_BY(mu) = 0;
     uint32_t release_id ABSL_GUARDED_BY(mu) = 0;
 
+    bool from_cluster = false;       // added by SetClusterPeers
+    std::atomic<bool> listed{true};  // static, or in the cluster's current view
     Counter* fetched_objects = nullptr;
     Counter* fetched_bytes = nullptr;
     Counter* failures_unreachable = nullptr;
@@ -167,8 +176,12 @@ struct RemoteTier::Impl {
   MetricsRegistry* metrics = nullptr;
   std::string node_id;
   std::string secret;
-  bool tls_required = false;  // Hello only over mutually authenticated TLS
-  std::vector<std::unique_ptr<Peer>> peers;
+  bool tls_required = false;    // Hello only over mutually authenticated TLS
+  mutable std::mutex peers_mu;  // the list; each Peer is never removed (metrics point at it)
+  std::vector<std::shared_ptr<Peer>> peers ABSL_GUARDED_BY(peers_mu);
+  Ranker ranker ABSL_GUARDED_BY(peers_mu);
+  grpc::ChannelArguments channel_args;
+  std::shared_ptr<grpc::ChannelCredentials> credentials;  // mutual TLS, or insecure
   std::unique_ptr<HelloService> hello_service;
   Counter* hello_refused = nullptr;
 #ifdef KVSTASH_HAVE_UCX
@@ -262,11 +275,71 @@ struct RemoteTier::Impl {
     return Link{peer.ucx, peer.ucx_peer, peer.generation, peer.arena_bytes, peer.release_id};
   }
 
-  Peer* Find(const std::string& address) const {
+  std::shared_ptr<Peer> Find(const std::string& address) const {
+    std::lock_guard<std::mutex> lock(peers_mu);
     for (auto& peer : peers) {
-      if (peer->address == address) return peer.get();
+      if (peer->address == address && peer->listed.load()) return peer;
     }
     return nullptr;
+  }
+
+  // The listed peers, those the ranker prefers for `first` first.
+  std::vector<std::shared_ptr<Peer>> Snapshot(const ObjectName* first) const {
+    std::vector<std::shared_ptr<Peer>> out;
+    Ranker rank;
+    {
+      std::lock_guard<std::mutex> lock(peers_mu);
+      for (auto& peer : peers) {
+        if (peer->listed.load()) out.push_back(peer);
+      }
+      rank = ranker;
+    }
+    if (rank && first != nullptr && out.size() > 1) {
+      const std::vector<std::string> preferred = rank(*first);
+      std::vector<std::shared_ptr<Peer>> ordered;
+      for (const std::string& address : preferred) {
+        for (auto& peer : out) {
+          if (peer != nullptr && peer->address == address) {
+            ordered.push_back(std::move(peer));
+            peer = nullptr;
+          }
+        }
+      }
+      for (auto& peer : out) {
+        if (peer != nullptr) ordered.push_back(std::move(peer));
+      }
+      out.swap(ordered);
+    }
+    return out;
+  }
+
+  std::shared_ptr<Peer> MakePeer(const std::string& address) {
+    auto peer = std::make_shared<Peer>();
+    peer->address = address;
+    auto channel = grpc::CreateCustomChannel(address, credentials, channel_args);
+    peer->kv = v1::KvStash::NewStub(channel);
+    peer->hello = v1::KvStashPeer::NewStub(channel);
+    const MetricLabels labels = {{"peer", address}};
+    auto with = [&](const char* reason) {
+      return MetricLabels{{"peer", address}, {"reason", reason}};
+    };
+    const char* failures_help = "failed peer calls and rejected objects, by reason";
+    peer->fetched_objects = metrics->GetCounter("kvstash_peer_fetched_objects_total",
+                                                "objects fetched from the peer", labels);
+    peer->fetched_bytes = metrics->GetCounter("kvstash_peer_fetched_bytes_total",
+                                              "payload bytes fetched from the peer", labels);
+    peer->failures_unreachable =
+        metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("unreachable"));
+    peer->failures_timeout =
+        metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("timeout"));
+    peer->failures_corrupt =
+        metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("corrupt"));
+    peer->failures_bounds =
+        metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("bounds"));
+    peer->fetch_seconds = metrics->GetHistogram("kvstash_peer_fetch_seconds",
+                                                "time of one batch fetched from the peer", labels);
+    peer->up = metrics->GetGauge("kvstash_peer_up", "1 while the peer answers", labels);
+    return peer;
   }
 
   void Count(const std::vector<Status>& out) {
@@ -443,7 +516,9 @@ struct RemoteTier::Impl {
       return absl::DataLossError(absl::StrCat("object from peer ", peer.address,
                                               " failed its crc32c on arrival; not served"));
     }
+    tls_committing_fetched = true;
     Status s = store->CommitChecked(p.local.id, crc, /*durable=*/false);
+    tls_committing_fetched = false;
     if (s.ok()) {
       peer.fetched_objects->Increment();
       peer.fetched_bytes->Increment(p.info.payload_bytes);
@@ -545,47 +620,87 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
   }
 #endif
   if (!impl->secret.empty()) impl->hello_service = std::make_unique<Impl::HelloService>(impl.get());
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  impl->channel_args.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   // A fresh connection attempt soon after a peer comes back, not gRPC's backoff of up to 2 min.
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  if (tls != nullptr) tls->AddChannelArguments(&args);
-  const std::shared_ptr<grpc::ChannelCredentials> credentials =
+  impl->channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  if (tls != nullptr) tls->AddChannelArguments(&impl->channel_args);
+  impl->credentials =
       tls != nullptr ? tls->ChannelCredentials() : grpc::InsecureChannelCredentials();
-  for (const std::string& address : config.peers.addresses) {
-    auto peer = std::make_unique<Impl::Peer>();
-    peer->address = address;
-    auto channel = grpc::CreateCustomChannel(address, credentials, args);
-    peer->kv = v1::KvStash::NewStub(channel);
-    peer->hello = v1::KvStashPeer::NewStub(channel);
-    const MetricLabels labels = {{"peer", address}};
-    auto with = [&](const char* reason) {
-      return MetricLabels{{"peer", address}, {"reason", reason}};
-    };
-    const char* failures_help = "failed peer calls and rejected objects, by reason";
-    peer->fetched_objects = metrics->GetCounter("kvstash_peer_fetched_objects_total",
-                                                "objects fetched from the peer", labels);
-    peer->fetched_bytes = metrics->GetCounter("kvstash_peer_fetched_bytes_total",
-                                              "payload bytes fetched from the peer", labels);
-    peer->failures_unreachable =
-        metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("unreachable"));
-    peer->failures_timeout =
-        metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("timeout"));
-    peer->failures_corrupt =
-        metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("corrupt"));
-    peer->failures_bounds =
-        metrics->GetCounter("kvstash_peer_failures_total", failures_help, with("bounds"));
-    peer->fetch_seconds = metrics->GetHistogram("kvstash_peer_fetch_seconds",
-                                                "time of one batch fetched from the peer", labels);
-    peer->up = metrics->GetGauge("kvstash_peer_up", "1 while the peer answers", labels);
-    impl->peers.push_back(std::move(peer));
+  {
+    std::lock_guard<std::mutex> lock(impl->peers_mu);
+    for (const std::string& address : config.peers.addresses) {
+      impl->peers.push_back(impl->MakePeer(address));
+    }
   }
   spdlog::info("event=peers node_id={} peers={} data_plane={} serving_peers={}", impl->node_id,
-               impl->peers.size(), config.peers.data_plane, impl->hello_service != nullptr);
+               config.peers.addresses.size(), config.peers.data_plane,
+               impl->hello_service != nullptr);
   return std::unique_ptr<RemoteTier>(new RemoteTier(std::move(impl)));
 }
 
-bool RemoteTier::has_peers() const { return !impl_->peers.empty(); }
+bool RemoteTier::has_peers() const { return !impl_->Snapshot(nullptr).empty(); }
+
+void RemoteTier::SetClusterPeers(const std::vector<std::string>& addresses) {
+  std::lock_guard<std::mutex> lock(impl_->peers_mu);
+  for (auto& peer : impl_->peers) {
+    if (!peer->from_cluster) continue;
+    const bool listed =
+        std::find(addresses.begin(), addresses.end(), peer->address) != addresses.end();
+    if (listed && !peer->listed.load()) {
+      peer->down_until_ns = 0;  // back in the view: try it at once
+      spdlog::info("event=cluster_peer_listed peer={}", peer->address);
+    } else if (!listed && peer->listed.load()) {
+      spdlog::info("event=cluster_peer_unlisted peer={}", peer->address);
+    }
+    peer->listed = listed;
+  }
+  for (const std::string& address : addresses) {
+    bool known = false;
+    for (auto& peer : impl_->peers) known = known || peer->address == address;
+    if (known) continue;
+    auto peer = impl_->MakePeer(address);
+    peer->from_cluster = true;
+    impl_->peers.push_back(std::move(peer));
+    spdlog::info("event=cluster_peer_listed peer={}", address);
+  }
+}
+
+std::shared_ptr<grpc::Channel> RemoteTier::MakeChannel(const std::string& address) const {
+  return grpc::CreateCustomChannel(address, impl_->credentials, impl_->channel_args);
+}
+
+void RemoteTier::SetRanker(Ranker ranker) {
+  std::lock_guard<std::mutex> lock(impl_->peers_mu);
+  impl_->ranker = std::move(ranker);
+}
+
+void RemoteTier::AddPeerToken(grpc::ClientContext* ctx) const {
+  ctx->AddMetadata(kPeerTokenHeader, impl_->secret);
+}
+
+grpc::Status RemoteTier::CheckPeerToken(const grpc::ServerContext* ctx) const {
+  auto it = ctx->client_metadata().find(kPeerTokenHeader);
+  if (impl_->secret.empty() || it == ctx->client_metadata().end() || it->second.size() > 4096 ||
+      !SameSecret(impl_->secret, std::string_view(it->second.data(), it->second.size()))) {
+    impl_->hello_refused->Increment();
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "peer call without the right kvstash-peer-token");
+  }
+  if (impl_->tls_required &&
+      (ctx->auth_context() == nullptr || !ctx->auth_context()->IsPeerAuthenticated())) {
+    impl_->hello_refused->Increment();
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "peer call needs a mutually authenticated TLS connection");
+  }
+  return grpc::Status::OK;
+}
+
+std::string RemoteTier::ucx_worker_address() const {
+#ifdef KVSTASH_HAVE_UCX
+  if (impl_->transport != nullptr) return impl_->transport->worker_address();
+#endif
+  return "";
+}
 
 bool RemoteTier::IsPeer(const std::string& address) const {
   return impl_->Find(address) != nullptr;
@@ -597,7 +712,7 @@ std::vector<std::optional<ObjectInfo>> RemoteTier::Lookup(const std::vector<Obje
   std::vector<std::optional<ObjectInfo>> out(names.size());
   std::vector<size_t> remaining(names.size());
   for (size_t i = 0; i < names.size(); ++i) remaining[i] = i;
-  for (auto& peer : impl_->peers) {
+  for (auto& peer : impl_->Snapshot(names.empty() ? nullptr : &names[0])) {
     if (remaining.empty()) break;
     if (impl_->Down(*peer)) continue;
     grpc::ClientContext ctx;
@@ -632,7 +747,7 @@ std::vector<Status> RemoteTier::Fetch(const std::vector<ObjectName>& names) {
   std::vector<Status> out(names.size(), absl::NotFoundError("no peer holds the object"));
   std::vector<size_t> remaining(names.size());
   for (size_t i = 0; i < names.size(); ++i) remaining[i] = i;
-  for (auto& peer : impl_->peers) {
+  for (auto& peer : impl_->Snapshot(names.empty() ? nullptr : &names[0])) {
     if (remaining.empty()) break;
     if (impl_->Down(*peer)) continue;
     impl_->FetchFromPeer(*peer, names, remaining, out);
@@ -643,7 +758,7 @@ std::vector<Status> RemoteTier::Fetch(const std::vector<ObjectName>& names) {
 
 std::vector<Status> RemoteTier::FetchFrom(const std::string& address,
                                           const std::vector<ObjectName>& names) {
-  Impl::Peer* peer = impl_->Find(address);
+  std::shared_ptr<Impl::Peer> peer = impl_->Find(address);
   if (peer == nullptr) {
     return std::vector<Status>(
         names.size(), absl::FailedPreconditionError(
@@ -660,7 +775,7 @@ std::vector<Status> RemoteTier::FetchFrom(const std::string& address,
 
 Result<uint64_t> RemoteTier::ForwardHandoff(const std::string& address, uint64_t handoff_id,
                                             uint32_t extend_ms, bool release) {
-  Impl::Peer* peer = impl_->Find(address);
+  std::shared_ptr<Impl::Peer> peer = impl_->Find(address);
   if (peer == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat("node ", address, " is not a peer of this node (--peer)"));
@@ -683,6 +798,7 @@ storage::TierStats RemoteTier::Stats() const {
   t.tier = storage::Tier::kRemote;
   t.hits = impl_->hits.load(std::memory_order_relaxed);
   t.misses = impl_->misses.load(std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(impl_->peers_mu);
   for (const auto& peer : impl_->peers) t.bytes_read += peer->fetched_bytes->Value();
   return t;
 }

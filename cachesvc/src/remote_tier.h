@@ -23,6 +23,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -46,6 +47,10 @@ inline constexpr char kScopeLocal[] = "local";
 // True when the call asked for this node's own objects only (a peer's call).
 bool LocalScopeOnly(const grpc::ServerContext* ctx);
 
+// True on a thread while it commits an object fetched from a peer (the store's commit observer
+// runs on the committing thread): such copies came from a replica and are not forwarded again.
+bool CommittingFetchedObject();
+
 class RemoteTier {
  public:
   // Reads the secret file; with data_plane ucx, starts the UCX transport and registers the
@@ -63,8 +68,27 @@ class RemoteTier {
   RemoteTier& operator=(const RemoteTier&) = delete;
 
   bool has_peers() const;
-  // Whether `address` is one of the configured peers (as given to --peer).
+  // Whether `address` is one of the configured peers (as given to --peer) or a live cluster
+  // member (SetClusterPeers).
   bool IsPeer(const std::string& address) const;
+
+  // The cluster's live members other than this node (gRPC addresses), from membership: peers
+  // not yet known are added, cluster peers no longer listed are no longer asked. Static peers
+  // (--peer) are kept either way.
+  void SetClusterPeers(const std::vector<std::string>& addresses);
+  // Preferred peers for a batch of names (the owners of its first object, nearest first); Fetch
+  // and Lookup ask those before the others. Null: configuration order.
+  using Ranker = std::function<std::vector<std::string>(const ObjectName&)>;
+  void SetRanker(Ranker ranker);
+
+  // The cluster secret, for calls to peers (metadata kPeerTokenHeader), and the check of a
+  // caller's: OK, or UNAUTHENTICATED.
+  void AddPeerToken(grpc::ClientContext* ctx) const;
+  grpc::Status CheckPeerToken(const grpc::ServerContext* ctx) const;
+  // A channel to another node with the peers' credentials (mutual TLS when configured).
+  std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) const;
+  // This node's UCX worker address (empty without UCX).
+  std::string ucx_worker_address() const;
 
   // What each missing object is on the peers: its info when one holds it.
   std::vector<std::optional<ObjectInfo>> Lookup(const std::vector<ObjectName>& names);

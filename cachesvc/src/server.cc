@@ -21,6 +21,7 @@
 #include "async_streams.h"
 #include "authz.h"
 #include "cachegen_tier_codec.h"
+#include "cluster_node.h"
 #include "kv_service.h"
 #include "kvstash/storage/object_store.h"
 #include "local_control_session.h"
@@ -79,7 +80,9 @@ struct CacheService::Impl {
   std::unique_ptr<TlsMaterial> tls;  // when tls.enabled(); outlives the server and the peers
   std::unique_ptr<storage::TierCodec> ssd_codec;  // outlives the store (declared before it)
   std::unique_ptr<storage::ObjectStore> store;
-  std::unique_ptr<RemoteTier> remote;  // peers; after the store, before the service
+  std::unique_ptr<RemoteTier> remote;              // peers; after the store, before the service
+  std::unique_ptr<ClusterNode> cluster;            // etcd membership and replication (--etcd)
+  std::atomic<ClusterNode*> commit_hook{nullptr};  // the store's commit observer forwards here
   std::unique_ptr<HandoffRegistry> handoffs;
   std::unique_ptr<Authorizer> auth;  // tenants (authz.h); before the service
   std::unique_ptr<KvStashService> service;
@@ -123,6 +126,12 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   }
   impl->ssd_codec = std::make_unique<CacheGenTierCodec>(config.ssd_encoding);
   impl->config.store.ssd_codec = impl->ssd_codec.get();
+  if (!config.cluster.etcd.empty()) {
+    Impl* hook_owner = impl.get();
+    impl->config.store.on_commit = [hook_owner](const storage::StoredName& name) {
+      if (ClusterNode* c = hook_owner->commit_hook.load()) c->OnCommit(name);
+    };
+  }
   auto store = storage::ObjectStore::Open(impl->config.store);
   if (!store.ok()) {
     return Status(store.status().code(),
@@ -138,6 +147,15 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
       return remote.status();
     }
     impl->remote = std::move(*remote);
+  }
+  if (!config.cluster.etcd.empty()) {
+    auto node =
+        ClusterNode::Create(impl->config, impl->store.get(), impl->remote.get(), &impl->registry);
+    if (!node.ok()) {
+      (void)impl->store->Close();
+      return node.status();
+    }
+    impl->cluster = std::move(*node);
   }
   impl->handoffs = std::make_unique<HandoffRegistry>(
       impl->store.get(), &impl->registry, config.peers.handoff_ms, config.peers.max_handoff_ms);
@@ -165,6 +183,7 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   if (impl->remote != nullptr && impl->remote->peer_service() != nullptr) {
     builder.RegisterService(impl->remote->peer_service());
   }
+  if (impl->cluster != nullptr) builder.RegisterService(impl->cluster->service());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
   grpc::ResourceQuota quota("cachesvc");
@@ -229,6 +248,15 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
     impl->arena_socket_path.clear();
   }
 
+  if (impl->cluster != nullptr) {
+    Status joined =
+        impl->cluster->Join(config.peers.advertise.empty() ? impl->target : config.peers.advertise);
+    if (!joined.ok()) {
+      impl->arena_socket->Stop();
+      return fail(joined);
+    }
+    impl->commit_hook = impl->cluster.get();
+  }
   Impl* raw = impl.get();
   if (config.metrics_port != 0) {
     auto http = MetricsHttpServer::Start(config.metrics_address, config.metrics_port,
@@ -284,6 +312,10 @@ Status CacheService::Shutdown() {
   Impl& s = *impl_;
   spdlog::info("event=shutdown_begin grace_ms={}", s.config.shutdown_grace_ms);
   s.serving = false;
+  if (s.cluster != nullptr) {
+    s.commit_hook = nullptr;
+    s.cluster->Stop();  // leaves the view first, so the others stop routing here
+  }
   if (auto* health = s.server->GetHealthCheckService(); health != nullptr) health->Shutdown();
   s.server->Shutdown(std::chrono::system_clock::now() +
                      std::chrono::milliseconds(s.config.shutdown_grace_ms));

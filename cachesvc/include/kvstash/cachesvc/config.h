@@ -64,6 +64,20 @@ struct TlsConfig {
   bool enabled() const { return !cert_file.empty(); }
 };
 
+// Membership through etcd, placement and replication (docs/deploy.md "A cluster through etcd").
+// Needs peers.secret_file (members read each other's arenas) and a TCP listener.
+struct ClusterConfig {
+  std::vector<std::string> etcd;  // etcd endpoints; empty: no cluster (static peers only)
+  std::string name = "default";   // nodes register under /kvstash/<name>/nodes/<node id>
+  uint32_t replicas = 1;          // R: owners per object (weighted rendezvous hashing)
+  std::string zone;               // reads prefer owners in this node's zone
+  uint32_t ttl_s = 10;            // lease TTL; a node not renewed this long is dropped / fences
+  uint32_t etcd_timeout_ms = 0;   // one etcd call; 0: min(2000, ttl_s * 1000 / 3)
+  // Commits forwarded to other owners wait in a queue of at most this many objects; beyond it
+  // they are dropped (counted) and left to the repair pass after the next membership change.
+  uint32_t replication_queue = 65536;
+};
+
 struct ServiceConfig {
   // gRPC listen address: "unix:///abs/path", "unix:rel/path" or "host:port" (TCP; port 0 picks
   // a free port, reported in the ready file and the log).
@@ -126,6 +140,7 @@ struct ServiceConfig {
   // Tenants (docs/deploy.md "Tenants"): credentials -> tenant, role, and per-tenant quotas. Empty:
   // single-tenant mode (every caller may name any namespace, as before).
   std::string tokens_file;
+  ClusterConfig cluster;
 };
 
 // The embedded default (single node, CPU + SSD tiers in ./data) as YAML text.

@@ -181,6 +181,21 @@ struct ServiceStats {
   std::string version;
 };
 
+// `kvstash cluster status`: the answering node's view of a cluster through etcd (cachesvc
+// --etcd), each member's line as that member reported it (state "unreachable" when it did not).
+struct ClusterNodeLine {
+  std::string id, grpc_address, zone;
+  std::string state;  // live, fenced, unreachable
+  uint64_t capacity_bytes = 0, epoch = 0, objects = 0, under_replicated = 0,
+           replication_pending = 0;
+};
+struct ClusterStatusReply {
+  std::string cluster, node_id;
+  uint32_t replicas = 0;
+  bool fenced = false;
+  std::vector<ClusterNodeLine> nodes;
+};
+
 // A prefill/decode handoff (docs/api.md "Handoff"): objects a prefill node pinned for a decode
 // node to pull. The prefill engine gets it from Offer and passes Serialize()'s bytes to the
 // decode engine (through its router), which gives Parse()'s result to FetchHandoff on its own
@@ -346,6 +361,8 @@ class KvClient {
   Result<ListReply> List(const std::string& name_space, uint32_t limit = 0,
                          const std::string& page_token = "", bool all_namespaces = false);
   Result<ServiceStats> Stats();
+  // The cluster as the node sees it; Unimplemented when the node is not a cluster member.
+  Result<ClusterStatusReply> ClusterStatus();
 
   // ---- prefill/decode handoff ----
   // Prefill side: pins `names` (those stored on this node; the rest are left out) for

@@ -54,6 +54,7 @@
 #define KVSTASH_STORAGE_OBJECT_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -105,6 +106,10 @@ struct StoreOptions {
   // Not owned; must outlive the store. (A remote tier would take its own codec the same way.)
   TierCodec* ssd_codec = nullptr;
   MetricsRegistry* metrics = nullptr;  // optional; not owned; must outlive the store
+  // Called after every successful Commit / CommitChecked with the committed object's name, on
+  // the committing thread, holding no shard or reservation lock (the cluster forwards objects to
+  // their other owners). Must be quick: queue the work, do not call back into the store.
+  std::function<void(const StoredName&)> on_commit;
 };
 
 struct Reservation {

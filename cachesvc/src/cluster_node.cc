@@ -1,0 +1,551 @@
+#include "cluster_node.h"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "kvstash/cluster/etcd_client.h"
+#include "kvstash/cluster/membership.h"
+#include "kvstash/cluster/placement.h"
+#include "kvstash/proto/convert.h"
+#include "kvstash/proto/status_mapping.h"
+#include "kvstash/v1/cluster.grpc.pb.h"
+#include "kvstash/v1/kvstash.grpc.pb.h"
+#include "request_checks.h"
+
+namespace kvstash::cachesvc {
+namespace {
+
+constexpr size_t kBatch = 512;
+constexpr int kMaxAttempts = 3;
+
+// A node id from a free-form name: characters outside [A-Za-z0-9._:-] become '_'.
+std::string SanitizedId(const std::string& name) {
+  std::string out = name.substr(0, cluster::kMaxNodeIdBytes);
+  for (char& c : out) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == ':' || c == '-';
+    if (!ok) c = '_';
+  }
+  return out;
+}
+
+struct Pending {
+  storage::StoredName name;
+  int attempts = 0;
+};
+
+ObjectName ToObjectName(const storage::StoredName& n) {
+  ObjectName o;
+  o.name_space = n.name_space;
+  o.model_fingerprint = n.model_fingerprint;
+  o.token_hash = n.token_hash;
+  o.storage_key = n.storage_key;
+  return o;
+}
+
+}  // namespace
+
+struct ClusterNode::Impl {
+  class Service final : public v1::KvStashCluster::Service {
+   public:
+    explicit Service(Impl* impl) : impl_(impl) {}
+    grpc::Status Replicate(grpc::ServerContext* ctx, const v1::ReplicateRequest* req,
+                           v1::ReplicateResponse* resp) override {
+      return impl_->HandleReplicate(ctx, *req, resp);
+    }
+    grpc::Status Status(grpc::ServerContext* ctx, const v1::ClusterStatusRequest* req,
+                        v1::ClusterStatusResponse* resp) override {
+      return impl_->HandleStatus(*req, resp);
+    }
+
+   private:
+    Impl* impl_;
+  };
+
+  struct Stubs {
+    std::unique_ptr<v1::KvStash::Stub> kv;
+    std::unique_ptr<v1::KvStashCluster::Stub> cluster;
+  };
+
+  ServiceConfig config;
+  storage::ObjectStore* store = nullptr;
+  RemoteTier* remote = nullptr;
+  MetricsRegistry* metrics = nullptr;
+  std::string node_id;
+  std::string self_address;
+  std::unique_ptr<cluster::EtcdClient> etcd;
+  std::unique_ptr<cluster::Membership> membership;
+  Service service{this};
+
+  mutable std::mutex mu;  // view state and the queue
+  std::condition_variable cv;
+  bool stop = false;
+  bool fenced = true;
+  std::shared_ptr<const cluster::Placement> placement;  // live nodes (self unless fenced)
+  std::map<std::string, std::string> address_of;        // node id -> gRPC address, live ones
+  std::deque<Pending> queue;
+  std::set<std::string> lost;  // ids lost since the last repair pass
+  std::shared_ptr<const cluster::Placement> before_loss;
+  std::map<std::string, Stubs> stubs;  // by address
+  std::thread worker;
+
+  Gauge* nodes_gauge = nullptr;
+  Gauge* fenced_gauge = nullptr;
+  Gauge* pending_gauge = nullptr;
+  Counter* replicated = nullptr;
+  Counter* replicate_failures = nullptr;
+  Counter* dropped = nullptr;
+  Counter* repaired = nullptr;
+  Counter* view_changes = nullptr;
+
+  std::chrono::system_clock::time_point Deadline(uint32_t factor = 1) const {
+    return std::chrono::system_clock::now() +
+           std::chrono::milliseconds(config.peers.timeout_ms * factor + 1000);
+  }
+
+  Stubs& StubsFor(const std::string& address) {  // mu held
+    auto it = stubs.find(address);
+    if (it != stubs.end()) return it->second;
+    auto channel = remote->MakeChannel(address);
+    Stubs s{v1::KvStash::NewStub(channel), v1::KvStashCluster::NewStub(channel)};
+    return stubs.emplace(address, std::move(s)).first->second;
+  }
+
+  // ---- membership --------------------------------------------------------------------------
+
+  void OnView(const cluster::MemberView& view) {
+    std::vector<std::string> peers;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      std::set<std::string> was;
+      for (const auto& [id, address] : address_of) was.insert(id);
+      std::map<std::string, std::string> now;
+      for (const cluster::NodeRecord& n : view.nodes) now[n.id] = n.grpc_address;
+      // Fenced, this node keeps reading from the peers it knew (etcd may be what is gone), but
+      // its placement is only itself: it forwards nothing and takes on nothing.
+      fenced = view.fenced;
+      fenced_gauge->Set(view.fenced ? 1 : 0);
+      if (view.fenced) return;
+      bool lost_some = false;
+      for (const std::string& id : was) {
+        if (id != node_id && now.count(id) == 0) {
+          lost.insert(id);
+          lost_some = true;
+        }
+      }
+      if (lost_some && before_loss == nullptr) before_loss = placement;
+      address_of = now;
+      placement = std::make_shared<const cluster::Placement>(view.nodes);
+      nodes_gauge->Set(static_cast<double>(view.nodes.size()));
+      view_changes->Increment();
+      for (const auto& [id, address] : now) {
+        if (id != node_id) peers.push_back(address);
+      }
+      if (lost_some) {
+        spdlog::warn("event=cluster_members_lost lost={} live={}", lost.size(), now.size());
+      }
+    }
+    remote->SetClusterPeers(peers);
+    cv.notify_all();
+  }
+
+  // Owners of `key` other than this node, as addresses, those in this node's zone first.
+  std::vector<std::string> OtherOwners(const Hash128& key, bool zone_first) const {
+    std::shared_ptr<const cluster::Placement> p;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      p = placement;
+    }
+    std::vector<std::string> out;
+    if (p == nullptr) return out;
+    std::vector<const cluster::NodeRecord*> owners;
+    for (size_t i : p->Owners(key, config.cluster.replicas)) {
+      if (p->nodes()[i].id != node_id) owners.push_back(&p->nodes()[i]);
+    }
+    if (zone_first) {
+      std::stable_partition(owners.begin(), owners.end(), [this](const cluster::NodeRecord* n) {
+        return n->zone == config.cluster.zone;
+      });
+    }
+    for (const auto* n : owners) out.push_back(n->grpc_address);
+    return out;
+  }
+
+  // ---- replication ---------------------------------------------------------------------------
+
+  void Enqueue(Pending p) {  // mu held
+    if (queue.size() >= config.cluster.replication_queue) {
+      dropped->Increment();
+      return;
+    }
+    queue.push_back(std::move(p));
+    pending_gauge->Set(static_cast<double>(queue.size()));
+  }
+
+  // Forwards one batch: groups names by owner and asks each owner to pull them.
+  void Forward(std::vector<Pending> batch) {
+    std::map<std::string, std::vector<size_t>> by_owner;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      for (const std::string& address : OtherOwners(batch[i].name.storage_key, false)) {
+        by_owner[address].push_back(i);
+      }
+    }
+    std::vector<Pending> retry;
+    for (const auto& [address, indices] : by_owner) {
+      v1::ReplicateRequest req;
+      req.set_source(self_address);
+      for (size_t i : indices) ToProto(ToObjectName(batch[i].name), req.add_keys());
+      v1::ReplicateResponse resp;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(Deadline(3));
+      remote->AddPeerToken(&ctx);
+      v1::KvStashCluster::Stub* stub;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        stub = StubsFor(address).cluster.get();
+      }
+      Status s = FromGrpcStatus(stub->Replicate(&ctx, req, &resp));
+      if (s.ok() && resp.results_size() != static_cast<int>(indices.size())) {
+        s = absl::InternalError("Replicate answered with the wrong number of results");
+      }
+      for (size_t r = 0; r < indices.size(); ++r) {
+        const bool ok = s.ok() && resp.results(static_cast<int>(r)).code() == 0;
+        if (ok) {
+          replicated->Increment();
+          continue;
+        }
+        replicate_failures->Increment();
+        if (batch[indices[r]].attempts + 1 < kMaxAttempts) {
+          Pending again = batch[indices[r]];
+          ++again.attempts;
+          retry.push_back(std::move(again));
+        }
+      }
+      if (!s.ok()) {
+        spdlog::warn("event=cluster_replicate_failed owner={} objects={} error=\"{}\"", address,
+                     indices.size(), std::string(s.message()));
+      }
+    }
+    if (!retry.empty()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      std::lock_guard<std::mutex> lock(mu);
+      for (Pending& p : retry) Enqueue(std::move(p));
+    }
+  }
+
+  // After a loss: queue every local object one of the lost nodes owned, so that its next owners
+  // get it from this survivor.
+  void Repair(std::shared_ptr<const cluster::Placement> old, std::set<std::string> gone) {
+    if (old == nullptr) return;
+    std::string token;
+    uint64_t queued = 0;
+    for (int page = 0; page < 100'000; ++page) {
+      Result<storage::ListPage> listed = store->List("", /*all_namespaces=*/true, 1000, token);
+      if (!listed.ok()) {
+        spdlog::warn("event=cluster_repair_list_failed error=\"{}\"",
+                     std::string(listed.status().message()));
+        break;
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      for (const storage::ListedObject& o : listed->objects) {
+        for (const std::string& id : old->OwnerIds(o.name.storage_key, config.cluster.replicas)) {
+          if (gone.count(id) > 0) {
+            Enqueue({o.name, 0});
+            ++queued;
+            break;
+          }
+        }
+      }
+      token = listed->next_page_token;
+      if (token.empty()) break;
+    }
+    repaired->Increment(queued);
+    spdlog::info("event=cluster_repair lost={} queued={}", gone.size(), queued);
+    cv.notify_all();
+  }
+
+  void Run() {
+    while (true) {
+      std::vector<Pending> batch;
+      std::shared_ptr<const cluster::Placement> old;
+      std::set<std::string> gone;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait_for(lock, std::chrono::milliseconds(500),
+                    [this] { return stop || (!fenced && (!queue.empty() || !lost.empty())); });
+        if (stop) return;
+        if (fenced) continue;
+        if (!lost.empty()) {
+          old = std::move(before_loss);
+          before_loss = nullptr;
+          gone.swap(lost);
+        }
+        while (!queue.empty() && batch.size() < kBatch) {
+          batch.push_back(std::move(queue.front()));
+          queue.pop_front();
+        }
+        pending_gauge->Set(static_cast<double>(queue.size()));
+      }
+      if (!gone.empty()) Repair(std::move(old), std::move(gone));
+      if (!batch.empty()) Forward(std::move(batch));
+    }
+  }
+
+  // ---- serving -------------------------------------------------------------------------------
+
+  grpc::Status HandleReplicate(grpc::ServerContext* ctx, const v1::ReplicateRequest& req,
+                               v1::ReplicateResponse* resp) {
+    grpc::Status auth = remote->CheckPeerToken(ctx);
+    if (!auth.ok()) return auth;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (fenced) {
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                            "this node is fenced (no membership renewal within the TTL)");
+      }
+    }
+    if (req.keys_size() > static_cast<int>(config.max_keys_per_request)) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "too many keys");
+    }
+    Result<std::vector<ObjectName>> names = ParseKeys(req.keys());
+    if (!names.ok()) return ToGrpcStatus(names.status());
+    std::vector<ObjectName> missing;
+    std::vector<size_t> where;
+    for (size_t i = 0; i < names->size(); ++i) {
+      resp->add_results();
+      if (!store->Lookup((*names)[i].storage_key).present) {
+        missing.push_back((*names)[i]);
+        where.push_back(i);
+      }
+    }
+    if (!missing.empty()) {
+      std::vector<Status> fetched = remote->FetchFrom(req.source(), missing);
+      for (size_t j = 0; j < fetched.size(); ++j) {
+        v1::ItemStatus* item = resp->mutable_results(static_cast<int>(where[j]));
+        item->set_code(static_cast<int>(fetched[j].code()));
+        item->set_message(std::string(fetched[j].message()));
+      }
+    }
+    return grpc::Status::OK;
+  }
+
+  // This node's line: object count, and how many of its objects have fewer than min(R, live)
+  // copies on live nodes (asked of the owners with local-scope Lookups).
+  v1::ClusterNodeStatus LocalStatus() {
+    v1::ClusterNodeStatus line;
+    line.set_id(node_id);
+    line.set_grpc_address(self_address);
+    line.set_zone(config.cluster.zone);
+    line.set_capacity_bytes(config.store.cpu_capacity_bytes + config.store.ssd_capacity_bytes);
+    std::shared_ptr<const cluster::Placement> p;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      line.set_state(fenced ? "fenced" : "live");
+      line.set_replication_pending(queue.size());
+      p = placement;
+    }
+    const size_t live = p == nullptr ? 1 : std::max<size_t>(1, p->nodes().size());
+    const size_t want = std::min<size_t>(config.cluster.replicas, live);
+    std::vector<storage::StoredName> names;
+    std::string token;
+    for (int page = 0; page < 100'000; ++page) {
+      Result<storage::ListPage> listed = store->List("", true, 1000, token);
+      if (!listed.ok()) break;
+      for (auto& o : listed->objects) names.push_back(std::move(o.name));
+      token = listed->next_page_token;
+      if (token.empty()) break;
+    }
+    line.set_objects(names.size());
+    std::vector<uint32_t> copies(names.size(), 1);
+    std::map<std::string, std::vector<size_t>> ask;
+    for (size_t i = 0; i < names.size(); ++i) {
+      for (const std::string& a : OtherOwners(names[i].storage_key, false)) ask[a].push_back(i);
+    }
+    for (const auto& [address, indices] : ask) {
+      for (size_t start = 0; start < indices.size(); start += 1024) {
+        const size_t end = std::min(indices.size(), start + 1024);
+        v1::LookupRequest req;
+        for (size_t k = start; k < end; ++k)
+          ToProto(ToObjectName(names[indices[k]]), req.add_keys());
+        v1::LookupResponse resp;
+        grpc::ClientContext ctx;
+        ctx.set_deadline(Deadline());
+        ctx.AddMetadata(kScopeHeader, kScopeLocal);
+        v1::KvStash::Stub* stub;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          stub = StubsFor(address).kv.get();
+        }
+        if (!stub->Lookup(&ctx, req, &resp).ok()) break;
+        for (int r = 0; r < resp.results_size() && start + r < end; ++r) {
+          if (resp.results(r).present()) ++copies[indices[start + static_cast<size_t>(r)]];
+        }
+      }
+    }
+    uint64_t under = 0;
+    for (uint32_t c : copies) under += c < want;
+    line.set_under_replicated(under);
+    return line;
+  }
+
+  grpc::Status HandleStatus(const v1::ClusterStatusRequest& req, v1::ClusterStatusResponse* resp) {
+    resp->set_cluster(config.cluster.name);
+    resp->set_replicas(config.cluster.replicas);
+    resp->set_node_id(node_id);
+    cluster::MemberView view;
+    if (membership != nullptr) view = membership->view();
+    resp->set_fenced(view.fenced);
+    v1::ClusterNodeStatus self = LocalStatus();
+    for (const auto& n : view.nodes) {
+      if (n.id == node_id) self.set_epoch(n.epoch);
+    }
+    if (req.local_only()) {
+      *resp->add_nodes() = self;
+      return grpc::Status::OK;
+    }
+    bool self_listed = false;
+    for (const cluster::NodeRecord& n : view.nodes) {
+      if (n.id == node_id) {
+        *resp->add_nodes() = self;
+        self_listed = true;
+        continue;
+      }
+      v1::ClusterNodeStatus* line = resp->add_nodes();
+      line->set_id(n.id);
+      line->set_grpc_address(n.grpc_address);
+      line->set_zone(n.zone);
+      line->set_capacity_bytes(n.capacity_bytes);
+      line->set_epoch(n.epoch);
+      v1::ClusterStatusRequest one;
+      one.set_local_only(true);
+      v1::ClusterStatusResponse theirs;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(Deadline(2));
+      v1::KvStashCluster::Stub* stub;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        stub = StubsFor(n.grpc_address).cluster.get();
+      }
+      if (stub->Status(&ctx, one, &theirs).ok() && theirs.nodes_size() == 1) {
+        line->set_state(theirs.nodes(0).state());
+        line->set_objects(theirs.nodes(0).objects());
+        line->set_under_replicated(theirs.nodes(0).under_replicated());
+        line->set_replication_pending(theirs.nodes(0).replication_pending());
+      } else {
+        line->set_state("unreachable");
+      }
+    }
+    if (!self_listed) *resp->add_nodes() = self;  // fenced: not in its own view
+    return grpc::Status::OK;
+  }
+};
+
+ClusterNode::ClusterNode(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ClusterNode::~ClusterNode() { Stop(); }
+
+Result<std::unique_ptr<ClusterNode>> ClusterNode::Create(const ServiceConfig& config,
+                                                         storage::ObjectStore* store,
+                                                         RemoteTier* remote,
+                                                         MetricsRegistry* metrics) {
+  if (remote == nullptr) return absl::InvalidArgumentError("a cluster member needs peers");
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  impl->store = store;
+  impl->remote = remote;
+  impl->metrics = metrics;
+  std::string name = config.peers.node_id;
+  if (name.empty()) {
+    char host[256] = {0};
+    ::gethostname(host, sizeof host - 1);
+    name = host;
+  }
+  impl->node_id = SanitizedId(name);
+  if (!cluster::ValidNodeId(config.cluster.name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cluster.name: '", config.cluster.name, "' is not [A-Za-z0-9._:-]{1,128}"));
+  }
+  KVSTASH_ASSIGN_OR_RETURN(
+      impl->etcd,
+      cluster::EtcdClient::Create(
+          {.endpoints = config.cluster.etcd,
+           .timeout_ms = config.cluster.etcd_timeout_ms != 0
+                             ? config.cluster.etcd_timeout_ms
+                             : std::min<uint32_t>(2000, config.cluster.ttl_s * 1000 / 3)}));
+  impl->nodes_gauge = metrics->GetGauge("kvstash_cluster_nodes", "live members in this view");
+  impl->fenced_gauge = metrics->GetGauge("kvstash_cluster_fenced", "1 while this node is fenced");
+  impl->fenced_gauge->Set(1);
+  impl->pending_gauge = metrics->GetGauge("kvstash_cluster_replication_pending",
+                                          "objects queued for forwarding to other owners");
+  impl->replicated = metrics->GetCounter("kvstash_cluster_replicated_objects_total",
+                                         "objects an owner confirmed holding after a forward");
+  impl->replicate_failures = metrics->GetCounter("kvstash_cluster_replication_failures_total",
+                                                 "forwards an owner did not confirm");
+  impl->dropped = metrics->GetCounter("kvstash_cluster_replication_dropped_total",
+                                      "commits not forwarded because the queue was full");
+  impl->repaired = metrics->GetCounter("kvstash_cluster_repair_queued_total",
+                                       "objects re-forwarded after a member was lost");
+  impl->view_changes =
+      metrics->GetCounter("kvstash_cluster_view_changes_total", "membership views applied");
+  return std::unique_ptr<ClusterNode>(new ClusterNode(std::move(impl)));
+}
+
+Status ClusterNode::Join(const std::string& grpc_address) {
+  impl_->self_address = grpc_address;
+  cluster::MembershipOptions options;
+  options.cluster = impl_->config.cluster.name;
+  options.ttl_s = impl_->config.cluster.ttl_s;
+  options.self.id = impl_->node_id;
+  options.self.grpc_address = grpc_address;
+  options.self.ucx_address = impl_->remote->ucx_worker_address().empty() ? "" : "ucx";
+  options.self.capacity_bytes =
+      impl_->config.store.cpu_capacity_bytes + impl_->config.store.ssd_capacity_bytes;
+  options.self.zone = impl_->config.cluster.zone;
+  Impl* raw = impl_.get();
+  impl_->remote->SetRanker(
+      [raw](const ObjectName& name) { return raw->OtherOwners(name.storage_key, true); });
+  impl_->worker = std::thread([raw] { raw->Run(); });
+  KVSTASH_ASSIGN_OR_RETURN(
+      impl_->membership,
+      cluster::Membership::Start(impl_->etcd.get(), options,
+                                 [raw](const cluster::MemberView& v) { raw->OnView(v); }));
+  raw->OnView(impl_->membership->view());
+  spdlog::info("event=cluster_join cluster={} node={} address={} replicas={} zone={} ttl_s={}",
+               options.cluster, options.self.id, grpc_address, impl_->config.cluster.replicas,
+               options.self.zone, options.ttl_s);
+  return OkStatus();
+}
+
+void ClusterNode::Stop() {
+  if (impl_ == nullptr) return;
+  if (impl_->membership != nullptr) impl_->membership->Stop();
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->stop = true;
+  }
+  impl_->cv.notify_all();
+  if (impl_->worker.joinable()) impl_->worker.join();
+}
+
+void ClusterNode::OnCommit(const storage::StoredName& name) {
+  if (CommittingFetchedObject()) return;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (impl_->stop) return;
+    impl_->Enqueue({name, 0});
+  }
+  impl_->cv.notify_one();
+}
+
+grpc::Service* ClusterNode::service() { return &impl_->service; }
+
+}  // namespace kvstash::cachesvc
