@@ -94,8 +94,7 @@ struct ClusterNode::Impl {
   std::shared_ptr<const cluster::Placement> placement;  // live nodes (self unless fenced)
   std::map<std::string, std::string> address_of;        // node id -> gRPC address, live ones
   std::deque<Pending> queue;
-  std::set<std::string> lost;  // ids lost since the last repair pass
-  std::shared_ptr<const cluster::Placement> before_loss;
+  std::set<std::string> lost;          // ids lost since the last repair pass
   std::map<std::string, Stubs> stubs;  // by address
   std::thread worker;
 
@@ -143,7 +142,6 @@ struct ClusterNode::Impl {
           lost_some = true;
         }
       }
-      if (lost_some && before_loss == nullptr) before_loss = placement;
       address_of = now;
       placement = std::make_shared<const cluster::Placement>(view.nodes);
       nodes_gauge->Set(static_cast<double>(view.nodes.size()));
@@ -243,10 +241,11 @@ struct ClusterNode::Impl {
     }
   }
 
-  // After a loss: queue every local object one of the lost nodes owned, so that its next owners
-  // get it from this survivor.
-  void Repair(std::shared_ptr<const cluster::Placement> old, std::set<std::string> gone) {
-    if (old == nullptr) return;
+  // After a loss: queue every object this node holds. The lost node's objects need their next
+  // owners, and objects the lost node was still forwarding (it wrote them, owners elsewhere) may
+  // sit on fewer than R owners; only their holders know them. Owners that already hold an object
+  // answer Replicate from a Lookup, so the pass costs little beyond the listing.
+  void Repair(std::set<std::string> gone) {
     std::string token;
     uint64_t queued = 0;
     for (int page = 0; page < 100'000; ++page) {
@@ -258,13 +257,8 @@ struct ClusterNode::Impl {
       }
       std::lock_guard<std::mutex> lock(mu);
       for (const storage::ListedObject& o : listed->objects) {
-        for (const std::string& id : old->OwnerIds(o.name.storage_key, config.cluster.replicas)) {
-          if (gone.count(id) > 0) {
-            Enqueue({o.name, 0});
-            ++queued;
-            break;
-          }
-        }
+        Enqueue({o.name, 0});
+        ++queued;
       }
       token = listed->next_page_token;
       if (token.empty()) break;
@@ -277,7 +271,6 @@ struct ClusterNode::Impl {
   void Run() {
     while (true) {
       std::vector<Pending> batch;
-      std::shared_ptr<const cluster::Placement> old;
       std::set<std::string> gone;
       {
         std::unique_lock<std::mutex> lock(mu);
@@ -285,18 +278,14 @@ struct ClusterNode::Impl {
                     [this] { return stop || (!fenced && (!queue.empty() || !lost.empty())); });
         if (stop) return;
         if (fenced) continue;
-        if (!lost.empty()) {
-          old = std::move(before_loss);
-          before_loss = nullptr;
-          gone.swap(lost);
-        }
+        if (!lost.empty()) gone.swap(lost);
         while (!queue.empty() && batch.size() < kBatch) {
           batch.push_back(std::move(queue.front()));
           queue.pop_front();
         }
         pending_gauge->Set(static_cast<double>(queue.size()));
       }
-      if (!gone.empty()) Repair(std::move(old), std::move(gone));
+      if (!gone.empty()) Repair(std::move(gone));
       if (!batch.empty()) Forward(std::move(batch));
     }
   }

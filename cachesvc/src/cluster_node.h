@@ -10,9 +10,11 @@
 //   and forwarded, off the writer's path, to its other owners: KvStashCluster.Replicate asks each
 //   owner to pull it from this node through the remote tier's fetch (UCX one-sided reads). A
 //   forward that fails is retried twice; a full queue drops (counted).
-// - Loss: when a member leaves the view, each survivor re-forwards the objects it holds that the
-//   lost node owned, so the next owners take over. A join moves nothing: readers find objects
-//   on their old owners through the remote tier until they are fetched.
+// - Loss: when a member leaves the view, each survivor re-forwards every object it holds to its
+//   owners in the new view (owners that hold it already answer from a Lookup), so the next
+//   owners take over the lost node's objects, and objects it was still forwarding reach R. A join
+//   moves nothing: readers find objects on their old owners through the remote tier until they are
+//   fetched.
 // - Fence: while membership is fenced (no renewal acknowledged within the TTL) nothing is
 //   forwarded and Replicate is refused; the node serves what it holds and keeps the last peers
 //   it knew for reads.
