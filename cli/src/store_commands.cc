@@ -318,6 +318,62 @@ int RunStat(const StatArgs& a) {
   return 0;
 }
 
+struct ClusterArgs {
+  CommonOptions common;
+  bool json = false;
+};
+
+// `kvstash cluster status`: the members as the --target node sees them.
+int RunClusterStatus(const ClusterArgs& a) {
+  auto kv = ConnectWith(a.common);
+  if (!kv.ok()) return Fail("cluster status", kv.status());
+  auto st = (*kv)->ClusterStatus();
+  if (!st.ok()) {
+    if (st.status().code() == absl::StatusCode::kUnimplemented) {
+      return Fail("cluster status", absl::FailedPreconditionError(
+                                        "the node is not a cluster member (cachesvc --etcd)"));
+    }
+    return Fail("cluster status", st.status());
+  }
+  uint64_t under = 0;
+  for (const auto& n : st->nodes) under += n.under_replicated;
+  if (a.json) {
+    std::printf(
+        "{\"cluster\":\"%s\",\"replicas\":%u,\"node\":\"%s\",\"fenced\":%s,"
+        "\"under_replicated\":%llu,\"nodes\":[",
+        st->cluster.c_str(), st->replicas, st->node_id.c_str(), st->fenced ? "true" : "false",
+        static_cast<unsigned long long>(under));
+    for (size_t i = 0; i < st->nodes.size(); ++i) {
+      const auto& n = st->nodes[i];
+      std::printf(
+          "%s{\"id\":\"%s\",\"address\":\"%s\",\"zone\":\"%s\",\"state\":\"%s\","
+          "\"capacity_bytes\":%llu,\"epoch\":%llu,\"objects\":%llu,"
+          "\"under_replicated\":%llu,\"replication_pending\":%llu}",
+          i == 0 ? "" : ",", n.id.c_str(), n.grpc_address.c_str(), n.zone.c_str(), n.state.c_str(),
+          static_cast<unsigned long long>(n.capacity_bytes),
+          static_cast<unsigned long long>(n.epoch), static_cast<unsigned long long>(n.objects),
+          static_cast<unsigned long long>(n.under_replicated),
+          static_cast<unsigned long long>(n.replication_pending));
+    }
+    std::printf("]}\n");
+    return 0;
+  }
+  std::printf("cluster %s  replicas %u  asked %s%s  nodes %zu  under-replicated %llu\n",
+              st->cluster.c_str(), st->replicas, st->node_id.c_str(), st->fenced ? " (fenced)" : "",
+              st->nodes.size(), static_cast<unsigned long long>(under));
+  std::printf("%-16s %-22s %-10s %-11s %10s %9s %16s %8s\n", "NODE", "ADDRESS", "ZONE", "STATE",
+              "CAPACITY", "OBJECTS", "UNDER-REPLICATED", "PENDING");
+  for (const auto& n : st->nodes) {
+    std::printf("%-16s %-22s %-10s %-11s %9.1fG %9llu %16llu %8llu\n", n.id.c_str(),
+                n.grpc_address.c_str(), n.zone.empty() ? "-" : n.zone.c_str(), n.state.c_str(),
+                static_cast<double>(n.capacity_bytes) / (1ull << 30),
+                static_cast<unsigned long long>(n.objects),
+                static_cast<unsigned long long>(n.under_replicated),
+                static_cast<unsigned long long>(n.replication_pending));
+  }
+  return 0;
+}
+
 struct LsArgs {
   CommonOptions common;
   bool all_namespaces = false;
@@ -491,6 +547,15 @@ void RegisterStoreCommands(CLI::App& app) {
     stat->common = *common;
     ExitCode() = RunStat(*stat);
   });
+
+  auto cluster = std::make_shared<ClusterArgs>();
+  CLI::App* cluster_cmd = app.add_subcommand("cluster", "cluster through etcd (cachesvc --etcd)");
+  cluster_cmd->require_subcommand(1);
+  cmd = cluster_cmd->add_subcommand(
+      "status", "members, state, capacity, objects, under-replicated objects, queued forwards");
+  cmd->add_flag("--json", cluster->json, "one JSON object instead of the table");
+  AddCommon(cmd, cluster->common);
+  cmd->callback([cluster] { ExitCode() = RunClusterStatus(*cluster); });
 
   auto ls = std::make_shared<LsArgs>();
   cmd = app.add_subcommand("ls", "list stored objects of the namespace");
