@@ -370,6 +370,7 @@ struct ClusterNode::Impl {
         grpc::ClientContext ctx;
         ctx.set_deadline(Deadline());
         ctx.AddMetadata(kScopeHeader, kScopeLocal);
+        remote->AddPeerToken(&ctx);  // a multi-tenant node admits peers by the secret
         v1::KvStash::Stub* stub;
         {
           std::lock_guard<std::mutex> lock(mu);
@@ -420,6 +421,7 @@ struct ClusterNode::Impl {
       v1::ClusterStatusResponse theirs;
       grpc::ClientContext ctx;
       ctx.set_deadline(Deadline(2));
+      remote->AddPeerToken(&ctx);
       v1::KvStashCluster::Stub* stub;
       {
         std::lock_guard<std::mutex> lock(mu);
