@@ -22,6 +22,9 @@
 #                        prefill/decode handoff: a prefill-only SmolLM2 process on A offers the
 #                        prompt's KV, a decode-only process on B fetches it and generates; tokens
 #                        compared with a single-node run, TTFT against recomputing on B
+#   cluster_demo         three nodes and an etcd (--etcd, --replicas 2, TTL 2 s): chunks put across
+#                        the nodes, kvstash cluster status, kill -9 of one node, every chunk read
+#                        back byte for byte from both survivors, re-replication to R = 2
 #   summary
 # Every process the demo starts is stopped on exit, whatever happens.
 set -euo pipefail
@@ -41,6 +44,8 @@ SVC_LOG="$WORK/cachesvc.log"
 CODEC_PID=""
 NODE_A_PID=""
 NODE_B_PID=""
+ETCD_PID=""
+CLUSTER_PIDS=()
 declare -A SHA
 SUMMARY=()
 
@@ -51,7 +56,7 @@ now_ms() { date +%s%3N; }
 cleanup() {
   local rc=$?
   local pid
-  for pid in "$SVC_PID" "$CODEC_PID" "$NODE_A_PID" "$NODE_B_PID"; do
+  for pid in "$SVC_PID" "$CODEC_PID" "$NODE_A_PID" "$NODE_B_PID" "${CLUSTER_PIDS[@]}" "$ETCD_PID"; do
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid" 2>/dev/null || true
       wait "$pid" 2>/dev/null || true
@@ -335,6 +340,71 @@ two_nodes_demo() {
   NODE_B_PID=""
 }
 
+cluster_demo() {
+  say "9. a three-node cluster through etcd loses a node (R = 2, membership TTL 2 s)"
+  command -v etcd >/dev/null || { note "etcd not installed (Debian etcd-server): skipped"; return 0; }
+  local ec ep dir i n
+  ec=$(free_port)
+  ep=$(free_port)
+  mkdir -p "$WORK/etcd"
+  etcd --name demo --data-dir "$WORK/etcd/data" --listen-client-urls "http://127.0.0.1:$ec" \
+    --advertise-client-urls "http://127.0.0.1:$ec" --listen-peer-urls "http://127.0.0.1:$ep" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$ep" \
+    --initial-cluster "demo=http://127.0.0.1:$ep" --log-level warn >"$WORK/etcd/etcd.log" 2>&1 &
+  ETCD_PID=$!
+  [ -s "$WORK/cluster-secret" ] || head -c 32 /dev/urandom | base64 >"$WORK/cluster-secret"
+  local addr=()
+  for i in 0 1 2; do
+    addr+=("127.0.0.1:$(free_port)")
+    start_node "C$i" "${addr[$i]}" --etcd "http://127.0.0.1:$ec" --replicas 2 \
+      --cluster-ttl-s 2 --node-id "node-$i" --peer-retry-ms 300
+    CLUSTER_PIDS+=("$(eval echo "\$NODE_C${i}_PID")")
+  done
+  nodes_seen() { "$KVSTASH" cluster status --json --target "$1" 2>/dev/null | grep -o '"id":' | wc -l; }
+  for _ in $(seq 1 100); do [ "$(nodes_seen "${addr[0]}")" = 3 ] && break; sleep 0.1; done
+  note "etcd on 127.0.0.1:$ec; nodes ${addr[*]} registered"
+  n=12
+  for i in $(seq 1 $n); do
+    "$KVSTASH" synth "$WORK/cl-$i.kvo" --layers 4 --tokens 64 --kv-heads 3 --head-dim 64 \
+      --seed "$i" >/dev/null
+    "$KVSTASH" put "demo/cluster-$i" "$WORK/cl-$i.kvo" --target "${addr[$((i % 3))]}" >/dev/null
+  done
+  note "$n chunks put, round robin over the three nodes (each forwarded to its other owner)"
+  sleep 1
+  "$KVSTASH" cluster status --target "${addr[0]}" | sed 's/^/   /'
+  local t0 t1
+  t0=$(now_ms)
+  kill -KILL "${CLUSTER_PIDS[2]}"
+  wait "${CLUSTER_PIDS[2]}" 2>/dev/null || true
+  for _ in $(seq 1 100); do [ "$(nodes_seen "${addr[0]}")" = 2 ] && break; sleep 0.05; done
+  t1=$(now_ms)
+  note "kill -9 node-2: the survivors dropped it from their view after $((t1 - t0)) ms"
+  local ok=0
+  for i in $(seq 1 $n); do
+    for node in 0 1; do
+      "$KVSTASH" get "demo/cluster-$i" "$WORK/cl-back.kvo" --target "${addr[$node]}" >/dev/null &&
+        cmp -s "$WORK/cl-$i.kvo" "$WORK/cl-back.kvo" && ok=$((ok + 1))
+    done
+  done
+  note "read back from node-0 and node-1: $ok of $((2 * n)) reads byte-identical"
+  local under=""
+  for _ in $(seq 1 100); do
+    under=$("$KVSTASH" cluster status --json --target "${addr[0]}" | grep -o '"under_replicated":[0-9]*' | head -1 | cut -d: -f2)
+    [ "$under" = 0 ] && break
+    sleep 0.1
+  done
+  "$KVSTASH" cluster status --target "${addr[0]}" | sed 's/^/   /'
+  if [ "$ok" != $((2 * n)) ]; then
+    echo "objects were lost or differ after the node loss" >&2
+    return 1
+  fi
+  SUMMARY+=("cluster: kill -9 of one of three nodes (R = 2): dropped after $((t1 - t0)) ms, $n/$n chunks identical on both survivors, under-replicated afterwards: $under")
+  kill -TERM "${CLUSTER_PIDS[0]}" "${CLUSTER_PIDS[1]}" "$ETCD_PID"
+  wait "${CLUSTER_PIDS[0]}" "${CLUSTER_PIDS[1]}" "$ETCD_PID" 2>/dev/null || true
+  CLUSTER_PIDS=()
+  ETCD_PID=""
+}
+
 main() {
   [ -x "$CACHESVC" ] && [ -x "$KVSTASH" ] || {
     echo "build first: cmake --preset release && cmake --build --preset release" >&2
@@ -348,6 +418,7 @@ main() {
   blend_demo
   codec_tier_demo
   two_nodes_demo
+  cluster_demo
   summary
 }
 
