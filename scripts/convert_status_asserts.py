@@ -262,6 +262,10 @@ def ensure_include(text):
     lines = text.split("\n")
     last_quoted = last_any = -1
     for i, l in enumerate(lines):
+        # Only the include block at the top: an #include inside a namespace (a .inc of data)
+        # is not where a header goes.
+        if l.startswith("namespace"):
+            break
         if l.startswith('#include "'):
             last_quoted = i
         if l.startswith("#include"):
@@ -277,7 +281,8 @@ def ensure_using(text):
     if USING_STATUS_IS in text or re.search(r"namespace kvstash::testing\s*{", text):
         return text
     lines = text.split("\n")
-    last_inc = max(i for i, l in enumerate(lines) if l.startswith("#include"))
+    first_ns = next((i for i, l in enumerate(lines) if l.startswith("namespace")), len(lines))
+    last_inc = max(i for i, l in enumerate(lines[:first_ns]) if l.startswith("#include"))
     lines.insert(last_inc + 1, "")
     lines.insert(last_inc + 2, USING_STATUS_IS)
     return "\n".join(lines)

@@ -7,9 +7,12 @@
 #include "kvstash/codec/profile.h"
 #include "kvstash/codec/synthetic_kv.h"
 #include "test_util.h"
+#include "testing/status_matchers.h"
 
 #if defined(KVSTASH_HAVE_CUDA)
 #include <cuda_runtime_api.h>
+
+using ::kvstash::testing::StatusIs;
 #endif
 
 namespace kvstash::codec {
@@ -21,13 +24,13 @@ TEST(CacheGenGpuTest, UnavailableWithoutDevice) {
   if (GpuCodecAvailable()) GTEST_SKIP() << "a CUDA device is present";
   KvLayout layout = MakeLayout(1, 1, 4, 4);
   auto kv = SyntheticKv(layout);
-  EXPECT_EQ(EncodeCacheGenGpu(layout, kv.data(), false, {}).status().code(),
-            absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(EncodeCacheGenGpu(layout, kv.data(), false, {}),
+              StatusIs(absl::StatusCode::kUnimplemented));
   auto container = EncodeCacheGen(layout, kv, {});
-  ASSERT_TRUE(container.ok());
+  ASSERT_OK(container);
   std::vector<uint8_t> out(layout.RawBytes());
-  EXPECT_EQ(DecodeCacheGenGpu(*container, out.data(), false).code(),
-            absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(DecodeCacheGenGpu(*container, out.data(), false),
+              StatusIs(absl::StatusCode::kUnimplemented));
 }
 
 TEST(CacheGenGpuTest, EncodeMatchesCpuBitForBit) {
@@ -42,13 +45,14 @@ TEST(CacheGenGpuTest, EncodeMatchesCpuBitForBit) {
         options.level = level;
         auto cpu = EncodeCacheGen(layout, kv, options);
         auto gpu = EncodeCacheGenGpu(layout, kv.data(), false, options);
-        ASSERT_TRUE(cpu.ok() && gpu.ok()) << gpu.status();
+        ASSERT_OK(cpu);
+        ASSERT_OK(gpu);
         ASSERT_EQ(*cpu, *gpu);
 
         std::vector<uint8_t> from_gpu(layout.RawBytes());
-        ASSERT_TRUE(DecodeCacheGenGpu(*cpu, from_gpu.data(), false).ok());
+        ASSERT_OK(DecodeCacheGenGpu(*cpu, from_gpu.data(), false));
         auto from_cpu = DecodeCacheGen(*cpu);
-        ASSERT_TRUE(from_cpu.ok());
+        ASSERT_OK(from_cpu);
         EXPECT_EQ(from_gpu, *from_cpu);
       }
     }
@@ -60,14 +64,14 @@ TEST(CacheGenGpuTest, ProfileAndOddShapesMatchCpu) {
   KvLayout layout = MakeLayout(3, 5, 24, 300);  // channels 120: block size not a power of two
   auto builder =
       CdfProfileBuilder::Create(ProfileShape::Of(layout), {{CacheGenMode::kReference, 2, {}}});
-  ASSERT_TRUE(builder.ok());
+  ASSERT_OK(builder);
   for (uint64_t seed = 1; seed <= 3; ++seed) {
     SyntheticKvOptions so;
     so.seed = seed;
-    ASSERT_TRUE(builder->Add(layout, SyntheticKv(layout, so)).ok());
+    ASSERT_OK(builder->Add(layout, SyntheticKv(layout, so)));
   }
   auto profile = builder->Build();
-  ASSERT_TRUE(profile.ok());
+  ASSERT_OK(profile);
   ProfileSet set;
   set.Add(*profile);
   auto kv = SyntheticKv(layout);
@@ -77,14 +81,15 @@ TEST(CacheGenGpuTest, ProfileAndOddShapesMatchCpu) {
     options.profile = &*profile;
     auto cpu = EncodeCacheGen(layout, kv, options);
     auto gpu = EncodeCacheGenGpu(layout, kv.data(), false, options);
-    ASSERT_TRUE(cpu.ok() && gpu.ok()) << gpu.status();
+    ASSERT_OK(cpu);
+    ASSERT_OK(gpu);
     EXPECT_EQ(*cpu, *gpu);
     DecodeOptions d;
     d.profiles = &set;
     std::vector<uint8_t> out(layout.RawBytes());
-    ASSERT_TRUE(DecodeCacheGenGpu(*gpu, out.data(), false, d).ok());
+    ASSERT_OK(DecodeCacheGenGpu(*gpu, out.data(), false, d));
     auto ref = DecodeCacheGen(*cpu, d);
-    ASSERT_TRUE(ref.ok());
+    ASSERT_OK(ref);
     EXPECT_EQ(out, *ref);
   }
 }
@@ -101,9 +106,10 @@ TEST(CacheGenGpuTest, DevicePointersAndRejections) {
   ASSERT_EQ(cudaMemcpy(dev_in, kv.data(), kv.size(), cudaMemcpyHostToDevice), cudaSuccess);
   auto gpu = EncodeCacheGenGpu(layout, dev_in, true, {});
   auto cpu = EncodeCacheGen(layout, kv, {});
-  ASSERT_TRUE(gpu.ok() && cpu.ok());
+  ASSERT_OK(gpu);
+  ASSERT_OK(cpu);
   EXPECT_EQ(*gpu, *cpu);
-  ASSERT_TRUE(DecodeCacheGenGpu(*gpu, dev_out, true).ok());
+  ASSERT_OK(DecodeCacheGenGpu(*gpu, dev_out, true));
   std::vector<uint8_t> out(kv.size());
   ASSERT_EQ(cudaMemcpy(out.data(), dev_out, out.size(), cudaMemcpyDeviceToHost), cudaSuccess);
   EXPECT_EQ(out, *DecodeCacheGen(*cpu));
@@ -112,12 +118,12 @@ TEST(CacheGenGpuTest, DevicePointersAndRejections) {
 
   // NaN input is rejected on the GPU as on the CPU; delta mode is CPU-only.
   testing::SetValue(kv, DType::kF16, 17, std::numeric_limits<float>::quiet_NaN());
-  EXPECT_EQ(EncodeCacheGenGpu(layout, kv.data(), false, {}).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(EncodeCacheGenGpu(layout, kv.data(), false, {}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   EncodeOptions delta;
   delta.mode = CacheGenMode::kDelta;
-  EXPECT_EQ(EncodeCacheGenGpu(layout, kv.data(), false, delta).status().code(),
-            absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(EncodeCacheGenGpu(layout, kv.data(), false, delta),
+              StatusIs(absl::StatusCode::kUnimplemented));
 #endif
 }
 

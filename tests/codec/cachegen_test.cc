@@ -11,6 +11,9 @@
 #include "kvstash/codec/levels.h"
 #include "kvstash/codec/synthetic_kv.h"
 #include "test_util.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::codec {
 namespace {
@@ -60,12 +63,12 @@ TEST(CacheGenTest, RoundTripWithinQuantisationBound) {
         EncodeOptions options;
         options.level = level;
         auto container = EncodeCacheGen(layout, kv, options);
-        ASSERT_TRUE(container.ok()) << container.status();
+        ASSERT_OK(container);
         auto out = DecodeCacheGen(*container);
-        ASSERT_TRUE(out.ok()) << out.status();
+        ASSERT_OK(out);
         ASSERT_EQ(out->size(), kv.size());
         auto bins = RowBinsForLevel(level, 3, 0, 3);
-        ASSERT_TRUE(bins.ok());
+        ASSERT_OK(bins);
         ExpectQuantBound(layout, kv, *out, *bins);
       }
     }
@@ -95,9 +98,9 @@ TEST(CacheGenTest, ReconstructionEqualsDecodedKv) {
         std::vector<uint8_t> predicted(kv.size(), 0xAB);
         options.reconstruction = predicted;
         auto container = EncodeCacheGen(layout, kv, options);
-        ASSERT_TRUE(container.ok()) << container.status();
+        ASSERT_OK(container);
         auto decoded = DecodeCacheGen(*container);
-        ASSERT_TRUE(decoded.ok()) << decoded.status();
+        ASSERT_OK(decoded);
         EXPECT_EQ(predicted, *decoded);
       }
     }
@@ -106,7 +109,8 @@ TEST(CacheGenTest, ReconstructionEqualsDecodedKv) {
   std::vector<uint8_t> kv = SyntheticKv(layout), wrong(3);
   EncodeOptions options;
   options.reconstruction = wrong;
-  EXPECT_TRUE(absl::IsInvalidArgument(EncodeCacheGen(layout, kv, options).status()));
+  EXPECT_THAT(EncodeCacheGen(layout, kv, options).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(CacheGenTest, SymbolsStayInRange) {
@@ -115,7 +119,7 @@ TEST(CacheGenTest, SymbolsStayInRange) {
     std::vector<float> x = {1.0f, -1.0f, 0.5f, -0.25f, 0.0f, 0.999f, -0.999f, 1e-3f};
     std::vector<uint8_t> sym(x.size());
     auto scale = QuantizeVector(x, bins, sym);
-    ASSERT_TRUE(scale.ok());
+    ASSERT_OK(scale);
     EXPECT_EQ(*scale, 1.0f);
     for (uint8_t s : sym) EXPECT_LE(s, bins - 2);
     EXPECT_EQ(sym[0], bins - 2);
@@ -130,9 +134,9 @@ TEST(CacheGenTest, ZeroAndTinyVectorsDecodeToZero) {
   SetValue(kv, DType::kF32, 4, 1e-35f);  // token 1 of K: below the 2^-100 scale floor
   SetValue(kv, DType::kF32, 8, 2.0f);
   auto container = EncodeCacheGen(layout, kv, EncodeOptions{});
-  ASSERT_TRUE(container.ok()) << container.status();
+  ASSERT_OK(container);
   auto out = DecodeCacheGen(*container);
-  ASSERT_TRUE(out.ok());
+  ASSERT_OK(out);
   for (size_t i = 0; i < 24; ++i) {
     const float expect = i == 8 ? 2.0f : 0.0f;
     EXPECT_EQ(ValueAt(*out, DType::kF32, i), expect) << i;
@@ -146,9 +150,9 @@ TEST(CacheGenTest, ExactSizeAccounting) {
     EncodeOptions options;
     options.level = 2;
     auto container = EncodeCacheGen(layout, kv, options);
-    ASSERT_TRUE(container.ok());
+    ASSERT_OK(container);
     auto view = ParseContainer(*container);
-    ASSERT_TRUE(view.ok()) << view.status();
+    ASSERT_OK(view);
     const uint64_t L = 4, C = 32, T = tokens, lp = 33;
     const uint64_t subchunks = (T + 255) / 256;
     const uint64_t width = view->info.length_width;
@@ -170,9 +174,9 @@ TEST(CacheGenTest, ChunkPayloadWithinEntropyBound) {
   EncodeOptions options;
   options.level = 2;
   auto container = EncodeCacheGen(layout, kv, options);
-  ASSERT_TRUE(container.ok());
+  ASSERT_OK(container);
   auto view = ParseContainer(*container);
-  ASSERT_TRUE(view.ok());
+  ASSERT_OK(view);
   const ContainerInfo& info = view->info;
   const size_t C = info.channels();
   const uint32_t T = info.num_tokens;
@@ -186,7 +190,7 @@ TEST(CacheGenTest, ChunkPayloadWithinEntropyBound) {
       const size_t base = ((size_t{layer} * 2 + half) * T + t) * C;
       for (size_t c = 0; c < C; ++c) x[c] = ValueAt(kv, layout.dtype, base + c);
       std::vector<uint8_t> sym(C);
-      ASSERT_TRUE(QuantizeVector(x, view->bins[row], sym).ok());
+      ASSERT_OK(QuantizeVector(x, view->bins[row], sym));
       for (size_t c = 0; c < C; ++c) columns[size_t{row} * C + c].push_back(sym[c]);
     }
   }
@@ -217,13 +221,15 @@ TEST(CacheGenTest, SameBytesWithAndWithoutThreads) {
     auto single = EncodeCacheGen(layout, kv, options);
     options.pool = &pool;
     auto multi = EncodeCacheGen(layout, kv, options);
-    ASSERT_TRUE(single.ok() && multi.ok());
+    ASSERT_OK(single);
+    ASSERT_OK(multi);
     EXPECT_EQ(*single, *multi);
     DecodeOptions d;
     d.pool = &pool;
     auto a = DecodeCacheGen(*single);
     auto b = DecodeCacheGen(*single, d);
-    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_OK(a);
+    ASSERT_OK(b);
     EXPECT_EQ(*a, *b);
   }
 }
@@ -236,13 +242,13 @@ TEST(CacheGenTest, SubchunkSizesAndExplicitBins) {
     options.subchunk_tokens = sub;
     options.row_bins = {12, 64, 16, 4};
     auto container = EncodeCacheGen(layout, kv, options);
-    ASSERT_TRUE(container.ok()) << container.status();
+    ASSERT_OK(container);
     auto view = ParseContainer(*container);
-    ASSERT_TRUE(view.ok());
+    ASSERT_OK(view);
     EXPECT_EQ(view->info.level, 0);
     EXPECT_EQ(view->info.lp, 65);
     auto out = DecodeCacheGen(*container);
-    ASSERT_TRUE(out.ok());
+    ASSERT_OK(out);
     ExpectQuantBound(layout, kv, *out, options.row_bins);
   }
 }
@@ -255,9 +261,9 @@ TEST(CacheGenTest, DeltaModeRoundTripWithinDeltaBound) {
     options.mode = CacheGenMode::kDelta;
     options.level = 2;
     auto container = EncodeCacheGen(layout, kv, options);
-    ASSERT_TRUE(container.ok()) << container.status();
+    ASSERT_OK(container);
     auto out = DecodeCacheGen(*container);
-    ASSERT_TRUE(out.ok()) << out.status();
+    ASSERT_OK(out);
     auto bins = RowBinsForLevel(2, 2, 0, 2);
     const size_t C = 16;
     for (uint32_t row = 0; row < 4; ++row) {
@@ -271,7 +277,7 @@ TEST(CacheGenTest, DeltaModeRoundTripWithinDeltaBound) {
         if (t % 10 == 0) {
           std::vector<uint8_t> sym(C);
           auto scale = QuantizeVector(x, 256, sym);
-          ASSERT_TRUE(scale.ok());
+          ASSERT_OK(scale);
           DequantizeVector(sym, 256, *scale, anchor_hat);
         }
         float m = 0;
@@ -305,7 +311,7 @@ TEST(CacheGenTest, CompressionAgainstEightBitPerChunkSize) {
     EncodeOptions options;
     options.level = 2;
     auto container = EncodeCacheGen(layout, kv, options);
-    ASSERT_TRUE(container.ok());
+    ASSERT_OK(container);
     ratio[i++] = static_cast<double>(EightBitBytes(layout)) / container->size();
   }
   EXPECT_GT(ratio[0], 1.3) << "T=256";
@@ -316,34 +322,34 @@ TEST(CacheGenTest, CompressionAgainstEightBitPerChunkSize) {
 TEST(CacheGenTest, RejectsBadInput) {
   KvLayout layout = MakeLayout(1, 1, 4, 2, DType::kF16);
   std::vector<uint8_t> kv(layout.RawBytes(), 0);
-  EXPECT_EQ(EncodeCacheGen(layout, std::span<const uint8_t>(kv).first(3), {}).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(EncodeCacheGen(layout, std::span<const uint8_t>(kv).first(3), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   SetValue(kv, DType::kF16, 3, std::numeric_limits<float>::quiet_NaN());
-  EXPECT_EQ(EncodeCacheGen(layout, kv, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(EncodeCacheGen(layout, kv, {}), StatusIs(absl::StatusCode::kInvalidArgument));
   SetValue(kv, DType::kF16, 3, std::numeric_limits<float>::infinity());
-  EXPECT_EQ(EncodeCacheGen(layout, kv, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(EncodeCacheGen(layout, kv, {}), StatusIs(absl::StatusCode::kInvalidArgument));
   SetValue(kv, DType::kF16, 3, 1.0f);
   EncodeOptions bad;
   bad.level = 4;
-  EXPECT_FALSE(EncodeCacheGen(layout, kv, bad).ok());
+  EXPECT_THAT(EncodeCacheGen(layout, kv, bad), StatusIs(absl::StatusCode::kInvalidArgument));
   bad = EncodeOptions{};
   bad.subchunk_tokens = 0;
-  EXPECT_FALSE(EncodeCacheGen(layout, kv, bad).ok());
+  EXPECT_THAT(EncodeCacheGen(layout, kv, bad), StatusIs(absl::StatusCode::kInvalidArgument));
   bad = EncodeOptions{};
   bad.mode = CacheGenMode::kDelta;
   bad.delta_group_tokens = 1;
-  EXPECT_FALSE(EncodeCacheGen(layout, kv, bad).ok());
+  EXPECT_THAT(EncodeCacheGen(layout, kv, bad), StatusIs(absl::StatusCode::kInvalidArgument));
   bad = EncodeOptions{};
   bad.row_bins = {16, 17};
-  EXPECT_FALSE(EncodeCacheGen(layout, kv, bad).ok());
+  EXPECT_THAT(EncodeCacheGen(layout, kv, bad), StatusIs(absl::StatusCode::kInvalidArgument));
   KvLayout invalid = layout;
   invalid.head_dim = 0;
-  EXPECT_FALSE(EncodeCacheGen(invalid, kv, {}).ok());
+  EXPECT_THAT(EncodeCacheGen(invalid, kv, {}), StatusIs(absl::StatusCode::kInvalidArgument));
 
   auto container = EncodeCacheGen(layout, kv, {});
-  ASSERT_TRUE(container.ok());
+  ASSERT_OK(container);
   std::vector<uint8_t> small(layout.RawBytes() - 1);
-  EXPECT_EQ(DecodeCacheGen(*container, small).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(DecodeCacheGen(*container, small), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "kvstash/codec/object_file.h"
 #include "kvstash/codec/synthetic_kv.h"
 #include "test_util.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::codec {
 namespace {
@@ -73,12 +74,13 @@ TEST_F(CliTest, EncodeInspectDecodeRoundTrip) {
   ASSERT_EQ(dec.code, 0) << dec.output;
   auto encoded = ReadObjectFile(Path("ctx0.cg"));
   auto decoded = ReadObjectFile(Path("ctx0.out"));
-  ASSERT_TRUE(encoded.ok() && decoded.ok());
+  ASSERT_OK(encoded);
+  ASSERT_OK(decoded);
   EXPECT_EQ(encoded->info.encoding, Encoding::kCacheGen);
   EXPECT_EQ(encoded->info.encoding_level, 2);
   EXPECT_EQ(decoded->info.encoding, Encoding::kRaw);
   auto expect = DecodeCacheGen(encoded->payload);
-  ASSERT_TRUE(expect.ok());
+  ASSERT_OK(expect);
   EXPECT_EQ(decoded->payload, *expect);
 }
 

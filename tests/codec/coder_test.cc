@@ -9,6 +9,9 @@
 #include <vector>
 
 #include "kvstash/kernels/cachegen_core.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::codec {
 namespace {
@@ -28,10 +31,10 @@ std::vector<uint8_t> LaplaceSymbols(std::mt19937_64& rng, size_t n, int bins, do
 
 void ExpectRoundTrip(const std::vector<uint8_t>& symbols, const std::vector<uint16_t>& cdf) {
   std::vector<uint8_t> bytes;
-  ASSERT_TRUE(EncodeStream(symbols, cdf, &bytes).ok());
+  ASSERT_OK(EncodeStream(symbols, cdf, &bytes));
   EXPECT_LE(bytes.size(), MaxStreamBytes(symbols.size()));
   std::vector<uint8_t> back(symbols.size());
-  ASSERT_TRUE(DecodeStream(bytes, cdf, back).ok());
+  ASSERT_OK(DecodeStream(bytes, cdf, back));
   EXPECT_EQ(back, symbols);
 }
 
@@ -50,7 +53,7 @@ TEST(CoderTest, AllEqualSymbolsGiveTinyStreams) {
     std::vector<uint8_t> symbols(256, static_cast<uint8_t>(lp / 2));
     auto cdf = BuildCdf(symbols, lp - 1);
     std::vector<uint8_t> bytes;
-    ASSERT_TRUE(EncodeStream(symbols, cdf, &bytes).ok());
+    ASSERT_OK(EncodeStream(symbols, cdf, &bytes));
     EXPECT_LT(bytes.size(), 4u);  // the decoder pads the first 4 bytes with zeros
     ExpectRoundTrip(symbols, cdf);
   }
@@ -92,7 +95,7 @@ TEST(CoderTest, PayloadWithinOnePercentOfEntropyPlusTwoBytes) {
         auto symbols = LaplaceSymbols(rng, n, bins, bins == 32 ? 3.0 : 1.5);
         auto cdf = BuildCdf(symbols, bins);
         std::vector<uint8_t> bytes;
-        ASSERT_TRUE(EncodeStream(symbols, cdf, &bytes).ok());
+        ASSERT_OK(EncodeStream(symbols, cdf, &bytes));
         payload += bytes.size();
         entropy_bytes += CrossEntropyBits(symbols, cdf) / 8.0;
       }
@@ -111,20 +114,21 @@ TEST(CoderTest, ArbitraryBytesDecodeToValidSymbols) {
     std::vector<uint8_t> junk(trial % 9);
     for (auto& b : junk) b = static_cast<uint8_t>(rng());
     std::vector<uint8_t> out(300);
-    ASSERT_TRUE(DecodeStream(junk, cdf, out).ok());
+    ASSERT_OK(DecodeStream(junk, cdf, out));
     for (uint8_t s : out) EXPECT_LE(s, 15);
   }
 }
 
 TEST(CoderTest, RejectsBadCdfAndSymbols) {
   std::vector<uint8_t> out;
-  EXPECT_FALSE(
-      EncodeStream(std::vector<uint8_t>{0}, std::vector<uint16_t>{0, 5, 5, 65535}, &out).ok());
-  EXPECT_FALSE(
-      EncodeStream(std::vector<uint8_t>{0}, std::vector<uint16_t>{1, 5, 65535}, &out).ok());
-  EXPECT_FALSE(EncodeStream(std::vector<uint8_t>{0}, std::vector<uint16_t>{0, 65535}, &out).ok());
-  EXPECT_FALSE(
-      EncodeStream(std::vector<uint8_t>{3}, std::vector<uint16_t>{0, 7, 9, 65535}, &out).ok());
+  EXPECT_THAT(EncodeStream(std::vector<uint8_t>{0}, std::vector<uint16_t>{0, 5, 5, 65535}, &out),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(EncodeStream(std::vector<uint8_t>{0}, std::vector<uint16_t>{1, 5, 65535}, &out),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(EncodeStream(std::vector<uint8_t>{0}, std::vector<uint16_t>{0, 65535}, &out),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(EncodeStream(std::vector<uint8_t>{3}, std::vector<uint16_t>{0, 7, 9, 65535}, &out),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 // ---- bulk renormalisation == the reference loop, step for step -----------------------------

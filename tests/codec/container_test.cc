@@ -10,6 +10,9 @@
 #include "kvstash/codec/cachegen.h"
 #include "kvstash/codec/synthetic_kv.h"
 #include "test_util.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::codec {
 namespace {
@@ -22,7 +25,7 @@ std::vector<uint8_t> SmallContainer(CacheGenMode mode = CacheGenMode::kReference
   options.mode = mode;
   options.subchunk_tokens = 8;
   auto c = EncodeCacheGen(layout, SyntheticKv(layout), options);
-  EXPECT_TRUE(c.ok());
+  EXPECT_OK(c);
   return *c;
 }
 
@@ -38,13 +41,13 @@ void ExpectRejected(const std::vector<uint8_t>& original,
   edit(b);
   RefreshContainerChecksums(b);
   auto parsed = ParseContainer(b);
-  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << what;
+  EXPECT_THAT(parsed, StatusIs(absl::StatusCode::kInvalidArgument)) << what;
 }
 
 TEST(ContainerTest, ParsesWhatTheEncoderWrites) {
   auto c = SmallContainer();
   auto v = ParseContainer(c);
-  ASSERT_TRUE(v.ok()) << v.status();
+  ASSERT_OK(v);
   EXPECT_EQ(v->info.num_layers, 2u);
   EXPECT_EQ(v->info.num_heads, 1u);
   EXPECT_EQ(v->info.head_dim, 4u);
@@ -61,10 +64,12 @@ TEST(ContainerTest, EveryTruncationIsRejected) {
   for (CacheGenMode mode : {CacheGenMode::kReference, CacheGenMode::kDelta}) {
     auto c = SmallContainer(mode);
     for (size_t n = 0; n < c.size(); ++n) {
-      EXPECT_FALSE(ParseContainer(std::span<const uint8_t>(c).first(n)).ok()) << n;
+      EXPECT_THAT(ParseContainer(std::span<const uint8_t>(c).first(n)),
+                  StatusIs(absl::StatusCode::kInvalidArgument))
+          << n;
     }
     c.push_back(0);
-    EXPECT_FALSE(ParseContainer(c).ok());
+    EXPECT_THAT(ParseContainer(c), StatusIs(absl::StatusCode::kInvalidArgument));
   }
 }
 
@@ -75,7 +80,7 @@ TEST(ContainerTest, EverySingleBitFlipIsDetected) {
       auto b = c;
       b[i] ^= static_cast<uint8_t>(1u << bit);
       auto parsed = ParseContainer(b);
-      ASSERT_FALSE(parsed.ok()) << "byte " << i;
+      ASSERT_NOT_OK(parsed) << "byte " << i;
       EXPECT_TRUE(parsed.status().code() == absl::StatusCode::kDataLoss ||
                   parsed.status().code() == absl::StatusCode::kInvalidArgument);
     }
@@ -147,7 +152,7 @@ TEST(ContainerTest, HeaderFieldsOutOfRange) {
 TEST(ContainerTest, SectionContentsOutOfRange) {
   const auto c = SmallContainer();
   auto v = ParseContainer(c);
-  ASSERT_TRUE(v.ok());
+  ASSERT_OK(v);
   const size_t bins = kContainerHeaderBytes;
   const size_t cdf = bins + v->info.sizes.bins;
   const size_t scales = cdf + v->info.sizes.cdf;
@@ -179,7 +184,7 @@ TEST(ContainerTest, SectionContentsOutOfRange) {
 TEST(ContainerTest, DeltaAnchorsChecked) {
   const auto c = SmallContainer(CacheGenMode::kDelta);
   auto v = ParseContainer(c);
-  ASSERT_TRUE(v.ok()) << v.status();
+  ASSERT_OK(v);
   EXPECT_EQ(v->info.anchors_per_row(), 3u);
   EXPECT_EQ(v->info.scale_dtype, DType::kF32);
   const size_t anchors =
@@ -199,9 +204,9 @@ TEST(ContainerTest, GarbageStreamsDecodeSafely) {
   EncodeOptions options;
   options.row_bins = {12, 32, 16, 32};  // rows with fewer bins than lp - 1 can decode junk
   auto c = EncodeCacheGen(layout, SyntheticKv(layout), options);
-  ASSERT_TRUE(c.ok());
+  ASSERT_OK(c);
   auto v = ParseContainer(*c);
-  ASSERT_TRUE(v.ok());
+  ASSERT_OK(v);
   const size_t payload = c->size() - v->payload.size();
   std::mt19937 rng(1);
   int rejected = 0;
@@ -212,7 +217,7 @@ TEST(ContainerTest, GarbageStreamsDecodeSafely) {
     std::vector<uint8_t> out(layout.RawBytes());
     Status s = DecodeCacheGen(b, out);
     if (!s.ok()) {
-      EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
       ++rejected;
     }
   }

@@ -12,6 +12,7 @@
 #include "kvstash/codec/coder.h"
 #include "kvstash/codec/synthetic_kv.h"
 #include "test_util.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::codec {
 namespace {
@@ -40,14 +41,15 @@ TEST(DecodeSimdTest, SimdMatchesPortable) {
         o.mode = level == 2 ? CacheGenMode::kDelta : CacheGenMode::kReference;
         if (level == 3) o.row_bins = {64, 4, 12, 40};
         auto c = EncodeCacheGen(layout, SyntheticKv(layout, so), o);
-        ASSERT_TRUE(c.ok()) << c.status();
+        ASSERT_OK(c);
         auto a = Decode(*c, true);
         auto b = Decode(*c, false);
-        ASSERT_TRUE(a.ok() && b.ok());
+        ASSERT_OK(a);
+        ASSERT_OK(b);
         EXPECT_EQ(*a, *b);
         // Same container with random stream bytes: same symbols (or the same rejection).
         auto view = ParseContainer(*c);
-        ASSERT_TRUE(view.ok());
+        ASSERT_OK(view);
         auto junk = *c;
         for (size_t i = junk.size() - view->payload.size(); i < junk.size(); ++i) {
           junk[i] = static_cast<uint8_t>(rng());
@@ -142,7 +144,7 @@ TEST(EncodeSimdTest, SimdMatchesPortableWithLongPendingRuns) {
   size_t off = 0;
   for (size_t c = 0; c < kChannels; ++c) {
     std::vector<uint8_t> back(kTokens);
-    ASSERT_TRUE(DecodeStream(std::span<const uint8_t>(a).subspan(off, la[c]), one, back).ok());
+    ASSERT_OK(DecodeStream(std::span<const uint8_t>(a).subspan(off, la[c]), one, back));
     for (uint32_t t = 0; t < kTokens; ++t) ASSERT_EQ(back[t], sym[size_t{t} * kChannels + c]);
     off += la[c];
   }
@@ -159,7 +161,8 @@ TEST(EncodeSimdTest, ContainersIdenticalWithAndWithoutSimd) {
       auto a = EncodeCacheGen(layout, SyntheticKv(layout), o);
       internal::ItemEncoder::ForcePortable(false);
       auto b = EncodeCacheGen(layout, SyntheticKv(layout), o);
-      ASSERT_TRUE(a.ok() && b.ok());
+      ASSERT_OK(a);
+      ASSERT_OK(b);
       EXPECT_EQ(*a, *b);
     }
   }
@@ -187,7 +190,7 @@ TEST(QuantizeSimdTest, ChunkQuantiserMatchesScalar) {
     p.row_bins = {32, 16, 32, 12};
     p.lp = 33;
     internal::QuantizedChunk q;
-    ASSERT_TRUE(internal::QuantizeChunk(shape, kv, p, nullptr, &q).ok());
+    ASSERT_OK(internal::QuantizeChunk(shape, kv, p, nullptr, &q));
     for (uint32_t row = 0; row < 4; ++row) {
       for (uint32_t t = 0; t < 50; ++t) {
         std::vector<float> x(head_dim);
@@ -195,7 +198,7 @@ TEST(QuantizeSimdTest, ChunkQuantiserMatchesScalar) {
         for (uint32_t c = 0; c < head_dim; ++c) x[c] = testing::ValueAt(kv, DType::kF16, base + c);
         std::vector<uint8_t> sym(head_dim);
         auto scale = QuantizeVector(x, p.row_bins[row], sym);
-        ASSERT_TRUE(scale.ok());
+        ASSERT_OK(scale);
         EXPECT_EQ(q.scales[size_t{row} * 50 + t], *scale);
         const uint8_t* got = q.sym.data() + (size_t{row} * 50 + t) * head_dim;
         ASSERT_EQ(std::vector<uint8_t>(got, got + head_dim), sym) << "row " << row << " t " << t;

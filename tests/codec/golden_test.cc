@@ -9,6 +9,7 @@
 #include "kvstash/codec/cachegen.h"
 #include "kvstash/codec/coder.h"
 #include "kvstash/common/half.h"
+#include "testing/status_matchers.h"
 
 namespace golden_types {
 
@@ -57,10 +58,10 @@ TEST(GoldenTest, StreamsMatchReferenceBytes) {
   for (const StreamCase& c : golden::kStreamCases) {
     SCOPED_TRACE(c.name);
     std::vector<uint8_t> out;
-    ASSERT_TRUE(EncodeStream(c.symbols, c.cdf, &out).ok());
+    ASSERT_OK(EncodeStream(c.symbols, c.cdf, &out));
     EXPECT_EQ(out, c.bytes);
     std::vector<uint8_t> back(c.symbols.size());
-    ASSERT_TRUE(DecodeStream(c.bytes, c.cdf, back).ok());
+    ASSERT_OK(DecodeStream(c.bytes, c.cdf, back));
     EXPECT_EQ(back, c.symbols);
   }
 }
@@ -68,7 +69,7 @@ TEST(GoldenTest, StreamsMatchReferenceBytes) {
 TEST(GoldenTest, CdfMatchesElementWise) {
   for (const CdfCase& c : golden::kCdfCases) {
     EXPECT_EQ(BuildCdf(c.symbols, c.mb), c.cdf) << "mb=" << c.mb;
-    EXPECT_TRUE(ValidateCdf(c.cdf).ok());
+    EXPECT_OK(ValidateCdf(c.cdf));
   }
 }
 
@@ -78,7 +79,7 @@ TEST(GoldenTest, QuantisationMatchesIncludingTies) {
     for (size_t i = 0; i < x.size(); ++i) x[i] = F16ToF32(c.x_f16[i]);
     std::vector<uint8_t> sym(x.size());
     auto scale = QuantizeVector(x, c.bins, sym);
-    ASSERT_TRUE(scale.ok());
+    ASSERT_OK(scale);
     EXPECT_EQ(sym, c.sym) << "bins=" << c.bins;
     EXPECT_EQ(F32ToF16(*scale), c.scale_f16);
   }
@@ -103,12 +104,12 @@ TEST(GoldenTest, ChunkContainersMatchReferenceBytes) {
     options.subchunk_tokens = c.subchunk_tokens;
     options.mode = c.mode == 0 ? CacheGenMode::kReference : CacheGenMode::kDelta;
     auto container = EncodeCacheGen(layout, kv, options);
-    ASSERT_TRUE(container.ok()) << container.status();
+    ASSERT_OK(container);
     ASSERT_EQ(container->size(), c.container.size());
     EXPECT_EQ(*container, c.container);
 
     auto decoded = DecodeCacheGen(c.container);
-    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    ASSERT_OK(decoded);
     std::vector<uint16_t> got(decoded->size() / 2);
     std::memcpy(got.data(), decoded->data(), decoded->size());
     EXPECT_EQ(got, c.decoded_f16);

@@ -6,6 +6,9 @@
 #include "kvstash/codec/kvq.h"
 #include "kvstash/codec/synthetic_kv.h"
 #include "test_util.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::codec {
 namespace {
@@ -16,9 +19,10 @@ TEST(KvqGpuTest, UnavailableWithoutDevice) {
   if (GpuCodecAvailable()) GTEST_SKIP() << "a CUDA device is present";
   const KvLayout layout = MakeLayout(1, 1, 16, 4);
   auto container = EncodeKvq(layout, SyntheticKv(layout), KvqOptions{});
-  ASSERT_TRUE(container.ok());
+  ASSERT_OK(container);
   std::vector<uint8_t> out(layout.RawBytes());
-  EXPECT_EQ(DecodeKvqGpu(*container, out.data(), false).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(DecodeKvqGpu(*container, out.data(), false),
+              StatusIs(absl::StatusCode::kUnimplemented));
 }
 
 TEST(KvqGpuTest, DecodeMatchesCpuByteForByte) {
@@ -33,11 +37,11 @@ TEST(KvqGpuTest, DecodeMatchesCpuByteForByte) {
         o.key_scale = key;
         o.key_outliers = key == KvqScale::kPerToken ? 3 : 0;
         auto container = EncodeKvq(layout, SyntheticKv(layout), o);
-        ASSERT_TRUE(container.ok());
+        ASSERT_OK(container);
         auto cpu = DecodeKvq(*container);
-        ASSERT_TRUE(cpu.ok());
+        ASSERT_OK(cpu);
         std::vector<uint8_t> gpu(layout.RawBytes());
-        ASSERT_TRUE(DecodeKvqGpu(*container, gpu.data(), false).ok());
+        ASSERT_OK(DecodeKvqGpu(*container, gpu.data(), false));
         EXPECT_EQ(gpu, *cpu);
       }
     }
@@ -48,11 +52,12 @@ TEST(KvqGpuTest, DamagedStreamIsInvalidArgument) {
   if (!GpuCodecAvailable()) GTEST_SKIP() << "no CUDA device";
   const KvLayout layout = MakeLayout(2, 2, 16, 64);
   auto container = EncodeKvq(layout, SyntheticKv(layout), KvqOptions{});
-  ASSERT_TRUE(container.ok());
+  ASSERT_OK(container);
   container->back() ^= 0x5A;
   RefreshKvqChecksums(*container);
   std::vector<uint8_t> out(layout.RawBytes());
-  EXPECT_EQ(DecodeKvqGpu(*container, out.data(), false).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(DecodeKvqGpu(*container, out.data(), false),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

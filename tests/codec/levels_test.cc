@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
+
 namespace kvstash::codec {
 namespace {
 
@@ -11,7 +15,7 @@ TEST(LevelsTest, ThirtyTwoLayersReproduceReferenceTables) {
   const int v_bins[3][2] = {{16, 12}, {32, 16}, {32, 32}};
   for (int level = 1; level <= 3; ++level) {
     auto bins = RowBinsForLevel(level, 32, 0, 32);
-    ASSERT_TRUE(bins.ok());
+    ASSERT_OK(bins);
     ASSERT_EQ(bins->size(), 64u);
     for (uint32_t layer = 0; layer < 32; ++layer) {
       const int k_group = layer < 10 ? 0 : (layer < 20 ? 1 : 2);
@@ -51,7 +55,8 @@ TEST(LevelsTest, GroupsScaleWithLayerCount) {
 TEST(LevelsTest, LayerSliceUsesAbsoluteLayers) {
   auto full = RowBinsForLevel(2, 30, 0, 30);
   auto slice = RowBinsForLevel(2, 30, 8, 4);  // layers 8..11
-  ASSERT_TRUE(full.ok() && slice.ok());
+  ASSERT_OK(full);
+  ASSERT_OK(slice);
   for (uint32_t i = 0; i < 4; ++i) {
     EXPECT_EQ((*slice)[i], (*full)[8 + i]);
     EXPECT_EQ((*slice)[4 + i], (*full)[30 + 8 + i]);
@@ -63,7 +68,9 @@ TEST(LevelsTest, LevelsAreOrderedByPrecision) {
     auto l1 = RowBinsForLevel(1, layers, 0, layers);
     auto l2 = RowBinsForLevel(2, layers, 0, layers);
     auto l3 = RowBinsForLevel(3, layers, 0, layers);
-    ASSERT_TRUE(l1.ok() && l2.ok() && l3.ok());
+    ASSERT_OK(l1);
+    ASSERT_OK(l2);
+    ASSERT_OK(l3);
     for (size_t i = 0; i < l1->size(); ++i) {
       EXPECT_LE((*l1)[i], (*l2)[i]);
       EXPECT_LE((*l2)[i], (*l3)[i]);
@@ -72,16 +79,16 @@ TEST(LevelsTest, LevelsAreOrderedByPrecision) {
 }
 
 TEST(LevelsTest, RejectsBadArguments) {
-  EXPECT_FALSE(RowBinsForLevel(0, 32, 0, 32).ok());
-  EXPECT_FALSE(RowBinsForLevel(4, 32, 0, 32).ok());
-  EXPECT_FALSE(RowBinsForLevel(2, 32, 30, 4).ok());
-  EXPECT_FALSE(RowBinsForLevel(2, 0, 0, 1).ok());
-  EXPECT_FALSE(CheckRowBins({16, 16, 16}, 2).ok());
-  EXPECT_FALSE(CheckRowBins({16, 15}, 1).ok());
-  EXPECT_FALSE(CheckRowBins({2, 16}, 1).ok());
-  EXPECT_FALSE(CheckRowBins({66, 16}, 1).ok());
+  EXPECT_THAT(RowBinsForLevel(0, 32, 0, 32), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(RowBinsForLevel(4, 32, 0, 32), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(RowBinsForLevel(2, 32, 30, 4), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(RowBinsForLevel(2, 0, 0, 1), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(CheckRowBins({16, 16, 16}, 2), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(CheckRowBins({16, 15}, 1), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(CheckRowBins({2, 16}, 1), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(CheckRowBins({66, 16}, 1), StatusIs(absl::StatusCode::kInvalidArgument));
   auto max = CheckRowBins({12, 64}, 1);
-  ASSERT_TRUE(max.ok());
+  ASSERT_OK(max);
   EXPECT_EQ(*max, 64);
 }
 

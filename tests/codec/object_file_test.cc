@@ -8,6 +8,9 @@
 
 #include "kvstash/codec/synthetic_kv.h"
 #include "test_util.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::codec {
 namespace {
@@ -21,9 +24,9 @@ TEST(ObjectFileTest, RoundTripAndCorruption) {
   info.layout = testing::MakeLayout(2, 2, 4, 10);
   auto kv = SyntheticKv(info.layout);
   const std::string path = TempPath("dump.kvo");
-  ASSERT_TRUE(WriteObjectFile(path, info, kv).ok());
+  ASSERT_OK(WriteObjectFile(path, info, kv));
   auto back = ReadObjectFile(path);
-  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_OK(back);
   EXPECT_EQ(back->payload, kv);
   EXPECT_EQ(back->info.layout, info.layout);
 
@@ -33,19 +36,20 @@ TEST(ObjectFileTest, RoundTripAndCorruption) {
     f.seekp(64 + 5);
     f.put(static_cast<char>(kv[5] ^ 1));
   }
-  EXPECT_EQ(ReadObjectFile(path).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(ReadObjectFile(path), StatusIs(absl::StatusCode::kDataLoss));
   // Truncate: size no longer matches the header.
   ASSERT_EQ(truncate(path.c_str(), 64 + 7), 0);
-  EXPECT_EQ(ReadObjectFile(path).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ReadObjectFile(path), StatusIs(absl::StatusCode::kInvalidArgument));
   std::remove(path.c_str());
-  EXPECT_EQ(ReadObjectFile(path).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(ReadObjectFile(path), StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST(ObjectFileTest, RawPayloadMustMatchLayout) {
   ObjectInfo info;
   info.layout = testing::MakeLayout(1, 1, 4, 2);
   std::vector<uint8_t> wrong(7);
-  EXPECT_FALSE(WriteObjectFile(TempPath("bad.kvo"), info, wrong).ok());
+  EXPECT_THAT(WriteObjectFile(TempPath("bad.kvo"), info, wrong),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

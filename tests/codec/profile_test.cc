@@ -6,6 +6,9 @@
 #include "kvstash/codec/synthetic_kv.h"
 #include "kvstash/common/crc32c.h"
 #include "test_util.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::codec {
 namespace {
@@ -23,10 +26,10 @@ CdfProfile LearnProfile(const KvLayout& layout, int chunks) {
   for (int level = 1; level <= 3; ++level) specs.push_back({CacheGenMode::kReference, level, {}});
   specs.push_back({CacheGenMode::kDelta, 2, {}});
   auto builder = CdfProfileBuilder::Create(ProfileShape::Of(layout), specs);
-  EXPECT_TRUE(builder.ok()) << builder.status();
-  for (int i = 0; i < chunks; ++i) EXPECT_TRUE(builder->Add(layout, Chunk(layout, 100 + i)).ok());
+  EXPECT_OK(builder);
+  for (int i = 0; i < chunks; ++i) EXPECT_OK(builder->Add(layout, Chunk(layout, 100 + i)));
   auto profile = builder->Build();
-  EXPECT_TRUE(profile.ok()) << profile.status();
+  EXPECT_OK(profile);
   return *std::move(profile);
 }
 
@@ -35,7 +38,7 @@ TEST(ProfileTest, SerialisationRoundTripAndStableId) {
   CdfProfile p = LearnProfile(layout, 4);
   EXPECT_EQ(p.tables().size(), 4u);
   auto parsed = CdfProfile::Parse(p.bytes());
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  ASSERT_OK(parsed);
   EXPECT_EQ(parsed->id(), p.id());
   EXPECT_EQ(parsed->bytes(), p.bytes());
   // Same inputs, same profile, same id.
@@ -58,9 +61,10 @@ TEST(ProfileTest, ProfileContainersCarryNoCdfAndRoundTrip) {
     auto own = EncodeCacheGen(layout, kv, options);
     options.profile = &p;
     auto with = EncodeCacheGen(layout, kv, options);
-    ASSERT_TRUE(own.ok() && with.ok()) << with.status();
+    ASSERT_OK(own);
+    ASSERT_OK(with);
     auto view = ParseContainer(*with);
-    ASSERT_TRUE(view.ok());
+    ASSERT_OK(view);
     EXPECT_EQ(view->info.cdf_source, CdfSource::kProfile);
     EXPECT_EQ(view->info.profile_id, p.id());
     EXPECT_EQ(view->info.sizes.cdf, 0u);
@@ -69,13 +73,14 @@ TEST(ProfileTest, ProfileContainersCarryNoCdfAndRoundTrip) {
     d.profiles = &set;
     auto a = DecodeCacheGen(*own);
     auto b = DecodeCacheGen(*with, d);
-    ASSERT_TRUE(a.ok() && b.ok()) << b.status();
+    ASSERT_OK(a);
+    ASSERT_OK(b);
     EXPECT_EQ(*a, *b);  // same symbols, so the same reconstruction
     // Without the profile the container cannot be decoded.
-    EXPECT_EQ(DecodeCacheGen(*with).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_THAT(DecodeCacheGen(*with), StatusIs(absl::StatusCode::kNotFound));
     ProfileSet empty;
     d.profiles = &empty;
-    EXPECT_EQ(DecodeCacheGen(*with, d).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_THAT(DecodeCacheGen(*with, d), StatusIs(absl::StatusCode::kNotFound));
   }
 }
 
@@ -86,17 +91,16 @@ TEST(ProfileTest, MismatchedProfileIsRejected) {
   EncodeOptions options;
   options.profile = &p;
   options.row_bins = {12, 12, 12, 12, 12, 12};  // no table for these bins
-  EXPECT_EQ(EncodeCacheGen(layout, kv, options).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(EncodeCacheGen(layout, kv, options), StatusIs(absl::StatusCode::kInvalidArgument));
   KvLayout other = MakeLayout(3, 2, 8, 64, DType::kF16, /*layer_begin=*/1);
   options.row_bins.clear();
   options.model_layers = 4;
-  EXPECT_EQ(EncodeCacheGen(other, Chunk(other, 1), options).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(EncodeCacheGen(other, Chunk(other, 1), options),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   auto builder = CdfProfileBuilder::Create(ProfileShape::Of(layout), {{}});
-  ASSERT_TRUE(builder.ok());
-  EXPECT_FALSE(builder->Add(other, Chunk(other, 1)).ok());
-  EXPECT_EQ(builder->Build().status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_OK(builder);
+  EXPECT_THAT(builder->Add(other, Chunk(other, 1)), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(builder->Build(), StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
 TEST(ProfileTest, ParserRejectsMalformedProfiles) {
@@ -104,7 +108,7 @@ TEST(ProfileTest, ParserRejectsMalformedProfiles) {
   CdfProfile p = LearnProfile(layout, 1);
   const auto& good = p.bytes();
   for (size_t n = 0; n < good.size(); ++n) {
-    EXPECT_FALSE(CdfProfile::Parse(std::span<const uint8_t>(good).first(n)).ok()) << n;
+    EXPECT_NOT_OK(CdfProfile::Parse(std::span<const uint8_t>(good).first(n))) << n;
   }
   auto fixed = [](std::vector<uint8_t> b) {
     uint32_t crc = Crc32c(b.data(), b.size() - 4);
@@ -114,7 +118,7 @@ TEST(ProfileTest, ParserRejectsMalformedProfiles) {
   for (size_t i = 0; i < good.size(); ++i) {
     auto b = good;
     b[i] ^= 0x10;
-    EXPECT_FALSE(CdfProfile::Parse(b).ok()) << "flip at " << i;
+    EXPECT_NOT_OK(CdfProfile::Parse(b)) << "flip at " << i;
     // With a valid crc, the structural checks must still catch it (or it is a different valid
     // profile, which then has a different id). A flip in the crc itself is undone by fixing it.
     if (i >= good.size() - 4) continue;
@@ -122,7 +126,7 @@ TEST(ProfileTest, ParserRejectsMalformedProfiles) {
     if (parsed.ok()) {
       EXPECT_NE(parsed->id(), p.id());
     } else {
-      EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_THAT(parsed, StatusIs(absl::StatusCode::kInvalidArgument));
     }
   }
 }

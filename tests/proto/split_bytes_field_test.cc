@@ -7,6 +7,9 @@
 #include <vector>
 
 #include "kvstash/v1/kvstash.pb.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash {
 namespace {
@@ -61,7 +64,7 @@ TEST(SplitBytesField, EveryCutOfAMessageGivesProtobufsFieldsAndTheDataInPlace) {
     SCOPED_TRACE(cut);
     Spans slices = {Bytes(wire, 0, cut), Bytes(wire, cut, wire.size())};
     GetChunkView view;
-    ASSERT_TRUE(SplitGetChunk(slices, &view).ok());
+    ASSERT_OK(SplitGetChunk(slices, &view));
     ExpectSameAsProtobuf(wire, view);
     // The data is borrowed from the input, not copied.
     for (std::span<const uint8_t> s : view.data.pieces) {
@@ -81,7 +84,7 @@ TEST(SplitBytesField, ManySmallAndEmptySlices) {
     at += n;
   }
   GetChunkView view;
-  ASSERT_TRUE(SplitGetChunk(slices, &view).ok());
+  ASSERT_OK(SplitGetChunk(slices, &view));
   ExpectSameAsProtobuf(wire, view);
   EXPECT_GT(view.data.pieces.size(), 1u);
 }
@@ -95,7 +98,7 @@ TEST(SplitBytesField, FollowsProtobufForRepeatedUnknownAndOutOfOrderFields) {
   // An unknown field 15 (varint) and 16 (fixed32) before everything.
   wire = std::string("\x78\x05\x85\x01\x01\x02\x03\x04", 8) + wire;
   GetChunkView view;
-  ASSERT_TRUE(SplitGetChunk(Spans{Bytes(wire, 0, wire.size())}, &view).ok());
+  ASSERT_OK(SplitGetChunk(Spans{Bytes(wire, 0, wire.size())}, &view));
   ExpectSameAsProtobuf(wire, view);
   EXPECT_EQ(Joined(view), "the last data field wins");
   EXPECT_EQ(view.meta.info().payload_crc32c(), 42u);
@@ -106,7 +109,7 @@ TEST(SplitBytesField, EmptyInputIsAnEmptyChunk) {
   GetChunkView view;
   view.data.bytes = 9;
   view.meta.set_served_from(v1::TIER_CPU);
-  ASSERT_TRUE(SplitGetChunk(Spans{}, &view).ok());
+  ASSERT_OK(SplitGetChunk(Spans{}, &view));
   EXPECT_EQ(view.data.bytes, 0u);
   EXPECT_TRUE(view.data.pieces.empty());
   EXPECT_EQ(view.meta.served_from(), v1::TIER_UNSPECIFIED);
@@ -138,7 +141,8 @@ TEST(SplitBytesField, RejectsTruncatedAndMalformedInput) {
   for (const std::string& b : bad) {
     GetChunkView view;
     Status s = SplitGetChunk(Spans{Bytes(b, 0, b.size())}, &view);
-    EXPECT_TRUE(absl::IsInvalidArgument(s)) << testing::PrintToString(b) << ": " << s;
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument))
+        << ::testing::PrintToString(b) << ": " << s;
   }
 }
 
@@ -160,7 +164,7 @@ TEST(SplitBytesField, SplitsAPutChunkAtItsData) {
   // A field of another wire type with the same number is not the payload: protobuf keeps it as an
   // unknown field, and so does the split.
   const std::string varint_two = std::string("\x10\x07", 2);
-  ASSERT_TRUE(SplitBytesField(Spans{Bytes(varint_two, 0, 2)}, 2, &rest, &data).ok());
+  ASSERT_OK(SplitBytesField(Spans{Bytes(varint_two, 0, 2)}, 2, &rest, &data));
   EXPECT_EQ(data.bytes, 0u);
   EXPECT_EQ(rest.SerializeAsString(), varint_two);
 }
