@@ -10,6 +10,9 @@
 
 #include "kvstash/common/crc32c.h"
 #include "test_objects.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::client::internal {
 namespace {
@@ -35,7 +38,7 @@ TEST(CopyForPutTest, CopiesEverySizeAndAlignmentWithItsCrc) {
         std::vector<uint8_t> arena(n + dst_offset + 128, 0xA5);
         uint8_t* dst = arena.data() + dst_offset;
         Result<uint32_t> crc = CopyForPut(dst, source.data() + src_offset, n, 0);
-        ASSERT_TRUE(crc.ok()) << crc.status();
+        ASSERT_OK(crc);
         EXPECT_EQ(*crc, Crc32c(source.data() + src_offset, n))
             << "n=" << n << " dst_offset=" << dst_offset;
         EXPECT_TRUE(n == 0 || std::memcmp(dst, source.data() + src_offset, n) == 0)
@@ -55,10 +58,10 @@ TEST(CopyForPutTest, AcceptsTheRightDeclaredCrcAndRejectsAWrongOne) {
     std::vector<uint8_t> dst(n);
     const uint32_t right = Crc32c(source.data(), n);
     Result<uint32_t> ok = CopyForPut(dst.data(), source.data(), n, right);
-    ASSERT_TRUE(ok.ok()) << ok.status();
+    ASSERT_OK(ok);
     EXPECT_EQ(*ok, right);
     Result<uint32_t> wrong = CopyForPut(dst.data(), source.data(), n, right ^ 1);
-    EXPECT_EQ(wrong.status().code(), absl::StatusCode::kInvalidArgument) << wrong.status();
+    EXPECT_THAT(wrong, StatusIs(absl::StatusCode::kInvalidArgument));
   }
 }
 

@@ -14,6 +14,7 @@
 #include "kvstash/client/kv_client.h"
 #include "service_process.h"
 #include "test_objects.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::testing {
 namespace {
@@ -49,9 +50,9 @@ TEST(Durability, KillDuringWriteStormThenRestart) {
   options.cpu_capacity = "32MiB";  // small enough that the storm also evicts to SSD
   options.ssd_capacity = "512MiB";
   auto svc = ServiceProcess::Start(dir.path(), options);
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   auto kv = KvClient::Connect((*svc)->target());
-  ASSERT_TRUE(kv.ok());
+  ASSERT_OK(kv);
   ASSERT_TRUE((*kv)->shared_memory_attached());
 
   constexpr int kWriters = 3;
@@ -86,7 +87,7 @@ TEST(Durability, KillDuringWriteStormThenRestart) {
   const uint64_t attempted = next.load();
 
   auto restarted = ServiceProcess::Start(dir.path(), options);
-  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  ASSERT_OK(restarted);
   // The same client keeps working: it reconnects (after gRPC's short reconnect backoff; calls
   // fail fast with UNAVAILABLE meanwhile) and re-attaches the new arena generation.
   Status up = absl::UnavailableError("not yet");
@@ -94,7 +95,7 @@ TEST(Durability, KillDuringWriteStormThenRestart) {
     up = (*kv)->Stats().status();
     if (!up.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  ASSERT_TRUE(up.ok()) << up;
+  ASSERT_OK(up);
   int present = 0;
   for (uint64_t i = 0; i < attempted; ++i) {
     ObjectInfo info = TestInfo(256 + (i % 7) * 512);
@@ -102,7 +103,7 @@ TEST(Durability, KillDuringWriteStormThenRestart) {
     bool durable = acked_durable.count(i) > 0;
     if (!got.ok()) {
       EXPECT_FALSE(durable) << "durably committed object " << i << " lost: " << got.status();
-      EXPECT_EQ(got.status().code(), absl::StatusCode::kNotFound) << i << ": " << got.status();
+      EXPECT_THAT(got, StatusIs(absl::StatusCode::kNotFound)) << i << ": " << got.status();
       continue;
     }
     ++present;
@@ -115,12 +116,12 @@ TEST(Durability, KillDuringWriteStormThenRestart) {
               static_cast<unsigned long long>(attempted), acked_durable.size(), present);
   // What the service lists is exactly what it serves.
   auto list = (*kv)->List("storm", 0);
-  ASSERT_TRUE(list.ok());
+  ASSERT_OK(list);
   std::string token = list->next_page_token;
   size_t listed = list->objects.size();
   while (!token.empty()) {
     auto page = (*kv)->List("storm", 0, token);
-    ASSERT_TRUE(page.ok());
+    ASSERT_OK(page);
     listed += page->objects.size();
     token = page->next_page_token;
   }
@@ -130,9 +131,9 @@ TEST(Durability, KillDuringWriteStormThenRestart) {
   ObjectInfo info = TestInfo(1024);
   auto payload = TestPayload(999'999, info.payload_bytes);
   Status put = (*kv)->Put(StormName(999'999), info, payload);
-  ASSERT_TRUE(put.ok()) << put;
+  ASSERT_OK(put);
   auto lease = (*kv)->Acquire(StormName(999'999));
-  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_OK(lease);
   EXPECT_TRUE(std::equal(lease->data().begin(), lease->data().end(), payload.begin()));
 }
 
@@ -141,17 +142,17 @@ TEST(Durability, CorruptSsdValueIsAMissAndACounter) {
   ServiceOptions options;
   options.metrics = true;
   auto svc = ServiceProcess::Start(dir.path(), options);
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   ObjectInfo info = SmolChunkInfo();
   auto good = TestPayload(1, info.payload_bytes);
   auto victim = TestPayload(2, info.payload_bytes);
   {
     auto kv = KvClient::Connect((*svc)->target());
-    ASSERT_TRUE(kv.ok());
+    ASSERT_OK(kv);
     client::PutOptions durable;
     durable.durable = true;
-    ASSERT_TRUE((*kv)->Put(TestName(1), info, good, durable).ok());
-    ASSERT_TRUE((*kv)->Put(TestName(2), info, victim, durable).ok());
+    ASSERT_OK((*kv)->Put(TestName(1), info, good, durable));
+    ASSERT_OK((*kv)->Put(TestName(2), info, victim, durable));
   }
   ASSERT_EQ((*svc)->Terminate(), 0);
   // Flip a byte inside the stored payload of object 2, wherever the SSD tier keeps it.
@@ -159,22 +160,22 @@ TEST(Durability, CorruptSsdValueIsAMissAndACounter) {
   ASSERT_EQ(CorruptFilesContaining((*svc)->data_dir(), needle), 1);
 
   auto again = ServiceProcess::Start(dir.path(), options);
-  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_OK(again);
   auto kv = KvClient::Connect((*again)->target());
-  ASSERT_TRUE(kv.ok());
+  ASSERT_OK(kv);
   auto lease = (*kv)->Acquire(TestName(2));
-  EXPECT_EQ(lease.status().code(), absl::StatusCode::kNotFound) << lease.status();
+  EXPECT_THAT(lease, StatusIs(absl::StatusCode::kNotFound));
   auto streamed = (*kv)->Get(TestName(2));
-  EXPECT_EQ(streamed.status().code(), absl::StatusCode::kNotFound) << streamed.status();
+  EXPECT_THAT(streamed, StatusIs(absl::StatusCode::kNotFound));
   auto stats = (*kv)->Stats();
-  ASSERT_TRUE(stats.ok());
+  ASSERT_OK(stats);
   EXPECT_GE(stats->checksum_failures, 1u);
   std::string metrics;
   ASSERT_EQ(HttpGet((*again)->metrics_port(), "/metrics", &metrics), 200);
   EXPECT_THAT(metrics, ::testing::ContainsRegex("kvstash_storage_checksum_failures_total [1-9]"));
   // The intact neighbour is still served, from SSD and then from the CPU tier.
   auto ok = (*kv)->Acquire(TestName(1));
-  ASSERT_TRUE(ok.ok()) << ok.status();
+  ASSERT_OK(ok);
   EXPECT_TRUE(std::equal(ok->data().begin(), ok->data().end(), good.begin()));
   EXPECT_EQ((*again)->Terminate(), 0);
 }
@@ -185,9 +186,9 @@ TEST(Durability, FullSsdTierFailsDurablePutsPrecisely) {
   options.cpu_capacity = "64MiB";
   options.ssd_capacity = "4MiB";
   auto svc = ServiceProcess::Start(dir.path(), options);
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   auto kv = KvClient::Connect((*svc)->target());
-  ASSERT_TRUE(kv.ok());
+  ASSERT_OK(kv);
   ObjectInfo info = SmolChunkInfo();  // 5.9 MB: more than the whole SSD tier
   auto payload = TestPayload(3, info.payload_bytes);
   client::PutOptions durable;
@@ -196,16 +197,16 @@ TEST(Durability, FullSsdTierFailsDurablePutsPrecisely) {
     durable.path = path;
     durable.overwrite = true;
     Status s = (*kv)->Put(TestName(3), info, payload, durable);
-    EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kResourceExhausted));
   }
   // The daemon keeps serving: small durable objects still fit, nothing partial is visible.
   ObjectInfo small = TestInfo(1024);
   auto small_payload = TestPayload(4, small.payload_bytes);
   durable.path = client::DataPath::kAuto;
   durable.overwrite = false;
-  ASSERT_TRUE((*kv)->Put(TestName(4), small, small_payload, durable).ok());
+  ASSERT_OK((*kv)->Put(TestName(4), small, small_payload, durable));
   auto got = (*kv)->Get(TestName(4));
-  ASSERT_TRUE(got.ok());
+  ASSERT_OK(got);
   EXPECT_EQ(got->payload, small_payload);
   auto big = (*kv)->Get(TestName(3));
   if (big.ok()) {

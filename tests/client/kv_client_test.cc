@@ -12,6 +12,7 @@
 
 #include "service_process.h"
 #include "test_objects.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::testing {
 namespace {
@@ -58,7 +59,7 @@ class KvClientTest : public ::testing::Test {
     ServiceOptions options;
     options.metrics = true;
     auto svc = ServiceProcess::Start(dir_->path(), options);
-    ASSERT_TRUE(svc.ok()) << svc.status();
+    ASSERT_OK(svc);
     svc_ = svc->release();
   }
   static void TearDownTestSuite() {
@@ -72,7 +73,7 @@ class KvClientTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_NE(svc_, nullptr);
     auto kv = ConnectTo(*svc_);
-    ASSERT_TRUE(kv.ok()) << kv.status();
+    ASSERT_OK(kv);
     kv_ = std::move(*kv);
     ASSERT_TRUE(kv_->shared_memory_attached()) << kv_->shared_memory_status();
   }
@@ -95,11 +96,11 @@ TEST_F(KvClientTest, SharedMemoryPathMovesNoPayloadOverGrpc) {
   for (int i = 0; i < 4; ++i) {
     client::PutOptions options;
     options.path = DataPath::kSharedMemory;
-    ASSERT_TRUE(kv_->Put(TestName(1000 + i), info, payloads[i], options).ok());
+    ASSERT_OK(kv_->Put(TestName(1000 + i), info, payloads[i], options));
   }
   for (int i = 0; i < 4; ++i) {
     auto lease = kv_->Acquire(TestName(1000 + i));
-    ASSERT_TRUE(lease.ok()) << lease.status();
+    ASSERT_OK(lease);
     ASSERT_EQ(lease->data().size(), info.payload_bytes);
     EXPECT_TRUE(std::equal(lease->data().begin(), lease->data().end(), payloads[i].begin()));
     EXPECT_EQ(lease->info().payload_crc32c, Crc32c(payloads[i].data(), payloads[i].size()));
@@ -114,9 +115,9 @@ TEST_F(KvClientTest, SharedMemoryPathMovesNoPayloadOverGrpc) {
   // Control: the same counters do see payload on the stream path.
   client::PutOptions stream;
   stream.path = DataPath::kStream;
-  ASSERT_TRUE(kv_->Put(TestName(1010), info, payloads[0], stream).ok());
+  ASSERT_OK(kv_->Put(TestName(1010), info, payloads[0], stream));
   auto got = kv_->Get(TestName(1010));
-  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_OK(got);
   EXPECT_EQ(got->payload, payloads[0]);
   EXPECT_GE(CounterSum(port, "kvstash_grpc_received_bytes_total") - in_before - in_delta,
             info.payload_bytes);
@@ -129,57 +130,57 @@ TEST_F(KvClientTest, ZeroCopyHandles) {
   auto payload = TestPayload(20, info.payload_bytes);
   {
     auto w = kv_->Reserve(TestName(20), info);
-    ASSERT_TRUE(w.ok()) << w.status();
+    ASSERT_OK(w);
     ASSERT_EQ(w->data().size(), payload.size());
     std::memcpy(w->data().data(), payload.data(), payload.size());
-    ASSERT_TRUE(w->Commit().ok());
-    EXPECT_EQ(w->Commit().code(), absl::StatusCode::kFailedPrecondition);  // handle is spent
+    ASSERT_OK(w->Commit());
+    EXPECT_THAT(w->Commit(), StatusIs(absl::StatusCode::kFailedPrecondition));  // handle is spent
   }
   {
     auto abandoned = kv_->Reserve(TestName(21), info);  // destroyed without commit: aborted
-    ASSERT_TRUE(abandoned.ok());
+    ASSERT_OK(abandoned);
     std::memset(abandoned->data().data(), 0xAB, 100);
   }
   auto w = kv_->Reserve(TestName(22), info);
-  ASSERT_TRUE(w.ok());
-  ASSERT_TRUE(w->Abort().ok());
+  ASSERT_OK(w);
+  ASSERT_OK(w->Abort());
 
   auto stats = kv_->Stats();
-  ASSERT_TRUE(stats.ok());
+  ASSERT_OK(stats);
   EXPECT_EQ(stats->reservations_active, 0u);
   std::vector<ObjectName> names = {TestName(20), TestName(21), TestName(22)};
   auto lookup = kv_->Lookup(names);
-  ASSERT_TRUE(lookup.ok());
+  ASSERT_OK(lookup);
   EXPECT_TRUE(lookup->results[0].present);
   EXPECT_FALSE(lookup->results[1].present);
   EXPECT_FALSE(lookup->results[2].present);
 
   {
     auto lease = kv_->Acquire(TestName(20));
-    ASSERT_TRUE(lease.ok());
+    ASSERT_OK(lease);
     EXPECT_TRUE(std::equal(lease->data().begin(), lease->data().end(), payload.begin()));
-    ASSERT_TRUE(kv_->Stats().ok());
+    ASSERT_OK(kv_->Stats());
     EXPECT_GE(kv_->Stats()->leases_active, 1u);
     client::ReadLease moved = std::move(*lease);  // ownership moves, one release
     EXPECT_EQ(lease->data().size(), 0u);
-    ASSERT_TRUE(moved.Release().ok());
-    EXPECT_EQ(moved.Release().code(), absl::StatusCode::kFailedPrecondition);
+    ASSERT_OK(moved.Release());
+    EXPECT_THAT(moved.Release(), StatusIs(absl::StatusCode::kFailedPrecondition));
   }
   { auto scoped = kv_->Acquire(TestName(20)); }  // the destructor sends the Release, unawaited
   EXPECT_TRUE(NoLeaseActiveSoon(*kv_));
-  EXPECT_EQ(kv_->Acquire(TestName(21)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(kv_->Acquire(TestName(21)), StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(KvClientTest, LookupPrefixPinDeleteListStats) {
   ObjectInfo info = TestInfo(256);
   for (uint64_t i : {30, 31, 33}) {
     auto p = TestPayload(i, info.payload_bytes);
-    ASSERT_TRUE(kv_->Put(TestName(i), info, p).ok());
+    ASSERT_OK(kv_->Put(TestName(i), info, p));
   }
   std::vector<ObjectName> chain;
   for (uint64_t i = 30; i < 35; ++i) chain.push_back(TestName(i));
   auto lookup = kv_->Lookup(chain);
-  ASSERT_TRUE(lookup.ok());
+  ASSERT_OK(lookup);
   EXPECT_EQ(lookup->longest_prefix, 2u);
   EXPECT_TRUE(lookup->results[3].present);
   EXPECT_FALSE(lookup->results[4].present);
@@ -187,11 +188,11 @@ TEST_F(KvClientTest, LookupPrefixPinDeleteListStats) {
   EXPECT_EQ(lookup->results[0].tier, client::Tier::kCpu);
 
   auto pinned = kv_->Pin(chain);
-  ASSERT_TRUE(pinned.ok());
-  EXPECT_TRUE((*pinned)[0].ok());
-  EXPECT_EQ((*pinned)[2].code(), absl::StatusCode::kNotFound);
+  ASSERT_OK(pinned);
+  EXPECT_OK((*pinned)[0]);
+  EXPECT_THAT((*pinned)[2], StatusIs(absl::StatusCode::kNotFound));
   auto list = kv_->List("test", 0);
-  ASSERT_TRUE(list.ok());
+  ASSERT_OK(list);
   int seen_pinned = 0;
   for (const auto& o : list->objects) {
     if (o.storage_key == TestName(30).storage_key) {
@@ -202,23 +203,23 @@ TEST_F(KvClientTest, LookupPrefixPinDeleteListStats) {
   }
   EXPECT_EQ(seen_pinned, 1);
   EXPECT_GE(kv_->Stats()->pinned_objects, 3u);
-  ASSERT_TRUE(kv_->Unpin(chain).ok());
+  ASSERT_OK(kv_->Unpin(chain));
   auto deleted = kv_->Delete(chain);
-  ASSERT_TRUE(deleted.ok());
-  EXPECT_TRUE((*deleted)[0].ok());
-  EXPECT_EQ((*deleted)[4].code(), absl::StatusCode::kNotFound);
+  ASSERT_OK(deleted);
+  EXPECT_OK((*deleted)[0]);
+  EXPECT_THAT((*deleted)[4], StatusIs(absl::StatusCode::kNotFound));
   EXPECT_EQ(kv_->Lookup(chain)->longest_prefix, 0u);
 
   // Paging walks every object exactly once.
   for (uint64_t i = 40; i < 47; ++i) {
     auto p = TestPayload(i, info.payload_bytes);
-    ASSERT_TRUE(kv_->Put(TestName(i, "paging"), info, p).ok());
+    ASSERT_OK(kv_->Put(TestName(i, "paging"), info, p));
   }
   std::string token;
   size_t total = 0;
   do {
     auto page = kv_->List("paging", 3, token);
-    ASSERT_TRUE(page.ok());
+    ASSERT_OK(page);
     EXPECT_LE(page->objects.size(), 3u);
     total += page->objects.size();
     token = page->next_page_token;
@@ -233,13 +234,13 @@ TEST_F(KvClientTest, LocalControlChannelAndGrpcControlAgree) {
   const int port = svc_->metrics_port();
   EXPECT_TRUE(kv_->local_control_active());
   auto other = ConnectWithControl(*svc_, /*local_control=*/false);
-  ASSERT_TRUE(other.ok()) << other.status();
+  ASSERT_OK(other);
   ASSERT_TRUE((*other)->shared_memory_attached());
   EXPECT_FALSE((*other)->local_control_active());
   client::ClientOptions no_poll;
   no_poll.local_control_poll = std::chrono::microseconds{0};
   auto blocking = ConnectTo(*svc_, no_poll);
-  ASSERT_TRUE(blocking.ok()) << blocking.status();
+  ASSERT_OK(blocking);
   EXPECT_TRUE((*blocking)->local_control_active());
 
   ObjectInfo info = TestInfo(4096);  // 1 MiB
@@ -254,37 +255,37 @@ TEST_F(KvClientTest, LocalControlChannelAndGrpcControlAgree) {
     index += 100;
     // Single and batched puts, then leases on what they wrote.
     auto payload = TestPayload(base, info.payload_bytes);
-    ASSERT_TRUE(c->Put(TestName(base), WithCrc(info, payload), payload).ok());
+    ASSERT_OK(c->Put(TestName(base), WithCrc(info, payload), payload));
     std::vector<std::vector<uint8_t>> payloads;
     std::vector<client::PutItem> items;
     for (int i = 1; i <= 5; ++i) payloads.push_back(TestPayload(base + i, info.payload_bytes));
     for (int i = 1; i <= 5; ++i) items.push_back({TestName(base + i), info, payloads[i - 1]});
     client::PutOptions batched;
     batched.max_batch = 2;  // three batches: the pipelined path
-    for (const Status& s : c->PutMany(items, batched)) EXPECT_TRUE(s.ok()) << s;
+    for (const Status& s : c->PutMany(items, batched)) EXPECT_OK(s);
     std::vector<ObjectName> names;
     for (int i = 0; i <= 5; ++i) names.push_back(TestName(base + i));
     names.push_back(TestName(base + 99));  // absent
     auto leases = c->AcquireMany(names);
-    ASSERT_TRUE(leases.ok()) << leases.status();
+    ASSERT_OK(leases);
     for (int i = 0; i <= 5; ++i) {
-      ASSERT_TRUE((*leases)[i].ok()) << (*leases)[i].status();
+      ASSERT_OK((*leases)[i]);
       const auto& want = i == 0 ? payload : payloads[i - 1];
       EXPECT_TRUE(std::equal(want.begin(), want.end(), (*leases)[i]->data().begin()));
     }
-    EXPECT_EQ((*leases)[6].status().code(), absl::StatusCode::kNotFound);
+    EXPECT_THAT((*leases)[6], StatusIs(absl::StatusCode::kNotFound));
     auto lookup = c->Lookup(names);
-    ASSERT_TRUE(lookup.ok());
+    ASSERT_OK(lookup);
     EXPECT_EQ(lookup->longest_prefix, 6u);
     // The same errors: a wrong declared checksum, an existing key; an aborted reservation.
     ObjectInfo wrong = WithCrc(info, payload);
     wrong.payload_crc32c ^= 1;
-    EXPECT_EQ(c->Put(TestName(base + 50), wrong, payload).code(),
-              absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(c->Put(TestName(base), info, payload).code(), absl::StatusCode::kAlreadyExists);
+    EXPECT_THAT(c->Put(TestName(base + 50), wrong, payload),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(c->Put(TestName(base), info, payload), StatusIs(absl::StatusCode::kAlreadyExists));
     auto reservation = c->Reserve(TestName(base + 51), info);
-    ASSERT_TRUE(reservation.ok()) << reservation.status();
-    EXPECT_TRUE(reservation->Abort().ok());
+    ASSERT_OK(reservation);
+    EXPECT_OK(reservation->Abort());
     EXPECT_FALSE(c->Lookup(std::vector<ObjectName>{TestName(base + 51)})->results[0].present);
   }
   EXPECT_GE(CounterSum(port, "kvstash_local_control_connections"), 1u);
@@ -309,30 +310,30 @@ TEST_F(KvClientTest, StreamPathAnswersWithAndWithoutPolling) {
     options.stream_poll = poll;
     options.stream_chunk_bytes = 64 << 10;  // 16 messages per object: many waits
     auto c = ConnectTo(*svc_, options);
-    ASSERT_TRUE(c.ok()) << c.status();
+    ASSERT_OK(c);
     const int base = index;
     index += 100;
     client::PutOptions stream;
     stream.path = DataPath::kStream;
     for (int i = 0; i < 3; ++i) {
       auto payload = TestPayload(base + i, info.payload_bytes);
-      ASSERT_TRUE((*c)->Put(TestName(base + i), WithCrc(info, payload), payload, stream).ok());
+      ASSERT_OK((*c)->Put(TestName(base + i), WithCrc(info, payload), payload, stream));
     }
     std::vector<uint8_t> out(info.payload_bytes);
     for (int i = 0; i < 3; ++i) {
       auto got = (*c)->GetInto(TestName(base + i), out);
-      ASSERT_TRUE(got.ok()) << got.status();
+      ASSERT_OK(got);
       EXPECT_EQ(got->info.payload_bytes, info.payload_bytes);
       EXPECT_EQ(out, TestPayload(base + i, info.payload_bytes));
     }
-    EXPECT_EQ((*c)->GetInto(TestName(base + 99), out).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_THAT((*c)->GetInto(TestName(base + 99), out), StatusIs(absl::StatusCode::kNotFound));
     auto payload = TestPayload(base + 50, info.payload_bytes);
     ObjectInfo wrong = WithCrc(info, payload);
     wrong.payload_crc32c ^= 1;
-    EXPECT_EQ((*c)->Put(TestName(base + 50), wrong, payload, stream).code(),
-              absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ((*c)->Put(TestName(base), info, payload, stream).code(),
-              absl::StatusCode::kAlreadyExists);
+    EXPECT_THAT((*c)->Put(TestName(base + 50), wrong, payload, stream),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT((*c)->Put(TestName(base), info, payload, stream),
+                StatusIs(absl::StatusCode::kAlreadyExists));
   }
 }
 
@@ -345,7 +346,7 @@ TEST_F(KvClientTest, ChecksumsAreVerifiedOnBothPaths) {
     client::PutOptions options;
     options.path = path;
     Status s = kv_->Put(TestName(50), wrong, payload, options);
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
     EXPECT_FALSE(kv_->Lookup(std::vector<ObjectName>{TestName(50)})->results[0].present);
   }
   EXPECT_EQ(kv_->Stats()->reservations_active, 0u);
@@ -367,7 +368,7 @@ TEST_F(KvClientTest, PutManyPipelinesPutsWithPerItemStatuses) {
   infos[5] = WithCrc(infos[5], payloads[5]);
   infos[5].payload_crc32c ^= 0x1;  // ... and a wrong one
   auto grpc_kv = ConnectWithControl(*svc_, /*local_control=*/false);
-  ASSERT_TRUE(grpc_kv.ok()) << grpc_kv.status();
+  ASSERT_OK(grpc_kv);
   ASSERT_TRUE((*grpc_kv)->shared_memory_attached());
   ASSERT_FALSE((*grpc_kv)->local_control_active());
   for (KvClient* kv : {kv_.get(), grpc_kv->get()}) {
@@ -398,12 +399,12 @@ TEST_F(KvClientTest, PutManyPipelinesPutsWithPerItemStatuses) {
           EXPECT_EQ(statuses[i].code(), want) << statuses[i];
           if (want != absl::StatusCode::kOk) {
             if (i != 8) {
-              EXPECT_EQ(kv->Acquire(items[i].name).status().code(), absl::StatusCode::kNotFound);
+              EXPECT_THAT(kv->Acquire(items[i].name), StatusIs(absl::StatusCode::kNotFound));
             }
             continue;
           }
           auto got = kv->Get(items[i].name);
-          ASSERT_TRUE(got.ok()) << got.status();
+          ASSERT_OK(got);
           EXPECT_EQ(got->payload, payloads[i]);
         }
       }
@@ -443,18 +444,18 @@ TEST_F(KvClientTest, PutManyGathersSegments) {
     options.path = path;
     std::vector<Status> st = kv_->PutMany(items, options);
     ASSERT_EQ(st.size(), items.size());
-    EXPECT_TRUE(st[0].ok()) << st[0];
-    EXPECT_TRUE(st[1].ok()) << st[1];
-    EXPECT_EQ(st[2].code(), absl::StatusCode::kInvalidArgument) << st[2];
-    EXPECT_EQ(st[3].code(), absl::StatusCode::kInvalidArgument) << st[3];
-    EXPECT_EQ(st[4].code(), absl::StatusCode::kInvalidArgument) << st[4];
+    EXPECT_OK(st[0]);
+    EXPECT_OK(st[1]);
+    EXPECT_THAT(st[2], StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(st[3], StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(st[4], StatusIs(absl::StatusCode::kInvalidArgument));
     for (size_t i : {0, 1}) {
       auto got = kv_->Get(items[i].name);
-      ASSERT_TRUE(got.ok()) << got.status();
+      ASSERT_OK(got);
       EXPECT_EQ(got->payload, whole);
       EXPECT_EQ(got->info.payload_crc32c, Crc32c(whole.data(), whole.size()));
     }
-    EXPECT_EQ(kv_->Acquire(items[4].name).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_THAT(kv_->Acquire(items[4].name), StatusIs(absl::StatusCode::kNotFound));
   }
 }
 
@@ -466,25 +467,25 @@ TEST_F(KvClientTest, DroppingManyLeasesReleasesThemAll) {
   std::vector<ObjectName> names;
   for (uint64_t k = 3000; k < 3040; ++k) {
     names.push_back(TestName(k));
-    ASSERT_TRUE(kv_->Put(names.back(), info, TestPayload(k, info.payload_bytes)).ok());
+    ASSERT_OK(kv_->Put(names.back(), info, TestPayload(k, info.payload_bytes)));
   }
   for (bool local_control : {true, false}) {
     SCOPED_TRACE(local_control ? "local control channel" : "gRPC control calls");
     auto kv = ConnectWithControl(*svc_, local_control);
-    ASSERT_TRUE(kv.ok()) << kv.status();
+    ASSERT_OK(kv);
     ASSERT_EQ((*kv)->local_control_active(), local_control);
     for (int round = 0; round < 3; ++round) {
       auto leases = (*kv)->AcquireMany(names);
-      ASSERT_TRUE(leases.ok()) << leases.status();
-      for (auto& lease : *leases) ASSERT_TRUE(lease.ok()) << lease.status();
+      ASSERT_OK(leases);
+      for (auto& lease : *leases) ASSERT_OK(lease);
       EXPECT_GE(kv_->Stats()->leases_active, names.size());
     }  // each round's 40 leases are dropped together
     EXPECT_TRUE(NoLeaseActiveSoon(*kv_));
     {
       auto dropped = (*kv)->AcquireMany(names);
-      ASSERT_TRUE(dropped.ok()) << dropped.status();
+      ASSERT_OK(dropped);
       auto held = (*kv)->AcquireMany(names);
-      ASSERT_TRUE(held.ok()) << held.status();
+      ASSERT_OK(held);
       dropped->clear();  // one Release call out, the rest queued behind it
       kv->reset();       // the client goes; the last lease of `held` takes its core down
     }
@@ -499,7 +500,7 @@ TEST_F(KvClientTest, ManyThreadsShareOneClient) {
   for (bool local_control : {true, false}) {
     SCOPED_TRACE(local_control ? "local control channel" : "gRPC control calls");
     auto kv = ConnectWithControl(*svc_, local_control);
-    ASSERT_TRUE(kv.ok()) << kv.status();
+    ASSERT_OK(kv);
     ASSERT_EQ((*kv)->local_control_active(), local_control);
     const uint64_t base = local_control ? 5000 : 25000;
     std::atomic<int> failures{0};
@@ -551,8 +552,8 @@ TEST_F(KvClientTest, ManyThreadsShareOneClient) {
 TEST_F(KvClientTest, VanishingStreamClientAbortsItsReservation) {
   auto helper = ChildProcess::Start(
       {BinaryPath("tests/client/vanishing_client"), svc_->target(), "stream", "60"});
-  ASSERT_TRUE(helper.ok());
-  ASSERT_TRUE((*helper)->WaitForLine("MIDWAY").ok());
+  ASSERT_OK(helper);
+  ASSERT_OK((*helper)->WaitForLine("MIDWAY"));
   EXPECT_GE(kv_->Stats()->reservations_active, 1u);
   (*helper)->Kill();
   // The service sees the stream break, aborts the reservation and keeps serving.
@@ -564,15 +565,15 @@ TEST_F(KvClientTest, VanishingStreamClientAbortsItsReservation) {
   EXPECT_EQ(active, 0u);
   EXPECT_FALSE(kv_->Lookup(std::vector<ObjectName>{TestName(60)})->results[0].present);
   ObjectInfo info = WithCrc(TestInfo(32768), TestPayload(60, 32768 * 256));
-  ASSERT_TRUE(kv_->Put(TestName(60), info, TestPayload(60, info.payload_bytes)).ok());
+  ASSERT_OK(kv_->Put(TestName(60), info, TestPayload(60, info.payload_bytes)));
 }
 
 TEST_F(KvClientTest, VanishingSharedMemoryClientsReservationIsAbortedWhenItsConnectionsClose) {
   uint64_t expired_before = kv_->Stats()->reservations_expired;
   auto helper = ChildProcess::Start(
       {BinaryPath("tests/client/vanishing_client"), svc_->target(), "shm", "62"});
-  ASSERT_TRUE(helper.ok());
-  ASSERT_TRUE((*helper)->WaitForLine("MIDWAY").ok());
+  ASSERT_OK(helper);
+  ASSERT_OK((*helper)->WaitForLine("MIDWAY"));
   EXPECT_GE(kv_->Stats()->reservations_active, 1u);
   (*helper)->Kill();
   // Its lease is 120 s: only the closed local control connections can free it this soon.
@@ -585,15 +586,15 @@ TEST_F(KvClientTest, VanishingSharedMemoryClientsReservationIsAbortedWhenItsConn
   EXPECT_EQ(kv_->Stats()->reservations_expired, expired_before);
   EXPECT_FALSE(kv_->Lookup(std::vector<ObjectName>{TestName(62)})->results[0].present);
   ObjectInfo info = WithCrc(TestInfo(32768), TestPayload(62, 32768 * 256));
-  ASSERT_TRUE(kv_->Put(TestName(62), info, TestPayload(62, info.payload_bytes)).ok());
+  ASSERT_OK(kv_->Put(TestName(62), info, TestPayload(62, info.payload_bytes)));
 }
 
 TEST_F(KvClientTest, VanishingSharedMemoryClientsReservationExpires) {
   uint64_t expired_before = kv_->Stats()->reservations_expired;
   auto helper = ChildProcess::Start(
       {BinaryPath("tests/client/vanishing_client"), svc_->target(), "shm-grpc", "61"});
-  ASSERT_TRUE(helper.ok());
-  ASSERT_TRUE((*helper)->WaitForLine("MIDWAY").ok());
+  ASSERT_OK(helper);
+  ASSERT_OK((*helper)->WaitForLine("MIDWAY"));
   (*helper)->Kill();
   uint64_t active = 1;
   for (int i = 0; i < 500 && active != 0; ++i) {
@@ -610,7 +611,7 @@ TEST_F(KvClientTest, DeadlinesKeepAStuckServiceFromWedgingCalls) {
   options.rpc_timeout = std::chrono::milliseconds(300);
   options.stream_timeout = std::chrono::milliseconds(500);
   auto kv = ConnectTo(*svc_, options);
-  ASSERT_TRUE(kv.ok());
+  ASSERT_OK(kv);
   ObjectInfo info = TestInfo(64);
   auto payload = TestPayload(70, info.payload_bytes);
   svc_->Stop();
@@ -618,11 +619,11 @@ TEST_F(KvClientTest, DeadlinesKeepAStuckServiceFromWedgingCalls) {
   Status put = (*kv)->Put(TestName(70), info, payload);
   auto get = (*kv)->Get(TestName(70));
   svc_->Continue();
-  EXPECT_EQ(lookup.status().code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_EQ(put.code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_EQ(get.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(lookup, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_THAT(put, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_THAT(get, StatusIs(absl::StatusCode::kDeadlineExceeded));
   // After the stall everything works again (a Reserve that timed out expires on its own).
-  EXPECT_TRUE((*kv)->Put(TestName(71), info, payload).ok());
+  EXPECT_OK((*kv)->Put(TestName(71), info, payload));
 }
 
 TEST(KvClientConnect, TcpTargetUsesStreamsAndUnreachableTargetsFailFast) {
@@ -630,32 +631,31 @@ TEST(KvClientConnect, TcpTargetUsesStreamsAndUnreachableTargetsFailFast) {
   ServiceOptions options;
   options.tcp = true;
   auto svc = ServiceProcess::Start(dir.path(), options);
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   auto kv = ConnectTo(**svc);
-  ASSERT_TRUE(kv.ok());
+  ASSERT_OK(kv);
   EXPECT_FALSE((*kv)->shared_memory_attached());
   ObjectInfo info = TestInfo(8192);
   auto payload = TestPayload(80, info.payload_bytes);
-  ASSERT_TRUE((*kv)->Put(TestName(80), info, payload).ok());
+  ASSERT_OK((*kv)->Put(TestName(80), info, payload));
   EXPECT_EQ((*kv)->Get(TestName(80))->payload, payload);
-  EXPECT_EQ((*kv)->Reserve(TestName(81), info).status().code(),
-            absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ((*kv)->Acquire(TestName(80)).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT((*kv)->Reserve(TestName(81), info), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT((*kv)->Acquire(TestName(80)), StatusIs(absl::StatusCode::kFailedPrecondition));
 
   client::ClientOptions quick;
   quick.connect_timeout = std::chrono::milliseconds(300);
   auto nowhere = KvClient::Connect("unix://" + dir.path() + "/nothing.sock", quick);
-  EXPECT_EQ(nowhere.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(nowhere, StatusIs(absl::StatusCode::kUnavailable));
 
   client::ClientOptions no_shm;
   no_shm.use_shared_memory = false;
   TempDir unix_dir;
   auto unix_svc = ServiceProcess::Start(unix_dir.path());
-  ASSERT_TRUE(unix_svc.ok());
+  ASSERT_OK(unix_svc);
   auto plain = ConnectTo(**unix_svc, no_shm);
-  ASSERT_TRUE(plain.ok());
+  ASSERT_OK(plain);
   EXPECT_FALSE((*plain)->shared_memory_attached());
-  ASSERT_TRUE((*plain)->Put(TestName(82), info, payload).ok());
+  ASSERT_OK((*plain)->Put(TestName(82), info, payload));
 }
 
 // Streaming Puts and Gets from a service whose stream threads never poll, one thread for every
@@ -666,11 +666,11 @@ TEST(KvClientConnect, StreamPutsAndGetsFromOneThreadThatNeverPolls) {
   ServiceOptions options;
   options.extra_args = {"--stream-poll-us", "0", "--stream-threads", "1"};
   auto svc = ServiceProcess::Start(dir.path(), options);
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   client::ClientOptions small_chunks;
   small_chunks.stream_chunk_bytes = 64 << 10;
   auto kv = ConnectTo(**svc, small_chunks);
-  ASSERT_TRUE(kv.ok()) << kv.status();
+  ASSERT_OK(kv);
   ObjectInfo info = TestInfo(2048);  // 512 KiB
   client::PutOptions stream;
   stream.path = DataPath::kStream;
@@ -689,12 +689,12 @@ TEST(KvClientConnect, StreamPutsAndGetsFromOneThreadThatNeverPolls) {
   }
   for (auto& c : clients) c.join();
   EXPECT_EQ(good.load(), 20);
-  EXPECT_EQ((*kv)->Get(TestName(99)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT((*kv)->Get(TestName(99)), StatusIs(absl::StatusCode::kNotFound));
   auto payload = TestPayload(98, info.payload_bytes);
   ObjectInfo wrong = WithCrc(info, payload);
   wrong.payload_crc32c ^= 1;
-  EXPECT_EQ((*kv)->Put(TestName(98), wrong, payload, stream).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT((*kv)->Put(TestName(98), wrong, payload, stream),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ((*kv)->Stats()->reservations_active, 0u);
   EXPECT_EQ((*svc)->Terminate(), 0) << (*svc)->Log();
 }
@@ -705,10 +705,11 @@ TEST(KvClientConnect, ClientsFallBackToGrpcWhenTheServiceHasNoConnectionToSpare)
   ServiceOptions options;
   options.extra_args = {"--local-control-connections", "1"};
   auto svc = ServiceProcess::Start(dir.path(), options);
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   auto first = ConnectTo(**svc);  // its anchor takes the only connection
   auto second = ConnectTo(**svc);
-  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_OK(first);
+  ASSERT_OK(second);
   EXPECT_TRUE((*first)->local_control_active());
   EXPECT_FALSE((*second)->local_control_active());  // its attach came without the feature
   ObjectInfo info = TestInfo(4096);
@@ -716,13 +717,13 @@ TEST(KvClientConnect, ClientsFallBackToGrpcWhenTheServiceHasNoConnectionToSpare)
   for (KvClient* c : {first->get(), second->get()}) {
     auto payload = TestPayload(key, info.payload_bytes);
     ASSERT_TRUE(c->shared_memory_attached());
-    ASSERT_TRUE(c->Put(TestName(key), info, payload).ok());
+    ASSERT_OK(c->Put(TestName(key), info, payload));
     std::vector<client::PutItem> items = {{TestName(key + 1), info, payload},
                                           {TestName(key + 2), info, payload}};
-    for (const Status& s : c->PutMany(items)) EXPECT_TRUE(s.ok()) << s;
+    for (const Status& s : c->PutMany(items)) EXPECT_OK(s);
     for (int k = key; k < key + 3; ++k) {
       auto lease = c->Acquire(TestName(k));
-      ASSERT_TRUE(lease.ok()) << lease.status();
+      ASSERT_OK(lease);
       EXPECT_TRUE(std::equal(payload.begin(), payload.end(), lease->data().begin()));
     }
     key += 10;

@@ -18,6 +18,7 @@
 #include "raw_call.h"
 #include "service_process.h"
 #include "test_objects.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::testing {
 namespace {
@@ -52,27 +53,27 @@ Status SendRaw(grpc::GenericStub* stub, const std::string& method, const std::st
 TEST(RawStreamTest, BytesThatAreNotMessagesGetInvalidArgumentAndTheServiceKeepsServing) {
   TempDir dir;
   auto svc = ServiceProcess::Start(dir.path(), ServiceOptions());
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   grpc::GenericStub stub(ChannelTo(**svc));
 
   // A PutChunk whose header claims 255 bytes that never come.
   Status put = SendRaw(&stub, "Put", std::string("\x0a\xff\x01", 3));
-  EXPECT_TRUE(absl::IsInvalidArgument(put)) << put;
+  EXPECT_THAT(put, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(put.message()), HasSubstr("kvstash.v1.PutChunk"));
   // A GetRequest that does not parse.
   Status get = SendRaw(&stub, "Get", std::string("\xff\xff", 2));
-  EXPECT_TRUE(absl::IsInvalidArgument(get)) << get;
+  EXPECT_THAT(get, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(get.message()), HasSubstr("not a GetRequest"));
 
   auto kv = KvClient::Connect((*svc)->target());
-  ASSERT_TRUE(kv.ok()) << kv.status();
+  ASSERT_OK(kv);
   ObjectInfo info = TestInfo(64);
   auto payload = TestPayload(3, info.payload_bytes);
   client::PutOptions stream;
   stream.path = client::DataPath::kStream;
-  ASSERT_TRUE((*kv)->Put(TestName(1), info, payload, stream).ok());
+  ASSERT_OK((*kv)->Put(TestName(1), info, payload, stream));
   auto back = (*kv)->Get(TestName(1));
-  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_OK(back);
   EXPECT_EQ(back->payload, payload);
   EXPECT_EQ((*svc)->Terminate(), 0);
 }
@@ -80,18 +81,18 @@ TEST(RawStreamTest, BytesThatAreNotMessagesGetInvalidArgumentAndTheServiceKeepsS
 TEST(RawStreamTest, TypedPeersAndRawPeersAgreeOnTheWire) {
   TempDir dir;
   auto svc = ServiceProcess::Start(dir.path(), ServiceOptions());
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   auto stub = v1::KvStash::NewStub(ChannelTo(**svc));
   // Written by the raw client in 3 chunks, read back by a typed gRPC stub.
   client::ClientOptions options;
   options.stream_chunk_bytes = 100'000;
   auto kv = KvClient::Connect((*svc)->target(), options);
-  ASSERT_TRUE(kv.ok()) << kv.status();
+  ASSERT_OK(kv);
   ObjectInfo info = TestInfo(1024);  // 256 KiB
   auto payload = TestPayload(4, info.payload_bytes);
   client::PutOptions stream;
   stream.path = client::DataPath::kStream;
-  ASSERT_TRUE((*kv)->Put(TestName(2), info, payload, stream).ok());
+  ASSERT_OK((*kv)->Put(TestName(2), info, payload, stream));
 
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
@@ -110,7 +111,7 @@ TEST(RawStreamTest, TypedPeersAndRawPeersAgreeOnTheWire) {
     }
     back.insert(back.end(), chunk.data().begin(), chunk.data().end());
   }
-  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_OK(reader->Finish());
   EXPECT_EQ(back, payload);
   EXPECT_EQ(messages, 1);  // the service's chunk (1 MiB) holds the whole object
   EXPECT_EQ((*svc)->Terminate(), 0);
@@ -128,14 +129,14 @@ class StalledGet {
     options.ssd_capacity = "0";
     options.extra_args = std::move(extra_args);
     auto svc = ServiceProcess::Start(dir_.path(), options);
-    ASSERT_TRUE(svc.ok()) << svc.status();
+    ASSERT_OK(svc);
     svc_ = std::move(*svc);
     auto kv = KvClient::Connect(svc_->target());
-    ASSERT_TRUE(kv.ok()) << kv.status();
+    ASSERT_OK(kv);
     kv_ = std::move(*kv);
     const ObjectInfo info = TestInfo(196608);
     payload_ = TestPayload(5, info.payload_bytes);
-    ASSERT_TRUE(kv_->Put(TestName(3), info, payload_).ok());
+    ASSERT_OK(kv_->Put(TestName(3), info, payload_));
     stub_ = v1::KvStash::NewStub(ChannelTo(*svc_));
     ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
     v1::GetRequest req;
@@ -177,7 +178,7 @@ TEST(RawStreamTest, GetWhoseReaderStopsIsCancelledAtTheDeadlineAndReleasesItsLea
   for (int i = 0; i < 600 && leases != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     auto stats = stalled.kv().Stats();
-    ASSERT_TRUE(stats.ok()) << stats.status();
+    ASSERT_OK(stats);
     leases = stats->leases_active;
   }
   EXPECT_EQ(leases, 0u);
@@ -185,7 +186,7 @@ TEST(RawStreamTest, GetWhoseReaderStopsIsCancelledAtTheDeadlineAndReleasesItsLea
   EXPECT_TRUE(stalled.EndsInError());
 
   auto back = stalled.kv().Get(TestName(3));
-  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_OK(back);
   EXPECT_EQ(back->payload, stalled.payload());
   EXPECT_EQ(stalled.svc().Terminate(), 0);
 }

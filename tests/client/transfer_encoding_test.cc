@@ -11,6 +11,7 @@
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "service_process.h"
 #include "test_objects.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::testing {
 namespace {
@@ -32,7 +33,7 @@ std::vector<uint8_t> Reconstruction(const ObjectInfo& info, const std::vector<ui
   codec::EncodeOptions options;
   options.level = level;
   options.reconstruction = std::span<uint8_t>(out);
-  EXPECT_TRUE(codec::EncodeCacheGen(info.layout, payload, options).ok());
+  EXPECT_OK(codec::EncodeCacheGen(info.layout, payload, options));
   return out;
 }
 
@@ -43,10 +44,10 @@ class TransferEncodingTest : public ::testing::Test {
     options.tcp = true;  // as a client on another node: byte streams only
     options.extra_args = std::move(extra_args);
     auto svc = ServiceProcess::Start(dir_.path(), options);
-    ASSERT_TRUE(svc.ok()) << svc.status();
+    ASSERT_OK(svc);
     svc_ = std::move(*svc);
     auto kv = KvClient::Connect(svc_->target());
-    ASSERT_TRUE(kv.ok()) << kv.status();
+    ASSERT_OK(kv);
     kv_ = std::move(*kv);
   }
   void TearDown() override {
@@ -64,11 +65,11 @@ TEST_F(TransferEncodingTest, AcceptedCacheGenArrivesSmallerAndDecodesToTheRecons
   ASSERT_NO_FATAL_FAILURE(StartService({}));  // default policy: cachegen, level 2
   const ObjectInfo info = SmolChunkInfo();
   const std::vector<uint8_t> payload = codec::SyntheticKv(info.layout);
-  ASSERT_TRUE(kv_->Put(TestName(1), info, payload).ok());
+  ASSERT_OK(kv_->Put(TestName(1), info, payload));
 
   // Not asked: the stored bytes, exactly.
   auto raw = kv_->Get(TestName(1));
-  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_OK(raw);
   EXPECT_EQ(raw->payload, payload);
   EXPECT_FALSE(raw->info.lossy);
   EXPECT_EQ(raw->wire_bytes, info.payload_bytes);
@@ -77,7 +78,7 @@ TEST_F(TransferEncodingTest, AcceptedCacheGenArrivesSmallerAndDecodesToTheRecons
   for (int level : {0, 1, 2, 3}) {
     SCOPED_TRACE(level);
     auto got = kv_->Get(TestName(1), AcceptCacheGen(level));
-    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_OK(got);
     EXPECT_TRUE(got->info.lossy);
     EXPECT_EQ(got->info.encoding, Encoding::kRaw);  // what the reader holds is decoded KV
     EXPECT_EQ(got->info.payload_bytes, info.payload_bytes);
@@ -87,7 +88,7 @@ TEST_F(TransferEncodingTest, AcceptedCacheGenArrivesSmallerAndDecodesToTheRecons
     wire_by_level[level] = got->wire_bytes;
     std::vector<uint8_t> into(info.payload_bytes + 7);
     auto got_into = kv_->GetInto(TestName(1), into, AcceptCacheGen(level));
-    ASSERT_TRUE(got_into.ok()) << got_into.status();
+    ASSERT_OK(got_into);
     EXPECT_TRUE(std::equal(got->payload.begin(), got->payload.end(), into.begin()));
   }
   EXPECT_EQ(wire_by_level[0], wire_by_level[2]);  // level 0: the service's level
@@ -96,25 +97,25 @@ TEST_F(TransferEncodingTest, AcceptedCacheGenArrivesSmallerAndDecodesToTheRecons
 
   // Bytes the codec does not take (random f16 bits hold NaN/Inf) go raw and exact.
   const std::vector<uint8_t> noise = TestPayload(2, info.payload_bytes);
-  ASSERT_TRUE(kv_->Put(TestName(2), info, noise).ok());
+  ASSERT_OK(kv_->Put(TestName(2), info, noise));
   auto got = kv_->Get(TestName(2), AcceptCacheGen(0));
-  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_OK(got);
   EXPECT_EQ(got->payload, noise);
   EXPECT_FALSE(got->info.lossy);
   EXPECT_EQ(got->wire_bytes, info.payload_bytes);
 
-  EXPECT_EQ(kv_->Get(TestName(1), AcceptCacheGen(4)).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(kv_->Get(TestName(3), AcceptCacheGen(2)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(kv_->Get(TestName(1), AcceptCacheGen(4)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(kv_->Get(TestName(3), AcceptCacheGen(2)), StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(TransferEncodingTest, ServiceChecksTheRequestAndHonoursARawPolicy) {
   ASSERT_NO_FATAL_FAILURE(StartService({"--transfer-encoding", "raw"}));
   const ObjectInfo info = SmolChunkInfo();
   const std::vector<uint8_t> payload = codec::SyntheticKv(info.layout);
-  ASSERT_TRUE(kv_->Put(TestName(1), info, payload).ok());
+  ASSERT_OK(kv_->Put(TestName(1), info, payload));
   auto got = kv_->Get(TestName(1), AcceptCacheGen(2));
-  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_OK(got);
   EXPECT_EQ(got->payload, payload);
   EXPECT_FALSE(got->info.lossy);
   EXPECT_EQ(got->wire_bytes, info.payload_bytes);
@@ -144,7 +145,7 @@ TEST_F(TransferEncodingTest, ServiceChecksTheRequestAndHonoursARawPolicy) {
   v1::GetChunk chunk;
   uint64_t bytes = 0;
   while (reader->Read(&chunk)) bytes += chunk.data().size();
-  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_OK(reader->Finish());
   EXPECT_EQ(bytes, info.payload_bytes);
 }
 
