@@ -43,10 +43,17 @@ void HandoffRegistry::Unpin(const Handoff& h) {
   for (const Hash128& key : h.keys) (void)store_->Unpin(key);
 }
 
+Status HandoffRegistry::CheckOwner(const Handoff& h, const std::string& tenant) {
+  if (tenant.empty() || h.tenant.empty() || h.tenant == tenant) return OkStatus();
+  return absl::PermissionDeniedError("the handoff was offered by another tenant");
+}
+
 Result<HandoffRegistry::Offered> HandoffRegistry::Offer(const std::vector<ObjectName>& names,
-                                                        uint32_t handoff_ms) {
+                                                        uint32_t handoff_ms,
+                                                        const std::string& tenant) {
   Offered out;
   Handoff h;
+  h.tenant = tenant;
   for (size_t i = 0; i < names.size(); ++i) {
     storage::LookupEntry entry = store_->Lookup(names[i].storage_key);
     Status s = entry.present ? store_->Pin(names[i].storage_key)
@@ -77,21 +84,31 @@ Result<HandoffRegistry::Offered> HandoffRegistry::Offer(const std::vector<Object
   return out;
 }
 
-Result<uint64_t> HandoffRegistry::Extend(uint64_t id, uint32_t handoff_ms) {
+Result<uint64_t> HandoffRegistry::Extend(uint64_t id, uint32_t handoff_ms,
+                                         const std::string& tenant) {
   const uint32_t ms = Clamp(handoff_ms);
   MutexLock lock(&mu_);
   auto it = handoffs_.find(id);
   if (it == handoffs_.end()) return absl::NotFoundError("unknown or expired handoff");
+  KVSTASH_RETURN_IF_ERROR(CheckOwner(it->second, tenant));
   it->second.deadline = Clock::now() + std::chrono::milliseconds(ms);
   return ms;
 }
 
-Status HandoffRegistry::Release(uint64_t id) {
+Status HandoffRegistry::Check(uint64_t id, const std::string& tenant) const {
+  MutexLock lock(&mu_);
+  auto it = handoffs_.find(id);
+  if (it == handoffs_.end()) return absl::NotFoundError("unknown or expired handoff");
+  return CheckOwner(it->second, tenant);
+}
+
+Status HandoffRegistry::Release(uint64_t id, const std::string& tenant) {
   Handoff h;
   {
     MutexLock lock(&mu_);
     auto it = handoffs_.find(id);
     if (it == handoffs_.end()) return absl::NotFoundError("unknown or expired handoff");
+    KVSTASH_RETURN_IF_ERROR(CheckOwner(it->second, tenant));
     h = std::move(it->second);
     handoffs_.erase(it);
     active_gauge_->Set(static_cast<double>(handoffs_.size()));

@@ -5,6 +5,11 @@
 // request waits) moves the deadline; Release, or the deadline passing, unpins them. Ids are
 // random 64-bit values, so a stale or guessed id finds nothing (NotFound).
 //
+// Each handoff belongs to the tenant that offered it (empty: single-tenant mode or a peer). A
+// call naming a tenant (`tenant` non-empty) on another tenant's handoff is PermissionDenied and
+// changes nothing; an empty `tenant` (single-tenant callers, peers without a tenant) may act on
+// any handoff. The id alone is therefore not enough to end or extend another tenant's handoff.
+//
 // Threading: thread-safe; a background thread unpins expired handoffs.
 #ifndef KVSTASH_CACHESVC_HANDOFFS_H_
 #define KVSTASH_CACHESVC_HANDOFFS_H_
@@ -13,6 +18,7 @@
 #include <cstdint>
 #include <map>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -45,11 +51,14 @@ class HandoffRegistry {
   HandoffRegistry& operator=(const HandoffRegistry&) = delete;
 
   // ResourceExhausted when nothing of `names` is present (no handoff is created then).
-  Result<Offered> Offer(const std::vector<ObjectName>& names, uint32_t handoff_ms);
-  // The new lifetime in ms. NotFound for an unknown or expired id.
-  Result<uint64_t> Extend(uint64_t id, uint32_t handoff_ms);
-  // NotFound for an unknown or expired id.
-  Status Release(uint64_t id);
+  Result<Offered> Offer(const std::vector<ObjectName>& names, uint32_t handoff_ms,
+                        const std::string& tenant = "");
+  // The new lifetime in ms. NotFound for an unknown or expired id; PermissionDenied (see above).
+  Result<uint64_t> Extend(uint64_t id, uint32_t handoff_ms, const std::string& tenant = "");
+  // NotFound for an unknown or expired id; PermissionDenied (see above).
+  Status Release(uint64_t id, const std::string& tenant = "");
+  // What Release would answer, without releasing.
+  Status Check(uint64_t id, const std::string& tenant) const;
 
   size_t active() const;
 
@@ -57,7 +66,9 @@ class HandoffRegistry {
   struct Handoff {
     std::vector<Hash128> keys;  // pinned
     Clock::time_point deadline;
+    std::string tenant;  // who offered it; empty: anyone may act on it
   };
+  static Status CheckOwner(const Handoff& h, const std::string& tenant);
   uint32_t Clamp(uint32_t ms) const;
   void Unpin(const Handoff& h);
   void ReaperLoop();

@@ -12,6 +12,21 @@
 
 namespace kvstash::cachesvc {
 
+namespace {
+
+// The tenant a handoff call acts for: a user's or admin's own (restricted callers), the one a
+// peer forwards for (kForTenantHeader; only peers may name one), or empty (single-tenant mode,
+// or a peer acting for nobody in particular): see HandoffRegistry.
+std::string HandoffTenant(const grpc::ServerContext* ctx, const Caller& caller) {
+  if (caller.restricted) return caller.identity.tenant;
+  if (caller.identity.role != Role::kPeer || ctx == nullptr) return "";
+  auto it = ctx->client_metadata().find(kForTenantHeader);
+  if (it == ctx->client_metadata().end()) return "";
+  return std::string(it->second.data(), it->second.size());
+}
+
+}  // namespace
+
 void KvStashService::SetAdvertisedAddress(std::string address) {
   MutexLock lock(&advertised_mu_);
   advertised_ = std::move(address);
@@ -37,7 +52,7 @@ Status KvStashService::DoOffer(const grpc::ServerContext* ctx, const v1::OfferRe
   KVSTASH_RETURN_IF_ERROR(CheckKeyCount(req.keys_size(), "Offer"));
   KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, CallerKeys(caller, req.keys()));
   KVSTASH_ASSIGN_OR_RETURN(HandoffRegistry::Offered offered,
-                           handoffs_->Offer(names, req.handoff_ms()));
+                           handoffs_->Offer(names, req.handoff_ms(), HandoffTenant(ctx, caller)));
   v1::HandoffDescriptor* d = resp->mutable_handoff();
   d->set_node(AdvertisedAddress());
   d->set_handoff_id(offered.id);
@@ -70,11 +85,18 @@ Status KvStashService::DoFetchHandoff(const grpc::ServerContext* ctx,
   }
   if (d.node().empty()) return Invalid("descriptor: node is empty");
   KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, CallerKeys(caller, d.keys()));
+  const std::string tenant = HandoffTenant(ctx, caller);
   const bool self = d.node() == AdvertisedAddress();
   if (!self && (remote_ == nullptr || !remote_->IsPeer(d.node()))) {
     // Never dial (and present the cluster secret to) an address an engine made up.
     return absl::FailedPreconditionError(absl::StrCat("cannot fetch a handoff from ", d.node(),
                                                       ": not a peer of this node (--peer)"));
+  }
+  if (self && handoffs_ != nullptr) {
+    // Another tenant's handoff: refused before anything is read or released. (An unknown id is
+    // not an error here: the objects may still be stored.)
+    Status owner = handoffs_->Check(d.handoff_id(), tenant);
+    if (absl::IsPermissionDenied(owner)) return owner;
   }
   // What this node holds already is not fetched again.
   std::vector<Status> results(names.size());
@@ -106,13 +128,17 @@ Status KvStashService::DoFetchHandoff(const grpc::ServerContext* ctx,
   }
   // The pins on the prefill node have done their job (or the data is lost either way).
   if (!self) {
-    Result<uint64_t> released = remote_->ForwardHandoff(d.node(), d.handoff_id(), 0, true);
+    // The prefill node checks the tenant only now: what was fetched above are objects of the
+    // caller's own namespace (CallerKeys), which it may read anyway, but another tenant's
+    // handoff stays pinned and the call is refused.
+    Result<uint64_t> released = remote_->ForwardHandoff(d.node(), d.handoff_id(), 0, true, tenant);
+    if (absl::IsPermissionDenied(released.status())) return released.status();
     if (!released.ok()) {
       spdlog::warn("event=handoff_release_failed node={} id={:016x} error=\"{}\"", d.node(),
                    d.handoff_id(), std::string(released.status().message()));
     }
   } else if (handoffs_ != nullptr) {
-    (void)handoffs_->Release(d.handoff_id());
+    (void)handoffs_->Release(d.handoff_id(), tenant);
   }
   Status first_failure;
   uint32_t prefix = 0;
@@ -151,14 +177,16 @@ grpc::Status KvStashService::ReleaseHandoff(grpc::ServerContext* ctx, const v1::
 
 Status KvStashService::DoHandoff(const grpc::ServerContext* ctx, const v1::HandoffRequest& req,
                                  bool release, v1::HandoffResponse* resp) {
-  // Handoff ids are random 64-bit values: whoever holds the descriptor may extend or end it.
+  // Handoff ids are random 64-bit values, and a handoff is its offering tenant's: another
+  // tenant holding the descriptor may neither extend nor end it (peers forward the tenant).
   KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
-  (void)caller;
+  const std::string tenant = HandoffTenant(ctx, caller);
   const bool here = req.node().empty() || req.node() == AdvertisedAddress() || LocalScopeOnly(ctx);
   if (here) {
     if (handoffs_ == nullptr) return absl::NotFoundError("unknown handoff");
-    if (release) return handoffs_->Release(req.handoff_id());
-    KVSTASH_ASSIGN_OR_RETURN(uint64_t ms, handoffs_->Extend(req.handoff_id(), req.extend_ms()));
+    if (release) return handoffs_->Release(req.handoff_id(), tenant);
+    KVSTASH_ASSIGN_OR_RETURN(uint64_t ms,
+                             handoffs_->Extend(req.handoff_id(), req.extend_ms(), tenant));
     resp->set_expires_in_ms(ms);
     return OkStatus();
   }
@@ -166,8 +194,8 @@ Status KvStashService::DoHandoff(const grpc::ServerContext* ctx, const v1::Hando
     return absl::FailedPreconditionError(
         absl::StrCat("handoff of node ", req.node(), ": this node has no peers (--peer)"));
   }
-  KVSTASH_ASSIGN_OR_RETURN(
-      uint64_t ms, remote_->ForwardHandoff(req.node(), req.handoff_id(), req.extend_ms(), release));
+  KVSTASH_ASSIGN_OR_RETURN(uint64_t ms, remote_->ForwardHandoff(req.node(), req.handoff_id(),
+                                                                req.extend_ms(), release, tenant));
   resp->set_expires_in_ms(ms);
   return OkStatus();
 }

@@ -774,7 +774,8 @@ std::vector<Status> RemoteTier::FetchFrom(const std::string& address,
 }
 
 Result<uint64_t> RemoteTier::ForwardHandoff(const std::string& address, uint64_t handoff_id,
-                                            uint32_t extend_ms, bool release) {
+                                            uint32_t extend_ms, bool release,
+                                            const std::string& tenant) {
   std::shared_ptr<Impl::Peer> peer = impl_->Find(address);
   if (peer == nullptr) {
     return absl::FailedPreconditionError(
@@ -782,6 +783,7 @@ Result<uint64_t> RemoteTier::ForwardHandoff(const std::string& address, uint64_t
   }
   grpc::ClientContext ctx;
   impl_->PrepareContext(&ctx);
+  if (!tenant.empty()) ctx.AddMetadata(kForTenantHeader, tenant);
   v1::HandoffRequest req;
   req.set_node(address);
   req.set_handoff_id(handoff_id);

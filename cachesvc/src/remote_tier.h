@@ -43,6 +43,9 @@ class TlsMaterial;  // tls.h
 inline constexpr char kPeerTokenHeader[] = "kvstash-peer-token";
 inline constexpr char kScopeHeader[] = "kvstash-scope";
 inline constexpr char kScopeLocal[] = "local";
+// The tenant a peer acts for when it forwards a handoff heartbeat or release; honoured only from
+// callers authenticated as peers (the cluster secret), so a tenant cannot claim another's name.
+inline constexpr char kForTenantHeader[] = "kvstash-for-tenant";
 
 // True when the call asked for this node's own objects only (a peer's call).
 bool LocalScopeOnly(const grpc::ServerContext* ctx);
@@ -103,8 +106,10 @@ class RemoteTier {
 
   // Sends a handoff heartbeat (extend_ms, release false) or release to the peer at `address`;
   // the handoff's new lifetime in ms. FailedPrecondition when `address` is not a peer.
+  // `tenant` (non-empty): the call is made for that tenant (kForTenantHeader), and the peer
+  // refuses it (PermissionDenied) for a handoff another tenant offered.
   Result<uint64_t> ForwardHandoff(const std::string& address, uint64_t handoff_id,
-                                  uint32_t extend_ms, bool release);
+                                  uint32_t extend_ms, bool release, const std::string& tenant = "");
 
   // The remote tier's counters (Stats, TIER_REMOTE): hits = objects fetched, misses = objects
   // no peer had, bytes_read = their payload bytes.

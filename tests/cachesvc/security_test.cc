@@ -515,6 +515,37 @@ TEST_F(TenantTest, TenantCannotNameAnotherTenantsNamespace) {
   EXPECT_GT(node.uptime_ms, 0u);
 }
 
+// A handoff belongs to the tenant that offered it: another tenant holding its id (and naming
+// keys of its own namespace) can neither extend, end nor fetch it, and the pins stay.
+TEST_F(TenantTest, HandoffIsTheOfferingTenants) {
+  StartNode();
+  std::unique_ptr<KvClient> alpha = As(kAlphaToken), beta = As(kBetaToken);
+  ASSERT_NE(alpha, nullptr);
+  ASSERT_NE(beta, nullptr);
+  std::vector<uint8_t> payload = TestPayload(31, 4096);
+  const ObjectName unnamed = TestName(31, "");
+  ASSERT_THAT(alpha->Put(unnamed, WithCrc(TestInfo(16), payload), payload), IsOk());
+  ASSERT_OK_AND_ASSIGN(Handoff offered, alpha->Offer(std::span(&unnamed, 1)));
+  ASSERT_EQ(offered.names.size(), 1u);
+  EXPECT_TRUE(offered.names[0].name_space.empty());  // beta's CallerKeys do not refuse it
+
+  const auto denied = StatusIs(absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(beta->HeartbeatHandoff(offered).status(), denied);
+  EXPECT_THAT(beta->ReleaseHandoff(offered), denied);
+  EXPECT_THAT(beta->FetchHandoff(offered).status(), denied);
+  // A handoff descriptor of the same id with the node left empty is refused the same way.
+  Handoff local = offered;
+  local.node.clear();
+  EXPECT_THAT(beta->ReleaseHandoff(local), denied);
+
+  // Still alpha's, still pinned: alpha extends and ends it; then it is gone for everyone.
+  ASSERT_OK_AND_ASSIGN(uint64_t ms, alpha->HeartbeatHandoff(offered, 5000));
+  EXPECT_GT(ms, 0u);
+  ASSERT_THAT(alpha->ReleaseHandoff(offered), IsOk());
+  EXPECT_THAT(alpha->HeartbeatHandoff(offered).status(), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(beta->ReleaseHandoff(offered), StatusIs(absl::StatusCode::kNotFound));
+}
+
 TEST_F(TenantTest, QuotaRefusesPutsPastIt) {
   StartNode();
   std::unique_ptr<KvClient> alpha = As(kAlphaToken), beta = As(kBetaToken);
@@ -599,6 +630,27 @@ TEST_F(TenantTest, PeersFetchForTheSameTenantOnly) {
   EXPECT_THAT(beta_b->Get(TestName(21, "alpha")).status(),
               StatusIs(absl::StatusCode::kPermissionDenied));
   EXPECT_THAT(beta_b->Get(TestName(21, "")).status(), StatusIs(absl::StatusCode::kNotFound));
+
+  // Handoffs across nodes: node B forwards heartbeats and releases with the cluster secret and
+  // the caller's tenant, so beta on B cannot touch alpha's handoff on A, while alpha's fetch
+  // through B ends it (the peer role releases it on A).
+  std::vector<uint8_t> offered_payload = TestPayload(22, 8192);
+  const ObjectName unnamed = TestName(22, "");
+  ASSERT_THAT(alpha_a->Put(unnamed, WithCrc(TestInfo(32), offered_payload), offered_payload),
+              IsOk());
+  ASSERT_OK_AND_ASSIGN(Handoff offered, alpha_a->Offer(std::span(&unnamed, 1)));
+  ASSERT_EQ(offered.node, svc_->target());
+  const auto denied = StatusIs(absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(beta_b->HeartbeatHandoff(offered).status(), denied);
+  EXPECT_THAT(beta_b->ReleaseHandoff(offered), denied);
+  EXPECT_THAT(beta_b->FetchHandoff(offered).status(), denied);
+  ASSERT_OK_AND_ASSIGN(uint64_t ms, alpha_a->HeartbeatHandoff(offered));  // still there
+  EXPECT_GT(ms, 0u);
+  ASSERT_OK_AND_ASSIGN(HandoffFetch fetched, alpha_b->FetchHandoff(offered, true));
+  EXPECT_EQ(fetched.fetched, 1u);
+  EXPECT_THAT(alpha_a->HeartbeatHandoff(offered).status(), StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK_AND_ASSIGN(GetReply handed, alpha_b->Get(unnamed));
+  EXPECT_EQ(handed.payload, offered_payload);
 }
 
 }  // namespace
