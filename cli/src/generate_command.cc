@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "client_flags.h"
 #include "commands.h"
 #include "kvstash/connector/chunker.h"
 #include "kvstash/connector/connector.h"
@@ -33,6 +34,7 @@ struct GenerateArgs {
   std::string kv_dtype = "f16";
   std::string cache_target;  // empty: no cache
   std::string cache_namespace;
+  ClientFlags cache_client;  // TLS and bearer token towards --cache-target
   uint32_t chunk_tokens = connector::kDefaultChunkTokens;
   bool no_store = false;
   // Prefill/decode handoff (docs/connector.md "P/D"): the prefill side offers the prompt's
@@ -46,6 +48,13 @@ struct GenerateArgs {
 int Fail(const std::string& msg) {
   std::fprintf(stderr, "kvstash generate: %s\n", msg.c_str());
   return 1;
+}
+
+// A client of --cache-target with the TLS and token flags (the handoff calls).
+Result<std::unique_ptr<client::KvClient>> ConnectCache(const GenerateArgs& a) {
+  client::ClientOptions options;
+  KVSTASH_RETURN_IF_ERROR(ApplyClientFlags(a.cache_client, &options));
+  return client::KvClient::Connect(a.cache_target, options);
 }
 
 double Seconds(std::chrono::steady_clock::duration d) {
@@ -99,6 +108,9 @@ int RunGenerate(const GenerateArgs& a) {
     copts.name_space = a.cache_namespace;
     copts.chunk_tokens = a.chunk_tokens;
     copts.store = !a.no_store;
+    if (Status s = ApplyClientFlags(a.cache_client, &copts.client); !s.ok()) {
+      return Fail(s.ToString());
+    }
     auto c =
         connector::KvConnector::Create(a.cache_target, connector::EngineCacheSpec(**eng), copts);
     if (!c.ok()) return Fail(c.status().ToString());
@@ -120,7 +132,7 @@ int RunGenerate(const GenerateArgs& a) {
     if (!in.good() && !in.eof()) return Fail("cannot read " + a.handoff_in);
     auto handoff = client::Handoff::Parse(bytes);
     if (!handoff.ok()) return Fail(a.handoff_in + ": " + handoff.status().ToString());
-    auto kv = client::KvClient::Connect(a.cache_target);
+    auto kv = ConnectCache(a);
     Result<client::HandoffFetch> fetched =
         kv.ok() ? (*kv)->FetchHandoff(*handoff, a.handoff_required) : kv.status();
     if (!fetched.ok()) {
@@ -198,7 +210,7 @@ int RunGenerate(const GenerateArgs& a) {
                                               a.chunk_tokens);
     if (!chunker.ok()) return Fail(chunker.status().ToString());
     connector::ChunkPlan plan = chunker->Plan(ids);
-    auto kv = client::KvClient::Connect(a.cache_target);
+    auto kv = ConnectCache(a);
     if (!kv.ok()) return Fail("handoff: " + kv.status().ToString());
     auto offered = (*kv)->Offer(plan.names);
     if (!offered.ok()) return Fail("handoff: " + offered.status().ToString());
@@ -248,6 +260,7 @@ void RegisterGenerateCommand(CLI::App& app) {
   sub->add_option("--cache-target", args->cache_target,
                   "cachesvc address (unix:///path or host:port): reuse cached prefixes");
   sub->add_option("--cache-namespace", args->cache_namespace, "namespace of the cached KV");
+  AddClientFlags(sub, args->cache_client);
   sub->add_option("--chunk-tokens", args->chunk_tokens, "tokens per cached chunk")
       ->check(CLI::PositiveNumber);
   sub->add_flag("--no-store", args->no_store, "only load from the cache, never store");

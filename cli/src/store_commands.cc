@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client_flags.h"
 #include "commands.h"
 #include "file_object.h"
 #include "kvstash/client/kv_client.h"
@@ -38,8 +39,7 @@ struct CommonOptions {
   std::string model = kDefaultCliModel;
   bool no_shm = false;
   int timeout_ms = 10'000;
-  std::string tls_ca, tls_cert, tls_key, tls_server_name;
-  std::string token_file;
+  ClientFlags client;  // TLS and bearer token
 };
 
 void AddCommon(CLI::App* cmd, CommonOptions& o) {
@@ -50,13 +50,7 @@ void AddCommon(CLI::App* cmd, CommonOptions& o) {
       ->capture_default_str();
   cmd->add_flag("--no-shm", o.no_shm, "use gRPC byte streams even on a local unix socket");
   cmd->add_option("--timeout-ms", o.timeout_ms, "deadline of each RPC")->capture_default_str();
-  cmd->add_option("--tls-ca", o.tls_ca, "PEM CA bundle: mutual TLS to a TCP --target");
-  cmd->add_option("--tls-cert", o.tls_cert, "PEM client certificate for mutual TLS");
-  cmd->add_option("--tls-key", o.tls_key, "PEM private key of --tls-cert");
-  cmd->add_option("--tls-server-name", o.tls_server_name,
-                  "name the service's certificate must carry (default: the --target host)");
-  cmd->add_option("--token-file", o.token_file,
-                  "file whose first line is the tenant's bearer token (multi-tenant cachesvc)");
+  AddClientFlags(cmd, o.client);
 }
 
 int Fail(const char* cmd, const Status& s) {
@@ -71,20 +65,7 @@ Result<client::ClientOptions> OptionsFor(const CommonOptions& o) {
   options.stream_timeout = std::chrono::milliseconds(std::max(o.timeout_ms, 60'000));
   options.connect_timeout = std::chrono::milliseconds(std::min(o.timeout_ms, 5'000));
   options.use_shared_memory = !o.no_shm;
-  options.tls_ca_file = o.tls_ca;
-  options.tls_cert_file = o.tls_cert;
-  options.tls_key_file = o.tls_key;
-  options.tls_server_name = o.tls_server_name;
-  if (!o.token_file.empty()) {
-    std::ifstream in(o.token_file);
-    if (!in || !std::getline(in, options.bearer_token)) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot read --token-file ", o.token_file));
-    }
-    while (!options.bearer_token.empty() &&
-           (options.bearer_token.back() == '\r' || options.bearer_token.back() == ' ')) {
-      options.bearer_token.pop_back();
-    }
-  }
+  KVSTASH_RETURN_IF_ERROR(ApplyClientFlags(o.client, &options));
   return options;
 }
 

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "client_flags.h"
 #include "commands.h"
 #include "kvstash/connector/connector.h"
 #include "kvstash/connector/engine_adapter.h"
@@ -37,6 +38,7 @@ struct WorkloadArgs {
   int max_tokens = 24;
   size_t threads = 0;
   std::string cache_target;  // empty or --no-cache: no connector
+  ClientFlags cache_client;  // TLS and bearer token towards --cache-target
   std::string cache_namespace = "workload";
   uint32_t chunk_tokens = connector::kDefaultChunkTokens;
   std::string pass = "pass";
@@ -124,6 +126,9 @@ int RunWorkload(const WorkloadArgs& a) {
     connector::ConnectorOptions copts;
     copts.name_space = a.cache_namespace;
     copts.chunk_tokens = a.chunk_tokens;
+    if (Status s = ApplyClientFlags(a.cache_client, &copts.client); !s.ok()) {
+      return Fail(s.ToString());
+    }
     auto c =
         connector::KvConnector::Create(a.cache_target, connector::EngineCacheSpec(**eng), copts);
     if (!c.ok()) return Fail(c.status().ToString());
@@ -272,6 +277,7 @@ void RegisterWorkloadCommand(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   sub->add_option("--threads", a->threads, "compute threads (0 = all cores)");
   sub->add_option("--cache-target", a->cache_target, "cachesvc address; omit for no cache");
+  AddClientFlags(sub, a->cache_client);
   sub->add_option("--cache-namespace", a->cache_namespace, "namespace of the cached KV");
   sub->add_option("--chunk-tokens", a->chunk_tokens, "tokens per cached chunk")
       ->check(CLI::PositiveNumber);

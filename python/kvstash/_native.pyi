@@ -203,6 +203,11 @@ class Client:
         lease_ms: int = 0,
         prefault_arena: bool = True,
         local_control: bool = True,
+        tls_ca: str = "",
+        tls_cert: str = "",
+        tls_key: str = "",
+        tls_server_name: str = "",
+        token: str = "",
     ) -> None: ...
     @property
     def target(self) -> str: ...

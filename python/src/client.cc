@@ -549,7 +549,10 @@ void BindClient(py::module_& m) {
                        "and the arena by one copy in C++; over TCP they stream over gRPC.")
       .def(py::init([](const std::string& target, double rpc_timeout_s, double stream_timeout_s,
                        double connect_timeout_s, bool use_shared_memory, bool verify_reads,
-                       uint32_t lease_ms, bool prefault_arena, bool local_control) {
+                       uint32_t lease_ms, bool prefault_arena, bool local_control,
+                       const std::string& tls_ca, const std::string& tls_cert,
+                       const std::string& tls_key, const std::string& tls_server_name,
+                       const std::string& token) {
              ClientOptions o;
              auto ms = [](double s) {
                return std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
@@ -562,14 +565,24 @@ void BindClient(py::module_& m) {
              o.lease_ms = lease_ms;
              o.prefault_arena = prefault_arena;
              o.local_control = local_control;
+             o.tls_ca_file = tls_ca;
+             o.tls_cert_file = tls_cert;
+             o.tls_key_file = tls_key;
+             o.tls_server_name = tls_server_name;
+             o.bearer_token = token;
              return std::make_unique<PyClient>(target, o);
            }),
            py::arg("target"), py::kw_only(), py::arg("rpc_timeout_s") = 10.0,
            py::arg("stream_timeout_s") = 60.0, py::arg("connect_timeout_s") = 5.0,
            py::arg("use_shared_memory") = true, py::arg("verify_reads") = false,
            py::arg("lease_ms") = 0, py::arg("prefault_arena") = true,
-           py::arg("local_control") = true,
-           "Connects (Unavailable when the service cannot be reached in connect_timeout_s).")
+           py::arg("local_control") = true, py::arg("tls_ca") = "", py::arg("tls_cert") = "",
+           py::arg("tls_key") = "", py::arg("tls_server_name") = "", py::arg("token") = "",
+           "Connects (Unavailable when the service cannot be reached in connect_timeout_s). "
+           "tls_ca (a PEM file) turns on TLS to a host:port target, with tls_cert/tls_key (PEM "
+           "files) as the client certificate for mutual TLS; tls_server_name is the name the "
+           "service's certificate must carry (default: the target's host). token: the tenant's "
+           "bearer token for a multi-tenant cachesvc (sent as 'authorization: Bearer').")
       .def_property_readonly("target", [](const PyClient& p) { return p.c().target(); })
       .def_property_readonly("shared_memory_attached",
                              [](const PyClient& p) { return p.c().shared_memory_attached(); })

@@ -27,6 +27,7 @@ namespace kvstash::testing {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using namespace ::kvstash::client;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
@@ -544,6 +545,65 @@ TEST_F(TenantTest, HandoffIsTheOfferingTenants) {
   ASSERT_THAT(alpha->ReleaseHandoff(offered), IsOk());
   EXPECT_THAT(alpha->HeartbeatHandoff(offered).status(), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(beta->ReleaseHandoff(offered), StatusIs(absl::StatusCode::kNotFound));
+}
+
+// `kvstash generate` reaches a mutual-TLS, multi-tenant node with --tls-* and --token-file: its
+// chunks land in the token's tenant namespace, and the second run loads them.
+TEST_F(TenantTest, GenerateThroughTlsWithAToken) {
+  StartNode(/*tls=*/true);
+  const std::string token_file = dir_.path() + "/alpha.token";
+  std::ofstream(token_file) << kAlphaToken << "\n";
+  auto generate = [&](std::string* log) {
+    return RunProgram(
+        {BinaryPath("cli/kvstash"),
+         "generate",
+         "--model",
+         std::string(KVSTASH_SHARED_DATA) + "/models/stories260K.bin",
+         "--tokenizer",
+         std::string(KVSTASH_SHARED_DATA) + "/models/tok512.bin",
+         "--prompt",
+         "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
+         "park with her friends. One day, she saw a big red ball under a tree.",
+         "--max-tokens",
+         "4",
+         "--chunk-tokens",
+         "16",
+         "--threads",
+         "1",
+         "--cache-target",
+         svc_->target(),
+         "--tls-ca",
+         Pki("ca.pem"),
+         "--tls-cert",
+         Pki("client-node.pem"),
+         "--tls-key",
+         Pki("client-node.key"),
+         "--token-file",
+         token_file},
+        log, 120'000);
+  };
+  std::string first, second;
+  ASSERT_EQ(generate(&first), 0) << first;
+  EXPECT_THAT(first, HasSubstr("cache: hit 0 of"));
+  ASSERT_EQ(generate(&second), 0) << second;
+  EXPECT_THAT(second, Not(HasSubstr("cache: hit 0 of")));
+  EXPECT_THAT(second, HasSubstr("cache: hit"));
+
+  ASSERT_OK_AND_ASSIGN(auto alpha, KvClient::Connect(svc_->target(), [] {
+                         ClientOptions o = ClientTls("client-node");
+                         o.bearer_token = kAlphaToken;
+                         return o;
+                       }()));
+  ASSERT_OK_AND_ASSIGN(ListReply mine, alpha->List("alpha"));
+  EXPECT_FALSE(mine.objects.empty());
+  // Without the token the certificate names no tenant: refused.
+  std::string refused;
+  EXPECT_NE(RunProgram({BinaryPath("cli/kvstash"), "ls", "--target", svc_->target(), "--tls-ca",
+                        Pki("ca.pem"), "--tls-cert", Pki("client-node.pem"), "--tls-key",
+                        Pki("client-node.key")},
+                       &refused),
+            0);
+  EXPECT_THAT(refused, HasSubstr("UNAUTHENTICATED"));
 }
 
 TEST_F(TenantTest, QuotaRefusesPutsPastIt) {

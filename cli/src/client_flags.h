@@ -1,0 +1,30 @@
+// The TLS and bearer-token flags of every `kvstash` subcommand that talks to cachesvc, so that
+// each of them reaches a TLS-only or multi-tenant node the same way (docs/deploy.md).
+#ifndef KVSTASH_CLI_CLIENT_FLAGS_H_
+#define KVSTASH_CLI_CLIENT_FLAGS_H_
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "kvstash/client/kv_client.h"
+#include "kvstash/common/status.h"
+
+namespace kvstash::cli {
+
+struct ClientFlags {
+  std::string tls_ca, tls_cert, tls_key, tls_server_name;
+  std::string token_file;
+};
+
+// Adds --tls-ca, --tls-cert, --tls-key, --tls-server-name and --token-file to `cmd`; `flags`
+// must outlive the parse.
+void AddClientFlags(CLI::App* cmd, ClientFlags& flags);
+
+// Sets the TLS files and the bearer token (the first line of --token-file, trailing spaces and
+// CR dropped) of `options`, leaving its other fields alone. InvalidArgument when the token file
+// cannot be read.
+Status ApplyClientFlags(const ClientFlags& flags, client::ClientOptions* options);
+
+}  // namespace kvstash::cli
+
+#endif  // KVSTASH_CLI_CLIENT_FLAGS_H_
