@@ -457,8 +457,7 @@ class KVStashConnector(KVConnectorBase_V1):
         if self._is_consumer:
             return
         st = self._reqs[rid]
-        upto = vs.storable_blocks(req.num_prompt_tokens, computed, self._bs,
-                                  len(req.block_hashes))
+        upto = vs.storable_blocks(computed, self._bs, len(req.block_hashes))
         upto = min(upto, len(st["blocks"]))
         if upto <= st["stored"]:
             return

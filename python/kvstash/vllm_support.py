@@ -287,12 +287,12 @@ def loadable_blocks(num_prompt_tokens: int, block_size: int, num_hashes: int) ->
     return min((num_prompt_tokens - 1) // block_size, num_hashes)
 
 
-def storable_blocks(num_prompt_tokens: int, num_computed: int, block_size: int,
-                    num_hashes: int) -> int:
-    """Full prompt blocks whose KV is in paged memory once `num_computed` tokens are: only
-    blocks entirely inside the prompt (a partial last block is never stored, its name would
-    change as the conversation grows)."""
-    return min(min(num_computed, num_prompt_tokens) // block_size, num_hashes)
+def storable_blocks(num_computed: int, block_size: int, num_hashes: int) -> int:
+    """Full blocks whose KV is in paged memory once `num_computed` tokens are, prompt and
+    generated tokens alike (what vLLM's own prefix cache keeps, so a conversation's next turn
+    restores the same blocks either way). A partial last block is never stored: its name would
+    change as the sequence grows."""
+    return min(num_computed // block_size, num_hashes)
 
 
 # ---------------------------------------------------------------------------------------------

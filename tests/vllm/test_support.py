@@ -88,11 +88,12 @@ def test_loadable_blocks_keep_the_last_token_computed():
     assert vs.loadable_blocks(1000, 128, 3) == 3  # never past the hashes vLLM has
 
 
-def test_storable_blocks_only_full_prompt_blocks():
-    assert vs.storable_blocks(1000, 1000, 128, 7) == 7  # partial tail (104 tokens) never stored
-    assert vs.storable_blocks(1000, 300, 128, 7) == 2  # chunked prefill: what is computed
-    assert vs.storable_blocks(1000, 1016, 128, 7) == 7  # decode tokens are not stored
-    assert vs.storable_blocks(256, 256, 128, 2) == 2
+def test_storable_blocks_are_the_full_computed_blocks():
+    assert vs.storable_blocks(1000, 128, 7) == 7  # partial tail (104 tokens) never stored
+    assert vs.storable_blocks(300, 128, 7) == 2  # chunked prefill: what is computed
+    assert vs.storable_blocks(1023, 128, 7) == 7  # decode: block 7 not full yet
+    assert vs.storable_blocks(1024, 128, 8) == 8  # filled by decode: stored like the prompt's
+    assert vs.storable_blocks(1024, 128, 7) == 7  # never past the hashes vLLM has
 
 
 # ---- config -------------------------------------------------------------------------------------
