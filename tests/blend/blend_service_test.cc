@@ -6,6 +6,9 @@
 #include "blend_test_util.h"
 #include "kvstash/blend/service_store.h"
 #include "service_process.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::blend {
 namespace {
@@ -22,7 +25,7 @@ struct Results {
 Results RunScript(engine::Engine& engine, ChunkKvStore& store) {
   Results out;
   auto blender = Blender::Create(&engine, &store);
-  EXPECT_TRUE(blender.ok()) << blender.status();
+  EXPECT_OK(blender);
   if (!blender.ok()) return out;
   Blender& b = **blender;
   const BlendPrompt first = StoriesPrompt({5, 1, 3, 0, 2});
@@ -30,8 +33,8 @@ Results RunScript(engine::Engine& engine, ChunkKvStore& store) {
   {
     auto seq = engine.NewSequence();
     auto cap = b.PrefillWithStats(*seq, first);
-    EXPECT_TRUE(cap.ok()) << cap.status();
-    EXPECT_TRUE(b.StoreVariants(*seq, first, cap->stats).ok());
+    EXPECT_OK(cap);
+    EXPECT_OK(b.StoreVariants(*seq, first, cap->stats));
   }
   for (Method m : {Method::kCacheBlend, Method::kFullReuse, Method::kRandom, Method::kCacheCraft,
                    Method::kPrefixCaching}) {
@@ -41,7 +44,7 @@ Results RunScript(engine::Engine& engine, ChunkKvStore& store) {
     o.craft.alpha = 3.0;
     auto seq = engine.NewSequence();
     auto r = b.Prefill(*seq, second, o);
-    EXPECT_TRUE(r.ok()) << MethodName(m) << ": " << r.status();
+    EXPECT_OK(r) << MethodName(m) << ": " << r.status();
     if (!r.ok()) continue;
     EXPECT_GT(r->cached_tokens, 0u) << MethodName(m);
     if (m != Method::kPrefixCaching) {
@@ -57,7 +60,7 @@ class BlendServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
     auto svc = kvstash::testing::ServiceProcess::Start(dir_.path());
-    ASSERT_TRUE(svc.ok()) << svc.status();
+    ASSERT_OK(svc);
     service_ = std::move(*svc);
     engine_ = testing::MakeEngine(testing::LoadStories(), 2, DType::kF16, 160);
     ASSERT_NE(engine_, nullptr);
@@ -67,7 +70,7 @@ class BlendServiceTest : public ::testing::Test {
     client::ClientOptions co;
     co.use_shared_memory = shared_memory;
     auto c = client::KvClient::Connect(service_->target(), co);
-    EXPECT_TRUE(c.ok()) << c.status();
+    EXPECT_OK(c);
     if (c.ok()) {
       EXPECT_EQ((*c)->shared_memory_attached(), shared_memory);
     }
@@ -101,13 +104,13 @@ TEST_F(BlendServiceTest, LookupFetchPutAndVanishedObjects) {
   ASSERT_NE(client, nullptr);
   auto store = NewServiceChunkStore(client.get(), ModelFingerprint(engine_->Spec()));
   auto blender = Blender::Create(engine_.get(), store.get());
-  ASSERT_TRUE(blender.ok());
+  ASSERT_OK(blender);
   const BlendPrompt p = StoriesPrompt({1, 2});
   auto prepared = (*blender)->PrepareChunks(p);
-  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  ASSERT_OK(prepared);
   EXPECT_EQ(*prepared, 3u);
   auto entries = store->Lookup(std::vector<Hash128>{p.Key(1), Hash128{9, 9}});
-  ASSERT_TRUE(entries.ok());
+  ASSERT_OK(entries);
   ASSERT_TRUE((*entries)[0].alone.has_value());
   EXPECT_FALSE((*entries)[1].alone.has_value());
   const ChunkRecord rec = *(*entries)[0].alone;
@@ -116,21 +119,21 @@ TEST_F(BlendServiceTest, LookupFetchPutAndVanishedObjects) {
   EXPECT_EQ(rec.layout.rope, engine_->config().rope);
   {
     auto kv = store->Fetch(std::vector<ChunkRecord>{rec});
-    ASSERT_TRUE(kv.ok()) << kv.status();
-    EXPECT_TRUE((*kv)[0]->Layer(0).ok());
-    EXPECT_FALSE((*kv)[0]->Layer(engine_->config().num_layers).ok());
+    ASSERT_OK(kv);
+    EXPECT_OK((*kv)[0]->Layer(0));
+    EXPECT_THAT((*kv)[0]->Layer(engine_->config().num_layers),
+                StatusIs(absl::StatusCode::kInvalidArgument));
   }
   // Evicted (deleted) between lookup and fetch: NotFound, the caller recomputes.
   std::vector<ObjectName> names = {
       MakeObjectName("blend", ModelFingerprint(engine_->Spec()), p.Key(1))};
-  ASSERT_TRUE(client->Delete(names).ok());
-  EXPECT_EQ(store->Fetch(std::vector<ChunkRecord>{rec}).status().code(),
-            absl::StatusCode::kNotFound);
+  ASSERT_OK(client->Delete(names));
+  EXPECT_THAT(store->Fetch(std::vector<ChunkRecord>{rec}), StatusIs(absl::StatusCode::kNotFound));
   // Blending then finds it missing and prefills it alone again.
   auto seq = engine_->NewSequence();
   BlendOptions o;
   auto r = (*blender)->Prefill(*seq, p, o);
-  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_OK(r);
   EXPECT_EQ(r->missing_chunks, 0u);
 }
 

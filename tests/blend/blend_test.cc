@@ -12,6 +12,9 @@
 #include "kvstash/kernels/paged_kv.h"
 #include "kvstash/kernels/rope.h"
 #include "stories_gguf.h"  // tests/engine
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::blend {
 namespace {
@@ -31,7 +34,7 @@ class BlendTest : public ::testing::Test {
     ASSERT_NE(engine_, nullptr);
     store_ = NewInProcessChunkStore();
     auto b = Blender::Create(engine_.get(), store_.get());
-    ASSERT_TRUE(b.ok()) << b.status();
+    ASSERT_OK(b);
     blender_ = std::move(*b);
     prompt_ = StoriesPrompt({2, 0, 3, 1});
     layers_ = engine_->config().num_layers;
@@ -40,13 +43,13 @@ class BlendTest : public ::testing::Test {
   // The reference: Engine::Prefill of the whole prompt.
   std::vector<float> Full(engine::Sequence& seq, const BlendPrompt& p) {
     auto r = engine_->Prefill(seq, p.Tokens(), 0);
-    EXPECT_TRUE(r.ok()) << r.status();
+    EXPECT_OK(r);
     return r.ok() ? *r : std::vector<float>();
   }
 
   BlendReport Run(engine::Sequence& seq, const BlendPrompt& p, const BlendOptions& o) {
     auto r = blender_->Prefill(seq, p, o);
-    EXPECT_TRUE(r.ok()) << r.status();
+    EXPECT_OK(r);
     return r.ok() ? *r : BlendReport{};
   }
 
@@ -69,7 +72,7 @@ TEST(PromptTest, SplitKeepsTokensAndKeys) {
   const std::vector<int32_t> tokens = {1, 5, 9, 9, 7, 8, 9, 9, 6, 9, 9, 4, 4};
   const std::vector<int32_t> sep = {9, 9};
   auto p = BlendPrompt::Split(tokens, sep);
-  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_OK(p);
   ASSERT_EQ(p->size(), 4u);
   EXPECT_EQ(p->Tokens(), tokens);
   EXPECT_EQ(p->segment(0).kind, SegmentKind::kPrefix);
@@ -81,9 +84,10 @@ TEST(PromptTest, SplitKeepsTokensAndKeys) {
   EXPECT_EQ(p->Key(1), ChunkKey(std::vector<int32_t>{7, 8, 9, 9}));
   std::vector<uint32_t> u = {7, 8, 9, 9};
   EXPECT_EQ(p->Key(1), IndependentTokenHash(u));  // domain tag KVS1IND
-  EXPECT_FALSE(BlendPrompt::Split(tokens, std::vector<int32_t>{42}).ok());
-  EXPECT_FALSE(BlendPrompt::Split(std::vector<int32_t>{1, 9, 9}, sep).ok());  // empty question
-  EXPECT_FALSE(BlendPrompt::Make({{SegmentKind::kChunk, {1}}}).ok());         // no question
+  EXPECT_THAT(BlendPrompt::Split(tokens, std::vector<int32_t>{42}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_NOT_OK(BlendPrompt::Split(std::vector<int32_t>{1, 9, 9}, sep));  // empty question
+  EXPECT_NOT_OK(BlendPrompt::Make({{SegmentKind::kChunk, {1}}}));         // no question
 }
 
 // algorithms.md 2.5.1: rotate(k at a, b - a) == k at b, for both pair conventions, and
@@ -93,16 +97,16 @@ TEST(RopeShiftTest, IdentityForBothConventions) {
     engine::LoadOptions lo;
     lo.rope = conv;
     auto model = engine::Model::Load(engine::testing::StoriesModelPath(), lo);
-    ASSERT_TRUE(model.ok());
+    ASSERT_OK(model);
     auto e = testing::MakeEngine(*model, 1, DType::kF32, 8);
     const auto& c = e->config();
-    ASSERT_TRUE(CheckRopeReRotatable(*e).ok());
+    ASSERT_OK(CheckRopeReRotatable(*e));
     const std::vector<int32_t> tokens = {300, 300, 300, 41};
     const std::vector<uint32_t> pos = {0, 17, 300, 511};
     auto batch = e->Embed(tokens, pos);
-    ASSERT_TRUE(batch.ok());
+    ASSERT_OK(batch);
     // Layer 0: the copies of token 300 share their pre-RoPE key.
-    ASSERT_TRUE(e->ComputeQkv(0, *batch).ok());
+    ASSERT_OK(e->ComputeQkv(0, *batch));
     kernels::RopeParams rope{conv, c.rope_theta, c.rotary_dim};
     for (size_t a = 0; a < 3; ++a) {
       for (size_t b = 0; b < 3; ++b) {
@@ -119,10 +123,8 @@ TEST(RopeShiftTest, IdentityForBothConventions) {
       }
     }
     std::vector<float> k(batch->k(3), batch->k(3) + c.kv_dim());
-    ASSERT_TRUE(
-        kernels::ShiftKeys(k.data(), DType::kF32, 1, c.num_kv_heads, c.head_dim, rope, 400).ok());
-    ASSERT_TRUE(
-        kernels::ShiftKeys(k.data(), DType::kF32, 1, c.num_kv_heads, c.head_dim, rope, -400).ok());
+    ASSERT_OK(kernels::ShiftKeys(k.data(), DType::kF32, 1, c.num_kv_heads, c.head_dim, rope, 400));
+    ASSERT_OK(kernels::ShiftKeys(k.data(), DType::kF32, 1, c.num_kv_heads, c.head_dim, rope, -400));
     for (size_t i = 0; i < k.size(); ++i) {
       EXPECT_NEAR(k[i], batch->k(3)[i], 1e-5 * (1 + std::fabs(batch->k(3)[i])));
     }
@@ -165,16 +167,15 @@ TEST(RopeSupportTest, RefusesScaledRopeWithAClearMessage) {
         std::string("rope_") + c.name, engine::testing::StoriesAsGguf(*stories, 0, false, c.keys));
     auto model = engine::Model::Load(path);
     std::filesystem::remove(path);
-    ASSERT_TRUE(model.ok()) << model.status();
+    ASSERT_OK(model);
     auto engine = testing::MakeEngine(*model, 1, DType::kF32, 8);
     auto store = NewInProcessChunkStore();
     auto blender = Blender::Create(engine.get(), store.get());
     if (c.refusal == nullptr) {
-      EXPECT_TRUE(blender.ok()) << blender.status();
+      EXPECT_OK(blender);
       continue;
     }
-    ASSERT_FALSE(blender.ok());
-    EXPECT_EQ(blender.status().code(), absl::StatusCode::kFailedPrecondition);
+    ASSERT_THAT(blender, StatusIs(absl::StatusCode::kFailedPrecondition));
     const std::string message(blender.status().message());
     EXPECT_NE(message.find("blending disabled: cached keys cannot be re-rotated exactly"),
               std::string::npos)
@@ -236,7 +237,7 @@ std::vector<uint8_t> ExpectedCachedLayer(ChunkKvStore& store, const BlendPrompt&
   auto entries = store.Lookup(std::vector<Hash128>{p.Key(s)});
   EXPECT_TRUE(entries.ok() && (*entries)[0].alone);
   auto kv = store.Fetch(std::vector<ChunkRecord>{*(*entries)[0].alone});
-  EXPECT_TRUE(kv.ok());
+  EXPECT_OK(kv);
   const KvLayout& l = (*kv)[0]->layout();
   auto slab = (*kv)[0]->Layer(layer);
   std::vector<uint8_t> bytes(slab->begin(), slab->end());
@@ -369,7 +370,7 @@ TEST_F(BlendTest, GradualFiltering) {
 TEST_F(BlendTest, PrefixCachingIsExact) {
   auto full = engine_->NewSequence();
   const std::vector<float> want = Full(*full, prompt_);
-  ASSERT_TRUE(blender_->PrepareChunks(prompt_).ok());
+  ASSERT_OK(blender_->PrepareChunks(prompt_));
   auto seq = engine_->NewSequence();
   BlendReport r = Run(*seq, prompt_, Blend(0.0, Method::kPrefixCaching));
   EXPECT_EQ(r.logits, want);
@@ -384,10 +385,10 @@ TEST_F(BlendTest, PrefixCachingIsExact) {
 TEST_F(BlendTest, CraftWithExactPrefixIsPrefixCaching) {
   auto capture_seq = engine_->NewSequence();
   auto captured = blender_->PrefillWithStats(*capture_seq, prompt_);
-  ASSERT_TRUE(captured.ok()) << captured.status();
+  ASSERT_OK(captured);
   auto full = engine_->NewSequence();
   EXPECT_EQ(captured->logits, Full(*full, prompt_));  // the layer API run is the same prefill
-  ASSERT_TRUE(blender_->StoreVariants(*capture_seq, prompt_, captured->stats).ok());
+  ASSERT_OK(blender_->StoreVariants(*capture_seq, prompt_, captured->stats));
 
   auto craft_seq = engine_->NewSequence();
   BlendOptions o = Blend(0.0, Method::kCacheCraft);
@@ -416,8 +417,8 @@ TEST_F(BlendTest, CraftFullCfoAndEarlyTermination) {
   const BlendPrompt other = StoriesPrompt({5, 1, 3, 0, 2});
   auto cap = engine_->NewSequence();
   auto captured = blender_->PrefillWithStats(*cap, other);
-  ASSERT_TRUE(captured.ok());
-  ASSERT_TRUE(blender_->StoreVariants(*cap, other, captured->stats).ok());
+  ASSERT_OK(captured);
+  ASSERT_OK(blender_->StoreVariants(*cap, other, captured->stats));
 
   auto full = engine_->NewSequence();
   const std::vector<float> want = Full(*full, prompt_);
@@ -457,8 +458,8 @@ TEST_F(BlendTest, CraftCountingNewContext) {
   const BlendPrompt other = StoriesPrompt({1, 5});  // chunk 1 right behind the prefix
   auto cap = engine_->NewSequence();
   auto captured = blender_->PrefillWithStats(*cap, other);
-  ASSERT_TRUE(captured.ok());
-  ASSERT_TRUE(blender_->StoreVariants(*cap, other, captured->stats).ok());
+  ASSERT_OK(captured);
+  ASSERT_OK(blender_->StoreVariants(*cap, other, captured->stats));
   // In prompt_ ({2, 0, 3, 1}) chunk 1 is segment 4, behind the prefix and three chunks it never
   // saw; those three have no variant and are computed in full.
   BlendOptions o = Blend(0.0, Method::kCacheCraft);
@@ -493,7 +494,7 @@ TEST_F(BlendTest, CraftMissStoresVariants) {
   EXPECT_EQ(r.missing_chunks, prompt_.size() - 1);
   EXPECT_DOUBLE_EQ(r.recompute_fraction, 1.0);
   auto entries = store_->Lookup(std::vector<Hash128>{prompt_.Key(2)});
-  ASSERT_TRUE(entries.ok());
+  ASSERT_OK(entries);
   ASSERT_EQ((*entries)[0].variants.size(), 1u);
   const ChunkRecord& v = (*entries)[0].variants[0];
   EXPECT_EQ(v.layout.position_start, prompt_.begin(2));
@@ -510,13 +511,13 @@ TEST_F(BlendTest, VariantSlotsAreBoundedAndRefreshed) {
     const BlendPrompt p = StoriesPrompt(order);
     auto seq = engine_->NewSequence();
     auto captured = blender_->PrefillWithStats(*seq, p);
-    ASSERT_TRUE(captured.ok());
-    ASSERT_TRUE(blender_->StoreVariants(*seq, p, captured->stats, 3).ok());
+    ASSERT_OK(captured);
+    ASSERT_OK(blender_->StoreVariants(*seq, p, captured->stats, 3));
   }
   // Chunk 4 was stored after 4 different first chunks; 3 slots keep the newest 3.
   const BlendPrompt p = StoriesPrompt({0, 4, 1});
   auto entries = store_->Lookup(std::vector<Hash128>{p.Key(2)});
-  ASSERT_TRUE(entries.ok());
+  ASSERT_OK(entries);
   ASSERT_EQ((*entries)[0].variants.size(), 3u);
   std::vector<uint64_t> created;
   for (const ChunkRecord& v : (*entries)[0].variants) created.push_back(v.stats.created);
@@ -573,10 +574,10 @@ class FailingStore final : public ChunkKvStore {
 TEST_F(BlendTest, StoreFailuresFallBackToFullPrefill) {
   auto full = engine_->NewSequence();
   const std::vector<float> want = Full(*full, prompt_);
-  ASSERT_TRUE(blender_->PrepareChunks(prompt_).ok());  // the fetch cases have chunks to fetch
+  ASSERT_OK(blender_->PrepareChunks(prompt_));  // the fetch cases have chunks to fetch
   FailingStore failing(store_.get());
   auto b = Blender::Create(engine_.get(), &failing);
-  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_OK(b);
   struct Case {
     FailingStore::Fail fail;
     Method method;
@@ -606,7 +607,7 @@ TEST_F(BlendTest, StoreFailuresFallBackToFullPrefill) {
     o.prefill_missing = c.prefill_missing;
     auto seq = engine_->NewSequence();
     auto r = (*b)->Prefill(*seq, prompt_, o);
-    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_OK(r);
     EXPECT_EQ(r->fallback.rfind(c.step, 0), 0u) << r->fallback;
     EXPECT_EQ(r->logits, want);
     EXPECT_EQ(r->cached_tokens, 0u);
@@ -627,13 +628,13 @@ TEST_F(BlendTest, StoreFailuresFallBackToFullPrefill) {
   const std::vector<float> fresh_want = Full(*fresh_full, fresh);
   auto seq = engine_->NewSequence();
   auto r = (*b)->Prefill(*seq, fresh, Blend(0.15));
-  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_OK(r);
   EXPECT_EQ(r->fallback.rfind("preparing chunks", 0), 0u) << r->fallback;
   EXPECT_EQ(r->logits, fresh_want);
   // No failure: no fallback.
   failing.fail = FailingStore::Fail::kNothing;
   r = (*b)->Prefill(*seq, prompt_, Blend(0.15));
-  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_OK(r);
   EXPECT_TRUE(r->fallback.empty()) << r->fallback;
   EXPECT_GT(r->cached_tokens, 0u);
 }
@@ -642,11 +643,9 @@ TEST_F(BlendTest, BadOptionsAndMissingChunksWithoutPrefill) {
   auto seq = engine_->NewSequence();
   BlendOptions o = Blend(0.15);
   o.blend.check_layer = layers_;
-  EXPECT_EQ(blender_->Prefill(*seq, prompt_, o).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(blender_->Prefill(*seq, prompt_, o), StatusIs(absl::StatusCode::kInvalidArgument));
   o = Blend(1.5);
-  EXPECT_EQ(blender_->Prefill(*seq, prompt_, o).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(blender_->Prefill(*seq, prompt_, o), StatusIs(absl::StatusCode::kInvalidArgument));
   // Without prefill_missing nothing is cached: every token is computed, a full prefill.
   o = Blend(0.15);
   o.prefill_missing = false;
@@ -655,7 +654,7 @@ TEST_F(BlendTest, BadOptionsAndMissingChunksWithoutPrefill) {
   auto full = engine_->NewSequence();
   EXPECT_EQ(r.logits, Full(*full, prompt_));
   auto prepared = blender_->PrepareChunks(prompt_);
-  ASSERT_TRUE(prepared.ok());
+  ASSERT_OK(prepared);
   EXPECT_EQ(*prepared, prompt_.size() - 1);
   EXPECT_EQ(*blender_->PrepareChunks(prompt_), 0u);
 }

@@ -18,6 +18,7 @@
 #include "kvstash/engine/engine.h"
 #include "kvstash/engine/tokenizer.h"
 #include "test_util.h"  // tests/engine
+#include "testing/status_matchers.h"
 
 namespace kvstash::blend::testing {
 
@@ -27,7 +28,7 @@ using engine::testing::MakeEngine;
 inline const engine::Tokenizer& StoriesTokenizer() {
   static std::unique_ptr<engine::Tokenizer> tok = [] {
     auto t = engine::LoadLlama2cTokenizer(engine::testing::StoriesTokenizerPath(), 512);
-    EXPECT_TRUE(t.ok()) << t.status();
+    EXPECT_OK(t);
     return t.ok() ? std::move(*t) : nullptr;
   }();
   return *tok;
@@ -63,7 +64,7 @@ inline BlendPrompt StoriesPrompt(const std::vector<size_t>& order, size_t chunk_
   for (size_t i : order) segs.push_back({SegmentKind::kChunk, chunks.at(i)});
   segs.push_back({SegmentKind::kQuestion, StoriesTokenizer().Encode("Who was happy?", false)});
   auto p = BlendPrompt::Make(std::move(segs));
-  EXPECT_TRUE(p.ok()) << p.status();
+  EXPECT_OK(p);
   return *p;
 }
 
@@ -89,7 +90,7 @@ inline KvDump DumpKv(const engine::Engine& e, const engine::Sequence& seq, uint3
   for (uint32_t p = 0; p < n; ++p) pos[p] = p;
   for (uint32_t l = 0; l < d.layers; ++l) {
     float* k = d.data.data() + (size_t{l} * 2) * n * d.width;
-    EXPECT_TRUE(e.ReadKv(seq, l, pos, k, k + size_t{n} * d.width).ok());
+    EXPECT_OK(e.ReadKv(seq, l, pos, k, k + size_t{n} * d.width));
   }
   return d;
 }

@@ -10,6 +10,9 @@
 #include "kvstash/blend/chunk_store.h"
 #include "kvstash/blend/controller.h"
 #include "kvstash/blend/selection.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::blend {
 namespace {
@@ -179,20 +182,21 @@ TEST(SelectionTest, TopKTiesByIndexSortedAscending) {
 TEST(StatsCodecTest, RoundTripAndRejection) {
   ChunkStats s = ThreeChunkStats();
   s.created = 42;
-  ASSERT_TRUE(s.Validate(4).ok());
-  EXPECT_FALSE(s.Validate(5).ok());
+  ASSERT_OK(s.Validate(4));
+  EXPECT_THAT(s.Validate(5), StatusIs(absl::StatusCode::kInvalidArgument));
   std::vector<uint8_t> bytes = EncodeStats(s);
   auto back = DecodeStats(bytes);
-  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_OK(back);
   EXPECT_EQ(*back, s);
   for (size_t cut : {size_t{0}, size_t{7}, size_t{20}, bytes.size() - 1}) {
-    EXPECT_FALSE(DecodeStats(std::span(bytes).first(cut)).ok()) << cut;
+    EXPECT_THAT(DecodeStats(std::span(bytes).first(cut)), StatusIs(absl::StatusCode::kDataLoss))
+        << cut;
   }
   bytes.push_back(0);
-  EXPECT_FALSE(DecodeStats(bytes).ok());
+  EXPECT_THAT(DecodeStats(bytes), StatusIs(absl::StatusCode::kDataLoss));
   bytes.pop_back();
   bytes[0] ^= 1;
-  EXPECT_EQ(DecodeStats(bytes).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(DecodeStats(bytes), StatusIs(absl::StatusCode::kDataLoss));
 }
 
 // algorithms.md 2.1.5 and 2.5.9 with mocked times.

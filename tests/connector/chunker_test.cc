@@ -5,6 +5,10 @@
 #include <numeric>
 #include <vector>
 
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
+
 namespace kvstash::connector {
 namespace {
 
@@ -27,7 +31,7 @@ ModelSpec SmolSpec() {
 
 TEST(ChunkerTest, HashesAreTheSpecifiedPrefixChain) {
   auto chunker = Chunker::Create(SmolSpec(), "tenant-a", 256);
-  ASSERT_TRUE(chunker.ok()) << chunker.status();
+  ASSERT_OK(chunker);
   std::vector<int32_t> tokens(512 + 100);
   std::iota(tokens.begin(), tokens.end(), 0);
   ChunkPlan plan = chunker->Plan(tokens);
@@ -46,7 +50,7 @@ TEST(ChunkerTest, HashesAreTheSpecifiedPrefixChain) {
   }
   // Same as the common helper, for any chunk size.
   auto small = Chunker::Create(SmolSpec(), "", 7);
-  ASSERT_TRUE(small.ok());
+  ASSERT_OK(small);
   std::vector<uint32_t> u(tokens.begin(), tokens.end());
   EXPECT_EQ(small->Plan(tokens).token_hashes,
             ChunkTokenHashes(u, 7, TokenHashMode::kPrefixChained, /*include_partial=*/false));
@@ -54,7 +58,7 @@ TEST(ChunkerTest, HashesAreTheSpecifiedPrefixChain) {
 
 TEST(ChunkerTest, PrefixSharingAndDivergence) {
   auto chunker = Chunker::Create(SmolSpec(), "", 4);
-  ASSERT_TRUE(chunker.ok());
+  ASSERT_OK(chunker);
   std::vector<int32_t> a = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
   std::vector<int32_t> b = a;
   b[5] = 99;  // second chunk differs, so every later hash differs too
@@ -67,7 +71,7 @@ TEST(ChunkerTest, PrefixSharingAndDivergence) {
 
 TEST(ChunkerTest, ChunkLayoutDescribesTheEnginesKv) {
   auto chunker = Chunker::Create(SmolSpec(), "ns", 256);
-  ASSERT_TRUE(chunker.ok());
+  ASSERT_OK(chunker);
   KvLayout l = chunker->ChunkLayout(3);
   EXPECT_EQ(l.num_layers, 30u);
   EXPECT_EQ(l.layer_begin, 0u);
@@ -80,21 +84,22 @@ TEST(ChunkerTest, ChunkLayoutDescribesTheEnginesKv) {
   EXPECT_EQ(l.rope_theta, 100000.0f);
   EXPECT_EQ(l.position_start, 768);
   ObjectInfo info = chunker->ChunkInfo(3);
-  EXPECT_TRUE(info.Validate().ok()) << info.Validate();
+  EXPECT_OK(info.Validate());
   EXPECT_EQ(info.encoding, Encoding::kRaw);
   EXPECT_EQ(info.payload_bytes, 256u * 30 * 2 * 3 * 64 * 2);
 }
 
 TEST(ChunkerTest, RejectsBadInput) {
-  EXPECT_TRUE(absl::IsInvalidArgument(Chunker::Create(SmolSpec(), "", 0).status()));
-  EXPECT_TRUE(
-      absl::IsInvalidArgument(Chunker::Create(SmolSpec(), std::string(300, 'x'), 256).status()));
+  EXPECT_THAT(Chunker::Create(SmolSpec(), "", 0).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Chunker::Create(SmolSpec(), std::string(300, 'x'), 256).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   ModelSpec bad = SmolSpec();
   bad.head_end = 4;  // more heads than the model has
-  EXPECT_TRUE(absl::IsInvalidArgument(Chunker::Create(bad, "", 256).status()));
+  EXPECT_THAT(Chunker::Create(bad, "", 256).status(), StatusIs(absl::StatusCode::kInvalidArgument));
   bad = SmolSpec();
   bad.layer_end = 31;
-  EXPECT_TRUE(absl::IsInvalidArgument(Chunker::Create(bad, "", 256).status()));
+  EXPECT_THAT(Chunker::Create(bad, "", 256).status(), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

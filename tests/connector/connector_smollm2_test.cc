@@ -5,6 +5,7 @@
 
 #include "connector_test_util.h"
 #include "service_process.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::connector {
 namespace {
@@ -22,13 +23,13 @@ TEST(ConnectorSmolLm2Test, FullAndPartialPrefixHitsAreExact) {
       std::string(KVSTASH_MODEL_CACHE) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!std::filesystem::exists(path)) GTEST_SKIP() << "run ./scripts/fetch_models.sh";
   auto model = engine::Model::Load(path);
-  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_OK(model);
   auto tok = engine::LoadGgufTokenizer(*(*model)->gguf());
-  ASSERT_TRUE(tok.ok()) << tok.status();
+  ASSERT_OK(tok);
   engine::EngineOptions opts;
   opts.num_threads = 2;
   auto eng = engine::Engine::Create(*model, opts);
-  ASSERT_TRUE(eng.ok()) << eng.status();
+  ASSERT_OK(eng);
 
   const std::string text = testing::ReadText("botchan.txt");
   auto chat = [&](const std::string& doc) {
@@ -47,9 +48,9 @@ TEST(ConnectorSmolLm2Test, FullAndPartialPrefixHitsAreExact) {
 
   kvstash::testing::TempDir dir;
   auto svc = kvstash::testing::ServiceProcess::Start(dir.path());
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   auto c = KvConnector::Create((*svc)->target(), EngineCacheSpec(**eng));
-  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_OK(c);
 
   const Generation ref_a = GenerateUncached(**eng, a, kNewTokens);
   CachedGeneration cold = GenerateCached(**eng, **c, a, kNewTokens);
@@ -60,7 +61,7 @@ TEST(ConnectorSmolLm2Test, FullAndPartialPrefixHitsAreExact) {
   CachedGeneration full = GenerateCached(**eng, **c, a, kNewTokens);
   EXPECT_EQ(full.prefill.hit_tokens, a.size() / 256 * 256);
   EXPECT_EQ(full.prefill.cpu_hit_tokens, full.prefill.hit_tokens);
-  EXPECT_TRUE(full.prefill.load_failure.ok()) << full.prefill.load_failure;
+  EXPECT_OK(full.prefill.load_failure);
   ExpectSameGeneration(ref_a, full.gen);
 
   CachedGeneration partial = GenerateCached(**eng, **c, b, kNewTokens);

@@ -11,6 +11,9 @@
 #include "connector_test_util.h"
 #include "kvstash/client/kv_client.h"
 #include "service_process.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::connector {
 namespace {
@@ -31,11 +34,11 @@ class ConnectorTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     auto model = engine::Model::Load(std::string(KVSTASH_SHARED_DATA) + "/models/stories260K.bin");
-    ASSERT_TRUE(model.ok()) << model.status();
+    ASSERT_OK(model);
     model_ = new std::shared_ptr<const engine::Model>(*model);
     auto tok = engine::LoadLlama2cTokenizer(std::string(KVSTASH_SHARED_DATA) + "/models/tok512.bin",
                                             (*model)->config().vocab_size);
-    ASSERT_TRUE(tok.ok()) << tok.status();
+    ASSERT_OK(tok);
     const std::string text = testing::ReadText("tinystories_sample.txt");
     // Prompt A: 200 tokens (6 full chunks + an 8-token tail); prompt B shares A's first 100
     // tokens, then continues with text from elsewhere.
@@ -55,13 +58,13 @@ class ConnectorTest : public ::testing::Test {
     engine::EngineOptions opts;
     opts.num_threads = 2;
     auto e = engine::Engine::Create(*model_, opts);
-    ASSERT_TRUE(e.ok()) << e.status();
+    ASSERT_OK(e);
     engine_ = std::move(*e);
   }
 
   void StartService(const ServiceOptions& options = {}) {
     auto svc = ServiceProcess::Start(dir_.path(), options);
-    ASSERT_TRUE(svc.ok()) << svc.status();
+    ASSERT_OK(svc);
     svc_ = std::move(*svc);
   }
 
@@ -74,7 +77,7 @@ class ConnectorTest : public ::testing::Test {
 
   std::unique_ptr<KvConnector> Connect(const ConnectorOptions& options) {
     auto c = KvConnector::Create(svc_->target(), EngineCacheSpec(*engine_), options);
-    EXPECT_TRUE(c.ok()) << c.status();
+    EXPECT_OK(c);
     return c.ok() ? std::move(*c) : nullptr;
   }
 
@@ -110,7 +113,7 @@ TEST_F(ConnectorTest, FullPrefixHitFromCpuTier) {
   ASSERT_TRUE(c->shared_memory());
   Warm(*c);
   CachedGeneration warm = GenerateCached(*engine_, *c, *prompt_a_, kNewTokens);
-  EXPECT_TRUE(warm.prefill.load_failure.ok()) << warm.prefill.load_failure;
+  EXPECT_OK(warm.prefill.load_failure);
   EXPECT_EQ(warm.prefill.hit_tokens, 192u);
   EXPECT_EQ(warm.prefill.cpu_hit_tokens, 192u);
   EXPECT_EQ(warm.prefill.computed_tokens, 8u);
@@ -225,9 +228,9 @@ TEST_F(ConnectorTest, CorruptArenaBytesAreCaughtByTheConnector) {
   Warm(*c);
   {  // Anyone who can map the arena can scribble on it: flip a byte of chunk 3 in place.
     auto other = client::KvClient::Connect(svc_->target());
-    ASSERT_TRUE(other.ok()) << other.status();
+    ASSERT_OK(other);
     auto lease = (*other)->Acquire(c->Lookup(*prompt_a_).plan.names[3]);
-    ASSERT_TRUE(lease.ok()) << lease.status();
+    ASSERT_OK(lease);
     auto* bytes = const_cast<uint8_t*>(lease->data().data());
     bytes[777] ^= 0x01;
   }
@@ -261,7 +264,7 @@ TEST_F(ConnectorTest, LateLoadFallsBackToRecompute) {
   block = true;  // the loader stalls before layer 2: compute must not wait for it
   CachedGeneration got = GenerateCached(*engine_, *c, *prompt_a_, kNewTokens);
   release = true;
-  EXPECT_TRUE(absl::IsDeadlineExceeded(got.prefill.load_failure)) << got.prefill.load_failure;
+  EXPECT_THAT(got.prefill.load_failure, StatusIs(absl::StatusCode::kDeadlineExceeded));
   EXPECT_EQ(got.prefill.hit_tokens, 0u);
   EXPECT_EQ(got.prefill.computed_tokens, 200u);
   EXPECT_EQ(got.prefill.load.layers_loaded, 2u);
@@ -284,7 +287,7 @@ TEST_F(ConnectorTest, LeaseLostMidLoadFallsBackToRecompute) {
   Warm(*c);
   slow = true;
   CachedGeneration got = GenerateCached(*engine_, *c, *prompt_a_, kNewTokens);
-  EXPECT_TRUE(absl::IsAborted(got.prefill.load_failure)) << got.prefill.load_failure;
+  EXPECT_THAT(got.prefill.load_failure, StatusIs(absl::StatusCode::kAborted));
   EXPECT_EQ(got.prefill.computed_tokens, 200u);
   EXPECT_EQ(c->Stats().leases_lost, 1u);
   ExpectSameGeneration(Reference(*prompt_a_), got.gen);
@@ -295,11 +298,11 @@ TEST_F(ConnectorTest, ServiceNeverStartedIsAMiss) {
   ConnectorOptions o = Options();
   auto c = KvConnector::Create("unix://" + nowhere.path() + "/absent.sock",
                                EngineCacheSpec(*engine_), o);
-  ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_FALSE((*c)->client_status().ok());
+  ASSERT_OK(c);
+  EXPECT_NOT_OK((*c)->client_status());
   CachedGeneration got = GenerateCached(*engine_, **c, *prompt_a_, kNewTokens);
   EXPECT_EQ(got.prefill.hit_tokens, 0u);
-  EXPECT_FALSE(got.prefill.lookup_status.ok());
+  EXPECT_NOT_OK(got.prefill.lookup_status);
   EXPECT_EQ(got.prefill.store->chunks_stored(), 0u);
   ExpectSameGeneration(Reference(*prompt_a_), got.gen);
 }
@@ -315,13 +318,12 @@ TEST_F(ConnectorTest, ServiceKilledOrStalledIsAMiss) {
   svc_->Stop();  // SIGSTOP: every RPC runs into its deadline
   CachedGeneration stalled = GenerateCached(*engine_, *c, *prompt_a_, kNewTokens);
   EXPECT_EQ(stalled.prefill.hit_tokens, 0u);
-  EXPECT_TRUE(absl::IsDeadlineExceeded(stalled.prefill.lookup_status))
-      << stalled.prefill.lookup_status;
+  EXPECT_THAT(stalled.prefill.lookup_status, StatusIs(absl::StatusCode::kDeadlineExceeded));
   ExpectSameGeneration(ref, stalled.gen);
   svc_->Kill();  // SIGKILL: the socket is dead
   CachedGeneration killed = GenerateCached(*engine_, *c, *prompt_a_, kNewTokens);
   EXPECT_EQ(killed.prefill.hit_tokens, 0u);
-  EXPECT_FALSE(killed.prefill.lookup_status.ok());
+  EXPECT_NOT_OK(killed.prefill.lookup_status);
   ExpectSameGeneration(ref, killed.gen);
   EXPECT_GE(c->Stats().lookup_failures, 2u);
 }
@@ -354,9 +356,9 @@ TEST_F(ConnectorTest, NamespaceAndKvDtypeSeparateKeys) {
   f32.num_threads = 2;
   f32.kv.dtype = DType::kF32;
   auto e32 = engine::Engine::Create(*model_, f32);
-  ASSERT_TRUE(e32.ok());
+  ASSERT_OK(e32);
   auto c3 = KvConnector::Create(svc_->target(), EngineCacheSpec(**e32), Options());
-  ASSERT_TRUE(c3.ok());
+  ASSERT_OK(c3);
   EXPECT_EQ((*c3)->Lookup(*prompt_a_).hit_chunks, 0u);
   CachedGeneration got = GenerateCached(**e32, **c3, *prompt_a_, kNewTokens);
   ExpectSameGeneration(GenerateUncached(**e32, *prompt_a_, kNewTokens), got.gen);
@@ -364,9 +366,9 @@ TEST_F(ConnectorTest, NamespaceAndKvDtypeSeparateKeys) {
   // A mismatched paged view is refused, not scattered into.
   PrefixLookup lookup = c->Lookup(*prompt_a_);
   auto seq = (*e32)->NewSequence();
-  ASSERT_TRUE(seq->Resize(200).ok());
-  EXPECT_TRUE(absl::IsInvalidArgument(
-      c->StartLoad(lookup, (*e32)->kv_cache().View(), seq->block_table()).status()));
+  ASSERT_OK(seq->Resize(200));
+  EXPECT_THAT(c->StartLoad(lookup, (*e32)->kv_cache().View(), seq->block_table()).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST_F(ConnectorTest, ReconnectsAfterServiceRestart) {
@@ -378,7 +380,7 @@ TEST_F(ConnectorTest, ReconnectsAfterServiceRestart) {
   Warm(*c);
   ASSERT_EQ(svc_->Terminate(), 0);
   // Fails fast while the service is down, and drops the dead client.
-  EXPECT_FALSE(c->Lookup(*prompt_a_).status.ok());
+  EXPECT_NOT_OK(c->Lookup(*prompt_a_).status);
   StartService();
   // The reconnect runs in the background: lookups miss until it is through.
   PrefixLookup lookup;

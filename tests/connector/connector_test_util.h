@@ -18,6 +18,7 @@
 #include "kvstash/engine/engine.h"
 #include "kvstash/engine/sampler.h"
 #include "kvstash/engine/tokenizer.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::connector::testing {
 
@@ -42,7 +43,7 @@ inline void DecodeGreedy(engine::Engine& eng, engine::Sequence& seq, std::vector
     out->tokens.push_back(next);
     if (i + 1 == max_new) break;
     auto l = eng.Decode(seq, next);
-    ASSERT_TRUE(l.ok()) << l.status();
+    ASSERT_OK(l);
     logits = std::move(*l);
   }
 }
@@ -53,7 +54,7 @@ inline Generation GenerateUncached(engine::Engine& eng, std::span<const int32_t>
   Generation g;
   auto seq = eng.NewSequence();
   auto logits = eng.Prefill(*seq, prompt, 0);
-  EXPECT_TRUE(logits.ok()) << logits.status();
+  EXPECT_OK(logits);
   if (logits.ok()) DecodeGreedy(eng, *seq, std::move(*logits), max_new, &g);
   return g;
 }
@@ -71,7 +72,7 @@ inline CachedGeneration GenerateCached(engine::Engine& eng, KvConnector& connect
   auto seq = eng.NewSequence();
   EngineConnector adapter(eng, connector);
   auto r = adapter.Prefill(*seq, prompt);
-  EXPECT_TRUE(r.ok()) << r.status();
+  EXPECT_OK(r);
   if (!r.ok()) return out;
   DecodeGreedy(eng, *seq, r->logits, max_new, &out.gen);
   r->store->Wait();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "service_process.h"
+#include "testing/status_matchers.h"
 
 namespace {
 
@@ -39,7 +40,7 @@ TEST(GenerateCacheCliTest, SecondRunHitsAndPrintsTheSameText) {
   ::setenv("GRPC_VERBOSITY", "NONE", 1);
   kvstash::testing::TempDir dir;
   auto svc = kvstash::testing::ServiceProcess::Start(dir.path());
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   const std::string data = KVSTASH_SHARED_DATA;
   const std::vector<std::string> base = {
       bin,
