@@ -9,6 +9,9 @@
 #include "gguf_builder.h"
 #include "stories_gguf.h"
 #include "test_util.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::engine {
 namespace {
@@ -24,7 +27,7 @@ std::vector<float> AllLogits(std::shared_ptr<const Model> model, std::span<const
   PrefillOptions opts;
   opts.logits = LogitsMode::kAll;
   auto logits = engine->Prefill(*seq, ids, 0, opts);
-  EXPECT_TRUE(logits.ok()) << logits.status();
+  EXPECT_OK(logits);
   return logits.ok() ? *logits : std::vector<float>();
 }
 
@@ -36,7 +39,7 @@ TEST(GgufTest, F32GgufMatchesLlama2cCheckpointBitwise) {
   ASSERT_NE(stories, nullptr);
   std::string path = WriteTemp("f32", StoriesAsGguf(*stories, 0, false));
   auto model = Model::Load(path);
-  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_OK(model);
   EXPECT_EQ((*model)->format(), ModelFormat::kGguf);
   EXPECT_EQ((*model)->model_id(), "gguf:stories260K-test");
   EXPECT_EQ((*model)->config().rope, RopeConvention::kGptj);
@@ -60,8 +63,8 @@ TEST_P(GgufTypeTest, QuantisedMatchesItsDequantisationBitwise) {
   std::string dpath = WriteTemp("d_" + type, StoriesAsGguf(*stories, GetParam(), true));
   auto q = Model::Load(qpath);
   auto d = Model::Load(dpath);
-  ASSERT_TRUE(q.ok()) << q.status();
-  ASSERT_TRUE(d.ok()) << d.status();
+  ASSERT_OK(q);
+  ASSERT_OK(d);
   EXPECT_EQ(static_cast<uint32_t>((*q)->weights().layers[0].wq.type), GetParam());
   std::vector<float> a = AllLogits(*q, kIds), b = AllLogits(*d, kIds);
   ASSERT_EQ(a.size(), b.size());
@@ -88,7 +91,7 @@ TEST(GgufTest, UnsupportedTensorTypeIsAClearError) {
   std::vector<uint8_t> bytes = StoriesAsGguf(*stories, 0, false);
   // Re-type blk.0.attn_q.weight as Q4_K (12) by patching its descriptor.
   auto parsed = GgufFile::Parse(bytes);
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  ASSERT_OK(parsed);
   const std::string name = "blk.0.attn_q.weight";
   auto it = std::search(bytes.begin(), bytes.end(), name.begin(), name.end());
   ASSERT_NE(it, bytes.end());
@@ -97,8 +100,7 @@ TEST(GgufTest, UnsupportedTensorTypeIsAClearError) {
   std::memcpy(bytes.data() + type_at, &q4k, 4);
   std::string path = WriteTemp("q4k", bytes);
   auto model = Model::Load(path);
-  ASSERT_FALSE(model.ok());
-  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_THAT(model, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(model.status().message().find("Q4_K"), std::string::npos) << model.status();
   EXPECT_NE(model.status().message().find(name), std::string::npos) << model.status();
   fs::remove(path);
@@ -114,7 +116,7 @@ TEST(GgufTest, MetadataGetters) {
   b.I32Array("a.ints", {-1, 2});
   std::vector<uint8_t> bytes = b.Build();
   auto f = GgufFile::Parse(bytes);
-  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_OK(f);
   EXPECT_EQ(*(*f)->GetU32("a.u32"), 7u);
   EXPECT_EQ(*(*f)->GetF32("a.f32"), 1.5f);
   EXPECT_EQ(*(*f)->GetF32("a.u32"), 7.0f);
@@ -122,9 +124,9 @@ TEST(GgufTest, MetadataGetters) {
   EXPECT_EQ(*(*f)->GetString("a.str"), "hi");
   EXPECT_EQ(**(*f)->GetStringArray("a.strs"), (std::vector<std::string>{"x", "yz"}));
   EXPECT_EQ(**(*f)->GetNumArray("a.ints"), (std::vector<double>{-1, 2}));
-  EXPECT_EQ((*f)->GetU32("missing").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ((*f)->GetU32("a.str").status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ((*f)->GetU32("a.f32").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT((*f)->GetU32("missing"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT((*f)->GetU32("a.str"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT((*f)->GetU32("a.f32"), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 // Every truncation and many single-byte corruptions of a valid file parse to an error or to a
@@ -136,10 +138,11 @@ TEST(GgufTest, MalformedInputNeverReadsOutOfBounds) {
   std::vector<float> w(64, 0.5f);
   b.Tensor("t0", {32, 2}, 0, testing::AsF32(w.data(), w.size()));
   std::vector<uint8_t> good = b.Build();
-  ASSERT_TRUE(GgufFile::Parse(good).ok());
+  ASSERT_OK(GgufFile::Parse(good));
   for (size_t n = 0; n < good.size(); ++n) {
     std::vector<uint8_t> cut(good.begin(), good.begin() + static_cast<ptrdiff_t>(n));
-    EXPECT_FALSE(GgufFile::Parse(cut).ok()) << "prefix " << n;
+    EXPECT_THAT(GgufFile::Parse(cut), StatusIs(absl::StatusCode::kInvalidArgument))
+        << "prefix " << n;
   }
   std::mt19937 rng(7);
   for (int i = 0; i < 3000; ++i) {
@@ -152,7 +155,7 @@ TEST(GgufTest, MalformedInputNeverReadsOutOfBounds) {
       EXPECT_LE(t.data + t.bytes, bad.data() + bad.size());
     }
   }
-  EXPECT_EQ(Model::Load("/nonexistent/model.gguf").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(Model::Load("/nonexistent/model.gguf"), StatusIs(absl::StatusCode::kNotFound));
 }
 
 }  // namespace

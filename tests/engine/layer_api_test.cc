@@ -9,6 +9,9 @@
 #include <limits>
 
 #include "test_util.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::engine {
 namespace {
@@ -27,7 +30,7 @@ std::vector<float> PrefillAll(Engine& e, Sequence& seq, std::span<const int32_t>
   opts.logits = LogitsMode::kAll;
   opts.hooks = hooks;
   auto r = e.Prefill(seq, ids, start, opts);
-  EXPECT_TRUE(r.ok()) << r.status();
+  EXPECT_OK(r);
   return r.ok() ? *r : std::vector<float>();
 }
 
@@ -93,7 +96,7 @@ TEST(LayerHooksTest, PrefixLoadedLayerByLayerGivesIdenticalResults) {
   auto source = e->NewSequence();
   std::vector<float> ref = PrefillAll(*e, *source, kPrompt, 0);
   auto seq = e->NewSequence();
-  ASSERT_TRUE(seq->Resize(prefix).ok());
+  ASSERT_OK(seq->Resize(prefix));
   const size_t row = e->kv_cache().TokenBytes();
   for (uint32_t l = 0; l < L; ++l) {
     for (uint32_t p = 0; p < prefix; ++p) {
@@ -137,16 +140,16 @@ TEST(LayerHooksTest, HookErrorAbortsAndTruncates) {
   auto model = LoadStories();
   auto e = MakeEngine(model, 1, DType::kF16, 16);
   auto seq = e->NewSequence();
-  ASSERT_TRUE(e->Prefill(*seq, std::span(kPrompt).first(10), 0).ok());
+  ASSERT_OK(e->Prefill(*seq, std::span(kPrompt).first(10), 0));
   PrefillOptions opts;
   opts.hooks.before_layer_kv = [](uint32_t l) {
     return l == 2 ? absl::UnavailableError("cache went away") : OkStatus();
   };
   auto r = e->Prefill(*seq, std::span(kPrompt).subspan(10, 5), 10, opts);
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_EQ(seq->length(), 10u);
   // The fallback path (recompute) works on the same sequence afterwards.
-  EXPECT_TRUE(e->Prefill(*seq, std::span(kPrompt).subspan(10, 5), 10).ok());
+  EXPECT_OK(e->Prefill(*seq, std::span(kPrompt).subspan(10, 5), 10));
 }
 
 // Prefill is made of the layer API; driving it by hand gives the same bits.
@@ -157,29 +160,29 @@ TEST(LayerApiTest, ManualLayersMatchPrefill) {
   auto a = e->NewSequence();
   std::vector<float> ref = PrefillAll(*e, *a, kPrompt, 0);
   auto b = e->NewSequence();
-  ASSERT_TRUE(b->Resize(n).ok());
+  ASSERT_OK(b->Resize(n));
   std::vector<uint32_t> pos(n);
   for (uint32_t i = 0; i < n; ++i) pos[i] = i;
   auto batch = e->Embed(kPrompt, pos);
-  ASSERT_TRUE(batch.ok());
-  EXPECT_EQ(e->FinishLayer(*b, 0, *batch).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_OK(batch);
+  EXPECT_THAT(e->FinishLayer(*b, 0, *batch), StatusIs(absl::StatusCode::kFailedPrecondition));
   size_t prob_calls = 0;
   std::mutex mu;
   for (uint32_t l = 0; l < model->config().num_layers; ++l) {
-    ASSERT_TRUE(e->ComputeQkv(l, *batch).ok());
+    ASSERT_OK(e->ComputeQkv(l, *batch));
     EXPECT_EQ(batch->qkv_layer(), static_cast<int>(l));
-    ASSERT_TRUE(e->WriteKv(*b, l, *batch).ok());
-    ASSERT_TRUE(e->FinishLayer(*b, l, *batch, [&](size_t, uint32_t, std::span<const float> p) {
-                   std::lock_guard lock(mu);
-                   ++prob_calls;
-                   EXPECT_FALSE(p.empty());
-                 }).ok());
+    ASSERT_OK(e->WriteKv(*b, l, *batch));
+    ASSERT_OK(e->FinishLayer(*b, l, *batch, [&](size_t, uint32_t, std::span<const float> p) {
+      std::lock_guard lock(mu);
+      ++prob_calls;
+      EXPECT_FALSE(p.empty());
+    }));
   }
   EXPECT_EQ(prob_calls, size_t{n} * model->config().num_heads * model->config().num_layers);
   std::vector<size_t> rows(n);
   for (uint32_t i = 0; i < n; ++i) rows[i] = i;
   auto logits = e->Logits(*batch, rows);
-  ASSERT_TRUE(logits.ok());
+  ASSERT_OK(logits);
   EXPECT_EQ(*logits, ref);
   EXPECT_TRUE(SameKv(*a, *b, model->config().num_layers, n));
 }
@@ -197,21 +200,21 @@ TEST(LayerApiTest, SelectedTokensRecomputeExactly) {
   std::vector<int32_t> toks;
   for (uint32_t p : pick) toks.push_back(kPrompt[p]);
   auto batch = e->Embed(toks, pick);
-  ASSERT_TRUE(batch.ok());
+  ASSERT_OK(batch);
   const size_t kv = model->config().kv_dim();
   std::vector<float> k(pick.size() * kv), v(pick.size() * kv);
   for (uint32_t l = 0; l < L; ++l) {
-    ASSERT_TRUE(e->ComputeQkv(l, *batch).ok());
-    ASSERT_TRUE(e->ReadKv(*seq, l, batch->positions(), k.data(), v.data()).ok());
+    ASSERT_OK(e->ComputeQkv(l, *batch));
+    ASSERT_OK(e->ReadKv(*seq, l, batch->positions(), k.data(), v.data()));
     for (size_t r = 0; r < batch->size(); ++r) {
       ASSERT_EQ(std::memcmp(batch->k(r), k.data() + r * kv, kv * 4), 0) << l << " " << r;
       ASSERT_EQ(std::memcmp(batch->v(r), v.data() + r * kv, kv * 4), 0) << l << " " << r;
     }
-    ASSERT_TRUE(e->WriteKv(*seq, l, *batch).ok());
-    ASSERT_TRUE(e->FinishLayer(*seq, l, *batch).ok());
+    ASSERT_OK(e->WriteKv(*seq, l, *batch));
+    ASSERT_OK(e->FinishLayer(*seq, l, *batch));
     if (l == 1) {  // drop some rows midway, as CacheBlend does after its selection layer
       const size_t keep[] = {2, 0};
-      ASSERT_TRUE(batch->Keep(keep).ok());
+      ASSERT_OK(batch->Keep(keep));
       pick = {17, 40};
       k.resize(2 * kv);
       v.resize(2 * kv);
@@ -219,33 +222,33 @@ TEST(LayerApiTest, SelectedTokensRecomputeExactly) {
   }
   const size_t rows[] = {0, 1};
   auto logits = e->Logits(*batch, rows);
-  ASSERT_TRUE(logits.ok());
+  ASSERT_OK(logits);
   EXPECT_EQ(std::memcmp(logits->data(), ref.data() + 17 * 512, 512 * 4), 0);
   EXPECT_EQ(std::memcmp(logits->data() + 512, ref.data() + 40 * 512, 512 * 4), 0);
   const size_t bad[] = {0, 0};
-  EXPECT_FALSE(batch->Keep(bad).ok());
+  EXPECT_THAT(batch->Keep(bad), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(EngineErrorsTest, InvalidCallsAndCapacity) {
   auto model = LoadStories();
   auto e = MakeEngine(model, 1, DType::kF16, 3);  // 48 positions
   auto seq = e->NewSequence();
-  EXPECT_EQ(e->Prefill(*seq, std::vector<int32_t>{}, 0).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(e->Prefill(*seq, std::vector<int32_t>{1}, 5).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(e->Prefill(*seq, std::vector<int32_t>{1, 512}, 0).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(e->Embed(std::vector<int32_t>{1, 2}, std::vector<uint32_t>{3, 3}).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(e->Prefill(*seq, std::vector<int32_t>{}, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(e->Prefill(*seq, std::vector<int32_t>{1}, 5),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(e->Prefill(*seq, std::vector<int32_t>{1, 512}, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(e->Embed(std::vector<int32_t>{1, 2}, std::vector<uint32_t>{3, 3}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   std::vector<int32_t> many(49, 1);
-  EXPECT_EQ(e->Prefill(*seq, many, 0).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(e->Prefill(*seq, many, 0), StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_EQ(seq->length(), 0u);
   EXPECT_EQ(e->kv_cache().free_blocks(), 3u);
-  ASSERT_TRUE(e->Prefill(*seq, std::span(kPrompt).first(20), 0).ok());
+  ASSERT_OK(e->Prefill(*seq, std::span(kPrompt).first(20), 0));
   EXPECT_EQ(seq->block_table().size(), 2u);
   EXPECT_EQ(e->kv_cache().free_blocks(), 1u);
-  ASSERT_TRUE(seq->Resize(5).ok());
+  ASSERT_OK(seq->Resize(5));
   EXPECT_EQ(e->kv_cache().free_blocks(), 2u);
   kernels::PagedKvView view = e->kv_cache().View();
   EXPECT_EQ(view.k_pools.size(), model->config().num_layers);
@@ -293,7 +296,7 @@ TEST(RopeConventionTest, NeoxOnPermutedWeightsMatchesGptj) {
   LoadOptions opts;
   opts.rope = RopeConvention::kNeox;
   auto neox = Model::Load(path, opts);
-  ASSERT_TRUE(neox.ok()) << neox.status();
+  ASSERT_OK(neox);
   EXPECT_EQ((*neox)->config().rope, RopeConvention::kNeox);
   auto e1 = MakeEngine(model, 1, DType::kF32, 16);
   auto e2 = MakeEngine(*neox, 1, DType::kF32, 16);
@@ -307,7 +310,7 @@ TEST(RopeConventionTest, NeoxOnPermutedWeightsMatchesGptj) {
   EXPECT_GT(max_diff, 0.0);  // really a different computation, not the same bits
   // Without the override the permuted file is simply a different (worse) model.
   auto plain = Model::Load(path);
-  ASSERT_TRUE(plain.ok());
+  ASSERT_OK(plain);
   auto e3 = MakeEngine(*plain, 1, DType::kF32, 16);
   auto s3 = e3->NewSequence();
   std::vector<float> d = PrefillAll(*e3, *s3, kPrompt, 0);

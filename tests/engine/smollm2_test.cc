@@ -11,6 +11,7 @@
 #include "kvstash/engine/gguf.h"
 #include "kvstash/engine/sampler.h"
 #include "test_util.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::engine {
 namespace {
@@ -24,10 +25,10 @@ class SmolLm2Test : public ::testing::Test {
   static void SetUpTestSuite() {
     if (!fs::exists(testing::SmolLm2Path())) return;
     auto m = Model::Load(testing::SmolLm2Path());
-    ASSERT_TRUE(m.ok()) << m.status();
+    ASSERT_OK(m);
     model_ = *m;
     auto t = LoadGgufTokenizer(*model_->gguf());
-    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_OK(t);
     tok_ = std::move(*t).release();
   }
   static void TearDownTestSuite() {
@@ -139,14 +140,14 @@ TEST_F(SmolLm2Test, KnownIdsAndChatAnswer) {
   auto engine = testing::MakeEngine(model_, 0, DType::kF16, 64);
   auto seq = engine->NewSequence();
   auto logits = engine->Prefill(*seq, tok_->Encode(kPrompt, false), 0);
-  ASSERT_TRUE(logits.ok()) << logits.status();
+  ASSERT_OK(logits);
   std::string answer;
   for (int i = 0; i < 12; ++i) {
     int32_t next = Sampler::Argmax(*logits);
     if (next == tok_->eos_id()) break;
     answer += tok_->Piece(-1, next);
     logits = engine->Decode(*seq, next);
-    ASSERT_TRUE(logits.ok());
+    ASSERT_OK(logits);
   }
   EXPECT_NE(answer.find("Paris"), std::string::npos) << answer;
 }
@@ -191,7 +192,7 @@ TEST_F(SmolLm2Test, LogitsMatchNumpyReference) {
     PrefillOptions opts;
     opts.logits = LogitsMode::kAll;
     auto logits = engine->Prefill(*seq, ids, 0, opts);
-    ASSERT_TRUE(logits.ok()) << logits.status();
+    ASSERT_OK(logits);
     double max_diff = 0, max_abs = 0;
     for (size_t t = 0; t < ids.size(); ++t) {
       std::span<const float> got(logits->data() + t * vocab, vocab);
@@ -220,12 +221,13 @@ TEST_F(SmolLm2Test, BatchInvariance) {
   all.logits = LogitsMode::kAll;
   auto whole = engine->NewSequence();
   auto a = engine->Prefill(*whole, ids, 0, all);
-  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_OK(a);
   auto pieces = engine->NewSequence();
   const size_t cut = 19;
   auto b1 = engine->Prefill(*pieces, std::span<const int32_t>(ids).first(cut), 0, all);
   auto b2 = engine->Prefill(*pieces, std::span<const int32_t>(ids).subspan(cut), cut, all);
-  ASSERT_TRUE(b1.ok() && b2.ok());
+  ASSERT_OK(b1);
+  ASSERT_OK(b2);
   std::vector<float> b = *b1;
   b.insert(b.end(), b2->begin(), b2->end());
   ASSERT_EQ(a->size(), n * vocab);

@@ -5,6 +5,7 @@
 
 #include "kvstash/engine/sampler.h"
 #include "test_util.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::engine {
 namespace {
@@ -21,14 +22,14 @@ std::string GreedyFromBos(Engine& engine, const Tokenizer& tok, int max_tokens) 
   std::string text;
   int32_t prev = tok.bos_id();
   auto logits = engine.Prefill(*seq, std::vector<int32_t>{prev}, 0);
-  EXPECT_TRUE(logits.ok()) << logits.status();
+  EXPECT_OK(logits);
   for (int i = 0; i < max_tokens && logits.ok(); ++i) {
     int32_t next = Sampler::Argmax(*logits);
     if (next == tok.eos_id() || next == tok.bos_id()) break;
     text += tok.Piece(prev, next);
     prev = next;
     logits = engine.Decode(*seq, next);
-    EXPECT_TRUE(logits.ok()) << logits.status();
+    EXPECT_OK(logits);
   }
   return text;
 }
@@ -47,7 +48,7 @@ TEST_P(StoriesTest, GreedyFromBosMatchesGoldenText) {
   EXPECT_EQ(c.vocab_size, 512u);
   EXPECT_EQ(c.rope, RopeConvention::kGptj);
   auto tok = LoadLlama2cTokenizer(testing::StoriesTokenizerPath(), c.vocab_size);
-  ASSERT_TRUE(tok.ok()) << tok.status();
+  ASSERT_OK(tok);
   for (size_t threads : {1, 2}) {
     auto engine = MakeEngine(model, threads, GetParam());
     ASSERT_NE(engine, nullptr);

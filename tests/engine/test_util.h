@@ -12,6 +12,7 @@
 #include "kvstash/engine/engine.h"
 #include "kvstash/engine/model.h"
 #include "kvstash/engine/tokenizer.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::engine::testing {
 
@@ -28,7 +29,7 @@ inline std::string SmolLm2Path() {
 inline std::shared_ptr<const Model> LoadStories() {
   static std::shared_ptr<const Model> model = [] {
     auto m = Model::Load(StoriesModelPath());
-    EXPECT_TRUE(m.ok()) << m.status();
+    EXPECT_OK(m);
     return m.ok() ? *m : nullptr;
   }();
   return model;
@@ -41,7 +42,7 @@ inline std::unique_ptr<Engine> MakeEngine(std::shared_ptr<const Model> model, si
   opts.kv.dtype = dtype;
   opts.kv.num_blocks = blocks;
   auto e = Engine::Create(std::move(model), opts);
-  EXPECT_TRUE(e.ok()) << e.status();
+  EXPECT_OK(e);
   return e.ok() ? std::move(*e) : nullptr;
 }
 

@@ -8,13 +8,16 @@
 #include "gguf_builder.h"
 #include "kvstash/engine/gguf.h"
 #include "test_util.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::engine {
 namespace {
 
 std::unique_ptr<Tokenizer> Tok512() {
   auto t = LoadLlama2cTokenizer(testing::StoriesTokenizerPath(), 512);
-  EXPECT_TRUE(t.ok()) << t.status();
+  EXPECT_OK(t);
   return t.ok() ? std::move(*t) : nullptr;
 }
 
@@ -55,9 +58,10 @@ TEST(Llama2cTokenizerTest, ByteFallbackRoundTrips) {
 }
 
 TEST(Llama2cTokenizerTest, RejectsMalformedFiles) {
-  EXPECT_FALSE(LoadLlama2cTokenizer(testing::StoriesTokenizerPath(), 100000).ok());
-  EXPECT_EQ(LoadLlama2cTokenizer("/nonexistent/tok.bin", 512).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_THAT(LoadLlama2cTokenizer(testing::StoriesTokenizerPath(), 100000),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(LoadLlama2cTokenizer("/nonexistent/tok.bin", 512),
+              StatusIs(absl::StatusCode::kNotFound));
 }
 
 // A byte-level vocabulary: 2 control tokens, the 256 byte symbols, a few merges.
@@ -95,7 +99,7 @@ std::unique_ptr<GgufFile> SyntheticBpe(std::vector<uint8_t>* storage) {
   b.U32("tokenizer.ggml.eos_token_id", 0);
   *storage = b.Build();
   auto f = GgufFile::Parse(*storage);
-  EXPECT_TRUE(f.ok()) << f.status();
+  EXPECT_OK(f);
   return f.ok() ? std::move(*f) : nullptr;
 }
 
@@ -104,7 +108,7 @@ TEST(BpeTokenizerTest, MergesSplitsAndSpecials) {
   auto gguf = SyntheticBpe(&storage);
   ASSERT_NE(gguf, nullptr);
   auto tok = LoadGgufTokenizer(*gguf);
-  ASSERT_TRUE(tok.ok()) << tok.status();
+  ASSERT_OK(tok);
   auto id = [&](const std::string& piece) {
     std::vector<int32_t> ids = (*tok)->Encode(piece, false);
     return ids.size() == 1 ? ids[0] : -1;
@@ -131,7 +135,7 @@ TEST(BpeTokenizerTest, ArbitraryBytesRoundTrip) {
   auto gguf = SyntheticBpe(&storage);
   ASSERT_NE(gguf, nullptr);
   auto tok = LoadGgufTokenizer(*gguf);
-  ASSERT_TRUE(tok.ok());
+  ASSERT_OK(tok);
   std::mt19937 rng(11);
   const std::vector<std::string> alphabet = {"a",    " ",  "  ", "1",    "é",        "日",
                                              "🙂", "\n", "'s", "\xff", "\xe6\x97", "<|im_start|>",
