@@ -16,6 +16,9 @@
 #include <thread>
 
 #include "kvstash/proto/arena_handshake.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::cachesvc {
 namespace {
@@ -31,17 +34,18 @@ TEST(ArenaHandshake, EncodeDecodeRoundTrip) {
       .arena_bytes = 1ull << 33, .arena_generation = 0xABCDEF12345ull, .alignment = 64};
   auto bytes = EncodeArenaHandshake(hello);
   auto back = DecodeArenaHandshake(bytes);
-  ASSERT_TRUE(back.ok());
+  ASSERT_OK(back);
   EXPECT_EQ(back->arena_bytes, hello.arena_bytes);
   EXPECT_EQ(back->arena_generation, hello.arena_generation);
   EXPECT_EQ(back->alignment, 64u);
   bytes[0] = 'X';
-  EXPECT_EQ(DecodeArenaHandshake(bytes).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(DecodeArenaHandshake(bytes), StatusIs(absl::StatusCode::kInvalidArgument));
   bytes = EncodeArenaHandshake(hello);
   bytes[4] = 9;  // version
   EXPECT_THAT(std::string(DecodeArenaHandshake(bytes).status().message()),
               ::testing::HasSubstr("version 9"));
-  EXPECT_FALSE(DecodeArenaHandshake(std::span<const uint8_t>(bytes.data(), 10)).ok());
+  EXPECT_THAT(DecodeArenaHandshake(std::span<const uint8_t>(bytes.data(), 10)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(ArenaSocket, HandsOutTheSameMemory) {
@@ -56,11 +60,11 @@ TEST(ArenaSocket, HandsOutTheSameMemory) {
   MetricsRegistry metrics;
   std::string path = TempSocketPath("same");
   auto server = ArenaSocketServer::Start(path, memfd, {kBytes, 7, 64}, &metrics);
-  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_OK(server);
 
   for (int round = 0; round < 3; ++round) {
     auto got = ReceiveArenaFd(path, 2000);
-    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_OK(got);
     EXPECT_EQ(got->hello.arena_bytes, kBytes);
     EXPECT_EQ(got->hello.arena_generation, 7u);
     auto* client_view = static_cast<uint8_t*>(
@@ -85,7 +89,7 @@ TEST(ArenaSocket, HandsOutTheSameMemory) {
   (*server)->Stop();
   EXPECT_FALSE(std::filesystem::exists(path));
   auto after = ReceiveArenaFd(path, 500);
-  EXPECT_EQ(after.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(after, StatusIs(absl::StatusCode::kUnavailable));
   ::munmap(server_view, kBytes);
   ::close(memfd);
 }
@@ -95,10 +99,9 @@ TEST(ArenaSocket, RefusesALiveSocketAndReplacesAStaleOne) {
   int memfd = ::memfd_create("kvs-test-arena", MFD_CLOEXEC);
   ASSERT_EQ(::ftruncate(memfd, 4096), 0);
   auto first = ArenaSocketServer::Start(path, memfd, {4096, 1, 64}, nullptr);
-  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_OK(first);
   auto second = ArenaSocketServer::Start(path, memfd, {4096, 2, 64}, nullptr);
-  ASSERT_FALSE(second.ok());
-  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_THAT(second, StatusIs(absl::StatusCode::kFailedPrecondition));
   (*first)->Stop();
 
   // A socket file nobody listens on (what kill -9 leaves behind) is replaced.
@@ -109,9 +112,9 @@ TEST(ArenaSocket, RefusesALiveSocketAndReplacesAStaleOne) {
   ::close(stale);
   ASSERT_TRUE(std::filesystem::exists(path));
   auto third = ArenaSocketServer::Start(path, memfd, {4096, 3, 64}, nullptr);
-  ASSERT_TRUE(third.ok()) << third.status();
+  ASSERT_OK(third);
   auto got = ReceiveArenaFd(path, 2000);
-  ASSERT_TRUE(got.ok());
+  ASSERT_OK(got);
   EXPECT_EQ(got->hello.arena_generation, 3u);
   ::close(got->fd);
   (*third)->Stop();
@@ -122,7 +125,7 @@ TEST(ArenaSocket, RefusesALiveSocketAndReplacesAStaleOne) {
     std::fclose(f);
   }
   auto fourth = ArenaSocketServer::Start(path, memfd, {4096, 4, 64}, nullptr);
-  ASSERT_FALSE(fourth.ok());
+  ASSERT_THAT(fourth, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(fourth.status().message()), ::testing::HasSubstr("not a socket"));
   EXPECT_TRUE(std::filesystem::exists(path));
   std::filesystem::remove(path);
@@ -130,11 +133,11 @@ TEST(ArenaSocket, RefusesALiveSocketAndReplacesAStaleOne) {
 }
 
 TEST(ArenaSocket, ClientErrors) {
-  EXPECT_EQ(ReceiveArenaFd("", 100).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(ReceiveArenaFd(std::string(200, 'a'), 100).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(ReceiveArenaFd("/nonexistent/kvs.sock", 100).status().code(),
-            absl::StatusCode::kUnavailable);
+  EXPECT_THAT(ReceiveArenaFd("", 100), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ReceiveArenaFd(std::string(200, 'a'), 100),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ReceiveArenaFd("/nonexistent/kvs.sock", 100),
+              StatusIs(absl::StatusCode::kUnavailable));
 
   // A server that accepts but never answers runs into the client's timeout.
   std::string path = TempSocketPath("mute");
@@ -145,7 +148,7 @@ TEST(ArenaSocket, ClientErrors) {
   ASSERT_EQ(::bind(mute, reinterpret_cast<sockaddr*>(&addr), len), 0);
   ASSERT_EQ(::listen(mute, 4), 0);
   auto got = ReceiveArenaFd(path, 200);
-  EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(got, StatusIs(absl::StatusCode::kDeadlineExceeded));
   ::close(mute);
   std::filesystem::remove(path);
 }

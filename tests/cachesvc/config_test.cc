@@ -9,6 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
+
 namespace kvstash::cachesvc {
 namespace {
 
@@ -37,19 +41,20 @@ TEST(Config, EmbeddedDefaultIsSingleNodeWithCpuAndSsdInData) {
   EXPECT_EQ(p.config->store.data_dir, "./data");
   EXPECT_GT(p.config->store.cpu_capacity_bytes, 0u);
   EXPECT_GT(p.config->store.ssd_capacity_bytes, 0u);
-  EXPECT_TRUE(ValidateConfig(*p.config).ok());
+  EXPECT_OK(ValidateConfig(*p.config));
   // The embedded text and the struct defaults agree.
   auto from_text = ApplyYaml(EmbeddedDefaultConfigYaml(), ServiceConfig{});
-  ASSERT_TRUE(from_text.ok());
+  ASSERT_OK(from_text);
   EXPECT_EQ(from_text->store.cpu_capacity_bytes, ServiceConfig{}.store.cpu_capacity_bytes);
   EXPECT_EQ(from_text->store.ssd_capacity_bytes, ServiceConfig{}.store.ssd_capacity_bytes);
   EXPECT_EQ(from_text->metrics_port, ServiceConfig{}.metrics_port);
   EXPECT_TRUE(from_text->store.prefault_arena);
   EXPECT_TRUE(ServiceConfig{}.store.prefault_arena);
   auto off = ApplyYaml("storage:\n  prefault_arena: false\n", ServiceConfig{});
-  ASSERT_TRUE(off.ok());
+  ASSERT_OK(off);
   EXPECT_FALSE(off->store.prefault_arena);
-  EXPECT_FALSE(ApplyYaml("storage:\n  prefault_arena: maybe\n", ServiceConfig{}).ok());
+  EXPECT_THAT(ApplyYaml("storage:\n  prefault_arena: maybe\n", ServiceConfig{}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_TRUE(from_text->store.background_commit_checks);
   EXPECT_TRUE(ServiceConfig{}.store.background_commit_checks);
   ParsedCommandLine first_read = Parse({"--background-commit-checks", "false"});
@@ -130,7 +135,7 @@ TEST(Config, SsdTierEncodingDefaultsToRawAndParsesFromYamlAndFlags) {
   EXPECT_EQ(defaults.config->ssd_encoding.level, 2);
 
   auto yaml = ApplyYaml("tiers:\n  ssd:\n    encoding: cachegen\n    level: 3\n", ServiceConfig{});
-  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  ASSERT_OK(yaml);
   EXPECT_EQ(yaml->ssd_encoding.encoding, Encoding::kCacheGen);
   EXPECT_EQ(yaml->ssd_encoding.level, 3);
 
@@ -152,7 +157,7 @@ TEST(Config, TransferEncodingDefaultsToCacheGenLevel2) {
   EXPECT_EQ(defaults.config->transfer_encoding.encoding, Encoding::kCacheGen);
   EXPECT_EQ(defaults.config->transfer_encoding.level, 2);
   auto yaml = ApplyYaml("tiers:\n  transfer:\n    encoding: raw\n    level: 1\n", ServiceConfig{});
-  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  ASSERT_OK(yaml);
   EXPECT_EQ(yaml->transfer_encoding.encoding, Encoding::kRaw);
   EXPECT_EQ(yaml->transfer_encoding.level, 1);
   ParsedCommandLine p = Parse({"--transfer-encoding-level", "3"});
@@ -176,17 +181,17 @@ TEST(Config, KvqIsAnSsdTierEncodingButNotATransferEncoding) {
 
 TEST(Config, SsdTierEncodingBadValuesGiveClearErrors) {
   auto level7 = ApplyYaml("tiers:\n  ssd:\n    level: 7\n", ServiceConfig{});
-  ASSERT_FALSE(level7.ok());
+  ASSERT_THAT(level7, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(level7.status().message()), HasSubstr("tiers.ssd.level"));
   EXPECT_THAT(std::string(level7.status().message()), HasSubstr("'7' is not a CacheGen level"));
 
   auto zstd = ApplyYaml("tiers:\n  ssd:\n    encoding: zstd\n", ServiceConfig{});
-  ASSERT_FALSE(zstd.ok());
+  ASSERT_THAT(zstd, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(zstd.status().message()),
               HasSubstr("tiers.ssd.encoding: unknown encoding 'zstd' (raw, cachegen or kvq)"));
 
   auto remote = ApplyYaml("tiers:\n  remote:\n    encoding: cachegen\n", ServiceConfig{});
-  ASSERT_FALSE(remote.ok());
+  ASSERT_THAT(remote, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(remote.status().message()), HasSubstr("tiers.remote.encoding"));
 
   ParsedCommandLine p = Parse({"--ssd-encoding-level", "0"});
@@ -202,15 +207,15 @@ TEST(Config, SsdTierEncodingBadValuesGiveClearErrors) {
 
 TEST(Config, MalformedYamlAndWrongShapes) {
   auto bad_yaml = ApplyYaml("storage: [1, 2", ServiceConfig{});
-  ASSERT_FALSE(bad_yaml.ok());
+  ASSERT_THAT(bad_yaml, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(bad_yaml.status().message()), HasSubstr("not valid YAML"));
   auto list_value = ApplyYaml("listen: [a, b]\n", ServiceConfig{});
-  ASSERT_FALSE(list_value.ok());
+  ASSERT_THAT(list_value, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(list_value.status().message()), HasSubstr("listen: expected a scalar"));
   auto scalar_root = ApplyYaml("just text", ServiceConfig{});
-  EXPECT_FALSE(scalar_root.ok());
+  EXPECT_THAT(scalar_root, StatusIs(absl::StatusCode::kInvalidArgument));
   auto empty = ApplyYaml("", ServiceConfig{});
-  EXPECT_TRUE(empty.ok());
+  EXPECT_OK(empty);
 }
 
 TEST(Config, MissingConfigFileIsAUsageError) {
@@ -263,21 +268,21 @@ TEST(Config, PeersFromFlagsAndYaml) {
   EXPECT_EQ(p.config->peers.data_plane, "grpc");
 
   auto yaml = ApplyYaml("peers:\n  addresses: [a:1, b:2]\n  secret_file: /s\n", ServiceConfig{});
-  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  ASSERT_OK(yaml);
   EXPECT_THAT(yaml->peers.addresses, ::testing::ElementsAre("a:1", "b:2"));
   auto joined = ApplyYaml("peers:\n  addresses: a:1,b:2\n", ServiceConfig{});
-  ASSERT_TRUE(joined.ok()) << joined.status();
+  ASSERT_OK(joined);
   EXPECT_EQ(joined->peers.addresses.size(), 2u);
 }
 
 TEST(Config, BadPeerSettingsAreRefusedWithTheirName) {
   auto unix_peer = ApplyYaml("peers:\n  addresses: [unix:///x]\n", ServiceConfig{});
-  EXPECT_FALSE(unix_peer.ok());
+  EXPECT_THAT(unix_peer, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(unix_peer.status().message()), ::testing::HasSubstr("HOST:PORT"));
   ServiceConfig no_secret;
   no_secret.peers.addresses = {"a:1"};
   Status s = ValidateConfig(no_secret);
-  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("peers.secret_file"));
   ServiceConfig bad_plane;
   bad_plane.peers.data_plane = "carrier-pigeon";
@@ -318,9 +323,9 @@ TEST(Config, TlsFilesGoTogetherAndPlainTcpBeyondLoopbackIsOptIn) {
     EXPECT_TRUE(Parse({"--listen", address}).config) << address;
   }
   auto yaml = ApplyYaml("listen: 0.0.0.0:1\ntls:\n  insecure_tcp: true\n", ServiceConfig{});
-  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  ASSERT_OK(yaml);
   EXPECT_TRUE(yaml->insecure_tcp);
-  EXPECT_TRUE(ValidateConfig(*yaml).ok());
+  EXPECT_OK(ValidateConfig(*yaml));
 }
 
 }  // namespace

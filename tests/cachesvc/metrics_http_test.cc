@@ -7,6 +7,9 @@
 #include <atomic>
 
 #include "rpc_metrics.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::cachesvc {
 namespace {
@@ -27,7 +30,7 @@ TEST(MetricsHttp, ServesMetricsAndHealth) {
   }
   std::atomic<bool> healthy{true};
   auto server = MetricsHttpServer::Start("127.0.0.1", 0, &registry, [&] { return healthy.load(); });
-  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_OK(server);
   ASSERT_GT((*server)->port(), 0);
 
   httplib::Client http("127.0.0.1", (*server)->port());
@@ -63,11 +66,10 @@ TEST(MetricsHttp, ServesMetricsAndHealth) {
 TEST(MetricsHttp, BusyPortIsAnError) {
   MetricsRegistry registry;
   auto first = MetricsHttpServer::Start("127.0.0.1", 0, &registry, [] { return true; });
-  ASSERT_TRUE(first.ok());
+  ASSERT_OK(first);
   auto second =
       MetricsHttpServer::Start("127.0.0.1", (*first)->port(), &registry, [] { return true; });
-  ASSERT_FALSE(second.ok());
-  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  ASSERT_THAT(second, StatusIs(absl::StatusCode::kUnavailable));
 }
 
 }  // namespace
