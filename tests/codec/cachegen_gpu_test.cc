@@ -11,9 +11,9 @@
 
 #if defined(KVSTASH_HAVE_CUDA)
 #include <cuda_runtime_api.h>
+#endif
 
 using ::kvstash::testing::StatusIs;
-#endif
 
 namespace kvstash::codec {
 namespace {
