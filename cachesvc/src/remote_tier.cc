@@ -176,8 +176,8 @@ struct RemoteTier::Impl {
   MetricsRegistry* metrics = nullptr;
   std::string node_id;
   std::string secret;
-  bool tls_required = false;    // Hello only over mutually authenticated TLS
-  mutable std::mutex peers_mu;  // the list; each Peer is never removed (metrics point at it)
+  bool tls_required = false;  // Hello only over mutually authenticated TLS
+  mutable Mutex peers_mu;     // the list; each Peer is never removed (metrics point at it)
   std::vector<std::shared_ptr<Peer>> peers ABSL_GUARDED_BY(peers_mu);
   Ranker ranker ABSL_GUARDED_BY(peers_mu);
   grpc::ChannelArguments channel_args;
@@ -276,7 +276,7 @@ struct RemoteTier::Impl {
   }
 
   std::shared_ptr<Peer> Find(const std::string& address) const {
-    std::lock_guard<std::mutex> lock(peers_mu);
+    MutexLock lock(&peers_mu);
     for (auto& peer : peers) {
       if (peer->address == address && peer->listed.load()) return peer;
     }
@@ -288,7 +288,7 @@ struct RemoteTier::Impl {
     std::vector<std::shared_ptr<Peer>> out;
     Ranker rank;
     {
-      std::lock_guard<std::mutex> lock(peers_mu);
+      MutexLock lock(&peers_mu);
       for (auto& peer : peers) {
         if (peer->listed.load()) out.push_back(peer);
       }
@@ -627,7 +627,7 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
   impl->credentials =
       tls != nullptr ? tls->ChannelCredentials() : grpc::InsecureChannelCredentials();
   {
-    std::lock_guard<std::mutex> lock(impl->peers_mu);
+    MutexLock lock(&impl->peers_mu);
     for (const std::string& address : config.peers.addresses) {
       impl->peers.push_back(impl->MakePeer(address));
     }
@@ -641,7 +641,7 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
 bool RemoteTier::has_peers() const { return !impl_->Snapshot(nullptr).empty(); }
 
 void RemoteTier::SetClusterPeers(const std::vector<std::string>& addresses) {
-  std::lock_guard<std::mutex> lock(impl_->peers_mu);
+  MutexLock lock(&impl_->peers_mu);
   for (auto& peer : impl_->peers) {
     if (!peer->from_cluster) continue;
     const bool listed =
@@ -670,7 +670,7 @@ std::shared_ptr<grpc::Channel> RemoteTier::MakeChannel(const std::string& addres
 }
 
 void RemoteTier::SetRanker(Ranker ranker) {
-  std::lock_guard<std::mutex> lock(impl_->peers_mu);
+  MutexLock lock(&impl_->peers_mu);
   impl_->ranker = std::move(ranker);
 }
 
@@ -800,7 +800,7 @@ storage::TierStats RemoteTier::Stats() const {
   t.tier = storage::Tier::kRemote;
   t.hits = impl_->hits.load(std::memory_order_relaxed);
   t.misses = impl_->misses.load(std::memory_order_relaxed);
-  std::lock_guard<std::mutex> lock(impl_->peers_mu);
+  MutexLock lock(&impl_->peers_mu);
   for (const auto& peer : impl_->peers) t.bytes_read += peer->fetched_bytes->Value();
   return t;
 }
