@@ -118,6 +118,7 @@ case "$cmd" in
     ;;
   build)
     ./scripts/install_deps.sh
+    ./scripts/install_etcd_protos.sh
     build "${1:-release}"
     ;;
   fuzz)
