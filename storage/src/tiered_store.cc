@@ -61,7 +61,6 @@ TieredStore::TieredStore(const StoreOptions& options)
 
 Status TieredStore::Init() {
   KVSTASH_ASSIGN_OR_RETURN(cpu_policy_, MakeEvictionPolicy(options_.cpu_eviction_policy));
-  KVSTASH_ASSIGN_OR_RETURN(ssd_policy_, MakeEvictionPolicy(options_.ssd_eviction_policy));
   KVSTASH_ASSIGN_OR_RETURN(arena_,
                            Arena::Create(options_.cpu_capacity_bytes, options_.prefault_arena));
   metrics_.cpu.capacity_bytes->Set(static_cast<double>(arena_->bytes()));
@@ -71,10 +70,21 @@ Status TieredStore::Init() {
     so.dir = options_.data_dir + "/ssd";
     so.capacity_bytes = options_.ssd_capacity_bytes;
     so.io_threads = options_.ssd_io_threads;
-    KVSTASH_ASSIGN_OR_RETURN(ssd_, SsdTier::Open(so, &metrics_));
-    KVSTASH_ASSIGN_OR_RETURN(std::vector<TierRecord> records, ssd_->Recover());
-    RecoverSsd(std::move(records));
-    metrics_.ssd.capacity_bytes->Set(static_cast<double>(options_.ssd_capacity_bytes));
+    auto lt = std::make_unique<LowerTier>();
+    lt->index = lower_.size();
+    KVSTASH_ASSIGN_OR_RETURN(lt->tier, SsdTier::Open(so, &metrics_));
+    lt->metrics = &metrics_.ssd;
+    KVSTASH_ASSIGN_OR_RETURN(lt->policy, MakeEvictionPolicy(options_.ssd_eviction_policy));
+    lower_.push_back(std::move(lt));
+  }
+  // Recovered in order, so an object a higher tier holds keeps that tier's version.
+  for (auto& lt : lower_) {
+    KVSTASH_ASSIGN_OR_RETURN(std::vector<TierRecord> records, lt->tier->Recover());
+    RecoverLower(*lt, std::move(records));
+    lt->metrics->capacity_bytes->Set(static_cast<double>(lt->tier->capacity_bytes()));
+  }
+  // The writer pool writes down into the first lower tier.
+  if (!lower_.empty()) {
     for (int i = 0; i < options_.ssd_io_threads; ++i)
       writers_.emplace_back([this] { WriterLoop(); });
   }
@@ -124,16 +134,18 @@ void TieredStore::UpdatePoliciesLocked(Shard& shard, ObjectRec& rec) {
     }
     rec.in_cpu_policy = cpu_evictable;
   }
-  bool ssd_evictable = rec.visible && rec.ssd.state == CopyState::kStored && rec.pins == 0 &&
-                       rec.promotion == nullptr;
-  if (ssd_evictable != rec.ssd.in_policy) {
-    MutexLock lock(&ssd_policy_mu_);
-    if (ssd_evictable) {
-      ssd_policy_->OnInsert(MetaFor(rec, ssd_->StoredBytes(rec.ssd.info.payload_bytes)));
+  for (const auto& lt : lower_) {
+    LowerCopy& copy = rec.lower[lt->index];
+    bool evictable = rec.visible && copy.state == CopyState::kStored && rec.pins == 0 &&
+                     rec.promotion == nullptr;
+    if (evictable == copy.in_policy) continue;
+    MutexLock lock(&lt->policy_mu);
+    if (evictable) {
+      lt->policy->OnInsert(MetaFor(rec, lt->tier->StoredBytes(copy.info.payload_bytes)));
     } else {
-      ssd_policy_->OnRemove(rec.name.storage_key);
+      lt->policy->OnRemove(rec.name.storage_key);
     }
-    rec.ssd.in_policy = ssd_evictable;
+    copy.in_policy = evictable;
   }
 }
 
@@ -154,10 +166,12 @@ void TieredStore::AddCpuUsage(const ObjectRec& rec, bool add) {
   bytes = add ? bytes + n : (bytes > n ? bytes - n : 0);
 }
 
-void TieredStore::AddSsdUsage(const ObjectRec& rec, bool add) {
+void TieredStore::AddLowerUsage(const ObjectRec& rec, const LowerTier& lt, bool add) {
+  // NamespaceUsage has a field for the SSD tier only (tenant quotas are per cpu/ssd).
+  if (lt.tier->tier() != Tier::kSsd) return;
   MutexLock lock(&usage_mu_);
   uint64_t& bytes = usage_[rec.name.name_space].ssd_bytes;
-  const uint64_t n = rec.ssd.info.payload_bytes;
+  const uint64_t n = rec.lower[lt.index].info.payload_bytes;
   bytes = add ? bytes + n : (bytes > n ? bytes - n : 0);
 }
 
@@ -173,28 +187,31 @@ void TieredStore::HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Defer
   rec->visible = false;
   UpdatePoliciesLocked(shard, *rec);
   MaybeFreeArenaLocked(shard, *rec);
-  // A pending write notices !visible and removes what it wrote; a finished one is removed here.
-  if (rec->ssd.state == CopyState::kStored) {
-    rec->ssd.state = CopyState::kNone;
-    AddSsdUsage(*rec, false);
-    later.ssd_removals.push_back({rec, rec->ssd.seq, rec->ssd.info.payload_bytes});
+  // A pending write notices !visible and removes what it wrote; finished ones are removed here.
+  for (const auto& lt : lower_) {
+    LowerCopy& copy = rec->lower[lt->index];
+    if (copy.state != CopyState::kStored) continue;
+    copy.state = CopyState::kNone;
+    AddLowerUsage(*rec, *lt, false);
+    later.lower_removals.push_back({lt.get(), rec, copy.seq, copy.info.payload_bytes});
   }
 }
 
 void TieredStore::QueueWriteLocked(Shard& shard, const std::shared_ptr<ObjectRec>& rec,
                                    Deferred& later, std::shared_ptr<std::promise<Status>> done) {
-  rec->ssd.state = CopyState::kPending;
+  rec->lower[0].state = CopyState::kPending;
   ++rec->io_refs;
   UpdatePoliciesLocked(shard, *rec);
   later.writes.push_back(WriteJob{rec, std::move(done)});
 }
 
 void TieredStore::RunDeferred(Deferred& later) {
-  for (auto& removal : later.ssd_removals) {
-    ssd_->Remove(removal.rec->name.storage_key, removal.seq, removal.stored_bytes);
-    metrics_.ssd.used_bytes->Set(static_cast<double>(ssd_->used_bytes()));
+  for (auto& removal : later.lower_removals) {
+    StorageTier& tier = *removal.tier->tier;
+    tier.Remove(removal.rec->name.storage_key, removal.seq, removal.stored_bytes);
+    removal.tier->metrics->used_bytes->Set(static_cast<double>(tier.used_bytes()));
   }
-  later.ssd_removals.clear();
+  later.lower_removals.clear();
   if (!later.writes.empty()) {
     {
       MutexLock lock(&write_mu_);
@@ -316,7 +333,9 @@ TieredStore::EvictStep TieredStore::EvictOneCpu() {
     // Its state changed since the policy named it; the policy no longer holds it, try the next.
     if (it == shard.objects.end() || !it->second->in_cpu_policy) return step;
     std::shared_ptr<ObjectRec> rec = it->second;
-    if (ssd_ && rec->ssd.state == CopyState::kNone && !rec->ssd.failed && Admitted(*rec)) {
+    LowerTier* first = first_lower();
+    if (first != nullptr && rec->lower[0].state == CopyState::kNone && !rec->lower[0].failed &&
+        Admitted(*rec)) {
       // Demote first; the write's completion makes it evictable again (it keeps its old last
       // access, so it is the next victim), then it is just freed.
       QueueWriteLocked(shard, rec, later);
@@ -326,14 +345,16 @@ TieredStore::EvictStep TieredStore::EvictOneCpu() {
       rec->in_cpu = false;
       AddCpuUsage(*rec, false);
       FreeExtent(rec->arena_offset);
-      if (rec->ssd.state == CopyState::kStored) {
-        // From now on readers get what the SSD copy decodes to (the same bytes when it is raw).
-        rec->info.payload_crc32c = rec->ssd.served.payload_crc32c;
-        rec->info.lossy = rec->ssd.served.lossy;
+      const int stored = FirstStoredLocked(*rec, lower_.size());
+      if (stored >= 0) {
+        // From now on readers get what the first lower copy decodes to (the same bytes when it
+        // is raw), as promotion reads that copy.
+        rec->info.payload_crc32c = rec->lower[stored].served.payload_crc32c;
+        rec->info.lossy = rec->lower[stored].served.lossy;
       }
       metrics_.cpu.evictions->Increment();
-      if (rec->ssd.state == CopyState::kNone) {
-        if (ssd_ && !Admitted(*rec)) metrics_.ssd_admission_dropped->Increment();
+      if (stored < 0) {
+        if (first != nullptr && !Admitted(*rec)) metrics_.ssd_admission_dropped->Increment();
         shard.objects.erase(it);
         rec->visible = false;
       }
@@ -441,7 +462,7 @@ Status TieredStore::CommitImpl(uint64_t reservation_id, uint32_t payload_crc32c,
       return absl::FailedPreconditionError(
           absl::StrCat("reservation ", reservation_id, " is being committed"));
     }
-    if (durable && !ssd_) {
+    if (durable && lower_.empty()) {
       return absl::FailedPreconditionError(
           "durable commit needs the SSD tier (ssd_capacity_bytes is 0)");
     }
@@ -487,7 +508,7 @@ Status TieredStore::CommitImpl(uint64_t reservation_id, uint32_t payload_crc32c,
     // one keep its bytes until they release.
     if (it != shard.objects.end()) HideLocked(shard, it->second, later);
     shard.objects[res.name.storage_key] = rec;
-    if (ssd_ && (durable || options_.ssd_admission_hits == 0)) {
+    if (!lower_.empty() && (durable || options_.ssd_admission_hits == 0)) {
       if (durable) {
         done = std::make_shared<std::promise<Status>>();
         durable_result = done->get_future();
@@ -560,7 +581,7 @@ Result<Lease> TieredStore::Acquire(const Hash128& storage_key, uint32_t lease_ms
       auto it = shard.objects.find(storage_key);
       if (it == shard.objects.end()) {
         metrics_.cpu.misses->Increment();
-        if (ssd_) metrics_.ssd.misses->Increment();
+        for (const auto& lt : lower_) lt->metrics->misses->Increment();
         return absl::NotFoundError(absl::StrCat("object ", storage_key.ToHex(), " not found"));
       }
       rec = it->second;
@@ -571,8 +592,8 @@ Result<Lease> TieredStore::Acquire(const Hash128& storage_key, uint32_t lease_ms
         ++rec->hits;
         rec->last_access_ns = WallNs();
         UpdatePoliciesLocked(shard, *rec);
-        if (ssd_ && options_.ssd_admission_hits > 0 && rec->ssd.state == CopyState::kNone &&
-            !rec->ssd.failed && Admitted(*rec)) {
+        if (!lower_.empty() && options_.ssd_admission_hits > 0 &&
+            rec->lower[0].state == CopyState::kNone && !rec->lower[0].failed && Admitted(*rec)) {
           QueueWriteLocked(shard, rec, later);
         }
       } else {
@@ -680,11 +701,13 @@ Status TieredStore::Unpin(const Hash128& storage_key) {
 
 void TieredStore::PersistPinsLocked(Shard& shard, const ObjectRec& rec) {
   assert(&shard == &ShardFor(rec.name.storage_key));
-  // Only a finished SSD copy has a record to update; a pending writer re-checks pins after its
+  // Only a finished lower copy has a record to update; a pending writer re-checks pins after its
   // synced put. The write is not synced: pins are a hint that survives a clean restart.
-  if (!ssd_ || rec.ssd.state != CopyState::kStored) return;
-  Status s = ssd_->PutRecord(RecordOf(rec), /*sync=*/false);
-  if (!s.ok()) spdlog::warn("kvstash storage: persisting pins failed: {}", s.ToString());
+  for (const auto& lt : lower_) {
+    if (rec.lower[lt->index].state != CopyState::kStored) continue;
+    Status s = lt->tier->PutRecord(RecordOf(rec, lt->index), /*sync=*/false);
+    if (!s.ok()) spdlog::warn("kvstash storage: persisting pins failed: {}", s.ToString());
+  }
 }
 
 Result<ListPage> TieredStore::List(const std::string& name_space, bool all_namespaces,
@@ -708,8 +731,12 @@ Result<ListPage> TieredStore::List(const std::string& name_space, bool all_names
     for (; it != shard.objects.end() && taken <= limit; ++it) {
       const ObjectRec& rec = *it->second;
       if (!all_namespaces && rec.name.name_space != name_space) continue;
-      found.push_back(ListedObject{rec.name, rec.info, rec.in_cpu ? Tier::kCpu : Tier::kSsd,
-                                   rec.pins > 0, rec.hits});
+      Tier where = Tier::kCpu;
+      if (!rec.in_cpu) {
+        const int stored = FirstStoredLocked(rec, lower_.size());
+        where = stored >= 0 ? lower_[stored]->tier->tier() : Tier::kSsd;
+      }
+      found.push_back(ListedObject{rec.name, rec.info, where, rec.pins > 0, rec.hits});
       ++taken;
     }
   }
@@ -728,7 +755,8 @@ Result<ListPage> TieredStore::List(const std::string& name_space, bool all_names
 StoreStats TieredStore::Stats() {
   std::shared_lock<std::shared_mutex> guard(close_mu_);
   StoreStats stats;
-  uint64_t cpu_objects = 0, ssd_objects = 0, pinned = 0, cpu_logical = 0, ssd_logical = 0;
+  uint64_t cpu_objects = 0, pinned = 0, cpu_logical = 0;
+  std::array<uint64_t, kMaxLowerTiers> lower_objects{}, lower_logical{};
   for (Shard& shard : shards_) {
     MutexLock lock(&shard.mu);
     for (const auto& [key, rec] : shard.objects) {
@@ -736,9 +764,10 @@ StoreStats TieredStore::Stats() {
         ++cpu_objects;
         cpu_logical += rec->info.payload_bytes;
       }
-      if (rec->ssd.state == CopyState::kStored) {
-        ++ssd_objects;
-        ssd_logical += rec->ssd.served.payload_bytes;
+      for (size_t i = 0; i < lower_.size(); ++i) {
+        if (rec->lower[i].state != CopyState::kStored) continue;
+        ++lower_objects[i];
+        lower_logical[i] += rec->lower[i].served.payload_bytes;
       }
       pinned += rec->pins > 0 ? 1 : 0;
     }
@@ -762,9 +791,10 @@ StoreStats TieredStore::Stats() {
     metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
   }
   stats.tiers.push_back(tier(Tier::kCpu, metrics_.cpu, cpu_objects, cpu_logical));
-  if (ssd_) {
-    metrics_.ssd.used_bytes->Set(static_cast<double>(ssd_->used_bytes()));
-    stats.tiers.push_back(tier(ssd_->tier(), metrics_.ssd, ssd_objects, ssd_logical));
+  for (const auto& lt : lower_) {
+    lt->metrics->used_bytes->Set(static_cast<double>(lt->tier->used_bytes()));
+    stats.tiers.push_back(
+        tier(lt->tier->tier(), *lt->metrics, lower_objects[lt->index], lower_logical[lt->index]));
   }
   stats.checksum_failures = metrics_.checksum_failures->Value();
   stats.reservations_expired = metrics_.reservations_expired->Value();
@@ -788,8 +818,12 @@ Status TieredStore::Flush() {
     while (pending_writes_ != 0) idle_cv_.Wait(&write_mu_);
   }
   // Write-through records are put without a WAL sync; make them all durable now.
-  if (ssd_) return ssd_->Sync();
-  return OkStatus();
+  Status status = OkStatus();
+  for (const auto& lt : lower_) {
+    Status synced = lt->tier->Sync();
+    if (status.ok()) status = synced;
+  }
+  return status;
 }
 
 Status TieredStore::Close() {
@@ -802,21 +836,24 @@ Status TieredStore::Close() {
   }
   StopThreads();
   Status status = OkStatus();
-  if (ssd_) {
-    // Persist hit counts and pins of everything on SSD so a restart keeps admission and LRU
-    // history; one WAL sync for the lot.
+  for (const auto& lt : lower_) {
+    // Persist hit counts and pins of everything on the tier so a restart keeps admission and
+    // LRU history; one sync for the lot.
     std::vector<TierRecord> records;
     for (Shard& shard : shards_) {
       MutexLock lock(&shard.mu);
       for (const auto& [key, rec] : shard.objects) {
-        if (rec->ssd.state == CopyState::kStored) records.push_back(RecordOf(*rec));
+        if (rec->lower[lt->index].state == CopyState::kStored) {
+          records.push_back(RecordOf(*rec, lt->index));
+        }
       }
     }
-    status = ssd_->PutRecords(records);
-    Status synced = ssd_->Sync();
+    Status put = lt->tier->PutRecords(records);
+    Status synced = lt->tier->Sync();
+    if (status.ok()) status = put;
     if (status.ok()) status = synced;
-    ssd_.reset();
   }
+  lower_.clear();
   return status;
 }
 

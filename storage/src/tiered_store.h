@@ -1,12 +1,13 @@
-// TieredStore: the ObjectStore implementation (CPU arena + optional SSD tier).
+// TieredStore: the ObjectStore implementation (CPU arena + an ordered list of lower tiers; today
+// the optional SSD tier is the only one).
 //
 // State lives in ObjectRec, one per committed object version, shared by the index (while the
 // version is visible), by leases and by queued SSD writes. Every mutable field of a rec is
 // guarded by the mutex of the index shard its storage key hashes to.
 //
 // Lock order (never acquire leftwards while holding rightwards):
-//   close_mu_ (shared) -> shard.mu -> {arena_mu_, cpu_policy_mu_, ssd_policy_mu_, lease_mu_,
-//   res_mu_, write_mu_, check_mu_}
+//   close_mu_ (shared) -> shard.mu -> {arena_mu_, cpu_policy_mu_, LowerTier::policy_mu,
+//   lease_mu_, res_mu_, write_mu_, check_mu_}
 // The policy, arena, lease, reservation and write-queue mutexes are leaves. Slow work (crc32c,
 // SSD I/O, synced index writes) runs with no lock held.
 //
@@ -16,6 +17,7 @@
 #ifndef KVSTASH_STORAGE_TIERED_STORE_H_
 #define KVSTASH_STORAGE_TIERED_STORE_H_
 
+#include <array>
 #include <atomic>
 #include <deque>
 #include <future>
@@ -41,7 +43,10 @@ namespace kvstash::storage {
 // Nanoseconds since the Unix epoch (last-access times, persisted across restarts).
 uint64_t WallNs();
 
-// One object's copy in a lower tier (today the one slot: the SSD tier, TieredStore::ssd_).
+// At most this many lower tiers (ObjectRec keeps one LowerCopy per tier, inline).
+inline constexpr size_t kMaxLowerTiers = 2;
+
+// One object's copy in one lower tier (ObjectRec::lower[i] is its copy in TieredStore::lower_[i]).
 enum class CopyState : uint8_t {
   kNone,     // no copy
   kPending,  // queued or being written; the writer owns the outcome
@@ -62,6 +67,20 @@ struct LowerCopy {
 
 struct Promotion;
 
+// One lower tier and the store's state for it. TieredStore::lower_ holds them in order: the CPU
+// arena writes down (write-through, demotion) into lower_[0]; a read of an object not in the
+// arena promotes it from the first tier, in that order, that holds a stored copy; recovery,
+// eviction (each tier has its own policy and watermarks over its own capacity), flush, close and
+// stats run per tier. SsdTier (kvstash_storage_ssd_* metrics) is the only tier built today.
+struct LowerTier {
+  size_t index = 0;  // position in TieredStore::lower_ and in ObjectRec::lower
+  std::unique_ptr<StorageTier> tier;
+  TierMetrics* metrics = nullptr;  // owned by TieredStore::metrics_
+  // Holds exactly the objects whose copy here is evictable (LowerCopy::in_policy). A leaf lock.
+  Mutex policy_mu;
+  std::unique_ptr<EvictionPolicy> policy ABSL_PT_GUARDED_BY(policy_mu);
+};
+
 // Whether an object's arena bytes match its crc32c (ObjectRec::arena_check).
 enum class ArenaCheck : uint8_t {
   kPassed,   // checked, or written by the store itself (promotion, a checked commit)
@@ -80,8 +99,8 @@ struct ObjectRec {
   const uint64_t extent_bytes;  // arena bytes while resident (payload rounded up to pages)
 
   // Guarded by the shard mutex.
-  LowerCopy ssd;        // the copy in the SSD tier
-  bool visible = true;  // reachable through the index
+  std::array<LowerCopy, kMaxLowerTiers> lower;  // the copy in each lower tier, in tier order
+  bool visible = true;                          // reachable through the index
   bool in_cpu = false;
   uint64_t arena_offset = 0;
   bool in_cpu_policy = false;
@@ -159,12 +178,13 @@ class TieredStore final : public ObjectStore {
   // Work found under a shard lock that must run after it is released.
   struct Deferred {
     std::vector<WriteJob> writes;
-    struct SsdRemoval {
+    struct LowerRemoval {
+      LowerTier* tier;
       std::shared_ptr<ObjectRec> rec;
       uint64_t seq;
-      uint64_t stored_bytes;  // payload bytes of the file
+      uint64_t stored_bytes;  // payload bytes of the stored copy
     };
-    std::vector<SsdRemoval> ssd_removals;
+    std::vector<LowerRemoval> lower_removals;
   };
 
   explicit TieredStore(const StoreOptions& options);
@@ -207,18 +227,25 @@ class TieredStore final : public ObjectStore {
   EvictStep EvictOneCpu();
   bool CpuAboveHigh();
 
-  // --- SSD ---
-  bool EvictOneSsd();
+  // --- lower tiers (tiered_store_ssd.cc) ---
+  // The first lower tier (write-through and demotion go there); null when there is none.
+  LowerTier* first_lower() const { return lower_.empty() ? nullptr : lower_.front().get(); }
+  // Index of the first lower tier holding a stored copy of rec, or -1. Under the shard lock.
+  static int FirstStoredLocked(const ObjectRec& rec, size_t tiers);
+  // One step of eviction from `lt`: removes its policy's next victim's copy (the object goes
+  // when no other copy is left). False when the policy holds nothing.
+  bool EvictOneLower(LowerTier& lt);
   void WriterLoop();
-  void RunWrite(WriteJob& job);
-  Status WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durable);
+  // Writes rec's arena bytes into the first lower tier (a queued WriteJob).
+  Status WriteDown(const std::shared_ptr<ObjectRec>& rec, bool durable);
+  // Reads the copy of the first tier that holds one into a fresh arena extent and leases it.
   Result<Lease> Promote(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms);
-  // Reads the SSD copy into `dst` (room for served.payload_bytes rounded up to a page),
+  // Reads lt's copy into `dst` (room for served.payload_bytes rounded up to a page),
   // decoding it when it is encoded; DataLoss unless the result matches served's crc32c.
-  Status ReadSsdCopy(const Hash128& key, uint64_t seq, const ObjectInfo& stored,
-                     const ObjectInfo& served, bool encoded, uint8_t* dst);
-  TierRecord RecordOf(const ObjectRec& rec) const;
-  void RecoverSsd(std::vector<TierRecord> records);
+  Status ReadLowerCopy(LowerTier& lt, const Hash128& key, const LowerCopy& copy, uint8_t* dst);
+  TierRecord RecordOf(const ObjectRec& rec, size_t tier_index) const;
+  // Installs what lt.tier->Recover() returned (tiers are recovered in order).
+  void RecoverLower(LowerTier& lt, std::vector<TierRecord> records);
 
   // --- checks of committed bytes (tiered_store_check.cc) ---
   // `checked`: the caller verified the payload itself (CommitChecked).
@@ -244,13 +271,14 @@ class TieredStore final : public ObjectStore {
   const StoreOptions options_;
   StoreMetrics metrics_;
   // Per-namespace bytes per tier (Usage). Changed under the rec's shard lock wherever in_cpu or
-  // ssd.state == kStored changes; usage_mu_ is a leaf.
+  // a lower copy's state == kStored changes; usage_mu_ is a leaf.
   Mutex usage_mu_;
   std::unordered_map<std::string, NamespaceUsage> usage_ ABSL_GUARDED_BY(usage_mu_);
   void AddCpuUsage(const ObjectRec& rec, bool add);
-  void AddSsdUsage(const ObjectRec& rec, bool add);
+  void AddLowerUsage(const ObjectRec& rec, const LowerTier& lt, bool add);
   std::unique_ptr<Arena> arena_;
-  std::unique_ptr<StorageTier> ssd_;  // the lower tier (SsdTier); null when disabled
+  // The lower tiers, in order (at most kMaxLowerTiers); fixed after Init, emptied by Close.
+  std::vector<std::unique_ptr<LowerTier>> lower_;
   std::atomic<bool> closed_{false};
   mutable std::shared_mutex close_mu_;  // shared by every public call; Close takes it exclusively
 
@@ -265,8 +293,6 @@ class TieredStore final : public ObjectStore {
 
   Mutex cpu_policy_mu_;
   std::unique_ptr<EvictionPolicy> cpu_policy_ ABSL_PT_GUARDED_BY(cpu_policy_mu_);
-  Mutex ssd_policy_mu_;
-  std::unique_ptr<EvictionPolicy> ssd_policy_ ABSL_PT_GUARDED_BY(ssd_policy_mu_);
 
   Mutex lease_mu_;
   std::atomic<uint64_t> next_lease_id_{1};

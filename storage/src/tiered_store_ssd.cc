@@ -1,4 +1,5 @@
-// TieredStore: the SSD side (write-through and demotion, promotion, SSD eviction, recovery).
+// TieredStore: the lower tiers (write-through and demotion into the first one, promotion from the
+// first that holds a copy, per-tier eviction and recovery). The SSD tier is the only one built.
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -32,48 +33,71 @@ PageBuffer NewPageBuffer(uint64_t bytes) {
 }
 }  // namespace
 
-TierRecord TieredStore::RecordOf(const ObjectRec& rec) const {
+int TieredStore::FirstStoredLocked(const ObjectRec& rec, size_t tiers) {
+  for (size_t i = 0; i < tiers; ++i) {
+    if (rec.lower[i].state == CopyState::kStored) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+TierRecord TieredStore::RecordOf(const ObjectRec& rec, size_t tier_index) const {
+  const LowerCopy& copy = rec.lower[tier_index];
   TierRecord r;
   r.name = rec.name;
-  r.info = rec.ssd.info;
-  r.served = rec.ssd.served;
-  r.encoded = rec.ssd.encoded;
-  r.seq = rec.ssd.seq;
+  r.info = copy.info;
+  r.served = copy.served;
+  r.encoded = copy.encoded;
+  r.seq = copy.seq;
   r.hits = rec.hits;
   r.last_access_ns = rec.last_access_ns;
   r.pins = rec.pins;
   return r;
 }
 
-void TieredStore::RecoverSsd(std::vector<TierRecord> records) {
-  // Oldest first, so the SSD policy sees the recorded recency.
+void TieredStore::RecoverLower(LowerTier& lt, std::vector<TierRecord> records) {
+  // Oldest first, so the tier's policy sees the recorded recency.
   std::sort(records.begin(), records.end(), [](const TierRecord& a, const TierRecord& b) {
     return a.last_access_ns < b.last_access_ns;
   });
+  std::vector<TierRecord> stale;
   for (TierRecord& r : records) {
-    auto rec = std::make_shared<ObjectRec>(r.name, r.served);
-    rec->ssd.info = r.info;
-    rec->ssd.served = r.served;
-    rec->ssd.encoded = r.encoded;
-    rec->ssd.state = CopyState::kStored;
-    AddSsdUsage(*rec, true);
-    rec->ssd.seq = r.seq;
-    rec->hits = r.hits;
-    rec->pins = r.pins;
-    rec->last_access_ns = r.last_access_ns;
     Shard& shard = ShardFor(r.name.storage_key);
     MutexLock lock(&shard.mu);
-    shard.objects[r.name.storage_key] = rec;
+    auto it = shard.objects.find(r.name.storage_key);
+    std::shared_ptr<ObjectRec> rec;
+    if (it == shard.objects.end()) {
+      rec = std::make_shared<ObjectRec>(r.name, r.served);
+      rec->hits = r.hits;
+      rec->pins = r.pins;
+      rec->last_access_ns = r.last_access_ns;
+      shard.objects[r.name.storage_key] = rec;
+    } else if (it->second->info.payload_bytes == r.served.payload_bytes &&
+               it->second->info.payload_crc32c == r.served.payload_crc32c) {
+      rec = it->second;  // a higher tier recovered the same bytes: one more copy of them
+    } else {
+      stale.push_back(r);  // a higher tier holds another version of the key: it wins
+      continue;
+    }
+    LowerCopy& copy = rec->lower[lt.index];
+    copy.info = r.info;
+    copy.served = r.served;
+    copy.encoded = r.encoded;
+    copy.state = CopyState::kStored;
+    AddLowerUsage(*rec, lt, true);
+    copy.seq = r.seq;
     UpdatePoliciesLocked(shard, *rec);
   }
-  metrics_.ssd.used_bytes->Set(static_cast<double>(ssd_->used_bytes()));
+  for (const TierRecord& r : stale) {
+    lt.tier->Remove(r.name.storage_key, r.seq, r.info.payload_bytes);
+  }
+  lt.metrics->used_bytes->Set(static_cast<double>(lt.tier->used_bytes()));
 }
 
-bool TieredStore::EvictOneSsd() {
+bool TieredStore::EvictOneLower(LowerTier& lt) {
   std::optional<Hash128> victim;
   {
-    MutexLock lock(&ssd_policy_mu_);
-    victim = ssd_policy_->Victim();
+    MutexLock lock(&lt.policy_mu);
+    victim = lt.policy->Victim();
   }
   if (!victim) return false;
   std::shared_ptr<ObjectRec> rec;
@@ -83,21 +107,29 @@ bool TieredStore::EvictOneSsd() {
     Shard& shard = ShardFor(*victim);
     MutexLock lock(&shard.mu);
     auto it = shard.objects.find(*victim);
-    if (it == shard.objects.end() || !it->second->ssd.in_policy) return true;  // changed; retry
+    if (it == shard.objects.end() || !it->second->lower[lt.index].in_policy) {
+      return true;  // changed; retry
+    }
     rec = it->second;
-    seq = rec->ssd.seq;
-    stored_bytes = rec->ssd.info.payload_bytes;
-    rec->ssd.state = CopyState::kNone;
-    AddSsdUsage(*rec, false);
-    if (!rec->in_cpu) {
+    LowerCopy& copy = rec->lower[lt.index];
+    seq = copy.seq;
+    stored_bytes = copy.info.payload_bytes;
+    copy.state = CopyState::kNone;
+    AddLowerUsage(*rec, lt, false);
+    const int stored = FirstStoredLocked(*rec, lower_.size());
+    if (!rec->in_cpu && stored < 0) {
       shard.objects.erase(it);
       rec->visible = false;
+    } else if (!rec->in_cpu) {
+      // Readers now get what the next copy decodes to (promotion reads the first one left).
+      rec->info.payload_crc32c = rec->lower[stored].served.payload_crc32c;
+      rec->info.lossy = rec->lower[stored].served.lossy;
     }
     UpdatePoliciesLocked(shard, *rec);
   }
-  ssd_->Remove(rec->name.storage_key, seq, stored_bytes);
-  metrics_.ssd.evictions->Increment();
-  metrics_.ssd.used_bytes->Set(static_cast<double>(ssd_->used_bytes()));
+  lt.tier->Remove(rec->name.storage_key, seq, stored_bytes);
+  lt.metrics->evictions->Increment();
+  lt.metrics->used_bytes->Set(static_cast<double>(lt.tier->used_bytes()));
   return true;
 }
 
@@ -111,7 +143,7 @@ void TieredStore::WriterLoop() {
       job = std::move(write_queue_.front());
       write_queue_.pop_front();
     }
-    Status status = WriteToSsd(job.rec, job.done != nullptr);
+    Status status = WriteDown(job.rec, job.done != nullptr);
     if (job.done) job.done->set_value(status);
     job.rec.reset();
     {
@@ -122,7 +154,10 @@ void TieredStore::WriterLoop() {
   }
 }
 
-Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durable) {
+Status TieredStore::WriteDown(const std::shared_ptr<ObjectRec>& rec, bool durable) {
+  LowerTier& lt = *lower_.front();  // writers exist only when there is a lower tier
+  StorageTier& tier = *lt.tier;
+  LowerCopy& copy = rec->lower[lt.index];
   uint64_t start = SteadyNs();
   Shard& shard = ShardFor(rec->name.storage_key);
   const Hash128& key = rec->name.storage_key;
@@ -132,8 +167,8 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
     MutexLock lock(&shard.mu);
     visible = rec->visible;
     if (visible) {
-      record = RecordOf(*rec);
-      // A fresh copy of what the arena holds (the rec's ssd_* fields describe an older one).
+      record = RecordOf(*rec, lt.index);
+      // A fresh copy of what the arena holds (the rec's LowerCopy describes an older one).
       record.info = rec->info;
       record.info.lossy = false;
       record.served = rec->info;
@@ -183,25 +218,26 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
   bool written = false;  // the file exists (and its bytes are accounted)
   bool indexed = false;  // the index record was put
   if (visible) {
-    const uint64_t file_bytes = ssd_->StoredBytes(payload_bytes);
-    const double capacity = static_cast<double>(ssd_->capacity_bytes());
+    const uint64_t file_bytes = tier.StoredBytes(payload_bytes);
+    const double capacity = static_cast<double>(tier.capacity_bytes());
     const auto high = static_cast<uint64_t>(options_.high_watermark * capacity);
     const auto low = static_cast<uint64_t>(options_.low_watermark * capacity);
     // Crossing the high watermark evicts LRU objects down to the low one; the hard limit is the
     // capacity itself.
-    bool reserved = ssd_->TryReserve(file_bytes, high);
+    bool reserved = tier.TryReserve(file_bytes, high);
     while (!reserved) {
-      reserved = ssd_->TryReserve(file_bytes, low);
-      if (reserved || !EvictOneSsd()) break;
+      reserved = tier.TryReserve(file_bytes, low);
+      if (reserved || !EvictOneLower(lt)) break;
     }
-    if (!reserved) reserved = ssd_->TryReserve(file_bytes, ssd_->capacity_bytes());
+    if (!reserved) reserved = tier.TryReserve(file_bytes, tier.capacity_bytes());
     if (!reserved) {
       metrics_.ssd_write_errors_capacity->Increment();
       status = absl::ResourceExhaustedError(absl::StrCat(
-          "SSD tier full: ", ssd_->used_bytes(), " of ", ssd_->capacity_bytes(),
-          " bytes used and nothing evictable for an object of ", file_bytes, " bytes"));
+          std::string(TierName(tier.tier())), " tier full: ", tier.used_bytes(), " of ",
+          tier.capacity_bytes(), " bytes used and nothing evictable for an object of ", file_bytes,
+          " bytes"));
     } else {
-      status = ssd_->Write(&record, payload);
+      status = tier.Write(&record, payload);
       if (status.ok()) {
         written = true;
       } else if (absl::IsResourceExhausted(status)) {
@@ -214,23 +250,24 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
       {
         MutexLock lock(&shard.mu);
         visible = rec->visible;
-        rec->ssd.seq = record.seq;
-        rec->ssd.info = record.info;
-        rec->ssd.served = record.served;
-        rec->ssd.encoded = record.encoded;
+        copy.seq = record.seq;
+        copy.info = record.info;
+        copy.served = record.served;
+        copy.encoded = record.encoded;
         record.pins = rec->pins;
         record.hits = rec->hits;
       }
       if (visible) {
         // A durable commit waits for a synced WAL; write-through records are synced in groups
         // (at most 50 ms later, or by Flush): either way the file was synced first.
-        status = ssd_->PutRecord(record, /*sync=*/durable);
+        status = tier.PutRecord(record, /*sync=*/durable);
         indexed = status.ok();
         if (!indexed) metrics_.ssd_write_errors_io->Increment();
       }
     }
     if (!status.ok()) {
-      spdlog::warn("kvstash storage: SSD write of {} failed: {}", key.ToHex(), status.ToString());
+      spdlog::warn("kvstash storage: {} write of {} failed: {}", TierName(tier.tier()), key.ToHex(),
+                   status.ToString());
     }
   }
   if (!check.ok()) status = check;
@@ -241,52 +278,57 @@ Status TieredStore::WriteToSsd(const std::shared_ptr<ObjectRec>& rec, bool durab
     --rec->io_refs;
     if (!check.ok() && rec->visible) HideLocked(shard, rec, later);
     if (indexed && rec->visible) {
-      rec->ssd.state = CopyState::kStored;
-      AddSsdUsage(*rec, true);
+      copy.state = CopyState::kStored;
+      AddLowerUsage(*rec, lt, true);
       if (rec->pins != record.pins || rec->hits != record.hits) PersistPinsLocked(shard, *rec);
     } else {
       // Deleted or replaced while being written, or the write failed.
       remove = remove || indexed;
-      rec->ssd.state = CopyState::kNone;
-      if (!status.ok()) rec->ssd.failed = true;
+      copy.state = CopyState::kNone;
+      if (!status.ok()) copy.failed = true;
     }
     UpdatePoliciesLocked(shard, *rec);
     MaybeFreeArenaLocked(shard, *rec);
   }
   RunDeferred(later);
-  if (remove) ssd_->Remove(key, record.seq, payload_bytes);
+  if (remove) tier.Remove(key, record.seq, payload_bytes);
   if (indexed && !remove) {
-    metrics_.ssd.bytes_written->Increment(payload_bytes);
+    lt.metrics->bytes_written->Increment(payload_bytes);
     metrics_.ssd_write_seconds->Observe((SteadyNs() - start) * 1e-9);
     if (record.encoded) metrics_.AddSsdEncoded(record.served.payload_bytes, payload_bytes);
   }
-  metrics_.ssd.used_bytes->Set(static_cast<double>(ssd_->used_bytes()));
+  lt.metrics->used_bytes->Set(static_cast<double>(tier.used_bytes()));
   return status;
 }
 
 Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms) {
   Shard& shard = ShardFor(rec->name.storage_key);
   const Hash128& key = rec->name.storage_key;
-  uint64_t seq;
-  ObjectInfo stored, served_info;
-  bool encoded;
+  LowerCopy copy;
+  LowerTier* lt = nullptr;
   {
     MutexLock lock(&shard.mu);
-    seq = rec->ssd.seq;
-    stored = rec->ssd.info;
-    served_info = rec->ssd.served;
-    encoded = rec->ssd.encoded;
+    // Acquire promotes only recs that are not in the arena, and those keep a stored copy.
+    const int stored = FirstStoredLocked(*rec, lower_.size());
+    if (stored >= 0) {
+      lt = lower_[stored].get();
+      copy = rec->lower[stored];
+    }
   }
-  Result<PageAllocator::Extent> extent = AllocateArena(served_info.payload_bytes);
+  const uint64_t seq = copy.seq;
+  const ObjectInfo& stored = copy.info;
+  const ObjectInfo& served_info = copy.served;
+  Result<PageAllocator::Extent> extent =
+      lt != nullptr ? AllocateArena(served_info.payload_bytes)
+                    : Result<PageAllocator::Extent>(absl::NotFoundError(
+                          absl::StrCat("object ", key.ToHex(), " has no copy left to promote")));
   Status status = extent.status();
-  if (extent.ok()) {
-    status = ReadSsdCopy(key, seq, stored, served_info, encoded, arena_->base() + extent->offset);
-  }
+  if (extent.ok()) status = ReadLowerCopy(*lt, key, copy, arena_->base() + extent->offset);
   bool unreadable = absl::IsDataLoss(status) || absl::IsNotFound(status);
   if (absl::IsDataLoss(status)) {
     metrics_.checksum_failures->Increment();
-    spdlog::error("kvstash storage: dropping SSD object {} (file {}): {}", key.ToHex(), seq,
-                  status.ToString());
+    spdlog::error("kvstash storage: dropping {} object {} (version {}): {}",
+                  TierName(lt->tier->tier()), key.ToHex(), seq, status.ToString());
   }
   Deferred later;
   bool served = false;
@@ -321,24 +363,27 @@ Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32
   }
   RunDeferred(later);
   if (!served) {
-    metrics_.ssd.misses->Increment();
+    if (lt != nullptr) lt->metrics->misses->Increment();
     if (status.ok() || unreadable) {
       return absl::NotFoundError(
           absl::StrCat("object ", key.ToHex(), status.ok() ? " was deleted" : " is unreadable"));
     }
     return status;
   }
-  metrics_.ssd.hits->Increment();
-  metrics_.ssd.bytes_read->Increment(stored.payload_bytes);
+  lt->metrics->hits->Increment();
+  lt->metrics->bytes_read->Increment(stored.payload_bytes);
   metrics_.cpu.bytes_written->Increment(rec->info.payload_bytes);
-  return RegisterLease(rec, lease_ms, ssd_->tier());
+  return RegisterLease(rec, lease_ms, lt->tier->tier());
 }
 
-Status TieredStore::ReadSsdCopy(const Hash128& key, uint64_t seq, const ObjectInfo& stored,
-                                const ObjectInfo& served, bool encoded, uint8_t* dst) {
+Status TieredStore::ReadLowerCopy(LowerTier& lt, const Hash128& key, const LowerCopy& copy,
+                                  uint8_t* dst) {
+  const uint64_t seq = copy.seq;
+  const ObjectInfo& stored = copy.info;
+  const ObjectInfo& served = copy.served;
   uint64_t start = SteadyNs();
-  if (!encoded) {
-    Status status = ssd_->Read(key, seq, stored, dst);
+  if (!copy.encoded) {
+    Status status = lt.tier->Read(key, seq, stored, dst);
     metrics_.ssd_read_seconds->Observe((SteadyNs() - start) * 1e-9);
     return status;
   }
@@ -349,7 +394,7 @@ Status TieredStore::ReadSsdCopy(const Hash128& key, uint64_t seq, const ObjectIn
   PageBuffer buffer = NewPageBuffer(stored.payload_bytes);
   if (buffer == nullptr) return absl::ResourceExhaustedError("no memory for an SSD read buffer");
   // The tier verifies the stored bytes (header, name, crc32c of the encoding) ...
-  KVSTASH_RETURN_IF_ERROR(ssd_->Read(key, seq, stored, buffer.get()));
+  KVSTASH_RETURN_IF_ERROR(lt.tier->Read(key, seq, stored, buffer.get()));
   uint64_t decode_start = SteadyNs();
   metrics_.ssd_read_seconds->Observe((decode_start - start) * 1e-9);
   Status status = options_.ssd_codec->Decode(
