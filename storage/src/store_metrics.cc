@@ -33,6 +33,7 @@ MetricsRegistry* Pick(MetricsRegistry* given, std::unique_ptr<MetricsRegistry>& 
 
 StoreMetrics::StoreMetrics(MetricsRegistry* registry) {
   MetricsRegistry* r = Pick(registry, owned);
+  metrics_registry = r;
   cpu = MakeTier(r, "cpu");
   ssd = MakeTier(r, "ssd");
   checksum_failures =
@@ -79,6 +80,10 @@ void StoreMetrics::AddSsdEncoded(uint64_t raw_bytes, uint64_t encoded_bytes) {
   if (after > 0) {
     ssd_encoding_ratio->Set(static_cast<double>(ssd_encoded_bytes_before->Value()) / after);
   }
+}
+
+TierMetrics StoreMetrics::ForTier(const std::string& label) {
+  return MakeTier(metrics_registry, label);
 }
 
 }  // namespace kvstash::storage

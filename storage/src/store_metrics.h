@@ -5,6 +5,7 @@
 #define KVSTASH_STORAGE_STORE_METRICS_H_
 
 #include <memory>
+#include <string>
 
 #include "kvstash/common/metrics.h"
 
@@ -48,6 +49,10 @@ struct StoreMetrics {
   Histogram* ssd_decode_seconds;
 
   void AddSsdEncoded(uint64_t raw_bytes, uint64_t encoded_bytes);
+  // The kvstash_storage_* tier metrics with label tier=`label` (a lower tier after the SSD one).
+  TierMetrics ForTier(const std::string& label);
+
+  MetricsRegistry* metrics_registry;  // the caller's or `owned`
 };
 
 }  // namespace kvstash::storage

@@ -43,13 +43,26 @@ Result<std::unique_ptr<ObjectStore>> ObjectStore::Open(const StoreOptions& optio
 }
 
 Result<std::unique_ptr<ObjectStore>> TieredStore::Create(const StoreOptions& options) {
+  return Create(options, {});
+}
+
+Result<std::unique_ptr<ObjectStore>> TieredStore::Create(
+    const StoreOptions& options, std::vector<std::unique_ptr<StorageTier>> more_lower) {
+  const size_t tiers = (options.ssd_capacity_bytes > 0 ? 1 : 0) + more_lower.size();
+  if (tiers > kMaxLowerTiers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(tiers, " lower tiers; the store takes at most ", kMaxLowerTiers));
+  }
+  for (const auto& t : more_lower) {
+    if (t == nullptr) return absl::InvalidArgumentError("a lower tier is null");
+  }
   if (!(options.low_watermark > 0 && options.low_watermark <= options.high_watermark &&
         options.high_watermark <= 1.0)) {
     return absl::InvalidArgumentError("watermarks must satisfy 0 < low <= high <= 1");
   }
   if (options.ssd_io_threads < 1) return absl::InvalidArgumentError("ssd_io_threads must be >= 1");
   std::unique_ptr<TieredStore> store(new TieredStore(options));
-  KVSTASH_RETURN_IF_ERROR(store->Init());
+  KVSTASH_RETURN_IF_ERROR(store->Init(std::move(more_lower)));
   return std::unique_ptr<ObjectStore>(std::move(store));
 }
 
@@ -59,7 +72,7 @@ TieredStore::TieredStore(const StoreOptions& options)
       arena_capacity_bytes_(options.cpu_capacity_bytes - options.cpu_capacity_bytes % 4096),
       allocator_(arena_capacity_bytes_) {}
 
-Status TieredStore::Init() {
+Status TieredStore::Init(std::vector<std::unique_ptr<StorageTier>> more_lower) {
   KVSTASH_ASSIGN_OR_RETURN(cpu_policy_, MakeEvictionPolicy(options_.cpu_eviction_policy));
   KVSTASH_ASSIGN_OR_RETURN(arena_,
                            Arena::Create(options_.cpu_capacity_bytes, options_.prefault_arena));
@@ -74,6 +87,16 @@ Status TieredStore::Init() {
     lt->index = lower_.size();
     KVSTASH_ASSIGN_OR_RETURN(lt->tier, SsdTier::Open(so, &metrics_));
     lt->metrics = &metrics_.ssd;
+    KVSTASH_ASSIGN_OR_RETURN(lt->policy, MakeEvictionPolicy(options_.ssd_eviction_policy));
+    lower_.push_back(std::move(lt));
+  }
+  for (auto& tier : more_lower) {
+    auto lt = std::make_unique<LowerTier>();
+    lt->index = lower_.size();
+    lt->own_metrics =
+        metrics_.ForTier(absl::StrCat(std::string(TierName(tier->tier())), "_", lt->index));
+    lt->metrics = &lt->own_metrics;
+    lt->tier = std::move(tier);
     KVSTASH_ASSIGN_OR_RETURN(lt->policy, MakeEvictionPolicy(options_.ssd_eviction_policy));
     lower_.push_back(std::move(lt));
   }
@@ -136,8 +159,8 @@ void TieredStore::UpdatePoliciesLocked(Shard& shard, ObjectRec& rec) {
   }
   for (const auto& lt : lower_) {
     LowerCopy& copy = rec.lower[lt->index];
-    bool evictable = rec.visible && copy.state == CopyState::kStored && rec.pins == 0 &&
-                     rec.promotion == nullptr;
+    bool evictable = rec.visible && copy.state == CopyState::kStored && !copy.moving &&
+                     rec.pins == 0 && rec.promotion == nullptr;
     if (evictable == copy.in_policy) continue;
     MutexLock lock(&lt->policy_mu);
     if (evictable) {
@@ -195,6 +218,13 @@ void TieredStore::HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Defer
     AddLowerUsage(*rec, *lt, false);
     later.lower_removals.push_back({lt.get(), rec, copy.seq, copy.info.payload_bytes});
   }
+}
+
+bool TieredStore::NeedsWriteDownLocked(const ObjectRec& rec) const {
+  // A stored copy in any lower tier is enough (it is where eviction from the first put it); a
+  // failed write into the first tier is not retried.
+  return !lower_.empty() && rec.lower[0].state == CopyState::kNone && !rec.lower[0].failed &&
+         FirstStoredLocked(rec, lower_.size()) < 0;
 }
 
 void TieredStore::QueueWriteLocked(Shard& shard, const std::shared_ptr<ObjectRec>& rec,
@@ -334,8 +364,7 @@ TieredStore::EvictStep TieredStore::EvictOneCpu() {
     if (it == shard.objects.end() || !it->second->in_cpu_policy) return step;
     std::shared_ptr<ObjectRec> rec = it->second;
     LowerTier* first = first_lower();
-    if (first != nullptr && rec->lower[0].state == CopyState::kNone && !rec->lower[0].failed &&
-        Admitted(*rec)) {
+    if (first != nullptr && NeedsWriteDownLocked(*rec) && Admitted(*rec)) {
       // Demote first; the write's completion makes it evictable again (it keeps its old last
       // access, so it is the next victim), then it is just freed.
       QueueWriteLocked(shard, rec, later);
@@ -592,8 +621,8 @@ Result<Lease> TieredStore::Acquire(const Hash128& storage_key, uint32_t lease_ms
         ++rec->hits;
         rec->last_access_ns = WallNs();
         UpdatePoliciesLocked(shard, *rec);
-        if (!lower_.empty() && options_.ssd_admission_hits > 0 &&
-            rec->lower[0].state == CopyState::kNone && !rec->lower[0].failed && Admitted(*rec)) {
+        if (!lower_.empty() && options_.ssd_admission_hits > 0 && NeedsWriteDownLocked(*rec) &&
+            Admitted(*rec)) {
           QueueWriteLocked(shard, rec, later);
         }
       } else {
@@ -609,7 +638,9 @@ Result<Lease> TieredStore::Acquire(const Hash128& storage_key, uint32_t lease_ms
     }
     if (promote) {
       metrics_.cpu.misses->Increment();
-      Result<Lease> lease = Promote(rec, ms);
+      bool retry = false;
+      Result<Lease> lease = Promote(rec, ms, &retry);
+      if (retry) continue;  // the copy it read moved down a tier meanwhile
       metrics_.acquire_seconds->Observe(SecondsSince(start));
       return lease;
     }

@@ -57,6 +57,7 @@ struct LowerCopy {
   CopyState state = CopyState::kNone;
   bool failed = false;     // a write was tried and failed; not retried on eviction
   bool in_policy = false;  // in the tier's eviction policy (exactly when evictable)
+  bool moving = false;     // being moved down to the next tier (out of the policy meanwhile)
   uint64_t seq = 0;        // the version on the tier (valid when kStored)
   // The stored payload's info, what decoding it yields, and whether it is a TierCodec encoding
   // (else the payload verbatim); valid when kStored.
@@ -68,14 +69,17 @@ struct LowerCopy {
 struct Promotion;
 
 // One lower tier and the store's state for it. TieredStore::lower_ holds them in order: the CPU
-// arena writes down (write-through, demotion) into lower_[0]; a read of an object not in the
-// arena promotes it from the first tier, in that order, that holds a stored copy; recovery,
-// eviction (each tier has its own policy and watermarks over its own capacity), flush, close and
-// stats run per tier. SsdTier (kvstash_storage_ssd_* metrics) is the only tier built today.
+// arena writes down (write-through, demotion) into lower_[0]; a copy evicted from lower_[i]
+// moves down into lower_[i + 1] when there is one (else it is dropped); a read of an object not
+// in the arena promotes it from the first tier, in that order, that holds a stored copy;
+// recovery, eviction (each tier has its own policy and watermarks over its own capacity), flush,
+// close and stats run per tier. The SSD tier of StoreOptions is lower_[0]; further tiers come
+// from TieredStore::Create's `more_lower`.
 struct LowerTier {
   size_t index = 0;  // position in TieredStore::lower_ and in ObjectRec::lower
   std::unique_ptr<StorageTier> tier;
-  TierMetrics* metrics = nullptr;  // owned by TieredStore::metrics_
+  TierMetrics own_metrics{};       // tiers after the SSD tier: labelled "<tier name>_<index>"
+  TierMetrics* metrics = nullptr;  // &metrics_.ssd for the SSD tier, else &own_metrics
   // Holds exactly the objects whose copy here is evictable (LowerCopy::in_policy). A leaf lock.
   Mutex policy_mu;
   std::unique_ptr<EvictionPolicy> policy ABSL_PT_GUARDED_BY(policy_mu);
@@ -128,6 +132,11 @@ struct Promotion {
 class TieredStore final : public ObjectStore {
  public:
   static Result<std::unique_ptr<ObjectStore>> Create(const StoreOptions& options);
+  // The same with more lower tiers after the SSD tier of `options` (or as the only ones when
+  // options.ssd_capacity_bytes is 0), in order; at most kMaxLowerTiers in all (InvalidArgument).
+  // The store owns them and calls their Recover. StoreOptions has no field for them yet.
+  static Result<std::unique_ptr<ObjectStore>> Create(
+      const StoreOptions& options, std::vector<std::unique_ptr<StorageTier>> more_lower);
   ~TieredStore() override;
 
   int arena_fd() const override { return arena_->fd(); }
@@ -188,7 +197,7 @@ class TieredStore final : public ObjectStore {
   };
 
   explicit TieredStore(const StoreOptions& options);
-  Status Init();
+  Status Init(std::vector<std::unique_ptr<StorageTier>> more_lower);
 
   Shard& ShardFor(const Hash128& key) { return shards_[Hash128Hasher{}(key) % kShards]; }
   Status CheckOpen() const;
@@ -204,6 +213,8 @@ class TieredStore final : public ObjectStore {
   void HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Deferred& later)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
   void MaybeFreeArenaLocked(Shard& shard, ObjectRec& rec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
+  // Whether rec's arena bytes should be written down (no lower copy, stored or on its way).
+  bool NeedsWriteDownLocked(const ObjectRec& rec) const;
   void QueueWriteLocked(Shard& shard, const std::shared_ptr<ObjectRec>& rec, Deferred& later,
                         std::shared_ptr<std::promise<Status>> done = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
@@ -235,11 +246,19 @@ class TieredStore final : public ObjectStore {
   // One step of eviction from `lt`: removes its policy's next victim's copy (the object goes
   // when no other copy is left). False when the policy holds nothing.
   bool EvictOneLower(LowerTier& lt);
+  // Reserves `bytes` on lt, evicting from it (above its high watermark, down to its low one)
+  // as needed; false when nothing more can be evicted and the capacity is reached.
+  bool ReserveOnLower(LowerTier& lt, uint64_t bytes);
+  // Moves rec's copy `src` (picked for eviction from `from`, marked moving) into `to`, the next
+  // tier; the copy leaves `from` whether or not the move succeeds.
+  void MoveDown(LowerTier& from, LowerTier& to, const std::shared_ptr<ObjectRec>& rec,
+                const LowerCopy& src);
   void WriterLoop();
   // Writes rec's arena bytes into the first lower tier (a queued WriteJob).
   Status WriteDown(const std::shared_ptr<ObjectRec>& rec, bool durable);
   // Reads the copy of the first tier that holds one into a fresh arena extent and leases it.
-  Result<Lease> Promote(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms);
+  // *retry is set when that copy moved down meanwhile (the caller looks the object up again).
+  Result<Lease> Promote(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms, bool* retry);
   // Reads lt's copy into `dst` (room for served.payload_bytes rounded up to a page),
   // decoding it when it is encoded; DataLoss unless the result matches served's crc32c.
   Status ReadLowerCopy(LowerTier& lt, const Hash128& key, const LowerCopy& copy, uint8_t* dst);

@@ -100,9 +100,12 @@ bool TieredStore::EvictOneLower(LowerTier& lt) {
     victim = lt.policy->Victim();
   }
   if (!victim) return false;
+  LowerTier* next = lt.index + 1 < lower_.size() ? lower_[lt.index + 1].get() : nullptr;
   std::shared_ptr<ObjectRec> rec;
   uint64_t seq = 0;
   uint64_t stored_bytes = 0;
+  bool move = false;
+  LowerCopy move_src;
   {
     Shard& shard = ShardFor(*victim);
     MutexLock lock(&shard.mu);
@@ -112,25 +115,144 @@ bool TieredStore::EvictOneLower(LowerTier& lt) {
     }
     rec = it->second;
     LowerCopy& copy = rec->lower[lt.index];
-    seq = copy.seq;
-    stored_bytes = copy.info.payload_bytes;
-    copy.state = CopyState::kNone;
-    AddLowerUsage(*rec, lt, false);
-    const int stored = FirstStoredLocked(*rec, lower_.size());
-    if (!rec->in_cpu && stored < 0) {
-      shard.objects.erase(it);
-      rec->visible = false;
-    } else if (!rec->in_cpu) {
-      // Readers now get what the next copy decodes to (promotion reads the first one left).
-      rec->info.payload_crc32c = rec->lower[stored].served.payload_crc32c;
-      rec->info.lossy = rec->lower[stored].served.lossy;
+    if (next != nullptr && rec->lower[next->index].state == CopyState::kNone &&
+        !rec->lower[next->index].failed) {
+      // Cascade: the copy moves down instead of being dropped.
+      copy.moving = true;
+      rec->lower[next->index].state = CopyState::kPending;
+      move_src = copy;
+      move = true;
+      UpdatePoliciesLocked(shard, *rec);
+    } else {
+      seq = copy.seq;
+      stored_bytes = copy.info.payload_bytes;
+      copy.state = CopyState::kNone;
+      AddLowerUsage(*rec, lt, false);
+      const int stored = FirstStoredLocked(*rec, lower_.size());
+      if (!rec->in_cpu && stored < 0) {
+        shard.objects.erase(it);
+        rec->visible = false;
+      } else if (!rec->in_cpu) {
+        // Readers now get what the next copy decodes to (promotion reads the first one left).
+        rec->info.payload_crc32c = rec->lower[stored].served.payload_crc32c;
+        rec->info.lossy = rec->lower[stored].served.lossy;
+      }
+      UpdatePoliciesLocked(shard, *rec);
     }
-    UpdatePoliciesLocked(shard, *rec);
+  }
+  if (move) {
+    MoveDown(lt, *next, rec, move_src);
+    lt.metrics->evictions->Increment();
+    return true;
   }
   lt.tier->Remove(rec->name.storage_key, seq, stored_bytes);
   lt.metrics->evictions->Increment();
   lt.metrics->used_bytes->Set(static_cast<double>(lt.tier->used_bytes()));
   return true;
+}
+
+bool TieredStore::ReserveOnLower(LowerTier& lt, uint64_t bytes) {
+  StorageTier& tier = *lt.tier;
+  const double capacity = static_cast<double>(tier.capacity_bytes());
+  const auto high = static_cast<uint64_t>(options_.high_watermark * capacity);
+  const auto low = static_cast<uint64_t>(options_.low_watermark * capacity);
+  // Crossing the high watermark evicts objects (by the tier's policy) down to the low one; the
+  // hard limit is the capacity itself.
+  bool reserved = tier.TryReserve(bytes, high);
+  while (!reserved) {
+    reserved = tier.TryReserve(bytes, low);
+    if (reserved || !EvictOneLower(lt)) break;
+  }
+  if (!reserved) reserved = tier.TryReserve(bytes, tier.capacity_bytes());
+  return reserved;
+}
+
+void TieredStore::MoveDown(LowerTier& from, LowerTier& to, const std::shared_ptr<ObjectRec>& rec,
+                           const LowerCopy& src) {
+  Shard& shard = ShardFor(rec->name.storage_key);
+  const Hash128& key = rec->name.storage_key;
+  TierRecord record;
+  {
+    MutexLock lock(&shard.mu);
+    record = RecordOf(*rec, from.index);
+  }
+  // The stored bytes move as they are (an encoded copy stays encoded, with its infos).
+  record.info = src.info;
+  record.served = src.served;
+  record.encoded = src.encoded;
+  const uint64_t payload_bytes = src.info.payload_bytes;
+  PageBuffer buffer = NewPageBuffer(payload_bytes);
+  Status status = buffer != nullptr
+                      ? from.tier->Read(key, src.seq, src.info, buffer.get())
+                      : absl::ResourceExhaustedError("no memory for a tier-to-tier move buffer");
+  if (status.ok()) from.metrics->bytes_read->Increment(payload_bytes);
+  bool written = false;
+  bool indexed = false;
+  if (status.ok()) {
+    const uint64_t stored_bytes = to.tier->StoredBytes(payload_bytes);
+    if (!ReserveOnLower(to, stored_bytes)) {
+      status = absl::ResourceExhaustedError(absl::StrCat(
+          std::string(TierName(to.tier->tier())), " tier ", to.index,
+          " full: ", to.tier->used_bytes(), " of ", to.tier->capacity_bytes(), " bytes used"));
+    } else {
+      status = to.tier->Write(&record, buffer.get());
+      written = status.ok();
+    }
+  }
+  if (written) {
+    // Synced: the copy below must be recoverable before the one above is removed.
+    status = to.tier->PutRecord(record, /*sync=*/true);
+    indexed = status.ok();
+  }
+  if (!status.ok() && !absl::IsNotFound(status)) {
+    spdlog::warn("kvstash storage: moving {} from {} tier {} to {} tier {} failed (dropped): {}",
+                 key.ToHex(), TierName(from.tier->tier()), from.index, TierName(to.tier->tier()),
+                 to.index, status.ToString());
+  }
+  bool remove_new = written && !indexed;
+  bool remove_old = false;
+  {
+    MutexLock lock(&shard.mu);
+    LowerCopy& old_copy = rec->lower[from.index];
+    LowerCopy& new_copy = rec->lower[to.index];
+    old_copy.moving = false;
+    if (indexed && rec->visible) {
+      new_copy.state = CopyState::kStored;
+      new_copy.seq = record.seq;
+      new_copy.info = record.info;
+      new_copy.served = record.served;
+      new_copy.encoded = record.encoded;
+      AddLowerUsage(*rec, to, true);
+    } else {
+      // Deleted or replaced meanwhile (HideLocked removed the old copy), or the move failed.
+      remove_new = remove_new || indexed;
+      new_copy.state = CopyState::kNone;
+      if (!status.ok()) new_copy.failed = true;
+    }
+    // The copy leaves `from` either way: it was picked for eviction.
+    if (old_copy.state == CopyState::kStored) {
+      old_copy.state = CopyState::kNone;
+      AddLowerUsage(*rec, from, false);
+      remove_old = true;
+    }
+    if (rec->visible && !rec->in_cpu) {
+      const int stored = FirstStoredLocked(*rec, lower_.size());
+      if (stored < 0) {
+        auto it = shard.objects.find(key);
+        if (it != shard.objects.end() && it->second == rec) shard.objects.erase(it);
+        rec->visible = false;
+      } else {
+        rec->info.payload_crc32c = rec->lower[stored].served.payload_crc32c;
+        rec->info.lossy = rec->lower[stored].served.lossy;
+      }
+    }
+    UpdatePoliciesLocked(shard, *rec);
+  }
+  if (remove_new) to.tier->Remove(key, record.seq, payload_bytes);
+  if (remove_old) from.tier->Remove(key, src.seq, payload_bytes);
+  if (indexed && !remove_new) to.metrics->bytes_written->Increment(payload_bytes);
+  from.metrics->used_bytes->Set(static_cast<double>(from.tier->used_bytes()));
+  to.metrics->used_bytes->Set(static_cast<double>(to.tier->used_bytes()));
 }
 
 void TieredStore::WriterLoop() {
@@ -219,18 +341,7 @@ Status TieredStore::WriteDown(const std::shared_ptr<ObjectRec>& rec, bool durabl
   bool indexed = false;  // the index record was put
   if (visible) {
     const uint64_t file_bytes = tier.StoredBytes(payload_bytes);
-    const double capacity = static_cast<double>(tier.capacity_bytes());
-    const auto high = static_cast<uint64_t>(options_.high_watermark * capacity);
-    const auto low = static_cast<uint64_t>(options_.low_watermark * capacity);
-    // Crossing the high watermark evicts LRU objects down to the low one; the hard limit is the
-    // capacity itself.
-    bool reserved = tier.TryReserve(file_bytes, high);
-    while (!reserved) {
-      reserved = tier.TryReserve(file_bytes, low);
-      if (reserved || !EvictOneLower(lt)) break;
-    }
-    if (!reserved) reserved = tier.TryReserve(file_bytes, tier.capacity_bytes());
-    if (!reserved) {
+    if (!ReserveOnLower(lt, file_bytes)) {
       metrics_.ssd_write_errors_capacity->Increment();
       status = absl::ResourceExhaustedError(absl::StrCat(
           std::string(TierName(tier.tier())), " tier full: ", tier.used_bytes(), " of ",
@@ -301,7 +412,9 @@ Status TieredStore::WriteDown(const std::shared_ptr<ObjectRec>& rec, bool durabl
   return status;
 }
 
-Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms) {
+Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms,
+                                   bool* retry) {
+  *retry = false;
   Shard& shard = ShardFor(rec->name.storage_key);
   const Hash128& key = rec->name.storage_key;
   LowerCopy copy;
@@ -325,17 +438,24 @@ Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32
   Status status = extent.status();
   if (extent.ok()) status = ReadLowerCopy(*lt, key, copy, arena_->base() + extent->offset);
   bool unreadable = absl::IsDataLoss(status) || absl::IsNotFound(status);
-  if (absl::IsDataLoss(status)) {
-    metrics_.checksum_failures->Increment();
-    spdlog::error("kvstash storage: dropping {} object {} (version {}): {}",
-                  TierName(lt->tier->tier()), key.ToHex(), seq, status.ToString());
-  }
   Deferred later;
   bool served = false;
   {
     MutexLock lock(&shard.mu);
     std::shared_ptr<Promotion> promotion = std::move(rec->promotion);
     rec->promotion = nullptr;
+    // The copy it read moved down a tier (MoveDown removed it) while it was being read: not
+    // damage; the caller tries again with the copy's new place.
+    if (unreadable && lt != nullptr && rec->visible &&
+        (rec->lower[lt->index].state != CopyState::kStored || rec->lower[lt->index].seq != seq) &&
+        FirstStoredLocked(*rec, lower_.size()) >= 0) {
+      *retry = true;
+      unreadable = false;
+    } else if (absl::IsDataLoss(status)) {
+      metrics_.checksum_failures->Increment();
+      spdlog::error("kvstash storage: dropping {} object {} (version {}): {}",
+                    TierName(lt->tier->tier()), key.ToHex(), seq, status.ToString());
+    }
     if (status.ok() && rec->visible) {
       rec->in_cpu = true;
       AddCpuUsage(*rec, true);
@@ -362,6 +482,7 @@ Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32
     promotion->cv.SignalAll();
   }
   RunDeferred(later);
+  if (*retry) return status;
   if (!served) {
     if (lt != nullptr) lt->metrics->misses->Increment();
     if (status.ok() || unreadable) {
