@@ -97,8 +97,12 @@ int FreeTcpPort() {
 }
 
 double MetricSum(int port, const std::string& family) {
+  return MetricSum("127.0.0.1", port, family);
+}
+
+double MetricSum(const std::string& host, int port, const std::string& family) {
   std::string body;
-  if (HttpGet(port, "/metrics", &body) != 200) return -1;
+  if (HttpGet(host, port, "/metrics", &body) != 200) return -1;
   double sum = 0;
   std::istringstream lines(body);
   std::string line;
@@ -112,7 +116,11 @@ double MetricSum(int port, const std::string& family) {
 }
 
 int HttpGet(int port, const std::string& path, std::string* body) {
-  httplib::Client http("127.0.0.1", port);
+  return HttpGet("127.0.0.1", port, path, body);
+}
+
+int HttpGet(const std::string& host, int port, const std::string& path, std::string* body) {
+  httplib::Client http(host, port);
   http.set_connection_timeout(5);
   http.set_read_timeout(10);
   auto res = http.Get(path);
@@ -234,7 +242,7 @@ Result<std::unique_ptr<ServiceProcess>> ServiceProcess::StartOnce(const std::str
                                    "--ssd-capacity",
                                    options.ssd_capacity,
                                    "--metrics-address",
-                                   "127.0.0.1",
+                                   options.metrics_address,
                                    "--metrics-port",
                                    options.metrics ? std::to_string(FreeTcpPort()) : "0",
                                    "--log-level",

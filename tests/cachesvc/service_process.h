@@ -17,6 +17,8 @@ namespace kvstash::testing {
 struct ServiceOptions {
   bool tcp = false;      // listen on 127.0.0.1:<free port> instead of a unix socket
   bool metrics = false;  // enable /metrics and /healthz on a free port
+  // Where /metrics listens (e.g. the daemon's address inside a network namespace).
+  std::string metrics_address = "127.0.0.1";
   std::string cpu_capacity = "64MiB";
   std::string ssd_capacity = "256MiB";
   std::vector<std::string> extra_args;
@@ -102,11 +104,14 @@ class ChildProcess {
 // A TCP port that was free a moment ago on 127.0.0.1.
 int FreeTcpPort();
 
-// GET http://127.0.0.1:port/path; returns the HTTP status (0 on connection failure).
+// GET http://host:port/path (host 127.0.0.1 unless given); returns the HTTP status (0 on
+// connection failure).
 int HttpGet(int port, const std::string& path, std::string* body);
-// Sum of a metric family over all its label sets, read from the daemon's /metrics on `port`;
-// -1 when /metrics cannot be read.
+int HttpGet(const std::string& host, int port, const std::string& path, std::string* body);
+// Sum of a metric family over all its label sets, read from the daemon's /metrics on `port`
+// (at `host`, 127.0.0.1 unless given); -1 when /metrics cannot be read.
 double MetricSum(int port, const std::string& family);
+double MetricSum(const std::string& host, int port, const std::string& family);
 
 }  // namespace kvstash::testing
 
