@@ -135,27 +135,39 @@ struct Membership::Impl {
     return OkStatus();
   }
 
-  // One step of the renewal thread: register, renew, or notice a fence.
+  // Logs and counts a change of the fence since it was last noticed; whether it changed.
+  bool NoteFenceLocked() {
+    const bool f = FencedLocked(Clock::now());
+    if (f == reported_fenced) return false;
+    if (f) {
+      spdlog::warn("event=cluster_fenced node={} reason=\"no renewal acknowledged within {} s\"",
+                   self.id, options.ttl_s);
+    } else {
+      spdlog::info("event=cluster_unfenced node={}", self.id);
+    }
+    reported_fenced = f;
+    ++version;
+    return true;
+  }
+
+  // One step of the renewal thread: register, renew, or notice a fence. The fence is noticed
+  // before the etcd call (a process resumed after SIGSTOP) and after it (a call that failed
+  // while the TTL ran out: etcd unreachable, the link cut).
   void Step() {
     int64_t current;
-    bool fenced_now;
+    bool changed = false;
     {
       std::lock_guard<std::mutex> lock(mu);
       current = registered ? lease : 0;
-      fenced_now = FencedLocked(Clock::now());
-      if (fenced_now && !reported_fenced) {
-        spdlog::warn("event=cluster_fenced node={} reason=\"no renewal acknowledged within {} s\"",
-                     self.id, options.ttl_s);
-      }
+      changed = NoteFenceLocked();
     }
-    bool changed = false;
     if (current == 0) {
       Status s = Register();
       if (!s.ok()) {
         spdlog::warn("event=cluster_register_failed node={} error=\"{}\"", options.self.id,
                      std::string(s.message()));
       }
-      changed = s.ok();
+      changed = changed || s.ok();
     } else {
       Result<int64_t> ttl = etcd->LeaseKeepAliveOnce(current);
       std::lock_guard<std::mutex> lock(mu);
@@ -172,13 +184,7 @@ struct Membership::Impl {
     }
     {
       std::lock_guard<std::mutex> lock(mu);
-      const bool f = FencedLocked(Clock::now());
-      if (f != reported_fenced) {
-        if (!f) spdlog::info("event=cluster_unfenced node={}", self.id);
-        reported_fenced = f;
-        ++version;
-        changed = true;
-      }
+      if (NoteFenceLocked()) changed = true;
     }
     if (changed) Notify();
   }
