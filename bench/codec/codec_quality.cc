@@ -60,6 +60,7 @@ struct Args {
   std::vector<std::string> texts, bins, kvq;
   bool no_cachegen = false;
   int prompts = 60, train_prompts = 16, speed_prompts = 4, reps = 5;
+  int calibrate = 0, calibrate_bits = 3;  // KVQ row-sensitivity calibration (training prompts)
   uint32_t context = 1024, gen = 64;
   std::vector<uint32_t> chunk_sizes = {256, 1024};
   size_t threads = 0;
@@ -74,6 +75,7 @@ struct CodecConfig {
   std::vector<uint8_t> row_bins;  // explicit bins (level 0) when non-empty
   bool kvq = false;               // the KVQ codec (kvq.h) with kvq_options instead of CacheGen
   codec::KvqOptions kvq_options = {};
+  bool calibrated = false;  // kvq_options.row_weights come from QualityRun::Calibrate
 };
 
 std::vector<CodecConfig> LevelConfigs() {
@@ -118,7 +120,8 @@ Result<std::vector<CodecConfig>> ParseBinsConfig(const std::string& spec, uint32
 }
 
 // "name=BITS[:key=token|channel][:value=token|channel][:group=G][:outliers=N][:context=N]
-// [:subchunk=S]" with BITS "L<level>" or "k1/k2/k3,v1/v2" (bits of the K and V layer groups).
+// [:subchunk=S][:avg=BITS:weights=cal|rel[:min=B][:max=B]]" with BITS "L<level>" or
+// "k1/k2/k3,v1/v2" (bits of the K and V layer groups).
 Result<CodecConfig> ParseKvqConfig(const std::string& spec, uint32_t model_layers) {
   auto bad = [&] { return absl::InvalidArgumentError("bad --kvq " + spec); };
   const size_t eq = spec.find('=');
@@ -177,6 +180,16 @@ Result<CodecConfig> ParseKvqConfig(const std::string& spec, uint32_t model_layer
       o.context_channels = n;
     } else if (key == "subchunk") {
       o.subchunk_tokens = n;
+    } else if (key == "avg") {
+      o.avg_bits = std::stof(value);
+      cfg.level = 0;
+    } else if (key == "min") {
+      o.min_bits = static_cast<uint8_t>(n);
+    } else if (key == "max") {
+      o.max_bits = static_cast<uint8_t>(n);
+    } else if (key == "weights") {
+      if (value != "cal" && value != "rel") return bad();
+      cfg.calibrated = value == "cal";
     } else {
       return bad();
     }
@@ -312,6 +325,11 @@ class QualityRun {
   }
 
   Status TrainProfile(const std::vector<Prompt>& train);
+  // KVQ row sensitivity on the first a_.calibrate training prompts: for every row alone
+  // quantised at a_.calibrate_bits (KVQ default scalings), the output KL over the gen tokens
+  // and the row's mean squared error; weight = mean KL / mean MSE. Fills the row weights of the
+  // configurations with weights=cal.
+  Status Calibrate(const std::vector<Prompt>& train);
   Status RunPrompt(const Prompt& p, size_t index, size_t total);
   json Summary() const;
   Status MeasureSpeed();
@@ -327,7 +345,7 @@ class QualityRun {
 
   const Args& a_;
   engine::Engine& eng_;
-  const std::vector<CodecConfig> configs_;
+  std::vector<CodecConfig> configs_;  // row weights filled in by Calibrate
   size_t threads_ = 1;
   std::unique_ptr<ThreadPool> pool_;
   KvLayout layout_;
@@ -470,6 +488,101 @@ Result<std::vector<std::pair<std::string, KvChunk>>> QualityRun::Variants(const 
     }
   }
   return out;
+}
+
+Status QualityRun::Calibrate(const std::vector<Prompt>& train) {
+  bool wanted = false;
+  for (const CodecConfig& cfg : configs_) wanted |= cfg.calibrated;
+  if (!wanted) return absl::OkStatus();
+  if (a_.calibrate < 1 || static_cast<size_t>(a_.calibrate) > train.size()) {
+    return absl::InvalidArgumentError("weights=cal needs --kvq-calibrate 1..train prompts");
+  }
+  const size_t vocab = eng_.config().vocab_size;
+  const uint32_t rows = 2 * layout_.num_layers;
+  const size_t row_elems = size_t{layout_.num_tokens} * layout_.heads() * layout_.head_dim;
+  const size_t es = DTypeSize(layout_.dtype);
+  auto row_offset = [&](uint32_t r) {  // bytes; rows as in kvq.h
+    const uint32_t layer = r < layout_.num_layers ? r : r - layout_.num_layers;
+    return (size_t{layer} * 2 + (r < layout_.num_layers ? 0 : 1)) * row_elems * es;
+  };
+  std::vector<double> kl(rows, 0), mse(rows, 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < a_.calibrate; ++i) {
+    const Prompt& p = train[i];
+    auto seq = eng_.NewSequence();
+    KVSTASH_ASSIGN_OR_RETURN(KvChunk ctx, PrefillContext(*seq, p));
+    std::vector<int32_t> targets;
+    std::vector<std::vector<double>> log_exact;
+    KVSTASH_ASSIGN_OR_RETURN(
+        std::vector<float> logits,
+        eng_.Prefill(*seq, std::span<const int32_t>(p.tokens).subspan(a_.context, 1), a_.context));
+    while (true) {
+      targets.push_back(Argmax(logits));
+      log_exact.push_back(LogSoftmax(logits));
+      if (targets.size() == a_.gen) break;
+      KVSTASH_ASSIGN_OR_RETURN(logits, eng_.Decode(*seq, targets.back()));
+    }
+    std::vector<int32_t> forced = {p.tokens[a_.context]};
+    forced.insert(forced.end(), targets.begin(), targets.end() - 1);
+    codec::KvqOptions o;
+    o.row_bits.assign(rows, static_cast<uint8_t>(a_.calibrate_bits));
+    o.pool = pool_.get();
+    KVSTASH_ASSIGN_OR_RETURN(std::vector<uint8_t> container,
+                             codec::EncodeKvq(ctx.layout, ctx.kv, o));
+    KVSTASH_ASSIGN_OR_RETURN(std::vector<uint8_t> quant, codec::DecodeKvq(container, pool_.get()));
+    for (uint32_t r = 0; r < rows; ++r) {
+      KvChunk v = ctx;
+      std::memcpy(v.kv.data() + row_offset(r), quant.data() + row_offset(r), row_elems * es);
+      double sq = 0;
+      {
+        // Mean squared error of the row alone, in f32.
+        std::vector<float> xa(row_elems), xb(row_elems);
+        std::vector<uint16_t> h(row_elems);
+        if (es == 2) {
+          std::memcpy(h.data(), ctx.kv.data() + row_offset(r), row_elems * 2);
+          const auto widen = layout_.dtype == DType::kBF16
+                                 ? static_cast<void (*)(const uint16_t*, float*, size_t)>(BF16ToF32)
+                                 : static_cast<void (*)(const uint16_t*, float*, size_t)>(F16ToF32);
+          widen(h.data(), xa.data(), row_elems);
+          std::memcpy(h.data(), v.kv.data() + row_offset(r), row_elems * 2);
+          widen(h.data(), xb.data(), row_elems);
+        } else {
+          std::memcpy(xa.data(), ctx.kv.data() + row_offset(r), row_elems * 4);
+          std::memcpy(xb.data(), v.kv.data() + row_offset(r), row_elems * 4);
+        }
+        for (size_t k = 0; k < row_elems; ++k) {
+          const double d = double{xa[k]} - double{xb[k]};
+          sq += d * d;
+        }
+      }
+      mse[r] += sq / static_cast<double>(row_elems);
+      auto view = eng_.kv_cache().View();
+      KVSTASH_RETURN_IF_ERROR(kernels::ScatterChunk(v.layout, v.kv.data(), seq->Span(0), view));
+      engine::PrefillOptions po;
+      po.logits = engine::LogitsMode::kAll;
+      KVSTASH_ASSIGN_OR_RETURN(std::vector<float> out, eng_.Prefill(*seq, forced, a_.context, po));
+      const PromptScore sc = Score(log_exact, out, targets, vocab);
+      kl[r] += sc.kl_sum / static_cast<double>(sc.positions);
+    }
+    std::fprintf(stderr, "[codec_quality] calibration: prompt %d/%d (%s@%zu), %.0f s\n", i + 1,
+                 a_.calibrate, p.text.c_str(), p.offset, Since(t0));
+  }
+  std::vector<float> w(rows);
+  json rows_json = json::array();
+  for (uint32_t r = 0; r < rows; ++r) {
+    // A row whose error showed no effect keeps a small positive weight.
+    w[r] = static_cast<float>(mse[r] > 0 ? std::max(kl[r], 1e-9) / mse[r] : 0.0);
+    rows_json.push_back({{"row", r},
+                         {"kl", kl[r] / a_.calibrate},
+                         {"mse", mse[r] / a_.calibrate},
+                         {"weight", w[r]}});
+  }
+  for (CodecConfig& cfg : configs_) {
+    if (cfg.calibrated) cfg.kvq_options.row_weights = w;
+  }
+  section_["kvq_calibration"] = {
+      {"prompts", a_.calibrate}, {"bits", a_.calibrate_bits}, {"rows", rows_json}};
+  return absl::OkStatus();
 }
 
 Status QualityRun::RunPrompt(const Prompt& p, size_t index, size_t total) {
@@ -816,6 +929,9 @@ int Main(int argc, char** argv) {
   app.add_option("--kvq", a.kvq,
                  "KVQ configurations name=L<level>|k1/k2/k3,v1/v2[:key=token|channel]"
                  "[:value=token|channel][:group=G][:outliers=N][:context=N][:subchunk=S]");
+  app.add_option("--kvq-calibrate", a.calibrate,
+                 "training prompts for the KVQ row-sensitivity calibration (weights=cal)");
+  app.add_option("--kvq-calibrate-bits", a.calibrate_bits, "bits of the calibration rows");
   app.add_flag("--no-cachegen", a.no_cachegen,
                "leave out the CacheGen levels (only --bins and --kvq configurations)");
   app.add_flag("--speed", a.speed, "measure encode/decode throughput on the real KV");
@@ -884,6 +1000,7 @@ int Main(int argc, char** argv) {
       {"gen_tokens", a.gen}, {"texts", a.texts},      {"chunk_sizes", a.chunk_sizes}};
   const auto t0 = std::chrono::steady_clock::now();
   if (Status s = run.TrainProfile(train); !s.ok()) return Fail(s);
+  if (Status s = run.Calibrate(train); !s.ok()) return Fail(s);
   for (size_t i = 0; i < test.size(); ++i) {
     if (Status s = run.RunPrompt(test[i], i, test.size()); !s.ok()) return Fail(s);
     section["elapsed_s"] = Since(t0);

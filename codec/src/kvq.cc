@@ -205,6 +205,9 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
     }
     g.bits = o.row_bits;
     i.level = 0;
+  } else if (o.avg_bits > 0) {
+    KVSTASH_ASSIGN_OR_RETURN(g.bits, KvqAllocateBits(layout, kv, o));
+    i.level = 0;
   } else {
     const uint32_t model_layers =
         o.model_layers ? o.model_layers : layout.layer_begin + layout.num_layers;
@@ -466,35 +469,64 @@ Status DecodeKvq(std::span<const uint8_t> container, std::span<uint8_t> out, Thr
   const uint8_t* payload = p.base + g.PayloadOffset();
   const bool simd = g_simd.load();
   std::atomic<bool> malformed{false};
-  ParallelFor(pool, rows, 1, [&](size_t b, size_t e) {
+  // Rows are decoded two at a time (their streams interleaved, DecodeStreamPair).
+  struct RowState {
+    uint32_t r = 0;
     std::vector<rans::DecTable> tables;
-    std::vector<uint8_t> syms(size_t{g.info.subchunk_tokens} * C);
+    std::vector<uint8_t> syms;
     std::vector<float> params;
-    std::vector<uint16_t> f;
-    for (size_t rr = b; rr < e && !malformed; ++rr) {
-      const uint32_t r = static_cast<uint32_t>(rr);
-      const int alphabet = 1 << g.bits[r];
-      tables.resize(g.contexts[r]);
-      f.resize(alphabet);
-      for (uint32_t k = 0; k < g.contexts[r]; ++k) {
-        const uint8_t* src = p.Freqs(r) + size_t{k} * alphabet * 2;
-        for (int s = 0; s < alphabet; ++s) f[s] = DecodeFixed16(src + 2 * s);
-        rans::BuildDecTable(f.data(), alphabet, &tables[k]);
-      }
-      params.resize(2 * size_t{g.param_count[r]});
-      for (size_t k = 0; k < params.size(); ++k) params[k] = p.Param(g.param_off[r] + k);
-      const std::vector<uint16_t> idx = p.OutlierIndex(r);
-      const std::vector<uint8_t> ctx = g.ContextMap(r, idx);
+    std::vector<uint16_t> idx;
+    std::vector<uint8_t> ctx;
+  };
+  auto load_row = [&](uint32_t r, RowState& st) {
+    st.r = r;
+    const int alphabet = 1 << g.bits[r];
+    st.tables.resize(g.contexts[r]);
+    std::vector<uint16_t> f(alphabet);
+    for (uint32_t k = 0; k < g.contexts[r]; ++k) {
+      const uint8_t* src = p.Freqs(r) + size_t{k} * alphabet * 2;
+      for (int s = 0; s < alphabet; ++s) f[s] = DecodeFixed16(src + 2 * s);
+      rans::BuildDecTable(f.data(), alphabet, &st.tables[k]);
+    }
+    p.RowParams(r, &st.params);
+    st.idx = p.OutlierIndex(r);
+    st.ctx = g.ContextMap(r, st.idx);
+    st.syms.resize(size_t{g.info.subchunk_tokens} * C);
+  };
+  auto job = [&](RowState& st, uint32_t s) {
+    const size_t item = size_t{s} * rows + st.r;
+    return rans::StreamJob{payload + start[item],
+                           start[item + 1] - start[item],
+                           size_t{g.SubTokens(s)} * C,
+                           st.ctx.data(),
+                           C,
+                           st.tables.data(),
+                           st.syms.data()};
+  };
+  auto dequant = [&](const RowState& st, uint32_t s) {
+    DequantRows(g, st.r, s * g.info.subchunk_tokens, g.SubTokens(s), st.syms.data(),
+                st.params.data(), st.params.data() + g.param_count[st.r], st.idx,
+                p.OutlierValues(st.r), out.data(), simd);
+  };
+  ParallelFor(pool, rows, 1, [&](size_t b, size_t e) {
+    RowState st[2];
+    for (size_t rr = b; rr < e && !malformed; rr += 2) {
+      const bool pair = rr + 1 < e;
+      load_row(static_cast<uint32_t>(rr), st[0]);
+      if (pair) load_row(static_cast<uint32_t>(rr + 1), st[1]);
       for (uint32_t s = 0; s < subs; ++s) {
-        const size_t item = size_t{s} * rows + r;
-        const uint32_t n = g.SubTokens(s);
-        if (!rans::DecodeStream(payload + start[item], start[item + 1] - start[item], size_t{n} * C,
-                                ctx.data(), C, tables.data(), syms.data(), simd)) {
+        bool ok[2] = {true, true};
+        if (pair) {
+          rans::DecodeStreamPair(job(st[0], s), job(st[1], s), ok, simd);
+        } else {
+          ok[0] = rans::DecodeStream(job(st[0], s), simd);
+        }
+        if (!ok[0] || !ok[1]) {
           malformed = true;
           break;
         }
-        DequantRows(g, r, s * g.info.subchunk_tokens, n, syms.data(), params.data(),
-                    params.data() + g.param_count[r], idx, p.OutlierValues(r), out.data(), simd);
+        dequant(st[0], s);
+        if (pair) dequant(st[1], s);
       }
     }
   });

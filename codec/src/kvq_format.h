@@ -106,6 +106,20 @@ struct Parsed {
     if (g.info.param_dtype == DType::kF16) return F16ToF32(DecodeFixed16(p));
     return FloatFromBits(DecodeFixed32(p));
   }
+  // Row r's 2 * param_count[r] parameters (mins, then steps) in f32, converted in bulk.
+  void RowParams(uint32_t r, std::vector<float>* out) const {
+    const size_t n = 2 * size_t{g.param_count[r]};
+    out->resize(n);
+    const uint8_t* p = base + g.ParamsOffset() + g.param_off[r] * g.psize();
+    if (g.info.param_dtype == DType::kF16) {
+      thread_local std::vector<uint16_t> h;
+      h.resize(n);
+      for (size_t k = 0; k < n; ++k) h[k] = DecodeFixed16(p + 2 * k);
+      F16ToF32(h.data(), out->data(), n);
+    } else {
+      for (size_t k = 0; k < n; ++k) (*out)[k] = FloatFromBits(DecodeFixed32(p + 4 * k));
+    }
+  }
   std::vector<uint16_t> OutlierIndex(uint32_t r) const {
     std::vector<uint16_t> idx(g.outliers(r));
     const uint8_t* p = base + g.OutlierIndexOffset() + size_t{r} * g.info.key_outliers * 2;

@@ -61,7 +61,31 @@ size_t EncodeStream(const uint8_t* syms, size_t n, const uint8_t* ctx, uint32_t 
 bool DecodeStream(const uint8_t* stream, size_t len, size_t n, const uint8_t* ctx, uint32_t period,
                   const DecTable* tables, uint8_t* syms, bool allow_simd = true);
 
+// One stream to decode (the arguments of DecodeStream).
+struct StreamJob {
+  const uint8_t* stream;
+  size_t len;
+  size_t n;
+  const uint8_t* ctx;
+  uint32_t period;
+  const DecTable* tables;
+  uint8_t* syms;
+};
+// Which decoder runs: all give identical symbols and results. kBest = AVX-512 when the CPU has it
+// and period % 16 == 0, else AVX2 when it has that and period % 8 == 0, else portable. A path
+// the CPU lacks (or the period does not fit) falls back to portable.
+enum class DecodePath { kPortable, kAvx2, kAvx512, kBest };
+bool DecodeStream(const StreamJob& job, DecodePath path = DecodePath::kBest);
+inline bool DecodeStream(const StreamJob& job, bool allow_simd) {
+  return DecodeStream(job, allow_simd ? DecodePath::kBest : DecodePath::kPortable);
+}
+
+// Decodes two independent streams, interleaving their vector steps (twice the independent
+// dependency chains); ok[i] and the symbols are exactly what DecodeStream gives for each.
+void DecodeStreamPair(const StreamJob& a, const StreamJob& b, bool ok[2], bool allow_simd = true);
+
 bool SimdDecodeAvailable();
+bool Avx2DecodeAvailable();
 
 }  // namespace kvstash::codec::internal::rans
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <random>
 
 #include "kvstash/codec/cachegen.h"
@@ -20,6 +21,7 @@ namespace {
 
 namespace rans = internal::rans;
 using ::kvstash::testing::IsOk;
+using ::kvstash::testing::IsOkAndHolds;
 using ::kvstash::testing::StatusIs;
 using testing::MakeLayout;
 using testing::ValueAt;
@@ -73,7 +75,7 @@ TEST(RansTest, NormalizedFrequenciesSumToScaleAndAreAllPositive) {
 }
 
 TEST(RansTest, StreamsDecodeToTheirSymbolsOnBothDecoders) {
-  for (const uint32_t period : {192u, 24u, 7u, 16u}) {
+  for (const uint32_t period : {192u, 24u, 7u, 16u, 8u}) {
     for (const size_t n : {size_t{0}, size_t{1}, size_t{31}, size_t{32}, size_t{33}, size_t{1000},
                            size_t{256} * 192}) {
       for (const int alphabet : {2, 16, 256}) {
@@ -82,15 +84,96 @@ TEST(RansTest, StreamsDecodeToTheirSymbolsOnBothDecoders) {
         const std::vector<uint8_t> syms = SkewedSymbols(n, alphabet, period + n);
         const Coded c = Encode(syms, ctx, 3, alphabet);
         EXPECT_LE(c.stream.size(), rans::MaxStreamBytes(n));
-        for (const bool simd : {false, true}) {
+        // Every path (one the CPU lacks runs the portable code).
+        for (const rans::DecodePath path : {rans::DecodePath::kPortable, rans::DecodePath::kAvx2,
+                                            rans::DecodePath::kAvx512, rans::DecodePath::kBest}) {
           std::vector<uint8_t> out(n, 0xEE);
-          ASSERT_TRUE(rans::DecodeStream(c.stream.data(), c.stream.size(), n, ctx.data(), period,
-                                         c.dec.data(), out.data(), simd))
-              << "period " << period << " n " << n << " alphabet " << alphabet << " simd " << simd;
+          const rans::StreamJob job{c.stream.data(), c.stream.size(), n,         ctx.data(),
+                                    period,          c.dec.data(),    out.data()};
+          ASSERT_TRUE(rans::DecodeStream(job, path))
+              << "period " << period << " n " << n << " alphabet " << alphabet << " path "
+              << static_cast<int>(path);
           EXPECT_EQ(out, syms);
         }
       }
     }
+  }
+}
+
+// Pairs of streams of different lengths, periods and alphabets, one of them possibly damaged:
+// the interleaved pair decoder gives each exactly what the single decoder gives.
+TEST(RansTest, PairDecodingEqualsSingleStreamDecoding) {
+  struct Spec {
+    uint32_t period;
+    size_t n;
+    int alphabet;
+  };
+  const std::vector<Spec> specs = {{192, 256 * 192, 16}, {192, 100 * 192 + 5, 8}, {16, 33, 2},
+                                   {64, 4096, 256},      {7, 1000, 16},           {192, 0, 4}};
+  for (size_t i = 0; i < specs.size(); ++i) {
+    for (size_t j = 0; j < specs.size(); ++j) {
+      for (const int damage : {-1, 0, 1}) {  // none, first stream, second stream
+        std::vector<Coded> coded;
+        std::vector<std::vector<uint8_t>> ctxs, syms;
+        for (const Spec& sp : {specs[i], specs[j]}) {
+          std::vector<uint8_t> ctx(sp.period);
+          for (uint32_t c = 0; c < sp.period; ++c) ctx[c] = static_cast<uint8_t>(c * 3 / sp.period);
+          syms.push_back(SkewedSymbols(sp.n, sp.alphabet, static_cast<uint32_t>(sp.n + i + j)));
+          coded.push_back(Encode(syms.back(), ctx, 3, sp.alphabet));
+          ctxs.push_back(std::move(ctx));
+        }
+        if (damage >= 0 && coded[damage].stream.size() > rans::kStateBytes + 2) {
+          coded[damage].stream[rans::kStateBytes + 1] ^= 0x5A;
+        }
+        const Spec sp[2] = {specs[i], specs[j]};
+        for (const bool simd : {false, true}) {
+          std::vector<uint8_t> pair_out[2], single_out[2];
+          rans::StreamJob jobs[2], single[2];
+          bool single_ok[2];
+          for (int k = 0; k < 2; ++k) {
+            pair_out[k].assign(sp[k].n, 0xEE);
+            single_out[k].assign(sp[k].n, 0xEE);
+            jobs[k] = {coded[k].stream.data(), coded[k].stream.size(), sp[k].n,
+                       ctxs[k].data(),         sp[k].period,           coded[k].dec.data(),
+                       pair_out[k].data()};
+            single[k] = jobs[k];
+            single[k].syms = single_out[k].data();
+            single_ok[k] = rans::DecodeStream(single[k], simd);
+          }
+          bool ok[2];
+          rans::DecodeStreamPair(jobs[0], jobs[1], ok, simd);
+          for (int k = 0; k < 2; ++k) {
+            EXPECT_EQ(ok[k], single_ok[k]) << i << " " << j << " " << damage << " " << k;
+            if (damage != k) {
+              EXPECT_TRUE(ok[k]);
+              EXPECT_EQ(pair_out[k], syms[k]);
+            }
+            if (ok[k]) {
+              EXPECT_EQ(pair_out[k], single_out[k]);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(RansTest, DecodeTableEntriesFollowTheirDefinition) {
+  for (const int alphabet : {2, 16, 32, 256}) {
+    std::vector<uint64_t> counts(alphabet);
+    for (int s = 0; s < alphabet; ++s) counts[s] = (s * 7919u) % 1000u;  // some zero
+    std::vector<uint16_t> f(alphabet);
+    rans::NormalizeFreqs(counts.data(), alphabet, f.data());
+    auto table = std::make_unique<rans::DecTable>();
+    rans::BuildDecTable(f.data(), alphabet, table.get());
+    uint32_t slot = 0;
+    for (int s = 0; s < alphabet; ++s) {
+      for (uint32_t i = 0; i < f[s]; ++i, ++slot) {
+        ASSERT_EQ(table->lut[slot], uint32_t(s) << 24 | uint32_t{f[s]} << 12 | i)
+            << "alphabet " << alphabet << " slot " << slot;
+      }
+    }
+    EXPECT_EQ(slot, rans::kProbScale);
   }
 }
 
@@ -329,6 +412,73 @@ TEST(KvqTest, LevelBitsFollowTheModelsLayerGroups) {
   ASSERT_OK_AND_ASSIGN(auto l4, KvqRowBitsForLevel(4, 30, 28, 2));
   EXPECT_EQ(l4, (std::vector<uint8_t>{5, 5, 5, 5}));
   EXPECT_THAT(KvqRowBitsForLevel(5, 30, 0, 30), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// Four rows of identical f32 data, row 1 scaled by 4 (exact), all per token.
+std::vector<uint8_t> ScaledRows(const KvLayout& l) {
+  std::vector<uint8_t> kv = Synthetic(l, 9);
+  const size_t row = size_t{l.num_tokens} * l.heads() * l.head_dim;
+  for (size_t part = 1; part < 4; ++part) {
+    for (size_t k = 0; k < row; ++k) {
+      const float v = ValueAt(kv, l.dtype, k);
+      // Object order [layer][K|V]: part 1 = V of layer 0 (row 2), part 2 = K of layer 1 (row 1).
+      testing::SetValue(kv, l.dtype, part * row + k, part == 2 ? 4.f * v : v);
+    }
+  }
+  return kv;
+}
+
+TEST(KvqTest, AllocationGivesBitsWhereTheWeightedErrorIsLargest) {
+  const KvLayout l = MakeLayout(2, 2, 16, 64, DType::kF32);
+  const std::vector<uint8_t> kv = ScaledRows(l);
+  KvqOptions o;
+  o.key_scale = o.value_scale = KvqScale::kPerToken;
+  o.avg_bits = 4.5f;  // 18 bits over 4 rows
+  // Equal weights: row 1's error is 16x at equal bits, so it gets 2 more (6 vs 4 each).
+  o.row_weights = {1, 1, 1, 1};
+  EXPECT_THAT(KvqAllocateBits(l, kv, o), IsOkAndHolds(std::vector<uint8_t>{4, 6, 4, 4}));
+  // Relative error (no weights): the scale cancels; ties go to the lower row.
+  o.row_weights.clear();
+  EXPECT_THAT(KvqAllocateBits(l, kv, o), IsOkAndHolds(std::vector<uint8_t>{5, 5, 4, 4}));
+  // A zero weight leaves a row at min_bits; the bound max_bits holds.
+  o.row_weights = {0, 1, 1, 1};
+  o.max_bits = 5;
+  EXPECT_THAT(KvqAllocateBits(l, kv, o), IsOkAndHolds(std::vector<uint8_t>{3, 5, 5, 5}));
+}
+
+TEST(KvqTest, AllocatedContainersDecodeWithinHalfAStepAndRecordLevelZero) {
+  const KvLayout l = MakeLayout(2, 2, 16, 64, DType::kF32);
+  const std::vector<uint8_t> kv = ScaledRows(l);
+  KvqOptions o;
+  o.avg_bits = 3.25f;
+  ASSERT_OK_AND_ASSIGN(auto container, EncodeKvq(l, kv, o));
+  ASSERT_OK_AND_ASSIGN(KvqInfo info, ParseKvq(container));
+  EXPECT_EQ(info.level, 0);
+  // Same bits as the explicit allocation: byte-identical containers.
+  ASSERT_OK_AND_ASSIGN(auto bits, KvqAllocateBits(l, kv, o));
+  KvqOptions explicit_bits;
+  explicit_bits.row_bits = bits;
+  EXPECT_THAT(EncodeKvq(l, kv, explicit_bits), IsOkAndHolds(container));
+  ASSERT_OK_AND_ASSIGN(auto out, DecodeKvq(container));
+  EXPECT_EQ(out.size(), kv.size());
+}
+
+TEST(KvqTest, BadAllocationOptionsAreRejected) {
+  const KvLayout l = MakeLayout(2, 2, 16, 8, DType::kF32);
+  std::vector<uint8_t> kv = Synthetic(l);
+  KvqOptions o;
+  o.avg_bits = 9;
+  EXPECT_THAT(KvqAllocateBits(l, kv, o), StatusIs(absl::StatusCode::kInvalidArgument));
+  o.avg_bits = 1.5f;  // below min_bits (2)
+  EXPECT_THAT(EncodeKvq(l, kv, o), StatusIs(absl::StatusCode::kInvalidArgument));
+  o.avg_bits = 4;
+  o.row_weights = {1, 1, 1};  // 4 rows
+  EXPECT_THAT(KvqAllocateBits(l, kv, o), StatusIs(absl::StatusCode::kInvalidArgument));
+  o.row_weights = {1, -1, 1, 1};
+  EXPECT_THAT(KvqAllocateBits(l, kv, o), StatusIs(absl::StatusCode::kInvalidArgument));
+  o.row_weights.clear();
+  testing::SetValue(kv, l.dtype, 5, INFINITY);
+  EXPECT_THAT(KvqAllocateBits(l, kv, o), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

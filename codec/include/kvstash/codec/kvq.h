@@ -46,7 +46,18 @@ struct KvqOptions {
   //     4   |   6 / 5 / 5    |   5 / 5
   int level = 2;
   std::vector<uint8_t> row_bits;  // non-empty: explicit bits (1..8) per row; level 0 recorded
-  uint32_t model_layers = 0;      // 0 = layout.layer_begin + num_layers
+  // Per-chunk bit allocation (used when row_bits is empty and avg_bits > 0; level 0 recorded):
+  // the rows share round(avg_bits * rows) bits per element, each row within [min_bits,
+  // max_bits], given greedily to the row whose weighted predicted error drops most per bit
+  // (KvqAllocateBits). The prediction is the chunk's own: a row's mean squared error is
+  // sum(step^2 / 12) over its elements, step = range / (2^bits - 1) from the ranges this chunk's
+  // scaling gives (before outlier removal). Weights: row_weights[r] (one per row of the object,
+  // finite, >= 0; e.g. the output KL per unit of squared error measured in a calibration pass),
+  // or, when empty, 1 / mean(x^2) of the row (relative error).
+  float avg_bits = 0;
+  uint8_t min_bits = 2, max_bits = 8;
+  std::vector<float> row_weights;
+  uint32_t model_layers = 0;  // 0 = layout.layer_begin + num_layers
   KvqScale key_scale = KvqScale::kPerChannel;
   KvqScale value_scale = KvqScale::kPerToken;
   uint32_t group_tokens = 64;      // per-channel scaling: tokens per (min, step) group, 1..65535
@@ -61,6 +72,12 @@ struct KvqOptions {
 // Bits of the 2n rows of an object holding layers [layer_begin, layer_begin + n) at `level`.
 Result<std::vector<uint8_t>> KvqRowBitsForLevel(int level, uint32_t model_layers,
                                                 uint32_t layer_begin, uint32_t num_layers);
+
+// The allocation of KvqOptions::avg_bits for this chunk: bits per row (2n rows). InvalidArgument
+// for a bad layout, size, budget (avg_bits outside [min_bits, max_bits], 1 <= min_bits <=
+// max_bits <= 8), weights of the wrong count or negative/non-finite, or NaN/Inf in the KV.
+Result<std::vector<uint8_t>> KvqAllocateBits(const KvLayout& layout, std::span<const uint8_t> kv,
+                                             const KvqOptions& options);
 
 struct KvqInfo {
   DType dtype = DType::kF16;
