@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build/release}
 DIR=${1:-.gpu}
-BINS=(tests/codec/codec_gpu_test tests/kernels/kernels_gpu_test bench/kernels/kernels_bench
-      bench/codec/codec_bench bench/codec/tier_load)
+BINS=(tests/codec/codec_gpu_test tests/kernels/kernels_gpu_test tests/storage/storage_gpu_test
+      bench/kernels/kernels_bench bench/codec/codec_bench bench/codec/tier_load)
 rm -rf "$DIR"
 mkdir -p "$DIR/bin" "$DIR/lib"
 for b in "${BINS[@]}"; do
@@ -35,6 +35,8 @@ B=$HERE/bin
 rc=0
 "$B/codec_gpu_test" --gtest_output=json:"$OUT/codec_gpu_test.json" || rc=1
 "$B/kernels_gpu_test" --gtest_output=json:"$OUT/kernels_gpu_test.json" || rc=1
+# The GPU pool tier (docs/storage.md "GPU pool tier"): device round trips and a store over it.
+"$B/storage_gpu_test" --gtest_output=json:"$OUT/storage_gpu_test.json" || rc=1
 "$B/kernels_bench" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
   --benchmark_out="$OUT/kernels_bench_gpu.json" || rc=1
 "$B/codec_bench" --benchmark_out="$OUT/codec_bench_gpu.json" || rc=1
