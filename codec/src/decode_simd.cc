@@ -4,19 +4,8 @@
 #include <atomic>
 #include <cstring>
 
-#include "cpu_features.h"
 #include "kvstash/kernels/cachegen_core.h"
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm*_undefined_* temporaries
-// (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+#include "range_simd.h"
 
 namespace kvstash::codec::internal {
 namespace cg = kernels::cachegen;
@@ -47,23 +36,8 @@ struct PosReader {
 
 #if defined(__x86_64__)
 
-// Lanes [8h, 8h + 8) of v, zero-extended to 64 bits.
-KVSTASH_AVX512 inline __m512i Widen(__m512i v, int h) {
-  return _mm512_cvtepu32_epi64(h == 0 ? _mm512_castsi512_si256(v)
-                                      : _mm512_extracti64x4_epi64(v, 1));
-}
-
-// (span - 1) * c + c = span * c, shifted right by 16, truncated to 32 bits; lanes [8h, 8h + 8).
-KVSTASH_AVX512 inline __m256i ScaledProduct(__m512i span_m1, __m512i c, int h) {
-  const __m512i s64 = Widen(span_m1, h);
-  const __m512i c64 = Widen(c, h);
-  return _mm512_cvtepi64_epi32(
-      _mm512_srli_epi64(_mm512_add_epi64(_mm512_mul_epu32(s64, c64), c64), 16));
-}
-
-KVSTASH_AVX512 inline __m512i Join(__m256i a, __m256i b) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-}
+using simd::Join;
+using simd::ScaledProduct;
 
 // 16 streams per iteration; the same arithmetic as cg::DecodeSymbol (see cachegen_core.h):
 // count by f64 division (exact: the dividend is < 2^49 and the divisor <= 2^32, so the rounded
@@ -75,7 +49,6 @@ KVSTASH_AVX512 void StepAvx512(size_t n, const uint32_t* ttab, int lp, const uin
                                uint32_t* value_p, uint32_t* pos_p, int cq, float scale, float* x,
                                bool* bad) {
   const __m512i one = _mm512_set1_epi32(1);
-  const __m512i all = _mm512_set1_epi32(-1);
   const __m512i bswap =
       _mm512_set_epi8(12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9,
                       10, 11, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0,
@@ -126,18 +99,9 @@ KVSTASH_AVX512 void StepAvx512(size_t n, const uint32_t* ttab, int lp, const uin
     }
     // high = low - 1 + (span * c_hi >> 16); low = low + (span * c_lo >> 16), span * c in 64 bits
     // as (span - 1) * c + c.
-    const __m512i nhi =
-        _mm512_add_epi32(_mm512_sub_epi32(lo, one),
-                         Join(ScaledProduct(span_m1, c_hi, 0), ScaledProduct(span_m1, c_hi, 1)));
-    const __m512i nlo = _mm512_add_epi32(
-        lo, Join(ScaledProduct(span_m1, c_lo, 0), ScaledProduct(span_m1, c_lo, 1)));
     // Renormalise: k settled bits, then e3 E3 steps; read k + e3 bits.
-    const __m512i k = _mm512_lzcnt_epi32(_mm512_or_si512(_mm512_xor_si512(nlo, nhi), one));
-    const __m512i lo1 = _mm512_sllv_epi32(nlo, k);
-    const __m512i hi1 = _mm512_or_si512(_mm512_sllv_epi32(nhi, k),
-                                        _mm512_sub_epi32(_mm512_sllv_epi32(one, k), one));
-    const __m512i e3 = _mm512_lzcnt_epi32(
-        _mm512_xor_si512(_mm512_slli_epi32(_mm512_andnot_si512(hi1, lo1), 1), all));
+    const simd::IntervalStep iv = simd::UpdateInterval(lo, span_m1, c_lo, c_hi);
+    const __m512i k = iv.k, lo1 = iv.lo1, hi1 = iv.hi1, e3 = iv.e3;
     const __m512i kk = _mm512_add_epi32(k, e3);
     const __m512i pos = _mm512_loadu_si512(pos_p + c);
     const __m512i offs = _mm512_add_epi32(

@@ -3,17 +3,7 @@
 #include <algorithm>
 #include <atomic>
 
-#include "cpu_features.h"
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own temporaries (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+#include "range_simd.h"
 
 namespace kvstash::codec::internal {
 namespace cg = kernels::cachegen;
@@ -25,26 +15,9 @@ std::atomic<uint64_t> slow_lanes{0};
 
 #if defined(__x86_64__)
 
-KVSTASH_AVX512 inline __m512i Widen(__m512i v, int h) {
-  return _mm512_cvtepu32_epi64(h == 0 ? _mm512_castsi512_si256(v)
-                                      : _mm512_extracti64x4_epi64(v, 1));
-}
-
-KVSTASH_AVX512 inline __m512i Join(__m256i a, __m256i b) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-}
-
-// span * c >> 16 (truncated to 32 bits), span * c computed as (span - 1) * c + c in 64 bits.
-KVSTASH_AVX512 inline __m512i ScaledProduct(__m512i span_m1, __m512i c) {
-  __m256i r[2];
-  for (int h = 0; h < 2; ++h) {
-    const __m512i s64 = Widen(span_m1, h);
-    const __m512i c64 = Widen(c, h);
-    r[h] = _mm512_cvtepi64_epi32(
-        _mm512_srli_epi64(_mm512_add_epi64(_mm512_mul_epu32(s64, c64), c64), 16));
-  }
-  return Join(r[0], r[1]);
-}
+using simd::Join;
+using simd::ScaledProduct;
+using simd::Widen;
 
 struct LaneState {
   uint32_t* low;
@@ -64,7 +37,6 @@ KVSTASH_AVX512 void StepAvx512(size_t n, const uint32_t* ttab, const uint8_t* sy
                                uint32_t* slow_k, uint32_t* slow_e3, uint32_t* slow_low,
                                uint32_t* slow_mask_out) {
   const __m512i one = _mm512_set1_epi32(1);
-  const __m512i all = _mm512_set1_epi32(-1);
   const __m512i c32 = _mm512_set1_epi32(32);
   const __m512i bswap =
       _mm512_set_epi8(12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9,
@@ -84,14 +56,8 @@ KVSTASH_AVX512 void StepAvx512(size_t n, const uint32_t* ttab, const uint8_t* sy
     const __m512i lo = _mm512_loadu_si512(st.low + c);
     const __m512i hi = _mm512_loadu_si512(st.high + c);
     const __m512i span_m1 = _mm512_sub_epi32(hi, lo);
-    const __m512i nhi = _mm512_add_epi32(_mm512_sub_epi32(lo, one), ScaledProduct(span_m1, c_hi));
-    const __m512i nlo = _mm512_add_epi32(lo, ScaledProduct(span_m1, c_lo));
-    const __m512i k = _mm512_lzcnt_epi32(_mm512_or_si512(_mm512_xor_si512(nlo, nhi), one));
-    const __m512i lo1 = _mm512_sllv_epi32(nlo, k);
-    const __m512i hi1 = _mm512_or_si512(_mm512_sllv_epi32(nhi, k),
-                                        _mm512_sub_epi32(_mm512_sllv_epi32(one, k), one));
-    const __m512i e3 = _mm512_lzcnt_epi32(
-        _mm512_xor_si512(_mm512_slli_epi32(_mm512_andnot_si512(hi1, lo1), 1), all));
+    const simd::IntervalStep iv = simd::UpdateInterval(lo, span_m1, c_lo, c_hi);
+    const __m512i nlo = iv.nlo, k = iv.k, lo1 = iv.lo1, hi1 = iv.hi1, e3 = iv.e3;
     const __m512i m3 = _mm512_sub_epi32(_mm512_sllv_epi32(one, e3), one);
     _mm512_storeu_si512(
         st.low + c, _mm512_and_si512(_mm512_sllv_epi32(lo1, e3), _mm512_set1_epi32(0x7FFFFFFF)));

@@ -307,15 +307,7 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
       std::vector<float> mn(C), mx(C);
       for (uint32_t gi = 0; gi < g.groups(); ++gi) {
         const uint32_t t0 = gi * G, t1 = std::min(T, t0 + G);
-        std::fill(mn.begin(), mn.end(), INFINITY);
-        std::fill(mx.begin(), mx.end(), -INFINITY);
-        for (uint32_t t = t0; t < t1; ++t) {
-          const float* v = x.data() + size_t{t} * C;
-          for (uint32_t c = 0; c < C; ++c) {
-            mn[c] = std::min(mn[c], v[c]);
-            mx[c] = std::max(mx[c], v[c]);
-          }
-        }
+        ChannelMinMax(x.data(), C, t0, t1, mn.data(), mx.data());
         for (uint32_t c = 0; c < C; ++c) {
           set_param(gi * C + c, mn[c], mx[c]);
           inv[c] = steps[gi * C + c] > 0 ? 1.f / steps[gi * C + c] : 0.f;

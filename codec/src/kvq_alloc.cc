@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kvq_format.h"
 #include "kvstash/codec/kvq.h"
 #include "kvstash/common/half.h"
 
@@ -49,15 +50,7 @@ double RangeEnergy(const std::vector<float>& x, uint32_t T, uint32_t C, KvqScale
     std::vector<float> mn(C), mx(C);
     for (uint32_t t0 = 0; t0 < T; t0 += group) {
       const uint32_t t1 = std::min(T, t0 + group);
-      std::fill(mn.begin(), mn.end(), INFINITY);
-      std::fill(mx.begin(), mx.end(), -INFINITY);
-      for (uint32_t t = t0; t < t1; ++t) {
-        const float* v = x.data() + size_t{t} * C;
-        for (uint32_t c = 0; c < C; ++c) {
-          mn[c] = std::min(mn[c], v[c]);
-          mx[c] = std::max(mx[c], v[c]);
-        }
-      }
+      kvq_internal::ChannelMinMax(x.data(), C, t0, t1, mn.data(), mx.data());
       for (uint32_t c = 0; c < C; ++c) {
         const double range = double{mx[c]} - double{mn[c]};
         sum += range * range * (t1 - t0);

@@ -5,6 +5,7 @@
 #define KVSTASH_CODEC_SRC_KVQ_FORMAT_H_
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -93,6 +94,20 @@ struct Geometry {
     return ctx;
   }
 };
+
+// Per-channel minimum and maximum over tokens [t0, t1) of x ([T][C] f32) into mn/mx (C each).
+inline void ChannelMinMax(const float* x, uint32_t C, uint32_t t0, uint32_t t1, float* mn,
+                          float* mx) {
+  std::fill(mn, mn + C, INFINITY);
+  std::fill(mx, mx + C, -INFINITY);
+  for (uint32_t t = t0; t < t1; ++t) {
+    const float* v = x + size_t{t} * C;
+    for (uint32_t c = 0; c < C; ++c) {
+      mn[c] = std::min(mn[c], v[c]);
+      mx[c] = std::max(mx[c], v[c]);
+    }
+  }
+}
 
 // Parsed, validated container: geometry plus section pointers.
 struct Parsed {
