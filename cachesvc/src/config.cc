@@ -437,6 +437,13 @@ const std::vector<Field>& Fields() {
       {"peers.data_plane", "--peer-data-plane",
        "how objects move between nodes: ucx (one-sided reads) | grpc (Get streams)",
        PeerStringField(&PeerConfig::data_plane)},
+      {"peers.transfer_encoding", "--peer-transfer-encoding",
+       "what fetches from peers carry: raw | cachegen | auto (cachegen on links slower than the "
+       "codec's break-even rate)",
+       PeerStringField(&PeerConfig::transfer_encoding)},
+      {"peers.link_mbps", "--peer-link-mbps",
+       "rate of the links to peers in Mbit/s for --peer-transfer-encoding auto (0: measured)",
+       PeerIntField(&PeerConfig::link_mbps, 0, 10'000'000)},
       {"tls.cert", "--tls-cert", "PEM certificate of this node (mutual TLS on TCP and to peers)",
        TlsStringField(&TlsConfig::cert_file)},
       {"tls.key", "--tls-key", "PEM private key of --tls-cert",
@@ -588,6 +595,12 @@ Status ValidateConfig(const ServiceConfig& c) {
   if (c.peers.data_plane != "ucx" && c.peers.data_plane != "grpc") {
     return Bad("peers.data_plane",
                absl::StrCat("unknown data plane '", c.peers.data_plane, "' (ucx or grpc)"));
+  }
+  if (c.peers.transfer_encoding != "raw" && c.peers.transfer_encoding != "cachegen" &&
+      c.peers.transfer_encoding != "auto") {
+    return Bad("peers.transfer_encoding",
+               absl::StrCat("unknown transfer encoding '", c.peers.transfer_encoding,
+                            "' (raw, cachegen or auto)"));
   }
 #ifndef KVSTASH_HAVE_UCX
   if (c.peers.data_plane == "ucx" && !c.peers.addresses.empty()) {

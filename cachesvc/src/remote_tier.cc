@@ -12,6 +12,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "cachegen_tier_codec.h"
+#include "kvstash/codec/synthetic_kv.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/mutex.h"
 #include "kvstash/proto/status_mapping.h"
@@ -70,6 +72,58 @@ Status PeerUnavailable(const std::string& address, const Status& cause) {
   return absl::UnavailableError(absl::StrCat("peer ", address, " unavailable: ", cause.message()));
 }
 
+// Raw fetches at least this large measure a link's rate (smaller ones measure latency).
+constexpr uint64_t kMeasureMinBytes = 256 << 10;
+// While a measured link carries CacheGen, one batch in this many goes raw to re-measure it.
+constexpr uint32_t kRawProbeEvery = 16;
+
+// The rate (bytes/s) below which fetching CacheGen beats fetching raw, from the codec's speeds
+// measured here on synthetic KV: raw costs 1/L per byte, encoded 1/(r L) + 1/E + 1/D (the peer
+// encodes, the link carries 1/r of the bytes, this node decodes; no overlap assumed), so CacheGen
+// wins while L < (1 - 1/r) / (1/E + 1/D). E is measured here and assumed for the peer too.
+struct BreakEven {
+  double bytes_per_s = 0;
+  double ratio = 0, encode_bytes_per_s = 0, decode_bytes_per_s = 0;
+};
+
+Result<BreakEven> MeasureBreakEven(const TierEncoding& encoding, CacheGenTierCodec& decoder) {
+  ObjectInfo info;  // 4 layers x 4 heads x 64 x 256 tokens of f16 KV: 1 MiB
+  info.layout.num_layers = 4;
+  info.layout.total_kv_heads = 4;
+  info.layout.head_begin = 0;
+  info.layout.head_end = 4;
+  info.layout.head_dim = 64;
+  info.layout.dtype = DType::kF16;
+  info.layout.num_tokens = 256;
+  info.encoding = Encoding::kRaw;
+  info.payload_bytes = info.layout.RawBytes();
+  const std::vector<uint8_t> kv = codec::SyntheticKv(info.layout);
+  info.payload_crc32c = Crc32c(kv.data(), kv.size());
+  CacheGenTierCodec encoder(TierEncoding{Encoding::kCacheGen, encoding.level}, 1);
+  std::vector<uint8_t> out(kv.size());
+  BreakEven b;
+  double encode_s = 1e9, decode_s = 1e9;
+  std::optional<storage::TierCodec::Encoded> encoded;
+  for (int i = 0; i < 3; ++i) {  // best of 3: the codec's speed, not the neighbours' noise
+    Clock::time_point t0 = Clock::now();
+    KVSTASH_ASSIGN_OR_RETURN(encoded, encoder.EncodeForTier(info, kv));
+    if (!encoded) return absl::InternalError("the codec declined synthetic KV");
+    Clock::time_point t1 = Clock::now();
+    KVSTASH_RETURN_IF_ERROR(decoder.Decode(encoded->stored_info, encoded->bytes, out));
+    Clock::time_point t2 = Clock::now();
+    encode_s = std::min(encode_s, std::chrono::duration<double>(t1 - t0).count());
+    decode_s = std::min(decode_s, std::chrono::duration<double>(t2 - t1).count());
+  }
+  const double n = static_cast<double>(kv.size());
+  b.ratio = n / static_cast<double>(encoded->bytes.size());
+  b.encode_bytes_per_s = n / encode_s;
+  b.decode_bytes_per_s = n / decode_s;
+  if (b.ratio > 1) {
+    b.bytes_per_s = (1 - 1 / b.ratio) / (1 / b.encode_bytes_per_s + 1 / b.decode_bytes_per_s);
+  }
+  return b;
+}
+
 bool IsDefinitive(const Status& s) {
   // The object is settled for this fetch: fetched, or the local store cannot take it.
   return s.ok() || s.code() == absl::StatusCode::kResourceExhausted ||
@@ -117,6 +171,11 @@ struct RemoteTier::Impl {
     Counter* failures_bounds = nullptr;
     Histogram* fetch_seconds = nullptr;
     Gauge* up = nullptr;
+    Counter* encoded_objects = nullptr;  // fetched as CacheGen
+    Counter* wire_bytes = nullptr;       // bytes the link carried for those
+    // The link's rate (bytes/s) as raw fetches of >= kMeasureMinBytes saw it; 0 until one did.
+    std::atomic<double> raw_bytes_per_s{0};
+    std::atomic<uint32_t> encoded_batches{0};
   };
 
   // What one fetch from one peer works with, taken under Peer::mu.
@@ -189,6 +248,30 @@ struct RemoteTier::Impl {
   transport::RemoteRegion region;
 #endif
   std::atomic<uint64_t> hits{0}, misses{0}, bytes_read{0};
+  // Encoded fetches (PeerConfig::transfer_encoding): the decoder of what peers send as CacheGen,
+  // and for "auto" the link rate below which CacheGen pays.
+  std::unique_ptr<CacheGenTierCodec> decoder;
+  BreakEven break_even;
+
+  // Whether the next batch from `peer` is to be asked for as CacheGen.
+  bool ShouldEncode(Peer& peer) {
+    if (decoder == nullptr) return false;  // raw
+    if (config.transfer_encoding == "cachegen") return true;
+    const bool measured = config.link_mbps == 0;
+    const double rate =
+        measured ? peer.raw_bytes_per_s.load() : static_cast<double>(config.link_mbps) * 1e6 / 8;
+    if (rate <= 0 || rate >= break_even.bytes_per_s) return false;
+    return !measured || peer.encoded_batches.fetch_add(1) % kRawProbeEvery != kRawProbeEvery - 1;
+  }
+
+  // Folds one raw transfer into the peer's measured rate.
+  static void MeasureRaw(Peer& peer, uint64_t bytes, Clock::duration took) {
+    const double s = std::chrono::duration<double>(took).count();
+    if (bytes < kMeasureMinBytes || s <= 0) return;
+    const double rate = static_cast<double>(bytes) / s;
+    const double old = peer.raw_bytes_per_s.load();
+    peer.raw_bytes_per_s.store(old == 0 ? rate : (old + rate) / 2);
+  }
 
   Clock::time_point Deadline() const {
     return Clock::now() + std::chrono::milliseconds(config.timeout_ms);
@@ -339,6 +422,10 @@ struct RemoteTier::Impl {
     peer->fetch_seconds = metrics->GetHistogram("kvstash_peer_fetch_seconds",
                                                 "time of one batch fetched from the peer", labels);
     peer->up = metrics->GetGauge("kvstash_peer_up", "1 while the peer answers", labels);
+    peer->encoded_objects = metrics->GetCounter(
+        "kvstash_peer_encoded_objects_total", "objects fetched from the peer as CacheGen", labels);
+    peer->wire_bytes = metrics->GetCounter("kvstash_peer_encoded_wire_bytes_total",
+                                           "bytes of the CacheGen containers fetched", labels);
     return peer;
   }
 
@@ -367,12 +454,13 @@ struct RemoteTier::Impl {
       }
       return;
     }
-    if (link->ucx) {
+    const bool encoded = ShouldEncode(peer);
+    if (link->ucx && !encoded) {
       FetchOverUcx(peer, *link, names, remaining, out);
     } else {
       for (size_t i : remaining) {
         if (Down(peer)) break;
-        Status s = FetchOverGrpc(peer, names[i]);
+        Status s = FetchOverGrpc(peer, names[i], encoded);
         if (s.code() == absl::StatusCode::kUnavailable ||
             s.code() == absl::StatusCode::kDeadlineExceeded) {
           MarkDown(peer, s);
@@ -486,7 +574,13 @@ struct RemoteTier::Impl {
         ops.push_back(
             {p.remote_offset, store->arena_base() + p.local.arena_offset, p.info.payload_bytes});
       }
+      const Clock::time_point read_start = Clock::now();
       Status read = transport->Read(link.ucx_peer, ops, Deadline());
+      if (read.ok()) {
+        uint64_t bytes = 0;
+        for (const transport::ReadOp& op : ops) bytes += op.length;
+        MeasureRaw(peer, bytes, Clock::now() - read_start);
+      }
       if (!read.ok()) {
         for (const Pending& p : pending) {
           (void)store->Abort(p.local.id);
@@ -526,18 +620,26 @@ struct RemoteTier::Impl {
     return s;
   }
 
-  // One object over a KvStash.Get stream (no UCX at either end, or data_plane grpc).
-  Status FetchOverGrpc(Peer& peer, const ObjectName& name) {
+  // One object over a KvStash.Get stream (no UCX at either end, data_plane grpc, or `encoded`).
+  // `encoded`: asks the peer for CacheGen; a container that arrives is checked against its own
+  // crc32c, decoded into the reservation, and settled (crc32c of the reconstruction, which the
+  // peer computed when encoding) like raw bytes. The peer may still send raw (an object it does
+  // not encode).
+  Status FetchOverGrpc(Peer& peer, const ObjectName& name, bool encoded = false) {
     const Clock::time_point start = Clock::now();
     grpc::ClientContext ctx;
     PrepareContext(&ctx);
     v1::GetRequest req;
     ToProto(name, req.mutable_key());
+    if (encoded) req.set_accept_encoding(v1::ENCODING_CACHEGEN);
     std::unique_ptr<grpc::ClientReader<v1::GetChunk>> reader = peer.kv->Get(&ctx, req);
     v1::GetChunk chunk;
     std::optional<storage::Reservation> local;
     ObjectInfo info;
-    uint64_t received = 0;
+    std::optional<ObjectInfo> wire;  // an encoded transfer: what the container is
+    std::vector<uint8_t> container;
+    uint8_t* landing = nullptr;  // the reservation, or `container`
+    uint64_t received = 0, wire_total = 0;
     Status failed;
     while (failed.ok() && reader->Read(&chunk)) {
       if (!local) {
@@ -547,6 +649,20 @@ struct RemoteTier::Impl {
           break;
         }
         info = *parsed;
+        if (chunk.has_wire_info()) {
+          Result<ObjectInfo> w = FromProto(chunk.wire_info());
+          if (!w.ok()) {
+            failed = w.status();
+          } else if (!encoded || w->encoding != Encoding::kCacheGen) {
+            failed = absl::InvalidArgumentError("peer sent an encoding this fetch did not ask for");
+          } else if (w->payload_bytes >= info.payload_bytes) {
+            failed = absl::InvalidArgumentError(absl::StrCat("peer announced a ", w->payload_bytes,
+                                                             "-byte container for a ",
+                                                             info.payload_bytes, "-byte object"));
+          }
+          if (!failed.ok()) break;
+          wire = *w;
+        }
         Result<storage::Reservation> r = store->Reserve(
             ToStoredName(name), info, config.timeout_ms * 2 + 1000, /*overwrite=*/false);
         if (!r.ok()) {
@@ -555,26 +671,53 @@ struct RemoteTier::Impl {
           return failed;
         }
         local = *r;
+        if (wire) {
+          container.resize(wire->payload_bytes);
+          landing = container.data();
+          wire_total = wire->payload_bytes;
+        } else {
+          landing = store->arena_base() + local->arena_offset;
+          wire_total = info.payload_bytes;
+        }
       }
-      if (chunk.data().size() > info.payload_bytes - received) {
+      if (chunk.data().size() > wire_total - received) {
         failed = absl::InvalidArgumentError("peer sent more bytes than the object holds");
         break;
       }
-      std::memcpy(store->arena_base() + local->arena_offset + received, chunk.data().data(),
-                  chunk.data().size());
+      std::memcpy(landing + received, chunk.data().data(), chunk.data().size());
       received += chunk.data().size();
     }
     if (!failed.ok()) ctx.TryCancel();
     Status finished = FromGrpcStatus(reader->Finish());
     if (failed.ok()) failed = finished;
-    if (failed.ok() && received != info.payload_bytes) {
+    if (failed.ok() && received != wire_total) {
       failed = absl::DataLossError("peer's Get stream ended early");
+    }
+    if (failed.ok() && wire) {
+      if (Crc32c(container.data(), container.size()) != wire->payload_crc32c) {
+        peer.failures_corrupt->Increment();
+        failed = absl::DataLossError(absl::StrCat("CacheGen container from peer ", peer.address,
+                                                  " failed its crc32c on arrival; not served"));
+      } else {
+        Status decoded = decoder->Decode(
+            *wire, container, {store->arena_base() + local->arena_offset, info.payload_bytes});
+        if (!decoded.ok()) {
+          peer.failures_corrupt->Increment();
+          failed = absl::DataLossError(absl::StrCat("CacheGen container from peer ", peer.address,
+                                                    " does not decode: ", decoded.message()));
+        }
+      }
     }
     if (!failed.ok()) {
       if (local) (void)store->Abort(local->id);
       return failed;
     }
+    if (!wire) MeasureRaw(peer, info.payload_bytes, Clock::now() - start);
     Status s = Settle(peer, Pending{0, 0, 0, info, *local});
+    if (s.ok() && wire) {
+      peer.encoded_objects->Increment();
+      peer.wire_bytes->Increment(wire->payload_bytes);
+    }
     peer.fetch_seconds->Observe(std::chrono::duration<double>(Clock::now() - start).count());
     return s;
   }
@@ -620,6 +763,23 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
   }
 #endif
   if (!impl->secret.empty()) impl->hello_service = std::make_unique<Impl::HelloService>(impl.get());
+  if (config.peers.transfer_encoding != "raw") {
+    // Decodes CacheGen at any level (the container says which) on a private pool.
+    impl->decoder = std::make_unique<CacheGenTierCodec>(TierEncoding{Encoding::kRaw, 1});
+    if (config.peers.transfer_encoding == "auto") {
+      const int level = config.transfer_encoding.level;
+      KVSTASH_ASSIGN_OR_RETURN(
+          impl->break_even,
+          MeasureBreakEven(TierEncoding{Encoding::kCacheGen, level}, *impl->decoder));
+    }
+    spdlog::info(
+        "event=peer_transfer_encoding policy={} link_mbps={} break_even_mbps={:.0f} ratio={:.2f} "
+        "encode_mbps={:.0f} decode_mbps={:.0f}",
+        config.peers.transfer_encoding, config.peers.link_mbps,
+        impl->break_even.bytes_per_s * 8 / 1e6, impl->break_even.ratio,
+        impl->break_even.encode_bytes_per_s * 8 / 1e6,
+        impl->break_even.decode_bytes_per_s * 8 / 1e6);
+  }
   impl->channel_args.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   // A fresh connection attempt soon after a peer comes back, not gRPC's backoff of up to 2 min.
   impl->channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);

@@ -179,6 +179,23 @@ TEST(Config, KvqIsAnSsdTierEncodingButNotATransferEncoding) {
   EXPECT_THAT(p.output, HasSubstr("--transfer-encoding: unknown encoding 'kvq' (raw or cachegen)"));
 }
 
+TEST(Config, PeerTransferEncodingIsRawUnlessAsked) {
+  ParsedCommandLine defaults = Parse({});
+  ASSERT_TRUE(defaults.config) << defaults.output;
+  EXPECT_EQ(defaults.config->peers.transfer_encoding, "raw");
+  EXPECT_EQ(defaults.config->peers.link_mbps, 0u);
+  ParsedCommandLine p = Parse({"--peer-transfer-encoding", "auto", "--peer-link-mbps", "1000"});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_EQ(p.config->peers.transfer_encoding, "auto");
+  EXPECT_EQ(p.config->peers.link_mbps, 1000u);
+  auto yaml = ApplyYaml("peers:\n  transfer_encoding: cachegen\n", ServiceConfig{});
+  ASSERT_OK(yaml);
+  EXPECT_EQ(yaml->peers.transfer_encoding, "cachegen");
+  p = Parse({"--peer-transfer-encoding", "kvq"});
+  EXPECT_FALSE(p.config);
+  EXPECT_THAT(p.output, HasSubstr("unknown transfer encoding 'kvq' (raw, cachegen or auto)"));
+}
+
 TEST(Config, SsdTierEncodingBadValuesGiveClearErrors) {
   auto level7 = ApplyYaml("tiers:\n  ssd:\n    level: 7\n", ServiceConfig{});
   ASSERT_THAT(level7, StatusIs(absl::StatusCode::kInvalidArgument));

@@ -45,6 +45,18 @@ struct PeerConfig {
   bool promote = true;
   bool lookup = true;              // Lookup asks peers about local misses (reported TIER_REMOTE)
   std::string data_plane = "ucx";  // ucx: one-sided UCX reads; grpc: KvStash.Get streams
+  // Encoded fetches on slow links (docs/benchmarks-transfer.md "Slow links"). raw (default): the
+  // stored bytes move as they are. cachegen: every fetch asks the peer for CacheGen (the peer's
+  // transfer_encoding level) over a KvStash.Get stream; this node checks the container's crc32c on
+  // arrival, decodes it into its reservation and commits the reconstruction (lossy) only if its
+  // crc32c matches the one the peer computed when encoding. auto: cachegen for a peer whose link
+  // is slower than the break-even rate of the codec (its encode and decode speed and ratio,
+  // measured at start on synthetic KV), raw otherwise.
+  std::string transfer_encoding = "raw";
+  // For auto: the links' rate to peers in Mbit/s; 0: measured per peer from raw fetches of at
+  // least 256 KiB (until a measurement exists, fetches are raw; while encoding, every 16th batch
+  // goes raw to keep the measurement fresh).
+  uint32_t link_mbps = 0;
   // This node's address in handoff descriptors, as its peers list it (their --peer); empty: the
   // bound gRPC address (host:port of --listen, loopback for a wildcard host).
   std::string advertise;
