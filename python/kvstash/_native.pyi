@@ -250,3 +250,20 @@ class Client:
     def fetch_handoff(self, handoff: Handoff, all_or_nothing: bool = False) -> HandoffFetch: ...
     def heartbeat_handoff(self, handoff: Handoff, extend_ms: int = 0) -> int: ...
     def release_handoff(self, handoff: Handoff) -> None: ...
+
+def copy_paged_blocks(
+    paged: Sequence[Buffer],
+    layer_ids: Sequence[int],
+    block_ids: Sequence[int],
+    objects: Union[Buffer, Sequence[Buffer]],
+    *,
+    num_layers: int,
+    heads: int,
+    block_size: int,
+    head_bytes: int,
+    to_objects: bool,
+) -> None:
+    """Copies blocks between paged per-layer KV tensors ([num_blocks][heads][K|V][block_size]
+    [head_bytes]) and canonical objects ([num_layers][K|V][block_size][heads][head_bytes]), in
+    C++ without the GIL (kvstash.vllm_support.gather_blocks / scatter_layer)."""
+    ...

@@ -20,12 +20,16 @@ node as a handoff.
 
 Worker side: ``register_kv_caches`` checks the CPU layout (per layer
 [num_blocks, kv_heads, block_size, 2*head_size], per head all K rows then all V rows).
-``start_load_kv`` starts fetching the hit objects (get_many into a staging tensor) on a loader
-thread; ``wait_for_layer_load(layer)`` waits for the fetch (bounded) and scatters that layer
-only, so layer l's copy happens right before layer l's attention. ``wait_for_save`` gathers the
-step's new full blocks into staging memory (so vLLM may free or reuse the blocks as soon as the
-step ends) and a background thread puts them; ``save_kv_layer`` does nothing: on a CPU engine a
-per-layer gather would compete with the forward for the same cores.
+The worker connects (and faults the arena in) at ``register_kv_caches``, off any request's
+path. ``start_load_kv`` starts fetching the hit objects on a loader thread: one acquire_many
+(read leases of the shared-memory arena, crc-verified; over TCP get_many into a staging tensor)
+while the forward starts; ``wait_for_layer_load(layer)`` waits for the fetch (bounded) and copies
+that layer only from the leases into vLLM's blocks (``kvstash._native.copy_paged_blocks``, C++
+without the GIL), so layer l's copy happens right before layer l's attention; the leases end
+with the step. ``wait_for_save`` gathers the step's new full blocks into staging memory (the same
+native copy; vLLM may then free or reuse the blocks as soon as the step ends) and a background
+thread puts them; ``save_kv_layer`` does nothing: on a CPU engine a per-layer gather would
+compete with the forward for the same cores.
 
 The data path never raises into vLLM: a failed or late fetch, a missing, corrupt or mismatched
 object become ``get_block_ids_with_load_errors`` (vLLM then recomputes from the first bad block,
@@ -70,6 +74,7 @@ logger = logging.getLogger("kvstash.vllm")
 _UNREACHABLE = (4, 14)  # DEADLINE_EXCEEDED, UNAVAILABLE
 _ALREADY_EXISTS = 6
 HANDOFF_PARAM = "kvstash_handoff"
+_MAX_FREE_STAGING_BYTES = 64 << 20  # store staging kept for reuse by a worker
 
 # One block to move: (block id in vLLM's pool, block index in the prompt, KVStash token hash).
 BlockRef = Tuple[int, int, bytes]
@@ -88,6 +93,25 @@ class KVStashConnectorMetadata(KVConnectorMetadata):
     stores: List[ReqTransfer] = field(default_factory=list)
 
 
+class _LeaseResult:
+    """One acquire_many item in get_many's result shape (ok, error, info), keeping the lease."""
+
+    __slots__ = ("lease", "error")
+
+    def __init__(self, item: Any):
+        ok = not isinstance(item, BaseException)
+        self.lease = item if ok else None
+        self.error = None if ok else item
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def info(self):
+        return self.lease.info
+
+
 class _Skipped(Exception):
     """The breaker is open: KVStash is skipped for this call."""
 
@@ -95,9 +119,10 @@ class _Skipped(Exception):
 class _Remote:
     """A lazily connected kvstash.Client behind the circuit breaker (thread-safe)."""
 
-    def __init__(self, cfg: vs.ConnectorConfig, counters: vs.Counters):
+    def __init__(self, cfg: vs.ConnectorConfig, counters: vs.Counters, prefault: bool):
         self._cfg = cfg
         self._counters = counters
+        self._prefault = prefault
         self._lock = threading.Lock()
         self._client = None
         self.breaker = vs.CircuitBreaker(
@@ -115,6 +140,7 @@ class _Remote:
                     stream_timeout_s=max(self._cfg.rpc_timeout_ms / 1000.0, 10.0),
                     connect_timeout_s=self._cfg.connect_timeout_ms / 1000.0,
                     verify_reads=True,
+                    prefault_arena=self._prefault,
                 )
             return self._client
 
@@ -267,7 +293,10 @@ class KVStashConnector(KVConnectorBase_V1):
             suffix = f".worker{self._rank}.json"
         self._counters = vs.Counters(self._cfg.stats_path + suffix if self._cfg.stats_path
                                      else "")
-        self._remote = _Remote(self._cfg, self._counters)
+        # The scheduler only looks up (and offers handoffs): it attaches the arena (for the local
+        # control channel) without faulting its pages in, which costs ~1 s per GiB.
+        self._remote = _Remote(self._cfg, self._counters,
+                               prefault=role != KVConnectorRole.SCHEDULER)
         self._fps = [self._fingerprint(*self._ident.heads_of_rank(r, self._tp))
                      for r in range(self._tp)]
 
@@ -285,6 +314,7 @@ class KVStashConnector(KVConnectorBase_V1):
             self._failed_reqs: Set[str] = set()  # loads that failed this step
             self._store_q: "queue.Queue[Optional[Tuple[Any, ...]]]" = queue.Queue()
             self._pending_bytes = 0
+            self._free_objects: List[torch.Tensor] = []  # staging for stores, reused
             self._pending_lock = threading.Lock()
             self._storer = threading.Thread(target=self._store_loop, name="kvstash-store",
                                             daemon=True)
@@ -508,9 +538,23 @@ class KVStashConnector(KVConnectorBase_V1):
             raise vs.UnsafeConfigError(
                 f"KVStash connector: {len(names)} KV cache layers, model has "
                 f"{self._ident.num_layers}")
+        for n in names:
+            if not kv_caches[n].is_contiguous():
+                raise vs.UnsafeConfigError(
+                    f"KVStash connector: layer {n}'s KV cache tensor is not contiguous")
         self._layers = [kv_caches[n] for n in names]
         self._layer_index = {n: i for i, n in enumerate(names)}
         self._heads = he - hb
+        self._object_bytes = (self._ident.num_layers * 2 * self._bs * self._heads
+                              * self._ident.head_dim * self._layers[0].element_size())
+        # Connect (and fault the arena in) now, at start-up, not on the first request's path.
+        threading.Thread(target=self._connect_early, name="kvstash-connect", daemon=True).start()
+
+    def _connect_early(self) -> None:
+        try:
+            self._remote.call(lambda c: c.shared_memory_attached)
+        except Exception:  # noqa: BLE001 - the breaker has it; requests are misses meanwhile
+            pass
 
     def _staging(self, n: int) -> torch.Tensor:
         i = self._ident
@@ -527,7 +571,10 @@ class KVStashConnector(KVConnectorBase_V1):
                 return
             state: Dict[str, Any] = {
                 "loads": loads,
-                "staging": [self._staging(len(t.blocks)) for t in loads],
+                # per load: the objects' bytes, read leases of the shared-memory arena (one per
+                # block) or a staging tensor filled over the byte stream (no arena attached)
+                "src": [None] * len(loads),
+                "leases": [],
                 "ok": [0] * len(loads),  # leading blocks of each load that arrived intact
                 "done": threading.Event(),
                 "scattered": set(),
@@ -541,24 +588,25 @@ class KVStashConnector(KVConnectorBase_V1):
             self._fail_all_loads()
 
     def _fetch(self, state: Dict[str, Any]) -> None:
-        """Loader thread: every load's objects into its staging tensor. Writes only staging
-        memory, never vLLM's blocks, so a fetch that finishes late harms nothing."""
+        """Loader thread: leases every load's objects in the shared-memory arena (or, without
+        one, reads them into a staging tensor). Never writes vLLM's blocks, so a fetch that
+        finishes late harms nothing; wait_for_layer_load copies from these sources."""
         try:
             for k, t in enumerate(state["loads"]):
                 names = [self._name(t.namespace, self._rank, th) for (_, _, th) in t.blocks]
                 if self._fault.startswith("evict_before_load"):
                     victim = names[min(len(names) - 1, len(names) // 2)]
                     self._remote.call(lambda c: c.delete([victim]))
-                stg = state["staging"][k]
-                bufs = [stg[j].view(torch.uint8).numpy() for j in range(len(names))]
                 t0 = time.perf_counter()
                 try:
-                    results = self._remote.call(lambda c: c.get_many(names, bufs))
+                    results, src = self._remote.call(lambda c: self._read(c, names))
                     self._counters.add("fetch_us", int((time.perf_counter() - t0) * 1e6))
                 except Exception as e:  # noqa: BLE001
                     self._counters.add("load_failures")
                     logger.warning("KVStash: load of %s failed: %s", t.req_id, e)
                     continue
+                if src is None:
+                    state["leases"].extend(r for r in results if r.ok)
                 ok = 0
                 for j, res in enumerate(results):
                     want = self._layout(self._rank, t.blocks[j][1])
@@ -569,16 +617,26 @@ class KVStashConnector(KVConnectorBase_V1):
                         self._counters.add("load_missing" if code == 5 else "load_errors")
                         break
                     if res.info.layout != want or res.info.lossy or \
-                            res.info.payload_bytes != stg[j].numel() * stg.element_size():
+                            res.info.payload_bytes != self._object_bytes:
                         self._counters.add("load_layout_mismatch")
                         break
                     ok += 1
+                state["src"][k] = results[:ok] if src is None else src[:ok]
                 state["ok"][k] = ok
         except Exception as e:  # noqa: BLE001
             logger.warning("KVStash: loader failed: %s", e)
             self._counters.add("load_failures")
         finally:
             state["done"].set()
+
+    def _read(self, c, names):
+        """(per-name results, None) as read leases of the arena when it is attached, else
+        (get_many results, the staging tensor they were read into)."""
+        if c.shared_memory_attached:
+            return [_LeaseResult(x) for x in c.acquire_many(names)], None
+        stg = self._staging(len(names))
+        bufs = [stg[j].view(torch.uint8).numpy() for j in range(len(names))]
+        return c.get_many(names, bufs), stg
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         state = self._load
@@ -601,19 +659,36 @@ class KVStashConnector(KVConnectorBase_V1):
             for k, t in enumerate(state["loads"]):
                 ok = state["ok"][k]
                 if ok:
+                    src = state["src"][k]
+                    if isinstance(src, list):
+                        src = [r.lease for r in src]
                     vs.scatter_layer(self._layers[layer], layer,
-                                     [b for (b, _, _) in t.blocks[:ok]],
-                                     state["staging"][k][:ok])
+                                     [b for (b, _, _) in t.blocks[:ok]], src,
+                                     num_layers=len(self._layers))
             state["scattered"].add(layer)
             self._counters.add("scatter_us", int((time.perf_counter() - t1) * 1e6))
         except Exception as e:  # noqa: BLE001
             logger.warning("KVStash: scatter failed: %s", e)
             self._fail_all_loads()
 
+    @staticmethod
+    def _release(state: Dict[str, Any]) -> None:
+        """Ends the load's read leases (the loader thread has finished, or never adds more:
+        a late one's leases end with their objects)."""
+        if not state["done"].is_set():
+            return
+        for r in state["leases"]:
+            try:
+                r.lease.release()
+            except Exception:  # noqa: BLE001
+                pass
+        state["leases"] = []
+
     def _fail_all_loads(self) -> None:
         state, self._load = self._load, None
         if state is None:
             return
+        self._release(state)
         self._failed_reqs |= {t.req_id for t in state["loads"]}
         for t in state["loads"]:
             self._load_errors.update(b for (b, _, _) in t.blocks)
@@ -631,6 +706,7 @@ class KVStashConnector(KVConnectorBase_V1):
         state, self._load = self._load, None
         if state is None:
             return failed
+        self._release(state)
         for k, t in enumerate(state["loads"]):
             ok = state["ok"][k]
             self._counters.add("loaded_blocks", ok)
@@ -669,13 +745,19 @@ class KVStashConnector(KVConnectorBase_V1):
             if self._remote.breaker.is_open and not self._remote.breaker.allow():
                 self._counters.add("store_blocks_dropped", len(t.blocks))
                 continue
-            stg = self._staging(len(t.blocks))
-            nbytes = stg.numel() * stg.element_size()
+            nbytes = len(t.blocks) * self._object_bytes
             with self._pending_lock:
                 if self._pending_bytes + nbytes > self._cfg.max_pending_store_bytes:
                     self._counters.add("store_blocks_dropped", len(t.blocks))
                     continue
                 self._pending_bytes += nbytes
+                # One staging object per block, from the free list when it has them (fresh
+                # memory costs a page fault per 4 KiB on first touch).
+                k = min(len(t.blocks), len(self._free_objects))
+                stg = self._free_objects[len(self._free_objects) - k:]
+                del self._free_objects[len(self._free_objects) - k:]
+            stg += [torch.empty(self._object_bytes, dtype=torch.uint8)
+                    for _ in range(len(t.blocks) - len(stg))]
             # The blocks are complete now (the step's forward wrote them); copying them here
             # lets vLLM free or reuse them as soon as the step ends.
             t0 = time.perf_counter()
@@ -701,7 +783,7 @@ class KVStashConnector(KVConnectorBase_V1):
         try:
             names = [self._name(t.namespace, self._rank, th) for (_, _, th) in t.blocks]
             infos = [self._kv.ObjectInfo(self._layout(self._rank, bi)) for (_, bi, _) in t.blocks]
-            bufs = [stg[j].view(torch.uint8).numpy() for j in range(len(names))]
+            bufs = [o.numpy() for o in stg]
             t0 = time.perf_counter()
             results = self._remote.call(lambda c: c.put_many(names, infos, bufs))
             self._counters.add("put_us", int((time.perf_counter() - t0) * 1e6))
@@ -723,6 +805,9 @@ class KVStashConnector(KVConnectorBase_V1):
         finally:
             with self._pending_lock:
                 self._pending_bytes -= nbytes
+                keep = max(0, _MAX_FREE_STAGING_BYTES // self._object_bytes
+                           - len(self._free_objects))
+                self._free_objects.extend(stg[:keep])
             self._counters.flush()
 
     def get_finished(self, finished_req_ids: Set[str]) -> Tuple[Optional[Set[str]],

@@ -299,14 +299,45 @@ def storable_blocks(num_computed: int, block_size: int, num_hashes: int) -> int:
 # Layout: vLLM CPU paged blocks <-> canonical objects
 
 
-def gather_blocks(layers: List[Any], block_ids: Sequence[int], out: Any) -> None:
-    """Copies blocks `block_ids` of every layer into `out`, canonical layout.
+def _head_bytes(kv: Any) -> int:
+    return kv.shape[3] // 2 * kv.element_size()
 
-    layers: per model layer, the CPU paged tensor [num_blocks, H, block_size, 2*D] whose block
-      interior is [H][K rows of all tokens, then V rows] (vLLM CPU attention, LBHNC).
-    out: tensor [len(block_ids), L, 2, block_size, H, D] of the same dtype (one object per
-      block, each [layer][K|V][token][head][dim]).
+
+def gather_blocks(layers: List[Any], block_ids: Sequence[int], out: Any) -> None:
+    """Copies blocks `block_ids` of every layer into `out`, canonical layout (in C++,
+    kvstash._native.copy_paged_blocks, without the GIL).
+
+    layers: per model layer, the contiguous CPU paged tensor [num_blocks, H, block_size, 2*D]
+      whose block interior is [H][K rows of all tokens, then V rows] (vLLM CPU attention, LBHNC).
+    out: contiguous tensor [len(block_ids), L, 2, block_size, H, D] of the same dtype (one object
+      per block, each [layer][K|V][token][head][dim]), or a list of one contiguous buffer per
+      block of that object's size.
     """
+    from kvstash import _native
+
+    _, h, bs, _ = layers[0].shape
+    _native.copy_paged_blocks(list(layers), list(range(len(layers))), list(block_ids), out,
+                              num_layers=len(layers), heads=h, block_size=bs,
+                              head_bytes=_head_bytes(layers[0]), to_objects=True)
+
+
+def scatter_layer(kv: Any, layer: int, block_ids: Sequence[int], src: Any,
+                  num_layers: Optional[int] = None) -> None:
+    """Inverse of gather_blocks for one layer: layer `layer` of the objects `src` into the paged
+    tensor's blocks `block_ids`. src: a contiguous tensor [n, L, 2, bs, H, D], or a list of n
+    buffers of one object each (e.g. read leases; then `num_layers` is required)."""
+    from kvstash import _native
+
+    _, h, bs, _ = kv.shape
+    if num_layers is None:
+        num_layers = src.shape[1]
+    _native.copy_paged_blocks([kv], [layer], list(block_ids), src, num_layers=num_layers,
+                              heads=h, block_size=bs, head_bytes=_head_bytes(kv),
+                              to_objects=False)
+
+
+def gather_blocks_torch(layers: List[Any], block_ids: Sequence[int], out: Any) -> None:
+    """gather_blocks in torch ops (the reference the native copy is tested against)."""
     import torch
 
     idx = torch.as_tensor(list(block_ids), dtype=torch.long)
@@ -316,9 +347,8 @@ def gather_blocks(layers: List[Any], block_ids: Sequence[int], out: Any) -> None
         out[:, l].copy_(v.index_select(0, idx).permute(0, 2, 3, 1, 4))
 
 
-def scatter_layer(kv: Any, layer: int, block_ids: Sequence[int], src: Any) -> None:
-    """Inverse of gather_blocks for one layer: src[:, layer] ([n, 2, bs, H, D]) into the
-    paged tensor's blocks `block_ids`."""
+def scatter_layer_torch(kv: Any, layer: int, block_ids: Sequence[int], src: Any) -> None:
+    """scatter_layer in torch ops (reference)."""
     import torch
 
     idx = torch.as_tensor(list(block_ids), dtype=torch.long)

@@ -1,4 +1,4 @@
-// Pieces of the kvstash._native module, defined in types.cc and client.cc.
+// Pieces of the kvstash._native module, defined in types.cc, client.cc and kvcopy.cc.
 #ifndef KVSTASH_PYTHON_BINDINGS_H_
 #define KVSTASH_PYTHON_BINDINGS_H_
 
@@ -16,6 +16,7 @@ Hash128 HashFromPy(pybind11::handle obj);
 
 void BindTypes(pybind11::module_& m);   // layouts, names, keys, handoff values
 void BindClient(pybind11::module_& m);  // Client, leases, reservations
+void BindCopy(pybind11::module_& m);    // copy_paged_blocks (engine KV layouts)
 
 }  // namespace kvstash::python
 

@@ -8,4 +8,5 @@ PYBIND11_MODULE(_native, m) {
       "Native half of the kvstash package: KvClient and the key scheme (import kvstash instead).";
   kvstash::python::BindTypes(m);
   kvstash::python::BindClient(m);
+  kvstash::python::BindCopy(m);
 }

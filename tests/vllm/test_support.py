@@ -200,6 +200,51 @@ def test_gather_gives_canonical_objects_and_scatter_inverts_it():
         assert torch.count_nonzero(fresh[l][untouched]) == 0
 
 
+def test_native_copy_matches_the_torch_reference_at_vllm_sizes():
+    # SmolLM2-135M on vLLM CPU: 30 layers, 3 KV heads, 128-token blocks, head dim 64, bf16.
+    L, nb, H, bs, D = 30, 9, 3, 128, 64
+    layers = [torch.randn(nb, H, bs, 2 * D).to(torch.bfloat16) for _ in range(L)]
+    blocks = [7, 0, 4, 8]
+    native = torch.empty(len(blocks), L, 2, bs, H, D, dtype=torch.bfloat16)
+    ref = torch.empty_like(native)
+    vs.gather_blocks(layers, blocks, native)
+    vs.gather_blocks_torch(layers, blocks, ref)
+    assert torch.equal(native, ref)
+    # scatter from one buffer per object (as from read leases), against the torch reference
+    a = [torch.zeros_like(x) for x in layers]
+    b = [torch.zeros_like(x) for x in layers]
+    dest = [1, 3, 2, 6]
+    objects = [native[j].view(torch.uint8).numpy() for j in range(len(blocks))]
+    for l in range(L):
+        vs.scatter_layer(a[l], l, dest, objects, num_layers=L)
+        vs.scatter_layer_torch(b[l], l, dest, ref)
+        assert torch.equal(a[l], b[l])
+        assert torch.equal(a[l][dest], layers[l][blocks])
+
+
+def test_native_copy_refuses_what_does_not_fit_and_copies_nothing():
+    L, nb, H, bs, D = 2, 4, 2, 4, 8
+    layers = [torch.randn(nb, H, bs, 2 * D).to(torch.bfloat16) for _ in range(L)]
+    out = torch.zeros(2, L, 2, bs, H, D, dtype=torch.bfloat16)
+    with pytest.raises(IndexError):
+        vs.gather_blocks(layers, [1, nb], out)
+    with pytest.raises(IndexError):
+        vs.gather_blocks(layers, [-1, 0], out)
+    assert torch.count_nonzero(out) == 0
+    with pytest.raises(ValueError):  # objects buffer of the wrong size
+        vs.gather_blocks(layers, [1], out)
+    with pytest.raises(ValueError):  # one object buffer per block
+        vs.scatter_layer(layers[0], 0, [0, 1], [out[0].view(torch.uint8).numpy()], num_layers=L)
+    with pytest.raises(ValueError):  # layer id beyond the object's layers
+        vs.scatter_layer(layers[0], L, [0], out[:1])
+    with pytest.raises(ValueError):  # a non-contiguous paged tensor
+        vs.scatter_layer(layers[0].transpose(1, 2), 0, [0], out[:1])
+    ro = bytes(out[0].view(torch.uint8).numpy().tobytes())
+    with pytest.raises(Exception):  # a read-only destination for a gather
+        kvstash._native.copy_paged_blocks(layers, [0, 1], [0], ro, num_layers=L, heads=H,
+                                          block_size=bs, head_bytes=2 * D, to_objects=True)
+
+
 # ---- start-up refusals (the connector's identity check, with a stand-in vLLM config) -----------
 
 
