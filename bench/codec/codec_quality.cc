@@ -61,6 +61,7 @@ struct Args {
   bool no_cachegen = false;
   int prompts = 60, train_prompts = 16, speed_prompts = 4, reps = 5;
   int calibrate = 0, calibrate_bits = 3;  // KVQ row-sensitivity calibration (training prompts)
+  std::string kvq_weights;                // or "FILE:LABEL": weights of an earlier calibration
   uint32_t context = 1024, gen = 64;
   std::vector<uint32_t> chunk_sizes = {256, 1024};
   size_t threads = 0;
@@ -494,11 +495,34 @@ Status QualityRun::Calibrate(const std::vector<Prompt>& train) {
   bool wanted = false;
   for (const CodecConfig& cfg : configs_) wanted |= cfg.calibrated;
   if (!wanted) return absl::OkStatus();
+  const uint32_t rows = 2 * layout_.num_layers;
+  if (!a_.kvq_weights.empty()) {
+    // Weights measured by an earlier run (e.g. on other texts, for a held-out evaluation).
+    const size_t colon = a_.kvq_weights.rfind(':');
+    if (colon == std::string::npos) return absl::InvalidArgumentError("--kvq-weights FILE:LABEL");
+    std::ifstream in(a_.kvq_weights.substr(0, colon));
+    const json root = json::parse(in, nullptr, /*allow_exceptions=*/false);
+    const std::string label = a_.kvq_weights.substr(colon + 1);
+    if (root.is_discarded() || !root.contains("models") || !root["models"].contains(label) ||
+        !root["models"][label].contains("kvq_calibration")) {
+      return absl::InvalidArgumentError("no kvq_calibration in " + a_.kvq_weights);
+    }
+    const json& cal = root["models"][label]["kvq_calibration"];
+    if (cal["rows"].size() != rows) return absl::InvalidArgumentError("calibration row count");
+    std::vector<float> w(rows);
+    for (uint32_t r = 0; r < rows; ++r) w[r] = cal["rows"][r]["weight"].get<float>();
+    for (CodecConfig& cfg : configs_) {
+      if (cfg.calibrated) cfg.kvq_options.row_weights = w;
+    }
+    section_["kvq_calibration"] = cal;
+    section_["kvq_calibration"]["from"] = a_.kvq_weights;
+    return absl::OkStatus();
+  }
   if (a_.calibrate < 1 || static_cast<size_t>(a_.calibrate) > train.size()) {
-    return absl::InvalidArgumentError("weights=cal needs --kvq-calibrate 1..train prompts");
+    return absl::InvalidArgumentError(
+        "weights=cal needs --kvq-calibrate 1..train prompts or --kvq-weights");
   }
   const size_t vocab = eng_.config().vocab_size;
-  const uint32_t rows = 2 * layout_.num_layers;
   const size_t row_elems = size_t{layout_.num_tokens} * layout_.heads() * layout_.head_dim;
   const size_t es = DTypeSize(layout_.dtype);
   auto row_offset = [&](uint32_t r) {  // bytes; rows as in kvq.h
@@ -932,6 +956,8 @@ int Main(int argc, char** argv) {
   app.add_option("--kvq-calibrate", a.calibrate,
                  "training prompts for the KVQ row-sensitivity calibration (weights=cal)");
   app.add_option("--kvq-calibrate-bits", a.calibrate_bits, "bits of the calibration rows");
+  app.add_option("--kvq-weights", a.kvq_weights,
+                 "FILE:LABEL: use the kvq_calibration of an earlier run instead of calibrating");
   app.add_flag("--no-cachegen", a.no_cachegen,
                "leave out the CacheGen levels (only --bins and --kvq configurations)");
   app.add_flag("--speed", a.speed, "measure encode/decode throughput on the real KV");
