@@ -235,7 +235,11 @@ TEST_F(BlendTest, FullRatioEqualsFullPrefill) {
 std::vector<uint8_t> ExpectedCachedLayer(ChunkKvStore& store, const BlendPrompt& p, size_t s,
                                          uint32_t layer) {
   auto entries = store.Lookup(std::vector<Hash128>{p.Key(s)});
-  EXPECT_TRUE(entries.ok() && (*entries)[0].alone);
+  EXPECT_OK(entries);
+  if (!entries.ok() || !(*entries)[0].alone) {
+    ADD_FAILURE() << "no alone cache for segment " << s;
+    return {};
+  }
   auto kv = store.Fetch(std::vector<ChunkRecord>{*(*entries)[0].alone});
   EXPECT_OK(kv);
   const KvLayout& l = (*kv)[0]->layout();

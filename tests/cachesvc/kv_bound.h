@@ -12,6 +12,7 @@
 #include "kvstash/codec/levels.h"
 #include "kvstash/common/half.h"
 #include "kvstash/common/layout.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::testing {
 
@@ -24,7 +25,7 @@ inline void ExpectWithinQuantisationBound(const KvLayout& l, const std::vector<u
   ASSERT_EQ(decoded.size(), original.size());
   auto bins =
       codec::RowBinsForLevel(level, l.layer_begin + l.num_layers, l.layer_begin, l.num_layers);
-  ASSERT_TRUE(bins.ok()) << bins.status();
+  ASSERT_OK(bins);
   const size_t C = size_t{l.heads()} * l.head_dim;
   auto value = [](const std::vector<uint8_t>& b, size_t i) {
     uint16_t h;

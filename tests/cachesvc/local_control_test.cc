@@ -21,6 +21,7 @@
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "service_process.h"
 #include "test_objects.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::testing {
 namespace {
@@ -93,13 +94,13 @@ class LocalControlTest : public ::testing::Test {
     options.metrics = true;
     options.extra_args = extra_args_;
     auto svc = ServiceProcess::Start(dir_.path(), options);
-    ASSERT_TRUE(svc.ok()) << svc.status();
+    ASSERT_OK(svc);
     svc_ = std::move(*svc);
     stub_ = v1::KvStash::NewStub(
         grpc::CreateChannel(svc_->target(), grpc::InsecureChannelCredentials()));
     grpc::ClientContext ctx;
     v1::ArenaInfoResponse info;
-    ASSERT_TRUE(stub_->ArenaInfo(&ctx, v1::ArenaInfoRequest(), &info).ok());
+    ASSERT_OK(stub_->ArenaInfo(&ctx, v1::ArenaInfoRequest(), &info));
     socket_path_ = info.fd_socket_path();
   }
   uint64_t ActiveReservations() {
@@ -125,13 +126,13 @@ class LocalControlTest : public ::testing::Test {
 
 TEST_F(LocalControlTest, CallsAnswerAsTheirGrpcMethods) {
   auto conn = RawConnection::Open(socket_path_);
-  ASSERT_TRUE(conn.ok()) << conn.status();
+  ASSERT_OK(conn);
   EXPECT_NE(conn->hello().features & kArenaFeatureLocalControl, 0u);
   EXPECT_GE(MetricSum(svc_->metrics_port(), "kvstash_local_control_connections"), 1);
 
   uint16_t code = 0;
   std::string body;
-  ASSERT_TRUE(conn->Call(LocalMethod::kReserve, ReserveOf(1), &code, &body).ok());
+  ASSERT_OK(conn->Call(LocalMethod::kReserve, ReserveOf(1), &code, &body));
   ASSERT_EQ(code, 0) << body;
   v1::ReserveResponse reserved;
   ASSERT_TRUE(reserved.ParseFromString(body));
@@ -140,7 +141,7 @@ TEST_F(LocalControlTest, CallsAnswerAsTheirGrpcMethods) {
   // An invalid request: the gRPC method's status, code and text.
   v1::ReserveRequest no_info = ReserveOf(2);
   no_info.clear_info();
-  ASSERT_TRUE(conn->Call(LocalMethod::kReserve, no_info, &code, &body).ok());
+  ASSERT_OK(conn->Call(LocalMethod::kReserve, no_info, &code, &body));
   grpc::ClientContext ctx;
   v1::ReserveResponse over_grpc;
   grpc::Status g = stub_->Reserve(&ctx, no_info, &over_grpc);
@@ -152,15 +153,15 @@ TEST_F(LocalControlTest, CallsAnswerAsTheirGrpcMethods) {
   v1::CommitRequest commit;
   commit.set_reservation_id(reserved.reservation_id());
   commit.set_payload_crc32c(12345);
-  ASSERT_TRUE(conn->Call(LocalMethod::kCommit, commit, &code, &body).ok());
+  ASSERT_OK(conn->Call(LocalMethod::kCommit, commit, &code, &body));
   v1::AbortRequest abort;
   abort.set_reservation_id(reserved.reservation_id());
-  ASSERT_TRUE(conn->Call(LocalMethod::kAbort, abort, &code, &body).ok());
+  ASSERT_OK(conn->Call(LocalMethod::kAbort, abort, &code, &body));
 
   // Batched calls answer per item.
   v1::AcquireRequest acquire;
   ToProto(TestName(999), acquire.add_keys());
-  ASSERT_TRUE(conn->Call(LocalMethod::kAcquire, acquire, &code, &body).ok());
+  ASSERT_OK(conn->Call(LocalMethod::kAcquire, acquire, &code, &body));
   ASSERT_EQ(code, 0) << body;
   v1::AcquireResponse acquired;
   ASSERT_TRUE(acquired.ParseFromString(body));
@@ -170,29 +171,28 @@ TEST_F(LocalControlTest, CallsAnswerAsTheirGrpcMethods) {
 
 TEST_F(LocalControlTest, BadRequestsGetAnErrorAndTheConnectionGoesOn) {
   auto conn = RawConnection::Open(socket_path_);
-  ASSERT_TRUE(conn.ok()) << conn.status();
+  ASSERT_OK(conn);
   LocalFrameHeader h;
   std::string body;
   // Unknown method.
-  ASSERT_TRUE(conn->Send(77, "", 1).ok());
-  ASSERT_TRUE(conn->Receive(&h, &body).ok());
+  ASSERT_OK(conn->Send(77, "", 1));
+  ASSERT_OK(conn->Receive(&h, &body));
   EXPECT_EQ(h.sequence, 1u);
   EXPECT_EQ(h.code, static_cast<uint16_t>(grpc::StatusCode::UNIMPLEMENTED));
   EXPECT_THAT(body, HasSubstr("unknown method 77"));
   // A body that is no ReserveRequest.
-  ASSERT_TRUE(conn->Send(static_cast<uint16_t>(LocalMethod::kReserve), "\xff\xff\xff", 2).ok());
-  ASSERT_TRUE(conn->Receive(&h, &body).ok());
+  ASSERT_OK(conn->Send(static_cast<uint16_t>(LocalMethod::kReserve), "\xff\xff\xff", 2));
+  ASSERT_OK(conn->Receive(&h, &body));
   EXPECT_EQ(h.code, static_cast<uint16_t>(grpc::StatusCode::INVALID_ARGUMENT));
   EXPECT_THAT(body, HasSubstr("cannot parse"));
   // A parsable but invalid request: the handler's own validation.
   v1::ReserveRequest empty;
-  ASSERT_TRUE(
-      conn->Send(static_cast<uint16_t>(LocalMethod::kReserve), empty.SerializeAsString(), 3).ok());
-  ASSERT_TRUE(conn->Receive(&h, &body).ok());
+  ASSERT_OK(conn->Send(static_cast<uint16_t>(LocalMethod::kReserve), empty.SerializeAsString(), 3));
+  ASSERT_OK(conn->Receive(&h, &body));
   EXPECT_EQ(h.code, static_cast<uint16_t>(grpc::StatusCode::INVALID_ARGUMENT));
   // A Hello with a wrong id size.
-  ASSERT_TRUE(conn->Send(static_cast<uint16_t>(LocalMethod::kHello), "short", 4).ok());
-  ASSERT_TRUE(conn->Receive(&h, &body).ok());
+  ASSERT_OK(conn->Send(static_cast<uint16_t>(LocalMethod::kHello), "short", 4));
+  ASSERT_OK(conn->Receive(&h, &body));
   EXPECT_EQ(h.code, static_cast<uint16_t>(grpc::StatusCode::INVALID_ARGUMENT));
   // A no-reply Release is answered by nothing; the next call's reply comes next.
   v1::ReleaseRequest release;
@@ -202,9 +202,8 @@ TEST_F(LocalControlTest, BadRequestsGetAnErrorAndTheConnectionGoesOn) {
                   .ok());
   v1::LookupRequest lookup;
   ToProto(TestName(5), lookup.add_keys());
-  ASSERT_TRUE(
-      conn->Send(static_cast<uint16_t>(LocalMethod::kLookup), lookup.SerializeAsString(), 6).ok());
-  ASSERT_TRUE(conn->Receive(&h, &body).ok());
+  ASSERT_OK(conn->Send(static_cast<uint16_t>(LocalMethod::kLookup), lookup.SerializeAsString(), 6));
+  ASSERT_OK(conn->Receive(&h, &body));
   EXPECT_EQ(h.sequence, 6u);
   EXPECT_EQ(h.code, 0);
 }
@@ -214,7 +213,7 @@ TEST_F(LocalControlTest, MalformedFramesCloseOnlyTheirConnection) {
       MetricSum(svc_->metrics_port(), "kvstash_local_control_bad_frames_total");
   {
     auto conn = RawConnection::Open(socket_path_);
-    ASSERT_TRUE(conn.ok()) << conn.status();
+    ASSERT_OK(conn);
     const std::string garbage(32, 'x');  // wrong magic
     ASSERT_EQ(::send(conn->fd(), garbage.data(), garbage.size(), MSG_NOSIGNAL),
               static_cast<ssize_t>(garbage.size()));
@@ -222,7 +221,7 @@ TEST_F(LocalControlTest, MalformedFramesCloseOnlyTheirConnection) {
   }
   {
     auto conn = RawConnection::Open(socket_path_);
-    ASSERT_TRUE(conn.ok()) << conn.status();
+    ASSERT_OK(conn);
     LocalFrameHeader h;
     h.code = static_cast<uint16_t>(LocalMethod::kLookup);
     h.body_bytes = kMaxLocalFrameBody + 1;  // announced, never sent
@@ -235,12 +234,12 @@ TEST_F(LocalControlTest, MalformedFramesCloseOnlyTheirConnection) {
             bad_before + 2);
   // The service goes on serving, on new connections and over gRPC.
   auto conn = RawConnection::Open(socket_path_);
-  ASSERT_TRUE(conn.ok()) << conn.status();
+  ASSERT_OK(conn);
   uint16_t code = 1;
   std::string body;
   v1::LookupRequest lookup;
   ToProto(TestName(3), lookup.add_keys());
-  ASSERT_TRUE(conn->Call(LocalMethod::kLookup, lookup, &code, &body).ok());
+  ASSERT_OK(conn->Call(LocalMethod::kLookup, lookup, &code, &body));
   EXPECT_EQ(code, 0);
   EXPECT_EQ(ActiveReservations(), 0u);
 }
@@ -249,17 +248,18 @@ TEST_F(LocalControlTest, ClosingTheLastConnectionOfAClientSettlesItsReservations
   const std::string id(kLocalClientIdBytes, 'A');
   auto first = RawConnection::Open(socket_path_);
   auto second = RawConnection::Open(socket_path_);
-  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_OK(first);
+  ASSERT_OK(second);
   uint16_t code = 0;
   std::string body;
   for (RawConnection* c : {&*first, &*second}) {
     LocalFrameHeader h;
-    ASSERT_TRUE(c->Send(static_cast<uint16_t>(LocalMethod::kHello), id, 1).ok());
-    ASSERT_TRUE(c->Receive(&h, &body).ok());
+    ASSERT_OK(c->Send(static_cast<uint16_t>(LocalMethod::kHello), id, 1));
+    ASSERT_OK(c->Receive(&h, &body));
     ASSERT_EQ(h.code, 0) << body;
   }
   // Reserved on the second connection, which then closes: the first keeps the client alive.
-  ASSERT_TRUE(second->Call(LocalMethod::kReserve, ReserveOf(10), &code, &body).ok());
+  ASSERT_OK(second->Call(LocalMethod::kReserve, ReserveOf(10), &code, &body));
   ASSERT_EQ(code, 0) << body;
   { RawConnection gone = std::move(*second); }
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -267,8 +267,8 @@ TEST_F(LocalControlTest, ClosingTheLastConnectionOfAClientSettlesItsReservations
   // A connection that never said Hello is a client of its own.
   {
     auto anonymous = RawConnection::Open(socket_path_);
-    ASSERT_TRUE(anonymous.ok());
-    ASSERT_TRUE(anonymous->Call(LocalMethod::kReserve, ReserveOf(11), &code, &body).ok());
+    ASSERT_OK(anonymous);
+    ASSERT_OK(anonymous->Call(LocalMethod::kReserve, ReserveOf(11), &code, &body));
     ASSERT_EQ(code, 0) << body;
     EXPECT_EQ(ActiveReservations(), 2u);
   }
@@ -301,7 +301,7 @@ class LocalControlOffTest : public LocalControlTest {
 
 TEST_F(LocalControlOffTest, TheHandshakeSaysSoAndTheConnectionCloses) {
   auto conn = RawConnection::Open(socket_path_);
-  ASSERT_TRUE(conn.ok()) << conn.status();
+  ASSERT_OK(conn);
   EXPECT_EQ(conn->hello().features & kArenaFeatureLocalControl, 0u);
   EXPECT_TRUE(conn->ClosedByPeer());
 }
@@ -310,14 +310,14 @@ TEST_F(LocalControlOffTest, TheHandshakeSaysSoAndTheConnectionCloses) {
 // read: calls answer the same whether they come within the window, after it, or with polling off.
 TEST_F(LocalControlTest, CallsAnswerWithinAndAfterThePollWindow) {
   auto conn = RawConnection::Open(socket_path_);
-  ASSERT_TRUE(conn.ok()) << conn.status();
+  ASSERT_OK(conn);
   v1::LookupRequest lookup;
   ToProto(TestName(5), lookup.add_keys());
   for (int pause_ms : {0, 0, 30, 0, 30}) {  // the default window is 1 ms
     std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
     uint16_t code = 1;
     std::string body;
-    ASSERT_TRUE(conn->Call(LocalMethod::kLookup, lookup, &code, &body).ok());
+    ASSERT_OK(conn->Call(LocalMethod::kLookup, lookup, &code, &body));
     ASSERT_EQ(code, 0) << body;
     v1::LookupResponse found;
     ASSERT_TRUE(found.ParseFromString(body));
@@ -333,17 +333,17 @@ class LocalControlPollOffTest : public LocalControlTest {
 
 TEST_F(LocalControlPollOffTest, CallsAnswerFromBlockingReads) {
   auto conn = RawConnection::Open(socket_path_);
-  ASSERT_TRUE(conn.ok()) << conn.status();
+  ASSERT_OK(conn);
   EXPECT_NE(conn->hello().features & kArenaFeatureLocalControl, 0u);
   uint16_t code = 1;
   std::string body;
-  ASSERT_TRUE(conn->Call(LocalMethod::kReserve, ReserveOf(1), &code, &body).ok());
+  ASSERT_OK(conn->Call(LocalMethod::kReserve, ReserveOf(1), &code, &body));
   ASSERT_EQ(code, 0) << body;
   v1::ReserveResponse reserved;
   ASSERT_TRUE(reserved.ParseFromString(body));
   v1::AbortRequest abort;
   abort.set_reservation_id(reserved.reservation_id());
-  ASSERT_TRUE(conn->Call(LocalMethod::kAbort, abort, &code, &body).ok());
+  ASSERT_OK(conn->Call(LocalMethod::kAbort, abort, &code, &body));
   EXPECT_EQ(code, 0) << body;
   EXPECT_EQ(ActiveReservations(), 0u);
 }
@@ -381,12 +381,12 @@ TEST(LocalFrameHeader, EncodeDecodeRoundTripAndLimits) {
   LocalFrameHeader h{.body_bytes = 1234, .code = 7, .flags = kLocalFlagNoReply, .sequence = 99};
   auto bytes = EncodeLocalFrameHeader(h);
   auto back = DecodeLocalFrameHeader(bytes);
-  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_OK(back);
   EXPECT_EQ(back->body_bytes, 1234u);
   EXPECT_EQ(back->code, 7);
   EXPECT_EQ(back->flags, kLocalFlagNoReply);
   EXPECT_EQ(back->sequence, 99u);
-  EXPECT_FALSE(DecodeLocalFrameHeader(std::span<const uint8_t>(bytes.data(), 15)).ok());
+  EXPECT_NOT_OK(DecodeLocalFrameHeader(std::span<const uint8_t>(bytes.data(), 15)));
   bytes[1] = 'Z';
   EXPECT_THAT(std::string(DecodeLocalFrameHeader(bytes).status().message()), HasSubstr("magic"));
   h.body_bytes = kMaxLocalFrameBody + 1;

@@ -138,16 +138,16 @@ TEST_F(TlsTest, ExpiredOrMismatchedServerMaterialStopsStartUp) {
   opts.extra_args = {"--tls-cert",       Pki("expired.pem"), "--tls-key",
                      Pki("expired.key"), "--tls-ca",         Pki("ca.pem")};
   Result<std::unique_ptr<ServiceProcess>> expired = ServiceProcess::Start(dir_.path(), opts);
-  ASSERT_FALSE(expired.ok());
+  ASSERT_NOT_OK(expired);
   EXPECT_THAT(std::string(expired.status().message()), HasSubstr("certificate has expired"));
   opts.extra_args = {"--tls-cert", Pki("server.pem"), "--tls-key", Pki("client-admin.key"),
                      "--tls-ca",   Pki("ca.pem")};
   Result<std::unique_ptr<ServiceProcess>> mismatched = ServiceProcess::Start(dir_.path(), opts);
-  ASSERT_FALSE(mismatched.ok());
+  ASSERT_NOT_OK(mismatched);
   EXPECT_THAT(std::string(mismatched.status().message()), HasSubstr("does not match"));
   opts.extra_args = {"--tls-cert", Pki("server.pem"), "--tls-key", Pki("server.key")};
   Result<std::unique_ptr<ServiceProcess>> partial = ServiceProcess::Start(dir_.path(), opts);
-  ASSERT_FALSE(partial.ok());
+  ASSERT_NOT_OK(partial);
   EXPECT_THAT(std::string(partial.status().message()), HasSubstr("go together"));
 }
 
@@ -155,7 +155,7 @@ TEST_F(TlsTest, PlainTcpBeyondLoopbackNeedsInsecureTcp) {
   ServiceOptions opts;
   opts.listen = "0.0.0.0:0";
   Result<std::unique_ptr<ServiceProcess>> refused = ServiceProcess::Start(dir_.path(), opts);
-  ASSERT_FALSE(refused.ok());
+  ASSERT_NOT_OK(refused);
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("--insecure-tcp"));
   opts.extra_args = {"--insecure-tcp"};
   ASSERT_OK_AND_ASSIGN(svc_, ServiceProcess::Start(dir_.path(), opts));
@@ -274,7 +274,7 @@ class TenantTest : public TlsTest {
     o.connect_timeout = 3s;
     o.bearer_token = token;
     auto kv = KvClient::Connect(svc_->target(), o);
-    EXPECT_TRUE(kv.ok()) << kv.status();
+    EXPECT_OK(kv);
     return kv.ok() ? std::move(*kv) : nullptr;
   }
 
@@ -419,7 +419,7 @@ TEST_F(TenantTest, TenantCannotNameAnotherTenantsNamespace) {
   {
     grpc::ClientContext ctx;
     Authorize(&ctx, std::string("Bearer ") + kAlphaToken);
-    ASSERT_TRUE(stub->Acquire(&ctx, acquire, &leased).ok());
+    ASSERT_OK(stub->Acquire(&ctx, acquire, &leased));
     ASSERT_EQ(leased.results(0).status().code(), 0);
   }
   v1::ReserveRequest reserve;
@@ -429,7 +429,7 @@ TEST_F(TenantTest, TenantCannotNameAnotherTenantsNamespace) {
   {
     grpc::ClientContext ctx;
     Authorize(&ctx, std::string("Bearer ") + kAlphaToken);
-    ASSERT_TRUE(stub->Reserve(&ctx, reserve, &reserved).ok());
+    ASSERT_OK(stub->Reserve(&ctx, reserve, &reserved));
   }
   const std::string as_beta = std::string("Bearer ") + kBetaToken;
   {
@@ -458,7 +458,7 @@ TEST_F(TenantTest, TenantCannotNameAnotherTenantsNamespace) {
     v1::ReleaseRequest release;
     release.add_lease_ids(leased.results(0).lease_id());
     v1::ReleaseResponse resp;
-    ASSERT_TRUE(stub->Release(&ctx, release, &resp).ok());
+    ASSERT_OK(stub->Release(&ctx, release, &resp));
     EXPECT_EQ(resp.results(0).code(), grpc::StatusCode::PERMISSION_DENIED);
   }
   {
@@ -484,14 +484,14 @@ TEST_F(TenantTest, TenantCannotNameAnotherTenantsNamespace) {
     v1::ReleaseRequest release;
     release.add_lease_ids(leased.results(0).lease_id());
     v1::ReleaseResponse resp;
-    ASSERT_TRUE(stub->Release(&ctx, release, &resp).ok());
+    ASSERT_OK(stub->Release(&ctx, release, &resp));
     EXPECT_EQ(resp.results(0).code(), 0);
     grpc::ClientContext actx;
     Authorize(&actx, std::string("Bearer ") + kAlphaToken);
     v1::AbortRequest abort;
     abort.set_reservation_id(reserved.reservation_id());
     v1::AbortResponse aresp;
-    EXPECT_TRUE(stub->Abort(&actx, abort, &aresp).ok());
+    EXPECT_OK(stub->Abort(&actx, abort, &aresp));
   }
 
   // Nothing of alpha's changed or leaked.

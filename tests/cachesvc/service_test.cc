@@ -21,6 +21,7 @@
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "service_process.h"
 #include "test_objects.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::testing {
 namespace {
@@ -89,7 +90,7 @@ class ServiceTest : public ::testing::Test {
     ServiceOptions options;
     options.metrics = true;
     auto svc = ServiceProcess::Start(dir_->path(), options);
-    ASSERT_TRUE(svc.ok()) << svc.status();
+    ASSERT_OK(svc);
     svc_ = svc->release();
   }
   static void TearDownTestSuite() {
@@ -116,10 +117,10 @@ TEST_F(ServiceTest, StreamPutGetLookupDeletePinListStats) {
   ObjectInfo info = TestInfo(4096);  // 1 MiB
   auto payload = TestPayload(1, info.payload_bytes);
   info = WithCrc(info, payload);
-  ASSERT_TRUE(StreamPut(*stub_, 100, info, payload, false, 300'000).ok());
+  ASSERT_OK(StreamPut(*stub_, 100, info, payload, false, 300'000));
 
   auto back = StreamGet(*stub_, 100);
-  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_OK(back);
   EXPECT_EQ(*back, payload);
 
   {
@@ -130,7 +131,7 @@ TEST_F(ServiceTest, StreamPutGetLookupDeletePinListStats) {
     *req.add_keys() = KeyProto(101);
     *req.add_keys() = KeyProto(100);
     v1::LookupResponse resp;
-    ASSERT_TRUE(stub_->Lookup(&ctx, req, &resp).ok());
+    ASSERT_OK(stub_->Lookup(&ctx, req, &resp));
     ASSERT_EQ(resp.results_size(), 3);
     EXPECT_TRUE(resp.results(0).present());
     EXPECT_EQ(resp.results(0).payload_bytes(), info.payload_bytes);
@@ -147,7 +148,7 @@ TEST_F(ServiceTest, StreamPutGetLookupDeletePinListStats) {
     *req.add_keys() = KeyProto(100);
     *req.add_keys() = KeyProto(101);
     v1::KeysResponse resp;
-    ASSERT_TRUE(stub_->Pin(&ctx, req, &resp).ok());
+    ASSERT_OK(stub_->Pin(&ctx, req, &resp));
     ASSERT_EQ(resp.results_size(), 2);
     EXPECT_EQ(resp.results(0).code(), 0);
     EXPECT_EQ(resp.results(1).code(), grpc::StatusCode::NOT_FOUND);
@@ -158,7 +159,7 @@ TEST_F(ServiceTest, StreamPutGetLookupDeletePinListStats) {
     v1::ListRequest req;
     req.set_namespace_("test");
     v1::ListResponse resp;
-    ASSERT_TRUE(stub_->List(&ctx, req, &resp).ok());
+    ASSERT_OK(stub_->List(&ctx, req, &resp));
     bool found = false;
     for (const auto& o : resp.objects()) {
       if (o.storage_key() ==
@@ -175,14 +176,14 @@ TEST_F(ServiceTest, StreamPutGetLookupDeletePinListStats) {
     grpc::ClientContext ctx2;
     Deadline(&ctx2);
     req.set_namespace_("someone-else");
-    ASSERT_TRUE(stub_->List(&ctx2, req, &resp).ok());
+    ASSERT_OK(stub_->List(&ctx2, req, &resp));
     EXPECT_EQ(resp.objects_size(), 0);
   }
   {
     grpc::ClientContext ctx;
     Deadline(&ctx);
     v1::StatsResponse resp;
-    ASSERT_TRUE(stub_->Stats(&ctx, v1::StatsRequest(), &resp).ok());
+    ASSERT_OK(stub_->Stats(&ctx, v1::StatsRequest(), &resp));
     EXPECT_FALSE(resp.version().empty());
     EXPECT_GE(resp.pinned_objects(), 1u);
     EXPECT_GE(resp.tiers_size(), 1);
@@ -195,19 +196,19 @@ TEST_F(ServiceTest, StreamPutGetLookupDeletePinListStats) {
     v1::KeysRequest req;
     *req.add_keys() = KeyProto(100);
     v1::KeysResponse resp;
-    ASSERT_TRUE(((*stub_).*rpc)(&ctx, req, &resp).ok());
+    ASSERT_OK(((*stub_).*rpc)(&ctx, req, &resp));
     EXPECT_EQ(resp.results(0).code(), 0) << resp.results(0).message();
   }
-  EXPECT_EQ(StreamGet(*stub_, 100).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(StreamGet(*stub_, 100), StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(ServiceTest, SharedMemoryReserveCommitAcquireRelease) {
   grpc::ClientContext ictx;
   Deadline(&ictx);
   v1::ArenaInfoResponse arena;
-  ASSERT_TRUE(stub_->ArenaInfo(&ictx, v1::ArenaInfoRequest(), &arena).ok());
+  ASSERT_OK(stub_->ArenaInfo(&ictx, v1::ArenaInfoRequest(), &arena));
   auto received = ReceiveArenaFd(arena.fd_socket_path(), 5000);
-  ASSERT_TRUE(received.ok()) << received.status();
+  ASSERT_OK(received);
   EXPECT_EQ(received->hello.arena_bytes, arena.arena_bytes());
   EXPECT_EQ(received->hello.arena_generation, arena.arena_generation());
   auto* base = static_cast<uint8_t*>(
@@ -223,7 +224,7 @@ TEST_F(ServiceTest, SharedMemoryReserveCommitAcquireRelease) {
   *rreq.mutable_key() = KeyProto(200);
   ToProto(info, rreq.mutable_info());
   v1::ReserveResponse r;
-  ASSERT_TRUE(stub_->Reserve(&rctx, rreq, &r).ok());
+  ASSERT_OK(stub_->Reserve(&rctx, rreq, &r));
   EXPECT_EQ(r.arena_generation(), arena.arena_generation());
   ASSERT_LE(r.arena_offset() + info.payload_bytes, arena.arena_bytes());
   std::memcpy(base + r.arena_offset(), payload.data(), payload.size());
@@ -234,7 +235,7 @@ TEST_F(ServiceTest, SharedMemoryReserveCommitAcquireRelease) {
   creq.set_reservation_id(r.reservation_id());
   creq.set_payload_crc32c(Crc32c(payload.data(), payload.size()));
   v1::CommitResponse cresp;
-  ASSERT_TRUE(stub_->Commit(&cctx, creq, &cresp).ok());
+  ASSERT_OK(stub_->Commit(&cctx, creq, &cresp));
 
   // Double commit is a wrong-state error, not a second object.
   grpc::ClientContext c2;
@@ -250,7 +251,7 @@ TEST_F(ServiceTest, SharedMemoryReserveCommitAcquireRelease) {
   *areq.add_keys() = KeyProto(200);
   *areq.add_keys() = KeyProto(201);
   v1::AcquireResponse aresp;
-  ASSERT_TRUE(stub_->Acquire(&actx, areq, &aresp).ok());
+  ASSERT_OK(stub_->Acquire(&actx, areq, &aresp));
   ASSERT_EQ(aresp.results_size(), 2);
   ASSERT_EQ(aresp.results(0).status().code(), 0);
   EXPECT_EQ(aresp.results(1).status().code(), grpc::StatusCode::NOT_FOUND);
@@ -266,7 +267,7 @@ TEST_F(ServiceTest, SharedMemoryReserveCommitAcquireRelease) {
   lreq.add_lease_ids(lease.lease_id());  // second time: unknown
   lreq.add_lease_ids(987654321);
   v1::ReleaseResponse lresp;
-  ASSERT_TRUE(stub_->Release(&lctx, lreq, &lresp).ok());
+  ASSERT_OK(stub_->Release(&lctx, lreq, &lresp));
   ASSERT_EQ(lresp.results_size(), 3);
   EXPECT_EQ(lresp.results(0).code(), 0);
   EXPECT_EQ(lresp.results(1).code(), grpc::StatusCode::NOT_FOUND);
@@ -276,17 +277,17 @@ TEST_F(ServiceTest, SharedMemoryReserveCommitAcquireRelease) {
   grpc::ClientContext r2;
   Deadline(&r2);
   *rreq.mutable_key() = KeyProto(202);
-  ASSERT_TRUE(stub_->Reserve(&r2, rreq, &r).ok());
+  ASSERT_OK(stub_->Reserve(&r2, rreq, &r));
   grpc::ClientContext ab;
   Deadline(&ab);
   v1::AbortRequest abreq;
   abreq.set_reservation_id(r.reservation_id());
   v1::AbortResponse abresp;
-  ASSERT_TRUE(stub_->Abort(&ab, abreq, &abresp).ok());
+  ASSERT_OK(stub_->Abort(&ab, abreq, &abresp));
   grpc::ClientContext ab2;
   Deadline(&ab2);
   EXPECT_EQ(stub_->Abort(&ab2, abreq, &abresp).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_EQ(StreamGet(*stub_, 202).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(StreamGet(*stub_, 202), StatusIs(absl::StatusCode::kNotFound));
   ::munmap(base, arena.arena_bytes());
 }
 
@@ -297,9 +298,9 @@ TEST_F(ServiceTest, BatchedReserveAndCommitAnswerPerItem) {
   grpc::ClientContext ictx;
   Deadline(&ictx);
   v1::ArenaInfoResponse arena;
-  ASSERT_TRUE(stub_->ArenaInfo(&ictx, v1::ArenaInfoRequest(), &arena).ok());
+  ASSERT_OK(stub_->ArenaInfo(&ictx, v1::ArenaInfoRequest(), &arena));
   auto received = ReceiveArenaFd(arena.fd_socket_path(), 5000);
-  ASSERT_TRUE(received.ok()) << received.status();
+  ASSERT_OK(received);
   auto* base = static_cast<uint8_t*>(
       ::mmap(nullptr, arena.arena_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, received->fd, 0));
   ::close(received->fd);
@@ -321,7 +322,7 @@ TEST_F(ServiceTest, BatchedReserveAndCommitAnswerPerItem) {
     ToProto(info, item->mutable_info());
   }
   v1::ReserveManyResponse rresp;
-  ASSERT_TRUE(stub_->ReserveMany(&rctx, rreq, &rresp).ok());
+  ASSERT_OK(stub_->ReserveMany(&rctx, rreq, &rresp));
   ASSERT_EQ(rresp.results_size(), 5);
   EXPECT_EQ(rresp.results(1).status().code(), grpc::StatusCode::ALREADY_EXISTS);
   EXPECT_EQ(rresp.results(2).status().code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -343,14 +344,14 @@ TEST_F(ServiceTest, BatchedReserveAndCommitAnswerPerItem) {
   }
   creq.add_items()->set_reservation_id(987654321);  // unknown
   v1::CommitManyResponse cresp;
-  ASSERT_TRUE(stub_->CommitMany(&cctx, creq, &cresp).ok());
+  ASSERT_OK(stub_->CommitMany(&cctx, creq, &cresp));
   ASSERT_EQ(cresp.results_size(), 4);
   EXPECT_EQ(cresp.results(0).code(), 0);
   EXPECT_EQ(cresp.results(1).code(), 0);
   EXPECT_EQ(cresp.results(2).code(), 0);
   EXPECT_EQ(cresp.results(3).code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(*StreamGet(*stub_, 251), payloads[0]);
-  EXPECT_EQ(StreamGet(*stub_, 252).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(StreamGet(*stub_, 252), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_EQ(*StreamGet(*stub_, 253), payloads[2]);
   ::munmap(base, arena.arena_bytes());
 }
@@ -362,18 +363,18 @@ TEST_F(ServiceTest, WrongChecksumIsRejectedAndNothingBecomesVisible) {
   info.payload_crc32c ^= 0x1;
   grpc::Status s = StreamPut(*stub_, 300, info, payload);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
-  EXPECT_EQ(StreamGet(*stub_, 300).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(StreamGet(*stub_, 300), StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(ServiceTest, ExistingKeysNeedOverwrite) {
   ObjectInfo info = TestInfo(64);
   auto one = TestPayload(4, info.payload_bytes);
   auto two = TestPayload(5, info.payload_bytes);
-  ASSERT_TRUE(StreamPut(*stub_, 400, WithCrc(info, one), one).ok());
+  ASSERT_OK(StreamPut(*stub_, 400, WithCrc(info, one), one));
   EXPECT_EQ(StreamPut(*stub_, 400, WithCrc(info, two), two).error_code(),
             grpc::StatusCode::ALREADY_EXISTS);
   EXPECT_EQ(*StreamGet(*stub_, 400), one);
-  ASSERT_TRUE(StreamPut(*stub_, 400, WithCrc(info, two), two, /*overwrite=*/true).ok());
+  ASSERT_OK(StreamPut(*stub_, 400, WithCrc(info, two), two, /*overwrite=*/true));
   EXPECT_EQ(*StreamGet(*stub_, 400), two);
 }
 
@@ -524,9 +525,9 @@ TEST_F(ServiceTest, MalformedPutStreams) {
 
   // None of these left an object or a reservation behind, and the daemon still serves.
   for (uint64_t k : {600, 601, 602}) {
-    EXPECT_EQ(StreamGet(*stub_, k).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_THAT(StreamGet(*stub_, k), StatusIs(absl::StatusCode::kNotFound));
   }
-  ASSERT_TRUE(StreamPut(*stub_, 600, info, payload).ok());
+  ASSERT_OK(StreamPut(*stub_, 600, info, payload));
   EXPECT_EQ(*StreamGet(*stub_, 600), payload);
 }
 
@@ -543,13 +544,13 @@ TEST_F(ServiceTest, UnknownIdsAndKeys) {
   abort.set_reservation_id(424242);
   v1::AbortResponse aresp;
   EXPECT_EQ(stub_->Abort(&c2, abort, &aresp).error_code(), grpc::StatusCode::NOT_FOUND);
-  EXPECT_EQ(StreamGet(*stub_, 999).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(StreamGet(*stub_, 999), StatusIs(absl::StatusCode::kNotFound));
   grpc::ClientContext c3;
   Deadline(&c3);
   v1::KeysRequest keys;
   *keys.add_keys() = KeyProto(999);
   v1::KeysResponse kresp;
-  ASSERT_TRUE(stub_->Unpin(&c3, keys, &kresp).ok());
+  ASSERT_OK(stub_->Unpin(&c3, keys, &kresp));
   EXPECT_EQ(kresp.results(0).code(), grpc::StatusCode::NOT_FOUND);
 }
 
@@ -562,7 +563,7 @@ TEST_F(ServiceTest, CommitAfterReservationExpiry) {
   ToProto(info, req.mutable_info());
   req.set_lease_ms(50);
   v1::ReserveResponse r;
-  ASSERT_TRUE(stub_->Reserve(&rctx, req, &r).ok());
+  ASSERT_OK(stub_->Reserve(&rctx, req, &r));
   std::this_thread::sleep_for(std::chrono::milliseconds(400));
   grpc::ClientContext cctx;
   Deadline(&cctx);
@@ -574,7 +575,7 @@ TEST_F(ServiceTest, CommitAfterReservationExpiry) {
   EXPECT_TRUE(s.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
               s.error_code() == grpc::StatusCode::NOT_FOUND)
       << s.error_code() << " " << s.error_message();
-  EXPECT_EQ(StreamGet(*stub_, 700).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(StreamGet(*stub_, 700), StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(ServiceTest, HealthAndReflection) {
@@ -586,7 +587,7 @@ TEST_F(ServiceTest, HealthAndReflection) {
     grpc::health::v1::HealthCheckRequest req;
     req.set_service(service);
     grpc::health::v1::HealthCheckResponse resp;
-    ASSERT_TRUE(health->Check(&ctx, req, &resp).ok()) << service;
+    ASSERT_OK(health->Check(&ctx, req, &resp)) << service;
     EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
   }
   auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(channel);
@@ -609,7 +610,7 @@ TEST_F(ServiceTest, HealthAndReflection) {
   EXPECT_THAT(resp.file_descriptor_response().file_descriptor_proto(0),
               HasSubstr("kvstash/v1/kvstash.proto"));
   stream->WritesDone();
-  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_OK(stream->Finish());
 }
 
 TEST_F(ServiceTest, MetricsAndHealthzOverHttp) {
@@ -620,7 +621,7 @@ TEST_F(ServiceTest, MetricsAndHealthzOverHttp) {
   v1::LookupRequest req;
   *req.add_keys() = KeyProto(1);
   v1::LookupResponse resp;
-  ASSERT_TRUE(stub_->Lookup(&ctx, req, &resp).ok());
+  ASSERT_OK(stub_->Lookup(&ctx, req, &resp));
 
   std::string body;
   ASSERT_EQ(HttpGet(svc_->metrics_port(), "/healthz", &body), 200);
@@ -640,19 +641,19 @@ TEST(ServiceProcessTest, TcpLoopbackServesEveryDataRpc) {
   ServiceOptions options;
   options.tcp = true;
   auto svc = ServiceProcess::Start(dir.path(), options);
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   EXPECT_THAT((*svc)->target(), HasSubstr("127.0.0.1:"));
   auto stub = StubFor((*svc)->target());
   ObjectInfo info = TestInfo(8192);  // 2 MiB
   auto payload = TestPayload(9, info.payload_bytes);
-  ASSERT_TRUE(StreamPut(*stub, 1, WithCrc(info, payload), payload).ok());
+  ASSERT_OK(StreamPut(*stub, 1, WithCrc(info, payload), payload));
   auto back = StreamGet(*stub, 1);
-  ASSERT_TRUE(back.ok());
+  ASSERT_OK(back);
   EXPECT_EQ(*back, payload);
   grpc::ClientContext ctx;
   Deadline(&ctx);
   v1::ArenaInfoResponse arena;
-  ASSERT_TRUE(stub->ArenaInfo(&ctx, v1::ArenaInfoRequest(), &arena).ok());
+  ASSERT_OK(stub->ArenaInfo(&ctx, v1::ArenaInfoRequest(), &arena));
   EXPECT_EQ(arena.fd_socket_path(), dir.path() + "/arena.sock");
   EXPECT_EQ((*svc)->Terminate(), 0);
 }
@@ -666,12 +667,12 @@ TEST(ServiceProcessTest, TcpWithoutSsdCreatesTheDataDirForTheArenaSocket) {
   options.ssd_capacity = "0";
   options.default_arena_socket = true;
   auto svc = ServiceProcess::Start(dir.path(), options);
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   auto stub = StubFor((*svc)->target());
   grpc::ClientContext ctx;
   Deadline(&ctx);
   v1::ArenaInfoResponse arena;
-  ASSERT_TRUE(stub->ArenaInfo(&ctx, v1::ArenaInfoRequest(), &arena).ok());
+  ASSERT_OK(stub->ArenaInfo(&ctx, v1::ArenaInfoRequest(), &arena));
   EXPECT_EQ(arena.fd_socket_path(), (*svc)->data_dir() + "/arena.sock");
   EXPECT_TRUE(std::filesystem::exists((*svc)->data_dir() + "/arena.sock"));
   EXPECT_EQ((*svc)->Terminate(), 0);
@@ -680,7 +681,7 @@ TEST(ServiceProcessTest, TcpWithoutSsdCreatesTheDataDirForTheArenaSocket) {
 TEST(ServiceProcessTest, SigtermLetsInFlightPutFinishAndFlushes) {
   TempDir dir;
   auto svc = ServiceProcess::Start(dir.path());
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   auto stub = StubFor((*svc)->target());
   ObjectInfo info = TestInfo(32768);  // 8 MiB in 8 chunks
   auto payload = TestPayload(10, info.payload_bytes);
@@ -703,7 +704,7 @@ TEST(ServiceProcessTest, SigtermLetsInFlightPutFinishAndFlushes) {
   }
   writer->WritesDone();
   grpc::Status put = writer->Finish();
-  EXPECT_TRUE(put.ok()) << put.error_message();
+  EXPECT_OK(put);
   int code = (*svc)->Terminate();  // already terminating: just waits
   EXPECT_EQ(code, 0) << (*svc)->Log();
   EXPECT_THAT((*svc)->Log(), HasSubstr("event=shutdown_done store_close=ok"));
@@ -711,17 +712,17 @@ TEST(ServiceProcessTest, SigtermLetsInFlightPutFinishAndFlushes) {
 
   // Close() flushed the SSD tier: a fresh daemon on the same data dir serves the object.
   auto again = ServiceProcess::Start(dir.path());
-  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_OK(again);
   auto stub2 = StubFor((*again)->target());
   auto back = StreamGet(*stub2, 1);
-  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_OK(back);
   EXPECT_EQ(*back, payload);
 }
 
 TEST(ServiceProcessTest, RefusesASocketInUseAndBadConfig) {
   TempDir dir;
   auto first = ServiceProcess::Start(dir.path());
-  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_OK(first);
   TempDir other;
   std::string out;
   int code = RunProgram(
@@ -732,7 +733,7 @@ TEST(ServiceProcessTest, RefusesASocketInUseAndBadConfig) {
   EXPECT_THAT(out, HasSubstr("in use by a running process"));
   // The first daemon is unharmed.
   auto stub = StubFor((*first)->target());
-  EXPECT_EQ(StreamGet(*stub, 5).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(StreamGet(*stub, 5), StatusIs(absl::StatusCode::kNotFound));
 
   code = RunProgram({BinaryPath("cachesvc/cachesvc"), "--ssd-capacity", "huge"}, &out);
   EXPECT_EQ(code, 2);

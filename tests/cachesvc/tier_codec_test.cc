@@ -20,6 +20,9 @@
 #include "kvstash/common/crc32c.h"
 #include "kvstash/storage/object_store.h"
 #include "service_process.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::cachesvc {
 namespace {
@@ -112,11 +115,11 @@ TEST(CacheGenSsdTier, RawKvIsEncodedOnSsdAndDecodedOnPromotionAfterReopen) {
   std::vector<Object> objects = {KvObject(1), KvObject(2, 256)};
   {
     auto store = ObjectStore::Open(Options(dir.path(), &codec));
-    ASSERT_TRUE(store.ok()) << store.status();
-    for (const Object& o : objects) ASSERT_TRUE(Put(**store, o).ok());
+    ASSERT_OK(store);
+    for (const Object& o : objects) ASSERT_OK(Put(**store, o));
     // While the exact copy is in the arena, readers get it.
     auto read = Get(**store, objects[0]);
-    ASSERT_TRUE(read.ok()) << read.status();
+    ASSERT_OK(read);
     EXPECT_EQ(read->lease.served_from, Tier::kCpu);
     EXPECT_FALSE(read->lease.info.lossy);
     EXPECT_EQ(read->bytes, objects[0].payload);
@@ -126,7 +129,7 @@ TEST(CacheGenSsdTier, RawKvIsEncodedOnSsdAndDecodedOnPromotionAfterReopen) {
     EXPECT_LT(SsdStat(**store, &storage::TierStats::used_bytes), raw / 2);
   }
   auto store = ObjectStore::Open(Options(dir.path(), &codec));
-  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_OK(store);
   for (const Object& o : objects) {
     storage::LookupEntry entry = (*store)->Lookup(o.name.storage_key);
     ASSERT_TRUE(entry.present);
@@ -136,7 +139,7 @@ TEST(CacheGenSsdTier, RawKvIsEncodedOnSsdAndDecodedOnPromotionAfterReopen) {
     EXPECT_EQ(entry.info.payload_bytes, o.payload.size());
 
     auto read = Get(**store, o);
-    ASSERT_TRUE(read.ok()) << read.status();
+    ASSERT_OK(read);
     EXPECT_EQ(read->lease.served_from, Tier::kSsd);
     EXPECT_TRUE(read->lease.info.lossy);
     EXPECT_EQ(read->lease.info.layout, o.info.layout);
@@ -147,13 +150,13 @@ TEST(CacheGenSsdTier, RawKvIsEncodedOnSsdAndDecodedOnPromotionAfterReopen) {
     codec::EncodeOptions eo;
     eo.level = 2;
     auto container = codec::EncodeCacheGen(o.info.layout, o.payload, eo);
-    ASSERT_TRUE(container.ok());
+    ASSERT_OK(container);
     auto decoded = codec::DecodeCacheGen(*container);
-    ASSERT_TRUE(decoded.ok());
+    ASSERT_OK(decoded);
     EXPECT_EQ(read->bytes, *decoded);
     // The arena copy is now the decoded one: a second read is a CPU hit with the same info.
     auto again = Get(**store, o);
-    ASSERT_TRUE(again.ok());
+    ASSERT_OK(again);
     EXPECT_EQ(again->lease.served_from, Tier::kCpu);
     EXPECT_EQ(again->lease.info, read->lease.info);
     EXPECT_EQ(again->bytes, read->bytes);
@@ -170,23 +173,23 @@ TEST(KvqSsdTier, RawKvIsStoredAsKvqAndPromotedToExactlyWhatKvqDecodes) {
   const Object o = KvObject(7, 256);
   {
     auto store = ObjectStore::Open(Options(dir.path(), &codec));
-    ASSERT_TRUE(store.ok()) << store.status();
-    ASSERT_TRUE(Put(**store, o).ok());
+    ASSERT_OK(store);
+    ASSERT_OK(Put(**store, o));
     EXPECT_LT(SsdStat(**store, &storage::TierStats::used_bytes), o.payload.size() / 2);
   }
   auto store = ObjectStore::Open(Options(dir.path(), &codec));
-  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_OK(store);
   auto read = Get(**store, o);
-  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_OK(read);
   EXPECT_EQ(read->lease.served_from, Tier::kSsd);
   EXPECT_TRUE(read->lease.info.lossy);
   EXPECT_EQ(Crc32c(read->bytes.data(), read->bytes.size()), read->lease.info.payload_crc32c);
   codec::KvqOptions ko;
   ko.level = 3;
   auto container = codec::EncodeKvq(o.info.layout, o.payload, ko);
-  ASSERT_TRUE(container.ok());
+  ASSERT_OK(container);
   auto decoded = codec::DecodeKvq(*container);
-  ASSERT_TRUE(decoded.ok());
+  ASSERT_OK(decoded);
   EXPECT_EQ(read->bytes, *decoded);
   EXPECT_EQ((*store)->Stats().checksum_failures, 0u);
 }
@@ -196,15 +199,15 @@ TEST(CacheGenSsdTier, DemotionReplacesTheExactCopyWithTheDecodedOne) {
   CacheGenTierCodec codec(CacheGenLevel(1));
   // An 8 MiB arena holds two 2.9 MB chunks at most: writing six demotes the oldest.
   auto store = ObjectStore::Open(Options(dir.path(), &codec, 8ull << 20));
-  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_OK(store);
   std::vector<Object> objects;
   for (uint64_t i = 0; i < 6; ++i) {
     objects.push_back(KvObject(100 + i, 256));
-    ASSERT_TRUE(Put(**store, objects.back()).ok());
+    ASSERT_OK(Put(**store, objects.back()));
   }
   ASSERT_EQ((*store)->Lookup(objects[0].name.storage_key).tier, Tier::kSsd);
   auto read = Get(**store, objects[0]);
-  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_OK(read);
   EXPECT_EQ(read->lease.served_from, Tier::kSsd);
   EXPECT_TRUE(read->lease.info.lossy);
   EXPECT_EQ(Crc32c(read->bytes.data(), read->bytes.size()), read->lease.info.payload_crc32c);
@@ -227,15 +230,15 @@ TEST(CacheGenSsdTier, NonKvContentIsStoredVerbatim) {
   wrapped.info.payload_crc32c = Crc32c(wrapped.payload.data(), wrapped.payload.size());
   {
     auto store = ObjectStore::Open(Options(dir.path(), &codec));
-    ASSERT_TRUE(store.ok());
-    ASSERT_TRUE(Put(**store, noise).ok());
-    ASSERT_TRUE(Put(**store, wrapped).ok());
+    ASSERT_OK(store);
+    ASSERT_OK(Put(**store, noise));
+    ASSERT_OK(Put(**store, wrapped));
   }
   auto store = ObjectStore::Open(Options(dir.path(), &codec));
-  ASSERT_TRUE(store.ok());
+  ASSERT_OK(store);
   for (const Object* o : {&noise, &wrapped}) {
     auto read = Get(**store, *o);
-    ASSERT_TRUE(read.ok()) << read.status();
+    ASSERT_OK(read);
     EXPECT_EQ(read->lease.served_from, Tier::kSsd);
     EXPECT_FALSE(read->lease.info.lossy);
     EXPECT_EQ(read->lease.info, o->info);
@@ -251,8 +254,8 @@ TEST(CacheGenSsdTier, CorruptEncodedFileIsAMissAndCounted) {
   Object o = KvObject(9);
   {
     auto store = ObjectStore::Open(Options(dir.path(), &codec));
-    ASSERT_TRUE(store.ok());
-    ASSERT_TRUE(Put(**store, o).ok());
+    ASSERT_OK(store);
+    ASSERT_OK(Put(**store, o));
   }
   // Flip one byte in the middle of the encoded payload (files: 4 KiB header block, then payload).
   int files = 0;
@@ -270,9 +273,9 @@ TEST(CacheGenSsdTier, CorruptEncodedFileIsAMissAndCounted) {
   }
   ASSERT_EQ(files, 1);
   auto store = ObjectStore::Open(Options(dir.path(), &codec));
-  ASSERT_TRUE(store.ok());
+  ASSERT_OK(store);
   auto read = Get(**store, o);
-  EXPECT_TRUE(absl::IsNotFound(read.status())) << read.status();
+  EXPECT_THAT(read.status(), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_EQ((*store)->Stats().checksum_failures, 1u);
   EXPECT_FALSE((*store)->Lookup(o.name.storage_key).present);
 }
@@ -283,23 +286,23 @@ TEST(CacheGenSsdTier, RawConfiguredStoreStillReadsEncodedCopies) {
   Object o = KvObject(10);
   {
     auto store = ObjectStore::Open(Options(dir.path(), &cachegen));
-    ASSERT_TRUE(store.ok());
-    ASSERT_TRUE(Put(**store, o).ok());
+    ASSERT_OK(store);
+    ASSERT_OK(Put(**store, o));
   }
   CacheGenTierCodec raw(TierEncoding{});
   auto store = ObjectStore::Open(Options(dir.path(), &raw));
-  ASSERT_TRUE(store.ok());
+  ASSERT_OK(store);
   auto read = Get(**store, o);
-  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_OK(read);
   EXPECT_TRUE(read->lease.info.lossy);
   EXPECT_EQ(Crc32c(read->bytes.data(), read->bytes.size()), read->lease.info.payload_crc32c);
   testing::ExpectWithinQuantisationBound(o.info.layout, o.payload, read->bytes, 3);
   // A new object under `raw` is stored exactly.
   Object exact = KvObject(11);
-  ASSERT_TRUE(Put(**store, exact).ok());
+  ASSERT_OK(Put(**store, exact));
   EXPECT_EQ(raw.name(), "raw");
   auto encoded = raw.EncodeForTier(exact.info, exact.payload);
-  ASSERT_TRUE(encoded.ok());
+  ASSERT_OK(encoded);
   EXPECT_FALSE(encoded->has_value());
 }
 

@@ -14,6 +14,7 @@
 #include "kvstash/common/crc32c.h"
 #include "service_process.h"
 #include "test_objects.h"
+#include "testing/status_matchers.h"
 
 namespace kvstash::testing {
 namespace {
@@ -45,13 +46,13 @@ TEST(TierEncodingService, CompressedSsdSurvivesRestartAndServesDecodedKv) {
   }
   {
     auto svc = ServiceProcess::Start(dir.path(), options);
-    ASSERT_TRUE(svc.ok()) << svc.status();
+    ASSERT_OK(svc);
     auto kv = KvClient::Connect((*svc)->target());
-    ASSERT_TRUE(kv.ok()) << kv.status();
+    ASSERT_OK(kv);
     client::PutOptions po;
     po.durable = true;
     for (uint64_t i = 0; i < originals.size(); ++i) {
-      ASSERT_TRUE((*kv)->Put(ChunkName(i), info, originals[i], po).ok());
+      ASSERT_OK((*kv)->Put(ChunkName(i), info, originals[i], po));
     }
     std::string body;
     ASSERT_EQ(HttpGet((*svc)->metrics_port(), "/metrics", &body), 200);
@@ -62,11 +63,11 @@ TEST(TierEncodingService, CompressedSsdSurvivesRestartAndServesDecodedKv) {
     ASSERT_EQ((*svc)->Terminate(), 0);
   }
   auto svc = ServiceProcess::Start(dir.path(), options);
-  ASSERT_TRUE(svc.ok()) << svc.status();
+  ASSERT_OK(svc);
   auto kv = KvClient::Connect((*svc)->target());
-  ASSERT_TRUE(kv.ok()) << kv.status();
+  ASSERT_OK(kv);
   auto stats = (*kv)->Stats();
-  ASSERT_TRUE(stats.ok());
+  ASSERT_OK(stats);
   const client::TierStats* ssd = SsdTier(*stats);
   ASSERT_NE(ssd, nullptr);
   EXPECT_EQ(ssd->objects, 3u);
@@ -74,7 +75,7 @@ TEST(TierEncodingService, CompressedSsdSurvivesRestartAndServesDecodedKv) {
   EXPECT_LT(ssd->used_bytes * 2, ssd->logical_bytes) << "level 2 should at least halve f16 KV";
   for (uint64_t i = 0; i < originals.size(); ++i) {
     auto got = (*kv)->Get(ChunkName(i));  // the client verifies the crc32c against the info
-    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_OK(got);
     EXPECT_EQ(got->served_from, client::Tier::kSsd);
     EXPECT_TRUE(got->info.lossy);
     EXPECT_EQ(got->info.layout, info.layout);

@@ -379,7 +379,10 @@ TEST(CpuStoreTest, ConcurrentStress) {
           case 0:
           case 1: {
             Status s = Put(*store, o, false, /*overwrite=*/rng() % 2 == 0);
-            EXPECT_TRUE(s.ok() || absl::IsAlreadyExists(s) || absl::IsResourceExhausted(s)) << s;
+            EXPECT_THAT(s, ::testing::AnyOf(
+                               ::kvstash::testing::IsOk(),
+                               ::kvstash::testing::StatusIs(absl::StatusCode::kAlreadyExists),
+                               ::kvstash::testing::StatusIs(absl::StatusCode::kResourceExhausted)));
             break;
           }
           case 2:

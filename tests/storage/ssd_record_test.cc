@@ -9,6 +9,9 @@
 #include <vector>
 
 #include "kvstash/common/crc32c.h"
+#include "testing/status_matchers.h"
+
+using ::kvstash::testing::StatusIs;
 
 namespace kvstash::storage {
 namespace {
@@ -63,7 +66,7 @@ constexpr char kGoldenKey[] = "6fefcdab89674523011032547698badcfe000000000000002
 TEST(SsdRecord, EncodingIsGolden) {
   const TierRecord r = GoldenRecord();
   auto value = EncodeRecord(r);
-  ASSERT_TRUE(value.ok()) << value.status();
+  ASSERT_OK(value);
   EXPECT_EQ(Hex(*value), kGoldenRecord);
   EXPECT_EQ(Hex(RecordKey(r.name.storage_key, r.seq)), kGoldenKey);
   EXPECT_EQ(Hex(EncodeNameBlock(r.name)), kGoldenName);
@@ -72,9 +75,9 @@ TEST(SsdRecord, EncodingIsGolden) {
 TEST(SsdRecord, RoundTrips) {
   const TierRecord r = GoldenRecord();
   auto value = EncodeRecord(r);
-  ASSERT_TRUE(value.ok()) << value.status();
+  ASSERT_OK(value);
   TierRecord back;
-  ASSERT_TRUE(DecodeRecord(*value, back).ok());
+  ASSERT_OK(DecodeRecord(*value, back));
   EXPECT_EQ(back.name.model_fingerprint, r.name.model_fingerprint);
   EXPECT_EQ(back.name.token_hash, r.name.token_hash);
   EXPECT_EQ(back.name.name_space, r.name.name_space);
@@ -97,17 +100,17 @@ TEST(SsdRecord, RoundTrips) {
 // bytes happen to be a valid checksum of the rest.
 TEST(SsdRecord, TruncatedRecordsAreDataLoss) {
   auto value = EncodeRecord(GoldenRecord());
-  ASSERT_TRUE(value.ok());
+  ASSERT_OK(value);
   for (size_t n = 0; n < value->size(); ++n) {
     std::string cut = value->substr(0, n);
     TierRecord r;
-    EXPECT_EQ(DecodeRecord(cut, r).code(), absl::StatusCode::kDataLoss) << n;
+    EXPECT_THAT(DecodeRecord(cut, r), StatusIs(absl::StatusCode::kDataLoss)) << n;
     if (n >= 4) {
       // Re-seal the truncated body so only the structure check can catch it.
       std::string body = value->substr(0, n - 4);
       const uint32_t crc = Crc32c(body.data(), body.size());
       for (int i = 0; i < 4; ++i) body.push_back(static_cast<char>(crc >> (8 * i)));
-      EXPECT_EQ(DecodeRecord(body, r).code(), absl::StatusCode::kDataLoss) << n;
+      EXPECT_THAT(DecodeRecord(body, r), StatusIs(absl::StatusCode::kDataLoss)) << n;
     }
   }
 }
@@ -117,10 +120,11 @@ TEST(SsdRecord, NameBlockChecks) {
   std::vector<uint8_t> block(kSsdBlockBytes - 64, 0);
   const std::string name = EncodeNameBlock(r.name);
   std::copy(name.begin(), name.end(), block.begin());
-  EXPECT_TRUE(CheckNameBlock(block.data(), r.name.storage_key).ok());
-  EXPECT_EQ(CheckNameBlock(block.data(), Hash128{1, 1}).code(), absl::StatusCode::kDataLoss);
+  EXPECT_OK(CheckNameBlock(block.data(), r.name.storage_key));
+  EXPECT_THAT(CheckNameBlock(block.data(), Hash128{1, 1}), StatusIs(absl::StatusCode::kDataLoss));
   block[10] ^= 1;
-  EXPECT_EQ(CheckNameBlock(block.data(), r.name.storage_key).code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(CheckNameBlock(block.data(), r.name.storage_key),
+              StatusIs(absl::StatusCode::kDataLoss));
 }
 
 }  // namespace

@@ -494,7 +494,11 @@ TEST(SsdStoreTest, ConcurrentStressThenReopen) {
             case 1:
             case 2: {
               Status s = Put(*store, o, rng() % 4 == 0, rng() % 2 == 0);
-              EXPECT_TRUE(s.ok() || absl::IsAlreadyExists(s) || absl::IsResourceExhausted(s)) << s;
+              EXPECT_THAT(s,
+                          ::testing::AnyOf(
+                              ::kvstash::testing::IsOk(),
+                              ::kvstash::testing::StatusIs(absl::StatusCode::kAlreadyExists),
+                              ::kvstash::testing::StatusIs(absl::StatusCode::kResourceExhausted)));
               break;
             }
             case 3:
