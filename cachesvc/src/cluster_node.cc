@@ -5,12 +5,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "kvstash/cluster/etcd_client.h"
@@ -24,6 +26,8 @@
 
 namespace kvstash::cachesvc {
 namespace {
+
+using Clock = std::chrono::steady_clock;
 
 constexpr size_t kBatch = 512;
 constexpr int kMaxAttempts = 3;
@@ -98,6 +102,18 @@ struct ClusterNode::Impl {
   std::map<std::string, Stubs> stubs;  // by address
   std::thread worker;
 
+  // Hot and pinned objects (config.cluster.hot_replicas > replicas). `hot`: keys this node found
+  // hot or pinned at its last scan. `hinted`: keys a sender asked this node to keep on more than
+  // R owners (ReplicateRequest.replicas), remembered while the object is held here.
+  struct Heat {
+    uint64_t hits = 0;  // the store's hit count at the last scan
+    double score = 0;   // decayed reads
+  };
+  std::unordered_map<Hash128, Heat, Hash128Hasher> heat;  // worker thread only
+  Clock::time_point last_scan{};                          // worker thread only
+  std::set<Hash128> hot;
+  std::map<Hash128, uint32_t> hinted;
+
   Gauge* nodes_gauge = nullptr;
   Gauge* fenced_gauge = nullptr;
   Gauge* pending_gauge = nullptr;
@@ -106,6 +122,8 @@ struct ClusterNode::Impl {
   Counter* dropped = nullptr;
   Counter* repaired = nullptr;
   Counter* view_changes = nullptr;
+  Gauge* hot_gauge = nullptr;
+  Counter* hot_promotions = nullptr;
 
   std::chrono::system_clock::time_point Deadline(uint32_t factor = 1) const {
     return std::chrono::system_clock::now() +
@@ -157,17 +175,30 @@ struct ClusterNode::Impl {
     cv.notify_all();
   }
 
+  bool HotEnabled() const { return config.cluster.hot_replicas > config.cluster.replicas; }
+
+  // Owners `key` should have: R, or the hot R for a hot, pinned or hinted key.
+  uint32_t ReplicasForLocked(const Hash128& key) const {  // mu held
+    uint32_t r = config.cluster.replicas;
+    if (hot.count(key) != 0) r = std::max(r, config.cluster.hot_replicas);
+    auto it = hinted.find(key);
+    if (it != hinted.end()) r = std::max(r, it->second);
+    return r;
+  }
+
   // Owners of `key` other than this node, as addresses, those in this node's zone first.
   std::vector<std::string> OtherOwners(const Hash128& key, bool zone_first) const {
     std::shared_ptr<const cluster::Placement> p;
+    uint32_t replicas;
     {
       std::lock_guard<std::mutex> lock(mu);
       p = placement;
+      replicas = ReplicasForLocked(key);
     }
     std::vector<std::string> out;
     if (p == nullptr) return out;
     std::vector<const cluster::NodeRecord*> owners;
-    for (size_t i : p->Owners(key, config.cluster.replicas)) {
+    for (size_t i : p->Owners(key, replicas)) {
       if (p->nodes()[i].id != node_id) owners.push_back(&p->nodes()[i]);
     }
     if (zone_first) {
@@ -202,6 +233,16 @@ struct ClusterNode::Impl {
     for (const auto& [address, indices] : by_owner) {
       v1::ReplicateRequest req;
       req.set_source(self_address);
+      bool any_hot = false;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        for (size_t i : indices) {
+          const uint32_t r = ReplicasForLocked(batch[i].name.storage_key);
+          req.add_replicas(r);
+          any_hot = any_hot || r > config.cluster.replicas;
+        }
+      }
+      if (!any_hot) req.clear_replicas();
       for (size_t i : indices) ToProto(ToObjectName(batch[i].name), req.add_keys());
       v1::ReplicateResponse resp;
       grpc::ClientContext ctx;
@@ -287,6 +328,66 @@ struct ClusterNode::Impl {
       }
       if (!gone.empty()) Repair(std::move(gone));
       if (!batch.empty()) Forward(std::move(batch));
+      if (HotEnabled() &&
+          Clock::now() - last_scan >= std::chrono::milliseconds(config.cluster.hot_scan_ms)) {
+        HotScan();
+      }
+    }
+  }
+
+  // One pass over the store's listing: decays each object's read score, adds the reads since the
+  // last pass, and queues a forward for every object that turned hot (or was pinned), so that it
+  // reaches the hot R owners. Objects that cooled down keep their extra copies (the owners evict
+  // them like any other object). Forgets the heat and hints of objects no longer held.
+  void HotScan() {
+    const auto now = Clock::now();
+    const double dt_s = last_scan == Clock::time_point{}
+                            ? 0.0
+                            : std::chrono::duration<double>(now - last_scan).count();
+    last_scan = now;
+    const double decay = std::exp2(-dt_s / config.cluster.hot_half_life_s);
+    std::unordered_map<Hash128, Heat, Hash128Hasher> next;
+    std::set<Hash128> hot_now;
+    std::vector<storage::StoredName> promoted;
+    std::string token;
+    for (int page = 0; page < 100'000; ++page) {
+      Result<storage::ListPage> listed = store->List("", /*all_namespaces=*/true, 1000, token);
+      if (!listed.ok()) return;  // keep the last state; try again next pass
+      for (const storage::ListedObject& o : listed->objects) {
+        Heat h;
+        auto it = heat.find(o.name.storage_key);
+        if (it != heat.end()) h = it->second;
+        const uint64_t reads = o.hits >= h.hits ? o.hits - h.hits : o.hits;
+        h.hits = o.hits;
+        h.score = h.score * decay + static_cast<double>(reads);
+        next[o.name.storage_key] = h;
+        if (o.pinned || h.score >= config.cluster.hot_threshold) {
+          hot_now.insert(o.name.storage_key);
+          promoted.push_back(o.name);
+        }
+      }
+      token = listed->next_page_token;
+      if (token.empty()) break;
+    }
+    heat.swap(next);
+    uint64_t turned_hot = 0;
+    const size_t hot_count = hot_now.size();
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (const storage::StoredName& name : promoted) {
+        if (hot.count(name.storage_key) != 0) continue;
+        ++turned_hot;
+        Enqueue({name, 0});
+      }
+      hot.swap(hot_now);
+      for (auto it = hinted.begin(); it != hinted.end();) {
+        it = heat.count(it->first) != 0 ? std::next(it) : hinted.erase(it);
+      }
+      hot_gauge->Set(static_cast<double>(hot.size()));
+    }
+    if (turned_hot != 0) {
+      hot_promotions->Increment(turned_hot);
+      spdlog::info("event=cluster_hot objects={} turned_hot={}", hot_count, turned_hot);
     }
   }
 
@@ -308,6 +409,18 @@ struct ClusterNode::Impl {
     }
     Result<std::vector<ObjectName>> names = ParseKeys(req.keys());
     if (!names.ok()) return ToGrpcStatus(names.status());
+    if (req.replicas_size() != 0 && req.replicas_size() != req.keys_size()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "replicas: one per key, or none");
+    }
+    if (req.replicas_size() != 0) {
+      std::lock_guard<std::mutex> lock(mu);
+      for (int i = 0; i < req.replicas_size(); ++i) {
+        const uint32_t r = std::min<uint32_t>(req.replicas(i), 16);
+        if (r <= config.cluster.replicas) continue;
+        uint32_t& held = hinted[(*names)[static_cast<size_t>(i)].storage_key];
+        held = std::max(held, r);
+      }
+    }
     std::vector<ObjectName> missing;
     std::vector<size_t> where;
     for (size_t i = 0; i < names->size(); ++i) {
@@ -344,7 +457,6 @@ struct ClusterNode::Impl {
       p = placement;
     }
     const size_t live = p == nullptr ? 1 : std::max<size_t>(1, p->nodes().size());
-    const size_t want = std::min<size_t>(config.cluster.replicas, live);
     std::vector<storage::StoredName> names;
     std::string token;
     for (int page = 0; page < 100'000; ++page) {
@@ -383,7 +495,12 @@ struct ClusterNode::Impl {
       }
     }
     uint64_t under = 0;
-    for (uint32_t c : copies) under += c < want;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (size_t i = 0; i < names.size(); ++i) {
+        under += copies[i] < std::min<size_t>(ReplicasForLocked(names[i].storage_key), live);
+      }
+    }
     line.set_under_replicated(under);
     return line;
   }
@@ -487,6 +604,10 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::Create(const ServiceConfig& co
                                        "objects re-forwarded after a member was lost");
   impl->view_changes =
       metrics->GetCounter("kvstash_cluster_view_changes_total", "membership views applied");
+  impl->hot_gauge = metrics->GetGauge("kvstash_cluster_hot_objects",
+                                      "objects held here kept on --hot-replicas owners");
+  impl->hot_promotions = metrics->GetCounter("kvstash_cluster_hot_promotions_total",
+                                             "objects that turned hot or pinned here");
   return std::unique_ptr<ClusterNode>(new ClusterNode(std::move(impl)));
 }
 

@@ -15,6 +15,12 @@
 //   owners take over the lost node's objects, and objects it was still forwarding reach R. A join
 //   moves nothing: readers find objects on their old owners through the remote tier until they are
 //   fetched.
+// - Hot and pinned objects (--hot-replicas above --replicas): every --hot-scan-ms the replicator
+//   reads the store's listing; an object pinned here, or whose reads here (the store's hit
+//   count, decayed with a half-life of --hot-half-life-s) reach --hot-threshold, is hot and is
+//   forwarded to its hot-R owners. Replicate carries the wanted R per key; the called owners
+//   remember it while they hold the object, so after a loss the survivors re-replicate hot keys
+//   to hot-R owners of the new view even when the node that saw the reads is the one lost.
 // - Fence: while membership is fenced (no renewal acknowledged within the TTL) nothing is
 //   forwarded and Replicate is refused; the node serves what it holds and keeps the last peers
 //   it knew for reads.

@@ -88,6 +88,10 @@ cluster:
   ttl_s: 10               # membership lease; a node silent this long is dropped and fences itself
   etcd_timeout_ms: 0      # one etcd call; 0: min(2000, ttl_s * 1000 / 3)
   replication_queue: 65536
+  hot_replicas: 0         # owners of hot and pinned objects; 0: as replicas
+  hot_threshold: 32       # decayed reads here that make an object hot
+  hot_half_life_s: 60     # half-life of those read counts
+  hot_scan_ms: 5000       # how often the store's hit counts are scanned for hot objects
 )";
 
 Status Bad(const std::string& where, const std::string& what) {
@@ -413,6 +417,16 @@ const std::vector<Field>& Fields() {
       {"cluster.replication_queue", "--replication-queue",
        "objects waiting to be forwarded to other owners, at most",
        ClusterIntField(&ClusterConfig::replication_queue, 1, 10'000'000)},
+      {"cluster.hot_replicas", "--hot-replicas",
+       "owners of hot and pinned objects (0: as --replicas)",
+       ClusterIntField(&ClusterConfig::hot_replicas, 0, 16)},
+      {"cluster.hot_threshold", "--hot-threshold",
+       "decayed reads that make an object hot (with --hot-replicas)",
+       ClusterIntField(&ClusterConfig::hot_threshold, 1, 1'000'000'000)},
+      {"cluster.hot_half_life_s", "--hot-half-life-s", "half-life of the read counts, seconds",
+       ClusterIntField(&ClusterConfig::hot_half_life_s, 1, 86'400)},
+      {"cluster.hot_scan_ms", "--hot-scan-ms", "how often hot objects are looked for, ms",
+       ClusterIntField(&ClusterConfig::hot_scan_ms, 50, 3'600'000)},
       {"peers.node_id", "--node-id", "this node's name for peers (default <hostname>/<listen>)",
        PeerStringField(&PeerConfig::node_id)},
       {"peers.secret_file", "--peer-secret-file",

@@ -88,6 +88,14 @@ struct ClusterConfig {
   // Commits forwarded to other owners wait in a queue of at most this many objects; beyond it
   // they are dropped (counted) and left to the repair pass after the next membership change.
   uint32_t replication_queue = 65536;
+  // Hot and pinned objects: kept on hot_replicas owners instead of R (0: off, as R). An object
+  // is hot while its reads here, decayed with a half-life of hot_half_life_s, reach
+  // hot_threshold; pinned objects always are. Checked every hot_scan_ms from the store's
+  // listing (its per-object hit counts), so a key turns hot within one scan of its reads.
+  uint32_t hot_replicas = 0;
+  uint32_t hot_threshold = 32;
+  uint32_t hot_half_life_s = 60;
+  uint32_t hot_scan_ms = 5000;
 };
 
 struct ServiceConfig {
