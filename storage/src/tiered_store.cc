@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cassert>
 #include <chrono>
+#include <set>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "kvstash/common/crc32c.h"
@@ -61,21 +63,62 @@ Result<std::unique_ptr<ObjectStore>> TieredStore::Create(
     return absl::InvalidArgumentError("watermarks must satisfy 0 < low <= high <= 1");
   }
   if (options.ssd_io_threads < 1) return absl::InvalidArgumentError("ssd_io_threads must be >= 1");
+  std::set<std::string> tenant_namespaces;
+  for (const TenantArenaOptions& t : options.tenant_arenas) {
+    if (t.name_space.empty()) {
+      return absl::InvalidArgumentError("a tenant arena needs a namespace");
+    }
+    if (!tenant_namespaces.insert(t.name_space).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("two tenant arenas for namespace '", t.name_space, "'"));
+    }
+    if (t.bytes < PageAllocator::kPageBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the arena of tenant '", t.name_space, "' must be at least 4096 bytes"));
+    }
+  }
   std::unique_ptr<TieredStore> store(new TieredStore(options));
   KVSTASH_RETURN_IF_ERROR(store->Init(std::move(more_lower)));
   return std::unique_ptr<ObjectStore>(std::move(store));
 }
 
 TieredStore::TieredStore(const StoreOptions& options)
-    : options_(options),
-      metrics_(options.metrics),
-      arena_capacity_bytes_(options.cpu_capacity_bytes - options.cpu_capacity_bytes % 4096),
-      allocator_(arena_capacity_bytes_) {}
+    : options_(options), metrics_(options.metrics) {}
 
 Status TieredStore::Init(std::vector<std::unique_ptr<StorageTier>> more_lower) {
-  KVSTASH_ASSIGN_OR_RETURN(cpu_policy_, MakeEvictionPolicy(options_.cpu_eviction_policy));
-  KVSTASH_ASSIGN_OR_RETURN(arena_,
-                           Arena::Create(options_.cpu_capacity_bytes, options_.prefault_arena));
+  std::vector<uint64_t> segment_bytes = {options_.cpu_capacity_bytes};
+  for (const TenantArenaOptions& t : options_.tenant_arenas) segment_bytes.push_back(t.bytes);
+  KVSTASH_ASSIGN_OR_RETURN(arena_, Arena::Create(segment_bytes, options_.prefault_arena));
+  MetricsRegistry* registry = options_.metrics != nullptr ? options_.metrics : metrics_.owned.get();
+  {
+    MutexLock lock(&cpu_policy_mu_);
+    for (size_t i = 0; i < arena_->segment_count(); ++i) {
+      Zone zone;
+      if (i > 0) zone.name_space = options_.tenant_arenas[i - 1].name_space;
+      zone.offset = arena_->segment(i).offset;
+      zone.capacity_bytes = arena_->segment(i).bytes;
+      const std::string label = i == 0 ? std::string("shared") : "tenant:" + zone.name_space;
+      zone.used_bytes = registry->GetGauge(
+          "kvstash_storage_arena_used_bytes",
+          "Bytes allocated in each arena of the CPU tier (shared, or one tenant's)",
+          {{"arena", label}});
+      registry
+          ->GetGauge("kvstash_storage_arena_capacity_bytes",
+                     "Capacity of each arena of the CPU tier (shared, or one tenant's)",
+                     {{"arena", label}})
+          ->Set(static_cast<double>(zone.capacity_bytes));
+      zone.used_bytes->Set(0);
+      if (i > 0) zone_of_namespace_[zone.name_space] = i;
+      zones_.push_back(std::move(zone));
+      KVSTASH_ASSIGN_OR_RETURN(std::unique_ptr<EvictionPolicy> policy,
+                               MakeEvictionPolicy(options_.cpu_eviction_policy));
+      cpu_policies_.push_back(std::move(policy));
+    }
+  }
+  {
+    MutexLock lock(&arena_mu_);
+    for (const Zone& zone : zones_) allocators_.emplace_back(zone.capacity_bytes);
+  }
   metrics_.cpu.capacity_bytes->Set(static_cast<double>(arena_->bytes()));
   metrics_.cpu.used_bytes->Set(0);
   if (options_.ssd_capacity_bytes > 0) {
@@ -149,11 +192,12 @@ void TieredStore::UpdatePoliciesLocked(Shard& shard, ObjectRec& rec) {
   bool cpu_evictable = rec.visible && rec.in_cpu && rec.pins == 0 && rec.leases == 0 &&
                        rec.io_refs == 0 && rec.promotion == nullptr;
   if (cpu_evictable != rec.in_cpu_policy) {
+    const size_t zone = ZoneFor(rec.name.name_space);
     MutexLock lock(&cpu_policy_mu_);
     if (cpu_evictable) {
-      cpu_policy_->OnInsert(MetaFor(rec, rec.extent_bytes));
+      cpu_policies_[zone]->OnInsert(MetaFor(rec, rec.extent_bytes));
     } else {
-      cpu_policy_->OnRemove(rec.name.storage_key);
+      cpu_policies_[zone]->OnRemove(rec.name.storage_key);
     }
     rec.in_cpu_policy = cpu_evictable;
   }
@@ -266,12 +310,54 @@ void TieredStore::ReleaseLeaseRef(const std::shared_ptr<ObjectRec>& rec) {
 // ---------------------------------------------------------------------------------------------
 // Arena
 
+ArenaSegment TieredStore::arena_segment(const std::string& name_space) const {
+  const size_t zone = ZoneFor(name_space);
+  const Arena::Segment& seg = arena_->segment(zone);
+  ArenaSegment out;
+  out.index = static_cast<uint32_t>(zone);
+  out.name_space = zones_[zone].name_space;
+  out.fd = seg.fd;
+  out.read_only_fd = seg.read_only_fd;
+  out.offset = seg.offset;
+  out.bytes = seg.bytes;
+  return out;
+}
+
+size_t TieredStore::ZoneFor(const std::string& name_space) const {
+  if (zone_of_namespace_.empty()) return 0;
+  auto it = zone_of_namespace_.find(name_space);
+  return it == zone_of_namespace_.end() ? 0 : it->second;
+}
+
+size_t TieredStore::ZoneOfOffset(uint64_t offset) const {
+  size_t zone = 0;
+  while (zone + 1 < zones_.size() && zones_[zone + 1].offset <= offset) ++zone;
+  return zone;
+}
+
+uint64_t TieredStore::ArenaUsedLocked() const {
+  uint64_t used = 0;
+  for (const PageAllocator& a : allocators_) used += a.used_bytes();
+  return used;
+}
+
+void TieredStore::SetArenaUsedLocked(size_t zone) {
+  zones_[zone].used_bytes->Set(static_cast<double>(allocators_[zone].used_bytes()));
+  metrics_.cpu.used_bytes->Set(static_cast<double>(ArenaUsedLocked()));
+}
+
+bool TieredStore::ZoneAboveHighLocked(size_t zone) const {
+  return allocators_[zone].used_bytes() >
+         options_.high_watermark * static_cast<double>(allocators_[zone].capacity_bytes());
+}
+
 void TieredStore::FreeExtent(uint64_t offset) {
+  const size_t zone = ZoneOfOffset(offset);
   {
     MutexLock lock(&arena_mu_);
-    Status s = allocator_.Free(offset);
+    Status s = allocators_[zone].Free(offset - zones_[zone].offset);
     if (!s.ok()) spdlog::error("kvstash storage: arena free: {}", s.ToString());
-    metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
+    SetArenaUsedLocked(zone);
     ++arena_epoch_;
   }
   arena_cv_.SignalAll();
@@ -285,18 +371,19 @@ void TieredStore::SignalArena() {
   arena_cv_.SignalAll();
 }
 
-bool TieredStore::CpuAboveHigh() {
+bool TieredStore::ZoneAboveHigh(size_t zone) {
   MutexLock lock(&arena_mu_);
-  return allocator_.used_bytes() >
-         options_.high_watermark * static_cast<double>(allocator_.capacity_bytes());
+  return ZoneAboveHighLocked(zone);
 }
 
-Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
+Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes, size_t zone) {
   uint64_t rounded = PageAllocator::RoundUp(bytes);
-  if (rounded > arena_capacity_bytes_) {
-    return absl::ResourceExhaustedError(absl::StrCat("object of ", bytes,
-                                                     " bytes is larger than the arena (",
-                                                     arena_capacity_bytes_, " bytes)"));
+  const Zone& z = zones_[zone];
+  const std::string which =
+      zone == 0 ? std::string("the arena") : "the arena of tenant '" + z.name_space + "'";
+  if (rounded > z.capacity_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("object of ", bytes, " bytes is larger than ",
+                                                     which, " (", z.capacity_bytes, " bytes)"));
   }
   auto deadline = std::chrono::steady_clock::now() + kMaxDemotionWait;
   uint64_t demoting = 0;  // bytes this call is already waiting on
@@ -305,17 +392,15 @@ Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
     {
       MutexLock lock(&arena_mu_);
       epoch = arena_epoch_;
-      if (auto extent = allocator_.Allocate(rounded)) {
-        metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
-        if (allocator_.used_bytes() >
-            options_.high_watermark * static_cast<double>(allocator_.capacity_bytes())) {
-          bg_cv_.SignalAll();
-        }
+      if (auto extent = allocators_[zone].Allocate(rounded)) {
+        SetArenaUsedLocked(zone);
+        if (ZoneAboveHighLocked(zone)) bg_cv_.SignalAll();
+        extent->offset += z.offset;
         return *extent;
       }
     }
     if (demoting < rounded) {
-      EvictStep step = EvictOneCpu();
+      EvictStep step = EvictOneCpu(zone);
       demoting += step.demoting_bytes;
       if (step.found) continue;
     }
@@ -323,8 +408,9 @@ Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
     // evictable when their write finishes, so wait for that; leases and pins are not waited for.
     MutexLock lock(&arena_mu_);
     // Bytes may have been freed (a lease released, another evictor) since the first attempt.
-    if (auto extent = allocator_.Allocate(rounded)) {
-      metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
+    if (auto extent = allocators_[zone].Allocate(rounded)) {
+      SetArenaUsedLocked(zone);
+      extent->offset += z.offset;
       return *extent;
     }
     bool writes_pending;
@@ -333,9 +419,10 @@ Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
       writes_pending = pending_writes_ > 0;
     }
     if (!writes_pending || std::chrono::steady_clock::now() >= deadline) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "no room in the arena for ", rounded, " bytes: ", allocator_.free_bytes(),
-          " bytes free (largest extent ", allocator_.largest_free_bytes(), "), nothing evictable"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("no room in ", which, " for ", rounded,
+                       " bytes: ", allocators_[zone].free_bytes(), " bytes free (largest extent ",
+                       allocators_[zone].largest_free_bytes(), "), nothing evictable"));
     }
     // Anything freed or made evictable since this attempt began bumped the epoch: no lost wakeup.
     const auto wait_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
@@ -346,12 +433,12 @@ Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes) {
   }
 }
 
-TieredStore::EvictStep TieredStore::EvictOneCpu() {
+TieredStore::EvictStep TieredStore::EvictOneCpu(size_t zone) {
   EvictStep step;
   std::optional<Hash128> victim;
   {
     MutexLock lock(&cpu_policy_mu_);
-    victim = cpu_policy_->Victim();
+    victim = cpu_policies_[zone]->Victim();
   }
   if (!victim) return step;
   step.found = true;
@@ -430,7 +517,8 @@ Result<Reservation> TieredStore::Reserve(const StoredName& name, const ObjectInf
           absl::StrCat("object ", name.storage_key.ToHex(), " is already committed"));
     }
   }
-  KVSTASH_ASSIGN_OR_RETURN(PageAllocator::Extent extent, AllocateArena(info.payload_bytes));
+  KVSTASH_ASSIGN_OR_RETURN(PageAllocator::Extent extent,
+                           AllocateArena(info.payload_bytes, ZoneFor(name.name_space)));
   uint32_t ms = ClampMs(lease_ms, options_.default_reservation_ms);
   uint64_t id = next_reservation_id_.fetch_add(1);
   {
@@ -819,7 +907,7 @@ StoreStats TieredStore::Stats() {
   };
   {
     MutexLock lock(&arena_mu_);
-    metrics_.cpu.used_bytes->Set(static_cast<double>(allocator_.used_bytes()));
+    metrics_.cpu.used_bytes->Set(static_cast<double>(ArenaUsedLocked()));
   }
   stats.tiers.push_back(tier(Tier::kCpu, metrics_.cpu, cpu_objects, cpu_logical));
   for (const auto& lt : lower_) {
@@ -967,17 +1055,19 @@ void TieredStore::EvictorLoop() {
     bg_cv_.WaitFor(&bg_mu_, std::chrono::milliseconds(50));
     if (bg_stop_) break;
     bg_mu_.Unlock();
-    if (CpuAboveHigh()) {
+    // Each arena (shared, or a tenant's) by its own watermarks, from its own objects.
+    for (size_t zone = 0; zone < zones_.size(); ++zone) {
+      if (!ZoneAboveHigh(zone)) continue;
       // Demotions free their bytes later; count them so one pass does not demote everything.
       uint64_t demoting = 0;
       for (;;) {
         {
           MutexLock lock(&arena_mu_);
-          double low = options_.low_watermark * static_cast<double>(allocator_.capacity_bytes());
-          if (static_cast<double>(allocator_.used_bytes()) - static_cast<double>(demoting) <= low)
-            break;
+          const PageAllocator& a = allocators_[zone];
+          double low = options_.low_watermark * static_cast<double>(a.capacity_bytes());
+          if (static_cast<double>(a.used_bytes()) - static_cast<double>(demoting) <= low) break;
         }
-        EvictStep step = EvictOneCpu();
+        EvictStep step = EvictOneCpu(zone);
         if (!step.found) break;
         demoting += step.demoting_bytes;
       }

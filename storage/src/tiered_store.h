@@ -26,6 +26,7 @@
 #include <mutex>
 #include <set>
 #include <shared_mutex>
+#include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -143,6 +144,7 @@ class TieredStore final : public ObjectStore {
   uint8_t* arena_base() const override { return arena_->base(); }
   uint64_t arena_bytes() const override { return arena_->bytes(); }
   uint64_t arena_generation() const override { return arena_->generation(); }
+  ArenaSegment arena_segment(const std::string& name_space) const override;
 
   LookupEntry Lookup(const Hash128& storage_key) override;
   Result<Reservation> Reserve(const StoredName& name, const ObjectInfo& info, uint32_t lease_ms,
@@ -224,10 +226,18 @@ class TieredStore final : public ObjectStore {
   void RunDeferred(Deferred& later);
 
   // --- arena ---
+  // Arena segment (zone) of a namespace's objects: its own, else 0 (the shared arena).
+  size_t ZoneFor(const std::string& name_space) const;
+  // The zone holding global arena offset `offset`.
+  size_t ZoneOfOffset(uint64_t offset) const;
+  uint64_t ArenaUsedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(arena_mu_);
+  void SetArenaUsedLocked(size_t zone) ABSL_EXCLUSIVE_LOCKS_REQUIRED(arena_mu_);
+  bool ZoneAboveHighLocked(size_t zone) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(arena_mu_);
   void FreeExtent(uint64_t offset);
   void SignalArena();  // wakes allocations waiting for evictable bytes
-  // Allocates, evicting (and waiting for in-flight SSD demotions) as needed.
-  Result<PageAllocator::Extent> AllocateArena(uint64_t bytes);
+  // Allocates in `zone`, evicting that zone's objects (and waiting for in-flight SSD demotions)
+  // as needed. The extent's offset is global (arena_base() + offset).
+  Result<PageAllocator::Extent> AllocateArena(uint64_t bytes, size_t zone);
   // One step of CPU eviction: frees the policy's next victim, or starts demoting it to SSD first
   // (its bytes are freed once the write lands and it is picked again).
   struct EvictStep {
@@ -235,8 +245,8 @@ class TieredStore final : public ObjectStore {
     uint64_t freed_bytes = 0;     // arena bytes freed now
     uint64_t demoting_bytes = 0;  // arena bytes that a queued demotion will make evictable
   };
-  EvictStep EvictOneCpu();
-  bool CpuAboveHigh();
+  EvictStep EvictOneCpu(size_t zone);
+  bool ZoneAboveHigh(size_t zone);
 
   // --- lower tiers (tiered_store_ssd.cc) ---
   // The first lower tier (write-through and demotion go there); null when there is none.
@@ -307,11 +317,22 @@ class TieredStore final : public ObjectStore {
   CondVar arena_cv_;  // arena bytes freed or a demotion finished
   // Bumped with every arena_cv_ signal.
   uint64_t arena_epoch_ ABSL_GUARDED_BY(arena_mu_) = 0;
-  const uint64_t arena_capacity_bytes_;  // allocator_.capacity_bytes(), readable without the lock
-  PageAllocator allocator_ ABSL_GUARDED_BY(arena_mu_);
+  // The arena's segments (zones): zone 0 the shared arena, zone i the tenant arena
+  // options_.tenant_arenas[i - 1]. Fixed at construction, readable without a lock.
+  struct Zone {
+    std::string name_space;
+    uint64_t offset = 0;          // global arena offset of its first byte
+    uint64_t capacity_bytes = 0;  // whole pages
+    Gauge* used_bytes = nullptr;  // kvstash_storage_arena_used_bytes{arena=...}
+  };
+  std::vector<Zone> zones_;
+  std::unordered_map<std::string, size_t> zone_of_namespace_;
+  // One allocator per zone, offsets relative to the zone's start.
+  std::vector<PageAllocator> allocators_ ABSL_GUARDED_BY(arena_mu_);
 
   Mutex cpu_policy_mu_;
-  std::unique_ptr<EvictionPolicy> cpu_policy_ ABSL_PT_GUARDED_BY(cpu_policy_mu_);
+  // One eviction policy per zone.
+  std::vector<std::unique_ptr<EvictionPolicy>> cpu_policies_ ABSL_GUARDED_BY(cpu_policy_mu_);
 
   Mutex lease_mu_;
   std::atomic<uint64_t> next_lease_id_{1};

@@ -432,7 +432,7 @@ Result<Lease> TieredStore::Promote(const std::shared_ptr<ObjectRec>& rec, uint32
   const ObjectInfo& stored = copy.info;
   const ObjectInfo& served_info = copy.served;
   Result<PageAllocator::Extent> extent =
-      lt != nullptr ? AllocateArena(served_info.payload_bytes)
+      lt != nullptr ? AllocateArena(served_info.payload_bytes, ZoneFor(rec->name.name_space))
                     : Result<PageAllocator::Extent>(absl::NotFoundError(
                           absl::StrCat("object ", key.ToHex(), " has no copy left to promote")));
   Status status = extent.status();

@@ -25,9 +25,12 @@
 // leases, evict by watermark and write to SSD; Close() (or the destructor) stops them after
 // finishing queued SSD writes.
 //
+// Arenas: objects live in their namespace's arena (StoreOptions::tenant_arenas) or the shared
+// one; offsets are global across all of them (arena_segment says which range is whose).
+//
 // Errors (kvstash::Status codes, see common/status.h):
 //   Reserve:  InvalidArgument (bad info), AlreadyExists (committed and !overwrite),
-//             ResourceExhausted (object larger than the arena, or nothing evictable)
+//             ResourceExhausted (object larger than its arena, or nothing there evictable)
 //   Commit:   NotFound (unknown reservation), FailedPrecondition (expired, already committed or
 //             aborted). durable=true only: InvalidArgument on a checksum mismatch (the reservation
 //             is aborted; a non-durable mismatch is found after Commit, see above);
@@ -79,9 +82,22 @@ struct StoredName {
   Hash128 token_hash;
 };
 
+// A tenant's own part of the CPU tier (StoreOptions::tenant_arenas).
+struct TenantArenaOptions {
+  std::string name_space;  // the objects of this namespace, and only they, live in it
+  uint64_t bytes = 0;      // rounded down to 4 KiB pages; at least one page
+};
+
 struct StoreOptions {
   std::string data_dir = "./data";  // SSD tier lives in data_dir/ssd
+  // The shared arena: objects of every namespace without an arena of its own.
   uint64_t cpu_capacity_bytes = 1ull << 30;
+  // One arena per entry, each its own memfd (its own fds to hand to that tenant's clients), with
+  // its own allocator, watermarks and eviction policy: the objects of `name_space` are reserved,
+  // promoted from SSD and evicted only there, so a tenant's puts never evict another namespace's
+  // objects and a full tenant arena is ResourceExhausted once nothing in it is evictable. The
+  // CPU tier's capacity is cpu_capacity_bytes plus these. Namespaces must be distinct.
+  std::vector<TenantArenaOptions> tenant_arenas;
   // Allocate every arena page at Open (MAP_POPULATE) instead of on first touch. Costs the whole
   // capacity in RAM up front; saves a page fault per 4 KiB on the first pass over the arena
   // (which halves write throughput of large objects until the arena has been used once).
@@ -110,6 +126,20 @@ struct StoreOptions {
   // the committing thread, holding no shard or reservation lock (the cluster forwards objects to
   // their other owners). Must be quick: queue the work, do not call back into the store.
   std::function<void(const StoredName&)> on_commit;
+};
+
+// One arena of the CPU tier (ObjectStore::arena_segment). Its bytes are arena offsets
+// [offset, offset + bytes) of arena_base(); a client that maps `fd` (or `read_only_fd`) sees
+// arena offset o at its mapping + (o - offset).
+struct ArenaSegment {
+  uint32_t index = 0;      // 0: the shared arena; i > 0: StoreOptions::tenant_arenas[i - 1]
+  std::string name_space;  // empty for the shared arena
+  int fd = -1;             // read-write memfd; owned by the store (send a dup)
+  // The same memory opened O_RDONLY: a mapping of it can never be made writable. Owned by the
+  // store. Both fds are sealed against resizing.
+  int read_only_fd = -1;
+  uint64_t offset = 0;
+  uint64_t bytes = 0;
 };
 
 struct Reservation {
@@ -186,10 +216,14 @@ class ObjectStore {
   ObjectStore(const ObjectStore&) = delete;
   ObjectStore& operator=(const ObjectStore&) = delete;
 
-  // The shared-memory arena (a memfd). The fd stays owned by the store; clients receive a dup.
+  // The shared arena's memfd (segment 0). The fd stays owned by the store; clients receive a dup.
   virtual int arena_fd() const = 0;
+  // Every arena, contiguous from arena_base(): arena offsets index this whole range.
   virtual uint8_t* arena_base() const = 0;
   virtual uint64_t arena_bytes() const = 0;
+  // The arena that holds `name_space`'s objects: its own when StoreOptions::tenant_arenas names
+  // it, else the shared one (index 0).
+  virtual ArenaSegment arena_segment(const std::string& name_space) const = 0;
   // Changes whenever the arena is recreated (each Open); clients must re-attach on mismatch.
   virtual uint64_t arena_generation() const = 0;
 
