@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Same-binary A/B of what tenants cost the data path: one cachesvc in single-tenant mode (the
-# shared-memory path and the gRPC byte streams) and one with --tokens-file (multi-tenant: no
-# shared memory, every call authenticated by a bearer token, so only the byte streams), both on
-# unix sockets, measured with `kvstash bench` (2 MiB objects, 64 per path), REPS repetitions
-# interleaved. Prints the bench tables; results in bench/results/tenants_ab.txt when saved.
+# Same-binary A/B of what tenants cost the data path: one cachesvc in single-tenant mode and one
+# with --tokens-file (multi-tenant: every call authenticated by a bearer token; the tenant has a
+# cpu quota, so it has an arena of its own, mapped read-only for reads and read-write for puts),
+# both on unix sockets, each measured on the shared-memory path and the gRPC byte streams with
+# `kvstash bench` (2 MiB objects, 64 per path), REPS repetitions interleaved. Prints the bench
+# tables, then the medians over the repetitions of each p50 and the multi/single ratios.
 #   bench/service/tenants_ab.sh [BUILD_DIR] [REPS]
 set -euo pipefail
 B="${1:-build/release}"
 REPS="${2:-3}"
 W="$(mktemp -d /tmp/kvstash-tenants-ab.XXXXXX)"
 trap 'kill $P1 $P2 2>/dev/null || true; rm -rf "$W"' EXIT
-printf 'token alpha-token-0123456789 alpha\n' >"$W/tokens"
+printf 'token alpha-token-0123456789 alpha\nquota alpha cpu=1GiB\n' >"$W/tokens"
 echo alpha-token-0123456789 >"$W/alpha.token"
 common=(--metrics-port 0 --cpu-capacity 1GiB --ssd-capacity 0 --log-level warn)
 "$B/cachesvc/cachesvc" --listen "unix://$W/s.sock" --data-dir "$W/s" "${common[@]}" & P1=$!
@@ -19,9 +20,24 @@ common=(--metrics-port 0 --cpu-capacity 1GiB --ssd-capacity 0 --log-level warn)
 for _ in $(seq 50); do [ -S "$W/s.sock" ] && [ -S "$W/m.sock" ] && break; sleep 0.1; done
 echo "# $(date -u +%FT%TZ) $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$REPS"); do
-  echo "== rep $r single-tenant (shm and stream)"
-  "$B/cli/kvstash" bench --target "unix://$W/s.sock" --size 2MiB --count 64 --path both | tail -4
-  echo "== rep $r multi-tenant (stream only, bearer token)"
+  echo "== rep $r single-tenant"
+  "$B/cli/kvstash" bench --target "unix://$W/s.sock" --size 2MiB --count 64 --path both |
+    tail -4 | sed 's/^/single /' | tee -a "$W/rows"
+  echo "== rep $r multi-tenant (own arena, bearer token)"
   "$B/cli/kvstash" bench --target "unix://$W/m.sock" --size 2MiB --count 64 --path both \
-    --token-file "$W/alpha.token" | tail -2
+    --token-file "$W/alpha.token" | tail -4 | sed 's/^/multi /' | tee -a "$W/rows"
 done
+echo "# medians over $REPS repetitions of the p50 ms of each path and operation"
+awk '{ k = $2 " " $3; v[$1 " " k] = v[$1 " " k] " " $5; keys[k] = 1 }
+  function median(s,   a, n, i, j, t) {
+    n = split(s, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  END {
+    printf "%-12s %12s %12s %12s\n", "path op", "single p50", "multi p50", "multi/single"
+    for (k in keys) {
+      s = median(v["single " k]); m = median(v["multi " k])
+      printf "%-12s %12.3f %12.3f %12.2f\n", k, s, m, m / s
+    }
+  }' "$W/rows" | sort

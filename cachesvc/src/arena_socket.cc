@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 
@@ -48,9 +49,7 @@ Status ClaimUnixSocketPath(const std::string& path) {
 Result<std::unique_ptr<ArenaSocketServer>> ArenaSocketServer::Start(
     const std::string& path, int arena_fd, const ArenaHandshake& hello, MetricsRegistry* metrics,
     LocalControlFactory sessions, int max_connections, std::chrono::microseconds poll_window) {
-  KVSTASH_RETURN_IF_ERROR(ClaimUnixSocketPath(path));
   std::unique_ptr<ArenaSocketServer> server(new ArenaSocketServer());
-  server->path_ = path;
   server->arena_fd_ = arena_fd;
   server->hello_ = hello;
   server->sessions_ = std::move(sessions);
@@ -62,34 +61,52 @@ Result<std::unique_ptr<ArenaSocketServer>> ArenaSocketServer::Start(
     server->sessions_ = nullptr;
     server->hello_.features &= ~kArenaFeatureLocalControl;
   }
+  KVSTASH_RETURN_IF_ERROR(server->Listen(path, metrics));
+  return server;
+}
+
+Result<std::unique_ptr<ArenaSocketServer>> ArenaSocketServer::StartAuthenticated(
+    const std::string& path, ArenaAttacher attach, MetricsRegistry* metrics) {
+  if (attach == nullptr)
+    return absl::InvalidArgumentError("an authenticated socket needs an attacher");
+  std::unique_ptr<ArenaSocketServer> server(new ArenaSocketServer());
+  server->attach_ = std::move(attach);
+  server->max_connections_ = kMaxPendingAttaches;
+  KVSTASH_RETURN_IF_ERROR(server->Listen(path, metrics));
+  return server;
+}
+
+Status ArenaSocketServer::Listen(const std::string& path, MetricsRegistry* metrics) {
+  KVSTASH_RETURN_IF_ERROR(ClaimUnixSocketPath(path));
+  path_ = path;
   if (metrics != nullptr) {
-    server->attaches_ = metrics->GetCounter("kvstash_arena_attach_total",
-                                            "Arena memfds handed to clients over the unix socket");
-    server->failures_ = metrics->GetCounter("kvstash_arena_attach_failures_total",
-                                            "Arena handshakes that failed to send");
-    server->open_connections_ =
-        metrics->GetGauge("kvstash_local_control_connections",
-                          "Arena-socket connections open for local control calls");
-    server->bad_frames_ = metrics->GetCounter(
+    attaches_ = metrics->GetCounter("kvstash_arena_attach_total",
+                                    "Arena memfds handed to clients over the unix socket");
+    failures_ = metrics->GetCounter("kvstash_arena_attach_failures_total",
+                                    "Arena handshakes that failed to send");
+    refusals_ = metrics->GetCounter(
+        "kvstash_arena_attach_refused_total",
+        "Arena attach requests refused (no or a bad token, no arena of the tenant's own)");
+    open_connections_ = metrics->GetGauge("kvstash_local_control_connections",
+                                          "Arena-socket connections open for local control calls");
+    bad_frames_ = metrics->GetCounter(
         "kvstash_local_control_bad_frames_total",
         "Local control connections closed for a malformed frame or a failed reply");
   }
   sockaddr_un addr;
   KVSTASH_ASSIGN_OR_RETURN(unsigned len, MakeUnixAddress(path, &addr));
-  server->listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (server->listen_fd_ < 0) {
-    return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
-  }
-  if (::bind(server->listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+  listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (listen_fd_ < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
     return absl::UnavailableError(absl::StrCat("bind ", path, ": ", strerror(errno)));
   }
-  if (::listen(server->listen_fd_, 128) != 0) {
+  if (::listen(listen_fd_, 128) != 0) {
     return absl::UnavailableError(absl::StrCat("listen ", path, ": ", strerror(errno)));
   }
-  server->wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (server->wake_fd_ < 0) return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
-  server->thread_ = std::thread([s = server.get()] { s->AcceptLoop(); });
-  return server;
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
+  thread_ = std::thread([this] { AcceptLoop(); });
+  return OkStatus();
 }
 
 ArenaSocketServer::~ArenaSocketServer() {
@@ -181,6 +198,77 @@ void ArenaSocketServer::Serve(Connection* conn) {
   conn->done = true;
 }
 
+namespace {
+
+// Reads exactly `n` bytes (the socket's SO_RCVTIMEO bounds each wait).
+Status ReadExact(int fd, uint8_t* out, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = ::recv(fd, out + got, n - got, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return absl::DeadlineExceededError("no attach request in time");
+    }
+    if (r <= 0) return absl::UnavailableError("the client left before its attach request");
+    got += static_cast<size_t>(r);
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+void ArenaSocketServer::Attach(Connection* conn) {
+  timeval tv{};
+  tv.tv_sec = kAttachTimeout.count();
+  ::setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ::setsockopt(conn->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  // The header first, so a body announced larger than an attach request is never read.
+  std::array<uint8_t, kLocalFrameHeaderBytes> head{};
+  Status s = ReadExact(conn->fd, head.data(), head.size());
+  Result<ArenaGrant> grant = absl::UnknownError("");
+  if (s.ok()) {
+    Result<LocalFrameHeader> header = DecodeLocalFrameHeader(head);
+    if (!header.ok()) {
+      s = absl::InvalidArgumentError(
+          absl::StrCat("malformed attach request: ", std::string(header.status().message())));
+    } else if (header->code != static_cast<uint16_t>(LocalMethod::kAttach)) {
+      s = absl::InvalidArgumentError(
+          absl::StrCat("expected an attach request, got method ", header->code));
+    } else if (header->body_bytes > 1 + kMaxArenaAttachTokenBytes) {
+      s = absl::InvalidArgumentError(
+          absl::StrCat("attach request of ", header->body_bytes, " bytes is over the limit"));
+    } else {
+      std::string body(header->body_bytes, '\0');
+      s = ReadExact(conn->fd, reinterpret_cast<uint8_t*>(body.data()), body.size());
+      if (s.ok()) {
+        Result<ArenaAttachRequest> request =
+            DecodeArenaAttachRequest({reinterpret_cast<const uint8_t*>(body.data()), body.size()});
+        s = request.status();
+        if (s.ok()) {
+          grant = attach_(*request);
+          s = grant.status();
+        }
+      }
+    }
+  }
+  if (s.ok()) {
+    s = SendArenaFds(conn->fd, grant->fds, grant->hello);
+    if (s.ok()) {
+      if (attaches_ != nullptr) attaches_->Increment();
+    } else {
+      if (failures_ != nullptr) failures_->Increment();
+      spdlog::warn("event=arena_attach_failed error=\"{}\"", std::string(s.message()));
+    }
+  } else {
+    if (refusals_ != nullptr) refusals_->Increment();
+    spdlog::info("event=arena_attach_refused code={} error=\"{}\"",
+                 absl::StatusCodeToString(s.code()), std::string(s.message()));
+    if (s.code() != absl::StatusCode::kUnavailable) (void)SendArenaError(conn->fd, s);
+  }
+  ::shutdown(conn->fd, SHUT_RDWR);
+  conn->done = true;
+}
+
 void ArenaSocketServer::AcceptLoop() {
   pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
   while (true) {
@@ -194,6 +282,22 @@ void ArenaSocketServer::AcceptLoop() {
     if ((fds[0].revents & POLLIN) == 0) continue;
     int conn = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (conn < 0) continue;  // EAGAIN, or the peer left before accept
+    if (attach_ != nullptr) {
+      MutexLock lock(&conns_mu_);
+      ReapLocked();
+      if (conns_.size() >= static_cast<size_t>(max_connections_)) {
+        if (refusals_ != nullptr) refusals_->Increment();
+        (void)SendArenaError(conn, absl::UnavailableError("too many attach requests at once"));
+        ::close(conn);
+        continue;
+      }
+      auto owned = std::make_unique<Connection>();
+      Connection* c = owned.get();
+      c->fd = conn;
+      conns_.push_back(std::move(owned));
+      c->thread = std::thread([this, c] { Attach(c); });
+      continue;
+    }
     bool keep = false;
     ArenaHandshake hello = hello_;
     if (sessions_ != nullptr) {

@@ -4,6 +4,10 @@
 // one, it stays open for local control calls (kvstash/proto/local_control.h), served in order by
 // a thread of its own with a LocalControlSession made for it. Stop() is idempotent: it stops
 // accepting, closes every connection (a call being handled finishes first) and joins all threads.
+//
+// Multi-tenant nodes start it with StartAuthenticated instead: nothing is sent until the client's
+// attach request names a bearer token, which the attacher maps to that tenant's own arena fds
+// (handshake version 2) or refuses (an error message, no fd); the connection is then closed.
 #ifndef KVSTASH_CACHESVC_ARENA_SOCKET_H_
 #define KVSTASH_CACHESVC_ARENA_SOCKET_H_
 
@@ -15,6 +19,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "kvstash/common/metrics.h"
 #include "kvstash/common/mutex.h"
@@ -40,6 +45,16 @@ class LocalControlSession {
 };
 using LocalControlFactory = std::function<std::unique_ptr<LocalControlSession>()>;
 
+// What one authenticated attach request gets: the handshake and the fds to send (1 or 2, owned by
+// the caller of StartAuthenticated; they must stay open until Stop() returns).
+struct ArenaGrant {
+  ArenaHandshake hello;
+  std::vector<int> fds;
+};
+// Maps an attach request to its grant, or the refusal to send (UNAUTHENTICATED, ...). Called on
+// connection threads, concurrently.
+using ArenaAttacher = std::function<Result<ArenaGrant>(const ArenaAttachRequest&)>;
+
 class ArenaSocketServer {
  public:
   // Binds and starts serving. `arena_fd` stays owned by the caller and must outlive Stop().
@@ -52,6 +67,14 @@ class ArenaSocketServer {
       const std::string& path, int arena_fd, const ArenaHandshake& hello, MetricsRegistry* metrics,
       LocalControlFactory sessions = nullptr, int max_connections = 0,
       std::chrono::microseconds poll_window = std::chrono::microseconds{0});
+  // The multi-tenant socket: each connection must send an attach request within
+  // kAttachTimeout; at most kMaxPendingAttaches are served at a time (later ones are refused
+  // with UNAVAILABLE). `attach` must stay callable until Stop() returns.
+  static Result<std::unique_ptr<ArenaSocketServer>> StartAuthenticated(const std::string& path,
+                                                                       ArenaAttacher attach,
+                                                                       MetricsRegistry* metrics);
+  static constexpr std::chrono::seconds kAttachTimeout{5};
+  static constexpr int kMaxPendingAttaches = 64;
   ~ArenaSocketServer();
   ArenaSocketServer(const ArenaSocketServer&) = delete;
   ArenaSocketServer& operator=(const ArenaSocketServer&) = delete;
@@ -68,7 +91,10 @@ class ArenaSocketServer {
   };
 
   ArenaSocketServer() = default;
+  Status Listen(const std::string& path, MetricsRegistry* metrics);
   void AcceptLoop();
+  // Reads the attach request on `conn`, answers it, closes the connection's writing side.
+  void Attach(Connection* conn);
   // Serves local control frames on `conn` until the client closes it or Stop().
   void Serve(Connection* conn);
   // Joins and forgets connections whose thread has ended.
@@ -84,6 +110,8 @@ class ArenaSocketServer {
   Gauge* open_connections_ = nullptr;
   Counter* bad_frames_ = nullptr;
   LocalControlFactory sessions_;
+  ArenaAttacher attach_;
+  Counter* refusals_ = nullptr;
   int max_connections_ = 0;
   std::chrono::microseconds poll_window_{0};
   Mutex conns_mu_;

@@ -74,6 +74,31 @@ Status Authorizer::Reload() {
   return OkStatus();
 }
 
+Result<Caller> Authorizer::AuthenticateToken(const std::string& token) const {
+  if (!multi_tenant()) return Caller{};
+  if (token.empty()) {
+    refused_missing_->Increment();
+    return absl::UnauthenticatedError("no bearer token in the arena attach request");
+  }
+  // The same checks as the header's: parse it as one.
+  Result<std::string> parsed = ParseBearerHeader(absl::StrCat("Bearer ", token));
+  if (!parsed.ok()) {
+    refused_malformed_->Increment();
+    return parsed.status();
+  }
+  std::shared_ptr<const TenantTable> table;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    table = table_;
+  }
+  const Identity* id = table->FindToken(*parsed);
+  if (id == nullptr) {
+    refused_unknown_->Increment();
+    return absl::UnauthenticatedError("unknown or revoked bearer token");
+  }
+  return Caller{*id, true};
+}
+
 Result<Caller> Authorizer::Authenticate(const grpc::ServerContext* ctx) const {
   if (!multi_tenant()) return Caller{};
   if (ctx == nullptr) {

@@ -54,6 +54,11 @@ class Authorizer {
   // Unauthenticated as described above; counted in kvstash_auth_refused_total{reason}.
   Result<Caller> Authenticate(const grpc::ServerContext* ctx) const;
 
+  // The caller presenting bearer `token` outside gRPC (the arena socket's attach request):
+  // Unauthenticated for an empty, malformed, unknown or revoked token (counted like the gRPC
+  // refusals). Single-tenant mode: an unrestricted caller, whatever the token.
+  Result<Caller> AuthenticateToken(const std::string& token) const;
+
   // Re-reads the tokens file (SIGHUP): revoked tokens stop working for new calls. On error the
   // old table stays.
   Status Reload();

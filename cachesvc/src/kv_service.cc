@@ -71,7 +71,12 @@ Result<ObjectName> KvStashService::CallerKey(const Caller& caller, const v1::Obj
 
 Status KvStashService::CheckQuota(const Caller& caller, uint64_t bytes) {
   if (auth_ == nullptr || !caller.restricted) return OkStatus();
-  return auth_->CheckQuota(caller, bytes, store_->Usage(caller.identity.tenant));
+  storage::NamespaceUsage usage = store_->Usage(caller.identity.tenant);
+  // A tenant with an arena of its own (sized by its cpu quota) is bounded by that arena: a put
+  // evicts the tenant's own least valuable objects, and is ResourceExhausted only when nothing
+  // there is evictable. Only an object larger than the whole quota is refused here.
+  if (store_->arena_segment(caller.identity.tenant).index != 0) usage.cpu_bytes = 0;
+  return auth_->CheckQuota(caller, bytes, usage);
 }
 
 // ---- Lookup ----------------------------------------------------------------
@@ -463,17 +468,24 @@ Status KvStashService::DoStats(const grpc::ServerContext* ctx, v1::StatsResponse
 grpc::Status KvStashService::ArenaInfo(grpc::ServerContext* ctx, const v1::ArenaInfoRequest* req,
                                        v1::ArenaInfoResponse* resp) {
   RpcScope scope(metrics_, Method::kArenaInfo, req->ByteSizeLong());
+  uint64_t arena_bytes = store_->arena_bytes();
   if (auth_ != nullptr && auth_->multi_tenant()) {
-    // Every same-node client would map the one arena read-write (docs/deploy.md "Tenants").
+    // A tenant maps only its own arena (docs/deploy.md "Shared memory"); the arena socket checks
+    // the bearer token again before it sends any fd.
     Result<Caller> caller = Who(ctx);
-    return ToGrpcStatus(scope.Finish(
-        caller.ok() ? absl::FailedPreconditionError(
-                          "shared memory is off on a multi-tenant cachesvc: tenants would map "
-                          "each other's objects; use the gRPC byte streams")
-                    : caller.status()));
+    if (!caller.ok()) return ToGrpcStatus(scope.Finish(caller.status()));
+    const storage::ArenaSegment seg = store_->arena_segment(caller->identity.tenant);
+    if (!caller->restricted || seg.index == 0) {
+      return ToGrpcStatus(scope.Finish(absl::FailedPreconditionError(absl::StrCat(
+          "no shared memory for ",
+          caller->restricted ? "tenant " + caller->identity.tenant : std::string("peers"),
+          " on this multi-tenant cachesvc (a tenant gets an arena of its own from a cpu quota); "
+          "use the gRPC byte streams"))));
+    }
+    arena_bytes = seg.bytes;
   }
   resp->set_fd_socket_path(arena_socket_path_);
-  resp->set_arena_bytes(store_->arena_bytes());
+  resp->set_arena_bytes(arena_bytes);
   resp->set_arena_generation(store_->arena_generation());
   resp->set_alignment(kArenaAlignment);
   scope.Finish(OkStatus());

@@ -164,6 +164,11 @@ void ServiceLocalSession::Handle(uint16_t method, std::string_view body, uint16_
       *reply_code = 0;
       return;
     }
+    case LocalMethod::kAttach:
+      // The arena attach request every client sends first; a single-tenant service has nothing
+      // to check (it sent the handshake already). It carries kLocalFlagNoReply.
+      *reply_code = 0;
+      return;
     case LocalMethod::kLookup: {
       v1::LookupRequest req;
       v1::LookupResponse resp;

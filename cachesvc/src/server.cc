@@ -132,6 +132,18 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
       if (ClusterNode* c = hook_owner->commit_hook.load()) c->OnCommit(name);
     };
   }
+  // Multi-tenant: every tenant with a cpu quota gets an arena of its own of that size
+  // (docs/deploy.md "Shared memory"); the others' objects live in the shared arena, which no
+  // client maps. Fixed at start: a tenant added or re-sized by a reload keeps its arena (or has
+  // none) until cachesvc restarts.
+  if (!config.tokens_file.empty() && impl->config.store.tenant_arenas.empty()) {
+    auto table = TenantTable::Load(config.tokens_file);
+    if (!table.ok()) return table.status();
+    for (const auto& [tenant, quota] : table->quotas()) {
+      if (quota.cpu_bytes > 0)
+        impl->config.store.tenant_arenas.push_back({tenant, quota.cpu_bytes});
+    }
+  }
   auto store = storage::ObjectStore::Open(impl->config.store);
   if (!store.ok()) {
     return Status(store.status().code(),
@@ -234,18 +246,49 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
     return fail(absl::FailedPreconditionError(absl::StrCat(
         "cannot create ", socket_dir.string(), " for the arena socket: ", mkdir_error.message())));
   }
-  // Multi-tenant: no arena socket at all. Every client of it would map the whole arena read-write
-  // and its local control calls carry no credentials; tenants use the gRPC byte streams
-  // (docs/deploy.md "Tenants", the shared-memory stopgap).
-  if (!impl->auth->multi_tenant()) {
+  // Multi-tenant: the socket hands a client only its own tenant's arena, after checking its
+  // bearer token, and no local control channel (its calls would carry no credentials; control
+  // calls go over gRPC with the token). docs/deploy.md "Shared memory".
+  if (impl->auth->multi_tenant()) {
+    Authorizer* auth = impl->auth.get();
+    storage::ObjectStore* store = impl->store.get();
+    ArenaAttacher attach = [auth, store](const ArenaAttachRequest& req) -> Result<ArenaGrant> {
+      KVSTASH_ASSIGN_OR_RETURN(Caller caller, auth->AuthenticateToken(req.token));
+      if (caller.identity.role == Role::kPeer) {
+        return absl::PermissionDeniedError("peers do not map arenas");
+      }
+      const storage::ArenaSegment seg = store->arena_segment(caller.identity.tenant);
+      if (seg.index == 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "tenant ", caller.identity.tenant,
+            " has no arena of its own on this node (no cpu quota when cachesvc started); use "
+            "the gRPC byte streams"));
+      }
+      ArenaGrant grant;
+      grant.hello.version = kArenaHandshakeVersion2;
+      grant.hello.arena_bytes = seg.bytes;
+      grant.hello.arena_generation = store->arena_generation();
+      grant.hello.alignment = kArenaAlignment;
+      grant.hello.arena_offset = seg.offset;
+      grant.hello.features = kArenaFeatureReadOnlyFd;
+      grant.fds.push_back(seg.read_only_fd);
+      if (req.writable) {
+        grant.hello.features |= kArenaFeatureWritableFd;
+        grant.fds.push_back(seg.fd);
+      }
+      return grant;
+    };
+    auto arena =
+        ArenaSocketServer::StartAuthenticated(impl->arena_socket_path, attach, &impl->registry);
+    if (!arena.ok()) return fail(arena.status());
+    impl->arena_socket = std::move(*arena);
+  } else {
     auto arena = ArenaSocketServer::Start(
         impl->arena_socket_path, impl->store->arena_fd(), hello, &impl->registry,
         ServiceLocalSessions(impl->service.get(), impl->store.get(), &impl->registry),
         config.local_control_connections, std::chrono::microseconds{config.local_control_poll_us});
     if (!arena.ok()) return fail(arena.status());
     impl->arena_socket = std::move(*arena);
-  } else {
-    impl->arena_socket_path.clear();
   }
 
   if (impl->cluster != nullptr) {

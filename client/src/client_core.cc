@@ -17,14 +17,23 @@ namespace kvstash::client::internal {
 
 ArenaMapping::~ArenaMapping() {
   if (base != nullptr) ::munmap(base, bytes);
+  if (write_base != nullptr && write_base != base) ::munmap(write_base, bytes);
 }
 
-Result<uint8_t*> ArenaMapping::At(uint64_t offset, uint64_t n) const {
-  if (offset > bytes || n > bytes - offset) {
+Result<const uint8_t*> ArenaMapping::At(uint64_t offset, uint64_t n) const {
+  if (offset < origin || offset - origin > bytes || n > bytes - (offset - origin)) {
     return absl::InternalError(absl::StrCat("service returned arena range [", offset, ", +", n,
-                                            ") outside the ", bytes, "-byte arena"));
+                                            ") outside the mapped [", origin, ", +", bytes, ")"));
   }
-  return base + offset;
+  return base + (offset - origin);
+}
+
+Result<uint8_t*> ArenaMapping::AtWrite(uint64_t offset, uint64_t n) const {
+  KVSTASH_ASSIGN_OR_RETURN(const uint8_t* at, At(offset, n));
+  if (write_base == nullptr) {
+    return absl::FailedPreconditionError("the arena is mapped read-only");
+  }
+  return write_base + (at - base);
 }
 
 void ClientCore::SetDeadline(grpc::ClientContext* ctx, std::chrono::milliseconds timeout) const {
@@ -50,43 +59,62 @@ Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
   if (resp.fd_socket_path().empty()) {
     return absl::UnavailableError("service offers no arena socket");
   }
+  ArenaAttachRequest attach;
+  attach.token = options.bearer_token;  // a multi-tenant service maps it to the tenant's arena
   KVSTASH_ASSIGN_OR_RETURN(
       ReceivedArena received,
       ReceiveArenaFd(resp.fd_socket_path(), static_cast<int>(options.connect_timeout.count()),
-                     /*keep_connection=*/options.local_control));
+                     /*keep_connection=*/options.local_control, attach));
+  // Version 2: fd is the read-only one; a read-write one may follow.
+  const bool split = received.hello.version == kArenaHandshakeVersion2;
+  int writable_fd = received.writable_fd;
   // The handshake's connection becomes the local control channel's anchor, or is closed.
   int connection = received.connection;
   if (connection >= 0 && (received.hello.features & kArenaFeatureLocalControl) == 0) {
     ::close(connection);
     connection = -1;
   }
-  struct stat st;
-  if (::fstat(received.fd, &st) != 0 ||
-      static_cast<uint64_t>(st.st_size) < received.hello.arena_bytes ||
-      received.hello.arena_bytes == 0) {
-    ::close(received.fd);
+  auto m = std::make_shared<ArenaMapping>();
+  m->bytes = received.hello.arena_bytes;
+  // Maps `fd` (closing it: the mapping keeps the memory alive).
+  auto map = [&](int fd, int prot) -> Result<uint8_t*> {
+    struct stat st;
+    if (::fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < m->bytes || m->bytes == 0) {
+      ::close(fd);
+      return absl::InternalError(
+          absl::StrCat("arena fd is smaller than the announced ", m->bytes, " bytes"));
+    }
+    void* at = ::mmap(nullptr, m->bytes, prot, MAP_SHARED, fd, 0);
+    int mmap_errno = errno;
+    ::close(fd);
+    if (at == MAP_FAILED) {
+      return absl::UnavailableError(
+          absl::StrCat("mmap of the arena (", m->bytes, " bytes): ", std::strerror(mmap_errno)));
+    }
+    return static_cast<uint8_t*>(at);
+  };
+  Result<uint8_t*> read_view = map(received.fd, split ? PROT_READ : PROT_READ | PROT_WRITE);
+  Result<uint8_t*> write_view =
+      split ? (writable_fd >= 0 ? map(writable_fd, PROT_READ | PROT_WRITE)
+                                : Result<uint8_t*>(static_cast<uint8_t*>(nullptr)))
+            : read_view;
+  if (read_view.ok()) m->base = *read_view;
+  if (split && write_view.ok()) m->write_base = *write_view;
+  if (!split) m->write_base = m->base;
+  if (!read_view.ok() || !write_view.ok()) {
     if (connection >= 0) ::close(connection);
-    return absl::InternalError(absl::StrCat("arena fd is smaller than the announced ",
-                                            received.hello.arena_bytes, " bytes"));
-  }
-  void* base = ::mmap(nullptr, received.hello.arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
-                      received.fd, 0);
-  int mmap_errno = errno;
-  ::close(received.fd);  // the mapping keeps the memory alive
-  if (base == MAP_FAILED) {
-    if (connection >= 0) ::close(connection);
-    return absl::UnavailableError(absl::StrCat("mmap of the arena (", received.hello.arena_bytes,
-                                               " bytes): ", std::strerror(mmap_errno)));
+    return read_view.ok() ? write_view.status() : read_view.status();  // m unmaps what worked
   }
   if (options.prefault_arena) {
-    // Best effort: kernels before 5.14 do not know MADV_POPULATE_WRITE; pages then fault lazily.
+    // Best effort: kernels before 5.14 do not know MADV_POPULATE_*; pages then fault lazily.
 #ifdef MADV_POPULATE_WRITE
-    (void)::madvise(base, received.hello.arena_bytes, MADV_POPULATE_WRITE);
+    if (m->write_base != nullptr) (void)::madvise(m->write_base, m->bytes, MADV_POPULATE_WRITE);
+#endif
+#ifdef MADV_POPULATE_READ
+    if (m->base != m->write_base) (void)::madvise(m->base, m->bytes, MADV_POPULATE_READ);
 #endif
   }
-  auto m = std::make_shared<ArenaMapping>();
-  m->base = static_cast<uint8_t*>(base);
-  m->bytes = received.hello.arena_bytes;
+  m->origin = received.hello.arena_offset;
   m->generation = received.hello.arena_generation;
   m->alignment = received.hello.alignment;
   mapping = m;

@@ -19,10 +19,15 @@
 
 namespace kvstash::client::internal {
 
-// A MAP_SHARED mapping of the service's arena memfd; unmapped when the last holder lets go.
+// MAP_SHARED mappings of the service's arena memfd; unmapped when the last holder lets go.
+// Single-tenant service: one read-write mapping of the whole arena (base == write_base).
+// Multi-tenant service: the tenant's own arena only, read through a mapping of its read-only fd
+// (a lease's bytes cannot be written through it) and written through a second, read-write one.
 struct ArenaMapping {
-  uint8_t* base = nullptr;
+  uint8_t* base = nullptr;        // reads (leases)
+  uint8_t* write_base = nullptr;  // writes (reservations); null when read-only
   uint64_t bytes = 0;
+  uint64_t origin = 0;  // the service's arena offset of the mapping's first byte
   uint64_t generation = 0;
   uint32_t alignment = 0;
 
@@ -31,8 +36,11 @@ struct ArenaMapping {
   ArenaMapping(const ArenaMapping&) = delete;
   ArenaMapping& operator=(const ArenaMapping&) = delete;
 
-  // The span [offset, offset + n) or Internal when it does not fit (never trust offsets blindly).
-  Result<uint8_t*> At(uint64_t offset, uint64_t n) const;
+  // The bytes of the service's arena range [offset, offset + n) to read, or Internal when they
+  // are not in the mapping (never trust offsets blindly).
+  Result<const uint8_t*> At(uint64_t offset, uint64_t n) const;
+  // The same to write; FailedPrecondition without a writable mapping.
+  Result<uint8_t*> AtWrite(uint64_t offset, uint64_t n) const;
 };
 
 struct ClientCore {

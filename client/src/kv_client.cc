@@ -211,7 +211,7 @@ Result<WriteReservation> KvClient::Reserve(const ObjectName& name, const ObjectI
   KVSTASH_RETURN_IF_ERROR(
       core_->Unary(LocalMethod::kReserve, &v1::KvStash::Stub::Reserve, req, &resp));
   auto mapping = core_->MappingFor(resp.arena_generation());
-  Result<uint8_t*> at = mapping.ok() ? (*mapping)->At(resp.arena_offset(), info.payload_bytes)
+  Result<uint8_t*> at = mapping.ok() ? (*mapping)->AtWrite(resp.arena_offset(), info.payload_bytes)
                                      : Result<uint8_t*>(mapping.status());
   if (!at.ok()) {
     (void)core_->AbortReservation(resp.reservation_id());

@@ -107,6 +107,7 @@ Result<int> LocalControl::Open() {
       ReceivedArena received,
       ReceiveArenaFd(socket_path_, static_cast<int>(timeout_.count()), /*keep_connection=*/true));
   ::close(received.fd);  // this client mapped the arena already
+  if (received.writable_fd >= 0) ::close(received.writable_fd);
   if ((received.hello.features & kArenaFeatureLocalControl) == 0) {
     ::close(received.connection);
     return absl::UnavailableError("the service has no local control connection to spare");

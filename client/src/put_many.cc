@@ -232,7 +232,7 @@ std::vector<Status> KvClient::PutManyShared(std::span<const PutItem> items,
     const PutItem& item = items[i];
     auto mapping = core_->MappingFor(reservation.arena_generation());
     Result<uint8_t*> at = mapping.ok()
-                              ? (*mapping)->At(reservation.arena_offset(), item.PayloadSize())
+                              ? (*mapping)->AtWrite(reservation.arena_offset(), item.PayloadSize())
                               : Result<uint8_t*>(mapping.status());
     if (!at.ok()) {
       (void)core_->AbortReservation(reservation.reservation_id());

@@ -64,6 +64,8 @@ const char* LocalMethodName(uint16_t method) {
       return "Release";
     case LocalMethod::kHello:
       return "Hello";
+    case LocalMethod::kAttach:
+      return "Attach";
   }
   return "unknown";
 }

@@ -48,6 +48,39 @@ TEST(ArenaHandshake, EncodeDecodeRoundTrip) {
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+TEST(ArenaHandshake, VersionTwoAndAttachRequestRoundTrip) {
+  ArenaHandshake hello{.arena_bytes = 1ull << 30,
+                       .arena_generation = 77,
+                       .alignment = 4096,
+                       .features = kArenaFeatureReadOnlyFd | kArenaFeatureWritableFd,
+                       .arena_offset = 3ull << 30,
+                       .version = kArenaHandshakeVersion2};
+  auto bytes = EncodeArenaHandshake(hello);
+  ASSERT_EQ(bytes.size(), kArenaHandshakeV2Bytes);
+  ASSERT_OK_AND_ASSIGN(ArenaHandshake back, DecodeArenaHandshake(bytes));
+  EXPECT_EQ(back.version, kArenaHandshakeVersion2);
+  EXPECT_EQ(back.arena_offset, hello.arena_offset);
+  EXPECT_EQ(back.features, hello.features);
+  // A version 2 message cut to version 1's length is refused.
+  EXPECT_THAT(DecodeArenaHandshake(std::span<const uint8_t>(bytes.data(), kArenaHandshakeBytes)),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+
+  std::string body = EncodeArenaAttachRequest({.writable = false, .token = "tok-0123456789abcdef"});
+  ASSERT_OK_AND_ASSIGN(ArenaAttachRequest request,
+                       DecodeArenaAttachRequest(std::span<const uint8_t>(
+                           reinterpret_cast<const uint8_t*>(body.data()), body.size())));
+  EXPECT_FALSE(request.writable);
+  EXPECT_EQ(request.token, "tok-0123456789abcdef");
+  const uint8_t bad_access[] = {7, 'x'};
+  EXPECT_THAT(DecodeArenaAttachRequest(bad_access), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(DecodeArenaAttachRequest({}), StatusIs(absl::StatusCode::kInvalidArgument));
+  std::string huge(2 + kMaxArenaAttachTokenBytes, 't');
+  huge[0] = 1;
+  EXPECT_THAT(DecodeArenaAttachRequest(std::span<const uint8_t>(
+                  reinterpret_cast<const uint8_t*>(huge.data()), huge.size())),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST(ArenaSocket, HandsOutTheSameMemory) {
   constexpr size_t kBytes = 1 << 20;
   int memfd = ::memfd_create("kvs-test-arena", MFD_CLOEXEC);

@@ -5,19 +5,29 @@
 // (scripts/make_test_certs.sh); no private key is committed. Tenants: calls without, with
 // malformed, huge, unknown or revoked credentials are refused; tenant B naming tenant A's
 // namespace in every RPC is refused and A's objects stay as they were; ids of A's reservations
-// and leases are refused to B; shared memory is off; quotas refuse puts past them.
+// and leases are refused to B; a tenant with a cpu quota maps only its own arena (read-only
+// mappings for reads), one without gets no shared memory; quotas bound each tenant's arena.
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <openssl/sha.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <thread>
 
 #include "kvstash/client/kv_client.h"
+#include "kvstash/proto/arena_handshake.h"
+#include "kvstash/proto/local_control.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "service_process.h"
 #include "test_objects.h"
@@ -231,6 +241,7 @@ TEST_F(TlsTest, PeersFetchOverMutualTls) {
 constexpr char kAlphaToken[] = "alpha-token-0123456789";
 constexpr char kBetaToken[] = "beta-token-0123456789";
 constexpr char kAdminToken[] = "admin-token-0123456789";
+constexpr char kGammaToken[] = "gamma-token-0123456789";
 
 std::string Sha256Hex(const std::string& text) {
   unsigned char d[SHA256_DIGEST_LENGTH];
@@ -252,8 +263,10 @@ class TenantTest : public TlsTest {
         << "token  " << kAlphaToken << "  alpha\n";
     if (with_beta) out << "sha256 " << Sha256Hex(kBetaToken) << " beta user\n";
     out << "token  " << kAdminToken << "  ops admin\n"
+        << "token  " << kGammaToken << "  gamma\n"
         << "cert   tenant-a alpha\n"
-        << "quota  alpha cpu=64KiB ssd=1MiB\n";
+        << "quota  alpha cpu=64KiB ssd=1MiB\n"
+        << "quota  gamma cpu=1MiB\n";
   }
 
   void StartNode(bool tls = false) {
@@ -381,10 +394,10 @@ TEST_F(TenantTest, TenantCannotNameAnotherTenantsNamespace) {
   std::unique_ptr<KvClient> alpha = As(kAlphaToken), beta = As(kBetaToken), admin = As(kAdminToken);
   ASSERT_NE(alpha, nullptr);
   ASSERT_NE(beta, nullptr);
-  // No shared memory for anyone on a multi-tenant node, and no arena socket to map.
-  EXPECT_FALSE(alpha->shared_memory_attached());
-  EXPECT_THAT(alpha->shared_memory_status(), StatusIs(absl::StatusCode::kFailedPrecondition));
-  EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/arena.sock"));
+  // alpha (a cpu quota: an arena of its own) maps it; beta (no quota) gets no shared memory.
+  EXPECT_TRUE(alpha->shared_memory_attached());
+  EXPECT_FALSE(beta->shared_memory_attached());
+  EXPECT_THAT(beta->shared_memory_status(), StatusIs(absl::StatusCode::kFailedPrecondition));
 
   std::vector<uint8_t> payload = TestPayload(9, 4096);
   ObjectInfo info = WithCrc(TestInfo(16), payload);
@@ -606,33 +619,165 @@ TEST_F(TenantTest, GenerateThroughTlsWithAToken) {
   EXPECT_THAT(refused, HasSubstr("UNAUTHENTICATED"));
 }
 
-TEST_F(TenantTest, QuotaRefusesPutsPastIt) {
+// alpha's cpu quota (64 KiB) is the size of its own arena: its puts past it evict its own
+// oldest objects (to SSD), never another tenant's; an object larger than the quota is refused.
+TEST_F(TenantTest, QuotaIsTheTenantsOwnArena) {
   StartNode();
   std::unique_ptr<KvClient> alpha = As(kAlphaToken), beta = As(kBetaToken);
   ASSERT_NE(alpha, nullptr);
   ASSERT_NE(beta, nullptr);
-  // 16 KiB objects against alpha's 64 KiB CPU quota: four fit, the fifth does not.
-  for (uint64_t i = 0; i < 4; ++i) {
-    std::vector<uint8_t> p = TestPayload(100 + i, 16 << 10);
-    ASSERT_THAT(alpha->Put(TestName(100 + i, ""), WithCrc(TestInfo(64), p), p), IsOk()) << i;
+  ASSERT_TRUE(alpha->shared_memory_attached());
+  std::vector<uint8_t> theirs = TestPayload(300, 16 << 10);
+  ASSERT_THAT(beta->Put(TestName(300, ""), WithCrc(TestInfo(64), theirs), theirs), IsOk());
+  // Eight 16 KiB objects, twice the quota: every put succeeds.
+  std::vector<std::vector<uint8_t>> mine;
+  for (uint64_t i = 0; i < 8; ++i) {
+    mine.push_back(TestPayload(100 + i, 16 << 10));
+    ASSERT_THAT(alpha->Put(TestName(100 + i, ""), WithCrc(TestInfo(64), mine[i]), mine[i]), IsOk())
+        << i;
   }
-  std::vector<uint8_t> p = TestPayload(200, 16 << 10);
-  EXPECT_THAT(alpha->Put(TestName(200, ""), WithCrc(TestInfo(64), p), p),
+  ASSERT_OK_AND_ASSIGN(ServiceStats alpha_stats, alpha->Stats());
+  ASSERT_FALSE(alpha_stats.tiers.empty());
+  EXPECT_LE(alpha_stats.tiers[0].used_bytes, 64u << 10);  // the CPU tier: within the quota
+  // Nothing of beta's was evicted for alpha, and all of alpha's are still readable.
+  ASSERT_OK_AND_ASSIGN(GetReply got, beta->Get(TestName(300, "")));
+  EXPECT_EQ(got.payload, theirs);
+  for (uint64_t i = 0; i < 8; ++i) {
+    ASSERT_OK_AND_ASSIGN(GetReply back, alpha->Get(TestName(100 + i, "")));
+    EXPECT_EQ(back.payload, mine[i]) << i;
+  }
+  std::vector<uint8_t> big = TestPayload(200, 272 * 256);  // 68 KiB: 272 tokens of 256 bytes
+  EXPECT_THAT(alpha->Put(TestName(200, ""), WithCrc(TestInfo(272), big), big),
               StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_GE(MetricSum(svc_->metrics_port(), "kvstash_quota_exceeded_total"), 1);
-  // Another tenant's room is its own; deleting frees alpha's.
-  EXPECT_THAT(beta->Put(TestName(200, ""), WithCrc(TestInfo(64), p), p), IsOk());
-  const ObjectName first = TestName(100, "");
-  ASSERT_THAT(alpha->Delete(std::span(&first, 1)).status(), IsOk());
-  // The deleted object's arena bytes count until the store frees them, which waits for an SSD
-  // write-through still reading them: retry a bounded number of times.
-  Status again = absl::ResourceExhaustedError("not tried");
-  for (int attempt = 0; attempt < 200 && again.code() == absl::StatusCode::kResourceExhausted;
-       ++attempt) {
-    if (attempt > 0) std::this_thread::sleep_for(20ms);
-    again = alpha->Put(TestName(200, ""), WithCrc(TestInfo(64), p), p);
+}
+
+// The arena socket of a multi-tenant node: a client gets only its own tenant's arena, after its
+// bearer token is checked; a read-only attach gets an fd whose mapping cannot be written; a
+// client without a token, with a bad one, or of a tenant without an arena gets no fd and a
+// precise status; another tenant's fd is other memory that holds nothing of alpha's.
+TEST_F(TenantTest, ArenaSocketHandsATenantOnlyItsOwnArena) {
+  StartNode();
+  std::unique_ptr<KvClient> alpha = As(kAlphaToken);
+  ASSERT_NE(alpha, nullptr);
+  ASSERT_TRUE(alpha->shared_memory_attached());
+  std::vector<uint8_t> payload = TestPayload(41, 4096);
+  const ObjectName mine = TestName(41, "alpha");
+  ASSERT_THAT(alpha->Put(mine, WithCrc(TestInfo(16), payload), payload), IsOk());
+  const std::string sock = dir_.path() + "/arena.sock";
+  auto attach = [&](const std::string& token, bool writable) {
+    return ReceiveArenaFd(sock, 5000, false, ArenaAttachRequest{writable, token});
+  };
+
+  // Refused, each with its status and no fd.
+  EXPECT_THAT(attach("", true), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(attach("unknown-token-0123456789", true),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(attach("bad token", false), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(attach(kBetaToken, true), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(attach(kAdminToken, false), StatusIs(absl::StatusCode::kFailedPrecondition));
+  {
+    // Not an attach request at all: a refusal, then the connection closes.
+    sockaddr_un addr;
+    ASSERT_OK_AND_ASSIGN(unsigned len, MakeUnixAddress(sock, &addr));
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    timeval tv{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), len), 0);
+    const char garbage[16] = "GET / HTTP/1.1";
+    ASSERT_EQ(::send(fd, garbage, sizeof(garbage), MSG_NOSIGNAL), 16);
+    char reply[64] = {};
+    ssize_t n = ::recv(fd, reply, sizeof(reply), MSG_WAITALL);
+    ::close(fd);
+    ASSERT_GE(n, 12);
+    EXPECT_EQ(std::string(reply, 4), "KVSE");
   }
-  EXPECT_THAT(again, IsOk());
+  EXPECT_GE(MetricSum(svc_->metrics_port(), "kvstash_arena_attach_refused_total"), 6);
+
+  // alpha, read-only: its own 64 KiB arena, one fd, which cannot be written in any way.
+  ASSERT_OK_AND_ASSIGN(ReceivedArena ro, attach(kAlphaToken, false));
+  EXPECT_EQ(ro.hello.version, kArenaHandshakeVersion2);
+  EXPECT_NE(ro.hello.features & kArenaFeatureReadOnlyFd, 0u);
+  EXPECT_EQ(ro.hello.features & kArenaFeatureWritableFd, 0u);
+  EXPECT_EQ(ro.writable_fd, -1);
+  EXPECT_EQ(ro.hello.arena_bytes, 64u << 10);
+  errno = 0;
+  EXPECT_EQ(::mmap(nullptr, ro.hello.arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, ro.fd, 0),
+            MAP_FAILED);
+  EXPECT_EQ(errno, EACCES);
+  errno = 0;
+  EXPECT_EQ(::ftruncate(ro.fd, 1 << 20), -1);  // sealed (and opened read-only)
+  auto* view =
+      static_cast<uint8_t*>(::mmap(nullptr, ro.hello.arena_bytes, PROT_READ, MAP_SHARED, ro.fd, 0));
+  ASSERT_NE(view, MAP_FAILED);
+  errno = 0;
+  EXPECT_EQ(::mprotect(view, ro.hello.arena_bytes, PROT_READ | PROT_WRITE), -1);
+  EXPECT_EQ(errno, EACCES);
+  // A lease of alpha's object: its bytes are in alpha's mapping at offset - arena_offset.
+  auto stub = RawStub();
+  v1::AcquireRequest acquire;
+  ToProto(mine, acquire.add_keys());
+  v1::AcquireResponse leased;
+  {
+    grpc::ClientContext ctx;
+    Authorize(&ctx, std::string("Bearer ") + kAlphaToken);
+    ASSERT_TRUE(stub->Acquire(&ctx, acquire, &leased).ok());
+    ASSERT_EQ(leased.results(0).status().code(), 0);
+  }
+  const uint64_t offset = leased.results(0).arena_offset();
+  ASSERT_GE(offset, ro.hello.arena_offset);
+  ASSERT_LE(offset - ro.hello.arena_offset + payload.size(), ro.hello.arena_bytes);
+  const uint8_t* leased_bytes = view + (offset - ro.hello.arena_offset);
+  EXPECT_EQ(std::memcmp(leased_bytes, payload.data(), payload.size()), 0);
+  // Writing through the lease's view faults (in a child, bounded by an alarm).
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::alarm(10);
+    volatile uint8_t* target = const_cast<volatile uint8_t*>(leased_bytes);
+    target[0] = static_cast<uint8_t>(~leased_bytes[0]);
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "a write through a read-only lease mapping went through";
+  EXPECT_EQ(WTERMSIG(status), SIGSEGV);
+  EXPECT_EQ(std::memcmp(leased_bytes, payload.data(), payload.size()), 0);
+  {
+    grpc::ClientContext ctx;
+    Authorize(&ctx, std::string("Bearer ") + kAlphaToken);
+    v1::ReleaseRequest release;
+    release.add_lease_ids(leased.results(0).lease_id());
+    v1::ReleaseResponse resp;
+    ASSERT_TRUE(stub->Release(&ctx, release, &resp).ok());
+  }
+
+  // gamma, read-write: its own memory (another inode, another range), none of alpha's bytes.
+  ASSERT_OK_AND_ASSIGN(ReceivedArena g, attach(kGammaToken, true));
+  EXPECT_NE(g.hello.features & kArenaFeatureWritableFd, 0u);
+  ASSERT_GE(g.writable_fd, 0);
+  EXPECT_EQ(g.hello.arena_bytes, 1u << 20);
+  struct stat sa, sg, sgw;
+  ASSERT_EQ(::fstat(ro.fd, &sa), 0);
+  ASSERT_EQ(::fstat(g.fd, &sg), 0);
+  ASSERT_EQ(::fstat(g.writable_fd, &sgw), 0);
+  EXPECT_NE(sa.st_ino, sg.st_ino);
+  EXPECT_EQ(sg.st_ino, sgw.st_ino);
+  EXPECT_TRUE(offset < g.hello.arena_offset ||
+              offset >= g.hello.arena_offset + g.hello.arena_bytes);
+  auto* gview =
+      static_cast<uint8_t*>(::mmap(nullptr, g.hello.arena_bytes, PROT_READ, MAP_SHARED, g.fd, 0));
+  ASSERT_NE(gview, MAP_FAILED);
+  EXPECT_EQ(::memmem(gview, g.hello.arena_bytes, payload.data(), payload.size()), nullptr);
+  ::munmap(gview, g.hello.arena_bytes);
+  ::munmap(view, ro.hello.arena_bytes);
+  ::close(ro.fd);
+  ::close(g.fd);
+  ::close(g.writable_fd);
+  // alpha's object is as it was.
+  ASSERT_OK_AND_ASSIGN(GetReply got, alpha->Get(mine));
+  EXPECT_EQ(got.payload, payload);
 }
 
 TEST_F(TenantTest, ClientCertificateNamesTheTenant) {

@@ -1,6 +1,6 @@
 // Fuzz target: the local control channel's frames as cachesvc reads them off a client connection
 // (kvstash/proto/local_control.h): a stream of headers and bodies, each body parsed as the
-// request message its method names.
+// request message its method names (the arena attach request by its own decoder).
 //
 // Invariants: no out-of-bounds reads; a header that decodes re-encodes to the same 16 bytes and
 // never announces more than kMaxLocalFrameBody; decoding stops at the first bad header, as the
@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <string>
 
+#include "kvstash/proto/arena_handshake.h"
 #include "kvstash/proto/local_control.h"
 #include "kvstash/v1/kvstash.pb.h"
 
@@ -53,6 +55,16 @@ void ParseAs(uint16_t method, const uint8_t* body, size_t n) {
       break;
     case LocalMethod::kHello:
       break;
+    case LocalMethod::kAttach: {
+      // The arena attach request (arena_handshake.h): what decodes re-encodes to the same bytes.
+      auto request = kvstash::DecodeArenaAttachRequest(std::span<const uint8_t>(body, n));
+      if (request.ok()) {
+        if (request->token.size() > kvstash::kMaxArenaAttachTokenBytes) __builtin_trap();
+        std::string again = kvstash::EncodeArenaAttachRequest(*request);
+        if (again.size() != n || std::memcmp(again.data(), body, n) != 0) __builtin_trap();
+      }
+      break;
+    }
   }
 }
 

@@ -14,6 +14,7 @@
 #include "kvstash/codec/kvq.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/object_header.h"
+#include "kvstash/proto/arena_handshake.h"
 #include "kvstash/proto/local_control.h"
 #include "kvstash/v1/kvstash.pb.h"
 #include "ssd_record.h"
@@ -205,6 +206,14 @@ int main(int argc, char** argv) {
     big[6] = 0xFF;
     big[7] = 0xFF;
     WriteRaw(frames, "oversized_body", big);
+    // Arena attach requests (kvstash/proto/arena_handshake.h): read-only with a token, and one
+    // with an access byte no version knows.
+    std::vector<uint8_t> attach;
+    AppendFrame(&attach, LocalMethod::kAttach,
+                EncodeArenaAttachRequest({.writable = false, .token = "alpha-token-0123456789"}), 0,
+                kLocalFlagNoReply);
+    AppendFrame(&attach, LocalMethod::kAttach, std::string("\x07tok", 4), 0, kLocalFlagNoReply);
+    WriteRaw(frames, "attach_requests", attach);
   }
   // A byte (top bit: 0 GetChunk, 1 PutChunk; the rest: where to cut), then the message.
   const auto chunks = root / "fuzz_split_bytes_field";

@@ -55,6 +55,9 @@ enum class LocalMethod : uint16_t {
   // service settles a client's open reservations and leases only when its last connection
   // closes (a client may acquire on one connection and release on another).
   kHello = 9,
+  // The arena attach request (arena_handshake.h), always with kLocalFlagNoReply: the first frame
+  // a client sends on the arena socket. A single-tenant service ignores it.
+  kAttach = 10,
 };
 inline constexpr size_t kLocalClientIdBytes = 16;
 // "Reserve", ...; "unknown" for other values.
