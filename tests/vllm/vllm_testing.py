@@ -148,6 +148,12 @@ def run_engine(spec: Dict[str, Any], env: Optional[Dict[str, str]] = None,
     e = dict(os.environ)
     e.update(env or {})
     e.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # The same OpenMP threads for every engine: vLLM CPU reserves one core for its engine core
+    # process, and one more when a kv_transfer_config is set (meant for NIXL), so on a 2-core
+    # machine an engine with the connector gets 2 threads and one without it 1 thread; bf16
+    # results differ with the thread count, enough to flip greedy tokens (docs/connector.md
+    # "Which tokens to expect"). Every engine reserves one core.
+    e.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
     log_path = os.path.join(work, "engine.log")
     with open(log_path, "wb") as log:
         argv = ["ip", "netns", "exec", netns] if netns else []
