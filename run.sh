@@ -96,6 +96,7 @@ case "$cmd" in
     # Gates that need no build come first: a misformatted source fails in seconds.
     log "format check"
     ./scripts/check_format.sh
+    ./scripts/check_headers.sh
     setup
     setup_vllm
     setup_sglang

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Generates connector/engine/src/unicode_tables.inc: code point ranges of the Unicode general
+"""Generates engine/src/unicode_tables.inc: code point ranges of the Unicode general
 categories L* (letters) and N* (numbers), and of the White_Space property, as used by the GPT-2
 pre-tokenizer split. Tables follow the Unicode version of the Python that runs this script.
 
-Run: python3 scripts/gen_unicode_tables.py > connector/engine/src/unicode_tables.inc
+Run: python3 scripts/gen_unicode_tables.py > engine/src/unicode_tables.inc
 """
 import sys
 import unicodedata

@@ -21,8 +21,8 @@
 #include <vector>
 
 #include "kvstash/common/layout.h"
+#include "kvstash/common/object_name.h"
 #include "kvstash/common/status.h"
-#include "kvstash/proto/convert.h"
 
 namespace kvstash::cli {
 

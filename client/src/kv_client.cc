@@ -10,6 +10,7 @@
 #include "credentials.h"
 #include "kvstash/codec/cachegen.h"
 #include "kvstash/common/crc32c.h"
+#include "kvstash/proto/convert.h"
 #include "kvstash/proto/raw_message.h"
 #include "kvstash/proto/status_mapping.h"
 #include "raw_call.h"

@@ -18,6 +18,7 @@
 #include "client_core.h"
 #include "copy_crc.h"
 #include "kvstash/proto/completion_poll.h"
+#include "kvstash/proto/convert.h"
 #include "kvstash/proto/status_mapping.h"
 
 namespace kvstash::client {

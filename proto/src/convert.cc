@@ -32,16 +32,6 @@ v1::DType DTypeToProto(DType d) {
 
 }  // namespace
 
-ObjectName MakeObjectName(std::string name_space, const Hash128& model_fingerprint,
-                          const Hash128& token_hash) {
-  ObjectName name;
-  name.storage_key = ObjectKey(name_space, model_fingerprint, token_hash);
-  name.name_space = std::move(name_space);
-  name.model_fingerprint = model_fingerprint;
-  name.token_hash = token_hash;
-  return name;
-}
-
 void ToProto(const ObjectName& name, v1::ObjectKey* out) {
   out->set_namespace_(name.name_space);
   auto fp = name.model_fingerprint.Bytes();

@@ -27,6 +27,7 @@
 
 #include "kvstash/client/kv_client.h"
 #include "kvstash/proto/arena_handshake.h"
+#include "kvstash/proto/convert.h"
 #include "kvstash/proto/local_control.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "service_process.h"

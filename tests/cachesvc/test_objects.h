@@ -9,7 +9,7 @@
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/key.h"
 #include "kvstash/common/layout.h"
-#include "kvstash/proto/convert.h"
+#include "kvstash/common/object_name.h"
 
 namespace kvstash::testing {
 

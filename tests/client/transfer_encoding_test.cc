@@ -8,6 +8,7 @@
 #include "kvstash/codec/cachegen.h"
 #include "kvstash/codec/synthetic_kv.h"
 #include "kvstash/common/crc32c.h"
+#include "kvstash/proto/convert.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "service_process.h"
 #include "test_objects.h"

@@ -1,4 +1,4 @@
-// Fuzz target: the GGUF container parser (connector/engine gguf.h), which reads model files a user
+// Fuzz target: the GGUF container parser (engine gguf.h), which reads model files a user
 // points the engine at.
 //
 // Input: the file's bytes.

@@ -31,9 +31,9 @@
 
 #include "kvstash/common/key.h"
 #include "kvstash/common/layout.h"
+#include "kvstash/common/object_name.h"
 #include "kvstash/common/status.h"
 #include "kvstash/common/tier.h"
-#include "kvstash/proto/convert.h"  // ObjectName, MakeObjectName
 
 namespace kvstash::client {
 

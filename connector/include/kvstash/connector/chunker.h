@@ -21,8 +21,8 @@
 
 #include "kvstash/common/key.h"
 #include "kvstash/common/layout.h"
+#include "kvstash/common/object_name.h"
 #include "kvstash/common/status.h"
-#include "kvstash/proto/convert.h"  // ObjectName
 
 namespace kvstash::connector {
 

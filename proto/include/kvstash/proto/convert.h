@@ -5,25 +5,15 @@
 
 #include "kvstash/common/key.h"
 #include "kvstash/common/layout.h"
+#include "kvstash/common/object_name.h"
 #include "kvstash/common/status.h"
 #include "kvstash/common/tier.h"
 #include "kvstash/v1/kvstash.pb.h"
 
 namespace kvstash {
 
-// A parsed ObjectKey plus its derived 128-bit storage key.
-struct ObjectName {
-  std::string name_space;
-  Hash128 model_fingerprint;
-  Hash128 token_hash;
-  Hash128 storage_key;  // ObjectKey(name_space, model_fingerprint, token_hash)
-};
-
-inline constexpr size_t kMaxNamespaceBytes = 256;
-
-ObjectName MakeObjectName(std::string name_space, const Hash128& model_fingerprint,
-                          const Hash128& token_hash);
-
+// ObjectName (common/object_name.h) <-> v1::ObjectKey; FromProto refuses a namespace longer than
+// kMaxNamespaceBytes and fingerprints or token hashes that are not 16 bytes.
 void ToProto(const ObjectName& name, v1::ObjectKey* out);
 Result<ObjectName> FromProto(const v1::ObjectKey& key);
 
