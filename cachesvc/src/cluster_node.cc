@@ -6,10 +6,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <deque>
 #include <map>
-#include <mutex>
 #include <set>
 #include <thread>
 #include <unordered_map>
@@ -18,6 +16,7 @@
 #include "kvstash/cluster/etcd_client.h"
 #include "kvstash/cluster/membership.h"
 #include "kvstash/cluster/placement.h"
+#include "kvstash/common/mutex.h"
 #include "kvstash/proto/convert.h"
 #include "kvstash/proto/status_mapping.h"
 #include "kvstash/v1/cluster.grpc.pb.h"
@@ -91,15 +90,17 @@ struct ClusterNode::Impl {
   std::unique_ptr<cluster::Membership> membership;
   Service service{this};
 
-  mutable std::mutex mu;  // view state and the queue
-  std::condition_variable cv;
-  bool stop = false;
-  bool fenced = true;
-  std::shared_ptr<const cluster::Placement> placement;  // live nodes (self unless fenced)
-  std::map<std::string, std::string> address_of;        // node id -> gRPC address, live ones
-  std::deque<Pending> queue;
-  std::set<std::string> lost;          // ids lost since the last repair pass
-  std::map<std::string, Stubs> stubs;  // by address
+  mutable Mutex mu;  // view state and the queue
+  CondVar cv;        // queue, lost or stop changed
+  bool stop ABSL_GUARDED_BY(mu) = false;
+  bool fenced ABSL_GUARDED_BY(mu) = true;
+  // Live nodes (self unless fenced).
+  std::shared_ptr<const cluster::Placement> placement ABSL_GUARDED_BY(mu);
+  // Node id -> gRPC address, live ones.
+  std::map<std::string, std::string> address_of ABSL_GUARDED_BY(mu);
+  std::deque<Pending> queue ABSL_GUARDED_BY(mu);
+  std::set<std::string> lost ABSL_GUARDED_BY(mu);          // ids lost since the last repair pass
+  std::map<std::string, Stubs> stubs ABSL_GUARDED_BY(mu);  // by address
   std::thread worker;
 
   // Hot and pinned objects (config.cluster.hot_replicas > replicas). `hot`: keys this node found
@@ -111,8 +112,8 @@ struct ClusterNode::Impl {
   };
   std::unordered_map<Hash128, Heat, Hash128Hasher> heat;  // worker thread only
   Clock::time_point last_scan{};                          // worker thread only
-  std::set<Hash128> hot;
-  std::map<Hash128, uint32_t> hinted;
+  std::set<Hash128> hot ABSL_GUARDED_BY(mu);
+  std::map<Hash128, uint32_t> hinted ABSL_GUARDED_BY(mu);
 
   Gauge* nodes_gauge = nullptr;
   Gauge* fenced_gauge = nullptr;
@@ -130,7 +131,7 @@ struct ClusterNode::Impl {
            std::chrono::milliseconds(config.peers.timeout_ms * factor + 1000);
   }
 
-  Stubs& StubsFor(const std::string& address) {  // mu held
+  Stubs& StubsFor(const std::string& address) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     auto it = stubs.find(address);
     if (it != stubs.end()) return it->second;
     auto channel = remote->MakeChannel(address);
@@ -143,7 +144,7 @@ struct ClusterNode::Impl {
   void OnView(const cluster::MemberView& view) {
     std::vector<std::string> peers;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       std::set<std::string> was;
       for (const auto& [id, address] : address_of) was.insert(id);
       std::map<std::string, std::string> now;
@@ -172,13 +173,13 @@ struct ClusterNode::Impl {
       }
     }
     remote->SetClusterPeers(peers);
-    cv.notify_all();
+    cv.SignalAll();
   }
 
   bool HotEnabled() const { return config.cluster.hot_replicas > config.cluster.replicas; }
 
   // Owners `key` should have: R, or the hot R for a hot, pinned or hinted key.
-  uint32_t ReplicasForLocked(const Hash128& key) const {  // mu held
+  uint32_t ReplicasForLocked(const Hash128& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     uint32_t r = config.cluster.replicas;
     if (hot.count(key) != 0) r = std::max(r, config.cluster.hot_replicas);
     auto it = hinted.find(key);
@@ -191,7 +192,7 @@ struct ClusterNode::Impl {
     std::shared_ptr<const cluster::Placement> p;
     uint32_t replicas;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       p = placement;
       replicas = ReplicasForLocked(key);
     }
@@ -212,7 +213,7 @@ struct ClusterNode::Impl {
 
   // ---- replication ---------------------------------------------------------------------------
 
-  void Enqueue(Pending p) {  // mu held
+  void Enqueue(Pending p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (queue.size() >= config.cluster.replication_queue) {
       dropped->Increment();
       return;
@@ -235,7 +236,7 @@ struct ClusterNode::Impl {
       req.set_source(self_address);
       bool any_hot = false;
       {
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(&mu);
         for (size_t i : indices) {
           const uint32_t r = ReplicasForLocked(batch[i].name.storage_key);
           req.add_replicas(r);
@@ -250,7 +251,7 @@ struct ClusterNode::Impl {
       remote->AddPeerToken(&ctx);
       v1::KvStashCluster::Stub* stub;
       {
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(&mu);
         stub = StubsFor(address).cluster.get();
       }
       Status s = FromGrpcStatus(stub->Replicate(&ctx, req, &resp));
@@ -277,7 +278,7 @@ struct ClusterNode::Impl {
     }
     if (!retry.empty()) {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       for (Pending& p : retry) Enqueue(std::move(p));
     }
   }
@@ -296,7 +297,7 @@ struct ClusterNode::Impl {
                      std::string(listed.status().message()));
         break;
       }
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       for (const storage::ListedObject& o : listed->objects) {
         Enqueue({o.name, 0});
         ++queued;
@@ -306,7 +307,7 @@ struct ClusterNode::Impl {
     }
     repaired->Increment(queued);
     spdlog::info("event=cluster_repair lost={} queued={}", gone.size(), queued);
-    cv.notify_all();
+    cv.SignalAll();
   }
 
   void Run() {
@@ -314,9 +315,11 @@ struct ClusterNode::Impl {
       std::vector<Pending> batch;
       std::set<std::string> gone;
       {
-        std::unique_lock<std::mutex> lock(mu);
-        cv.wait_for(lock, std::chrono::milliseconds(500),
-                    [this] { return stop || (!fenced && (!queue.empty() || !lost.empty())); });
+        MutexLock lock(&mu);
+        const auto until = Clock::now() + std::chrono::milliseconds(500);
+        while (!stop && (fenced || (queue.empty() && lost.empty()))) {
+          if (!cv.WaitUntil(&mu, until)) break;
+        }
         if (stop) return;
         if (fenced) continue;
         if (!lost.empty()) gone.swap(lost);
@@ -373,7 +376,7 @@ struct ClusterNode::Impl {
     uint64_t turned_hot = 0;
     const size_t hot_count = hot_now.size();
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       for (const storage::StoredName& name : promoted) {
         if (hot.count(name.storage_key) != 0) continue;
         ++turned_hot;
@@ -398,7 +401,7 @@ struct ClusterNode::Impl {
     grpc::Status auth = remote->CheckPeerToken(ctx);
     if (!auth.ok()) return auth;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       if (fenced) {
         return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                             "this node is fenced (no membership renewal within the TTL)");
@@ -413,7 +416,7 @@ struct ClusterNode::Impl {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "replicas: one per key, or none");
     }
     if (req.replicas_size() != 0) {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       for (int i = 0; i < req.replicas_size(); ++i) {
         const uint32_t r = std::min<uint32_t>(req.replicas(i), 16);
         if (r <= config.cluster.replicas) continue;
@@ -451,7 +454,7 @@ struct ClusterNode::Impl {
     line.set_capacity_bytes(config.store.cpu_capacity_bytes + config.store.ssd_capacity_bytes);
     std::shared_ptr<const cluster::Placement> p;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       line.set_state(fenced ? "fenced" : "live");
       line.set_replication_pending(queue.size());
       p = placement;
@@ -485,7 +488,7 @@ struct ClusterNode::Impl {
         remote->AddPeerToken(&ctx);  // a multi-tenant node admits peers by the secret
         v1::KvStash::Stub* stub;
         {
-          std::lock_guard<std::mutex> lock(mu);
+          MutexLock lock(&mu);
           stub = StubsFor(address).kv.get();
         }
         if (!stub->Lookup(&ctx, req, &resp).ok()) break;
@@ -496,7 +499,7 @@ struct ClusterNode::Impl {
     }
     uint64_t under = 0;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(&mu);
       for (size_t i = 0; i < names.size(); ++i) {
         under += copies[i] < std::min<size_t>(ReplicasForLocked(names[i].storage_key), live);
       }
@@ -541,7 +544,7 @@ struct ClusterNode::Impl {
       remote->AddPeerToken(&ctx);
       v1::KvStashCluster::Stub* stub;
       {
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(&mu);
         stub = StubsFor(n.grpc_address).cluster.get();
       }
       if (stub->Status(&ctx, one, &theirs).ok() && theirs.nodes_size() == 1) {
@@ -641,21 +644,21 @@ void ClusterNode::Stop() {
   if (impl_ == nullptr) return;
   if (impl_->membership != nullptr) impl_->membership->Stop();
   {
-    std::lock_guard<std::mutex> lock(impl_->mu);
+    MutexLock lock(&impl_->mu);
     impl_->stop = true;
   }
-  impl_->cv.notify_all();
+  impl_->cv.SignalAll();
   if (impl_->worker.joinable()) impl_->worker.join();
 }
 
 void ClusterNode::OnCommit(const storage::StoredName& name) {
   if (CommittingFetchedObject()) return;
   {
-    std::lock_guard<std::mutex> lock(impl_->mu);
+    MutexLock lock(&impl_->mu);
     if (impl_->stop) return;
     impl_->Enqueue({name, 0});
   }
-  impl_->cv.notify_one();
+  impl_->cv.Signal();
 }
 
 grpc::Service* ClusterNode::service() { return &impl_->service; }
