@@ -25,6 +25,14 @@ export CCACHE_DIR="${CCACHE_DIR:-$KVSTASH_CACHE/ccache}"
 export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
 # Paths relative to the checkout, so that clones and worktrees elsewhere share cached objects.
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"
+# ccache otherwise hashes the build directory of every -g compile (the asan preset, debug), so
+# a clone elsewhere would recompile them all. The cost: an object cached by another clone keeps
+# that clone's build directory in its debug info (DW_AT_comp_dir), so ASan stack traces and
+# debuggers may print paths under that clone (file names and lines are right).
+# CCACHE_HASHDIR=1 in the environment keeps ccache's default.
+if [ -z "${CCACHE_HASHDIR:-}" ]; then
+  export CCACHE_NOHASHDIR=1
+fi
 
 log() { printf '\033[1m[run.sh]\033[0m %s\n' "$*"; }
 
