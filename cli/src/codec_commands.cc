@@ -1,5 +1,6 @@
 // `kvstash codec ...`: encode/decode KV dumps (object files) with CacheGen, inspect containers
-// and profiles, learn model-level CDF profiles.
+// and profiles, learn model-level CDF profiles. On a terminal, encode and decode show a bar on
+// stderr while the codec runs (the time elapsed, then the rate).
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -12,6 +13,7 @@
 #include "kvstash/codec/object_file.h"
 #include "kvstash/codec/profile.h"
 #include "kvstash/common/thread_pool.h"
+#include "progress.h"
 
 namespace kvstash::cli {
 namespace {
@@ -93,7 +95,18 @@ int RunEncode(const EncodeArgs& a) {
   options.model_layers = a.model_layers;
   options.profile = profile;
   options.pool = &pool;
-  auto container = codec::EncodeCacheGen(dump->info.layout, dump->payload, options);
+  Result<std::vector<uint8_t>> container = absl::UnknownError("not run");
+  {
+    // The encoder reports no progress of its own: the bar shows the time taken, then the rate.
+    Progress bar("encode " + a.in, dump->payload.size());
+    bar.RunBusy(
+        [&] { container = codec::EncodeCacheGen(dump->info.layout, dump->payload, options); });
+    if (container.ok()) {
+      bar.Finish();
+    } else {
+      bar.Clear();  // the error is printed on a clean line
+    }
+  }
   if (!container.ok()) return Fail("encode", container.status());
   ObjectInfo info = dump->info;
   info.encoding = Encoding::kCacheGen;
@@ -132,7 +145,15 @@ int RunDecode(const std::string& in, const std::string& out,
   options.profiles = &profiles;
   options.pool = &pool;
   std::vector<uint8_t> kv(ci.RawBytes());
-  s = codec::DecodeCacheGen(obj->payload, kv, options);
+  {
+    Progress bar("decode " + in, kv.size());
+    bar.RunBusy([&] { s = codec::DecodeCacheGen(obj->payload, kv, options); });
+    if (s.ok()) {
+      bar.Finish();
+    } else {
+      bar.Clear();  // the error is printed on a clean line
+    }
+  }
   if (!s.ok()) return Fail("decode", s);
   ObjectInfo info = obj->info;
   info.encoding = Encoding::kRaw;

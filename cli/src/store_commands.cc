@@ -172,7 +172,17 @@ int RunPut(const PutArgs& a) {
   client::PutOptions options;
   options.durable = a.durable;
   options.overwrite = a.overwrite;
-  Status s = (*kv)->Put(*name, object->info, object->payload, options);
+  Status s;
+  {
+    // One client call, no progress of its own: the bar shows the time taken, then the rate.
+    Progress bar(absl::StrCat("put ", a.key), object->payload.size());
+    bar.RunBusy([&] { s = (*kv)->Put(*name, object->info, object->payload, options); });
+    if (s.ok()) {
+      bar.Finish();
+    } else {
+      bar.Clear();  // the error is printed on a clean line
+    }
+  }
   if (!s.ok()) return Fail("put", s);
   const char* path = (*kv)->shared_memory_attached() ? "shared memory" : "gRPC stream";
   if (object->wrapped) {

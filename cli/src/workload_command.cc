@@ -5,6 +5,7 @@
 // in a real chat service, and the demo's workload). Prints TTFT and cache hits per turn; with
 // --out writes them (and the generated tokens) as JSON; with --reference compares the tokens
 // with an earlier pass's JSON. `kvstash workload --summary a.json b.json ...` tabulates passes.
+// On a terminal a progress bar on stderr counts the turns (rate, ETA).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -22,6 +23,7 @@
 #include "kvstash/engine/engine.h"
 #include "kvstash/engine/sampler.h"
 #include "kvstash/engine/tokenizer.h"
+#include "progress.h"
 
 namespace kvstash::cli {
 namespace {
@@ -150,9 +152,18 @@ int RunWorkload(const WorkloadArgs& a) {
   size_t compared = 0, differing = 0;
   std::printf("[%s] %s\n", a.pass.c_str(),
               cache ? ("through cachesvc at " + a.cache_target).c_str() : "no cache");
+  std::fflush(stdout);
+  // Turns done of all; cleared before each printed line (and an error), drawn again after it.
+  Progress bar("workload " + a.pass, a.docs.size() * static_cast<uint64_t>(a.turns),
+               ProgressUnit::kItems);
+  uint64_t turns_done = 0;
+  auto fail = [&bar](const std::string& msg) {
+    bar.Clear();
+    return Fail(msg);
+  };
   for (const std::string& doc : a.docs) {
     auto text = ReadFile(a.text_dir + "/" + doc);
-    if (!text.ok()) return Fail(text.status().ToString());
+    if (!text.ok()) return fail(text.status().ToString());
     const std::string window =
         text->substr(std::min(a.doc_offset, text->size()), size_t{a.doc_tokens} * 8);
     std::vector<int32_t> doc_ids = encode(window);
@@ -168,7 +179,7 @@ int RunWorkload(const WorkloadArgs& a) {
                                          q + "<|im_end|>\n<|im_start|>assistant\n");
       prompt.insert(prompt.end(), tail.begin(), tail.end());
       if (prompt.size() + a.max_tokens + 8 > (*eng)->config().max_seq_len) {
-        return Fail("the conversation outgrew the context length; lower --doc-tokens or --turns");
+        return fail("the conversation outgrew the context length; lower --doc-tokens or --turns");
       }
 
       auto seq = (*eng)->NewSequence();
@@ -179,7 +190,7 @@ int RunWorkload(const WorkloadArgs& a) {
       if (cache) {
         connector::EngineConnector adapter(**eng, *cache);
         auto r = adapter.Prefill(*seq, prompt);
-        if (!r.ok()) return Fail(r.status().ToString());
+        if (!r.ok()) return fail(r.status().ToString());
         logits = std::move(r->logits);
         store = r->store;
         row["hit_tokens"] = r->hit_tokens;
@@ -192,7 +203,7 @@ int RunWorkload(const WorkloadArgs& a) {
         row["scatter_ms"] = r->load.scatter_seconds * 1e3;
       } else {
         auto r = (*eng)->Prefill(*seq, prompt, 0);
-        if (!r.ok()) return Fail(r.status().ToString());
+        if (!r.ok()) return fail(r.status().ToString());
         logits = std::move(*r);
         row["hit_tokens"] = row["cpu_hit_tokens"] = row["ssd_hit_tokens"] = 0;
         row["computed_tokens"] = prompt.size();
@@ -205,7 +216,7 @@ int RunWorkload(const WorkloadArgs& a) {
         answer.push_back(next);
         if (next == im_end || static_cast<int>(answer.size()) >= a.max_tokens) break;
         auto l = (*eng)->Decode(*seq, next);
-        if (!l.ok()) return Fail(l.status().ToString());
+        if (!l.ok()) return fail(l.status().ToString());
         next = engine::Sampler::Argmax(*l);
       }
       if (store) store->Wait();  // before the sequence's blocks are freed
@@ -213,6 +224,7 @@ int RunWorkload(const WorkloadArgs& a) {
       row["tokens"] = answer;
       std::string shown = t.Decode(answer);
       std::replace(shown.begin(), shown.end(), '\n', ' ');
+      bar.Clear();
       std::printf(
           "  %-16s turn %d: prompt %5zu tokens, hit %5u (cpu %5u, ssd %5u), TTFT %8.1f ms | %s\n",
           doc.c_str(), turn + 1, prompt.size(), row["hit_tokens"].get<uint32_t>(),
@@ -228,6 +240,7 @@ int RunWorkload(const WorkloadArgs& a) {
         }
       }
       result["turns"].push_back(row);
+      bar.Update(++turns_done);
       // The next turn continues the conversation with this answer.
       prompt.insert(prompt.end(), answer.begin(), answer.end());
       if (answer.back() != im_end) prompt.push_back(im_end);
@@ -235,6 +248,7 @@ int RunWorkload(const WorkloadArgs& a) {
       prompt.insert(prompt.end(), nl.begin(), nl.end());
     }
   }
+  bar.Finish();
   if (cache) {
     cache->Flush();
     connector::ConnectorStats s = cache->Stats();
