@@ -77,6 +77,10 @@ struct CodecConfig {
   bool kvq = false;               // the KVQ codec (kvq.h) with kvq_options instead of CacheGen
   codec::KvqOptions kvq_options = {};
   bool calibrated = false;  // kvq_options.row_weights come from QualityRun::Calibrate
+  // Context tokens kept exact (f16, counted in the size) beside the KVQ containers: the first
+  // `exact_head` (attention sinks) and the last `exact_tail` (the recent window) of the context.
+  // Each chunk's container then holds only its other tokens.
+  uint32_t exact_head = 0, exact_tail = 0;
 };
 
 std::vector<CodecConfig> LevelConfigs() {
@@ -121,8 +125,11 @@ Result<std::vector<CodecConfig>> ParseBinsConfig(const std::string& spec, uint32
 }
 
 // "name=BITS[:key=token|channel][:value=token|channel][:group=G][:outliers=N][:context=N]
-// [:subchunk=S][:avg=BITS:weights=cal|rel[:min=B][:max=B]]" with BITS "L<level>" or
-// "k1/k2/k3,v1/v2" (bits of the K and V layer groups).
+// [:subchunk=S][:avg=BITS:weights=cal|rel[:min=B][:max=B]][:rot=k|v|kv][:sink=N][:recent=N]"
+// with BITS "L<level>" or "k1/k2/k3,v1/v2" (bits of the K and V layer groups); rot rotates the
+// K and/or V rows (KvqOptions::rotate_*), sink keeps the first N tokens of the context exact in
+// the containers (KvqOptions::sink_tokens), sinkraw/recent keep the first/last N beside them
+// (CodecConfig::exact_head/exact_tail).
 Result<CodecConfig> ParseKvqConfig(const std::string& spec, uint32_t model_layers) {
   auto bad = [&] { return absl::InvalidArgumentError("bad --kvq " + spec); };
   const size_t eq = spec.find('=');
@@ -188,6 +195,16 @@ Result<CodecConfig> ParseKvqConfig(const std::string& spec, uint32_t model_layer
       o.min_bits = static_cast<uint8_t>(n);
     } else if (key == "max") {
       o.max_bits = static_cast<uint8_t>(n);
+    } else if (key == "rot") {
+      if (value != "k" && value != "v" && value != "kv") return bad();
+      o.rotate_keys = value != "v";
+      o.rotate_values = value != "k";
+    } else if (key == "sink") {
+      o.sink_tokens = n;  // in the container (KvqOptions::sink_tokens)
+    } else if (key == "sinkraw") {
+      cfg.exact_head = n;  // beside the containers, as raw f16
+    } else if (key == "recent") {
+      cfg.exact_tail = n;
     } else if (key == "weights") {
       if (value != "cal" && value != "rel") return bad();
       cfg.calibrated = value == "cal";
@@ -438,15 +455,27 @@ Result<std::vector<std::pair<std::string, KvChunk>>> QualityRun::Variants(const 
         if (cfg.kvq) {
           codec::KvqOptions o = cfg.kvq_options;
           o.pool = pool_.get();
-          KVSTASH_ASSIGN_OR_RETURN(std::vector<uint8_t> container,
-                                   codec::EncodeKvq(chunk.layout, chunk.kv, o));
-          KVSTASH_ASSIGN_OR_RETURN(std::vector<uint8_t> decoded,
-                                   codec::DecodeKvq(container, pool_.get()));
-          KvChunk part{chunk.layout, std::move(decoded)};
+          // Tokens [mb, me) of the context go through the codec; the rest of the chunk stays
+          // exact (cfg.exact_head / exact_tail).
+          const uint32_t T = ctx.layout.num_tokens;
+          const uint32_t mb = std::max(t, std::min(cfg.exact_head, t + count));
+          const uint32_t me = std::max(mb, std::min(t + count, T - std::min(cfg.exact_tail, T)));
+          KvChunk part = chunk;  // exact outside [mb, me)
+          std::vector<uint8_t> container;
+          codec::KvqInfo info;
+          if (me > mb) {
+            const KvChunk middle = Slice(ctx, mb, me - mb);
+            KVSTASH_ASSIGN_OR_RETURN(container, codec::EncodeKvq(middle.layout, middle.kv, o));
+            KVSTASH_ASSIGN_OR_RETURN(std::vector<uint8_t> decoded,
+                                     codec::DecodeKvq(container, pool_.get()));
+            PutSlice(part, KvChunk{middle.layout, std::move(decoded)}, mb - t);
+            KVSTASH_ASSIGN_OR_RETURN(info, codec::ParseKvq(container));
+          }
           if (full) {
-            KVSTASH_ASSIGN_OR_RETURN(codec::KvqInfo info, codec::ParseKvq(container));
             Totals& tt = totals[cfg.name];
-            tt.bytes += static_cast<double>(container.size());
+            const double exact_bytes = static_cast<double>(count - (me - mb)) *
+                                       static_cast<double>(chunk.kv.size() / count);
+            tt.bytes += static_cast<double>(container.size()) + exact_bytes;
             tt.tokens += count;
             // KVQ sections in CacheGen's breakdown: bits as bins, frequency tables as CDFs,
             // min/step parameters and exact outliers as scales.
@@ -454,7 +483,7 @@ Result<std::vector<std::pair<std::string, KvChunk>>> QualityRun::Variants(const 
             b.header = info.header;
             b.bins = info.bits;
             b.cdf = info.freqs;
-            b.scales = info.params + info.outliers;
+            b.scales = info.params + info.outliers + static_cast<uint64_t>(exact_bytes);
             b.lengths = info.lengths;
             b.payload = info.payload;
             tt.AddParts(b);
@@ -530,6 +559,14 @@ Status QualityRun::Calibrate(const std::vector<Prompt>& train) {
     return (size_t{layer} * 2 + (r < layout_.num_layers ? 0 : 1)) * row_elems * es;
   };
   std::vector<double> kl(rows, 0), mse(rows, 0);
+  codec::KvqOptions o_cal;  // rotation and sinks of the (first) calibrated configuration
+  for (const CodecConfig& cfg : configs_) {
+    if (!cfg.calibrated) continue;
+    o_cal.rotate_keys = cfg.kvq_options.rotate_keys;
+    o_cal.rotate_values = cfg.kvq_options.rotate_values;
+    o_cal.sink_tokens = cfg.kvq_options.sink_tokens;
+    break;
+  }
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < a_.calibrate; ++i) {
     const Prompt& p = train[i];
@@ -548,7 +585,7 @@ Status QualityRun::Calibrate(const std::vector<Prompt>& train) {
     }
     std::vector<int32_t> forced = {p.tokens[a_.context]};
     forced.insert(forced.end(), targets.begin(), targets.end() - 1);
-    codec::KvqOptions o;
+    codec::KvqOptions o = o_cal;
     o.row_bits.assign(rows, static_cast<uint8_t>(a_.calibrate_bits));
     o.pool = pool_.get();
     KVSTASH_ASSIGN_OR_RETURN(std::vector<uint8_t> container,
@@ -605,7 +642,9 @@ Status QualityRun::Calibrate(const std::vector<Prompt>& train) {
     if (cfg.calibrated) cfg.kvq_options.row_weights = w;
   }
   section_["kvq_calibration"] = {
-      {"prompts", a_.calibrate}, {"bits", a_.calibrate_bits}, {"rows", rows_json}};
+      {"prompts", a_.calibrate},          {"bits", a_.calibrate_bits},
+      {"rotate_keys", o_cal.rotate_keys}, {"rotate_values", o_cal.rotate_values},
+      {"sink_tokens", o_cal.sink_tokens}, {"rows", rows_json}};
   return absl::OkStatus();
 }
 

@@ -107,8 +107,10 @@ void DequantRows(const Geometry& g, uint32_t r, uint32_t t0, uint32_t n, const u
   const uint32_t C = g.C();
   const size_t es = DTypeSize(g.info.dtype);
   const size_t count = size_t{n} * C;
+  const bool rotated = g.rotated(r);
 #if defined(__x86_64__)
-  if (vector && g.info.dtype == DType::kF16 && C % 16 == 0 && internal::CpuHasAvx512()) {
+  if (vector && !rotated && g.info.dtype == DType::kF16 && C % 16 == 0 &&
+      internal::CpuHasAvx512()) {
     uint8_t* dst = out + (g.RowOffset(r) + size_t{t0} * C) * es;
     DequantF16Avx512(g, r, t0, n, syms, mins, steps, dst);
     for (uint32_t i = 0; i < n && !out_idx.empty(); ++i) {
@@ -139,6 +141,7 @@ void DequantRows(const Geometry& g, uint32_t r, uint32_t t0, uint32_t n, const u
       for (uint32_t c = 0; c < C; ++c) dst[c] = mn[c] + static_cast<float>(q[c]) * st[c];
     }
   }
+  if (rotated) RotateBack(block.data(), size_t{n} * g.info.num_heads, g.info.head_dim);
   uint8_t* dst = out + (g.RowOffset(r) + size_t{t0} * C) * es;
   StoreF32(block.data(), g.info.dtype, count, dst);
   const size_t n_out = out_idx.size();
@@ -176,6 +179,9 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
   i.value_scale = o.value_scale;
   i.subchunk_tokens = o.subchunk_tokens;
   i.key_outliers = o.key_outliers;
+  i.rotate_keys = o.rotate_keys;
+  i.rotate_values = o.rotate_values;
+  KVSTASH_ASSIGN_OR_RETURN(i.exact_tokens, ExactTokens(layout, o));
   i.context_channels = o.context_channels == 0 ? layout.head_dim : o.context_channels;
   const bool channelwise =
       o.key_scale == KvqScale::kPerChannel || o.value_scale == KvqScale::kPerChannel;
@@ -195,6 +201,12 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
   if (o.key_outliers >= C || (o.key_outliers > 0 && C > 65536) || C % i.context_channels != 0 ||
       C / i.context_channels + (o.key_outliers > 0 ? 1 : 0) > 255) {
     return absl::InvalidArgumentError("KVQ encode: bad outlier count or context channels");
+  }
+  if ((o.rotate_keys || o.rotate_values) && PowerOfTwoLog2(i.head_dim) < 0) {
+    return absl::InvalidArgumentError("KVQ encode: rotation needs a power-of-two head_dim");
+  }
+  if (o.rotate_keys && o.key_outliers > 0) {
+    return absl::InvalidArgumentError("KVQ encode: rotated keys have no outlier channels");
   }
   if (!o.row_bits.empty()) {
     if (o.row_bits.size() != i.rows()) {
@@ -227,6 +239,17 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
   std::vector<uint8_t> syms(size_t{rows} * T * C);
   std::vector<uint16_t> freqs(i.freqs / 2);
   std::atomic<bool> bad_value{false}, param_overflow{false};
+  // Exact (sink) tokens: checked like the rest, then copied as they are.
+  const size_t exact_elems = size_t{i.exact_tokens} * C;
+  for (uint32_t r = 0; r < rows && exact_elems > 0; ++r) {
+    std::vector<float> x(exact_elems);
+    LoadF32(kv.data() + g.ExactRowOffset(r) * es, i.dtype, x.size(), x.data());
+    for (float v : x) {
+      if (!std::isfinite(v)) {
+        return absl::InvalidArgumentError("KVQ encode: NaN or infinite value in the KV");
+      }
+    }
+  }
 
   auto quantise_row = [&](uint32_t r) {
     std::vector<float> x(size_t{T} * C);
@@ -237,6 +260,7 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
         return;
       }
     }
+    if (g.rotated(r)) RotateForward(x.data(), size_t{T} * i.num_heads, i.head_dim);
     std::vector<uint8_t> is_out(C, 0);
     const uint32_t n_out = g.outliers(r);
     if (n_out > 0) {
@@ -390,6 +414,14 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
   if (!out_values.empty()) {  // memcpy from an empty vector's null data() is undefined
     std::memcpy(out.data() + g.OutlierValueOffset(), out_values.data(), out_values.size());
   }
+  for (uint32_t r = 0; r < rows && exact_elems > 0; ++r) {
+    std::memcpy(out.data() + g.ExactOffset() + r * exact_elems * es,
+                kv.data() + g.ExactRowOffset(r) * es, exact_elems * es);
+    if (!o.reconstruction.empty()) {
+      std::memcpy(o.reconstruction.data() + g.ExactRowOffset(r) * es,
+                  kv.data() + g.ExactRowOffset(r) * es, exact_elems * es);
+    }
+  }
   w = out.data() + g.ParamsOffset();
   for (float v : params) {
     if (i.param_dtype == DType::kF16) {
@@ -460,6 +492,10 @@ Status DecodeKvq(std::span<const uint8_t> container, std::span<uint8_t> out, Thr
   }
   const uint8_t* payload = p.base + g.PayloadOffset();
   const bool simd = g_simd.load();
+  const size_t es = DTypeSize(g.info.dtype), exact_bytes = size_t{g.info.exact_tokens} * C * es;
+  for (uint32_t r = 0; r < rows && exact_bytes > 0; ++r) {
+    std::memcpy(out.data() + g.ExactRowOffset(r) * es, p.Exact(r), exact_bytes);
+  }
   std::atomic<bool> malformed{false};
   // Rows are decoded two at a time (their streams interleaved, DecodeStreamPair).
   struct RowState {
@@ -536,6 +572,10 @@ Result<std::vector<uint8_t>> DecodeKvq(std::span<const uint8_t> container, Threa
 Status DecodeKvqGpu(std::span<const uint8_t> container, void* out, bool out_on_device) {
   KVSTASH_ASSIGN_OR_RETURN(Parsed p, Parse(container));
   const Geometry& g = p.g;
+  if (g.info.rotate_keys || g.info.rotate_values || g.info.exact_tokens > 0) {
+    return absl::UnimplementedError(
+        "KVQ GPU decode: rotated rows and exact tokens are not implemented");
+  }
   const uint32_t rows = g.rows(), C = g.C(), subs = g.subs();
   kernels::KvqCudaInputs in;
   in.num_layers = g.info.num_layers;

@@ -75,6 +75,9 @@ Result<std::vector<uint8_t>> KvqAllocateBits(const KvLayout& layout, std::span<c
   }
   const uint32_t rows = 2 * layout.num_layers, T = layout.num_tokens;
   const uint32_t C = layout.heads() * layout.head_dim;
+  if ((o.rotate_keys || o.rotate_values) && kvq_internal::PowerOfTwoLog2(layout.head_dim) < 0) {
+    return absl::InvalidArgumentError("KVQ allocation: rotation needs a power-of-two head_dim");
+  }
   if (!o.row_weights.empty() && o.row_weights.size() != rows) {
     return absl::InvalidArgumentError("KVQ allocation: row_weights needs one entry per row");
   }
@@ -84,25 +87,39 @@ Result<std::vector<uint8_t>> KvqAllocateBits(const KvLayout& layout, std::span<c
     }
   }
   // Weighted predicted error of each row at "one step = its range": err_r(b) = e[r] / (2^b-1)^2.
+  // Exact (sink) tokens are not quantised: their values count in no range.
+  KVSTASH_ASSIGN_OR_RETURN(const uint32_t exact, kvq_internal::ExactTokens(layout, o));
+  const uint32_t Tq = T - exact;
   std::vector<double> e(rows);
   std::vector<float> x;
   for (uint32_t r = 0; r < rows; ++r) {
     LoadRow(layout, kv, r, &x);
-    double energy = 0;
     for (float v : x) {
       if (!std::isfinite(v)) {
         return absl::InvalidArgumentError("KVQ allocation: NaN or infinite value in the KV");
       }
-      energy += double{v} * v;
     }
+    x.erase(x.begin(), x.begin() + size_t{exact} * C);
+    double energy = 0;
+    for (float v : x) energy += double{v} * v;
     const KvqScale scale = r < layout.num_layers ? o.key_scale : o.value_scale;
     const uint32_t group = std::max<uint32_t>(1, o.group_tokens);
-    const double d = RangeEnergy(x, T, C, scale, group);
+    // Rotated rows: the ranges of the rotated values, their error mapped back (the inverse
+    // rotation multiplies squared errors by 2 when log2(head_dim) is odd, kvq_format.h).
+    double d;
+    if (r < layout.num_layers ? o.rotate_keys : o.rotate_values) {
+      std::vector<float> y = x;
+      kvq_internal::RotateForward(y.data(), size_t{Tq} * layout.heads(), layout.head_dim);
+      d = RangeEnergy(y, Tq, C, scale, group) *
+          (kvq_internal::PowerOfTwoLog2(layout.head_dim) % 2 == 1 ? 2.0 : 1.0);
+    } else {
+      d = RangeEnergy(x, Tq, C, scale, group);
+    }
     double w;
     if (!o.row_weights.empty()) {
       w = o.row_weights[r];
     } else {
-      energy /= static_cast<double>(T) * C;
+      energy /= static_cast<double>(Tq) * C;
       w = energy > 0 ? 1.0 / energy : 0.0;
     }
     e[r] = w * d;

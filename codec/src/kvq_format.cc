@@ -31,7 +31,8 @@ void WriteHeader(const Geometry& g, uint8_t* h) {
   h[12] = static_cast<uint8_t>(i.value_scale);
   h[13] = rans::kProbBits;
   h[14] = rans::kLanes;
-  h[15] = 0;
+  h[15] = static_cast<uint8_t>((i.rotate_keys ? kRotateKeys : 0) |
+                               (i.rotate_values ? kRotateValues : 0) | (i.exact_tokens << 2));
   EncodeFixed32(h + 16, i.num_layers);
   EncodeFixed32(h + 20, i.num_heads);
   EncodeFixed32(h + 24, i.head_dim);
@@ -66,9 +67,12 @@ Result<Parsed> Parse(std::span<const uint8_t> bytes) {
   if (h[11] > 1 || h[12] > 1) return Bad("bad scaling");
   i.key_scale = static_cast<KvqScale>(h[11]);
   i.value_scale = static_cast<KvqScale>(h[12]);
-  if (h[13] != rans::kProbBits || h[14] != rans::kLanes || h[15] != 0) {
+  if (h[13] != rans::kProbBits || h[14] != rans::kLanes) {
     return Bad("unsupported coder parameters");
   }
+  i.rotate_keys = (h[15] & kRotateKeys) != 0;
+  i.rotate_values = (h[15] & kRotateValues) != 0;
+  i.exact_tokens = h[15] >> 2;
   i.num_layers = DecodeFixed32(h + 16);
   i.num_heads = DecodeFixed32(h + 20);
   i.head_dim = DecodeFixed32(h + 24);
@@ -81,7 +85,7 @@ Result<Parsed> Parse(std::span<const uint8_t> bytes) {
   auto in = [](uint32_t v, uint32_t lo, uint32_t hi) { return v >= lo && v <= hi; };
   if (!in(i.num_layers, 1, kMaxDim) || !in(i.num_heads, 1, kMaxDim) ||
       !in(i.head_dim, 1, kMaxDim) || !in(i.num_tokens, 1, kMaxTokens) ||
-      !in(i.subchunk_tokens, 1, 65535)) {
+      !in(i.subchunk_tokens, 1, 65535) || i.exact_tokens >= i.num_tokens) {
     return Bad("shape out of range");
   }
   if (i.RawBytes() > kMaxDecodedBytes) return Bad("decoded size too large");
@@ -94,6 +98,10 @@ Result<Parsed> Parse(std::span<const uint8_t> bytes) {
   }
   const uint32_t C = i.channels();
   if (i.key_outliers >= C || (i.key_outliers > 0 && C > 65536)) return Bad("bad outlier count");
+  if ((i.rotate_keys || i.rotate_values) && PowerOfTwoLog2(i.head_dim) < 0) {
+    return Bad("rotation needs a power-of-two head_dim");
+  }
+  if (i.rotate_keys && i.key_outliers > 0) return Bad("rotated keys with outlier channels");
   if (i.context_channels == 0 || C % i.context_channels != 0 ||
       C / i.context_channels + (i.key_outliers > 0 ? 1 : 0) > 255) {
     return Bad("bad context channels");

@@ -38,17 +38,21 @@ struct Geometry {
 
   uint32_t rows() const { return info.rows(); }
   uint32_t C() const { return info.channels(); }
-  uint32_t T() const { return info.num_tokens; }
+  // Quantised tokens: all but the leading exact ones.
+  uint32_t T() const { return info.num_tokens - info.exact_tokens; }
   uint32_t subs() const { return (T() + info.subchunk_tokens - 1) / info.subchunk_tokens; }
   uint32_t groups() const { return (T() + info.group_tokens - 1) / info.group_tokens; }
   bool is_key(uint32_t r) const { return r < info.num_layers; }
   KvqScale scale(uint32_t r) const { return is_key(r) ? info.key_scale : info.value_scale; }
   uint32_t outliers(uint32_t r) const { return is_key(r) ? info.key_outliers : 0; }
+  bool rotated(uint32_t r) const { return is_key(r) ? info.rotate_keys : info.rotate_values; }
   size_t psize() const { return DTypeSize(info.param_dtype); }
-  size_t RowOffset(uint32_t r) const {
+  // Element offset of row r's first token in the payload, and of its first quantised token.
+  size_t ExactRowOffset(uint32_t r) const {
     const uint32_t layer = r < info.num_layers ? r : r - info.num_layers;
-    return (size_t{layer} * 2 + (r < info.num_layers ? 0 : 1)) * T() * C();
+    return (size_t{layer} * 2 + (r < info.num_layers ? 0 : 1)) * info.num_tokens * C();
   }
+  size_t RowOffset(uint32_t r) const { return ExactRowOffset(r) + size_t{info.exact_tokens} * C(); }
   uint32_t SubTokens(uint32_t s) const {
     return std::min(info.subchunk_tokens, T() - s * info.subchunk_tokens);
   }
@@ -73,6 +77,7 @@ struct Geometry {
     info.bits = n;
     info.outliers =
         uint64_t{info.num_layers} * info.key_outliers * (2 + uint64_t{T()} * DTypeSize(info.dtype));
+    info.exact = uint64_t{n} * info.exact_tokens * C() * DTypeSize(info.dtype);
     info.params = p * psize();
     info.freqs = f * 2;
     info.lengths = uint64_t{subs()} * n * 4;
@@ -82,7 +87,8 @@ struct Geometry {
   uint64_t OutlierValueOffset() const {
     return OutlierIndexOffset() + uint64_t{info.num_layers} * info.key_outliers * 2;
   }
-  uint64_t ParamsOffset() const { return OutlierIndexOffset() + info.outliers; }
+  uint64_t ExactOffset() const { return OutlierIndexOffset() + info.outliers; }
+  uint64_t ParamsOffset() const { return ExactOffset() + info.exact; }
   uint64_t FreqsOffset() const { return ParamsOffset() + info.params; }
   uint64_t LengthsOffset() const { return FreqsOffset() + info.freqs; }
   uint64_t PayloadOffset() const { return LengthsOffset() + info.lengths; }
@@ -94,6 +100,57 @@ struct Geometry {
     return ctx;
   }
 };
+
+// Header byte 15: rotation flags (bits 0-1) and exact leading tokens (bits 2-7).
+inline constexpr uint8_t kRotateKeys = 1, kRotateValues = 2;
+inline constexpr uint32_t kMaxSinkTokens = 63;
+
+// Exact leading tokens of a chunk at `layout` under `o` (KvqOptions::sink_tokens).
+inline Result<uint32_t> ExactTokens(const KvLayout& layout, const KvqOptions& o) {
+  if (o.sink_tokens > kMaxSinkTokens) {
+    return absl::InvalidArgumentError("KVQ: sink_tokens must be 0..63");
+  }
+  if (layout.position_start < 0 || layout.position_start >= int64_t{o.sink_tokens} ||
+      layout.num_tokens < 2) {
+    return 0u;
+  }
+  return std::min<uint32_t>(o.sink_tokens - static_cast<uint32_t>(layout.position_start),
+                            layout.num_tokens - 1);
+}
+
+// log2 of a power of two; -1 otherwise.
+inline int PowerOfTwoLog2(uint32_t d) {
+  if (d == 0 || (d & (d - 1)) != 0) return -1;
+  int m = 0;
+  while ((1u << m) < d) ++m;
+  return m;
+}
+
+// In place: each of the n vectors of d floats (d = 2^m) := H x * 2^-shift, H the Sylvester
+// Walsh-Hadamard matrix of order d (H H = d I). The butterflies run in one fixed order and the
+// scaling is by a power of two, so every caller computes identical values. The encoder rotates
+// with shift ceil(m/2) (RotateForward), the decoder back with floor(m/2) (RotateBack): together
+// 2^-m, the exact inverse; for m even the rotation is orthonormal.
+inline void Hadamard(float* x, size_t n, uint32_t d, int shift) {
+  const float scale = std::ldexp(1.0f, -shift);
+  for (size_t v = 0; v < n; ++v) {
+    float* p = x + v * d;
+    for (uint32_t h = 1; h < d; h <<= 1) {
+      for (uint32_t i = 0; i < d; i += 2 * h) {
+        for (uint32_t j = i; j < i + h; ++j) {
+          const float a = p[j], b = p[j + h];
+          p[j] = a + b;
+          p[j + h] = a - b;
+        }
+      }
+    }
+    for (uint32_t j = 0; j < d; ++j) p[j] *= scale;
+  }
+}
+inline void RotateForward(float* x, size_t n, uint32_t d) {
+  Hadamard(x, n, d, (PowerOfTwoLog2(d) + 1) / 2);
+}
+inline void RotateBack(float* x, size_t n, uint32_t d) { Hadamard(x, n, d, PowerOfTwoLog2(d) / 2); }
 
 // Per-channel minimum and maximum over tokens [t0, t1) of x ([T][C] f32) into mn/mx (C each).
 inline void ChannelMinMax(const float* x, uint32_t C, uint32_t t0, uint32_t t1, float* mn,
@@ -144,6 +201,11 @@ struct Parsed {
   const uint8_t* OutlierValues(uint32_t r) const {
     return base + g.OutlierValueOffset() +
            size_t{r} * g.T() * g.info.key_outliers * DTypeSize(g.info.dtype);
+  }
+  // Row r's exact tokens, [exact_tokens][C] in the KV dtype.
+  const uint8_t* Exact(uint32_t r) const {
+    return base + g.ExactOffset() +
+           size_t{r} * g.info.exact_tokens * g.C() * DTypeSize(g.info.dtype);
   }
   const uint8_t* Freqs(uint32_t r) const { return base + g.FreqsOffset() + g.freq_off[r] * 2; }
 };

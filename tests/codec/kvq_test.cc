@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <memory>
 #include <random>
@@ -479,6 +480,248 @@ TEST(KvqTest, BadAllocationOptionsAreRejected) {
   o.row_weights.clear();
   testing::SetValue(kv, l.dtype, 5, INFINITY);
   EXPECT_THAT(KvqAllocateBits(l, kv, o), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// Independent restatement of the rotation (kvq.h): y = H x * 2^-ceil(m/2) per (token, head),
+// H[i][j] = (-1)^popcount(i & j), d = 2^m.
+std::vector<float> RotateReference(const std::vector<float>& x, uint32_t d) {
+  int m = 0;
+  while ((1u << m) < d) ++m;
+  const double scale = std::ldexp(1.0, -(m + 1) / 2);
+  std::vector<float> y(x.size());
+  for (size_t v = 0; v < x.size() / d; ++v) {
+    for (uint32_t i = 0; i < d; ++i) {
+      double sum = 0;
+      for (uint32_t j = 0; j < d; ++j) {
+        sum += (std::popcount(i & j) % 2 ? -1.0 : 1.0) * x[v * d + j];
+      }
+      y[v * d + i] = static_cast<float>(sum * scale);
+    }
+  }
+  return y;
+}
+
+// Per-token rows quantised in the rotated basis: the rotated error is at most half a step per
+// element, so the error of each (token, head) vector has an L2 norm of at most
+// 2^-floor(m/2) * sqrt(d) * sqrt(d) * step / 2 (f32 KV, f32 parameters). head_dim 8: m odd, so
+// the two scalings differ.
+TEST(KvqTest, RotatedRowsStayWithinHalfARotatedStep) {
+  const uint32_t L = 2, H = 2, D = 8, T = 20, C = H * D;
+  const KvLayout l = MakeLayout(L, H, D, T, DType::kF32);
+  const std::vector<uint8_t> kv = Synthetic(l, 21);
+  KvqOptions o;
+  o.row_bits = {4, 3, 4, 5};
+  o.key_scale = o.value_scale = KvqScale::kPerToken;
+  o.rotate_keys = o.rotate_values = true;
+  ASSERT_OK_AND_ASSIGN(auto container, EncodeKvq(l, kv, o));
+  ASSERT_OK_AND_ASSIGN(KvqInfo info, ParseKvq(container));
+  EXPECT_TRUE(info.rotate_keys);
+  EXPECT_TRUE(info.rotate_values);
+  ASSERT_OK_AND_ASSIGN(auto out, DecodeKvq(container));
+  for (uint32_t row = 0; row < 2 * L; ++row) {
+    const uint32_t layer = row % L, half = row / L;
+    const float top = static_cast<float>((1 << o.row_bits[row]) - 1);
+    for (uint32_t t = 0; t < T; ++t) {
+      const size_t base = ((size_t{layer} * 2 + half) * T + t) * C;
+      std::vector<float> x(C);
+      for (uint32_t c = 0; c < C; ++c) x[c] = ValueAt(kv, l.dtype, base + c);
+      const std::vector<float> y = RotateReference(x, D);
+      const auto [mn, mx] = std::minmax_element(y.begin(), y.end());
+      const double step = (double{*mx} - *mn) / top;
+      for (uint32_t h = 0; h < H; ++h) {
+        double err = 0, norm = 0;
+        for (uint32_t c = h * D; c < (h + 1) * D; ++c) {
+          const double e = double{ValueAt(kv, l.dtype, base + c)} - ValueAt(out, l.dtype, base + c);
+          err += e * e;
+          norm += double{x[c]} * x[c];
+        }
+        const double bound = 0.5 * std::sqrt(double{D}) * std::sqrt(double{D}) * step / 2;
+        EXPECT_LE(std::sqrt(err), bound * 1.001 + 1e-5 * std::sqrt(norm))
+            << "row " << row << " token " << t << " head " << h;
+      }
+    }
+  }
+}
+
+// V rows whose heads have one large dimension: per-token ranges are set by it, which the
+// rotation spreads over the head. The rotated values must come out with far less error.
+TEST(KvqTest, RotationShrinksValueErrorWhenAHeadHasAnOutlierDimension) {
+  const uint32_t L = 4, H = 3, D = 64, T = 128, C = H * D;
+  const KvLayout l = MakeLayout(L, H, D, T, DType::kF16);
+  std::vector<uint8_t> kv = Synthetic(l, 22);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> noise(0.f, 1.f);
+  for (uint32_t layer = 0; layer < L; ++layer) {
+    for (uint32_t t = 0; t < T; ++t) {
+      const size_t base = ((size_t{layer} * 2 + 1) * T + t) * C;
+      for (uint32_t c = 0; c < C; ++c) {
+        testing::SetValue(kv, l.dtype, base + c, c % D == 7 ? 40.f + noise(rng) : noise(rng));
+      }
+    }
+  }
+  auto value_sq_error = [&](bool rotate) -> double {
+    KvqOptions o;
+    o.level = 3;
+    o.rotate_values = rotate;
+    std::vector<uint8_t> recon(kv.size());
+    o.reconstruction = recon;
+    auto container = EncodeKvq(l, kv, o);
+    EXPECT_THAT(container, IsOk());
+    if (!container.ok()) return -1;
+    auto out = DecodeKvq(*container);
+    EXPECT_THAT(out, IsOkAndHolds(recon));
+    double sum = 0;
+    for (uint32_t layer = 0; layer < L; ++layer) {
+      const size_t base = (size_t{layer} * 2 + 1) * T * C;
+      for (size_t k = base; k < base + size_t{T} * C; ++k) {
+        const double e = double{ValueAt(kv, l.dtype, k)} - ValueAt(recon, l.dtype, k);
+        sum += e * e;
+      }
+    }
+    return sum;
+  };
+  const double plain = value_sq_error(false), rotated = value_sq_error(true);
+  EXPECT_GT(plain, 0);
+  EXPECT_LT(rotated, plain / 4) << "plain " << plain << " rotated " << rotated;
+}
+
+TEST(KvqTest, RotatedContainersDecodeIdenticallyOnEveryPath) {
+  const KvLayout l = MakeLayout(4, 3, 64, 300, DType::kF16);
+  const std::vector<uint8_t> kv = Synthetic(l, 23);
+  ThreadPool pool(2);
+  for (const KvqScale key : {KvqScale::kPerToken, KvqScale::kPerChannel}) {
+    KvqOptions o;
+    o.level = 3;
+    o.key_scale = key;
+    o.rotate_keys = key == KvqScale::kPerToken;
+    o.rotate_values = true;
+    std::vector<uint8_t> recon(kv.size());
+    o.reconstruction = recon;
+    ASSERT_OK_AND_ASSIGN(auto a, EncodeKvq(l, kv, o));
+    o.pool = &pool;
+    o.reconstruction = {};
+    ASSERT_OK_AND_ASSIGN(auto b, EncodeKvq(l, kv, o));
+    EXPECT_EQ(a, b);
+    SetKvqSimdForTesting(false);
+    ASSERT_OK_AND_ASSIGN(auto scalar, DecodeKvq(a));
+    SetKvqSimdForTesting(true);
+    ASSERT_OK_AND_ASSIGN(auto vec, DecodeKvq(a, &pool));
+    EXPECT_EQ(scalar, recon);
+    EXPECT_EQ(vec, recon);
+    // An allocation over rotated rows decodes too (level 0, flags kept).
+    o.avg_bits = 3.5f;
+    ASSERT_OK_AND_ASSIGN(auto alloc, EncodeKvq(l, kv, o));
+    ASSERT_OK_AND_ASSIGN(KvqInfo info, ParseKvq(alloc));
+    EXPECT_EQ(info.level, 0);
+    EXPECT_EQ(info.rotate_keys, o.rotate_keys);
+    EXPECT_TRUE(info.rotate_values);
+    EXPECT_THAT(DecodeKvq(alloc, &pool), IsOk());
+  }
+}
+
+TEST(KvqTest, BadRotationsAreRejected) {
+  const KvLayout odd = MakeLayout(1, 2, 12, 8, DType::kF16);  // head_dim not a power of two
+  const std::vector<uint8_t> kv = Synthetic(odd);
+  KvqOptions o;
+  o.rotate_values = true;
+  EXPECT_THAT(EncodeKvq(odd, kv, o), StatusIs(absl::StatusCode::kInvalidArgument));
+  o.avg_bits = 4;
+  EXPECT_THAT(KvqAllocateBits(odd, kv, o), StatusIs(absl::StatusCode::kInvalidArgument));
+  const KvLayout l = MakeLayout(1, 2, 16, 8, DType::kF16);
+  const std::vector<uint8_t> kv16 = Synthetic(l);
+  o = {};
+  o.rotate_keys = true;
+  o.key_outliers = 1;
+  EXPECT_THAT(EncodeKvq(l, kv16, o), StatusIs(absl::StatusCode::kInvalidArgument));
+  // The parser: rotation flags on a head_dim of 12, or with key outliers.
+  ASSERT_OK_AND_ASSIGN(auto plain12, EncodeKvq(odd, kv, KvqOptions{}));
+  plain12[15] = 2;
+  RefreshKvqChecksums(plain12);
+  EXPECT_THAT(ParseKvq(plain12), StatusIs(absl::StatusCode::kInvalidArgument));
+  // Rotated keys with outlier channels.
+  KvqOptions with_outliers;
+  with_outliers.key_outliers = 1;
+  ASSERT_OK_AND_ASSIGN(auto outl, EncodeKvq(l, kv16, with_outliers));
+  outl[15] = 1;
+  RefreshKvqChecksums(outl);
+  EXPECT_THAT(ParseKvq(outl), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// Attention sinks: the chunk's tokens at positions below sink_tokens are exact, the rest are
+// quantised in groups that start after them (so a sink's extreme values widen no range).
+TEST(KvqTest, SinkTokensAreExactAndLeftOutOfTheRanges) {
+  const uint32_t T = 50, C = 24, G = 16, E = 3;
+  KvLayout l = MakeLayout(1, 3, 8, T, DType::kF32);
+  std::vector<uint8_t> kv = Synthetic(l, 31);
+  for (uint32_t c = 0; c < C; ++c) testing::SetValue(kv, l.dtype, c, 5000.f + c);  // K, token 0
+  KvqOptions o;
+  o.row_bits = {3, 3};
+  o.group_tokens = G;
+  o.sink_tokens = E;
+  std::vector<uint8_t> recon(kv.size());
+  o.reconstruction = recon;
+  ASSERT_OK_AND_ASSIGN(auto container, EncodeKvq(l, kv, o));
+  ASSERT_OK_AND_ASSIGN(KvqInfo info, ParseKvq(container));
+  EXPECT_EQ(info.exact_tokens, E);
+  EXPECT_EQ(info.num_tokens, T);
+  EXPECT_EQ(info.exact, 2u * E * C * 4);
+  EXPECT_EQ(info.total(), container.size());
+  SetKvqSimdForTesting(false);
+  ASSERT_OK_AND_ASSIGN(auto scalar, DecodeKvq(container));
+  SetKvqSimdForTesting(true);
+  ASSERT_OK_AND_ASSIGN(auto out, DecodeKvq(container));
+  EXPECT_EQ(out, recon);
+  EXPECT_EQ(scalar, recon);
+  for (uint32_t half = 0; half < 2; ++half) {
+    const size_t row = size_t{half} * T * C;
+    for (uint32_t k = 0; k < E * C; ++k) {
+      EXPECT_EQ(ValueAt(out, l.dtype, row + k), ValueAt(kv, l.dtype, row + k));
+    }
+  }
+  // K is per channel: groups of G quantised tokens, i.e. tokens [E + jG, E + (j+1)G).
+  for (uint32_t c = 0; c < C; ++c) {
+    for (uint32_t t0 = E; t0 < T; t0 += G) {
+      const uint32_t t1 = std::min(T, t0 + G);
+      float mn = INFINITY, mx = -INFINITY;
+      for (uint32_t t = t0; t < t1; ++t) {
+        mn = std::min(mn, ValueAt(kv, l.dtype, t * C + c));
+        mx = std::max(mx, ValueAt(kv, l.dtype, t * C + c));
+      }
+      const float bound = 0.5f * (mx - mn) / 7 * 1.0001f + 1e-6f * (std::fabs(mn) + mx - mn);
+      for (uint32_t t = t0; t < t1; ++t) {
+        ASSERT_LE(std::fabs(ValueAt(kv, l.dtype, t * C + c) - ValueAt(out, l.dtype, t * C + c)),
+                  bound)
+            << "channel " << c << " token " << t;
+      }
+    }
+  }
+}
+
+TEST(KvqTest, SinkTokensApplyOnlyToTheFirstPositionsOfASequence) {
+  auto exact = [](int64_t position_start, uint32_t tokens, uint32_t sinks) -> Result<uint32_t> {
+    KvLayout l = MakeLayout(1, 2, 16, tokens, DType::kF16);
+    l.position_start = position_start;
+    KvqOptions o;
+    o.sink_tokens = sinks;
+    KVSTASH_ASSIGN_OR_RETURN(auto container, EncodeKvq(l, Synthetic(l, 32), o));
+    KVSTASH_ASSIGN_OR_RETURN(KvqInfo info, ParseKvq(container));
+    KVSTASH_ASSIGN_OR_RETURN(auto out, DecodeKvq(container));
+    if (out.size() != l.RawBytes()) return absl::InternalError("decoded size");
+    return info.exact_tokens;
+  };
+  EXPECT_THAT(exact(0, 40, 4), IsOkAndHolds(4u));
+  EXPECT_THAT(exact(2, 40, 4), IsOkAndHolds(2u));  // positions 2 and 3
+  EXPECT_THAT(exact(4, 40, 4), IsOkAndHolds(0u));  // a later chunk holds no sink
+  EXPECT_THAT(exact(0, 3, 8), IsOkAndHolds(2u));   // one token is always quantised
+  EXPECT_THAT(exact(0, 1, 8), IsOkAndHolds(0u));
+  EXPECT_THAT(exact(0, 40, 0), IsOkAndHolds(0u));
+  EXPECT_THAT(exact(0, 40, 64), StatusIs(absl::StatusCode::kInvalidArgument));
+  // A container claiming as many exact tokens as it has tokens is malformed.
+  KvLayout l = MakeLayout(1, 2, 16, 8, DType::kF16);
+  ASSERT_OK_AND_ASSIGN(auto container, EncodeKvq(l, Synthetic(l, 33), KvqOptions{}));
+  container[15] = 8 << 2;
+  RefreshKvqChecksums(container);
+  EXPECT_THAT(ParseKvq(container), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

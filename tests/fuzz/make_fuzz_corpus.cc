@@ -275,6 +275,14 @@ int main(int argc, char** argv) {
     o.context_channels = 8;
     o.row_bits = {1, 8, 2, 3};
     Write(kvq, "per_token_outliers", 0, encode(wide, o, 12));
+    codec::KvqOptions rot;  // rotated keys (per token) and values: the rotation decode path
+    rot.key_scale = codec::KvqScale::kPerToken;
+    rot.rotate_keys = rot.rotate_values = true;
+    Write(kvq, "rotated", 0, encode(wide, rot, 15));
+    codec::KvqOptions sinks;  // two exact (sink) tokens: the exact-token section
+    sinks.sink_tokens = 2;
+    sinks.rotate_values = true;
+    Write(kvq, "sinks", 0, encode(wide, sinks, 16));
     KvLayout f32 = fuzz::FuzzLayout(9);
     f32.dtype = DType::kF32;
     Write(kvq, "narrow_f32", 0, encode(f32, codec::KvqOptions{}, 13));

@@ -11,6 +11,14 @@
 //                in fixed channels, so channel-wise ranges fit keys);
 //   outliers     optionally, the n channels of each K row with the largest |x| in the chunk are
 //                stored exactly (in the KV dtype) and left out of the ranges.
+//   rotation     optionally, K and/or V rows are quantised in a rotated basis: every (token,
+//                head) vector is multiplied by the Walsh-Hadamard matrix of order head_dim
+//                (QuaRot's observation: a rotation spreads a head's outlier dimensions over all
+//                of its dimensions, so ranges shrink); the decoder rotates back. Needs a
+//                power-of-two head_dim; keys that rotate have no outlier channels.
+//   sinks        optionally, the chunk's tokens at sequence positions below n (the attention
+//                sinks: the first tokens of a sequence draw much of every later token's
+//                attention) are stored exactly (in the KV dtype) and left out of quantisation.
 // Symbols are coded per (sub-chunk, row) stream with rANS (32 interleaved states), one frequency
 // table per (row, channel group) carried in the container.
 //
@@ -60,8 +68,15 @@ struct KvqOptions {
   uint32_t model_layers = 0;  // 0 = layout.layer_begin + num_layers
   KvqScale key_scale = KvqScale::kPerChannel;
   KvqScale value_scale = KvqScale::kPerToken;
-  uint32_t group_tokens = 64;      // per-channel scaling: tokens per (min, step) group, 1..65535
-  uint32_t key_outliers = 0;       // K channels per row stored exactly, < channels
+  uint32_t group_tokens = 64;  // per-channel scaling: tokens per (min, step) group, 1..65535
+  uint32_t key_outliers = 0;   // K channels per row stored exactly, < channels
+  // Rotation (see the top of this file): InvalidArgument if head_dim is not a power of two, or
+  // if rotate_keys is combined with key_outliers.
+  bool rotate_keys = false, rotate_values = false;
+  // Attention sinks (see the top of this file): this chunk's tokens at positions
+  // [layout.position_start, sink_tokens) are kept exact, at most num_tokens - 1 of them (a chunk
+  // always quantises one token). 0..63, else InvalidArgument.
+  uint32_t sink_tokens = 0;
   uint32_t context_channels = 0;   // channels per entropy context; 0 = head_dim. Divides C.
   uint32_t subchunk_tokens = 256;  // tokens per stream, 1..65535
   ThreadPool* pool = nullptr;      // not owned
@@ -85,17 +100,22 @@ struct KvqInfo {
   uint8_t level = 0;
   KvqScale key_scale = KvqScale::kPerChannel;
   KvqScale value_scale = KvqScale::kPerToken;
+  bool rotate_keys = false, rotate_values = false;
   uint32_t num_layers = 0, num_heads = 0, head_dim = 0, num_tokens = 0;
+  uint32_t exact_tokens = 0;  // leading tokens stored exactly (sinks); the rest are quantised
   uint32_t subchunk_tokens = 0, group_tokens = 0, key_outliers = 0, context_channels = 0;
   // Bytes per section; they add up to the container size.
-  uint64_t header = 0, bits = 0, outliers = 0, params = 0, freqs = 0, lengths = 0, payload = 0;
+  uint64_t header = 0, bits = 0, outliers = 0, exact = 0, params = 0, freqs = 0, lengths = 0,
+           payload = 0;
 
   uint32_t rows() const { return 2 * num_layers; }
   uint32_t channels() const { return num_heads * head_dim; }
   uint64_t RawBytes() const {
     return uint64_t{rows()} * num_tokens * channels() * DTypeSize(dtype);
   }
-  uint64_t total() const { return header + bits + outliers + params + freqs + lengths + payload; }
+  uint64_t total() const {
+    return header + bits + outliers + exact + params + freqs + lengths + payload;
+  }
 };
 
 // True if `bytes` starts with the KVQ magic (cheap dispatch between the two codecs).
@@ -118,7 +138,8 @@ Result<std::vector<uint8_t>> DecodeKvq(std::span<const uint8_t> container,
 
 // Decodes on a CUDA device (kernels/kvq_cuda.h) into `out` (RawBytes(); a device pointer when
 // out_on_device): the same bytes as DecodeKvq. The container is parsed and validated on the host.
-// Unimplemented without a CUDA build or device.
+// Unimplemented without a CUDA build or device, and for containers with rotated rows or exact
+// (sink) tokens.
 Status DecodeKvqGpu(std::span<const uint8_t> container, void* out, bool out_on_device);
 
 // Forces the portable rANS decoder (tests compare it with the vector path); process-wide.
