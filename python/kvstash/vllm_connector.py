@@ -21,15 +21,21 @@ node as a handoff.
 Worker side: ``register_kv_caches`` checks the CPU layout (per layer
 [num_blocks, kv_heads, block_size, 2*head_size], per head all K rows then all V rows).
 The worker connects (and faults the arena in) at ``register_kv_caches``, off any request's
-path. ``start_load_kv`` starts fetching the hit objects on a loader thread: one acquire_many
-(read leases of the shared-memory arena, crc-verified; over TCP get_many into a staging tensor)
-while the forward starts; ``wait_for_layer_load(layer)`` waits for the fetch (bounded) and copies
-that layer only from the leases into vLLM's blocks (``kvstash._native.copy_paged_blocks``, C++
-without the GIL), so layer l's copy happens right before layer l's attention; the leases end
-with the step. ``wait_for_save`` gathers the step's new full blocks into staging memory (the same
-native copy; vLLM may then free or reuse the blocks as soon as the step ends) and a background
-thread puts them; ``save_kv_layer`` does nothing: on a CPU engine a per-layer gather would
-compete with the forward for the same cores.
+path. ``start_load_kv`` starts a loader thread: one acquire_many (read leases of the
+shared-memory arena, crc-verified; over TCP get_many into a staging tensor), then the copy of
+the leased bytes into vLLM's blocks one layer at a time, in layer order
+(``kvstash._native.copy_paged_blocks``, C++ without the GIL), while the forward computes the
+earlier layers; ``wait_for_layer_load(layer)`` waits (bounded) only until that layer's copy is
+done. The loader ends the leases after the last layer. ``wait_for_save`` gathers the step's new
+full blocks into staging memory (the same native copy; vLLM may then free or reuse the blocks as
+soon as the step ends) and a background thread puts them; ``save_kv_layer`` does nothing: on a
+CPU engine a per-layer gather would compete with the forward for the same cores.
+
+Counters (``stats_path``): besides the per-operation ones, ``steps``/``step_us`` (worker: the
+step's wall time from binding the metadata to the end of wait_for_save), ``hook_us`` (worker:
+time inside start_load_kv, wait_for_layer_load and wait_for_save, i.e. the connector's cost on
+the forward thread) and ``sched_hook_us`` (scheduler: get_num_new_matched_tokens and
+build_connector_meta).
 
 The data path never raises into vLLM: a failed or late fetch, a missing, corrupt or mismatched
 object become ``get_block_ids_with_load_errors`` (vLLM then recomputes from the first bad block,
@@ -110,6 +116,26 @@ class _LeaseResult:
     @property
     def info(self):
         return self.lease.info
+
+
+class _Load:
+    """One step's loads, fetched and copied into vLLM's blocks by a loader thread
+    (KVStashConnector._run_load). `cond` guards fetched, copied, cancelled and finished."""
+
+    def __init__(self, loads: List[ReqTransfer], deadline: float):
+        self.loads = loads
+        # per load: the objects' bytes, read leases of the shared-memory arena (one per block)
+        # or a staging tensor filled over the byte stream (no arena attached)
+        self.src: List[Any] = [None] * len(loads)
+        self.leases: List[_LeaseResult] = []
+        self.ok = [0] * len(loads)  # leading blocks of each load that arrived intact
+        self.deadline = deadline  # time.monotonic() by which every layer must be copied
+        self.cond = threading.Condition()
+        self.fetched = False
+        self.copied = 0  # layers [0, copied) are in vLLM's blocks
+        self.cancelled = False  # set by the forward thread: no copy may start
+        self.finished = False  # the loader thread is done (leases ended)
+        self.waited: Set[int] = set()  # layers the forward waited for (forward thread only)
 
 
 class _Skipped(Exception):
@@ -301,6 +327,10 @@ class KVStashConnector(KVConnectorBase_V1):
                      for r in range(self._tp)]
 
         if role == KVConnectorRole.SCHEDULER:
+            # Connect now, off the first request's path (the worker does so at
+            # register_kv_caches).
+            threading.Thread(target=self._connect_early, name="kvstash-connect",
+                             daemon=True).start()
             self._lookups: Dict[str, Tuple[int, int]] = {}  # req -> (first block, hit blocks)
             self._reqs: Dict[str, Dict[str, Any]] = {}
             self._to_load: Dict[str, ReqTransfer] = {}
@@ -309,7 +339,8 @@ class KVStashConnector(KVConnectorBase_V1):
         else:
             self._layers: List[torch.Tensor] = []
             self._layer_index: Dict[str, int] = {}
-            self._load: Optional[Dict[str, Any]] = None
+            self._load: Optional[_Load] = None
+            self._step_t0: Optional[float] = None  # perf_counter() at the step's bind
             self._load_errors: Set[int] = set()
             self._failed_reqs: Set[str] = set()  # loads that failed this step
             self._store_q: "queue.Queue[Optional[Tuple[Any, ...]]]" = queue.Queue()
@@ -353,12 +384,15 @@ class KVStashConnector(KVConnectorBase_V1):
 
     def get_num_new_matched_tokens(self, request: "Request",
                                    num_computed_tokens: int) -> Tuple[Optional[int], bool]:
+        t0 = time.perf_counter()
         try:
             return self._match(request, num_computed_tokens), False
         except Exception as e:  # noqa: BLE001 - never fail the scheduler over the cache
             logger.warning("KVStash lookup for %s failed: %s", request.request_id, e)
             self._counters.add("lookup_failures")
             return 0, False
+        finally:
+            self._counters.add("sched_hook_us", int((time.perf_counter() - t0) * 1e6))
 
     def _match(self, request: "Request", num_computed_tokens: int) -> int:
         rid = request.request_id
@@ -433,12 +467,14 @@ class KVStashConnector(KVConnectorBase_V1):
         self._counters.add("hit_blocks", hit)
 
     def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KVConnectorMetadata:
+        t0 = time.perf_counter()
         meta = KVStashConnectorMetadata()
         try:
             self._build(scheduler_output, meta)
         except Exception as e:  # noqa: BLE001
             logger.warning("KVStash: building connector metadata failed: %s", e)
             self._counters.add("meta_failures")
+        self._counters.add("sched_hook_us", int((time.perf_counter() - t0) * 1e6))
         self._counters.flush()
         return meta
 
@@ -561,7 +597,14 @@ class KVStashConnector(KVConnectorBase_V1):
         return torch.empty((n, i.num_layers, 2, self._bs, self._heads, i.head_dim),
                            dtype=self._layers[0].dtype)
 
+    def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
+        # The step starts here (vLLM binds the metadata, then runs the forward, then calls
+        # wait_for_save): the step's wall time is measured from now (counters step_us, steps).
+        self._step_t0 = time.perf_counter()
+        super().bind_connector_metadata(connector_metadata)
+
     def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
+        t0 = time.perf_counter()
         try:
             meta = self._get_connector_metadata()
             if not isinstance(meta, KVStashConnectorMetadata) or not meta.loads:
@@ -569,30 +612,66 @@ class KVStashConnector(KVConnectorBase_V1):
             loads = [t for t in meta.loads if t.blocks]
             if not loads:
                 return
-            state: Dict[str, Any] = {
-                "loads": loads,
-                # per load: the objects' bytes, read leases of the shared-memory arena (one per
-                # block) or a staging tensor filled over the byte stream (no arena attached)
-                "src": [None] * len(loads),
-                "leases": [],
-                "ok": [0] * len(loads),  # leading blocks of each load that arrived intact
-                "done": threading.Event(),
-                "scattered": set(),
-                "deadline": time.monotonic() + self._cfg.load_timeout_s,
-            }
+            state = _Load(loads, time.monotonic() + self._cfg.load_timeout_s)
             self._load = state
-            threading.Thread(target=self._fetch, args=(state,), name="kvstash-load",
+            threading.Thread(target=self._run_load, args=(state,), name="kvstash-load",
                              daemon=True).start()
         except Exception as e:  # noqa: BLE001
             logger.warning("KVStash: starting a load failed: %s", e)
             self._fail_all_loads()
+        finally:
+            self._counters.add("hook_us", int((time.perf_counter() - t0) * 1e6))
 
-    def _fetch(self, state: Dict[str, Any]) -> None:
-        """Loader thread: leases every load's objects in the shared-memory arena (or, without
-        one, reads them into a staging tensor). Never writes vLLM's blocks, so a fetch that
-        finishes late harms nothing; wait_for_layer_load copies from these sources."""
+    def _run_load(self, state: "_Load") -> None:
+        """Loader thread: fetches the step's objects, then copies them into vLLM's blocks layer
+        by layer, in layer order, while the forward computes the earlier layers;
+        wait_for_layer_load(l) only waits for layer l's copy. Every copy runs under the load's
+        lock after checking that the load was not cancelled, so once _fail_all_loads has
+        cancelled it no byte of vLLM's blocks is written."""
         try:
-            for k, t in enumerate(state["loads"]):
+            self._fetch(state)
+        finally:
+            with state.cond:
+                state.fetched = True
+                state.cond.notify_all()
+        copy_us = 0
+        try:
+            bids = [[b for (b, _, _) in t.blocks[:ok]] for t, ok in zip(state.loads, state.ok)]
+            srcs = [[r.lease for r in src] if isinstance(src, list) else src
+                    for src in state.src]
+            for layer in range(len(self._layers)):
+                with state.cond:
+                    if state.cancelled:
+                        break
+                    t0 = time.perf_counter()
+                    for k, ids in enumerate(bids):
+                        if ids:
+                            vs.scatter_layer(self._layers[layer], layer, ids, srcs[k],
+                                             num_layers=len(self._layers))
+                    copy_us += int((time.perf_counter() - t0) * 1e6)
+                    state.copied = layer + 1
+                    state.cond.notify_all()
+        except Exception as e:  # noqa: BLE001 - the waiting layer sees copied stop short
+            logger.warning("KVStash: copying a load into vLLM's blocks failed: %s", e)
+            self._counters.add("load_failures")
+        finally:
+            self._counters.add("scatter_us", copy_us)
+            # Nothing reads the leases after the copies (or a cancel): end them here.
+            for r in state.leases:
+                try:
+                    r.lease.release()
+                except Exception:  # noqa: BLE001
+                    pass
+            state.leases = []
+            with state.cond:
+                state.finished = True
+                state.cond.notify_all()
+
+    def _fetch(self, state: "_Load") -> None:
+        """Leases every load's objects in the shared-memory arena (or, without one, reads them
+        into a staging tensor) and counts each load's leading intact blocks (state.ok)."""
+        try:
+            for k, t in enumerate(state.loads):
                 names = [self._name(t.namespace, self._rank, th) for (_, _, th) in t.blocks]
                 if self._fault.startswith("evict_before_load"):
                     victim = names[min(len(names) - 1, len(names) // 2)]
@@ -606,28 +685,26 @@ class KVStashConnector(KVConnectorBase_V1):
                     logger.warning("KVStash: load of %s failed: %s", t.req_id, e)
                     continue
                 if src is None:
-                    state["leases"].extend(r for r in results if r.ok)
+                    state.leases.extend(r for r in results if r.ok)
                 ok = 0
                 for j, res in enumerate(results):
-                    want = self._layout(self._rank, t.blocks[j][1])
                     if not res.ok:
                         code = getattr(res.error, "code", None)
                         if code in _UNREACHABLE:
                             self._remote.unreachable()
                         self._counters.add("load_missing" if code == 5 else "load_errors")
                         break
-                    if res.info.layout != want or res.info.lossy or \
-                            res.info.payload_bytes != self._object_bytes:
+                    info = res.info
+                    if info.lossy or info.payload_bytes != self._object_bytes or \
+                            info.layout != self._layout(self._rank, t.blocks[j][1]):
                         self._counters.add("load_layout_mismatch")
                         break
                     ok += 1
-                state["src"][k] = results[:ok] if src is None else src[:ok]
-                state["ok"][k] = ok
+                state.src[k] = results[:ok] if src is None else src[:ok]
+                state.ok[k] = ok
         except Exception as e:  # noqa: BLE001
             logger.warning("KVStash: loader failed: %s", e)
             self._counters.add("load_failures")
-        finally:
-            state["done"].set()
 
     def _read(self, c, names):
         """(per-name results, None) as read leases of the arena when it is attached, else
@@ -642,73 +719,58 @@ class KVStashConnector(KVConnectorBase_V1):
         state = self._load
         if state is None:
             return
+        t0 = time.perf_counter()
         try:
             layer = self._layer_index.get(layer_name)
-            if layer is None or layer in state["scattered"]:
+            if layer is None or layer in state.waited:
                 return
-            t0 = time.perf_counter()
-            arrived = state["done"].wait(max(0.0, state["deadline"] - time.monotonic()))
-            t1 = time.perf_counter()
-            self._counters.add("load_wait_us", int((t1 - t0) * 1e6))
+            with state.cond:
+                state.cond.wait_for(
+                    lambda: state.copied > layer or state.finished or state.cancelled,
+                    timeout=max(0.0, state.deadline - time.monotonic()))
+                arrived, finished = state.copied > layer, state.finished
+            self._counters.add("load_wait_us", int((time.perf_counter() - t0) * 1e6))
             if not arrived:
-                self._counters.add("load_timeouts")
-                logger.warning("KVStash: load not done in %.1f s; recomputing",
-                               self._cfg.load_timeout_s)
+                if not finished:
+                    self._counters.add("load_timeouts")
+                    logger.warning("KVStash: load not done in %.1f s; recomputing",
+                                   self._cfg.load_timeout_s)
                 self._fail_all_loads()
                 return
-            for k, t in enumerate(state["loads"]):
-                ok = state["ok"][k]
-                if ok:
-                    src = state["src"][k]
-                    if isinstance(src, list):
-                        src = [r.lease for r in src]
-                    vs.scatter_layer(self._layers[layer], layer,
-                                     [b for (b, _, _) in t.blocks[:ok]], src,
-                                     num_layers=len(self._layers))
-            state["scattered"].add(layer)
-            self._counters.add("scatter_us", int((time.perf_counter() - t1) * 1e6))
+            state.waited.add(layer)
         except Exception as e:  # noqa: BLE001
-            logger.warning("KVStash: scatter failed: %s", e)
+            logger.warning("KVStash: waiting for a layer's load failed: %s", e)
             self._fail_all_loads()
-
-    @staticmethod
-    def _release(state: Dict[str, Any]) -> None:
-        """Ends the load's read leases (the loader thread has finished, or never adds more:
-        a late one's leases end with their objects)."""
-        if not state["done"].is_set():
-            return
-        for r in state["leases"]:
-            try:
-                r.lease.release()
-            except Exception:  # noqa: BLE001
-                pass
-        state["leases"] = []
+        finally:
+            self._counters.add("hook_us", int((time.perf_counter() - t0) * 1e6))
 
     def _fail_all_loads(self) -> None:
+        """Every block of this step's loads becomes a load error (vLLM recomputes them); the
+        loader is cancelled and writes nothing more into vLLM's blocks after this returns."""
         state, self._load = self._load, None
         if state is None:
             return
-        self._release(state)
-        self._failed_reqs |= {t.req_id for t in state["loads"]}
-        for t in state["loads"]:
+        with state.cond:
+            state.cancelled = True  # a copy in progress holds the lock: it has finished now
+        self._failed_reqs |= {t.req_id for t in state.loads}
+        for t in state.loads:
             self._load_errors.update(b for (b, _, _) in t.blocks)
             self._counters.add("load_blocks_failed", len(t.blocks))
 
     def _finish_load(self) -> Set[str]:
-        """End of step: a load counts only if every layer was scattered; blocks that did not
-        arrive intact are load errors (vLLM recomputes from the first one). Returns the
-        requests whose load failed in part: this step computed their later tokens over bad KV."""
+        """End of step: a load counts only if the forward waited for every layer's copy (each
+        layer's attention then read restored KV); blocks that did not arrive intact are load
+        errors (vLLM recomputes from the first one). Returns the requests whose load failed in
+        part: this step computed their later tokens over bad KV."""
         state = self._load
-        if state is not None and (len(state["scattered"]) != len(self._layers)
-                                  or not state["done"].is_set()):
+        if state is not None and len(state.waited) != len(self._layers):
             self._fail_all_loads()
         failed, self._failed_reqs = self._failed_reqs, set()
         state, self._load = self._load, None
         if state is None:
             return failed
-        self._release(state)
-        for k, t in enumerate(state["loads"]):
-            ok = state["ok"][k]
+        for k, t in enumerate(state.loads):
+            ok = state.ok[k]
             self._counters.add("loaded_blocks", ok)
             self._counters.add("loaded_tokens", ok * self._bs)
             if ok < len(t.blocks):
@@ -723,6 +785,7 @@ class KVStashConnector(KVConnectorBase_V1):
         return
 
     def wait_for_save(self):
+        t0 = time.perf_counter()
         try:
             failed = self._finish_load()
             meta = self._get_connector_metadata() if self.has_connector_metadata() else None
@@ -736,6 +799,12 @@ class KVStashConnector(KVConnectorBase_V1):
         except Exception as e:  # noqa: BLE001
             logger.warning("KVStash: store failed: %s", e)
             self._counters.add("store_failures")
+        t1 = time.perf_counter()
+        self._counters.add("hook_us", int((t1 - t0) * 1e6))
+        if self._step_t0 is not None:
+            self._counters.add("steps")
+            self._counters.add("step_us", int((t1 - self._step_t0) * 1e6))
+            self._step_t0 = None
         self._counters.flush()
 
     def _queue_stores(self, stores: List[ReqTransfer]) -> None:

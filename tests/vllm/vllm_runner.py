@@ -4,12 +4,14 @@ scripts/bench_vllm.sh, always as a fresh process.
 
   vllm_runner.py SPEC.json OUT.json
 
-SPEC: {"model": dir, "prompts": [[token ids] | {"ids": [...], "cache_salt": s}, ...] | "chat": {...},
+SPEC: {"model": dir, "tp": tensor-parallel size (default 1), "prompts": [[token ids] | {"ids": [...], "cache_salt": s}, ...] | "chat": {...},
        "max_tokens": n, "async_scheduling": bool (default vLLM's),
        "prefix_caching": bool, "connector": null | {kv_role, extra_config},
        "example_connector": null | dir, "kill_before": {"<prompt index>": pid},
        "stats_path": file the connector writes (waited on for queued stores), "repeat": n,
-       "kv_transfer_params": [per-prompt dict or null] (P/D: the producer's output)}
+       "kv_transfer_params": [per-prompt dict or null] (P/D: the producer's output),
+       "warmup_before": {"<prompt index>": [token ids]}: an untimed request (max_tokens 1,
+       its outputs not reported) run right before that prompt, e.g. to warm a fresh engine}
 OUT:  {"outputs": [[token ids], ...], "ttft_s": [...], "kv_transfer_params": [...],
        "prompt_lens": [...], "cached_tokens": [per prompt: tokens not computed], "stats": {...}}
 
@@ -25,9 +27,10 @@ import sys
 import time
 
 
-def wait_for_stores(stats_path: str, timeout_s: float = 60.0) -> dict:
-    """Waits (bounded) until the worker's connector has finished every store it queued."""
-    path = stats_path + ".worker0.json"
+def wait_for_stores(stats_path: str, timeout_s: float = 60.0, rank: int = 0) -> dict:
+    """Waits (bounded) until worker `rank`'s connector has finished every store it queued;
+    its counters."""
+    path = stats_path + f".worker{rank}.json"
     deadline = time.monotonic() + timeout_s
     stats = {}
     while time.monotonic() < deadline:
@@ -59,6 +62,10 @@ def main() -> int:
         enable_prefix_caching=bool(spec.get("prefix_caching", False)),
         seed=0,
     )
+    tp = int(spec.get("tp", 1))
+    if tp > 1:
+        kw["tensor_parallel_size"] = tp
+        kw["distributed_executor_backend"] = "mp"
     if "async_scheduling" in spec:
         kw["async_scheduling"] = bool(spec["async_scheduling"])
     conn = spec.get("connector")
@@ -88,7 +95,11 @@ def main() -> int:
     tok = llm.get_tokenizer()
     messages = []
     n = len(prompts) if prompts else int(chat["turns"])
+    warmups = {int(k): v for k, v in (spec.get("warmup_before") or {}).items()}
     for i in range(n):
+        if i in warmups:
+            llm.generate([{"prompt_token_ids": list(warmups[i])}],
+                         SamplingParams(temperature=0.0, max_tokens=1), use_tqdm=False)
         if i in kill:
             try:
                 os.kill(kill[i], signal.SIGKILL)
@@ -128,10 +139,13 @@ def main() -> int:
         if chat:
             messages.append({"role": "assistant", "content": tok.decode(toks)})
         if spec.get("stats_path") and spec.get("wait_stores_each", True):
-            wait_for_stores(spec["stats_path"])
+            for r in range(tp):
+                wait_for_stores(spec["stats_path"], rank=r)
     stats = {}
     if spec.get("stats_path"):
         stats["worker"] = wait_for_stores(spec["stats_path"])
+        for r in range(1, tp):
+            stats[f"worker{r}"] = wait_for_stores(spec["stats_path"], rank=r)
         try:
             with open(spec["stats_path"] + ".scheduler.json") as fh:
                 stats["scheduler"] = json.load(fh)

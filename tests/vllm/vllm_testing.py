@@ -3,6 +3,7 @@ directory, and vLLM engines run as fresh processes (vllm_runner.py). Every wait 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -27,6 +28,41 @@ def model_dir() -> str:
     return d
 
 
+TINY_TP_MODEL = "tiny-llama-4h2kv-random-v1"
+
+
+def tiny_tp_model_dir() -> str:
+    """A 4-layer Llama with random weights (torch seed 0; 4 attention and 2 KV heads of 64, so
+    vLLM accepts TP=2, which SmolLM2-135M's 9 heads and 3 KV heads refuse) and SmolLM2's
+    tokenizer, made by transformers from a config (no download) once and cached beside the
+    converted SmolLM2 (about 30 MB)."""
+    src = model_dir()
+    d = os.path.join(os.path.dirname(src), TINY_TP_MODEL)
+    if os.path.exists(os.path.join(d, "model.safetensors")):
+        return d
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=512,
+                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=64, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                      rope_theta=10000.0, tie_word_embeddings=True, initializer_range=0.05,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    tmp = d + f".tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if os.path.exists(os.path.join(src, f)):
+            shutil.copy(os.path.join(src, f), tmp)
+    try:
+        os.rename(tmp, d)
+    except OSError:  # another process made it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return d
+
+
 def binary_dir() -> str:
     d = os.environ.get("KVSTASH_BINARY_DIR")
     if not d:
@@ -36,13 +72,17 @@ def binary_dir() -> str:
 
 def prompt_tokens(n: int, offset: int = 0, corpus: str = "botchan.txt") -> List[int]:
     """n token ids of a shared text corpus (the model's own tokenizer)."""
+    return list(_corpus_tokens(corpus)[offset:offset + n])
+
+
+@functools.lru_cache(maxsize=None)
+def _corpus_tokens(corpus: str) -> tuple:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir())
     shared = os.environ.get("KVSTASH_SHARED_DATA", "")
     with open(os.path.join(shared, "text", corpus), errors="replace") as fh:
-        ids = tok.encode(fh.read())
-    return ids[offset:offset + n]
+        return tuple(tok.encode(fh.read()))
 
 
 class CacheService:
