@@ -26,6 +26,19 @@ void MatmulScalar(const WeightMatrix& w, const float* x, size_t x_stride, size_t
   }
 }
 
+#if !defined(__x86_64__)
+// The SIMD kernels (matmul_avx2.cc, matmul_avx512.cc) are x86-64 only; ActiveIsa() never selects
+// them elsewhere, and these keep their symbols defined.
+void MatmulAvx2(const WeightMatrix& w, const float* x, size_t x_stride, size_t n, float* y,
+                size_t y_stride, uint32_t o_begin, uint32_t o_end) {
+  MatmulScalar(w, x, x_stride, n, y, y_stride, o_begin, o_end);
+}
+void MatmulAvx512(const WeightMatrix& w, const float* x, size_t x_stride, size_t n, float* y,
+                  size_t y_stride, uint32_t o_begin, uint32_t o_end) {
+  MatmulScalar(w, x, x_stride, n, y, y_stride, o_begin, o_end);
+}
+#endif
+
 MatmulKernel ActiveMatmulKernel() {
   switch (ActiveIsa()) {
     case Isa::kAvx512:

@@ -100,18 +100,14 @@ struct Avx2 {
       for (int j = 0; j < O; ++j) acc[j] = _mm256_fmadd_ps(w[j][i], xv, acc[j]);
     }
   }
-  using F32 = F32W;
-  using F16 = F16W;
-  using Q8_0 = Q80W;
-  using Q4_0 = Q40W;
-  using Q4_1 = Q41W;
 };
 
 }  // namespace
 
 void MatmulAvx2(const WeightMatrix& w, const float* x, size_t x_stride, size_t n, float* y,
                 size_t y_stride, uint32_t o_begin, uint32_t o_end) {
-  matmul_tiles::Matmul<Avx2>(w, x, x_stride, n, y, y_stride, o_begin, o_end);
+  matmul_tiles::Matmul<Avx2, F32W, F16W, Q80W, Q40W, Q41W>(w, x, x_stride, n, y, y_stride, o_begin,
+                                                           o_end);
 }
 
 }  // namespace kvstash::engine
@@ -122,11 +118,4 @@ void MatmulAvx2(const WeightMatrix& w, const float* x, size_t x_stride, size_t n
 #pragma GCC pop_options
 #endif
 
-#else  // not x86-64: never selected by ActiveIsa()
-namespace kvstash::engine {
-void MatmulAvx2(const WeightMatrix& w, const float* x, size_t x_stride, size_t n, float* y,
-                size_t y_stride, uint32_t o_begin, uint32_t o_end) {
-  MatmulScalar(w, x, x_stride, n, y, y_stride, o_begin, o_end);
-}
-}  // namespace kvstash::engine
-#endif
+#endif  // x86-64; elsewhere matmul.cc defines MatmulAvx2 (never selected by ActiveIsa())

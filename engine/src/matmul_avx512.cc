@@ -103,18 +103,14 @@ struct Avx512 {
       acc[j] = _mm512_fmadd_ps(w[j][1], x1, acc[j]);
     }
   }
-  using F32 = F32W;
-  using F16 = F16W;
-  using Q8_0 = Q80W;
-  using Q4_0 = Q40W;
-  using Q4_1 = Q41W;
 };
 
 }  // namespace
 
 void MatmulAvx512(const WeightMatrix& w, const float* x, size_t x_stride, size_t n, float* y,
                   size_t y_stride, uint32_t o_begin, uint32_t o_end) {
-  matmul_tiles::Matmul<Avx512>(w, x, x_stride, n, y, y_stride, o_begin, o_end);
+  matmul_tiles::Matmul<Avx512, F32W, F16W, Q80W, Q40W, Q41W>(w, x, x_stride, n, y, y_stride,
+                                                             o_begin, o_end);
 }
 
 }  // namespace kvstash::engine
@@ -125,11 +121,4 @@ void MatmulAvx512(const WeightMatrix& w, const float* x, size_t x_stride, size_t
 #pragma GCC pop_options
 #endif
 
-#else  // not x86-64: never selected by ActiveIsa()
-namespace kvstash::engine {
-void MatmulAvx512(const WeightMatrix& w, const float* x, size_t x_stride, size_t n, float* y,
-                  size_t y_stride, uint32_t o_begin, uint32_t o_end) {
-  MatmulScalar(w, x, x_stride, n, y, y_stride, o_begin, o_end);
-}
-}  // namespace kvstash::engine
-#endif
+#endif  // x86-64; elsewhere matmul.cc defines MatmulAvx512 (never selected by ActiveIsa())

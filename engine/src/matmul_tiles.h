@@ -16,9 +16,10 @@
 //   static Vec Zero(); static float Hsum(Vec);
 //   template <int O> static void Fma(const Vec (&w)[O][kVecs], const float* x, Vec (&acc)[O]);
 //                                               acc[j] += w[j] . x[0, 32) for one activation row
-//   using F32, F16, Q8_0, Q4_0, Q4_1;           the unpacker of each GgmlType:
-//     static void Load(const uint8_t* row, uint32_t block, Vec w[kVecs]);   weights as f32
-//     static float At(const uint8_t* row, uint32_t k);    weight k of a row's column tail
+//
+// and Matmul takes an unpacker per weight type (F32, F16, Q8_0, Q4_0, Q4_1), each with
+//   static void Load(const uint8_t* row, uint32_t block, Vec w[kVecs]);   weights as f32
+//   static float At(const uint8_t* row, uint32_t k);    weight k of a row's column tail
 //
 // Batch invariance (matmul.h): each (row, output) accumulator sees the same instruction sequence
 // whatever the tile's height R and output count O; O > 1 only interleaves independent
@@ -118,21 +119,22 @@ void Run(const WeightMatrix& w, const float* x, size_t xs, size_t n, float* y, s
   if (t < n) RowsTail<Isa, U, kRows - 1>(n - t, w, o_begin, o_end, x + t * xs, xs, y + t * ys, ys);
 }
 
-// The MatmulKernel of matmul.h for Isa; weight types without an unpacker leave y as it is.
-template <class Isa>
+// The MatmulKernel of matmul.h for Isa and its unpackers; weight types without an unpacker
+// leave y as it is.
+template <class Isa, class F32, class F16, class Q8_0, class Q4_0, class Q4_1>
 void Matmul(const WeightMatrix& w, const float* x, size_t x_stride, size_t n, float* y,
             size_t y_stride, uint32_t o_begin, uint32_t o_end) {
   switch (w.type) {
     case GgmlType::kF32:
-      return Run<Isa, typename Isa::F32>(w, x, x_stride, n, y, y_stride, o_begin, o_end);
+      return Run<Isa, F32>(w, x, x_stride, n, y, y_stride, o_begin, o_end);
     case GgmlType::kF16:
-      return Run<Isa, typename Isa::F16>(w, x, x_stride, n, y, y_stride, o_begin, o_end);
+      return Run<Isa, F16>(w, x, x_stride, n, y, y_stride, o_begin, o_end);
     case GgmlType::kQ8_0:
-      return Run<Isa, typename Isa::Q8_0>(w, x, x_stride, n, y, y_stride, o_begin, o_end);
+      return Run<Isa, Q8_0>(w, x, x_stride, n, y, y_stride, o_begin, o_end);
     case GgmlType::kQ4_0:
-      return Run<Isa, typename Isa::Q4_0>(w, x, x_stride, n, y, y_stride, o_begin, o_end);
+      return Run<Isa, Q4_0>(w, x, x_stride, n, y, y_stride, o_begin, o_end);
     case GgmlType::kQ4_1:
-      return Run<Isa, typename Isa::Q4_1>(w, x, x_stride, n, y, y_stride, o_begin, o_end);
+      return Run<Isa, Q4_1>(w, x, x_stride, n, y, y_stride, o_begin, o_end);
     default:
       return;
   }
