@@ -93,11 +93,11 @@ struct Avx2 {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  template <int O>
-  static void Fma(const Vec (&w)[O][kVecs], const float* x, Vec (&acc)[O]) {
+  template <int O, int R>
+  static void Fma(const Vec (&w)[O][kVecs], const float* x, Vec (&acc)[O][R], int r) {
     for (int i = 0; i < kVecs; ++i) {
       Vec xv = _mm256_loadu_ps(x + 8 * i);
-      for (int j = 0; j < O; ++j) acc[j] = _mm256_fmadd_ps(w[j][i], xv, acc[j]);
+      for (int j = 0; j < O; ++j) acc[j][r] = _mm256_fmadd_ps(w[j][i], xv, acc[j][r]);
     }
   }
 };

@@ -95,12 +95,12 @@ struct Avx512 {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  template <int O>
-  static void Fma(const Vec (&w)[O][kVecs], const float* x, Vec (&acc)[O]) {
+  template <int O, int R>
+  static void Fma(const Vec (&w)[O][kVecs], const float* x, Vec (&acc)[O][R], int r) {
     Vec x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
     for (int j = 0; j < O; ++j) {
-      acc[j] = _mm512_fmadd_ps(w[j][0], x0, acc[j]);
-      acc[j] = _mm512_fmadd_ps(w[j][1], x1, acc[j]);
+      acc[j][r] = _mm512_fmadd_ps(w[j][0], x0, acc[j][r]);
+      acc[j][r] = _mm512_fmadd_ps(w[j][1], x1, acc[j][r]);
     }
   }
 };

@@ -14,8 +14,9 @@
 //   static constexpr int kRows;                 the tallest tile
 //   static constexpr int Outputs(int rows);     outputs interleaved in a tile of `rows` rows
 //   static Vec Zero(); static float Hsum(Vec);
-//   template <int O> static void Fma(const Vec (&w)[O][kVecs], const float* x, Vec (&acc)[O]);
-//                                               acc[j] += w[j] . x[0, 32) for one activation row
+//   template <int O, int R>
+//   static void Fma(const Vec (&w)[O][kVecs], const float* x, Vec (&acc)[O][R], int r);
+//                                  acc[j][r] += w[j] . x[0, 32) for activation row r, each j
 //
 // and Matmul takes an unpacker per weight type (F32, F16, Q8_0, Q4_0, Q4_1), each with
 //   static void Load(const uint8_t* row, uint32_t block, Vec w[kVecs]);   weights as f32
@@ -65,21 +66,21 @@ inline void Tile(const WeightMatrix& w, uint32_t o, const float* x, size_t xs, f
                  size_t ys) {
   using Vec = typename Isa::Vec;
   const uint32_t nb = w.cols / 32;
-  Vec acc[R][O];
-  for (int r = 0; r < R; ++r) {
-    for (int j = 0; j < O; ++j) acc[r][j] = Isa::Zero();
+  Vec acc[O][R];
+  for (int j = 0; j < O; ++j) {
+    for (int r = 0; r < R; ++r) acc[j][r] = Isa::Zero();
   }
   for (uint32_t blk = 0; blk < nb; ++blk) {
     Vec wv[O][Isa::kVecs];
     for (int j = 0; j < O; ++j) U::Load(w.Row(o + j), blk, wv[j]);
     const float* xb = x + 32 * size_t{blk};
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) Isa::template Fma<O>(wv, xb + r * xs, acc[r]);
+    for (int r = 0; r < R; ++r) Isa::template Fma<O, R>(wv, xb + r * xs, acc, r);
   }
   for (int j = 0; j < O; ++j) {
     const uint8_t* wrow = w.Row(o + j);
     for (int r = 0; r < R; ++r) {
-      float s = Isa::Hsum(acc[r][j]);
+      float s = Isa::Hsum(acc[j][r]);
       const float* xr = x + r * xs;
       for (uint32_t k = nb * 32; k < w.cols; ++k) s += U::At(wrow, k) * xr[k];
       y[r * ys + j] = s;
