@@ -2,14 +2,15 @@
 # KVStash entry point. Every command installs what is missing first (idempotent), then builds.
 #
 #   ./run.sh demo     build, start cachesvc on the embedded single-node default, run the demo
-#   ./run.sh test     format check (scripts/check_format.sh), build, run every test through
-#                     ctest; then again under ASan+UBSan
+#   ./run.sh test     format and header checks, builds with warnings as errors, every test
+#                     through ctest; then again under ASan+UBSan (DEVELOPERS.md "CI gates")
 #   ./run.sh bench    build, run the benchmarks, write bench/results/*.json
 #   ./run.sh build [preset]   configure + build only (presets: release, asan, debug, tsa)
 #   ./run.sh fuzz [seconds]   build libFuzzer targets with clang and run each for N seconds
 #   ./run.sh format | lint    clang-format in place | clang-tidy over the sources
 #
 # Environment: KVSTASH_CACHE (models, venv; default ~/.cache/kvstash), KVSTASH_JOBS (build jobs),
+# KVSTASH_WERROR=ON (build: warnings are errors; test always sets it),
 # KVSTASH_SKIP_ASAN=1 (test: skip the sanitizer pass), CTEST_ARGS (extra ctest arguments),
 # KVSTASH_SKIP_VLLM=1 (test, bench: no vLLM venv; the vLLM tests then skip themselves),
 # KVSTASH_SKIP_SGLANG=1 (test: no SGLang venv; the SGLang backend tests then report skipped),
@@ -77,12 +78,29 @@ setup_sglang() {
   ./scripts/setup_sglang.sh
 }
 
+# KVSTASH_WERROR=ON (`./run.sh test` sets it): C++ warnings are errors (-Werror). ccache leaves
+# -Werror out of its hash here (CCACHE_IGNOREOPTIONS), so these builds share cached objects with
+# everyday ones; a cache hit replays the compiler's warnings without failing, so the build also
+# fails on any compiler warning line in its output (kept in build/<preset>/build_output.txt).
+# Outside run.sh, -DKVSTASH_WERROR=ON alone is safe: -Werror is then part of the hash.
 build() {
   local preset="${1:-release}"
-  log "configure + build ($preset, $JOBS jobs)"
+  local werror="${KVSTASH_WERROR:-OFF}"
+  log "configure + build ($preset, $JOBS jobs, warnings as errors: $werror)"
   cmake --preset "$preset" -DKVSTASH_MODEL_CACHE="$KVSTASH_CACHE" \
-    -DKVSTASH_SHARED_DATA="$KVSTASH_SHARED_DATA" >/dev/null
-  cmake --build --preset "$preset" -j "$JOBS"
+    -DKVSTASH_SHARED_DATA="$KVSTASH_SHARED_DATA" -DKVSTASH_WERROR="$werror" >/dev/null
+  if [ "$werror" != ON ]; then
+    cmake --build --preset "$preset" -j "$JOBS"
+    return
+  fi
+  local out="build/$preset/build_output.txt"
+  CCACHE_IGNOREOPTIONS="${CCACHE_IGNOREOPTIONS:+$CCACHE_IGNOREOPTIONS }-Werror" \
+    cmake --build --preset "$preset" -j "$JOBS" 2>&1 | tee "$out"
+  if grep -qE ': warning: .*\[-W' "$out"; then
+    log "compiler warnings in the $preset build (warnings are errors here):"
+    grep -E ': warning: .*\[-W' "$out" | sort -u >&2
+    exit 1
+  fi
 }
 
 run_ctest() {
@@ -105,6 +123,8 @@ case "$cmd" in
     log "format check"
     ./scripts/check_format.sh
     ./scripts/check_headers.sh
+    # Compiler warnings fail every build below.
+    export KVSTASH_WERROR=ON
     setup
     setup_vllm
     setup_sglang

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "etcd_process.h"
 #include "kvstash/client/kv_client.h"
 #include "service_process.h"
@@ -51,7 +52,7 @@ std::unique_ptr<ServiceProcess> StartNode(Cluster& c, int i, bool clustered, int
   o.tcp = true;
   o.metrics = true;
   o.cpu_capacity = "256MiB";
-  o.extra_args = {"--peer-secret-file", c.secret, "--node-id",       "n" + std::to_string(i),
+  o.extra_args = {"--peer-secret-file", c.secret, "--node-id",       absl::StrCat("n", i),
                   "--peer-timeout-ms",  "2000",   "--peer-retry-ms", "300"};
   if (clustered) {
     for (const std::string& a :

@@ -29,8 +29,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+#ifdef KVSTASH_HAVE_UCX
 // Active-message id of "release these leases" notifications (PeerHelloResponse).
 constexpr uint16_t kReleaseMessageId = 1;
+#endif
 
 int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())

@@ -70,13 +70,13 @@ struct ClientOptions {
   // Mutual TLS to a TCP target (docs/deploy.md "TLS"); ignored for a unix socket, which file
   // permissions guard. tls_ca_file turns TLS on; the certificate and key are this client's
   // identity (a cachesvc with TLS requires one). Read once, at Connect.
-  std::string tls_ca_file;
-  std::string tls_cert_file;
-  std::string tls_key_file;
-  std::string tls_server_name;  // name the service's certificate must carry; empty: the host
+  std::string tls_ca_file{};
+  std::string tls_cert_file{};
+  std::string tls_key_file{};
+  std::string tls_server_name{};  // name the service's certificate must carry; empty: the host
   // Sent on every call as `authorization: Bearer <token>`: the tenant's credential for a
   // multi-tenant cachesvc (docs/deploy.md "Tenants"). Empty: none.
-  std::string bearer_token;
+  std::string bearer_token{};
 };
 
 // Tier and TierName: kvstash/common/tier.h.
