@@ -86,8 +86,10 @@ TEST(PromptTest, SplitKeepsTokensAndKeys) {
   EXPECT_EQ(p->Key(1), IndependentTokenHash(u));  // domain tag KVS1IND
   EXPECT_THAT(BlendPrompt::Split(tokens, std::vector<int32_t>{42}),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_NOT_OK(BlendPrompt::Split(std::vector<int32_t>{1, 9, 9}, sep));  // empty question
-  EXPECT_NOT_OK(BlendPrompt::Make({{SegmentKind::kChunk, {1}}}));         // no question
+  EXPECT_THAT(BlendPrompt::Split(std::vector<int32_t>{1, 9, 9}, sep),  // empty question
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(BlendPrompt::Make({{SegmentKind::kChunk, {1}}}),  // no question
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 // algorithms.md 2.5.1: rotate(k at a, b - a) == k at b, for both pair conventions, and

@@ -107,8 +107,14 @@ TEST(ProfileTest, ParserRejectsMalformedProfiles) {
   KvLayout layout = MakeLayout(1, 1, 4, 64);
   CdfProfile p = LearnProfile(layout, 1);
   const auto& good = p.bytes();
+  // Shorter than the 40-byte header and the crc: InvalidArgument; longer, the crc (over all
+  // but the last 4 bytes) no longer matches: DataLoss.
+  constexpr size_t kHeaderAndCrc = 44;
   for (size_t n = 0; n < good.size(); ++n) {
-    EXPECT_NOT_OK(CdfProfile::Parse(std::span<const uint8_t>(good).first(n))) << n;
+    EXPECT_THAT(CdfProfile::Parse(std::span<const uint8_t>(good).first(n)),
+                StatusIs(n < kHeaderAndCrc ? absl::StatusCode::kInvalidArgument
+                                           : absl::StatusCode::kDataLoss))
+        << n;
   }
   auto fixed = [](std::vector<uint8_t> b) {
     uint32_t crc = Crc32c(b.data(), b.size() - 4);
@@ -118,7 +124,10 @@ TEST(ProfileTest, ParserRejectsMalformedProfiles) {
   for (size_t i = 0; i < good.size(); ++i) {
     auto b = good;
     b[i] ^= 0x10;
-    EXPECT_NOT_OK(CdfProfile::Parse(b)) << "flip at " << i;
+    // Magic, version and header length (bytes 0..7) are checked before the crc.
+    EXPECT_THAT(CdfProfile::Parse(b),
+                StatusIs(i < 8 ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kDataLoss))
+        << "flip at " << i;
     // With a valid crc, the structural checks must still catch it (or it is a different valid
     // profile, which then has a different id). A flip in the crc itself is undone by fixing it.
     if (i >= good.size() - 4) continue;

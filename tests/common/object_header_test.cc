@@ -59,7 +59,10 @@ TEST(ObjectHeaderTest, RejectsTruncatedCorruptAndInvalid) {
   for (size_t i = 0; i < b.size(); ++i) {
     auto copy = b;
     copy[i] ^= 0x40;
-    EXPECT_NOT_OK(DecodeObjectHeader(copy)) << "flip at byte " << i;
+    // Magic, version and header length (bytes 0..7) are checked before the checksum.
+    EXPECT_THAT(DecodeObjectHeader(copy),
+                StatusIs(i < 8 ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kDataLoss))
+        << "flip at byte " << i;
   }
   // A header whose checksum is right but whose fields are invalid is still refused.
   auto invalid = b;
