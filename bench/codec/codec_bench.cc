@@ -122,6 +122,31 @@ void BM_KvqDecode(benchmark::State& state) {
   SetRates(state, c.kv.size(), threads);
 }
 
+// KVQ with the quality options of docs/benchmarks-codec.md "Rotation and attention sinks": keys
+// and values rotated (decoded through the portable dequantiser plus the inverse Hadamard), one
+// sink token kept exact (the chunk starts at position 0).
+void BM_KvqDecodeRotatedSink(benchmark::State& state) {
+  const KvChunk& c = Chunk(static_cast<uint32_t>(state.range(2)));
+  size_t threads;
+  auto pool = MakePool(state.range(1), &threads);
+  codec::KvqOptions options;
+  options.level = static_cast<int>(state.range(0));
+  options.rotate_keys = options.rotate_values = true;
+  options.sink_tokens = 1;
+  auto container = codec::EncodeKvq(c.layout, c.kv, options);
+  if (!container.ok()) {
+    state.SkipWithError(std::string(container.status().message()).c_str());
+    return;
+  }
+  std::vector<uint8_t> out(c.kv.size());
+  for (auto _ : state) {
+    Status s = codec::DecodeKvq(*container, out, pool.get());
+    if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
+    benchmark::DoNotOptimize(out.data());
+  }
+  SetRates(state, c.kv.size(), threads);
+}
+
 void BM_ZstdCompress(benchmark::State& state) {
   const KvChunk& c = Chunk(256);
   std::vector<uint8_t> dst(ZSTD_compressBound(c.kv.size()));
@@ -189,6 +214,10 @@ BENCHMARK(BM_KvqEncode)
     ->UseRealTime();
 BENCHMARK(BM_KvqDecode)
     ->ArgsProduct({{1, 2, 3, 4}, {1, 0}, {256, 1024}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_KvqDecodeRotatedSink)
+    ->ArgsProduct({{3}, {1, 0}, {256, 1024}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_ZstdCompress)->Arg(1)->Arg(3)->Unit(benchmark::kMillisecond)->UseRealTime();
