@@ -3,11 +3,12 @@
 # with --tokens-file (multi-tenant: every call authenticated by a bearer token; the tenant has a
 # cpu quota, so it has an arena of its own, mapped read-only for reads and read-write for puts),
 # both on unix sockets, each measured on the shared-memory path and the gRPC byte streams with
-# `kvstash bench` (2 MiB objects, 64 per path), REPS repetitions interleaved. A third daemon,
-# single-tenant with --local-control-connections 0, sends the control calls of the shared-memory
-# path over gRPC as a multi-tenant node does (it offers no local control channel), which
-# separates that cost from the isolation's. Prints the bench tables, then the medians over the
-# repetitions of each p50 and the ratios to the single-tenant node.
+# `kvstash bench` (2 MiB objects, 64 per path), REPS repetitions interleaved. The tenant's
+# control calls go over its local control channel (the attach connection, bound to the token's
+# tenant), as a single-tenant client's do. A third daemon, single-tenant with
+# --local-control-connections 0, sends the control calls of the shared-memory path over gRPC
+# (as tenants did before they had the channel), for reference. Prints the bench tables, then the
+# medians over the repetitions of each p50 and the ratios to the single-tenant node.
 #   bench/service/tenants_ab.sh [BUILD_DIR] [REPS]
 set -euo pipefail
 B="${1:-build/release}"

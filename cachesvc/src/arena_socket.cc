@@ -66,12 +66,14 @@ Result<std::unique_ptr<ArenaSocketServer>> ArenaSocketServer::Start(
 }
 
 Result<std::unique_ptr<ArenaSocketServer>> ArenaSocketServer::StartAuthenticated(
-    const std::string& path, ArenaAttacher attach, MetricsRegistry* metrics) {
+    const std::string& path, ArenaAttacher attach, MetricsRegistry* metrics, int max_connections,
+    std::chrono::microseconds poll_window) {
   if (attach == nullptr)
     return absl::InvalidArgumentError("an authenticated socket needs an attacher");
   std::unique_ptr<ArenaSocketServer> server(new ArenaSocketServer());
   server->attach_ = std::move(attach);
-  server->max_connections_ = kMaxPendingAttaches;
+  server->max_connections_ = max_connections;
+  server->poll_window_ = poll_window;
   KVSTASH_RETURN_IF_ERROR(server->Listen(path, metrics));
   return server;
 }
@@ -152,8 +154,7 @@ void ArenaSocketServer::ReapLocked() {
   }
 }
 
-void ArenaSocketServer::Serve(Connection* conn) {
-  std::unique_ptr<LocalControlSession> session = sessions_();
+void ArenaSocketServer::Serve(Connection* conn, std::unique_ptr<LocalControlSession> session) {
   LocalFrameHeader request;
   std::string body;
   std::string reply;
@@ -195,6 +196,10 @@ void ArenaSocketServer::Serve(Connection* conn) {
   ::shutdown(conn->fd, SHUT_RDWR);
   session.reset();  // settles what the client left open, before the connection counts as gone
   if (open_connections_ != nullptr) open_connections_->Add(-1);
+  {
+    MutexLock lock(&conns_mu_);
+    if (conn->serving) --serving_;
+  }
   conn->done = true;
 }
 
@@ -252,12 +257,49 @@ void ArenaSocketServer::Attach(Connection* conn) {
     }
   }
   if (s.ok()) {
+    // The connection stays for local control calls when the grant brings a session for them
+    // and a slot is free; the handshake says which.
+    bool keep = false;
+    if (grant->session != nullptr) {
+      MutexLock lock(&conns_mu_);
+      keep = serving_ < max_connections_;
+      if (keep) {
+        ++serving_;
+        conn->serving = true;
+      }
+    }
+    if (keep) {
+      grant->hello.features |= kArenaFeatureLocalControl;
+    } else {
+      grant->hello.features &= ~kArenaFeatureLocalControl;
+      grant->session.reset();
+    }
+    // Counted before the handshake goes out: a client that has read it finds itself counted.
+    if (keep && open_connections_ != nullptr) open_connections_->Add(1);
     s = SendArenaFds(conn->fd, grant->fds, grant->hello);
     if (s.ok()) {
       if (attaches_ != nullptr) attaches_->Increment();
     } else {
       if (failures_ != nullptr) failures_->Increment();
       spdlog::warn("event=arena_attach_failed error=\"{}\"", std::string(s.message()));
+    }
+    if (keep && s.ok()) {
+      // Calls may be far apart: reads block (Stop() shuts the socket down); a client that stops
+      // reading its replies must not hold the thread forever.
+      timeval none{};
+      ::setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
+      timeval send_limit{};
+      send_limit.tv_sec = 30;
+      ::setsockopt(conn->fd, SOL_SOCKET, SO_SNDTIMEO, &send_limit, sizeof(send_limit));
+      Serve(conn, std::move(grant->session));  // marks the connection done
+      return;
+    }
+    if (keep) {
+      grant->session.reset();
+      if (open_connections_ != nullptr) open_connections_->Add(-1);
+      MutexLock lock(&conns_mu_);
+      --serving_;
+      conn->serving = false;
     }
   } else {
     if (refusals_ != nullptr) refusals_->Increment();
@@ -285,7 +327,9 @@ void ArenaSocketServer::AcceptLoop() {
     if (attach_ != nullptr) {
       MutexLock lock(&conns_mu_);
       ReapLocked();
-      if (conns_.size() >= static_cast<size_t>(max_connections_)) {
+      // Connections kept for local control calls have their own limit (Attach).
+      if (conns_.size() - static_cast<size_t>(serving_) >=
+          static_cast<size_t>(kMaxPendingAttaches)) {
         if (refusals_ != nullptr) refusals_->Increment();
         (void)SendArenaError(conn, absl::UnavailableError("too many attach requests at once"));
         ::close(conn);
@@ -320,7 +364,7 @@ void ArenaSocketServer::AcceptLoop() {
       c->fd = conn;
       MutexLock lock(&conns_mu_);
       conns_.push_back(std::move(owned));
-      c->thread = std::thread([this, c] { Serve(c); });
+      c->thread = std::thread([this, c] { Serve(c, sessions_()); });
     } else {
       if (keep && open_connections_ != nullptr) open_connections_->Add(-1);
       ::close(conn);

@@ -7,7 +7,9 @@
 //
 // Multi-tenant nodes start it with StartAuthenticated instead: nothing is sent until the client's
 // attach request names a bearer token, which the attacher maps to that tenant's own arena fds
-// (handshake version 2) or refuses (an error message, no fd); the connection is then closed.
+// (handshake version 2) or refuses (an error message, no fd). A grant that carries a session
+// keeps the connection open for local control calls, served by that session (bound to the
+// tenant the token named); otherwise the connection is closed.
 #ifndef KVSTASH_CACHESVC_ARENA_SOCKET_H_
 #define KVSTASH_CACHESVC_ARENA_SOCKET_H_
 
@@ -46,10 +48,14 @@ class LocalControlSession {
 using LocalControlFactory = std::function<std::unique_ptr<LocalControlSession>()>;
 
 // What one authenticated attach request gets: the handshake and the fds to send (1 or 2, owned by
-// the caller of StartAuthenticated; they must stay open until Stop() returns).
+// the caller of StartAuthenticated; they must stay open until Stop() returns), and optionally
+// the session that serves the connection's local control calls afterwards (the server sets
+// kArenaFeatureLocalControl when it keeps the connection, i.e. while fewer than
+// `max_connections` are kept; otherwise the session is dropped and the connection closed).
 struct ArenaGrant {
   ArenaHandshake hello;
   std::vector<int> fds;
+  std::unique_ptr<LocalControlSession> session;
 };
 // Maps an attach request to its grant, or the refusal to send (UNAUTHENTICATED, ...). Called on
 // connection threads, concurrently.
@@ -68,11 +74,14 @@ class ArenaSocketServer {
       LocalControlFactory sessions = nullptr, int max_connections = 0,
       std::chrono::microseconds poll_window = std::chrono::microseconds{0});
   // The multi-tenant socket: each connection must send an attach request within
-  // kAttachTimeout; at most kMaxPendingAttaches are served at a time (later ones are refused
-  // with UNAVAILABLE). `attach` must stay callable until Stop() returns.
-  static Result<std::unique_ptr<ArenaSocketServer>> StartAuthenticated(const std::string& path,
-                                                                       ArenaAttacher attach,
-                                                                       MetricsRegistry* metrics);
+  // kAttachTimeout; at most kMaxPendingAttaches are being attached at a time (later ones are
+  // refused with UNAVAILABLE). Granted connections whose grant carries a session stay open for
+  // local control calls, at most `max_connections` at a time, polled as Start's are. `attach`
+  // must stay callable until Stop() returns.
+  static Result<std::unique_ptr<ArenaSocketServer>> StartAuthenticated(
+      const std::string& path, ArenaAttacher attach, MetricsRegistry* metrics,
+      int max_connections = 0,
+      std::chrono::microseconds poll_window = std::chrono::microseconds{0});
   static constexpr std::chrono::seconds kAttachTimeout{5};
   static constexpr int kMaxPendingAttaches = 64;
   ~ArenaSocketServer();
@@ -88,15 +97,17 @@ class ArenaSocketServer {
     int fd = -1;  // closed by whoever joins the thread
     std::thread thread;
     std::atomic<bool> done{false};
+    bool serving = false;  // an authenticated connection kept for local control calls; conns_mu_
   };
 
   ArenaSocketServer() = default;
   Status Listen(const std::string& path, MetricsRegistry* metrics);
   void AcceptLoop();
-  // Reads the attach request on `conn`, answers it, closes the connection's writing side.
+  // Reads the attach request on `conn` and answers it; then serves the connection's local control
+  // calls when the grant carries a session and a slot is free, else shuts the connection down.
   void Attach(Connection* conn);
-  // Serves local control frames on `conn` until the client closes it or Stop().
-  void Serve(Connection* conn);
+  // Serves local control frames on `conn` with `session` until the client closes it or Stop().
+  void Serve(Connection* conn, std::unique_ptr<LocalControlSession> session);
   // Joins and forgets connections whose thread has ended.
   void ReapLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(conns_mu_);
 
@@ -116,6 +127,7 @@ class ArenaSocketServer {
   std::chrono::microseconds poll_window_{0};
   Mutex conns_mu_;
   std::list<std::unique_ptr<Connection>> conns_ ABSL_GUARDED_BY(conns_mu_);
+  int serving_ ABSL_GUARDED_BY(conns_mu_) = 0;  // authenticated connections kept for calls
   std::thread thread_;
   std::atomic<bool> stopped_{false};
 };

@@ -71,6 +71,7 @@ Status Authorizer::Reload() {
   auto fresh = std::make_shared<const TenantTable>(std::move(*table));
   std::lock_guard<std::mutex> lock(mu_);
   table_ = std::move(fresh);
+  generation_.fetch_add(1, std::memory_order_release);
   return OkStatus();
 }
 
@@ -193,6 +194,12 @@ Status Authorizer::CheckList(const Caller& caller, const std::string& name_space
         absl::StrCat("tenant ", caller.identity.tenant, " may not list another namespace"));
   }
   return OkStatus();
+}
+
+Status Authorizer::CheckWrite(const Caller& caller, const char* what) const {
+  if (!caller.restricted || !caller.identity.read_only) return OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(
+      "the credential of tenant ", caller.identity.tenant, " is read-only: ", what, " writes"));
 }
 
 TenantQuota Authorizer::Quota(const std::string& tenant) const {

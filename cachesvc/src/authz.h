@@ -9,7 +9,8 @@
 //  3. the client certificate of a mutual-TLS connection: the cert line naming its CN or a SAN.
 // Nothing else is accepted (UNAUTHENTICATED). A user or admin names only keys of its own tenant's
 // namespace: an empty namespace becomes the tenant's, another one is PERMISSION_DENIED. Admins
-// may additionally List any namespace and see the whole node's Stats.
+// may additionally List any namespace and see the whole node's Stats. A read-only credential
+// (`ro`) may make no call that writes (CheckWrite: PERMISSION_DENIED).
 //
 // Reservation and lease ids are numbered by the store, so they are not secrets: the ids a tenant
 // was given are recorded here, and Commit, Abort and Release of another tenant's id are
@@ -21,6 +22,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -62,12 +64,19 @@ class Authorizer {
   // Re-reads the tokens file (SIGHUP): revoked tokens stop working for new calls. On error the
   // old table stays.
   Status Reload();
+  // Counts the table swaps of Reload: a connection authenticated once (a tenant's local control
+  // channel) checks its token again when this has moved.
+  uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
 
   // Rewrites an empty namespace to the caller's tenant; PermissionDenied for another tenant's.
   Status Scope(const Caller& caller, ObjectName* name) const;
   Status ScopeAll(const Caller& caller, std::vector<ObjectName>* names) const;
   // PermissionDenied unless the caller may list `name_space` (or all, for admins).
   Status CheckList(const Caller& caller, const std::string& name_space, bool all) const;
+
+  // PermissionDenied when the caller's credential is read-only (`ro` in the tokens file): for
+  // every call that stores, changes or removes objects or pins (`what` names it).
+  Status CheckWrite(const Caller& caller, const char* what) const;
 
   // ResourceExhausted when putting `bytes` more into `usage` would pass the caller's quota of a
   // tier; counted in kvstash_quota_exceeded_total{tenant, tier}.
@@ -89,6 +98,7 @@ class Authorizer {
   MetricsRegistry* metrics_ = nullptr;
   mutable std::mutex mu_;
   std::shared_ptr<const TenantTable> table_;  // guarded by mu_
+  std::atomic<uint64_t> generation_{0};
   Counter* refused_missing_ = nullptr;
   Counter* refused_malformed_ = nullptr;
   Counter* refused_unknown_ = nullptr;

@@ -17,7 +17,16 @@
 namespace kvstash::cachesvc {
 namespace {
 using Clock = std::chrono::steady_clock;
+
+// The caller of this thread's in-process calls (CallerScope), or null.
+thread_local const Caller* scoped_caller = nullptr;
 }  // namespace
+
+KvStashService::CallerScope::CallerScope(const Caller& caller) : previous_(scoped_caller) {
+  scoped_caller = &caller;
+}
+
+KvStashService::CallerScope::~CallerScope() { scoped_caller = previous_; }
 
 KvStashService::KvStashService(storage::ObjectStore* store, const ServiceConfig& config,
                                std::string arena_socket_path, RpcMetrics* metrics,
@@ -51,6 +60,7 @@ Status KvStashService::CheckKeyCount(int count, const char* method) const {
 // ---- Callers -----------------------------------------------------------------
 
 Result<Caller> KvStashService::Who(const grpc::ServerContext* ctx) const {
+  if (ctx == nullptr && scoped_caller != nullptr) return *scoped_caller;
   if (auth_ == nullptr) return Caller{};
   return auth_->Authenticate(ctx);
 }
@@ -67,6 +77,10 @@ Result<ObjectName> KvStashService::CallerKey(const Caller& caller, const v1::Obj
   KVSTASH_ASSIGN_OR_RETURN(ObjectName name, ParseKey(key, where));
   if (auth_ != nullptr) KVSTASH_RETURN_IF_ERROR(auth_->Scope(caller, &name));
   return name;
+}
+
+Status KvStashService::CheckWrite(const Caller& caller, const char* what) const {
+  return auth_ == nullptr ? OkStatus() : auth_->CheckWrite(caller, what);
 }
 
 Status KvStashService::CheckQuota(const Caller& caller, uint64_t bytes) {
@@ -157,6 +171,7 @@ grpc::Status KvStashService::Reserve(grpc::ServerContext* ctx, const v1::Reserve
 
 Status KvStashService::DoReserve(const Caller& caller, const v1::ReserveRequest& req,
                                  v1::ReserveResponse* resp) {
+  KVSTASH_RETURN_IF_ERROR(CheckWrite(caller, "Reserve"));
   if (!req.has_key()) return Invalid("key: missing");
   KVSTASH_ASSIGN_OR_RETURN(ObjectName name, CallerKey(caller, req.key(), "key"));
   KVSTASH_ASSIGN_OR_RETURN(ObjectInfo info, ParseInfo(req.info(), req.has_info(), "info"));
@@ -193,7 +208,9 @@ Status KvStashService::CheckOwner(const grpc::ServerContext* ctx, const Caller* 
 grpc::Status KvStashService::Commit(grpc::ServerContext* ctx, const v1::CommitRequest* req,
                                     v1::CommitResponse* resp) {
   RpcScope scope(metrics_, Method::kCommit, req->ByteSizeLong());
-  Status owner = CheckOwner(ctx, nullptr, /*lease=*/false, req->reservation_id());
+  Result<Caller> caller = Who(ctx);
+  Status owner = caller.ok() ? CheckWrite(*caller, "Commit") : caller.status();
+  if (owner.ok()) owner = CheckOwner(ctx, &*caller, /*lease=*/false, req->reservation_id());
   if (!owner.ok()) return ToGrpcStatus(scope.Finish(owner));
   return ToGrpcStatus(
       scope.Finish(store_->Commit(req->reservation_id(), req->payload_crc32c(), req->durable())));
@@ -202,7 +219,9 @@ grpc::Status KvStashService::Commit(grpc::ServerContext* ctx, const v1::CommitRe
 grpc::Status KvStashService::Abort(grpc::ServerContext* ctx, const v1::AbortRequest* req,
                                    v1::AbortResponse*) {
   RpcScope scope(metrics_, Method::kAbort, req->ByteSizeLong());
-  Status owner = CheckOwner(ctx, nullptr, /*lease=*/false, req->reservation_id());
+  Result<Caller> caller = Who(ctx);
+  Status owner = caller.ok() ? CheckWrite(*caller, "Abort") : caller.status();
+  if (owner.ok()) owner = CheckOwner(ctx, &*caller, /*lease=*/false, req->reservation_id());
   if (!owner.ok()) return ToGrpcStatus(scope.Finish(owner));
   return ToGrpcStatus(scope.Finish(store_->Abort(req->reservation_id())));
 }
@@ -212,7 +231,8 @@ grpc::Status KvStashService::ReserveMany(grpc::ServerContext* ctx,
                                          v1::ReserveManyResponse* resp) {
   RpcScope scope(metrics_, Method::kReserveMany, req->ByteSizeLong());
   Result<Caller> caller = Who(ctx);
-  Status s = caller.ok() ? CheckKeyCount(req->items_size(), "ReserveMany") : caller.status();
+  Status s = caller.ok() ? CheckWrite(*caller, "ReserveMany") : caller.status();
+  if (s.ok()) s = CheckKeyCount(req->items_size(), "ReserveMany");
   if (s.ok()) {
     for (const v1::ReserveRequest& item : req->items()) {
       v1::ReserveResult* result = resp->add_results();
@@ -230,7 +250,8 @@ grpc::Status KvStashService::CommitMany(grpc::ServerContext* ctx, const v1::Comm
                                         v1::CommitManyResponse* resp) {
   RpcScope scope(metrics_, Method::kCommitMany, req->ByteSizeLong());
   Result<Caller> caller = Who(ctx);
-  Status s = caller.ok() ? CheckKeyCount(req->items_size(), "CommitMany") : caller.status();
+  Status s = caller.ok() ? CheckWrite(*caller, "CommitMany") : caller.status();
+  if (s.ok()) s = CheckKeyCount(req->items_size(), "CommitMany");
   if (s.ok()) {
     for (const v1::CommitRequest& item : req->items()) {
       Status owner = CheckOwner(ctx, &*caller, /*lease=*/false, item.reservation_id());
@@ -331,6 +352,7 @@ Status KvStashService::DoKeys(const grpc::ServerContext* ctx, KeysOp op, const v
                               v1::KeysResponse* resp) {
   static const char* kNames[] = {"Delete", "Pin", "Unpin"};
   KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
+  KVSTASH_RETURN_IF_ERROR(CheckWrite(caller, kNames[static_cast<int>(op)]));
   KVSTASH_RETURN_IF_ERROR(CheckKeyCount(req.keys_size(), kNames[static_cast<int>(op)]));
   KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, CallerKeys(caller, req.keys()));
   for (const ObjectName& name : names) {

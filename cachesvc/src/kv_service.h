@@ -140,6 +140,22 @@ class KvStashService final : public v1::KvStash::Service {
                  std::string arena_socket_path, RpcMetrics* metrics, RemoteTier* remote = nullptr,
                  HandoffRegistry* handoffs = nullptr, Authorizer* auth = nullptr);
 
+  // While it lives, calls this thread makes into the service's handlers with a null
+  // ServerContext are `caller`'s (which must outlive the scope): a tenant's local control
+  // connection, authenticated by the bearer token of its attach request, runs each call in one.
+  // Without a scope such calls are in-process ones, unrestricted in single-tenant mode and
+  // refused (UNAUTHENTICATED) in multi-tenant mode. Scopes nest; not copyable.
+  class CallerScope {
+   public:
+    explicit CallerScope(const Caller& caller);
+    ~CallerScope();
+    CallerScope(const CallerScope&) = delete;
+    CallerScope& operator=(const CallerScope&) = delete;
+
+   private:
+    const Caller* previous_;
+  };
+
   // The address this node names itself by in handoff descriptors (peers.advertise, else the
   // bound address); set once the server is bound, before requests need it.
   void SetAdvertisedAddress(std::string address);
@@ -186,6 +202,8 @@ class KvStashService final : public v1::KvStash::Service {
   Status CheckOwner(const grpc::ServerContext* ctx, const Caller* known, bool lease, uint64_t id);
   // ResourceExhausted past the caller's quota (authz.h).
   Status CheckQuota(const Caller& caller, uint64_t bytes);
+  // PermissionDenied when a read-only caller makes call `what`, which writes (authz.h).
+  Status CheckWrite(const Caller& caller, const char* what) const;
   Status DoLookup(const grpc::ServerContext* ctx, const v1::LookupRequest& req,
                   v1::LookupResponse* resp);
   // Whether a local miss of this call may be served from peers.

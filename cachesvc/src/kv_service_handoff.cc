@@ -48,6 +48,7 @@ grpc::Status KvStashService::Offer(grpc::ServerContext* ctx, const v1::OfferRequ
 Status KvStashService::DoOffer(const grpc::ServerContext* ctx, const v1::OfferRequest& req,
                                v1::OfferResponse* resp) {
   KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
+  KVSTASH_RETURN_IF_ERROR(CheckWrite(caller, "Offer"));  // it pins the objects
   if (handoffs_ == nullptr) return absl::UnimplementedError("this node does not offer handoffs");
   KVSTASH_RETURN_IF_ERROR(CheckKeyCount(req.keys_size(), "Offer"));
   KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, CallerKeys(caller, req.keys()));
@@ -78,6 +79,7 @@ Status KvStashService::DoFetchHandoff(const grpc::ServerContext* ctx,
                                       const v1::FetchHandoffRequest& req,
                                       v1::FetchHandoffResponse* resp) {
   KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
+  KVSTASH_RETURN_IF_ERROR(CheckWrite(caller, "FetchHandoff"));  // it stores what it fetches
   const v1::HandoffDescriptor& d = req.handoff();
   KVSTASH_RETURN_IF_ERROR(CheckKeyCount(d.keys_size(), "FetchHandoff"));
   if (d.payload_bytes_size() != d.keys_size()) {

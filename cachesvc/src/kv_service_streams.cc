@@ -109,6 +109,7 @@ Result<std::unique_ptr<KvStashService::IncomingPut>> KvStashService::StartPut(
   const v1::PutHeader& header = put->chunk_.header();
   if (!header.has_key()) return Invalid("header.key: missing");
   KVSTASH_ASSIGN_OR_RETURN(Caller caller, Who(ctx));
+  KVSTASH_RETURN_IF_ERROR(CheckWrite(caller, "Put"));
   KVSTASH_ASSIGN_OR_RETURN(ObjectName name, CallerKey(caller, header.key(), "header.key"));
   KVSTASH_ASSIGN_OR_RETURN(put->info_, ParseInfo(header.info(), header.has_info(), "header.info"));
   KVSTASH_RETURN_IF_ERROR(CheckQuota(caller, put->info_.payload_bytes));

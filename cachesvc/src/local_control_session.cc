@@ -127,26 +127,79 @@ grpc::Status Run(KvStashService* service,
   return status;
 }
 
+// The tenant a multi-tenant node's session calls as (TenantLocalSessions).
+struct TenantBinding {
+  Authorizer* auth = nullptr;
+  Caller caller;
+  std::string token;        // of the attach request, checked again after a reload
+  uint64_t generation = 0;  // auth->generation() when `caller` was last checked
+  Status refused;           // sticky: the token stopped naming this tenant
+};
+
 class ServiceLocalSession final : public LocalControlSession {
  public:
-  ServiceLocalSession(KvStashService* service, std::shared_ptr<ClientRegistry> registry)
+  ServiceLocalSession(KvStashService* service, std::shared_ptr<ClientRegistry> registry,
+                      std::unique_ptr<TenantBinding> tenant = nullptr)
       : service_(service),
         registry_(std::move(registry)),
-        handles_(std::make_shared<ClientHandles>()) {}
+        handles_(std::make_shared<ClientHandles>()),
+        tenant_(std::move(tenant)) {}
   ~ServiceLocalSession() override { registry_->Leave(client_id_, handles_); }
 
   void Handle(uint16_t method, std::string_view body, uint16_t* reply_code,
               std::string* reply_body) override;
 
  private:
+  // OK while the attach request's token still names the session's tenant.
+  Status CheckTenant();
+  void Dispatch(uint16_t method, std::string_view body, uint16_t* reply_code,
+                std::string* reply_body);
+
   KvStashService* service_;
   std::shared_ptr<ClientRegistry> registry_;
   std::string client_id_;  // empty until Hello
   std::shared_ptr<ClientHandles> handles_;
+  std::unique_ptr<TenantBinding> tenant_;  // null on a single-tenant node
 };
+
+Status ServiceLocalSession::CheckTenant() {
+  TenantBinding& t = *tenant_;
+  if (!t.refused.ok()) return t.refused;
+  const uint64_t generation = t.auth->generation();
+  if (generation == t.generation) return OkStatus();
+  Result<Caller> now = t.auth->AuthenticateToken(t.token);
+  if (!now.ok()) {
+    t.refused = absl::UnauthenticatedError(
+        absl::StrCat("local control: the token of this connection no longer authenticates (",
+                     std::string(now.status().message()), ")"));
+  } else if (now->identity.tenant != t.caller.identity.tenant) {
+    t.refused = absl::UnauthenticatedError(
+        "local control: the token of this connection now names another tenant; attach again");
+  } else {
+    t.caller = *now;  // a changed role or access takes effect now
+    t.generation = generation;
+  }
+  return t.refused;
+}
 
 void ServiceLocalSession::Handle(uint16_t method, std::string_view body, uint16_t* reply_code,
                                  std::string* reply_body) {
+  if (tenant_ == nullptr) {
+    Dispatch(method, body, reply_code, reply_body);
+    return;
+  }
+  Status s = CheckTenant();
+  if (!s.ok()) {
+    *reply_code = static_cast<uint16_t>(s.code());
+    *reply_body = std::string(s.message());
+    return;
+  }
+  KvStashService::CallerScope scope(tenant_->caller);
+  Dispatch(method, body, reply_code, reply_body);
+}
+
+void ServiceLocalSession::Dispatch(uint16_t method, std::string_view body, uint16_t* reply_code,
+                                   std::string* reply_body) {
   switch (static_cast<LocalMethod>(method)) {
     case LocalMethod::kHello: {
       if (body.size() != kLocalClientIdBytes || !client_id_.empty()) {
@@ -157,7 +210,10 @@ void ServiceLocalSession::Handle(uint16_t method, std::string_view body, uint16_
                           : "local control: Hello sent twice on one connection";
         return;
       }
-      client_id_ = std::string(body);
+      // A tenant's ids are its own: another tenant naming the same id joins another record.
+      client_id_ = tenant_ == nullptr
+                       ? std::string(body)
+                       : absl::StrCat(tenant_->caller.identity.tenant, "/", std::string(body));
       std::shared_ptr<ClientHandles> own = std::move(handles_);
       handles_ = registry_->Join(client_id_);
       own->MoveTo(handles_.get());  // what this connection took before its Hello
@@ -242,15 +298,38 @@ void ServiceLocalSession::Handle(uint16_t method, std::string_view body, uint16_
 
 }  // namespace
 
-LocalControlFactory ServiceLocalSessions(KvStashService* service, storage::ObjectStore* store,
-                                         MetricsRegistry* metrics) {
+namespace {
+
+std::shared_ptr<ClientRegistry> MakeRegistry(storage::ObjectStore* store,
+                                             MetricsRegistry* metrics) {
   Counter* abandoned = metrics->GetCounter(
       "kvstash_local_control_abandoned_total",
       "Reservations aborted and leases released because their client's last local control "
       "connection closed");
-  auto registry = std::make_shared<ClientRegistry>(store, abandoned);
+  return std::make_shared<ClientRegistry>(store, abandoned);
+}
+
+}  // namespace
+
+LocalControlFactory ServiceLocalSessions(KvStashService* service, storage::ObjectStore* store,
+                                         MetricsRegistry* metrics) {
+  auto registry = MakeRegistry(store, metrics);
   return [service, registry]() -> std::unique_ptr<LocalControlSession> {
     return std::make_unique<ServiceLocalSession>(service, registry);
+  };
+}
+
+TenantLocalFactory TenantLocalSessions(KvStashService* service, storage::ObjectStore* store,
+                                       Authorizer* auth, MetricsRegistry* metrics) {
+  auto registry = MakeRegistry(store, metrics);
+  return [service, registry, auth](const Caller& caller, const std::string& token,
+                                   uint64_t generation) -> std::unique_ptr<LocalControlSession> {
+    auto tenant = std::make_unique<TenantBinding>();
+    tenant->auth = auth;
+    tenant->caller = caller;
+    tenant->token = token;
+    tenant->generation = generation;
+    return std::make_unique<ServiceLocalSession>(service, registry, std::move(tenant));
   };
 }
 

@@ -11,7 +11,12 @@
 #ifndef KVSTASH_CACHESVC_LOCAL_CONTROL_SESSION_H_
 #define KVSTASH_CACHESVC_LOCAL_CONTROL_SESSION_H_
 
+#include <functional>
+#include <memory>
+#include <string>
+
 #include "arena_socket.h"
+#include "authz.h"
 #include "kv_service.h"
 #include "kvstash/common/metrics.h"
 #include "kvstash/storage/object_store.h"
@@ -21,6 +26,20 @@ namespace kvstash::cachesvc {
 // Makes the sessions for ArenaSocketServer. All pointers must outlive every session.
 LocalControlFactory ServiceLocalSessions(KvStashService* service, storage::ObjectStore* store,
                                          MetricsRegistry* metrics);
+
+// The sessions of a multi-tenant node's authenticated arena socket: each is bound to the caller
+// that the bearer token `token` of the connection's attach request named (authenticated when
+// Authorizer::generation() was `generation`: read it before authenticating), and runs every call as
+// that caller (KvStashService::CallerScope): the same namespace scoping, id ownership, quota and
+// permission checks as the caller's gRPC calls. After a reload of the tokens file
+// (Authorizer::generation moved) the token is checked again before the next call: a revoked
+// token's calls are UNAUTHENTICATED from then on, and a token that now names another tenant too
+// (its connection mapped the old tenant's arena). A client's Hello id is scoped to its tenant,
+// so one tenant cannot join another's record of open handles.
+using TenantLocalFactory = std::function<std::unique_ptr<LocalControlSession>(
+    const Caller& caller, const std::string& token, uint64_t generation)>;
+TenantLocalFactory TenantLocalSessions(KvStashService* service, storage::ObjectStore* store,
+                                       Authorizer* auth, MetricsRegistry* metrics);
 
 }  // namespace kvstash::cachesvc
 

@@ -247,15 +247,26 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
         "cannot create ", socket_dir.string(), " for the arena socket: ", mkdir_error.message())));
   }
   // Multi-tenant: the socket hands a client only its own tenant's arena, after checking its
-  // bearer token, and no local control channel (its calls would carry no credentials; control
-  // calls go over gRPC with the token). docs/deploy.md "Shared memory".
+  // bearer token, and keeps the connection as a local control channel bound to that tenant
+  // (every call runs as the token's caller). docs/deploy.md "Shared memory".
   if (impl->auth->multi_tenant()) {
     Authorizer* auth = impl->auth.get();
     storage::ObjectStore* store = impl->store.get();
-    ArenaAttacher attach = [auth, store](const ArenaAttachRequest& req) -> Result<ArenaGrant> {
+    TenantLocalFactory sessions;
+    if (config.local_control_connections > 0) {
+      sessions = TenantLocalSessions(impl->service.get(), store, auth, &impl->registry);
+    }
+    ArenaAttacher attach = [auth, store,
+                            sessions](const ArenaAttachRequest& req) -> Result<ArenaGrant> {
+      const uint64_t generation = auth->generation();  // before the token is checked
       KVSTASH_ASSIGN_OR_RETURN(Caller caller, auth->AuthenticateToken(req.token));
       if (caller.identity.role == Role::kPeer) {
         return absl::PermissionDeniedError("peers do not map arenas");
+      }
+      if (req.writable && caller.identity.read_only) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            "the token of tenant ", caller.identity.tenant,
+            " is read-only: no writable mapping (attach read-only, ClientOptions::read_only)"));
       }
       const storage::ArenaSegment seg = store->arena_segment(caller.identity.tenant);
       if (seg.index == 0) {
@@ -276,10 +287,12 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
         grant.hello.features |= kArenaFeatureWritableFd;
         grant.fds.push_back(seg.fd);
       }
+      if (sessions != nullptr) grant.session = sessions(caller, req.token, generation);
       return grant;
     };
-    auto arena =
-        ArenaSocketServer::StartAuthenticated(impl->arena_socket_path, attach, &impl->registry);
+    auto arena = ArenaSocketServer::StartAuthenticated(
+        impl->arena_socket_path, attach, &impl->registry, config.local_control_connections,
+        std::chrono::microseconds{config.local_control_poll_us});
     if (!arena.ok()) return fail(arena.status());
     impl->arena_socket = std::move(*arena);
   } else {

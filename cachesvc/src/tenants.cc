@@ -32,12 +32,35 @@ Status LineError(int line, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat("tokens file line ", line, ": ", what));
 }
 
-Result<Role> ParseRole(const std::string& text, bool allow_peer, int line) {
-  if (text.empty() || text == "user") return Role::kUser;
-  if (text == "admin") return Role::kAdmin;
-  if (text == "peer" && allow_peer) return Role::kPeer;
-  return LineError(line, absl::StrCat("unknown role '", text.substr(0, 32), "' (user",
-                                      allow_peer ? ", admin or peer)" : " or admin)"));
+// The optional fields after the tenant: at most one role and one access, in either order.
+Status ParseOptions(const std::vector<std::string>& fields, bool allow_peer, int line,
+                    Identity* id) {
+  bool role_seen = false, access_seen = false;
+  for (const std::string& text : fields) {
+    if (text == "rw" || text == "read-write" || text == "ro" || text == "read-only") {
+      if (access_seen) return LineError(line, "two access fields (rw or ro)");
+      access_seen = true;
+      id->read_only = text == "ro" || text == "read-only";
+      continue;
+    }
+    if (role_seen) return LineError(line, "two roles");
+    role_seen = true;
+    if (text == "user") {
+      id->role = Role::kUser;
+    } else if (text == "admin") {
+      id->role = Role::kAdmin;
+    } else if (text == "peer" && allow_peer) {
+      id->role = Role::kPeer;
+    } else {
+      return LineError(line,
+                       absl::StrCat("unknown role or access '", text.substr(0, 32), "' (user",
+                                    allow_peer ? ", admin, peer" : " or admin", "; rw or ro)"));
+    }
+  }
+  if (id->role == Role::kPeer && id->read_only) {
+    return LineError(line, "a peer is never read-only");
+  }
+  return OkStatus();
 }
 
 int HexValue(char c) {
@@ -109,14 +132,16 @@ Result<TenantTable> TenantTable::Parse(std::string_view text) {
     if (kind != "token" && kind != "sha256" && kind != "cert") {
       return LineError(line, "lines start with token, sha256, cert or quota");
     }
-    if (f.size() < 3 || f.size() > 4) {
-      return LineError(line,
-                       absl::StrCat(kind, " needs a credential, a tenant and an optional role"));
+    if (f.size() < 3) {
+      return LineError(line, absl::StrCat(kind,
+                                          " needs a credential, a tenant, and optionally a role "
+                                          "and an access"));
     }
     Identity id;
     id.tenant = f[2];
     if (!ValidTenantName(id.tenant)) return LineError(line, "bad tenant name");
-    KVSTASH_ASSIGN_OR_RETURN(id.role, ParseRole(f.size() == 4 ? f[3] : "", kind == "cert", line));
+    KVSTASH_RETURN_IF_ERROR(
+        ParseOptions(std::vector<std::string>(f.begin() + 3, f.end()), kind == "cert", line, &id));
     const std::string& credential = f[1];
     if (kind == "cert") {
       if (credential.size() > 256) return LineError(line, "certificate name longer than 256");

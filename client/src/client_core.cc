@@ -61,6 +61,7 @@ Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
   }
   ArenaAttachRequest attach;
   attach.token = options.bearer_token;  // a multi-tenant service maps it to the tenant's arena
+  attach.writable = !options.attach_read_only;
   KVSTASH_ASSIGN_OR_RETURN(
       ReceivedArena received,
       ReceiveArenaFd(resp.fd_socket_path(), static_cast<int>(options.connect_timeout.count()),
@@ -123,7 +124,7 @@ Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
     // Without it every call still works over gRPC, only slower; not worth failing the attach.
     auto created =
         LocalControl::Create(resp.fd_socket_path(), connection, received.hello.arena_generation,
-                             options.rpc_timeout, options.local_control_poll);
+                             options.rpc_timeout, options.local_control_poll, attach);
     if (created.ok()) local = std::move(*created);
   } else if (connection >= 0) {
     // A re-attach: the channel lives on (its handles must stay anchored) and re-anchors itself

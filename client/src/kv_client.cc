@@ -94,6 +94,11 @@ const std::string& KvClient::target() const { return core_->target; }
 
 bool KvClient::shared_memory_attached() const { return core_->CurrentMapping() != nullptr; }
 
+bool KvClient::shared_memory_writable() const {
+  std::shared_ptr<internal::ArenaMapping> m = core_->CurrentMapping();
+  return m != nullptr && m->write_base != nullptr;
+}
+
 bool KvClient::local_control_active() const { return core_->CurrentLocal() != nullptr; }
 
 Status KvClient::shared_memory_status() const {
@@ -141,7 +146,7 @@ Status KvClient::Put(const ObjectName& name, const ObjectInfo& info,
     case DataPath::kSharedMemory:
       return PutShared(name, info, payload, options);
     case DataPath::kAuto:
-      if (shared_memory_attached()) return PutShared(name, info, payload, options);
+      if (shared_memory_writable()) return PutShared(name, info, payload, options);
       return PutStream(name, info, payload, options);
   }
   return absl::InvalidArgumentError("unknown data path");
@@ -202,6 +207,10 @@ Result<WriteReservation> KvClient::Reserve(const ObjectName& name, const ObjectI
     return absl::FailedPreconditionError(
         absl::StrCat("shared memory is not attached",
                      why.ok() ? "" : absl::StrCat(": ", std::string(why.message()))));
+  }
+  if (!shared_memory_writable()) {
+    return absl::FailedPreconditionError(
+        "the arena is attached read-only (ClientOptions::attach_read_only)");
   }
   v1::ReserveRequest req;
   ToProto(name, req.mutable_key());

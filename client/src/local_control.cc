@@ -60,14 +60,19 @@ Status LocalReplyStatus(uint16_t code, const std::string& body,
 }
 
 LocalControl::LocalControl(std::string socket_path, std::chrono::milliseconds timeout,
-                           std::chrono::microseconds poll)
-    : socket_path_(std::move(socket_path)), timeout_(timeout), poll_(poll) {}
+                           std::chrono::microseconds poll, ArenaAttachRequest attach)
+    : socket_path_(std::move(socket_path)),
+      timeout_(timeout),
+      poll_(poll),
+      attach_(std::move(attach)) {}
 
 Result<std::unique_ptr<LocalControl>> LocalControl::Create(std::string socket_path, int anchor_fd,
                                                            uint64_t generation,
                                                            std::chrono::milliseconds timeout,
-                                                           std::chrono::microseconds poll) {
-  std::unique_ptr<LocalControl> local(new LocalControl(std::move(socket_path), timeout, poll));
+                                                           std::chrono::microseconds poll,
+                                                           ArenaAttachRequest attach) {
+  std::unique_ptr<LocalControl> local(
+      new LocalControl(std::move(socket_path), timeout, poll, std::move(attach)));
   local->anchor_fd_ = anchor_fd;
   local->anchor_generation_ = generation;
   // The id only has to be unique among this node's clients; 128 random bits are.
@@ -103,9 +108,9 @@ Status LocalControl::Hello(int fd) {
 }
 
 Result<int> LocalControl::Open() {
-  KVSTASH_ASSIGN_OR_RETURN(
-      ReceivedArena received,
-      ReceiveArenaFd(socket_path_, static_cast<int>(timeout_.count()), /*keep_connection=*/true));
+  KVSTASH_ASSIGN_OR_RETURN(ReceivedArena received,
+                           ReceiveArenaFd(socket_path_, static_cast<int>(timeout_.count()),
+                                          /*keep_connection=*/true, attach_));
   ::close(received.fd);  // this client mapped the arena already
   if (received.writable_fd >= 0) ::close(received.writable_fd);
   if ((received.hello.features & kArenaFeatureLocalControl) == 0) {

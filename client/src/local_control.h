@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "kvstash/common/status.h"
+#include "kvstash/proto/arena_handshake.h"
 #include "kvstash/proto/local_control.h"
 
 namespace kvstash::client::internal {
@@ -33,11 +34,14 @@ namespace kvstash::client::internal {
 class LocalControl {
  public:
   // Takes ownership of `anchor_fd`, the connection of the attach handshake (which announced
-  // `generation`): says Hello on it and keeps it open. Unavailable when that fails.
+  // `generation`): says Hello on it and keeps it open. Unavailable when that fails. Every further
+  // connection sends `attach` (the client's attach request: on a multi-tenant service its bearer
+  // token binds the connection to the client's tenant).
   static Result<std::unique_ptr<LocalControl>> Create(std::string socket_path, int anchor_fd,
                                                       uint64_t generation,
                                                       std::chrono::milliseconds timeout,
-                                                      std::chrono::microseconds poll);
+                                                      std::chrono::microseconds poll,
+                                                      ArenaAttachRequest attach = {});
   ~LocalControl();
   LocalControl(const LocalControl&) = delete;
   LocalControl& operator=(const LocalControl&) = delete;
@@ -82,7 +86,7 @@ class LocalControl {
 
  private:
   LocalControl(std::string socket_path, std::chrono::milliseconds timeout,
-               std::chrono::microseconds poll);
+               std::chrono::microseconds poll, ArenaAttachRequest attach);
   // An idle connection, or a new one (handshake + Hello). `fresh` says which.
   Result<int> Take(bool* fresh);
   void GiveBack(int fd);
@@ -95,6 +99,7 @@ class LocalControl {
   std::string socket_path_;
   std::chrono::milliseconds timeout_;
   std::chrono::microseconds poll_;
+  ArenaAttachRequest attach_;
   std::array<uint8_t, kLocalClientIdBytes> client_id_{};
   std::atomic<uint32_t> sequence_{0};
   std::mutex mu_;

@@ -92,7 +92,7 @@ class Pipeline {
 }  // namespace
 
 std::vector<Status> KvClient::PutMany(std::span<const PutItem> items, const PutOptions& options) {
-  if (options.path != DataPath::kStream && shared_memory_attached()) {
+  if (options.path != DataPath::kStream && shared_memory_writable()) {
     return PutManyShared(items, options);
   }
   // Stream path (or kSharedMemory without an arena: each Put says FailedPrecondition).

@@ -1,7 +1,8 @@
 // The tokens file, the authorization header and the certificate names a TLS handshake reports are
 // untrusted text (the file may be edited by hand; the others come from any client). Each parser
 // must accept or reject without crashing, and what it accepts must be consistent: every token
-// line parsed is found again by its token, a parsed bearer token is one a header can carry.
+// line parsed is found again by its token, with its tenant and access (ro), and a parsed bearer
+// token is one a header can carry.
 //
 // Input: three parts separated by the byte 0x00: tokens-file text, an authorization header value,
 // then certificate properties as "name=value" lines.
@@ -33,15 +34,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   auto table = TenantTable::Parse(parts[0]);
   if (table.ok()) {
-    // Each "token <t> ..." line that parsed must resolve to a tenant.
+    // Each "token <t> <tenant> ..." line that parsed must resolve to that tenant, read-only
+    // exactly when the line says ro.
     std::istringstream lines{std::string(parts[0])};
     for (std::string line; std::getline(lines, line);) {
       if (const size_t hash = line.find('#'); hash != std::string::npos) line.resize(hash);
       std::istringstream fields(line);
-      std::string kind, token;
-      if (fields >> kind >> token && kind == "token" && table->FindToken(token) == nullptr) {
-        std::abort();
-      }
+      std::string kind, token, tenant;
+      if (!(fields >> kind >> token >> tenant) || kind != "token") continue;
+      const kvstash::cachesvc::Identity* id = table->FindToken(token);
+      if (id == nullptr || id->tenant != tenant) std::abort();
+      bool ro = false;
+      for (std::string option; fields >> option;)
+        ro = ro || option == "ro" || option == "read-only";
+      if (id->read_only != ro) std::abort();
     }
   }
 

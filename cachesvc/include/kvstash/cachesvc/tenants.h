@@ -3,12 +3,19 @@
 //
 // The tokens file (--tokens-file; in Kubernetes a Secret) is line-based; '#' starts a comment:
 //
-//   token  <token>            <tenant> [user|admin]   a bearer token (16..1024 printable chars)
-//   sha256 <64 hex digits>    <tenant> [user|admin]   the same, stored as its SHA-256
-//   cert   <name>             <tenant> [user|admin|peer]
-//                                                      a client certificate whose subject CN or
-//                                                      one of whose SANs is <name>
-//   quota  <tenant> cpu=<size> ssd=<size>             bytes per tier (0 or absent: no limit)
+//   token  <token>            <tenant> [user|admin] [rw|ro]
+//                                          a bearer token (16..1024 printable chars)
+//   sha256 <64 hex digits>    <tenant> [user|admin] [rw|ro]
+//                                          the same, stored as its SHA-256
+//   cert   <name>             <tenant> [user|admin|peer] [rw|ro]
+//                                          a client certificate whose subject CN or one of whose
+//                                          SANs is <name>
+//   quota  <tenant> cpu=<size> ssd=<size>  bytes per tier (0 or absent: no limit)
+//
+// The role and the access may come in either order; the defaults are user and rw. `ro`
+// (read-only, also spelt `read-only`) credentials read their tenant's objects but every call that
+// stores, changes or removes objects or pins is PERMISSION_DENIED, as is a writable mapping of
+// the tenant's arena; peers are never read-only.
 //
 // Tenants are [A-Za-z0-9._-]{1,64}; a tenant's objects live in the namespace of the same name.
 // Tokens are kept only as SHA-256 digests and compared in constant time against every entry.
@@ -41,7 +48,8 @@ const char* RoleName(Role role);
 struct Identity {
   std::string tenant;  // the namespace of the caller's objects
   Role role = Role::kUser;
-  std::string principal;  // for logs: "token#<line>", "cert:<name>", "peer-secret"
+  std::string principal;   // for logs: "token#<line>", "cert:<name>", "peer-secret"
+  bool read_only = false;  // `ro`: no call that writes (see above)
 };
 
 struct TenantQuota {

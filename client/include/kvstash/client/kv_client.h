@@ -44,6 +44,12 @@ struct ClientOptions {
   // Attach the arena when the target is a unix socket. A failed attach is not an error: the
   // client falls back to byte streams and shared_memory_status() says why.
   bool use_shared_memory = true;
+  // Map the arena for reading only (a multi-tenant cachesvc then sends no writable fd; a
+  // single-tenant one maps read-write regardless). Needed with a read-only token, whose writable
+  // attach is refused (PERMISSION_DENIED, docs/deploy.md "Read-only tokens"). Reads (Acquire,
+  // Get) use the mapping; Put and PutMany with DataPath::kAuto use the byte stream, and
+  // Reserve or DataPath::kSharedMemory puts are FailedPrecondition.
+  bool attach_read_only = false;
   // Acquire() verifies the crc32c of leased bytes before returning them (costs one pass).
   bool verify_reads = false;
   uint32_t stream_chunk_bytes = 1u << 20;  // data per PutChunk
@@ -308,6 +314,8 @@ class KvClient {
 
   const std::string& target() const;
   bool shared_memory_attached() const;
+  // Attached with a writable mapping (not ClientOptions::attach_read_only).
+  bool shared_memory_writable() const;
   // Why shared memory is not attached (OK when it is, or when it was not asked for).
   Status shared_memory_status() const;
   // Whether control calls currently go over the local control channel (ClientOptions).
