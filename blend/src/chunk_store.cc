@@ -78,7 +78,7 @@ class MemoryChunkKv : public ChunkKv {
     const size_t slab = kernels::ChunkLayerBytes(layout_);
     return std::span<const uint8_t>(*bytes_).subspan((layer - layout_.layer_begin) * slab, slab);
   }
-  StoreTier tier() const override { return StoreTier::kProcess; }
+  Tier tier() const override { return Tier::kProcess; }
 
  private:
   KvLayout layout_;
@@ -115,7 +115,7 @@ class InProcessChunkStore : public ChunkKvStore {
   Status Put(const ChunkRecord& record, std::span<const uint8_t> kv) override {
     KVSTASH_RETURN_IF_ERROR(CheckPutArguments(record, kv));
     Stored s{record, std::make_shared<const std::vector<uint8_t>>(kv.begin(), kv.end())};
-    s.record.tier = StoreTier::kProcess;
+    s.record.tier = Tier::kProcess;
     if (record.kind == CacheKind::kAlone) s.record.stats = ChunkStats{};
     std::lock_guard<std::mutex> lock(mu_);
     Entry& e = entries_[record.chunk];

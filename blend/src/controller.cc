@@ -58,9 +58,9 @@ void LoadController::ObservePrefill(uint32_t tokens, double seconds) {
       prefill_per_token_ == 0.0 ? x : (1 - smoothing_) * prefill_per_token_ + smoothing_ * x;
 }
 
-void LoadController::ObserveLoad(StoreTier tier, uint64_t bytes, double seconds) {
+void LoadController::ObserveLoad(Tier tier, uint64_t bytes, double seconds) {
   const auto i = static_cast<size_t>(tier);
-  if (i >= 5 || bytes == 0 || !(seconds > 0.0)) return;
+  if (i >= kTierCount || bytes == 0 || !(seconds > 0.0)) return;
   std::lock_guard<std::mutex> lock(mu_);
   const double x = static_cast<double>(bytes) / seconds;
   throughput_[i] = throughput_[i] == 0.0 ? x : (1 - smoothing_) * throughput_[i] + smoothing_ * x;
@@ -73,7 +73,7 @@ ControllerDecision LoadController::Decide(uint32_t tokens, uint64_t kv_bytes) co
   std::lock_guard<std::mutex> lock(mu_);
   in.prefill_seconds = prefill_per_token_ * tokens;
   // Cheapest storage first.
-  for (StoreTier t : {StoreTier::kSsd, StoreTier::kRemote, StoreTier::kCpu, StoreTier::kProcess}) {
+  for (Tier t : {Tier::kSsd, Tier::kRemote, Tier::kCpu, Tier::kGpu, Tier::kProcess}) {
     double bps = throughput_[static_cast<size_t>(t)];
     if (bps > 0.0) in.tiers.push_back({t, bps});
   }
@@ -85,9 +85,9 @@ double LoadController::prefill_seconds_per_token() const {
   return prefill_per_token_;
 }
 
-double LoadController::throughput(StoreTier tier) const {
+double LoadController::throughput(Tier tier) const {
   const auto i = static_cast<size_t>(tier);
-  if (i >= 5) return 0.0;
+  if (i >= kTierCount) return 0.0;
   std::lock_guard<std::mutex> lock(mu_);
   return throughput_[i];
 }

@@ -50,7 +50,7 @@ class LayerLoader {
   const std::vector<double>& layer_seconds() const { return layer_seconds_; }
   // Bytes and seconds per tier, for the loading controller.
   struct TierLoad {
-    StoreTier tier;
+    Tier tier;
     uint64_t bytes = 0;
     double seconds = 0.0;
   };

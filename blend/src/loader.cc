@@ -140,7 +140,7 @@ Status LayerLoader::Finish() {
 }
 
 std::vector<LayerLoader::TierLoad> LayerLoader::tier_loads() const {
-  std::map<StoreTier, TierLoad> by;
+  std::map<Tier, TierLoad> by;
   for (size_t i = 0; i < kv_.size(); ++i) {
     TierLoad& t = by[kv_[i]->tier()];
     t.tier = kv_[i]->tier();

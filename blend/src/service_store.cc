@@ -11,19 +11,6 @@
 namespace kvstash::blend {
 namespace {
 
-StoreTier ToStoreTier(client::Tier t) {
-  switch (t) {
-    case client::Tier::kCpu:
-      return StoreTier::kCpu;
-    case client::Tier::kSsd:
-      return StoreTier::kSsd;
-    case client::Tier::kRemote:
-      return StoreTier::kRemote;
-    default:
-      return StoreTier::kUnknown;
-  }
-}
-
 KvLayout StatsLayout(size_t framed_bytes) {
   KvLayout l;
   l.num_layers = 1;
@@ -57,7 +44,7 @@ Result<ChunkStats> UnframeStats(std::span<const uint8_t> bytes) {
 class ServiceChunkKv : public ChunkKv {
  public:
   ServiceChunkKv(KvLayout layout, std::optional<client::ReadLease> lease, std::vector<uint8_t> copy,
-                 StoreTier tier)
+                 Tier tier)
       : layout_(layout), lease_(std::move(lease)), copy_(std::move(copy)), tier_(tier) {}
   const KvLayout& layout() const override { return layout_; }
   Result<std::span<const uint8_t>> Layer(uint32_t layer) override {
@@ -69,13 +56,13 @@ class ServiceChunkKv : public ChunkKv {
     if (all.size() < slab * layout_.num_layers) return absl::DataLossError("chunk KV truncated");
     return all.subspan((layer - layout_.layer_begin) * slab, slab);
   }
-  StoreTier tier() const override { return tier_; }
+  Tier tier() const override { return tier_; }
 
  private:
   KvLayout layout_;
   std::optional<client::ReadLease> lease_;
   std::vector<uint8_t> copy_;
-  StoreTier tier_;
+  Tier tier_;
 };
 
 class ServiceChunkStore : public ChunkKvStore {
@@ -112,7 +99,7 @@ class ServiceChunkStore : public ChunkKvStore {
         r.chunk = chunks[i];
         r.kind = CacheKind::kAlone;
         r.layout = alone.info.layout;
-        r.tier = ToStoreTier(alone.tier);
+        r.tier = alone.tier;
         out[i].alone = r;
       }
       for (uint32_t v = 0; v < m; ++v) {
@@ -124,7 +111,7 @@ class ServiceChunkStore : public ChunkKvStore {
         r.kind = CacheKind::kVariant;
         r.slot = v;
         r.layout = kv.info.layout;
-        r.tier = ToStoreTier(kv.tier);
+        r.tier = kv.tier;
         stats_names.push_back(names[i * per_chunk + 2 + 2 * v]);
         pending.emplace_back(i, std::move(r));
       }
@@ -153,7 +140,7 @@ class ServiceChunkStore : public ChunkKvStore {
       for (size_t i = 0; i < records.size(); ++i) {
         if (!leases[i].ok()) return leases[i].status();
         KVSTASH_RETURN_IF_ERROR(CheckFetched(records[i], leases[i]->info()));
-        const StoreTier tier = ToStoreTier(leases[i]->served_from());
+        const Tier tier = leases[i]->served_from();
         out.push_back(std::make_unique<ServiceChunkKv>(
             leases[i]->info().layout, std::move(*leases[i]), std::vector<uint8_t>(), tier));
       }
@@ -162,8 +149,8 @@ class ServiceChunkStore : public ChunkKvStore {
     for (size_t i = 0; i < records.size(); ++i) {
       KVSTASH_ASSIGN_OR_RETURN(client::GetReply got, client_->Get(names[i]));
       KVSTASH_RETURN_IF_ERROR(CheckFetched(records[i], got.info));
-      out.push_back(std::make_unique<ServiceChunkKv>(
-          got.info.layout, std::nullopt, std::move(got.payload), ToStoreTier(got.served_from)));
+      out.push_back(std::make_unique<ServiceChunkKv>(got.info.layout, std::nullopt,
+                                                     std::move(got.payload), got.served_from));
     }
     return out;
   }

@@ -12,6 +12,8 @@ std::string_view TierName(Tier tier) {
       return "ssd";
     case Tier::kRemote:
       return "remote";
+    case Tier::kProcess:
+      return "process";
     case Tier::kUnknown:
       break;
   }

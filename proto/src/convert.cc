@@ -121,6 +121,7 @@ v1::Tier ToProtoTier(Tier tier) {
       return v1::TIER_SSD;
     case Tier::kRemote:
       return v1::TIER_REMOTE;
+    case Tier::kProcess:  // engine-side only; never on the wire
     case Tier::kUnknown:
       break;
   }

@@ -114,7 +114,7 @@ TEST_F(BlendServiceTest, LookupFetchPutAndVanishedObjects) {
   ASSERT_TRUE((*entries)[0].alone.has_value());
   EXPECT_FALSE((*entries)[1].alone.has_value());
   const ChunkRecord rec = *(*entries)[0].alone;
-  EXPECT_EQ(rec.tier, StoreTier::kCpu);
+  EXPECT_EQ(rec.tier, Tier::kCpu);
   EXPECT_EQ(rec.layout.num_tokens, p.end(1) - p.begin(1));
   EXPECT_EQ(rec.layout.rope, engine_->config().rope);
   {

@@ -353,7 +353,7 @@ TEST_F(BlendTest, PipelineAndControllerOptions) {
   BlendReport rc = Run(*c, prompt_, Blend(-1.0));
   EXPECT_GE(rc.ratio, 0.15);
   EXPECT_LE(rc.ratio, 1.0);
-  EXPECT_EQ(rc.decision.tier, StoreTier::kProcess);
+  EXPECT_EQ(rc.decision.tier, Tier::kProcess);
 }
 
 // Gradual filtering recomputes more than the final ratio right after the check layer, then
@@ -567,7 +567,7 @@ class FailingStore final : public ChunkKvStore {
       if (layer == 3) return absl::DataLossError("injected: layer 3 unreadable");
       return kv_->Layer(layer);
     }
-    StoreTier tier() const override { return kv_->tier(); }
+    Tier tier() const override { return kv_->tier(); }
 
    private:
     std::unique_ptr<ChunkKv> kv_;

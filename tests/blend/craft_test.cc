@@ -206,37 +206,37 @@ TEST(ControllerTest, RatioAndTierFollowTheFormulas) {
   in.prefill_seconds = 10.0;
   in.target_ratio = 0.15;
   // SSD 100 B/s -> 10 s load; CPU 10'000 B/s -> 0.1 s. r* budget 1.5 s: SSD too slow.
-  in.tiers = {{StoreTier::kSsd, 100}, {StoreTier::kCpu, 10'000}};
+  in.tiers = {{Tier::kSsd, 100}, {Tier::kCpu, 10'000}};
   ControllerDecision d = DecideLoad(in);
-  EXPECT_EQ(d.tier, StoreTier::kCpu);
+  EXPECT_EQ(d.tier, Tier::kCpu);
   EXPECT_DOUBLE_EQ(d.ratio, 0.15);
   EXPECT_DOUBLE_EQ(d.recompute_seconds, 1.5);
   // SSD at 1000 B/s loads in 1 s <= 1.5 s: the cheaper tier suffices.
   in.tiers[0].bytes_per_second = 1000;
   d = DecideLoad(in);
-  EXPECT_EQ(d.tier, StoreTier::kSsd);
+  EXPECT_EQ(d.tier, Tier::kSsd);
   EXPECT_DOUBLE_EQ(d.load_seconds, 1.0);
   EXPECT_DOUBLE_EQ(d.ratio, 0.15);
   // Only a slow tier: it is used, and r grows until recompute hides the load: 4 s / 10 s.
-  in.tiers = {{StoreTier::kSsd, 250}};
+  in.tiers = {{Tier::kSsd, 250}};
   d = DecideLoad(in);
-  EXPECT_EQ(d.tier, StoreTier::kSsd);
+  EXPECT_EQ(d.tier, Tier::kSsd);
   EXPECT_DOUBLE_EQ(d.ratio, 0.4);
-  in.tiers = {{StoreTier::kSsd, 1}};
+  in.tiers = {{Tier::kSsd, 1}};
   EXPECT_DOUBLE_EQ(DecideLoad(in).ratio, 1.0);
   in.tiers.clear();
-  EXPECT_EQ(DecideLoad(in).tier, StoreTier::kUnknown);
+  EXPECT_EQ(DecideLoad(in).tier, Tier::kUnknown);
 
   LoadController lc(0.15, 1.0);
   EXPECT_DOUBLE_EQ(lc.Decide(100, 1000).ratio, 0.15);  // nothing measured
   lc.ObservePrefill(100, 10.0);
-  lc.ObserveLoad(StoreTier::kSsd, 500, 2.0);  // 250 B/s
+  lc.ObserveLoad(Tier::kSsd, 500, 2.0);  // 250 B/s
   d = lc.Decide(100, 1000);
-  EXPECT_EQ(d.tier, StoreTier::kSsd);
+  EXPECT_EQ(d.tier, Tier::kSsd);
   EXPECT_DOUBLE_EQ(d.ratio, 0.4);
-  lc.ObserveLoad(StoreTier::kCpu, 1'000'000, 1.0);
+  lc.ObserveLoad(Tier::kCpu, 1'000'000, 1.0);
   d = lc.Decide(100, 1000);
-  EXPECT_EQ(d.tier, StoreTier::kCpu);
+  EXPECT_EQ(d.tier, Tier::kCpu);
   EXPECT_DOUBLE_EQ(d.ratio, 0.15);
 }
 

@@ -23,6 +23,7 @@
 #include "kvstash/common/key.h"
 #include "kvstash/common/layout.h"
 #include "kvstash/common/status.h"
+#include "kvstash/common/tier.h"
 
 namespace kvstash::blend {
 
@@ -45,16 +46,15 @@ struct ChunkStats {
 
 enum class CacheKind : uint8_t { kAlone = 0, kVariant = 1 };
 
-// Tier an object was found in, as far as the store knows (the loading controller uses it).
-enum class StoreTier : uint8_t { kUnknown = 0, kProcess = 1, kCpu = 2, kSsd = 3, kRemote = 4 };
-
 struct ChunkRecord {
   Hash128 chunk;  // ChunkKey of the chunk's tokens
   CacheKind kind = CacheKind::kAlone;
   uint32_t slot = 0;  // variant slot (kVariant)
   KvLayout layout;    // every layer; num_tokens = chunk length; position_start; rope state
   ChunkStats stats;   // kVariant only
-  StoreTier tier = StoreTier::kUnknown;  // set by Lookup
+  // Tier the object was found in, as far as the store knows (the loading controller uses it):
+  // Tier::kProcess for the in-process store, the service's answer for ServiceChunkStore.
+  Tier tier = Tier::kUnknown;  // set by Lookup
 };
 
 // What is stored for one chunk.
@@ -73,7 +73,7 @@ class ChunkKv {
   // layout.dtype). InvalidArgument for a layer outside the object.
   virtual Result<std::span<const uint8_t>> Layer(uint32_t layer) = 0;
   // Tier the bytes came from.
-  virtual StoreTier tier() const = 0;
+  virtual Tier tier() const = 0;
 };
 
 // Thread-safe: the blender may look up and fetch while another thread stores.

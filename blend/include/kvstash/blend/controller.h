@@ -23,7 +23,7 @@
 namespace kvstash::blend {
 
 struct TierThroughput {
-  StoreTier tier = StoreTier::kUnknown;
+  Tier tier = Tier::kUnknown;
   double bytes_per_second = 0.0;
 };
 
@@ -36,9 +36,9 @@ struct ControllerInputs {
 
 struct ControllerDecision {
   double ratio = 0.15;
-  StoreTier tier = StoreTier::kUnknown;  // kUnknown when no tier was given
-  double load_seconds = 0.0;             // T_load(tier)
-  double recompute_seconds = 0.0;        // T_recompute(ratio)
+  Tier tier = Tier::kUnknown;      // kUnknown when no tier was given
+  double load_seconds = 0.0;       // T_load(tier)
+  double recompute_seconds = 0.0;  // T_recompute(ratio)
 };
 
 ControllerDecision DecideLoad(const ControllerInputs& in);
@@ -56,20 +56,20 @@ class LoadController {
   // A full prefill of `tokens` tokens took `seconds`.
   void ObservePrefill(uint32_t tokens, double seconds);
   // `bytes` of KV came from `tier` in `seconds`.
-  void ObserveLoad(StoreTier tier, uint64_t bytes, double seconds);
+  void ObserveLoad(Tier tier, uint64_t bytes, double seconds);
 
   // Decision for `tokens` reused tokens of `kv_bytes`, over the tiers with a measured throughput,
-  // cheapest first (SSD, remote, CPU, process). Without a prefill measurement the ratio is r*.
+  // cheapest first (SSD, remote, CPU, GPU, process). Without a prefill measurement the ratio is r*.
   ControllerDecision Decide(uint32_t tokens, uint64_t kv_bytes) const;
 
   double prefill_seconds_per_token() const;
-  double throughput(StoreTier tier) const;  // bytes/s; 0 when never measured
+  double throughput(Tier tier) const;  // bytes/s; 0 when never measured
 
  private:
   double target_ratio_, smoothing_;
   mutable std::mutex mu_;
   double prefill_per_token_ = 0.0;
-  double throughput_[5] = {0, 0, 0, 0, 0};  // by StoreTier
+  double throughput_[kTierCount] = {};  // by Tier
 };
 
 }  // namespace kvstash::blend

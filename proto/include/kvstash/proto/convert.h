@@ -23,6 +23,7 @@ KvLayout FromProto(const v1::KvLayout& layout);
 
 void ToProto(const ObjectInfo& info, v1::ObjectInfo* out);
 
+// Tier::kProcess (engine-side only) goes out as TIER_UNSPECIFIED.
 v1::Tier ToProtoTier(Tier tier);
 // Values this build does not know (a newer peer's) become Tier::kUnknown.
 Tier FromProtoTier(int tier);
