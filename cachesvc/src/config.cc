@@ -262,6 +262,14 @@ Setter PeerStringField(std::string PeerConfig::*field) {
   };
 }
 
+Status SetPeerTransferEncoding(const std::string& text, const std::string& where,
+                               ServiceConfig& c) {
+  Result<PeerTransferEncoding> e = ParsePeerTransferEncoding(text);
+  if (!e.ok()) return Bad(where, std::string(e.status().message()));
+  c.peers.transfer_encoding = *e;
+  return OkStatus();
+}
+
 // A comma-separated list (YAML sequences are joined with commas first); replaces the list.
 Status SetPeerAddresses(const std::string& text, const std::string& where, ServiceConfig& c) {
   c.peers.addresses.clear();
@@ -454,7 +462,7 @@ const std::vector<Field>& Fields() {
       {"peers.transfer_encoding", "--peer-transfer-encoding",
        "what fetches from peers carry: raw | cachegen | auto (cachegen on links slower than the "
        "codec's break-even rate)",
-       PeerStringField(&PeerConfig::transfer_encoding)},
+       &SetPeerTransferEncoding},
       {"peers.link_mbps", "--peer-link-mbps",
        "rate of the links to peers in Mbit/s for --peer-transfer-encoding auto (0: measured)",
        PeerIntField(&PeerConfig::link_mbps, 0, 10'000'000)},
@@ -536,6 +544,27 @@ std::string UnixPath(const std::string& listen) {
 
 std::string_view EmbeddedDefaultConfigYaml() { return kEmbeddedDefault; }
 
+std::string_view PeerTransferEncodingName(PeerTransferEncoding encoding) {
+  switch (encoding) {
+    case PeerTransferEncoding::kRaw:
+      return "raw";
+    case PeerTransferEncoding::kCacheGen:
+      return "cachegen";
+    case PeerTransferEncoding::kAuto:
+      return "auto";
+  }
+  return "invalid";
+}
+
+Result<PeerTransferEncoding> ParsePeerTransferEncoding(std::string_view text) {
+  for (PeerTransferEncoding e :
+       {PeerTransferEncoding::kRaw, PeerTransferEncoding::kCacheGen, PeerTransferEncoding::kAuto}) {
+    if (text == PeerTransferEncodingName(e)) return e;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown transfer encoding '", std::string(text), "' (raw, cachegen or auto)"));
+}
+
 Result<ServiceConfig> ApplyYaml(std::string_view yaml_text, ServiceConfig base) {
   YAML::Node root;
   try {
@@ -610,11 +639,10 @@ Status ValidateConfig(const ServiceConfig& c) {
     return Bad("peers.data_plane",
                absl::StrCat("unknown data plane '", c.peers.data_plane, "' (ucx or grpc)"));
   }
-  if (c.peers.transfer_encoding != "raw" && c.peers.transfer_encoding != "cachegen" &&
-      c.peers.transfer_encoding != "auto") {
+  if (PeerTransferEncodingName(c.peers.transfer_encoding) == "invalid") {
     return Bad("peers.transfer_encoding",
-               absl::StrCat("unknown transfer encoding '", c.peers.transfer_encoding,
-                            "' (raw, cachegen or auto)"));
+               absl::StrCat("value ", static_cast<int>(c.peers.transfer_encoding),
+                            " is not a transfer encoding (raw, cachegen or auto)"));
   }
 #ifndef KVSTASH_HAVE_UCX
   if (c.peers.data_plane == "ucx" && !c.peers.addresses.empty()) {

@@ -258,7 +258,7 @@ struct RemoteTier::Impl {
   // Whether the next batch from `peer` is to be asked for as CacheGen.
   bool ShouldEncode(Peer& peer) {
     if (decoder == nullptr) return false;  // raw
-    if (config.transfer_encoding == "cachegen") return true;
+    if (config.transfer_encoding == PeerTransferEncoding::kCacheGen) return true;
     const bool measured = config.link_mbps == 0;
     const double rate =
         measured ? peer.raw_bytes_per_s.load() : static_cast<double>(config.link_mbps) * 1e6 / 8;
@@ -765,10 +765,10 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
   }
 #endif
   if (!impl->secret.empty()) impl->hello_service = std::make_unique<Impl::HelloService>(impl.get());
-  if (config.peers.transfer_encoding != "raw") {
+  if (config.peers.transfer_encoding != PeerTransferEncoding::kRaw) {
     // Decodes CacheGen at any level (the container says which) on a private pool.
     impl->decoder = std::make_unique<CacheGenTierCodec>(TierEncoding{Encoding::kRaw, 1});
-    if (config.peers.transfer_encoding == "auto") {
+    if (config.peers.transfer_encoding == PeerTransferEncoding::kAuto) {
       const int level = config.transfer_encoding.level;
       KVSTASH_ASSIGN_OR_RETURN(
           impl->break_even,
@@ -777,7 +777,7 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
     spdlog::info(
         "event=peer_transfer_encoding policy={} link_mbps={} break_even_mbps={:.0f} ratio={:.2f} "
         "encode_mbps={:.0f} decode_mbps={:.0f}",
-        config.peers.transfer_encoding, config.peers.link_mbps,
+        PeerTransferEncodingName(config.peers.transfer_encoding), config.peers.link_mbps,
         impl->break_even.bytes_per_s * 8 / 1e6, impl->break_even.ratio,
         impl->break_even.encode_bytes_per_s * 8 / 1e6,
         impl->break_even.decode_bytes_per_s * 8 / 1e6);

@@ -11,6 +11,7 @@
 
 #include "testing/status_matchers.h"
 
+using ::kvstash::testing::IsOkAndHolds;
 using ::kvstash::testing::StatusIs;
 
 namespace kvstash::cachesvc {
@@ -182,18 +183,43 @@ TEST(Config, KvqIsAnSsdTierEncodingButNotATransferEncoding) {
 TEST(Config, PeerTransferEncodingIsRawUnlessAsked) {
   ParsedCommandLine defaults = Parse({});
   ASSERT_TRUE(defaults.config) << defaults.output;
-  EXPECT_EQ(defaults.config->peers.transfer_encoding, "raw");
+  EXPECT_EQ(defaults.config->peers.transfer_encoding, PeerTransferEncoding::kRaw);
   EXPECT_EQ(defaults.config->peers.link_mbps, 0u);
   ParsedCommandLine p = Parse({"--peer-transfer-encoding", "auto", "--peer-link-mbps", "1000"});
   ASSERT_TRUE(p.config) << p.output;
-  EXPECT_EQ(p.config->peers.transfer_encoding, "auto");
+  EXPECT_EQ(p.config->peers.transfer_encoding, PeerTransferEncoding::kAuto);
   EXPECT_EQ(p.config->peers.link_mbps, 1000u);
   auto yaml = ApplyYaml("peers:\n  transfer_encoding: cachegen\n", ServiceConfig{});
   ASSERT_OK(yaml);
-  EXPECT_EQ(yaml->peers.transfer_encoding, "cachegen");
+  EXPECT_EQ(yaml->peers.transfer_encoding, PeerTransferEncoding::kCacheGen);
   p = Parse({"--peer-transfer-encoding", "kvq"});
   EXPECT_FALSE(p.config);
-  EXPECT_THAT(p.output, HasSubstr("unknown transfer encoding 'kvq' (raw, cachegen or auto)"));
+  EXPECT_THAT(p.output, HasSubstr("--peer-transfer-encoding: unknown transfer encoding 'kvq' "
+                                  "(raw, cachegen or auto)"));
+}
+
+TEST(Config, PeerTransferEncodingIsParsedOnceAndBadValuesAreRefused) {
+  for (PeerTransferEncoding e :
+       {PeerTransferEncoding::kRaw, PeerTransferEncoding::kCacheGen, PeerTransferEncoding::kAuto}) {
+    EXPECT_THAT(ParsePeerTransferEncoding(PeerTransferEncodingName(e)), IsOkAndHolds(e));
+  }
+  EXPECT_THAT(ParsePeerTransferEncoding("RAW"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParsePeerTransferEncoding(""), StatusIs(absl::StatusCode::kInvalidArgument));
+
+  auto yaml = ApplyYaml("peers:\n  transfer_encoding: gzip\n", ServiceConfig{});
+  ASSERT_THAT(yaml, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(std::string(yaml.status().message()),
+              HasSubstr("peers.transfer_encoding: unknown transfer encoding 'gzip'"));
+
+  // A config built in code with a value outside the enum is refused by validation.
+  ParsedCommandLine defaults = Parse({});
+  ASSERT_TRUE(defaults.config) << defaults.output;
+  ServiceConfig config = *defaults.config;
+  ASSERT_OK(ValidateConfig(config));
+  config.peers.transfer_encoding = static_cast<PeerTransferEncoding>(7);
+  Status bad = ValidateConfig(config);
+  EXPECT_THAT(bad, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("peers.transfer_encoding"));
 }
 
 TEST(Config, SsdTierEncodingBadValuesGiveClearErrors) {

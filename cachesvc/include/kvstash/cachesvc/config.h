@@ -28,6 +28,18 @@ struct TierEncoding {
   bool kvq = false;
 };
 
+// What fetches from peers carry (PeerConfig::transfer_encoding, --peer-transfer-encoding).
+enum class PeerTransferEncoding : uint8_t {
+  kRaw = 0,       // the stored bytes as they are
+  kCacheGen = 1,  // always CacheGen, over KvStash.Get streams
+  kAuto = 2,      // CacheGen to peers whose link is slower than the codec's break-even rate
+};
+
+// "raw", "cachegen" or "auto" ("invalid" for a value outside the enum).
+std::string_view PeerTransferEncodingName(PeerTransferEncoding encoding);
+// The inverse of PeerTransferEncodingName; InvalidArgument naming the accepted values otherwise.
+Result<PeerTransferEncoding> ParsePeerTransferEncoding(std::string_view text);
+
 // Other cachesvc nodes this one reads from on a local miss (docs/deploy.md "Peers").
 struct PeerConfig {
   // Peers' gRPC addresses (host:port). Empty: a single node.
@@ -51,8 +63,8 @@ struct PeerConfig {
   // arrival, decodes it into its reservation and commits the reconstruction (lossy) only if its
   // crc32c matches the one the peer computed when encoding. auto: cachegen for a peer whose link
   // is slower than the break-even rate of the codec (its encode and decode speed and ratio,
-  // measured at start on synthetic KV), raw otherwise.
-  std::string transfer_encoding = "raw";
+  // measured at start on synthetic KV), raw otherwise. Parsed once, when the config is read.
+  PeerTransferEncoding transfer_encoding = PeerTransferEncoding::kRaw;
   // For auto: the links' rate to peers in Mbit/s; 0: measured per peer from raw fetches of at
   // least 256 KiB (until a measurement exists, fetches are raw; while encoding, every 16th batch
   // goes raw to keep the measurement fresh).
