@@ -57,6 +57,11 @@ struct Config {
   std::vector<std::string> modes = {"transport", "remote_get"};
   // transport: UCX_TLS of each measured path; "default" leaves UCX_TLS unset (UCX's choice).
   std::vector<std::string> tls = {"tcp", "default"};
+  // transport: how the reading transport waits for its reads, each measured at every point in
+  // turn (A/B in one run): "caller" (TransportOptions::caller_progress, the default: the reader
+  // drives the worker itself) and "queued" (every read handed to the progress thread; its path
+  // is reported as <path>_queued).
+  std::vector<std::string> client_progress = {"caller"};
   std::string cachesvc = KVSTASH_CACHESVC_PATH;
   std::string out = "bench/results/peer_transfer.json";
 };
@@ -200,37 +205,54 @@ json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
       std::fprintf(stderr, "transport server failed to start\n");
       Die();
     }
-    auto t = transport::UcxTransport::Create({.name = "bench-client"});
-    if (!t.ok()) Die();
-    (void)(*t)->RegisterRegion(dst.data(), dst.size());
+    struct Reader {
+      std::string progress;
+      std::unique_ptr<transport::UcxTransport> t;
+      transport::PeerId peer = 0;
+    };
+    std::vector<Reader> readers;
     transport::RemoteRegion region{std::stoull(base), kRegionBytes, rkey};
-    auto peer = (*t)->Connect(address, region, Clock::now() + std::chrono::seconds(30));
-    if (!peer.ok()) {
-      std::fprintf(stderr, "connect: %s\n", std::string(peer.status().message()).c_str());
-      Die();
+    for (const std::string& progress : cfg.client_progress) {
+      transport::TransportOptions options{.name = "bench-client"};
+      options.caller_progress = progress != "queued";
+      auto t = transport::UcxTransport::Create(options);
+      if (!t.ok()) Die();
+      (void)(*t)->RegisterRegion(dst.data(), dst.size());
+      auto peer = (*t)->Connect(address, region, Clock::now() + std::chrono::seconds(30));
+      if (!peer.ok()) {
+        std::fprintf(stderr, "connect: %s\n", std::string(peer.status().message()).c_str());
+        Die();
+      }
+      readers.push_back({progress, std::move(*t), *peer});
     }
-    std::string label = "ucx_" + (tls.empty() ? std::string("default") : tls);
-    std::replace(label.begin(), label.end(), ',', '+');
+    std::string path = "ucx_" + (tls.empty() ? std::string("default") : tls);
+    std::replace(path.begin(), path.end(), ',', '+');
     for (uint64_t size : sizes) {
       for (int batch : cfg.batches) {
-        json point = TransportPoint(**t, *peer, dst.data(), size, batch, cfg);
         json bound = MemcpyPoint(src.data(), dst.data(), size, batch, cfg);
-        double ratio = point["gbytes_per_s"].get<double>() / bound["gbytes_per_s"].get<double>();
-        std::printf("transport %-12s %9s x%-2d  %7.2f GB/s   memcpy %7.2f GB/s  (%.2f)\n",
-                    label.c_str(), kvstash::FormatByteSize(size).c_str(), batch,
-                    point["gbytes_per_s"].get<double>(), bound["gbytes_per_s"].get<double>(),
-                    ratio);
-        std::fflush(stdout);
-        out.push_back({{"path", label},
-                       {"size_bytes", size},
-                       {"batch", batch},
-                       {"gbytes_per_s", point["gbytes_per_s"]},
-                       {"reps", point["reps"]},
-                       {"memcpy_gbytes_per_s", bound["gbytes_per_s"]}});
+        for (Reader& r : readers) {
+          const std::string label = r.progress == "queued" ? path + "_queued" : path;
+          json point = TransportPoint(*r.t, r.peer, dst.data(), size, batch, cfg);
+          double ratio = point["gbytes_per_s"].get<double>() / bound["gbytes_per_s"].get<double>();
+          std::printf("transport %-18s %9s x%-2d  %7.2f GB/s   memcpy %7.2f GB/s  (%.2f)\n",
+                      label.c_str(), kvstash::FormatByteSize(size).c_str(), batch,
+                      point["gbytes_per_s"].get<double>(), bound["gbytes_per_s"].get<double>(),
+                      ratio);
+          std::fflush(stdout);
+          out.push_back({{"path", label},
+                         {"client_progress", r.progress},
+                         {"size_bytes", size},
+                         {"batch", batch},
+                         {"gbytes_per_s", point["gbytes_per_s"]},
+                         {"reps", point["reps"]},
+                         {"memcpy_gbytes_per_s", bound["gbytes_per_s"]}});
+        }
       }
     }
-    (*t)->Disconnect(*peer);
-    t->reset();
+    for (Reader& r : readers) {
+      r.t->Disconnect(r.peer);
+      r.t.reset();
+    }
     ::close(down[1]);
     ::close(up[0]);
     int status;
@@ -470,6 +492,9 @@ int main(int argc, char** argv) {
   app.add_option("--reps", cfg.reps, "repetitions (median reported)");
   app.add_option("--seconds", cfg.seconds_per_point, "transport: seconds per point and rep");
   app.add_option("--modes", cfg.modes, "transport, remote_get")->delimiter(',');
+  app.add_option("--client-progress", cfg.client_progress,
+                 "transport: caller (reader drives UCX) and/or queued (progress thread), A/B")
+      ->delimiter(',');
   app.add_option("--tls", cfg.tls, "transport: UCX_TLS per path ('default': unset)")
       ->delimiter(';');
   app.add_option("--cachesvc", cfg.cachesvc, "cachesvc binary");

@@ -78,7 +78,27 @@ def main():
         print(f"| {size_name(size)} | {batch} | {f(by.get('local_cpu'), 3)} | "
               f"{f(by.get('local_ssd'), 3)} | {f(by.get('peer_ucx_tcp'), 3)} | "
               f"{f(by.get('peer_ucx_default'), 3)} | {f(by.get('peer_grpc'), 3)} | {f(ratio)} |")
-    json.dump({"transport": rows, "remote_get": get_rows}, open(sys.argv[3], "w"), indent=2)
+    # The reader's progress A/B (peer_bench --client-progress caller,queued), when measured.
+    by_path = {(r["path"], r["size_bytes"], r["batch"]): r["gbytes_per_s"]
+               for r in ours.get("transport", [])}
+    progress_rows = []
+    for (path, size, batch), queued in sorted(by_path.items()):
+        if not path.endswith("_queued"):
+            continue
+        caller = by_path.get((path[:-len("_queued")], size, batch))
+        progress_rows.append({"path": path[:-len("_queued")], "size_bytes": size, "batch": batch,
+                              "caller_gbytes_per_s": caller, "queued_gbytes_per_s": queued,
+                              "caller_vs_queued": (caller / queued) if caller and queued else None})
+    if progress_rows:
+        print()
+        print("| path | size | batch | caller-driven GB/s | progress thread GB/s | ratio |")
+        print("|---|---|---|---|---|---|")
+        for r in progress_rows:
+            print(f"| {r['path']} | {size_name(r['size_bytes'])} | {r['batch']} | "
+                  f"{f(r['caller_gbytes_per_s'])} | {f(r['queued_gbytes_per_s'])} | "
+                  f"{f(r['caller_vs_queued'])} |")
+    json.dump({"transport": rows, "remote_get": get_rows, "client_progress": progress_rows},
+              open(sys.argv[3], "w"), indent=2)
     print(f"\nwrote {sys.argv[3]}")
 
 

@@ -8,8 +8,10 @@
 #include <mutex>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "testing/status_matchers.h"
 
 namespace kvstash::transport {
@@ -67,6 +69,71 @@ TEST_P(UcxTransportTest, ReadsBatchesOfRangesByteForByte) {
   TransportStats stats = client_->Stats();
   EXPECT_EQ(stats.reads, ops.size());
   EXPECT_EQ(stats.bytes_read, (64u << 10) + (3u << 20) + 777 + unregistered.size());
+}
+
+TEST_P(UcxTransportTest, ConcurrentReadersLandByteForByte) {
+  // Several threads read at once: some drive the worker themselves, the others' calls go
+  // through the progress thread (or the thread driving the worker runs them); every byte lands.
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  const TransportStats before = client_->Stats();
+  constexpr int kThreads = 4, kCallsPerThread = 25;
+  constexpr uint64_t kSlice = kServedBytes / kThreads;
+  std::vector<Status> failures(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kCallsPerThread; ++i) {
+        // Three ranges of this thread's slice, shifted per call, so each call lands new bytes.
+        const uint64_t base = t * kSlice;
+        const uint64_t shift = (static_cast<uint64_t>(i) * 4099 + t * 17) % (kSlice / 4);
+        std::vector<ReadOp> ops = {
+            {.remote_offset = (base + shift + 1000) % kServedBytes,
+             .local = landing_.data() + base,
+             .length = kSlice / 4},
+            {.remote_offset = (base + 3 * shift) % (kServedBytes - 5000),
+             .local = landing_.data() + base + kSlice / 4,
+             .length = 5000},
+            {.remote_offset = 7 * shift % (kServedBytes - kSlice / 2),
+             .local = landing_.data() + base + kSlice / 2,
+             .length = kSlice / 2},
+        };
+        Status s = client_->Read(peer, ops, Clock::now() + 20s);
+        if (!s.ok()) {
+          failures[t] = s;
+          return;
+        }
+        for (const ReadOp& op : ops) {
+          if (std::memcmp(op.local, served_.data() + op.remote_offset, op.length) != 0) {
+            failures[t] = absl::DataLossError(absl::StrCat("thread ", t, " call ", i));
+            return;
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  for (const Status& s : failures) EXPECT_THAT(s, IsOk());
+  const TransportStats after = client_->Stats();
+  EXPECT_EQ(after.reads - before.reads, 3u * kThreads * kCallsPerThread);
+  // Every call was either driven by its caller or queued.
+  EXPECT_EQ((after.caller_driven_calls + after.queued_calls) -
+                (before.caller_driven_calls + before.queued_calls),
+            static_cast<uint64_t>(kThreads * kCallsPerThread));
+}
+
+TEST_P(UcxTransportTest, WithoutCallerProgressEveryCallGoesThroughTheProgressThread) {
+  ASSERT_OK_AND_ASSIGN(auto queued,
+                       UcxTransport::Create({.name = "queued", .caller_progress = false}));
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       queued->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  std::vector<uint8_t> dst(1 << 20, 0);
+  std::vector<ReadOp> ops = {{.remote_offset = 333, .local = dst.data(), .length = dst.size()}};
+  ASSERT_THAT(queued->Read(peer, ops, Clock::now() + 20s), IsOk());
+  EXPECT_EQ(0, std::memcmp(dst.data(), served_.data() + 333, dst.size()));
+  const TransportStats stats = queued->Stats();
+  EXPECT_EQ(stats.caller_driven_calls, 0u);
+  EXPECT_EQ(stats.queued_calls, 2u);  // Connect's flush and the read
 }
 
 TEST_P(UcxTransportTest, RefusesRangesOutsideTheRegionBeforeSendingAnything) {

@@ -30,6 +30,12 @@ constexpr int kIdleWakeMs = 1000;
 constexpr auto kCancelGrace = std::chrono::seconds(10);
 // How long closing an endpoint may progress the worker.
 constexpr auto kCloseBudget = std::chrono::seconds(2);
+// caller_progress: how long a caller tries to take the worker from the progress thread (which
+// lets go at its next loop iteration unless it is busy moving bytes) before it queues its work
+// instead, and how long it keeps progressing without any event before it hands the worker back
+// to the progress thread and sleeps (a slow or stopped peer must not keep a caller spinning).
+constexpr auto kCallerLockWait = std::chrono::microseconds(50);
+constexpr auto kCallerIdleHandoff = std::chrono::microseconds(500);
 
 Status UcxError(const char* what, ucs_status_t status) {
   return absl::InternalError(absl::StrCat(what, ": ", ucs_status_string(status)));
@@ -42,7 +48,7 @@ Status PeerError(const char* what, ucs_status_t status) {
 }  // namespace
 
 struct UcxTransport::Impl {
-  // A connected peer. `ep` and `rkey` are touched only on the progress thread.
+  // A connected peer. `ep` and `rkey` are touched only under worker_mu.
   struct Peer {
     ucp_ep_h ep = nullptr;
     ucp_rkey_h rkey = nullptr;
@@ -60,7 +66,7 @@ struct UcxTransport::Impl {
     bool issued ABSL_GUARDED_BY(mu) = false;
     Status status ABSL_GUARDED_BY(mu);
     std::atomic<bool> finished{false};  // issued && pending == 0; read while polling
-    std::vector<void*> requests;        // progress thread only
+    std::vector<void*> requests;        // under worker_mu
     std::string payload;                // a notification's bytes, alive until sent
     std::shared_ptr<Peer> peer;
     Impl* impl = nullptr;
@@ -94,6 +100,13 @@ struct UcxTransport::Impl {
   int epoll_fd = -1;
   std::thread thread;
 
+  // Held by whichever thread uses the worker: the progress thread, or a caller driving its own
+  // call (caller_progress). Taken before task_mu and a call's mu, never after them.
+  std::mutex worker_mu;
+  // Callers trying to take worker_mu: the progress thread then skips its polling window and lets
+  // go of the worker.
+  std::atomic<int> callers_waiting{0};
+
   std::mutex task_mu;
   std::deque<std::function<void()>> tasks ABSL_GUARDED_BY(task_mu);
   bool stopping ABSL_GUARDED_BY(task_mu) = false;
@@ -102,12 +115,13 @@ struct UcxTransport::Impl {
   std::map<PeerId, std::shared_ptr<Peer>> peers ABSL_GUARDED_BY(peers_mu);
   PeerId next_peer ABSL_GUARDED_BY(peers_mu) = 1;
 
-  // Progress thread only.
+  // Under worker_mu.
   std::vector<Region> regions;
   std::map<uint16_t, std::unique_ptr<HandlerSlot>> handlers;
   int outstanding = 0;  // requests in flight, all calls
 
   std::atomic<uint64_t> reads{0}, bytes_read{0}, failed_calls{0}, notes_sent{0}, notes_received{0};
+  std::atomic<uint64_t> caller_calls{0}, queued_calls{0};
 
   ~Impl() {
     if (epoll_fd >= 0) ::close(epoll_fd);
@@ -121,6 +135,11 @@ struct UcxTransport::Impl {
       std::lock_guard<std::mutex> lock(task_mu);
       tasks.push_back(std::move(task));
     }
+    Wake();
+  }
+
+  // Wakes the progress thread from epoll.
+  void Wake() {
     uint64_t one = 1;
     ssize_t n = ::write(wake_fd, &one, sizeof one);
     (void)n;  // the counter cannot overflow with our increments; EAGAIN still leaves it readable
@@ -147,7 +166,7 @@ struct UcxTransport::Impl {
     return done->status;
   }
 
-  // Returns false once asked to stop; stamps *activity when it ran something.
+  // Returns false once asked to stop; stamps *activity when it ran something. Under worker_mu.
   bool RunTasks(Clock::time_point* activity) {
     std::deque<std::function<void()>> batch;
     bool stop;
@@ -169,19 +188,26 @@ struct UcxTransport::Impl {
   void Loop() {
     epoll_event events[2];
     Clock::time_point last_activity = Clock::now();
+    std::unique_lock<std::mutex> w(worker_mu);
     while (RunTasks(&last_activity)) {
       while (ucp_worker_progress(worker) != 0) last_activity = Clock::now();
       if (TasksQueued()) continue;
       // Right after activity the next request or completion usually follows within
-      // microseconds: poll for progress_poll before paying an epoll sleep and wake-up. Idle,
-      // the thread sleeps.
-      if (Clock::now() - last_activity < options.progress_poll) {
+      // microseconds: poll for progress_poll before paying an epoll sleep and wake-up, letting
+      // go of the worker between polls. Idle, or when a caller wants the worker, the thread
+      // sleeps.
+      if (Clock::now() - last_activity < options.progress_poll &&
+          callers_waiting.load(std::memory_order_relaxed) == 0) {
+        w.unlock();
         std::this_thread::yield();
+        w.lock();
         continue;
       }
       ucs_status_t armed = ucp_worker_arm(worker);
       if (armed == UCS_ERR_BUSY) continue;  // events arrived meanwhile: progress again
-      int n = ::epoll_wait(epoll_fd, events, 2, outstanding > 0 ? kBusyWakeMs : kIdleWakeMs);
+      const int timeout_ms = outstanding > 0 ? kBusyWakeMs : kIdleWakeMs;
+      w.unlock();
+      int n = ::epoll_wait(epoll_fd, events, 2, timeout_ms);
       for (int i = 0; i < n; ++i) {
         if (events[i].data.fd == wake_fd) {
           uint64_t count;
@@ -189,6 +215,7 @@ struct UcxTransport::Impl {
           (void)r;
         }
       }
+      w.lock();
     }
     // Stopping: close every endpoint and unmap every region while the worker still runs.
     std::map<PeerId, std::shared_ptr<Peer>> all;
@@ -202,7 +229,7 @@ struct UcxTransport::Impl {
     handlers.clear();
   }
 
-  // --- progress thread only -------------------------------------------------
+  // --- under worker_mu (the progress thread, or a caller driving its call) ----
 
   ucp_mem_h MemhFor(const void* p, uint64_t n) const {
     auto addr = reinterpret_cast<uintptr_t>(p);
@@ -375,6 +402,54 @@ struct UcxTransport::Impl {
     return UCS_OK;
   }
 
+  // Issues `call` with `issue` and waits for it. With caller_progress, when the worker can be
+  // taken within kCallerLockWait, this thread issues and progresses it until the call completes
+  // (running queued work of other callers meanwhile); if nothing happens for kCallerIdleHandoff
+  // or the deadline passes first, the progress thread takes over and Await finishes the call.
+  // Otherwise the work is queued for the progress thread.
+  Status Execute(const std::shared_ptr<Call>& call, std::function<void()> issue,
+                 Clock::time_point deadline) {
+    if (options.caller_progress) {
+      std::unique_lock<std::mutex> w(worker_mu, std::defer_lock);
+      callers_waiting.fetch_add(1, std::memory_order_relaxed);
+      const Clock::time_point give_up = Clock::now() + kCallerLockWait;
+      bool got = w.try_lock();
+      while (!got && Clock::now() < give_up) {
+        std::this_thread::yield();
+        got = w.try_lock();
+      }
+      callers_waiting.fetch_sub(1, std::memory_order_relaxed);
+      if (got) {
+        caller_calls.fetch_add(1, std::memory_order_relaxed);
+        issue();
+        Clock::time_point last_event = Clock::now(), ignored;
+        while (!call->finished.load(std::memory_order_acquire)) {
+          (void)RunTasks(&ignored);
+          if (ucp_worker_progress(worker) != 0) {
+            last_event = Clock::now();
+            continue;
+          }
+          const Clock::time_point now = Clock::now();
+          if (now >= deadline || now - last_event > kCallerIdleHandoff) break;
+        }
+        const bool finished = call->finished.load(std::memory_order_acquire);
+        const bool others = outstanding > 0;
+        w.unlock();
+        // Requests of other calls still in flight, queued work, or this call itself: the
+        // progress thread carries on (it may be asleep in epoll on an armed worker).
+        if (!finished || others || TasksQueued()) Wake();
+        if (finished) {
+          std::lock_guard<std::mutex> lock(call->mu);
+          return call->status;
+        }
+        return Await(call, deadline);
+      }
+    }
+    queued_calls.fetch_add(1, std::memory_order_relaxed);
+    Post(std::move(issue));
+    return Await(call, deadline);
+  }
+
   // Waits for `call` until the deadline; cancels it after.
   Status Await(const std::shared_ptr<Call>& call, Clock::time_point deadline) {
     // A transfer usually completes within tens of microseconds of the last byte; polling that
@@ -449,7 +524,8 @@ Result<std::unique_ptr<UcxTransport>> UcxTransport::Create(const TransportOption
   ucp_worker_params_t wparams;
   std::memset(&wparams, 0, sizeof wparams);
   wparams.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE | UCP_WORKER_PARAM_FIELD_NAME;
-  wparams.thread_mode = UCS_THREAD_MODE_SINGLE;
+  // Serialized: the progress thread and callers driving their own calls take turns (worker_mu).
+  wparams.thread_mode = UCS_THREAD_MODE_SERIALIZED;
   wparams.name = options.name.c_str();
   st = ucp_worker_create(impl->context, &wparams, &impl->worker);
   if (st != UCS_OK) return UcxError("ucp_worker_create", st);
@@ -618,10 +694,12 @@ Status UcxTransport::Read(PeerId id, std::span<const ReadOp> ops, Clock::time_po
   }
   call->ops = ops.size();
   Impl* impl = impl_.get();
-  impl->Post([impl, call, list = std::vector<ReadOp>(ops.begin(), ops.end())] {
-    impl->IssueReads(call, list);
-  });
-  Status s = impl->Await(call, deadline);
+  Status s = impl->Execute(
+      call,
+      [impl, call, list = std::vector<ReadOp>(ops.begin(), ops.end())] {
+        impl->IssueReads(call, list);
+      },
+      deadline);
   if (s.ok()) {
     impl->reads.fetch_add(call->ops, std::memory_order_relaxed);
     impl->bytes_read.fetch_add(call->bytes, std::memory_order_relaxed);
@@ -646,8 +724,8 @@ Status UcxTransport::Notify(PeerId id, uint16_t am_id, std::string payload,
   call->impl = impl_.get();
   call->payload = std::move(payload);
   Impl* impl = impl_.get();
-  impl->Post([impl, call, am_id] { impl->IssueNotify(call, am_id); });
-  Status s = impl->Await(call, deadline);
+  Status s = impl->Execute(
+      call, [impl, call, am_id] { impl->IssueNotify(call, am_id); }, deadline);
   if (s.ok()) {
     impl->notes_sent.fetch_add(1, std::memory_order_relaxed);
   } else {
@@ -683,6 +761,8 @@ TransportStats UcxTransport::Stats() const {
   s.failed_calls = impl_->failed_calls.load(std::memory_order_relaxed);
   s.notifications_sent = impl_->notes_sent.load(std::memory_order_relaxed);
   s.notifications_received = impl_->notes_received.load(std::memory_order_relaxed);
+  s.caller_driven_calls = impl_->caller_calls.load(std::memory_order_relaxed);
+  s.queued_calls = impl_->queued_calls.load(std::memory_order_relaxed);
   return s;
 }
 

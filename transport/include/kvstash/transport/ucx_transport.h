@@ -8,13 +8,16 @@
 // copy on the serving side and no serving-side CPU. Notify sends a short active message (e.g.
 // "release these leases") once the reads it follows have completed.
 //
-// Threading. Every ucp call runs on the transport's one progress thread (the worker is
-// single-threaded); public methods hand it work and wait for the outcome. The progress thread
-// sleeps in epoll on the worker's event fd (ucp_worker_get_efd + ucp_worker_arm) and on an eventfd
-// that callers signal; it polls only for a short window after activity (progress_poll), so an
-// idle node spends no CPU here. Every public method
-// is thread-safe. Notification handlers run on the progress thread: they must be quick and must not
-// call back into this transport.
+// Threading. The worker is used by one thread at a time (UCS_THREAD_MODE_SERIALIZED, under the
+// transport's worker lock). A caller of Read or Notify that finds the worker free issues its
+// requests and progresses the worker itself until they complete (caller_progress): no hand-off
+// to another thread and back. Otherwise, and for every other call, it queues the work for the
+// transport's progress thread and waits for the outcome. The progress thread sleeps in epoll on
+// the worker's event fd (ucp_worker_get_efd + ucp_worker_arm) and on an eventfd that callers
+// signal; it polls only for a short window after activity (progress_poll), so an idle node spends
+// no CPU here. Every public method is thread-safe. Notification handlers run on whichever thread
+// progresses the worker (the progress thread, or a caller inside Read or Notify): they must be
+// quick and must not call back into this transport.
 //
 // Errors (kvstash::Status):
 //   InvalidArgument    a read outside the peer's region, a bad address or rkey blob
@@ -52,8 +55,12 @@ struct TransportOptions {
   // before it arms the worker and sleeps: a request's next step usually comes within
   // microseconds, sooner than an epoll wake-up. Idle, it sleeps. 0: never poll.
   std::chrono::microseconds progress_poll{100};
-  // A caller of Read or Notify polls for completion this long before it blocks.
+  // A caller of Read or Notify polls for completion this long before it blocks (when its work
+  // went to the progress thread).
   std::chrono::microseconds wait_poll{100};
+  // A caller of Read or Notify that finds the worker free drives it itself (see Threading);
+  // false: every call goes through the progress thread.
+  bool caller_progress = true;
 };
 
 // What a peer needs to read a registered region: plain bytes, safe to send over the control
@@ -77,6 +84,10 @@ struct TransportStats {
   uint64_t failed_calls = 0;
   uint64_t notifications_sent = 0;
   uint64_t notifications_received = 0;
+  // Read and Notify calls that drove the worker on the caller's thread, and those handed to the
+  // progress thread (the worker was busy, or caller_progress is off).
+  uint64_t caller_driven_calls = 0;
+  uint64_t queued_calls = 0;
 };
 
 using PeerId = uint64_t;
