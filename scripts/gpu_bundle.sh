@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build/release}
 DIR=${1:-.gpu}
 BINS=(tests/codec/codec_gpu_test tests/kernels/kernels_gpu_test tests/storage/storage_gpu_test
+      tests/transport/transport_gpu_test
       bench/kernels/kernels_bench bench/codec/codec_bench bench/codec/tier_load)
 rm -rf "$DIR"
 mkdir -p "$DIR/bin" "$DIR/lib"
@@ -37,6 +38,10 @@ rc=0
 "$B/kernels_gpu_test" --gtest_output=json:"$OUT/kernels_gpu_test.json" || rc=1
 # The GPU pool tier (docs/storage.md "GPU pool tier"): device round trips and a store over it.
 "$B/storage_gpu_test" --gtest_output=json:"$OUT/storage_gpu_test.json" || rc=1
+# GPU-to-GPU reads through UcxTransport. It skips unless the UCX it loaded supports CUDA memory:
+# bundle a build made with scripts/build_ucx_cuda.sh (BUILD=build/ucx-cuda, targets
+# transport_gpu_test ...) on a host where UCX's CUDA modules (libucx-cu13's lib/ucx) load.
+"$B/transport_gpu_test" --gtest_output=json:"$OUT/transport_gpu_test.json" || rc=1
 "$B/kernels_bench" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
   --benchmark_out="$OUT/kernels_bench_gpu.json" || rc=1
 "$B/codec_bench" --benchmark_out="$OUT/codec_bench_gpu.json" || rc=1

@@ -53,6 +53,8 @@ storage:
   ssd_io_threads: 4
   cpu_eviction_policy: lru
   ssd_eviction_policy: lru
+  gpu_pool_capacity: 0    # GPU pool tier in CUDA device memory (needs a driver); 0: none
+  gpu_device: 0           # CUDA device of the GPU pool
 tiers:
   ssd:
     encoding: raw         # raw | cachegen (lossy; decoded on promotion to the CPU tier)
@@ -396,6 +398,11 @@ const std::vector<Field>& Fields() {
        StoreStringField(&storage::StoreOptions::cpu_eviction_policy)},
       {"storage.ssd_eviction_policy", "--ssd-eviction-policy", "SSD tier eviction policy",
        StoreStringField(&storage::StoreOptions::ssd_eviction_policy)},
+      {"storage.gpu_pool_capacity", "--gpu-pool-capacity",
+       "GPU pool tier in CUDA device memory (e.g. 4GiB); 0: none; needs a CUDA driver",
+       SizeField(&ServiceConfig::gpu_pool_bytes)},
+      {"storage.gpu_device", "--gpu-device", "CUDA device ordinal of the GPU pool",
+       IntField(&ServiceConfig::gpu_device, 0, 1023)},
       {"tiers.ssd.encoding", "--ssd-encoding",
        "SSD tier encoding: raw | cachegen | kvq (both lossy, decoded on promotion)",
        TierEncodingField(&ServiceConfig::ssd_encoding, /*allow_kvq=*/true)},

@@ -864,6 +864,33 @@ std::string RemoteTier::ucx_worker_address() const {
   return "";
 }
 
+Result<bool> RemoteTier::RegisterGpuPool(const storage::GpuPoolRegion& pool) {
+#ifdef KVSTASH_HAVE_UCX
+  if (impl_->transport == nullptr) {
+    spdlog::info("event=gpu_pool_not_registered reason=\"no UCX transport (peers.data_plane {})\"",
+                 impl_->config.data_plane);
+    return false;
+  }
+  if (!impl_->transport->SupportsCuda()) {
+    spdlog::warn(
+        "event=gpu_pool_not_registered reason=\"this UCX has no CUDA memory support (build "
+        "against libucx-cu13: scripts/build_ucx_cuda.sh)\"");
+    return false;
+  }
+  KVSTASH_ASSIGN_OR_RETURN(
+      transport::RemoteRegion region,
+      impl_->transport->RegisterRegion(reinterpret_cast<void*>(pool.device_base), pool.bytes,
+                                       transport::MemoryKind::kCuda));
+  spdlog::info("event=gpu_pool_registered device={} bytes={} memory=cuda rkey_bytes={}",
+               pool.device, pool.bytes, region.packed_rkey.size());
+  return true;
+#else
+  (void)pool;
+  spdlog::info("event=gpu_pool_not_registered reason=\"built without UCX\"");
+  return false;
+#endif
+}
+
 bool RemoteTier::IsPeer(const std::string& address) const {
   return impl_->Find(address) != nullptr;
 }

@@ -32,6 +32,7 @@
 #include "kvstash/cachesvc/config.h"
 #include "kvstash/common/metrics.h"
 #include "kvstash/proto/convert.h"
+#include "kvstash/storage/gpu_pool.h"
 #include "kvstash/storage/object_store.h"
 #include "kvstash/v1/peer.grpc.pb.h"
 
@@ -92,6 +93,14 @@ class RemoteTier {
   std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) const;
   // This node's UCX worker address (empty without UCX).
   std::string ucx_worker_address() const;
+
+  // Registers the store's GPU pool (kvstash/storage/gpu_pool.h) with this node's UCX transport
+  // as CUDA memory, once, after checking that UCX supports CUDA memory (the context's memory
+  // types): true when registered; false, with a log line saying why, without a UCX transport or
+  // with a UCX built without CUDA. Errors only when UCX refuses a registration it claims to
+  // support. Registered memory can be the source or the destination of UCX transfers; no fetch
+  // or handoff lands in the pool yet (docs/storage.md "GPU pool tier").
+  Result<bool> RegisterGpuPool(const storage::GpuPoolRegion& pool);
 
   // What each missing object is on the peers: its info when one holds it.
   std::vector<std::optional<ObjectInfo>> Lookup(const std::vector<ObjectName>& names);

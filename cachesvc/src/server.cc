@@ -23,6 +23,7 @@
 #include "cachegen_tier_codec.h"
 #include "cluster_node.h"
 #include "kv_service.h"
+#include "kvstash/storage/gpu_pool.h"
 #include "kvstash/storage/object_store.h"
 #include "local_control_session.h"
 #include "metrics_http.h"
@@ -144,8 +145,19 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
         impl->config.store.tenant_arenas.push_back({tenant, quota.cpu_bytes});
     }
   }
-  auto store = storage::ObjectStore::Open(impl->config.store);
+  storage::GpuPoolRegion gpu_pool;  // --gpu-pool-capacity: the store's GPU pool tier
+  auto store = config.gpu_pool_bytes > 0
+                   ? storage::OpenStoreWithGpuPool(
+                         impl->config.store, {config.gpu_device, config.gpu_pool_bytes}, &gpu_pool)
+                   : storage::ObjectStore::Open(impl->config.store);
   if (!store.ok()) {
+    if (config.gpu_pool_bytes > 0 &&
+        store.status().code() == absl::StatusCode::kFailedPrecondition) {
+      return Status(store.status().code(),
+                    absl::StrCat("storage.gpu_pool_capacity (--gpu-pool-capacity) is set but no "
+                                 "GPU pool can be made here: ",
+                                 std::string(store.status().message())));
+    }
     return Status(store.status().code(),
                   absl::StrCat("cannot open the store in ", config.store.data_dir, ": ",
                                std::string(store.status().message())));
@@ -159,6 +171,19 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
       return remote.status();
     }
     impl->remote = std::move(*remote);
+  }
+  if (config.gpu_pool_bytes > 0) {
+    bool registered = false;
+    if (impl->remote != nullptr) {
+      auto r = impl->remote->RegisterGpuPool(gpu_pool);
+      if (!r.ok()) {
+        (void)impl->store->Close();
+        return r.status();
+      }
+      registered = *r;
+    }
+    spdlog::info("event=gpu_pool device={} bytes={} ucx_registered={}", gpu_pool.device,
+                 gpu_pool.bytes, registered);
   }
   if (!config.cluster.etcd.empty()) {
     auto node =

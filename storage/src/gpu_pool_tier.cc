@@ -4,10 +4,13 @@
 
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kvstash/common/crc32c.h"
+#include "kvstash/storage/gpu_pool.h"
 #include "spdlog/spdlog.h"
+#include "tiered_store.h"
 
 namespace kvstash::storage {
 
@@ -111,6 +114,24 @@ Result<std::shared_ptr<const CudaDriver>> DriverFor(int device) {
 }  // namespace
 
 Status GpuPoolTier::Available(int device) { return DriverFor(device).status(); }
+
+Status GpuPoolAvailable(int device) { return GpuPoolTier::Available(device); }
+
+Result<std::unique_ptr<ObjectStore>> OpenStoreWithGpuPool(const StoreOptions& options,
+                                                          const GpuPoolOptions& pool,
+                                                          GpuPoolRegion* region) {
+  GpuPoolTier::Options o;
+  o.device = pool.device;
+  o.capacity_bytes = pool.capacity_bytes;
+  KVSTASH_ASSIGN_OR_RETURN(std::unique_ptr<GpuPoolTier> tier, GpuPoolTier::Open(o));
+  const GpuPoolRegion where{pool.device, tier->device_base(), tier->pool_bytes()};
+  std::vector<std::unique_ptr<StorageTier>> lower;
+  lower.push_back(std::move(tier));
+  KVSTASH_ASSIGN_OR_RETURN(std::unique_ptr<ObjectStore> store,
+                           TieredStore::Create(options, std::move(lower)));
+  if (region != nullptr) *region = where;
+  return store;
+}
 
 Result<std::unique_ptr<GpuPoolTier>> GpuPoolTier::Open(const Options& options) {
   const uint64_t capacity =

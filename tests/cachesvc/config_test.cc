@@ -198,6 +198,22 @@ TEST(Config, PeerTransferEncodingIsRawUnlessAsked) {
                                   "(raw, cachegen or auto)"));
 }
 
+TEST(Config, GpuPoolIsOffUnlessAsked) {
+  ParsedCommandLine defaults = Parse({});
+  ASSERT_TRUE(defaults.config) << defaults.output;
+  EXPECT_EQ(defaults.config->gpu_pool_bytes, 0u);
+  EXPECT_EQ(defaults.config->gpu_device, 0);
+  ParsedCommandLine p = Parse({"--gpu-pool-capacity", "2GiB", "--gpu-device", "1"});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_EQ(p.config->gpu_pool_bytes, 2ull << 30);
+  EXPECT_EQ(p.config->gpu_device, 1);
+  auto yaml = ApplyYaml("storage:\n  gpu_pool_capacity: 64MiB\n", ServiceConfig{});
+  ASSERT_OK(yaml);
+  EXPECT_EQ(yaml->gpu_pool_bytes, 64ull << 20);
+  EXPECT_THAT(ApplyYaml("storage:\n  gpu_device: -1\n", ServiceConfig{}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST(Config, PeerTransferEncodingIsParsedOnceAndBadValuesAreRefused) {
   for (PeerTransferEncoding e :
        {PeerTransferEncoding::kRaw, PeerTransferEncoding::kCacheGen, PeerTransferEncoding::kAuto}) {

@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "kvstash/storage/gpu_pool.h"
 #include "store_test_util.h"
 #include "testing/status_matchers.h"
 #include "tiered_store.h"
@@ -98,6 +99,35 @@ TEST(GpuPoolTierTest, StoreDemotesIntoTheGpuPoolAndPromotesBack) {
   for (const auto& o : objs) EXPECT_TRUE(ReadsBack(*store, o));
   EXPECT_GT(store->Stats().tiers[1].hits, 0u);
   EXPECT_EQ(store->Stats().checksum_failures, 0u);
+}
+
+TEST(GpuPoolTierTest, PublicOpenerRefusesClearlyWithoutADevice) {
+  if (GpuPoolAvailable(0).ok()) {
+    GTEST_SKIP() << "a CUDA device is present: the refusal is for machines without one";
+  }
+  GpuPoolRegion region;
+  Result<std::unique_ptr<ObjectStore>> store = OpenStoreWithGpuPool(
+      testing::CpuOnlyOptions(2 * kMiB), GpuPoolOptions{0, 16 * kMiB}, &region);
+  EXPECT_THAT(store, StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_NE(std::string(store.status().message()).find("CUDA"), std::string::npos)
+      << store.status();
+  EXPECT_EQ(region.bytes, 0u);  // untouched on failure
+}
+
+TEST(GpuPoolTierTest, PublicOpenerGivesTheStoreAPoolAndItsRegion) {
+  SKIP_WITHOUT_DEVICE();
+  GpuPoolRegion region;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ObjectStore> store,
+                       OpenStoreWithGpuPool(testing::CpuOnlyOptions(2 * kMiB),
+                                            GpuPoolOptions{0, 16 * kMiB + 100}, &region));
+  EXPECT_NE(region.device_base, 0u);
+  EXPECT_EQ(region.bytes, 16 * kMiB);  // rounded down to pages
+  TestObject obj = MakeObject("ns", 7, 1 * kMiB);
+  ASSERT_OK(Put(*store, obj, /*durable=*/true));
+  StoreStats stats = store->Stats();
+  ASSERT_EQ(stats.tiers.size(), 2u);
+  EXPECT_EQ(stats.tiers[1].tier, Tier::kGpu);
+  EXPECT_TRUE(ReadsBack(*store, obj));
 }
 
 }  // namespace

@@ -161,6 +161,11 @@ struct ServiceConfig {
   // tiers.ssd: encoding of the SSD tier. The service installs a CacheGen TierCodec either way,
   // so SSD copies that an earlier run wrote encoded stay readable under `raw`.
   TierEncoding ssd_encoding;
+  // GPU pool tier (docs/storage.md "GPU pool tier"): this many bytes of CUDA device gpu_device's
+  // memory as the store's last lower tier, registered with UCX when UCX supports CUDA memory.
+  // 0: none. Without a CUDA driver or that device, start-up fails with FailedPrecondition.
+  uint64_t gpu_pool_bytes = 0;
+  int gpu_device = 0;
   // tiers.transfer: what a streaming Get may send to a client that accepts CacheGen
   // (GetRequest.accept_encoding; the client's accept_level, when set, overrides `level`). raw:
   // never encode. Clients that do not ask always get the stored bytes.
