@@ -125,6 +125,8 @@ struct ClusterNode::Impl {
   Counter* view_changes = nullptr;
   Gauge* hot_gauge = nullptr;
   Counter* hot_promotions = nullptr;
+  Counter* sync_commits = nullptr;
+  Counter* sync_failures = nullptr;
 
   std::chrono::system_clock::time_point Deadline(uint32_t factor = 1) const {
     return std::chrono::system_clock::now() +
@@ -280,6 +282,157 @@ struct ClusterNode::Impl {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
       MutexLock lock(&mu);
       for (Pending& p : retry) Enqueue(std::move(p));
+    }
+  }
+
+  bool SyncMode() const { return config.cluster.replication_mode == "sync"; }
+
+  // Synchronous replication of one client commit (replication_mode sync), on the committing
+  // thread: asks every owner of `name` other than this node, in parallel, to pull it, and waits
+  // for all of them until sync_timeout_ms, asking again after transient failures. OK once the R
+  // owners (this node included when it is one) hold the object. On failure the object is queued
+  // for the asynchronous forward as well.
+  Status ReplicateNow(const storage::StoredName& name) {
+    std::shared_ptr<const cluster::Placement> p;
+    {
+      MutexLock lock(&mu);
+      if (stop) return absl::UnavailableError("sync replication: this node is shutting down");
+      if (fenced) {
+        Enqueue({name, 0});
+        return absl::UnavailableError(
+            "sync replication: this node is fenced (no membership renewal within the TTL); the "
+            "object is held here only");
+      }
+      p = placement;
+    }
+    const uint32_t replicas = config.cluster.replicas;
+    const size_t live = p == nullptr ? 0 : p->nodes().size();
+    if (live < replicas) {
+      Status s = absl::UnavailableError(
+          absl::StrCat("sync replication: ", replicas, " owners wanted, ", live,
+                       " live node(s) in this node's view; the object is held here only"));
+      MutexLock lock(&mu);
+      Enqueue({name, 0});
+      return s;
+    }
+    std::vector<std::string> targets;
+    for (size_t i : p->Owners(name.storage_key, replicas)) {
+      if (p->nodes()[i].id != node_id) targets.push_back(p->nodes()[i].grpc_address);
+    }
+    if (targets.empty()) return OkStatus();  // R = 1 and this node owns it
+
+    const auto deadline = std::chrono::system_clock::now() +
+                          std::chrono::milliseconds(config.cluster.sync_timeout_ms);
+    std::vector<Status> results(targets.size(), absl::UnknownError("not asked"));
+    std::vector<size_t> ask(targets.size());
+    for (size_t i = 0; i < ask.size(); ++i) ask[i] = i;
+    // Rounds: the owners not yet confirmed are asked again after a transient failure (an owner
+    // that could not reach this node yet, e.g. its first Hello timed out), until the deadline.
+    bool timed_out = false;  // stopped asking because the deadline came
+    for (int round = 0; !ask.empty(); ++round) {
+      SyncRound(name, targets, ask, deadline, results);
+      std::vector<size_t> again;
+      for (size_t i : ask) {
+        if (results[i].code() == absl::StatusCode::kDeadlineExceeded) timed_out = true;
+        if (!results[i].ok() && Transient(results[i].code())) again.push_back(i);
+      }
+      if (again.empty()) break;
+      const auto pause = std::chrono::milliseconds(std::min(50 * (round + 1), 500));
+      if (std::chrono::system_clock::now() + pause >= deadline) {
+        timed_out = true;
+        break;
+      }
+      std::this_thread::sleep_for(pause);
+      ask.swap(again);
+    }
+    Status first = OkStatus();
+    size_t confirmed = 0;
+    for (size_t i = 0; i < targets.size(); ++i) {
+      const Status& s = results[i];
+      if (s.ok()) {
+        ++confirmed;
+        continue;
+      }
+      if (first.ok()) {
+        first = Status(s.code(), absl::StrCat("sync replication to owner ", targets[i], ": ",
+                                              std::string(s.message())));
+      }
+    }
+    replicated->Increment(confirmed);
+    if (first.ok()) {
+      sync_commits->Increment();
+      return OkStatus();
+    }
+    sync_failures->Increment();
+    replicate_failures->Increment(targets.size() - confirmed);
+    {
+      MutexLock lock(&mu);
+      Enqueue({name, 0});
+    }
+    cv.Signal();
+    if (timed_out) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("sync replication: ", confirmed, " of ", targets.size(),
+                       " other owner(s) confirmed within ", config.cluster.sync_timeout_ms,
+                       " ms; the object is held here and queued for forwarding (",
+                       std::string(first.message()), ")"));
+    }
+    return first;
+  }
+
+  // Failures worth asking the same owner again within the sync deadline.
+  static bool Transient(absl::StatusCode code) {
+    return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kAborted ||
+           code == absl::StatusCode::kResourceExhausted || code == absl::StatusCode::kNotFound;
+  }
+
+  // One round of ReplicateNow: Replicate to targets[i] for every i in `ask`, in parallel, each
+  // with `deadline` (so the round ends by then); stores each outcome in results[i].
+  void SyncRound(const storage::StoredName& name, const std::vector<std::string>& targets,
+                 const std::vector<size_t>& ask, std::chrono::system_clock::time_point deadline,
+                 std::vector<Status>& results) {
+    struct Call {
+      size_t target = 0;
+      v1::KvStashCluster::Stub* stub = nullptr;
+      v1::ReplicateRequest req;
+      v1::ReplicateResponse resp;
+      grpc::ClientContext ctx;
+      grpc::Status status;
+    };
+    std::vector<std::unique_ptr<Call>> calls;
+    for (size_t i : ask) {
+      auto call = std::make_unique<Call>();
+      call->target = i;
+      call->req.set_source(self_address);
+      ToProto(ToObjectName(name), call->req.add_keys());
+      call->ctx.set_deadline(deadline);
+      remote->AddPeerToken(&call->ctx);
+      {
+        MutexLock lock(&mu);
+        call->stub = StubsFor(targets[i]).cluster.get();
+      }
+      calls.push_back(std::move(call));
+    }
+    // Blocking calls, each on a thread of its own: the committing thread may be one that gRPC
+    // or the caller's session drives, and must not be the one that completes these calls.
+    std::vector<std::thread> threads;
+    threads.reserve(calls.size());
+    for (auto& call : calls) {
+      Call* raw = call.get();
+      threads.emplace_back(
+          [raw] { raw->status = raw->stub->Replicate(&raw->ctx, raw->req, &raw->resp); });
+    }
+    for (std::thread& t : threads) t.join();
+    for (const auto& call : calls) {
+      Status s = FromGrpcStatus(call->status);
+      if (s.ok() && call->resp.results_size() != 1) {
+        s = absl::InternalError("Replicate answered with the wrong number of results");
+      }
+      if (s.ok() && call->resp.results(0).code() != 0) {
+        s = Status(static_cast<absl::StatusCode>(call->resp.results(0).code()),
+                   call->resp.results(0).message());
+      }
+      results[call->target] = s;
     }
   }
 
@@ -611,6 +764,12 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::Create(const ServiceConfig& co
                                       "objects held here kept on --hot-replicas owners");
   impl->hot_promotions = metrics->GetCounter("kvstash_cluster_hot_promotions_total",
                                              "objects that turned hot or pinned here");
+  impl->sync_commits = metrics->GetCounter(
+      "kvstash_cluster_sync_commits_total",
+      "client commits acknowledged after their R owners confirmed (replication_mode sync)");
+  impl->sync_failures = metrics->GetCounter(
+      "kvstash_cluster_sync_failures_total",
+      "client commits failed because their owners did not all confirm (replication_mode sync)");
   return std::unique_ptr<ClusterNode>(new ClusterNode(std::move(impl)));
 }
 
@@ -651,14 +810,16 @@ void ClusterNode::Stop() {
   if (impl_->worker.joinable()) impl_->worker.join();
 }
 
-void ClusterNode::OnCommit(const storage::StoredName& name) {
-  if (CommittingFetchedObject()) return;
+Status ClusterNode::OnCommit(const storage::StoredName& name) {
+  if (CommittingFetchedObject()) return OkStatus();
+  if (impl_->SyncMode()) return impl_->ReplicateNow(name);
   {
     MutexLock lock(&impl_->mu);
-    if (impl_->stop) return;
+    if (impl_->stop) return OkStatus();
     impl_->Enqueue({name, 0});
   }
   impl_->cv.Signal();
+  return OkStatus();
 }
 
 grpc::Service* ClusterNode::service() { return &impl_->service; }

@@ -9,7 +9,10 @@
 // - Replication: every object committed here by a client (not one fetched from a peer) is queued
 //   and forwarded, off the writer's path, to its other owners: KvStashCluster.Replicate asks each
 //   owner to pull it from this node through the remote tier's fetch (UCX one-sided reads). A
-//   forward that fails is retried twice; a full queue drops (counted).
+//   forward that fails is retried twice; a full queue drops (counted). With replication_mode
+//   sync the committing thread sends those Replicate calls itself (in parallel, one per other
+//   owner) and the commit returns only when all confirmed: no acknowledged object then depends
+//   on this node surviving.
 // - Loss: when a member leaves the view, each survivor re-forwards every object it holds to its
 //   owners in the new view (owners that hold it already answer from a Lookup), so the next
 //   owners take over the lost node's objects, and objects it was still forwarding reach R. A join
@@ -58,8 +61,10 @@ class ClusterNode {
   // Leaves (revokes the lease), stops the replicator. Idempotent.
   void Stop();
 
-  // The store's commit observer.
-  void OnCommit(const storage::StoredName& name);
+  // The store's commit observer, on the committing thread. Asynchronous replication: queues the
+  // forward and returns OK. Synchronous (cluster.replication_mode sync): returns once the
+  // object's R owners hold it, or the error that the commit then returns (config.h).
+  Status OnCommit(const storage::StoredName& name);
 
   grpc::Service* service();
 

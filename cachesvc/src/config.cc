@@ -94,6 +94,8 @@ cluster:
   hot_threshold: 32       # decayed reads here that make an object hot
   hot_half_life_s: 60     # half-life of those read counts
   hot_scan_ms: 5000       # how often the store's hit counts are scanned for hot objects
+  replication_mode: async # async | sync (a commit returns once its R owners hold it)
+  sync_timeout_ms: 5000   # sync: how long a commit waits for the owners' confirmation
 )";
 
 Status Bad(const std::string& where, const std::string& what) {
@@ -442,6 +444,12 @@ const std::vector<Field>& Fields() {
        ClusterIntField(&ClusterConfig::hot_half_life_s, 1, 86'400)},
       {"cluster.hot_scan_ms", "--hot-scan-ms", "how often hot objects are looked for, ms",
        ClusterIntField(&ClusterConfig::hot_scan_ms, 50, 3'600'000)},
+      {"cluster.replication_mode", "--replication-mode",
+       "async | sync (a client's commit returns once the object's R owners hold it)",
+       ClusterStringField(&ClusterConfig::replication_mode)},
+      {"cluster.sync_timeout_ms", "--sync-timeout-ms",
+       "sync replication: how long a commit waits for the owners, ms",
+       ClusterIntField(&ClusterConfig::sync_timeout_ms, 10, 600'000)},
       {"peers.node_id", "--node-id", "this node's name for peers (default <hostname>/<listen>)",
        PeerStringField(&PeerConfig::node_id)},
       {"peers.secret_file", "--peer-secret-file",
@@ -662,6 +670,10 @@ Status ValidateConfig(const ServiceConfig& c) {
   }
   if (!c.peers.addresses.empty() && c.peers.secret_file.empty()) {
     return Bad("peers.secret_file", "is required when peers are configured (--peer-secret-file)");
+  }
+  if (c.cluster.replication_mode != "async" && c.cluster.replication_mode != "sync") {
+    return Bad("cluster.replication_mode",
+               absl::StrCat("unknown mode '", c.cluster.replication_mode, "' (async or sync)"));
   }
   if (!c.cluster.etcd.empty()) {
     if (c.peers.secret_file.empty()) {

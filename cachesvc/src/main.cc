@@ -35,7 +35,11 @@ int main(int argc, char** argv) {
   // wait for its wake-up. With "poll" they read the sockets themselves
   // (docs/benchmarks-service.md). It suits a sidecar's tens of connections; set
   // GRPC_POLL_STRATEGY=epoll1 for thousands.
-  setenv("GRPC_POLL_STRATEGY", "poll", /*overwrite=*/0);
+  // Synchronous replication (cluster.replication_mode sync) takes epoll1: a commit then waits
+  // while the owners call back into this node (Hello, Acquire), and under "poll" those calls
+  // went unanswered until the commit's deadline (docs/deploy.md "Synchronous writes").
+  setenv("GRPC_POLL_STRATEGY", config.cluster.replication_mode == "sync" ? "epoll1" : "poll",
+         /*overwrite=*/0);
 
   auto logger = spdlog::stderr_logger_mt("cachesvc");
   spdlog::set_default_logger(logger);

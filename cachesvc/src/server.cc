@@ -129,8 +129,9 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   impl->config.store.ssd_codec = impl->ssd_codec.get();
   if (!config.cluster.etcd.empty()) {
     Impl* hook_owner = impl.get();
-    impl->config.store.on_commit = [hook_owner](const storage::StoredName& name) {
-      if (ClusterNode* c = hook_owner->commit_hook.load()) c->OnCommit(name);
+    impl->config.store.on_commit = [hook_owner](const storage::StoredName& name) -> Status {
+      if (ClusterNode* c = hook_owner->commit_hook.load()) return c->OnCommit(name);
+      return OkStatus();
     };
   }
   // Multi-tenant: every tenant with a cpu quota gets an arena of its own of that size

@@ -641,7 +641,7 @@ Status TieredStore::CommitImpl(uint64_t reservation_id, uint32_t payload_crc32c,
   Status status = OkStatus();
   if (done) status = durable_result.get();
   metrics_.commit_seconds->Observe(SecondsSince(start));
-  if (status.ok() && options_.on_commit) options_.on_commit(res.name);
+  if (status.ok() && options_.on_commit) status = options_.on_commit(res.name);
   return status;
 }
 

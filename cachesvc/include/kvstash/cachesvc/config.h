@@ -108,6 +108,14 @@ struct ClusterConfig {
   uint32_t hot_threshold = 32;
   uint32_t hot_half_life_s = 60;
   uint32_t hot_scan_ms = 5000;
+  // "async": a client's commit is acknowledged once it is held here, and forwarded to the other
+  // owners after (a crash of this node can lose what is still queued). "sync": the commit returns
+  // only once the object's R owners hold it (this node counts when it is one of them); it fails
+  // with UNAVAILABLE when fewer than R nodes are live or this node is fenced, DEADLINE_EXCEEDED
+  // when an owner did not confirm within sync_timeout_ms, or the owner's error. A failed commit
+  // still leaves the object here, queued for the asynchronous forward.
+  std::string replication_mode = "async";
+  uint32_t sync_timeout_ms = 5000;
 };
 
 struct ServiceConfig {

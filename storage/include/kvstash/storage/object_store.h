@@ -124,8 +124,12 @@ struct StoreOptions {
   MetricsRegistry* metrics = nullptr;  // optional; not owned; must outlive the store
   // Called after every successful Commit / CommitChecked with the committed object's name, on
   // the committing thread, holding no shard or reservation lock (the cluster forwards objects to
-  // their other owners). Must be quick: queue the work, do not call back into the store.
-  std::function<void(const StoredName&)> on_commit;
+  // their other owners). Its status becomes the commit's: an error is returned to the caller,
+  // but the object stays committed here (the cluster's synchronous replication reports so that
+  // too few owners hold it). It may block for a bounded time (the synchronous replication waits
+  // for other nodes, which read the object through this store) but must not commit, abort or
+  // close through this store itself.
+  std::function<Status(const StoredName&)> on_commit;
 };
 
 // One arena of the CPU tier (ObjectStore::arena_segment). Its bytes are arena offsets
