@@ -8,7 +8,13 @@
 //               per request: Lookup, Get of the hits, Put of the misses (64 KiB chunks). Hit rate
 //               and Get latency, clustered (etcd, R = 2) against three isolated nodes.
 //
-//   cluster_bench [--ttl-s 2] [--reps 3] [--requests 60] [--out FILE]
+//   puts:       put latency of replication_mode async against sync: two clusters of three nodes
+//               (R = 2) on the same etcd, one client on node 0 of each (same node, shared
+//               memory), puts alternating between the two clusters so both see the same load;
+//               median, p90 and p99 per object size, and the sync / async ratio of the medians.
+//
+//   cluster_bench [--cases detection,shared,puts] [--ttl-s 2] [--reps 3] [--requests 60]
+//                 [--puts 300] [--out FILE]        (default cases: detection,shared)
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -47,7 +53,8 @@ void Die(const std::string& what) {
   std::exit(1);
 }
 
-std::unique_ptr<ServiceProcess> StartNode(Cluster& c, int i, bool clustered, int ttl_s) {
+std::unique_ptr<ServiceProcess> StartNode(Cluster& c, int i, bool clustered, int ttl_s,
+                                          const std::vector<std::string>& more = {}) {
   ServiceOptions o;
   o.tcp = true;
   o.metrics = true;
@@ -61,6 +68,7 @@ std::unique_ptr<ServiceProcess> StartNode(Cluster& c, int i, bool clustered, int
       o.extra_args.push_back(a);
     }
   }
+  o.extra_args.insert(o.extra_args.end(), more.begin(), more.end());
   auto p = ServiceProcess::Start(c.dirs[i]->path(), o);
   if (!p.ok()) Die(std::string(p.status().message()));
   return std::move(*p);
@@ -200,11 +208,91 @@ std::string Shared(bool clustered, int ttl_s, int requests) {
   return line;
 }
 
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())))];
+}
+
+std::vector<std::string> PutLatency(int ttl_s, int puts) {
+  // Cluster "async" and cluster "sync" share one etcd; each has three nodes.
+  auto etcd = EtcdProcess::Start();
+  if (!etcd.ok()) Die(std::string(etcd.status().message()));
+  Cluster modes[2];
+  const char* names[2] = {"async", "sync"};
+  for (int m = 0; m < 2; ++m) {
+    Cluster& c = modes[m];
+    for (int i = 0; i < kNodes; ++i) c.dirs.push_back(std::make_unique<TempDir>());
+    c.secret = c.dirs[0]->path() + "/secret";
+    std::ofstream(c.secret) << "kvstash-cluster-bench-secret-0123456789\n";
+    for (int i = 0; i < kNodes; ++i) {
+      c.nodes.push_back(
+          StartNode(c, i, /*clustered=*/false, ttl_s,
+                    {"--etcd", (*etcd)->endpoint(), "--replicas", "2", "--cluster-ttl-s",
+                     std::to_string(ttl_s), "--cluster-name", names[m], "--replication-mode",
+                     names[m], "--sync-timeout-ms", "10000"}));
+    }
+    if (!WaitNodes(c, kNodes, -1, std::chrono::seconds(15), nullptr)) Die("no cluster view");
+  }
+  std::unique_ptr<KvClient> kv[2];
+  for (int m = 0; m < 2; ++m) {
+    auto client = KvClient::Connect(modes[m].nodes[0]->target(), ClientOptions{});
+    if (!client.ok()) Die(std::string(client.status().message()));
+    kv[m] = std::move(*client);
+  }
+  std::vector<std::string> rows;
+  uint64_t seed = 0;
+  for (uint32_t tokens : {16u, 256u, 4096u}) {  // 4 KiB, 64 KiB, 1 MiB with TestInfo's layout
+    const ObjectInfo shape = TestInfo(tokens);
+    std::vector<double> us[2];
+    int failures[2] = {0, 0};
+    for (int r = 0; r < puts; ++r) {
+      for (int m = 0; m < 2; ++m) {
+        const uint64_t id = ++seed;
+        const ObjectName name = TestName(id, names[m]);
+        std::vector<uint8_t> payload = TestPayload(id, shape.payload_bytes);
+        const ObjectInfo info = WithCrc(shape, payload);
+        const auto t0 = Clock::now();
+        const Status s = kv[m]->Put(name, info, payload);
+        const double t = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+        if (s.ok()) {
+          us[m].push_back(t);
+        } else {
+          ++failures[m];
+        }
+      }
+    }
+    const double p50[2] = {Percentile(us[0], 0.5), Percentile(us[1], 0.5)};
+    std::fprintf(stderr,
+                 "put %8llu B: async p50 %.0f p90 %.0f p99 %.0f us | sync p50 %.0f p90 %.0f p99 "
+                 "%.0f us | sync/async %.2f | failures %d/%d\n",
+                 static_cast<unsigned long long>(shape.payload_bytes), p50[0],
+                 Percentile(us[0], 0.9), Percentile(us[0], 0.99), p50[1], Percentile(us[1], 0.9),
+                 Percentile(us[1], 0.99), p50[0] > 0 ? p50[1] / p50[0] : 0.0, failures[0],
+                 failures[1]);
+    char line[512];
+    std::snprintf(line, sizeof line,
+                  "{\"case\":\"put_latency\",\"bytes\":%llu,\"puts\":%d,\"replicas\":2,"
+                  "\"async_p50_us\":%.1f,\"async_p90_us\":%.1f,\"async_p99_us\":%.1f,"
+                  "\"sync_p50_us\":%.1f,\"sync_p90_us\":%.1f,\"sync_p99_us\":%.1f,"
+                  "\"sync_over_async_p50\":%.3f,\"async_failures\":%d,\"sync_failures\":%d}",
+                  static_cast<unsigned long long>(shape.payload_bytes), puts, p50[0],
+                  Percentile(us[0], 0.9), Percentile(us[0], 0.99), p50[1], Percentile(us[1], 0.9),
+                  Percentile(us[1], 0.99), p50[0] > 0 ? p50[1] / p50[0] : 0.0, failures[0],
+                  failures[1]);
+    rows.push_back(line);
+  }
+  for (int m = 0; m < 2; ++m) kv[m].reset();
+  for (int m = 0; m < 2; ++m) modes[m].nodes.clear();  // before etcd goes
+  return rows;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  int ttl_s = 2, reps = 3, requests = 60;
+  int ttl_s = 2, reps = 3, requests = 60, puts = 300;
   std::string out_path;
+  std::string cases = "detection,shared";
   for (int i = 1; i + 1 < argc; ++i) {
     if (!std::strcmp(argv[i], "--ttl-s"))
       ttl_s = std::atoi(argv[++i]);
@@ -212,12 +300,25 @@ int main(int argc, char** argv) {
       reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--requests"))
       requests = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--puts"))
+      puts = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--cases"))
+      cases = argv[++i];
     else if (!std::strcmp(argv[i], "--out"))
       out_path = argv[++i];
   }
-  std::vector<std::string> rows = Detection(ttl_s, reps);
-  rows.push_back(Shared(false, ttl_s, requests));
-  rows.push_back(Shared(true, ttl_s, requests));
+  auto wanted = [&](const char* name) {
+    return ("," + cases + ",").find("," + std::string(name) + ",") != std::string::npos;
+  };
+  std::vector<std::string> rows;
+  if (wanted("detection")) rows = Detection(ttl_s, reps);
+  if (wanted("shared")) {
+    rows.push_back(Shared(false, ttl_s, requests));
+    rows.push_back(Shared(true, ttl_s, requests));
+  }
+  if (wanted("puts")) {
+    for (std::string& row : PutLatency(ttl_s, puts)) rows.push_back(std::move(row));
+  }
   std::string json = "{\"benchmark\":\"cluster\",\"results\":[";
   for (size_t i = 0; i < rows.size(); ++i) json += (i ? "," : "") + rows[i];
   json += "]}\n";
