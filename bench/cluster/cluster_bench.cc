@@ -308,7 +308,8 @@ int main(int argc, char** argv) {
       out_path = argv[++i];
   }
   auto wanted = [&](const char* name) {
-    return ("," + cases + ",").find("," + std::string(name) + ",") != std::string::npos;
+    // StrCat, not operator+ on std::string: GCC 12 raises a false -Wrestrict on "," + str.
+    return absl::StrCat(",", cases, ",").find(absl::StrCat(",", name, ",")) != std::string::npos;
   };
   std::vector<std::string> rows;
   if (wanted("detection")) rows = Detection(ttl_s, reps);
