@@ -14,6 +14,9 @@ void AddClientFlags(CLI::App* cmd, ClientFlags& flags) {
                   "name the service's certificate must carry (default: the target's host)");
   cmd->add_option("--token-file", flags.token_file,
                   "file whose first line is the tenant's bearer token (multi-tenant cachesvc)");
+  cmd->add_flag("--read-only,--attach-read-only", flags.attach_read_only,
+                "map the shared-memory arena for reading only (needed with a read-only token; "
+                "puts then go over the byte stream)");
 }
 
 Status ApplyClientFlags(const ClientFlags& flags, client::ClientOptions* options) {
@@ -21,6 +24,7 @@ Status ApplyClientFlags(const ClientFlags& flags, client::ClientOptions* options
   options->tls_cert_file = flags.tls_cert;
   options->tls_key_file = flags.tls_key;
   options->tls_server_name = flags.tls_server_name;
+  options->attach_read_only = flags.attach_read_only;
   options->bearer_token.clear();
   if (flags.token_file.empty()) return OkStatus();
   std::ifstream in(flags.token_file);

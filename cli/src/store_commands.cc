@@ -184,7 +184,7 @@ int RunPut(const PutArgs& a) {
     }
   }
   if (!s.ok()) return Fail("put", s);
-  const char* path = (*kv)->shared_memory_attached() ? "shared memory" : "gRPC stream";
+  const char* path = (*kv)->shared_memory_writable() ? "shared memory" : "gRPC stream";
   if (object->wrapped) {
     std::printf("stored %s (%s): %s file, wrapped in the file layout (%s), via %s\n",
                 FormatUserKey(*name).c_str(), a.key.c_str(), FormatByteSize(file_bytes).c_str(),
@@ -283,12 +283,14 @@ int RunStat(const StatArgs& a) {
   }
   auto stats = (*kv)->Stats();
   if (!stats.ok()) return Fail("stat", stats.status());
-  const char* shared_memory = !(*kv)->shared_memory_attached() ? "not attached"
-                              : (*kv)->local_control_active()
-                                  ? "attached (control calls on the local channel)"
-                                  : "attached (control calls over gRPC)";
+  const std::string shared_memory =
+      !(*kv)->shared_memory_attached()
+          ? "not attached"
+          : absl::StrCat("attached", (*kv)->shared_memory_writable() ? "" : " read-only",
+                         (*kv)->local_control_active() ? " (control calls on the local channel)"
+                                                       : " (control calls over gRPC)");
   std::printf("cachesvc %s at %s, up %.1f s, shared memory %s\n", stats->version.c_str(),
-              a.common.target.c_str(), stats->uptime_ms / 1000.0, shared_memory);
+              a.common.target.c_str(), stats->uptime_ms / 1000.0, shared_memory.c_str());
   std::printf("%-5s %12s %12s %9s %9s %9s %9s %12s %12s\n", "tier", "capacity", "used", "objects",
               "hits", "misses", "evicted", "read", "written");
   for (const auto& t : stats->tiers) {

@@ -552,7 +552,7 @@ void BindClient(py::module_& m) {
                        uint32_t lease_ms, bool prefault_arena, bool local_control,
                        const std::string& tls_ca, const std::string& tls_cert,
                        const std::string& tls_key, const std::string& tls_server_name,
-                       const std::string& token) {
+                       const std::string& token, bool attach_read_only) {
              ClientOptions o;
              auto ms = [](double s) {
                return std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
@@ -570,6 +570,7 @@ void BindClient(py::module_& m) {
              o.tls_key_file = tls_key;
              o.tls_server_name = tls_server_name;
              o.bearer_token = token;
+             o.attach_read_only = attach_read_only;
              return std::make_unique<PyClient>(target, o);
            }),
            py::arg("target"), py::kw_only(), py::arg("rpc_timeout_s") = 10.0,
@@ -578,14 +579,19 @@ void BindClient(py::module_& m) {
            py::arg("lease_ms") = 0, py::arg("prefault_arena") = true,
            py::arg("local_control") = true, py::arg("tls_ca") = "", py::arg("tls_cert") = "",
            py::arg("tls_key") = "", py::arg("tls_server_name") = "", py::arg("token") = "",
+           py::arg("attach_read_only") = false,
            "Connects (Unavailable when the service cannot be reached in connect_timeout_s). "
            "tls_ca (a PEM file) turns on TLS to a host:port target, with tls_cert/tls_key (PEM "
            "files) as the client certificate for mutual TLS; tls_server_name is the name the "
            "service's certificate must carry (default: the target's host). token: the tenant's "
-           "bearer token for a multi-tenant cachesvc (sent as 'authorization: Bearer').")
+           "bearer token for a multi-tenant cachesvc (sent as 'authorization: Bearer'). "
+           "attach_read_only: map the arena for reading only (needed with a read-only token; "
+           "puts then go over the byte stream, reserve() raises FailedPrecondition).")
       .def_property_readonly("target", [](const PyClient& p) { return p.c().target(); })
       .def_property_readonly("shared_memory_attached",
                              [](const PyClient& p) { return p.c().shared_memory_attached(); })
+      .def_property_readonly("shared_memory_writable",
+                             [](const PyClient& p) { return p.c().shared_memory_writable(); })
       .def_property_readonly(
           "shared_memory_error",
           [](const PyClient& p) { return StatusOrNone(p.c().shared_memory_status()); },

@@ -194,5 +194,73 @@ TEST_F(CliTest, StoreOptionsBeforeOrAfterTheSubcommand) {
   EXPECT_THAT(out, HasSubstr("store options"));
 }
 
+// A multi-tenant cachesvc (tokens file): a read-only token maps its tenant's arena only when the
+// command asks for a read-only attach (--read-only, also spelt --attach-read-only), reads through
+// it, and its writes are refused by the service.
+class CliTenantTest : public ::testing::Test {
+ protected:
+  static constexpr char kWriter[] = "cli-alpha-writer-token-0123456789";
+  static constexpr char kReader[] = "cli-alpha-reader-token-0123456789";
+
+  void SetUp() override {
+    std::ofstream(dir_.path() + "/tokens.txt") << "token " << kWriter << " alpha\n"
+                                               << "token " << kReader << " alpha ro\n"
+                                               << "quota alpha cpu=4MiB\n";
+    std::ofstream(writer_) << kWriter << "\n";
+    std::ofstream(reader_) << kReader << "\n";
+    ServiceOptions opts;
+    opts.extra_args = {"--tokens-file", dir_.path() + "/tokens.txt"};
+    ASSERT_OK_AND_ASSIGN(svc_, ServiceProcess::Start(dir_.path(), opts));
+  }
+  int Kvstash(std::vector<std::string> args, const std::string& token_file, std::string* out) {
+    args.insert(args.begin(), BinaryPath("cli/kvstash"));
+    args.insert(args.end(), {"--target", svc_->target(), "--token-file", token_file});
+    return RunProgram(args, out);
+  }
+  TempDir dir_;
+  const std::string writer_ = dir_.path() + "/writer.token";
+  const std::string reader_ = dir_.path() + "/reader.token";
+  std::unique_ptr<ServiceProcess> svc_;
+};
+
+TEST_F(CliTenantTest, ReadOnlyAttachWithAReadOnlyToken) {
+  const std::string in = dir_.path() + "/in.txt", back = dir_.path() + "/back.txt";
+  const std::vector<uint8_t> text = TestPayload(5, 54'321);
+  WriteFile(in, text);
+  std::string out;
+  ASSERT_EQ(Kvstash({"put", "doc", in}, writer_, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("via shared memory"));
+
+  // Without asking for a read-only attach the reader gets no mapping (its writable attach is
+  // refused), so it reads over the byte stream.
+  ASSERT_EQ(Kvstash({"stat"}, reader_, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("shared memory not attached"));
+  ASSERT_EQ(Kvstash({"stat", "--read-only"}, reader_, &out), 0) << out;
+  EXPECT_THAT(out,
+              HasSubstr("shared memory attached read-only (control calls on the local channel)"));
+  ASSERT_EQ(Kvstash({"get", "doc", back, "--read-only"}, reader_, &out), 0) << out;
+  EXPECT_EQ(ReadFile(back), text);
+  // The other spelling, before the subcommand.
+  ASSERT_EQ(RunProgram({BinaryPath("cli/kvstash"), "--attach-read-only", "--target", svc_->target(),
+                        "--token-file", reader_, "stat", "doc"},
+                       &out),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("tier=cpu"));
+
+  // Writes: the read-only mapping sends the put over the byte stream, which the service refuses
+  // for a read-only token; so is a delete. The object is unchanged.
+  ASSERT_EQ(Kvstash({"put", "doc2", in, "--read-only"}, reader_, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("PERMISSION_DENIED"));
+  ASSERT_EQ(Kvstash({"rm", "doc", "--read-only"}, reader_, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("PERMISSION_DENIED"));
+  // A writer that asks for a read-only attach still reads through the mapping and puts over
+  // the byte stream.
+  ASSERT_EQ(Kvstash({"put", "doc3", in, "--read-only"}, writer_, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("via gRPC stream"));
+  ASSERT_EQ(Kvstash({"get", "doc", back + ".2", "--read-only"}, reader_, &out), 0) << out;
+  EXPECT_EQ(ReadFile(back + ".2"), text);
+}
+
 }  // namespace
 }  // namespace kvstash::testing

@@ -117,3 +117,48 @@ def test_handoff_is_the_offering_tenants(service, pki):
             beta.release_handoff(handoff)
         assert alpha.heartbeat_handoff(handoff, 5000) > 0
         alpha.release_handoff(handoff)
+
+
+READER_TOKEN = "py-alpha-reader-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def local_service(tmp_path_factory):
+    """A multi-tenant cachesvc on a unix socket: alpha has an arena of its own (a cpu quota)."""
+    tokens = os.path.join(str(tmp_path_factory.mktemp("local-tenants")), "tokens.txt")
+    with open(tokens, "w") as f:
+        f.write(
+            f"token {ALPHA_TOKEN} alpha\ntoken {READER_TOKEN} alpha ro\nquota alpha cpu=4MiB\n"
+        )
+    svc = Service(extra_args=["--tokens-file", tokens])
+    yield svc
+    svc.stop()
+
+
+def test_read_only_attach_with_a_read_only_token(local_service):
+    target = local_service.target
+    payload = data(5)
+    with kvstash.Client(target, token=ALPHA_TOKEN) as alpha:
+        assert alpha.shared_memory_writable
+        alpha.put(name(5), LAYOUT, payload)
+    # A writable attach with a read-only token is refused: no mapping, and why.
+    with kvstash.Client(target, token=READER_TOKEN) as plain:
+        assert not plain.shared_memory_attached
+        assert isinstance(plain.shared_memory_error, errors.PermissionDenied)
+        assert bytes(plain.get(name(5))) == payload.tobytes()  # over the byte stream
+    with kvstash.Client(target, token=READER_TOKEN, attach_read_only=True) as reader:
+        assert reader.shared_memory_attached
+        assert not reader.shared_memory_writable
+        assert reader.local_control_active
+        with reader.acquire(name(5)) as lease:  # read in place through the read-only mapping
+            assert bytes(memoryview(lease)) == payload.tobytes()
+        with pytest.raises(errors.FailedPrecondition):
+            reader.reserve(name(6), LAYOUT)  # the client's mapping is read-only
+        with pytest.raises(errors.PermissionDenied):
+            reader.put(name(6), LAYOUT, data(6))  # over the byte stream: the service refuses
+        with pytest.raises(errors.PermissionDenied):
+            reader.delete([name(5)])
+    with kvstash.Client(target, token=ALPHA_TOKEN, attach_read_only=True) as alpha_ro:
+        assert alpha_ro.shared_memory_attached and not alpha_ro.shared_memory_writable
+        alpha_ro.put(name(7), LAYOUT, data(7))  # a writer still puts, over the byte stream
+        assert bytes(alpha_ro.get(name(7))) == data(7).tobytes()
