@@ -97,6 +97,61 @@ KVSTASH_AVX512 void DequantF16Avx512(const Geometry& g, uint32_t r, uint32_t t0,
     }
   }
 }
+
+// Rotated rows, f16 output, head_dim D a power of two in [8, 256]: per (token, head) the D
+// dequantised values sit in D/8 registers, the Walsh-Hadamard butterflies run stage by stage in
+// the same order as Hadamard() (stages 1, 2 and 4 inside a register, the others between
+// registers), then the power-of-two scaling and the f16 conversion of F32ToF16's F16C path.
+// Every element sees the same f32 operations in the same order, so the bytes are identical to
+// the portable path's.
+KVSTASH_AVX2_F16C void DequantRotatedF16Avx2(const Geometry& g, uint32_t r, uint32_t t0, uint32_t n,
+                                             const uint8_t* syms, const float* mins,
+                                             const float* steps, uint8_t* dst) {
+  const uint32_t C = g.C(), D = g.info.head_dim, H = g.info.num_heads, regs = D / 8;
+  const bool per_token = g.scale(r) == KvqScale::kPerToken;
+  const __m256 scale = _mm256_set1_ps(std::ldexp(1.0f, -(PowerOfTwoLog2(D) / 2)));
+  __m256 v[32];
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t t = t0 + i;
+    const uint8_t* q = syms + size_t{i} * C;
+    uint8_t* o = dst + size_t{i} * C * 2;
+    const size_t base = per_token ? 0 : size_t{t / g.info.group_tokens} * C;
+    for (uint32_t h = 0; h < H; ++h) {
+      const uint32_t c0 = h * D;
+      for (uint32_t k = 0; k < regs; ++k) {
+        const uint32_t c = c0 + 8 * k;
+        const __m256 mn = per_token ? _mm256_set1_ps(mins[t]) : _mm256_loadu_ps(mins + base + c);
+        const __m256 st = per_token ? _mm256_set1_ps(steps[t]) : _mm256_loadu_ps(steps + base + c);
+        const __m256 f = _mm256_cvtepi32_ps(
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + c))));
+        __m256 x = _mm256_add_ps(mn, _mm256_mul_ps(f, st));
+        // Stage 1: (x0, x1) -> (x0 + x1, x0 - x1); the partner's value comes from a swap.
+        __m256 s = _mm256_permute_ps(x, 0xB1);
+        x = _mm256_blend_ps(_mm256_add_ps(x, s), _mm256_sub_ps(s, x), 0xAA);
+        // Stage 2: pairs (0, 2), (1, 3) in each 128-bit half.
+        s = _mm256_permute_ps(x, 0x4E);
+        x = _mm256_blend_ps(_mm256_add_ps(x, s), _mm256_sub_ps(s, x), 0xCC);
+        // Stage 4: pairs (j, j + 4) across the halves.
+        s = _mm256_permute2f128_ps(x, x, 1);
+        v[k] = _mm256_blend_ps(_mm256_add_ps(x, s), _mm256_sub_ps(s, x), 0xF0);
+      }
+      for (uint32_t step = 1; step < regs; step <<= 1) {  // stages 8, 16, ...
+        for (uint32_t k = 0; k < regs; k += 2 * step) {
+          for (uint32_t j = k; j < k + step; ++j) {
+            const __m256 a = v[j], b = v[j + step];
+            v[j] = _mm256_add_ps(a, b);
+            v[j + step] = _mm256_sub_ps(a, b);
+          }
+        }
+      }
+      for (uint32_t k = 0; k < regs; ++k) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 2 * size_t{c0 + 8 * k}),
+                         _mm256_cvtps_ph(_mm256_mul_ps(v[k], scale),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      }
+    }
+  }
+}
 #endif
 
 // `vector`: allow the AVX-512 path (identical bytes); the encoder's reconstruction passes false,
@@ -109,10 +164,16 @@ void DequantRows(const Geometry& g, uint32_t r, uint32_t t0, uint32_t n, const u
   const size_t count = size_t{n} * C;
   const bool rotated = g.rotated(r);
 #if defined(__x86_64__)
-  if (vector && !rotated && g.info.dtype == DType::kF16 && C % 16 == 0 &&
-      internal::CpuHasAvx512()) {
+  const bool rotated_fast = rotated && g.info.head_dim >= 8 && g.info.head_dim <= 256 &&
+                            internal::CpuHasAvx2() && internal::CpuHasF16c();
+  if (vector && g.info.dtype == DType::kF16 &&
+      (rotated ? rotated_fast : C % 16 == 0 && internal::CpuHasAvx512())) {
     uint8_t* dst = out + (g.RowOffset(r) + size_t{t0} * C) * es;
-    DequantF16Avx512(g, r, t0, n, syms, mins, steps, dst);
+    if (rotated) {
+      DequantRotatedF16Avx2(g, r, t0, n, syms, mins, steps, dst);
+    } else {
+      DequantF16Avx512(g, r, t0, n, syms, mins, steps, dst);
+    }
     for (uint32_t i = 0; i < n && !out_idx.empty(); ++i) {
       for (size_t j = 0; j < out_idx.size(); ++j) {
         std::memcpy(dst + (size_t{i} * C + out_idx[j]) * es,

@@ -585,6 +585,35 @@ TEST(KvqTest, RotationShrinksValueErrorWhenAHeadHasAnOutlierDimension) {
   EXPECT_LT(rotated, plain / 4) << "plain " << plain << " rotated " << rotated;
 }
 
+// The rotated-row vector decoder (AVX2, head_dim 8..256) against the portable one and the
+// encoder's reconstruction: every head_dim it takes (and 512, which it leaves to the portable
+// path), per-token and per-channel rows, and sink tokens.
+TEST(KvqTest, RotatedContainersDecodeIdenticallyOnEveryHeadDim) {
+  ThreadPool pool(2);
+  for (const uint32_t d : {8u, 16u, 32u, 128u, 256u, 512u}) {
+    const KvLayout l = MakeLayout(2, 2, d, 70, DType::kF16);
+    const std::vector<uint8_t> kv = Synthetic(l, 29 + d);
+    for (const KvqScale value : {KvqScale::kPerToken, KvqScale::kPerChannel}) {
+      KvqOptions o;
+      o.level = 2;
+      o.key_scale = KvqScale::kPerChannel;
+      o.value_scale = value;
+      o.group_tokens = 16;
+      o.rotate_keys = o.rotate_values = true;
+      o.sink_tokens = 1;
+      std::vector<uint8_t> recon(kv.size());
+      o.reconstruction = recon;
+      ASSERT_OK_AND_ASSIGN(auto c, EncodeKvq(l, kv, o));
+      SetKvqSimdForTesting(false);
+      ASSERT_OK_AND_ASSIGN(auto scalar, DecodeKvq(c));
+      SetKvqSimdForTesting(true);
+      ASSERT_OK_AND_ASSIGN(auto vec, DecodeKvq(c, &pool));
+      EXPECT_EQ(scalar, recon) << "head_dim " << d;
+      EXPECT_EQ(vec, recon) << "head_dim " << d;
+    }
+  }
+}
+
 TEST(KvqTest, RotatedContainersDecodeIdenticallyOnEveryPath) {
   const KvLayout l = MakeLayout(4, 3, 64, 300, DType::kF16);
   const std::vector<uint8_t> kv = Synthetic(l, 23);
