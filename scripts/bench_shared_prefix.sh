@@ -63,6 +63,9 @@ for c in ("cluster", "isolated", "nocache"):
         print(f"{c:9} {x['hit_rate']:8.3f} {x['remote_hit_rate']:7.3f} {x['load_p50_ms']:7.2f}ms "
               f"{x['load_p90_ms']:7.2f}ms {x['ttft_p50_ms']:7.1f}ms {x['ttft_total_ms']:8.0f}ms "
               f"{x['computed_tokens']:8.0f}")
+print("load p50 of requests with a remote hit / all-local hits (ms):",
+      {c: (round(m[c].get("remote_load_p50_ms", 0), 2), round(m[c].get("local_load_p50_ms", 0), 2))
+       for c in ("cluster", "isolated") if c in m})
 print("cluster / isolated:", json.dumps(r["cluster_over_isolated"]))
 if "saved_vs_nocache" in r:
     print("saved against no cache:", json.dumps(r["saved_vs_nocache"]))

@@ -60,6 +60,7 @@ json SummaryJson(const PrefixSummary& s) {
           {"load_p50_ms", s.load_p50_ms},
           {"load_p90_ms", s.load_p90_ms},
           {"remote_load_p50_ms", s.remote_load_p50_ms},
+          {"local_load_p50_ms", s.local_load_p50_ms},
           {"ttft_p50_ms", s.ttft_p50_ms},
           {"ttft_p90_ms", s.ttft_p90_ms},
           {"ttft_total_ms", s.ttft_total_ms},
@@ -173,6 +174,18 @@ int main(int argc, char** argv) {
       row["replicated_objects"] = run->replicated_objects;
       row["loadavg"] = LoadAverage();
       std::fprintf(stderr, "   %s\n", row.dump().c_str());
+      row["per_request"] = json::array();
+      for (const PrefixRequestResult& x : run->results) {
+        row["per_request"].push_back({{"id", x.request.id},
+                                      {"engine", x.request.engine},
+                                      {"doc", x.request.doc},
+                                      {"prompt_tokens", x.prompt_tokens},
+                                      {"hit_tokens", x.hit_tokens},
+                                      {"remote_hit_tokens", x.remote_hit_tokens},
+                                      {"lookup_ms", x.lookup_ms},
+                                      {"transfer_ms", x.transfer_ms},
+                                      {"ttft_ms", x.ttft_ms}});
+      }
       result["runs"].push_back(row);
       per_config[PrefixConfigName(c)].push_back(row);
     }
@@ -182,9 +195,9 @@ int main(int argc, char** argv) {
     json m = json::object();
     for (const char* field :
          {"hit_rate", "remote_hit_rate", "load_p50_ms", "load_p90_ms", "remote_load_p50_ms",
-          "ttft_p50_ms", "ttft_p90_ms", "ttft_total_ms", "hit_tokens", "remote_hit_tokens",
-          "computed_tokens", "prompt_tokens", "hit_requests", "remote_hit_requests",
-          "load_failures", "peer_fetched_objects"}) {
+          "local_load_p50_ms", "ttft_p50_ms", "ttft_p90_ms", "ttft_total_ms", "hit_tokens",
+          "remote_hit_tokens", "computed_tokens", "prompt_tokens", "hit_requests",
+          "remote_hit_requests", "load_failures", "peer_fetched_objects"}) {
       std::vector<double> v;
       for (const json& row : rows) v.push_back(row[field].get<double>());
       m[field] = Median(v);

@@ -365,7 +365,7 @@ Result<PrefixRun> RunSharedPrefix(PrefixConfig config, const SharedPrefixOptions
 
 PrefixSummary Summarize(const PrefixRun& run) {
   PrefixSummary s;
-  std::vector<double> load, remote_load, ttft;
+  std::vector<double> load, remote_load, local_load, ttft;
   for (const PrefixRequestResult& r : run.results) {
     ++s.requests;
     s.prompt_tokens += r.prompt_tokens;
@@ -383,6 +383,8 @@ PrefixSummary Summarize(const PrefixRun& run) {
     if (r.remote_hit_tokens > 0) {
       ++s.remote_hit_requests;
       remote_load.push_back(r.lookup_ms + r.transfer_ms);
+    } else if (r.hit_tokens > 0) {
+      local_load.push_back(r.lookup_ms + r.transfer_ms);
     }
   }
   if (s.prompt_tokens > 0) {
@@ -393,6 +395,7 @@ PrefixSummary Summarize(const PrefixRun& run) {
   s.load_p50_ms = Percentile(load, 0.5);
   s.load_p90_ms = Percentile(load, 0.9);
   s.remote_load_p50_ms = Percentile(remote_load, 0.5);
+  s.local_load_p50_ms = Percentile(local_load, 0.5);
   s.ttft_p50_ms = Percentile(ttft, 0.5);
   s.ttft_p90_ms = Percentile(ttft, 0.9);
   return s;

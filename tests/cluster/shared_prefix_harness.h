@@ -97,6 +97,7 @@ struct PrefixSummary {
   // Load = lookup + transfer, over requests with a hit (the engine-visible Get of the prefix).
   double load_p50_ms = 0, load_p90_ms = 0;
   double remote_load_p50_ms = 0;  // over requests with a remote hit
+  double local_load_p50_ms = 0;   // over requests whose hit was all on their own node
   double ttft_p50_ms = 0, ttft_p90_ms = 0, ttft_total_ms = 0;
   double peer_fetched_objects = 0;
 };
