@@ -62,6 +62,11 @@ struct Config {
   // drives the worker itself) and "queued" (every read handed to the progress thread; its path
   // is reported as <path>_queued).
   std::vector<std::string> client_progress = {"caller"};
+  // transport: how the reader moves the bytes, each measured at every point, repetitions
+  // alternated (A/B in one run): "get" (UcxTransport::Read, one-sided gets) and "fetch"
+  // (UcxTransport::Fetch, the serving side sends the ranges). The first is reported
+  // as <path>, the others as <path>_<op>.
+  std::vector<std::string> read_ops = {"fetch", "get"};
   std::string cachesvc = KVSTASH_CACHESVC_PATH;
   std::string out = "bench/results/peer_transfer.json";
 };
@@ -134,30 +139,29 @@ bool ReadBlob(int fd, std::string* s) {
   _exit(0);
 }
 
-json TransportPoint(transport::UcxTransport& t, transport::PeerId peer, uint8_t* dst, uint64_t size,
-                    int batch, const Config& cfg) {
+// One repetition: back-to-back transfers for --seconds; GB/s.
+double TransportRep(transport::UcxTransport& t, transport::PeerId peer, bool fetch, uint8_t* dst,
+                    uint64_t size, int batch, const Config& cfg) {
   std::vector<transport::ReadOp> ops;
   for (int i = 0; i < batch; ++i) {
     uint64_t off = (static_cast<uint64_t>(i) * size) % (kRegionBytes - size + 1);
     ops.push_back({off, dst + off, size});
   }
-  std::vector<double> gbps;
-  for (int rep = 0; rep < cfg.reps; ++rep) {
-    int n = 0;
-    auto start = Clock::now();
-    double elapsed = 0;
-    while (n < 3 || elapsed < cfg.seconds_per_point) {
-      auto s = t.Read(peer, ops, Clock::now() + std::chrono::seconds(60));
-      if (!s.ok()) {
-        std::fprintf(stderr, "read failed: %s\n", std::string(s.message()).c_str());
-        Die();
-      }
-      ++n;
-      elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  int n = 0;
+  auto start = Clock::now();
+  double elapsed = 0;
+  while (n < 3 || elapsed < cfg.seconds_per_point) {
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    auto s = fetch ? t.Fetch(peer, ops, deadline) : t.Read(peer, ops, deadline);
+    if (!s.ok()) {
+      std::fprintf(stderr, "%s failed: %s\n", fetch ? "fetch" : "read",
+                   std::string(s.message()).c_str());
+      Die();
     }
-    gbps.push_back(static_cast<double>(size) * batch * n / elapsed / 1e9);
+    ++n;
+    elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   }
-  return {{"gbytes_per_s", Median(gbps)}, {"reps", gbps}};
+  return static_cast<double>(size) * batch * n / elapsed / 1e9;
 }
 
 json MemcpyPoint(uint8_t* src, uint8_t* dst, uint64_t size, int batch, const Config& cfg) {
@@ -207,44 +211,60 @@ json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
     }
     struct Reader {
       std::string progress;
+      std::string op;
       std::unique_ptr<transport::UcxTransport> t;
       transport::PeerId peer = 0;
     };
     std::vector<Reader> readers;
     transport::RemoteRegion region{std::stoull(base), kRegionBytes, rkey};
     for (const std::string& progress : cfg.client_progress) {
-      transport::TransportOptions options{.name = "bench-client"};
-      options.caller_progress = progress != "queued";
-      auto t = transport::UcxTransport::Create(options);
-      if (!t.ok()) Die();
-      (void)(*t)->RegisterRegion(dst.data(), dst.size());
-      auto peer = (*t)->Connect(address, region, Clock::now() + std::chrono::seconds(30));
-      if (!peer.ok()) {
-        std::fprintf(stderr, "connect: %s\n", std::string(peer.status().message()).c_str());
-        Die();
+      for (const std::string& op : cfg.read_ops) {
+        transport::TransportOptions options{.name = "bench-client"};
+        options.caller_progress = progress != "queued";
+        auto t = transport::UcxTransport::Create(options);
+        if (!t.ok()) Die();
+        // Fetch lands only in registered memory; reads into it skip per-call registration.
+        if (!(*t)->RegisterRegion(dst.data(), dst.size()).ok()) Die();
+        auto peer = (*t)->Connect(address, region, Clock::now() + std::chrono::seconds(30));
+        if (!peer.ok()) {
+          std::fprintf(stderr, "connect: %s\n", std::string(peer.status().message()).c_str());
+          Die();
+        }
+        readers.push_back({progress, op, std::move(*t), *peer});
       }
-      readers.push_back({progress, std::move(*t), *peer});
     }
     std::string path = "ucx_" + (tls.empty() ? std::string("default") : tls);
     std::replace(path.begin(), path.end(), ',', '+');
     for (uint64_t size : sizes) {
       for (int batch : cfg.batches) {
         json bound = MemcpyPoint(src.data(), dst.data(), size, batch, cfg);
-        for (Reader& r : readers) {
-          const std::string label = r.progress == "queued" ? path + "_queued" : path;
-          json point = TransportPoint(*r.t, r.peer, dst.data(), size, batch, cfg);
-          double ratio = point["gbytes_per_s"].get<double>() / bound["gbytes_per_s"].get<double>();
+        // Repetitions alternate between the readers, so that a change in the machine's load
+        // falls on all of them alike.
+        std::vector<std::vector<double>> gbps(readers.size());
+        for (int rep = 0; rep < cfg.reps; ++rep) {
+          for (size_t k = 0; k < readers.size(); ++k) {
+            Reader& r = readers[k];
+            gbps[k].push_back(
+                TransportRep(*r.t, r.peer, r.op == "fetch", dst.data(), size, batch, cfg));
+          }
+        }
+        for (size_t k = 0; k < readers.size(); ++k) {
+          const Reader& r = readers[k];
+          std::string label = r.progress == "queued" ? path + "_queued" : path;
+          if (r.op != cfg.read_ops.front()) label += "_" + r.op;
+          const double median = Median(gbps[k]);
+          const double ratio = median / bound["gbytes_per_s"].get<double>();
           std::printf("transport %-18s %9s x%-2d  %7.2f GB/s   memcpy %7.2f GB/s  (%.2f)\n",
-                      label.c_str(), kvstash::FormatByteSize(size).c_str(), batch,
-                      point["gbytes_per_s"].get<double>(), bound["gbytes_per_s"].get<double>(),
-                      ratio);
+                      label.c_str(), kvstash::FormatByteSize(size).c_str(), batch, median,
+                      bound["gbytes_per_s"].get<double>(), ratio);
           std::fflush(stdout);
           out.push_back({{"path", label},
                          {"client_progress", r.progress},
+                         {"read_op", r.op},
                          {"size_bytes", size},
                          {"batch", batch},
-                         {"gbytes_per_s", point["gbytes_per_s"]},
-                         {"reps", point["reps"]},
+                         {"gbytes_per_s", median},
+                         {"reps", gbps[k]},
                          {"memcpy_gbytes_per_s", bound["gbytes_per_s"]}});
         }
       }
@@ -442,18 +462,23 @@ json RunRemoteGet(const Config& cfg, const std::vector<uint64_t>& sizes) {
     const char* name;
     const char* tls;  // UCX_TLS for both nodes; nullptr: UCX's default
     const char* data_plane;
+    const char* ucx_fetch;  // --peer-ucx-fetch
   };
-  for (const Plane& plane :
-       {Plane{"peer_ucx_tcp", "tcp", "ucx"}, Plane{"peer_ucx_default", nullptr, "ucx"},
-        Plane{"peer_grpc", nullptr, "grpc"}}) {
+  // peer_ucx_tcp_get: B reads with gets (--peer-ucx-fetch false) instead of A writing into B's
+  // arena, the A/B of the UCX data plane's two ways end to end.
+  for (const Plane& plane : {Plane{"peer_ucx_tcp", "tcp", "ucx", "true"},
+                             Plane{"peer_ucx_tcp_get", "tcp", "ucx", "false"},
+                             Plane{"peer_ucx_default", nullptr, "ucx", "true"},
+                             Plane{"peer_grpc", nullptr, "grpc", "true"}}) {
     if (plane.tls != nullptr) {
       ::setenv("UCX_TLS", plane.tls, 1);
     } else {
       ::unsetenv("UCX_TLS");
     }
     const std::string dir = root + "/" + plane.name;
-    std::vector<std::string> common = {"--peer-secret-file", secret, "--peer-data-plane",
-                                       plane.data_plane};
+    std::vector<std::string> common = {"--peer-secret-file", secret,
+                                       "--peer-data-plane",  plane.data_plane,
+                                       "--peer-ucx-fetch",   plane.ucx_fetch};
     Node a = StartNode(cfg, dir + "/a", "127.0.0.1:0", common);
     std::vector<std::string> b_args = common;
     b_args.insert(b_args.end(), {"--peer", a.target, "--remote-promote", "false", "--remote-lookup",
@@ -494,6 +519,10 @@ int main(int argc, char** argv) {
   app.add_option("--modes", cfg.modes, "transport, remote_get")->delimiter(',');
   app.add_option("--client-progress", cfg.client_progress,
                  "transport: caller (reader drives UCX) and/or queued (progress thread), A/B")
+      ->delimiter(',');
+  app.add_option("--read-ops", cfg.read_ops,
+                 "transport: get (Read) and/or fetch (Fetch: the server puts), A/B; the first is "
+                 "reported as the path")
       ->delimiter(',');
   app.add_option("--tls", cfg.tls, "transport: UCX_TLS per path ('default': unset)")
       ->delimiter(';');

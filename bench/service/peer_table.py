@@ -97,7 +97,26 @@ def main():
             print(f"| {r['path']} | {size_name(r['size_bytes'])} | {r['batch']} | "
                   f"{f(r['caller_gbytes_per_s'])} | {f(r['queued_gbytes_per_s'])} | "
                   f"{f(r['caller_vs_queued'])} |")
-    json.dump({"transport": rows, "remote_get": get_rows, "client_progress": progress_rows},
+    # The data plane's two ways (peer_bench --read-ops fetch,get): the serving side sends into the
+    # reader's memory (the path's own rows) against the reader's gets (<path>_get).
+    op_rows = []
+    for (path, size, batch), get in sorted(by_path.items()):
+        if not path.endswith("_get"):
+            continue
+        fetch = by_path.get((path[:-len("_get")], size, batch))
+        op_rows.append({"path": path[:-len("_get")], "size_bytes": size, "batch": batch,
+                        "fetch_gbytes_per_s": fetch, "get_gbytes_per_s": get,
+                        "fetch_vs_get": (fetch / get) if fetch and get else None})
+    if op_rows:
+        print()
+        print("| path | size | batch | Fetch (peer sends) GB/s | Read (gets) GB/s | ratio |")
+        print("|---|---|---|---|---|---|")
+        for r in op_rows:
+            print(f"| {r['path']} | {size_name(r['size_bytes'])} | {r['batch']} | "
+                  f"{f(r['fetch_gbytes_per_s'])} | {f(r['get_gbytes_per_s'])} | "
+                  f"{f(r['fetch_vs_get'])} |")
+    json.dump({"transport": rows, "remote_get": get_rows, "client_progress": progress_rows,
+               "read_ops": op_rows},
               open(sys.argv[3], "w"), indent=2)
     print(f"\nwrote {sys.argv[3]}")
 

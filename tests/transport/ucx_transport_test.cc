@@ -3,8 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <numeric>
 #include <string>
@@ -230,6 +232,122 @@ TEST_P(UcxTransportTest, AServerThatGoesAwayFailsReadsInsteadOfHanging) {
   }
   // Over shared memory in one process the bytes may still be mapped, so a read may succeed;
   // either way the call returned.
+}
+
+TEST_P(UcxTransportTest, FetchesBatchesOfRangesByteForByteIntoRegisteredMemory) {
+  // The server sends the ranges into the client's memory: two landing regions of the client.
+  std::vector<uint8_t> second(1 << 20, 0);
+  ASSERT_THAT(client_->RegisterRegion(second.data(), second.size()), IsOk());
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  std::vector<ReadOp> ops = {
+      {.remote_offset = 0, .local = landing_.data(), .length = 64 << 10},
+      {.remote_offset = 12345, .local = landing_.data() + (1 << 20), .length = 3 << 20},
+      {.remote_offset = kServedBytes - 777, .local = landing_.data() + (5 << 20), .length = 777},
+      {.remote_offset = 99, .local = second.data() + 5, .length = second.size() - 5},
+  };
+  ASSERT_THAT(client_->Fetch(peer, ops, Clock::now() + 20s), IsOk());
+  for (const ReadOp& op : ops) {
+    EXPECT_EQ(0, std::memcmp(op.local, served_.data() + op.remote_offset, op.length))
+        << "range at " << op.remote_offset;
+  }
+  const uint64_t bytes = (64u << 10) + (3u << 20) + 777 + second.size() - 5;
+  EXPECT_EQ(client_->Stats().reads, ops.size());
+  EXPECT_EQ(client_->Stats().bytes_read, bytes);
+  const TransportStats served = server_->Stats();
+  EXPECT_EQ(served.fetches_served, 1u);
+  EXPECT_EQ(served.fetch_ops_served, ops.size());
+  EXPECT_EQ(served.fetch_bytes_served, bytes);
+  EXPECT_EQ(served.fetches_refused, 0u);
+  // Fetches and reads on the same endpoint, from several threads at once.
+  constexpr int kThreads = 4, kCalls = 10;
+  constexpr uint64_t kSlice = kServedBytes / kThreads;
+  std::vector<Status> failures(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kCalls; ++i) {
+        const uint64_t offset = (static_cast<uint64_t>(i) * 65537 + t * 4099) % (kSlice / 2);
+        std::vector<ReadOp> one = {
+            {.remote_offset = offset, .local = landing_.data() + t * kSlice, .length = kSlice}};
+        const auto deadline = Clock::now() + 20s;
+        Status s = (i + t) % 2 == 0 ? client_->Fetch(peer, one, deadline)
+                                    : client_->Read(peer, one, deadline);
+        if (s.ok() && std::memcmp(one[0].local, served_.data() + offset, kSlice) != 0) {
+          s = absl::DataLossError(absl::StrCat("thread ", t, " call ", i));
+        }
+        if (!s.ok()) {
+          failures[t] = s;
+          return;
+        }
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  for (const Status& s : failures) EXPECT_THAT(s, IsOk());
+  EXPECT_EQ(server_->Stats().fetches_served, 1u + kThreads * kCalls / 2);
+}
+
+TEST_P(UcxTransportTest, FetchRefusesBadRangesAndUnregisteredDestinationsBeforeSending) {
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  std::vector<uint8_t> unregistered(4096, 0);
+  const std::vector<std::vector<ReadOp>> bad = {
+      {{.remote_offset = kServedBytes - 10, .local = landing_.data(), .length = 11}},
+      {{.remote_offset = ~0ull - 5, .local = landing_.data(), .length = 10}},
+      {{.remote_offset = 0, .local = unregistered.data(), .length = unregistered.size()}},
+      // Starts inside the landing region and runs past its end.
+      {{.remote_offset = 0, .local = landing_.data() + kServedBytes - 10, .length = 11}},
+  };
+  for (const auto& ops : bad) {
+    EXPECT_THAT(client_->Fetch(peer, ops, Clock::now() + 5s),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+  }
+  EXPECT_EQ(server_->Stats().fetches_served + server_->Stats().fetches_refused, 0u);
+  EXPECT_TRUE(client_->Healthy(peer));
+}
+
+TEST_P(UcxTransportTest, TheServingSideRefusesAFetchWithoutTheRegionsToken) {
+  // A peer that knows the worker address and UCX's rkey but not the token: the server refuses,
+  // and writes nothing.
+  RemoteRegion forged = region_;
+  forged.packed_rkey[0] = static_cast<char>(forged.packed_rkey[0] ^ 0x5a);
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), forged, Clock::now() + 20s));
+  std::vector<ReadOp> ops = {{.remote_offset = 0, .local = landing_.data(), .length = 4096}};
+  EXPECT_THAT(client_->Fetch(peer, ops, Clock::now() + 20s),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(server_->Stats().fetches_refused, 1u);
+  EXPECT_EQ(server_->Stats().fetches_served, 0u);
+  EXPECT_TRUE(
+      std::all_of(landing_.begin(), landing_.begin() + 4096, [](uint8_t b) { return b == 0; }));
+  // The refusal is an answer, not a failure of the link: the right token still works.
+  ASSERT_OK_AND_ASSIGN(PeerId good,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  EXPECT_THAT(client_->Fetch(good, ops, Clock::now() + 20s), IsOk());
+  EXPECT_EQ(0, std::memcmp(landing_.data(), served_.data(), 4096));
+}
+
+TEST_P(UcxTransportTest, AServerThatGoesAwayFailsFetchesInsteadOfHanging) {
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  std::vector<ReadOp> ops = {{.remote_offset = 0, .local = landing_.data(), .length = 1 << 20}};
+  ASSERT_THAT(client_->Fetch(peer, ops, Clock::now() + 20s), IsOk());
+  server_.reset();
+  Status s = client_->Fetch(peer, ops, Clock::now() + 3s);
+  // No answer can come: the call ends with the peer's error or at its deadline.
+  EXPECT_THAT(s, ::testing::AnyOf(StatusIs(absl::StatusCode::kUnavailable),
+                                  StatusIs(absl::StatusCode::kDeadlineExceeded)));
+  EXPECT_FALSE(client_->Healthy(peer));
+}
+
+TEST_P(UcxTransportTest, NotificationIdsOfTheTransportAreReserved) {
+  EXPECT_THAT(client_->SetNotificationHandler(UcxTransport::kFirstReservedMessageId,
+                                              [](std::string_view) {}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(client_->SetNotificationHandler(UcxTransport::kFirstReservedMessageId - 1,
+                                              [](std::string_view) {}),
+              IsOk());
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, UcxTransportTest, ::testing::Values("", "tcp"),

@@ -8,6 +8,22 @@
 // copy on the serving side and no serving-side CPU. Notify sends a short active message (e.g.
 // "release these leases") once the reads it follows have completed.
 //
+// Fetch is the other way to move the same bytes: the reader sends one request (an active message
+// naming the ranges) and the serving transport sends them back as active messages of at most one
+// UCX TCP segment each, zero-copy from its registered region; the reader copies each into place
+// and returns when the last byte landed. Over TCP, UCX 1.13 emulates both get and put in
+// software, with a copy into a send segment on the serving node and one out of a receive segment
+// on the reader; Fetch saves the serving side's copy at the price of serving-side CPU
+// (docs/benchmarks-transfer.md). Every transport that registered a region serves Fetch requests
+// for it; no setup is needed.
+//
+// Trust. Over UCX's TCP transport neither a get nor a put is checked against the rkey by the
+// receiving side, so any connected UCX peer can read or write the memory of a process it is
+// connected to: connect only to, and accept connections only from, authenticated peers (the
+// worker address and RemoteRegion travel only over an authenticated control channel). A Fetch
+// request must carry the region's token (in RemoteRegion::packed_rkey), and the serving side
+// checks every range against the region before it writes.
+//
 // Threading. The worker is used by one thread at a time (UCS_THREAD_MODE_SERIALIZED, under the
 // transport's worker lock). A caller of Read or Notify that finds the worker free issues its
 // requests and progresses the worker itself until they complete (caller_progress): no hand-off
@@ -68,6 +84,8 @@ struct TransportOptions {
 struct RemoteRegion {
   uint64_t address = 0;  // the owner's virtual address of the region's first byte
   uint64_t bytes = 0;
+  // Opaque, made by RegisterRegion and read by Connect: UCX's packed rkey and the region's random
+  // Fetch token.
   std::string packed_rkey;
 };
 
@@ -88,6 +106,12 @@ struct TransportStats {
   // progress thread (the worker was busy, or caller_progress is off).
   uint64_t caller_driven_calls = 0;
   uint64_t queued_calls = 0;
+  // Fetch requests this transport served (wrote into a peer's memory), their ranges and bytes,
+  // and those it refused (bad token, range or rkey).
+  uint64_t fetches_served = 0;
+  uint64_t fetch_ops_served = 0;
+  uint64_t fetch_bytes_served = 0;
+  uint64_t fetches_refused = 0;
 };
 
 using PeerId = uint64_t;
@@ -131,9 +155,19 @@ class UcxTransport {
   // No ops: just the flush.
   Status Read(PeerId peer, std::span<const ReadOp> ops, Clock::time_point deadline);
 
+  // Like Read, but the peer sends the ranges (see Fetch in the model above). Each op must lie
+  // inside the peer's region and each op.local inside a region registered here with RegisterRegion
+  // (both checked before anything is sent: InvalidArgument); the peer checks its side again and
+  // answers InvalidArgument for a range outside its region or a wrong token. Returns once every
+  // range has landed here. On a deadline the endpoint is closed as for Read, after which nothing
+  // more lands.
+  Status Fetch(PeerId peer, std::span<const ReadOp> ops, Clock::time_point deadline);
+
   // Sends `payload` as active message `id` to the peer and returns once it has left this node.
   Status Notify(PeerId peer, uint16_t id, std::string payload, Clock::time_point deadline);
-  // Installs the handler for incoming active messages `id` (replacing any earlier one).
+  // Installs the handler for incoming active messages `id` (replacing any earlier one). Ids from
+  // kFirstReservedMessageId up are the transport's own (InvalidArgument).
+  static constexpr uint16_t kFirstReservedMessageId = 240;
   Status SetNotificationHandler(uint16_t id, NotificationHandler handler);
 
   TransportStats Stats() const;
@@ -141,6 +175,7 @@ class UcxTransport {
  private:
   struct Impl;
   explicit UcxTransport(std::unique_ptr<Impl> impl);
+  Status Transfer(PeerId peer, std::span<const ReadOp> ops, Clock::time_point deadline, bool fetch);
   std::unique_ptr<Impl> impl_;
 };
 
