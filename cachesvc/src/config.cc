@@ -474,6 +474,9 @@ const std::vector<Field>& Fields() {
       {"peers.data_plane", "--peer-data-plane",
        "how objects move between nodes: ucx (one-sided reads) | grpc (Get streams)",
        PeerStringField(&PeerConfig::data_plane)},
+      {"peers.ucx_fetch", "--peer-ucx-fetch",
+       "UCX data plane: peers send fetched objects (false: this node reads them with gets)",
+       PeerBoolField(&PeerConfig::ucx_fetch)},
       {"peers.transfer_encoding", "--peer-transfer-encoding",
        "what fetches from peers carry: raw | cachegen | auto (cachegen on links slower than the "
        "codec's break-even rate)",

@@ -577,7 +577,9 @@ struct RemoteTier::Impl {
             {p.remote_offset, store->arena_base() + p.local.arena_offset, p.info.payload_bytes});
       }
       const Clock::time_point read_start = Clock::now();
-      Status read = transport->Read(link.ucx_peer, ops, Deadline());
+      // Fetch: the peer sends the bytes, zero-copy from its arena, copied once into place here.
+      Status read = config.ucx_fetch ? transport->Fetch(link.ucx_peer, ops, Deadline())
+                                     : transport->Read(link.ucx_peer, ops, Deadline());
       if (read.ok()) {
         uint64_t bytes = 0;
         for (const transport::ReadOp& op : ops) bytes += op.length;

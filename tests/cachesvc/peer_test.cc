@@ -80,12 +80,14 @@ Result<GetReply> GetWithRetries(KvClient& client, const ObjectName& name) {
 
 // The data plane under test: UCX with its own choice of transports, UCX over TCP only (the
 // network path), or gRPC streams.
-enum class Plane { kUcxDefault, kUcxTcp, kGrpc };
+// kUcxTcpGet: UCX tcp with the reading node getting the bytes (--peer-ucx-fetch false) instead
+// of the serving node writing them into its arena (UcxTransport::Fetch, the default).
+enum class Plane { kUcxDefault, kUcxTcp, kUcxTcpGet, kGrpc };
 
 class PeerTest : public ::testing::TestWithParam<Plane> {
  protected:
   void SetUp() override {
-    if (GetParam() == Plane::kUcxTcp) {
+    if (GetParam() == Plane::kUcxTcp || GetParam() == Plane::kUcxTcpGet) {
       ::setenv("UCX_TLS", "tcp", 1);
     } else {
       ::unsetenv("UCX_TLS");
@@ -94,8 +96,9 @@ class PeerTest : public ::testing::TestWithParam<Plane> {
   void TearDown() override { ::unsetenv("UCX_TLS"); }
 
   std::vector<std::string> PeerArgs(const std::string& dir) const {
-    return {"--peer-secret-file", WriteSecret(dir), "--peer-data-plane",
-            GetParam() == Plane::kGrpc ? "grpc" : "ucx"};
+    return {"--peer-secret-file", WriteSecret(dir),
+            "--peer-data-plane",  GetParam() == Plane::kGrpc ? "grpc" : "ucx",
+            "--peer-ucx-fetch",   GetParam() == Plane::kUcxTcpGet ? "false" : "true"};
   }
 
   // Node A serves peers; node B has A as its peer.
@@ -437,13 +440,16 @@ TEST_P(PeerTest, ADecodeNodeRestartedMidFetchFetchesAgain) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Planes, PeerTest,
-                         ::testing::Values(Plane::kUcxDefault, Plane::kUcxTcp, Plane::kGrpc),
+                         ::testing::Values(Plane::kUcxDefault, Plane::kUcxTcp, Plane::kUcxTcpGet,
+                                           Plane::kGrpc),
                          [](const auto& info) {
                            switch (info.param) {
                              case Plane::kUcxDefault:
                                return std::string("UcxDefault");
                              case Plane::kUcxTcp:
                                return std::string("UcxTcp");
+                             case Plane::kUcxTcpGet:
+                               return std::string("UcxTcpGet");
                              case Plane::kGrpc:
                                return std::string("Grpc");
                            }
