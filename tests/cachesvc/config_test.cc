@@ -316,7 +316,10 @@ TEST(Config, PeersFromFlagsAndYaml) {
                         "--remote-promote",
                         "false",
                         "--peer-data-plane",
-                        "grpc"};
+                        "grpc",
+                        "--peer-ucx-fetch",
+                        "false"};
+  EXPECT_TRUE(ServiceConfig{}.peers.ucx_fetch);
   ParsedCommandLine p = ParseCommandLine(sizeof argv / sizeof argv[0], argv);
   ASSERT_TRUE(p.config.has_value()) << p.output;
   EXPECT_THAT(p.config->peers.addresses,
@@ -325,6 +328,7 @@ TEST(Config, PeersFromFlagsAndYaml) {
   EXPECT_EQ(p.config->peers.timeout_ms, 500u);
   EXPECT_FALSE(p.config->peers.promote);
   EXPECT_EQ(p.config->peers.data_plane, "grpc");
+  EXPECT_FALSE(p.config->peers.ucx_fetch);
 
   auto yaml = ApplyYaml("peers:\n  addresses: [a:1, b:2]\n  secret_file: /s\n", ServiceConfig{});
   ASSERT_OK(yaml);
