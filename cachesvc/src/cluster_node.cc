@@ -285,7 +285,7 @@ struct ClusterNode::Impl {
     }
   }
 
-  bool SyncMode() const { return config.cluster.replication_mode == "sync"; }
+  bool SyncMode() const { return config.cluster.replication_mode == ReplicationMode::kSync; }
 
   // Synchronous replication of one client commit (replication_mode sync), on the committing
   // thread: asks every owner of `name` other than this node, in parallel, to pull it, and waits

@@ -317,6 +317,13 @@ Setter ClusterStringField(std::string ClusterConfig::*field) {
   };
 }
 
+Status SetReplicationMode(const std::string& text, const std::string& where, ServiceConfig& c) {
+  Result<ReplicationMode> mode = ParseReplicationMode(text);
+  if (!mode.ok()) return Bad(where, std::string(mode.status().message()));
+  c.cluster.replication_mode = *mode;
+  return OkStatus();
+}
+
 // The keys whose value is a list (a YAML sequence, or a comma-separated scalar).
 bool IsListKey(const std::string& path) {
   return path == "peers.addresses" || path == "cluster.etcd";
@@ -446,7 +453,7 @@ const std::vector<Field>& Fields() {
        ClusterIntField(&ClusterConfig::hot_scan_ms, 50, 3'600'000)},
       {"cluster.replication_mode", "--replication-mode",
        "async | sync (a client's commit returns once the object's R owners hold it)",
-       ClusterStringField(&ClusterConfig::replication_mode)},
+       &SetReplicationMode},
       {"cluster.sync_timeout_ms", "--sync-timeout-ms",
        "sync replication: how long a commit waits for the owners, ms",
        ClusterIntField(&ClusterConfig::sync_timeout_ms, 10, 600'000)},
@@ -583,6 +590,24 @@ Result<PeerTransferEncoding> ParsePeerTransferEncoding(std::string_view text) {
       absl::StrCat("unknown transfer encoding '", std::string(text), "' (raw, cachegen or auto)"));
 }
 
+std::string_view ReplicationModeName(ReplicationMode mode) {
+  switch (mode) {
+    case ReplicationMode::kAsync:
+      return "async";
+    case ReplicationMode::kSync:
+      return "sync";
+  }
+  return "invalid";
+}
+
+Result<ReplicationMode> ParseReplicationMode(std::string_view text) {
+  for (ReplicationMode m : {ReplicationMode::kAsync, ReplicationMode::kSync}) {
+    if (text == ReplicationModeName(m)) return m;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown replication mode '", std::string(text), "' (async or sync)"));
+}
+
 Result<ServiceConfig> ApplyYaml(std::string_view yaml_text, ServiceConfig base) {
   YAML::Node root;
   try {
@@ -674,9 +699,10 @@ Status ValidateConfig(const ServiceConfig& c) {
   if (!c.peers.addresses.empty() && c.peers.secret_file.empty()) {
     return Bad("peers.secret_file", "is required when peers are configured (--peer-secret-file)");
   }
-  if (c.cluster.replication_mode != "async" && c.cluster.replication_mode != "sync") {
+  if (ReplicationModeName(c.cluster.replication_mode) == "invalid") {
     return Bad("cluster.replication_mode",
-               absl::StrCat("unknown mode '", c.cluster.replication_mode, "' (async or sync)"));
+               absl::StrCat("value ", static_cast<int>(c.cluster.replication_mode),
+                            " is not a replication mode (async or sync)"));
   }
   if (!c.cluster.etcd.empty()) {
     if (c.peers.secret_file.empty()) {

@@ -38,7 +38,9 @@ int main(int argc, char** argv) {
   // Synchronous replication (cluster.replication_mode sync) takes epoll1: a commit then waits
   // while the owners call back into this node (Hello, Acquire), and under "poll" those calls
   // went unanswered until the commit's deadline (docs/deploy.md "Synchronous writes").
-  setenv("GRPC_POLL_STRATEGY", config.cluster.replication_mode == "sync" ? "epoll1" : "poll",
+  setenv("GRPC_POLL_STRATEGY", config.cluster.replication_mode == kvstash::cachesvc::ReplicationMode::kSync
+                                       ? "epoll1"
+                                       : "poll",
          /*overwrite=*/0);
 
   auto logger = spdlog::stderr_logger_mt("cachesvc");

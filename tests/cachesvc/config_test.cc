@@ -238,6 +238,42 @@ TEST(Config, PeerTransferEncodingIsParsedOnceAndBadValuesAreRefused) {
   EXPECT_THAT(std::string(bad.message()), HasSubstr("peers.transfer_encoding"));
 }
 
+TEST(Config, ReplicationModeIsParsedOnceAndBadValuesAreRefused) {
+  for (ReplicationMode m : {ReplicationMode::kAsync, ReplicationMode::kSync}) {
+    EXPECT_THAT(ParseReplicationMode(ReplicationModeName(m)), IsOkAndHolds(m));
+  }
+  EXPECT_THAT(ParseReplicationMode("SYNC"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseReplicationMode(""), StatusIs(absl::StatusCode::kInvalidArgument));
+
+  ParsedCommandLine defaults = Parse({});
+  ASSERT_TRUE(defaults.config) << defaults.output;
+  EXPECT_EQ(defaults.config->cluster.replication_mode, ReplicationMode::kAsync);
+  ParsedCommandLine p = Parse({"--replication-mode", "sync"});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_EQ(p.config->cluster.replication_mode, ReplicationMode::kSync);
+  auto yaml = ApplyYaml("cluster:\n  replication_mode: sync\n", ServiceConfig{});
+  ASSERT_OK(yaml);
+  EXPECT_EQ(yaml->cluster.replication_mode, ReplicationMode::kSync);
+
+  p = Parse({"--replication-mode", "quorum"});
+  EXPECT_FALSE(p.config);
+  EXPECT_EQ(p.exit_code, 2);
+  EXPECT_THAT(p.output,
+              HasSubstr("--replication-mode: unknown replication mode 'quorum' (async or sync)"));
+  auto bad_yaml = ApplyYaml("cluster:\n  replication_mode: Sync\n", ServiceConfig{});
+  ASSERT_THAT(bad_yaml, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(std::string(bad_yaml.status().message()),
+              HasSubstr("cluster.replication_mode: unknown replication mode 'Sync'"));
+
+  // A config built in code with a value outside the enum is refused by validation.
+  ServiceConfig config = *defaults.config;
+  ASSERT_OK(ValidateConfig(config));
+  config.cluster.replication_mode = static_cast<ReplicationMode>(9);
+  Status bad = ValidateConfig(config);
+  EXPECT_THAT(bad, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("cluster.replication_mode"));
+}
+
 TEST(Config, SsdTierEncodingBadValuesGiveClearErrors) {
   auto level7 = ApplyYaml("tiers:\n  ssd:\n    level: 7\n", ServiceConfig{});
   ASSERT_THAT(level7, StatusIs(absl::StatusCode::kInvalidArgument));

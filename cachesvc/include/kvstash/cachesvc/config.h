@@ -40,6 +40,18 @@ std::string_view PeerTransferEncodingName(PeerTransferEncoding encoding);
 // The inverse of PeerTransferEncodingName; InvalidArgument naming the accepted values otherwise.
 Result<PeerTransferEncoding> ParsePeerTransferEncoding(std::string_view text);
 
+// When a client's commit is acknowledged in a cluster (ClusterConfig::replication_mode,
+// --replication-mode).
+enum class ReplicationMode : uint8_t {
+  kAsync = 0,  // once held here; forwarded to the other owners after
+  kSync = 1,   // once the object's R owners hold it
+};
+
+// "async" or "sync" ("invalid" for a value outside the enum).
+std::string_view ReplicationModeName(ReplicationMode mode);
+// The inverse of ReplicationModeName; InvalidArgument naming the accepted values otherwise.
+Result<ReplicationMode> ParseReplicationMode(std::string_view text);
+
 // Other cachesvc nodes this one reads from on a local miss (docs/deploy.md "Peers").
 struct PeerConfig {
   // Peers' gRPC addresses (host:port). Empty: a single node.
@@ -112,13 +124,14 @@ struct ClusterConfig {
   uint32_t hot_threshold = 32;
   uint32_t hot_half_life_s = 60;
   uint32_t hot_scan_ms = 5000;
-  // "async": a client's commit is acknowledged once it is held here, and forwarded to the other
-  // owners after (a crash of this node can lose what is still queued). "sync": the commit returns
+  // async: a client's commit is acknowledged once it is held here, and forwarded to the other
+  // owners after (a crash of this node can lose what is still queued). sync: the commit returns
   // only once the object's R owners hold it (this node counts when it is one of them); it fails
   // with UNAVAILABLE when fewer than R nodes are live or this node is fenced, DEADLINE_EXCEEDED
   // when an owner did not confirm within sync_timeout_ms, or the owner's error. A failed commit
-  // still leaves the object here, queued for the asynchronous forward.
-  std::string replication_mode = "async";
+  // still leaves the object here, queued for the asynchronous forward. Parsed once, when the
+  // config is read.
+  ReplicationMode replication_mode = ReplicationMode::kAsync;
   uint32_t sync_timeout_ms = 5000;
 };
 
