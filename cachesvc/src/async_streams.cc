@@ -156,9 +156,11 @@ class AsyncStreamServer::PutCall final : public Call {
 
 AsyncStreamServer::AsyncStreamServer(KvStashService* service, RpcMetrics* metrics,
                                      grpc::ServerBuilder* builder, int threads,
-                                     std::chrono::microseconds poll)
+                                     std::chrono::microseconds poll, bool listening)
     : service_(service), metrics_(metrics), poll_(poll) {
-  for (int i = 0; i < threads; ++i) queues_.push_back(builder->AddCompletionQueue());
+  for (int i = 0; i < threads; ++i) {
+    queues_.push_back(builder->AddCompletionQueue(/*is_frequently_polled=*/listening));
+  }
 }
 
 AsyncStreamServer::~AsyncStreamServer() { Stop(); }

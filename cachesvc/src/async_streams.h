@@ -31,8 +31,16 @@ class AsyncStreamServer {
  public:
   // Adds `threads` completion queues to `builder`, whose server must not be built yet. `service`
   // and `metrics` must outlive this object.
+  //
+  // `listening`: whether the server may accept connections on these queues. Under gRPC's "poll"
+  // engine a connection's socket is polled by the threads of the queue that accepted it (and of
+  // the queues its calls ran on); a thread that blocks in a call for long (a commit waiting for
+  // synchronous replication, whose owners call back into this server on new connections) then
+  // leaves the connections it accepted unread. Not listening (gRPC's is_frequently_polled
+  // false), the queues serve their calls but the sync server's threads accept and read every
+  // connection.
   AsyncStreamServer(KvStashService* service, RpcMetrics* metrics, grpc::ServerBuilder* builder,
-                    int threads, std::chrono::microseconds poll);
+                    int threads, std::chrono::microseconds poll, bool listening = true);
   ~AsyncStreamServer();
   AsyncStreamServer(const AsyncStreamServer&) = delete;
   AsyncStreamServer& operator=(const AsyncStreamServer&) = delete;

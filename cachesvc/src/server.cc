@@ -231,9 +231,14 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10'000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5'000);
+  // A streaming Put's commit under synchronous replication holds its stream thread until the
+  // owners confirmed, and they call back into this server: its connections must not depend on
+  // that thread (AsyncStreamServer, `listening`).
   impl->async_streams = std::make_unique<AsyncStreamServer>(
       impl->service.get(), impl->rpc_metrics.get(), &builder, config.stream_threads,
-      std::chrono::microseconds{config.stream_poll_us});
+      std::chrono::microseconds{config.stream_poll_us},
+      /*listening=*/config.cluster.etcd.empty() ||
+          config.cluster.replication_mode != ReplicationMode::kSync);
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || bound_port == 0) {
     if (impl->server != nullptr) impl->server->Shutdown();
