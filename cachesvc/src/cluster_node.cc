@@ -31,6 +31,9 @@ using Clock = std::chrono::steady_clock;
 constexpr size_t kBatch = 512;
 constexpr int kMaxAttempts = 3;
 
+// The CommitBatch open on this thread (cluster_node.h), if any.
+thread_local CommitBatch* tls_batch = nullptr;
+
 // A node id from a free-form name: characters outside [A-Za-z0-9._:-] become '_'.
 std::string SanitizedId(const std::string& name) {
   std::string out = name.substr(0, cluster::kMaxNodeIdBytes);
@@ -45,6 +48,14 @@ std::string SanitizedId(const std::string& name) {
 struct Pending {
   storage::StoredName name;
   int attempts = 0;
+};
+
+// One object of a synchronous replication and one of its other owners.
+struct SyncWant {
+  size_t key = 0;     // index of the object
+  size_t target = 0;  // index of the owner
+  Status result = absl::UnknownError("not asked");
+  bool timed_out = false;  // a call for it ran into the deadline, or the deadline stopped retries
 };
 
 ObjectName ToObjectName(const storage::StoredName& n) {
@@ -127,6 +138,7 @@ struct ClusterNode::Impl {
   Counter* hot_promotions = nullptr;
   Counter* sync_commits = nullptr;
   Counter* sync_failures = nullptr;
+  Counter* sync_calls = nullptr;
 
   std::chrono::system_clock::time_point Deadline(uint32_t factor = 1) const {
     return std::chrono::system_clock::now() +
@@ -287,97 +299,141 @@ struct ClusterNode::Impl {
 
   bool SyncMode() const { return config.cluster.replication_mode == ReplicationMode::kSync; }
 
-  // Synchronous replication of one client commit (replication_mode sync), on the committing
-  // thread: asks every owner of `name` other than this node, in parallel, to pull it, and waits
-  // for all of them until sync_timeout_ms, asking again after transient failures. OK once the R
-  // owners (this node included when it is one) hold the object. On failure the object is queued
+  // Synchronous replication of client commits (replication_mode sync), on the committing thread:
+  // asks every owner of the objects other than this node to pull them, one Replicate per owner
+  // carrying all the keys it owns, the owners in parallel, and waits for all of them until
+  // sync_timeout_ms, asking again after transient failures. Per name: OK once its R owners (this
+  // node included when it is one) hold the object; otherwise the error, and the object is queued
   // for the asynchronous forward as well.
-  Status ReplicateNow(const storage::StoredName& name) {
+  std::vector<Status> ReplicateMany(const std::vector<storage::StoredName>& names) {
+    std::vector<Status> out(names.size(), OkStatus());
+    if (names.empty()) return out;
     std::shared_ptr<const cluster::Placement> p;
     {
       MutexLock lock(&mu);
-      if (stop) return absl::UnavailableError("sync replication: this node is shutting down");
+      if (stop) {
+        out.assign(names.size(),
+                   absl::UnavailableError("sync replication: this node is shutting down"));
+        return out;
+      }
       if (fenced) {
-        Enqueue({name, 0});
-        return absl::UnavailableError(
-            "sync replication: this node is fenced (no membership renewal within the TTL); the "
-            "object is held here only");
+        for (const storage::StoredName& name : names) Enqueue({name, 0});
+        out.assign(names.size(),
+                   absl::UnavailableError(
+                       "sync replication: this node is fenced (no membership renewal within the "
+                       "TTL); the object is held here only"));
+        return out;
       }
       p = placement;
     }
     const uint32_t replicas = config.cluster.replicas;
     const size_t live = p == nullptr ? 0 : p->nodes().size();
     if (live < replicas) {
-      Status s = absl::UnavailableError(
-          absl::StrCat("sync replication: ", replicas, " owners wanted, ", live,
-                       " live node(s) in this node's view; the object is held here only"));
+      out.assign(names.size(),
+                 absl::UnavailableError(absl::StrCat(
+                     "sync replication: ", replicas, " owners wanted, ", live,
+                     " live node(s) in this node's view; the object is held here only")));
       MutexLock lock(&mu);
-      Enqueue({name, 0});
-      return s;
+      for (const storage::StoredName& name : names) Enqueue({name, 0});
+      return out;
     }
+    // One want per (object, other owner); a key named twice (overwrites in one batch) is asked
+    // for once and both names get its outcome.
     std::vector<std::string> targets;
-    for (size_t i : p->Owners(name.storage_key, replicas)) {
-      if (p->nodes()[i].id != node_id) targets.push_back(p->nodes()[i].grpc_address);
+    std::map<std::string, size_t> target_of;
+    std::vector<SyncWant> wants;
+    std::vector<size_t> first_of(names.size());  // index of the first name with the same key
+    std::map<Hash128, size_t> seen;
+    for (size_t k = 0; k < names.size(); ++k) {
+      auto [it, fresh] = seen.emplace(names[k].storage_key, k);
+      first_of[k] = it->second;
+      if (!fresh) continue;
+      for (size_t i : p->Owners(names[k].storage_key, replicas)) {
+        const cluster::NodeRecord& n = p->nodes()[i];
+        if (n.id == node_id) continue;
+        auto [t, added] = target_of.emplace(n.grpc_address, targets.size());
+        if (added) targets.push_back(n.grpc_address);
+        wants.push_back({k, t->second});
+      }
     }
-    if (targets.empty()) return OkStatus();  // R = 1 and this node owns it
+    if (wants.empty()) return out;  // R = 1 and this node owns every object
 
     const auto deadline = std::chrono::system_clock::now() +
                           std::chrono::milliseconds(config.cluster.sync_timeout_ms);
-    std::vector<Status> results(targets.size(), absl::UnknownError("not asked"));
-    std::vector<size_t> ask(targets.size());
-    for (size_t i = 0; i < ask.size(); ++i) ask[i] = i;
-    // Rounds: the owners not yet confirmed are asked again after a transient failure (an owner
+    std::vector<size_t> ask(wants.size());
+    for (size_t w = 0; w < ask.size(); ++w) ask[w] = w;
+    // Rounds: the wants not yet confirmed are asked again after a transient failure (an owner
     // that could not reach this node yet, e.g. its first Hello timed out), until the deadline.
-    bool timed_out = false;  // stopped asking because the deadline came
     for (int round = 0; !ask.empty(); ++round) {
-      SyncRound(name, targets, ask, deadline, results);
+      SyncRound(names, targets, ask, deadline, wants);
       std::vector<size_t> again;
-      for (size_t i : ask) {
-        if (results[i].code() == absl::StatusCode::kDeadlineExceeded) timed_out = true;
-        if (!results[i].ok() && Transient(results[i].code())) again.push_back(i);
+      for (size_t w : ask) {
+        if (wants[w].result.code() == absl::StatusCode::kDeadlineExceeded) {
+          wants[w].timed_out = true;
+        }
+        if (!wants[w].result.ok() && Transient(wants[w].result.code())) again.push_back(w);
       }
       if (again.empty()) break;
       const auto pause = std::chrono::milliseconds(std::min(50 * (round + 1), 500));
       if (std::chrono::system_clock::now() + pause >= deadline) {
-        timed_out = true;
+        for (size_t w : again) wants[w].timed_out = true;
         break;
       }
       std::this_thread::sleep_for(pause);
       ask.swap(again);
     }
-    Status first = OkStatus();
-    size_t confirmed = 0;
-    for (size_t i = 0; i < targets.size(); ++i) {
-      const Status& s = results[i];
-      if (s.ok()) {
-        ++confirmed;
+    // Outcomes per object, in the order of its owners.
+    std::vector<size_t> asked(names.size(), 0), confirmed(names.size(), 0);
+    std::vector<bool> timed_out(names.size(), false);
+    std::vector<Status> first(names.size(), OkStatus());
+    for (const SyncWant& w : wants) {
+      ++asked[w.key];
+      timed_out[w.key] = timed_out[w.key] || w.timed_out;
+      if (w.result.ok()) {
+        ++confirmed[w.key];
+      } else if (first[w.key].ok()) {
+        first[w.key] =
+            Status(w.result.code(), absl::StrCat("sync replication to owner ", targets[w.target],
+                                                 ": ", std::string(w.result.message())));
+      }
+    }
+    uint64_t confirmed_total = 0, failed_wants = 0, ok_objects = 0, failed_objects = 0;
+    std::vector<size_t> failed;
+    for (size_t k = 0; k < names.size(); ++k) {
+      if (first_of[k] != k || asked[k] == 0) continue;  // a repeat, or no other owner
+      confirmed_total += confirmed[k];
+      if (first[k].ok()) {
+        ++ok_objects;
         continue;
       }
-      if (first.ok()) {
-        first = Status(s.code(), absl::StrCat("sync replication to owner ", targets[i], ": ",
-                                              std::string(s.message())));
+      ++failed_objects;
+      failed_wants += asked[k] - confirmed[k];
+      failed.push_back(k);
+      if (timed_out[k]) {
+        out[k] = absl::DeadlineExceededError(absl::StrCat(
+            "sync replication: ", confirmed[k], " of ", asked[k],
+            " other owner(s) confirmed within ", config.cluster.sync_timeout_ms,
+            " ms; the object is held here and queued for forwarding (",
+            std::string(first[k].message()), ")"));
+      } else {
+        out[k] = first[k];
       }
     }
-    replicated->Increment(confirmed);
-    if (first.ok()) {
-      sync_commits->Increment();
-      return OkStatus();
+    for (size_t k = 0; k < names.size(); ++k) {
+      if (first_of[k] != k) out[k] = out[first_of[k]];
     }
-    sync_failures->Increment();
-    replicate_failures->Increment(targets.size() - confirmed);
-    {
-      MutexLock lock(&mu);
-      Enqueue({name, 0});
+    replicated->Increment(confirmed_total);
+    if (ok_objects != 0) sync_commits->Increment(ok_objects);
+    if (failed_objects != 0) {
+      sync_failures->Increment(failed_objects);
+      replicate_failures->Increment(failed_wants);
+      {
+        MutexLock lock(&mu);
+        for (size_t k : failed) Enqueue({names[k], 0});
+      }
+      cv.Signal();
     }
-    cv.Signal();
-    if (timed_out) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("sync replication: ", confirmed, " of ", targets.size(),
-                       " other owner(s) confirmed within ", config.cluster.sync_timeout_ms,
-                       " ms; the object is held here and queued for forwarding (",
-                       std::string(first.message()), ")"));
-    }
-    return first;
+    return out;
   }
 
   // Failures worth asking the same owner again within the sync deadline.
@@ -386,37 +442,46 @@ struct ClusterNode::Impl {
            code == absl::StatusCode::kResourceExhausted || code == absl::StatusCode::kNotFound;
   }
 
-  // One round of ReplicateNow: Replicate to targets[i] for every i in `ask`, in parallel, each
-  // with `deadline` (so the round ends by then); stores each outcome in results[i].
-  void SyncRound(const storage::StoredName& name, const std::vector<std::string>& targets,
-                 const std::vector<size_t>& ask, std::chrono::system_clock::time_point deadline,
-                 std::vector<Status>& results) {
+  // One round of ReplicateMany: for every want in `ask`, grouped by owner, one Replicate per
+  // owner (split at max_keys_per_request keys) carrying its keys; the calls in parallel, each
+  // with `deadline` (so the round ends by then). Stores each want's outcome in wants[w].result.
+  void SyncRound(const std::vector<storage::StoredName>& names,
+                 const std::vector<std::string>& targets, const std::vector<size_t>& ask,
+                 std::chrono::system_clock::time_point deadline, std::vector<SyncWant>& wants) {
     struct Call {
-      size_t target = 0;
+      std::vector<size_t> wants;
       v1::KvStashCluster::Stub* stub = nullptr;
       v1::ReplicateRequest req;
       v1::ReplicateResponse resp;
       grpc::ClientContext ctx;
       grpc::Status status;
     };
+    std::map<size_t, std::vector<size_t>> by_target;
+    for (size_t w : ask) by_target[wants[w].target].push_back(w);
+    const size_t per_call = std::max<size_t>(1, config.max_keys_per_request);
     std::vector<std::unique_ptr<Call>> calls;
-    for (size_t i : ask) {
-      auto call = std::make_unique<Call>();
-      call->target = i;
-      call->req.set_source(self_address);
-      ToProto(ToObjectName(name), call->req.add_keys());
-      call->ctx.set_deadline(deadline);
-      remote->AddPeerToken(&call->ctx);
-      {
-        MutexLock lock(&mu);
-        call->stub = StubsFor(targets[i]).cluster.get();
+    for (const auto& [target, ws] : by_target) {
+      for (size_t start = 0; start < ws.size(); start += per_call) {
+        auto call = std::make_unique<Call>();
+        call->req.set_source(self_address);
+        for (size_t j = start; j < std::min(ws.size(), start + per_call); ++j) {
+          call->wants.push_back(ws[j]);
+          ToProto(ToObjectName(names[wants[ws[j]].key]), call->req.add_keys());
+        }
+        call->ctx.set_deadline(deadline);
+        remote->AddPeerToken(&call->ctx);
+        {
+          MutexLock lock(&mu);
+          call->stub = StubsFor(targets[target]).cluster.get();
+        }
+        calls.push_back(std::move(call));
       }
-      calls.push_back(std::move(call));
     }
     // Blocking calls, each on a thread of its own: the committing thread may be one that gRPC
     // or the caller's session drives, and must not be the one that completes these calls.
     std::vector<std::thread> threads;
     threads.reserve(calls.size());
+    sync_calls->Increment(calls.size());
     for (auto& call : calls) {
       Call* raw = call.get();
       threads.emplace_back(
@@ -425,14 +490,17 @@ struct ClusterNode::Impl {
     for (std::thread& t : threads) t.join();
     for (const auto& call : calls) {
       Status s = FromGrpcStatus(call->status);
-      if (s.ok() && call->resp.results_size() != 1) {
+      if (s.ok() && call->resp.results_size() != static_cast<int>(call->wants.size())) {
         s = absl::InternalError("Replicate answered with the wrong number of results");
       }
-      if (s.ok() && call->resp.results(0).code() != 0) {
-        s = Status(static_cast<absl::StatusCode>(call->resp.results(0).code()),
-                   call->resp.results(0).message());
+      for (size_t j = 0; j < call->wants.size(); ++j) {
+        Status item = s;
+        if (s.ok()) {
+          const v1::ItemStatus& r = call->resp.results(static_cast<int>(j));
+          if (r.code() != 0) item = Status(static_cast<absl::StatusCode>(r.code()), r.message());
+        }
+        wants[call->wants[j]].result = item;
       }
-      results[call->target] = s;
     }
   }
 
@@ -770,6 +838,9 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::Create(const ServiceConfig& co
   impl->sync_failures = metrics->GetCounter(
       "kvstash_cluster_sync_failures_total",
       "client commits failed because their owners did not all confirm (replication_mode sync)");
+  impl->sync_calls = metrics->GetCounter(
+      "kvstash_cluster_sync_replicate_calls_total",
+      "Replicate calls sent for synchronous replication (one per owner and batch, retries too)");
   return std::unique_ptr<ClusterNode>(new ClusterNode(std::move(impl)));
 }
 
@@ -812,7 +883,14 @@ void ClusterNode::Stop() {
 
 Status ClusterNode::OnCommit(const storage::StoredName& name) {
   if (CommittingFetchedObject()) return OkStatus();
-  if (impl_->SyncMode()) return impl_->ReplicateNow(name);
+  if (impl_->SyncMode()) {
+    if (tls_batch != nullptr) {
+      tls_batch->node_ = this;
+      tls_batch->names_.push_back(name);
+      return OkStatus();
+    }
+    return impl_->ReplicateMany({name})[0];
+  }
   {
     MutexLock lock(&impl_->mu);
     if (impl_->stop) return OkStatus();
@@ -823,5 +901,24 @@ Status ClusterNode::OnCommit(const storage::StoredName& name) {
 }
 
 grpc::Service* ClusterNode::service() { return &impl_->service; }
+
+CommitBatch::CommitBatch() {
+  if (tls_batch == nullptr) {
+    tls_batch = this;
+    open_ = true;
+  }
+}
+
+CommitBatch::~CommitBatch() {
+  if (!names_.empty()) (void)Finish();
+  if (open_) tls_batch = nullptr;
+}
+
+std::vector<Status> CommitBatch::Finish() {
+  std::vector<storage::StoredName> names;
+  names.swap(names_);
+  if (node_ == nullptr || names.empty()) return {};
+  return node_->impl_->ReplicateMany(names);
+}
 
 }  // namespace kvstash::cachesvc

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cachegen_tier_codec.h"
+#include "cluster_node.h"
 #include "kvstash/proto/convert.h"
 #include "kvstash/proto/status_mapping.h"
 #include "request_checks.h"
@@ -253,12 +254,22 @@ grpc::Status KvStashService::CommitMany(grpc::ServerContext* ctx, const v1::Comm
   Status s = caller.ok() ? CheckWrite(*caller, "CommitMany") : caller.status();
   if (s.ok()) s = CheckKeyCount(req->items_size(), "CommitMany");
   if (s.ok()) {
+    // In a cluster with synchronous replication, the items' owners are asked together once all
+    // are committed here (one Replicate per owner), not one object after the other.
+    CommitBatch batch;
+    std::vector<int> deferred;  // the result index of each commit the batch took, in its order
     for (const v1::CommitRequest& item : req->items()) {
       Status owner = CheckOwner(ctx, &*caller, /*lease=*/false, item.reservation_id());
+      const size_t before = batch.size();
       ToItemStatus(
           owner.ok() ? store_->Commit(item.reservation_id(), item.payload_crc32c(), item.durable())
                      : owner,
           resp->add_results());
+      if (batch.size() > before) deferred.push_back(resp->results_size() - 1);
+    }
+    const std::vector<Status> replicated = batch.Finish();
+    for (size_t i = 0; i < replicated.size() && i < deferred.size(); ++i) {
+      if (!replicated[i].ok()) ToItemStatus(replicated[i], resp->mutable_results(deferred[i]));
     }
   }
   scope.Finish(s);
