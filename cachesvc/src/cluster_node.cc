@@ -410,11 +410,11 @@ struct ClusterNode::Impl {
       failed_wants += asked[k] - confirmed[k];
       failed.push_back(k);
       if (timed_out[k]) {
-        out[k] = absl::DeadlineExceededError(absl::StrCat(
-            "sync replication: ", confirmed[k], " of ", asked[k],
-            " other owner(s) confirmed within ", config.cluster.sync_timeout_ms,
-            " ms; the object is held here and queued for forwarding (",
-            std::string(first[k].message()), ")"));
+        out[k] = absl::DeadlineExceededError(
+            absl::StrCat("sync replication: ", confirmed[k], " of ", asked[k],
+                         " other owner(s) confirmed within ", config.cluster.sync_timeout_ms,
+                         " ms; the object is held here and queued for forwarding (",
+                         std::string(first[k].message()), ")"));
       } else {
         out[k] = first[k];
       }

@@ -72,7 +72,7 @@ class CommitBatch {
 
  private:
   friend class ClusterNode;
-  bool open_ = false;             // this batch is the thread's (not nested in another)
+  bool open_ = false;            // this batch is the thread's (not nested in another)
   ClusterNode* node_ = nullptr;  // the node whose OnCommit recorded the names
   std::vector<storage::StoredName> names_;
 };

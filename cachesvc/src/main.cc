@@ -36,13 +36,13 @@ int main(int argc, char** argv) {
   // (docs/benchmarks-service.md). It suits a sidecar's tens of connections; set
   // GRPC_POLL_STRATEGY=epoll1 for thousands.
   // Synchronous replication (cluster.replication_mode sync) keeps epoll1, under which its put
-  // latency was measured (docs/benchmarks-cluster.md). It works under "poll" too: a streaming Put's commit holds its
-  // stream thread while the owners call back into this node (Hello, Acquire), and the stream
-  // threads' queues then accept no connections (AsyncStreamServer, `listening`), since under
-  // "poll" a connection is read by the threads of the queue that accepted it.
-  setenv("GRPC_POLL_STRATEGY", config.cluster.replication_mode == kvstash::cachesvc::ReplicationMode::kSync
-                                       ? "epoll1"
-                                       : "poll",
+  // latency was measured (docs/benchmarks-cluster.md). It works under "poll" too: a streaming Put's
+  // commit holds its stream thread while the owners call back into this node (Hello, Acquire), and
+  // the stream threads' queues then accept no connections (AsyncStreamServer, `listening`), since
+  // under "poll" a connection is read by the threads of the queue that accepted it.
+  setenv("GRPC_POLL_STRATEGY",
+         config.cluster.replication_mode == kvstash::cachesvc::ReplicationMode::kSync ? "epoll1"
+                                                                                      : "poll",
          /*overwrite=*/0);
 
   auto logger = spdlog::stderr_logger_mt("cachesvc");

@@ -74,7 +74,7 @@ ClientOptions StreamClient() {
 class ArenaWriter {
  public:
   static Result<std::unique_ptr<ArenaWriter>> Attach(const std::string& arena_socket,
-                                                    const std::string& target) {
+                                                     const std::string& target) {
     KVSTASH_ASSIGN_OR_RETURN(ReceivedArena got, ReceiveArenaFd(arena_socket, 5000));
     auto w = std::unique_ptr<ArenaWriter>(new ArenaWriter());
     const int fd = got.writable_fd >= 0 ? got.writable_fd : got.fd;
@@ -285,9 +285,9 @@ TEST_F(ClusterSyncTest, CommitManyReplicatesItsObjectsTogetherAndKillingTheWrite
   for (int i = 0; i < kMaxNodes; ++i) ASSERT_NO_FATAL_FAILURE(StartNode(i, 10, 5000));
   ASSERT_TRUE(AllSee(kMaxNodes, 15s)) << "nodes did not see each other";
   constexpr int kWriter = 2;
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ArenaWriter> writer,
-                       ArenaWriter::Attach(dirs_[kWriter].path() + "/arena.sock",
-                                           nodes_[kWriter]->target()));
+  ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<ArenaWriter> writer,
+      ArenaWriter::Attach(dirs_[kWriter].path() + "/arena.sock", nodes_[kWriter]->target()));
   // A first batch connects the owners to the writer (their Hello); the second one is counted.
   std::vector<Object> warm, batch;
   for (uint64_t i = 0; i < 8; ++i) warm.push_back(MakeObject(300 + i));
