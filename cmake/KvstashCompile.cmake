@@ -43,16 +43,15 @@ endfunction()
 
 # kvstash_add_test(name SOURCES ... DEPS ... [LABELS ...] [TIMEOUT s] [PRIVATE_INCLUDES dirs])
 # One gtest executable; every TEST in it becomes a ctest entry.
+# KVSTASH_SHARED_DATA, KVSTASH_MODEL_CACHE, KVSTASH_SOURCE_DIR and KVSTASH_BINARY_DIR come from
+# kvstash_test_paths (tests/testing/build_paths.h), not -D: test objects then hit ccache in
+# other clones.
 function(kvstash_add_test name)
   cmake_parse_arguments(A "" "TIMEOUT" "SOURCES;DEPS;LABELS;PRIVATE_INCLUDES" ${ARGN})
   add_executable(${name} ${A_SOURCES})
-  target_link_libraries(${name} PRIVATE kvstash_flags ${A_DEPS} GTest::gmock GTest::gtest_main)
+  target_link_libraries(${name} PRIVATE kvstash_flags kvstash_test_paths ${A_DEPS} GTest::gmock
+                                        GTest::gtest_main)
   target_include_directories(${name} PRIVATE ${A_PRIVATE_INCLUDES})
-  target_compile_definitions(${name} PRIVATE
-    KVSTASH_SHARED_DATA="${KVSTASH_SHARED_DATA}"
-    KVSTASH_MODEL_CACHE="${KVSTASH_MODEL_CACHE}"
-    KVSTASH_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
-    KVSTASH_BINARY_DIR="${PROJECT_BINARY_DIR}")
   if(NOT A_TIMEOUT)
     set(A_TIMEOUT 300)
   endif()
