@@ -149,16 +149,16 @@ TEST_F(TlsTest, ExpiredOrMismatchedServerMaterialStopsStartUp) {
   opts.extra_args = {"--tls-cert",       Pki("expired.pem"), "--tls-key",
                      Pki("expired.key"), "--tls-ca",         Pki("ca.pem")};
   Result<std::unique_ptr<ServiceProcess>> expired = ServiceProcess::Start(dir_.path(), opts);
-  ASSERT_NOT_OK(expired);
+  ASSERT_THAT(expired, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT(std::string(expired.status().message()), HasSubstr("certificate has expired"));
   opts.extra_args = {"--tls-cert", Pki("server.pem"), "--tls-key", Pki("client-admin.key"),
                      "--tls-ca",   Pki("ca.pem")};
   Result<std::unique_ptr<ServiceProcess>> mismatched = ServiceProcess::Start(dir_.path(), opts);
-  ASSERT_NOT_OK(mismatched);
+  ASSERT_THAT(mismatched, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT(std::string(mismatched.status().message()), HasSubstr("does not match"));
   opts.extra_args = {"--tls-cert", Pki("server.pem"), "--tls-key", Pki("server.key")};
   Result<std::unique_ptr<ServiceProcess>> partial = ServiceProcess::Start(dir_.path(), opts);
-  ASSERT_NOT_OK(partial);
+  ASSERT_THAT(partial, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT(std::string(partial.status().message()), HasSubstr("go together"));
 }
 
@@ -166,7 +166,7 @@ TEST_F(TlsTest, PlainTcpBeyondLoopbackNeedsInsecureTcp) {
   ServiceOptions opts;
   opts.listen = "0.0.0.0:0";
   Result<std::unique_ptr<ServiceProcess>> refused = ServiceProcess::Start(dir_.path(), opts);
-  ASSERT_NOT_OK(refused);
+  ASSERT_THAT(refused, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("--insecure-tcp"));
   opts.extra_args = {"--insecure-tcp"};
   ASSERT_OK_AND_ASSIGN(svc_, ServiceProcess::Start(dir_.path(), opts));
