@@ -7,7 +7,9 @@
 #   ./run.sh bench    build, run the benchmarks, write bench/results/*.json
 #   ./run.sh build [preset]   configure + build only (presets: release, asan, debug, tsa)
 #   ./run.sh fuzz [seconds]   build libFuzzer targets with clang and run each for N seconds
-#   ./run.sh format | lint    clang-format in place | clang-tidy over the sources
+#   ./run.sh format           clang-format in place
+#   ./run.sh tidy [--all]     clang-tidy gate (scripts/check_tidy.sh) on the sources changed
+#                             since the base, or on all of them; `lint` = `tidy --all`
 #
 # Environment: KVSTASH_CACHE (models, venv; default ~/.cache/kvstash), KVSTASH_JOBS (build jobs),
 # KVSTASH_WERROR=ON (build: warnings are errors; test always sets it),
@@ -157,9 +159,13 @@ case "$cmd" in
   format)
     git ls-files '*.cc' '*.h' '*.cu' '*.cuh' | xargs clang-format -i
     ;;
+  tidy)
+    build release
+    exec ./scripts/check_tidy.sh "$@" build/release
+    ;;
   lint)
     build release
-    git ls-files '*.cc' | grep -v '^bench/\|^tests/fuzz/' | xargs clang-tidy -p build/release --quiet
+    exec ./scripts/check_tidy.sh --all build/release
     ;;
   help | -h | --help)
     sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'

@@ -43,11 +43,12 @@ inline Status OkStatus() { return absl::OkStatus(); }
   } while (0)
 
 // `KVSTASH_ASSIGN_OR_RETURN(auto x, MakeX());` assigns the value of a Result or returns its error.
+// `tmp` and `lhs` are declarators (`auto x`), which parentheses would break; hence the NOLINTs.
 #define KVSTASH_ASSIGN_OR_RETURN(lhs, expr) \
   KVSTASH_ASSIGN_OR_RETURN_IMPL_(KVSTASH_CONCAT_(kvstash_result_, __LINE__), lhs, expr)
-#define KVSTASH_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
-  auto tmp = (expr);                                   \
-  if (!tmp.ok()) return std::move(tmp).status();       \
-  lhs = std::move(tmp).value()
+#define KVSTASH_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr)                                    \
+  auto tmp = (expr);                             /* NOLINT(bugprone-macro-parentheses) */ \
+  if (!tmp.ok()) return std::move(tmp).status(); /* NOLINT(bugprone-macro-parentheses) */ \
+  lhs = std::move(tmp).value()                   /* NOLINT(bugprone-macro-parentheses) */
 
 #endif  // KVSTASH_COMMON_STATUS_H_
