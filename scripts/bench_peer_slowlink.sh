@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Remote Gets over a rate-limited link, raw against CacheGen-encoded peer fetches
+# Remote Gets over a rate-limited link, raw against CacheGen- and KVQ-encoded peer fetches
 # (docs/benchmarks-transfer.md "Slow links"). For each rate: two network namespaces joined by a
 # veth pair with private addresses (10.232.<n>.1/.2, only inside them), a tbf qdisc at that rate
 # on both ends, node A in one namespace and bench/service/peer_slowlink_bench (with node B) in
 # the other, UCX_TLS=tcp. The namespaces are deleted afterwards (trap), whatever happens.
 #
 #   scripts/bench_peer_slowlink.sh [--rates 1gbit,10gbit] [--reps N] [--out-dir DIR]
+#                                  [--policies raw,cachegen,kvq,auto]
 # Needs root (ip netns, tc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,16 +14,19 @@ BUILD="${BUILD:-build/release}"
 RATES="1gbit,10gbit"
 REPS=3
 OUT_DIR=bench/results
+POLICIES="raw,cachegen,kvq,auto"
 while [ $# -gt 0 ]; do
   case "$1" in
     --rates) RATES="$2"; shift 2 ;;
     --reps) REPS="$2"; shift 2 ;;
     --out-dir) OUT_DIR="$2"; shift 2 ;;
+    --policies) POLICIES="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [[ "$RATES" =~ ^[0-9]+(mbit|gbit)(,[0-9]+(mbit|gbit))*$ ]] || { echo "--rates: e.g. 1gbit,10gbit" >&2; exit 2; }
 [[ "$REPS" =~ ^[1-9][0-9]?$ ]] || { echo "--reps: 1..99" >&2; exit 2; }
+[[ "$POLICIES" =~ ^(raw|cachegen|kvq|auto)(,(raw|cachegen|kvq|auto))*$ ]] || { echo "--policies: e.g. raw,kvq" >&2; exit 2; }
 BENCH="$BUILD/bench/service/peer_slowlink_bench"
 [ -x "$BENCH" ] || { echo "missing $BENCH: cmake --build --preset release --target peer_slowlink_bench" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || { echo "needs root (ip netns, tc)" >&2; exit 1; }
@@ -63,7 +67,7 @@ for rate in "${RATE_LIST[@]}"; do
   done
   echo "[slowlink] $rate: $NS_A ($ADDR_A) <-> $NS_B ($ADDR_B), tbf on both ends; load $(cut -d' ' -f1-3 /proc/loadavg)"
   ip netns exec "$NS_B" timeout 1200 "$BENCH" --a-netns "$NS_A" --a-listen "$ADDR_A:7400" \
-    --link "$rate" --reps "$REPS" --out "$OUT_DIR/peer_slowlink_$rate.json"
+    --link "$rate" --reps "$REPS" --policies "$POLICIES" --out "$OUT_DIR/peer_slowlink_$rate.json"
   ip netns exec "$NS_A" tc -s qdisc show dev "$VA" | head -3
 done
 echo "[slowlink] load at end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,4 +1,4 @@
-// Remote Gets over a rate-limited link, raw against CacheGen-encoded peer fetches
+// Remote Gets over a rate-limited link, raw against CacheGen- and KVQ-encoded peer fetches
 // (--peer-transfer-encoding; scripts/bench_peer_slowlink.sh sets up the link and runs this).
 //
 // Node A runs in another network namespace (--a-netns, started through `ip netns exec`) and
@@ -6,7 +6,7 @@
 // (UCX over TCP: the caller exports UCX_TLS=tcp). A holds --count KV chunks of SmolLM2-135M's
 // shape (256 tokens x 30 layers x 3 KV heads x 64, f16: 5.9 MB; synthetic KV with CacheGen's
 // statistics, codec/synthetic_kv.h), put over the link once. For each policy (raw, cachegen,
-// auto) a fresh B (--remote-promote false: every Get crosses the link) is asked for `batch`
+// kvq, auto) a fresh B (--remote-promote false: every Get crosses the link) is asked for `batch`
 // chunks per AcquireMany over shared memory; the figure is the p50 latency of those calls over
 // --reps passes, and whether what arrived was the lossy reconstruction (encoded) or the stored
 // bytes. Results: JSON (--out).
@@ -41,7 +41,7 @@ struct Config {
   std::string a_netns;
   std::string a_listen;
   std::string link = "unknown";  // label of the link (the tbf rate), recorded as is
-  std::vector<std::string> policies = {"raw", "cachegen", "auto"};
+  std::vector<std::string> policies = {"raw", "cachegen", "kvq", "auto"};
   std::vector<int> batches = {1, 8};
   int count = 8;
   int reps = 3;
@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
   app.add_option("--a-netns", cfg.a_netns, "network namespace of node A")->required();
   app.add_option("--a-listen", cfg.a_listen, "node A's gRPC HOST:PORT in it")->required();
   app.add_option("--link", cfg.link, "label of the link (recorded)");
-  app.add_option("--policies", cfg.policies, "raw, cachegen, auto")->delimiter(',');
+  app.add_option("--policies", cfg.policies, "raw, cachegen, kvq, auto")->delimiter(',');
   app.add_option("--batches", cfg.batches, "chunks per AcquireMany")->delimiter(',');
   app.add_option("--count", cfg.count, "chunks held by A");
   app.add_option("--reps", cfg.reps, "passes over the chunks (median reported)");

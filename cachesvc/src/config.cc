@@ -203,20 +203,19 @@ Setter StoreFraction(double storage::StoreOptions::*field) {
   };
 }
 
-// allow_kvq: the SSD tier may hold KVQ containers; transfers stay CacheGen (clients decode it).
-Setter TierEncodingField(TierEncoding ServiceConfig::*field, bool allow_kvq) {
+// raw, cachegen or kvq (a tier that holds, or transfers that send, KVQ containers).
+Setter TierEncodingField(TierEncoding ServiceConfig::*field) {
   return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
     (c.*field).kvq = false;
     if (text == "raw") {
       (c.*field).encoding = Encoding::kRaw;
     } else if (text == "cachegen") {
       (c.*field).encoding = Encoding::kCacheGen;
-    } else if (text == "kvq" && allow_kvq) {
+    } else if (text == "kvq") {
       (c.*field).encoding = Encoding::kCacheGen;
       (c.*field).kvq = true;
     } else {
-      return Bad(where, absl::StrCat("unknown encoding '", text, "' ",
-                                     allow_kvq ? "(raw, cachegen or kvq)" : "(raw or cachegen)"));
+      return Bad(where, absl::StrCat("unknown encoding '", text, "' (raw, cachegen or kvq)"));
     }
     return OkStatus();
   };
@@ -414,14 +413,14 @@ const std::vector<Field>& Fields() {
        IntField(&ServiceConfig::gpu_device, 0, 1023)},
       {"tiers.ssd.encoding", "--ssd-encoding",
        "SSD tier encoding: raw | cachegen | kvq (both lossy, decoded on promotion)",
-       TierEncodingField(&ServiceConfig::ssd_encoding, /*allow_kvq=*/true)},
+       TierEncodingField(&ServiceConfig::ssd_encoding)},
       {"tiers.ssd.level", "--ssd-encoding-level", "CacheGen or KVQ level 1..3 of the SSD tier",
        TierLevelField(&ServiceConfig::ssd_encoding)},
       {"tiers.transfer.encoding", "--transfer-encoding",
-       "streaming Get encoding for clients that accept it: raw | cachegen (lossy)",
-       TierEncodingField(&ServiceConfig::transfer_encoding, /*allow_kvq=*/false)},
+       "streaming Get encoding for clients that accept it: raw | cachegen | kvq (lossy)",
+       TierEncodingField(&ServiceConfig::transfer_encoding)},
       {"tiers.transfer.level", "--transfer-encoding-level",
-       "CacheGen level 1..3 of encoded transfers when the client asks for none",
+       "CacheGen or KVQ level 1..3 of encoded transfers when the client asks for none",
        TierLevelField(&ServiceConfig::transfer_encoding)},
       // --peer is repeatable and handled by ParseCommandLine; this key takes a list.
       {"peers.addresses", nullptr, "peers' gRPC HOST:PORT addresses", &SetPeerAddresses},
@@ -485,8 +484,8 @@ const std::vector<Field>& Fields() {
        "UCX data plane: peers send fetched objects (false: this node reads them with gets)",
        PeerBoolField(&PeerConfig::ucx_fetch)},
       {"peers.transfer_encoding", "--peer-transfer-encoding",
-       "what fetches from peers carry: raw | cachegen | auto (cachegen on links slower than the "
-       "codec's break-even rate)",
+       "what fetches from peers carry: raw | cachegen | kvq | auto (per link, the fastest of "
+       "raw, CacheGen and KVQ by their measured speeds and ratios)",
        &SetPeerTransferEncoding},
       {"peers.link_mbps", "--peer-link-mbps",
        "rate of the links to peers in Mbit/s for --peer-transfer-encoding auto (0: measured)",
@@ -577,17 +576,19 @@ std::string_view PeerTransferEncodingName(PeerTransferEncoding encoding) {
       return "cachegen";
     case PeerTransferEncoding::kAuto:
       return "auto";
+    case PeerTransferEncoding::kKvq:
+      return "kvq";
   }
   return "invalid";
 }
 
 Result<PeerTransferEncoding> ParsePeerTransferEncoding(std::string_view text) {
-  for (PeerTransferEncoding e :
-       {PeerTransferEncoding::kRaw, PeerTransferEncoding::kCacheGen, PeerTransferEncoding::kAuto}) {
+  for (PeerTransferEncoding e : {PeerTransferEncoding::kRaw, PeerTransferEncoding::kCacheGen,
+                                 PeerTransferEncoding::kAuto, PeerTransferEncoding::kKvq}) {
     if (text == PeerTransferEncodingName(e)) return e;
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown transfer encoding '", std::string(text), "' (raw, cachegen or auto)"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown transfer encoding '", std::string(text),
+                                                 "' (raw, cachegen, kvq or auto)"));
 }
 
 std::string_view ReplicationModeName(ReplicationMode mode) {
@@ -685,7 +686,7 @@ Status ValidateConfig(const ServiceConfig& c) {
   if (PeerTransferEncodingName(c.peers.transfer_encoding) == "invalid") {
     return Bad("peers.transfer_encoding",
                absl::StrCat("value ", static_cast<int>(c.peers.transfer_encoding),
-                            " is not a transfer encoding (raw, cachegen or auto)"));
+                            " is not a transfer encoding (raw, cachegen, kvq or auto)"));
   }
 #ifndef KVSTASH_HAVE_UCX
   if (c.peers.data_plane == "ucx" && !c.peers.addresses.empty()) {

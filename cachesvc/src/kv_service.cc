@@ -41,10 +41,15 @@ KvStashService::KvStashService(storage::ObjectStore* store, const ServiceConfig&
       auth_(auth),
       started_(Clock::now()) {
   if (config_.transfer_encoding.encoding == Encoding::kCacheGen) {
-    for (int level = 1; level <= 3; ++level) {
+    for (int level = 1; level <= 4; ++level) {
       // Encode only: these never decode, so one idle pool thread each.
-      transfer_codecs_[level - 1] = std::make_unique<CacheGenTierCodec>(
-          TierEncoding{Encoding::kCacheGen, level}, /*decode_threads=*/1);
+      if (level <= 3) {
+        transfer_codecs_[level - 1] = std::make_unique<CacheGenTierCodec>(
+            TierEncoding{Encoding::kCacheGen, level, config_.transfer_encoding.kvq},
+            /*decode_threads=*/1);
+      }
+      kvq_transfer_codecs_[level - 1] = std::make_unique<CacheGenTierCodec>(
+          TierEncoding{Encoding::kCacheGen, level, /*kvq=*/true}, /*decode_threads=*/1);
     }
   }
   UseRawStreamHandlers();

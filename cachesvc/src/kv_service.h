@@ -221,10 +221,12 @@ class KvStashService final : public v1::KvStash::Service {
   void UseRawStreamHandlers();  // kv_service_streams.cc, as is EncodeForTransfer
   Status DoAcquire(const grpc::ServerContext* ctx, const v1::AcquireRequest& req,
                    v1::AcquireResponse* resp);
-  // The CacheGen container a streaming Get sends instead of `payload`, or nullopt to send the
+  // The codec container a streaming Get sends instead of `payload`, or nullopt to send the
   // payload as it is (the client did not ask, the policy is raw, or the codec does not take it).
+  // CacheGen, or KVQ under a kvq policy or when the call's metadata kPeerCodecHeader asks for it.
   Result<std::optional<storage::TierCodec::Encoded>> EncodeForTransfer(
-      const v1::GetRequest& req, const ObjectInfo& info, std::span<const uint8_t> payload);
+      const grpc::ServerContext* ctx, const v1::GetRequest& req, const ObjectInfo& info,
+      std::span<const uint8_t> payload);
   Status DoKeys(const grpc::ServerContext* ctx, KeysOp op, const v1::KeysRequest& req,
                 v1::KeysResponse* resp);
   Status DoList(const grpc::ServerContext* ctx, const v1::ListRequest& req, v1::ListResponse* resp);
@@ -249,8 +251,11 @@ class KvStashService final : public v1::KvStash::Service {
   mutable Mutex advertised_mu_;
   std::string advertised_ ABSL_GUARDED_BY(advertised_mu_);
   Clock::time_point started_;
-  // Per CacheGen level 1..3; empty when config_.transfer_encoding is raw.
+  // Per level 1..3 (CacheGen, or KVQ when config_.transfer_encoding.kvq); empty when
+  // config_.transfer_encoding is raw.
   std::array<std::unique_ptr<storage::TierCodec>, 3> transfer_codecs_;
+  // KVQ levels 1..4, for peers that ask for KVQ (kPeerCodecHeader); empty when raw.
+  std::array<std::unique_ptr<storage::TierCodec>, 4> kvq_transfer_codecs_;
   StreamWatchdog watchdog_;
 };
 

@@ -204,7 +204,8 @@ Status KvStashService::IncomingPut::Complete() {
 // ---- Streaming get ----------------------------------------------------------
 
 Result<std::optional<storage::TierCodec::Encoded>> KvStashService::EncodeForTransfer(
-    const v1::GetRequest& req, const ObjectInfo& info, std::span<const uint8_t> payload) {
+    const grpc::ServerContext* ctx, const v1::GetRequest& req, const ObjectInfo& info,
+    std::span<const uint8_t> payload) {
   using Encoded = storage::TierCodec::Encoded;
   switch (req.accept_encoding()) {
     case v1::ENCODING_RAW:
@@ -219,11 +220,29 @@ Result<std::optional<storage::TierCodec::Encoded>> KvStashService::EncodeForTran
     return Invalid(absl::StrCat("accept_level: ", req.accept_level(), " is not 0 (the service's",
                                 " level) or a CacheGen level 1..3"));
   }
+  // A peer that decodes KVQ may ask for it (remote_tier.h kPeerCodecHeader): "kvq" at this
+  // node's level, or "kvq-N" at level N (1..4).
+  int kvq_level = 0;
+  if (ctx != nullptr) {
+    auto it = ctx->client_metadata().find(kPeerCodecHeader);
+    if (it != ctx->client_metadata().end()) {
+      const std::string_view v(it->second.data(), it->second.size());
+      if (v == "kvq") {
+        kvq_level = config_.transfer_encoding.level;
+      } else if (v.size() == 5 && v.substr(0, 4) == "kvq-" && v[4] >= '1' && v[4] <= '4') {
+        kvq_level = v[4] - '0';
+      } else {
+        return Invalid(
+            absl::StrCat(kPeerCodecHeader, ": '", std::string(v), "' is not kvq or kvq-1..kvq-4"));
+      }
+    }
+  }
   if (transfer_codecs_[0] == nullptr) return std::optional<Encoded>();  // policy: raw
   const int level = req.accept_level() != 0 ? static_cast<int>(req.accept_level())
                                             : config_.transfer_encoding.level;
-  Result<std::optional<Encoded>> encoded =
-      transfer_codecs_[level - 1]->EncodeForTier(info, payload);
+  storage::TierCodec* codec = kvq_level != 0 ? kvq_transfer_codecs_[kvq_level - 1].get()
+                                             : transfer_codecs_[level - 1].get();
+  Result<std::optional<Encoded>> encoded = codec->EncodeForTier(info, payload);
   if (!encoded.ok()) {
     // The stored bytes are still good: send them as they are.
     spdlog::warn("event=transfer_encode_failed error=\"{}\"",
@@ -260,7 +279,7 @@ Result<std::unique_ptr<KvStashService::OutgoingGet>> KvStashService::StartGet(
   get->watched_ = watchdog_.Watch(ctx, get->deadline_);
   get->src_ = store_->arena_base() + lease.arena_offset;
   KVSTASH_ASSIGN_OR_RETURN(std::optional<storage::TierCodec::Encoded> encoded,
-                           EncodeForTransfer(req, lease.info, {get->src_, get->total_}));
+                           EncodeForTransfer(ctx, req, lease.info, {get->src_, get->total_}));
   // Fields of the first reply; the others carry data only.
   if (encoded) {
     ToProto(encoded->decoded_info, get->first_.mutable_info());

@@ -9,11 +9,12 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "cachegen_tier_codec.h"
-#include "kvstash/codec/synthetic_kv.h"
+#include "kvstash/codec/codec_choice.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/mutex.h"
 #include "kvstash/proto/status_mapping.h"
@@ -79,51 +80,29 @@ constexpr uint64_t kMeasureMinBytes = 256 << 10;
 // While a measured link carries CacheGen, one batch in this many goes raw to re-measure it.
 constexpr uint32_t kRawProbeEvery = 16;
 
-// The rate (bytes/s) below which fetching CacheGen beats fetching raw, from the codec's speeds
-// measured here on synthetic KV: raw costs 1/L per byte, encoded 1/(r L) + 1/E + 1/D (the peer
-// encodes, the link carries 1/r of the bytes, this node decodes; no overlap assumed), so CacheGen
-// wins while L < (1 - 1/r) / (1/E + 1/D). E is measured here and assumed for the peer too.
-struct BreakEven {
-  double bytes_per_s = 0;
-  double ratio = 0, encode_bytes_per_s = 0, decode_bytes_per_s = 0;
-};
+// The encodings "auto" chooses between (codec/codec_choice.h): CacheGen at the transfer level
+// (the quality floor) and the KVQ levels at least as exact on the calibration sample, with their
+// ratio and encode/decode speeds measured here at start; the peer encodes per request, so a
+// fetch costs 1/(r L) + 1/E + 1/D per byte against 1/L raw (E is measured here and assumed for
+// the peer too). Decode runs on as many threads as the decoder's pool.
+Result<std::vector<codec::CodecRates>> CalibrateTransferCodecs(int level) {
+  codec::CalibrationOptions o;
+  o.cachegen_level = level;
+  o.decode_threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8);
+  return codec::CalibrateCodecs(o);
+}
 
-Result<BreakEven> MeasureBreakEven(const TierEncoding& encoding, CacheGenTierCodec& decoder) {
-  ObjectInfo info;  // 4 layers x 4 heads x 64 x 256 tokens of f16 KV: 1 MiB
-  info.layout.num_layers = 4;
-  info.layout.total_kv_heads = 4;
-  info.layout.head_begin = 0;
-  info.layout.head_end = 4;
-  info.layout.head_dim = 64;
-  info.layout.dtype = DType::kF16;
-  info.layout.num_tokens = 256;
-  info.encoding = Encoding::kRaw;
-  info.payload_bytes = info.layout.RawBytes();
-  const std::vector<uint8_t> kv = codec::SyntheticKv(info.layout);
-  info.payload_crc32c = Crc32c(kv.data(), kv.size());
-  CacheGenTierCodec encoder(TierEncoding{Encoding::kCacheGen, encoding.level}, 1);
-  std::vector<uint8_t> out(kv.size());
-  BreakEven b;
-  double encode_s = 1e9, decode_s = 1e9;
-  std::optional<storage::TierCodec::Encoded> encoded;
-  for (int i = 0; i < 3; ++i) {  // best of 3: the codec's speed, not the neighbours' noise
-    Clock::time_point t0 = Clock::now();
-    KVSTASH_ASSIGN_OR_RETURN(encoded, encoder.EncodeForTier(info, kv));
-    if (!encoded) return absl::InternalError("the codec declined synthetic KV");
-    Clock::time_point t1 = Clock::now();
-    KVSTASH_RETURN_IF_ERROR(decoder.Decode(encoded->stored_info, encoded->bytes, out));
-    Clock::time_point t2 = Clock::now();
-    encode_s = std::min(encode_s, std::chrono::duration<double>(t1 - t0).count());
-    decode_s = std::min(decode_s, std::chrono::duration<double>(t2 - t1).count());
+std::string DescribeCandidates(const std::vector<codec::CodecRates>& candidates) {
+  std::string out;
+  for (const codec::CodecRates& c : candidates) {
+    absl::StrAppend(
+        &out, out.empty() ? "" : ",", codec::CodecRatesName(c), ":ratio=", absl::SixDigits(c.ratio),
+        ":encode_mbps=", static_cast<int64_t>(c.encode_bytes_per_s * 8 / 1e6),
+        ":decode_mbps=", static_cast<int64_t>(c.decode_bytes_per_s * 8 / 1e6), ":break_even_mbps=",
+        static_cast<int64_t>(codec::BreakEvenBytesPerS(c, codec::CostModel::kTransfer) * 8 / 1e6),
+        ":rel_error=", absl::SixDigits(c.rel_error));
   }
-  const double n = static_cast<double>(kv.size());
-  b.ratio = n / static_cast<double>(encoded->bytes.size());
-  b.encode_bytes_per_s = n / encode_s;
-  b.decode_bytes_per_s = n / decode_s;
-  if (b.ratio > 1) {
-    b.bytes_per_s = (1 - 1 / b.ratio) / (1 / b.encode_bytes_per_s + 1 / b.decode_bytes_per_s);
-  }
-  return b;
+  return out;
 }
 
 bool IsDefinitive(const Status& s) {
@@ -250,20 +229,34 @@ struct RemoteTier::Impl {
   transport::RemoteRegion region;
 #endif
   std::atomic<uint64_t> hits{0}, misses{0}, bytes_read{0};
-  // Encoded fetches (PeerConfig::transfer_encoding): the decoder of what peers send as CacheGen,
-  // and for "auto" the link rate below which CacheGen pays.
+  // Encoded fetches (PeerConfig::transfer_encoding): the decoder of what peers send (CacheGen or
+  // KVQ, told apart by the container's magic), and for "auto" the measured candidates.
   std::unique_ptr<CacheGenTierCodec> decoder;
-  BreakEven break_even;
+  std::vector<codec::CodecRates> candidates;
 
-  // Whether the next batch from `peer` is to be asked for as CacheGen.
-  bool ShouldEncode(Peer& peer) {
-    if (decoder == nullptr) return false;  // raw
-    if (config.transfer_encoding == PeerTransferEncoding::kCacheGen) return true;
+  // How the next batch from `peer` is to be asked for: nullopt for raw; kind kCacheGen (the
+  // peer's level) or kKvq (level 0: the peer's level).
+  std::optional<codec::CodecRates> EncodingFor(Peer& peer) {
+    if (decoder == nullptr) return std::nullopt;  // raw
+    codec::CodecRates fixed;
+    if (config.transfer_encoding == PeerTransferEncoding::kCacheGen) {
+      fixed.kind = codec::CodecKind::kCacheGen;
+      return fixed;
+    }
+    if (config.transfer_encoding == PeerTransferEncoding::kKvq) {
+      fixed.kind = codec::CodecKind::kKvq;
+      return fixed;
+    }
     const bool measured = config.link_mbps == 0;
     const double rate =
         measured ? peer.raw_bytes_per_s.load() : static_cast<double>(config.link_mbps) * 1e6 / 8;
-    if (rate <= 0 || rate >= break_even.bytes_per_s) return false;
-    return !measured || peer.encoded_batches.fetch_add(1) % kRawProbeEvery != kRawProbeEvery - 1;
+    const codec::CodecRates chosen =
+        codec::ChooseEncoding(candidates, rate, codec::CostModel::kTransfer);
+    if (chosen.kind == codec::CodecKind::kRaw) return std::nullopt;
+    if (measured && peer.encoded_batches.fetch_add(1) % kRawProbeEvery == kRawProbeEvery - 1) {
+      return std::nullopt;  // a raw batch keeps the link's measurement fresh
+    }
+    return chosen;
   }
 
   // Folds one raw transfer into the peer's measured rate.
@@ -456,13 +449,13 @@ struct RemoteTier::Impl {
       }
       return;
     }
-    const bool encoded = ShouldEncode(peer);
+    const std::optional<codec::CodecRates> encoded = EncodingFor(peer);
     if (link->ucx && !encoded) {
       FetchOverUcx(peer, *link, names, remaining, out);
     } else {
       for (size_t i : remaining) {
         if (Down(peer)) break;
-        Status s = FetchOverGrpc(peer, names[i], encoded);
+        Status s = FetchOverGrpc(peer, names[i], encoded ? &*encoded : nullptr);
         if (s.code() == absl::StatusCode::kUnavailable ||
             s.code() == absl::StatusCode::kDeadlineExceeded) {
           MarkDown(peer, s);
@@ -624,18 +617,24 @@ struct RemoteTier::Impl {
     return s;
   }
 
-  // One object over a KvStash.Get stream (no UCX at either end, data_plane grpc, or `encoded`).
-  // `encoded`: asks the peer for CacheGen; a container that arrives is checked against its own
-  // crc32c, decoded into the reservation, and settled (crc32c of the reconstruction, which the
-  // peer computed when encoding) like raw bytes. The peer may still send raw (an object it does
-  // not encode).
-  Status FetchOverGrpc(Peer& peer, const ObjectName& name, bool encoded = false) {
+  // One object over a KvStash.Get stream (no UCX at either end, data_plane grpc, or `wanted`).
+  // `wanted`: asks the peer for a CacheGen or KVQ container (kPeerCodecHeader); a container that
+  // arrives is checked against its own crc32c, decoded into the reservation, and settled (crc32c
+  // of the reconstruction, which the peer computed when encoding) like raw bytes. The peer may
+  // still send raw (an object it does not encode).
+  Status FetchOverGrpc(Peer& peer, const ObjectName& name,
+                       const codec::CodecRates* wanted = nullptr) {
     const Clock::time_point start = Clock::now();
+    const bool encoded = wanted != nullptr;
     grpc::ClientContext ctx;
     PrepareContext(&ctx);
     v1::GetRequest req;
     ToProto(name, req.mutable_key());
     if (encoded) req.set_accept_encoding(v1::ENCODING_CACHEGEN);
+    if (encoded && wanted->kind == codec::CodecKind::kKvq) {
+      ctx.AddMetadata(kPeerCodecHeader,
+                      wanted->level == 0 ? "kvq" : absl::StrCat("kvq-", wanted->level));
+    }
     std::unique_ptr<grpc::ClientReader<v1::GetChunk>> reader = peer.kv->Get(&ctx, req);
     v1::GetChunk chunk;
     std::optional<storage::Reservation> local;
@@ -768,21 +767,23 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
 #endif
   if (!impl->secret.empty()) impl->hello_service = std::make_unique<Impl::HelloService>(impl.get());
   if (config.peers.transfer_encoding != PeerTransferEncoding::kRaw) {
-    // Decodes CacheGen at any level (the container says which) on a private pool.
+    // Decodes CacheGen and KVQ at any level (the container says which) on a private pool.
     impl->decoder = std::make_unique<CacheGenTierCodec>(TierEncoding{Encoding::kRaw, 1});
+    std::string choice = "measured_per_link";  // no spaces: the log is key=value
     if (config.peers.transfer_encoding == PeerTransferEncoding::kAuto) {
-      const int level = config.transfer_encoding.level;
-      KVSTASH_ASSIGN_OR_RETURN(
-          impl->break_even,
-          MeasureBreakEven(TierEncoding{Encoding::kCacheGen, level}, *impl->decoder));
+      KVSTASH_ASSIGN_OR_RETURN(impl->candidates,
+                               CalibrateTransferCodecs(config.transfer_encoding.level));
+      if (config.peers.link_mbps != 0) {
+        choice = codec::CodecRatesName(codec::ChooseEncoding(
+            impl->candidates, config.peers.link_mbps * 1e6 / 8, codec::CostModel::kTransfer));
+      }
     }
-    spdlog::info(
-        "event=peer_transfer_encoding policy={} link_mbps={} break_even_mbps={:.0f} ratio={:.2f} "
-        "encode_mbps={:.0f} decode_mbps={:.0f}",
-        PeerTransferEncodingName(config.peers.transfer_encoding), config.peers.link_mbps,
-        impl->break_even.bytes_per_s * 8 / 1e6, impl->break_even.ratio,
-        impl->break_even.encode_bytes_per_s * 8 / 1e6,
-        impl->break_even.decode_bytes_per_s * 8 / 1e6);
+    spdlog::info("event=peer_transfer_encoding policy={} link_mbps={} choice={} candidates={}",
+                 PeerTransferEncodingName(config.peers.transfer_encoding), config.peers.link_mbps,
+                 config.peers.transfer_encoding == PeerTransferEncoding::kAuto
+                     ? choice
+                     : std::string(PeerTransferEncodingName(config.peers.transfer_encoding)),
+                 DescribeCandidates(impl->candidates));
   }
   impl->channel_args.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   // A fresh connection attempt soon after a peer comes back, not gRPC's backoff of up to 2 min.

@@ -44,6 +44,9 @@ class TlsMaterial;  // tls.h
 inline constexpr char kPeerTokenHeader[] = "kvstash-peer-token";
 inline constexpr char kScopeHeader[] = "kvstash-scope";
 inline constexpr char kScopeLocal[] = "local";
+// On an encoded Get (accept_encoding CACHEGEN) from a peer that decodes KVQ: "kvq" (the serving
+// node's transfer level) or "kvq-N" (level 1..4) asks for a KVQ container instead of CacheGen.
+inline constexpr char kPeerCodecHeader[] = "kvstash-peer-codec";
 // The tenant a peer acts for when it forwards a handoff heartbeat or release; honoured only from
 // callers authenticated as peers (the cluster secret), so a tenant cannot claim another's name.
 inline constexpr char kForTenantHeader[] = "kvstash-for-tenant";

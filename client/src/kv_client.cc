@@ -9,6 +9,7 @@
 #include "copy_crc.h"
 #include "credentials.h"
 #include "kvstash/codec/cachegen.h"
+#include "kvstash/codec/kvq.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/proto/convert.h"
 #include "kvstash/proto/raw_message.h"
@@ -401,11 +402,13 @@ Result<GetIntoReply> KvClient::StreamGet(
     return absl::DataLossError("received bytes fail their crc32c");
   }
   if (wire) {
-    Status decoded =
-        codec::DecodeCacheGen(container, std::span<uint8_t>(out, reply.info.payload_bytes));
+    // A codec container: CacheGen, or KVQ from a service whose transfer policy is kvq.
+    const std::span<uint8_t> dst(out, reply.info.payload_bytes);
+    const bool kvq = codec::IsKvqContainer(container);
+    Status decoded = kvq ? codec::DecodeKvq(container, dst) : codec::DecodeCacheGen(container, dst);
     if (!decoded.ok()) {
-      return Status(decoded.code(), absl::StrCat("decoding the CacheGen transfer: ",
-                                                 std::string(decoded.message())));
+      return Status(decoded.code(), absl::StrCat("decoding the ", kvq ? "KVQ" : "CacheGen",
+                                                 " transfer: ", std::string(decoded.message())));
     }
     if (Crc32c(out, reply.info.payload_bytes) != reply.info.payload_crc32c) {
       return absl::DataLossError("decoded bytes fail the crc32c of the service's reconstruction");

@@ -166,18 +166,25 @@ TEST(Config, TransferEncodingDefaultsToCacheGenLevel2) {
   EXPECT_EQ(p.config->transfer_encoding.level, 3);
   p = Parse({"--transfer-encoding", "lz4"});
   EXPECT_FALSE(p.config);
-  EXPECT_THAT(p.output, HasSubstr("--transfer-encoding: unknown encoding 'lz4' (raw or cachegen)"));
+  EXPECT_THAT(p.output,
+              HasSubstr("--transfer-encoding: unknown encoding 'lz4' (raw, cachegen or kvq)"));
 }
 
-TEST(Config, KvqIsAnSsdTierEncodingButNotATransferEncoding) {
+TEST(Config, KvqIsAnSsdTierAndATransferEncoding) {
   ParsedCommandLine p = Parse({"--ssd-encoding", "kvq", "--ssd-encoding-level", "3"});
   ASSERT_TRUE(p.config) << p.output;
   EXPECT_EQ(p.config->ssd_encoding.encoding, Encoding::kCacheGen);
   EXPECT_TRUE(p.config->ssd_encoding.kvq);
   EXPECT_EQ(p.config->ssd_encoding.level, 3);
+  EXPECT_FALSE(p.config->transfer_encoding.kvq);
   p = Parse({"--transfer-encoding", "kvq"});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_EQ(p.config->transfer_encoding.encoding, Encoding::kCacheGen);
+  EXPECT_TRUE(p.config->transfer_encoding.kvq);
+  p = Parse({"--transfer-encoding", "zstd"});
   EXPECT_FALSE(p.config);
-  EXPECT_THAT(p.output, HasSubstr("--transfer-encoding: unknown encoding 'kvq' (raw or cachegen)"));
+  EXPECT_THAT(p.output,
+              HasSubstr("--transfer-encoding: unknown encoding 'zstd' (raw, cachegen or kvq)"));
 }
 
 TEST(Config, PeerTransferEncodingIsRawUnlessAsked) {
@@ -193,9 +200,12 @@ TEST(Config, PeerTransferEncodingIsRawUnlessAsked) {
   ASSERT_OK(yaml);
   EXPECT_EQ(yaml->peers.transfer_encoding, PeerTransferEncoding::kCacheGen);
   p = Parse({"--peer-transfer-encoding", "kvq"});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_EQ(p.config->peers.transfer_encoding, PeerTransferEncoding::kKvq);
+  p = Parse({"--peer-transfer-encoding", "lz4"});
   EXPECT_FALSE(p.config);
-  EXPECT_THAT(p.output, HasSubstr("--peer-transfer-encoding: unknown transfer encoding 'kvq' "
-                                  "(raw, cachegen or auto)"));
+  EXPECT_THAT(p.output, HasSubstr("--peer-transfer-encoding: unknown transfer encoding 'lz4' "
+                                  "(raw, cachegen, kvq or auto)"));
 }
 
 TEST(Config, GpuPoolIsOffUnlessAsked) {
@@ -215,8 +225,8 @@ TEST(Config, GpuPoolIsOffUnlessAsked) {
 }
 
 TEST(Config, PeerTransferEncodingIsParsedOnceAndBadValuesAreRefused) {
-  for (PeerTransferEncoding e :
-       {PeerTransferEncoding::kRaw, PeerTransferEncoding::kCacheGen, PeerTransferEncoding::kAuto}) {
+  for (PeerTransferEncoding e : {PeerTransferEncoding::kRaw, PeerTransferEncoding::kCacheGen,
+                                 PeerTransferEncoding::kAuto, PeerTransferEncoding::kKvq}) {
     EXPECT_THAT(ParsePeerTransferEncoding(PeerTransferEncodingName(e)), IsOkAndHolds(e));
   }
   EXPECT_THAT(ParsePeerTransferEncoding("RAW"), StatusIs(absl::StatusCode::kInvalidArgument));

@@ -1,9 +1,9 @@
 // Encoded peer fetches (--peer-transfer-encoding, docs/benchmarks-transfer.md "Slow links"): two
-// real cachesvc processes, node B fetching KV that lives only on node A. With cachegen (or auto on
-// a link configured slower than the codec's break-even rate) B commits exactly the reconstruction
-// A's encoder computed (the bytes a CacheGen-accepting client of A decodes), flagged lossy, with
-// the crc32c of what was committed; with raw (the default) or auto on a fast link, the stored bytes
-// arrive unchanged.
+// real cachesvc processes, node B fetching KV that lives only on node A. With cachegen or kvq (or
+// auto on a link configured slower than a codec's measured break-even rate) B commits exactly the
+// reconstruction A's encoder computed (the bytes a client of A accepting that codec decodes),
+// flagged lossy, with the crc32c of what was committed; with raw (the default) or auto on a fast
+// link, the stored bytes arrive unchanged.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kvstash/client/kv_client.h"
+#include "kvstash/codec/kvq.h"
 #include "kvstash/codec/synthetic_kv.h"
 #include "kvstash/common/crc32c.h"
 #include "service_process.h"
@@ -41,6 +42,15 @@ client::ClientOptions StreamOnly() {
   o.use_shared_memory = false;
   o.rpc_timeout = 60s;
   return o;
+}
+
+// What B's log says auto chose for a configured link: "cachegen-l2", "kvq-l3", "raw".
+std::string LoggedChoice(const std::string& log) {
+  const std::string key = "choice=";
+  const size_t at = log.find(key);
+  if (at == std::string::npos) return "";
+  const size_t end = log.find(' ', at);
+  return log.substr(at + key.size(), end == std::string::npos ? end : end - at - key.size());
 }
 
 ObjectName ChunkName(uint64_t i) {
@@ -83,6 +93,17 @@ class PeerEncodingTest : public ::testing::Test {
     return b.ok() ? std::move(*b) : nullptr;
   }
 
+  // What A's KVQ encoder at `level` makes of the chunk (A's transfer codec takes KvqOptions'
+  // defaults at that level).
+  std::vector<uint8_t> KvqReconstruction(int level) {
+    std::vector<uint8_t> out(original_.size());
+    codec::KvqOptions o;
+    o.level = level;
+    o.reconstruction = std::span<uint8_t>(out);
+    EXPECT_OK(codec::EncodeKvq(info_.layout, original_, o));
+    return out;
+  }
+
   TempDir dir_a_;
   std::unique_ptr<ServiceProcess> a_;
   std::unique_ptr<KvClient> client_a_;
@@ -112,6 +133,21 @@ TEST_F(PeerEncodingTest, CacheGenFetchCommitsThePeersReconstruction) {
   EXPECT_TRUE(again.info.lossy);
 }
 
+TEST_F(PeerEncodingTest, KvqFetchCommitsThePeersKvqReconstruction) {
+  TempDir dir_b;
+  auto b = StartB(dir_b, {"--peer-transfer-encoding", "kvq"});
+  ASSERT_NE(b, nullptr);
+  ASSERT_OK_AND_ASSIGN(auto client_b, KvClient::Connect(b->target(), StreamOnly()));
+  ASSERT_OK_AND_ASSIGN(GetReply got, client_b->Get(ChunkName(0)));
+  EXPECT_TRUE(got.info.lossy);
+  EXPECT_EQ(Crc32c(got.payload.data(), got.payload.size()), got.info.payload_crc32c);
+  // A's transfer level (the default, 2), as KVQ.
+  EXPECT_TRUE(got.payload == KvqReconstruction(2)) << "B committed other bytes than A encoded";
+  EXPECT_EQ(MetricSum(b->metrics_port(), "kvstash_peer_encoded_objects_total"), 1);
+  EXPECT_LT(MetricSum(b->metrics_port(), "kvstash_peer_encoded_wire_bytes_total") * 2,
+            static_cast<double>(info_.payload_bytes));
+}
+
 TEST_F(PeerEncodingTest, AutoEncodesOnASlowConfiguredLinkOnly) {
   TempDir dir_slow, dir_fast;
   auto slow = StartB(dir_slow, {"--peer-transfer-encoding", "auto", "--peer-link-mbps", "1"});
@@ -123,9 +159,19 @@ TEST_F(PeerEncodingTest, AutoEncodesOnASlowConfiguredLinkOnly) {
   ASSERT_OK_AND_ASSIGN(auto client_slow, KvClient::Connect(slow->target(), StreamOnly()));
   ASSERT_OK_AND_ASSIGN(auto client_fast, KvClient::Connect(fast->target(), StreamOnly()));
 
+  // At 1 Mbit/s the link dominates: the candidate with the best measured ratio, CacheGen at the
+  // floor level or a KVQ level at least as exact (which one is this host's measurement).
+  const std::string choice = LoggedChoice(slow->Log());
+  EXPECT_THAT(slow->Log(), HasSubstr("candidates=cachegen-l2:ratio="));
   ASSERT_OK_AND_ASSIGN(GetReply over_slow, client_slow->Get(ChunkName(0)));
   EXPECT_TRUE(over_slow.info.lossy);
-  EXPECT_TRUE(over_slow.payload == reconstruction_.payload);
+  if (choice == "cachegen-l2") {
+    EXPECT_TRUE(over_slow.payload == reconstruction_.payload);
+  } else {
+    ASSERT_EQ(choice.substr(0, 5), "kvq-l") << slow->Log();
+    EXPECT_TRUE(over_slow.payload == KvqReconstruction(choice[5] - '0')) << choice;
+  }
+  EXPECT_EQ(LoggedChoice(fast->Log()), "raw");
   EXPECT_EQ(MetricSum(slow->metrics_port(), "kvstash_peer_encoded_objects_total"), 1);
 
   ASSERT_OK_AND_ASSIGN(GetReply over_fast, client_fast->Get(ChunkName(0)));

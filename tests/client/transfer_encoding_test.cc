@@ -1,11 +1,13 @@
 // Encoded transfers (GetOptions::accept_encoding, docs/api.md "Encoded transfers"): a streaming
-// Get that accepts CacheGen receives a container over TCP and decodes it to exactly what an SSD
-// tier at the same level would serve; everything else still gets the stored bytes.
+// Get that accepts CacheGen receives a container (CacheGen, or KVQ under a kvq policy) over TCP
+// and decodes it to exactly what an SSD tier at the same level would serve; everything else still
+// gets the stored bytes.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include "kvstash/client/kv_client.h"
 #include "kvstash/codec/cachegen.h"
+#include "kvstash/codec/kvq.h"
 #include "kvstash/codec/synthetic_kv.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/proto/convert.h"
@@ -35,6 +37,17 @@ std::vector<uint8_t> Reconstruction(const ObjectInfo& info, const std::vector<ui
   options.level = level;
   options.reconstruction = std::span<uint8_t>(out);
   EXPECT_OK(codec::EncodeCacheGen(info.layout, payload, options));
+  return out;
+}
+
+// The same for KVQ at `level`.
+std::vector<uint8_t> KvqReconstruction(const ObjectInfo& info, const std::vector<uint8_t>& payload,
+                                       int level) {
+  std::vector<uint8_t> out(payload.size());
+  codec::KvqOptions options;
+  options.level = level;
+  options.reconstruction = std::span<uint8_t>(out);
+  EXPECT_OK(codec::EncodeKvq(info.layout, payload, options));
   return out;
 }
 
@@ -148,6 +161,59 @@ TEST_F(TransferEncodingTest, ServiceChecksTheRequestAndHonoursARawPolicy) {
   while (reader->Read(&chunk)) bytes += chunk.data().size();
   EXPECT_OK(reader->Finish());
   EXPECT_EQ(bytes, info.payload_bytes);
+}
+
+// --transfer-encoding kvq: clients that accept an encoded transfer get KVQ containers and decode
+// them (KvClient tells the codecs apart by the container's magic).
+TEST_F(TransferEncodingTest, KvqPolicySendsKvqThatDecodesToTheReconstruction) {
+  ASSERT_NO_FATAL_FAILURE(
+      StartService({"--transfer-encoding", "kvq", "--transfer-encoding-level", "3"}));
+  const ObjectInfo info = SmolChunkInfo();
+  const std::vector<uint8_t> payload = codec::SyntheticKv(info.layout);
+  ASSERT_OK(kv_->Put(TestName(1), info, payload));
+  for (int level : {0, 1, 3}) {
+    SCOPED_TRACE(level);
+    ASSERT_OK_AND_ASSIGN(auto got, kv_->Get(TestName(1), AcceptCacheGen(level)));
+    EXPECT_TRUE(got.info.lossy);
+    EXPECT_LT(got.wire_bytes * 2, info.payload_bytes);
+    EXPECT_EQ(got.info.payload_crc32c, Crc32c(got.payload.data(), got.payload.size()));
+    EXPECT_EQ(got.payload, KvqReconstruction(info, payload, level == 0 ? 3 : level));
+  }
+}
+
+// The peers' metadata (cachesvc remote_tier.h kPeerCodecHeader) asks a cachegen-policy service for
+// KVQ at a level; anything else in it is refused.
+TEST_F(TransferEncodingTest, PeerCodecMetadataAsksForKvq) {
+  ASSERT_NO_FATAL_FAILURE(StartService({}));
+  const ObjectInfo info = SmolChunkInfo();
+  const std::vector<uint8_t> payload = codec::SyntheticKv(info.layout);
+  ASSERT_OK(kv_->Put(TestName(1), info, payload));
+  auto channel = grpc::CreateChannel(svc_->target(), grpc::InsecureChannelCredentials());
+  auto stub = v1::KvStash::NewStub(channel);
+  auto fetch = [&](const std::string& codec, std::string* bytes) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("kvstash-peer-codec", codec);
+    v1::GetRequest req;
+    ToProto(TestName(1), req.mutable_key());
+    req.set_accept_encoding(v1::ENCODING_CACHEGEN);
+    auto reader = stub->Get(&ctx, req);
+    v1::GetChunk chunk;
+    while (reader->Read(&chunk)) bytes->append(chunk.data());
+    return reader->Finish().error_code();
+  };
+  std::string container;
+  ASSERT_EQ(fetch("kvq-4", &container), grpc::StatusCode::OK);
+  const std::span<const uint8_t> c(reinterpret_cast<const uint8_t*>(container.data()),
+                                   container.size());
+  ASSERT_TRUE(codec::IsKvqContainer(c));
+  ASSERT_OK_AND_ASSIGN(codec::KvqInfo kvq, codec::ParseKvq(c));
+  EXPECT_EQ(kvq.level, 4);
+  ASSERT_OK_AND_ASSIGN(std::vector<uint8_t> decoded, codec::DecodeKvq(c));
+  EXPECT_EQ(decoded, KvqReconstruction(info, payload, 4));
+  for (const char* bad : {"kvq-5", "kvq-0", "zstd", ""}) {
+    std::string ignored;
+    EXPECT_EQ(fetch(bad, &ignored), grpc::StatusCode::INVALID_ARGUMENT) << bad;
+  }
 }
 
 }  // namespace

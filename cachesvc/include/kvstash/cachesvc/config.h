@@ -23,8 +23,8 @@ struct TierEncoding {
   Encoding encoding = Encoding::kRaw;  // raw: stored as written; cachegen: a codec container, lossy
   int level = 2;                       // level 1..3 (codec/levels.h, codec/kvq.h)
   // With encoding cachegen: write KVQ containers (codec/kvq.h) instead of CacheGen ones. Objects
-  // keep encoding cachegen ("a codec container"); decoders tell the two apart by the container's
-  // magic. SSD tier only: clients of encoded transfers decode CacheGen.
+  // keep encoding cachegen ("a codec container"); decoders (the SSD tier's, KvClient's, a peer's)
+  // tell the two apart by the container's magic.
   bool kvq = false;
 };
 
@@ -32,10 +32,11 @@ struct TierEncoding {
 enum class PeerTransferEncoding : uint8_t {
   kRaw = 0,       // the stored bytes as they are
   kCacheGen = 1,  // always CacheGen, over KvStash.Get streams
-  kAuto = 2,      // CacheGen to peers whose link is slower than the codec's break-even rate
+  kAuto = 2,      // raw, CacheGen or KVQ per peer: whichever is measured fastest on its link
+  kKvq = 3,       // always KVQ (the peer's transfer level), over KvStash.Get streams
 };
 
-// "raw", "cachegen" or "auto" ("invalid" for a value outside the enum).
+// "raw", "cachegen", "auto" or "kvq" ("invalid" for a value outside the enum).
 std::string_view PeerTransferEncodingName(PeerTransferEncoding encoding);
 // The inverse of PeerTransferEncodingName; InvalidArgument naming the accepted values otherwise.
 Result<PeerTransferEncoding> ParsePeerTransferEncoding(std::string_view text);
@@ -77,9 +78,10 @@ struct PeerConfig {
   // stored bytes move as they are. cachegen: every fetch asks the peer for CacheGen (the peer's
   // transfer_encoding level) over a KvStash.Get stream; this node checks the container's crc32c on
   // arrival, decodes it into its reservation and commits the reconstruction (lossy) only if its
-  // crc32c matches the one the peer computed when encoding. auto: cachegen for a peer whose link
-  // is slower than the break-even rate of the codec (its encode and decode speed and ratio,
-  // measured at start on synthetic KV), raw otherwise. Parsed once, when the config is read.
+  // crc32c matches the one the peer computed when encoding. kvq: the same with KVQ containers
+  // (metadata kvstash-peer-codec). auto: per peer and batch, the fastest of raw, CacheGen at the
+  // transfer level and the KVQ levels at least as exact on the calibration sample, from their
+  // ratio and encode/decode speeds measured at start (codec/codec_choice.h) and the link's rate.
   PeerTransferEncoding transfer_encoding = PeerTransferEncoding::kRaw;
   // For auto: the links' rate to peers in Mbit/s; 0: measured per peer from raw fetches of at
   // least 256 KiB (until a measurement exists, fetches are raw; while encoding, every 16th batch
