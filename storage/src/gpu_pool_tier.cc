@@ -2,7 +2,9 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -219,6 +221,95 @@ Status GpuPoolTier::Write(TierRecord* record, const uint8_t* payload) {
   objects_[{record->name.storage_key, record->seq}] = Placed{*extent, payload_bytes};
   used_ += extent->bytes;
   return OkStatus();
+}
+
+Result<uint64_t> GpuPoolTier::AllocateLanding(uint64_t payload_bytes) {
+  const uint64_t stored = StoredBytes(payload_bytes);
+  MutexLock lock(&mu_);
+  reserved_ -= stored;
+  std::optional<PageAllocator::Extent> extent = allocator_.Allocate(payload_bytes);
+  if (!extent) {
+    return absl::ResourceExhaustedError(absl::StrCat("GPU pool fragmented: no free extent of ",
+                                                     stored, " bytes (", used_.load(), " of ",
+                                                     capacity_bytes_, " bytes used)"));
+  }
+  landings_[extent->offset] = *extent;
+  used_ += extent->bytes;
+  return extent->offset;
+}
+
+Status GpuPoolTier::WriteLanding(uint64_t offset, uint64_t at, const uint8_t* src, uint64_t n) {
+  {
+    MutexLock lock(&mu_);
+    auto it = landings_.find(offset);
+    if (it == landings_.end()) {
+      return absl::NotFoundError(absl::StrCat("no landing at GPU pool offset ", offset));
+    }
+    if (at > it->second.bytes || n > it->second.bytes - at) {
+      return absl::InvalidArgumentError("write past the end of a GPU pool landing");
+    }
+  }
+  KVSTASH_RETURN_IF_ERROR(MakeCurrent());
+  if (int r = driver_->memcpy_htod(base_ + offset + at, src, n); r != 0) {
+    return absl::InternalError(driver_->Error("cuMemcpyHtoD", r));
+  }
+  return OkStatus();
+}
+
+Result<uint32_t> GpuPoolTier::LandedCrc32c(uint64_t offset, uint64_t payload_bytes) {
+  {
+    MutexLock lock(&mu_);
+    auto it = landings_.find(offset);
+    if (it == landings_.end()) {
+      return absl::NotFoundError(absl::StrCat("no landing at GPU pool offset ", offset));
+    }
+    if (payload_bytes > it->second.bytes) {
+      return absl::InvalidArgumentError("crc32c past the end of a GPU pool landing");
+    }
+  }
+  // The landing stays allocated while its reservation is being committed (nobody else frees
+  // it), so the bytes are read back in pieces through one bounded host buffer.
+  KVSTASH_RETURN_IF_ERROR(MakeCurrent());
+  constexpr uint64_t kPiece = 4 << 20;
+  std::vector<uint8_t> host(std::min(payload_bytes, kPiece));
+  uint32_t crc = 0;  // Crc32c of no bytes
+  for (uint64_t done = 0; done < payload_bytes;) {
+    const uint64_t n = std::min(kPiece, payload_bytes - done);
+    if (int r = driver_->memcpy_dtoh(host.data(), base_ + offset + done, n); r != 0) {
+      return absl::InternalError(driver_->Error("cuMemcpyDtoH", r));
+    }
+    crc = Crc32cExtend(crc, host.data(), n);
+    done += n;
+  }
+  return crc;
+}
+
+Status GpuPoolTier::AdoptLanding(uint64_t offset, TierRecord* record) {
+  MutexLock lock(&mu_);
+  auto it = landings_.find(offset);
+  if (it == landings_.end()) {
+    return absl::NotFoundError(absl::StrCat("no landing at GPU pool offset ", offset));
+  }
+  const PageAllocator::Extent extent = it->second;
+  landings_.erase(it);
+  if (record->info.payload_bytes > extent.bytes) {
+    (void)allocator_.Free(extent.offset);
+    used_ -= extent.bytes;
+    return absl::InvalidArgumentError("a GPU pool landing smaller than its object");
+  }
+  record->seq = next_seq_++;
+  objects_[{record->name.storage_key, record->seq}] = Placed{extent, record->info.payload_bytes};
+  return OkStatus();
+}
+
+void GpuPoolTier::FreeLanding(uint64_t offset) {
+  MutexLock lock(&mu_);
+  auto it = landings_.find(offset);
+  if (it == landings_.end()) return;
+  Status freed = allocator_.Free(it->second.offset);
+  if (!freed.ok()) spdlog::error("kvstash storage: GPU pool: {}", freed.ToString());
+  used_ -= it->second.bytes;
+  landings_.erase(it);
 }
 
 void GpuPoolTier::Remove(const Hash128& storage_key, uint64_t seq, uint64_t payload_bytes) {

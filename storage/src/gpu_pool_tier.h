@@ -66,6 +66,14 @@ class GpuPoolTier final : public StorageTier {
   Status Read(const Hash128& storage_key, uint64_t seq, const ObjectInfo& info,
               uint8_t* dst) override;
 
+  // Landings (StorageTier): extents of the pool that a transport fills (a UCX read into CUDA
+  // memory at device_base() + offset), checked by copying them back.
+  Result<uint64_t> AllocateLanding(uint64_t payload_bytes) override;
+  Status WriteLanding(uint64_t offset, uint64_t at, const uint8_t* src, uint64_t n) override;
+  Result<uint32_t> LandedCrc32c(uint64_t offset, uint64_t payload_bytes) override;
+  Status AdoptLanding(uint64_t offset, TierRecord* record) override;
+  void FreeLanding(uint64_t offset) override;
+
   // The pool's device address and length, for registering it with UCX
   // (transport MemoryKind::kCuda) so peers can read and write it.
   uint64_t device_base() const { return base_; }
@@ -89,6 +97,8 @@ class GpuPoolTier final : public StorageTier {
   Mutex mu_;
   PageAllocator allocator_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<Hash128, uint64_t>, Placed> objects_ ABSL_GUARDED_BY(mu_);
+  // Landings not yet adopted or freed, by offset.
+  std::map<uint64_t, PageAllocator::Extent> landings_ ABSL_GUARDED_BY(mu_);
   uint64_t reserved_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   std::atomic<uint64_t> used_{0};

@@ -494,7 +494,8 @@ LookupEntry TieredStore::Lookup(const Hash128& storage_key) {
   if (it == shard.objects.end()) return entry;
   const ObjectRec& rec = *it->second;
   entry.present = true;
-  entry.tier = rec.in_cpu ? Tier::kCpu : Tier::kSsd;
+  const int stored = rec.in_cpu ? -1 : FirstStoredLocked(rec, lower_.size());
+  entry.tier = rec.in_cpu ? Tier::kCpu : stored >= 0 ? lower_[stored]->tier->tier() : Tier::kSsd;
   entry.info = rec.info;
   return entry;
 }
@@ -583,10 +584,15 @@ Status TieredStore::CommitImpl(uint64_t reservation_id, uint32_t payload_crc32c,
       return absl::FailedPreconditionError(
           "durable commit needs the SSD tier (ssd_capacity_bytes is 0)");
     }
+    if (durable && it->second.lower >= 0) {
+      return absl::FailedPreconditionError(
+          "durable commit of an object landed in the GPU tier (the pool is volatile)");
+    }
     it->second.committing = true;
     reservation_deadlines_.erase({it->second.deadline_ns, reservation_id});
     res = it->second;
   }
+  if (res.lower >= 0) return CommitLanding(reservation_id, res, payload_crc32c, start);
   // A durable commit checks the payload before it returns (the caller waits for the SSD write
   // anyway); any other shared-memory commit leaves it to the checker, off the writer's path.
   // The checksum runs with no lock held: it reads up to the whole object.
@@ -648,7 +654,7 @@ Status TieredStore::CommitImpl(uint64_t reservation_id, uint32_t payload_crc32c,
 Status TieredStore::Abort(uint64_t reservation_id) {
   std::shared_lock<std::shared_mutex> guard(close_mu_);
   KVSTASH_RETURN_IF_ERROR(CheckOpen());
-  PageAllocator::Extent extent;
+  ReservationRec ended;
   {
     MutexLock lock(&res_mu_);
     auto it = reservations_.find(reservation_id);
@@ -661,12 +667,12 @@ Status TieredStore::Abort(uint64_t reservation_id) {
       return absl::FailedPreconditionError(
           absl::StrCat("reservation ", reservation_id, " is being committed"));
     }
-    extent = it->second.extent;
-    reservation_deadlines_.erase({it->second.deadline_ns, reservation_id});
+    ended = std::move(it->second);
+    reservation_deadlines_.erase({ended.deadline_ns, reservation_id});
     reservations_.erase(it);
     RememberEnded(reservation_id, Ended::kAborted);
   }
-  FreeExtent(extent.offset);
+  FreeReservationSpace(ended);
   return OkStatus();
 }
 
@@ -1011,7 +1017,7 @@ void TieredStore::ReaperLoop() {
     if (bg_stop_) break;
     bg_mu_.Unlock();
     uint64_t now = SteadyNs();
-    std::vector<uint64_t> expired_extents;
+    std::vector<ReservationRec> expired_reservations;
     {
       MutexLock lock(&res_mu_);
       while (!reservation_deadlines_.empty() && reservation_deadlines_.begin()->first <= now) {
@@ -1019,13 +1025,13 @@ void TieredStore::ReaperLoop() {
         reservation_deadlines_.erase(reservation_deadlines_.begin());
         auto it = reservations_.find(id);
         if (it == reservations_.end() || it->second.committing) continue;
-        expired_extents.push_back(it->second.extent.offset);
+        expired_reservations.push_back(std::move(it->second));
         reservations_.erase(it);
         RememberEnded(id, Ended::kExpired);
       }
     }
-    for (uint64_t offset : expired_extents) {
-      FreeExtent(offset);
+    for (const ReservationRec& res : expired_reservations) {
+      FreeReservationSpace(res);
       metrics_.reservations_expired->Increment();
     }
     std::vector<std::shared_ptr<ObjectRec>> expired_leases;

@@ -152,6 +152,8 @@ class TieredStore final : public ObjectStore {
   Status Commit(uint64_t reservation_id, uint32_t payload_crc32c, bool durable) override;
   Status CommitChecked(uint64_t reservation_id, uint32_t payload_crc32c, bool durable) override;
   Status Abort(uint64_t reservation_id) override;
+  Result<Reservation> ReserveInTier(Tier tier, const StoredName& name, const ObjectInfo& info,
+                                    uint32_t lease_ms, bool overwrite) override;
   Result<Lease> Acquire(const Hash128& storage_key, uint32_t lease_ms) override;
   Status Release(uint64_t lease_id) override;
   Status Delete(const Hash128& storage_key) override;
@@ -173,9 +175,13 @@ class TieredStore final : public ObjectStore {
   struct ReservationRec {
     StoredName name;
     ObjectInfo info;
-    PageAllocator::Extent extent;
+    PageAllocator::Extent extent;  // in the arena, unless `lower` says otherwise
     uint64_t deadline_ns = 0;
     bool committing = false;
+    // ReserveInTier: the lower tier (index into lower_) whose landing at `tier_offset` holds
+    // the payload instead of an arena extent; -1 for an arena reservation.
+    int lower = -1;
+    uint64_t tier_offset = 0;
   };
   enum class Ended : uint8_t { kCommitted, kAborted, kExpired };
   struct LeaseRec {
@@ -275,6 +281,15 @@ class TieredStore final : public ObjectStore {
   TierRecord RecordOf(const ObjectRec& rec, size_t tier_index) const;
   // Installs what lt.tier->Recover() returned (tiers are recovered in order).
   void RecoverLower(LowerTier& lt, std::vector<TierRecord> records);
+
+  // --- reservations that land in a lower tier (tiered_store_landing.cc) ---
+  // Frees what an ended (aborted, expired, failed) reservation held: its arena extent or its
+  // landing.
+  void FreeReservationSpace(const ReservationRec& res);
+  // Commit of a ReserveInTier reservation (res.lower >= 0), already marked committing: checks
+  // the landed bytes' crc32c, adopts them as the object's only copy, ends the reservation.
+  Status CommitLanding(uint64_t reservation_id, const ReservationRec& res, uint32_t payload_crc32c,
+                       uint64_t start_ns);
 
   // --- checks of committed bytes (tiered_store_check.cc) ---
   // `checked`: the caller verified the payload itself (CommitChecked).

@@ -130,5 +130,45 @@ TEST(GpuPoolTierTest, PublicOpenerGivesTheStoreAPoolAndItsRegion) {
   EXPECT_TRUE(ReadsBack(*store, obj));
 }
 
+TEST(GpuPoolTierTest, LandingsInDeviceMemoryCommitCheckedOrAbort) {
+  SKIP_WITHOUT_DEVICE();
+  GpuPoolTier::Options o;
+  o.capacity_bytes = 16 * kMiB;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<GpuPoolTier> gpu, GpuPoolTier::Open(o));
+  GpuPoolTier* pool = gpu.get();
+  std::vector<std::unique_ptr<StorageTier>> lower;
+  lower.push_back(std::move(gpu));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ObjectStore> store,
+                       TieredStore::Create(testing::CpuOnlyOptions(2 * kMiB), std::move(lower)));
+  // Good bytes (more than one 4 MiB read-back piece): committed in the GPU tier, read back.
+  TestObject good = MakeObject("ns", 8, 5 * kMiB + 11);
+  ASSERT_OK_AND_ASSIGN(Reservation r,
+                       store->ReserveInTier(Tier::kGpu, good.name, good.info, 0, false));
+  EXPECT_EQ(r.tier, Tier::kGpu);
+  ASSERT_OK(pool->WriteLanding(r.tier_offset, 0, good.payload.data(), good.payload.size()));
+  ASSERT_OK(store->CommitChecked(r.id, good.info.payload_crc32c, false));
+  EXPECT_EQ(store->Lookup(good.name.storage_key).tier, Tier::kGpu);
+  EXPECT_TRUE(ReadsBack(*store, good));
+  // Corrupt bytes: refused, the extent freed.
+  TestObject bad = MakeObject("ns", 9, 1 * kMiB);
+  const uint64_t used = pool->used_bytes();
+  ASSERT_OK_AND_ASSIGN(Reservation b,
+                       store->ReserveInTier(Tier::kGpu, bad.name, bad.info, 0, false));
+  std::vector<uint8_t> flipped = bad.payload;
+  flipped[4096] ^= 1;
+  ASSERT_OK(pool->WriteLanding(b.tier_offset, 0, flipped.data(), flipped.size()));
+  EXPECT_THAT(pool->WriteLanding(b.tier_offset, 1 * kMiB, flipped.data(), 1),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(store->Commit(b.id, bad.info.payload_crc32c, false),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_FALSE(store->Lookup(bad.name.storage_key).present);
+  EXPECT_EQ(pool->used_bytes(), used);
+  // Abort frees it too.
+  ASSERT_OK_AND_ASSIGN(Reservation c,
+                       store->ReserveInTier(Tier::kGpu, bad.name, bad.info, 0, false));
+  ASSERT_OK(store->Abort(c.id));
+  EXPECT_EQ(pool->used_bytes(), used);
+}
+
 }  // namespace
 }  // namespace kvstash::storage

@@ -150,6 +150,11 @@ struct Reservation {
   uint64_t id = 0;
   uint64_t arena_offset = 0;
   uint64_t expires_in_ms = 0;
+  // Where the payload is to be written: the arena (kCpu, at arena_offset), or for ReserveInTier
+  // of a lower tier (kGpu) that tier's memory at tier_offset (the GPU pool: GpuPoolRegion's
+  // device_base + tier_offset); arena_offset is then 0 and means nothing.
+  Tier tier = Tier::kCpu;
+  uint64_t tier_offset = 0;
 };
 
 struct Lease {
@@ -241,6 +246,21 @@ class ObjectStore {
   // again. Errors as Commit.
   virtual Status CommitChecked(uint64_t reservation_id, uint32_t payload_crc32c, bool durable) = 0;
   virtual Status Abort(uint64_t reservation_id) = 0;
+
+  // Reserve for a transfer that lands straight in `tier` (a peer fetch or handoff that asks for
+  // the GPU tier): kCpu is Reserve itself; kGpu reserves an extent of the GPU pool (evicting from
+  // the pool as its watermarks say) that the caller fills, e.g. with UCX reads into CUDA memory.
+  // The reservation has the same id space, lease (expiry) and ownership rules as an arena one and
+  // ends the same way: Commit and CommitChecked always read the landed bytes back and check their
+  // crc32c (a mismatch aborts it: InvalidArgument), then the object is committed with its only
+  // copy in that tier (Lookup reports it there, Acquire promotes it into the arena, eviction
+  // drops it); durable=true is FailedPrecondition (the pool is volatile; the reservation stays
+  // open). Abort and expiry free the extent. Errors: FailedPrecondition when the store has no
+  // such tier (no GPU pool configured), InvalidArgument for a tier nothing can land in (kSsd,
+  // kRemote, kProcess), ResourceExhausted when the tier cannot make room, and Reserve's.
+  virtual Result<Reservation> ReserveInTier(Tier tier, const StoredName& name,
+                                            const ObjectInfo& info, uint32_t lease_ms,
+                                            bool overwrite) = 0;
 
   virtual Result<Lease> Acquire(const Hash128& storage_key, uint32_t lease_ms) = 0;
   virtual Status Release(uint64_t lease_id) = 0;

@@ -89,6 +89,38 @@ class StorageTier {
   // Reads and verifies one version, whose stored payload `info` describes, into `dst`.
   virtual Status Read(const Hash128& storage_key, uint64_t seq, const ObjectInfo& info,
                       uint8_t* dst) = 0;
+
+  // --- Landing (optional): a tier whose memory a transport writes directly (the GPU pool) ---
+  // A landing is room on the tier for one payload that something else fills (a UCX read from a
+  // peer), then becomes a version (AdoptLanding) or is freed (FreeLanding). Tiers without memory
+  // of their own (SSD) keep the defaults: Unimplemented.
+  //
+  // Consumes a TryReserve of StoredBytes(payload_bytes) either way and, on success, returns the
+  // landing's offset in the tier's memory; its bytes count as used until freed or adopted.
+  // ResourceExhausted when no extent is large enough.
+  virtual Result<uint64_t> AllocateLanding(uint64_t payload_bytes) {
+    (void)payload_bytes;
+    return absl::UnimplementedError("this tier takes no landings");
+  }
+  // Copies `n` host bytes to byte `at` of the landing at `offset` (a transfer that arrives in
+  // host memory). InvalidArgument past the landing's end.
+  virtual Status WriteLanding(uint64_t offset, uint64_t at, const uint8_t* src, uint64_t n) {
+    (void)offset, (void)at, (void)src, (void)n;
+    return absl::UnimplementedError("this tier takes no landings");
+  }
+  // crc32c of the first `payload_bytes` bytes landed at `offset` (read back from the medium).
+  virtual Result<uint32_t> LandedCrc32c(uint64_t offset, uint64_t payload_bytes) {
+    (void)offset, (void)payload_bytes;
+    return absl::UnimplementedError("this tier takes no landings");
+  }
+  // Turns the landing at `offset` into a version holding record->info (sets record->seq), as a
+  // Write of the same bytes would; the landing is gone either way.
+  virtual Status AdoptLanding(uint64_t offset, TierRecord* record) {
+    (void)offset, (void)record;
+    return absl::UnimplementedError("this tier takes no landings");
+  }
+  // Frees a landing that was not adopted and releases its space.
+  virtual void FreeLanding(uint64_t offset) { (void)offset; }
 };
 
 }  // namespace kvstash::storage
