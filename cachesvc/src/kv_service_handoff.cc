@@ -88,6 +88,24 @@ Status KvStashService::DoFetchHandoff(const grpc::ServerContext* ctx,
   if (d.node().empty()) return Invalid("descriptor: node is empty");
   KVSTASH_ASSIGN_OR_RETURN(std::vector<ObjectName> names, CallerKeys(caller, d.keys()));
   const std::string tenant = HandoffTenant(ctx, caller);
+  // Where the objects land here (proto field land_tier): the arena unless the GPU tier is asked
+  // for, which needs a GPU pool that UCX can read peers' bytes into.
+  storage::Tier land = storage::Tier::kCpu;
+  if (req.land_tier() == v1::TIER_GPU) {
+    land = storage::Tier::kGpu;
+    if (remote_ != nullptr) {
+      KVSTASH_RETURN_IF_ERROR(remote_->CanLandInGpu());
+    } else if (config_.gpu_pool_bytes == 0) {
+      return absl::FailedPreconditionError(
+          "this node has no GPU pool (cachesvc --gpu-pool-capacity): nothing can land in the gpu "
+          "tier");
+    } else {
+      return absl::FailedPreconditionError(
+          "landing in the GPU tier needs this node's UCX data plane (--peer and a cluster secret)");
+    }
+  } else if (req.land_tier() != v1::TIER_UNSPECIFIED && req.land_tier() != v1::TIER_CPU) {
+    return Invalid("land_tier: a handoff lands in TIER_CPU (the default) or TIER_GPU");
+  }
   const bool self = d.node() == AdvertisedAddress();
   if (!self && (remote_ == nullptr || !remote_->IsPeer(d.node()))) {
     // Never dial (and present the cluster secret to) an address an engine made up.
@@ -118,7 +136,7 @@ Status KvStashService::DoFetchHandoff(const grpc::ServerContext* ctx,
     missing_at.push_back(i);
   }
   if (!missing.empty()) {
-    std::vector<Status> fetched = remote_->FetchFrom(d.node(), missing);
+    std::vector<Status> fetched = remote_->FetchFrom(d.node(), missing, land);
     for (size_t k = 0; k < missing.size(); ++k) {
       const size_t i = missing_at[k];
       results[i] = fetched[k];
@@ -153,10 +171,10 @@ Status KvStashService::DoFetchHandoff(const grpc::ServerContext* ctx,
   }
   resp->set_longest_prefix(prefix);
   spdlog::info(
-      "event=handoff_fetched node={} id={:016x} objects={} fetched={} already_local={} "
-      "failed={}",
-      d.node(), d.handoff_id(), names.size(), resp->fetched(), resp->already_local(),
-      names.size() - resp->fetched() - resp->already_local());
+      "event=handoff_fetched node={} id={:016x} land_tier={} objects={} fetched={} "
+      "already_local={} failed={}",
+      d.node(), d.handoff_id(), TierName(land), names.size(), resp->fetched(),
+      resp->already_local(), names.size() - resp->fetched() - resp->already_local());
   if (req.all_or_nothing() && !first_failure.ok()) {
     return Status(first_failure.code(),
                   absl::StrCat("handoff incomplete: ", first_failure.message()));

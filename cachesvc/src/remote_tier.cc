@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -202,6 +203,11 @@ struct RemoteTier::Impl {
         resp->set_arena_address(impl_->region.address);
         resp->set_arena_rkey(impl_->region.packed_rkey);
         resp->set_release_message_id(kReleaseMessageId);
+        if (impl_->gpu_registered) {
+          resp->set_gpu_pool_address(impl_->gpu_region.address);
+          resp->set_gpu_pool_bytes(impl_->gpu_region.bytes);
+          resp->set_gpu_pool_rkey(impl_->gpu_region.packed_rkey);
+        }
       }
 #endif
       return grpc::Status::OK;
@@ -227,7 +233,13 @@ struct RemoteTier::Impl {
 #ifdef KVSTASH_HAVE_UCX
   std::unique_ptr<transport::UcxTransport> transport;
   transport::RemoteRegion region;
+  transport::RemoteRegion gpu_region;  // the GPU pool's registration, when gpu_registered
 #endif
+  // The GPU pool (RegisterGpuPool, at start-up, before any fetch or Hello; read-only after).
+  bool gpu_offered = false;        // the store has a pool
+  bool gpu_registered = false;     // ... registered with UCX as CUDA memory: fetches can land in it
+  uint64_t gpu_base = 0;           // its device address (CUdeviceptr)
+  std::string gpu_not_registered;  // why not, when offered but not registered
   std::atomic<uint64_t> hits{0}, misses{0}, bytes_read{0};
   // Encoded fetches (PeerConfig::transfer_encoding): the decoder of what peers send (CacheGen or
   // KVQ, told apart by the container's magic), and for "auto" the measured candidates.
@@ -345,9 +357,10 @@ struct RemoteTier::Impl {
 #endif
       peer.connected = true;
       peer.up->Set(1);
-      spdlog::info("event=peer_connected peer={} node={} data_plane={} arena_bytes={}",
-                   peer.address, resp.node_id().substr(0, 256), peer.ucx ? "ucx" : "grpc",
-                   peer.arena_bytes);
+      spdlog::info(
+          "event=peer_connected peer={} node={} data_plane={} arena_bytes={} gpu_pool_bytes={}",
+          peer.address, resp.node_id().substr(0, 256), peer.ucx ? "ucx" : "grpc", peer.arena_bytes,
+          resp.gpu_pool_bytes());
     }
     if (peer.is_self) return absl::NotFoundError("the peer is this node");
     return Link{peer.ucx, peer.ucx_peer, peer.generation, peer.arena_bytes, peer.release_id};
@@ -436,8 +449,10 @@ struct RemoteTier::Impl {
 
   // Fetches names[remaining] from one peer; settles entries of `out` and drops the settled ones
   // from `remaining`.
+  // `land`: the local tier the objects land in (kCpu, or kGpu: UCX only, never encoded).
   void FetchFromPeer(Peer& peer, const std::vector<ObjectName>& names,
-                     std::vector<size_t>& remaining, std::vector<Status>& out) {
+                     std::vector<size_t>& remaining, std::vector<Status>& out,
+                     storage::Tier land = storage::Tier::kCpu) {
     Result<Link> link = Connect(peer);
     if (!link.ok()) {
       if (link.status().code() != absl::StatusCode::kNotFound) {
@@ -449,9 +464,18 @@ struct RemoteTier::Impl {
       }
       return;
     }
-    const std::optional<codec::CodecRates> encoded = EncodingFor(peer);
+    if (land == storage::Tier::kGpu && !link->ucx) {
+      Status refused = absl::FailedPreconditionError(
+          absl::StrCat("cannot land in the GPU tier: peer ", peer.address,
+                       " has no UCX data plane (its objects would come over gRPC streams)"));
+      for (size_t i : remaining) out[i] = refused;
+      remaining.clear();
+      return;
+    }
+    const std::optional<codec::CodecRates> encoded =
+        land == storage::Tier::kCpu ? EncodingFor(peer) : std::nullopt;
     if (link->ucx && !encoded) {
-      FetchOverUcx(peer, *link, names, remaining, out);
+      FetchOverUcx(peer, *link, names, remaining, out, land);
     } else {
       for (size_t i : remaining) {
         if (Down(peer)) break;
@@ -505,9 +529,10 @@ struct RemoteTier::Impl {
     }
   }
 
-  // One batch over UCX: lease on the peer, reserve here, read, check, commit, release.
+  // One batch over UCX: lease on the peer, reserve here, read, check, commit, release. `land`
+  // kGpu: the reservations are GPU pool landings, read into straight as CUDA memory.
   void FetchOverUcx(Peer& peer, const Link& link, const std::vector<ObjectName>& names,
-                    std::vector<size_t>& remaining, std::vector<Status>& out) {
+                    std::vector<size_t>& remaining, std::vector<Status>& out, storage::Tier land) {
 #ifdef KVSTASH_HAVE_UCX
     const Clock::time_point start = Clock::now();
     grpc::ClientContext ctx;
@@ -552,8 +577,12 @@ struct RemoteTier::Impl {
             info.ok() ? "" : absl::StrCat(": ", info.status().message())));
         continue;
       }
-      Result<storage::Reservation> local = store->Reserve(
-          ToStoredName(names[i]), *info, config.timeout_ms * 2 + 1000, /*overwrite=*/false);
+      const uint32_t reservation_ms = config.timeout_ms * 2 + 1000;
+      Result<storage::Reservation> local =
+          land == storage::Tier::kCpu
+              ? store->Reserve(ToStoredName(names[i]), *info, reservation_ms, /*overwrite=*/false)
+              : store->ReserveInTier(land, ToStoredName(names[i]), *info, reservation_ms,
+                                     /*overwrite=*/false);
       if (!local.ok()) {
         out[i] =
             local.status().code() == absl::StatusCode::kAlreadyExists ? OkStatus() : local.status();
@@ -566,8 +595,7 @@ struct RemoteTier::Impl {
       std::vector<transport::ReadOp> ops;
       ops.reserve(pending.size());
       for (const Pending& p : pending) {
-        ops.push_back(
-            {p.remote_offset, store->arena_base() + p.local.arena_offset, p.info.payload_bytes});
+        ops.push_back({p.remote_offset, LandingOf(p.local), p.info.payload_bytes});
       }
       const Clock::time_point read_start = Clock::now();
       // Fetch: the peer sends the bytes, zero-copy from its arena, copied once into place here.
@@ -591,12 +619,39 @@ struct RemoteTier::Impl {
     }
     ReleaseRemote(peer, link, to_release);
 #else
-    (void)peer, (void)link, (void)names, (void)remaining, (void)out;
+    (void)peer, (void)link, (void)names, (void)remaining, (void)out, (void)land;
 #endif
+  }
+
+  // Where a reservation's payload is written: the arena, or the GPU pool (device address).
+  void* LandingOf(const storage::Reservation& r) const {
+    if (r.tier == storage::Tier::kGpu) {
+      return reinterpret_cast<void*>(static_cast<uintptr_t>(gpu_base + r.tier_offset));
+    }
+    return store->arena_base() + r.arena_offset;
   }
 
   // Checks a landed payload and commits it, or aborts it as corrupt.
   Status Settle(Peer& peer, const Pending& p) {
+    if (p.local.tier != storage::Tier::kCpu) {
+      // Device memory: the store reads the landing back and checks its crc32c in Commit.
+      tls_committing_fetched = true;
+      Status s = store->Commit(p.local.id, p.info.payload_crc32c, /*durable=*/false);
+      tls_committing_fetched = false;
+      if (s.code() == absl::StatusCode::kInvalidArgument) {
+        peer.failures_corrupt->Increment();
+        spdlog::warn("event=peer_payload_corrupt peer={} bytes={} tier={} error=\"{}\"",
+                     peer.address, p.info.payload_bytes, TierName(p.local.tier),
+                     std::string(s.message()));
+        return absl::DataLossError(absl::StrCat("object from peer ", peer.address,
+                                                " failed its crc32c on arrival; not served"));
+      }
+      if (s.ok()) {
+        peer.fetched_objects->Increment();
+        peer.fetched_bytes->Increment(p.info.payload_bytes);
+      }
+      return s;
+    }
     const uint8_t* data = store->arena_base() + p.local.arena_offset;
     const uint32_t crc = Crc32c(data, p.info.payload_bytes);
     if (crc != p.info.payload_crc32c) {
@@ -868,30 +923,50 @@ std::string RemoteTier::ucx_worker_address() const {
 }
 
 Result<bool> RemoteTier::RegisterGpuPool(const storage::GpuPoolRegion& pool) {
+  impl_->gpu_offered = true;
 #ifdef KVSTASH_HAVE_UCX
   if (impl_->transport == nullptr) {
-    spdlog::info("event=gpu_pool_not_registered reason=\"no UCX transport (peers.data_plane {})\"",
-                 impl_->config.data_plane);
+    impl_->gpu_not_registered =
+        absl::StrCat("no UCX transport (peers.data_plane ", impl_->config.data_plane,
+                     ", and a cluster secret, are needed)");
+    spdlog::info("event=gpu_pool_not_registered reason=\"{}\"", impl_->gpu_not_registered);
     return false;
   }
   if (!impl_->transport->SupportsCuda()) {
-    spdlog::warn(
-        "event=gpu_pool_not_registered reason=\"this UCX has no CUDA memory support (build "
-        "against libucx-cu13: scripts/build_ucx_cuda.sh)\"");
+    impl_->gpu_not_registered =
+        "this UCX has no CUDA memory support (build against libucx-cu13: "
+        "scripts/build_ucx_cuda.sh)";
+    spdlog::warn("event=gpu_pool_not_registered reason=\"{}\"", impl_->gpu_not_registered);
     return false;
   }
-  KVSTASH_ASSIGN_OR_RETURN(
-      transport::RemoteRegion region,
-      impl_->transport->RegisterRegion(reinterpret_cast<void*>(pool.device_base), pool.bytes,
-                                       transport::MemoryKind::kCuda));
+  KVSTASH_ASSIGN_OR_RETURN(impl_->gpu_region, impl_->transport->RegisterRegion(
+                                                  reinterpret_cast<void*>(pool.device_base),
+                                                  pool.bytes, transport::MemoryKind::kCuda));
+  impl_->gpu_base = pool.device_base;
+  impl_->gpu_registered = true;
   spdlog::info("event=gpu_pool_registered device={} bytes={} memory=cuda rkey_bytes={}",
-               pool.device, pool.bytes, region.packed_rkey.size());
+               pool.device, pool.bytes, impl_->gpu_region.packed_rkey.size());
   return true;
 #else
   (void)pool;
-  spdlog::info("event=gpu_pool_not_registered reason=\"built without UCX\"");
+  impl_->gpu_not_registered = "built without UCX (KVSTASH_UCX=OFF)";
+  spdlog::info("event=gpu_pool_not_registered reason=\"{}\"", impl_->gpu_not_registered);
   return false;
 #endif
+}
+
+Status RemoteTier::CanLandInGpu() const {
+  if (!impl_->gpu_offered) {
+    return absl::FailedPreconditionError(
+        "this node has no GPU pool (cachesvc --gpu-pool-capacity): nothing can land in the gpu "
+        "tier");
+  }
+  if (!impl_->gpu_registered) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this node's GPU pool is not registered with UCX, so fetches cannot land in it: ",
+        impl_->gpu_not_registered));
+  }
+  return OkStatus();
 }
 
 bool RemoteTier::IsPeer(const std::string& address) const {
@@ -949,18 +1024,26 @@ std::vector<Status> RemoteTier::Fetch(const std::vector<ObjectName>& names) {
 }
 
 std::vector<Status> RemoteTier::FetchFrom(const std::string& address,
-                                          const std::vector<ObjectName>& names) {
+                                          const std::vector<ObjectName>& names,
+                                          storage::Tier land) {
   std::shared_ptr<Impl::Peer> peer = impl_->Find(address);
   if (peer == nullptr) {
     return std::vector<Status>(
         names.size(), absl::FailedPreconditionError(
                           absl::StrCat("node ", address, " is not a peer of this node (--peer)")));
   }
+  if (land != storage::Tier::kCpu) {
+    Status can = land == storage::Tier::kGpu
+                     ? CanLandInGpu()
+                     : absl::InvalidArgumentError(absl::StrCat(
+                           "a fetch cannot land in the ", std::string(TierName(land)), " tier"));
+    if (!can.ok()) return std::vector<Status>(names.size(), can);
+  }
   std::vector<Status> out(names.size(), absl::NotFoundError("the peer does not hold the object"));
   std::vector<size_t> remaining(names.size());
   for (size_t i = 0; i < names.size(); ++i) remaining[i] = i;
   peer->down_until_ns = 0;  // asked for explicitly: try it now
-  impl_->FetchFromPeer(*peer, names, remaining, out);
+  impl_->FetchFromPeer(*peer, names, remaining, out, land);
   impl_->Count(out);
   return out;
 }

@@ -98,12 +98,17 @@ class RemoteTier {
   std::string ucx_worker_address() const;
 
   // Registers the store's GPU pool (kvstash/storage/gpu_pool.h) with this node's UCX transport
-  // as CUDA memory, once, after checking that UCX supports CUDA memory (the context's memory
-  // types): true when registered; false, with a log line saying why, without a UCX transport or
-  // with a UCX built without CUDA. Errors only when UCX refuses a registration it claims to
-  // support. Registered memory can be the source or the destination of UCX transfers; no fetch
-  // or handoff lands in the pool yet (docs/storage.md "GPU pool tier").
+  // as CUDA memory, once, at start-up before any fetch, after checking that UCX supports CUDA
+  // memory (the context's memory types): true when registered; false, with a log line saying
+  // why, without a UCX transport or with a UCX built without CUDA. Errors only when UCX refuses a
+  // registration it claims to support. Once registered, Hello advertises the pool's region and
+  // rkey to authenticated peers next to the arena's, and FetchFrom can land in the pool
+  // (docs/storage.md "GPU pool tier").
   Result<bool> RegisterGpuPool(const storage::GpuPoolRegion& pool);
+  // OK when fetches can land in this node's GPU pool (FetchFrom with Tier::kGpu); otherwise
+  // FailedPrecondition saying why: no pool (--gpu-pool-capacity), or a pool UCX could not
+  // register (no UCX data plane, or a UCX without CUDA memory support).
+  Status CanLandInGpu() const;
 
   // What each missing object is on the peers: its info when one holds it.
   std::vector<std::optional<ObjectInfo>> Lookup(const std::vector<ObjectName>& names);
@@ -114,7 +119,12 @@ class RemoteTier {
 
   // Fetches the objects from the one peer at `address` (a handoff's prefill node), even if it
   // failed recently. FailedPrecondition for every object when `address` is not a configured peer.
-  std::vector<Status> FetchFrom(const std::string& address, const std::vector<ObjectName>& names);
+  // `land`: where they land here; kCpu (the arena, as Fetch) or kGpu (the GPU pool, through
+  // ObjectStore::ReserveInTier and UCX reads into CUDA memory; FailedPrecondition per object when
+  // CanLandInGpu() is not OK or the peer has no UCX data plane). The store checks each landed
+  // payload's crc32c on commit (a mismatch is DataLoss, counted as corrupt, never served).
+  std::vector<Status> FetchFrom(const std::string& address, const std::vector<ObjectName>& names,
+                                storage::Tier land = storage::Tier::kCpu);
 
   // Sends a handoff heartbeat (extend_ms, release false) or release to the peer at `address`;
   // the handoff's new lifetime in ms. FailedPrecondition when `address` is not a peer.

@@ -43,6 +43,7 @@ struct GenerateArgs {
   std::string handoff_out;
   std::string handoff_in;
   bool handoff_required = false;  // decode: fail instead of recomputing when the fetch fails
+  std::string handoff_land_tier = "cpu";  // decode: where the fetched chunks land (cpu, gpu)
 };
 
 int Fail(const std::string& msg) {
@@ -133,8 +134,9 @@ int RunGenerate(const GenerateArgs& a) {
     auto handoff = client::Handoff::Parse(bytes);
     if (!handoff.ok()) return Fail(a.handoff_in + ": " + handoff.status().ToString());
     auto kv = ConnectCache(a);
+    const Tier land = a.handoff_land_tier == "gpu" ? Tier::kGpu : Tier::kCpu;
     Result<client::HandoffFetch> fetched =
-        kv.ok() ? (*kv)->FetchHandoff(*handoff, a.handoff_required) : kv.status();
+        kv.ok() ? (*kv)->FetchHandoff(*handoff, a.handoff_required, land) : kv.status();
     if (!fetched.ok()) {
       if (a.handoff_required) return Fail("handoff: " + fetched.status().ToString());
       handoff_line = "[kvstash generate] handoff: fetch failed (" + fetched.status().ToString() +
@@ -270,6 +272,10 @@ void RegisterGenerateCommand(CLI::App& app) {
                   "decode side: fetch the handoff in FILE into --cache-target before prefill");
   sub->add_flag("--handoff-required", args->handoff_required,
                 "decode side: fail when the handoff cannot be fetched (default: recompute)");
+  sub->add_option("--handoff-land-tier", args->handoff_land_tier,
+                  "decode side: where fetched chunks land on --cache-target: cpu (its arena, "
+                  "default) or gpu (its GPU pool, over UCX into CUDA memory)")
+      ->check(CLI::IsMember({"cpu", "gpu"}));
   sub->callback([args] { ExitCode() = RunGenerate(*args); });
 }
 

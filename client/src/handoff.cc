@@ -63,12 +63,18 @@ Result<Handoff> KvClient::Offer(std::span<const ObjectName> names, uint32_t hand
   return h;
 }
 
-Result<HandoffFetch> KvClient::FetchHandoff(const Handoff& handoff, bool all_or_nothing) {
+Result<HandoffFetch> KvClient::FetchHandoff(const Handoff& handoff, bool all_or_nothing,
+                                            Tier land_tier) {
+  if (land_tier != Tier::kCpu && land_tier != Tier::kGpu) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a handoff cannot land in the ", std::string(TierName(land_tier)), " tier (cpu or gpu)"));
+  }
   grpc::ClientContext ctx;
   core_->SetRpcDeadline(&ctx);
   v1::FetchHandoffRequest req;
   ToDescriptor(handoff, req.mutable_handoff());
   req.set_all_or_nothing(all_or_nothing);
+  if (land_tier == Tier::kGpu) req.set_land_tier(v1::TIER_GPU);
   v1::FetchHandoffResponse resp;
   KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(core_->stub->FetchHandoff(&ctx, req, &resp)));
   if (static_cast<size_t>(resp.results_size()) != handoff.names.size()) {

@@ -350,6 +350,44 @@ TEST_P(PeerTest, HandoffPinsOnPrefillPullsToDecodeAndReleases) {
   EXPECT_THAT(client_b_->HeartbeatHandoff(received), StatusIs(absl::StatusCode::kNotFound));
 }
 
+// FetchHandoff's land tier (proto land_tier) without a GPU pool: kCpu, asked for explicitly, is
+// the default path; kGpu is refused up front, before anything is fetched or released, so the
+// prefill node's pins stay for a retry into the arena; tiers nothing lands in are refused by the
+// client. The GPU pool as a landing target itself: gpu_pool_service_test.cc (label gpu).
+TEST_P(PeerTest, AHandoffLandsInTheArenaAndTheGpuTierNeedsAPool) {
+  StartNodes();
+  std::vector<Object> objects;
+  for (uint64_t i = 0; i < 3; ++i) objects.push_back(MakeObject(640 + i, 1024));
+  for (const Object& o : objects) PutOnA(o);
+  std::vector<ObjectName> names;
+  for (const Object& o : objects) names.push_back(o.name);
+  ASSERT_OK_AND_ASSIGN(Handoff h, client_a_->Offer(names));
+
+  Result<HandoffFetch> gpu = client_b_->FetchHandoff(h, /*all_or_nothing=*/false, Tier::kGpu);
+  EXPECT_THAT(gpu, StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(std::string(gpu.status().message()), ::testing::HasSubstr("--gpu-pool-capacity"));
+  EXPECT_EQ(PinnedOn(*client_a_), objects.size());  // nothing released
+  ASSERT_OK_AND_ASSIGN(LookupReply none, client_b_->Lookup(names));
+  for (const KeyPresence& k : none.results) EXPECT_EQ(k.tier, Tier::kRemote);  // A's only
+  EXPECT_THAT(client_b_->FetchHandoff(h, false, Tier::kSsd),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(client_b_->FetchHandoff(h, false, Tier::kRemote),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+
+  ASSERT_OK_AND_ASSIGN(HandoffFetch fetched,
+                       client_b_->FetchHandoff(h, /*all_or_nothing=*/true, Tier::kCpu));
+  EXPECT_EQ(fetched.fetched, objects.size());
+  EXPECT_EQ(fetched.longest_prefix, objects.size());
+  ASSERT_OK_AND_ASSIGN(LookupReply here, client_b_->Lookup(names));
+  for (const KeyPresence& k : here.results) EXPECT_EQ(k.tier, Tier::kCpu);
+  for (const Object& o : objects) {
+    ASSERT_OK_AND_ASSIGN(GetReply got, client_b_->Get(o.name));
+    EXPECT_EQ(got.served_from, Tier::kCpu);
+    EXPECT_TRUE(got.payload == o.payload);
+  }
+  EXPECT_EQ(PinnedOn(*client_a_), 0u);
+}
+
 TEST_P(PeerTest, AnExpiredHandoffUnpinsAndAHeartbeatKeepsOneAlive) {
   StartNodes();
   Object o1 = MakeObject(610, 1024), o2 = MakeObject(611, 1024);

@@ -78,7 +78,8 @@ class ServiceProcess {
   int metrics_port_ = 0;
 };
 
-// Path of a built executable, e.g. BinaryPath("cachesvc/cachesvc").
+// Path of a built executable, e.g. BinaryPath("cachesvc/cachesvc"): under the build tree, or
+// under $KVSTASH_TEST_BINARY_DIR when set (a bundle run elsewhere, scripts/gpu_bundle.sh).
 std::string BinaryPath(const std::string& relative);
 
 // Runs a program to completion (no shell); returns exit code, output in *out (stdout + stderr).

@@ -378,8 +378,12 @@ class KvClient {
   Result<Handoff> Offer(std::span<const ObjectName> names, uint32_t handoff_ms = 0);
   // Decode side, on the decode node: pulls the handoff's objects into it (skipping what it
   // holds) and ends the handoff. all_or_nothing: any object not fetched fails the call; else
-  // the per-object results say what to recompute.
-  Result<HandoffFetch> FetchHandoff(const Handoff& handoff, bool all_or_nothing = false);
+  // the per-object results say what to recompute. land_tier: where fetched objects land on the
+  // decode node: Tier::kCpu (its arena, the default) or Tier::kGpu (its GPU pool, over UCX into
+  // CUDA memory); kGpu is FailedPrecondition when that node has no GPU pool or cannot land in
+  // it, and any other tier InvalidArgument (docs/api.md "Handoff").
+  Result<HandoffFetch> FetchHandoff(const Handoff& handoff, bool all_or_nothing = false,
+                                    Tier land_tier = Tier::kCpu);
   // Keeps the prefill node's pins alive while a request waits (forwarded by this node); the
   // new lifetime in ms. NotFound once the handoff expired or ended.
   Result<uint64_t> HeartbeatHandoff(const Handoff& handoff, uint32_t extend_ms = 0);
