@@ -599,8 +599,11 @@ struct RemoteTier::Impl {
       }
       const Clock::time_point read_start = Clock::now();
       // Fetch: the peer sends the bytes, zero-copy from its arena, copied once into place here.
-      Status read = config.ucx_fetch ? transport->Fetch(link.ucx_peer, ops, Deadline())
-                                     : transport->Read(link.ucx_peer, ops, Deadline());
+      // Landings in the GPU pool are read (ucp_get into CUDA memory, as transport_gpu_test
+      // covers); the peer-sends path into device memory is untested.
+      Status read = config.ucx_fetch && land == storage::Tier::kCpu
+                        ? transport->Fetch(link.ucx_peer, ops, Deadline())
+                        : transport->Read(link.ucx_peer, ops, Deadline());
       if (read.ok()) {
         uint64_t bytes = 0;
         for (const transport::ReadOp& op : ops) bytes += op.length;
