@@ -554,7 +554,14 @@ TEST_F(KvClientTest, VanishingStreamClientAbortsItsReservation) {
       {BinaryPath("tests/client/vanishing_client"), svc_->target(), "stream", "60"});
   ASSERT_OK(helper);
   ASSERT_OK((*helper)->WaitForLine("MIDWAY"));
-  EXPECT_GE(kv_->Stats()->reservations_active, 1u);
+  // A returned Write means gRPC took the message, not that the service has read it yet: wait
+  // (bounded) for the reservation the stream's header opens.
+  uint64_t opened = 0;
+  for (int i = 0; i < 500 && opened == 0; ++i) {
+    opened = kv_->Stats()->reservations_active;
+    if (opened == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_GE(opened, 1u);
   (*helper)->Kill();
   // The service sees the stream break, aborts the reservation and keeps serving.
   uint64_t active = 1;
