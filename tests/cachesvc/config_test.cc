@@ -364,8 +364,8 @@ TEST(Config, PeersFromFlagsAndYaml) {
                         "--peer-data-plane",
                         "grpc",
                         "--peer-ucx-fetch",
-                        "false"};
-  EXPECT_TRUE(ServiceConfig{}.peers.ucx_fetch);
+                        "true"};
+  EXPECT_FALSE(ServiceConfig{}.peers.ucx_fetch);
   ParsedCommandLine p = ParseCommandLine(sizeof argv / sizeof argv[0], argv);
   ASSERT_TRUE(p.config.has_value()) << p.output;
   EXPECT_THAT(p.config->peers.addresses,
@@ -374,7 +374,7 @@ TEST(Config, PeersFromFlagsAndYaml) {
   EXPECT_EQ(p.config->peers.timeout_ms, 500u);
   EXPECT_FALSE(p.config->peers.promote);
   EXPECT_EQ(p.config->peers.data_plane, "grpc");
-  EXPECT_FALSE(p.config->peers.ucx_fetch);
+  EXPECT_TRUE(p.config->peers.ucx_fetch);
 
   auto yaml = ApplyYaml("peers:\n  addresses: [a:1, b:2]\n  secret_file: /s\n", ServiceConfig{});
   ASSERT_OK(yaml);

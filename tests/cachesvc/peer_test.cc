@@ -80,8 +80,8 @@ Result<GetReply> GetWithRetries(KvClient& client, const ObjectName& name) {
 
 // The data plane under test: UCX with its own choice of transports, UCX over TCP only (the
 // network path), or gRPC streams.
-// kUcxTcpGet: UCX tcp with the reading node getting the bytes (--peer-ucx-fetch false) instead
-// of the serving node writing them into its arena (UcxTransport::Fetch, the default).
+// kUcxTcp: UCX tcp with the serving node sending the bytes (--peer-ucx-fetch true,
+// UcxTransport::Fetch); the other UCX planes have the reading node get them (the default).
 enum class Plane { kUcxDefault, kUcxTcp, kUcxTcpGet, kGrpc };
 
 class PeerTest : public ::testing::TestWithParam<Plane> {
@@ -98,7 +98,7 @@ class PeerTest : public ::testing::TestWithParam<Plane> {
   std::vector<std::string> PeerArgs(const std::string& dir) const {
     return {"--peer-secret-file", WriteSecret(dir),
             "--peer-data-plane",  GetParam() == Plane::kGrpc ? "grpc" : "ucx",
-            "--peer-ucx-fetch",   GetParam() == Plane::kUcxTcpGet ? "false" : "true"};
+            "--peer-ucx-fetch",   GetParam() == Plane::kUcxTcp ? "true" : "false"};
   }
 
   // Node A serves peers; node B has A as its peer.

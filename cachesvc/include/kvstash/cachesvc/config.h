@@ -71,9 +71,11 @@ struct PeerConfig {
   bool lookup = true;              // Lookup asks peers about local misses (reported TIER_REMOTE)
   std::string data_plane = "ucx";  // ucx: one-sided UCX reads; grpc: KvStash.Get streams
   // With the UCX data plane: true: the peer sends the objects (UcxTransport::Fetch: active
-  // messages sent zero-copy from its arena, one copy here); false: this node reads them
-  // (UcxTransport::Read: gets that UCX 1.13 emulates over TCP with a copy at each end).
-  bool ucx_fetch = true;
+  // messages sent zero-copy from its arena, one copy here; faster on the quiet VM, but off by
+  // default: a reader killed mid-fetch over UCX shared memory left the serving node unreachable
+  // in the ASan CI, docs/benchmarks-transfer.md); false: this node reads them (UcxTransport::Read:
+  // gets that UCX 1.13 emulates over TCP with a copy at each end).
+  bool ucx_fetch = false;
   // Encoded fetches on slow links (docs/benchmarks-transfer.md "Slow links"). raw (default): the
   // stored bytes move as they are. cachegen: every fetch asks the peer for CacheGen (the peer's
   // transfer_encoding level) over a KvStash.Get stream; this node checks the container's crc32c on
