@@ -116,6 +116,60 @@ TEST_F(PdGenerateTest, AHandoffThatCannotBeFetchedIsRecomputedWithTheSameTokens)
   EXPECT_EQ(decoded, single);
 }
 
+// --handoff-land-tier: gpu on a decode node without a GPU pool is refused up front
+// (FailedPrecondition naming --gpu-pool-capacity) and, with --handoff-required, ends the run
+// without touching the prefill node's pins; the same handoff then lands with cpu and generates
+// the tokens of one node, and gpu without --handoff-required recomputes (a failed fetch); a value
+// the parser does not know is refused before anything runs.
+TEST_F(PdGenerateTest, TheLandTierFlagLandsInCpuAndRefusesGpuWithoutAPool) {
+  std::string single, log;
+  ASSERT_EQ(Generate({}, &single, &log), 0) << log;
+  const std::string handoff = files_.path() + "/handoff.bin";
+  std::string ignored;
+  ASSERT_EQ(
+      Generate({"--cache-target", a_->target(), "--handoff-out", handoff}, &ignored, &log, "1"), 0)
+      << log;
+
+  std::string decoded;
+  EXPECT_NE(Generate({"--cache-target", b_->target(), "--handoff-in", handoff, "--handoff-required",
+                      "--handoff-land-tier", "gpu"},
+                     &decoded, &log),
+            0);
+  EXPECT_THAT(log, HasSubstr("handoff: FAILED_PRECONDITION"));
+  EXPECT_THAT(log, HasSubstr("--gpu-pool-capacity"));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("cache: hit")));  // it stopped before prefill
+
+  // The refusal released nothing on the prefill node: cpu lands the whole handoff.
+  ASSERT_EQ(Generate({"--cache-target", b_->target(), "--handoff-in", handoff, "--handoff-required",
+                      "--handoff-land-tier", "cpu"},
+                     &decoded, &log),
+            0)
+      << log;
+  EXPECT_THAT(log, HasSubstr("already here 0"));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("fetched 0 ")));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("hit 0 of")));  // the KV came through the handoff
+  EXPECT_EQ(decoded, single);
+
+  // Policy "recompute" (no --handoff-required): a refused landing is a failed fetch, and the run
+  // goes on with the same tokens (here from the chunks the cpu landing left on this node).
+  ASSERT_EQ(Generate({"--cache-target", b_->target(), "--handoff-in", handoff,
+                      "--handoff-land-tier", "gpu"},
+                     &decoded, &log),
+            0)
+      << log;
+  EXPECT_THAT(log, HasSubstr("handoff: fetch failed (FAILED_PRECONDITION"));
+  EXPECT_EQ(decoded, single);
+
+  std::string text;
+  EXPECT_NE(Generate({"--cache-target", b_->target(), "--handoff-in", handoff,
+                      "--handoff-land-tier", "tpu"},
+                     &text, &log),
+            0);
+  EXPECT_THAT(log, HasSubstr("--handoff-land-tier"));
+  EXPECT_THAT(log, HasSubstr("tpu"));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("handoff:")));  // refused by the parser
+}
+
 TEST_F(PdGenerateTest, AGarbageHandoffFileIsRefused) {
   const std::string handoff = files_.path() + "/garbage.bin";
   std::ofstream(handoff) << "this is not a handoff";
