@@ -441,7 +441,7 @@ class KVStashConnector(KVConnectorBase_V1):
         self._fetched_handoffs.add(rid)
         try:
             handoff = self._kv.Handoff.parse(base64.b64decode(blob))
-            fetch = self._remote.call(lambda c: c.fetch_handoff(handoff))
+            fetch = self._remote.call(lambda c: vs.fetch_handoff(c, handoff, self._cfg))
             self._counters.add("handoff_fetches")
             self._counters.add("handoff_fetched_objects", fetch.fetched)
             self._counters.add("handoff_already_local", fetch.already_local)

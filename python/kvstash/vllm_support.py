@@ -39,6 +39,8 @@ DTYPE_CODES = {"float16": 1, "bfloat16": 2, "float32": 3}
 ROPE_NONE, ROPE_NEOX, ROPE_GPTJ = 0, 1, 2
 
 DEFAULT_TARGET = "unix:///tmp/kvstash.sock"
+# Where a kv_consumer's fetched handoff may land (ConnectorConfig.handoff_land_tier).
+HANDOFF_LAND_TIERS = ("cpu", "gpu")
 
 
 class UnsafeConfigError(ValueError):
@@ -72,6 +74,10 @@ class ConnectorConfig:
     stats_path: str = ""  # JSON counters, written by each side (suffix .scheduler / .worker<r>)
     handoff_ms: int = 30000  # kv_producer: how long offered objects stay pinned
     handoff_required: bool = False  # kv_consumer: a failed fetch fails the lookup (else recompute)
+    # kv_consumer: where a fetched handoff lands on this node: "cpu" (the arena) or "gpu" (the
+    # node's GPU pool, cachesvc --gpu-pool-capacity; refused with FailedPrecondition without one,
+    # and the request then recomputes).
+    handoff_land_tier: str = "cpu"
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any]) -> "ConnectorConfig":
@@ -96,9 +102,22 @@ class ConnectorConfig:
             except (TypeError, ValueError) as e:
                 raise UnsafeConfigError(f"KVStash connector: bad value for {k}: {v!r}") from e
             kw[k] = v
+        if kw.get("handoff_land_tier", "cpu") not in HANDOFF_LAND_TIERS:
+            raise UnsafeConfigError(
+                f"KVStash connector: bad value for handoff_land_tier: {kw['handoff_land_tier']!r} "
+                f"(one of {', '.join(HANDOFF_LAND_TIERS)})"
+            )
         if "target" not in kw and os.environ.get("KVSTASH_TARGET"):
             kw["target"] = os.environ["KVSTASH_TARGET"]
         return cls(**kw)
+
+
+def fetch_handoff(client: Any, handoff: Any, cfg: ConnectorConfig) -> Any:
+    """The kv_consumer's FetchHandoff of `handoff` (a kvstash.Handoff) on its own node through
+    `client` (a kvstash.Client), landing where ``cfg.handoff_land_tier`` says. Raises the
+    client's errors (kvstash.errors), e.g. FailedPrecondition for "gpu" on a node without a GPU
+    pool; the caller treats any error as a miss and recomputes."""
+    return client.fetch_handoff(handoff, land_tier=cfg.handoff_land_tier)
 
 
 @dataclasses.dataclass

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "bindings.h"
 #include "buffers.h"
 #include "errors.h"
@@ -406,13 +407,32 @@ class PyClient {
     return ValueOrThrow(std::move(r));
   }
 
-  client::HandoffFetch FetchHandoff(const client::Handoff& h, bool all_or_nothing) {
+  // land_tier: a kvstash.Tier, or its name "cpu" / "gpu" (any other name is InvalidArgument;
+  // tiers other than CPU and GPU are refused by KvClient::FetchHandoff, InvalidArgument too).
+  client::HandoffFetch FetchHandoff(const client::Handoff& h, bool all_or_nothing,
+                                    const py::object& land_tier) {
+    Tier land = Tier::kCpu;
+    if (py::isinstance<py::str>(land_tier)) {
+      const std::string name = land_tier.cast<std::string>();
+      if (name == "cpu") {
+        land = Tier::kCpu;
+      } else if (name == "gpu") {
+        land = Tier::kGpu;
+      } else {
+        ThrowIfError(absl::InvalidArgumentError(
+            absl::StrCat("land_tier ", name, ": a handoff lands in \"cpu\" or \"gpu\"")));
+      }
+    } else if (py::isinstance<Tier>(land_tier)) {
+      land = land_tier.cast<Tier>();
+    } else {
+      throw py::type_error("land_tier: a kvstash.Tier or \"cpu\" / \"gpu\"");
+    }
     std::shared_ptr<KvClient> held = Hold();
     KvClient& cl = *held;
     Result<client::HandoffFetch> r;
     {
       py::gil_scoped_release nogil;
-      r = cl.FetchHandoff(h, all_or_nothing);
+      r = cl.FetchHandoff(h, all_or_nothing, land);
     }
     return ValueOrThrow(std::move(r));
   }
@@ -647,8 +667,11 @@ void BindClient(py::module_& m) {
            "Prefill side: pins the stored names for a decode node; ResourceExhausted when none "
            "is stored.")
       .def("fetch_handoff", &PyClient::FetchHandoff, py::arg("handoff"),
-           py::arg("all_or_nothing") = false,
-           "Decode side: pulls the handoff's objects into this node and ends the handoff.")
+           py::arg("all_or_nothing") = false, py::arg("land_tier") = "cpu",
+           "Decode side: pulls the handoff's objects into this node and ends the handoff. "
+           "land_tier (Tier.CPU/Tier.GPU or \"cpu\"/\"gpu\"): where they land on this node, its "
+           "arena (default) or its GPU pool; GPU raises FailedPrecondition when this node has no "
+           "GPU pool or cannot land in it (the handoff then stays pinned for a retry).")
       .def("heartbeat_handoff", &PyClient::HeartbeatHandoff, py::arg("handoff"),
            py::arg("extend_ms") = 0, "Keeps the prefill node's pins alive; the new lifetime (ms).")
       .def("release_handoff", &PyClient::ReleaseHandoff, py::arg("handoff"));

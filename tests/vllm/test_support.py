@@ -107,6 +107,10 @@ def test_config_parses_and_refuses_unknown_keys():
         vs.ConnectorConfig.from_extra({"taget": "unix:///x"})
     with pytest.raises(vs.UnsafeConfigError, match="bad value"):
         vs.ConnectorConfig.from_extra({"rpc_timeout_ms": "soon"})
+    assert c.handoff_land_tier == "cpu"
+    assert vs.ConnectorConfig.from_extra({"handoff_land_tier": "gpu"}).handoff_land_tier == "gpu"
+    with pytest.raises(vs.UnsafeConfigError, match="handoff_land_tier"):
+        vs.ConnectorConfig.from_extra({"handoff_land_tier": "GPU0"})
 
 
 # ---- circuit breaker ----------------------------------------------------------------------------
