@@ -30,8 +30,8 @@ CACHESVC_KEYS = {
     "storage.ssd_admission_hits", "storage.ssd_io_threads", "storage.cpu_eviction_policy",
     "storage.ssd_eviction_policy",
 }
-CHART_MANAGED = {"listen", "arena_socket", "ready_file", "storage.data_dir", "tls.cert", "tls.key",
-                 "tls.ca", "auth.tokens_file", "peers.secret_file"}
+CHART_MANAGED = {"listen", "local_listen", "arena_socket", "ready_file", "storage.data_dir",
+                 "tls.cert", "tls.key", "tls.ca", "auth.tokens_file", "peers.secret_file"}
 FROM_BINARY = False
 
 K8S_VERSION = "1.30"

@@ -19,7 +19,8 @@ namespace {
 constexpr std::string_view kEmbeddedDefault =
     R"(# cachesvc embedded default: one node, CPU + SSD tiers in ./data
 listen: unix:///tmp/kvstash.sock
-arena_socket: ""          # empty: <listen path>.arena (unix) or <data_dir>/arena.sock (TCP)
+local_listen: ""          # with a TCP listen: a unix socket for same-node engines (arena beside it)
+arena_socket: ""          # empty: <local_listen or unix listen path>.arena, else <data_dir>/arena.sock
 ready_file: ""
 log_level: info
 metrics:
@@ -339,6 +340,9 @@ const std::vector<Field>& Fields() {
   static const std::vector<Field> fields = {
       {"listen", "--listen", "gRPC address: unix:///path or host:port",
        StringField(&ServiceConfig::listen)},
+      {"local_listen", "--local-listen",
+       "second gRPC listener for same-node engines beside a TCP --listen: unix:///path",
+       StringField(&ServiceConfig::local_listen)},
       {"arena_socket", "--arena-socket", "unix socket handing out the arena memfd",
        StringField(&ServiceConfig::arena_socket)},
       {"ready_file", "--ready-file", "write bound addresses as JSON here once serving",
@@ -646,6 +650,23 @@ Status ValidateConfig(const ServiceConfig& c) {
                                       "(--tls-cert, --tls-key, --tls-ca), or pass --insecure-tcp "
                                       "to accept plain TCP"));
   }
+  if (!c.local_listen.empty()) {
+    if (!IsUnixTarget(c.local_listen)) {
+      return Bad("local_listen",
+                 absl::StrCat("'", c.local_listen,
+                              "' is not a unix socket (unix:///path): the second listener serves "
+                              "same-node engines; TCP goes in listen"));
+    }
+    const std::string path = UnixPath(c.local_listen);
+    if (path.empty()) return Bad("local_listen", "unix socket path is empty");
+    if (path.size() > 107) return Bad("local_listen", "unix socket path is longer than 107 bytes");
+    if (IsUnixTarget(c.listen)) {
+      return Bad("local_listen",
+                 absl::StrCat("listen is already a unix socket (", c.listen,
+                              "); two unix listeners are not supported: set listen to the TCP "
+                              "HOST:PORT peers and remote clients dial"));
+    }
+  }
   if (c.arena_socket.size() > 107) {
     return Bad("arena_socket", "unix socket path is longer than 107 bytes");
   }
@@ -712,7 +733,9 @@ Status ValidateConfig(const ServiceConfig& c) {
                  "other's arenas (--peer-secret-file)");
     }
     if (IsUnixTarget(c.listen) && c.peers.advertise.empty()) {
-      return Bad("listen", "a cluster member needs a TCP listener (or --advertise HOST:PORT)");
+      return Bad("listen",
+                 "a cluster member needs a TCP listener (or --advertise HOST:PORT); same-node "
+                 "engines connect to --local-listen unix:///path beside it");
     }
   }
   return OkStatus();

@@ -45,6 +45,7 @@ std::string UnixPath(const std::string& listen) {
 }
 
 std::string DefaultArenaSocket(const ServiceConfig& config) {
+  if (!config.local_listen.empty()) return UnixPath(config.local_listen) + ".arena";
   if (IsUnix(config.listen)) return UnixPath(config.listen) + ".arena";
   return (std::filesystem::path(config.store.data_dir) / "arena.sock").string();
 }
@@ -93,6 +94,7 @@ struct CacheService::Impl {
   std::unique_ptr<ArenaSocketServer> arena_socket;
   std::unique_ptr<MetricsHttpServer> http;
   std::string target;
+  std::string local_target;  // config.local_listen, once bound
   std::string arena_socket_path;
   std::atomic<bool> serving{false};
   std::mutex shutdown_mu;
@@ -121,6 +123,9 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   }
   // gRPC silently replaces an existing unix socket file; refuse to steal a live one.
   if (IsUnix(config.listen)) KVSTASH_RETURN_IF_ERROR(ClaimUnixSocketPath(UnixPath(config.listen)));
+  if (!config.local_listen.empty()) {
+    KVSTASH_RETURN_IF_ERROR(ClaimUnixSocketPath(UnixPath(config.local_listen)));
+  }
 
   if (config.tls.enabled()) {
     KVSTASH_ASSIGN_OR_RETURN(impl->tls, TlsMaterial::Create(config.tls));
@@ -217,6 +222,12 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   builder.AddListeningPort(
       config.listen,
       listen_tls ? impl->tls->ServerCredentials() : grpc::InsecureServerCredentials(), &bound_port);
+  // The same-node listener beside a TCP one (ValidateConfig: a unix socket, and `listen` is TCP):
+  // the same services and authorization, no TLS; the arena socket sits next to it.
+  int local_bound = 0;
+  if (!config.local_listen.empty()) {
+    builder.AddListeningPort(config.local_listen, grpc::InsecureServerCredentials(), &local_bound);
+  }
   builder.RegisterService(impl->service.get());
   if (impl->remote != nullptr && impl->remote->peer_service() != nullptr) {
     builder.RegisterService(impl->remote->peer_service());
@@ -240,12 +251,16 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
       /*listening=*/config.cluster.etcd.empty() ||
           config.cluster.replication_mode != ReplicationMode::kSync);
   impl->server = builder.BuildAndStart();
-  if (impl->server == nullptr || bound_port == 0) {
+  if (impl->server == nullptr || bound_port == 0 ||
+      (!config.local_listen.empty() && local_bound == 0)) {
     if (impl->server != nullptr) impl->server->Shutdown();
     impl->async_streams->Stop();
     (void)impl->store->Close();
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", config.listen,
+        config.local_listen.empty() ? "" : absl::StrCat(" and ", config.local_listen)));
   }
+  impl->local_target = config.local_listen;
   impl->async_streams->Start();
   impl->target =
       IsUnix(config.listen) ? config.listen : ResolvedTcpTarget(config.listen, bound_port);
@@ -356,15 +371,17 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   }
   impl->serving = true;
   spdlog::info(
-      "event=serving tls={} tenants={} target={} arena_socket={} arena_bytes={} generation={} "
-      "metrics_port={} "
+      "event=serving tls={} tenants={} target={} local_target={} arena_socket={} arena_bytes={} "
+      "generation={} metrics_port={} "
       "data_dir={} cpu_capacity={} ssd_capacity={} ssd_encoding={}",
       listen_tls ? "mutual" : "off", impl->auth->multi_tenant() ? "multi" : "single", impl->target,
-      impl->arena_socket_path, hello.arena_bytes, hello.arena_generation,
-      impl->http ? impl->http->port() : 0, config.store.data_dir, config.store.cpu_capacity_bytes,
-      config.store.ssd_capacity_bytes, impl->ssd_codec->name());
+      impl->local_target.empty() ? "none" : impl->local_target, impl->arena_socket_path,
+      hello.arena_bytes, hello.arena_generation, impl->http ? impl->http->port() : 0,
+      config.store.data_dir, config.store.cpu_capacity_bytes, config.store.ssd_capacity_bytes,
+      impl->ssd_codec->name());
   if (!config.ready_file.empty()) {
     nlohmann::json ready = {{"target", impl->target},
+                            {"local_target", impl->local_target},
                             {"arena_socket", impl->arena_socket_path},
                             {"metrics_port", impl->http ? impl->http->port() : 0},
                             {"pid", static_cast<int64_t>(::getpid())},
@@ -381,6 +398,7 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
 }
 
 std::string CacheService::target() const { return impl_->target; }
+std::string CacheService::local_target() const { return impl_->local_target; }
 std::string CacheService::arena_socket_path() const { return impl_->arena_socket_path; }
 int CacheService::metrics_port() const { return impl_->http ? impl_->http->port() : 0; }
 MetricsRegistry& CacheService::metrics() { return impl_->registry; }
@@ -416,9 +434,10 @@ Status CacheService::Shutdown() {
   if (!s.close_status.ok()) {
     spdlog::error("event=store_close_failed error=\"{}\"", std::string(s.close_status.message()));
   }
-  if (IsUnix(s.config.listen)) {
+  for (const std::string& listener : {s.config.listen, s.config.local_listen}) {
+    if (!IsUnix(listener)) continue;
     struct stat st;
-    std::string path = UnixPath(s.config.listen);
+    std::string path = UnixPath(listener);
     if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
   }
   if (!s.config.ready_file.empty()) ::unlink(s.config.ready_file.c_str());

@@ -408,6 +408,62 @@ TEST(Config, BadPeerSettingsAreRefusedWithTheirName) {
   EXPECT_THAT(p.output, ::testing::HasSubstr("--peer-timeout-ms"));
 }
 
+TEST(Config, LocalListenIsAUnixListenerBesideATcpOne) {
+  EXPECT_TRUE(ServiceConfig{}.local_listen.empty());
+  ParsedCommandLine flags =
+      Parse({"--listen", "127.0.0.1:7000", "--local-listen", "unix:///run/kvstash/kv.sock"});
+  ASSERT_TRUE(flags.config) << flags.output;
+  EXPECT_EQ(flags.config->local_listen, "unix:///run/kvstash/kv.sock");
+  auto yaml = ApplyYaml("listen: 127.0.0.1:7000\nlocal_listen: unix:///tmp/kv-local.sock\n",
+                        ServiceConfig{});
+  ASSERT_OK(yaml);
+  EXPECT_EQ(yaml->local_listen, "unix:///tmp/kv-local.sock");
+  EXPECT_OK(ValidateConfig(*yaml));
+
+  // A cluster member: TCP for peers, the unix socket for same-node engines.
+  std::string secret = WriteTemp("kvstash-cluster-secret-0123456789\n");
+  ParsedCommandLine member = Parse({"--listen", "0.0.0.0:7100", "--insecure-tcp", "--local-listen",
+                                    "unix:///run/kvstash/kv.sock", "--etcd", "http://etcd:2379",
+                                    "--peer-secret-file", secret});
+  ASSERT_TRUE(member.config) << member.output;
+  EXPECT_EQ(member.config->listen, "0.0.0.0:7100");
+  EXPECT_EQ(member.config->local_listen, "unix:///run/kvstash/kv.sock");
+  // ... and without a TCP listener it is still refused, naming --local-listen as the way out.
+  ParsedCommandLine unix_member = Parse({"--listen", "unix:///run/kvstash/kv.sock", "--etcd",
+                                         "http://etcd:2379", "--peer-secret-file", secret});
+  EXPECT_EQ(unix_member.exit_code, 2);
+  EXPECT_THAT(unix_member.output, HasSubstr("a cluster member needs a TCP listener"));
+  EXPECT_THAT(unix_member.output, HasSubstr("--local-listen"));
+  std::filesystem::remove(secret);
+
+  struct Case {
+    std::vector<std::string> args;
+    std::string expect;
+  };
+  const std::vector<Case> refused = {
+      {{"--listen", "127.0.0.1:7000", "--local-listen", "127.0.0.1:7001"},
+       "local_listen: '127.0.0.1:7001' is not a unix socket"},
+      {{"--listen", "127.0.0.1:7000", "--local-listen", "0.0.0.0:7001", "--insecure-tcp"},
+       "is not a unix socket (unix:///path)"},
+      {{"--listen", "unix:///tmp/a.sock", "--local-listen", "unix:///tmp/b.sock"},
+       "two unix listeners are not supported"},
+      {{"--listen", "127.0.0.1:7000", "--local-listen", "unix://"},
+       "local_listen: unix socket path is empty"},
+      {{"--listen", "127.0.0.1:7000", "--local-listen", "unix://" + std::string(200, 'x')},
+       "local_listen: unix socket path is longer than 107 bytes"},
+  };
+  for (const Case& c : refused) {
+    ParsedCommandLine p = Parse(c.args);
+    EXPECT_FALSE(p.config) << c.expect;
+    EXPECT_EQ(p.exit_code, 2) << c.expect;
+    EXPECT_THAT(p.output, HasSubstr(c.expect));
+  }
+  ServiceConfig tcp_local;
+  tcp_local.listen = "127.0.0.1:1";
+  tcp_local.local_listen = "[::1]:2";
+  EXPECT_THAT(ValidateConfig(tcp_local), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST(Config, TlsFilesGoTogetherAndPlainTcpBeyondLoopbackIsOptIn) {
   ParsedCommandLine tls = Parse({"--listen", "0.0.0.0:7000", "--tls-cert", "c.pem", "--tls-key",
                                  "k.pem", "--tls-ca", "ca.pem", "--tokens-file", "t.txt"});

@@ -254,6 +254,9 @@ Result<std::unique_ptr<ServiceProcess>> ServiceProcess::StartOnce(const std::str
   if (!options.default_arena_socket) {
     argv.insert(argv.end(), {"--arena-socket", dir + "/arena.sock"});
   }
+  if (options.local_listen) {
+    argv.insert(argv.end(), {"--local-listen", "unix://" + dir + "/local.sock"});
+  }
   argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
   argv.insert(argv.begin(), options.command_prefix.begin(), options.command_prefix.end());
   int log_fd = ::open(svc->log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -274,6 +277,7 @@ Result<std::unique_ptr<ServiceProcess>> ServiceProcess::StartOnce(const std::str
       auto json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
       if (!json.is_discarded()) {
         svc->target_ = json.value("target", "");
+        svc->local_target_ = json.value("local_target", "");
         svc->metrics_port_ = json.value("metrics_port", 0);
         return svc;
       }

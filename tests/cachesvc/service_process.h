@@ -27,6 +27,9 @@ struct ServiceOptions {
   bool default_arena_socket = false;
   // Listen here instead (e.g. an address inside a network namespace); overrides `tcp`.
   std::string listen;
+  // With a TCP listener: also --local-listen unix://<dir>/local.sock (local_target()), the
+  // same-node listener; with default_arena_socket its arena socket is local.sock.arena.
+  bool local_listen = false;
   // Run cachesvc under this command, e.g. {"/usr/sbin/ip", "netns", "exec", "ns"} (which execs
   // it, so pid() is still the daemon's).
   std::vector<std::string> command_prefix;
@@ -54,6 +57,9 @@ class ServiceProcess {
   ~ServiceProcess();  // SIGKILL if still running
 
   const std::string& target() const { return target_; }
+  // The ready file's local_target: "unix://<dir>/local.sock" with ServiceOptions::local_listen,
+  // else empty.
+  const std::string& local_target() const { return local_target_; }
   const std::string& unix_socket() const { return unix_socket_; }
   const std::string& data_dir() const { return data_dir_; }
   const std::string& log_path() const { return log_path_; }
@@ -74,7 +80,7 @@ class ServiceProcess {
   int Wait(int timeout_ms);
 
   pid_t pid_ = -1;
-  std::string target_, unix_socket_, data_dir_, log_path_;
+  std::string target_, local_target_, unix_socket_, data_dir_, log_path_;
   int metrics_port_ = 0;
 };
 

@@ -109,7 +109,8 @@ struct TlsConfig {
 };
 
 // Membership through etcd, placement and replication (docs/deploy.md "A cluster through etcd").
-// Needs peers.secret_file (members read each other's arenas) and a TCP listener.
+// Needs peers.secret_file (members read each other's arenas) and a TCP listener (same-node engines
+// then connect to local_listen, a unix socket with the arena beside it).
 struct ClusterConfig {
   std::vector<std::string> etcd;  // etcd endpoints; empty: no cluster (static peers only)
   std::string name = "default";   // nodes register under /kvstash/<name>/nodes/<node id>
@@ -143,8 +144,14 @@ struct ServiceConfig {
   // gRPC listen address: "unix:///abs/path", "unix:rel/path" or "host:port" (TCP; port 0 picks
   // a free port, reported in the ready file and the log).
   std::string listen = "unix:///tmp/kvstash.sock";
-  // Unix socket on which the arena memfd is handed out. Empty: "<listen path>.arena" for a unix
-  // listener, "<data_dir>/arena.sock" for TCP.
+  // A second listener on the same gRPC server for same-node engines when `listen` is TCP (a
+  // cluster member, a node serving peers): "unix:///abs/path" or "unix:rel/path", never TCP and
+  // never beside a unix `listen`. It is served like a unix `listen`: no TLS (file permissions
+  // guard it), the same tenant token rules, and the arena socket next to it. Empty: none.
+  std::string local_listen;
+  // Unix socket on which the arena memfd is handed out. Empty: "<local_listen path>.arena" when
+  // local_listen is set, else "<listen path>.arena" for a unix listener, "<data_dir>/arena.sock"
+  // for TCP.
   std::string arena_socket;
   // Prometheus /metrics and /healthz; port 0 disables the HTTP listener.
   std::string metrics_address = "0.0.0.0";

@@ -2,9 +2,11 @@
 // `cachesvc` (main.cc) is a thin shell around it.
 //
 // Start() opens the ObjectStore, then starts the gRPC server (kvstash.v1.KvStash, the standard
-// grpc.health.v1 health service and server reflection), the arena socket that hands the memfd to
-// local clients, and the HTTP listener for /metrics and /healthz. A unix socket path is refused
-// when a live process listens on it; a stale one from a crash is replaced.
+// grpc.health.v1 health service and server reflection) on `listen` and, when set, on the unix
+// socket `local_listen` as well (one server, two listening ports; TLS only on a TCP one), the
+// arena socket that hands the memfd to local clients, and the HTTP listener for /metrics and
+// /healthz. A unix socket path is refused when a live process listens on it; a stale one from a
+// crash is replaced.
 //
 // Shutdown(): health turns NOT_SERVING and /healthz 503; the gRPC server stops accepting and gives
 // in-flight RPCs shutdown_grace_ms to finish (then cancels them; a cancelled streaming Put aborts
@@ -33,6 +35,9 @@ class CacheService {
 
   // The address clients dial: "unix:///path" or "host:port" with the bound port.
   std::string target() const;
+  // The second, same-node listener (config local_listen: "unix:///path"), or empty without one.
+  // Same-node clients dial it to get the arena (arena_socket_path() sits next to it).
+  std::string local_target() const;
   std::string arena_socket_path() const;
   int metrics_port() const;  // 0 when disabled
   MetricsRegistry& metrics();
