@@ -4,14 +4,20 @@ checks the manifests' structure (what a cluster would reject, and what the chart
 probes on /healthz of the metrics port, the socket directory on a hostPath shared with engine
 pods, no hostIPC/hostNetwork, the config cachesvc gets). Run through scripts/lint_chart.sh.
 
+With --cachesvc BINARY, every rendered configuration (each value set below and each file in the
+chart's examples/) is also given to `BINARY --check-config` with the container's arguments (the
+kubelet's $(VAR) expansions replaced by sample values): cachesvc must accept it.
+
 What this cannot check: admission by a real API server (OpenAPI schemas of every field), the
 cachesvc image itself, and the pods running. docs/deploy.md says so.
 """
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 
 import helm_python as helm
 import yaml
@@ -33,6 +39,9 @@ CACHESVC_KEYS = {
 CHART_MANAGED = {"listen", "local_listen", "arena_socket", "ready_file", "storage.data_dir",
                  "tls.cert", "tls.key", "tls.ca", "auth.tokens_file", "peers.secret_file"}
 FROM_BINARY = False
+CACHESVC = None  # the binary given with --cachesvc: rendered configs go through --check-config
+# Values of the $(VAR) references in the container's args, for --check-config.
+SAMPLE_ENV = {"NODE_NAME": "node-a", "POD_IP": "10.1.2.3"}
 
 K8S_VERSION = "1.30"
 SOCKET_DIR = "/run/kvstash"
@@ -133,9 +142,31 @@ def check_render(label, chart, values):
     check(mounts.get("socket-dir") == SOCKET_DIR, f"{label}: socket dir mount")
     check(mounts.get("config") == "/etc/kvstash", f"{label}: config mount")
 
-    # The configuration cachesvc gets.
-    check(config["listen"] == f"unix://{SOCKET_DIR}/{values['socket']['name']}",
-          f"{label}: listen does not point into the shared socket directory")
+    # The configuration cachesvc gets: in cluster mode a TCP listener for the peers and the unix
+    # socket as local_listen, else the unix socket as listen.
+    socket = f"unix://{SOCKET_DIR}/{values['socket']['name']}"
+    peers = values["peers"]
+    cluster = bool(peers.get("etcdEndpoints") or values["config"].get("cluster", {}).get("etcd")
+                   or values["config"].get("peers", {}).get("addresses")
+                   or peers.get("tcpListener"))
+    env_names = {e["name"] for e in c.get("env", [])}
+    if cluster:
+        check(config["listen"] == f"{peers['listenAddress']}:{peers['port']}",
+              f"{label}: cluster mode must listen on TCP {peers['listenAddress']}:{peers['port']}")
+        check(config.get("local_listen") == socket,
+              f"{label}: cluster mode's local_listen must be the shared unix socket")
+        check(ports.get("grpc") == peers["port"], f"{label}: grpc containerPort != peers.port")
+        check("POD_IP" in env_names, f"{label}: POD_IP must come from the downward API")
+        if not values["config"].get("peers", {}).get("advertise"):
+            check(f"--advertise=$(POD_IP):{peers['port']}" in args,
+                  f"{label}: cluster mode must advertise $(POD_IP):{peers['port']}")
+        if peers.get("ucxPortRange"):
+            check("UCX_TCP_PORT_RANGE" in env_names, f"{label}: UCX_TCP_PORT_RANGE missing")
+    else:
+        check(config["listen"] == socket,
+              f"{label}: listen does not point into the shared socket directory")
+        check("local_listen" not in config, f"{label}: local_listen without cluster mode")
+        check("grpc" not in ports, f"{label}: a grpc port without cluster mode")
     check(config["storage"]["data_dir"] == DATA_DIR, f"{label}: data_dir")
     for key, _ in flatten(config):
         check(key in CACHESVC_KEYS, f"{label}: cachesvc does not know config key {key}")
@@ -167,6 +198,9 @@ def check_render(label, chart, values):
         check(any(a.startswith("--etcd=") and endpoint in a for a in args),
               f"{label}: etcd endpoint {endpoint} not passed")
 
+    if CACHESVC:
+        check_config_accepted(label, config, args)
+
     # Disruption budget and network policy select the pods.
     for kind, key in (("PodDisruptionBudget", "podDisruptionBudget"),
                       ("NetworkPolicy", "networkPolicy")):
@@ -179,6 +213,14 @@ def check_render(label, chart, values):
                   f"{label}: {kind} does not select the pods")
         else:
             check(not objs, f"{label}: no {kind} expected")
+    if values["networkPolicy"]["enabled"] and by_kind.get("NetworkPolicy"):
+        open_ports = [p.get("port") for rule in by_kind["NetworkPolicy"][0]["spec"]["ingress"]
+                      for p in rule.get("ports", [])]
+        check(("grpc" in open_ports) == cluster,
+              f"{label}: the NetworkPolicy must open the grpc port exactly in cluster mode")
+        if cluster and peers.get("ucxPortRange"):
+            low = int(peers["ucxPortRange"].split("-")[0])
+            check(low in open_ports, f"{label}: the NetworkPolicy must open the UCX port range")
     validate_schemas(label, docs)
 
     mode = values["ssd"]["mode"]
@@ -199,6 +241,13 @@ def check_render(label, chart, values):
         check(all(pod_labels.get(k) == v for k, v in svc["spec"]["selector"].items()),
               f"{label}: Service selector does not select the pods")
         check(svc["spec"]["ports"][0]["targetPort"] == "metrics", f"{label}: Service port")
+        svc_ports = {p["name"]: p for p in svc["spec"]["ports"]}
+        if cluster:
+            check(svc_ports.get("grpc", {}).get("port") == peers["port"]
+                  and svc_ports["grpc"].get("targetPort") == "grpc",
+                  f"{label}: Service grpc port must be peers.port onto the grpc containerPort")
+        else:
+            check("grpc" not in svc_ports, f"{label}: no grpc Service port expected")
     else:
         check(not services, f"{label}: no Service expected")
     monitors = by_kind.get("ServiceMonitor", [])
@@ -215,6 +264,21 @@ def check_render(label, chart, values):
     else:
         check(not monitors, f"{label}: no ServiceMonitor expected")
     return pod["metadata"]["annotations"]["checksum/config"]
+
+
+def check_config_accepted(label, config, args):
+    """`cachesvc --check-config` on the rendered config and the container's flags."""
+    expanded = [re.sub(r"\$\((\w+)\)", lambda m: SAMPLE_ENV.get(m.group(1), m.group(0)), a)
+                for a in args]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(config, f)
+        f.flush()
+        flags = [a for i, a in enumerate(expanded) if i >= 2]  # after --config PATH
+        result = subprocess.run([CACHESVC, "--config", f.name, *flags, "--check-config"],
+                                capture_output=True, text=True, timeout=60)
+    check(result.returncode == 0,
+          f"{label}: cachesvc --check-config refused the rendered config: "
+          f"{(result.stdout + result.stderr).strip()}")
 
 
 def validate_schemas(label, docs):
@@ -253,9 +317,10 @@ def load_cachesvc_keys(binary):
 
 
 def main():
-    global CACHESVC_KEYS
+    global CACHESVC_KEYS, CACHESVC
     chart_dir = sys.argv[1]
     if len(sys.argv) > 3 and sys.argv[2] == "--cachesvc":
+        CACHESVC = sys.argv[3]
         CACHESVC_KEYS = load_cachesvc_keys(sys.argv[3])
         print(f"cachesvc keys: {len(CACHESVC_KEYS)} from {sys.argv[3]} --print-default-config")
         with open(os.path.join(chart_dir, "values.yaml")) as f:
@@ -294,9 +359,22 @@ def main():
                                                  "http://etcd-1.etcd:2379"]},
                      "networkPolicy": {"enabled": True},
                      "podDisruptionBudget": {"enabled": False}},
+        "static peers, plain TCP": {"peers": {"secretName": "cluster-secret", "port": 7300,
+                                              "ucxPortRange": ""},
+                                    "config": {"peers": {"addresses": ["10.0.0.2:7300"]},
+                                               "tls": {"insecure_tcp": True}},
+                                    "networkPolicy": {"enabled": True}},
+        "etcd in config, advertise set": {
+            "peers": {"secretName": "cluster-secret", "listenAddress": "[::]"},
+            "tls": {"enabled": True, "secretName": "node-tls"},
+            "config": {"cluster": {"etcd": ["http://etcd:2379"], "replicas": 2},
+                       "peers": {"advertise": "node-a.example:7100"}}},
     }
-    with open(os.path.join(chart_dir, "examples", "pd-values.yaml")) as f:
-        variants["pd example"] = yaml.safe_load(f)
+    examples = sorted(f for f in os.listdir(os.path.join(chart_dir, "examples"))
+                      if f.endswith(".yaml"))
+    for name in examples:
+        with open(os.path.join(chart_dir, "examples", name)) as f:
+            variants[f"example {name}"] = yaml.safe_load(f)
     checksums = {}
     for label, override in variants.items():
         values = merge(defaults, override)
@@ -319,12 +397,21 @@ def main():
     expect_failure("monitor without service", chart,
                    merge(defaults, {"metrics": {"service": {"enabled": False},
                                                 "serviceMonitor": {"enabled": True}}}))
+    expect_failure("local_listen set by hand", chart,
+                   merge(defaults, {"config": {"local_listen": "unix:///x.sock"}}))
+    expect_failure("cluster without the secret", chart,
+                   merge(defaults, {"peers": {"etcdEndpoints": ["http://etcd:2379"]},
+                                    "tls": {"enabled": True, "secretName": "node-tls"}}))
+    expect_failure("cluster on plain TCP without opting in", chart,
+                   merge(defaults, {"peers": {"etcdEndpoints": ["http://etcd:2379"],
+                                              "secretName": "cluster-secret"}}))
 
     if failures:
         print("\n".join(f"FAIL {f}" for f in failures))
         print(f"0 passed, {len(failures)} failed")
         return 1
-    print(f"chart checks: {len(variants)} renders and 7 rejections as expected")
+    checked = " (each config accepted by cachesvc --check-config)" if CACHESVC else ""
+    print(f"chart checks: {len(variants)} renders{checked} and 10 rejections as expected")
     return 0
 
 

@@ -752,6 +752,10 @@ ParsedCommandLine ParseCommandLine(int argc, const char* const* argv) {
   app.add_option("-c,--config", config_path, "YAML configuration file")->check(CLI::ExistingFile);
   app.add_flag("--print-default-config", print_config,
                "print the embedded default configuration and exit");
+  bool check_config = false;
+  app.add_flag("--check-config", check_config,
+               "read and check the configuration (file and flags), print the verdict and exit: "
+               "0 valid, 1 invalid");
   std::vector<std::pair<const Field*, std::optional<std::string>>> values;
   values.reserve(Fields().size());
   for (const Field& f : Fields()) values.emplace_back(&f, std::nullopt);
@@ -777,7 +781,7 @@ ParsedCommandLine ParseCommandLine(int argc, const char* const* argv) {
     return out;
   }
   auto fail = [&](const Status& s) {
-    out.exit_code = 2;
+    out.exit_code = check_config ? 1 : 2;
     out.output = absl::StrCat("cachesvc: ", std::string(s.message()), "\n");
     return out;
   };
@@ -811,6 +815,10 @@ ParsedCommandLine ParseCommandLine(int argc, const char* const* argv) {
   }
   Status valid = ValidateConfig(*config);
   if (!valid.ok()) return fail(valid);
+  if (check_config) {
+    out.output = "cachesvc: configuration OK\n";
+    return out;
+  }
   out.config = std::move(*config);
   return out;
 }

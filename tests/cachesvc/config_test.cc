@@ -408,6 +408,27 @@ TEST(Config, BadPeerSettingsAreRefusedWithTheirName) {
   EXPECT_THAT(p.output, ::testing::HasSubstr("--peer-timeout-ms"));
 }
 
+TEST(Config, CheckConfigOnlyChecks) {
+  ParsedCommandLine ok = Parse({"--check-config", "--listen", "127.0.0.1:7000"});
+  EXPECT_FALSE(ok.config);
+  EXPECT_EQ(ok.exit_code, 0);
+  EXPECT_EQ(ok.output, "cachesvc: configuration OK\n");
+  // Invalid: exit 1 with the message, from flags or from the file.
+  ParsedCommandLine bad = Parse({"--check-config", "--listen", "unix:///a.sock", "--local-listen",
+                                 "unix:///b.sock"});
+  EXPECT_FALSE(bad.config);
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_THAT(bad.output, HasSubstr("two unix listeners are not supported"));
+  std::string file = WriteTemp("listen: unix:///run/kv.sock\ncluster:\n  etcd: [http://e:2379]\n");
+  ParsedCommandLine member = Parse({"--check-config", "--config", file});
+  EXPECT_EQ(member.exit_code, 1);
+  EXPECT_THAT(member.output, HasSubstr("peers.secret_file"));
+  std::filesystem::remove(file);
+  ParsedCommandLine unknown = Parse({"--check-config", "--no-such-flag"});  // a usage error
+  EXPECT_FALSE(unknown.config);
+  EXPECT_NE(unknown.exit_code, 0);
+}
+
 TEST(Config, LocalListenIsAUnixListenerBesideATcpOne) {
   EXPECT_TRUE(ServiceConfig{}.local_listen.empty());
   ParsedCommandLine flags =

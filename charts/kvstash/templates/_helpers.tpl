@@ -55,10 +55,31 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $port }}
 {{- end }}
 
-{{/* cachesvc's configuration: the user's `config` with listen and data_dir set by the chart. */}}
+{{/* Cluster mode: "true" when cachesvc talks to other nodes (etcd membership, static peers, or
+peers.tcpListener), else "". It then listens on TCP for its peers and on the unix socket for the
+node's engines. */}}
+{{- define "kvstash.clusterMode" -}}
+{{- $etcd := dig "cluster" "etcd" list .Values.config }}
+{{- $static := dig "peers" "addresses" list .Values.config }}
+{{- if or .Values.peers.etcdEndpoints $etcd $static .Values.peers.tcpListener }}true{{- end }}
+{{- end }}
+
+{{/* The unix socket engine pods dial, inside the container. */}}
+{{- define "kvstash.socketTarget" -}}
+{{- printf "unix://%s/%s" (include "kvstash.socketDir" .) .Values.socket.name }}
+{{- end }}
+
+{{/* cachesvc's configuration: the user's `config` with listen, local_listen and data_dir set by
+the chart. Cluster mode: listen is TCP (peers.listenAddress:peers.port) and local_listen the unix
+socket; otherwise listen is the unix socket. */}}
 {{- define "kvstash.config" -}}
 {{- $config := deepCopy (default dict .Values.config) }}
-{{- $_ := set $config "listen" (printf "unix://%s/%s" (include "kvstash.socketDir" .) .Values.socket.name) }}
+{{- if include "kvstash.clusterMode" . }}
+{{- $_ := set $config "listen" (printf "%s:%d" .Values.peers.listenAddress (int .Values.peers.port)) }}
+{{- $_ := set $config "local_listen" (include "kvstash.socketTarget" .) }}
+{{- else }}
+{{- $_ := set $config "listen" (include "kvstash.socketTarget" .) }}
+{{- end }}
 {{- $storage := default dict (get $config "storage") }}
 {{- $_ := set $storage "data_dir" (include "kvstash.dataDir" .) }}
 {{- if eq .Values.ssd.mode "none" }}

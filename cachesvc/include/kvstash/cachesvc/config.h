@@ -233,7 +233,10 @@ struct ParsedCommandLine {
   std::string output;  // help / version text (stdout) or error text (stderr) when !config
 };
 
-// Embedded default <- --config FILE <- flags. A usage error gives exit_code 2.
+// Embedded default <- --config FILE <- flags. A usage error gives exit_code 2. With
+// --check-config the configuration is only checked (parsed and ValidateConfig; no file it names
+// is opened): no config, output "cachesvc: configuration OK" and exit_code 0, or the message
+// and exit_code 1 when the file or flags make it invalid (usage errors stay 2).
 ParsedCommandLine ParseCommandLine(int argc, const char* const* argv);
 
 }  // namespace kvstash::cachesvc
