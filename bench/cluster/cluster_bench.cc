@@ -8,10 +8,13 @@
 //               per request: Lookup, Get of the hits, Put of the misses (64 KiB chunks). Hit rate
 //               and Get latency, clustered (etcd, R = 2) against three isolated nodes.
 //
-//   puts:       put latency of replication_mode async against sync: two clusters of three nodes
-//               (R = 2) on the same etcd, one client on node 0 of each (same node, shared
-//               memory), puts alternating between the two clusters so both see the same load;
-//               median, p90 and p99 per object size, and the sync / async ratio of the medians.
+//   puts:       put latency of replication_mode async against sync, and of sync with the
+//               owners reading offered leases (the default) against sync without offers
+//               (--replicate-offers false: owners Acquire and Release on the writer): three
+//               clusters of three nodes (R = 2) on the same etcd, one client on node 0's TCP
+//               listener of each (byte-stream puts), puts taking turns between the clusters so all
+//               see the same load; median, p90 and p99 per object size, the sync / async ratio
+//               of the medians and offered / not offered.
 //
 //   cluster_bench [--cases detection,shared,puts] [--ttl-s 2] [--reps 3] [--requests 60]
 //                 [--puts 300] [--out FILE]        (default cases: detection,shared)
@@ -215,27 +218,31 @@ double Percentile(std::vector<double> v, double q) {
 }
 
 std::vector<std::string> PutLatency(int ttl_s, int puts) {
-  // Cluster "async" and cluster "sync" share one etcd; each has three nodes.
+  // Clusters "async", "sync" (owners read offered leases) and "syncnooffer" share one etcd; each
+  // has three nodes.
   auto etcd = EtcdProcess::Start();
   if (!etcd.ok()) Die(std::string(etcd.status().message()));
-  Cluster modes[2];
-  const char* names[2] = {"async", "sync"};
-  for (int m = 0; m < 2; ++m) {
+  constexpr int kModes = 3;
+  Cluster modes[kModes];
+  const char* names[kModes] = {"async", "sync", "syncnooffer"};
+  const char* replication[kModes] = {"async", "sync", "sync"};
+  const char* offers[kModes] = {"true", "true", "false"};
+  for (int m = 0; m < kModes; ++m) {
     Cluster& c = modes[m];
     for (int i = 0; i < kNodes; ++i) c.dirs.push_back(std::make_unique<TempDir>());
     c.secret = c.dirs[0]->path() + "/secret";
     std::ofstream(c.secret) << "kvstash-cluster-bench-secret-0123456789\n";
     for (int i = 0; i < kNodes; ++i) {
-      c.nodes.push_back(
-          StartNode(c, i, /*clustered=*/false, ttl_s,
-                    {"--etcd", (*etcd)->endpoint(), "--replicas", "2", "--cluster-ttl-s",
-                     std::to_string(ttl_s), "--cluster-name", names[m], "--replication-mode",
-                     names[m], "--sync-timeout-ms", "10000"}));
+      c.nodes.push_back(StartNode(
+          c, i, /*clustered=*/false, ttl_s,
+          {"--etcd", (*etcd)->endpoint(), "--replicas", "2", "--cluster-ttl-s",
+           std::to_string(ttl_s), "--cluster-name", names[m], "--replication-mode", replication[m],
+           "--sync-timeout-ms", "10000", "--replicate-offers", offers[m]}));
     }
     if (!WaitNodes(c, kNodes, -1, std::chrono::seconds(15), nullptr)) Die("no cluster view");
   }
-  std::unique_ptr<KvClient> kv[2];
-  for (int m = 0; m < 2; ++m) {
+  std::unique_ptr<KvClient> kv[kModes];
+  for (int m = 0; m < kModes; ++m) {
     auto client = KvClient::Connect(modes[m].nodes[0]->target(), ClientOptions{});
     if (!client.ok()) Die(std::string(client.status().message()));
     kv[m] = std::move(*client);
@@ -244,10 +251,10 @@ std::vector<std::string> PutLatency(int ttl_s, int puts) {
   uint64_t seed = 0;
   for (uint32_t tokens : {16u, 256u, 4096u}) {  // 4 KiB, 64 KiB, 1 MiB with TestInfo's layout
     const ObjectInfo shape = TestInfo(tokens);
-    std::vector<double> us[2];
-    int failures[2] = {0, 0};
+    std::vector<double> us[kModes];
+    int failures[kModes] = {0, 0, 0};
     for (int r = 0; r < puts; ++r) {
-      for (int m = 0; m < 2; ++m) {
+      for (int m = 0; m < kModes; ++m) {
         const uint64_t id = ++seed;
         const ObjectName name = TestName(id, names[m]);
         std::vector<uint8_t> payload = TestPayload(id, shape.payload_bytes);
@@ -262,28 +269,37 @@ std::vector<std::string> PutLatency(int ttl_s, int puts) {
         }
       }
     }
-    const double p50[2] = {Percentile(us[0], 0.5), Percentile(us[1], 0.5)};
+    double p50[kModes], p90[kModes], p99[kModes];
+    for (int m = 0; m < kModes; ++m) {
+      p50[m] = Percentile(us[m], 0.5);
+      p90[m] = Percentile(us[m], 0.9);
+      p99[m] = Percentile(us[m], 0.99);
+    }
+    const double sync_over_async = p50[0] > 0 ? p50[1] / p50[0] : 0.0;
+    const double offered_over_not = p50[2] > 0 ? p50[1] / p50[2] : 0.0;
     std::fprintf(stderr,
                  "put %8llu B: async p50 %.0f p90 %.0f p99 %.0f us | sync p50 %.0f p90 %.0f p99 "
-                 "%.0f us | sync/async %.2f | failures %d/%d\n",
-                 static_cast<unsigned long long>(shape.payload_bytes), p50[0],
-                 Percentile(us[0], 0.9), Percentile(us[0], 0.99), p50[1], Percentile(us[1], 0.9),
-                 Percentile(us[1], 0.99), p50[0] > 0 ? p50[1] / p50[0] : 0.0, failures[0],
-                 failures[1]);
-    char line[512];
+                 "%.0f us | sync without offers p50 %.0f p90 %.0f p99 %.0f us | sync/async %.2f "
+                 "| offered/not %.2f | failures %d/%d/%d\n",
+                 static_cast<unsigned long long>(shape.payload_bytes), p50[0], p90[0], p99[0],
+                 p50[1], p90[1], p99[1], p50[2], p90[2], p99[2], sync_over_async, offered_over_not,
+                 failures[0], failures[1], failures[2]);
+    char line[768];
     std::snprintf(line, sizeof line,
                   "{\"case\":\"put_latency\",\"bytes\":%llu,\"puts\":%d,\"replicas\":2,"
                   "\"async_p50_us\":%.1f,\"async_p90_us\":%.1f,\"async_p99_us\":%.1f,"
                   "\"sync_p50_us\":%.1f,\"sync_p90_us\":%.1f,\"sync_p99_us\":%.1f,"
-                  "\"sync_over_async_p50\":%.3f,\"async_failures\":%d,\"sync_failures\":%d}",
-                  static_cast<unsigned long long>(shape.payload_bytes), puts, p50[0],
-                  Percentile(us[0], 0.9), Percentile(us[0], 0.99), p50[1], Percentile(us[1], 0.9),
-                  Percentile(us[1], 0.99), p50[0] > 0 ? p50[1] / p50[0] : 0.0, failures[0],
-                  failures[1]);
+                  "\"sync_no_offers_p50_us\":%.1f,\"sync_no_offers_p90_us\":%.1f,"
+                  "\"sync_no_offers_p99_us\":%.1f,\"sync_over_async_p50\":%.3f,"
+                  "\"offered_over_not_p50\":%.3f,\"async_failures\":%d,\"sync_failures\":%d,"
+                  "\"sync_no_offers_failures\":%d}",
+                  static_cast<unsigned long long>(shape.payload_bytes), puts, p50[0], p90[0],
+                  p99[0], p50[1], p90[1], p99[1], p50[2], p90[2], p99[2], sync_over_async,
+                  offered_over_not, failures[0], failures[1], failures[2]);
     rows.push_back(line);
   }
-  for (int m = 0; m < 2; ++m) kv[m].reset();
-  for (int m = 0; m < 2; ++m) modes[m].nodes.clear();  // before etcd goes
+  for (int m = 0; m < kModes; ++m) kv[m].reset();
+  for (int m = 0; m < kModes; ++m) modes[m].nodes.clear();  // before etcd goes
   return rows;
 }
 

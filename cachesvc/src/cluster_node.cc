@@ -58,6 +58,14 @@ struct SyncWant {
   bool timed_out = false;  // a call for it ran into the deadline, or the deadline stopped retries
 };
 
+// The leases a synchronous replication offers its owners (ReplicateRequest.offered): one per
+// object (id 0: none), taken at `taken`.
+struct Offers {
+  std::vector<storage::Lease> leases;
+  uint64_t generation = 0;
+  Clock::time_point taken{};
+};
+
 ObjectName ToObjectName(const storage::StoredName& n) {
   ObjectName o;
   o.name_space = n.name_space;
@@ -139,6 +147,9 @@ struct ClusterNode::Impl {
   Counter* sync_commits = nullptr;
   Counter* sync_failures = nullptr;
   Counter* sync_calls = nullptr;
+  Counter* sync_offered = nullptr;
+  Counter* offer_reads = nullptr;
+  Counter* acquire_reads = nullptr;
 
   std::chrono::system_clock::time_point Deadline(uint32_t factor = 1) const {
     return std::chrono::system_clock::now() +
@@ -360,12 +371,31 @@ struct ClusterNode::Impl {
 
     const auto deadline = std::chrono::system_clock::now() +
                           std::chrono::milliseconds(config.cluster.sync_timeout_ms);
+    // Offers (cluster.replicate_offers): a lease here on each object, sent in the Replicate
+    // requests, so the owners read the bytes without calling back for a lease and its release.
+    // Long enough for every round and an owner's read after the last one; released once the
+    // calls returned, or left to expire when one ran out of time (its owner may still read).
+    Offers offers;
+    if (config.cluster.replicate_offers) {
+      offers.leases.resize(names.size());
+      const uint32_t lease_ms = config.cluster.sync_timeout_ms + config.peers.timeout_ms + 1000;
+      offers.taken = Clock::now();
+      for (size_t k = 0; k < names.size(); ++k) {
+        if (first_of[k] != k) continue;
+        // In the arena under the lease (Acquire promotes an object found in a lower tier).
+        Result<storage::Lease> lease = store->Acquire(names[k].storage_key, lease_ms);
+        if (!lease.ok()) continue;  // its owners fetch it as before
+        offers.leases[k] = *lease;
+        sync_offered->Increment();
+      }
+      offers.generation = store->arena_generation();
+    }
     std::vector<size_t> ask(wants.size());
     for (size_t w = 0; w < ask.size(); ++w) ask[w] = w;
     // Rounds: the wants not yet confirmed are asked again after a transient failure (an owner
     // that could not reach this node yet, e.g. its first Hello timed out), until the deadline.
     for (int round = 0; !ask.empty(); ++round) {
-      SyncRound(names, targets, ask, deadline, wants);
+      SyncRound(names, targets, ask, deadline, offers, wants);
       std::vector<size_t> again;
       for (size_t w : ask) {
         if (wants[w].result.code() == absl::StatusCode::kDeadlineExceeded) {
@@ -381,6 +411,13 @@ struct ClusterNode::Impl {
       }
       std::this_thread::sleep_for(pause);
       ask.swap(again);
+    }
+    bool cut_short = false;
+    for (const SyncWant& w : wants) cut_short = cut_short || w.timed_out;
+    if (!cut_short) {
+      for (const storage::Lease& lease : offers.leases) {
+        if (lease.id != 0) (void)store->Release(lease.id);
+      }
     }
     // Outcomes per object, in the order of its owners.
     std::vector<size_t> asked(names.size(), 0), confirmed(names.size(), 0);
@@ -447,7 +484,8 @@ struct ClusterNode::Impl {
   // with `deadline` (so the round ends by then). Stores each want's outcome in wants[w].result.
   void SyncRound(const std::vector<storage::StoredName>& names,
                  const std::vector<std::string>& targets, const std::vector<size_t>& ask,
-                 std::chrono::system_clock::time_point deadline, std::vector<SyncWant>& wants) {
+                 std::chrono::system_clock::time_point deadline, const Offers& offers,
+                 std::vector<SyncWant>& wants) {
     struct Call {
       std::vector<size_t> wants;
       v1::KvStashCluster::Stub* stub = nullptr;
@@ -467,6 +505,21 @@ struct ClusterNode::Impl {
         for (size_t j = start; j < std::min(ws.size(), start + per_call); ++j) {
           call->wants.push_back(ws[j]);
           ToProto(ToObjectName(names[wants[ws[j]].key]), call->req.add_keys());
+        }
+        if (!offers.leases.empty()) {
+          const auto held =
+              std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - offers.taken);
+          for (size_t w : call->wants) {
+            const storage::Lease& lease = offers.leases[wants[w].key];
+            v1::ReplicateOffer* offer = call->req.add_offered();
+            if (lease.id == 0) continue;
+            offer->set_lease_id(lease.id);
+            offer->set_arena_offset(lease.arena_offset);
+            offer->set_arena_generation(offers.generation);
+            ToProto(lease.info, offer->mutable_info());
+            const int64_t left = static_cast<int64_t>(lease.expires_in_ms) - held.count();
+            offer->set_expires_in_ms(static_cast<uint32_t>(std::max<int64_t>(0, left)));
+          }
         }
         call->ctx.set_deadline(deadline);
         remote->AddPeerToken(&call->ctx);
@@ -636,6 +689,9 @@ struct ClusterNode::Impl {
     if (req.replicas_size() != 0 && req.replicas_size() != req.keys_size()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "replicas: one per key, or none");
     }
+    if (req.offered_size() != 0 && req.offered_size() != req.keys_size()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "offered: one per key, or none");
+    }
     if (req.replicas_size() != 0) {
       MutexLock lock(&mu);
       for (int i = 0; i < req.replicas_size(); ++i) {
@@ -655,7 +711,32 @@ struct ClusterNode::Impl {
       }
     }
     if (!missing.empty()) {
-      std::vector<Status> fetched = remote->FetchFrom(req.source(), missing);
+      // The sender's offered leases (synchronous replication): read without calling it back.
+      std::vector<OfferedLease> offers;
+      if (req.offered_size() != 0) {
+        const auto received = Clock::now();
+        for (size_t i : where) {
+          const v1::ReplicateOffer& o = req.offered(static_cast<int>(i));
+          OfferedLease lease;
+          Result<ObjectInfo> info = FromProto(o.info());
+          if (o.lease_id() == 0 || !info.ok()) {
+            offers.push_back(lease);  // none: fetched through Acquire
+            continue;
+          }
+          lease.lease_id = o.lease_id();
+          lease.arena_offset = o.arena_offset();
+          lease.arena_generation = o.arena_generation();
+          lease.info = *info;
+          lease.expires = received + std::chrono::milliseconds(o.expires_in_ms());
+          offers.push_back(lease);
+        }
+      }
+      std::vector<bool> via_offer;
+      std::vector<Status> fetched = remote->FetchFrom(req.source(), missing, offers, &via_offer);
+      for (size_t j = 0; j < fetched.size(); ++j) {
+        if (!fetched[j].ok()) continue;
+        (j < via_offer.size() && via_offer[j] ? offer_reads : acquire_reads)->Increment();
+      }
       for (size_t j = 0; j < fetched.size(); ++j) {
         v1::ItemStatus* item = resp->mutable_results(static_cast<int>(where[j]));
         item->set_code(static_cast<int>(fetched[j].code()));
@@ -841,6 +922,15 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::Create(const ServiceConfig& co
   impl->sync_calls = metrics->GetCounter(
       "kvstash_cluster_sync_replicate_calls_total",
       "Replicate calls sent for synchronous replication (one per owner and batch, retries too)");
+  impl->sync_offered = metrics->GetCounter(
+      "kvstash_cluster_sync_offered_objects_total",
+      "objects whose lease this writer offered its owners in Replicate (replication_mode sync)");
+  impl->offer_reads = metrics->GetCounter(
+      "kvstash_cluster_replicate_offer_reads_total",
+      "objects this owner read for Replicate straight from the sender's offered lease");
+  impl->acquire_reads = metrics->GetCounter(
+      "kvstash_cluster_replicate_acquire_reads_total",
+      "objects this owner pulled for Replicate through Acquire (no usable offer)");
   return std::unique_ptr<ClusterNode>(new ClusterNode(std::move(impl)));
 }
 

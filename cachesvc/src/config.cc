@@ -97,6 +97,7 @@ cluster:
   hot_scan_ms: 5000       # how often the store's hit counts are scanned for hot objects
   replication_mode: async # async | sync (a commit returns once its R owners hold it)
   sync_timeout_ms: 5000   # sync: how long a commit waits for the owners' confirmation
+  replicate_offers: true  # sync: owners read the writer's offered leases (no calls back to it)
 )";
 
 Status Bad(const std::string& where, const std::string& what) {
@@ -324,6 +325,11 @@ Status SetReplicationMode(const std::string& text, const std::string& where, Ser
   return OkStatus();
 }
 
+Status SetReplicateOffers(const std::string& text, const std::string& where, ServiceConfig& c) {
+  KVSTASH_ASSIGN_OR_RETURN(c.cluster.replicate_offers, ReadBool(text, where));
+  return OkStatus();
+}
+
 // The keys whose value is a list (a YAML sequence, or a comma-separated scalar).
 bool IsListKey(const std::string& path) {
   return path == "peers.addresses" || path == "cluster.etcd";
@@ -460,6 +466,10 @@ const std::vector<Field>& Fields() {
       {"cluster.sync_timeout_ms", "--sync-timeout-ms",
        "sync replication: how long a commit waits for the owners, ms",
        ClusterIntField(&ClusterConfig::sync_timeout_ms, 10, 600'000)},
+      {"cluster.replicate_offers", "--replicate-offers",
+       "sync replication: offer the owners leases on the written objects so they read them "
+       "without calling back (false: owners Acquire and Release)",
+       &SetReplicateOffers},
       {"peers.node_id", "--node-id", "this node's name for peers (default <hostname>/<listen>)",
        PeerStringField(&PeerConfig::node_id)},
       {"peers.secret_file", "--peer-secret-file",

@@ -529,11 +529,18 @@ struct RemoteTier::Impl {
     }
   }
 
+  // An object to read from a peer's arena: where it lies there and what it is.
+  struct RemoteObject {
+    size_t index;  // into the caller's names
+    uint64_t peer_lease = 0;
+    uint64_t remote_offset = 0;
+    ObjectInfo info;
+  };
+
   // One batch over UCX: lease on the peer, reserve here, read, check, commit, release. `land`
   // kGpu: the reservations are GPU pool landings, read into straight as CUDA memory.
   void FetchOverUcx(Peer& peer, const Link& link, const std::vector<ObjectName>& names,
                     std::vector<size_t>& remaining, std::vector<Status>& out, storage::Tier land) {
-#ifdef KVSTASH_HAVE_UCX
     const Clock::time_point start = Clock::now();
     grpc::ClientContext ctx;
     PrepareContext(&ctx);
@@ -550,7 +557,7 @@ struct RemoteTier::Impl {
       for (size_t i : remaining) out[i] = PeerUnavailable(peer.address, s);
       return;
     }
-    std::vector<Pending> pending;
+    std::vector<RemoteObject> objects;
     std::vector<uint64_t> to_release;
     bool stale = false;
     for (int r = 0; r < resp.results_size(); ++r) {
@@ -569,61 +576,126 @@ struct RemoteTier::Impl {
         continue;
       }
       Result<ObjectInfo> info = FromProto(result.info());
-      if (!info.ok() || result.arena_offset() > link.arena_bytes ||
-          info->payload_bytes > link.arena_bytes - result.arena_offset()) {
+      if (!info.ok()) {
         peer.failures_bounds->Increment();
         out[i] = absl::InvalidArgumentError(absl::StrCat(
-            "peer ", peer.address, " offered an object outside its arena or with a bad info",
-            info.ok() ? "" : absl::StrCat(": ", info.status().message())));
+            "peer ", peer.address,
+            " offered an object outside its arena or with a bad info: ", info.status().message()));
+        continue;
+      }
+      objects.push_back({i, result.lease_id(), result.arena_offset(), *info});
+    }
+    if (stale) Disconnect(peer);
+    if (!ReadFromArena(peer, link, names, objects, out, land, start)) {
+      return;  // the peer's leases expire on their own
+    }
+    ReleaseRemote(peer, link, to_release);
+  }
+
+  // Reserves `objects` here, reads them from the peer's arena over UCX in one batch, checks and
+  // commits each (their statuses into `out`). False when the read itself failed: the peer is
+  // marked down and every object that was reserved is Unavailable.
+  bool ReadFromArena(Peer& peer, const Link& link, const std::vector<ObjectName>& names,
+                     const std::vector<RemoteObject>& objects, std::vector<Status>& out,
+                     storage::Tier land, Clock::time_point start) {
+#ifdef KVSTASH_HAVE_UCX
+    std::vector<Pending> pending;
+    for (const RemoteObject& o : objects) {
+      if (o.remote_offset > link.arena_bytes ||
+          o.info.payload_bytes > link.arena_bytes - o.remote_offset) {
+        peer.failures_bounds->Increment();
+        out[o.index] = absl::InvalidArgumentError(
+            absl::StrCat("peer ", peer.address, " offered an object outside its arena"));
         continue;
       }
       const uint32_t reservation_ms = config.timeout_ms * 2 + 1000;
+      const size_t i = o.index;
       Result<storage::Reservation> local =
           land == storage::Tier::kCpu
-              ? store->Reserve(ToStoredName(names[i]), *info, reservation_ms, /*overwrite=*/false)
-              : store->ReserveInTier(land, ToStoredName(names[i]), *info, reservation_ms,
+              ? store->Reserve(ToStoredName(names[i]), o.info, reservation_ms, /*overwrite=*/false)
+              : store->ReserveInTier(land, ToStoredName(names[i]), o.info, reservation_ms,
                                      /*overwrite=*/false);
       if (!local.ok()) {
         out[i] =
             local.status().code() == absl::StatusCode::kAlreadyExists ? OkStatus() : local.status();
         continue;
       }
-      pending.push_back({i, result.lease_id(), result.arena_offset(), *info, *local});
+      pending.push_back({i, o.peer_lease, o.remote_offset, o.info, *local});
     }
-    if (stale) Disconnect(peer);
-    if (!pending.empty()) {
-      std::vector<transport::ReadOp> ops;
-      ops.reserve(pending.size());
+    if (pending.empty()) return true;
+    std::vector<transport::ReadOp> ops;
+    ops.reserve(pending.size());
+    for (const Pending& p : pending) {
+      ops.push_back({p.remote_offset, LandingOf(p.local), p.info.payload_bytes});
+    }
+    const Clock::time_point read_start = Clock::now();
+    // Fetch: the peer sends the bytes, zero-copy from its arena, copied once into place here.
+    // Landings in the GPU pool are read (ucp_get into CUDA memory, as transport_gpu_test
+    // covers); the peer-sends path into device memory is untested.
+    Status read = config.ucx_fetch && land == storage::Tier::kCpu
+                      ? transport->Fetch(link.ucx_peer, ops, Deadline())
+                      : transport->Read(link.ucx_peer, ops, Deadline());
+    if (!read.ok()) {
       for (const Pending& p : pending) {
-        ops.push_back({p.remote_offset, LandingOf(p.local), p.info.payload_bytes});
+        (void)store->Abort(p.local.id);
+        out[p.index] = PeerUnavailable(peer.address, read);
       }
-      const Clock::time_point read_start = Clock::now();
-      // Fetch: the peer sends the bytes, zero-copy from its arena, copied once into place here.
-      // Landings in the GPU pool are read (ucp_get into CUDA memory, as transport_gpu_test
-      // covers); the peer-sends path into device memory is untested.
-      Status read = config.ucx_fetch && land == storage::Tier::kCpu
-                        ? transport->Fetch(link.ucx_peer, ops, Deadline())
-                        : transport->Read(link.ucx_peer, ops, Deadline());
-      if (read.ok()) {
-        uint64_t bytes = 0;
-        for (const transport::ReadOp& op : ops) bytes += op.length;
-        MeasureRaw(peer, bytes, Clock::now() - read_start);
-      }
-      if (!read.ok()) {
-        for (const Pending& p : pending) {
-          (void)store->Abort(p.local.id);
-          out[p.index] = PeerUnavailable(peer.address, read);
-        }
-        MarkDown(peer, read);
-        return;  // the peer's leases expire on their own
-      }
-      for (const Pending& p : pending) out[p.index] = Settle(peer, p);
-      peer.fetch_seconds->Observe(std::chrono::duration<double>(Clock::now() - start).count());
+      MarkDown(peer, read);
+      return false;
     }
-    ReleaseRemote(peer, link, to_release);
+    uint64_t bytes = 0;
+    for (const transport::ReadOp& op : ops) bytes += op.length;
+    MeasureRaw(peer, bytes, Clock::now() - read_start);
+    for (const Pending& p : pending) out[p.index] = Settle(peer, p);
+    peer.fetch_seconds->Observe(std::chrono::duration<double>(Clock::now() - start).count());
+    return true;
 #else
-    (void)peer, (void)link, (void)names, (void)remaining, (void)out, (void)land;
+    (void)peer, (void)link, (void)names, (void)objects, (void)out, (void)land, (void)start;
+    return true;
 #endif
+  }
+
+  // The objects of `remaining` whose lease the peer offered (FetchFrom with offers): read from
+  // the offered regions with no Acquire or Release. Settled ones (committed here, or no room
+  // here, or the read failed: the peer is marked down) leave `remaining` and get their flag in
+  // `via_offer` when committed; the rest (no usable offer, or a read that came back corrupt or
+  // out of bounds, e.g. from a lease that ended early) stay for the Acquire path.
+  void FetchOffered(Peer& peer, const std::vector<ObjectName>& names,
+                    const std::vector<OfferedLease>& offers, std::vector<size_t>& remaining,
+                    std::vector<Status>& out, std::vector<bool>& via_offer) {
+#ifdef KVSTASH_HAVE_UCX
+    const bool ucx = transport != nullptr;
+#else
+    const bool ucx = false;
+#endif
+    // Encoded transfers (peers.transfer_encoding) are asked of the peer per request: no offers.
+    if (!ucx || config.transfer_encoding != PeerTransferEncoding::kRaw) return;
+    const Clock::time_point start = Clock::now();
+    Result<Link> link = Connect(peer);
+    if (!link.ok() || !link->ucx) return;  // the Acquire path reconnects or marks it down
+    std::vector<RemoteObject> objects;
+    std::vector<size_t> rest;
+    for (size_t i : remaining) {
+      const OfferedLease& o = offers[i];
+      if (o.lease_id == 0 || o.arena_generation != link->generation ||
+          o.expires - start < std::chrono::milliseconds(config.timeout_ms)) {
+        rest.push_back(i);
+        continue;
+      }
+      objects.push_back({i, o.lease_id, o.arena_offset, o.info});
+    }
+    if (objects.empty()) return;
+    const bool read = ReadFromArena(peer, *link, names, objects, out, storage::Tier::kCpu, start);
+    for (const RemoteObject& o : objects) {
+      const Status& s = out[o.index];
+      if (s.ok()) {
+        via_offer[o.index] = true;
+      } else if (read && s.code() != absl::StatusCode::kResourceExhausted) {
+        rest.push_back(o.index);
+        out[o.index] = absl::NotFoundError("the peer does not hold the object");
+      }
+    }
+    remaining.swap(rest);
   }
 
   // Where a reservation's payload is written: the arena, or the GPU pool (device address).
@@ -1048,6 +1120,27 @@ std::vector<Status> RemoteTier::FetchFrom(const std::string& address,
   peer->down_until_ns = 0;  // asked for explicitly: try it now
   impl_->FetchFromPeer(*peer, names, remaining, out, land);
   impl_->Count(out);
+  return out;
+}
+
+std::vector<Status> RemoteTier::FetchFrom(const std::string& address,
+                                          const std::vector<ObjectName>& names,
+                                          const std::vector<OfferedLease>& offers,
+                                          std::vector<bool>* via_offer) {
+  std::vector<bool> via(names.size(), false);
+  std::shared_ptr<Impl::Peer> peer = impl_->Find(address);
+  if (peer == nullptr || offers.size() != names.size()) {
+    if (via_offer != nullptr) *via_offer = via;
+    return FetchFrom(address, names);
+  }
+  std::vector<Status> out(names.size(), absl::NotFoundError("the peer does not hold the object"));
+  std::vector<size_t> remaining(names.size());
+  for (size_t i = 0; i < names.size(); ++i) remaining[i] = i;
+  peer->down_until_ns = 0;  // asked for explicitly: try it now
+  impl_->FetchOffered(*peer, names, offers, remaining, out, via);
+  if (!remaining.empty()) impl_->FetchFromPeer(*peer, names, remaining, out);
+  impl_->Count(out);
+  if (via_offer != nullptr) *via_offer = std::move(via);
   return out;
 }
 

@@ -23,6 +23,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -57,6 +58,17 @@ bool LocalScopeOnly(const grpc::ServerContext* ctx);
 // True on a thread while it commits an object fetched from a peer (the store's commit observer
 // runs on the committing thread): such copies came from a replica and are not forwarded again.
 bool CommittingFetchedObject();
+
+// A lease a peer holds on one of its objects and offers for this node to read directly
+// (kvstash.v1.ReplicateOffer): the region [arena_offset, arena_offset + info.payload_bytes) of
+// the peer's arena while its generation is arena_generation, until `expires`.
+struct OfferedLease {
+  uint64_t lease_id = 0;  // 0: none
+  uint64_t arena_offset = 0;
+  uint64_t arena_generation = 0;
+  ObjectInfo info;
+  std::chrono::steady_clock::time_point expires{};
+};
 
 class RemoteTier {
  public:
@@ -125,6 +137,16 @@ class RemoteTier {
   // payload's crc32c on commit (a mismatch is DataLoss, counted as corrupt, never served).
   std::vector<Status> FetchFrom(const std::string& address, const std::vector<ObjectName>& names,
                                 storage::Tier land = storage::Tier::kCpu);
+  // FetchFrom into the arena with leases the peer offers (one per name, or empty): an object
+  // whose offer is usable (a lease, the peer reached over UCX at that arena generation, and at
+  // least peers.timeout_ms of the lease left) is read straight from the offered region, checked
+  // and committed, with no Acquire or Release call (the peer releases its own lease). The others,
+  // and offered ones whose read failed for a reason worth another try, go through FetchFrom's
+  // Acquire path. `via_offer` (optional): one flag per name, set for those settled through
+  // their offer.
+  std::vector<Status> FetchFrom(const std::string& address, const std::vector<ObjectName>& names,
+                                const std::vector<OfferedLease>& offers,
+                                std::vector<bool>* via_offer);
 
   // Sends a handoff heartbeat (extend_ms, release false) or release to the peer at `address`;
   // the handoff's new lifetime in ms. FailedPrecondition when `address` is not a peer.

@@ -408,14 +408,29 @@ TEST(Config, BadPeerSettingsAreRefusedWithTheirName) {
   EXPECT_THAT(p.output, ::testing::HasSubstr("--peer-timeout-ms"));
 }
 
+TEST(Config, ReplicateOffersDefaultOnAndParsed) {
+  EXPECT_TRUE(ServiceConfig{}.cluster.replicate_offers);
+  ParsedCommandLine defaults = Parse({});
+  ASSERT_TRUE(defaults.config) << defaults.output;
+  EXPECT_TRUE(defaults.config->cluster.replicate_offers);
+  ParsedCommandLine off = Parse({"--replicate-offers", "false"});
+  ASSERT_TRUE(off.config) << off.output;
+  EXPECT_FALSE(off.config->cluster.replicate_offers);
+  auto yaml = ApplyYaml("cluster:\n  replicate_offers: false\n", ServiceConfig{});
+  ASSERT_OK(yaml);
+  EXPECT_FALSE(yaml->cluster.replicate_offers);
+  EXPECT_THAT(ApplyYaml("cluster:\n  replicate_offers: sometimes\n", ServiceConfig{}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST(Config, CheckConfigOnlyChecks) {
   ParsedCommandLine ok = Parse({"--check-config", "--listen", "127.0.0.1:7000"});
   EXPECT_FALSE(ok.config);
   EXPECT_EQ(ok.exit_code, 0);
   EXPECT_EQ(ok.output, "cachesvc: configuration OK\n");
   // Invalid: exit 1 with the message, from flags or from the file.
-  ParsedCommandLine bad = Parse({"--check-config", "--listen", "unix:///a.sock", "--local-listen",
-                                 "unix:///b.sock"});
+  ParsedCommandLine bad =
+      Parse({"--check-config", "--listen", "unix:///a.sock", "--local-listen", "unix:///b.sock"});
   EXPECT_FALSE(bad.config);
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_THAT(bad.output, HasSubstr("two unix listeners are not supported"));

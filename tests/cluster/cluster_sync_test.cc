@@ -153,7 +153,8 @@ class ClusterSyncTest : public ::testing::Test {
   }
 
   // Node i of cluster `cluster`, R = 2, synchronous replication.
-  void StartNode(int i, int ttl_s, int sync_timeout_ms, const std::string& cluster = "s") {
+  void StartNode(int i, int ttl_s, int sync_timeout_ms, const std::string& cluster = "s",
+                 const std::vector<std::string>& extra = {}) {
     ServiceOptions o;
     o.tcp = true;
     o.metrics = true;
@@ -177,11 +178,19 @@ class ClusterSyncTest : public ::testing::Test {
                     "2000",
                     "--peer-retry-ms",
                     "300"};
+    o.extra_args.insert(o.extra_args.end(), extra.begin(), extra.end());
     ASSERT_OK_AND_ASSIGN(nodes_[i], ServiceProcess::Start(dirs_[i].path(), o));
     ASSERT_OK_AND_ASSIGN(clients_[i], KvClient::Connect(nodes_[i]->target(), StreamClient()));
   }
 
   double Metric(int i, const char* family) { return MetricSum(nodes_[i]->metrics_port(), family); }
+  double MetricOfAll(const char* family) {
+    double sum = 0;
+    for (int i = 0; i < kMaxNodes; ++i) {
+      if (nodes_[i] != nullptr) sum += Metric(i, family);
+    }
+    return sum;
+  }
 
   // Until every started node but `skip` counts `n` live members.
   bool AllSee(int n, std::chrono::milliseconds limit, int skip = -1) {
@@ -312,6 +321,53 @@ TEST_F(ClusterSyncTest, CommitManyReplicatesItsObjectsTogetherAndKillingTheWrite
   nodes_[kWriter]->Kill();
   for (int node : {0, 1}) {
     for (const Object& o : batch) ASSERT_NO_FATAL_FAILURE(ExpectReadable(node, o));
+  }
+}
+
+// The writer offers its owners leases on the objects (ReplicateRequest.offered): the owners read
+// the bytes straight from its arena and never call back for a lease (Acquire) or its release.
+// With --replicate-offers false they fetch as before, through Acquire. Counted on the owners.
+class ClusterSyncOfferTest : public ClusterSyncTest, public ::testing::WithParamInterface<bool> {};
+
+INSTANTIATE_TEST_SUITE_P(Offers, ClusterSyncOfferTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& p) {
+                           return p.param ? "Offered" : "NotOffered";
+                         });
+
+TEST_P(ClusterSyncOfferTest, OwnersReadOfferedLeasesWithoutCallingBack) {
+  const bool offers = GetParam();
+  for (int i = 0; i < kMaxNodes; ++i) {
+    ASSERT_NO_FATAL_FAILURE(
+        StartNode(i, 10, 5000, "o", {"--replicate-offers", offers ? "true" : "false"}));
+  }
+  ASSERT_TRUE(AllSee(kMaxNodes, 15s)) << "nodes did not see each other";
+  constexpr int kWriter = 2;
+  constexpr int kObjects = 12;
+  std::vector<Object> written;
+  for (uint64_t i = 0; i < kObjects; ++i) {
+    written.push_back(MakeObject(700 + i));
+    ASSERT_OK(
+        clients_[kWriter]->Put(written.back().name, written.back().info, written.back().payload));
+  }
+  EXPECT_EQ(Metric(kWriter, "kvstash_cluster_sync_commits_total"), kObjects);
+  // R = 2 of 3 nodes: every object has one or two owners besides the writer, each of which
+  // read it once; nothing else replicated (no failure, no loss, no hot keys).
+  const double offered = MetricOfAll("kvstash_cluster_replicate_offer_reads_total");
+  const double acquired = MetricOfAll("kvstash_cluster_replicate_acquire_reads_total");
+  std::printf("replicate reads: %.0f through offers, %.0f through Acquire\n", offered, acquired);
+  if (offers) {
+    EXPECT_EQ(Metric(kWriter, "kvstash_cluster_sync_offered_objects_total"), kObjects);
+    EXPECT_GE(offered, kObjects);
+    EXPECT_EQ(acquired, 0);
+  } else {
+    EXPECT_EQ(Metric(kWriter, "kvstash_cluster_sync_offered_objects_total"), 0);
+    EXPECT_EQ(offered, 0);
+    EXPECT_GE(acquired, kObjects);
+  }
+  // Either way the owners hold every object: readable byte for byte with the writer gone.
+  nodes_[kWriter]->Kill();
+  for (int node : {0, 1}) {
+    for (const Object& o : written) ASSERT_NO_FATAL_FAILURE(ExpectReadable(node, o));
   }
 }
 

@@ -138,6 +138,11 @@ struct ClusterConfig {
   // config is read.
   ReplicationMode replication_mode = ReplicationMode::kAsync;
   uint32_t sync_timeout_ms = 5000;
+  // sync: the writer leases each object in its own arena and offers the leases in its Replicate
+  // requests, so the owners read the bytes directly (no Acquire and Release calls back to the
+  // writer); an owner without a usable offer (expired, another arena generation, no UCX, encoded
+  // peer transfers) fetches as before. false: never offer (the previous protocol).
+  bool replicate_offers = true;
 };
 
 struct ServiceConfig {
