@@ -172,8 +172,11 @@ class StalledGet {
 // service's stream deadline, and the lease is released, not left to expire.
 TEST(RawStreamTest, GetWhoseReaderStopsIsCancelledAtTheDeadlineAndReleasesItsLease) {
   StalledGet stalled;
-  ASSERT_NO_FATAL_FAILURE(stalled.Start({"--stream-timeout-ms", "2000"}));
-  // The lease goes once the service gives up on the call (about 2 s in).
+  // The deadline counts from the call's start and must leave room for the first 1 MiB reply
+  // to reach the reader: 2 s was not enough once under ASan on a 2-core VM at load 10 (the
+  // first Read failed). 6 s costs the test 4 s.
+  ASSERT_NO_FATAL_FAILURE(stalled.Start({"--stream-timeout-ms", "6000"}));
+  // The lease goes once the service gives up on the call (about 6 s in).
   uint64_t leases = 1;
   for (int i = 0; i < 600 && leases != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
