@@ -35,10 +35,12 @@ size_t DecodeThreads(size_t requested) {
 CacheGenTierCodec::CacheGenTierCodec(TierEncoding config, size_t decode_threads)
     : config_(config), pool_(std::make_unique<ThreadPool>(DecodeThreads(decode_threads))) {}
 
-std::string CacheGenTierCodec::name() const {
-  if (config_.encoding == Encoding::kRaw) return "raw";
-  return absl::StrCat(config_.kvq ? "kvq-l" : "cachegen-l", config_.level);
+std::string TierEncodingName(const TierEncoding& config) {
+  if (config.encoding == Encoding::kRaw) return "raw";
+  return absl::StrCat(config.kvq ? "kvq-l" : "cachegen-l", config.level);
 }
+
+std::string CacheGenTierCodec::name() const { return TierEncodingName(config_); }
 
 Result<std::optional<storage::TierCodec::Encoded>> CacheGenTierCodec::EncodeForTier(
     const ObjectInfo& info, std::span<const uint8_t> payload) {

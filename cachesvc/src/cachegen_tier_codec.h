@@ -28,6 +28,9 @@
 
 namespace kvstash::cachesvc {
 
+// "raw", "cachegen-l2" or "kvq-l3": what a codec with this configuration writes.
+std::string TierEncodingName(const TierEncoding& config);
+
 class CacheGenTierCodec final : public storage::TierCodec {
  public:
   // decode_threads 0: min(hardware threads, 8).

@@ -58,8 +58,9 @@ storage:
   gpu_device: 0           # CUDA device of the GPU pool
 tiers:
   ssd:
-    encoding: raw         # raw | cachegen (lossy; decoded on promotion to the CPU tier)
-    level: 2              # CacheGen level 1..3 when encoding is cachegen
+    encoding: raw         # raw | cachegen | kvq (lossy; decoded on promotion) | auto
+    level: 2              # CacheGen level 1..3 when encoding is cachegen (auto: the floor)
+    read_mbps: 0          # auto: SSD read rate in Mbit/s; 0 measures it at start-up
   transfer:
     encoding: cachegen    # raw | cachegen: offered to streaming Gets that accept it (lossy)
     level: 2              # used when the client asks for no level
@@ -219,6 +220,25 @@ Setter TierEncodingField(TierEncoding ServiceConfig::*field) {
     } else {
       return Bad(where, absl::StrCat("unknown encoding '", text, "' (raw, cachegen or kvq)"));
     }
+    return OkStatus();
+  };
+}
+
+// The SSD tier also takes "auto" (TierEncoding::choose): chosen at start-up by measurement.
+Setter SsdEncodingField() {
+  const Setter plain = TierEncodingField(&ServiceConfig::ssd_encoding);
+  return [=](const std::string& text, const std::string& where, ServiceConfig& c) -> Status {
+    if (text == "auto") {
+      c.ssd_encoding.encoding = Encoding::kRaw;
+      c.ssd_encoding.kvq = false;
+      c.ssd_encoding.choose = true;
+      return OkStatus();
+    }
+    Status s = plain(text, where, c);
+    if (!s.ok()) {
+      return Bad(where, absl::StrCat("unknown encoding '", text, "' (raw, cachegen, kvq or auto)"));
+    }
+    c.ssd_encoding.choose = false;
     return OkStatus();
   };
 }
@@ -422,10 +442,14 @@ const std::vector<Field>& Fields() {
       {"storage.gpu_device", "--gpu-device", "CUDA device ordinal of the GPU pool",
        IntField(&ServiceConfig::gpu_device, 0, 1023)},
       {"tiers.ssd.encoding", "--ssd-encoding",
-       "SSD tier encoding: raw | cachegen | kvq (both lossy, decoded on promotion)",
-       TierEncodingField(&ServiceConfig::ssd_encoding)},
+       "SSD tier encoding: raw | cachegen | kvq (both lossy, decoded on promotion) | auto "
+       "(chosen at start-up from the SSD read rate and the codecs' measured speeds and ratios)",
+       SsdEncodingField()},
       {"tiers.ssd.level", "--ssd-encoding-level", "CacheGen or KVQ level 1..3 of the SSD tier",
        TierLevelField(&ServiceConfig::ssd_encoding)},
+      {"tiers.ssd.read_mbps", "--ssd-read-mbps",
+       "SSD read rate in Mbit/s for --ssd-encoding auto (0: measured at start-up)",
+       IntField(&ServiceConfig::ssd_read_mbps, 0, 10'000'000)},
       {"tiers.transfer.encoding", "--transfer-encoding",
        "streaming Get encoding for clients that accept it: raw | cachegen | kvq (lossy)",
        TierEncodingField(&ServiceConfig::transfer_encoding)},
@@ -688,9 +712,16 @@ Status ValidateConfig(const ServiceConfig& c) {
   if (c.store.cpu_capacity_bytes < (1ull << 20)) {
     return Bad("storage.cpu_capacity", "must be at least 1MiB");
   }
-  if (c.ssd_encoding.encoding != Encoding::kRaw && c.store.ssd_capacity_bytes == 0) {
+  if ((c.ssd_encoding.encoding != Encoding::kRaw || c.ssd_encoding.choose) &&
+      c.store.ssd_capacity_bytes == 0) {
     return Bad("tiers.ssd.encoding",
                "is set but the SSD tier is disabled (storage.ssd_capacity 0)");
+  }
+  if (c.ssd_read_mbps != 0 && !c.ssd_encoding.choose) {
+    return Bad("tiers.ssd.read_mbps", "is used only with tiers.ssd.encoding auto");
+  }
+  if (c.transfer_encoding.choose) {
+    return Bad("tiers.transfer.encoding", "auto is an SSD tier encoding only");
   }
   if (c.store.low_watermark >= c.store.high_watermark) {
     return Bad("storage.low_watermark", "must be below storage.high_watermark");

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "arena_socket.h"
@@ -29,6 +31,7 @@
 #include "metrics_http.h"
 #include "remote_tier.h"
 #include "rpc_metrics.h"
+#include "ssd_encoding_choice.h"
 #include "tls.h"
 
 namespace kvstash::cachesvc {
@@ -130,7 +133,13 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   if (config.tls.enabled()) {
     KVSTASH_ASSIGN_OR_RETURN(impl->tls, TlsMaterial::Create(config.tls));
   }
-  impl->ssd_codec = std::make_unique<CacheGenTierCodec>(config.ssd_encoding);
+  // --ssd-encoding auto measures here, before the store opens its SSD tier; the calibration
+  // decodes on as many threads as the tier codec's pool.
+  const size_t ssd_decode_threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8);
+  KVSTASH_ASSIGN_OR_RETURN(impl->config.ssd_encoding,
+                           ResolveSsdEncoding(config, ssd_decode_threads, &impl->registry));
+  impl->ssd_codec =
+      std::make_unique<CacheGenTierCodec>(impl->config.ssd_encoding, ssd_decode_threads);
   impl->config.store.ssd_codec = impl->ssd_codec.get();
   if (!config.cluster.etcd.empty()) {
     Impl* hook_owner = impl.get();

@@ -187,6 +187,75 @@ TEST(Config, KvqIsAnSsdTierAndATransferEncoding) {
               HasSubstr("--transfer-encoding: unknown encoding 'zstd' (raw, cachegen or kvq)"));
 }
 
+TEST(Config, SsdEncodingAutoIsChosenAtStartUpWithAnOptionalReadRate) {
+  ParsedCommandLine defaults = Parse({});
+  ASSERT_TRUE(defaults.config) << defaults.output;
+  EXPECT_FALSE(defaults.config->ssd_encoding.choose);
+  EXPECT_EQ(defaults.config->ssd_read_mbps, 0u);
+
+  ParsedCommandLine p = Parse({"--ssd-encoding", "auto", "--ssd-encoding-level", "3"});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_TRUE(p.config->ssd_encoding.choose);
+  // Until the service chooses, nothing is encoded; the level is the quality floor.
+  EXPECT_EQ(p.config->ssd_encoding.encoding, Encoding::kRaw);
+  EXPECT_FALSE(p.config->ssd_encoding.kvq);
+  EXPECT_EQ(p.config->ssd_encoding.level, 3);
+  EXPECT_EQ(p.config->ssd_read_mbps, 0u);  // measured at start-up
+
+  auto yaml =
+      ApplyYaml("tiers:\n  ssd:\n    encoding: auto\n    read_mbps: 4000\n", ServiceConfig{});
+  ASSERT_OK(yaml);
+  EXPECT_TRUE(yaml->ssd_encoding.choose);
+  EXPECT_EQ(yaml->ssd_read_mbps, 4000u);
+
+  // A later concrete encoding replaces auto (flags override the file).
+  std::string path = WriteTemp("tiers:\n  ssd:\n    encoding: auto\n");
+  p = Parse({"--config", path, "--ssd-encoding", "kvq"});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_FALSE(p.config->ssd_encoding.choose);
+  EXPECT_TRUE(p.config->ssd_encoding.kvq);
+  p = Parse({"--config", path, "--ssd-read-mbps", "800"});
+  ASSERT_TRUE(p.config) << p.output;
+  EXPECT_TRUE(p.config->ssd_encoding.choose);
+  EXPECT_EQ(p.config->ssd_read_mbps, 800u);
+  std::filesystem::remove(path);
+}
+
+TEST(Config, SsdEncodingAutoRefusesBadValues) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string expect;
+  };
+  const std::vector<Case> cases = {
+      {{"--ssd-encoding", "fastest"},
+       "--ssd-encoding: unknown encoding 'fastest' (raw, cachegen, kvq or auto)"},
+      {{"--ssd-encoding", "auto", "--ssd-read-mbps", "-1"}, "--ssd-read-mbps"},
+      {{"--ssd-encoding", "auto", "--ssd-read-mbps", "fast"}, "--ssd-read-mbps"},
+      {{"--ssd-encoding", "auto", "--ssd-read-mbps", "10000001"}, "--ssd-read-mbps"},
+      {{"--ssd-read-mbps", "4000"},
+       "tiers.ssd.read_mbps: is used only with tiers.ssd.encoding auto"},
+      {{"--ssd-encoding", "cachegen", "--ssd-read-mbps", "4000"},
+       "tiers.ssd.read_mbps: is used only with tiers.ssd.encoding auto"},
+      {{"--ssd-encoding", "auto", "--ssd-capacity", "0"},
+       "tiers.ssd.encoding: is set but the SSD tier is disabled"},
+      {{"--ssd-encoding", "auto", "--ssd-encoding-level", "4"},
+       "--ssd-encoding-level: '4' is not a CacheGen level"},
+      // auto is the SSD tier's; streaming Gets keep their configured encoding.
+      {{"--transfer-encoding", "auto"},
+       "--transfer-encoding: unknown encoding 'auto' (raw, cachegen or kvq)"},
+  };
+  for (const Case& c : cases) {
+    ParsedCommandLine p = Parse(c.args);
+    EXPECT_FALSE(p.config) << c.expect;
+    EXPECT_EQ(p.exit_code, 2) << c.expect;
+    EXPECT_THAT(p.output, HasSubstr(c.expect));
+  }
+  auto yaml =
+      ApplyYaml("tiers:\n  ssd:\n    encoding: auto\n    read_mbps: lots\n", ServiceConfig{});
+  ASSERT_THAT(yaml, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(std::string(yaml.status().message()), HasSubstr("tiers.ssd.read_mbps"));
+}
+
 TEST(Config, PeerTransferEncodingIsRawUnlessAsked) {
   ParsedCommandLine defaults = Parse({});
   ASSERT_TRUE(defaults.config) << defaults.output;
@@ -292,8 +361,9 @@ TEST(Config, SsdTierEncodingBadValuesGiveClearErrors) {
 
   auto zstd = ApplyYaml("tiers:\n  ssd:\n    encoding: zstd\n", ServiceConfig{});
   ASSERT_THAT(zstd, StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(std::string(zstd.status().message()),
-              HasSubstr("tiers.ssd.encoding: unknown encoding 'zstd' (raw, cachegen or kvq)"));
+  EXPECT_THAT(
+      std::string(zstd.status().message()),
+      HasSubstr("tiers.ssd.encoding: unknown encoding 'zstd' (raw, cachegen, kvq or auto)"));
 
   auto remote = ApplyYaml("tiers:\n  remote:\n    encoding: cachegen\n", ServiceConfig{});
   ASSERT_THAT(remote, StatusIs(absl::StatusCode::kInvalidArgument));

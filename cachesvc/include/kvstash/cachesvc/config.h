@@ -26,6 +26,12 @@ struct TierEncoding {
   // keep encoding cachegen ("a codec container"); decoders (the SSD tier's, KvClient's, a peer's)
   // tell the two apart by the container's magic.
   bool kvq = false;
+  // tiers.ssd only ("auto"): the service chooses encoding, kvq and level at start-up by
+  // measurement (cachesvc/src/ssd_encoding_choice.h): raw, CacheGen at `level` (the quality floor)
+  // or a KVQ level 1..3 at least as exact on the calibration sample, whichever codec_choice's
+  // kStored cost model says loads fastest at the SSD tier's read rate. Parsed as encoding raw until
+  // then.
+  bool choose = false;
 };
 
 // What fetches from peers carry (PeerConfig::transfer_encoding, --peer-transfer-encoding).
@@ -202,6 +208,10 @@ struct ServiceConfig {
   // tiers.ssd: encoding of the SSD tier. The service installs a CacheGen TierCodec either way,
   // so SSD copies that an earlier run wrote encoded stay readable under `raw`.
   TierEncoding ssd_encoding;
+  // tiers.ssd.read_mbps: the SSD tier's read rate in Mbit/s for tiers.ssd.encoding auto (0: the
+  // service measures it at start-up with a short O_DIRECT read in storage.data_dir/ssd). Only
+  // meaningful with auto; ValidateConfig refuses it otherwise.
+  uint32_t ssd_read_mbps = 0;
   // GPU pool tier (docs/storage.md "GPU pool tier"): this many bytes of CUDA device gpu_device's
   // memory as the store's last lower tier, registered with UCX when UCX supports CUDA memory.
   // 0: none. Without a CUDA driver or that device, start-up fails with FailedPrecondition.
