@@ -7,6 +7,11 @@
 // driver shows what the service adds (index, verification, arena).
 //
 //   tier_load --chunks 8 --reps 3 --dir /path/on/ssd [--dump context.kvo] [--json out.json]
+//
+// --read-mbps R simulates a slower device: each promotion first sleeps for the chunk's bytes on
+// SSD (the tier's average) / R, then reads for real; --auto compares raw only with what
+// `cachesvc --ssd-encoding auto --ssd-read-mbps R` chooses on this host (the service's own
+// calibration, cachesvc/src/ssd_encoding_choice.h).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -16,6 +21,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "CLI/CLI.hpp"
@@ -24,6 +30,7 @@
 #include "kvstash/common/crc32c.h"
 #include "kvstash/common/half.h"
 #include "kvstash/storage/object_store.h"
+#include "ssd_encoding_choice.h"
 
 namespace kvstash::bench {
 namespace {
@@ -61,7 +68,7 @@ void AddErrors(const std::vector<uint8_t>& a, const uint8_t* b, size_t n, ErrorS
 }
 
 Result<json> Measure(const std::vector<KvChunk>& chunks, cachesvc::TierEncoding encoding,
-                     const std::string& dir, int reps, size_t decode_threads) {
+                     const std::string& dir, int reps, size_t decode_threads, uint32_t read_mbps) {
   std::filesystem::remove_all(dir);
   cachesvc::CacheGenTierCodec codec(encoding, decode_threads);
   storage::StoreOptions o;
@@ -71,6 +78,7 @@ Result<json> Measure(const std::vector<KvChunk>& chunks, cachesvc::TierEncoding 
   o.cpu_capacity_bytes = std::max<uint64_t>(raw_bytes * 2, 64ull << 20);
   o.ssd_capacity_bytes = raw_bytes * 4;
   o.ssd_codec = &codec;
+  double stored_per_chunk = 0;  // bytes on SSD, the tier's average
   {
     KVSTASH_ASSIGN_OR_RETURN(auto store, storage::ObjectStore::Open(o));
     for (size_t i = 0; i < chunks.size(); ++i) {
@@ -83,8 +91,15 @@ Result<json> Measure(const std::vector<KvChunk>& chunks, cachesvc::TierEncoding 
       std::memcpy(store->arena_base() + r.arena_offset, chunks[i].kv.data(), chunks[i].kv.size());
       KVSTASH_RETURN_IF_ERROR(store->Commit(r.id, info.payload_crc32c, /*durable=*/true));
     }
+    for (const auto& t : store->Stats().tiers) {
+      if (t.tier == storage::Tier::kSsd) {
+        stored_per_chunk = static_cast<double>(t.used_bytes) / static_cast<double>(chunks.size());
+      }
+    }
     KVSTASH_RETURN_IF_ERROR(store->Close());
   }
+  const auto simulated_read = std::chrono::duration<double>(
+      read_mbps > 0 ? stored_per_chunk * 8 / (static_cast<double>(read_mbps) * 1e6) : 0.0);
   std::vector<double> per_chunk_ms;
   ErrorStats errors;
   uint64_t ssd_used = 0, ssd_logical = 0, checksum_failures = 0;
@@ -92,6 +107,7 @@ Result<json> Measure(const std::vector<KvChunk>& chunks, cachesvc::TierEncoding 
     KVSTASH_ASSIGN_OR_RETURN(auto store, storage::ObjectStore::Open(o));  // CPU tier empty
     for (size_t i = 0; i < chunks.size(); ++i) {
       auto start = std::chrono::steady_clock::now();
+      if (read_mbps > 0) std::this_thread::sleep_for(simulated_read);
       KVSTASH_ASSIGN_OR_RETURN(storage::Lease lease, store->Acquire(NameOf(i).storage_key, 0));
       double ms =
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
@@ -128,7 +144,8 @@ Result<json> Measure(const std::vector<KvChunk>& chunks, cachesvc::TierEncoding 
               {"max_abs_error", errors.max_abs},
               {"max_abs_value", errors.max_abs_value},
               {"checksum_failures", checksum_failures},
-              {"samples", per_chunk_ms.size()}};
+              {"samples", per_chunk_ms.size()},
+              {"simulated_read_mbps", read_mbps}};
 }
 
 int Run(int argc, char** argv) {
@@ -138,6 +155,8 @@ int Run(int argc, char** argv) {
   std::string dir = "tier_load.tmp", dump, out;
   std::vector<int> levels = {1, 2, 3};
   std::vector<int> kvq_levels;
+  uint32_t read_mbps = 0;
+  bool auto_choice = false;
   app.add_option("--chunks", chunks, "chunks of SmolLM2-135M shape (synthetic unless --dump)");
   app.add_option("--tokens", tokens, "tokens per chunk");
   app.add_option("--reps", reps, "reopen + read passes");
@@ -148,6 +167,11 @@ int Run(int argc, char** argv) {
   app.add_option("--dir", dir, "data directory (put it on the disk to test)");
   app.add_option("--dump", dump, "raw KV dump (object file) to cut chunks from, e.g. real KV");
   app.add_option("--json", out, "write the results here");
+  app.add_option("--read-mbps", read_mbps,
+                 "simulated SSD read rate, Mbit/s: each promotion first sleeps (bytes on SSD) / "
+                 "rate (0: the disk as it is)");
+  app.add_flag("--auto", auto_choice,
+               "compare raw with what --ssd-encoding auto chooses at --read-mbps on this host");
   CLI11_PARSE(app, argc, argv);
 
   std::vector<KvChunk> set;
@@ -175,13 +199,35 @@ int Run(int argc, char** argv) {
   std::vector<cachesvc::TierEncoding> configs = {cachesvc::TierEncoding{}};
   for (int l : levels) configs.push_back(cachesvc::TierEncoding{Encoding::kCacheGen, l});
   for (int l : kvq_levels) configs.push_back(cachesvc::TierEncoding{Encoding::kCacheGen, l, true});
+  std::string auto_log;
+  if (auto_choice) {
+    if (read_mbps == 0) {
+      std::fprintf(stderr, "tier_load: --auto needs --read-mbps\n");
+      return 1;
+    }
+    cachesvc::ServiceConfig sc;
+    sc.ssd_encoding.choose = true;
+    sc.ssd_read_mbps = read_mbps;
+    const size_t decode_threads =
+        threads > 0 ? threads : std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8);
+    auto choice = cachesvc::ChooseSsdEncoding(sc, decode_threads);
+    if (!choice.ok()) {
+      std::fprintf(stderr, "tier_load: %s\n", choice.status().ToString().c_str());
+      return 1;
+    }
+    auto_log = cachesvc::DescribeCodecCandidates(choice->candidates, codec::CostModel::kStored);
+    std::printf("auto at %u Mbit/s chooses %s; candidates %s\n", read_mbps,
+                cachesvc::TierEncodingName(choice->encoding).c_str(), auto_log.c_str());
+    configs = {cachesvc::TierEncoding{}};
+    if (choice->encoding.encoding != Encoding::kRaw) configs.push_back(choice->encoding);
+  }
   std::printf("%zu chunks of %.2f MB (%s), %d reps, median per-chunk promotion\n", set.size(),
               set[0].kv.size() / 1e6, source.c_str(), reps);
   std::printf("%-14s %10s %8s %12s %10s %12s %10s\n", "ssd encoding", "SSD MB", "ratio",
               "promote ms", "vs raw", "max |err|", "max |x|");
   double raw_ms = 0;
   for (const auto& c : configs) {
-    auto r = Measure(set, c, dir, reps, threads);
+    auto r = Measure(set, c, dir, reps, threads, read_mbps);
     if (!r.ok()) {
       std::fprintf(stderr, "tier_load: %s\n", r.status().ToString().c_str());
       return 1;
@@ -197,6 +243,7 @@ int Run(int argc, char** argv) {
   }
   if (!out.empty()) {
     json root = {{"source", source}, {"reps", reps}, {"results", results}};
+    if (auto_choice) root["auto_candidates"] = auto_log;
     std::ofstream(out) << root.dump(2) << "\n";
   }
   return 0;
