@@ -88,36 +88,24 @@ TieredStore::TieredStore(const StoreOptions& options)
 Status TieredStore::Init(std::vector<std::unique_ptr<StorageTier>> more_lower) {
   std::vector<uint64_t> segment_bytes = {options_.cpu_capacity_bytes};
   for (const TenantArenaOptions& t : options_.tenant_arenas) segment_bytes.push_back(t.bytes);
-  KVSTASH_ASSIGN_OR_RETURN(arena_, Arena::Create(segment_bytes, options_.prefault_arena));
+  KVSTASH_ASSIGN_OR_RETURN(arena_, Arena::Create(segment_bytes, options_.prefault_arena,
+                                                 options_.tenant_arena_reserve_bytes));
   MetricsRegistry* registry = options_.metrics != nullptr ? options_.metrics : metrics_.owned.get();
-  {
-    MutexLock lock(&cpu_policy_mu_);
-    for (size_t i = 0; i < arena_->segment_count(); ++i) {
-      Zone zone;
-      if (i > 0) zone.name_space = options_.tenant_arenas[i - 1].name_space;
-      zone.offset = arena_->segment(i).offset;
-      zone.capacity_bytes = arena_->segment(i).bytes;
-      const std::string label = i == 0 ? std::string("shared") : "tenant:" + zone.name_space;
-      zone.used_bytes = registry->GetGauge(
-          "kvstash_storage_arena_used_bytes",
-          "Bytes allocated in each arena of the CPU tier (shared, or one tenant's)",
-          {{"arena", label}});
-      registry
-          ->GetGauge("kvstash_storage_arena_capacity_bytes",
-                     "Capacity of each arena of the CPU tier (shared, or one tenant's)",
-                     {{"arena", label}})
-          ->Set(static_cast<double>(zone.capacity_bytes));
-      zone.used_bytes->Set(0);
-      if (i > 0) zone_of_namespace_[zone.name_space] = i;
-      zones_.push_back(std::move(zone));
-      KVSTASH_ASSIGN_OR_RETURN(std::unique_ptr<EvictionPolicy> policy,
-                               MakeEvictionPolicy(options_.cpu_eviction_policy));
-      cpu_policies_.push_back(std::move(policy));
-    }
+  arena_spare_bytes_ =
+      registry->GetGauge("kvstash_storage_arena_spare_bytes",
+                         "Address space left for tenant arenas added while the store runs");
+  arena_spare_bytes_->Set(static_cast<double>(arena_->reserved_bytes() - arena_->bytes()));
+  auto table = std::make_unique<ZoneTable>();
+  for (size_t i = 0; i < arena_->segment_count(); ++i) {
+    const std::string name_space = i > 0 ? options_.tenant_arenas[i - 1].name_space : "";
+    KVSTASH_ASSIGN_OR_RETURN(Zone zone, MakeZone(name_space, arena_->segment(i)));
+    if (i > 0) table->of_namespace[zone.name_space] = i;
+    table->zones.push_back(std::move(zone));
   }
+  zone_table_.store(table.get(), std::memory_order_release);
   {
-    MutexLock lock(&arena_mu_);
-    for (const Zone& zone : zones_) allocators_.emplace_back(zone.capacity_bytes);
+    MutexLock lock(&zone_add_mu_);
+    tables_.push_back(std::move(table));
   }
   metrics_.cpu.capacity_bytes->Set(static_cast<double>(arena_->bytes()));
   metrics_.cpu.used_bytes->Set(0);
@@ -192,12 +180,15 @@ void TieredStore::UpdatePoliciesLocked(Shard& shard, ObjectRec& rec) {
   bool cpu_evictable = rec.visible && rec.in_cpu && rec.pins == 0 && rec.leases == 0 &&
                        rec.io_refs == 0 && rec.promotion == nullptr;
   if (cpu_evictable != rec.in_cpu_policy) {
-    const size_t zone = ZoneFor(rec.name.name_space);
+    // The policy of the zone its bytes are in, which is its namespace's unless the namespace got
+    // an arena (AddTenantArena) after these bytes were placed in the shared one; removal asks the
+    // policy the rec was inserted into.
+    if (cpu_evictable) rec.cpu_policy_zone = static_cast<uint32_t>(ZoneOfOffset(rec.arena_offset));
     MutexLock lock(&cpu_policy_mu_);
     if (cpu_evictable) {
-      cpu_policies_[zone]->OnInsert(MetaFor(rec, rec.extent_bytes));
+      cpu_policies_[rec.cpu_policy_zone]->OnInsert(MetaFor(rec, rec.extent_bytes));
     } else {
-      cpu_policies_[zone]->OnRemove(rec.name.storage_key);
+      cpu_policies_[rec.cpu_policy_zone]->OnRemove(rec.name.storage_key);
     }
     rec.in_cpu_policy = cpu_evictable;
   }
@@ -310,31 +301,6 @@ void TieredStore::ReleaseLeaseRef(const std::shared_ptr<ObjectRec>& rec) {
 // ---------------------------------------------------------------------------------------------
 // Arena
 
-ArenaSegment TieredStore::arena_segment(const std::string& name_space) const {
-  const size_t zone = ZoneFor(name_space);
-  const Arena::Segment& seg = arena_->segment(zone);
-  ArenaSegment out;
-  out.index = static_cast<uint32_t>(zone);
-  out.name_space = zones_[zone].name_space;
-  out.fd = seg.fd;
-  out.read_only_fd = seg.read_only_fd;
-  out.offset = seg.offset;
-  out.bytes = seg.bytes;
-  return out;
-}
-
-size_t TieredStore::ZoneFor(const std::string& name_space) const {
-  if (zone_of_namespace_.empty()) return 0;
-  auto it = zone_of_namespace_.find(name_space);
-  return it == zone_of_namespace_.end() ? 0 : it->second;
-}
-
-size_t TieredStore::ZoneOfOffset(uint64_t offset) const {
-  size_t zone = 0;
-  while (zone + 1 < zones_.size() && zones_[zone + 1].offset <= offset) ++zone;
-  return zone;
-}
-
 uint64_t TieredStore::ArenaUsedLocked() const {
   uint64_t used = 0;
   for (const PageAllocator& a : allocators_) used += a.used_bytes();
@@ -342,7 +308,7 @@ uint64_t TieredStore::ArenaUsedLocked() const {
 }
 
 void TieredStore::SetArenaUsedLocked(size_t zone) {
-  zones_[zone].used_bytes->Set(static_cast<double>(allocators_[zone].used_bytes()));
+  Zones().zones[zone].used_bytes->Set(static_cast<double>(allocators_[zone].used_bytes()));
   metrics_.cpu.used_bytes->Set(static_cast<double>(ArenaUsedLocked()));
 }
 
@@ -355,7 +321,7 @@ void TieredStore::FreeExtent(uint64_t offset) {
   const size_t zone = ZoneOfOffset(offset);
   {
     MutexLock lock(&arena_mu_);
-    Status s = allocators_[zone].Free(offset - zones_[zone].offset);
+    Status s = allocators_[zone].Free(offset - Zones().zones[zone].offset);
     if (!s.ok()) spdlog::error("kvstash storage: arena free: {}", s.ToString());
     SetArenaUsedLocked(zone);
     ++arena_epoch_;
@@ -378,7 +344,7 @@ bool TieredStore::ZoneAboveHigh(size_t zone) {
 
 Result<PageAllocator::Extent> TieredStore::AllocateArena(uint64_t bytes, size_t zone) {
   uint64_t rounded = PageAllocator::RoundUp(bytes);
-  const Zone& z = zones_[zone];
+  const Zone& z = Zones().zones[zone];  // tables live as long as the store
   const std::string which =
       zone == 0 ? std::string("the arena") : "the arena of tenant '" + z.name_space + "'";
   if (rounded > z.capacity_bytes) {
@@ -1062,7 +1028,8 @@ void TieredStore::EvictorLoop() {
     if (bg_stop_) break;
     bg_mu_.Unlock();
     // Each arena (shared, or a tenant's) by its own watermarks, from its own objects.
-    for (size_t zone = 0; zone < zones_.size(); ++zone) {
+    const size_t zones = Zones().zones.size();
+    for (size_t zone = 0; zone < zones; ++zone) {
       if (!ZoneAboveHigh(zone)) continue;
       // Demotions free their bytes later; count them so one pass does not demote everything.
       uint64_t demoting = 0;

@@ -8,6 +8,7 @@
 // Lock order (never acquire leftwards while holding rightwards):
 //   close_mu_ (shared) -> shard.mu -> {arena_mu_, cpu_policy_mu_, LowerTier::policy_mu,
 //   lease_mu_, res_mu_, write_mu_, check_mu_}
+//   close_mu_ (shared) -> zone_add_mu_ -> {arena_mu_, cpu_policy_mu_} (AddTenantArena)
 // The policy, arena, lease, reservation and write-queue mutexes are leaves. Slow work (crc32c,
 // SSD I/O, synced index writes) runs with no lock held.
 //
@@ -109,6 +110,7 @@ struct ObjectRec {
   bool in_cpu = false;
   uint64_t arena_offset = 0;
   bool in_cpu_policy = false;
+  uint32_t cpu_policy_zone = 0;  // the zone whose policy holds it, while in_cpu_policy
   uint32_t pins = 0;
   uint32_t leases = 0;
   uint32_t io_refs = 0;  // SSD writes and the checker reading the arena bytes
@@ -144,7 +146,9 @@ class TieredStore final : public ObjectStore {
   uint8_t* arena_base() const override { return arena_->base(); }
   uint64_t arena_bytes() const override { return arena_->bytes(); }
   uint64_t arena_generation() const override { return arena_->generation(); }
+  uint64_t arena_reserved_bytes() const override { return arena_->reserved_bytes(); }
   ArenaSegment arena_segment(const std::string& name_space) const override;
+  Result<ArenaSegment> AddTenantArena(const TenantArenaOptions& arena) override;
 
   LookupEntry Lookup(const Hash128& storage_key) override;
   Result<Reservation> Reserve(const StoredName& name, const ObjectInfo& info, uint32_t lease_ms,
@@ -232,6 +236,10 @@ class TieredStore final : public ObjectStore {
   void RunDeferred(Deferred& later);
 
   // --- arena ---
+  struct Zone;
+  // Makes the zone of arena segment `seg` (tiered_store_arenas.cc): its gauges, and appends its
+  // eviction policy and allocator (so the zone's index is the count of zones before it).
+  Result<Zone> MakeZone(const std::string& name_space, const Arena::Segment& seg);
   // Arena segment (zone) of a namespace's objects: its own, else 0 (the shared arena).
   size_t ZoneFor(const std::string& name_space) const;
   // The zone holding global arena offset `offset`.
@@ -333,16 +341,29 @@ class TieredStore final : public ObjectStore {
   // Bumped with every arena_cv_ signal.
   uint64_t arena_epoch_ ABSL_GUARDED_BY(arena_mu_) = 0;
   // The arena's segments (zones): zone 0 the shared arena, zone i the tenant arena
-  // options_.tenant_arenas[i - 1]. Fixed at construction, readable without a lock.
+  // options_.tenant_arenas[i - 1], then those AddTenantArena added. A zone never changes and is
+  // never removed, so a zone index stays valid for the store's life.
   struct Zone {
     std::string name_space;
     uint64_t offset = 0;          // global arena offset of its first byte
     uint64_t capacity_bytes = 0;  // whole pages
     Gauge* used_bytes = nullptr;  // kvstash_storage_arena_used_bytes{arena=...}
   };
-  std::vector<Zone> zones_;
-  std::unordered_map<std::string, size_t> zone_of_namespace_;
-  // One allocator per zone, offsets relative to the zone's start.
+  // Readers (every Reserve, eviction, free, policy update) consult the zones without a lock:
+  // they read the table zone_table_ points to, which is immutable. AddTenantArena copies it with
+  // the new zone appended (after that zone's allocator and policy exist) and publishes the copy
+  // with a release store; every table stays alive until the store is destroyed (tables_),
+  // so a reader still holding one (or a Zone& into it) is never left dangling.
+  struct ZoneTable {
+    std::vector<Zone> zones;
+    std::unordered_map<std::string, size_t> of_namespace;
+  };
+  const ZoneTable& Zones() const { return *zone_table_.load(std::memory_order_acquire); }
+  std::atomic<const ZoneTable*> zone_table_{nullptr};
+  Mutex zone_add_mu_;  // one AddTenantArena at a time; taken before arena_mu_ / cpu_policy_mu_
+  std::vector<std::unique_ptr<const ZoneTable>> tables_ ABSL_GUARDED_BY(zone_add_mu_);
+  Gauge* arena_spare_bytes_ = nullptr;  // kvstash_storage_arena_spare_bytes
+  // One allocator per zone, offsets relative to the zone's start (appended by AddTenantArena).
   std::vector<PageAllocator> allocators_ ABSL_GUARDED_BY(arena_mu_);
 
   Mutex cpu_policy_mu_;

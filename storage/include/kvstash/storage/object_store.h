@@ -25,8 +25,9 @@
 // leases, evict by watermark and write to SSD; Close() (or the destructor) stops them after
 // finishing queued SSD writes.
 //
-// Arenas: objects live in their namespace's arena (StoreOptions::tenant_arenas) or the shared
-// one; offsets are global across all of them (arena_segment says which range is whose).
+// Arenas: objects live in their namespace's arena (StoreOptions::tenant_arenas, AddTenantArena)
+// or the shared one; offsets are global across all of them (arena_segment says which range is
+// whose).
 //
 // Errors (kvstash::Status codes, see common/status.h):
 //   Reserve:  InvalidArgument (bad info), AlreadyExists (committed and !overwrite),
@@ -98,6 +99,10 @@ struct StoreOptions {
   // objects and a full tenant arena is ResourceExhausted once nothing in it is evictable. The
   // CPU tier's capacity is cpu_capacity_bytes plus these. Namespaces must be distinct.
   std::vector<TenantArenaOptions> tenant_arenas;
+  // Address space reserved after those arenas for tenant arenas added while the store runs
+  // (AddTenantArena). Costs no memory: an added arena's pages are allocated when written (or at
+  // once with prefault_arena). 0: nothing can be added.
+  uint64_t tenant_arena_reserve_bytes = 0;
   // Allocate every arena page at Open (MAP_POPULATE) instead of on first touch. Costs the whole
   // capacity in RAM up front; saves a page fault per 4 KiB on the first pass over the arena
   // (which halves write throughput of large objects until the arena has been used once).
@@ -136,7 +141,9 @@ struct StoreOptions {
 // [offset, offset + bytes) of arena_base(); a client that maps `fd` (or `read_only_fd`) sees
 // arena offset o at its mapping + (o - offset).
 struct ArenaSegment {
-  uint32_t index = 0;      // 0: the shared arena; i > 0: StoreOptions::tenant_arenas[i - 1]
+  // 0: the shared arena; i > 0: StoreOptions::tenant_arenas[i - 1], then the arenas
+  // AddTenantArena added, in order.
+  uint32_t index = 0;
   std::string name_space;  // empty for the shared arena
   int fd = -1;             // read-write memfd; owned by the store (send a dup)
   // The same memory opened O_RDONLY: a mapping of it can never be made writable. Owned by the
@@ -235,6 +242,19 @@ class ObjectStore {
   virtual ArenaSegment arena_segment(const std::string& name_space) const = 0;
   // Changes whenever the arena is recreated (each Open); clients must re-attach on mismatch.
   virtual uint64_t arena_generation() const = 0;
+  // The address range reserved for arenas from arena_base(): arena_bytes() (every arena mapped
+  // now) plus what is left of StoreOptions::tenant_arena_reserve_bytes. Fixed after Open, so a
+  // registration of this whole range (UCX) covers every arena AddTenantArena adds later.
+  virtual uint64_t arena_reserved_bytes() const = 0;
+  // Adds an arena for `arena.name_space` in the reserved range, after the last one, made as
+  // those of StoreOptions::tenant_arenas (its own sealed memfd, read-only fd, allocator,
+  // watermarks and eviction policy), while every other call goes on: from its return the
+  // namespace's reservations and promotions land in it and arena_segment() names it. Objects the
+  // namespace already has in the shared arena stay there (until evicted or deleted). Errors:
+  // InvalidArgument (empty namespace, less than a page), AlreadyExists (the namespace has an
+  // arena), ResourceExhausted (not enough of the reserve left, or too many arenas added),
+  // Internal (memfd or mmap failed), Unavailable after Close.
+  virtual Result<ArenaSegment> AddTenantArena(const TenantArenaOptions& arena) = 0;
 
   virtual LookupEntry Lookup(const Hash128& storage_key) = 0;
 
