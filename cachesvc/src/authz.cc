@@ -58,7 +58,7 @@ Result<std::unique_ptr<Authorizer>> Authorizer::Create(const ServiceConfig& conf
   return a;
 }
 
-Status Authorizer::Reload() {
+Status Authorizer::Reload(const std::function<void(const TenantTable&)>& before_swap) {
   if (!multi_tenant()) return OkStatus();
   auto table = TenantTable::Load(tokens_file_);
   if (!table.ok()) {
@@ -69,6 +69,7 @@ Status Authorizer::Reload() {
   spdlog::info("event=tenants_reloaded tokens={} certificates={} quotas={}", table->token_count(),
                table->certificate_count(), table->quotas().size());
   auto fresh = std::make_shared<const TenantTable>(std::move(*table));
+  if (before_swap) before_swap(*fresh);
   std::lock_guard<std::mutex> lock(mu_);
   table_ = std::move(fresh);
   generation_.fetch_add(1, std::memory_order_release);

@@ -23,6 +23,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -62,8 +63,10 @@ class Authorizer {
   Result<Caller> AuthenticateToken(const std::string& token) const;
 
   // Re-reads the tokens file (SIGHUP): revoked tokens stop working for new calls. On error the
-  // old table stays.
-  Status Reload();
+  // old table stays. `before_swap`, when set, sees the new table after it parsed and before any
+  // call is authenticated against it (the service adds the arenas of tenants it gives a cpu
+  // quota, so their first attach finds the arena).
+  Status Reload(const std::function<void(const TenantTable&)>& before_swap = nullptr);
   // Counts the table swaps of Reload: a connection authenticated once (a tenant's local control
   // channel) checks its token again when this has moved.
   uint64_t generation() const { return generation_.load(std::memory_order_acquire); }

@@ -43,6 +43,7 @@ storage:
   data_dir: ./data
   cpu_capacity: 1GiB
   prefault_arena: true    # commit the CPU arena's memory at start
+  tenant_arena_reserve: 64GiB  # address space for arenas of tenants a reload adds (tokens_file)
   background_commit_checks: true  # check put bytes right after Commit (false: on first read)
   ssd_capacity: 8GiB      # 0 disables the SSD tier
   high_watermark: 0.90
@@ -414,6 +415,10 @@ const std::vector<Field>& Fields() {
        StoreSizeField(&storage::StoreOptions::ssd_capacity_bytes)},
       {"storage.prefault_arena", "--prefault-arena", "commit the CPU arena's memory at start",
        StoreBoolField(&storage::StoreOptions::prefault_arena)},
+      {"storage.tenant_arena_reserve", "--tenant-arena-reserve",
+       "address space reserved for the arenas of tenants a SIGHUP reload gives a cpu quota "
+       "(with --tokens-file; 0: none until restart)",
+       StoreSizeField(&storage::StoreOptions::tenant_arena_reserve_bytes)},
       {"storage.background_commit_checks", "--background-commit-checks",
        "check put bytes against their crc32c right after Commit (false: on first read)",
        StoreBoolField(&storage::StoreOptions::background_commit_checks)},
@@ -711,6 +716,9 @@ Status ValidateConfig(const ServiceConfig& c) {
   if (c.store.data_dir.empty()) return Bad("storage.data_dir", "must not be empty");
   if (c.store.cpu_capacity_bytes < (1ull << 20)) {
     return Bad("storage.cpu_capacity", "must be at least 1MiB");
+  }
+  if (c.store.tenant_arena_reserve_bytes > (1ull << 46)) {
+    return Bad("storage.tenant_arena_reserve", "must be at most 64TiB (it is address space)");
   }
   if ((c.ssd_encoding.encoding != Encoding::kRaw || c.ssd_encoding.choose) &&
       c.store.ssd_capacity_bytes == 0) {

@@ -199,6 +199,8 @@ struct RemoteTier::Impl {
       resp->set_arena_bytes(impl_->store->arena_bytes());
 #ifdef KVSTASH_HAVE_UCX
       if (impl_->transport != nullptr) {
+        // What peers may read: the registered range, which covers arenas added after start-up.
+        resp->set_arena_bytes(impl_->region.bytes);
         resp->set_ucx_worker_address(impl_->transport->worker_address());
         resp->set_arena_address(impl_->region.address);
         resp->set_arena_rkey(impl_->region.packed_rkey);
@@ -884,8 +886,22 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
   if (config.peers.data_plane == "ucx" && !impl->secret.empty()) {
     KVSTASH_ASSIGN_OR_RETURN(impl->transport,
                              transport::UcxTransport::Create({.name = "cachesvc"}));
-    KVSTASH_ASSIGN_OR_RETURN(
-        impl->region, impl->transport->RegisterRegion(store->arena_base(), store->arena_bytes()));
+    // The whole reserved range, spare included: arenas a reload adds later (AddTenantArena) are
+    // then readable by peers through the rkey they already hold. UCX's TCP and shared-memory
+    // transports register nothing per page; a transport that pins pages at registration (RDMA
+    // verbs) may refuse the unmapped spare, and then only the arenas mapped now are offered.
+    auto region =
+        impl->transport->RegisterRegion(store->arena_base(), store->arena_reserved_bytes());
+    if (!region.ok() && store->arena_reserved_bytes() > store->arena_bytes()) {
+      spdlog::warn(
+          "event=arena_reserve_not_registered reserved_bytes={} error=\"{}\": peers read only "
+          "the arenas mapped at start (objects in tenant arenas a reload adds are out of their "
+          "reach)",
+          store->arena_reserved_bytes(), std::string(region.status().message()));
+      region = impl->transport->RegisterRegion(store->arena_base(), store->arena_bytes());
+    }
+    if (!region.ok()) return region.status();
+    impl->region = *region;
     Impl* raw = impl.get();
     KVSTASH_RETURN_IF_ERROR(
         impl->transport->SetNotificationHandler(kReleaseMessageId, [raw](std::string_view payload) {

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -25,6 +26,7 @@
 #include "cachegen_tier_codec.h"
 #include "cluster_node.h"
 #include "kv_service.h"
+#include "kvstash/common/mutex.h"
 #include "kvstash/storage/gpu_pool.h"
 #include "kvstash/storage/object_store.h"
 #include "local_control_session.h"
@@ -103,6 +105,68 @@ struct CacheService::Impl {
   std::mutex shutdown_mu;
   bool shut_down = false;
   Status close_status;
+  // One SyncTenantArenas at a time (reloads come from the SIGHUP thread, but Reload is public).
+  Mutex arenas_mu;
+  // Tenants that have an arena of their own (from start-up or a reload).
+  std::set<std::string> arena_tenants ABSL_GUARDED_BY(arenas_mu);
+
+  // A reloaded tokens file's tenants, before calls are authenticated against it: a tenant newly
+  // given a cpu quota gets its arena now (docs/deploy.md "Shared memory"); a changed or removed
+  // quota of a tenant that has one applies at the next restart. Each outcome is logged and
+  // counted in kvstash_tenant_arena_reloads_total{outcome}.
+  void SyncTenantArenas(const TenantTable& table) {
+    auto count = [this](const char* outcome) {
+      registry
+          .GetCounter("kvstash_tenant_arena_reloads_total",
+                      "tenants' arenas at tokens reloads: added, resize_deferred, kept "
+                      "(quota removed), reserve_exhausted, failed",
+                      {{"outcome", outcome}})
+          ->Increment();
+    };
+    MutexLock lock(&arenas_mu);
+    std::set<std::string> with_quota;
+    for (const auto& [tenant, quota] : table.quotas()) {
+      if (quota.cpu_bytes == 0) continue;
+      with_quota.insert(tenant);
+      const storage::ArenaSegment seg = store->arena_segment(tenant);
+      if (seg.index != 0) {
+        const uint64_t wanted = quota.cpu_bytes - quota.cpu_bytes % 4096;
+        if (wanted != seg.bytes) {
+          spdlog::warn(
+              "event=tenant_arena_resize_deferred tenant={} arena_bytes={} quota_bytes={}: the "
+              "arena keeps its size until cachesvc restarts",
+              tenant, seg.bytes, quota.cpu_bytes);
+          count("resize_deferred");
+        }
+        continue;
+      }
+      Result<storage::ArenaSegment> added = store->AddTenantArena({tenant, quota.cpu_bytes});
+      if (added.ok()) {
+        arena_tenants.insert(tenant);
+        spdlog::info("event=tenant_arena_added tenant={} bytes={} offset={} spare_bytes={}", tenant,
+                     added->bytes, added->offset,
+                     store->arena_reserved_bytes() - store->arena_bytes());
+        count("added");
+        continue;
+      }
+      const bool exhausted = added.status().code() == absl::StatusCode::kResourceExhausted;
+      spdlog::error(
+          "event=tenant_arena_refused tenant={} bytes={} reason={} error=\"{}\": the tenant's "
+          "objects go to the shared arena (no shared memory for its clients) until a reload with "
+          "room or a restart",
+          tenant, quota.cpu_bytes, exhausted ? "reserve_exhausted" : "failed",
+          std::string(added.status().message()));
+      count(exhausted ? "reserve_exhausted" : "failed");
+    }
+    for (const std::string& tenant : arena_tenants) {
+      if (with_quota.count(tenant) > 0) continue;
+      spdlog::warn(
+          "event=tenant_arena_kept tenant={}: no cpu quota in the reloaded file; its arena stays "
+          "until cachesvc restarts",
+          tenant);
+      count("kept");
+    }
+  }
 };
 
 CacheService::CacheService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -150,8 +214,9 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   }
   // Multi-tenant: every tenant with a cpu quota gets an arena of its own of that size
   // (docs/deploy.md "Shared memory"); the others' objects live in the shared arena, which no
-  // client maps. Fixed at start: a tenant added or re-sized by a reload keeps its arena (or has
-  // none) until cachesvc restarts.
+  // client maps. A reload adds arenas for tenants it gives a cpu quota, in the address space
+  // reserved after these (storage.tenant_arena_reserve); a resize waits for a restart.
+  if (config.tokens_file.empty()) impl->config.store.tenant_arena_reserve_bytes = 0;
   if (!config.tokens_file.empty() && impl->config.store.tenant_arenas.empty()) {
     auto table = TenantTable::Load(config.tokens_file);
     if (!table.ok()) return table.status();
@@ -178,6 +243,12 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
                                std::string(store.status().message())));
   }
   impl->store = std::move(*store);
+  {
+    MutexLock lock(&impl->arenas_mu);
+    for (const storage::TenantArenaOptions& t : impl->config.store.tenant_arenas) {
+      impl->arena_tenants.insert(t.name_space);
+    }
+  }
   if (!config.peers.addresses.empty() || !config.peers.secret_file.empty()) {
     auto remote = RemoteTier::Create(impl->config, impl->store.get(), &impl->registry,
                                      config.listen, impl->tls.get());
@@ -415,7 +486,9 @@ MetricsRegistry& CacheService::metrics() { return impl_->registry; }
 Status CacheService::Reload() {
   Status result = OkStatus();
   if (impl_->tls != nullptr) result.Update(impl_->tls->Reload());
-  result.Update(impl_->auth->Reload());
+  Impl* impl = impl_.get();
+  result.Update(
+      impl->auth->Reload([impl](const TenantTable& table) { impl->SyncTenantArenas(table); }));
   return result;
 }
 

@@ -200,9 +200,13 @@ struct ServiceConfig {
 
   // metrics is set by the service; prefault_arena defaults to true here (the embedded default):
   // no put or get pays a page fault in the daemon, at the price of committing cpu_capacity.
+  // tenant_arena_reserve_bytes (storage.tenant_arena_reserve, 64GiB of address space by
+  // default) is used only with tokens_file: arenas for tenants a SIGHUP reload gives a cpu quota
+  // (docs/deploy.md "Shared memory"); a single-tenant service reserves nothing.
   storage::StoreOptions store = [] {
     storage::StoreOptions o;
     o.prefault_arena = true;
+    o.tenant_arena_reserve_bytes = 64ull << 30;
     return o;
   }();
   // tiers.ssd: encoding of the SSD tier. The service installs a CacheGen TierCodec either way,

@@ -1,0 +1,245 @@
+// Tenant arenas and SIGHUP reloads of the tokens file (real processes): a tenant a reload gives a
+// cpu quota gets an arena of its own without a restart (its own memfd and offset range in the
+// reserve after the start-up arenas), its clients attach it and put and read through shared
+// memory, its puts evict only its own objects, the other tenants' arenas and objects are as they
+// were, and a peer that connected before the reload reads the new arena's objects over UCX with
+// the registration it already had. A resize waits for a restart, a tenant the reserve has no
+// room for stays in the shared arena, and a removed tenant's tokens stop working while its arena
+// stays: each logged and counted.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "kvstash/client/kv_client.h"
+#include "kvstash/proto/arena_handshake.h"
+#include "service_process.h"
+#include "test_objects.h"
+#include "testing/status_matchers.h"
+
+namespace kvstash::testing {
+namespace {
+
+using namespace ::kvstash::client;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+constexpr char kAlpha[] = "alpha-reload-token-0123456789";
+constexpr char kDelta[] = "delta-reload-token-0123456789";
+constexpr char kEpsilon[] = "epsilon-reload-token-0123456789";
+constexpr uint64_t kMiB = 1 << 20;
+constexpr double kMiBs = 1 << 20;       // the same, for metric values
+constexpr uint32_t kTokens256K = 1024;  // TestInfo(1024): 1024 tokens of 256 bytes
+
+class ArenaReloadTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ::setenv("UCX_TLS", "tcp", 1); }  // the network path, as peer_test
+  void TearDown() override { ::unsetenv("UCX_TLS"); }
+
+  // A: shared 64 MiB, alpha 1 MiB from the start, 3 MiB of reserve; no SSD, so an eviction is
+  // a removal the test can see.
+  void StartA(const std::string& tokens, bool with_peer_secret) {
+    // TCP for the peer, a unix socket beside it for same-node clients (which attach arenas).
+    ServiceOptions o;
+    o.tcp = true;
+    o.local_listen = true;
+    o.metrics = true;
+    o.ssd_capacity = "0";
+    o.extra_args = {"--tokens-file", tokens_, "--tenant-arena-reserve", "3MiB"};
+    if (with_peer_secret) o.extra_args.insert(o.extra_args.end(), {"--peer-secret-file", secret_});
+    std::ofstream(tokens_) << tokens;
+    ASSERT_OK_AND_ASSIGN(a_, ServiceProcess::Start(dir_a_.path(), o));
+  }
+
+  // Rewrites A's tokens file, sends SIGHUP and waits (bounded) for the reload's log line.
+  void Reload(const std::string& tokens) {
+    std::ofstream(tokens_) << tokens;
+    const size_t before = Count(a_->Log(), "event=tenants_reloaded");
+    ::kill(a_->pid(), SIGHUP);
+    const auto deadline = Clock::now() + 10s;
+    while (Count(a_->Log(), "event=tenants_reloaded") == before && Clock::now() < deadline) {
+      std::this_thread::sleep_for(20ms);
+    }
+    ASSERT_GT(Count(a_->Log(), "event=tenants_reloaded"), before);
+  }
+
+  static size_t Count(const std::string& text, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  }
+
+  static Result<std::unique_ptr<KvClient>> As(const std::string& target, const char* token) {
+    ClientOptions o;
+    o.connect_timeout = 5s;
+    o.bearer_token = token;
+    return KvClient::Connect(target, o);
+  }
+
+  // The arena socket's answer to an attach with `token`: handshake and the read-only fd's inode
+  // (the fds are closed).
+  Result<std::pair<ArenaHandshake, ino_t>> Attach(const char* token) {
+    KVSTASH_ASSIGN_OR_RETURN(ReceivedArena got,
+                             ReceiveArenaFd(dir_a_.path() + "/arena.sock", 5000, false,
+                                            ArenaAttachRequest{/*writable=*/false, token}));
+    struct stat st;
+    const int rc = ::fstat(got.fd, &st);
+    ::close(got.fd);
+    if (got.writable_fd >= 0) ::close(got.writable_fd);
+    if (rc != 0) return absl::InternalError("fstat of the arena fd failed");
+    return std::make_pair(got.hello, st.st_ino);
+  }
+
+  double Metric(const std::string& series) const { return MetricSum(a_->metrics_port(), series); }
+
+  TempDir dir_a_, dir_b_;
+  std::string tokens_ = dir_a_.path() + "/tokens.txt";
+  std::string secret_ = dir_a_.path() + "/secret";
+  std::unique_ptr<ServiceProcess> a_;
+};
+
+const std::string kStartTokens = absl::StrCat("token ", kAlpha, " alpha\nquota alpha cpu=1MiB\n");
+const std::string kWithDelta =
+    absl::StrCat(kStartTokens, "token ", kDelta, " delta\nquota delta cpu=1MiB\n");
+
+TEST_F(ArenaReloadTest, AReloadGivesAnAddedTenantItsOwnArenaThatPeersRead) {
+  std::ofstream(secret_) << "kvstash-test-cluster-secret-0123456789\n";
+  StartA(kStartTokens, /*with_peer_secret=*/true);
+  // B: a peer of A; delta and alpha are tenants there too (no arenas: they read over streams).
+  const std::string b_tokens = dir_b_.path() + "/tokens.txt";
+  std::ofstream(b_tokens) << "token " << kAlpha << " alpha\ntoken " << kDelta << " delta\n";
+  ServiceOptions bo;
+  bo.tcp = true;
+  bo.metrics = true;
+  bo.extra_args = {"--tokens-file", b_tokens,     "--peer-secret-file", secret_,
+                   "--peer",        a_->target(), "--peer-timeout-ms",  "20000"};
+  ASSERT_OK_AND_ASSIGN(auto b, ServiceProcess::Start(dir_b_.path(), bo));
+  EXPECT_EQ(Count(a_->Log(), "event=arena_reserve_not_registered"), 0u);
+
+  // Before the reload: alpha's object on A, read from B (B says Hello to A now, once).
+  ASSERT_OK_AND_ASSIGN(auto alpha, As(a_->local_target(), kAlpha));
+  ASSERT_TRUE(alpha->shared_memory_attached()) << alpha->shared_memory_status();
+  const std::vector<uint8_t> kept = TestPayload(1, 256 << 10);
+  ASSERT_THAT(alpha->Put(TestName(1, ""), WithCrc(TestInfo(kTokens256K), kept), kept,
+                         {.path = DataPath::kSharedMemory}),
+              IsOk());
+  ASSERT_OK_AND_ASSIGN(auto alpha_b, As(b->target(), kAlpha));
+  ASSERT_OK_AND_ASSIGN(GetReply via_b, alpha_b->Get(TestName(1, "")));
+  EXPECT_EQ(via_b.payload, kept);
+  ASSERT_EQ(Count(b->Log(), "event=peer_connected"), 1u);
+  const std::string b_log = b->Log();
+  const size_t connected = b_log.find("event=peer_connected");
+  EXPECT_NE(b_log.substr(connected, b_log.find('\n', connected) - connected).find("data_plane=ucx"),
+            std::string::npos);
+  ASSERT_OK_AND_ASSIGN(auto alpha_before, Attach(kAlpha));
+  EXPECT_THAT(Attach(kDelta), StatusIs(absl::StatusCode::kUnauthenticated));  // not a tenant yet
+
+  Reload(kWithDelta);
+  EXPECT_EQ(Count(a_->Log(), "event=tenant_arena_added tenant=delta"), 1u);
+  EXPECT_EQ(Metric("kvstash_tenant_arena_reloads_total{outcome=\"added\"}"), 1);
+  EXPECT_EQ(Metric("kvstash_storage_arena_capacity_bytes{arena=\"tenant:delta\"}"), kMiBs);
+  EXPECT_EQ(Metric("kvstash_storage_arena_spare_bytes"), 2 * kMiBs);
+
+  // delta attaches its own arena: another inode, the range right after alpha's.
+  ASSERT_OK_AND_ASSIGN(auto delta_arena, Attach(kDelta));
+  ASSERT_OK_AND_ASSIGN(auto alpha_after, Attach(kAlpha));
+  EXPECT_EQ(delta_arena.first.arena_offset, 65 * kMiB);
+  EXPECT_EQ(delta_arena.first.arena_bytes, kMiB);
+  EXPECT_NE(delta_arena.second, alpha_after.second);
+  EXPECT_EQ(delta_arena.first.arena_generation, alpha_after.first.arena_generation);
+  // alpha's arena is what it was.
+  EXPECT_EQ(alpha_after.first.arena_offset, alpha_before.first.arena_offset);
+  EXPECT_EQ(alpha_after.first.arena_bytes, alpha_before.first.arena_bytes);
+  EXPECT_EQ(alpha_after.second, alpha_before.second);
+
+  // delta writes and reads through shared memory: six 256 KiB objects through its 1 MiB arena
+  // evict its own oldest, and nothing of alpha's.
+  ASSERT_OK_AND_ASSIGN(auto delta, As(a_->local_target(), kDelta));
+  ASSERT_TRUE(delta->shared_memory_attached()) << delta->shared_memory_status();
+  std::vector<std::vector<uint8_t>> mine;
+  for (uint64_t i = 0; i < 6; ++i) {
+    mine.push_back(TestPayload(100 + i, 256 << 10));
+    ASSERT_THAT(delta->Put(TestName(100 + i, ""), WithCrc(TestInfo(kTokens256K), mine[i]), mine[i],
+                           {.path = DataPath::kSharedMemory}),
+                IsOk())
+        << i;
+  }
+  const ObjectName newest = TestName(105, "");
+  ASSERT_OK_AND_ASSIGN(auto leases, delta->AcquireMany(std::span(&newest, 1)));
+  ASSERT_EQ(leases.size(), 1u);
+  ASSERT_OK(leases[0].status());
+  const std::span<const uint8_t> leased = leases[0]->data();  // its own mapping, no copy
+  EXPECT_TRUE(std::equal(leased.begin(), leased.end(), mine[5].begin(), mine[5].end()));
+  leases.clear();
+  ASSERT_OK_AND_ASSIGN(LookupReply found, delta->Lookup(std::vector{TestName(100, "")}));
+  EXPECT_FALSE(found.results[0].present);  // evicted by delta's own puts
+  EXPECT_LE(Metric("kvstash_storage_arena_used_bytes{arena=\"tenant:delta\"}"), kMiBs);
+  EXPECT_EQ(Metric("kvstash_storage_arena_used_bytes{arena=\"tenant:alpha\"}"), 256 << 10);
+  ASSERT_OK_AND_ASSIGN(GetReply still, alpha->Get(TestName(1, "")));
+  EXPECT_EQ(still.payload, kept);
+  EXPECT_EQ(still.served_from, Tier::kCpu);
+
+  // B reads delta's newest object out of A's new arena over the UCX link it opened before the
+  // reload (no second Hello).
+  ASSERT_OK_AND_ASSIGN(auto delta_b, As(b->target(), kDelta));
+  ASSERT_OK_AND_ASSIGN(GetReply fetched, delta_b->Get(TestName(105, "")));
+  EXPECT_EQ(fetched.payload, mine[5]);
+  EXPECT_EQ(Count(b->Log(), "event=peer_connected"), 1u);
+  EXPECT_GE(MetricSum(b->metrics_port(), "kvstash_peer_fetched_objects_total"), 2);
+}
+
+TEST_F(ArenaReloadTest, ResizesWaitForARestartAndAFullReserveFallsBackToTheSharedArena) {
+  StartA(kWithDelta, /*with_peer_secret=*/false);
+  ASSERT_OK_AND_ASSIGN(auto delta_start, Attach(kDelta));
+  EXPECT_EQ(delta_start.first.arena_bytes, kMiB);
+  // delta grows to 2 MiB (deferred); epsilon wants 4 MiB, more than the 3 MiB reserve.
+  Reload(absl::StrCat(kStartTokens, "token ", kDelta, " delta\nquota delta cpu=2MiB\n", "token ",
+                      kEpsilon, " epsilon\nquota epsilon cpu=4MiB\n"));
+  EXPECT_EQ(Count(a_->Log(), "event=tenant_arena_resize_deferred tenant=delta"), 1u);
+  EXPECT_EQ(Count(a_->Log(), "event=tenant_arena_refused tenant=epsilon"), 1u);
+  EXPECT_EQ(Count(a_->Log(), "reason=reserve_exhausted"), 1u);
+  EXPECT_EQ(Metric("kvstash_tenant_arena_reloads_total{outcome=\"resize_deferred\"}"), 1);
+  EXPECT_EQ(Metric("kvstash_tenant_arena_reloads_total{outcome=\"reserve_exhausted\"}"), 1);
+  EXPECT_EQ(Metric("kvstash_storage_arena_spare_bytes"), 3 * kMiBs);  // nothing was taken
+  ASSERT_OK_AND_ASSIGN(auto delta_now, Attach(kDelta));
+  EXPECT_EQ(delta_now.first.arena_bytes, kMiB);
+  EXPECT_EQ(delta_now.second, delta_start.second);
+  // epsilon has no arena: no fd, its client uses the byte streams into the shared arena, and
+  // its cpu quota is counted there.
+  EXPECT_THAT(Attach(kEpsilon), StatusIs(absl::StatusCode::kFailedPrecondition));
+  ASSERT_OK_AND_ASSIGN(auto epsilon, As(a_->local_target(), kEpsilon));
+  EXPECT_FALSE(epsilon->shared_memory_attached());
+  const std::vector<uint8_t> payload = TestPayload(7, 256 << 10);
+  ASSERT_THAT(epsilon->Put(TestName(7, ""), WithCrc(TestInfo(kTokens256K), payload), payload),
+              IsOk());
+  ASSERT_OK_AND_ASSIGN(GetReply back, epsilon->Get(TestName(7, "")));
+  EXPECT_EQ(back.payload, payload);
+  EXPECT_EQ(Metric("kvstash_storage_arena_used_bytes{arena=\"shared\"}"), 256 << 10);
+
+  // delta removed: its token stops working (gRPC and the arena socket), its arena stays.
+  ASSERT_OK_AND_ASSIGN(auto delta, As(a_->local_target(), kDelta));
+  Reload(kStartTokens);
+  EXPECT_EQ(Count(a_->Log(), "event=tenant_arena_kept tenant=delta"), 1u);
+  EXPECT_EQ(Metric("kvstash_tenant_arena_reloads_total{outcome=\"kept\"}"), 1);
+  EXPECT_THAT(Attach(kDelta), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(delta->Lookup(std::vector{TestName(1, "")}).status(),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_EQ(Metric("kvstash_storage_arena_capacity_bytes{arena=\"tenant:delta\"}"), kMiBs);
+  // And a tenant added after that still finds room: epsilon at 2 MiB fills the reserve.
+  Reload(absl::StrCat(kStartTokens, "token ", kEpsilon, " epsilon\nquota epsilon cpu=2MiB\n"));
+  EXPECT_EQ(Count(a_->Log(), "event=tenant_arena_added tenant=epsilon"), 1u);
+  ASSERT_OK_AND_ASSIGN(auto epsilon_arena, Attach(kEpsilon));
+  EXPECT_EQ(epsilon_arena.first.arena_offset, 66 * kMiB);
+  EXPECT_EQ(epsilon_arena.first.arena_bytes, 2 * kMiB);
+}
+
+}  // namespace
+}  // namespace kvstash::testing
