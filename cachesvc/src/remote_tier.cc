@@ -912,13 +912,19 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
   }
 #endif
   if (!impl->secret.empty()) impl->hello_service = std::make_unique<Impl::HelloService>(impl.get());
+  // Registered on every node with peers, so that a scrape shows 0 where nothing calibrated.
+  Counter* calibrations = metrics->GetCounter(
+      "kvstash_peer_codec_calibrations_total",
+      "start-up codec calibrations (codec_choice); only --peer-transfer-encoding auto runs one");
   if (config.peers.transfer_encoding != PeerTransferEncoding::kRaw) {
     // Decodes CacheGen and KVQ at any level (the container says which) on a private pool.
     impl->decoder = std::make_unique<CacheGenTierCodec>(TierEncoding{Encoding::kRaw, 1});
     std::string choice = "measured_per_link";  // no spaces: the log is key=value
     if (config.peers.transfer_encoding == PeerTransferEncoding::kAuto) {
+      // Only auto needs the measured rates: it costs CacheGen and four KVQ levels on 1 MiB.
       KVSTASH_ASSIGN_OR_RETURN(impl->candidates,
                                CalibrateTransferCodecs(config.transfer_encoding.level));
+      calibrations->Increment();
       if (config.peers.link_mbps != 0) {
         choice = codec::CodecRatesName(codec::ChooseEncoding(
             impl->candidates, config.peers.link_mbps * 1e6 / 8, codec::CostModel::kTransfer));

@@ -3,7 +3,8 @@
 // auto on a link configured slower than a codec's measured break-even rate) B commits exactly the
 // reconstruction A's encoder computed (the bytes a client of A accepting that codec decodes),
 // flagged lossy, with the crc32c of what was committed; with raw (the default) or auto on a fast
-// link, the stored bytes arrive unchanged.
+// link, the stored bytes arrive unchanged. Only auto calibrates the codecs at start-up
+// (kvstash_peer_codec_calibrations_total).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -27,6 +28,7 @@ using client::GetOptions;
 using client::GetReply;
 using client::KvClient;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using namespace std::chrono_literals;
 
 constexpr char kSecret[] = "kvstash-test-cluster-secret-0123456789";
@@ -51,6 +53,15 @@ std::string LoggedChoice(const std::string& log) {
   if (at == std::string::npos) return "";
   const size_t end = log.find(' ', at);
   return log.substr(at + key.size(), end == std::string::npos ? end : end - at - key.size());
+}
+
+// B's start-up codec calibrations (only auto runs one), from its /metrics. The family is there on
+// every node with peers, so 0 is a scraped zero, not a missing metric.
+double Calibrations(const ServiceProcess& b) {
+  std::string body;
+  EXPECT_EQ(HttpGet(b.metrics_port(), "/metrics", &body), 200);
+  EXPECT_THAT(body, HasSubstr("\nkvstash_peer_codec_calibrations_total "));
+  return MetricSum(b.metrics_port(), "kvstash_peer_codec_calibrations_total");
 }
 
 ObjectName ChunkName(uint64_t i) {
@@ -126,6 +137,7 @@ TEST_F(PeerEncodingTest, CacheGenFetchCommitsThePeersReconstruction) {
   EXPECT_EQ(MetricSum(b->metrics_port(), "kvstash_peer_encoded_objects_total"), 1);
   EXPECT_EQ(MetricSum(b->metrics_port(), "kvstash_peer_encoded_wire_bytes_total"),
             static_cast<double>(reconstruction_.wire_bytes));
+  EXPECT_EQ(Calibrations(*b), 0) << "a fixed encoding needs no measured rates";
   // Kept in B's CPU tier as what it is: the lossy reconstruction, served again without A.
   a_->Kill();
   ASSERT_OK_AND_ASSIGN(GetReply again, client_b->Get(ChunkName(0)));
@@ -172,6 +184,8 @@ TEST_F(PeerEncodingTest, AutoEncodesOnASlowConfiguredLinkOnly) {
     EXPECT_TRUE(over_slow.payload == KvqReconstruction(choice[5] - '0')) << choice;
   }
   EXPECT_EQ(LoggedChoice(fast->Log()), "raw");
+  EXPECT_EQ(Calibrations(*slow), 1);
+  EXPECT_EQ(Calibrations(*fast), 1);
   EXPECT_EQ(MetricSum(slow->metrics_port(), "kvstash_peer_encoded_objects_total"), 1);
 
   ASSERT_OK_AND_ASSIGN(GetReply over_fast, client_fast->Get(ChunkName(0)));
@@ -194,6 +208,10 @@ TEST_F(PeerEncodingTest, AutoWithoutAMeasurementAndRawByDefaultMoveTheStoredByte
     EXPECT_TRUE(got.payload == original_);
     EXPECT_EQ(MetricSum(b->metrics_port(), "kvstash_peer_encoded_objects_total"), 0);
   }
+  // Only auto calibrates the codecs at start-up; raw, the default, does not.
+  EXPECT_EQ(Calibrations(*measured), 1);
+  EXPECT_EQ(Calibrations(*raw), 0);
+  EXPECT_THAT(raw->Log(), Not(HasSubstr("event=peer_transfer_encoding")));
 }
 
 }  // namespace
