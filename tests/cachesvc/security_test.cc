@@ -723,7 +723,7 @@ TEST_F(TenantTest, ArenaSocketHandsATenantOnlyItsOwnArena) {
   {
     grpc::ClientContext ctx;
     Authorize(&ctx, std::string("Bearer ") + kAlphaToken);
-    ASSERT_TRUE(stub->Acquire(&ctx, acquire, &leased).ok());
+    ASSERT_OK(stub->Acquire(&ctx, acquire, &leased));
     ASSERT_EQ(leased.results(0).status().code(), 0);
   }
   const uint64_t offset = leased.results(0).arena_offset();
@@ -754,7 +754,7 @@ TEST_F(TenantTest, ArenaSocketHandsATenantOnlyItsOwnArena) {
     v1::ReleaseRequest release;
     release.add_lease_ids(leased.results(0).lease_id());
     v1::ReleaseResponse resp;
-    ASSERT_TRUE(stub->Release(&ctx, release, &resp).ok());
+    ASSERT_OK(stub->Release(&ctx, release, &resp));
   }
 
   // gamma, read-write: its own memory (another inode, another range), none of alpha's bytes.
