@@ -37,7 +37,6 @@ struct PosReader {
 #if defined(__x86_64__)
 
 using simd::Join;
-using simd::ScaledProduct;
 
 // 16 streams per iteration; the same arithmetic as cg::DecodeSymbol (see cachegen_core.h):
 // count by f64 division (exact: the dividend is < 2^49 and the divisor <= 2^32, so the rounded

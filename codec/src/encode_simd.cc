@@ -16,7 +16,6 @@ std::atomic<uint64_t> slow_lanes{0};
 #if defined(__x86_64__)
 
 using simd::Join;
-using simd::ScaledProduct;
 using simd::Widen;
 
 struct LaneState {

@@ -371,7 +371,10 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
                            uint32_t n, uint8_t* out) {
       for (uint32_t c = 0; c < n; ++c) {
         const float y = std::clamp((v[c] - mn[c * stride]) * inv[c * stride], 0.f, top);
-        out[c] = static_cast<uint8_t>(static_cast<int>(y + 0.5f));
+        // y >= 0 (clamped), so the cast floors: half up. std::lround differs only where y + 0.5f
+        // rounds up in f32 (y = 0.5 - 2^-25); kept so the encoder's output does not change.
+        const int sym = static_cast<int>(y + 0.5f);  // NOLINT(bugprone-incorrect-roundings)
+        out[c] = static_cast<uint8_t>(sym);
       }
     };
     std::vector<float> inv(g.scale(r) == KvqScale::kPerToken ? 1 : C);

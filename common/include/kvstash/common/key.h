@@ -41,7 +41,7 @@ struct Hash128 {
 
   bool IsZero() const { return lo == 0 && hi == 0; }
   bool operator==(const Hash128&) const = default;
-  auto operator<=>(const Hash128&) const = default;
+  auto operator<=>(const Hash128&) const = default;  // NOLINT(modernize-use-nullptr): llvm#53961
 };
 
 struct Hash128Hasher {

@@ -337,6 +337,9 @@ KVSTASH_HD int DecodeSymbol(DecoderState& st, const TableAt& table, Reader& r) {
   // E1/E2 shift value like low and high; each E3 step is value = (value - 2^30) << 1 | bit, which
   // for value in [2^30, 3*2^30) is: toggle bit 30, then shift.
   const uint32_t v = (st.value << k) | (bits >> e3);
+  // e3 <= 31: E3Steps counts the leading zeros of a word whose bit 0 is set (the analyzer does
+  // not model Clz32).
+  // NOLINTNEXTLINE(clang-analyzer-core.UndefinedBinaryOperatorResult)
   st.value = ((v ^ (LowMask(e3) << (31 - e3))) << e3) | (bits & LowMask(e3));
   st.low = (low << e3) & 0x7FFFFFFFu;
   st.high = (high << e3) | 0x80000000u | LowMask(e3);
