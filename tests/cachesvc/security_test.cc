@@ -567,34 +567,36 @@ TEST_F(TenantTest, GenerateThroughTlsWithAToken) {
   StartNode(/*tls=*/true);
   const std::string token_file = dir_.path() + "/alpha.token";
   std::ofstream(token_file) << kAlphaToken << "\n";
+  // Named, not a literal pair inside the argument list (bugprone-suspicious-missing-comma).
+  const std::string prompt =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
+      "park with her friends. One day, she saw a big red ball under a tree.";
   auto generate = [&](std::string* log) {
-    return RunProgram(
-        {BinaryPath("cli/kvstash"),
-         "generate",
-         "--model",
-         std::string(KVSTASH_SHARED_DATA) + "/models/stories260K.bin",
-         "--tokenizer",
-         std::string(KVSTASH_SHARED_DATA) + "/models/tok512.bin",
-         "--prompt",
-         "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
-         "park with her friends. One day, she saw a big red ball under a tree.",
-         "--max-tokens",
-         "4",
-         "--chunk-tokens",
-         "16",
-         "--threads",
-         "1",
-         "--cache-target",
-         svc_->target(),
-         "--tls-ca",
-         Pki("ca.pem"),
-         "--tls-cert",
-         Pki("client-node.pem"),
-         "--tls-key",
-         Pki("client-node.key"),
-         "--token-file",
-         token_file},
-        log, 120'000);
+    return RunProgram({BinaryPath("cli/kvstash"),
+                       "generate",
+                       "--model",
+                       std::string(KVSTASH_SHARED_DATA) + "/models/stories260K.bin",
+                       "--tokenizer",
+                       std::string(KVSTASH_SHARED_DATA) + "/models/tok512.bin",
+                       "--prompt",
+                       prompt,
+                       "--max-tokens",
+                       "4",
+                       "--chunk-tokens",
+                       "16",
+                       "--threads",
+                       "1",
+                       "--cache-target",
+                       svc_->target(),
+                       "--tls-ca",
+                       Pki("ca.pem"),
+                       "--tls-cert",
+                       Pki("client-node.pem"),
+                       "--tls-key",
+                       Pki("client-node.key"),
+                       "--token-file",
+                       token_file},
+                      log, 120'000);
   };
   std::string first, second;
   ASSERT_EQ(generate(&first), 0) << first;
