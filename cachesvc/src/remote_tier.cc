@@ -921,7 +921,6 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
     impl->decoder = std::make_unique<CacheGenTierCodec>(TierEncoding{Encoding::kRaw, 1});
     std::string choice = "measured_per_link";  // no spaces: the log is key=value
     if (config.peers.transfer_encoding == PeerTransferEncoding::kAuto) {
-      // Only auto needs the measured rates: it costs CacheGen and four KVQ levels on 1 MiB.
       KVSTASH_ASSIGN_OR_RETURN(impl->candidates,
                                CalibrateTransferCodecs(config.transfer_encoding.level));
       calibrations->Increment();
