@@ -239,6 +239,9 @@ NamespaceUsage TieredStore::Usage(const std::string& name_space) {
   return it == usage_.end() ? NamespaceUsage{} : it->second;
 }
 
+// By value, not by reference: callers pass the map's own entry (it->second), which this erases;
+// the copy keeps the object alive for the rest of the function.
+// NOLINTNEXTLINE(performance-unnecessary-value-param)
 void TieredStore::HideLocked(Shard& shard, std::shared_ptr<ObjectRec> rec, Deferred& later) {
   auto it = shard.objects.find(rec->name.storage_key);
   if (it != shard.objects.end() && it->second == rec) shard.objects.erase(it);
