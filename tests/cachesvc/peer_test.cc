@@ -443,6 +443,20 @@ TEST_P(PeerTest, HandoffFailurePolicies) {
               StatusIs(absl::StatusCode::kResourceExhausted));
 }
 
+// Debian's UCX 1.13 (built with assertions) can abort a serving process when the reader it
+// serves dies mid-transfer: its lane to the dead reader fails, UCX purges a pending wire-up
+// message and trips `ucp_request.c:684 Assertion ... got REP message` (removed upstream by
+// openucx/ucx#8175), or reports `Fatal: unexpected error: Endpoint timeout`
+// (docs/benchmarks-transfer.md; tests/transport/ucx_reader_death_test.cc reproduces it). Seen in
+// a few percent of runs on a loaded 2-core VM. True when `node`'s log ends in one of those, so a
+// test can report the known upstream abort as a skip that names it instead of a pass; any other
+// failure still fails.
+bool AbortedInsideUcx(const ServiceProcess& node) {
+  const std::string log = node.Log();
+  return log.find("got REP message") != std::string::npos ||
+         log.find("Fatal: unexpected error: Endpoint timeout") != std::string::npos;
+}
+
 TEST_P(PeerTest, ADecodeNodeRestartedMidFetchFetchesAgain) {
   StartNodes();
   std::vector<Object> objects;
@@ -468,7 +482,13 @@ TEST_P(PeerTest, ADecodeNodeRestartedMidFetchFetchesAgain) {
   ASSERT_OK_AND_ASSIGN(client_b_, KvClient::Connect(b_->target(), StreamOnly()));
   // Whatever the killed fetch left (nothing uncommitted is ever visible), fetching again
   // completes the handoff: the prefill node kept its pins.
-  ASSERT_OK_AND_ASSIGN(HandoffFetch fetched, client_b_->FetchHandoff(h, /*all_or_nothing=*/true));
+  Result<HandoffFetch> again = client_b_->FetchHandoff(h, /*all_or_nothing=*/true);
+  if (!again.ok() && GetParam() != Plane::kGrpc && AbortedInsideUcx(*a_)) {
+    GTEST_SKIP() << "the serving node aborted inside UCX 1.13 when its reader was killed "
+                    "(openucx/ucx#8175; issue 15): "
+                 << again.status();
+  }
+  ASSERT_OK_AND_ASSIGN(HandoffFetch fetched, std::move(again));
   EXPECT_EQ(fetched.longest_prefix, objects.size());
   for (const Object& o : objects) {
     ASSERT_OK_AND_ASSIGN(GetReply got, client_b_->Get(o.name));
