@@ -6,10 +6,11 @@
 // accepting, closes every connection (a call being handled finishes first) and joins all threads.
 //
 // Multi-tenant nodes start it with StartAuthenticated instead: nothing is sent until the client's
-// attach request names a bearer token, which the attacher maps to that tenant's own arena fds
-// (handshake version 2) or refuses (an error message, no fd). A grant that carries a session
-// keeps the connection open for local control calls, served by that session (bound to the
-// tenant the token named); otherwise the connection is closed.
+// attach request names a bearer token or presents an attach ticket (attach_tickets.h), which the
+// attacher maps to that tenant's own arena fds (handshake version 2) or refuses (an error
+// message, no fd). A grant that carries a session keeps the connection open for local control
+// calls, served by that session (bound to the tenant the credential named); otherwise the
+// connection is closed.
 #ifndef KVSTASH_CACHESVC_ARENA_SOCKET_H_
 #define KVSTASH_CACHESVC_ARENA_SOCKET_H_
 

@@ -101,7 +101,27 @@ Result<Caller> Authorizer::AuthenticateToken(const std::string& token) const {
   return Caller{*id, true};
 }
 
-Result<Caller> Authorizer::Authenticate(const grpc::ServerContext* ctx) const {
+Result<Caller> Authorizer::Reauthenticate(const Credential& credential) const {
+  if (!multi_tenant()) return Caller{};
+  if (!credential.token.empty() || credential.certificate_names.empty()) {
+    return AuthenticateToken(credential.token);
+  }
+  std::shared_ptr<const TenantTable> table;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    table = table_;
+  }
+  const Identity* id = table->FindCertificate(credential.certificate_names);
+  if (id == nullptr) {
+    refused_certificate_->Increment();
+    return absl::UnauthenticatedError(absl::StrCat(
+        "client certificate ", credential.certificate_names[0], " is no longer a tenant's"));
+  }
+  return Caller{*id, id->role != Role::kPeer};
+}
+
+Result<Caller> Authorizer::Authenticate(const grpc::ServerContext* ctx,
+                                        std::vector<std::string>* certificate_names) const {
   if (!multi_tenant()) return Caller{};
   if (ctx == nullptr) {
     return absl::UnauthenticatedError("in-process calls are not served in multi-tenant mode");
@@ -159,6 +179,7 @@ Result<Caller> Authorizer::Authenticate(const grpc::ServerContext* ctx) const {
           " is not a tenant's"));
     }
     Caller caller{*id, id->role != Role::kPeer};
+    if (certificate_names != nullptr) *certificate_names = std::move(names);
     return caller;
   }
   refused_missing_->Increment();

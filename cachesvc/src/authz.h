@@ -45,6 +45,15 @@ struct Caller {
   bool admin() const { return !restricted || identity.role == Role::kAdmin; }
 };
 
+// What authenticated a caller whose authentication outlives one call (a tenant's local control
+// connection), so that it can be checked again after a reload: its bearer token or, for a
+// connection attached with an attach ticket (attach_tickets.h), the names of the client
+// certificate the ticket was issued to.
+struct Credential {
+  std::string token;                           // empty: the certificate names below
+  std::vector<std::string> certificate_names;  // the CN, then the SANs (CertificateNames)
+};
+
 class Authorizer {
  public:
   // Loads config.tokens_file (when set) and the cluster secret (peers.secret_file, when set).
@@ -54,13 +63,21 @@ class Authorizer {
   bool multi_tenant() const { return !tokens_file_.empty(); }
 
   // The caller of `ctx` (nullptr: an in-process call, allowed only in single-tenant mode).
-  // Unauthenticated as described above; counted in kvstash_auth_refused_total{reason}.
-  Result<Caller> Authenticate(const grpc::ServerContext* ctx) const;
+  // Unauthenticated as described above; counted in kvstash_auth_refused_total{reason}. When the
+  // caller was identified by its client certificate (3. above) and `certificate_names` is set, it
+  // gets the certificate's names (left empty otherwise).
+  Result<Caller> Authenticate(const grpc::ServerContext* ctx,
+                              std::vector<std::string>* certificate_names = nullptr) const;
 
   // The caller presenting bearer `token` outside gRPC (the arena socket's attach request):
   // Unauthenticated for an empty, malformed, unknown or revoked token (counted like the gRPC
   // refusals). Single-tenant mode: an unrestricted caller, whatever the token.
   Result<Caller> AuthenticateToken(const std::string& token) const;
+  // The caller `credential` names in the table now: its token as AuthenticateToken, or else the
+  // identity of its certificate names (Unauthenticated when no cert line names them any more).
+  // A certificate whose line now has the peer role comes back unrestricted: callers that bind a
+  // tenant refuse it.
+  Result<Caller> Reauthenticate(const Credential& credential) const;
 
   // Re-reads the tokens file (SIGHUP): revoked tokens stop working for new calls. On error the
   // old table stays. `before_swap`, when set, sees the new table after it parsed and before any

@@ -36,6 +36,8 @@ limits:
   rpc_threads: 64
   local_control_connections: 256  # same-node control calls on the arena socket; 0: gRPC only
   local_control_poll_us: 1000     # poll for a local client's next call this long before blocking
+  attach_tickets: 64              # outstanding arena attach tickets per tenant (certificate clients)
+  attach_ticket_ttl_ms: 10000     # an attach ticket's validity, at most 10000
   stream_threads: 2               # threads answering streaming Puts and Gets
   stream_poll_us: 1000            # each polls for the next event this long before blocking
   shutdown_grace_ms: 10000
@@ -400,6 +402,12 @@ const std::vector<Field>& Fields() {
       {"limits.local_control_poll_us", "--local-control-poll-us",
        "after a local control call, poll for the next one this long before blocking (0: never)",
        IntField(&ServiceConfig::local_control_poll_us, 0, 100'000)},
+      {"limits.attach_tickets", "--attach-tickets",
+       "arena attach tickets a tenant may hold outstanding (certificate-identified clients)",
+       IntField(&ServiceConfig::attach_tickets, 1, 4096)},
+      {"limits.attach_ticket_ttl_ms", "--attach-ticket-ttl-ms",
+       "how long an arena attach ticket stays valid (at most 10 s)",
+       IntField(&ServiceConfig::attach_ticket_ttl_ms, 1, 10'000)},
       {"limits.stream_threads", "--stream-threads", "threads answering streaming Puts and Gets",
        IntField(&ServiceConfig::stream_threads, 1, 256)},
       {"limits.stream_poll_us", "--stream-poll-us",

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "cachegen_tier_codec.h"
 #include "cluster_node.h"
+#include "kvstash/proto/arena_handshake.h"
 #include "kvstash/proto/convert.h"
 #include "kvstash/proto/status_mapping.h"
 #include "request_checks.h"
@@ -31,7 +32,8 @@ KvStashService::CallerScope::~CallerScope() { scoped_caller = previous_; }
 
 KvStashService::KvStashService(storage::ObjectStore* store, const ServiceConfig& config,
                                std::string arena_socket_path, RpcMetrics* metrics,
-                               RemoteTier* remote, HandoffRegistry* handoffs, Authorizer* auth)
+                               RemoteTier* remote, HandoffRegistry* handoffs, Authorizer* auth,
+                               AttachTickets* tickets)
     : store_(store),
       config_(config),
       arena_socket_path_(std::move(arena_socket_path)),
@@ -39,6 +41,7 @@ KvStashService::KvStashService(storage::ObjectStore* store, const ServiceConfig&
       remote_(remote),
       handoffs_(handoffs),
       auth_(auth),
+      tickets_(tickets),
       started_(Clock::now()) {
   if (config_.transfer_encoding.encoding == Encoding::kCacheGen) {
     for (int level = 1; level <= 4; ++level) {
@@ -506,29 +509,71 @@ Status KvStashService::DoStats(const grpc::ServerContext* ctx, v1::StatsResponse
 grpc::Status KvStashService::ArenaInfo(grpc::ServerContext* ctx, const v1::ArenaInfoRequest* req,
                                        v1::ArenaInfoResponse* resp) {
   RpcScope scope(metrics_, Method::kArenaInfo, req->ByteSizeLong());
+  Status s = DoArenaInfo(ctx, *req, resp);
+  if (!s.ok()) {
+    resp->Clear();  // no path, and above all no ticket, with an error
+    return ToGrpcStatus(scope.Finish(s));
+  }
+  scope.Finish(OkStatus());
+  scope.AddSent(resp->ByteSizeLong());
+  return grpc::Status::OK;
+}
+
+Status KvStashService::DoArenaInfo(const grpc::ServerContext* ctx, const v1::ArenaInfoRequest& req,
+                                   v1::ArenaInfoResponse* resp) {
   uint64_t arena_bytes = store_->arena_bytes();
   if (auth_ != nullptr && auth_->multi_tenant()) {
     // A tenant maps only its own arena (docs/deploy.md "Shared memory"); the arena socket checks
-    // the bearer token again before it sends any fd.
-    Result<Caller> caller = Who(ctx);
-    if (!caller.ok()) return ToGrpcStatus(scope.Finish(caller.status()));
+    // the bearer token (or the attach ticket) again before it sends any fd.
+    const uint64_t generation = auth_->generation();  // before the caller is authenticated
+    std::vector<std::string> certificate_names;
+    Result<Caller> caller =
+        ctx == nullptr ? Who(ctx) : auth_->Authenticate(ctx, &certificate_names);
+    KVSTASH_RETURN_IF_ERROR(caller.status());
     const storage::ArenaSegment seg = store_->arena_segment(caller->identity.tenant);
     if (!caller->restricted || seg.index == 0) {
-      return ToGrpcStatus(scope.Finish(absl::FailedPreconditionError(absl::StrCat(
+      return absl::FailedPreconditionError(absl::StrCat(
           "no shared memory for ",
           caller->restricted ? "tenant " + caller->identity.tenant : std::string("peers"),
           " on this multi-tenant cachesvc (a tenant gets an arena of its own from a cpu quota); "
-          "use the gRPC byte streams"))));
+          "use the gRPC byte streams"));
     }
     arena_bytes = seg.bytes;
+    resp->set_read_only(caller->identity.read_only);
+    if (req.attach_ticket()) {
+      // docs/deploy.md "Attach tickets": the arena socket cannot see the client certificate, so
+      // the identity it maps to travels to the socket as a single-use ticket.
+      if (certificate_names.empty() || tickets_ == nullptr) {
+        return absl::FailedPreconditionError(
+            "attach tickets are for callers identified by a client certificate alone; a bearer "
+            "token goes in the attach request itself");
+      }
+      // Not a security check (a ticket works only on this host's arena socket anyway): a client
+      // on another host, whose arena socket path may exist there too, gets no ticket to waste.
+      const std::string& host = HostBootId();
+      if (!req.host_id().empty() && !host.empty() && req.host_id() != host) {
+        return absl::FailedPreconditionError(
+            "the caller runs on another host than this cachesvc (ArenaInfoRequest.host_id): it "
+            "cannot reach the arena; use the gRPC byte streams");
+      }
+      KVSTASH_ASSIGN_OR_RETURN(
+          std::string ticket,
+          tickets_->Issue(
+              TicketGrant{*caller, Credential{"", std::move(certificate_names)}, generation}));
+      resp->set_attach_ticket(std::move(ticket));
+      resp->set_attach_ticket_ttl_ms(static_cast<uint32_t>(tickets_->ttl().count()));
+    }
+  } else if (req.attach_ticket()) {
+    return absl::FailedPreconditionError(
+        "attach tickets are issued by multi-tenant cachesvc nodes (--tokens-file) only; a "
+        "single-tenant node's arena socket is guarded by its file permissions: dial its unix "
+        "socket");
   }
   resp->set_fd_socket_path(arena_socket_path_);
   resp->set_arena_bytes(arena_bytes);
   resp->set_arena_generation(store_->arena_generation());
   resp->set_alignment(kArenaAlignment);
-  scope.Finish(OkStatus());
-  scope.AddSent(resp->ByteSizeLong());
-  return grpc::Status::OK;
+  return OkStatus();
 }
 
 }  // namespace kvstash::cachesvc

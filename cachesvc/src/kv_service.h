@@ -15,6 +15,7 @@
 #include <span>
 #include <string>
 
+#include "attach_tickets.h"
 #include "authz.h"
 #include "handoffs.h"
 #include "kvstash/cachesvc/config.h"
@@ -135,10 +136,12 @@ class KvStashService final : public v1::KvStash::Service {
   // them (remote_tier.h), unless the call carries `kvstash-scope: local` (a peer's own call).
   // `handoffs` (optional) serves Offer and the handoff heartbeats and releases aimed at this node.
   // `auth` (optional; null: single tenant) authenticates every call and scopes its keys
-  // (authz.h).
+  // (authz.h). `tickets` (optional; multi-tenant nodes) issues the attach tickets ArenaInfo hands
+  // to callers identified by a client certificate (attach_tickets.h).
   KvStashService(storage::ObjectStore* store, const ServiceConfig& config,
                  std::string arena_socket_path, RpcMetrics* metrics, RemoteTier* remote = nullptr,
-                 HandoffRegistry* handoffs = nullptr, Authorizer* auth = nullptr);
+                 HandoffRegistry* handoffs = nullptr, Authorizer* auth = nullptr,
+                 AttachTickets* tickets = nullptr);
 
   // While it lives, calls this thread makes into the service's handlers with a null
   // ServerContext are `caller`'s (which must outlive the scope): a tenant's local control
@@ -231,6 +234,8 @@ class KvStashService final : public v1::KvStash::Service {
                 v1::KeysResponse* resp);
   Status DoList(const grpc::ServerContext* ctx, const v1::ListRequest& req, v1::ListResponse* resp);
   Status DoStats(const grpc::ServerContext* ctx, v1::StatsResponse* resp);
+  Status DoArenaInfo(const grpc::ServerContext* ctx, const v1::ArenaInfoRequest& req,
+                     v1::ArenaInfoResponse* resp);
   Status CheckKeyCount(int count, const char* method) const;
   // kv_service_handoff.cc
   Status DoOffer(const grpc::ServerContext* ctx, const v1::OfferRequest& req,
@@ -248,6 +253,7 @@ class KvStashService final : public v1::KvStash::Service {
   RemoteTier* remote_;
   HandoffRegistry* handoffs_;
   Authorizer* auth_;
+  AttachTickets* tickets_;
   mutable Mutex advertised_mu_;
   std::string advertised_ ABSL_GUARDED_BY(advertised_mu_);
   Clock::time_point started_;

@@ -131,7 +131,7 @@ grpc::Status Run(KvStashService* service,
 struct TenantBinding {
   Authorizer* auth = nullptr;
   Caller caller;
-  std::string token;        // of the attach request, checked again after a reload
+  Credential credential;    // of the attach request, checked again after a reload
   uint64_t generation = 0;  // auth->generation() when `caller` was last checked
   Status refused;           // sticky: the token stopped naming this tenant
 };
@@ -150,7 +150,7 @@ class ServiceLocalSession final : public LocalControlSession {
               std::string* reply_body) override;
 
  private:
-  // OK while the attach request's token still names the session's tenant.
+  // OK while the attach request's credential still names the session's tenant.
   Status CheckTenant();
   void Dispatch(uint16_t method, std::string_view body, uint16_t* reply_code,
                 std::string* reply_body);
@@ -167,14 +167,15 @@ Status ServiceLocalSession::CheckTenant() {
   if (!t.refused.ok()) return t.refused;
   const uint64_t generation = t.auth->generation();
   if (generation == t.generation) return OkStatus();
-  Result<Caller> now = t.auth->AuthenticateToken(t.token);
+  const char* what = t.credential.token.empty() ? "certificate" : "token";
+  Result<Caller> now = t.auth->Reauthenticate(t.credential);
   if (!now.ok()) {
     t.refused = absl::UnauthenticatedError(
-        absl::StrCat("local control: the token of this connection no longer authenticates (",
+        absl::StrCat("local control: the ", what, " of this connection no longer authenticates (",
                      std::string(now.status().message()), ")"));
-  } else if (now->identity.tenant != t.caller.identity.tenant) {
-    t.refused = absl::UnauthenticatedError(
-        "local control: the token of this connection now names another tenant; attach again");
+  } else if (!now->restricted || now->identity.tenant != t.caller.identity.tenant) {
+    t.refused = absl::UnauthenticatedError(absl::StrCat(
+        "local control: the ", what, " of this connection now names another tenant; attach again"));
   } else {
     t.caller = *now;  // a changed role or access takes effect now
     t.generation = generation;
@@ -322,12 +323,12 @@ LocalControlFactory ServiceLocalSessions(KvStashService* service, storage::Objec
 TenantLocalFactory TenantLocalSessions(KvStashService* service, storage::ObjectStore* store,
                                        Authorizer* auth, MetricsRegistry* metrics) {
   auto registry = MakeRegistry(store, metrics);
-  return [service, registry, auth](const Caller& caller, const std::string& token,
+  return [service, registry, auth](const Caller& caller, Credential credential,
                                    uint64_t generation) -> std::unique_ptr<LocalControlSession> {
     auto tenant = std::make_unique<TenantBinding>();
     tenant->auth = auth;
     tenant->caller = caller;
-    tenant->token = token;
+    tenant->credential = std::move(credential);
     tenant->generation = generation;
     return std::make_unique<ServiceLocalSession>(service, registry, std::move(tenant));
   };

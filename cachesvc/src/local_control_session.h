@@ -28,16 +28,18 @@ LocalControlFactory ServiceLocalSessions(KvStashService* service, storage::Objec
                                          MetricsRegistry* metrics);
 
 // The sessions of a multi-tenant node's authenticated arena socket: each is bound to the caller
-// that the bearer token `token` of the connection's attach request named (authenticated when
-// Authorizer::generation() was `generation`: read it before authenticating), and runs every call as
-// that caller (KvStashService::CallerScope): the same namespace scoping, id ownership, quota and
-// permission checks as the caller's gRPC calls. After a reload of the tokens file
-// (Authorizer::generation moved) the token is checked again before the next call: a revoked
-// token's calls are UNAUTHENTICATED from then on, and a token that now names another tenant too
-// (its connection mapped the old tenant's arena). A client's Hello id is scoped to its tenant,
-// so one tenant cannot join another's record of open handles.
+// that the `credential` of the connection's attach request named (its bearer token, or the
+// client certificate an attach ticket was issued to; authenticated when Authorizer::generation()
+// was `generation`: read it before authenticating), and runs every call as that caller
+// (KvStashService::CallerScope): the same namespace scoping, id ownership, quota and permission
+// checks as the caller's gRPC calls. After a reload of the tokens file (Authorizer::generation
+// moved) the credential is checked again before the next call (Authorizer::Reauthenticate): a
+// revoked token's or removed certificate's calls are UNAUTHENTICATED from then on, and one that
+// now names another tenant (or the peer role) too (its connection mapped the old tenant's
+// arena). A client's Hello id is scoped to its tenant, so one tenant cannot join another's record
+// of open handles.
 using TenantLocalFactory = std::function<std::unique_ptr<LocalControlSession>(
-    const Caller& caller, const std::string& token, uint64_t generation)>;
+    const Caller& caller, Credential credential, uint64_t generation)>;
 TenantLocalFactory TenantLocalSessions(KvStashService* service, storage::ObjectStore* store,
                                        Authorizer* auth, MetricsRegistry* metrics);
 

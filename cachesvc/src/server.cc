@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "arena_socket.h"
 #include "async_streams.h"
+#include "attach_tickets.h"
 #include "authz.h"
 #include "cachegen_tier_codec.h"
 #include "cluster_node.h"
@@ -91,7 +92,8 @@ struct CacheService::Impl {
   std::unique_ptr<ClusterNode> cluster;            // etcd membership and replication (--etcd)
   std::atomic<ClusterNode*> commit_hook{nullptr};  // the store's commit observer forwards here
   std::unique_ptr<HandoffRegistry> handoffs;
-  std::unique_ptr<Authorizer> auth;  // tenants (authz.h); before the service
+  std::unique_ptr<Authorizer> auth;        // tenants (authz.h); before the service
+  std::unique_ptr<AttachTickets> tickets;  // multi-tenant nodes only; before the service
   std::unique_ptr<KvStashService> service;
   // Declared before the server: its completion queues must outlive it.
   std::unique_ptr<AsyncStreamServer> async_streams;
@@ -288,9 +290,14 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
     return auth.status();
   }
   impl->auth = std::move(*auth);
+  if (impl->auth->multi_tenant()) {
+    impl->tickets =
+        std::make_unique<AttachTickets>(std::chrono::milliseconds{config.attach_ticket_ttl_ms},
+                                        config.attach_tickets, &impl->registry);
+  }
   impl->service = std::make_unique<KvStashService>(
       impl->store.get(), impl->config, impl->arena_socket_path, impl->rpc_metrics.get(),
-      impl->remote.get(), impl->handoffs.get(), impl->auth.get());
+      impl->remote.get(), impl->handoffs.get(), impl->auth.get(), impl->tickets.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -373,25 +380,49 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
         "cannot create ", socket_dir.string(), " for the arena socket: ", mkdir_error.message())));
   }
   // Multi-tenant: the socket hands a client only its own tenant's arena, after checking its
-  // bearer token, and keeps the connection as a local control channel bound to that tenant
-  // (every call runs as the token's caller). docs/deploy.md "Shared memory".
+  // bearer token or attach ticket, and keeps the connection as a local control channel bound to
+  // that tenant (every call runs as the credential's caller). docs/deploy.md "Shared memory".
   if (impl->auth->multi_tenant()) {
     Authorizer* auth = impl->auth.get();
+    AttachTickets* tickets = impl->tickets.get();
     storage::ObjectStore* store = impl->store.get();
     TenantLocalFactory sessions;
     if (config.local_control_connections > 0) {
       sessions = TenantLocalSessions(impl->service.get(), store, auth, &impl->registry);
     }
-    ArenaAttacher attach = [auth, store,
+    ArenaAttacher attach = [auth, tickets, store,
                             sessions](const ArenaAttachRequest& req) -> Result<ArenaGrant> {
-      const uint64_t generation = auth->generation();  // before the token is checked
-      KVSTASH_ASSIGN_OR_RETURN(Caller caller, auth->AuthenticateToken(req.token));
+      Caller caller;
+      Credential credential;
+      uint64_t generation = 0;
+      if (req.ticket.has_value()) {
+        // Consumed here, whatever follows. Its caller was authenticated when it was issued;
+        // after a reload since, its certificate is checked against the table in force.
+        KVSTASH_ASSIGN_OR_RETURN(TicketGrant granted, tickets->Redeem(*req.ticket));
+        caller = std::move(granted.caller);
+        credential = std::move(granted.credential);
+        generation = auth->generation();
+        if (generation != granted.generation) {
+          Result<Caller> now = auth->Reauthenticate(credential);
+          if (!now.ok()) return now.status();
+          if (!now->restricted || now->identity.tenant != caller.identity.tenant) {
+            return absl::UnauthenticatedError(
+                "the attach ticket's certificate names another tenant since it was issued");
+          }
+          caller = *now;  // a changed role or access takes effect now
+        }
+      } else {
+        generation = auth->generation();  // before the token is checked
+        KVSTASH_ASSIGN_OR_RETURN(caller, auth->AuthenticateToken(req.token));
+        credential.token = req.token;
+      }
+      const char* what = req.ticket.has_value() ? "attach ticket" : "token";
       if (caller.identity.role == Role::kPeer) {
         return absl::PermissionDeniedError("peers do not map arenas");
       }
       if (req.writable && caller.identity.read_only) {
         return absl::PermissionDeniedError(absl::StrCat(
-            "the token of tenant ", caller.identity.tenant,
+            "the ", what, " of tenant ", caller.identity.tenant,
             " is read-only: no writable mapping (attach read-only, ClientOptions::read_only)"));
       }
       const storage::ArenaSegment seg = store->arena_segment(caller.identity.tenant);
@@ -413,7 +444,7 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
         grant.hello.features |= kArenaFeatureWritableFd;
         grant.fds.push_back(seg.fd);
       }
-      if (sessions != nullptr) grant.session = sessions(caller, req.token, generation);
+      if (sessions != nullptr) grant.session = sessions(caller, std::move(credential), generation);
       return grant;
     };
     auto arena = ArenaSocketServer::StartAuthenticated(

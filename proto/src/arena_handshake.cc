@@ -1,5 +1,6 @@
 #include "kvstash/proto/arena_handshake.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -87,25 +88,46 @@ Result<ArenaHandshake> DecodeArenaHandshake(std::span<const uint8_t> bytes) {
 
 std::string EncodeArenaAttachRequest(const ArenaAttachRequest& request) {
   std::string out;
-  out.push_back(request.writable ? 1 : 0);
-  out.append(request.token);
+  uint8_t first = request.writable ? kArenaAttachWritable : 0;
+  if (request.ticket.has_value()) first |= kArenaAttachTicketMarker;
+  out.push_back(static_cast<char>(first));
+  out.append(request.ticket.has_value() ? *request.ticket : request.token);
   return out;
 }
 
 Result<ArenaAttachRequest> DecodeArenaAttachRequest(std::span<const uint8_t> body) {
   if (body.empty()) return absl::InvalidArgumentError("arena attach request is empty");
-  if (body[0] > 1) {
+  if ((body[0] & ~(kArenaAttachWritable | kArenaAttachTicketMarker)) != 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("arena attach request has an unknown access byte ", int{body[0]}));
+        absl::StrCat("arena attach request has an unknown first byte ", int{body[0]}));
   }
   if (body.size() - 1 > kMaxArenaAttachTokenBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("arena attach request's token is longer than ",
-                                                   kMaxArenaAttachTokenBytes, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "arena attach request's credential is longer than ", kMaxArenaAttachTokenBytes, " bytes"));
   }
   ArenaAttachRequest request;
-  request.writable = body[0] == 1;
-  request.token.assign(reinterpret_cast<const char*>(body.data()) + 1, body.size() - 1);
+  request.writable = (body[0] & kArenaAttachWritable) != 0;
+  std::string credential(reinterpret_cast<const char*>(body.data()) + 1, body.size() - 1);
+  if ((body[0] & kArenaAttachTicketMarker) != 0) {
+    request.ticket = std::move(credential);
+  } else {
+    request.token = std::move(credential);
+  }
   return request;
+}
+
+const std::string& HostBootId() {
+  static const std::string id = [] {
+    std::string text(64, '\0');
+    FdCloser fd(::open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC));
+    if (fd.get() < 0) return std::string();
+    ssize_t n = ::read(fd.get(), text.data(), text.size());
+    if (n <= 0) return std::string();
+    text.resize(static_cast<size_t>(n));
+    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+    return text;
+  }();
+  return id;
 }
 
 Result<unsigned> MakeUnixAddress(const std::string& path, void* addr) {
@@ -223,8 +245,9 @@ Result<ReceivedArena> ReceiveArenaFd(const std::string& socket_path, int timeout
                                      bool keep_connection, const ArenaAttachRequest& request) {
   sockaddr_un addr;
   KVSTASH_ASSIGN_OR_RETURN(unsigned addr_len, MakeUnixAddress(socket_path, &addr));
-  if (request.token.size() > kMaxArenaAttachTokenBytes) {
-    return absl::InvalidArgumentError("bearer token too long for the arena attach request");
+  if (request.token.size() > kMaxArenaAttachTokenBytes ||
+      (request.ticket.has_value() && request.ticket->size() > kMaxArenaAttachTokenBytes)) {
+    return absl::InvalidArgumentError("credential too long for the arena attach request");
   }
   FdCloser sock(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (sock.get() < 0) return absl::UnavailableError(absl::StrCat("socket: ", ErrnoText(errno)));

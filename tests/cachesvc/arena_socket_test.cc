@@ -81,6 +81,42 @@ TEST(ArenaHandshake, VersionTwoAndAttachRequestRoundTrip) {
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// The attach-ticket variant: the marker bit, the ticket's bytes in place of the token; a token
+// request keeps its first version's bytes (servers that predate tickets still take it).
+TEST(ArenaHandshake, AttachTicketRequestRoundTrip) {
+  auto decode = [](const std::string& body) {
+    return DecodeArenaAttachRequest(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(body.data()), body.size()));
+  };
+  const std::string ticket(kArenaAttachTicketBytes, '\x9c');
+  std::string body = EncodeArenaAttachRequest({.writable = true, .token = "", .ticket = ticket});
+  ASSERT_EQ(body.size(), 1 + kArenaAttachTicketBytes);
+  EXPECT_EQ(static_cast<uint8_t>(body[0]), kArenaAttachWritable | kArenaAttachTicketMarker);
+  ASSERT_OK_AND_ASSIGN(ArenaAttachRequest request, decode(body));
+  EXPECT_TRUE(request.writable);
+  ASSERT_TRUE(request.ticket.has_value());
+  EXPECT_EQ(*request.ticket, ticket);
+  EXPECT_TRUE(request.token.empty());
+  // Read-only, and a ticket of any length (the server judges it), even none.
+  ASSERT_OK_AND_ASSIGN(request,
+                       decode(EncodeArenaAttachRequest(
+                           {.writable = false, .token = "", .ticket = std::string(5, 'x')})));
+  EXPECT_FALSE(request.writable);
+  EXPECT_EQ(request.ticket, std::string(5, 'x'));
+  ASSERT_OK_AND_ASSIGN(request, decode(std::string(1, '\x02')));
+  ASSERT_TRUE(request.ticket.has_value());
+  EXPECT_TRUE(request.ticket->empty());
+  // The token form is unchanged: access byte 0 or 1, no ticket.
+  EXPECT_EQ(EncodeArenaAttachRequest({.writable = true, .token = "tok"}), std::string("\x01tok"));
+  ASSERT_OK_AND_ASSIGN(request, decode(std::string("\x01tok")));
+  EXPECT_FALSE(request.ticket.has_value());
+  // Unknown bits, and a ticket over the credential limit, are refused.
+  EXPECT_THAT(decode(std::string("\x04tok")), StatusIs(absl::StatusCode::kInvalidArgument));
+  std::string huge(2 + kMaxArenaAttachTokenBytes, 't');
+  huge[0] = kArenaAttachTicketMarker;
+  EXPECT_THAT(decode(huge), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST(ArenaSocket, HandsOutTheSameMemory) {
   constexpr size_t kBytes = 1 << 20;
   int memfd = ::memfd_create("kvs-test-arena", MFD_CLOEXEC);

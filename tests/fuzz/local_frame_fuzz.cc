@@ -1,6 +1,7 @@
 // Fuzz target: the local control channel's frames as cachesvc reads them off a client connection
 // (kvstash/proto/local_control.h): a stream of headers and bodies, each body parsed as the
-// request message its method names (the arena attach request by its own decoder).
+// request message its method names (the arena attach request by its own decoder, token and
+// attach-ticket variants).
 //
 // Invariants: no out-of-bounds reads; a header that decodes re-encodes to the same 16 bytes and
 // never announces more than kMaxLocalFrameBody; decoding stops at the first bad header, as the
@@ -57,9 +58,20 @@ void ParseAs(uint16_t method, const uint8_t* body, size_t n) {
       break;
     case LocalMethod::kAttach: {
       // The arena attach request (arena_handshake.h): what decodes re-encodes to the same bytes.
+      // A ticket (the marker bit) and a token never both come out of one request.
       auto request = kvstash::DecodeArenaAttachRequest(std::span<const uint8_t>(body, n));
       if (request.ok()) {
         if (request->token.size() > kvstash::kMaxArenaAttachTokenBytes) __builtin_trap();
+        const bool marked = n > 0 && (body[0] & kvstash::kArenaAttachTicketMarker) != 0;
+        if (request->ticket.has_value() != marked) __builtin_trap();
+        if (request->ticket.has_value() &&
+            (!request->token.empty() ||
+             request->ticket->size() > kvstash::kMaxArenaAttachTokenBytes)) {
+          __builtin_trap();
+        }
+        if (request->writable != ((body[0] & kvstash::kArenaAttachWritable) != 0)) {
+          __builtin_trap();
+        }
         std::string again = kvstash::EncodeArenaAttachRequest(*request);
         if (again.size() != n || std::memcmp(again.data(), body, n) != 0) __builtin_trap();
       }

@@ -214,6 +214,21 @@ int main(int argc, char** argv) {
                 kLocalFlagNoReply);
     AppendFrame(&attach, LocalMethod::kAttach, std::string("\x07tok", 4), 0, kLocalFlagNoReply);
     WriteRaw(frames, "attach_requests", attach);
+    // Attach tickets (the marker bit): a 32-byte one, read-write and read-only, a short one and
+    // an empty one.
+    std::vector<uint8_t> tickets;
+    AppendFrame(&tickets, LocalMethod::kAttach,
+                EncodeArenaAttachRequest(
+                    {.writable = true, .token = "", .ticket = std::string(32, '\x5a')}),
+                0, kLocalFlagNoReply);
+    AppendFrame(&tickets, LocalMethod::kAttach,
+                EncodeArenaAttachRequest(
+                    {.writable = false, .token = "", .ticket = std::string(31, '\x01')}),
+                0, kLocalFlagNoReply);
+    AppendFrame(&tickets, LocalMethod::kAttach,
+                EncodeArenaAttachRequest({.writable = false, .token = "", .ticket = std::string()}),
+                0, kLocalFlagNoReply);
+    WriteRaw(frames, "attach_tickets", tickets);
   }
   // A byte (top bit: 0 GetChunk, 1 PutChunk; the rest: where to cut), then the message.
   const auto chunks = root / "fuzz_split_bytes_field";

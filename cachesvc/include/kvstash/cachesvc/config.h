@@ -191,6 +191,10 @@ struct ServiceConfig {
   // answers the Commit without a thread wake-up (on a 2-vCPU VM: 15 us instead of 50-110 us per
   // call). The price is up to this much CPU per call on the service side; 0: never poll.
   uint32_t local_control_poll_us = 1000;
+  // Attach tickets (multi-tenant nodes; docs/deploy.md "Attach tickets"): how many a tenant may
+  // hold outstanding at a time, and how long one stays valid (at most 10 s).
+  int attach_tickets = 64;
+  uint32_t attach_ticket_ttl_ms = 10'000;
   // Threads (each with its gRPC completion queue) that answer streaming Puts and Gets, and how
   // long each polls its queue after an event before it blocks: the next message of a call comes
   // within microseconds, sooner than a blocked thread wakes up. 0: never poll.

@@ -18,11 +18,11 @@
 // socket file's permissions: whoever can connect gets a writable mapping.
 //
 // Version 2 (a multi-tenant cachesvc, docs/deploy.md "Shared memory"): 40 bytes, sent only after
-// the attach request names a tenant's bearer token; the fds are of that tenant's own arena only:
-// first a read-only fd (kArenaFeatureReadOnlyFd; its mappings can never be written), then a
-// read-write fd when the request asked for one (kArenaFeatureWritableFd). An offset o that the
-// service hands out (Reserve, Acquire) is at mapping + (o - arena_offset). A refused request is
-// answered, instead of the handshake, with an error message and no fd:
+// the attach request names a tenant's bearer token (or presents an attach ticket); the fds are of
+// that tenant's own arena only: first a read-only fd (kArenaFeatureReadOnlyFd; its mappings can
+// never be written), then a read-write fd when the request asked for one (kArenaFeatureWritableFd).
+// An offset o that the service hands out (Reserve, Acquire) is at mapping + (o - arena_offset). A
+// refused request is answered, instead of the handshake, with an error message and no fd:
 //
 //   off size field
 //    0   4  magic "KVSE"
@@ -31,7 +31,9 @@
 //   12   *  message           UTF-8 text
 //
 // The attach request is a local control frame (local_control.h) with code LocalMethod::kAttach
-// and kLocalFlagNoReply, whose body is EncodeArenaAttachRequest's.
+// and kLocalFlagNoReply, whose body is EncodeArenaAttachRequest's: a bearer token or, for a
+// client identified only by its client certificate, a single-use attach ticket that the ArenaInfo
+// RPC issued over mutual TLS (the socket itself has no certificate to check).
 //
 // Functions are thread-safe; every fd they return is owned by the caller (close it).
 #ifndef KVSTASH_PROTO_ARENA_HANDSHAKE_H_
@@ -39,6 +41,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -76,15 +79,28 @@ std::vector<uint8_t> EncodeArenaHandshake(const ArenaHandshake& hello);
 // InvalidArgument for a short message, wrong magic or unknown version.
 Result<ArenaHandshake> DecodeArenaHandshake(std::span<const uint8_t> bytes);
 
-// The attach request's body: access (1 byte: 1 = also a read-write fd, 0 = read-only) and the
-// bearer token (the rest, at most 1024 bytes; empty without one).
+// The attach request's body: a first byte, then the credential (the rest, at most 1024 bytes).
+// The first byte's bit 0 is the access (1 = also a read-write fd, 0 = read-only); bit 1
+// (kArenaAttachTicketMarker) says what the credential is:
+//   0: a bearer token (empty without one); the request's first version, which every server
+//      takes;
+//   1: an attach ticket (the ArenaInfo RPC's `attach_ticket`: 32 bytes, single-use, for clients
+//      identified by a client certificate); servers that predate tickets refuse the request with
+//      INVALID_ARGUMENT, so such a client uses the byte streams.
+// Other bits are unknown: INVALID_ARGUMENT.
 struct ArenaAttachRequest {
   bool writable = true;
   std::string token;
+  // Set: an attach ticket's bytes, sent in place of the token (which is then not sent). Decoding
+  // sets it for every request with the marker, whatever its length; the server checks it.
+  std::optional<std::string> ticket = std::nullopt;
 };
 inline constexpr size_t kMaxArenaAttachTokenBytes = 1024;
+inline constexpr uint8_t kArenaAttachWritable = 1;
+inline constexpr uint8_t kArenaAttachTicketMarker = 2;
+inline constexpr size_t kArenaAttachTicketBytes = 32;
 std::string EncodeArenaAttachRequest(const ArenaAttachRequest& request);
-// InvalidArgument for an empty body, an unknown access byte or a token over the limit.
+// InvalidArgument for an empty body, an unknown first byte or a credential over the limit.
 Result<ArenaAttachRequest> DecodeArenaAttachRequest(std::span<const uint8_t> body);
 
 // Server side: sends the handshake and copies of `fds` (1 or 2) over the connected socket
@@ -113,6 +129,12 @@ struct ReceivedArena {
 Result<ReceivedArena> ReceiveArenaFd(const std::string& socket_path, int timeout_ms,
                                      bool keep_connection = false,
                                      const ArenaAttachRequest& request = {});
+
+// This host's boot id (/proc/sys/kernel/random/boot_id, 36 characters; empty when unreadable),
+// read once. Containers on one host share it, so a client and a cachesvc that report the same one
+// can share a unix socket and a memfd; a cachesvc issues attach tickets only to callers of its
+// own host (ArenaInfoRequest.host_id).
+const std::string& HostBootId();
 
 // Fills a sockaddr_un for `path`; InvalidArgument when the path is empty or too long.
 // `addr` must point to a struct sockaddr_un; returns the address length to pass to bind/connect.
