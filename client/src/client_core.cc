@@ -50,18 +50,49 @@ std::shared_ptr<LocalControl> ClientCore::CurrentLocal() const {
   return local;
 }
 
-Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
+Result<v1::ArenaInfoResponse> ClientCore::ArenaInfo(bool ticket) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options.connect_timeout);
   v1::ArenaInfoRequest req;
+  if (ticket) {
+    req.set_attach_ticket(true);
+    req.set_host_id(HostBootId());
+  }
   v1::ArenaInfoResponse resp;
   KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(stub->ArenaInfo(&ctx, req, &resp)));
+  if (ticket && resp.attach_ticket().empty()) {
+    // A service that predates tickets ignores the request's field.
+    return absl::FailedPreconditionError("cachesvc issued no attach ticket");
+  }
+  return resp;
+}
+
+Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
+  KVSTASH_ASSIGN_OR_RETURN(v1::ArenaInfoResponse resp, ArenaInfo(ticket_attach));
   if (resp.fd_socket_path().empty()) {
     return absl::UnavailableError("service offers no arena socket");
   }
   ArenaAttachRequest attach;
-  attach.token = options.bearer_token;  // a multi-tenant service maps it to the tenant's arena
   attach.writable = !options.attach_read_only;
+  LocalControl::AttachSource attach_source;
+  if (ticket_attach) {
+    // The ticket's identity decides the access: a read-only one's writable attach would be
+    // refused (and would use the ticket up).
+    attach.writable = attach.writable && !resp.read_only();
+    attach.ticket = resp.attach_ticket();
+    // Every further connection of the local control channel presents a ticket of its own. The
+    // channel lives in this core, so `this` outlives it.
+    attach_source = [this, writable = attach.writable]() -> Result<ArenaAttachRequest> {
+      KVSTASH_ASSIGN_OR_RETURN(v1::ArenaInfoResponse fresh, ArenaInfo(/*ticket=*/true));
+      ArenaAttachRequest request;
+      request.writable = writable;
+      request.ticket = fresh.attach_ticket();
+      return request;
+    };
+  } else {
+    attach.token = options.bearer_token;  // a multi-tenant service maps it to the tenant's arena
+    attach_source = [attach]() -> Result<ArenaAttachRequest> { return attach; };
+  }
   KVSTASH_ASSIGN_OR_RETURN(
       ReceivedArena received,
       ReceiveArenaFd(resp.fd_socket_path(), static_cast<int>(options.connect_timeout.count()),
@@ -122,9 +153,9 @@ Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
   shared_memory_status = OkStatus();
   if (connection >= 0 && local == nullptr) {
     // Without it every call still works over gRPC, only slower; not worth failing the attach.
-    auto created =
-        LocalControl::Create(resp.fd_socket_path(), connection, received.hello.arena_generation,
-                             options.rpc_timeout, options.local_control_poll, attach);
+    auto created = LocalControl::Create(resp.fd_socket_path(), connection,
+                                        received.hello.arena_generation, options.rpc_timeout,
+                                        options.local_control_poll, std::move(attach_source));
     if (created.ok()) local = std::move(*created);
   } else if (connection >= 0) {
     // A re-attach: the channel lives on (its handles must stay anchored) and re-anchors itself

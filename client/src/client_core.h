@@ -56,6 +56,11 @@ struct ClientCore {
   // The same channel for calls whose replies are read as raw slices (RawGetCall).
   std::unique_ptr<grpc::GenericStub> generic_stub;
   bool shared_memory_wanted = false;
+  // A client identified only by its client certificate (mutual TLS to a TCP target, no bearer
+  // token): the arena socket cannot see the certificate, so it attaches with single-use attach
+  // tickets that ArenaInfo issues over the TLS channel, one per arena-socket connection
+  // (docs/deploy.md "Attach tickets"). Set by Connect.
+  bool ticket_attach = false;
 
   mutable std::mutex mu;
   std::shared_ptr<ArenaMapping> mapping;  // guarded by mu
@@ -100,6 +105,9 @@ struct ClientCore {
   Result<std::shared_ptr<ArenaMapping>> MappingFor(uint64_t generation);
   // ArenaInfo RPC + SCM_RIGHTS handshake + mmap. Caller holds mu.
   Result<std::shared_ptr<ArenaMapping>> AttachLocked();
+  // The ArenaInfo RPC (connect_timeout deadline); with `ticket`, asking for an attach ticket
+  // (FailedPrecondition when the service issued none).
+  Result<v1::ArenaInfoResponse> ArenaInfo(bool ticket);
 
   Status CommitReservation(uint64_t id, uint32_t crc, bool durable);
   Status AbortReservation(uint64_t id);

@@ -82,7 +82,12 @@ Result<std::unique_ptr<KvClient>> KvClient::Connect(const std::string& target,
     return absl::UnavailableError(absl::StrCat("cannot reach cachesvc at ", target, " within ",
                                                options.connect_timeout.count(), " ms"));
   }
-  core->shared_memory_wanted = options.use_shared_memory && internal::IsUnixTarget(target);
+  // Same-node clients dial the unix socket. A client identified by its certificate alone dials
+  // TCP with mutual TLS; when the node is on its host, attach tickets let it map the arena too.
+  core->ticket_attach = !internal::IsUnixTarget(target) && !options.tls_ca_file.empty() &&
+                        !options.tls_cert_file.empty() && options.bearer_token.empty();
+  core->shared_memory_wanted =
+      options.use_shared_memory && (internal::IsUnixTarget(target) || core->ticket_attach);
   if (core->shared_memory_wanted) {
     std::lock_guard<std::mutex> lock(core->mu);
     auto attached = core->AttachLocked();

@@ -60,7 +60,7 @@ Status LocalReplyStatus(uint16_t code, const std::string& body,
 }
 
 LocalControl::LocalControl(std::string socket_path, std::chrono::milliseconds timeout,
-                           std::chrono::microseconds poll, ArenaAttachRequest attach)
+                           std::chrono::microseconds poll, AttachSource attach)
     : socket_path_(std::move(socket_path)),
       timeout_(timeout),
       poll_(poll),
@@ -70,7 +70,7 @@ Result<std::unique_ptr<LocalControl>> LocalControl::Create(std::string socket_pa
                                                            uint64_t generation,
                                                            std::chrono::milliseconds timeout,
                                                            std::chrono::microseconds poll,
-                                                           ArenaAttachRequest attach) {
+                                                           AttachSource attach) {
   std::unique_ptr<LocalControl> local(
       new LocalControl(std::move(socket_path), timeout, poll, std::move(attach)));
   local->anchor_fd_ = anchor_fd;
@@ -108,9 +108,13 @@ Status LocalControl::Hello(int fd) {
 }
 
 Result<int> LocalControl::Open() {
+  ArenaAttachRequest request;
+  if (attach_ != nullptr) {
+    KVSTASH_ASSIGN_OR_RETURN(request, attach_());
+  }
   KVSTASH_ASSIGN_OR_RETURN(ReceivedArena received,
                            ReceiveArenaFd(socket_path_, static_cast<int>(timeout_.count()),
-                                          /*keep_connection=*/true, attach_));
+                                          /*keep_connection=*/true, request));
   ::close(received.fd);  // this client mapped the arena already
   if (received.writable_fd >= 0) ::close(received.writable_fd);
   if ((received.hello.features & kArenaFeatureLocalControl) == 0) {

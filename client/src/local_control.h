@@ -19,6 +19,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,15 +34,19 @@ namespace kvstash::client::internal {
 
 class LocalControl {
  public:
+  // The attach request for one new connection: on a multi-tenant service its bearer token, or a
+  // fresh attach ticket (single-use: one per connection), binds the connection to the client's
+  // tenant. Called on the thread that opens the connection, without the pool's lock.
+  using AttachSource = std::function<Result<ArenaAttachRequest>()>;
+
   // Takes ownership of `anchor_fd`, the connection of the attach handshake (which announced
   // `generation`): says Hello on it and keeps it open. Unavailable when that fails. Every further
-  // connection sends `attach` (the client's attach request: on a multi-tenant service its bearer
-  // token binds the connection to the client's tenant).
+  // connection sends the request `attach` makes (null: an empty request).
   static Result<std::unique_ptr<LocalControl>> Create(std::string socket_path, int anchor_fd,
                                                       uint64_t generation,
                                                       std::chrono::milliseconds timeout,
                                                       std::chrono::microseconds poll,
-                                                      ArenaAttachRequest attach = {});
+                                                      AttachSource attach = nullptr);
   ~LocalControl();
   LocalControl(const LocalControl&) = delete;
   LocalControl& operator=(const LocalControl&) = delete;
@@ -86,7 +91,7 @@ class LocalControl {
 
  private:
   LocalControl(std::string socket_path, std::chrono::milliseconds timeout,
-               std::chrono::microseconds poll, ArenaAttachRequest attach);
+               std::chrono::microseconds poll, AttachSource attach);
   // An idle connection, or a new one (handshake + Hello). `fresh` says which.
   Result<int> Take(bool* fresh);
   void GiveBack(int fd);
@@ -99,7 +104,7 @@ class LocalControl {
   std::string socket_path_;
   std::chrono::milliseconds timeout_;
   std::chrono::microseconds poll_;
-  ArenaAttachRequest attach_;
+  AttachSource attach_;
   std::array<uint8_t, kLocalClientIdBytes> client_id_{};
   std::atomic<uint32_t> sequence_{0};
   std::mutex mu_;

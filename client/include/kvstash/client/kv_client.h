@@ -1,8 +1,10 @@
 // KvClient: the C++ client of cachesvc (kvstash.v1 over gRPC, docs/api.md).
 //
 // Control goes over gRPC. Data takes one of two paths:
-//  - shared memory (same node): when the target is a local unix socket and shared memory is
-//    enabled, Connect() receives the service's arena memfd (SCM_RIGHTS) and maps it MAP_SHARED.
+//  - shared memory (same node): when the target is a local unix socket (or, for a client
+//    identified by its certificate alone, a TCP target on the same host; Connect) and shared
+//    memory is enabled, Connect() receives the service's arena memfd (SCM_RIGHTS) and maps it
+//    MAP_SHARED.
 //    Writes go straight into a reservation in the arena, reads are served in place under a lease;
 //    no payload byte crosses gRPC.
 //  - byte streams: Put and Get stream the payload in ~1 MiB gRPC messages. Works over TCP.
@@ -41,8 +43,9 @@ struct ClientOptions {
   std::chrono::milliseconds rpc_timeout{10'000};     // every unary RPC
   std::chrono::milliseconds stream_timeout{60'000};  // a whole streaming Put or Get
   std::chrono::milliseconds connect_timeout{5'000};  // Connect(), arena attach included
-  // Attach the arena when the target is a unix socket. A failed attach is not an error: the
-  // client falls back to byte streams and shared_memory_status() says why.
+  // Attach the arena when the target is a unix socket (or with attach tickets, Connect). A failed
+  // attach is not an error: the client falls back to byte streams and shared_memory_status()
+  // says why.
   bool use_shared_memory = true;
   // Map the arena for reading only (a multi-tenant cachesvc then sends no writable fd; a
   // single-tenant one maps read-write regardless). Needed with a read-only token, whose writable
@@ -304,8 +307,12 @@ class ReadLease {
 class KvClient {
  public:
   // target: "unix:///path", "unix:path" or "host:port". Waits for the channel (connect_timeout)
-  // and, for unix targets with use_shared_memory, attaches the arena. Unavailable when the
-  // service cannot be reached in time.
+  // and, for unix targets with use_shared_memory, attaches the arena. So does a client identified
+  // by its client certificate alone (TCP with tls_ca_file and tls_cert_file, no bearer_token)
+  // when the service runs on its host: it asks ArenaInfo for a single-use attach ticket over the
+  // TLS channel and presents it on the arena socket (docs/deploy.md "Attach tickets"); from
+  // another host, or a single-tenant node, it uses the byte streams and shared_memory_status()
+  // says why. Unavailable when the service cannot be reached in time.
   static Result<std::unique_ptr<KvClient>> Connect(const std::string& target,
                                                    const ClientOptions& options = {});
   ~KvClient();
