@@ -72,25 +72,26 @@ Result<std::shared_ptr<ArenaMapping>> ClientCore::AttachLocked() {
   if (resp.fd_socket_path().empty()) {
     return absl::UnavailableError("service offers no arena socket");
   }
-  ArenaAttachRequest attach;
-  attach.writable = !options.attach_read_only;
+  // A ticket's identity decides the access: a read-only one's writable attach would be refused
+  // (and would use the ticket up). The request is built whole, not assigned field by field:
+  // GCC 12 under ASan sees the optional ticket's reset as a read of an uninitialized string
+  // (-Wmaybe-uninitialized).
+  const bool writable = !options.attach_read_only && !(ticket_attach && resp.read_only());
+  const ArenaAttachRequest attach =
+      ticket_attach
+          ? ArenaAttachRequest{.writable = writable, .token = "", .ticket = resp.attach_ticket()}
+          : ArenaAttachRequest{
+                .writable = writable, .token = options.bearer_token, .ticket = std::nullopt};
   LocalControl::AttachSource attach_source;
   if (ticket_attach) {
-    // The ticket's identity decides the access: a read-only one's writable attach would be
-    // refused (and would use the ticket up).
-    attach.writable = attach.writable && !resp.read_only();
-    attach.ticket = resp.attach_ticket();
     // Every further connection of the local control channel presents a ticket of its own. The
     // channel lives in this core, so `this` outlives it.
-    attach_source = [this, writable = attach.writable]() -> Result<ArenaAttachRequest> {
+    attach_source = [this, writable]() -> Result<ArenaAttachRequest> {
       KVSTASH_ASSIGN_OR_RETURN(v1::ArenaInfoResponse fresh, ArenaInfo(/*ticket=*/true));
-      ArenaAttachRequest request;
-      request.writable = writable;
-      request.ticket = fresh.attach_ticket();
-      return request;
+      return ArenaAttachRequest{.writable = writable, .token = "", .ticket = fresh.attach_ticket()};
     };
   } else {
-    attach.token = options.bearer_token;  // a multi-tenant service maps it to the tenant's arena
+    // A multi-tenant service maps the token to the tenant's arena.
     attach_source = [attach]() -> Result<ArenaAttachRequest> { return attach; };
   }
   KVSTASH_ASSIGN_OR_RETURN(

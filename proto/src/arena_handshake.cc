@@ -109,7 +109,7 @@ Result<ArenaAttachRequest> DecodeArenaAttachRequest(std::span<const uint8_t> bod
   request.writable = (body[0] & kArenaAttachWritable) != 0;
   std::string credential(reinterpret_cast<const char*>(body.data()) + 1, body.size() - 1);
   if ((body[0] & kArenaAttachTicketMarker) != 0) {
-    request.ticket = std::move(credential);
+    request.ticket.emplace(std::move(credential));
   } else {
     request.token = std::move(credential);
   }

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -179,8 +180,17 @@ TEST_F(ArenaReloadTest, AReloadGivesAnAddedTenantItsOwnArenaThatPeersRead) {
   const std::span<const uint8_t> leased = leases[0]->data();  // its own mapping, no copy
   EXPECT_TRUE(std::equal(leased.begin(), leased.end(), mine[5].begin(), mine[5].end()));
   leases.clear();
-  ASSERT_OK_AND_ASSIGN(LookupReply found, delta->Lookup(std::vector{TestName(100, "")}));
-  EXPECT_FALSE(found.results[0].present);  // evicted by delta's own puts
+  // At most four of the six fit in delta's 1 MiB, so its own puts evicted at least two of its
+  // objects (which ones is the eviction policy's choice: the put order alone does not decide it,
+  // the oldest was still present in 2 of 6 runs).
+  std::vector<ObjectName> delta_names;
+  for (uint64_t i = 0; i < 6; ++i) delta_names.push_back(TestName(100 + i, ""));
+  ASSERT_OK_AND_ASSIGN(LookupReply found, delta->Lookup(delta_names));
+  ASSERT_EQ(found.results.size(), 6u);
+  std::string present;
+  for (const auto& r : found.results) present += r.present ? '1' : '0';
+  EXPECT_LE(std::count(present.begin(), present.end(), '1'), 4) << present;
+  EXPECT_EQ(present.back(), '1') << present;  // the newest, leased above
   EXPECT_LE(Metric("kvstash_storage_arena_used_bytes{arena=\"tenant:delta\"}"), kMiBs);
   EXPECT_EQ(Metric("kvstash_storage_arena_used_bytes{arena=\"tenant:alpha\"}"), 256 << 10);
   ASSERT_OK_AND_ASSIGN(GetReply still, alpha->Get(TestName(1, "")));

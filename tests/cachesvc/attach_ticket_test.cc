@@ -138,9 +138,7 @@ class AttachTicketTest : public ::testing::Test {
   }
 
   Result<ReceivedArena> Attach(const std::string& ticket, bool writable, bool keep = false) {
-    ArenaAttachRequest req;
-    req.writable = writable;
-    req.ticket = ticket;
+    const ArenaAttachRequest req{.writable = writable, .token = "", .ticket = ticket};
     return ReceiveArenaFd(socket_, 5000, keep, req);
   }
 
