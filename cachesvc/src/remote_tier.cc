@@ -21,6 +21,7 @@
 #include "kvstash/proto/status_mapping.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "request_checks.h"
+#include "ssd_encoding_choice.h"
 #include "tls.h"
 #ifdef KVSTASH_HAVE_UCX
 #include "kvstash/transport/ucx_transport.h"
@@ -91,19 +92,6 @@ Result<std::vector<codec::CodecRates>> CalibrateTransferCodecs(int level) {
   o.cachegen_level = level;
   o.decode_threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8);
   return codec::CalibrateCodecs(o);
-}
-
-std::string DescribeCandidates(const std::vector<codec::CodecRates>& candidates) {
-  std::string out;
-  for (const codec::CodecRates& c : candidates) {
-    absl::StrAppend(
-        &out, out.empty() ? "" : ",", codec::CodecRatesName(c), ":ratio=", absl::SixDigits(c.ratio),
-        ":encode_mbps=", static_cast<int64_t>(c.encode_bytes_per_s * 8 / 1e6),
-        ":decode_mbps=", static_cast<int64_t>(c.decode_bytes_per_s * 8 / 1e6), ":break_even_mbps=",
-        static_cast<int64_t>(codec::BreakEvenBytesPerS(c, codec::CostModel::kTransfer) * 8 / 1e6),
-        ":rel_error=", absl::SixDigits(c.rel_error));
-  }
-  return out;
 }
 
 bool IsDefinitive(const Status& s) {
@@ -934,7 +922,7 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
                  config.peers.transfer_encoding == PeerTransferEncoding::kAuto
                      ? choice
                      : std::string(PeerTransferEncodingName(config.peers.transfer_encoding)),
-                 DescribeCandidates(impl->candidates));
+                 DescribeCodecCandidates(impl->candidates, codec::CostModel::kTransfer));
   }
   impl->channel_args.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   // A fresh connection attempt soon after a peer comes back, not gRPC's backoff of up to 2 min.

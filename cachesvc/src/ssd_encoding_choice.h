@@ -54,7 +54,7 @@ Result<TierEncoding> ResolveSsdEncoding(const ServiceConfig& config, size_t deco
                                         MetricsRegistry* metrics);
 
 // "cachegen-l2:ratio=3.8:decode_mbps=...:break_even_mbps=...:rel_error=...,kvq-l2:..." for the
-// start-up log; break-even rates under `model`.
+// start-up log lines of the SSD tier's and the peers' `auto`; break-even rates under `model`.
 std::string DescribeCodecCandidates(const std::vector<codec::CodecRates>& candidates,
                                     codec::CostModel model);
 
