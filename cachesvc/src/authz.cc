@@ -66,13 +66,20 @@ Status Authorizer::Reload(const std::function<void(const TenantTable&)>& before_
                   std::string(table.status().message()));
     return table.status();
   }
-  spdlog::info("event=tenants_reloaded tokens={} certificates={} quotas={}", table->token_count(),
-               table->certificate_count(), table->quotas().size());
   auto fresh = std::make_shared<const TenantTable>(std::move(*table));
   if (before_swap) before_swap(*fresh);
-  std::lock_guard<std::mutex> lock(mu_);
-  table_ = std::move(fresh);
-  generation_.fetch_add(1, std::memory_order_release);
+  const size_t tokens = fresh->token_count();
+  const size_t certificates = fresh->certificate_count();
+  const size_t quotas = fresh->quotas().size();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    table_ = std::move(fresh);
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  // Logged once the new table (and the arenas `before_swap` added) is in force: tests and
+  // operators take this line to mean the reload has happened.
+  spdlog::info("event=tenants_reloaded tokens={} certificates={} quotas={}", tokens, certificates,
+               quotas);
   return OkStatus();
 }
 
