@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # clang-tidy gate: runs clang-tidy (.clang-tidy at the root; every check it enables is in
-# WarningsAsErrors) over C++ sources and fails on any finding. `./run.sh test` runs it on the
-# sources changed relative to a base, after the release build, which provides the compile
-# database (build/release/compile_commands.json) and the generated protobuf headers.
+# WarningsAsErrors) over C++ sources. `./run.sh test` runs it on the sources changed relative to
+# a base, after the release build, which provides the compile database
+# (build/release/compile_commands.json) and the generated protobuf headers.
 #
 #   scripts/check_tidy.sh [--all] [BUILD_DIR]      (default build/release)
 #
-# Which files: with --all, every *.cc of the compile database under the checkout (`./run.sh
-# tidy`); otherwise the changed ones. The base: $KVSTASH_TIDY_BASE when set (any commit, e.g.
+# What fails: with --all (the survey, `./run.sh lint`), any finding in any source. Otherwise
+# (the gate) a finding on a line the change touched, as `git diff -U0 BASE` gives them (LLVM's
+# clang-tidy-diff.py does the same; an untracked file is touched throughout), or a file
+# clang-tidy could not check (a compile error); findings elsewhere in the checked files,
+# including in headers they include, are printed as warnings. So a change is never failed on a
+# finding it did not make: not every source of the tree has been surveyed clean with this check
+# set (DEVELOPERS.md "CI gates").
+#
+# Which files: with --all, every *.cc of the compile database under the checkout (tests and
+# benches first, then the largest); otherwise the changed ones. The base: $KVSTASH_TIDY_BASE when set (any commit, e.g.
 # origin/main); otherwise the merge-base of HEAD with its configured upstream when HEAD has
 # commits the upstream lacks; otherwise HEAD~1, so that CI in a fresh clone checks the last
 # commit. Uncommitted and untracked files count as changed. A changed header adds the *.cc of the
@@ -17,8 +25,9 @@
 # Results are cached per translation unit in $KVSTASH_CACHE/tidy (default
 # ~/.cache/kvstash/tidy): the key hashes the clang-tidy version, .clang-tidy, the compile command
 # and the preprocessed source (every header included), with the checkout's path taken out, so a
-# file whose bytes and headers were checked clean before, in any clone, is not checked again.
-# Only clean results are cached. One file costs 5-60 s of CPU uncached; preprocessing for the key
+# file whose bytes and headers were checked before, in any clone, is not checked again. Clean
+# results are cached as <key>, results with findings as <key>.findings; a run that failed
+# otherwise is not cached. One file costs 5-60 s of CPU uncached; preprocessing for the key
 # about 1 s. KVSTASH_TIDY_CACHE=0 disables the cache.
 #
 # Without clang-tidy it says so and exits 0 (scripts/install_deps.sh installs it).
@@ -63,7 +72,13 @@ add() {
   fi
 }
 if [ "$all" = 1 ]; then
-  mapfile -t files <<<"$known"
+  # Tests and benches first (most of the findings so far), then the largest sources, so that a
+  # survey stopped part way has checked the likeliest files; large files first also keeps the
+  # parallel jobs evenly loaded at the end.
+  mapfile -t files < <(while IFS= read -r f; do
+    case "$f" in tests/* | bench/*) t=0 ;; *) t=1 ;; esac
+    printf '%s %s %s\n' "$t" "$(stat -c %s "$f")" "$f"
+  done <<<"$known" | sort -k1,1n -k2,2nr | cut -d' ' -f3)
   why="--all"
 else
   if [ -n "${KVSTASH_TIDY_BASE:-}" ]; then
@@ -86,7 +101,11 @@ else
       why="since HEAD~1"
     fi
   fi
-  while IFS= read -r f; do
+  mapfile -t changed < <({
+    git diff --name-only --diff-filter=ACMR "$base" -- '*.cc' '*.h'
+    git ls-files --others --exclude-standard -- '*.cc' '*.h'
+  } | sort -u)
+  for f in "${changed[@]}"; do
     [ -f "$f" ] || continue
     case "$f" in
       *.cc) add "$f" ;;
@@ -98,16 +117,43 @@ else
         [ "$module" != "$f" ] && add "$module/src/$stem.cc"
         ;;
     esac
-  done < <({
-    git diff --name-only --diff-filter=ACMR "$base" -- '*.cc' '*.h'
-    git ls-files --others --exclude-standard -- '*.cc' '*.h'
-  } | sort -u)
+  done
 fi
 if [ ${#files[@]} -eq 0 ] || [ -z "${files[0]}" ]; then
   echo "check_tidy: no changed C++ source ($why)"
   exit 0
 fi
 echo "check_tidy: ${#files[@]} file(s) ($why)"
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+# The lines the change touched, as `git diff -U0` gives them (LLVM's clang-tidy-diff does the
+# same): {"path": [[first, last], ...]} for each changed file, "all" for an untracked one. A
+# finding fails the gate only on these lines, so a commit is never failed for a finding it did
+# not make (the tree's older sources were not all surveyed with this check set, DEVELOPERS.md).
+if [ "$all" = 0 ]; then
+  {
+    git diff -U0 --no-color --no-ext-diff --diff-filter=ACMR "$base" -- "${changed[@]}"
+    git ls-files --others --exclude-standard -- '*.cc' '*.h' | sed 's/^/untracked /'
+  } | python3 -c '
+import json, re, sys
+touched, path = {}, None
+for line in sys.stdin:
+    line = line.rstrip("\n")
+    if line.startswith("untracked "):
+        touched[line[10:]] = "all"
+    elif line.startswith("+++ "):
+        path = line[6:] if line.startswith("+++ b/") else None
+        if path is not None:
+            touched.setdefault(path, [])
+    elif line.startswith("@@ ") and path is not None:
+        m = re.match(r"@@ -\S+ \+(\d+)(?:,(\d+))? @@", line)
+        first, count = int(m.group(1)), int(m.group(2) or 1)
+        if count > 0:  # a pure deletion touches no line of the new file
+            touched[path].append([first, first + count - 1])
+json.dump(touched, sys.stdout)
+' >"$out/touched.json"
+fi
 
 # Cache key of one file: see the header comment. Prints nothing when it cannot be computed.
 version=$(clang-tidy --version | tr -d '\n')
@@ -145,9 +191,10 @@ print(h.hexdigest())
 EOF
 }
 
-# check_one FILE: clang-tidy output in $out/<n>.log; "cached" / "clean" / "failed" in .status.
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+# check_one FILE: clang-tidy's output in $out/<n>.log; "cached" / "clean" / "failed" in .status.
+# A clean result is cached as <key>, one with findings as <key>.findings (the checkout's path
+# taken out), so that the gate does not check again a file whose findings are all on lines the
+# change did not touch. A run that clang-tidy could not complete is not cached.
 check_one() {
   local f="$1" log key=""
   log="$out/$(tr '/' '_' <<<"$1")"
@@ -158,8 +205,16 @@ check_one() {
       echo cached >"$log.status"
       return 0
     fi
+    if [ -n "$key" ] && [ -f "$cache/$key.findings" ]; then
+      ROOT="$root" python3 -c 'import os, sys; sys.stdout.write(sys.stdin.read().replace("@ROOT@", os.environ["ROOT"]))' \
+        <"$cache/$key.findings" >"$log.log"
+      echo failed >"$log.status"
+      return 0
+    fi
   fi
-  if clang-tidy -p "$BUILD" --quiet "$f" >"$log.log" 2>&1 && ! grep -q ': error: ' "$log.log"; then
+  local rc=0
+  clang-tidy -p "$BUILD" --quiet "$f" >"$log.log" 2>&1 || rc=$?
+  if [ "$rc" = 0 ] && ! grep -q ': error: ' "$log.log"; then
     echo clean >"$log.status"
     if [ -n "$key" ]; then
       mkdir -p "$cache"
@@ -167,31 +222,75 @@ check_one() {
     fi
   else
     echo failed >"$log.status"
+    # Findings, not a failed run (a compile error, a crash): cached with the checkout's path out.
+    if [ -n "$key" ] && ! grep -qE '\[clang-diagnostic-error\]|^Error while processing|Segmentation fault|PLEASE submit' "$log.log" &&
+      grep -qE ': error: .*\[[a-z]' "$log.log"; then
+      mkdir -p "$cache"
+      ROOT="$root" python3 -c 'import os, sys; sys.stdout.write(sys.stdin.read().replace(os.environ["ROOT"], "@ROOT@"))' \
+        <"$log.log" >"$cache/$key.findings.tmp.$$" && mv "$cache/$key.findings.tmp.$$" "$cache/$key.findings"
+    fi
+    if [ "$all" = 1 ]; then  # a long survey shows its findings as it goes
+      { echo "check_tidy: findings in $f:"; grep -E ': (error|warning): ' "$log.log" || cat "$log.log"; } >&2
+    fi
   fi
 }
 export -f check_one key_of
-export BUILD root cache version config_hash out
+export BUILD root cache version config_hash out all
 jobs="${KVSTASH_JOBS:-$(nproc)}"
 # shellcheck disable=SC2016  # $0 is expanded by the inner bash, one file per call
 printf '%s\0' "${files[@]}" | xargs -0 -n 1 -P "$jobs" bash -c 'check_one "$0"'
 
-failed=0
-cached=0
-for f in "${files[@]}"; do
-  log="$out/$(tr '/' '_' <<<"$f")"
-  case "$(cat "$log.status" 2>/dev/null || echo failed)" in
-    cached) cached=$((cached + 1)) ;;
-    clean) ;;
-    *)
-      failed=$((failed + 1))
-      echo "check_tidy: $f:" >&2
-      grep -E ': (error|warning): ' "$log.log" >&2 || cat "$log.log" >&2
-      ;;
-  esac
-done
-if [ "$failed" -gt 0 ]; then
-  echo "check_tidy: $failed file(s) with clang-tidy findings above (.clang-tidy; fix them, or" >&2
-  echo "  NOLINT(check) on the line with the reason when the finding is wrong)" >&2
-  exit 1
-fi
-echo "check_tidy: ${#files[@]} file(s) clean ($cached from the cache)"
+# Which findings fail: with --all, every one; otherwise those on lines the change touched
+# (touched.json), and any error that is not a check's finding (a compile error: clang-tidy could
+# not check the file). The others are printed as warnings.
+printf '%s\n' "${files[@]}" | python3 -c '
+import json, os, re, sys
+out, root, all_mode = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+touched = {} if all_mode else json.load(open(os.path.join(out, "touched.json")))
+finding = re.compile(r"^(.+?):(\d+):\d+: (error|warning): (.*?)(?: \[([^\]]+)\])?$")
+def on_touched(path, line):
+    rel = os.path.relpath(os.path.normpath(os.path.join(root, path)), root)
+    t = touched.get(rel)
+    return t == "all" or any(a <= line <= b for a, b in (t or []))
+failing, warned, cached, n = [], [], 0, 0
+for f in sys.stdin.read().split():
+    n += 1
+    log = os.path.join(out, f.replace("/", "_"))
+    status = open(log + ".status").read().strip() if os.path.exists(log + ".status") else "failed"
+    if status == "cached":
+        cached += 1
+    if status != "failed":
+        continue
+    text = open(log + ".log", errors="replace").read()
+    fatal, other = [], []
+    for line in text.splitlines():
+        m = finding.match(line)
+        if not m:
+            continue
+        path, num, sev, checks = m.group(1), int(m.group(2)), m.group(3), m.group(5) or ""
+        if sev == "warning" and checks.startswith("clang-diagnostic-"):
+            continue  # a compiler warning: the build gate fails on those
+        check_finding = sev == "error" and checks and not checks.startswith("clang-diagnostic-")
+        if check_finding and not all_mode and not on_touched(path, num):
+            other.append(line)
+        else:
+            fatal.append(line)
+    if not fatal and not other:  # no finding line, yet clang-tidy failed: say what it said
+        fatal = text.splitlines()[-20:] or ["clang-tidy failed without output"]
+    if fatal:
+        failing.append(f)
+        print("check_tidy: " + f + ":", file=sys.stderr)
+        print("\n".join(fatal), file=sys.stderr)
+    if other:
+        warned.append(f)
+        print("check_tidy: warning: " + f + ": findings on lines this change did not touch"
+              " (not failing; fix them if you can):")
+        print("\n".join("  " + l for l in other))
+if failing:
+    print("check_tidy: %d file(s) with clang-tidy findings above%s (.clang-tidy; fix them, or"
+          % (len(failing), "" if all_mode else " on lines the change touched"), file=sys.stderr)
+    print("  NOLINT(check) on the line with the reason when the finding is wrong)", file=sys.stderr)
+    sys.exit(1)
+print("check_tidy: %d file(s) clean%s (%d from the cache)"
+      % (n, "" if all_mode or not warned else " on the lines the change touched", cached))
+' "$out" "$root" "$all"

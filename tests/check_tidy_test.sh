@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The clang-tidy gate's logic (scripts/check_tidy.sh), on a throw-away git repository with one
+# small translation unit and this tree's .clang-tidy: a commit that adds a finding fails; a later
+# commit that leaves that line alone passes and prints it as a warning; `--all` fails on it;
+# removing it passes. Exits 77 (ctest: skipped) without clang-tidy, a C++ compiler or git.
+#
+#   tests/check_tidy_test.sh SOURCE_DIR
+set -euo pipefail
+src="$(cd "${1:?usage: check_tidy_test.sh SOURCE_DIR}" && pwd)"
+for tool in clang-tidy c++ git python3; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "check_tidy_test: $tool not found, skipped"
+    exit 77
+  fi
+done
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+repo="$tmp/repo"
+mkdir -p "$repo/scripts" "$repo/build"
+git init -q "$repo"
+cp "$src/scripts/check_tidy.sh" "$repo/scripts/"
+cp "$src/.clang-tidy" "$repo/"
+echo build/ >"$repo/.gitignore"
+python3 - "$repo" <<'EOF'
+import json, sys
+repo = sys.argv[1]
+json.dump([{"directory": repo + "/build", "file": repo + "/a.cc",
+            "arguments": ["c++", "-std=c++20", "-c", repo + "/a.cc", "-o", "a.o"]}],
+          open(repo + "/build/compile_commands.json", "w"))
+EOF
+git_() { git -C "$repo" -c user.name=test -c user.email=test@example.invalid "$@"; }
+commit() {
+  git_ add -A
+  git_ commit -q -m "$1"
+}
+# Runs the gate in the scratch repository (its base: HEAD~1, as in CI's fresh clone) with a
+# private cache; its output lands in $tmp/out, its exit status in $rc.
+gate() {
+  rc=0
+  KVSTASH_CACHE="$tmp/cache" KVSTASH_JOBS=1 "$repo/scripts/check_tidy.sh" "$@" build \
+    >"$tmp/out" 2>&1 || rc=$?
+  sed 's/^/    | /' "$tmp/out"
+}
+fail() {
+  echo "check_tidy_test: FAILED: $*" >&2
+  exit 1
+}
+expect() {  # expect RC PATTERN...: the exit status, then extended regexps the output must match
+  local want="$1" p
+  shift
+  [ "$rc" = "$want" ] || fail "$step: exit status $rc, expected $want"
+  for p in "$@"; do
+    grep -qE "$p" "$tmp/out" || fail "$step: output lacks /$p/"
+  done
+  echo "check_tidy_test: ok: $step"
+}
+
+write() {  # write SEEDED_LINE THRICE_FACTOR: a.cc, line 3 being the seeded line (or a comment)
+  cat >"$repo/a.cc" <<EOF
+// Scratch translation unit of check_tidy_test.sh.
+int Twice(int x) {
+  $1
+  return 2 * x;
+}
+int Thrice(int x) { return $2 * x; }
+EOF
+}
+
+write "// nothing here" 3
+commit base
+
+step="a commit adding a finding fails"
+write "int* seeded = 0; (void)seeded;" 3
+commit seeded
+gate
+expect 1 'a\.cc:3:[0-9]+: error: use nullptr \[modernize-use-nullptr' 'on lines the change touched'
+
+step="a later commit that does not touch the finding's line passes with a warning"
+write "int* seeded = 0; (void)seeded;" 4
+commit other
+gate
+expect 0 'warning: a\.cc: findings on lines this change did not touch' \
+  'a\.cc:3:[0-9]+: error: use nullptr' 'clean on the lines the change touched'
+grep -q 'from the cache' "$tmp/out" || fail "$step: no summary line"
+
+step="--all fails on it (from the findings cache)"
+gate --all
+expect 1 'a\.cc:3:[0-9]+: error: use nullptr' '1 file\(s\) with clang-tidy findings above \('
+ls "$tmp/cache/tidy/"*.findings >/dev/null 2>&1 || fail "$step: no cached findings"
+
+step="an uncommitted change on the finding's line fails"
+write "int* seeded = 0; (void)seeded; // touched" 4
+gate
+expect 1 'a\.cc:3:[0-9]+: error: use nullptr'
+
+step="removing the finding passes"
+write "// nothing here" 4
+commit fixed
+gate
+expect 0 'check_tidy: 1 file\(s\) clean \(0 from the cache\)'
+
+step="a change to no C++ source checks nothing"
+echo notes >"$repo/NOTES"
+commit notes
+gate
+expect 0 'no changed C\+\+ source'
