@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The clang-tidy gate's logic (scripts/check_tidy.sh), on a throw-away git repository with one
 # small translation unit and this tree's .clang-tidy: a commit that adds a finding fails; a later
-# commit that leaves that line alone passes and prints it as a warning; `--all` fails on it;
-# removing it passes. Exits 77 (ctest: skipped) without clang-tidy, a C++ compiler or git.
+# commit that leaves that line alone passes and prints it as a warning; `--all` fails on it and
+# `--status` lists it; removing it passes. Exits 77 (ctest: skipped) without clang-tidy, a C++ compiler or git.
 #
 #   tests/check_tidy_test.sh SOURCE_DIR
 set -euo pipefail
@@ -87,6 +87,10 @@ step="--all fails on it (from the findings cache)"
 gate --all
 expect 1 'a\.cc:3:[0-9]+: error: use nullptr' '1 file\(s\) with clang-tidy findings above \('
 ls "$tmp/cache/tidy/"*.findings >/dev/null 2>&1 || fail "$step: no cached findings"
+
+step="--status reports it surveyed with findings, without running clang-tidy"
+gate --status
+expect 0 '^findings a\.cc$' 'a\.cc +0 / +1 / +0'
 
 step="an uncommitted change on the finding's line fails"
 write "int* seeded = 0; (void)seeded; // touched" 4
