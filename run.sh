@@ -2,8 +2,9 @@
 # KVStash entry point. Every command installs what is missing first (idempotent), then builds.
 #
 #   ./run.sh demo     build, start cachesvc on the embedded single-node default, run the demo
-#   ./run.sh test     format and header checks, builds with warnings as errors, every test
-#                     through ctest; then again under ASan+UBSan (DEVELOPERS.md "CI gates")
+#   ./run.sh test     format and header checks, builds with warnings as errors, clang-tidy on
+#                     the lines the change touched, every test through ctest; then again under
+#                     ASan+UBSan (DEVELOPERS.md "CI gates")
 #   ./run.sh bench    build, run the benchmarks, write bench/results/*.json
 #   ./run.sh build [preset]   configure + build only (presets: release, asan, debug, tsa)
 #   ./run.sh fuzz [seconds]   build libFuzzer targets with clang and run each for N seconds
@@ -133,6 +134,11 @@ case "$cmd" in
     # Lock rules: clang -Wthread-safety over storage and cachesvc (compile only, errors fail).
     build tsa
     build release
+    # clang-tidy on the sources changed since the base (HEAD~1 in CI's fresh clone); fails on
+    # findings on the lines the change touched, prints the others in those files as warnings.
+    # Needs the release build's compile database and generated headers.
+    log "clang-tidy (changed sources)"
+    ./scripts/check_tidy.sh build/release
     run_ctest release
     if [ "${KVSTASH_SKIP_ASAN:-0}" != 1 ]; then
       build asan
