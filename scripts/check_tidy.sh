@@ -187,6 +187,9 @@ for a in args:  # the same command, preprocessing to stdout without line markers
 r = subprocess.run(pp + ["-E", "-P"], cwd=e["directory"], capture_output=True)
 if r.returncode != 0:
     sys.exit(0)
+# -Werror (KVSTASH_WERROR=ON, as in CI) is left out: clang-tidy runs with -Wno-error, so the
+# result is the same, and CI's build shares the results of everyday ones.
+args = [a for a in args if a != "-Werror"]
 h = hashlib.sha256()
 for part in (version, config, " ".join(args).replace(root, "@ROOT@")):
     h.update(part.encode() + b"\0")
@@ -221,7 +224,9 @@ check_one() {
     return 0
   fi
   local rc=0
-  clang-tidy -p "$BUILD" --quiet "$f" >"$log.log" 2>&1 || rc=$?
+  # -Wno-error: compiler warnings are the build's gate, not this one, whatever -Werror the
+  # compile database carries (KVSTASH_WERROR=ON).
+  clang-tidy -p "$BUILD" --quiet --extra-arg=-Wno-error "$f" >"$log.log" 2>&1 || rc=$?
   if [ "$rc" = 0 ] && ! grep -q ': error: ' "$log.log"; then
     echo clean >"$log.status"
     if [ -n "$key" ]; then

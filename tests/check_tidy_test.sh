@@ -2,7 +2,9 @@
 # The clang-tidy gate's logic (scripts/check_tidy.sh), on a throw-away git repository with one
 # small translation unit and this tree's .clang-tidy: a commit that adds a finding fails; a later
 # commit that leaves that line alone passes and prints it as a warning; `--all` fails on it and
-# `--status` lists it; removing it passes. Exits 77 (ctest: skipped) without clang-tidy, a C++ compiler or git.
+# `--status` lists it; removing it passes. The compile command has -Werror (KVSTASH_WERROR=ON)
+# and the source a compiler warning, which must not count. Exits 77 (ctest: skipped) without
+# clang-tidy, a C++ compiler or git.
 #
 #   tests/check_tidy_test.sh SOURCE_DIR
 set -euo pipefail
@@ -25,7 +27,7 @@ python3 - "$repo" <<'EOF'
 import json, sys
 repo = sys.argv[1]
 json.dump([{"directory": repo + "/build", "file": repo + "/a.cc",
-            "arguments": ["c++", "-std=c++20", "-c", repo + "/a.cc", "-o", "a.o"]}],
+            "arguments": ["c++", "-std=c++20", "-Wall", "-Werror", "-c", repo + "/a.cc", "-o", "a.o"]}],
           open(repo + "/build/compile_commands.json", "w"))
 EOF
 git_() { git -C "$repo" -c user.name=test -c user.email=test@example.invalid "$@"; }
@@ -63,6 +65,10 @@ int Twice(int x) {
   return 2 * x;
 }
 int Thrice(int x) { return $2 * x; }
+int Once(int x) {
+  int unused = 0;  // a compiler warning (-Wunused-variable), not a finding: the build's gate
+  return x;
+}
 EOF
 }
 
