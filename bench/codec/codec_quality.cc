@@ -28,6 +28,7 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -473,8 +474,10 @@ Result<std::vector<std::pair<std::string, KvChunk>>> QualityRun::Variants(const 
           }
           if (full) {
             Totals& tt = totals[cfg.name];
-            const double exact_bytes = static_cast<double>(count - (me - mb)) *
-                                       static_cast<double>(chunk.kv.size() / count);
+            // The chunk's KV is count whole tokens, so this quotient is exact.
+            const double token_bytes =
+                static_cast<double>(chunk.kv.size()) / static_cast<double>(count);
+            const double exact_bytes = static_cast<double>(count - (me - mb)) * token_bytes;
             tt.bytes += static_cast<double>(container.size()) + exact_bytes;
             tt.tokens += count;
             // KVQ sections in CacheGen's breakdown: bits as bins, frequency tables as CDFs,
@@ -1106,4 +1109,13 @@ int Main(int argc, char** argv) {
 
 }  // namespace kvstash::bench
 
-int main(int argc, char** argv) { return kvstash::bench::Main(argc, argv); }
+// An exception (a malformed JSON results file, say) ends the run with its message and status 1
+// rather than std::terminate's abort.
+int main(int argc, char** argv) {
+  try {
+    return kvstash::bench::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "codec_quality: %s\n", e.what());
+    return 1;
+  }
+}

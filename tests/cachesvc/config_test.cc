@@ -22,6 +22,7 @@ using ::testing::HasSubstr;
 ParsedCommandLine Parse(std::vector<std::string> args) {
   args.insert(args.begin(), "cachesvc");
   std::vector<const char*> argv;
+  argv.reserve(args.size());
   for (const auto& a : args) argv.push_back(a.c_str());
   return ParseCommandLine(static_cast<int>(argv.size()), argv.data());
 }

@@ -138,6 +138,7 @@ TEST_P(PeerTest, GetOnOneNodeReturnsWhatWasPutOnAnother) {
 
   // Lookup on B reports them as held by a peer; the longest prefix counts them.
   std::vector<ObjectName> names;
+  names.reserve(objects.size());
   for (const Object& o : objects) names.push_back(o.name);
   names.push_back(TestName(99));  // nowhere
   ASSERT_OK_AND_ASSIGN(LookupReply lookup, client_b_->Lookup(names));
@@ -322,6 +323,7 @@ TEST_P(PeerTest, HandoffPinsOnPrefillPullsToDecodeAndReleases) {
   for (uint64_t i = 0; i < 4; ++i) objects.push_back(MakeObject(600 + i, 4096));
   for (const Object& o : objects) PutOnA(o);
   std::vector<ObjectName> names;
+  names.reserve(objects.size());
   for (const Object& o : objects) names.push_back(o.name);
   names.push_back(TestName(699));  // not stored on A: left out of the handoff
   ASSERT_OK_AND_ASSIGN(Handoff offered, client_a_->Offer(names));
@@ -360,6 +362,7 @@ TEST_P(PeerTest, AHandoffLandsInTheArenaAndTheGpuTierNeedsAPool) {
   for (uint64_t i = 0; i < 3; ++i) objects.push_back(MakeObject(640 + i, 1024));
   for (const Object& o : objects) PutOnA(o);
   std::vector<ObjectName> names;
+  names.reserve(objects.size());
   for (const Object& o : objects) names.push_back(o.name);
   ASSERT_OK_AND_ASSIGN(Handoff h, client_a_->Offer(names));
 

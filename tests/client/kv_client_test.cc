@@ -19,7 +19,6 @@ namespace {
 
 using client::DataPath;
 using client::KvClient;
-using ::testing::HasSubstr;
 
 // A counter family's sum (tests/cachesvc/service_process.h); UINT64_MAX when unreadable.
 uint64_t CounterSum(int port, const std::string& family) {
@@ -28,7 +27,7 @@ uint64_t CounterSum(int port, const std::string& family) {
 }
 
 Result<std::unique_ptr<KvClient>> ConnectTo(const ServiceProcess& svc,
-                                            client::ClientOptions options = {}) {
+                                            const client::ClientOptions& options = {}) {
   return KvClient::Connect(svc.target(), options);
 }
 
@@ -89,6 +88,7 @@ TEST_F(KvClientTest, SharedMemoryPathMovesNoPayloadOverGrpc) {
   const int port = svc_->metrics_port();
   ObjectInfo info = SmolChunkInfo();  // 5.9 MB
   std::vector<std::vector<uint8_t>> payloads;
+  payloads.reserve(4);
   for (int i = 0; i < 4; ++i) payloads.push_back(TestPayload(1000 + i, info.payload_bytes));
 
   uint64_t in_before = CounterSum(port, "kvstash_grpc_received_bytes_total");
@@ -505,6 +505,7 @@ TEST_F(KvClientTest, ManyThreadsShareOneClient) {
     const uint64_t base = local_control ? 5000 : 25000;
     std::atomic<int> failures{0};
     std::vector<std::thread> threads;
+    threads.reserve(4);
     for (int t = 0; t < 4; ++t) {
       threads.emplace_back([&, t] {
         for (int i = 0; i < 12; ++i) {
@@ -683,6 +684,7 @@ TEST(KvClientConnect, StreamPutsAndGetsFromOneThreadThatNeverPolls) {
   stream.path = DataPath::kStream;
   std::atomic<int> good{0};
   std::vector<std::thread> clients;
+  clients.reserve(4);
   for (int t = 0; t < 4; ++t) {
     clients.emplace_back([&, t] {
       auto payload = TestPayload(90 + t, info.payload_bytes);
