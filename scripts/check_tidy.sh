@@ -18,15 +18,16 @@
 # set (DEVELOPERS.md "CI gates").
 #
 # Which files: with --all, every *.cc of the compile database under the checkout (tests and
-# benches first, then the largest); otherwise the changed ones. The base: $KVSTASH_TIDY_BASE when set (any commit, e.g.
-# origin/main); otherwise the merge-base of HEAD with its configured upstream when HEAD has
-# commits the upstream lacks; otherwise HEAD~1, so that CI in a fresh clone checks the last
-# commit. Uncommitted and untracked files count as changed. A changed header adds the *.cc of the
-# same name beside it or in its module's src/, through which its findings are reported
-# (HeaderFilterRegex). CUDA sources and generated sources are not checked.
+# benches first, then the largest); otherwise the changed ones. The base: $KVSTASH_TIDY_BASE
+# when set (any commit, e.g. origin/main); otherwise the merge-base of HEAD with its configured
+# upstream when HEAD has commits the upstream lacks; otherwise HEAD~1, so that CI in a fresh
+# clone checks the last commit. Uncommitted and untracked files count as changed. A changed
+# header adds the *.cc of the same name beside it or in its module's src/, through which its
+# findings are reported (HeaderFilterRegex). CUDA sources and generated sources are not checked.
 #
 # Results are cached per translation unit in $KVSTASH_CACHE/tidy (default
-# ~/.cache/kvstash/tidy): the key hashes the clang-tidy version, .clang-tidy, the compile command
+# ~/.cache/kvstash/tidy): the key hashes the clang-tidy version, .clang-tidy (and any below the
+# root that applies, e.g. tests/.clang-tidy), the compile command
 # and the preprocessed source (every header included), with the checkout's path taken out, so a
 # file whose bytes and headers were checked before, in any clone, is not checked again. Clean
 # results are cached as <key>, results with findings as <key>.findings; a run that failed
@@ -193,6 +194,14 @@ args = [a for a in args if a != "-Werror"]
 h = hashlib.sha256()
 for part in (version, config, " ".join(args).replace(root, "@ROOT@")):
     h.update(part.encode() + b"\0")
+# A .clang-tidy below the root (tests/.clang-tidy) applies to the files under it; none for the
+# others, whose keys stay as they were.
+d = os.path.dirname(rel)
+while d:
+    nested = os.path.join(root, d, ".clang-tidy")
+    if os.path.isfile(nested):
+        h.update(d.encode() + b"\0" + open(nested, "rb").read() + b"\0")
+    d = os.path.dirname(d)
 h.update(r.stdout.replace(root.encode(), b"@ROOT@"))
 print(h.hexdigest())
 EOF
