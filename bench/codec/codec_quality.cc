@@ -1109,7 +1109,7 @@ int Main(int argc, char** argv) {
 
 }  // namespace kvstash::bench
 
-// An exception (a malformed JSON results file, say) ends the run with its message and status 1
+// An exception (a file system or JSON error, say) ends the run with its message and status 1
 // rather than std::terminate's abort.
 int main(int argc, char** argv) {
   try {

@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -506,9 +507,7 @@ json RunRemoteGet(const Config& cfg, const std::vector<uint64_t>& sizes) {
   return out;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   Config cfg;
   CLI::App app{"peer_bench: node-to-node transfers (UCX, gRPC) and remote Gets end to end"};
   app.add_option("--sizes", cfg.sizes, "transport: object sizes")->delimiter(',');
@@ -557,4 +556,17 @@ int main(int argc, char** argv) {
   std::ofstream(cfg.out) << result.dump(2) << "\n";
   std::printf("wrote %s\n", cfg.out.c_str());
   return 0;
+}
+
+}  // namespace
+
+// An exception (a file system or JSON error, say) ends the run with its message and status 1
+// rather than std::terminate's abort.
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "peer_bench: %s\n", e.what());
+    return 1;
+  }
 }

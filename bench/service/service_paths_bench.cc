@@ -36,8 +36,10 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -102,7 +104,7 @@ struct OpStats {
     std::sort(v.begin(), v.end());
     if (v.empty()) return 0;
     return v[std::min(v.size() - 1,
-                      static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5))];
+                      static_cast<size_t>(std::lround(p * static_cast<double>(v.size() - 1))))];
   }
 };
 
@@ -523,9 +525,7 @@ int Run(const Config& cfg) {
   return 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   Config cfg;
   CLI::App app{"Service data paths (shared memory, gRPC streams) vs memcpy and Redis"};
   app.add_option("--sizes", cfg.sizes, "object sizes")->capture_default_str();
@@ -568,4 +568,17 @@ int main(int argc, char** argv) {
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
   return Run(cfg);
+}
+
+}  // namespace
+
+// An exception (a file system or JSON error, say) ends the run with its message and status 1
+// rather than std::terminate's abort.
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "service_paths_bench: %s\n", e.what());
+    return 1;
+  }
 }
