@@ -2,8 +2,9 @@
 # The clang-tidy gate's logic (scripts/check_tidy.sh), on a throw-away git repository with one
 # small translation unit and this tree's .clang-tidy: a commit that adds a finding fails; a later
 # commit that leaves that line alone passes and prints it as a warning; `--all` fails on it and
-# `--status` lists it; removing it passes. The compile command has -Werror (KVSTASH_WERROR=ON)
-# and the source a compiler warning, which must not count. Exits 77 (ctest: skipped) without
+# `--status` lists it; removing it passes; a .clang-tidy in a subfolder applies there and is
+# part of the cache key. The compile command has -Werror (KVSTASH_WERROR=ON) and the source a
+# compiler warning, which must not count. Exits 77 (ctest: skipped) without
 # clang-tidy, a C++ compiler or git.
 #
 #   tests/check_tidy_test.sh SOURCE_DIR
@@ -23,13 +24,18 @@ git init -q "$repo"
 cp "$src/scripts/check_tidy.sh" "$repo/scripts/"
 cp "$src/.clang-tidy" "$repo/"
 echo build/ >"$repo/.gitignore"
-python3 - "$repo" <<'EOF'
+# write_db FILE...: the compile database, one entry per source.
+write_db() {
+  python3 - "$repo" "$@" <<'EOF'
 import json, sys
-repo = sys.argv[1]
-json.dump([{"directory": repo + "/build", "file": repo + "/a.cc",
-            "arguments": ["c++", "-std=c++20", "-Wall", "-Werror", "-c", repo + "/a.cc", "-o", "a.o"]}],
+repo, files = sys.argv[1], sys.argv[2:]
+json.dump([{"directory": repo + "/build", "file": repo + "/" + f,
+             "arguments": ["c++", "-std=c++20", "-Wall", "-Werror", "-c", repo + "/" + f, "-o",
+                           f.replace("/", "_") + ".o"]} for f in files],
           open(repo + "/build/compile_commands.json", "w"))
 EOF
+}
+write_db a.cc
 git_() { git -C "$repo" -c user.name=test -c user.email=test@example.invalid "$@"; }
 commit() {
   git_ add -A
@@ -114,3 +120,17 @@ echo notes >"$repo/NOTES"
 commit notes
 gate
 expect 0 'no changed C\+\+ source'
+
+step="a .clang-tidy below the root applies to the files under it"
+mkdir -p "$repo/sub"
+printf '%s\n' 'InheritParentConfig: true' "Checks: '-modernize-use-nullptr'" >"$repo/sub/.clang-tidy"
+echo 'int* Null() { return 0; }' >"$repo/sub/b.cc"
+write_db a.cc sub/b.cc
+commit nested
+gate
+expect 0 'check_tidy: 1 file\(s\) clean \(0 from the cache\)'
+
+step="without it, --all finds what it turned off (its cached result is not reused)"
+rm "$repo/sub/.clang-tidy"
+gate --all
+expect 1 'b\.cc:1:[0-9]+: error: use nullptr' '1 file\(s\) with clang-tidy findings above \('
