@@ -1,19 +1,23 @@
-// A reader process killed (SIGKILL) while it connects to, or Fetches from, a serving transport:
-// the serving transport must go on serving, and a new reader must connect and Fetch byte for
-// byte. The killed reader is this test binary run again as a child (ReaderChild.FetchesUntilKilled,
+// A reader process killed (SIGKILL) while it connects to, or reads from, a serving transport:
+// the serving transport must go on serving, and a new reader must connect and read byte for
+// byte. The killed reader is this test binary run again as a child (ReaderChild.ReadsUntilKilled,
 // which skips unless the parent set KVSTASH_TEST_FETCH_READER), so that its death is a real
-// process's.
+// process's. Each reader reads with Fetch (the serving side sends) or with gets (Read).
 //
-// DISABLED: a reproducer of why `--peer-ucx-fetch` is off by default. Against Debian's UCX 1.13
-// the serving process itself aborts inside UCX in most runs (4 of 6 and 5 of 6 release
-// runs, 2026-12-07): UCX's tcp lane to the dead reader fails ("connect(...) failed: Connection
-// refused"), ucp_ep_set_failed purges the endpoint's pending requests, and a pending wire-up REP
-// message trips `ucp_request.c:684 Assertion ... got REP message` in ucp_request_send_state_ff
-// (an assertion UCX removed upstream, openucx/ucx#8175). The same abort ended the serving
-// cachesvc in PeerTest.ADecodeNodeRestartedMidFetchFetchesAgain/UcxDefault with Fetch on. With
-// the keepalive at 1 s as here, a variant whose reader used Read instead of Fetch aborted the
-// server too (4 of 6 runs: `ucp_request.inl:346 Fatal: unexpected error: Endpoint timeout` in
-// ucp_get_req_handler). Run it with --gtest_also_run_disabled_tests.
+// Runs only against UCX >= 1.14, and otherwise reports a skip naming the UCX version: Debian's
+// UCX 1.13 (built with assertions) aborts the serving process itself in most runs. UCX's tcp lane
+// to the dead reader fails ("connect(...) failed: Connection refused"), ucp_ep_set_failed purges
+// the endpoint's pending requests, and a pending wire-up REP message trips `ucp_request.c:684
+// Assertion ... got REP message` in ucp_request_send_state_ff (an assertion UCX removed in 1.14,
+// openucx/ucx#8175). The same abort ended the serving cachesvc in
+// PeerTest.ADecodeNodeRestartedMidFetchFetchesAgain. The readers that use gets are skipped on
+// every UCX: over TCP a get is answered by the serving side's UCX (ucp_get_req_handler), and when
+// the reader's endpoint has failed meanwhile ucp_progress_get_reply returns the error to
+// ucp_request_try_send, which calls ucs_fatal (`ucp_request.inl:356 Fatal: unexpected error:
+// Endpoint timeout` with 1.22, :346 with 1.13; UCX_KEEPALIVE_INTERVAL=20s as well as 1s).
+// Measured counts: docs/deploy.md, "Which UCX". KVSTASH_TEST_UCX_DEATH_ANYWAY=1 runs every case
+// on any UCX, to reproduce the aborts; each round prints a line on stderr first, so the round an
+// abort hit is in the log.
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -23,8 +27,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -46,18 +52,20 @@ using namespace std::chrono_literals;
 constexpr size_t kServedBytes = 8 << 20;
 constexpr size_t kOpBytes = 512 << 10;
 constexpr const char* kReaderEnv = "KVSTASH_TEST_FETCH_READER";
+constexpr const char* kAnywayEnv = "KVSTASH_TEST_UCX_DEATH_ANYWAY";
 // The child reports on this fd (its stdout carries googletest's own output).
 constexpr int kReportFd = 3;
 
 uint8_t ServedByte(size_t i) { return static_cast<uint8_t>(i * 131 + 7); }
 
-// Fetches all of the served region in kOpBytes ranges.
-Status FetchAll(UcxTransport& reader, PeerId peer, std::vector<uint8_t>& landing) {
+// Reads all of the served region in kOpBytes ranges, with Fetch or with gets.
+Status ReadAll(UcxTransport& reader, PeerId peer, std::vector<uint8_t>& landing, bool fetch) {
   std::vector<ReadOp> ops;
   for (size_t at = 0; at < kServedBytes; at += kOpBytes) {
     ops.push_back({.remote_offset = at, .local = landing.data() + at, .length = kOpBytes});
   }
-  return reader.Fetch(peer, ops, Clock::now() + 20s);
+  return fetch ? reader.Fetch(peer, ops, Clock::now() + 20s)
+               : reader.Read(peer, ops, Clock::now() + 20s);
 }
 
 bool LandedByteForByte(const std::vector<uint8_t>& landing) {
@@ -68,16 +76,17 @@ bool LandedByteForByte(const std::vector<uint8_t>& landing) {
 }
 
 // The child: connects to the server named in the environment, reports "c" on kReportFd, then
-// Fetches the whole region again and again, reporting "f" after each, for at most 60 s or 10000
-// Fetches (the parent kills it long before).
-TEST(ReaderChild, FetchesUntilKilled) {
+// reads the whole region again and again (Fetch or gets, as the environment says), reporting "f"
+// after each, for at most 60 s or 10000 reads (the parent kills it long before).
+TEST(ReaderChild, ReadsUntilKilled) {
   const char* spec = std::getenv(kReaderEnv);
   if (spec == nullptr) GTEST_SKIP() << "run by UcxReaderDeathTest as its reader process";
   std::vector<std::string> parts = absl::StrSplit(spec, ':');
-  ASSERT_EQ(parts.size(), 4u);
+  ASSERT_EQ(parts.size(), 5u);
   // Old absl (Debian's): HexStringToBytes returns the bytes and cannot report bad digits.
   const std::string worker_address = absl::HexStringToBytes(parts[0]);
   const std::string rkey = absl::HexStringToBytes(parts[3]);
+  const bool fetch = parts[4] == "fetch";
   RemoteRegion region{
       .address = std::stoull(parts[1]), .bytes = std::stoull(parts[2]), .packed_rkey = rkey};
   ASSERT_OK_AND_ASSIGN(auto reader, UcxTransport::Create({.name = "doomed-reader"}));
@@ -87,24 +96,53 @@ TEST(ReaderChild, FetchesUntilKilled) {
   ASSERT_EQ(::write(kReportFd, "c", 1), 1);
   const auto until = Clock::now() + 60s;
   for (int i = 0; i < 10000 && Clock::now() < until; ++i) {
-    ASSERT_THAT(FetchAll(*reader, peer, landing), IsOk());
+    ASSERT_THAT(ReadAll(*reader, peer, landing, fetch), IsOk());
     ASSERT_EQ(::write(kReportFd, "f", 1), 1);
   }
 }
 
+struct Plane {
+  const char* tls;  // UCX_TLS; "" for UCX's own choice
+  bool fetch;       // the readers Fetch; false: gets
+};
+
+void PrintTo(const Plane& plane, std::ostream* os) {
+  *os << "UCX_TLS=" << (*plane.tls == '\0' ? "(default)" : plane.tls)
+      << (plane.fetch ? ", Fetch" : ", gets");
+}
+
 // Over UCX's own choice of transports (shared memory on one host: the plane of the failure seen
-// in PeerTest) and over TCP.
-class UcxReaderDeathTest : public ::testing::TestWithParam<std::string> {
+// in PeerTest) and over TCP, with Fetch and with gets.
+class UcxReaderDeathTest : public ::testing::TestWithParam<Plane> {
  protected:
   void SetUp() override {
-    if (GetParam().empty()) {
+    if (std::getenv(kAnywayEnv) == nullptr) {
+      if (!UcxTransport::UcxAtLeast(1, 14)) {
+        GTEST_SKIP() << "UCX " << UcxTransport::UcxVersion()
+                     << " aborts the serving process when a reader dies mid-transfer "
+                        "(openucx/ucx#8175, fixed in 1.14; issue 15): build against UCX >= 1.14 "
+                        "(scripts/build_ucx_cuda.sh), or set "
+                     << kAnywayEnv << "=1 to reproduce the abort";
+      }
+      if (!GetParam().fetch) {
+        GTEST_SKIP() << "UCX " << UcxTransport::UcxVersion()
+                     << " aborts a process answering a get from a reader that died ("
+                        "ucp_progress_get_reply's error reaches ucs_fatal in "
+                        "ucp_request_try_send, still so in 1.22; issue 15): readers use Fetch "
+                        "(--peer-ucx-fetch); set "
+                     << kAnywayEnv << "=1 to reproduce the abort";
+      }
+    }
+    if (*GetParam().tls == '\0') {
       ::unsetenv("UCX_TLS");
     } else {
-      ::setenv("UCX_TLS", GetParam().c_str(), 1);
+      ::setenv("UCX_TLS", GetParam().tls, 1);
     }
     // UCX checks its peers every 20 s by default; every second here, so that the server learns
-    // of each dead reader (and handles its failure) while the test runs.
-    ::setenv("UCX_KEEPALIVE_INTERVAL", "1s", 1);
+    // of each dead reader (and handles its failure) while the test runs. An interval in the
+    // environment is kept (to measure another one).
+    set_keepalive_ = std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr;
+    if (set_keepalive_) ::setenv("UCX_KEEPALIVE_INTERVAL", "1s", 1);
     ASSERT_OK_AND_ASSIGN(server_, UcxTransport::Create({.name = "server"}));
     served_.resize(kServedBytes);
     for (size_t i = 0; i < served_.size(); ++i) served_[i] = ServedByte(i);
@@ -112,12 +150,12 @@ class UcxReaderDeathTest : public ::testing::TestWithParam<std::string> {
   }
   void TearDown() override {
     ::unsetenv("UCX_TLS");
-    ::unsetenv("UCX_KEEPALIVE_INTERVAL");
+    if (set_keepalive_) ::unsetenv("UCX_KEEPALIVE_INTERVAL");
   }
 
-  // Starts a reader process and returns once it has completed `fetches` Fetches (0: at once);
+  // Starts a reader process and returns once it has completed `reads` reads (0: at once);
   // *out reads its reports (on its fd kReportFd).
-  void StartReader(int fetches, pid_t* pid, int* out) {
+  void StartReader(int reads, pid_t* pid, int* out) {
     int fds[2];
     ASSERT_EQ(::pipe(fds), 0);
     // Both ends above the child's report fd and close-on-exec, so the child keeps only its dup.
@@ -131,9 +169,9 @@ class UcxReaderDeathTest : public ::testing::TestWithParam<std::string> {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, write_end, kReportFd);
-    const std::string spec =
-        absl::StrCat(absl::BytesToHexString(server_->worker_address()), ":", region_.address, ":",
-                     region_.bytes, ":", absl::BytesToHexString(region_.packed_rkey));
+    const std::string spec = absl::StrCat(
+        absl::BytesToHexString(server_->worker_address()), ":", region_.address, ":", region_.bytes,
+        ":", absl::BytesToHexString(region_.packed_rkey), ":", GetParam().fetch ? "fetch" : "get");
     std::vector<std::string> env_strings = {absl::StrCat(kReaderEnv, "=", spec)};
     for (char** e = environ; *e != nullptr; ++e) {
       if (std::strncmp(*e, kReaderEnv, std::strlen(kReaderEnv)) != 0) env_strings.push_back(*e);
@@ -142,18 +180,18 @@ class UcxReaderDeathTest : public ::testing::TestWithParam<std::string> {
     for (std::string& s : env_strings) env.push_back(s.data());
     env.push_back(nullptr);
     std::string self = "/proc/self/exe";
-    std::string filter = "--gtest_filter=ReaderChild.FetchesUntilKilled";
+    std::string filter = "--gtest_filter=ReaderChild.ReadsUntilKilled";
     char* argv[] = {self.data(), filter.data(), nullptr};
     const int rc = posix_spawn(pid, "/proc/self/exe", &actions, nullptr, argv, env.data());
     posix_spawn_file_actions_destroy(&actions);
     ::close(write_end);
     ASSERT_EQ(rc, 0) << std::strerror(rc);
-    // "c" once connected, then one "f" per Fetch; a child that fails exits and closes the pipe.
+    // "c" once connected, then one "f" per read; a child that fails exits and closes the pipe.
     int seen = 0;
     char c;
-    while (seen < fetches) {
+    while (seen < reads) {
       ASSERT_EQ(::read(read_end, &c, 1), 1)
-          << "the reader process ended before " << fetches << " Fetches";
+          << "the reader process ended before " << reads << " reads";
       if (c == 'f') ++seen;
     }
   }
@@ -169,19 +207,23 @@ class UcxReaderDeathTest : public ::testing::TestWithParam<std::string> {
     return status;
   }
 
+  bool set_keepalive_ = false;
   std::unique_ptr<UcxTransport> server_;
   std::vector<uint8_t> served_;
   RemoteRegion region_;
 };
 
-TEST_P(UcxReaderDeathTest, DISABLED_AServerGoesOnServingAfterAReaderDiesMidFetch) {
+TEST_P(UcxReaderDeathTest, AServerGoesOnServingAfterAReaderDiesMidRead) {
   // Rounds 0-9 kill the reader 0-135 ms after it was started, whatever it is doing then
-  // (starting, connecting: the UCX wire-up with the server, its first Fetch); rounds 10-14 after
-  // it completed two Fetches, while it Fetches back to back, so the server is sending it data
+  // (starting, connecting: the UCX wire-up with the server, its first read); rounds 10-14 after
+  // it completed two reads, while it reads back to back, so the server is sending it data
   // nearly all the time.
   constexpr int kRounds = 15;
   for (int round = 0; round < kRounds; ++round) {
     SCOPED_TRACE(absl::StrCat("round ", round));
+    // On stderr before the round: should UCX abort this process, the log shows which round.
+    std::fprintf(stderr, "[reader death] UCX %s, round %d\n", UcxTransport::UcxVersion().c_str(),
+                 round);
     pid_t pid = -1;
     int out = -1;
     StartReader(round < 10 ? 0 : 2, &pid, &out);
@@ -194,22 +236,27 @@ TEST_P(UcxReaderDeathTest, DISABLED_AServerGoesOnServingAfterAReaderDiesMidFetch
     const TransportStats before = server_->Stats();
     const int status = KillReader(pid, out);
     EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "status " << status;
-
-    // A new reader connects and Fetches everything, byte for byte.
+    // A new reader connects and reads everything, byte for byte.
+    // A new reader connects and reads everything, byte for byte.
     ASSERT_OK_AND_ASSIGN(auto reader, UcxTransport::Create({.name = "next-reader"}));
     std::vector<uint8_t> landing(kServedBytes, 0);
     ASSERT_THAT(reader->RegisterRegion(landing.data(), landing.size()), IsOk());
     ASSERT_OK_AND_ASSIGN(PeerId peer,
                          reader->Connect(server_->worker_address(), region_, Clock::now() + 20s));
-    ASSERT_THAT(FetchAll(*reader, peer, landing), IsOk());
+    ASSERT_THAT(ReadAll(*reader, peer, landing, GetParam().fetch), IsOk());
     EXPECT_TRUE(LandedByteForByte(landing));
-    EXPECT_GT(server_->Stats().fetches_served, before.fetches_served);
+    if (GetParam().fetch) {
+      EXPECT_GT(server_->Stats().fetches_served, before.fetches_served);
+    }
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, UcxReaderDeathTest, ::testing::Values("", "tcp"),
+INSTANTIATE_TEST_SUITE_P(Planes, UcxReaderDeathTest,
+                         ::testing::Values(Plane{"", true}, Plane{"tcp", true}, Plane{"", false},
+                                           Plane{"tcp", false}),
                          [](const auto& info) {
-                           return info.param.empty() ? std::string("default") : info.param;
+                           return absl::StrCat(*info.param.tls == '\0' ? "default" : info.param.tls,
+                                               info.param.fetch ? "_fetch" : "_get");
                          });
 
 }  // namespace

@@ -183,6 +183,14 @@ Result<std::unique_ptr<UcxTransport>> UcxTransport::Create(const TransportOption
   return std::unique_ptr<UcxTransport>(new UcxTransport(std::move(impl)));
 }
 
+std::string UcxTransport::UcxVersion() { return ucp_get_version_string(); }
+
+bool UcxTransport::UcxAtLeast(unsigned major, unsigned minor) {
+  unsigned have_major = 0, have_minor = 0, have_release = 0;
+  ucp_get_version(&have_major, &have_minor, &have_release);
+  return have_major > major || (have_major == major && have_minor >= minor);
+}
+
 const std::string& UcxTransport::worker_address() const { return impl_->address; }
 bool UcxTransport::SupportsCuda() const { return impl_->cuda; }
 

@@ -130,6 +130,12 @@ class UcxTransport {
   UcxTransport(const UcxTransport&) = delete;
   UcxTransport& operator=(const UcxTransport&) = delete;
 
+  // The version of the UCX library loaded at run time ("1.13.1"): it decides whether a serving
+  // process survives a reader that dies mid-transfer (UCX 1.13 can abort it; docs/deploy.md).
+  static std::string UcxVersion();
+  // Whether that UCX is at least major.minor.
+  static bool UcxAtLeast(unsigned major, unsigned minor);
+
   // This worker's address (opaque bytes), for peers' Connect.
   const std::string& worker_address() const;
   // Whether this UCX can register CUDA memory (UCX built with CUDA support).
