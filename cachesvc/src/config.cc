@@ -76,6 +76,7 @@ peers:
   promote: true           # keep fetched objects in the local CPU tier
   lookup: true            # Lookup reports objects peers hold (TIER_REMOTE)
   data_plane: ucx         # ucx | grpc
+  ucx_fetch: auto         # true: peers send (Fetch) | false: gets | auto: true on UCX >= 1.14
   advertise: ""           # this node's address in handoff descriptors; empty: the bound address
   handoff_ms: 30000       # how long offered objects stay pinned without a heartbeat
   max_handoff_ms: 600000
@@ -532,8 +533,9 @@ const std::vector<Field>& Fields() {
        "how objects move between nodes: ucx (one-sided reads) | grpc (Get streams)",
        PeerStringField(&PeerConfig::data_plane)},
       {"peers.ucx_fetch", "--peer-ucx-fetch",
-       "UCX data plane: peers send fetched objects (false: this node reads them with gets)",
-       PeerBoolField(&PeerConfig::ucx_fetch)},
+       "UCX data plane: true: peers send fetched objects; false: this node reads them with gets "
+       "(a serving peer's UCX may abort when this node dies mid-get); auto: true on UCX >= 1.14",
+       PeerStringField(&PeerConfig::ucx_fetch)},
       {"peers.transfer_encoding", "--peer-transfer-encoding",
        "what fetches from peers carry: raw | cachegen | kvq | auto (per link, the fastest of "
        "raw, CacheGen and KVQ by their measured speeds and ratios)",
@@ -760,6 +762,10 @@ Status ValidateConfig(const ServiceConfig& c) {
   if (c.peers.data_plane != "ucx" && c.peers.data_plane != "grpc") {
     return Bad("peers.data_plane",
                absl::StrCat("unknown data plane '", c.peers.data_plane, "' (ucx or grpc)"));
+  }
+  if (c.peers.ucx_fetch != "auto" && c.peers.ucx_fetch != "true" && c.peers.ucx_fetch != "false") {
+    return Bad("peers.ucx_fetch",
+               absl::StrCat("'", c.peers.ucx_fetch, "' is not auto, true or false"));
   }
   if (PeerTransferEncodingName(c.peers.transfer_encoding) == "invalid") {
     return Bad("peers.transfer_encoding",

@@ -222,6 +222,7 @@ struct RemoteTier::Impl {
   Counter* hello_refused = nullptr;
 #ifdef KVSTASH_HAVE_UCX
   std::unique_ptr<transport::UcxTransport> transport;
+  bool ucx_fetch = false;  // config.ucx_fetch resolved at start (auto: UCX >= 1.14)
   transport::RemoteRegion region;
   transport::RemoteRegion gpu_region;  // the GPU pool's registration, when gpu_registered
 #endif
@@ -622,7 +623,7 @@ struct RemoteTier::Impl {
     // Fetch: the peer sends the bytes, zero-copy from its arena, copied once into place here.
     // Landings in the GPU pool are read (ucp_get into CUDA memory, as transport_gpu_test
     // covers); the peer-sends path into device memory is untested.
-    Status read = config.ucx_fetch && land == storage::Tier::kCpu
+    Status read = ucx_fetch && land == storage::Tier::kCpu
                       ? transport->Fetch(link.ucx_peer, ops, Deadline())
                       : transport->Read(link.ucx_peer, ops, Deadline());
     if (!read.ok()) {
@@ -874,6 +875,14 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
   if (config.peers.data_plane == "ucx" && !impl->secret.empty()) {
     KVSTASH_ASSIGN_OR_RETURN(impl->transport,
                              transport::UcxTransport::Create({.name = "cachesvc"}));
+    const bool fixed_ucx = transport::UcxTransport::UcxAtLeast(1, 14);  // openucx/ucx#8175
+    impl->ucx_fetch =
+        config.peers.ucx_fetch == "true" || (config.peers.ucx_fetch == "auto" && fixed_ucx);
+    // docs/deploy.md "Which UCX": below 1.14 a peer dying mid-connect can abort this process.
+    spdlog::log(fixed_ucx ? spdlog::level::info : spdlog::level::warn,
+                "event={} ucx_version={} peer_reads={}",
+                fixed_ucx ? "ucx_transport" : "ucx_aborts_on_reader_death",
+                transport::UcxTransport::UcxVersion(), impl->ucx_fetch ? "fetch" : "get");
     // The whole reserved range, spare included: arenas a reload adds later (AddTenantArena) are
     // then readable by peers through the rkey they already hold. UCX's TCP and shared-memory
     // transports register nothing per page; a transport that pins pages at registration (RDMA

@@ -435,8 +435,8 @@ TEST(Config, PeersFromFlagsAndYaml) {
                         "--peer-data-plane",
                         "grpc",
                         "--peer-ucx-fetch",
-                        "true"};
-  EXPECT_FALSE(ServiceConfig{}.peers.ucx_fetch);
+                        "false"};
+  EXPECT_EQ(ServiceConfig{}.peers.ucx_fetch, "auto");
   ParsedCommandLine p = ParseCommandLine(sizeof argv / sizeof argv[0], argv);
   ASSERT_TRUE(p.config.has_value()) << p.output;
   EXPECT_THAT(p.config->peers.addresses,
@@ -445,7 +445,7 @@ TEST(Config, PeersFromFlagsAndYaml) {
   EXPECT_EQ(p.config->peers.timeout_ms, 500u);
   EXPECT_FALSE(p.config->peers.promote);
   EXPECT_EQ(p.config->peers.data_plane, "grpc");
-  EXPECT_TRUE(p.config->peers.ucx_fetch);
+  EXPECT_EQ(p.config->peers.ucx_fetch, "false");
 
   auto yaml = ApplyYaml("peers:\n  addresses: [a:1, b:2]\n  secret_file: /s\n", ServiceConfig{});
   ASSERT_OK(yaml);
@@ -468,6 +468,10 @@ TEST(Config, BadPeerSettingsAreRefusedWithTheirName) {
   bad_plane.peers.data_plane = "carrier-pigeon";
   EXPECT_THAT(std::string(ValidateConfig(bad_plane).message()),
               ::testing::HasSubstr("peers.data_plane"));
+  ServiceConfig bad_fetch;
+  bad_fetch.peers.ucx_fetch = "sometimes";
+  EXPECT_THAT(std::string(ValidateConfig(bad_fetch).message()),
+              ::testing::HasSubstr("peers.ucx_fetch"));
   ServiceConfig handoff;
   handoff.peers.handoff_ms = 10'000;
   handoff.peers.max_handoff_ms = 1'000;

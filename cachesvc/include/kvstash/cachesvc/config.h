@@ -77,11 +77,13 @@ struct PeerConfig {
   bool lookup = true;              // Lookup asks peers about local misses (reported TIER_REMOTE)
   std::string data_plane = "ucx";  // ucx: one-sided UCX reads; grpc: KvStash.Get streams
   // With the UCX data plane: true: the peer sends the objects (UcxTransport::Fetch: active
-  // messages sent zero-copy from its arena, one copy here; faster on the quiet VM, but off by
-  // default: a reader killed mid-fetch over UCX shared memory left the serving node unreachable
-  // in the ASan CI, docs/benchmarks-transfer.md); false: this node reads them (UcxTransport::Read:
-  // gets that UCX 1.13 emulates over TCP with a copy at each end).
-  bool ucx_fetch = false;
+  // messages sent zero-copy from its arena, one copy here; faster on the quiet VM,
+  // docs/benchmarks-transfer.md); false: this node reads them (UcxTransport::Read: gets that UCX
+  // emulates over TCP with a copy at each end); auto (default): true on UCX >= 1.14, false on
+  // older ones. The choice is also the serving peer's safety: on UCX 1.22 a reader dying mid-get
+  // aborted the serving process inside UCX and one dying mid-Fetch never did; on 1.13 both can
+  // (docs/deploy.md "Which UCX").
+  std::string ucx_fetch = "auto";
   // Encoded fetches on slow links (docs/benchmarks-transfer.md "Slow links"). raw (default): the
   // stored bytes move as they are. cachegen: every fetch asks the peer for CacheGen (the peer's
   // transfer_encoding level) over a KvStash.Get stream; this node checks the container's crc32c on
