@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -87,42 +88,43 @@ Result<Args> ParseArgsOrThrow(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
     auto value = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    if (k == "--model")
+    if (k == "--model") {
       a.model = value();
-    else if (k == "--target")
+    } else if (k == "--target") {
       a.target = value();
-    else if (k == "--out")
+    } else if (k == "--out") {
       a.out = value();
-    else if (k == "--progress")
+    } else if (k == "--progress") {
       a.progress = value();
-    else if (k == "--text-dir")
+    } else if (k == "--text-dir") {
       a.rag.text_dir = value();
-    else if (k == "--methods")
+    } else if (k == "--methods") {
       a.methods = value();
-    else if (k == "--prompts")
+    } else if (k == "--prompts") {
       a.prompts = std::stoul(value());
-    else if (k == "--warmup")
+    } else if (k == "--warmup") {
       a.warmup = std::stoul(value());
-    else if (k == "--gen")
+    } else if (k == "--gen") {
       a.gen = std::stoul(value());
-    else if (k == "--threads")
+    } else if (k == "--threads") {
       a.threads = std::stoul(value());
-    else if (k == "--pool")
+    } else if (k == "--pool") {
       a.rag.pool_size = static_cast<uint32_t>(std::stoul(value()));
-    else if (k == "--seed")
+    } else if (k == "--seed") {
       a.rag.seed = std::stoull(value());
-    else if (k == "--namespace")
+    } else if (k == "--namespace") {
       a.name_space = value();
-    else if (k == "--chunk-lead")
+    } else if (k == "--chunk-lead") {
       a.chunk_lead = value();
-    else if (k == "--in-process")
+    } else if (k == "--in-process") {
       a.in_process = true;
-    else if (k == "--resume")
+    } else if (k == "--resume") {
       a.resume = true;
-    else if (k == "--demo")
+    } else if (k == "--demo") {
       a.demo = true;
-    else
+    } else {
       return absl::InvalidArgumentError("unknown argument " + k);
+    }
   }
   if (a.model.empty()) return absl::InvalidArgumentError("--model is required");
   if (a.target.empty() && !a.in_process) {
@@ -420,4 +422,13 @@ int Run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return Run(argc, argv); }
+// An exception (a file system or JSON error, say) ends the run with its message and status 1
+// rather than std::terminate's abort.
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "blend_eval: %s\n", e.what());
+    return 1;
+  }
+}

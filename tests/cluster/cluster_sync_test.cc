@@ -127,7 +127,7 @@ class ArenaWriter {
     KVSTASH_RETURN_IF_ERROR(FromGrpcStatus(stub_->CommitMany(&ctx, commit, &committed)));
     std::vector<Status> out;
     for (const v1::ItemStatus& item : committed.results()) {
-      out.push_back(Status(static_cast<absl::StatusCode>(item.code()), item.message()));
+      out.emplace_back(static_cast<absl::StatusCode>(item.code()), item.message());
     }
     return out;
   }
