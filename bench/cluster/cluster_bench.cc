@@ -134,7 +134,7 @@ std::vector<std::string> Detection(int ttl_s, int reps) {
                     "{\"case\":\"detection\",\"fault\":\"%s\",\"ttl_s\":%d,\"rep\":%d,"
                     "\"seconds\":%.3f}",
                     how, ttl_s, r, s);
-      rows.push_back(line);
+      rows.emplace_back(line);
       if (std::strcmp(how, "stop") == 0) c.nodes[victim]->Continue();
       c.nodes[victim].reset();  // SIGKILL if still running
       c.nodes[victim] = StartNode(c, victim, true, ttl_s);
@@ -167,6 +167,7 @@ std::string Shared(bool clustered, int ttl_s, int requests) {
         }
       }
       for (uint64_t k = 0; k < 8; ++k) seeds.push_back((node + 1) * 100'000 + r * 8 + k);
+      names.reserve(seeds.size());
       for (uint64_t s : seeds) names.push_back(TestName(s, "bench"));
       auto look = (*kv)->Lookup(names);
       if (!look.ok()) Die(std::string(look.status().message()));
@@ -191,6 +192,7 @@ std::string Shared(bool clustered, int ttl_s, int requests) {
     get_us.insert(get_us.end(), mine.begin(), mine.end());
   };
   std::vector<std::thread> threads;
+  threads.reserve(kNodes);
   for (int i = 0; i < kNodes; ++i) threads.emplace_back(engine, i);
   for (auto& t : threads) t.join();
   std::sort(get_us.begin(), get_us.end());
@@ -296,7 +298,7 @@ std::vector<std::string> PutLatency(int ttl_s, int puts) {
                   static_cast<unsigned long long>(shape.payload_bytes), puts, p50[0], p90[0],
                   p99[0], p50[1], p90[1], p99[1], p50[2], p90[2], p99[2], sync_over_async,
                   offered_over_not, failures[0], failures[1], failures[2]);
-    rows.push_back(line);
+    rows.emplace_back(line);
   }
   for (int m = 0; m < kModes; ++m) kv[m].reset();
   for (int m = 0; m < kModes; ++m) modes[m].nodes.clear();  // before etcd goes
@@ -310,18 +312,19 @@ int main(int argc, char** argv) {
   std::string out_path;
   std::string cases = "detection,shared";
   for (int i = 1; i + 1 < argc; ++i) {
-    if (!std::strcmp(argv[i], "--ttl-s"))
+    if (!std::strcmp(argv[i], "--ttl-s")) {
       ttl_s = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--reps"))
+    } else if (!std::strcmp(argv[i], "--reps")) {
       reps = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--requests"))
+    } else if (!std::strcmp(argv[i], "--requests")) {
       requests = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--puts"))
+    } else if (!std::strcmp(argv[i], "--puts")) {
       puts = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--cases"))
+    } else if (!std::strcmp(argv[i], "--cases")) {
       cases = argv[++i];
-    else if (!std::strcmp(argv[i], "--out"))
+    } else if (!std::strcmp(argv[i], "--out")) {
       out_path = argv[++i];
+    }
   }
   auto wanted = [&](const char* name) {
     // StrCat, not operator+ on std::string: GCC 12 raises a false -Wrestrict on "," + str.

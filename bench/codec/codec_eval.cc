@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -335,4 +336,13 @@ int Main(int argc, char** argv) {
 
 }  // namespace kvstash::bench
 
-int main(int argc, char** argv) { return kvstash::bench::Main(argc, argv); }
+// An exception (a file system or JSON error, say) ends the run with its message and status 1
+// rather than std::terminate's abort.
+int main(int argc, char** argv) {
+  try {
+    return kvstash::bench::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "codec_eval: %s\n", e.what());
+    return 1;
+  }
+}
