@@ -3,8 +3,9 @@
 #
 #   ./run.sh demo     build, start cachesvc on the embedded single-node default, run the demo
 #   ./run.sh test     format and header checks, builds with warnings as errors, clang-tidy on
-#                     the lines the change touched, every test through ctest; then again under
-#                     ASan+UBSan (DEVELOPERS.md "CI gates")
+#                     the lines the change touched, every test through ctest, the transport's
+#                     tests against UCX 1.22; then again under ASan+UBSan (DEVELOPERS.md "CI
+#                     gates")
 #   ./run.sh bench    build, run the benchmarks, write bench/results/*.json
 #   ./run.sh build [preset]   configure + build only (presets: release, asan, debug, tsa)
 #   ./run.sh fuzz [seconds]   build libFuzzer targets with clang and run each for N seconds
@@ -140,6 +141,11 @@ case "$cmd" in
     log "clang-tidy (changed sources)"
     ./scripts/check_tidy.sh build/release
     run_ctest release
+    # The release build links Debian's UCX 1.13; production nodes run UCX >= 1.14 (Fetch reads,
+    # docs/deploy.md "Which UCX"), so the transport's tests (label ucx) run again against 1.22
+    # (libucx-cu13, build/ucx-cuda). Offline without the cached wheel: one line, skipped.
+    log "transport against UCX 1.22 (libucx-cu13)"
+    ./scripts/test_ucx_cuda.sh
     if [ "${KVSTASH_SKIP_ASAN:-0}" != 1 ]; then
       build asan
       # Model-sized tests are exercised in the release pass; the sanitizer pass covers the rest.
