@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -153,6 +154,7 @@ double OursWrite(const Config& c, const std::string& dir, const Payload& payload
   };
   double t0 = Now();
   std::vector<std::thread> threads;
+  threads.reserve(static_cast<size_t>(c.threads));
   for (int i = 0; i < c.threads; ++i) threads.emplace_back(writer);
   for (auto& t : threads) t.join();
   Check(store->Flush(), "flush");
@@ -179,6 +181,7 @@ double OursRead(const Config& c, const std::string& dir, uint64_t size, uint64_t
   };
   double t0 = Now();
   std::vector<std::thread> threads;
+  threads.reserve(static_cast<size_t>(c.readers));
   for (int i = 0; i < c.readers; ++i) threads.emplace_back(reader);
   for (auto& t : threads) t.join();
   double seconds = Now() - t0;
@@ -228,14 +231,14 @@ double FioWrite(const Config& c, const std::string& dir, uint64_t size, uint64_t
   RemoveAndSettle(dir);
   fs::create_directories(dir);
   auto w = FioCommon(c, dir, size, count);
-  for (const char* a : {"--rw=write", "--ioengine=psync", "--fsync_on_close=1"}) w.push_back(a);
+  for (const char* a : {"--rw=write", "--ioengine=psync", "--fsync_on_close=1"}) w.emplace_back(a);
   w.push_back("--bs=" + std::to_string(size));
   return RunFio(c, w)["jobs"][0]["write"]["bw_bytes"].get<double>() / 1e6;
 }
 
 double FioRead(const Config& c, const std::string& dir, uint64_t size, uint64_t count) {
   auto r = FioCommon(c, dir, size, count);
-  for (const char* a : {"--rw=read", "--ioengine=io_uring"}) r.push_back(a);
+  for (const char* a : {"--rw=read", "--ioengine=io_uring"}) r.emplace_back(a);
   r.push_back("--iodepth=" + std::to_string(c.fio_iodepth));
   r.push_back("--bs=" + std::to_string(std::min<uint64_t>(size, 1 << 20)));
   double mbps = RunFio(c, r)["jobs"][0]["read"]["bw_bytes"].get<double>() / 1e6;
@@ -243,9 +246,7 @@ double FioRead(const Config& c, const std::string& dir, uint64_t size, uint64_t 
   return mbps;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   Config c;
   CLI::App app{"SSD tier throughput vs fio"};
   app.add_option("--dir", c.dir, "directory on the disk under test (created, then removed)");
@@ -323,4 +324,17 @@ int main(int argc, char** argv) {
   std::ofstream(c.out) << results.dump(2) << "\n";
   printf("wrote %s\n", c.out.c_str());
   return 0;
+}
+
+}  // namespace
+
+// An exception (a file system or JSON error, say) ends the run with its message and status 1
+// rather than std::terminate's abort.
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ssd_tier_bench: %s\n", e.what());
+    return 1;
+  }
 }
