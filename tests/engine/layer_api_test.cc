@@ -223,7 +223,10 @@ TEST(LayerApiTest, SelectedTokensRecomputeExactly) {
   const size_t rows[] = {0, 1};
   auto logits = e->Logits(*batch, rows);
   ASSERT_OK(logits);
+  // Bit for bit on purpose (the test's claim: recomputed exactly), so memcmp, not float ==.
+  // NOLINTNEXTLINE(bugprone-suspicious-memory-comparison)
   EXPECT_EQ(std::memcmp(logits->data(), ref.data() + 17 * 512, 512 * 4), 0);
+  // NOLINTNEXTLINE(bugprone-suspicious-memory-comparison)
   EXPECT_EQ(std::memcmp(logits->data() + 512, ref.data() + 40 * 512, 512 * 4), 0);
   const size_t bad[] = {0, 0};
   EXPECT_THAT(batch->Keep(bad), StatusIs(absl::StatusCode::kInvalidArgument));
