@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -252,4 +253,13 @@ int Run(int argc, char** argv) {
 }  // namespace
 }  // namespace kvstash::bench
 
-int main(int argc, char** argv) { return kvstash::bench::Run(argc, argv); }
+// An exception (a file system or JSON error, say) ends the run with its message and status 1
+// rather than std::terminate's abort.
+int main(int argc, char** argv) {
+  try {
+    return kvstash::bench::Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tier_load: %s\n", e.what());
+    return 1;
+  }
+}

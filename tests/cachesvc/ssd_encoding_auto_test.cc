@@ -99,7 +99,7 @@ std::string CheckedChoice(const ServiceProcess& svc, uint32_t read_mbps) {
   EXPECT_FALSE(candidates.empty()) << log;
   EXPECT_EQ(candidates.front().kind, codec::CodecKind::kCacheGen) << "the floor comes first";
   for (const codec::CodecRates& c : candidates) EXPECT_LE(c.level, 3) << "a tier level";
-  const std::string choice = SsdEncodingField(log, "choice");
+  std::string choice = SsdEncodingField(log, "choice");  // returned, so not const: moved
   EXPECT_EQ(SsdEncodingField(log, "read_method"), "configured");
   EXPECT_EQ(SsdEncodingField(log, "read_mbps"), std::to_string(read_mbps));
   EXPECT_EQ(choice, codec::CodecRatesName(codec::ChooseEncoding(candidates, read_mbps * 1e6 / 8,

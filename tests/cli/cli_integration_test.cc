@@ -38,7 +38,7 @@ class CliTest : public ::testing::Test {
   }
   int Kvstash(std::vector<std::string> args, std::string* out) {
     args.insert(args.begin(), BinaryPath("cli/kvstash"));
-    args.push_back("--target");
+    args.emplace_back("--target");
     args.push_back(svc_->target());
     return RunProgram(args, out);
   }
