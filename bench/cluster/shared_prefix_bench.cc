@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -72,9 +73,7 @@ json SummaryJson(const PrefixSummary& s) {
   std::exit(1);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   SharedPrefixOptions o;
   o.verbose = true;
   std::string text_dir = KVSTASH_SHARED_DATA "/text";
@@ -241,4 +240,17 @@ int main(int argc, char** argv) {
     if (!out) Die(absl::StrCat("cannot write ", out_path));
   }
   return identical ? 0 : 3;
+}
+
+}  // namespace
+
+// An exception (a file system or JSON error, say) ends the run with its message and status 1
+// rather than std::terminate's abort.
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shared_prefix_bench: %s\n", e.what());
+    return 1;
+  }
 }

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -112,9 +113,7 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   Config cfg;
   CLI::App app{"peer_slowlink_bench: remote Gets over a slow link, raw vs CacheGen peer fetches"};
   app.add_option("--a-netns", cfg.a_netns, "network namespace of node A")->required();
@@ -138,7 +137,7 @@ int main(int argc, char** argv) {
   std::ofstream(secret) << "peer-slowlink-bench-secret-0123456789\n";
   const std::vector<std::string> peer_args = {"--peer-secret-file", secret};
   std::vector<std::string> a_args = peer_args;
-  a_args.push_back("--insecure-tcp");  // plain TCP on the link's private address
+  a_args.emplace_back("--insecure-tcp");  // plain TCP on the link's private address
   auto [a_pid, a_target] =
       StartNode(cfg, {"ip", "netns", "exec", cfg.a_netns}, root + "/a", cfg.a_listen, a_args);
   const ObjectInfo base = ChunkInfo();
@@ -226,4 +225,17 @@ int main(int argc, char** argv) {
   std::ofstream(cfg.out) << doc.dump(2) << "\n";
   std::printf("wrote %s\n", cfg.out.c_str());
   return 0;
+}
+
+}  // namespace
+
+// An exception (a file system or JSON error, say) ends the run with its message and status 1
+// rather than std::terminate's abort.
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "peer_slowlink_bench: %s\n", e.what());
+    return 1;
+  }
 }
