@@ -95,6 +95,14 @@ Status TieredStore::Init(std::vector<std::unique_ptr<StorageTier>> more_lower) {
       registry->GetGauge("kvstash_storage_arena_spare_bytes",
                          "Address space left for tenant arenas added while the store runs");
   arena_spare_bytes_->Set(static_cast<double>(arena_->reserved_bytes() - arena_->bytes()));
+  static constexpr const char* kMoveOutcomes[] = {"moved", "no_room", "check_failed", "raced"};
+  for (size_t i = 0; i < move_counters_.size(); ++i) {
+    move_counters_[i] = registry->GetCounter(
+        "kvstash_storage_arena_migrations_total",
+        "Objects AcquireInOwnArena moved into their namespace's arena from another one (moved), "
+        "or left where they were (no_room, check_failed, raced: the reader streams them)",
+        {{"outcome", kMoveOutcomes[i]}});
+  }
   auto table = std::make_unique<ZoneTable>();
   for (size_t i = 0; i < arena_->segment_count(); ++i) {
     const std::string name_space = i > 0 ? options_.tenant_arenas[i - 1].name_space : "";
@@ -660,6 +668,11 @@ Lease TieredStore::RegisterLease(const std::shared_ptr<ObjectRec>& rec, uint32_t
 Result<Lease> TieredStore::Acquire(const Hash128& storage_key, uint32_t lease_ms) {
   std::shared_lock<std::shared_mutex> guard(close_mu_);
   KVSTASH_RETURN_IF_ERROR(CheckOpen());
+  return AcquireImpl(storage_key, lease_ms, nullptr);
+}
+
+Result<Lease> TieredStore::AcquireImpl(const Hash128& storage_key, uint32_t lease_ms,
+                                       std::shared_ptr<ObjectRec>* rec_out) {
   uint64_t start = SteadyNs();
   uint32_t ms = ClampMs(lease_ms, options_.default_lease_ms);
   Shard& shard = ShardFor(storage_key);
@@ -705,6 +718,7 @@ Result<Lease> TieredStore::Acquire(const Hash128& storage_key, uint32_t lease_ms
       Result<Lease> lease = Promote(rec, ms, &retry);
       if (retry) continue;  // the copy it read moved down a tier meanwhile
       metrics_.acquire_seconds->Observe(SecondsSince(start));
+      if (rec_out != nullptr && lease.ok()) *rec_out = rec;
       return lease;
     }
     RunDeferred(later);
@@ -718,6 +732,7 @@ Result<Lease> TieredStore::Acquire(const Hash128& storage_key, uint32_t lease_ms
     metrics_.cpu.bytes_read->Increment(rec->info.payload_bytes);
     Lease lease = RegisterLease(rec, ms, Tier::kCpu);
     metrics_.acquire_seconds->Observe(SecondsSince(start));
+    if (rec_out != nullptr) *rec_out = std::move(rec);
     return lease;
   }
 }
@@ -725,6 +740,10 @@ Result<Lease> TieredStore::Acquire(const Hash128& storage_key, uint32_t lease_ms
 Status TieredStore::Release(uint64_t lease_id) {
   std::shared_lock<std::shared_mutex> guard(close_mu_);
   KVSTASH_RETURN_IF_ERROR(CheckOpen());
+  return ReleaseImpl(lease_id);
+}
+
+Status TieredStore::ReleaseImpl(uint64_t lease_id) {
   std::shared_ptr<ObjectRec> rec;
   {
     MutexLock lock(&lease_mu_);

@@ -159,6 +159,7 @@ class TieredStore final : public ObjectStore {
   Result<Reservation> ReserveInTier(Tier tier, const StoredName& name, const ObjectInfo& info,
                                     uint32_t lease_ms, bool overwrite) override;
   Result<Lease> Acquire(const Hash128& storage_key, uint32_t lease_ms) override;
+  Result<Lease> AcquireInOwnArena(const Hash128& storage_key, uint32_t lease_ms) override;
   Status Release(uint64_t lease_id) override;
   Status Delete(const Hash128& storage_key) override;
   Status Pin(const Hash128& storage_key) override;
@@ -312,6 +313,24 @@ class TieredStore final : public ObjectStore {
   // Undoes Acquire's lease reference on a rec whose bytes failed the check, hiding the rec.
   void DropFailedLease(const std::shared_ptr<ObjectRec>& rec);
   void CheckerLoop();
+
+  // --- moving objects between arenas (tiered_store_arenas.cc) ---
+  // Acquire and Release without taking close_mu_ (the caller holds it shared). *rec_out (when
+  // given) is set to the leased rec.
+  Result<Lease> AcquireImpl(const Hash128& storage_key, uint32_t lease_ms,
+                            std::shared_ptr<ObjectRec>* rec_out);
+  Status ReleaseImpl(uint64_t lease_id);
+  // Copies leased rec's bytes (lease `held`) into `zone` and replaces rec in the index by a rec
+  // of the new copy, leased for lease_ms; releases `held` whatever the outcome. *stale is set
+  // when rec changed meanwhile (deleted, replaced, moved by another reader): nothing moved, the
+  // caller looks the object up again.
+  Result<Lease> MoveToZone(const std::shared_ptr<ObjectRec>& rec, const Lease& held, size_t zone,
+                           uint32_t lease_ms, bool* stale);
+  enum class MoveOutcome : uint8_t { kMoved, kNoRoom, kCheckFailed, kRaced, kCount };
+  // Counts an outcome (kvstash_storage_arena_migrations_total) and logs its first occurrence.
+  void NoteMove(MoveOutcome outcome, const ObjectRec& rec, const Status& why);
+  std::array<Counter*, static_cast<size_t>(MoveOutcome::kCount)> move_counters_{};
+  std::array<std::once_flag, static_cast<size_t>(MoveOutcome::kCount)> move_logged_;
 
   // --- leases and reservations ---
   Lease RegisterLease(const std::shared_ptr<ObjectRec>& rec, uint32_t lease_ms, Tier from);

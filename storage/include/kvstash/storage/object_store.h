@@ -283,6 +283,18 @@ class ObjectStore {
                                             bool overwrite) = 0;
 
   virtual Result<Lease> Acquire(const Hash128& storage_key, uint32_t lease_ms) = 0;
+  // Acquire for a reader that maps only the arena of the object's namespace (a tenant's client on
+  // a multi-tenant node). As Acquire, and when the namespace has an arena of its own but the
+  // object's bytes are in another one (put or fetched before AddTenantArena gave the namespace
+  // its arena), first moves them there: reserves in the namespace's arena (evicting only its
+  // objects, as a promotion does), copies, checks the copy against the object's crc32c, makes it
+  // the object's bytes (pins, hits and lower-tier copies go with it) and frees the old bytes once
+  // the last lease on them ends (leases already handed out stay valid). The lease is then on the
+  // new copy. Counted in kvstash_storage_arena_migrations_total{outcome}. Errors: Acquire's, and
+  // FailedPrecondition when the object cannot be moved (no room in the namespace's arena, nothing
+  // there evictable, or the copy failed its check): nothing changed, no lease held, and Acquire
+  // (or a stream read of it) still serves the bytes where they are.
+  virtual Result<Lease> AcquireInOwnArena(const Hash128& storage_key, uint32_t lease_ms) = 0;
   virtual Status Release(uint64_t lease_id) = 0;
 
   // Removes from every tier; bytes under a lease are freed when the last lease ends.
