@@ -109,9 +109,11 @@ bool KvStashService::UsesPeers(const grpc::ServerContext* ctx) const {
 }
 
 Result<storage::Lease> KvStashService::AcquireFromPeers(const ObjectName& name, uint32_t lease_ms,
-                                                        const Status& fetched) {
+                                                        const Status& fetched, bool own_arena) {
   if (!fetched.ok()) return fetched;
-  KVSTASH_ASSIGN_OR_RETURN(storage::Lease lease, store_->Acquire(name.storage_key, lease_ms));
+  KVSTASH_ASSIGN_OR_RETURN(storage::Lease lease,
+                           own_arena ? store_->AcquireInOwnArena(name.storage_key, lease_ms)
+                                     : store_->Acquire(name.storage_key, lease_ms));
   lease.served_from = storage::Tier::kRemote;
   if (!config_.peers.promote) {
     // The lease keeps the bytes until it ends; nothing else finds the object here.
@@ -303,13 +305,24 @@ Status KvStashService::DoAcquire(const grpc::ServerContext* ctx, const v1::Acqui
   uint64_t expires = 0;
   bool any = false;
   const uint64_t generation = store_->arena_generation();
+  // A tenant with an arena of its own maps only that arena: its leases must lie there. Objects
+  // it stored (or peers fetched for it) before a reload gave it the arena are in the shared one;
+  // AcquireInOwnArena moves them, and one it cannot move is FAILED_PRECONDITION, which KvClient
+  // reads over the byte stream instead. Peers read any arena (UCX), tenants without an arena
+  // attach none: both get leases where the bytes are, as before.
+  const bool restricted_tenant =
+      auth_ != nullptr && caller.restricted && caller.identity.role != Role::kPeer;
+  const storage::ArenaSegment own =
+      restricted_tenant ? store_->arena_segment(caller.identity.tenant) : storage::ArenaSegment{};
+  const bool own_arena = own.index != 0;
   // Local leases first; the misses are fetched from peers in one batch.
   std::vector<Result<storage::Lease>> leases;
   leases.reserve(names.size());
   std::vector<ObjectName> missing;
   std::vector<size_t> missing_at;
   for (const ObjectName& name : names) {
-    leases.push_back(store_->Acquire(name.storage_key, req.lease_ms()));
+    leases.push_back(own_arena ? store_->AcquireInOwnArena(name.storage_key, req.lease_ms())
+                               : store_->Acquire(name.storage_key, req.lease_ms()));
     if (leases.back().status().code() == absl::StatusCode::kNotFound) {
       missing.push_back(name);
       missing_at.push_back(leases.size() - 1);
@@ -318,7 +331,7 @@ Status KvStashService::DoAcquire(const grpc::ServerContext* ctx, const v1::Acqui
   if (!missing.empty() && UsesPeers(ctx)) {
     std::vector<Status> fetched = remote_->Fetch(missing);
     for (size_t i = 0; i < missing.size(); ++i) {
-      leases[missing_at[i]] = AcquireFromPeers(missing[i], req.lease_ms(), fetched[i]);
+      leases[missing_at[i]] = AcquireFromPeers(missing[i], req.lease_ms(), fetched[i], own_arena);
     }
   }
   for (size_t n = 0; n < names.size(); ++n) {
@@ -326,6 +339,14 @@ Status KvStashService::DoAcquire(const grpc::ServerContext* ctx, const v1::Acqui
     Result<storage::Lease>& lease = leases[n];
     if (lease.ok()) {
       Status range = CheckArenaRange(*store_, lease->arena_offset, lease->info.payload_bytes);
+      if (range.ok() && own_arena &&
+          (lease->arena_offset < own.offset || lease->arena_offset - own.offset > own.bytes ||
+           lease->info.payload_bytes > own.bytes - (lease->arena_offset - own.offset))) {
+        // Another namespace's object (an admin's key) is not in this client's mapping either.
+        range = absl::FailedPreconditionError(absl::StrCat(
+            "object ", names[n].storage_key.ToHex(), " is outside the arena of tenant ",
+            caller.identity.tenant, "; read it over the byte stream (Get)"));
+      }
       if (!range.ok()) {
         (void)store_->Release(lease->id);
         lease = range;

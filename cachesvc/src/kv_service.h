@@ -212,9 +212,10 @@ class KvStashService final : public v1::KvStash::Service {
   // Whether a local miss of this call may be served from peers.
   bool UsesPeers(const grpc::ServerContext* ctx) const;
   // Fetches a missed object from the peers and leases it here (served_from kRemote); drops the
-  // local copy again under the lease when peers.promote is off.
+  // local copy again under the lease when peers.promote is off. `own_arena`: lease it in the
+  // arena of its namespace (ObjectStore::AcquireInOwnArena), for a client that maps only that.
   Result<storage::Lease> AcquireFromPeers(const ObjectName& name, uint32_t lease_ms,
-                                          const Status& fetched);
+                                          const Status& fetched, bool own_arena = false);
   Status DoReserve(const Caller& caller, const v1::ReserveRequest& req, v1::ReserveResponse* resp);
   // Put and Get are registered in place of their generated handlers (the constructor) as raw
   // asynchronous methods, served by AsyncStreamServer: they read and write ByteBuffers, so the

@@ -65,7 +65,7 @@ ReadLease::ReadLease(ReadLease&& other) noexcept { *this = std::move(other); }
 ReadLease& ReadLease::operator=(ReadLease&& other) noexcept {
   if (this != &other) {
     if (!done_) {
-      core_->ReleaseLeaseAsync(id_);
+      if (id_ != 0) core_->ReleaseLeaseAsync(id_);
       Reset();
     }
     core_ = std::move(other.core_);
@@ -73,6 +73,8 @@ ReadLease& ReadLease::operator=(ReadLease&& other) noexcept {
     info_ = other.info_;
     served_from_ = other.served_from_;
     id_ = other.id_;
+    // A moved vector keeps its buffer, so data_ still points into copy_ when it did before.
+    copy_ = std::move(other.copy_);
     data_ = other.data_;
     expires_at_ = other.expires_at_;
     done_ = other.done_;
@@ -83,7 +85,7 @@ ReadLease& ReadLease::operator=(ReadLease&& other) noexcept {
 
 ReadLease::~ReadLease() {
   if (!done_) {
-    core_->ReleaseLeaseAsync(id_);
+    if (id_ != 0) core_->ReleaseLeaseAsync(id_);
     Reset();
   }
 }
@@ -93,12 +95,14 @@ void ReadLease::Reset() {
   mapping_.reset();
   id_ = 0;
   data_ = {};
+  copy_ = {};
   done_ = true;
 }
 
 Status ReadLease::Release() {
   if (done_) return absl::FailedPreconditionError("lease already released");
-  Status s = core_->ReleaseLease(id_);
+  // id_ 0: a streamed copy (KvClient::AcquireMany), which the service holds no lease for.
+  Status s = id_ != 0 ? core_->ReleaseLease(id_) : OkStatus();
   Reset();
   return s;
 }

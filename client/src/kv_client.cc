@@ -268,8 +268,32 @@ Result<std::vector<Result<ReadLease>>> KvClient::AcquireMany(std::span<const Obj
   }
   std::vector<Result<ReadLease>> out;
   out.reserve(names.size());
-  for (const v1::AcquireResult& r : resp.results()) {
+  for (size_t n = 0; n < names.size(); ++n) {
+    const v1::AcquireResult& r = resp.results(static_cast<int>(n));
     Status item = FromItemStatus(r.status());
+    if (absl::IsFailedPrecondition(item)) {
+      // The service cannot lease this object inside our mapping (a tenant's object left in the
+      // shared arena, with no room to move it into the tenant's arena): its bytes come over the
+      // byte stream, crc32c checked, into a lease that owns them.
+      ReadLease copy;
+      Result<GetIntoReply> got =
+          StreamGet(names[n], GetOptions{}, [&](const ObjectInfo& info) -> Result<uint8_t*> {
+            copy.copy_.resize(info.payload_bytes);
+            return copy.copy_.data();
+          });
+      if (!got.ok()) {
+        out.push_back(got.status());
+        continue;
+      }
+      copy.core_ = core_;
+      copy.done_ = false;
+      copy.info_ = got->info;
+      copy.served_from_ = got->served_from;
+      copy.expires_at_ = std::chrono::steady_clock::time_point::max();
+      copy.data_ = std::span<const uint8_t>(copy.copy_.data(), got->info.payload_bytes);
+      out.push_back(std::move(copy));
+      continue;
+    }
     if (!item.ok()) {
       out.push_back(item);
       continue;

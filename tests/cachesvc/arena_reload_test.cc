@@ -5,7 +5,9 @@
 // were, and a peer that connected before the reload reads the new arena's objects over UCX with
 // the registration it already had. A resize waits for a restart, a tenant the reserve has no
 // room for stays in the shared arena, and a removed tenant's tokens stop working while its arena
-// stays: each logged and counted.
+// stays: each logged and counted. Objects a tenant stored (or peers fetched for it) before a
+// reload gave it its arena move into that arena when its client Acquires them, or, with no room
+// there, reach it over the byte stream: either way with their bytes and no error.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -36,6 +38,7 @@ using Clock = std::chrono::steady_clock;
 constexpr char kAlpha[] = "alpha-reload-token-0123456789";
 constexpr char kDelta[] = "delta-reload-token-0123456789";
 constexpr char kEpsilon[] = "epsilon-reload-token-0123456789";
+constexpr char kDeltaRo[] = "delta-read-only-token-0123456789";
 constexpr uint64_t kMiB = 1 << 20;
 constexpr double kMiBs = 1 << 20;       // the same, for metric values
 constexpr uint32_t kTokens256K = 1024;  // TestInfo(1024): 1024 tokens of 256 bytes
@@ -47,7 +50,8 @@ class ArenaReloadTest : public ::testing::Test {
 
   // A: shared 64 MiB, alpha 1 MiB from the start, 3 MiB of reserve; no SSD, so an eviction is
   // a removal the test can see.
-  void StartA(const std::string& tokens, bool with_peer_secret) {
+  void StartA(const std::string& tokens, bool with_peer_secret,
+              const std::vector<std::string>& extra = {}) {
     // TCP for the peer, a unix socket beside it for same-node clients (which attach arenas).
     ServiceOptions o;
     o.tcp = true;
@@ -56,6 +60,7 @@ class ArenaReloadTest : public ::testing::Test {
     o.ssd_capacity = "0";
     o.extra_args = {"--tokens-file", tokens_, "--tenant-arena-reserve", "3MiB"};
     if (with_peer_secret) o.extra_args.insert(o.extra_args.end(), {"--peer-secret-file", secret_});
+    o.extra_args.insert(o.extra_args.end(), extra.begin(), extra.end());
     std::ofstream(tokens_) << tokens;
     ASSERT_OK_AND_ASSIGN(a_, ServiceProcess::Start(dir_a_.path(), o));
   }
@@ -78,10 +83,12 @@ class ArenaReloadTest : public ::testing::Test {
     return n;
   }
 
-  static Result<std::unique_ptr<KvClient>> As(const std::string& target, const char* token) {
+  static Result<std::unique_ptr<KvClient>> As(const std::string& target, const char* token,
+                                              bool read_only = false) {
     ClientOptions o;
     o.connect_timeout = 5s;
     o.bearer_token = token;
+    o.attach_read_only = read_only;
     return KvClient::Connect(target, o);
   }
 
@@ -253,6 +260,150 @@ TEST_F(ArenaReloadTest, ResizesWaitForARestartAndAFullReserveFallsBackToTheShare
   ASSERT_OK_AND_ASSIGN(auto epsilon_arena, Attach(kEpsilon));
   EXPECT_EQ(epsilon_arena.first.arena_offset, 66 * kMiB);
   EXPECT_EQ(epsilon_arena.first.arena_bytes, 2 * kMiB);
+}
+
+// delta is a tenant without a cpu quota first (no arena: its objects, put over the byte stream
+// or fetched from a peer for it, are in A's shared arena); the reload gives it 1 MiB. Built
+// before main, as kStartTokens.
+// NOLINTNEXTLINE(cert-err58-cpp)
+const std::string kDeltaNoArena =
+    absl::StrCat(kStartTokens, "token ", kDelta, " delta\ntoken ", kDeltaRo, " delta ro\n");
+// NOLINTNEXTLINE(cert-err58-cpp)
+const std::string kDeltaWithArena = absl::StrCat(kDeltaNoArena, "quota delta cpu=1MiB\n");
+constexpr uint64_t k128K = 128 << 10;
+
+// Whether `lease` holds `bytes` (read through the client's own mapping when its lease_id is not
+// 0, else its streamed copy).
+bool Holds(const ReadLease& lease, const std::vector<uint8_t>& bytes) {
+  return std::equal(lease.data().begin(), lease.data().end(), bytes.begin(), bytes.end());
+}
+
+TEST_F(ArenaReloadTest, ObjectsStoredBeforeTheReloadMoveIntoTheNewArenaOnAcquire) {
+  // B: a peer holding one of delta's objects, which A fetches for delta before the reload.
+  std::ofstream(secret_) << "kvstash-test-cluster-secret-0123456789\n";
+  const std::string b_tokens = dir_b_.path() + "/tokens.txt";
+  std::ofstream(b_tokens) << "token " << kAlpha << " alpha\ntoken " << kDelta << " delta\n";
+  ServiceOptions bo;
+  bo.tcp = true;
+  bo.extra_args = {"--tokens-file", b_tokens, "--peer-secret-file", secret_};
+  ASSERT_OK_AND_ASSIGN(auto b, ServiceProcess::Start(dir_b_.path(), bo));
+  StartA(kDeltaNoArena, /*with_peer_secret=*/true,
+         {"--peer", b->target(), "--peer-timeout-ms", "20000"});
+
+  std::vector<std::vector<uint8_t>> early;
+  std::vector<ObjectName> names;
+  for (uint64_t i = 0; i < 4; ++i) {
+    early.push_back(TestPayload(200 + i, k128K));
+    names.push_back(TestName(200 + i, ""));
+  }
+  {
+    ASSERT_OK_AND_ASSIGN(auto delta, As(a_->local_target(), kDelta));
+    ASSERT_FALSE(delta->shared_memory_attached());  // no arena yet: byte streams
+    for (uint64_t i = 0; i < 3; ++i) {
+      ASSERT_THAT(delta->Put(names[i], WithCrc(TestInfo(512), early[i]), early[i]), IsOk()) << i;
+    }
+    ASSERT_OK_AND_ASSIGN(std::vector<Status> pinned, delta->Pin(std::span(&names[1], 1)));
+    ASSERT_OK(pinned[0]);
+    // The fourth is on B only; A's Get fetches it from B into A's shared arena (and keeps it).
+    ASSERT_OK_AND_ASSIGN(auto delta_b, As(b->target(), kDelta));
+    ASSERT_THAT(delta_b->Put(names[3], WithCrc(TestInfo(512), early[3]), early[3]), IsOk());
+    ASSERT_OK_AND_ASSIGN(GetReply fetched, delta->Get(names[3]));
+    EXPECT_EQ(fetched.payload, early[3]);
+    EXPECT_EQ(fetched.served_from, Tier::kRemote);
+  }
+  EXPECT_EQ(Metric("kvstash_storage_arena_used_bytes{arena=\"shared\"}"), 4.0 * k128K);
+
+  Reload(kDeltaWithArena);
+  ASSERT_EQ(Count(a_->Log(), "event=tenant_arena_added tenant=delta"), 1u);
+  // The read-only identity's client reads one first: the move is the service's, not a write.
+  ASSERT_OK_AND_ASSIGN(auto reader, As(a_->local_target(), kDeltaRo, /*read_only=*/true));
+  ASSERT_TRUE(reader->shared_memory_attached()) << reader->shared_memory_status();
+  {
+    ASSERT_OK_AND_ASSIGN(ReadLease lease, reader->Acquire(names[2]));
+    EXPECT_NE(lease.lease_id(), 0u);  // a lease in its mapping, not a streamed copy
+    EXPECT_TRUE(Holds(lease, early[2]));
+  }
+  EXPECT_EQ(Metric("kvstash_storage_arena_migrations_total{outcome=\"moved\"}"), 1);
+  // delta's client, mapped to the new arena, reads all four zero-copy: the pinned one, the
+  // fetched one and the one the reader moved already included.
+  ASSERT_OK_AND_ASSIGN(auto delta, As(a_->local_target(), kDelta));
+  ASSERT_TRUE(delta->shared_memory_attached()) << delta->shared_memory_status();
+  ASSERT_OK_AND_ASSIGN(auto leases, delta->AcquireMany(names));
+  ASSERT_EQ(leases.size(), names.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    ASSERT_OK(leases[i].status()) << i;
+    EXPECT_NE(leases[i]->lease_id(), 0u) << i;
+    EXPECT_TRUE(Holds(*leases[i], early[i])) << i;
+  }
+  EXPECT_EQ(Metric("kvstash_storage_arena_migrations_total{outcome=\"moved\"}"), 4);
+  EXPECT_EQ(Metric("kvstash_storage_arena_migrations_total{outcome=\"no_room\"}"), 0);
+  // The old copies were freed as the moves ended; delta's arena holds the four.
+  EXPECT_EQ(Metric("kvstash_storage_arena_used_bytes{arena=\"shared\"}"), 0);
+  EXPECT_EQ(Metric("kvstash_storage_arena_used_bytes{arena=\"tenant:delta\"}"), 4.0 * k128K);
+  EXPECT_EQ(Count(a_->Log(), "event=arena_object_migrated"), 1u);  // once, not per object
+  leases.clear();
+  // Read again: nothing more moves. The pin moved with its object.
+  ASSERT_OK_AND_ASSIGN(auto again, delta->AcquireMany(names));
+  for (size_t i = 0; i < names.size(); ++i) {
+    EXPECT_TRUE(again[i].ok() && Holds(*again[i], early[i])) << i;
+  }
+  again.clear();
+  EXPECT_EQ(Metric("kvstash_storage_arena_migrations_total{outcome=\"moved\"}"), 4);
+  ASSERT_OK_AND_ASSIGN(std::vector<Status> unpinned, delta->Unpin(std::span(&names[1], 1)));
+  EXPECT_THAT(unpinned[0], IsOk());
+  ASSERT_OK_AND_ASSIGN(unpinned, delta->Unpin(std::span(&names[1], 1)));
+  EXPECT_THAT(unpinned[0], StatusIs(absl::StatusCode::kFailedPrecondition));  // not pinned now
+  ASSERT_OK_AND_ASSIGN(GetReply streamed, delta->Get(names[0]));
+  EXPECT_EQ(streamed.payload, early[0]);
+
+  // alpha sees nothing of them: its names are its own namespace's, its arena is unchanged.
+  ASSERT_OK_AND_ASSIGN(auto alpha, As(a_->local_target(), kAlpha));
+  ASSERT_TRUE(alpha->shared_memory_attached()) << alpha->shared_memory_status();
+  ASSERT_OK_AND_ASSIGN(LookupReply seen, alpha->Lookup(names));
+  for (const auto& r : seen.results) EXPECT_FALSE(r.present);
+  ASSERT_OK_AND_ASSIGN(auto alpha_leases, alpha->AcquireMany(names));
+  for (const auto& l : alpha_leases) EXPECT_THAT(l.status(), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(Metric("kvstash_storage_arena_used_bytes{arena=\"tenant:alpha\"}"), 0);
+}
+
+TEST_F(ArenaReloadTest, AnEarlierObjectWithNoRoomInTheNewArenaComesOverTheStreamIntact) {
+  StartA(kDeltaNoArena, /*with_peer_secret=*/false);
+  const std::vector<uint8_t> early = TestPayload(300, 512 << 10);
+  const ObjectName early_name = TestName(300, "");
+  {
+    ASSERT_OK_AND_ASSIGN(auto delta, As(a_->local_target(), kDelta));
+    ASSERT_THAT(delta->Put(early_name, WithCrc(TestInfo(2048), early), early), IsOk());
+  }
+  Reload(kDeltaWithArena);
+  ASSERT_OK_AND_ASSIGN(auto delta, As(a_->local_target(), kDelta));
+  ASSERT_TRUE(delta->shared_memory_attached()) << delta->shared_memory_status();
+  // Two leased 384 KiB objects leave 256 KiB of delta's 1 MiB, none of it evictable.
+  std::vector<ReadLease> held;
+  for (uint64_t i = 0; i < 2; ++i) {
+    const std::vector<uint8_t> payload = TestPayload(310 + i, 384 << 10);
+    ASSERT_THAT(delta->Put(TestName(310 + i, ""), WithCrc(TestInfo(1536), payload), payload,
+                           {.path = DataPath::kSharedMemory}),
+                IsOk());
+    ASSERT_OK_AND_ASSIGN(ReadLease l, delta->Acquire(TestName(310 + i, "")));
+    held.push_back(std::move(l));
+  }
+  // The 512 KiB object cannot move: the client gets it over the byte stream, crc32c checked.
+  ASSERT_OK_AND_ASSIGN(ReadLease copy, delta->Acquire(early_name));
+  EXPECT_EQ(copy.lease_id(), 0u);  // a streamed copy, no lease in the service
+  EXPECT_EQ(copy.info().payload_bytes, early.size());
+  EXPECT_TRUE(Holds(copy, early));
+  EXPECT_OK(copy.Release());  // nothing to send
+  EXPECT_EQ(Metric("kvstash_storage_arena_migrations_total{outcome=\"no_room\"}"), 1);
+  EXPECT_EQ(Metric("kvstash_storage_arena_migrations_total{outcome=\"moved\"}"), 0);
+  EXPECT_EQ(Count(a_->Log(), "event=arena_migration_fallback"), 1u);
+  EXPECT_EQ(Metric("kvstash_storage_arena_used_bytes{arena=\"shared\"}"), 512 << 10);
+  // Released (and waited for), delta's objects make room: the next read moves it.
+  for (ReadLease& l : held) ASSERT_OK(l.Release());
+  ASSERT_OK_AND_ASSIGN(ReadLease moved, delta->Acquire(early_name));
+  EXPECT_NE(moved.lease_id(), 0u);
+  EXPECT_TRUE(Holds(moved, early));
+  EXPECT_EQ(Metric("kvstash_storage_arena_migrations_total{outcome=\"moved\"}"), 1);
+  EXPECT_EQ(Metric("kvstash_storage_arena_used_bytes{arena=\"shared\"}"), 0);
 }
 
 }  // namespace

@@ -275,6 +275,10 @@ class WriteReservation {
 // the destructor, which sends the Release without waiting for its answer, so dropping a lease
 // costs no round trip; a release that gets lost ends at lease expiry). Holding a lease past its
 // expiry lets the service reclaim the bytes; keep leases short or ask for a longer lease_ms.
+// When the service cannot lease an object inside this client's mapping (FAILED_PRECONDITION for
+// the item: a tenant's object left in the shared arena that could not be moved into the
+// tenant's own, docs/deploy.md), Acquire reads it over the byte stream instead: the lease then
+// holds its own copy (lease_id() 0, expires_at() never, Release() sends nothing).
 class ReadLease {
  public:
   ReadLease(ReadLease&&) noexcept;
@@ -302,6 +306,7 @@ class ReadLease {
   std::span<const uint8_t> data_;
   std::chrono::steady_clock::time_point expires_at_;
   bool done_ = true;
+  std::vector<uint8_t> copy_;  // the streamed bytes data() points to, for a lease with id_ 0
 };
 
 class KvClient {
@@ -354,7 +359,9 @@ class KvClient {
 
   // Zero-copy read: leases the object and returns its bytes in the arena. NotFound when absent;
   // FailedPrecondition when shared memory is not attached; DataLoss when verify_reads is on and
-  // the bytes fail their crc32c.
+  // the bytes fail their crc32c. An object the service cannot lease inside this client's mapping
+  // (its item status FAILED_PRECONDITION) is read with Get into a lease that owns the copy
+  // (ReadLease); that Get's errors are the item's.
   Result<ReadLease> Acquire(const ObjectName& name);
   // Leases many objects in one RPC; per-key results in order.
   Result<std::vector<Result<ReadLease>>> AcquireMany(std::span<const ObjectName> names);
