@@ -42,7 +42,7 @@ constexpr Model kLlama8BLayer{1, 8, 128};
 // Host or device memory for the pools and the chunk, filled with a fixed pattern.
 class Buffers {
  public:
-  Buffers(bool device) : device_(device) {}
+  explicit Buffers(bool device) : device_(device) {}
   ~Buffers() {
     for (void* p : owned_) {
       if (device_) {

@@ -160,7 +160,8 @@ int Main(int argc, char** argv) {
 
   json results = json::array();
   for (const std::string& policy : cfg.policies) {
-    const std::string dir = root + "/b-" + policy;
+    std::string dir = root;
+    dir.append("/b-").append(policy);
     std::vector<std::string> b_args = peer_args;
     b_args.insert(b_args.end(),
                   {"--peer", a_target, "--remote-promote", "false", "--remote-lookup", "false",

@@ -20,7 +20,6 @@ namespace kvstash::testing {
 namespace {
 
 using client::KvClient;
-using ::testing::HasSubstr;
 
 ObjectName StormName(uint64_t i) { return TestName(i, "storm"); }
 
