@@ -47,9 +47,8 @@ KvStashService::KvStashService(storage::ObjectStore* store, const ServiceConfig&
     for (int level = 1; level <= 4; ++level) {
       // Encode only: these never decode, so one idle pool thread each.
       if (level <= 3) {
-        transfer_codecs_[level - 1] = std::make_unique<CacheGenTierCodec>(
-            TierEncoding{Encoding::kCacheGen, level, config_.transfer_encoding.kvq},
-            /*decode_threads=*/1);
+        cachegen_transfer_codecs_[level - 1] = std::make_unique<CacheGenTierCodec>(
+            TierEncoding{Encoding::kCacheGen, level, /*kvq=*/false}, /*decode_threads=*/1);
       }
       kvq_transfer_codecs_[level - 1] = std::make_unique<CacheGenTierCodec>(
           TierEncoding{Encoding::kCacheGen, level, /*kvq=*/true}, /*decode_threads=*/1);

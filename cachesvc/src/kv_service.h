@@ -227,7 +227,9 @@ class KvStashService final : public v1::KvStash::Service {
                    v1::AcquireResponse* resp);
   // The codec container a streaming Get sends instead of `payload`, or nullopt to send the
   // payload as it is (the client did not ask, the policy is raw, or the codec does not take it).
-  // CacheGen, or KVQ under a kvq policy or when the call's metadata kPeerCodecHeader asks for it.
+  // CacheGen, or KVQ under a kvq policy, when the request's accept_codec asks for it, or when the
+  // call's metadata kPeerCodecHeader does; INVALID_ARGUMENT for an unknown codec or a level out of
+  // its range.
   Result<std::optional<storage::TierCodec::Encoded>> EncodeForTransfer(
       const grpc::ServerContext* ctx, const v1::GetRequest& req, const ObjectInfo& info,
       std::span<const uint8_t> payload);
@@ -258,10 +260,10 @@ class KvStashService final : public v1::KvStash::Service {
   mutable Mutex advertised_mu_;
   std::string advertised_ ABSL_GUARDED_BY(advertised_mu_);
   Clock::time_point started_;
-  // Per level 1..3 (CacheGen, or KVQ when config_.transfer_encoding.kvq); empty when
-  // config_.transfer_encoding is raw.
-  std::array<std::unique_ptr<storage::TierCodec>, 3> transfer_codecs_;
-  // KVQ levels 1..4, for peers that ask for KVQ (kPeerCodecHeader); empty when raw.
+  // Encoders of streamed Gets, empty when config_.transfer_encoding is raw: CacheGen levels 1..3
+  // and KVQ levels 1..4. The policy's codec (KVQ when config_.transfer_encoding.kvq) serves
+  // requests that name none; a request's accept_codec or a peer's kPeerCodecHeader names one.
+  std::array<std::unique_ptr<storage::TierCodec>, 3> cachegen_transfer_codecs_;
   std::array<std::unique_ptr<storage::TierCodec>, 4> kvq_transfer_codecs_;
   StreamWatchdog watchdog_;
 };

@@ -216,32 +216,54 @@ Result<std::optional<storage::TierCodec::Encoded>> KvStashService::EncodeForTran
     default:
       return Invalid(absl::StrCat("accept_encoding: unknown value ", req.accept_encoding()));
   }
-  if (req.accept_level() > 3) {
-    return Invalid(absl::StrCat("accept_level: ", req.accept_level(), " is not 0 (the service's",
-                                " level) or a CacheGen level 1..3"));
+  // The codec: the request's accept_codec when it names one, else a peer's metadata, else the
+  // transfer policy's. Everything is checked before the policy is looked at, so a raw-policy
+  // service refuses the same requests as the others.
+  bool kvq = config_.transfer_encoding.kvq;
+  uint32_t max_level = 3;
+  switch (req.accept_codec()) {
+    case v1::CODEC_UNSPECIFIED:
+      break;
+    case v1::CODEC_CACHEGEN:
+      kvq = false;
+      break;
+    case v1::CODEC_KVQ:
+      kvq = true;
+      max_level = 4;
+      break;
+    default:
+      return Invalid(absl::StrCat("accept_codec: unknown value ", req.accept_codec()));
   }
+  if (req.accept_level() > max_level) {
+    return Invalid(absl::StrCat("accept_level: ", req.accept_level(), " is not 0 (the service's",
+                                " level) or a ", max_level == 4 ? "KVQ level 1..4" : "level 1..3"));
+  }
+  int level = req.accept_level() != 0 ? static_cast<int>(req.accept_level())
+                                      : config_.transfer_encoding.level;
   // A peer that decodes KVQ may ask for it (remote_tier.h kPeerCodecHeader): "kvq" at this
   // node's level, or "kvq-N" at level N (1..4).
-  int kvq_level = 0;
   if (ctx != nullptr) {
     auto it = ctx->client_metadata().find(kPeerCodecHeader);
     if (it != ctx->client_metadata().end()) {
       const std::string_view v(it->second.data(), it->second.size());
+      int peer_level = 0;
       if (v == "kvq") {
-        kvq_level = config_.transfer_encoding.level;
+        peer_level = config_.transfer_encoding.level;
       } else if (v.size() == 5 && v.substr(0, 4) == "kvq-" && v[4] >= '1' && v[4] <= '4') {
-        kvq_level = v[4] - '0';
+        peer_level = v[4] - '0';
       } else {
         return Invalid(
             absl::StrCat(kPeerCodecHeader, ": '", std::string(v), "' is not kvq or kvq-1..kvq-4"));
       }
+      if (req.accept_codec() == v1::CODEC_UNSPECIFIED) {
+        kvq = true;
+        level = peer_level;
+      }
     }
   }
-  if (transfer_codecs_[0] == nullptr) return std::optional<Encoded>();  // policy: raw
-  const int level = req.accept_level() != 0 ? static_cast<int>(req.accept_level())
-                                            : config_.transfer_encoding.level;
-  storage::TierCodec* codec = kvq_level != 0 ? kvq_transfer_codecs_[kvq_level - 1].get()
-                                             : transfer_codecs_[level - 1].get();
+  if (cachegen_transfer_codecs_[0] == nullptr) return std::optional<Encoded>();  // policy: raw
+  storage::TierCodec* codec =
+      kvq ? kvq_transfer_codecs_[level - 1].get() : cachegen_transfer_codecs_[level - 1].get();
   Result<std::optional<Encoded>> encoded = codec->EncodeForTier(info, payload);
   if (!encoded.ok()) {
     // The stored bytes are still good: send them as they are.

@@ -1,6 +1,7 @@
 #include "kvstash/client/kv_client.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <optional>
 
@@ -27,6 +28,8 @@ using internal::RawCall;
 
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
 Result<ObjectInfo> InfoFromService(const v1::ObjectInfo& info) {
   auto parsed = FromProto(info);
   if (!parsed.ok()) {
@@ -52,7 +55,44 @@ Result<std::vector<Status>> ItemStatuses(const v1::KeysResponse& resp, size_t ex
   return out;
 }
 
+// Whether the Get asks for a container; InvalidArgument for options no service could honour.
+Result<bool> CheckGetOptions(const GetOptions& options) {
+  if (!options.codec) {
+    if (options.level < 0 || options.level > 3) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("GetOptions::level ", options.level, " is not 0 or a CacheGen level 1..3"));
+    }
+    return options.accept_encoding == Encoding::kCacheGen;
+  }
+  if (options.accept_encoding != Encoding::kRaw) {
+    return absl::InvalidArgumentError(
+        "GetOptions::codec stands for accept_encoding: set one of them, not both");
+  }
+  const int max_level = *options.codec == TransferCodec::kKvq        ? 4
+                        : *options.codec == TransferCodec::kCacheGen ? 3
+                                                                     : 0;
+  if (options.level < 0 || options.level > max_level) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GetOptions::level ", options.level, " is not ",
+                     max_level == 0 ? "0 for raw" : absl::StrCat("0 or a level 1..", max_level),
+                     " of ", TransferCodecName(*options.codec, 0)));
+  }
+  return *options.codec != TransferCodec::kRaw;
+}
+
 }  // namespace
+
+std::string TransferCodecName(TransferCodec codec, int level) {
+  switch (codec) {
+    case TransferCodec::kRaw:
+      return "raw";
+    case TransferCodec::kCacheGen:
+      return level > 0 ? absl::StrCat("cachegen-l", level) : "cachegen";
+    case TransferCodec::kKvq:
+      return level > 0 ? absl::StrCat("kvq-l", level) : "kvq";
+  }
+  return "invalid";
+}
 
 KvClient::KvClient(std::shared_ptr<ClientCore> core) : core_(std::move(core)) {}
 KvClient::~KvClient() = default;
@@ -335,17 +375,17 @@ Result<std::vector<Result<ReadLease>>> KvClient::AcquireMany(std::span<const Obj
 Result<GetIntoReply> KvClient::StreamGet(
     const ObjectName& name, const GetOptions& options,
     const std::function<Result<uint8_t*>(const ObjectInfo&)>& dest) {
-  if (options.level < 0 || options.level > 3) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("GetOptions::level ", options.level, " is not 0 or a CacheGen level 1..3"));
-  }
+  const Clock::time_point start = Clock::now();
+  KVSTASH_ASSIGN_OR_RETURN(const bool accept, CheckGetOptions(options));
   grpc::ClientContext ctx;
   core_->SetDeadline(&ctx, core_->options.stream_timeout);
   v1::GetRequest req;
   ToProto(name, req.mutable_key());
-  if (options.accept_encoding == Encoding::kCacheGen) {
+  if (accept) {
     req.set_accept_encoding(v1::ENCODING_CACHEGEN);
     req.set_accept_level(static_cast<uint32_t>(options.level));
+    if (options.codec == TransferCodec::kCacheGen) req.set_accept_codec(v1::CODEC_CACHEGEN);
+    if (options.codec == TransferCodec::kKvq) req.set_accept_codec(v1::CODEC_KVQ);
   }
   RawCall call(core_->generic_stub.get(), &ctx, "Get", core_->options.stream_poll);
   grpc::ByteBuffer request;
@@ -379,8 +419,7 @@ Result<GetIntoReply> KvClient::StreamGet(
         Result<ObjectInfo> w = InfoFromService(chunk.wire_info());
         if (!w.ok()) {
           where = w.status();
-        } else if (w->encoding != Encoding::kCacheGen ||
-                   options.accept_encoding != Encoding::kCacheGen) {
+        } else if (w->encoding != Encoding::kCacheGen || !accept) {
           where = absl::InternalError(absl::StrCat("service sent encoding ",
                                                    std::string(EncodingName(w->encoding)),
                                                    ", which this Get did not accept"));
@@ -427,14 +466,19 @@ Result<GetIntoReply> KvClient::StreamGet(
         absl::StrCat("Get stream ended after ", received, " of ", wire_total, " bytes"));
   }
   reply.wire_bytes = received;
+  const Clock::time_point received_at = Clock::now();
+  reply.stream_s = std::chrono::duration<double>(received_at - start).count();
   if (crc != (wire ? wire->payload_crc32c : reply.info.payload_crc32c)) {
     return absl::DataLossError("received bytes fail their crc32c");
   }
   if (wire) {
-    // A codec container: CacheGen, or KVQ from a service whose transfer policy is kvq.
+    // A codec container: CacheGen, or KVQ (asked for, or the service's transfer policy).
     const std::span<uint8_t> dst(out, reply.info.payload_bytes);
     const bool kvq = codec::IsKvqContainer(container);
+    reply.wire_codec = kvq ? TransferCodec::kKvq : TransferCodec::kCacheGen;
+    reply.wire_level = wire->encoding_level;
     Status decoded = kvq ? codec::DecodeKvq(container, dst) : codec::DecodeCacheGen(container, dst);
+    reply.decode_s = std::chrono::duration<double>(Clock::now() - received_at).count();
     if (!decoded.ok()) {
       return Status(decoded.code(), absl::StrCat("decoding the ", kvq ? "KVQ" : "CacheGen",
                                                  " transfer: ", std::string(decoded.message())));
@@ -456,6 +500,8 @@ Result<GetReply> KvClient::Get(const ObjectName& name, const GetOptions& options
   reply.info = got.info;
   reply.served_from = got.served_from;
   reply.wire_bytes = got.wire_bytes;
+  reply.wire_codec = got.wire_codec;
+  reply.wire_level = got.wire_level;
   return reply;
 }
 

@@ -100,8 +100,10 @@ Status ObjectInfo::Validate() const {
       }
       break;
     case Encoding::kCacheGen:
-      if (encoding_level < 1 || encoding_level > 3) {
-        return absl::InvalidArgumentError("CacheGen level must be 1..3");
+      // kCacheGen means "a codec container": CacheGen levels 1..3 or KVQ levels 1..4 (a streamed
+      // Get's or a peer's KVQ transfer at level 4); the container itself says which.
+      if (encoding_level < 1 || encoding_level > 4) {
+        return absl::InvalidArgumentError("codec container level must be 1..4");
       }
       if (payload_bytes == 0 || payload_bytes > kMaxObjectBytes) {
         return absl::InvalidArgumentError("CacheGen payload size out of range");

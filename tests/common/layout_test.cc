@@ -83,7 +83,11 @@ TEST(LayoutTest, ObjectInfoChecksRawPayloadSize) {
   info.encoding = Encoding::kCacheGen;
   info.payload_bytes = 1000;
   EXPECT_OK(info.Validate());
-  info.encoding_level = 4;
+  info.encoding_level = 4;  // KVQ's top level
+  EXPECT_OK(info.Validate());
+  info.encoding_level = 5;
+  EXPECT_THAT(info.Validate(), StatusIs(absl::StatusCode::kInvalidArgument));
+  info.encoding_level = 0;
   EXPECT_THAT(info.Validate(), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -137,15 +138,26 @@ struct LookupReply {
   size_t longest_prefix = 0;         // leading keys present
 };
 
+// What a streamed Get carries on the wire: the stored bytes, or a codec container.
+enum class TransferCodec : uint8_t { kRaw = 0, kCacheGen = 1, kKvq = 2 };
+// "raw", "cachegen-l2", "kvq-l3" (the names codec/codec_choice.h gives calibrated candidates).
+std::string TransferCodecName(TransferCodec codec, int level);
+
 // Streaming Get over the network: what the client accepts on the wire.
 struct GetOptions {
-  // kCacheGen: the service may send a CacheGen container (about 3-6x fewer bytes for KV), which
+  // kCacheGen: the service may send a codec container (about 3-6x fewer bytes for KV), which
   // the client decodes; the result is then lossy (info.lossy) and equals, bit for bit, what an
   // SSD tier encoded at the same level would serve. The service sends raw bytes when its
   // transfer policy is raw or the object is not KV the codec takes. kRaw: always the stored
   // bytes.
   Encoding accept_encoding = Encoding::kRaw;
-  int level = 0;  // CacheGen level 1..3; 0: the service's configured level
+  int level = 0;  // CacheGen level 1..3 (KVQ 1..4 with codec kKvq); 0: the service's level
+  // Which codec, when set (it then stands for accept_encoding, which must be left kRaw): kRaw the
+  // stored bytes, kCacheGen or kKvq a container of that codec at `level` (the service's transfer
+  // policy otherwise decides the codec). A raw-policy service, or an object the codec does not
+  // take, still gets raw bytes; a service older than GetRequest.accept_codec sends its policy's
+  // codec. The reply's wire_codec says what came.
+  std::optional<TransferCodec> codec;
 };
 
 struct GetReply {
@@ -153,12 +165,20 @@ struct GetReply {
   Tier served_from = Tier::kUnknown;
   std::vector<uint8_t> payload;  // crc32c verified
   uint64_t wire_bytes = 0;       // payload bytes that crossed the wire (encoded or not)
+  TransferCodec wire_codec = TransferCodec::kRaw;  // what crossed it (by the container's magic)
+  int wire_level = 0;                              // the container's level; 0 for raw
 };
 
 struct GetIntoReply {
   ObjectInfo info;  // the payload is out[0, info.payload_bytes)
   Tier served_from = Tier::kUnknown;
   uint64_t wire_bytes = 0;
+  TransferCodec wire_codec = TransferCodec::kRaw;
+  int wire_level = 0;
+  // From the call's start to the last byte received (the service's encode included), and the
+  // client's decode of a container after it.
+  double stream_s = 0;
+  double decode_s = 0;
 };
 
 struct ListedObject {
@@ -368,7 +388,8 @@ class KvClient {
 
   // Streaming copy over gRPC (any target). NotFound when absent; DataLoss when the received
   // bytes (or, for an encoded transfer, the container or its decoded bytes) fail their crc32c;
-  // InvalidArgument for a bad GetOptions::level.
+  // InvalidArgument for a GetOptions::level out of its codec's range, or a codec together with
+  // accept_encoding kCacheGen.
   Result<GetReply> Get(const ObjectName& name, const GetOptions& options = {});
   // The same into a caller's buffer (reusable, no allocation per call). InvalidArgument when
   // `out` is smaller than the object; `out` may be partly written on any error.
