@@ -71,7 +71,8 @@ Result<StreamedLoadReply> StreamedLoad(KvClient& client, std::span<const ObjectN
   config.initial_bandwidth_bps = options.initial_bandwidth_bps;
   config.fixed_bandwidth_bps = options.link_bytes_per_s;
   codec::CandidateController controller(config, options.candidates, chunks);
-  const bool probe = options.link_bytes_per_s <= 0 && options.initial_bandwidth_bps <= 0;
+  // With no rate known, chunks go raw until one has measured the link.
+  bool measured = options.link_bytes_per_s > 0 || options.initial_bandwidth_bps > 0;
 
   StreamedLoadReply reply;
   reply.chunks.resize(names.size());
@@ -83,8 +84,8 @@ Result<StreamedLoadReply> StreamedLoad(KvClient& client, std::span<const ObjectN
       continue;
     }
     codec::CandidateDecision d = controller.Next();
-    if (probe && i == 0) {  // the link is unknown: raw measures it
-      d.candidate = 0;
+    if (!measured) {
+      d.candidate = 0;  // raw
       d.predicted_s = 0;
     }
     out.bandwidth_bps = d.bandwidth_bps;
@@ -126,6 +127,7 @@ Result<StreamedLoadReply> StreamedLoad(KvClient& client, std::span<const ObjectN
       transfer_s += link_s;
     }
     controller.Report(got->wire_bytes, out.seconds, transfer_s);
+    measured = measured || got->wire_bytes > 0;
     reply.total_s += out.seconds;
   }
   reply.within_budget = reply.total_s <= options.budget_s;

@@ -65,8 +65,11 @@ CandidateDecision CandidateController::Decide(double bandwidth_bps, double elaps
       fastest_s = own;
     }
   }
-  const double recompute =
-      config_.prefill_tokens_per_s > 0.0 ? chunk.tokens / config_.prefill_tokens_per_s : kInf;
+  // Without a prefill rate recomputing is no option: the fastest candidate, under either rule.
+  if (!(config_.prefill_tokens_per_s > 0.0)) {
+    return CandidateDecision{static_cast<int>(fastest), fastest_s, bandwidth_bps};
+  }
+  const double recompute = chunk.tokens / config_.prefill_tokens_per_s;
   if (config_.fallback == Fallback::kFastest && fastest_s < recompute) {
     return CandidateDecision{static_cast<int>(fastest), fastest_s, bandwidth_bps};
   }

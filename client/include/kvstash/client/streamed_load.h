@@ -37,8 +37,8 @@ struct StreamedLoadOptions {
   // The engine's measured prefill rate: with it a chunk nothing fits for may be left to
   // recompute (StreamedChunk::recompute). 0: every chunk is fetched.
   double prefill_tokens_per_s = 0;
-  // Bytes/s assumed before the first measurement. 0: unknown; the first chunk then goes raw and
-  // measures the link.
+  // Bytes/s assumed before the first measurement. 0: unknown; chunks then go raw until one has
+  // measured the link.
   double initial_bandwidth_bps = 0;
   // > 0: the link's rate is known, or simulated: every decision assumes it, and each chunk is
   // charged its wire bytes / this rate on top of its measured time. Tests and benchmarks on a

@@ -24,7 +24,8 @@
 // (most exact) for which the rest of the load, every remaining chunk at c, takes at most the
 // budget minus the time spent so far. If none fits: Fallback::kFastest takes the quicker of
 // recomputing the chunk (tokens / prefill_tokens_per_s) and the candidate fastest at B (ties to
-// the more exact); Fallback::kRecompute always recomputes.
+// the more exact); Fallback::kRecompute always recomputes. Without a prefill rate (0) recomputing
+// is no option and both take the fastest candidate (at zero bandwidth: raw, at infinite time).
 //
 // Property (tested): for a fixed state the decision's rank is non-increasing in B (a faster link
 // never gets a less exact candidate; recompute ranks last): the set of fitting candidates grows
@@ -52,7 +53,7 @@ struct CandidateChunk {
 struct CandidateControllerConfig {
   double budget_s = 0.5;  // the whole load (TTFT share)
   Fallback fallback = Fallback::kFastest;
-  double prefill_tokens_per_s = 0;  // measured prefill rate; 0: recomputing is not an option
+  double prefill_tokens_per_s = 0;  // measured prefill rate; 0: recomputing is no option
   CostModel cost_model = CostModel::kTransfer;
   double initial_bandwidth_bps = 0;  // before the first measurement
   // > 0: use this bandwidth for every decision instead of the measurements (a link of known rate,
