@@ -12,6 +12,12 @@
 // the crc32c of their reconstruction (the client verifies it). Per mode: the median over --reps
 // of the effective KV throughput (decoded bytes delivered per second), the p50 per-chunk
 // latency, and the wire bytes per chunk.
+//
+// --slo-ms T (repeatable) then runs client::StreamedLoad over the same chunks with a budget of T
+// ms per load of all of them, --reps times each: the streaming controller picks raw or a
+// calibrated CacheGen/KVQ candidate per chunk (CalibrateCodecs at start, best of 3), starting
+// from the raw Gets' median throughput as its bandwidth estimate and following its own
+// measurements after that; the JSON records every chunk's choice.
 #include <signal.h>
 #include <unistd.h>
 
@@ -30,6 +36,8 @@
 
 #include "child_process.h"
 #include "kvstash/client/kv_client.h"
+#include "kvstash/client/streamed_load.h"
+#include "kvstash/codec/codec_choice.h"
 #include "kvstash/codec/synthetic_kv.h"
 #include "kvstash/common/key.h"
 
@@ -46,6 +54,7 @@ struct Config {
   std::string cachesvc = KVSTASH_CACHESVC_PATH;
   std::string label = "loopback";
   std::string out = "bench/results/transfer_loopback.json";
+  std::vector<double> slo_ms;  // StreamedLoad budgets; empty: none
 };
 
 double Median(std::vector<double> v) {
@@ -73,6 +82,71 @@ ObjectName ChunkName(int i) {
   std::vector<uint32_t> tokens = {static_cast<uint32_t>(i)};
   return kvstash::MakeObjectName("transfer", kvstash::ModelFingerprint(spec),
                                  kvstash::IndependentTokenHash(tokens));
+}
+
+// StreamedLoad of every chunk at each budget of cfg.slo_ms, cfg.reps times; into `out`.
+int RunLoads(const Config& cfg, kvstash::client::KvClient& kv,
+             const std::vector<std::vector<uint8_t>>& payloads, double raw_bytes_per_s,
+             nlohmann::json* out) {
+  kvstash::codec::CalibrationOptions calibration;
+  auto candidates = kvstash::codec::CalibrateCodecs(calibration);
+  if (!candidates.ok()) {
+    std::fprintf(stderr, "transfer_bench: calibration: %s\n",
+                 std::string(candidates.status().message()).c_str());
+    return 1;
+  }
+  for (const kvstash::codec::CodecRates& c : *candidates) {
+    (*out)["candidates"].push_back({{"name", kvstash::codec::CodecRatesName(c)},
+                                    {"ratio", c.ratio},
+                                    {"encode_bytes_per_s", c.encode_bytes_per_s},
+                                    {"decode_bytes_per_s", c.decode_bytes_per_s},
+                                    {"rel_error", c.rel_error}});
+  }
+  (*out)["initial_bandwidth_bps"] = raw_bytes_per_s;
+  std::vector<ObjectName> names;
+  for (int i = 0; i < cfg.chunks; ++i) names.push_back(ChunkName(i));
+  std::printf("\n%-8s %5s %12s %7s  %s\n", "slo ms", "rep", "total ms", "fits", "per chunk");
+  for (double slo : cfg.slo_ms) {
+    kvstash::client::StreamedLoadOptions options;
+    options.budget_s = slo / 1e3;
+    options.candidates = *candidates;
+    options.initial_bandwidth_bps = raw_bytes_per_s;
+    nlohmann::json reps = nlohmann::json::array();
+    for (int rep = 0; rep < cfg.reps; ++rep) {
+      auto load = kvstash::client::StreamedLoad(kv, names, options);
+      if (!load.ok()) {
+        std::fprintf(stderr, "transfer_bench: load: %s\n",
+                     std::string(load.status().message()).c_str());
+        return 1;
+      }
+      nlohmann::json chunks = nlohmann::json::array();
+      std::string line;
+      for (int i = 0; i < cfg.chunks; ++i) {
+        const kvstash::client::StreamedChunk& c = load->chunks[i];
+        const bool right = c.status.ok() && !c.recompute &&
+                           (c.received == "raw" ? c.payload == payloads[i] : c.info.lossy);
+        if (!right) {
+          std::fprintf(
+              stderr, "transfer_bench: load chunk %d (%s): %s\n", i, c.chosen.c_str(),
+              c.status.ok() ? "unexpected bytes" : std::string(c.status.message()).c_str());
+          return 1;
+        }
+        chunks.push_back({{"chosen", c.chosen},
+                          {"received", c.received},
+                          {"wire_bytes", c.wire_bytes},
+                          {"bandwidth_bps", c.bandwidth_bps},
+                          {"predicted_s", c.predicted_s},
+                          {"seconds", c.seconds}});
+        line += c.received + " ";
+      }
+      reps.push_back(
+          {{"total_s", load->total_s}, {"within_budget", load->within_budget}, {"chunks", chunks}});
+      std::printf("%-8.0f %5d %12.1f %7s  %s\n", slo, rep + 1, load->total_s * 1e3,
+                  load->within_budget ? "yes" : "no", line.c_str());
+    }
+    (*out)["loads"][std::to_string(static_cast<int>(slo))] = reps;
+  }
+  return 0;
 }
 
 struct Mode {
@@ -166,6 +240,12 @@ int Run(const Config& cfg) {
     }
     std::fprintf(stderr, "rep %d/%d done\n", rep + 1, cfg.reps);
   }
+  nlohmann::json loads = nlohmann::json::object();
+  if (!cfg.slo_ms.empty() &&
+      RunLoads(cfg, **kv, payloads, Median(modes[0].rep_gbps) * 1e9, &loads) != 0) {
+    stop();
+    return 1;
+  }
   stop();
 
   nlohmann::json j;
@@ -186,6 +266,7 @@ int Run(const Config& cfg) {
     std::printf("%-12s %10.3f %12.2f %12.3f %9.2fx\n", m.name.c_str(), gbps, Median(m.chunk_ms),
                 static_cast<double>(m.wire_bytes_per_chunk) / 1e6, gbps / raw_gbps);
   }
+  if (!cfg.slo_ms.empty()) j["streamed_load"] = loads;
   std::filesystem::path out_path(cfg.out);
   if (out_path.has_parent_path()) std::filesystem::create_directories(out_path.parent_path());
   std::ofstream(cfg.out) << j.dump(2) << "\n";
@@ -202,6 +283,8 @@ int main(int argc, char** argv) {
   app.add_option("--cachesvc", cfg.cachesvc, "cachesvc binary")->capture_default_str();
   app.add_option("--label", cfg.label, "name of the link (e.g. 1gbit)")->capture_default_str();
   app.add_option("--out", cfg.out, "JSON results file")->capture_default_str();
+  app.add_option("--slo-ms", cfg.slo_ms,
+                 "also run StreamedLoad over the chunks with this budget in ms (repeatable)");
   CLI11_PARSE(app, argc, argv);
   return Run(cfg);
 }
