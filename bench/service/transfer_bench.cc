@@ -104,6 +104,7 @@ int RunLoads(const Config& cfg, kvstash::client::KvClient& kv,
   }
   (*out)["initial_bandwidth_bps"] = raw_bytes_per_s;
   std::vector<ObjectName> names;
+  names.reserve(cfg.chunks);
   for (int i = 0; i < cfg.chunks; ++i) names.push_back(ChunkName(i));
   std::printf("\n%-8s %5s %12s %7s  %s\n", "slo ms", "rep", "total ms", "fits", "per chunk");
   for (double slo : cfg.slo_ms) {
