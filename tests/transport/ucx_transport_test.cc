@@ -44,10 +44,13 @@ class UcxTransportTest : public ::testing::TestWithParam<std::string> {
   void TearDown() override { ::unsetenv("UCX_TLS"); }
 
   static constexpr size_t kServedBytes = 8 << 20;
-  std::unique_ptr<UcxTransport> server_;
-  std::unique_ptr<UcxTransport> client_;
+  // Declared before the transports, so destroyed after them: a server's progress thread may
+  // still be sending from served_ when a test body ends (ASan saw a heap-use-after-free in
+  // StartServe's ucp_am_send_nbx while the fixture freed served_ before server_).
   std::vector<uint8_t> served_;
   std::vector<uint8_t> landing_;
+  std::unique_ptr<UcxTransport> server_;
+  std::unique_ptr<UcxTransport> client_;
   RemoteRegion region_;
 };
 
