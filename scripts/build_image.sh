@@ -27,10 +27,35 @@ trap 'rm -rf "$ROOT"; [ -n "${CTR:-}" ] && buildah rm "$CTR" >/dev/null 2>&1 || 
 cp -a "$BASE/." "$ROOT/"
 mkdir -p "$ROOT/usr/local/lib/kvstash" "$ROOT/run/kvstash" "$ROOT/var/lib/kvstash"
 install -m 0755 "$B/cachesvc/cachesvc" "$B/cli/kvstash" "$ROOT/usr/local/bin/"
+# Debug info stays in the build tree (build/ucx-cuda is RelWithDebInfo: 90 MB for cachesvc);
+# symbols stay, so a backtrace still names functions.
+strip --strip-debug "$ROOT/usr/local/bin/cachesvc" "$ROOT/usr/local/bin/kvstash"
 # Libraries the root lacks (the base has libc and friends of the same Debian release).
 ldd "$B/cachesvc/cachesvc" "$B/cli/kvstash" | awk '/=> \//{print $3}' | sort -u | while read -r lib; do
   [ -e "$ROOT$lib" ] || cp -L "$lib" "$ROOT/usr/local/lib/kvstash/"
 done
+# UCX loads its transport modules (cma, ib, rdmacm; cuda_* in the wheel's UCX) from the ucx/
+# folder beside libucs; ldd does not list them. Copy that folder next to the copied libucs, and
+# the libraries the modules link (verbs, netlink), so RDMA and CMA work where the pod has them.
+# A module whose device library is absent (the wheel's cuda modules without a driver) is skipped
+# by UCX at start-up.
+ucs=$(ldd "$B/cachesvc/cachesvc" | awk '/libucs\.so/{print $3}')
+if [ -n "$ucs" ] && [ -d "$(dirname "$(readlink -f "$ucs")")/ucx" ]; then
+  moddir="$(dirname "$(readlink -f "$ucs")")/ucx"
+  mkdir -p "$ROOT/usr/local/lib/kvstash/ucx"
+  cp -a "$moddir"/*.so* "$ROOT/usr/local/lib/kvstash/ucx/"
+  ldd "$moddir"/*.so.0 | awk '/=> \//{print $3}' | sort -u | while read -r lib; do
+    [ -e "$ROOT$lib" ] || [ -e "$ROOT/usr/local/lib/kvstash/$(basename "$lib")" ] ||
+      cp -L "$lib" "$ROOT/usr/local/lib/kvstash/"
+  done
+  # libibverbs finds its device drivers (mlx5, efa, ...) through /etc/libibverbs.d at run time.
+  if [ -e "$ROOT/usr/local/lib/kvstash/libibverbs.so.1" ] && [ -d /etc/libibverbs.d ]; then
+    mkdir -p "$ROOT/etc/libibverbs.d" "$ROOT/usr/lib/x86_64-linux-gnu/libibverbs"
+    cp -a /etc/libibverbs.d/. "$ROOT/etc/libibverbs.d/"
+    cp -a /usr/lib/x86_64-linux-gnu/libibverbs/. "$ROOT/usr/lib/x86_64-linux-gnu/libibverbs/"
+  fi
+  echo "[image] UCX modules from $moddir: $(cd "$moddir" && ls ./*.so.0 | sed 's#^\./##' | tr '\n' ' ')"
+fi
 echo /usr/local/lib/kvstash >"$ROOT/etc/ld.so.conf.d/kvstash.conf"
 chroot "$ROOT" ldconfig
 chroot "$ROOT" /usr/local/bin/cachesvc --version  # every library resolves inside the root

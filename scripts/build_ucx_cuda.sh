@@ -9,6 +9,7 @@
 #
 #   scripts/build_ucx_cuda.sh [TARGET ...]     default targets: cachesvc transport_test
 #   scripts/build_ucx_cuda.sh --fetch-only     only download and unpack the wheel
+# KVSTASH_CMAKE_ARGS adds configure options (the Dockerfile: -DKVSTASH_CUDA=OFF -DKVSTASH_BENCH=OFF).
 #
 # Exit status 75 (EX_TEMPFAIL) when the wheel is not cached and cannot be downloaded (an offline
 # machine), after one line on stderr that says why; scripts/test_ucx_cuda.sh (CI) then skips.
@@ -59,7 +60,7 @@ WERROR="${KVSTASH_WERROR:-OFF}"
 cmake -S . -B build/ucx-cuda -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DKVSTASH_UCX_DIR="$DEST/libucx/lib/cmake/ucx" -DKVSTASH_WERROR="$WERROR" \
   -DKVSTASH_SHARED_DATA="${KVSTASH_SHARED_DATA:-$(pwd)/../shared/data}" \
-  -DKVSTASH_MODEL_CACHE="$CACHE" >/dev/null
+  -DKVSTASH_MODEL_CACHE="$CACHE" ${KVSTASH_CMAKE_ARGS:-} >/dev/null
 if [ "$WERROR" != ON ]; then
   cmake --build build/ucx-cuda -j "${KVSTASH_JOBS:-$(nproc)}" --target "${TARGETS[@]}"
 else
