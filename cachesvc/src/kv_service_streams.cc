@@ -300,10 +300,16 @@ Result<std::unique_ptr<KvStashService::OutgoingGet>> KvStashService::StartGet(
   get->deadline_ = StreamDeadline(start, config_.stream_timeout_ms);
   get->watched_ = watchdog_.Watch(ctx, get->deadline_);
   get->src_ = store_->arena_base() + lease.arena_offset;
+  // Timed here so the reader can tell this request's encode from its link (GetChunk.encode_micros):
+  // under load the encode runs slower than the client's calibration predicts.
+  const Clock::time_point encode_start = Clock::now();
   KVSTASH_ASSIGN_OR_RETURN(std::optional<storage::TierCodec::Encoded> encoded,
                            EncodeForTransfer(ctx, req, lease.info, {get->src_, get->total_}));
   // Fields of the first reply; the others carry data only.
   if (encoded) {
+    const auto micros =
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - encode_start).count();
+    get->first_.set_encode_micros(static_cast<uint64_t>(std::max<int64_t>(micros, 1)));
     ToProto(encoded->decoded_info, get->first_.mutable_info());
     ToProto(encoded->stored_info, get->first_.mutable_wire_info());
     get->held_->encoded = std::move(encoded->bytes);

@@ -430,6 +430,7 @@ Result<GetIntoReply> KvClient::StreamGet(
                                                    "-byte object"));
         } else {
           wire = *w;
+          reply.encode_s = static_cast<double>(chunk.encode_micros()) / 1e6;
         }
       }
       if (!where.ok()) {
@@ -502,6 +503,7 @@ Result<GetReply> KvClient::Get(const ObjectName& name, const GetOptions& options
   reply.wire_bytes = got.wire_bytes;
   reply.wire_codec = got.wire_codec;
   reply.wire_level = got.wire_level;
+  reply.encode_s = got.encode_s;
   return reply;
 }
 

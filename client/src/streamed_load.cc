@@ -49,6 +49,19 @@ GetOptions OptionsFor(const codec::CodecRates& c) {
 
 }  // namespace
 
+double LinkSeconds(const GetIntoReply& got, const codec::CodecRates& asked,
+                   codec::CostModel cost_model) {
+  if (got.wire_codec == TransferCodec::kRaw) return got.stream_s;
+  if (got.encode_s > 0 && got.stream_s > got.encode_s) return got.stream_s - got.encode_s;
+  if (got.encode_s <= 0 && cost_model == codec::CostModel::kTransfer &&
+      asked.encode_bytes_per_s > 0) {
+    const double predicted_s =
+        static_cast<double>(got.info.payload_bytes) / asked.encode_bytes_per_s;
+    return std::max(got.stream_s - predicted_s, got.stream_s / 2);
+  }
+  return got.stream_s;
+}
+
 Result<StreamedLoadReply> StreamedLoad(KvClient& client, std::span<const ObjectName> names,
                                        const StreamedLoadOptions& options) {
   KVSTASH_RETURN_IF_ERROR(CheckCandidates(options.candidates));
@@ -115,11 +128,14 @@ Result<StreamedLoadReply> StreamedLoad(KvClient& client, std::span<const ObjectN
     out.info = got->info;
     out.wire_bytes = got->wire_bytes;
     out.received = TransferCodecName(got->wire_codec, got->wire_level);
-    double transfer_s = got->stream_s;
-    if (got->wire_codec != TransferCodec::kRaw &&
-        options.cost_model == codec::CostModel::kTransfer && c.encode_bytes_per_s > 0) {
-      const double encode_s = static_cast<double>(got->info.payload_bytes) / c.encode_bytes_per_s;
-      transfer_s = std::max(got->stream_s - encode_s, got->stream_s / 2);
+    out.encode_s = got->encode_s;
+    out.decode_s = got->decode_s;
+    double transfer_s = LinkSeconds(*got, c, options.cost_model);
+    // Only a container of the candidate asked for says how fast that candidate encodes (an older
+    // service may send its policy's codec instead).
+    if (out.received == out.chosen) {
+      controller.ReportEncode(static_cast<size_t>(d.candidate), got->info.payload_bytes,
+                              got->encode_s);
     }
     if (options.link_bytes_per_s > 0) {
       const double link_s = static_cast<double>(got->wire_bytes) / options.link_bytes_per_s;

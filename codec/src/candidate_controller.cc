@@ -44,8 +44,11 @@ CandidateController::CandidateController(const CandidateControllerConfig& config
 double CandidateController::PredictSeconds(const CandidateChunk& chunk, size_t index,
                                            double bandwidth_bps) const {
   if (chunk.raw_bytes == 0) return 0.0;
+  CodecRates rates = candidates_[index];
+  // A slower encode than calibrated is a lower encode rate (R / E * scale = R / (E / scale)).
+  if (rates.kind != CodecKind::kRaw) rates.encode_bytes_per_s /= encode_scale_;
   return static_cast<double>(chunk.raw_bytes) *
-         SecondsPerRawByte(candidates_[index], bandwidth_bps, config_.cost_model);
+         SecondsPerRawByte(rates, bandwidth_bps, config_.cost_model);
 }
 
 CandidateDecision CandidateController::Decide(double bandwidth_bps, double elapsed_s) const {
@@ -87,6 +90,18 @@ void CandidateController::Report(uint64_t wire_bytes, double seconds, double tra
     estimate_bps_ = transfer_s > 0.0 ? static_cast<double>(wire_bytes) / transfer_s : kInf;
   }
   ++next_;
+}
+
+void CandidateController::ReportEncode(size_t index, uint64_t raw_bytes, double encode_s) {
+  if (config_.cost_model != CostModel::kTransfer || index >= candidates_.size() ||
+      candidates_[index].kind == CodecKind::kRaw || raw_bytes == 0 || !(encode_s > 0.0)) {
+    return;
+  }
+  const double calibrated_s =
+      static_cast<double>(raw_bytes) / candidates_[index].encode_bytes_per_s;
+  const double sample = encode_s / calibrated_s;
+  encode_scale_ = encode_measured_ ? 0.5 * encode_scale_ + 0.5 * sample : sample;
+  encode_measured_ = true;
 }
 
 }  // namespace kvstash::codec

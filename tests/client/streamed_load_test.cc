@@ -131,8 +131,20 @@ TEST_F(StreamedLoadTest, GetOptionsCodecAsksForACodecAtALevel) {
     EXPECT_EQ(client::TransferCodecName(got.wire_codec, got.wire_level), k.received);
     if (k.codec == TransferCodec::kRaw) {
       EXPECT_EQ(got.payload, payloads_[0]);
+      EXPECT_EQ(got.encode_s, 0.0);  // nothing encoded
     } else {
       EXPECT_EQ(got.payload, Reconstruction(info_, payloads_[0], k.codec, got.wire_level));
+      EXPECT_GT(got.encode_s, 0.0);  // the service's GetChunk.encode_micros
+    }
+    // GetInto reports the same, within the time to the last byte.
+    std::vector<uint8_t> into(info_.payload_bytes);
+    ASSERT_OK_AND_ASSIGN(client::GetIntoReply in,
+                         kv_->GetInto(names_[0], into, Ask(k.codec, k.level)));
+    if (k.codec == TransferCodec::kRaw) {
+      EXPECT_EQ(in.encode_s, 0.0);
+    } else {
+      EXPECT_GT(in.encode_s, 0.0);
+      EXPECT_LT(in.encode_s, in.stream_s);
     }
   }
   // Refused by the client before any call: a level outside the codec's range, a codec together
@@ -189,6 +201,7 @@ TEST_F(StreamedLoadTest, ARawPolicySendsRawBytesWhateverIsAsked) {
     ASSERT_OK_AND_ASSIGN(client::GetReply got, kv_->Get(names_[1], ask));
     EXPECT_EQ(got.wire_codec, TransferCodec::kRaw);
     EXPECT_EQ(got.wire_level, 0);
+    EXPECT_EQ(got.encode_s, 0.0);
     EXPECT_EQ(got.payload, payloads_[1]);
   }
 }
@@ -248,8 +261,60 @@ TEST_F(StreamedLoadTest, ATightSloOnASlowLinkPicksSmallerEncodings) {
     for (int i = 0; i < kChunks; ++i) {
       EXPECT_NE(reply.chunks[i].chosen, "raw") << i;
       EXPECT_EQ(reply.chunks[i].bandwidth_bps, 1e7);
+      EXPECT_GT(reply.chunks[i].encode_s, 0.0) << i;  // reported by the service
+      EXPECT_GT(reply.chunks[i].decode_s, 0.0) << i;
     }
   }
+}
+
+// The link sample's arithmetic, samples injected: the service's reported encode comes out of the
+// time to the last byte; without one the calibrated prediction, at most half of it; raw keeps it.
+TEST(StreamedLoadLinkTest, TheServicesEncodeTimeComesOutOfTheLinkSample) {
+  client::GetIntoReply got;
+  got.info.payload_bytes = 4'000'000;
+  got.wire_bytes = 1'000'000;
+  got.wire_codec = TransferCodec::kKvq;
+  got.wire_level = 3;
+  got.stream_s = 0.5;
+  got.encode_s = 0.2;
+  codec::CodecRates asked;
+  asked.kind = codec::CodecKind::kKvq;
+  asked.level = 3;
+  asked.ratio = 4;
+  asked.encode_bytes_per_s = 4e7;  // calibrated: 0.1 s for 4 MB
+  asked.decode_bytes_per_s = 1e9;
+  using codec::CostModel;
+  // Reported: 0.5 - 0.2 = 0.3 s, whatever the calibration says and under either model.
+  EXPECT_NEAR(client::LinkSeconds(got, asked, CostModel::kTransfer), 0.3, 1e-12);
+  EXPECT_NEAR(client::LinkSeconds(got, asked, CostModel::kStored), 0.3, 1e-12);
+  // Not reported (an older service): the calibrated 0.1 s, then at most half of 0.5 s.
+  got.encode_s = 0;
+  EXPECT_NEAR(client::LinkSeconds(got, asked, CostModel::kTransfer), 0.4, 1e-12);
+  asked.encode_bytes_per_s = 4e6;  // 1 s predicted
+  EXPECT_NEAR(client::LinkSeconds(got, asked, CostModel::kTransfer), 0.25, 1e-12);
+  EXPECT_NEAR(client::LinkSeconds(got, asked, CostModel::kStored), 0.5, 1e-12);
+  // A report that leaves no time in transit is not used.
+  got.encode_s = 0.6;
+  EXPECT_NEAR(client::LinkSeconds(got, asked, CostModel::kTransfer), 0.5, 1e-12);
+  // Raw bytes: the whole time.
+  got.wire_codec = TransferCodec::kRaw;
+  got.encode_s = 0;
+  EXPECT_NEAR(client::LinkSeconds(got, asked, CostModel::kTransfer), 0.5, 1e-12);
+  // Fed to the controller, 1 MB over 0.3 s is the next chunk's bandwidth, and the reported
+  // 0.2 s against the calibrated 0.1 s doubles its encode term.
+  got.wire_codec = TransferCodec::kKvq;
+  got.encode_s = 0.2;
+  asked.encode_bytes_per_s = 4e7;
+  const std::vector<codec::CodecRates> candidates = {asked};
+  codec::CandidateController controller({}, candidates,
+                                        std::vector<codec::CandidateChunk>(2, {4'000'000, 256}));
+  controller.ReportEncode(1, got.info.payload_bytes, got.encode_s);
+  controller.Report(got.wire_bytes, got.stream_s,
+                    client::LinkSeconds(got, asked, CostModel::kTransfer));
+  EXPECT_NEAR(controller.bandwidth_estimate_bps(), 1e6 / 0.3, 1e-6);
+  EXPECT_NEAR(controller.encode_scale(), 2.0, 1e-12);
+  // 4 MB at ratio 4 over 1/0.3 MB/s, decode 4 ms, encode 2 x 0.1 s.
+  EXPECT_NEAR(controller.PredictSeconds({4'000'000, 256}, 1, 1e6 / 0.3), 0.3 + 0.004 + 0.2, 1e-9);
 }
 
 TEST_F(StreamedLoadTest, RefusesBadCandidatesAndReportsMissingChunks) {

@@ -215,5 +215,53 @@ TEST(CandidateControllerTest, PerRequestEncodingCostsItsEncodeTime) {
   EXPECT_EQ(d.bandwidth_bps, 1e7);
 }
 
+// Encode times a service reported scale the encode term of every encoded candidate by an EWMA of
+// measured / calibrated (weight 1/2 on the newest). Hand computation, B = 5 MB/s, 3 chunks of
+// 4 MB, budget 2 s, X = kvq-l3 (r 2, E 40 MB/s, D 40 MB/s), Y = kvq-l1 (r 4, E 1 GB/s, D 80 MB/s):
+//   raw 0.8 s a chunk, 2.4 s in all: never fits.
+//   scale 1: X 4e6 * (1e-7 + 2.5e-8 + 2.5e-8) = 0.6 s a chunk, 1.8 s in all: fits.
+//   X encoded 4 MB in 0.2 s against a calibrated 0.1 s: scale 2; X 4e6 * 1.75e-7 = 0.7 s, 2.1 s in
+//   all: no longer fits; Y 4e6 * (5e-8 + 1.25e-8 + 2e-9) = 0.258 s does.
+//   Y encoded 4 MB in 0.016 s against 0.004 s (4x): scale 0.5 * 2 + 0.5 * 4 = 3; X 0.8 s a chunk.
+TEST(CandidateControllerTest, ReportedEncodeTimesScaleTheEncodeTerm) {
+  const std::vector<CodecRates> given = {
+      Rates(CodecKind::kKvq, 3, 2.0, 0.01, 4e7, 4e7),
+      Rates(CodecKind::kKvq, 1, 4.0, 0.05, 1e9, 8e7),
+  };
+  const CandidateChunk chunk{4'000'000, 256};
+  CandidateControllerConfig config;
+  config.budget_s = 2.0;
+  config.fixed_bandwidth_bps = 5e6;
+  CandidateController c(config, given, Chunks(3, 4'000'000));
+  ASSERT_EQ(Names(c), (std::vector<std::string>{"raw", "kvq-l3", "kvq-l1"}));
+  EXPECT_EQ(c.encode_scale(), 1.0);
+  CandidateDecision d = c.Next();
+  EXPECT_EQ(d.candidate, 1);
+  EXPECT_NEAR(d.predicted_s, 0.6, 1e-9);
+  // Not samples: raw, no bytes, no time, an index past the chain.
+  c.ReportEncode(0, 4'000'000, 0.2);
+  c.ReportEncode(1, 0, 0.2);
+  c.ReportEncode(1, 4'000'000, 0.0);
+  c.ReportEncode(1, 4'000'000, -1.0);
+  c.ReportEncode(3, 4'000'000, 0.2);
+  EXPECT_EQ(c.encode_scale(), 1.0);
+  c.ReportEncode(1, 4'000'000, 0.2);
+  EXPECT_NEAR(c.encode_scale(), 2.0, 1e-12);
+  EXPECT_NEAR(c.PredictSeconds(chunk, 1, 5e6), 0.7, 1e-9);
+  EXPECT_NEAR(c.PredictSeconds(chunk, 0, 5e6), 0.8, 1e-9);  // raw has no encode term
+  d = c.Next();
+  EXPECT_EQ(d.candidate, 2);
+  EXPECT_NEAR(d.predicted_s, 0.258, 1e-9);
+  c.ReportEncode(2, 4'000'000, 0.016);
+  EXPECT_NEAR(c.encode_scale(), 3.0, 1e-12);
+  EXPECT_NEAR(c.PredictSeconds(chunk, 1, 5e6), 0.8, 1e-9);
+  EXPECT_EQ(c.next_chunk(), 0u);  // ReportEncode does not advance
+  // A stored copy is not encoded per request: nothing to scale.
+  config.cost_model = CostModel::kStored;
+  CandidateController stored(config, given, Chunks(3, 4'000'000));
+  stored.ReportEncode(1, 4'000'000, 0.2);
+  EXPECT_EQ(stored.encode_scale(), 1.0);
+}
+
 }  // namespace
 }  // namespace kvstash::codec

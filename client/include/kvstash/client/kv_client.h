@@ -167,6 +167,9 @@ struct GetReply {
   uint64_t wire_bytes = 0;       // payload bytes that crossed the wire (encoded or not)
   TransferCodec wire_codec = TransferCodec::kRaw;  // what crossed it (by the container's magic)
   int wire_level = 0;                              // the container's level; 0 for raw
+  // Seconds the service spent encoding this object for this Get, as it reports them (its steady
+  // clock around the encode). 0 for raw bytes, or from a service that does not report them.
+  double encode_s = 0;
 };
 
 struct GetIntoReply {
@@ -179,6 +182,8 @@ struct GetIntoReply {
   // client's decode of a container after it.
   double stream_s = 0;
   double decode_s = 0;
+  // The service's encode, within stream_s: as in GetReply (0 for raw or an older service).
+  double encode_s = 0;
 };
 
 struct ListedObject {

@@ -6,9 +6,13 @@
 // and its measured throughput fed back.
 //
 // The bandwidth estimate is wire bytes / transfer time, where the transfer time is the Get's
-// time to its last byte less the encode time the calibration predicts for the chosen candidate
-// (the service encodes before it sends), but at least half of it (so a calibration that overstates
-// the encode does not read a slow link as an infinitely fast one).
+// time to its last byte less the service's encode time as the service reports it
+// (GetChunk.encode_micros, GetIntoReply::encode_s): a slow encode is then not read as a slow link.
+// The reported encode times also correct the controller's encode term (ReportEncode: an EWMA of
+// measured / calibrated). From a service that reports none, the encode the calibration predicts
+// for the chosen candidate is taken out instead, but at most half of the time (so a calibration
+// that overstates the encode does not read a slow link as an infinitely fast one). LinkSeconds
+// below is that arithmetic.
 //
 // Threading: uses the client from the calling thread only; KvClient is thread-safe.
 #ifndef KVSTASH_CLIENT_STREAMED_LOAD_H_
@@ -55,7 +59,9 @@ struct StreamedChunk {
   double predicted_s = 0;    // the controller's prediction for the chunk
   double seconds = 0;        // charged to the budget: measured (plus the simulated link's share)
   uint64_t wire_bytes = 0;
-  ObjectInfo info;               // as for Get: lossy after a codec
+  double encode_s = 0;  // the service's encode, as it reported it (0: raw, or not reported)
+  double decode_s = 0;  // this client's decode of the container
+  ObjectInfo info;      // as for Get: lossy after a codec
   std::vector<uint8_t> payload;  // decoded, crc32c verified
 };
 
@@ -70,6 +76,14 @@ struct StreamedLoadReply {
 // A failed Get is that chunk's status; the load goes on with the next.
 Result<StreamedLoadReply> StreamedLoad(KvClient& client, std::span<const ObjectName> names,
                                        const StreamedLoadOptions& options);
+
+// Seconds the bytes of one streamed Get were in transit, the link sample StreamedLoad divides the
+// wire bytes by: got.stream_s less got.encode_s when the service reported its encode (and that
+// leaves a positive time); for an encoded transfer from a service that reports none under
+// kTransfer, less the encode `asked`'s calibrated rate predicts for the object, but at least half
+// of stream_s; otherwise stream_s.
+double LinkSeconds(const GetIntoReply& got, const codec::CodecRates& asked,
+                   codec::CostModel cost_model);
 
 }  // namespace kvstash::client
 

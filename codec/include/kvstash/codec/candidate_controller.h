@@ -17,7 +17,16 @@
 //   raw        R / B
 //   encoded    R / (r B) + R / D                 (CostModel::kStored: a copy held encoded)
 //              R / (r B) + R / D + R / E         (CostModel::kTransfer: encoded per request)
-// i.e. R * SecondsPerRawByte(c, B, model).
+// i.e. R * SecondsPerRawByte(c, B, model), except that under kTransfer the encode term R / E is
+// multiplied by encode_scale() (below).
+//
+// Encode rate. The calibration measures E on this host, unloaded or not; the service that encodes
+// per request may be another host, or loaded, and run slower. ReportEncode feeds it what a
+// service measured (GetChunk.encode_micros): the ratio of that time to the calibrated R / E of the
+// candidate asked for, an EWMA with weight 1/2 on the newest (the first sample taken whole), scales
+// the encode term of every encoded candidate alike, since what slows one codec on a loaded node
+// slows the others; 1 until a sample has come. A common scale only moves the lines' intercepts, so
+// the property below still holds.
 //
 // Rule (per chunk, the estimated policy of stream_controller.h): B = the fixed bandwidth if set,
 // else the last measured throughput (initial_bandwidth_bps before any). Take the first candidate
@@ -86,6 +95,12 @@ class CandidateController {
   // bandwidth estimate divides by; coding time excluded). transfer_s <= 0 with bytes > 0 reads
   // as an unmeasurably fast transfer (+inf). No bytes: the estimate is kept.
   void Report(uint64_t wire_bytes, double seconds, double transfer_s);
+  // Records that a service encoded `raw_bytes` under candidate `index` (an encoded one) in
+  // `encode_s` seconds, updating encode_scale(). Ignored under kStored, for raw, for no bytes or
+  // a time that is not positive. Does not advance to the next chunk (Report does).
+  void ReportEncode(size_t index, uint64_t raw_bytes, double encode_s);
+  // Measured / calibrated encode time (see above); 1 before any ReportEncode.
+  double encode_scale() const { return encode_scale_; }
 
   bool done() const { return next_ >= chunks_.size(); }
   size_t next_chunk() const { return next_; }
@@ -104,6 +119,8 @@ class CandidateController {
   size_t next_ = 0;
   double elapsed_s_ = 0.0;
   double estimate_bps_ = 0.0;
+  double encode_scale_ = 1.0;
+  bool encode_measured_ = false;
 };
 
 }  // namespace kvstash::codec
