@@ -65,8 +65,24 @@ std::string CodecRatesName(const CodecRates& r) {
   return "invalid";
 }
 
-Result<std::vector<CodecRates>> CalibrateCodecs(const CalibrationOptions& options) {
-  if (options.cachegen_level < 1 || options.cachegen_level > 3) {
+namespace {
+
+// `which` empty: CalibrateCodecs (the floor, then the KVQ levels that meet it); else exactly
+// those codecs and levels (CalibrateCodecsAt).
+Result<std::vector<CodecRates>> Calibrate(const CalibrationOptions& options,
+                                          std::span<const CodecRates> which) {
+  for (const CodecRates& w : which) {
+    if (w.kind != CodecKind::kRaw && w.kind != CodecKind::kCacheGen && w.kind != CodecKind::kKvq) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("calibration: unknown codec ", static_cast<int>(w.kind)));
+    }
+    const int max_level = w.kind == CodecKind::kCacheGen ? 3 : kKvqMaxLevel;
+    if (w.kind != CodecKind::kRaw && (w.level < 1 || w.level > max_level)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("calibration: ", CodecRatesName(w), " is not a level of its codec"));
+    }
+  }
+  if (which.empty() && (options.cachegen_level < 1 || options.cachegen_level > 3)) {
     return absl::InvalidArgumentError(
         absl::StrCat("calibration: CacheGen level ", options.cachegen_level, " is not 1..3"));
   }
@@ -133,6 +149,14 @@ Result<std::vector<CodecRates>> CalibrateCodecs(const CalibrationOptions& option
   };
 
   std::vector<CodecRates> out_rates;
+  if (!which.empty()) {
+    for (const CodecRates& w : which) {
+      if (w.kind == CodecKind::kRaw) continue;
+      KVSTASH_ASSIGN_OR_RETURN(CodecRates r, measure(w.kind, w.level));
+      out_rates.push_back(r);
+    }
+    return out_rates;
+  }
   KVSTASH_ASSIGN_OR_RETURN(CodecRates floor_rates,
                            measure(CodecKind::kCacheGen, options.cachegen_level));
   out_rates.push_back(floor_rates);
@@ -143,6 +167,17 @@ Result<std::vector<CodecRates>> CalibrateCodecs(const CalibrationOptions& option
     }
   }
   return out_rates;
+}
+
+}  // namespace
+
+Result<std::vector<CodecRates>> CalibrateCodecs(const CalibrationOptions& options) {
+  return Calibrate(options, {});
+}
+
+Result<std::vector<CodecRates>> CalibrateCodecsAt(std::span<const CodecRates> which,
+                                                  const CalibrationOptions& options) {
+  return Calibrate(options, which);
 }
 
 double SecondsPerRawByte(const CodecRates& r, double link, CostModel model) {

@@ -134,5 +134,40 @@ TEST(CodecChoiceTest, BadCalibrationOptionsAreRejected) {
   EXPECT_THAT(CalibrateCodecs(o), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// The named codecs and levels, in the order given, with no quality floor (KVQ level 1 is less
+// exact than CacheGen level 2 on the sample and still measured); raw entries skipped.
+TEST(CodecChoiceTest, CalibrationAtNamedLevelsMeasuresExactlyThose) {
+  CalibrationOptions o;
+  o.reps = 1;
+  o.cachegen_level = 0;  // not looked at
+  CodecRates kvq1, cachegen3, raw;
+  kvq1.kind = CodecKind::kKvq;
+  kvq1.level = 1;
+  cachegen3.kind = CodecKind::kCacheGen;
+  cachegen3.level = 3;
+  const std::vector<CodecRates> which = {kvq1, raw, cachegen3};
+  ASSERT_OK_AND_ASSIGN(std::vector<CodecRates> c, CalibrateCodecsAt(which, o));
+  ASSERT_EQ(c.size(), 2u);
+  EXPECT_EQ(CodecRatesName(c[0]), "kvq-l1");
+  EXPECT_EQ(CodecRatesName(c[1]), "cachegen-l3");
+  for (const CodecRates& r : c) {
+    EXPECT_GT(r.ratio, 1) << CodecRatesName(r);
+    EXPECT_GT(r.encode_bytes_per_s, 0);
+    EXPECT_GT(r.decode_bytes_per_s, 0);
+    EXPECT_GT(r.rel_error, 0);
+  }
+  EXPECT_GT(c[0].rel_error, c[1].rel_error);  // KVQ L1 (2-3 bits) is the coarser
+  cachegen3.level = 4;
+  EXPECT_THAT(CalibrateCodecsAt(std::vector<CodecRates>{cachegen3}, o),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  kvq1.level = 5;
+  EXPECT_THAT(CalibrateCodecsAt(std::vector<CodecRates>{kvq1}, o),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  kvq1.kind = static_cast<CodecKind>(9);
+  kvq1.level = 1;
+  EXPECT_THAT(CalibrateCodecsAt(std::vector<CodecRates>{kvq1}, o),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 }  // namespace
 }  // namespace kvstash::codec

@@ -52,6 +52,14 @@ struct CalibrationOptions {
 // the sample is returned as is (Internal).
 Result<std::vector<CodecRates>> CalibrateCodecs(const CalibrationOptions& options);
 
+// The same measurements for exactly the codecs and levels `which` names (kind and level of each;
+// raw entries are skipped), in that order, with no quality floor: for a caller that chose its
+// candidates itself (`kvstash get --slo-ms --codecs`). cachegen_level and kvq of `options` are not
+// looked at, reps and decode_threads are. InvalidArgument for a level outside CacheGen 1..3 or
+// KVQ 1..4, or reps out of range.
+Result<std::vector<CodecRates>> CalibrateCodecsAt(std::span<const CodecRates> which,
+                                                  const CalibrationOptions& options);
+
 // How an object moves, in seconds per raw byte at link rate L (bytes/s), no overlap assumed:
 //   raw                                 1 / L
 //   kTransfer (encoded per request)     1 / (r L) + 1 / E + 1 / D
