@@ -126,8 +126,11 @@ Result<std::vector<CodecConfig>> ParseBinsConfig(const std::string& spec, uint32
 }
 
 // "name=BITS[:key=token|channel][:value=token|channel][:group=G][:outliers=N][:context=N]
-// [:subchunk=S][:avg=BITS:weights=cal|rel[:min=B][:max=B]][:rot=k|v|kv][:sink=N][:recent=N]"
-// with BITS "L<level>" or "k1/k2/k3,v1/v2" (bits of the K and V layer groups); rot rotates the
+// [:subchunk=S][:avg=BITS:weights=cal|rel[:min=B][:max=B]][:rot=k|v|kv][:sink=N][:recent=N]
+// [:step=S[:vstep=R][:weights=cal]]"
+// with BITS "L<level>" or "k1/k2/k3,v1/v2" (bits of the K and V layer groups); step selects the
+// step-based quantiser (KvqOptions::step_scale, value_step_ratio; BITS are then the alphabet,
+// weights=cal the calibrated row weights instead of the row's RMS); rot rotates the
 // K and/or V rows (KvqOptions::rotate_*), sink keeps the first N tokens of the context exact in
 // the containers (KvqOptions::sink_tokens), sinkraw/recent keep the first/last N beside them
 // (CodecConfig::exact_head/exact_tail).
@@ -206,6 +209,12 @@ Result<CodecConfig> ParseKvqConfig(const std::string& spec, uint32_t model_layer
       cfg.exact_head = n;  // beside the containers, as raw f16
     } else if (key == "recent") {
       cfg.exact_tail = n;
+    } else if (key == "step") {
+      o.step_scale = std::stof(value);  // KvqOptions::step_scale (with weights=cal: per row)
+    } else if (key == "unit") {
+      o.step_per_unit = n != 0;  // KvqOptions::step_per_unit
+    } else if (key == "vstep") {
+      o.value_step_ratio = std::stof(value);
     } else if (key == "weights") {
       if (value != "cal" && value != "rel") return bad();
       cfg.calibrated = value == "cal";

@@ -288,6 +288,26 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
         g.bits, KvqRowBitsForLevel(o.level, model_layers, layout.layer_begin, layout.num_layers));
     i.level = static_cast<uint8_t>(o.level);
   }
+  if (o.step_scale != 0 || o.value_step_ratio != 1 || o.step_per_unit) {
+    if (!(o.step_scale > 0) || !std::isfinite(o.step_scale) || !(o.value_step_ratio > 0) ||
+        !std::isfinite(o.value_step_ratio) || o.avg_bits > 0) {
+      return absl::InvalidArgumentError(
+          "KVQ encode: step_scale and value_step_ratio must be finite and > 0, without avg_bits");
+    }
+    if (!o.row_weights.empty()) {
+      if (o.step_per_unit) {
+        return absl::InvalidArgumentError("KVQ encode: step_per_unit takes no row weights");
+      }
+      if (o.row_weights.size() != i.rows()) {
+        return absl::InvalidArgumentError("KVQ encode: row_weights needs one entry per row");
+      }
+      for (float w : o.row_weights) {
+        if (!(w > 0) || !std::isfinite(w)) {
+          return absl::InvalidArgumentError("KVQ encode: step weights must be finite and > 0");
+        }
+      }
+    }
+  }
   i.param_dtype = param_dtype;
   g.Derive();
 
@@ -350,9 +370,47 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
     const float top = static_cast<float>((1 << g.bits[r]) - 1);
     float* mins = params.data() + g.param_off[r];
     float* steps = mins + g.param_count[r];
-    auto set_param = [&](uint32_t k, float mn, float mx) {
-      mins[k] = RoundParam(mn, i.param_dtype);
-      steps[k] = RoundParam((mx - mins[k]) / top, i.param_dtype);
+    // Step-based quantisation (kvq.h KvqOptions::step_scale): the row's target step, or with
+    // step_per_unit one per channel (per-channel rows) or token (per-token rows); 0 = off.
+    const double ratio = g.is_key(r) ? 1.0 : o.value_step_ratio;
+    auto capped = [](double want) { return static_cast<float>(std::min(want, 65504.0)); };
+    float target = 0;
+    std::vector<float> channel_target;  // step_per_unit, per-channel rows
+    if (o.step_scale > 0 && !o.row_weights.empty()) {
+      target = capped(ratio * o.step_scale / std::sqrt(static_cast<double>(o.row_weights[r])));
+    } else if (o.step_scale > 0 && !(o.step_per_unit && g.scale(r) == KvqScale::kPerToken)) {
+      // The spread around each channel's mean: key channels carry large offsets that
+      // per-channel minimums remove, so the plain RMS would overstate the scale.
+      std::vector<double> sum(C, 0), sq(C, 0);
+      for (uint32_t t = 0; t < T; ++t) {
+        const float* v = x.data() + size_t{t} * C;
+        for (uint32_t c = 0; c < C; ++c) {
+          sum[c] += v[c];
+          sq[c] += double{v[c]} * v[c];
+        }
+      }
+      double var = 0;
+      if (o.step_per_unit) channel_target.resize(C);
+      for (uint32_t c = 0; c < C; ++c) {
+        const double vc = std::max(0.0, sq[c] - sum[c] * sum[c] / T);
+        var += vc;
+        if (o.step_per_unit) channel_target[c] = capped(ratio * o.step_scale * std::sqrt(vc / T));
+      }
+      target = capped(ratio * o.step_scale * std::sqrt(var / (static_cast<double>(T) * C)));
+    }
+    auto set_param = [&](uint32_t k, float mn, float mx, float mean, float want) {
+      if (want > 0 && want * top > mx - mn) {
+        // The target step, with the grid centred on the mean (symbol top / 2) as far as the
+        // range allows: tokens and channels of different spread then share the centre of
+        // their symbols' distribution, which one frequency table per head needs (a grid from
+        // each minimum would spread narrow and wide channels over different symbols).
+        mins[k] =
+            RoundParam(std::clamp(mean - 0.5f * top * want, mx - top * want, mn), i.param_dtype);
+        steps[k] = RoundParam(std::max((mx - mins[k]) / top, want), i.param_dtype);
+      } else {
+        mins[k] = RoundParam(mn, i.param_dtype);
+        steps[k] = RoundParam((mx - mins[k]) / top, i.param_dtype);
+      }
       if (!std::isfinite(mins[k]) || !std::isfinite(steps[k])) param_overflow = true;
     };
     uint8_t* q = syms.data() + size_t{r} * T * C;
@@ -382,22 +440,40 @@ Result<std::vector<uint8_t>> EncodeWith(const KvLayout& layout, std::span<const 
       for (uint32_t t = 0; t < T; ++t) {
         const float* v = x.data() + size_t{t} * C;
         float mn = INFINITY, mx = -INFINITY;
+        double sum = 0, sq = 0;
         for (uint32_t c = 0; c < C; ++c) {
           mn = std::min(mn, v[c]);
           mx = std::max(mx, v[c]);
         }
-        set_param(t, mn, mx);
+        float token_target = target;
+        if (o.step_scale > 0) {
+          for (uint32_t c = 0; c < C; ++c) {
+            sum += v[c];
+            sq += double{v[c]} * v[c];
+          }
+          if (o.step_per_unit && o.row_weights.empty()) {
+            token_target =
+                capped(ratio * o.step_scale * std::sqrt(std::max(0.0, sq - sum * sum / C) / C));
+          }
+        }
+        set_param(t, mn, mx, static_cast<float>(sum / C), token_target);
         inv[0] = steps[t] > 0 ? 1.f / steps[t] : 0.f;
         quant_row(v, &mins[t], inv.data(), 0, C, q + size_t{t} * C);
       }
     } else {
       const uint32_t G = i.group_tokens;
       std::vector<float> mn(C), mx(C);
+      std::vector<double> sum(C);
       for (uint32_t gi = 0; gi < g.groups(); ++gi) {
         const uint32_t t0 = gi * G, t1 = std::min(T, t0 + G);
         ChannelMinMax(x.data(), C, t0, t1, mn.data(), mx.data());
+        std::fill(sum.begin(), sum.end(), 0.0);
+        for (uint32_t t = t0; t < t1 && o.step_scale > 0; ++t) {
+          for (uint32_t c = 0; c < C; ++c) sum[c] += x[size_t{t} * C + c];
+        }
         for (uint32_t c = 0; c < C; ++c) {
-          set_param(gi * C + c, mn[c], mx[c]);
+          set_param(gi * C + c, mn[c], mx[c], static_cast<float>(sum[c] / (t1 - t0)),
+                    channel_target.empty() ? target : channel_target[c]);
           inv[c] = steps[gi * C + c] > 0 ? 1.f / steps[gi * C + c] : 0.f;
         }
         for (uint32_t t = t0; t < t1; ++t) {

@@ -66,6 +66,25 @@ struct KvqOptions {
   uint8_t min_bits = 2, max_bits = 8;
   std::vector<float> row_weights;
   uint32_t model_layers = 0;  // 0 = layout.layer_begin + num_layers
+  // Step-based quantisation (entropy-coded uniform quantisation), used when step_scale > 0: every
+  // token or group of row r gets the same target step, step_scale / sqrt(row_weights[r]) with
+  // weights (equal weighted error per row, the optimum for an entropy-coded uniform quantiser
+  // at high rate), else step_scale * the row's standard deviation around each channel's mean; V
+  // rows' target is then multiplied by value_step_ratio. A token or group whose range would need
+  // more than 2^bits - 1 steps takes range / (2^bits - 1), as without this option, so nothing is
+  // clamped and the error stays within step / 2. The bits (level, row_bits) are then the symbol
+  // alphabet, not the resolution: where min/max scaling spreads every range over the whole
+  // alphabet, fixed steps leave narrow channels and tokens few, frequent symbols that the rANS
+  // coder codes in few bits. Only the encoder's choice of steps changes: the container is the same
+  // version-1 format. InvalidArgument with avg_bits, a non-finite or negative scale or ratio, or
+  // weights of the wrong count or with a zero or negative weight.
+  float step_scale = 0;
+  float value_step_ratio = 1;
+  // With step_scale: the target follows each channel's standard deviation over the chunk
+  // (per-channel rows) or each token's over its channels (per-token rows), times step_scale,
+  // instead of the row's: the precision relative to each channel or token of min/max scaling,
+  // with steps freed from each group's extremes. InvalidArgument with row_weights.
+  bool step_per_unit = false;
   KvqScale key_scale = KvqScale::kPerChannel;
   KvqScale value_scale = KvqScale::kPerToken;
   uint32_t group_tokens = 64;  // per-channel scaling: tokens per (min, step) group, 1..65535
