@@ -1,4 +1,5 @@
-// `kvstash put | get | stat | ls | rm | bench`: the store subcommands, over KvClient.
+// `kvstash put | get | stat | ls | rm | bench`: the store subcommands, over KvClient
+// (`get --slo-ms`: slo_get.h).
 // Key and file mapping rules: file_object.h and docs/cli.md.
 #include <unistd.h>
 
@@ -27,6 +28,7 @@
 #include "kvstash/common/half.h"
 #include "kvstash/common/object_header.h"
 #include "progress.h"
+#include "slo_get.h"
 
 namespace kvstash::cli {
 namespace {
@@ -199,12 +201,48 @@ int RunPut(const PutArgs& a) {
 
 struct GetArgs {
   CommonOptions common;
+  std::vector<std::string> operands;  // KEY FILE, or with --slo-ms KEY...
   std::string key, file;
   bool raw = false;
   int cachegen_level = -1;  // >= 0: stream, accepting a CacheGen transfer (0: service's level)
+  bool slo = false;         // --slo-ms given: a StreamedLoad of every KEY (slo_get.h)
+  SloGetArgs slo_args;
+  bool slo_only_options = false;  // --out-dir, --codecs or --simulate-link-mbps given
 };
 
-int RunGet(const GetArgs& a) {
+int Usage(const char* cmd, const std::string& message) {
+  std::fprintf(stderr, "kvstash %s: %s\n", cmd, message.c_str());
+  return 2;
+}
+
+int RunSloGetCommand(GetArgs a) {
+  a.slo_args.keys = a.operands;
+  a.slo_args.raw = a.raw;
+  if (a.cachegen_level >= 0) return Usage("get", "--cachegen and --slo-ms exclude each other");
+  Status usage = CheckSloGetArgs(a.slo_args);
+  if (!usage.ok()) return Usage("get", std::string(usage.message()));
+  std::vector<ObjectName> names;
+  for (const std::string& key : a.operands) {
+    auto name = ParseUserKey(key, a.common.name_space, a.common.model);
+    if (!name.ok()) return Fail("get", name.status());
+    names.push_back(*name);
+  }
+  auto kv = ConnectWith(a.common);
+  if (!kv.ok()) return Fail("get", kv.status());
+  return RunSloGet(**kv, names, a.slo_args);
+}
+
+int RunGet(GetArgs a) {
+  if (a.slo) return RunSloGetCommand(std::move(a));
+  if (a.slo_only_options) {
+    return Usage("get", "--out-dir, --codecs and --simulate-link-mbps go with --slo-ms");
+  }
+  if (a.operands.size() != 2) {
+    return Usage("get", absl::StrCat("expected KEY FILE (", a.operands.size(),
+                                     " operands given); several KEYs need --slo-ms and --out-dir"));
+  }
+  a.key = a.operands[0];
+  a.file = a.operands[1];
   auto name = ParseUserKey(a.key, a.common.name_space, a.common.model);
   if (!name.ok()) return Fail("get", name.status());
   auto kv = ConnectWith(a.common);
@@ -516,18 +554,38 @@ void RegisterStoreCommands(CLI::App& app) {
   });
 
   auto get = std::make_shared<GetArgs>();
-  cmd = app.add_subcommand("get", "write the object under KEY to FILE");
-  cmd->add_option("KEY", get->key, "name, or FP/TH as printed by ls")->required();
-  cmd->add_option("FILE", get->file, "output file; - for stdout")->required();
+  cmd = app.add_subcommand(
+      "get", "write the object under KEY to FILE; with --slo-ms, load several KEYs to a budget");
+  cmd->add_option("KEY", get->operands,
+                  "KEY (name, or FP/TH as printed by ls) and FILE (output; - for stdout); with "
+                  "--slo-ms: KEY... written under --out-dir")
+      ->required();
   cmd->add_flag("--raw", get->raw, "write header + payload even for a wrapped file");
   cmd->add_option("--cachegen", get->cachegen_level,
                   "stream it and accept a CacheGen-encoded (lossy) transfer at this level; "
                   "0: the service's level")
       ->check(CLI::Range(0, 3));
+  CLI::Option* slo_ms =
+      cmd->add_option("--slo-ms", get->slo_args.slo_ms,
+                      "load every KEY in order within this many ms, each at the most exact "
+                      "encoding that fits (client::StreamedLoad; docs/cli.md)");
+  std::vector<CLI::Option*> slo_only = {
+      cmd->add_option("--out-dir", get->slo_args.out_dir,
+                      "with --slo-ms: the directory each KEY's file is written to"),
+      cmd->add_option("--codecs", get->slo_args.codecs,
+                      "with --slo-ms: candidates, comma-separated: cachegen-l1..l3, kvq-l1..l4, "
+                      "cachegen, kvq (default: calibrated CacheGen L2 and the KVQ levels at least "
+                      "as exact)"),
+      cmd->add_option("--simulate-link-mbps", get->slo_args.simulate_link_mbps,
+                      "with --slo-ms: assume a link of this rate and charge each chunk its wire "
+                      "bytes at it (a stand-in for a slow link)")};
   AddCommon(cmd, *common);
   store_cmds.push_back(cmd);
-  cmd->callback([get, common] {
+  cmd->callback([get, common, slo_ms, slo_only] {
     get->common = *common;
+    get->slo = slo_ms->count() > 0;
+    get->slo_only_options = false;
+    for (const CLI::Option* o : slo_only) get->slo_only_options |= o->count() > 0;
     ExitCode() = RunGet(*get);
   });
 
