@@ -137,7 +137,9 @@ int RunLoads(const Config& cfg, kvstash::client::KvClient& kv,
                           {"wire_bytes", c.wire_bytes},
                           {"bandwidth_bps", c.bandwidth_bps},
                           {"predicted_s", c.predicted_s},
-                          {"seconds", c.seconds}});
+                          {"seconds", c.seconds},
+                          {"encode_s", c.encode_s},
+                          {"decode_s", c.decode_s}});
         line += c.received + " ";
       }
       reps.push_back(
