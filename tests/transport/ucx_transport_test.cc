@@ -331,6 +331,42 @@ TEST_P(UcxTransportTest, TheServingSideRefusesAFetchWithoutTheRegionsToken) {
   EXPECT_EQ(0, std::memcmp(landing_.data(), served_.data(), 4096));
 }
 
+TEST_P(UcxTransportTest, TheServingSideRefusesAFetchItsRangeGuardRejects) {
+  // A second region whose guard admits only [64 KiB, 128 KiB): the server checks every range of
+  // a Fetch against it and refuses the request, writing nothing, when one falls outside.
+  std::vector<uint8_t> guarded(256 << 10);
+  for (size_t i = 0; i < guarded.size(); ++i) guarded[i] = static_cast<uint8_t>(i * 7 + 1);
+  ASSERT_OK_AND_ASSIGN(RemoteRegion region,
+                       server_->RegisterRegion(guarded.data(), guarded.size(), MemoryKind::kHost,
+                                               [](uint64_t offset, uint64_t length) {
+                                                 return offset >= (64 << 10) &&
+                                                        offset + length <= (128 << 10);
+                                               }));
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region, Clock::now() + 20s));
+  const std::vector<std::vector<ReadOp>> refused = {
+      {{.remote_offset = 0, .local = landing_.data(), .length = 4096}},
+      {{.remote_offset = (128 << 10) - 10, .local = landing_.data(), .length = 11}},
+      // One good range and one bad: the whole request is refused.
+      {{.remote_offset = 64 << 10, .local = landing_.data(), .length = 4096},
+       {.remote_offset = 200 << 10, .local = landing_.data() + 4096, .length = 4096}},
+  };
+  for (const auto& ops : refused) {
+    EXPECT_THAT(client_->Fetch(peer, ops, Clock::now() + 20s),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+  }
+  EXPECT_EQ(server_->Stats().fetches_refused, refused.size());
+  EXPECT_TRUE(
+      std::all_of(landing_.begin(), landing_.begin() + 8192, [](uint8_t b) { return b == 0; }));
+  std::vector<ReadOp> inside = {
+      {.remote_offset = 64 << 10, .local = landing_.data(), .length = 64 << 10}};
+  ASSERT_THAT(client_->Fetch(peer, inside, Clock::now() + 20s), IsOk());
+  EXPECT_EQ(0, std::memcmp(landing_.data(), guarded.data() + (64 << 10), 64 << 10));
+  client_->Disconnect(peer);
+  client_.reset();  // before `guarded`, which the server may still be sending from
+  server_.reset();
+}
+
 TEST_P(UcxTransportTest, AServerThatGoesAwayFailsFetchesInsteadOfHanging) {
   ASSERT_OK_AND_ASSIGN(PeerId peer,
                        client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));

@@ -270,6 +270,10 @@ void UcxTransport::Impl::StartServe(ucp_ep_h reply_ep, const std::string& reques
       return refuse(absl::StrCat("range of ", op.length, " bytes at offset ", op.offset,
                                  " lies outside the region of ", region->bytes, " bytes"));
     }
+    if (region->guard && !region->guard(op.offset, op.length)) {
+      return refuse(absl::StrCat("range of ", op.length, " bytes at offset ", op.offset,
+                                 " lies outside what the serving node offers of the region"));
+    }
     ops.push_back(op);
   }
   // Every range goes as active messages of at most kFetchFragment, sent zero-copy from the

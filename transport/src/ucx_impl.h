@@ -137,6 +137,7 @@ struct UcxTransport::Impl {
     uint64_t bytes = 0;
     uint64_t token = 0;    // what a Fetch request for this region must carry
     std::string ucx_rkey;  // UCX's packed rkey, sent in this node's own Fetch requests
+    RangeGuard guard;      // null: every range inside the region may be fetched
   };
 
   // A Fetch request being served: its data messages in flight (or its refusal). Touched only

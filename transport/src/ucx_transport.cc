@@ -194,7 +194,8 @@ bool UcxTransport::UcxAtLeast(unsigned major, unsigned minor) {
 const std::string& UcxTransport::worker_address() const { return impl_->address; }
 bool UcxTransport::SupportsCuda() const { return impl_->cuda; }
 
-Result<RemoteRegion> UcxTransport::RegisterRegion(void* base, uint64_t bytes, MemoryKind kind) {
+Result<RemoteRegion> UcxTransport::RegisterRegion(void* base, uint64_t bytes, MemoryKind kind,
+                                                  RangeGuard guard) {
   if (base == nullptr || bytes == 0) {
     return absl::InvalidArgumentError("RegisterRegion: empty region");
   }
@@ -205,7 +206,7 @@ Result<RemoteRegion> UcxTransport::RegisterRegion(void* base, uint64_t bytes, Me
   }
   RemoteRegion out;
   Impl* impl = impl_.get();
-  Status s = impl->RunOnThread([impl, base, bytes, kind, &out]() -> Status {
+  Status s = impl->RunOnThread([impl, base, bytes, kind, &guard, &out]() -> Status {
     impl->worker_mu.AssertHeld();  // tasks run under worker_mu (RunTasks)
     ucp_mem_map_params_t params;
     std::memset(&params, 0, sizeof params);
@@ -228,6 +229,7 @@ Result<RemoteRegion> UcxTransport::RegisterRegion(void* base, uint64_t bytes, Me
     region.memh = memh;
     region.base = reinterpret_cast<uintptr_t>(base);
     region.bytes = bytes;
+    region.guard = std::move(guard);
     region.ucx_rkey.assign(static_cast<const char*>(rkey), rkey_bytes);
     ucp_rkey_buffer_release(rkey);
     std::random_device random;

@@ -116,6 +116,11 @@ struct TransportStats {
 
 using PeerId = uint64_t;
 using NotificationHandler = std::function<void(std::string_view payload)>;
+// Says whether a peer's Fetch may read `length` bytes at `offset` of a region (RegisterRegion):
+// e.g. only what the serving node staged for some reader just now. Runs on the thread that
+// progresses the worker, with the transport's worker lock held: quick, and no call back into the
+// transport.
+using RangeGuard = std::function<bool(uint64_t offset, uint64_t length)>;
 
 class UcxTransport {
  public:
@@ -143,9 +148,13 @@ class UcxTransport {
 
   // Registers [base, base + bytes) with UCX (ucp_mem_map; the memory stays owned by the caller and
   // must outlive the transport) and returns what peers need to read it. Reads into a registered
-  // region avoid per-call registration. kCuda needs SupportsCuda().
+  // region avoid per-call registration. kCuda needs SupportsCuda(). `guard` (optional): a Fetch
+  // of this region is also refused (InvalidArgument at the reader) for a range the guard rejects;
+  // gets cannot be checked on this side (UCX answers them), so a reader with gets is trusted to
+  // stay inside what it was told.
   Result<RemoteRegion> RegisterRegion(void* base, uint64_t bytes,
-                                      MemoryKind kind = MemoryKind::kHost);
+                                      MemoryKind kind = MemoryKind::kHost,
+                                      RangeGuard guard = nullptr);
 
   // Creates an endpoint to the peer worker at `worker_address` (with peer error handling),
   // unpacks the rkey of its `region`, and completes the wire-up with a flush before `deadline`.
