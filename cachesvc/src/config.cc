@@ -77,6 +77,7 @@ peers:
   lookup: true            # Lookup reports objects peers hold (TIER_REMOTE)
   data_plane: ucx         # ucx | grpc
   ucx_fetch: auto         # true: peers send (Fetch) | false: gets | auto: true on UCX >= 1.14
+  staging_mib: 256        # encoded fetches peers pull over UCX are staged here; 0: streams
   advertise: ""           # this node's address in handoff descriptors; empty: the bound address
   handoff_ms: 30000       # how long offered objects stay pinned without a heartbeat
   max_handoff_ms: 600000
@@ -536,6 +537,10 @@ const std::vector<Field>& Fields() {
        "UCX data plane: true: peers send fetched objects; false: this node reads them with gets "
        "(a serving peer's UCX may abort when this node dies mid-get); auto: true on UCX >= 1.14",
        PeerStringField(&PeerConfig::ucx_fetch)},
+      {"peers.staging_mib", "--peer-staging-mib",
+       "UCX data plane: MiB of registered host memory for the codec containers of encoded "
+       "fetches peers pull over UCX (0: their encoded fetches use gRPC streams)",
+       PeerIntField(&PeerConfig::staging_mib, 0, 65'536)},
       {"peers.transfer_encoding", "--peer-transfer-encoding",
        "what fetches from peers carry: raw | cachegen | kvq | auto (per link, the fastest of "
        "raw, CacheGen and KVQ by their measured speeds and ratios)",

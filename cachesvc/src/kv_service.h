@@ -191,6 +191,15 @@ class KvStashService final : public v1::KvStash::Service {
   grpc::Status ReleaseHandoff(grpc::ServerContext*, const v1::HandoffRequest*,
                               v1::HandoffResponse*) override;
 
+  // The codec container a streaming Get sends instead of `payload`, or nullopt to send the
+  // payload as it is (the client did not ask, the policy is raw, or the codec does not take it).
+  // CacheGen, or KVQ under a kvq policy, when the request's accept_codec asks for it, or when the
+  // call's metadata kPeerCodecHeader does; INVALID_ARGUMENT for an unknown codec or a level out
+  // of its range. Also what a peer's StageEncoded stages (RemoteTier::SetTransferEncoder).
+  Result<std::optional<storage::TierCodec::Encoded>> EncodeForTransfer(
+      const grpc::ServerContext* ctx, const v1::GetRequest& req, const ObjectInfo& info,
+      std::span<const uint8_t> payload);
+
  private:
   enum class KeysOp { kDelete, kPin, kUnpin };
   // The caller of a call (authz.h); unrestricted without an Authorizer.
@@ -225,14 +234,6 @@ class KvStashService final : public v1::KvStash::Service {
   void UseRawStreamHandlers();  // kv_service_streams.cc, as is EncodeForTransfer
   Status DoAcquire(const grpc::ServerContext* ctx, const v1::AcquireRequest& req,
                    v1::AcquireResponse* resp);
-  // The codec container a streaming Get sends instead of `payload`, or nullopt to send the
-  // payload as it is (the client did not ask, the policy is raw, or the codec does not take it).
-  // CacheGen, or KVQ under a kvq policy, when the request's accept_codec asks for it, or when the
-  // call's metadata kPeerCodecHeader does; INVALID_ARGUMENT for an unknown codec or a level out of
-  // its range.
-  Result<std::optional<storage::TierCodec::Encoded>> EncodeForTransfer(
-      const grpc::ServerContext* ctx, const v1::GetRequest& req, const ObjectInfo& info,
-      std::span<const uint8_t> payload);
   Status DoKeys(const grpc::ServerContext* ctx, KeysOp op, const v1::KeysRequest& req,
                 v1::KeysResponse* resp);
   Status DoList(const grpc::ServerContext* ctx, const v1::ListRequest& req, v1::ListResponse* resp);

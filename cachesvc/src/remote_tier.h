@@ -27,6 +27,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,8 @@
 #include "kvstash/proto/convert.h"
 #include "kvstash/storage/gpu_pool.h"
 #include "kvstash/storage/object_store.h"
+#include "kvstash/storage/tier_codec.h"
+#include "kvstash/v1/kvstash.pb.h"
 #include "kvstash/v1/peer.grpc.pb.h"
 
 namespace kvstash::cachesvc {
@@ -121,6 +124,17 @@ class RemoteTier {
   // FailedPrecondition saying why: no pool (--gpu-pool-capacity), or a pool UCX could not
   // register (no UCX data plane, or a UCX without CUDA memory support).
   Status CanLandInGpu() const;
+
+  // How this node encodes an object for a transfer (KvStashService::EncodeForTransfer), for the
+  // encoded fetches peers pull from its staging over UCX (KvStashPeer.StageEncoded,
+  // peer_staging.h). Set once at start-up, before the node serves calls; until then, and on a
+  // node without staging, StageEncoded is refused and peers fetch over streams.
+  using TransferEncoder = std::function<Result<std::optional<storage::TierCodec::Encoded>>(
+      const grpc::ServerContext* ctx, const v1::GetRequest& req, const ObjectInfo& info,
+      std::span<const uint8_t> payload)>;
+  void SetTransferEncoder(TransferEncoder encoder);
+  // Bytes of this node's staging pool held by peers' encoded fetches now (0 without staging).
+  uint64_t staging_bytes_in_use() const;
 
   // What each missing object is on the peers: its info when one holds it.
   std::vector<std::optional<ObjectInfo>> Lookup(const std::vector<ObjectName>& names);

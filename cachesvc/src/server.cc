@@ -298,6 +298,15 @@ Result<std::unique_ptr<CacheService>> CacheService::Start(const ServiceConfig& c
   impl->service = std::make_unique<KvStashService>(
       impl->store.get(), impl->config, impl->arena_socket_path, impl->rpc_metrics.get(),
       impl->remote.get(), impl->handoffs.get(), impl->auth.get(), impl->tickets.get());
+  if (impl->remote != nullptr) {
+    // Peers' encoded fetches over UCX are encoded as this node's Gets are.
+    KvStashService* service = impl->service.get();
+    impl->remote->SetTransferEncoder([service](const grpc::ServerContext* ctx,
+                                               const v1::GetRequest& req, const ObjectInfo& info,
+                                               std::span<const uint8_t> payload) {
+      return service->EncodeForTransfer(ctx, req, info, payload);
+    });
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

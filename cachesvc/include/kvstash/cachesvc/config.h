@@ -84,6 +84,12 @@ struct PeerConfig {
   // aborted the serving process inside UCX and one dying mid-Fetch never did; on 1.13 both can
   // (docs/deploy.md "Which UCX").
   std::string ucx_fetch = "auto";
+  // With the UCX data plane: the host memory (MiB, registered with UCX once, pages touched only
+  // when used) in which this node stages the codec containers of encoded fetches peers ask for
+  // (KvStashPeer.StageEncoded), so that they pull them over UCX instead of a KvStash.Get stream.
+  // A batch that does not fit goes over streams. 0: no staging; peers' encoded fetches from this
+  // node use streams.
+  uint32_t staging_mib = 256;
   // Encoded fetches on slow links (docs/benchmarks-transfer.md "Slow links"). raw (default): the
   // stored bytes move as they are. cachegen: every fetch asks the peer for CacheGen (the peer's
   // transfer_encoding level) over a KvStash.Get stream; this node checks the container's crc32c on
