@@ -6,7 +6,8 @@
 # the other, UCX_TLS=tcp. The namespaces are deleted afterwards (trap), whatever happens.
 #
 #   scripts/bench_peer_slowlink.sh [--rates 1gbit,10gbit] [--reps N] [--out-dir DIR]
-#                                  [--policies raw,cachegen,kvq,auto]
+#                                  [--policies raw,cachegen,kvq,auto,kvq+grpc]
+# (a policy with +grpc: B fetches over KvStash.Get streams instead of UCX, --peer-data-plane grpc)
 # Needs root (ip netns, tc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
 done
 [[ "$RATES" =~ ^[0-9]+(mbit|gbit)(,[0-9]+(mbit|gbit))*$ ]] || { echo "--rates: e.g. 1gbit,10gbit" >&2; exit 2; }
 [[ "$REPS" =~ ^[1-9][0-9]?$ ]] || { echo "--reps: 1..99" >&2; exit 2; }
-[[ "$POLICIES" =~ ^(raw|cachegen|kvq|auto)(,(raw|cachegen|kvq|auto))*$ ]] || { echo "--policies: e.g. raw,kvq" >&2; exit 2; }
+[[ "$POLICIES" =~ ^(raw|cachegen|kvq|auto)(\+grpc)?(,(raw|cachegen|kvq|auto)(\+grpc)?)*$ ]] || { echo "--policies: e.g. raw,kvq,kvq+grpc" >&2; exit 2; }
 BENCH="$BUILD/bench/service/peer_slowlink_bench"
 [ -x "$BENCH" ] || { echo "missing $BENCH: cmake --build --preset release --target peer_slowlink_bench" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || { echo "needs root (ip netns, tc)" >&2; exit 1; }

@@ -6,7 +6,9 @@
 // (UCX over TCP: the caller exports UCX_TLS=tcp). A holds --count KV chunks of SmolLM2-135M's
 // shape (256 tokens x 30 layers x 3 KV heads x 64, f16: 5.9 MB; synthetic KV with CacheGen's
 // statistics, codec/synthetic_kv.h), put over the link once. For each policy (raw, cachegen,
-// kvq, auto) a fresh B (--remote-promote false: every Get crosses the link) is asked for `batch`
+// kvq, auto; a policy ending in "+grpc" runs B with --peer-data-plane grpc, so that its encoded
+// fetches come over KvStash.Get streams, where plain ones are pulled from A's staging over UCX)
+// a fresh B (--remote-promote false: every Get crosses the link) is asked for `batch`
 // chunks per AcquireMany over shared memory; the figure is the p50 latency of those calls over
 // --reps passes, and whether what arrived was the lossy reconstruction (encoded) or the stored
 // bytes. Results: JSON (--out).
@@ -119,7 +121,8 @@ int Main(int argc, char** argv) {
   app.add_option("--a-netns", cfg.a_netns, "network namespace of node A")->required();
   app.add_option("--a-listen", cfg.a_listen, "node A's gRPC HOST:PORT in it")->required();
   app.add_option("--link", cfg.link, "label of the link (recorded)");
-  app.add_option("--policies", cfg.policies, "raw, cachegen, kvq, auto")->delimiter(',');
+  app.add_option("--policies", cfg.policies, "raw, cachegen, kvq, auto; +grpc: over streams")
+      ->delimiter(',');
   app.add_option("--batches", cfg.batches, "chunks per AcquireMany")->delimiter(',');
   app.add_option("--count", cfg.count, "chunks held by A");
   app.add_option("--reps", cfg.reps, "passes over the chunks (median reported)");
@@ -163,9 +166,11 @@ int Main(int argc, char** argv) {
     std::string dir = root;
     dir.append("/b-").append(policy);
     std::vector<std::string> b_args = peer_args;
-    b_args.insert(b_args.end(),
-                  {"--peer", a_target, "--remote-promote", "false", "--remote-lookup", "false",
-                   "--peer-timeout-ms", "120000", "--peer-transfer-encoding", policy});
+    const bool over_grpc = policy.size() > 5 && policy.substr(policy.size() - 5) == "+grpc";
+    const std::string encoding = over_grpc ? policy.substr(0, policy.size() - 5) : policy;
+    b_args.insert(b_args.end(), {"--peer", a_target, "--remote-promote", "false", "--remote-lookup",
+                                 "false", "--peer-timeout-ms", "120000", "--peer-transfer-encoding",
+                                 encoding, "--peer-data-plane", over_grpc ? "grpc" : "ucx"});
     auto [b_pid, b_target] = StartNode(cfg, {}, dir, "unix://" + dir + "/b.sock", b_args);
     client::ClientOptions shm;
     shm.rpc_timeout = std::chrono::seconds(120);
@@ -201,6 +206,7 @@ int Main(int argc, char** argv) {
       std::fflush(stdout);
       results.push_back({{"link", cfg.link},
                          {"policy", policy},
+                         {"data_plane", over_grpc ? "grpc" : "ucx"},
                          {"size_bytes", base.payload_bytes},
                          {"batch", batch},
                          {"p50_ms", p50},
@@ -215,6 +221,10 @@ int Main(int argc, char** argv) {
     for (std::string line; std::getline(log, line);) {
       if (line.find("event=peer_transfer_encoding") != std::string::npos) {
         results.back()["policy_log"] = line;
+      }
+      // Which plane carried B's encoded fetches (the last change).
+      if (line.find("event=peer_encoded_plane") != std::string::npos) {
+        results.back()["plane_log"] = line;
       }
     }
     Stop(b_pid);
