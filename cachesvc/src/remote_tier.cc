@@ -179,8 +179,9 @@ grpc::Status RemoteTier::CheckPeerToken(const grpc::ServerContext* ctx) const {
 void RemoteTier::SetTransferEncoder(TransferEncoder encoder) {
 #ifdef KVSTASH_HAVE_UCX
   if (impl_->staging != nullptr) impl_->staging->SetEncoder(std::move(encoder));
-#endif
+#else
   (void)encoder;
+#endif
 }
 
 uint64_t RemoteTier::staging_bytes_in_use() const {
