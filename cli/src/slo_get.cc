@@ -87,7 +87,8 @@ std::string OutputFileName(const std::string& key) {
                       c == '.' || c == '_' || c == '-';
     if (!keep) c = '_';
   }
-  if (out == "." || out == "..") out = "_";
+  // assign(1, '_'), not = "_": GCC 12 under ASan reports a false -Wrestrict on the latter.
+  if (out == "." || out == "..") out.assign(1, '_');
   return out;
 }
 
