@@ -276,9 +276,7 @@ int Run(const Config& cfg) {
   return 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   Config cfg;
   CLI::App app{"Streaming Get of KV chunks: raw vs CacheGen-encoded transfers"};
   app.add_option("--chunks", cfg.chunks, "KV chunks (5.9 MB each)")->capture_default_str();
@@ -290,4 +288,15 @@ int main(int argc, char** argv) {
                  "also run StreamedLoad over the chunks with this budget in ms (repeatable)");
   CLI11_PARSE(app, argc, argv);
   return Run(cfg);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "transfer_bench: %s\n", e.what());
+    return 1;
+  }
 }
