@@ -4,7 +4,11 @@
 # a base, after the release build, which provides the compile database
 # (build/release/compile_commands.json) and the generated protobuf headers.
 #
-#   scripts/check_tidy.sh [--all | --status] [BUILD_DIR]      (default build/release)
+#   scripts/check_tidy.sh [--all | --status] [BUILD_DIR [PATH...]]   (default build/release)
+#
+# With --all or --status, PATHs (a module, a folder or a file, relative to the checkout) narrow
+# the survey to the sources under them, so it can go module by module and each part's results
+# are usable (cached) as soon as it ends: `scripts/check_tidy.sh --all build/release transport`.
 #
 # --status runs no clang-tidy: it says, from the cache, which sources the survey (--all) has
 # checked clean or with findings at their present bytes, and which not (about 1 s per file).
@@ -44,6 +48,12 @@ case "${1:-}" in
   --status) all=1 && status_only=1 && shift ;;
 esac
 BUILD="${1:-build/release}"
+[ $# -gt 0 ] && shift
+only=("$@")
+if [ ${#only[@]} -gt 0 ] && [ "$all" = 0 ]; then
+  echo "check_tidy: PATHs are for --all or --status; the gate checks the changed sources" >&2
+  exit 2
+fi
 if ! command -v clang-tidy >/dev/null; then
   echo "check_tidy: clang-tidy not found, skipped (scripts/install_deps.sh installs it)"
   exit 0
@@ -81,10 +91,18 @@ if [ "$all" = 1 ]; then
   # survey stopped part way has checked the likeliest files; large files first also keeps the
   # parallel jobs evenly loaded at the end.
   mapfile -t files < <(while IFS= read -r f; do
+    if [ ${#only[@]} -gt 0 ]; then
+      keep=0
+      for p in "${only[@]}"; do
+        p=${p%/}
+        [ "$f" = "$p" ] || [ "${f#"$p"/}" != "$f" ] && keep=1
+      done
+      [ "$keep" = 1 ] || continue
+    fi
     case "$f" in tests/* | bench/*) t=0 ;; *) t=1 ;; esac
     printf '%s %s %s\n' "$t" "$(stat -c %s "$f")" "$f"
   done <<<"$known" | sort -k1,1n -k2,2nr | cut -d' ' -f3)
-  why="--all"
+  why="--all${only[*]:+ under ${only[*]}}"
 else
   if [ -n "${KVSTASH_TIDY_BASE:-}" ]; then
     base=$(git rev-parse --verify "$KVSTASH_TIDY_BASE^{commit}")

@@ -3,7 +3,8 @@
 # small translation unit and this tree's .clang-tidy: a commit that adds a finding fails; a later
 # commit that leaves that line alone passes and prints it as a warning; `--all` fails on it and
 # `--status` lists it; removing it passes; a .clang-tidy in a subfolder applies there and is
-# part of the cache key. The compile command has -Werror (KVSTASH_WERROR=ON) and the source a
+# part of the cache key; --all and --status narrowed to a folder or a file take only the sources
+# under it. The compile command has -Werror (KVSTASH_WERROR=ON) and the source a
 # compiler warning, which must not count. Exits 77 (ctest: skipped) without
 # clang-tidy, a C++ compiler or git.
 #
@@ -134,3 +135,28 @@ step="without it, --all finds what it turned off (its cached result is not reuse
 rm "$repo/sub/.clang-tidy"
 gate --all
 expect 1 'b\.cc:1:[0-9]+: error: use nullptr' '1 file\(s\) with clang-tidy findings above \('
+
+# gate_in MODE PATH...: the survey (--all or --status) narrowed to the sources under PATHs.
+gate_in() {
+  rc=0
+  local mode="$1"
+  shift
+  KVSTASH_CACHE="$tmp/cache" KVSTASH_JOBS=1 "$repo/scripts/check_tidy.sh" "$mode" build "$@" \
+    >"$tmp/out" 2>&1 || rc=$?
+  sed 's/^/    | /' "$tmp/out"
+}
+
+step="--status under a folder lists only the sources under it"
+gate_in --status sub/
+expect 0 '^findings sub/b\.cc$' 'sub +0 / +1 / +0'
+grep -q 'a\.cc' "$tmp/out" && fail "$step: a.cc listed"
+
+step="--all under a file checks only it (a.cc, clean, from the cache)"
+gate_in --all a.cc
+expect 0 'check_tidy: 1 file\(s\) \(--all under a\.cc\)' 'check_tidy: 1 file\(s\) clean \(1 from the cache\)'
+
+step="PATHs without --all or --status are refused"
+rc=0
+KVSTASH_CACHE="$tmp/cache" "$repo/scripts/check_tidy.sh" build sub >"$tmp/out" 2>&1 || rc=$?
+expect 2 'PATHs are for --all or --status'
+echo "check_tidy_test: all steps passed"
