@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kvstash/codec/cachegen.h"
+#include "kvstash/codec/codec_choice.h"
 #include "kvstash/codec/kvq.h"
 #include "kvstash/common/crc32c.h"
 
@@ -36,8 +37,9 @@ CacheGenTierCodec::CacheGenTierCodec(TierEncoding config, size_t decode_threads)
     : config_(config), pool_(std::make_unique<ThreadPool>(DecodeThreads(decode_threads))) {}
 
 std::string TierEncodingName(const TierEncoding& config) {
-  if (config.encoding == Encoding::kRaw) return "raw";
-  return absl::StrCat(config.kvq ? "kvq-l" : "cachegen-l", config.level);
+  if (config.encoding == Encoding::kRaw) return codec::CodecName(codec::CodecKind::kRaw, 0);
+  return codec::CodecName(config.kvq ? codec::CodecKind::kKvq : codec::CodecKind::kCacheGen,
+                          config.level);
 }
 
 std::string CacheGenTierCodec::name() const { return TierEncodingName(config_); }

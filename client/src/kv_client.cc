@@ -10,6 +10,7 @@
 #include "copy_crc.h"
 #include "credentials.h"
 #include "kvstash/codec/cachegen.h"
+#include "kvstash/codec/codec_choice.h"
 #include "kvstash/codec/kvq.h"
 #include "kvstash/common/crc32c.h"
 #include "kvstash/proto/convert.h"
@@ -85,11 +86,11 @@ Result<bool> CheckGetOptions(const GetOptions& options) {
 std::string TransferCodecName(TransferCodec codec, int level) {
   switch (codec) {
     case TransferCodec::kRaw:
-      return "raw";
+      return codec::CodecName(codec::CodecKind::kRaw, level);
     case TransferCodec::kCacheGen:
-      return level > 0 ? absl::StrCat("cachegen-l", level) : "cachegen";
+      return codec::CodecName(codec::CodecKind::kCacheGen, level);
     case TransferCodec::kKvq:
-      return level > 0 ? absl::StrCat("kvq-l", level) : "kvq";
+      return codec::CodecName(codec::CodecKind::kKvq, level);
   }
   return "invalid";
 }

@@ -53,17 +53,19 @@ double RelativeError(const std::vector<float>& x, std::span<const uint8_t> recon
 
 }  // namespace
 
-std::string CodecRatesName(const CodecRates& r) {
-  switch (r.kind) {
+std::string CodecName(CodecKind kind, int level) {
+  switch (kind) {
     case CodecKind::kRaw:
       return "raw";
     case CodecKind::kCacheGen:
-      return absl::StrCat("cachegen-l", r.level);
+      return level != 0 ? absl::StrCat("cachegen-l", level) : "cachegen";
     case CodecKind::kKvq:
-      return absl::StrCat("kvq-l", r.level);
+      return level != 0 ? absl::StrCat("kvq-l", level) : "kvq";
   }
   return "invalid";
 }
+
+std::string CodecRatesName(const CodecRates& r) { return CodecName(r.kind, r.level); }
 
 namespace {
 

@@ -27,6 +27,20 @@ CodecRates Rates(CodecKind kind, int level, double ratio, double enc, double dec
 const CodecRates kCacheGen = Rates(CodecKind::kCacheGen, 2, 4.0, 0.5e9, 0.5e9);
 const CodecRates kKvq = Rates(CodecKind::kKvq, 3, 3.5, 0.25e9, 4e9);
 
+// One name per codec and level, for every caller (the controllers, KvClient, the SSD tier).
+TEST(CodecChoiceTest, CodecNameIsTheCodecAndItsLevel) {
+  EXPECT_EQ(CodecName(CodecKind::kRaw, 0), "raw");
+  EXPECT_EQ(CodecName(CodecKind::kRaw, 3), "raw");
+  EXPECT_EQ(CodecName(CodecKind::kCacheGen, 1), "cachegen-l1");
+  EXPECT_EQ(CodecName(CodecKind::kCacheGen, 3), "cachegen-l3");
+  EXPECT_EQ(CodecName(CodecKind::kKvq, 4), "kvq-l4");
+  EXPECT_EQ(CodecName(CodecKind::kCacheGen, 0), "cachegen");
+  EXPECT_EQ(CodecName(CodecKind::kKvq, 0), "kvq");
+  EXPECT_EQ(CodecName(CodecKind::kKvq, 9), "kvq-l9");  // named, not validated
+  EXPECT_EQ(CodecName(static_cast<CodecKind>(7), 1), "invalid");
+  EXPECT_EQ(CodecRatesName(Rates(CodecKind::kKvq, 2, 1, 1, 1)), CodecName(CodecKind::kKvq, 2));
+}
+
 TEST(CodecChoiceTest, CostsFollowTheModel) {
   const double L = 1.25e9;  // 10 Gbit/s
   EXPECT_DOUBLE_EQ(SecondsPerRawByte(CodecRates{}, L, CostModel::kStored), 1 / L);

@@ -140,7 +140,7 @@ struct LookupReply {
 
 // What a streamed Get carries on the wire: the stored bytes, or a codec container.
 enum class TransferCodec : uint8_t { kRaw = 0, kCacheGen = 1, kKvq = 2 };
-// "raw", "cachegen-l2", "kvq-l3" (the names codec/codec_choice.h gives calibrated candidates).
+// "raw", "cachegen-l2", "kvq-l3": codec::CodecName (codec/codec_choice.h), as the candidates.
 std::string TransferCodecName(TransferCodec codec, int level);
 
 // Streaming Get over the network: what the client accepts on the wire.

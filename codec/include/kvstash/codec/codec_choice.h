@@ -27,6 +27,12 @@ namespace kvstash::codec {
 
 enum class CodecKind : uint8_t { kRaw = 0, kCacheGen = 1, kKvq = 2 };
 
+// The one name of a codec at a level, as logs, metrics, the controllers, the client and the SSD
+// tier give it: "raw" for kRaw (whatever `level`), "cachegen-lN" / "kvq-lN" for a level N >= 1,
+// and "cachegen" / "kvq" for level 0 (no level chosen: the other side's). It names and does not
+// validate: a level outside the codec's range is named as given; an unknown kind is "invalid".
+std::string CodecName(CodecKind kind, int level);
+
 // What one codec at one level does to KV on this host.
 struct CodecRates {
   CodecKind kind = CodecKind::kRaw;
@@ -37,7 +43,7 @@ struct CodecRates {
   double rel_error = 0;           // sum (x - x^)^2 / sum x^2 over the sample
 };
 
-// "raw", "cachegen-l2", "kvq-l3".
+// CodecName(rates.kind, rates.level): "raw", "cachegen-l2", "kvq-l3".
 std::string CodecRatesName(const CodecRates& rates);
 
 struct CalibrationOptions {
