@@ -106,7 +106,7 @@ Status ObjectInfo::Validate() const {
         return absl::InvalidArgumentError("codec container level must be 1..4");
       }
       if (payload_bytes == 0 || payload_bytes > kMaxObjectBytes) {
-        return absl::InvalidArgumentError("CacheGen payload size out of range");
+        return absl::InvalidArgumentError("codec container payload size out of range");
       }
       break;
     default:

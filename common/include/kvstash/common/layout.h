@@ -68,7 +68,7 @@ struct KvLayout {
 struct ObjectInfo {
   KvLayout layout;
   Encoding encoding = Encoding::kRaw;
-  uint8_t encoding_level = 0;  // CacheGen level 1..3; 0 for raw
+  uint8_t encoding_level = 0;  // container level: CacheGen 1..3, KVQ 1..4; 0 for raw
   uint64_t payload_bytes = 0;
   uint32_t payload_crc32c = 0;
   // The payload is a lossy reconstruction of what the writer stored (a raw object served from a
