@@ -59,7 +59,7 @@ void BM_CacheGenEncode(benchmark::State& state) {
   options.level = static_cast<int>(state.range(0));
   options.pool = pool.get();
   size_t bytes = 0;
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     auto out = codec::EncodeCacheGen(c.layout, c.kv, options);
     if (!out.ok()) state.SkipWithError(std::string(out.status().message()).c_str());
     bytes = out->size();
@@ -79,7 +79,7 @@ void BM_CacheGenDecode(benchmark::State& state) {
   std::vector<uint8_t> out(c.kv.size());
   codec::DecodeOptions d;
   d.pool = pool.get();
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     Status s = codec::DecodeCacheGen(*container, out, d);
     if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
     benchmark::DoNotOptimize(out.data());
@@ -96,7 +96,7 @@ void BM_KvqEncode(benchmark::State& state) {
   options.level = static_cast<int>(state.range(0));
   options.pool = pool.get();
   size_t bytes = 0;
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     auto out = codec::EncodeKvq(c.layout, c.kv, options);
     if (!out.ok()) state.SkipWithError(std::string(out.status().message()).c_str());
     bytes = out->size();
@@ -114,7 +114,7 @@ void BM_KvqDecode(benchmark::State& state) {
   options.level = static_cast<int>(state.range(0));
   auto container = codec::EncodeKvq(c.layout, c.kv, options);
   std::vector<uint8_t> out(c.kv.size());
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     Status s = codec::DecodeKvq(*container, out, pool.get());
     if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
     benchmark::DoNotOptimize(out.data());
@@ -139,7 +139,7 @@ void BM_KvqDecodeRotatedSink(benchmark::State& state) {
     return;
   }
   std::vector<uint8_t> out(c.kv.size());
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     Status s = codec::DecodeKvq(*container, out, pool.get());
     if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
     benchmark::DoNotOptimize(out.data());
@@ -151,7 +151,7 @@ void BM_ZstdCompress(benchmark::State& state) {
   const KvChunk& c = Chunk(256);
   std::vector<uint8_t> dst(ZSTD_compressBound(c.kv.size()));
   size_t n = 0;
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     n = ZSTD_compress(dst.data(), dst.size(), c.kv.data(), c.kv.size(),
                       static_cast<int>(state.range(0)));
     benchmark::DoNotOptimize(dst.data());
@@ -166,7 +166,7 @@ void BM_ZstdDecompress(benchmark::State& state) {
   dst.resize(ZSTD_compress(dst.data(), dst.size(), c.kv.data(), c.kv.size(),
                            static_cast<int>(state.range(0))));
   std::vector<uint8_t> out(c.kv.size());
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     ZSTD_decompress(out.data(), out.size(), dst.data(), dst.size());
     benchmark::DoNotOptimize(out.data());
   }
@@ -177,7 +177,7 @@ void BM_Lz4Compress(benchmark::State& state) {
   const KvChunk& c = Chunk(256);
   std::vector<char> dst(LZ4_compressBound(static_cast<int>(c.kv.size())));
   int n = 0;
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     n = LZ4_compress_default(reinterpret_cast<const char*>(c.kv.data()), dst.data(),
                              static_cast<int>(c.kv.size()), static_cast<int>(dst.size()));
     benchmark::DoNotOptimize(dst.data());
@@ -192,7 +192,7 @@ void BM_Lz4Decompress(benchmark::State& state) {
   const int n = LZ4_compress_default(reinterpret_cast<const char*>(c.kv.data()), dst.data(),
                                      static_cast<int>(c.kv.size()), static_cast<int>(dst.size()));
   std::vector<char> out(c.kv.size());
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     LZ4_decompress_safe(dst.data(), out.data(), n, static_cast<int>(out.size()));
     benchmark::DoNotOptimize(out.data());
   }
@@ -257,7 +257,7 @@ void BM_CacheGenGpuEncode(benchmark::State& state) {
   codec::EncodeOptions options;
   options.level = static_cast<int>(state.range(0));
   size_t bytes = 1;
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     auto out = codec::EncodeCacheGenGpu(c.layout, input, on_device, options);
     if (!out.ok()) {
       state.SkipWithError(std::string(out.status().message()).c_str());
@@ -283,7 +283,7 @@ void BM_CacheGenGpuDecode(benchmark::State& state) {
     return;
   }
   void* out = on_device ? device.get() : static_cast<void*>(host.data());
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     Status s = codec::DecodeCacheGenGpu(*container, out, on_device);
     if (!s.ok()) {
       state.SkipWithError(std::string(s.message()).c_str());

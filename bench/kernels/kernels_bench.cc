@@ -112,7 +112,7 @@ struct Setup {
 void Gather(benchmark::State& state, Model model, DType paged_dtype, DType chunk_dtype,
             uint32_t head_begin, uint32_t head_end) {
   Setup s(model, paged_dtype, chunk_dtype, head_begin, head_end, /*device=*/false);
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     if (!GatherChunk(s.paged, s.span(), s.chunk, s.chunk_bytes).ok()) state.SkipWithError("gather");
     benchmark::DoNotOptimize(s.chunk_bytes);
     benchmark::ClobberMemory();
@@ -123,7 +123,7 @@ void Gather(benchmark::State& state, Model model, DType paged_dtype, DType chunk
 void Scatter(benchmark::State& state, Model model, DType paged_dtype, DType chunk_dtype,
              uint32_t head_begin, uint32_t head_end) {
   Setup s(model, paged_dtype, chunk_dtype, head_begin, head_end, /*device=*/false);
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     if (!ScatterChunk(s.chunk, s.chunk_bytes, s.span(), s.paged).ok()) {
       state.SkipWithError("scatter");
     }
@@ -139,7 +139,7 @@ void ContiguousMemcpy(benchmark::State& state, Model model) {
   Buffers buffers(/*device=*/false);
   void* from = buffers.Allocate(bytes);
   void* to = buffers.Allocate(bytes);
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     std::memcpy(to, from, bytes);
     benchmark::ClobberMemory();
   }
@@ -168,7 +168,7 @@ void Rope(benchmark::State& state, DType dtype, bool per_token) {
   std::iota(deltas.begin(), deltas.end(), 1000);
   RopeParams params{RopeConvention::kNeox, 500000.0f, 0};
   int64_t sign = 1;
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     Status status =
         per_token ? RotateKeys(k.data(), dtype, kTokens, m.heads, m.head_dim, params, deltas)
                   : ShiftKeys(k.data(), dtype, kTokens, m.heads, m.head_dim, params, sign * 997);
@@ -185,7 +185,7 @@ constexpr int kBatch = 20;
 
 void CudaGather(benchmark::State& state, Model model, DType dtype, bool scatter) {
   Setup s(model, dtype, dtype, 0, model.heads, /*device=*/true);
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     for (int i = 0; i < kBatch; ++i) {
       Status status = scatter ? CudaScatterChunk(s.chunk, s.chunk_bytes, s.span(), s.paged, nullptr)
                               : CudaGatherChunk(s.paged, s.span(), s.chunk, s.chunk_bytes, nullptr);
@@ -202,7 +202,7 @@ void CudaRope(benchmark::State& state, DType dtype) {
   Buffers buffers(/*device=*/true);
   void* k = buffers.Allocate(bytes);
   RopeParams params{RopeConvention::kNeox, 500000.0f, 0};
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     for (int i = 0; i < kBatch; ++i) {
       if (!CudaShiftKeys(k, dtype, kTokens, m.heads, m.head_dim, params, i % 2 ? 997 : -997,
                          nullptr)

@@ -38,7 +38,7 @@ void RunCopy(benchmark::State& state, Copy copy) {
   std::vector<uint8_t> source(n);
   for (size_t i = 0; i < n; ++i) source[i] = static_cast<uint8_t>(i * 131 + 7);
   size_t slot = 0;
-  for (auto _ : state) {
+  for ([[maybe_unused]] auto _ : state) {
     benchmark::DoNotOptimize(copy(region.base + slot * n, source.data(), n));
     slot = (slot + 1) % slots;
   }

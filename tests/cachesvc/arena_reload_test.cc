@@ -115,10 +115,8 @@ class ArenaReloadTest : public ::testing::Test {
 };
 
 // Built before main: an exception here (bad_alloc) ends the test binary before any test runs,
-// which is all a test needs (cert-err58-cpp's concern is a program that must keep running).
-// NOLINTNEXTLINE(cert-err58-cpp)
+// which is all a test needs (tests/.clang-tidy turns cert-err58-cpp off for that reason).
 const std::string kStartTokens = absl::StrCat("token ", kAlpha, " alpha\nquota alpha cpu=1MiB\n");
-// NOLINTNEXTLINE(cert-err58-cpp)
 const std::string kWithDelta =
     absl::StrCat(kStartTokens, "token ", kDelta, " delta\nquota delta cpu=1MiB\n");
 
@@ -265,10 +263,8 @@ TEST_F(ArenaReloadTest, ResizesWaitForARestartAndAFullReserveFallsBackToTheShare
 // delta is a tenant without a cpu quota first (no arena: its objects, put over the byte stream
 // or fetched from a peer for it, are in A's shared arena); the reload gives it 1 MiB. Built
 // before main, as kStartTokens.
-// NOLINTNEXTLINE(cert-err58-cpp)
 const std::string kDeltaNoArena =
     absl::StrCat(kStartTokens, "token ", kDelta, " delta\ntoken ", kDeltaRo, " delta ro\n");
-// NOLINTNEXTLINE(cert-err58-cpp)
 const std::string kDeltaWithArena = absl::StrCat(kDeltaNoArena, "quota delta cpu=1MiB\n");
 constexpr uint64_t k128K = 128 << 10;
 

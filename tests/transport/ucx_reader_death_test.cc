@@ -174,7 +174,7 @@ class UcxReaderDeathTest : public ::testing::TestWithParam<Plane> {
         ":", absl::BytesToHexString(region_.packed_rkey), ":", GetParam().fetch ? "fetch" : "get");
     std::vector<std::string> env_strings = {absl::StrCat(kReaderEnv, "=", spec)};
     for (char** e = environ; *e != nullptr; ++e) {
-      if (std::strncmp(*e, kReaderEnv, std::strlen(kReaderEnv)) != 0) env_strings.push_back(*e);
+      if (std::strncmp(*e, kReaderEnv, std::strlen(kReaderEnv)) != 0) env_strings.emplace_back(*e);
     }
     std::vector<char*> env;
     for (std::string& s : env_strings) env.push_back(s.data());
