@@ -477,11 +477,8 @@ LookupEntry TieredStore::Lookup(const Hash128& storage_key) {
   return entry;
 }
 
-Result<Reservation> TieredStore::Reserve(const StoredName& name, const ObjectInfo& info,
-                                         uint32_t lease_ms, bool overwrite) {
-  std::shared_lock<std::shared_mutex> guard(close_mu_);
-  KVSTASH_RETURN_IF_ERROR(CheckOpen());
-  uint64_t start = SteadyNs();
+Status TieredStore::CheckReservable(const StoredName& name, const ObjectInfo& info,
+                                    bool overwrite) {
   KVSTASH_RETURN_IF_ERROR(info.Validate());
   if (name.name_space.size() > kMaxNamespaceBytes) {
     return absl::InvalidArgumentError(
@@ -495,6 +492,15 @@ Result<Reservation> TieredStore::Reserve(const StoredName& name, const ObjectInf
           absl::StrCat("object ", name.storage_key.ToHex(), " is already committed"));
     }
   }
+  return OkStatus();
+}
+
+Result<Reservation> TieredStore::Reserve(const StoredName& name, const ObjectInfo& info,
+                                         uint32_t lease_ms, bool overwrite) {
+  std::shared_lock<std::shared_mutex> guard(close_mu_);
+  KVSTASH_RETURN_IF_ERROR(CheckOpen());
+  uint64_t start = SteadyNs();
+  KVSTASH_RETURN_IF_ERROR(CheckReservable(name, info, overwrite));
   KVSTASH_ASSIGN_OR_RETURN(PageAllocator::Extent extent,
                            AllocateArena(info.payload_bytes, ZoneFor(name.name_space)));
   uint32_t ms = ClampMs(lease_ms, options_.default_reservation_ms);

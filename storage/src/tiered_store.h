@@ -214,6 +214,10 @@ class TieredStore final : public ObjectStore {
 
   Shard& ShardFor(const Hash128& key) { return shards_[Hash128Hasher{}(key) % kShards]; }
   Status CheckOpen() const;
+  // What Reserve and ReserveInTier refuse before reserving anything: an invalid `info`, a
+  // namespace over kMaxNamespaceBytes (1024), and (unless `overwrite`) a key already committed.
+  // Takes the key's shard lock for the last.
+  Status CheckReservable(const StoredName& name, const ObjectInfo& info, bool overwrite);
   uint32_t ClampMs(uint32_t ms, uint32_t fallback) const;
   bool Admitted(const ObjectRec& rec) const;
 

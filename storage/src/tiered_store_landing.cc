@@ -19,8 +19,6 @@ uint64_t SteadyNowNs() {
       .count();
 }
 
-constexpr size_t kMaxNamespaceBytes = 1024;  // as Reserve (tiered_store.cc)
-
 }  // namespace
 
 Result<Reservation> TieredStore::ReserveInTier(Tier tier, const StoredName& name,
@@ -46,19 +44,7 @@ Result<Reservation> TieredStore::ReserveInTier(Tier tier, const StoredName& name
         "this store has no GPU pool tier (cachesvc --gpu-pool-capacity): nothing can land in "
         "the gpu tier");
   }
-  KVSTASH_RETURN_IF_ERROR(info.Validate());
-  if (name.name_space.size() > kMaxNamespaceBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("namespace longer than ", kMaxNamespaceBytes, " bytes"));
-  }
-  if (!overwrite) {
-    Shard& shard = ShardFor(name.storage_key);
-    MutexLock lock(&shard.mu);
-    if (shard.objects.count(name.storage_key) > 0) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("object ", name.storage_key.ToHex(), " is already committed"));
-    }
-  }
+  KVSTASH_RETURN_IF_ERROR(CheckReservable(name, info, overwrite));
   StorageTier& medium = *lt->tier;
   const uint64_t stored = medium.StoredBytes(info.payload_bytes);
   if (!ReserveOnLower(*lt, stored)) {
