@@ -561,7 +561,7 @@ struct ClusterNode::Impl {
   // owners, and objects the lost node was still forwarding (it wrote them, owners elsewhere) may
   // sit on fewer than R owners; only their holders know them. Owners that already hold an object
   // answer Replicate from a Lookup, so the pass costs little beyond the listing.
-  void Repair(std::set<std::string> gone) {
+  void Repair(const std::set<std::string>& gone) {
     std::string token;
     uint64_t queued = 0;
     for (int page = 0; page < 100'000; ++page) {
@@ -603,7 +603,7 @@ struct ClusterNode::Impl {
         }
         pending_gauge->Set(static_cast<double>(queue.size()));
       }
-      if (!gone.empty()) Repair(std::move(gone));
+      if (!gone.empty()) Repair(gone);
       if (!batch.empty()) Forward(std::move(batch));
       if (HotEnabled() &&
           Clock::now() - last_scan >= std::chrono::milliseconds(config.cluster.hot_scan_ms)) {
