@@ -174,7 +174,7 @@ Result<LookupReply> KvClient::Lookup(std::span<const ObjectName> keys) {
       p.payload_bytes = r.payload_bytes();
       KVSTASH_ASSIGN_OR_RETURN(p.info, InfoFromService(r.info()));
     }
-    reply.results.push_back(std::move(p));
+    reply.results.push_back(p);
   }
   return reply;
 }
@@ -323,7 +323,7 @@ Result<std::vector<Result<ReadLease>>> KvClient::AcquireMany(std::span<const Obj
             return copy.copy_.data();
           });
       if (!got.ok()) {
-        out.push_back(got.status());
+        out.emplace_back(got.status());
         continue;
       }
       copy.core_ = core_;
@@ -332,11 +332,11 @@ Result<std::vector<Result<ReadLease>>> KvClient::AcquireMany(std::span<const Obj
       copy.served_from_ = got->served_from;
       copy.expires_at_ = std::chrono::steady_clock::time_point::max();
       copy.data_ = std::span<const uint8_t>(copy.copy_.data(), got->info.payload_bytes);
-      out.push_back(std::move(copy));
+      out.emplace_back(std::move(copy));
       continue;
     }
     if (!item.ok()) {
-      out.push_back(item);
+      out.emplace_back(item);
       continue;
     }
     ReadLease lease;
@@ -347,28 +347,28 @@ Result<std::vector<Result<ReadLease>>> KvClient::AcquireMany(std::span<const Obj
     lease.expires_at_ = sent_at + std::chrono::milliseconds(resp.expires_in_ms());
     auto info = InfoFromService(r.info());
     if (!info.ok()) {
-      out.push_back(info.status());
+      out.emplace_back(info.status());
       continue;
     }
     lease.info_ = *info;
     auto mapping = core_->MappingFor(r.arena_generation());
     if (!mapping.ok()) {
-      out.push_back(mapping.status());
+      out.emplace_back(mapping.status());
       continue;
     }
     auto at = (*mapping)->At(r.arena_offset(), info->payload_bytes);
     if (!at.ok()) {
-      out.push_back(at.status());
+      out.emplace_back(at.status());
       continue;
     }
     lease.mapping_ = std::move(*mapping);
     lease.data_ = std::span<const uint8_t>(*at, info->payload_bytes);
     if (core_->options.verify_reads &&
         Crc32c(lease.data_.data(), lease.data_.size()) != info->payload_crc32c) {
-      out.push_back(absl::DataLossError("leased bytes fail their crc32c"));
+      out.emplace_back(absl::DataLossError("leased bytes fail their crc32c"));
       continue;
     }
-    out.push_back(std::move(lease));
+    out.emplace_back(std::move(lease));
   }
   return out;
 }
