@@ -34,8 +34,9 @@
 # root that applies, e.g. tests/.clang-tidy), the compile command
 # and the preprocessed source (every header included), with the checkout's path taken out, so a
 # file whose bytes and headers were checked before, in any clone, is not checked again. Clean
-# results are cached as <key>, results with findings as <key>.findings; a run that failed
-# otherwise is not cached. One file costs 5-60 s of CPU uncached; preprocessing for the key
+# results are cached as <key>, results with findings as <key>.findings, and the source file's
+# own sha256 as <key>.src, since the preprocessed source has no comments (a NOLINT); a run that
+# failed otherwise is not cached. One file costs 5-60 s of CPU uncached; preprocessing for the key
 # about 1 s. KVSTASH_TIDY_CACHE=0 disables the cache.
 #
 # Without clang-tidy it says so and exits 0 (scripts/install_deps.sh installs it).
@@ -230,16 +231,25 @@ EOF
 # taken out), so that the gate does not check again a file whose findings are all on lines the
 # change did not touch. A run that clang-tidy could not complete is not cached.
 check_one() {
-  local f="$1" log key=""
+  local f="$1" log key="" src=""
   log="$out/$(tr '/' '_' <<<"$1")"
   if [ -n "$cache" ]; then
     key=$(key_of "$f")
-    if [ -n "$key" ] && [ -f "$cache/$key" ]; then
+    # The key hashes the preprocessed source, which has no comments: a NOLINT added or removed,
+    # or lines moved by a comment, leave it as it was, while the findings' line numbers and the
+    # NOLINTs that filtered them did change. <key>.src records the source file's own bytes
+    # (sha256) of the last result cached under the key; a result is reused only for those bytes.
+    # Clean results cached before .src existed are reused as before; findings without .src are
+    # checked again (their line numbers may be stale). NOLINTs in headers are not covered.
+    src=$(sha256sum "$f" | cut -d' ' -f1)
+    local same_src=0
+    [ -n "$key" ] && [ -f "$cache/$key.src" ] && [ "$(cat "$cache/$key.src")" = "$src" ] && same_src=1
+    if [ -n "$key" ] && [ -f "$cache/$key" ] && { [ "$same_src" = 1 ] || [ ! -f "$cache/$key.src" ]; }; then
       cp "$cache/$key" "$log.log"
       echo cached >"$log.status"
       return 0
     fi
-    if [ -n "$key" ] && [ -f "$cache/$key.findings" ]; then
+    if [ -n "$key" ] && [ -f "$cache/$key.findings" ] && [ "$same_src" = 1 ]; then
       ROOT="$root" python3 -c 'import os, sys; sys.stdout.write(sys.stdin.read().replace("@ROOT@", os.environ["ROOT"]))' \
         <"$cache/$key.findings" >"$log.log"
       echo failed >"$log.status"
@@ -259,6 +269,7 @@ check_one() {
     if [ -n "$key" ]; then
       mkdir -p "$cache"
       cp "$log.log" "$cache/$key.tmp.$$" && mv "$cache/$key.tmp.$$" "$cache/$key"
+      echo "$src" >"$cache/$key.src.tmp.$$" && mv "$cache/$key.src.tmp.$$" "$cache/$key.src"
     fi
   else
     echo failed >"$log.status"
@@ -268,6 +279,7 @@ check_one() {
       mkdir -p "$cache"
       ROOT="$root" python3 -c 'import os, sys; sys.stdout.write(sys.stdin.read().replace(os.environ["ROOT"], "@ROOT@"))' \
         <"$log.log" >"$cache/$key.findings.tmp.$$" && mv "$cache/$key.findings.tmp.$$" "$cache/$key.findings"
+      echo "$src" >"$cache/$key.src.tmp.$$" && mv "$cache/$key.src.tmp.$$" "$cache/$key.src"
     fi
     if [ "$all" = 1 ]; then  # a long survey shows its findings as it goes
       { echo "check_tidy: findings in $f:"; grep -E ': (error|warning): ' "$log.log" || cat "$log.log"; } >&2

@@ -4,9 +4,9 @@
 # commit that leaves that line alone passes and prints it as a warning; `--all` fails on it and
 # `--status` lists it; removing it passes; a .clang-tidy in a subfolder applies there and is
 # part of the cache key; --all and --status narrowed to a folder or a file take only the sources
-# under it. The compile command has -Werror (KVSTASH_WERROR=ON) and the source a
-# compiler warning, which must not count. Exits 77 (ctest: skipped) without
-# clang-tidy, a C++ compiler or git.
+# under it; a comment-only change (a NOLINT) is checked again. The compile command has -Werror
+# (KVSTASH_WERROR=ON) and the source a compiler warning, which must not count. Exits 77 (ctest:
+# skipped) without clang-tidy, a C++ compiler or git.
 #
 #   tests/check_tidy_test.sh SOURCE_DIR
 set -euo pipefail
@@ -159,4 +159,13 @@ step="PATHs without --all or --status are refused"
 rc=0
 KVSTASH_CACHE="$tmp/cache" "$repo/scripts/check_tidy.sh" build sub >"$tmp/out" 2>&1 || rc=$?
 expect 2 'PATHs are for --all or --status'
+step="a NOLINT added in a comment is seen (the cached findings are for other bytes)"
+echo 'int* Null() { return 0; }  // NOLINT(modernize-use-nullptr)' >"$repo/sub/b.cc"
+gate_in --all sub
+expect 0 'check_tidy: 1 file\(s\) clean \(0 from the cache\)'
+
+step="removed again, the finding is back (checked again: the clean result is for other bytes)"
+echo 'int* Null() { return 0; }' >"$repo/sub/b.cc"
+gate_in --all sub
+expect 1 'b\.cc:1:[0-9]+: error: use nullptr'
 echo "check_tidy_test: all steps passed"
