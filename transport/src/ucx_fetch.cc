@@ -213,17 +213,18 @@ void UcxTransport::Impl::StartServe(ucp_ep_h reply_ep, const std::string& reques
   uint64_t address, token;
   uint32_t nkeys, address_bytes;
   std::string_view worker_address;
-  auto refuse = [&](std::string why, absl::StatusCode code = absl::StatusCode::kInvalidArgument)
-                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(worker_mu) {
-                      fetches_refused.fetch_add(1, std::memory_order_relaxed);
-                      for (ucp_rkey_h rkey : serve->rkeys) ucp_rkey_destroy(rkey);
-                      serve->rkeys.clear();
-                      serve->answer.clear();
-                      PutFixed64(&serve->answer, serve->call_id);
-                      PutFixed32(&serve->answer, static_cast<uint32_t>(code));
-                      serve->answer.append(why);
-                      SendAnswer(std::move(serve));
-                    };
+  auto refuse =
+      [&](const std::string& why, absl::StatusCode code = absl::StatusCode::kInvalidArgument)
+          ABSL_EXCLUSIVE_LOCKS_REQUIRED(worker_mu) {
+            fetches_refused.fetch_add(1, std::memory_order_relaxed);
+            for (ucp_rkey_h rkey : serve->rkeys) ucp_rkey_destroy(rkey);
+            serve->rkeys.clear();
+            serve->answer.clear();
+            PutFixed64(&serve->answer, serve->call_id);
+            PutFixed32(&serve->answer, static_cast<uint32_t>(code));
+            serve->answer.append(why);
+            SendAnswer(std::move(serve));
+          };
   if (!GetFixed64(&in, &serve->call_id)) {
     fetches_refused.fetch_add(1, std::memory_order_relaxed);
     return;  // nothing to answer
