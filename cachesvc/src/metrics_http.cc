@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -30,14 +31,15 @@ Result<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(const std::s
   http.Get("/metrics", [registry](const httplib::Request&, httplib::Response& res) {
     res.set_content(registry->Render(), "text/plain; version=0.0.4; charset=utf-8");
   });
-  http.Get("/healthz", [healthy](const httplib::Request&, httplib::Response& res) {
-    if (healthy()) {
-      res.set_content("ok\n", "text/plain");
-    } else {
-      res.status = 503;
-      res.set_content("shutting down\n", "text/plain");
-    }
-  });
+  http.Get("/healthz",
+           [healthy = std::move(healthy)](const httplib::Request&, httplib::Response& res) {
+             if (healthy()) {
+               res.set_content("ok\n", "text/plain");
+             } else {
+               res.status = 503;
+               res.set_content("shutting down\n", "text/plain");
+             }
+           });
   int bound = port == 0 ? http.bind_to_any_port(address.c_str())
                         : (http.bind_to_port(address.c_str(), port) ? port : -1);
   if (bound < 0) {
