@@ -13,6 +13,8 @@
 #include "absl/strings/str_split.h"
 #include "file_object.h"
 #include "kvstash/client/streamed_load.h"
+#include "kvstash/codec/codec_choice.h"
+#include "kvstash/codec/kvq.h"
 
 namespace kvstash::cli {
 namespace {
@@ -51,24 +53,25 @@ Status WriteFileAtomically(const std::string& path, std::span<const uint8_t> byt
 }  // namespace
 
 Result<std::vector<codec::CodecRates>> ParseCodecList(const std::string& list) {
+  // Names as codec::CodecName writes them: "cachegen" / "kvq" for every level of the codec,
+  // "cachegen-lN" / "kvq-lN" for one.
+  struct Codec {
+    codec::CodecKind kind;
+    int max_level;
+  };
+  constexpr Codec kCodecs[] = {{codec::CodecKind::kCacheGen, 3},
+                               {codec::CodecKind::kKvq, codec::kKvqMaxLevel}};
   std::vector<codec::CodecRates> out;
   for (absl::string_view part : absl::StrSplit(list, ',')) {
     const std::string name(part);
-    if (name == "cachegen" || name == "kvq") {
-      const bool kvq = name == "kvq";
-      for (int level = 1; level <= (kvq ? 4 : 3); ++level) {
-        out.push_back(Candidate(kvq ? codec::CodecKind::kKvq : codec::CodecKind::kCacheGen, level));
-      }
-      continue;
-    }
     bool found = false;
-    for (int level = 1; level <= 4 && !found; ++level) {
-      if (level <= 3 && name == absl::StrCat("cachegen-l", level)) {
-        out.push_back(Candidate(codec::CodecKind::kCacheGen, level));
-        found = true;
-      } else if (name == absl::StrCat("kvq-l", level)) {
-        out.push_back(Candidate(codec::CodecKind::kKvq, level));
-        found = true;
+    for (const Codec& c : kCodecs) {
+      const bool all_levels = name == codec::CodecName(c.kind, 0);
+      for (int level = 1; level <= c.max_level; ++level) {
+        if (all_levels || name == codec::CodecName(c.kind, level)) {
+          out.push_back(Candidate(c.kind, level));
+          found = true;
+        }
       }
     }
     if (!found) {
