@@ -127,6 +127,7 @@ case "$cmd" in
     log "format check"
     ./scripts/check_format.sh
     ./scripts/check_headers.sh
+    ./scripts/check_status_asserts.sh
     # Compiler warnings fail every build below.
     export KVSTASH_WERROR=ON
     setup

@@ -264,7 +264,7 @@ TEST_P(PeerStagingTest, RefusedCallsAndRangesOutsideTheStagedBytesLeaveNothingSt
   AsPeer(&hello_ctx);
   v1::PeerHelloRequest hello;
   v1::PeerHelloResponse region;
-  ASSERT_TRUE(stub->Hello(&hello_ctx, hello, &region).ok());
+  ASSERT_OK(stub->Hello(&hello_ctx, hello, &region));
   ASSERT_GT(region.staging_bytes(), 0u);
   grpc::ClientContext ctx;
   AsPeer(&ctx);
@@ -303,7 +303,7 @@ TEST_P(PeerStagingTest, RefusedCallsAndRangesOutsideTheStagedBytesLeaveNothingSt
   done.set_done(true);
   ASSERT_TRUE(stream->Write(done));
   ASSERT_TRUE(stream->WritesDone());
-  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_OK(stream->Finish());
   EXPECT_EQ(StagingBytes(), 0);
   reader->Disconnect(peer);
 }

@@ -238,7 +238,7 @@ TEST(KvqStepTest, DamagedStepContainersAreRefused) {
   bad[bad.size() - 3] ^= 0x10;  // payload byte, checksums left as they are
   EXPECT_THAT(DecodeKvq(bad), StatusIs(absl::StatusCode::kDataLoss));
   bad.assign(container.begin(), container.end() - 1);
-  EXPECT_FALSE(DecodeKvq(bad).ok());
+  EXPECT_THAT(DecodeKvq(bad), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(KvqStepTest, BadStepOptionsAreRefused) {
