@@ -1,17 +1,55 @@
+// RemoteTier's own methods: start-up (Create), the cluster's peers, the public fetches and
+// lookups, and GPU pool registration. RemoteTier::Impl (remote_tier_impl.h) holds the state and,
+// in remote_tier_peers.cc, remote_tier_fetch.cc and remote_tier_serving.cc, the logic.
 #include "remote_tier.h"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kvstash/proto/status_mapping.h"
 #include "remote_tier_impl.h"
+#include "ssd_encoding_choice.h"
+#include "tls.h"
 
 namespace kvstash::cachesvc {
+namespace {
 
-bool CommittingFetchedObject() { return tls_committing_fetched; }
+Result<std::string> ReadSecret(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read peers.secret_file ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string secret = text.str();
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
+  if (secret.size() < 16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "peers.secret_file ", path, " holds ", secret.size(),
+        " bytes; a cluster secret needs at least 16 (e.g. head -c 32 /dev/urandom | base64)"));
+  }
+  return secret;
+}
+
+// The encodings "auto" chooses between (codec/codec_choice.h): CacheGen at the transfer level
+// (the quality floor) and the KVQ levels at least as exact on the calibration sample, with their
+// ratio and encode/decode speeds measured here at start; the peer encodes per request, so a
+// fetch costs 1/(r L) + 1/E + 1/D per byte against 1/L raw (E is measured here and assumed for
+// the peer too). Decode runs on as many threads as the decoder's pool.
+Result<std::vector<codec::CodecRates>> CalibrateTransferCodecs(int level) {
+  codec::CalibrationOptions o;
+  o.cachegen_level = level;
+  o.decode_threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8);
+  return codec::CalibrateCodecs(o);
+}
+
+}  // namespace
 
 bool LocalScopeOnly(const grpc::ServerContext* ctx) {
   if (ctx == nullptr) return false;
