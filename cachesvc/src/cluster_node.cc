@@ -177,8 +177,13 @@ struct ClusterNode::Impl {
       // Fenced, this node keeps reading from the peers it knew (etcd may be what is gone), but
       // its placement is only itself: it forwards nothing and takes on nothing.
       fenced = view.fenced;
-      fenced_gauge->Set(view.fenced ? 1 : 0);
-      if (view.fenced) return;
+      if (view.fenced) {
+        // Fenced, this node has no confirmed view (its own registration lapsed; etcd may be
+        // what is gone): it reports no live members, not the count from before the fence.
+        nodes_gauge->Set(0);
+        fenced_gauge->Set(1);
+        return;
+      }
       bool lost_some = false;
       for (const std::string& id : was) {
         if (id != node_id && now.count(id) == 0) {
@@ -189,6 +194,7 @@ struct ClusterNode::Impl {
       address_of = now;
       placement = std::make_shared<const cluster::Placement>(view.nodes);
       nodes_gauge->Set(static_cast<double>(view.nodes.size()));
+      fenced_gauge->Set(0);
       view_changes->Increment();
       for (const auto& [id, address] : now) {
         if (id != node_id) peers.push_back(address);
@@ -894,7 +900,9 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::Create(const ServiceConfig& co
            .timeout_ms = config.cluster.etcd_timeout_ms != 0
                              ? config.cluster.etcd_timeout_ms
                              : std::min<uint32_t>(2000, config.cluster.ttl_s * 1000 / 3)}));
-  impl->nodes_gauge = metrics->GetGauge("kvstash_cluster_nodes", "live members in this view");
+  impl->nodes_gauge = metrics->GetGauge("kvstash_cluster_nodes",
+                                        "live members in this node's view, itself included; 0 "
+                                        "while it is fenced (no confirmed view)");
   impl->fenced_gauge = metrics->GetGauge("kvstash_cluster_fenced", "1 while this node is fenced");
   impl->fenced_gauge->Set(1);
   impl->pending_gauge = metrics->GetGauge("kvstash_cluster_replication_pending",
