@@ -13,13 +13,16 @@
 # --status runs no clang-tidy: it says, from the cache, which sources the survey (--all) has
 # checked clean or with findings at their present bytes, and which not (about 1 s per file).
 #
-# What fails: with --all (the survey, `./run.sh lint`), any finding in any source. Otherwise
-# (the gate) a finding on a line the change touched, as `git diff -U0 BASE` gives them (LLVM's
-# clang-tidy-diff.py does the same; an untracked file is touched throughout), or a file
-# clang-tidy could not check (a compile error); findings elsewhere in the checked files,
-# including in headers they include, are printed as warnings. So a change is never failed on a
-# finding it did not make: not every source of the tree has been surveyed clean with this check
-# set (DEVELOPERS.md "CI gates").
+# What fails: with --all (the survey, `./run.sh lint`), any finding in any source. Otherwise (the
+# gate) the rule $KVSTASH_TIDY_RULE picks, and in both a file clang-tidy could not check (a
+# compile error):
+# - files: a finding anywhere in a checked source, or in a header the change touched; findings
+#   in headers it did not touch are printed as warnings. Meant to be the default once every
+#   source has been surveyed clean (DEVELOPERS.md "CI gates"), so that a change is never failed
+#   on a finding it did not make.
+# - lines (the default until then): a finding on a line the change touched, as `git diff -U0
+#   BASE` gives them (LLVM's clang-tidy-diff.py does the same; an untracked file is touched
+#   throughout); findings elsewhere are printed as warnings.
 #
 # Which files: with --all, every *.cc of the compile database under the checkout (tests and
 # benches first, then the largest); otherwise the changed ones. The base: $KVSTASH_TIDY_BASE
@@ -64,6 +67,14 @@ if [ ! -f "$BUILD/compile_commands.json" ]; then
   exit 1
 fi
 root=$(pwd)
+rule="${KVSTASH_TIDY_RULE:-lines}"
+case "$rule" in
+  files | lines) ;;
+  *)
+    echo "check_tidy: KVSTASH_TIDY_RULE=$rule: expected files or lines" >&2
+    exit 2
+    ;;
+esac
 cache="${KVSTASH_CACHE:-$HOME/.cache/kvstash}/tidy"
 [ "${KVSTASH_TIDY_CACHE:-1}" = 0 ] && cache=""
 
@@ -151,16 +162,17 @@ echo "check_tidy: ${#files[@]} file(s) ($why)"
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-# The lines the change touched, as `git diff -U0` gives them (LLVM's clang-tidy-diff does the
-# same): {"path": [[first, last], ...]} for each changed file, "all" for an untracked one. A
-# finding fails the gate only on these lines, so a commit is never failed for a finding it did
-# not make (the tree's older sources were not all surveyed with this check set, DEVELOPERS.md).
+# What the change touched: {"path": [[first, last], ...]} for each changed file, as `git diff -U0`
+# gives them (LLVM's clang-tidy-diff does the same), "all" for an untracked one; with
+# KVSTASH_TIDY_RULE=files, "all" for every changed file and every source checked. A finding fails
+# the gate only there, so a commit is never failed for a finding it did not make.
 if [ "$all" = 0 ]; then
   {
     git diff -U0 --no-color --no-ext-diff --diff-filter=ACMR "$base" -- "${changed[@]}"
     git ls-files --others --exclude-standard -- '*.cc' '*.h' | sed 's/^/untracked /'
   } | python3 -c '
 import json, re, sys
+whole = sys.argv[1] == "files"
 touched, path = {}, None
 for line in sys.stdin:
     line = line.rstrip("\n")
@@ -175,8 +187,10 @@ for line in sys.stdin:
         first, count = int(m.group(1)), int(m.group(2) or 1)
         if count > 0:  # a pure deletion touches no line of the new file
             touched[path].append([first, first + count - 1])
+if whole:
+    touched = {p: "all" for p in list(touched) + sys.argv[2:]}
 json.dump(touched, sys.stdout)
-' >"$out/touched.json"
+' "$rule" "${files[@]}" >"$out/touched.json"
 fi
 
 # Cache key of one file: see the header comment. Prints nothing when it cannot be computed.
@@ -228,8 +242,8 @@ EOF
 
 # check_one FILE: clang-tidy's output in $out/<n>.log; "cached" / "clean" / "failed" in .status.
 # A clean result is cached as <key>, one with findings as <key>.findings (the checkout's path
-# taken out), so that the gate does not check again a file whose findings are all on lines the
-# change did not touch. A run that clang-tidy could not complete is not cached.
+# taken out), so that the gate does not check again a file whose findings are all outside what
+# the change touched. A run that clang-tidy could not complete is not cached.
 check_one() {
   local f="$1" log key="" src=""
   log="$out/$(tr '/' '_' <<<"$1")"
@@ -307,12 +321,17 @@ if [ "$status_only" = 1 ]; then
   exit 0
 fi
 
-# Which findings fail: with --all, every one; otherwise those on lines the change touched
-# (touched.json), and any error that is not a check's finding (a compile error: clang-tidy could
-# not check the file). The others are printed as warnings.
+# Which findings fail: with --all, every one; otherwise those the change touched (touched.json:
+# its lines, or with KVSTASH_TIDY_RULE=files its files and the checked sources), and any error
+# that is not a check's finding (a compile error: clang-tidy could not check the file). The
+# others are printed as warnings.
 printf '%s\n' "${files[@]}" | python3 -c '
 import json, os, re, sys
-out, root, all_mode = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+out, root, all_mode, rule = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
+where = ("in the files the change touched or checked" if rule == "files"
+         else "on lines the change touched")
+elsewhere = ("in headers this change did not touch" if rule == "files"
+             else "on lines this change did not touch")
 touched = {} if all_mode else json.load(open(os.path.join(out, "touched.json")))
 finding = re.compile(r"^(.+?):(\d+):\d+: (error|warning): (.*?)(?: \[([^\]]+)\])?$")
 def on_touched(path, line):
@@ -350,14 +369,14 @@ for f in sys.stdin.read().split():
         print("\n".join(fatal), file=sys.stderr)
     if other:
         warned.append(f)
-        print("check_tidy: warning: " + f + ": findings on lines this change did not touch"
+        print("check_tidy: warning: " + f + ": findings " + elsewhere +
               " (not failing; fix them if you can):")
         print("\n".join("  " + l for l in other))
 if failing:
     print("check_tidy: %d file(s) with clang-tidy findings above%s (.clang-tidy; fix them, or"
-          % (len(failing), "" if all_mode else " on lines the change touched"), file=sys.stderr)
+          % (len(failing), "" if all_mode else " " + where), file=sys.stderr)
     print("  NOLINT(check) on the line with the reason when the finding is wrong)", file=sys.stderr)
     sys.exit(1)
 print("check_tidy: %d file(s) clean%s (%d from the cache)"
-      % (n, "" if all_mode or not warned else " on the lines the change touched", cached))
-' "$out" "$root" "$all"
+      % (n, "" if all_mode or not warned else " " + where, cached))
+' "$out" "$root" "$all" "$rule"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The clang-tidy gate's logic (scripts/check_tidy.sh), on a throw-away git repository with one
 # small translation unit and this tree's .clang-tidy: a commit that adds a finding fails; a later
-# commit that leaves that line alone passes and prints it as a warning; `--all` fails on it and
+# commit that leaves that line alone passes and prints it as a warning under the line rule
+# (KVSTASH_TIDY_RULE=lines) and fails under the file rule (=files), where a finding in an included
+# header fails only when the change touched that header; `--all` fails on it and
 # `--status` lists it; removing it passes; a .clang-tidy in a subfolder applies there and is
 # part of the cache key; --all and --status narrowed to a folder or a file take only the sources
 # under it; a comment-only change (a NOLINT) is checked again. The compile command has -Werror
@@ -10,6 +12,8 @@
 #
 #   tests/check_tidy_test.sh SOURCE_DIR
 set -euo pipefail
+# Each step names its rule; the script's default is DEVELOPERS.md's business, not this test's.
+unset KVSTASH_TIDY_RULE
 src="$(cd "${1:?usage: check_tidy_test.sh SOURCE_DIR}" && pwd)"
 for tool in clang-tidy c++ git python3; do
   if ! command -v "$tool" >/dev/null; then
@@ -64,9 +68,9 @@ expect() {  # expect RC PATTERN...: the exit status, then extended regexps the o
   echo "check_tidy_test: ok: $step"
 }
 
-write() {  # write SEEDED_LINE THRICE_FACTOR: a.cc, line 3 being the seeded line (or a comment)
+write() {  # write SEEDED_LINE THRICE_FACTOR [FIRST_LINE]: a.cc, line 3 being the seeded line
   cat >"$repo/a.cc" <<EOF
-// Scratch translation unit of check_tidy_test.sh.
+${3:-// Scratch translation unit of check_tidy_test.sh.}
 int Twice(int x) {
   $1
   return 2 * x;
@@ -85,16 +89,24 @@ commit base
 step="a commit adding a finding fails"
 write "int* seeded = 0; (void)seeded;" 3
 commit seeded
-gate
+KVSTASH_TIDY_RULE=lines gate
 expect 1 'a\.cc:3:[0-9]+: error: use nullptr \[modernize-use-nullptr' 'on lines the change touched'
 
 step="a later commit that does not touch the finding's line passes with a warning"
 write "int* seeded = 0; (void)seeded;" 4
 commit other
-gate
+KVSTASH_TIDY_RULE=lines gate
 expect 0 'warning: a\.cc: findings on lines this change did not touch' \
-  'a\.cc:3:[0-9]+: error: use nullptr' 'clean on the lines the change touched'
+  'a\.cc:3:[0-9]+: error: use nullptr' 'clean on lines the change touched'
 grep -q 'from the cache' "$tmp/out" || fail "$step: no summary line"
+
+step="under the file rule the same commit fails (a finding anywhere in a changed source)"
+KVSTASH_TIDY_RULE=files gate
+expect 1 'a\.cc:3:[0-9]+: error: use nullptr' 'findings above in the files the change touched'
+
+step="an unknown rule is refused"
+KVSTASH_TIDY_RULE=hunks gate
+expect 2 'KVSTASH_TIDY_RULE=hunks: expected files or lines'
 
 step="--all fails on it (from the findings cache)"
 gate --all
@@ -107,14 +119,33 @@ expect 0 '^findings a\.cc$' 'a\.cc +0 / +1 / +0'
 
 step="an uncommitted change on the finding's line fails"
 write "int* seeded = 0; (void)seeded; // touched" 4
-gate
+KVSTASH_TIDY_RULE=lines gate
 expect 1 'a\.cc:3:[0-9]+: error: use nullptr'
 
 step="removing the finding passes"
 write "// nothing here" 4
 commit fixed
-gate
+KVSTASH_TIDY_RULE=files gate
 expect 0 'check_tidy: 1 file\(s\) clean \(0 from the cache\)'
+
+# A header of the (HeaderFilterRegex) kind whose findings clang-tidy reports, with one.
+mkdir -p "$repo/common/src"
+echo 'inline int* Nil() { return 0; }' >"$repo/common/src/nil.h"
+step="under the file rule, a finding in a header the change added fails"
+write "// nothing here" 5 '#include "common/src/nil.h"'
+commit header
+KVSTASH_TIDY_RULE=files gate
+expect 1 'nil\.h:1:[0-9]+: error: use nullptr'
+
+step="under the file rule, a finding in an included header the change left alone is a warning"
+write "// nothing here" 6 '#include "common/src/nil.h"'
+commit after-header
+KVSTASH_TIDY_RULE=files gate
+expect 0 'warning: a\.cc: findings in headers this change did not touch' 'nil\.h:1:[0-9]+: error' \
+  'clean in the files the change touched or checked'
+write "// nothing here" 4  # as in "fixed", whose clean result is cached (a later step uses it)
+git_ rm -q common/src/nil.h
+commit header-gone
 
 step="a change to no C++ source checks nothing"
 echo notes >"$repo/NOTES"
