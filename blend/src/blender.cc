@@ -315,6 +315,7 @@ Result<BlendReport> Blender::Prefill(engine::Sequence& seq, const BlendPrompt& p
         for (size_t j = 0; j < i; ++j) context_tokens.push_back(prompt.end(j) - prompt.begin(j));
       }
       std::vector<CraftScore> scores;
+      scores.reserve(variants.size());
       for (const ChunkRecord& v : variants) {
         scores.push_back(ScoreVariant(v.stats, len, context, o.craft.alpha, context_tokens));
       }

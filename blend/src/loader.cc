@@ -148,6 +148,7 @@ std::vector<LayerLoader::TierLoad> LayerLoader::tier_loads() const {
     t.seconds += span_seconds_[i];
   }
   std::vector<TierLoad> out;
+  out.reserve(by.size());
   for (auto& [tier, load] : by) out.push_back(load);
   return out;
 }

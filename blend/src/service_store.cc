@@ -201,9 +201,9 @@ class ServiceChunkStore : public ChunkKvStore {
       KVSTASH_ASSIGN_OR_RETURN(auto leases, client_->AcquireMany(names));
       for (auto& l : leases) {
         if (!l.ok()) {
-          out.push_back(l.status());
+          out.emplace_back(l.status());
         } else {
-          out.push_back(std::vector<uint8_t>(l->data().begin(), l->data().end()));
+          out.emplace_back(std::vector<uint8_t>(l->data().begin(), l->data().end()));
         }
       }
       return out;
@@ -211,9 +211,9 @@ class ServiceChunkStore : public ChunkKvStore {
     for (const ObjectName& n : names) {
       auto got = client_->Get(n);
       if (!got.ok()) {
-        out.push_back(got.status());
+        out.emplace_back(got.status());
       } else {
-        out.push_back(std::move(got->payload));
+        out.emplace_back(std::move(got->payload));
       }
     }
     return out;
