@@ -1,5 +1,6 @@
 // kvstash: command-line client for cachesvc, plus the reference engine and codec tools.
 #include <cstdio>
+#include <exception>
 
 #include "commands.h"
 
@@ -10,7 +11,9 @@ int& ExitCode() {
 }
 }  // namespace kvstash::cli
 
-int main(int argc, char** argv) {
+namespace {
+
+int Run(int argc, char** argv) {
   CLI::App app{"kvstash: KV-cache store client, reference engine and codec tools"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "kvstash 0.1.0");
@@ -26,4 +29,20 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
   return kvstash::cli::ExitCode();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // The subcommands report failures through statuses; an exception that still gets here (an
+  // allocation failure, a CLI11 or library error) is a failure (1) that says what it was,
+  // instead of std::terminate's abort.
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvstash: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "kvstash: unknown exception\n");
+  }
+  return 1;
 }

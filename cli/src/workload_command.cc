@@ -252,6 +252,7 @@ int RunWorkload(const WorkloadArgs& a) {
   if (cache) {
     cache->Flush();
     connector::ConnectorStats s = cache->Stats();
+    const uint64_t load_failures = s.load_timeouts + s.leases_lost + s.loads_failed;
     std::printf(
         "  connector: %llu chunks stored, hit tokens cpu %llu / ssd %llu, %llu corrupt, "
         "%llu load failures\n",
@@ -259,7 +260,7 @@ int RunWorkload(const WorkloadArgs& a) {
         static_cast<unsigned long long>(s.hit_tokens_cpu),
         static_cast<unsigned long long>(s.hit_tokens_ssd),
         static_cast<unsigned long long>(s.corrupt_chunks),
-        static_cast<unsigned long long>(s.load_timeouts + s.leases_lost + s.loads_failed));
+        static_cast<unsigned long long>(load_failures));
   }
   if (!a.out.empty()) {
     std::ofstream out(a.out);
