@@ -37,7 +37,7 @@ class BearerInterceptor final : public grpc::experimental::Interceptor {
 
 class BearerFactory final : public grpc::experimental::ClientInterceptorFactoryInterface {
  public:
-  explicit BearerFactory(std::string token) : header_(absl::StrCat("Bearer ", token)) {}
+  explicit BearerFactory(const std::string& token) : header_(absl::StrCat("Bearer ", token)) {}
   grpc::experimental::Interceptor* CreateClientInterceptor(
       grpc::experimental::ClientRpcInfo*) override {
     return new BearerInterceptor(&header_);  // the factory lives as long as the channel
