@@ -253,7 +253,7 @@ Result<std::unique_ptr<KvLoad>> KvConnector::StartLoad(const PrefixLookup& looku
     state->block_table.assign(block_table.begin(), block_table.end());
     loader_->Post([this, state](bool cancelled) {
       if (cancelled) state->cancelled.store(true);
-      RunLoader(state);
+      RunLoader(*state);
     });
   }
   return std::unique_ptr<KvLoad>(new KvLoad(std::move(state)));
@@ -261,8 +261,7 @@ Result<std::unique_ptr<KvLoad>> KvConnector::StartLoad(const PrefixLookup& looku
 
 // ---- the loader thread -----------------------------------------------------------------------
 
-void KvConnector::RunLoader(std::shared_ptr<LoadState> state) {
-  LoadState& s = *state;
+void KvConnector::RunLoader(LoadState& s) {
   const uint32_t layers = s.layer_end - s.layer_begin;
   const size_t layer_bytes = kernels::ChunkLayerBytes(s.chunks.front().layout);
   Status failure;

@@ -235,7 +235,8 @@ class KvConnector {
                      internal::LoadState& state);
   void FetchStreamed(client::KvClient& client, const PrefixLookup& lookup, uint32_t chunks,
                      internal::LoadState& state);
-  void RunLoader(std::shared_ptr<internal::LoadState> state);
+  // `s` is kept alive by the loader task that calls this (it holds the shared_ptr).
+  void RunLoader(internal::LoadState& s);
   void RunStore(std::shared_ptr<internal::StoreState> state);
   void DeleteCorrupt(std::vector<ObjectName> names);
 
