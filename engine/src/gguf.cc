@@ -90,7 +90,8 @@ Status ReadNumber(Reader& r, GgufValueType t, int64_t* i, double* f) {
     case GgufValueType::kInt8: {
       int8_t v = 0;
       KVSTASH_RETURN_IF_ERROR(r.Read(&v));
-      *i = v;
+      // GGUF's INT8 is a signed integer, not a character: sign extension is what is meant.
+      *i = v;  // NOLINT(bugprone-signed-char-misuse)
       break;
     }
     case GgufValueType::kBool: {

@@ -13,7 +13,7 @@ Status TensorError(const std::string& name, const std::string& what) {
 }
 
 Result<const GgufTensor*> FindChecked(const GgufFile& f, const std::string& name,
-                                      std::vector<uint64_t> dims) {
+                                      const std::vector<uint64_t>& dims) {
   const GgufTensor* t = f.FindTensor(name);
   if (t == nullptr) return absl::InvalidArgumentError("GGUF: missing tensor " + name);
   if (t->type == GgmlType::kUnsupported) {
