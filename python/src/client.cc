@@ -538,7 +538,7 @@ void BindClient(py::module_& m) {
       .def("__len__", [](const PyLease& l) { return l.lease().data().size(); })
       .def("release", &PyLease::Release, "Ends the lease (idempotent).")
       .def("__enter__", [](py::object self) { return self; })
-      .def("__exit__", [](PyLease& l, py::args) { l.Release(); });
+      .def("__exit__", [](PyLease& l, const py::args&) { l.Release(); });
 
   py::class_<PyReservation>(m, "Reservation", py::buffer_protocol(),
                             "Space reserved in the arena for one object: write payload_bytes "
@@ -558,7 +558,7 @@ void BindClient(py::module_& m) {
           py::arg("durable") = false)
       .def("abort", [](PyReservation& r) { r.Finish(false, false); })
       .def("__enter__", [](py::object self) { return self; })
-      .def("__exit__", [](PyReservation& r, py::args) {
+      .def("__exit__", [](PyReservation& r, const py::args&) {
         if (!r.done()) r.Finish(false, false);
       });
 
@@ -620,7 +620,7 @@ void BindClient(py::module_& m) {
                              [](const PyClient& p) { return p.c().local_control_active(); })
       .def("close", &PyClient::Close, "Drops the connection (leases and reservations stay valid).")
       .def("__enter__", [](py::object self) { return self; })
-      .def("__exit__", [](PyClient& p, py::args) { p.Close(); })
+      .def("__exit__", [](PyClient& p, const py::args&) { p.Close(); })
       .def("lookup", &PyClient::Lookup, py::arg("names"),
            "Presence of each name plus the longest present prefix, in one RPC.")
       .def("put", &PyClient::Put, py::arg("name"), py::arg("info"), py::arg("buffer"),

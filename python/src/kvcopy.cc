@@ -50,7 +50,7 @@ void CopyLayerBlock(const Geometry& g, uint8_t* paged, uint8_t* object_layer, bo
   }
 }
 
-void CopyPagedBlocks(py::list paged, const std::vector<int64_t>& layer_ids,
+void CopyPagedBlocks(const py::list& paged, const std::vector<int64_t>& layer_ids,
                      const std::vector<int64_t>& block_ids, py::handle objects, size_t num_layers,
                      size_t heads, size_t block_size, size_t head_bytes, bool to_objects) {
   Geometry g{heads, block_size, head_bytes, num_layers};

@@ -129,7 +129,7 @@ void BindTypes(py::module_& m) {
       .def(
           "validate", [](const KvLayout& l) { ThrowIfError(l.Validate()); },
           "Raises InvalidArgument naming the first bad field.")
-      .def(py::self == py::self)
+      .def(py::self == py::self)  // NOLINT(misc-redundant-expression): pybind11 binds ==
       .def("__repr__", &LayoutRepr);
 
   py::class_<ObjectInfo>(m, "ObjectInfo", "What the service knows about an object besides its key.")
@@ -147,7 +147,7 @@ void BindTypes(py::module_& m) {
       .def_readwrite("payload_crc32c", &ObjectInfo::payload_crc32c,
                      "0 on a put means: the client computes it")
       .def_readwrite("lossy", &ObjectInfo::lossy)
-      .def(py::self == py::self)
+      .def(py::self == py::self)  // NOLINT(misc-redundant-expression): pybind11 binds ==
       .def("__repr__", [](const ObjectInfo& i) {
         return "ObjectInfo(" + LayoutRepr(i.layout) +
                ", payload_bytes=" + std::to_string(i.payload_bytes) +
