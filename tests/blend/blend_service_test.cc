@@ -13,7 +13,6 @@ using ::kvstash::testing::StatusIs;
 namespace kvstash::blend {
 namespace {
 
-using testing::SameKvBytes;
 using testing::StoriesPrompt;
 
 struct Results {

@@ -45,8 +45,8 @@ Packed MakeWeights(uint32_t type, uint32_t rows, uint32_t cols, uint32_t seed) {
 
 std::vector<std::pair<const char*, MatmulKernel>> Kernels() {
   std::vector<std::pair<const char*, MatmulKernel>> k = {{"scalar", MatmulScalar}};
-  if (ActiveIsa() >= Isa::kAvx2) k.push_back({"avx2", MatmulAvx2});
-  if (ActiveIsa() >= Isa::kAvx512) k.push_back({"avx512", MatmulAvx512});
+  if (ActiveIsa() >= Isa::kAvx2) k.emplace_back("avx2", MatmulAvx2);
+  if (ActiveIsa() >= Isa::kAvx512) k.emplace_back("avx512", MatmulAvx512);
   return k;
 }
 
@@ -81,11 +81,14 @@ TEST_P(MatmulTest, MatchesDoublePrecisionAndIsBatchInvariant) {
       for (size_t t : {size_t{0}, size_t{5}, size_t{63}, size_t{69}}) {
         std::vector<float> one(rows);
         kernel(p.w, x.data() + t * cols, cols, 1, one.data(), rows, 0, rows);
+        // The same bits is the contract (batch invariance), not equal values: memcmp is meant.
+        // NOLINTNEXTLINE(bugprone-suspicious-memory-comparison)
         EXPECT_EQ(std::memcmp(one.data(), y.data() + t * rows, rows * 4), 0) << t;
       }
       std::vector<float> split(n * rows);
       kernel(p.w, x.data(), cols, 13, split.data(), rows, 0, 11);
       kernel(p.w, x.data(), cols, 13, split.data(), rows, 11, rows);
+      // NOLINTNEXTLINE(bugprone-suspicious-memory-comparison): the same bits, as above.
       EXPECT_EQ(std::memcmp(split.data(), y.data(), 13 * rows * 4), 0);
     }
   }
