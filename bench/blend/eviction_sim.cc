@@ -5,6 +5,7 @@
 //
 //   eviction_sim --out bench/results/blend_eviction.json
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -12,7 +13,9 @@
 
 #include "testing/eviction_trace.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int Run(int argc, char** argv) {
   std::string out_path;
   uint32_t chunks = 2000, requests = 20000;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -66,4 +69,19 @@ int main(int argc, char** argv) {
     std::ofstream(out_path) << out.dump(2) << "\n";
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // A bad number (std::stoul) or a JSON error ends the run with a message and status 1 instead
+  // of std::terminate's abort.
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "eviction_sim: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "eviction_sim: unknown exception\n");
+  }
+  return 1;
 }

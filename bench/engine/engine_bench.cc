@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -53,21 +54,21 @@ int Run(int argc, char** argv) {
   size_t threads = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
-    if (k == "--model")
+    if (k == "--model") {
       model_path = v;
-    else if (k == "--text")
+    } else if (k == "--text") {
       text_path = v;
-    else if (k == "--out")
+    } else if (k == "--out") {
       out_path = v;
-    else if (k == "--runs")
+    } else if (k == "--runs") {
       runs = std::stoi(v);
-    else if (k == "--threads")
+    } else if (k == "--threads") {
       threads = std::stoul(v);
-    else if (k == "--decode-tokens")
+    } else if (k == "--decode-tokens") {
       decode_tokens = std::stoi(v);
-    else if (k == "--baseline-tokens")
+    } else if (k == "--baseline-tokens") {
       baseline_tokens = std::stoi(v);
-    else if (k == "--lengths") {
+    } else if (k == "--lengths") {
       lengths.clear();
       std::stringstream ss(v);
       std::string x;
@@ -207,4 +208,15 @@ int Run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return Run(argc, argv); }
+int main(int argc, char** argv) {
+  // A bad number (std::stoi) or a JSON error ends the run with a message and status 1 instead
+  // of std::terminate's abort.
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "engine_bench: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "engine_bench: unknown exception\n");
+  }
+  return 1;
+}

@@ -48,20 +48,21 @@ TEST(GenerateCacheCliTest, SecondRunHitsAndPrintsTheSameText) {
   auto svc = kvstash::testing::ServiceProcess::Start(dir.path());
   ASSERT_OK(svc);
   const std::string data = KVSTASH_SHARED_DATA;
-  const std::vector<std::string> base = {
-      bin,
-      "generate",
-      "--model",
-      data + "/models/stories260K.bin",
-      "--tokenizer",
-      data + "/models/tok512.bin",
-      "--prompt",
+  const std::string prompt =
       "Once upon a time, there was a little boy named Tim. Tim had a big red ball. "
-      "He liked to play with it in the park with his friends every day after school.",
-      "--max-tokens",
-      "40",
-      "--threads",
-      "2"};
+      "He liked to play with it in the park with his friends every day after school.";
+  const std::vector<std::string> base = {bin,
+                                         "generate",
+                                         "--model",
+                                         data + "/models/stories260K.bin",
+                                         "--tokenizer",
+                                         data + "/models/tok512.bin",
+                                         "--prompt",
+                                         prompt,
+                                         "--max-tokens",
+                                         "40",
+                                         "--threads",
+                                         "2"};
   std::vector<std::string> cached = base;
   cached.insert(cached.end(), {"--cache-target", (*svc)->target(), "--chunk-tokens", "16"});
 
