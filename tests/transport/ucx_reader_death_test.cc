@@ -2,7 +2,9 @@
 // the serving transport must go on serving, and a new reader must connect and read byte for
 // byte. The killed reader is this test binary run again as a child (ReaderChild.ReadsUntilKilled,
 // which skips unless the parent set KVSTASH_TEST_FETCH_READER), so that its death is a real
-// process's. Each reader reads with Fetch (the serving side sends) or with gets (Read).
+// process's. Each reader reads with Fetch (the serving side sends, the reader copies), with
+// FetchInPlace (the serving side sends by rendezvous, the reader's UCX receives in place) or with
+// gets (Read).
 //
 // Runs only against UCX >= 1.14, and otherwise reports a skip naming the UCX version: Debian's
 // UCX 1.13 (built with assertions) aborts the serving process itself in most runs. UCX's tcp lane
@@ -15,9 +17,10 @@
 // the reader's endpoint has failed meanwhile ucp_progress_get_reply returns the error to
 // ucp_request_try_send, which calls ucs_fatal (`ucp_request.inl:356 Fatal: unexpected error:
 // Endpoint timeout` with 1.22, :346 with 1.13; UCX_KEEPALIVE_INTERVAL=20s as well as 1s).
-// Measured counts: docs/deploy.md, "Which UCX". KVSTASH_TEST_UCX_DEATH_ANYWAY=1 runs every case
-// on any UCX, to reproduce the aborts; each round prints a line on stderr first, so the round an
-// abort hit is in the log.
+// FetchInPlace answers no get: on 1.22 it runs like Fetch; on 1.13 it still trips the wire-up
+// assertion. Measured counts: docs/deploy.md, "Which UCX". KVSTASH_TEST_UCX_DEATH_ANYWAY=1 runs
+// every case on any UCX, to reproduce the aborts; each round prints a line on stderr first, so the
+// round an abort hit is in the log.
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -58,14 +61,33 @@ constexpr int kReportFd = 3;
 
 uint8_t ServedByte(size_t i) { return static_cast<uint8_t>(i * 131 + 7); }
 
-// Reads all of the served region in kOpBytes ranges, with Fetch or with gets.
-Status ReadAll(UcxTransport& reader, PeerId peer, std::vector<uint8_t>& landing, bool fetch) {
+// How a reader reads: gets (Read), Fetch, or FetchInPlace.
+enum class How { kGet, kFetch, kInPlace };
+
+How HowFromName(const std::string& name) {
+  return name == "fetch" ? How::kFetch : name == "inplace" ? How::kInPlace : How::kGet;
+}
+
+const char* HowName(How how) {
+  return how == How::kFetch ? "fetch" : how == How::kInPlace ? "inplace" : "get";
+}
+
+// Reads all of the served region in kOpBytes ranges.
+Status ReadAll(UcxTransport& reader, PeerId peer, std::vector<uint8_t>& landing, How how) {
   std::vector<ReadOp> ops;
   for (size_t at = 0; at < kServedBytes; at += kOpBytes) {
     ops.push_back({.remote_offset = at, .local = landing.data() + at, .length = kOpBytes});
   }
-  return fetch ? reader.Fetch(peer, ops, Clock::now() + 20s)
-               : reader.Read(peer, ops, Clock::now() + 20s);
+  const auto deadline = Clock::now() + 20s;
+  switch (how) {
+    case How::kFetch:
+      return reader.Fetch(peer, ops, deadline);
+    case How::kInPlace:
+      return reader.FetchInPlace(peer, ops, deadline);
+    case How::kGet:
+      break;
+  }
+  return reader.Read(peer, ops, deadline);
 }
 
 bool LandedByteForByte(const std::vector<uint8_t>& landing) {
@@ -86,7 +108,7 @@ TEST(ReaderChild, ReadsUntilKilled) {
   // Old absl (Debian's): HexStringToBytes returns the bytes and cannot report bad digits.
   const std::string worker_address = absl::HexStringToBytes(parts[0]);
   const std::string rkey = absl::HexStringToBytes(parts[3]);
-  const bool fetch = parts[4] == "fetch";
+  const How how = HowFromName(parts[4]);
   RemoteRegion region{
       .address = std::stoull(parts[1]), .bytes = std::stoull(parts[2]), .packed_rkey = rkey};
   ASSERT_OK_AND_ASSIGN(auto reader, UcxTransport::Create({.name = "doomed-reader"}));
@@ -96,19 +118,18 @@ TEST(ReaderChild, ReadsUntilKilled) {
   ASSERT_EQ(::write(kReportFd, "c", 1), 1);
   const auto until = Clock::now() + 60s;
   for (int i = 0; i < 10000 && Clock::now() < until; ++i) {
-    ASSERT_THAT(ReadAll(*reader, peer, landing, fetch), IsOk());
+    ASSERT_THAT(ReadAll(*reader, peer, landing, how), IsOk());
     ASSERT_EQ(::write(kReportFd, "f", 1), 1);
   }
 }
 
 struct Plane {
   const char* tls;  // UCX_TLS; "" for UCX's own choice
-  bool fetch;       // the readers Fetch; false: gets
+  How how;
 };
 
 void PrintTo(const Plane& plane, std::ostream* os) {
-  *os << "UCX_TLS=" << (*plane.tls == '\0' ? "(default)" : plane.tls)
-      << (plane.fetch ? ", Fetch" : ", gets");
+  *os << "UCX_TLS=" << (*plane.tls == '\0' ? "(default)" : plane.tls) << ", " << HowName(plane.how);
 }
 
 // Over UCX's own choice of transports (shared memory on one host: the plane of the failure seen
@@ -124,7 +145,7 @@ class UcxReaderDeathTest : public ::testing::TestWithParam<Plane> {
                         "(scripts/build_ucx_cuda.sh), or set "
                      << kAnywayEnv << "=1 to reproduce the abort";
       }
-      if (!GetParam().fetch) {
+      if (GetParam().how == How::kGet) {
         GTEST_SKIP() << "UCX " << UcxTransport::UcxVersion()
                      << " aborts a process answering a get from a reader that died ("
                         "ucp_progress_get_reply's error reaches ucs_fatal in "
@@ -171,7 +192,7 @@ class UcxReaderDeathTest : public ::testing::TestWithParam<Plane> {
     posix_spawn_file_actions_adddup2(&actions, write_end, kReportFd);
     const std::string spec = absl::StrCat(
         absl::BytesToHexString(server_->worker_address()), ":", region_.address, ":", region_.bytes,
-        ":", absl::BytesToHexString(region_.packed_rkey), ":", GetParam().fetch ? "fetch" : "get");
+        ":", absl::BytesToHexString(region_.packed_rkey), ":", HowName(GetParam().how));
     std::vector<std::string> env_strings = {absl::StrCat(kReaderEnv, "=", spec)};
     for (char** e = environ; *e != nullptr; ++e) {
       if (std::strncmp(*e, kReaderEnv, std::strlen(kReaderEnv)) != 0) env_strings.emplace_back(*e);
@@ -243,20 +264,21 @@ TEST_P(UcxReaderDeathTest, AServerGoesOnServingAfterAReaderDiesMidRead) {
     ASSERT_THAT(reader->RegisterRegion(landing.data(), landing.size()), IsOk());
     ASSERT_OK_AND_ASSIGN(PeerId peer,
                          reader->Connect(server_->worker_address(), region_, Clock::now() + 20s));
-    ASSERT_THAT(ReadAll(*reader, peer, landing, GetParam().fetch), IsOk());
+    ASSERT_THAT(ReadAll(*reader, peer, landing, GetParam().how), IsOk());
     EXPECT_TRUE(LandedByteForByte(landing));
-    if (GetParam().fetch) {
+    if (GetParam().how != How::kGet) {
       EXPECT_GT(server_->Stats().fetches_served, before.fetches_served);
     }
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Planes, UcxReaderDeathTest,
-                         ::testing::Values(Plane{"", true}, Plane{"tcp", true}, Plane{"", false},
-                                           Plane{"tcp", false}),
+                         ::testing::Values(Plane{"", How::kFetch}, Plane{"tcp", How::kFetch},
+                                           Plane{"", How::kInPlace}, Plane{"tcp", How::kInPlace},
+                                           Plane{"", How::kGet}, Plane{"tcp", How::kGet}),
                          [](const auto& info) {
                            return absl::StrCat(*info.param.tls == '\0' ? "default" : info.param.tls,
-                                               info.param.fetch ? "_fetch" : "_get");
+                                               "_", HowName(info.param.how));
                          });
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -375,6 +376,161 @@ TEST_P(UcxTransportTest, AServerThatGoesAwayFailsFetchesInsteadOfHanging) {
   server_.reset();
   Status s = client_->Fetch(peer, ops, Clock::now() + 3s);
   // No answer can come: the call ends with the peer's error or at its deadline.
+  EXPECT_THAT(s, ::testing::AnyOf(StatusIs(absl::StatusCode::kUnavailable),
+                                  StatusIs(absl::StatusCode::kDeadlineExceeded)));
+  EXPECT_FALSE(client_->Healthy(peer));
+}
+
+// FetchInPlace: the same ranges as Fetch, received into place by UCX (rendezvous), into two
+// landing regions, mixed with Fetch and Read on the same endpoint from several threads.
+TEST_P(UcxTransportTest, FetchesInPlaceBatchesOfRangesByteForByte) {
+  std::vector<uint8_t> second(1 << 20, 0);
+  ASSERT_THAT(client_->RegisterRegion(second.data(), second.size()), IsOk());
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  std::vector<ReadOp> ops = {
+      {.remote_offset = 0, .local = landing_.data(), .length = 64 << 10},
+      {.remote_offset = 12345, .local = landing_.data() + (1 << 20), .length = 3 << 20},
+      {.remote_offset = kServedBytes - 777, .local = landing_.data() + (5 << 20), .length = 777},
+      {.remote_offset = 99, .local = second.data() + 5, .length = second.size() - 5},
+  };
+  ASSERT_THAT(client_->FetchInPlace(peer, ops, Clock::now() + 20s), IsOk());
+  for (const ReadOp& op : ops) {
+    EXPECT_EQ(0, std::memcmp(op.local, served_.data() + op.remote_offset, op.length))
+        << "range at " << op.remote_offset;
+  }
+  const uint64_t bytes = (64u << 10) + (3u << 20) + 777 + second.size() - 5;
+  EXPECT_EQ(client_->Stats().bytes_read, bytes);
+  const TransportStats served = server_->Stats();
+  EXPECT_EQ(served.fetches_served, 1u);
+  EXPECT_EQ(served.fetch_ops_served, ops.size());
+  EXPECT_EQ(served.fetch_bytes_served, bytes);
+  EXPECT_EQ(served.fetches_refused, 0u);
+  constexpr int kThreads = 4, kCalls = 9;
+  constexpr uint64_t kSlice = kServedBytes / kThreads;
+  std::vector<Status> failures(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kCalls; ++i) {
+        const uint64_t offset = (static_cast<uint64_t>(i) * 65537 + t * 4099) % (kSlice / 2);
+        std::vector<ReadOp> one = {
+            {.remote_offset = offset, .local = landing_.data() + t * kSlice, .length = kSlice}};
+        const auto deadline = Clock::now() + 20s;
+        Status s = (i + t) % 3 == 0   ? client_->FetchInPlace(peer, one, deadline)
+                   : (i + t) % 3 == 1 ? client_->Fetch(peer, one, deadline)
+                                      : client_->Read(peer, one, deadline);
+        if (s.ok() && std::memcmp(one[0].local, served_.data() + offset, kSlice) != 0) {
+          s = absl::DataLossError(absl::StrCat("thread ", t, " call ", i));
+        }
+        if (!s.ok()) {
+          failures[t] = s;
+          return;
+        }
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  for (const Status& s : failures) EXPECT_THAT(s, IsOk());
+}
+
+TEST_P(UcxTransportTest, FetchInPlaceIsRefusedAsFetchIs) {
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  // Checked before anything is sent.
+  std::vector<uint8_t> unregistered(4096, 0);
+  const std::vector<std::vector<ReadOp>> bad = {
+      {{.remote_offset = kServedBytes - 10, .local = landing_.data(), .length = 11}},
+      {{.remote_offset = 0, .local = unregistered.data(), .length = unregistered.size()}},
+      {{.remote_offset = 0, .local = landing_.data() + kServedBytes - 10, .length = 11}},
+  };
+  for (const auto& ops : bad) {
+    EXPECT_THAT(client_->FetchInPlace(peer, ops, Clock::now() + 5s),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+  }
+  EXPECT_EQ(server_->Stats().fetches_served + server_->Stats().fetches_refused, 0u);
+  // Refused by the serving side: a wrong token, and a range its guard rejects; nothing lands.
+  RemoteRegion forged = region_;
+  forged.packed_rkey[0] = static_cast<char>(forged.packed_rkey[0] ^ 0x5a);
+  ASSERT_OK_AND_ASSIGN(PeerId forged_peer,
+                       client_->Connect(server_->worker_address(), forged, Clock::now() + 20s));
+  std::vector<ReadOp> ops = {{.remote_offset = 0, .local = landing_.data(), .length = 4096}};
+  EXPECT_THAT(client_->FetchInPlace(forged_peer, ops, Clock::now() + 20s),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  std::vector<uint8_t> guarded(256 << 10);
+  for (size_t i = 0; i < guarded.size(); ++i) guarded[i] = static_cast<uint8_t>(i * 7 + 1);
+  ASSERT_OK_AND_ASSIGN(RemoteRegion region,
+                       server_->RegisterRegion(guarded.data(), guarded.size(), MemoryKind::kHost,
+                                               [](uint64_t offset, uint64_t length) {
+                                                 return offset >= (64 << 10) &&
+                                                        offset + length <= (128 << 10);
+                                               }));
+  ASSERT_OK_AND_ASSIGN(PeerId guarded_peer,
+                       client_->Connect(server_->worker_address(), region, Clock::now() + 20s));
+  std::vector<ReadOp> straddling = {
+      {.remote_offset = 64 << 10, .local = landing_.data(), .length = 4096},
+      {.remote_offset = (128 << 10) - 10, .local = landing_.data() + 4096, .length = 11}};
+  EXPECT_THAT(client_->FetchInPlace(guarded_peer, straddling, Clock::now() + 20s),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(server_->Stats().fetches_refused, 2u);
+  EXPECT_EQ(server_->Stats().fetches_served, 0u);
+  EXPECT_TRUE(
+      std::all_of(landing_.begin(), landing_.begin() + 8192, [](uint8_t b) { return b == 0; }));
+  // The refusals were answers: the same endpoints still read.
+  std::vector<ReadOp> inside = {
+      {.remote_offset = 64 << 10, .local = landing_.data(), .length = 64 << 10}};
+  ASSERT_THAT(client_->FetchInPlace(guarded_peer, inside, Clock::now() + 20s), IsOk());
+  EXPECT_EQ(0, std::memcmp(landing_.data(), guarded.data() + (64 << 10), 64 << 10));
+  client_.reset();  // before `guarded`, which the server may still be sending from
+  server_.reset();
+}
+
+TEST_P(UcxTransportTest, AFetchInPlaceThatOutlivesItsDeadlineLandsNothingAfterItReturns) {
+  // The serving side's guard holds its progress thread for 1.5 s (bounded) on the first request,
+  // so the reader's 300 ms deadline passes before anything is sent; the server then serves the
+  // request to a reader whose call has returned, which must not land any of it.
+  std::atomic<int> guarded_calls{0};
+  std::vector<uint8_t> slow(1 << 20);
+  for (size_t i = 0; i < slow.size(); ++i) slow[i] = static_cast<uint8_t>(i * 13 + 5);
+  ASSERT_OK_AND_ASSIGN(RemoteRegion region,
+                       server_->RegisterRegion(slow.data(), slow.size(), MemoryKind::kHost,
+                                               [&guarded_calls](uint64_t, uint64_t) {
+                                                 if (guarded_calls.fetch_add(1) == 0) {
+                                                   std::this_thread::sleep_for(1500ms);
+                                                 }
+                                                 return true;
+                                               }));
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region, Clock::now() + 20s));
+  std::vector<ReadOp> ops = {{.remote_offset = 0, .local = landing_.data(), .length = 1 << 20}};
+  EXPECT_THAT(client_->FetchInPlace(peer, ops, Clock::now() + 300ms),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_FALSE(client_->Healthy(peer));
+  // Bounded wait until the server has served (or failed) the late request, then some more.
+  for (int i = 0; i < 100 && guarded_calls.load() == 0; ++i) std::this_thread::sleep_for(20ms);
+  std::this_thread::sleep_for(2s);
+  EXPECT_TRUE(std::all_of(landing_.begin(), landing_.begin() + (1 << 20),
+                          [](uint8_t b) { return b == 0; }));
+  // The server goes on serving: a new reader reads. (A new transport: over TCP the server's
+  // cached endpoint to this reader's worker stays unusable until UCX fails it, as for Fetch.)
+  ASSERT_OK_AND_ASSIGN(auto next, UcxTransport::Create({.name = "next-client"}));
+  ASSERT_THAT(next->RegisterRegion(landing_.data(), landing_.size()), IsOk());
+  ASSERT_OK_AND_ASSIGN(PeerId again,
+                       next->Connect(server_->worker_address(), region, Clock::now() + 20s));
+  ASSERT_THAT(next->FetchInPlace(again, ops, Clock::now() + 20s), IsOk());
+  EXPECT_EQ(0, std::memcmp(landing_.data(), slow.data(), slow.size()));
+  next.reset();
+  client_.reset();  // before `slow`
+  server_.reset();
+}
+
+TEST_P(UcxTransportTest, AServerThatGoesAwayFailsFetchesInPlaceInsteadOfHanging) {
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  std::vector<ReadOp> ops = {{.remote_offset = 0, .local = landing_.data(), .length = 1 << 20}};
+  ASSERT_THAT(client_->FetchInPlace(peer, ops, Clock::now() + 20s), IsOk());
+  server_.reset();
+  Status s = client_->FetchInPlace(peer, ops, Clock::now() + 3s);
   EXPECT_THAT(s, ::testing::AnyOf(StatusIs(absl::StatusCode::kUnavailable),
                                   StatusIs(absl::StatusCode::kDeadlineExceeded)));
   EXPECT_FALSE(client_->Healthy(peer));

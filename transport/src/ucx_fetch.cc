@@ -28,6 +28,7 @@ void UcxTransport::Impl::IssueFetch(const std::shared_ptr<Call>& call,
   std::vector<const Region*> used;
   std::vector<uint32_t> index;
   index.reserve(ops.size());
+  call->fetch_dest.clear();
   for (const ReadOp& op : ops) {
     const Region* region = RegionFor(op.local, op.length);
     if (region == nullptr) {
@@ -40,6 +41,7 @@ void UcxTransport::Impl::IssueFetch(const std::shared_ptr<Call>& call,
     while (k < used.size() && used[k] != region) ++k;
     if (k == used.size()) used.push_back(region);
     index.push_back(static_cast<uint32_t>(k));
+    call->fetch_dest.emplace_back(region->memh, region->memory_type);
   }
   const uint64_t id = next_fetch_id++;
   call->payload.clear();
@@ -60,6 +62,7 @@ void UcxTransport::Impl::IssueFetch(const std::shared_ptr<Call>& call,
     PutFixed64(&call->payload, ops[i].length);
     PutVarint32(&call->payload, index[i]);
   }
+  PutVarint32(&call->payload, call->in_place ? kFetchInPlace : 0);
   call->fetch_id = id;
   call->fetch_ops = ops;
   call->fetch_remaining = 0;
@@ -147,16 +150,40 @@ ucs_status_t UcxTransport::Impl::OnFetchData(void* arg, const void* header, size
   if (it == impl->fetch_calls.end()) return UCS_OK;  // cancelled meanwhile: dropped
   std::shared_ptr<Call> call = it->second;
   impl->Owns(*call);
-  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 || index >= call->fetch_ops.size() ||
-      at > call->fetch_ops[index].length || length > call->fetch_ops[index].length - at ||
-      length > call->fetch_remaining) {
+  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  auto fail = [&](const char* why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl->worker_mu) {
     impl->fetch_calls.erase(it);
     call->fetch_id = 0;
-    call->Fail(absl::DataLossError("the peer sent Fetch data outside the ranges asked for"));
+    call->Fail(absl::DataLossError(why));
     Complete(call, UCS_OK);
-    return UCS_OK;
+    return UCS_OK;  // a rendezvous not received is dropped by UCX (and its sender completed)
+  };
+  if ((rndv && !call->in_place) || index >= call->fetch_ops.size() ||
+      at > call->fetch_ops[index].length || length > call->fetch_ops[index].length - at ||
+      length > call->fetch_remaining) {
+    return fail("the peer sent Fetch data outside the ranges asked for");
   }
-  std::memcpy(static_cast<char*>(call->fetch_ops[index].local) + at, data, length);
+  void* dest = static_cast<char*>(call->fetch_ops[index].local) + at;
+  const auto [memh, memory_type] = call->fetch_dest[index];
+  if (rndv) {
+    // UCX receives the range into the destination, whatever its memory type; the call finishes
+    // when this receive (one of its requests) completes, not here.
+    std::shared_ptr<Call>* holder = nullptr;
+    ucp_request_param_t recv = ParamFor(&holder, call);
+    recv.cb.recv_am = &Impl::OnReceiveDone;
+    recv.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH | UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+    recv.memh = memh;
+    recv.memory_type = memory_type;
+    BeginPending(call);
+    impl->Track(call, ucp_am_recv_data_nbx(impl->worker, data, dest, length, &recv), holder);
+  } else if (memory_type != UCS_MEMORY_TYPE_HOST) {
+    // A serving node from before FetchInPlace sends eagerly; memcpy cannot reach CUDA memory.
+    return fail(
+        "the peer sent in-place Fetch data eagerly (it predates FetchInPlace), which "
+        "cannot be copied into non-host memory");
+  } else {
+    std::memcpy(dest, data, length);
+  }
   call->fetch_remaining -= length;
   if (call->fetch_remaining == 0) {
     impl->fetch_calls.erase(it);
@@ -277,20 +304,27 @@ void UcxTransport::Impl::StartServe(ucp_ep_h reply_ep, const std::string& reques
     }
     ops.push_back(op);
   }
+  uint32_t flags = 0;  // absent in requests of readers from before FetchInPlace
+  if (!in.empty() && !GetVarint32(&in, &flags)) return refuse("malformed flags");
+  const bool in_place = (flags & kFetchInPlace) != 0;
   // Every range goes as active messages of at most kFetchFragment, sent zero-copy from the
   // registered region; the reader copies each into place once and knows it is done when all
   // bytes landed, so a served request needs no answer (UCX 1.13 emulates a put over TCP with
-  // copies at both ends, and a flush would cost the reader's acknowledgement).
+  // copies at both ends, and a flush would cost the reader's acknowledgement). In place: one
+  // rendezvous message per range, which the reader's UCX receives into its destination.
   Serve* raw = serve.get();
   Owns(*raw);
   size_t fragments = 0;
-  for (const Op& op : ops) fragments += (op.length + kFetchFragment - 1) / kFetchFragment;
+  for (const Op& op : ops) {
+    fragments += in_place ? 1 : (op.length + kFetchFragment - 1) / kFetchFragment;
+  }
   raw->headers.resize(fragments);
   size_t f = 0;
   for (uint32_t i = 0; i < ops.size(); ++i) {
     const Op& op = ops[i];
-    for (uint64_t at = 0; at < op.length; at += kFetchFragment, ++f) {
-      const uint64_t n = std::min(kFetchFragment, op.length - at);
+    const uint64_t fragment = in_place ? op.length : kFetchFragment;
+    for (uint64_t at = 0; at < op.length; at += fragment, ++f) {
+      const uint64_t n = std::min(fragment, op.length - at);
       char* header = raw->headers[f].data();
       EncodeFixed64(header, raw->call_id);
       EncodeFixed32(header + 8, i);
@@ -298,7 +332,7 @@ void UcxTransport::Impl::StartServe(ucp_ep_h reply_ep, const std::string& reques
       ucp_request_param_t param = ServeParam(raw);
       param.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH | UCP_OP_ATTR_FIELD_FLAGS;
       param.memh = region->memh;
-      param.flags = UCP_AM_SEND_FLAG_EAGER;
+      param.flags = in_place ? UCP_AM_SEND_FLAG_RNDV : UCP_AM_SEND_FLAG_EAGER;
       TrackServe(
           raw, ucp_am_send_nbx(ep, kFetchDataId, header, kFetchDataHeader,
                                reinterpret_cast<void*>(region->base + op.offset + at), n, &param));

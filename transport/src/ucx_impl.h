@@ -57,15 +57,21 @@ inline constexpr auto kCallerIdleHandoff = std::chrono::microseconds(500);
 //                              fixed64 server region address, fixed64 token,
 //                              varint32 rkey count, per rkey: varint32 length + UCX packed rkey of
 //                              a reader region, varint32 op count, per op: fixed64 remote offset,
-//                              fixed64 reader address, fixed64 length, varint32 rkey index
+//                              fixed64 reader address, fixed64 length, varint32 rkey index,
+//                              then varint32 flags (kFetchInPlace), absent in requests of
+//                              readers from before FetchInPlace (read as 0)
 //   data     server -> reader  header: fixed64 call id, fixed32 op index, fixed64 offset in the
-//                              op; payload: that fragment's bytes (at most kFetchFragment)
+//                              op; payload: that fragment's bytes (at most kFetchFragment), sent
+//                              eagerly; with kFetchInPlace one message per op, by rendezvous
 //   refused  server -> reader  fixed64 call id, fixed32 absl::StatusCode, the message's bytes
 // (The request still names the reader's regions' rkeys; data goes as active messages instead.)
 inline constexpr uint16_t kFetchRequestId = UcxTransport::kFirstReservedMessageId;
 inline constexpr uint16_t kFetchDoneId = UcxTransport::kFirstReservedMessageId + 1;
 inline constexpr uint16_t kFetchDataId = UcxTransport::kFirstReservedMessageId + 2;
 inline constexpr size_t kFetchDataHeader = 20;
+// Request flag: send the data by rendezvous, so that the reader's UCX receives it into place
+// (FetchInPlace).
+inline constexpr uint32_t kFetchInPlace = 1;
 // Fragments fit one UCX TCP segment (512 KiB, set in Create): sent zero-copy from the region,
 // received in one segment and copied once into place, never reassembled by UCX.
 inline constexpr uint64_t kFetchFragment = (512 << 10) - (4 << 10);
@@ -116,6 +122,11 @@ struct UcxTransport::Impl {
     uint64_t fetch_id ABSL_GUARDED_BY(impl->worker_mu) = 0;
     // A Fetch's ranges, and its bytes not landed yet.
     std::vector<ReadOp> fetch_ops ABSL_GUARDED_BY(impl->worker_mu);
+    // FetchInPlace: UCX receives each range into its destination (set before the call is issued).
+    bool in_place = false;
+    // Per op: the registration and memory type of its destination (rendezvous receives).
+    std::vector<std::pair<ucp_mem_h, ucs_memory_type_t>> fetch_dest
+        ABSL_GUARDED_BY(impl->worker_mu);
     uint64_t fetch_remaining ABSL_GUARDED_BY(impl->worker_mu) = 0;
 
     void Fail(Status s) {
@@ -135,7 +146,8 @@ struct UcxTransport::Impl {
     ucp_mem_h memh = nullptr;
     uintptr_t base = 0;
     uint64_t bytes = 0;
-    uint64_t token = 0;    // what a Fetch request for this region must carry
+    uint64_t token = 0;  // what a Fetch request for this region must carry
+    ucs_memory_type_t memory_type = UCS_MEMORY_TYPE_HOST;
     std::string ucx_rkey;  // UCX's packed rkey, sent in this node's own Fetch requests
     RangeGuard guard;      // null: every range inside the region may be fetched
   };
@@ -260,6 +272,8 @@ struct UcxTransport::Impl {
   void CloseEndpoint(ucp_ep_h ep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(worker_mu);
   static void OnEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status);
   static void OnRequestDone(void* request, ucs_status_t status, void* user_data);
+  // The same for a receive (FetchInPlace's rendezvous receives).
+  static void OnReceiveDone(void* request, ucs_status_t status, size_t length, void* user_data);
   // Counts one request of `call` done with `status`; the call finishes with its last one.
   static void Complete(const std::shared_ptr<Call>& call, ucs_status_t status);
   // Takes the outcome of an nbx call: done now, failed now, or a request completing later.
@@ -296,7 +310,8 @@ struct UcxTransport::Impl {
   void FailFetches(const Peer* peer, ucs_status_t status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(worker_mu);
   static ucs_status_t OnFetchDone(void* arg, const void* header, size_t header_length, void* data,
                                   size_t length, const ucp_am_recv_param_t* param);
-  // A fragment of a Fetch's data: copied into place; the call completes with its last byte.
+  // A fragment of a Fetch's data: copied into place, or with FetchInPlace received into place by
+  // UCX (rendezvous); the call completes once its last byte landed.
   static ucs_status_t OnFetchData(void* arg, const void* header, size_t header_length, void* data,
                                   size_t length, const ucp_am_recv_param_t* param);
 

@@ -229,6 +229,7 @@ Result<RemoteRegion> UcxTransport::RegisterRegion(void* base, uint64_t bytes, Me
     region.memh = memh;
     region.base = reinterpret_cast<uintptr_t>(base);
     region.bytes = bytes;
+    region.memory_type = params.memory_type;
     region.guard = std::move(guard);
     region.ucx_rkey.assign(static_cast<const char*>(rkey), rkey_bytes);
     ucp_rkey_buffer_release(rkey);
@@ -320,15 +321,20 @@ bool UcxTransport::Healthy(PeerId id) const {
 }
 
 Status UcxTransport::Read(PeerId id, std::span<const ReadOp> ops, Clock::time_point deadline) {
-  return Transfer(id, ops, deadline, /*fetch=*/false);
+  return Transfer(id, ops, deadline, How::kRead);
 }
 
 Status UcxTransport::Fetch(PeerId id, std::span<const ReadOp> ops, Clock::time_point deadline) {
-  return Transfer(id, ops, deadline, /*fetch=*/true);
+  return Transfer(id, ops, deadline, How::kFetch);
+}
+
+Status UcxTransport::FetchInPlace(PeerId id, std::span<const ReadOp> ops,
+                                  Clock::time_point deadline) {
+  return Transfer(id, ops, deadline, How::kFetchInPlace);
 }
 
 Status UcxTransport::Transfer(PeerId id, std::span<const ReadOp> ops, Clock::time_point deadline,
-                              bool fetch) {
+                              How how) {
   std::shared_ptr<Impl::Peer> peer;
   {
     MutexLock lock(&impl_->peers_mu);
@@ -342,6 +348,8 @@ Status UcxTransport::Transfer(PeerId id, std::span<const ReadOp> ops, Clock::tim
   auto call = std::make_shared<Impl::Call>();
   call->peer = peer;
   call->impl = impl_.get();
+  call->in_place = how == How::kFetchInPlace;
+  const bool fetch = how != How::kRead;
   for (const ReadOp& op : ops) {
     if (op.local == nullptr || op.length == 0 || op.remote_offset > peer->bytes ||
         op.length > peer->bytes - op.remote_offset) {

@@ -222,6 +222,11 @@ void UcxTransport::Impl::OnRequestDone(void* request, ucs_status_t status, void*
   Complete(call, status);
 }
 
+void UcxTransport::Impl::OnReceiveDone(void* request, ucs_status_t status, size_t,
+                                       void* user_data) {
+  OnRequestDone(request, status, user_data);
+}
+
 void UcxTransport::Impl::Complete(const std::shared_ptr<Call>& call, ucs_status_t status) {
   MutexLock lock(&call->mu);
   if (status != UCS_OK && call->status.ok()) {

@@ -14,8 +14,9 @@
 // and returns when the last byte landed. Over TCP, UCX 1.13 emulates both get and put in
 // software, with a copy into a send segment on the serving node and one out of a receive segment
 // on the reader; Fetch saves the serving side's copy at the price of serving-side CPU
-// (docs/benchmarks-transfer.md). Every transport that registered a region serves Fetch requests
-// for it; no setup is needed.
+// (docs/benchmarks-transfer.md). FetchInPlace is Fetch whose bytes UCX receives into place (by
+// rendezvous), for destinations memcpy cannot reach (CUDA memory). Every transport that
+// registered a region serves Fetch and FetchInPlace requests for it; no setup is needed.
 //
 // Trust. Over UCX's TCP transport neither a get nor a put is checked against the rkey by the
 // receiving side, so any connected UCX peer can read or write the memory of a process it is
@@ -178,6 +179,18 @@ class UcxTransport {
   // more lands.
   Status Fetch(PeerId peer, std::span<const ReadOp> ops, Clock::time_point deadline);
 
+  // Like Fetch (the same checks, errors and deadline), but the serving side announces each range
+  // by rendezvous and UCX receives it straight into op.local, so a destination may be CUDA memory
+  // (a region registered here with kCuda); Fetch copies each fragment into place with memcpy,
+  // into host memory only. The serving side's UCX never answers a ucp_get_nbx (the bytes move
+  // by UCX's rendezvous protocol), so, like Fetch and unlike Read, a reader that dies does not
+  // abort it on a get reply (docs/deploy.md "Which UCX": UCX 1.13's wire-up abort remains, as
+  // for Fetch). Per range one message, not Fetch's 508 KiB fragments. The receives are its own
+  // requests: on a deadline they are cancelled and the endpoint closed as for Fetch, and when the
+  // call returns none is still writing. A serving node from before FetchInPlace sends eagerly:
+  // those bytes are copied into host destinations, and refused (DataLoss) for CUDA ones.
+  Status FetchInPlace(PeerId peer, std::span<const ReadOp> ops, Clock::time_point deadline);
+
   // Sends `payload` as active message `id` to the peer and returns once it has left this node.
   Status Notify(PeerId peer, uint16_t id, std::string payload, Clock::time_point deadline);
   // Installs the handler for incoming active messages `id` (replacing any earlier one). Ids from
@@ -190,7 +203,8 @@ class UcxTransport {
  private:
   struct Impl;
   explicit UcxTransport(std::unique_ptr<Impl> impl);
-  Status Transfer(PeerId peer, std::span<const ReadOp> ops, Clock::time_point deadline, bool fetch);
+  enum class How : uint8_t { kRead, kFetch, kFetchInPlace };
+  Status Transfer(PeerId peer, std::span<const ReadOp> ops, Clock::time_point deadline, How how);
   std::unique_ptr<Impl> impl_;
 };
 
