@@ -76,7 +76,7 @@ peers:
   promote: true           # keep fetched objects in the local CPU tier
   lookup: true            # Lookup reports objects peers hold (TIER_REMOTE)
   data_plane: ucx         # ucx | grpc
-  ucx_fetch: auto         # true: peers send (Fetch) | false: gets | auto: true on UCX >= 1.14
+  ucx_fetch: auto         # true: peers send (Fetch) | false: gets | auto: true on UCX >= 1.14 | inplace
   staging_mib: 256        # encoded fetches peers pull over UCX are staged here; 0: streams
   advertise: ""           # this node's address in handoff descriptors; empty: the bound address
   handoff_ms: 30000       # how long offered objects stay pinned without a heartbeat
@@ -534,8 +534,9 @@ const std::vector<Field>& Fields() {
        "how objects move between nodes: ucx (one-sided reads) | grpc (Get streams)",
        PeerStringField(&PeerConfig::data_plane)},
       {"peers.ucx_fetch", "--peer-ucx-fetch",
-       "UCX data plane: true: peers send fetched objects; false: this node reads them with gets "
-       "(a serving peer's UCX may abort when this node dies mid-get); auto: true on UCX >= 1.14",
+       "UCX data plane: true: peers send fetched objects (GPU-pool landings received in place); "
+       "false: this node reads them with gets (a serving peer's UCX may abort when this node dies "
+       "mid-get); auto: true on UCX >= 1.14; inplace: every landing received in place",
        PeerStringField(&PeerConfig::ucx_fetch)},
       {"peers.staging_mib", "--peer-staging-mib",
        "UCX data plane: MiB of registered host memory for the codec containers of encoded "
@@ -768,9 +769,10 @@ Status ValidateConfig(const ServiceConfig& c) {
     return Bad("peers.data_plane",
                absl::StrCat("unknown data plane '", c.peers.data_plane, "' (ucx or grpc)"));
   }
-  if (c.peers.ucx_fetch != "auto" && c.peers.ucx_fetch != "true" && c.peers.ucx_fetch != "false") {
+  if (c.peers.ucx_fetch != "auto" && c.peers.ucx_fetch != "true" && c.peers.ucx_fetch != "false" &&
+      c.peers.ucx_fetch != "inplace") {
     return Bad("peers.ucx_fetch",
-               absl::StrCat("'", c.peers.ucx_fetch, "' is not auto, true or false"));
+               absl::StrCat("'", c.peers.ucx_fetch, "' is not auto, true, false or inplace"));
   }
   if (PeerTransferEncodingName(c.peers.transfer_encoding) == "invalid") {
     return Bad("peers.transfer_encoding",

@@ -87,13 +87,17 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
     KVSTASH_ASSIGN_OR_RETURN(impl->transport,
                              transport::UcxTransport::Create({.name = "cachesvc"}));
     const bool fixed_ucx = transport::UcxTransport::UcxAtLeast(1, 14);  // openucx/ucx#8175
-    impl->ucx_fetch =
-        config.peers.ucx_fetch == "true" || (config.peers.ucx_fetch == "auto" && fixed_ucx);
+    impl->ucx_in_place = config.peers.ucx_fetch == "inplace";
+    impl->ucx_fetch = config.peers.ucx_fetch == "true" || impl->ucx_in_place ||
+                      (config.peers.ucx_fetch == "auto" && fixed_ucx);
     // docs/deploy.md "Which UCX": below 1.14 a peer dying mid-connect can abort this process.
     spdlog::log(fixed_ucx ? spdlog::level::info : spdlog::level::warn,
                 "event={} ucx_version={} peer_reads={}",
                 fixed_ucx ? "ucx_transport" : "ucx_aborts_on_reader_death",
-                transport::UcxTransport::UcxVersion(), impl->ucx_fetch ? "fetch" : "get");
+                transport::UcxTransport::UcxVersion(),
+                impl->ucx_in_place ? "inplace"
+                : impl->ucx_fetch  ? "fetch"
+                                   : "get");
     // The whole reserved range, spare included: arenas a reload adds later (AddTenantArena) are
     // then readable by peers through the rkey they already hold. UCX's TCP and shared-memory
     // transports register nothing per page; a transport that pins pages at registration (RDMA

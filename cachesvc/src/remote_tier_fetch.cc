@@ -335,11 +335,15 @@ bool RemoteTier::Impl::ReadFromArena(Peer& peer, const Link& link,
   }
   const Clock::time_point read_start = Clock::now();
   // Fetch: the peer sends the bytes, zero-copy from its arena, copied once into place here.
-  // Landings in the GPU pool are read (ucp_get into CUDA memory, as transport_gpu_test
-  // covers); the peer-sends path into device memory is untested.
-  Status read = ucx_fetch && land == storage::Tier::kCpu
-                    ? transport->Fetch(link.ucx_peer, ops, Deadline())
-                    : transport->Read(link.ucx_peer, ops, Deadline());
+  // Landings in the GPU pool, which Fetch's memcpy cannot reach, use FetchInPlace (the peer
+  // sends, UCX receives into device memory), not gets: a reader dying mid-get can abort the
+  // serving peer inside UCX (docs/deploy.md "Which UCX"). --peer-ucx-fetch inplace sends every
+  // landing that way, which is how the tests run this call (host memory; no GPU here, so
+  // FetchInPlace into the GPU pool is untested). Gets only with false (auto on UCX < 1.14).
+  Status read = !ucx_fetch ? transport->Read(link.ucx_peer, ops, Deadline())
+                : ucx_in_place || land != storage::Tier::kCpu
+                    ? transport->FetchInPlace(link.ucx_peer, ops, Deadline())
+                    : transport->Fetch(link.ucx_peer, ops, Deadline());
   if (!read.ok()) {
     for (const Pending& p : pending) {
       (void)store->Abort(p.local.id);

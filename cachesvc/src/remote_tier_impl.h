@@ -142,6 +142,8 @@ struct RemoteTier::Impl {
   std::unique_ptr<PeerStaging> staging;
   std::unique_ptr<transport::UcxTransport> transport;
   bool ucx_fetch = false;  // config.ucx_fetch resolved at start (auto: UCX >= 1.14)
+  // config.ucx_fetch "inplace": every landing by FetchInPlace, not only those in the GPU pool.
+  bool ucx_in_place = false;
   transport::RemoteRegion region;
   transport::RemoteRegion gpu_region;  // the GPU pool's registration, when gpu_registered
 #endif

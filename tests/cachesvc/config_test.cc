@@ -472,6 +472,9 @@ TEST(Config, BadPeerSettingsAreRefusedWithTheirName) {
   bad_fetch.peers.ucx_fetch = "sometimes";
   EXPECT_THAT(std::string(ValidateConfig(bad_fetch).message()),
               ::testing::HasSubstr("peers.ucx_fetch"));
+  ServiceConfig in_place;
+  in_place.peers.ucx_fetch = "inplace";
+  EXPECT_OK(ValidateConfig(in_place));
   ServiceConfig handoff;
   handoff.peers.handoff_ms = 10'000;
   handoff.peers.max_handoff_ms = 1'000;

@@ -82,13 +82,15 @@ Result<GetReply> GetWithRetries(KvClient& client, const ObjectName& name) {
 // network path), or gRPC streams.
 // kUcxDefault runs --peer-ucx-fetch's default (auto: the serving node sends the bytes,
 // UcxTransport::Fetch, on UCX >= 1.14; the reading node gets them on older UCX); kUcxTcp sends
-// (true), kUcxTcpGet gets (false).
-enum class Plane { kUcxDefault, kUcxTcp, kUcxTcpGet, kGrpc };
+// (true), kUcxTcpGet gets (false), kUcxTcpInPlace sends and UCX receives into place (inplace:
+// FetchInPlace, what GPU-pool landings use, here into the host arena).
+enum class Plane { kUcxDefault, kUcxTcp, kUcxTcpGet, kUcxTcpInPlace, kGrpc };
 
 class PeerTest : public ::testing::TestWithParam<Plane> {
  protected:
   void SetUp() override {
-    if (GetParam() == Plane::kUcxTcp || GetParam() == Plane::kUcxTcpGet) {
+    if (GetParam() == Plane::kUcxTcp || GetParam() == Plane::kUcxTcpGet ||
+        GetParam() == Plane::kUcxTcpInPlace) {
       ::setenv("UCX_TLS", "tcp", 1);
     } else {
       ::unsetenv("UCX_TLS");
@@ -102,9 +104,10 @@ class PeerTest : public ::testing::TestWithParam<Plane> {
             "--peer-data-plane",
             GetParam() == Plane::kGrpc ? "grpc" : "ucx",
             "--peer-ucx-fetch",
-            GetParam() == Plane::kUcxTcp      ? "true"
-            : GetParam() == Plane::kUcxTcpGet ? "false"
-                                              : "auto"};
+            GetParam() == Plane::kUcxTcp          ? "true"
+            : GetParam() == Plane::kUcxTcpGet     ? "false"
+            : GetParam() == Plane::kUcxTcpInPlace ? "inplace"
+                                                  : "auto"};
   }
 
   // Node A serves peers; node B has A as its peer.
@@ -510,7 +513,7 @@ TEST_P(PeerTest, ADecodeNodeRestartedMidFetchFetchesAgain) {
 
 INSTANTIATE_TEST_SUITE_P(Planes, PeerTest,
                          ::testing::Values(Plane::kUcxDefault, Plane::kUcxTcp, Plane::kUcxTcpGet,
-                                           Plane::kGrpc),
+                                           Plane::kUcxTcpInPlace, Plane::kGrpc),
                          [](const auto& info) {
                            switch (info.param) {
                              case Plane::kUcxDefault:
@@ -519,6 +522,8 @@ INSTANTIATE_TEST_SUITE_P(Planes, PeerTest,
                                return std::string("UcxTcp");
                              case Plane::kUcxTcpGet:
                                return std::string("UcxTcpGet");
+                             case Plane::kUcxTcpInPlace:
+                               return std::string("UcxTcpInPlace");
                              case Plane::kGrpc:
                                return std::string("Grpc");
                            }

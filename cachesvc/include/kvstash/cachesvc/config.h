@@ -82,7 +82,10 @@ struct PeerConfig {
   // emulates over TCP with a copy at each end); auto (default): true on UCX >= 1.14, false on
   // older ones. The choice is also the serving peer's safety: on UCX 1.22 a reader dying mid-get
   // aborted the serving process inside UCX and one dying mid-Fetch never did; on 1.13 both can
-  // (docs/deploy.md "Which UCX").
+  // (docs/deploy.md "Which UCX"). With true, landings in the GPU pool (which Fetch's memcpy
+  // cannot reach) use UcxTransport::FetchInPlace (the peer sends, UCX receives into device
+  // memory); with false they are gets. inplace: every landing, CPU arena too, uses FetchInPlace
+  // (the GPU path's read, exercised with host memory).
   std::string ucx_fetch = "auto";
   // With the UCX data plane: the host memory (MiB, registered with UCX once, pages touched only
   // when used) in which this node stages the codec containers of encoded fetches peers ask for
