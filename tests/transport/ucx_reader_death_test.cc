@@ -18,7 +18,10 @@
 // ucp_request_try_send, which calls ucs_fatal (`ucp_request.inl:356 Fatal: unexpected error:
 // Endpoint timeout` with 1.22, :346 with 1.13; UCX_KEEPALIVE_INTERVAL=20s as well as 1s).
 // FetchInPlace answers no get: on 1.22 it runs like Fetch; on 1.13 it still trips the wire-up
-// assertion. Measured counts: docs/deploy.md, "Which UCX". KVSTASH_TEST_UCX_DEATH_ANYWAY=1 runs
+// assertion. KVSTASH_TEST_UCX_SERVER_FIRST=1 makes the server connect to each reader (it reports
+// its worker address and region first, then waits for a go byte on its stdin) before the reader
+// connects: on 1.13 that avoided the wire-up assertion in the counts measured. Measured counts:
+// docs/deploy.md, "Which UCX". KVSTASH_TEST_UCX_DEATH_ANYWAY=1 runs
 // every case on any UCX, to reproduce the aborts; each round prints a line on stderr first, so the
 // round an abort hit is in the log.
 #include <fcntl.h>
@@ -56,6 +59,10 @@ constexpr size_t kServedBytes = 8 << 20;
 constexpr size_t kOpBytes = 512 << 10;
 constexpr const char* kReaderEnv = "KVSTASH_TEST_FETCH_READER";
 constexpr const char* kAnywayEnv = "KVSTASH_TEST_UCX_DEATH_ANYWAY";
+// Set: the serving transport connects to each reader (its wire-up initiated from the serving
+// side) before the reader connects to it: the experiment on UCX 1.13's wire-up abort
+// (docs/deploy.md "Which UCX").
+constexpr const char* kServerFirstEnv = "KVSTASH_TEST_UCX_SERVER_FIRST";
 // The child reports on this fd (its stdout carries googletest's own output).
 constexpr int kReportFd = 3;
 
@@ -104,7 +111,7 @@ TEST(ReaderChild, ReadsUntilKilled) {
   const char* spec = std::getenv(kReaderEnv);
   if (spec == nullptr) GTEST_SKIP() << "run by UcxReaderDeathTest as its reader process";
   std::vector<std::string> parts = absl::StrSplit(spec, ':');
-  ASSERT_EQ(parts.size(), 5u);
+  ASSERT_GE(parts.size(), 5u);
   // Old absl (Debian's): HexStringToBytes returns the bytes and cannot report bad digits.
   const std::string worker_address = absl::HexStringToBytes(parts[0]);
   const std::string rkey = absl::HexStringToBytes(parts[3]);
@@ -113,7 +120,17 @@ TEST(ReaderChild, ReadsUntilKilled) {
       .address = std::stoull(parts[1]), .bytes = std::stoull(parts[2]), .packed_rkey = rkey};
   ASSERT_OK_AND_ASSIGN(auto reader, UcxTransport::Create({.name = "doomed-reader"}));
   std::vector<uint8_t> landing(kServedBytes, 0);
-  ASSERT_THAT(reader->RegisterRegion(landing.data(), landing.size()), IsOk());
+  ASSERT_OK_AND_ASSIGN(RemoteRegion mine, reader->RegisterRegion(landing.data(), landing.size()));
+  if (parts.size() > 5 && parts[5] == "back") {
+    // The server connects to this reader first; then this reader connects (on "g").
+    const std::string line =
+        absl::StrCat("a", absl::BytesToHexString(reader->worker_address()), ":", mine.address, ":",
+                     mine.bytes, ":", absl::BytesToHexString(mine.packed_rkey), "\n");
+    ASSERT_EQ(::write(kReportFd, line.data(), line.size()), static_cast<ssize_t>(line.size()));
+    char go = 0;
+    ASSERT_EQ(::read(0, &go, 1), 1);
+    ASSERT_EQ(go, 'g');
+  }
   ASSERT_OK_AND_ASSIGN(PeerId peer, reader->Connect(worker_address, region, Clock::now() + 20s));
   ASSERT_EQ(::write(kReportFd, "c", 1), 1);
   const auto until = Clock::now() + 60s;
@@ -164,6 +181,7 @@ class UcxReaderDeathTest : public ::testing::TestWithParam<Plane> {
     // environment is kept (to measure another one).
     set_keepalive_ = std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr;
     if (set_keepalive_) ::setenv("UCX_KEEPALIVE_INTERVAL", "1s", 1);
+    ::signal(SIGPIPE, SIG_IGN);  // a go byte written to a reader that died
     ASSERT_OK_AND_ASSIGN(server_, UcxTransport::Create({.name = "server"}));
     served_.resize(kServedBytes);
     for (size_t i = 0; i < served_.size(); ++i) served_[i] = ServedByte(i);
@@ -190,9 +208,16 @@ class UcxReaderDeathTest : public ::testing::TestWithParam<Plane> {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, write_end, kReportFd);
-    const std::string spec = absl::StrCat(
-        absl::BytesToHexString(server_->worker_address()), ":", region_.address, ":", region_.bytes,
-        ":", absl::BytesToHexString(region_.packed_rkey), ":", HowName(GetParam().how));
+    const bool back = std::getenv(kServerFirstEnv) != nullptr;
+    int go[2] = {-1, -1};
+    if (back) {
+      ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
+      posix_spawn_file_actions_adddup2(&actions, go[0], 0);
+    }
+    const std::string spec =
+        absl::StrCat(absl::BytesToHexString(server_->worker_address()), ":", region_.address, ":",
+                     region_.bytes, ":", absl::BytesToHexString(region_.packed_rkey), ":",
+                     HowName(GetParam().how), back ? ":back" : "");
     std::vector<std::string> env_strings = {absl::StrCat(kReaderEnv, "=", spec)};
     for (char** e = environ; *e != nullptr; ++e) {
       if (std::strncmp(*e, kReaderEnv, std::strlen(kReaderEnv)) != 0) env_strings.emplace_back(*e);
@@ -206,7 +231,33 @@ class UcxReaderDeathTest : public ::testing::TestWithParam<Plane> {
     const int rc = posix_spawn(pid, "/proc/self/exe", &actions, nullptr, argv, env.data());
     posix_spawn_file_actions_destroy(&actions);
     ::close(write_end);
+    if (back) ::close(go[0]);
     ASSERT_EQ(rc, 0) << std::strerror(rc);
+    if (back) {
+      // The server connects to the reader (its wire-up initiated from the serving side), then
+      // lets the reader connect: on its own thread while the round's kill timer runs.
+      back_go_ = go[1];
+      auto exchange = [this, read_end] {
+        std::string line;
+        char ch;
+        while (line.size() < 4096 && ::read(read_end, &ch, 1) == 1 && ch != '\n') line += ch;
+        std::vector<std::string> f = absl::StrSplit(line, ':');
+        if (f.size() != 4 || f[0].empty() || f[0][0] != 'a') return;
+        RemoteRegion r{.address = std::stoull(f[1]),
+                       .bytes = std::stoull(f[2]),
+                       .packed_rkey = absl::HexStringToBytes(f[3])};
+        auto peer = server_->Connect(absl::HexStringToBytes(f[0].substr(1)), r, Clock::now() + 5s);
+        std::fprintf(stderr, "[reader death] server connected to the reader first: %s\n",
+                     peer.ok() ? "ok" : std::string(peer.status().message()).c_str());
+        if (peer.ok()) back_peer_ = *peer;
+        (void)!::write(back_go_, "g", 1);
+      };
+      if (reads == 0) {
+        back_thread_ = std::thread(exchange);
+      } else {
+        exchange();
+      }
+    }
     // "c" once connected, then one "f" per read; a child that fails exits and closes the pipe.
     int seen = 0;
     char c;
@@ -218,15 +269,24 @@ class UcxReaderDeathTest : public ::testing::TestWithParam<Plane> {
   }
 
   // Kills the reader process (if one started) and reaps it; returns its wait status.
-  static int KillReader(pid_t pid, int out) {
+  int KillReader(pid_t pid, int out) {
     int status = 0;
     if (pid > 0) {
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
     }
+    if (back_thread_.joinable()) back_thread_.join();
+    if (back_go_ >= 0) ::close(back_go_);
+    back_go_ = -1;
+    if (back_peer_ != 0) server_->Disconnect(back_peer_);
+    back_peer_ = 0;
     if (out >= 0) ::close(out);
     return status;
   }
+
+  std::thread back_thread_;
+  int back_go_ = -1;
+  PeerId back_peer_ = 0;
 
   bool set_keepalive_ = false;
   std::unique_ptr<UcxTransport> server_;
