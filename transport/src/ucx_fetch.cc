@@ -311,7 +311,10 @@ void UcxTransport::Impl::StartServe(ucp_ep_h reply_ep, const std::string& reques
   // registered region; the reader copies each into place once and knows it is done when all
   // bytes landed, so a served request needs no answer (UCX 1.13 emulates a put over TCP with
   // copies at both ends, and a flush would cost the reader's acknowledgement). In place: one
-  // rendezvous message per range, which the reader's UCX receives into its destination.
+  // rendezvous message per range, which the reader's UCX receives into its destination, sent on
+  // the request's own endpoint: the reader answers a rendezvous on the endpoint it came over,
+  // and the cached one (`ep`) may still be bound to a reader endpoint a deadline closed (over
+  // TCP that reader's next in-place Fetch then hung to its deadline; eager data needs no answer).
   Serve* raw = serve.get();
   Owns(*raw);
   size_t fragments = 0;
@@ -334,7 +337,7 @@ void UcxTransport::Impl::StartServe(ucp_ep_h reply_ep, const std::string& reques
       param.memh = region->memh;
       param.flags = in_place ? UCP_AM_SEND_FLAG_RNDV : UCP_AM_SEND_FLAG_EAGER;
       TrackServe(
-          raw, ucp_am_send_nbx(ep, kFetchDataId, header, kFetchDataHeader,
+          raw, ucp_am_send_nbx(in_place ? reply_ep : ep, kFetchDataId, header, kFetchDataHeader,
                                reinterpret_cast<void*>(region->base + op.offset + at), n, &param));
     }
     raw->bytes += op.length;
