@@ -144,9 +144,10 @@ case "$cmd" in
     ./scripts/check_tidy.sh build/release
     run_ctest release
     # The release build links Debian's UCX 1.13; production nodes run UCX >= 1.14 (Fetch reads,
-    # docs/deploy.md "Which UCX"), so the transport's tests (label ucx) run again against 1.22
-    # (libucx-cu13, build/ucx-cuda). Offline without the cached wheel: one line, skipped.
-    log "transport against UCX 1.22 (libucx-cu13)"
+    # docs/deploy.md "Which UCX"), so the tests labelled ucx (the transport's, the peer staging
+    # test's reader kills) run again against 1.22 (libucx-cu13, build/ucx-cuda). Offline
+    # without the cached wheel: one line, skipped.
+    log "tests labelled ucx against UCX 1.22 (libucx-cu13)"
     ./scripts/test_ucx_cuda.sh
     if [ "${KVSTASH_SKIP_ASAN:-0}" != 1 ]; then
       build asan

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# CI stage (./run.sh test, after the release ctest): the UCX transport's tests built and run
+# CI stage (./run.sh test, after the release ctest): the tests labelled ucx built and run
 # against UCX 1.22 from the PyPI wheel libucx-cu13 (scripts/build_ucx_cuda.sh, build/ucx-cuda),
 # the UCX production nodes should run (docs/deploy.md "Which UCX"); the release build tests
-# Debian's 1.13, where transport_reader_death_test reports every case skipped. Runs the tests
-# labelled `ucx` (tests/transport/CMakeLists.txt: transport_test, transport_reader_death_test)
-# and only those: build/ucx-cuda builds just their binaries.
+# Debian's 1.13, where transport_reader_death_test reports every case skipped, and so do
+# cachesvc_peer_staging_test's mid-fetch reader-kill cases. Runs the tests labelled `ucx`
+# (tests/transport/CMakeLists.txt: transport_test, transport_reader_death_test;
+# tests/cachesvc/CMakeLists.txt: cachesvc_peer_staging_test, which builds the cachesvc daemon
+# against 1.22 too) and only those: build/ucx-cuda builds just their binaries.
 # If the wheel is neither cached nor downloadable (offline), prints one line saying the stage
 # was skipped and why, and exits 0; a failed unpack, build or test exits non-zero.
 set -euo pipefail
@@ -19,6 +21,6 @@ if [ "$rc" = 75 ]; then
 fi
 cat "$err" >&2
 [ "$rc" = 0 ] || exit "$rc"
-./scripts/build_ucx_cuda.sh transport_test transport_reader_death_test
+./scripts/build_ucx_cuda.sh transport_test transport_reader_death_test cachesvc_peer_staging_test
 ctest --test-dir build/ucx-cuda -L '^ucx$' --output-on-failure --no-tests=error \
   -j "${KVSTASH_JOBS:-$(nproc)}"
