@@ -16,13 +16,12 @@
 # What fails: with --all (the survey, `./run.sh lint`), any finding in any source. Otherwise (the
 # gate) the rule $KVSTASH_TIDY_RULE picks, and in both a file clang-tidy could not check (a
 # compile error):
-# - files: a finding anywhere in a checked source, or in a header the change touched; findings
-#   in headers it did not touch are printed as warnings. Meant to be the default once every
-#   source has been surveyed clean (DEVELOPERS.md "CI gates"), so that a change is never failed
-#   on a finding it did not make.
-# - lines (the default until then): a finding on a line the change touched, as `git diff -U0
-#   BASE` gives them (LLVM's clang-tidy-diff.py does the same; an untracked file is touched
-#   throughout); findings elsewhere are printed as warnings.
+# - files (the default): a finding anywhere in a checked source, or in a header the change
+#   touched; findings in headers it did not touch are printed as warnings. Every source of the
+#   tree was surveyed clean (DEVELOPERS.md "CI gates"), so such a finding is the change's own.
+# - lines: a finding on a line the change touched, as `git diff -U0 BASE` gives them (LLVM's
+#   clang-tidy-diff.py does the same; an untracked file is touched throughout); findings
+#   elsewhere are printed as warnings. The gate's rule before the survey was complete.
 #
 # Which files: with --all, every *.cc of the compile database under the checkout (tests and
 # benches first, then the largest); otherwise the changed ones. The base: $KVSTASH_TIDY_BASE
@@ -67,7 +66,7 @@ if [ ! -f "$BUILD/compile_commands.json" ]; then
   exit 1
 fi
 root=$(pwd)
-rule="${KVSTASH_TIDY_RULE:-lines}"
+rule="${KVSTASH_TIDY_RULE:-files}"
 case "$rule" in
   files | lines) ;;
   *)

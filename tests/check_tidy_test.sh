@@ -12,7 +12,7 @@
 #
 #   tests/check_tidy_test.sh SOURCE_DIR
 set -euo pipefail
-# Each step names its rule; the script's default is DEVELOPERS.md's business, not this test's.
+# Each step names its rule, but one, which checks the default (files).
 unset KVSTASH_TIDY_RULE
 src="$(cd "${1:?usage: check_tidy_test.sh SOURCE_DIR}" && pwd)"
 for tool in clang-tidy c++ git python3; do
@@ -102,6 +102,10 @@ grep -q 'from the cache' "$tmp/out" || fail "$step: no summary line"
 
 step="under the file rule the same commit fails (a finding anywhere in a changed source)"
 KVSTASH_TIDY_RULE=files gate
+expect 1 'a\.cc:3:[0-9]+: error: use nullptr' 'findings above in the files the change touched'
+
+step="without KVSTASH_TIDY_RULE, the file rule applies (the default)"
+gate
 expect 1 'a\.cc:3:[0-9]+: error: use nullptr' 'findings above in the files the change touched'
 
 step="an unknown rule is refused"
