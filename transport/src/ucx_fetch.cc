@@ -152,6 +152,7 @@ ucs_status_t UcxTransport::Impl::OnFetchData(void* arg, const void* header, size
   impl->Owns(*call);
   const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
   auto fail = [&](const char* why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl->worker_mu) {
+    impl->Owns(*call);  // the analysis does not carry the assertion above into the lambda
     impl->fetch_calls.erase(it);
     call->fetch_id = 0;
     call->Fail(absl::DataLossError(why));
