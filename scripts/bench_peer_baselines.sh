@@ -3,10 +3,12 @@
 # engines reach on this machine, for the same object sizes and batch sizes as KVStash's own
 # UCX transfer path, so that a later benchmark can put them side by side.
 #
-#   * ucx_perftest (Debian ucx-utils, UCX 1.13): UCP RMA get bandwidth (-t ucp_get), once
-#     with UCX_TLS=tcp (the network path) and once with UCX's default transports (same host:
-#     shared memory). "batch" = -O, the number of gets kept outstanding. Over tcp also the
-#     two-sided tag_bw (UCX 1.13's ucp_get over tcp is bound by a tool artifact, see the doc).
+#   * ucx_perftest (Debian ucx-utils, UCX 1.13; or another UCX's, --ucx-prefix): UCP RMA get
+#     bandwidth (-t ucp_get), once with UCX_TLS=tcp (the network path) and once with UCX's
+#     default transports (same host: shared memory). "batch" = -O, the number of operations
+#     kept outstanding. Over tcp also the two-sided tag_bw and active-message ucp_am_bw, the
+#     bounds of KVStash's Fetch and FetchInPlace (UCX 1.13's ucp_get over tcp is bound by a tool
+#     artifact, see the doc).
 #   * Mooncake Transfer Engine (PyPI mooncake-transfer-engine-non-cuda): transfer_engine_bench
 #     initiator reading from a target over --protocol=tcp; metadata from mooncake_master's
 #     HTTP metadata server. "batch" = --batch_size, transfers submitted per batch.
@@ -23,9 +25,14 @@
 # Install the tools first: scripts/install_peer_baselines.sh
 #
 #   scripts/bench_peer_baselines.sh [--reps N] [--sizes 65536,1048576,...] [--batches 1,16]
-#                                   [--tools ucx,mooncake] [--ucx-tcp-ops ucp_get,tag_bw]
-#                                   [--duration S] [--out FILE]
+#                                   [--tools ucx,mooncake] [--ucx-tcp-ops ucp_get,tag_bw,ucp_am_bw]
+#                                   [--ucx-transports tcp,default] [--ucx-prefix DIR]
+#                                   [--ucx-env 'VAR=VALUE ...'] [--duration S] [--out FILE]
 #                                   [--lo-mtu N] [--no-netns] [--keep-logs]
+#   --ucx-prefix DIR   a UCX install (DIR/bin/ucx_perftest, DIR/lib), e.g. the libucx-cu13 wheel's
+#                      $KVSTASH_CACHE/libucx-cu13-1.22.0/libucx (scripts/build_ucx_cuda.sh)
+#   --ucx-env '...'    UCX settings for both perftest ends (e.g. the segment sizes UcxTransport
+#                      sets: UCX_TCP_TX_SEG_SIZE=512k UCX_TCP_RX_SEG_SIZE=512k), kept in each record
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,11 +51,15 @@ UCX_TIMEOUT=90                 # seconds, per ucx_perftest process
 # Over tcp, also the two-sided tag_bw: UCX 1.13's ucx_perftest does not progress the
 # responder in SW-emulated GET tests (rma_am over tcp), so ucp_get over tcp measures a ~1 ms
 # per-round-trip artifact of the tool (docs/peer-baselines.md, pitfalls).
-UCX_TCP_OPS="ucp_get,tag_bw"
+# ucp_am_bw: active messages, as KVStash's Fetch (eager) and FetchInPlace (rendezvous) move data.
+UCX_TCP_OPS="ucp_get,tag_bw,ucp_am_bw"
+UCX_TRANSPORTS="tcp,default"
+UCX_PREFIX=""        # empty: ucx_perftest on PATH (Debian's, the UCX that KVStash links)
+UCX_ENV=""
 CACHE="${KVSTASH_CACHE:-$HOME/.cache/kvstash}"
 VENV="$CACHE/peers-venv"
 
-usage() { sed -n '2,28p' "$0"; }
+usage() { sed -n '2,34p' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) REPS="$2"; shift 2 ;;
@@ -56,6 +67,9 @@ while [ $# -gt 0 ]; do
     --batches) BATCHES="$2"; shift 2 ;;
     --tools) TOOLS="$2"; shift 2 ;;
     --ucx-tcp-ops) UCX_TCP_OPS="$2"; shift 2 ;;
+    --ucx-transports) UCX_TRANSPORTS="$2"; shift 2 ;;
+    --ucx-prefix) UCX_PREFIX="$2"; shift 2 ;;
+    --ucx-env) UCX_ENV="$2"; shift 2 ;;
     --duration) DURATION="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --lo-mtu) LO_MTU="$2"; shift 2 ;;
@@ -70,6 +84,10 @@ done
 [[ "$SIZES" =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "--sizes: comma-separated byte counts" >&2; exit 2; }
 [[ "$UCX_TCP_OPS" =~ ^(ucp_get|tag_bw|ucp_put_bw|stream_bw|ucp_am_bw)(,(ucp_get|tag_bw|ucp_put_bw|stream_bw|ucp_am_bw))*$ ]] ||
   { echo "--ucx-tcp-ops: comma-separated ucx_perftest UCP bandwidth tests" >&2; exit 2; }
+[[ "$UCX_TRANSPORTS" =~ ^(tcp|default)(,(tcp|default))*$ ]] ||
+  { echo "--ucx-transports: tcp and/or default" >&2; exit 2; }
+[[ -z "$UCX_ENV" || "$UCX_ENV" =~ ^UCX_[A-Z0-9_]+=[^[:space:]]+([[:space:]]+UCX_[A-Z0-9_]+=[^[:space:]]+)*$ ]] ||
+  { echo "--ucx-env: space-separated UCX_*=VALUE settings" >&2; exit 2; }
 [[ "$BATCHES" =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "--batches: comma-separated counts" >&2; exit 2; }
 [ -z "$LO_MTU" ] || [[ "$LO_MTU" =~ ^[0-9]+$ ]] || { echo "--lo-mtu: a number" >&2; exit 2; }
 IFS=, read -r -a SIZE_LIST <<< "$SIZES"
@@ -81,7 +99,9 @@ if [ "$NETNS" -eq 1 ] && [ -z "${KVSTASH_PEERS_IN_NETNS:-}" ]; then
   command -v unshare >/dev/null || { echo "unshare is needed (or pass --no-netns)" >&2; exit 1; }
   echo "[peers] running inside a new network namespace (unshare -n); pass --no-netns to skip"
   args=(--reps "$REPS" --sizes "$SIZES" --batches "$BATCHES" --tools "$TOOLS"
-    --ucx-tcp-ops "$UCX_TCP_OPS" --duration "$DURATION" --out "$OUT")
+    --ucx-tcp-ops "$UCX_TCP_OPS" --ucx-transports "$UCX_TRANSPORTS" --ucx-env "$UCX_ENV"
+    --duration "$DURATION" --out "$OUT")
+  [ -z "$UCX_PREFIX" ] || args+=(--ucx-prefix "$UCX_PREFIX")
   [ -z "$LO_MTU" ] || args+=(--lo-mtu "$LO_MTU")
   [ "$KEEP_LOGS" -eq 0 ] || args+=(--keep-logs)
   KVSTASH_PEERS_IN_NETNS=1 exec unshare -n bash "$0" "${args[@]}"
@@ -155,8 +175,10 @@ run_ucx() {  # transport(tcp|default) op(ucp_get|tag_bw) size batch rep
   port=$(free_port)
   local envs=(UCX_NET_DEVICES=lo)
   [ "$tls" = tcp ] && envs+=(UCX_TLS=tcp)
-  local srv=(ucx_perftest -p "$port")
-  local cli=(ucx_perftest 127.0.0.1 -p "$port" -t "$op" -s "$size" -n "$n" -w "$w" -O "$batch" -f)
+  [ -z "$UCX_LD_PATH" ] || envs+=("LD_LIBRARY_PATH=$UCX_LD_PATH")
+  [ ${#UCX_ENV_LIST[@]} -eq 0 ] || envs+=("${UCX_ENV_LIST[@]}")
+  local srv=("$PERFTEST" -p "$port")
+  local cli=("$PERFTEST" 127.0.0.1 -p "$port" -t "$op" -s "$size" -n "$n" -w "$w" -O "$batch" -f)
   log="$WORK/ucx_${tls}_${op}_${size}_${batch}_${rep}.log"; slog="${log%.log}.server.log"
   env "${envs[@]}" timeout "$UCX_TIMEOUT" "${srv[@]}" > "$slog" 2>&1 &
   local spid=$!   # bounded by its own timeout; not in PIDS (its pid is reaped below)
@@ -183,19 +205,32 @@ run_ucx() {  # transport(tcp|default) op(ucp_get|tag_bw) size batch rep
   sample ucx_perftest "$tls" "$op" "$size" "$batch" "$rep" "$bw" "MB/s (ucx_perftest: MiB/s)" \
     1048576 "$line" "$(quote "${envs[@]}" "${cli[@]}")" \
     "$(jq -nc --arg s "$(quote "${envs[@]}" "${srv[@]}")" --arg ep "$ep_cfg" --argjson n "$n" \
-       --argjson w "$w" '{server_command:$s, ucx_ep_cfg:$ep, iterations:$n, warmup:$w,
-        raw_field:"bandwidth overall (6th column)"}')"
+       --argjson w "$w" --arg v "$ucx_version" --arg e "$UCX_ENV" \
+       '{server_command:$s, ucx_ep_cfg:$ep, iterations:$n, warmup:$w, ucx_version:$v,
+         ucx_env:$e, raw_field:"bandwidth overall (6th column)"}')"
   printf '[peers]   ucx %-7s %-7s size=%-9s batch=%-3s rep=%s  %10s MiB/s  %s\n' \
     "$tls" "$op" "$size" "$batch" "$rep" "$bw" "$ep_cfg"
 }
 
 if want_tool ucx; then
-  command -v ucx_perftest >/dev/null ||
-    { echo "ucx_perftest missing: scripts/install_peer_baselines.sh" >&2; exit 1; }
-  ucx_version=$(ucx_info -v | sed -n 's/^# Version //p' | head -1)
-  echo "[peers] ucx_perftest (UCX $ucx_version): reps=$REPS; tcp: $UCX_TCP_OPS; default: ucp_get"
+  read -r -a UCX_ENV_LIST <<< "$UCX_ENV"
+  if [ -n "$UCX_PREFIX" ]; then
+    PERFTEST="$UCX_PREFIX/bin/ucx_perftest"; UCX_INFO="$UCX_PREFIX/bin/ucx_info"
+    UCX_LD_PATH="$UCX_PREFIX/lib"
+    # (the wheel's zip does not keep the executable bit: scripts/build_ucx_cuda.sh sets it)
+    [ -x "$PERFTEST" ] || { echo "no executable $PERFTEST" >&2; exit 1; }
+  else
+    PERFTEST=ucx_perftest; UCX_INFO=ucx_info; UCX_LD_PATH=""
+    command -v ucx_perftest >/dev/null ||
+      { echo "ucx_perftest missing: scripts/install_peer_baselines.sh" >&2; exit 1; }
+  fi
+  ucx_version=$(env ${UCX_LD_PATH:+LD_LIBRARY_PATH="$UCX_LD_PATH"} "$UCX_INFO" -v |
+    sed -n 's/^# \(Library \)\{0,1\}[Vv]ersion:\{0,1\} //p' | head -1)
+  echo "[peers] ucx_perftest (UCX $ucx_version${UCX_ENV:+, $UCX_ENV}): reps=$REPS;" \
+       "transports: $UCX_TRANSPORTS; tcp: $UCX_TCP_OPS; default: ucp_get"
   IFS=, read -r -a TCP_OPS <<< "$UCX_TCP_OPS"
-  for tls in tcp default; do
+  IFS=, read -r -a UCX_TLS_LIST <<< "$UCX_TRANSPORTS"
+  for tls in "${UCX_TLS_LIST[@]}"; do
     if [ "$tls" = tcp ]; then ops=("${TCP_OPS[@]}"); else ops=(ucp_get); fi
     for op in "${ops[@]}"; do
       for size in "${SIZE_LIST[@]}"; do

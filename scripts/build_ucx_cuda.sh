@@ -51,6 +51,9 @@ if [ ! -f "$DEST/libucx/lib/cmake/ucx/ucx-config.cmake" ]; then
   rm -rf "$DEST"
   mv "$DEST.part" "$DEST"
 fi
+# The wheel is a zip, which keeps no executable bits: its tools (ucx_info, ucx_perftest, used by
+# scripts/bench_peer_baselines.sh --ucx-prefix) need them.
+chmod u+x "$DEST"/libucx/bin/* 2>/dev/null || true
 if [ "${1:-}" = --fetch-only ]; then
   exit 0
 fi

@@ -2,7 +2,8 @@
 //
 //   transport:  KVStash's UcxTransport between two processes (a forked child registers a buffer
 //               and hands over its worker address and rkey through a pipe; the parent reads
-//               batches of 1 or --batches objects with one-sided gets, flushed). Over UCX_TLS=tcp
+//               batches of 1 or --batches objects with Fetch, Read (one-sided gets, flushed) and
+//               FetchInPlace, --read-ops, repetitions alternated). Over UCX_TLS=tcp
 //               (the network path; on loopback here) and over UCX's default transports on one
 //               host (shared memory, CMA). memcpy of the same bytes is the upper bound.
 //   remote_get: end to end, a client on node B (shared memory, AcquireMany) asking for objects
@@ -64,10 +65,11 @@ struct Config {
   // is reported as <path>_queued).
   std::vector<std::string> client_progress = {"caller"};
   // transport: how the reader moves the bytes, each measured at every point, repetitions
-  // alternated (A/B in one run): "get" (UcxTransport::Read, one-sided gets) and "fetch"
-  // (UcxTransport::Fetch, the serving side sends the ranges). The first is reported
-  // as <path>, the others as <path>_<op>.
-  std::vector<std::string> read_ops = {"fetch", "get"};
+  // alternated (A/B in one run): "get" (UcxTransport::Read, one-sided gets), "fetch"
+  // (UcxTransport::Fetch, the serving side sends the ranges as eager active messages) and
+  // "fetch_inplace" (UcxTransport::FetchInPlace, the same by rendezvous, received into place).
+  // The first is reported as <path>, the others as <path>_<op>.
+  std::vector<std::string> read_ops = {"fetch", "get", "fetch_inplace"};
   std::string cachesvc = KVSTASH_CACHESVC_PATH;
   std::string out = "bench/results/peer_transfer.json";
 };
@@ -140,8 +142,24 @@ bool ReadBlob(int fd, std::string* s) {
   _exit(0);
 }
 
+// How a reader moves the bytes (Config::read_ops).
+enum class ReadPath { kGet, kFetch, kFetchInPlace };
+
+bool ParseReadPath(const std::string& name, ReadPath* op) {
+  if (name == "get") {
+    *op = ReadPath::kGet;
+  } else if (name == "fetch") {
+    *op = ReadPath::kFetch;
+  } else if (name == "fetch_inplace") {
+    *op = ReadPath::kFetchInPlace;
+  } else {
+    return false;
+  }
+  return true;
+}
+
 // One repetition: back-to-back transfers for --seconds; GB/s.
-double TransportRep(transport::UcxTransport& t, transport::PeerId peer, bool fetch, uint8_t* dst,
+double TransportRep(transport::UcxTransport& t, transport::PeerId peer, ReadPath how, uint8_t* dst,
                     uint64_t size, int batch, const Config& cfg) {
   std::vector<transport::ReadOp> ops;
   for (int i = 0; i < batch; ++i) {
@@ -153,10 +171,11 @@ double TransportRep(transport::UcxTransport& t, transport::PeerId peer, bool fet
   double elapsed = 0;
   while (n < 3 || elapsed < cfg.seconds_per_point) {
     const auto deadline = Clock::now() + std::chrono::seconds(60);
-    auto s = fetch ? t.Fetch(peer, ops, deadline) : t.Read(peer, ops, deadline);
+    auto s = how == ReadPath::kFetch          ? t.Fetch(peer, ops, deadline)
+             : how == ReadPath::kFetchInPlace ? t.FetchInPlace(peer, ops, deadline)
+                                              : t.Read(peer, ops, deadline);
     if (!s.ok()) {
-      std::fprintf(stderr, "%s failed: %s\n", fetch ? "fetch" : "read",
-                   std::string(s.message()).c_str());
+      std::fprintf(stderr, "transfer failed: %s\n", std::string(s.message()).c_str());
       Die();
     }
     ++n;
@@ -213,6 +232,7 @@ json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
     struct Reader {
       std::string progress;
       std::string op;
+      ReadPath how = ReadPath::kGet;
       std::unique_ptr<transport::UcxTransport> t;
       transport::PeerId peer = 0;
     };
@@ -231,7 +251,12 @@ json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
           std::fprintf(stderr, "connect: %s\n", std::string(peer.status().message()).c_str());
           Die();
         }
-        readers.push_back({progress, op, std::move(*t), *peer});
+        ReadPath how;
+        if (!ParseReadPath(op, &how)) {
+          std::fprintf(stderr, "unknown read op %s (get, fetch, fetch_inplace)\n", op.c_str());
+          Die();
+        }
+        readers.push_back({progress, op, how, std::move(*t), *peer});
       }
     }
     std::string path = "ucx_" + (tls.empty() ? std::string("default") : tls);
@@ -245,8 +270,7 @@ json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
         for (int rep = 0; rep < cfg.reps; ++rep) {
           for (size_t k = 0; k < readers.size(); ++k) {
             Reader& r = readers[k];
-            gbps[k].push_back(
-                TransportRep(*r.t, r.peer, r.op == "fetch", dst.data(), size, batch, cfg));
+            gbps[k].push_back(TransportRep(*r.t, r.peer, r.how, dst.data(), size, batch, cfg));
           }
         }
         for (size_t k = 0; k < readers.size(); ++k) {
@@ -255,7 +279,7 @@ json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
           if (r.op != cfg.read_ops.front()) label += "_" + r.op;
           const double median = Median(gbps[k]);
           const double ratio = median / bound["gbytes_per_s"].get<double>();
-          std::printf("transport %-18s %9s x%-2d  %7.2f GB/s   memcpy %7.2f GB/s  (%.2f)\n",
+          std::printf("transport %-22s %9s x%-2d  %7.2f GB/s   memcpy %7.2f GB/s  (%.2f)\n",
                       label.c_str(), kvstash::FormatByteSize(size).c_str(), batch, median,
                       bound["gbytes_per_s"].get<double>(), ratio);
           std::fflush(stdout);
@@ -266,6 +290,7 @@ json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
                          {"batch", batch},
                          {"gbytes_per_s", median},
                          {"reps", gbps[k]},
+                         {"ucx_version", transport::UcxTransport::UcxVersion()},
                          {"memcpy_gbytes_per_s", bound["gbytes_per_s"]}});
         }
       }
@@ -519,9 +544,10 @@ int Main(int argc, char** argv) {
   app.add_option("--client-progress", cfg.client_progress,
                  "transport: caller (reader drives UCX) and/or queued (progress thread), A/B")
       ->delimiter(',');
-  app.add_option("--read-ops", cfg.read_ops,
-                 "transport: get (Read) and/or fetch (Fetch: the server puts), A/B; the first is "
-                 "reported as the path")
+  app.add_option(
+         "--read-ops", cfg.read_ops,
+         "transport: get (Read), fetch (Fetch: the server sends) and/or fetch_inplace "
+         "(FetchInPlace: by rendezvous, into place), A/B; the first is reported as the path")
       ->delimiter(',');
   app.add_option("--tls", cfg.tls, "transport: UCX_TLS per path ('default': unset)")
       ->delimiter(';');
@@ -541,7 +567,8 @@ int Main(int argc, char** argv) {
   }
   json result = {{"bench", "peer_transfer"},
                  {"reps", cfg.reps},
-                 {"host_cpus", std::thread::hardware_concurrency()}};
+                 {"host_cpus", std::thread::hardware_concurrency()},
+                 {"ucx_version", transport::UcxTransport::UcxVersion()}};
   for (const std::string& mode : cfg.modes) {
     if (mode == "transport") {
       result["transport"] = RunTransport(cfg, sizes);

@@ -1,9 +1,18 @@
 #!/usr/bin/env python3
 """Joins peer_bench's results with the peers' baselines into one table with ratios.
 
-    peer_table.py PEER_TRANSFER_JSON PEER_BASELINES_JSON OUT_JSON
+    peer_table.py PEER_TRANSFER_JSON PEER_BASELINES_JSON[,MORE_BASELINES_JSON...] OUT_JSON
 
-Prints markdown tables (transport throughput; remote Get end to end) and writes OUT_JSON.
+Prints markdown tables (transport throughput; remote Get end to end; each UCX tcp read path
+against its own ucx_perftest bound) and writes OUT_JSON.
+
+The bound of each path (BOUND_OP): Read (gets) against ucp_get with -O batch, the same RMA
+operation; Fetch (the serving side sends eager active messages) and FetchInPlace (rendezvous
+active messages received into place) against ucp_am_bw with -O batch, the same UCP active-message
+API streaming the same sizes. Where the baselines hold a test more than once (the same UCX with
+other UCX_* settings, --ucx-env), the higher figure is the bound. Baselines are matched to
+peer_bench's UCX version (major.minor) when both say it. tag_bw (two-sided, rendezvous) is shown
+as a reference for every path.
 Goals (the data-plane issue): KVStash UCX over TCP >= 1.2x Mooncake TE at >= 1 MiB and >= 80% of
 ucx_perftest on the same link; a remote Get of 2 MiB (here: the nearest measured sizes) within
 1.5x of a local SSD hit.
@@ -11,14 +20,63 @@ ucx_perftest on the same link; a remote Get of 2 MiB (here: the nearest measured
 import json
 import sys
 
+# read_op (peer_bench --read-ops) -> the ucx_perftest test that bounds it.
+BOUND_OP = {"get": "ucp_get", "fetch": "ucp_am_bw", "fetch_inplace": "ucp_am_bw"}
+GOAL = 0.8  # of the bound (the data-plane issue)
+
+
+def minor(version):
+    return ".".join(str(version).split(".")[:2]) if version else None
+
 
 def size_name(n):
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
 
 
+def bounds(ours, base):
+    """UCX tcp rows of every read op against the ucx_perftest test that bounds it."""
+    want = minor(ours.get("ucx_version"))
+
+    def best(op, size, batch):
+        hits = [r for r in base
+                if (r["tool"], r["transport"], r["op"], r["size_bytes"], r["batch"]) ==
+                ("ucx_perftest", "tcp", op, size, batch)
+                and (want is None or r.get("ucx_version") is None
+                     or minor(r["ucx_version"]) == want)]
+        return max(hits, key=lambda r: r["gbytes_per_s"]) if hits else None
+
+    rows = []
+    for r in ours.get("transport", []):
+        op = r.get("read_op")
+        if not r["path"].startswith("ucx_tcp") or r["path"].endswith("_queued") or op not in BOUND_OP:
+            continue
+        b = best(BOUND_OP[op], r["size_bytes"], r["batch"])
+        t = best("tag_bw", r["size_bytes"], r["batch"])
+        row = {"path": r["path"], "read_op": op, "size_bytes": r["size_bytes"],
+               "batch": r["batch"], "kvstash_gbytes_per_s": r["gbytes_per_s"],
+               "kvstash_reps": r.get("reps"), "ucx_version": ours.get("ucx_version"),
+               "bound_op": BOUND_OP[op],
+               "bound_gbytes_per_s": b["gbytes_per_s"] if b else None,
+               "bound_ucx_version": b.get("ucx_version") if b else None,
+               "bound_ucx_env": b.get("ucx_env", "") if b else None,
+               "bound_command": b.get("command") if b else None,
+               "tag_bw_gbytes_per_s": t["gbytes_per_s"] if t else None,
+               "tag_bw_ucx_env": t.get("ucx_env", "") if t else None}
+        row["vs_bound"] = (r["gbytes_per_s"] / row["bound_gbytes_per_s"]
+                           if row["bound_gbytes_per_s"] else None)
+        row["vs_tag_bw"] = (r["gbytes_per_s"] / row["tag_bw_gbytes_per_s"]
+                            if row["tag_bw_gbytes_per_s"] else None)
+        rows.append(row)
+    order = list(BOUND_OP)
+    rows.sort(key=lambda x: (order.index(x["read_op"]), x["size_bytes"], x["batch"]))
+    return rows
+
+
 def main():
     ours = json.load(open(sys.argv[1]))
-    base = json.load(open(sys.argv[2]))
+    base = []
+    for path in sys.argv[2].split(","):
+        base += json.load(open(path))
 
     def baseline(tool, transport, op, size, batch):
         for r in base:
@@ -115,8 +173,27 @@ def main():
             print(f"| {r['path']} | {size_name(r['size_bytes'])} | {r['batch']} | "
                   f"{f(r['fetch_gbytes_per_s'])} | {f(r['get_gbytes_per_s'])} | "
                   f"{f(r['fetch_vs_get'])} |")
+    bound_rows = bounds(ours, base)
+    if bound_rows:
+        print()
+        print(f"UCX {ours.get('ucx_version', '?')} over tcp, each path against its ucx_perftest "
+              f"bound (ucp_get for Read, ucp_am_bw for Fetch and FetchInPlace; -O = batch):")
+        print()
+        print("| path | size | batch | KVStash GB/s | bound | bound GB/s | x bound | "
+              "tag_bw GB/s | x tag_bw |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in bound_rows:
+            print(f"| {r['read_op']} | {size_name(r['size_bytes'])} | {r['batch']} | "
+                  f"{f(r['kvstash_gbytes_per_s'])} | {r['bound_op']} | "
+                  f"{f(r['bound_gbytes_per_s'])} | {f(r['vs_bound'])} | "
+                  f"{f(r['tag_bw_gbytes_per_s'])} | {f(r['vs_tag_bw'])} |")
+        for op in BOUND_OP:
+            mine = [r for r in bound_rows if r["read_op"] == op and r["vs_bound"] is not None]
+            if mine:
+                met = sum(r["vs_bound"] >= GOAL for r in mine)
+                print(f"{op}: >= {GOAL:.0%} of {BOUND_OP[op]} at {met} of {len(mine)} points")
     json.dump({"transport": rows, "remote_get": get_rows, "client_progress": progress_rows,
-               "read_ops": op_rows},
+               "read_ops": op_rows, "bounds": bound_rows},
               open(sys.argv[3], "w"), indent=2)
     print(f"\nwrote {sys.argv[3]}")
 
