@@ -10,7 +10,9 @@ computed chunks: restoring the first k blocks and computing the rest can pick ot
 than computing everything at once (measured here: with 3 of 7 blocks restored, vLLM's own prefix
 cache gives other tokens from the second one on). So each case is compared with vLLM's own
 prefix-cache hit of the same k blocks (the same KV restored, the same tokens computed), and with
-computing everything where that is what happens."""
+computing everything where that is what happens, or where vLLM's own hit equals it: with all 7
+blocks restored it did on an Intel Xeon with AVX-512, and did not on an AMD EPYC with AVX2 (other
+tokens from generated token 13 on, 2026-12-08)."""
 
 import os
 import tempfile
@@ -79,7 +81,15 @@ def test_store_then_fresh_process_hits(svc, prompt, reference, stored):
     assert w.get("load_blocks_failed", 0) == 0
     assert tier_hits(svc) - hits_before >= HIT_BLOCKS  # cachesvc served them
     assert r["outputs"][0] == reference[1]  # same as vLLM's own prefix-cache hit
-    assert r["outputs"][0] == reference[0]  # and as computing everything
+    # And as computing everything, wherever vLLM's own hit of the 7 blocks is: whether it is
+    # depends on the CPU's kernels (module docstring), which KVStash does not choose.
+    if reference[1] == reference[0]:
+        assert r["outputs"][0] == reference[0]
+    else:
+        first = next(i for i, (a, b) in enumerate(zip(reference[1], reference[0])) if a != b)
+        print(f"vLLM's own prefix-cache hit of {HIT_BLOCKS} blocks differs from computing "
+              f"everything at generated token {first} ({reference[1][first]} against "
+              f"{reference[0][first]}) on this CPU; the connector's hit equals the former")
 
 
 def test_object_evicted_between_lookup_and_load_is_recomputed(svc, prompt, reference, stored):
