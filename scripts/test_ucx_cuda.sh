@@ -6,7 +6,8 @@
 # cachesvc_peer_staging_test's mid-fetch reader-kill cases. Runs the tests labelled `ucx`
 # (tests/transport/CMakeLists.txt: transport_test, transport_reader_death_test;
 # tests/cachesvc/CMakeLists.txt: cachesvc_peer_staging_test, which builds the cachesvc daemon
-# against 1.22 too) and only those: build/ucx-cuda builds just their binaries.
+# against 1.22 too, and cachesvc_peer_connect_test, peers.ucx_connect's Hello path) and only
+# those: build/ucx-cuda builds just their binaries.
 # If the wheel is neither cached nor downloadable (offline), prints one line saying the stage
 # was skipped and why, and exits 0; a failed unpack, build or test exits non-zero.
 set -euo pipefail
@@ -21,6 +22,7 @@ if [ "$rc" = 75 ]; then
 fi
 cat "$err" >&2
 [ "$rc" = 0 ] || exit "$rc"
-./scripts/build_ucx_cuda.sh transport_test transport_reader_death_test cachesvc_peer_staging_test
+./scripts/build_ucx_cuda.sh transport_test transport_reader_death_test cachesvc_peer_staging_test \
+  cachesvc_peer_connect_test
 ctest --test-dir build/ucx-cuda -L '^ucx$' --output-on-failure --no-tests=error \
   -j "${KVSTASH_JOBS:-$(nproc)}"

@@ -76,7 +76,8 @@ peers:
   promote: true           # keep fetched objects in the local CPU tier
   lookup: true            # Lookup reports objects peers hold (TIER_REMOTE)
   data_plane: ucx         # ucx | grpc
-  ucx_fetch: auto         # true: peers send (Fetch) | false: gets | auto: true on UCX >= 1.14 | inplace
+  ucx_fetch: auto         # true: peers send (Fetch) | false: gets | inplace | auto: true unless UCX < 1.14 with reader_first
+  ucx_connect: auto       # serving_first | reader_first: who starts the UCX wire-up | auto: serving_first on UCX < 1.14
   staging_mib: 256        # encoded fetches peers pull over UCX are staged here; 0: streams
   advertise: ""           # this node's address in handoff descriptors; empty: the bound address
   handoff_ms: 30000       # how long offered objects stay pinned without a heartbeat
@@ -536,8 +537,15 @@ const std::vector<Field>& Fields() {
       {"peers.ucx_fetch", "--peer-ucx-fetch",
        "UCX data plane: true: peers send fetched objects (GPU-pool landings received in place); "
        "false: this node reads them with gets (a serving peer's UCX may abort when this node dies "
-       "mid-get); auto: true on UCX >= 1.14; inplace: every landing received in place",
+       "mid-get); auto: true on UCX >= 1.14 or with serving_first; inplace: every landing "
+       "received in place",
        PeerStringField(&PeerConfig::ucx_fetch)},
+      {"peers.ucx_connect", "--peer-ucx-connect",
+       "UCX data plane: serving_first: a serving node connects to its reader's UCX worker before "
+       "answering Hello (it must reach the readers' UCX addresses); reader_first: readers "
+       "connect; auto: serving_first on UCX < 1.14 (where a reader dying mid-wire-up can abort "
+       "the serving node)",
+       PeerStringField(&PeerConfig::ucx_connect)},
       {"peers.staging_mib", "--peer-staging-mib",
        "UCX data plane: MiB of registered host memory for the codec containers of encoded "
        "fetches peers pull over UCX (0: their encoded fetches use gRPC streams)",
@@ -773,6 +781,11 @@ Status ValidateConfig(const ServiceConfig& c) {
       c.peers.ucx_fetch != "inplace") {
     return Bad("peers.ucx_fetch",
                absl::StrCat("'", c.peers.ucx_fetch, "' is not auto, true, false or inplace"));
+  }
+  if (c.peers.ucx_connect != "auto" && c.peers.ucx_connect != "serving_first" &&
+      c.peers.ucx_connect != "reader_first") {
+    return Bad("peers.ucx_connect", absl::StrCat("'", c.peers.ucx_connect,
+                                                 "' is not auto, serving_first or reader_first"));
   }
   if (PeerTransferEncodingName(c.peers.transfer_encoding) == "invalid") {
     return Bad("peers.transfer_encoding",

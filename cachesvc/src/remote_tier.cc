@@ -87,17 +87,43 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
     KVSTASH_ASSIGN_OR_RETURN(impl->transport,
                              transport::UcxTransport::Create({.name = "cachesvc"}));
     const bool fixed_ucx = transport::UcxTransport::UcxAtLeast(1, 14);  // openucx/ucx#8175
+    // docs/deploy.md "Which UCX": below 1.14 a reader dying during a wire-up it initiated can
+    // abort the serving process; the serving node that connects first initiates it itself.
+    impl->connect_first = config.peers.ucx_connect == "serving_first" ||
+                          (config.peers.ucx_connect == "auto" && !fixed_ucx);
     impl->ucx_in_place = config.peers.ucx_fetch == "inplace";
+    // auto: Fetch wherever the wire-up abort is out of the way (UCX >= 1.14, or this node
+    // connects first); gets only with reader_first on an old UCX, where both abort.
     impl->ucx_fetch = config.peers.ucx_fetch == "true" || impl->ucx_in_place ||
-                      (config.peers.ucx_fetch == "auto" && fixed_ucx);
-    // docs/deploy.md "Which UCX": below 1.14 a peer dying mid-connect can abort this process.
-    spdlog::log(fixed_ucx ? spdlog::level::info : spdlog::level::warn,
-                "event={} ucx_version={} peer_reads={}",
-                fixed_ucx ? "ucx_transport" : "ucx_aborts_on_reader_death",
+                      (config.peers.ucx_fetch == "auto" && (fixed_ucx || impl->connect_first));
+    // The aborts a reader's death can still cause: the wire-up's (old UCX, readers connect first)
+    // on this node as a serving peer, and the get reply's (any UCX) on the peers this node reads
+    // with gets.
+    const bool wireup_risk = !fixed_ucx && !impl->connect_first;
+    const bool get_risk = !impl->ucx_fetch;
+    const char* risk = wireup_risk && get_risk ? "wireup,get_reply"
+                       : wireup_risk           ? "wireup"
+                       : get_risk              ? "get_reply"
+                                               : nullptr;
+    spdlog::log(risk == nullptr ? spdlog::level::info : spdlog::level::warn,
+                "event={} ucx_version={} connect={} peer_reads={}{}{}",
+                risk == nullptr ? "ucx_transport" : "ucx_aborts_on_reader_death",
                 transport::UcxTransport::UcxVersion(),
+                impl->connect_first ? "serving_first" : "reader_first",
                 impl->ucx_in_place ? "inplace"
                 : impl->ucx_fetch  ? "fetch"
-                                   : "get");
+                                   : "get",
+                risk == nullptr ? "" : " risk=", risk == nullptr ? "" : risk);
+    const char* connect_help =
+        "Hellos for which this node connected to the reader's UCX worker "
+        "first (peers.ucx_connect serving_first), by result";
+    impl->connect_backs_ok =
+        metrics->GetCounter("kvstash_peer_connect_backs_total", connect_help, {{"result", "ok"}});
+    impl->connect_backs_failed = metrics->GetCounter("kvstash_peer_connect_backs_total",
+                                                     connect_help, {{"result", "failed"}});
+    impl->reader_endpoints =
+        metrics->GetGauge("kvstash_peer_reader_endpoints",
+                          "UCX endpoints this node holds to its readers' workers (serving_first)");
     // The whole reserved range, spare included: arenas a reload adds later (AddTenantArena) are
     // then readable by peers through the rkey they already hold. UCX's TCP and shared-memory
     // transports register nothing per page; a transport that pins pages at registration (RDMA

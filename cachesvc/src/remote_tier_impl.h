@@ -146,6 +146,21 @@ struct RemoteTier::Impl {
   bool ucx_in_place = false;
   transport::RemoteRegion region;
   transport::RemoteRegion gpu_region;  // the GPU pool's registration, when gpu_registered
+  // config.ucx_connect resolved at start (auto: UCX < 1.14): as a reader, send this node's
+  // worker address in Hello; serving, connect to a reader's worker before answering its Hello.
+  bool connect_first = false;
+  // What one Hello connected back to: an endpoint per endpoint the reader opens (the arena's, and
+  // the staging region's when offered). Kept while healthy: UCX may pair the reader's endpoints
+  // with them, so closing one closes the reader's connection.
+  struct ReaderLink {
+    std::string worker_address;
+    std::vector<transport::PeerId> endpoints;
+  };
+  Mutex readers_mu;  // never held across a transport call that waits
+  std::vector<ReaderLink> reader_links ABSL_GUARDED_BY(readers_mu);  // in Hello order
+  Counter* connect_backs_ok = nullptr;
+  Counter* connect_backs_failed = nullptr;
+  Gauge* reader_endpoints = nullptr;  // held now (ReaderLink::endpoints, all readers)
 #endif
   // The GPU pool (RegisterGpuPool, at start-up, before any fetch or Hello; read-only after).
   bool gpu_offered = false;        // the store has a pool
@@ -192,6 +207,17 @@ struct RemoteTier::Impl {
 
   // The cluster secret (and with TLS a verified certificate) of a caller: OK or UNAUTHENTICATED.
   grpc::Status CheckToken(const grpc::ServerContext* ctx) const;
+
+#ifdef KVSTASH_HAVE_UCX
+  // serving_first: connects this node's transport to the reader's worker `endpoints` times, each
+  // wire-up flushed, before `deadline`, and keeps them (reader_links). First drops the links that
+  // went unhealthy (readers that died or closed); past kMaxLinksPerReader links of one worker or
+  // kMaxReaderLinks in all, the oldest. UNAVAILABLE, with nothing kept, when a connect fails.
+  grpc::Status ConnectBack(const std::string& worker_address, int endpoints,
+                           Clock::time_point deadline, const std::string& reader);
+  static constexpr size_t kMaxLinksPerReader = 4;
+  static constexpr size_t kMaxReaderLinks = 1024;
+#endif
 
   // --- fetching (remote_tier_fetch.cc) ---------------------------------------
 

@@ -90,6 +90,13 @@ Result<RemoteTier::Impl::Link> RemoteTier::Impl::Connect(Peer& peer) {
     PrepareContext(&ctx);
     v1::PeerHelloRequest req;
     req.set_node_id(node_id);
+#ifdef KVSTASH_HAVE_UCX
+    // serving_first: the peer connects to this worker before it answers, and this node's
+    // Connects below then find that connection (docs/deploy.md "Which UCX").
+    if (connect_first && transport != nullptr) {
+      req.set_ucx_worker_address(transport->worker_address());
+    }
+#endif
     v1::PeerHelloResponse resp;
     Status s = FromGrpcStatus(peer.hello->Hello(&ctx, req, &resp));
     if (!s.ok()) {

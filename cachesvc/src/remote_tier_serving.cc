@@ -5,14 +5,22 @@
 // the service's peer-only calls use. The leases peers ask it to release are released by the
 // notification handler RemoteTier::Create installs (remote_tier.cc).
 //
-// Locking: none of its own; it reads fields set at start-up, and PeerStaging and the store lock
-// for themselves.
+// Serving first (peers.ucx_connect): Hello connects to the reader's UCX worker before it answers,
+// and keeps those endpoints (reader_links) while they are healthy, within bounds (ConnectBack).
+//
+// Locking: readers_mu guards reader_links, never across a transport call that waits (connects
+// and disconnects happen outside it); otherwise it reads fields set at start-up, and PeerStaging
+// and the store lock for themselves.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "remote_tier_impl.h"
 
 namespace kvstash::cachesvc {
@@ -50,6 +58,25 @@ grpc::Status RemoteTier::Impl::HelloService::Hello(grpc::ServerContext* ctx,
                         "peer Hello needs a mutually authenticated TLS connection");
   }
   spdlog::info("event=peer_hello from={} peer={}", req->node_id().substr(0, 256), ctx->peer());
+#ifdef KVSTASH_HAVE_UCX
+  // Before anything is handed out: the wire-up with a reader that dies now is this node's own
+  // (docs/deploy.md "Which UCX"), and a reader that is already gone gets no rkey.
+  if (impl_->connect_first && impl_->transport != nullptr && !req->ucx_worker_address().empty()) {
+    if (req->ucx_worker_address().size() > 4096) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "ucx_worker_address longer than 4096 bytes");
+    }
+    // Within peers.timeout_ms and the call's own deadline (far off when it has none).
+    const auto call_left = std::chrono::duration_cast<Clock::duration>(
+        ctx->deadline() - std::chrono::system_clock::now());
+    const Clock::time_point deadline =
+        std::min(impl_->Deadline(), Clock::now() + std::max(call_left, Clock::duration::zero()));
+    grpc::Status back =
+        impl_->ConnectBack(req->ucx_worker_address(), impl_->staging != nullptr ? 2 : 1, deadline,
+                           req->node_id().substr(0, 256));
+    if (!back.ok()) return back;
+  }
+#endif
   resp->set_node_id(impl_->node_id);
   resp->set_arena_generation(impl_->store->arena_generation());
   resp->set_arena_bytes(impl_->store->arena_bytes());
@@ -89,6 +116,77 @@ grpc::Status RemoteTier::Impl::HelloService::StageEncoded(
                       "this node stages no encoded fetches (UCX data plane and "
                       "peers.staging_mib > 0 are needed)");
 }
+
+#ifdef KVSTASH_HAVE_UCX
+grpc::Status RemoteTier::Impl::ConnectBack(const std::string& worker_address, int endpoints,
+                                           Clock::time_point deadline, const std::string& reader) {
+  // Links whose reader went away (an endpoint failed: the reader died or closed its side).
+  std::vector<transport::PeerId> stale;
+  {
+    MutexLock lock(&readers_mu);
+    auto gone = std::remove_if(reader_links.begin(), reader_links.end(), [&](ReaderLink& link) {
+      for (transport::PeerId id : link.endpoints) {
+        if (!transport->Healthy(id)) {
+          stale.insert(stale.end(), link.endpoints.begin(), link.endpoints.end());
+          return true;
+        }
+      }
+      return false;
+    });
+    reader_links.erase(gone, reader_links.end());
+    size_t held = 0;
+    for (const ReaderLink& l : reader_links) held += l.endpoints.size();
+    reader_endpoints->Set(static_cast<double>(held));
+  }
+  for (transport::PeerId id : stale) transport->Disconnect(id);
+
+  ReaderLink link;
+  link.worker_address = worker_address;
+  for (int i = 0; i < endpoints; ++i) {
+    Result<transport::PeerId> id = transport->ConnectWorker(worker_address, deadline);
+    if (!id.ok()) {
+      for (transport::PeerId made : link.endpoints) transport->Disconnect(made);
+      connect_backs_failed->Increment();
+      spdlog::warn("event=peer_connect_back_failed from={} error=\"{}\"", reader,
+                   std::string(id.status().message()));
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          absl::StrCat("this node could not connect back to the reader's UCX "
+                                       "worker (peers.ucx_connect serving_first; the reader died, "
+                                       "or its worker is out of this node's reach): ",
+                                       id.status().message()));
+    }
+    link.endpoints.push_back(*id);
+  }
+  connect_backs_ok->Increment();
+
+  std::vector<transport::PeerId> evicted;
+  {
+    MutexLock lock(&readers_mu);
+    reader_links.push_back(std::move(link));
+    // In Hello order: the first are the oldest, and go first.
+    size_t of_this_reader = 0;
+    for (const ReaderLink& l : reader_links) {
+      if (l.worker_address == worker_address) ++of_this_reader;
+    }
+    for (auto it = reader_links.begin(); it != reader_links.end();) {
+      const bool mine = it->worker_address == worker_address;
+      if (reader_links.size() <= kMaxReaderLinks &&
+          !(mine && of_this_reader > kMaxLinksPerReader)) {
+        ++it;
+        continue;
+      }
+      if (mine) --of_this_reader;
+      evicted.insert(evicted.end(), it->endpoints.begin(), it->endpoints.end());
+      it = reader_links.erase(it);
+    }
+    size_t held = 0;
+    for (const ReaderLink& l : reader_links) held += l.endpoints.size();
+    reader_endpoints->Set(static_cast<double>(held));
+  }
+  for (transport::PeerId id : evicted) transport->Disconnect(id);
+  return grpc::Status::OK;
+}
+#endif
 
 grpc::Status RemoteTier::Impl::CheckToken(const grpc::ServerContext* ctx) const {
   auto it = ctx->client_metadata().find(kPeerTokenHeader);

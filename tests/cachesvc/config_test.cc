@@ -446,6 +446,13 @@ TEST(Config, PeersFromFlagsAndYaml) {
   EXPECT_FALSE(p.config->peers.promote);
   EXPECT_EQ(p.config->peers.data_plane, "grpc");
   EXPECT_EQ(p.config->peers.ucx_fetch, "false");
+  EXPECT_EQ(ServiceConfig{}.peers.ucx_connect, "auto");
+  ParsedCommandLine connect = Parse({"--peer-ucx-connect", "reader_first"});
+  ASSERT_TRUE(connect.config.has_value()) << connect.output;
+  EXPECT_EQ(connect.config->peers.ucx_connect, "reader_first");
+  auto connect_yaml = ApplyYaml("peers:\n  ucx_connect: serving_first\n", ServiceConfig{});
+  ASSERT_OK(connect_yaml);
+  EXPECT_EQ(connect_yaml->peers.ucx_connect, "serving_first");
 
   auto yaml = ApplyYaml("peers:\n  addresses: [a:1, b:2]\n  secret_file: /s\n", ServiceConfig{});
   ASSERT_OK(yaml);
@@ -475,6 +482,11 @@ TEST(Config, BadPeerSettingsAreRefusedWithTheirName) {
   ServiceConfig in_place;
   in_place.peers.ucx_fetch = "inplace";
   EXPECT_OK(ValidateConfig(in_place));
+  ServiceConfig bad_connect;
+  bad_connect.peers.ucx_connect = "whoever";
+  EXPECT_THAT(ValidateConfig(bad_connect), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(std::string(ValidateConfig(bad_connect).message()),
+              ::testing::HasSubstr("peers.ucx_connect"));
   ServiceConfig handoff;
   handoff.peers.handoff_ms = 10'000;
   handoff.peers.max_handoff_ms = 1'000;
@@ -517,6 +529,9 @@ TEST(Config, CheckConfigOnlyChecks) {
   EXPECT_EQ(member.exit_code, 1);
   EXPECT_THAT(member.output, HasSubstr("peers.secret_file"));
   std::filesystem::remove(file);
+  ParsedCommandLine connect = Parse({"--check-config", "--peer-ucx-connect", "reader-first"});
+  EXPECT_EQ(connect.exit_code, 1);
+  EXPECT_THAT(connect.output, HasSubstr("peers.ucx_connect"));
   ParsedCommandLine unknown = Parse({"--check-config", "--no-such-flag"});  // a usage error
   EXPECT_FALSE(unknown.config);
   EXPECT_NE(unknown.exit_code, 0);

@@ -76,7 +76,7 @@ double MetricWith(int port, const std::string& family, const std::string& label)
 }
 
 // UCX 1.13 can abort a serving process whose reader dies (docs/deploy.md "Which UCX"); a node
-// running such a UCX says so at start.
+// where that risk remains (peers.ucx_connect reader_first there, or gets) says so at start.
 bool AbortedInsideUcx(const ServiceProcess& node) {
   const std::string log = node.Log();
   return log.find("event=ucx_aborts_on_reader_death") != std::string::npos &&
@@ -346,8 +346,9 @@ TEST_P(PeerStagingTest, AReaderKilledMidFetchLeavesNothingStaged) {
   if (a_->Log().find("event=ucx_aborts_on_reader_death") != std::string::npos &&
       std::getenv("KVSTASH_TEST_UCX_DEATH_ANYWAY") == nullptr) {
     GTEST_SKIP() << "UCX " << transport::UcxTransport::UcxVersion()
-                 << " < 1.14 can abort a serving node whose reader dies mid-connect or mid-read "
-                    "(docs/deploy.md \"Which UCX\"); KVSTASH_TEST_UCX_DEATH_ANYWAY=1 runs it";
+                 << " with this node's peers.ucx_connect / ucx_fetch can abort a serving node "
+                    "whose reader dies mid-connect or mid-read (docs/deploy.md \"Which UCX\"); "
+                    "KVSTASH_TEST_UCX_DEATH_ANYWAY=1 runs it";
   }
   // B is killed at several points of its fetch (before, during and after A's encode and the
   // pull); each time A's pool empties and A goes on serving.

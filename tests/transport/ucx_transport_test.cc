@@ -216,6 +216,54 @@ TEST_P(UcxTransportTest, UnknownOrDisconnectedPeersAreUnavailable) {
               StatusIs(absl::StatusCode::kUnavailable));
 }
 
+TEST_P(UcxTransportTest, AnEndpointWithoutARegionWiresUpAndNotifiesButReadsNothing) {
+  // The serving side connects to the reader first (ConnectWorker), then the reader connects and
+  // reads as usual.
+  ASSERT_OK_AND_ASSIGN(PeerId back,
+                       server_->ConnectWorker(client_->worker_address(), Clock::now() + 20s));
+  EXPECT_TRUE(server_->Healthy(back));
+  std::vector<ReadOp> ops = {{.remote_offset = 0, .local = served_.data(), .length = 16}};
+  EXPECT_THAT(server_->Read(back, ops, Clock::now() + 5s),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(server_->Fetch(back, ops, Clock::now() + 5s),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  std::mutex mu;
+  std::condition_variable cv;
+  int received = 0;
+  ASSERT_THAT(client_->SetNotificationHandler(4,
+                                              [&](std::string_view) {
+                                                std::lock_guard<std::mutex> lock(mu);
+                                                ++received;
+                                                cv.notify_all();
+                                              }),
+              IsOk());
+  ASSERT_THAT(server_->Notify(back, 4, "hello", Clock::now() + 20s), IsOk());
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 20s, [&] { return received == 1; }));
+  }
+  ASSERT_OK_AND_ASSIGN(PeerId peer,
+                       client_->Connect(server_->worker_address(), region_, Clock::now() + 20s));
+  std::vector<ReadOp> read = {{.remote_offset = 4096, .local = landing_.data(), .length = 4096}};
+  ASSERT_THAT(client_->Fetch(peer, read, Clock::now() + 20s), IsOk());
+  EXPECT_TRUE(std::equal(landing_.begin(), landing_.begin() + 4096, served_.begin() + 4096));
+  EXPECT_THAT(server_->ConnectWorker("", Clock::now() + 5s),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  client_->Disconnect(peer);
+  server_->Disconnect(back);
+}
+
+TEST_P(UcxTransportTest, ConnectingToAWorkerThatIsGoneIsUnavailable) {
+  const std::string gone = client_->worker_address();
+  client_.reset();  // closes the reader's worker, as a reader that exits would
+  Result<PeerId> back = server_->ConnectWorker(gone, Clock::now() + 5s);
+  if (GetParam() == "tcp") {
+    EXPECT_THAT(back, StatusIs(absl::StatusCode::kUnavailable));
+  }
+  // Over shared memory in one process the worker's memory may still be mapped; either way the
+  // call returned (within its deadline; no timing is asserted).
+}
+
 TEST_P(UcxTransportTest, RejectsMalformedPeerDescriptions) {
   EXPECT_THAT(client_->Connect("", region_, Clock::now() + 5s),
               StatusIs(absl::StatusCode::kInvalidArgument));

@@ -252,13 +252,28 @@ Result<PeerId> UcxTransport::Connect(const std::string& worker_address, const Re
   if (worker_address.empty() || region.packed_rkey.size() <= kTokenBytes || region.bytes == 0) {
     return absl::InvalidArgumentError("Connect: empty worker address, rkey or region");
   }
+  return Open(worker_address, &region, deadline);
+}
+
+Result<PeerId> UcxTransport::ConnectWorker(const std::string& worker_address,
+                                           Clock::time_point deadline) {
+  if (worker_address.empty()) {
+    return absl::InvalidArgumentError("ConnectWorker: empty worker address");
+  }
+  return Open(worker_address, nullptr, deadline);
+}
+
+Result<PeerId> UcxTransport::Open(const std::string& worker_address, const RemoteRegion* region,
+                                  Clock::time_point deadline) {
   auto peer = std::make_shared<Impl::Peer>();
   peer->impl = impl_.get();
-  peer->address = region.address;
-  peer->bytes = region.bytes;
-  peer->token = DecodeFixed64(region.packed_rkey.data());
+  if (region != nullptr) {  // else bytes 0: every range is out of bounds
+    peer->address = region->address;
+    peer->bytes = region->bytes;
+    peer->token = DecodeFixed64(region->packed_rkey.data());
+  }
   Impl* impl = impl_.get();
-  Status s = impl->RunOnThread([impl, &worker_address, &region, peer]() -> Status {
+  Status s = impl->RunOnThread([impl, &worker_address, region, peer]() -> Status {
     impl->worker_mu.AssertHeld();  // tasks run under worker_mu (RunTasks)
     impl->Owns(*peer);
     ucp_ep_params_t params;
@@ -271,7 +286,8 @@ Result<PeerId> UcxTransport::Connect(const std::string& worker_address, const Re
     params.err_handler.arg = peer.get();
     ucs_status_t st = ucp_ep_create(impl->worker, &params, &peer->ep);
     if (st != UCS_OK) return PeerError("ucp_ep_create", st);
-    const std::string ucx_rkey = region.packed_rkey.substr(kTokenBytes);  // aligned for UCX
+    if (region == nullptr) return OkStatus();
+    const std::string ucx_rkey = region->packed_rkey.substr(kTokenBytes);  // aligned for UCX
     st = ucp_ep_rkey_unpack(peer->ep, ucx_rkey.data(), &peer->rkey);
     if (st != UCS_OK) {
       impl->ClosePeer(*peer);

@@ -79,14 +79,24 @@ struct PeerConfig {
   // With the UCX data plane: true: the peer sends the objects (UcxTransport::Fetch: active
   // messages sent zero-copy from its arena, one copy here; faster on the quiet VM,
   // docs/benchmarks-transfer.md); false: this node reads them (UcxTransport::Read: gets that UCX
-  // emulates over TCP with a copy at each end); auto (default): true on UCX >= 1.14, false on
-  // older ones. The choice is also the serving peer's safety: on UCX 1.22 a reader dying mid-get
-  // aborted the serving process inside UCX and one dying mid-Fetch never did; on 1.13 both can
-  // (docs/deploy.md "Which UCX"). With true, landings in the GPU pool (which Fetch's memcpy
-  // cannot reach) use UcxTransport::FetchInPlace (the peer sends, UCX receives into device
-  // memory); with false they are gets. inplace: every landing, CPU arena too, uses FetchInPlace
-  // (the GPU path's read, exercised with host memory).
+  // emulates over TCP with a copy at each end); auto (default): true on UCX >= 1.14 or with
+  // ucx_connect serving_first (the default there), false on older UCX with reader_first. The choice
+  // is also the serving peer's safety: on UCX 1.22 a reader dying mid-get aborted the serving
+  // process inside UCX and one dying mid-Fetch never did; on 1.13 both can (docs/deploy.md "Which
+  // UCX"). With true, landings in the GPU pool (which Fetch's memcpy cannot reach) use
+  // UcxTransport::FetchInPlace (the peer sends, UCX receives into device memory); with false they
+  // are gets. inplace: every landing, CPU arena too, uses FetchInPlace (the GPU path's read,
+  // exercised with host memory).
   std::string ucx_fetch = "auto";
+  // With the UCX data plane: who initiates the UCX wire-up between a reader and the node it reads.
+  // serving_first: this node sends its worker address in Hello, and as a serving node connects
+  // to a reader's worker (wire-up flushed) before it answers the reader's Hello, refusing it
+  // (UNAVAILABLE) when that fails; it needs the serving node to reach its readers' UCX addresses.
+  // reader_first: the reader connects (the protocol before serving_first; a node that sends no
+  // address gets that from any node). auto (default): serving_first on UCX < 1.14, where a
+  // reader dying during a wire-up it initiated can abort the serving node, reader_first on newer
+  // UCX (docs/deploy.md "Which UCX").
+  std::string ucx_connect = "auto";
   // With the UCX data plane: the host memory (MiB, registered with UCX once, pages touched only
   // when used) in which this node stages the codec containers of encoded fetches peers ask for
   // (KvStashPeer.StageEncoded), so that they pull them over UCX instead of a KvStash.Get stream.

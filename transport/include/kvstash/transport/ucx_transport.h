@@ -161,6 +161,14 @@ class UcxTransport {
   // unpacks the rkey of its `region`, and completes the wire-up with a flush before `deadline`.
   Result<PeerId> Connect(const std::string& worker_address, const RemoteRegion& region,
                          Clock::time_point deadline);
+  // Creates an endpoint to the peer worker with no region of it (a Read or Fetch of any range is
+  // InvalidArgument; Notify works) and completes the wire-up with a flush before `deadline`, as
+  // Connect does: Unavailable when the peer cannot be reached (it died, or is out of reach). For
+  // a serving node that connects to a reader first, so that the wire-up is initiated from its
+  // side: on UCX < 1.14 a reader that dies during a wire-up it initiated can abort the serving
+  // process (docs/deploy.md "Which UCX"). Keep the endpoint while the reader uses its own: UCX
+  // may pair the reader's endpoint with this one, and closing either closes the connection.
+  Result<PeerId> ConnectWorker(const std::string& worker_address, Clock::time_point deadline);
   // Closes the endpoint; unknown ids are ignored.
   void Disconnect(PeerId peer);
   // False once UCX reported an error on the peer's endpoint or a call to it timed out.
@@ -204,6 +212,9 @@ class UcxTransport {
   struct Impl;
   explicit UcxTransport(std::unique_ptr<Impl> impl);
   enum class How : uint8_t { kRead, kFetch, kFetchInPlace };
+  // Connect and ConnectWorker: an endpoint, bound to `region` of the peer when not null.
+  Result<PeerId> Open(const std::string& worker_address, const RemoteRegion* region,
+                      Clock::time_point deadline);
   Status Transfer(PeerId peer, std::span<const ReadOp> ops, Clock::time_point deadline, How how);
   std::unique_ptr<Impl> impl_;
 };
