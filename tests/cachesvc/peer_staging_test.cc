@@ -85,6 +85,13 @@ bool AbortedInsideUcx(const ServiceProcess& node) {
           log.find("Assertion") != std::string::npos);
 }
 
+// KVSTASH_TEST_PEER_UCX_CONNECT (e.g. reader_first): both nodes' --peer-ucx-connect, to measure
+// the aborts serving_first avoids (docs/deploy.md "Which UCX"); unset: auto.
+std::string UcxConnect() {
+  const char* connect = std::getenv("KVSTASH_TEST_PEER_UCX_CONNECT");
+  return connect != nullptr ? connect : "auto";
+}
+
 class PeerStagingTest : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
@@ -97,7 +104,8 @@ class PeerStagingTest : public ::testing::TestWithParam<const char*> {
     ServiceOptions a_opts;
     a_opts.tcp = true;
     a_opts.metrics = true;
-    a_opts.extra_args = {"--peer-secret-file", WriteSecret(dir_a_.path())};
+    a_opts.extra_args = {"--peer-secret-file", WriteSecret(dir_a_.path()), "--peer-ucx-connect",
+                         UcxConnect()};
     ASSERT_OK_AND_ASSIGN(a_, ServiceProcess::Start(dir_a_.path(), a_opts));
     ASSERT_OK_AND_ASSIGN(client_a_, KvClient::Connect(a_->target(), StreamOnly()));
     info_ = SmolChunkInfo();
@@ -125,7 +133,9 @@ class PeerStagingTest : public ::testing::TestWithParam<const char*> {
                     "--peer-timeout-ms",
                     "30000",
                     "--peer-transfer-encoding",
-                    "cachegen"};
+                    "cachegen",
+                    "--peer-ucx-connect",
+                    UcxConnect()};
     o.extra_args.insert(o.extra_args.end(), extra.begin(), extra.end());
     auto b = ServiceProcess::Start(dir.path(), o);
     EXPECT_THAT(b, IsOk());

@@ -98,11 +98,16 @@ class PeerTest : public ::testing::TestWithParam<Plane> {
   }
   void TearDown() override { ::unsetenv("UCX_TLS"); }
 
+  // KVSTASH_TEST_PEER_UCX_CONNECT (e.g. reader_first): every node's --peer-ucx-connect, to
+  // measure the aborts serving_first avoids (docs/deploy.md "Which UCX"); unset: auto.
   std::vector<std::string> PeerArgs(const std::string& dir) const {
+    const char* connect = std::getenv("KVSTASH_TEST_PEER_UCX_CONNECT");
     return {"--peer-secret-file",
             WriteSecret(dir),
             "--peer-data-plane",
             GetParam() == Plane::kGrpc ? "grpc" : "ucx",
+            "--peer-ucx-connect",
+            connect != nullptr ? connect : "auto",
             "--peer-ucx-fetch",
             GetParam() == Plane::kUcxTcp          ? "true"
             : GetParam() == Plane::kUcxTcpGet     ? "false"
