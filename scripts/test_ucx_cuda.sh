@@ -2,8 +2,8 @@
 # CI stage (./run.sh test, after the release ctest): the tests labelled ucx built and run
 # against UCX 1.22 from the PyPI wheel libucx-cu13 (scripts/build_ucx_cuda.sh, build/ucx-cuda),
 # the UCX production nodes should run (docs/deploy.md "Which UCX"); the release build tests
-# Debian's 1.13, where transport_reader_death_test reports every case skipped, and so do
-# cachesvc_peer_staging_test's mid-fetch reader-kill cases. Runs the tests labelled `ucx`
+# Debian's 1.13, where transport_reader_death_test reports every case skipped (cachesvc's
+# reader-kill cases run there too since serving_first). Runs the tests labelled `ucx`
 # (tests/transport/CMakeLists.txt: transport_test, transport_reader_death_test;
 # tests/cachesvc/CMakeLists.txt: cachesvc_peer_staging_test, which builds the cachesvc daemon
 # against 1.22 too, and cachesvc_peer_connect_test, peers.ucx_connect's Hello path) and only
