@@ -64,6 +64,8 @@ struct Config {
   // drives the worker itself) and "queued" (every read handed to the progress thread; its path
   // is reported as <path>_queued).
   std::vector<std::string> client_progress = {"caller"};
+  // transport: TransportOptions::progress_poll of both ends, in microseconds; < 0: the default.
+  int progress_poll_us = -1;
   // transport: how the reader moves the bytes, each measured at every point, repetitions
   // alternated (A/B in one run): "get" (UcxTransport::Read, one-sided gets), "fetch"
   // (UcxTransport::Fetch, the serving side sends the ranges as eager active messages) and
@@ -127,9 +129,12 @@ bool ReadBlob(int fd, std::string* s) {
 }
 
 // The serving side: registers a buffer, says where it is, and lives until the pipe closes.
-[[noreturn]] void ServeRegion(int to_parent, int from_parent) {
+[[noreturn]] void ServeRegion(int to_parent, int from_parent, const Config& cfg) {
   std::vector<uint8_t> buffer(kRegionBytes, 0x5a);
-  auto t = transport::UcxTransport::Create({.name = "bench-server"});
+  transport::TransportOptions options{.name = "bench-server"};
+  if (cfg.progress_poll_us >= 0)
+    options.progress_poll = std::chrono::microseconds(cfg.progress_poll_us);
+  auto t = transport::UcxTransport::Create(options);
   if (!t.ok()) _exit(2);
   auto region = (*t)->RegisterRegion(buffer.data(), buffer.size());
   if (!region.ok()) _exit(3);
@@ -220,7 +225,7 @@ json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
     if (child == 0) {
       ::close(up[0]);
       ::close(down[1]);
-      ServeRegion(up[1], down[0]);
+      ServeRegion(up[1], down[0], cfg);
     }
     ::close(up[1]);
     ::close(down[0]);
@@ -241,6 +246,9 @@ json RunTransport(const Config& cfg, const std::vector<uint64_t>& sizes) {
     for (const std::string& progress : cfg.client_progress) {
       for (const std::string& op : cfg.read_ops) {
         transport::TransportOptions options{.name = "bench-client"};
+        if (cfg.progress_poll_us >= 0) {
+          options.progress_poll = std::chrono::microseconds(cfg.progress_poll_us);
+        }
         options.caller_progress = progress != "queued";
         auto t = transport::UcxTransport::Create(options);
         if (!t.ok()) Die();
@@ -541,6 +549,9 @@ int Main(int argc, char** argv) {
   app.add_option("--reps", cfg.reps, "repetitions (median reported)");
   app.add_option("--seconds", cfg.seconds_per_point, "transport: seconds per point and rep");
   app.add_option("--modes", cfg.modes, "transport, remote_get")->delimiter(',');
+  app.add_option("--progress-poll-us", cfg.progress_poll_us,
+                 "transport: TransportOptions::progress_poll of both ends (us; default: the "
+                 "transport's)");
   app.add_option("--client-progress", cfg.client_progress,
                  "transport: caller (reader drives UCX) and/or queued (progress thread), A/B")
       ->delimiter(',');

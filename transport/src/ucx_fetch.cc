@@ -308,7 +308,7 @@ void UcxTransport::Impl::StartServe(ucp_ep_h reply_ep, const std::string& reques
   uint32_t flags = 0;  // absent in requests of readers from before FetchInPlace
   if (!in.empty() && !GetVarint32(&in, &flags)) return refuse("malformed flags");
   const bool in_place = (flags & kFetchInPlace) != 0;
-  // Every range goes as active messages of at most kFetchFragment, sent zero-copy from the
+  // Every range goes as active messages of at most fetch_fragment, sent zero-copy from the
   // registered region; the reader copies each into place once and knows it is done when all
   // bytes landed, so a served request needs no answer (UCX 1.13 emulates a put over TCP with
   // copies at both ends, and a flush would cost the reader's acknowledgement). In place: one
@@ -320,13 +320,13 @@ void UcxTransport::Impl::StartServe(ucp_ep_h reply_ep, const std::string& reques
   Owns(*raw);
   size_t fragments = 0;
   for (const Op& op : ops) {
-    fragments += in_place ? 1 : (op.length + kFetchFragment - 1) / kFetchFragment;
+    fragments += in_place ? 1 : (op.length + fetch_fragment - 1) / fetch_fragment;
   }
   raw->headers.resize(fragments);
   size_t f = 0;
   for (uint32_t i = 0; i < ops.size(); ++i) {
     const Op& op = ops[i];
-    const uint64_t fragment = in_place ? op.length : kFetchFragment;
+    const uint64_t fragment = in_place ? op.length : fetch_fragment;
     for (uint64_t at = 0; at < op.length; at += fragment, ++f) {
       const uint64_t n = std::min(fragment, op.length - at);
       char* header = raw->headers[f].data();

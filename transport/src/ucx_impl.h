@@ -61,7 +61,7 @@ inline constexpr auto kCallerIdleHandoff = std::chrono::microseconds(500);
 //                              then varint32 flags (kFetchInPlace), absent in requests of
 //                              readers from before FetchInPlace (read as 0)
 //   data     server -> reader  header: fixed64 call id, fixed32 op index, fixed64 offset in the
-//                              op; payload: that fragment's bytes (at most kFetchFragment), sent
+//                              op; payload: that fragment's bytes (at most fetch_fragment), sent
 //                              eagerly; with kFetchInPlace one message per op, by rendezvous
 //   refused  server -> reader  fixed64 call id, fixed32 absl::StatusCode, the message's bytes
 // (The request still names the reader's regions' rkeys; data goes as active messages instead.)
@@ -72,9 +72,12 @@ inline constexpr size_t kFetchDataHeader = 20;
 // Request flag: send the data by rendezvous, so that the reader's UCX receives it into place
 // (FetchInPlace).
 inline constexpr uint32_t kFetchInPlace = 1;
-// Fragments fit one UCX TCP segment (512 KiB, set in Create): sent zero-copy from the region,
-// received in one segment and copied once into place, never reassembled by UCX.
-inline constexpr uint64_t kFetchFragment = (512 << 10) - (4 << 10);
+// Fetch's fragments fit one UCX TCP segment (Impl::fetch_fragment, from the segment sizes in
+// Create): sent zero-copy from the region, received in one segment and copied once into place,
+// never reassembled by UCX. kSegmentSlack leaves room for UCX's and Fetch's headers; fragments
+// are never smaller than kMinFetchFragment (with smaller segments UCX reassembles them).
+inline constexpr uint64_t kSegmentSlack = 4 << 10;
+inline constexpr uint64_t kMinFetchFragment = 64 << 10;
 // Bounds on what a request may ask for (a malformed or hostile one is refused, not served).
 inline constexpr uint32_t kMaxFetchRkeys = 16;
 inline constexpr uint32_t kMaxFetchOps = 1 << 16;
@@ -184,6 +187,8 @@ struct UcxTransport::Impl {
   };
 
   TransportOptions options;
+  // The largest Fetch fragment this node sends: its UCX TCP segment size less kSegmentSlack.
+  uint64_t fetch_fragment = kMinFetchFragment;
   ucp_context_h context = nullptr;
   ucp_worker_h worker = nullptr;
   std::string address;

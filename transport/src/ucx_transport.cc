@@ -7,7 +7,10 @@
 #include <sys/eventfd.h>
 #include <ucp/api/ucp.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -19,6 +22,30 @@
 #include "ucx_impl.h"
 
 namespace kvstash::transport {
+namespace {
+
+// UCX TCP segment size set in Create where the environment sets none.
+constexpr char kDefaultSegment[] = "512k";
+
+// The bytes of a UCX memory-units setting ("512k", "1028K", "1mb", "65536"); 0 when it is not
+// one (UCX also takes "inf" and "auto", which say nothing about a segment's size here).
+uint64_t MemoryUnits(const char* value) {
+  if (value == nullptr) return 0;
+  char* end = nullptr;
+  const unsigned long long n = std::strtoull(value, &end, 10);
+  if (end == value) return 0;
+  int shift = 0;
+  const char unit = static_cast<char>(std::tolower(static_cast<unsigned char>(*end)));
+  if (unit == 'k') shift = 10;
+  if (unit == 'm') shift = 20;
+  if (unit == 'g') shift = 30;
+  if (shift != 0 || unit == 'b') ++end;
+  if (shift != 0 && (*end == 'b' || *end == 'B')) ++end;
+  if (*end != '\0' || n > (UINT64_MAX >> shift)) return 0;
+  return static_cast<uint64_t>(n) << shift;
+}
+
+}  // namespace
 
 // --- reads and notifications (under worker_mu) -------------------------------
 
@@ -115,8 +142,13 @@ Result<std::unique_ptr<UcxTransport>> UcxTransport::Create(const TransportOption
   // (docs/benchmarks-transfer.md). UCX reads transport settings from the environment when it
   // opens its interfaces (ucp_config_modify does not reach them in 1.13), so they are set there,
   // unless the environment already has them.
-  ::setenv("UCX_TCP_TX_SEG_SIZE", "512k", /*overwrite=*/0);
-  ::setenv("UCX_TCP_RX_SEG_SIZE", "512k", /*overwrite=*/0);
+  ::setenv("UCX_TCP_TX_SEG_SIZE", kDefaultSegment, /*overwrite=*/0);
+  ::setenv("UCX_TCP_RX_SEG_SIZE", kDefaultSegment, /*overwrite=*/0);
+  // Fetch fragments fill one segment (the smaller of the two; a reader runs the same settings).
+  const uint64_t segment = std::min(MemoryUnits(std::getenv("UCX_TCP_TX_SEG_SIZE")),
+                                    MemoryUnits(std::getenv("UCX_TCP_RX_SEG_SIZE")));
+  impl->fetch_fragment =
+      std::max(kMinFetchFragment, segment > kSegmentSlack ? segment - kSegmentSlack : 0);
   ucp_config_t* config = nullptr;
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
   if (st != UCS_OK) return UcxError("ucp_config_read", st);

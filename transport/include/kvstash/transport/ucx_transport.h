@@ -128,7 +128,8 @@ class UcxTransport {
   // Creates the context (RMA, active messages, wakeup) and the worker, and starts the progress
   // thread. UCX reads its usual UCX_* environment (UCX_TLS=tcp forces the network path). Sets
   // UCX_TCP_TX_SEG_SIZE / UCX_TCP_RX_SEG_SIZE to 512k where unset (setenv: create the first
-  // transport before other threads read the environment).
+  // transport before other threads read the environment); the fragments Fetch serves fill one
+  // segment of the smaller of the two (less 4 KiB for headers, at least 64 KiB).
   static Result<std::unique_ptr<UcxTransport>> Create(const TransportOptions& options);
   // Closes every endpoint, unmaps every region and stops the progress thread. Callers must have
   // returned from every other method first.
