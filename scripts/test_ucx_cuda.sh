@@ -3,7 +3,7 @@
 # against UCX 1.22 from the PyPI wheel libucx-cu13 (scripts/build_ucx_cuda.sh, build/ucx-cuda),
 # the UCX production nodes should run (docs/deploy.md "Which UCX"); the release build tests
 # Debian's 1.13, where transport_reader_death_test reports every case skipped (cachesvc's
-# reader-kill cases run there too since serving_first). Runs the tests labelled `ucx`
+# reader-kill cases report a named skip there when the serving node aborts). Runs the tests labelled `ucx`
 # (tests/transport/CMakeLists.txt: transport_test, transport_reader_death_test;
 # tests/cachesvc/CMakeLists.txt: cachesvc_peer_staging_test, which builds the cachesvc daemon
 # against 1.22 too, and cachesvc_peer_connect_test, peers.ucx_connect's Hello path) and only

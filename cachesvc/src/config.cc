@@ -77,7 +77,7 @@ peers:
   lookup: true            # Lookup reports objects peers hold (TIER_REMOTE)
   data_plane: ucx         # ucx | grpc
   ucx_fetch: auto         # true: peers send (Fetch) | false: gets | inplace | auto: true unless UCX < 1.14 with reader_first
-  ucx_connect: auto       # serving_first | reader_first: who starts the UCX wire-up | auto: serving_first on UCX < 1.14
+  ucx_connect: auto       # serving_first | reader_first: who starts the UCX wire-up | auto: reader_first
   staging_mib: 256        # encoded fetches peers pull over UCX are staged here; 0: streams
   advertise: ""           # this node's address in handoff descriptors; empty: the bound address
   handoff_ms: 30000       # how long offered objects stay pinned without a heartbeat
@@ -543,8 +543,8 @@ const std::vector<Field>& Fields() {
       {"peers.ucx_connect", "--peer-ucx-connect",
        "UCX data plane: serving_first: a serving node connects to its reader's UCX worker before "
        "answering Hello (it must reach the readers' UCX addresses); reader_first: readers "
-       "connect; auto: serving_first on UCX < 1.14 (where a reader dying mid-wire-up can abort "
-       "the serving node)",
+       "connect; auto: reader_first (on UCX < 1.14 either side's death mid-wire-up can abort "
+       "the other: docs/deploy.md)",
        PeerStringField(&PeerConfig::ucx_connect)},
       {"peers.staging_mib", "--peer-staging-mib",
        "UCX data plane: MiB of registered host memory for the codec containers of encoded "

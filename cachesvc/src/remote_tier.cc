@@ -88,9 +88,11 @@ Result<std::unique_ptr<RemoteTier>> RemoteTier::Create(const ServiceConfig& conf
                              transport::UcxTransport::Create({.name = "cachesvc"}));
     const bool fixed_ucx = transport::UcxTransport::UcxAtLeast(1, 14);  // openucx/ucx#8175
     // docs/deploy.md "Which UCX": below 1.14 a reader dying during a wire-up it initiated can
-    // abort the serving process; the serving node that connects first initiates it itself.
-    impl->connect_first = config.peers.ucx_connect == "serving_first" ||
-                          (config.peers.ucx_connect == "auto" && !fixed_ucx);
+    // abort the serving process; the serving node that connects first initiates it itself, but
+    // then a serving peer killed mid-transfer can abort its reader the same way (1 of 36 runs of
+    // PeerTest.APeerKilledMidTransfer...), so auto is reader_first everywhere and serving_first
+    // is the operator's choice.
+    impl->connect_first = config.peers.ucx_connect == "serving_first";
     impl->ucx_in_place = config.peers.ucx_fetch == "inplace";
     // auto: Fetch wherever the wire-up abort is out of the way (UCX >= 1.14, or this node
     // connects first); gets only with reader_first on an old UCX, where both abort.

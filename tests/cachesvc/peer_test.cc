@@ -262,8 +262,10 @@ TEST_P(PeerTest, APeerKilledMidTransferFailsCleanlyAndNeverServesWrongBytes) {
     }
   }
   // B keeps serving what it holds, and answers for the dead peer's objects.
-  ASSERT_OK_AND_ASSIGN(GetReply mine, client_b_->Get(local.name));
-  EXPECT_TRUE(mine.payload == local.payload);
+  // A reader node must outlive the peer it reads from; its log says why if it did not.
+  Result<GetReply> mine = client_b_->Get(local.name);
+  ASSERT_THAT(mine, IsOk()) << "node B's log:\n" << b_->Log();
+  EXPECT_TRUE(mine->payload == local.payload);
   EXPECT_THAT(client_b_->Get(TestName(999)), AnyOf(StatusIs(absl::StatusCode::kUnavailable),
                                                    StatusIs(absl::StatusCode::kNotFound)));
   ASSERT_OK_AND_ASSIGN(ServiceStats stats, client_b_->Stats());
@@ -469,7 +471,7 @@ TEST_P(PeerTest, HandoffFailurePolicies) {
 // event=ucx_aborts_on_reader_death at start: UCX < 1.14 with peers.ucx_connect reader_first, or
 // readers using gets) and its log ends in one of those, so a test can report the known upstream
 // abort as a skip that names it instead of a pass; any other failure, and any abort where the
-// node logged no risk (serving_first with Fetch on 1.13, the default there; Fetch on UCX >= 1.14),
+// node logged no risk (serving_first with Fetch on 1.13; Fetch on UCX >= 1.14),
 // still fails.
 bool AbortedInsideUcx(const ServiceProcess& node) {
   const std::string log = node.Log();

@@ -80,7 +80,7 @@ struct PeerConfig {
   // messages sent zero-copy from its arena, one copy here; faster on the quiet VM,
   // docs/benchmarks-transfer.md); false: this node reads them (UcxTransport::Read: gets that UCX
   // emulates over TCP with a copy at each end); auto (default): true on UCX >= 1.14 or with
-  // ucx_connect serving_first (the default there), false on older UCX with reader_first. The choice
+  // ucx_connect serving_first, false on older UCX with reader_first (the default). The choice
   // is also the serving peer's safety: on UCX 1.22 a reader dying mid-get aborted the serving
   // process inside UCX and one dying mid-Fetch never did; on 1.13 both can (docs/deploy.md "Which
   // UCX"). With true, landings in the GPU pool (which Fetch's memcpy cannot reach) use
@@ -93,9 +93,9 @@ struct PeerConfig {
   // to a reader's worker (wire-up flushed) before it answers the reader's Hello, refusing it
   // (UNAVAILABLE) when that fails; it needs the serving node to reach its readers' UCX addresses.
   // reader_first: the reader connects (the protocol before serving_first; a node that sends no
-  // address gets that from any node). auto (default): serving_first on UCX < 1.14, where a
-  // reader dying during a wire-up it initiated can abort the serving node, reader_first on newer
-  // UCX (docs/deploy.md "Which UCX").
+  // address gets that from any node). auto (default): reader_first. On UCX < 1.14 a reader
+  // dying during a wire-up it initiated can abort the serving node, and with serving_first a
+  // serving node dying can abort its reader the same way (docs/deploy.md "Which UCX").
   std::string ucx_connect = "auto";
   // With the UCX data plane: the host memory (MiB, registered with UCX once, pages touched only
   // when used) in which this node stages the codec containers of encoded fetches peers ask for
