@@ -217,6 +217,8 @@ struct RemoteTier::Impl {
                            Clock::time_point deadline, const std::string& reader);
   static constexpr size_t kMaxLinksPerReader = 4;
   static constexpr size_t kMaxReaderLinks = 1024;
+  // Sets kvstash_peer_reader_endpoints to the endpoints reader_links holds.
+  void PublishReaderEndpointsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(readers_mu);
 #endif
 
   // --- fetching (remote_tier_fetch.cc) ---------------------------------------

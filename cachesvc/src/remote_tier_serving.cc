@@ -118,6 +118,12 @@ grpc::Status RemoteTier::Impl::HelloService::StageEncoded(
 }
 
 #ifdef KVSTASH_HAVE_UCX
+void RemoteTier::Impl::PublishReaderEndpointsLocked() {
+  size_t held = 0;
+  for (const ReaderLink& l : reader_links) held += l.endpoints.size();
+  reader_endpoints->Set(static_cast<double>(held));
+}
+
 grpc::Status RemoteTier::Impl::ConnectBack(const std::string& worker_address, int endpoints,
                                            Clock::time_point deadline, const std::string& reader) {
   // Links whose reader went away (an endpoint failed: the reader died or closed its side).
@@ -134,9 +140,7 @@ grpc::Status RemoteTier::Impl::ConnectBack(const std::string& worker_address, in
       return false;
     });
     reader_links.erase(gone, reader_links.end());
-    size_t held = 0;
-    for (const ReaderLink& l : reader_links) held += l.endpoints.size();
-    reader_endpoints->Set(static_cast<double>(held));
+    PublishReaderEndpointsLocked();
   }
   for (transport::PeerId id : stale) transport->Disconnect(id);
 
@@ -179,9 +183,7 @@ grpc::Status RemoteTier::Impl::ConnectBack(const std::string& worker_address, in
       evicted.insert(evicted.end(), it->endpoints.begin(), it->endpoints.end());
       it = reader_links.erase(it);
     }
-    size_t held = 0;
-    for (const ReaderLink& l : reader_links) held += l.endpoints.size();
-    reader_endpoints->Set(static_cast<double>(held));
+    PublishReaderEndpointsLocked();
   }
   for (transport::PeerId id : evicted) transport->Disconnect(id);
   return grpc::Status::OK;
